@@ -1,0 +1,201 @@
+//! Error kinds (SPEC §4) and the core's typed errors.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::range::{Pool, PortRange, Protocol};
+use crate::table::Reservation;
+
+/// The kinds of failure of SPEC §4. Every error berth reports has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Count 0, range past 65535, wildcard persistent, token 0, malformed request.
+    InvalidArgument,
+    /// Socket is not TCP/UDP, or its type does not match the protocol.
+    NotSupported,
+    /// A specific range overlaps a reservation or a port in use.
+    Conflict,
+    /// No block of that size is free in the pool.
+    PoolExhausted,
+    /// Every port of the reservation is bound.
+    ReservationFull,
+    /// Unknown token, or no exact persistent match.
+    NotFound,
+    /// Not the owner, not an administrator, or a privileged port not allowed.
+    PermissionDenied,
+    /// The user's reservation or port quota is used up.
+    QuotaExceeded,
+    /// No daemon answers.
+    Unavailable,
+    /// Client and daemon speak no common protocol version.
+    Incompatible,
+}
+
+impl ErrorKind {
+    /// Every kind, in SPEC order.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotSupported,
+        ErrorKind::Conflict,
+        ErrorKind::PoolExhausted,
+        ErrorKind::ReservationFull,
+        ErrorKind::NotFound,
+        ErrorKind::PermissionDenied,
+        ErrorKind::QuotaExceeded,
+        ErrorKind::Unavailable,
+        ErrorKind::Incompatible,
+    ];
+
+    /// The SPEC's name of the kind, e.g. `"pool-exhausted"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid-argument",
+            ErrorKind::NotSupported => "not-supported",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::PoolExhausted => "pool-exhausted",
+            ErrorKind::ReservationFull => "reservation-full",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::PermissionDenied => "permission-denied",
+            ErrorKind::QuotaExceeded => "quota-exceeded",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Incompatible => "incompatible",
+        }
+    }
+
+    /// The Linux errno the C ABI reports for this kind (SPEC §4).
+    pub fn errno(self) -> i32 {
+        // Linux values; the core has no libc dependency.
+        match self {
+            ErrorKind::InvalidArgument => 22,  // EINVAL
+            ErrorKind::NotSupported => 95,     // EOPNOTSUPP
+            ErrorKind::Conflict => 98,         // EADDRINUSE
+            ErrorKind::PoolExhausted => 99,    // EADDRNOTAVAIL
+            ErrorKind::ReservationFull => 98,  // EADDRINUSE
+            ErrorKind::NotFound => 2,          // ENOENT
+            ErrorKind::PermissionDenied => 13, // EACCES
+            ErrorKind::QuotaExceeded => 122,   // EDQUOT
+            ErrorKind::Unavailable => 111,     // ECONNREFUSED
+            ErrorKind::Incompatible => 71,     // EPROTO
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A port value that is not acceptable (all invalid-argument).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RangeError {
+    /// Port 0 cannot start a specific range.
+    #[error("port 0 is never reservable; give a start port from 1 to 65535, or 0 only to ask for any free block")]
+    ZeroStart,
+    /// A range must hold at least one port.
+    #[error("a reservation needs at least one port; ask for a count from 1 to 65535")]
+    ZeroCount,
+    /// The range would run past 65535.
+    #[error("ports {start} plus {count} run past 65535; lower the start or the count")]
+    PastEnd {
+        /// First port asked for.
+        start: u16,
+        /// Number of ports asked for.
+        count: u32,
+    },
+    /// `last` before `first`.
+    #[error("range {first}-{last} ends before it starts; write it as LOW-HIGH")]
+    Reversed {
+        /// First port given.
+        first: u16,
+        /// Last port given.
+        last: u16,
+    },
+    /// Not `LO-HI`.
+    #[error("{0:?} is not a port range; write it as LOW-HIGH, e.g. 32768-60999")]
+    BadPool(String),
+    /// Not `tcp` or `udp`.
+    #[error("{0:?} is not a protocol; use tcp or udp")]
+    UnknownProtocol(String),
+    /// Not a token.
+    #[error("{0:?} is not a token; tokens look like 0x0123456789abcdef (see `berth list`)")]
+    BadToken(String),
+    /// Token 0 names nothing.
+    #[error("token 0 names no reservation; tokens are non-zero (see `berth list`)")]
+    ZeroToken,
+}
+
+impl RangeError {
+    /// Always [`ErrorKind::InvalidArgument`].
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidArgument
+    }
+}
+
+/// Why an acquire failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AcquireError {
+    /// The specific range overlaps a live reservation.
+    #[error("{protocol} ports {requested} overlap reservation {} ({protocol} ports {}) held by {}; choose another range, or release that reservation (`berth release {}`)",
+        holder.token, holder.range, holder.holder_description(), holder.token)]
+    Conflict {
+        /// Protocol asked for.
+        protocol: Protocol,
+        /// The range asked for.
+        requested: PortRange,
+        /// The first reservation found in the way.
+        holder: Box<Reservation>,
+    },
+    /// A port of the specific range is in use by a socket on the host.
+    #[error("{protocol} port {port} (of the requested ports {requested}) is in use by a socket on this host; choose another range, or stop the program using it (`ss -anp '( sport = :{port} )'` shows it)")]
+    InUse {
+        /// Protocol asked for.
+        protocol: Protocol,
+        /// The range asked for.
+        requested: PortRange,
+        /// The first port found in use.
+        port: u16,
+    },
+    /// No block of `count` contiguous ports is free in the pool.
+    #[error("no block of {count} contiguous free {protocol} ports is left in the pool {pool}; ask for fewer ports, release reservations (`berth list`), or widen the pool (`berth daemon --pool LO-HI`)")]
+    PoolExhausted {
+        /// Protocol asked for.
+        protocol: Protocol,
+        /// Ports asked for.
+        count: u16,
+        /// The pool searched.
+        pool: Pool,
+    },
+}
+
+impl AcquireError {
+    /// The SPEC §4 kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AcquireError::Conflict { .. } | AcquireError::InUse { .. } => ErrorKind::Conflict,
+            AcquireError::PoolExhausted { .. } => ErrorKind::PoolExhausted,
+        }
+    }
+}
+
+/// Why a release failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReleaseError {
+    /// No live reservation has this token.
+    #[error("no reservation has token {0}; it was released already or never existed (`berth list` shows the live ones)")]
+    NotFound(crate::token::Token),
+    /// The asker is neither the owning process nor an administrator.
+    #[error("reservation {} ({} ports {}) belongs to {}; only that process or an administrator may release it", .0.token, .0.protocol, .0.range, .0.holder_description())]
+    PermissionDenied(Box<Reservation>),
+}
+
+impl ReleaseError {
+    /// The SPEC §4 kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ReleaseError::NotFound(_) => ErrorKind::NotFound,
+            ReleaseError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! berth's pure core: the port-reservation model of SPEC §2 with no I/O.
+//!
+//! Everything here is plain data and decisions: which ports a request gets, whether it
+//! conflicts, who may release what. The daemon supplies the outside world through small
+//! seams — a [`TokenSource`] for random tokens and a probe closure that says whether a port is
+//! in use on the host — so the core can be tested exhaustively against a simple model.
+//!
+//! # Layout
+//! - [`range`]: [`Protocol`], [`PortRange`], [`RangeRequest`] and [`Pool`] — validated values.
+//! - [`token`]: [`Token`], the non-zero 64-bit reservation name, and [`TokenSource`].
+//! - [`owner`]: [`Owner`], [`Holder`] and [`Requester`] — who holds and who asks.
+//! - [`error`]: [`ErrorKind`] (the kinds of SPEC §4 with their errno) and the typed errors.
+//! - [`freemap`]: a segment tree over one protocol's 65,536 ports that finds free blocks in
+//!   O(log 65,536), whatever the number of live reservations.
+//! - [`table`]: [`Table`], the allocation state of both protocols.
+
+pub mod error;
+pub mod freemap;
+pub mod owner;
+pub mod range;
+pub mod table;
+pub mod token;
+
+pub use error::{AcquireError, ErrorKind, RangeError, ReleaseError};
+pub use owner::{Holder, Owner, Requester, SessionId};
+pub use range::{Pool, PortRange, Protocol, RangeRequest};
+pub use table::{Kind, Reservation, Table};
+pub use token::{Token, TokenSource};
