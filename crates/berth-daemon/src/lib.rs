@@ -1,1 +1,28 @@
-//! placeholder
+//! The berth daemon: serves port reservations to local clients over a Unix socket.
+//!
+//! The daemon is a thin shell around [`berth_core::Table`]: it accepts connections, learns
+//! each client's identity from the kernel, decodes requests with [`berth_protocol`], asks the
+//! table, and answers. A client's connection is its session: when it closes — the program
+//! released its handle, exited, or was killed — its runtime reservations are released.
+//!
+//! # Layout
+//! - [`config`]: [`Config`], what a daemon is told at start-up.
+//! - [`listener`]: binding the socket (stale-socket handling, permissions, removal).
+//! - [`server`]: [`run`], the accept loop with a connection limit and a draining shutdown, and
+//!   [`serve`], which adds the socket file and signals around it.
+//! - `session`: one connection: handshake, requests in order, release on close.
+//! - `state`: the shared allocation state and the answer to each request.
+//! - `peer`: who is on the other end (`SO_PEERCRED` and `/proc`).
+//! - `probe`: whether a port is in use on the host.
+
+pub mod config;
+pub mod listener;
+mod peer;
+mod probe;
+pub mod server;
+mod session;
+mod state;
+
+pub use config::Config;
+pub use listener::{bind_socket, ListenError, SocketGuard};
+pub use server::{run, serve, ServeError};

@@ -1,1 +1,30 @@
-//! placeholder
+//! The berth wire contract, shared by the daemon and every client.
+//!
+//! A client connects to the daemon's Unix stream socket and exchanges length-prefixed frames:
+//! a 4-byte big-endian payload length, then a [postcard] payload. The first frame each way is
+//! the version handshake ([`Request::Hello`] → [`Response::Welcome`]); after it, requests are
+//! answered in order, one response per request, and a client may pipeline. `docs/protocol.md`
+//! in the repository describes the format for other implementers.
+//!
+//! # Layout
+//! - [`version`]: the protocol version (defined once, here) and the handshake negotiation.
+//! - [`message`]: [`Request`], [`Response`] and the values they carry.
+//! - [`frame`]: [`FrameCodec`], bytes ↔ messages with a hard size limit per direction.
+//!
+//! postcard has no field tags, so the shape of every message is fixed for a protocol version:
+//! a change of shape is a new version, and [`Request::Hello`] / [`Response::Welcome`] /
+//! [`Response::Error`] keep their variant numbers and shapes forever so that any two versions
+//! can at least tell each other that they are incompatible.
+
+pub mod frame;
+pub mod message;
+pub mod paths;
+pub mod version;
+
+pub use berth_core::{ErrorKind, Kind, PortRange, Protocol, Token};
+pub use frame::{FrameCodec, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
+pub use message::{
+    Hello, OwnerInfo, Request, ReservationInfo, Response, StatusInfo, Welcome, WireError,
+    MAX_NAME_LEN,
+};
+pub use version::{negotiate, VersionMismatch, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};

@@ -1,1 +1,40 @@
-//! placeholder
+//! Client library for berth, the Linux port-reservation service.
+//!
+//! A program asks the berth daemon for a block of TCP or UDP ports and keeps it for as long as
+//! it holds the [`Reservation`] — or until it exits, however it exits. Nobody else is handed
+//! those ports meanwhile.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), berth::Error> {
+//! use berth::{Client, Protocol};
+//!
+//! let client = Client::connect().await?;
+//! let block = client.acquire(Protocol::Tcp, 0, 4).await?; // any 4 free ports
+//! println!("got ports {}..={}", block.start(), block.end());
+//! block.release().await?; // or just drop it
+//! # Ok(()) }
+//! ```
+//!
+//! [`blocking::Client`] offers the same calls for programs without an async runtime.
+//!
+//! # Layout
+//! - [`client`]: [`Client`], the async handle; finding the daemon.
+//! - [`reservation`]: [`Reservation`], a held block that releases itself when dropped.
+//! - [`blocking`]: the same API without async.
+//! - [`error`]: [`Error`], one variant per SPEC §4 kind.
+//! - `connection`: the background task that owns the socket and matches answers to requests.
+
+pub mod blocking;
+pub mod client;
+mod connection;
+pub mod error;
+pub mod reservation;
+
+pub use berth_core::{ErrorKind, Kind, PortRange, Protocol, Token};
+pub use berth_protocol::{OwnerInfo, ReservationInfo, StatusInfo};
+pub use client::Client;
+pub use error::Error;
+pub use reservation::Reservation;
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

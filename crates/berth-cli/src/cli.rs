@@ -1,0 +1,127 @@
+//! The command line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use berth_core::{Pool, Token};
+use clap::{Args, Parser, Subcommand};
+
+/// Reserve TCP/UDP ports on this host, run programs on them, and see who holds which port.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the berth daemon in the foreground.
+    Daemon(DaemonArgs),
+    /// Reserve ports, run a command with them in its environment, release them when it exits.
+    Run(RunArgs),
+    /// List live reservations.
+    List(JsonArg),
+    /// Release a reservation by its token.
+    Release(ReleaseArgs),
+    /// Show the daemon's status.
+    Status(JsonArg),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+/// `berth daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Socket to listen on [default: /run/berth/berth.sock for root,
+    /// $XDG_RUNTIME_DIR/berth/berth.sock for other users].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Database file [default: /var/lib/berth/berth.db for root,
+    /// $XDG_STATE_HOME/berth/berth.db for other users].
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Ports that wildcard requests are served from [default: the kernel's ephemeral range,
+    /// net.ipv4.ip_local_port_range].
+    #[arg(long, value_name = "LO-HI")]
+    pub pool: Option<Pool>,
+    /// Connections served at once.
+    #[arg(long, value_name = "N", default_value_t = berth_daemon::config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Print "ready" on stdout once the socket accepts connections, then detach stdout (used
+    /// by on-demand start).
+    #[arg(long, hide = true)]
+    pub ready_stdout: bool,
+}
+
+/// `berth run`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp"]))]
+pub struct RunArgs {
+    /// Reserve N TCP ports (exported as BERTH_TCP_PORTS, and PORT = the first).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub tcp: Option<u16>,
+    /// Reserve M UDP ports (exported as BERTH_UDP_PORTS).
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u16).range(1..))]
+    pub udp: Option<u16>,
+    /// Reserve the blocks starting at port P instead of any free block.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    pub start: Option<u16>,
+    /// Print the reservations as JSON on stderr before running the command.
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `--json` alone.
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `berth release`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The reservation's token, as `berth list` prints it (0x…).
+    #[arg(value_name = "TOKEN")]
+    pub token: Token,
+    /// Print the released reservation as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `berth completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_needs_ports_and_a_command() {
+        assert!(Cli::try_parse_from(["berth", "run", "--", "true"]).is_err());
+        assert!(Cli::try_parse_from(["berth", "run", "--tcp", "1"]).is_err());
+        assert!(Cli::try_parse_from(["berth", "run", "--tcp", "0", "--", "true"]).is_err());
+        let cli = Cli::try_parse_from(["berth", "run", "--tcp", "2", "--udp", "1", "--", "sh", "-c", "x"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert_eq!((run.tcp, run.udp, run.start), (Some(2), Some(1), None));
+        assert_eq!(run.command.len(), 3);
+    }
+}

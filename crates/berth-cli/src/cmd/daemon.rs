@@ -1,0 +1,51 @@
+//! `berth daemon`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berth_daemon::{config::ephemeral_pool, Config};
+use berth_protocol::paths;
+
+use crate::cli::DaemonArgs;
+use crate::exit::Failure;
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
+    let uid = rustix::process::geteuid().as_raw();
+    let socket = args
+        .socket
+        .unwrap_or_else(|| paths::default_socket(&paths::process_env, uid));
+    let db = args
+        .db
+        .unwrap_or_else(|| paths::default_db(&paths::process_env, uid));
+    let pool = args.pool.unwrap_or_else(ephemeral_pool);
+    let mut config = Config::new(socket, db, pool);
+    config.max_connections = args.max_connections;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the daemon's runtime")?;
+    let ready_stdout = args.ready_stdout;
+    runtime
+        .block_on(berth_daemon::serve(config, move || {
+            if ready_stdout {
+                signal_ready();
+            }
+        }))
+        .map_err(anyhow::Error::from)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tells the command that started us that the socket is up, then lets go of its pipe so it
+/// sees end-of-file.
+fn signal_ready() {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(b"ready\n");
+    let _ = out.flush();
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdout(&null);
+    }
+}

@@ -1,0 +1,30 @@
+//! One module per subcommand; [`dispatch`] picks the runtime each needs.
+
+mod completions;
+mod daemon;
+mod query;
+mod run;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::exit::Failure;
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Command::Daemon(args) => daemon::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Run(args) => current_thread()?.block_on(run::run(args)),
+        Command::List(args) => current_thread()?.block_on(query::list(args)),
+        Command::Status(args) => current_thread()?.block_on(query::status(args)),
+        Command::Release(args) => current_thread()?.block_on(query::release(args)),
+    }
+}
+
+/// Client commands do one thing at a time: a single-threaded runtime is enough.
+fn current_thread() -> Result<tokio::runtime::Runtime, Failure> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,181 @@
+//! Rendering for people (tables) and for programs (JSON, SPEC §5 fixed points).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth::{ReservationInfo, StatusInfo};
+use serde::Serialize;
+
+/// One reservation in `berth list --json` (fields fixed by SPEC §5).
+#[derive(Debug, Serialize)]
+pub struct ReservationJson {
+    /// `"0x"` + 16 hex digits.
+    pub token: String,
+    /// `"tcp"` / `"udp"`.
+    pub protocol: &'static str,
+    /// First port.
+    pub start: u16,
+    /// Number of ports.
+    pub count: u16,
+    /// `"runtime"` / `"persistent"`.
+    pub kind: &'static str,
+    /// The owning process, when the asker may see it.
+    pub owner: Option<OwnerJson>,
+    /// Age in whole seconds.
+    pub age_s: u64,
+}
+
+/// The owner of a reservation in JSON.
+#[derive(Debug, Serialize)]
+pub struct OwnerJson {
+    /// Process id.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Command name.
+    pub command: String,
+}
+
+impl From<&ReservationInfo> for ReservationJson {
+    fn from(r: &ReservationInfo) -> Self {
+        ReservationJson {
+            token: r.token.to_string(),
+            protocol: r.protocol.as_str(),
+            start: r.range.start(),
+            count: r.range.count(),
+            kind: r.kind.as_str(),
+            owner: r.owner.as_ref().map(|o| OwnerJson {
+                pid: o.pid,
+                uid: o.uid,
+                command: o.command.clone(),
+            }),
+            age_s: r.age_ms / 1000,
+        }
+    }
+}
+
+/// `berth status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    /// The daemon's release.
+    pub version: String,
+    /// This command's release.
+    pub client_version: &'static str,
+    /// The protocol version in use.
+    pub protocol_version: u16,
+    /// The daemon's pid.
+    pub pid: u32,
+    /// Its socket.
+    pub socket: String,
+    /// Seconds since it started.
+    pub uptime_s: u64,
+    /// The wildcard pool, `LO-HI`.
+    pub pool: String,
+    /// Live reservations.
+    pub reservations: u32,
+    /// Reserved TCP ports.
+    pub tcp_ports: u32,
+    /// Reserved UDP ports.
+    pub udp_ports: u32,
+    /// Open client connections.
+    pub sessions: u32,
+}
+
+impl From<&StatusInfo> for StatusJson {
+    fn from(s: &StatusInfo) -> Self {
+        StatusJson {
+            version: s.version.clone(),
+            client_version: env!("CARGO_PKG_VERSION"),
+            protocol_version: s.protocol_version,
+            pid: s.pid,
+            socket: s.socket.clone(),
+            uptime_s: now_ms().saturating_sub(s.started_at_ms) / 1000,
+            pool: s.pool.to_string(),
+            reservations: s.reservations,
+            tcp_ports: s.tcp_ports,
+            udp_ports: s.udp_ports,
+            sessions: s.sessions,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// `berth list` for people: one aligned row per reservation.
+pub fn table(list: &[ReservationInfo]) -> String {
+    let mut rows = vec![[
+        "TOKEN".to_owned(),
+        "PROTO".to_owned(),
+        "PORTS".to_owned(),
+        "COUNT".to_owned(),
+        "KIND".to_owned(),
+        "PID".to_owned(),
+        "COMMAND".to_owned(),
+        "AGE".to_owned(),
+    ]];
+    for r in list {
+        let (pid, command) = match &r.owner {
+            Some(o) => (o.pid.to_string(), o.command.clone()),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        rows.push([
+            r.token.to_string(),
+            r.protocol.to_string(),
+            r.range.to_string(),
+            r.range.count().to_string(),
+            r.kind.as_str().to_owned(),
+            pid,
+            command,
+            human_age(r.age_ms / 1000),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `42s`, `5m03s`, `2h07m`, `3d04h`.
+pub fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(human_age(5), "5s");
+        assert_eq!(human_age(303), "5m03s");
+        assert_eq!(human_age(7620), "2h07m");
+        assert_eq!(human_age(273600), "3d04h");
+    }
+
+    #[test]
+    fn an_empty_table_has_its_header() {
+        assert!(table(&[]).starts_with("TOKEN  PROTO  PORTS"));
+    }
+}

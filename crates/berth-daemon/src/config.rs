@@ -1,0 +1,60 @@
+//! What a daemon is told at start-up.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_core::Pool;
+
+/// The most connections served at once unless configured otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// A daemon's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Unix socket to listen on.
+    pub socket: PathBuf,
+    /// The database file (persistent reservations and the runtime journal use it; runtime
+    /// reservations are held in memory until then).
+    pub db: PathBuf,
+    /// Where wildcard blocks come from.
+    pub pool: Pool,
+    /// Connections served at once; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How long a new connection may take to send its hello before it is closed.
+    pub handshake_timeout: Duration,
+    /// How long writing one response may take before the client is deemed stuck and its
+    /// connection closed.
+    pub write_timeout: Duration,
+}
+
+impl Config {
+    /// Settings with the given socket, database and pool, and defaults for the rest.
+    pub fn new(socket: PathBuf, db: PathBuf, pool: Pool) -> Self {
+        Config {
+            socket,
+            db,
+            pool,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The kernel's ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`), the default
+/// wildcard pool. Falls back to Linux's default 32768-60999 when it cannot be read.
+pub fn ephemeral_pool() -> Pool {
+    let parsed = crate::peer::read_proc("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_whitespace().map(|w| w.parse::<u16>());
+            match (it.next(), it.next()) {
+                (Some(Ok(lo)), Some(Ok(hi))) => Pool::new(lo, hi).ok(),
+                _ => None,
+            }
+        });
+    parsed.unwrap_or_else(|| {
+        tracing::warn!("cannot read ip_local_port_range; using the pool {}", Pool::LINUX_DEFAULT);
+        Pool::LINUX_DEFAULT
+    })
+}

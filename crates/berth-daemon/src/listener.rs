@@ -1,0 +1,95 @@
+//! The daemon's socket file: created with care, removed on the way out.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use tokio::net::UnixListener;
+
+/// Why the socket could not be set up.
+#[derive(Debug, Error)]
+pub enum ListenError {
+    /// Another daemon answers on the path.
+    #[error("a berth daemon already answers on {0}; use it, or stop it first")]
+    AlreadyRunning(PathBuf),
+    /// Something that is not a socket sits at the path.
+    #[error("{0} exists and is not a socket; remove it or choose another --socket")]
+    NotASocket(PathBuf),
+    /// A system call failed.
+    #[error("cannot listen on {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// Removes the socket file when dropped, if it is still the one this daemon created.
+#[derive(Debug)]
+pub struct SocketGuard {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        // Another daemon may have replaced a socket we no longer own; leave that one alone.
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds the daemon's socket at `path`: creates the directory if needed (mode 0755 for the
+/// system socket, 0700 otherwise, so a per-user instance stays private), replaces a stale
+/// socket only after a connection to it is refused, and makes the socket connectable by
+/// everyone who can reach its directory (identity comes from the kernel, not from file modes).
+pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), ListenError> {
+    let io_err = |source| ListenError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            let mode = if path == Path::new(berth_protocol::paths::SYSTEM_SOCKET) {
+                0o755
+            } else {
+                0o700
+            };
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .map_err(io_err)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ListenError::NotASocket(path.to_owned()))
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(ListenError::AlreadyRunning(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!("removing stale socket {}", path.display());
+                std::fs::remove_file(path).map_err(io_err)?;
+            }
+            Err(e) => return Err(io_err(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io_err)?;
+    std_listener.set_nonblocking(true).map_err(io_err)?;
+    let inode = std::fs::symlink_metadata(path).map_err(io_err)?.ino();
+    let listener = UnixListener::from_std(std_listener).map_err(io_err)?;
+    Ok((
+        listener,
+        SocketGuard {
+            path: path.to_owned(),
+            inode,
+        },
+    ))
+}

@@ -1,0 +1,70 @@
+//! Who is on the other end of a connection, as the kernel says — never as the client claims.
+
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use berth_core::Owner;
+
+/// Reads a small `/proc` file with one `read()`. Some `/proc` files answer EOF to any read at
+/// an offset > 0, so the usual "probe, then read the rest" silently truncates them.
+pub(crate) fn read_proc(path: impl AsRef<Path>) -> io::Result<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = std::fs::File::open(path)?.read(&mut buf)?;
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The process that connected on `socket`: `SO_PEERCRED` for pid, uid and gid, then `/proc`
+/// for its start time and command name.
+pub(crate) fn peer_owner(socket: &impl AsFd) -> io::Result<Owner> {
+    let cred = rustix::net::sockopt::socket_peercred(socket)?;
+    let pid = u32::try_from(cred.pid.as_raw_nonzero().get()).unwrap_or(0);
+    Ok(process_owner(pid, cred.uid.as_raw(), cred.gid.as_raw()))
+}
+
+/// Describes process `pid`. A process that has already gone keeps start time 0 and an empty
+/// command; its session ends as soon as its connection is seen closed.
+pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
+    let start_time = read_proc(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| start_time_from_stat(&stat))
+        .unwrap_or(0);
+    let command = read_proc(format!("/proc/{pid}/comm"))
+        .map(|c| Owner::bound_command(c.trim_end()))
+        .unwrap_or_default();
+    Owner {
+        pid,
+        uid,
+        gid,
+        start_time,
+        command,
+    }
+}
+
+/// Field 22 (`starttime`) of `/proc/PID/stat`. The command (field 2) may hold spaces and
+/// parentheses, so fields are counted from the last `)`.
+fn start_time_from_stat(stat: &str) -> Option<u64> {
+    let after_comm = stat.get(stat.rfind(')')? + 1..)?;
+    // After ")" comes field 3 (state); field 22 is 19 further on.
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_start_time_with_awkward_command_names() {
+        let stat = "4121 (a) b (c)) S 1 4121 4121 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(start_time_from_stat(stat), Some(987654));
+        assert_eq!(start_time_from_stat("garbage"), None);
+    }
+
+    #[test]
+    fn describes_this_process() {
+        let me = process_owner(std::process::id(), 0, 0);
+        assert!(me.start_time > 0);
+        assert!(!me.command.is_empty());
+    }
+}

@@ -1,0 +1,106 @@
+//! The accept loop, and the daemon process around it.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::listener::{bind_socket, ListenError};
+use crate::session::serve_connection;
+use crate::state::{check_csprng, Shared};
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// Anything else the daemon needs failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Serves clients on `listener` until `shutdown` completes, then stops accepting, lets every
+/// session finish the request it is on, and returns once all have closed.
+///
+/// At most `config.max_connections` connections are served at once; a permit is taken before
+/// accepting, so excess clients wait in the kernel's backlog instead of costing memory.
+pub async fn run(
+    listener: UnixListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    check_csprng()?;
+    let shared = Arc::new(Shared::new(
+        config.pool,
+        config.socket.display().to_string(),
+    ));
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tokio::pin!(shutdown);
+    tracing::info!(
+        "serving on {} with the wildcard pool {}",
+        config.socket.display(),
+        config.pool
+    );
+
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Typically EMFILE: back off briefly rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (shared, config, cancel) = (shared.clone(), config.clone(), cancel.clone());
+        tracker.spawn(async move {
+            serve_connection(stream, shared, config, cancel).await;
+            drop(permit);
+        });
+    }
+
+    tracing::info!("shutting down: draining {} connections", tracker.len());
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Runs a daemon process: binds `config.socket`, calls `ready` once clients can connect,
+/// serves until SIGTERM or SIGINT, and removes the socket on the way out.
+pub async fn serve(config: Config, ready: impl FnOnce()) -> Result<(), ServeError> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let (listener, _guard) = bind_socket(&config.socket)?;
+    ready();
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+            _ = sigint.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    run(listener, config, shutdown).await?;
+    Ok(())
+}

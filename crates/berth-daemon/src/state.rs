@@ -1,0 +1,224 @@
+//! The daemon's shared state and the answer to each request.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_core::{
+    ErrorKind, Holder, Owner, Pool, Protocol, RangeRequest, Requester, Reservation, SessionId,
+    Table, Token, TokenSource,
+};
+use berth_protocol::{OwnerInfo, Request, ReservationInfo, Response, StatusInfo, WireError};
+
+use crate::probe::Prober;
+
+/// State shared by every session.
+pub(crate) struct Shared {
+    /// The allocation state; locked for short, non-blocking sections only.
+    table: Mutex<Table>,
+    prober: Prober,
+    /// The socket path, for `status`.
+    socket: String,
+    started_at_ms: u64,
+    /// The daemon's own user: an administrator of its own instance.
+    daemon_uid: u32,
+    sessions: AtomicU32,
+    next_session: AtomicU64,
+}
+
+/// One connected client, as the kernel identified it.
+pub(crate) struct Peer {
+    pub(crate) owner: Owner,
+    pub(crate) session: SessionId,
+    pub(crate) is_admin: bool,
+    /// The protocol version agreed in the handshake.
+    pub(crate) version: u16,
+}
+
+impl Shared {
+    pub(crate) fn new(pool: Pool, socket: String) -> Self {
+        Shared {
+            table: Mutex::new(Table::new(pool)),
+            prober: Prober::new(),
+            socket,
+            started_at_ms: now_ms(),
+            daemon_uid: rustix::process::geteuid().as_raw(),
+            sessions: AtomicU32::new(0),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave the table half-updated in a way that
+        // matters more than stopping service would; keep serving.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new session for `owner`.
+    pub(crate) fn open_session(&self, owner: Owner) -> Peer {
+        let session = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        let is_admin = owner.uid == 0 || owner.uid == self.daemon_uid;
+        Peer {
+            owner,
+            session,
+            is_admin,
+            version: 0,
+        }
+    }
+
+    /// Ends a session: its runtime reservations are released.
+    pub(crate) fn close_session(&self, peer: &Peer) {
+        let released = self.table().release_session(peer.session);
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+        for r in &released {
+            tracing::info!(token = %r.token, "{} ports {} released: session of pid {} ended", r.protocol, r.range, peer.owner.pid);
+        }
+    }
+
+    /// Answers one request (not the hello, which the session handles).
+    pub(crate) fn handle(&self, request: Request, peer: &Peer) -> Response {
+        match request {
+            Request::Acquire {
+                protocol,
+                start,
+                count,
+            } => self.acquire(protocol, start, count, peer),
+            Request::Release { token } => self.release(token, peer),
+            Request::List => self.list(peer),
+            Request::Status => self.status(peer),
+            Request::Hello(_) => error(
+                ErrorKind::InvalidArgument,
+                "the handshake was already done on this connection; send Hello only once, first"
+                    .into(),
+            ),
+            _ => error(
+                ErrorKind::InvalidArgument,
+                "this request is not supported by the daemon's protocol version".into(),
+            ),
+        }
+    }
+
+    fn acquire(&self, protocol: Protocol, start: u16, count: u16, peer: &Peer) -> Response {
+        let request = match RangeRequest::from_start_count(start, count) {
+            Ok(r) => r,
+            Err(e) => return error(e.kind(), e.to_string()),
+        };
+        let holder = Holder {
+            owner: peer.owner.clone(),
+            session: peer.session,
+            acquired_at_ms: now_ms(),
+        };
+        let prober = self.prober;
+        // The probe binds are non-blocking syscalls; holding the lock across them keeps a
+        // candidate block from being handed to two clients at once.
+        let result = self.table().acquire(
+            protocol,
+            request,
+            holder,
+            &mut OsTokens,
+            &mut |proto, range| prober.first_in_use(proto, range),
+        );
+        match result {
+            Ok(r) => {
+                tracing::info!(token = %r.token, "{} ports {} reserved by pid {} ({})", r.protocol, r.range, peer.owner.pid, peer.owner.command);
+                Response::Acquired(info(&r, peer, now_ms()))
+            }
+            Err(e) => error(e.kind(), e.to_string()),
+        }
+    }
+
+    fn release(&self, token: u64, peer: &Peer) -> Response {
+        let Some(token) = Token::new(token) else {
+            return error(
+                ErrorKind::InvalidArgument,
+                "token 0 names no reservation; tokens are non-zero (see `berth list`)".into(),
+            );
+        };
+        let requester = Requester {
+            process: peer.owner.clone(),
+            is_admin: peer.is_admin,
+        };
+        let result = self.table().release(token, &requester);
+        match result {
+            Ok(r) => {
+                tracing::info!(token = %r.token, "{} ports {} released by pid {}", r.protocol, r.range, peer.owner.pid);
+                Response::Released(info(&r, peer, now_ms()))
+            }
+            Err(e) => error(e.kind(), e.to_string()),
+        }
+    }
+
+    fn list(&self, peer: &Peer) -> Response {
+        let now = now_ms();
+        let table = self.table();
+        Response::List(table.iter().map(|r| info(r, peer, now)).collect())
+    }
+
+    fn status(&self, peer: &Peer) -> Response {
+        let table = self.table();
+        Response::Status(StatusInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_version: peer.version,
+            pid: std::process::id(),
+            socket: self.socket.clone(),
+            started_at_ms: self.started_at_ms,
+            pool: table.pool(),
+            reservations: u32::try_from(table.len()).unwrap_or(u32::MAX),
+            tcp_ports: table.reserved_ports(Protocol::Tcp),
+            udp_ports: table.reserved_ports(Protocol::Udp),
+            sessions: self.sessions.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// What `peer` may see of `r`: owner details only for administrators and the owner's own user.
+fn info(r: &Reservation, peer: &Peer, now: u64) -> ReservationInfo {
+    let owner = r
+        .owner
+        .as_ref()
+        .filter(|o| peer.is_admin || o.uid == peer.owner.uid)
+        .map(|o| OwnerInfo {
+            pid: o.pid,
+            uid: o.uid,
+            command: o.command.clone(),
+        });
+    ReservationInfo {
+        token: r.token,
+        protocol: r.protocol,
+        range: r.range,
+        kind: r.kind,
+        owner,
+        acquired_at_ms: r.acquired_at_ms,
+        age_ms: now.saturating_sub(r.acquired_at_ms),
+    }
+}
+
+pub(crate) fn error(kind: ErrorKind, message: String) -> Response {
+    Response::Error(WireError { kind, message })
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Tokens from the OS CSPRNG (`getrandom(2)`).
+struct OsTokens;
+
+impl TokenSource for OsTokens {
+    fn draw(&mut self) -> u64 {
+        // The server checks at start-up that the CSPRNG answers; a later failure yields 0,
+        // which the table refuses and draws again.
+        getrandom::u64().unwrap_or(0)
+    }
+}
+
+/// Whether the OS CSPRNG answers; the daemon refuses to start without it.
+pub(crate) fn check_csprng() -> std::io::Result<()> {
+    getrandom::u64()
+        .map(|_| ())
+        .map_err(|e| std::io::Error::other(format!("the OS random generator fails: {e}")))
+}

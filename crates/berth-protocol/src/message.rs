@@ -1,0 +1,183 @@
+//! The messages of protocol version 1.
+//!
+//! Variant order is part of the wire format (postcard encodes the variant index): add new
+//! variants at the end, and only together with a new protocol version.
+
+use berth_core::{ErrorKind, Kind, Pool, PortRange, Protocol, Token};
+use serde::{Deserialize, Serialize};
+
+/// The longest program or command name carried in a message, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The first frame a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`crate::MAGIC`].
+    pub magic: [u8; 4],
+    /// The oldest protocol version the client speaks.
+    pub min_version: u16,
+    /// The newest protocol version the client speaks.
+    pub max_version: u16,
+    /// The client's name and version, for the daemon's log (at most [`MAX_NAME_LEN`] bytes
+    /// are kept).
+    pub client: String,
+}
+
+impl Hello {
+    /// The hello of this build: all versions it speaks.
+    pub fn current(client: &str) -> Self {
+        Hello {
+            magic: crate::MAGIC,
+            min_version: crate::MIN_PROTOCOL_VERSION,
+            max_version: crate::PROTOCOL_VERSION,
+            client: berth_core::Owner::bound_command(client),
+        }
+    }
+}
+
+/// A client's frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// The handshake; must be the first frame, and only the first. Frozen across versions.
+    Hello(Hello),
+    /// Reserve ports. `start == 0` asks for any free block of `count` ports from the pool
+    /// (SPEC §2). The values are sent raw so that the daemon can answer a bad range with an
+    /// invalid-argument error rather than a decoding failure.
+    Acquire {
+        /// Which port space.
+        protocol: Protocol,
+        /// First port, or 0 for "any block".
+        start: u16,
+        /// Number of ports, at least 1.
+        count: u16,
+    },
+    /// Release a reservation by token (the owning process or an administrator).
+    Release {
+        /// The reservation's token (0 is answered with invalid-argument).
+        token: u64,
+    },
+    /// List reservations.
+    List,
+    /// The daemon's status.
+    Status,
+}
+
+/// A daemon's frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    /// Answer to [`Request::Hello`]. Frozen across versions.
+    Welcome(Welcome),
+    /// Any request failed. Frozen across versions.
+    Error(WireError),
+    /// Answer to [`Request::Acquire`].
+    Acquired(ReservationInfo),
+    /// Answer to [`Request::Release`]: the released reservation.
+    Released(ReservationInfo),
+    /// Answer to [`Request::List`], ordered by protocol then start port.
+    List(Vec<ReservationInfo>),
+    /// Answer to [`Request::Status`].
+    Status(StatusInfo),
+}
+
+/// The daemon's side of the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version both sides speak from now on.
+    pub version: u16,
+    /// The daemon's release, e.g. `"0.1.0"`.
+    pub daemon_version: String,
+    /// The daemon's process id.
+    pub daemon_pid: u32,
+}
+
+/// A failure, with its SPEC §4 kind and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What happened, with the values involved, and what to do.
+    pub message: String,
+}
+
+/// A reservation as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationInfo {
+    /// Its name.
+    pub token: Token,
+    /// Which port space.
+    pub protocol: Protocol,
+    /// The ports.
+    pub range: PortRange,
+    /// Runtime or persistent.
+    pub kind: Kind,
+    /// The owning process; `None` for persistent reservations and for reservations of other
+    /// users when the asker is not an administrator.
+    pub owner: Option<OwnerInfo>,
+    /// When it was acquired, in milliseconds since the Unix epoch.
+    pub acquired_at_ms: u64,
+    /// Its age when the daemon answered, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// The owner of a runtime reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerInfo {
+    /// Process id.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Command name.
+    pub command: String,
+}
+
+/// What `berth status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// The daemon's release.
+    pub version: String,
+    /// The protocol version of this connection.
+    pub protocol_version: u16,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The socket it listens on.
+    pub socket: String,
+    /// When it started, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// The wildcard pool.
+    pub pool: Pool,
+    /// Live reservations.
+    pub reservations: u32,
+    /// Reserved TCP ports.
+    pub tcp_ports: u32,
+    /// Reserved UDP ports.
+    pub udp_ports: u32,
+    /// Open client connections.
+    pub sessions: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The handshake frames must keep their variant numbers in every version.
+    #[test]
+    fn handshake_variants_are_frozen() {
+        let hello = postcard::to_allocvec(&Request::Hello(Hello::current("x"))).unwrap();
+        assert_eq!(hello.first(), Some(&0));
+        let welcome = postcard::to_allocvec(&Response::Welcome(Welcome {
+            version: 1,
+            daemon_version: String::new(),
+            daemon_pid: 1,
+        }))
+        .unwrap();
+        assert_eq!(welcome.first(), Some(&0));
+        let error = postcard::to_allocvec(&Response::Error(WireError {
+            kind: ErrorKind::Incompatible,
+            message: String::new(),
+        }))
+        .unwrap();
+        assert_eq!(error.first(), Some(&1));
+    }
+}

@@ -1,0 +1,159 @@
+//! The same API without async: each call runs the async client on a private current-thread
+//! runtime.
+//!
+//! Do not call these from inside an async runtime (tokio refuses to nest runtimes); use
+//! [`crate::Client`] there.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_core::{Kind, PortRange, Protocol, Token};
+use berth_protocol::{ReservationInfo, StatusInfo};
+use tokio::runtime::Runtime;
+
+use crate::error::Error;
+
+/// A blocking connection to the berth daemon. See [`crate::Client`].
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: crate::Client,
+    rt: Arc<Runtime>,
+}
+
+fn runtime() -> Result<Arc<Runtime>, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::Unavailable(format!("cannot start the client runtime: {e}")))
+}
+
+impl Client {
+    /// Connects by the SPEC §5 search (see [`crate::Client::connect`]).
+    pub fn connect() -> Result<Self, Error> {
+        let rt = runtime()?;
+        let inner = rt.block_on(crate::Client::connect())?;
+        Ok(Client { inner, rt })
+    }
+
+    /// Connects to the daemon on `path`.
+    pub fn connect_to(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let rt = runtime()?;
+        let inner = rt.block_on(crate::Client::connect_to(path))?;
+        Ok(Client { inner, rt })
+    }
+
+    /// The daemon's release.
+    pub fn daemon_version(&self) -> &str {
+        self.inner.daemon_version()
+    }
+
+    /// See [`crate::Client::acquire`].
+    pub fn acquire(&self, protocol: Protocol, start: u16, count: u16) -> Result<Reservation, Error> {
+        let inner = self.rt.block_on(self.inner.acquire(protocol, start, count))?;
+        Ok(Reservation {
+            inner: Some(inner),
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// See [`crate::Client::release`].
+    pub fn release(&self, token: Token) -> Result<ReservationInfo, Error> {
+        self.rt.block_on(self.inner.release(token))
+    }
+
+    /// See [`crate::Client::list`].
+    pub fn list(&self) -> Result<Vec<ReservationInfo>, Error> {
+        self.rt.block_on(self.inner.list())
+    }
+
+    /// See [`crate::Client::status`].
+    pub fn status(&self) -> Result<StatusInfo, Error> {
+        self.rt.block_on(self.inner.status())
+    }
+}
+
+/// A held block of ports; dropping it releases the block and waits for the daemon.
+#[derive(Debug)]
+#[must_use = "dropping a Reservation releases its ports at once"]
+pub struct Reservation {
+    /// `None` only after release.
+    inner: Option<crate::Reservation>,
+    rt: Arc<Runtime>,
+}
+
+impl Reservation {
+    fn get(&self) -> &crate::Reservation {
+        // Always Some until `release` or `drop` takes it, and both consume `self`.
+        match &self.inner {
+            Some(r) => r,
+            None => unreachable_reservation(),
+        }
+    }
+
+    /// The reservation's token.
+    pub fn token(&self) -> Token {
+        self.get().token()
+    }
+
+    /// Its protocol.
+    pub fn protocol(&self) -> Protocol {
+        self.get().protocol()
+    }
+
+    /// Its ports.
+    pub fn range(&self) -> PortRange {
+        self.get().range()
+    }
+
+    /// The first port.
+    pub fn start(&self) -> u16 {
+        self.get().start()
+    }
+
+    /// The number of ports.
+    pub fn count(&self) -> u16 {
+        self.get().count()
+    }
+
+    /// The last port.
+    pub fn end(&self) -> u16 {
+        self.get().end()
+    }
+
+    /// The ports, in order.
+    pub fn ports(&self) -> impl Iterator<Item = u16> {
+        self.get().range().ports()
+    }
+
+    /// Runtime or persistent.
+    pub fn kind(&self) -> Kind {
+        self.get().kind()
+    }
+
+    /// Releases the block and waits for the daemon to confirm.
+    pub fn release(mut self) -> Result<(), Error> {
+        match self.inner.take() {
+            Some(r) => self.rt.block_on(r.release()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[expect(clippy::panic, reason = "an invariant of Reservation, not reachable from input")]
+fn unreachable_reservation() -> ! {
+    panic!("blocking::Reservation used after release")
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(r) = self.inner.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Inside another runtime we cannot block: the async drop sends the release.
+                drop(r);
+            } else {
+                let _ = self.rt.block_on(r.release());
+            }
+        }
+    }
+}

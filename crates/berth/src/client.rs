@@ -1,0 +1,133 @@
+//! The async client.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_core::{Protocol, Token};
+use berth_protocol::{paths, Request, ReservationInfo, Response, StatusInfo};
+
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::reservation::Reservation;
+
+/// A connection to the berth daemon — the session that runtime reservations live in.
+///
+/// Cloning is cheap and shares the session. The session ends, and its runtime reservations
+/// are released, when the last clone and the last [`Reservation`] made from it are dropped, or
+/// when the process exits.
+#[derive(Debug, Clone)]
+pub struct Client {
+    conn: Arc<Connection>,
+}
+
+impl Client {
+    /// Connects to the daemon found by the SPEC §5 search: `$BERTH_SOCKET` if set, else the
+    /// system socket, then the per-user socket. Must be called inside a tokio runtime.
+    pub async fn connect() -> Result<Self, Error> {
+        let uid = rustix::process::getuid().as_raw();
+        let candidates = paths::client_candidates(&paths::process_env, uid);
+        let mut last = None;
+        for path in &candidates {
+            match Client::connect_to(path).await {
+                Ok(client) => return Ok(client),
+                Err(Error::Unavailable(m)) => last = Some(m),
+                Err(other) => return Err(other),
+            }
+        }
+        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        Err(Error::Unavailable(format!(
+            "no berth daemon answers (tried {}); start one with `berth daemon`, let the `berth` command start one on demand, or set BERTH_SOCKET{}",
+            tried.join(", "),
+            last.map(|m| format!(" — last error: {m}")).unwrap_or_default()
+        )))
+    }
+
+    /// Connects to the daemon listening on `path`.
+    pub async fn connect_to(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let name = concat!("berth-rs/", env!("CARGO_PKG_VERSION"));
+        let conn = Connection::open(path.as_ref(), name).await?;
+        Ok(Client {
+            conn: Arc::new(conn),
+        })
+    }
+
+    /// The daemon's release.
+    pub fn daemon_version(&self) -> &str {
+        &self.conn.welcome().daemon_version
+    }
+
+    /// The daemon's process id.
+    pub fn daemon_pid(&self) -> u32 {
+        self.conn.welcome().daemon_pid
+    }
+
+    /// The protocol version agreed with the daemon.
+    pub fn protocol_version(&self) -> u16 {
+        self.conn.welcome().version
+    }
+
+    /// The socket this client is connected to.
+    pub fn socket_path(&self) -> &Path {
+        self.conn.path()
+    }
+
+    /// Reserves `count` ports of `protocol` from `start`, or — with `start == 0` — any free
+    /// block of `count` ports from the daemon's pool. The reservation lives until it is
+    /// released or dropped, or until this session ends.
+    ///
+    /// Fails with [`Error::InvalidArgument`] (count 0, past 65535), [`Error::Conflict`] (the
+    /// ports are reserved or in use; the message names the holder) or
+    /// [`Error::PoolExhausted`].
+    pub async fn acquire(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<Reservation, Error> {
+        let request = Request::Acquire {
+            protocol,
+            start,
+            count,
+        };
+        match self.conn.call(request).await? {
+            Response::Acquired(info) => Ok(Reservation::new(self.clone(), info)),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Releases the reservation named `token`. Allowed to the process that acquired it and to
+    /// administrators; anyone else gets [`Error::PermissionDenied`].
+    pub async fn release(&self, token: Token) -> Result<ReservationInfo, Error> {
+        self.release_raw(token.get()).await
+    }
+
+    /// [`Client::release`] with an unchecked token value (0 is refused by the daemon).
+    pub async fn release_raw(&self, token: u64) -> Result<ReservationInfo, Error> {
+        match self.conn.call(Request::Release { token }).await? {
+            Response::Released(info) => Ok(info),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Every live reservation, by protocol then start port. Owner details of other users'
+    /// reservations are shown to administrators only.
+    pub async fn list(&self) -> Result<Vec<ReservationInfo>, Error> {
+        match self.conn.call(Request::List).await? {
+            Response::List(list) => Ok(list),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// The daemon's status.
+    pub async fn status(&self) -> Result<StatusInfo, Error> {
+        match self.conn.call(Request::Status).await? {
+            Response::Status(status) => Ok(status),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Releases `token` without waiting for the answer (used by `Drop`).
+    pub(crate) fn release_detached(&self, token: Token) {
+        self.conn.submit(Request::Release { token: token.get() });
+    }
+}

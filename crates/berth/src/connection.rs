@@ -1,0 +1,162 @@
+//! The background task that owns a connection to the daemon.
+//!
+//! Requests go out in the order they are submitted and the daemon answers in that order, so
+//! a queue of reply slots matches answers to callers; a caller may also submit without waiting
+//! (a dropped [`crate::Reservation`] releases that way).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use berth_protocol::{FrameCodec, Hello, Request, Response, Welcome};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::error::Error;
+
+type Reply = oneshot::Sender<Result<Response, Error>>;
+
+/// A request on its way, with the slot its answer goes to (none for fire-and-forget).
+struct Call {
+    request: Request,
+    reply: Option<Reply>,
+}
+
+/// Reply slots of requests sent and not yet answered, in order.
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<Option<Reply>>,
+    /// Set when the daemon's side has closed: later calls fail at once.
+    closed: bool,
+}
+
+/// A live connection: a handle to the task that owns the socket.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    calls: mpsc::UnboundedSender<Call>,
+    welcome: Welcome,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call").field("request", &self.request).finish()
+    }
+}
+
+impl Connection {
+    /// Connects to the daemon at `path` and shakes hands. Must run inside a tokio runtime, on
+    /// which the connection's tasks are spawned.
+    pub(crate) async fn open(path: &Path, client_name: &str) -> Result<Self, Error> {
+        let stream = UnixStream::connect(path).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "no berth daemon answers on {} ({e}); start one with `berth daemon`, or let the `berth` command start one for you",
+                path.display()
+            ))
+        })?;
+        let (rd, wr) = stream.into_split();
+        let mut reader = FramedRead::new(rd, FrameCodec::client());
+        let mut writer = FramedWrite::new(wr, FrameCodec::client());
+        writer
+            .send(Request::Hello(Hello::current(client_name)))
+            .await
+            .map_err(Error::lost)?;
+        let welcome = match reader.next().await {
+            Some(Ok(Response::Welcome(w))) => w,
+            Some(Ok(Response::Error(e))) => return Err(e.into()),
+            Some(Ok(other)) => return Err(Error::unexpected(other)),
+            Some(Err(e)) => return Err(Error::lost(e)),
+            None => return Err(Error::lost("closed during the handshake")),
+        };
+
+        let (calls, mut rx) = mpsc::unbounded_channel::<Call>();
+        let pending = Arc::new(Mutex::new(Pending::default()));
+
+        let writer_pending = pending.clone();
+        tokio::spawn(async move {
+            while let Some(call) = rx.recv().await {
+                {
+                    let mut p = writer_pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    if p.closed {
+                        if let Some(reply) = call.reply {
+                            let _ = reply.send(Err(Error::lost("the daemon closed it")));
+                        }
+                        continue;
+                    }
+                    p.queue.push_back(call.reply);
+                }
+                if writer.send(call.request).await.is_err() {
+                    // The reader sees the same failure and fails every pending call.
+                    break;
+                }
+            }
+            // Dropping the writer shuts down our side; the daemon then ends the session.
+        });
+
+        tokio::spawn(async move {
+            let why = loop {
+                match reader.next().await {
+                    Some(Ok(response)) => {
+                        let slot = pending
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .queue
+                            .pop_front();
+                        if let Some(Some(reply)) = slot {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "the daemon closed it".to_owned(),
+                }
+            };
+            let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            p.closed = true;
+            for reply in p.queue.drain(..).flatten() {
+                let _ = reply.send(Err(Error::lost(&why)));
+            }
+        });
+
+        Ok(Connection {
+            calls,
+            welcome,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Sends `request` and waits for its answer. A [`Response::Error`] becomes an `Err`.
+    pub(crate) async fn call(&self, request: Request) -> Result<Response, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .send(Call {
+                request,
+                reply: Some(tx),
+            })
+            .map_err(|_| Error::lost("the connection task ended"))?;
+        match rx.await {
+            Ok(Ok(Response::Error(e))) => Err(e.into()),
+            Ok(result) => result,
+            Err(_) => Err(Error::lost("the connection task ended")),
+        }
+    }
+
+    /// Sends `request` without waiting for its answer.
+    pub(crate) fn submit(&self, request: Request) {
+        let _ = self.calls.send(Call {
+            request,
+            reply: None,
+        });
+    }
+
+    /// The daemon's side of the handshake.
+    pub(crate) fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The socket this connection reached.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
