@@ -70,6 +70,16 @@ impl Connection {
             Some(Err(e)) => return Err(Error::lost(e)),
             None => return Err(Error::lost("closed during the handshake")),
         };
+        let ours = berth_protocol::MIN_PROTOCOL_VERSION..=berth_protocol::PROTOCOL_VERSION;
+        if !ours.contains(&welcome.version) {
+            return Err(Error::Incompatible(format!(
+                "the daemon on {} chose protocol version {}, which this client (versions {}..={}) does not speak; upgrade the older of the two",
+                path.display(),
+                welcome.version,
+                ours.start(),
+                ours.end()
+            )));
+        }
 
         let (calls, mut rx) = mpsc::unbounded_channel::<Call>();
         let pending = Arc::new(Mutex::new(Pending::default()));

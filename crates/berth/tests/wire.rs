@@ -1,0 +1,197 @@
+//! The protocol with raw bytes: malformed, oversized, unknown and out-of-order frames get an
+//! error reply and a closed connection, while the daemon and other clients carry on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use berth::{Client, ErrorKind, Protocol};
+use berth_protocol::{FrameCodec, Hello, Request, Response, MAGIC, PROTOCOL_VERSION};
+use bytes::BytesMut;
+use support::TestDaemon;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Encodes a request the way a client does.
+fn frame(request: Request) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    FrameCodec::client().encode(request, &mut buf).unwrap();
+    buf.to_vec()
+}
+
+/// A frame with an arbitrary payload.
+fn raw_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads everything until the daemon closes, and decodes the responses in it.
+async fn read_until_closed(stream: &mut UnixStream) -> Vec<Response> {
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut bytes),
+    )
+    .await
+    .expect("the daemon should close the connection");
+    read.unwrap();
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut codec = FrameCodec::client();
+    let mut out = Vec::new();
+    while let Some(r) = codec.decode(&mut buf).unwrap() {
+        out.push(r);
+    }
+    assert!(buf.is_empty(), "trailing bytes: {buf:?}");
+    out
+}
+
+async fn shaken_hands(daemon: &TestDaemon) -> UnixStream {
+    let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
+    stream
+        .write_all(&frame(Request::Hello(Hello::current("raw"))))
+        .await
+        .unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut payload).await.unwrap();
+    let welcome: Response = postcard::from_bytes(&payload).unwrap();
+    assert!(matches!(welcome, Response::Welcome(w) if w.version == PROTOCOL_VERSION));
+    stream
+}
+
+fn assert_error(responses: &[Response], kind: ErrorKind, needle: &str) {
+    match responses.last() {
+        Some(Response::Error(e)) => {
+            assert_eq!(e.kind, kind, "{}", e.message);
+            assert!(e.message.contains(needle), "{}", e.message);
+        }
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+/// Another client holds a reservation throughout, and must not notice anything.
+async fn bystander(daemon: &TestDaemon) -> (Client, berth::Reservation) {
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let r = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
+    (client, r)
+}
+
+async fn bystander_is_fine(client: &Client, r: &berth::Reservation) {
+    let list = client.list().await.unwrap();
+    assert!(list.iter().any(|x| x.token == r.token()));
+}
+
+#[tokio::test]
+async fn a_malformed_frame_gets_an_error_and_a_close() {
+    let daemon = TestDaemon::start(43000, 43099);
+    let (client, held) = bystander(&daemon).await;
+    let mut stream = shaken_hands(&daemon).await;
+    stream.write_all(&raw_frame(&[0xff, 0xff, 0xff])).await.unwrap();
+    let replies = read_until_closed(&mut stream).await;
+    assert_error(&replies, ErrorKind::InvalidArgument, "malformed");
+    bystander_is_fine(&client, &held).await;
+}
+
+#[tokio::test]
+async fn an_unknown_request_gets_an_error_and_a_close() {
+    let daemon = TestDaemon::start(43100, 43199);
+    let (client, held) = bystander(&daemon).await;
+    let mut stream = shaken_hands(&daemon).await;
+    stream.write_all(&raw_frame(&[200, 0])).await.unwrap();
+    let replies = read_until_closed(&mut stream).await;
+    assert_error(&replies, ErrorKind::InvalidArgument, "unknown");
+    bystander_is_fine(&client, &held).await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_is_refused_from_its_header() {
+    let daemon = TestDaemon::start(43200, 43299);
+    let (client, held) = bystander(&daemon).await;
+    let mut stream = shaken_hands(&daemon).await;
+    // Announce 1 GiB and send only the header: the daemon must not wait for the body.
+    stream.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    let replies = read_until_closed(&mut stream).await;
+    assert_error(&replies, ErrorKind::InvalidArgument, "exceeds the limit");
+    bystander_is_fine(&client, &held).await;
+}
+
+#[tokio::test]
+async fn a_request_before_the_hello_is_incompatible() {
+    let daemon = TestDaemon::start(43300, 43399);
+    let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
+    stream.write_all(&frame(Request::List)).await.unwrap();
+    let replies = read_until_closed(&mut stream).await;
+    assert_error(&replies, ErrorKind::Incompatible, "Hello");
+}
+
+#[tokio::test]
+async fn a_client_from_the_future_is_incompatible() {
+    let daemon = TestDaemon::start(43400, 43499);
+    let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
+    let hello = Hello {
+        magic: MAGIC,
+        min_version: PROTOCOL_VERSION + 1,
+        max_version: PROTOCOL_VERSION + 9,
+        client: "future".into(),
+    };
+    stream.write_all(&frame(Request::Hello(hello))).await.unwrap();
+    let replies = read_until_closed(&mut stream).await;
+    assert_error(&replies, ErrorKind::Incompatible, "upgrade");
+    assert_eq!(ErrorKind::Incompatible.errno(), 71);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let daemon = TestDaemon::start(43500, 43599);
+    let mut stream = shaken_hands(&daemon).await;
+    let mut bytes = Vec::new();
+    bytes.extend(frame(Request::Acquire {
+        protocol: Protocol::Udp,
+        start: 23000,
+        count: 2,
+    }));
+    bytes.extend(frame(Request::Acquire {
+        protocol: Protocol::Udp,
+        start: 23001,
+        count: 1,
+    }));
+    bytes.extend(frame(Request::Status));
+    stream.write_all(&bytes).await.unwrap();
+    stream.shutdown().await.unwrap(); // end of requests; the daemon answers, then closes
+    let replies = read_until_closed(&mut stream).await;
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    assert!(matches!(&replies[0], Response::Acquired(r) if r.range.start() == 23000));
+    assert!(matches!(&replies[1], Response::Error(e) if e.kind == ErrorKind::Conflict));
+    assert!(matches!(&replies[2], Response::Status(s) if s.reservations == 1));
+}
+
+#[tokio::test]
+async fn a_daemon_speaking_another_version_is_refused_by_the_client() {
+    // A fake daemon that answers every hello with a version this client does not know.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fake.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf).await.unwrap();
+        let mut out = BytesMut::new();
+        FrameCodec::<Request, Response>::daemon()
+            .encode(
+                Response::Welcome(berth_protocol::Welcome {
+                    version: PROTOCOL_VERSION + 7,
+                    daemon_version: "9.9.9".into(),
+                    daemon_pid: 1,
+                }),
+                &mut out,
+            )
+            .unwrap();
+        s.write_all(&out).await.unwrap();
+    });
+    let err = Client::connect_to(&path).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Incompatible);
+    assert!(err.to_string().contains("does not speak"), "{err}");
+}
