@@ -93,6 +93,9 @@ pub async fn run(
 pub async fn serve(config: Config, ready: impl FnOnce()) -> Result<(), ServeError> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    // Installing a handler is what matters: an on-demand daemon must outlive the terminal
+    // of the command that started it.
+    let _sighup = signal(SignalKind::hangup())?;
     let (listener, _guard) = bind_socket(&config.socket)?;
     ready();
     let shutdown = async move {
