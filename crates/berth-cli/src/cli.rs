@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use berth_core::{Pool, Token};
+use berth_core::Pool;
 use clap::{Args, Parser, Subcommand};
 
 /// Reserve TCP/UDP ports on this host, run programs on them, and see who holds which port.
@@ -88,9 +88,10 @@ pub struct JsonArg {
 /// `berth release`.
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
-    /// The reservation's token, as `berth list` prints it (0x…).
+    /// The reservation's token, as `berth list` prints it (0x…). Checked by the command, not
+    /// the parser, so that a bad token is an invalid-argument error (exit 10).
     #[arg(value_name = "TOKEN")]
-    pub token: Token,
+    pub token: String,
     /// Print the released reservation as JSON.
     #[arg(long)]
     pub json: bool,

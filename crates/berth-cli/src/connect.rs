@@ -35,10 +35,16 @@ pub async fn or_start() -> Result<Client, Failure> {
         Err(e) => return Err(e.into()),
     };
     if std::env::var_os(NO_AUTOSTART_ENV).is_some_and(|v| v == "1") {
-        return Err(unavailable.into());
+        return Err(berth::Error::Unavailable(format!(
+            "{} ({NO_AUTOSTART_ENV}=1 is set, so none was started on demand; start one with `berth daemon`, or unset {NO_AUTOSTART_ENV})",
+            unavailable.message()
+        ))
+        .into());
     }
     let uid = rustix::process::getuid().as_raw();
-    let socket = paths::autostart_socket(&paths::process_env, uid);
+    // Absolute, because the daemon runs from `/` so as not to hold our directory busy.
+    let socket = std::path::absolute(paths::autostart_socket(&paths::process_env, uid))
+        .context("cannot resolve the daemon's socket path")?;
     let started = tokio::task::spawn_blocking(move || start_daemon(&socket))
         .await
         .map_err(|e| anyhow!("the daemon starter failed: {e}"))??;
@@ -99,6 +105,7 @@ fn start_daemon(socket: &Path) -> Result<PathBuf, Failure> {
         .stderr(log)
         // Its own process group: a Ctrl-C meant for this command must not stop the daemon.
         .process_group(0)
+        .current_dir("/")
         .spawn()
         .context("cannot start `berth daemon`")?;
     let pid = child.id();

@@ -398,13 +398,15 @@ fn list_status_release_and_their_errors() {
         .output()
         .code(15)
         .says(&["0x0000000000000001"]);
-    // Token 0 is refused while parsing the command line (clap's usage error, exit 2).
-    let zero = d.berth(["release", "0"]).output().code(2);
-    assert!(
-        zero.stderr.contains("token 0 names no reservation"),
-        "{}",
-        zero.stderr
-    );
+    // Token 0 and garbage are invalid arguments (exit 10), with a clear message.
+    d.berth(["release", "0"])
+        .output()
+        .code(10)
+        .says(&["token 0 names no reservation"]);
+    d.berth(["release", "0xnothex"])
+        .output()
+        .code(10)
+        .says(&["is not a token"]);
 
     // Another user may not release it, and is told who holds it.
     std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use berth::Token;
 
 use crate::cli::{JsonArg, ReleaseArgs};
 use crate::connect;
@@ -33,18 +34,24 @@ pub async fn status(args: JsonArg) -> Result<ExitCode, Failure> {
         println!("  up {}", output::human_age(status.uptime_s));
         println!("  wildcard pool {}", status.pool);
         println!(
-            "  {} reservations: {} tcp ports, {} udp ports",
-            status.reservations, status.tcp_ports, status.udp_ports
+            "  {}: {}, {}",
+            plural(status.reservations, "reservation"),
+            plural(status.tcp_ports, "tcp port"),
+            plural(status.udp_ports, "udp port")
         );
-        println!("  {} client connections", status.sessions);
+        println!("  {}", plural(status.sessions, "client connection"));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Releases a reservation by token.
 pub async fn release(args: ReleaseArgs) -> Result<ExitCode, Failure> {
+    let token: Token = args
+        .token
+        .parse()
+        .map_err(|e: berth_core::RangeError| berth::Error::InvalidArgument(e.to_string()))?;
     let client = connect::existing().await?;
-    let released = client.release(args.token).await?;
+    let released = client.release(token).await?;
     if args.json {
         let row = ReservationJson::from(&released);
         println!("{}", serde_json::to_string_pretty(&row).context("cannot render JSON")?);
@@ -55,4 +62,13 @@ pub async fn release(args: ReleaseArgs) -> Result<ExitCode, Failure> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1 reservation`, `2 reservations`.
+fn plural(n: u32, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }

@@ -52,6 +52,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         eprintln!("{}", serde_json::to_string(&rows).context("cannot render JSON")?);
     }
 
+    // Handlers first: a signal that arrives while the command starts is then forwarded (or
+    // at least does not kill us with the ports' owner still running).
+    let signals = install_signal_handlers()?;
     let mut child = command.spawn().map_err(|e| {
         let name = program.to_string_lossy();
         let code = if e.kind() == std::io::ErrorKind::NotFound {
@@ -65,7 +68,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
     })?;
     if let Some(pid) = child.id() {
-        forward_signals(pid)?;
+        forward_signals(signals, pid);
     }
     let status = child.wait().await.context("waiting for the command failed")?;
 
@@ -100,13 +103,24 @@ fn port_list(r: &Reservation) -> String {
     r.ports().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
 }
 
-/// Passes the signals in [`FORWARDED`] on to process `pid` for as long as this command runs.
-fn forward_signals(pid: u32) -> Result<(), Failure> {
+/// Handlers for the signals in [`FORWARDED`], installed before the command starts.
+fn install_signal_handlers() -> Result<Vec<(tokio::signal::unix::Signal, i32)>, Failure> {
+    FORWARDED
+        .iter()
+        .map(|&(kind, number)| {
+            signal(kind)
+                .map(|stream| (stream, number))
+                .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}").into())
+        })
+        .collect()
+}
+
+/// Passes the signals on to process `pid` for as long as this command runs.
+fn forward_signals(signals: Vec<(tokio::signal::unix::Signal, i32)>, pid: u32) {
     let Some(target) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
-        return Ok(());
+        return;
     };
-    for (kind, number) in FORWARDED {
-        let mut stream = signal(kind).context("cannot install signal handlers")?;
+    for (mut stream, number) in signals {
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
                 if number == 2 && terminal_sent_it() {
@@ -118,7 +132,6 @@ fn forward_signals(pid: u32) -> Result<(), Failure> {
             }
         });
     }
-    Ok(())
 }
 
 /// Whether a SIGINT came from the terminal: stdin is a terminal whose foreground process group
