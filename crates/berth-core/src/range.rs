@@ -42,7 +42,9 @@ impl FromStr for Protocol {
         match s {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
-            other => Err(RangeError::UnknownProtocol(other.chars().take(16).collect())),
+            other => Err(RangeError::UnknownProtocol(
+                other.chars().take(16).collect(),
+            )),
         }
     }
 }
@@ -197,6 +199,12 @@ impl RangeRequest {
 pub struct Pool(PortRange);
 
 impl Pool {
+    /// Linux's default ephemeral range, 32768-60999.
+    pub const LINUX_DEFAULT: Pool = Pool(PortRange {
+        start: 32768,
+        count: 60999 - 32768 + 1,
+    });
+
     /// The pool `first ..= last`.
     pub fn new(first: u16, last: u16) -> Result<Self, RangeError> {
         PortRange::from_bounds(first, last).map(Pool)

@@ -8,6 +8,14 @@ use crate::owner::{Holder, Owner, Requester, SessionId};
 use crate::range::{Pool, PortRange, Protocol, RangeRequest};
 use crate::token::{Token, TokenSource};
 
+mod records;
+mod space;
+#[cfg(test)]
+mod tests;
+
+use records::Records;
+use space::Space;
+
 /// How long a reservation lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
@@ -61,19 +69,44 @@ impl Reservation {
 /// Invariant: two reservations of one protocol never share a port.
 #[derive(Debug)]
 pub struct Table {
-    _todo: (),
+    /// Where wildcard blocks come from.
+    pool: Pool,
+    /// TCP's reservations, free map and cursor.
+    tcp: Space,
+    /// UDP's reservations, free map and cursor.
+    udp: Space,
+    /// Every live reservation by token and by session; the spaces index the same ones by port.
+    records: Records,
 }
 
 impl Table {
     /// An empty table whose wildcard requests draw from `pool`.
     pub fn new(pool: Pool) -> Self {
-        let _ = pool;
-        todo!()
+        Table {
+            pool,
+            tcp: Space::new(pool.range()),
+            udp: Space::new(pool.range()),
+            records: Records::default(),
+        }
     }
 
     /// The wildcard pool.
     pub fn pool(&self) -> Pool {
-        todo!()
+        self.pool
+    }
+
+    fn space(&self, protocol: Protocol) -> &Space {
+        match protocol {
+            Protocol::Tcp => &self.tcp,
+            Protocol::Udp => &self.udp,
+        }
+    }
+
+    fn space_mut(&mut self, protocol: Protocol) -> &mut Space {
+        match protocol {
+            Protocol::Tcp => &mut self.tcp,
+            Protocol::Udp => &mut self.udp,
+        }
     }
 
     /// Acquires a runtime reservation.
@@ -85,6 +118,9 @@ impl Table {
     /// request searches next-fit from the protocol's cursor, skips blocks with ports in use,
     /// and fails with [`AcquireError::PoolExhausted`] only when no block of `count` ports in
     /// the pool is both unreserved and not in use. On success the cursor moves past the block.
+    ///
+    /// A wildcard request for 0 ports (which [`RangeRequest::from_start_count`] never makes)
+    /// fails with [`AcquireError::PoolExhausted`].
     pub fn acquire(
         &mut self,
         protocol: Protocol,
@@ -93,8 +129,60 @@ impl Table {
         tokens: &mut dyn TokenSource,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<Reservation, AcquireError> {
-        let _ = (protocol, request, holder, tokens, in_use);
-        todo!()
+        let range = match request {
+            RangeRequest::Specific(range) => {
+                let overlap = self.space(protocol).first_overlap(range);
+                if let Some(holder) = overlap.and_then(|slot| self.get(slot.token)) {
+                    return Err(AcquireError::Conflict {
+                        protocol,
+                        requested: range,
+                        holder: Box::new(holder.clone()),
+                    });
+                }
+                if let Some(port) = in_use(protocol, range) {
+                    return Err(AcquireError::InUse {
+                        protocol,
+                        requested: range,
+                        port,
+                    });
+                }
+                range
+            }
+            RangeRequest::Wildcard { count } => {
+                let pool = self.pool;
+                self.space_mut(protocol)
+                    .next_fit(protocol, count, pool.range(), in_use)
+                    .ok_or(AcquireError::PoolExhausted {
+                        protocol,
+                        count,
+                        pool,
+                    })?
+            }
+        };
+        let token = self.draw_token(tokens);
+        let reservation = Reservation {
+            token,
+            protocol,
+            range,
+            kind: Kind::Runtime,
+            owner: Some(holder.owner),
+            session: Some(holder.session),
+            acquired_at_ms: holder.acquired_at_ms,
+        };
+        self.space_mut(protocol).insert(range, token);
+        self.records.insert(reservation.clone());
+        Ok(reservation)
+    }
+
+    /// A fresh token: non-zero and naming no live reservation. Draws until it gets one.
+    fn draw_token(&self, tokens: &mut dyn TokenSource) -> Token {
+        loop {
+            if let Some(token) = Token::new(tokens.draw()) {
+                if !self.records.contains(token) {
+                    return token;
+                }
+            }
+        }
     }
 
     /// Releases `token` on behalf of `requester`: allowed for the owning process (same pid and
@@ -104,36 +192,60 @@ impl Table {
         token: Token,
         requester: &Requester,
     ) -> Result<Reservation, ReleaseError> {
-        let _ = (token, requester);
-        todo!()
+        let reservation = self.get(token).ok_or(ReleaseError::NotFound(token))?;
+        let owns = reservation
+            .owner
+            .as_ref()
+            .is_some_and(|owner| owner.same_process(&requester.process));
+        if !(owns || requester.is_admin) {
+            return Err(ReleaseError::PermissionDenied(Box::new(
+                reservation.clone(),
+            )));
+        }
+        self.remove(token).ok_or(ReleaseError::NotFound(token))
     }
 
-    /// Releases every runtime reservation of `session` (its connection closed), returning them.
+    /// Removes `token`'s reservation from every index and frees its ports.
+    fn remove(&mut self, token: Token) -> Option<Reservation> {
+        let reservation = self.records.remove(token)?;
+        self.space_mut(reservation.protocol)
+            .remove(reservation.range.start());
+        Some(reservation)
+    }
+
+    /// Releases every runtime reservation of `session` (its connection closed), returning them
+    /// ordered by protocol then start port.
     pub fn release_session(&mut self, session: SessionId) -> Vec<Reservation> {
-        let _ = session;
-        todo!()
+        let mut released = self.records.remove_session(session);
+        for r in &released {
+            self.space_mut(r.protocol).remove(r.range.start());
+        }
+        released.sort_by_key(|r| (r.protocol, r.range.start()));
+        released
     }
 
     /// The live reservation named `token`.
     pub fn get(&self, token: Token) -> Option<&Reservation> {
-        let _ = token;
-        todo!()
+        self.records.get(token)
     }
 
     /// Every live reservation, ordered by protocol then start port.
     pub fn iter(&self) -> impl Iterator<Item = &Reservation> + '_ {
-        std::iter::empty()
+        Protocol::ALL
+            .into_iter()
+            .flat_map(move |protocol| self.space(protocol).by_start.values())
+            .filter_map(|slot| self.records.get(slot.token))
     }
 
     /// The reservation of `protocol` that contains `port`, if any.
     pub fn find_port(&self, protocol: Protocol, port: u16) -> Option<&Reservation> {
-        let _ = (protocol, port);
-        todo!()
+        let slot = self.space(protocol).containing(port)?;
+        self.records.get(slot.token)
     }
 
     /// Number of live reservations.
     pub fn len(&self) -> usize {
-        todo!()
+        self.records.len()
     }
 
     /// Whether there are none.
@@ -143,7 +255,6 @@ impl Table {
 
     /// Number of reserved ports of `protocol`.
     pub fn reserved_ports(&self, protocol: Protocol) -> u32 {
-        let _ = protocol;
-        todo!()
+        self.space(protocol).reserved
     }
 }

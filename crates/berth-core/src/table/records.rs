@@ -1,0 +1,133 @@
+//! The full records of live reservations, by token and by session.
+
+use std::collections::HashMap;
+
+use crate::owner::SessionId;
+use crate::table::Reservation;
+use crate::token::Token;
+
+/// A reservation and its neighbours in its session's list (indices into the slab).
+#[derive(Debug)]
+struct Entry {
+    reservation: Reservation,
+    /// The reservation acquired next on the same session, if still live.
+    newer: Option<u32>,
+    /// The reservation acquired before this one on the same session, if still live.
+    older: Option<u32>,
+}
+
+/// Every live reservation, findable by token and by session.
+///
+/// Records live in a slab whose vacated slots are reused newest-first; the token map holds
+/// only slab indices, and each session's reservations are threaded through the slab as a
+/// doubly linked list (newest first). So an acquire or release touches one small map entry,
+/// its own slot and its neighbours' — which were acquired around the same time and are usually
+/// still in cache. A set of tokens per session, or full records in the map, would each cost a
+/// random memory access per operation once tens of thousands of reservations are live.
+#[derive(Debug, Default)]
+pub(super) struct Records {
+    slab: Vec<Option<Entry>>,
+    /// Vacant slab slots, most recently vacated last.
+    vacant: Vec<u32>,
+    by_token: HashMap<Token, u32>,
+    /// The newest live reservation of each session that has any.
+    newest: HashMap<SessionId, u32>,
+}
+
+impl Records {
+    pub(super) fn len(&self) -> usize {
+        self.by_token.len()
+    }
+
+    pub(super) fn contains(&self, token: Token) -> bool {
+        self.by_token.contains_key(&token)
+    }
+
+    pub(super) fn get(&self, token: Token) -> Option<&Reservation> {
+        let index = *self.by_token.get(&token)?;
+        self.entry(index).map(|e| &e.reservation)
+    }
+
+    fn entry(&self, index: u32) -> Option<&Entry> {
+        self.slab.get(index as usize)?.as_ref()
+    }
+
+    fn entry_mut(&mut self, index: u32) -> Option<&mut Entry> {
+        self.slab.get_mut(index as usize)?.as_mut()
+    }
+
+    /// Adds `reservation`, whose token must be new, at the head of its session's list.
+    pub(super) fn insert(&mut self, reservation: Reservation) {
+        let index = match self.vacant.pop() {
+            Some(index) => index,
+            None => {
+                // More live reservations than u32 can count would need more memory than a
+                // host has; the length cannot overflow in practice.
+                let index = u32::try_from(self.slab.len()).unwrap_or(u32::MAX);
+                self.slab.push(None);
+                index
+            }
+        };
+        let token = reservation.token;
+        let older = reservation
+            .session
+            .and_then(|session| self.newest.insert(session, index));
+        if let Some(entry) = older.and_then(|i| self.entry_mut(i)) {
+            entry.newer = Some(index);
+        }
+        if let Some(slot) = self.slab.get_mut(index as usize) {
+            *slot = Some(Entry {
+                reservation,
+                newer: None,
+                older,
+            });
+        }
+        self.by_token.insert(token, index);
+    }
+
+    /// Empties slot `index`, returning its entry.
+    fn take(&mut self, index: u32) -> Option<Entry> {
+        let entry = self.slab.get_mut(index as usize)?.take()?;
+        self.vacant.push(index);
+        Some(entry)
+    }
+
+    /// Removes `token`'s reservation and closes the gap it leaves in its session's list.
+    pub(super) fn remove(&mut self, token: Token) -> Option<Reservation> {
+        let index = self.by_token.remove(&token)?;
+        let entry = self.take(index)?;
+        if let Some(older) = entry.older.and_then(|i| self.entry_mut(i)) {
+            older.newer = entry.newer;
+        }
+        match entry.newer {
+            Some(newer) => {
+                if let Some(newer) = self.entry_mut(newer) {
+                    newer.older = entry.older;
+                }
+            }
+            // It was the newest: its predecessor (if any) heads the list now.
+            None => {
+                if let Some(session) = entry.reservation.session {
+                    match entry.older {
+                        Some(older) => self.newest.insert(session, older),
+                        None => self.newest.remove(&session),
+                    };
+                }
+            }
+        }
+        Some(entry.reservation)
+    }
+
+    /// Removes every reservation of `session`, newest first.
+    pub(super) fn remove_session(&mut self, session: SessionId) -> Vec<Reservation> {
+        let mut next = self.newest.remove(&session);
+        let mut removed = Vec::new();
+        // The whole list goes, so no neighbour needs relinking.
+        while let Some(entry) = next.and_then(|i| self.take(i)) {
+            self.by_token.remove(&entry.reservation.token);
+            next = entry.older;
+            removed.push(entry.reservation);
+        }
+        removed
+    }
+}

@@ -1,0 +1,146 @@
+//! One protocol's port space: its reservations by start port, its free map and its next-fit
+//! cursor.
+
+use std::collections::BTreeMap;
+
+use crate::freemap::FreeMap;
+use crate::range::{PortRange, Protocol};
+use crate::token::Token;
+
+/// A live reservation as its space sees it: the table keeps the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Slot {
+    /// Its ports.
+    pub(super) range: PortRange,
+    /// Its name, the key of the full record in the table.
+    pub(super) token: Token,
+}
+
+/// The allocation state of one protocol.
+#[derive(Debug)]
+pub(super) struct Space {
+    /// Live reservations keyed by first port. Because they never overlap, the one holding a
+    /// port is the last one starting at or before it — an O(log n) lookup. Values are small
+    /// on purpose: with tens of thousands of reservations the tree's nodes stay in cache.
+    pub(super) by_start: BTreeMap<u16, Slot>,
+    /// The same ports as `by_start`, in a form that finds free blocks in O(log 65,536).
+    free: FreeMap,
+    /// Where the next wildcard search starts: just past the last block granted, so a block
+    /// that was just released is not handed out again at once (a late packet or a lingering
+    /// peer aimed at the old owner should not reach a new one). Always inside the pool.
+    cursor: u16,
+    /// Number of reserved ports, kept so that counting them is O(1).
+    pub(super) reserved: u32,
+}
+
+impl Space {
+    /// An empty space whose cursor sits at the start of `pool`.
+    pub(super) fn new(pool: PortRange) -> Self {
+        Space {
+            by_start: BTreeMap::new(),
+            free: FreeMap::new(),
+            cursor: pool.start(),
+            reserved: 0,
+        }
+    }
+
+    /// The reservation holding `port`, if any.
+    pub(super) fn containing(&self, port: u16) -> Option<Slot> {
+        self.by_start
+            .range(..=port)
+            .next_back()
+            .map(|(_, slot)| *slot)
+            .filter(|slot| slot.range.contains(port))
+    }
+
+    /// The lowest reservation that shares a port with `range`, if any.
+    pub(super) fn first_overlap(&self, range: PortRange) -> Option<Slot> {
+        // Only the last reservation starting at or before `range` can reach into it from the
+        // left; failing that, the first one starting inside it is the lowest overlap.
+        self.containing(range.start()).or_else(|| {
+            self.by_start
+                .range(range.start()..=range.end())
+                .next()
+                .map(|(_, slot)| *slot)
+        })
+    }
+
+    /// Adds a reservation of `range`, which must overlap none of the live ones.
+    pub(super) fn insert(&mut self, range: PortRange, token: Token) {
+        self.free.occupy(range);
+        self.reserved += u32::from(range.count());
+        self.by_start.insert(range.start(), Slot { range, token });
+    }
+
+    /// Removes the reservation starting at `start` and frees its ports.
+    pub(super) fn remove(&mut self, start: u16) -> Option<Slot> {
+        let slot = self.by_start.remove(&start)?;
+        self.free.free(slot.range);
+        self.reserved -= u32::from(slot.range.count());
+        Some(slot)
+    }
+
+    /// Next-fit search of `pool` for `count` contiguous ports that are neither reserved nor,
+    /// according to `in_use`, in use on the host. Starts at the cursor and wraps once to the
+    /// start of the pool; a block never wraps past the pool's end. On success the cursor moves
+    /// just past the block.
+    ///
+    /// Candidates are visited in ring order from the cursor, strictly moving forward, so the
+    /// search ends after at most one pass however many ports are in use. It is complete: a
+    /// start skipped is either not free in the map, or its block holds a port `in_use`
+    /// reported (the first in use in a candidate at or before it, so also in its block).
+    pub(super) fn next_fit(
+        &mut self,
+        protocol: Protocol,
+        count: u16,
+        pool: PortRange,
+        in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Option<PortRange> {
+        if count == 0 || count > pool.count() {
+            return None;
+        }
+        let cursor = self.cursor.clamp(pool.start(), pool.end());
+        let mut from = cursor;
+        // After the wrap only starts before the cursor are new; the rest were seen already.
+        let mut wrapped = false;
+        loop {
+            let found = self
+                .free
+                .find(count, from, pool)
+                .filter(|&start| !wrapped || start < cursor);
+            let Some(start) = found else {
+                if wrapped {
+                    return None;
+                }
+                wrapped = true;
+                from = pool.start();
+                continue;
+            };
+            let candidate = PortRange::new(start, count).ok()?;
+            let Some(busy) = in_use(protocol, candidate) else {
+                self.cursor = if candidate.end() >= pool.end() {
+                    pool.start()
+                } else {
+                    candidate.end() + 1
+                };
+                return Some(candidate);
+            };
+            // Every start from `start` to `busy` has `busy` in its block. A probe that names a
+            // port outside the candidate breaks its contract; step by one so the search still
+            // moves forward and still ends.
+            let next = if candidate.contains(busy) {
+                u32::from(busy) + 1
+            } else {
+                u32::from(start) + 1
+            };
+            match u16::try_from(next) {
+                Ok(next) if next <= pool.end() => from = next,
+                _ if wrapped => return None,
+                _ => {
+                    wrapped = true;
+                    from = pool.start();
+                }
+            }
+        }
+    }
+}
