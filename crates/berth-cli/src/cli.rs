@@ -120,8 +120,13 @@ mod tests {
         assert!(Cli::try_parse_from(["berth", "run", "--", "true"]).is_err());
         assert!(Cli::try_parse_from(["berth", "run", "--tcp", "1"]).is_err());
         assert!(Cli::try_parse_from(["berth", "run", "--tcp", "0", "--", "true"]).is_err());
-        let cli = Cli::try_parse_from(["berth", "run", "--tcp", "2", "--udp", "1", "--", "sh", "-c", "x"]).unwrap();
-        let Command::Run(run) = cli.command else { panic!("not run") };
+        let cli = Cli::try_parse_from([
+            "berth", "run", "--tcp", "2", "--udp", "1", "--", "sh", "-c", "x",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!((run.tcp, run.udp, run.start), (Some(2), Some(1), None));
         assert_eq!(run.command.len(), 3);
     }

@@ -137,8 +137,8 @@ impl RangeError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AcquireError {
     /// The specific range overlaps a live reservation.
-    #[error("{protocol} ports {requested} overlap reservation {} ({protocol} ports {}) held by {}; choose another range, or release that reservation (`berth release {}`)",
-        holder.token, holder.range, holder.holder_description(), holder.token)]
+    #[error("cannot reserve {protocol} {}: reservation {} ({protocol} {}) held by {} is in the way; choose another range, or release that reservation (`berth release {}`)",
+        describe(*requested), holder.token, describe(holder.range), holder.holder_description(), holder.token)]
     Conflict {
         /// Protocol asked for.
         protocol: Protocol,
@@ -148,7 +148,7 @@ pub enum AcquireError {
         holder: Box<Reservation>,
     },
     /// A port of the specific range is in use by a socket on the host.
-    #[error("{protocol} port {port} (of the requested ports {requested}) is in use by a socket on this host; choose another range, or stop the program using it (`ss -anp '( sport = :{port} )'` shows it)")]
+    #[error("{protocol} port {port} (of the requested {}) is in use by a socket on this host; choose another range, or stop the program using it (`ss -anp '( sport = :{port} )'` shows it)", describe(*requested))]
     InUse {
         /// Protocol asked for.
         protocol: Protocol,
@@ -186,7 +186,7 @@ pub enum ReleaseError {
     #[error("no reservation has token {0}; it was released already or never existed (`berth list` shows the live ones)")]
     NotFound(crate::token::Token),
     /// The asker is neither the owning process nor an administrator.
-    #[error("reservation {} ({} ports {}) belongs to {}; only that process or an administrator may release it", .0.token, .0.protocol, .0.range, .0.holder_description())]
+    #[error("reservation {} ({} {}) belongs to {}; only that process or an administrator may release it", .0.token, .0.protocol, describe(.0.range), .0.holder_description())]
     PermissionDenied(Box<Reservation>),
 }
 
@@ -197,5 +197,40 @@ impl ReleaseError {
             ReleaseError::NotFound(_) => ErrorKind::NotFound,
             ReleaseError::PermissionDenied(_) => ErrorKind::PermissionDenied,
         }
+    }
+}
+
+/// Why a reservation may not be used to bind a socket.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UseError {
+    /// No live reservation has this token.
+    #[error("no reservation has token {0}; it was released already or never existed (`berth list` shows the live ones)")]
+    NotFound(crate::token::Token),
+    /// The asker is not the process that acquired it.
+    #[error("reservation {} ({} {}) belongs to {}, and only that process may bind sockets from it (pid {requester_pid} asked); acquire a reservation of your own", reservation.token, reservation.protocol, describe(reservation.range), reservation.holder_description())]
+    NotOwner {
+        /// The reservation.
+        reservation: Box<Reservation>,
+        /// Who asked.
+        requester_pid: u32,
+    },
+}
+
+impl UseError {
+    /// The SPEC §4 kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            UseError::NotFound(_) => ErrorKind::NotFound,
+            UseError::NotOwner { .. } => ErrorKind::PermissionDenied,
+        }
+    }
+}
+
+/// "port 8080" or "ports 8080-8089", for messages.
+pub fn describe(range: PortRange) -> String {
+    if range.count() == 1 {
+        format!("port {range}")
+    } else {
+        format!("ports {range}")
     }
 }

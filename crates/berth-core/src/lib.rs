@@ -13,16 +13,19 @@
 //! - [`freemap`]: a segment tree over one protocol's 65,536 ports that finds free blocks in
 //!   O(log 65,536), whatever the number of live reservations.
 //! - [`table`]: [`Table`], the allocation state of both protocols.
+//! - [`policy`]: [`PrivilegedPorts`], who may bind ports below the unprivileged start.
 
 pub mod error;
 pub mod freemap;
 pub mod owner;
+pub mod policy;
 pub mod range;
 pub mod table;
 pub mod token;
 
-pub use error::{AcquireError, ErrorKind, RangeError, ReleaseError};
+pub use error::{describe, AcquireError, ErrorKind, RangeError, ReleaseError, UseError};
 pub use owner::{Holder, Owner, Requester, SessionId};
+pub use policy::{PrivilegedDenied, PrivilegedPorts};
 pub use range::{Pool, PortRange, Protocol, RangeRequest};
 pub use table::{Kind, Reservation, Table};
 pub use token::{Token, TokenSource};

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{AcquireError, ReleaseError};
+use crate::error::{AcquireError, ReleaseError, UseError};
 use crate::owner::{Holder, Owner, Requester, SessionId};
 use crate::range::{Pool, PortRange, Protocol, RangeRequest};
 use crate::token::{Token, TokenSource};
@@ -203,6 +203,45 @@ impl Table {
             )));
         }
         self.remove(token).ok_or(ReleaseError::NotFound(token))
+    }
+
+    /// Checks that `requester` may bind sockets from `token`'s reservation (SPEC §2: a
+    /// runtime reservation is usable only by the process that acquired it — knowing the token
+    /// grants nothing). Returns the reservation and the port its next bind should start from.
+    pub fn authorize_use(
+        &self,
+        token: Token,
+        requester: &Owner,
+    ) -> Result<(&Reservation, u16), UseError> {
+        let reservation = self.get(token).ok_or(UseError::NotFound(token))?;
+        let owns = reservation
+            .owner
+            .as_ref()
+            .is_some_and(|owner| owner.same_process(requester));
+        if !owns {
+            return Err(UseError::NotOwner {
+                reservation: Box::new(reservation.clone()),
+                requester_pid: requester.pid,
+            });
+        }
+        let cursor = self
+            .records
+            .bind_cursor(token)
+            .unwrap_or(reservation.range.start());
+        Ok((reservation, cursor))
+    }
+
+    /// Records that a socket was bound to `port` from `token`'s reservation: the next bind
+    /// starts after it (wrapping to the block's start).
+    pub fn note_bound(&mut self, token: Token, port: u16) {
+        if let Some(range) = self.get(token).map(|r| r.range) {
+            let next = if port >= range.end() {
+                range.start()
+            } else {
+                port + 1
+            };
+            self.records.set_bind_cursor(token, next);
+        }
     }
 
     /// Removes `token`'s reservation from every index and frees its ports.

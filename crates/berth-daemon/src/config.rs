@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_core::Pool;
+use berth_core::{Pool, PrivilegedPorts};
 
 /// The most connections served at once unless configured otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -25,6 +25,8 @@ pub struct Config {
     /// How long writing one response may take before the client is deemed stuck and its
     /// connection closed.
     pub write_timeout: Duration,
+    /// Who may reserve and bind privileged ports.
+    pub privileged: PrivilegedPorts,
 }
 
 impl Config {
@@ -37,6 +39,10 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            privileged: PrivilegedPorts {
+                unprivileged_start: unprivileged_port_start(),
+                ..PrivilegedPorts::default()
+            },
         }
     }
 }
@@ -54,7 +60,19 @@ pub fn ephemeral_pool() -> Pool {
             }
         });
     parsed.unwrap_or_else(|| {
-        tracing::warn!("cannot read ip_local_port_range; using the pool {}", Pool::LINUX_DEFAULT);
+        tracing::warn!(
+            "cannot read ip_local_port_range; using the pool {}",
+            Pool::LINUX_DEFAULT
+        );
         Pool::LINUX_DEFAULT
     })
+}
+
+/// `net.ipv4.ip_unprivileged_port_start` of the daemon's network namespace (1024 when it
+/// cannot be read).
+pub fn unprivileged_port_start() -> u16 {
+    crate::peer::read_proc("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(1024)
 }

@@ -15,8 +15,11 @@
 //! - `peer`: who is on the other end (`SO_PEERCRED` and `/proc`).
 //! - `probe`: whether a port is in use on the host.
 
+mod associate;
 pub mod config;
+mod inbound;
 pub mod listener;
+mod netns;
 mod peer;
 mod probe;
 pub mod server;

@@ -42,6 +42,32 @@ pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
     }
 }
 
+/// The supplementary groups of process `pid` (the `Groups:` line of `/proc/PID/status`);
+/// empty when the process is gone.
+pub(crate) fn process_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = read_proc_large(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads a `/proc` file that may exceed one page (`status` does), in one `read()`.
+fn read_proc_large(path: String) -> io::Result<String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = std::fs::File::open(path)?.read(&mut buf)?;
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Field 22 (`starttime`) of `/proc/PID/stat`. The command (field 2) may hold spaces and
 /// parentheses, so fields are counted from the last `)`.
 fn start_time_from_stat(stat: &str) -> Option<u64> {
@@ -56,7 +82,8 @@ mod tests {
 
     #[test]
     fn parses_start_time_with_awkward_command_names() {
-        let stat = "4121 (a) b (c)) S 1 4121 4121 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let stat =
+            "4121 (a) b (c)) S 1 4121 4121 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(start_time_from_stat(stat), Some(987654));
         assert_eq!(start_time_from_stat("garbage"), None);
     }

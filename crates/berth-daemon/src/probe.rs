@@ -50,7 +50,10 @@ impl Prober {
                 SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
             )
         } else {
-            (Domain::IPV4, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+            (
+                Domain::IPV4,
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+            )
         };
         let socket = Socket::new(domain, ty, None)?;
         if self.ipv6 {

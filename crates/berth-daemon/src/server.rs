@@ -42,7 +42,8 @@ pub async fn run(
     let shared = Arc::new(Shared::new(
         config.pool,
         config.socket.display().to_string(),
-    ));
+        config.privileged.clone(),
+    )?);
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let cancel = CancellationToken::new();

@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use berth_core::ErrorKind;
 use berth_protocol::{negotiate, FrameCodec, FrameError, Request, Response, Welcome};
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use futures_util::SinkExt;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::inbound::{ReadError, Reader};
 use crate::peer::peer_owner;
 use crate::state::{error, Peer, Shared};
 
-type Reader = FramedRead<OwnedReadHalf, FrameCodec<Request, Response>>;
 type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Request, Response>>;
 
 /// Serves one connection until the client closes it, breaks the protocol, or the daemon shuts
@@ -34,9 +34,15 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
+    // Per-message credentials tell a forked child using an inherited connection apart
+    // from the process that opened it.
+    if let Err(e) = rustix::net::sockopt::set_socket_passcred(&stream, true) {
+        tracing::warn!("dropping a connection: cannot enable SO_PASSCRED: {e}");
+        return;
+    }
     let mut peer = shared.open_session(owner);
     let (rd, wr) = stream.into_split();
-    let mut reader = FramedRead::new(rd, FrameCodec::daemon());
+    let mut reader = Reader::new(rd);
     let mut writer = FramedWrite::new(wr, FrameCodec::daemon());
 
     if let Some(version) = handshake(&mut reader, &mut writer, &peer, &config).await {
@@ -58,8 +64,9 @@ async fn handshake(
             tracing::debug!(pid = peer.owner.pid, "no hello in time; closing");
             return None;
         }
-        Ok(None) => return None,
-        Ok(Some(frame)) => frame,
+        Ok(Ok(None)) => return None,
+        Ok(Ok(Some(inbound))) => Ok(inbound.request),
+        Ok(Err(e)) => Err(e),
     };
     let reply = match first {
         Ok(Request::Hello(hello)) => match negotiate(&hello) {
@@ -100,15 +107,14 @@ async fn serve_requests(
             frame = reader.next() => frame,
         };
         match frame {
-            None => return,
-            Some(Ok(request)) => {
-                let response = shared.handle(request, peer);
+            Ok(None) => return,
+            Ok(Some(inbound)) => {
+                let response = shared.handle(inbound, peer);
                 if send(writer, response, config.write_timeout).await.is_none() {
                     return;
                 }
             }
-            Some(Err(e)) => {
-                tracing::info!(pid = peer.owner.pid, "closing connection: {e}");
+            Err(e) => {
                 if let Some(reply) = frame_error_reply(&e) {
                     send(writer, reply, config.write_timeout).await;
                 }
@@ -118,8 +124,22 @@ async fn serve_requests(
     }
 }
 
-/// The reply to a frame that could not be decoded; `None` when the connection itself failed.
-fn frame_error_reply(e: &FrameError) -> Option<Response> {
+/// The reply to a frame that could not be read; `None` when the connection itself failed.
+fn frame_error_reply(e: &ReadError) -> Option<Response> {
+    let e = match e {
+        ReadError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Some(error(
+                ErrorKind::InvalidArgument,
+                format!("{e}; the connection is closed"),
+            ))
+        }
+        ReadError::Io(e) => {
+            tracing::debug!("connection failed: {e}");
+            return None;
+        }
+        ReadError::Frame(e) => e,
+    };
+    tracing::info!("closing a connection: {e}");
     match e {
         FrameError::Io(_) => None,
         FrameError::TooLong { len, max } => Some(error(

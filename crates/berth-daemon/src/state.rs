@@ -4,12 +4,20 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
 use berth_core::{
-    ErrorKind, Holder, Owner, Pool, Protocol, RangeRequest, Requester, Reservation, SessionId,
-    Table, Token, TokenSource,
+    ErrorKind, Holder, Owner, Pool, PrivilegedPorts, Protocol, RangeRequest, Requester,
+    Reservation, SessionId, Table, Token, TokenSource,
 };
 use berth_protocol::{OwnerInfo, Request, ReservationInfo, Response, StatusInfo, WireError};
+use rustix::net::UCred;
 
+use crate::associate;
+use crate::inbound::Inbound;
+use crate::netns::NetNs;
+use crate::peer::{process_groups, process_owner};
 use crate::probe::Prober;
 
 /// State shared by every session.
@@ -24,6 +32,10 @@ pub(crate) struct Shared {
     daemon_uid: u32,
     sessions: AtomicU32,
     next_session: AtomicU64,
+    /// Who may use ports below the unprivileged start.
+    privileged: PrivilegedPorts,
+    /// The daemon's network namespace: sockets from any other are refused.
+    netns: NetNs,
 }
 
 /// One connected client, as the kernel identified it.
@@ -36,8 +48,12 @@ pub(crate) struct Peer {
 }
 
 impl Shared {
-    pub(crate) fn new(pool: Pool, socket: String) -> Self {
-        Shared {
+    pub(crate) fn new(
+        pool: Pool,
+        socket: String,
+        privileged: PrivilegedPorts,
+    ) -> std::io::Result<Self> {
+        Ok(Shared {
             table: Mutex::new(Table::new(pool)),
             prober: Prober::new(),
             socket,
@@ -45,7 +61,9 @@ impl Shared {
             daemon_uid: rustix::process::geteuid().as_raw(),
             sessions: AtomicU32::new(0),
             next_session: AtomicU64::new(1),
-        }
+            privileged,
+            netns: NetNs::current()?,
+        })
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -77,14 +95,22 @@ impl Shared {
     }
 
     /// Answers one request (not the hello, which the session handles).
-    pub(crate) fn handle(&self, request: Request, peer: &Peer) -> Response {
+    pub(crate) fn handle(&self, inbound: Inbound, peer: &Peer) -> Response {
+        let Inbound {
+            request,
+            sender,
+            fd,
+        } = inbound;
         match request {
             Request::Acquire {
                 protocol,
                 start,
                 count,
             } => self.acquire(protocol, start, count, peer),
-            Request::Release { token } => self.release(token, peer),
+            Request::Release { token } => self.release(token, &self.requester(peer, sender)),
+            Request::Associate { token, address } => {
+                self.associate(token, address, fd, &self.requester(peer, sender))
+            }
             Request::List => self.list(peer),
             Request::Status => self.status(peer),
             Request::Hello(_) => error(
@@ -99,11 +125,51 @@ impl Shared {
         }
     }
 
+    /// Who sent a request: the session's owner, unless the kernel says another process sent
+    /// it (a forked child writing on an inherited connection).
+    fn requester(&self, peer: &Peer, sender: Option<UCred>) -> Requester {
+        let process = match sender {
+            Some(cred) => {
+                let pid = u32::try_from(cred.pid.as_raw_nonzero().get()).unwrap_or(0);
+                if pid == peer.owner.pid {
+                    peer.owner.clone()
+                } else {
+                    process_owner(pid, cred.uid.as_raw(), cred.gid.as_raw())
+                }
+            }
+            None => peer.owner.clone(),
+        };
+        let is_admin = process.uid == 0 || process.uid == self.daemon_uid;
+        Requester { process, is_admin }
+    }
+
+    /// Refuses privileged ports to users the policy does not allow.
+    fn check_privileged(
+        &self,
+        protocol: Protocol,
+        range: berth_core::PortRange,
+        who: &Owner,
+    ) -> Result<(), Response> {
+        if !self.privileged.touches(range) {
+            return Ok(());
+        }
+        let mut gids = process_groups(who.pid);
+        gids.push(who.gid);
+        self.privileged
+            .check(protocol, range, who.uid, &gids)
+            .map_err(|e| error(e.kind(), e.to_string()))
+    }
+
     fn acquire(&self, protocol: Protocol, start: u16, count: u16, peer: &Peer) -> Response {
         let request = match RangeRequest::from_start_count(start, count) {
             Ok(r) => r,
             Err(e) => return error(e.kind(), e.to_string()),
         };
+        if let RangeRequest::Specific(range) = request {
+            if let Err(refusal) = self.check_privileged(protocol, range, &peer.owner) {
+                return refusal;
+            }
+        }
         let holder = Holder {
             owner: peer.owner.clone(),
             session: peer.session,
@@ -122,37 +188,94 @@ impl Shared {
         match result {
             Ok(r) => {
                 tracing::info!(token = %r.token, "{} ports {} reserved by pid {} ({})", r.protocol, r.range, peer.owner.pid, peer.owner.command);
-                Response::Acquired(info(&r, peer, now_ms()))
+                Response::Acquired(info(&r, &peer.owner, peer.is_admin, now_ms()))
             }
             Err(e) => error(e.kind(), e.to_string()),
         }
     }
 
-    fn release(&self, token: u64, peer: &Peer) -> Response {
+    fn release(&self, token: u64, requester: &Requester) -> Response {
         let Some(token) = Token::new(token) else {
-            return error(
-                ErrorKind::InvalidArgument,
-                "token 0 names no reservation; tokens are non-zero (see `berth list`)".into(),
-            );
+            return zero_token();
         };
-        let requester = Requester {
-            process: peer.owner.clone(),
-            is_admin: peer.is_admin,
-        };
-        let result = self.table().release(token, &requester);
+        let result = self.table().release(token, requester);
         match result {
             Ok(r) => {
-                tracing::info!(token = %r.token, "{} ports {} released by pid {}", r.protocol, r.range, peer.owner.pid);
-                Response::Released(info(&r, peer, now_ms()))
+                tracing::info!(token = %r.token, "{} ports {} released by pid {}", r.protocol, r.range, requester.process.pid);
+                Response::Released(info(&r, &requester.process, requester.is_admin, now_ms()))
             }
             Err(e) => error(e.kind(), e.to_string()),
+        }
+    }
+
+    fn associate(
+        &self,
+        token: u64,
+        address: Option<IpAddr>,
+        fd: Option<OwnedFd>,
+        requester: &Requester,
+    ) -> Response {
+        let Some(fd) = fd else {
+            return error(
+                ErrorKind::InvalidArgument,
+                "an associate request must carry the socket to bind (SCM_RIGHTS); none came with it".into(),
+            );
+        };
+        let Some(token) = Token::new(token) else {
+            return zero_token();
+        };
+        let facts = match associate::inspect(fd.as_fd(), self.netns) {
+            Ok(facts) => facts,
+            Err((kind, message)) => return error(kind, message),
+        };
+        let (range, protocol, cursor) = {
+            let table = self.table();
+            match table.authorize_use(token, &requester.process) {
+                Ok((r, cursor)) => (r.range, r.protocol, cursor),
+                Err(e) => return error(e.kind(), e.to_string()),
+            }
+        };
+        if facts.protocol != protocol {
+            return error(
+                ErrorKind::NotSupported,
+                format!(
+                    "reservation {token} is for {protocol} but the socket is {}; send a {} socket",
+                    facts.protocol,
+                    if protocol == Protocol::Tcp {
+                        "SOCK_STREAM (TCP)"
+                    } else {
+                        "SOCK_DGRAM (UDP)"
+                    }
+                ),
+            );
+        }
+        if let Err(refusal) = self.check_privileged(protocol, range, &requester.process) {
+            return refusal;
+        }
+        let address = match associate::choose_address(facts, address) {
+            Ok(a) => a,
+            Err((kind, message)) => return error(kind, message),
+        };
+        // The binds happen outside the table lock; the kernel arbitrates between them.
+        match associate::bind_from(fd.as_fd(), facts, range, cursor, address) {
+            Ok(port) => {
+                self.table().note_bound(token, port);
+                tracing::debug!(%token, port, pid = requester.process.pid, "socket bound");
+                Response::Associated { port }
+            }
+            Err((kind, message)) => error(kind, message),
         }
     }
 
     fn list(&self, peer: &Peer) -> Response {
         let now = now_ms();
         let table = self.table();
-        Response::List(table.iter().map(|r| info(r, peer, now)).collect())
+        Response::List(
+            table
+                .iter()
+                .map(|r| info(r, &peer.owner, peer.is_admin, now))
+                .collect(),
+        )
     }
 
     fn status(&self, peer: &Peer) -> Response {
@@ -172,12 +295,20 @@ impl Shared {
     }
 }
 
-/// What `peer` may see of `r`: owner details only for administrators and the owner's own user.
-fn info(r: &Reservation, peer: &Peer, now: u64) -> ReservationInfo {
+fn zero_token() -> Response {
+    error(
+        ErrorKind::InvalidArgument,
+        "token 0 names no reservation; tokens are non-zero (see `berth list`)".into(),
+    )
+}
+
+/// What `viewer` may see of `r`: owner details only for administrators and the owner's own
+/// user.
+fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) -> ReservationInfo {
     let owner = r
         .owner
         .as_ref()
-        .filter(|o| peer.is_admin || o.uid == peer.owner.uid)
+        .filter(|o| is_admin || o.uid == viewer.uid)
         .map(|o| OwnerInfo {
             pid: o.pid,
             uid: o.uid,

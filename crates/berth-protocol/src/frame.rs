@@ -182,9 +182,8 @@ mod tests {
     #[test]
     fn refuses_zero_token_in_responses() {
         // Token is NonZero on the wire: a response naming token 0 is malformed.
-        let mut payload = Vec::new();
-        payload.push(3u8); // Response::Released
-        payload.push(0u8); // token varint 0
+        // Response::Released, then the token as a varint: 0.
+        let payload = vec![3u8, 0u8];
         let mut buf = BytesMut::new();
         buf.put_u32(u32::try_from(payload.len()).unwrap());
         buf.put_slice(&payload);

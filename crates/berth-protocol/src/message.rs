@@ -3,6 +3,8 @@
 //! Variant order is part of the wire format (postcard encodes the variant index): add new
 //! variants at the end, and only together with a new protocol version.
 
+use std::net::IpAddr;
+
 use berth_core::{ErrorKind, Kind, Pool, PortRange, Protocol, Token};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +63,15 @@ pub enum Request {
     List,
     /// The daemon's status.
     Status,
+    /// Bind the socket sent with this frame (`SCM_RIGHTS`, exactly one descriptor) to a free
+    /// port of the reservation `token`, on `address` (default: the wildcard address of the
+    /// socket's family).
+    Associate {
+        /// The reservation's token.
+        token: u64,
+        /// The local address to bind; its family must match the socket's.
+        address: Option<IpAddr>,
+    },
 }
 
 /// A daemon's frame.
@@ -79,6 +90,11 @@ pub enum Response {
     List(Vec<ReservationInfo>),
     /// Answer to [`Request::Status`].
     Status(StatusInfo),
+    /// Answer to [`Request::Associate`]: the socket is bound to this port.
+    Associated {
+        /// The port the socket was bound to.
+        port: u16,
+    },
 }
 
 /// The daemon's side of the handshake.

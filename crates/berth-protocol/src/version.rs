@@ -55,7 +55,10 @@ mod tests {
     #[test]
     fn picks_the_newest_common_version() {
         assert_eq!(negotiate(&hello(1, 1)), Ok(PROTOCOL_VERSION));
-        assert_eq!(negotiate(&hello(1, PROTOCOL_VERSION + 5)), Ok(PROTOCOL_VERSION));
+        assert_eq!(
+            negotiate(&hello(1, PROTOCOL_VERSION + 5)),
+            Ok(PROTOCOL_VERSION)
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! Do not call these from inside an async runtime (tokio refuses to nest runtimes); use
 //! [`crate::Client`] there.
 
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use berth_protocol::{ReservationInfo, StatusInfo};
 use tokio::runtime::Runtime;
 
 use crate::error::Error;
+use crate::sockets;
 
 /// A blocking connection to the berth daemon. See [`crate::Client`].
 #[derive(Debug, Clone)]
@@ -49,12 +52,30 @@ impl Client {
     }
 
     /// See [`crate::Client::acquire`].
-    pub fn acquire(&self, protocol: Protocol, start: u16, count: u16) -> Result<Reservation, Error> {
-        let inner = self.rt.block_on(self.inner.acquire(protocol, start, count))?;
+    pub fn acquire(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<Reservation, Error> {
+        let inner = self
+            .rt
+            .block_on(self.inner.acquire(protocol, start, count))?;
         Ok(Reservation {
             inner: Some(inner),
             rt: self.rt.clone(),
         })
+    }
+
+    /// See [`crate::Client::associate`].
+    pub fn associate(
+        &self,
+        token: Token,
+        socket: BorrowedFd<'_>,
+        address: Option<IpAddr>,
+    ) -> Result<u16, Error> {
+        self.rt
+            .block_on(self.inner.associate(token, socket, address))
     }
 
     /// See [`crate::Client::release`].
@@ -131,6 +152,27 @@ impl Reservation {
         self.get().kind()
     }
 
+    /// Binds the caller's own unbound `socket` to a free port of this reservation; see
+    /// [`crate::Reservation::bind`].
+    pub fn bind(&self, socket: &impl AsFd, ip: Option<IpAddr>) -> Result<u16, Error> {
+        self.rt.block_on(self.get().bind(socket, ip))
+    }
+
+    /// A blocking TCP listener on `ip` and a free port of this (TCP) reservation.
+    pub fn tcp_listener(&self, ip: IpAddr) -> Result<std::net::TcpListener, Error> {
+        let socket = sockets::new_socket(Protocol::Tcp, ip)?;
+        self.bind(&socket, Some(ip))?;
+        sockets::listen(&socket)?;
+        Ok(socket.into())
+    }
+
+    /// A blocking UDP socket bound to `ip` and a free port of this (UDP) reservation.
+    pub fn udp_socket(&self, ip: IpAddr) -> Result<std::net::UdpSocket, Error> {
+        let socket = sockets::new_socket(Protocol::Udp, ip)?;
+        self.bind(&socket, Some(ip))?;
+        Ok(socket.into())
+    }
+
     /// Releases the block and waits for the daemon to confirm.
     pub fn release(mut self) -> Result<(), Error> {
         match self.inner.take() {
@@ -140,7 +182,10 @@ impl Reservation {
     }
 }
 
-#[expect(clippy::panic, reason = "an invariant of Reservation, not reachable from input")]
+#[expect(
+    clippy::panic,
+    reason = "an invariant of Reservation, not reachable from input"
+)]
 fn unreachable_reservation() -> ! {
     panic!("blocking::Reservation used after release")
 }

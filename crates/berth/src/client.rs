@@ -1,5 +1,7 @@
 //! The async client.
 
+use std::net::IpAddr;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -122,6 +124,41 @@ impl Client {
     pub async fn status(&self) -> Result<StatusInfo, Error> {
         match self.conn.call(Request::Status).await? {
             Response::Status(status) => Ok(status),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Binds `socket` — the caller's own, unbound TCP or UDP socket — to a free port of the
+    /// reservation `token`, on `address` (default: the wildcard address of the socket's
+    /// family), and returns the port. The daemon binds it in place; the socket's options
+    /// (non-blocking, `SO_REUSEPORT`, `IPV6_V6ONLY`, …) are left as they are.
+    ///
+    /// Fails with [`Error::NotSupported`] (not TCP/UDP, type does not match the
+    /// reservation's protocol, another network namespace), [`Error::ReservationFull`] (every
+    /// port is bound), [`Error::PermissionDenied`] (not the owning process, or a privileged
+    /// port policy forbids it), [`Error::NotFound`] or [`Error::InvalidArgument`].
+    pub async fn associate(
+        &self,
+        token: Token,
+        socket: BorrowedFd<'_>,
+        address: Option<IpAddr>,
+    ) -> Result<u16, Error> {
+        self.associate_raw(token.get(), socket, address).await
+    }
+
+    /// [`Client::associate`] with an unchecked token value.
+    pub async fn associate_raw(
+        &self,
+        token: u64,
+        socket: BorrowedFd<'_>,
+        address: Option<IpAddr>,
+    ) -> Result<u16, Error> {
+        // A duplicate travels to the daemon; both name the same socket.
+        let fd = rustix::io::fcntl_dupfd_cloexec(socket, 0)
+            .map_err(|e| Error::InvalidArgument(format!("cannot use the socket given: {e}")))?;
+        let request = Request::Associate { token, address };
+        match self.conn.call_with_fd(request, Some(fd)).await? {
+            Response::Associated { port } => Ok(port),
             other => Err(Error::unexpected(other)),
         }
     }

@@ -5,14 +5,19 @@
 //! (a dropped [`crate::Reservation`] releases that way).
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use berth_protocol::{FrameCodec, Hello, Request, Response, Welcome};
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::Interest;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 
 use crate::error::Error;
 
@@ -21,6 +26,8 @@ type Reply = oneshot::Sender<Result<Response, Error>>;
 /// A request on its way, with the slot its answer goes to (none for fire-and-forget).
 struct Call {
     request: Request,
+    /// A descriptor that travels with the request (`SCM_RIGHTS`).
+    fd: Option<OwnedFd>,
     reply: Option<Reply>,
 }
 
@@ -42,7 +49,9 @@ pub(crate) struct Connection {
 
 impl std::fmt::Debug for Call {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Call").field("request", &self.request).finish()
+        f.debug_struct("Call")
+            .field("request", &self.request)
+            .finish()
     }
 }
 
@@ -88,7 +97,9 @@ impl Connection {
         tokio::spawn(async move {
             while let Some(call) = rx.recv().await {
                 {
-                    let mut p = writer_pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut p = writer_pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
                     if p.closed {
                         if let Some(reply) = call.reply {
                             let _ = reply.send(Err(Error::lost("the daemon closed it")));
@@ -97,7 +108,11 @@ impl Connection {
                     }
                     p.queue.push_back(call.reply);
                 }
-                if writer.send(call.request).await.is_err() {
+                let sent = match call.fd {
+                    None => writer.send(call.request).await.map_err(Error::lost),
+                    Some(fd) => send_with_fd(&mut writer, call.request, fd).await,
+                };
+                if sent.is_err() {
                     // The reader sees the same failure and fails every pending call.
                     break;
                 }
@@ -138,10 +153,20 @@ impl Connection {
 
     /// Sends `request` and waits for its answer. A [`Response::Error`] becomes an `Err`.
     pub(crate) async fn call(&self, request: Request) -> Result<Response, Error> {
+        self.call_with_fd(request, None).await
+    }
+
+    /// Sends `request` with `fd` attached and waits for its answer.
+    pub(crate) async fn call_with_fd(
+        &self,
+        request: Request,
+        fd: Option<OwnedFd>,
+    ) -> Result<Response, Error> {
         let (tx, rx) = oneshot::channel();
         self.calls
             .send(Call {
                 request,
+                fd,
                 reply: Some(tx),
             })
             .map_err(|_| Error::lost("the connection task ended"))?;
@@ -156,6 +181,7 @@ impl Connection {
     pub(crate) fn submit(&self, request: Request) {
         let _ = self.calls.send(Call {
             request,
+            fd: None,
             reply: None,
         });
     }
@@ -169,4 +195,40 @@ impl Connection {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Writes `request` as one frame whose first bytes carry `fd` as `SCM_RIGHTS`. Frames queued
+/// before it are flushed first so that the descriptor lands with this frame's bytes.
+async fn send_with_fd(
+    writer: &mut FramedWrite<OwnedWriteHalf, FrameCodec<Response, Request>>,
+    request: Request,
+    fd: OwnedFd,
+) -> Result<(), Error> {
+    writer.flush().await.map_err(Error::lost)?;
+    let mut frame = bytes::BytesMut::new();
+    FrameCodec::client()
+        .encode(request, &mut frame)
+        .map_err(Error::lost)?;
+    let stream: &UnixStream = writer.get_ref().as_ref();
+    let mut sent = 0;
+    while sent < frame.len() {
+        let rest = frame.get(sent..).unwrap_or_default();
+        let attach = sent == 0;
+        let n = stream
+            .async_io(Interest::WRITABLE, || {
+                let iov = [IoSlice::new(rest)];
+                let fds = [fd.as_fd()];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+                if attach && !cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)) {
+                    return Err(io::Error::other("cannot attach the socket to the request"));
+                }
+                rustix::net::sendmsg(stream, &iov, &mut cmsg, rustix::net::SendFlags::NOSIGNAL)
+                    .map_err(io::Error::from)
+            })
+            .await
+            .map_err(Error::lost)?;
+        sent += n;
+    }
+    Ok(())
 }

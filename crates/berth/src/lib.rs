@@ -29,6 +29,7 @@ pub mod client;
 mod connection;
 pub mod error;
 pub mod reservation;
+mod sockets;
 
 pub use berth_core::{ErrorKind, Kind, PortRange, Protocol, Token};
 pub use berth_protocol::{OwnerInfo, ReservationInfo, StatusInfo};

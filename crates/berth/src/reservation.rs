@@ -1,10 +1,14 @@
 //! A held block of ports.
 
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+
 use berth_core::{Kind, PortRange, Protocol, Token};
 use berth_protocol::ReservationInfo;
 
 use crate::client::Client;
 use crate::error::Error;
+use crate::sockets;
 
 /// A block of ports reserved for this process. Dropping it releases the block (without
 /// waiting); [`Reservation::release`] does the same and reports the outcome.
@@ -69,6 +73,37 @@ impl Reservation {
     /// Everything the daemon said about it when it was granted.
     pub fn info(&self) -> &ReservationInfo {
         &self.info
+    }
+
+    /// Binds the caller's own unbound `socket` to a free port of this reservation on `ip`
+    /// (default: the wildcard address of the socket's family) and returns the port. See
+    /// [`Client::associate`].
+    pub async fn bind(&self, socket: &impl AsFd, ip: Option<IpAddr>) -> Result<u16, Error> {
+        self.client
+            .associate(self.info.token, socket.as_fd(), ip)
+            .await
+    }
+
+    /// A TCP listener on `ip` and a free port of this (TCP) reservation. An IPv6 wildcard
+    /// address gives a dual-stack listener.
+    pub async fn tcp_listener(&self, ip: IpAddr) -> Result<tokio::net::TcpListener, Error> {
+        let socket = sockets::new_socket(Protocol::Tcp, ip)?;
+        self.bind(&socket, Some(ip)).await?;
+        sockets::listen(&socket)?;
+        let std: std::net::TcpListener = socket.into();
+        std.set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(std))
+            .map_err(|e| Error::NotSupported(format!("cannot register the listener: {e}")))
+    }
+
+    /// A UDP socket bound to `ip` and a free port of this (UDP) reservation.
+    pub async fn udp_socket(&self, ip: IpAddr) -> Result<tokio::net::UdpSocket, Error> {
+        let socket = sockets::new_socket(Protocol::Udp, ip)?;
+        self.bind(&socket, Some(ip)).await?;
+        let std: std::net::UdpSocket = socket.into();
+        std.set_nonblocking(true)
+            .and_then(|()| tokio::net::UdpSocket::from_std(std))
+            .map_err(|e| Error::NotSupported(format!("cannot register the socket: {e}")))
     }
 
     /// Releases the block and waits for the daemon to confirm.

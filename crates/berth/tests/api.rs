@@ -43,7 +43,10 @@ async fn successive_wildcards_move_on_instead_of_reusing_a_released_block() {
     let first_range = first.range();
     first.release().await.unwrap();
     let second = client.acquire(Protocol::Tcp, 0, 5).await.unwrap();
-    assert!(!second.range().overlaps(first_range), "{first_range} was handed out again at once");
+    assert!(
+        !second.range().overlaps(first_range),
+        "{first_range} was handed out again at once"
+    );
 }
 
 #[tokio::test]
@@ -57,7 +60,10 @@ async fn a_specific_overlap_is_a_conflict_naming_the_holder() {
     assert_eq!(err.errno(), 98);
     let msg = err.to_string();
     assert!(msg.contains(&held.token().to_string()), "{msg}");
-    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
     assert!(msg.contains("21000-21009"), "{msg}");
     // The other protocol's space is separate.
     let _udp = other.acquire(Protocol::Udp, 21005, 10).await.unwrap();
@@ -95,8 +101,15 @@ async fn bad_ranges_and_tokens_are_invalid_arguments() {
     let daemon = TestDaemon::start(41500, 41599);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     for (start, count) in [(0, 0), (100, 0), (65535, 2), (65000, 1000)] {
-        let err = client.acquire(Protocol::Tcp, start, count).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{start}+{count}: {err}");
+        let err = client
+            .acquire(Protocol::Tcp, start, count)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidArgument,
+            "{start}+{count}: {err}"
+        );
         assert_eq!(err.errno(), 22);
     }
     let err = client.release_raw(0).await.unwrap_err();
@@ -134,7 +147,9 @@ async fn unknown_tokens_are_not_found() {
 #[tokio::test]
 async fn no_daemon_is_unavailable_with_advice() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Client::connect_to(dir.path().join("nothing.sock")).await.unwrap_err();
+    let err = Client::connect_to(dir.path().join("nothing.sock"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert_eq!(err.errno(), 111);
     assert!(err.to_string().contains("berth daemon"), "{err}");
@@ -174,8 +189,14 @@ async fn raw_session(path: &std::path::Path) -> tokio::net::UnixStream {
 
     let stream = tokio::net::UnixStream::connect(path).await.unwrap();
     let mut framed = Framed::new(stream, FrameCodec::client());
-    framed.send(Request::Hello(Hello::current("raw"))).await.unwrap();
-    assert!(matches!(framed.next().await, Some(Ok(Response::Welcome(_)))));
+    framed
+        .send(Request::Hello(Hello::current("raw")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        framed.next().await,
+        Some(Ok(Response::Welcome(_)))
+    ));
     framed
         .send(Request::Acquire {
             protocol: Protocol::Tcp,
@@ -184,7 +205,10 @@ async fn raw_session(path: &std::path::Path) -> tokio::net::UnixStream {
         })
         .await
         .unwrap();
-    assert!(matches!(framed.next().await, Some(Ok(Response::Acquired(_)))));
+    assert!(matches!(
+        framed.next().await,
+        Some(Ok(Response::Acquired(_)))
+    ));
     framed.into_inner()
 }
 

@@ -89,7 +89,10 @@ async fn a_malformed_frame_gets_an_error_and_a_close() {
     let daemon = TestDaemon::start(43000, 43099);
     let (client, held) = bystander(&daemon).await;
     let mut stream = shaken_hands(&daemon).await;
-    stream.write_all(&raw_frame(&[0xff, 0xff, 0xff])).await.unwrap();
+    stream
+        .write_all(&raw_frame(&[0xff, 0xff, 0xff]))
+        .await
+        .unwrap();
     let replies = read_until_closed(&mut stream).await;
     assert_error(&replies, ErrorKind::InvalidArgument, "malformed");
     bystander_is_fine(&client, &held).await;
@@ -137,7 +140,10 @@ async fn a_client_from_the_future_is_incompatible() {
         max_version: PROTOCOL_VERSION + 9,
         client: "future".into(),
     };
-    stream.write_all(&frame(Request::Hello(hello))).await.unwrap();
+    stream
+        .write_all(&frame(Request::Hello(hello)))
+        .await
+        .unwrap();
     let replies = read_until_closed(&mut stream).await;
     assert_error(&replies, ErrorKind::Incompatible, "upgrade");
     assert_eq!(ErrorKind::Incompatible.errno(), 71);

@@ -16,7 +16,10 @@ pub async fn list(args: JsonArg) -> Result<ExitCode, Failure> {
     let list = client.list().await?;
     if args.json {
         let rows: Vec<ReservationJson> = list.iter().map(ReservationJson::from).collect();
-        println!("{}", serde_json::to_string_pretty(&rows).context("cannot render JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).context("cannot render JSON")?
+        );
     } else {
         print!("{}", output::table(&list));
     }
@@ -28,9 +31,15 @@ pub async fn status(args: JsonArg) -> Result<ExitCode, Failure> {
     let client = connect::existing().await?;
     let status = StatusJson::from(&client.status().await?);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status).context("cannot render JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).context("cannot render JSON")?
+        );
     } else {
-        println!("berth daemon {} (pid {}) on {}", status.version, status.pid, status.socket);
+        println!(
+            "berth daemon {} (pid {}) on {}",
+            status.version, status.pid, status.socket
+        );
         println!("  up {}", output::human_age(status.uptime_s));
         println!("  wildcard pool {}", status.pool);
         println!(
@@ -54,7 +63,10 @@ pub async fn release(args: ReleaseArgs) -> Result<ExitCode, Failure> {
     let released = client.release(token).await?;
     if args.json {
         let row = ReservationJson::from(&released);
-        println!("{}", serde_json::to_string_pretty(&row).context("cannot render JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&row).context("cannot render JSON")?
+        );
     } else {
         eprintln!(
             "released {} ports {} ({})",

@@ -49,7 +49,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             .chain(udp.iter())
             .map(|r| ReservationJson::from(r.info()))
             .collect();
-        eprintln!("{}", serde_json::to_string(&rows).context("cannot render JSON")?);
+        eprintln!(
+            "{}",
+            serde_json::to_string(&rows).context("cannot render JSON")?
+        );
     }
 
     // Handlers first: a signal that arrives while the command starts is then forwarded (or
@@ -70,7 +73,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     if let Some(pid) = child.id() {
         forward_signals(signals, pid);
     }
-    let status = child.wait().await.context("waiting for the command failed")?;
+    let status = child
+        .wait()
+        .await
+        .context("waiting for the command failed")?;
 
     // Release before exiting so that the ports are free when our parent sees the status.
     for r in tcp.into_iter().chain(udp) {
@@ -100,7 +106,10 @@ async fn reserve(
 
 /// `a,b,c`.
 fn port_list(r: &Reservation) -> String {
-    r.ports().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+    r.ports()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Handlers for the signals in [`FORWARDED`], installed before the command starts.
@@ -117,7 +126,10 @@ fn install_signal_handlers() -> Result<Vec<(tokio::signal::unix::Signal, i32)>, 
 
 /// Passes the signals on to process `pid` for as long as this command runs.
 fn forward_signals(signals: Vec<(tokio::signal::unix::Signal, i32)>, pid: u32) {
-    let Some(target) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+    let Some(target) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
     };
     for (mut stream, number) in signals {

@@ -14,6 +14,9 @@ struct Entry {
     newer: Option<u32>,
     /// The reservation acquired before this one on the same session, if still live.
     older: Option<u32>,
+    /// Where the next associate starts trying ports, so successive binds spread over the
+    /// block.
+    bind_cursor: u16,
 }
 
 /// Every live reservation, findable by token and by session.
@@ -48,6 +51,21 @@ impl Records {
         self.entry(index).map(|e| &e.reservation)
     }
 
+    /// Where the next associate on `token` starts.
+    pub(super) fn bind_cursor(&self, token: Token) -> Option<u16> {
+        let index = *self.by_token.get(&token)?;
+        self.entry(index).map(|e| e.bind_cursor)
+    }
+
+    /// Moves `token`'s associate cursor.
+    pub(super) fn set_bind_cursor(&mut self, token: Token, cursor: u16) {
+        if let Some(index) = self.by_token.get(&token).copied() {
+            if let Some(entry) = self.entry_mut(index) {
+                entry.bind_cursor = cursor;
+            }
+        }
+    }
+
     fn entry(&self, index: u32) -> Option<&Entry> {
         self.slab.get(index as usize)?.as_ref()
     }
@@ -76,10 +94,12 @@ impl Records {
             entry.newer = Some(index);
         }
         if let Some(slot) = self.slab.get_mut(index as usize) {
+            let bind_cursor = reservation.range.start();
             *slot = Some(Entry {
                 reservation,
                 newer: None,
                 older,
+                bind_cursor,
             });
         }
         self.by_token.insert(token, index);

@@ -1,0 +1,184 @@
+//! Binding a client's own socket to a port of its reservation (SPEC §2 "Associate").
+//!
+//! The client sends its unbound socket; the daemon checks that it suits the reservation,
+//! then tries the reservation's ports from its cursor. Each candidate is first tested with a
+//! fresh socket that sets neither `SO_REUSEADDR` nor `SO_REUSEPORT`, so a port is never handed
+//! out while another socket holds it, whatever options the client's socket carries; the
+//! client's socket is then bound with its own options untouched.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::BorrowedFd;
+
+use berth_core::{ErrorKind, PortRange, Protocol};
+use rustix::net::{sockopt, AddressFamily, SocketType};
+use socket2::{Domain, Socket, Type};
+
+use crate::netns::NetNs;
+
+/// What the daemon learned about a client's socket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SocketFacts {
+    /// IPv4 or IPv6.
+    pub(crate) ipv6: bool,
+    /// The transport protocol its type implies.
+    pub(crate) protocol: Protocol,
+}
+
+/// A refusal with its kind and message.
+pub(crate) type Refusal = (ErrorKind, String);
+
+/// Checks that `fd` is an unbound TCP or UDP socket of the daemon's network namespace.
+pub(crate) fn inspect(fd: BorrowedFd<'_>, daemon_ns: NetNs) -> Result<SocketFacts, Refusal> {
+    let not_socket = |e: rustix::io::Errno| {
+        (
+            ErrorKind::NotSupported,
+            format!("the descriptor sent is not a socket ({e}); send a TCP or UDP socket"),
+        )
+    };
+    let family = sockopt::socket_domain(fd).map_err(not_socket)?;
+    let ipv6 = match family {
+        AddressFamily::INET => false,
+        AddressFamily::INET6 => true,
+        _ => {
+            return Err((
+                ErrorKind::NotSupported,
+                "the socket is not an IPv4 or IPv6 socket; only TCP and UDP sockets can be bound from a reservation".into(),
+            ))
+        }
+    };
+    let ty = sockopt::socket_type(fd).map_err(not_socket)?;
+    let proto = sockopt::socket_protocol(fd).map_err(not_socket)?;
+    let protocol = match (ty, proto) {
+        (SocketType::STREAM, Some(p)) if p == rustix::net::ipproto::TCP => Protocol::Tcp,
+        (SocketType::DGRAM, Some(p)) if p == rustix::net::ipproto::UDP => Protocol::Udp,
+        _ => {
+            return Err((
+                ErrorKind::NotSupported,
+                "the socket is neither TCP (SOCK_STREAM) nor UDP (SOCK_DGRAM); only those can be bound from a reservation".into(),
+            ))
+        }
+    };
+    match NetNs::of_socket(fd) {
+        Ok(ns) if ns == daemon_ns => {}
+        Ok(_) => {
+            return Err((
+                ErrorKind::NotSupported,
+                "the socket belongs to another network namespace than this daemon's; a reservation covers only the daemon's namespace — use the berth daemon of that namespace".into(),
+            ))
+        }
+        Err(e) => {
+            return Err((
+                ErrorKind::NotSupported,
+                format!("cannot tell the socket's network namespace ({e})"),
+            ))
+        }
+    }
+    if let Some(port) = local_port(fd).filter(|&p| p != 0) {
+        return Err((
+            ErrorKind::InvalidArgument,
+            format!(
+                "the socket is already bound to port {port}; send a socket that is not bound yet"
+            ),
+        ));
+    }
+    Ok(SocketFacts { ipv6, protocol })
+}
+
+/// The address to bind: the one asked for, or the wildcard of the socket's family.
+pub(crate) fn choose_address(facts: SocketFacts, asked: Option<IpAddr>) -> Result<IpAddr, Refusal> {
+    match (asked, facts.ipv6) {
+        (None, false) => Ok(Ipv4Addr::UNSPECIFIED.into()),
+        (None, true) => Ok(Ipv6Addr::UNSPECIFIED.into()),
+        (Some(ip @ IpAddr::V4(_)), false) | (Some(ip @ IpAddr::V6(_)), true) => Ok(ip),
+        (Some(ip), _) => Err((
+            ErrorKind::InvalidArgument,
+            format!(
+                "address {ip} does not fit an {} socket; pass an address of the socket's family",
+                if facts.ipv6 { "IPv6" } else { "IPv4" }
+            ),
+        )),
+    }
+}
+
+/// The port `fd` is bound to, if it is an IP socket.
+fn local_port(fd: BorrowedFd<'_>) -> Option<u16> {
+    let addr = rustix::net::getsockname(fd).ok()?;
+    SocketAddr::try_from(addr).ok().map(|a| a.port())
+}
+
+/// Binds `fd` to the first free port of `range`, trying from `cursor` and wrapping around.
+/// Returns the port, or a refusal (reservation-full when every port is taken).
+pub(crate) fn bind_from(
+    fd: BorrowedFd<'_>,
+    facts: SocketFacts,
+    range: PortRange,
+    cursor: u16,
+    address: IpAddr,
+) -> Result<u16, Refusal> {
+    let start = if range.contains(cursor) {
+        cursor
+    } else {
+        range.start()
+    };
+    let order = (start..=range.end()).chain(range.start()..start);
+    for port in order {
+        let target = SocketAddr::new(address, port);
+        if let Err(e) = probe(facts, target) {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                continue;
+            }
+            return Err(bind_refusal(&e, target));
+        }
+        match rustix::net::bind(fd, &target) {
+            Ok(()) => return Ok(port),
+            Err(rustix::io::Errno::ADDRINUSE) => continue,
+            Err(e) => return Err(bind_refusal(&e.into(), target)),
+        }
+    }
+    Err((
+        ErrorKind::ReservationFull,
+        format!(
+            "every {} port of the reservation ({range}) is bound on {address}; close a socket bound from it, or reserve more ports",
+            facts.protocol
+        ),
+    ))
+}
+
+/// Test-binds `target` with a fresh socket without reuse options: fails with "address in use"
+/// exactly when some socket holds the port there.
+fn probe(facts: SocketFacts, target: SocketAddr) -> io::Result<()> {
+    let domain = if facts.ipv6 {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let ty = match facts.protocol {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    let socket = Socket::new(domain, ty, None)?;
+    if facts.ipv6 {
+        // Dual-stack, so that an IPv4 socket on the port counts as in use too.
+        let _ = socket.set_only_v6(false);
+    }
+    // Closed on return: the probe only asks, it does not keep the port.
+    socket.bind(&target.into())
+}
+
+fn bind_refusal(e: &io::Error, target: SocketAddr) -> Refusal {
+    match e.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::ACCESS.raw_os_error() => (
+            ErrorKind::PermissionDenied,
+            format!("the daemon may not bind {target} (a privileged port needs a daemon running as root or with CAP_NET_BIND_SERVICE)"),
+        ),
+        Some(code) if code == rustix::io::Errno::ADDRNOTAVAIL.raw_os_error() => (
+            ErrorKind::InvalidArgument,
+            format!("{} is not an address of this host; bind to one of its addresses or the wildcard", target.ip()),
+        ),
+        _ => (
+            ErrorKind::InvalidArgument,
+            format!("binding the socket to {target} failed: {e}"),
+        ),
+    }
+}

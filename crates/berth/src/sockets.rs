@@ -1,0 +1,36 @@
+//! Sockets made for the caller and bound from a reservation.
+
+use std::net::{IpAddr, SocketAddr};
+
+use berth_core::Protocol;
+use socket2::{Domain, Socket, Type};
+
+use crate::error::Error;
+
+/// How many pending connections a listener made here queues.
+pub(crate) const LISTEN_BACKLOG: i32 = 1024;
+
+/// A new unbound socket of `protocol` for `ip`'s family. An IPv6 wildcard socket is made
+/// dual-stack, so that it serves IPv4 too, as a caller of `tcp_listener(::)` expects.
+pub(crate) fn new_socket(protocol: Protocol, ip: IpAddr) -> Result<Socket, Error> {
+    let domain = Domain::for_address(SocketAddr::new(ip, 0));
+    let ty = match protocol {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    let socket = Socket::new(domain, ty, None).map_err(|e| {
+        Error::NotSupported(format!("cannot create a {protocol} socket for {ip}: {e}"))
+    })?;
+    if ip.is_ipv6() && ip.is_unspecified() {
+        // Best effort: some hosts force IPV6_V6ONLY; the socket then serves IPv6 only.
+        let _ = socket.set_only_v6(false);
+    }
+    Ok(socket)
+}
+
+/// Puts a bound TCP socket into listening state.
+pub(crate) fn listen(socket: &Socket) -> Result<(), Error> {
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|e| Error::NotSupported(format!("cannot listen on the bound socket: {e}")))
+}
