@@ -47,9 +47,16 @@ pub struct DaemonArgs {
     /// net.ipv4.ip_local_port_range].
     #[arg(long, value_name = "LO-HI")]
     pub pool: Option<Pool>,
-    /// Connections served at once.
-    #[arg(long, value_name = "N", default_value_t = berth_daemon::config::DEFAULT_MAX_CONNECTIONS)]
-    pub max_connections: usize,
+    /// Connections served at once [default: 4096].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Configuration file [default: /etc/berth/berth.toml for root, when it exists]. Options
+    /// given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration and exit (0 when it is valid).
+    #[arg(long)]
+    pub check_config: bool,
     /// Print "ready" on stdout once the socket accepts connections, then detach stdout (used
     /// by on-demand start).
     #[arg(long, hide = true)]

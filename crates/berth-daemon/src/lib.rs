@@ -6,7 +6,8 @@
 //! released its handle, exited, or was killed — its runtime reservations are released.
 //!
 //! # Layout
-//! - [`config`]: [`Config`], what a daemon is told at start-up.
+//! - [`config`]: [`Config`], what a daemon is told at start-up; [`config_file`] reads the
+//!   TOML configuration file into it.
 //! - [`listener`]: binding the socket (stale-socket handling, permissions, removal).
 //! - [`server`]: [`run`], the accept loop with a connection limit and a draining shutdown, and
 //!   [`serve`], which adds the socket file and signals around it.
@@ -15,8 +16,10 @@
 //! - `peer`: who is on the other end (`SO_PEERCRED` and `/proc`).
 //! - `probe`: whether a port is in use on the host.
 
+mod accounts;
 mod associate;
 pub mod config;
+pub mod config_file;
 mod inbound;
 pub mod listener;
 mod netns;
@@ -27,5 +30,6 @@ mod session;
 mod state;
 
 pub use config::Config;
+pub use config_file::{ConfigError, ConfigFile};
 pub use listener::{bind_socket, ListenError, SocketGuard};
 pub use server::{run, serve, ServeError};

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth_daemon::{config::ephemeral_pool, Config};
+use berth_daemon::{config::ephemeral_pool, Config, ConfigFile};
 use berth_protocol::paths;
 
 use crate::cli::DaemonArgs;
@@ -19,9 +19,29 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     let db = args
         .db
         .unwrap_or_else(|| paths::default_db(&paths::process_env, uid));
-    let pool = args.pool.unwrap_or_else(ephemeral_pool);
-    let mut config = Config::new(socket, db, pool);
-    config.max_connections = args.max_connections;
+    let mut config = Config::new(socket, db, ephemeral_pool());
+    let file = args.config.clone().or_else(|| {
+        let system = std::path::PathBuf::from(paths::SYSTEM_CONFIG);
+        (uid == 0 && system.exists()).then_some(system)
+    });
+    if let Some(path) = &file {
+        ConfigFile::load(path)
+            .and_then(|f| f.apply(&mut config, path))
+            .map_err(anyhow::Error::from)?;
+    }
+    if let Some(pool) = args.pool {
+        config.pool = pool;
+    }
+    if let Some(n) = args.max_connections {
+        config.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if args.check_config {
+        match &file {
+            Some(path) => println!("{}: valid", path.display()),
+            None => println!("no configuration file; the defaults are valid"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

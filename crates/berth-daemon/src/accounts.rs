@@ -1,0 +1,41 @@
+//! User and group names from `/etc/passwd` and `/etc/group`, for the configuration file.
+//!
+//! Read directly rather than through NSS: a daemon's policy should not depend on a directory
+//! service answering at start-up. Numeric ids always work.
+
+use std::path::Path;
+
+/// The id of `name` in a colon-separated account file (`name:x:id:…`).
+fn lookup(file: &Path, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let entry = fields.next()?;
+            let id = fields.nth(1)?;
+            (entry == name).then(|| id.parse().ok()).flatten()
+        })
+}
+
+/// The uid of user `name`.
+pub(crate) fn user_id(name: &str) -> Option<u32> {
+    lookup(Path::new("/etc/passwd"), name)
+}
+
+/// The gid of group `name`.
+pub(crate) fn group_id(name: &str) -> Option<u32> {
+    lookup(Path::new("/etc/group"), name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_root_and_not_strangers() {
+        assert_eq!(user_id("root"), Some(0));
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(user_id("no-such-user-berth"), None);
+    }
+}

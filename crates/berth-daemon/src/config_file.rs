@@ -1,0 +1,198 @@
+//! The configuration file (`/etc/berth/berth.toml` for the system instance, or `--config`).
+//!
+//! ```toml
+//! pool = "40000-49999"          # wildcard pool (default: the kernel's ephemeral range)
+//! max_connections = 4096
+//!
+//! [privileged]                  # who may reserve and bind ports below
+//! allow_users = ["www-data", 1001]   # net.ipv4.ip_unprivileged_port_start (root always may)
+//! allow_groups = ["web"]
+//! ```
+//!
+//! Unknown keys are errors, so a typo never silently weakens a policy.
+
+use std::path::{Path, PathBuf};
+
+use berth_core::Pool;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::accounts;
+use crate::config::Config;
+
+/// The largest configuration file read; anything bigger is not a berth configuration.
+const MAX_CONFIG_LEN: u64 = 1024 * 1024;
+
+/// Why a configuration file was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// It could not be read.
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// It is not valid.
+    #[error("invalid configuration {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line where known.
+        message: String,
+    },
+}
+
+/// A user or group: a name or a numeric id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Account {
+    Id(u32),
+    Name(String),
+}
+
+/// The `[privileged]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Privileged {
+    #[serde(default)]
+    allow_users: Vec<Account>,
+    #[serde(default)]
+    allow_groups: Vec<Account>,
+}
+
+/// The file's contents.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pool: Option<String>,
+    max_connections: Option<usize>,
+    #[serde(default)]
+    privileged: Privileged,
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read_err)?.len();
+        if len > MAX_CONFIG_LEN {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "{len} bytes is more than a configuration file may hold ({MAX_CONFIG_LEN})"
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies the file to `config`, resolving user and group names.
+    pub fn apply(&self, config: &mut Config, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if let Some(pool) = &self.pool {
+            config.pool = pool
+                .parse::<Pool>()
+                .map_err(|e| invalid(format!("pool: {e}")))?;
+        }
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                return Err(invalid("max_connections must be at least 1".into()));
+            }
+            config.max_connections = n;
+        }
+        for account in &self.privileged.allow_users {
+            let uid = match account {
+                Account::Id(id) => *id,
+                Account::Name(name) => accounts::user_id(name).ok_or_else(|| {
+                    invalid(format!(
+                        "privileged.allow_users: no user named {name:?} in /etc/passwd"
+                    ))
+                })?,
+            };
+            config.privileged.allow_users.push(uid);
+        }
+        for account in &self.privileged.allow_groups {
+            let gid = match account {
+                Account::Id(id) => *id,
+                Account::Name(name) => accounts::group_id(name).ok_or_else(|| {
+                    invalid(format!(
+                        "privileged.allow_groups: no group named {name:?} in /etc/group"
+                    ))
+                })?,
+            };
+            config.privileged.allow_groups.push(gid);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn base() -> Config {
+        Config::new("/x".into(), "/y".into(), Pool::LINUX_DEFAULT)
+    }
+
+    #[test]
+    fn applies_pool_limits_and_accounts() {
+        let (_d, path) = write(
+            "pool = \"40000-40099\"\nmax_connections = 7\n[privileged]\nallow_users = [\"root\", 1001]\nallow_groups = [33]\n",
+        );
+        let mut config = base();
+        ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut config, &path)
+            .unwrap();
+        assert_eq!(config.pool, Pool::new(40000, 40099).unwrap());
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(config.privileged.allow_users, vec![0, 1001]);
+        assert_eq!(config.privileged.allow_groups, vec![33]);
+    }
+
+    #[test]
+    fn refuses_typos_unknown_names_and_bad_values() {
+        let (_d, path) = write("[privileged]\nallow_user = [1]\n");
+        let err = ConfigFile::load(&path).unwrap_err();
+        assert!(err.to_string().contains("allow_user"), "{err}");
+
+        let (_d, path) = write("[privileged]\nallow_users = [\"no-such-user-berth\"]\n");
+        let err = ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut base(), &path)
+            .unwrap_err();
+        assert!(err.to_string().contains("no-such-user-berth"), "{err}");
+
+        let (_d, path) = write("pool = \"9-1\"\n");
+        let err = ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut base(), &path)
+            .unwrap_err();
+        assert!(err.to_string().contains("pool"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_says_which() {
+        let err = ConfigFile::load(Path::new("/nonexistent/berth.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/berth.toml"), "{err}");
+    }
+}

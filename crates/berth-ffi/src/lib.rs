@@ -1,0 +1,290 @@
+//! libberth: the C library of berth, the Linux port-reservation service (SPEC §5 "C
+//! library"), modelled on the Windows port-reservation API.
+//!
+//! The build produces `libberth.so` and `libberth.a`; `include/berth.h` declares what this
+//! file exports. The header is generated from this crate by cbindgen and committed; the
+//! `header` test fails when the two differ.
+//!
+//! Every function returns 0, or -1 with `errno` set to the SPEC §4 errno of the failure and a
+//! message for [`berth_last_error_message`]. Ports are in host byte order.
+//!
+//! # Layout
+//! - this file: the exported types and functions, as `berth.h` declares them.
+//! - `session`: the process-wide session (one daemon connection, opened on first use) and
+//!   the reservations acquired through it; what a forked child does.
+//! - `sockaddr`: `struct sockaddr` → the address to bind on.
+//! - `error`: the thread's last error message and `errno`.
+//! - `panic`: the boundary every export runs inside.
+
+#![allow(
+    unsafe_code,
+    reason = "a C ABI reads and writes the caller's pointers, borrows its descriptors and sets errno"
+)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+mod panic;
+mod session;
+mod sockaddr;
+
+use std::ffi::{c_char, c_int};
+use std::os::fd::BorrowedFd;
+
+use berth::{Protocol, Token};
+use berth_core::{RangeError, RangeRequest};
+
+use crate::error::Failure;
+use crate::panic::boundary;
+
+/// A block of ports: `number_of_ports` ports from `start_port`, in host byte order (the
+/// Windows `INET_PORT_RANGE` holds them in network byte order).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types, reason = "the C name, as SPEC §5 gives it")]
+pub struct berth_port_range {
+    /// The first port; 0 asks for any free block (a wildcard reservation).
+    pub start_port: u16,
+    /// How many ports, at least 1; the block may not run past 65535.
+    pub number_of_ports: u16,
+}
+
+/// A reservation granted by `berth_acquire_port_reservation`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types, reason = "the C name, as SPEC §5 gives it")]
+pub struct berth_port_reservation_instance {
+    /// The block granted (for a wildcard request, the block the daemon chose).
+    pub reservation: berth_port_range,
+    /// The reservation's token: non-zero, for associate and release.
+    pub token: u64,
+}
+
+/// Reserves a block of ports for this process.
+///
+/// `protocol` is `IPPROTO_TCP` or `IPPROTO_UDP`. `range->start_port == 0` asks for any free
+/// block of `range->number_of_ports` ports from the daemon's pool; otherwise exactly that
+/// block is reserved. On success `*out` holds the block and its token.
+///
+/// The reservation lives until `berth_release_port_reservation` or until the process exits;
+/// only this process may bind sockets from it (not even a forked child may).
+///
+/// Errors: EINVAL (bad protocol, count 0, range past 65535, NULL pointer), EADDRINUSE (the
+/// block overlaps a reservation or a port in use), EADDRNOTAVAIL (no free block that large in
+/// the pool), EACCES, EDQUOT, ECONNREFUSED (no daemon answers), EPROTO.
+///
+/// # Safety
+/// `range` is NULL or points to a readable `berth_port_range`; `out` is NULL or points to a
+/// writable `berth_port_reservation_instance`.
+#[no_mangle]
+pub unsafe extern "C" fn berth_acquire_port_reservation(
+    protocol: c_int,
+    range: *const berth_port_range,
+    out: *mut berth_port_reservation_instance,
+) -> c_int {
+    boundary(|| {
+        let protocol = protocol_of(protocol)?;
+        // SAFETY: the caller passes NULL or a readable, aligned berth_port_range; `as_ref`
+        // maps NULL to None.
+        let range = unsafe { range.as_ref() }.copied().ok_or_else(|| {
+            Failure::invalid("range is NULL; pass a berth_port_range with the ports to reserve")
+        })?;
+        if out.is_null() {
+            return Err(Failure::invalid(
+                "out is NULL; pass a berth_port_reservation_instance to receive the reservation",
+            ));
+        }
+        let (start, count) = (range.start_port, range.number_of_ports);
+        RangeRequest::from_start_count(start, count)?;
+        let got = session::acquire(protocol, start, count)?;
+        let instance = berth_port_reservation_instance {
+            reservation: berth_port_range {
+                start_port: got.start,
+                number_of_ports: got.count,
+            },
+            token: got.token,
+        };
+        // SAFETY: `out` is non-null (checked above) and the caller gave a writable, aligned
+        // berth_port_reservation_instance.
+        unsafe { out.write(instance) };
+        Ok(())
+    })
+}
+
+/// Binds the socket `fd` — the caller's own, unbound TCP (`SOCK_STREAM`) or UDP
+/// (`SOCK_DGRAM`) socket of the reservation's protocol — to a free port of the reservation
+/// `token`, on the address `local` (its port is ignored), or on the wildcard address of the
+/// socket's family when `local` is NULL. The daemon picks the port, spreading successive
+/// binds over the block; `getsockname` tells which. The socket's options are left as they
+/// are.
+///
+/// Errors: EINVAL (bad fd, token 0, `local_len` too short, family not AF_INET/AF_INET6, socket
+/// already bound, address not of this host), EOPNOTSUPP (not a TCP/UDP socket, or its type does
+/// not match the reservation's protocol), EADDRINUSE (every port of the reservation is bound),
+/// ENOENT (no such reservation), EACCES (the reservation is another process's), ECONNREFUSED.
+///
+/// # Safety
+/// `local` is NULL or points to `local_len` readable bytes holding a `sockaddr_in` or
+/// `sockaddr_in6`; `fd` stays open for the duration of the call.
+#[no_mangle]
+pub unsafe extern "C" fn berth_associate_port_reservation(
+    fd: c_int,
+    token: u64,
+    local: *const libc::sockaddr,
+    local_len: libc::socklen_t,
+) -> c_int {
+    boundary(|| {
+        if fd < 0 {
+            return Err(Failure::invalid(format!(
+                "fd {fd} is not a file descriptor; pass an open, unbound TCP or UDP socket"
+            )));
+        }
+        let token = token_of(token)?;
+        // SAFETY: the caller vouches for `local` (NULL, or `local_len` readable bytes).
+        let address = unsafe { sockaddr::ip_of(local, local_len) }?;
+        // SAFETY: `fd` is non-negative and the caller keeps it open during the call; it is
+        // only borrowed (the client duplicates it to send it), never closed here.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        session::associate(token, fd, address).map(drop)
+    })
+}
+
+/// Releases the reservation `token`, returning its block to the pool. Sockets already bound
+/// from it keep their ports.
+///
+/// Errors: EINVAL (token 0), ENOENT (no such reservation), EACCES (the reservation is
+/// another process's and the caller is not an administrator), ECONNREFUSED.
+#[no_mangle]
+pub extern "C" fn berth_release_port_reservation(token: u64) -> c_int {
+    boundary(|| session::release(token_of(token)?))
+}
+
+/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+///
+/// Will create a persistent TCP reservation of `count` ports from `start` and store its
+/// token in `*token`.
+#[no_mangle]
+pub extern "C" fn berth_create_persistent_tcp_port_reservation(
+    start: u16,
+    count: u16,
+    token: *mut u64,
+) -> c_int {
+    let _ = (start, count, token);
+    boundary(|| {
+        Err(persistent_not_yet(
+            "berth_create_persistent_tcp_port_reservation",
+        ))
+    })
+}
+
+/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+///
+/// Will delete the persistent TCP reservation of exactly `count` ports from `start`.
+#[no_mangle]
+pub extern "C" fn berth_delete_persistent_tcp_port_reservation(start: u16, count: u16) -> c_int {
+    let _ = (start, count);
+    boundary(|| {
+        Err(persistent_not_yet(
+            "berth_delete_persistent_tcp_port_reservation",
+        ))
+    })
+}
+
+/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+///
+/// Will store in `*token` the token of the persistent TCP reservation of exactly `count`
+/// ports from `start`.
+#[no_mangle]
+pub extern "C" fn berth_lookup_persistent_tcp_port_reservation(
+    start: u16,
+    count: u16,
+    token: *mut u64,
+) -> c_int {
+    let _ = (start, count, token);
+    boundary(|| {
+        Err(persistent_not_yet(
+            "berth_lookup_persistent_tcp_port_reservation",
+        ))
+    })
+}
+
+/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+///
+/// Will create a persistent UDP reservation of `count` ports from `start` and store its
+/// token in `*token`.
+#[no_mangle]
+pub extern "C" fn berth_create_persistent_udp_port_reservation(
+    start: u16,
+    count: u16,
+    token: *mut u64,
+) -> c_int {
+    let _ = (start, count, token);
+    boundary(|| {
+        Err(persistent_not_yet(
+            "berth_create_persistent_udp_port_reservation",
+        ))
+    })
+}
+
+/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+///
+/// Will delete the persistent UDP reservation of exactly `count` ports from `start`.
+#[no_mangle]
+pub extern "C" fn berth_delete_persistent_udp_port_reservation(start: u16, count: u16) -> c_int {
+    let _ = (start, count);
+    boundary(|| {
+        Err(persistent_not_yet(
+            "berth_delete_persistent_udp_port_reservation",
+        ))
+    })
+}
+
+/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+///
+/// Will store in `*token` the token of the persistent UDP reservation of exactly `count`
+/// ports from `start`.
+#[no_mangle]
+pub extern "C" fn berth_lookup_persistent_udp_port_reservation(
+    start: u16,
+    count: u16,
+    token: *mut u64,
+) -> c_int {
+    let _ = (start, count, token);
+    boundary(|| {
+        Err(persistent_not_yet(
+            "berth_lookup_persistent_udp_port_reservation",
+        ))
+    })
+}
+
+/// The message of this thread's last failed call: what happened and what to do. "" when the
+/// last call succeeded. Valid until the next libberth call on this thread; never NULL.
+#[no_mangle]
+pub extern "C" fn berth_last_error_message() -> *const c_char {
+    panic::boundary_or(c"".as_ptr(), error::last_message)
+}
+
+/// `IPPROTO_TCP` or `IPPROTO_UDP` → the protocol.
+fn protocol_of(protocol: c_int) -> Result<Protocol, Failure> {
+    match protocol {
+        libc::IPPROTO_TCP => Ok(Protocol::Tcp),
+        libc::IPPROTO_UDP => Ok(Protocol::Udp),
+        other => Err(Failure::invalid(format!(
+            "protocol {other} is neither IPPROTO_TCP ({}) nor IPPROTO_UDP ({}); reservations are of TCP or UDP ports",
+            libc::IPPROTO_TCP,
+            libc::IPPROTO_UDP
+        ))),
+    }
+}
+
+fn token_of(token: u64) -> Result<Token, Failure> {
+    Token::new(token).ok_or_else(|| Failure::from(RangeError::ZeroToken))
+}
+
+fn persistent_not_yet(function: &str) -> Failure {
+    Failure::new(
+        libc::EOPNOTSUPP,
+        format!(
+            "{function}: persistent reservations are not implemented yet in this release of libberth; use a runtime reservation (berth_acquire_port_reservation) meanwhile"
+        ),
+    )
+}

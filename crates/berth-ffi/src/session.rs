@@ -1,0 +1,294 @@
+//! The process-wide session: one connection to the daemon, opened on first use, and the
+//! reservations acquired through the C API, which live in it until they are released or the
+//! process exits.
+//!
+//! A forked child is another process: it is not the owner of its parent's reservations, and
+//! the connection and runtime it inherited are not its own (the runtime's other threads did not
+//! survive the fork). On its first call the child leaves the inherited session alone — never
+//! drops it, which would release the parent's reservations or touch the dead runtime — and
+//! opens a session of its own. The session lives in a per-process [`Slot`] rather than in a
+//! plain `static Mutex`, so that a child forked while another thread held the lock does not
+//! wait forever for a lock no thread of its own will release.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::BorrowedFd;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use berth::blocking::{Client, Reservation};
+use berth::{Protocol, Token};
+use rustix::process::{getpid, Pid};
+
+use crate::error::Failure;
+
+/// The session and what was acquired through it.
+struct State {
+    /// Tells this session from a later one (after a lost connection), so that an outcome is
+    /// never recorded in a session other than the one it happened in.
+    generation: u64,
+    client: Client,
+    /// Reservations acquired through the C API, by token value. They are released on
+    /// `berth_release_port_reservation`; at exit the kernel closes the connection and the
+    /// daemon releases them.
+    held: HashMap<u64, Reservation>,
+}
+
+/// One process's session. Never freed: a forked child leaks its parent's slot.
+struct Slot {
+    /// The process this slot belongs to; any other pid means we are a forked child.
+    pid: Pid,
+    /// `None` until the first call that needs the daemon. Locked only for short sections,
+    /// never across a daemon call (except the connect of the first call, so that a process
+    /// opens one session only). A poisoned lock is used as is: every section leaves the state
+    /// whole.
+    state: Mutex<Option<State>>,
+}
+
+/// The current process's slot: null until the first call, and a leaked `Box<Slot>` after.
+static SLOT: AtomicPtr<Slot> = AtomicPtr::new(ptr::null_mut());
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// This process's slot, made on its first call (and on a forked child's first call).
+fn slot() -> &'static Slot {
+    let pid = getpid();
+    loop {
+        let current = SLOT.load(Ordering::Acquire);
+        // SAFETY: SLOT holds null or a pointer from `Box::into_raw` below, never freed, so it
+        // is valid for 'static; a Slot is only read through shared references.
+        if let Some(slot) = unsafe { current.as_ref() } {
+            if slot.pid == pid {
+                return slot;
+            }
+        }
+        let fresh = Box::into_raw(Box::new(Slot {
+            pid,
+            state: Mutex::new(None),
+        }));
+        match SLOT.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // SAFETY: `fresh` came from Box::into_raw just above and is never freed.
+            Ok(_) => return unsafe { &*fresh },
+            Err(_) => {
+                // Another thread of this process installed a slot first: use that one.
+                // SAFETY: `fresh` came from Box::into_raw above and nobody else has seen it.
+                drop(unsafe { Box::from_raw(fresh) });
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Option<State>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A session as one call sees it: the client to call through, without the lock held.
+struct Session {
+    slot: &'static Slot,
+    client: Client,
+    generation: u64,
+}
+
+/// This process's session, opened if there is none yet.
+fn session() -> Result<Session, Failure> {
+    let slot = slot();
+    let mut guard = slot.lock();
+    if let Some(state) = guard.as_ref() {
+        return Ok(Session {
+            slot,
+            client: state.client.clone(),
+            generation: state.generation,
+        });
+    }
+    // No daemon autostart from a library: the CLI's on-demand start is the CLI's business.
+    let client = Client::connect()?;
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+    *guard = Some(State {
+        generation,
+        client: client.clone(),
+        held: HashMap::new(),
+    });
+    Ok(Session {
+        slot,
+        client,
+        generation,
+    })
+}
+
+impl Session {
+    /// Turns a client error into a failure; a lost connection also ends this session, so that
+    /// the next call connects afresh (its reservations are gone with the connection anyway).
+    fn fail(&self, e: berth::Error) -> Failure {
+        if matches!(e, berth::Error::Unavailable(_)) {
+            let dead = {
+                let mut guard = self.slot.lock();
+                if guard
+                    .as_ref()
+                    .is_some_and(|s| s.generation == self.generation)
+                {
+                    guard.take()
+                } else {
+                    None
+                }
+            };
+            // Outside the lock: each held reservation's release fails at once on the closed
+            // connection.
+            drop(dead);
+        }
+        Failure::from(e)
+    }
+}
+
+/// What an acquire returns to C: start, count, token.
+pub(crate) struct Acquired {
+    pub(crate) start: u16,
+    pub(crate) count: u16,
+    pub(crate) token: u64,
+}
+
+/// Acquires a block and keeps it in the session.
+pub(crate) fn acquire(protocol: Protocol, start: u16, count: u16) -> Result<Acquired, Failure> {
+    let session = session()?;
+    let reservation = session
+        .client
+        .acquire(protocol, start, count)
+        .map_err(|e| session.fail(e))?;
+    let acquired = Acquired {
+        start: reservation.start(),
+        count: reservation.count(),
+        token: reservation.token().get(),
+    };
+    let mut guard = session.slot.lock();
+    match guard.as_mut() {
+        Some(state) if state.generation == session.generation => {
+            state.held.insert(acquired.token, reservation);
+            Ok(acquired)
+        }
+        _ => {
+            // The session ended while we waited (its connection was lost): so did the
+            // reservation. Release outside the lock.
+            drop(guard);
+            drop(reservation);
+            Err(Failure::from(berth::Error::Unavailable(
+                "the connection to the berth daemon was lost during the call; retry".into(),
+            )))
+        }
+    }
+}
+
+/// Binds `fd` from the reservation `token` (held here or not: the daemon decides).
+pub(crate) fn associate(
+    token: Token,
+    fd: BorrowedFd<'_>,
+    address: Option<IpAddr>,
+) -> Result<u16, Failure> {
+    let session = session()?;
+    session
+        .client
+        .associate(token, fd, address)
+        .map_err(|e| session.fail(e))
+}
+
+/// Releases `token`: one acquired here is taken out of the session and released; any other
+/// goes to the daemon as is, which answers not-found or permission-denied as the case is.
+pub(crate) fn release(token: Token) -> Result<(), Failure> {
+    let session = session()?;
+    let held = {
+        let mut guard = session.slot.lock();
+        guard
+            .as_mut()
+            .filter(|state| state.generation == session.generation)
+            .and_then(|state| state.held.remove(&token.get()))
+    };
+    let result = match held {
+        Some(reservation) => reservation.release(),
+        None => session.client.release(token).map(drop),
+    };
+    result.map_err(|e| session.fail(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use berth_core::Pool;
+    use berth_daemon::{bind_socket, Config, SocketGuard};
+    use tokio::sync::oneshot;
+
+    use crate::{
+        berth_acquire_port_reservation, berth_port_range, berth_port_reservation_instance,
+    };
+
+    /// A daemon on `socket`, served by `rt` until the returned sender is used.
+    fn daemon(
+        rt: &tokio::runtime::Runtime,
+        socket: &Path,
+        pool: (u16, u16),
+    ) -> (
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+        SocketGuard,
+    ) {
+        let (listener, guard) = rt.block_on(async { bind_socket(socket) }).unwrap();
+        let config = Config::new(
+            socket.to_owned(),
+            socket.with_extension("db"),
+            Pool::new(pool.0, pool.1).unwrap(),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = rt.spawn(async move {
+            berth_daemon::run(listener, config, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        (stop, task, guard)
+    }
+
+    fn acquire() -> (i32, Option<i32>) {
+        let range = berth_port_range {
+            start_port: 0,
+            number_of_ports: 1,
+        };
+        let mut out = berth_port_reservation_instance {
+            reservation: range,
+            token: 0,
+        };
+        // SAFETY: both pointers point to live locals.
+        let rc = unsafe { berth_acquire_port_reservation(libc::IPPROTO_TCP, &range, &mut out) };
+        (rc, std::io::Error::last_os_error().raw_os_error())
+    }
+
+    /// The only test in this binary that uses the process-wide session (and BERTH_SOCKET).
+    #[test]
+    fn a_lost_connection_ends_the_session_and_a_later_call_connects_again() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("berth.sock");
+        std::env::set_var("BERTH_SOCKET", &socket);
+
+        let (stop, task, guard) = daemon(&rt, &socket, (26300, 26309));
+        assert_eq!(acquire().0, 0);
+        let _ = stop.send(());
+        rt.block_on(task).unwrap();
+        drop(guard);
+
+        // A new daemon on the same socket: the old session's connection is gone, so the call
+        // on it fails as unavailable and ends it…
+        let (stop, task, guard) = daemon(&rt, &socket, (26300, 26309));
+        assert_eq!(acquire(), (-1, Some(libc::ECONNREFUSED)));
+        // …and the next call opens a session with the new daemon.
+        assert_eq!(acquire().0, 0);
+        let _ = stop.send(());
+        rt.block_on(task).unwrap();
+        drop(guard);
+    }
+}
