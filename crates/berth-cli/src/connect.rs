@@ -36,7 +36,7 @@ pub async fn or_start() -> Result<Client, Failure> {
     };
     if std::env::var_os(NO_AUTOSTART_ENV).is_some_and(|v| v == "1") {
         return Err(berth::Error::Unavailable(format!(
-            "{} ({NO_AUTOSTART_ENV}=1 is set, so none was started on demand; start one with `berth daemon`, or unset {NO_AUTOSTART_ENV})",
+            "{} — {NO_AUTOSTART_ENV}=1 is set, so none was started on demand",
             unavailable.message()
         ))
         .into());

@@ -13,7 +13,11 @@
 //!   [`serve`], which adds the socket file and signals around it.
 //! - `session`: one connection: handshake, requests in order, release on close.
 //! - `state`: the shared allocation state and the answer to each request.
-//! - `peer`: who is on the other end (`SO_PEERCRED` and `/proc`).
+//! - `peer`: who is on the other end (`SO_PEERCRED` and `/proc`); `owner_watch`: a pidfd
+//!   that ends the session when its owner exits, even if a child keeps the connection.
+//! - `inbound`: reading frames with `recvmsg` (descriptors and per-message credentials).
+//! - `associate`: checking and binding a client's socket from a reservation.
+//! - `netns`: which network namespace a socket belongs to.
 //! - `probe`: whether a port is in use on the host.
 
 mod accounts;
@@ -23,6 +27,7 @@ pub mod config_file;
 mod inbound;
 pub mod listener;
 mod netns;
+mod owner_watch;
 mod peer;
 mod probe;
 pub mod server;

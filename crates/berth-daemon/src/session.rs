@@ -101,9 +101,15 @@ async fn serve_requests(
     config: &Config,
     shutdown: &CancellationToken,
 ) {
+    let owner_exit = crate::owner_watch::owner_exit(&peer.owner);
+    tokio::pin!(owner_exit);
     loop {
         let frame = tokio::select! {
             () = shutdown.cancelled() => return,
+            () = &mut owner_exit => {
+                tracing::info!(pid = peer.owner.pid, "the session's owner exited while its connection stayed open (inherited by a child?); ending the session");
+                return;
+            }
             frame = reader.next() => frame,
         };
         match frame {

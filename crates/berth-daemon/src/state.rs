@@ -160,6 +160,18 @@ impl Shared {
             .map_err(|e| error(e.kind(), e.to_string()))
     }
 
+    /// Whether the wildcard pool reaches below the unprivileged start.
+    fn pool_touches_privileged(&self) -> bool {
+        self.privileged.touches(self.table().pool().range())
+    }
+
+    /// Whether `who` may use privileged ports at all.
+    fn may_use_privileged(&self, who: &Owner) -> bool {
+        let mut gids = process_groups(who.pid);
+        gids.push(who.gid);
+        self.privileged.allows(who.uid, &gids)
+    }
+
     fn acquire(&self, protocol: Protocol, start: u16, count: u16, peer: &Peer) -> Response {
         let request = match RangeRequest::from_start_count(start, count) {
             Ok(r) => r,
@@ -176,6 +188,17 @@ impl Shared {
             acquired_at_ms: now_ms(),
         };
         let prober = self.prober;
+        // A wildcard block never holds privileged ports the asker may not use: to the search
+        // they look like ports in use, so it moves past them (and a pool of nothing else is
+        // exhausted for this user).
+        let privileged_below = match request {
+            RangeRequest::Wildcard { .. }
+                if self.pool_touches_privileged() && !self.may_use_privileged(&peer.owner) =>
+            {
+                self.privileged.unprivileged_start
+            }
+            _ => 0,
+        };
         // The probe binds are non-blocking syscalls; holding the lock across them keeps a
         // candidate block from being handed to two clients at once.
         let result = self.table().acquire(
@@ -183,7 +206,12 @@ impl Shared {
             request,
             holder,
             &mut OsTokens,
-            &mut |proto, range| prober.first_in_use(proto, range),
+            &mut |proto, range| {
+                if range.start() < privileged_below {
+                    return Some(range.start());
+                }
+                prober.first_in_use(proto, range)
+            },
         );
         match result {
             Ok(r) => {

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
+
 use std::sync::Arc;
+use tokio::net::UnixStream;
 
 use berth_core::{Protocol, Token};
 use berth_protocol::{paths, Request, ReservationInfo, Response, StatusInfo};
@@ -28,26 +30,35 @@ impl Client {
     pub async fn connect() -> Result<Self, Error> {
         let uid = rustix::process::getuid().as_raw();
         let candidates = paths::client_candidates(&paths::process_env, uid);
-        let mut last = None;
+        let mut tried = Vec::new();
         for path in &candidates {
-            match Client::connect_to(path).await {
-                Ok(client) => return Ok(client),
-                Err(Error::Unavailable(m)) => last = Some(m),
-                Err(other) => return Err(other),
+            match UnixStream::connect(path).await {
+                Ok(stream) => return Client::open(stream, path).await,
+                Err(e) => tried.push(format!("{} ({e})", path.display())),
             }
         }
-        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
         Err(Error::Unavailable(format!(
-            "no berth daemon answers (tried {}); start one with `berth daemon`, let the `berth` command start one on demand, or set BERTH_SOCKET{}",
-            tried.join(", "),
-            last.map(|m| format!(" — last error: {m}")).unwrap_or_default()
+            "no berth daemon answers (tried {}); start one with `berth daemon` (`berth run` starts one on demand), or set BERTH_SOCKET to the socket of a running one",
+            tried.join(", ")
         )))
     }
 
     /// Connects to the daemon listening on `path`.
     pub async fn connect_to(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "no berth daemon answers on {} ({e}); start one with `berth daemon --socket {}`",
+                path.display(),
+                path.display()
+            ))
+        })?;
+        Client::open(stream, path).await
+    }
+
+    async fn open(stream: UnixStream, path: &Path) -> Result<Self, Error> {
         let name = concat!("berth-rs/", env!("CARGO_PKG_VERSION"));
-        let conn = Connection::open(path.as_ref(), name).await?;
+        let conn = Connection::open(stream, path, name).await?;
         Ok(Client {
             conn: Arc::new(conn),
         })

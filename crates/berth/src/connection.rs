@@ -56,15 +56,13 @@ impl std::fmt::Debug for Call {
 }
 
 impl Connection {
-    /// Connects to the daemon at `path` and shakes hands. Must run inside a tokio runtime, on
-    /// which the connection's tasks are spawned.
-    pub(crate) async fn open(path: &Path, client_name: &str) -> Result<Self, Error> {
-        let stream = UnixStream::connect(path).await.map_err(|e| {
-            Error::Unavailable(format!(
-                "no berth daemon answers on {} ({e}); start one with `berth daemon`, or let the `berth` command start one for you",
-                path.display()
-            ))
-        })?;
+    /// Shakes hands with the daemon on `stream` (connected to `path`). Must run inside a tokio
+    /// runtime, on which the connection's tasks are spawned.
+    pub(crate) async fn open(
+        stream: UnixStream,
+        path: &Path,
+        client_name: &str,
+    ) -> Result<Self, Error> {
         let (rd, wr) = stream.into_split();
         let mut reader = FramedRead::new(rd, FrameCodec::client());
         let mut writer = FramedWrite::new(wr, FrameCodec::client());

@@ -1,0 +1,395 @@
+//! Privileged ports end to end: a daemon that may bind them (root) binds port 80 for the
+//! clients its policy allows, and refuses everybody else with permission-denied.
+//!
+//! The kernel checks the daemon's privileges, not the client's, so this is berth's own check.
+//! Each test starts `berth daemon` as root inside a private network namespace (`unshare -n`),
+//! then runs this test executable again as user nobody (uid 65534), in the daemon's namespace
+//! (`nsenter --net`, `setpriv`), as the helper test [`child_mode_listener_on_port_80`]. The
+//! helper asks the daemon for port 80 and a listener on it, and prints one line:
+//!
+//! - `OK <port>`: the port its listener is bound to;
+//! - `ERR <stage> <kind> <message>`: where it failed (`setup`, `connect`, `acquire` or `bind`),
+//!   the SPEC §4 kind, and the daemon's message.
+//!
+//! Port 80 is only ever bound inside the private namespace, never on the host: the daemon's
+//! namespace is checked to differ from ours before a client runs, and the helper refuses to
+//! go on unless it is in that namespace. Run as root (CI is).
+
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test: stopping loudly on a broken expectation is the point"
+)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use berth::{ErrorKind, Protocol};
+use tempfile::TempDir;
+
+/// The `berth` binary under test.
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// How long anything may take before a test gives up: generous, for a busy 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// User and group nobody.
+const NOBODY: u32 = 65534;
+
+/// Set (to a [`Mode`]) only in the helper's environment.
+const CHILD_ENV: &str = "BERTH_PRIV_CHILD";
+
+/// The network namespace (`net:[inode]`) the helper must find itself in.
+const NETNS_ENV: &str = "BERTH_PRIV_NETNS";
+
+/// The helper test's name, for `--exact`.
+const CHILD_TEST: &str = "child_mode_listener_on_port_80";
+
+/// The daemon's pool: anything above the privileged ports (its namespace is private).
+const POOL: &str = "40000-40099";
+
+/// What the helper asks for.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// `acquire(Tcp, 80, 1)`: port 80 by number.
+    Specific,
+    /// `acquire(Tcp, 0, 1)` from a pool that holds port 80: the policy applies there too.
+    Wildcard,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Specific => "specific",
+            Mode::Wildcard => "wildcard",
+        }
+    }
+
+    fn start(self) -> u16 {
+        match self {
+            Mode::Specific => 80,
+            Mode::Wildcard => 0,
+        }
+    }
+}
+
+/// A `berth daemon` (root) in a network namespace of its own, on `<tempdir>/b.sock`; killed
+/// and reaped on drop, by its pid.
+struct NsDaemon {
+    child: Child,
+    dir: TempDir,
+    socket: PathBuf,
+}
+
+impl NsDaemon {
+    /// Starts `unshare -n -- berth daemon --config <config> --pool <pool>` and waits for its
+    /// "ready".
+    fn start(config: &str, pool: &str) -> NsDaemon {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        // Nobody must reach the socket (mode 0666) through its directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod 0755 the temporary directory");
+        let socket = dir.path().join("b.sock");
+        // Always a file of our own: a root daemon without --config would read
+        // /etc/berth/berth.toml, if the host has one.
+        let config_path = dir.path().join("berth.toml");
+        std::fs::write(&config_path, config).expect("write the configuration");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("create the log");
+        // `unshare` without --fork execs the daemon: the pid we get is the daemon's.
+        let mut child = Command::new("unshare")
+            .args(["-n", "--", BERTH, "daemon", "--socket"])
+            .arg(&socket)
+            .args(["--pool", pool, "--config"])
+            .arg(&config_path)
+            .arg("--ready-stdout")
+            .env_remove("BERTH_LOG")
+            .env_remove(CHILD_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn unshare -n -- berth daemon (needs util-linux)");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let daemon = NsDaemon { child, dir, socket };
+        match lines_of(stdout).recv_timeout(DEADLINE) {
+            Ok(line) if line == "ready\n" => {}
+            other => panic!(
+                "unshare -n -- berth daemon --pool {pool} did not say ready within {DEADLINE:?} \
+                 (got {other:?}; unshare needs root); its log:\n{}",
+                daemon.log()
+            ),
+        }
+        daemon.check_identity();
+        daemon
+    }
+
+    /// Asserts that our child's pid is the daemon itself and that it runs in a network
+    /// namespace that is not ours: nothing may bind port 80 on the host.
+    fn check_identity(&self) {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid()))
+            .expect("read the daemon's /proc/PID/exe");
+        let berth = std::fs::canonicalize(BERTH).expect("canonicalize the berth binary");
+        assert_eq!(
+            exe,
+            berth,
+            "pid {} is not the berth daemon (did unshare fork?)",
+            self.pid()
+        );
+        let ours = std::fs::read_link("/proc/self/ns/net").expect("read our network namespace");
+        assert_ne!(
+            self.netns(),
+            ours.to_string_lossy(),
+            "the daemon runs in the host's network namespace"
+        );
+    }
+
+    /// Its pid (unshare's, which exec'd the daemon).
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its network namespace, as `net:[inode]`.
+    fn netns(&self) -> String {
+        std::fs::read_link(format!("/proc/{}/ns/net", self.pid()))
+            .expect("read the daemon's network namespace")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// What it logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the helper test as nobody in the daemon's network namespace; returns its `OK …` or
+    /// `ERR …` line.
+    fn run_child(&self, mode: Mode) -> String {
+        let exe = executable_for_nobody(self.dir.path());
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.pid()))
+            .args([
+                "--",
+                "setpriv",
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+            ])
+            .arg(&exe)
+            .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+            .env("BERTH_SOCKET", &self.socket)
+            .env(CHILD_ENV, mode.as_str())
+            .env(NETNS_ENV, self.netns())
+            .env_remove("BERTH_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nsenter … setpriv … (util-linux)");
+        let stdout = all_of(child.stdout.take().expect("piped stdout"));
+        let stderr = all_of(child.stderr.take().expect("piped stderr"));
+        let status = wait_with_deadline(&mut child, "the helper run as nobody");
+        let stdout = stdout.recv_timeout(DEADLINE).unwrap_or_default();
+        let stderr = stderr.recv_timeout(DEADLINE).unwrap_or_default();
+        assert!(
+            status.success(),
+            "the helper ({}) failed: {status}\nstdout: {stdout}\nstderr: {stderr}\ndaemon log:\n{}",
+            exe.display(),
+            self.log()
+        );
+        let mut results = stdout
+            .lines()
+            .filter(|l| l.starts_with("OK ") || l.starts_with("ERR "));
+        let line = results.next().unwrap_or_else(|| {
+            panic!("the helper printed no OK/ERR line\nstdout: {stdout}\nstderr: {stderr}")
+        });
+        assert!(
+            results.next().is_none(),
+            "the helper printed more than one result: {stdout}"
+        );
+        line.to_owned()
+    }
+}
+
+impl Drop for NsDaemon {
+    fn drop(&mut self) {
+        // Our own child, by its pid; then reap it. Its namespace goes with it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// This test executable, or a copy in `dir` (mode 0755) when nobody could not run it where it
+/// is.
+fn executable_for_nobody(dir: &Path) -> PathBuf {
+    let exe = std::env::current_exe().expect("find this test executable");
+    let mode = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.permissions().mode());
+    let readable =
+        mode(&exe) & 0o005 == 0o005 && exe.ancestors().skip(1).all(|d| mode(d) & 0o001 == 0o001);
+    if readable {
+        return exe;
+    }
+    let copy = dir.join("privileged-child");
+    std::fs::copy(&exe, &copy).expect("copy this test executable");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod 0755 the copy");
+    copy
+}
+
+/// Polls `child` (ours) for its exit; kills and reaps it at the deadline.
+fn wait_with_deadline(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Each line of `reader` (newline kept), sent as it is read.
+fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(reader);
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// All of `reader`, sent once at end-of-file.
+fn all_of(mut reader: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = reader.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    rx
+}
+
+/// Asserts an `ERR` line is a permission-denied about privileged port 80 for uid 65534;
+/// returns its stage.
+#[track_caller]
+fn assert_refused(line: &str) -> String {
+    let mut parts = line.splitn(4, ' ');
+    let (Some("ERR"), Some(stage), Some(kind), Some(message)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        panic!("nobody was not refused: {line:?}");
+    };
+    assert_eq!(kind, ErrorKind::PermissionDenied.as_str(), "{line}");
+    for needle in ["privileged", "port 80", "uid 65534"] {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+    stage.to_owned()
+}
+
+/// The helper: does nothing unless [`CHILD_ENV`] is set, as it is only for the tests below,
+/// which run it as nobody in a daemon's network namespace.
+#[test]
+fn child_mode_listener_on_port_80() {
+    let Ok(mode) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mode = match mode.as_str() {
+        "specific" => Mode::Specific,
+        "wildcard" => Mode::Wildcard,
+        other => panic!("{CHILD_ENV}={other:?} is no mode"),
+    };
+    // The leading newline keeps the line apart from libtest's "test … ... ".
+    println!("\n{}", child_result(mode));
+}
+
+/// The helper's one line.
+fn child_result(mode: Mode) -> String {
+    let (uid, euid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::geteuid().as_raw(),
+    );
+    if (uid, euid) != (NOBODY, NOBODY) {
+        return format!("ERR setup not-nobody uid {uid}, euid {euid}");
+    }
+    let here = std::fs::read_link("/proc/self/ns/net")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let expected = std::env::var(NETNS_ENV).unwrap_or_default();
+    if expected.is_empty() || here != expected {
+        return format!("ERR setup wrong-netns in {here:?}, expected {expected:?}");
+    }
+    let client = match berth::blocking::Client::connect() {
+        Ok(c) => c,
+        Err(e) => return format!("ERR connect {} {e}", e.kind().as_str()),
+    };
+    let reservation = match client.acquire(Protocol::Tcp, mode.start(), 1) {
+        Ok(r) => r,
+        Err(e) => return format!("ERR acquire {} {e}", e.kind().as_str()),
+    };
+    let listener = match reservation.tcp_listener(Ipv4Addr::UNSPECIFIED.into()) {
+        Ok(l) => l,
+        Err(e) => return format!("ERR bind {} {e}", e.kind().as_str()),
+    };
+    match listener.local_addr() {
+        Ok(addr) => format!("OK {}", addr.port()),
+        Err(e) => format!("ERR setup local-addr {e}"),
+    }
+}
+
+#[test]
+fn nobody_allowed_by_name_gets_a_listener_on_port_80() {
+    let d = NsDaemon::start("[privileged]\nallow_users = [\"nobody\"]\n", POOL);
+    assert_eq!(d.run_child(Mode::Specific), "OK 80", "log:\n{}", d.log());
+}
+
+#[test]
+fn nobody_allowed_by_group_gets_a_listener_on_port_80() {
+    // setpriv --regid=65534 --clear-groups: the primary group only.
+    let d = NsDaemon::start(&format!("[privileged]\nallow_groups = [{NOBODY}]\n"), POOL);
+    assert_eq!(d.run_child(Mode::Specific), "OK 80", "log:\n{}", d.log());
+}
+
+#[test]
+fn nobody_is_refused_port_80_by_default_at_acquire() {
+    // An empty configuration: root only.
+    let d = NsDaemon::start("", POOL);
+    let line = d.run_child(Mode::Specific);
+    assert_eq!(assert_refused(&line), "acquire", "{line}");
+}
+
+#[test]
+fn a_privileged_pool_is_exhausted_for_nobody_by_default() {
+    // The wildcard pool is port 80 alone: a wildcard search skips ports the asker may not
+    // use, so nobody finds the pool empty rather than holding a port it cannot bind.
+    let d = NsDaemon::start("", "80-80");
+    let line = d.run_child(Mode::Wildcard);
+    assert!(
+        line.starts_with("ERR acquire pool-exhausted "),
+        "{line}\nlog:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_privileged_pool_serves_allowed_users() {
+    let d = NsDaemon::start("[privileged]\nallow_users = [\"nobody\"]\n", "80-80");
+    assert_eq!(d.run_child(Mode::Wildcard), "OK 80", "log:\n{}", d.log());
+}

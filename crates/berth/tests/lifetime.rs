@@ -1,0 +1,92 @@
+//! Runtime reservations belong to the process, not to the connection: when the owner exits,
+//! they go, even while a forked child still holds the inherited connection open.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use berth::Client;
+use support::{eventually, TestDaemon};
+
+/// An owner that speaks the protocol by hand, acquires a block, forks a child that keeps the
+/// connection (and blocks on stdin), and exits.
+const OWNER: &str = r#"
+import os, socket, struct, sys
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7f; n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n: return bytes(out)
+def frame(payload): return struct.pack(">I", len(payload)) + payload
+def answer(conn):
+    n = struct.unpack(">I", conn.recv(4, socket.MSG_WAITALL))[0]
+    return conn.recv(n, socket.MSG_WAITALL)
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+conn.connect(sys.argv[1])
+client = b"fork-test"
+conn.sendall(frame(bytes([0]) + b"BRTH" + varint(1) + varint(1) + varint(len(client)) + client))
+assert answer(conn)[0] == 0, "no welcome"
+conn.sendall(frame(bytes([1, 0]) + varint(int(sys.argv[2])) + varint(3)))  # Acquire tcp P+3
+assert answer(conn)[0] == 2, "not acquired"
+if os.fork() == 0:
+    print("child", os.getpid(), flush=True)
+    sys.stdin.readline()   # keep the inherited connection open until told
+    os._exit(0)
+print("parent done", flush=True)
+"#;
+
+// Blocking reads of the owner's output below: the daemon needs worker threads of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_child_does_not_keep_a_dead_owners_reservations() {
+    let daemon = TestDaemon::start(45000, 45099);
+    let watcher = Client::connect_to(&daemon.socket).await.unwrap();
+    let mut owner = Command::new("/usr/bin/python3")
+        .args(["-c", OWNER])
+        .arg(&daemon.socket)
+        .arg("25000")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held here: `wait` would close it, and the child must keep running.
+    let mut stdin = owner.stdin.take().unwrap();
+    let mut lines = BufReader::new(owner.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(lines.next().unwrap().unwrap());
+    }
+    assert!(seen.iter().any(|l| l == "parent done"), "{seen:?}");
+    assert!(owner.wait().unwrap().success());
+
+    // The owner is gone; its child still holds the connection open.
+    let released = eventually(5000, || async {
+        watcher
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.range.start() != 25000)
+    })
+    .await;
+    // The child is still alive, holding the connection.
+    let child_pid: i32 = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("child "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{child_pid}")).exists());
+    // Let the child go (it shares the stdin pipe).
+    let _ = stdin.write_all(b"\n");
+    drop(stdin);
+    assert!(released, "the dead owner's block is still reserved");
+    // And it can be reserved again.
+    let _again = watcher
+        .acquire(berth::Protocol::Tcp, 25000, 3)
+        .await
+        .unwrap();
+}
