@@ -28,8 +28,92 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Show the daemon's status.
     Status(JsonArg),
+    /// Create, delete, look up and list persistent reservations.
+    #[command(subcommand)]
+    Persistent(PersistentCommand),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+}
+
+/// `berth persistent …`.
+#[derive(Debug, Subcommand)]
+pub enum PersistentCommand {
+    /// Create a persistent reservation (administrators); prints its token.
+    Add(PersistentAddArgs),
+    /// Delete the persistent reservation of exactly this range (administrators).
+    Delete(PersistentRangeArgs),
+    /// Print the token of the persistent reservation of exactly this range.
+    Lookup(PersistentRangeArgs),
+    /// List persistent reservations.
+    List(PersistentListArgs),
+}
+
+/// `--tcp` or `--udp`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ProtocolChoice {
+    /// TCP ports.
+    #[arg(long)]
+    pub tcp: bool,
+    /// UDP ports.
+    #[arg(long)]
+    pub udp: bool,
+}
+
+impl ProtocolChoice {
+    /// The protocol chosen.
+    pub fn protocol(&self) -> berth::Protocol {
+        if self.udp {
+            berth::Protocol::Udp
+        } else {
+            berth::Protocol::Tcp
+        }
+    }
+}
+
+/// A protocol and an exact range.
+#[derive(Debug, Args)]
+pub struct PersistentRangeArgs {
+    /// Which port space.
+    #[command(flatten)]
+    pub protocol: ProtocolChoice,
+    /// First port.
+    #[arg(long, value_name = "P")]
+    pub start: u16,
+    /// Number of ports.
+    #[arg(long, value_name = "N")]
+    pub count: u16,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `berth persistent add`.
+#[derive(Debug, Args)]
+pub struct PersistentAddArgs {
+    /// The protocol and range.
+    #[command(flatten)]
+    pub range: PersistentRangeArgs,
+    /// A user (name or uid) who may bind sockets from it; repeatable.
+    #[arg(long = "allow-user", value_name = "USER")]
+    pub allow_users: Vec<String>,
+    /// A group (name or gid) whose members may bind sockets from it; repeatable.
+    #[arg(long = "allow-group", value_name = "GROUP")]
+    pub allow_groups: Vec<String>,
+}
+
+/// `berth persistent list`.
+#[derive(Debug, Args)]
+pub struct PersistentListArgs {
+    /// Only TCP.
+    #[arg(long, conflicts_with = "udp")]
+    pub tcp: bool,
+    /// Only UDP.
+    #[arg(long)]
+    pub udp: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `berth daemon`.
@@ -41,7 +125,7 @@ pub struct DaemonArgs {
     pub socket: Option<PathBuf>,
     /// Database file [default: /var/lib/berth/berth.db for root,
     /// $XDG_STATE_HOME/berth/berth.db for other users].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "BERTH_DB")]
     pub db: Option<PathBuf>,
     /// Ports that wildcard requests are served from [default: the kernel's ephemeral range,
     /// net.ipv4.ip_local_port_range].
@@ -50,6 +134,10 @@ pub struct DaemonArgs {
     /// Connections served at once [default: 4096].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
+    /// After a restart, seconds to hold the previous daemon's runtime reservations for their
+    /// owners to re-claim [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub grace: Option<u64>,
     /// Configuration file [default: /etc/berth/berth.toml for root, when it exists]. Options
     /// given on the command line override it.
     #[arg(long, value_name = "FILE")]

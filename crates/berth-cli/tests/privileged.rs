@@ -106,6 +106,8 @@ impl NsDaemon {
             .arg(&socket)
             .args(["--pool", pool, "--config"])
             .arg(&config_path)
+            .arg("--db")
+            .arg(dir.path().join("berth.db"))
             .arg("--ready-stdout")
             .env_remove("BERTH_LOG")
             .env_remove(CHILD_ENV)

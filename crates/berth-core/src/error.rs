@@ -185,6 +185,9 @@ pub enum ReleaseError {
     /// No live reservation has this token.
     #[error("no reservation has token {0}; it was released already or never existed (`berth list` shows the live ones)")]
     NotFound(crate::token::Token),
+    /// Persistent reservations are deleted, not released.
+    #[error("reservation {} ({} {}) is persistent; delete it with `berth persistent delete --{} --start {} --count {}`", .0.token, .0.protocol, describe(.0.range), .0.protocol, .0.range.start(), .0.range.count())]
+    Persistent(Box<Reservation>),
     /// The asker is neither the owning process nor an administrator.
     #[error("reservation {} ({} {}) belongs to {}; only that process or an administrator may release it", .0.token, .0.protocol, describe(.0.range), .0.holder_description())]
     PermissionDenied(Box<Reservation>),
@@ -195,6 +198,7 @@ impl ReleaseError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ReleaseError::NotFound(_) => ErrorKind::NotFound,
+            ReleaseError::Persistent(_) => ErrorKind::InvalidArgument,
             ReleaseError::PermissionDenied(_) => ErrorKind::PermissionDenied,
         }
     }
@@ -206,8 +210,9 @@ pub enum UseError {
     /// No live reservation has this token.
     #[error("no reservation has token {0}; it was released already or never existed (`berth list` shows the live ones)")]
     NotFound(crate::token::Token),
-    /// The asker is not the process that acquired it.
-    #[error("reservation {} ({} {}) belongs to {}, and only that process may bind sockets from it (pid {requester_pid} asked); acquire a reservation of your own", reservation.token, reservation.protocol, describe(reservation.range), reservation.holder_description())]
+    /// The asker may not use it: not the process that acquired a runtime reservation, or
+    /// neither an administrator nor named by a persistent one.
+    #[error("{}", not_owner_message(reservation, *requester_pid))]
     NotOwner {
         /// The reservation.
         reservation: Box<Reservation>,
@@ -232,5 +237,23 @@ pub fn describe(range: PortRange) -> String {
         format!("port {range}")
     } else {
         format!("ports {range}")
+    }
+}
+
+fn not_owner_message(r: &Reservation, requester_pid: u32) -> String {
+    match r.kind {
+        crate::table::Kind::Runtime => format!(
+            "reservation {} ({} {}) belongs to {}, and only that process may use it (pid {requester_pid} asked); acquire a reservation of your own",
+            r.token,
+            r.protocol,
+            describe(r.range),
+            r.holder_description()
+        ),
+        crate::table::Kind::Persistent => format!(
+            "persistent reservation {} ({} {}) may be used by administrators and by the users and groups it was created for, and pid {requester_pid} is neither; ask an administrator to recreate it with --allow-user/--allow-group",
+            r.token,
+            r.protocol,
+            describe(r.range)
+        ),
     }
 }

@@ -27,5 +27,5 @@ pub use error::{describe, AcquireError, ErrorKind, RangeError, ReleaseError, Use
 pub use owner::{Holder, Owner, Requester, SessionId};
 pub use policy::{PrivilegedDenied, PrivilegedPorts};
 pub use range::{Pool, PortRange, Protocol, RangeRequest};
-pub use table::{Kind, Reservation, Table};
+pub use table::{Allowed, Kind, Reservation, Table, UseRequest};
 pub use token::{Token, TokenSource};

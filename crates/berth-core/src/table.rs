@@ -50,8 +50,39 @@ pub struct Reservation {
     pub owner: Option<Owner>,
     /// The session it dies with (runtime only).
     pub session: Option<SessionId>,
-    /// Acquisition time, milliseconds since the Unix epoch.
+    /// Acquisition (or creation) time, milliseconds since the Unix epoch.
     pub acquired_at_ms: u64,
+    /// Persistent only: who may bind sockets from it besides administrators.
+    pub allowed: Allowed,
+}
+
+/// The users and groups a persistent reservation was created for (SPEC §2: consumed by
+/// administrators and by the users/groups it was created for).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowed {
+    /// User ids.
+    pub users: Vec<u32>,
+    /// Group ids (primary or supplementary membership counts).
+    pub groups: Vec<u32>,
+}
+
+impl Allowed {
+    /// Whether `uid` with groups `gids` is named.
+    pub fn admits(&self, uid: u32, gids: &[u32]) -> bool {
+        self.users.contains(&uid) || gids.iter().any(|g| self.groups.contains(g))
+    }
+}
+
+/// The asker of an associate: process, administrator status, and groups (for persistent
+/// reservations' allow lists).
+#[derive(Debug, Clone, Copy)]
+pub struct UseRequest<'a> {
+    /// The asking process.
+    pub process: &'a Owner,
+    /// Whether it is an administrator.
+    pub is_admin: bool,
+    /// Its primary and supplementary groups.
+    pub gids: &'a [u32],
 }
 
 impl Reservation {
@@ -59,7 +90,8 @@ impl Reservation {
     pub fn holder_description(&self) -> String {
         match &self.owner {
             Some(o) => format!("pid {} ({}, uid {})", o.pid, o.command, o.uid),
-            None => "a persistent reservation".to_owned(),
+            None if self.kind == Kind::Persistent => "a persistent reservation".to_owned(),
+            None => "an unknown process".to_owned(),
         }
     }
 }
@@ -168,6 +200,7 @@ impl Table {
             owner: Some(holder.owner),
             session: Some(holder.session),
             acquired_at_ms: holder.acquired_at_ms,
+            allowed: Allowed::default(),
         };
         self.space_mut(protocol).insert(range, token);
         self.records.insert(reservation.clone());
@@ -175,6 +208,10 @@ impl Table {
     }
 
     /// A fresh token: non-zero and naming no live reservation. Draws until it gets one.
+    pub fn new_token(&self, tokens: &mut dyn TokenSource) -> Token {
+        self.draw_token(tokens)
+    }
+
     fn draw_token(&self, tokens: &mut dyn TokenSource) -> Token {
         loop {
             if let Some(token) = Token::new(tokens.draw()) {
@@ -193,6 +230,9 @@ impl Table {
         requester: &Requester,
     ) -> Result<Reservation, ReleaseError> {
         let reservation = self.get(token).ok_or(ReleaseError::NotFound(token))?;
+        if reservation.kind == Kind::Persistent {
+            return Err(ReleaseError::Persistent(Box::new(reservation.clone())));
+        }
         let owns = reservation
             .owner
             .as_ref()
@@ -205,23 +245,29 @@ impl Table {
         self.remove(token).ok_or(ReleaseError::NotFound(token))
     }
 
-    /// Checks that `requester` may bind sockets from `token`'s reservation (SPEC §2: a
-    /// runtime reservation is usable only by the process that acquired it — knowing the token
-    /// grants nothing). Returns the reservation and the port its next bind should start from.
+    /// Checks that `asker` may bind sockets from `token`'s reservation. A runtime reservation
+    /// is usable only by the process that acquired it (SPEC §2: knowing the token grants
+    /// nothing); a persistent one by administrators and the users/groups it was created for.
+    /// Returns the reservation and the port its next bind should start from.
     pub fn authorize_use(
         &self,
         token: Token,
-        requester: &Owner,
+        asker: UseRequest<'_>,
     ) -> Result<(&Reservation, u16), UseError> {
         let reservation = self.get(token).ok_or(UseError::NotFound(token))?;
-        let owns = reservation
-            .owner
-            .as_ref()
-            .is_some_and(|owner| owner.same_process(requester));
-        if !owns {
+        let allowed = match reservation.kind {
+            Kind::Runtime => reservation
+                .owner
+                .as_ref()
+                .is_some_and(|owner| owner.same_process(asker.process)),
+            Kind::Persistent => {
+                asker.is_admin || reservation.allowed.admits(asker.process.uid, asker.gids)
+            }
+        };
+        if !allowed {
             return Err(UseError::NotOwner {
                 reservation: Box::new(reservation.clone()),
-                requester_pid: requester.pid,
+                requester_pid: asker.process.pid,
             });
         }
         let cursor = self
@@ -242,6 +288,150 @@ impl Table {
             };
             self.records.set_bind_cursor(token, next);
         }
+    }
+
+    /// Adds a persistent reservation named `token` (drawn with [`Table::new_token`] for a new
+    /// one, or loaded from the store). Fails like a specific acquire when the range overlaps a
+    /// live reservation or `in_use` reports a port of it in use.
+    pub fn insert_persistent(
+        &mut self,
+        token: Token,
+        protocol: Protocol,
+        range: PortRange,
+        allowed: Allowed,
+        created_at_ms: u64,
+        in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Result<Reservation, AcquireError> {
+        self.check_free(protocol, range, in_use)?;
+        let reservation = Reservation {
+            token,
+            protocol,
+            range,
+            kind: Kind::Persistent,
+            owner: None,
+            session: None,
+            acquired_at_ms: created_at_ms,
+            allowed,
+        };
+        self.space_mut(protocol).insert(range, token);
+        self.records.insert(reservation.clone());
+        Ok(reservation)
+    }
+
+    /// Adds a runtime reservation from the journal of an earlier daemon: it has no session
+    /// until its owner re-claims it ([`Table::reclaim`]).
+    pub fn restore_runtime(
+        &mut self,
+        token: Token,
+        protocol: Protocol,
+        range: PortRange,
+        owner: Owner,
+        acquired_at_ms: u64,
+    ) -> Result<Reservation, AcquireError> {
+        self.check_free(protocol, range, &mut |_, _| None)?;
+        let reservation = Reservation {
+            token,
+            protocol,
+            range,
+            kind: Kind::Runtime,
+            owner: Some(owner),
+            session: None,
+            acquired_at_ms,
+            allowed: Allowed::default(),
+        };
+        self.space_mut(protocol).insert(range, token);
+        self.records.insert(reservation.clone());
+        Ok(reservation)
+    }
+
+    /// Fails when `range` overlaps a live reservation or has a port in use.
+    fn check_free(
+        &self,
+        protocol: Protocol,
+        range: PortRange,
+        in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Result<(), AcquireError> {
+        if let Some(holder) = self
+            .space(protocol)
+            .first_overlap(range)
+            .and_then(|slot| self.get(slot.token))
+        {
+            return Err(AcquireError::Conflict {
+                protocol,
+                requested: range,
+                holder: Box::new(holder.clone()),
+            });
+        }
+        if let Some(port) = in_use(protocol, range) {
+            return Err(AcquireError::InUse {
+                protocol,
+                requested: range,
+                port,
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives a held runtime reservation (restored, no session) to `session`, if `requester`
+    /// is the process that acquired it.
+    pub fn reclaim(
+        &mut self,
+        token: Token,
+        requester: &Owner,
+        session: SessionId,
+    ) -> Result<Reservation, UseError> {
+        let reservation = self.get(token).ok_or(UseError::NotFound(token))?;
+        let owns = reservation.kind == Kind::Runtime
+            && reservation.session.is_none()
+            && reservation
+                .owner
+                .as_ref()
+                .is_some_and(|owner| owner.same_process(requester));
+        if !owns {
+            return Err(UseError::NotOwner {
+                reservation: Box::new(reservation.clone()),
+                requester_pid: requester.pid,
+            });
+        }
+        let mut reservation = self
+            .records
+            .remove(token)
+            .ok_or(UseError::NotFound(token))?;
+        reservation.session = Some(session);
+        self.records.insert(reservation.clone());
+        Ok(reservation)
+    }
+
+    /// The persistent reservation of exactly `protocol` and `range`.
+    pub fn find_persistent(&self, protocol: Protocol, range: PortRange) -> Option<&Reservation> {
+        self.space(protocol)
+            .containing(range.start())
+            .and_then(|slot| self.get(slot.token))
+            .filter(|r| r.kind == Kind::Persistent && r.range == range)
+    }
+
+    /// Removes the persistent reservation `token`.
+    pub fn remove_persistent(&mut self, token: Token) -> Option<Reservation> {
+        if self.get(token)?.kind != Kind::Persistent {
+            return None;
+        }
+        self.remove(token)
+    }
+
+    /// Releases the runtime reservations that have no session (restored and not re-claimed),
+    /// or only those of `owner` when given; returns them.
+    pub fn release_unclaimed(&mut self, owner: Option<&Owner>) -> Vec<Reservation> {
+        let tokens: Vec<Token> = self
+            .iter()
+            .filter(|r| r.kind == Kind::Runtime && r.session.is_none())
+            .filter(|r| match (owner, &r.owner) {
+                (Some(want), Some(have)) => want.same_process(have),
+                (Some(_), None) => false,
+                (None, _) => true,
+            })
+            .map(|r| r.token)
+            .collect();
+        tokens.into_iter().filter_map(|t| self.remove(t)).collect()
     }
 
     /// Removes `token`'s reservation from every index and frees its ports.

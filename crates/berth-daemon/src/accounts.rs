@@ -19,12 +19,12 @@ fn lookup(file: &Path, name: &str) -> Option<u32> {
 }
 
 /// The uid of user `name`.
-pub(crate) fn user_id(name: &str) -> Option<u32> {
+pub fn user_id(name: &str) -> Option<u32> {
     lookup(Path::new("/etc/passwd"), name)
 }
 
 /// The gid of group `name`.
-pub(crate) fn group_id(name: &str) -> Option<u32> {
+pub fn group_id(name: &str) -> Option<u32> {
     lookup(Path::new("/etc/group"), name)
 }
 

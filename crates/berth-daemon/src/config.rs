@@ -8,13 +8,15 @@ use berth_core::{Pool, PrivilegedPorts};
 /// The most connections served at once unless configured otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
+/// The grace period after a restart unless configured otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
 /// A daemon's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The Unix socket to listen on.
     pub socket: PathBuf,
-    /// The database file (persistent reservations and the runtime journal use it; runtime
-    /// reservations are held in memory until then).
+    /// The database file: persistent reservations and the runtime journal.
     pub db: PathBuf,
     /// Where wildcard blocks come from.
     pub pool: Pool,
@@ -27,6 +29,11 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Who may reserve and bind privileged ports.
     pub privileged: PrivilegedPorts,
+    /// Members of these groups are administrators (besides root and the daemon's user).
+    pub admin_groups: Vec<u32>,
+    /// After a restart, how long runtime reservations of the previous daemon are held for
+    /// their owners to re-claim.
+    pub grace: Duration,
 }
 
 impl Config {
@@ -43,6 +50,8 @@ impl Config {
                 unprivileged_start: unprivileged_port_start(),
                 ..PrivilegedPorts::default()
             },
+            admin_groups: Vec::new(),
+            grace: DEFAULT_GRACE,
         }
     }
 }

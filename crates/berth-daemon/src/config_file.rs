@@ -3,6 +3,8 @@
 //! ```toml
 //! pool = "40000-49999"          # wildcard pool (default: the kernel's ephemeral range)
 //! max_connections = 4096
+//! admin_groups = ["berth-admin"] # administrators besides root and the daemon's user
+//! grace_period_s = 10           # how long a restarted daemon holds runtime reservations
 //!
 //! [privileged]                  # who may reserve and bind ports below
 //! allow_users = ["www-data", 1001]   # net.ipv4.ip_unprivileged_port_start (root always may)
@@ -68,6 +70,13 @@ struct Privileged {
 pub struct ConfigFile {
     pool: Option<String>,
     max_connections: Option<usize>,
+    /// Groups whose members administer the daemon (create/delete persistent reservations,
+    /// release any reservation, see every owner).
+    #[serde(default)]
+    admin_groups: Vec<Account>,
+    /// Seconds a restarted daemon holds the previous daemon's runtime reservations for their
+    /// owners to re-claim.
+    grace_period_s: Option<u64>,
     #[serde(default)]
     privileged: Privileged,
 }
@@ -111,6 +120,25 @@ impl ConfigFile {
                 return Err(invalid("max_connections must be at least 1".into()));
             }
             config.max_connections = n;
+        }
+        if let Some(secs) = self.grace_period_s {
+            if secs > 3600 {
+                return Err(invalid(format!(
+                    "grace_period_s = {secs} is more than an hour; owners re-claim within seconds"
+                )));
+            }
+            config.grace = std::time::Duration::from_secs(secs);
+        }
+        for account in &self.admin_groups {
+            let gid = match account {
+                Account::Id(id) => *id,
+                Account::Name(name) => accounts::group_id(name).ok_or_else(|| {
+                    invalid(format!(
+                        "admin_groups: no group named {name:?} in /etc/group"
+                    ))
+                })?,
+            };
+            config.admin_groups.push(gid);
         }
         for account in &self.privileged.allow_users {
             let uid = match account {
@@ -156,7 +184,7 @@ mod tests {
     #[test]
     fn applies_pool_limits_and_accounts() {
         let (_d, path) = write(
-            "pool = \"40000-40099\"\nmax_connections = 7\n[privileged]\nallow_users = [\"root\", 1001]\nallow_groups = [33]\n",
+            "pool = \"40000-40099\"\nmax_connections = 7\nadmin_groups = [\"root\", 5]\ngrace_period_s = 3\n[privileged]\nallow_users = [\"root\", 1001]\nallow_groups = [33]\n",
         );
         let mut config = base();
         ConfigFile::load(&path)
@@ -167,6 +195,8 @@ mod tests {
         assert_eq!(config.max_connections, 7);
         assert_eq!(config.privileged.allow_users, vec![0, 1001]);
         assert_eq!(config.privileged.allow_groups, vec![33]);
+        assert_eq!(config.admin_groups, vec![0, 5]);
+        assert_eq!(config.grace, std::time::Duration::from_secs(3));
     }
 
     #[test]

@@ -20,10 +20,11 @@
 //! - `netns`: which network namespace a socket belongs to.
 //! - `probe`: whether a port is in use on the host.
 
-mod accounts;
+pub mod accounts;
 mod associate;
 pub mod config;
 pub mod config_file;
+mod db_lock;
 mod inbound;
 pub mod listener;
 mod netns;
@@ -33,6 +34,7 @@ mod probe;
 pub mod server;
 mod session;
 mod state;
+mod store_thread;
 
 pub use config::Config;
 pub use config_file::{ConfigError, ConfigFile};

@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::db_lock;
 use crate::listener::{bind_socket, ListenError};
 use crate::session::serve_connection;
 use crate::state::{check_csprng, Shared};
+use crate::store_thread::{self, StoreHandle};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, Error)]
@@ -39,15 +41,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     check_csprng()?;
-    let shared = Arc::new(Shared::new(
-        config.pool,
-        config.socket.display().to_string(),
-        config.privileged.clone(),
-    )?);
+    let _db_lock = db_lock::acquire(&config.db)?;
+    let store = store_thread::open(&config.db).map_err(io::Error::other)?;
+    let (persistent, journal) = store.load().map_err(io::Error::other)?;
+    let shared = Arc::new(Shared::new(&config, StoreHandle::spawn(store)?)?);
+    let held_owners = shared.restore(persistent, journal);
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    hold_for_reclaim(&tracker, &shared, &cancel, held_owners, config.grace);
     tokio::pin!(shutdown);
     tracing::info!(
         "serving on {} with the wildcard pool {}",
@@ -87,6 +90,36 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// Ends the hold on restored reservations: for each owner when it exits, and for all at the
+/// end of the grace period.
+fn hold_for_reclaim(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+    owners: Vec<berth_core::Owner>,
+    grace: Duration,
+) {
+    if owners.is_empty() {
+        return;
+    }
+    for owner in owners {
+        let (shared, cancel) = (shared.clone(), cancel.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = crate::owner_watch::owner_exit(&owner) => shared.release_unclaimed(Some(&owner)),
+            }
+        });
+    }
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tracker.spawn(async move {
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(grace) => shared.release_unclaimed(None),
+        }
+    });
 }
 
 /// Runs a daemon process: binds `config.socket`, calls `ready` once clients can connect,

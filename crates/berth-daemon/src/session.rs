@@ -49,7 +49,12 @@ pub(crate) async fn serve_connection(
         peer.version = version;
         serve_requests(&mut reader, &mut writer, &shared, &peer, &config, &shutdown).await;
     }
-    shared.close_session(&peer);
+    if shutdown.is_cancelled() {
+        // The daemon stops, the client does not: keep its reservations for the next daemon.
+        shared.leave_session(&peer);
+    } else {
+        shared.close_session(&peer);
+    }
 }
 
 /// Reads the hello and answers it; `None` when the connection should close.
@@ -115,7 +120,7 @@ async fn serve_requests(
         match frame {
             Ok(None) => return,
             Ok(Some(inbound)) => {
-                let response = shared.handle(inbound, peer);
+                let response = shared.handle(inbound, peer).await;
                 if send(writer, response, config.write_timeout).await.is_none() {
                     return;
                 }

@@ -4,21 +4,24 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use std::net::IpAddr;
-use std::os::fd::{AsFd, OwnedFd};
-
 use berth_core::{
-    ErrorKind, Holder, Owner, Pool, PrivilegedPorts, Protocol, RangeRequest, Requester,
-    Reservation, SessionId, Table, Token, TokenSource,
+    Allowed, ErrorKind, Owner, PrivilegedPorts, Protocol, Requester, Reservation, SessionId, Table,
+    TokenSource,
 };
 use berth_protocol::{OwnerInfo, Request, ReservationInfo, Response, StatusInfo, WireError};
+use berth_store::JournalOp;
 use rustix::net::UCred;
 
-use crate::associate;
+use crate::config::Config;
 use crate::inbound::Inbound;
 use crate::netns::NetNs;
 use crate::peer::{process_groups, process_owner};
 use crate::probe::Prober;
+use crate::store_thread::StoreHandle;
+
+mod persistent;
+mod restore;
+mod runtime;
 
 /// State shared by every session.
 pub(crate) struct Shared {
@@ -36,6 +39,10 @@ pub(crate) struct Shared {
     privileged: PrivilegedPorts,
     /// The daemon's network namespace: sockets from any other are refused.
     netns: NetNs,
+    /// Members of these groups are administrators.
+    admin_groups: Vec<u32>,
+    /// The database: persistent reservations and the runtime journal.
+    store: StoreHandle,
 }
 
 /// One connected client, as the kernel identified it.
@@ -48,22 +55,34 @@ pub(crate) struct Peer {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        pool: Pool,
-        socket: String,
-        privileged: PrivilegedPorts,
-    ) -> std::io::Result<Self> {
+    pub(crate) fn new(config: &Config, store: StoreHandle) -> std::io::Result<Self> {
         Ok(Shared {
-            table: Mutex::new(Table::new(pool)),
+            table: Mutex::new(Table::new(config.pool)),
             prober: Prober::new(),
-            socket,
+            socket: config.socket.display().to_string(),
             started_at_ms: now_ms(),
             daemon_uid: rustix::process::geteuid().as_raw(),
             sessions: AtomicU32::new(0),
             next_session: AtomicU64::new(1),
-            privileged,
+            privileged: config.privileged.clone(),
             netns: NetNs::current()?,
+            admin_groups: config.admin_groups.clone(),
+            store,
         })
+    }
+
+    /// Whether `who` administers this daemon: root, the daemon's own user, or a member of an
+    /// admin group.
+    fn is_admin(&self, who: &Owner) -> bool {
+        if who.uid == 0 || who.uid == self.daemon_uid {
+            return true;
+        }
+        if self.admin_groups.is_empty() {
+            return false;
+        }
+        let mut gids = process_groups(who.pid);
+        gids.push(who.gid);
+        gids.iter().any(|g| self.admin_groups.contains(g))
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -76,7 +95,7 @@ impl Shared {
     pub(crate) fn open_session(&self, owner: Owner) -> Peer {
         let session = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
         self.sessions.fetch_add(1, Ordering::Relaxed);
-        let is_admin = owner.uid == 0 || owner.uid == self.daemon_uid;
+        let is_admin = self.is_admin(&owner);
         Peer {
             owner,
             session,
@@ -87,15 +106,28 @@ impl Shared {
 
     /// Ends a session: its runtime reservations are released.
     pub(crate) fn close_session(&self, peer: &Peer) {
-        let released = self.table().release_session(peer.session);
+        let released = {
+            let mut table = self.table();
+            let released = table.release_session(peer.session);
+            for r in &released {
+                self.store.journal_detached(JournalOp::Remove(r.token));
+            }
+            released
+        };
         self.sessions.fetch_sub(1, Ordering::Relaxed);
         for r in &released {
             tracing::info!(token = %r.token, "{} ports {} released: session of pid {} ended", r.protocol, r.range, peer.owner.pid);
         }
     }
 
+    /// Leaves a session because the daemon stops: its reservations stay in the journal, for
+    /// the next daemon to hold until their owner re-claims them.
+    pub(crate) fn leave_session(&self, _peer: &Peer) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Answers one request (not the hello, which the session handles).
-    pub(crate) fn handle(&self, inbound: Inbound, peer: &Peer) -> Response {
+    pub(crate) async fn handle(&self, inbound: Inbound, peer: &Peer) -> Response {
         let Inbound {
             request,
             sender,
@@ -106,11 +138,41 @@ impl Shared {
                 protocol,
                 start,
                 count,
-            } => self.acquire(protocol, start, count, peer),
-            Request::Release { token } => self.release(token, &self.requester(peer, sender)),
+            } => self.acquire(protocol, start, count, peer).await,
+            Request::Release { token } => self.release(token, &self.requester(peer, sender)).await,
             Request::Associate { token, address } => {
                 self.associate(token, address, fd, &self.requester(peer, sender))
             }
+            Request::Reclaim { token } => self.reclaim(token, &self.requester(peer, sender), peer),
+            Request::CreatePersistent {
+                protocol,
+                start,
+                count,
+                allow_users,
+                allow_groups,
+            } => {
+                let allowed = Allowed {
+                    users: allow_users,
+                    groups: allow_groups,
+                };
+                let requester = self.requester(peer, sender);
+                self.create_persistent(protocol, start, count, allowed, &requester)
+                    .await
+            }
+            Request::DeletePersistent {
+                protocol,
+                start,
+                count,
+            } => {
+                let requester = self.requester(peer, sender);
+                self.delete_persistent(protocol, start, count, &requester)
+                    .await
+            }
+            Request::LookupPersistent {
+                protocol,
+                start,
+                count,
+            } => self.lookup_persistent(protocol, start, count, &self.requester(peer, sender)),
             Request::List => self.list(peer),
             Request::Status => self.status(peer),
             Request::Hello(_) => error(
@@ -139,7 +201,11 @@ impl Shared {
             }
             None => peer.owner.clone(),
         };
-        let is_admin = process.uid == 0 || process.uid == self.daemon_uid;
+        let is_admin = if process.pid == peer.owner.pid {
+            peer.is_admin
+        } else {
+            self.is_admin(&process)
+        };
         Requester { process, is_admin }
     }
 
@@ -170,129 +236,6 @@ impl Shared {
         let mut gids = process_groups(who.pid);
         gids.push(who.gid);
         self.privileged.allows(who.uid, &gids)
-    }
-
-    fn acquire(&self, protocol: Protocol, start: u16, count: u16, peer: &Peer) -> Response {
-        let request = match RangeRequest::from_start_count(start, count) {
-            Ok(r) => r,
-            Err(e) => return error(e.kind(), e.to_string()),
-        };
-        if let RangeRequest::Specific(range) = request {
-            if let Err(refusal) = self.check_privileged(protocol, range, &peer.owner) {
-                return refusal;
-            }
-        }
-        let holder = Holder {
-            owner: peer.owner.clone(),
-            session: peer.session,
-            acquired_at_ms: now_ms(),
-        };
-        let prober = self.prober;
-        // A wildcard block never holds privileged ports the asker may not use: to the search
-        // they look like ports in use, so it moves past them (and a pool of nothing else is
-        // exhausted for this user).
-        let privileged_below = match request {
-            RangeRequest::Wildcard { .. }
-                if self.pool_touches_privileged() && !self.may_use_privileged(&peer.owner) =>
-            {
-                self.privileged.unprivileged_start
-            }
-            _ => 0,
-        };
-        // The probe binds are non-blocking syscalls; holding the lock across them keeps a
-        // candidate block from being handed to two clients at once.
-        let result = self.table().acquire(
-            protocol,
-            request,
-            holder,
-            &mut OsTokens,
-            &mut |proto, range| {
-                if range.start() < privileged_below {
-                    return Some(range.start());
-                }
-                prober.first_in_use(proto, range)
-            },
-        );
-        match result {
-            Ok(r) => {
-                tracing::info!(token = %r.token, "{} ports {} reserved by pid {} ({})", r.protocol, r.range, peer.owner.pid, peer.owner.command);
-                Response::Acquired(info(&r, &peer.owner, peer.is_admin, now_ms()))
-            }
-            Err(e) => error(e.kind(), e.to_string()),
-        }
-    }
-
-    fn release(&self, token: u64, requester: &Requester) -> Response {
-        let Some(token) = Token::new(token) else {
-            return zero_token();
-        };
-        let result = self.table().release(token, requester);
-        match result {
-            Ok(r) => {
-                tracing::info!(token = %r.token, "{} ports {} released by pid {}", r.protocol, r.range, requester.process.pid);
-                Response::Released(info(&r, &requester.process, requester.is_admin, now_ms()))
-            }
-            Err(e) => error(e.kind(), e.to_string()),
-        }
-    }
-
-    fn associate(
-        &self,
-        token: u64,
-        address: Option<IpAddr>,
-        fd: Option<OwnedFd>,
-        requester: &Requester,
-    ) -> Response {
-        let Some(fd) = fd else {
-            return error(
-                ErrorKind::InvalidArgument,
-                "an associate request must carry the socket to bind (SCM_RIGHTS); none came with it".into(),
-            );
-        };
-        let Some(token) = Token::new(token) else {
-            return zero_token();
-        };
-        let facts = match associate::inspect(fd.as_fd(), self.netns) {
-            Ok(facts) => facts,
-            Err((kind, message)) => return error(kind, message),
-        };
-        let (range, protocol, cursor) = {
-            let table = self.table();
-            match table.authorize_use(token, &requester.process) {
-                Ok((r, cursor)) => (r.range, r.protocol, cursor),
-                Err(e) => return error(e.kind(), e.to_string()),
-            }
-        };
-        if facts.protocol != protocol {
-            return error(
-                ErrorKind::NotSupported,
-                format!(
-                    "reservation {token} is for {protocol} but the socket is {}; send a {} socket",
-                    facts.protocol,
-                    if protocol == Protocol::Tcp {
-                        "SOCK_STREAM (TCP)"
-                    } else {
-                        "SOCK_DGRAM (UDP)"
-                    }
-                ),
-            );
-        }
-        if let Err(refusal) = self.check_privileged(protocol, range, &requester.process) {
-            return refusal;
-        }
-        let address = match associate::choose_address(facts, address) {
-            Ok(a) => a,
-            Err((kind, message)) => return error(kind, message),
-        };
-        // The binds happen outside the table lock; the kernel arbitrates between them.
-        match associate::bind_from(fd.as_fd(), facts, range, cursor, address) {
-            Ok(port) => {
-                self.table().note_bound(token, port);
-                tracing::debug!(%token, port, pid = requester.process.pid, "socket bound");
-                Response::Associated { port }
-            }
-            Err((kind, message)) => error(kind, message),
-        }
     }
 
     fn list(&self, peer: &Peer) -> Response {

@@ -117,48 +117,59 @@ int berth_associate_port_reservation(int fd,
 int berth_release_port_reservation(uint64_t token);
 
 /**
- * Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+ * Creates a persistent TCP reservation of `count` ports from `start` (administrators only)
+ * and stores its token in `*token`. It survives daemon restarts and reboots until deleted;
+ * its token is stable. Durable when this returns.
  *
- * Will create a persistent TCP reservation of `count` ports from `start` and store its
- * token in `*token`.
+ * Errors: EINVAL (start 0, count 0, range past 65535, NULL token), EADDRINUSE (the range
+ * overlaps a reservation or a port in use), EACCES (not an administrator), ECONNREFUSED.
+ *
+ * # Safety
+ * `token` is NULL or points to a writable `uint64_t`.
  */
 int berth_create_persistent_tcp_port_reservation(uint16_t start, uint16_t count, uint64_t *token);
 
 /**
- * Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+ * Deletes the persistent TCP reservation of exactly `count` ports from `start`
+ * (administrators only). Durable when this returns.
  *
- * Will delete the persistent TCP reservation of exactly `count` ports from `start`.
+ * Errors: EINVAL, ENOENT (no persistent reservation of exactly that range), EACCES,
+ * ECONNREFUSED.
  */
 int berth_delete_persistent_tcp_port_reservation(uint16_t start, uint16_t count);
 
 /**
- * Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+ * Stores in `*token` the token of the persistent TCP reservation of exactly `count` ports
+ * from `start`.
  *
- * Will store in `*token` the token of the persistent TCP reservation of exactly `count`
- * ports from `start`.
+ * Errors: EINVAL, ENOENT (no persistent reservation of exactly that range), ECONNREFUSED.
+ *
+ * # Safety
+ * `token` is NULL or points to a writable `uint64_t`.
  */
 int berth_lookup_persistent_tcp_port_reservation(uint16_t start, uint16_t count, uint64_t *token);
 
 /**
- * Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+ * Creates a persistent UDP reservation; see
+ * `berth_create_persistent_tcp_port_reservation`.
  *
- * Will create a persistent UDP reservation of `count` ports from `start` and store its
- * token in `*token`.
+ * # Safety
+ * `token` is NULL or points to a writable `uint64_t`.
  */
 int berth_create_persistent_udp_port_reservation(uint16_t start, uint16_t count, uint64_t *token);
 
 /**
- * Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
- *
- * Will delete the persistent UDP reservation of exactly `count` ports from `start`.
+ * Deletes a persistent UDP reservation; see
+ * `berth_delete_persistent_tcp_port_reservation`.
  */
 int berth_delete_persistent_udp_port_reservation(uint16_t start, uint16_t count);
 
 /**
- * Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+ * Looks up a persistent UDP reservation; see
+ * `berth_lookup_persistent_tcp_port_reservation`.
  *
- * Will store in `*token` the token of the persistent UDP reservation of exactly `count`
- * ports from `start`.
+ * # Safety
+ * `token` is NULL or points to a writable `uint64_t`.
  */
 int berth_lookup_persistent_udp_port_reservation(uint16_t start, uint16_t count, uint64_t *token);
 

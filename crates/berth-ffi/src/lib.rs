@@ -158,101 +158,118 @@ pub extern "C" fn berth_release_port_reservation(token: u64) -> c_int {
     boundary(|| session::release(token_of(token)?))
 }
 
-/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+/// Creates a persistent TCP reservation of `count` ports from `start` (administrators only)
+/// and stores its token in `*token`. It survives daemon restarts and reboots until deleted;
+/// its token is stable. Durable when this returns.
 ///
-/// Will create a persistent TCP reservation of `count` ports from `start` and store its
-/// token in `*token`.
+/// Errors: EINVAL (start 0, count 0, range past 65535, NULL token), EADDRINUSE (the range
+/// overlaps a reservation or a port in use), EACCES (not an administrator), ECONNREFUSED.
+///
+/// # Safety
+/// `token` is NULL or points to a writable `uint64_t`.
 #[no_mangle]
-pub extern "C" fn berth_create_persistent_tcp_port_reservation(
+pub unsafe extern "C" fn berth_create_persistent_tcp_port_reservation(
     start: u16,
     count: u16,
     token: *mut u64,
 ) -> c_int {
-    let _ = (start, count, token);
-    boundary(|| {
-        Err(persistent_not_yet(
-            "berth_create_persistent_tcp_port_reservation",
-        ))
-    })
+    // SAFETY: forwarded from this function's own contract.
+    unsafe { create_persistent(Protocol::Tcp, start, count, token) }
 }
 
-/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+/// Deletes the persistent TCP reservation of exactly `count` ports from `start`
+/// (administrators only). Durable when this returns.
 ///
-/// Will delete the persistent TCP reservation of exactly `count` ports from `start`.
+/// Errors: EINVAL, ENOENT (no persistent reservation of exactly that range), EACCES,
+/// ECONNREFUSED.
 #[no_mangle]
 pub extern "C" fn berth_delete_persistent_tcp_port_reservation(start: u16, count: u16) -> c_int {
-    let _ = (start, count);
-    boundary(|| {
-        Err(persistent_not_yet(
-            "berth_delete_persistent_tcp_port_reservation",
-        ))
-    })
+    boundary(|| session::delete_persistent(Protocol::Tcp, start, count))
 }
 
-/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+/// Stores in `*token` the token of the persistent TCP reservation of exactly `count` ports
+/// from `start`.
 ///
-/// Will store in `*token` the token of the persistent TCP reservation of exactly `count`
-/// ports from `start`.
+/// Errors: EINVAL, ENOENT (no persistent reservation of exactly that range), ECONNREFUSED.
+///
+/// # Safety
+/// `token` is NULL or points to a writable `uint64_t`.
 #[no_mangle]
-pub extern "C" fn berth_lookup_persistent_tcp_port_reservation(
+pub unsafe extern "C" fn berth_lookup_persistent_tcp_port_reservation(
     start: u16,
     count: u16,
     token: *mut u64,
 ) -> c_int {
-    let _ = (start, count, token);
-    boundary(|| {
-        Err(persistent_not_yet(
-            "berth_lookup_persistent_tcp_port_reservation",
-        ))
-    })
+    // SAFETY: forwarded from this function's own contract.
+    unsafe { lookup_persistent(Protocol::Tcp, start, count, token) }
 }
 
-/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+/// Creates a persistent UDP reservation; see
+/// `berth_create_persistent_tcp_port_reservation`.
 ///
-/// Will create a persistent UDP reservation of `count` ports from `start` and store its
-/// token in `*token`.
+/// # Safety
+/// `token` is NULL or points to a writable `uint64_t`.
 #[no_mangle]
-pub extern "C" fn berth_create_persistent_udp_port_reservation(
+pub unsafe extern "C" fn berth_create_persistent_udp_port_reservation(
     start: u16,
     count: u16,
     token: *mut u64,
 ) -> c_int {
-    let _ = (start, count, token);
-    boundary(|| {
-        Err(persistent_not_yet(
-            "berth_create_persistent_udp_port_reservation",
-        ))
-    })
+    // SAFETY: forwarded from this function's own contract.
+    unsafe { create_persistent(Protocol::Udp, start, count, token) }
 }
 
-/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
-///
-/// Will delete the persistent UDP reservation of exactly `count` ports from `start`.
+/// Deletes a persistent UDP reservation; see
+/// `berth_delete_persistent_tcp_port_reservation`.
 #[no_mangle]
 pub extern "C" fn berth_delete_persistent_udp_port_reservation(start: u16, count: u16) -> c_int {
-    let _ = (start, count);
-    boundary(|| {
-        Err(persistent_not_yet(
-            "berth_delete_persistent_udp_port_reservation",
-        ))
-    })
+    boundary(|| session::delete_persistent(Protocol::Udp, start, count))
 }
 
-/// Persistent reservations are not implemented yet in this release: fails with EOPNOTSUPP.
+/// Looks up a persistent UDP reservation; see
+/// `berth_lookup_persistent_tcp_port_reservation`.
 ///
-/// Will store in `*token` the token of the persistent UDP reservation of exactly `count`
-/// ports from `start`.
+/// # Safety
+/// `token` is NULL or points to a writable `uint64_t`.
 #[no_mangle]
-pub extern "C" fn berth_lookup_persistent_udp_port_reservation(
+pub unsafe extern "C" fn berth_lookup_persistent_udp_port_reservation(
     start: u16,
     count: u16,
     token: *mut u64,
 ) -> c_int {
-    let _ = (start, count, token);
+    // SAFETY: forwarded from this function's own contract.
+    unsafe { lookup_persistent(Protocol::Udp, start, count, token) }
+}
+
+/// # Safety
+/// `out` is NULL or points to a writable `uint64_t`.
+unsafe fn create_persistent(protocol: Protocol, start: u16, count: u16, out: *mut u64) -> c_int {
     boundary(|| {
-        Err(persistent_not_yet(
-            "berth_lookup_persistent_udp_port_reservation",
-        ))
+        if out.is_null() {
+            return Err(Failure::invalid(
+                "token is NULL; pass a uint64_t to receive the token",
+            ));
+        }
+        let token = session::create_persistent(protocol, start, count)?;
+        // SAFETY: non-null (checked) and writable by the caller's contract.
+        unsafe { out.write(token) };
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `out` is NULL or points to a writable `uint64_t`.
+unsafe fn lookup_persistent(protocol: Protocol, start: u16, count: u16, out: *mut u64) -> c_int {
+    boundary(|| {
+        if out.is_null() {
+            return Err(Failure::invalid(
+                "token is NULL; pass a uint64_t to receive the token",
+            ));
+        }
+        let token = session::lookup_persistent(protocol, start, count)?;
+        // SAFETY: non-null (checked) and writable by the caller's contract.
+        unsafe { out.write(token) };
+        Ok(())
     })
 }
 
@@ -278,13 +295,4 @@ fn protocol_of(protocol: c_int) -> Result<Protocol, Failure> {
 
 fn token_of(token: u64) -> Result<Token, Failure> {
     Token::new(token).ok_or_else(|| Failure::from(RangeError::ZeroToken))
-}
-
-fn persistent_not_yet(function: &str) -> Failure {
-    Failure::new(
-        libc::EOPNOTSUPP,
-        format!(
-            "{function}: persistent reservations are not implemented yet in this release of libberth; use a runtime reservation (berth_acquire_port_reservation) meanwhile"
-        ),
-    )
 }

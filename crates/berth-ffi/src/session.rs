@@ -119,10 +119,11 @@ fn session() -> Result<Session, Failure> {
 }
 
 impl Session {
-    /// Turns a client error into a failure; a lost connection also ends this session, so that
-    /// the next call connects afresh (its reservations are gone with the connection anyway).
+    /// Turns a client error into a failure. A client that gave up on its daemon (the client
+    /// reconnects by itself across daemon restarts, and gives up only when none answers for
+    /// long) also ends this session, so that the next call connects afresh.
     fn fail(&self, e: berth::Error) -> Failure {
-        if matches!(e, berth::Error::Unavailable(_)) {
+        if matches!(e, berth::Error::Unavailable(_)) && !self.client.is_open() {
             let dead = {
                 let mut guard = self.slot.lock();
                 if guard
@@ -210,6 +211,44 @@ pub(crate) fn release(token: Token) -> Result<(), Failure> {
     result.map_err(|e| session.fail(e))
 }
 
+/// Creates a persistent reservation; returns its token.
+pub(crate) fn create_persistent(
+    protocol: Protocol,
+    start: u16,
+    count: u16,
+) -> Result<u64, Failure> {
+    let session = session()?;
+    session
+        .client
+        .create_persistent(protocol, start, count, &berth::Allow::default())
+        .map(|info| info.token.get())
+        .map_err(|e| session.fail(e))
+}
+
+/// Deletes the persistent reservation of exactly this range.
+pub(crate) fn delete_persistent(protocol: Protocol, start: u16, count: u16) -> Result<(), Failure> {
+    let session = session()?;
+    session
+        .client
+        .delete_persistent(protocol, start, count)
+        .map(drop)
+        .map_err(|e| session.fail(e))
+}
+
+/// The token of the persistent reservation of exactly this range.
+pub(crate) fn lookup_persistent(
+    protocol: Protocol,
+    start: u16,
+    count: u16,
+) -> Result<u64, Failure> {
+    let session = session()?;
+    session
+        .client
+        .lookup_persistent(protocol, start, count)
+        .map(Token::get)
+        .map_err(|e| session.fail(e))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -249,7 +288,7 @@ mod tests {
         (stop, task, guard)
     }
 
-    fn acquire() -> (i32, Option<i32>) {
+    fn acquire() -> (i32, Option<i32>, u64) {
         let range = berth_port_range {
             start_port: 0,
             number_of_ports: 1,
@@ -260,12 +299,16 @@ mod tests {
         };
         // SAFETY: both pointers point to live locals.
         let rc = unsafe { berth_acquire_port_reservation(libc::IPPROTO_TCP, &range, &mut out) };
-        (rc, std::io::Error::last_os_error().raw_os_error())
+        (
+            rc,
+            std::io::Error::last_os_error().raw_os_error(),
+            out.token,
+        )
     }
 
     /// The only test in this binary that uses the process-wide session (and BERTH_SOCKET).
     #[test]
-    fn a_lost_connection_ends_the_session_and_a_later_call_connects_again() {
+    fn a_daemon_restart_keeps_the_session_and_its_reservations() {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -276,17 +319,18 @@ mod tests {
         std::env::set_var("BERTH_SOCKET", &socket);
 
         let (stop, task, guard) = daemon(&rt, &socket, (26300, 26309));
-        assert_eq!(acquire().0, 0);
+        let (rc, _, token) = acquire();
+        assert_eq!(rc, 0);
         let _ = stop.send(());
         rt.block_on(task).unwrap();
         drop(guard);
 
-        // A new daemon on the same socket: the old session's connection is gone, so the call
-        // on it fails as unavailable and ends it…
+        // A new daemon on the same socket and database: the client reconnects by itself and
+        // re-claims the reservation; the next call simply works.
         let (stop, task, guard) = daemon(&rt, &socket, (26300, 26309));
-        assert_eq!(acquire(), (-1, Some(libc::ECONNREFUSED)));
-        // …and the next call opens a session with the new daemon.
         assert_eq!(acquire().0, 0);
+        // The first reservation is still this process's: releasing it succeeds.
+        assert_eq!(crate::berth_release_port_reservation(token), 0);
         let _ = stop.send(());
         rt.block_on(task).unwrap();
         drop(guard);

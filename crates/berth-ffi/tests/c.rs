@@ -61,8 +61,11 @@ fn compile(source: &str, out_dir: &Path) -> PathBuf {
 /// Runs `program args` with `BERTH_SOCKET=socket`; kills it if it has not finished within a
 /// minute (a hang is a failure, not a reason to stall the suite).
 fn run(program: &Path, args: &[&str], socket: &Path) -> Output {
+    // cargo's LD_LIBRARY_PATH for tests lists target/<profile>/ too, where a stale copy of
+    // libberth.so may sit, and it would win over the rpath: point it at this run's library.
     let mut child = Command::new(program)
         .args(args)
+        .env("LD_LIBRARY_PATH", lib_dir())
         .env("BERTH_SOCKET", socket)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

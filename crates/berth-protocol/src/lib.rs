@@ -25,6 +25,6 @@ pub use berth_core::{ErrorKind, Kind, PortRange, Protocol, Token};
 pub use frame::{FrameCodec, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 pub use message::{
     Hello, OwnerInfo, Request, ReservationInfo, Response, StatusInfo, Welcome, WireError,
-    MAX_NAME_LEN,
+    MAX_ALLOW_LIST, MAX_NAME_LEN,
 };
 pub use version::{negotiate, VersionMismatch, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};

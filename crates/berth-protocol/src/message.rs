@@ -72,7 +72,48 @@ pub enum Request {
         /// The local address to bind; its family must match the socket's.
         address: Option<IpAddr>,
     },
+    /// Create a persistent reservation (administrators only). `start` must not be 0.
+    CreatePersistent {
+        /// Which port space.
+        protocol: Protocol,
+        /// First port.
+        start: u16,
+        /// Number of ports.
+        count: u16,
+        /// Users (uids) who may bind from it besides administrators; at most
+        /// [`MAX_ALLOW_LIST`].
+        allow_users: Vec<u32>,
+        /// Groups (gids) whose members may bind from it; at most [`MAX_ALLOW_LIST`].
+        allow_groups: Vec<u32>,
+    },
+    /// Delete the persistent reservation of exactly this range (administrators only).
+    DeletePersistent {
+        /// Which port space.
+        protocol: Protocol,
+        /// First port.
+        start: u16,
+        /// Number of ports.
+        count: u16,
+    },
+    /// The token of the persistent reservation of exactly this range (open to everyone).
+    LookupPersistent {
+        /// Which port space.
+        protocol: Protocol,
+        /// First port.
+        start: u16,
+        /// Number of ports.
+        count: u16,
+    },
+    /// After a daemon restart: take back a runtime reservation this process held, by token.
+    /// The daemon checks the sender's credentials against the journaled owner.
+    Reclaim {
+        /// The reservation's token.
+        token: u64,
+    },
 }
+
+/// The longest allow list of a persistent reservation.
+pub const MAX_ALLOW_LIST: usize = 64;
 
 /// A daemon's frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +136,14 @@ pub enum Response {
         /// The port the socket was bound to.
         port: u16,
     },
+    /// Answer to [`Request::CreatePersistent`]: durable when sent.
+    PersistentCreated(ReservationInfo),
+    /// Answer to [`Request::DeletePersistent`]: durable when sent.
+    PersistentDeleted(ReservationInfo),
+    /// Answer to [`Request::LookupPersistent`].
+    PersistentFound(ReservationInfo),
+    /// Answer to [`Request::Reclaim`]: the reservation belongs to this session now.
+    Reclaimed(ReservationInfo),
 }
 
 /// The daemon's side of the handshake.

@@ -1,5 +1,5 @@
-//! The same API without async: each call runs the async client on a private current-thread
-//! runtime.
+//! The same API without async: each call runs the async client on a private runtime with one
+//! worker thread.
 //!
 //! Do not call these from inside an async runtime (tokio refuses to nest runtimes); use
 //! [`crate::Client`] there.
@@ -23,8 +23,13 @@ pub struct Client {
     rt: Arc<Runtime>,
 }
 
+/// One worker thread, so that the connection keeps running between calls: it answers a
+/// daemon restart by reconnecting and re-claiming reservations even while the program is busy
+/// elsewhere.
 fn runtime() -> Result<Arc<Runtime>, Error> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("berth-client")
         .enable_all()
         .build()
         .map(Arc::new)
@@ -49,6 +54,11 @@ impl Client {
     /// The daemon's release.
     pub fn daemon_version(&self) -> &str {
         self.inner.daemon_version()
+    }
+
+    /// See [`crate::Client::is_open`].
+    pub fn is_open(&self) -> bool {
+        self.inner.is_open()
     }
 
     /// See [`crate::Client::acquire`].
@@ -76,6 +86,45 @@ impl Client {
     ) -> Result<u16, Error> {
         self.rt
             .block_on(self.inner.associate(token, socket, address))
+    }
+
+    /// See [`crate::Client::create_persistent`].
+    pub fn create_persistent(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        allow: &crate::Allow,
+    ) -> Result<ReservationInfo, Error> {
+        self.rt
+            .block_on(self.inner.create_persistent(protocol, start, count, allow))
+    }
+
+    /// See [`crate::Client::delete_persistent`].
+    pub fn delete_persistent(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<ReservationInfo, Error> {
+        self.rt
+            .block_on(self.inner.delete_persistent(protocol, start, count))
+    }
+
+    /// See [`crate::Client::lookup_persistent`].
+    pub fn lookup_persistent(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<Token, Error> {
+        self.rt
+            .block_on(self.inner.lookup_persistent(protocol, start, count))
+    }
+
+    /// See [`crate::Client::list_persistent`].
+    pub fn list_persistent(&self) -> Result<Vec<ReservationInfo>, Error> {
+        self.rt.block_on(self.inner.list_persistent())
     }
 
     /// See [`crate::Client::release`].

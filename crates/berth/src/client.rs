@@ -7,12 +7,46 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::net::UnixStream;
 
-use berth_core::{Protocol, Token};
+use berth_core::{Kind, Protocol, Token};
 use berth_protocol::{paths, Request, ReservationInfo, Response, StatusInfo};
 
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::reservation::Reservation;
+
+/// Who may bind sockets from a persistent reservation besides administrators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// User ids.
+    pub users: Vec<u32>,
+    /// Group ids.
+    pub groups: Vec<u32>,
+}
+
+/// How a [`Client`] behaves; `Options::default()` is what [`Client::connect`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Options {
+    /// When the daemon goes away (a restart, a crash), how long the client keeps trying to
+    /// reach it again before it gives up; requests made meanwhile wait. Zero: give up at once.
+    pub reconnect_window: std::time::Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            reconnect_window: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+impl Options {
+    /// These options with another reconnection window.
+    pub fn reconnect_window(mut self, window: std::time::Duration) -> Self {
+        self.reconnect_window = window;
+        self
+    }
+}
 
 /// A connection to the berth daemon — the session that runtime reservations live in.
 ///
@@ -28,12 +62,17 @@ impl Client {
     /// Connects to the daemon found by the SPEC §5 search: `$BERTH_SOCKET` if set, else the
     /// system socket, then the per-user socket. Must be called inside a tokio runtime.
     pub async fn connect() -> Result<Self, Error> {
+        Client::connect_with(Options::default()).await
+    }
+
+    /// [`Client::connect`] with `options`.
+    pub async fn connect_with(options: Options) -> Result<Self, Error> {
         let uid = rustix::process::getuid().as_raw();
         let candidates = paths::client_candidates(&paths::process_env, uid);
         let mut tried = Vec::new();
         for path in &candidates {
             match UnixStream::connect(path).await {
-                Ok(stream) => return Client::open(stream, path).await,
+                Ok(stream) => return Client::open(stream, path, options).await,
                 Err(e) => tried.push(format!("{} ({e})", path.display())),
             }
         }
@@ -45,6 +84,11 @@ impl Client {
 
     /// Connects to the daemon listening on `path`.
     pub async fn connect_to(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Client::connect_to_with(path, Options::default()).await
+    }
+
+    /// [`Client::connect_to`] with `options`.
+    pub async fn connect_to_with(path: impl AsRef<Path>, options: Options) -> Result<Self, Error> {
         let path = path.as_ref();
         let stream = UnixStream::connect(path).await.map_err(|e| {
             Error::Unavailable(format!(
@@ -53,12 +97,12 @@ impl Client {
                 path.display()
             ))
         })?;
-        Client::open(stream, path).await
+        Client::open(stream, path, options).await
     }
 
-    async fn open(stream: UnixStream, path: &Path) -> Result<Self, Error> {
+    async fn open(stream: UnixStream, path: &Path, options: Options) -> Result<Self, Error> {
         let name = concat!("berth-rs/", env!("CARGO_PKG_VERSION"));
-        let conn = Connection::open(stream, path, name).await?;
+        let conn = Connection::open(stream, path, name, options.reconnect_window).await?;
         Ok(Client {
             conn: Arc::new(conn),
         })
@@ -77,6 +121,13 @@ impl Client {
     /// The protocol version agreed with the daemon.
     pub fn protocol_version(&self) -> u16 {
         self.conn.welcome().version
+    }
+
+    /// Whether this client can still reach a daemon. After the daemon goes away, the client
+    /// reconnects by itself (and re-claims its reservations); it gives up, and this turns
+    /// false, when no daemon answers within [`Options::reconnect_window`].
+    pub fn is_open(&self) -> bool {
+        self.conn.is_open()
     }
 
     /// The socket this client is connected to.
@@ -172,6 +223,75 @@ impl Client {
             Response::Associated { port } => Ok(port),
             other => Err(Error::unexpected(other)),
         }
+    }
+
+    /// Creates a persistent reservation of exactly `start..start+count` (administrators only;
+    /// SPEC §2). It survives daemon restarts and host reboots until deleted; its token is
+    /// stable. `allow` names the users and groups who may bind from it besides administrators.
+    /// Durable when this returns.
+    pub async fn create_persistent(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        allow: &Allow,
+    ) -> Result<ReservationInfo, Error> {
+        let request = Request::CreatePersistent {
+            protocol,
+            start,
+            count,
+            allow_users: allow.users.clone(),
+            allow_groups: allow.groups.clone(),
+        };
+        match self.conn.call(request).await? {
+            Response::PersistentCreated(info) => Ok(info),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Deletes the persistent reservation of exactly `start..start+count` (administrators
+    /// only). Durable when this returns.
+    pub async fn delete_persistent(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<ReservationInfo, Error> {
+        let request = Request::DeletePersistent {
+            protocol,
+            start,
+            count,
+        };
+        match self.conn.call(request).await? {
+            Response::PersistentDeleted(info) => Ok(info),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// The token of the persistent reservation of exactly `start..start+count`, or
+    /// [`Error::NotFound`].
+    pub async fn lookup_persistent(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<Token, Error> {
+        let request = Request::LookupPersistent {
+            protocol,
+            start,
+            count,
+        };
+        match self.conn.call(request).await? {
+            Response::PersistentFound(info) => Ok(info.token),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// The persistent reservations, by protocol then start port.
+    pub async fn list_persistent(&self) -> Result<Vec<ReservationInfo>, Error> {
+        let mut list = self.list().await?;
+        list.retain(|r| r.kind == Kind::Persistent);
+        Ok(list)
     }
 
     /// Releases `token` without waiting for the answer (used by `Drop`).

@@ -4,17 +4,18 @@
 //! a queue of reply slots matches answers to callers; a caller may also submit without waiting
 //! (a dropped [`crate::Reservation`] releases that way).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use berth_core::Token;
 use berth_protocol::{FrameCodec, Hello, Request, Response, Welcome};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::Interest;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
@@ -31,13 +32,8 @@ struct Call {
     reply: Option<Reply>,
 }
 
-/// Reply slots of requests sent and not yet answered, in order.
-#[derive(Default)]
-struct Pending {
-    queue: VecDeque<Option<Reply>>,
-    /// Set when the daemon's side has closed: later calls fail at once.
-    closed: bool,
-}
+type Reader = FramedRead<OwnedReadHalf, FrameCodec<Response, Request>>;
+type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Response, Request>>;
 
 /// A live connection: a handle to the task that owns the socket.
 #[derive(Debug)]
@@ -55,93 +51,59 @@ impl std::fmt::Debug for Call {
     }
 }
 
+/// Connects the handshake on `stream`.
+async fn handshake(
+    stream: UnixStream,
+    path: &Path,
+    client_name: &str,
+) -> Result<(Reader, Writer, Welcome), Error> {
+    let (rd, wr) = stream.into_split();
+    let mut reader = FramedRead::new(rd, FrameCodec::client());
+    let mut writer = FramedWrite::new(wr, FrameCodec::client());
+    writer
+        .send(Request::Hello(Hello::current(client_name)))
+        .await
+        .map_err(Error::lost)?;
+    let welcome = match reader.next().await {
+        Some(Ok(Response::Welcome(w))) => w,
+        Some(Ok(Response::Error(e))) => return Err(e.into()),
+        Some(Ok(other)) => return Err(Error::unexpected(other)),
+        Some(Err(e)) => return Err(Error::lost(e)),
+        None => return Err(Error::lost("closed during the handshake")),
+    };
+    let ours = berth_protocol::MIN_PROTOCOL_VERSION..=berth_protocol::PROTOCOL_VERSION;
+    if !ours.contains(&welcome.version) {
+        return Err(Error::Incompatible(format!(
+            "the daemon on {} chose protocol version {}, which this client (versions {}..={}) does not speak; upgrade the older of the two",
+            path.display(),
+            welcome.version,
+            ours.start(),
+            ours.end()
+        )));
+    }
+    Ok((reader, writer, welcome))
+}
+
 impl Connection {
-    /// Shakes hands with the daemon on `stream` (connected to `path`). Must run inside a tokio
-    /// runtime, on which the connection's tasks are spawned.
+    /// Shakes hands with the daemon on `stream` (connected to `path`) and starts the task that
+    /// owns the connection. Must run inside a tokio runtime.
     pub(crate) async fn open(
         stream: UnixStream,
         path: &Path,
         client_name: &str,
+        reconnect_window: Duration,
     ) -> Result<Self, Error> {
-        let (rd, wr) = stream.into_split();
-        let mut reader = FramedRead::new(rd, FrameCodec::client());
-        let mut writer = FramedWrite::new(wr, FrameCodec::client());
-        writer
-            .send(Request::Hello(Hello::current(client_name)))
-            .await
-            .map_err(Error::lost)?;
-        let welcome = match reader.next().await {
-            Some(Ok(Response::Welcome(w))) => w,
-            Some(Ok(Response::Error(e))) => return Err(e.into()),
-            Some(Ok(other)) => return Err(Error::unexpected(other)),
-            Some(Err(e)) => return Err(Error::lost(e)),
-            None => return Err(Error::lost("closed during the handshake")),
+        let (reader, writer, welcome) = handshake(stream, path, client_name).await?;
+        let (calls, rx) = mpsc::unbounded_channel::<Call>();
+        let task = Task {
+            path: path.to_owned(),
+            client_name: client_name.to_owned(),
+            reconnect_window,
+            calls: rx,
+            pending: VecDeque::new(),
+            held: BTreeSet::new(),
         };
-        let ours = berth_protocol::MIN_PROTOCOL_VERSION..=berth_protocol::PROTOCOL_VERSION;
-        if !ours.contains(&welcome.version) {
-            return Err(Error::Incompatible(format!(
-                "the daemon on {} chose protocol version {}, which this client (versions {}..={}) does not speak; upgrade the older of the two",
-                path.display(),
-                welcome.version,
-                ours.start(),
-                ours.end()
-            )));
-        }
-
-        let (calls, mut rx) = mpsc::unbounded_channel::<Call>();
-        let pending = Arc::new(Mutex::new(Pending::default()));
-
-        let writer_pending = pending.clone();
-        tokio::spawn(async move {
-            while let Some(call) = rx.recv().await {
-                {
-                    let mut p = writer_pending
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    if p.closed {
-                        if let Some(reply) = call.reply {
-                            let _ = reply.send(Err(Error::lost("the daemon closed it")));
-                        }
-                        continue;
-                    }
-                    p.queue.push_back(call.reply);
-                }
-                let sent = match call.fd {
-                    None => writer.send(call.request).await.map_err(Error::lost),
-                    Some(fd) => send_with_fd(&mut writer, call.request, fd).await,
-                };
-                if sent.is_err() {
-                    // The reader sees the same failure and fails every pending call.
-                    break;
-                }
-            }
-            // Dropping the writer shuts down our side; the daemon then ends the session.
-        });
-
-        tokio::spawn(async move {
-            let why = loop {
-                match reader.next().await {
-                    Some(Ok(response)) => {
-                        let slot = pending
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .queue
-                            .pop_front();
-                        if let Some(Some(reply)) = slot {
-                            let _ = reply.send(Ok(response));
-                        }
-                    }
-                    Some(Err(e)) => break e.to_string(),
-                    None => break "the daemon closed it".to_owned(),
-                }
-            };
-            let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
-            p.closed = true;
-            for reply in p.queue.drain(..).flatten() {
-                let _ = reply.send(Err(Error::lost(&why)));
-            }
-        });
-
+        tokio::spawn(task.run(reader, writer));
         Ok(Connection {
             calls,
             welcome,
@@ -189,19 +151,156 @@ impl Connection {
         &self.welcome
     }
 
+    /// Whether the connection task still runs (it ends when the daemon stayed away longer than
+    /// the reconnection deadline).
+    pub(crate) fn is_open(&self) -> bool {
+        !self.calls.is_closed()
+    }
+
     /// The socket this connection reached.
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
 
+/// The task that owns the connection: sends calls in order, matches answers to them, keeps
+/// track of the runtime reservations this session holds, and — when the daemon goes away —
+/// reconnects and re-claims them (SPEC §7).
+struct Task {
+    path: PathBuf,
+    client_name: String,
+    /// How long to keep trying to reach the daemon again.
+    reconnect_window: Duration,
+    calls: mpsc::UnboundedReceiver<Call>,
+    /// Reply slots of requests sent and not yet answered, in order.
+    pending: VecDeque<Option<Reply>>,
+    /// Tokens of the runtime reservations acquired (or re-claimed) and not released.
+    held: BTreeSet<Token>,
+}
+
+/// Why a connection ended.
+enum End {
+    /// Every handle is gone: nothing more to do.
+    Unused,
+    /// The daemon went away (or the connection broke).
+    Lost(String),
+}
+
+impl Task {
+    async fn run(mut self, mut reader: Reader, mut writer: Writer) {
+        loop {
+            let why = match self.drive(&mut reader, &mut writer).await {
+                End::Unused => return,
+                End::Lost(why) => why,
+            };
+            for reply in self.pending.drain(..).flatten() {
+                let _ = reply.send(Err(Error::lost(&why)));
+            }
+            match self.reconnect().await {
+                Some((r, w)) => (reader, writer) = (r, w),
+                None => break,
+            }
+        }
+        // The daemon stayed away. Ending the task closes the call channel: every later call
+        // fails at once, and `Client::is_open` says so.
+    }
+
+    /// Serves calls on one connection until it ends.
+    async fn drive(&mut self, reader: &mut Reader, writer: &mut Writer) -> End {
+        loop {
+            tokio::select! {
+                call = self.calls.recv() => {
+                    let Some(call) = call else { return End::Unused };
+                    self.pending.push_back(call.reply);
+                    let sent = match call.fd {
+                        None => writer.send(call.request).await.map_err(Error::lost),
+                        Some(fd) => send_with_fd(writer, call.request, fd).await,
+                    };
+                    if let Err(e) = sent {
+                        return End::Lost(e.to_string());
+                    }
+                }
+                frame = reader.next() => match frame {
+                    Some(Ok(response)) => {
+                        self.note(&response);
+                        if let Some(Some(reply)) = self.pending.pop_front() {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                    Some(Err(e)) => return End::Lost(e.to_string()),
+                    None => return End::Lost("the daemon closed it".into()),
+                },
+            }
+        }
+    }
+
+    /// Keeps `held` in step with what the daemon granted and released.
+    fn note(&mut self, response: &Response) {
+        match response {
+            Response::Acquired(info) | Response::Reclaimed(info) => {
+                self.held.insert(info.token);
+            }
+            Response::Released(info) => {
+                self.held.remove(&info.token);
+            }
+            _ => {}
+        }
+    }
+
+    /// Reaches the daemon again (it restarted) and re-claims the held reservations. `None`
+    /// when nobody answered within the reconnection window, or the client was dropped
+    /// meanwhile.
+    async fn reconnect(&mut self) -> Option<(Reader, Writer)> {
+        let deadline = tokio::time::Instant::now() + self.reconnect_window;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if self.calls.is_closed() && self.held.is_empty() {
+                return None;
+            }
+            if let Ok(stream) = UnixStream::connect(&self.path).await {
+                if let Ok((mut reader, mut writer, _)) =
+                    handshake(stream, &self.path, &self.client_name).await
+                {
+                    if self.reclaim(&mut reader, &mut writer).await.is_ok() {
+                        return Some((reader, writer));
+                    }
+                }
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                self.held.clear();
+                return None;
+            }
+            // Waiting for a daemon to come back: there is no readiness signal to wait on.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Asks the new daemon for each held reservation; forgets those it refuses (their owner
+    /// is this process, so a refusal means the reservation is gone).
+    async fn reclaim(&mut self, reader: &mut Reader, writer: &mut Writer) -> Result<(), Error> {
+        let tokens: Vec<Token> = self.held.iter().copied().collect();
+        for token in tokens {
+            writer
+                .send(Request::Reclaim { token: token.get() })
+                .await
+                .map_err(Error::lost)?;
+            match reader.next().await {
+                Some(Ok(Response::Reclaimed(_))) => {}
+                Some(Ok(_)) => {
+                    self.held.remove(&token);
+                }
+                Some(Err(e)) => return Err(Error::lost(e)),
+                None => return Err(Error::lost("closed while re-claiming")),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writes `request` as one frame whose first bytes carry `fd` as `SCM_RIGHTS`. Frames queued
 /// before it are flushed first so that the descriptor lands with this frame's bytes.
-async fn send_with_fd(
-    writer: &mut FramedWrite<OwnedWriteHalf, FrameCodec<Response, Request>>,
-    request: Request,
-    fd: OwnedFd,
-) -> Result<(), Error> {
+async fn send_with_fd(writer: &mut Writer, request: Request, fd: OwnedFd) -> Result<(), Error> {
     writer.flush().await.map_err(Error::lost)?;
     let mut frame = bytes::BytesMut::new();
     FrameCodec::client()

@@ -100,7 +100,7 @@ impl Error {
     /// The connection to the daemon broke.
     pub(crate) fn lost(detail: impl std::fmt::Display) -> Self {
         Error::Unavailable(format!(
-            "the connection to the berth daemon was lost ({detail}); its runtime reservations are released — check `berth status` and retry"
+            "the connection to the berth daemon was lost ({detail}); the request may not have been carried out — check `berth status` and retry"
         ))
     }
 

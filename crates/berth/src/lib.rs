@@ -33,7 +33,7 @@ mod sockets;
 
 pub use berth_core::{ErrorKind, Kind, PortRange, Protocol, Token};
 pub use berth_protocol::{OwnerInfo, ReservationInfo, StatusInfo};
-pub use client::Client;
+pub use client::{Allow, Client, Options};
 pub use error::Error;
 pub use reservation::Reservation;
 

@@ -215,9 +215,14 @@ async fn raw_session(path: &std::path::Path) -> tokio::net::UnixStream {
 #[tokio::test]
 async fn shutdown_drains_sessions() {
     let daemon = TestDaemon::start(42000, 42099);
-    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    // No reconnection window: once the daemon is gone, calls fail at once.
+    let options = berth::Options::default().reconnect_window(std::time::Duration::ZERO);
+    let client = Client::connect_to_with(&daemon.socket, options)
+        .await
+        .unwrap();
     let _r = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
     daemon.shutdown().await;
     let err = client.list().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(!client.is_open());
 }

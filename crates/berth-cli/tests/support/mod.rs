@@ -43,6 +43,8 @@ impl Daemon {
             .arg("daemon")
             .arg("--socket")
             .arg(&socket)
+            .arg("--db")
+            .arg(dir.path().join("berth.db"))
             .args(["--pool", pool, "--ready-stdout"])
             .env_remove("BERTH_LOG")
             .stdin(Stdio::null())
@@ -136,6 +138,7 @@ impl Berth {
     pub fn new(socket: &Path) -> Berth {
         let mut cmd = Command::new(BERTH);
         cmd.env("BERTH_SOCKET", socket)
+            .env("BERTH_DB", db_beside(socket))
             .env("BERTH_NO_AUTOSTART", "1")
             .env_remove("BERTH_LOG");
         Berth { cmd }
@@ -153,6 +156,7 @@ impl Berth {
         cmd.args(wrapper)
             .arg(BERTH)
             .env("BERTH_SOCKET", socket)
+            .env("BERTH_DB", db_beside(socket))
             .env("BERTH_NO_AUTOSTART", "1")
             .env_remove("BERTH_LOG");
         Berth { cmd }
@@ -420,4 +424,13 @@ fn all_of(mut reader: impl Read + Send + 'static) -> Receiver<String> {
         let _ = tx.send(text);
     });
     rx
+}
+
+/// The database of a daemon started on demand for `socket`: beside it, never the machine's
+/// default database (which another test's daemon, or a real one, may be using).
+fn db_beside(socket: &Path) -> PathBuf {
+    socket
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("autostart.db")
 }

@@ -390,3 +390,146 @@ fn tokens_zero_and_live_duplicates_are_redrawn() {
     assert_eq!(take(&mut table), 6);
     assert_eq!(take(&mut table), 7);
 }
+
+fn persistent(f: &mut Fixture, start: u16, count: u16, allowed: Allowed) -> Reservation {
+    let token = f.table.new_token(&mut f.tokens);
+    f.table
+        .insert_persistent(
+            token,
+            Protocol::Tcp,
+            range(start, count),
+            allowed,
+            1,
+            &mut nothing_in_use,
+        )
+        .unwrap()
+}
+
+#[test]
+fn persistent_reservations_conflict_are_found_exactly_and_are_not_released() {
+    let mut f = Fixture::new(1000, 1999);
+    let p = persistent(&mut f, 8000, 10, Allowed::default());
+    assert_eq!(p.kind, Kind::Persistent);
+    assert!(matches!(
+        f.specific(8005, 1),
+        Err(AcquireError::Conflict { .. })
+    ));
+    assert_eq!(
+        f.table
+            .find_persistent(Protocol::Tcp, range(8000, 10))
+            .map(|r| r.token),
+        Some(p.token)
+    );
+    assert!(f
+        .table
+        .find_persistent(Protocol::Tcp, range(8000, 9))
+        .is_none());
+    assert!(f
+        .table
+        .find_persistent(Protocol::Udp, range(8000, 10))
+        .is_none());
+    let admin = Requester {
+        process: owner(9, 9),
+        is_admin: true,
+    };
+    let err = f.table.release(p.token, &admin).unwrap_err();
+    assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+    // A session ending does not touch it.
+    assert!(f.table.release_session(SessionId(1)).is_empty());
+    assert!(f.table.remove_persistent(p.token).is_some());
+    assert!(f.specific(8005, 1).is_ok());
+}
+
+#[test]
+fn persistent_use_is_for_admins_and_the_named() {
+    let mut f = Fixture::new(1000, 1999);
+    let p = persistent(
+        &mut f,
+        8000,
+        2,
+        Allowed {
+            users: vec![1000],
+            groups: vec![50],
+        },
+    );
+    let stranger = Owner {
+        uid: 2000,
+        ..owner(5, 5)
+    };
+    let ask = |process: &Owner, is_admin: bool, gids: &[u32]| {
+        f.table
+            .authorize_use(
+                p.token,
+                UseRequest {
+                    process,
+                    is_admin,
+                    gids,
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    };
+    assert_eq!(ask(&owner(5, 5), false, &[]), Ok(())); // uid 1000 is named
+    assert_eq!(ask(&stranger, false, &[50]), Ok(())); // group 50 is named
+    assert_eq!(ask(&stranger, true, &[]), Ok(())); // administrator
+    assert_eq!(
+        ask(&stranger, false, &[7]),
+        Err(crate::ErrorKind::PermissionDenied)
+    );
+}
+
+#[test]
+fn restored_runtime_reservations_wait_for_their_owner() {
+    let mut f = Fixture::new(1000, 1999);
+    let token = Token::new(77).unwrap();
+    let restored = f
+        .table
+        .restore_runtime(token, Protocol::Tcp, range(1500, 3), owner(1, 7), 5)
+        .unwrap();
+    assert_eq!(restored.session, None);
+    // Held: nobody else gets the ports.
+    assert!(f.specific(1501, 1).is_err());
+    // Only the same process (pid and start time) may re-claim it.
+    assert!(f.table.reclaim(token, &owner(1, 8), SessionId(3)).is_err());
+    let r = f.table.reclaim(token, &owner(1, 7), SessionId(3)).unwrap();
+    assert_eq!(r.session, Some(SessionId(3)));
+    // Re-claimed: it now dies with that session, and is no longer unclaimed.
+    assert!(f.table.release_unclaimed(None).is_empty());
+    assert_eq!(f.table.release_session(SessionId(3)).len(), 1);
+}
+
+#[test]
+fn unclaimed_reservations_are_released_all_or_by_owner() {
+    let mut f = Fixture::new(1000, 1999);
+    for (t, pid, start) in [(1, 1, 1100), (2, 2, 1200), (3, 2, 1300)] {
+        f.table
+            .restore_runtime(
+                Token::new(t).unwrap(),
+                Protocol::Udp,
+                range(start, 1),
+                owner(pid, 7),
+                0,
+            )
+            .unwrap();
+    }
+    assert_eq!(f.table.release_unclaimed(Some(&owner(2, 7))).len(), 2);
+    assert_eq!(f.table.release_unclaimed(None).len(), 1);
+    assert!(f.table.is_empty());
+}
+
+#[test]
+fn a_restored_reservation_that_overlaps_is_refused() {
+    let mut f = Fixture::new(1000, 1999);
+    f.specific(1500, 2).unwrap();
+    let err = f
+        .table
+        .restore_runtime(
+            Token::new(99).unwrap(),
+            Protocol::Tcp,
+            range(1501, 1),
+            owner(3, 3),
+            0,
+        )
+        .unwrap_err();
+    assert!(matches!(err, AcquireError::Conflict { .. }));
+}

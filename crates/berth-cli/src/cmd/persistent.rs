@@ -1,0 +1,125 @@
+//! `berth persistent add|delete|lookup|list`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berth::{Allow, Protocol, ReservationInfo};
+use berth_daemon::accounts;
+
+use crate::cli::{PersistentAddArgs, PersistentCommand, PersistentListArgs, PersistentRangeArgs};
+use crate::connect;
+use crate::exit::Failure;
+use crate::output::{self, ReservationJson};
+
+/// Runs one `persistent` subcommand.
+pub async fn run(cmd: PersistentCommand) -> Result<ExitCode, Failure> {
+    match cmd {
+        PersistentCommand::Add(args) => add(args).await,
+        PersistentCommand::Delete(args) => delete(args).await,
+        PersistentCommand::Lookup(args) => lookup(args).await,
+        PersistentCommand::List(args) => list(args).await,
+    }
+}
+
+async fn add(args: PersistentAddArgs) -> Result<ExitCode, Failure> {
+    let allow = Allow {
+        users: resolve(&args.allow_users, "user", accounts::user_id)?,
+        groups: resolve(&args.allow_groups, "group", accounts::group_id)?,
+    };
+    let r = &args.range;
+    // A daemon is started on demand: the reservation lives in its database.
+    let client = connect::or_start().await?;
+    let info = client
+        .create_persistent(r.protocol.protocol(), r.start, r.count, &allow)
+        .await?;
+    print_token_or_json(&info, r.json)
+}
+
+async fn delete(args: PersistentRangeArgs) -> Result<ExitCode, Failure> {
+    let client = connect::or_start().await?;
+    let info = client
+        .delete_persistent(args.protocol.protocol(), args.start, args.count)
+        .await?;
+    if args.json {
+        print_json(&ReservationJson::from(&info))?;
+    } else {
+        eprintln!(
+            "deleted persistent {} {} ({})",
+            info.protocol,
+            berth_core::describe(info.range),
+            info.token
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn lookup(args: PersistentRangeArgs) -> Result<ExitCode, Failure> {
+    let client = connect::existing().await?;
+    let token = client
+        .lookup_persistent(args.protocol.protocol(), args.start, args.count)
+        .await?;
+    if args.json {
+        print_json(&serde_json::json!({ "token": token.to_string() }))?;
+    } else {
+        println!("{token}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(args: PersistentListArgs) -> Result<ExitCode, Failure> {
+    let client = connect::existing().await?;
+    let mut list = client.list_persistent().await?;
+    let only = match (args.tcp, args.udp) {
+        (true, _) => Some(Protocol::Tcp),
+        (_, true) => Some(Protocol::Udp),
+        _ => None,
+    };
+    list.retain(|r| only.is_none_or(|p| r.protocol == p));
+    if args.json {
+        let rows: Vec<ReservationJson> = list.iter().map(ReservationJson::from).collect();
+        print_json(&rows)?;
+    } else {
+        print!("{}", output::table(&list));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `add` prints the token alone (SPEC §5), or the reservation as JSON.
+fn print_token_or_json(info: &ReservationInfo, json: bool) -> Result<ExitCode, Failure> {
+    if json {
+        print_json(&ReservationJson::from(info))?;
+    } else {
+        println!("{}", info.token);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).context("cannot render JSON")?
+    );
+    Ok(())
+}
+
+/// Names or numeric ids to ids.
+fn resolve(
+    names: &[String],
+    what: &str,
+    lookup: fn(&str) -> Option<u32>,
+) -> Result<Vec<u32>, Failure> {
+    names
+        .iter()
+        .map(|name| {
+            name.parse::<u32>()
+                .ok()
+                .or_else(|| lookup(name))
+                .ok_or_else(|| {
+                    Failure::Berth(berth::Error::InvalidArgument(format!(
+                        "no {what} named {name:?} on this host; give a name from /etc/{} or a numeric id",
+                        if what == "user" { "passwd" } else { "group" }
+                    )))
+                })
+        })
+        .collect()
+}

@@ -1,0 +1,132 @@
+//! The store's own thread: one owner for the SQLite connection, fed by messages in the order
+//! the allocation state changed, so the journal never disagrees with the table about what
+//! happened first.
+//!
+//! Journal operations that queue up while a commit runs are applied together in one
+//! transaction (group commit): under load the cost per operation falls.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use berth_core::Token;
+use berth_store::{JournalOp, PersistentRow, Store, StoreError};
+use tokio::sync::oneshot;
+
+/// A request to the store thread.
+enum Msg {
+    /// Apply a journal operation; answer once it is written (not synced).
+    Journal(JournalOp, Option<oneshot::Sender<()>>),
+    /// Record a persistent reservation durably.
+    Create(PersistentRow, oneshot::Sender<Result<(), String>>),
+    /// Delete a persistent reservation durably.
+    Delete(Token, oneshot::Sender<Result<bool, String>>),
+}
+
+/// A handle to the store thread. Cloning shares the thread; it ends when every handle is gone.
+#[derive(Clone)]
+pub(crate) struct StoreHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+/// Operations applied in one journal transaction at most: bounds the latency of the first.
+const MAX_BATCH: usize = 512;
+
+impl StoreHandle {
+    /// Starts the thread that owns `store`.
+    pub(crate) fn spawn(store: Store) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("berth-store".into())
+            .spawn(move || serve(store, rx))?;
+        Ok(StoreHandle { tx })
+    }
+
+    /// Queues a journal operation. Call it while the change it records is being made (under
+    /// the table lock), so operations reach the store in the table's order; await the answer
+    /// after dropping the lock.
+    pub(crate) fn journal(&self, op: JournalOp) -> oneshot::Receiver<()> {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Msg::Journal(op, Some(done))).is_err() {
+            tracing::error!("the store thread is gone; the journal is not updated");
+        }
+        rx
+    }
+
+    /// Queues a journal operation nobody waits for.
+    pub(crate) fn journal_detached(&self, op: JournalOp) {
+        let _ = self.tx.send(Msg::Journal(op, None));
+    }
+
+    /// Records a persistent reservation; resolves once it is durable.
+    pub(crate) async fn create(&self, row: PersistentRow) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Create(row, done))
+            .map_err(|_| "the store thread is gone".to_owned())?;
+        rx.await
+            .unwrap_or_else(|_| Err("the store thread is gone".into()))
+    }
+
+    /// Deletes a persistent reservation; resolves once the deletion is durable.
+    pub(crate) async fn delete(&self, token: Token) -> Result<bool, String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Delete(token, done))
+            .map_err(|_| "the store thread is gone".to_owned())?;
+        rx.await
+            .unwrap_or_else(|_| Err("the store thread is gone".into()))
+    }
+}
+
+/// Opens the store at `path`, reporting which file failed.
+pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
+    Store::open(path)
+}
+
+fn serve(mut store: Store, rx: mpsc::Receiver<Msg>) {
+    let mut pending: Option<Msg> = None;
+    loop {
+        let msg = match pending.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
+        match msg {
+            Msg::Journal(op, done) => {
+                let mut ops = vec![op];
+                let mut waiters: Vec<oneshot::Sender<()>> = done.into_iter().collect();
+                // Gather what queued meanwhile, stopping at the first non-journal message so
+                // that the order between journal and persistent operations holds.
+                while ops.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Msg::Journal(op, done)) => {
+                            ops.push(op);
+                            waiters.extend(done);
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = store.journal(&ops) {
+                    // The reservations are still held in memory; only a restart could lose
+                    // them now.
+                    tracing::error!("cannot write the runtime journal: {e}");
+                }
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+            Msg::Create(row, done) => {
+                let _ = done.send(store.create_persistent(&row).map_err(|e| e.to_string()));
+            }
+            Msg::Delete(token, done) => {
+                let _ = done.send(store.delete_persistent(token).map_err(|e| e.to_string()));
+            }
+        }
+    }
+}
