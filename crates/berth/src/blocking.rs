@@ -46,8 +46,20 @@ impl Client {
 
     /// Connects to the daemon on `path`.
     pub fn connect_to(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Client::connect_to_with(path, crate::Options::default())
+    }
+
+    /// [`Client::connect`] with `options`.
+    pub fn connect_with(options: crate::Options) -> Result<Self, Error> {
         let rt = runtime()?;
-        let inner = rt.block_on(crate::Client::connect_to(path))?;
+        let inner = rt.block_on(crate::Client::connect_with(options))?;
+        Ok(Client { inner, rt })
+    }
+
+    /// [`Client::connect_to`] with `options`.
+    pub fn connect_to_with(path: impl AsRef<Path>, options: crate::Options) -> Result<Self, Error> {
+        let rt = runtime()?;
+        let inner = rt.block_on(crate::Client::connect_to_with(path, options))?;
         Ok(Client { inner, rt })
     }
 
