@@ -163,21 +163,7 @@ impl Table {
     ) -> Result<Reservation, AcquireError> {
         let range = match request {
             RangeRequest::Specific(range) => {
-                let overlap = self.space(protocol).first_overlap(range);
-                if let Some(holder) = overlap.and_then(|slot| self.get(slot.token)) {
-                    return Err(AcquireError::Conflict {
-                        protocol,
-                        requested: range,
-                        holder: Box::new(holder.clone()),
-                    });
-                }
-                if let Some(port) = in_use(protocol, range) {
-                    return Err(AcquireError::InUse {
-                        protocol,
-                        requested: range,
-                        port,
-                    });
-                }
+                self.check_free(protocol, range, in_use)?;
                 range
             }
             RangeRequest::Wildcard { count } => {

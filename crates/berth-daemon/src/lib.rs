@@ -35,6 +35,8 @@ pub mod server;
 mod session;
 mod state;
 mod store_thread;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::Config;
 pub use config_file::{ConfigError, ConfigFile};

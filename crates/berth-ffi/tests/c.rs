@@ -10,13 +10,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::TestDaemon;
+use berth_daemon::testing::TestDaemon;
 
 /// The directory holding the `libberth.so` built for this test run.
 fn lib_dir() -> PathBuf {

@@ -3,10 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use berth::{Client, Error, ErrorKind, Kind, Protocol};
-use support::{eventually, TestDaemon};
+use berth_daemon::testing::{eventually, TestDaemon};
 
 #[tokio::test]
 async fn wildcard_blocks_come_from_the_pool_and_are_listed_with_their_owner() {

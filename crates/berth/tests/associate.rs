@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 
 use berth::{Client, Error, ErrorKind, Protocol};
+use berth_daemon::testing::TestDaemon;
 use socket2::{Domain, Socket, Type};
-use support::TestDaemon;
 
 const V4_ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 const V4_LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

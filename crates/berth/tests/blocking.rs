@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use berth::{blocking, ErrorKind, Protocol};
 
 #[test]
@@ -13,7 +11,7 @@ fn the_blocking_client_acquires_lists_and_releases() {
         .enable_all()
         .build()
         .unwrap();
-    let daemon = rt.block_on(async { support::TestDaemon::start(42100, 42199) });
+    let daemon = rt.block_on(async { berth_daemon::testing::TestDaemon::start(42100, 42199) });
 
     let client = blocking::Client::connect_to(&daemon.socket).unwrap();
     let r = client.acquire(Protocol::Udp, 0, 4).unwrap();

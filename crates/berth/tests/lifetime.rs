@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use berth::Client;
-use support::{eventually, TestDaemon};
+use berth_daemon::testing::{eventually, TestDaemon};
 
 /// An owner that speaks the protocol by hand, acquires a block, forks a child that keeps the
 /// connection (and blocks on stdin), and exits.

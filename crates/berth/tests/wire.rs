@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use berth::{Client, ErrorKind, Protocol};
+use berth_daemon::testing::TestDaemon;
 use berth_protocol::{FrameCodec, Hello, Request, Response, MAGIC, PROTOCOL_VERSION};
 use bytes::BytesMut;
-use support::TestDaemon;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Decoder, Encoder};

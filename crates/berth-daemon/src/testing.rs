@@ -1,12 +1,18 @@
-//! An in-process daemon on a temporary socket, bound before the server task starts, so a test
-//! can connect at once — no sleeps, no polling for readiness.
+//! Test support for crates that drive a real daemon: an in-process daemon on a temporary
+//! socket, bound before the server task starts, so a test can connect at once — no sleeps, no
+//! polling for readiness. Enabled by the `testing` feature; never part of a release build.
 
-#![allow(dead_code)]
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "test support: a failure to set up is a failed test"
+)]
 
 use std::path::PathBuf;
 
+use crate::{bind_socket, Config, SocketGuard};
 use berth_core::Pool;
-use berth_daemon::{bind_socket, Config, SocketGuard};
 use tokio::sync::oneshot;
 
 /// A running daemon; dropping it shuts the daemon down.
@@ -31,7 +37,7 @@ impl TestDaemon {
         );
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            berth_daemon::run(listener, config, async move {
+            crate::run(listener, config, async move {
                 let _ = stopped.await;
             })
             .await
