@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use berth::Client;
+use berth::{Client, Options};
 use berth_protocol::paths;
 
 use crate::exit::Failure;
@@ -22,14 +22,33 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Set to `1` to never start a daemon on demand.
 pub const NO_AUTOSTART_ENV: &str = "BERTH_NO_AUTOSTART";
 
-/// Connects to a running daemon, without starting one.
+/// Whether the connection should outlive a daemon restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// One request and done: if the daemon goes away meanwhile, fail at once.
+    OneShot,
+    /// Holds reservations for a while (`berth run`): reconnect and re-claim them.
+    Holding,
+}
+
+impl Lifetime {
+    fn options(self) -> Options {
+        match self {
+            Lifetime::OneShot => Options::default().reconnect_window(Duration::ZERO),
+            Lifetime::Holding => Options::default(),
+        }
+    }
+}
+
+/// Connects to a running daemon, without starting one, for one-shot requests.
 pub async fn existing() -> Result<Client, Failure> {
-    Ok(Client::connect().await?)
+    Ok(Client::connect_with(Lifetime::OneShot.options()).await?)
 }
 
 /// Connects to a running daemon, starting one on demand unless `BERTH_NO_AUTOSTART=1`.
-pub async fn or_start() -> Result<Client, Failure> {
-    let unavailable = match Client::connect().await {
+pub async fn or_start(lifetime: Lifetime) -> Result<Client, Failure> {
+    let options = lifetime.options();
+    let unavailable = match Client::connect_with(options).await {
         Ok(client) => return Ok(client),
         Err(e @ berth::Error::Unavailable(_)) => e,
         Err(e) => return Err(e.into()),
@@ -48,7 +67,7 @@ pub async fn or_start() -> Result<Client, Failure> {
     let started = tokio::task::spawn_blocking(move || start_daemon(&socket))
         .await
         .map_err(|e| anyhow!("the daemon starter failed: {e}"))??;
-    Ok(Client::connect_to(&started).await?)
+    Ok(Client::connect_to_with(&started, options).await?)
 }
 
 /// Starts a daemon on `socket` unless one answers there by the time the lock is ours.

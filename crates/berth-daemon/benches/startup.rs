@@ -5,7 +5,10 @@
 //! database lock, opens and loads the store, rebuilds the table, serves nothing, and drains.
 //! Run with `cargo bench -p berth-daemon --bench startup`.
 
-#![allow(clippy::expect_used, reason = "a benchmark that cannot set up has nothing to measure")]
+#![allow(
+    clippy::expect_used,
+    reason = "a benchmark that cannot set up has nothing to measure"
+)]
 
 use std::path::Path;
 

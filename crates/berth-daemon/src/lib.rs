@@ -41,4 +41,4 @@ pub mod testing;
 pub use config::Config;
 pub use config_file::{ConfigError, ConfigFile};
 pub use listener::{bind_socket, ListenError, SocketGuard};
-pub use server::{run, serve, ServeError};
+pub use server::{run, run_with_ready, serve, ServeError};

@@ -26,7 +26,7 @@ pub enum ServeError {
     #[error(transparent)]
     Listen(#[from] ListenError),
     /// Anything else the daemon needs failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -40,6 +40,17 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    run_with_ready(listener, config, shutdown, || {}).await
+}
+
+/// [`run`], calling `ready` once the daemon can answer: the database is locked and loaded and
+/// the table rebuilt. (Clients that connect earlier wait in the socket's backlog.)
+pub async fn run_with_ready(
+    listener: UnixListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> io::Result<()> {
     check_csprng()?;
     let _db_lock = db_lock::acquire(&config.db)?;
     let store = store_thread::open(&config.db).map_err(io::Error::other)?;
@@ -51,6 +62,7 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     hold_for_reclaim(&tracker, &shared, &cancel, held_owners, config.grace);
+    ready();
     tokio::pin!(shutdown);
     tracing::info!(
         "serving on {} with the wildcard pool {}",
@@ -122,7 +134,7 @@ fn hold_for_reclaim(
     });
 }
 
-/// Runs a daemon process: binds `config.socket`, calls `ready` once clients can connect,
+/// Runs a daemon process: binds `config.socket`, calls `ready` once clients are served,
 /// serves until SIGTERM or SIGINT, and removes the socket on the way out.
 pub async fn serve(config: Config, ready: impl FnOnce()) -> Result<(), ServeError> {
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -131,13 +143,12 @@ pub async fn serve(config: Config, ready: impl FnOnce()) -> Result<(), ServeErro
     // of the command that started it.
     let _sighup = signal(SignalKind::hangup())?;
     let (listener, _guard) = bind_socket(&config.socket)?;
-    ready();
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),
             _ = sigint.recv() => tracing::info!("SIGINT received"),
         }
     };
-    run(listener, config, shutdown).await?;
+    run_with_ready(listener, config, shutdown, ready).await?;
     Ok(())
 }

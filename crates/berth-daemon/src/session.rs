@@ -109,13 +109,16 @@ async fn serve_requests(
     let owner_exit = crate::owner_watch::owner_exit(&peer.owner);
     tokio::pin!(owner_exit);
     loop {
+        // Biased: what the client sent (or its end of stream) comes first, so an ordinary exit
+        // is seen as the connection closing rather than as the owner dying.
         let frame = tokio::select! {
+            biased;
+            frame = reader.next() => frame,
             () = shutdown.cancelled() => return,
             () = &mut owner_exit => {
-                tracing::info!(pid = peer.owner.pid, "the session's owner exited while its connection stayed open (inherited by a child?); ending the session");
+                tracing::debug!(pid = peer.owner.pid, "the session's owner exited while its connection stayed open (inherited by a child?); ending the session");
                 return;
             }
-            frame = reader.next() => frame,
         };
         match frame {
             Ok(None) => return,

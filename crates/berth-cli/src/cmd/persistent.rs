@@ -28,7 +28,7 @@ async fn add(args: PersistentAddArgs) -> Result<ExitCode, Failure> {
     };
     let r = &args.range;
     // A daemon is started on demand: the reservation lives in its database.
-    let client = connect::or_start().await?;
+    let client = connect::or_start(connect::Lifetime::OneShot).await?;
     let info = client
         .create_persistent(r.protocol.protocol(), r.start, r.count, &allow)
         .await?;
@@ -36,7 +36,7 @@ async fn add(args: PersistentAddArgs) -> Result<ExitCode, Failure> {
 }
 
 async fn delete(args: PersistentRangeArgs) -> Result<ExitCode, Failure> {
-    let client = connect::or_start().await?;
+    let client = connect::or_start(connect::Lifetime::OneShot).await?;
     let info = client
         .delete_persistent(args.protocol.protocol(), args.start, args.count)
         .await?;

@@ -26,7 +26,7 @@ const FORWARDED: [(SignalKind, i32); 6] = [
 
 /// Runs the command on freshly reserved ports.
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    let client = connect::or_start().await?;
+    let client = connect::or_start(connect::Lifetime::Holding).await?;
     let start = args.start.unwrap_or(0);
     let tcp = reserve(&client, Protocol::Tcp, start, args.tcp).await?;
     let udp = reserve(&client, Protocol::Udp, start, args.udp).await?;

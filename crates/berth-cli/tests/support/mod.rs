@@ -8,9 +8,18 @@
 //! - [`Out`]: how a command ended.
 //!
 //! Every wait has a deadline ([`DEADLINE`]); nothing sleeps to wait for readiness.
+//!
+//! Each test file compiles this module on its own and uses a different part of it.
+
+#![allow(
+    dead_code,
+    reason = "each test binary compiles this module and uses only part of it"
+)]
 
 use std::ffi::OsStr;
+use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -25,47 +34,99 @@ pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 /// How long anything may take before a test gives up: generous, for a busy 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A `berth daemon` run by this test, on `<tempdir>/b.sock`.
+/// A `berth daemon` run by this test, on `<tempdir>/b.sock` with `<tempdir>/berth.db`. It can
+/// be stopped, killed and started again on the same socket and database ([`Daemon::restart`]).
 pub struct Daemon {
     child: Child,
     dir: TempDir,
     socket: PathBuf,
     pool: String,
+    /// Options given after `--pool`, e.g. `--grace 10`; the same for every restart.
+    extra: Vec<String>,
 }
 
 impl Daemon {
     /// Starts a daemon whose wildcard pool is `pool` (`LO-HI`) and waits for its "ready".
     pub fn start(pool: &str) -> Daemon {
+        Daemon::start_with(pool, &[])
+    }
+
+    /// [`Daemon::start`] with more options (`--grace N`, …), kept for restarts.
+    pub fn start_with(pool: &str, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let socket = dir.path().join("b.sock");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("create the log");
-        let mut child = Command::new(BERTH)
-            .arg("daemon")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--db")
-            .arg(dir.path().join("berth.db"))
-            .args(["--pool", pool, "--ready-stdout"])
-            .env_remove("BERTH_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn berth daemon");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let daemon = Daemon {
+        let extra: Vec<String> = extra.iter().map(|&a| a.to_owned()).collect();
+        let child = spawn_ready(dir.path(), &socket, pool, &extra);
+        Daemon {
             child,
             dir,
             socket,
             pool: pool.to_owned(),
-        };
-        match lines_of(stdout).recv_timeout(DEADLINE) {
-            Ok(line) if line == "ready\n" => daemon,
-            other => panic!(
-                "berth daemon --pool {pool} did not say ready within {DEADLINE:?} (got {other:?}); its log:\n{}",
-                daemon.log()
-            ),
+            extra,
         }
+    }
+
+    /// Starts a new daemon on the same socket, database, pool and options, once the previous
+    /// one has ended ([`Daemon::kill9`], [`Daemon::stop`]); waits for its "ready". Its log is
+    /// appended to the same file.
+    pub fn restart(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            panic!(
+                "restart: the previous daemon (pid {}) still runs",
+                self.child.id()
+            );
+        }
+        self.child = spawn_ready(self.dir.path(), &self.socket, &self.pool, &self.extra);
+    }
+
+    /// SIGKILLs the daemon (our child, by its pid) and reaps it; asserts that SIGKILL is what
+    /// ended it (it had not died on its own before).
+    pub fn kill9(&mut self) {
+        let pid = self.child.id();
+        self.child.kill().expect("SIGKILL the daemon");
+        let status = self.child.wait().expect("reap the daemon");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "daemon pid {pid} had already ended ({status}) before SIGKILL; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGTERMs the daemon (our child, by its pid) and waits, with a deadline, for it to exit
+    /// with status 0.
+    pub fn stop(&mut self) {
+        let pid = self.child.id();
+        let raw = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .expect("a valid pid");
+        rustix::process::kill_process(raw, rustix::process::Signal::TERM)
+            .expect("SIGTERM the daemon");
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("poll the daemon") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "daemon pid {pid} did not exit within {DEADLINE:?} of SIGTERM; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "daemon pid {pid} exited with {status} after SIGTERM; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Its database.
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("berth.db")
     }
 
     /// Its socket.
@@ -78,7 +139,7 @@ impl Daemon {
         self.dir.path()
     }
 
-    /// Its pid.
+    /// Its pid (the current daemon's, after a restart).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -88,7 +149,7 @@ impl Daemon {
         &self.pool
     }
 
-    /// What it logged so far.
+    /// What it logged so far (every daemon started on this directory, in order).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
@@ -392,6 +453,45 @@ pub fn poll_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
             panic!("{what}: not within {DEADLINE:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Spawns `berth daemon --socket <dir>/… --db <dir>/berth.db --pool POOL EXTRA… --ready-stdout`,
+/// its stderr appended to `<dir>/daemon.log`, and waits for its "ready"; kills and reaps it
+/// (by its pid) before panicking if it does not say so in time.
+fn spawn_ready(dir: &Path, socket: &Path, pool: &str, extra: &[String]) -> Child {
+    let log_path = dir.join("daemon.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("open the daemon's log");
+    let mut child = Command::new(BERTH)
+        .arg("daemon")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--db")
+        .arg(dir.join("berth.db"))
+        .args(["--pool", pool])
+        .args(extra)
+        .arg("--ready-stdout")
+        .env_remove("BERTH_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn berth daemon");
+    let stdout = child.stdout.take().expect("piped stdout");
+    match lines_of(stdout).recv_timeout(DEADLINE) {
+        Ok(line) if line == "ready\n" => child,
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "berth daemon --pool {pool} {extra:?} did not say ready within {DEADLINE:?} (got {other:?}); its log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            )
+        }
     }
 }
 
