@@ -59,9 +59,9 @@ pub(crate) fn inspect(fd: BorrowedFd<'_>, daemon_ns: NetNs) -> Result<SocketFact
             ))
         }
     };
-    match NetNs::of_socket(fd) {
-        Ok(ns) if ns == daemon_ns => {}
-        Ok(_) => {
+    match daemon_ns.holds(fd) {
+        Ok(true) => {}
+        Ok(false) => {
             return Err((
                 ErrorKind::NotSupported,
                 "the socket belongs to another network namespace than this daemon's; a reservation covers only the daemon's namespace — use the berth daemon of that namespace".into(),

@@ -155,7 +155,8 @@ impl Client {
     }
 }
 
-/// A held block of ports; dropping it releases the block and waits for the daemon.
+/// A held block of ports; dropping it releases the block (without waiting for the daemon;
+/// [`Reservation::release`] waits and reports the outcome).
 #[derive(Debug)]
 #[must_use = "dropping a Reservation releases its ports at once"]
 pub struct Reservation {
@@ -253,13 +254,9 @@ fn unreachable_reservation() -> ! {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if let Some(r) = self.inner.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                // Inside another runtime we cannot block: the async drop sends the release.
-                drop(r);
-            } else {
-                let _ = self.rt.block_on(r.release());
-            }
-        }
+        // The async reservation's drop queues the release without waiting: the client's worker
+        // thread sends it. Waiting here could hang a destructor for the whole reconnection
+        // window while the daemon restarts.
+        drop(self.inner.take());
     }
 }

@@ -22,7 +22,9 @@ fn the_blocking_client_acquires_lists_and_releases() {
     let err = other.acquire(Protocol::Udp, r.start(), 1).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
 
-    drop(r); // releases and waits for the daemon
+    drop(r); // queues the release on this client's connection, without waiting
+    // Requests on one connection are answered in order: the release is done before this list.
+    assert!(client.list().unwrap().is_empty());
     assert!(other.list().unwrap().is_empty());
 
     let s = client.acquire(Protocol::Tcp, 22300, 2).unwrap();

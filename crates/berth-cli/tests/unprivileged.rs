@@ -1,0 +1,71 @@
+//! A daemon that runs as an ordinary user (the per-user instance) serves associate too: the
+//! network-namespace check must not need privileges the daemon lacks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use berth::Protocol;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+const NOBODY: u32 = 65534;
+
+/// The daemon, stopped and reaped by pid when the test ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_daemon_running_as_nobody_binds_sockets_for_its_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("b.sock");
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BERTH, "daemon"])
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--db")
+        .arg(dir.path().join("berth.db"))
+        .args(["--pool", "46000-46099", "--ready-stdout"])
+        .env_remove("BERTH_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let daemon = Daemon(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the daemon said nothing within 10 s");
+    assert_eq!(line.trim(), "ready", "the daemon did not start");
+
+    let client = berth::blocking::Client::connect_to(&socket).unwrap();
+    let block = client.acquire(Protocol::Tcp, 0, 2).unwrap();
+    let listener = block
+        .tcp_listener(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .unwrap_or_else(|e| panic!("associate through an unprivileged daemon failed: {e}"));
+    let port = listener.local_addr().unwrap().port();
+    assert!(block.range().contains(port), "port {port}");
+    let udp = client.acquire(Protocol::Udp, 0, 1).unwrap();
+    let socket = udp.udp_socket(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
+    assert_eq!(socket.local_addr().unwrap().port(), udp.start());
+    drop(daemon);
+}
