@@ -288,6 +288,7 @@ impl Table {
         created_at_ms: u64,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<Reservation, AcquireError> {
+        self.check_token_free(token, protocol, range)?;
         self.check_free(protocol, range, in_use)?;
         let reservation = Reservation {
             token,
@@ -314,6 +315,7 @@ impl Table {
         owner: Owner,
         acquired_at_ms: u64,
     ) -> Result<Reservation, AcquireError> {
+        self.check_token_free(token, protocol, range)?;
         self.check_free(protocol, range, &mut |_, _| None)?;
         let reservation = Reservation {
             token,
@@ -328,6 +330,24 @@ impl Table {
         self.space_mut(protocol).insert(range, token);
         self.records.insert(reservation.clone());
         Ok(reservation)
+    }
+
+    /// Fails when `token` already names a live reservation (only a database edited by hand
+    /// can ask for that): two records under one token would corrupt the indexes.
+    fn check_token_free(
+        &self,
+        token: Token,
+        protocol: Protocol,
+        range: PortRange,
+    ) -> Result<(), AcquireError> {
+        match self.get(token) {
+            Some(existing) => Err(AcquireError::Conflict {
+                protocol,
+                requested: range,
+                holder: Box::new(existing.clone()),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Fails when `range` overlaps a live reservation or has a port in use.

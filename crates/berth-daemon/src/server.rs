@@ -55,7 +55,8 @@ pub async fn run_with_ready(
     let _db_lock = db_lock::acquire(&config.db)?;
     let store = store_thread::open(&config.db).map_err(io::Error::other)?;
     let (persistent, journal) = store.load().map_err(io::Error::other)?;
-    let shared = Arc::new(Shared::new(&config, StoreHandle::spawn(store)?)?);
+    let (store, store_thread) = StoreHandle::spawn(store)?;
+    let shared = Arc::new(Shared::new(&config, store)?);
     let held_owners = shared.restore(persistent, journal);
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
@@ -101,6 +102,13 @@ pub async fn run_with_ready(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
+    // Every session is done: the store thread finishes what is queued before the database
+    // lock is let go.
+    shared.stop_store();
+    let joined = tokio::task::spawn_blocking(move || store_thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("the store thread did not finish cleanly");
+    }
     Ok(())
 }
 

@@ -120,6 +120,11 @@ impl Shared {
         }
     }
 
+    /// Tells the store thread to finish what is queued and stop.
+    pub(crate) fn stop_store(&self) {
+        self.store.stop();
+    }
+
     /// Leaves a session because the daemon stops: its reservations stay in the journal, for
     /// the next daemon to hold until their owner re-claims them.
     pub(crate) fn leave_session(&self, _peer: &Peer) {
@@ -138,7 +143,12 @@ impl Shared {
                 protocol,
                 start,
                 count,
-            } => self.acquire(protocol, start, count, peer).await,
+            } => {
+                // The reservation belongs to the process that sent the request — a forked
+                // child writing on its parent's connection acquires for itself.
+                let requester = self.requester(peer, sender);
+                self.acquire(protocol, start, count, &requester, peer).await
+            }
             Request::Release { token } => self.release(token, &self.requester(peer, sender)).await,
             Request::Associate { token, address } => {
                 self.associate(token, address, fd, &self.requester(peer, sender))

@@ -14,12 +14,14 @@ use tokio::sync::oneshot;
 
 /// A request to the store thread.
 enum Msg {
-    /// Apply a journal operation; answer once it is written (not synced).
-    Journal(JournalOp, Option<oneshot::Sender<()>>),
+    /// Apply a journal operation; answer once it is written (not synced), or failed.
+    Journal(JournalOp, Option<oneshot::Sender<Result<(), String>>>),
     /// Record a persistent reservation durably.
     Create(PersistentRow, oneshot::Sender<Result<(), String>>),
     /// Delete a persistent reservation durably.
     Delete(Token, oneshot::Sender<Result<bool, String>>),
+    /// Finish: everything queued before this is applied, nothing after.
+    Stop,
 }
 
 /// A handle to the store thread. Cloning shares the thread; it ends when every handle is gone.
@@ -32,19 +34,20 @@ pub(crate) struct StoreHandle {
 const MAX_BATCH: usize = 512;
 
 impl StoreHandle {
-    /// Starts the thread that owns `store`.
-    pub(crate) fn spawn(store: Store) -> std::io::Result<Self> {
+    /// Starts the thread that owns `store`. The thread ends once every handle is dropped;
+    /// join it before letting go of the database lock, so that nothing is still writing.
+    pub(crate) fn spawn(store: Store) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("berth-store".into())
             .spawn(move || serve(store, rx))?;
-        Ok(StoreHandle { tx })
+        Ok((StoreHandle { tx }, thread))
     }
 
     /// Queues a journal operation. Call it while the change it records is being made (under
     /// the table lock), so operations reach the store in the table's order; await the answer
     /// after dropping the lock.
-    pub(crate) fn journal(&self, op: JournalOp) -> oneshot::Receiver<()> {
+    pub(crate) fn journal(&self, op: JournalOp) -> oneshot::Receiver<Result<(), String>> {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Msg::Journal(op, Some(done))).is_err() {
             tracing::error!("the store thread is gone; the journal is not updated");
@@ -52,19 +55,24 @@ impl StoreHandle {
         rx
     }
 
+    /// Asks the thread to finish once what is queued is applied.
+    pub(crate) fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+
     /// Queues a journal operation nobody waits for.
     pub(crate) fn journal_detached(&self, op: JournalOp) {
         let _ = self.tx.send(Msg::Journal(op, None));
     }
 
-    /// Records a persistent reservation; resolves once it is durable.
-    pub(crate) async fn create(&self, row: PersistentRow) -> Result<(), String> {
+    /// Queues the record of a persistent reservation (call it under the table lock, like
+    /// [`StoreHandle::journal`]); the receiver resolves once it is durable.
+    pub(crate) fn create(&self, row: PersistentRow) -> oneshot::Receiver<Result<(), String>> {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Create(row, done))
-            .map_err(|_| "the store thread is gone".to_owned())?;
-        rx.await
-            .unwrap_or_else(|_| Err("the store thread is gone".into()))
+        if self.tx.send(Msg::Create(row, done)).is_err() {
+            tracing::error!("the store thread is gone");
+        }
+        rx
     }
 
     /// Deletes a persistent reservation; resolves once the deletion is durable.
@@ -96,7 +104,8 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>) {
         match msg {
             Msg::Journal(op, done) => {
                 let mut ops = vec![op];
-                let mut waiters: Vec<oneshot::Sender<()>> = done.into_iter().collect();
+                let mut waiters: Vec<oneshot::Sender<Result<(), String>>> =
+                    done.into_iter().collect();
                 // Gather what queued meanwhile, stopping at the first non-journal message so
                 // that the order between journal and persistent operations holds.
                 while ops.len() < MAX_BATCH {
@@ -112,13 +121,12 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>) {
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = store.journal(&ops) {
-                    // The reservations are still held in memory; only a restart could lose
-                    // them now.
+                let result = store.journal(&ops).map_err(|e| e.to_string());
+                if let Err(e) = &result {
                     tracing::error!("cannot write the runtime journal: {e}");
                 }
                 for w in waiters {
-                    let _ = w.send(());
+                    let _ = w.send(result.clone());
                 }
             }
             Msg::Create(row, done) => {
@@ -127,6 +135,7 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>) {
             Msg::Delete(token, done) => {
                 let _ = done.send(store.delete_persistent(token).map_err(|e| e.to_string()));
             }
+            Msg::Stop => return,
         }
     }
 }

@@ -533,3 +533,27 @@ fn a_restored_reservation_that_overlaps_is_refused() {
         .unwrap_err();
     assert!(matches!(err, AcquireError::Conflict { .. }));
 }
+
+#[test]
+fn a_token_already_live_is_refused_on_insert() {
+    let mut f = Fixture::new(1000, 1999);
+    let r = f.specific(1500, 1).unwrap();
+    let err = f
+        .table
+        .restore_runtime(r.token, Protocol::Udp, range(1600, 1), owner(3, 3), 0)
+        .unwrap_err();
+    assert!(matches!(err, AcquireError::Conflict { .. }));
+    let err = f
+        .table
+        .insert_persistent(
+            r.token,
+            Protocol::Udp,
+            range(1700, 1),
+            Allowed::default(),
+            0,
+            &mut nothing_in_use,
+        )
+        .unwrap_err();
+    assert!(matches!(err, AcquireError::Conflict { .. }));
+    assert_eq!(f.table.len(), 1);
+}

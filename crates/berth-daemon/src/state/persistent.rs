@@ -37,33 +37,39 @@ impl Shared {
         }
         let prober = self.prober;
         let created_at_ms = now_ms();
-        // Into the table first, so that no acquire can take the ports while the store writes.
-        let inserted = {
+        // Into the table first, so that no acquire can take the ports while the store writes,
+        // and queued to the store under the same lock, so that a delete of it cannot overtake
+        // the create on its way to the database.
+        let (reservation, durable) = {
             let mut table = self.table();
             let token = table.new_token(&mut OsTokens);
-            table.insert_persistent(
+            let inserted = table.insert_persistent(
                 token,
                 protocol,
                 range,
                 allowed.clone(),
                 created_at_ms,
                 &mut |proto, r| prober.first_in_use(proto, r),
-            )
+            );
+            let reservation = match inserted {
+                Ok(r) => r,
+                Err(e) => return error(e.kind(), e.to_string()),
+            };
+            let durable = self.store.create(PersistentRow {
+                token: reservation.token,
+                protocol,
+                range,
+                allow_users: allowed.users,
+                allow_groups: allowed.groups,
+                created_at_ms,
+                created_by_uid: requester.process.uid,
+            });
+            (reservation, durable)
         };
-        let reservation = match inserted {
-            Ok(r) => r,
-            Err(e) => return error(e.kind(), e.to_string()),
-        };
-        let row = PersistentRow {
-            token: reservation.token,
-            protocol,
-            range,
-            allow_users: allowed.users,
-            allow_groups: allowed.groups,
-            created_at_ms,
-            created_by_uid: requester.process.uid,
-        };
-        if let Err(e) = self.store.create(row).await {
+        let outcome = durable
+            .await
+            .unwrap_or_else(|_| Err("the store thread is gone".into()));
+        if let Err(e) = outcome {
             self.table().remove_persistent(reservation.token);
             return store_failed("create", &e);
         }
@@ -93,7 +99,9 @@ impl Shared {
             return no_exact_match(protocol, range);
         };
         match self.store.delete(token).await {
-            Ok(_) => {}
+            Ok(true) => {}
+            // Not in the database: a concurrent delete of the same reservation got there first.
+            Ok(false) => return no_exact_match(protocol, range),
             Err(e) => return store_failed("delete", &e),
         }
         match self.table().remove_persistent(token) {

@@ -17,19 +17,21 @@ impl Shared {
         protocol: Protocol,
         start: u16,
         count: u16,
+        requester: &Requester,
         peer: &Peer,
     ) -> Response {
+        let owner = &requester.process;
         let request = match RangeRequest::from_start_count(start, count) {
             Ok(r) => r,
             Err(e) => return error(e.kind(), e.to_string()),
         };
         if let RangeRequest::Specific(range) = request {
-            if let Err(refusal) = self.check_privileged(protocol, range, &peer.owner) {
+            if let Err(refusal) = self.check_privileged(protocol, range, owner) {
                 return refusal;
             }
         }
         let holder = Holder {
-            owner: peer.owner.clone(),
+            owner: owner.clone(),
             session: peer.session,
             acquired_at_ms: now_ms(),
         };
@@ -39,7 +41,7 @@ impl Shared {
         // exhausted for this user).
         let privileged_below = match request {
             RangeRequest::Wildcard { .. }
-                if self.pool_touches_privileged() && !self.may_use_privileged(&peer.owner) =>
+                if self.pool_touches_privileged() && !self.may_use_privileged(owner) =>
             {
                 self.privileged.unprivileged_start
             }
@@ -77,12 +79,21 @@ impl Shared {
         match result {
             Ok(r) => {
                 // Acknowledge only once the journal has it: a crash after this reply must not
-                // forget the reservation.
+                // forget the reservation. If it cannot be journaled, it is not granted.
                 if let Some(done) = journaled {
-                    let _ = done.await;
+                    let outcome = done
+                        .await
+                        .unwrap_or_else(|_| Err("the store thread is gone".into()));
+                    if let Err(e) = outcome {
+                        self.undo_acquire(&r);
+                        return error(
+                            ErrorKind::Unavailable,
+                            format!("the daemon could not record the reservation in its database ({e}); nothing was reserved — check the daemon's log and its database's disk, then retry"),
+                        );
+                    }
                 }
-                tracing::info!(token = %r.token, "{} ports {} reserved by pid {} ({})", r.protocol, r.range, peer.owner.pid, peer.owner.command);
-                Response::Acquired(info(&r, &peer.owner, peer.is_admin, now_ms()))
+                tracing::info!(token = %r.token, "{} ports {} reserved by pid {} ({})", r.protocol, r.range, owner.pid, owner.command);
+                Response::Acquired(info(&r, owner, requester.is_admin, now_ms()))
             }
             Err(e) => error(e.kind(), e.to_string()),
         }
@@ -103,6 +114,8 @@ impl Shared {
         };
         match result {
             Ok(r) => {
+                // A failed journal write here only means a restarted daemon would hold the
+                // block until its grace period ends (its owner no longer claims it).
                 if let Some(done) = journaled {
                     let _ = done.await;
                 }
@@ -110,6 +123,18 @@ impl Shared {
                 Response::Released(info(&r, &requester.process, requester.is_admin, now_ms()))
             }
             Err(e) => error(e.kind(), e.to_string()),
+        }
+    }
+
+    /// Takes back a reservation that could not be journaled.
+    fn undo_acquire(&self, r: &berth_core::Reservation) {
+        let admin = Requester {
+            process: r.owner.clone().unwrap_or_else(|| peerless()),
+            is_admin: true,
+        };
+        let mut table = self.table();
+        if table.release(r.token, &admin).is_ok() {
+            self.store.journal_detached(JournalOp::Remove(r.token));
         }
     }
 
@@ -198,5 +223,16 @@ impl Shared {
             }
             Err((kind, message)) => error(kind, message),
         }
+    }
+}
+
+/// A placeholder identity for administrative undo operations.
+fn peerless() -> berth_core::Owner {
+    berth_core::Owner {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+        start_time: 0,
+        command: String::new(),
     }
 }
