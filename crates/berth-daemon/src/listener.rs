@@ -83,6 +83,9 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), ListenErr
     let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io_err)?;
     std_listener.set_nonblocking(true).map_err(io_err)?;
+    // Set on the listener so that accepted connections carry credentials from their first
+    // byte (a per-connection setting after accept could miss bytes already queued).
+    rustix::net::sockopt::set_socket_passcred(&std_listener, true).map_err(|e| io_err(e.into()))?;
     let inode = std::fs::symlink_metadata(path).map_err(io_err)?.ino();
     let listener = UnixListener::from_std(std_listener).map_err(io_err)?;
     Ok((
