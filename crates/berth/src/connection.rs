@@ -3,26 +3,43 @@
 //! Requests go out in the order they are submitted and the daemon answers in that order, so
 //! a queue of reply slots matches answers to callers; a caller may also submit without waiting
 //! (a dropped [`crate::Reservation`] releases that way).
+//!
+//! Each connection has a writer task fed through a channel, in the order the reply slots are
+//! queued, so the connection task keeps reading answers while a burst of requests is being
+//! written: if it stopped reading while a write blocked, both sides' socket buffers could fill
+//! and neither would move again.
+//!
+//! The task keeps track of the runtime reservations the session holds (`held`) and of the
+//! releases written and not yet answered (`releasing`). When the daemon goes away it
+//! reconnects, first repeats the releases that may not have been carried out, then re-claims
+//! what it holds.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_core::Token;
+use berth_core::{ErrorKind, Token};
 use berth_protocol::{FrameCodec, Hello, Request, Response, Welcome};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::Interest;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 
 use crate::error::Error;
 
-type Reply = oneshot::Sender<Result<Response, Error>>;
+type Reply = oneshot::Sender<Delivery>;
+
+/// The least time one reconnection attempt (connect, handshake, releases, re-claims) is
+/// given, even when less of the reconnection window is left.
+const ATTEMPT_FLOOR: Duration = Duration::from_secs(1);
 
 /// A request on its way, with the slot its answer goes to (none for fire-and-forget).
 struct Call {
@@ -32,8 +49,104 @@ struct Call {
     reply: Option<Reply>,
 }
 
+/// What a reply slot receives. An `Acquired` answer that its caller never takes (the caller's
+/// future was dropped after the answer was handed over) goes back to the connection task when
+/// this is dropped, and the task releases the reservation.
+struct Delivery {
+    result: Option<Result<Response, Error>>,
+    /// Where an untaken `Acquired` answer's token goes.
+    orphans: Option<mpsc::UnboundedSender<Token>>,
+}
+
+impl Delivery {
+    fn failed(error: Error) -> Self {
+        Delivery {
+            result: Some(Err(error)),
+            orphans: None,
+        }
+    }
+
+    fn take(mut self) -> Result<Response, Error> {
+        self.result
+            .take()
+            .unwrap_or_else(|| Err(Error::lost("the answer went missing")))
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let (Some(Ok(Response::Acquired(info))), Some(orphans)) = (&self.result, &self.orphans) {
+            let _ = orphans.send(info.token);
+        }
+    }
+}
+
+/// A frame for the writer task.
+struct Frame {
+    request: Request,
+    fd: Option<OwnedFd>,
+}
+
+/// A reply slot of a request sent and not yet answered.
+struct Slot {
+    reply: Option<Reply>,
+    /// The held reservation this request releases (it is in `Task::releasing` meanwhile).
+    release: Option<Token>,
+}
+
 type Reader = FramedRead<OwnedReadHalf, FrameCodec<Response, Request>>;
 type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Response, Request>>;
+
+/// One established connection: its read half, and the writer task that owns its write half.
+struct Link {
+    reader: Reader,
+    frames: mpsc::UnboundedSender<Frame>,
+    writer: JoinHandle<Result<(), Error>>,
+}
+
+impl Link {
+    fn new(reader: Reader, writer: Writer) -> Self {
+        let (frames, queue) = mpsc::unbounded_channel();
+        Link {
+            reader,
+            frames,
+            writer: tokio::spawn(write_frames(writer, queue)),
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The connection is done with: whatever is still queued would go to a dead (or
+        // abandoned) connection, and a write blocked on an unresponsive peer must not linger.
+        self.writer.abort();
+    }
+}
+
+/// Writes frames in the order they come, flushing whenever the queue runs dry. An error ends
+/// the task, which ends the connection.
+async fn write_frames(
+    mut writer: Writer,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
+) -> Result<(), Error> {
+    while let Some(frame) = frames.recv().await {
+        write_frame(&mut writer, frame).await?;
+        // Whatever else is queued already goes out with the same flush (`feed` flushes by
+        // itself once its buffer is large).
+        while let Ok(frame) = frames.try_recv() {
+            write_frame(&mut writer, frame).await?;
+        }
+        writer.flush().await.map_err(Error::lost)?;
+    }
+    Ok(())
+}
+
+async fn write_frame(writer: &mut Writer, frame: Frame) -> Result<(), Error> {
+    match frame.fd {
+        None => writer.feed(frame.request).await.map_err(Error::lost),
+        Some(fd) => send_with_fd(writer, frame.request, fd).await,
+    }
+}
 
 /// A live connection: a handle to the task that owns the socket.
 #[derive(Debug)]
@@ -95,15 +208,19 @@ impl Connection {
     ) -> Result<Self, Error> {
         let (reader, writer, welcome) = handshake(stream, path, client_name).await?;
         let (calls, rx) = mpsc::unbounded_channel::<Call>();
+        let (orphans_tx, orphans) = mpsc::unbounded_channel::<Token>();
         let task = Task {
             path: path.to_owned(),
             client_name: client_name.to_owned(),
             reconnect_window,
             calls: rx,
+            orphans,
+            orphans_tx,
             pending: VecDeque::new(),
             held: BTreeSet::new(),
+            releasing: BTreeMap::new(),
         };
-        tokio::spawn(task.run(reader, writer));
+        tokio::spawn(task.run(Link::new(reader, writer)));
         Ok(Connection {
             calls,
             welcome,
@@ -130,7 +247,7 @@ impl Connection {
                 reply: Some(tx),
             })
             .map_err(|_| Error::lost("the connection task ended"))?;
-        match rx.await {
+        match rx.await.map(Delivery::take) {
             Ok(Ok(Response::Error(e))) => Err(e.into()),
             Ok(result) => result,
             Err(_) => Err(Error::lost("the connection task ended")),
@@ -165,17 +282,25 @@ impl Connection {
 
 /// The task that owns the connection: sends calls in order, matches answers to them, keeps
 /// track of the runtime reservations this session holds, and — when the daemon goes away —
-/// reconnects and re-claims them (SPEC §7).
+/// reconnects, repeats unanswered releases and re-claims the rest (SPEC §7).
 struct Task {
     path: PathBuf,
     client_name: String,
     /// How long to keep trying to reach the daemon again.
     reconnect_window: Duration,
     calls: mpsc::UnboundedReceiver<Call>,
+    /// Tokens of `Acquired` answers whose callers went away before taking them.
+    orphans: mpsc::UnboundedReceiver<Token>,
+    /// Cloned into each `Acquired` delivery (keeps `orphans` open for the task's lifetime).
+    orphans_tx: mpsc::UnboundedSender<Token>,
     /// Reply slots of requests sent and not yet answered, in order.
-    pending: VecDeque<Option<Reply>>,
-    /// Tokens of the runtime reservations acquired (or re-claimed) and not released.
+    pending: VecDeque<Slot>,
+    /// Tokens of the runtime reservations acquired (or re-claimed) and not being released.
     held: BTreeSet<Token>,
+    /// Tokens of held reservations whose release was written and not answered yet, with the
+    /// number of such releases in flight. After a reconnect they are released again (the
+    /// daemon may have died before carrying the release out).
+    releasing: BTreeMap<Token, usize>,
 }
 
 /// Why a connection ended.
@@ -187,87 +312,172 @@ enum End {
 }
 
 impl Task {
-    async fn run(mut self, mut reader: Reader, mut writer: Writer) {
+    async fn run(mut self, first: Link) {
+        let mut link = first;
         loop {
-            let why = match self.drive(&mut reader, &mut writer).await {
+            let end = self.drive(&mut link).await;
+            drop(link);
+            let why = match end {
                 End::Unused => return,
                 End::Lost(why) => why,
             };
-            for reply in self.pending.drain(..).flatten() {
-                let _ = reply.send(Err(Error::lost(&why)));
+            // Unanswered releases stay in `releasing`, to be repeated after the reconnect.
+            for slot in self.pending.drain(..) {
+                if let Some(reply) = slot.reply {
+                    let _ = reply.send(Delivery::failed(Error::lost(&why)));
+                }
             }
-            match self.reconnect().await {
-                Some((r, w)) => (reader, writer) = (r, w),
+            link = match self.reconnect().await {
+                Some(link) => link,
                 None => break,
-            }
+            };
         }
         // The daemon stayed away. Ending the task closes the call channel: every later call
         // fails at once, and `Client::is_open` says so.
     }
 
     /// Serves calls on one connection until it ends.
-    async fn drive(&mut self, reader: &mut Reader, writer: &mut Writer) -> End {
+    async fn drive(&mut self, link: &mut Link) -> End {
         loop {
-            tokio::select! {
-                call = self.calls.recv() => {
-                    let Some(call) = call else { return End::Unused };
-                    self.pending.push_back(call.reply);
-                    let sent = match call.fd {
-                        None => writer.send(call.request).await.map_err(Error::lost),
-                        Some(fd) => send_with_fd(writer, call.request, fd).await,
-                    };
-                    if let Err(e) = sent {
-                        return End::Lost(e.to_string());
-                    }
-                }
-                frame = reader.next() => match frame {
-                    Some(Ok(response)) => {
-                        self.note(&response);
-                        if let Some(Some(reply)) = self.pending.pop_front() {
-                            let _ = reply.send(Ok(response));
-                        }
-                    }
-                    Some(Err(e)) => return End::Lost(e.to_string()),
-                    None => return End::Lost("the daemon closed it".into()),
+            let step = tokio::select! {
+                call = self.calls.recv() => match call {
+                    Some(call) => self.send(link, call),
+                    None => return End::Unused,
                 },
+                Some(token) = self.orphans.recv() => self.abandon(link, token),
+                frame = link.reader.next() => match frame {
+                    Some(Ok(response)) => self.answer(link, response),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("the daemon closed it".into()),
+                },
+                written = &mut link.writer => Err(match written {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(())) => "the writer stopped".into(),
+                    Err(e) => format!("the writer failed: {e}"),
+                }),
+            };
+            if let Err(why) = step {
+                return End::Lost(why);
             }
         }
     }
 
-    /// Keeps `held` in step with what the daemon granted and released.
-    fn note(&mut self, response: &Response) {
-        match response {
-            Response::Acquired(info) | Response::Reclaimed(info) => {
-                self.held.insert(info.token);
+    /// Queues `call`'s reply slot and hands its frame to the writer, in that order.
+    fn send(&mut self, link: &Link, call: Call) -> Result<(), String> {
+        let release = match call.request {
+            Request::Release { token } => Token::new(token).filter(|&t| self.start_release(t)),
+            _ => None,
+        };
+        self.pending.push_back(Slot {
+            reply: call.reply,
+            release,
+        });
+        link.frames
+            .send(Frame {
+                request: call.request,
+                fd: call.fd,
+            })
+            .map_err(|_| "the writer task ended".to_owned())
+    }
+
+    /// A release of `token` is being written: if it is ours, it moves from `held` to
+    /// `releasing`. Whether it is tracked.
+    fn start_release(&mut self, token: Token) -> bool {
+        if self.held.remove(&token) || self.releasing.contains_key(&token) {
+            *self.releasing.entry(token).or_insert(0) += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A tracked release of `token` was answered (released, or refused: either way it is not
+    /// ours any more).
+    fn finish_release(&mut self, token: Token) {
+        if let Entry::Occupied(mut in_flight) = self.releasing.entry(token) {
+            *in_flight.get_mut() = in_flight.get().saturating_sub(1);
+            if *in_flight.get() == 0 {
+                in_flight.remove();
             }
+        }
+    }
+
+    /// Matches `response` to the oldest reply slot, keeps the books, and delivers it. An
+    /// acquired reservation whose caller went away is released at once.
+    fn answer(&mut self, link: &Link, response: Response) -> Result<(), String> {
+        let slot = self.pending.pop_front();
+        if let Some(token) = slot.as_ref().and_then(|s| s.release) {
+            self.finish_release(token);
+        }
+        let acquired = match &response {
+            Response::Acquired(info) => Some(info.token),
             Response::Released(info) => {
                 self.held.remove(&info.token);
+                None
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(token) = acquired {
+            self.held.insert(token);
         }
-    }
-
-    /// Reaches the daemon again (it restarted) and re-claims the held reservations. `None`
-    /// when nobody answered within the reconnection window, or the client was dropped
-    /// meanwhile.
-    async fn reconnect(&mut self) -> Option<(Reader, Writer)> {
-        let deadline = tokio::time::Instant::now() + self.reconnect_window;
-        let mut pause = Duration::from_millis(10);
-        loop {
-            if self.calls.is_closed() && self.held.is_empty() {
-                return None;
-            }
-            if let Ok(stream) = UnixStream::connect(&self.path).await {
-                if let Ok((mut reader, mut writer, _)) =
-                    handshake(stream, &self.path, &self.client_name).await
-                {
-                    if self.reclaim(&mut reader, &mut writer).await.is_ok() {
-                        return Some((reader, writer));
+        let delivered = match slot.and_then(|s| s.reply) {
+            Some(reply) => {
+                let delivery = Delivery {
+                    result: Some(Ok(response)),
+                    orphans: acquired.map(|_| self.orphans_tx.clone()),
+                };
+                match reply.send(delivery) {
+                    Ok(()) => true,
+                    Err(mut undelivered) => {
+                        // Released below, not through the orphan channel.
+                        undelivered.orphans = None;
+                        false
                     }
                 }
             }
-            if tokio::time::Instant::now() + pause > deadline {
+            None => false,
+        };
+        match acquired {
+            Some(token) if !delivered => self.abandon(link, token),
+            _ => Ok(()),
+        }
+    }
+
+    /// Releases a held reservation that nobody holds a handle to (its acquire was cancelled).
+    fn abandon(&mut self, link: &Link, token: Token) -> Result<(), String> {
+        if !self.held.contains(&token) {
+            return Ok(());
+        }
+        self.send(
+            link,
+            Call {
+                request: Request::Release { token: token.get() },
+                fd: None,
+                reply: None,
+            },
+        )
+    }
+
+    /// Reaches the daemon again (it restarted), repeats the releases that were not answered,
+    /// and re-claims the held reservations. `None` when nobody answered within the
+    /// reconnection window, or the client was dropped meanwhile.
+    async fn reconnect(&mut self) -> Option<Link> {
+        let deadline = Instant::now() + self.reconnect_window;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if self.calls.is_closed() && self.held.is_empty() && self.releasing.is_empty() {
+                return None;
+            }
+            // A daemon that accepts and never answers must not hold an attempt up forever.
+            let limit = deadline
+                .saturating_duration_since(Instant::now())
+                .max(ATTEMPT_FLOOR);
+            if let Ok(Ok((reader, writer))) = tokio::time::timeout(limit, self.attempt()).await {
+                return Some(Link::new(reader, writer));
+            }
+            if Instant::now() + pause > deadline {
                 self.held.clear();
+                self.releasing.clear();
                 return None;
             }
             // Waiting for a daemon to come back: there is no readiness signal to wait on.
@@ -276,25 +486,57 @@ impl Task {
         }
     }
 
-    /// Asks the new daemon for each held reservation; forgets those it refuses (their owner
-    /// is this process, so a refusal means the reservation is gone).
-    async fn reclaim(&mut self, reader: &mut Reader, writer: &mut Writer) -> Result<(), Error> {
-        let tokens: Vec<Token> = self.held.iter().copied().collect();
-        for token in tokens {
-            writer
-                .send(Request::Reclaim { token: token.get() })
-                .await
-                .map_err(Error::lost)?;
-            match reader.next().await {
-                Some(Ok(Response::Reclaimed(_))) => {}
-                Some(Ok(_)) => {
-                    self.held.remove(&token);
-                }
-                Some(Err(e)) => return Err(Error::lost(e)),
-                None => return Err(Error::lost("closed while re-claiming")),
+    /// One reconnection attempt: connect, shake hands, release what was being released (any
+    /// answer will do: released, or gone already), then re-claim each held reservation. One
+    /// the daemon does not know or refuses (its owner is this process, so a refusal means the
+    /// reservation is gone) is forgotten; any other answer fails the attempt, keeping the
+    /// token for the next one. Requests are pipelined, with reading and writing side by side.
+    async fn attempt(&mut self) -> Result<(Reader, Writer), Error> {
+        let stream = UnixStream::connect(&self.path).await.map_err(Error::lost)?;
+        let (mut reader, mut writer, _) = handshake(stream, &self.path, &self.client_name).await?;
+        let releases: Vec<Token> = self.releasing.keys().copied().collect();
+        let reclaims: Vec<Token> = self.held.iter().copied().collect();
+        let requests = releases
+            .iter()
+            .map(|t| Request::Release { token: t.get() })
+            .chain(reclaims.iter().map(|t| Request::Reclaim { token: t.get() }));
+        let write = async {
+            for request in requests {
+                writer.feed(request).await.map_err(Error::lost)?;
             }
-        }
-        Ok(())
+            writer.flush().await.map_err(Error::lost)
+        };
+        let read = async {
+            for token in &releases {
+                next_answer(&mut reader).await?;
+                self.releasing.remove(token);
+            }
+            let mut failed = None;
+            for token in &reclaims {
+                match next_answer(&mut reader).await? {
+                    Response::Reclaimed(_) => {}
+                    Response::Error(e)
+                        if matches!(e.kind, ErrorKind::NotFound | ErrorKind::PermissionDenied) =>
+                    {
+                        self.held.remove(token);
+                    }
+                    Response::Error(e) => failed = Some(Error::from(e)),
+                    other => failed = Some(Error::unexpected(other)),
+                }
+            }
+            failed.map_or(Ok(()), Err)
+        };
+        tokio::try_join!(write, read)?;
+        Ok((reader, writer))
+    }
+}
+
+/// The next answer on a connection being set up again.
+async fn next_answer(reader: &mut Reader) -> Result<Response, Error> {
+    match reader.next().await {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(e)) => Err(Error::lost(e)),
+        None => Err(Error::lost("closed while re-claiming")),
     }
 }
 

@@ -129,7 +129,7 @@ impl Shared {
     /// Takes back a reservation that could not be journaled.
     fn undo_acquire(&self, r: &berth_core::Reservation) {
         let admin = Requester {
-            process: r.owner.clone().unwrap_or_else(|| peerless()),
+            process: r.owner.clone().unwrap_or_else(peerless),
             is_admin: true,
         };
         let mut table = self.table();
