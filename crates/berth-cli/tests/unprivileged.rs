@@ -32,7 +32,13 @@ fn a_daemon_running_as_nobody_binds_sockets_for_its_clients() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = dir.path().join("b.sock");
     let mut child = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BERTH, "daemon"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BERTH,
+            "daemon",
+        ])
         .arg("--socket")
         .arg(&socket)
         .arg("--db")

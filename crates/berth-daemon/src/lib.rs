@@ -22,6 +22,7 @@
 
 pub mod accounts;
 mod associate;
+mod closer;
 pub mod config;
 pub mod config_file;
 mod db_lock;

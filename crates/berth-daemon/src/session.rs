@@ -49,6 +49,11 @@ pub(crate) async fn serve_connection(
         peer.version = version;
         serve_requests(&mut reader, &mut writer, &shared, &peer, &config, &shutdown).await;
     }
+    // Writer first, reader last: the reader's drop hands the socket's read half to the
+    // closer threads, because closing it closes any descriptors still queued unread, which can
+    // block (see `closer`).
+    drop(writer);
+    drop(reader);
     if shutdown.is_cancelled() {
         // The daemon stops, the client does not: keep its reservations for the next daemon.
         shared.leave_session(&peer);

@@ -23,7 +23,7 @@ fn the_blocking_client_acquires_lists_and_releases() {
     assert_eq!(err.kind(), ErrorKind::Conflict);
 
     drop(r); // queues the release on this client's connection, without waiting
-    // Requests on one connection are answered in order: the release is done before this list.
+             // Requests on one connection are answered in order: the release is done before this list.
     assert!(client.list().unwrap().is_empty());
     assert!(other.list().unwrap().is_empty());
 

@@ -1,7 +1,7 @@
 //! Runtime reservations: acquire, release, re-claim after a restart, and associate.
 
 use std::net::IpAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 
 use berth_core::{ErrorKind, Holder, Kind, Protocol, RangeRequest, Requester, Token, UseRequest};
 use berth_protocol::Response;
@@ -159,7 +159,7 @@ impl Shared {
         &self,
         token: u64,
         address: Option<IpAddr>,
-        fd: Option<OwnedFd>,
+        fd: Option<crate::closer::Received>,
         requester: &Requester,
     ) -> Response {
         let Some(fd) = fd else {
