@@ -18,6 +18,8 @@
 //! - `inbound`: reading frames with `recvmsg` (descriptors and per-message credentials).
 //! - `associate`: checking and binding a client's socket from a reservation.
 //! - `netns`: which network namespace a socket belongs to.
+//! - `closer`: closing received descriptors on threads of their own (a close can block).
+//! - `store_thread`, `db_lock`: the database's own thread, and one daemon per database.
 //! - `probe`: whether a port is in use on the host.
 
 pub mod accounts;
