@@ -116,7 +116,7 @@ impl Shared {
         };
         self.sessions.fetch_sub(1, Ordering::Relaxed);
         for r in &released {
-            tracing::info!(token = %r.token, "{} ports {} released: session of pid {} ended", r.protocol, r.range, peer.owner.pid);
+            tracing::info!(token = %r.token, "{} {} released: session of pid {} ended", r.protocol, berth_core::describe(r.range), peer.owner.pid);
         }
     }
 

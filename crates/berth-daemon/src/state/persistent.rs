@@ -73,7 +73,7 @@ impl Shared {
             self.table().remove_persistent(reservation.token);
             return store_failed("create", &e);
         }
-        tracing::info!(token = %reservation.token, "persistent {} ports {} created by uid {}", protocol, range, requester.process.uid);
+        tracing::info!(token = %reservation.token, "persistent {} {} created by uid {}", protocol, berth_core::describe(range), requester.process.uid);
         Response::PersistentCreated(info(&reservation, &requester.process, true, now_ms()))
     }
 
@@ -106,7 +106,7 @@ impl Shared {
         }
         match self.table().remove_persistent(token) {
             Some(r) => {
-                tracing::info!(token = %r.token, "persistent {} ports {} deleted by uid {}", protocol, range, requester.process.uid);
+                tracing::info!(token = %r.token, "persistent {} {} deleted by uid {}", protocol, berth_core::describe(range), requester.process.uid);
                 Response::PersistentDeleted(info(&r, &requester.process, true, now_ms()))
             }
             // A concurrent delete of the same reservation won.

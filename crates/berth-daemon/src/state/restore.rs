@@ -86,7 +86,7 @@ impl Shared {
             released
         };
         for r in &released {
-            tracing::info!(token = %r.token, "{} ports {} released: not re-claimed by {}", r.protocol, r.range, r.holder_description());
+            tracing::info!(token = %r.token, "{} {} released: not re-claimed by {}", r.protocol, berth_core::describe(r.range), r.holder_description());
         }
     }
 }

@@ -92,7 +92,7 @@ impl Shared {
                         );
                     }
                 }
-                tracing::info!(token = %r.token, "{} ports {} reserved by pid {} ({})", r.protocol, r.range, owner.pid, owner.command);
+                tracing::info!(token = %r.token, "{} {} reserved by pid {} ({})", r.protocol, berth_core::describe(r.range), owner.pid, owner.command);
                 Response::Acquired(info(&r, owner, requester.is_admin, now_ms()))
             }
             Err(e) => error(e.kind(), e.to_string()),
@@ -119,7 +119,7 @@ impl Shared {
                 if let Some(done) = journaled {
                     let _ = done.await;
                 }
-                tracing::info!(token = %r.token, "{} ports {} released by pid {}", r.protocol, r.range, requester.process.pid);
+                tracing::info!(token = %r.token, "{} {} released by pid {}", r.protocol, berth_core::describe(r.range), requester.process.pid);
                 Response::Released(info(&r, &requester.process, requester.is_admin, now_ms()))
             }
             Err(e) => error(e.kind(), e.to_string()),
@@ -148,7 +148,7 @@ impl Shared {
             .reclaim(token, &requester.process, peer.session);
         match result {
             Ok(r) => {
-                tracing::info!(token = %r.token, "{} ports {} re-claimed by pid {}", r.protocol, r.range, requester.process.pid);
+                tracing::info!(token = %r.token, "{} {} re-claimed by pid {}", r.protocol, berth_core::describe(r.range), requester.process.pid);
                 Response::Reclaimed(info(&r, &requester.process, requester.is_admin, now_ms()))
             }
             Err(e) => error(e.kind(), e.to_string()),
