@@ -9,6 +9,8 @@
     reason = "test support: a failure to set up is a failed test"
 )]
 
+pub mod raw;
+
 use std::path::PathBuf;
 
 use crate::{bind_socket, Config, SocketGuard};

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 
 use berth::{Client, Error, ErrorKind, Protocol};
+use berth_daemon::testing::raw::{response_from_hex, PY_PRELUDE};
 use berth_daemon::testing::TestDaemon;
 use socket2::{Domain, Socket, Type};
 
@@ -252,25 +253,15 @@ async fn another_process_on_the_owners_connection_is_refused() {
     // token, and prints the raw answers.
     rustix::io::fcntl_setfd(&conn, rustix::io::FdFlags::empty()).unwrap();
     let script = r#"
-import os, socket, struct, sys
 fd, token = int(sys.argv[1]), int(sys.argv[2])
 conn = socket.socket(fileno=fd)
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7f; n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n: return bytes(out)
-def frame(payload): return struct.pack(">I", len(payload)) + payload
-def answer():
-    n = struct.unpack(">I", conn.recv(4, socket.MSG_WAITALL))[0]
-    return conn.recv(n, socket.MSG_WAITALL).hex()
 conn.sendall(frame(bytes([2]) + varint(token)))            # Release { token }
-print(answer())
+print(answer(conn).hex())
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 socket.send_fds(conn, [frame(bytes([5]) + varint(token) + bytes([0]))], [s.fileno()])  # Associate
-print(answer())
+print(answer(conn).hex())
 "#;
+    let script = format!("{PY_PRELUDE}{script}");
     let out = std::process::Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -280,7 +271,7 @@ print(answer())
         ])
         .args([
             "-c",
-            script,
+            &script,
             &conn.as_fd().as_raw_fd().to_string(),
             &token.to_string(),
         ])
@@ -293,11 +284,7 @@ print(answer())
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     for line in stdout.lines() {
-        let payload: Vec<u8> = (0..line.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap())
-            .collect();
-        match postcard::from_bytes::<Response>(&payload).unwrap() {
+        match response_from_hex(line) {
             Response::Error(e) => {
                 assert_eq!(e.kind, ErrorKind::PermissionDenied, "{}", e.message);
                 assert!(e.message.contains(&info.token.to_string()), "{}", e.message);

@@ -13,23 +13,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::{Client, ErrorKind, Protocol};
+use berth_daemon::testing::raw::{
+    assert_error, frame, read_until_closed, responses, shaken_hands, PY_PRELUDE,
+};
 use berth_daemon::testing::TestDaemon;
-use berth_protocol::{FrameCodec, Hello, Request, Response};
-use bytes::BytesMut;
+use berth_protocol::{Request, Response};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio_util::codec::{Decoder, Encoder};
 
 /// How long a close of the hostile sockets below blocks, at most.
 const LINGER: Duration = Duration::from_secs(10);
-
-/// Encodes a request the way a client does.
-fn frame(request: Request) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    FrameCodec::client().encode(request, &mut buf).unwrap();
-    buf.to_vec()
-}
 
 /// Sends `bytes` in one message, with `fds` attached (`SCM_RIGHTS`) when there are any.
 fn send_with_fds(stream: impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
@@ -75,56 +68,6 @@ fn lingering_socket() -> (OwnedFd, Socket) {
     (socket.into(), peer)
 }
 
-/// Decodes every response in `bytes`.
-fn responses(bytes: &[u8]) -> Vec<Response> {
-    let mut buf = BytesMut::from(bytes);
-    let mut codec = FrameCodec::client();
-    let mut out = Vec::new();
-    while let Some(r) = codec.decode(&mut buf).unwrap() {
-        out.push(r);
-    }
-    assert!(buf.is_empty(), "trailing bytes: {buf:?}");
-    out
-}
-
-/// Reads everything until the daemon closes, and decodes the responses in it. A daemon that
-/// closes with bytes of ours unread resets the connection after its last answer.
-async fn read_until_closed(stream: &mut UnixStream) -> Vec<Response> {
-    let mut bytes = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut bytes))
-        .await
-        .expect("the daemon should close the connection");
-    if let Err(e) = read {
-        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
-    }
-    responses(&bytes)
-}
-
-async fn shaken_hands(daemon: &TestDaemon) -> UnixStream {
-    let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
-    stream
-        .write_all(&frame(Request::Hello(Hello::current("hostile"))))
-        .await
-        .unwrap();
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.unwrap();
-    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut payload).await.unwrap();
-    let welcome: Response = postcard::from_bytes(&payload).unwrap();
-    assert!(matches!(welcome, Response::Welcome(_)), "{welcome:?}");
-    stream
-}
-
-fn assert_error(responses: &[Response], kind: ErrorKind, needle: &str) {
-    match responses.last() {
-        Some(Response::Error(e)) => {
-            assert_eq!(e.kind, kind, "{}", e.message);
-            assert!(e.message.contains(needle), "{}", e.message);
-        }
-        other => panic!("expected an error reply, got {other:?}"),
-    }
-}
-
 /// Another client holds a reservation throughout, and must not notice anything.
 async fn bystander(daemon: &TestDaemon) -> (Client, berth::Reservation) {
     let client = Client::connect_to(&daemon.socket).await.unwrap();
@@ -143,7 +86,7 @@ async fn bystander_is_fine(client: &Client, r: &berth::Reservation) {
 async fn a_socket_whose_close_blocks_does_not_stall_the_daemon() {
     let daemon = TestDaemon::start(45000, 45099);
     let (client, held) = bystander(&daemon).await;
-    let mut stream = shaken_hands(&daemon).await;
+    let mut stream = shaken_hands(&daemon.socket, "hostile").await;
     let (socket, _peer) = lingering_socket();
     let started = Instant::now();
     // Refused (a connected socket is bound), after which the daemon drops the only copy left.
@@ -176,7 +119,7 @@ async fn a_socket_whose_close_blocks_does_not_stall_the_daemon() {
 async fn descriptors_left_unread_when_a_connection_ends_do_not_stall_the_daemon() {
     let daemon = TestDaemon::start(45100, 45199);
     let (client, held) = bystander(&daemon).await;
-    let mut stream = shaken_hands(&daemon).await;
+    let mut stream = shaken_hands(&daemon.socket, "hostile").await;
     let (socket, _peer) = lingering_socket();
     let started = Instant::now();
     // An oversized frame's header, padded to fill a read, then a message with the socket: the
@@ -204,7 +147,7 @@ async fn descriptors_left_unread_when_a_connection_ends_do_not_stall_the_daemon(
 async fn descriptors_with_a_request_other_than_associate_close_the_connection() {
     let daemon = TestDaemon::start(45200, 45299);
     let (client, held) = bystander(&daemon).await;
-    let mut stream = shaken_hands(&daemon).await;
+    let mut stream = shaken_hands(&daemon.socket, "hostile").await;
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     send_with_fds(&stream, &frame(Request::Status), &[socket.as_fd()]);
     let replies = read_until_closed(&mut stream).await;
@@ -215,7 +158,7 @@ async fn descriptors_with_a_request_other_than_associate_close_the_connection() 
 
 /// The owner's connection, shaken hands, with a reservation; blocking, to share with a child.
 async fn owner_with_reservation(daemon: &TestDaemon) -> (std::os::unix::net::UnixStream, u64) {
-    let mut stream = shaken_hands(daemon).await;
+    let mut stream = shaken_hands(&daemon.socket, "hostile").await;
     stream
         .write_all(&frame(Request::Acquire {
             protocol: Protocol::Tcp,
@@ -243,18 +186,9 @@ async fn owner_with_reservation(daemon: &TestDaemon) -> (std::os::unix::net::Uni
 /// A python3 child (same user, another process) given the connection, running `body` after a
 /// prelude that defines `conn`, `token`, `varint` and `frame`.
 fn child(conn: &impl AsRawFd, token: u64, body: &str) -> std::process::Child {
-    let prelude = r#"
-import os, socket, struct, sys
-fd, token = int(sys.argv[1]), int(sys.argv[2])
-conn = socket.socket(fileno=fd)
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7f; n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n: return bytes(out)
-def frame(payload): return struct.pack(">I", len(payload)) + payload
-"#;
+    let prelude = format!(
+        "{PY_PRELUDE}\nfd, token = int(sys.argv[1]), int(sys.argv[2])\nconn = socket.socket(fileno=fd)\n"
+    );
     Command::new("/usr/bin/python3")
         .arg("-c")
         .arg(format!("{prelude}{body}"))
@@ -264,14 +198,6 @@ def frame(payload): return struct.pack(">I", len(payload)) + payload
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-/// Bytes from a hex line.
-fn unhex(line: &str) -> Vec<u8> {
-    (0..line.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 // Blocking I/O below: the daemon needs worker threads of its own.
@@ -303,7 +229,7 @@ print(s.getsockname()[1], flush=True)
     assert!(child.wait().unwrap().success());
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
-    let reply: Response = postcard::from_bytes(&unhex(lines[0])).unwrap();
+    let reply: Response = berth_daemon::testing::raw::response_from_hex(lines[0]);
     assert_error(&[reply], ErrorKind::InvalidArgument, "not an associate");
     assert_eq!(lines[1], "eof");
     assert_eq!(lines[2], "0", "the child's socket was bound");

@@ -7,27 +7,15 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use berth::Client;
+use berth_daemon::testing::raw::PY_PRELUDE;
 use berth_daemon::testing::{eventually, TestDaemon};
 
 /// An owner that speaks the protocol by hand, acquires a block, forks a child that keeps the
 /// connection (and blocks on stdin), and exits.
 const OWNER: &str = r#"
-import os, socket, struct, sys
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7f; n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n: return bytes(out)
-def frame(payload): return struct.pack(">I", len(payload)) + payload
-def answer(conn):
-    n = struct.unpack(">I", conn.recv(4, socket.MSG_WAITALL))[0]
-    return conn.recv(n, socket.MSG_WAITALL)
 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 conn.connect(sys.argv[1])
-client = b"fork-test"
-conn.sendall(frame(bytes([0]) + b"BRTH" + varint(1) + varint(1) + varint(len(client)) + client))
-assert answer(conn)[0] == 0, "no welcome"
+hello(conn, b"fork-test")
 conn.sendall(frame(bytes([1, 0]) + varint(int(sys.argv[2])) + varint(3)))  # Acquire tcp P+3
 assert answer(conn)[0] == 2, "not acquired"
 if os.fork() == 0:
@@ -43,7 +31,8 @@ async fn a_forked_child_does_not_keep_a_dead_owners_reservations() {
     let daemon = TestDaemon::start(45000, 45099);
     let watcher = Client::connect_to(&daemon.socket).await.unwrap();
     let mut owner = Command::new("/usr/bin/python3")
-        .args(["-c", OWNER])
+        .arg("-c")
+        .arg(format!("{PY_PRELUDE}{OWNER}"))
         .arg(&daemon.socket)
         .arg("25000")
         .stdin(Stdio::piped())

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use berth::{Allow, Client, ErrorKind, Protocol};
+use berth_daemon::testing::raw::{response_from_hex, PY_PRELUDE};
 use berth_daemon::testing::TestDaemon;
 use berth_protocol::Response;
 
@@ -16,22 +17,9 @@ const NOBODY: u32 = 65534;
 /// As nobody: connect, send `Associate { token }` with a fresh TCP socket, print the answer's
 /// payload as hex.
 const ASSOCIATE_AS_NOBODY: &str = r#"
-import socket, struct, sys
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7f; n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n: return bytes(out)
-def frame(payload): return struct.pack(">I", len(payload)) + payload
-def answer(conn):
-    n = struct.unpack(">I", conn.recv(4, socket.MSG_WAITALL))[0]
-    return conn.recv(n, socket.MSG_WAITALL)
 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 conn.connect(sys.argv[1])
-name = b"nobody-test"
-conn.sendall(frame(bytes([0]) + b"BRTH" + varint(1) + varint(1) + varint(len(name)) + name))
-assert answer(conn)[0] == 0, "no welcome"
+hello(conn, b"nobody-test")
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 socket.send_fds(conn, [frame(bytes([5]) + varint(int(sys.argv[2])) + bytes([0]))], [s.fileno()])
 print(answer(conn).hex())
@@ -45,7 +33,8 @@ fn associate_as_nobody(socket: &std::path::Path, token: u64) -> Response {
             "--clear-groups",
             "/usr/bin/python3",
         ])
-        .args(["-c", ASSOCIATE_AS_NOBODY])
+        .arg("-c")
+        .arg(format!("{PY_PRELUDE}{ASSOCIATE_AS_NOBODY}"))
         .arg(socket)
         .arg(token.to_string())
         .output()
@@ -55,13 +44,7 @@ fn associate_as_nobody(socket: &std::path::Path, token: u64) -> Response {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let hex = String::from_utf8(out.stdout).unwrap();
-    let hex = hex.trim();
-    let payload: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    postcard::from_bytes(&payload).unwrap()
+    response_from_hex(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 // Blocking child processes below: the daemon needs worker threads of its own.

@@ -4,71 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use berth::{Client, ErrorKind, Protocol};
+use berth_daemon::testing::raw::{assert_error, frame, raw_frame, read_until_closed, shaken_hands};
 use berth_daemon::testing::TestDaemon;
 use berth_protocol::{FrameCodec, Hello, Request, Response, MAGIC, PROTOCOL_VERSION};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio_util::codec::{Decoder, Encoder};
-
-/// Encodes a request the way a client does.
-fn frame(request: Request) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    FrameCodec::client().encode(request, &mut buf).unwrap();
-    buf.to_vec()
-}
-
-/// A frame with an arbitrary payload.
-fn raw_frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Reads everything until the daemon closes, and decodes the responses in it.
-async fn read_until_closed(stream: &mut UnixStream) -> Vec<Response> {
-    let mut bytes = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut bytes),
-    )
-    .await
-    .expect("the daemon should close the connection");
-    read.unwrap();
-    let mut buf = BytesMut::from(&bytes[..]);
-    let mut codec = FrameCodec::client();
-    let mut out = Vec::new();
-    while let Some(r) = codec.decode(&mut buf).unwrap() {
-        out.push(r);
-    }
-    assert!(buf.is_empty(), "trailing bytes: {buf:?}");
-    out
-}
-
-async fn shaken_hands(daemon: &TestDaemon) -> UnixStream {
-    let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
-    stream
-        .write_all(&frame(Request::Hello(Hello::current("raw"))))
-        .await
-        .unwrap();
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.unwrap();
-    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut payload).await.unwrap();
-    let welcome: Response = postcard::from_bytes(&payload).unwrap();
-    assert!(matches!(welcome, Response::Welcome(w) if w.version == PROTOCOL_VERSION));
-    stream
-}
-
-fn assert_error(responses: &[Response], kind: ErrorKind, needle: &str) {
-    match responses.last() {
-        Some(Response::Error(e)) => {
-            assert_eq!(e.kind, kind, "{}", e.message);
-            assert!(e.message.contains(needle), "{}", e.message);
-        }
-        other => panic!("expected an error reply, got {other:?}"),
-    }
-}
+use tokio_util::codec::Encoder;
 
 /// Another client holds a reservation throughout, and must not notice anything.
 async fn bystander(daemon: &TestDaemon) -> (Client, berth::Reservation) {
@@ -86,7 +28,7 @@ async fn bystander_is_fine(client: &Client, r: &berth::Reservation) {
 async fn a_malformed_frame_gets_an_error_and_a_close() {
     let daemon = TestDaemon::start(43000, 43099);
     let (client, held) = bystander(&daemon).await;
-    let mut stream = shaken_hands(&daemon).await;
+    let mut stream = shaken_hands(&daemon.socket, "raw").await;
     stream
         .write_all(&raw_frame(&[0xff, 0xff, 0xff]))
         .await
@@ -100,7 +42,7 @@ async fn a_malformed_frame_gets_an_error_and_a_close() {
 async fn an_unknown_request_gets_an_error_and_a_close() {
     let daemon = TestDaemon::start(43100, 43199);
     let (client, held) = bystander(&daemon).await;
-    let mut stream = shaken_hands(&daemon).await;
+    let mut stream = shaken_hands(&daemon.socket, "raw").await;
     stream.write_all(&raw_frame(&[200, 0])).await.unwrap();
     let replies = read_until_closed(&mut stream).await;
     assert_error(&replies, ErrorKind::InvalidArgument, "unknown");
@@ -111,7 +53,7 @@ async fn an_unknown_request_gets_an_error_and_a_close() {
 async fn an_oversized_frame_is_refused_from_its_header() {
     let daemon = TestDaemon::start(43200, 43299);
     let (client, held) = bystander(&daemon).await;
-    let mut stream = shaken_hands(&daemon).await;
+    let mut stream = shaken_hands(&daemon.socket, "raw").await;
     // Announce 1 GiB and send only the header: the daemon must not wait for the body.
     stream.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
     let replies = read_until_closed(&mut stream).await;
@@ -150,7 +92,7 @@ async fn a_client_from_the_future_is_incompatible() {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let daemon = TestDaemon::start(43500, 43599);
-    let mut stream = shaken_hands(&daemon).await;
+    let mut stream = shaken_hands(&daemon.socket, "raw").await;
     let mut bytes = Vec::new();
     bytes.extend(frame(Request::Acquire {
         protocol: Protocol::Udp,
