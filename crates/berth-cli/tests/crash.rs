@@ -55,7 +55,7 @@ impl Block {
         assert!(i < MAX_BLOCKS, "block {i} would reach the ephemeral range");
         let i16 = u16::try_from(i).expect("a small block number");
         Block {
-            protocol: if i % 2 == 0 {
+            protocol: if i.is_multiple_of(2) {
                 Protocol::Tcp
             } else {
                 Protocol::Udp
