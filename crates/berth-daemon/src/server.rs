@@ -53,7 +53,14 @@ pub async fn run_with_ready(
 ) -> io::Result<()> {
     check_csprng()?;
     let _db_lock = db_lock::acquire(&config.db)?;
-    let store = store_thread::open(&config.db).map_err(io::Error::other)?;
+    let mut store = store_thread::open(&config.db).map_err(io::Error::other)?;
+    // Journaled owners cannot have survived a reboot; a pid and start time from an earlier
+    // boot might name some other process now.
+    if let Ok(boot_id) = crate::peer::read_proc("/proc/sys/kernel/random/boot_id") {
+        if store.begin_boot(boot_id.trim()).map_err(io::Error::other)? {
+            tracing::info!("the runtime journal was written before a reboot; it was cleared");
+        }
+    }
     let (persistent, journal) = store.load().map_err(io::Error::other)?;
     let (store, store_thread) = StoreHandle::spawn(store)?;
     let shared = Arc::new(Shared::new(&config, store)?);

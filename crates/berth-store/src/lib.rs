@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_core::Token;
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod error;
 mod load;
@@ -278,6 +278,40 @@ impl Store {
             .execute("DELETE FROM runtime_journal", [])
             .map_err(|e| self.fail("clear the runtime journal", e))?;
         self.committed()
+    }
+
+    /// Records that a daemon starts during the boot `boot_id` (`/proc/sys/kernel/random/boot_id`).
+    /// A journal written during another boot names processes that cannot still run — a pid and
+    /// start time seen then may belong to another process now — so it is cleared. Returns
+    /// whether it was.
+    pub fn begin_boot(&mut self, boot_id: &str) -> Result<bool, StoreError> {
+        self.set_sync(Sync::Full)?;
+        let path = self.path.clone();
+        let fail = |action: &'static str| {
+            let path = path.clone();
+            move |e| StoreError::sqlite(&path, action, e)
+        };
+        let tx = self.conn.transaction().map_err(fail("record the boot"))?;
+        let previous: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(fail("read the boot id"))?;
+        let other_boot = previous.as_deref().is_some_and(|p| p != boot_id);
+        if other_boot {
+            tx.execute("DELETE FROM runtime_journal", [])
+                .map_err(fail("clear the journal of another boot"))?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('boot_id', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [boot_id],
+        )
+        .map_err(fail("record the boot id"))?;
+        tx.commit().map_err(fail("record the boot"))?;
+        self.committed()?;
+        Ok(other_boot)
     }
 
     /// Copies the write-ahead log into the database file, with fsyncs. The store does this by

@@ -49,6 +49,11 @@ const MIGRATIONS: &[&str] = &[
          command        TEXT    NOT NULL,
          acquired_at_ms INTEGER NOT NULL
      );",
+    // 2: facts about the store itself; `boot_id` names the boot the journal was written in.
+    "CREATE TABLE meta (
+         key   TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     );",
 ];
 
 /// The newest schema version this build knows: the number of migrations.

@@ -166,6 +166,40 @@ fn clear_journal_empties_only_the_journal() {
 }
 
 #[test]
+fn a_journal_from_another_boot_is_cleared_and_one_from_this_boot_kept() {
+    let (_dir, path) = temp_db();
+    let mut store = Store::open(&path).unwrap();
+    let row = persistent(10, Protocol::Tcp, 80, 1);
+    store.create_persistent(&row).unwrap();
+    assert!(
+        !store.begin_boot("boot-a").unwrap(),
+        "a new store has no other boot"
+    );
+    store
+        .journal(&[JournalOp::Insert(journaled(1, 30001, 1))])
+        .unwrap();
+    drop(store);
+
+    // A daemon restart within the same boot keeps the journal.
+    let mut store = Store::open(&path).unwrap();
+    assert!(!store.begin_boot("boot-a").unwrap());
+    assert_eq!(store.load().unwrap().1.len(), 1);
+    drop(store);
+
+    // After a reboot its owners cannot run any more: the journal goes, the rest stays.
+    let mut store = Store::open(&path).unwrap();
+    assert!(store.begin_boot("boot-b").unwrap());
+    assert_eq!(store.load().unwrap(), (vec![row], vec![]));
+    assert_eq!(
+        count(
+            &path,
+            "SELECT count(*) FROM meta WHERE key = 'boot_id' AND value = 'boot-b'"
+        ),
+        1
+    );
+}
+
+#[test]
 fn reopening_keeps_everything() {
     let (_dir, path) = temp_db();
     let mut store = Store::open(&path).unwrap();
