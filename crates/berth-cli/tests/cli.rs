@@ -25,17 +25,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde_json::Value;
-use support::{poll_until, Berth, Daemon, BERTH};
-
-/// `"a,b,c"` as ports.
-fn ports(list: &str) -> Vec<u16> {
-    list.split(',')
-        .map(|p| {
-            p.parse()
-                .unwrap_or_else(|e| panic!("{p:?} in {list:?} is no port: {e}"))
-        })
-        .collect()
-}
+use support::{poll_until, ports, row_at, run_sh, Berth, Daemon, BERTH};
 
 /// Asserts `ports` are `count` consecutive ports inside `lo..=hi`.
 #[track_caller]
@@ -74,19 +64,6 @@ fn check_row(row: &Value) -> String {
         "{row}"
     );
     token.to_owned()
-}
-
-/// The row of `list` that starts at `start`, if any.
-fn row_at(list: &[Value], start: u16) -> Option<&Value> {
-    list.iter().find(|r| r["start"] == u64::from(start))
-}
-
-/// `berth run … -- sh -c SCRIPT` against `daemon`.
-fn run_sh(daemon: &Daemon, opts: &[&str], script: &str) -> Berth {
-    daemon
-        .berth(["run"])
-        .args(opts)
-        .args(["--", "sh", "-c", script])
 }
 
 #[test]

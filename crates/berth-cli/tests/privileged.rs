@@ -21,22 +21,17 @@
     reason = "a test: stopping loudly on a broken expectation is the point"
 )]
 
-use std::io::{BufRead, BufReader, Read};
+mod support;
+
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use berth::{ErrorKind, Protocol};
+use support::{all_of, lines_of, BERTH, DEADLINE};
 use tempfile::TempDir;
-
-/// The `berth` binary under test.
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-/// How long anything may take before a test gives up: generous, for a busy 2-core machine.
-const DEADLINE: Duration = Duration::from_secs(10);
 
 /// User and group nobody.
 const NOBODY: u32 = 65534;
@@ -256,37 +251,6 @@ fn wait_with_deadline(child: &mut Child, what: &str) -> std::process::ExitStatus
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// Each line of `reader` (newline kept), sent as it is read.
-fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(reader);
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// All of `reader`, sent once at end-of-file.
-fn all_of(mut reader: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = reader.read_to_string(&mut text);
-        let _ = tx.send(text);
-    });
-    rx
 }
 
 /// Asserts an `ERR` line is a permission-denied about privileged port 80 for uid 65534;

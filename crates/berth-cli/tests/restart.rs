@@ -29,30 +29,7 @@ use std::time::{Duration, Instant};
 use berth::Protocol;
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::Value;
-use support::{poll_until, Berth, Daemon};
-
-/// `"a,b,c"` as ports.
-fn ports(list: &str) -> Vec<u16> {
-    list.split(',')
-        .map(|p| {
-            p.parse()
-                .unwrap_or_else(|e| panic!("{p:?} in {list:?} is no port: {e}"))
-        })
-        .collect()
-}
-
-/// The row of `list` that starts at `start`, if any.
-fn row_at(list: &[Value], start: u16) -> Option<&Value> {
-    list.iter().find(|r| r["start"] == u64::from(start))
-}
-
-/// `berth run … -- sh -c SCRIPT` against `daemon`.
-fn run_sh(daemon: &Daemon, opts: &[&str], script: &str) -> Berth {
-    daemon
-        .berth(["run"])
-        .args(opts)
-        .args(["--", "sh", "-c", script])
-}
+use support::{poll_until, ports, row_at, run_sh, Daemon};
 
 /// What a runtime reservation looked like before the restart.
 #[derive(Debug, Clone, PartialEq)]

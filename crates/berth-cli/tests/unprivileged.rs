@@ -3,16 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use berth::Protocol;
+use support::{lines_of, BERTH, DEADLINE};
 
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 const NOBODY: u32 = 65534;
 
 /// The daemon, stopped and reaped by pid when the test ends.
@@ -52,15 +51,9 @@ fn a_daemon_running_as_nobody_binds_sockets_for_its_clients() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let daemon = Daemon(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the daemon said nothing within 10 s");
+    let line = lines_of(stdout)
+        .recv_timeout(DEADLINE)
+        .expect("the daemon said nothing in time");
     assert_eq!(line.trim(), "ready", "the daemon did not start");
 
     let client = berth::blocking::Client::connect_to(&socket).unwrap();

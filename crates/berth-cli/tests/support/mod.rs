@@ -496,7 +496,7 @@ fn spawn_ready(dir: &Path, socket: &Path, pool: &str, extra: &[String]) -> Child
 }
 
 /// Each line of `reader` (newline kept), sent as it is read; disconnects at end-of-file.
-fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
+pub fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(reader);
@@ -516,7 +516,7 @@ fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
 }
 
 /// All of `reader`, sent once at end-of-file.
-fn all_of(mut reader: impl Read + Send + 'static) -> Receiver<String> {
+pub fn all_of(mut reader: impl Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut text = String::new();
@@ -533,4 +533,27 @@ fn db_beside(socket: &Path) -> PathBuf {
         .parent()
         .unwrap_or(Path::new("."))
         .join("autostart.db")
+}
+
+/// `"a,b,c"` as ports.
+pub fn ports(list: &str) -> Vec<u16> {
+    list.split(',')
+        .map(|p| {
+            p.parse()
+                .unwrap_or_else(|e| panic!("{p:?} in {list:?} is no port: {e}"))
+        })
+        .collect()
+}
+
+/// The row of `list` (as `berth list --json` prints it) that starts at `start`, if any.
+pub fn row_at(list: &[Value], start: u16) -> Option<&Value> {
+    list.iter().find(|r| r["start"] == u64::from(start))
+}
+
+/// `berth run … -- sh -c SCRIPT` against `daemon`.
+pub fn run_sh(daemon: &Daemon, opts: &[&str], script: &str) -> Berth {
+    daemon
+        .berth(["run"])
+        .args(opts)
+        .args(["--", "sh", "-c", script])
 }
