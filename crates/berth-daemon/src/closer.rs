@@ -214,11 +214,10 @@ mod tests {
 
     use super::*;
     use std::io::Read;
-    use std::net::{Ipv4Addr, SocketAddr};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use socket2::{Domain, Socket, Type};
+    use crate::testing::raw::lingering_socket;
 
     /// Reports, when dropped, on which thread and how long its drop took.
     struct Timed<T> {
@@ -249,33 +248,6 @@ mod tests {
             rx.recv_timeout(limit) == Ok(0)
         };
         (Received::new(write), wait_eof)
-    }
-
-    /// A connected TCP socket whose close blocks for up to `linger`: `SO_LINGER` on, and a
-    /// send queue that its peer (returned too) never reads.
-    fn lingering_socket(linger: Duration) -> (OwnedFd, Socket) {
-        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        // Inherited by the accepted socket: a small window fills quickly.
-        listener.set_recv_buffer_size(4096).unwrap();
-        listener
-            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
-            .unwrap();
-        listener.listen(1).unwrap();
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        socket.set_send_buffer_size(4096).unwrap();
-        socket.connect(&listener.local_addr().unwrap()).unwrap();
-        let (peer, _) = listener.accept().unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let chunk = [0u8; 64 * 1024];
-        loop {
-            match socket.send(&chunk) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("filling the send queue: {e}"),
-            }
-        }
-        socket.set_linger(Some(linger)).unwrap();
-        (socket.into(), peer)
     }
 
     #[test]

@@ -617,35 +617,9 @@ mod tests {
         //! The reader over a real socket pair: descriptors and credentials from the kernel.
 
         use super::super::*;
+        use crate::testing::raw::{frame, send_with_fds};
         use berth_protocol::Request;
-        use bytes::BytesMut;
-        use std::io::IoSlice;
-        use std::os::fd::{AsFd, BorrowedFd};
-        use tokio_util::codec::Encoder;
-
-        fn frame(request: Request) -> Vec<u8> {
-            let mut buf = BytesMut::new();
-            FrameCodec::<Response, Request>::client()
-                .encode(request, &mut buf)
-                .unwrap();
-            buf.to_vec()
-        }
-
-        fn send(stream: &tokio::net::UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
-            let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
-            if !fds.is_empty() {
-                assert!(cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
-            }
-            let n = rustix::net::sendmsg(
-                stream,
-                &[IoSlice::new(bytes)],
-                &mut cmsg,
-                rustix::net::SendFlags::NOSIGNAL,
-            )
-            .unwrap();
-            assert_eq!(n, bytes.len());
-        }
+        use std::os::fd::AsFd;
 
         fn pair() -> (tokio::net::UnixStream, Reader) {
             let (client, daemon) = tokio::net::UnixStream::pair().unwrap();
@@ -674,9 +648,9 @@ mod tests {
                 address: None,
             };
             // Two messages, read at once: the socket's message ends the read.
-            send(&client, &frame(Request::Status), &[]);
-            send(&client, &frame(associate.clone()), &[socket.as_fd()]);
-            send(&client, &frame(Request::List), &[]);
+            send_with_fds(&client, &frame(Request::Status), &[]);
+            send_with_fds(&client, &frame(associate.clone()), &[socket.as_fd()]);
+            send_with_fds(&client, &frame(Request::List), &[]);
 
             let status = reader.next().await.ok().flatten().unwrap();
             assert_eq!(status.request, Request::Status);
@@ -703,7 +677,7 @@ mod tests {
         async fn a_socket_with_another_request_closes_the_connection() {
             let (client, mut reader) = pair();
             let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            send(&client, &frame(Request::List), &[socket.as_fd()]);
+            send_with_fds(&client, &frame(Request::List), &[socket.as_fd()]);
             let message = error_message(reader.next().await);
             assert!(message.contains("not an associate"), "{message}");
         }
@@ -717,13 +691,13 @@ mod tests {
                 address: None,
             });
             let (head, tail) = bytes.split_at(2);
-            send(&client, head, &[]);
+            send_with_fds(&client, head, &[]);
             // The head is read alone, then the reader waits for more.
             let next = reader.next();
             tokio::pin!(next);
             let wait = std::time::Duration::from_millis(50);
             assert!(tokio::time::timeout(wait, next.as_mut()).await.is_err());
-            send(&client, tail, &[socket.as_fd()]);
+            send_with_fds(&client, tail, &[socket.as_fd()]);
             let message = error_message(next.await);
             assert!(message.contains("middle of a request frame"), "{message}");
         }
@@ -733,7 +707,7 @@ mod tests {
             let (client, mut reader) = pair();
             let (read_end, write_end) = rustix::pipe::pipe().unwrap();
             let fds = [write_end.as_fd(); 6];
-            send(&client, &frame(Request::Status), &fds);
+            send_with_fds(&client, &frame(Request::Status), &fds);
             drop(write_end);
             let message = error_message(reader.next().await);
             assert!(message.contains("6 file descriptors"), "{message}");

@@ -38,7 +38,7 @@ pub mod server;
 mod session;
 mod state;
 mod store_thread;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use config::Config;

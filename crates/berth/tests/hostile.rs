@@ -5,80 +5,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, IoSlice, Read, Write};
-use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::{Client, ErrorKind, Protocol};
 use berth_daemon::testing::raw::{
-    assert_error, frame, read_until_closed, responses, shaken_hands, PY_PRELUDE,
+    assert_error, frame, lingering_socket, read_until_closed, responses, send_with_fds,
+    shaken_hands, PY_PRELUDE,
 };
 use berth_daemon::testing::TestDaemon;
 use berth_protocol::{Request, Response};
+use common::{bystander, bystander_is_fine};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a close of the hostile sockets below blocks, at most.
 const LINGER: Duration = Duration::from_secs(10);
-
-/// Sends `bytes` in one message, with `fds` attached (`SCM_RIGHTS`) when there are any.
-fn send_with_fds(stream: impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        assert!(cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
-    }
-    let n = rustix::net::sendmsg(
-        stream,
-        &[IoSlice::new(bytes)],
-        &mut cmsg,
-        rustix::net::SendFlags::NOSIGNAL,
-    )
-    .unwrap();
-    assert_eq!(n, bytes.len());
-}
-
-/// A connected TCP socket whose last close blocks for up to [`LINGER`]: `SO_LINGER` on, and a
-/// full send queue that its peer (returned too; keep it) never reads.
-fn lingering_socket() -> (OwnedFd, Socket) {
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    // Inherited by the accepted socket: a small window fills quickly.
-    listener.set_recv_buffer_size(4096).unwrap();
-    listener
-        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
-        .unwrap();
-    listener.listen(1).unwrap();
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_send_buffer_size(4096).unwrap();
-    socket.connect(&listener.local_addr().unwrap()).unwrap();
-    let (peer, _) = listener.accept().unwrap();
-    socket.set_nonblocking(true).unwrap();
-    let chunk = [0u8; 64 * 1024];
-    loop {
-        match socket.send(&chunk) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => panic!("filling the send queue: {e}"),
-        }
-    }
-    socket.set_linger(Some(LINGER)).unwrap();
-    (socket.into(), peer)
-}
-
-/// Another client holds a reservation throughout, and must not notice anything.
-async fn bystander(daemon: &TestDaemon) -> (Client, berth::Reservation) {
-    let client = Client::connect_to(&daemon.socket).await.unwrap();
-    let r = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
-    (client, r)
-}
-
-async fn bystander_is_fine(client: &Client, r: &berth::Reservation) {
-    let list = client.list().await.unwrap();
-    assert!(list.iter().any(|x| x.token == r.token()));
-}
 
 // One runtime thread, which the daemon shares with the test: a close that blocked on it would
 // block everything, and show in the time taken.
@@ -87,7 +33,7 @@ async fn a_socket_whose_close_blocks_does_not_stall_the_daemon() {
     let daemon = TestDaemon::start(45000, 45099);
     let (client, held) = bystander(&daemon).await;
     let mut stream = shaken_hands(&daemon.socket, "hostile").await;
-    let (socket, _peer) = lingering_socket();
+    let (socket, _peer) = lingering_socket(LINGER);
     let started = Instant::now();
     // Refused (a connected socket is bound), after which the daemon drops the only copy left.
     let associate = Request::Associate {
@@ -120,7 +66,7 @@ async fn descriptors_left_unread_when_a_connection_ends_do_not_stall_the_daemon(
     let daemon = TestDaemon::start(45100, 45199);
     let (client, held) = bystander(&daemon).await;
     let mut stream = shaken_hands(&daemon.socket, "hostile").await;
-    let (socket, _peer) = lingering_socket();
+    let (socket, _peer) = lingering_socket(LINGER);
     let started = Instant::now();
     // An oversized frame's header, padded to fill a read, then a message with the socket: the
     // daemon closes the connection before reading it, and so drops the socket in flight.

@@ -3,26 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use berth::{Client, ErrorKind, Protocol};
 use berth_daemon::testing::raw::{assert_error, frame, raw_frame, read_until_closed, shaken_hands};
 use berth_daemon::testing::TestDaemon;
 use berth_protocol::{FrameCodec, Hello, Request, Response, MAGIC, PROTOCOL_VERSION};
 use bytes::BytesMut;
+use common::{bystander, bystander_is_fine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::Encoder;
-
-/// Another client holds a reservation throughout, and must not notice anything.
-async fn bystander(daemon: &TestDaemon) -> (Client, berth::Reservation) {
-    let client = Client::connect_to(&daemon.socket).await.unwrap();
-    let r = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
-    (client, r)
-}
-
-async fn bystander_is_fine(client: &Client, r: &berth::Reservation) {
-    let list = client.list().await.unwrap();
-    assert!(list.iter().any(|x| x.token == r.token()));
-}
 
 #[tokio::test]
 async fn a_malformed_frame_gets_an_error_and_a_close() {

@@ -1,11 +1,16 @@
 //! Speaking the protocol by hand, for tests of what a hostile or foreign client can do.
 
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
 use berth_core::ErrorKind;
 use berth_protocol::{FrameCodec, Hello, Request, Response};
 use bytes::BytesMut;
+use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Decoder, Encoder};
@@ -112,4 +117,51 @@ pub fn assert_error(responses: &[Response], kind: ErrorKind, needle: &str) {
         }
         other => panic!("expected an error reply, got {other:?}"),
     }
+}
+
+/// Sends `bytes` in one message on `stream`, with `fds` attached (`SCM_RIGHTS`) when there are
+/// any (at most 8).
+pub fn send_with_fds(stream: impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        assert!(cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
+    }
+    let n = rustix::net::sendmsg(
+        stream,
+        &[IoSlice::new(bytes)],
+        &mut cmsg,
+        rustix::net::SendFlags::NOSIGNAL,
+    )
+    .expect("sendmsg");
+    assert_eq!(n, bytes.len());
+}
+
+/// A connected TCP socket whose last close blocks for up to `linger`: `SO_LINGER` on, and a
+/// full send queue that its peer (returned too; keep it) never reads.
+pub fn lingering_socket(linger: Duration) -> (OwnedFd, Socket) {
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    // Inherited by the accepted socket: a small window fills quickly.
+    listener.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    listener
+        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+        .expect("bind");
+    listener.listen(1).expect("listen");
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.set_send_buffer_size(4096).expect("SO_SNDBUF");
+    socket
+        .connect(&listener.local_addr().expect("local address"))
+        .expect("connect");
+    let (peer, _) = listener.accept().expect("accept");
+    socket.set_nonblocking(true).expect("O_NONBLOCK");
+    let chunk = [0u8; 64 * 1024];
+    loop {
+        match socket.send(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the send queue: {e}"),
+        }
+    }
+    socket.set_linger(Some(linger)).expect("SO_LINGER");
+    (socket.into(), peer)
 }
