@@ -77,14 +77,9 @@ fn start_daemon(socket: &Path) -> Result<PathBuf, Failure> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mode = if socket == Path::new(paths::SYSTEM_SOCKET) {
-        0o755
-    } else {
-        0o700
-    };
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(mode)
+        .mode(paths::socket_dir_mode(socket))
         .create(dir)
         .with_context(|| format!("cannot create {} for the daemon's socket", dir.display()))?;
 

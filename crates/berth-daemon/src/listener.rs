@@ -53,14 +53,9 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), ListenErr
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            let mode = if path == Path::new(berth_protocol::paths::SYSTEM_SOCKET) {
-                0o755
-            } else {
-                0o700
-            };
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(mode)
+                .mode(berth_protocol::paths::socket_dir_mode(path))
                 .create(dir)
                 .map_err(io_err)?;
         }

@@ -77,9 +77,17 @@ pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
     }
 }
 
+/// Every group `who` belongs to: its primary group and the supplementary ones the kernel lists
+/// for the process. One read of `/proc/PID/status`: callers ask only when a decision needs it.
+pub(crate) fn groups_of(who: &Owner) -> Vec<u32> {
+    let mut gids = process_groups(who.pid);
+    gids.push(who.gid);
+    gids
+}
+
 /// The supplementary groups of process `pid` (the `Groups:` line of `/proc/PID/status`);
 /// empty when the process is gone.
-pub(crate) fn process_groups(pid: u32) -> Vec<u32> {
+fn process_groups(pid: u32) -> Vec<u32> {
     let Ok(status) = read_proc_large(format!("/proc/{pid}/status")) else {
         return Vec::new();
     };

@@ -15,7 +15,7 @@ use rustix::net::UCred;
 use crate::config::Config;
 use crate::inbound::Inbound;
 use crate::netns::NetNs;
-use crate::peer::{process_groups, process_owner};
+use crate::peer::{groups_of, process_owner};
 use crate::probe::Prober;
 use crate::store_thread::StoreHandle;
 
@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     next_session: AtomicU64,
     /// Who may use ports below the unprivileged start.
     privileged: PrivilegedPorts,
+    /// Whether the wildcard pool reaches below the unprivileged start (fixed at start-up).
+    pool_is_privileged: bool,
     /// The daemon's network namespace: sockets from any other are refused.
     netns: NetNs,
     /// Members of these groups are administrators.
@@ -65,6 +67,7 @@ impl Shared {
             sessions: AtomicU32::new(0),
             next_session: AtomicU64::new(1),
             privileged: config.privileged.clone(),
+            pool_is_privileged: config.privileged.touches(config.pool.range()),
             netns: NetNs::current()?,
             admin_groups: config.admin_groups.clone(),
             store,
@@ -80,9 +83,7 @@ impl Shared {
         if self.admin_groups.is_empty() {
             return false;
         }
-        let mut gids = process_groups(who.pid);
-        gids.push(who.gid);
-        gids.iter().any(|g| self.admin_groups.contains(g))
+        groups_of(who).iter().any(|g| self.admin_groups.contains(g))
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -229,23 +230,14 @@ impl Shared {
         if !self.privileged.touches(range) {
             return Ok(());
         }
-        let mut gids = process_groups(who.pid);
-        gids.push(who.gid);
         self.privileged
-            .check(protocol, range, who.uid, &gids)
+            .check(protocol, range, who.uid, &groups_of(who))
             .map_err(|e| error(e.kind(), e.to_string()))
-    }
-
-    /// Whether the wildcard pool reaches below the unprivileged start.
-    fn pool_touches_privileged(&self) -> bool {
-        self.privileged.touches(self.table().pool().range())
     }
 
     /// Whether `who` may use privileged ports at all.
     fn may_use_privileged(&self, who: &Owner) -> bool {
-        let mut gids = process_groups(who.pid);
-        gids.push(who.gid);
-        self.privileged.allows(who.uid, &gids)
+        self.privileged.allows(who.uid, &groups_of(who))
     }
 
     fn list(&self, peer: &Peer) -> Response {

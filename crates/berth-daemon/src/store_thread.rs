@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use berth_core::Token;
 use berth_store::{JournalOp, PersistentRow, Store, StoreError};
@@ -23,6 +24,20 @@ enum Msg {
     /// Finish: everything queued before this is applied, nothing after.
     Stop,
 }
+
+/// A store operation on its way: queued at once, awaited later (after the table lock is let
+/// go).
+pub(crate) struct Queued(oneshot::Receiver<Result<(), String>>);
+
+impl Queued {
+    /// Resolves once the operation is written (and synced, for persistent rows), or failed.
+    pub(crate) async fn done(self) -> Result<(), String> {
+        self.0.await.unwrap_or_else(|_| Err(GONE.into()))
+    }
+}
+
+/// What every operation answers once the store thread has stopped.
+const GONE: &str = "the store thread is gone";
 
 /// A handle to the store thread. Cloning shares the thread; it ends when every handle is gone.
 #[derive(Clone)]
@@ -47,12 +62,12 @@ impl StoreHandle {
     /// Queues a journal operation. Call it while the change it records is being made (under
     /// the table lock), so operations reach the store in the table's order; await the answer
     /// after dropping the lock.
-    pub(crate) fn journal(&self, op: JournalOp) -> oneshot::Receiver<Result<(), String>> {
+    pub(crate) fn journal(&self, op: JournalOp) -> Queued {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Msg::Journal(op, Some(done))).is_err() {
-            tracing::error!("the store thread is gone; the journal is not updated");
+            tracing::error!("{GONE}; the journal is not updated");
         }
-        rx
+        Queued(rx)
     }
 
     /// Asks the thread to finish once what is queued is applied.
@@ -66,13 +81,13 @@ impl StoreHandle {
     }
 
     /// Queues the record of a persistent reservation (call it under the table lock, like
-    /// [`StoreHandle::journal`]); the receiver resolves once it is durable.
-    pub(crate) fn create(&self, row: PersistentRow) -> oneshot::Receiver<Result<(), String>> {
+    /// [`StoreHandle::journal`]); it is done once durable.
+    pub(crate) fn create(&self, row: PersistentRow) -> Queued {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Msg::Create(row, done)).is_err() {
-            tracing::error!("the store thread is gone");
+            tracing::error!("{GONE}");
         }
-        rx
+        Queued(rx)
     }
 
     /// Deletes a persistent reservation; resolves once the deletion is durable.
@@ -80,9 +95,8 @@ impl StoreHandle {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Msg::Delete(token, done))
-            .map_err(|_| "the store thread is gone".to_owned())?;
-        rx.await
-            .unwrap_or_else(|_| Err("the store thread is gone".into()))
+            .map_err(|_| GONE.to_owned())?;
+        rx.await.unwrap_or_else(|_| Err(GONE.into()))
     }
 }
 
@@ -91,16 +105,33 @@ pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
     Store::open(path)
 }
 
+/// How long the store stays idle before it checkpoints what it wrote. The store checkpoints by
+/// itself every so many commits too, but that fsync then lands on a request's path; a quiet
+/// moment is the better time.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
+
 fn serve(mut store: Store, rx: mpsc::Receiver<Msg>) {
     let mut pending: Option<Msg> = None;
+    // Whether anything was committed since the last checkpoint.
+    let mut dirty = false;
     loop {
         let msg = match pending.take() {
             Some(m) => m,
-            None => match rx.recv() {
+            None => match rx.recv_timeout(IDLE_CHECKPOINT) {
                 Ok(m) => m,
-                Err(_) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if dirty {
+                        if let Err(e) = store.checkpoint() {
+                            tracing::warn!("checkpoint of the database failed: {e}");
+                        }
+                        dirty = false;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             },
         };
+        dirty = true;
         match msg {
             Msg::Journal(op, done) => {
                 let mut ops = vec![op];

@@ -73,6 +73,16 @@ pub fn default_db(env: Env<'_>, uid: u32) -> PathBuf {
     }
 }
 
+/// The mode of a directory created to hold `socket`: 0755 for the system socket, which every
+/// user may connect to, and 0700 otherwise, so that a per-user instance stays private.
+pub fn socket_dir_mode(socket: &std::path::Path) -> u32 {
+    if socket == std::path::Path::new(SYSTEM_SOCKET) {
+        0o755
+    } else {
+        0o700
+    }
+}
+
 /// The sockets a client tries, in order: `$BERTH_SOCKET` alone when it is set (an explicit
 /// choice is never second-guessed), else the system socket, then the per-user socket.
 pub fn client_candidates(env: Env<'_>, uid: u32) -> Vec<PathBuf> {

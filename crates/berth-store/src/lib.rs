@@ -285,31 +285,31 @@ impl Store {
     /// start time seen then may belong to another process now — so it is cleared. Returns
     /// whether it was.
     pub fn begin_boot(&mut self, boot_id: &str) -> Result<bool, StoreError> {
+        const ACTION: &str = "record the boot the daemon runs in";
         self.set_sync(Sync::Full)?;
-        let path = self.path.clone();
-        let fail = |action: &'static str| {
-            let path = path.clone();
-            move |e| StoreError::sqlite(&path, action, e)
-        };
-        let tx = self.conn.transaction().map_err(fail("record the boot"))?;
+        let path = &self.path;
+        let err = |e| StoreError::sqlite(path, ACTION, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         let previous: Option<String> = tx
             .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
                 r.get(0)
             })
             .optional()
-            .map_err(fail("read the boot id"))?;
-        let other_boot = previous.as_deref().is_some_and(|p| p != boot_id);
+            .map_err(err)?;
+        let other_boot = previous.is_some_and(|p| p != boot_id);
         if other_boot {
-            tx.execute("DELETE FROM runtime_journal", [])
-                .map_err(fail("clear the journal of another boot"))?;
+            tx.execute("DELETE FROM runtime_journal", []).map_err(err)?;
         }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('boot_id', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [boot_id],
         )
-        .map_err(fail("record the boot id"))?;
-        tx.commit().map_err(fail("record the boot"))?;
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
         self.committed()?;
         Ok(other_boot)
     }

@@ -22,9 +22,9 @@ impl Shared {
                 "a persistent reservation needs a specific range: give --start (wildcard persistent reservations do not exist)".into(),
             );
         }
-        let range = match PortRange::new(start, count) {
+        let range = match exact_range(start, count) {
             Ok(r) => r,
-            Err(e) => return error(e.kind(), e.to_string()),
+            Err(refusal) => return refusal,
         };
         if allowed.users.len() > MAX_ALLOW_LIST || allowed.groups.len() > MAX_ALLOW_LIST {
             return error(
@@ -66,10 +66,7 @@ impl Shared {
             });
             (reservation, durable)
         };
-        let outcome = durable
-            .await
-            .unwrap_or_else(|_| Err("the store thread is gone".into()));
-        if let Err(e) = outcome {
+        if let Err(e) = durable.done().await {
             self.table().remove_persistent(reservation.token);
             return store_failed("create", &e);
         }
@@ -84,9 +81,9 @@ impl Shared {
         count: u16,
         requester: &Requester,
     ) -> Response {
-        let range = match PortRange::new(start, count) {
+        let range = match exact_range(start, count) {
             Ok(r) => r,
-            Err(e) => return error(e.kind(), e.to_string()),
+            Err(refusal) => return refusal,
         };
         if !requester.is_admin {
             return not_admin("delete", requester);
@@ -121,9 +118,9 @@ impl Shared {
         count: u16,
         requester: &Requester,
     ) -> Response {
-        let range = match PortRange::new(start, count) {
+        let range = match exact_range(start, count) {
             Ok(r) => r,
-            Err(e) => return error(e.kind(), e.to_string()),
+            Err(refusal) => return refusal,
         };
         match self.table().find_persistent(protocol, range) {
             Some(r) => {
@@ -159,4 +156,9 @@ fn store_failed(what: &str, e: &str) -> Response {
         ErrorKind::Unavailable,
         format!("the daemon could not {what} the reservation in its database ({e}); nothing was changed — check the daemon's log and its database's disk"),
     )
+}
+
+/// The range `start..start+count`, or the invalid-argument answer.
+fn exact_range(start: u16, count: u16) -> Result<PortRange, Response> {
+    PortRange::new(start, count).map_err(|e| error(e.kind(), e.to_string()))
 }

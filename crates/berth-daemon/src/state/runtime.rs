@@ -9,7 +9,7 @@ use berth_store::{JournalOp, JournalRow};
 
 use super::{error, info, now_ms, zero_token, OsTokens, Peer, Shared};
 use crate::associate;
-use crate::peer::process_groups;
+use crate::peer::groups_of;
 
 impl Shared {
     pub(super) async fn acquire(
@@ -41,7 +41,7 @@ impl Shared {
         // exhausted for this user).
         let privileged_below = match request {
             RangeRequest::Wildcard { .. }
-                if self.pool_touches_privileged() && !self.may_use_privileged(owner) =>
+                if self.pool_is_privileged && !self.may_use_privileged(owner) =>
             {
                 self.privileged.unprivileged_start
             }
@@ -80,11 +80,8 @@ impl Shared {
             Ok(r) => {
                 // Acknowledge only once the journal has it: a crash after this reply must not
                 // forget the reservation. If it cannot be journaled, it is not granted.
-                if let Some(done) = journaled {
-                    let outcome = done
-                        .await
-                        .unwrap_or_else(|_| Err("the store thread is gone".into()));
-                    if let Err(e) = outcome {
+                if let Some(queued) = journaled {
+                    if let Err(e) = queued.done().await {
                         self.undo_acquire(&r);
                         return error(
                             ErrorKind::Unavailable,
@@ -116,8 +113,8 @@ impl Shared {
             Ok(r) => {
                 // A failed journal write here only means a restarted daemon would hold the
                 // block until its grace period ends (its owner no longer claims it).
-                if let Some(done) = journaled {
-                    let _ = done.await;
+                if let Some(queued) = journaled {
+                    let _ = queued.done().await;
                 }
                 tracing::info!(token = %r.token, "{} {} released by pid {}", r.protocol, berth_core::describe(r.range), requester.process.pid);
                 Response::Released(info(&r, &requester.process, requester.is_admin, now_ms()))
@@ -175,8 +172,15 @@ impl Shared {
             Ok(facts) => facts,
             Err((kind, message)) => return error(kind, message),
         };
-        let mut gids = process_groups(requester.process.pid);
-        gids.push(requester.process.gid);
+        // Groups matter only for a persistent reservation's allow list, and only to someone
+        // who is not an administrator: read /proc only then, never on the common path.
+        let needs_groups = !requester.is_admin
+            && self.table().get(token).map(|r| r.kind) == Some(Kind::Persistent);
+        let gids = if needs_groups {
+            groups_of(&requester.process)
+        } else {
+            Vec::new()
+        };
         let asker = UseRequest {
             process: &requester.process,
             is_admin: requester.is_admin,
