@@ -1,12 +1,13 @@
-//! Error kinds (SPEC §4) and the core's typed errors.
+//! Error kinds (docs/errors.md) and the core's typed errors.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::policy::PrivilegedDenied;
 use crate::range::{Pool, PortRange, Protocol};
-use crate::table::Reservation;
+use crate::table::{Kind, QuotaKind, Reservation};
 
-/// The kinds of failure of SPEC §4. Every error berth reports has one.
+/// The kinds of failure (docs/errors.md). Every error berth reports has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -33,7 +34,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind, in SPEC order.
+    /// Every kind, in the order of docs/errors.md.
     pub const ALL: [ErrorKind; 10] = [
         ErrorKind::InvalidArgument,
         ErrorKind::NotSupported,
@@ -47,7 +48,7 @@ impl ErrorKind {
         ErrorKind::Incompatible,
     ];
 
-    /// The SPEC's name of the kind, e.g. `"pool-exhausted"`.
+    /// The name of the kind, e.g. `"pool-exhausted"`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidArgument => "invalid-argument",
@@ -63,7 +64,7 @@ impl ErrorKind {
         }
     }
 
-    /// The Linux errno the C ABI reports for this kind (SPEC §4).
+    /// The Linux errno the C ABI reports for this kind (docs/errors.md).
     pub fn errno(self) -> i32 {
         // Linux values; the core has no libc dependency.
         match self {
@@ -137,8 +138,7 @@ impl RangeError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AcquireError {
     /// The specific range overlaps a live reservation.
-    #[error("cannot reserve {protocol} {}: reservation {} ({protocol} {}) held by {} is in the way; choose another range, or release that reservation (`berth release {}`)",
-        describe(*requested), holder.token, describe(holder.range), holder.holder_description(), holder.token)]
+    #[error("cannot reserve {protocol} {}: {}", describe(*requested), in_the_way(holder))]
     Conflict {
         /// Protocol asked for.
         protocol: Protocol,
@@ -157,8 +157,8 @@ pub enum AcquireError {
         /// The first port found in use.
         port: u16,
     },
-    /// No block of `count` contiguous ports is free in the pool.
-    #[error("no block of {count} contiguous free {protocol} ports is left in the pool {pool}; ask for fewer ports, release reservations (`berth list`), or widen the pool (`berth daemon --pool LO-HI`)")]
+    /// No block of `count` contiguous ports is usable in the pool.
+    #[error("{}", exhausted_message(*protocol, *count, *pool, *free_ports, *skipped_privileged))]
     PoolExhausted {
         /// Protocol asked for.
         protocol: Protocol,
@@ -166,17 +166,88 @@ pub enum AcquireError {
         count: u16,
         /// The pool searched.
         pool: Pool,
+        /// Unreserved ports left in the pool (some may be in use on the host): at least
+        /// `count` means the pool is fragmented rather than full.
+        free_ports: u32,
+        /// Whether privileged ports of the pool were skipped because the asker may not use
+        /// them.
+        skipped_privileged: bool,
+    },
+    /// The specific range has privileged ports the asker may not use.
+    #[error(transparent)]
+    Privileged(PrivilegedDenied),
+    /// The asker's user is at its quota.
+    #[error("uid {uid} holds {used} {} of its quota of {limit}, and this request asks for {asked} more port{}; release reservations you no longer need (`berth list`), or ask an administrator for a larger quota", what.as_str(), if *asked == 1 { "" } else { "s" })]
+    QuotaExceeded {
+        /// The user.
+        uid: u32,
+        /// Which quota.
+        what: QuotaKind,
+        /// Its limit.
+        limit: u32,
+        /// What the user holds now.
+        used: u32,
+        /// Ports asked for.
+        asked: u16,
     },
 }
 
 impl AcquireError {
-    /// The SPEC §4 kind.
+    /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
             AcquireError::Conflict { .. } | AcquireError::InUse { .. } => ErrorKind::Conflict,
             AcquireError::PoolExhausted { .. } => ErrorKind::PoolExhausted,
+            AcquireError::Privileged(_) => ErrorKind::PermissionDenied,
+            AcquireError::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
         }
     }
+}
+
+/// "reservation 0x… (tcp ports 8080-8081) held by pid 4121 (…) is in the way; …" with what to
+/// do about it, which depends on the holder's kind.
+fn in_the_way(holder: &Reservation) -> String {
+    let what = format!(
+        "reservation {} ({} {}) held by {} is in the way",
+        holder.token,
+        holder.protocol,
+        describe(holder.range),
+        holder.holder_description()
+    );
+    match holder.kind() {
+        Kind::Persistent => format!(
+            "{what}; choose another range, or have an administrator delete it (`berth persistent delete --{} --start {} --count {}`)",
+            holder.protocol,
+            holder.range.start(),
+            holder.range.count()
+        ),
+        Kind::Runtime => format!(
+            "{what}; choose another range, or wait until its owner releases it (its owner or an administrator can `berth release {}`)",
+            holder.token
+        ),
+    }
+}
+
+fn exhausted_message(
+    protocol: Protocol,
+    count: u16,
+    pool: Pool,
+    free_ports: u32,
+    skipped_privileged: bool,
+) -> String {
+    let mut text = format!(
+        "no block of {count} contiguous usable {protocol} ports is left in the pool {pool}"
+    );
+    if skipped_privileged {
+        text.push_str(" (its privileged ports were skipped: your user may not use them)");
+    }
+    if free_ports >= u32::from(count) {
+        text.push_str(&format!(
+            "; {free_ports} of its ports are unreserved, but they are in use on the host or not contiguous (the pool is fragmented)"
+        ));
+    }
+    text.push_str("; ask for fewer ports, release reservations (`berth list`), or widen the pool (`berth daemon --pool LO-HI`)");
+    text
 }
 
 /// Why a release failed.
@@ -194,7 +265,7 @@ pub enum ReleaseError {
 }
 
 impl ReleaseError {
-    /// The SPEC §4 kind.
+    /// The kind of failure (docs/errors.md).
     pub fn kind(&self) -> ErrorKind {
         match self {
             ReleaseError::NotFound(_) => ErrorKind::NotFound,
@@ -222,7 +293,7 @@ pub enum UseError {
 }
 
 impl UseError {
-    /// The SPEC §4 kind.
+    /// The kind of failure (docs/errors.md).
     pub fn kind(&self) -> ErrorKind {
         match self {
             UseError::NotFound(_) => ErrorKind::NotFound,
@@ -241,15 +312,15 @@ pub fn describe(range: PortRange) -> String {
 }
 
 fn not_owner_message(r: &Reservation, requester_pid: u32) -> String {
-    match r.kind {
-        crate::table::Kind::Runtime => format!(
+    match r.kind() {
+        Kind::Runtime => format!(
             "reservation {} ({} {}) belongs to {}, and only that process may use it (pid {requester_pid} asked); acquire a reservation of your own",
             r.token,
             r.protocol,
             describe(r.range),
             r.holder_description()
         ),
-        crate::table::Kind::Persistent => format!(
+        Kind::Persistent => format!(
             "persistent reservation {} ({} {}) may be used by administrators and by the users and groups it was created for, and pid {requester_pid} is neither; ask an administrator to recreate it with --allow-user/--allow-group",
             r.token,
             r.protocol,

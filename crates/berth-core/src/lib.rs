@@ -1,4 +1,4 @@
-//! berth's pure core: the port-reservation model of SPEC §2 with no I/O.
+//! berth's pure core: the port-reservation model (docs/model.md) with no I/O.
 //!
 //! Everything here is plain data and decisions: which ports a request gets, whether it
 //! conflicts, who may release what. The daemon supplies the outside world through small
@@ -9,7 +9,7 @@
 //! - [`range`]: [`Protocol`], [`PortRange`], [`RangeRequest`] and [`Pool`] — validated values.
 //! - [`token`]: [`Token`], the non-zero 64-bit reservation name, and [`TokenSource`].
 //! - [`owner`]: [`Owner`], [`Holder`] and [`Requester`] — who holds and who asks.
-//! - [`error`]: [`ErrorKind`] (the kinds of SPEC §4 with their errno) and the typed errors.
+//! - [`error`]: [`ErrorKind`] (the kinds of docs/errors.md with their errno) and the typed errors.
 //! - [`freemap`]: a segment tree over one protocol's 65,536 ports that finds free blocks in
 //!   O(log 65,536), whatever the number of live reservations.
 //! - [`table`]: [`Table`], the allocation state of both protocols.
@@ -27,5 +27,8 @@ pub use error::{describe, AcquireError, ErrorKind, RangeError, ReleaseError, Use
 pub use owner::{Holder, Owner, Requester, SessionId};
 pub use policy::{PrivilegedDenied, PrivilegedPorts};
 pub use range::{Pool, PortRange, Protocol, RangeRequest};
-pub use table::{Allowed, Kind, Reservation, Table, UseRequest};
+pub use table::{
+    Allowed, BindPlan, Bond, Change, Constraints, Ending, Kind, Lease, PortUse, Quota, QuotaKind,
+    Reservation, Table, Usage, UseRequest,
+};
 pub use token::{Token, TokenSource};

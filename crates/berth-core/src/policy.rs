@@ -3,7 +3,7 @@
 //! The kernel checks the privileges of the process that calls `bind()` — the daemon — not
 //! those of the client whose socket is bound. A daemon that may bind port 80 would therefore
 //! bind it for anybody; this policy is berth's own check, applied on every path that reserves
-//! or binds a port below the kernel's unprivileged start (SPEC §3).
+//! or binds a port below the kernel's unprivileged start.
 
 use thiserror::Error;
 

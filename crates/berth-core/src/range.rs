@@ -157,7 +157,7 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// What a client asks for: a specific block, or any free block of a size (SPEC §2: a range
+/// What a client asks for: a specific block, or any free block of a size (a range
 /// whose start is 0 is a wildcard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RangeRequest {
@@ -171,7 +171,7 @@ pub enum RangeRequest {
 }
 
 impl RangeRequest {
-    /// The SPEC's `(start, count)` form: `start == 0` means wildcard. Fails on `count == 0`
+    /// The `(start, count)` form of the protocol: `start == 0` means wildcard. Fails on `count == 0`
     /// and on a specific range that runs past 65535.
     pub fn from_start_count(start: u16, count: u16) -> Result<Self, RangeError> {
         if count == 0 {

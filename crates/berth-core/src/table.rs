@@ -1,99 +1,45 @@
 //! The allocation state of both protocols: live reservations, their owners, and the free
 //! maps wildcard requests are served from.
-
-use serde::{Deserialize, Serialize};
+//!
+//! Every mutating operation returns the [`Change`]s it made, in the order it made them; the
+//! daemon hands them to whoever mirrors the table (its journal, and later the kernel's
+//! reserved-ports list and the hold sockets), and can undo one with [`Table::revert`].
 
 use crate::error::{AcquireError, ReleaseError, UseError};
 use crate::owner::{Holder, Owner, Requester, SessionId};
+use crate::policy::PrivilegedDenied;
 use crate::range::{Pool, PortRange, Protocol, RangeRequest};
 use crate::token::{Token, TokenSource};
 
+mod change;
+mod ports;
 mod records;
+mod reservation;
 mod space;
 #[cfg(test)]
 mod tests;
+mod usage;
+
+pub use change::{Change, Ending};
+pub use ports::PortUse;
+pub use reservation::{Allowed, Bond, Kind, Lease, Reservation, UseRequest};
+pub use usage::{Constraints, Quota, QuotaKind, Usage};
 
 use records::Records;
 use space::Space;
+use usage::Ledger;
 
-/// How long a reservation lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Kind {
-    /// Until released, or until its session ends.
-    Runtime,
-    /// Until deleted; survives restarts.
-    Persistent,
-}
-
-impl Kind {
-    /// `"runtime"` or `"persistent"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Runtime => "runtime",
-            Kind::Persistent => "persistent",
-        }
-    }
-}
-
-/// One live reservation.
+/// A reservation an associate may bind from, and the order in which to try its ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    /// Its name.
-    pub token: Token,
-    /// Which port space.
-    pub protocol: Protocol,
-    /// The ports.
+pub struct BindPlan {
+    /// The reservation's ports.
     pub range: PortRange,
+    /// Its protocol.
+    pub protocol: Protocol,
     /// Runtime or persistent.
     pub kind: Kind,
-    /// The owning process (runtime) — `None` for persistent reservations.
-    pub owner: Option<Owner>,
-    /// The session it dies with (runtime only).
-    pub session: Option<SessionId>,
-    /// Acquisition (or creation) time, milliseconds since the Unix epoch.
-    pub acquired_at_ms: u64,
-    /// Persistent only: who may bind sockets from it besides administrators.
-    pub allowed: Allowed,
-}
-
-/// The users and groups a persistent reservation was created for (SPEC §2: consumed by
-/// administrators and by the users/groups it was created for).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Allowed {
-    /// User ids.
-    pub users: Vec<u32>,
-    /// Group ids (primary or supplementary membership counts).
-    pub groups: Vec<u32>,
-}
-
-impl Allowed {
-    /// Whether `uid` with groups `gids` is named.
-    pub fn admits(&self, uid: u32, gids: &[u32]) -> bool {
-        self.users.contains(&uid) || gids.iter().any(|g| self.groups.contains(g))
-    }
-}
-
-/// The asker of an associate: process, administrator status, and groups (for persistent
-/// reservations' allow lists).
-#[derive(Debug, Clone, Copy)]
-pub struct UseRequest<'a> {
-    /// The asking process.
-    pub process: &'a Owner,
-    /// Whether it is an administrator.
-    pub is_admin: bool,
-    /// Its primary and supplementary groups.
-    pub gids: &'a [u32],
-}
-
-impl Reservation {
-    /// "pid 4121 (nginx, uid 1000)" — for messages.
-    pub fn holder_description(&self) -> String {
-        match &self.owner {
-            Some(o) => format!("pid {} ({}, uid {})", o.pid, o.command, o.uid),
-            None if self.kind == Kind::Persistent => "a persistent reservation".to_owned(),
-            None => "an unknown process".to_owned(),
-        }
-    }
+    /// Its ports, in the order to try them, with what the table knows of each.
+    pub order: Vec<(u16, PortUse)>,
 }
 
 /// The allocation state: every live reservation of both protocols.
@@ -109,6 +55,8 @@ pub struct Table {
     udp: Space,
     /// Every live reservation by token and by session; the spaces index the same ones by port.
     records: Records,
+    /// Runtime reservations and ports per uid, for quotas.
+    usage: Ledger,
 }
 
 impl Table {
@@ -119,6 +67,7 @@ impl Table {
             tcp: Space::new(pool.range()),
             udp: Space::new(pool.range()),
             records: Records::default(),
+            usage: Ledger::default(),
         }
     }
 
@@ -141,56 +90,118 @@ impl Table {
         }
     }
 
-    /// Acquires a runtime reservation.
+    /// Acquires a runtime reservation bound to `holder`'s session.
     ///
     /// `in_use(protocol, range)` is asked about each candidate block before it is granted and
     /// returns the first port of it that is in use on the host, if any; the core does no I/O of
-    /// its own. A specific request fails with [`AcquireError::Conflict`] when it overlaps a
-    /// live reservation and with [`AcquireError::InUse`] when a port is in use. A wildcard
-    /// request searches next-fit from the protocol's cursor, skips blocks with ports in use,
-    /// and fails with [`AcquireError::PoolExhausted`] only when no block of `count` ports in
-    /// the pool is both unreserved and not in use. On success the cursor moves past the block.
+    /// its own. `limits` carries the asker's policy: the lowest port it may get and its quota.
     ///
-    /// A wildcard request for 0 ports (which [`RangeRequest::from_start_count`] never makes)
-    /// fails with [`AcquireError::PoolExhausted`].
+    /// A specific request fails with [`AcquireError::Privileged`] below the lowest port, with
+    /// [`AcquireError::Conflict`] when it overlaps a live reservation and with
+    /// [`AcquireError::InUse`] when a port is in use. A wildcard request searches next-fit from
+    /// the protocol's cursor, skips blocks below the lowest port or with ports in use, and fails
+    /// with [`AcquireError::PoolExhausted`] only when no block of `count` ports in the pool is
+    /// usable. On success the cursor moves past the block. Either fails with
+    /// [`AcquireError::QuotaExceeded`] first when the quota leaves no room.
     pub fn acquire(
         &mut self,
         protocol: Protocol,
         request: RangeRequest,
         holder: Holder,
+        limits: Constraints,
         tokens: &mut dyn TokenSource,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
-    ) -> Result<Reservation, AcquireError> {
+    ) -> Result<Change, AcquireError> {
+        if let Some(quota) = limits.quota {
+            if let Some((what, limit, used)) =
+                self.usage.exceeds(holder.owner.uid, quota, request.count())
+            {
+                return Err(AcquireError::QuotaExceeded {
+                    uid: holder.owner.uid,
+                    what,
+                    limit,
+                    used,
+                    asked: request.count(),
+                });
+            }
+        }
         let range = match request {
             RangeRequest::Specific(range) => {
+                if range.start() < limits.lowest_port {
+                    return Err(AcquireError::Privileged(PrivilegedDenied {
+                        protocol,
+                        range,
+                        unprivileged_start: limits.lowest_port,
+                        uid: holder.owner.uid,
+                    }));
+                }
                 self.check_free(protocol, range, in_use)?;
                 range
             }
-            RangeRequest::Wildcard { count } => {
-                let pool = self.pool;
-                self.space_mut(protocol)
-                    .next_fit(protocol, count, pool.range(), in_use)
-                    .ok_or(AcquireError::PoolExhausted {
-                        protocol,
-                        count,
-                        pool,
-                    })?
-            }
+            RangeRequest::Wildcard { count } => self.search(protocol, count, limits, in_use)?,
         };
-        let token = self.draw_token(tokens);
         let reservation = Reservation {
-            token,
+            token: self.draw_token(tokens),
             protocol,
             range,
-            kind: Kind::Runtime,
-            owner: Some(holder.owner),
-            session: Some(holder.session),
             acquired_at_ms: holder.acquired_at_ms,
-            allowed: Allowed::default(),
+            lease: Lease::Runtime {
+                owner: holder.owner,
+                bond: Bond::Session(holder.session),
+            },
         };
-        self.space_mut(protocol).insert(range, token);
-        self.records.insert(reservation.clone());
-        Ok(reservation)
+        self.insert(reservation.clone());
+        Ok(Change::Granted(reservation))
+    }
+
+    /// A wildcard search of the pool, refusing ports below `limits.lowest_port` as if in use.
+    fn search(
+        &mut self,
+        protocol: Protocol,
+        count: u16,
+        limits: Constraints,
+        in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Result<PortRange, AcquireError> {
+        let pool = self.pool;
+        let lowest = limits.lowest_port;
+        let skipped_privileged = pool.range().start() < lowest;
+        let mut usable = |proto: Protocol, candidate: PortRange| {
+            if candidate.start() < lowest {
+                // Every start of the candidate below `lowest` is as unusable: naming the last
+                // of them lets the search jump past them all.
+                return Some((lowest - 1).min(candidate.end()));
+            }
+            in_use(proto, candidate)
+        };
+        if let Some(range) =
+            self.space_mut(protocol)
+                .next_fit(protocol, count, pool.range(), &mut usable)
+        {
+            return Ok(range);
+        }
+        let free = u32::from(pool.range().count()) - self.space(protocol).reserved_in(pool.range());
+        Err(AcquireError::PoolExhausted {
+            protocol,
+            count,
+            pool,
+            free_ports: free,
+            skipped_privileged,
+        })
+    }
+
+    /// Adds `r` to every index.
+    fn insert(&mut self, r: Reservation) {
+        self.space_mut(r.protocol).insert(r.range, r.token);
+        self.usage.count(&r, true);
+        self.records.insert(r);
+    }
+
+    /// Removes `token`'s reservation from every index and frees its ports.
+    fn remove(&mut self, token: Token) -> Option<Reservation> {
+        let r = self.records.remove(token)?;
+        self.space_mut(r.protocol).remove(r.range.start());
+        self.usage.count(&r, false);
+        Some(r)
     }
 
     /// A fresh token: non-zero and naming no live reservation. Draws until it gets one.
@@ -210,44 +221,73 @@ impl Table {
 
     /// Releases `token` on behalf of `requester`: allowed for the owning process (same pid and
     /// start time) and for administrators.
-    pub fn release(
-        &mut self,
-        token: Token,
-        requester: &Requester,
-    ) -> Result<Reservation, ReleaseError> {
+    pub fn release(&mut self, token: Token, requester: &Requester) -> Result<Change, ReleaseError> {
         let reservation = self.get(token).ok_or(ReleaseError::NotFound(token))?;
-        if reservation.kind == Kind::Persistent {
+        if reservation.kind() == Kind::Persistent {
             return Err(ReleaseError::Persistent(Box::new(reservation.clone())));
         }
-        let owns = reservation
-            .owner
-            .as_ref()
-            .is_some_and(|owner| owner.same_process(&requester.process));
-        if !(owns || requester.is_admin) {
+        if !(reservation.is_owned_by(&requester.process) || requester.is_admin) {
             return Err(ReleaseError::PermissionDenied(Box::new(
                 reservation.clone(),
             )));
         }
-        self.remove(token).ok_or(ReleaseError::NotFound(token))
+        let reservation = self.remove(token).ok_or(ReleaseError::NotFound(token))?;
+        Ok(Change::Released {
+            reservation,
+            why: Ending::Released,
+        })
+    }
+
+    /// Releases every runtime reservation bound to `session` (its connection closed), ordered
+    /// by protocol then start port.
+    pub fn release_session(&mut self, session: SessionId) -> Vec<Change> {
+        let mut released = self.records.remove_session(session);
+        for r in &released {
+            self.space_mut(r.protocol).remove(r.range.start());
+            self.usage.count(r, false);
+        }
+        released.sort_by_key(|r| (r.protocol, r.range.start()));
+        released
+            .into_iter()
+            .map(|reservation| Change::Released {
+                reservation,
+                why: Ending::SessionEnded,
+            })
+            .collect()
+    }
+
+    /// Releases the reservations that live as long as the process `owner` and are not bound to
+    /// a session: those handed to it, and those restored for it after a restart (it exited).
+    pub fn release_owner_exited(&mut self, owner: &Owner) -> Vec<Change> {
+        self.release_where(Ending::OwnerExited, |r| {
+            r.is_owned_by(owner) && matches!(r.bond(), Some(Bond::Process | Bond::Unclaimed))
+        })
+    }
+
+    /// Releases every restored reservation nobody re-claimed (the grace period is over).
+    pub fn release_unclaimed(&mut self) -> Vec<Change> {
+        self.release_where(Ending::NotReclaimed, |r| r.bond() == Some(Bond::Unclaimed))
+    }
+
+    fn release_where(&mut self, why: Ending, pick: impl Fn(&Reservation) -> bool) -> Vec<Change> {
+        let tokens: Vec<Token> = self.iter().filter(|r| pick(r)).map(|r| r.token).collect();
+        tokens
+            .into_iter()
+            .filter_map(|t| self.remove(t))
+            .map(|reservation| Change::Released { reservation, why })
+            .collect()
     }
 
     /// Checks that `asker` may bind sockets from `token`'s reservation. A runtime reservation
-    /// is usable only by the process that acquired it (SPEC §2: knowing the token grants
-    /// nothing); a persistent one by administrators and the users/groups it was created for.
-    /// Returns the reservation and the port its next bind should start from.
-    pub fn authorize_use(
-        &self,
-        token: Token,
-        asker: UseRequest<'_>,
-    ) -> Result<(&Reservation, u16), UseError> {
+    /// is usable only by the process that owns it (knowing the token grants nothing); a
+    /// persistent one by administrators and the users/groups it was created for. Returns the
+    /// ports to try, in order.
+    pub fn authorize_use(&self, token: Token, asker: UseRequest<'_>) -> Result<BindPlan, UseError> {
         let reservation = self.get(token).ok_or(UseError::NotFound(token))?;
-        let allowed = match reservation.kind {
-            Kind::Runtime => reservation
-                .owner
-                .as_ref()
-                .is_some_and(|owner| owner.same_process(asker.process)),
-            Kind::Persistent => {
-                asker.is_admin || reservation.allowed.admits(asker.process.uid, asker.gids)
+        let allowed = match &reservation.lease {
+            Lease::Runtime { owner, .. } => owner.same_process(asker.process),
+            Lease::Persistent { allowed, .. } => {
+                asker.is_admin || allowed.admits(asker.process.uid, asker.gids)
             }
         };
         if !allowed {
@@ -256,80 +296,127 @@ impl Table {
                 requester_pid: asker.process.pid,
             });
         }
-        let cursor = self
+        let range = reservation.range;
+        let order = self
             .records
-            .bind_cursor(token)
-            .unwrap_or(reservation.range.start());
-        Ok((reservation, cursor))
+            .ports(token)
+            .map(|p| p.order(range.count()))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(offset, state)| (range.start() + offset, state))
+            .collect();
+        Ok(BindPlan {
+            range,
+            protocol: reservation.protocol,
+            kind: reservation.kind(),
+            order,
+        })
     }
 
-    /// Records that a socket was bound to `port` from `token`'s reservation: the next bind
-    /// starts after it (wrapping to the block's start).
+    /// Records that a socket was bound to `port` from `token`'s reservation: the port is
+    /// [`PortUse::Bound`] and the next associate starts after it.
     pub fn note_bound(&mut self, token: Token, port: u16) {
         if let Some(range) = self.get(token).map(|r| r.range) {
-            let next = if port >= range.end() {
-                range.start()
-            } else {
-                port + 1
-            };
-            self.records.set_bind_cursor(token, next);
+            if let Some(ports) = self.records.ports_mut(token) {
+                ports.bound(port.wrapping_sub(range.start()), range.count());
+            }
         }
     }
 
-    /// Adds a persistent reservation named `token` (drawn with [`Table::new_token`] for a new
-    /// one, or loaded from the store). Fails like a specific acquire when the range overlaps a
-    /// live reservation or `in_use` reports a port of it in use.
-    pub fn insert_persistent(
+    /// Records that the socket bound to `port` from `token`'s reservation is gone.
+    pub fn note_unbound(&mut self, token: Token, port: u16) {
+        if let Some(range) = self.get(token).map(|r| r.range) {
+            if let Some(ports) = self.records.ports_mut(token) {
+                ports.unbound(port.wrapping_sub(range.start()));
+            }
+        }
+    }
+
+    /// What the table knows of `port` of `token`'s reservation.
+    pub fn port_use(&self, token: Token, port: u16) -> Option<PortUse> {
+        let range = self.get(token)?.range;
+        if !range.contains(port) {
+            return None;
+        }
+        Some(self.records.ports(token)?.get(port - range.start()))
+    }
+
+    /// How many ports of `token`'s reservation were bound through associate.
+    pub fn bound_ports(&self, token: Token) -> usize {
+        self.records.ports(token).map_or(0, |p| p.bound_count())
+    }
+
+    /// Adds a new persistent reservation named `token` (drawn with [`Table::new_token`]).
+    /// Fails like a specific acquire when the range overlaps a live reservation or `in_use`
+    /// reports a port of it in use.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of a new persistent reservation"
+    )]
+    pub fn create_persistent(
         &mut self,
         token: Token,
         protocol: Protocol,
         range: PortRange,
         allowed: Allowed,
+        created_by: u32,
         created_at_ms: u64,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
-    ) -> Result<Reservation, AcquireError> {
+    ) -> Result<Change, AcquireError> {
         self.check_token_free(token, protocol, range)?;
         self.check_free(protocol, range, in_use)?;
         let reservation = Reservation {
             token,
             protocol,
             range,
-            kind: Kind::Persistent,
-            owner: None,
-            session: None,
             acquired_at_ms: created_at_ms,
-            allowed,
+            lease: Lease::Persistent {
+                allowed,
+                created_by,
+            },
         };
-        self.space_mut(protocol).insert(range, token);
-        self.records.insert(reservation.clone());
-        Ok(reservation)
+        self.insert(reservation.clone());
+        Ok(Change::PersistentCreated(reservation))
     }
 
-    /// Adds a runtime reservation from the journal of an earlier daemon: it has no session
-    /// until its owner re-claims it ([`Table::reclaim`]).
-    pub fn restore_runtime(
-        &mut self,
-        token: Token,
-        protocol: Protocol,
-        range: PortRange,
-        owner: Owner,
-        acquired_at_ms: u64,
-    ) -> Result<Reservation, AcquireError> {
-        self.check_token_free(token, protocol, range)?;
-        self.check_free(protocol, range, &mut |_, _| None)?;
-        let reservation = Reservation {
+    /// Deletes the persistent reservation of exactly `protocol` and `range`, if there is one.
+    pub fn delete_persistent(&mut self, protocol: Protocol, range: PortRange) -> Option<Change> {
+        let token = self.find_persistent(protocol, range)?.token;
+        self.remove(token).map(Change::PersistentDeleted)
+    }
+
+    /// At start-up: takes back a reservation the store kept — a persistent one, or a runtime
+    /// one from the journal of an earlier daemon (bound to [`Bond::Unclaimed`] until its owner
+    /// re-claims it, or [`Bond::Process`] if it was handed to a process). A runtime one that
+    /// overlaps what was restored before it is refused ([`Change::NotRestored`]), so the
+    /// journal forgets it; a persistent one that overlaps is an error (only a database edited
+    /// by hand holds such rows).
+    pub fn restore(&mut self, reservation: Reservation) -> Result<Change, AcquireError> {
+        let (token, protocol, range) = (reservation.token, reservation.protocol, reservation.range);
+        let checked = self
+            .check_token_free(token, protocol, range)
+            .and_then(|()| self.check_free(protocol, range, &mut |_, _| None));
+        match (checked, reservation.kind()) {
+            (Ok(()), _) => {
+                self.insert(reservation.clone());
+                Ok(Change::Restored(reservation))
+            }
+            (Err(_), Kind::Runtime) => Ok(Change::NotRestored {
+                token,
+                protocol,
+                range,
+            }),
+            (Err(e), Kind::Persistent) => Err(e),
+        }
+    }
+
+    /// At start-up: a journaled runtime reservation whose owner is gone is not taken back.
+    pub fn forget(token: Token, protocol: Protocol, range: PortRange) -> Change {
+        Change::NotRestored {
             token,
             protocol,
             range,
-            kind: Kind::Runtime,
-            owner: Some(owner),
-            session: None,
-            acquired_at_ms,
-            allowed: Allowed::default(),
-        };
-        self.space_mut(protocol).insert(range, token);
-        self.records.insert(reservation.clone());
-        Ok(reservation)
+        }
     }
 
     /// Fails when `token` already names a live reservation (only a database edited by hand
@@ -378,34 +465,103 @@ impl Table {
         Ok(())
     }
 
-    /// Gives a held runtime reservation (restored, no session) to `session`, if `requester`
+    /// Gives a restored runtime reservation ([`Bond::Unclaimed`]) to `session`, if `requester`
     /// is the process that acquired it.
     pub fn reclaim(
         &mut self,
         token: Token,
         requester: &Owner,
         session: SessionId,
-    ) -> Result<Reservation, UseError> {
+    ) -> Result<Change, UseError> {
         let reservation = self.get(token).ok_or(UseError::NotFound(token))?;
-        let owns = reservation.kind == Kind::Runtime
-            && reservation.session.is_none()
-            && reservation
-                .owner
-                .as_ref()
-                .is_some_and(|owner| owner.same_process(requester));
-        if !owns {
+        if reservation.bond() != Some(Bond::Unclaimed) || !reservation.is_owned_by(requester) {
             return Err(UseError::NotOwner {
                 reservation: Box::new(reservation.clone()),
                 requester_pid: requester.pid,
             });
         }
-        let mut reservation = self
-            .records
-            .remove(token)
-            .ok_or(UseError::NotFound(token))?;
-        reservation.session = Some(session);
-        self.records.insert(reservation.clone());
-        Ok(reservation)
+        let mut after = reservation.clone();
+        after.lease = Lease::Runtime {
+            owner: requester.clone(),
+            bond: Bond::Session(session),
+        };
+        self.rebind(after)
+    }
+
+    /// Hands the runtime reservation `token`, owned by `requester` and bound to its session, to
+    /// the process `to`: from now on `to` owns it and it lives exactly as long as `to` does
+    /// ([`Bond::Process`]). Whether `to` may receive it (a child of the requester, same user)
+    /// is the caller's policy.
+    pub fn transfer(
+        &mut self,
+        token: Token,
+        requester: &Owner,
+        to: Owner,
+    ) -> Result<Change, UseError> {
+        let reservation = self.get(token).ok_or(UseError::NotFound(token))?;
+        let movable = reservation.kind() == Kind::Runtime && reservation.is_owned_by(requester);
+        if !movable {
+            return Err(UseError::NotOwner {
+                reservation: Box::new(reservation.clone()),
+                requester_pid: requester.pid,
+            });
+        }
+        let mut after = reservation.clone();
+        after.lease = Lease::Runtime {
+            owner: to,
+            bond: Bond::Process,
+        };
+        self.rebind(after)
+    }
+
+    /// Replaces a reservation by `after` (same token, protocol and ports), keeping the usage
+    /// counts right when its owner's user changes.
+    fn rebind(&mut self, after: Reservation) -> Result<Change, UseError> {
+        let token = after.token;
+        let before = self.get(token).ok_or(UseError::NotFound(token))?.clone();
+        self.usage.count(&before, false);
+        self.usage.count(&after, true);
+        self.records.replace(after.clone());
+        Ok(Change::Rebound { before, after })
+    }
+
+    /// Undoes `change`, which a consumer refused, and returns the changes the undoing made
+    /// (empty when there was nothing left to undo). Undoing a deletion fails when its ports
+    /// were taken meanwhile.
+    pub fn revert(&mut self, change: &Change) -> Result<Vec<Change>, AcquireError> {
+        Ok(match change {
+            Change::Granted(r) => self
+                .remove(r.token)
+                .map(|reservation| Change::Released {
+                    reservation,
+                    why: Ending::Undone,
+                })
+                .into_iter()
+                .collect(),
+            Change::PersistentCreated(r) => self
+                .remove(r.token)
+                .map(Change::PersistentDeleted)
+                .into_iter()
+                .collect(),
+            Change::PersistentDeleted(r) => {
+                self.check_token_free(r.token, r.protocol, r.range)?;
+                self.check_free(r.protocol, r.range, &mut |_, _| None)?;
+                self.insert(r.clone());
+                vec![Change::PersistentCreated(r.clone())]
+            }
+            Change::Rebound { before, after } => {
+                if self.get(after.token) == Some(after) {
+                    self.rebind(before.clone())
+                        .map(|c| vec![c])
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                }
+            }
+            Change::Released { .. } | Change::Restored(_) | Change::NotRestored { .. } => {
+                Vec::new()
+            }
+        })
     }
 
     /// The persistent reservation of exactly `protocol` and `range`.
@@ -413,50 +569,7 @@ impl Table {
         self.space(protocol)
             .containing(range.start())
             .and_then(|slot| self.get(slot.token))
-            .filter(|r| r.kind == Kind::Persistent && r.range == range)
-    }
-
-    /// Removes the persistent reservation `token`.
-    pub fn remove_persistent(&mut self, token: Token) -> Option<Reservation> {
-        if self.get(token)?.kind != Kind::Persistent {
-            return None;
-        }
-        self.remove(token)
-    }
-
-    /// Releases the runtime reservations that have no session (restored and not re-claimed),
-    /// or only those of `owner` when given; returns them.
-    pub fn release_unclaimed(&mut self, owner: Option<&Owner>) -> Vec<Reservation> {
-        let tokens: Vec<Token> = self
-            .iter()
-            .filter(|r| r.kind == Kind::Runtime && r.session.is_none())
-            .filter(|r| match (owner, &r.owner) {
-                (Some(want), Some(have)) => want.same_process(have),
-                (Some(_), None) => false,
-                (None, _) => true,
-            })
-            .map(|r| r.token)
-            .collect();
-        tokens.into_iter().filter_map(|t| self.remove(t)).collect()
-    }
-
-    /// Removes `token`'s reservation from every index and frees its ports.
-    fn remove(&mut self, token: Token) -> Option<Reservation> {
-        let reservation = self.records.remove(token)?;
-        self.space_mut(reservation.protocol)
-            .remove(reservation.range.start());
-        Some(reservation)
-    }
-
-    /// Releases every runtime reservation of `session` (its connection closed), returning them
-    /// ordered by protocol then start port.
-    pub fn release_session(&mut self, session: SessionId) -> Vec<Reservation> {
-        let mut released = self.records.remove_session(session);
-        for r in &released {
-            self.space_mut(r.protocol).remove(r.range.start());
-        }
-        released.sort_by_key(|r| (r.protocol, r.range.start()));
-        released
+            .filter(|r| r.kind() == Kind::Persistent && r.range == range)
     }
 
     /// The live reservation named `token`.
@@ -491,5 +604,10 @@ impl Table {
     /// Number of reserved ports of `protocol`.
     pub fn reserved_ports(&self, protocol: Protocol) -> u32 {
         self.space(protocol).reserved
+    }
+
+    /// The runtime reservations and ports user `uid` holds (O(1)).
+    pub fn usage(&self, uid: u32) -> Usage {
+        self.usage.get(uid)
     }
 }

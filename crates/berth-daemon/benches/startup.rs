@@ -1,4 +1,4 @@
-//! Daemon start-up with 10,000 persistent reservations (SPEC §8: under 100 ms), against
+//! Daemon start-up with 10,000 persistent reservations (under 100 ms), against
 //! start-up with an empty database measured in the same run.
 //!
 //! One iteration is a whole `berth_daemon::run` that is told to stop at once: it takes the

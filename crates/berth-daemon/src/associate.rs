@@ -1,16 +1,23 @@
-//! Binding a client's own socket to a port of its reservation (SPEC §2 "Associate").
+//! Binding a client's own socket to a port of its reservation (docs/associate.md).
 //!
 //! The client sends its unbound socket; the daemon checks that it suits the reservation,
-//! then tries the reservation's ports from its cursor. Each candidate is first tested with a
-//! fresh socket that sets neither `SO_REUSEADDR` nor `SO_REUSEPORT`, so a port is never handed
-//! out while another socket holds it, whatever options the client's socket carries; the
-//! client's socket is then bound with its own options untouched.
+//! then tries the reservation's ports in the order the table gives: ports no socket of the
+//! reservation is bound to first, from its cursor, then the ports its owner has bound already.
+//!
+//! A port nobody bound from the reservation is first tested with a fresh socket that sets
+//! neither `SO_REUSEADDR` nor `SO_REUSEPORT` but has the caller's family, `IPV6_V6ONLY` and
+//! address: so a port another program holds is never handed out because the caller's socket
+//! carries reuse options, while the layouts the kernel allows for one address family next to
+//! another (an IPv4 socket and an IPv6-only one on one port) stay possible. A port the owner
+//! has bound already is bound directly: the kernel's own rules between the owner's sockets
+//! decide (a v4 and a v6-only socket, several `SO_REUSEPORT` sockets). The client's socket is
+//! bound with its own options untouched.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::BorrowedFd;
 
-use berth_core::{ErrorKind, PortRange, Protocol};
+use berth_core::{BindPlan, ErrorKind, PortUse, Protocol};
 use rustix::net::{sockopt, AddressFamily, SocketType};
 use socket2::{Domain, Socket, Type};
 
@@ -21,6 +28,8 @@ use crate::netns::NetNs;
 pub(crate) struct SocketFacts {
     /// IPv4 or IPv6.
     pub(crate) ipv6: bool,
+    /// An IPv6 socket with `IPV6_V6ONLY`: it does not take the port for IPv4.
+    pub(crate) v6only: bool,
     /// The transport protocol its type implies.
     pub(crate) protocol: Protocol,
 }
@@ -82,7 +91,12 @@ pub(crate) fn inspect(fd: BorrowedFd<'_>, daemon_ns: NetNs) -> Result<SocketFact
             ),
         ));
     }
-    Ok(SocketFacts { ipv6, protocol })
+    let v6only = ipv6 && sockopt::ipv6_v6only(fd).unwrap_or(false);
+    Ok(SocketFacts {
+        ipv6,
+        v6only,
+        protocol,
+    })
 }
 
 /// The address to bind: the one asked for, or the wildcard of the socket's family.
@@ -107,28 +121,23 @@ fn local_port(fd: BorrowedFd<'_>) -> Option<u16> {
     SocketAddr::try_from(addr).ok().map(|a| a.port())
 }
 
-/// Binds `fd` to the first free port of `range`, trying from `cursor` and wrapping around.
-/// Returns the port, or a refusal (reservation-full when every port is taken).
+/// Binds `fd` to the first port of `plan` it can have, in the plan's order. Returns the port,
+/// or a refusal (reservation-full when no port of the block can be had).
 pub(crate) fn bind_from(
     fd: BorrowedFd<'_>,
     facts: SocketFacts,
-    range: PortRange,
-    cursor: u16,
+    plan: &BindPlan,
     address: IpAddr,
 ) -> Result<u16, Refusal> {
-    let start = if range.contains(cursor) {
-        cursor
-    } else {
-        range.start()
-    };
-    let order = (start..=range.end()).chain(range.start()..start);
-    for port in order {
+    for &(port, known) in &plan.order {
         let target = SocketAddr::new(address, port);
-        if let Err(e) = probe(facts, target) {
-            if e.kind() == io::ErrorKind::AddrInUse {
-                continue;
+        if known == PortUse::Free {
+            if let Err(e) = probe(facts, target) {
+                if e.kind() == io::ErrorKind::AddrInUse {
+                    continue;
+                }
+                return Err(bind_refusal(&e, target));
             }
-            return Err(bind_refusal(&e, target));
         }
         match rustix::net::bind(fd, &target) {
             Ok(()) => return Ok(port),
@@ -139,14 +148,15 @@ pub(crate) fn bind_from(
     Err((
         ErrorKind::ReservationFull,
         format!(
-            "every {} port of the reservation ({range}) is bound on {address}; close a socket bound from it, or reserve more ports",
-            facts.protocol
+            "every {} port of the reservation ({}) is bound on {address}, by sockets of yours or of other programs; close a socket bound from it, or reserve more ports",
+            facts.protocol, plan.range
         ),
     ))
 }
 
-/// Test-binds `target` with a fresh socket without reuse options: fails with "address in use"
-/// exactly when some socket holds the port there.
+/// Test-binds `target` with a fresh socket of the caller's family and `IPV6_V6ONLY`, without
+/// reuse options: fails with "address in use" exactly when a socket the caller's could not
+/// sit beside holds the port there.
 fn probe(facts: SocketFacts, target: SocketAddr) -> io::Result<()> {
     let domain = if facts.ipv6 {
         Domain::IPV6
@@ -159,8 +169,7 @@ fn probe(facts: SocketFacts, target: SocketAddr) -> io::Result<()> {
     };
     let socket = Socket::new(domain, ty, None)?;
     if facts.ipv6 {
-        // Dual-stack, so that an IPv4 socket on the port counts as in use too.
-        let _ = socket.set_only_v6(false);
+        socket.set_only_v6(facts.v6only)?;
     }
     // Closed on return: the probe only asks, it does not keep the port.
     socket.bind(&target.into())

@@ -5,7 +5,7 @@
 //! file on a FUSE file system waits for its server's `FLUSH`. When the daemon holds the last
 //! reference — the client closed its own copy after sending it — that wait would fall on the
 //! tokio worker that dropped the descriptor, and one such request per worker would stall every
-//! client (SPEC §6). So every descriptor a client sent is a [`Received`], whose drop hands it
+//! client. So every descriptor a client sent is a [`Received`], whose drop hands it
 //! to a closer thread, and [`dispose`] does the same for anything else whose drop may close
 //! one (a connection whose receive queue still holds descriptors in flight).
 //!

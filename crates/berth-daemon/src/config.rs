@@ -1,6 +1,8 @@
 //! What a daemon is told at start-up.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::{Pool, PrivilegedPorts};
@@ -34,6 +36,9 @@ pub struct Config {
     /// After a restart, how long runtime reservations of the previous daemon are held for
     /// their owners to re-claim.
     pub grace: Duration,
+    /// While set, every database write fails (tests of what the daemon does when its disk
+    /// fails; see `testing::TestDaemon::fail_store`).
+    pub(crate) store_faults: Arc<AtomicBool>,
 }
 
 impl Config {
@@ -52,6 +57,7 @@ impl Config {
             },
             admin_groups: Vec::new(),
             grace: DEFAULT_GRACE,
+            store_faults: Arc::new(AtomicBool::new(false)),
         }
     }
 }

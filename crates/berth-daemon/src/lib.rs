@@ -24,11 +24,14 @@
 
 pub mod accounts;
 mod associate;
+mod changes;
 mod closer;
 pub mod config;
 pub mod config_file;
 mod db_lock;
 mod inbound;
+mod journal;
+mod lineage;
 pub mod listener;
 mod netns;
 mod owner_watch;

@@ -1,16 +1,55 @@
 //! Noticing that a session's owner died even while its connection stays open.
 //!
 //! A connection closes when its process exits — unless a forked child inherited it. The
-//! reservations belong to the process, not to the descriptor (SPEC §2), so each session
+//! reservations belong to the process, not to the descriptor, so each session
 //! also watches its owner through a pidfd, which becomes readable when the process exits.
 
 use std::io;
 use std::os::fd::OwnedFd;
 
-use berth_core::Owner;
+use berth_core::{Bond, Change, Owner};
 use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
 
+use crate::changes::{Ack, Consumer};
 use crate::peer::process_owner;
+
+/// Sends the owner of every reservation that lives as long as its owner process (handed to it,
+/// or restored for it after a restart) to the task that watches owners; that task ends those
+/// reservations when the process exits.
+pub(crate) struct Watcher {
+    tx: mpsc::UnboundedSender<Owner>,
+}
+
+impl Watcher {
+    pub(crate) fn new() -> (Self, mpsc::UnboundedReceiver<Owner>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Watcher { tx }, rx)
+    }
+}
+
+impl Consumer for Watcher {
+    fn name(&self) -> &'static str {
+        "the owner watch"
+    }
+
+    fn accept(&self, change: &Change) -> Ack {
+        let watched = match change {
+            Change::Restored(r) | Change::Rebound { after: r, .. } => {
+                matches!(r.bond(), Some(Bond::Process | Bond::Unclaimed))
+                    .then(|| r.owner())
+                    .flatten()
+            }
+            _ => None,
+        };
+        if let Some(owner) = watched {
+            // The receiving task lives as long as the daemon serves; once it is gone nobody
+            // needs to watch.
+            let _ = self.tx.send(owner.clone());
+        }
+        Ack::Done
+    }
+}
 
 /// Resolves when the owner exits; never resolves when it cannot be watched (a peer in another
 /// pid namespace shows pid 0), leaving the connection's end as the only signal.

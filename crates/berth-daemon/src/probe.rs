@@ -1,7 +1,7 @@
 //! Whether a port is in use on the host, decided by the kernel: a test bind on the wildcard
 //! address fails exactly when some socket holds the port.
 //!
-//! This is a point-in-time answer; the hold mode of SPEC §3 will replace it with holder
+//! This is a point-in-time answer; hold mode (docs/decisions.md) will replace it with holder
 //! sockets that keep the port.
 
 use std::io;

@@ -62,14 +62,16 @@ pub async fn run_with_ready(
         }
     }
     let (persistent, journal) = store.load().map_err(io::Error::other)?;
-    let (store, store_thread) = StoreHandle::spawn(store)?;
-    let shared = Arc::new(Shared::new(&config, store)?);
-    let held_owners = shared.restore(persistent, journal);
+    let (store, store_thread) = StoreHandle::spawn(store, config.store_faults.clone())?;
+    let (shared, owners) = Shared::new(&config, store)?;
+    let shared = Arc::new(shared);
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    hold_for_reclaim(&tracker, &shared, &cancel, held_owners, config.grace);
+    watch_owners(&tracker, &shared, &cancel, owners);
+    shared.restore(persistent, journal);
+    end_grace(&tracker, &shared, &cancel, config.grace);
     ready();
     tokio::pin!(shutdown);
     tracing::info!(
@@ -119,32 +121,62 @@ pub async fn run_with_ready(
     Ok(())
 }
 
-/// Ends the hold on restored reservations: for each owner when it exits, and for all at the
-/// end of the grace period.
-fn hold_for_reclaim(
+/// Watches every owner the change stream names (reservations that live as long as their
+/// owner process: handed to it, or restored for it) and ends their reservations when it exits.
+fn watch_owners(
     tracker: &TaskTracker,
     shared: &Arc<Shared>,
     cancel: &CancellationToken,
-    owners: Vec<berth_core::Owner>,
+    mut owners: tokio::sync::mpsc::UnboundedReceiver<berth_core::Owner>,
+) {
+    let (shared, cancel, tasks) = (shared.clone(), cancel.clone(), tracker.clone());
+    tracker.spawn(async move {
+        // Owners watched now, by (pid, start time): one watcher each, however many of its
+        // reservations arrive.
+        let watched = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        loop {
+            let owner = tokio::select! {
+                () = cancel.cancelled() => return,
+                owner = owners.recv() => match owner {
+                    Some(owner) => owner,
+                    None => return,
+                },
+            };
+            let key = (owner.pid, owner.start_time);
+            if !watched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key)
+            {
+                continue;
+            }
+            let (shared, cancel, watched) = (shared.clone(), cancel.clone(), watched.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = crate::owner_watch::owner_exit(&owner) => shared.owner_exited(&owner),
+                }
+                watched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&key);
+            });
+        }
+    });
+}
+
+/// Ends the hold on restored reservations nobody re-claimed once the grace period is over.
+fn end_grace(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
     grace: Duration,
 ) {
-    if owners.is_empty() {
-        return;
-    }
-    for owner in owners {
-        let (shared, cancel) = (shared.clone(), cancel.clone());
-        tracker.spawn(async move {
-            tokio::select! {
-                () = cancel.cancelled() => {}
-                () = crate::owner_watch::owner_exit(&owner) => shared.release_unclaimed(Some(&owner)),
-            }
-        });
-    }
     let (shared, cancel) = (shared.clone(), cancel.clone());
     tracker.spawn(async move {
         tokio::select! {
             () = cancel.cancelled() => {}
-            () = tokio::time::sleep(grace) => shared.release_unclaimed(None),
+            () = tokio::time::sleep(grace) => shared.grace_over(),
         }
     });
 }

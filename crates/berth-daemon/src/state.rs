@@ -5,16 +5,18 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_core::{
-    Allowed, ErrorKind, Owner, PrivilegedPorts, Protocol, Requester, Reservation, SessionId, Table,
-    TokenSource,
+    Allowed, Change, ErrorKind, Owner, PrivilegedPorts, Protocol, Requester, Reservation,
+    SessionId, Table, TokenSource,
 };
 use berth_protocol::{OwnerInfo, Request, ReservationInfo, Response, StatusInfo, WireError};
-use berth_store::JournalOp;
-use rustix::net::UCred;
+use tokio::sync::mpsc;
 
+use crate::changes::{Pending, Stream};
 use crate::config::Config;
-use crate::inbound::Inbound;
+use crate::inbound::{Credentials, Inbound};
+use crate::journal::Journal;
 use crate::netns::NetNs;
+use crate::owner_watch::Watcher;
 use crate::peer::{groups_of, process_owner};
 use crate::probe::Prober;
 use crate::store_thread::StoreHandle;
@@ -27,6 +29,8 @@ mod runtime;
 pub(crate) struct Shared {
     /// The allocation state; locked for short, non-blocking sections only.
     table: Mutex<Table>,
+    /// Where every change of the table goes, in the table's order (see `changes`).
+    stream: Stream,
     prober: Prober,
     /// The socket path, for `status`.
     socket: String,
@@ -43,7 +47,7 @@ pub(crate) struct Shared {
     netns: NetNs,
     /// Members of these groups are administrators.
     admin_groups: Vec<u32>,
-    /// The database: persistent reservations and the runtime journal.
+    /// The database's thread: persistent reservations and the runtime journal.
     store: StoreHandle,
 }
 
@@ -57,9 +61,20 @@ pub(crate) struct Peer {
 }
 
 impl Shared {
-    pub(crate) fn new(config: &Config, store: StoreHandle) -> std::io::Result<Self> {
-        Ok(Shared {
+    /// The shared state over an empty table; also returns where the owners to watch arrive
+    /// (see `owner_watch`).
+    pub(crate) fn new(
+        config: &Config,
+        store: StoreHandle,
+    ) -> std::io::Result<(Self, mpsc::UnboundedReceiver<Owner>)> {
+        let (watcher, owners) = Watcher::new();
+        let stream = Stream::new(vec![
+            Box::new(Journal::new(store.clone())),
+            Box::new(watcher),
+        ]);
+        let shared = Shared {
             table: Mutex::new(Table::new(config.pool)),
+            stream,
             prober: Prober::new(),
             socket: config.socket.display().to_string(),
             started_at_ms: now_ms(),
@@ -71,7 +86,8 @@ impl Shared {
             netns: NetNs::current()?,
             admin_groups: config.admin_groups.clone(),
             store,
-        })
+        };
+        Ok((shared, owners))
     }
 
     /// Whether `who` administers this daemon: root, the daemon's own user, or a member of an
@@ -105,20 +121,64 @@ impl Shared {
         }
     }
 
+    /// Hands `changes`, just made to `table`, to every consumer. Taking the locked table proves
+    /// the caller still holds the lock, so consumers see changes in the table's order.
+    fn publish(&self, table: &mut Table, changes: Vec<Change>) -> Pending {
+        let _ = table;
+        log_changes(&changes);
+        self.stream.publish(changes)
+    }
+
+    /// Waits until every consumer has acknowledged what `pending` published. A refused change
+    /// is undone in the table (and the undoing published to the consumers that had accepted
+    /// it); `Err` then says why, for the client's answer.
+    async fn settle(&self, pending: Pending) -> Result<(), String> {
+        let Err(refused) = pending.acknowledged(&self.stream).await else {
+            return Ok(());
+        };
+        tracing::error!("undoing a change: {}", refused.reason);
+        let undoing = {
+            let mut table = self.table();
+            let mut undone = Vec::new();
+            for change in refused.undo.iter().rev() {
+                match table.revert(change) {
+                    Ok(changes) => undone.extend(changes),
+                    Err(e) => tracing::error!("cannot undo {change:?}: {e}"),
+                }
+            }
+            log_changes(&undone);
+            self.stream.publish_except(undone, &refused.refusers)
+        };
+        if let Err(again) = undoing.acknowledged(&self.stream).await {
+            tracing::error!("the undo was refused too: {}", again.reason);
+        }
+        Err(refused.reason)
+    }
+
     /// Ends a session: its runtime reservations are released.
     pub(crate) fn close_session(&self, peer: &Peer) {
-        let released = {
+        {
             let mut table = self.table();
             let released = table.release_session(peer.session);
-            for r in &released {
-                self.store.journal_detached(JournalOp::Remove(r.token));
-            }
-            released
-        };
-        self.sessions.fetch_sub(1, Ordering::Relaxed);
-        for r in &released {
-            tracing::info!(token = %r.token, "{} {} released: session of pid {} ended", r.protocol, berth_core::describe(r.range), peer.owner.pid);
+            // Nobody waits: the client is gone.
+            drop(self.publish(&mut table, released));
         }
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Ends what lived as long as the process `owner` (handed to it, or held for it after a
+    /// restart): it exited.
+    pub(crate) fn owner_exited(&self, owner: &Owner) {
+        let mut table = self.table();
+        let released = table.release_owner_exited(owner);
+        drop(self.publish(&mut table, released));
+    }
+
+    /// Ends the hold on restored reservations nobody re-claimed: the grace period is over.
+    pub(crate) fn grace_over(&self) {
+        let mut table = self.table();
+        let released = table.release_unclaimed();
+        drop(self.publish(&mut table, released));
     }
 
     /// Tells the store thread to finish what is queued and stop.
@@ -154,7 +214,14 @@ impl Shared {
             Request::Associate { token, address } => {
                 self.associate(token, address, fd, &self.requester(peer, sender))
             }
-            Request::Reclaim { token } => self.reclaim(token, &self.requester(peer, sender), peer),
+            Request::Reclaim { token } => {
+                self.reclaim(token, &self.requester(peer, sender), peer)
+                    .await
+            }
+            Request::Transfer { token, pid } => {
+                self.transfer(token, pid, &self.requester(peer, sender))
+                    .await
+            }
             Request::CreatePersistent {
                 protocol,
                 start,
@@ -191,26 +258,24 @@ impl Shared {
                 "the handshake was already done on this connection; send Hello only once, first"
                     .into(),
             ),
-            _ => error(
+            // The session answers it: stopping is the server's business, not the table's.
+            Request::Stop => error(
                 ErrorKind::InvalidArgument,
-                "this request is not supported by the daemon's protocol version".into(),
+                "a stop request reached the table; it is answered by the session".into(),
             ),
         }
     }
 
     /// Who sent a request: the session's owner, unless the kernel says another process sent
     /// it (a forked child writing on an inherited connection).
-    fn requester(&self, peer: &Peer, sender: Option<UCred>) -> Requester {
+    fn requester(&self, peer: &Peer, sender: Option<Credentials>) -> Requester {
         let process = match sender {
-            Some(cred) => {
-                let pid = u32::try_from(cred.pid.as_raw_nonzero().get()).unwrap_or(0);
-                if pid == peer.owner.pid {
-                    peer.owner.clone()
-                } else {
-                    process_owner(pid, cred.uid.as_raw(), cred.gid.as_raw())
-                }
+            // pid 0: the kernel could not name the sender in our pid namespace; the session's
+            // owner (whom the kernel named at connect time) answers for the connection.
+            Some(cred) if cred.pid != 0 && cred.pid != peer.owner.pid => {
+                process_owner(cred.pid, cred.uid, cred.gid)
             }
-            None => peer.owner.clone(),
+            _ => peer.owner.clone(),
         };
         let is_admin = if process.pid == peer.owner.pid {
             peer.is_admin
@@ -279,8 +344,7 @@ fn zero_token() -> Response {
 /// user.
 fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) -> ReservationInfo {
     let owner = r
-        .owner
-        .as_ref()
+        .owner()
         .filter(|o| is_admin || o.uid == viewer.uid)
         .map(|o| OwnerInfo {
             pid: o.pid,
@@ -291,15 +355,56 @@ fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) -> Reservatio
         token: r.token,
         protocol: r.protocol,
         range: r.range,
-        kind: r.kind,
+        kind: r.kind(),
         owner,
         acquired_at_ms: r.acquired_at_ms,
         age_ms: now.saturating_sub(r.acquired_at_ms),
     }
 }
 
+/// One log line per change, for operators.
+fn log_changes(changes: &[Change]) {
+    for change in changes {
+        match change {
+            Change::Granted(r) => {
+                tracing::info!(token = %r.token, "{} {} granted to {}", r.protocol, berth_core::describe(r.range), r.holder_description());
+            }
+            Change::Released {
+                reservation: r,
+                why,
+            } => {
+                tracing::info!(token = %r.token, "{} {} of {} ended: {}", r.protocol, berth_core::describe(r.range), r.holder_description(), why.as_str());
+            }
+            Change::Rebound { before, after: r } => {
+                let pid = r.owner().map_or(0, |o| o.pid);
+                if before.bond() == Some(berth_core::Bond::Unclaimed) {
+                    tracing::info!(token = %r.token, "{} {} re-claimed by pid {pid}", r.protocol, berth_core::describe(r.range));
+                } else {
+                    tracing::info!(token = %r.token, "{} {} handed to pid {pid} ({}); it lives as long as that process", r.protocol, berth_core::describe(r.range), r.holder_description());
+                }
+            }
+            Change::Restored(r) => {
+                tracing::debug!(token = %r.token, "{} {} restored", r.protocol, berth_core::describe(r.range));
+            }
+            Change::NotRestored {
+                token,
+                protocol,
+                range,
+            } => {
+                tracing::info!(%token, "{protocol} {} not restored: its owner is gone or its ports are taken", berth_core::describe(*range));
+            }
+            Change::PersistentCreated(r) => {
+                tracing::info!(token = %r.token, "persistent {} {} created", r.protocol, berth_core::describe(r.range));
+            }
+            Change::PersistentDeleted(r) => {
+                tracing::info!(token = %r.token, "persistent {} {} deleted", r.protocol, berth_core::describe(r.range));
+            }
+        }
+    }
+}
+
 pub(crate) fn error(kind: ErrorKind, message: String) -> Response {
-    Response::Error(WireError { kind, message })
+    Response::Error(WireError::new(kind, message))
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -6,7 +6,8 @@
 //! transaction (group commit): under load the cost per operation falls.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use berth_core::Token;
@@ -20,21 +21,14 @@ enum Msg {
     /// Record a persistent reservation durably.
     Create(PersistentRow, oneshot::Sender<Result<(), String>>),
     /// Delete a persistent reservation durably.
-    Delete(Token, oneshot::Sender<Result<bool, String>>),
+    Delete(Token, oneshot::Sender<Result<(), String>>),
     /// Finish: everything queued before this is applied, nothing after.
     Stop,
 }
 
-/// A store operation on its way: queued at once, awaited later (after the table lock is let
-/// go).
-pub(crate) struct Queued(oneshot::Receiver<Result<(), String>>);
-
-impl Queued {
-    /// Resolves once the operation is written (and synced, for persistent rows), or failed.
-    pub(crate) async fn done(self) -> Result<(), String> {
-        self.0.await.unwrap_or_else(|_| Err(GONE.into()))
-    }
-}
+/// A store operation on its way: queued at once, answered once written (and synced, for
+/// persistent rows) or failed.
+pub(crate) struct Queued(pub(crate) oneshot::Receiver<Result<(), String>>);
 
 /// What every operation answers once the store thread has stopped.
 const GONE: &str = "the store thread is gone";
@@ -49,13 +43,18 @@ pub(crate) struct StoreHandle {
 const MAX_BATCH: usize = 512;
 
 impl StoreHandle {
-    /// Starts the thread that owns `store`. The thread ends once every handle is dropped;
+    /// Starts the thread that owns `store`; while `faulty` is set, every write fails without
+    /// touching the database (fault injection for tests). The thread ends once every handle is dropped;
     /// join it before letting go of the database lock, so that nothing is still writing.
-    pub(crate) fn spawn(store: Store) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+    pub(crate) fn spawn(
+        store: Store,
+        faulty: Arc<AtomicBool>,
+    ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel();
+        let fault = faulty.clone();
         let thread = std::thread::Builder::new()
             .name("berth-store".into())
-            .spawn(move || serve(store, rx))?;
+            .spawn(move || serve(store, rx, &fault))?;
         Ok((StoreHandle { tx }, thread))
     }
 
@@ -75,11 +74,6 @@ impl StoreHandle {
         let _ = self.tx.send(Msg::Stop);
     }
 
-    /// Queues a journal operation nobody waits for.
-    pub(crate) fn journal_detached(&self, op: JournalOp) {
-        let _ = self.tx.send(Msg::Journal(op, None));
-    }
-
     /// Queues the record of a persistent reservation (call it under the table lock, like
     /// [`StoreHandle::journal`]); it is done once durable.
     pub(crate) fn create(&self, row: PersistentRow) -> Queued {
@@ -90,13 +84,14 @@ impl StoreHandle {
         Queued(rx)
     }
 
-    /// Deletes a persistent reservation; resolves once the deletion is durable.
-    pub(crate) async fn delete(&self, token: Token) -> Result<bool, String> {
+    /// Queues the deletion of a persistent reservation (under the table lock, like
+    /// [`StoreHandle::journal`]); it is done once durable. A row already gone counts as done.
+    pub(crate) fn delete(&self, token: Token) -> Queued {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Delete(token, done))
-            .map_err(|_| GONE.to_owned())?;
-        rx.await.unwrap_or_else(|_| Err(GONE.into()))
+        if self.tx.send(Msg::Delete(token, done)).is_err() {
+            tracing::error!("{GONE}");
+        }
+        Queued(rx)
     }
 }
 
@@ -110,7 +105,10 @@ pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
 /// moment is the better time.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
-fn serve(mut store: Store, rx: mpsc::Receiver<Msg>) {
+/// What a write answers while the store is made to fail.
+const FAULT: &str = "the database was made to fail (test fault injection)";
+
+fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &AtomicBool) {
     let mut pending: Option<Msg> = None;
     // Whether anything was committed since the last checkpoint.
     let mut dirty = false;
@@ -152,7 +150,11 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>) {
                         Err(_) => break,
                     }
                 }
-                let result = store.journal(&ops).map_err(|e| e.to_string());
+                let result = if faulty.load(Ordering::SeqCst) {
+                    Err(FAULT.to_owned())
+                } else {
+                    store.journal(&ops).map_err(|e| e.to_string())
+                };
                 if let Err(e) = &result {
                     tracing::error!("cannot write the runtime journal: {e}");
                 }
@@ -161,10 +163,23 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>) {
                 }
             }
             Msg::Create(row, done) => {
-                let _ = done.send(store.create_persistent(&row).map_err(|e| e.to_string()));
+                let created = if faulty.load(Ordering::SeqCst) {
+                    Err(FAULT.to_owned())
+                } else {
+                    store.create_persistent(&row).map_err(|e| e.to_string())
+                };
+                let _ = done.send(created);
             }
             Msg::Delete(token, done) => {
-                let _ = done.send(store.delete_persistent(token).map_err(|e| e.to_string()));
+                let deleted = if faulty.load(Ordering::SeqCst) {
+                    Err(FAULT.to_owned())
+                } else {
+                    store
+                        .delete_persistent(token)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                };
+                let _ = done.send(deleted);
             }
             Msg::Stop => return,
         }

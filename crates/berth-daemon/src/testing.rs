@@ -12,6 +12,8 @@
 pub mod raw;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::{bind_socket, Config, SocketGuard};
 use berth_core::Pool;
@@ -20,6 +22,9 @@ use tokio::sync::oneshot;
 /// A running daemon; dropping it shuts the daemon down.
 pub struct TestDaemon {
     pub socket: PathBuf,
+    /// Where its database is.
+    pub db: PathBuf,
+    store_faults: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _guard: SocketGuard,
@@ -29,14 +34,21 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Starts a daemon serving wildcard requests from `lo..=hi`, on the current runtime.
     pub fn start(lo: u16, hi: u16) -> Self {
+        Self::with_config(lo, hi, |_| {})
+    }
+
+    /// [`TestDaemon::start`], with the configuration changed by `adjust` first (its socket and
+    /// database stay the temporary ones).
+    pub fn with_config(lo: u16, hi: u16, adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("berth.sock");
+        let db = dir.path().join("berth.db");
         let (listener, guard) = bind_socket(&socket).expect("bind socket");
-        let config = Config::new(
-            socket.clone(),
-            dir.path().join("berth.db"),
-            Pool::new(lo, hi).expect("pool"),
-        );
+        let mut config = Config::new(socket.clone(), db.clone(), Pool::new(lo, hi).expect("pool"));
+        adjust(&mut config);
+        config.socket = socket.clone();
+        config.db = db.clone();
+        let store_faults = config.store_faults.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             crate::run(listener, config, async move {
@@ -47,11 +59,19 @@ impl TestDaemon {
         });
         TestDaemon {
             socket,
+            db,
+            store_faults,
             stop: Some(stop),
             task: Some(task),
             _guard: guard,
             _dir: dir,
         }
+    }
+
+    /// Makes every write to the daemon's database fail (`true`), or work again (`false`), as a
+    /// failing disk would.
+    pub fn fail_store(&self, fail: bool) {
+        self.store_faults.store(fail, Ordering::SeqCst);
     }
 
     /// Stops the daemon and waits until every session has drained.

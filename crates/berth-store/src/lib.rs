@@ -1,7 +1,7 @@
 //! berth's store: persistent reservations and the runtime journal in one SQLite file.
 //!
 //! The daemon loads everything once at start-up ([`Store::load`]) and afterwards only writes.
-//! Writes come in two strengths (SPEC §7):
+//! Writes come in two strengths:
 //!
 //! - **Persistent reservations** ([`Store::create_persistent`], [`Store::delete_persistent`])
 //!   are durable before the call returns: the commit runs with `PRAGMA synchronous = FULL`, so
@@ -240,8 +240,8 @@ impl Store {
                 .prepare_cached(
                     "INSERT OR REPLACE INTO runtime_journal
                          (token, protocol, start, count, pid, uid, gid, start_time, command,
-                          acquired_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                          acquired_at_ms, process)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(err)?;
             let mut remove = tx
@@ -260,6 +260,7 @@ impl Store {
                         rows::to_sql(row.owner.start_time),
                         row.owner.command,
                         rows::to_sql(row.acquired_at_ms),
+                        row.process,
                     ]),
                     JournalOp::Remove(token) => remove.execute([rows::token_to_sql(*token)]),
                 }

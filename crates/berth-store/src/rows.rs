@@ -44,6 +44,10 @@ pub struct JournalRow {
     pub owner: Owner,
     /// When it was acquired, in milliseconds since the Unix epoch.
     pub acquired_at_ms: u64,
+    /// Whether it lives as long as its owner process (it was handed to that process), rather
+    /// than as long as the owner's connection: such a reservation needs no re-claim after a
+    /// restart.
+    pub process: bool,
 }
 
 /// One change to the runtime journal.
@@ -150,7 +154,8 @@ pub(crate) fn persistent(key: i64, values: &[Value]) -> Result<PersistentRow, Pr
 /// A `runtime_journal` row (token, protocol, start, count, pid, uid, gid, start_time, command,
 /// acquired_at_ms). A command longer than [`berth_core::owner::MAX_COMMAND_LEN`] is cut.
 pub(crate) fn journal(key: i64, values: &[Value]) -> Result<JournalRow, Problem> {
-    let [_, protocol_, start, count, pid, uid, gid, start_time, command, acquired_at_ms] = values
+    let [_, protocol_, start, count, pid, uid, gid, start_time, command, acquired_at_ms, process] =
+        values
     else {
         return Err(columns(values));
     };
@@ -166,6 +171,7 @@ pub(crate) fn journal(key: i64, values: &[Value]) -> Result<JournalRow, Problem>
             command: Owner::bound_command(text("command", command)?),
         },
         acquired_at_ms: u64_bits("acquired_at_ms", acquired_at_ms)?,
+        process: u64_bits("process", process)? != 0,
     })
 }
 

@@ -26,6 +26,7 @@ fn journal_row(t: u64) -> JournalRow {
             command: "x".to_owned(),
         },
         acquired_at_ms: 5,
+        process: false,
     }
 }
 

@@ -1,4 +1,4 @@
-//! SPEC §7: an acknowledged persistent create or delete survives `kill -9` at any instant.
+//! an acknowledged persistent create or delete survives `kill -9` at any instant.
 //!
 //! What this checks, and what it does not. A child process (this test binary, re-run in
 //! "child mode") executes a fixed program of store writes — persistent creates and deletes,

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use crate::owner::SessionId;
+use crate::table::ports::PortStates;
 use crate::table::Reservation;
 use crate::token::Token;
 
@@ -14,9 +15,8 @@ struct Entry {
     newer: Option<u32>,
     /// The reservation acquired before this one on the same session, if still live.
     older: Option<u32>,
-    /// Where the next associate starts trying ports, so successive binds spread over the
-    /// block.
-    bind_cursor: u16,
+    /// Which of its ports were bound through associate, and where the next one starts.
+    ports: PortStates,
 }
 
 /// Every live reservation, findable by token and by session.
@@ -51,19 +51,29 @@ impl Records {
         self.entry(index).map(|e| &e.reservation)
     }
 
-    /// Where the next associate on `token` starts.
-    pub(super) fn bind_cursor(&self, token: Token) -> Option<u16> {
+    /// The per-port state of `token`'s reservation.
+    pub(super) fn ports(&self, token: Token) -> Option<&PortStates> {
         let index = *self.by_token.get(&token)?;
-        self.entry(index).map(|e| e.bind_cursor)
+        self.entry(index).map(|e| &e.ports)
     }
 
-    /// Moves `token`'s associate cursor.
-    pub(super) fn set_bind_cursor(&mut self, token: Token, cursor: u16) {
-        if let Some(index) = self.by_token.get(&token).copied() {
-            if let Some(entry) = self.entry_mut(index) {
-                entry.bind_cursor = cursor;
-            }
+    /// The per-port state of `token`'s reservation, to change.
+    pub(super) fn ports_mut(&mut self, token: Token) -> Option<&mut PortStates> {
+        let index = *self.by_token.get(&token)?;
+        self.entry_mut(index).map(|e| &mut e.ports)
+    }
+
+    /// Replaces `token`'s reservation by `after` (same token), keeping its per-port state and
+    /// moving it to the session list `after` names. Returns the reservation as it was.
+    pub(super) fn replace(&mut self, after: Reservation) -> Option<Reservation> {
+        let ports = self.ports(after.token)?.clone();
+        let before = self.remove(after.token)?;
+        let token = after.token;
+        self.insert(after);
+        if let Some(slot) = self.ports_mut(token) {
+            *slot = ports;
         }
+        Some(before)
     }
 
     fn entry(&self, index: u32) -> Option<&Entry> {
@@ -88,18 +98,17 @@ impl Records {
         };
         let token = reservation.token;
         let older = reservation
-            .session
+            .session()
             .and_then(|session| self.newest.insert(session, index));
         if let Some(entry) = older.and_then(|i| self.entry_mut(i)) {
             entry.newer = Some(index);
         }
         if let Some(slot) = self.slab.get_mut(index as usize) {
-            let bind_cursor = reservation.range.start();
             *slot = Some(Entry {
                 reservation,
                 newer: None,
                 older,
-                bind_cursor,
+                ports: PortStates::default(),
             });
         }
         self.by_token.insert(token, index);
@@ -127,7 +136,7 @@ impl Records {
             }
             // It was the newest: its predecessor (if any) heads the list now.
             None => {
-                if let Some(session) = entry.reservation.session {
+                if let Some(session) = entry.reservation.session() {
                     match entry.older {
                         Some(older) => self.newest.insert(session, older),
                         None => self.newest.remove(&session),

@@ -65,6 +65,26 @@ impl Space {
         })
     }
 
+    /// How many reserved ports lie inside `within` (a walk over the reservations there: for
+    /// error messages, not for hot paths).
+    pub(super) fn reserved_in(&self, within: PortRange) -> u32 {
+        let reaching_in = self.containing(within.start());
+        let starting_in = self
+            .by_start
+            .range(within.start()..=within.end())
+            .map(|(_, slot)| *slot)
+            .filter(|slot| Some(*slot) != reaching_in);
+        reaching_in
+            .into_iter()
+            .chain(starting_in)
+            .map(|slot| {
+                let first = slot.range.start().max(within.start());
+                let last = slot.range.end().min(within.end());
+                u32::from(last - first) + 1
+            })
+            .sum()
+    }
+
     /// Adds a reservation of `range`, which must overlap none of the live ones.
     pub(super) fn insert(&mut self, range: PortRange, token: Token) {
         self.free.occupy(range);

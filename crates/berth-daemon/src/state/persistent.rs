@@ -3,7 +3,6 @@
 
 use berth_core::{Allowed, ErrorKind, PortRange, Protocol, Requester};
 use berth_protocol::{Response, MAX_ALLOW_LIST};
-use berth_store::PersistentRow;
 
 use super::{error, info, now_ms, OsTokens, Shared};
 
@@ -36,42 +35,34 @@ impl Shared {
             return not_admin("create", requester);
         }
         let prober = self.prober;
-        let created_at_ms = now_ms();
-        // Into the table first, so that no acquire can take the ports while the store writes,
-        // and queued to the store under the same lock, so that a delete of it cannot overtake
-        // the create on its way to the database.
-        let (reservation, durable) = {
+        // Into the table and onto the stream under one lock: no acquire can take the ports
+        // while the store writes, and a delete of it cannot overtake the create on its way to
+        // the database. Answered once durable; undone if it cannot be made durable.
+        let (created, pending) = {
             let mut table = self.table();
             let token = table.new_token(&mut OsTokens);
-            let inserted = table.insert_persistent(
+            let change = match table.create_persistent(
                 token,
                 protocol,
                 range,
-                allowed.clone(),
-                created_at_ms,
+                allowed,
+                requester.process.uid,
+                now_ms(),
                 &mut |proto, r| prober.first_in_use(proto, r),
-            );
-            let reservation = match inserted {
-                Ok(r) => r,
+            ) {
+                Ok(change) => change,
                 Err(e) => return error(e.kind(), e.to_string()),
             };
-            let durable = self.store.create(PersistentRow {
-                token: reservation.token,
-                protocol,
-                range,
-                allow_users: allowed.users,
-                allow_groups: allowed.groups,
-                created_at_ms,
-                created_by_uid: requester.process.uid,
-            });
-            (reservation, durable)
+            let created = change.reservation().cloned();
+            (created, self.publish(&mut table, vec![change]))
         };
-        if let Err(e) = durable.done().await {
-            self.table().remove_persistent(reservation.token);
-            return store_failed("create", &e);
+        if let Err(why) = self.settle(pending).await {
+            return store_failed("create", &why);
         }
-        tracing::info!(token = %reservation.token, "persistent {} {} created by uid {}", protocol, berth_core::describe(range), requester.process.uid);
-        Response::PersistentCreated(info(&reservation, &requester.process, true, now_ms()))
+        match created {
+            Some(r) => Response::PersistentCreated(info(&r, &requester.process, true, now_ms())),
+            None => store_failed("create", "the reservation went missing"),
+        }
     }
 
     pub(super) async fn delete_persistent(
@@ -88,26 +79,22 @@ impl Shared {
         if !requester.is_admin {
             return not_admin("delete", requester);
         }
-        let Some(token) = self
-            .table()
-            .find_persistent(protocol, range)
-            .map(|r| r.token)
-        else {
-            return no_exact_match(protocol, range);
+        // Out of the table at once (so a concurrent delete finds nothing), answered once the
+        // deletion is durable, and put back if it cannot be made durable.
+        let (deleted, pending) = {
+            let mut table = self.table();
+            let Some(change) = table.delete_persistent(protocol, range) else {
+                return no_exact_match(protocol, range);
+            };
+            let deleted = change.reservation().cloned();
+            (deleted, self.publish(&mut table, vec![change]))
         };
-        match self.store.delete(token).await {
-            Ok(true) => {}
-            // Not in the database: a concurrent delete of the same reservation got there first.
-            Ok(false) => return no_exact_match(protocol, range),
-            Err(e) => return store_failed("delete", &e),
+        if let Err(why) = self.settle(pending).await {
+            return store_failed("delete", &why);
         }
-        match self.table().remove_persistent(token) {
-            Some(r) => {
-                tracing::info!(token = %r.token, "persistent {} {} deleted by uid {}", protocol, berth_core::describe(range), requester.process.uid);
-                Response::PersistentDeleted(info(&r, &requester.process, true, now_ms()))
-            }
-            // A concurrent delete of the same reservation won.
-            None => no_exact_match(protocol, range),
+        match deleted {
+            Some(r) => Response::PersistentDeleted(info(&r, &requester.process, true, now_ms())),
+            None => store_failed("delete", "the reservation went missing"),
         }
     }
 

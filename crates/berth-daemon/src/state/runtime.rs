@@ -1,14 +1,18 @@
-//! Runtime reservations: acquire, release, re-claim after a restart, and associate.
+//! Runtime reservations: acquire, release, re-claim after a restart, hand-over to a process,
+//! and associate.
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 
-use berth_core::{ErrorKind, Holder, Kind, Protocol, RangeRequest, Requester, Token, UseRequest};
+use berth_core::{
+    AcquireError, Constraints, ErrorKind, Holder, Kind, Owner, Protocol, RangeRequest, Requester,
+    Token, UseRequest,
+};
 use berth_protocol::Response;
-use berth_store::{JournalOp, JournalRow};
 
 use super::{error, info, now_ms, zero_token, OsTokens, Peer, Shared};
 use crate::associate;
+use crate::lineage;
 use crate::peer::groups_of;
 
 impl Shared {
@@ -25,74 +29,59 @@ impl Shared {
             Ok(r) => r,
             Err(e) => return error(e.kind(), e.to_string()),
         };
-        if let RangeRequest::Specific(range) = request {
-            if let Err(refusal) = self.check_privileged(protocol, range, owner) {
-                return refusal;
-            }
-        }
+        let limits = Constraints {
+            lowest_port: self.lowest_port_for(request, owner),
+            quota: None,
+        };
         let holder = Holder {
             owner: owner.clone(),
             session: peer.session,
             acquired_at_ms: now_ms(),
         };
         let prober = self.prober;
-        // A wildcard block never holds privileged ports the asker may not use: to the search
-        // they look like ports in use, so it moves past them (and a pool of nothing else is
-        // exhausted for this user).
-        let privileged_below = match request {
-            RangeRequest::Wildcard { .. }
-                if self.pool_is_privileged && !self.may_use_privileged(owner) =>
-            {
-                self.privileged.unprivileged_start
-            }
-            _ => 0,
-        };
-        let (result, journaled) = {
+        let (granted, pending) = {
             let mut table = self.table();
             // The probe binds are non-blocking syscalls; holding the lock across them keeps a
             // candidate block from being handed to two clients at once.
-            let result = table.acquire(
+            let change = match table.acquire(
                 protocol,
                 request,
                 holder,
+                limits,
                 &mut OsTokens,
-                &mut |proto, range| {
-                    if range.start() < privileged_below {
-                        return Some(range.start());
-                    }
-                    prober.first_in_use(proto, range)
-                },
-            );
-            // Queued under the lock, so the journal sees changes in the table's order.
-            let journaled = result.as_ref().ok().and_then(|r| {
-                let owner = r.owner.clone()?;
-                Some(self.store.journal(JournalOp::Insert(JournalRow {
-                    token: r.token,
-                    protocol: r.protocol,
-                    range: r.range,
-                    owner,
-                    acquired_at_ms: r.acquired_at_ms,
-                })))
-            });
-            (result, journaled)
+                &mut |proto, range| prober.first_in_use(proto, range),
+            ) {
+                Ok(change) => change,
+                Err(e) => return acquire_refused(&e),
+            };
+            let granted = change.reservation().cloned();
+            (granted, self.publish(&mut table, vec![change]))
         };
-        match result {
-            Ok(r) => {
-                // Acknowledge only once the journal has it: a crash after this reply must not
-                // forget the reservation. If it cannot be journaled, it is not granted.
-                if let Some(queued) = journaled {
-                    if let Err(e) = queued.done().await {
-                        self.undo_acquire(&r);
-                        return error(
-                            ErrorKind::Unavailable,
-                            format!("the daemon could not record the reservation in its database ({e}); nothing was reserved — check the daemon's log and its database's disk, then retry"),
-                        );
-                    }
-                }
-                tracing::info!(token = %r.token, "{} {} reserved by pid {} ({})", r.protocol, berth_core::describe(r.range), owner.pid, owner.command);
-                Response::Acquired(info(&r, owner, requester.is_admin, now_ms()))
-            }
-            Err(e) => error(e.kind(), e.to_string()),
+        // Answer only once the journal has it: a crash after this reply must not forget the
+        // reservation. If it cannot be recorded, it is not granted.
+        if let Err(why) = self.settle(pending).await {
+            return error(
+                ErrorKind::Unavailable,
+                format!("the daemon could not record the reservation ({why}); nothing was reserved — check the daemon's log and its database's disk, then retry"),
+            );
+        }
+        match granted {
+            Some(r) => Response::Acquired(info(&r, owner, requester.is_admin, now_ms())),
+            None => error(ErrorKind::Unavailable, "the grant went missing".into()),
+        }
+    }
+
+    /// The lowest port `owner` may get: above the privileged ports, unless the policy lets it
+    /// use them. Reads the owner's groups only when the request could reach privileged ports.
+    fn lowest_port_for(&self, request: RangeRequest, owner: &Owner) -> u16 {
+        let may_reach = match request {
+            RangeRequest::Specific(range) => self.privileged.touches(range),
+            RangeRequest::Wildcard { .. } => self.pool_is_privileged,
+        };
+        if may_reach && !self.may_use_privileged(owner) {
+            self.privileged.unprivileged_start
+        } else {
+            0
         }
     }
 
@@ -100,55 +89,81 @@ impl Shared {
         let Some(token) = Token::new(token) else {
             return zero_token();
         };
-        let (result, journaled) = {
+        let (released, pending) = {
             let mut table = self.table();
-            let result = table.release(token, requester);
-            let journaled = result
-                .as_ref()
-                .ok()
-                .map(|r| self.store.journal(JournalOp::Remove(r.token)));
-            (result, journaled)
+            let change = match table.release(token, requester) {
+                Ok(change) => change,
+                Err(e) => return error(e.kind(), e.to_string()),
+            };
+            let released = change.reservation().cloned();
+            (released, self.publish(&mut table, vec![change]))
         };
-        match result {
-            Ok(r) => {
-                // A failed journal write here only means a restarted daemon would hold the
-                // block until its grace period ends (its owner no longer claims it).
-                if let Some(queued) = journaled {
-                    let _ = queued.done().await;
-                }
-                tracing::info!(token = %r.token, "{} {} released by pid {}", r.protocol, berth_core::describe(r.range), requester.process.pid);
+        // A release cannot be refused; a journal that failed to follow only means a restarted
+        // daemon would hold the block until its grace period ends.
+        let _ = self.settle(pending).await;
+        match released {
+            Some(r) => {
                 Response::Released(info(&r, &requester.process, requester.is_admin, now_ms()))
             }
-            Err(e) => error(e.kind(), e.to_string()),
+            None => error(ErrorKind::Unavailable, "the release went missing".into()),
         }
     }
 
-    /// Takes back a reservation that could not be journaled.
-    fn undo_acquire(&self, r: &berth_core::Reservation) {
-        let admin = Requester {
-            process: r.owner.clone().unwrap_or_else(peerless),
-            is_admin: true,
-        };
-        let mut table = self.table();
-        if table.release(r.token, &admin).is_ok() {
-            self.store.journal_detached(JournalOp::Remove(r.token));
-        }
-    }
-
-    /// After a restart: gives a journaled reservation back to its owner's new session.
-    pub(super) fn reclaim(&self, token: u64, requester: &Requester, peer: &Peer) -> Response {
+    /// After a restart: gives a restored reservation back to its owner's new session.
+    pub(super) async fn reclaim(&self, token: u64, requester: &Requester, peer: &Peer) -> Response {
         let Some(token) = Token::new(token) else {
             return zero_token();
         };
-        let result = self
-            .table()
-            .reclaim(token, &requester.process, peer.session);
-        match result {
-            Ok(r) => {
-                tracing::info!(token = %r.token, "{} {} re-claimed by pid {}", r.protocol, berth_core::describe(r.range), requester.process.pid);
+        let (after, pending) = {
+            let mut table = self.table();
+            let change = match table.reclaim(token, &requester.process, peer.session) {
+                Ok(change) => change,
+                Err(e) => return error(e.kind(), e.to_string()),
+            };
+            let after = change.reservation().cloned();
+            (after, self.publish(&mut table, vec![change]))
+        };
+        if let Err(why) = self.settle(pending).await {
+            return error(
+                ErrorKind::Unavailable,
+                format!("the daemon could not record the re-claim ({why}); retry"),
+            );
+        }
+        match after {
+            Some(r) => {
                 Response::Reclaimed(info(&r, &requester.process, requester.is_admin, now_ms()))
             }
-            Err(e) => error(e.kind(), e.to_string()),
+            None => error(ErrorKind::Unavailable, "the re-claim went missing".into()),
+        }
+    }
+
+    /// Hands a reservation of the requester to process `pid`, a child of the requester of the
+    /// same user: from then on it lives exactly as long as that process.
+    pub(super) async fn transfer(&self, token: u64, pid: u32, requester: &Requester) -> Response {
+        let Some(token) = Token::new(token) else {
+            return zero_token();
+        };
+        let to = match lineage::child_of(&requester.process, pid) {
+            Ok(child) => child,
+            Err(why) => return error(ErrorKind::PermissionDenied, why),
+        };
+        let (after, pending) = {
+            let mut table = self.table();
+            let change = match table.transfer(token, &requester.process, to) {
+                Ok(change) => change,
+                Err(e) => return error(e.kind(), e.to_string()),
+            };
+            let after = change.reservation().cloned();
+            (after, self.publish(&mut table, vec![change]))
+        };
+        if let Err(why) = self.settle(pending).await {
+            return error(ErrorKind::Unavailable, format!("the daemon could not record the hand-over ({why}); the reservation stays with pid {}", requester.process.pid));
+        }
+        match after {
+            Some(r) => {
+                Response::Transferred(info(&r, &requester.process, requester.is_admin, now_ms()))
+            }
+            None => error(ErrorKind::Unavailable, "the hand-over went missing".into()),
         }
     }
 
@@ -175,7 +190,7 @@ impl Shared {
         // Groups matter only for a persistent reservation's allow list, and only to someone
         // who is not an administrator: read /proc only then, never on the common path.
         let needs_groups = !requester.is_admin
-            && self.table().get(token).map(|r| r.kind) == Some(Kind::Persistent);
+            && self.table().get(token).map(|r| r.kind()) == Some(Kind::Persistent);
         let gids = if needs_groups {
             groups_of(&requester.process)
         } else {
@@ -186,20 +201,18 @@ impl Shared {
             is_admin: requester.is_admin,
             gids: &gids,
         };
-        let (range, protocol, kind, cursor) = {
-            let table = self.table();
-            match table.authorize_use(token, asker) {
-                Ok((r, cursor)) => (r.range, r.protocol, r.kind, cursor),
-                Err(e) => return error(e.kind(), e.to_string()),
-            }
+        let plan = match self.table().authorize_use(token, asker) {
+            Ok(plan) => plan,
+            Err(e) => return error(e.kind(), e.to_string()),
         };
-        if facts.protocol != protocol {
+        if facts.protocol != plan.protocol {
             return error(
                 ErrorKind::NotSupported,
                 format!(
-                    "reservation {token} is for {protocol} but the socket is {}; send a {} socket",
+                    "reservation {token} is for {} but the socket is {}; send a {} socket",
+                    plan.protocol,
                     facts.protocol,
-                    if protocol == Protocol::Tcp {
+                    if plan.protocol == Protocol::Tcp {
                         "SOCK_STREAM (TCP)"
                     } else {
                         "SOCK_DGRAM (UDP)"
@@ -209,8 +222,10 @@ impl Shared {
         }
         // An administrator who created a persistent reservation for someone has decided for
         // its privileged ports too; a runtime one needs the privileged-port policy.
-        if kind == Kind::Runtime {
-            if let Err(refusal) = self.check_privileged(protocol, range, &requester.process) {
+        if plan.kind == Kind::Runtime {
+            if let Err(refusal) =
+                self.check_privileged(plan.protocol, plan.range, &requester.process)
+            {
                 return refusal;
             }
         }
@@ -219,7 +234,7 @@ impl Shared {
             Err((kind, message)) => return error(kind, message),
         };
         // The binds happen outside the table lock; the kernel arbitrates between them.
-        match associate::bind_from(fd.as_fd(), facts, range, cursor, address) {
+        match associate::bind_from(fd.as_fd(), facts, &plan, address) {
             Ok(port) => {
                 self.table().note_bound(token, port);
                 tracing::debug!(%token, port, pid = requester.process.pid, "socket bound");
@@ -230,13 +245,7 @@ impl Shared {
     }
 }
 
-/// A placeholder identity for administrative undo operations.
-fn peerless() -> berth_core::Owner {
-    berth_core::Owner {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-        start_time: 0,
-        command: String::new(),
-    }
+/// The answer to a refused acquire.
+fn acquire_refused(e: &AcquireError) -> Response {
+    error(e.kind(), e.to_string())
 }

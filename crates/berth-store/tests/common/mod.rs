@@ -41,5 +41,6 @@ pub fn journaled(t: u64, start: u16, count: u16) -> JournalRow {
             command: format!("cmd-{t}"),
         },
         acquired_at_ms: 1_750_000_000_000 + t % 1000,
+        process: false,
     }
 }
