@@ -31,6 +31,7 @@ pub mod config_file;
 mod db_lock;
 mod inbound;
 mod journal;
+mod limits;
 mod lineage;
 pub mod listener;
 mod netns;

@@ -52,6 +52,8 @@ pub async fn run_with_ready(
     ready: impl FnOnce(),
 ) -> io::Result<()> {
     check_csprng()?;
+    let open_files = crate::limits::raise_open_files();
+    tracing::debug!(open_files, "descriptor limit");
     let _db_lock = db_lock::acquire(&config.db)?;
     let mut store = store_thread::open(&config.db).map_err(io::Error::other)?;
     // Journaled owners cannot have survived a reboot; a pid and start time from an earlier

@@ -329,6 +329,7 @@ impl Shared {
             tcp_ports: table.reserved_ports(Protocol::Tcp),
             udp_ports: table.reserved_ports(Protocol::Udp),
             sessions: self.sessions.load(Ordering::Relaxed),
+            open_files_limit: crate::limits::open_files_limit(),
         })
     }
 }

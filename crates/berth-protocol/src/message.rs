@@ -310,6 +310,9 @@ pub struct StatusInfo {
     pub udp_ports: u32,
     /// Open client connections.
     pub sessions: u32,
+    /// The daemon's descriptor limit (soft `RLIMIT_NOFILE`, raised to the hard limit at
+    /// start-up; `u64::MAX` = unlimited): connections and owner watches each take one.
+    pub open_files_limit: u64,
 }
 
 #[cfg(test)]

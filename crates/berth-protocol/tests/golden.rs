@@ -205,8 +205,9 @@ fn responses() {
             tcp_ports: 2,
             udp_ports: 1,
             sessions: 1,
+            open_files_limit: 1024,
         }),
-        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01",
+        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01  80 08",
     );
     golden(Response::Associated { port: 8080 }, "06  90 3f");
     golden(

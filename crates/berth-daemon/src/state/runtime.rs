@@ -5,10 +5,13 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use berth_core::{
-    AcquireError, Constraints, ErrorKind, Holder, Kind, Owner, Protocol, RangeRequest, Requester,
-    Token, UseRequest,
+    AcquireError, Constraints, ErrorKind, Holder, Kind, Owner, Protocol, QuotaKind, RangeRequest,
+    Requester, Token, UseRequest,
 };
-use berth_protocol::Response;
+use berth_protocol::{
+    ErrorDetail, Holder as DetailHolder, PoolDetail, PortsDetail, QuotaDetail, QuotaWhat, Response,
+    WireError,
+};
 
 use super::{error, info, now_ms, zero_token, OsTokens, Peer, Shared};
 use crate::associate;
@@ -52,7 +55,7 @@ impl Shared {
                 &mut |proto, range| prober.first_in_use(proto, range),
             ) {
                 Ok(change) => change,
-                Err(e) => return acquire_refused(&e),
+                Err(e) => return acquire_refused(&e, start, count, requester),
             };
             let granted = change.reservation().cloned();
             (granted, self.publish(&mut table, vec![change]))
@@ -245,7 +248,66 @@ impl Shared {
     }
 }
 
-/// The answer to a refused acquire.
-fn acquire_refused(e: &AcquireError) -> Response {
-    error(e.kind(), e.to_string())
+/// The answer to a refused acquire, with the numbers a program needs: the ports and their
+/// holder (owner details only where `asker` may see them), the pool, or the quota.
+fn acquire_refused(e: &AcquireError, start: u16, count: u16, asker: &Requester) -> Response {
+    let ports = |protocol, port, holder| {
+        ErrorDetail::Ports(PortsDetail {
+            protocol,
+            start,
+            count,
+            port,
+            holder,
+        })
+    };
+    let detail = match e {
+        AcquireError::Conflict {
+            protocol, holder, ..
+        } => {
+            let shown = info(holder, &asker.process, asker.is_admin, 0);
+            let first = holder.range.start().max(start);
+            ports(
+                *protocol,
+                Some(first),
+                Some(DetailHolder {
+                    token: Some(holder.token),
+                    kind: Some(holder.kind()),
+                    owner: shown.owner,
+                }),
+            )
+        }
+        AcquireError::InUse { protocol, port, .. } => ports(*protocol, Some(*port), None),
+        AcquireError::Privileged(denied) => {
+            ports(denied.protocol, Some(denied.range.start()), None)
+        }
+        AcquireError::PoolExhausted {
+            protocol,
+            count,
+            pool,
+            free_ports,
+            skipped_privileged,
+        } => ErrorDetail::Pool(PoolDetail {
+            protocol: *protocol,
+            pool: *pool,
+            count: *count,
+            fragmented: *free_ports >= u32::from(*count),
+            privileged_skipped: *skipped_privileged,
+        }),
+        AcquireError::QuotaExceeded {
+            what,
+            limit,
+            used,
+            asked,
+            ..
+        } => ErrorDetail::Quota(QuotaDetail {
+            what: match what {
+                QuotaKind::Reservations => QuotaWhat::Reservations,
+                QuotaKind::Ports => QuotaWhat::Ports,
+            },
+            limit: *limit,
+            used: *used,
+            asked: u32::from(*asked),
+        }),
+    };
+    Response::Error(WireError::new(e.kind(), e.to_string()).with_detail(detail))
 }
