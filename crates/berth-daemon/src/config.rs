@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_core::{Pool, PrivilegedPorts};
+use berth_core::{Pool, PrivilegedPorts, Quota};
 
 /// The most connections served at once unless configured otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -36,6 +36,8 @@ pub struct Config {
     /// After a restart, how long runtime reservations of the previous daemon are held for
     /// their owners to re-claim.
     pub grace: Duration,
+    /// Each user's limits on runtime reservations; administrators are exempt. `None`: no limit.
+    pub quota: Option<Quota>,
     /// While set, every database write fails (tests of what the daemon does when its disk
     /// fails; see `testing::TestDaemon::fail_store`).
     pub(crate) store_faults: Arc<AtomicBool>,
@@ -57,6 +59,7 @@ impl Config {
             },
             admin_groups: Vec::new(),
             grace: DEFAULT_GRACE,
+            quota: None,
             store_faults: Arc::new(AtomicBool::new(false)),
         }
     }

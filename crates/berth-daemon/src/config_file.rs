@@ -64,6 +64,14 @@ struct Privileged {
     allow_groups: Vec<Account>,
 }
 
+/// The `[quota]` table: limits per user (uid) on runtime reservations.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaTable {
+    max_reservations: Option<u32>,
+    max_ports: Option<u32>,
+}
+
 /// The file's contents.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +87,8 @@ pub struct ConfigFile {
     grace_period_s: Option<u64>,
     #[serde(default)]
     privileged: Privileged,
+    /// Per-user limits on runtime reservations (administrators are exempt).
+    quota: Option<QuotaTable>,
 }
 
 impl ConfigFile {
@@ -128,6 +138,19 @@ impl ConfigFile {
                 )));
             }
             config.grace = std::time::Duration::from_secs(secs);
+        }
+        if let Some(q) = &self.quota {
+            let max_reservations = q.max_reservations.unwrap_or(u32::MAX);
+            let max_ports = q.max_ports.unwrap_or(u32::MAX);
+            if max_reservations == 0 || max_ports == 0 {
+                return Err(invalid(
+                    "quota: max_reservations and max_ports must be at least 1 (leave a key out for no limit)".into(),
+                ));
+            }
+            config.quota = Some(berth_core::Quota {
+                max_reservations,
+                max_ports,
+            });
         }
         for account in &self.admin_groups {
             let gid = match account {

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     netns: NetNs,
     /// Members of these groups are administrators.
     admin_groups: Vec<u32>,
+    /// Each non-administrator's limits on runtime reservations.
+    pub(crate) quota: Option<berth_core::Quota>,
     /// The database's thread: persistent reservations and the runtime journal.
     store: StoreHandle,
 }
@@ -85,6 +87,7 @@ impl Shared {
             pool_is_privileged: config.privileged.touches(config.pool.range()),
             netns: NetNs::current()?,
             admin_groups: config.admin_groups.clone(),
+            quota: config.quota,
             store,
         };
         Ok((shared, owners))

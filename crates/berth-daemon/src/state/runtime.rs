@@ -34,7 +34,8 @@ impl Shared {
         };
         let limits = Constraints {
             lowest_port: self.lowest_port_for(request, owner),
-            quota: None,
+            // Administrators are exempt: they keep the service running for everyone.
+            quota: self.quota.filter(|_| !requester.is_admin),
         };
         let holder = Holder {
             owner: owner.clone(),
