@@ -347,4 +347,96 @@ mod tests {
         assert_eq!((l.received, l.consumed), (7000, 7000));
         assert!(l.reads.is_empty());
     }
+
+    mod attribution {
+        //! Random well-behaved streams: several processes share a connection, each writing
+        //! whole frames, an associate's descriptor sent with its frame's bytes; the kernel
+        //! splits the stream into reads as it may (never across two senders, a read stopping
+        //! right after bytes that carried descriptors). Every frame must be attributed to its
+        //! sender, and exactly the associates must get their own descriptor.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One frame as sent: its sender, its length and whether it is an associate.
+        #[derive(Debug, Clone)]
+        struct Sent {
+            sender: u32,
+            len: usize,
+            associate: bool,
+        }
+
+        fn sent() -> impl Strategy<Value = Sent> {
+            (0u32..3, 1usize..40, any::<bool>()).prop_map(|(sender, len, associate)| Sent {
+                sender,
+                len,
+                associate,
+            })
+        }
+
+        /// One read the kernel returns: its length, descriptors (frame indices) and sender.
+        type ReadOut = (usize, Vec<usize>, u32);
+
+        /// Splits the frames' bytes into reads; `cuts` decides how much each read takes.
+        fn reads(frames: &[Sent], cuts: &[usize]) -> Vec<ReadOut> {
+            let mut out: Vec<ReadOut> = Vec::new();
+            let mut cut = cuts.iter().cycle();
+            let mut i = 0;
+            let mut offset = 0; // bytes of frames[i] already read
+            while i < frames.len() {
+                let sender = frames[i].sender;
+                let mut want = *cut.next().unwrap_or(&1);
+                let (mut len, mut fds) = (0, Vec::new());
+                // Take bytes of consecutive frames of one sender.
+                while i < frames.len() && frames[i].sender == sender && want > 0 {
+                    let f = &frames[i];
+                    if offset == 0 && f.associate {
+                        fds.push(i);
+                    }
+                    let take = (f.len - offset).min(want);
+                    len += take;
+                    want -= take;
+                    offset += take;
+                    if offset == f.len {
+                        i += 1;
+                        offset = 0;
+                        // The kernel stops a read after bytes that carried descriptors.
+                        if frames[i - 1].associate {
+                            break;
+                        }
+                    }
+                }
+                out.push((len, fds, sender));
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn every_frame_is_attributed_to_its_sender_and_descriptor(
+                frames in prop::collection::vec(sent(), 1..60),
+                cuts in prop::collection::vec(1usize..100, 1..20),
+            ) {
+                let mut ledger: Ledger<usize, u32> = Ledger::new();
+                let mut received = 0usize;
+                let mut next = 0usize; // next frame to decode
+                let mut decoded_bytes = 0usize;
+                for (len, fds, sender) in reads(&frames, &cuts) {
+                    ledger.record(len, fds, sender).unwrap();
+                    received += len;
+                    // Decode every complete frame before the next read (the ledger's rule).
+                    while next < frames.len() && decoded_bytes + frames[next].len <= received {
+                        let f = &frames[next];
+                        let claim = ledger.frame(f.len, f.associate).unwrap();
+                        prop_assert_eq!(claim.sender, f.sender);
+                        prop_assert_eq!(claim.fd, f.associate.then_some(next));
+                        decoded_bytes += f.len;
+                        next += 1;
+                    }
+                }
+                prop_assert_eq!(next, frames.len());
+                prop_assert_eq!(ledger.pending, 0);
+            }
+        }
+    }
 }
