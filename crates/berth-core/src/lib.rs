@@ -14,11 +14,14 @@
 //!   O(log 65,536), whatever the number of live reservations.
 //! - [`table`]: [`Table`], the allocation state of both protocols.
 //! - [`policy`]: [`PrivilegedPorts`], who may bind ports below the unprivileged start.
+//! - [`portset`]: [`PortSet`], a set of ports in the kernel's list syntax
+//!   (`ip_local_reserved_ports`).
 
 pub mod error;
 pub mod freemap;
 pub mod owner;
 pub mod policy;
+pub mod portset;
 pub mod range;
 pub mod table;
 pub mod token;
@@ -26,6 +29,7 @@ pub mod token;
 pub use error::{describe, AcquireError, ErrorKind, RangeError, ReleaseError, UseError};
 pub use owner::{Holder, Owner, Requester, SessionId};
 pub use policy::{PrivilegedDenied, PrivilegedPorts};
+pub use portset::{BadPortList, PortSet};
 pub use range::{Pool, PortRange, Protocol, RangeRequest};
 pub use table::{
     Allowed, BindPlan, Bond, Change, Constraints, Ending, Kind, Lease, PortUse, Quota, QuotaKind,

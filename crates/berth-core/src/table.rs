@@ -165,19 +165,17 @@ impl Table {
         let pool = self.pool;
         let lowest = limits.lowest_port;
         let skipped_privileged = pool.range().start() < lowest;
-        let mut usable = |proto: Protocol, candidate: PortRange| {
-            if candidate.start() < lowest {
-                // Every start of the candidate below `lowest` is as unusable: naming the last
-                // of them lets the search jump past them all.
-                return Some((lowest - 1).min(candidate.end()));
+        // The part of the pool the asker may have: ports below `lowest` are never candidates.
+        let usable = PortRange::from_bounds(pool.range().start().max(lowest), pool.range().end())
+            .ok()
+            .filter(|_| lowest <= pool.range().end());
+        if let Some(within) = usable {
+            if let Some(range) = self
+                .space_mut(protocol)
+                .next_fit(protocol, count, within, in_use)
+            {
+                return Ok(range);
             }
-            in_use(proto, candidate)
-        };
-        if let Some(range) =
-            self.space_mut(protocol)
-                .next_fit(protocol, count, pool.range(), &mut usable)
-        {
-            return Ok(range);
         }
         let free = u32::from(pool.range().count()) - self.space(protocol).reserved_in(pool.range());
         Err(AcquireError::PoolExhausted {
@@ -530,7 +528,8 @@ impl Table {
     /// were taken meanwhile.
     pub fn revert(&mut self, change: &Change) -> Result<Vec<Change>, AcquireError> {
         Ok(match change {
-            Change::Granted(r) => self
+            // Only the very reservation the change made: its token may name another by now.
+            Change::Granted(r) if self.get(r.token) == Some(r) => self
                 .remove(r.token)
                 .map(|reservation| Change::Released {
                     reservation,
@@ -538,7 +537,7 @@ impl Table {
                 })
                 .into_iter()
                 .collect(),
-            Change::PersistentCreated(r) => self
+            Change::PersistentCreated(r) if self.get(r.token) == Some(r) => self
                 .remove(r.token)
                 .map(Change::PersistentDeleted)
                 .into_iter()
@@ -558,9 +557,11 @@ impl Table {
                     Vec::new()
                 }
             }
-            Change::Released { .. } | Change::Restored(_) | Change::NotRestored { .. } => {
-                Vec::new()
-            }
+            Change::Granted(_)
+            | Change::PersistentCreated(_)
+            | Change::Released { .. }
+            | Change::Restored(_)
+            | Change::NotRestored { .. } => Vec::new(),
         })
     }
 

@@ -1,5 +1,13 @@
 //! Random operation sequences on a [`Table`], checked step by step against a naive model: one
-//! flag per port per protocol, plus the set of ports "in use on the host".
+//! flag per port per protocol, the live reservations in a list, the set of ports "in use on the
+//! host", and per-user usage counted from scratch.
+//!
+//! A run starts by restoring a random set of journaled rows (persistent, unclaimed and
+//! process-bound; some overlapping), then applies random operations: acquires under random
+//! constraints (lowest port, quota), releases, session ends, owners exiting, the grace period
+//! ending, re-claims, transfers, persistent creation and deletion, and reverting the previous
+//! operation's change. For each, the model computes the exact result (the changes or the error)
+//! and the table must return it; after each, the table and the model must agree.
 
 // clippy's test allowances cover `#[test]` functions, not the model's helpers.
 #![expect(
@@ -11,8 +19,9 @@
 use std::collections::{BTreeSet, HashSet};
 
 use berth_core::{
-    AcquireError, Holder, Owner, Pool, PortRange, Protocol, RangeRequest, ReleaseError, Requester,
-    Reservation, SessionId, Table, Token,
+    AcquireError, Allowed, Bond, Change, Constraints, Ending, Holder, Kind, Lease, Owner, Pool,
+    PortRange, PrivilegedDenied, Protocol, Quota, QuotaKind, RangeRequest, ReleaseError, Requester,
+    Reservation, SessionId, Table, Token, Usage, UseError,
 };
 use proptest::prelude::*;
 
@@ -30,6 +39,12 @@ fn slot(p: u16) -> usize {
 /// Size of the model's arrays.
 const SPAN: usize = (HIGH - LOW) as usize + 1;
 
+fn pool() -> Pool {
+    Pool::new(POOL_FIRST, POOL_LAST).unwrap()
+}
+
+/// Process `pid` started at tick `start_time`; its user and group ids are its pid, so usage is
+/// per process here and moves when a reservation is handed on.
 fn owner(pid: u32, start_time: u64) -> Owner {
     Owner {
         pid,
@@ -40,9 +55,16 @@ fn owner(pid: u32, start_time: u64) -> Owner {
     }
 }
 
-/// Session `s` belongs to process `100 + s` started at tick 1.
+/// Session `s` belongs to process `100 + s` started at tick 1. Journaled rows belong to
+/// processes 100..105 (so some are re-claimed by a session's process), transfers go to
+/// processes 200..203.
 fn session_owner(session: u8) -> Owner {
     owner(100 + u32::from(session), 1)
+}
+
+/// Every uid the model can produce.
+fn uids() -> impl Iterator<Item = u32> {
+    (100..=108).chain(200..=203)
 }
 
 fn index(protocol: Protocol) -> usize {
@@ -56,7 +78,7 @@ fn protocol() -> impl Strategy<Value = Protocol> {
     prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)]
 }
 
-/// Who asks for a release.
+/// Who asks for an operation on an existing reservation.
 #[derive(Debug, Clone, Copy)]
 enum Asker {
     Owner,
@@ -66,33 +88,110 @@ enum Asker {
     Admin,
 }
 
-#[derive(Debug, Clone)]
-enum Op {
-    Specific(Protocol, u16, u16, u8),
-    Wildcard(Protocol, u16, u8),
-    Release(usize, Asker),
-    ReleaseStale(usize),
-    ReleaseSession(u8),
-    ToggleInUse(Protocol, Vec<u16>),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    let asker = prop_oneof![
+fn asker() -> impl Strategy<Value = Asker> {
+    prop_oneof![
         3 => Just(Asker::Owner),
         1 => Just(Asker::Impostor),
         1 => Just(Asker::Stranger),
         1 => Just(Asker::Admin),
+    ]
+}
+
+/// What a journaled row at start-up is.
+#[derive(Debug, Clone, Copy)]
+enum RowKind {
+    Persistent,
+    Unclaimed,
+    Process,
+}
+
+/// A row of the store as a restarted daemon reads it.
+#[derive(Debug, Clone)]
+struct Row {
+    token: u64,
+    protocol: Protocol,
+    start: u16,
+    count: u16,
+    kind: RowKind,
+    /// Owner: process `100 + pid`.
+    pid: u8,
+}
+
+fn row() -> impl Strategy<Value = Row> {
+    let kind = prop_oneof![
+        1 => Just(RowKind::Persistent),
+        2 => Just(RowKind::Unclaimed),
+        1 => Just(RowKind::Process),
     ];
+    // Tokens from a small set so that some rows share one.
+    (1u64..48, protocol(), LOW..HIGH - 8, 1u16..8, kind, 0u8..5).prop_map(
+        |(token, protocol, start, count, kind, pid)| Row {
+            token,
+            protocol,
+            start,
+            count,
+            kind,
+            pid,
+        },
+    )
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Specific(Protocol, u16, u16, u8, Constraints),
+    Wildcard(Protocol, u16, u8, Constraints),
+    Release(usize, Asker),
+    ReleaseStale(usize),
+    ReleaseSession(u8),
+    ToggleInUse(Protocol, Vec<u16>),
+    CreatePersistent(Protocol, u16, u16),
+    /// Delete the persistent reservation picked (if `true` and there is one), else the range.
+    DeletePersistent(usize, bool, Protocol, u16, u16),
+    /// Re-claim the reservation picked on a session.
+    Reclaim(usize, Asker, u8),
+    /// Hand the reservation picked to process `200 + k`.
+    Transfer(usize, Asker, u8),
+    /// Process `pid` (start time 1, or 2 for another process with the pid) exited.
+    OwnerExited(u32, bool),
+    ReleaseUnclaimed,
+    /// Undo the last change the previous operation made.
+    RevertLast,
+}
+
+fn constraints() -> impl Strategy<Value = Constraints> {
+    let lowest = prop_oneof![4 => Just(0u16), 1 => LOW..HIGH];
+    let quota = prop_oneof![
+        3 => Just(None),
+        1 => (0u32..6, 0u32..60).prop_map(|(max_reservations, max_ports)| Some(Quota {
+            max_reservations,
+            max_ports,
+        })),
+    ];
+    (lowest, quota).prop_map(|(lowest_port, quota)| Constraints { lowest_port, quota })
+}
+
+fn op() -> impl Strategy<Value = Op> {
     let wildcard_count = prop_oneof![8 => 1u16..12, 2 => 12u16..60, 1 => 190u16..210];
+    let exited = prop_oneof![100u32..105, 200u32..203];
     prop_oneof![
-        4 => (protocol(), LOW..HIGH - 8, 1u16..8, 0u8..3)
-            .prop_map(|(p, s, c, sess)| Op::Specific(p, s, c, sess)),
-        6 => (protocol(), wildcard_count, 0u8..3).prop_map(|(p, c, s)| Op::Wildcard(p, c, s)),
-        3 => (any::<usize>(), asker).prop_map(|(i, a)| Op::Release(i, a)),
+        4 => (protocol(), LOW..HIGH - 8, 1u16..8, 0u8..3, constraints())
+            .prop_map(|(p, s, c, sess, k)| Op::Specific(p, s, c, sess, k)),
+        6 => (protocol(), wildcard_count, 0u8..3, constraints())
+            .prop_map(|(p, c, s, k)| Op::Wildcard(p, c, s, k)),
+        3 => (any::<usize>(), asker()).prop_map(|(i, a)| Op::Release(i, a)),
         1 => any::<usize>().prop_map(Op::ReleaseStale),
         1 => (0u8..3).prop_map(Op::ReleaseSession),
         2 => (protocol(), prop::collection::vec(LOW - 10..HIGH + 10, 1..6))
             .prop_map(|(p, ports)| Op::ToggleInUse(p, ports)),
+        1 => (protocol(), LOW..HIGH - 8, 1u16..8)
+            .prop_map(|(p, s, c)| Op::CreatePersistent(p, s, c)),
+        1 => (any::<usize>(), any::<bool>(), protocol(), LOW..HIGH - 8, 1u16..8)
+            .prop_map(|(i, pick, p, s, c)| Op::DeletePersistent(i, pick, p, s, c)),
+        2 => (any::<usize>(), asker(), 0u8..3).prop_map(|(i, a, s)| Op::Reclaim(i, a, s)),
+        2 => (any::<usize>(), asker(), 0u8..3).prop_map(|(i, a, k)| Op::Transfer(i, a, k)),
+        1 => (exited, any::<bool>()).prop_map(|(pid, other)| Op::OwnerExited(pid, other)),
+        1 => Just(Op::ReleaseUnclaimed),
+        2 => Just(Op::RevertLast),
     ]
 }
 
@@ -108,6 +207,18 @@ impl SmallTokens {
     }
 }
 
+/// `r` ordered as the table orders the changes of a bulk release.
+fn by_place(mut rs: Vec<Reservation>) -> Vec<Reservation> {
+    rs.sort_by_key(|r| (r.protocol, r.range.start()));
+    rs
+}
+
+fn ended(rs: Vec<Reservation>, why: Ending) -> Vec<Change> {
+    rs.into_iter()
+        .map(|reservation| Change::Released { reservation, why })
+        .collect()
+}
+
 struct Model {
     table: Table,
     tokens: SmallTokens,
@@ -119,19 +230,52 @@ struct Model {
     released: Vec<Token>,
     /// Where the next wildcard search starts, per protocol.
     cursor: [u16; 2],
+    /// The last change of the previous operation, for [`Op::RevertLast`].
+    last: Option<Change>,
 }
 
 impl Model {
-    fn new(seed: u64) -> Self {
-        Model {
-            table: Table::new(Pool::new(POOL_FIRST, POOL_LAST).unwrap()),
+    /// A table that restored `rows` at start-up, in order.
+    fn new(seed: u64, rows: &[Row]) -> Self {
+        let mut model = Model {
+            table: Table::new(pool()),
             tokens: SmallTokens(seed % 512),
             reserved: [vec![false; SPAN], vec![false; SPAN]],
             in_use: [BTreeSet::new(), BTreeSet::new()],
             live: Vec::new(),
             released: Vec::new(),
             cursor: [POOL_FIRST; 2],
+            last: None,
+        };
+        for row in rows {
+            model.restore(row);
+            model.check();
         }
+        model.last = None;
+        model
+    }
+
+    fn find(&self, token: Token) -> Option<&Reservation> {
+        self.live.iter().find(|r| r.token == token)
+    }
+
+    /// The live reservation of `protocol` overlapping `range` that starts lowest.
+    fn lowest_overlap(&self, protocol: Protocol, range: PortRange) -> Option<&Reservation> {
+        self.live
+            .iter()
+            .filter(|r| r.protocol == protocol && r.range.overlaps(range))
+            .min_by_key(|r| r.range.start())
+    }
+
+    fn usage(&self, uid: u32) -> Usage {
+        let mut usage = Usage::default();
+        for r in &self.live {
+            if r.owner().is_some_and(|o| o.uid == uid) {
+                usage.reservations += 1;
+                usage.ports += u32::from(r.range.count());
+            }
+        }
+        usage
     }
 
     fn usable(&self, protocol: Protocol, start: u16, count: u16) -> bool {
@@ -139,8 +283,9 @@ impl Model {
         (start..start + count).all(|p| !self.reserved[i][slot(p)] && !self.in_use[i].contains(&p))
     }
 
-    /// The block next-fit must grant: the first usable start in ring order from the cursor.
-    fn expected_wildcard(&self, protocol: Protocol, count: u16) -> Option<u16> {
+    /// The block next-fit must grant: the first usable start at or above `lowest` in ring order
+    /// from the cursor.
+    fn expected_wildcard(&self, protocol: Protocol, count: u16, lowest: u16) -> Option<u16> {
         if count == 0 || count > POOL_LAST - POOL_FIRST + 1 {
             return None;
         }
@@ -148,7 +293,15 @@ impl Model {
         let last_start = POOL_LAST + 1 - count;
         (cursor..=last_start)
             .chain(POOL_FIRST..cursor.min(last_start + 1))
-            .find(|&s| self.usable(protocol, s, count))
+            .find(|&s| s >= lowest && self.usable(protocol, s, count))
+    }
+
+    /// Unreserved ports of the pool.
+    fn free_in_pool(&self, protocol: Protocol) -> u32 {
+        let reserved = (POOL_FIRST..=POOL_LAST)
+            .filter(|&p| self.reserved[index(protocol)][slot(p)])
+            .count();
+        u32::try_from(usize::from(POOL_LAST - POOL_FIRST + 1) - reserved).unwrap()
     }
 
     fn mark(&mut self, r: &Reservation, value: bool) {
@@ -159,12 +312,81 @@ impl Model {
         }
     }
 
-    fn acquire(&mut self, protocol: Protocol, request: RangeRequest, session: u8) {
+    /// Applies changes the table was expected to make, and which it made, to the model.
+    fn commit(&mut self, changes: &[Change]) {
+        for change in changes {
+            match change {
+                Change::Granted(r) | Change::Restored(r) | Change::PersistentCreated(r) => {
+                    assert!(self.find(r.token).is_none(), "{change:?}: token live");
+                    self.mark(r, true);
+                    self.live.push(r.clone());
+                }
+                Change::Released { reservation: r, .. } | Change::PersistentDeleted(r) => {
+                    let i = self.live.iter().position(|l| l == r).unwrap();
+                    self.live.remove(i);
+                    self.mark(r, false);
+                    self.released.push(r.token);
+                }
+                Change::Rebound { before, after } => {
+                    let i = self.live.iter().position(|l| l == before).unwrap();
+                    self.live[i] = after.clone();
+                }
+                Change::NotRestored { .. } => {}
+            }
+        }
+        self.last = changes.last().cloned();
+    }
+
+    fn restore(&mut self, row: &Row) {
+        let range = PortRange::new(row.start, row.count).unwrap();
+        let runtime = |bond| Lease::Runtime {
+            owner: owner(100 + u32::from(row.pid), 1),
+            bond,
+        };
+        let lease = match row.kind {
+            RowKind::Persistent => Lease::Persistent {
+                allowed: Allowed::default(),
+                created_by: 0,
+            },
+            RowKind::Unclaimed => runtime(Bond::Unclaimed),
+            RowKind::Process => runtime(Bond::Process),
+        };
+        let reservation = Reservation {
+            token: Token::new(row.token).unwrap(),
+            protocol: row.protocol,
+            range,
+            acquired_at_ms: 3,
+            lease,
+        };
+        let in_the_way = self
+            .find(reservation.token)
+            .or_else(|| self.lowest_overlap(row.protocol, range))
+            .cloned();
+        let expected = match (in_the_way, reservation.kind()) {
+            (None, _) => Ok(Change::Restored(reservation.clone())),
+            (Some(_), Kind::Runtime) => Ok(Change::NotRestored {
+                token: reservation.token,
+                protocol: row.protocol,
+                range,
+            }),
+            (Some(holder), Kind::Persistent) => Err(AcquireError::Conflict {
+                protocol: row.protocol,
+                requested: range,
+                holder: Box::new(holder),
+            }),
+        };
+        let got = self.table.restore(reservation);
+        assert_eq!(got, expected, "{row:?}");
+        self.commit(&Vec::from_iter(got.ok()));
+    }
+
+    fn acquire(&mut self, protocol: Protocol, request: RangeRequest, session: u8, k: Constraints) {
         let holder = Holder {
             owner: session_owner(session),
             session: SessionId(u64::from(session)),
             acquired_at_ms: 5,
         };
+        let uid = holder.owner.uid;
         let in_use = &self.in_use[index(protocol)];
         let reserved = &self.reserved[index(protocol)];
         let mut probes: Vec<PortRange> = Vec::new();
@@ -175,53 +397,119 @@ impl Model {
         };
         let tokens = &mut self.tokens;
         let mut source = || tokens.draw();
-        let result = self
-            .table
-            .acquire(protocol, request, holder, &mut source, &mut probe);
+        let result = self.table.acquire(
+            protocol,
+            request,
+            holder.clone(),
+            k,
+            &mut source,
+            &mut probe,
+        );
 
         let is_wildcard = matches!(request, RangeRequest::Wildcard { .. });
         if is_wildcard {
-            // Every candidate offered to the probe was unreserved and inside the pool, and the
-            // search visited each start at most once.
+            // Every candidate offered to the probe was unreserved, inside the pool and at or
+            // above the lowest port, and the search visited each start at most once.
             assert!(probes.len() <= usize::from(POOL_LAST - POOL_FIRST + 1));
             for r in &probes {
                 assert!(
                     r.start() >= POOL_FIRST && r.end() <= POOL_LAST,
                     "{r} off pool"
                 );
+                assert!(r.start() >= k.lowest_port, "{r} below {}", k.lowest_port);
                 assert!(r.ports().all(|p| !reserved[slot(p)]), "{r} reserved");
             }
         }
+        if matches!(
+            result,
+            Err(AcquireError::QuotaExceeded { .. } | AcquireError::Privileged(_))
+        ) {
+            assert!(probes.is_empty(), "probed {probes:?} for a refused request");
+        }
 
-        let expected: Result<PortRange, AcquireError> = match request {
+        let expected = self.expected_acquire(protocol, request, uid, k);
+        let expected = expected.map(|range| {
+            // The token is the table's to draw: new and not live.
+            let token = match &result {
+                Ok(Change::Granted(r)) => r.token,
+                other => panic!("{request:?}: table gave {other:?}, model expected {range}"),
+            };
+            Change::Granted(Reservation {
+                token,
+                protocol,
+                range,
+                acquired_at_ms: 5,
+                lease: Lease::Runtime {
+                    owner: holder.owner.clone(),
+                    bond: Bond::Session(holder.session),
+                },
+            })
+        });
+        assert_eq!(result, expected, "{request:?} under {k:?}");
+        if let Ok(Change::Granted(r)) = &result {
+            if is_wildcard {
+                self.cursor[index(protocol)] = if r.range.end() == POOL_LAST {
+                    POOL_FIRST
+                } else {
+                    r.range.end() + 1
+                };
+            }
+        }
+        self.commit(&Vec::from_iter(result.ok()));
+    }
+
+    /// What an acquire must give: the block granted, or the error.
+    fn expected_acquire(
+        &self,
+        protocol: Protocol,
+        request: RangeRequest,
+        uid: u32,
+        k: Constraints,
+    ) -> Result<PortRange, AcquireError> {
+        let asked = request.count();
+        if let Some(quota) = k.quota {
+            let used = self.usage(uid);
+            let over = if used.reservations >= quota.max_reservations {
+                Some((
+                    QuotaKind::Reservations,
+                    quota.max_reservations,
+                    used.reservations,
+                ))
+            } else if used.ports + u32::from(asked) > quota.max_ports {
+                Some((QuotaKind::Ports, quota.max_ports, used.ports))
+            } else {
+                None
+            };
+            if let Some((what, limit, used)) = over {
+                return Err(AcquireError::QuotaExceeded {
+                    uid,
+                    what,
+                    limit,
+                    used,
+                    asked,
+                });
+            }
+        }
+        match request {
+            RangeRequest::Specific(range) if range.start() < k.lowest_port => {
+                Err(AcquireError::Privileged(PrivilegedDenied {
+                    protocol,
+                    range,
+                    unprivileged_start: k.lowest_port,
+                    uid,
+                }))
+            }
             RangeRequest::Specific(range) => self.expected_specific(protocol, range),
             RangeRequest::Wildcard { count } => self
-                .expected_wildcard(protocol, count)
+                .expected_wildcard(protocol, count, k.lowest_port)
                 .map(|s| PortRange::new(s, count).unwrap())
                 .ok_or(AcquireError::PoolExhausted {
                     protocol,
                     count,
-                    pool: Pool::new(POOL_FIRST, POOL_LAST).unwrap(),
+                    pool: pool(),
+                    free_ports: self.free_in_pool(protocol),
+                    skipped_privileged: POOL_FIRST < k.lowest_port,
                 }),
-        };
-        match (result, expected) {
-            (Ok(granted), Ok(range)) => {
-                assert_eq!(granted.range, range);
-                assert_eq!(granted.protocol, protocol);
-                assert!(self.usable(protocol, range.start(), range.count()));
-                assert!(self.live.iter().all(|r| r.token != granted.token));
-                self.mark(&granted, true);
-                if is_wildcard {
-                    self.cursor[index(protocol)] = if range.end() == POOL_LAST {
-                        POOL_FIRST
-                    } else {
-                        range.end() + 1
-                    };
-                }
-                self.live.push(granted);
-            }
-            (Err(got), Err(want)) => assert_eq!(got, want),
-            (got, want) => panic!("{request:?}: table gave {got:?}, model expected {want:?}"),
         }
     }
 
@@ -230,12 +518,7 @@ impl Model {
         protocol: Protocol,
         range: PortRange,
     ) -> Result<PortRange, AcquireError> {
-        let lowest = self
-            .live
-            .iter()
-            .filter(|r| r.protocol == protocol && r.range.overlaps(range))
-            .min_by_key(|r| r.range.start());
-        if let Some(holder) = lowest {
+        if let Some(holder) = self.lowest_overlap(protocol, range) {
             return Err(AcquireError::Conflict {
                 protocol,
                 requested: range,
@@ -255,42 +538,51 @@ impl Model {
         }
     }
 
-    fn release(&mut self, pick: usize, asker: Asker) {
-        if self.live.is_empty() {
-            return;
-        }
-        let i = pick % self.live.len();
-        let r = self.live[i].clone();
-        let owner = r.owner.clone().unwrap();
+    /// The process `asker` stands for, for an operation on `r`.
+    fn asking(r: &Reservation, asker: Asker) -> Requester {
+        let owner = r.owner().cloned().unwrap_or_else(|| session_owner(0));
         let (process, is_admin) = match asker {
-            Asker::Owner => (owner.clone(), false),
+            Asker::Owner => (owner, false),
             Asker::Impostor => (
                 Owner {
                     start_time: owner.start_time + 1,
-                    ..owner.clone()
+                    ..owner
                 },
                 false,
             ),
             Asker::Stranger => (session_owner(7), false),
             Asker::Admin => (session_owner(8), true),
         };
+        Requester { process, is_admin }
+    }
+
+    fn pick(&self, pick: usize) -> Option<Reservation> {
+        (!self.live.is_empty()).then(|| self.live[pick % self.live.len()].clone())
+    }
+
+    fn release(&mut self, pick: usize, asker: Asker) {
+        let Some(r) = self.pick(pick) else {
+            return;
+        };
+        let requester = Self::asking(&r, asker);
+        let expected = if r.kind() == Kind::Persistent {
+            Err(ReleaseError::Persistent(Box::new(r.clone())))
+        } else if requester.is_admin || r.is_owned_by(&requester.process) {
+            Ok(Change::Released {
+                reservation: r.clone(),
+                why: Ending::Released,
+            })
+        } else {
+            Err(ReleaseError::PermissionDenied(Box::new(r.clone())))
+        };
         let before = self.table.reserved_ports(r.protocol);
-        let result = self
-            .table
-            .release(r.token, &Requester { process, is_admin });
-        match asker {
-            Asker::Owner | Asker::Admin => {
-                assert_eq!(result, Ok(r.clone()));
-                let after = self.table.reserved_ports(r.protocol);
-                assert_eq!(after + u32::from(r.range.count()), before);
-                self.mark(&r, false);
-                self.live.remove(i);
-                self.released.push(r.token);
-            }
-            Asker::Impostor | Asker::Stranger => {
-                assert_eq!(result, Err(ReleaseError::PermissionDenied(Box::new(r))));
-            }
+        let got = self.table.release(r.token, &requester);
+        assert_eq!(got, expected, "{asker:?}");
+        if got.is_ok() {
+            let after = self.table.reserved_ports(r.protocol);
+            assert_eq!(after + u32::from(r.range.count()), before);
         }
+        self.commit(&Vec::from_iter(got.ok()));
     }
 
     fn release_stale(&mut self, pick: usize) {
@@ -298,7 +590,7 @@ impl Model {
             return;
         }
         let token = self.released[pick % self.released.len()];
-        if self.live.iter().any(|r| r.token == token) {
+        if self.find(token).is_some() {
             return; // The small token source handed it out again.
         }
         let admin = Requester {
@@ -309,21 +601,192 @@ impl Model {
             self.table.release(token, &admin),
             Err(ReleaseError::NotFound(token))
         );
+        let me = session_owner(0);
+        assert_eq!(
+            self.table.reclaim(token, &me, SessionId(0)),
+            Err(UseError::NotFound(token))
+        );
+        assert_eq!(
+            self.table.transfer(token, &me, me.clone()),
+            Err(UseError::NotFound(token))
+        );
+        self.last = None;
+    }
+
+    /// Runs a bulk release and checks it against the model's choice of what ends.
+    fn release_where(
+        &mut self,
+        got: Vec<Change>,
+        why: Ending,
+        pick: impl Fn(&Reservation) -> bool,
+    ) {
+        let gone: Vec<_> = self.live.iter().filter(|r| pick(r)).cloned().collect();
+        let expected = ended(by_place(gone), why);
+        assert_eq!(got, expected, "{why:?}");
+        self.commit(&got);
     }
 
     fn release_session(&mut self, session: u8) {
         let id = SessionId(u64::from(session));
         let got = self.table.release_session(id);
-        let (gone, kept): (Vec<_>, Vec<_>) =
-            self.live.drain(..).partition(|r| r.session == Some(id));
-        self.live = kept;
-        let mut want = gone;
-        want.sort_by_key(|r| (r.protocol, r.range.start()));
-        assert_eq!(got, want);
-        for r in &want {
-            self.mark(r, false);
-            self.released.push(r.token);
-        }
+        self.release_where(got, Ending::SessionEnded, |r| r.session() == Some(id));
+    }
+
+    fn owner_exited(&mut self, pid: u32, other: bool) {
+        let gone = owner(pid, if other { 2 } else { 1 });
+        let got = self.table.release_owner_exited(&gone);
+        self.release_where(got, Ending::OwnerExited, |r| {
+            r.is_owned_by(&gone) && matches!(r.bond(), Some(Bond::Process | Bond::Unclaimed))
+        });
+    }
+
+    fn release_unclaimed(&mut self) {
+        let got = self.table.release_unclaimed();
+        self.release_where(got, Ending::NotReclaimed, |r| {
+            r.bond() == Some(Bond::Unclaimed)
+        });
+    }
+
+    fn create_persistent(&mut self, protocol: Protocol, start: u16, count: u16) {
+        let range = PortRange::new(start, count).unwrap();
+        let tokens = &mut self.tokens;
+        let token = self.table.new_token(&mut || tokens.draw());
+        assert!(self.find(token).is_none(), "new_token gave live {token}");
+        let in_use = &self.in_use[index(protocol)];
+        let got = self.table.create_persistent(
+            token,
+            protocol,
+            range,
+            Allowed::default(),
+            0,
+            9,
+            &mut |_, r| r.ports().find(|p| in_use.contains(p)),
+        );
+        let expected = self.expected_specific(protocol, range).map(|range| {
+            Change::PersistentCreated(Reservation {
+                token,
+                protocol,
+                range,
+                acquired_at_ms: 9,
+                lease: Lease::Persistent {
+                    allowed: Allowed::default(),
+                    created_by: 0,
+                },
+            })
+        });
+        assert_eq!(got, expected);
+        self.commit(&Vec::from_iter(got.ok()));
+    }
+
+    fn delete_persistent(
+        &mut self,
+        pick: usize,
+        use_pick: bool,
+        protocol: Protocol,
+        range: PortRange,
+    ) {
+        let persistent: Vec<_> = self
+            .live
+            .iter()
+            .filter(|r| r.kind() == Kind::Persistent)
+            .collect();
+        let (protocol, range) = match persistent.get(pick % persistent.len().max(1)) {
+            Some(r) if use_pick => (r.protocol, r.range),
+            _ => (protocol, range),
+        };
+        let expected = self
+            .live
+            .iter()
+            .find(|r| r.kind() == Kind::Persistent && r.protocol == protocol && r.range == range)
+            .cloned()
+            .map(Change::PersistentDeleted);
+        let got = self.table.delete_persistent(protocol, range);
+        assert_eq!(got, expected);
+        assert!(self.table.find_persistent(protocol, range).is_none());
+        self.commit(&Vec::from_iter(got));
+    }
+
+    fn reclaim(&mut self, pick: usize, asker: Asker, session: u8) {
+        let Some(r) = self.pick(pick) else {
+            return;
+        };
+        let requester = Self::asking(&r, asker).process;
+        let session = SessionId(u64::from(session));
+        let expected = if r.bond() == Some(Bond::Unclaimed) && r.is_owned_by(&requester) {
+            Ok(Change::Rebound {
+                before: r.clone(),
+                after: Reservation {
+                    lease: Lease::Runtime {
+                        owner: requester.clone(),
+                        bond: Bond::Session(session),
+                    },
+                    ..r.clone()
+                },
+            })
+        } else {
+            Err(UseError::NotOwner {
+                reservation: Box::new(r.clone()),
+                requester_pid: requester.pid,
+            })
+        };
+        let got = self.table.reclaim(r.token, &requester, session);
+        assert_eq!(got, expected, "{asker:?}");
+        self.commit(&Vec::from_iter(got.ok()));
+    }
+
+    fn transfer(&mut self, pick: usize, asker: Asker, k: u8) {
+        let Some(r) = self.pick(pick) else {
+            return;
+        };
+        let requester = Self::asking(&r, asker).process;
+        let to = owner(200 + u32::from(k), 1);
+        let expected = if r.kind() == Kind::Runtime && r.is_owned_by(&requester) {
+            Ok(Change::Rebound {
+                before: r.clone(),
+                after: Reservation {
+                    lease: Lease::Runtime {
+                        owner: to.clone(),
+                        bond: Bond::Process,
+                    },
+                    ..r.clone()
+                },
+            })
+        } else {
+            Err(UseError::NotOwner {
+                reservation: Box::new(r.clone()),
+                requester_pid: requester.pid,
+            })
+        };
+        let got = self.table.transfer(r.token, &requester, to);
+        assert_eq!(got, expected, "{asker:?}");
+        self.commit(&Vec::from_iter(got.ok()));
+    }
+
+    /// Undoes the last change of the previous operation, as the daemon does when a consumer
+    /// (the journal) refuses it.
+    fn revert_last(&mut self) {
+        let Some(change) = self.last.take() else {
+            return;
+        };
+        let expected = match &change {
+            Change::Granted(r) => vec![Change::Released {
+                reservation: r.clone(),
+                why: Ending::Undone,
+            }],
+            Change::PersistentCreated(r) => vec![Change::PersistentDeleted(r.clone())],
+            Change::PersistentDeleted(r) => vec![Change::PersistentCreated(r.clone())],
+            Change::Rebound { before, after } => vec![Change::Rebound {
+                before: after.clone(),
+                after: before.clone(),
+            }],
+            Change::Released { .. } | Change::Restored(_) | Change::NotRestored { .. } => {
+                Vec::new()
+            }
+        };
+        assert_eq!(change.refusable(), !expected.is_empty(), "{change:?}");
+        let got = self.table.revert(&change);
+        assert_eq!(got, Ok(expected), "reverting {change:?}");
+        self.commit(&got.unwrap());
     }
 
     fn toggle(&mut self, protocol: Protocol, ports: Vec<u16>) {
@@ -378,6 +841,9 @@ impl Model {
         }
         for r in &self.live {
             assert_eq!(self.table.get(r.token), Some(r));
+            if r.kind() == Kind::Persistent {
+                assert_eq!(self.table.find_persistent(r.protocol, r.range), Some(r));
+            }
         }
         let order: Vec<_> = self
             .table
@@ -385,6 +851,20 @@ impl Model {
             .map(|r| (r.protocol, r.range.start()))
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]));
+        // Usage per user, counted from scratch; every runtime reservation's user is counted.
+        let mut total = Usage::default();
+        for uid in uids() {
+            let usage = self.table.usage(uid);
+            assert_eq!(usage, self.usage(uid), "usage of uid {uid}");
+            total.reservations += usage.reservations;
+            total.ports += usage.ports;
+        }
+        let runtime: Vec<_> = self
+            .live
+            .iter()
+            .filter(|r| r.kind() == Kind::Runtime)
+            .collect();
+        assert_eq!(total.reservations as usize, runtime.len());
     }
 }
 
@@ -392,21 +872,35 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn table_matches_model(seed in any::<u64>(), ops in prop::collection::vec(op(), 1..120)) {
-        let mut model = Model::new(seed);
+    fn table_matches_model(
+        seed in any::<u64>(),
+        rows in prop::collection::vec(row(), 0..24),
+        ops in prop::collection::vec(op(), 1..120),
+    ) {
+        let mut model = Model::new(seed, &rows);
         for op in ops {
             match op {
-                Op::Specific(p, start, count, session) => {
+                Op::Specific(p, start, count, session, k) => {
                     let range = PortRange::new(start, count).unwrap();
-                    model.acquire(p, RangeRequest::Specific(range), session);
+                    model.acquire(p, RangeRequest::Specific(range), session, k);
                 }
-                Op::Wildcard(p, count, session) => {
-                    model.acquire(p, RangeRequest::Wildcard { count }, session);
+                Op::Wildcard(p, count, session, k) => {
+                    model.acquire(p, RangeRequest::Wildcard { count }, session, k);
                 }
                 Op::Release(pick, asker) => model.release(pick, asker),
                 Op::ReleaseStale(pick) => model.release_stale(pick),
                 Op::ReleaseSession(s) => model.release_session(s),
                 Op::ToggleInUse(p, ports) => model.toggle(p, ports),
+                Op::CreatePersistent(p, start, count) => model.create_persistent(p, start, count),
+                Op::DeletePersistent(pick, use_pick, p, start, count) => {
+                    let range = PortRange::new(start, count).unwrap();
+                    model.delete_persistent(pick, use_pick, p, range);
+                }
+                Op::Reclaim(pick, asker, session) => model.reclaim(pick, asker, session),
+                Op::Transfer(pick, asker, k) => model.transfer(pick, asker, k),
+                Op::OwnerExited(pid, other) => model.owner_exited(pid, other),
+                Op::ReleaseUnclaimed => model.release_unclaimed(),
+                Op::RevertLast => model.revert_last(),
             }
             model.check();
         }
@@ -416,7 +910,7 @@ proptest! {
 /// A source that first returns 0 and then tokens of live reservations: the table redraws.
 #[test]
 fn zero_and_duplicate_tokens_are_redrawn() {
-    let mut table = Table::new(Pool::new(POOL_FIRST, POOL_LAST).unwrap());
+    let mut table = Table::new(pool());
     let mut script = vec![0, 0, 9, 0, 9, 9, 0, 10, 9, 10, 11].into_iter();
     let mut source = move || script.next().unwrap_or(12);
     let holder = Holder {
@@ -426,16 +920,17 @@ fn zero_and_duplicate_tokens_are_redrawn() {
     };
     let mut got = Vec::new();
     for _ in 0..4 {
-        let r = table
+        let change = table
             .acquire(
                 Protocol::Tcp,
                 RangeRequest::Wildcard { count: 1 },
                 holder.clone(),
+                Constraints::default(),
                 &mut source,
                 &mut |_, _| None,
             )
             .unwrap();
-        got.push(r.token.get());
+        got.push(change.reservation().unwrap().token.get());
     }
     assert_eq!(got, [9, 10, 11, 12]);
 }
