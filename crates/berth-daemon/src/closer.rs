@@ -215,22 +215,29 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::sync::mpsc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use crate::testing::raw::lingering_socket;
 
-    /// Reports, when dropped, on which thread and how long its drop took.
-    struct Timed<T> {
+    /// How long a close of the lingering sockets below blocks, at most (or until the test
+    /// drops their peers, which resets them).
+    const LINGER: Duration = Duration::from_secs(120);
+
+    /// How long anything that must not wait for those closes may take: generous for a busy
+    /// machine, and far shorter than [`LINGER`].
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// Reports, once dropped, on which thread its drop ran.
+    struct Reporting<T> {
         inner: Option<T>,
-        report: mpsc::Sender<(Option<String>, Duration)>,
+        report: mpsc::Sender<Option<String>>,
     }
 
-    impl<T> Drop for Timed<T> {
+    impl<T> Drop for Reporting<T> {
         fn drop(&mut self) {
-            let started = Instant::now();
             drop(self.inner.take());
             let thread = std::thread::current().name().map(str::to_owned);
-            let _ = self.report.send((thread, started.elapsed()));
+            let _ = self.report.send(thread);
         }
     }
 
@@ -255,53 +262,66 @@ mod tests {
         let (write, wait_eof) = pipe();
         assert!(write.as_fd().try_clone_to_owned().is_ok());
         drop(write);
-        assert!(
-            wait_eof(Duration::from_secs(10)),
-            "the write end stayed open"
-        );
+        assert!(wait_eof(DEADLINE), "the write end stayed open");
 
         let (report, reports) = mpsc::channel();
-        dispose(Timed {
+        dispose(Reporting {
             inner: Some(()),
             report,
         });
-        let (thread, _) = reports.recv_timeout(Duration::from_secs(10)).unwrap();
+        let thread = reports.recv_timeout(DEADLINE).unwrap();
         assert_eq!(thread.as_deref(), Some("berth-closer"));
     }
 
+    /// Every wait below is a condition with a deadline far shorter than the blocked closes:
+    /// had anything waited for one of them, it would miss its deadline.
     #[test]
     fn a_close_that_blocks_holds_up_neither_the_caller_nor_other_closes() {
-        let linger = Duration::from_secs(2);
-        let (socket, _peer) = lingering_socket(linger);
+        let (socket, peer) = lingering_socket(LINGER);
+        let (direct, direct_peer) = lingering_socket(LINGER);
         let (report, reports) = mpsc::channel();
-        let started = Instant::now();
-        dispose(Timed {
-            inner: Some(Received::new(socket)),
-            report,
-        });
-        // `Timed` drops the `Received` on a closer thread, which hands the socket to another
-        // closer; drop it on a closer directly too, to see the close itself block.
-        let (direct, _direct_peer) = lingering_socket(linger);
         let (direct_report, direct_reports) = mpsc::channel();
-        dispose(Timed {
-            inner: Some(direct),
-            report: direct_report,
+        // The caller: on a thread of its own, which must be done long before the closes are.
+        let (disposed, caller_done) = mpsc::channel();
+        std::thread::spawn(move || {
+            // `Reporting` drops the `Received` on a closer thread, which hands the socket to
+            // another closer.
+            dispose(Reporting {
+                inner: Some(Received::new(socket)),
+                report,
+            });
+            // Dropped on a closer directly too, to see the close itself block.
+            dispose(Reporting {
+                inner: Some(direct),
+                report: direct_report,
+            });
+            let _ = disposed.send(());
         });
-        assert!(started.elapsed() < Duration::from_millis(500));
+        caller_done
+            .recv_timeout(DEADLINE)
+            .expect("dispose waited for a close");
+        // The hand-over of the `Received` is done, although its close is not.
+        let handed_over = reports
+            .recv_timeout(DEADLINE)
+            .expect("dropping a Received waited for its close");
+        assert_eq!(handed_over.as_deref(), Some("berth-closer"));
 
         // Another descriptor is closed at once, while those closes still wait.
         let (write, wait_eof) = pipe();
         drop(write);
-        assert!(wait_eof(linger / 2), "a blocked close held up another one");
-
-        let (thread, took) = direct_reports.recv_timeout(linger * 5).unwrap();
-        assert_eq!(thread.as_deref(), Some("berth-closer"));
-        assert!(
-            took >= linger / 2,
-            "the test's close did not block ({took:?}): it proves nothing"
+        assert!(wait_eof(DEADLINE), "a blocked close held up another one");
+        assert_eq!(
+            direct_reports.try_recv(),
+            Err(mpsc::TryRecvError::Empty),
+            "the test's close did not block: it proves nothing"
         );
-        let (_, handed_off) = reports.recv_timeout(linger * 5).unwrap();
-        assert!(handed_off < Duration::from_millis(500), "{handed_off:?}");
+
+        // Their peers go, which resets the sockets and ends the closes.
+        drop((peer, direct_peer));
+        let thread = direct_reports
+            .recv_timeout(DEADLINE)
+            .expect("the close ends once the peer resets the connection");
+        assert_eq!(thread.as_deref(), Some("berth-closer"));
     }
 
     #[tokio::test]

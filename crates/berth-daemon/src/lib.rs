@@ -31,6 +31,7 @@ pub mod config_file;
 mod db_lock;
 mod inbound;
 mod journal;
+pub mod kernel;
 mod limits;
 mod lineage;
 pub mod listener;
@@ -47,5 +48,6 @@ pub mod testing;
 
 pub use config::Config;
 pub use config_file::{ConfigError, ConfigFile};
+pub use kernel::KernelSync;
 pub use listener::{bind_socket, ListenError, SocketGuard};
 pub use server::{run, run_with_ready, serve, ServeError};

@@ -22,6 +22,8 @@ enum Msg {
     Create(PersistentRow, oneshot::Sender<Result<(), String>>),
     /// Delete a persistent reservation durably.
     Delete(Token, oneshot::Sender<Result<(), String>>),
+    /// Set or clear a fact of the store.
+    Meta(String, Option<String>, oneshot::Sender<Result<(), String>>),
     /// Finish: everything queued before this is applied, nothing after.
     Stop,
 }
@@ -65,6 +67,19 @@ impl StoreHandle {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Msg::Journal(op, Some(done))).is_err() {
             tracing::error!("{GONE}; the journal is not updated");
+        }
+        Queued(rx)
+    }
+
+    /// Queues setting (`Some`) or clearing (`None`) a fact of the store (no fsync).
+    pub(crate) fn set_meta(&self, key: &str, value: Option<String>) -> Queued {
+        let (done, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Msg::Meta(key.to_owned(), value, done))
+            .is_err()
+        {
+            tracing::error!("{GONE}");
         }
         Queued(rx)
     }
@@ -180,6 +195,16 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &AtomicBool) {
                         .map_err(|e| e.to_string())
                 };
                 let _ = done.send(deleted);
+            }
+            Msg::Meta(key, value, done) => {
+                let set = if faulty.load(Ordering::SeqCst) {
+                    Err(FAULT.to_owned())
+                } else {
+                    store
+                        .set_meta(&key, value.as_deref())
+                        .map_err(|e| e.to_string())
+                };
+                let _ = done.send(set);
             }
             Msg::Stop => return,
         }

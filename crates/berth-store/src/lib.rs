@@ -315,6 +315,30 @@ impl Store {
         Ok(other_boot)
     }
 
+    /// The value of `key` in the store's own facts, if set.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.fail("read a fact of the store", e))
+    }
+
+    /// Sets (`Some`) or clears (`None`) `key` in the store's own facts, without fsync like the
+    /// journal: such facts describe the running system, which a power loss resets anyway.
+    pub fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        self.set_sync(Sync::Off)?;
+        let result = match value {
+            Some(value) => self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            ),
+            None => self.conn.execute("DELETE FROM meta WHERE key = ?1", [key]),
+        };
+        result.map_err(|e| self.fail("record a fact of the store", e))?;
+        self.committed()
+    }
+
     /// Copies the write-ahead log into the database file, with fsyncs. The store does this by
     /// itself every [`CHECKPOINT_EVERY`] commits; a daemon that calls it when idle keeps those
     /// fsyncs off its request paths. Readers (an open sqlite3 session) can make it partial,

@@ -13,6 +13,18 @@ fn pragma(store: &Store, name: &str) -> i64 {
         .unwrap()
 }
 
+#[test]
+fn facts_are_set_read_and_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("b.db")).unwrap();
+    assert_eq!(store.meta("k").unwrap(), None);
+    store.set_meta("k", Some("1-3,5")).unwrap();
+    store.set_meta("k", Some("7")).unwrap();
+    assert_eq!(store.meta("k").unwrap().as_deref(), Some("7"));
+    store.set_meta("k", None).unwrap();
+    assert_eq!(store.meta("k").unwrap(), None);
+}
+
 fn journal_row(t: u64) -> JournalRow {
     JournalRow {
         token: Token::new(t).unwrap(),

@@ -1,0 +1,107 @@
+//! Making the rest of the host honour reservations.
+//!
+//! `net.ipv4.ip_local_reserved_ports` of the daemon's network namespace hides ports from
+//! automatic assignment (`bind(0)` and `connect()`, TCP and UDP, IPv4 and IPv6): while the
+//! daemon may write it, it keeps it equal to the entries it did not write plus every
+//! reservation ([`sync`]). A daemon that cannot write it serves a pool outside the kernel's
+//! ephemeral range instead ([`safe_default_pool`]).
+
+use berth_core::Pool;
+
+pub(crate) mod reserved_ports;
+pub(crate) mod sync;
+
+/// Whether the daemon keeps `ip_local_reserved_ports`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelSync {
+    /// When the daemon can write the file (root, or `CAP_NET_ADMIN` in its namespace).
+    Auto,
+    /// Always; the daemon refuses to start when it cannot.
+    On,
+    /// Never (the library's default: tests and embedded daemons never touch the host).
+    #[default]
+    Off,
+}
+
+impl std::str::FromStr for KernelSync {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(KernelSync::Auto),
+            "on" => Ok(KernelSync::On),
+            "off" => Ok(KernelSync::Off),
+            other => Err(format!(
+                "{other:?} is not a kernel-sync mode; use auto, on or off"
+            )),
+        }
+    }
+}
+
+/// Whether the daemon will keep the file, or why not.
+pub(crate) fn decide(mode: KernelSync) -> Result<(), String> {
+    match mode {
+        KernelSync::Off => Err("kernel sync is switched off (kernel_sync = \"off\")".into()),
+        KernelSync::Auto | KernelSync::On => reserved_ports::check_writable(),
+    }
+}
+
+/// Whether a daemon with `mode` will keep `ip_local_reserved_ports` here: decides the default
+/// pool before the daemon starts.
+pub fn will_sync(mode: KernelSync) -> bool {
+    decide(mode).is_ok()
+}
+
+/// The IANA dynamic range, where a pool outside the ephemeral range is looked for first.
+const DYNAMIC: (u16, u16) = (49152, 65535);
+
+/// The default pool: the kernel's ephemeral range when the daemon keeps the reserved-ports list
+/// (its grants are then hidden from every `connect()`), else the largest block of the dynamic
+/// range (49152-65535) outside the ephemeral range — ports any `connect()` may be given must not
+/// be handed out unprotected — or, if the ephemeral range covers all of it, the largest block of
+/// 1024-65535 outside it.
+pub fn safe_default_pool(syncing: bool, ephemeral: Pool) -> Pool {
+    if syncing {
+        return ephemeral;
+    }
+    let eph = ephemeral.range();
+    let outside = |lo: u16, hi: u16| -> Option<(u16, u16)> {
+        // The parts of lo..=hi before and after the ephemeral range; the larger one.
+        let before = (lo < eph.start()).then(|| (lo, hi.min(eph.start() - 1)));
+        let after = (hi > eph.end()).then(|| (lo.max(eph.end() + 1), hi));
+        [before, after]
+            .into_iter()
+            .flatten()
+            .filter(|(a, b)| a <= b)
+            .max_by_key(|(a, b)| b - a)
+    };
+    outside(DYNAMIC.0, DYNAMIC.1)
+        .or_else(|| outside(1024, 65535))
+        .and_then(|(lo, hi)| Pool::new(lo, hi).ok())
+        .unwrap_or(ephemeral)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_pool_avoids_the_ephemeral_range_without_sync() {
+        let linux = Pool::new(32768, 60999).unwrap();
+        assert_eq!(safe_default_pool(true, linux), linux);
+        assert_eq!(
+            safe_default_pool(false, linux),
+            Pool::new(61000, 65535).unwrap()
+        );
+        let wide = Pool::new(49152, 65535).unwrap();
+        assert_eq!(
+            safe_default_pool(false, wide),
+            Pool::new(1024, 49151).unwrap()
+        );
+        let low = Pool::new(10000, 20000).unwrap();
+        assert_eq!(
+            safe_default_pool(false, low),
+            Pool::new(49152, 65535).unwrap()
+        );
+    }
+}

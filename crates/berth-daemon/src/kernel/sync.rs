@@ -1,0 +1,236 @@
+//! Keeping `ip_local_reserved_ports` equal to (entries the daemon did not write) ∪ (every
+//! reservation, both protocols), as a consumer of the table's changes.
+//!
+//! A change that adds ports (a grant, a persistent create) is acknowledged once a write that
+//! includes them is made, so a client never holds a reservation that `connect()` could still
+//! be given. One writer thread makes the writes; changes that arrive while it writes are
+//! written together next time (group commit), so throughput is not bound by sysctl writes.
+//! Each write re-reads the file first, since an administrator may change it at any time.
+//!
+//! What the daemon wrote is recorded in its database before each write (the union of what it
+//! wrote before and what it is about to write, so a crash between the record and the write
+//! loses nothing), and again after it. At start-up, after a crash, the entries recorded are
+//! the daemon's own: the first write removes those no reservation needs any more and keeps
+//! everyone else's. A clean stop takes the daemon's entries out again.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use berth_core::{Change, PortRange, PortSet};
+use tokio::sync::oneshot;
+
+use super::reserved_ports;
+use crate::changes::{Ack, Consumer};
+use crate::store_thread::StoreHandle;
+
+/// The database fact that holds what the daemon wrote.
+pub(crate) const WRITTEN_KEY: &str = "kernel_reserved_ports";
+
+/// The consumer: counts every reserved port and wakes the writer.
+pub(crate) struct Sync {
+    inner: Arc<Inner>,
+}
+
+/// The writer thread, to stop at shutdown.
+pub(crate) struct Writer {
+    inner: Arc<Inner>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+struct State {
+    /// Reservations covering each port, both protocols together (the list has no protocol).
+    counts: Vec<u8>,
+    /// Whether `counts` changed since the last write began.
+    dirty: bool,
+    /// Who waits for the next write to finish.
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Set at shutdown.
+    stop: bool,
+}
+
+impl Sync {
+    /// Starts the writer over `path`. `recorded` is what an earlier daemon recorded having
+    /// written (its entries, to be removed unless a reservation still needs them).
+    pub(crate) fn start(
+        path: PathBuf,
+        store: StoreHandle,
+        recorded: PortSet,
+    ) -> std::io::Result<(Sync, Writer)> {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                counts: vec![0; 65536],
+                // The first write reconciles what an earlier daemon left, even with nothing
+                // to add.
+                dirty: true,
+                waiters: Vec::new(),
+                stop: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let worker = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("berth-kernel-sync".into())
+            .spawn(move || worker.run(&path, &store, recorded))?;
+        Ok((
+            Sync {
+                inner: inner.clone(),
+            },
+            Writer {
+                inner,
+                thread: Some(thread),
+            },
+        ))
+    }
+}
+
+impl Consumer for Sync {
+    fn name(&self) -> &'static str {
+        "the kernel's reserved-ports list"
+    }
+
+    fn accept(&self, change: &Change) -> Ack {
+        let (range, add, wait) = match change {
+            Change::Granted(r) | Change::PersistentCreated(r) => (r.range, true, true),
+            Change::Restored(r) => (r.range, true, false),
+            Change::Released { reservation: r, .. } | Change::PersistentDeleted(r) => {
+                (r.range, false, false)
+            }
+            Change::Rebound { .. } | Change::NotRestored { .. } => return Ack::Done,
+        };
+        let mut state = self.inner.lock();
+        count(&mut state.counts, range, add);
+        state.dirty = true;
+        let ack = if wait {
+            let (tx, rx) = oneshot::channel();
+            state.waiters.push(tx);
+            Ack::Later(rx)
+        } else {
+            Ack::Done
+        };
+        drop(state);
+        self.inner.wake.notify_one();
+        ack
+    }
+}
+
+fn count(counts: &mut [u8], range: PortRange, add: bool) {
+    for port in range.ports() {
+        if let Some(c) = counts.get_mut(usize::from(port)) {
+            *c = if add {
+                c.saturating_add(1)
+            } else {
+                c.saturating_sub(1)
+            };
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run(&self, path: &Path, store: &StoreHandle, mut recorded: PortSet) {
+        loop {
+            let (ours, waiters) = {
+                let mut state = self.lock();
+                while !state.dirty && !state.stop {
+                    state = self
+                        .wake
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                if !state.dirty && state.stop {
+                    break;
+                }
+                state.dirty = false;
+                let ours = ports_of(&state.counts);
+                (ours, std::mem::take(&mut state.waiters))
+            };
+            let result = write(path, store, &mut recorded, &ours);
+            if let Err(e) = &result {
+                tracing::error!("cannot update {}: {e}", path.display());
+            }
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
+        }
+        // A clean stop: take the daemon's entries out, keep everyone else's.
+        let cleared = reserved_ports::read(path)
+            .and_then(|current| reserved_ports::write(path, &current.difference(&recorded)));
+        match cleared {
+            Ok(()) => {
+                let _ = store.set_meta(WRITTEN_KEY, None).0.blocking_recv();
+            }
+            Err(e) => tracing::error!(
+                "cannot take the daemon's entries out of {}: {e}",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// One write: `ours` plus what others put there. `recorded` is what the database says the
+/// daemon may have written; it is updated.
+fn write(
+    path: &Path,
+    store: &StoreHandle,
+    recorded: &mut PortSet,
+    ours: &PortSet,
+) -> Result<(), String> {
+    let current = reserved_ports::read(path).map_err(|e| format!("reading it failed: {e}"))?;
+    let foreign = current.difference(recorded);
+    let wanted = foreign.union(ours);
+    // Record first what the daemon may have written once this write is made, so a crash
+    // between the two cannot leave entries nobody knows are the daemon's.
+    let superset = recorded.union(ours);
+    if &superset != recorded {
+        store
+            .set_meta(WRITTEN_KEY, Some(superset.to_string()))
+            .0
+            .blocking_recv()
+            .unwrap_or_else(|_| Err("the store thread is gone".into()))
+            .map_err(|e| format!("recording it in the database failed: {e}"))?;
+        *recorded = superset;
+    }
+    if wanted != current {
+        reserved_ports::write(path, &wanted).map_err(|e| format!("writing it failed: {e}"))?;
+    }
+    if ours != recorded {
+        // Only a narrowing: if it is lost, the wider record is still right.
+        drop(store.set_meta(WRITTEN_KEY, Some(ours.to_string())));
+        *recorded = ours.clone();
+    }
+    Ok(())
+}
+
+fn ports_of(counts: &[u8]) -> PortSet {
+    let mut set = PortSet::new();
+    for (port, c) in counts.iter().enumerate() {
+        if *c > 0 {
+            if let Ok(port) = u16::try_from(port) {
+                set.insert(port);
+            }
+        }
+    }
+    set
+}
+
+impl Writer {
+    /// Finishes what is queued, takes the daemon's entries out of the list, and waits for the
+    /// writer thread. Call before the store thread stops.
+    pub(crate) fn stop(mut self) {
+        self.inner.lock().stop = true;
+        self.inner.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the kernel-sync thread panicked");
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The daemon's timeouts, on paused tokio time: the clock stands still unless the runtime has
+//! nothing to do, and then jumps to the next timer. A test of a 10-second timeout takes no
+//! time, and a slow machine cannot make it fail: time passes only when the test lets it.
+//!
+//! Real socket I/O still happens, and the clock also jumps while the runtime merely waits for
+//! I/O already on its way. So each test keeps a [`ticker`] running: a timer due every
+//! millisecond, which makes each jump at most a millisecond long. The daemon's timers are then
+//! reached in small steps, with every socket exchange done long before.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use berth_core::{Kind, Protocol};
+use berth_daemon::testing::raw::{frame, raw_frame, responses, shaken_hands};
+use berth_daemon::testing::TestDaemon;
+use berth_protocol::{Request, ReservationInfo, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, timeout_at, Instant};
+
+/// A task with a timer due every millisecond, so that paused time advances in steps of a
+/// millisecond at most (see the module's documentation). Aborted when dropped.
+struct Ticker(JoinHandle<()>);
+
+fn ticker() -> Ticker {
+    Ticker(tokio::spawn(async {
+        loop {
+            sleep(Duration::from_millis(1)).await;
+        }
+    }))
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends `request` and reads its one answer.
+async fn ask(stream: &mut UnixStream, request: Request) -> Response {
+    stream.write_all(&frame(request)).await.unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut payload).await.unwrap();
+    let mut all = responses(&raw_frame(&payload));
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.remove(0)
+}
+
+async fn list(stream: &mut UnixStream) -> Vec<ReservationInfo> {
+    match ask(stream, Request::List).await {
+        Response::List(list) => list,
+        other => panic!("list: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_sends_no_hello_is_closed_after_the_handshake_timeout() {
+    const HANDSHAKE: Duration = Duration::from_secs(10);
+    let _ticker = ticker();
+    let daemon = TestDaemon::with_config(48200, 48209, |c| c.handshake_timeout = HANDSHAKE);
+    let connected = Instant::now();
+    let mut silent = UnixStream::connect(&daemon.socket).await.unwrap();
+    let mut polite = shaken_hands(&daemon.socket, "polite").await;
+
+    // Open until the timeout: the daemon starts counting when it accepts, after `connected`.
+    let mut byte = [0u8; 1];
+    let early = timeout_at(connected + HANDSHAKE, silent.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "closed before the handshake timeout: {early:?}"
+    );
+    // Closed, without a word, right after it.
+    let read = timeout_at(
+        connected + HANDSHAKE + Duration::from_secs(1),
+        silent.read(&mut byte),
+    )
+    .await
+    .expect("still open a second after the handshake timeout");
+    assert_eq!(read.unwrap(), 0, "the daemon said something");
+
+    // A client that said hello in time is served on.
+    let status = ask(&mut polite, Request::Status).await;
+    assert!(matches!(status, Response::Status(_)), "{status:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_reservation_nobody_reclaims_is_released_when_the_grace_period_ends() {
+    const GRACE: Duration = Duration::from_secs(30);
+    let _ticker = ticker();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("berth.db");
+
+    // The first daemon grants this process a block, and stops while the connection is still
+    // open: its journal keeps the block for its owner.
+    let first = TestDaemon::with_db(&db, 48300, 48309, |_| {});
+    let mut owner = shaken_hands(&first.socket, "owner").await;
+    let acquire = Request::Acquire {
+        protocol: Protocol::Tcp,
+        start: 0,
+        count: 2,
+    };
+    let Response::Acquired(granted) = ask(&mut owner, acquire).await else {
+        panic!("acquire failed")
+    };
+    first.shutdown().await;
+    drop(owner);
+
+    // The next daemon holds it for its owner, which is alive but never re-claims it.
+    let restarted = Instant::now();
+    let second = TestDaemon::with_db(&db, 48300, 48309, |c| c.grace = GRACE);
+    let mut observer = shaken_hands(&second.socket, "observer").await;
+    let is_held = |list: &[ReservationInfo]| {
+        list.iter().any(|r| {
+            r.token == granted.token && r.range == granted.range && r.kind == Kind::Runtime
+        })
+    };
+    let held = list(&mut observer).await;
+    assert!(is_held(&held), "{held:?}");
+    let taken = ask(
+        &mut observer,
+        Request::Acquire {
+            protocol: Protocol::Tcp,
+            start: granted.range.start(),
+            count: 1,
+        },
+    )
+    .await;
+    assert!(matches!(taken, Response::Error(_)), "{taken:?}");
+
+    // Still held just before the grace period ends (the daemon starts counting once it has
+    // restored the journal, after `restarted`).
+    sleep_until(restarted + GRACE - Duration::from_millis(10)).await;
+    let held = list(&mut observer).await;
+    assert!(
+        is_held(&held),
+        "released before the grace period ended: {held:?}"
+    );
+
+    // Released right after it.
+    let deadline = restarted + GRACE + Duration::from_secs(1);
+    loop {
+        let now = list(&mut observer).await;
+        if !is_held(&now) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still held a second after the grace period: {now:?}"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    let again = Request::Acquire {
+        protocol: Protocol::Tcp,
+        start: granted.range.start(),
+        count: 2,
+    };
+    let again = ask(&mut observer, again).await;
+    assert!(matches!(again, Response::Acquired(_)), "{again:?}");
+}
