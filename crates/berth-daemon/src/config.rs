@@ -34,6 +34,11 @@ pub struct Config {
     /// After a restart, how long runtime reservations of the previous daemon are held for
     /// their owners to re-claim.
     pub grace: Duration,
+    /// The authority beacon: an abstract Unix socket by this name (scoped by the network
+    /// namespace) that only one daemon per network namespace can hold; a second daemon refuses
+    /// to start, naming the first. `None` binds no beacon (in-process test daemons, many in one
+    /// namespace, each with pools of its own).
+    pub authority: Option<String>,
 }
 
 impl Config {
@@ -52,6 +57,7 @@ impl Config {
             },
             admin_groups: Vec::new(),
             grace: DEFAULT_GRACE,
+            authority: Some(berth_protocol::authority::DEFAULT_NAME.to_owned()),
         }
     }
 }

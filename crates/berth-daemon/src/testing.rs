@@ -32,11 +32,13 @@ impl TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("berth.sock");
         let (listener, guard) = bind_socket(&socket).expect("bind socket");
-        let config = Config::new(
+        let mut config = Config::new(
             socket.clone(),
             dir.path().join("berth.db"),
             Pool::new(lo, hi).expect("pool"),
         );
+        // Many test daemons share one network namespace, each with a pool of its own.
+        config.authority = None;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             crate::run(listener, config, async move {
@@ -51,6 +53,13 @@ impl TestDaemon {
             task: Some(task),
             _guard: guard,
             _dir: dir,
+        }
+    }
+
+    /// Waits until the daemon stops by itself (a client's `Stop`), without stopping it.
+    pub async fn stopped(mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.expect("daemon task");
         }
     }
 
