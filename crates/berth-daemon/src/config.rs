@@ -41,6 +41,11 @@ pub struct Config {
     /// While set, every database write fails (tests of what the daemon does when its disk
     /// fails; see `testing::TestDaemon::fail_store`).
     pub(crate) store_faults: Arc<AtomicBool>,
+    /// The authority beacon: an abstract Unix socket by this name (scoped by the network
+    /// namespace) that only one daemon per network namespace can hold; a second daemon refuses
+    /// to start, naming the first. `None` binds no beacon (in-process test daemons, many in one
+    /// namespace, each with pools of its own).
+    pub authority: Option<String>,
 }
 
 impl Config {
@@ -61,6 +66,7 @@ impl Config {
             grace: DEFAULT_GRACE,
             quota: None,
             store_faults: Arc::new(AtomicBool::new(false)),
+            authority: Some(berth_protocol::authority::DEFAULT_NAME.to_owned()),
         }
     }
 }

@@ -45,6 +45,8 @@ mod state;
 mod store_thread;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 
 pub use config::Config;
 pub use config_file::{ConfigError, ConfigFile};

@@ -1,7 +1,9 @@
 //! Which network namespace a socket lives in.
 //!
 //! A bind happens in the socket's own namespace, not the daemon's, so a socket created in
-//! another namespace must be refused: the reservation would not cover it.
+//! another namespace must be refused: the reservation would not cover it. For the same reason a
+//! *client* in another namespace is refused every request that grants or uses ports
+//! ([`PeerNetns`], decided once per connection).
 //!
 //! The test is `SO_NETNS_COOKIE` (Linux 5.14+), which any process may read: the socket's
 //! namespace cookie against that of a socket the daemon made itself. `ioctl(SIOCGSKNS)` would
@@ -57,13 +59,116 @@ impl NetNs {
     pub(crate) fn holds(self, socket: impl AsFd) -> io::Result<bool> {
         match self {
             NetNs::Cookie(ours) => cookie(socket).map(|theirs| theirs == ours),
-            NetNs::Inode { dev, ino } => {
-                // SAFETY: SIOCGSKNS takes no argument and returns a new file descriptor, which
-                // `GetNetNs::output_from_ptr` takes ownership of exactly once.
-                let ns = unsafe { ioctl(socket, GetNetNs) }?;
-                let st = rustix::fs::fstat(&ns)?;
-                Ok(st.st_dev == dev && st.st_ino == ino)
-            }
+            NetNs::Inode { dev, ino } => Ok(NsFile::of_socket(socket)? == NsFile { dev, ino }),
+        }
+    }
+}
+
+/// A network namespace as `/proc` names it: the device and inode of its nsfs file. The inode
+/// is what `ls -l /proc/PID/ns/net` shows: `net:[4026531840]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NsFile {
+    dev: u64,
+    ino: u64,
+}
+
+impl NsFile {
+    /// The namespace of this process.
+    pub(crate) fn of_self() -> io::Result<Self> {
+        Self::at("/proc/self/ns/net")
+    }
+
+    /// The namespace process `pid` is in now. Needs the right to inspect it (ptrace read):
+    /// an unprivileged daemon gets `EACCES` for other users' processes.
+    pub(crate) fn of_process(pid: u32) -> io::Result<Self> {
+        Self::at(&format!("/proc/{pid}/ns/net"))
+    }
+
+    /// The namespace `socket` was created in (`SIOCGSKNS`; needs `CAP_NET_ADMIN` over it).
+    pub(crate) fn of_socket(socket: impl AsFd) -> io::Result<Self> {
+        // SAFETY: SIOCGSKNS takes no argument and returns a new file descriptor, which
+        // `GetNetNs::output_from_ptr` takes ownership of exactly once.
+        let ns = unsafe { ioctl(socket, GetNetNs) }?;
+        let st = rustix::fs::fstat(&ns)?;
+        Ok(NsFile {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
+    fn at(path: &str) -> io::Result<Self> {
+        let st = rustix::fs::stat(path)?;
+        Ok(NsFile {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
+    /// The namespace's number, as `net:[N]` names it.
+    pub(crate) fn inode(self) -> u64 {
+        self.ino
+    }
+}
+
+/// Where a client is, compared with the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerNetns {
+    /// The daemon's namespace: ports granted here are the client's ports.
+    Same,
+    /// Another namespace, by the inode numbers of the daemon's and, where it can be read, the
+    /// client's.
+    Foreign { daemon: u64, peer: Option<u64> },
+    /// Neither `/proc` nor the socket tells (an old kernel and an unprivileged daemon): served
+    /// as before, since refusing would lock out clients that are most likely local.
+    Unknown,
+}
+
+/// The daemon's side of [`PeerNetns`], learnt once at start-up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NetnsCheck {
+    /// `/proc/self/ns/net`, when it can be read.
+    file: Option<NsFile>,
+    /// The namespace of sockets the daemon creates.
+    sockets: Option<NetNs>,
+}
+
+impl NetnsCheck {
+    /// The daemon's own namespace.
+    pub(crate) fn current() -> Self {
+        NetnsCheck {
+            file: NsFile::of_self().ok(),
+            sockets: NetNs::current().ok(),
+        }
+    }
+
+    /// Where the client connected on `socket`, process `pid`, is.
+    ///
+    /// First `/proc/PID/ns/net`: the namespace the process is in now, which is where its binds
+    /// will happen. When that cannot be read (another user's process and an unprivileged
+    /// daemon, or the process is gone), the namespace the client's end of the connection was
+    /// created in: the kernel creates the accepted socket in the connecting socket's namespace,
+    /// so its `SO_NETNS_COOKIE` tells without any privilege.
+    pub(crate) fn peer(&self, pid: u32, socket: impl AsFd) -> PeerNetns {
+        if let (Some(ours), Ok(theirs)) = (self.file, NsFile::of_process(pid)) {
+            return if ours == theirs {
+                PeerNetns::Same
+            } else {
+                PeerNetns::Foreign {
+                    daemon: ours.inode(),
+                    peer: Some(theirs.inode()),
+                }
+            };
+        }
+        let Some(sockets) = self.sockets else {
+            return PeerNetns::Unknown;
+        };
+        match sockets.holds(&socket) {
+            Ok(true) => PeerNetns::Same,
+            Ok(false) => PeerNetns::Foreign {
+                daemon: self.file.map_or(0, NsFile::inode),
+                peer: NsFile::of_socket(&socket).ok().map(NsFile::inode),
+            },
+            Err(_) => PeerNetns::Unknown,
         }
     }
 }
@@ -122,6 +227,75 @@ mod tests {
     fn a_socket_of_ours_is_in_our_namespace() {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         assert!(NetNs::current().unwrap().holds(&socket).unwrap());
+    }
+
+    /// A connection whose client end was made on a thread in a new network namespace: the
+    /// daemon's end, and the listener's path.
+    fn foreign_connection() -> (std::os::unix::net::UnixStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let client = std::thread::spawn(move || {
+            // SAFETY: NEWNET changes only this thread's network namespace.
+            #[allow(unsafe_code)]
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+                .expect("unshare(CLONE_NEWNET) needs root");
+            std::os::unix::net::UnixStream::connect(&path).unwrap()
+        })
+        .join()
+        .unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        drop(client);
+        (accepted, dir)
+    }
+
+    #[test]
+    fn a_client_of_another_namespace_is_told_by_its_socket_when_proc_is_silent() {
+        let check = NetnsCheck::current();
+        let (accepted, _dir) = foreign_connection();
+        // No process 0 in /proc: the socket decides.
+        match check.peer(0, &accepted) {
+            PeerNetns::Foreign { daemon, peer } => {
+                assert_eq!(daemon, NsFile::of_self().unwrap().inode());
+                assert_ne!(peer, Some(daemon));
+                assert!(peer.is_some(), "root may ask the socket for its namespace");
+            }
+            other => panic!("{other:?}"),
+        }
+        // /proc says where the process is now, and that wins (this process is at home).
+        assert_eq!(check.peer(std::process::id(), &accepted), PeerNetns::Same);
+    }
+
+    #[test]
+    fn a_client_process_in_another_namespace_is_foreign() {
+        let check = NetnsCheck::current();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut child = std::process::Command::new("unshare")
+            .args(["-n", "python3", "-c"])
+            .arg("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(1)")
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let pid = crate::peer::peer_owner(&accepted).unwrap().pid;
+        let verdict = check.peer(pid, &accepted);
+        drop(accepted);
+        child.wait().unwrap();
+        let child_ns = match verdict {
+            PeerNetns::Foreign { peer: Some(p), .. } => p,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(child_ns, NsFile::of_self().unwrap().inode());
+    }
+
+    #[test]
+    fn a_client_at_home_is_same() {
+        let check = NetnsCheck::current();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(check.peer(std::process::id(), &a), PeerNetns::Same);
+        assert_eq!(check.peer(0, &a), PeerNetns::Same);
     }
 
     #[test]

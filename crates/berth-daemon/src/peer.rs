@@ -17,45 +17,16 @@ pub(crate) fn read_proc(path: impl AsRef<Path>) -> io::Result<String> {
 
 /// The process that connected on `socket`: `SO_PEERCRED` for pid, uid and gid, then `/proc`
 /// for its start time and command name. A peer whose pid is not visible here (another pid
-/// namespace) is refused: its reservations could be neither watched nor told apart.
+/// namespace: the kernel says pid 0) is refused: its reservations could be neither watched nor
+/// told apart.
 pub(crate) fn peer_owner(socket: &impl AsFd) -> io::Result<Owner> {
-    let cred = raw_peercred(socket)?;
-    let pid = u32::try_from(cred.pid).unwrap_or(0);
-    if pid == 0 {
+    let cred = berth_protocol::authority::peer_credentials(socket)?;
+    if cred.pid == 0 {
         return Err(io::Error::other(
             "the peer's pid is not visible in the daemon's pid namespace",
         ));
     }
-    Ok(process_owner(pid, cred.uid, cred.gid))
-}
-
-/// `SO_PEERCRED` read into the C struct itself: the kernel reports pid 0 for a peer it cannot
-/// map into our pid namespace, which rustix's non-zero `Pid` cannot hold.
-#[expect(unsafe_code, reason = "getsockopt(SO_PEERCRED) into a plain C struct")]
-fn raw_peercred(socket: &impl AsFd) -> io::Result<libc::ucred> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).unwrap_or(12);
-    // SAFETY: `cred` is a valid, writable ucred and `len` is its size; the descriptor is
-    // borrowed for the duration of the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(cred)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(process_owner(cred.pid, cred.uid, cred.gid))
 }
 
 /// Describes process `pid`. A process that has already gone keeps start time 0 and an empty

@@ -5,6 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_protocol::authority::{self, Announcement, AuthorityInfo};
 use thiserror::Error;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -15,7 +16,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::db_lock;
 use crate::listener::{bind_socket, ListenError};
-use crate::session::serve_connection;
+use crate::netns::NetnsCheck;
+use crate::session::{serve_connection, Control};
 use crate::state::{check_csprng, Shared};
 use crate::store_thread::{self, StoreHandle};
 
@@ -54,6 +56,12 @@ pub async fn run_with_ready(
     check_csprng()?;
     let open_files = crate::limits::raise_open_files();
     tracing::debug!(open_files, "descriptor limit");
+    // Before the database: a second daemon of this namespace is told about the first, not
+    // that a database is in use.
+    let beacon = match &config.authority {
+        Some(name) => Some(claim_authority(name).await?),
+        None => None,
+    };
     let _db_lock = db_lock::acquire(&config.db)?;
     let mut store = store_thread::open(&config.db).map_err(io::Error::other)?;
     // Journaled owners cannot have survived a reboot; a pid and start time from an earlier
@@ -74,7 +82,30 @@ pub async fn run_with_ready(
     watch_owners(&tracker, &shared, &cancel, owners);
     shared.restore(persistent, journal);
     end_grace(&tracker, &shared, &cancel, config.grace);
+    let control = Arc::new(Control {
+        stop: CancellationToken::new(),
+        netns: NetnsCheck::current(),
+    });
+    // Answers until the very end, so that no second daemon starts while this one drains.
+    let beacon = beacon.map(|listener| {
+        let line = Announcement {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            socket: config.socket.display().to_string(),
+        }
+        .to_line();
+        let done = CancellationToken::new();
+        let task = tokio::spawn(answer_beacon(listener, line, done.clone()));
+        (task, done)
+    });
     ready();
+    let stop = control.stop.clone();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = stop.cancelled() => tracing::info!("stopping at an administrator's request"),
+        }
+    };
     tokio::pin!(shutdown);
     tracing::info!(
         "serving on {} with the wildcard pool {}",
@@ -102,9 +133,14 @@ pub async fn run_with_ready(
                 }
             },
         };
-        let (shared, config, cancel) = (shared.clone(), config.clone(), cancel.clone());
+        let (shared, config, control, cancel) = (
+            shared.clone(),
+            config.clone(),
+            control.clone(),
+            cancel.clone(),
+        );
         tracker.spawn(async move {
-            serve_connection(stream, shared, config, cancel).await;
+            serve_connection(stream, shared, config, control, cancel).await;
             drop(permit);
         });
     }
@@ -119,6 +155,10 @@ pub async fn run_with_ready(
     let joined = tokio::task::spawn_blocking(move || store_thread.join()).await;
     if !matches!(joined, Ok(Ok(()))) {
         tracing::error!("the store thread did not finish cleanly");
+    }
+    if let Some((task, done)) = beacon {
+        done.cancel();
+        let _ = task.await;
     }
     Ok(())
 }
@@ -165,6 +205,88 @@ fn watch_owners(
             });
         }
     });
+}
+
+/// Binds the authority beacon `name`, or says which daemon already serves this network
+/// namespace.
+async fn claim_authority(name: &str) -> io::Result<std::os::unix::net::UnixListener> {
+    // A holder that is gone by the time it is asked frees the name: try again, a few times.
+    for _ in 0..3 {
+        match authority::bind(name) {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot bind the authority beacon @{name}: {e}"),
+                ))
+            }
+        }
+        // Blocking, bounded: off the runtime, which may be serving that very holder.
+        let owned = name.to_owned();
+        let holder = tokio::task::spawn_blocking(move || authority::query(&owned))
+            .await
+            .map_err(io::Error::other)??;
+        if let Some(holder) = holder {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                authority_taken(name, &holder),
+            ));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("the authority beacon @{name} is taken and released over and over; is another berth daemon starting and stopping in a loop?"),
+    ))
+}
+
+/// Why this daemon does not start, and what to do instead.
+fn authority_taken(name: &str, holder: &AuthorityInfo) -> String {
+    let who = format!("uid {}", holder.peer.uid);
+    match &holder.announced {
+        Some(a) => format!(
+            "another berth daemon already serves this network namespace: {holder}. Two daemons in one network namespace could grant the same port twice, so this one does not start. Use that one (BERTH_SOCKET={socket} berth …), or stop it first (BERTH_SOCKET={socket} berth stop, as {who} or root)",
+            socket = a.socket
+        ),
+        None => format!(
+            "the authority beacon @{name}, which only one berth daemon per network namespace may hold, is held by {holder}; this daemon does not start. Find out what that process is and stop it (it keeps berth from serving this namespace)"
+        ),
+    }
+}
+
+/// Answers every connection to the beacon with `line` and closes it, until `done`. The write
+/// never waits: the line is far smaller than a new connection's empty socket buffer, and a
+/// peer that is gone simply gets nothing.
+async fn answer_beacon(
+    listener: std::os::unix::net::UnixListener,
+    line: String,
+    done: CancellationToken,
+) {
+    let listener = match UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            // Only without a reactor; the name is let go with the listener.
+            tracing::warn!("cannot answer on the authority beacon: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.try_write(line.as_bytes());
+                }
+                Err(e) => {
+                    tracing::warn!("accept on the authority beacon failed: {e}");
+                    tokio::select! {
+                        () = done.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            },
+        }
+    }
 }
 
 /// Ends the hold on restored reservations nobody re-claimed once the grace period is over.

@@ -1,11 +1,18 @@
 //! One client connection: identify the peer, shake hands, answer requests in order, and
 //! release the session's runtime reservations when it ends.
+//!
+//! Two requests are decided here rather than in `state`: `Stop`, because it acts on the
+//! server, and every port-granting request of a client in another network namespace, which is
+//! refused before it reaches the table.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::ErrorKind;
-use berth_protocol::{negotiate, FrameCodec, FrameError, Request, Response, Welcome};
+use berth_protocol::{
+    negotiate, ErrorDetail, FrameCodec, FrameError, NamespacesDetail, Request, Response, Welcome,
+    WireError,
+};
 use futures_util::SinkExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
@@ -13,11 +20,31 @@ use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::inbound::{ReadError, Reader};
+use crate::inbound::{Inbound, ReadError, Reader};
+use crate::netns::{NetnsCheck, PeerNetns};
 use crate::peer::peer_owner;
 use crate::state::{error, Peer, Shared};
 
 type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Request, Response>>;
+
+/// What sessions need of the server besides the allocation state.
+pub(crate) struct Control {
+    /// Cancelled by an administrator's `Stop`: the server stops accepting and drains, as on
+    /// SIGTERM.
+    pub(crate) stop: CancellationToken,
+    /// The daemon's network namespace, to tell where each client is.
+    pub(crate) netns: NetnsCheck,
+}
+
+/// One connection's view: who, where, and what it may ask.
+struct Session<'a> {
+    shared: &'a Shared,
+    config: &'a Config,
+    control: &'a Control,
+    peer: Peer,
+    /// Where the client is; decided once, when it connects.
+    netns: PeerNetns,
+}
 
 /// Serves one connection until the client closes it, breaks the protocol, or the daemon shuts
 /// down.
@@ -25,6 +52,7 @@ pub(crate) async fn serve_connection(
     stream: UnixStream,
     shared: Arc<Shared>,
     config: Arc<Config>,
+    control: Arc<Control>,
     shutdown: CancellationToken,
 ) {
     let owner = match peer_owner(&stream) {
@@ -40,14 +68,29 @@ pub(crate) async fn serve_connection(
         tracing::warn!("dropping a connection: cannot enable SO_PASSCRED: {e}");
         return;
     }
-    let mut peer = shared.open_session(owner);
+    let netns = control.netns.peer(owner.pid, &stream);
+    if netns == PeerNetns::Unknown {
+        tracing::debug!(
+            pid = owner.pid,
+            "cannot tell the client's network namespace; serving it as a local one"
+        );
+    }
+    let mut session = Session {
+        peer: shared.open_session(owner),
+        shared: &shared,
+        config: &config,
+        control: &control,
+        netns,
+    };
     let (rd, wr) = stream.into_split();
     let mut reader = Reader::new(rd);
     let mut writer = FramedWrite::new(wr, FrameCodec::daemon());
 
-    if let Some(version) = handshake(&mut reader, &mut writer, &peer, &config).await {
-        peer.version = version;
-        serve_requests(&mut reader, &mut writer, &shared, &peer, &config, &shutdown).await;
+    if let Some(version) = handshake(&mut reader, &mut writer, &session, &shutdown).await {
+        session.peer.version = version;
+        session
+            .serve_requests(&mut reader, &mut writer, &shutdown)
+            .await;
     }
     // Writer first, reader last: the reader's drop hands the socket's read half to the
     // closer threads, because closing it closes any descriptors still queued unread, which can
@@ -56,20 +99,26 @@ pub(crate) async fn serve_connection(
     drop(reader);
     if shutdown.is_cancelled() {
         // The daemon stops, the client does not: keep its reservations for the next daemon.
-        shared.leave_session(&peer);
+        shared.leave_session(&session.peer);
     } else {
-        shared.close_session(&peer);
+        shared.close_session(&session.peer);
     }
 }
 
-/// Reads the hello and answers it; `None` when the connection should close.
+/// Reads the hello and answers it; `None` when the connection should close. A daemon that
+/// stops does not wait for a hello that has not come.
 async fn handshake(
     reader: &mut Reader,
     writer: &mut Writer,
-    peer: &Peer,
-    config: &Config,
+    session: &Session<'_>,
+    shutdown: &CancellationToken,
 ) -> Option<u16> {
-    let first = match tokio::time::timeout(config.handshake_timeout, reader.next()).await {
+    let (peer, config) = (&session.peer, session.config);
+    let first = tokio::select! {
+        () = shutdown.cancelled() => return None,
+        first = tokio::time::timeout(config.handshake_timeout, reader.next()) => first,
+    };
+    let first = match first {
         Err(_) => {
             tracing::debug!(pid = peer.owner.pid, "no hello in time; closing");
             return None;
@@ -103,44 +152,137 @@ async fn handshake(
     None
 }
 
-async fn serve_requests(
-    reader: &mut Reader,
-    writer: &mut Writer,
-    shared: &Shared,
-    peer: &Peer,
-    config: &Config,
-    shutdown: &CancellationToken,
-) {
-    let owner_exit = crate::owner_watch::owner_exit(&peer.owner);
-    tokio::pin!(owner_exit);
-    loop {
-        // Biased: what the client sent (or its end of stream) comes first, so an ordinary exit
-        // is seen as the connection closing rather than as the owner dying.
-        let frame = tokio::select! {
-            biased;
-            frame = reader.next() => frame,
-            () = shutdown.cancelled() => return,
-            () = &mut owner_exit => {
-                tracing::debug!(pid = peer.owner.pid, "the session's owner exited while its connection stayed open (inherited by a child?); ending the session");
-                return;
-            }
-        };
-        match frame {
-            Ok(None) => return,
-            Ok(Some(inbound)) => {
-                let response = shared.handle(inbound, peer).await;
-                if send(writer, response, config.write_timeout).await.is_none() {
+impl Session<'_> {
+    async fn serve_requests(
+        &self,
+        reader: &mut Reader,
+        writer: &mut Writer,
+        shutdown: &CancellationToken,
+    ) {
+        let (peer, limit) = (&self.peer, self.config.write_timeout);
+        let owner_exit = crate::owner_watch::owner_exit(&peer.owner);
+        tokio::pin!(owner_exit);
+        loop {
+            // Biased: what the client sent (or its end of stream) comes first, so an ordinary
+            // exit is seen as the connection closing rather than as the owner dying.
+            let frame = tokio::select! {
+                biased;
+                frame = reader.next() => frame,
+                () = shutdown.cancelled() => return,
+                () = &mut owner_exit => {
+                    tracing::debug!(pid = peer.owner.pid, "the session's owner exited while its connection stayed open (inherited by a child?); ending the session");
+                    return;
+                }
+            };
+            match frame {
+                Ok(None) => return,
+                Ok(Some(inbound)) if matches!(inbound.request, Request::Stop) => {
+                    let allowed = self.may_stop(&inbound);
+                    let response = if allowed {
+                        tracing::info!(
+                            pid = peer.owner.pid,
+                            uid = peer.owner.uid,
+                            "stop requested by a client"
+                        );
+                        Response::Stopping {
+                            pid: std::process::id(),
+                        }
+                    } else {
+                        self.stop_refused()
+                    };
+                    // Answer first: once stopping, the session ends without a word.
+                    let sent = send(writer, response, limit).await;
+                    if allowed {
+                        self.control.stop.cancel();
+                    }
+                    if sent.is_none() {
+                        return;
+                    }
+                }
+                Ok(Some(inbound)) => {
+                    let response = match self.refuse_foreign(&inbound.request) {
+                        Some(refusal) => refusal,
+                        None => self.shared.handle(inbound, peer).await,
+                    };
+                    if send(writer, response, limit).await.is_none() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if let Some(reply) = frame_error_reply(&e) {
+                        send(writer, reply, limit).await;
+                    }
                     return;
                 }
             }
-            Err(e) => {
-                if let Some(reply) = frame_error_reply(&e) {
-                    send(writer, reply, config.write_timeout).await;
-                }
-                return;
-            }
         }
     }
+
+    /// Whether the sender of `inbound` may stop the daemon: an administrator (root, the
+    /// daemon's own user, a member of an admin group) — and, when another process wrote on the
+    /// connection (a forked child), one of the same user or root.
+    fn may_stop(&self, inbound: &Inbound) -> bool {
+        let sender_uid = inbound.sender.map(|c| c.uid);
+        self.peer.is_admin && sender_uid.is_none_or(|uid| uid == self.peer.owner.uid || uid == 0)
+    }
+
+    fn stop_refused(&self) -> Response {
+        let uid = rustix::process::geteuid().as_raw();
+        error(
+            ErrorKind::PermissionDenied,
+            format!(
+                "only an administrator may stop the berth daemon (pid {}): root, its own user (uid {uid}), or a member of its admin groups; you are uid {}",
+                std::process::id(),
+                self.peer.owner.uid
+            ),
+        )
+    }
+
+    /// The refusal of a request that grants or uses ports, for a client in another network
+    /// namespace; `None` when the request may be served.
+    fn refuse_foreign(&self, request: &Request) -> Option<Response> {
+        let PeerNetns::Foreign { daemon, peer } = self.netns else {
+            return None;
+        };
+        // Every variant named, so that a new one must be sorted here too.
+        let what = match request {
+            Request::Acquire { .. } => "reserve ports",
+            Request::Associate { .. } => "bind a socket",
+            Request::CreatePersistent { .. } => "create a persistent reservation",
+            Request::Reclaim { .. } => "re-claim a reservation",
+            Request::Transfer { .. } => "hand over a reservation",
+            Request::Hello(_)
+            | Request::Release { .. }
+            | Request::List
+            | Request::Status
+            | Request::DeletePersistent { .. }
+            | Request::LookupPersistent { .. }
+            | Request::Stop => return None,
+        };
+        Some(foreign_netns(what, daemon, peer))
+    }
+}
+
+/// Not-supported, naming both namespaces: a port is free or taken per network namespace, so
+/// ports checked and reserved in the daemon's would mean nothing in the client's.
+fn foreign_netns(what: &str, daemon: u64, peer: Option<u64>) -> Response {
+    let theirs = peer.map_or_else(
+        || "another network namespace".to_owned(),
+        |p| format!("network namespace net:[{p}]"),
+    );
+    Response::Error(
+        WireError::new(
+            ErrorKind::NotSupported,
+            format!(
+                "cannot {what}: this client is in {theirs}, but this berth daemon (pid {}) serves network namespace net:[{daemon}], and ports are reserved and checked per namespace; use the berth daemon of the client's namespace (start one there with `berth daemon`, or point BERTH_SOCKET at its socket)",
+                std::process::id()
+            ),
+        )
+        .with_detail(ErrorDetail::Namespaces(NamespacesDetail {
+            daemon_netns: daemon,
+            peer_netns: peer.unwrap_or(0),
+        })),
+    )
 }
 
 /// The reply to a frame that could not be read; `None` when the connection itself failed.

@@ -59,6 +59,8 @@ impl TestDaemon {
         let db = db.map_or_else(|| dir.path().join("berth.db"), Path::to_owned);
         let (listener, guard) = bind_socket(&socket).expect("bind socket");
         let mut config = Config::new(socket.clone(), db.clone(), Pool::new(lo, hi).expect("pool"));
+        // Many test daemons share one network namespace, each with a pool of its own.
+        config.authority = None;
         adjust(&mut config);
         config.socket = socket.clone();
         config.db = db.clone();
@@ -86,6 +88,13 @@ impl TestDaemon {
     /// failing disk would.
     pub fn fail_store(&self, fail: bool) {
         self.store_faults.store(fail, Ordering::SeqCst);
+    }
+
+    /// Waits until the daemon stops by itself (a client's `Stop`), without stopping it.
+    pub async fn stopped(mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.expect("daemon task");
+        }
     }
 
     /// Stops the daemon and waits until every session has drained.
