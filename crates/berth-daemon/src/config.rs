@@ -46,6 +46,9 @@ pub struct Config {
     /// to start, naming the first. `None` binds no beacon (in-process test daemons, many in one
     /// namespace, each with pools of its own).
     pub authority: Option<String>,
+    /// Whether to keep `net.ipv4.ip_local_reserved_ports` (see `kernel`): off unless asked,
+    /// so an embedded or test daemon never touches the host; `berth daemon` asks for `auto`.
+    pub kernel_sync: crate::kernel::KernelSync,
 }
 
 impl Config {
@@ -66,6 +69,7 @@ impl Config {
             grace: DEFAULT_GRACE,
             quota: None,
             store_faults: Arc::new(AtomicBool::new(false)),
+            kernel_sync: crate::kernel::KernelSync::Off,
             authority: Some(berth_protocol::authority::DEFAULT_NAME.to_owned()),
         }
     }

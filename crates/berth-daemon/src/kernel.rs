@@ -38,6 +38,17 @@ impl std::str::FromStr for KernelSync {
     }
 }
 
+/// What the database says an earlier daemon wrote into the list (empty when nothing, or when
+/// the record cannot be read — then nothing is taken out that was not written now).
+pub(crate) fn recorded(store: &berth_store::Store) -> berth_core::PortSet {
+    store
+        .meta(sync::WRITTEN_KEY)
+        .ok()
+        .flatten()
+        .and_then(|text| berth_core::PortSet::parse(&text).ok())
+        .unwrap_or_default()
+}
+
 /// Whether the daemon will keep the file, or why not.
 pub(crate) fn decide(mode: KernelSync) -> Result<(), String> {
     match mode {

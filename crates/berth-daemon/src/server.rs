@@ -66,14 +66,20 @@ pub async fn run_with_ready(
     let mut store = store_thread::open(&config.db).map_err(io::Error::other)?;
     // Journaled owners cannot have survived a reboot; a pid and start time from an earlier
     // boot might name some other process now.
+    // So can the kernel's reserved-ports list: what the daemon recorded having written there
+    // is then forgotten too.
     if let Ok(boot_id) = crate::peer::read_proc("/proc/sys/kernel/random/boot_id") {
         if store.begin_boot(boot_id.trim()).map_err(io::Error::other)? {
             tracing::info!("the runtime journal was written before a reboot; it was cleared");
+            store
+                .set_meta(crate::kernel::sync::WRITTEN_KEY, None)
+                .map_err(io::Error::other)?;
         }
     }
+    let recorded = crate::kernel::recorded(&store);
     let (persistent, journal) = store.load().map_err(io::Error::other)?;
     let (store, store_thread) = StoreHandle::spawn(store, config.store_faults.clone())?;
-    let (shared, owners) = Shared::new(&config, store)?;
+    let (shared, owners) = Shared::new(&config, store, recorded)?;
     let shared = Arc::new(shared);
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
@@ -149,8 +155,10 @@ pub async fn run_with_ready(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
-    // Every session is done: the store thread finishes what is queued before the database
-    // lock is let go.
+    // Every session is done: the kernel's list loses the daemon's entries, then the store
+    // thread finishes what is queued before the database lock is let go.
+    let kernel = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || kernel.stop_kernel_sync()).await;
     shared.stop_store();
     let joined = tokio::task::spawn_blocking(move || store_thread.join()).await;
     if !matches!(joined, Ok(Ok(()))) {

@@ -51,6 +51,16 @@ pub(crate) struct Shared {
     pub(crate) quota: Option<berth_core::Quota>,
     /// The database's thread: persistent reservations and the runtime journal.
     store: StoreHandle,
+    /// Whether the kernel's reserved-ports list is kept, and its writer.
+    kernel: KernelState,
+}
+
+/// The kernel-sync side of the daemon.
+struct KernelState {
+    /// `None` once stopped, or when sync is off.
+    writer: Mutex<Option<crate::kernel::sync::Writer>>,
+    /// Why sync is off, for `status`.
+    off_because: Option<String>,
 }
 
 /// One connected client, as the kernel identified it.
@@ -68,12 +78,42 @@ impl Shared {
     pub(crate) fn new(
         config: &Config,
         store: StoreHandle,
+        recorded: berth_core::PortSet,
     ) -> std::io::Result<(Self, mpsc::UnboundedReceiver<Owner>)> {
         let (watcher, owners) = Watcher::new();
-        let stream = Stream::new(vec![
-            Box::new(Journal::new(store.clone())),
-            Box::new(watcher),
-        ]);
+        let mut consumers: Vec<Box<dyn crate::changes::Consumer>> =
+            vec![Box::new(Journal::new(store.clone())), Box::new(watcher)];
+        let kernel = match crate::kernel::decide(config.kernel_sync) {
+            Ok(()) => {
+                let (sync, writer) = crate::kernel::sync::Sync::start(
+                    crate::kernel::reserved_ports::PATH.into(),
+                    store.clone(),
+                    recorded,
+                )?;
+                consumers.push(Box::new(sync));
+                tracing::info!(
+                    "keeping {} with every reservation",
+                    crate::kernel::reserved_ports::PATH
+                );
+                KernelState {
+                    writer: Mutex::new(Some(writer)),
+                    off_because: None,
+                }
+            }
+            Err(why) if config.kernel_sync == crate::kernel::KernelSync::On => {
+                return Err(std::io::Error::other(format!(
+                    "kernel sync was asked for, but {why}"
+                )))
+            }
+            Err(why) => {
+                tracing::info!("kernel sync is off: {why}");
+                KernelState {
+                    writer: Mutex::new(None),
+                    off_because: Some(why),
+                }
+            }
+        };
+        let stream = Stream::new(consumers);
         let shared = Shared {
             table: Mutex::new(Table::new(config.pool)),
             stream,
@@ -89,6 +129,7 @@ impl Shared {
             admin_groups: config.admin_groups.clone(),
             quota: config.quota,
             store,
+            kernel,
         };
         Ok((shared, owners))
     }
@@ -182,6 +223,19 @@ impl Shared {
         let mut table = self.table();
         let released = table.release_unclaimed();
         drop(self.publish(&mut table, released));
+    }
+
+    /// Stops keeping the kernel's list: the daemon's entries are taken out (blocks until done).
+    pub(crate) fn stop_kernel_sync(&self) {
+        let writer = self
+            .kernel
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            writer.stop();
+        }
     }
 
     /// Tells the store thread to finish what is queued and stop.
@@ -333,6 +387,8 @@ impl Shared {
             udp_ports: table.reserved_ports(Protocol::Udp),
             sessions: self.sessions.load(Ordering::Relaxed),
             open_files_limit: crate::limits::open_files_limit(),
+            kernel_sync: self.kernel.off_because.is_none(),
+            kernel_sync_off_because: self.kernel.off_because.clone().unwrap_or_default(),
         })
     }
 }

@@ -313,6 +313,11 @@ pub struct StatusInfo {
     /// The daemon's descriptor limit (soft `RLIMIT_NOFILE`, raised to the hard limit at
     /// start-up; `u64::MAX` = unlimited): connections and owner watches each take one.
     pub open_files_limit: u64,
+    /// Whether the daemon keeps `net.ipv4.ip_local_reserved_ports` (reservations hidden from
+    /// automatic port assignment).
+    pub kernel_sync: bool,
+    /// Why not, when it does not; empty otherwise.
+    pub kernel_sync_off_because: String,
 }
 
 #[cfg(test)]
