@@ -160,6 +160,19 @@ impl FakeDaemon {
         })
     }
 
+    /// Welcomes every client with a protocol version newer than this release speaks, as a
+    /// daemon that ignored the client's range would; closes the connection on anything else.
+    pub fn choosing_a_newer_version() -> Self {
+        Self::answering(|request| match request {
+            Request::Hello(_) => Some(Response::Welcome(Welcome {
+                version: berth_protocol::PROTOCOL_VERSION + 100,
+                daemon_version: "99.0.0".to_owned(),
+                daemon_pid: std::process::id(),
+            })),
+            _ => None,
+        })
+    }
+
     /// The welcome of a daemon of this release.
     pub fn welcome() -> Response {
         Response::Welcome(Welcome {

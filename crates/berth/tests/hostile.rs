@@ -9,6 +9,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,47 +19,89 @@ use berth_daemon::testing::raw::{
     shaken_hands, PY_PRELUDE,
 };
 use berth_daemon::testing::TestDaemon;
-use berth_protocol::{Request, Response};
+use berth_protocol::{Hello, Request, Response};
 use common::{bystander, bystander_is_fine};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How long a close of the hostile sockets below blocks, at most.
-const LINGER: Duration = Duration::from_secs(10);
+/// How long a close of the hostile sockets below blocks, at most (or until the test drops the
+/// peer, which resets the connection).
+const LINGER: Duration = Duration::from_secs(120);
+
+/// How long anything the daemon is asked may take: generous for a busy machine, and far
+/// shorter than [`LINGER`]. A daemon that waited for a hostile close answers late and fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A daemon serves a new client: connects, shakes hands and asks for the status, on a
+/// blocking socket of its own (off the runtime: with one runtime thread, a daemon that blocked
+/// it would stall the test too, and a timer on it could not fire). Panics unless every answer
+/// comes within [`DEADLINE`].
+async fn served_within_deadline(socket: &Path) {
+    let socket = socket.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        conn.write_all(&frame(Request::Hello(Hello::current("hostile-probe"))))
+            .unwrap();
+        let welcome = read_reply(&mut conn);
+        assert!(matches!(welcome, Response::Welcome(_)), "{welcome:?}");
+        conn.write_all(&frame(Request::Status)).unwrap();
+        let status = read_reply(&mut conn);
+        assert!(matches!(status, Response::Status(_)), "{status:?}");
+    })
+    .await
+    .unwrap();
+}
+
+/// One response from a blocking connection whose read timeout is [`DEADLINE`].
+fn read_reply(conn: &mut std::os::unix::net::UnixStream) -> Response {
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).unwrap_or_else(|e| {
+        panic!(
+            "no answer within {DEADLINE:?} ({e}): the daemon waited for a client's socket to close"
+        )
+    });
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut payload).unwrap();
+    postcard::from_bytes(&payload).unwrap()
+}
 
 // One runtime thread, which the daemon shares with the test: a close that blocked on it would
-// block everything, and show in the time taken.
+// block everything for LINGER. The hostile client's side runs on a blocking thread, whose
+// reads give up after DEADLINE.
 #[tokio::test]
 async fn a_socket_whose_close_blocks_does_not_stall_the_daemon() {
     let daemon = TestDaemon::start(45000, 45099);
     let (client, held) = bystander(&daemon).await;
-    let mut stream = shaken_hands(&daemon.socket, "hostile").await;
-    let (socket, _peer) = lingering_socket(LINGER);
-    let started = Instant::now();
-    // Refused (a connected socket is bound), after which the daemon drops the only copy left.
-    let associate = Request::Associate {
-        token: held.token().get(),
-        address: None,
-    };
-    send_with_fds(&stream, &frame(associate), &[socket.as_fd()]);
-    drop(socket);
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.unwrap();
-    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut payload).await.unwrap();
-    let reply: Response = postcard::from_bytes(&payload).unwrap();
-    assert!(matches!(reply, Response::Error(_)), "{reply:?}");
-    // The session goes on, and so does everyone else's.
-    stream.write_all(&frame(Request::Status)).await.unwrap();
-    stream.shutdown().await.unwrap();
-    let replies = read_until_closed(&mut stream).await;
-    assert!(matches!(replies[..], [Response::Status(_)]), "{replies:?}");
+    let stream = shaken_hands(&daemon.socket, "hostile").await;
+    let (socket, peer) = lingering_socket(LINGER);
+    let token = held.token().get();
+    let replies = tokio::task::spawn_blocking(move || {
+        let mut conn = stream.into_std().unwrap();
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        // Refused (a connected socket is bound), after which the daemon drops the only copy
+        // left, whose close blocks until LINGER passes or `peer` goes.
+        let associate = Request::Associate {
+            token,
+            address: None,
+        };
+        send_with_fds(&conn, &frame(associate), &[socket.as_fd()]);
+        drop(socket);
+        let refused = read_reply(&mut conn);
+        // The session goes on.
+        conn.write_all(&frame(Request::Status)).unwrap();
+        let status = read_reply(&mut conn);
+        [refused, status]
+    })
+    .await
+    .unwrap();
+    assert!(matches!(replies[0], Response::Error(_)), "{replies:?}");
+    assert!(matches!(replies[1], Response::Status(_)), "{replies:?}");
+    // And so does everyone else's, while that close still waits.
+    served_within_deadline(&daemon.socket).await;
     bystander_is_fine(&client, &held).await;
-    assert!(
-        started.elapsed() < LINGER / 2,
-        "the daemon waited {:?} for a client's socket to close",
-        started.elapsed()
-    );
+    drop(peer);
 }
 
 #[tokio::test]
@@ -66,8 +109,7 @@ async fn descriptors_left_unread_when_a_connection_ends_do_not_stall_the_daemon(
     let daemon = TestDaemon::start(45100, 45199);
     let (client, held) = bystander(&daemon).await;
     let mut stream = shaken_hands(&daemon.socket, "hostile").await;
-    let (socket, _peer) = lingering_socket(LINGER);
-    let started = Instant::now();
+    let (socket, peer) = lingering_socket(LINGER);
     // An oversized frame's header, padded to fill a read, then a message with the socket: the
     // daemon closes the connection before reading it, and so drops the socket in flight.
     let mut oversized = (1u32 << 30).to_be_bytes().to_vec();
@@ -77,16 +119,36 @@ async fn descriptors_left_unread_when_a_connection_ends_do_not_stall_the_daemon(
     drop(socket);
     let replies = read_until_closed(&mut stream).await;
     assert_error(&replies, ErrorKind::InvalidArgument, "exceeds the limit");
-    drop(stream);
-    bystander_is_fine(&client, &held).await;
-    // The connection is closed after the answer: give it the time to happen, then ask again.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    bystander_is_fine(&client, &held).await;
+    // The session dropped its connection, in-flight socket and all, in the same step as the
+    // end of stream we saw: had that close blocked the runtime, nobody would be served now.
+    served_within_deadline(&daemon.socket).await;
+    // The daemon's copy of the connection is closed (not just shut down for writing): our
+    // writes fail once it is.
+    let closed = tokio::task::spawn_blocking(move || {
+        let conn = stream.into_std().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match (&conn).write(b"x") {
+                Err(e) => break e,
+                Ok(_) if Instant::now() > deadline => {
+                    panic!("the daemon's end of the connection is still open after {DEADLINE:?}")
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+    .await
+    .unwrap();
     assert!(
-        started.elapsed() < LINGER / 2,
-        "the daemon waited {:?} for a client's socket to close",
-        started.elapsed()
+        matches!(
+            closed.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        "{closed}"
     );
+    served_within_deadline(&daemon.socket).await;
+    bystander_is_fine(&client, &held).await;
+    drop(peer);
 }
 
 #[tokio::test]

@@ -1,0 +1,73 @@
+//! The exit codes that a real daemon never gives these commands a reason for (docs/cli.md):
+//! 11 (not-supported) and 14 (reservation-full) answer only an associate, which no `berth`
+//! command sends, and 19 (incompatible) needs a daemon of another protocol version. A fake
+//! daemon on a temporary socket gives each answer, and `berth` must still turn it into its
+//! code and say what the daemon said.
+
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test: stopping loudly on a broken expectation is the point"
+)]
+
+mod support;
+
+use berth_core::ErrorKind;
+use berth_daemon::testing::FakeDaemon;
+use support::Berth;
+
+#[test]
+fn a_daemon_that_refuses_the_hello_as_incompatible_is_exit_19() {
+    let fake = FakeDaemon::refusing_hello(
+        ErrorKind::Incompatible,
+        "client protocol versions 1..=1, daemon 7..=9: upgrade the client",
+    );
+    for args in [
+        &["list"][..],
+        &["status"],
+        &["run", "--tcp", "1", "--", "true"],
+    ] {
+        Berth::new(&fake.socket)
+            .args(args)
+            .output()
+            .code(19)
+            .says(&["upgrade the client"]);
+    }
+}
+
+#[test]
+fn a_daemon_that_chooses_a_version_this_client_does_not_speak_is_exit_19() {
+    let fake = FakeDaemon::choosing_a_newer_version();
+    Berth::new(&fake.socket)
+        .args(["list"])
+        .output()
+        .code(19)
+        .says(&["protocol version"]);
+}
+
+#[test]
+fn not_supported_is_exit_11() {
+    let fake = FakeDaemon::failing_with(ErrorKind::NotSupported, "sockets of that kind: no");
+    Berth::new(&fake.socket)
+        .args(["list"])
+        .output()
+        .code(11)
+        .says(&["sockets of that kind: no"]);
+}
+
+#[test]
+fn reservation_full_is_exit_14_and_run_starts_nothing() {
+    let fake = FakeDaemon::failing_with(
+        ErrorKind::ReservationFull,
+        "every port of reservation 0x1 is bound",
+    );
+    let marker = tempfile::tempdir().expect("a temporary directory");
+    let ran = marker.path().join("ran");
+    let out = Berth::new(&fake.socket)
+        .args(["run", "--tcp", "2", "--", "touch"])
+        .args([&ran])
+        .output()
+        .code(14)
+        .says(&["every port of reservation 0x1 is bound"]);
+    assert!(!ran.exists(), "the command ran: {out:?}");
+}
