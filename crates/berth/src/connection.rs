@@ -204,7 +204,7 @@ impl Connection {
         stream: UnixStream,
         path: &Path,
         client_name: &str,
-        reconnect_window: Duration,
+        options: crate::Options,
     ) -> Result<Self, Error> {
         let (reader, writer, welcome) = handshake(stream, path, client_name).await?;
         let (calls, rx) = mpsc::unbounded_channel::<Call>();
@@ -212,7 +212,8 @@ impl Connection {
         let task = Task {
             path: path.to_owned(),
             client_name: client_name.to_owned(),
-            reconnect_window,
+            reconnect_window: options.reconnect_window,
+            trusted_daemon_uid: options.trusted_daemon_uid,
             calls: rx,
             orphans,
             orphans_tx,
@@ -288,6 +289,8 @@ struct Task {
     client_name: String,
     /// How long to keep trying to reach the daemon again.
     reconnect_window: Duration,
+    /// [`crate::Options::trusted_daemon_uid`], checked again on every reconnection.
+    trusted_daemon_uid: Option<u32>,
     calls: mpsc::UnboundedReceiver<Call>,
     /// Tokens of `Acquired` answers whose callers went away before taking them.
     orphans: mpsc::UnboundedReceiver<Token>,
@@ -492,7 +495,9 @@ impl Task {
     /// reservation is gone) is forgotten; any other answer fails the attempt, keeping the
     /// token for the next one. Requests are pipelined, with reading and writing side by side.
     async fn attempt(&mut self) -> Result<(Reader, Writer), Error> {
-        let stream = UnixStream::connect(&self.path).await.map_err(Error::lost)?;
+        let stream =
+            crate::rendezvous::connect_within(&self.path, ATTEMPT_FLOOR, self.trusted_daemon_uid)
+                .await?;
         let (mut reader, mut writer, _) = handshake(stream, &self.path, &self.client_name).await?;
         let releases: Vec<Token> = self.releasing.keys().copied().collect();
         let reclaims: Vec<Token> = self.held.iter().copied().collect();
