@@ -254,6 +254,45 @@ fn run_starts_a_daemon_on_demand() {
 }
 
 #[test]
+fn an_on_demand_daemon_is_detached_from_its_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("b.sock");
+    // `$(…)` waits until every copy of its pipe is closed, and fd 7 is one more copy: a daemon
+    // that inherited it would keep this shell waiting for as long as the daemon runs.
+    let script = "x=$(\"$0\" run --tcp 1 -- true 7>&1); echo \"finished:$x\"";
+    let out = Berth::bare(["sh", "-c", script])
+        .env("BERTH_SOCKET", &socket)
+        .env("BERTH_DB", dir.path().join("autostart.db"))
+        .output()
+        .code(0);
+    let daemon = Autostarted::on(&socket);
+    assert_eq!(out.stdout.trim(), "finished:", "{}", out.stderr);
+    // A session of its own; stdin from /dev/null; stdout and stderr to its log; nothing else
+    // but what it opened itself (its socket, database, …) — no pipe, no terminal.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", daemon.pid)).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    assert_eq!(fields[3], daemon.pid.to_string(), "session id: {stat}");
+    let log = socket.with_extension("log");
+    for entry in std::fs::read_dir(format!("/proc/{}/fd", daemon.pid)).unwrap() {
+        let entry = entry.unwrap();
+        let fd: u32 = entry.file_name().to_string_lossy().parse().unwrap();
+        let target = std::fs::read_link(entry.path()).unwrap();
+        match fd {
+            0 => assert_eq!(target, Path::new("/dev/null")),
+            1 | 2 => assert_eq!(target, log, "fd {fd}"),
+            _ => {
+                let t = target.to_string_lossy();
+                assert!(
+                    !t.starts_with("pipe:") && !t.starts_with("/dev/pts"),
+                    "fd {fd} is {t}"
+                );
+            }
+        }
+    }
+    daemon.stop();
+}
+
+#[test]
 fn no_autostart_means_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("b.sock");
