@@ -270,7 +270,12 @@ fn an_on_demand_daemon_is_detached_from_its_caller() {
     // A session of its own; stdin from /dev/null; stdout and stderr to its log; nothing else
     // but what it opened itself (its socket, database, …) — no pipe, no terminal.
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", daemon.pid)).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     assert_eq!(fields[3], daemon.pid.to_string(), "session id: {stat}");
     let log = socket.with_extension("log");
     for entry in std::fs::read_dir(format!("/proc/{}/fd", daemon.pid)).unwrap() {
