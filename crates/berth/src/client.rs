@@ -13,7 +13,7 @@ use berth_protocol::{paths, Request, ReservationInfo, Response, StatusInfo};
 use crate::autostart::{self, Starter};
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::rendezvous;
+use crate::rendezvous::{self, Reached};
 use crate::reservation::Reservation;
 
 /// Who may bind sockets from a persistent reservation besides administrators.
@@ -101,14 +101,14 @@ impl Client {
         let candidates = paths::client_candidates(&paths::process_env, uid);
         let mut tried = Vec::new();
         for path in &candidates {
-            match rendezvous::connect(path, &options).await {
-                Ok(stream) => return Client::open(stream, path, options).await,
-                Err(Error::Unavailable(why)) => tried.push(why),
-                Err(e) => return Err(e),
+            let timeout = options.connect_timeout;
+            match rendezvous::reach(path, timeout, options.trusted_daemon_uid).await? {
+                Reached::Daemon(stream) => return Client::open(stream, path, options).await,
+                Reached::Nobody(why) => tried.push(format!("{}: {why}", path.display())),
             }
         }
         Err(Error::Unavailable(format!(
-            "no berth daemon answers ({}); start one with `berth daemon` (`berth run` starts one on demand), or set BERTH_SOCKET to the socket of a running one",
+            "no berth daemon answers (tried {}); start one with `berth daemon` (`berth run` starts one on demand), or set BERTH_SOCKET to the socket of a running one",
             tried.join("; ")
         )))
     }

@@ -85,12 +85,37 @@ pub(crate) async fn connect_within(
     timeout: Duration,
     trusted: Option<u32>,
 ) -> Result<UnixStream, Error> {
+    match reach(path, timeout, trusted).await? {
+        Reached::Daemon(stream) => Ok(stream),
+        Reached::Nobody(why) => Err(Error::Unavailable(format!(
+            "no berth daemon answers on {} ({why}); start one with `berth daemon --socket {}`",
+            path.display(),
+            path.display()
+        ))),
+    }
+}
+
+/// What a connection attempt found.
+pub(crate) enum Reached {
+    /// A trusted daemon's connection.
+    Daemon(UnixStream),
+    /// Nobody listens; why, in a few words.
+    Nobody(String),
+}
+
+/// Connects to `path` within `timeout` and checks who listens there; nobody listening is not
+/// an error here (the caller may try elsewhere, or start a daemon).
+pub(crate) async fn reach(
+    path: &Path,
+    timeout: Duration,
+    trusted: Option<u32>,
+) -> Result<Reached, Error> {
     if !check_socket_dir(path, false)? {
-        return Err(nobody(path, "the directory does not exist"));
+        return Ok(Reached::Nobody("its directory does not exist".into()));
     }
     let stream = match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(nobody(path, e)),
+        Ok(Err(e)) => return Ok(Reached::Nobody(plain(&e))),
         Err(_) => {
             return Err(Error::Unavailable(format!(
                 "the berth daemon on {} did not accept the connection within {}s; it may be at its connection limit (--max-connections) or stuck — see `berth status`, or its log",
@@ -100,16 +125,17 @@ pub(crate) async fn connect_within(
         }
     };
     check_peer(&stream, path, trusted)?;
-    Ok(stream)
+    Ok(Reached::Daemon(stream))
 }
 
-/// No daemon listens on `path`.
-fn nobody(path: &Path, why: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!(
-        "no berth daemon answers on {} ({why}); start one with `berth daemon --socket {}`",
-        path.display(),
-        path.display()
-    ))
+/// An I/O error in a few words: "no such file", not "No such file or directory (os error 2)".
+fn plain(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such socket".into(),
+        io::ErrorKind::ConnectionRefused => "nothing listens on it".into(),
+        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
 }
 
 /// The process listening on `stream` must be root or this (effective) user.
