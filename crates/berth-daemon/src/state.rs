@@ -299,7 +299,7 @@ fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) -> Reservatio
 }
 
 pub(crate) fn error(kind: ErrorKind, message: String) -> Response {
-    Response::Error(WireError { kind, message })
+    Response::Error(WireError::new(kind, message))
 }
 
 pub(crate) fn now_ms() -> u64 {

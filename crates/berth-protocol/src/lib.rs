@@ -9,6 +9,9 @@
 //! # Layout
 //! - [`version`]: the protocol version (defined once, here) and the handshake negotiation.
 //! - [`message`]: [`Request`], [`Response`] and the values they carry.
+//! - [`detail`]: [`ErrorDetail`], the numbers behind an error's message.
+//! - [`authority`]: the authority beacon, an abstract socket that makes a berth daemon the
+//!   only one serving its network namespace.
 //! - [`frame`]: [`FrameCodec`], bytes ↔ messages with a hard size limit per direction.
 //!
 //! postcard has no field tags, so the shape of every message is fixed for a protocol version:
@@ -16,12 +19,18 @@
 //! [`Response::Error`] keep their variant numbers and shapes forever so that any two versions
 //! can at least tell each other that they are incompatible.
 
+pub mod authority;
+pub mod detail;
 pub mod frame;
 pub mod message;
 pub mod paths;
 pub mod version;
 
 pub use berth_core::{ErrorKind, Kind, PortRange, Protocol, Token};
+pub use detail::{
+    BusyDetail, DaemonLimit, ErrorDetail, Holder, NamespacesDetail, PoolDetail, PortsDetail,
+    QuotaDetail, QuotaWhat,
+};
 pub use frame::{FrameCodec, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 pub use message::{
     Hello, OwnerInfo, Request, ReservationInfo, Response, StatusInfo, Welcome, WireError,

@@ -1,12 +1,16 @@
 //! The messages of protocol version 1.
 //!
 //! Variant order is part of the wire format (postcard encodes the variant index): add new
-//! variants at the end, and only together with a new protocol version.
+//! variants at the end. Once version 1 is released, a new variant a peer must understand is a
+//! new protocol version (see "Compatibility rules" in `docs/protocol.md`); the golden bytes in
+//! `tests/golden.rs` pin the shape of every message.
 
 use std::net::IpAddr;
 
 use berth_core::{ErrorKind, Kind, Pool, PortRange, Protocol, Token};
 use serde::{Deserialize, Serialize};
+
+use crate::detail::ErrorDetail;
 
 /// The longest program or command name carried in a message, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
@@ -38,13 +42,16 @@ impl Hello {
 }
 
 /// A client's frame.
+///
+/// Deliberately not `#[non_exhaustive]`: the daemon must match every variant, so that adding
+/// one fails to compile until the daemon answers it, instead of falling into a catch-all arm
+/// and reaching clients as a silent invalid-argument. (Clients only construct requests, which
+/// exhaustiveness does not affect.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum Request {
     /// The handshake; must be the first frame, and only the first. Frozen across versions.
     Hello(Hello),
-    /// Reserve ports. `start == 0` asks for any free block of `count` ports from the pool
-    /// (SPEC §2). The values are sent raw so that the daemon can answer a bad range with an
+    /// Reserve ports. `start == 0` asks for any free block of `count` ports from the pool. The values are sent raw so that the daemon can answer a bad range with an
     /// invalid-argument error rather than a decoding failure.
     Acquire {
         /// Which port space.
@@ -110,6 +117,19 @@ pub enum Request {
         /// The reservation's token.
         token: u64,
     },
+    /// Stop the daemon gracefully, as SIGTERM would (administrators only: root, the daemon's
+    /// own user, members of its admin groups). Answered before the daemon stops accepting.
+    Stop,
+    /// Hand the sender's runtime reservation `token` to process `pid` — a child of the sender
+    /// with the same user — which owns it from then on: it lives exactly as long as that
+    /// process. `berth run` hands its reservation to the command it starts, so that the ports
+    /// stay reserved while the command runs even if `berth run` itself is killed.
+    Transfer {
+        /// The reservation's token.
+        token: u64,
+        /// The process that becomes its owner.
+        pid: u32,
+    },
 }
 
 /// The longest allow list of a persistent reservation.
@@ -144,6 +164,14 @@ pub enum Response {
     PersistentFound(ReservationInfo),
     /// Answer to [`Request::Reclaim`]: the reservation belongs to this session now.
     Reclaimed(ReservationInfo),
+    /// Answer to [`Request::Stop`]: the daemon (this pid) stops once the answer is sent; its
+    /// socket closes when every session has drained.
+    Stopping {
+        /// The daemon's process id.
+        pid: u32,
+    },
+    /// Answer to [`Request::Transfer`]: the reservation, with its new owner.
+    Transferred(ReservationInfo),
 }
 
 /// The daemon's side of the handshake.
@@ -157,13 +185,72 @@ pub struct Welcome {
     pub daemon_pid: u32,
 }
 
-/// A failure, with its SPEC §4 kind and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A failure: its kind, a message for people, and the same facts in numbers for programs.
+///
+/// Frozen across versions up to its trailing `detail`: a reader that knows only `kind` and
+/// `message` ignores the bytes after them, and a reader that knows `detail` decodes
+/// [`ErrorDetail::None`] when those bytes are missing (an older daemon) or name a detail it
+/// does not know (a newer one). That leniency is sound only because a `WireError` is always the
+/// last thing in its frame; keep it so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WireError {
     /// What kind of failure.
     pub kind: ErrorKind,
     /// What happened, with the values involved, and what to do.
     pub message: String,
+    /// The values involved, for programs (the C library, scripts) that must not parse
+    /// `message`.
+    pub detail: ErrorDetail,
+}
+
+impl WireError {
+    /// An error without detail.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        WireError {
+            kind,
+            message: message.into(),
+            detail: ErrorDetail::None,
+        }
+    }
+
+    /// The same error with `detail`.
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<ErrorDetail>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+}
+
+impl<'de> Deserialize<'de> for WireError {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = WireError;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an error: kind, message, detail")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<WireError, A::Error> {
+                use serde::de::Error;
+                let kind = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let message = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                // Missing (older daemon) or unknown (newer daemon): no detail, not a failure.
+                // Whatever a failed attempt consumed is trailing bytes of the frame.
+                let detail = seq.next_element().ok().flatten().unwrap_or_default();
+                Ok(WireError {
+                    kind,
+                    message,
+                    detail,
+                })
+            }
+        }
+        deserializer.deserialize_struct("WireError", &["kind", "message", "detail"], Fields)
+    }
 }
 
 /// A reservation as a client sees it.
@@ -238,10 +325,10 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(welcome.first(), Some(&0));
-        let error = postcard::to_allocvec(&Response::Error(WireError {
-            kind: ErrorKind::Incompatible,
-            message: String::new(),
-        }))
+        let error = postcard::to_allocvec(&Response::Error(WireError::new(
+            ErrorKind::Incompatible,
+            "",
+        )))
         .unwrap();
         assert_eq!(error.first(), Some(&1));
     }

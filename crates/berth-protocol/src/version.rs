@@ -13,7 +13,7 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Opens every [`Hello`], so that a daemon can tell a berth client from a stray program.
 pub const MAGIC: [u8; 4] = *b"BRTH";
 
-/// The two sides share no protocol version (SPEC §4 incompatible).
+/// The two sides share no protocol version (the error kind incompatible).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("the client speaks berth protocol versions {}..={} and the daemon {}..={}; upgrade the older of the two (the daemon is `berth daemon`, the client is the program or library that connected)", .client.0, .client.1, .daemon.0, .daemon.1)]
 pub struct VersionMismatch {
