@@ -231,7 +231,10 @@ impl<'de> Deserialize<'de> for WireError {
                 f.write_str("an error: kind, message, detail")
             }
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<WireError, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<WireError, A::Error> {
                 use serde::de::Error;
                 let kind = seq
                     .next_element()?

@@ -329,9 +329,8 @@ fn error_details() {
     // And inside a frame: the detail follows kind and message.
     golden(
         Response::Error(
-            WireError::new(ErrorKind::NotSupported, "x").with_detail(ErrorDetail::Token {
-                token: 300,
-            }),
+            WireError::new(ErrorKind::NotSupported, "x")
+                .with_detail(ErrorDetail::Token { token: 300 }),
         ),
         "01  01  01 78  06 ac 02",
     );

@@ -370,6 +370,16 @@ impl Client {
         Ok(list)
     }
 
+    /// Asks the daemon to stop gracefully, as SIGTERM would (its own user, root, or a member
+    /// of its admin groups; others get [`Error::PermissionDenied`]). Returns the daemon's pid;
+    /// it stops accepting once it has answered, and exits when its sessions have drained.
+    pub async fn stop(&self) -> Result<u32, Error> {
+        match self.conn.call(Request::Stop).await? {
+            Response::Stopping { pid } => Ok(pid),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
     /// Releases `token` without waiting for the answer (used by `Drop`).
     pub(crate) fn release_detached(&self, token: Token) {
         self.conn.submit(Request::Release { token: token.get() });

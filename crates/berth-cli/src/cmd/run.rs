@@ -26,8 +26,10 @@ const FORWARDED: [(SignalKind, i32); 6] = [
 
 /// Runs the command on freshly reserved ports.
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    let client = connect::or_start(connect::Lifetime::Holding).await?;
     let start = args.start.unwrap_or(0);
+    // Before anything is reserved: a command that cannot be started would only waste them.
+    check_environment_fits(&args, start)?;
+    let client = connect::or_start(connect::Lifetime::Holding).await?;
     let tcp = reserve(&client, Protocol::Tcp, start, args.tcp).await?;
     let udp = reserve(&client, Protocol::Udp, start, args.udp).await?;
 
@@ -102,6 +104,57 @@ async fn reserve(
         Some(n) => Ok(Some(client.acquire(protocol, start, n).await?)),
         None => Ok(None),
     }
+}
+
+/// The kernel's limit on one environment string, `NAME=value` and its NUL (`MAX_ARG_STRLEN`).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// The longest `a,b,c` list of `count` ports from `start` (any start: five digits each).
+fn list_len(start: u16, count: u16) -> usize {
+    if start == 0 {
+        return usize::from(count) * 6 - 1;
+    }
+    let end = u32::from(start) + u32::from(count) - 1;
+    (u32::from(start)..=end)
+        .map(|p| p.to_string().len() + 1)
+        .sum::<usize>()
+        - 1
+}
+
+/// Refuses, before reserving, port lists the kernel would not pass to the command: one
+/// environment string is at most [`MAX_ARG_STRLEN`] bytes, and the arguments and environment
+/// together at most a quarter of the stack limit (`ARG_MAX`).
+fn check_environment_fits(args: &RunArgs, start: u16) -> Result<(), Failure> {
+    let vars = [("BERTH_TCP_PORTS", args.tcp), ("BERTH_UDP_PORTS", args.udp)];
+    let mut added = 0;
+    for (name, count) in vars {
+        let Some(count) = count else { continue };
+        let len = name.len() + 1 + list_len(start, count) + 1;
+        if len > MAX_ARG_STRLEN {
+            let most = (MAX_ARG_STRLEN - name.len() - 2 + 1) / 6;
+            return Err(berth::Error::InvalidArgument(format!(
+                "{count} ports do not fit in {name}: the list would take up to {len} bytes, over the kernel's limit of {MAX_ARG_STRLEN} bytes for one environment variable; nothing was reserved. `berth run` passes at most {most} ports per protocol — reserve larger blocks from a program through the client library"
+            ))
+            .into());
+        }
+        added += len + std::mem::size_of::<usize>();
+    }
+    let pointer = std::mem::size_of::<usize>();
+    let existing: usize = std::env::vars_os()
+        .map(|(k, v)| k.len() + v.len() + 2 + pointer)
+        .chain(args.command.iter().map(|a| a.len() + 1 + pointer))
+        .sum();
+    let stack = rustix::process::getrlimit(rustix::process::Resource::Stack).current;
+    if let Some(limit) = stack.and_then(|s| usize::try_from(s / 4).ok()) {
+        if existing + added > limit {
+            return Err(berth::Error::InvalidArgument(format!(
+                "the command's arguments and environment with the port lists would take {} bytes, over this system's limit of {limit} bytes (ARG_MAX, a quarter of `ulimit -s`); nothing was reserved. Ask for fewer ports, or shorten the environment",
+                existing + added
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// `a,b,c`.
