@@ -258,6 +258,24 @@ impl Reservation {
         Ok(socket.into())
     }
 
+    /// See [`crate::Reservation::is_lost`].
+    pub fn is_lost(&self) -> bool {
+        self.get().is_lost()
+    }
+
+    /// Blocks until this reservation is lost (see [`crate::Reservation::lost`]).
+    pub fn wait_lost(&self) -> Error {
+        self.rt.block_on(self.get().lost())
+    }
+
+    /// See [`crate::Reservation::transfer_to`].
+    pub fn transfer_to(&mut self, pid: u32) -> Result<ReservationInfo, Error> {
+        match self.inner.as_mut() {
+            Some(r) => self.rt.block_on(r.transfer_to(pid)),
+            None => unreachable_reservation(),
+        }
+    }
+
     /// Releases the block and waits for the daemon to confirm.
     pub fn release(mut self) -> Result<(), Error> {
         match self.inner.take() {

@@ -380,6 +380,23 @@ impl Client {
         }
     }
 
+    /// Hands reservation `token` to process `pid` (see [`Reservation::transfer_to`]).
+    pub(crate) async fn transfer(&self, token: Token, pid: u32) -> Result<ReservationInfo, Error> {
+        let request = Request::Transfer {
+            token: token.get(),
+            pid,
+        };
+        match self.conn.call(request).await? {
+            Response::Transferred(info) => Ok(info),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// The reservations this session lost.
+    pub(crate) fn losses(&self) -> &crate::loss::Losses {
+        self.conn.losses()
+    }
+
     /// Releases `token` without waiting for the answer (used by `Drop`).
     pub(crate) fn release_detached(&self, token: Token) {
         self.conn.submit(Request::Release { token: token.get() });

@@ -24,13 +24,16 @@
 //! - [`autostart`]: starting a per-user daemon on demand (opt-in: [`Client::connect_or_start`]).
 //! - [`rendezvous`]: meeting the daemon safely (private fallback directory, `SO_PEERCRED`).
 //! - [`error`]: [`Error`], one variant per error kind of `docs/protocol.md`.
-//! - `connection`: the background task that owns the socket and matches answers to requests.
+//! - `connection`: the background task that owns the socket (its I/O, its books, its
+//!   reconnection).
+//! - `loss`: reservations lost across a daemon restart, reported on their handles.
 
 pub mod autostart;
 pub mod blocking;
 pub mod client;
 mod connection;
 pub mod error;
+mod loss;
 pub mod rendezvous;
 pub mod reservation;
 mod sockets;
