@@ -35,7 +35,7 @@ impl Losses {
 
     /// Records that `token` is lost, and why (a full sentence).
     pub(crate) fn mark(&self, token: Token, kind: ErrorKind, why: String) {
-        tracing::warn!("{why}");
+        tracing::warn!(target: "berth::loss", "{why}");
         self.map().insert(token, (kind, why));
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }

@@ -72,26 +72,87 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             message: format!("cannot run {name:?}: {e}"),
         }
     })?;
-    if let Some(pid) = child.id() {
+    let mut held: Vec<Reservation> = tcp.into_iter().chain(udp).collect();
+    let mut handed = Vec::new();
+    let pid = child.id();
+    if let Some(pid) = pid {
         forward_signals(signals, pid);
+        // The command owns its ports from now on: they stay reserved while it runs, even if
+        // this process is killed, and end when it ends (docs/decisions.md, "Lifetime of
+        // `berth run` reservations"). A daemon that cannot take them over leaves them in this
+        // session, as before.
+        for r in &mut held {
+            match r.transfer_to(pid).await {
+                Ok(info) => handed.push(info.token),
+                Err(e) => tracing::debug!("{} stays with berth run: {e}", r.token()),
+            }
+        }
     }
-    let status = child
-        .wait()
-        .await
-        .context("waiting for the command failed")?;
+    let kept: Vec<&Reservation> = held
+        .iter()
+        .filter(|r| !handed.contains(&r.token()))
+        .collect();
+    let status = tokio::select! {
+        status = child.wait() => status.context("waiting for the command failed")?,
+        lost = first_loss(&kept) => {
+            // Loud, at once: the command runs on ports the daemon may hand to others.
+            let code = exit::for_kind(lost.kind());
+            eprintln!("berth: {lost}");
+            if let Some(target) = pid.and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw) {
+                eprintln!("berth: sending SIGTERM to the command (pid {target}) and exiting with {code} once it has ended");
+                let _ = rustix::process::kill_process(target, rustix::process::Signal::TERM);
+            }
+            let _ = child.wait().await;
+            return Ok(ExitCode::from(code));
+        }
+    };
+    drop(kept);
 
     // Release before exiting so that the ports are free when our parent sees the status.
-    for r in tcp.into_iter().chain(udp) {
+    for r in held {
+        if handed.contains(&r.token()) {
+            continue; // ended with the command; confirmed below
+        }
         if let Err(e) = r.release().await {
             tracing::warn!("releasing after the command exited: {e}");
         }
     }
+    ended_with_the_command(&client, &handed).await;
     let code = match (status.code(), status.signal()) {
         (Some(code), _) => u8::try_from(code).unwrap_or(exit::FAILURE),
         (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(exit::FAILURE),
         (None, None) => exit::FAILURE,
     };
     Ok(ExitCode::from(code))
+}
+
+/// Resolves with the first loss among `kept` (never, when it is empty).
+async fn first_loss(kept: &[&Reservation]) -> berth::Error {
+    match kept {
+        [] => std::future::pending().await,
+        [one] => one.lost().await,
+        [a, b, ..] => tokio::select! {
+            e = a.lost() => e,
+            e = b.lost() => e,
+        },
+    }
+}
+
+/// Waits, for a bounded time, until the daemon has let go of the reservations handed to the
+/// command that just ended (it does so when it sees the process exit), so that the ports are
+/// free when our parent sees the status.
+async fn ended_with_the_command(client: &Client, handed: &[berth::Token]) {
+    if handed.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        match client.list().await {
+            Ok(list) if list.iter().all(|r| !handed.contains(&r.token)) => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            Err(_) => return,
+        }
+    }
 }
 
 async fn reserve(
