@@ -52,11 +52,14 @@ fn shared_tmp() -> tempfile::TempDir {
     tmp
 }
 
+/// Makes the fallback directory in some untrustworthy way.
+type Make = dyn Fn(&Path);
+
 #[test]
 fn a_fallback_directory_not_private_to_the_user_is_refused() {
     let tmp = shared_tmp();
     let dir = tmp.path().join(format!("berth-{NOBODY}"));
-    let cases: [(&str, &dyn Fn(&Path), &str); 3] = [
+    let cases: [(&str, &Make, &str); 3] = [
         (
             "made by another user",
             &|d| {
