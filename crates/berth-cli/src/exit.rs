@@ -12,7 +12,7 @@ pub const CANNOT_EXECUTE: u8 = 126;
 /// `berth run`: the command was not found.
 pub const COMMAND_NOT_FOUND: u8 = 127;
 
-/// The exit code of each SPEC §4 kind: 10 + its position in the SPEC's table.
+/// The exit code of each error kind: 10 + its position in the table of `docs/associate.md`.
 pub fn for_kind(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::InvalidArgument => 10,

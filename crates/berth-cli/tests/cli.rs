@@ -42,7 +42,7 @@ fn assert_block(ports: &[u16], count: usize, lo: u16, hi: u16) {
     );
 }
 
-/// Asserts one `berth list --json` row has the SPEC §5 shape; returns its token.
+/// Asserts one `berth list --json` row has the shape `docs/cli.md` fixes; returns its token.
 #[track_caller]
 fn check_row(row: &Value) -> String {
     let token = row["token"].as_str().expect("token is a string");
@@ -535,4 +535,27 @@ fn stop_stops_the_daemon_and_says_so() {
     // Gone when `berth stop` returns: nothing answers, and there is nothing left to stop.
     d.berth(["status"]).output().code(18);
     d.berth(["stop"]).output().code(18);
+}
+
+#[test]
+fn the_configuration_sample_in_the_docs_validates() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/configuration.md"
+    ))
+    .unwrap();
+    let sample = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/configuration.md has a ```toml sample");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("berth.toml");
+    std::fs::write(&file, sample).unwrap();
+    let out = Berth::new(&dir.path().join("b.sock"))
+        .args(["daemon", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .code(0);
+    assert!(out.stdout.contains("valid"), "{}", out.stdout);
 }

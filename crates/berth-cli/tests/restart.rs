@@ -1,4 +1,4 @@
-//! Runtime reservations across a daemon restart (SPEC §7, docs/persistent.md): a daemon is
+//! Runtime reservations across a daemon restart (docs/persistent.md): a daemon is
 //! SIGKILLed (or stopped with SIGTERM) and a new one started on the same socket and database;
 //! reservations whose owner still runs are held for it to re-claim, those of owners that are
 //! gone are freed at once, and those not re-claimed within the grace period are freed then.

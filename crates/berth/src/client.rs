@@ -301,8 +301,7 @@ impl Client {
         }
     }
 
-    /// Creates a persistent reservation of exactly `start..start+count` (administrators only;
-    /// SPEC §2). It survives daemon restarts and host reboots until deleted; its token is
+    /// Creates a persistent reservation of exactly `start..start+count` (administrators only). It survives daemon restarts and host reboots until deleted; its token is
     /// stable. `allow` names the users and groups who may bind from it besides administrators.
     /// Durable when this returns.
     pub async fn create_persistent(

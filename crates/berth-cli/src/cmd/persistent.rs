@@ -98,7 +98,7 @@ async fn list(args: PersistentListArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `add` prints the token alone (SPEC §5), or the reservation as JSON.
+/// `add` prints the token alone (`docs/cli.md`: other tools rely on it), or the reservation as JSON.
 fn print_token_or_json(info: &ReservationInfo, json: bool) -> Result<ExitCode, Failure> {
     if json {
         print_json(&ReservationJson::from(info))?;

@@ -240,6 +240,12 @@ impl Berth {
         Berth { cmd }
     }
 
+    /// Appends one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Berth {
+        self.cmd.arg(arg);
+        self
+    }
+
     /// Sets an environment variable.
     pub fn env(mut self, name: &str, value: impl AsRef<OsStr>) -> Berth {
         self.cmd.env(name, value);
