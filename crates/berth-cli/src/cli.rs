@@ -6,9 +6,15 @@ use std::path::PathBuf;
 use berth_core::Pool;
 use clap::{Args, Parser, Subcommand};
 
-/// Reserve TCP/UDP ports on this host, run programs on them, and see who holds which port.
+/// The command line.
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "berth",
+    version,
+    about = "Reserve TCP/UDP ports on this host, run programs on them, and see who holds which port",
+    long_about = None,
+    propagate_version = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -31,6 +37,8 @@ pub enum Command {
     /// Create, delete, look up and list persistent reservations.
     #[command(subcommand)]
     Persistent(PersistentCommand),
+    /// Stop the daemon gracefully (its owner or an administrator) and wait until it is gone.
+    Stop,
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -183,8 +191,9 @@ pub struct JsonArg {
 /// `berth release`.
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
-    /// The reservation's token, as `berth list` prints it (0x…). Checked by the command, not
-    /// the parser, so that a bad token is an invalid-argument error (exit 10).
+    /// The reservation's token, as `berth list` prints it (0x…).
+    // Checked by the command, not the parser, so that a bad token is an invalid-argument
+    // error (exit 10).
     #[arg(value_name = "TOKEN")]
     pub token: String,
     /// Print the released reservation as JSON.
@@ -208,6 +217,22 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = Cli::command().render_help().to_string();
+        for sub in Cli::command().get_subcommands() {
+            assert!(
+                help.contains(sub.get_name()),
+                "{} missing: {help}",
+                sub.get_name()
+            );
+        }
+        let mut release = Cli::command();
+        let release = release.find_subcommand_mut("release").unwrap();
+        let text = release.render_help().to_string();
+        assert!(!text.contains("parser"), "{text}");
     }
 
     #[test]

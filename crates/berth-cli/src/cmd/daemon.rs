@@ -19,6 +19,13 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     let db = args
         .db
         .unwrap_or_else(|| paths::default_db(&paths::process_env, uid));
+    // A `/tmp` fallback directory is used only when it is private to this user; root never
+    // falls back to `/tmp` for its defaults (they are /run/berth and /var/lib/berth).
+    for path in [&socket, &db] {
+        if let Some(dir) = paths::in_fallback_dir(&paths::process_env, uid, path) {
+            berth::rendezvous::private_dir(&dir, true)?;
+        }
+    }
     let mut config = Config::new(socket, db, ephemeral_pool());
     let file = args.config.clone().or_else(|| {
         let system = std::path::PathBuf::from(paths::SYSTEM_CONFIG);
@@ -63,12 +70,10 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
 }
 
 /// Tells the command that started us that the socket is up, then lets go of its pipe so it
-/// sees end-of-file.
+/// sees end-of-file: stdout goes where stderr goes (the log of a daemon started on demand).
 fn signal_ready() {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(b"ready\n");
     let _ = out.flush();
-    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        let _ = rustix::stdio::dup2_stdout(&null);
-    }
+    let _ = rustix::stdio::dup2_stdout(std::io::stderr());
 }
