@@ -135,10 +135,22 @@ pub struct DaemonArgs {
     /// $XDG_STATE_HOME/berth/berth.db for other users].
     #[arg(long, value_name = "PATH", env = "BERTH_DB")]
     pub db: Option<PathBuf>,
-    /// Ports that wildcard requests are served from [default: the kernel's ephemeral range,
-    /// net.ipv4.ip_local_port_range].
+    /// Ports that wildcard requests are served from [default: the kernel's ephemeral range
+    /// (net.ipv4.ip_local_port_range) when the daemon keeps ip_local_reserved_ports, else a
+    /// range outside it — see docs/kernel.md].
     #[arg(long, value_name = "LO-HI")]
     pub pool: Option<Pool>,
+    /// Keep net.ipv4.ip_local_reserved_ports equal to every reservation plus the entries
+    /// others wrote: auto (when the daemon may write it), on (refuse to start otherwise), off
+    /// [default: auto].
+    #[arg(long, value_name = "MODE", env = "BERTH_KERNEL_SYNC")]
+    pub kernel_sync: Option<berth_daemon::KernelSync>,
+    /// The name of this network namespace's authority beacon (the abstract socket that lets
+    /// only one daemon serve a namespace), or "none". Only test suites that run isolated
+    /// daemons side by side change it; daemons with different names do not coordinate
+    /// [default: berth-authority].
+    #[arg(long, value_name = "NAME", env = "BERTH_AUTHORITY")]
+    pub authority: Option<String>,
     /// Connections served at once [default: 4096].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth_daemon::{config::ephemeral_pool, Config, ConfigFile};
+use berth_daemon::{config::ephemeral_pool, kernel, Config, ConfigFile, KernelSync};
 use berth_protocol::paths;
 
 use crate::cli::DaemonArgs;
@@ -26,15 +26,30 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
             berth::rendezvous::private_dir(&dir, true)?;
         }
     }
-    let mut config = Config::new(socket, db, ephemeral_pool());
     let file = args.config.clone().or_else(|| {
         let system = std::path::PathBuf::from(paths::SYSTEM_CONFIG);
         (uid == 0 && system.exists()).then_some(system)
     });
-    if let Some(path) = &file {
-        ConfigFile::load(path)
-            .and_then(|f| f.apply(&mut config, path))
+    let loaded = match &file {
+        Some(path) => Some(ConfigFile::load(path).map_err(anyhow::Error::from)?),
+        None => None,
+    };
+    // Whether the kernel's reserved-ports list will be kept decides the default pool: the
+    // ephemeral range only when its reservations are hidden from every connect().
+    let kernel_sync = args
+        .kernel_sync
+        .or_else(|| loaded.as_ref().and_then(ConfigFile::kernel_sync))
+        .unwrap_or(KernelSync::Auto);
+    let pool = kernel::safe_default_pool(kernel::will_sync(kernel_sync), ephemeral_pool());
+    let mut config = Config::new(socket, db, pool);
+    if let (Some(path), Some(loaded)) = (&file, &loaded) {
+        loaded
+            .apply(&mut config, path)
             .map_err(anyhow::Error::from)?;
+    }
+    config.kernel_sync = kernel_sync;
+    if let Some(name) = &args.authority {
+        config.authority = (name != "none").then(|| name.clone());
     }
     if let Some(pool) = args.pool {
         config.pool = pool;
