@@ -6,9 +6,15 @@ use std::path::PathBuf;
 use berth_core::Pool;
 use clap::{Args, Parser, Subcommand};
 
-/// Reserve TCP/UDP ports on this host, run programs on them, and see who holds which port.
+/// The command line.
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "berth",
+    version,
+    about = "Reserve TCP/UDP ports on this host, run programs on them, and see who holds which port",
+    long_about = None,
+    propagate_version = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -31,6 +37,8 @@ pub enum Command {
     /// Create, delete, look up and list persistent reservations.
     #[command(subcommand)]
     Persistent(PersistentCommand),
+    /// Stop the daemon gracefully (its owner or an administrator) and wait until it is gone.
+    Stop,
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -127,10 +135,22 @@ pub struct DaemonArgs {
     /// $XDG_STATE_HOME/berth/berth.db for other users].
     #[arg(long, value_name = "PATH", env = "BERTH_DB")]
     pub db: Option<PathBuf>,
-    /// Ports that wildcard requests are served from [default: the kernel's ephemeral range,
-    /// net.ipv4.ip_local_port_range].
+    /// Ports that wildcard requests are served from [default: the kernel's ephemeral range
+    /// (net.ipv4.ip_local_port_range) when the daemon keeps ip_local_reserved_ports, else a
+    /// range outside it — see docs/kernel.md].
     #[arg(long, value_name = "LO-HI")]
     pub pool: Option<Pool>,
+    /// Keep net.ipv4.ip_local_reserved_ports equal to every reservation plus the entries
+    /// others wrote: auto (when the daemon may write it), on (refuse to start otherwise), off
+    /// [default: auto].
+    #[arg(long, value_name = "MODE", env = "BERTH_KERNEL_SYNC")]
+    pub kernel_sync: Option<berth_daemon::KernelSync>,
+    /// The name of this network namespace's authority beacon (the abstract socket that lets
+    /// only one daemon serve a namespace), or "none". Only test suites that run isolated
+    /// daemons side by side change it; daemons with different names do not coordinate
+    /// [default: berth-authority].
+    #[arg(long, value_name = "NAME", env = "BERTH_AUTHORITY")]
+    pub authority: Option<String>,
     /// Connections served at once [default: 4096].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
@@ -183,8 +203,9 @@ pub struct JsonArg {
 /// `berth release`.
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
-    /// The reservation's token, as `berth list` prints it (0x…). Checked by the command, not
-    /// the parser, so that a bad token is an invalid-argument error (exit 10).
+    /// The reservation's token, as `berth list` prints it (0x…).
+    // Checked by the command, not the parser, so that a bad token is an invalid-argument
+    // error (exit 10).
     #[arg(value_name = "TOKEN")]
     pub token: String,
     /// Print the released reservation as JSON.
@@ -208,6 +229,22 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = Cli::command().render_help().to_string();
+        for sub in Cli::command().get_subcommands() {
+            assert!(
+                help.contains(sub.get_name()),
+                "{} missing: {help}",
+                sub.get_name()
+            );
+        }
+        let mut release = Cli::command();
+        let release = release.find_subcommand_mut("release").unwrap();
+        let text = release.render_help().to_string();
+        assert!(!text.contains("parser"), "{text}");
     }
 
     #[test]

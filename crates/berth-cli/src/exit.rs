@@ -12,7 +12,7 @@ pub const CANNOT_EXECUTE: u8 = 126;
 /// `berth run`: the command was not found.
 pub const COMMAND_NOT_FOUND: u8 = 127;
 
-/// The exit code of each SPEC §4 kind: 10 + its position in the SPEC's table.
+/// The exit code of each error kind: 10 + its position in the table of `docs/associate.md`.
 pub fn for_kind(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::InvalidArgument => 10,
@@ -60,10 +60,29 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Berth(e) => write!(f, "{e}"),
-            Failure::Other(e) => write!(f, "{e:#}"),
+            Failure::Other(e) => f.write_str(&without_repeats(e)),
             Failure::Spawn { message, .. } => f.write_str(message),
         }
     }
+}
+
+/// The error and its causes joined with `: `, leaving out a cause whose text is already
+/// part of what comes before (an error that quotes its source in its own message would
+/// otherwise say it twice: "…: No such file or directory (os error 2): No such file or
+/// directory (os error 2)").
+fn without_repeats(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 impl From<berth::Error> for Failure {
@@ -87,6 +106,16 @@ impl From<std::io::Error> for Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let quoted = format!("cannot read /x: {io}");
+        let e = anyhow::Error::new(io).context(quoted.clone());
+        assert_eq!(Failure::from(e).to_string(), quoted);
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(Failure::from(e).to_string(), "outer: inner");
+    }
 
     #[test]
     fn every_kind_has_its_own_code() {

@@ -35,10 +35,12 @@ fn init_logging(cli: &cli::Cli) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
 
+    // The client library logs a lost reservation (target `berth::loss`); `berth run` says it
+    // in its own words, so the log line would only repeat it.
     let default = if matches!(cli.command, cli::Command::Daemon(_)) {
         "info"
     } else {
-        "warn"
+        "warn,berth::loss=off"
     };
     let spec = std::env::var("BERTH_LOG").unwrap_or_else(|_| default.to_owned());
     let targets: Targets = spec.parse().unwrap_or_else(|e| {

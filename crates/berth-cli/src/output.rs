@@ -1,11 +1,11 @@
-//! Rendering for people (tables) and for programs (JSON, SPEC §5 fixed points).
+//! Rendering for people (tables) and for programs (JSON, the fixed points of `docs/cli.md`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth::{ReservationInfo, StatusInfo};
 use serde::Serialize;
 
-/// One reservation in `berth list --json` (fields fixed by SPEC §5).
+/// One reservation in `berth list --json` (fields fixed in `docs/cli.md`).
 #[derive(Debug, Serialize)]
 pub struct ReservationJson {
     /// `"0x"` + 16 hex digits.

@@ -9,7 +9,7 @@
 //!
 //! - `OK <port>`: the port its listener is bound to;
 //! - `ERR <stage> <kind> <message>`: where it failed (`setup`, `connect`, `acquire` or `bind`),
-//!   the SPEC §4 kind, and the daemon's message.
+//!   the error kind, and the daemon's message.
 //!
 //! Port 80 is only ever bound inside the private namespace, never on the host: the daemon's
 //! namespace is checked to differ from ours before a client runs, and the helper refuses to

@@ -1,4 +1,4 @@
-//! Runtime reservations across a daemon restart (SPEC §7, docs/persistent.md): a daemon is
+//! Runtime reservations across a daemon restart (docs/persistent.md): a daemon is
 //! SIGKILLed (or stopped with SIGTERM) and a new one started on the same socket and database;
 //! reservations whose owner still runs are held for it to re-claim, those of owners that are
 //! gone are freed at once, and those not re-claimed within the grace period are freed then.
@@ -15,6 +15,7 @@
 //! | `a_reservation_not_reclaimed_is_freed_after_the_grace_period` | 22100-22109 | 22700-22703 |
 //! | `the_rust_client_reclaims_across_a_restart` | 22200-22209 | — |
 //! | `held_reservations_survive_a_clean_restart` | 22300-22309 | 22800-22801 |
+//! | `a_run_whose_ports_are_lost_says_so_and_stops_its_command` | 22400-22409 | — |
 
 #![expect(
     clippy::expect_used,
@@ -300,4 +301,41 @@ fn the_rust_client_reclaims_across_a_restart() {
     let again = client.acquire(Protocol::Tcp, 0, 1).expect("acquire again");
     assert_eq!(d.list().len(), 1);
     again.release().expect("release");
+}
+
+/// The ports of `berth run` are never lost silently. Where the daemon takes them over for the
+/// command (`Request::Transfer`), they outlive the daemon's restart while the command runs;
+/// where it cannot, and `berth run` (paused past the grace period) cannot re-claim them,
+/// it says so on stderr at once, sends SIGTERM to its command, and exits with 15.
+#[test]
+fn a_run_whose_ports_are_lost_says_so_and_stops_its_command() {
+    let mut d = Daemon::start_with("22400-22409", &["--grace", "0"]);
+    let mut run = run_sh(&d, &["--tcp", "2"], "echo $PORT; exec sleep 30").spawn();
+    let port = run.next_line().trim().to_owned();
+    let owner = d.list()[0]["owner"]["pid"].as_u64().expect("an owner pid");
+    let berth_run = Pid::from_raw(i32::try_from(run.pid()).unwrap()).unwrap();
+    if owner != u64::from(run.pid()) {
+        // Handed to the command: kept across a restart for as long as it runs.
+        d.stop();
+        d.restart();
+        let list = d.list();
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0]["start"].to_string(), port);
+        run.kill();
+        return;
+    }
+    kill_process(berth_run, Signal::STOP).unwrap();
+    d.stop();
+    d.restart();
+    // Grace 0: the daemon lets go of it while `berth run` is paused.
+    poll_until("the unclaimed reservation is freed", || {
+        d.list().is_empty().then_some(())
+    });
+    kill_process(berth_run, Signal::CONT).unwrap();
+    let out = run.wait();
+    let out = out.code(15);
+    for needle in ["is lost", "did not give it back", "SIGTERM"] {
+        assert!(out.stderr.contains(needle), "{needle:?}: {}", out.stderr);
+    }
+    assert_eq!(out.stderr.matches("is lost").count(), 1, "{}", out.stderr);
 }

@@ -56,7 +56,16 @@ fn a_daemon_running_as_nobody_binds_sockets_for_its_clients() {
         .expect("the daemon said nothing in time");
     assert_eq!(line.trim(), "ready", "the daemon did not start");
 
-    let client = berth::blocking::Client::connect_to(&socket).unwrap();
+    // Root trusts a daemon of another user only when told to (`SO_PEERCRED` is checked).
+    let refused = berth::blocking::Client::connect_to(&socket).unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        berth::ErrorKind::PermissionDenied,
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("uid 65534"), "{refused}");
+    let options = berth::Options::default().trust_daemon_uid(NOBODY);
+    let client = berth::blocking::Client::connect_to_with(&socket, options).unwrap();
     let block = client.acquire(Protocol::Tcp, 0, 2).unwrap();
     let listener = block
         .tcp_listener(IpAddr::V4(Ipv4Addr::LOCALHOST))

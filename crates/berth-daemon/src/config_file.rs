@@ -89,6 +89,8 @@ pub struct ConfigFile {
     privileged: Privileged,
     /// Per-user limits on runtime reservations (administrators are exempt).
     quota: Option<QuotaTable>,
+    /// "auto", "on" or "off": whether to keep net.ipv4.ip_local_reserved_ports.
+    kernel_sync: Option<String>,
 }
 
 impl ConfigFile {
@@ -112,6 +114,11 @@ impl ConfigFile {
             path: path.to_owned(),
             message: e.to_string(),
         })
+    }
+
+    /// The `kernel_sync` key, if given and valid (`apply` reports an invalid one).
+    pub fn kernel_sync(&self) -> Option<crate::KernelSync> {
+        self.kernel_sync.as_deref().and_then(|s| s.parse().ok())
     }
 
     /// Applies the file to `config`, resolving user and group names.
@@ -138,6 +145,11 @@ impl ConfigFile {
                 )));
             }
             config.grace = std::time::Duration::from_secs(secs);
+        }
+        if let Some(mode) = &self.kernel_sync {
+            config.kernel_sync = mode
+                .parse()
+                .map_err(|e: String| invalid(format!("kernel_sync: {e}")))?;
         }
         if let Some(q) = &self.quota {
             let max_reservations = q.max_reservations.unwrap_or(u32::MAX);

@@ -1,4 +1,4 @@
-//! The failure every export reports: an errno (SPEC §4) and a message, kept per thread.
+//! The failure every export reports: an errno (by kind, `docs/associate.md`) and a message, kept per thread.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CString};

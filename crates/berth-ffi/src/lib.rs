@@ -1,11 +1,11 @@
-//! libberth: the C library of berth, the Linux port-reservation service (SPEC §5 "C
-//! library"), modelled on the Windows port-reservation API.
+//! libberth: the C library of berth, the Linux port-reservation service, modelled on the
+//! Windows port-reservation API.
 //!
 //! The build produces `libberth.so` and `libberth.a`; `include/berth.h` declares what this
 //! file exports. The header is generated from this crate by cbindgen and committed; the
 //! `header` test fails when the two differ.
 //!
-//! Every function returns 0, or -1 with `errno` set to the SPEC §4 errno of the failure and a
+//! Every function returns 0, or -1 with `errno` set to the errno of the failure's kind (`docs/associate.md`) and a
 //! message for [`berth_last_error_message`]. Ports are in host byte order.
 //!
 //! # Layout
@@ -40,7 +40,7 @@ use crate::panic::boundary;
 /// Windows `INET_PORT_RANGE` holds them in network byte order).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(non_camel_case_types, reason = "the C name, as SPEC §5 gives it")]
+#[allow(non_camel_case_types, reason = "the C name, as the C API gives it")]
 pub struct berth_port_range {
     /// The first port; 0 asks for any free block (a wildcard reservation).
     pub start_port: u16,
@@ -51,7 +51,7 @@ pub struct berth_port_range {
 /// A reservation granted by `berth_acquire_port_reservation`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(non_camel_case_types, reason = "the C name, as SPEC §5 gives it")]
+#[allow(non_camel_case_types, reason = "the C name, as the C API gives it")]
 pub struct berth_port_reservation_instance {
     /// The block granted (for a wildcard request, the block the daemon chose).
     pub reservation: berth_port_range,

@@ -1,10 +1,13 @@
-//! Where a daemon listens and keeps its data (SPEC §5), and where clients look for it.
+//! Where a daemon listens and keeps its data, and where clients look for it (`docs/cli.md`,
+//! "Finding the daemon").
 //!
 //! The rules are part of the contract between daemon and clients, so they live here. They are
-//! pure functions of the environment and the user id, which callers pass in.
+//! pure functions of the environment and the user id, which callers pass in; so is the
+//! decision whether a `/tmp` fallback directory may be trusted ([`check_private_dir`]), given
+//! what `lstat` said about it.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The environment variable that names the socket to use, overriding the search.
 pub const SOCKET_ENV: &str = "BERTH_SOCKET";
@@ -26,19 +29,26 @@ pub fn process_env(name: &str) -> Option<OsString> {
     std::env::var_os(name).filter(|v| !v.is_empty())
 }
 
+/// The shared-directory fallback for a user's runtime files, `$TMPDIR/berth-UID` (`TMPDIR`
+/// defaulting to `/tmp`). Anyone can create that name first, so it is used only once
+/// [`check_private_dir`] accepts it, and never for root.
+pub fn fallback_dir(env: Env<'_>, uid: u32) -> PathBuf {
+    let tmp = env("TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    tmp.join(format!("berth-{uid}"))
+}
+
 /// The per-user instance's socket: `$XDG_RUNTIME_DIR/berth/berth.sock`, falling back to
-/// `/tmp/berth-UID/berth.sock` when the session has no runtime directory.
+/// `$TMPDIR/berth-UID/berth.sock` ([`fallback_dir`]) when the session has no runtime
+/// directory.
 pub fn user_socket(env: Env<'_>, uid: u32) -> PathBuf {
     match env("XDG_RUNTIME_DIR") {
         Some(dir) => PathBuf::from(dir).join("berth").join("berth.sock"),
-        None => std::env::temp_dir()
-            .join(format!("berth-{uid}"))
-            .join("berth.sock"),
+        None => fallback_dir(env, uid).join("berth.sock"),
     }
 }
 
 /// The per-user instance's database: `$XDG_STATE_HOME/berth/berth.db`, falling back to
-/// `$HOME/.local/state/berth/berth.db`, then `/tmp/berth-UID/berth.db`.
+/// `$HOME/.local/state/berth/berth.db`, then `$TMPDIR/berth-UID/berth.db` ([`fallback_dir`]).
 pub fn user_db(env: Env<'_>, uid: u32) -> PathBuf {
     if let Some(dir) = env("XDG_STATE_HOME") {
         return PathBuf::from(dir).join("berth").join("berth.db");
@@ -49,9 +59,66 @@ pub fn user_db(env: Env<'_>, uid: u32) -> PathBuf {
             .join("berth")
             .join("berth.db");
     }
-    std::env::temp_dir()
-        .join(format!("berth-{uid}"))
-        .join("berth.db")
+    fallback_dir(env, uid).join("berth.db")
+}
+
+/// The fallback directory `path` lies in directly, if it does: the caller must have that
+/// directory accepted by [`check_private_dir`] before it uses `path`.
+pub fn in_fallback_dir(env: Env<'_>, uid: u32, path: &Path) -> Option<PathBuf> {
+    let dir = fallback_dir(env, uid);
+    (path.parent() == Some(dir.as_path())).then_some(dir)
+}
+
+/// What `lstat` (never `stat`: a symbolic link is not followed) says about a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirFacts {
+    /// It is a directory (not a symbolic link, not a file).
+    pub is_dir: bool,
+    /// Its owner.
+    pub owner: u32,
+    /// Its permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
+/// Why a fallback directory is not trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refusing to use {dir}: {why}; another user could stand in for your berth daemon there. Set XDG_RUNTIME_DIR to a private directory (for example /run/user/{uid}), or remove {dir} if you did not make it")]
+pub struct UnsafeDir {
+    /// The directory.
+    pub dir: String,
+    /// What is wrong with it.
+    pub why: String,
+    /// The user it was meant for.
+    pub uid: u32,
+}
+
+/// Whether `dir` may hold `uid`'s socket, log and lock: it must be a real directory (not a
+/// symbolic link), owned by `uid`, and writable by nobody else (as ssh-agent and tmux demand
+/// of theirs).
+pub fn check_private_dir(dir: &Path, facts: &DirFacts, uid: u32) -> Result<(), UnsafeDir> {
+    let why = if !facts.is_dir {
+        Some("it is not a directory (a symbolic link or a file)".to_owned())
+    } else if facts.owner != uid {
+        Some(format!(
+            "it is owned by uid {}, not by you (uid {uid})",
+            facts.owner
+        ))
+    } else if facts.mode & 0o022 != 0 {
+        Some(format!(
+            "it is writable by group or others (mode {:04o})",
+            facts.mode & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(UnsafeDir {
+            dir: dir.display().to_string(),
+            why,
+            uid,
+        }),
+    }
 }
 
 /// The socket a daemon run by `uid` listens on by default: the system socket for root, the
@@ -84,12 +151,17 @@ pub fn socket_dir_mode(socket: &std::path::Path) -> u32 {
 }
 
 /// The sockets a client tries, in order: `$BERTH_SOCKET` alone when it is set (an explicit
-/// choice is never second-guessed), else the system socket, then the per-user socket.
+/// choice is never second-guessed), else the system socket, then the per-user socket. Root
+/// never looks in a `/tmp` fallback: its per-user socket is tried only under its own
+/// `XDG_RUNTIME_DIR`.
 pub fn client_candidates(env: Env<'_>, uid: u32) -> Vec<PathBuf> {
     if let Some(path) = env(SOCKET_ENV) {
         return vec![PathBuf::from(path)];
     }
     let mut out = vec![PathBuf::from(SYSTEM_SOCKET)];
+    if uid == 0 && env("XDG_RUNTIME_DIR").is_none() {
+        return out;
+    }
     let user = user_socket(env, uid);
     if !out.contains(&user) {
         out.push(user);
@@ -154,6 +226,62 @@ mod tests {
         assert_eq!(user_db(&env, 7), PathBuf::from("/s/berth/berth.db"));
         assert_eq!(default_db(&env, 0), PathBuf::from(SYSTEM_DB));
         let env = env_of(&[]);
-        assert!(user_socket(&env, 7).ends_with("berth-7/berth.sock"));
+        assert_eq!(
+            user_socket(&env, 7),
+            PathBuf::from("/tmp/berth-7/berth.sock")
+        );
+        let env = env_of(&[("TMPDIR", "/t")]);
+        assert_eq!(user_db(&env, 7), PathBuf::from("/t/berth-7/berth.db"));
+        assert_eq!(
+            in_fallback_dir(&env, 7, Path::new("/t/berth-7/berth.sock")),
+            Some(PathBuf::from("/t/berth-7"))
+        );
+        assert_eq!(in_fallback_dir(&env, 7, Path::new("/t/x/berth.sock")), None);
+    }
+
+    #[test]
+    fn root_never_searches_a_tmp_fallback() {
+        let env = env_of(&[("TMPDIR", "/t")]);
+        assert_eq!(
+            client_candidates(&env, 0),
+            vec![PathBuf::from(SYSTEM_SOCKET)]
+        );
+        let env = env_of(&[("XDG_RUNTIME_DIR", "/run/user/0")]);
+        assert_eq!(client_candidates(&env, 0).len(), 2);
+    }
+
+    #[test]
+    fn only_a_private_directory_of_ones_own_is_trusted() {
+        let dir = Path::new("/tmp/berth-7");
+        let good = DirFacts {
+            is_dir: true,
+            owner: 7,
+            mode: 0o700,
+        };
+        assert_eq!(check_private_dir(dir, &good, 7), Ok(()));
+        assert_eq!(
+            check_private_dir(
+                dir,
+                &DirFacts {
+                    mode: 0o755,
+                    ..good
+                },
+                7
+            ),
+            Ok(())
+        );
+        let squatted = DirFacts { owner: 8, ..good };
+        let e = check_private_dir(dir, &squatted, 7).unwrap_err();
+        assert!(e.to_string().contains("owned by uid 8"), "{e}");
+        assert!(e.to_string().contains("XDG_RUNTIME_DIR"), "{e}");
+        for mode in [0o777, 0o1777, 0o720, 0o702] {
+            let open = DirFacts { mode, ..good };
+            assert!(check_private_dir(dir, &open, 7).is_err(), "{mode:o}");
+        }
+        let link = DirFacts {
+            is_dir: false,
+            ..good
+        };
+        assert!(check_private_dir(dir, &link, 7).is_err());
     }
 }

@@ -37,10 +37,33 @@ fn runtime() -> Result<Arc<Runtime>, Error> {
 }
 
 impl Client {
-    /// Connects by the SPEC §5 search (see [`crate::Client::connect`]).
+    /// Connects by the search of `docs/cli.md` (see [`crate::Client::connect`]).
     pub fn connect() -> Result<Self, Error> {
         let rt = runtime()?;
         let inner = rt.block_on(crate::Client::connect())?;
+        Ok(Client { inner, rt })
+    }
+
+    /// Connects, starting a per-user daemon when none answers (see
+    /// [`crate::Client::connect_or_start`]):
+    ///
+    /// ```no_run
+    /// let client = berth::blocking::Client::connect_or_start()?;
+    /// let block = client.acquire(berth::Protocol::Tcp, 0, 2)?;
+    /// let listener = block.tcp_listener("127.0.0.1".parse().unwrap())?;
+    /// # Ok::<(), berth::Error>(())
+    /// ```
+    pub fn connect_or_start() -> Result<Self, Error> {
+        Client::connect_or_start_with(crate::Options::default(), &crate::Starter::new())
+    }
+
+    /// [`Client::connect_or_start`] with `options` and `starter`.
+    pub fn connect_or_start_with(
+        options: crate::Options,
+        starter: &crate::Starter,
+    ) -> Result<Self, Error> {
+        let rt = runtime()?;
+        let inner = rt.block_on(crate::Client::connect_or_start_with(options, starter))?;
         Ok(Client { inner, rt })
     }
 
@@ -233,6 +256,24 @@ impl Reservation {
         let socket = sockets::new_socket(Protocol::Udp, ip)?;
         self.bind(&socket, Some(ip))?;
         Ok(socket.into())
+    }
+
+    /// See [`crate::Reservation::is_lost`].
+    pub fn is_lost(&self) -> bool {
+        self.get().is_lost()
+    }
+
+    /// Blocks until this reservation is lost (see [`crate::Reservation::lost`]).
+    pub fn wait_lost(&self) -> Error {
+        self.rt.block_on(self.get().lost())
+    }
+
+    /// See [`crate::Reservation::transfer_to`].
+    pub fn transfer_to(&mut self, pid: u32) -> Result<ReservationInfo, Error> {
+        match self.inner.as_mut() {
+            Some(r) => self.rt.block_on(r.transfer_to(pid)),
+            None => unreachable_reservation(),
+        }
     }
 
     /// Releases the block and waits for the daemon to confirm.

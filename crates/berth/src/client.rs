@@ -10,8 +10,10 @@ use tokio::net::UnixStream;
 use berth_core::{Kind, Protocol, Token};
 use berth_protocol::{paths, Request, ReservationInfo, Response, StatusInfo};
 
+use crate::autostart::{self, Starter};
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::rendezvous::{self, Reached};
 use crate::reservation::Reservation;
 
 /// Who may bind sockets from a persistent reservation besides administrators.
@@ -30,17 +32,39 @@ pub struct Options {
     /// When the daemon goes away (a restart, a crash), how long the client keeps trying to
     /// reach it again before it gives up; requests made meanwhile wait. Zero: give up at once.
     pub reconnect_window: std::time::Duration,
+    /// How long connecting and the version handshake may take before the call fails with
+    /// [`Error::Unavailable`] (a daemon at its connection limit leaves new clients waiting in
+    /// the kernel's accept queue).
+    pub connect_timeout: std::time::Duration,
+    /// A user besides root and this process's own whose daemon is trusted (for example the
+    /// service account of a system daemon); `None`: root or this user only. Checked with the
+    /// kernel's credentials of the listening process before anything is sent.
+    pub trusted_daemon_uid: Option<u32>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             reconnect_window: std::time::Duration::from_secs(30),
+            connect_timeout: std::time::Duration::from_secs(10),
+            trusted_daemon_uid: None,
         }
     }
 }
 
 impl Options {
+    /// These options, also trusting a daemon run by `uid`.
+    pub fn trust_daemon_uid(mut self, uid: u32) -> Self {
+        self.trusted_daemon_uid = Some(uid);
+        self
+    }
+
+    /// These options with another bound on connecting and the handshake.
+    pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
     /// These options with another reconnection window.
     pub fn reconnect_window(mut self, window: std::time::Duration) -> Self {
         self.reconnect_window = window;
@@ -59,8 +83,14 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the daemon found by the SPEC §5 search: `$BERTH_SOCKET` if set, else the
-    /// system socket, then the per-user socket. Must be called inside a tokio runtime.
+    /// Connects to the daemon found by the search of `docs/cli.md` ("Finding the daemon"):
+    /// `$BERTH_SOCKET` if set, else the system socket, then the per-user socket. Must be
+    /// called inside a tokio runtime.
+    ///
+    /// Whoever listens must be root or this user (checked with `SO_PEERCRED` before anything
+    /// is sent), and a per-user socket in a `/tmp` fallback directory is used only when that
+    /// directory is private to this user; otherwise this fails with
+    /// [`Error::PermissionDenied`] naming the socket and the impostor.
     pub async fn connect() -> Result<Self, Error> {
         Client::connect_with(Options::default()).await
     }
@@ -71,15 +101,58 @@ impl Client {
         let candidates = paths::client_candidates(&paths::process_env, uid);
         let mut tried = Vec::new();
         for path in &candidates {
-            match UnixStream::connect(path).await {
-                Ok(stream) => return Client::open(stream, path, options).await,
-                Err(e) => tried.push(format!("{} ({e})", path.display())),
+            let timeout = options.connect_timeout;
+            match rendezvous::reach(path, timeout, options.trusted_daemon_uid).await? {
+                Reached::Daemon(stream) => return Client::open(stream, path, options).await,
+                Reached::Nobody(why) => tried.push(format!("{}: {why}", path.display())),
             }
         }
         Err(Error::Unavailable(format!(
             "no berth daemon answers (tried {}); start one with `berth daemon` (`berth run` starts one on demand), or set BERTH_SOCKET to the socket of a running one",
-            tried.join(", ")
+            tried.join("; ")
         )))
+    }
+
+    /// [`Client::connect`], but when no daemon answers, starts a per-user daemon first, the
+    /// way `berth run` does — opt-in, for programs and test suites that should work on a
+    /// machine where nobody started one (`cargo test` on a fresh checkout):
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), berth::Error> {
+    /// let client = berth::Client::connect_or_start().await?;
+    /// let port = client.acquire(berth::Protocol::Tcp, 0, 1).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The daemon is the `berth` binary named by `$BERTH_BIN`, else found on `PATH` (install
+    /// it with `cargo install --path crates/berth-cli`); it starts on `$BERTH_SOCKET` or this
+    /// user's default socket, keeps running after this process exits, and is announced once on
+    /// stderr (pid, socket, log, how to stop it). `BERTH_NO_AUTOSTART` (any value but `0`,
+    /// `false`, `no`) turns the start off. See [`crate::autostart`].
+    pub async fn connect_or_start() -> Result<Self, Error> {
+        Client::connect_or_start_with(Options::default(), &Starter::new()).await
+    }
+
+    /// [`Client::connect_or_start`] with `options` and `starter`.
+    pub async fn connect_or_start_with(options: Options, starter: &Starter) -> Result<Self, Error> {
+        let unavailable = match Client::connect_with(options).await {
+            Ok(client) => return Ok(client),
+            Err(e @ Error::Unavailable(_)) => e,
+            Err(e) => return Err(e),
+        };
+        if autostart::forbidden() {
+            return Err(Error::Unavailable(format!(
+                "{} — {} is set, so none was started on demand",
+                unavailable.message(),
+                autostart::NO_AUTOSTART_ENV
+            )));
+        }
+        let socket = autostart::default_socket()?;
+        let (starter, at) = (starter.clone(), socket.clone());
+        tokio::task::spawn_blocking(move || starter.start(&at))
+            .await
+            .map_err(|e| Error::Unavailable(format!("the daemon starter failed: {e}")))??;
+        Client::connect_to_with(&socket, options).await
     }
 
     /// Connects to the daemon listening on `path`.
@@ -90,19 +163,22 @@ impl Client {
     /// [`Client::connect_to`] with `options`.
     pub async fn connect_to_with(path: impl AsRef<Path>, options: Options) -> Result<Self, Error> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path).await.map_err(|e| {
-            Error::Unavailable(format!(
-                "no berth daemon answers on {} ({e}); start one with `berth daemon --socket {}`",
-                path.display(),
-                path.display()
-            ))
-        })?;
+        let stream = rendezvous::connect(path, &options).await?;
         Client::open(stream, path, options).await
     }
 
     async fn open(stream: UnixStream, path: &Path, options: Options) -> Result<Self, Error> {
         let name = concat!("berth-rs/", env!("CARGO_PKG_VERSION"));
-        let conn = Connection::open(stream, path, name, options.reconnect_window).await?;
+        let opening = Connection::open(stream, path, name, options);
+        let conn = tokio::time::timeout(options.connect_timeout, opening)
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "the berth daemon on {} accepted the connection but did not answer the handshake within {}s; it may be at its connection limit (--max-connections) or stuck — see its log, or restart it",
+                    path.display(),
+                    options.connect_timeout.as_secs_f32()
+                ))
+            })??;
         Ok(Client {
             conn: Arc::new(conn),
         })
@@ -225,8 +301,7 @@ impl Client {
         }
     }
 
-    /// Creates a persistent reservation of exactly `start..start+count` (administrators only;
-    /// SPEC §2). It survives daemon restarts and host reboots until deleted; its token is
+    /// Creates a persistent reservation of exactly `start..start+count` (administrators only). It survives daemon restarts and host reboots until deleted; its token is
     /// stable. `allow` names the users and groups who may bind from it besides administrators.
     /// Durable when this returns.
     pub async fn create_persistent(
@@ -292,6 +367,33 @@ impl Client {
         let mut list = self.list().await?;
         list.retain(|r| r.kind == Kind::Persistent);
         Ok(list)
+    }
+
+    /// Asks the daemon to stop gracefully, as SIGTERM would (its own user, root, or a member
+    /// of its admin groups; others get [`Error::PermissionDenied`]). Returns the daemon's pid;
+    /// it stops accepting once it has answered, and exits when its sessions have drained.
+    pub async fn stop(&self) -> Result<u32, Error> {
+        match self.conn.call(Request::Stop).await? {
+            Response::Stopping { pid } => Ok(pid),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Hands reservation `token` to process `pid` (see [`Reservation::transfer_to`]).
+    pub(crate) async fn transfer(&self, token: Token, pid: u32) -> Result<ReservationInfo, Error> {
+        let request = Request::Transfer {
+            token: token.get(),
+            pid,
+        };
+        match self.conn.call(request).await? {
+            Response::Transferred(info) => Ok(info),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// The reservations this session lost.
+    pub(crate) fn losses(&self) -> &crate::loss::Losses {
+        self.conn.losses()
     }
 
     /// Releases `token` without waiting for the answer (used by `Drop`).

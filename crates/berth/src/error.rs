@@ -4,8 +4,8 @@ use berth_core::ErrorKind;
 use berth_protocol::WireError;
 use thiserror::Error;
 
-/// Everything a berth call can fail with. Each variant but the last two is a kind of SPEC §4
-/// and carries the daemon's message, which names the ports and holders involved and says what
+/// Everything a berth call can fail with. Each variant is one of the error kinds (`docs/associate.md`
+/// lists them with their errnos) and carries the daemon's message, which names the ports and holders involved and says what
 /// to do.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -43,7 +43,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The SPEC §4 kind.
+    /// The error kind.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,

@@ -21,16 +21,24 @@
 //! - [`client`]: [`Client`], the async handle; finding the daemon.
 //! - [`reservation`]: [`Reservation`], a held block that releases itself when dropped.
 //! - [`blocking`]: the same API without async.
-//! - [`error`]: [`Error`], one variant per SPEC §4 kind.
-//! - `connection`: the background task that owns the socket and matches answers to requests.
+//! - [`autostart`]: starting a per-user daemon on demand (opt-in: [`Client::connect_or_start`]).
+//! - [`rendezvous`]: meeting the daemon safely (private fallback directory, `SO_PEERCRED`).
+//! - [`error`]: [`Error`], one variant per error kind of `docs/protocol.md`.
+//! - `connection`: the background task that owns the socket (its I/O, its books, its
+//!   reconnection).
+//! - `loss`: reservations lost across a daemon restart, reported on their handles.
 
+pub mod autostart;
 pub mod blocking;
 pub mod client;
 mod connection;
 pub mod error;
+mod loss;
+pub mod rendezvous;
 pub mod reservation;
 mod sockets;
 
+pub use autostart::{Started, Starter};
 pub use berth_core::{ErrorKind, Kind, PortRange, Protocol, Token};
 pub use berth_protocol::{OwnerInfo, ReservationInfo, StatusInfo};
 pub use client::{Allow, Client, Options};

@@ -12,13 +12,30 @@ use crate::sockets;
 
 /// A block of ports reserved for this process. Dropping it releases the block (without
 /// waiting); [`Reservation::release`] does the same and reports the outcome.
+///
+/// A reservation can be **lost**: when the daemon restarts and does not give it back (the
+/// re-claim is refused — this process was paused past the grace period — or no daemon comes
+/// back within [`crate::Options::reconnect_window`]). The loss is logged (`tracing`, warn) when
+/// it happens; from then on every method reports it as an error, [`Reservation::is_lost`]
+/// says so, and [`Reservation::lost`] — which a program can `select!` on beside its work —
+/// resolves with it. Stop using the ports then: the daemon may hand them to others.
 #[derive(Debug)]
 #[must_use = "dropping a Reservation releases its ports at once"]
 pub struct Reservation {
     client: Client,
     info: ReservationInfo,
-    /// False once released, so `Drop` does not release twice.
-    held: bool,
+    state: State,
+}
+
+/// Whether this handle still stands for a reservation of this session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Held: `Drop` releases it.
+    Held,
+    /// Released through [`Reservation::release`].
+    Released,
+    /// Handed to process `pid` ([`Reservation::transfer_to`]): it is that process's now.
+    Transferred(u32),
 }
 
 impl Reservation {
@@ -26,8 +43,48 @@ impl Reservation {
         Reservation {
             client,
             info,
-            held: true,
+            state: State::Held,
         }
+    }
+
+    /// Whether the daemon lost this reservation (see the type's documentation).
+    pub fn is_lost(&self) -> bool {
+        self.client.losses().get(self.info.token).is_some()
+    }
+
+    /// Resolves when this reservation is lost, with the error that says why; never while it
+    /// is held.
+    pub async fn lost(&self) -> Error {
+        self.client.losses().wait(self.info.token).await
+    }
+
+    /// Fails when this handle no longer stands for a reservation of this session.
+    fn usable(&self) -> Result<(), Error> {
+        if let Some(e) = self.client.losses().get(self.info.token) {
+            return Err(e);
+        }
+        match self.state {
+            State::Held => Ok(()),
+            State::Released => Err(Error::NotFound(format!(
+                "reservation {} was released",
+                self.info.token
+            ))),
+            State::Transferred(pid) => Err(Error::PermissionDenied(format!(
+                "reservation {} was handed to process {pid}, which owns it now",
+                self.info.token
+            ))),
+        }
+    }
+
+    /// Hands this reservation to process `pid` — a child of this process, of the same user —
+    /// which owns it from then on: it lives exactly as long as that process, whatever becomes
+    /// of this one and of this session (`berth run` hands its ports to its command this way).
+    /// Afterwards this handle neither releases it on drop nor can use it.
+    pub async fn transfer_to(&mut self, pid: u32) -> Result<ReservationInfo, Error> {
+        self.usable()?;
+        let info = self.client.transfer(self.info.token, pid).await?;
+        self.state = State::Transferred(pid);
+        Ok(info)
     }
 
     /// The reservation's token.
@@ -79,6 +136,7 @@ impl Reservation {
     /// (default: the wildcard address of the socket's family) and returns the port. See
     /// [`Client::associate`].
     pub async fn bind(&self, socket: &impl AsFd, ip: Option<IpAddr>) -> Result<u16, Error> {
+        self.usable()?;
         self.client
             .associate(self.info.token, socket.as_fd(), ip)
             .await
@@ -108,14 +166,18 @@ impl Reservation {
 
     /// Releases the block and waits for the daemon to confirm.
     pub async fn release(mut self) -> Result<(), Error> {
-        self.held = false;
+        self.usable()?;
+        self.state = State::Released;
         self.client.release(self.info.token).await.map(|_| ())
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.held {
+        let losses = self.client.losses();
+        if losses.get(self.info.token).is_some() {
+            losses.forget(self.info.token);
+        } else if self.state == State::Held {
             self.client.release_detached(self.info.token);
         }
     }

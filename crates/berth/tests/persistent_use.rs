@@ -1,5 +1,5 @@
 //! Who may bind sockets from a persistent reservation: administrators and the users and
-//! groups it was created for (SPEC §2, §6). The test runs as root (an administrator); a second
+//! groups it was created for. The test runs as root (an administrator); a second
 //! process running as nobody speaks the protocol by hand.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

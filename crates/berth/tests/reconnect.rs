@@ -1,7 +1,8 @@
 //! The client's connection task across daemon restarts and under load: releases in flight when
 //! the daemon dies are carried out after the restart, cancelled acquires release what they were
 //! granted, a large burst of pipelined requests does not wedge the connection, and a daemon
-//! that accepts but never answers does not hold the reconnection up past its window.
+//! that accepts but never answers does not hold the reconnection up past its window. A
+//! reservation that cannot be re-claimed is reported lost on its handle, never dropped silently.
 //!
 //! | test | ports |
 //! |---|---|
@@ -12,6 +13,7 @@
 //! | `a_burst_of_pipelined_requests_is_answered` | 28400-28499 |
 //! | `a_daemon_that_never_answers_does_not_outlast_the_reconnect_window` | 28500-28599 |
 //! | `a_burst_with_large_answers_is_answered` | 28600-28999 |
+//! | `a_reservation_not_given_back_after_a_restart_is_reported_lost` | 29000-29099 |
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -358,7 +360,7 @@ async fn a_daemon_that_never_answers_does_not_outlast_the_reconnect_window() {
     let daemon = Daemon::start(&socket, &db, 28500, 28599);
     let options = Options::default().reconnect_window(Duration::from_millis(500));
     let client = Client::connect_to_with(&socket, options).await.unwrap();
-    let _block = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
+    let block = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
 
     // Something that accepts on the daemon's socket and never says a word takes its place
     // before it stops, so every reconnection attempt reaches it.
@@ -385,5 +387,41 @@ async fn a_daemon_that_never_answers_does_not_outlast_the_reconnect_window() {
     assert!(matches!(outcome, Err(Error::Unavailable(_))), "{outcome:?}");
     assert!(eventually(20_000, || async { !client.is_open() }).await);
     assert!(matches!(client.status().await, Err(Error::Unavailable(_))));
+    // Its reservation is lost, and says so.
+    assert!(block.is_lost());
+    let lost = block.lost().await;
+    assert!(matches!(lost, Error::Unavailable(_)), "{lost:?}");
+    assert!(lost.to_string().contains("did not come back"), "{lost}");
     mute_task.abort();
+}
+
+#[tokio::test]
+async fn a_reservation_not_given_back_after_a_restart_is_reported_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("berth.sock");
+    let daemon = Daemon::start(&socket, &dir.path().join("a.db"), 29000, 29099);
+    let client = Client::connect_to(&socket).await.unwrap();
+    let held = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
+    assert!(!held.is_lost());
+    let token = held.token().to_string();
+
+    // The next daemon knows nothing of it (another database: as if the grace period had
+    // passed while this process was paused), so the re-claim is refused.
+    daemon.stop().await;
+    let daemon = Daemon::start(&socket, &dir.path().join("b.db"), 29000, 29099);
+    let lost = tokio::time::timeout(Duration::from_secs(20), held.lost())
+        .await
+        .expect("the loss is reported, not kept quiet");
+    assert!(matches!(lost, Error::NotFound(_)), "{lost:?}");
+    for needle in [token.as_str(), "is lost", "did not give it back"] {
+        assert!(lost.to_string().contains(needle), "{needle:?}: {lost}");
+    }
+    // Every use says so too; the session itself goes on.
+    assert!(held.is_lost());
+    let socket2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = held.bind(&socket2, None).await.unwrap_err();
+    assert!(refused.to_string().contains("is lost"), "{refused}");
+    assert!(matches!(held.release().await, Err(Error::NotFound(_))));
+    client.status().await.unwrap();
+    daemon.stop().await;
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth_daemon::{config::ephemeral_pool, Config, ConfigFile};
+use berth_daemon::{config::ephemeral_pool, kernel, Config, ConfigFile, KernelSync};
 use berth_protocol::paths;
 
 use crate::cli::DaemonArgs;
@@ -19,15 +19,37 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     let db = args
         .db
         .unwrap_or_else(|| paths::default_db(&paths::process_env, uid));
-    let mut config = Config::new(socket, db, ephemeral_pool());
+    // A `/tmp` fallback directory is used only when it is private to this user; root never
+    // falls back to `/tmp` for its defaults (they are /run/berth and /var/lib/berth).
+    for path in [&socket, &db] {
+        if let Some(dir) = paths::in_fallback_dir(&paths::process_env, uid, path) {
+            berth::rendezvous::private_dir(&dir, true)?;
+        }
+    }
     let file = args.config.clone().or_else(|| {
         let system = std::path::PathBuf::from(paths::SYSTEM_CONFIG);
         (uid == 0 && system.exists()).then_some(system)
     });
-    if let Some(path) = &file {
-        ConfigFile::load(path)
-            .and_then(|f| f.apply(&mut config, path))
+    let loaded = match &file {
+        Some(path) => Some(ConfigFile::load(path).map_err(anyhow::Error::from)?),
+        None => None,
+    };
+    // Whether the kernel's reserved-ports list will be kept decides the default pool: the
+    // ephemeral range only when its reservations are hidden from every connect().
+    let kernel_sync = args
+        .kernel_sync
+        .or_else(|| loaded.as_ref().and_then(ConfigFile::kernel_sync))
+        .unwrap_or(KernelSync::Auto);
+    let pool = kernel::safe_default_pool(kernel::will_sync(kernel_sync), ephemeral_pool());
+    let mut config = Config::new(socket, db, pool);
+    if let (Some(path), Some(loaded)) = (&file, &loaded) {
+        loaded
+            .apply(&mut config, path)
             .map_err(anyhow::Error::from)?;
+    }
+    config.kernel_sync = kernel_sync;
+    if let Some(name) = &args.authority {
+        config.authority = (name != "none").then(|| name.clone());
     }
     if let Some(pool) = args.pool {
         config.pool = pool;
@@ -63,12 +85,10 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
 }
 
 /// Tells the command that started us that the socket is up, then lets go of its pipe so it
-/// sees end-of-file.
+/// sees end-of-file: stdout goes where stderr goes (the log of a daemon started on demand).
 fn signal_ready() {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(b"ready\n");
     let _ = out.flush();
-    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        let _ = rustix::stdio::dup2_stdout(&null);
-    }
+    let _ = rustix::stdio::dup2_stdout(std::io::stderr());
 }

@@ -20,6 +20,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::List(args) => current_thread()?.block_on(query::list(args)),
         Command::Status(args) => current_thread()?.block_on(query::status(args)),
         Command::Release(args) => current_thread()?.block_on(query::release(args)),
+        Command::Stop => current_thread()?.block_on(query::stop()),
         Command::Persistent(cmd) => current_thread()?.block_on(persistent::run(cmd)),
     }
 }

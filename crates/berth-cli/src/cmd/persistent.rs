@@ -21,7 +21,19 @@ pub async fn run(cmd: PersistentCommand) -> Result<ExitCode, Failure> {
     }
 }
 
+/// `--start 0` is no port: said here, in the command's own terms, before asking anybody.
+fn check_range(args: &PersistentRangeArgs) -> Result<(), Failure> {
+    if args.start == 0 {
+        return Err(berth::Error::InvalidArgument(
+            "--start 0 is not a port: a persistent reservation covers exactly the ports given; use --start P with P from 1 to 65535".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 async fn add(args: PersistentAddArgs) -> Result<ExitCode, Failure> {
+    check_range(&args.range)?;
     let allow = Allow {
         users: resolve(&args.allow_users, "user", accounts::user_id)?,
         groups: resolve(&args.allow_groups, "group", accounts::group_id)?,
@@ -36,6 +48,7 @@ async fn add(args: PersistentAddArgs) -> Result<ExitCode, Failure> {
 }
 
 async fn delete(args: PersistentRangeArgs) -> Result<ExitCode, Failure> {
+    check_range(&args)?;
     let client = connect::or_start(connect::Lifetime::OneShot).await?;
     let info = client
         .delete_persistent(args.protocol.protocol(), args.start, args.count)
@@ -54,6 +67,7 @@ async fn delete(args: PersistentRangeArgs) -> Result<ExitCode, Failure> {
 }
 
 async fn lookup(args: PersistentRangeArgs) -> Result<ExitCode, Failure> {
+    check_range(&args)?;
     let client = connect::existing().await?;
     let token = client
         .lookup_persistent(args.protocol.protocol(), args.start, args.count)
@@ -84,7 +98,7 @@ async fn list(args: PersistentListArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `add` prints the token alone (SPEC §5), or the reservation as JSON.
+/// `add` prints the token alone (`docs/cli.md`: other tools rely on it), or the reservation as JSON.
 fn print_token_or_json(info: &ReservationInfo, json: bool) -> Result<ExitCode, Failure> {
     if json {
         print_json(&ReservationJson::from(info))?;

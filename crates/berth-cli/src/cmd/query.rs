@@ -69,11 +69,56 @@ pub async fn release(args: ReleaseArgs) -> Result<ExitCode, Failure> {
         );
     } else {
         eprintln!(
-            "released {} ports {} ({})",
-            released.protocol, released.range, released.token
+            "released {} {} ({})",
+            released.protocol,
+            berth_core::describe(released.range),
+            released.token
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the daemon and waits (with a deadline) until its process has exited.
+pub async fn stop() -> Result<ExitCode, Failure> {
+    let client = connect::existing().await?;
+    let socket = client.socket_path().to_owned();
+    // Watched before asking, so that its exit cannot be missed; a daemon in another pid
+    // namespace (pid unknown here) is waited for through its connection instead.
+    let exited = daemon_exit(client.daemon_pid());
+    let pid = client.stop().await?;
+    drop(client);
+    let gone = match exited {
+        Some(exit) => tokio::time::timeout(STOP_TIMEOUT, exit).await.is_ok(),
+        None => true,
+    };
+    if !gone {
+        return Err(anyhow::anyhow!(
+            "the berth daemon (pid {pid}) on {} accepted the stop but is still running after {}s; it may be finishing a request — see its log, or `kill {pid}`",
+            socket.display(),
+            STOP_TIMEOUT.as_secs()
+        )
+        .into());
+    }
+    eprintln!(
+        "stopped the berth daemon (pid {pid}) on {}",
+        socket.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How long a stopping daemon may take to exit.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Resolves when process `pid` has gone (a bounded poll: a pidfd would need an unsafe
+/// registration with tokio), if it can be watched from here.
+fn daemon_exit(pid: u32) -> Option<impl std::future::Future<Output = ()>> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::test_kill_process(pid).ok()?;
+    Some(async move {
+        while rustix::process::test_kill_process(pid).is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
 }
 
 /// `1 reservation`, `2 reservations`.

@@ -26,8 +26,10 @@ const FORWARDED: [(SignalKind, i32); 6] = [
 
 /// Runs the command on freshly reserved ports.
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    let client = connect::or_start(connect::Lifetime::Holding).await?;
     let start = args.start.unwrap_or(0);
+    // Before anything is reserved: a command that cannot be started would only waste them.
+    check_environment_fits(&args, start)?;
+    let client = connect::or_start(connect::Lifetime::Holding).await?;
     let tcp = reserve(&client, Protocol::Tcp, start, args.tcp).await?;
     let udp = reserve(&client, Protocol::Udp, start, args.udp).await?;
 
@@ -70,26 +72,87 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             message: format!("cannot run {name:?}: {e}"),
         }
     })?;
-    if let Some(pid) = child.id() {
+    let mut held: Vec<Reservation> = tcp.into_iter().chain(udp).collect();
+    let mut handed = Vec::new();
+    let pid = child.id();
+    if let Some(pid) = pid {
         forward_signals(signals, pid);
+        // The command owns its ports from now on: they stay reserved while it runs, even if
+        // this process is killed, and end when it ends (docs/decisions.md, "Lifetime of
+        // `berth run` reservations"). A daemon that cannot take them over leaves them in this
+        // session, as before.
+        for r in &mut held {
+            match r.transfer_to(pid).await {
+                Ok(info) => handed.push(info.token),
+                Err(e) => tracing::debug!("{} stays with berth run: {e}", r.token()),
+            }
+        }
     }
-    let status = child
-        .wait()
-        .await
-        .context("waiting for the command failed")?;
+    let kept: Vec<&Reservation> = held
+        .iter()
+        .filter(|r| !handed.contains(&r.token()))
+        .collect();
+    let status = tokio::select! {
+        status = child.wait() => status.context("waiting for the command failed")?,
+        lost = first_loss(&kept) => {
+            // Loud, at once: the command runs on ports the daemon may hand to others.
+            let code = exit::for_kind(lost.kind());
+            eprintln!("berth: {lost}");
+            if let Some(target) = pid.and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw) {
+                eprintln!("berth: sending SIGTERM to the command (pid {target}) and exiting with {code} once it has ended");
+                let _ = rustix::process::kill_process(target, rustix::process::Signal::TERM);
+            }
+            let _ = child.wait().await;
+            return Ok(ExitCode::from(code));
+        }
+    };
+    drop(kept);
 
     // Release before exiting so that the ports are free when our parent sees the status.
-    for r in tcp.into_iter().chain(udp) {
+    for r in held {
+        if handed.contains(&r.token()) {
+            continue; // ended with the command; confirmed below
+        }
         if let Err(e) = r.release().await {
             tracing::warn!("releasing after the command exited: {e}");
         }
     }
+    ended_with_the_command(&client, &handed).await;
     let code = match (status.code(), status.signal()) {
         (Some(code), _) => u8::try_from(code).unwrap_or(exit::FAILURE),
         (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(exit::FAILURE),
         (None, None) => exit::FAILURE,
     };
     Ok(ExitCode::from(code))
+}
+
+/// Resolves with the first loss among `kept` (never, when it is empty).
+async fn first_loss(kept: &[&Reservation]) -> berth::Error {
+    match kept {
+        [] => std::future::pending().await,
+        [one] => one.lost().await,
+        [a, b, ..] => tokio::select! {
+            e = a.lost() => e,
+            e = b.lost() => e,
+        },
+    }
+}
+
+/// Waits, for a bounded time, until the daemon has let go of the reservations handed to the
+/// command that just ended (it does so when it sees the process exit), so that the ports are
+/// free when our parent sees the status.
+async fn ended_with_the_command(client: &Client, handed: &[berth::Token]) {
+    if handed.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        match client.list().await {
+            Ok(list) if list.iter().all(|r| !handed.contains(&r.token)) => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            Err(_) => return,
+        }
+    }
 }
 
 async fn reserve(
@@ -102,6 +165,57 @@ async fn reserve(
         Some(n) => Ok(Some(client.acquire(protocol, start, n).await?)),
         None => Ok(None),
     }
+}
+
+/// The kernel's limit on one environment string, `NAME=value` and its NUL (`MAX_ARG_STRLEN`).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// The longest `a,b,c` list of `count` ports from `start` (any start: five digits each).
+fn list_len(start: u16, count: u16) -> usize {
+    if start == 0 {
+        return usize::from(count) * 6 - 1;
+    }
+    let end = u32::from(start) + u32::from(count) - 1;
+    (u32::from(start)..=end)
+        .map(|p| p.to_string().len() + 1)
+        .sum::<usize>()
+        - 1
+}
+
+/// Refuses, before reserving, port lists the kernel would not pass to the command: one
+/// environment string is at most [`MAX_ARG_STRLEN`] bytes, and the arguments and environment
+/// together at most a quarter of the stack limit (`ARG_MAX`).
+fn check_environment_fits(args: &RunArgs, start: u16) -> Result<(), Failure> {
+    let vars = [("BERTH_TCP_PORTS", args.tcp), ("BERTH_UDP_PORTS", args.udp)];
+    let mut added = 0;
+    for (name, count) in vars {
+        let Some(count) = count else { continue };
+        let len = name.len() + 1 + list_len(start, count) + 1;
+        if len > MAX_ARG_STRLEN {
+            let most = (MAX_ARG_STRLEN - name.len() - 2 + 1) / 6;
+            return Err(berth::Error::InvalidArgument(format!(
+                "{count} ports do not fit in {name}: the list would take up to {len} bytes, over the kernel's limit of {MAX_ARG_STRLEN} bytes for one environment variable; nothing was reserved. `berth run` passes at most {most} ports per protocol — reserve larger blocks from a program through the client library"
+            ))
+            .into());
+        }
+        added += len + std::mem::size_of::<usize>();
+    }
+    let pointer = std::mem::size_of::<usize>();
+    let existing: usize = std::env::vars_os()
+        .map(|(k, v)| k.len() + v.len() + 2 + pointer)
+        .chain(args.command.iter().map(|a| a.len() + 1 + pointer))
+        .sum();
+    let stack = rustix::process::getrlimit(rustix::process::Resource::Stack).current;
+    if let Some(limit) = stack.and_then(|s| usize::try_from(s / 4).ok()) {
+        if existing + added > limit {
+            return Err(berth::Error::InvalidArgument(format!(
+                "the command's arguments and environment with the port lists would take {} bytes, over this system's limit of {limit} bytes (ARG_MAX, a quarter of `ulimit -s`); nothing was reserved. Ask for fewer ports, or shorten the environment",
+                existing + added
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// `a,b,c`.

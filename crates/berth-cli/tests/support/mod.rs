@@ -223,6 +223,35 @@ impl Berth {
         Berth { cmd }
     }
 
+    /// `berth` run through `wrapper` in an empty environment (`PATH` only): no socket, no
+    /// database, no `XDG_RUNTIME_DIR` — a new user's default search and on-demand start.
+    pub fn bare<I, S>(wrapper: I) -> Berth
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut wrapper = wrapper.into_iter();
+        let first = wrapper.next().expect("a wrapper program");
+        let mut cmd = Command::new(first);
+        cmd.args(wrapper)
+            .arg(BERTH)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        Berth { cmd }
+    }
+
+    /// Appends one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Berth {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, name: &str, value: impl AsRef<OsStr>) -> Berth {
+        self.cmd.env(name, value);
+        self
+    }
+
     /// Lets the command start a daemon on demand.
     pub fn autostart(mut self) -> Berth {
         self.cmd.env_remove("BERTH_NO_AUTOSTART");

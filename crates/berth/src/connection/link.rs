@@ -1,0 +1,154 @@
+//! Socket I/O of one established connection: the handshake, a reader, and a writer task that
+//! owns the write half (so that answers keep being read while a burst of requests is written:
+//! if reading stopped while a write blocked, both sides' buffers could fill and neither would
+//! move again). A frame may carry a descriptor (`SCM_RIGHTS`).
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use berth_protocol::{FrameCodec, Hello, Request, Response, Welcome};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::Interest;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
+
+use crate::error::Error;
+
+pub(super) type Reader = FramedRead<OwnedReadHalf, FrameCodec<Response, Request>>;
+pub(super) type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Response, Request>>;
+
+/// A frame for the writer task.
+pub(super) struct Frame {
+    pub(super) request: Request,
+    pub(super) fd: Option<OwnedFd>,
+}
+
+/// One established connection: its read half, and the writer task that owns its write half.
+pub(super) struct Link {
+    pub(super) reader: Reader,
+    pub(super) frames: mpsc::UnboundedSender<Frame>,
+    pub(super) writer: JoinHandle<Result<(), Error>>,
+}
+
+impl Link {
+    pub(super) fn new(reader: Reader, writer: Writer) -> Self {
+        let (frames, queue) = mpsc::unbounded_channel();
+        Link {
+            reader,
+            frames,
+            writer: tokio::spawn(write_frames(writer, queue)),
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The connection is done with: whatever is still queued would go to a dead (or
+        // abandoned) connection, and a write blocked on an unresponsive peer must not linger.
+        self.writer.abort();
+    }
+}
+
+/// Sends the hello on `stream` (connected to `path`) and checks the daemon's welcome.
+pub(super) async fn handshake(
+    stream: UnixStream,
+    path: &Path,
+    client_name: &str,
+) -> Result<(Reader, Writer, Welcome), Error> {
+    let (rd, wr) = stream.into_split();
+    let mut reader = FramedRead::new(rd, FrameCodec::client());
+    let mut writer = FramedWrite::new(wr, FrameCodec::client());
+    writer
+        .send(Request::Hello(Hello::current(client_name)))
+        .await
+        .map_err(Error::lost)?;
+    let welcome = match reader.next().await {
+        Some(Ok(Response::Welcome(w))) => w,
+        Some(Ok(Response::Error(e))) => return Err(e.into()),
+        Some(Ok(other)) => return Err(Error::unexpected(other)),
+        Some(Err(e)) => return Err(Error::lost(e)),
+        None => return Err(Error::lost("closed during the handshake")),
+    };
+    let ours = berth_protocol::MIN_PROTOCOL_VERSION..=berth_protocol::PROTOCOL_VERSION;
+    if !ours.contains(&welcome.version) {
+        return Err(Error::Incompatible(format!(
+            "the daemon on {} chose protocol version {}, which this client (versions {}..={}) does not speak; upgrade the older of the two",
+            path.display(),
+            welcome.version,
+            ours.start(),
+            ours.end()
+        )));
+    }
+    Ok((reader, writer, welcome))
+}
+
+/// The next answer on a connection.
+pub(super) async fn next_answer(reader: &mut Reader) -> Result<Response, Error> {
+    match reader.next().await {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(e)) => Err(Error::lost(e)),
+        None => Err(Error::lost("closed while re-claiming")),
+    }
+}
+
+/// Writes frames in the order they come, flushing whenever the queue runs dry. An error ends
+/// the task, which ends the connection.
+async fn write_frames(
+    mut writer: Writer,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
+) -> Result<(), Error> {
+    while let Some(frame) = frames.recv().await {
+        write_frame(&mut writer, frame).await?;
+        // Whatever else is queued already goes out with the same flush (`feed` flushes by
+        // itself once its buffer is large).
+        while let Ok(frame) = frames.try_recv() {
+            write_frame(&mut writer, frame).await?;
+        }
+        writer.flush().await.map_err(Error::lost)?;
+    }
+    Ok(())
+}
+
+async fn write_frame(writer: &mut Writer, frame: Frame) -> Result<(), Error> {
+    match frame.fd {
+        None => writer.feed(frame.request).await.map_err(Error::lost),
+        Some(fd) => send_with_fd(writer, frame.request, fd).await,
+    }
+}
+
+/// Writes `request` as one frame whose first bytes carry `fd` as `SCM_RIGHTS`. Frames queued
+/// before it are flushed first so that the descriptor lands with this frame's bytes.
+async fn send_with_fd(writer: &mut Writer, request: Request, fd: OwnedFd) -> Result<(), Error> {
+    writer.flush().await.map_err(Error::lost)?;
+    let mut frame = bytes::BytesMut::new();
+    FrameCodec::client()
+        .encode(request, &mut frame)
+        .map_err(Error::lost)?;
+    let stream: &UnixStream = writer.get_ref().as_ref();
+    let mut sent = 0;
+    while sent < frame.len() {
+        let rest = frame.get(sent..).unwrap_or_default();
+        let attach = sent == 0;
+        let n = stream
+            .async_io(Interest::WRITABLE, || {
+                let iov = [IoSlice::new(rest)];
+                let fds = [fd.as_fd()];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+                if attach && !cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)) {
+                    return Err(io::Error::other("cannot attach the socket to the request"));
+                }
+                rustix::net::sendmsg(stream, &iov, &mut cmsg, rustix::net::SendFlags::NOSIGNAL)
+                    .map_err(io::Error::from)
+            })
+            .await
+            .map_err(Error::lost)?;
+        sent += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! The background task that owns a connection to the daemon, and the handle callers use.
+//!
+//! # Layout
+//! - [`link`]: socket I/O — the handshake, the reader, the writer task, descriptors.
+//! - [`books`]: request bookkeeping — reply slots, held reservations, releases in flight.
+//! - [`reconnect`]: reaching a restarted daemon again, re-claiming, reporting losses.
+//!
+//! This module ties them together: the task serves calls on one link until it breaks, then
+//! reconnects.
+
+mod books;
+mod link;
+mod reconnect;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::Token;
+use berth_protocol::{Request, Response, Welcome};
+use futures_util::StreamExt;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Error;
+use crate::loss::Losses;
+use books::{Books, Call, Delivery};
+use link::{handshake, Link};
+
+/// A live connection: a handle to the task that owns the socket.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    calls: mpsc::UnboundedSender<Call>,
+    welcome: Welcome,
+    path: PathBuf,
+    losses: Arc<Losses>,
+}
+
+impl Connection {
+    /// Shakes hands with the daemon on `stream` (connected to `path`) and starts the task that
+    /// owns the connection. Must run inside a tokio runtime.
+    pub(crate) async fn open(
+        stream: UnixStream,
+        path: &Path,
+        client_name: &str,
+        options: crate::Options,
+    ) -> Result<Self, Error> {
+        let (reader, writer, welcome) = handshake(stream, path, client_name).await?;
+        let (calls, rx) = mpsc::unbounded_channel::<Call>();
+        let (orphans_tx, orphans) = mpsc::unbounded_channel::<Token>();
+        let losses = Arc::new(Losses::default());
+        let task = Task {
+            path: path.to_owned(),
+            client_name: client_name.to_owned(),
+            reconnect_window: options.reconnect_window,
+            trusted_daemon_uid: options.trusted_daemon_uid,
+            calls: rx,
+            orphans,
+            books: Books::new(orphans_tx),
+            losses: losses.clone(),
+        };
+        tokio::spawn(task.run(Link::new(reader, writer)));
+        Ok(Connection {
+            calls,
+            welcome,
+            path: path.to_owned(),
+            losses,
+        })
+    }
+
+    /// Sends `request` and waits for its answer. A [`Response::Error`] becomes an `Err`.
+    pub(crate) async fn call(&self, request: Request) -> Result<Response, Error> {
+        self.call_with_fd(request, None).await
+    }
+
+    /// Sends `request` with `fd` attached and waits for its answer.
+    pub(crate) async fn call_with_fd(
+        &self,
+        request: Request,
+        fd: Option<OwnedFd>,
+    ) -> Result<Response, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .send(Call {
+                request,
+                fd,
+                reply: Some(tx),
+            })
+            .map_err(|_| Error::lost("the connection task ended"))?;
+        match rx.await.map(Delivery::take) {
+            Ok(Ok(Response::Error(e))) => Err(e.into()),
+            Ok(result) => result,
+            Err(_) => Err(Error::lost("the connection task ended")),
+        }
+    }
+
+    /// Sends `request` without waiting for its answer.
+    pub(crate) fn submit(&self, request: Request) {
+        let _ = self.calls.send(Call {
+            request,
+            fd: None,
+            reply: None,
+        });
+    }
+
+    /// The daemon's side of the handshake.
+    pub(crate) fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Whether the connection task still runs (it ends when the daemon stayed away longer than
+    /// the reconnection deadline).
+    pub(crate) fn is_open(&self) -> bool {
+        !self.calls.is_closed()
+    }
+
+    /// The socket this connection reached.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The reservations this session lost.
+    pub(crate) fn losses(&self) -> &Losses {
+        &self.losses
+    }
+}
+
+/// The task that owns the connection: sends calls in order, matches answers to them, keeps
+/// the books of what this session holds, and — when the daemon goes away — reconnects.
+struct Task {
+    path: PathBuf,
+    client_name: String,
+    /// How long to keep trying to reach the daemon again.
+    reconnect_window: Duration,
+    /// [`crate::Options::trusted_daemon_uid`], checked again on every reconnection.
+    trusted_daemon_uid: Option<u32>,
+    calls: mpsc::UnboundedReceiver<Call>,
+    /// Tokens of `Acquired` answers whose callers went away before taking them.
+    orphans: mpsc::UnboundedReceiver<Token>,
+    books: Books,
+    losses: Arc<Losses>,
+}
+
+/// Why a connection ended.
+enum End {
+    /// Every handle is gone: nothing more to do.
+    Unused,
+    /// The daemon went away (or the connection broke).
+    Lost(String),
+}
+
+impl Task {
+    async fn run(mut self, first: Link) {
+        let mut link = first;
+        loop {
+            let end = self.drive(&mut link).await;
+            drop(link);
+            let why = match end {
+                End::Unused => return,
+                End::Lost(why) => why,
+            };
+            self.books.fail_pending(&why);
+            link = match self.reconnect().await {
+                Some(link) => link,
+                None => break,
+            };
+        }
+        // The daemon stayed away. Ending the task closes the call channel: every later call
+        // fails at once, and `Client::is_open` says so.
+    }
+
+    /// Serves calls on one connection until it ends.
+    async fn drive(&mut self, link: &mut Link) -> End {
+        loop {
+            let step = tokio::select! {
+                call = self.calls.recv() => match call {
+                    Some(call) => self.send(link, call),
+                    None => return End::Unused,
+                },
+                Some(token) = self.orphans.recv() => self.abandon(link, token),
+                frame = link.reader.next() => match frame {
+                    Some(Ok(response)) => match self.books.answer(response) {
+                        Some(orphan) => self.abandon(link, orphan),
+                        None => Ok(()),
+                    },
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("the daemon closed it".into()),
+                },
+                written = &mut link.writer => Err(match written {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(())) => "the writer stopped".into(),
+                    Err(e) => format!("the writer failed: {e}"),
+                }),
+            };
+            if let Err(why) = step {
+                return End::Lost(why);
+            }
+        }
+    }
+
+    /// Books `call` and hands its frame to the writer.
+    fn send(&mut self, link: &Link, call: Call) -> Result<(), String> {
+        let frame = self.books.queue(call);
+        link.frames
+            .send(frame)
+            .map_err(|_| "the writer task ended".to_owned())
+    }
+
+    /// Releases a held reservation that nobody holds a handle to (its acquire was cancelled).
+    fn abandon(&mut self, link: &Link, token: Token) -> Result<(), String> {
+        if !self.books.held.contains(&token) {
+            return Ok(());
+        }
+        self.send(
+            link,
+            Call {
+                request: Request::Release { token: token.get() },
+                fd: None,
+                reply: None,
+            },
+        )
+    }
+}
