@@ -197,6 +197,12 @@ fn a_daemon_of_another_user_is_refused_before_anything_is_sent() {
         .arg(dir.path().join("berth.db"))
         .args(["--pool", "46100-46199", "--ready-stdout"])
         .env_remove("BERTH_LOG")
+        // Off the host's reserved-ports list, and a beacon of its own beside the other tests' daemons.
+        .env("BERTH_KERNEL_SYNC", "off")
+        .env(
+            "BERTH_AUTHORITY",
+            format!("berth-test-{}-{}", std::process::id(), line!()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -44,6 +44,12 @@ fn a_daemon_running_as_nobody_binds_sockets_for_its_clients() {
         .arg(dir.path().join("berth.db"))
         .args(["--pool", "46000-46099", "--ready-stdout"])
         .env_remove("BERTH_LOG")
+        // Off the host's reserved-ports list, and a beacon of its own beside the other tests' daemons.
+        .env("BERTH_KERNEL_SYNC", "off")
+        .env(
+            "BERTH_AUTHORITY",
+            format!("berth-test-{}-{}", std::process::id(), line!()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -272,11 +272,13 @@ mod tests {
         SocketGuard,
     ) {
         let (listener, guard) = rt.block_on(async { bind_socket(socket) }).unwrap();
-        let config = Config::new(
+        let mut config = Config::new(
             socket.to_owned(),
             socket.with_extension("db"),
             Pool::new(pool.0, pool.1).unwrap(),
         );
+        // Several test daemons share this network namespace, each with a pool of its own.
+        config.authority = None;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = rt.spawn(async move {
             berth_daemon::run(listener, config, async move {

@@ -55,6 +55,8 @@ impl Daemon {
         );
         // Long enough that nothing is freed by the grace period while a test looks.
         config.grace = Duration::from_secs(120);
+        // Several test daemons share this network namespace, each with a pool of its own.
+        config.authority = None;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             berth_daemon::run(listener, config, async move {

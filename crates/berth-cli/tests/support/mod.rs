@@ -189,6 +189,19 @@ impl Drop for Daemon {
     }
 }
 
+/// Keeps a daemon this command starts (directly, or on demand) off the host: it does not touch
+/// the host's `ip_local_reserved_ports`, and it claims an authority beacon of its own, named
+/// after `tag`, so that the tests' daemons can run side by side in the host's namespace.
+pub fn isolate(cmd: &mut Command, tag: &Path) {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    tag.hash(&mut hash);
+    cmd.env("BERTH_KERNEL_SYNC", "off").env(
+        "BERTH_AUTHORITY",
+        format!("berth-test-{}-{:x}", std::process::id(), hash.finish()),
+    );
+}
+
 /// One `berth` command line. On-demand start is off unless [`Berth::autostart`] is called.
 pub struct Berth {
     cmd: Command,
@@ -202,6 +215,7 @@ impl Berth {
             .env("BERTH_DB", db_beside(socket))
             .env("BERTH_NO_AUTOSTART", "1")
             .env_remove("BERTH_LOG");
+        isolate(&mut cmd, socket);
         Berth { cmd }
     }
 
@@ -220,6 +234,7 @@ impl Berth {
             .env("BERTH_DB", db_beside(socket))
             .env("BERTH_NO_AUTOSTART", "1")
             .env_remove("BERTH_LOG");
+        isolate(&mut cmd, socket);
         Berth { cmd }
     }
 
@@ -233,10 +248,13 @@ impl Berth {
         let mut wrapper = wrapper.into_iter();
         let first = wrapper.next().expect("a wrapper program");
         let mut cmd = Command::new(first);
-        cmd.args(wrapper)
+        let args: Vec<std::ffi::OsString> = wrapper.map(|a| a.as_ref().to_owned()).collect();
+        let tag = std::path::PathBuf::from(args.join(std::ffi::OsStr::new(" ")));
+        cmd.args(&args)
             .arg(BERTH)
             .env_clear()
             .env("PATH", "/usr/bin:/bin");
+        isolate(&mut cmd, &tag);
         Berth { cmd }
     }
 
@@ -495,7 +513,9 @@ fn spawn_ready(dir: &Path, socket: &Path, pool: &str, extra: &[String]) -> Child
         .append(true)
         .open(&log_path)
         .expect("open the daemon's log");
-    let mut child = Command::new(BERTH)
+    let mut command = Command::new(BERTH);
+    isolate(&mut command, socket);
+    let mut child = command
         .arg("daemon")
         .arg("--socket")
         .arg(socket)
