@@ -29,6 +29,7 @@ fn holder() -> Holder {
         },
         session: SessionId(1),
         acquired_at_ms: 0,
+        hold: false,
     }
 }
 

@@ -52,6 +52,9 @@ pub struct Holder {
     /// Acquisition time in milliseconds since the Unix epoch (supplied by the caller: the core
     /// reads no clock).
     pub acquired_at_ms: u64,
+    /// Whether the daemon holds the ports its owner has not bound (see
+    /// [`crate::Lease::Runtime`]'s `held`).
+    pub hold: bool,
 }
 
 /// Who is asking for an operation on an existing reservation.

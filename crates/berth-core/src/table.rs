@@ -148,6 +148,7 @@ impl Table {
             lease: Lease::Runtime {
                 owner: holder.owner,
                 bond: Bond::Session(holder.session),
+                held: holder.hold,
             },
         };
         self.insert(reservation.clone());
@@ -170,10 +171,13 @@ impl Table {
             .ok()
             .filter(|_| lowest <= pool.range().end());
         if let Some(within) = usable {
-            if let Some(range) = self
-                .space_mut(protocol)
-                .next_fit(protocol, count, within, in_use)
-            {
+            let space = self.space_mut(protocol);
+            if let Some(range) = space.next_fit(protocol, count, within, in_use) {
+                // A block at the end of the pool sends the next search to the start of the
+                // whole pool, not of the part this asker could have.
+                if range.end() >= pool.range().end() {
+                    space.restart_at(pool.range().start());
+                }
                 return Ok(range);
             }
         }
@@ -339,6 +343,20 @@ impl Table {
         Some(self.records.ports(token)?.get(port - range.start()))
     }
 
+    /// The ports of `token`'s reservation bound through associate, lowest first.
+    pub fn bound_list(&self, token: Token) -> Vec<u16> {
+        let Some(range) = self.get(token).map(|r| r.range) else {
+            return Vec::new();
+        };
+        if self.bound_ports(token) == 0 {
+            return Vec::new();
+        }
+        range
+            .ports()
+            .filter(|&p| self.port_use(token, p) == Some(PortUse::Bound))
+            .collect()
+    }
+
     /// How many ports of `token`'s reservation were bound through associate.
     pub fn bound_ports(&self, token: Token) -> usize {
         self.records.ports(token).map_or(0, |p| p.bound_count())
@@ -482,6 +500,7 @@ impl Table {
         after.lease = Lease::Runtime {
             owner: requester.clone(),
             bond: Bond::Session(session),
+            held: reservation.held(),
         };
         self.rebind(after)
     }
@@ -508,6 +527,7 @@ impl Table {
         after.lease = Lease::Runtime {
             owner: to,
             bond: Bond::Process,
+            held: reservation.held(),
         };
         self.rebind(after)
     }

@@ -342,6 +342,7 @@ impl Model {
         let runtime = |bond| Lease::Runtime {
             owner: owner(100 + u32::from(row.pid), 1),
             bond,
+            held: false,
         };
         let lease = match row.kind {
             RowKind::Persistent => Lease::Persistent {
@@ -385,6 +386,7 @@ impl Model {
             owner: session_owner(session),
             session: SessionId(u64::from(session)),
             acquired_at_ms: 5,
+            hold: false,
         };
         let uid = holder.owner.uid;
         let in_use = &self.in_use[index(protocol)];
@@ -442,6 +444,7 @@ impl Model {
                 lease: Lease::Runtime {
                     owner: holder.owner.clone(),
                     bond: Bond::Session(holder.session),
+                    held: holder.hold,
                 },
             })
         });
@@ -719,6 +722,7 @@ impl Model {
                     lease: Lease::Runtime {
                         owner: requester.clone(),
                         bond: Bond::Session(session),
+                        held: r.held(),
                     },
                     ..r.clone()
                 },
@@ -747,6 +751,7 @@ impl Model {
                     lease: Lease::Runtime {
                         owner: to.clone(),
                         bond: Bond::Process,
+                        held: r.held(),
                     },
                     ..r.clone()
                 },
@@ -917,6 +922,7 @@ fn zero_and_duplicate_tokens_are_redrawn() {
         owner: session_owner(0),
         session: SessionId(0),
         acquired_at_ms: 0,
+        hold: false,
     };
     let mut got = Vec::new();
     for _ in 0..4 {

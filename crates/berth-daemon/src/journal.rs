@@ -58,7 +58,7 @@ fn is_process(bond: Bond) -> bool {
 
 /// The journal's row for a runtime reservation.
 fn journal_row(r: &Reservation) -> Option<JournalRow> {
-    let Lease::Runtime { owner, bond } = &r.lease else {
+    let Lease::Runtime { owner, bond, held } = &r.lease else {
         return None;
     };
     Some(JournalRow {
@@ -68,6 +68,7 @@ fn journal_row(r: &Reservation) -> Option<JournalRow> {
         owner: owner.clone(),
         acquired_at_ms: r.acquired_at_ms,
         process: *bond == Bond::Process,
+        held: *held,
     })
 }
 

@@ -246,7 +246,7 @@ impl Session<'_> {
         };
         // Every variant named, so that a new one must be sorted here too.
         let what = match request {
-            Request::Acquire { .. } => "reserve ports",
+            Request::Acquire { .. } | Request::AcquireWith { .. } => "reserve ports",
             Request::Associate { .. } => "bind a socket",
             Request::CreatePersistent { .. } => "create a persistent reservation",
             Request::Reclaim { .. } => "re-claim a reservation",
@@ -257,6 +257,7 @@ impl Session<'_> {
             | Request::Status
             | Request::DeletePersistent { .. }
             | Request::LookupPersistent { .. }
+            | Request::Why { .. }
             | Request::Stop => return None,
         };
         Some(foreign_netns(what, daemon, peer))

@@ -24,6 +24,7 @@ use crate::store_thread::StoreHandle;
 mod persistent;
 mod restore;
 mod runtime;
+mod why;
 
 /// State shared by every session.
 pub(crate) struct Shared {
@@ -265,8 +266,20 @@ impl Shared {
                 // The reservation belongs to the process that sent the request — a forked
                 // child writing on its parent's connection acquires for itself.
                 let requester = self.requester(peer, sender);
-                self.acquire(protocol, start, count, &requester, peer).await
+                self.acquire(protocol, start, count, false, &requester, peer)
+                    .await
             }
+            Request::AcquireWith {
+                protocol,
+                start,
+                count,
+                hold,
+            } => {
+                let requester = self.requester(peer, sender);
+                self.acquire(protocol, start, count, hold, &requester, peer)
+                    .await
+            }
+            Request::Why { protocol, port } => self.why(protocol, port, peer),
             Request::Release { token } => self.release(token, &self.requester(peer, sender)).await,
             Request::Associate { token, address } => {
                 self.associate(token, address, fd, &self.requester(peer, sender))
@@ -368,7 +381,11 @@ impl Shared {
         Response::List(
             table
                 .iter()
-                .map(|r| info(r, &peer.owner, peer.is_admin, now))
+                .map(|r| {
+                    let mut shown = info(r, &peer.owner, peer.is_admin, now);
+                    shown.bound = table.bound_list(r.token);
+                    shown
+                })
                 .collect(),
         )
     }
@@ -416,6 +433,8 @@ fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) -> Reservatio
         protocol: r.protocol,
         range: r.range,
         kind: r.kind(),
+        held: r.held(),
+        bound: Vec::new(),
         owner,
         acquired_at_ms: r.acquired_at_ms,
         age_ms: now.saturating_sub(r.acquired_at_ms),

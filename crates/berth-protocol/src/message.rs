@@ -130,6 +130,30 @@ pub enum Request {
         /// The process that becomes its owner.
         pid: u32,
     },
+    /// [`Request::Acquire`] with options. `hold`: the daemon keeps every port of the block
+    /// that its owner has not bound bound itself (a non-listening socket without
+    /// `SO_REUSEADDR`/`SO_REUSEPORT`), so that every other program's explicit bind to them
+    /// fails; the owner binds its sockets through [`Request::Associate`]. A reservation that is
+    /// not held (plain `Acquire`) is only hidden from automatic port assignment: its owner binds
+    /// its ports by number.
+    AcquireWith {
+        /// Which port space.
+        protocol: Protocol,
+        /// First port, or 0 for "any block".
+        start: u16,
+        /// Number of ports, at least 1.
+        count: u16,
+        /// Whether the daemon holds the ports its owner has not bound.
+        hold: bool,
+    },
+    /// Explain one port: reserved (by whom, held or bound), bound by a process on the host,
+    /// in the pool or the ephemeral range, or free.
+    Why {
+        /// Which port space.
+        protocol: Protocol,
+        /// The port (0 is answered with invalid-argument).
+        port: u16,
+    },
 }
 
 /// The longest allow list of a persistent reservation.
@@ -172,6 +196,47 @@ pub enum Response {
     },
     /// Answer to [`Request::Transfer`]: the reservation, with its new owner.
     Transferred(ReservationInfo),
+    /// Answer to [`Request::Why`].
+    Why(PortReport),
+}
+
+/// What the daemon knows about one port (answer to [`Request::Why`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortReport {
+    /// The port space.
+    pub protocol: Protocol,
+    /// The port.
+    pub port: u16,
+    /// The reservation that covers it, if any (owner details as in a list).
+    pub reservation: Option<ReservationInfo>,
+    /// Sockets bound to the port on the host, as the kernel lists them (at most
+    /// [`MAX_SOCKETS_REPORTED`]).
+    pub sockets: Vec<SocketInfo>,
+    /// Whether it is in the daemon's wildcard pool.
+    pub in_pool: bool,
+    /// Whether it is in the kernel's ephemeral range (`ip_local_port_range`): then any
+    /// `connect()` or `bind(0)` may be given it unless it is listed in `ip_local_reserved_ports`.
+    pub in_ephemeral_range: bool,
+    /// Whether `ip_local_reserved_ports` lists it (hidden from automatic assignment).
+    pub kernel_reserved: bool,
+}
+
+/// The most sockets a [`PortReport`] lists.
+pub const MAX_SOCKETS_REPORTED: usize = 32;
+
+/// One socket bound to a port, from `NETLINK_SOCK_DIAG` and `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketInfo {
+    /// The local address, e.g. `"0.0.0.0:8080"` or `"[::]:8080"`.
+    pub local: String,
+    /// The TCP state in the kernel's words (`LISTEN`, `ESTABLISHED`, `TIME_WAIT`, `CLOSE` for
+    /// bound but not listening …), or `UNCONN`/`ESTAB` for UDP.
+    pub state: String,
+    /// The process that has it open, when the daemon may see it (another user's process is
+    /// shown to administrators only); `None` also for sockets no process holds (`TIME_WAIT`).
+    pub owner: Option<OwnerInfo>,
+    /// The daemon's own hold socket for a reservation.
+    pub held_by_berth: bool,
 }
 
 /// The daemon's side of the handshake.
@@ -274,6 +339,10 @@ pub struct ReservationInfo {
     pub acquired_at_ms: u64,
     /// Its age when the daemon answered, in milliseconds.
     pub age_ms: u64,
+    /// Whether the daemon holds its ports (see [`Request::AcquireWith`]).
+    pub held: bool,
+    /// The ports its owner has bound from it through associate, as far as the daemon knows.
+    pub bound: Vec<u16>,
 }
 
 /// The owner of a runtime reservation.

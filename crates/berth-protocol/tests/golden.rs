@@ -20,8 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use berth_protocol::{
     BusyDetail, DaemonLimit, ErrorDetail, ErrorKind, Hello, Holder, Kind, NamespacesDetail,
-    OwnerInfo, PoolDetail, PortRange, PortsDetail, Protocol, QuotaDetail, QuotaWhat, Request,
-    ReservationInfo, Response, StatusInfo, Token, Welcome, WireError,
+    OwnerInfo, PoolDetail, PortRange, PortReport, PortsDetail, Protocol, QuotaDetail, QuotaWhat,
+    Request, ReservationInfo, Response, SocketInfo, StatusInfo, Token, Welcome, WireError,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -68,9 +68,12 @@ fn runtime_info() -> ReservationInfo {
         owner: Some(owner()),
         acquired_at_ms: 5,
         age_ms: 200,
+        held: true,
+        bound: vec![8081],
     }
 }
-const RUNTIME_INFO: &str = "ac 02  00  90 3f 02  00  01 99 20 e8 07 02 6e 63  05  c8 01";
+const RUNTIME_INFO: &str =
+    "ac 02  00  90 3f 02  00  01 99 20 e8 07 02 6e 63  05  c8 01  01  01 91 3f";
 
 /// token u64::MAX, udp 443, persistent, no owner, times 0.
 fn persistent_info() -> ReservationInfo {
@@ -82,9 +85,11 @@ fn persistent_info() -> ReservationInfo {
         owner: None,
         acquired_at_ms: 0,
         age_ms: 0,
+        held: false,
+        bound: vec![],
     }
 }
-const PERSISTENT_INFO: &str = "ff ff ff ff ff ff ff ff ff 01  01  bb 03 01  01  00  00  00";
+const PERSISTENT_INFO: &str = "ff ff ff ff ff ff ff ff ff 01  01  bb 03 01  01  00  00  00  00  00";
 
 #[test]
 fn requests() {
@@ -164,6 +169,22 @@ fn requests() {
         },
         "0b  ac 02  99 20",
     );
+    golden(
+        Request::AcquireWith {
+            protocol: Protocol::Udp,
+            start: 0,
+            count: 3,
+            hold: true,
+        },
+        "0c  01  00  03  01",
+    );
+    golden(
+        Request::Why {
+            protocol: Protocol::Tcp,
+            port: 8080,
+        },
+        "0d  00  90 3f",
+    );
 }
 
 #[test]
@@ -232,6 +253,25 @@ fn responses() {
     golden(
         Response::Transferred(runtime_info()),
         &format!("0c {RUNTIME_INFO}"),
+    );
+    golden(
+        Response::Why(PortReport {
+            protocol: Protocol::Tcp,
+            port: 8081,
+            reservation: Some(runtime_info()),
+            sockets: vec![SocketInfo {
+                local: "[::]:8081".into(),
+                state: "LISTEN".into(),
+                owner: Some(owner()),
+                held_by_berth: false,
+            }],
+            in_pool: true,
+            in_ephemeral_range: false,
+            kernel_reserved: true,
+        }),
+        &format!(
+            "0d  00  91 3f  01 {RUNTIME_INFO}  01  09 5b 3a 3a 5d 3a 38 30 38 31  06 4c 49 53 54 45 4e  01 99 20 e8 07 02 6e 63  00  01  00  01"
+        ),
     );
 }
 

@@ -35,6 +35,7 @@ fn journal(c: &mut Criterion) {
                 },
                 acquired_at_ms: 1_750_000_000_000,
                 process: false,
+                held: false,
             };
             store.journal(black_box(&[JournalOp::Insert(row)])).unwrap();
             store

@@ -240,8 +240,8 @@ impl Store {
                 .prepare_cached(
                     "INSERT OR REPLACE INTO runtime_journal
                          (token, protocol, start, count, pid, uid, gid, start_time, command,
-                          acquired_at_ms, process)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                          acquired_at_ms, process, held)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .map_err(err)?;
             let mut remove = tx
@@ -261,6 +261,7 @@ impl Store {
                         row.owner.command,
                         rows::to_sql(row.acquired_at_ms),
                         row.process,
+                        row.held,
                     ]),
                     JournalOp::Remove(token) => remove.execute([rows::token_to_sql(*token)]),
                 }

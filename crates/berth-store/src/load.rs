@@ -50,7 +50,7 @@ impl Store {
         let raw = query_all(
             &self.conn,
             "SELECT token, protocol, start, count, pid, uid, gid, start_time, command,
-                    acquired_at_ms, process
+                    acquired_at_ms, process, held
              FROM runtime_journal ORDER BY acquired_at_ms, token",
         )
         .map_err(|e| self.fail("read the runtime journal", e))?;

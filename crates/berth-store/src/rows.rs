@@ -48,6 +48,8 @@ pub struct JournalRow {
     /// than as long as the owner's connection: such a reservation needs no re-claim after a
     /// restart.
     pub process: bool,
+    /// Whether the daemon holds its ports.
+    pub held: bool,
 }
 
 /// One change to the runtime journal.
@@ -154,7 +156,7 @@ pub(crate) fn persistent(key: i64, values: &[Value]) -> Result<PersistentRow, Pr
 /// A `runtime_journal` row (token, protocol, start, count, pid, uid, gid, start_time, command,
 /// acquired_at_ms). A command longer than [`berth_core::owner::MAX_COMMAND_LEN`] is cut.
 pub(crate) fn journal(key: i64, values: &[Value]) -> Result<JournalRow, Problem> {
-    let [_, protocol_, start, count, pid, uid, gid, start_time, command, acquired_at_ms, process] =
+    let [_, protocol_, start, count, pid, uid, gid, start_time, command, acquired_at_ms, process, held] =
         values
     else {
         return Err(columns(values));
@@ -172,6 +174,7 @@ pub(crate) fn journal(key: i64, values: &[Value]) -> Result<JournalRow, Problem>
         },
         acquired_at_ms: u64_bits("acquired_at_ms", acquired_at_ms)?,
         process: u64_bits("process", process)? != 0,
+        held: u64_bits("held", held)? != 0,
     })
 }
 

@@ -55,8 +55,9 @@ const MIGRATIONS: &[&str] = &[
          value TEXT NOT NULL
      );",
     // 3: a runtime reservation handed to a process lives as long as that process, and needs
-    // no re-claim after a restart.
-    "ALTER TABLE runtime_journal ADD COLUMN process INTEGER NOT NULL DEFAULT 0;",
+    // no re-claim after a restart; a held one has its ports held by the daemon.
+    "ALTER TABLE runtime_journal ADD COLUMN process INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runtime_journal ADD COLUMN held INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The newest schema version this build knows: the number of migrations.

@@ -39,6 +39,7 @@ fn journal_row(t: u64) -> JournalRow {
         },
         acquired_at_ms: 5,
         process: false,
+        held: false,
     }
 }
 

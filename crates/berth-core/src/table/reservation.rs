@@ -50,6 +50,10 @@ pub enum Lease {
         owner: Owner,
         /// What it lives as long as.
         bond: Bond,
+        /// Whether the daemon holds the ports of the block its owner has not bound, so that
+        /// every other program's explicit bind to them fails (the owner binds through
+        /// associate). Otherwise the block is only hidden from automatic port assignment.
+        held: bool,
     },
     /// Created by an administrator; lives until deleted.
     Persistent {
@@ -107,6 +111,11 @@ impl Reservation {
             Lease::Runtime { owner, .. } => Some(owner),
             Lease::Persistent { .. } => None,
         }
+    }
+
+    /// Whether the daemon holds its ports (runtime reservations that asked for it).
+    pub fn held(&self) -> bool {
+        matches!(self.lease, Lease::Runtime { held: true, .. })
     }
 
     /// What a runtime reservation lives as long as.

@@ -65,6 +65,11 @@ impl Space {
         })
     }
 
+    /// Moves the next-fit cursor to `port`.
+    pub(super) fn restart_at(&mut self, port: u16) {
+        self.cursor = port;
+    }
+
     /// How many reserved ports lie inside `within` (a walk over the reservations there: for
     /// error messages, not for hot paths).
     pub(super) fn reserved_in(&self, within: PortRange) -> u32 {

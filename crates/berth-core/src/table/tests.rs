@@ -28,6 +28,7 @@ fn holder(pid: u32, session: u64) -> Holder {
         owner: owner(pid, 7),
         session: SessionId(session),
         acquired_at_ms: 42,
+        hold: false,
     }
 }
 
@@ -87,7 +88,11 @@ fn journaled(
         protocol,
         range: r,
         acquired_at_ms: 5,
-        lease: Lease::Runtime { owner, bond },
+        lease: Lease::Runtime {
+            owner,
+            bond,
+            held: false,
+        },
     }
 }
 
@@ -855,6 +860,7 @@ fn quota_limits_reservations_then_ports() {
         owner: user_process(5, 2000),
         session: SessionId(2),
         acquired_at_ms: 0,
+        hold: false,
     };
     f.acquire_as(wildcard(5), other.clone(), limits).unwrap();
     assert_eq!(f.table.usage(2000), usage(1, 5));
@@ -1353,6 +1359,7 @@ fn only_the_owning_process_transfers_and_the_reservation_then_lives_with_the_rec
         lease: Lease::Runtime {
             owner: to.clone(),
             bond: Bond::Process,
+            held: r.held(),
         },
         ..r.clone()
     };
@@ -1441,6 +1448,7 @@ fn only_the_owner_reclaims_and_only_what_is_unclaimed() {
         lease: Lease::Runtime {
             owner: me.clone(),
             bond: Bond::Session(SessionId(4)),
+            held: unclaimed.held(),
         },
         ..unclaimed.clone()
     };

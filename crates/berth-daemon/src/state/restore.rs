@@ -56,6 +56,7 @@ impl Shared {
                     lease: Lease::Runtime {
                         owner: row.owner,
                         bond,
+                        held: row.held,
                     },
                 };
                 table

@@ -24,6 +24,7 @@ impl Shared {
         protocol: Protocol,
         start: u16,
         count: u16,
+        hold: bool,
         requester: &Requester,
         peer: &Peer,
     ) -> Response {
@@ -41,6 +42,7 @@ impl Shared {
             owner: owner.clone(),
             session: peer.session,
             acquired_at_ms: now_ms(),
+            hold,
         };
         let prober = self.prober;
         let (granted, pending) = {

@@ -42,5 +42,6 @@ pub fn journaled(t: u64, start: u16, count: u16) -> JournalRow {
         },
         acquired_at_ms: 1_750_000_000_000 + t % 1000,
         process: false,
+        held: false,
     }
 }
