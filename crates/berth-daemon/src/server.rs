@@ -88,6 +88,7 @@ pub async fn run_with_ready(
     watch_owners(&tracker, &shared, &cancel, owners);
     shared.restore(persistent, journal);
     end_grace(&tracker, &shared, &cancel, config.grace);
+    rehold(&tracker, &shared, &cancel);
     let control = Arc::new(Control {
         stop: CancellationToken::new(),
         netns: NetnsCheck::current(),
@@ -295,6 +296,25 @@ async fn answer_beacon(
             },
         }
     }
+}
+
+/// How often ports whose owner's socket has closed are taken back into hold.
+pub const REHOLD_EVERY: Duration = Duration::from_millis(500);
+
+/// Takes back into hold, every [`REHOLD_EVERY`], the ports of held reservations whose owner's
+/// socket has closed.
+fn rehold(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToken) {
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(REHOLD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => shared.rehold_pass(),
+            }
+        }
+    });
 }
 
 /// Ends the hold on restored reservations nobody re-claimed once the grace period is over.

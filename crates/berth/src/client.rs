@@ -215,6 +215,12 @@ impl Client {
     /// block of `count` ports from the daemon's pool. The reservation lives until it is
     /// released or dropped, or until this session ends.
     ///
+    /// The daemon **holds** the ports: it keeps each one its owner has not bound bound itself,
+    /// so every other program's explicit bind to it fails; bind your sockets from the
+    /// reservation with [`Reservation::bind`], [`Reservation::tcp_listener`] or
+    /// [`Reservation::udp_socket`] (the Windows model). A program that binds its ports by
+    /// number uses [`Client::acquire_unheld`] instead.
+    ///
     /// Fails with [`Error::InvalidArgument`] (count 0, past 65535), [`Error::Conflict`] (the
     /// ports are reserved or in use; the message names the holder) or
     /// [`Error::PoolExhausted`].
@@ -224,10 +230,34 @@ impl Client {
         start: u16,
         count: u16,
     ) -> Result<Reservation, Error> {
-        let request = Request::Acquire {
+        self.acquire_with(protocol, start, count, true).await
+    }
+
+    /// [`Client::acquire`] for a program that binds its ports by number rather than through
+    /// [`Reservation::bind`]: the daemon does not hold the ports (another program's explicit
+    /// bind to them is not refused); they are only hidden from automatic port assignment where
+    /// the daemon keeps the kernel's reserved-ports list.
+    pub async fn acquire_unheld(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<Reservation, Error> {
+        self.acquire_with(protocol, start, count, false).await
+    }
+
+    async fn acquire_with(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        hold: bool,
+    ) -> Result<Reservation, Error> {
+        let request = Request::AcquireWith {
             protocol,
             start,
             count,
+            hold,
         };
         match self.conn.call(request).await? {
             Response::Acquired(info) => Ok(Reservation::new(self.clone(), info)),

@@ -162,7 +162,8 @@ async fn reserve(
     count: Option<u16>,
 ) -> Result<Option<Reservation>, Failure> {
     match count {
-        Some(n) => Ok(Some(client.acquire(protocol, start, n).await?)),
+        // The command binds its ports by number: not held (see docs/kernel.md).
+        Some(n) => Ok(Some(client.acquire_unheld(protocol, start, n).await?)),
         None => Ok(None),
     }
 }
