@@ -87,6 +87,14 @@ pub async fn run_with_ready(
     let tracker = TaskTracker::new();
     watch_owners(&tracker, &shared, &cancel, owners);
     shared.restore(persistent, journal);
+    // Ready only once the kernel's list matches the restored table.
+    if let Some(reconciled) = shared.reconcile_kernel() {
+        match reconciled.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("cannot reconcile the kernel's reserved-ports list: {e}"),
+            Err(_) => tracing::error!("the kernel-sync thread stopped before reconciling"),
+        }
+    }
     end_grace(&tracker, &shared, &cancel, config.grace);
     rehold(&tracker, &shared, &cancel);
     let control = Arc::new(Control {

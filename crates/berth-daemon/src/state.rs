@@ -233,6 +233,19 @@ impl Shared {
         drop(self.publish(&mut table, released));
     }
 
+    /// Starts keeping the kernel's list once the table is restored: the receiver answers when
+    /// the list is reconciled with the table (`None` when sync is off).
+    pub(crate) fn reconcile_kernel(
+        &self,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
+        self.kernel
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(crate::kernel::sync::Writer::reconcile)
+    }
+
     /// Stops keeping the kernel's list: the daemon's entries are taken out (blocks until done).
     pub(crate) fn stop_kernel_sync(&self) {
         let writer = self
