@@ -196,8 +196,9 @@ pub enum Response {
     },
     /// Answer to [`Request::Transfer`]: the reservation, with its new owner.
     Transferred(ReservationInfo),
-    /// Answer to [`Request::Why`].
-    Why(PortReport),
+    /// Answer to [`Request::Why`] (boxed: it is the largest answer by far; the wire form is
+    /// the same).
+    Why(Box<PortReport>),
 }
 
 /// What the daemon knows about one port (answer to [`Request::Why`]).
