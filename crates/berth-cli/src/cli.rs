@@ -37,6 +37,9 @@ pub enum Command {
     /// Create, delete, look up and list persistent reservations.
     #[command(subcommand)]
     Persistent(PersistentCommand),
+    /// Explain a port: reserved (by whom, held, bound), bound by a process, in the pool or
+    /// the ephemeral range, or free.
+    Why(WhyArgs),
     /// Stop the daemon gracefully (its owner or an administrator) and wait until it is gone.
     Stop,
     /// Print a shell completion script.
@@ -196,6 +199,20 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct JsonArg {
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `berth why`.
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    /// Which port space.
+    #[command(flatten)]
+    pub protocol: ProtocolChoice,
+    /// The port.
+    #[arg(value_name = "PORT")]
+    pub port: u16,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

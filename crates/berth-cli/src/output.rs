@@ -22,6 +22,10 @@ pub struct ReservationJson {
     pub owner: Option<OwnerJson>,
     /// Age in whole seconds.
     pub age_s: u64,
+    /// Whether the daemon holds its ports that its owner has not bound.
+    pub held: bool,
+    /// The ports its owner has bound from it (through associate), ascending.
+    pub bound: Vec<u16>,
 }
 
 /// The owner of a reservation in JSON.
@@ -49,6 +53,8 @@ impl From<&ReservationInfo> for ReservationJson {
                 command: o.command.clone(),
             }),
             age_s: r.age_ms / 1000,
+            held: r.held,
+            bound: r.bound.clone(),
         }
     }
 }
@@ -123,6 +129,8 @@ pub fn table(list: &[ReservationInfo]) -> String {
         "PID".to_owned(),
         "COMMAND".to_owned(),
         "AGE".to_owned(),
+        "HELD".to_owned(),
+        "BOUND".to_owned(),
     ]];
     for r in list {
         let (pid, command) = match &r.owner {
@@ -138,9 +146,11 @@ pub fn table(list: &[ReservationInfo]) -> String {
             pid,
             command,
             human_age(r.age_ms / 1000),
+            if r.held { "yes" } else { "no" }.to_owned(),
+            port_list(&r.bound),
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 10];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -157,6 +167,33 @@ pub fn table(list: &[ReservationInfo]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Ports as runs: `8080,8082-8085`; `-` for none.
+pub fn port_list(ports: &[u16]) -> String {
+    let mut sorted = ports.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(u16, u16)> = Vec::new();
+    for port in sorted {
+        match runs.last_mut() {
+            Some((_, end)) if end.checked_add(1) == Some(port) => *end = port,
+            _ => runs.push((port, port)),
+        }
+    }
+    if runs.is_empty() {
+        return "-".to_owned();
+    }
+    runs.iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `42s`, `5m03s`, `2h07m`, `3d04h`.
@@ -184,5 +221,13 @@ mod tests {
     #[test]
     fn an_empty_table_has_its_header() {
         assert!(table(&[]).starts_with("TOKEN  PROTO  PORTS"));
+        assert!(table(&[]).trim_end().ends_with("AGE  HELD  BOUND"));
+    }
+
+    #[test]
+    fn port_lists_are_runs() {
+        assert_eq!(port_list(&[]), "-");
+        assert_eq!(port_list(&[8085, 8080, 8082, 8083, 8084]), "8080,8082-8085");
+        assert_eq!(port_list(&[65535, 65534]), "65534-65535");
     }
 }

@@ -1,4 +1,4 @@
-//! The kernel's reserved-ports list end to end (SPEC §3, §7): the real `berth` binary, root,
+//! The kernel's reserved-ports list end to end: the real `berth` binary, root,
 //! inside private network namespaces only.
 //!
 //! Each test makes a network namespace of its own, held open by a process that lives as long as

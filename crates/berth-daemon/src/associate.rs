@@ -143,10 +143,16 @@ pub(crate) fn bind_from(
         let given_up = held.is_some_and(|(holds, token)| holds.give_up(token, port));
         if known == PortUse::Free && !given_up {
             if let Err(e) = probe(facts, target) {
-                if e.kind() == io::ErrorKind::AddrInUse {
+                // A port only TIME_WAIT connections keep (a server that just restarted) is the
+                // caller's to bind if its socket allows it (SO_REUSEADDR): the kernel decides.
+                let lingering = e.kind() == io::ErrorKind::AddrInUse
+                    && crate::diag::only_time_wait(plan.protocol, port);
+                if e.kind() == io::ErrorKind::AddrInUse && !lingering {
                     continue;
                 }
-                return Err(bind_refusal(&e, target));
+                if !lingering {
+                    return Err(bind_refusal(&e, target));
+                }
             }
         }
         let bound = rustix::net::bind(fd, &target);

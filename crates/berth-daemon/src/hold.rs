@@ -232,6 +232,19 @@ impl Holds {
             .collect()
     }
 
+    /// The inodes of every hold socket (how `why` tells the daemon's own sockets from the
+    /// owner's in the kernel's socket list).
+    pub(crate) fn inodes(&self) -> std::collections::HashSet<u64> {
+        self.lock()
+            .held
+            .values()
+            .flat_map(|b| b.sockets.values())
+            .flatten()
+            .filter_map(|h| rustix::fs::fstat(&h._socket).ok())
+            .map(|st| st.st_ino)
+            .collect()
+    }
+
     /// Hold sockets open now, all reservations together.
     pub(crate) fn count(&self) -> usize {
         self.lock()

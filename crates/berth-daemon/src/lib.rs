@@ -20,7 +20,8 @@
 //! - `netns`: which network namespace a socket belongs to.
 //! - `closer`: closing received descriptors on threads of their own (a close can block).
 //! - `store_thread`, `db_lock`: the database's own thread, and one daemon per database.
-//! - `probe`: whether a port is in use on the host.
+//! - `probe`: whether a port is in use on the host; `diag`: which sockets and processes have a
+//!   port bound (sock_diag and `/proc`), for `berth why` and error messages.
 
 pub mod accounts;
 mod associate;
@@ -29,6 +30,7 @@ mod closer;
 pub mod config;
 pub mod config_file;
 mod db_lock;
+mod diag;
 mod hold;
 mod inbound;
 mod journal;

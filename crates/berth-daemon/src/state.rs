@@ -307,8 +307,10 @@ impl Shared {
                 // The reservation belongs to the process that sent the request — a forked
                 // child writing on its parent's connection acquires for itself.
                 let requester = self.requester(peer, sender);
-                self.acquire(protocol, start, count, false, &requester, peer)
-                    .await
+                let response = self
+                    .acquire(protocol, start, count, false, &requester, peer)
+                    .await;
+                self.name_port_user(response, &requester).await
             }
             Request::AcquireWith {
                 protocol,
@@ -317,10 +319,12 @@ impl Shared {
                 hold,
             } => {
                 let requester = self.requester(peer, sender);
-                self.acquire(protocol, start, count, hold, &requester, peer)
-                    .await
+                let response = self
+                    .acquire(protocol, start, count, hold, &requester, peer)
+                    .await;
+                self.name_port_user(response, &requester).await
             }
-            Request::Why { protocol, port } => self.why(protocol, port, peer),
+            Request::Why { protocol, port } => self.why(protocol, port, peer).await,
             Request::Release { token } => self.release(token, &self.requester(peer, sender)).await,
             Request::Associate { token, address } => {
                 self.associate(token, address, fd, &self.requester(peer, sender))

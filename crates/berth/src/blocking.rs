@@ -188,6 +188,11 @@ impl Client {
         self.rt.block_on(self.inner.list())
     }
 
+    /// See [`crate::Client::why`].
+    pub fn why(&self, protocol: Protocol, port: u16) -> Result<crate::PortReport, Error> {
+        self.rt.block_on(self.inner.why(protocol, port))
+    }
+
     /// See [`crate::Client::status`].
     pub fn status(&self) -> Result<StatusInfo, Error> {
         self.rt.block_on(self.inner.status())

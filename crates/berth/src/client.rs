@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::UnixStream;
 
 use berth_core::{Kind, Protocol, Token};
-use berth_protocol::{paths, Request, ReservationInfo, Response, StatusInfo};
+use berth_protocol::{paths, PortReport, Request, ReservationInfo, Response, StatusInfo};
 
 use crate::autostart::{self, Starter};
 use crate::connection::Connection;
@@ -284,6 +284,17 @@ impl Client {
     pub async fn list(&self) -> Result<Vec<ReservationInfo>, Error> {
         match self.conn.call(Request::List).await? {
             Response::List(list) => Ok(list),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Explains `port`: the reservation that covers it (owner, held, bound ports), the
+    /// sockets bound to it on the host with their processes (shown where the asker may see
+    /// them), whether it is in the pool, the ephemeral range or the kernel's reserved list.
+    /// Fails with [`Error::InvalidArgument`] for port 0.
+    pub async fn why(&self, protocol: Protocol, port: u16) -> Result<PortReport, Error> {
+        match self.conn.call(Request::Why { protocol, port }).await? {
+            Response::Why(report) => Ok(*report),
             other => Err(Error::unexpected(other)),
         }
     }

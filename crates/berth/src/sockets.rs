@@ -21,6 +21,11 @@ pub(crate) fn new_socket(protocol: Protocol, ip: IpAddr) -> Result<Socket, Error
     let socket = Socket::new(domain, ty, None).map_err(|e| {
         Error::NotSupported(format!("cannot create a {protocol} socket for {ip}: {e}"))
     })?;
+    if protocol == Protocol::Tcp {
+        // As std's TcpListener does: a server that restarts can bind its port again while
+        // connections of its previous run linger in TIME_WAIT.
+        let _ = socket.set_reuse_address(true);
+    }
     if ip.is_ipv6() && ip.is_unspecified() {
         // Best effort: some hosts force IPV6_V6ONLY; the socket then serves IPv6 only.
         let _ = socket.set_only_v6(false);

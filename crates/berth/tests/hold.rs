@@ -169,3 +169,38 @@ async fn an_ipv4_and_an_ipv6_only_socket_share_one_held_port_in_either_order() {
         block.release().await.unwrap();
     }
 }
+
+/// A server that closes its connections first leaves them in TIME_WAIT on its port; when it
+/// restarts, its 1-port reservation must let it listen again at once (held or not).
+#[tokio::test]
+async fn a_restarting_server_gets_its_only_port_back_despite_time_wait() {
+    let daemon = TestDaemon::start(44500, 44599);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    for held in [true, false] {
+        let block = if held {
+            client.acquire(Protocol::Tcp, 0, 1).await.unwrap()
+        } else {
+            client.acquire_unheld(Protocol::Tcp, 0, 1).await.unwrap()
+        };
+        let listener = block
+            .tcp_listener(Ipv4Addr::LOCALHOST.into())
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let peer = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        // The server closes first: its side of the connection, on `port`, goes to TIME_WAIT.
+        drop(served);
+        drop(listener);
+        drop(peer);
+        let again = block
+            .tcp_listener(Ipv4Addr::LOCALHOST.into())
+            .await
+            .unwrap_or_else(|e| panic!("held: {held}: {e}"));
+        assert_eq!(again.local_addr().unwrap().port(), port);
+        drop(again);
+        block.release().await.unwrap();
+    }
+}

@@ -5,6 +5,7 @@ mod daemon;
 mod persistent;
 mod query;
 mod run;
+mod why;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::List(args) => current_thread()?.block_on(query::list(args)),
         Command::Status(args) => current_thread()?.block_on(query::status(args)),
         Command::Release(args) => current_thread()?.block_on(query::release(args)),
+        Command::Why(args) => current_thread()?.block_on(why::run(args)),
         Command::Stop => current_thread()?.block_on(query::stop()),
         Command::Persistent(cmd) => current_thread()?.block_on(persistent::run(cmd)),
     }

@@ -1,13 +1,21 @@
-//! `why`: what the daemon knows about one port.
+//! `why`: what the daemon knows about one port; and the process named in a refusal over a
+//! port in use on the host. Both read sock_diag and `/proc` on a blocking thread: they run
+//! only when someone asks, never on the hot path.
 
-use berth_core::{ErrorKind, Protocol};
-use berth_protocol::{PortReport, Response};
+use std::collections::HashSet;
+
+use berth_core::{ErrorKind, Protocol, Requester};
+use berth_protocol::{
+    ErrorDetail, Holder as DetailHolder, OwnerInfo, PortReport, PortsDetail, Response, WireError,
+    MAX_SOCKETS_REPORTED,
+};
 
 use super::{error, info, now_ms, Peer, Shared};
+use crate::diag;
 use crate::kernel::reserved_ports;
 
 impl Shared {
-    pub(super) fn why(&self, protocol: Protocol, port: u16, peer: &Peer) -> Response {
+    pub(super) async fn why(&self, protocol: Protocol, port: u16, peer: &Peer) -> Response {
         if port == 0 {
             return error(
                 ErrorKind::InvalidArgument,
@@ -26,14 +34,147 @@ impl Shared {
         let kernel_reserved = reserved_ports::read(std::path::Path::new(reserved_ports::PATH))
             .map(|set| set.contains(port))
             .unwrap_or(false);
+        let berths = self.berth_socket_inodes();
+        let (viewer, is_admin) = (peer.owner.uid, peer.is_admin);
+        let sockets = tokio::task::spawn_blocking(move || {
+            diag::report(protocol, port, viewer, is_admin, &|inode| {
+                berths.contains(&inode)
+            })
+        })
+        .await;
+        let sockets = match sockets {
+            Ok(Ok(sockets)) => sockets,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot list the sockets on {protocol} port {port}: {e}");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!("the socket listing for {protocol} port {port} failed: {e}");
+                Vec::new()
+            }
+        };
         Response::Why(Box::new(PortReport {
             protocol,
             port,
             reservation,
-            sockets: Vec::new(),
+            sockets,
             in_pool,
             in_ephemeral_range: crate::config::ephemeral_pool().range().contains(port),
             kernel_reserved,
         }))
+    }
+
+    /// The inodes of the daemon's own hold sockets, which `why` marks `held_by_berth`.
+    fn berth_socket_inodes(&self) -> HashSet<u64> {
+        self.holds.inodes()
+    }
+
+    /// `response` as is, unless it refuses an acquire because a port is in use on the host:
+    /// then its message and detail name the process that has the port bound (pid, command,
+    /// socket state), where `asker` may see it (administrators and the same user).
+    pub(super) async fn name_port_user(&self, response: Response, asker: &Requester) -> Response {
+        let Response::Error(WireError {
+            kind: ErrorKind::Conflict,
+            message,
+            detail:
+                ErrorDetail::Ports(PortsDetail {
+                    protocol,
+                    start,
+                    count,
+                    port: Some(port),
+                    holder: None,
+                }),
+        }) = response
+        else {
+            return response;
+        };
+        let (uid, is_admin) = (asker.process.uid, asker.is_admin);
+        let user = tokio::task::spawn_blocking(move || port_user(protocol, port, uid, is_admin))
+            .await
+            .ok()
+            .flatten();
+        let (message, owner) = match user {
+            Some((said, owner)) => (describe_user(&message, &said), owner),
+            None => (message, None),
+        };
+        let detail = ErrorDetail::Ports(PortsDetail {
+            protocol,
+            start,
+            count,
+            port: Some(port),
+            holder: owner.map(|owner| DetailHolder {
+                token: None,
+                kind: None,
+                owner: Some(owner),
+            }),
+        });
+        Response::Error(WireError::new(ErrorKind::Conflict, message).with_detail(detail))
+    }
+}
+
+/// Who uses `port`, in words ("pid 4121 (nginx; LISTEN on 0.0.0.0:8080)"), and the process
+/// where the viewer may see it. `None` when no socket is found (it went away meanwhile).
+fn port_user(
+    protocol: Protocol,
+    port: u16,
+    viewer_uid: u32,
+    is_admin: bool,
+) -> Option<(String, Option<OwnerInfo>)> {
+    let sockets = diag::sockets_on(protocol, port, MAX_SOCKETS_REPORTED).ok()?;
+    let first = sockets.first()?;
+    let socket = format!("{} on {}", first.state_name(), first.local);
+    if sockets.iter().all(diag::Bound::is_time_wait) {
+        return Some((
+            format!("TIME_WAIT connections only ({socket}; they end within a minute, and a server that binds with SO_REUSEADDR may use the port now)"),
+            None,
+        ));
+    }
+    let live: Vec<&diag::Bound> = sockets.iter().filter(|s| s.inode != 0).collect();
+    let inodes: Vec<u64> = live.iter().map(|s| s.inode).collect();
+    let pids = diag::owners(&inodes);
+    let Some((bound, pid)) = live
+        .iter()
+        .find_map(|s| pids.get(&s.inode).map(|&pid| (*s, pid)))
+    else {
+        return Some((
+            format!("a socket ({socket}) of a process the daemon cannot see"),
+            None,
+        ));
+    };
+    let socket = format!("{} on {}", bound.state_name(), bound.local);
+    let Some(process) = diag::process(pid) else {
+        return Some((format!("a process that just exited ({socket})"), None));
+    };
+    match diag::shown(&process, viewer_uid, is_admin) {
+        Some(owner) => Some((
+            format!("pid {} ({}; {socket})", owner.pid, owner.command),
+            Some(owner),
+        )),
+        None => Some((format!("another user's process ({socket})"), None)),
+    }
+}
+
+/// The core's "in use by a socket on this host" message with the user named.
+fn describe_user(message: &str, user: &str) -> String {
+    const VAGUE: &str = "in use by a socket on this host";
+    if message.contains(VAGUE) {
+        message.replacen(VAGUE, &format!("in use on this host by {user}"), 1)
+    } else {
+        format!("{message} (in use by {user})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_user_in_the_core_message() {
+        let core = "tcp port 8080 (of the requested 8080) is in use by a socket on this host; choose another range";
+        assert_eq!(
+            describe_user(core, "pid 7 (nginx; LISTEN on 0.0.0.0:8080)"),
+            "tcp port 8080 (of the requested 8080) is in use on this host by pid 7 (nginx; LISTEN on 0.0.0.0:8080); choose another range"
+        );
+        assert_eq!(describe_user("other", "x"), "other (in use by x)");
     }
 }

@@ -1,0 +1,243 @@
+//! `berth why`: explains one port (`docs/cli.md` has the JSON; `docs/kernel.md` how to read
+//! it). One request; no daemon is started.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berth::{OwnerInfo, PortReport, SocketInfo};
+use serde::Serialize;
+
+use crate::cli::WhyArgs;
+use crate::connect;
+use crate::exit::Failure;
+use crate::output::{port_list, OwnerJson, ReservationJson};
+
+/// Asks the daemon about the port and prints its answer: exit 0 whenever a report was made,
+/// whatever it says.
+pub async fn run(args: WhyArgs) -> Result<ExitCode, Failure> {
+    let client = connect::existing().await?;
+    let report = client.why(args.protocol.protocol(), args.port).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&WhyJson::from(&report)).context("cannot render JSON")?
+        );
+    } else {
+        print!("{}", explain(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `berth why --json` (fields fixed in `docs/cli.md`).
+#[derive(Debug, Serialize)]
+struct WhyJson {
+    protocol: &'static str,
+    port: u16,
+    /// `"reserved"`, `"in_use"` (sockets bound, no reservation) or `"free"`.
+    status: &'static str,
+    reservation: Option<WhyReservationJson>,
+    sockets: Vec<SocketJson>,
+    in_pool: bool,
+    in_ephemeral_range: bool,
+    kernel_reserved: bool,
+}
+
+/// The reservation covering the port, as in `berth list --json`, plus whether its owner has
+/// bound this very port.
+#[derive(Debug, Serialize)]
+struct WhyReservationJson {
+    #[serde(flatten)]
+    reservation: ReservationJson,
+    port_bound: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct SocketJson {
+    local: String,
+    state: String,
+    owner: Option<OwnerJson>,
+    held_by_berth: bool,
+}
+
+impl From<&PortReport> for WhyJson {
+    fn from(r: &PortReport) -> Self {
+        WhyJson {
+            protocol: r.protocol.as_str(),
+            port: r.port,
+            status: status(r),
+            reservation: r.reservation.as_ref().map(|res| WhyReservationJson {
+                reservation: ReservationJson::from(res),
+                port_bound: res.bound.contains(&r.port),
+            }),
+            sockets: r
+                .sockets
+                .iter()
+                .map(|s| SocketJson {
+                    local: s.local.clone(),
+                    state: s.state.clone(),
+                    owner: s.owner.as_ref().map(owner_json),
+                    held_by_berth: s.held_by_berth,
+                })
+                .collect(),
+            in_pool: r.in_pool,
+            in_ephemeral_range: r.in_ephemeral_range,
+            kernel_reserved: r.kernel_reserved,
+        }
+    }
+}
+
+fn owner_json(o: &OwnerInfo) -> OwnerJson {
+    OwnerJson {
+        pid: o.pid,
+        uid: o.uid,
+        command: o.command.clone(),
+    }
+}
+
+fn status(r: &PortReport) -> &'static str {
+    if r.reservation.is_some() {
+        "reserved"
+    } else if r.sockets.is_empty() {
+        "free"
+    } else {
+        "in_use"
+    }
+}
+
+/// The report for people: a verdict, then one line per fact.
+fn explain(r: &PortReport) -> String {
+    let mut out = String::new();
+    let verdict = match &r.reservation {
+        Some(res) if res.bound.contains(&r.port) => "reserved, and bound by its owner".to_owned(),
+        Some(res) if res.held => "reserved, held by berth until its owner binds it".to_owned(),
+        Some(_) => "reserved, not bound by its owner".to_owned(),
+        None if r.sockets.is_empty() => "free".to_owned(),
+        None => format!(
+            "not reserved, but in use ({})",
+            plural(r.sockets.len(), "socket")
+        ),
+    };
+    let _ = writeln!(out, "{} port {}: {verdict}", r.protocol, r.port);
+    if let Some(res) = &r.reservation {
+        let owner = res
+            .owner
+            .as_ref()
+            .map_or_else(|| "owner not shown".to_owned(), process);
+        let _ = writeln!(
+            out,
+            "  reservation  {} {} {} {}, {owner}",
+            res.token,
+            res.kind.as_str(),
+            res.protocol,
+            res.range,
+        );
+        let _ = writeln!(
+            out,
+            "               held: {}; bound by its owner: {}",
+            if res.held { "yes" } else { "no" },
+            port_list(&res.bound)
+        );
+    }
+    for s in &r.sockets {
+        let _ = writeln!(out, "  socket       {}", socket(s));
+    }
+    let _ = writeln!(
+        out,
+        "  pool         {}",
+        if r.in_pool {
+            "in the daemon's wildcard pool"
+        } else {
+            "outside the daemon's wildcard pool"
+        }
+    );
+    let ephemeral = match (r.in_ephemeral_range, r.kernel_reserved) {
+        (true, true) => {
+            "in the ephemeral range, listed in ip_local_reserved_ports (hidden from automatic assignment)"
+        }
+        (true, false) => {
+            "in the ephemeral range, not listed in ip_local_reserved_ports: any connect() or bind(0) may be given it"
+        }
+        (false, true) => "outside the ephemeral range; listed in ip_local_reserved_ports",
+        (false, false) => "outside the ephemeral range",
+    };
+    let _ = writeln!(out, "  kernel       {ephemeral}");
+    out
+}
+
+/// `LISTEN 0.0.0.0:8080  pid 4121 (nginx, uid 1000)`.
+fn socket(s: &SocketInfo) -> String {
+    let who = match (&s.owner, s.held_by_berth) {
+        (_, true) => "berth's hold socket".to_owned(),
+        (Some(o), false) => process(o),
+        (None, false) if s.state == "TIME_WAIT" => "no process (a closed connection)".to_owned(),
+        (None, false) => {
+            "a process not shown (another user's, or not visible to the daemon)".to_owned()
+        }
+    };
+    format!("{:<11} {:<22} {who}", s.state, s.local)
+}
+
+fn process(o: &OwnerInfo) -> String {
+    format!("pid {} ({}, uid {})", o.pid, o.command, o.uid)
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth::Protocol;
+
+    fn report() -> PortReport {
+        PortReport {
+            protocol: Protocol::Tcp,
+            port: 8080,
+            reservation: None,
+            sockets: Vec::new(),
+            in_pool: false,
+            in_ephemeral_range: true,
+            kernel_reserved: false,
+        }
+    }
+
+    #[test]
+    fn a_free_port_says_so_and_warns_about_the_ephemeral_range() {
+        let text = explain(&report());
+        assert!(text.starts_with("tcp port 8080: free\n"), "{text}");
+        assert!(text.contains("any connect()"), "{text}");
+        assert_eq!(status(&report()), "free");
+    }
+
+    #[test]
+    fn sockets_name_their_process() {
+        let mut r = report();
+        r.sockets.push(SocketInfo {
+            local: "0.0.0.0:8080".into(),
+            state: "LISTEN".into(),
+            owner: Some(OwnerInfo {
+                pid: 4121,
+                uid: 1000,
+                command: "nginx".into(),
+            }),
+            held_by_berth: false,
+        });
+        r.sockets.push(SocketInfo {
+            local: "127.0.0.1:8080".into(),
+            state: "TIME_WAIT".into(),
+            owner: None,
+            held_by_berth: false,
+        });
+        let text = explain(&r);
+        assert!(text.contains("in use (2 sockets)"), "{text}");
+        assert!(text.contains("pid 4121 (nginx, uid 1000)"), "{text}");
+        assert!(text.contains("a closed connection"), "{text}");
+        assert_eq!(status(&r), "in_use");
+    }
+}
