@@ -112,6 +112,23 @@ impl Client {
         })
     }
 
+    /// See [`crate::Client::acquire_with`].
+    pub fn acquire_with(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        hold: bool,
+    ) -> Result<Reservation, Error> {
+        let inner = self
+            .rt
+            .block_on(self.inner.acquire_with(protocol, start, count, hold))?;
+        Ok(Reservation {
+            inner: Some(inner),
+            rt: self.rt.clone(),
+        })
+    }
+
     /// See [`crate::Client::associate`].
     pub fn associate(
         &self,

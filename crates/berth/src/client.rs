@@ -235,6 +235,30 @@ impl Client {
         }
     }
 
+    /// [`Client::acquire`] saying whether the daemon holds the block: with `hold`, every port
+    /// its owner has not bound (through [`Reservation::bind`] and friends) is kept bound by the
+    /// daemon, so that other programs' explicit binds to it fail; without, the ports are only
+    /// hidden from automatic assignment and the owner binds them by number
+    /// ([`Request::AcquireWith`]).
+    pub async fn acquire_with(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        hold: bool,
+    ) -> Result<Reservation, Error> {
+        let request = Request::AcquireWith {
+            protocol,
+            start,
+            count,
+            hold,
+        };
+        match self.conn.call(request).await? {
+            Response::Acquired(info) => Ok(Reservation::new(self.clone(), info)),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
     /// Releases the reservation named `token`. Allowed to the process that acquired it and to
     /// administrators; anyone else gets [`Error::PermissionDenied`].
     pub async fn release(&self, token: Token) -> Result<ReservationInfo, Error> {
