@@ -28,6 +28,10 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Reserve ports, run a command with them in its environment, release them when it exits.
     Run(RunArgs),
+    /// The last step of `berth run --listen` (internal): moves the sockets to 3, 4, …, sets
+    /// LISTEN_PID to its own pid and execs the command.
+    #[command(name = "__listen-exec", hide = true)]
+    ListenExec(ListenExecArgs),
     /// List live reservations.
     List(JsonArg),
     /// Release a reservation by its token.
@@ -187,6 +191,26 @@ pub struct RunArgs {
     /// Print the reservations as JSON on stderr before running the command.
     #[arg(long)]
     pub json: bool,
+    /// Pass the ports as sockets already bound, the systemd way: descriptors 3, 4, … (TCP
+    /// listening, then UDP), LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES (tcp-PORT:…). The ports
+    /// are held: nobody else can bind them, before or while the command runs.
+    #[arg(long)]
+    pub listen: bool,
+    /// The address the --listen sockets are bound to [default: :: (dual-stack) where the host
+    /// has IPv6, else 0.0.0.0].
+    #[arg(long, value_name = "IP", requires = "listen")]
+    pub listen_address: Option<std::net::IpAddr>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `berth __listen-exec` (hidden; run by `berth run --listen` only).
+#[derive(Debug, Args)]
+pub struct ListenExecArgs {
+    /// The inherited sockets, in the order the command gets them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub fds: Vec<i32>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -234,7 +258,10 @@ mod tests {
     #[test]
     fn help_lists_every_command() {
         let help = Cli::command().render_help().to_string();
-        for sub in Cli::command().get_subcommands() {
+        for sub in Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+        {
             assert!(
                 help.contains(sub.get_name()),
                 "{} missing: {help}",
