@@ -28,10 +28,6 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Reserve ports, run a command with them in its environment, release them when it exits.
     Run(RunArgs),
-    /// The last step of `berth run --listen` (internal): moves the sockets to 3, 4, …, sets
-    /// LISTEN_PID to its own pid and execs the command.
-    #[command(name = "__listen-exec", hide = true)]
-    ListenExec(ListenExecArgs),
     /// List live reservations.
     List(JsonArg),
     /// Release a reservation by its token.
@@ -205,17 +201,6 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// `berth __listen-exec` (hidden; run by `berth run --listen` only).
-#[derive(Debug, Args)]
-pub struct ListenExecArgs {
-    /// The inherited sockets, in the order the command gets them.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub fds: Vec<i32>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
-    pub command: Vec<OsString>,
-}
-
 /// `--json` alone.
 #[derive(Debug, Args)]
 pub struct JsonArg {
@@ -258,10 +243,7 @@ mod tests {
     #[test]
     fn help_lists_every_command() {
         let help = Cli::command().render_help().to_string();
-        for sub in Cli::command()
-            .get_subcommands()
-            .filter(|s| !s.is_hide_set())
-        {
+        for sub in Cli::command().get_subcommands() {
             assert!(
                 help.contains(sub.get_name()),
                 "{} missing: {help}",
@@ -288,5 +270,37 @@ mod tests {
         };
         assert_eq!((run.tcp, run.udp, run.start), (Some(2), Some(1), None));
         assert_eq!(run.command.len(), 3);
+    }
+
+    #[test]
+    fn run_listen_takes_an_address_only_with_listen() {
+        let args = [
+            "berth",
+            "run",
+            "--listen-address",
+            "::1",
+            "--tcp",
+            "1",
+            "--",
+            "x",
+        ];
+        assert!(Cli::try_parse_from(args).is_err());
+        let cli = Cli::try_parse_from([
+            "berth",
+            "run",
+            "--listen",
+            "--listen-address",
+            "127.0.0.1",
+            "--tcp",
+            "1",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert!(run.listen);
+        assert_eq!(run.listen_address, Some([127, 0, 0, 1].into()));
     }
 }

@@ -4,6 +4,12 @@
 //! Each test runs its own daemon (kernel sync off, an authority beacon of its own) on its own
 //! pool of this file's range, 24600-24699. Every wait has a deadline; nothing sleeps.
 
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test: stopping loudly on a broken expectation is the point"
+)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -28,11 +28,40 @@ use berth::{Protocol, Reservation};
 use rustix::io::FdFlags;
 use rustix::net::{AddressFamily, SocketType};
 
-use crate::cli::ListenExecArgs;
 use crate::exit::{self, Failure};
 
-/// The hidden subcommand that [`Sockets::command`] runs.
+/// The first argument that makes `berth` the step [`Sockets::command`] runs. Recognised
+/// before the command line is parsed, so that it appears in no help and no completion.
 pub const EXEC_STEP: &str = "__listen-exec";
+
+/// `berth __listen-exec --fds A,B,… -- CMD ARGS…`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "berth __listen-exec",
+    about = "The last step of `berth run --listen`"
+)]
+pub struct ExecArgs {
+    /// The inherited sockets, in the order the command gets them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub fds: Vec<i32>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Runs [`exec`] when this process is that step; `None` otherwise.
+pub fn step() -> Option<ExitCode> {
+    let mut argv = std::env::args_os();
+    let berth = argv.next()?;
+    if argv.next()? != EXEC_STEP {
+        return None;
+    }
+    let args = <ExecArgs as clap::Parser>::parse_from(std::iter::once(berth).chain(argv));
+    Some(exec(args).unwrap_or_else(|failure| {
+        eprintln!("berth: {failure}");
+        failure.exit_code()
+    }))
+}
 
 /// The first passed descriptor (`SD_LISTEN_FDS_START`).
 const FIRST_FD: RawFd = 3;
@@ -201,7 +230,7 @@ fn new_socket(protocol: Protocol, ip: IpAddr) -> Result<OwnedFd, Failure> {
 /// The hidden `berth __listen-exec --fds A,B,… -- CMD ARGS…`, run by [`Sockets::command`]:
 /// moves the inherited sockets `A, B, …` to 3, 4, …, sets `LISTEN_PID` to this process's pid
 /// and execs the command, which keeps the pid. Returns only when the exec fails (126, 127).
-pub fn exec(args: ListenExecArgs) -> Result<ExitCode, Failure> {
+pub fn exec(args: ExecArgs) -> Result<ExitCode, Failure> {
     let count = args.fds.len();
     let announced = std::env::var("LISTEN_FDS").ok();
     if announced.as_deref() != Some(count.to_string().as_str()) {
@@ -319,4 +348,17 @@ pub fn names_len(blocks: &[(&str, u16, usize)]) -> usize {
         .map(|&(protocol, count, list)| (protocol.len() + 1) * usize::from(count) + list)
         .collect();
     parts.iter().sum::<usize>() + parts.len().saturating_sub(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_len_is_the_length_of_the_names() {
+        // tcp 8080-8081 and udp 9998-10000: the `a,b` lists are 9 and 15 bytes long.
+        let len = names_len(&[("tcp", 2, 9), ("udp", 3, 15)]);
+        assert_eq!(len, "tcp-8080:tcp-8081:udp-9998:udp-9999:udp-10000".len());
+        assert_eq!(names_len(&[("udp", 1, 4)]), "udp-8080".len());
+    }
 }

@@ -2,7 +2,7 @@
 
 mod completions;
 mod daemon;
-mod listen;
+pub mod listen;
 mod persistent;
 mod query;
 mod run;
@@ -18,7 +18,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Daemon(args) => daemon::run(args),
         Command::Completions(args) => completions::run(args),
         Command::Run(args) => current_thread()?.block_on(run::run(args)),
-        Command::ListenExec(args) => listen::exec(args),
         Command::List(args) => current_thread()?.block_on(query::list(args)),
         Command::Status(args) => current_thread()?.block_on(query::status(args)),
         Command::Release(args) => current_thread()?.block_on(query::release(args)),

@@ -45,9 +45,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let Some((program, rest)) = args.command.split_first() else {
         return Err(anyhow::anyhow!("no command given after --").into());
     };
-    let sockets = match args.listen {
-        true => Some(Sockets::bind(tcp.as_ref(), udp.as_ref(), args.listen_address).await?),
-        false => None,
+    let sockets = if args.listen {
+        Some(Sockets::bind(tcp.as_ref(), udp.as_ref(), args.listen_address).await?)
+    } else {
+        None
     };
     let mut command = match &sockets {
         Some(sockets) => sockets.command(program, rest)?,
