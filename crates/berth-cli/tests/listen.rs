@@ -284,6 +284,10 @@ fn a_socket_activated_server_serves_on_the_passed_sockets() {
         assert!(r.held, "a --listen reservation is held: {r:?}");
         let owner = r.owner.as_ref().expect("an owner");
         assert_eq!(owner.pid, pid, "handed to the command itself: {r:?}");
+        assert!(
+            owner.command.starts_with("python"),
+            "handed over once the command runs, not berth's exec step: {r:?}"
+        );
     }
     let tcp = list
         .iter()
@@ -488,7 +492,15 @@ fn a_command_that_cannot_be_run_exits_127_and_frees_its_ports() {
 #[test]
 fn the_exec_step_is_not_a_command_of_its_own() {
     let out = Command::new(BERTH)
-        .args(["__listen-exec", "--fds", "9", "--", "true"])
+        .args([
+            "__listen-exec",
+            "--fds",
+            "9",
+            "--exec-fd",
+            "10",
+            "--",
+            "true",
+        ])
         .env_remove("LISTEN_FDS")
         .output()
         .expect("run berth");

@@ -34,7 +34,7 @@ use crate::exit::{self, Failure};
 /// before the command line is parsed, so that it appears in no help and no completion.
 pub const EXEC_STEP: &str = "__listen-exec";
 
-/// `berth __listen-exec --fds A,B,… -- CMD ARGS…`.
+/// `berth __listen-exec --fds A,B,… --exec-fd E -- CMD ARGS…`.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "berth __listen-exec",
@@ -44,6 +44,10 @@ pub struct ExecArgs {
     /// The inherited sockets, in the order the command gets them.
     #[arg(long, value_delimiter = ',', required = true)]
     pub fds: Vec<i32>,
+    /// The write end of a pipe, open until the command's exec (then closed by it): `berth
+    /// run` reads its end-of-file to know that the command runs.
+    #[arg(long)]
+    pub exec_fd: i32,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -74,6 +78,29 @@ pub struct Sockets {
     passed: Vec<(Protocol, u16, OwnedFd)>,
 }
 
+/// Tells when the command itself runs, not the step before it: the step inherits the write end
+/// of a pipe and marks it close-on-exec, so its exec (or its exit) ends the pipe.
+pub struct Started {
+    read: OwnedFd,
+    /// Above the passed numbers, like the sockets; ours is dropped once the spawn returned.
+    write: OwnedFd,
+}
+
+impl Started {
+    /// Waits until the step has exec'd the command or ended. Then the command's pid names the
+    /// command — its `/proc/PID/comm` is the command's, as the daemon records it when the
+    /// reservation is handed over — and no longer `berth`.
+    pub async fn exec_done(self) {
+        drop(self.write);
+        let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(self.read) else {
+            return;
+        };
+        let mut buf = [0u8; 16];
+        // The step writes nothing: end-of-file or an error, and done.
+        while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut pipe, &mut buf).await {}
+    }
+}
+
 impl Sockets {
     /// One socket per port of `tcp` and `udp`, on `address` (default: `[::]` dual-stack
     /// where the host has IPv6, else `0.0.0.0`), bound through the daemon; TCP sockets
@@ -86,7 +113,7 @@ impl Sockets {
         let ip = address.unwrap_or_else(default_address);
         let total =
             tcp.map_or(0, Reservation::count) as usize + udp.map_or(0, Reservation::count) as usize;
-        let floor = FIRST_FD + RawFd::try_from(total).unwrap_or(RawFd::MAX - FIRST_FD);
+        let floor = floor(total);
         let mut passed = Vec::with_capacity(total);
         for r in [tcp, udp].into_iter().flatten() {
             let mut these = Vec::with_capacity(usize::from(r.count()));
@@ -130,10 +157,15 @@ impl Sockets {
         &self,
         program: &OsString,
         rest: &[OsString],
-    ) -> Result<tokio::process::Command, Failure> {
+    ) -> Result<(tokio::process::Command, Started), Failure> {
         let exe = std::env::current_exe()
             .map_err(|e| anyhow::anyhow!("cannot find the berth executable: {e}"))?;
-        let raws: Vec<RawFd> = self
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .and_then(|(read, write)| {
+                Ok((read, rustix::io::fcntl_dupfd_cloexec(&write, self.floor())?))
+            })
+            .map_err(|e| anyhow::anyhow!("cannot make a pipe: {e}"))?;
+        let mut raws: Vec<RawFd> = self
             .passed
             .iter()
             .map(|(_, _, fd)| fd.as_raw_fd())
@@ -143,11 +175,14 @@ impl Sockets {
             .map(RawFd::to_string)
             .collect::<Vec<_>>()
             .join(",");
+        raws.push(write.as_raw_fd());
         let mut command = tokio::process::Command::new(exe);
         command
             .arg(EXEC_STEP)
             .arg("--fds")
             .arg(list)
+            .arg("--exec-fd")
+            .arg(write.as_raw_fd().to_string())
             .arg("--")
             .arg(program)
             .args(rest)
@@ -156,7 +191,12 @@ impl Sockets {
             // Set by the step, to its own pid; a stale one must not reach it meanwhile.
             .env_remove("LISTEN_PID");
         keep_only(&mut command, raws);
-        Ok(command)
+        Ok((command, Started { read, write }))
+    }
+
+    /// The lowest number a descriptor kept for the step may have.
+    fn floor(&self) -> RawFd {
+        floor(self.passed.len())
     }
 }
 
@@ -239,10 +279,10 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, Failure> {
         )
         .into());
     }
-    let floor = FIRST_FD + RawFd::try_from(count).unwrap_or(RawFd::MAX - FIRST_FD);
-    let mut sources = Vec::with_capacity(count);
-    for &raw in &args.fds {
-        if raw < floor || !is_open(raw) || sources.iter().any(|s: &OwnedFd| s.as_raw_fd() == raw) {
+    let floor = floor(count);
+    let mut taken: Vec<OwnedFd> = Vec::with_capacity(count + 1);
+    for &raw in args.fds.iter().chain([&args.exec_fd]) {
+        if raw < floor || !is_open(raw) || taken.iter().any(|s| s.as_raw_fd() == raw) {
             return Err(anyhow::anyhow!("{EXEC_STEP}: descriptor {raw} was not passed").into());
         }
         // SAFETY: `berth run` passed `raw` open, to this process only, and nothing here has
@@ -251,8 +291,15 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, Failure> {
             unsafe_code,
             reason = "taking ownership of a descriptor inherited by number"
         )]
-        sources.push(unsafe { OwnedFd::from_raw_fd(raw) });
+        taken.push(unsafe { OwnedFd::from_raw_fd(raw) });
     }
+    // Open until the exec, which closes it: `berth run` then knows the command runs.
+    let exec_fd = taken.pop();
+    if let Some(fd) = &exec_fd {
+        rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC)
+            .map_err(|e| anyhow::anyhow!("{EXEC_STEP}: cannot mark the exec pipe: {e}"))?;
+    }
+    let sources = taken;
     // Nothing but 0, 1, 2 and the sources (all above `floor`) is open here, so each
     // duplicate gets the lowest free number from 3: 3, 4, … in order.
     let mut passed = Vec::with_capacity(count);
@@ -285,8 +332,9 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, Failure> {
         .args(rest)
         .env("LISTEN_PID", pid.to_string())
         .exec();
-    // Only reached when the exec failed; `passed` is open until here.
+    // Only reached when the exec failed; `passed` and the pipe are open until here.
     drop(passed);
+    drop(exec_fd);
     let code = if error.kind() == std::io::ErrorKind::NotFound {
         exit::COMMAND_NOT_FOUND
     } else {
@@ -296,6 +344,12 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, Failure> {
         code,
         message: format!("cannot run {:?}: {error}", program.to_string_lossy()),
     })
+}
+
+/// The lowest number a descriptor kept for the step may have when `count` sockets are passed:
+/// above `3..3 + count`, the numbers they move to.
+fn floor(count: usize) -> RawFd {
+    FIRST_FD.saturating_add(RawFd::try_from(count).unwrap_or(RawFd::MAX))
 }
 
 /// Whether descriptor `raw` is open in this process.

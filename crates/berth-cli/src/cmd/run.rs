@@ -50,12 +50,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     } else {
         None
     };
-    let mut command = match &sockets {
-        Some(sockets) => sockets.command(program, rest)?,
+    let (mut command, started) = match &sockets {
+        Some(sockets) => {
+            let (command, started) = sockets.command(program, rest)?;
+            (command, Some(started))
+        }
         None => {
             let mut command = tokio::process::Command::new(program);
             command.args(rest);
-            command
+            (command, None)
         }
     };
     if let Some(r) = &tcp {
@@ -99,6 +102,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let pid = child.id();
     if let Some(pid) = pid {
         forward_signals(signals, pid);
+        if let Some(started) = started {
+            // With --listen the pid is berth's exec step until it has exec'd the command;
+            // handed over after that, the reservations name the command, not `berth`.
+            started.exec_done().await;
+        }
         // The command owns its ports from now on: they stay reserved while it runs, even if
         // this process is killed, and end when it ends (docs/decisions.md, "Lifetime of
         // `berth run` reservations"). A daemon that cannot take them over leaves them in this
