@@ -149,7 +149,8 @@ impl Sockets {
             .join(":")
     }
 
-    /// `berth __listen-exec --fds … -- CMD ARGS…` with `LISTEN_FDS` and `LISTEN_FDNAMES` set.
+    /// `berth __listen-exec --fds … --exec-fd … -- CMD ARGS…` with `LISTEN_FDS` and
+    /// `LISTEN_FDNAMES` set, and the [`Started`] that tells when the command runs.
     /// Between fork and exec, every descriptor from 3 up is marked close-on-exec except the
     /// sockets, so that the step — and the command — inherits nothing else of ours (nor of
     /// our caller's: the command gets exactly 0, 1, 2 and its sockets, as under systemd).

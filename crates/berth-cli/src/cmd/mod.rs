@@ -1,4 +1,5 @@
-//! One module per subcommand; [`dispatch`] picks the runtime each needs.
+//! One module per subcommand; [`dispatch`] picks the runtime each needs. [`listen`] makes the
+//! sockets of `berth run --listen` and is the step that passes them to its command.
 
 mod completions;
 mod daemon;
