@@ -78,6 +78,11 @@ pub struct StatusJson {
     pub udp_ports: u32,
     /// Open client connections.
     pub sessions: u32,
+    /// Whether the daemon keeps `net.ipv4.ip_local_reserved_ports` (its reservations are then
+    /// hidden from other programs' `bind(0)` and `connect()`).
+    pub kernel_sync: bool,
+    /// Why it does not, when it does not (`null` when it does).
+    pub kernel_sync_off_because: Option<String>,
 }
 
 impl From<&StatusInfo> for StatusJson {
@@ -94,6 +99,8 @@ impl From<&StatusInfo> for StatusJson {
             tcp_ports: s.tcp_ports,
             udp_ports: s.udp_ports,
             sessions: s.sessions,
+            kernel_sync: s.kernel_sync,
+            kernel_sync_off_because: (!s.kernel_sync).then(|| s.kernel_sync_off_because.clone()),
         }
     }
 }

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `concurrent_runs_get_disjoint_blocks` | 20000-20299 | — |
 //! | `overlapping_start_names_the_holder` | 20400-20419 | 20450-20459 |
-//! | `sigkill_of_run_frees_its_block` | 20500-20519 | 20550-20559 |
+//! | `sigkill_of_run_keeps_the_block_while_its_command_runs` | 20500-20519 | 20550-20559 |
 //! | `exit_status_and_environment_reach_the_caller` | 20600-20699 | — |
 //! | `list_status_release_and_their_errors` | 20700-20719 | 20750-20752 |
 //! | `messages_say_what_is_true` | 20800-20809 | — |
@@ -26,7 +26,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde_json::Value;
-use support::{poll_until, ports, row_at, run_sh, Berth, Daemon, BERTH};
+use support::{is_gone, poll_until, ports, row_at, run_sh, Berth, Daemon, BERTH};
 
 /// Asserts `ports` are `count` consecutive ports inside `lo..=hi`.
 #[track_caller]
@@ -82,7 +82,12 @@ fn concurrent_runs_get_disjoint_blocks() {
         "blocks overlap: {pa:?} and {pb:?}"
     );
 
-    // Both are held, each by its own `berth run`.
+    // Both are held, each by the command its own `berth run` started (and handed it to).
+    for (proc, block) in [(&a, &pa), (&b, &pb)] {
+        let command = proc.command_pid();
+        assert_ne!(command, proc.pid());
+        d.owned_by(block[0], command);
+    }
     let list = d.list();
     assert_eq!(list.len(), 2, "{list:?}");
     for (proc, block) in [(&a, &pa), (&b, &pb)] {
@@ -90,7 +95,8 @@ fn concurrent_runs_get_disjoint_blocks() {
         check_row(row);
         assert_eq!(row["protocol"], "tcp");
         assert_eq!(row["count"], 100);
-        assert_eq!(row["owner"]["pid"], proc.pid());
+        assert_eq!(row["owner"]["pid"], proc.command_pid());
+        assert_eq!(row["owner"]["command"], "sh", "{row}");
     }
 
     a.send_line("done");
@@ -111,18 +117,22 @@ fn overlapping_start_names_the_holder() {
     )
     .spawn();
     assert_eq!(holder.next_line(), "ready");
+    // Held by the command `berth run` started: the holder a conflict names.
+    let command = holder.command_pid();
+    d.owned_by(20450, command);
     let list = d.list();
     assert_eq!(list.len(), 1, "{list:?}");
     let token = check_row(&list[0]);
     assert_eq!(list[0]["start"], 20450);
     assert_eq!(list[0]["count"], 10);
-    assert_eq!(list[0]["owner"]["pid"], holder.pid());
+    assert_eq!(list[0]["owner"]["pid"], command);
+    assert_eq!(list[0]["owner"]["command"], "sh");
 
     let out = d
         .berth(["run", "--tcp", "5", "--start", "20455", "--", "true"])
         .output();
     out.code(12)
-        .says(&[&token, &format!("pid {} (", holder.pid()), "20450-20459"]);
+        .says(&[&token, &format!("pid {command} (sh, "), "20450-20459"]);
     // The failed attempt changed nothing.
     assert_eq!(d.list().len(), 1);
 
@@ -131,7 +141,7 @@ fn overlapping_start_names_the_holder() {
 }
 
 #[test]
-fn sigkill_of_run_frees_its_block() {
+fn sigkill_of_run_keeps_the_block_while_its_command_runs() {
     let d = Daemon::start("20500-20519");
     let mut victim = run_sh(
         &d,
@@ -140,13 +150,27 @@ fn sigkill_of_run_frees_its_block() {
     )
     .spawn();
     assert_eq!(victim.next_line(), "ready");
-    assert!(row_at(&d.list(), 20550).is_some());
+    let command = victim.command_pid();
+    d.owned_by(20550, command);
 
     let status = victim.kill();
     assert!(!status.success());
-    // The orphaned `sh` reads our pipe: closing it lets that child end too.
+    // The command, re-parented, still runs on its ports: they stay its own.
+    assert!(
+        !is_gone(command),
+        "the command (pid {command}) ended with berth run"
+    );
+    let list = d.list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["start"], 20550, "{list:?}");
+    assert_eq!(list[0]["owner"]["pid"], command, "{list:?}");
+    d.berth(["run", "--tcp", "1", "--start", "20555", "--", "true"])
+        .output()
+        .code(12)
+        .says(&[&format!("pid {command} (sh, ")]);
+    // The orphaned `sh` reads our pipe: closing it ends it, and its ports are freed.
     victim.close_stdin();
-    poll_until("the killed berth run's block is freed", || {
+    poll_until("the command's block is freed once it ended", || {
         row_at(&d.list(), 20550).is_none().then_some(())
     });
     d.berth(["run", "--tcp", "10", "--start", "20550", "--", "true"])
@@ -436,6 +460,8 @@ fn list_status_release_and_their_errors() {
     )
     .spawn();
     assert_eq!(holder.next_line(), "ready");
+    let command = holder.command_pid();
+    d.owned_by(20750, command);
     let list = d.list();
     assert_eq!(list.len(), 1, "{list:?}");
     let token = check_row(&list[0]);
@@ -457,9 +483,10 @@ fn list_status_release_and_their_errors() {
             "20750-20752",
             "3",
             "runtime",
-            &holder.pid().to_string()
+            &command.to_string()
         ]
     );
+    assert_eq!(row.get(6), Some(&"sh"), "{table}");
     assert_eq!(lines.next(), None, "{table}");
 
     let status = d.status();
@@ -496,7 +523,7 @@ fn list_status_release_and_their_errors() {
     .args(["release", &token])
     .output()
     .code(16)
-    .says(&[&token, &format!("pid {} (", holder.pid())]);
+    .says(&[&token, &format!("pid {command} (")]);
     assert_eq!(d.list().len(), 1);
 
     // An administrator may.

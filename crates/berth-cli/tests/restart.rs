@@ -1,20 +1,24 @@
-//! Runtime reservations across a daemon restart (docs/persistent.md): a daemon is
-//! SIGKILLed (or stopped with SIGTERM) and a new one started on the same socket and database;
-//! reservations whose owner still runs are held for it to re-claim, those of owners that are
-//! gone are freed at once, and those not re-claimed within the grace period are freed then.
+//! Runtime reservations across a daemon restart (docs/persistent.md, docs/decisions.md): a
+//! daemon is SIGKILLed (or stopped with SIGTERM) and a new one started on the same socket and
+//! database.
 //!
-//! A held reservation is listed with its journaled owner before it is re-claimed too, so the
-//! re-claim itself is seen in the daemon's log ("… re-claimed by pid N").
+//! `berth run` hands its reservations to the command it starts (docs/cli.md): they are bound to
+//! that process, so a restarted daemon gives them back to it at once — same token, ports and
+//! owner, no re-claim — keeps them past the grace period, and frees them when the command
+//! ends; those of commands that ended while the daemon was down are freed at start-up. A
+//! client-library session's reservation is held for its owner to re-claim, and freed at the
+//! end of the grace period when nobody does: [`Unclaimed`] holds one that is never re-claimed,
+//! which also shows, through the CLI, when the grace period is over.
 //!
 //! Tests run in parallel, so each uses its own daemon, its own pool and its own ports, all in
 //! 22000-22999 (below the host's ephemeral range, apart from the other test files):
 //!
 //! | test | pool | specific ports |
 //! |---|---|---|
-//! | `held_reservations_survive_a_crash_of_the_daemon` | 22000-22099 | 22500-22504, 22600-22601 |
-//! | `a_reservation_not_reclaimed_is_freed_after_the_grace_period` | 22100-22109 | 22700-22703 |
+//! | `held_reservations_survive_a_crash_of_the_daemon` | 22000-22099 | 22500-22504, 22600-22601, 22650 |
+//! | `an_ended_command_is_freed_at_start_up_an_unclaimed_block_after_the_grace_period` | 22100-22109 | 22700-22703, 22750-22751 |
 //! | `the_rust_client_reclaims_across_a_restart` | 22200-22209 | — |
-//! | `held_reservations_survive_a_clean_restart` | 22300-22309 | 22800-22801 |
+//! | `held_reservations_survive_a_clean_restart` | 22300-22309 | 22800-22801, 22850 |
 //! | `a_run_whose_ports_are_lost_says_so_and_stops_its_command` | 22400-22409 | — |
 
 #![expect(
@@ -27,10 +31,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use berth::Protocol;
+use berth::{Options, Protocol};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::Value;
-use support::{poll_until, ports, row_at, run_sh, Daemon};
+use support::{is_gone, poll_until, ports, row_at, run_sh, Daemon, Proc};
 
 /// What a runtime reservation looked like before the restart.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,18 +46,21 @@ struct Held {
 }
 
 impl Held {
-    /// The TCP row of `list` starting at `start`, owned by `pid`.
+    /// The TCP reservation starting at `start` that `run` (a `berth run`) handed to the command
+    /// it started, once the daemon lists it as that command's.
     #[track_caller]
-    fn from_list(list: &[Value], start: u16, pid: u32) -> Held {
-        let row = row_at(list, start).unwrap_or_else(|| panic!("no row at {start}: {list:?}"));
+    fn handed_over(d: &Daemon, start: u16, run: &Proc) -> Held {
+        let command = run.command_pid();
+        assert_ne!(command, run.pid(), "berth run is not its own command");
+        let row = d.owned_by(start, command);
         assert_eq!(row["kind"], "runtime", "{row}");
         assert_eq!(row["protocol"], "tcp", "{row}");
-        assert_eq!(row["owner"]["pid"], pid, "{row}");
+        assert_eq!(row["owner"]["command"], "sh", "{row}");
         Held {
             token: row["token"].as_str().expect("a token").to_owned(),
             start,
             count: u16::try_from(row["count"].as_u64().expect("a count")).expect("a count"),
-            pid,
+            pid: command,
         }
     }
 
@@ -69,18 +76,97 @@ impl Held {
     }
 }
 
-/// How many times the daemons' log says `pid` re-claimed `token` (not that it did not).
-fn reclaims(d: &Daemon, token: &str, pid: u32) -> usize {
-    let claim = format!("re-claimed by pid {pid}");
-    d.log()
-        .lines()
-        .filter(|l| l.contains(token) && l.contains(&claim) && !l.contains("not re-claimed"))
-        .count()
+/// A block this test process holds through the client library, on a client that gives up at
+/// once when its daemon goes away (a reconnection window of zero): it is never re-claimed, so
+/// a restarted daemon holds it for this (live) process until the grace period ends, then
+/// frees it ("not re-claimed after the restart") — the end of the grace period, seen through
+/// the CLI.
+struct Unclaimed {
+    // Before the client: dropped first.
+    reservation: berth::blocking::Reservation,
+    _client: berth::blocking::Client,
+    token: String,
+    start: u16,
 }
 
-/// Whether the daemons' log says `pid` re-claimed `token`.
-fn reclaimed(d: &Daemon, token: &str, pid: u32) -> bool {
-    reclaims(d, token, pid) > 0
+impl Unclaimed {
+    /// Acquires `start..start+count-1` (TCP) from `d`.
+    fn hold(d: &Daemon, start: u16, count: u16) -> Unclaimed {
+        let client = berth::blocking::Client::connect_to_with(
+            d.socket(),
+            Options::default().reconnect_window(Duration::ZERO),
+        )
+        .expect("connect");
+        let reservation = client
+            .acquire(Protocol::Tcp, start, count)
+            .expect("acquire");
+        Unclaimed {
+            token: reservation.token().to_string(),
+            start,
+            reservation,
+            _client: client,
+        }
+    }
+
+    /// Waits until the client has given the block up (its daemon is gone): it will not
+    /// re-claim it from the next one.
+    fn wait_given_up(&self) {
+        poll_until("the library client gave its block up", || {
+            self.reservation.is_lost().then_some(())
+        });
+    }
+
+    /// Whether `list` shows it, held for this process.
+    fn listed_in(&self, list: &[Value]) -> bool {
+        list.iter().any(|r| {
+            r["token"] == self.token.as_str()
+                && r["start"] == self.start
+                && r["owner"]["pid"] == std::process::id()
+        })
+    }
+
+    /// Waits, for at most `within`, until the restarted daemon has freed it because nobody
+    /// re-claimed it: the grace period is over.
+    #[track_caller]
+    fn wait_freed(&self, d: &Daemon, within: Duration) {
+        let deadline = Instant::now() + within;
+        while row_at(&d.list(), self.start).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the unclaimed block {} is still held {within:?} after the restart; log:\n{}",
+                self.token,
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            d.log()
+                .lines()
+                .any(|l| l.contains(&self.token) && l.contains("not re-claimed")),
+            "{}",
+            d.log()
+        );
+    }
+}
+
+/// The daemons' log lines saying that someone re-claimed `token` (not that nobody did).
+fn reclaim_lines(d: &Daemon, token: &str) -> Vec<String> {
+    d.log()
+        .lines()
+        .filter(|l| {
+            l.contains(token) && l.contains("re-claimed by pid") && !l.contains("not re-claimed")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How many times the daemons' log says `pid` re-claimed `token`.
+fn reclaims(d: &Daemon, token: &str, pid: u32) -> usize {
+    let claim = format!("re-claimed by pid {pid}");
+    reclaim_lines(d, token)
+        .iter()
+        .filter(|l| l.contains(&claim))
+        .count()
 }
 
 /// A raw pid for signals.
@@ -91,24 +177,11 @@ fn pid_of(pid: u32) -> Pid {
         .expect("a valid pid")
 }
 
-/// Whether every thread of process `pid` is stopped (state `T`).
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|task| {
-        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-            // `pid (comm) S …`: the state follows the last ')'.
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-        })
-    })
-}
-
 #[test]
 fn held_reservations_survive_a_crash_of_the_daemon() {
-    let mut d = Daemon::start_with("22000-22099", &["--grace", "10"]);
-    // A specific block and a wildcard one, whose owners keep running across the restart...
+    // A grace period of a second: the test waits for its end.
+    let mut d = Daemon::start_with("22000-22099", &["--grace", "1"]);
+    // A specific block and a wildcard one, whose commands keep running across the restart...
     let mut specific = run_sh(
         &d,
         &["--tcp", "5", "--start", "22500"],
@@ -116,7 +189,7 @@ fn held_reservations_survive_a_crash_of_the_daemon() {
     )
     .spawn();
     let mut wildcard = run_sh(&d, &["--tcp", "3"], "echo $BERTH_TCP_PORTS; read x").spawn();
-    // ...and one whose owner dies while the daemon is down.
+    // ...and one whose command is killed while the daemon is down.
     let mut doomed = run_sh(
         &d,
         &["--tcp", "2", "--start", "22600"],
@@ -128,21 +201,38 @@ fn held_reservations_survive_a_crash_of_the_daemon() {
     assert_eq!(doomed.next_line(), "ready");
     assert_eq!(wildcard_ports.len(), 3);
 
-    let before = d.list();
-    assert_eq!(before.len(), 3, "{before:?}");
-    let a = Held::from_list(&before, 22500, specific.pid());
-    let b = Held::from_list(&before, wildcard_ports[0], wildcard.pid());
-    let c = Held::from_list(&before, 22600, doomed.pid());
+    let a = Held::handed_over(&d, 22500, &specific);
+    let b = Held::handed_over(&d, wildcard_ports[0], &wildcard);
+    let c = Held::handed_over(&d, 22600, &doomed);
     assert_eq!((a.count, b.count, c.count), (5, 3, 2));
+    let unclaimed = Unclaimed::hold(&d, 22650, 1);
+    let before = d.list();
+    assert_eq!(before.len(), 4, "{before:?}");
 
     d.kill9();
-    assert!(!doomed.kill().success());
-    // The orphaned `sh` reads our pipe: closing it lets that child end too.
-    doomed.close_stdin();
+    unclaimed.wait_given_up();
+    kill_process(pid_of(c.pid), Signal::KILL).expect("SIGKILL the doomed command");
+    // Its `berth run` reaps it: it is gone (not even a zombie) before the new daemon looks.
+    poll_until("the doomed command is gone", || {
+        is_gone(c.pid).then_some(())
+    });
     d.restart();
 
-    // Right after the restart, the held blocks are nobody else's: not by the same ports, nor
-    // by overlapping ones, nor from the pool.
+    // Right after the restart, the running commands' blocks are theirs as they were: same
+    // tokens, ports and owners, with no re-claim needed...
+    let list = d.list();
+    assert!(a.listed_in(&list) && b.listed_in(&list), "{list:?}");
+    // ...and the dead command's block was freed at start-up.
+    assert!(row_at(&list, 22600).is_none(), "{list:?}");
+    assert!(
+        d.log().contains(
+            "holding 3 runtime reservations for their owners; freed 1 whose owners are gone"
+        ),
+        "{}",
+        d.log()
+    );
+    // The held blocks are nobody else's: not by the same ports, nor by overlapping ones, nor
+    // from the pool.
     for (start, count) in [(22500, 5), (22504, 1), (b.start, 3), (b.start + 2, 1)] {
         d.berth([
             "run",
@@ -159,26 +249,27 @@ fn held_reservations_survive_a_crash_of_the_daemon() {
     d.berth(["run", "--tcp", "98", "--", "true"])
         .output()
         .code(13);
-    // The dead client's block was freed at start-up.
     d.berth(["run", "--tcp", "2", "--start", "22600", "--", "true"])
         .output()
         .code(0);
+    // The doomed command's `berth run` exits with its status (128 + SIGKILL).
+    doomed.wait().code(137);
 
-    // Both owners re-claim theirs: same tokens, ports and pids; the dead one's is gone.
-    poll_until("both owners re-claimed their blocks", || {
-        let list = d.list();
-        (list.len() == 2
-            && a.listed_in(&list)
-            && b.listed_in(&list)
-            && reclaimed(&d, &a.token, a.pid)
-            && reclaimed(&d, &b.token, b.pid))
-        .then_some(())
-    });
-    let after = d.list();
-    assert!(row_at(&after, 22600).is_none(), "{after:?}");
-    assert!(!reclaimed(&d, &c.token, c.pid), "{}", d.log());
+    // The grace period ends: the block nobody re-claimed is freed; the commands' stay theirs.
+    unclaimed.wait_freed(&d, support::DEADLINE);
+    let list = d.list();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(a.listed_in(&list) && b.listed_in(&list), "{list:?}");
+    d.berth(["run", "--tcp", "1", "--start", "22504", "--", "true"])
+        .output()
+        .code(12)
+        .says(&[&a.token, &format!("pid {} (sh, ", a.pid)]);
+    // No re-claim was needed, by the commands or by their `berth run`s.
+    for held in [&a, &b, &c] {
+        assert_eq!(reclaim_lines(&d, &held.token), Vec::<String>::new());
+    }
 
-    // The commands finish normally; `berth run` releases and exits with their status.
+    // The commands finish normally; their blocks end with them.
     specific.send_line("done");
     wildcard.send_line("done");
     specific.wait().code(0);
@@ -188,7 +279,8 @@ fn held_reservations_survive_a_crash_of_the_daemon() {
 
 #[test]
 fn held_reservations_survive_a_clean_restart() {
-    let mut d = Daemon::start_with("22300-22309", &["--grace", "10"]);
+    // A grace period of a second: the test waits for its end.
+    let mut d = Daemon::start_with("22300-22309", &["--grace", "1"]);
     let mut holder = run_sh(
         &d,
         &["--tcp", "2", "--start", "22800"],
@@ -196,77 +288,94 @@ fn held_reservations_survive_a_clean_restart() {
     )
     .spawn();
     assert_eq!(holder.next_line(), "ready");
-    let held = Held::from_list(&d.list(), 22800, holder.pid());
+    let held = Held::handed_over(&d, 22800, &holder);
+    let unclaimed = Unclaimed::hold(&d, 22850, 1);
 
     // SIGTERM (systemctl restart): the journal is kept as it is.
     d.stop();
+    unclaimed.wait_given_up();
     d.restart();
+    // Right after the restart the command's block is its own, as it was, with no re-claim.
+    let list = d.list();
+    assert!(held.listed_in(&list), "{list:?}");
     d.berth(["run", "--tcp", "1", "--start", "22801", "--", "true"])
         .output()
+        .code(12)
+        .says(&[&held.token, &format!("pid {} (sh, ", held.pid)]);
+
+    // Still after the grace period.
+    unclaimed.wait_freed(&d, support::DEADLINE);
+    let list = d.list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(held.listed_in(&list), "{list:?}");
+    d.berth(["run", "--tcp", "1", "--start", "22800", "--", "true"])
+        .output()
         .code(12);
-    poll_until("the owner re-claimed its block", || {
-        let list = d.list();
-        (list.len() == 1 && held.listed_in(&list) && reclaimed(&d, &held.token, held.pid))
-            .then_some(())
-    });
+    assert_eq!(reclaim_lines(&d, &held.token), Vec::<String>::new());
+
+    // It ends with the command.
     holder.send_line("done");
     holder.wait().code(0);
     assert_eq!(d.list(), Vec::<Value>::new());
 }
 
 #[test]
-fn a_reservation_not_reclaimed_is_freed_after_the_grace_period() {
+fn an_ended_command_is_freed_at_start_up_an_unclaimed_block_after_the_grace_period() {
     // As long as any wait of these tests may take: the commands that look at the held block
     // right after the restart surely run within it (the exact timing of the grace period is
     // tested with paused time in crates/berth-daemon/tests/timeouts.rs).
     const GRACE: Duration = support::DEADLINE;
     let mut d = Daemon::start_with("22100-22109", &["--grace", &GRACE.as_secs().to_string()]);
-    let mut holder = run_sh(
+    let mut run = run_sh(
         &d,
         &["--tcp", "4", "--start", "22700"],
-        "echo ready; read x",
+        "echo ready; read x; exit 3",
     )
     .spawn();
-    assert_eq!(holder.next_line(), "ready");
-    let held = Held::from_list(&d.list(), 22700, holder.pid());
+    assert_eq!(run.next_line(), "ready");
+    let held = Held::handed_over(&d, 22700, &run);
+    let unclaimed = Unclaimed::hold(&d, 22750, 2);
 
     d.kill9();
-    // Still alive but unable to re-claim: stopped (every thread, before the new daemon runs).
-    kill_process(pid_of(holder.pid()), Signal::STOP).expect("SIGSTOP berth run");
-    poll_until("berth run is stopped", || {
-        all_threads_stopped(holder.pid()).then_some(())
-    });
+    unclaimed.wait_given_up();
+    // The command ends while the daemon is down; its `berth run` reaps it.
+    run.send_line("done");
+    poll_until("the command is gone", || is_gone(held.pid).then_some(()));
     d.restart();
 
-    // Held for its owner meanwhile.
+    // Its block was freed at start-up, not held for the grace period.
     let list = d.list();
-    assert!(held.listed_in(&list), "{list:?}");
-    d.berth(["run", "--tcp", "1", "--start", "22702", "--", "true"])
-        .output()
-        .code(12);
-    assert!(!d.log().contains("not re-claimed"), "{}", d.log());
-
-    // Nobody re-claims it: freed at the end of the grace period.
-    let deadline = Instant::now() + GRACE + support::DEADLINE;
-    while row_at(&d.list(), 22700).is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "the block is still held {:?} after the grace period of {GRACE:?}",
-            support::DEADLINE
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(d.log().contains("not re-claimed"), "{}", d.log());
+    assert!(row_at(&list, 22700).is_none(), "{list:?}");
+    assert!(
+        d.log().contains(
+            "holding 1 runtime reservations for their owners; freed 1 whose owners are gone"
+        ),
+        "{}",
+        d.log()
+    );
     d.berth(["run", "--tcp", "4", "--start", "22700", "--", "true"])
         .output()
         .code(0);
+    // `berth run` exits with the command's status once it sees the block gone.
+    run.wait().code(3);
 
-    // Let it go on: its re-claim is refused, and its command still ends normally.
-    kill_process(pid_of(holder.pid()), Signal::CONT).expect("SIGCONT berth run");
-    holder.send_line("done");
-    holder.wait().code(0);
+    // The block nobody re-claims is held for its owner meanwhile...
+    let list = d.list();
+    assert!(unclaimed.listed_in(&list), "{list:?}");
+    d.berth(["run", "--tcp", "1", "--start", "22751", "--", "true"])
+        .output()
+        .code(12)
+        .says(&[&unclaimed.token, &format!("pid {} (", std::process::id())]);
+    assert!(!d.log().contains("not re-claimed"), "{}", d.log());
+
+    // ...and freed at the end of the grace period.
+    unclaimed.wait_freed(&d, GRACE + support::DEADLINE);
+    d.berth(["run", "--tcp", "2", "--start", "22750", "--", "true"])
+        .output()
+        .code(0);
     assert_eq!(d.list(), Vec::<Value>::new());
-    assert!(!reclaimed(&d, &held.token, held.pid), "{}", d.log());
+    assert_eq!(reclaim_lines(&d, &held.token), Vec::<String>::new());
+    assert_eq!(reclaim_lines(&d, &unclaimed.token), Vec::<String>::new());
 }
 
 #[test]

@@ -40,6 +40,8 @@ pub struct BindPlan {
     pub kind: Kind,
     /// Its ports, in the order to try them, with what the table knows of each.
     pub order: Vec<(u16, PortUse)>,
+    /// Whether the daemon holds its free ports.
+    pub held: bool,
 }
 
 /// The allocation state: every live reservation of both protocols.
@@ -312,6 +314,7 @@ impl Table {
             protocol: reservation.protocol,
             kind: reservation.kind(),
             order,
+            held: reservation.held(),
         })
     }
 

@@ -17,10 +17,11 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::BorrowedFd;
 
-use berth_core::{BindPlan, ErrorKind, PortUse, Protocol};
+use berth_core::{BindPlan, ErrorKind, PortUse, Protocol, Token};
 use rustix::net::{sockopt, AddressFamily, SocketType};
 use socket2::{Domain, Socket, Type};
 
+use crate::hold::Holds;
 use crate::netns::NetNs;
 
 /// What the daemon learned about a client's socket.
@@ -123,15 +124,24 @@ fn local_port(fd: BorrowedFd<'_>) -> Option<u16> {
 
 /// Binds `fd` to the first port of `plan` it can have, in the plan's order. Returns the port,
 /// or a refusal (reservation-full when no port of the block can be had).
+///
+/// For a held reservation (`held`: its hold sockets and token), a free port is held by the
+/// daemon: its hold socket is given up and the caller's socket bound in its place (the hold
+/// was the in-use test); if that bind fails the port is held again.
 pub(crate) fn bind_from(
     fd: BorrowedFd<'_>,
     facts: SocketFacts,
     plan: &BindPlan,
     address: IpAddr,
+    held: Option<(&Holds, Token)>,
 ) -> Result<u16, Refusal> {
     for &(port, known) in &plan.order {
         let target = SocketAddr::new(address, port);
-        if known == PortUse::Free {
+        // A held port: its hold sockets go (all of them: the owner's earlier sockets there
+        // may have left one family held), the caller's socket is bound, and whatever it leaves
+        // of the port is held again — whether the bind worked or not.
+        let given_up = held.is_some_and(|(holds, token)| holds.give_up(token, port));
+        if known == PortUse::Free && !given_up {
             if let Err(e) = probe(facts, target) {
                 if e.kind() == io::ErrorKind::AddrInUse {
                     continue;
@@ -139,7 +149,11 @@ pub(crate) fn bind_from(
                 return Err(bind_refusal(&e, target));
             }
         }
-        match rustix::net::bind(fd, &target) {
+        let bound = rustix::net::bind(fd, &target);
+        if let Some((holds, token)) = held {
+            holds.fill(token, plan.protocol, port);
+        }
+        match bound {
             Ok(()) => return Ok(port),
             Err(rustix::io::Errno::ADDRINUSE) => continue,
             Err(e) => return Err(bind_refusal(&e.into(), target)),

@@ -29,6 +29,7 @@ mod closer;
 pub mod config;
 pub mod config_file;
 mod db_lock;
+mod hold;
 mod inbound;
 mod journal;
 pub mod kernel;

@@ -87,7 +87,16 @@ pub async fn run_with_ready(
     let tracker = TaskTracker::new();
     watch_owners(&tracker, &shared, &cancel, owners);
     shared.restore(persistent, journal);
+    // Ready only once the kernel's list matches the restored table.
+    if let Some(reconciled) = shared.reconcile_kernel() {
+        match reconciled.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("cannot reconcile the kernel's reserved-ports list: {e}"),
+            Err(_) => tracing::error!("the kernel-sync thread stopped before reconciling"),
+        }
+    }
     end_grace(&tracker, &shared, &cancel, config.grace);
+    rehold(&tracker, &shared, &cancel);
     let control = Arc::new(Control {
         stop: CancellationToken::new(),
         netns: NetnsCheck::current(),
@@ -295,6 +304,25 @@ async fn answer_beacon(
             },
         }
     }
+}
+
+/// How often ports whose owner's socket has closed are taken back into hold.
+pub const REHOLD_EVERY: Duration = Duration::from_millis(500);
+
+/// Takes back into hold, every [`REHOLD_EVERY`], the ports of held reservations whose owner's
+/// socket has closed.
+fn rehold(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToken) {
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(REHOLD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => shared.rehold_pass(),
+            }
+        }
+    });
 }
 
 /// Ends the hold on restored reservations nobody re-claimed once the grace period is over.

@@ -1,7 +1,7 @@
 //! The daemon's shared state and the answer to each request.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_core::{
@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     store: StoreHandle,
     /// Whether the kernel's reserved-ports list is kept, and its writer.
     kernel: KernelState,
+    /// The hold sockets of held reservations (also a consumer of the change stream).
+    holds: Arc<crate::hold::Holds>,
 }
 
 /// The kernel-sync side of the daemon.
@@ -82,8 +84,12 @@ impl Shared {
         recorded: berth_core::PortSet,
     ) -> std::io::Result<(Self, mpsc::UnboundedReceiver<Owner>)> {
         let (watcher, owners) = Watcher::new();
-        let mut consumers: Vec<Box<dyn crate::changes::Consumer>> =
-            vec![Box::new(Journal::new(store.clone())), Box::new(watcher)];
+        let holds = Arc::new(crate::hold::Holds::new());
+        let mut consumers: Vec<Box<dyn crate::changes::Consumer>> = vec![
+            Box::new(Journal::new(store.clone())),
+            Box::new(watcher),
+            Box::new(crate::hold::Consumer(holds.clone())),
+        ];
         let kernel = match crate::kernel::decide(config.kernel_sync) {
             Ok(()) => {
                 let (sync, writer) = crate::kernel::sync::Sync::start(
@@ -131,6 +137,7 @@ impl Shared {
             quota: config.quota,
             store,
             kernel,
+            holds,
         };
         Ok((shared, owners))
     }
@@ -226,6 +233,19 @@ impl Shared {
         drop(self.publish(&mut table, released));
     }
 
+    /// Starts keeping the kernel's list once the table is restored: the receiver answers when
+    /// the list is reconciled with the table (`None` when sync is off).
+    pub(crate) fn reconcile_kernel(
+        &self,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
+        self.kernel
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(crate::kernel::sync::Writer::reconcile)
+    }
+
     /// Stops keeping the kernel's list: the daemon's entries are taken out (blocks until done).
     pub(crate) fn stop_kernel_sync(&self) {
         let writer = self
@@ -236,6 +256,27 @@ impl Shared {
             .take();
         if let Some(writer) = writer {
             writer.stop();
+        }
+    }
+
+    /// One pass of taking back into hold the ports of held reservations whose owner's socket
+    /// has closed: binds are tried outside the table lock, then the table learns which ports
+    /// are free (held) again.
+    pub(crate) fn rehold_pass(&self) {
+        for (token, protocol) in self.holds.blocks() {
+            let bound = self.table().bound_list(token);
+            if bound.is_empty() {
+                continue;
+            }
+            let taken = self.holds.rehold(token, protocol, &bound);
+            if taken.is_empty() {
+                continue;
+            }
+            let mut table = self.table();
+            for port in &taken {
+                table.note_unbound(token, *port);
+            }
+            tracing::debug!(%token, ?taken, held = self.holds.count(), "ports back in hold");
         }
     }
 

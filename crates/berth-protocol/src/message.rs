@@ -196,8 +196,9 @@ pub enum Response {
     },
     /// Answer to [`Request::Transfer`]: the reservation, with its new owner.
     Transferred(ReservationInfo),
-    /// Answer to [`Request::Why`].
-    Why(PortReport),
+    /// Answer to [`Request::Why`] (boxed only to keep every response small in memory; the
+    /// wire shape is the report's).
+    Why(Box<PortReport>),
 }
 
 /// What the daemon knows about one port (answer to [`Request::Why`]).

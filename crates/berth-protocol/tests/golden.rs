@@ -255,7 +255,7 @@ fn responses() {
         &format!("0c {RUNTIME_INFO}"),
     );
     golden(
-        Response::Why(PortReport {
+        Response::Why(Box::new(PortReport {
             protocol: Protocol::Tcp,
             port: 8081,
             reservation: Some(runtime_info()),
@@ -268,7 +268,7 @@ fn responses() {
             in_pool: true,
             in_ephemeral_range: false,
             kernel_reserved: true,
-        }),
+        })),
         &format!(
             "0d  00  91 3f  01 {RUNTIME_INFO}  01  09 5b 3a 3a 5d 3a 38 30 38 31  06 4c 49 53 54 45 4e  01 99 20 e8 07 02 6e 63  00  01  00  01"
         ),

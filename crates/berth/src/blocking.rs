@@ -96,6 +96,22 @@ impl Client {
         self.inner.is_open()
     }
 
+    /// See [`crate::Client::acquire_unheld`].
+    pub fn acquire_unheld(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<Reservation, Error> {
+        let inner = self
+            .rt
+            .block_on(self.inner.acquire_unheld(protocol, start, count))?;
+        Ok(Reservation {
+            inner: Some(inner),
+            rt: self.rt.clone(),
+        })
+    }
+
     /// See [`crate::Client::acquire`].
     pub fn acquire(
         &self,
@@ -106,23 +122,6 @@ impl Client {
         let inner = self
             .rt
             .block_on(self.inner.acquire(protocol, start, count))?;
-        Ok(Reservation {
-            inner: Some(inner),
-            rt: self.rt.clone(),
-        })
-    }
-
-    /// See [`crate::Client::acquire_with`].
-    pub fn acquire_with(
-        &self,
-        protocol: Protocol,
-        start: u16,
-        count: u16,
-        hold: bool,
-    ) -> Result<Reservation, Error> {
-        let inner = self
-            .rt
-            .block_on(self.inner.acquire_with(protocol, start, count, hold))?;
         Ok(Reservation {
             inner: Some(inner),
             rt: self.rt.clone(),

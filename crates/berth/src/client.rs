@@ -215,6 +215,12 @@ impl Client {
     /// block of `count` ports from the daemon's pool. The reservation lives until it is
     /// released or dropped, or until this session ends.
     ///
+    /// The daemon **holds** the ports: it keeps each one its owner has not bound bound itself,
+    /// so every other program's explicit bind to it fails; bind your sockets from the
+    /// reservation with [`Reservation::bind`], [`Reservation::tcp_listener`] or
+    /// [`Reservation::udp_socket`] (the Windows model). A program that binds its ports by
+    /// number uses [`Client::acquire_unheld`] instead.
+    ///
     /// Fails with [`Error::InvalidArgument`] (count 0, past 65535), [`Error::Conflict`] (the
     /// ports are reserved or in use; the message names the holder) or
     /// [`Error::PoolExhausted`].
@@ -224,23 +230,23 @@ impl Client {
         start: u16,
         count: u16,
     ) -> Result<Reservation, Error> {
-        let request = Request::Acquire {
-            protocol,
-            start,
-            count,
-        };
-        match self.conn.call(request).await? {
-            Response::Acquired(info) => Ok(Reservation::new(self.clone(), info)),
-            other => Err(Error::unexpected(other)),
-        }
+        self.acquire_with(protocol, start, count, true).await
     }
 
-    /// [`Client::acquire`] saying whether the daemon holds the block: with `hold`, every port
-    /// its owner has not bound (through [`Reservation::bind`] and friends) is kept bound by the
-    /// daemon, so that other programs' explicit binds to it fail; without, the ports are only
-    /// hidden from automatic assignment and the owner binds them by number
-    /// ([`Request::AcquireWith`]).
-    pub async fn acquire_with(
+    /// [`Client::acquire`] for a program that binds its ports by number rather than through
+    /// [`Reservation::bind`]: the daemon does not hold the ports (another program's explicit
+    /// bind to them is not refused); they are only hidden from automatic port assignment where
+    /// the daemon keeps the kernel's reserved-ports list.
+    pub async fn acquire_unheld(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<Reservation, Error> {
+        self.acquire_with(protocol, start, count, false).await
+    }
+
+    async fn acquire_with(
         &self,
         protocol: Protocol,
         start: u16,

@@ -18,11 +18,12 @@ conn.connect(sys.argv[1])
 hello(conn, b"fork-test")
 conn.sendall(frame(bytes([1, 0]) + varint(int(sys.argv[2])) + varint(3)))  # Acquire tcp P+3
 assert answer(conn)[0] == 2, "not acquired"
+# One write(2) per line: parent and child share the pipe, and a line must not interleave.
 if os.fork() == 0:
-    print("child", os.getpid(), flush=True)
+    os.write(1, b"child %d\n" % os.getpid())
     sys.stdin.readline()   # keep the inherited connection open until told
     os._exit(0)
-print("parent done", flush=True)
+os.write(1, b"parent done\n")
 "#;
 
 // Blocking reads of the owner's output below: the daemon needs worker threads of its own.

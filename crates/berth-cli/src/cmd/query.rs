@@ -49,6 +49,10 @@ pub async fn status(args: JsonArg) -> Result<ExitCode, Failure> {
             plural(status.udp_ports, "udp port")
         );
         println!("  {}", plural(status.sessions, "client connection"));
+        match &status.kernel_sync_off_because {
+            None => println!("  kernel sync on: reservations are kept in ip_local_reserved_ports"),
+            Some(why) => println!("  kernel sync off: {why}"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

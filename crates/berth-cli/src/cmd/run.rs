@@ -193,7 +193,10 @@ async fn reserve(
     hold: bool,
 ) -> Result<Option<Reservation>, Failure> {
     match count {
-        Some(n) => Ok(Some(client.acquire_with(protocol, start, n, hold).await?)),
+        // Held with --listen (berth run binds the sockets through the daemon); otherwise the
+        // command binds its ports by number, so not held (see docs/kernel.md).
+        Some(n) if hold => Ok(Some(client.acquire(protocol, start, n).await?)),
+        Some(n) => Ok(Some(client.acquire_unheld(protocol, start, n).await?)),
         None => Ok(None),
     }
 }

@@ -4,7 +4,9 @@
 //!   the test chooses; ready once it says so on stdout, killed and reaped on drop.
 //! - [`Berth`]: one `berth` command line, aimed at a socket, with on-demand start off unless
 //!   asked for.
-//! - [`Proc`]: a running command whose stdout lines can be read one at a time while it runs.
+//! - [`Proc`]: a running command whose stdout lines can be read one at a time while it runs;
+//!   for a `berth run`, the command it started and handed its reservations to
+//!   ([`Proc::command_pid`], [`Daemon::owned_by`]).
 //! - [`Out`]: how a command ended.
 //!
 //! Every wait has a deadline ([`DEADLINE`]); nothing sleeps to wait for readiness.
@@ -179,6 +181,31 @@ impl Daemon {
     pub fn status(&self) -> Value {
         self.berth(["status", "--json"]).output().code(0).json()
     }
+
+    /// Waits, with a deadline, until the reservation starting at `start` is listed as owned by
+    /// process `pid`, and returns its row. `berth run` hands its reservations to the command
+    /// ([`Proc::command_pid`]) once it has started it, so the command may already run (and
+    /// print) a moment before the hand-over is done.
+    #[track_caller]
+    pub fn owned_by(&self, start: u16, pid: u32) -> Value {
+        let mut last = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let list = self.list();
+            if let Some(row) = row_at(&list, start) {
+                if row["owner"]["pid"] == pid {
+                    return row.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the reservation at {start} is not listed as owned by pid {pid} within {DEADLINE:?}: {last:?}"
+                );
+            }
+            last = list;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl Drop for Daemon {
@@ -334,6 +361,28 @@ impl Proc {
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// For a `berth run`: the pid of the command it started, its only child — the process it
+    /// hands its reservations to. Waits, with a deadline, until `berth run` has started it.
+    #[track_caller]
+    pub fn command_pid(&self) -> u32 {
+        let pid = self.pid();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match children_of(pid).as_slice() {
+                [one] => return *one,
+                more => {
+                    if Instant::now() > deadline {
+                        panic!(
+                            "{} (pid {pid}) has not exactly one child within {DEADLINE:?}: {more:?}",
+                            self.what
+                        );
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The next line it prints on stdout, without the newline.
@@ -592,6 +641,32 @@ pub fn ports(list: &str) -> Vec<u16> {
                 .unwrap_or_else(|e| panic!("{p:?} in {list:?} is no port: {e}"))
         })
         .collect()
+}
+
+/// The children of process `pid`: those of each of its threads
+/// (`/proc/PID/task/TID/children`); none when it is gone.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children.dedup();
+    children
+}
+
+/// Whether process `pid` is gone: exited and reaped (no longer in `/proc`, not even as a
+/// zombie).
+pub fn is_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// The row of `list` (as `berth list --json` prints it) that starts at `start`, if any.

@@ -1244,7 +1244,8 @@ fn bind_plans_try_free_ports_from_the_cursor_then_bound_ones() {
             range: range(1000, 4),
             protocol: Protocol::Tcp,
             kind: Kind::Runtime,
-            order: vec![(1000, Free), (1001, Free), (1002, Free), (1003, Free)]
+            order: vec![(1000, Free), (1001, Free), (1002, Free), (1003, Free)],
+            held: false,
         })
     );
     // Only the owning process: not a reused pid, not another process, not an administrator.

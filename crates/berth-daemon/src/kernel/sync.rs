@@ -9,9 +9,13 @@
 //!
 //! What the daemon wrote is recorded in its database before each write (the union of what it
 //! wrote before and what it is about to write, so a crash between the record and the write
-//! loses nothing), and again after it. At start-up, after a crash, the entries recorded are
-//! the daemon's own: the first write removes those no reservation needs any more and keeps
-//! everyone else's. A clean stop takes the daemon's entries out again.
+//! loses nothing), and again after it. Only entries the daemon adds count as its own: a port
+//! that was listed already when a reservation came to cover it stays someone else's, and stays
+//! listed after the reservation ends. At start-up, after a crash, the entries recorded are the
+//! daemon's own: the first write — made once the reservations of the database are back in the
+//! table ([`Writer::reconcile`]), never before, so a live reservation is never unlisted for a
+//! moment — removes those no reservation needs any more and keeps everyone else's. A clean
+//! stop takes the daemon's entries out again.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -51,6 +55,8 @@ struct State {
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// Set at shutdown.
     stop: bool,
+    /// Whether the table holds what the database held: no write is made before.
+    started: bool,
 }
 
 impl Sync {
@@ -69,6 +75,7 @@ impl Sync {
                 dirty: true,
                 waiters: Vec::new(),
                 stop: false,
+                started: false,
             }),
             wake: Condvar::new(),
         });
@@ -130,6 +137,13 @@ fn count(counts: &mut [u8], range: PortRange, add: bool) {
     }
 }
 
+impl State {
+    /// Whether the writer has something to do: a write (once started), or the stop.
+    fn has_work(&self) -> bool {
+        self.stop || (self.dirty && self.started)
+    }
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -139,7 +153,7 @@ impl Inner {
         loop {
             let (ours, waiters) = {
                 let mut state = self.lock();
-                while !state.dirty && !state.stop {
+                while !state.has_work() {
                     state = self
                         .wake
                         .wait(state)
@@ -186,9 +200,11 @@ fn write(
     let current = reserved_ports::read(path).map_err(|e| format!("reading it failed: {e}"))?;
     let foreign = current.difference(recorded);
     let wanted = foreign.union(ours);
+    // The daemon's own entries: what it adds. A port someone else listed stays theirs.
+    let mine = ours.difference(&foreign);
     // Record first what the daemon may have written once this write is made, so a crash
     // between the two cannot leave entries nobody knows are the daemon's.
-    let superset = recorded.union(ours);
+    let superset = recorded.union(&mine);
     if &superset != recorded {
         store
             .set_meta(WRITTEN_KEY, Some(superset.to_string()))
@@ -201,10 +217,10 @@ fn write(
     if wanted != current {
         reserved_ports::write(path, &wanted).map_err(|e| format!("writing it failed: {e}"))?;
     }
-    if ours != recorded {
+    if &mine != recorded {
         // Only a narrowing: if it is lost, the wider record is still right.
-        drop(store.set_meta(WRITTEN_KEY, Some(ours.to_string())));
-        *recorded = ours.clone();
+        drop(store.set_meta(WRITTEN_KEY, Some(mine.to_string())));
+        *recorded = mine;
     }
     Ok(())
 }
@@ -222,6 +238,20 @@ fn ports_of(counts: &[u8]) -> PortSet {
 }
 
 impl Writer {
+    /// Lets the writer start, once the table holds every reservation of the database: the
+    /// first write reconciles the list with them (removing what an earlier daemon left for
+    /// reservations that are gone). The receiver answers when that write is made.
+    pub(crate) fn reconcile(&self) -> oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.inner.lock();
+        state.started = true;
+        state.dirty = true;
+        state.waiters.push(tx);
+        drop(state);
+        self.inner.wake.notify_one();
+        rx
+    }
+
     /// Finishes what is queued, takes the daemon's entries out of the list, and waits for the
     /// writer thread. Call before the store thread stops.
     pub(crate) fn stop(mut self) {

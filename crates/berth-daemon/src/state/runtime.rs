@@ -45,20 +45,32 @@ impl Shared {
             hold,
         };
         let prober = self.prober;
+        let holds = &self.holds;
         let (granted, pending) = {
             let mut table = self.table();
             // The probe binds are non-blocking syscalls; holding the lock across them keeps a
-            // candidate block from being handed to two clients at once.
+            // candidate block from being handed to two clients at once. A held block's in-use
+            // test is its hold sockets' own binds, which then keep the ports.
+            let mut in_use = |proto, range| {
+                if hold {
+                    holds.try_hold(proto, range)
+                } else {
+                    prober.first_in_use(proto, range)
+                }
+            };
             let change = match table.acquire(
                 protocol,
                 request,
                 holder,
                 limits,
                 &mut OsTokens,
-                &mut |proto, range| prober.first_in_use(proto, range),
+                &mut in_use,
             ) {
                 Ok(change) => change,
-                Err(e) => return acquire_refused(&e, start, count, requester),
+                Err(e) => {
+                    holds.unstage();
+                    return acquire_refused(&e, start, count, requester);
+                }
             };
             let granted = change.reservation().cloned();
             (granted, self.publish(&mut table, vec![change]))
@@ -240,7 +252,8 @@ impl Shared {
             Err((kind, message)) => return error(kind, message),
         };
         // The binds happen outside the table lock; the kernel arbitrates between them.
-        match associate::bind_from(fd.as_fd(), facts, &plan, address) {
+        let held = plan.held.then_some((&*self.holds, token));
+        match associate::bind_from(fd.as_fd(), facts, &plan, address, held) {
             Ok(port) => {
                 self.table().note_bound(token, port);
                 tracing::debug!(%token, port, pid = requester.process.pid, "socket bound");

@@ -26,7 +26,7 @@ impl Shared {
         let kernel_reserved = reserved_ports::read(std::path::Path::new(reserved_ports::PATH))
             .map(|set| set.contains(port))
             .unwrap_or(false);
-        Response::Why(PortReport {
+        Response::Why(Box::new(PortReport {
             protocol,
             port,
             reservation,
@@ -34,6 +34,6 @@ impl Shared {
             in_pool,
             in_ephemeral_range: crate::config::ephemeral_pool().range().contains(port),
             kernel_reserved,
-        })
+        }))
     }
 }

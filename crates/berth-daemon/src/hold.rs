@@ -1,0 +1,334 @@
+//! Hold sockets: a held reservation's ports that its owner has not bound are kept bound by
+//! the daemon — one non-listening socket per port, with neither `SO_REUSEADDR` nor
+//! `SO_REUSEPORT`, dual-stack `[::]` where the host has IPv6 (else `0.0.0.0`) — so that every
+//! other program's explicit bind to them fails. A listening socket would accept connections
+//! meant for the owner; a socket with a reuse option could be shared by binders that set the
+//! same option.
+//!
+//! The hold socket's own bind is the in-use test of a held acquire: while the table searches,
+//! [`Holds::try_hold`] binds the candidate's ports and keeps the sockets (staged); the consumer
+//! side ([`Holds`] as a [`Consumer`]) files them under the reservation once it is granted, and
+//! drops them when it ends. On associate, the daemon gives up the hold of the chosen port
+//! ([`Holds::give_up`]) and binds the owner's socket in its place, then holds what the owner's
+//! socket leaves of the port ([`Holds::fill`]): an owner's IPv4 socket leaves IPv6 open, so
+//! an IPv6-only hold socket takes it (and the other way round); a pass ([`Holds::rehold`])
+//! takes back ports whose owner's socket has closed — the hold socket of the family it used
+//! binds again.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use berth_core::{Change, PortRange, Protocol, Reservation, Token};
+use socket2::{Domain, Socket, Type};
+use tokio::sync::oneshot;
+
+use crate::changes::{Ack, Consumer as ChangeConsumer};
+
+/// The hold sockets of every held reservation.
+pub(crate) struct Holds {
+    /// Whether the host has IPv6: then one dual-stack socket holds a port for both families.
+    ipv6: bool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Held ports by reservation.
+    held: HashMap<Token, Block>,
+    /// Sockets bound by the in-use test of the acquire in progress (under the table lock):
+    /// filed under the reservation if its block is granted, dropped otherwise.
+    staged: Option<Staged>,
+}
+
+/// Hold sockets bound for a candidate block: its protocol, its ports and the sockets.
+type Staged = (Protocol, PortRange, Vec<(u16, Socket)>);
+
+/// One held reservation's sockets, by port.
+struct Block {
+    protocol: Protocol,
+    sockets: HashMap<u16, Vec<Held>>,
+}
+
+/// What one hold socket covers of its port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cover {
+    /// `[::]` dual-stack: IPv4 and IPv6.
+    Dual,
+    /// `0.0.0.0`.
+    V4,
+    /// `[::]` with `IPV6_V6ONLY`.
+    V6,
+}
+
+/// One hold socket.
+struct Held {
+    cover: Cover,
+    _socket: Socket,
+}
+
+impl Block {
+    /// Whether `port` is held for both families (or IPv4 alone, on a host without IPv6).
+    fn fully_held(&self, port: u16, ipv6: bool) -> bool {
+        let covers: Vec<Cover> = self
+            .sockets
+            .get(&port)
+            .map(|h| h.iter().map(|h| h.cover).collect())
+            .unwrap_or_default();
+        if !ipv6 {
+            return covers.contains(&Cover::V4);
+        }
+        covers.contains(&Cover::Dual)
+            || (covers.contains(&Cover::V4) && covers.contains(&Cover::V6))
+    }
+}
+
+/// Why a port could not be held.
+pub(crate) enum HoldError {
+    /// Another socket has it.
+    InUse,
+    /// Anything else (out of descriptors …).
+    Other(io::Error),
+}
+
+impl Holds {
+    pub(crate) fn new() -> Self {
+        Holds {
+            ipv6: Socket::new(Domain::IPV6, Type::STREAM, None).is_ok(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Binds a hold socket on `port` covering all of it (both families where the host has
+    /// IPv6).
+    pub(crate) fn bind(&self, protocol: Protocol, port: u16) -> Result<Socket, HoldError> {
+        let cover = if self.ipv6 { Cover::Dual } else { Cover::V4 };
+        self.bind_cover(protocol, port, cover)
+    }
+
+    fn bind_cover(&self, protocol: Protocol, port: u16, cover: Cover) -> Result<Socket, HoldError> {
+        let ty = match protocol {
+            Protocol::Tcp => Type::STREAM,
+            Protocol::Udp => Type::DGRAM,
+        };
+        let (domain, addr) = match cover {
+            Cover::V4 => (
+                Domain::IPV4,
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+            ),
+            Cover::Dual | Cover::V6 => (
+                Domain::IPV6,
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            ),
+        };
+        let socket = Socket::new(domain, ty, None).map_err(HoldError::Other)?;
+        if domain == Domain::IPV6 {
+            socket
+                .set_only_v6(cover == Cover::V6)
+                .map_err(HoldError::Other)?;
+        }
+        match socket.bind(&addr.into()) {
+            Ok(()) => Ok(socket),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(HoldError::InUse),
+            Err(e) => Err(HoldError::Other(e)),
+        }
+    }
+
+    /// The in-use test of a held acquire: binds a hold socket on every port of `range` and
+    /// stages them; returns the first port some other socket has. Call under the table lock.
+    pub(crate) fn try_hold(&self, protocol: Protocol, range: PortRange) -> Option<u16> {
+        let mut sockets = Vec::with_capacity(usize::from(range.count()));
+        for port in range.ports() {
+            match self.bind(protocol, port) {
+                Ok(socket) => sockets.push((port, socket)),
+                Err(HoldError::InUse) => return Some(port),
+                // Out of descriptors, say: the port is not known to be in use. The consumer
+                // finds the block incompletely staged and refuses the grant with the reason.
+                Err(HoldError::Other(e)) => {
+                    tracing::warn!("cannot hold {protocol} port {port}: {e}");
+                    break;
+                }
+            }
+        }
+        self.lock().staged = Some((protocol, range, sockets));
+        None
+    }
+
+    /// Drops what the in-use test staged (an acquire that was not granted).
+    pub(crate) fn unstage(&self) {
+        self.lock().staged = None;
+    }
+
+    /// Gives up every hold socket on `port` of `token`'s reservation, so its owner's socket
+    /// can be bound there; `false` when there was none.
+    pub(crate) fn give_up(&self, token: Token, port: u16) -> bool {
+        let removed = self
+            .lock()
+            .held
+            .get_mut(&token)
+            .and_then(|b| b.sockets.remove(&port));
+        removed.is_some_and(|h| !h.is_empty())
+    }
+
+    /// Holds what nobody has of `port` of `token`'s reservation: all of it when no socket is
+    /// bound there, else the family the sockets there leave open. Returns whether the port is
+    /// now wholly held (its owner's sockets, if any, are gone).
+    pub(crate) fn fill(&self, token: Token, protocol: Protocol, port: u16) -> bool {
+        let have: Vec<Cover> = {
+            let state = self.lock();
+            let Some(block) = state.held.get(&token) else {
+                return false;
+            };
+            block
+                .sockets
+                .get(&port)
+                .map(|h| h.iter().map(|h| h.cover).collect())
+                .unwrap_or_default()
+        };
+        let wanted: &[Cover] = match (self.ipv6, have.as_slice()) {
+            (false, _) => &[Cover::V4],
+            (true, []) => &[Cover::Dual, Cover::V4, Cover::V6],
+            (true, _) => &[Cover::V4, Cover::V6],
+        };
+        let mut new = Vec::new();
+        for &cover in wanted {
+            let covered = have.contains(&cover)
+                || have.contains(&Cover::Dual)
+                || new
+                    .iter()
+                    .any(|h: &Held| h.cover == cover || h.cover == Cover::Dual);
+            if covered {
+                continue;
+            }
+            if let Ok(socket) = self.bind_cover(protocol, port, cover) {
+                new.push(Held {
+                    cover,
+                    _socket: socket,
+                });
+            }
+        }
+        let mut state = self.lock();
+        let Some(block) = state.held.get_mut(&token) else {
+            // Released meanwhile: the new sockets close here.
+            return false;
+        };
+        block.sockets.entry(port).or_default().extend(new);
+        block.fully_held(port, self.ipv6)
+    }
+
+    /// Tries to hold again each of `ports` (the owner had bound them): those whose owner's
+    /// sockets have all closed are wholly held from now on and returned. Call outside the table
+    /// lock, then tell the table which ports are free again.
+    pub(crate) fn rehold(&self, token: Token, protocol: Protocol, ports: &[u16]) -> Vec<u16> {
+        ports
+            .iter()
+            .copied()
+            .filter(|&port| self.fill(token, protocol, port))
+            .collect()
+    }
+
+    /// Hold sockets open now, all reservations together.
+    pub(crate) fn count(&self) -> usize {
+        self.lock()
+            .held
+            .values()
+            .flat_map(|b| b.sockets.values())
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// Files a granted or restored held reservation: the staged sockets if they are its block,
+    /// else new ones. Ports another socket has (its owner's, after a restart) stay unheld.
+    fn file(&self, r: &Reservation, from_stage: bool) -> Result<(), String> {
+        let staged = if from_stage {
+            let mut state = self.lock();
+            match state.staged.take() {
+                Some((p, range, sockets)) if p == r.protocol && range == r.range => Some(sockets),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let full = if self.ipv6 { Cover::Dual } else { Cover::V4 };
+        let held = |(port, socket): (u16, Socket)| {
+            (
+                port,
+                vec![Held {
+                    cover: full,
+                    _socket: socket,
+                }],
+            )
+        };
+        let sockets: HashMap<u16, Vec<Held>> = match staged {
+            Some(sockets) if sockets.len() == usize::from(r.range.count()) => {
+                sockets.into_iter().map(held).collect()
+            }
+            Some(_) => {
+                return Err(format!(
+                    "the daemon could not hold all {} ports (out of file descriptors? see `berth status`)",
+                    r.range.count()
+                ))
+            }
+            None => r
+                .range
+                .ports()
+                .filter_map(|port| self.bind(r.protocol, port).ok().map(|s| held((port, s))))
+                .collect(),
+        };
+        self.lock().held.insert(
+            r.token,
+            Block {
+                protocol: r.protocol,
+                sockets,
+            },
+        );
+        Ok(())
+    }
+
+    /// The held reservations' tokens and protocols, for the re-hold pass.
+    pub(crate) fn blocks(&self) -> Vec<(Token, Protocol)> {
+        self.lock()
+            .held
+            .iter()
+            .map(|(t, b)| (*t, b.protocol))
+            .collect()
+    }
+}
+
+/// [`Holds`] as a consumer of the change stream (the daemon's state keeps the other handle).
+pub(crate) struct Consumer(pub(crate) std::sync::Arc<Holds>);
+
+impl ChangeConsumer for Consumer {
+    fn name(&self) -> &'static str {
+        "the hold sockets"
+    }
+
+    fn accept(&self, change: &Change) -> Ack {
+        let refused = |why: String| {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(why));
+            Ack::Later(rx)
+        };
+        let holds = &self.0;
+        match change {
+            Change::Granted(r) if r.held() => {
+                if let Err(why) = holds.file(r, true) {
+                    return refused(why);
+                }
+            }
+            Change::Restored(r) if r.held() => {
+                let _ = holds.file(r, false);
+            }
+            Change::Released { reservation: r, .. } => {
+                holds.lock().held.remove(&r.token);
+            }
+            _ => {}
+        }
+        Ack::Done
+    }
+}

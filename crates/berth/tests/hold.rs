@@ -1,0 +1,171 @@
+//! Held reservations: other programs' explicit binds to a held port fail, associate hands over
+//! exactly the port it binds, and a port whose owner's socket closed goes back into hold.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use berth::{Client, Protocol};
+use berth_daemon::testing::{eventually, TestDaemon};
+use socket2::{Domain, Socket, Type};
+
+/// Whether another program could bind `port` now — even with `SO_REUSEADDR` and
+/// `SO_REUSEPORT`, as a stranger trying hard would — on IPv4 and on IPv6.
+fn stranger_can_bind(protocol: Protocol, port: u16) -> bool {
+    let ty = match protocol {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    let try_bind = |domain: Domain, ip: IpAddr| {
+        let s = Socket::new(domain, ty, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_reuse_port(true).unwrap();
+        if domain == Domain::IPV6 {
+            s.set_only_v6(true).unwrap();
+        }
+        s.bind(&SocketAddr::new(ip, port).into()).is_ok()
+    };
+    try_bind(Domain::IPV4, Ipv4Addr::UNSPECIFIED.into())
+        || try_bind(Domain::IPV4, Ipv4Addr::LOCALHOST.into())
+        || try_bind(Domain::IPV6, Ipv6Addr::UNSPECIFIED.into())
+}
+
+#[tokio::test]
+async fn held_ports_refuse_other_programs_until_released() {
+    let daemon = TestDaemon::start(44000, 44099);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let block = client.acquire(protocol, 0, 3).await.unwrap();
+        let ports: Vec<u16> = block.ports().collect();
+        for &port in &ports {
+            assert!(
+                !stranger_can_bind(protocol, port),
+                "{protocol} {port} is not held"
+            );
+        }
+        let listed = client.list().await.unwrap();
+        let row = listed.iter().find(|r| r.token == block.token()).unwrap();
+        assert!(row.held);
+        block.release().await.unwrap();
+        for &port in &ports {
+            assert!(
+                stranger_can_bind(protocol, port),
+                "{protocol} {port} stays held"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unheld_reservation_is_not_held() {
+    let daemon = TestDaemon::start(44100, 44199);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let block = client.acquire_unheld(Protocol::Tcp, 0, 1).await.unwrap();
+    assert!(stranger_can_bind(Protocol::Tcp, block.start()));
+    let listed = client.list().await.unwrap();
+    assert!(!listed[0].held);
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_skipped_by_the_hold_and_refused_to_a_specific_request() {
+    let daemon = TestDaemon::start(44200, 44209);
+    let busy = std::net::TcpListener::bind("127.0.0.1:44200").unwrap();
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
+    assert_eq!(
+        block.start(),
+        44201,
+        "the hold's own bind is the in-use test"
+    );
+    let err = client.acquire(Protocol::Tcp, 44200, 1).await.unwrap_err();
+    assert_eq!(err.kind(), berth::ErrorKind::Conflict);
+    drop(busy);
+}
+
+#[tokio::test]
+async fn associate_hands_over_one_port_and_takes_it_back_when_the_socket_closes() {
+    let daemon = TestDaemon::start(44300, 44399);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let block = client.acquire(Protocol::Tcp, 0, 3).await.unwrap();
+    let listener = block
+        .tcp_listener(Ipv4Addr::LOCALHOST.into())
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(block.ports().any(|p| p == port));
+    // The owner's listener works on the port it was handed.
+    let conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    drop((conn, accepted));
+    // Every port stays closed to others: the handed one has the owner's socket, the rest are
+    // held.
+    for p in block.ports() {
+        assert!(
+            !stranger_can_bind(Protocol::Tcp, p),
+            "port {p} is open to others"
+        );
+    }
+    let bound = |client: Client, token| async move {
+        let list = client.list().await.unwrap();
+        list.into_iter()
+            .find(|r| r.token == token)
+            .map(|r| r.bound)
+            .unwrap_or_default()
+    };
+    assert_eq!(bound(client.clone(), block.token()).await, vec![port]);
+
+    // The owner closes its socket: the port goes back into hold (the re-hold pass).
+    drop(listener);
+    let token = block.token();
+    let c = client.clone();
+    assert!(
+        eventually(10_000, || {
+            let c = c.clone();
+            async move { bound(c, token).await.is_empty() }
+        })
+        .await,
+        "the port never went back into hold"
+    );
+    assert!(
+        !stranger_can_bind(Protocol::Tcp, port),
+        "port {port} left open after its socket closed"
+    );
+    // And the owner can bind it again.
+    let again = block
+        .tcp_listener(Ipv4Addr::LOCALHOST.into())
+        .await
+        .unwrap();
+    assert!(block
+        .ports()
+        .any(|p| p == again.local_addr().unwrap().port()));
+}
+
+#[tokio::test]
+async fn an_ipv4_and_an_ipv6_only_socket_share_one_held_port_in_either_order() {
+    let daemon = TestDaemon::start(44400, 44499);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    for v4_first in [true, false] {
+        let block = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
+        let v4 = || Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let v6only = || {
+            let s = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+            s.set_only_v6(true).unwrap();
+            s
+        };
+        let (first, second) = if v4_first {
+            (v4(), v6only())
+        } else {
+            (v6only(), v4())
+        };
+        let a = block.bind(&first, None).await.unwrap();
+        let b = block.bind(&second, None).await.unwrap();
+        assert_eq!(
+            (a, b),
+            (block.start(), block.start()),
+            "v4 first: {v4_first}"
+        );
+        block.release().await.unwrap();
+    }
+}
