@@ -190,6 +190,15 @@ pub struct RunArgs {
     /// Print the reservations as JSON on stderr before running the command.
     #[arg(long)]
     pub json: bool,
+    /// Pass the ports as sockets already bound, the systemd way: descriptors 3, 4, … (TCP
+    /// listening, then UDP), LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES (tcp-PORT:…). The ports
+    /// are held: nobody else can bind them, before or while the command runs.
+    #[arg(long)]
+    pub listen: bool,
+    /// The address the --listen sockets are bound to [default: :: (dual-stack) where the host
+    /// has IPv6, else 0.0.0.0].
+    #[arg(long, value_name = "IP", requires = "listen")]
+    pub listen_address: Option<std::net::IpAddr>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -278,5 +287,37 @@ mod tests {
         };
         assert_eq!((run.tcp, run.udp, run.start), (Some(2), Some(1), None));
         assert_eq!(run.command.len(), 3);
+    }
+
+    #[test]
+    fn run_listen_takes_an_address_only_with_listen() {
+        let args = [
+            "berth",
+            "run",
+            "--listen-address",
+            "::1",
+            "--tcp",
+            "1",
+            "--",
+            "x",
+        ];
+        assert!(Cli::try_parse_from(args).is_err());
+        let cli = Cli::try_parse_from([
+            "berth",
+            "run",
+            "--listen",
+            "--listen-address",
+            "127.0.0.1",
+            "--tcp",
+            "1",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert!(run.listen);
+        assert_eq!(run.listen_address, Some([127, 0, 0, 1].into()));
     }
 }

@@ -18,6 +18,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The last step of `berth run --listen` before its command; not a command of the CLI.
+    if let Some(code) = cmd::listen::step() {
+        return code;
+    }
     let cli = cli::Cli::parse();
     init_logging(&cli);
     match cmd::dispatch(cli) {

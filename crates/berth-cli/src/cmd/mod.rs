@@ -1,7 +1,9 @@
-//! One module per subcommand; [`dispatch`] picks the runtime each needs.
+//! One module per subcommand; [`dispatch`] picks the runtime each needs. [`listen`] makes the
+//! sockets of `berth run --listen` and is the step that passes them to its command.
 
 mod completions;
 mod daemon;
+pub mod listen;
 mod persistent;
 mod query;
 mod run;

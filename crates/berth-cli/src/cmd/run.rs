@@ -1,5 +1,6 @@
-//! `berth run --tcp N [--udp M] [--start P] -- CMD ARGS…`: reserve, run, forward signals,
-//! release, and exit with the command's status.
+//! `berth run --tcp N [--udp M] [--start P] [--listen] -- CMD ARGS…`: reserve, run, forward
+//! signals, release, and exit with the command's status. With `--listen` the ports are held
+//! and passed as bound sockets too ([`super::listen`]).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use anyhow::Context;
 use berth::{Client, Protocol, Reservation};
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::listen::{self, Sockets};
 use crate::cli::RunArgs;
 use crate::connect;
 use crate::exit::{self, Failure};
@@ -29,15 +31,36 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let start = args.start.unwrap_or(0);
     // Before anything is reserved: a command that cannot be started would only waste them.
     check_environment_fits(&args, start)?;
+    if args.listen {
+        let count = usize::from(args.tcp.unwrap_or(0)) + usize::from(args.udp.unwrap_or(0));
+        listen::ensure_descriptors(count)?;
+    }
     let client = connect::or_start(connect::Lifetime::Holding).await?;
-    let tcp = reserve(&client, Protocol::Tcp, start, args.tcp).await?;
-    let udp = reserve(&client, Protocol::Udp, start, args.udp).await?;
+    // Held only with --listen: a command that binds $PORT by number could not bind a held
+    // port. Said explicitly either way, whatever the library's default.
+    let hold = args.listen;
+    let tcp = reserve(&client, Protocol::Tcp, start, args.tcp, hold).await?;
+    let udp = reserve(&client, Protocol::Udp, start, args.udp, hold).await?;
 
     let Some((program, rest)) = args.command.split_first() else {
         return Err(anyhow::anyhow!("no command given after --").into());
     };
-    let mut command = tokio::process::Command::new(program);
-    command.args(rest);
+    let sockets = if args.listen {
+        Some(Sockets::bind(tcp.as_ref(), udp.as_ref(), args.listen_address).await?)
+    } else {
+        None
+    };
+    let (mut command, started) = match &sockets {
+        Some(sockets) => {
+            let (command, started) = sockets.command(program, rest)?;
+            (command, Some(started))
+        }
+        None => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(rest);
+            (command, None)
+        }
+    };
     if let Some(r) = &tcp {
         command.env("BERTH_TCP_PORTS", port_list(r));
         command.env("PORT", r.start().to_string());
@@ -72,11 +95,18 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             message: format!("cannot run {name:?}: {e}"),
         }
     })?;
+    // The command has its own copies now; ours would keep the ports bound after it ends.
+    drop(sockets);
     let mut held: Vec<Reservation> = tcp.into_iter().chain(udp).collect();
     let mut handed = Vec::new();
     let pid = child.id();
     if let Some(pid) = pid {
         forward_signals(signals, pid);
+        if let Some(started) = started {
+            // With --listen the pid is berth's exec step until it has exec'd the command;
+            // handed over after that, the reservations name the command, not `berth`.
+            started.exec_done().await;
+        }
         // The command owns its ports from now on: they stay reserved while it runs, even if
         // this process is killed, and end when it ends (docs/decisions.md, "Lifetime of
         // `berth run` reservations"). A daemon that cannot take them over leaves them in this
@@ -160,9 +190,12 @@ async fn reserve(
     protocol: Protocol,
     start: u16,
     count: Option<u16>,
+    hold: bool,
 ) -> Result<Option<Reservation>, Failure> {
     match count {
-        // The command binds its ports by number: not held (see docs/kernel.md).
+        // Held with --listen (berth run binds the sockets through the daemon); otherwise the
+        // command binds its ports by number, so not held (see docs/kernel.md).
+        Some(n) if hold => Ok(Some(client.acquire(protocol, start, n).await?)),
         Some(n) => Ok(Some(client.acquire_unheld(protocol, start, n).await?)),
         None => Ok(None),
     }
@@ -200,6 +233,23 @@ fn check_environment_fits(args: &RunArgs, start: u16) -> Result<(), Failure> {
             .into());
         }
         added += len + std::mem::size_of::<usize>();
+    }
+    if args.listen {
+        // LISTEN_FDNAMES (one `tcp-PORT` per socket), LISTEN_FDS and LISTEN_PID; the step
+        // between gets the descriptor numbers as one argument of about the same length.
+        let blocks: Vec<(&str, u16, usize)> = [("tcp", args.tcp), ("udp", args.udp)]
+            .into_iter()
+            .filter_map(|(p, c)| c.map(|c| (p, c, list_len(start, c))))
+            .collect();
+        let names = "LISTEN_FDNAMES=".len() + listen::names_len(&blocks) + 1;
+        if names > MAX_ARG_STRLEN {
+            let count: usize = blocks.iter().map(|&(_, c, _)| usize::from(c)).sum();
+            return Err(berth::Error::InvalidArgument(format!(
+                "{count} sockets do not fit in LISTEN_FDNAMES: the names would take up to {names} bytes, over the kernel's limit of {MAX_ARG_STRLEN} bytes for one environment variable; nothing was reserved. `berth run --listen` passes at most about 13000 sockets"
+            ))
+            .into());
+        }
+        added += 2 * names + 64 + 4 * std::mem::size_of::<usize>();
     }
     let pointer = std::mem::size_of::<usize>();
     let existing: usize = std::env::vars_os()
