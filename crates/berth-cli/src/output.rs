@@ -89,6 +89,12 @@ pub struct StatusJson {
     pub kernel_sync: bool,
     /// Why it does not, when it does not (`null` when it does).
     pub kernel_sync_off_because: Option<String>,
+    /// Hold sockets open (one per held port and family).
+    pub hold_sockets: u32,
+    /// Descriptors the daemon has open now.
+    pub open_files: u32,
+    /// Its descriptor limit (soft `RLIMIT_NOFILE`, raised to the hard one at start-up).
+    pub open_files_limit: u64,
 }
 
 impl From<&StatusInfo> for StatusJson {
@@ -107,6 +113,9 @@ impl From<&StatusInfo> for StatusJson {
             sessions: s.sessions,
             kernel_sync: s.kernel_sync,
             kernel_sync_off_because: (!s.kernel_sync).then(|| s.kernel_sync_off_because.clone()),
+            hold_sockets: s.hold_sockets,
+            open_files: s.open_files,
+            open_files_limit: s.open_files_limit,
         }
     }
 }

@@ -24,6 +24,13 @@ pub(crate) fn open_files_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
+/// Descriptors this process has open now (`/proc/self/fd`, without the directory's own).
+pub(crate) fn open_files() -> u32 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| u32::try_from(dir.count().saturating_sub(1)).unwrap_or(u32::MAX))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

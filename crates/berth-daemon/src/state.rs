@@ -451,6 +451,8 @@ impl Shared {
             open_files_limit: crate::limits::open_files_limit(),
             kernel_sync: self.kernel.off_because.is_none(),
             kernel_sync_off_because: self.kernel.off_because.clone().unwrap_or_default(),
+            hold_sockets: u32::try_from(self.holds.count()).unwrap_or(u32::MAX),
+            open_files: crate::limits::open_files(),
         })
     }
 }

@@ -388,6 +388,11 @@ pub struct StatusInfo {
     pub kernel_sync: bool,
     /// Why not, when it does not; empty otherwise.
     pub kernel_sync_off_because: String,
+    /// Hold sockets the daemon keeps open (one per held port and family); with the
+    /// connections, they count against `open_files_limit`.
+    pub hold_sockets: u32,
+    /// Descriptors the daemon has open now (`/proc/self/fd`).
+    pub open_files: u32,
 }
 
 #[cfg(test)]

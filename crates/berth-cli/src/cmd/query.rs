@@ -53,6 +53,16 @@ pub async fn status(args: JsonArg) -> Result<ExitCode, Failure> {
             None => println!("  kernel sync on: reservations are kept in ip_local_reserved_ports"),
             Some(why) => println!("  kernel sync off: {why}"),
         }
+        println!(
+            "  {} open of a limit of {} ({})",
+            plural(status.open_files, "file descriptor"),
+            status.open_files_limit,
+            plural(status.hold_sockets, "hold socket")
+        );
+        // Held ports need a descriptor each: say so before the limit bites.
+        if u64::from(status.open_files) * 10 >= status.open_files_limit * 9 {
+            println!("  warning: the daemon is near its descriptor limit; held reservations and connections will be refused — raise LimitNOFILE / ulimit -n");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
