@@ -190,6 +190,10 @@ pub struct RunArgs {
     /// Print the reservations as JSON on stderr before running the command.
     #[arg(long)]
     pub json: bool,
+    /// Reserve the same port numbers in TCP and UDP (needs --tcp N --udp N with the same N):
+    /// for a service that listens on both. Both blocks are granted together or not at all.
+    #[arg(long, requires_all = ["tcp", "udp"])]
+    pub same_ports: bool,
     /// Pass the ports as sockets already bound, the systemd way: descriptors 3, 4, … (TCP
     /// listening, then UDP), LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES (tcp-PORT:…). The ports
     /// are held: nobody else can bind them, before or while the command runs.

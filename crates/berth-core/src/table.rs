@@ -12,6 +12,7 @@ use crate::range::{Pool, PortRange, Protocol, RangeRequest};
 use crate::token::{Token, TokenSource};
 
 mod change;
+mod pair;
 mod ports;
 mod records;
 mod reservation;

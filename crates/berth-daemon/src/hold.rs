@@ -39,7 +39,7 @@ struct State {
     held: HashMap<Token, Block>,
     /// Sockets bound by the in-use test of the acquire in progress (under the table lock):
     /// filed under the reservation if its block is granted, dropped otherwise.
-    staged: Option<Staged>,
+    staged: Vec<Staged>,
 }
 
 /// Hold sockets bound for a candidate block: its protocol, its ports and the sockets.
@@ -155,13 +155,16 @@ impl Holds {
                 }
             }
         }
-        self.lock().staged = Some((protocol, range, sockets));
+        let mut state = self.lock();
+        // One candidate per protocol at a time: a newer candidate replaces an older one.
+        state.staged.retain(|(p, _, _)| *p != protocol);
+        state.staged.push((protocol, range, sockets));
         None
     }
 
     /// Drops what the in-use test staged (an acquire that was not granted).
     pub(crate) fn unstage(&self) {
-        self.lock().staged = None;
+        self.lock().staged.clear();
     }
 
     /// Gives up every hold socket on `port` of `token`'s reservation, so its owner's socket
@@ -260,10 +263,11 @@ impl Holds {
     fn file(&self, r: &Reservation, from_stage: bool) -> Result<(), String> {
         let staged = if from_stage {
             let mut state = self.lock();
-            match state.staged.take() {
-                Some((p, range, sockets)) if p == r.protocol && range == r.range => Some(sockets),
-                _ => None,
-            }
+            let at = state
+                .staged
+                .iter()
+                .position(|(p, range, _)| *p == r.protocol && *range == r.range);
+            at.map(|i| state.staged.swap_remove(i).2)
         } else {
             None
         };

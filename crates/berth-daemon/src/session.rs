@@ -246,7 +246,9 @@ impl Session<'_> {
         };
         // Every variant named, so that a new one must be sorted here too.
         let what = match request {
-            Request::Acquire { .. } | Request::AcquireWith { .. } => "reserve ports",
+            Request::Acquire { .. } | Request::AcquireWith { .. } | Request::AcquireBoth { .. } => {
+                "reserve ports"
+            }
             Request::Associate { .. } => "bind a socket",
             Request::CreatePersistent { .. } => "create a persistent reservation",
             Request::Reclaim { .. } => "re-claim a reservation",

@@ -324,6 +324,11 @@ impl Shared {
                     .await;
                 self.name_port_user(response, &requester).await
             }
+            Request::AcquireBoth { start, count, hold } => {
+                let requester = self.requester(peer, sender);
+                self.acquire_both(start, count, hold, &requester, peer)
+                    .await
+            }
             Request::Why { protocol, port } => self.why(protocol, port, peer).await,
             Request::Release { token } => self.release(token, &self.requester(peer, sender)).await,
             Request::Associate { token, address } => {

@@ -154,6 +154,16 @@ pub enum Request {
         /// The port (0 is answered with invalid-argument).
         port: u16,
     },
+    /// The same ports in TCP and in UDP, granted together or not at all (for a service that
+    /// listens on both): two reservations, answered with [`Response::AcquiredBoth`].
+    AcquireBoth {
+        /// First port, or 0 for any block free in both protocols.
+        start: u16,
+        /// Number of ports, at least 1.
+        count: u16,
+        /// Whether the daemon holds the ports its owner has not bound (both reservations).
+        hold: bool,
+    },
 }
 
 /// The longest allow list of a persistent reservation.
@@ -199,6 +209,13 @@ pub enum Response {
     /// Answer to [`Request::Why`] (boxed only to keep every response small in memory; the
     /// wire shape is the report's).
     Why(Box<PortReport>),
+    /// Answer to [`Request::AcquireBoth`]: the TCP and the UDP reservation of the same ports.
+    AcquiredBoth {
+        /// The TCP reservation.
+        tcp: ReservationInfo,
+        /// The UDP reservation.
+        udp: ReservationInfo,
+    },
 }
 
 /// What the daemon knows about one port (answer to [`Request::Why`]).

@@ -185,6 +185,14 @@ fn requests() {
         },
         "0d  00  90 3f",
     );
+    golden(
+        Request::AcquireBoth {
+            start: 8080,
+            count: 2,
+            hold: false,
+        },
+        "0e  90 3f  02  00",
+    );
 }
 
 #[test]
@@ -255,6 +263,13 @@ fn responses() {
     golden(
         Response::Transferred(runtime_info()),
         &format!("0c {RUNTIME_INFO}"),
+    );
+    golden(
+        Response::AcquiredBoth {
+            tcp: runtime_info(),
+            udp: persistent_info(),
+        },
+        &format!("0e {RUNTIME_INFO} {PERSISTENT_INFO}"),
     );
     golden(
         Response::Why(Box::new(PortReport {

@@ -96,6 +96,27 @@ impl Client {
         self.inner.is_open()
     }
 
+    /// See [`crate::Client::acquire_same_ports`].
+    pub fn acquire_same_ports(
+        &self,
+        start: u16,
+        count: u16,
+    ) -> Result<(Reservation, Reservation), Error> {
+        let (tcp, udp) = self
+            .rt
+            .block_on(self.inner.acquire_same_ports(start, count))?;
+        Ok((
+            Reservation {
+                inner: Some(tcp),
+                rt: self.rt.clone(),
+            },
+            Reservation {
+                inner: Some(udp),
+                rt: self.rt.clone(),
+            },
+        ))
+    }
+
     /// See [`crate::Client::acquire_unheld`].
     pub fn acquire_unheld(
         &self,

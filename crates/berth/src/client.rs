@@ -246,6 +246,46 @@ impl Client {
         self.acquire_with(protocol, start, count, false).await
     }
 
+    /// Reserves the same `count` ports in TCP and in UDP (from `start`, or any block free in
+    /// both with `start == 0`), together or not at all — for a service that listens on both.
+    /// Returns the TCP reservation, then the UDP one; both are held, as with
+    /// [`Client::acquire`].
+    pub async fn acquire_same_ports(
+        &self,
+        start: u16,
+        count: u16,
+    ) -> Result<(Reservation, Reservation), Error> {
+        self.acquire_both(start, count, true).await
+    }
+
+    /// [`Client::acquire_same_ports`], not held (see [`Client::acquire_unheld`]).
+    pub async fn acquire_same_ports_unheld(
+        &self,
+        start: u16,
+        count: u16,
+    ) -> Result<(Reservation, Reservation), Error> {
+        self.acquire_both(start, count, false).await
+    }
+
+    async fn acquire_both(
+        &self,
+        start: u16,
+        count: u16,
+        hold: bool,
+    ) -> Result<(Reservation, Reservation), Error> {
+        match self
+            .conn
+            .call(Request::AcquireBoth { start, count, hold })
+            .await?
+        {
+            Response::AcquiredBoth { tcp, udp } => Ok((
+                Reservation::new(self.clone(), tcp),
+                Reservation::new(self.clone(), udp),
+            )),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
     async fn acquire_with(
         &self,
         protocol: Protocol,

@@ -39,8 +39,28 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // Held only with --listen: a command that binds $PORT by number could not bind a held
     // port. Said explicitly either way, whatever the library's default.
     let hold = args.listen;
-    let tcp = reserve(&client, Protocol::Tcp, start, args.tcp, hold).await?;
-    let udp = reserve(&client, Protocol::Udp, start, args.udp, hold).await?;
+    let (tcp, udp) = if args.same_ports {
+        let (Some(n), Some(m)) = (args.tcp, args.udp) else {
+            return Err(anyhow::anyhow!("--same-ports needs --tcp N and --udp N").into());
+        };
+        if n != m {
+            return Err(berth::Error::InvalidArgument(format!(
+                "--same-ports reserves the same numbers in both protocols, so --tcp and --udp must be equal (got {n} and {m})"
+            ))
+            .into());
+        }
+        let (tcp, udp) = if hold {
+            client.acquire_same_ports(start, n).await?
+        } else {
+            client.acquire_same_ports_unheld(start, n).await?
+        };
+        (Some(tcp), Some(udp))
+    } else {
+        (
+            reserve(&client, Protocol::Tcp, start, args.tcp, hold).await?,
+            reserve(&client, Protocol::Udp, start, args.udp, hold).await?,
+        )
+    };
 
     let Some((program, rest)) = args.command.split_first() else {
         return Err(anyhow::anyhow!("no command given after --").into());

@@ -89,6 +89,82 @@ impl Shared {
         }
     }
 
+    /// The same ports in TCP and UDP, together or not at all.
+    pub(super) async fn acquire_both(
+        &self,
+        start: u16,
+        count: u16,
+        hold: bool,
+        requester: &Requester,
+        peer: &Peer,
+    ) -> Response {
+        let owner = &requester.process;
+        let request = match RangeRequest::from_start_count(start, count) {
+            Ok(r) => r,
+            Err(e) => return error(e.kind(), e.to_string()),
+        };
+        let limits = Constraints {
+            lowest_port: self.lowest_port_for(request, owner),
+            quota: self.quota.filter(|_| !requester.is_admin),
+        };
+        let holder = Holder {
+            owner: owner.clone(),
+            session: peer.session,
+            acquired_at_ms: now_ms(),
+            hold,
+        };
+        let prober = self.prober;
+        let holds = &self.holds;
+        let (granted, pending) = {
+            let mut table = self.table();
+            let mut in_use = |proto, range| {
+                if hold {
+                    holds.try_hold(proto, range)
+                } else {
+                    prober.first_in_use(proto, range)
+                }
+            };
+            let changes =
+                match table.acquire_both(request, holder, limits, &mut OsTokens, &mut in_use) {
+                    Ok(changes) => changes,
+                    Err(e) => {
+                        holds.unstage();
+                        return acquire_refused(&e, start, count, requester);
+                    }
+                };
+            let granted: Vec<_> = changes
+                .iter()
+                .filter_map(|c| c.reservation().cloned())
+                .collect();
+            (granted, self.publish(&mut table, changes.to_vec()))
+        };
+        if let Err(why) = self.settle(pending).await {
+            // Both or neither: the one a consumer did not refuse goes too.
+            let undoing = {
+                let mut table = self.table();
+                let undone: Vec<_> = granted
+                    .iter()
+                    .filter_map(|r| table.revert(&berth_core::Change::Granted(r.clone())).ok())
+                    .flatten()
+                    .collect();
+                self.publish(&mut table, undone)
+            };
+            let _ = self.settle(undoing).await;
+            return error(
+                ErrorKind::Unavailable,
+                format!("the daemon could not record the reservations ({why}); nothing was reserved — check the daemon's log and its database's disk, then retry"),
+            );
+        }
+        let now = now_ms();
+        match granted.as_slice() {
+            [tcp, udp] => Response::AcquiredBoth {
+                tcp: info(tcp, owner, requester.is_admin, now),
+                udp: info(udp, owner, requester.is_admin, now),
+            },
+            _ => error(ErrorKind::Unavailable, "the grant went missing".into()),
+        }
+    }
+
     /// The lowest port `owner` may get: above the privileged ports, unless the policy lets it
     /// use them. Reads the owner's groups only when the request could reach privileged ports.
     fn lowest_port_for(&self, request: RangeRequest, owner: &Owner) -> u16 {

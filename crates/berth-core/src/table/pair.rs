@@ -1,0 +1,278 @@
+//! One number in both protocols: a TCP and a UDP reservation of the same ports, granted
+//! together or not at all — for services that listen on both, and for the portpicker promise
+//! of a port free for TCP and UDP alike.
+
+use crate::error::AcquireError;
+use crate::owner::Holder;
+use crate::policy::PrivilegedDenied;
+use crate::range::{PortRange, Protocol, RangeRequest};
+use crate::table::{Bond, Change, Constraints, Lease, QuotaKind, Reservation, Table};
+use crate::token::TokenSource;
+
+impl Table {
+    /// Acquires the same ports in TCP and in UDP: a specific range must be free in both
+    /// (else the error of the first protocol it is not free in); a wildcard block is searched
+    /// in TCP's pool order among blocks free in both. Counts as two reservations (and twice
+    /// the ports) for the quota. Returns the TCP grant, then the UDP grant.
+    pub fn acquire_both(
+        &mut self,
+        request: RangeRequest,
+        holder: Holder,
+        limits: Constraints,
+        tokens: &mut dyn TokenSource,
+        in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Result<[Change; 2], AcquireError> {
+        let uid = holder.owner.uid;
+        if let Some(quota) = limits.quota {
+            let usage = self.usage.get(uid);
+            let ports = u32::from(request.count()) * 2;
+            let over = if usage.reservations.saturating_add(2) > quota.max_reservations {
+                Some((
+                    QuotaKind::Reservations,
+                    quota.max_reservations,
+                    usage.reservations,
+                ))
+            } else if usage.ports.saturating_add(ports) > quota.max_ports {
+                Some((QuotaKind::Ports, quota.max_ports, usage.ports))
+            } else {
+                None
+            };
+            if let Some((what, limit, used)) = over {
+                return Err(AcquireError::QuotaExceeded {
+                    uid,
+                    what,
+                    limit,
+                    used,
+                    asked: request.count().saturating_mul(2),
+                });
+            }
+        }
+        let range = match request {
+            RangeRequest::Specific(range) => {
+                if range.start() < limits.lowest_port {
+                    return Err(AcquireError::Privileged(PrivilegedDenied {
+                        protocol: Protocol::Tcp,
+                        range,
+                        unprivileged_start: limits.lowest_port,
+                        uid,
+                    }));
+                }
+                self.check_free(Protocol::Tcp, range, in_use)?;
+                self.check_free(Protocol::Udp, range, in_use)?;
+                range
+            }
+            RangeRequest::Wildcard { count } => {
+                // A TCP search whose in-use test also asks UDP: a UDP reservation in the way
+                // counts like a port in use.
+                let udp = &self.udp;
+                let mut both = |_: Protocol, candidate: PortRange| {
+                    if let Some(slot) = udp.first_overlap(candidate) {
+                        return Some(slot.range.start().max(candidate.start()));
+                    }
+                    in_use(Protocol::Tcp, candidate).or_else(|| in_use(Protocol::Udp, candidate))
+                };
+                // The TCP search of `Table::search`, done here because the closure reads the
+                // UDP space while the TCP space moves its cursor.
+                let pool = self.pool;
+                let lowest = limits.lowest_port;
+                let within =
+                    PortRange::from_bounds(pool.range().start().max(lowest), pool.range().end())
+                        .ok()
+                        .filter(|_| lowest <= pool.range().end());
+                let found = within
+                    .and_then(|within| self.tcp.next_fit(Protocol::Tcp, count, within, &mut both));
+                match found {
+                    Some(range) => {
+                        if range.end() >= pool.range().end() {
+                            self.tcp.restart_at(pool.range().start());
+                        }
+                        range
+                    }
+                    None => {
+                        let free = u32::from(pool.range().count())
+                            - self
+                                .tcp
+                                .reserved_in(pool.range())
+                                .max(self.udp.reserved_in(pool.range()));
+                        return Err(AcquireError::PoolExhausted {
+                            protocol: Protocol::Tcp,
+                            count,
+                            pool,
+                            free_ports: free,
+                            skipped_privileged: pool.range().start() < lowest,
+                        });
+                    }
+                }
+            }
+        };
+        let mut grant = |table: &mut Table, protocol| {
+            let reservation = Reservation {
+                token: table.draw_token(tokens),
+                protocol,
+                range,
+                acquired_at_ms: holder.acquired_at_ms,
+                lease: Lease::Runtime {
+                    owner: holder.owner.clone(),
+                    bond: Bond::Session(holder.session),
+                    held: holder.hold,
+                },
+            };
+            table.insert(reservation.clone());
+            Change::Granted(reservation)
+        };
+        let tcp = grant(self, Protocol::Tcp);
+        let udp = grant(self, Protocol::Udp);
+        Ok([tcp, udp])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+    use crate::owner::{Owner, SessionId};
+    use crate::range::Pool;
+    use crate::table::Quota;
+
+    fn holder() -> Holder {
+        Holder {
+            owner: Owner {
+                pid: 7,
+                uid: 1000,
+                gid: 1000,
+                start_time: 1,
+                command: "t".into(),
+            },
+            session: SessionId(1),
+            acquired_at_ms: 0,
+            hold: false,
+        }
+    }
+
+    fn ranges(changes: &[Change; 2]) -> [(Protocol, PortRange); 2] {
+        changes.clone().map(|c| {
+            let r = c.reservation().unwrap();
+            (r.protocol, r.range)
+        })
+    }
+
+    #[test]
+    fn a_wildcard_pair_skips_ports_taken_in_either_protocol() {
+        let mut t = Table::new(Pool::new(1000, 1009).unwrap());
+        let mut next = 0u64;
+        let mut tokens = move || {
+            next += 1;
+            next
+        };
+        let none = &mut |_: Protocol, _: PortRange| None;
+        // UDP 1000-1001 and TCP 1002 are taken; a pair of 2 lands on 1003-1004.
+        t.acquire(
+            Protocol::Udp,
+            RangeRequest::Specific(PortRange::new(1000, 2).unwrap()),
+            holder(),
+            Constraints::default(),
+            &mut tokens,
+            none,
+        )
+        .unwrap();
+        t.acquire(
+            Protocol::Tcp,
+            RangeRequest::Specific(PortRange::new(1002, 1).unwrap()),
+            holder(),
+            Constraints::default(),
+            &mut tokens,
+            none,
+        )
+        .unwrap();
+        let pair = t
+            .acquire_both(
+                RangeRequest::Wildcard { count: 2 },
+                holder(),
+                Constraints::default(),
+                &mut tokens,
+                none,
+            )
+            .unwrap();
+        let at = PortRange::new(1003, 2).unwrap();
+        assert_eq!(ranges(&pair), [(Protocol::Tcp, at), (Protocol::Udp, at)]);
+        // A port in use in UDP only is skipped too.
+        let pair = t
+            .acquire_both(
+                RangeRequest::Wildcard { count: 1 },
+                holder(),
+                Constraints::default(),
+                &mut tokens,
+                &mut |p, r| (p == Protocol::Udp && r.contains(1005)).then_some(1005),
+            )
+            .unwrap();
+        let at = PortRange::new(1006, 1).unwrap();
+        assert_eq!(ranges(&pair), [(Protocol::Tcp, at), (Protocol::Udp, at)]);
+        assert_eq!(t.usage(1000).reservations, 6);
+    }
+
+    #[test]
+    fn a_specific_pair_needs_both_free_and_counts_twice_for_the_quota() {
+        let mut t = Table::new(Pool::new(1000, 1009).unwrap());
+        let mut next = 0u64;
+        let mut tokens = move || {
+            next += 1;
+            next
+        };
+        let none = &mut |_: Protocol, _: PortRange| None;
+        let at = RangeRequest::Specific(PortRange::new(1005, 2).unwrap());
+        t.acquire(
+            Protocol::Udp,
+            RangeRequest::Specific(PortRange::new(1006, 1).unwrap()),
+            holder(),
+            Constraints::default(),
+            &mut tokens,
+            none,
+        )
+        .unwrap();
+        let err = t
+            .acquire_both(at, holder(), Constraints::default(), &mut tokens, none)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AcquireError::Conflict {
+                    protocol: Protocol::Udp,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            t.usage(1000).reservations,
+            1,
+            "nothing granted on a refusal"
+        );
+        let tight = Constraints {
+            lowest_port: 0,
+            quota: Some(Quota {
+                max_reservations: 2,
+                max_ports: 10,
+            }),
+        };
+        let err = t
+            .acquire_both(
+                RangeRequest::Wildcard { count: 1 },
+                holder(),
+                tight,
+                &mut tokens,
+                none,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AcquireError::QuotaExceeded {
+                    what: QuotaKind::Reservations,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
