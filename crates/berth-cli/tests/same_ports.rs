@@ -1,5 +1,7 @@
 //! `berth run --same-ports`: the same numbers in TCP and UDP, together or not at all.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use support::{ports, run_sh, Daemon};

@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -38,11 +38,14 @@ pub(crate) struct Received {
     /// `None` once dropped.
     fd: Option<OwnedFd>,
     state: Arc<CloseState>,
+    /// The daemon's closers, which close it.
+    closers: Closers,
 }
 
 impl Received {
-    pub(crate) fn new(fd: OwnedFd) -> Self {
+    pub(crate) fn new(fd: OwnedFd, closers: &Closers) -> Self {
         Received {
+            closers: closers.clone(),
             fd: Some(fd),
             state: Arc::new(CloseState {
                 stage: AtomicU8::new(HELD),
@@ -71,7 +74,7 @@ impl Drop for Received {
     fn drop(&mut self) {
         if let Some(fd) = self.fd.take() {
             self.state.stage.store(DROPPED, Ordering::SeqCst);
-            dispose(Close {
+            self.closers.dispose(Close {
                 fd: Some(fd),
                 state: Arc::clone(&self.state),
             });
@@ -125,38 +128,14 @@ impl Closing {
     }
 }
 
-/// Drops `item` on a closer thread, never on the caller's.
-pub(crate) fn dispose<T: Send + 'static>(item: T) {
-    let closers = closers();
-    let start_one = {
-        let mut queue = closers.lock();
-        queue.items.push_back(Box::new(item));
-        if queue.items.len() == BACKLOG_WARNING {
-            tracing::warn!(
-                "{BACKLOG_WARNING} descriptors wait to be closed; some client sends descriptors whose close blocks"
-            );
-        }
-        let start_one = queue.items.len() > queue.idle && queue.threads < MAX_CLOSERS;
-        if start_one {
-            queue.threads += 1;
-        }
-        start_one
-    };
-    closers.work.notify_one();
-    if start_one {
-        let started = std::thread::Builder::new()
-            .name("berth-closer".into())
-            .spawn(move || closers.run());
-        if let Err(e) = started {
-            // What is queued stays queued: the next disposal tries again.
-            closers.lock().threads -= 1;
-            tracing::error!("cannot start a thread to close client descriptors: {e}");
-        }
-    }
-}
+/// The daemon's closer threads and what waits for them. Cloning shares them; idle threads end
+/// once every handle is gone (the daemon stopped).
+#[derive(Clone, Debug)]
+pub(crate) struct Closers(Arc<Pool>);
 
 /// Whatever waits to be dropped, and the threads that drop it.
-struct Closers {
+#[derive(Debug)]
+struct Pool {
     queue: Mutex<Queue>,
     work: Condvar,
 }
@@ -170,38 +149,89 @@ struct Queue {
     idle: usize,
 }
 
-fn closers() -> &'static Closers {
-    static CLOSERS: OnceLock<Closers> = OnceLock::new();
-    CLOSERS.get_or_init(|| Closers {
-        queue: Mutex::new(Queue::default()),
-        work: Condvar::new(),
-    })
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("items", &self.items.len())
+            .field("threads", &self.threads)
+            .field("idle", &self.idle)
+            .finish()
+    }
 }
 
+/// How long an idle closer thread waits before it checks whether the daemon is gone.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Closers {
+    pub(crate) fn new() -> Self {
+        Closers(Arc::new(Pool {
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+        }))
+    }
+
+    /// Drops `item` on a closer thread, never on the caller's.
+    pub(crate) fn dispose<T: Send + 'static>(&self, item: T) {
+        let pool = &self.0;
+        let start_one = {
+            let mut queue = pool.lock();
+            queue.items.push_back(Box::new(item));
+            if queue.items.len() == BACKLOG_WARNING {
+                tracing::warn!(
+                    "{BACKLOG_WARNING} descriptors wait to be closed; some client sends descriptors whose close blocks"
+                );
+            }
+            let start_one = queue.items.len() > queue.idle && queue.threads < MAX_CLOSERS;
+            if start_one {
+                queue.threads += 1;
+            }
+            start_one
+        };
+        pool.work.notify_one();
+        if start_one {
+            let weak = Arc::downgrade(pool);
+            let started = std::thread::Builder::new()
+                .name("berth-closer".into())
+                .spawn(move || Pool::run(&weak));
+            if let Err(e) = started {
+                // What is queued stays queued: the next disposal tries again.
+                pool.lock().threads -= 1;
+                tracing::error!("cannot start a thread to close client descriptors: {e}");
+            }
+        }
+    }
+}
+
+impl Pool {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // Nothing panics while holding the lock; if something did, the queue is still whole.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A closer thread: drops queued items, one at a time, for ever.
-    fn run(&self) {
-        let mut queue = self.lock();
+    /// A closer thread: drops queued items, one at a time, until the pool is idle and nobody
+    /// but the closer threads holds it any more.
+    fn run(weak: &std::sync::Weak<Pool>) {
         loop {
+            let Some(pool) = weak.upgrade() else { return };
+            let mut queue = pool.lock();
             match queue.items.pop_front() {
                 Some(item) => {
                     drop(queue);
                     // The close, which may block for as long as the client arranged.
                     drop(item);
-                    queue = self.lock();
                 }
                 None => {
                     queue.idle += 1;
-                    queue = self
+                    let (mut queue, _) = pool
                         .work
-                        .wait(queue)
+                        .wait_timeout(queue, IDLE_CHECK)
                         .unwrap_or_else(PoisonError::into_inner);
                     queue.idle -= 1;
+                    // Only closer threads hold the pool: the daemon is gone.
+                    if queue.items.is_empty() && Arc::strong_count(&pool) <= queue.threads {
+                        queue.threads -= 1;
+                        return;
+                    }
                 }
             }
         }
@@ -218,6 +248,12 @@ mod tests {
     use std::time::Duration;
 
     use crate::testing::raw::lingering_socket;
+
+    /// One pool for the whole test module, as a daemon has one.
+    fn closers() -> Closers {
+        static POOL: std::sync::OnceLock<Closers> = std::sync::OnceLock::new();
+        POOL.get_or_init(Closers::new).clone()
+    }
 
     /// How long a close of the lingering sockets below blocks, at most (or until the test
     /// drops their peers, which resets them).
@@ -254,7 +290,7 @@ mod tests {
             });
             rx.recv_timeout(limit) == Ok(0)
         };
-        (Received::new(write), wait_eof)
+        (Received::new(write, &closers()), wait_eof)
     }
 
     #[test]
@@ -265,7 +301,7 @@ mod tests {
         assert!(wait_eof(DEADLINE), "the write end stayed open");
 
         let (report, reports) = mpsc::channel();
-        dispose(Reporting {
+        closers().dispose(Reporting {
             inner: Some(()),
             report,
         });
@@ -286,12 +322,12 @@ mod tests {
         std::thread::spawn(move || {
             // `Reporting` drops the `Received` on a closer thread, which hands the socket to
             // another closer.
-            dispose(Reporting {
-                inner: Some(Received::new(socket)),
+            closers().dispose(Reporting {
+                inner: Some(Received::new(socket, &closers())),
                 report,
             });
             // Dropped on a closer directly too, to see the close itself block.
-            dispose(Reporting {
+            closers().dispose(Reporting {
                 inner: Some(direct),
                 report: direct_report,
             });
@@ -328,7 +364,7 @@ mod tests {
     async fn closing_tells_when_the_close_is_done() {
         let (read, write) = rustix::pipe::pipe().unwrap();
         rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK).unwrap();
-        let write = Received::new(write);
+        let write = Received::new(write, &closers());
         let closing = write.closing();
         // Held: nothing to wait for.
         tokio::time::timeout(Duration::from_secs(1), closing.closed())
@@ -337,7 +373,7 @@ mod tests {
         for _ in 0..100 {
             let (r, w) = rustix::pipe::pipe().unwrap();
             rustix::fs::fcntl_setfl(&r, rustix::fs::OFlags::NONBLOCK).unwrap();
-            let w = Received::new(w);
+            let w = Received::new(w, &closers());
             let closing = w.closing();
             drop(w);
             tokio::time::timeout(Duration::from_secs(10), closing.closed())

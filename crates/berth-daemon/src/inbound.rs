@@ -33,7 +33,7 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::time::{Duration, Instant};
 use tokio_util::codec::Decoder;
 
-use crate::closer::{self, Closing, Received};
+use crate::closer::{Closers, Closing, Received};
 
 mod ledger;
 mod recv;
@@ -90,14 +90,17 @@ pub(crate) struct Reader {
     codec: FrameCodec<Request, Response>,
     /// Which bytes came from whom, and with which descriptors.
     ledger: Ledger<Received, Option<Credentials>>,
+    /// The daemon's closer threads: every descriptor received is closed there.
+    closers: Closers,
     /// The close of the descriptor handed out with the last request, which the next one waits
     /// for, and until when (set when the wait starts).
     closing: Option<(Closing, Option<Instant>)>,
 }
 
 impl Reader {
-    pub(crate) fn new(half: OwnedReadHalf) -> Self {
+    pub(crate) fn new(half: OwnedReadHalf, closers: Closers) -> Self {
         Reader {
+            closers,
             half: Some(half),
             buf: BytesMut::with_capacity(CHUNK),
             chunk: vec![0u8; CHUNK],
@@ -172,7 +175,11 @@ impl Reader {
             .await
             .map_err(ReadError::Io)?;
         // Own every descriptor before anything can drop (and close) one here.
-        let fds: Vec<Received> = message.fds.into_iter().map(Received::new).collect();
+        let fds: Vec<Received> = message
+            .fds
+            .into_iter()
+            .map(|fd| Received::new(fd, &self.closers))
+            .collect();
         if message.truncated {
             // The kernel dropped ancillary data it could not fit: refuse rather than lose
             // track of what the client sent.
@@ -197,7 +204,7 @@ impl Drop for Reader {
         // flight included, in the closing thread: close it on a closer thread too. (The writing
         // half is dropped first, which leaves this one the last owner of the socket.)
         if let Some(half) = self.half.take() {
-            closer::dispose(half);
+            self.closers.dispose(half);
         }
     }
 }
@@ -274,7 +281,7 @@ mod tests {
         let (client, daemon) = tokio::net::UnixStream::pair().unwrap();
         rustix::net::sockopt::set_socket_passcred(&daemon, true).unwrap();
         let (rd, _wr) = daemon.into_split();
-        (client, Reader::new(rd))
+        (client, Reader::new(rd, Closers::new()))
     }
 
     fn error_message(result: Result<Option<Inbound>, ReadError>) -> String {

@@ -83,7 +83,7 @@ pub(crate) async fn serve_connection(
         netns,
     };
     let (rd, wr) = stream.into_split();
-    let mut reader = Reader::new(rd);
+    let mut reader = Reader::new(rd, shared.closers());
     let mut writer = FramedWrite::new(wr, FrameCodec::daemon());
 
     if let Some(version) = handshake(&mut reader, &mut writer, &session, &shutdown).await {

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     kernel: KernelState,
     /// The hold sockets of held reservations (also a consumer of the change stream).
     holds: Arc<crate::hold::Holds>,
+    /// The threads that close what clients send (a close can block).
+    closers: crate::closer::Closers,
 }
 
 /// The kernel-sync side of the daemon.
@@ -138,6 +140,7 @@ impl Shared {
             store,
             kernel,
             holds,
+            closers: crate::closer::Closers::new(),
         };
         Ok((shared, owners))
     }
@@ -280,6 +283,11 @@ impl Shared {
         }
     }
 
+    /// The threads that close what clients send.
+    pub(crate) fn closers(&self) -> crate::closer::Closers {
+        self.closers.clone()
+    }
+
     /// Tells the store thread to finish what is queued and stop.
     pub(crate) fn stop_store(&self) {
         self.store.stop();
@@ -411,13 +419,13 @@ impl Shared {
         protocol: Protocol,
         range: berth_core::PortRange,
         who: &Owner,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Box<Response>> {
         if !self.privileged.touches(range) {
             return Ok(());
         }
         self.privileged
             .check(protocol, range, who.uid, &groups_of(who))
-            .map_err(|e| error(e.kind(), e.to_string()))
+            .map_err(|e| Box::new(error(e.kind(), e.to_string())))
     }
 
     /// Whether `who` may use privileged ports at all.

@@ -211,10 +211,11 @@ pub enum Response {
     Why(Box<PortReport>),
     /// Answer to [`Request::AcquireBoth`]: the TCP and the UDP reservation of the same ports.
     AcquiredBoth {
-        /// The TCP reservation.
-        tcp: ReservationInfo,
+        /// The TCP reservation (boxed, like the UDP one, to keep responses small in memory;
+        /// the wire shape is the info's).
+        tcp: Box<ReservationInfo>,
         /// The UDP reservation.
-        udp: ReservationInfo,
+        udp: Box<ReservationInfo>,
     },
 }
 

@@ -266,8 +266,8 @@ fn responses() {
     );
     golden(
         Response::AcquiredBoth {
-            tcp: runtime_info(),
-            udp: persistent_info(),
+            tcp: Box::new(runtime_info()),
+            udp: Box::new(persistent_info()),
         },
         &format!("0e {RUNTIME_INFO} {PERSISTENT_INFO}"),
     );

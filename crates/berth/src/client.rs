@@ -279,8 +279,8 @@ impl Client {
             .await?
         {
             Response::AcquiredBoth { tcp, udp } => Ok((
-                Reservation::new(self.clone(), tcp),
-                Reservation::new(self.clone(), udp),
+                Reservation::new(self.clone(), *tcp),
+                Reservation::new(self.clone(), *udp),
             )),
             other => Err(Error::unexpected(other)),
         }

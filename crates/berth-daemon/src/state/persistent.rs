@@ -23,7 +23,7 @@ impl Shared {
         }
         let range = match exact_range(start, count) {
             Ok(r) => r,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         if allowed.users.len() > MAX_ALLOW_LIST || allowed.groups.len() > MAX_ALLOW_LIST {
             return error(
@@ -74,7 +74,7 @@ impl Shared {
     ) -> Response {
         let range = match exact_range(start, count) {
             Ok(r) => r,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         if !requester.is_admin {
             return not_admin("delete", requester);
@@ -107,7 +107,7 @@ impl Shared {
     ) -> Response {
         let range = match exact_range(start, count) {
             Ok(r) => r,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         match self.table().find_persistent(protocol, range) {
             Some(r) => {
@@ -146,6 +146,6 @@ fn store_failed(what: &str, e: &str) -> Response {
 }
 
 /// The range `start..start+count`, or the invalid-argument answer.
-fn exact_range(start: u16, count: u16) -> Result<PortRange, Response> {
-    PortRange::new(start, count).map_err(|e| error(e.kind(), e.to_string()))
+fn exact_range(start: u16, count: u16) -> Result<PortRange, Box<Response>> {
+    PortRange::new(start, count).map_err(|e| Box::new(error(e.kind(), e.to_string())))
 }

@@ -158,8 +158,8 @@ impl Shared {
         let now = now_ms();
         match granted.as_slice() {
             [tcp, udp] => Response::AcquiredBoth {
-                tcp: info(tcp, owner, requester.is_admin, now),
-                udp: info(udp, owner, requester.is_admin, now),
+                tcp: Box::new(info(tcp, owner, requester.is_admin, now)),
+                udp: Box::new(info(udp, owner, requester.is_admin, now)),
             },
             _ => error(ErrorKind::Unavailable, "the grant went missing".into()),
         }
@@ -320,7 +320,7 @@ impl Shared {
             if let Err(refusal) =
                 self.check_privileged(plan.protocol, plan.range, &requester.process)
             {
-                return refusal;
+                return *refusal;
             }
         }
         let address = match associate::choose_address(facts, address) {
