@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 use tokio::net::UnixStream;
@@ -107,10 +107,53 @@ impl Client {
                 Reached::Nobody(why) => tried.push(format!("{}: {why}", path.display())),
             }
         }
+        // None of the usual places answers; the daemon that serves this network namespace may
+        // still be somewhere this environment does not point at (another XDG_RUNTIME_DIR under
+        // cron, su or sudo -u): its authority beacon names its socket. An explicit
+        // BERTH_SOCKET is never replaced by another daemon.
+        if std::env::var_os("BERTH_SOCKET").is_none() {
+            if let Some(path) = Client::find_by_authority(&options, uid).await? {
+                let timeout = options.connect_timeout;
+                match rendezvous::reach(&path, timeout, options.trusted_daemon_uid).await? {
+                    Reached::Daemon(stream) => return Client::open(stream, &path, options).await,
+                    Reached::Nobody(why) => tried.push(format!("{}: {why}", path.display())),
+                }
+            }
+        }
         Err(Error::Unavailable(format!(
             "no berth daemon answers (tried {}); start one with `berth daemon` (`berth run` starts one on demand), or set BERTH_SOCKET to the socket of a running one",
             tried.join("; ")
         )))
+    }
+
+    /// The socket of the daemon that serves this network namespace, from its authority beacon
+    /// (`$BERTH_AUTHORITY`, else the default name), if one does and it is trusted (root, this
+    /// user, or the trusted uid of `options`). A beacon held by anyone else is refused with
+    /// [`Error::PermissionDenied`] naming it: a second daemon could not serve this namespace
+    /// either, so starting one would not help.
+    async fn find_by_authority(options: &Options, uid: u32) -> Result<Option<PathBuf>, Error> {
+        let name = std::env::var("BERTH_AUTHORITY")
+            .ok()
+            .filter(|n| !n.is_empty() && n != "none")
+            .unwrap_or_else(|| berth_protocol::authority::DEFAULT_NAME.to_owned());
+        let asked = tokio::task::spawn_blocking(move || berth_protocol::authority::query(&name))
+            .await
+            .map_err(|e| Error::Unavailable(format!("asking the authority beacon failed: {e}")))?;
+        let Ok(Some(holder)) = asked else {
+            return Ok(None);
+        };
+        let euid = rustix::process::geteuid().as_raw();
+        let trusted = holder.peer.uid == 0
+            || holder.peer.uid == euid
+            || holder.peer.uid == uid
+            || Some(holder.peer.uid) == options.trusted_daemon_uid;
+        match holder.announced {
+            Some(a) if trusted => Ok(Some(PathBuf::from(a.socket))),
+            _ if trusted => Ok(None),
+            _ => Err(Error::PermissionDenied(format!(
+                "the berth daemon serving this network namespace is {holder}; it runs as another user, so this client does not use it, and a second daemon cannot serve this namespace — ask that user to stop it (`berth stop`), or an administrator to run the system daemon"
+            ))),
+        }
     }
 
     /// [`Client::connect`], but when no daemon answers, starts a per-user daemon first, the
