@@ -40,6 +40,8 @@ pub(crate) fn acquire(db: &Path) -> io::Result<DbLock> {
         .truncate(false)
         .write(true)
         .mode(0o600)
+        // A planted symbolic link must not make the daemon create or lock another file.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {

@@ -18,7 +18,7 @@ impl Shared {
         if start == 0 {
             return error(
                 ErrorKind::InvalidArgument,
-                "a persistent reservation needs a specific range: give --start (wildcard persistent reservations do not exist)".into(),
+                "a persistent reservation covers a specific range (a start from 1 to 65535); start 0 asks for any free block, which persistent reservations do not support".into(),
             );
         }
         let range = match exact_range(start, count) {
