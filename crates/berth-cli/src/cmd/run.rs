@@ -195,14 +195,17 @@ async fn ended_with_the_command(client: &Client, handed: &[berth::Token]) {
     if handed.is_empty() {
         return;
     }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while tokio::time::Instant::now() < deadline {
-        match client.list().await {
-            Ok(list) if list.iter().all(|r| !handed.contains(&r.token)) => return,
-            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            Err(_) => return,
+    // Bounded as a whole: with the daemon away, a list would wait for a reconnection.
+    let wait = async {
+        loop {
+            match client.list().await {
+                Ok(list) if list.iter().all(|r| !handed.contains(&r.token)) => return,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Err(_) => return,
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), wait).await;
 }
 
 async fn reserve(
