@@ -41,6 +41,7 @@ pub mod listener;
 mod netns;
 mod owner_watch;
 mod peer;
+pub mod portserver;
 mod probe;
 pub mod server;
 mod session;
