@@ -165,6 +165,20 @@ pub struct DaemonArgs {
     /// given on the command line override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Answer Google's portpicker protocol on ADDR (@NAME: abstract socket, else a path) so
+    /// test suites with PORTSERVER_ADDRESS=ADDR get race-free ports; see docs/portserver.md
+    /// [default ADDR: @unittest-portserver; on by default for the system daemon].
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = berth_daemon::portserver::DEFAULT_ADDRESS,
+        conflicts_with = "no_portserver"
+    )]
+    pub portserver: Option<berth_daemon::portserver::Address>,
+    /// Serve no portserver endpoint, whatever the configuration file says.
+    #[arg(long)]
+    pub no_portserver: bool,
     /// Check the configuration and exit (0 when it is valid).
     #[arg(long)]
     pub check_config: bool,

@@ -11,6 +11,7 @@ use crate::policy::PrivilegedDenied;
 use crate::range::{Pool, PortRange, Protocol, RangeRequest};
 use crate::token::{Token, TokenSource};
 
+mod both;
 mod change;
 mod pair;
 mod ports;

@@ -49,6 +49,10 @@ pub struct Config {
     /// Whether to keep `net.ipv4.ip_local_reserved_ports` (see `kernel`): off unless asked,
     /// so an embedded or test daemon never touches the host; `berth daemon` asks for `auto`.
     pub kernel_sync: crate::kernel::KernelSync,
+    /// The portserver endpoint (Google's portpicker protocol; see `portserver`), or `None`
+    /// for none: off unless asked, like every other reach beyond the daemon's own socket;
+    /// `berth daemon` turns it on for the system instance.
+    pub portserver: Option<crate::portserver::Endpoint>,
 }
 
 impl Config {
@@ -71,6 +75,7 @@ impl Config {
             store_faults: Arc::new(AtomicBool::new(false)),
             kernel_sync: crate::kernel::KernelSync::Off,
             authority: Some(berth_protocol::authority::DEFAULT_NAME.to_owned()),
+            portserver: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! max_connections = 4096
 //! admin_groups = ["berth-admin"] # administrators besides root and the daemon's user
 //! grace_period_s = 10           # how long a restarted daemon holds runtime reservations
+//! portserver = "@unittest-portserver"  # the portpicker endpoint; false (or "off") for none
 //!
 //! [privileged]                  # who may reserve and bind ports below
 //! allow_users = ["www-data", 1001]   # net.ipv4.ip_unprivileged_port_start (root always may)
@@ -91,6 +92,17 @@ pub struct ConfigFile {
     quota: Option<QuotaTable>,
     /// "auto", "on" or "off": whether to keep net.ipv4.ip_local_reserved_ports.
     kernel_sync: Option<String>,
+    /// The portserver endpoint: an address (`@name` or a path), `true` for the default
+    /// address, `false` or "off" for none.
+    portserver: Option<PortserverKey>,
+}
+
+/// The `portserver` key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum PortserverKey {
+    On(bool),
+    Address(String),
 }
 
 impl ConfigFile {
@@ -150,6 +162,23 @@ impl ConfigFile {
             config.kernel_sync = mode
                 .parse()
                 .map_err(|e: String| invalid(format!("kernel_sync: {e}")))?;
+        }
+        match &self.portserver {
+            None => {}
+            Some(PortserverKey::On(false)) => config.portserver = None,
+            Some(PortserverKey::Address(off)) if off == "off" || off == "none" => {
+                config.portserver = None;
+            }
+            Some(key) => {
+                let address = match key {
+                    PortserverKey::Address(a) => a.as_str(),
+                    PortserverKey::On(_) => crate::portserver::DEFAULT_ADDRESS,
+                };
+                let address = address
+                    .parse()
+                    .map_err(|e: String| invalid(format!("portserver: {e}")))?;
+                config.portserver = Some(crate::portserver::Endpoint::new(address));
+            }
         }
         if let Some(q) = &self.quota {
             let max_reservations = q.max_reservations.unwrap_or(u32::MAX);
@@ -253,6 +282,37 @@ mod tests {
             .apply(&mut base(), &path)
             .unwrap_err();
         assert!(err.to_string().contains("pool"), "{err}");
+    }
+
+    #[test]
+    fn the_portserver_key_turns_the_endpoint_on_moves_it_or_turns_it_off() {
+        use crate::portserver::{Address, Endpoint, DEFAULT_ADDRESS};
+        let default_on = || {
+            let mut c = base();
+            c.portserver = Some(Endpoint {
+                optional: true,
+                ..Endpoint::new(DEFAULT_ADDRESS.parse().unwrap())
+            });
+            c
+        };
+        let applied = |text: &str| {
+            let (_d, path) = write(text);
+            let mut config = default_on();
+            ConfigFile::load(&path)?.apply(&mut config, &path)?;
+            Ok::<_, ConfigError>(config.portserver)
+        };
+        for off in ["portserver = false\n", "portserver = \"off\"\n"] {
+            assert!(applied(off).unwrap().is_none(), "{off}");
+        }
+        let moved = applied("portserver = \"/run/ps.sock\"\n").unwrap().unwrap();
+        assert_eq!(moved.address, Address::Path("/run/ps.sock".into()));
+        assert!(!moved.optional, "asked for explicitly, so required");
+        let on = applied("portserver = true\n").unwrap().unwrap();
+        assert_eq!(on.address.to_string(), DEFAULT_ADDRESS);
+        // Nothing said: the default stays.
+        assert!(applied("").unwrap().unwrap().optional);
+        let err = applied("portserver = \"@\"\n").unwrap_err();
+        assert!(err.to_string().contains("portserver"), "{err}");
     }
 
     #[test]

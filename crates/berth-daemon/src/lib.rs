@@ -20,6 +20,8 @@
 //! - `netns`: which network namespace a socket belongs to.
 //! - `closer`: closing received descriptors on threads of their own (a close can block).
 //! - `store_thread`, `db_lock`: the database's own thread, and one daemon per database.
+//! - [`portserver`]: Google's portpicker protocol on a socket of its own (one number in TCP and
+//!   UDP per request, owned by the asking process); `state/portserver.rs` grants it.
 //! - `probe`: whether a port is in use on the host; `diag`: which sockets and processes have a
 //!   port bound (sock_diag and `/proc`), for `berth why` and error messages.
 
@@ -41,6 +43,7 @@ pub mod listener;
 mod netns;
 mod owner_watch;
 mod peer;
+pub mod portserver;
 mod probe;
 pub mod server;
 mod session;

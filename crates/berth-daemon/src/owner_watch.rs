@@ -35,7 +35,8 @@ impl Consumer for Watcher {
 
     fn accept(&self, change: &Change) -> Ack {
         let watched = match change {
-            Change::Restored(r) | Change::Rebound { after: r, .. } => {
+            // Granted: a portserver reservation is bound to its owner process from the start.
+            Change::Granted(r) | Change::Restored(r) | Change::Rebound { after: r, .. } => {
                 matches!(r.bond(), Some(Bond::Process | Bond::Unclaimed))
                     .then(|| r.owner())
                     .flatten()

@@ -95,6 +95,10 @@ pub async fn run_with_ready(
             Err(_) => tracing::error!("the kernel-sync thread stopped before reconciling"),
         }
     }
+    // The portserver endpoint: bound before `ready`, so its clients never find it missing.
+    if let Some(endpoint) = &config.portserver {
+        start_portserver(endpoint, &shared, &tracker, &cancel)?;
+    }
     end_grace(&tracker, &shared, &cancel, config.grace);
     rehold(&tracker, &shared, &cancel);
     let control = Arc::new(Control {
@@ -178,6 +182,28 @@ pub async fn run_with_ready(
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Binds and serves the portserver endpoint; an optional one whose address is taken is only
+/// logged.
+fn start_portserver(
+    endpoint: &crate::portserver::Endpoint,
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> io::Result<()> {
+    match crate::portserver::bind(&endpoint.address) {
+        Ok(bound) => {
+            crate::portserver::spawn(bound, endpoint, shared.clone(), tracker, cancel.clone())
+        }
+        Err(e) if endpoint.optional && e.kind() == io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                "{e}; serving without the portserver endpoint (is another portserver running?)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Watches every owner the change stream names (reservations that live as long as their

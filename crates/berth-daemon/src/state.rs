@@ -22,6 +22,7 @@ use crate::probe::Prober;
 use crate::store_thread::StoreHandle;
 
 mod persistent;
+mod portserver;
 mod restore;
 mod runtime;
 mod why;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth_daemon::{config::ephemeral_pool, kernel, Config, ConfigFile, KernelSync};
+use berth_daemon::{config::ephemeral_pool, kernel, portserver, Config, ConfigFile, KernelSync};
 use berth_protocol::paths;
 
 use crate::cli::DaemonArgs;
@@ -41,7 +41,19 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
         .or_else(|| loaded.as_ref().and_then(ConfigFile::kernel_sync))
         .unwrap_or(KernelSync::Auto);
     let pool = kernel::safe_default_pool(kernel::will_sync(kernel_sync), ephemeral_pool());
+    let system_instance = uid == 0 && socket == std::path::Path::new(paths::SYSTEM_SOCKET);
     let mut config = Config::new(socket, db, pool);
+    // The system daemon answers portpicker clients unless told not to (docs/portserver.md).
+    if system_instance {
+        config.portserver = Some(portserver::Endpoint {
+            optional: true,
+            ..portserver::Endpoint::new(portserver::Address::Abstract(
+                portserver::DEFAULT_ADDRESS
+                    .trim_start_matches('@')
+                    .to_owned(),
+            ))
+        });
+    }
     if let (Some(path), Some(loaded)) = (&file, &loaded) {
         loaded
             .apply(&mut config, path)
@@ -50,6 +62,12 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     config.kernel_sync = kernel_sync;
     if let Some(name) = &args.authority {
         config.authority = (name != "none").then(|| name.clone());
+    }
+    if let Some(address) = args.portserver {
+        config.portserver = Some(portserver::Endpoint::new(address));
+    }
+    if args.no_portserver {
+        config.portserver = None;
     }
     if let Some(pool) = args.pool {
         config.pool = pool;

@@ -1,0 +1,285 @@
+//! One port number reserved in TCP and UDP at once, for a process: what the portpicker
+//! protocol promises (a port free for both), granted as two runtime reservations of the same
+//! number that live exactly as long as their owner process ([`Bond::Process`]).
+
+use super::{Bond, Change, Constraints, Lease, Reservation, Table};
+use crate::error::AcquireError;
+use crate::owner::Owner;
+use crate::range::{PortRange, Protocol};
+use crate::token::TokenSource;
+use crate::QuotaKind;
+
+impl Table {
+    /// Reserves one port of the wildcard pool in TCP and UDP alike for `owner`, as two runtime
+    /// reservations of that number (TCP first), not held, that end when `owner` exits.
+    ///
+    /// A candidate is a port free in TCP's free map that no UDP reservation covers and that
+    /// `in_use` reports free for both protocols; the search is TCP's next-fit from its cursor,
+    /// so it ends after one pass. Both are granted or neither: a port whose UDP side is taken
+    /// is skipped, never half-reserved. Fails with [`AcquireError::QuotaExceeded`] when the
+    /// owner's quota has no room for two reservations of one port each, and with
+    /// [`AcquireError::PoolExhausted`] (for TCP) when no port of the pool is free in both.
+    pub fn acquire_for_process(
+        &mut self,
+        owner: Owner,
+        acquired_at_ms: u64,
+        limits: Constraints,
+        tokens: &mut dyn TokenSource,
+        in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Result<[Change; 2], AcquireError> {
+        if let Some(quota) = limits.quota {
+            let used = self.usage.get(owner.uid);
+            let refusal = if used.reservations.saturating_add(2) > quota.max_reservations {
+                Some((
+                    QuotaKind::Reservations,
+                    quota.max_reservations,
+                    used.reservations,
+                ))
+            } else if used.ports.saturating_add(2) > quota.max_ports {
+                Some((QuotaKind::Ports, quota.max_ports, used.ports))
+            } else {
+                None
+            };
+            if let Some((what, limit, used)) = refusal {
+                return Err(AcquireError::QuotaExceeded {
+                    uid: owner.uid,
+                    what,
+                    limit,
+                    used,
+                    asked: 2,
+                });
+            }
+        }
+        let pool = self.pool;
+        let lowest = limits.lowest_port;
+        let usable = PortRange::from_bounds(pool.range().start().max(lowest), pool.range().end())
+            .ok()
+            .filter(|_| lowest <= pool.range().end());
+        let Table { tcp, udp, .. } = self;
+        let found = usable.and_then(|within| {
+            // TCP's search, with UDP's side of each candidate folded into "in use".
+            let mut both = |_: Protocol, candidate: PortRange| {
+                if let Some(slot) = udp.first_overlap(candidate) {
+                    return Some(slot.range.start().max(candidate.start()));
+                }
+                in_use(Protocol::Tcp, candidate).or_else(|| in_use(Protocol::Udp, candidate))
+            };
+            tcp.next_fit(Protocol::Tcp, 1, within, &mut both)
+        });
+        let Some(range) = found else {
+            let free = u32::from(pool.range().count()) - self.tcp.reserved_in(pool.range());
+            return Err(AcquireError::PoolExhausted {
+                protocol: Protocol::Tcp,
+                count: 1,
+                pool,
+                free_ports: free,
+                skipped_privileged: pool.range().start() < lowest,
+            });
+        };
+        if range.end() >= pool.range().end() {
+            self.tcp.restart_at(pool.range().start());
+        }
+        let mut grant = |table: &mut Table, protocol| {
+            let reservation = Reservation {
+                token: table.draw_token(tokens),
+                protocol,
+                range,
+                acquired_at_ms,
+                lease: Lease::Runtime {
+                    owner: owner.clone(),
+                    bond: Bond::Process,
+                    held: false,
+                },
+            };
+            table.insert(reservation.clone());
+            Change::Granted(reservation)
+        };
+        let tcp = grant(self, Protocol::Tcp);
+        let udp = grant(self, Protocol::Udp);
+        Ok([tcp, udp])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner::{Holder, Requester, SessionId};
+    use crate::range::{Pool, RangeRequest};
+    use crate::{Ending, Quota};
+
+    fn process(pid: u32) -> Owner {
+        Owner {
+            pid,
+            uid: 1000,
+            gid: 1000,
+            start_time: 7,
+            command: "pytest".to_owned(),
+        }
+    }
+
+    fn counter() -> impl FnMut() -> u64 {
+        let mut next = 0;
+        move || {
+            next += 1;
+            next
+        }
+    }
+
+    fn free(_: Protocol, _: PortRange) -> Option<u16> {
+        None
+    }
+
+    fn ports(changes: &[Change; 2]) -> [(Protocol, PortRange, Option<Bond>, bool); 2] {
+        changes.clone().map(|c| match c {
+            Change::Granted(r) => (r.protocol, r.range, r.bond(), r.held()),
+            other => panic!("not a grant: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn grants_one_number_in_both_protocols_bound_to_the_process() {
+        let mut table = Table::new(Pool::new(2000, 2009).unwrap());
+        let mut tokens = counter();
+        let got = table
+            .acquire_for_process(
+                process(40),
+                1,
+                Constraints::default(),
+                &mut tokens,
+                &mut free,
+            )
+            .unwrap();
+        let one = PortRange::new(2000, 1).unwrap();
+        assert_eq!(
+            ports(&got),
+            [
+                (Protocol::Tcp, one, Some(Bond::Process), false),
+                (Protocol::Udp, one, Some(Bond::Process), false),
+            ]
+        );
+        // The next one is another number (next-fit), and both end when the owner exits.
+        let next = table
+            .acquire_for_process(
+                process(40),
+                1,
+                Constraints::default(),
+                &mut tokens,
+                &mut free,
+            )
+            .unwrap();
+        assert_eq!(ports(&next)[0].1.start(), 2001);
+        let ended = table.release_owner_exited(&process(40));
+        assert_eq!(ended.len(), 4);
+        assert!(ended.iter().all(|c| matches!(
+            c,
+            Change::Released {
+                why: Ending::OwnerExited,
+                ..
+            }
+        )));
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn skips_numbers_taken_in_either_protocol_or_in_use() {
+        let mut table = Table::new(Pool::new(3000, 3009).unwrap());
+        let mut tokens = counter();
+        let session = Holder {
+            owner: process(9),
+            session: SessionId(1),
+            acquired_at_ms: 0,
+            hold: false,
+        };
+        let specific = |p| RangeRequest::Specific(PortRange::new(p, 1).unwrap());
+        // 3000 is UDP's, 3001 TCP's; 3002 is bound by someone in UDP, 3003 in TCP.
+        table
+            .acquire(
+                Protocol::Udp,
+                specific(3000),
+                session.clone(),
+                Constraints::default(),
+                &mut tokens,
+                &mut free,
+            )
+            .unwrap();
+        table
+            .acquire(
+                Protocol::Tcp,
+                specific(3001),
+                session,
+                Constraints::default(),
+                &mut tokens,
+                &mut free,
+            )
+            .unwrap();
+        let mut probe = |protocol, range: PortRange| match (protocol, range.start()) {
+            (Protocol::Udp, 3002) | (Protocol::Tcp, 3003) => Some(range.start()),
+            _ => None,
+        };
+        let got = table
+            .acquire_for_process(
+                process(40),
+                1,
+                Constraints::default(),
+                &mut tokens,
+                &mut probe,
+            )
+            .unwrap();
+        assert_eq!(ports(&got)[0].1.start(), 3004);
+        assert_eq!(ports(&got)[1].1.start(), 3004);
+        assert_eq!(table.len(), 4);
+    }
+
+    #[test]
+    fn a_pool_free_in_only_one_protocol_is_exhausted_and_nothing_is_kept() {
+        let mut table = Table::new(Pool::new(4000, 4001).unwrap());
+        let mut tokens = counter();
+        let mut udp_busy =
+            |protocol, range: PortRange| (protocol == Protocol::Udp).then_some(range.start());
+        let err = table
+            .acquire_for_process(
+                process(40),
+                1,
+                Constraints::default(),
+                &mut tokens,
+                &mut udp_busy,
+            )
+            .unwrap_err();
+        assert!(matches!(err, AcquireError::PoolExhausted { .. }), "{err:?}");
+        assert!(table.is_empty());
+        assert_eq!(table.usage(1000).reservations, 0);
+    }
+
+    #[test]
+    fn the_quota_counts_both_reservations() {
+        let mut table = Table::new(Pool::new(5000, 5099).unwrap());
+        let mut tokens = counter();
+        let limits = Constraints {
+            lowest_port: 0,
+            quota: Some(Quota {
+                max_reservations: 3,
+                max_ports: 100,
+            }),
+        };
+        table
+            .acquire_for_process(process(40), 1, limits, &mut tokens, &mut free)
+            .unwrap();
+        let err = table
+            .acquire_for_process(process(40), 1, limits, &mut tokens, &mut free)
+            .unwrap_err();
+        assert!(
+            matches!(err, AcquireError::QuotaExceeded { asked: 2, .. }),
+            "{err:?}"
+        );
+        // An administrator may release them like any runtime reservation.
+        let admin = Requester {
+            process: process(0),
+            is_admin: true,
+        };
+        let tokens: Vec<_> = table.iter().map(|r| r.token).collect();
+        for token in tokens {
+            table.release(token, &admin).unwrap();
+        }
+        assert!(table.is_empty());
+    }
+}

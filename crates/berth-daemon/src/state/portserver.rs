@@ -1,0 +1,58 @@
+//! The portserver endpoint's grant: one number in TCP and UDP for a process, through the table
+//! and the change stream like every other grant (journaled, hidden from autobind when the
+//! kernel's list is kept, watched through a pidfd).
+
+use berth_core::{Constraints, Owner};
+use berth_protocol::authority::PeerCredentials;
+
+use super::{now_ms, OsTokens, Shared};
+use crate::portserver::identity;
+
+impl Shared {
+    /// Answers the portpicker request naming `named`, asked by `peer`: the port reserved, or
+    /// why nothing was (the client is told nothing either way but the port).
+    pub(crate) async fn portserver_request(
+        &self,
+        named: u32,
+        peer: PeerCredentials,
+    ) -> Result<u16, String> {
+        let owner = identity::owner_for(named, peer, |asker| self.is_admin(asker))?;
+        self.grant_both(owner).await
+    }
+
+    /// Reserves one number in TCP and UDP for `owner` until it exits, and answers once every
+    /// consumer of the change stream has it.
+    async fn grant_both(&self, owner: Owner) -> Result<u16, String> {
+        let is_admin = self.is_admin(&owner);
+        let limits = Constraints {
+            lowest_port: if self.pool_is_privileged && !self.may_use_privileged(&owner) {
+                self.privileged.unprivileged_start
+            } else {
+                0
+            },
+            quota: self.quota.filter(|_| !is_admin),
+        };
+        let prober = self.prober;
+        let pid = owner.pid;
+        let (port, pending) = {
+            let mut table = self.table();
+            // Probe binds are non-blocking syscalls; under the lock so that no other grant
+            // takes the number between the probe and the insert.
+            let mut in_use = |protocol, range| prober.first_in_use(protocol, range);
+            let granted = table
+                .acquire_for_process(owner, now_ms(), limits, &mut OsTokens, &mut in_use)
+                .map_err(|e| e.to_string())?;
+            let port = granted
+                .first()
+                .and_then(berth_core::Change::reservation)
+                .map(|r| r.range.start());
+            (port, self.publish(&mut table, granted.into()))
+        };
+        self.settle(pending)
+            .await
+            .map_err(|why| format!("the daemon could not record the reservation: {why}"))?;
+        let port = port.ok_or("the grant went missing")?;
+        tracing::debug!(port, pid, "portserver: reserved in tcp and udp");
+        Ok(port)
+    }
+}
