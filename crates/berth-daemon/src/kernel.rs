@@ -3,7 +3,7 @@
 //! `net.ipv4.ip_local_reserved_ports` of the daemon's network namespace hides ports from
 //! automatic assignment (`bind(0)` and `connect()`, TCP and UDP, IPv4 and IPv6): while the
 //! daemon may write it, it keeps it equal to the entries it did not write plus every
-//! reservation ([`sync`]). A daemon that cannot write it serves a pool outside the kernel's
+//! reservation (`sync`). A daemon that cannot write it serves a pool outside the kernel's
 //! ephemeral range instead ([`safe_default_pool`]).
 
 use berth_core::Pool;

@@ -2,12 +2,11 @@
 //! protocol promises (a port free for both), granted as two runtime reservations of the same
 //! number that live exactly as long as their owner process ([`Bond::Process`]).
 
-use super::{Bond, Change, Constraints, Lease, Reservation, Table};
+use super::{Bond, Change, Constraints, Lease, Table};
 use crate::error::AcquireError;
 use crate::owner::Owner;
-use crate::range::{PortRange, Protocol};
+use crate::range::{PortRange, Protocol, RangeRequest};
 use crate::token::TokenSource;
-use crate::QuotaKind;
 
 impl Table {
     /// Reserves one port of the wildcard pool in TCP and UDP alike for `owner`, as two runtime
@@ -27,76 +26,19 @@ impl Table {
         tokens: &mut dyn TokenSource,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<[Change; 2], AcquireError> {
-        if let Some(quota) = limits.quota {
-            let used = self.usage.get(owner.uid);
-            let refusal = if used.reservations.saturating_add(2) > quota.max_reservations {
-                Some((
-                    QuotaKind::Reservations,
-                    quota.max_reservations,
-                    used.reservations,
-                ))
-            } else if used.ports.saturating_add(2) > quota.max_ports {
-                Some((QuotaKind::Ports, quota.max_ports, used.ports))
-            } else {
-                None
-            };
-            if let Some((what, limit, used)) = refusal {
-                return Err(AcquireError::QuotaExceeded {
-                    uid: owner.uid,
-                    what,
-                    limit,
-                    used,
-                    asked: 2,
-                });
-            }
-        }
-        let pool = self.pool;
-        let lowest = limits.lowest_port;
-        let usable = PortRange::from_bounds(pool.range().start().max(lowest), pool.range().end())
-            .ok()
-            .filter(|_| lowest <= pool.range().end());
-        let Table { tcp, udp, .. } = self;
-        let found = usable.and_then(|within| {
-            // TCP's search, with UDP's side of each candidate folded into "in use".
-            let mut both = |_: Protocol, candidate: PortRange| {
-                if let Some(slot) = udp.first_overlap(candidate) {
-                    return Some(slot.range.start().max(candidate.start()));
-                }
-                in_use(Protocol::Tcp, candidate).or_else(|| in_use(Protocol::Udp, candidate))
-            };
-            tcp.next_fit(Protocol::Tcp, 1, within, &mut both)
-        });
-        let Some(range) = found else {
-            let free = u32::from(pool.range().count()) - self.tcp.reserved_in(pool.range());
-            return Err(AcquireError::PoolExhausted {
-                protocol: Protocol::Tcp,
-                count: 1,
-                pool,
-                free_ports: free,
-                skipped_privileged: pool.range().start() < lowest,
-            });
+        let lease = Lease::Runtime {
+            owner,
+            bond: Bond::Process,
+            held: false,
         };
-        if range.end() >= pool.range().end() {
-            self.tcp.restart_at(pool.range().start());
-        }
-        let mut grant = |table: &mut Table, protocol| {
-            let reservation = Reservation {
-                token: table.draw_token(tokens),
-                protocol,
-                range,
-                acquired_at_ms,
-                lease: Lease::Runtime {
-                    owner: owner.clone(),
-                    bond: Bond::Process,
-                    held: false,
-                },
-            };
-            table.insert(reservation.clone());
-            Change::Granted(reservation)
-        };
-        let tcp = grant(self, Protocol::Tcp);
-        let udp = grant(self, Protocol::Udp);
-        Ok([tcp, udp])
+        self.grant_both(
+            RangeRequest::Wildcard { count: 1 },
+            lease,
+            acquired_at_ms,
+            limits,
+            tokens,
+            in_use,
+        )
     }
 }
 

@@ -22,7 +22,35 @@ impl Table {
         tokens: &mut dyn TokenSource,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<[Change; 2], AcquireError> {
-        let uid = holder.owner.uid;
+        let lease = Lease::Runtime {
+            owner: holder.owner,
+            bond: Bond::Session(holder.session),
+            held: holder.hold,
+        };
+        self.grant_both(
+            request,
+            lease,
+            holder.acquired_at_ms,
+            limits,
+            tokens,
+            in_use,
+        )
+    }
+
+    /// Both protocols' reservations of `request`'s ports, with `lease`, or neither.
+    pub(super) fn grant_both(
+        &mut self,
+        request: RangeRequest,
+        lease: Lease,
+        acquired_at_ms: u64,
+        limits: Constraints,
+        tokens: &mut dyn TokenSource,
+        in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Result<[Change; 2], AcquireError> {
+        let uid = match &lease {
+            Lease::Runtime { owner, .. } => owner.uid,
+            Lease::Persistent { created_by, .. } => *created_by,
+        };
         if let Some(quota) = limits.quota {
             let usage = self.usage.get(uid);
             let ports = u32::from(request.count()) * 2;
@@ -61,61 +89,15 @@ impl Table {
                 self.check_free(Protocol::Udp, range, in_use)?;
                 range
             }
-            RangeRequest::Wildcard { count } => {
-                // A TCP search whose in-use test also asks UDP: a UDP reservation in the way
-                // counts like a port in use.
-                let udp = &self.udp;
-                let mut both = |_: Protocol, candidate: PortRange| {
-                    if let Some(slot) = udp.first_overlap(candidate) {
-                        return Some(slot.range.start().max(candidate.start()));
-                    }
-                    in_use(Protocol::Tcp, candidate).or_else(|| in_use(Protocol::Udp, candidate))
-                };
-                // The TCP search of `Table::search`, done here because the closure reads the
-                // UDP space while the TCP space moves its cursor.
-                let pool = self.pool;
-                let lowest = limits.lowest_port;
-                let within =
-                    PortRange::from_bounds(pool.range().start().max(lowest), pool.range().end())
-                        .ok()
-                        .filter(|_| lowest <= pool.range().end());
-                let found = within
-                    .and_then(|within| self.tcp.next_fit(Protocol::Tcp, count, within, &mut both));
-                match found {
-                    Some(range) => {
-                        if range.end() >= pool.range().end() {
-                            self.tcp.restart_at(pool.range().start());
-                        }
-                        range
-                    }
-                    None => {
-                        let free = u32::from(pool.range().count())
-                            - self
-                                .tcp
-                                .reserved_in(pool.range())
-                                .max(self.udp.reserved_in(pool.range()));
-                        return Err(AcquireError::PoolExhausted {
-                            protocol: Protocol::Tcp,
-                            count,
-                            pool,
-                            free_ports: free,
-                            skipped_privileged: pool.range().start() < lowest,
-                        });
-                    }
-                }
-            }
+            RangeRequest::Wildcard { count } => self.search_both(count, limits, in_use)?,
         };
         let mut grant = |table: &mut Table, protocol| {
             let reservation = Reservation {
                 token: table.draw_token(tokens),
                 protocol,
                 range,
-                acquired_at_ms: holder.acquired_at_ms,
-                lease: Lease::Runtime {
-                    owner: holder.owner.clone(),
-                    bond: Bond::Session(holder.session),
-                    held: holder.hold,
-                },
+                acquired_at_ms,
+                lease: lease.clone(),
             };
             table.insert(reservation.clone());
             Change::Granted(reservation)
@@ -123,6 +105,51 @@ impl Table {
         let tcp = grant(self, Protocol::Tcp);
         let udp = grant(self, Protocol::Udp);
         Ok([tcp, udp])
+    }
+
+    /// TCP's next-fit search of the pool (above `limits.lowest_port`), with UDP's side of each
+    /// candidate — a UDP reservation, or a port in use for UDP — folded into "in use".
+    fn search_both(
+        &mut self,
+        count: u16,
+        limits: Constraints,
+        in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Result<PortRange, AcquireError> {
+        let pool = self.pool;
+        let lowest = limits.lowest_port;
+        let within = PortRange::from_bounds(pool.range().start().max(lowest), pool.range().end())
+            .ok()
+            .filter(|_| lowest <= pool.range().end());
+        let Table { tcp, udp, .. } = self;
+        let found = within.and_then(|within| {
+            let mut both = |_: Protocol, candidate: PortRange| {
+                if let Some(slot) = udp.first_overlap(candidate) {
+                    return Some(slot.range.start().max(candidate.start()));
+                }
+                in_use(Protocol::Tcp, candidate).or_else(|| in_use(Protocol::Udp, candidate))
+            };
+            tcp.next_fit(Protocol::Tcp, count, within, &mut both)
+        });
+        match found {
+            Some(range) => {
+                // A block at the end of the pool sends the next search to the pool's start.
+                if range.end() >= pool.range().end() {
+                    self.tcp.restart_at(pool.range().start());
+                }
+                Ok(range)
+            }
+            None => Err(AcquireError::PoolExhausted {
+                protocol: Protocol::Tcp,
+                count,
+                pool,
+                free_ports: u32::from(pool.range().count())
+                    - self
+                        .tcp
+                        .reserved_in(pool.range())
+                        .max(self.udp.reserved_in(pool.range())),
+                skipped_privileged: pool.range().start() < lowest,
+            }),
+        }
     }
 }
 
