@@ -548,7 +548,6 @@ fn completions_name_the_command() {
 // Un-ignore once the daemon answers `Request::Stop` (the lead's daemon side; the client side
 // is `Client::stop` and `berth stop`).
 #[test]
-#[ignore = "needs the daemon side of Request::Stop"]
 fn stop_stops_the_daemon_and_says_so() {
     let d = Daemon::start("20810-20819");
     let pid = d.pid();

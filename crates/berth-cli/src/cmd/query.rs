@@ -123,15 +123,23 @@ pub async fn stop() -> Result<ExitCode, Failure> {
 /// How long a stopping daemon may take to exit.
 const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Resolves when process `pid` has gone (a bounded poll: a pidfd would need an unsafe
-/// registration with tokio), if it can be watched from here.
+/// Resolves when process `pid` has exited, if it can be watched from here: a pidfd becomes
+/// readable the moment the process exits (a zombie counts), so a stop is seen at once rather
+/// than when init gets round to reaping it. Waited for on a blocking thread with `poll(2)`.
 fn daemon_exit(pid: u32) -> Option<impl std::future::Future<Output = ()>> {
     let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-    rustix::process::test_kill_process(pid).ok()?;
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
     Some(async move {
-        while rustix::process::test_kill_process(pid).is_ok() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+            // Bounded like the caller's wait; EINTR just ends this wait early.
+            let limit = rustix::event::Timespec {
+                tv_sec: i64::try_from(STOP_TIMEOUT.as_secs()).unwrap_or(15),
+                tv_nsec: 0,
+            };
+            let _ = rustix::event::poll(&mut fds, Some(&limit));
+        })
+        .await;
     })
 }
 
