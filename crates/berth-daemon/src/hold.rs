@@ -48,7 +48,11 @@ type Staged = (Protocol, PortRange, Vec<(u16, Socket)>);
 /// One held reservation's sockets, by port.
 struct Block {
     protocol: Protocol,
+    range: PortRange,
     sockets: HashMap<u16, Vec<Held>>,
+    /// Ports an associate has given up and is binding the owner's socket on right now: the
+    /// re-hold pass leaves them alone.
+    binding: std::collections::HashSet<u16>,
 }
 
 /// What one hold socket covers of its port.
@@ -170,12 +174,12 @@ impl Holds {
     /// Gives up every hold socket on `port` of `token`'s reservation, so its owner's socket
     /// can be bound there; `false` when there was none.
     pub(crate) fn give_up(&self, token: Token, port: u16) -> bool {
-        let removed = self
-            .lock()
-            .held
-            .get_mut(&token)
-            .and_then(|b| b.sockets.remove(&port));
-        removed.is_some_and(|h| !h.is_empty())
+        let mut state = self.lock();
+        let Some(block) = state.held.get_mut(&token) else {
+            return false;
+        };
+        block.binding.insert(port);
+        block.sockets.remove(&port).is_some_and(|h| !h.is_empty())
     }
 
     /// Holds what nobody has of `port` of `token`'s reservation: all of it when no socket is
@@ -220,6 +224,7 @@ impl Holds {
             // Released meanwhile: the new sockets close here.
             return false;
         };
+        block.binding.remove(&port);
         block.sockets.entry(port).or_default().extend(new);
         block.fully_held(port, self.ipv6)
     }
@@ -301,7 +306,9 @@ impl Holds {
             r.token,
             Block {
                 protocol: r.protocol,
+                range: r.range,
                 sockets,
+                binding: std::collections::HashSet::new(),
             },
         );
         Ok(())
@@ -313,6 +320,20 @@ impl Holds {
             .held
             .iter()
             .map(|(t, b)| (*t, b.protocol))
+            .collect()
+    }
+
+    /// The ports of `token`'s block that are not wholly held (its owner's sockets, or sockets
+    /// the daemon could not displace, have them), except those an associate is binding now.
+    pub(crate) fn uncovered(&self, token: Token) -> Vec<u16> {
+        let state = self.lock();
+        let Some(block) = state.held.get(&token) else {
+            return Vec::new();
+        };
+        block
+            .range
+            .ports()
+            .filter(|p| !block.binding.contains(p) && !block.fully_held(*p, self.ipv6))
             .collect()
     }
 }

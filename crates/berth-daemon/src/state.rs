@@ -268,19 +268,26 @@ impl Shared {
     /// are free (held) again.
     pub(crate) fn rehold_pass(&self) {
         for (token, protocol) in self.holds.blocks() {
-            let bound = self.table().bound_list(token);
-            if bound.is_empty() {
+            // Every port not wholly held: those its owner bound, and those a restarted daemon
+            // found taken (the table does not know them as bound after a restart).
+            let uncovered = self.holds.uncovered(token);
+            if uncovered.is_empty() {
                 continue;
             }
-            let taken = self.holds.rehold(token, protocol, &bound);
-            if taken.is_empty() {
-                continue;
-            }
+            let taken = self.holds.rehold(token, protocol, &uncovered);
             let mut table = self.table();
-            for port in &taken {
-                table.note_unbound(token, *port);
+            for port in uncovered {
+                if taken.contains(&port) {
+                    table.note_unbound(token, port);
+                } else if table.port_use(token, port) == Some(berth_core::PortUse::Free) {
+                    // Someone has it — its owner's socket, most likely — so the table shows
+                    // it bound and associate tries it last.
+                    table.note_bound(token, port);
+                }
             }
-            tracing::debug!(%token, ?taken, held = self.holds.count(), "ports back in hold");
+            if !taken.is_empty() {
+                tracing::debug!(%token, ?taken, held = self.holds.count(), "ports back in hold");
+            }
         }
     }
 

@@ -204,3 +204,53 @@ async fn a_restarting_server_gets_its_only_port_back_despite_time_wait() {
         block.release().await.unwrap();
     }
 }
+
+/// After a restart the daemon does not know which ports of a held reservation its owner had
+/// bound; it learns it from the hold sockets it cannot bind, and takes each port back into
+/// hold once the owner's socket closes.
+#[tokio::test]
+async fn after_a_restart_a_held_port_goes_back_into_hold_when_its_socket_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("berth.db");
+    let first = TestDaemon::with_db(&db, 44700, 44709, |_| {});
+    let client = Client::connect_to(&first.socket).await.unwrap();
+    let block = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
+    let port = block.start();
+    let listener = block
+        .tcp_listener(Ipv4Addr::UNSPECIFIED.into())
+        .await
+        .unwrap();
+    first.shutdown().await;
+
+    // The next daemon holds the reservation for its owner (this process), unclaimed.
+    let second = TestDaemon::with_db(&db, 44700, 44709, |_| {});
+    let watcher = Client::connect_to(&second.socket).await.unwrap();
+    let row =
+        |list: Vec<berth::ReservationInfo>| list.into_iter().find(|r| r.range.start() == port);
+    let listed = row(watcher.list().await.unwrap()).expect("restored");
+    assert!(listed.held);
+    // It learns that the owner's socket has the port …
+    let w = watcher.clone();
+    assert!(
+        eventually(10_000, || {
+            let w = w.clone();
+            async move { row(w.list().await.unwrap()).is_some_and(|r| r.bound == vec![port]) }
+        })
+        .await,
+        "the restarted daemon never saw the owner's socket on {port}"
+    );
+    // … and takes the port back into hold once that socket closes.
+    drop(listener);
+    let w = watcher.clone();
+    assert!(
+        eventually(10_000, || {
+            let w = w.clone();
+            async move { row(w.list().await.unwrap()).is_some_and(|r| r.bound.is_empty()) }
+        })
+        .await,
+        "the port never went back into hold after the restart"
+    );
+    assert!(!stranger_can_bind(Protocol::Tcp, port));
+    drop(block);
+    drop(client);
+}

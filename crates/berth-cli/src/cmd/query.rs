@@ -131,7 +131,10 @@ fn daemon_exit(pid: u32) -> Option<impl std::future::Future<Output = ()>> {
     let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
     Some(async move {
         let _ = tokio::task::spawn_blocking(move || {
-            let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
             // Bounded like the caller's wait; EINTR just ends this wait early.
             let limit = rustix::event::Timespec {
                 tv_sec: i64::try_from(STOP_TIMEOUT.as_secs()).unwrap_or(15),
