@@ -121,7 +121,10 @@ impl Reader {
             let buffered = self.buf.len();
             if let Some(request) = self.codec.decode(&mut self.buf).map_err(ReadError::Frame)? {
                 let len = buffered.saturating_sub(self.buf.len());
-                let associate = matches!(request, Request::Associate { .. });
+                let associate = matches!(
+                    request,
+                    Request::Associate { .. } | Request::AssociateAt { .. }
+                );
                 let claim = self.ledger.frame(len, associate).map_err(refused)?;
                 self.closing = claim.fd.as_ref().map(|fd| (fd.closing(), None));
                 return Ok(Some(Inbound {

@@ -249,7 +249,7 @@ impl Session<'_> {
             Request::Acquire { .. } | Request::AcquireWith { .. } | Request::AcquireBoth { .. } => {
                 "reserve ports"
             }
-            Request::Associate { .. } => "bind a socket",
+            Request::Associate { .. } | Request::AssociateAt { .. } => "bind a socket",
             Request::CreatePersistent { .. } => "create a persistent reservation",
             Request::Reclaim { .. } => "re-claim a reservation",
             Request::Transfer { .. } => "hand over a reservation",

@@ -348,8 +348,19 @@ impl Shared {
             Request::Why { protocol, port } => self.why(protocol, port, peer).await,
             Request::Release { token } => self.release(token, &self.requester(peer, sender)).await,
             Request::Associate { token, address } => {
-                self.associate(token, address, fd, &self.requester(peer, sender))
+                self.associate(token, address, None, fd, &self.requester(peer, sender))
             }
+            Request::AssociateAt {
+                token,
+                address,
+                port,
+            } => self.associate(
+                token,
+                address,
+                Some(port),
+                fd,
+                &self.requester(peer, sender),
+            ),
             Request::Reclaim { token } => {
                 self.reclaim(token, &self.requester(peer, sender), peer)
                     .await

@@ -112,10 +112,12 @@ pub unsafe extern "C" fn berth_acquire_port_reservation(
 
 /// Binds the socket `fd` — the caller's own, unbound TCP (`SOCK_STREAM`) or UDP
 /// (`SOCK_DGRAM`) socket of the reservation's protocol — to a free port of the reservation
-/// `token`, on the address `local` (its port is ignored), or on the wildcard address of the
-/// socket's family when `local` is NULL. The daemon picks the port, spreading successive
-/// binds over the block; `getsockname` tells which. The socket's options are left as they
-/// are.
+/// `token`, on the address `local`, or on the wildcard address of the socket's family when
+/// `local` is NULL. With a port of 0 in `local` (or NULL), the daemon picks the port, spreading
+/// successive binds over the block; `getsockname` tells which. A non-zero port in `local`
+/// (network byte order, as in any sockaddr) asks for exactly that port of the reservation:
+/// the call fails (EADDRINUSE) rather than bind another. The socket's options are left as
+/// they are.
 ///
 /// Errors: EINVAL (bad fd, token 0, `local_len` too short, family not AF_INET/AF_INET6, socket
 /// already bound, address not of this host), EOPNOTSUPP (not a TCP/UDP socket, or its type does
@@ -141,10 +143,12 @@ pub unsafe extern "C" fn berth_associate_port_reservation(
         let token = token_of(token)?;
         // SAFETY: the caller vouches for `local` (NULL, or `local_len` readable bytes).
         let address = unsafe { sockaddr::ip_of(local, local_len) }?;
+        // SAFETY: as above; `ip_of` has checked the family and the length.
+        let port = unsafe { sockaddr::port_of(local) }.filter(|&p| p != 0);
         // SAFETY: `fd` is non-negative and the caller keeps it open during the call; it is
         // only borrowed (the client duplicates it to send it), never closed here.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        session::associate(token, fd, address).map(drop)
+        session::associate(token, fd, address, port).map(drop)
     })
 }
 

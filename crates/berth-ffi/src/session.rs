@@ -185,11 +185,12 @@ pub(crate) fn associate(
     token: Token,
     fd: BorrowedFd<'_>,
     address: Option<IpAddr>,
+    port: Option<u16>,
 ) -> Result<u16, Failure> {
     let session = session()?;
     session
         .client
-        .associate(token, fd, address)
+        .associate_port_raw(token.get(), fd, address, port)
         .map_err(|e| session.fail(e))
 }
 

@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::error::Failure;
 
 /// The IP address in `local` (an `AF_INET` or `AF_INET6` address of `len` bytes); its port is
-/// ignored: the daemon picks the port from the reservation. `None` when `local` is NULL (the
-/// wildcard address of the socket's family).
+/// read by [`port_of`]. `None` when `local` is NULL (the wildcard address of the socket's
+/// family).
 ///
 /// # Safety
 /// `local` is NULL or points to at least `len` readable bytes.
@@ -46,6 +46,33 @@ pub(crate) unsafe fn ip_of(
             libc::AF_INET,
             libc::AF_INET6
         ))),
+    }
+}
+
+/// The port in `local` (host byte order), `None` when `local` is NULL or not an IP address.
+///
+/// # Safety
+/// `local` is NULL or an address [`ip_of`] accepted (its family and length were checked).
+pub(crate) unsafe fn port_of(local: *const libc::sockaddr) -> Option<u16> {
+    if local.is_null() {
+        return None;
+    }
+    // SAFETY: the caller vouches that `ip_of` accepted `local`: its family field is readable
+    // and a matching sockaddr_in/sockaddr_in6 lies behind it.
+    unsafe {
+        let family = std::ptr::addr_of!((*local).sa_family).read_unaligned();
+        match c_int_of(family) {
+            libc::AF_INET => Some(u16::from_be(
+                local.cast::<libc::sockaddr_in>().read_unaligned().sin_port,
+            )),
+            libc::AF_INET6 => Some(u16::from_be(
+                local
+                    .cast::<libc::sockaddr_in6>()
+                    .read_unaligned()
+                    .sin6_port,
+            )),
+            _ => None,
+        }
     }
 }
 

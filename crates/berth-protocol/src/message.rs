@@ -164,6 +164,17 @@ pub enum Request {
         /// Whether the daemon holds the ports its owner has not bound (both reservations).
         hold: bool,
     },
+    /// [`Request::Associate`] on exactly `port` of the reservation (the Windows pattern of
+    /// associating, then binding one exact port): answered with that port or an error, never
+    /// another port. The socket travels as with `Associate`.
+    AssociateAt {
+        /// The reservation's token.
+        token: u64,
+        /// The local address to bind; its family must match the socket's.
+        address: Option<IpAddr>,
+        /// The port, which must lie in the reservation.
+        port: u16,
+    },
 }
 
 /// The longest allow list of a persistent reservation.

@@ -193,6 +193,14 @@ fn requests() {
         },
         "0e  90 3f  02  00",
     );
+    golden(
+        Request::AssociateAt {
+            token: 300,
+            address: None,
+            port: 8081,
+        },
+        "0f  ac 02  00  91 3f",
+    );
 }
 
 #[test]

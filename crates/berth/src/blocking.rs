@@ -160,6 +160,18 @@ impl Client {
             .block_on(self.inner.associate(token, socket, address))
     }
 
+    /// See [`crate::Client::associate_port_raw`].
+    pub fn associate_port_raw(
+        &self,
+        token: u64,
+        socket: BorrowedFd<'_>,
+        address: Option<IpAddr>,
+        port: Option<u16>,
+    ) -> Result<u16, Error> {
+        self.rt
+            .block_on(self.inner.associate_port_raw(token, socket, address, port))
+    }
+
     /// See [`crate::Client::create_persistent`].
     pub fn create_persistent(
         &self,

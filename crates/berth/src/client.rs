@@ -415,10 +415,42 @@ impl Client {
         socket: BorrowedFd<'_>,
         address: Option<IpAddr>,
     ) -> Result<u16, Error> {
+        self.associate_port_raw(token, socket, address, None).await
+    }
+
+    /// [`Client::associate`] on exactly `port` of the reservation `token` (it must lie in the
+    /// reservation): the pattern of binding one exact port from a reservation. Fails with
+    /// [`Error::ReservationFull`] when that port is taken, never binding another.
+    pub async fn associate_port(
+        &self,
+        token: Token,
+        socket: BorrowedFd<'_>,
+        address: Option<IpAddr>,
+        port: u16,
+    ) -> Result<u16, Error> {
+        self.associate_port_raw(token.get(), socket, address, Some(port))
+            .await
+    }
+
+    /// [`Client::associate_raw`] or, with `port`, [`Client::associate_port`].
+    pub async fn associate_port_raw(
+        &self,
+        token: u64,
+        socket: BorrowedFd<'_>,
+        address: Option<IpAddr>,
+        port: Option<u16>,
+    ) -> Result<u16, Error> {
         // A duplicate travels to the daemon; both name the same socket.
         let fd = rustix::io::fcntl_dupfd_cloexec(socket, 0)
             .map_err(|e| Error::InvalidArgument(format!("cannot use the socket given: {e}")))?;
-        let request = Request::Associate { token, address };
+        let request = match port {
+            None => Request::Associate { token, address },
+            Some(port) => Request::AssociateAt {
+                token,
+                address,
+                port,
+            },
+        };
         match self.conn.call_with_fd(request, Some(fd)).await? {
             Response::Associated { port } => Ok(port),
             other => Err(Error::unexpected(other)),

@@ -142,6 +142,20 @@ impl Reservation {
             .await
     }
 
+    /// Binds `socket` to exactly `port` of this reservation on `ip` (default: the wildcard
+    /// address of the socket's family); fails rather than bind another port.
+    pub async fn bind_port(
+        &self,
+        socket: &impl AsFd,
+        ip: Option<IpAddr>,
+        port: u16,
+    ) -> Result<u16, Error> {
+        self.usable()?;
+        self.client
+            .associate_port(self.info.token, socket.as_fd(), ip, port)
+            .await
+    }
+
     /// A TCP listener on `ip` and a free port of this (TCP) reservation. An IPv6 wildcard
     /// address gives a dual-stack listener.
     pub async fn tcp_listener(&self, ip: IpAddr) -> Result<tokio::net::TcpListener, Error> {

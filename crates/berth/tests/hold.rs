@@ -254,3 +254,29 @@ async fn after_a_restart_a_held_port_goes_back_into_hold_when_its_socket_closes(
     drop(block);
     drop(client);
 }
+
+/// Associate, then bind one exact port (the QUIC pattern): exactly that port, or an error.
+#[tokio::test]
+async fn associate_at_a_port_binds_exactly_that_port() {
+    let daemon = TestDaemon::start(44800, 44899);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let block = client.acquire(Protocol::Udp, 0, 3).await.unwrap();
+    let want = block.start() + 2;
+    let first = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+    assert_eq!(block.bind_port(&first, None, want).await.unwrap(), want);
+    let again = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+    let err = block.bind_port(&again, None, want).await.unwrap_err();
+    assert_eq!(err.kind(), berth::ErrorKind::ReservationFull, "{err}");
+    let outside = block
+        .bind_port(&again, None, block.start() + 3)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        outside.kind(),
+        berth::ErrorKind::InvalidArgument,
+        "{outside}"
+    );
+    // The other ports stay held, and any of them can still be had.
+    assert!(!stranger_can_bind(Protocol::Udp, block.start()));
+    assert_eq!(block.bind(&again, None).await.unwrap(), block.start());
+}

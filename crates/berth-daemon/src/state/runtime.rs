@@ -265,6 +265,7 @@ impl Shared {
         &self,
         token: u64,
         address: Option<IpAddr>,
+        port: Option<u16>,
         fd: Option<crate::closer::Received>,
         requester: &Requester,
     ) -> Response {
@@ -295,10 +296,24 @@ impl Shared {
             is_admin: requester.is_admin,
             gids: &gids,
         };
-        let plan = match self.table().authorize_use(token, asker) {
+        let mut plan = match self.table().authorize_use(token, asker) {
             Ok(plan) => plan,
             Err(e) => return error(e.kind(), e.to_string()),
         };
+        // Exactly the port asked for, or an error: never another one.
+        if let Some(port) = port {
+            if !plan.range.contains(port) {
+                return error(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "port {port} is not in reservation {token} ({} {}); ask for one of its ports, or omit the port to get any free one",
+                        plan.protocol,
+                        berth_core::describe(plan.range)
+                    ),
+                );
+            }
+            plan.order.retain(|(p, _)| *p == port);
+        }
         if facts.protocol != plan.protocol {
             return error(
                 ErrorKind::NotSupported,
