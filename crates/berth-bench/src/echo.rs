@@ -1,0 +1,138 @@
+//! The echo baselines: a tiny blocking server (run as a child of the benchmark) and its
+//! clients.
+//!
+//! Persistent connections carry berth's framing (a 4-byte big-endian length, then the
+//! payload); the first four payload bytes say how long the answer's payload is, so one server
+//! answers with the exact sizes of each berth response. The server does the least work the
+//! shape allows: one thread per connection, a blocking read of the frame, one write.
+//! The connect-per-request socket is the portpicker shape: accept, read a line, write a line,
+//! close, on two accepting threads (the daemon runs two workers).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::args::EchoArgs;
+
+/// Largest answer the echo server sends (berth's acquire answer is well under this).
+const MAX_ANSWER: usize = 4096;
+
+/// Runs the echo server until its stdin ends (the benchmark is gone) or it is killed.
+pub fn serve(args: &EchoArgs) -> Result<()> {
+    let persistent = bind(&args.socket)?;
+    let per_request = bind(&args.connect_socket)?;
+    for _ in 0..2 {
+        let listener = per_request.try_clone()?;
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = answer_once(stream);
+            }
+        });
+    }
+    std::thread::spawn(move || {
+        for stream in persistent.incoming().flatten() {
+            std::thread::spawn(move || echo_frames(stream));
+        }
+    });
+    println!("ready");
+    std::io::stdout().flush()?;
+    // Stop with the benchmark: its end closes our stdin.
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok(())
+}
+
+fn bind(path: &Path) -> Result<UnixListener> {
+    UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))
+}
+
+/// Answers frames on one persistent connection until it closes.
+fn echo_frames(mut stream: UnixStream) -> std::io::Result<()> {
+    let mut answer = vec![0u8; 4 + MAX_ANSWER];
+    let mut payload = vec![0u8; 64 * 1024];
+    loop {
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header)?;
+        let len = (u32::from_be_bytes(header) as usize).min(payload.len());
+        stream.read_exact(&mut payload[..len])?;
+        let want = payload
+            .get(..4)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .min(MAX_ANSWER);
+        answer[..4].copy_from_slice(&(want as u32).to_be_bytes());
+        stream.write_all(&answer[..4 + want])?;
+    }
+}
+
+/// The portpicker shape: one line in, one line out, close.
+fn answer_once(mut stream: UnixStream) -> std::io::Result<()> {
+    let mut line = [0u8; 64];
+    let mut got = 0;
+    while got < line.len() {
+        let n = stream.read(&mut line[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+        if line[..got].contains(&b'\n') {
+            break;
+        }
+    }
+    stream.write_all(b"32768\n")
+}
+
+/// A request frame of `payload` bytes (at least 4) asking for an answer of `answer` payload
+/// bytes.
+pub fn request_frame(payload: usize, answer: usize) -> Vec<u8> {
+    let payload = payload.max(4);
+    let mut frame = vec![0u8; 4 + payload];
+    frame[..4].copy_from_slice(&(payload as u32).to_be_bytes());
+    frame[4..8].copy_from_slice(&(answer as u32).to_be_bytes());
+    frame
+}
+
+/// A client on one persistent connection.
+pub struct EchoClient {
+    stream: tokio::net::UnixStream,
+    buf: Vec<u8>,
+}
+
+impl EchoClient {
+    /// Connects to `socket`.
+    pub async fn connect(socket: &Path) -> Result<EchoClient> {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .with_context(|| format!("cannot connect to {}", socket.display()))?;
+        Ok(EchoClient {
+            stream,
+            buf: vec![0u8; 4 + MAX_ANSWER],
+        })
+    }
+
+    /// One round trip: sends `frame` (from [`request_frame`]), reads the whole answer.
+    pub async fn round_trip(&mut self, frame: &[u8]) -> Result<()> {
+        self.stream.write_all(frame).await?;
+        let mut header = [0u8; 4];
+        self.stream.read_exact(&mut header).await?;
+        let len = (u32::from_be_bytes(header) as usize).min(MAX_ANSWER);
+        self.stream.read_exact(&mut self.buf[..len]).await?;
+        Ok(())
+    }
+}
+
+/// One connect-per-request exchange with `socket`: connect, `"<pid>\n"`, read to the end.
+pub async fn connect_once(socket: &Path) -> Result<()> {
+    let mut stream = tokio::net::UnixStream::connect(socket).await?;
+    let line = format!("{}\n", std::process::id());
+    stream.write_all(line.as_bytes()).await?;
+    let mut answer = Vec::with_capacity(16);
+    stream.read_to_end(&mut answer).await?;
+    anyhow::ensure!(
+        answer.ends_with(b"\n"),
+        "the echo server answered {answer:?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! The servers under load: a real `berth daemon` and the echo server, each a child process
+//! started here (pinned with `taskset` on request), killed by its pid when dropped; and their
+//! CPU time.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::args::Args;
+
+/// How long a server may take to say "ready".
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// What a measurement talks to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The server's pid (whose CPU time is read).
+    pub pid: u32,
+    /// Its persistent-connection socket.
+    pub socket: PathBuf,
+    /// Its connect-per-request socket (the echo server only).
+    pub connect_socket: Option<PathBuf>,
+}
+
+/// A `berth daemon` child.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// The same, as a measurement target.
+    pub target: Target,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `berth daemon` on `<dir>/berth.sock` with its database in `dir`, and waits for
+    /// its "ready".
+    pub fn start(berth: &Path, dir: &Path, args: &Args) -> Result<Daemon> {
+        let socket = dir.join("berth.sock");
+        let log = dir.join("daemon.log");
+        let authority = args
+            .authority
+            .clone()
+            .unwrap_or_else(|| format!("berth-bench-{}", std::process::id()));
+        let mut cmd = pinned(berth, args.server_cpu);
+        cmd.arg("daemon")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--db")
+            .arg(dir.join("berth.db"))
+            .args(["--pool", &args.pool])
+            .args(["--kernel-sync", args.kernel_sync.as_str()])
+            .args(["--authority", &authority])
+            .arg("--ready-stdout")
+            .env_remove("BERTH_LOG")
+            .env_remove("BERTH_CONFIG");
+        let child = start_ready(cmd, &log, "berth daemon")?;
+        let pid = child.id();
+        Ok(Daemon {
+            child: Some(child),
+            target: Target {
+                pid,
+                socket: socket.clone(),
+                connect_socket: None,
+            },
+            socket,
+            log,
+        })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.target.pid
+    }
+
+    /// Stops it (SIGKILL to our own child, by its pid; it keeps nothing worth a clean stop) and
+    /// fails if it had already died.
+    pub fn stop(mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "the daemon died during the benchmark ({status}); its log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The echo server child (this binary, `echo-server`).
+pub struct EchoServer {
+    child: Child,
+    /// It, as a measurement target.
+    pub target: Target,
+}
+
+impl EchoServer {
+    /// Starts it on sockets in `dir`.
+    pub fn start(dir: &Path, cpu: Option<usize>) -> Result<EchoServer> {
+        let exe = std::env::current_exe().context("cannot find this program's binary")?;
+        let socket = dir.join("echo.sock");
+        let connect_socket = dir.join("echo-connect.sock");
+        let mut cmd = pinned(&exe, cpu);
+        cmd.arg("echo-server")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--connect-socket")
+            .arg(&connect_socket);
+        let child = start_ready(cmd, &dir.join("echo.log"), "the echo server")?;
+        Ok(EchoServer {
+            target: Target {
+                pid: child.id(),
+                socket,
+                connect_socket: Some(connect_socket),
+            },
+            child,
+        })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.target.pid
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `program`, under `taskset -c CPU` when `cpu` is given (taskset execs it: same pid).
+fn pinned(program: &Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(cpu.to_string()).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Spawns `cmd` with stdin a pipe (it ends when we do), stdout piped, stderr to `log`, and
+/// waits for "ready" on its stdout.
+fn start_ready(mut cmd: Command, log: &Path, what: &str) -> Result<Child> {
+    let log_file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("cannot start {what} ({cmd:?})"))?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(READY_WITHIN) {
+        Ok(line) if line == "ready\n" => Ok(child),
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{what} did not say ready within {READY_WITHIN:?} (got {other:?}); its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        }
+    }
+}
+
+/// Pins the calling process's threads (and every thread it starts later) to `cpu`.
+pub fn pin_self(cpu: usize) -> Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set)?;
+    Ok(())
+}
+
+/// CPU time (user + system) that process `pid` has used so far, all threads, in
+/// microseconds, from `/proc/<pid>/stat` (clock-tick resolution: 10 ms at 100 Hz).
+pub fn cpu_time_us(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .context("short /proc/<pid>/stat")?
+            .parse::<u64>()
+            .context("malformed /proc/<pid>/stat")
+    };
+    let total = ticks(11)? + ticks(12)?;
+    let hz = rustix::param::clock_ticks_per_second();
+    Ok(total * 1_000_000 / hz.max(1))
+}
