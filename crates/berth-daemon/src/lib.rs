@@ -8,7 +8,9 @@
 //! # Layout
 //! - [`config`]: [`Config`], what a daemon is told at start-up; [`config_file`] reads the
 //!   TOML configuration file into it.
-//! - [`listener`]: binding the socket (stale-socket handling, permissions, removal).
+//! - [`listener`]: binding the socket (stale-socket handling, permissions, removal), or
+//!   taking the one systemd passed (socket activation); `notify`: `sd_notify` readiness,
+//!   status and stopping.
 //! - [`server`]: [`run`], the accept loop with a connection limit and a draining shutdown, and
 //!   [`serve`], which adds the socket file and signals around it.
 //! - `session`: one connection: handshake, requests in order, release on close.
@@ -39,6 +41,7 @@ mod limits;
 mod lineage;
 pub mod listener;
 mod netns;
+mod notify;
 mod owner_watch;
 mod peer;
 mod probe;
@@ -54,5 +57,5 @@ mod tests;
 pub use config::Config;
 pub use config_file::{ConfigError, ConfigFile};
 pub use kernel::KernelSync;
-pub use listener::{bind_socket, ListenError, SocketGuard};
+pub use listener::{activated, bind_socket, ListenError, SocketGuard};
 pub use server::{run, run_with_ready, serve, ServeError};

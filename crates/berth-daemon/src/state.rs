@@ -280,6 +280,12 @@ impl Shared {
         }
     }
 
+    /// Live reservations and open client connections (for the service manager's status line).
+    pub(crate) fn counts(&self) -> (usize, u32) {
+        let reservations = self.table().len();
+        (reservations, self.sessions.load(Ordering::Relaxed))
+    }
+
     /// Tells the store thread to finish what is queued and stop.
     pub(crate) fn stop_store(&self) {
         self.store.stop();
