@@ -200,10 +200,26 @@ impl Session<'_> {
                     }
                 }
                 Ok(Some(inbound)) => {
+                    let what = request_name(&inbound.request);
+                    let (pid, uid) = match inbound.sender {
+                        Some(c) if c.pid != 0 => (c.pid, c.uid),
+                        _ => (peer.owner.pid, peer.owner.uid),
+                    };
                     let response = match self.refuse_foreign(&inbound.request) {
                         Some(refusal) => refusal,
                         None => self.shared.handle(inbound, peer).await,
                     };
+                    if let Response::Error(e) = &response {
+                        // One line per denial, at DEBUG like grants and releases.
+                        tracing::debug!(
+                            pid,
+                            uid,
+                            kind = e.kind.as_str(),
+                            request = what,
+                            "denied: {}",
+                            e.message
+                        );
+                    }
                     if send(writer, response, limit).await.is_none() {
                         return;
                     }
@@ -261,6 +277,25 @@ impl Session<'_> {
             | Request::Stop => return None,
         };
         Some(foreign_netns(what, daemon, peer))
+    }
+}
+
+/// The request's name, for log lines.
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Hello(_) => "hello",
+        Request::Acquire { .. } | Request::AcquireWith { .. } => "acquire",
+        Request::Release { .. } => "release",
+        Request::List => "list",
+        Request::Status => "status",
+        Request::Associate { .. } => "associate",
+        Request::CreatePersistent { .. } => "create-persistent",
+        Request::DeletePersistent { .. } => "delete-persistent",
+        Request::LookupPersistent { .. } => "lookup-persistent",
+        Request::Reclaim { .. } => "reclaim",
+        Request::Transfer { .. } => "transfer",
+        Request::Why { .. } => "why",
+        Request::Stop => "stop",
     }
 }
 
