@@ -1,6 +1,8 @@
 //! What an operator sees: log levels, `berth status --format openmetrics` and the per-user use
 //! in `berth status`, and `berth release --force`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
