@@ -20,6 +20,7 @@
 //! - `inbound`: reading frames with `recvmsg` (descriptors and per-message credentials).
 //! - `associate`: checking and binding a client's socket from a reservation.
 //! - `netns`: which network namespace a socket belongs to.
+//! - `fair`: the per-user connection limit (a "busy" answer past it).
 //! - `closer`: closing received descriptors on threads of their own (a close can block).
 //! - `store_thread`, `db_lock`: the database's own thread, and one daemon per database.
 //! - `probe`: whether a port is in use on the host; `diag`: which sockets and processes have a
@@ -33,6 +34,7 @@ pub mod config;
 pub mod config_file;
 mod db_lock;
 mod diag;
+mod fair;
 mod hold;
 mod inbound;
 mod journal;

@@ -102,6 +102,10 @@ pub async fn run_with_ready(
     let control = Arc::new(Control {
         stop: CancellationToken::new(),
         netns: NetnsCheck::current(),
+        per_uid: crate::fair::PerUid::new(
+            config.max_connections_per_uid.max(1),
+            rustix::process::geteuid().as_raw(),
+        ),
     });
     // Answers until the very end, so that no second daemon starts while this one drains.
     let beacon = beacon.map(|listener| {

@@ -493,9 +493,9 @@ fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) -> Reservatio
 }
 
 /// One log line per change, for operators: what clients do every moment (grants, releases,
-/// re-claims, hand-overs) at DEBUG, with the owner's pid and uid as fields, so that a busy
+/// hand-overs) at DEBUG, with the owner's pid and uid as fields, so that a busy
 /// daemon's log can be turned down to INFO; what changes the daemon's lasting state
-/// (persistent reservations, what a restart could not restore) at INFO.
+/// (persistent reservations, what a restart restored, re-claimed or could not restore) at INFO.
 fn log_changes(changes: &[Change]) {
     for change in changes {
         match change {
@@ -508,12 +508,21 @@ fn log_changes(changes: &[Change]) {
                 why,
             } => {
                 let (pid, uid) = owner_ids(r);
-                tracing::debug!(token = %r.token, pid, uid, "{} {} of {} ended: {}", r.protocol, berth_core::describe(r.range), r.holder_description(), why.as_str());
+                if matches!(
+                    why,
+                    berth_core::Ending::NotReclaimed | berth_core::Ending::Undone
+                ) {
+                    // The end of a restart's grace period, or a change the store refused.
+                    tracing::info!(token = %r.token, pid, uid, "{} {} of {} ended: {}", r.protocol, berth_core::describe(r.range), r.holder_description(), why.as_str());
+                } else {
+                    tracing::debug!(token = %r.token, pid, uid, "{} {} of {} ended: {}", r.protocol, berth_core::describe(r.range), r.holder_description(), why.as_str());
+                }
             }
             Change::Rebound { before, after: r } => {
                 let (pid, uid) = owner_ids(r);
                 if before.bond() == Some(berth_core::Bond::Unclaimed) {
-                    tracing::debug!(token = %r.token, pid, uid, "{} {} re-claimed by pid {pid}", r.protocol, berth_core::describe(r.range));
+                    // Only after a restart, once per reservation: part of the restart's story.
+                    tracing::info!(token = %r.token, pid, uid, "{} {} re-claimed by pid {pid}", r.protocol, berth_core::describe(r.range));
                 } else {
                     tracing::debug!(token = %r.token, pid, uid, "{} {} handed to pid {pid} ({}); it lives as long as that process", r.protocol, berth_core::describe(r.range), r.holder_description());
                 }
