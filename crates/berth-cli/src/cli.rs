@@ -32,8 +32,8 @@ pub enum Command {
     List(JsonArg),
     /// Release a reservation by its token.
     Release(ReleaseArgs),
-    /// Show the daemon's status.
-    Status(JsonArg),
+    /// Show the daemon's status: uptime, reservations, ports, clients, use per user.
+    Status(StatusArgs),
     /// Create, delete, look up and list persistent reservations.
     #[command(subcommand)]
     Persistent(PersistentCommand),
@@ -44,6 +44,8 @@ pub enum Command {
     Stop,
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+    /// Write man pages for berth and each of its commands into a directory.
+    Manpages(ManpagesArgs),
 }
 
 /// `berth persistent …`.
@@ -252,9 +254,44 @@ pub struct ReleaseArgs {
     // error (exit 10).
     #[arg(value_name = "TOKEN")]
     pub token: String,
+    /// Release another user's reservation while its owner still runs (administrators). The
+    /// owner loses its ports at once; without --force such a release is refused.
+    #[arg(long)]
+    pub force: bool,
     /// Print the released reservation as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `berth status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// What to print: text for people, json for programs, openmetrics for a metrics scraper
+    /// [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<StatusFormat>,
+}
+
+/// The formats of `berth status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    /// Lines for people.
+    Text,
+    /// `berth status --json`.
+    Json,
+    /// The OpenMetrics text exposition (docs/operations.md lists the metrics).
+    Openmetrics,
+}
+
+/// `berth manpages`.
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// The directory to write berth.1, berth-daemon.1, … into (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// `berth completions`.

@@ -5,12 +5,13 @@
 //! - `exit`: exit codes, in one place.
 //! - `connect`: finding the daemon, and starting one on demand.
 //! - `cmd`: one module per subcommand.
-//! - `output`: JSON and table rendering.
+//! - `output`: JSON and table rendering; `metrics`: the OpenMetrics view of `berth status`.
 
 mod cli;
 mod cmd;
 mod connect;
 mod exit;
+mod metrics;
 mod output;
 
 use std::process::ExitCode;

@@ -10,6 +10,10 @@ use berth_core::{Pool, PrivilegedPorts, Quota};
 /// The most connections served at once unless configured otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
+/// The most connections of one user (not root, not the daemon's own user) unless configured
+/// otherwise.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 256;
+
 /// The grace period after a restart unless configured otherwise.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
@@ -24,6 +28,9 @@ pub struct Config {
     pub pool: Pool,
     /// Connections served at once; further clients wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections of one user served at once (root and the daemon's own user are exempt);
+    /// one more is answered "busy" and closed.
+    pub max_connections_per_uid: usize,
     /// How long a new connection may take to send its hello before it is closed.
     pub handshake_timeout: Duration,
     /// How long writing one response may take before the client is deemed stuck and its
@@ -63,6 +70,7 @@ impl Config {
             db,
             pool,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             privileged: PrivilegedPorts {

@@ -79,6 +79,8 @@ struct QuotaTable {
 pub struct ConfigFile {
     pool: Option<String>,
     max_connections: Option<usize>,
+    /// Connections of one user at once (root and the daemon's own user are exempt).
+    max_connections_per_uid: Option<usize>,
     /// Groups whose members administer the daemon (create/delete persistent reservations,
     /// release any reservation, see every owner).
     #[serde(default)]
@@ -149,6 +151,12 @@ impl ConfigFile {
                 return Err(invalid("max_connections must be at least 1".into()));
             }
             config.max_connections = n;
+        }
+        if let Some(n) = self.max_connections_per_uid {
+            if n == 0 {
+                return Err(invalid("max_connections_per_uid must be at least 1".into()));
+            }
+            config.max_connections_per_uid = n;
         }
         if let Some(secs) = self.grace_period_s {
             if secs > 3600 {

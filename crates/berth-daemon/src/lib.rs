@@ -8,7 +8,9 @@
 //! # Layout
 //! - [`config`]: [`Config`], what a daemon is told at start-up; [`config_file`] reads the
 //!   TOML configuration file into it.
-//! - [`listener`]: binding the socket (stale-socket handling, permissions, removal).
+//! - [`listener`]: binding the socket (stale-socket handling, permissions, removal), or
+//!   taking the one systemd passed (socket activation); `notify`: `sd_notify` readiness,
+//!   status and stopping.
 //! - [`server`]: [`run`], the accept loop with a connection limit and a draining shutdown, and
 //!   [`serve`], which adds the socket file and signals around it.
 //! - `session`: one connection: handshake, requests in order, release on close.
@@ -18,6 +20,7 @@
 //! - `inbound`: reading frames with `recvmsg` (descriptors and per-message credentials).
 //! - `associate`: checking and binding a client's socket from a reservation.
 //! - `netns`: which network namespace a socket belongs to.
+//! - `fair`: the per-user connection limit (a "busy" answer past it).
 //! - `closer`: closing received descriptors on threads of their own (a close can block).
 //! - `store_thread`, `db_lock`: the database's own thread, and one daemon per database.
 //! - [`portserver`]: Google's portpicker protocol on a socket of its own (one number in TCP and
@@ -33,6 +36,7 @@ pub mod config;
 pub mod config_file;
 mod db_lock;
 mod diag;
+mod fair;
 mod hold;
 mod inbound;
 mod journal;
@@ -41,6 +45,7 @@ mod limits;
 mod lineage;
 pub mod listener;
 mod netns;
+mod notify;
 mod owner_watch;
 mod peer;
 pub mod portserver;
@@ -57,5 +62,5 @@ mod tests;
 pub use config::Config;
 pub use config_file::{ConfigError, ConfigFile};
 pub use kernel::KernelSync;
-pub use listener::{bind_socket, ListenError, SocketGuard};
+pub use listener::{activated, bind_socket, ListenError, SocketGuard};
 pub use server::{run, run_with_ready, serve, ServeError};

@@ -1,6 +1,8 @@
-//! The daemon's socket file: created with care, removed on the way out.
+//! The daemon's socket: bound with care and removed on the way out ([`bind_socket`]), or
+//! passed by systemd's socket activation ([`activated`]) and then never removed.
 
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -16,6 +18,9 @@ pub enum ListenError {
     /// Something that is not a socket sits at the path.
     #[error("{0} exists and is not a socket; remove it or choose another --socket")]
     NotASocket(PathBuf),
+    /// systemd passed sockets this daemon cannot serve on.
+    #[error("socket activation: {0}")]
+    Activation(String),
     /// A system call failed.
     #[error("cannot listen on {path}: {source}")]
     Io {
@@ -90,4 +95,70 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), ListenErr
             inode,
         },
     ))
+}
+
+/// The listening socket systemd passed (`LISTEN_FDS`, `LISTEN_PID`; see `sd_listen_fds(3)`),
+/// with its path; `None` when the daemon was not socket-activated.
+///
+/// Exactly one socket must be passed, a listening Unix stream socket bound to a path. It is
+/// made non-blocking and close-on-exec and gets `SO_PASSCRED` (as `PassCredentials=yes` in
+/// `berth.socket` already does). It belongs to systemd: the daemon never removes its file.
+pub fn activated() -> Result<Option<(UnixListener, PathBuf)>, ListenError> {
+    let fds = sd_notify::listen_fds().map_err(|e| {
+        ListenError::Activation(format!("cannot read LISTEN_FDS and LISTEN_PID: {e}"))
+    })?;
+    let fds: Vec<_> = fds.collect();
+    let fd = match fds.as_slice() {
+        [] => return Ok(None),
+        [fd] => *fd,
+        more => {
+            return Err(ListenError::Activation(format!(
+                "systemd passed {} sockets; berth serves exactly one (berth.socket must have one ListenStream=)",
+                more.len()
+            )))
+        }
+    };
+    // SAFETY: systemd hands descriptor `fd` (3) to this process, and `listen_fds` returns it
+    // only when LISTEN_PID names this process; nothing else in the daemon owns it, and this
+    // is called once, at start-up.
+    #[expect(
+        unsafe_code,
+        reason = "taking ownership of a descriptor passed by systemd needs from_raw_fd"
+    )]
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let not_ours = |what: &str| {
+        ListenError::Activation(format!(
+            "the socket systemd passed (descriptor {fd}) {what}; berth.socket must have ListenStream=/run/berth/berth.sock (a path)"
+        ))
+    };
+    use rustix::net::sockopt;
+    let io_err = |source: rustix::io::Errno| {
+        ListenError::Activation(format!(
+            "cannot inspect the socket systemd passed (descriptor {fd}): {}",
+            io::Error::from(source)
+        ))
+    };
+    if sockopt::socket_type(&owned).map_err(io_err)? != rustix::net::SocketType::STREAM {
+        return Err(not_ours("is not a stream socket"));
+    }
+    if !sockopt::socket_acceptconn(&owned).map_err(io_err)? {
+        return Err(not_ours("is not listening"));
+    }
+    let local = rustix::net::getsockname(&owned).map_err(io_err)?;
+    let path = rustix::net::SocketAddrUnix::try_from(local)
+        .ok()
+        .and_then(|unix| {
+            unix.path()
+                .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p.to_bytes())))
+        })
+        .ok_or_else(|| not_ours("is not a Unix socket bound to a path"))?;
+    let std_listener = std::os::unix::net::UnixListener::from(owned);
+    let with_path = |source| ListenError::Io {
+        path: path.clone(),
+        source,
+    };
+    std_listener.set_nonblocking(true).map_err(with_path)?;
+    sockopt::set_socket_passcred(&std_listener, true).map_err(|e| with_path(e.into()))?;
+    let listener = UnixListener::from_std(std_listener).map_err(with_path)?;
+    Ok(Some((listener, path)))
 }

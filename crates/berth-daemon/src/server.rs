@@ -46,7 +46,9 @@ pub async fn run(
 }
 
 /// [`run`], calling `ready` once the daemon can answer: the database is locked and loaded and
-/// the table rebuilt. (Clients that connect earlier wait in the socket's backlog.)
+/// the table rebuilt. (Clients that connect earlier wait in the socket's backlog.) A service
+/// manager (`NOTIFY_SOCKET`) is told `READY=1` then, a `STATUS=` line while serving, and
+/// `STOPPING=1` once shutdown begins.
 pub async fn run_with_ready(
     listener: UnixListener,
     config: Config,
@@ -104,6 +106,10 @@ pub async fn run_with_ready(
     let control = Arc::new(Control {
         stop: CancellationToken::new(),
         netns: NetnsCheck::current(),
+        per_uid: crate::fair::PerUid::new(
+            config.max_connections_per_uid.max(1),
+            rustix::process::geteuid().as_raw(),
+        ),
     });
     // Answers until the very end, so that no second daemon starts while this one drains.
     let beacon = beacon.map(|listener| {
@@ -118,6 +124,9 @@ pub async fn run_with_ready(
         (task, done)
     });
     ready();
+    let (reservations, clients) = shared.counts();
+    crate::notify::ready(&crate::notify::serving(reservations, clients));
+    report_status(&tracker, &shared, &cancel);
     let stop = control.stop.clone();
     let shutdown = async move {
         tokio::select! {
@@ -164,7 +173,9 @@ pub async fn run_with_ready(
         });
     }
 
-    tracing::info!("shutting down: draining {} connections", tracker.len());
+    let draining = format!("stopping: draining {} connections", shared.counts().1);
+    tracing::info!("{draining}");
+    crate::notify::stopping(&draining);
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
@@ -246,6 +257,32 @@ fn watch_owners(
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remove(&key);
             });
+        }
+    });
+}
+
+/// Keeps the service manager's status line current, every [`crate::notify::STATUS_EVERY`]
+/// (only when one listens, and only when the line changed).
+fn report_status(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToken) {
+    if !crate::notify::enabled() {
+        return;
+    }
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(crate::notify::STATUS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = String::new();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let (reservations, clients) = shared.counts();
+            let line = crate::notify::serving(reservations, clients);
+            if line != last {
+                crate::notify::status(&line);
+                last = line;
+            }
         }
     });
 }
@@ -367,15 +404,33 @@ fn end_grace(
     });
 }
 
-/// Runs a daemon process: binds `config.socket`, calls `ready` once clients are served,
-/// serves until SIGTERM or SIGINT, and removes the socket on the way out.
-pub async fn serve(config: Config, ready: impl FnOnce()) -> Result<(), ServeError> {
+/// Runs a daemon process: serves on the socket systemd passed (socket activation), or else
+/// binds `config.socket`; calls `ready` once clients are served, serves until SIGTERM or
+/// SIGINT, and removes the socket on the way out — only the one it bound itself: a socket
+/// systemd passed stays, for the next daemon it starts.
+pub async fn serve(mut config: Config, ready: impl FnOnce()) -> Result<(), ServeError> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     // Installing a handler is what matters: an on-demand daemon must outlive the terminal
     // of the command that started it.
     let _sighup = signal(SignalKind::hangup())?;
-    let (listener, _guard) = bind_socket(&config.socket)?;
+    let (listener, _guard) = match crate::listener::activated()? {
+        Some((listener, path)) => {
+            if path != config.socket {
+                tracing::info!(
+                    "serving on the socket systemd passed, {} (not {})",
+                    path.display(),
+                    config.socket.display()
+                );
+            }
+            config.socket = path;
+            (listener, None)
+        }
+        None => {
+            let (listener, guard) = bind_socket(&config.socket)?;
+            (listener, Some(guard))
+        }
+    };
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use berth_core::ErrorKind;
 use berth_protocol::{
-    negotiate, ErrorDetail, FrameCodec, FrameError, NamespacesDetail, Request, Response, Welcome,
-    WireError,
+    negotiate, BusyDetail, DaemonLimit, ErrorDetail, FrameCodec, FrameError, NamespacesDetail,
+    Request, Response, Welcome, WireError,
 };
 use futures_util::SinkExt;
 use tokio::net::unix::OwnedWriteHalf;
@@ -34,6 +34,8 @@ pub(crate) struct Control {
     pub(crate) stop: CancellationToken,
     /// The daemon's network namespace, to tell where each client is.
     pub(crate) netns: NetnsCheck,
+    /// Connections per user.
+    pub(crate) per_uid: Arc<crate::fair::PerUid>,
 }
 
 /// One connection's view: who, where, and what it may ask.
@@ -59,6 +61,13 @@ pub(crate) async fn serve_connection(
         Ok(owner) => owner,
         Err(e) => {
             tracing::warn!("dropping a connection whose peer cannot be identified: {e}");
+            return;
+        }
+    };
+    let _slot = match control.per_uid.enter(owner.uid) {
+        Ok(slot) => slot,
+        Err(in_use) => {
+            refuse_busy(stream, &config, &control, owner.uid, in_use, &shutdown).await;
             return;
         }
     };
@@ -103,6 +112,48 @@ pub(crate) async fn serve_connection(
     } else {
         shared.close_session(&session.peer);
     }
+}
+
+/// Answers a connection over its user's limit: reads its hello (so that the client is reading
+/// when the answer comes), says "busy" with the limit and the use, and closes.
+async fn refuse_busy(
+    stream: UnixStream,
+    config: &Config,
+    control: &Control,
+    uid: u32,
+    in_use: usize,
+    shutdown: &CancellationToken,
+) {
+    let max = control.per_uid.max();
+    tracing::debug!(
+        uid,
+        in_use,
+        max,
+        "busy: a connection over the user's limit is refused"
+    );
+    let (rd, wr) = stream.into_split();
+    let mut reader = Reader::new(rd, crate::closer::Closers::new());
+    let mut writer = FramedWrite::new(wr, FrameCodec::daemon());
+    let hello = tokio::select! {
+        () = shutdown.cancelled() => return,
+        first = tokio::time::timeout(config.handshake_timeout, reader.next()) => first,
+    };
+    if matches!(hello, Ok(Ok(Some(_)))) {
+        let busy = WireError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "busy: {in_use} of {max} connections in use by uid {uid} (max_connections_per_uid); close some of this user's berth connections, or have an administrator raise max_connections_per_uid in the daemon's configuration"
+            ),
+        )
+        .with_detail(ErrorDetail::Busy(BusyDetail {
+            limit: DaemonLimit::Connections,
+            max: u64::try_from(max).unwrap_or(u64::MAX),
+            in_use: u64::try_from(in_use).unwrap_or(u64::MAX),
+        }));
+        send(&mut writer, Response::Error(busy), config.write_timeout).await;
+    }
+    drop(writer);
+    drop(reader);
 }
 
 /// Reads the hello and answers it; `None` when the connection should close. A daemon that
@@ -200,10 +251,26 @@ impl Session<'_> {
                     }
                 }
                 Ok(Some(inbound)) => {
+                    let what = request_name(&inbound.request);
+                    let (pid, uid) = match inbound.sender {
+                        Some(c) if c.pid != 0 => (c.pid, c.uid),
+                        _ => (peer.owner.pid, peer.owner.uid),
+                    };
                     let response = match self.refuse_foreign(&inbound.request) {
                         Some(refusal) => refusal,
                         None => self.shared.handle(inbound, peer).await,
                     };
+                    if let Response::Error(e) = &response {
+                        // One line per denial, at DEBUG like grants and releases.
+                        tracing::debug!(
+                            pid,
+                            uid,
+                            kind = e.kind.as_str(),
+                            request = what,
+                            "denied: {}",
+                            e.message
+                        );
+                    }
                     if send(writer, response, limit).await.is_none() {
                         return;
                     }
@@ -263,6 +330,27 @@ impl Session<'_> {
             | Request::Stop => return None,
         };
         Some(foreign_netns(what, daemon, peer))
+    }
+}
+
+/// The request's name, for log lines.
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Hello(_) => "hello",
+        Request::Acquire { .. } | Request::AcquireWith { .. } => "acquire",
+        Request::AcquireBoth { .. } => "acquire-both",
+        Request::AssociateAt { .. } => "associate-at",
+        Request::Release { .. } => "release",
+        Request::List => "list",
+        Request::Status => "status",
+        Request::Associate { .. } => "associate",
+        Request::CreatePersistent { .. } => "create-persistent",
+        Request::DeletePersistent { .. } => "delete-persistent",
+        Request::LookupPersistent { .. } => "lookup-persistent",
+        Request::Reclaim { .. } => "reclaim",
+        Request::Transfer { .. } => "transfer",
+        Request::Why { .. } => "why",
+        Request::Stop => "stop",
     }
 }
 

@@ -296,6 +296,12 @@ impl Shared {
         self.closers.clone()
     }
 
+    /// Live reservations and open client connections (for the service manager's status line).
+    pub(crate) fn counts(&self) -> (usize, u32) {
+        let reservations = self.table().len();
+        (reservations, self.sessions.load(Ordering::Relaxed))
+    }
+
     /// Tells the store thread to finish what is queued and stop.
     pub(crate) fn stop_store(&self) {
         self.store.stop();
@@ -520,25 +526,39 @@ fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) -> Reservatio
     }
 }
 
-/// One log line per change, for operators.
+/// One log line per change, for operators: what clients do every moment (grants, releases,
+/// hand-overs) at DEBUG, with the owner's pid and uid as fields, so that a busy
+/// daemon's log can be turned down to INFO; what changes the daemon's lasting state
+/// (persistent reservations, what a restart restored, re-claimed or could not restore) at INFO.
 fn log_changes(changes: &[Change]) {
     for change in changes {
         match change {
             Change::Granted(r) => {
-                tracing::info!(token = %r.token, "{} {} granted to {}", r.protocol, berth_core::describe(r.range), r.holder_description());
+                let (pid, uid) = owner_ids(r);
+                tracing::debug!(token = %r.token, pid, uid, "{} {} granted to {}", r.protocol, berth_core::describe(r.range), r.holder_description());
             }
             Change::Released {
                 reservation: r,
                 why,
             } => {
-                tracing::info!(token = %r.token, "{} {} of {} ended: {}", r.protocol, berth_core::describe(r.range), r.holder_description(), why.as_str());
+                let (pid, uid) = owner_ids(r);
+                if matches!(
+                    why,
+                    berth_core::Ending::NotReclaimed | berth_core::Ending::Undone
+                ) {
+                    // The end of a restart's grace period, or a change the store refused.
+                    tracing::info!(token = %r.token, pid, uid, "{} {} of {} ended: {}", r.protocol, berth_core::describe(r.range), r.holder_description(), why.as_str());
+                } else {
+                    tracing::debug!(token = %r.token, pid, uid, "{} {} of {} ended: {}", r.protocol, berth_core::describe(r.range), r.holder_description(), why.as_str());
+                }
             }
             Change::Rebound { before, after: r } => {
-                let pid = r.owner().map_or(0, |o| o.pid);
+                let (pid, uid) = owner_ids(r);
                 if before.bond() == Some(berth_core::Bond::Unclaimed) {
-                    tracing::info!(token = %r.token, "{} {} re-claimed by pid {pid}", r.protocol, berth_core::describe(r.range));
+                    // Only after a restart, once per reservation: part of the restart's story.
+                    tracing::info!(token = %r.token, pid, uid, "{} {} re-claimed by pid {pid}", r.protocol, berth_core::describe(r.range));
                 } else {
-                    tracing::info!(token = %r.token, "{} {} handed to pid {pid} ({}); it lives as long as that process", r.protocol, berth_core::describe(r.range), r.holder_description());
+                    tracing::debug!(token = %r.token, pid, uid, "{} {} handed to pid {pid} ({}); it lives as long as that process", r.protocol, berth_core::describe(r.range), r.holder_description());
                 }
             }
             Change::Restored(r) => {
@@ -559,6 +579,11 @@ fn log_changes(changes: &[Change]) {
             }
         }
     }
+}
+
+/// The owner's pid and uid for a log line (0, 0 for a persistent reservation).
+fn owner_ids(r: &Reservation) -> (u32, u32) {
+    r.owner().map_or((0, 0), |o| (o.pid, o.uid))
 }
 
 pub(crate) fn error(kind: ErrorKind, message: String) -> Response {

@@ -4,6 +4,7 @@
 mod completions;
 mod daemon;
 pub mod listen;
+mod manpages;
 mod persistent;
 mod query;
 mod run;
@@ -19,6 +20,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Daemon(args) => daemon::run(args),
         Command::Completions(args) => completions::run(args),
+        Command::Manpages(args) => manpages::run(args),
         Command::Run(args) => current_thread()?.block_on(run::run(args)),
         Command::List(args) => current_thread()?.block_on(query::list(args)),
         Command::Status(args) => current_thread()?.block_on(query::status(args)),

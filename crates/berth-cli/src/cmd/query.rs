@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use berth::Token;
 
-use crate::cli::{JsonArg, ReleaseArgs};
+use crate::cli::{JsonArg, ReleaseArgs, StatusArgs, StatusFormat};
 use crate::connect;
 use crate::exit::Failure;
 use crate::output::{self, ReservationJson, StatusJson};
@@ -27,15 +27,30 @@ pub async fn list(args: JsonArg) -> Result<ExitCode, Failure> {
 }
 
 /// Prints the daemon's status.
-pub async fn status(args: JsonArg) -> Result<ExitCode, Failure> {
+pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
+    let format = match (args.json, args.format) {
+        (true, _) => StatusFormat::Json,
+        (false, format) => format.unwrap_or(StatusFormat::Text),
+    };
     let client = connect::existing().await?;
-    let status = StatusJson::from(&client.status().await?);
-    if args.json {
+    let info = client.status().await?;
+    let status = StatusJson::from(&info);
+    if format == StatusFormat::Json {
         println!(
             "{}",
             serde_json::to_string_pretty(&status).context("cannot render JSON")?
         );
-    } else {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = client.list().await?;
+    if format == StatusFormat::Openmetrics {
+        print!(
+            "{}",
+            crate::metrics::openmetrics(&info, &list, output::now_ms())
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    {
         println!(
             "berth daemon {} (pid {}) on {}",
             status.version, status.pid, status.socket
@@ -63,6 +78,18 @@ pub async fn status(args: JsonArg) -> Result<ExitCode, Failure> {
         if u64::from(status.open_files) * 10 >= status.open_files_limit * 9 {
             println!("  warning: the daemon is near its descriptor limit; held reservations and connections will be refused — raise LimitNOFILE / ulimit -n");
         }
+        // Owners are visible to administrators for everyone, to others for their own user.
+        let by_uid = crate::metrics::use_by_uid(&list);
+        if !by_uid.is_empty() {
+            println!("  runtime use by user:");
+            for (uid, u) in by_uid {
+                println!(
+                    "    uid {uid}: {}, {}",
+                    plural(u.reservations, "reservation"),
+                    plural(u.ports, "port")
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -74,6 +101,9 @@ pub async fn release(args: ReleaseArgs) -> Result<ExitCode, Failure> {
         .parse()
         .map_err(|e: berth_core::RangeError| berth::Error::InvalidArgument(e.to_string()))?;
     let client = connect::existing().await?;
+    if !args.force {
+        refuse_others(&client, token).await?;
+    }
     let released = client.release(token).await?;
     if args.json {
         let row = ReservationJson::from(&released);
@@ -90,6 +120,31 @@ pub async fn release(args: ReleaseArgs) -> Result<ExitCode, Failure> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses, without --force, to release a reservation of another user whose owner still runs
+/// (only an administrator could, and it takes the owner's ports from under it). The daemon
+/// decides who may release; this only asks the administrator to say they mean it.
+async fn refuse_others(client: &berth::Client, token: Token) -> Result<(), Failure> {
+    let me = rustix::process::getuid().as_raw();
+    let list = client.list().await?;
+    let Some(r) = list.iter().find(|r| r.token == token) else {
+        return Ok(()); // the daemon says what is wrong
+    };
+    match &r.owner {
+        Some(owner) if r.kind == berth::Kind::Runtime && owner.uid != me => {
+            Err(berth::Error::InvalidArgument(format!(
+                "{} {} ({token}) belongs to pid {} ({}, uid {}), which still runs; to take it from that process, run `berth release --force {token}` as an administrator",
+                r.protocol,
+                berth_core::describe(r.range),
+                owner.pid,
+                owner.command,
+                owner.uid
+            ))
+            .into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Stops the daemon and waits (with a deadline) until its process has exited.

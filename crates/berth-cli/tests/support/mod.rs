@@ -45,6 +45,8 @@ pub struct Daemon {
     pool: String,
     /// Options given after `--pool`, e.g. `--grace 10`; the same for every restart.
     extra: Vec<String>,
+    /// Environment variables set for the daemon (e.g. `BERTH_LOG`), for every restart.
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -55,16 +57,30 @@ impl Daemon {
 
     /// [`Daemon::start`] with more options (`--grace N`, …), kept for restarts.
     pub fn start_with(pool: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_full(pool, extra, &[])
+    }
+
+    /// [`Daemon::start`] with environment variables for the daemon (e.g. `BERTH_LOG=debug`).
+    pub fn start_with_env(pool: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_full(pool, &[], env)
+    }
+
+    fn start_full(pool: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let socket = dir.path().join("b.sock");
         let extra: Vec<String> = extra.iter().map(|&a| a.to_owned()).collect();
-        let child = spawn_ready(dir.path(), &socket, pool, &extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let child = spawn_ready(dir.path(), &socket, pool, &extra, &env);
         Daemon {
             child,
             dir,
             socket,
             pool: pool.to_owned(),
             extra,
+            env,
         }
     }
 
@@ -78,7 +94,13 @@ impl Daemon {
                 self.child.id()
             );
         }
-        self.child = spawn_ready(self.dir.path(), &self.socket, &self.pool, &self.extra);
+        self.child = spawn_ready(
+            self.dir.path(),
+            &self.socket,
+            &self.pool,
+            &self.extra,
+            &self.env,
+        );
     }
 
     /// SIGKILLs the daemon (our child, by its pid) and reaps it; asserts that SIGKILL is what
@@ -555,7 +577,13 @@ pub fn poll_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 /// Spawns `berth daemon --socket <dir>/… --db <dir>/berth.db --pool POOL EXTRA… --ready-stdout`,
 /// its stderr appended to `<dir>/daemon.log`, and waits for its "ready"; kills and reaps it
 /// (by its pid) before panicking if it does not say so in time.
-fn spawn_ready(dir: &Path, socket: &Path, pool: &str, extra: &[String]) -> Child {
+fn spawn_ready(
+    dir: &Path,
+    socket: &Path,
+    pool: &str,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Child {
     let log_path = dir.join("daemon.log");
     let log = OpenOptions::new()
         .create(true)
@@ -574,6 +602,7 @@ fn spawn_ready(dir: &Path, socket: &Path, pool: &str, extra: &[String]) -> Child
         .args(extra)
         .arg("--ready-stdout")
         .env_remove("BERTH_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -197,6 +197,10 @@ impl Shared {
         let _ = self.settle(pending).await;
         match released {
             Some(r) => {
+                if !r.is_owned_by(&requester.process) {
+                    // An administrator's action, not a client's own lifecycle.
+                    tracing::info!(token = %r.token, pid = requester.process.pid, uid = requester.process.uid, "{} {} of {} released by an administrator (pid {}, uid {})", r.protocol, berth_core::describe(r.range), r.holder_description(), requester.process.pid, requester.process.uid);
+                }
                 Response::Released(info(&r, &requester.process, requester.is_admin, now_ms()))
             }
             None => error(ErrorKind::Unavailable, "the release went missing".into()),

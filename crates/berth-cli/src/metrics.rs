@@ -1,0 +1,313 @@
+//! `berth status --format openmetrics`: the daemon's status and its reservations as an
+//! OpenMetrics text exposition, for a scraper (node_exporter's textfile collector, a cron job,
+//! an agent that runs a command). Also the per-user use that `berth status` shows.
+//!
+//! Everything is computed from one `status` and one `list` answer; what the asker may not see
+//! (other users' owners, for a non-administrator) is simply not counted per user.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use berth::{ReservationInfo, StatusInfo};
+use berth_core::{Kind, Protocol};
+
+/// Runtime reservations and their ports, of one user.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Use {
+    /// Runtime reservations.
+    pub reservations: u32,
+    /// Their ports.
+    pub ports: u32,
+}
+
+/// Runtime use per uid, over the reservations whose owner the asker may see (administrators
+/// see every owner; others, their own user's).
+pub fn use_by_uid(list: &[ReservationInfo]) -> BTreeMap<u32, Use> {
+    let mut by_uid: BTreeMap<u32, Use> = BTreeMap::new();
+    for r in list.iter().filter(|r| r.kind == Kind::Runtime) {
+        if let Some(owner) = &r.owner {
+            let entry = by_uid.entry(owner.uid).or_default();
+            entry.reservations += 1;
+            entry.ports += u32::from(r.range.count());
+        }
+    }
+    by_uid
+}
+
+/// One metric family: its `# TYPE`, `# UNIT`, `# HELP` lines, then its samples
+/// (`name{labels} value`).
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    unit: Option<&'static str>,
+    help: &'static str,
+    samples: Vec<(String, u64)>,
+}
+
+impl Family {
+    fn gauge(name: &'static str, help: &'static str, samples: Vec<(String, u64)>) -> Self {
+        Family {
+            name,
+            kind: "gauge",
+            unit: None,
+            help,
+            samples,
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        let name = self.name;
+        let _ = writeln!(out, "# TYPE {name} {}", self.kind);
+        if let Some(unit) = self.unit {
+            let _ = writeln!(out, "# UNIT {name} {unit}");
+        }
+        let _ = writeln!(out, "# HELP {name} {}", self.help);
+        // An info family's samples carry the `_info` suffix.
+        let sample = if self.kind == "info" {
+            format!("{name}_info")
+        } else {
+            name.to_owned()
+        };
+        for (labels, value) in &self.samples {
+            let _ = writeln!(out, "{sample}{labels} {value}");
+        }
+    }
+}
+
+/// The exposition: one family per metric, then `# EOF`.
+pub fn openmetrics(status: &StatusInfo, list: &[ReservationInfo], now_ms: u64) -> String {
+    let one = |value: u64| vec![(String::new(), value)];
+    let by_uid = use_by_uid(list);
+    let families = [
+        Family {
+            name: "berth",
+            kind: "info",
+            unit: None,
+            help: "The daemon's release and protocol version.",
+            samples: vec![(
+                format!(
+                    "{{version=\"{}\",protocol_version=\"{}\"}}",
+                    escape(&status.version),
+                    status.protocol_version
+                ),
+                1,
+            )],
+        },
+        Family {
+            name: "berth_uptime_seconds",
+            kind: "gauge",
+            unit: Some("seconds"),
+            help: "Seconds since the daemon started.",
+            samples: one(now_ms.saturating_sub(status.started_at_ms) / 1000),
+        },
+        Family::gauge(
+            "berth_reservations",
+            "Live reservations by kind.",
+            [Kind::Runtime, Kind::Persistent]
+                .into_iter()
+                .map(|kind| {
+                    let n = list.iter().filter(|r| r.kind == kind).count();
+                    (
+                        format!("{{kind=\"{}\"}}", kind.as_str()),
+                        u64::try_from(n).unwrap_or(u64::MAX),
+                    )
+                })
+                .collect(),
+        ),
+        Family::gauge(
+            "berth_reserved_ports",
+            "Reserved ports by protocol.",
+            vec![
+                (label(Protocol::Tcp), u64::from(status.tcp_ports)),
+                (label(Protocol::Udp), u64::from(status.udp_ports)),
+            ],
+        ),
+        Family::gauge(
+            "berth_held_ports",
+            "Reserved ports the daemon holds bound until their owner binds them, by protocol.",
+            per_protocol(list, |r| {
+                if r.held {
+                    u64::from(r.range.count()).saturating_sub(len(&r.bound))
+                } else {
+                    0
+                }
+            }),
+        ),
+        Family::gauge(
+            "berth_bound_ports",
+            "Reserved ports their owner has bound through the daemon, by protocol.",
+            per_protocol(list, |r| len(&r.bound)),
+        ),
+        Family::gauge(
+            "berth_pool_ports",
+            "Ports in the wildcard pool.",
+            one(u64::from(status.pool.range().count())),
+        ),
+        Family::gauge(
+            "berth_connected_clients",
+            "Open client connections.",
+            one(u64::from(status.sessions)),
+        ),
+        Family::gauge(
+            "berth_open_files_limit",
+            "The daemon's descriptor limit (soft RLIMIT_NOFILE); no sample when unlimited.",
+            if status.open_files_limit == u64::MAX {
+                Vec::new()
+            } else {
+                one(status.open_files_limit)
+            },
+        ),
+        Family::gauge(
+            "berth_kernel_sync",
+            "1 when the daemon keeps net.ipv4.ip_local_reserved_ports, else 0.",
+            one(u64::from(status.kernel_sync)),
+        ),
+        Family::gauge(
+            "berth_user_reservations",
+            "Runtime reservations per owner uid (only owners the asker may see).",
+            by_uid
+                .iter()
+                .map(|(uid, u)| (format!("{{uid=\"{uid}\"}}"), u64::from(u.reservations)))
+                .collect(),
+        ),
+        Family::gauge(
+            "berth_user_ports",
+            "Ports of runtime reservations per owner uid (only owners the asker may see).",
+            by_uid
+                .iter()
+                .map(|(uid, u)| (format!("{{uid=\"{uid}\"}}"), u64::from(u.ports)))
+                .collect(),
+        ),
+    ];
+    let mut out = String::new();
+    for family in &families {
+        family.write(&mut out);
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+fn len(v: &[u16]) -> u64 {
+    u64::try_from(v.len()).unwrap_or(u64::MAX)
+}
+
+fn label(protocol: Protocol) -> String {
+    format!("{{protocol=\"{}\"}}", protocol.as_str())
+}
+
+fn per_protocol(
+    list: &[ReservationInfo],
+    f: impl Fn(&ReservationInfo) -> u64,
+) -> Vec<(String, u64)> {
+    [Protocol::Tcp, Protocol::Udp]
+        .into_iter()
+        .map(|p| {
+            let n = list.iter().filter(|r| r.protocol == p).map(&f).sum();
+            (label(p), n)
+        })
+        .collect()
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth::OwnerInfo;
+    use berth_core::{PortRange, Token};
+
+    fn reservation(
+        kind: Kind,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        uid: Option<u32>,
+    ) -> ReservationInfo {
+        ReservationInfo {
+            token: Token::new(u64::from(start)).unwrap(),
+            protocol,
+            range: PortRange::new(start, count).unwrap(),
+            kind,
+            owner: uid.map(|uid| OwnerInfo {
+                pid: 100 + uid,
+                uid,
+                command: "x".into(),
+            }),
+            acquired_at_ms: 0,
+            age_ms: 0,
+            held: true,
+            bound: vec![start],
+        }
+    }
+
+    fn status() -> StatusInfo {
+        StatusInfo {
+            version: "1.2.3".into(),
+            protocol_version: 4,
+            pid: 1,
+            socket: "/run/berth/berth.sock".into(),
+            started_at_ms: 1_000,
+            pool: berth_core::Pool::new(40000, 40099).unwrap(),
+            reservations: 3,
+            tcp_ports: 5,
+            udp_ports: 1,
+            sessions: 2,
+            open_files_limit: 65536,
+            kernel_sync: false,
+            kernel_sync_off_because: "test".into(),
+            hold_sockets: 4,
+            open_files: 30,
+        }
+    }
+
+    #[test]
+    fn the_exposition_has_every_family_and_ends_with_eof() {
+        let list = [
+            reservation(Kind::Runtime, Protocol::Tcp, 40000, 3, Some(1000)),
+            reservation(Kind::Runtime, Protocol::Udp, 40010, 1, Some(0)),
+            reservation(Kind::Persistent, Protocol::Tcp, 8080, 2, None),
+        ];
+        let text = openmetrics(&status(), &list, 61_000);
+        for line in [
+            "berth_info{version=\"1.2.3\",protocol_version=\"4\"} 1",
+            "berth_uptime_seconds 60",
+            "berth_reservations{kind=\"runtime\"} 2",
+            "berth_reservations{kind=\"persistent\"} 1",
+            "berth_reserved_ports{protocol=\"tcp\"} 5",
+            "berth_reserved_ports{protocol=\"udp\"} 1",
+            "berth_held_ports{protocol=\"tcp\"} 3",
+            "berth_held_ports{protocol=\"udp\"} 0",
+            "berth_bound_ports{protocol=\"tcp\"} 2",
+            "berth_pool_ports 100",
+            "berth_connected_clients 2",
+            "berth_open_files_limit 65536",
+            "berth_kernel_sync 0",
+            "berth_user_reservations{uid=\"1000\"} 1",
+            "berth_user_ports{uid=\"1000\"} 3",
+            "berth_user_ports{uid=\"0\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // Every sample belongs to the family declared last before it.
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_owned();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&family), "{line} outside {family}");
+            }
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
