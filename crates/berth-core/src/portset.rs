@@ -93,24 +93,46 @@ impl PortSet {
         self.bits.iter().all(|w| *w == 0)
     }
 
-    /// The set as maximal runs of consecutive ports, lowest first.
+    /// The set as maximal runs of consecutive ports, lowest first. Walks the bitmap a word at
+    /// a time: empty and full words cost one comparison each.
     pub fn runs(&self) -> Vec<(u16, u16)> {
         let mut runs = Vec::new();
-        let mut open: Option<u16> = None;
-        for port in 0..=u16::MAX {
-            match (self.contains(port), open) {
-                (true, None) => open = Some(port),
-                (false, Some(lo)) => {
-                    runs.push((lo, port - 1));
-                    open = None;
+        let mut open: Option<u32> = None;
+        for (i, &word) in self.bits.iter().enumerate() {
+            let base = (i as u32) * 64;
+            match word {
+                0 => {
+                    if let Some(lo) = open.take() {
+                        runs.push((lo, base - 1));
+                    }
                 }
-                _ => {}
+                u64::MAX => {
+                    open.get_or_insert(base);
+                }
+                _ => {
+                    for bit in 0..64 {
+                        let port = base + bit;
+                        if word & (1 << bit) != 0 {
+                            open.get_or_insert(port);
+                        } else if let Some(lo) = open.take() {
+                            runs.push((lo, port - 1));
+                        }
+                    }
+                }
             }
         }
         if let Some(lo) = open {
-            runs.push((lo, u16::MAX));
+            runs.push((lo, 65535));
         }
-        runs
+        // Every value is a port: at most 65535.
+        runs.into_iter()
+            .map(|(lo, hi)| {
+                (
+                    u16::try_from(lo).unwrap_or(u16::MAX),
+                    u16::try_from(hi).unwrap_or(u16::MAX),
+                )
+            })
+            .collect()
     }
 
     /// Parses the kernel's list syntax; whitespace (the trailing newline) is ignored, and an

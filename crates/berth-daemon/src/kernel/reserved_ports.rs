@@ -19,8 +19,15 @@ const MAX_LEN: usize = 512 * 1024;
 
 /// Reads the list.
 pub(crate) fn read(path: &Path) -> io::Result<PortSet> {
-    let mut buf = vec![0u8; MAX_LEN];
-    let n = std::fs::File::open(path)?.read(&mut buf)?;
+    read_with(path, &mut Vec::new())
+}
+
+/// [`read`] into `buf`, kept by a caller that reads often (its room is reused).
+pub(crate) fn read_with(path: &Path, buf: &mut Vec<u8>) -> io::Result<PortSet> {
+    if buf.len() < MAX_LEN {
+        buf.resize(MAX_LEN, 0);
+    }
+    let n = std::fs::File::open(path)?.read(buf)?;
     let text = std::str::from_utf8(buf.get(..n).unwrap_or_default())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     PortSet::parse(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))

@@ -49,6 +49,8 @@ struct Inner {
 struct State {
     /// Reservations covering each port, both protocols together (the list has no protocol).
     counts: Vec<u8>,
+    /// The ports `counts` has above zero, kept as they change (a write copies it).
+    ours: PortSet,
     /// Whether `counts` changed since the last write began.
     dirty: bool,
     /// Who waits for the next write to finish.
@@ -70,6 +72,7 @@ impl Sync {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 counts: vec![0; 65536],
+                ours: PortSet::new(),
                 // The first write reconciles what an earlier daemon left, even with nothing
                 // to add.
                 dirty: true,
@@ -110,7 +113,8 @@ impl Consumer for Sync {
             Change::Rebound { .. } | Change::NotRestored { .. } => return Ack::Done,
         };
         let mut state = self.inner.lock();
-        count(&mut state.counts, range, add);
+        let State { counts, ours, .. } = &mut *state;
+        count(counts, ours, range, add);
         state.dirty = true;
         let ack = if wait {
             let (tx, rx) = oneshot::channel();
@@ -125,7 +129,7 @@ impl Consumer for Sync {
     }
 }
 
-fn count(counts: &mut [u8], range: PortRange, add: bool) {
+fn count(counts: &mut [u8], ours: &mut PortSet, range: PortRange, add: bool) {
     for port in range.ports() {
         if let Some(c) = counts.get_mut(usize::from(port)) {
             *c = if add {
@@ -133,6 +137,11 @@ fn count(counts: &mut [u8], range: PortRange, add: bool) {
             } else {
                 c.saturating_sub(1)
             };
+            if *c == 0 {
+                ours.remove(port);
+            } else {
+                ours.insert(port);
+            }
         }
     }
 }
@@ -150,6 +159,8 @@ impl Inner {
     }
 
     fn run(&self, path: &Path, store: &StoreHandle, mut recorded: PortSet) {
+        // One read buffer for the thread's life: the list can be hundreds of KiB.
+        let mut buf = Vec::new();
         loop {
             let (ours, waiters) = {
                 let mut state = self.lock();
@@ -163,10 +174,13 @@ impl Inner {
                     break;
                 }
                 state.dirty = false;
-                let ours = ports_of(&state.counts);
-                (ours, std::mem::take(&mut state.waiters))
+                (state.ours.clone(), std::mem::take(&mut state.waiters))
             };
-            let result = write(path, store, &mut recorded, &ours);
+            let result = write(path, store, &mut recorded, &ours, &mut buf).map(|mine| {
+                if !self.lock().dirty {
+                    narrow(store, &mut recorded, mine);
+                }
+            });
             if let Err(e) = &result {
                 tracing::error!("cannot update {}: {e}", path.display());
             }
@@ -190,14 +204,16 @@ impl Inner {
 }
 
 /// One write: `ours` plus what others put there. `recorded` is what the database says the
-/// daemon may have written; it is updated.
+/// daemon may have written; it is widened first if needed. Returns the daemon's entries now.
 fn write(
     path: &Path,
     store: &StoreHandle,
     recorded: &mut PortSet,
     ours: &PortSet,
-) -> Result<(), String> {
-    let current = reserved_ports::read(path).map_err(|e| format!("reading it failed: {e}"))?;
+    buf: &mut Vec<u8>,
+) -> Result<PortSet, String> {
+    let current =
+        reserved_ports::read_with(path, buf).map_err(|e| format!("reading it failed: {e}"))?;
     let foreign = current.difference(recorded);
     let wanted = foreign.union(ours);
     // The daemon's own entries: what it adds. A port someone else listed stays theirs.
@@ -217,24 +233,17 @@ fn write(
     if wanted != current {
         reserved_ports::write(path, &wanted).map_err(|e| format!("writing it failed: {e}"))?;
     }
+    Ok(mine)
+}
+
+/// Narrows the record to `mine`, what the daemon has in the list now. Only a narrowing: if it
+/// is lost, the wider record is still right. Done when the writer is idle, so that under load
+/// a grant in ports already recorded needs no database write at all.
+fn narrow(store: &StoreHandle, recorded: &mut PortSet, mine: PortSet) {
     if &mine != recorded {
-        // Only a narrowing: if it is lost, the wider record is still right.
         drop(store.set_meta(WRITTEN_KEY, Some(mine.to_string())));
         *recorded = mine;
     }
-    Ok(())
-}
-
-fn ports_of(counts: &[u8]) -> PortSet {
-    let mut set = PortSet::new();
-    for (port, c) in counts.iter().enumerate() {
-        if *c > 0 {
-            if let Ok(port) = u16::try_from(port) {
-                set.insert(port);
-            }
-        }
-    }
-    set
 }
 
 impl Writer {
