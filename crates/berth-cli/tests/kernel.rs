@@ -909,3 +909,36 @@ fn sync_on_without_the_right_to_write_refuses_to_start() {
         "it left a socket behind"
     );
 }
+
+/// The default pool follows the kernel's ephemeral range when an administrator changes it,
+/// with sync on (the range itself) and off (outside it).
+#[test]
+fn the_default_pool_follows_a_changed_ephemeral_range() {
+    let ns = Netns::new();
+    let dir = workdir();
+    let daemon = Daemon::start(&ns, dir.path(), &["--kernel-sync", "on"], None);
+    let pool_of = |d: &Daemon| -> String {
+        d.status(&ns)["pool"]
+            .as_str()
+            .expect("pool is a string")
+            .to_owned()
+    };
+    let (lo, hi) = ns.ephemeral();
+    assert_eq!(pool_of(&daemon), format!("{lo}-{hi}"));
+    ns.sh("echo '40000 40099' > /proc/sys/net/ipv4/ip_local_port_range");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while pool_of(&daemon) != "40000-40099" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool stayed {} after the ephemeral range changed",
+            pool_of(&daemon)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = ok(&mut ns.berth(
+        &daemon.socket,
+        &["run", "--tcp", "1", "--", "sh", "-c", "echo $PORT"],
+    ));
+    let port: u16 = out.trim().parse().expect("a port");
+    assert!((40000..=40099).contains(&port), "granted {port}");
+}

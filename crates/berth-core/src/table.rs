@@ -80,6 +80,17 @@ impl Table {
         self.pool
     }
 
+    /// Serves wildcard requests from `pool` from now on (the kernel's ephemeral range
+    /// changed, say). Live reservations stay where they are, inside the new pool or not; each
+    /// protocol's next search starts at the new pool's start.
+    pub fn set_pool(&mut self, pool: Pool) {
+        if pool != self.pool {
+            self.pool = pool;
+            self.tcp.restart_at(pool.range().start());
+            self.udp.restart_at(pool.range().start());
+        }
+    }
+
     fn space(&self, protocol: Protocol) -> &Space {
         match protocol {
             Protocol::Tcp => &self.tcp,

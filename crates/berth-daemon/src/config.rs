@@ -56,6 +56,9 @@ pub struct Config {
     /// Whether to keep `net.ipv4.ip_local_reserved_ports` (see `kernel`): off unless asked,
     /// so an embedded or test daemon never touches the host; `berth daemon` asks for `auto`.
     pub kernel_sync: crate::kernel::KernelSync,
+    /// Whether the pool is the default one, which follows the kernel's ephemeral range when
+    /// it changes (`berth daemon` without `--pool` or a `pool` key); otherwise it is fixed.
+    pub pool_follows_ephemeral: bool,
     /// The portserver endpoint (Google's portpicker protocol; see `portserver`), or `None`
     /// for none: off unless asked, like every other reach beyond the daemon's own socket;
     /// `berth daemon` turns it on for the system instance.
@@ -82,6 +85,7 @@ impl Config {
             quota: None,
             store_faults: Arc::new(AtomicBool::new(false)),
             kernel_sync: crate::kernel::KernelSync::Off,
+            pool_follows_ephemeral: false,
             authority: Some(berth_protocol::authority::DEFAULT_NAME.to_owned()),
             portserver: None,
         }

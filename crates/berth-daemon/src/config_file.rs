@@ -145,6 +145,7 @@ impl ConfigFile {
             config.pool = pool
                 .parse::<Pool>()
                 .map_err(|e| invalid(format!("pool: {e}")))?;
+            config.pool_follows_ephemeral = false;
         }
         if let Some(n) = self.max_connections {
             if n == 0 {

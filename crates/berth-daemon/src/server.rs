@@ -103,6 +103,9 @@ pub async fn run_with_ready(
     }
     end_grace(&tracker, &shared, &cancel, config.grace);
     rehold(&tracker, &shared, &cancel);
+    if config.pool_follows_ephemeral {
+        follow_ephemeral(&tracker, &shared, &cancel);
+    }
     let control = Arc::new(Control {
         stop: CancellationToken::new(),
         netns: NetnsCheck::current(),
@@ -322,11 +325,23 @@ async fn claim_authority(name: &str) -> io::Result<std::os::unix::net::UnixListe
 
 /// Why this daemon does not start, and what to do instead.
 fn authority_taken(name: &str, holder: &AuthorityInfo) -> String {
-    let who = format!("uid {}", holder.peer.uid);
+    let me = rustix::process::geteuid().as_raw();
     match &holder.announced {
-        Some(a) => format!(
-            "another berth daemon already serves this network namespace: {holder}. Two daemons in one network namespace could grant the same port twice, so this one does not start. Use that one (BERTH_SOCKET={socket} berth …), or stop it first (BERTH_SOCKET={socket} berth stop, as {who} or root)",
+        // Its own user's daemon (or root's, for anyone): use it or stop it with berth.
+        Some(a) if holder.peer.uid == me || holder.peer.uid == 0 => format!(
+            "another berth daemon already serves this network namespace: {holder}. Two daemons in one network namespace could grant the same port twice, so this one does not start. Use that one (BERTH_SOCKET={socket} berth …), or stop it first (BERTH_SOCKET={socket} berth stop)",
             socket = a.socket
+        ),
+        // Another user's: berth clients do not talk to it (it could be an impostor), so say
+        // what does work.
+        Some(_) => format!(
+            "another berth daemon already serves this network namespace: {holder}, run by uid {uid}. Two daemons in one network namespace could grant the same port twice, so this one does not start. Ask uid {uid} to stop it (`berth stop`){root}, and then start this one",
+            uid = holder.peer.uid,
+            root = if me == 0 {
+                format!(", or stop it yourself as root (`kill {}`)", holder.peer.pid)
+            } else {
+                String::new()
+            },
         ),
         None => format!(
             "the authority beacon @{name}, which only one berth daemon per network namespace may hold, is held by {holder}; this daemon does not start. Find out what that process is and stop it (it keeps berth from serving this namespace)"
@@ -383,6 +398,25 @@ fn rehold(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToke
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => shared.rehold_pass(),
+            }
+        }
+    });
+}
+
+/// How often the kernel's ephemeral range is looked at, for a default pool to follow it.
+pub const EPHEMERAL_EVERY: Duration = Duration::from_secs(2);
+
+/// Lets the default pool follow the kernel's ephemeral range, looked at every
+/// [`EPHEMERAL_EVERY`].
+fn follow_ephemeral(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToken) {
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(EPHEMERAL_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => shared.follow_ephemeral(),
             }
         }
     });

@@ -316,6 +316,8 @@ impl Session<'_> {
             Request::Acquire { .. } | Request::AcquireWith { .. } | Request::AcquireBoth { .. } => {
                 "reserve ports"
             }
+            // About a port of the daemon's namespace, which would mislead a client elsewhere.
+            Request::Why { .. } => "explain a port",
             Request::Associate { .. } | Request::AssociateAt { .. } => "bind a socket",
             Request::CreatePersistent { .. } => "create a persistent reservation",
             Request::Reclaim { .. } => "re-claim a reservation",
@@ -326,7 +328,6 @@ impl Session<'_> {
             | Request::Status
             | Request::DeletePersistent { .. }
             | Request::LookupPersistent { .. }
-            | Request::Why { .. }
             | Request::Stop => return None,
         };
         Some(foreign_netns(what, daemon, peer))

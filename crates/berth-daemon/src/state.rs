@@ -291,6 +291,22 @@ impl Shared {
         }
     }
 
+    /// Follows a change of the kernel's ephemeral range (`ip_local_port_range`) with the
+    /// default pool: the range itself while the daemon keeps the reserved-ports list, else the
+    /// part of the dynamic range outside it.
+    pub(crate) fn follow_ephemeral(&self) {
+        let ephemeral = crate::config::ephemeral_pool();
+        let pool = crate::kernel::safe_default_pool(self.kernel.off_because.is_none(), ephemeral);
+        let mut table = self.table();
+        if table.pool() != pool {
+            tracing::info!(
+                "the ephemeral range is {ephemeral} now: the wildcard pool follows, {} → {pool}",
+                table.pool()
+            );
+            table.set_pool(pool);
+        }
+    }
+
     /// The threads that close what clients send.
     pub(crate) fn closers(&self) -> crate::closer::Closers {
         self.closers.clone()

@@ -43,6 +43,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     let pool = kernel::safe_default_pool(kernel::will_sync(kernel_sync), ephemeral_pool());
     let system_instance = uid == 0 && socket == std::path::Path::new(paths::SYSTEM_SOCKET);
     let mut config = Config::new(socket, db, pool);
+    // The default pool follows the ephemeral range; one given in the file or on the command
+    // line stays as given.
+    config.pool_follows_ephemeral = true;
     // The system daemon answers portpicker clients unless told not to (docs/portserver.md).
     if system_instance {
         config.portserver = Some(portserver::Endpoint {
@@ -71,6 +74,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     }
     if let Some(pool) = args.pool {
         config.pool = pool;
+        config.pool_follows_ephemeral = false;
     }
     if let Some(n) = args.max_connections {
         config.max_connections = usize::try_from(n).unwrap_or(usize::MAX);

@@ -80,7 +80,7 @@ impl Shared {
         if let Err(why) = self.settle(pending).await {
             return error(
                 ErrorKind::Unavailable,
-                format!("the daemon could not record the reservation ({why}); nothing was reserved — check the daemon's log and its database's disk, then retry"),
+                format!("the daemon could not complete the reservation ({why}); nothing was reserved — see the daemon's log (`berth status` shows its descriptor use), then retry"),
             );
         }
         match granted {
@@ -152,7 +152,7 @@ impl Shared {
             let _ = self.settle(undoing).await;
             return error(
                 ErrorKind::Unavailable,
-                format!("the daemon could not record the reservations ({why}); nothing was reserved — check the daemon's log and its database's disk, then retry"),
+                format!("the daemon could not complete the reservations ({why}); nothing was reserved — see the daemon's log (`berth status` shows its descriptor use), then retry"),
             );
         }
         let now = now_ms();

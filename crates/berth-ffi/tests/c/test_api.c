@@ -294,7 +294,7 @@ static void test_addresses(void) {
     memset(&loop6, 0, sizeof loop6);
     loop6.sin6_family = AF_INET6;
     loop6.sin6_addr = in6addr_loopback;
-    loop6.sin6_port = htons(9); /* ignored */
+    loop6.sin6_port = 0; /* any free port of the reservation */
     EXPECT_OK(berth_associate_port_reservation(b, res.token, (struct sockaddr *)&loop6,
                                                sizeof loop6));
     len = sizeof got6;
@@ -303,10 +303,19 @@ static void test_addresses(void) {
           "socket not bound to [::1]");
     CHECK(in_block(port_of(b), &res), "[::1] port %u", port_of(b));
 
+    /* A non-zero port asks for exactly that port of the reservation. */
     int c = new_socket(AF_INET, SOCK_DGRAM);
-    struct sockaddr_in loop4 = ipv4(INADDR_LOOPBACK, 9); /* port ignored */
+    uint16_t exact = (uint16_t)(res.reservation.start_port + 2);
+    struct sockaddr_in loop4 = ipv4(INADDR_LOOPBACK, exact);
     EXPECT_OK(berth_associate_port_reservation(c, res.token, (struct sockaddr *)&loop4,
                                                sizeof loop4));
+    CHECK(port_of(c) == exact, "asked for port %u, got %u", exact, port_of(c));
+    /* A port outside the reservation is refused, never replaced by another. */
+    int e = new_socket(AF_INET, SOCK_DGRAM);
+    struct sockaddr_in outside = ipv4(INADDR_LOOPBACK, (uint16_t)(res.reservation.start_port + 3));
+    EXPECT_ERR(EINVAL, berth_associate_port_reservation(e, res.token, (struct sockaddr *)&outside,
+                                                        sizeof outside));
+    close(e);
     struct sockaddr_in got4;
     len = sizeof got4;
     CHECK(getsockname(c, (struct sockaddr *)&got4, &len) == 0 &&
