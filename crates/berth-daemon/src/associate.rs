@@ -155,7 +155,10 @@ pub(crate) fn bind_from(
                 }
             }
         }
-        let bound = rustix::net::bind(fd, &target);
+        let mut bound = rustix::net::bind(fd, &target);
+        if given_up && bound == Err(rustix::io::Errno::ADDRINUSE) {
+            bound = bind_after_release(fd, plan.protocol, target);
+        }
         if let Some((holds, token)) = held {
             holds.fill(token, plan.protocol, port);
         }
@@ -172,6 +175,31 @@ pub(crate) fn bind_from(
             facts.protocol, plan.range
         ),
     ))
+}
+
+/// Binds again after a hold socket was given up and the first bind found the port in use. A
+/// closed descriptor keeps its port while a copy lives on, and a process that forks (a test
+/// process running an in-process daemon and spawning a child, say) has copies of every
+/// descriptor until the child calls exec — a millisecond or so. When the kernel lists no socket
+/// on the port at all, that is what happened: try again a few times, briefly.
+fn bind_after_release(
+    fd: BorrowedFd<'_>,
+    protocol: Protocol,
+    target: SocketAddr,
+) -> rustix::io::Result<()> {
+    for _ in 0..20 {
+        let nobody = crate::diag::report(protocol, target.port(), 0, true, &|_| false)
+            .is_ok_and(|sockets| sockets.is_empty());
+        if !nobody {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        match rustix::net::bind(fd, &target) {
+            Err(rustix::io::Errno::ADDRINUSE) => continue,
+            other => return other,
+        }
+    }
+    Err(rustix::io::Errno::ADDRINUSE)
 }
 
 /// Test-binds `target` with a fresh socket of the caller's family and `IPV6_V6ONLY`, without
