@@ -942,3 +942,31 @@ fn the_default_pool_follows_a_changed_ephemeral_range() {
     let port: u16 = out.trim().parse().expect("a port");
     assert!((40000..=40099).contains(&port), "granted {port}");
 }
+
+/// Ports an administrator listed in `ip_local_reserved_ports` are theirs: wildcard blocks skip
+/// them.
+#[test]
+fn wildcard_blocks_skip_ports_an_administrator_listed() {
+    let ns = Netns::new();
+    let dir = workdir();
+    ns.sh("echo '40000 40063' > /proc/sys/net/ipv4/ip_local_port_range");
+    ns.set_reserved("40000-40002");
+    let daemon = Daemon::start(&ns, dir.path(), &["--kernel-sync", "on"], None);
+    let out = ok(&mut ns.berth(
+        &daemon.socket,
+        &[
+            "run",
+            "--tcp",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "echo $BERTH_TCP_PORTS",
+        ],
+    ));
+    assert_eq!(
+        out.trim(),
+        "40003,40004",
+        "an administrator's entries were handed out"
+    );
+}

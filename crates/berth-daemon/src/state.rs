@@ -67,6 +67,9 @@ struct KernelState {
     writer: Mutex<Option<crate::kernel::sync::Writer>>,
     /// Why sync is off, for `status`.
     off_because: Option<String>,
+    /// The entries others wrote in the kernel's list (when sync is on): wildcard blocks skip
+    /// them, since those ports are someone else's.
+    foreign: Option<crate::kernel::sync::Foreign>,
 }
 
 /// One connected client, as the kernel identified it.
@@ -100,6 +103,7 @@ impl Shared {
                     store.clone(),
                     recorded,
                 )?;
+                let foreign = sync.foreign();
                 consumers.push(Box::new(sync));
                 tracing::info!(
                     "keeping {} with every reservation",
@@ -108,6 +112,7 @@ impl Shared {
                 KernelState {
                     writer: Mutex::new(Some(writer)),
                     off_because: None,
+                    foreign: Some(foreign),
                 }
             }
             Err(why) if config.kernel_sync == crate::kernel::KernelSync::On => {
@@ -120,6 +125,7 @@ impl Shared {
                 KernelState {
                     writer: Mutex::new(None),
                     off_because: Some(why),
+                    foreign: None,
                 }
             }
         };
@@ -248,6 +254,12 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .map(crate::kernel::sync::Writer::reconcile)
+    }
+
+    /// The first port of a wildcard candidate `range` someone else listed in the kernel's
+    /// reserved-ports list (sync on only).
+    pub(crate) fn listed_by_others(&self, range: berth_core::PortRange) -> Option<u16> {
+        self.kernel.foreign.as_ref()?.first_in(range)
     }
 
     /// Stops keeping the kernel's list: the daemon's entries are taken out (blocks until done).

@@ -44,6 +44,25 @@ pub(crate) struct Writer {
 struct Inner {
     state: Mutex<State>,
     wake: Condvar,
+    /// The entries others wrote, as of the last write: wildcard searches leave them alone.
+    foreign: Mutex<PortSet>,
+}
+
+/// The ports others listed in `ip_local_reserved_ports` (an administrator's own entries), as
+/// the writer last saw them.
+#[derive(Clone)]
+pub(crate) struct Foreign(Arc<Inner>);
+
+impl Foreign {
+    /// The first port of `range` someone else listed, if any.
+    pub(crate) fn first_in(&self, range: PortRange) -> Option<u16> {
+        let foreign = self
+            .0
+            .foreign
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        range.ports().find(|&p| foreign.contains(p))
+    }
 }
 
 struct State {
@@ -62,6 +81,11 @@ struct State {
 }
 
 impl Sync {
+    /// The entries others wrote, for wildcard searches to skip.
+    pub(crate) fn foreign(&self) -> Foreign {
+        Foreign(self.inner.clone())
+    }
+
     /// Starts the writer over `path`. `recorded` is what an earlier daemon recorded having
     /// written (its entries, to be removed unless a reservation still needs them).
     pub(crate) fn start(
@@ -81,6 +105,7 @@ impl Sync {
                 started: false,
             }),
             wake: Condvar::new(),
+            foreign: Mutex::new(PortSet::new()),
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -176,11 +201,13 @@ impl Inner {
                 state.dirty = false;
                 (state.ours.clone(), std::mem::take(&mut state.waiters))
             };
-            let result = write(path, store, &mut recorded, &ours, &mut buf).map(|mine| {
-                if !self.lock().dirty {
-                    narrow(store, &mut recorded, mine);
-                }
-            });
+            let result =
+                write(path, store, &mut recorded, &ours, &mut buf).map(|(mine, foreign)| {
+                    *self.foreign.lock().unwrap_or_else(PoisonError::into_inner) = foreign;
+                    if !self.lock().dirty {
+                        narrow(store, &mut recorded, mine);
+                    }
+                });
             if let Err(e) = &result {
                 tracing::error!("cannot update {}: {e}", path.display());
             }
@@ -211,7 +238,7 @@ fn write(
     recorded: &mut PortSet,
     ours: &PortSet,
     buf: &mut Vec<u8>,
-) -> Result<PortSet, String> {
+) -> Result<(PortSet, PortSet), String> {
     let current =
         reserved_ports::read_with(path, buf).map_err(|e| format!("reading it failed: {e}"))?;
     let foreign = current.difference(recorded);
@@ -233,7 +260,7 @@ fn write(
     if wanted != current {
         reserved_ports::write(path, &wanted).map_err(|e| format!("writing it failed: {e}"))?;
     }
-    Ok(mine)
+    Ok((mine, foreign))
 }
 
 /// Narrows the record to `mine`, what the daemon has in the list now. Only a narrowing: if it

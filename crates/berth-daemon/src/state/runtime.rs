@@ -51,7 +51,15 @@ impl Shared {
             // The probe binds are non-blocking syscalls; holding the lock across them keeps a
             // candidate block from being handed to two clients at once. A held block's in-use
             // test is its hold sockets' own binds, which then keep the ports.
+            let wildcard = matches!(request, RangeRequest::Wildcard { .. });
             let mut in_use = |proto, range| {
+                // A wildcard block leaves alone the ports an administrator listed in the
+                // kernel's reserved-ports list: they are someone else's.
+                if wildcard {
+                    if let Some(port) = self.listed_by_others(range) {
+                        return Some(port);
+                    }
+                }
                 if hold {
                     holds.try_hold(proto, range)
                 } else {
@@ -117,7 +125,15 @@ impl Shared {
         let holds = &self.holds;
         let (granted, pending) = {
             let mut table = self.table();
+            let wildcard = matches!(request, RangeRequest::Wildcard { .. });
             let mut in_use = |proto, range| {
+                // A wildcard block leaves alone the ports an administrator listed in the
+                // kernel's reserved-ports list: they are someone else's.
+                if wildcard {
+                    if let Some(port) = self.listed_by_others(range) {
+                        return Some(port);
+                    }
+                }
                 if hold {
                     holds.try_hold(proto, range)
                 } else {
