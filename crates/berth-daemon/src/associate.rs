@@ -100,7 +100,7 @@ pub(crate) fn inspect(fd: BorrowedFd<'_>, daemon_ns: NetNs) -> Result<SocketFact
     })
 }
 
-/// The address to bind: the one asked for, or the wildcard of the socket's family.
+/// The address to bind: the one asked for, or the unspecified address of the socket's family.
 pub(crate) fn choose_address(facts: SocketFacts, asked: Option<IpAddr>) -> Result<IpAddr, Refusal> {
     match (asked, facts.ipv6) {
         (None, false) => Ok(Ipv4Addr::UNSPECIFIED.into()),

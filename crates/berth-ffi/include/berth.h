@@ -88,7 +88,7 @@ int berth_acquire_port_reservation(int protocol,
 /**
  * Binds the socket `fd` — the caller's own, unbound TCP (`SOCK_STREAM`) or UDP
  * (`SOCK_DGRAM`) socket of the reservation's protocol — to a free port of the reservation
- * `token`, on the address `local`, or on the wildcard address of the socket's family when
+ * `token`, on the address `local`, or on the unspecified address of the socket's family when
  * `local` is NULL. With a port of 0 in `local` (or NULL), the daemon picks the port, spreading
  * successive binds over the block; `getsockname` tells which. A non-zero port in `local`
  * (network byte order, as in any sockaddr) asks for exactly that port of the reservation:

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::error::Failure;
 
 /// The IP address in `local` (an `AF_INET` or `AF_INET6` address of `len` bytes); its port is
-/// read by [`port_of`]. `None` when `local` is NULL (the wildcard address of the socket's
+/// read by [`port_of`]. `None` when `local` is NULL (the unspecified address of the socket's
 /// family).
 ///
 /// # Safety

@@ -71,7 +71,7 @@ pub enum Request {
     /// The daemon's status.
     Status,
     /// Bind the socket sent with this frame (`SCM_RIGHTS`, exactly one descriptor) to a free
-    /// port of the reservation `token`, on `address` (default: the wildcard address of the
+    /// port of the reservation `token`, on `address` (default: the unspecified address of the
     /// socket's family).
     Associate {
         /// The reservation's token.

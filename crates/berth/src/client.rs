@@ -391,7 +391,7 @@ impl Client {
     }
 
     /// Binds `socket` — the caller's own, unbound TCP or UDP socket — to a free port of the
-    /// reservation `token`, on `address` (default: the wildcard address of the socket's
+    /// reservation `token`, on `address` (default: the unspecified address of the socket's
     /// family), and returns the port. The daemon binds it in place; the socket's options
     /// (non-blocking, `SO_REUSEPORT`, `IPV6_V6ONLY`, …) are left as they are.
     ///

@@ -133,7 +133,7 @@ impl Reservation {
     }
 
     /// Binds the caller's own unbound `socket` to a free port of this reservation on `ip`
-    /// (default: the wildcard address of the socket's family) and returns the port. See
+    /// (default: the unspecified address of the socket's family) and returns the port. See
     /// [`Client::associate`].
     pub async fn bind(&self, socket: &impl AsFd, ip: Option<IpAddr>) -> Result<u16, Error> {
         self.usable()?;
