@@ -161,3 +161,53 @@ async fn a_held_reservation_nobody_reclaims_is_released_when_the_grace_period_en
     let again = ask(&mut observer, again).await;
     assert!(matches!(again, Response::Acquired(_)), "{again:?}");
 }
+
+/// A client that sends requests but never reads the answers is disconnected once an answer
+/// cannot be written for `write_timeout`, while other clients are served meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_does_not_read_is_closed_after_the_write_timeout() {
+    const WRITE: Duration = Duration::from_secs(5);
+    let _ticker = ticker();
+    let daemon = TestDaemon::with_config(48400, 48999, |c| c.write_timeout = WRITE);
+    // Many reservations make every List answer large.
+    let mut owner = shaken_hands(&daemon.socket, "owner").await;
+    for _ in 0..300 {
+        let granted = ask(
+            &mut owner,
+            Request::Acquire {
+                protocol: Protocol::Tcp,
+                start: 0,
+                count: 1,
+            },
+        )
+        .await;
+        assert!(matches!(granted, Response::Acquired(_)), "{granted:?}");
+    }
+    // The stubborn client asks for lists worth several socket buffers and reads none.
+    let mut stubborn = shaken_hands(&daemon.socket, "stubborn").await;
+    let mut requests = Vec::new();
+    for _ in 0..200 {
+        requests.extend(frame(Request::List));
+    }
+    stubborn.write_all(&requests).await.unwrap();
+    // Others are served while its answers are stuck.
+    assert_eq!(list(&mut owner).await.len(), 300);
+    sleep(WRITE + Duration::from_secs(1)).await;
+    // Reading now finds what the daemon wrote before it gave up, then the end: closed.
+    let mut sink = Vec::new();
+    let read = timeout_at(
+        Instant::now() + Duration::from_secs(5),
+        stubborn.read_to_end(&mut sink),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the daemon never closed a client that does not read: {read:?}"
+    );
+    assert!(
+        sink.len() < 200 * 12_000,
+        "all {} bytes were written: the socket never filled",
+        sink.len()
+    );
+    assert_eq!(list(&mut owner).await.len(), 300);
+}
