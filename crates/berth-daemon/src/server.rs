@@ -144,14 +144,10 @@ pub async fn run_with_ready(
         config.pool
     );
 
+    // Connections over the limit are told so rather than left in the accept queue; a few at a
+    // time (a flood beyond that is closed at once).
+    let refusers = Arc::new(Semaphore::new(BUSY_ANSWERS));
     loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break, // the semaphore is never closed
-            },
-        };
         let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -163,6 +159,23 @@ pub async fn run_with_ready(
                     continue;
                 }
             },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let Ok(refuser) = refusers.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
+            let (config, cancel) = (config.clone(), cancel.clone());
+            let max = config.max_connections.max(1);
+            tracing::debug!(max, "busy: a connection over max_connections is refused");
+            tracker.spawn(async move {
+                let message = format!(
+                    "busy: all {max} connections the daemon serves at once are in use (max_connections); retry shortly, or have an administrator raise max_connections in the daemon's configuration"
+                );
+                crate::session::refuse_busy(stream, &config, message, max, max, &cancel).await;
+                drop(refuser);
+            });
+            continue;
         };
         let (shared, config, control, cancel) = (
             shared.clone(),
@@ -402,6 +415,9 @@ fn rehold(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToke
         }
     });
 }
+
+/// Connections over `max_connections` answered "busy" at once; more are closed unanswered.
+const BUSY_ANSWERS: usize = 64;
 
 /// How often the kernel's ephemeral range is looked at, for a default pool to follow it.
 pub const EPHEMERAL_EVERY: Duration = Duration::from_secs(2);

@@ -67,7 +67,17 @@ pub(crate) async fn serve_connection(
     let _slot = match control.per_uid.enter(owner.uid) {
         Ok(slot) => slot,
         Err(in_use) => {
-            refuse_busy(stream, &config, &control, owner.uid, in_use, &shutdown).await;
+            let (uid, max) = (owner.uid, control.per_uid.max());
+            tracing::debug!(
+                uid,
+                in_use,
+                max,
+                "busy: a connection over the user's limit is refused"
+            );
+            let message = format!(
+                "busy: {in_use} of {max} connections in use by uid {uid} (max_connections_per_uid); close some of this user's berth connections, or have an administrator raise max_connections_per_uid in the daemon's configuration"
+            );
+            refuse_busy(stream, &config, message, max, in_use, &shutdown).await;
             return;
         }
     };
@@ -114,23 +124,17 @@ pub(crate) async fn serve_connection(
     }
 }
 
-/// Answers a connection over its user's limit: reads its hello (so that the client is reading
-/// when the answer comes), says "busy" with the limit and the use, and closes.
-async fn refuse_busy(
+/// Answers a connection the daemon will not serve because it is at a connection limit: reads
+/// its hello (so that the client is reading when the answer comes), says "busy" with the limit
+/// and the use, and closes.
+pub(crate) async fn refuse_busy(
     stream: UnixStream,
     config: &Config,
-    control: &Control,
-    uid: u32,
+    message: String,
+    max: usize,
     in_use: usize,
     shutdown: &CancellationToken,
 ) {
-    let max = control.per_uid.max();
-    tracing::debug!(
-        uid,
-        in_use,
-        max,
-        "busy: a connection over the user's limit is refused"
-    );
     let (rd, wr) = stream.into_split();
     let mut reader = Reader::new(rd, crate::closer::Closers::new());
     let mut writer = FramedWrite::new(wr, FrameCodec::daemon());
@@ -139,17 +143,13 @@ async fn refuse_busy(
         first = tokio::time::timeout(config.handshake_timeout, reader.next()) => first,
     };
     if matches!(hello, Ok(Ok(Some(_)))) {
-        let busy = WireError::new(
-            ErrorKind::Unavailable,
-            format!(
-                "busy: {in_use} of {max} connections in use by uid {uid} (max_connections_per_uid); close some of this user's berth connections, or have an administrator raise max_connections_per_uid in the daemon's configuration"
-            ),
-        )
-        .with_detail(ErrorDetail::Busy(BusyDetail {
-            limit: DaemonLimit::Connections,
-            max: u64::try_from(max).unwrap_or(u64::MAX),
-            in_use: u64::try_from(in_use).unwrap_or(u64::MAX),
-        }));
+        let busy = WireError::new(ErrorKind::Unavailable, message).with_detail(ErrorDetail::Busy(
+            BusyDetail {
+                limit: DaemonLimit::Connections,
+                max: u64::try_from(max).unwrap_or(u64::MAX),
+                in_use: u64::try_from(in_use).unwrap_or(u64::MAX),
+            },
+        ));
         send(&mut writer, Response::Error(busy), config.write_timeout).await;
     }
     drop(writer);

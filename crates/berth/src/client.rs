@@ -180,7 +180,8 @@ impl Client {
     pub async fn connect_or_start_with(options: Options, starter: &Starter) -> Result<Self, Error> {
         let unavailable = match Client::connect_with(options).await {
             Ok(client) => return Ok(client),
-            Err(e @ Error::Unavailable(_)) => e,
+            // A daemon that answered "busy" is there: starting another would not help.
+            Err(e @ Error::Unavailable(_)) if !e.message().starts_with("busy:") => e,
             Err(e) => return Err(e),
         };
         if autostart::forbidden() {
