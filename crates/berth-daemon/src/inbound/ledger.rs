@@ -164,6 +164,68 @@ impl<F, S: Copy + PartialEq> Ledger<F, S> {
     }
 }
 
+#[cfg(feature = "fuzzing")]
+impl<F, S> Ledger<F, S> {
+    /// Descriptors received and not yet claimed by a frame.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Whether the ledger's own bookkeeping is consistent; a description of the first
+    /// inconsistency otherwise.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let held: usize = self.reads.iter().map(|r| r.fds.len()).sum();
+        if held != self.pending {
+            return Err(format!("pending {} but reads hold {held}", self.pending));
+        }
+        if self.consumed > self.received {
+            return Err(format!(
+                "consumed {} past received {}",
+                self.consumed, self.received
+            ));
+        }
+        let mut at = None;
+        for read in &self.reads {
+            if read.start > read.end {
+                return Err(format!(
+                    "read {}..{} ends before it starts",
+                    read.start, read.end
+                ));
+            }
+            if at.is_some_and(|end| end != read.start) {
+                return Err(format!(
+                    "read {}..{} does not follow the one before",
+                    read.start, read.end
+                ));
+            }
+            at = Some(read.end);
+        }
+        if let Some(last) = self.reads.back() {
+            if last.end != self.received {
+                return Err(format!(
+                    "last read ends at {} but received {}",
+                    last.end, self.received
+                ));
+            }
+        }
+        if let Some(first) = self.reads.front() {
+            if first.end <= self.consumed {
+                return Err(format!(
+                    "read {}..{} is wholly decoded (consumed {}) but kept",
+                    first.start, first.end, self.consumed
+                ));
+            }
+            if first.start > self.consumed {
+                return Err(format!(
+                    "first read starts at {} after consumed {}",
+                    first.start, self.consumed
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
