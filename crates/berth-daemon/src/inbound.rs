@@ -42,10 +42,10 @@ pub(crate) use ledger::{Ledger, Refusal};
 pub(crate) use recv::Credentials;
 
 /// Descriptors accepted in one `recvmsg`; a request carries at most one.
-const MAX_FDS_PER_READ: usize = 4;
+pub(crate) const MAX_FDS_PER_READ: usize = 4;
 
 /// Descriptors received and not yet claimed by a request; more means a misbehaving client.
-const MAX_PENDING_FDS: usize = 8;
+pub(crate) const MAX_PENDING_FDS: usize = 8;
 
 /// The most descriptors the kernel passes in one message (`SCM_MAX_FD`). The ancillary buffer
 /// has room for all of them, so that the kernel never drops any: it would close them on the

@@ -37,6 +37,8 @@ pub mod config_file;
 mod db_lock;
 mod diag;
 mod fair;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz_support;
 mod hold;
 mod inbound;
 mod journal;

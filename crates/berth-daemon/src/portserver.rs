@@ -282,11 +282,12 @@ async fn read_request(stream: &mut UnixStream) -> io::Result<Option<u32>> {
 /// The pid of a request: the text up to the first newline, trimmed, all digits.
 pub(crate) fn parse_request(bytes: &[u8]) -> Option<u32> {
     let line = bytes.split(|&b| b == b'\n').next()?;
-    let text = std::str::from_utf8(line).ok()?.trim();
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    // ASCII whitespace only: `str::trim` would also take a vertical tab or Unicode spaces.
+    let text = line.trim_ascii();
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    text.parse().ok()
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -306,6 +307,9 @@ mod tests {
             b"12a\n",
             b"99999999999\n",
             b"\xff\n",
+            // Found by fuzz/ (portserver_request): not ASCII whitespace, so not a request.
+            b"1\x0b\x0b",
+            "\u{2003}7\n".as_bytes(),
         ] {
             assert_eq!(parse_request(bad), None, "{bad:?}");
         }

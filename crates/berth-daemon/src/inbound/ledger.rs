@@ -119,7 +119,7 @@ impl<F, S: Copy + PartialEq> Ledger<F, S> {
     pub(crate) fn frame(&mut self, len: usize, associate: bool) -> Result<Claim<F, S>, Refusal<S>> {
         let start = self.consumed;
         let end = start.saturating_add(len as u64);
-        let Some(first) = self.reads.front_mut() else {
+        let Some(first) = self.reads.front() else {
             return Err(Refusal::Unrecorded);
         };
         if !(first.start <= start && start < first.end) || end > self.received {
@@ -127,12 +127,9 @@ impl<F, S: Copy + PartialEq> Ledger<F, S> {
         }
         let sender = first.sender;
         // The descriptors of the read in which this frame starts are its own if no later frame
-        // starts in that read.
-        let mut fds = if first.end <= end {
-            std::mem::take(&mut first.fds)
-        } else {
-            Vec::new()
-        };
+        // starts in that read (taken once the reads after it pass, so that a refusal leaves
+        // them counted where they are).
+        let owns_first = first.end <= end;
         // Reads that begin inside this frame: the same sender, and no descriptors unless a
         // later frame starts in them.
         for read in self.reads.iter().skip(1) {
@@ -149,6 +146,10 @@ impl<F, S: Copy + PartialEq> Ledger<F, S> {
                 return Err(Refusal::MidFrame(read.fds.len()));
             }
         }
+        let mut fds = match self.reads.front_mut() {
+            Some(first) if owns_first => std::mem::take(&mut first.fds),
+            _ => Vec::new(),
+        };
         self.consumed = end;
         while self.reads.front().is_some_and(|r| r.end <= end) {
             self.reads.pop_front();
@@ -161,6 +162,68 @@ impl<F, S: Copy + PartialEq> Ledger<F, S> {
             n => return Err(Refusal::SeveralForAssociate(n)),
         };
         Ok(Claim { sender, fd })
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl<F, S> Ledger<F, S> {
+    /// Descriptors received and not yet claimed by a frame.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Whether the ledger's own bookkeeping is consistent; a description of the first
+    /// inconsistency otherwise.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let held: usize = self.reads.iter().map(|r| r.fds.len()).sum();
+        if held != self.pending {
+            return Err(format!("pending {} but reads hold {held}", self.pending));
+        }
+        if self.consumed > self.received {
+            return Err(format!(
+                "consumed {} past received {}",
+                self.consumed, self.received
+            ));
+        }
+        let mut at = None;
+        for read in &self.reads {
+            if read.start > read.end {
+                return Err(format!(
+                    "read {}..{} ends before it starts",
+                    read.start, read.end
+                ));
+            }
+            if at.is_some_and(|end| end != read.start) {
+                return Err(format!(
+                    "read {}..{} does not follow the one before",
+                    read.start, read.end
+                ));
+            }
+            at = Some(read.end);
+        }
+        if let Some(last) = self.reads.back() {
+            if last.end != self.received {
+                return Err(format!(
+                    "last read ends at {} but received {}",
+                    last.end, self.received
+                ));
+            }
+        }
+        if let Some(first) = self.reads.front() {
+            if first.end <= self.consumed {
+                return Err(format!(
+                    "read {}..{} is wholly decoded (consumed {}) but kept",
+                    first.start, first.end, self.consumed
+                ));
+            }
+            if first.start > self.consumed {
+                return Err(format!(
+                    "first read starts at {} after consumed {}",
+                    first.start, self.consumed
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -310,6 +373,15 @@ mod tests {
         l.record(2 + 12, vec!["s"], OWNER).unwrap();
         assert_eq!(l.frame(5, false), claim(OWNER, None));
         assert_eq!(l.frame(12, true), claim(OWNER, Some("s")));
+
+        // Found by fuzz/ (ledger): the refusal leaves the first read's descriptor counted and
+        // in place (it used to be taken, and dropped, before the later read was checked).
+        let mut l = TestLedger::new();
+        l.record(3, vec!["a"], OWNER).unwrap();
+        l.record(9, vec!["b"], OWNER).unwrap();
+        assert_eq!(l.frame(12, true), Err(Refusal::MidFrame(1)));
+        assert_eq!(l.pending, 2);
+        assert_eq!(l.reads.front().map(|r| r.fds.clone()), Some(vec!["a"]));
     }
 
     #[test]
