@@ -1,4 +1,4 @@
-//! `berth-bench`: a load generator for berth (SPEC §8, `BENCHMARKS.md`).
+//! `berth-bench`: a load generator for berth (targets and figures: `BENCHMARKS.md`).
 //!
 //! It starts a real `berth daemon` (the binary named by `--berth-bin` or `$BERTH_BIN`) on a
 //! socket in a temporary directory, and a tiny echo server of its own (this binary again, as a

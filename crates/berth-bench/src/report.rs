@@ -1,4 +1,4 @@
-//! The report: one Markdown table row per measurement, then the ratios SPEC §8 asks for.
+//! The report: one Markdown table row per measurement, then the ratios the performance targets are stated in.
 
 use crate::args::Args;
 use crate::load::{Kind, Measured, Plan, Sizes};
