@@ -263,6 +263,8 @@ mod tests {
             kernel_sync_off_because: "test".into(),
             hold_sockets: 4,
             open_files: 30,
+            quota: None,
+            usage: (0, 0),
         }
     }
 

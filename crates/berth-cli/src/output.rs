@@ -95,6 +95,28 @@ pub struct StatusJson {
     pub open_files: u32,
     /// Its descriptor limit (soft `RLIMIT_NOFILE`, raised to the hard one at start-up).
     pub open_files_limit: u64,
+    /// Your quota, `{"max_reservations", "max_ports"}`, or `null` when none applies to you.
+    pub quota: Option<QuotaJson>,
+    /// Your runtime use, `{"reservations", "ports"}`.
+    pub usage: UsageJson,
+}
+
+/// A quota in `berth status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct QuotaJson {
+    /// Live runtime reservations at most.
+    pub max_reservations: u32,
+    /// Ports in them at most.
+    pub max_ports: u32,
+}
+
+/// A user's use in `berth status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct UsageJson {
+    /// Live runtime reservations.
+    pub reservations: u32,
+    /// Ports in them.
+    pub ports: u32,
 }
 
 impl From<&StatusInfo> for StatusJson {
@@ -116,6 +138,14 @@ impl From<&StatusInfo> for StatusJson {
             hold_sockets: s.hold_sockets,
             open_files: s.open_files,
             open_files_limit: s.open_files_limit,
+            quota: s.quota.map(|(max_reservations, max_ports)| QuotaJson {
+                max_reservations,
+                max_ports,
+            }),
+            usage: UsageJson {
+                reservations: s.usage.0,
+                ports: s.usage.1,
+            },
         }
     }
 }

@@ -519,6 +519,14 @@ impl Shared {
             kernel_sync_off_because: self.kernel.off_because.clone().unwrap_or_default(),
             hold_sockets: u32::try_from(self.holds.count()).unwrap_or(u32::MAX),
             open_files: crate::limits::open_files(),
+            quota: self
+                .quota
+                .filter(|_| !peer.is_admin)
+                .map(|q| (q.max_reservations, q.max_ports)),
+            usage: {
+                let u = table.usage(peer.owner.uid);
+                (u.reservations, u.ports)
+            },
         })
     }
 }

@@ -422,6 +422,11 @@ pub struct StatusInfo {
     pub hold_sockets: u32,
     /// Descriptors the daemon has open now (`/proc/self/fd`).
     pub open_files: u32,
+    /// The asker's quota — `(max_reservations, max_ports)` — when one applies to it (not to
+    /// administrators, and only when the daemon is configured with one).
+    pub quota: Option<(u32, u32)>,
+    /// The asker's own runtime use — `(reservations, ports)` — counted by the daemon.
+    pub usage: (u32, u32),
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ hello(conn, b"quota-test")
 for count in sys.argv[2:]:
     conn.sendall(frame(bytes([1, 0, 0]) + varint(int(count))))
     print(answer(conn).hex())
+conn.sendall(frame(bytes([4])))  # Status
+print(answer(conn).hex())
 "#;
 
 fn acquire_as_nobody(socket: &std::path::Path, counts: &[u16]) -> Vec<Response> {
@@ -63,8 +65,13 @@ async fn a_user_at_its_quota_is_refused_and_administrators_are_exempt() {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     // 2 ports, then 2 more would make 4 > 3 ports; 1 more fits (3 ports, 2 reservations);
-    // a third reservation is over the reservation quota.
+    // a third reservation is over the reservation quota. The last answer is the status.
     let answers = acquire_as_nobody(&daemon.socket, &[2, 2, 1, 1]);
+    let Response::Status(status) = &answers[4] else {
+        panic!("no status: {answers:?}")
+    };
+    assert_eq!(status.quota, Some((2, 3)), "{status:?}");
+    assert_eq!(status.usage, (2, 3), "{status:?}");
     assert!(matches!(answers[0], Response::Acquired(_)), "{answers:?}");
     let Response::Error(ports) = &answers[1] else {
         panic!("4 ports granted over a quota of 3: {answers:?}");
@@ -108,4 +115,7 @@ async fn a_user_at_its_quota_is_refused_and_administrators_are_exempt() {
         held.push(admin.acquire(Protocol::Tcp, 0, 2).await.unwrap());
     }
     assert_eq!(held.iter().map(|r| r.count()).sum::<u16>(), 6);
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.quota, None, "administrators have no quota");
+    assert_eq!(status.usage, (3, 6));
 }

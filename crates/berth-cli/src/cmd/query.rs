@@ -78,6 +78,20 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         if u64::from(status.open_files) * 10 >= status.open_files_limit * 9 {
             println!("  warning: the daemon is near its descriptor limit; held reservations and connections will be refused — raise LimitNOFILE / ulimit -n");
         }
+        match &status.quota {
+            Some(q) => println!(
+                "  your use: {} of {}, {} of {} (quota)",
+                plural(status.usage.reservations, "reservation"),
+                q.max_reservations,
+                plural(status.usage.ports, "port"),
+                q.max_ports
+            ),
+            None => println!(
+                "  your use: {}, {} (no quota applies to you)",
+                plural(status.usage.reservations, "reservation"),
+                plural(status.usage.ports, "port")
+            ),
+        }
         // Owners are visible to administrators for everyone, to others for their own user.
         let by_uid = crate::metrics::use_by_uid(&list);
         if !by_uid.is_empty() {
