@@ -188,7 +188,8 @@ fn bind_after_release(
     target: SocketAddr,
 ) -> rustix::io::Result<()> {
     for _ in 0..20 {
-        let nobody = crate::diag::report(protocol, target.port(), 0, true, &|_| false)
+        // The kernel's socket list alone: no /proc scan for owners is needed here.
+        let nobody = crate::diag::sockets_on(protocol, target.port(), 1)
             .is_ok_and(|sockets| sockets.is_empty());
         if !nobody {
             break;

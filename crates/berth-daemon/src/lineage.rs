@@ -3,7 +3,7 @@
 
 use berth_core::Owner;
 
-use crate::peer::{process_owner, read_proc};
+use crate::peer::{field_after_comm, process_ids as ids, process_owner, read_proc};
 
 /// The process `pid`, if it is a live child of `parent` run by the same user; otherwise why
 /// not, for the client's answer.
@@ -37,26 +37,6 @@ pub(crate) fn child_of(parent: &Owner, pid: u32) -> Result<Owner, String> {
         ));
     }
     Ok(child)
-}
-
-/// Field `n` (0 = state, 1 = ppid, …) after the command of `/proc/PID/stat`, whose command may
-/// hold spaces and parentheses.
-fn field_after_comm(stat: &str, n: usize) -> Option<&str> {
-    let after = stat.get(stat.rfind(')')? + 1..)?;
-    after.split_whitespace().nth(n)
-}
-
-/// The real uid and gid of `pid` (`Uid:` and `Gid:` of `/proc/PID/status`).
-fn ids(pid: u32) -> Option<(u32, u32)> {
-    let status = read_proc(format!("/proc/{pid}/status")).ok()?;
-    let first = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse::<u32>().ok())
-    };
-    Some((first("Uid:")?, first("Gid:")?))
 }
 
 #[cfg(test)]

@@ -85,9 +85,28 @@ fn read_proc_large(path: String) -> io::Result<String> {
 /// Field 22 (`starttime`) of `/proc/PID/stat`. The command (field 2) may hold spaces and
 /// parentheses, so fields are counted from the last `)`.
 fn start_time_from_stat(stat: &str) -> Option<u64> {
-    let after_comm = stat.get(stat.rfind(')')? + 1..)?;
     // After ")" comes field 3 (state); field 22 is 19 further on.
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    field_after_comm(stat, 19)?.parse().ok()
+}
+
+/// Field `n` (0 = state, 1 = ppid, …) after the command of `/proc/PID/stat`, whose command may
+/// hold spaces and parentheses (so fields are counted from the last `)`).
+pub(crate) fn field_after_comm(stat: &str, n: usize) -> Option<&str> {
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    after.split_whitespace().nth(n)
+}
+
+/// The real uid and gid of `pid` (`Uid:` and `Gid:` of `/proc/PID/status`).
+pub(crate) fn process_ids(pid: u32) -> Option<(u32, u32)> {
+    let status = read_proc(format!("/proc/{pid}/status")).ok()?;
+    let first = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    Some((first("Uid:")?, first("Gid:")?))
 }
 
 #[cfg(test)]

@@ -105,16 +105,15 @@ impl Client {
         let (tcp, udp) = self
             .rt
             .block_on(self.inner.acquire_same_ports(start, count))?;
-        Ok((
-            Reservation {
-                inner: Some(tcp),
-                rt: self.rt.clone(),
-            },
-            Reservation {
-                inner: Some(udp),
-                rt: self.rt.clone(),
-            },
-        ))
+        Ok((self.blocking(tcp), self.blocking(udp)))
+    }
+
+    /// `inner` as a reservation of this blocking client (its calls run on this runtime).
+    fn blocking(&self, inner: crate::Reservation) -> Reservation {
+        Reservation {
+            inner: Some(inner),
+            rt: self.rt.clone(),
+        }
     }
 
     /// See [`crate::Client::acquire_unheld`].
@@ -127,10 +126,7 @@ impl Client {
         let inner = self
             .rt
             .block_on(self.inner.acquire_unheld(protocol, start, count))?;
-        Ok(Reservation {
-            inner: Some(inner),
-            rt: self.rt.clone(),
-        })
+        Ok(self.blocking(inner))
     }
 
     /// See [`crate::Client::acquire`].
@@ -143,10 +139,7 @@ impl Client {
         let inner = self
             .rt
             .block_on(self.inner.acquire(protocol, start, count))?;
-        Ok(Reservation {
-            inner: Some(inner),
-            rt: self.rt.clone(),
-        })
+        Ok(self.blocking(inner))
     }
 
     /// See [`crate::Client::associate`].

@@ -82,6 +82,14 @@ pub struct Client {
     conn: Arc<Connection>,
 }
 
+/// What the search for a daemon found.
+enum Found {
+    /// A daemon answered: the connection, or its refusal.
+    Daemon(Result<Client, Error>),
+    /// Nobody answered anywhere; why, as the error to report.
+    Nobody(Error),
+}
+
 impl Client {
     /// Connects to the daemon found by the search of `docs/cli.md` ("Finding the daemon"):
     /// `$BERTH_SOCKET` if set, else the system socket, then the per-user socket. Must be
@@ -97,13 +105,25 @@ impl Client {
 
     /// [`Client::connect`] with `options`.
     pub async fn connect_with(options: Options) -> Result<Self, Error> {
+        match Client::search(options).await? {
+            Found::Daemon(answered) => answered,
+            Found::Nobody(unavailable) => Err(unavailable),
+        }
+    }
+
+    /// The search of [`Client::connect`], telling "a daemon answered" (with its answer, which
+    /// may be a refusal such as "busy") from "nobody answered" (the only case in which starting
+    /// a daemon on demand can help).
+    async fn search(options: Options) -> Result<Found, Error> {
         let uid = rustix::process::getuid().as_raw();
         let candidates = paths::client_candidates(&paths::process_env, uid);
         let mut tried = Vec::new();
         for path in &candidates {
             let timeout = options.connect_timeout;
             match rendezvous::reach(path, timeout, options.trusted_daemon_uid).await? {
-                Reached::Daemon(stream) => return Client::open(stream, path, options).await,
+                Reached::Daemon(stream) => {
+                    return Ok(Found::Daemon(Client::open(stream, path, options).await))
+                }
                 Reached::Nobody(why) => tried.push(format!("{}: {why}", path.display())),
             }
         }
@@ -115,15 +135,17 @@ impl Client {
             if let Some(path) = Client::find_by_authority(&options, uid).await? {
                 let timeout = options.connect_timeout;
                 match rendezvous::reach(&path, timeout, options.trusted_daemon_uid).await? {
-                    Reached::Daemon(stream) => return Client::open(stream, &path, options).await,
+                    Reached::Daemon(stream) => {
+                        return Ok(Found::Daemon(Client::open(stream, &path, options).await))
+                    }
                     Reached::Nobody(why) => tried.push(format!("{}: {why}", path.display())),
                 }
             }
         }
-        Err(Error::Unavailable(format!(
+        Ok(Found::Nobody(Error::Unavailable(format!(
             "no berth daemon answers (tried {}); start one with `berth daemon` (`berth run` starts one on demand), or set BERTH_SOCKET to the socket of a running one",
             tried.join("; ")
-        )))
+        ))))
     }
 
     /// The socket of the daemon that serves this network namespace, from its authority beacon
@@ -178,11 +200,11 @@ impl Client {
 
     /// [`Client::connect_or_start`] with `options` and `starter`.
     pub async fn connect_or_start_with(options: Options, starter: &Starter) -> Result<Self, Error> {
-        let unavailable = match Client::connect_with(options).await {
-            Ok(client) => return Ok(client),
-            // A daemon that answered "busy" is there: starting another would not help.
-            Err(e @ Error::Unavailable(_)) if !e.message().starts_with("busy:") => e,
-            Err(e) => return Err(e),
+        // Only when nobody answered: a daemon that refused (busy, incompatible …) is there, and
+        // starting another would not help.
+        let unavailable = match Client::search(options).await? {
+            Found::Daemon(answered) => return answered,
+            Found::Nobody(unavailable) => unavailable,
         };
         if autostart::forbidden() {
             return Err(Error::Unavailable(format!(

@@ -14,7 +14,7 @@
 use berth_core::Owner;
 use berth_protocol::authority::PeerCredentials;
 
-use crate::peer::{process_owner, read_proc};
+use crate::peer::{process_ids as ids, process_owner};
 
 /// The owner of the reservation `named` asks for on behalf of `peer`, or why it is refused.
 /// `is_admin` decides whether the peer administers the daemon.
@@ -72,19 +72,6 @@ fn pid_namespace(pid: &str) -> Option<std::ffi::OsString> {
     std::fs::read_link(format!("/proc/{pid}/ns/pid"))
         .ok()
         .map(std::path::PathBuf::into_os_string)
-}
-
-/// The real uid and gid of `pid` (`Uid:` and `Gid:` of `/proc/PID/status`).
-fn ids(pid: u32) -> Option<(u32, u32)> {
-    let status = read_proc(format!("/proc/{pid}/status")).ok()?;
-    let first = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse::<u32>().ok())
-    };
-    Some((first("Uid:")?, first("Gid:")?))
 }
 
 #[cfg(test)]

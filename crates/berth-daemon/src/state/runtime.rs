@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 
 use berth_core::{
     AcquireError, Constraints, ErrorKind, Holder, Kind, Owner, Protocol, QuotaKind, RangeRequest,
-    Requester, Token, UseRequest,
+    Requester, Reservation, Token, UseRequest,
 };
 use berth_protocol::{
     ErrorDetail, Holder as DetailHolder, PoolDetail, PortsDetail, QuotaDetail, QuotaWhat, Response,
@@ -28,72 +28,15 @@ impl Shared {
         requester: &Requester,
         peer: &Peer,
     ) -> Response {
-        let owner = &requester.process;
-        let request = match RangeRequest::from_start_count(start, count) {
-            Ok(r) => r,
-            Err(e) => return error(e.kind(), e.to_string()),
-        };
-        let limits = Constraints {
-            lowest_port: self.lowest_port_for(request, owner),
-            // Administrators are exempt: they keep the service running for everyone.
-            quota: self.quota.filter(|_| !requester.is_admin),
-        };
-        let holder = Holder {
-            owner: owner.clone(),
-            session: peer.session,
-            acquired_at_ms: now_ms(),
-            hold,
-        };
-        let prober = self.prober;
-        let holds = &self.holds;
-        let (granted, pending) = {
-            let mut table = self.table();
-            // The probe binds are non-blocking syscalls; holding the lock across them keeps a
-            // candidate block from being handed to two clients at once. A held block's in-use
-            // test is its hold sockets' own binds, which then keep the ports.
-            let wildcard = matches!(request, RangeRequest::Wildcard { .. });
-            let mut in_use = |proto, range| {
-                // A wildcard block leaves alone the ports an administrator listed in the
-                // kernel's reserved-ports list: they are someone else's.
-                if wildcard {
-                    if let Some(port) = self.listed_by_others(range) {
-                        return Some(port);
-                    }
+        let ask = Ask::One(protocol);
+        match self.grant(ask, start, count, hold, requester, peer).await {
+            Ok(granted) => match granted.as_slice() {
+                [r] => {
+                    Response::Acquired(info(r, &requester.process, requester.is_admin, now_ms()))
                 }
-                if hold {
-                    holds.try_hold(proto, range)
-                } else {
-                    prober.first_in_use(proto, range)
-                }
-            };
-            let change = match table.acquire(
-                protocol,
-                request,
-                holder,
-                limits,
-                &mut OsTokens,
-                &mut in_use,
-            ) {
-                Ok(change) => change,
-                Err(e) => {
-                    holds.unstage();
-                    return acquire_refused(&e, start, count, requester);
-                }
-            };
-            let granted = change.reservation().cloned();
-            (granted, self.publish(&mut table, vec![change]))
-        };
-        // Answer only once the journal has it: a crash after this reply must not forget the
-        // reservation. If it cannot be recorded, it is not granted.
-        if let Err(why) = self.settle(pending).await {
-            return error(
-                ErrorKind::Unavailable,
-                format!("the daemon could not complete the reservation ({why}); nothing was reserved — see the daemon's log (`berth status` shows its descriptor use), then retry"),
-            );
-        }
-        match granted {
-            Some(r) => Response::Acquired(info(&r, owner, requester.is_admin, now_ms())),
-            None => error(ErrorKind::Unavailable, "the grant went missing".into()),
+                _ => error(ErrorKind::Unavailable, "the grant went missing".into()),
+            },
+            Err(refusal) => *refusal,
         }
     }
 
@@ -106,13 +49,42 @@ impl Shared {
         requester: &Requester,
         peer: &Peer,
     ) -> Response {
+        match self
+            .grant(Ask::Both, start, count, hold, requester, peer)
+            .await
+        {
+            Ok(granted) => match granted.as_slice() {
+                [tcp, udp] => {
+                    let (owner, now) = (&requester.process, now_ms());
+                    Response::AcquiredBoth {
+                        tcp: Box::new(info(tcp, owner, requester.is_admin, now)),
+                        udp: Box::new(info(udp, owner, requester.is_admin, now)),
+                    }
+                }
+                _ => error(ErrorKind::Unavailable, "the grant went missing".into()),
+            },
+            Err(refusal) => *refusal,
+        }
+    }
+
+    /// Grants what `ask` asks for, bound to the asker's session, and answers only once every
+    /// consumer of the change stream has it (a crash after the reply must not forget it). If
+    /// any grant is refused, all of them are undone: nothing is reserved.
+    async fn grant(
+        &self,
+        ask: Ask,
+        start: u16,
+        count: u16,
+        hold: bool,
+        requester: &Requester,
+        peer: &Peer,
+    ) -> Result<Vec<Reservation>, Box<Response>> {
         let owner = &requester.process;
-        let request = match RangeRequest::from_start_count(start, count) {
-            Ok(r) => r,
-            Err(e) => return error(e.kind(), e.to_string()),
-        };
+        let request = RangeRequest::from_start_count(start, count)
+            .map_err(|e| Box::new(error(e.kind(), e.to_string())))?;
         let limits = Constraints {
             lowest_port: self.lowest_port_for(request, owner),
+            // Administrators are exempt: they keep the service running for everyone.
             quota: self.quota.filter(|_| !requester.is_admin),
         };
         let holder = Holder {
@@ -121,11 +93,13 @@ impl Shared {
             acquired_at_ms: now_ms(),
             hold,
         };
-        let prober = self.prober;
-        let holds = &self.holds;
+        let (prober, holds) = (self.prober, &self.holds);
+        let wildcard = matches!(request, RangeRequest::Wildcard { .. });
         let (granted, pending) = {
             let mut table = self.table();
-            let wildcard = matches!(request, RangeRequest::Wildcard { .. });
+            // The in-use tests are non-blocking syscalls; holding the lock across them keeps a
+            // candidate block from being handed to two clients at once. A held block's test is
+            // its hold sockets' own binds, which then keep the ports.
             let mut in_use = |proto, range| {
                 // A wildcard block leaves alone the ports an administrator listed in the
                 // kernel's reserved-ports list: they are someone else's.
@@ -140,22 +114,36 @@ impl Shared {
                     prober.first_in_use(proto, range)
                 }
             };
-            let changes =
-                match table.acquire_both(request, holder, limits, &mut OsTokens, &mut in_use) {
-                    Ok(changes) => changes,
-                    Err(e) => {
-                        holds.unstage();
-                        return acquire_refused(&e, start, count, requester);
-                    }
-                };
-            let granted: Vec<_> = changes
+            let changes = match ask {
+                Ask::One(protocol) => table
+                    .acquire(
+                        protocol,
+                        request,
+                        holder,
+                        limits,
+                        &mut OsTokens,
+                        &mut in_use,
+                    )
+                    .map(|c| vec![c]),
+                Ask::Both => table
+                    .acquire_both(request, holder, limits, &mut OsTokens, &mut in_use)
+                    .map(Vec::from),
+            };
+            let changes = match changes {
+                Ok(changes) => changes,
+                Err(e) => {
+                    holds.unstage();
+                    return Err(Box::new(acquire_refused(&e, start, count, requester)));
+                }
+            };
+            let granted: Vec<Reservation> = changes
                 .iter()
                 .filter_map(|c| c.reservation().cloned())
                 .collect();
-            (granted, self.publish(&mut table, changes.to_vec()))
+            (granted, self.publish(&mut table, changes))
         };
         if let Err(why) = self.settle(pending).await {
-            // Both or neither: the one a consumer did not refuse goes too.
+            // The refused grant is undone already; those a consumer did not refuse go too.
             let undoing = {
                 let mut table = self.table();
                 let undone: Vec<_> = granted
@@ -166,19 +154,12 @@ impl Shared {
                 self.publish(&mut table, undone)
             };
             let _ = self.settle(undoing).await;
-            return error(
+            return Err(Box::new(error(
                 ErrorKind::Unavailable,
-                format!("the daemon could not complete the reservations ({why}); nothing was reserved — see the daemon's log (`berth status` shows its descriptor use), then retry"),
-            );
+                format!("the daemon could not complete the reservation ({why}); nothing was reserved — see the daemon's log (`berth status` shows its descriptor use), then retry"),
+            )));
         }
-        let now = now_ms();
-        match granted.as_slice() {
-            [tcp, udp] => Response::AcquiredBoth {
-                tcp: Box::new(info(tcp, owner, requester.is_admin, now)),
-                udp: Box::new(info(udp, owner, requester.is_admin, now)),
-            },
-            _ => error(ErrorKind::Unavailable, "the grant went missing".into()),
-        }
+        Ok(granted)
     }
 
     /// The lowest port `owner` may get: above the privileged ports, unless the policy lets it
@@ -373,6 +354,13 @@ impl Shared {
             Err((kind, message)) => error(kind, message),
         }
     }
+}
+
+/// What an acquire asks for: ports of one protocol, or the same ports in both.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    One(Protocol),
+    Both,
 }
 
 /// The answer to a refused acquire, with the numbers a program needs: the ports and their
