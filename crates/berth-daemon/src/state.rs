@@ -87,12 +87,17 @@ impl Shared {
     pub(crate) fn new(
         config: &Config,
         store: StoreHandle,
+        runtime: berth_store::RuntimeJournal,
         recorded: berth_core::PortSet,
     ) -> std::io::Result<(Self, mpsc::UnboundedReceiver<Owner>)> {
         let (watcher, owners) = Watcher::new();
         let holds = Arc::new(crate::hold::Holds::new());
         let mut consumers: Vec<Box<dyn crate::changes::Consumer>> = vec![
-            Box::new(Journal::new(store.clone())),
+            Box::new(Journal::new(
+                runtime,
+                store.clone(),
+                config.store_faults.clone(),
+            )),
             Box::new(watcher),
             Box::new(crate::hold::Consumer(holds.clone())),
         ];
