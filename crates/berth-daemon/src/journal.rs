@@ -17,34 +17,54 @@ use berth_store::{JournalOp, JournalRow, PersistentRow, RuntimeJournal};
 use crate::changes::{Ack, Consumer};
 use crate::store_thread::{Queued, StoreHandle};
 
-/// Mirrors the table into the runtime journal and the store thread's queue, in the table's
-/// order.
-pub(crate) struct Journal {
-    runtime: Mutex<RuntimeJournal>,
-    store: StoreHandle,
+/// The runtime journal, shared by this consumer and the kernel-sync writer (which records
+/// there which entries of the kernel's list are the daemon's).
+#[derive(Clone)]
+pub(crate) struct Runtime {
+    journal: Arc<Mutex<RuntimeJournal>>,
     /// While set, every write fails (fault injection for tests).
     faulty: Arc<AtomicBool>,
 }
 
-impl Journal {
-    pub(crate) fn new(
-        runtime: RuntimeJournal,
-        store: StoreHandle,
-        faulty: Arc<AtomicBool>,
-    ) -> Self {
-        Journal {
-            runtime: Mutex::new(runtime),
-            store,
+impl Runtime {
+    pub(crate) fn new(journal: RuntimeJournal, faulty: Arc<AtomicBool>) -> Self {
+        Runtime {
+            journal: Arc::new(Mutex::new(journal)),
             faulty,
         }
     }
 
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, RuntimeJournal>, String> {
+        if self.faulty.load(Ordering::SeqCst) {
+            return Err(crate::store_thread::FAULT.to_owned());
+        }
+        Ok(self.journal.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Records which entries of `ip_local_reserved_ports` the daemon may have written.
+    pub(crate) fn set_kernel(&self, list: &str) -> Result<(), String> {
+        self.lock()?.set_kernel(list).map_err(|e| e.to_string())
+    }
+}
+
+/// Mirrors the table into the runtime journal and the store thread's queue, in the table's
+/// order.
+pub(crate) struct Journal {
+    runtime: Runtime,
+    store: StoreHandle,
+}
+
+impl Journal {
+    pub(crate) fn new(runtime: Runtime, store: StoreHandle) -> Self {
+        Journal { runtime, store }
+    }
+
     /// Records a runtime journal operation now.
     fn journal(&self, op: &JournalOp) -> Ack {
-        if self.faulty.load(Ordering::SeqCst) {
-            return Ack::Failed(crate::store_thread::FAULT.to_owned());
-        }
-        let mut runtime = self.runtime.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut runtime = match self.runtime.lock() {
+            Ok(runtime) => runtime,
+            Err(why) => return Ack::Failed(why),
+        };
         match runtime.apply(op) {
             Ok(()) => Ack::Done,
             Err(e) => {

@@ -71,7 +71,10 @@ fn open_runtime_journal(
             loaded.dropped_bytes
         );
     }
-    if !legacy.is_empty() {
+    // What an earlier build recorded of its entries in the kernel's list: kept with what the
+    // journal records (either may be the daemon's).
+    let legacy_kernel = crate::kernel::recorded(store);
+    if !legacy.is_empty() || !legacy_kernel.is_empty() {
         // Into the file first: a crash before the database is cleared leaves the rows in both,
         // and the next start moves them again (an insert replaces a row with the same token).
         for row in legacy {
@@ -79,7 +82,16 @@ fn open_runtime_journal(
                 .apply(&berth_store::JournalOp::Insert(row))
                 .map_err(io::Error::other)?;
         }
+        let recorded = berth_core::PortSet::parse(runtime.kernel())
+            .unwrap_or_default()
+            .union(&legacy_kernel);
+        runtime
+            .set_kernel(&recorded.to_string())
+            .map_err(io::Error::other)?;
         store.clear_journal().map_err(io::Error::other)?;
+        store
+            .set_meta(crate::kernel::sync::WRITTEN_KEY, None)
+            .map_err(io::Error::other)?;
         tracing::info!(
             "the runtime journal moved from the database to {}",
             path.display()
@@ -124,9 +136,9 @@ pub async fn run_with_ready(
             .set_meta(crate::kernel::sync::WRITTEN_KEY, None)
             .map_err(io::Error::other)?;
     }
-    let recorded = crate::kernel::recorded(&store);
     let (persistent, journal) = store.load().map_err(io::Error::other)?;
     let runtime = open_runtime_journal(&config.db, &boot_id, journal, &mut store)?;
+    let recorded = berth_core::PortSet::parse(runtime.kernel()).unwrap_or_default();
     let journal = runtime.rows();
     let (store, store_thread) = StoreHandle::spawn(store, config.store_faults.clone())?;
     let (shared, owners) = Shared::new(&config, store, runtime, recorded)?;

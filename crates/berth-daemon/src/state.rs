@@ -90,14 +90,11 @@ impl Shared {
         runtime: berth_store::RuntimeJournal,
         recorded: berth_core::PortSet,
     ) -> std::io::Result<(Self, mpsc::UnboundedReceiver<Owner>)> {
+        let runtime = crate::journal::Runtime::new(runtime, config.store_faults.clone());
         let (watcher, owners) = Watcher::new();
         let holds = Arc::new(crate::hold::Holds::new());
         let mut consumers: Vec<Box<dyn crate::changes::Consumer>> = vec![
-            Box::new(Journal::new(
-                runtime,
-                store.clone(),
-                config.store_faults.clone(),
-            )),
+            Box::new(Journal::new(runtime.clone(), store.clone())),
             Box::new(watcher),
             Box::new(crate::hold::Consumer(holds.clone())),
         ];
@@ -105,7 +102,7 @@ impl Shared {
             Ok(()) => {
                 let (sync, writer) = crate::kernel::sync::Sync::start(
                     crate::kernel::reserved_ports::PATH.into(),
-                    store.clone(),
+                    runtime,
                     recorded,
                 )?;
                 let foreign = sync.foreign();

@@ -1,7 +1,7 @@
 //! The store's own thread: one owner for the SQLite connection, fed by messages in the order
 //! the allocation state changed, so the database never disagrees with the table about what
-//! happened first. It writes what must be durable (persistent reservations, with an fsync) and
-//! the store's facts; the runtime journal is a file of its own, written without this thread
+//! happened first. It writes what must be durable (persistent reservations, with an fsync); the
+//! runtime journal is a file of its own, written without this thread
 //! (`journal.rs`).
 
 use std::path::Path;
@@ -19,8 +19,6 @@ enum Msg {
     Create(PersistentRow, oneshot::Sender<Result<(), String>>),
     /// Delete a persistent reservation durably.
     Delete(Token, oneshot::Sender<Result<(), String>>),
-    /// Set or clear a fact of the store.
-    Meta(String, Option<String>, oneshot::Sender<Result<(), String>>),
     /// Finish: everything queued before this is applied, nothing after.
     Stop,
 }
@@ -52,19 +50,6 @@ impl StoreHandle {
             .name("berth-store".into())
             .spawn(move || serve(store, rx, &fault))?;
         Ok((StoreHandle { tx }, thread))
-    }
-
-    /// Queues setting (`Some`) or clearing (`None`) a fact of the store (no fsync).
-    pub(crate) fn set_meta(&self, key: &str, value: Option<String>) -> Queued {
-        let (done, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Msg::Meta(key.to_owned(), value, done))
-            .is_err()
-        {
-            tracing::error!("{GONE}");
-        }
-        Queued(rx)
     }
 
     /// Asks the thread to finish once what is queued is applied.
@@ -144,16 +129,6 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &AtomicBool) {
                         .map_err(|e| e.to_string())
                 };
                 let _ = done.send(deleted);
-            }
-            Msg::Meta(key, value, done) => {
-                let set = if faulty.load(Ordering::SeqCst) {
-                    Err(FAULT.to_owned())
-                } else {
-                    store
-                        .set_meta(&key, value.as_deref())
-                        .map_err(|e| e.to_string())
-                };
-                let _ = done.send(set);
             }
             Msg::Stop => return,
         }

@@ -337,13 +337,19 @@ impl Store {
     /// journal: such facts describe the running system, which a power loss resets anyway.
     pub fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
         self.set_sync(Sync::Off)?;
+        // Cached statements: the kernel-sync writer records its entries here often.
         let result = match value {
-            Some(value) => self.conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [key, value],
-            ),
-            None => self.conn.execute("DELETE FROM meta WHERE key = ?1", [key]),
+            Some(value) => self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .and_then(|mut s| s.execute([key, value])),
+            None => self
+                .conn
+                .prepare_cached("DELETE FROM meta WHERE key = ?1")
+                .and_then(|mut s| s.execute([key])),
         };
         result.map_err(|e| self.fail("record a fact of the store", e))?;
         self.committed()

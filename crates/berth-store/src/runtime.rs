@@ -12,12 +12,15 @@
 //! file   = MAGIC header record*
 //! MAGIC  = "berth-rj" 0x00 0x00 0x00 0x01         (12 bytes: name and format version 1)
 //! header = frame(postcard(Header))                the boot the file was written in
-//! record = frame(postcard(Record))                Insert (a whole row) or Remove (a token)
+//! record = frame(postcard(Record))                Insert (a whole row), Remove (a token), or
+//!                                                 Kernel (what the daemon listed in the kernel)
 //! frame  = length: u32 little-endian, then that many bytes (at most MAX_FRAME)
 //! ```
 //!
 //! Records are applied in order: an insert replaces any row with its token, a remove deletes
-//! it. A daemon killed in the middle of a `write` leaves at most its last record cut short; the
+//! it, and the last Kernel record says which entries of `ip_local_reserved_ports` the daemon may
+//! have written (a fact with the same lifetime as the rows: the kernel forgets the list at a
+//! reboot, and a crash of the daemon must not make its entries look like someone else's). A daemon killed in the middle of a `write` leaves at most its last record cut short; the
 //! reader stops at the first frame that is incomplete or does not decode, and the journal then
 //! says so ([`Loaded::dropped_bytes`]). A file written during another boot names processes that
 //! cannot run any more, so its rows are not returned ([`Loaded::other_boot`]).
@@ -41,9 +44,10 @@ use crate::{JournalOp, JournalRow, StoreError};
 /// The first bytes of a runtime journal: a name and the format's version.
 const MAGIC: &[u8; 12] = b"berth-rj\0\0\0\x01";
 
-/// The largest frame a journal holds. A row is under 200 bytes (a command name is at most 64);
-/// a larger length can only be damage.
-const MAX_FRAME: u32 = 4096;
+/// The largest frame a journal holds. A row is under 200 bytes (a command name is at most 64); a
+/// Kernel record lists ports in the kernel's syntax, at most ~190 KB (every other port); a
+/// larger length can only be damage.
+const MAX_FRAME: u32 = 1024 * 1024;
 
 /// The file is rewritten once it is larger than this many times the bytes of its live rows…
 const REWRITE_FACTOR: u64 = 4;
@@ -77,6 +81,9 @@ enum Record {
         held: bool,
     },
     Remove(Token),
+    /// The entries of `ip_local_reserved_ports` the daemon may have written, in the kernel's
+    /// list syntax ("" for none).
+    Kernel(String),
 }
 
 impl Record {
@@ -95,8 +102,9 @@ impl Record {
         }
     }
 
-    fn into_op(self) -> JournalOp {
-        match self {
+    /// The journal operation, or `Err` with a Kernel record's list.
+    fn into_op(self) -> Result<JournalOp, String> {
+        Ok(match self {
             Record::Insert {
                 token,
                 protocol,
@@ -115,7 +123,8 @@ impl Record {
                 held,
             }),
             Record::Remove(token) => JournalOp::Remove(token),
-        }
+            Record::Kernel(list) => return Err(list),
+        })
     }
 }
 
@@ -129,6 +138,9 @@ pub struct Loaded {
     /// Bytes at the end of the file that did not form a whole record (a daemon killed during a
     /// write, or damage) and were dropped.
     pub dropped_bytes: u64,
+    /// The entries of `ip_local_reserved_ports` the daemon recorded it may have written, in the
+    /// kernel's list syntax ("" for none; always "" after a reboot).
+    pub kernel: String,
 }
 
 /// The open runtime journal. One per daemon (the database lock guards it too); not shared
@@ -140,8 +152,10 @@ pub struct RuntimeJournal {
     boot_id: String,
     /// The rows the file describes, each with the length of its frame.
     live: HashMap<Token, (JournalRow, u64)>,
-    /// The sum of the live rows' frame lengths.
+    /// The sum of the live rows' frame lengths (and the kernel record's).
     live_bytes: u64,
+    /// The last kernel record ("" for none) and its frame's length.
+    kernel: (String, u64),
     /// The file's length.
     len: u64,
     /// The length at which the file is rewritten next.
@@ -162,6 +176,7 @@ impl RuntimeJournal {
     pub fn open(path: &Path, boot_id: &str) -> Result<(RuntimeJournal, Loaded), StoreError> {
         let mut loaded = Loaded::default();
         let mut rows: HashMap<Token, JournalRow> = HashMap::new();
+        let mut kernel = String::new();
         match read_file(path) {
             Ok(Some(bytes)) => {
                 let read = read_journal(&bytes).map_err(|detail| StoreError::NotAJournal {
@@ -170,8 +185,11 @@ impl RuntimeJournal {
                 })?;
                 loaded.dropped_bytes = read.dropped_bytes;
                 if read.boot_id == boot_id {
-                    for op in read.ops {
-                        apply(&mut rows, op);
+                    for record in read.records {
+                        match record.into_op() {
+                            Ok(op) => apply(&mut rows, op),
+                            Err(list) => kernel = list,
+                        }
                     }
                 } else {
                     loaded.other_boot = true;
@@ -181,19 +199,27 @@ impl RuntimeJournal {
             Err(source) => return Err(io_error(path, "read the runtime journal", source)),
         }
         let mut live = HashMap::with_capacity(rows.len());
-        let mut live_bytes = 0;
+        let kernel_len = if kernel.is_empty() {
+            0
+        } else {
+            frame_len(&Record::Kernel(kernel.clone()))?
+        };
+        let kernel = (kernel, kernel_len);
+        let mut live_bytes = kernel_len;
         for (token, row) in rows {
             let len = frame_len(&Record::of(&JournalOp::Insert(row.clone())))?;
             live.insert(token, (row, len));
             live_bytes += len;
         }
-        let (file, len) = write_fresh(path, boot_id, &live)?;
+        let (file, len) = write_fresh(path, boot_id, &live, &kernel.0)?;
+        loaded.kernel.clone_from(&kernel.0);
         let journal = RuntimeJournal {
             path: path.to_path_buf(),
             file,
             boot_id: boot_id.to_owned(),
             live,
             live_bytes,
+            kernel,
             len,
             rewrite_at: rewrite_threshold(live_bytes),
             clean: true,
@@ -218,20 +244,7 @@ impl RuntimeJournal {
     /// Records `op` with one `write`: once this returns `Ok`, a crash of the calling process
     /// no longer loses it. On error the journal is as before.
     pub fn apply(&mut self, op: &JournalOp) -> Result<(), StoreError> {
-        if !self.clean {
-            self.rewrite()?;
-        }
-        self.buf.clear();
-        push_frame(&mut self.buf, &Record::of(op))?;
-        let frame = self.buf.len() as u64;
-        if let Err(e) = self.file.write_all(&self.buf) {
-            // Part of the frame may be in the file now; start over from what is live (or, if
-            // that fails too, before the next append).
-            self.clean = false;
-            let _ = self.rewrite();
-            return Err(io_error(&self.path, "write the runtime journal", e));
-        }
-        self.len += frame;
+        let frame = self.append(&Record::of(op))?;
         match op {
             JournalOp::Insert(row) => {
                 if let Some((_, old)) = self.live.insert(row.token, (row.clone(), frame)) {
@@ -245,18 +258,66 @@ impl RuntimeJournal {
                 }
             }
         }
-        if self.len >= self.rewrite_at && self.rewrite().is_err() {
-            // The operation is recorded already; a failed rewrite only leaves a longer file.
-            // Try again once it has grown as much again.
-            self.rewrite_at = self.len.saturating_mul(2);
-        }
+        self.rewrite_if_long();
         Ok(())
     }
 
-    /// Forgets every row.
+    /// Records which entries of `ip_local_reserved_ports` the daemon may have written (the
+    /// kernel's list syntax; "" for none), with one `write` like [`RuntimeJournal::apply`].
+    pub fn set_kernel(&mut self, list: &str) -> Result<(), StoreError> {
+        if list == self.kernel.0 {
+            return Ok(());
+        }
+        let frame = self.append(&Record::Kernel(list.to_owned()))?;
+        self.live_bytes -= self.kernel.1;
+        self.kernel = if list.is_empty() {
+            (String::new(), 0)
+        } else {
+            (list.to_owned(), frame)
+        };
+        self.live_bytes += self.kernel.1;
+        self.rewrite_if_long();
+        Ok(())
+    }
+
+    /// What the last [`RuntimeJournal::set_kernel`] recorded.
+    pub fn kernel(&self) -> &str {
+        &self.kernel.0
+    }
+
+    /// Appends one record with one `write`; returns its frame's length. On error nothing is
+    /// recorded.
+    fn append(&mut self, record: &Record) -> Result<u64, StoreError> {
+        if !self.clean {
+            self.rewrite()?;
+        }
+        self.buf.clear();
+        push_frame(&mut self.buf, record)?;
+        let frame = self.buf.len() as u64;
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // Part of the frame may be in the file now; start over from what is live (or, if
+            // that fails too, before the next append).
+            self.clean = false;
+            let _ = self.rewrite();
+            return Err(io_error(&self.path, "write the runtime journal", e));
+        }
+        self.len += frame;
+        Ok(frame)
+    }
+
+    /// Rewrites the file once it has outgrown its live records.
+    fn rewrite_if_long(&mut self) {
+        if self.len >= self.rewrite_at && self.rewrite().is_err() {
+            // What was appended is recorded already; a failed rewrite only leaves a longer
+            // file. Try again once it has grown as much again.
+            self.rewrite_at = self.len.saturating_mul(2);
+        }
+    }
+
+    /// Forgets every row (the kernel record stays).
     pub fn clear(&mut self) -> Result<(), StoreError> {
         let before = std::mem::take(&mut self.live);
-        let bytes = std::mem::replace(&mut self.live_bytes, 0);
+        let bytes = std::mem::replace(&mut self.live_bytes, self.kernel.1);
         if let Err(e) = self.rewrite() {
             self.live = before;
             self.live_bytes = bytes;
@@ -267,7 +328,7 @@ impl RuntimeJournal {
 
     /// Replaces the file with one holding just the live rows.
     fn rewrite(&mut self) -> Result<(), StoreError> {
-        let (file, len) = write_fresh(&self.path, &self.boot_id, &self.live)?;
+        let (file, len) = write_fresh(&self.path, &self.boot_id, &self.live, &self.kernel.0)?;
         self.file = file;
         self.len = len;
         self.rewrite_at = rewrite_threshold(self.live_bytes);
@@ -281,13 +342,14 @@ fn rewrite_threshold(live_bytes: u64) -> u64 {
     REWRITE_MIN_BYTES.max(REWRITE_FACTOR.saturating_mul(live_bytes))
 }
 
-/// Writes the header and `live`'s rows to a new file and renames it over `path`, so that the
-/// journal is, at every moment, either the old file or the whole new one. Returns the new
-/// file, open for appending, and its length.
+/// Writes the header, the kernel record (unless "") and `live`'s rows to a new file and renames
+/// it over `path`, so that the journal is, at every moment, either the old file or the whole
+/// new one. Returns the new file, open for appending, and its length.
 fn write_fresh(
     path: &Path,
     boot_id: &str,
     live: &HashMap<Token, (JournalRow, u64)>,
+    kernel: &str,
 ) -> Result<(File, u64), StoreError> {
     let fail = |e| io_error(path, "write the runtime journal", e);
     let mut bytes = Vec::with_capacity(64 + live.values().map(|(_, l)| *l as usize).sum::<usize>());
@@ -298,6 +360,9 @@ fn write_fresh(
             boot_id: boot_id.to_owned(),
         },
     )?;
+    if !kernel.is_empty() {
+        push_frame(&mut bytes, &Record::Kernel(kernel.to_owned()))?;
+    }
     let mut rows: Vec<&JournalRow> = live.values().map(|(r, _)| r).collect();
     rows.sort_by_key(|r| (r.acquired_at_ms, r.token));
     for row in rows {
@@ -351,7 +416,7 @@ fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
 /// What a journal file says.
 struct Parsed {
     boot_id: String,
-    ops: Vec<JournalOp>,
+    records: Vec<Record>,
     dropped_bytes: u64,
 }
 
@@ -364,17 +429,17 @@ fn read_journal(bytes: &[u8]) -> Result<Parsed, String> {
         next_frame(rest).ok_or_else(|| "its header is cut short".to_owned())?;
     let header: Header =
         postcard::from_bytes(header).map_err(|e| format!("its header does not decode: {e}"))?;
-    let mut ops = Vec::new();
+    let mut records = Vec::new();
     while let Some((frame, after)) = next_frame(rest) {
         let Ok(record) = postcard::from_bytes::<Record>(frame) else {
             break;
         };
-        ops.push(record.into_op());
+        records.push(record);
         rest = after;
     }
     Ok(Parsed {
         boot_id: header.boot_id,
-        ops,
+        records,
         dropped_bytes: rest.len() as u64,
     })
 }
@@ -406,7 +471,7 @@ fn push_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), StoreErr
         .ok_or_else(|| StoreError::Io {
             path: PathBuf::new(),
             action: "encode a runtime journal record",
-            source: io::Error::other(format!("a record of {len} bytes is larger than 4 KiB")),
+            source: io::Error::other(format!("a record of {len} bytes is larger than 1 MiB")),
         })?;
     if let Some(prefix) = buf.get_mut(at..at + 4) {
         prefix.copy_from_slice(&len.to_le_bytes());

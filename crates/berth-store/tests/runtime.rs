@@ -208,3 +208,32 @@ fn clear_forgets_every_row() {
     drop(journal);
     assert!(RuntimeJournal::open(&path, BOOT).unwrap().1.rows.is_empty());
 }
+
+#[test]
+fn the_kernel_record_is_kept_like_the_rows() {
+    let (_dir, path) = temp_journal();
+    let (mut journal, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert_eq!(loaded.kernel, "");
+    journal.set_kernel("20000-20001").unwrap();
+    journal
+        .apply(&JournalOp::Insert(journaled(1, 20000, 2)))
+        .unwrap();
+    journal.set_kernel("20000-20001,20005").unwrap();
+    // Cleared rows keep the record: the kernel still lists what the daemon wrote.
+    journal.clear().unwrap();
+    assert_eq!(journal.kernel(), "20000-20001,20005");
+    drop(journal);
+    let (mut journal, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert_eq!(loaded.kernel, "20000-20001,20005");
+    journal.set_kernel("").unwrap();
+    drop(journal);
+    assert_eq!(RuntimeJournal::open(&path, BOOT).unwrap().1.kernel, "");
+    // After a reboot the kernel's list is empty again, and so is the record.
+    let (mut journal, _) = RuntimeJournal::open(&path, BOOT).unwrap();
+    journal.set_kernel("30000").unwrap();
+    drop(journal);
+    assert_eq!(
+        RuntimeJournal::open(&path, "next-boot").unwrap().1.kernel,
+        ""
+    );
+}
