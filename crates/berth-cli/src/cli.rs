@@ -181,6 +181,10 @@ pub struct DaemonArgs {
     /// Serve no portserver endpoint, whatever the configuration file says.
     #[arg(long)]
     pub no_portserver: bool,
+    /// Hold no ports, whatever clients ask and the configuration file says: every reservation
+    /// is granted unheld, and the daemon keeps no hold sockets (see docs/kernel.md).
+    #[arg(long)]
+    pub no_hold: bool,
     /// Check the configuration and exit (0 when it is valid).
     #[arg(long)]
     pub check_config: bool,

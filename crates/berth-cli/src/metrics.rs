@@ -163,6 +163,11 @@ pub fn openmetrics(status: &StatusInfo, list: &[ReservationInfo], now_ms: u64) -
             one(u64::from(status.kernel_sync)),
         ),
         Family::gauge(
+            "berth_hold",
+            "1 when the daemon holds the ports of reservations acquired with hold, else 0.",
+            one(u64::from(status.hold)),
+        ),
+        Family::gauge(
             "berth_user_reservations",
             "Runtime reservations per owner uid (only owners the asker may see).",
             by_uid
@@ -261,6 +266,8 @@ mod tests {
             open_files_limit: 65536,
             kernel_sync: false,
             kernel_sync_off_because: "test".into(),
+            hold: true,
+            hold_off_because: String::new(),
             hold_sockets: 4,
             open_files: 30,
             quota: None,
@@ -290,6 +297,7 @@ mod tests {
             "berth_connected_clients 2",
             "berth_open_files_limit 65536",
             "berth_kernel_sync 0",
+            "berth_hold 1",
             "berth_user_reservations{uid=\"1000\"} 1",
             "berth_user_ports{uid=\"1000\"} 3",
             "berth_user_ports{uid=\"0\"} 1",

@@ -91,6 +91,10 @@ pub struct StatusJson {
     pub kernel_sync_off_because: Option<String>,
     /// Hold sockets open (one per held port and family).
     pub hold_sockets: u32,
+    /// Whether the daemon holds the ports of reservations acquired with hold.
+    pub hold: bool,
+    /// Why it does not, when it does not (`null` when it does).
+    pub hold_off_because: Option<String>,
     /// Descriptors the daemon has open now.
     pub open_files: u32,
     /// Its descriptor limit (soft `RLIMIT_NOFILE`, raised to the hard one at start-up).
@@ -136,6 +140,8 @@ impl From<&StatusInfo> for StatusJson {
             kernel_sync: s.kernel_sync,
             kernel_sync_off_because: (!s.kernel_sync).then(|| s.kernel_sync_off_because.clone()),
             hold_sockets: s.hold_sockets,
+            hold: s.hold,
+            hold_off_because: (!s.hold).then(|| s.hold_off_because.clone()),
             open_files: s.open_files,
             open_files_limit: s.open_files_limit,
             quota: s.quota.map(|(max_reservations, max_ports)| QuotaJson {

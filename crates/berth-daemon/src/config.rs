@@ -63,6 +63,10 @@ pub struct Config {
     /// for none: off unless asked, like every other reach beyond the daemon's own socket;
     /// `berth daemon` turns it on for the system instance.
     pub portserver: Option<crate::portserver::Endpoint>,
+    /// Whether the daemon holds the ports of reservations acquired with hold (binds them itself
+    /// until their owner binds them, so that other programs' explicit binds fail). Off, every
+    /// reservation is granted unheld (its `held` says so) and the daemon keeps no hold sockets.
+    pub hold: bool,
 }
 
 impl Config {
@@ -88,6 +92,7 @@ impl Config {
             pool_follows_ephemeral: false,
             authority: Some(berth_protocol::authority::DEFAULT_NAME.to_owned()),
             portserver: None,
+            hold: true,
         }
     }
 }

@@ -94,6 +94,8 @@ pub struct ConfigFile {
     quota: Option<QuotaTable>,
     /// "auto", "on" or "off": whether to keep net.ipv4.ip_local_reserved_ports.
     kernel_sync: Option<String>,
+    /// Whether the daemon holds the ports of reservations acquired with hold.
+    hold: Option<bool>,
     /// The portserver endpoint: an address (`@name` or a path), `true` for the default
     /// address, `false` or "off" for none.
     portserver: Option<PortserverKey>,
@@ -171,6 +173,9 @@ impl ConfigFile {
             config.kernel_sync = mode
                 .parse()
                 .map_err(|e: String| invalid(format!("kernel_sync: {e}")))?;
+        }
+        if let Some(hold) = self.hold {
+            config.hold = hold;
         }
         match &self.portserver {
             None => {}
@@ -257,7 +262,7 @@ mod tests {
     #[test]
     fn applies_pool_limits_and_accounts() {
         let (_d, path) = write(
-            "pool = \"40000-40099\"\nmax_connections = 7\nadmin_groups = [\"root\", 5]\ngrace_period_s = 3\n[privileged]\nallow_users = [\"root\", 1001]\nallow_groups = [33]\n",
+            "pool = \"40000-40099\"\nmax_connections = 7\nadmin_groups = [\"root\", 5]\ngrace_period_s = 3\nhold = false\n[privileged]\nallow_users = [\"root\", 1001]\nallow_groups = [33]\n",
         );
         let mut config = base();
         ConfigFile::load(&path)
@@ -270,6 +275,7 @@ mod tests {
         assert_eq!(config.privileged.allow_groups, vec![33]);
         assert_eq!(config.admin_groups, vec![0, 5]);
         assert_eq!(config.grace, std::time::Duration::from_secs(3));
+        assert!(!config.hold);
     }
 
     #[test]

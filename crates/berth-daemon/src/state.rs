@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     kernel: KernelState,
     /// The hold sockets of held reservations (also a consumer of the change stream).
     holds: Arc<crate::hold::Holds>,
+    /// Whether acquires with hold are held (`hold` in the configuration).
+    hold_enabled: bool,
     /// The threads that close what clients send (a close can block).
     closers: crate::closer::Closers,
 }
@@ -149,6 +151,7 @@ impl Shared {
             store,
             kernel,
             holds,
+            hold_enabled: config.hold,
             closers: crate::closer::Closers::new(),
         };
         Ok((shared, owners))
@@ -520,6 +523,12 @@ impl Shared {
             kernel_sync: self.kernel.off_because.is_none(),
             kernel_sync_off_because: self.kernel.off_because.clone().unwrap_or_default(),
             hold_sockets: u32::try_from(self.holds.count()).unwrap_or(u32::MAX),
+            hold: self.hold_enabled,
+            hold_off_because: if self.hold_enabled {
+                String::new()
+            } else {
+                "hold is switched off (hold = false in the configuration, or --no-hold)".to_owned()
+            },
             open_files: crate::limits::open_files(),
             quota: self
                 .quota

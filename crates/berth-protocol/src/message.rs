@@ -420,6 +420,10 @@ pub struct StatusInfo {
     /// Hold sockets the daemon keeps open (one per held port and family); with the
     /// connections, they count against `open_files_limit`.
     pub hold_sockets: u32,
+    /// Whether the daemon holds the ports of reservations acquired with hold.
+    pub hold: bool,
+    /// Why not, when it does not; empty otherwise.
+    pub hold_off_because: String,
     /// Descriptors the daemon has open now (`/proc/self/fd`).
     pub open_files: u32,
     /// The asker's quota — `(max_reservations, max_ports)` — when one applies to it (not to

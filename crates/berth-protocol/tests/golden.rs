@@ -246,11 +246,13 @@ fn responses() {
             kernel_sync: false,
             kernel_sync_off_because: "x".into(),
             hold_sockets: 3,
+            hold: true,
+            hold_off_because: String::new(),
             open_files: 200,
             quota: Some((10, 100)),
             usage: (2, 3),
         }),
-        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01  80 08  00  01 78  03  c8 01  01 0a 64  02 03",
+        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64  02 03",
     );
     golden(Response::Associated { port: 8080 }, "06  90 3f");
     golden(

@@ -280,3 +280,31 @@ async fn associate_at_a_port_binds_exactly_that_port() {
     assert!(!stranger_can_bind(Protocol::Udp, block.start()));
     assert_eq!(block.bind(&again, None).await.unwrap(), block.start());
 }
+
+/// An administrator may switch holding off (`hold = false`): what clients acquire with hold is
+/// granted unheld, says so, and other programs can bind its ports; status tells why.
+#[tokio::test]
+async fn a_daemon_with_hold_switched_off_grants_unheld_and_says_why() {
+    let daemon = TestDaemon::with_config(44900, 44909, |c| c.hold = false);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let block = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
+    let port = block.start();
+    let listed = client.list().await.unwrap();
+    let row = listed.iter().find(|r| r.token == block.token()).unwrap();
+    assert!(!row.held, "granted held by a daemon with hold off: {row:?}");
+    assert!(stranger_can_bind(Protocol::Tcp, port));
+    let status = client.status().await.unwrap();
+    assert!(!status.hold);
+    assert_eq!(status.hold_sockets, 0);
+    assert!(
+        status.hold_off_because.contains("hold = false"),
+        "{}",
+        status.hold_off_because
+    );
+    block.release().await.unwrap();
+    // And a daemon with the default holds.
+    let holding = TestDaemon::start(44910, 44919);
+    let client = Client::connect_to(&holding.socket).await.unwrap();
+    let status = client.status().await.unwrap();
+    assert!(status.hold && status.hold_off_because.is_empty());
+}

@@ -72,6 +72,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     if args.no_portserver {
         config.portserver = None;
     }
+    if args.no_hold {
+        config.hold = false;
+    }
     if let Some(pool) = args.pool {
         config.pool = pool;
         config.pool_follows_ephemeral = false;

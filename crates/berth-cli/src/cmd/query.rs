@@ -68,6 +68,9 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             None => println!("  kernel sync on: reservations are kept in ip_local_reserved_ports"),
             Some(why) => println!("  kernel sync off: {why}"),
         }
+        if let Some(why) = &status.hold_off_because {
+            println!("  hold off: {why}; reservations are granted unheld");
+        }
         println!(
             "  {} open of a limit of {} ({})",
             plural(status.open_files, "file descriptor"),

@@ -87,6 +87,8 @@ impl Shared {
             // Administrators are exempt: they keep the service running for everyone.
             quota: self.quota.filter(|_| !requester.is_admin),
         };
+        // A daemon with hold switched off grants every reservation unheld (and says so).
+        let hold = hold && self.hold_enabled;
         let holder = Holder {
             owner: owner.clone(),
             session: peer.session,
