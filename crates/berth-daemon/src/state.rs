@@ -347,6 +347,7 @@ impl Shared {
             request,
             sender,
             fd,
+            lost_fd: _,
         } = inbound;
         match request {
             Request::Acquire {
