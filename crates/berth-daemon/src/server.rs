@@ -126,6 +126,8 @@ pub async fn run_with_ready(
         let task = tokio::spawn(answer_beacon(listener, line, done.clone()));
         (task, done)
     });
+    // Its reserve descriptor opened before anyone is told the daemon is ready.
+    let mut accepting = Accepting::new();
     ready();
     let (reservations, clients) = shared.counts();
     crate::notify::ready(&crate::notify::serving(reservations, clients));
@@ -149,7 +151,6 @@ pub async fn run_with_ready(
     // of these permits until its descriptor is closed (on a closer thread, see `closer`).
     let refusers = Arc::new(Semaphore::new(BUSY_ANSWERS));
     let closers = shared.closers();
-    let mut accepting = Accepting::new();
     loop {
         let slot = tokio::select! {
             biased;
