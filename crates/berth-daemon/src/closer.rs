@@ -49,6 +49,9 @@ pub(crate) const PER_UID_BACKLOG: usize = 16;
 /// Closer threads in all, at most.
 pub(crate) const MAX_CLOSERS: usize = 256;
 
+/// How long a lane's closes may all make no progress before the daemon says they block.
+const SLOW_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Idle closer threads kept for the next close; more end after [`IDLE_CHECK`].
 const KEEP_IDLE: usize = 2;
 
@@ -182,8 +185,10 @@ struct LaneQueue {
     running: usize,
     /// Whether the lane is in [`Queue::runnable`].
     listed: bool,
-    /// Whether the daemon said that this lane backs up (once until it empties).
+    /// Whether the daemon said that this lane's closes block (once until it empties).
     warned: bool,
+    /// When a close of this lane last finished, or the lane started.
+    progress: Option<std::time::Instant>,
 }
 
 impl LaneQueue {
@@ -258,6 +263,7 @@ impl Queue {
             return false;
         };
         lane.running = lane.running.saturating_sub(1);
+        lane.progress = Some(std::time::Instant::now());
         let relieved = lane.outstanding() < PER_UID_BACKLOG;
         if lane.outstanding() == 0 {
             self.lanes.remove(&uid);
@@ -296,7 +302,10 @@ impl Lane {
             let mut queue = pool.lock();
             let lane = queue.lanes.entry(self.uid).or_default();
             lane.items.push_back(Box::new(item));
-            if lane.outstanding() >= PER_UID_BACKLOG && !lane.warned {
+            let progress = *lane.progress.get_or_insert_with(std::time::Instant::now);
+            // Backed up because its closes block, not merely because many came at once.
+            let stuck = lane.running == PER_UID_CLOSERS && progress.elapsed() >= SLOW_CLOSE;
+            if lane.outstanding() >= PER_UID_BACKLOG && stuck && !lane.warned {
                 lane.warned = true;
                 tracing::warn!(
                     uid = self.uid,

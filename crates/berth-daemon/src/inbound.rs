@@ -399,6 +399,34 @@ mod tests {
         assert!(message.contains("middle of a request frame"), "{message}");
     }
 
+    /// A daemon out of descriptors: the kernel cannot install the socket and truncates the
+    /// control data (here: a control buffer with no room for descriptors does the same). The
+    /// associate comes through marked, the connection goes on; a client that sent a descriptor
+    /// with another request is still refused.
+    #[tokio::test]
+    async fn a_descriptor_the_daemon_could_not_take_is_no_fault_of_the_client() {
+        let (client, mut reader) = pair();
+        reader.control = recv::control_buffer(0);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let associate = Request::Associate {
+            token: 7,
+            address: None,
+        };
+        send_with_fds(&client, &frame(associate.clone()), &[socket.as_fd()]);
+        let got = reader.next().await.ok().flatten().unwrap();
+        assert_eq!(got.request, associate);
+        assert!(got.fd.is_none());
+        assert!(got.lost_fd);
+        send_with_fds(&client, &frame(Request::Status), &[]);
+        let status = reader.next().await.ok().flatten().unwrap();
+        assert_eq!(status.request, Request::Status);
+        assert!(!status.lost_fd);
+
+        send_with_fds(&client, &frame(Request::List), &[socket.as_fd()]);
+        let message = error_message(reader.next().await);
+        assert!(message.contains("not an associate"), "{message}");
+    }
+
     #[tokio::test]
     async fn too_many_descriptors_in_one_message_close_the_connection_and_are_closed() {
         let (client, mut reader) = pair();

@@ -474,16 +474,19 @@ enum Slot {
 /// daemon is out of descriptors, answer it "busy" and close it, rather than leave it waiting
 /// without a word.
 struct Accepting {
-    /// `/dev/null`, opened at start and given up to accept a client when nothing else is left.
-    reserve: Option<std::os::fd::OwnedFd>,
+    /// `/dev/null`, opened at start and given up to accept a client when nothing else is left;
+    /// opened again as soon as that client's descriptor is closed (see [`Refill`]).
+    reserve: Reserve,
     /// Since when accepting fails, and how many clients were answered busy meanwhile.
     episode: Option<u64>,
 }
 
 impl Accepting {
     fn new() -> Self {
+        let reserve = Reserve::default();
+        reserve.refill();
         Accepting {
-            reserve: open_reserve(),
+            reserve,
             episode: None,
         }
     }
@@ -497,9 +500,7 @@ impl Accepting {
                 crate::limits::in_use()
             );
         }
-        if self.reserve.is_none() {
-            self.reserve = open_reserve();
-        }
+        self.reserve.refill();
     }
 
     /// An accept failed with `e`: logs once per episode, and when the daemon is out of
@@ -509,7 +510,7 @@ impl Accepting {
         if self.episode.is_none() {
             if shortage {
                 tracing::warn!(
-                    open = crate::limits::open_files(),
+                    open = crate::limits::open_files_in_shortage(),
                     limit = crate::limits::open_files_limit(),
                     "cannot accept connections: the daemon is out of file descriptors ({} open); new clients are answered busy until some are freed, existing ones keep their reservations (raise LimitNOFILE= if this recurs)",
                     crate::limits::in_use()
@@ -522,13 +523,12 @@ impl Accepting {
         if !shortage {
             return;
         }
-        if self.reserve.is_none() {
+        // The reserve's descriptor is this client's for a moment.
+        if !self.reserve.give_up() {
             // Given up earlier and not yet back: maybe a descriptor was freed since.
-            self.reserve = open_reserve();
+            self.reserve.refill();
             return;
         }
-        // The reserve's descriptor is this client's for a moment.
-        self.reserve = None;
         match rustix::net::acceptfrom_with(
             listener,
             rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
@@ -544,7 +544,7 @@ impl Accepting {
                     berth_protocol::BusyDetail {
                         limit: berth_protocol::DaemonLimit::OpenFiles,
                         max: crate::limits::open_files_limit(),
-                        in_use: u64::from(crate::limits::open_files()),
+                        in_use: crate::limits::open_files_in_shortage(),
                     },
                 ));
                 let mut frame = bytes::BytesMut::new();
@@ -565,25 +565,60 @@ impl Accepting {
                         rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
                     );
                 }
-                // Its receive queue may hold descriptors in flight: closed on a closer thread.
+                // Its receive queue may hold descriptors in flight: closed on a closer thread,
+                // which then takes the descriptor back for the reserve.
                 let uid = berth_protocol::authority::peer_credentials(&stream)
                     .map_or(u32::MAX, |c| c.uid);
-                closers.lane(uid).dispose(stream);
+                closers
+                    .lane(uid)
+                    .dispose((stream, Refill(self.reserve.clone())));
             }
-            Err(e) => tracing::debug!("accept with the reserve descriptor failed: {e}"),
+            Err(e) => {
+                tracing::debug!("accept with the reserve descriptor failed: {e}");
+                self.reserve.refill();
+            }
         }
-        self.reserve = open_reserve();
     }
 }
 
-/// The reserve descriptor: `/dev/null`, whose close never blocks.
-fn open_reserve() -> Option<std::os::fd::OwnedFd> {
-    rustix::fs::open(
-        "/dev/null",
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .ok()
+/// The reserve descriptor, shared with the closer that gives it back.
+#[derive(Clone, Default)]
+struct Reserve(Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>);
+
+impl Reserve {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::os::fd::OwnedFd>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens it again (`/dev/null`, whose close never blocks) if it was given up.
+    fn refill(&self) {
+        let mut reserve = self.lock();
+        if reserve.is_none() {
+            *reserve = rustix::fs::open(
+                "/dev/null",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok();
+        }
+    }
+
+    /// Closes it, freeing one descriptor; `false` when there was none.
+    fn give_up(&self) -> bool {
+        self.lock().take().is_some()
+    }
+}
+
+/// Dropped after the client accepted with the reserve's descriptor is closed: opens the
+/// reserve again with the descriptor just freed.
+struct Refill(Reserve);
+
+impl Drop for Refill {
+    fn drop(&mut self) {
+        self.0.refill();
+    }
 }
 
 /// How often the kernel's ephemeral range is looked at, for a default pool to follow it.

@@ -178,7 +178,7 @@ pub(crate) async fn refuse_out_of_files(
         message,
         limit: DaemonLimit::OpenFiles,
         max: usize::try_from(crate::limits::open_files_limit()).unwrap_or(usize::MAX),
-        in_use: crate::limits::open_files() as usize,
+        in_use: usize::try_from(crate::limits::open_files_in_shortage()).unwrap_or(usize::MAX),
     };
     refuse_busy(stream, config, busy, shutdown, lane, keep).await;
 }
@@ -327,7 +327,7 @@ impl Session<'_> {
                         ErrorDetail::Busy(BusyDetail {
                             limit: DaemonLimit::OpenFiles,
                             max: crate::limits::open_files_limit(),
-                            in_use: u64::from(crate::limits::open_files()),
+                            in_use: crate::limits::open_files_in_shortage(),
                         }),
                     );
                     if send(writer, Response::Error(busy), limit).await.is_none() {
