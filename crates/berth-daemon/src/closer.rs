@@ -208,6 +208,8 @@ struct Queue {
     runnable: VecDeque<u32>,
     /// Closer threads started.
     threads: usize,
+    /// Closes running now, in all lanes.
+    running: usize,
     /// Closer threads waiting for work and not yet woken for some.
     idle: usize,
     /// Wake-ups given to idle threads and not yet taken.
@@ -227,6 +229,19 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
+    /// Closes that could start now: what runnable lanes have queued, within their budgets.
+    fn claimable(&self) -> usize {
+        self.runnable
+            .iter()
+            .filter_map(|uid| self.lanes.get(uid))
+            .map(|lane| {
+                lane.items
+                    .len()
+                    .min(PER_UID_CLOSERS.saturating_sub(lane.running))
+            })
+            .sum()
+    }
+
     /// Lists `uid` as runnable if it is and is not listed yet.
     fn list(&mut self, uid: u32) {
         if let Some(lane) = self.lanes.get_mut(&uid) {
@@ -251,6 +266,7 @@ impl Queue {
                 continue;
             };
             lane.running += 1;
+            self.running += 1;
             self.list(uid);
             return Some((uid, item));
         }
@@ -259,6 +275,7 @@ impl Queue {
 
     /// One close of `uid`'s is done; whether the lane is below its backlog.
     fn done(&mut self, uid: u32) -> bool {
+        self.running = self.running.saturating_sub(1);
         let Some(lane) = self.lanes.get_mut(&uid) else {
             return false;
         };
@@ -314,13 +331,17 @@ impl Lane {
                 );
             }
             queue.list(self.uid);
-            if queue.runnable.is_empty() {
-                // Its lane is at its budget: one of its closes, when done, takes this one.
-                false
-            } else if queue.idle > 0 {
+            // Nothing claimable: its lane is at its budget, and one of its closes, when done,
+            // takes this one.
+            let claimable = queue.claimable();
+            if claimable > 0 && queue.idle > 0 {
                 queue.idle -= 1;
                 queue.wakeups += 1;
                 pool.work.notify_one();
+            }
+            // Threads not running a close: idle, just woken, or just started.
+            let free = queue.threads.saturating_sub(queue.running);
+            if claimable <= free {
                 false
             } else if queue.threads < MAX_CLOSERS {
                 queue.threads += 1;
@@ -586,15 +607,21 @@ mod tests {
             Ok(0),
             "another user's close waited"
         );
-        assert!(lane(OTHER).outstanding() == 0);
         tokio::time::timeout(DEADLINE, lane(OTHER).uncongested())
             .await
             .expect("another user is not held back");
         // The hostile lane: its budget of closes runs (and blocks), the rest waits.
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let running = || closers().0.lock().lanes.get(&HOSTILE).map(|l| l.running);
+        while running() != Some(PER_UID_CLOSERS) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lane's closes never started"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(reports.try_recv(), Err(mpsc::TryRecvError::Empty));
         assert_eq!(lane(HOSTILE).outstanding(), PER_UID_BACKLOG + 1);
-        let running = closers().0.lock().lanes.get(&HOSTILE).map(|l| l.running);
-        assert_eq!(running, Some(PER_UID_CLOSERS));
         let mut byte = [0u8; 1];
         rustix::fs::fcntl_setfl(&queued_eof, rustix::fs::OFlags::NONBLOCK).unwrap();
         assert_eq!(
