@@ -622,7 +622,7 @@ fn spawn_ready(
         #[expect(unsafe_code, reason = "a resource limit for the daemon only")]
         unsafe {
             command.pre_exec(move || {
-                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit.clone())
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
                     .map_err(std::io::Error::from)
             });
         }
