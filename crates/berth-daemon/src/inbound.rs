@@ -188,7 +188,9 @@ impl Reader {
             .await
             .is_err()
         {
-            tracing::info!(
+            // Debug: a client that does this on purpose must not flood the log (its user's
+            // lane says once that its closes block).
+            tracing::debug!(
                 "the socket a client sent with an associate is not closed after {CLOSE_WAIT:?}; reading its next request anyway"
             );
         }
