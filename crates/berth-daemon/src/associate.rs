@@ -230,6 +230,11 @@ fn bind_refusal(e: &io::Error, target: SocketAddr) -> Refusal {
             ErrorKind::PermissionDenied,
             format!("the daemon may not bind {target} (a privileged port needs a daemon running as root or with CAP_NET_BIND_SERVICE)"),
         ),
+        // The daemon's shortage (a test bind needs a socket of its own), not the caller's.
+        _ if crate::limits::is_shortage(e) => (
+            ErrorKind::Unavailable,
+            crate::limits::busy_message(&format!("could not bind the socket to {target}")),
+        ),
         Some(code) if code == rustix::io::Errno::ADDRNOTAVAIL.raw_os_error() => (
             ErrorKind::InvalidArgument,
             format!("{} is not an address of this host; bind to one of its addresses or the wildcard", target.ip()),

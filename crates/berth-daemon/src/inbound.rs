@@ -16,11 +16,21 @@
 //! A partial frame continued by another sender, descriptors with a frame that is not an
 //! `Associate`, and descriptors in a read where no frame starts close the connection.
 //!
-//! Every descriptor received is a [`Received`]: it is closed on a closer thread, never on the
-//! runtime's (see `closer`), and so is the connection itself, whose receive queue may still
-//! hold descriptors in flight. The request after an `Associate` is read once the daemon's copy
-//! of its socket is closed (waiting at most [`CLOSE_WAIT`]), as when it was closed in place: a
-//! client that closes its socket after the answer finds the port free for its next bind.
+//! Every descriptor received is a [`Received`]: it is closed on a closer thread of the
+//! connection's user, never on the runtime's (see `closer`), and so is the connection itself,
+//! whose receive queue may still hold descriptors in flight. The request after an `Associate` is
+//! read once the daemon's copy of its socket is closed (waiting at most [`CLOSE_WAIT`]), as when
+//! it was closed in place: a client that closes its socket after the answer finds the port free
+//! for its next bind. Nothing more is read from a connection while its user's closes back up
+//! (`Lane::uncongested`).
+//!
+//! # When the daemon is out of descriptors
+//! The control buffer has room for every descriptor one message can carry, so a message whose
+//! control data the kernel truncated (`MSG_CTRUNC`) means the daemon could not take them: it
+//! is out of descriptors (`EMFILE`, `ENFILE`). That is not the client's doing, so the frame the
+//! lost descriptor belongs to is answered "unavailable" ([`Inbound::lost_fd`]) and the
+//! connection stays; a lost descriptor counts as one for the ledger's rules, so a client that
+//! breaks them is still refused.
 
 use std::fmt;
 use std::io;
@@ -33,7 +43,7 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::time::{Duration, Instant};
 use tokio_util::codec::Decoder;
 
-use crate::closer::{Closers, Closing, Received};
+use crate::closer::{Closing, Lane, Received};
 
 mod ledger;
 mod recv;
@@ -68,6 +78,15 @@ pub(crate) struct Inbound {
     pub(crate) sender: Option<Credentials>,
     /// The descriptor sent with an `Associate` frame.
     pub(crate) fd: Option<Received>,
+    /// The frame came with a descriptor the daemon could not take: it is out of descriptors.
+    pub(crate) lost_fd: bool,
+}
+
+/// A descriptor as the ledger sees it: received, or sent but lost because the daemon could not
+/// take it (`MSG_CTRUNC`).
+pub(crate) enum Carried {
+    Fd(Received),
+    Lost,
 }
 
 /// Why reading stopped.
@@ -89,18 +108,25 @@ pub(crate) struct Reader {
     control: Vec<u64>,
     codec: FrameCodec<Request, Response>,
     /// Which bytes came from whom, and with which descriptors.
-    ledger: Ledger<Received, Option<Credentials>>,
-    /// The daemon's closer threads: every descriptor received is closed there.
-    closers: Closers,
+    ledger: Ledger<Carried, Option<Credentials>>,
+    /// The connection's user's lane of closer threads: every descriptor received is closed
+    /// there, and so is the connection.
+    lane: Lane,
+    /// What must live until the connection's descriptor is closed (its slot in the daemon's
+    /// connection limits): dropped after it, on the closer thread.
+    keep: Option<Box<dyn Send>>,
     /// The close of the descriptor handed out with the last request, which the next one waits
     /// for, and until when (set when the wait starts).
     closing: Option<(Closing, Option<Instant>)>,
 }
 
 impl Reader {
-    pub(crate) fn new(half: OwnedReadHalf, closers: Closers) -> Self {
+    /// A reader of `half`, whose descriptors are closed in `lane`; `keep` is dropped once the
+    /// connection is closed.
+    pub(crate) fn new(half: OwnedReadHalf, lane: Lane, keep: Option<Box<dyn Send>>) -> Self {
         Reader {
-            closers,
+            lane,
+            keep,
             half: Some(half),
             buf: BytesMut::with_capacity(CHUNK),
             chunk: vec![0u8; CHUNK],
@@ -126,11 +152,17 @@ impl Reader {
                     Request::Associate { .. } | Request::AssociateAt { .. }
                 );
                 let claim = self.ledger.frame(len, associate).map_err(refused)?;
-                self.closing = claim.fd.as_ref().map(|fd| (fd.closing(), None));
+                let (fd, lost_fd) = match claim.fd {
+                    Some(Carried::Fd(fd)) => (Some(fd), false),
+                    Some(Carried::Lost) => (None, true),
+                    None => (None, false),
+                };
+                self.closing = fd.as_ref().map(|fd| (fd.closing(), None));
                 return Ok(Some(Inbound {
                     request,
                     sender: claim.sender,
-                    fd: claim.fd,
+                    fd,
+                    lost_fd,
                 }));
             }
             if self.read_chunk().await? == 0 {
@@ -156,15 +188,23 @@ impl Reader {
             .await
             .is_err()
         {
-            tracing::info!(
+            // Debug: a client that does this on purpose must not flood the log (its user's
+            // lane says once that its closes block).
+            tracing::debug!(
                 "the socket a client sent with an associate is not closed after {CLOSE_WAIT:?}; reading its next request anyway"
             );
         }
         self.closing = None;
     }
 
-    /// One `recvmsg`. Call only once every complete frame is decoded (the ledger's rule).
+    /// One `recvmsg`, once the user's closes do not back up. Call only once every complete
+    /// frame is decoded (the ledger's rule).
     async fn read_chunk(&mut self) -> Result<usize, ReadError> {
+        if self.half.is_none() {
+            return Ok(0);
+        }
+        // Back-pressure: what this user sends waits in the kernel while its closes back up.
+        self.lane.uncongested().await;
         let Some(half) = self.half.as_ref() else {
             return Ok(0);
         };
@@ -178,18 +218,16 @@ impl Reader {
             .await
             .map_err(ReadError::Io)?;
         // Own every descriptor before anything can drop (and close) one here.
-        let fds: Vec<Received> = message
+        let mut fds: Vec<Carried> = message
             .fds
             .into_iter()
-            .map(|fd| Received::new(fd, &self.closers))
+            .map(|fd| Carried::Fd(Received::new(fd, &self.lane)))
             .collect();
         if message.truncated {
-            // The kernel dropped ancillary data it could not fit: refuse rather than lose
-            // track of what the client sent.
-            return Err(ReadError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the client sent more file descriptors than a request may carry",
-            )));
+            // The buffer has room for all a message can carry: the daemon could not install
+            // them (out of descriptors). At least one was lost.
+            crate::limits::log_shortage("a descriptor a client sent could not be received");
+            fds.push(Carried::Lost);
         }
         let n = message.bytes;
         self.ledger
@@ -207,7 +245,7 @@ impl Drop for Reader {
         // flight included, in the closing thread: close it on a closer thread too. (The writing
         // half is dropped first, which leaves this one the last owner of the socket.)
         if let Some(half) = self.half.take() {
-            self.closers.dispose(half);
+            self.lane.dispose((half, self.keep.take()));
         }
     }
 }
@@ -284,7 +322,10 @@ mod tests {
         let (client, daemon) = tokio::net::UnixStream::pair().unwrap();
         rustix::net::sockopt::set_socket_passcred(&daemon, true).unwrap();
         let (rd, _wr) = daemon.into_split();
-        (client, Reader::new(rd, Closers::new()))
+        (
+            client,
+            Reader::new(rd, crate::closer::Closers::new().lane(0), None),
+        )
     }
 
     fn error_message(result: Result<Option<Inbound>, ReadError>) -> String {
@@ -358,6 +399,34 @@ mod tests {
         send_with_fds(&client, tail, &[socket.as_fd()]);
         let message = error_message(next.await);
         assert!(message.contains("middle of a request frame"), "{message}");
+    }
+
+    /// A daemon out of descriptors: the kernel cannot install the socket and truncates the
+    /// control data (here: a control buffer with no room for descriptors does the same). The
+    /// associate comes through marked, the connection goes on; a client that sent a descriptor
+    /// with another request is still refused.
+    #[tokio::test]
+    async fn a_descriptor_the_daemon_could_not_take_is_no_fault_of_the_client() {
+        let (client, mut reader) = pair();
+        reader.control = recv::control_buffer(0);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let associate = Request::Associate {
+            token: 7,
+            address: None,
+        };
+        send_with_fds(&client, &frame(associate.clone()), &[socket.as_fd()]);
+        let got = reader.next().await.ok().flatten().unwrap();
+        assert_eq!(got.request, associate);
+        assert!(got.fd.is_none());
+        assert!(got.lost_fd);
+        send_with_fds(&client, &frame(Request::Status), &[]);
+        let status = reader.next().await.ok().flatten().unwrap();
+        assert_eq!(status.request, Request::Status);
+        assert!(!status.lost_fd);
+
+        send_with_fds(&client, &frame(Request::List), &[socket.as_fd()]);
+        let message = error_message(reader.next().await);
+        assert!(message.contains("not an associate"), "{message}");
     }
 
     #[tokio::test]

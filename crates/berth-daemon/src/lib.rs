@@ -21,7 +21,8 @@
 //! - `associate`: checking and binding a client's socket from a reservation.
 //! - `netns`: which network namespace a socket belongs to.
 //! - `fair`: the per-user connection limit (a "busy" answer past it).
-//! - `closer`: closing received descriptors on threads of their own (a close can block).
+//! - `closer`: closing received descriptors on threads of their own, per user (a close can
+//!   block; one user's blocked closes hold up only that user's).
 //! - `store_thread`, `db_lock`: the database's own thread, and one daemon per database.
 //! - [`portserver`]: Google's portpicker protocol on a socket of its own (one number in TCP and
 //!   UDP per request, owned by the asking process); `state/portserver.rs` grants it.

@@ -26,10 +26,68 @@ pub(crate) fn open_files_limit() -> u64 {
 
 /// Descriptors this process has open now (`/proc/self/fd`, without the directory's own).
 pub(crate) fn open_files() -> u32 {
+    count_open().unwrap_or(0)
+}
+
+/// [`open_files`], or an error when `/proc/self/fd` cannot be read.
+fn count_open() -> std::io::Result<u32> {
     std::fs::read_dir("/proc/self/fd")
         .map(|dir| u32::try_from(dir.count().saturating_sub(1)).unwrap_or(u32::MAX))
-        .unwrap_or(0)
 }
+
+/// Descriptors open now, when the daemon may be out of them: reading `/proc/self/fd` takes a
+/// descriptor too, and failing for want of one means every one up to the limit is open.
+pub(crate) fn open_files_in_shortage() -> u64 {
+    match count_open() {
+        Ok(n) => u64::from(n),
+        Err(e) if is_shortage(&e) => open_files_limit(),
+        Err(_) => 0,
+    }
+}
+
+/// Whether `e` says that the daemon (`EMFILE`) or the system (`ENFILE`) is out of file
+/// descriptors: a shortage of the daemon's, never the client's fault.
+pub(crate) fn is_shortage(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// The daemon's use of descriptors, for messages: "N of M".
+pub(crate) fn in_use() -> String {
+    match open_files_limit() {
+        u64::MAX => format!("{} of unlimited", open_files_in_shortage()),
+        limit => format!("{} of {limit}", open_files_in_shortage()),
+    }
+}
+
+/// What a client is told when the daemon could not serve it for want of descriptors.
+pub(crate) fn busy_message(what: &str) -> String {
+    format!(
+        "busy: the daemon is out of file descriptors ({} open) and {what}; nothing was changed, retry shortly, or have an administrator raise the daemon's RLIMIT_NOFILE (LimitNOFILE= of berth.service)",
+        in_use()
+    )
+}
+
+/// Logs that the daemon is out of descriptors, at most once per [`SHORTAGE_LOG_EVERY`]
+/// whatever ran into it: a shortage is an episode, not a line per request.
+pub(crate) fn log_shortage(what: &str) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.is_some_and(|at| at.elapsed() < SHORTAGE_LOG_EVERY) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    tracing::warn!(
+        open = open_files_in_shortage(),
+        limit = open_files_limit(),
+        "the daemon is out of file descriptors ({}): {what}; clients are answered busy and keep their reservations (raise LimitNOFILE= if this recurs)",
+        in_use()
+    );
+}
+
+/// How often [`log_shortage`] logs, at most.
+const SHORTAGE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use crate::changes::{Ack, Consumer};
-use crate::peer::process_owner;
+use crate::peer::read_owner;
 
 /// Sends the owner of every reservation that lives as long as its owner process (handed to it,
 /// or restored for it after a restart) to the task that watches owners; that task ends those
@@ -52,18 +52,31 @@ impl Consumer for Watcher {
     }
 }
 
+/// How long to wait before trying again to watch an owner when the daemon is out of
+/// descriptors.
+const SHORTAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Resolves when the owner exits; never resolves when it cannot be watched (a peer in another
-/// pid namespace shows pid 0), leaving the connection's end as the only signal.
+/// pid namespace shows pid 0), leaving the connection's end as the only signal. A daemon out of
+/// descriptors tries again every [`SHORTAGE_RETRY`]: its shortage never passes for the owner's
+/// exit.
 pub(crate) async fn owner_exit(owner: &Owner) {
-    match watch(owner) {
-        Ok(Some(fd)) => {
-            // Readable means the process has exited (a zombie counts).
-            let _ = fd.readable().await;
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::debug!(pid = owner.pid, "cannot watch the owner: {e}");
-            std::future::pending::<()>().await;
+    loop {
+        match watch(owner) {
+            Ok(Some(fd)) => {
+                // Readable means the process has exited (a zombie counts).
+                let _ = fd.readable().await;
+                return;
+            }
+            Ok(None) => return,
+            Err(e) if crate::limits::is_shortage(&e) => {
+                crate::limits::log_shortage("a client's process cannot be watched for now");
+                tokio::time::sleep(SHORTAGE_RETRY).await;
+            }
+            Err(e) => {
+                tracing::debug!(pid = owner.pid, "cannot watch the owner: {e}");
+                std::future::pending::<()>().await;
+            }
         }
     }
 }
@@ -82,7 +95,7 @@ fn watch(owner: &Owner) -> io::Result<Option<AsyncFd<OwnedFd>>> {
         Err(e) => return Err(e.into()),
     };
     // The pid might have been reused between accept and now: same start time or it is gone.
-    let now = process_owner(owner.pid, owner.uid, owner.gid);
+    let now = read_owner(owner.pid, owner.uid, owner.gid)?;
     if now.start_time != owner.start_time {
         return Ok(None);
     }

@@ -26,16 +26,34 @@ pub(crate) fn peer_owner(socket: &impl AsFd) -> io::Result<Owner> {
             "the peer's pid is not visible in the daemon's pid namespace",
         ));
     }
-    Ok(process_owner(cred.pid, cred.uid, cred.gid))
+    read_owner(cred.pid, cred.uid, cred.gid)
 }
 
 /// Describes process `pid`. A process that has already gone keeps start time 0 and an empty
 /// command; its session ends as soon as its connection is seen closed.
 pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
-    let start_time = read_proc(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| start_time_from_stat(&stat))
-        .unwrap_or(0);
+    read_owner(pid, uid, gid).unwrap_or_else(|_| Owner {
+        pid,
+        uid,
+        gid,
+        start_time: 0,
+        command: String::new(),
+    })
+}
+
+/// [`process_owner`], or an error when the daemon is out of descriptors and cannot look
+/// (which must not pass for a process that is gone).
+pub(crate) fn read_owner(pid: u32, uid: u32, gid: u32) -> io::Result<Owner> {
+    let start_time = match read_proc(format!("/proc/{pid}/stat")) {
+        Ok(stat) => start_time_from_stat(&stat).unwrap_or(0),
+        Err(e) if crate::limits::is_shortage(&e) => return Err(e),
+        Err(_) => 0,
+    };
+    Ok(read_rest(pid, uid, gid, start_time))
+}
+
+/// [`process_owner`] once its start time is known.
+fn read_rest(pid: u32, uid: u32, gid: u32, start_time: u64) -> Owner {
     let command = read_proc(format!("/proc/{pid}/comm"))
         .map(|c| Owner::bound_command(c.trim_end()))
         .unwrap_or_default();

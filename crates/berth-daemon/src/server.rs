@@ -186,6 +186,8 @@ pub async fn run_with_ready(
         let task = tokio::spawn(answer_beacon(listener, line, done.clone()));
         (task, done)
     });
+    // Its reserve descriptor opened before anyone is told the daemon is ready.
+    let mut accepting = Accepting::new();
     ready();
     let (reservations, clients) = shared.counts();
     crate::notify::ready(&crate::notify::serving(reservations, clients));
@@ -204,49 +206,85 @@ pub async fn run_with_ready(
         config.pool
     );
 
-    // Connections over the limit are told so rather than left in the accept queue; a few at a
-    // time (a flood beyond that is closed at once).
+    // Connections over the limit are told so rather than left in the accept queue, a few at a
+    // time; a flood beyond that waits in the accept queue. Every accepted connection holds one
+    // of these permits until its descriptor is closed (on a closer thread, see `closer`).
     let refusers = Arc::new(Semaphore::new(BUSY_ANSWERS));
+    let closers = shared.closers();
     loop {
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => permit.map(Slot::Serve),
+            refuser = refusers.clone().acquire_owned() => refuser.map(Slot::Refuse),
+        };
+        let Ok(mut slot) = slot else { break };
         let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    accepting.accepted();
+                    stream
+                }
                 Err(e) => {
-                    // Typically EMFILE: back off briefly rather than spin.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accepting.failed(&e, &listener, &closers);
+                    // Back off (the pending connection keeps the listener readable): until a
+                    // descriptor may have been freed, without spinning.
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(ACCEPT_RETRY) => {}
+                    }
                     continue;
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let Ok(refuser) = refusers.clone().try_acquire_owned() else {
-                drop(stream);
-                continue;
-            };
-            let (config, cancel) = (config.clone(), cancel.clone());
-            let max = config.max_connections.max(1);
-            tracing::debug!(max, "busy: a connection over max_connections is refused");
-            tracker.spawn(async move {
-                let message = format!(
-                    "busy: all {max} connections the daemon serves at once are in use (max_connections); retry shortly, or have an administrator raise max_connections in the daemon's configuration"
-                );
-                crate::session::refuse_busy(stream, &config, message, max, max, &cancel).await;
-                drop(refuser);
-            });
-            continue;
-        };
+        // A permit freed while waiting for this connection serves it.
+        if let Slot::Refuse(_) = slot {
+            if let Ok(permit) = permits.clone().try_acquire_owned() {
+                slot = Slot::Serve(permit);
+            }
+        }
         let (shared, config, control, cancel) = (
             shared.clone(),
             config.clone(),
             control.clone(),
             cancel.clone(),
         );
-        tracker.spawn(async move {
-            serve_connection(stream, shared, config, control, cancel).await;
-            drop(permit);
-        });
+        match slot {
+            Slot::Serve(permit) => {
+                tracker.spawn(async move {
+                    serve_connection(stream, shared, config, control, cancel, Box::new(permit))
+                        .await;
+                });
+            }
+            Slot::Refuse(refuser) => {
+                let max = config.max_connections.max(1);
+                tracing::debug!(max, "busy: a connection over max_connections is refused");
+                let lane = closers.lane(
+                    berth_protocol::authority::peer_credentials(&stream)
+                        .map_or(u32::MAX, |c| c.uid),
+                );
+                tracker.spawn(async move {
+                    let busy = crate::session::Busy {
+                        message: format!(
+                            "busy: all {max} connections the daemon serves at once are in use (max_connections); retry shortly, or have an administrator raise max_connections in the daemon's configuration"
+                        ),
+                        limit: berth_protocol::DaemonLimit::Connections,
+                        max,
+                        in_use: max,
+                    };
+                    crate::session::refuse_busy(
+                        stream,
+                        &config,
+                        busy,
+                        &cancel,
+                        lane,
+                        Some(Box::new(refuser)),
+                    )
+                    .await;
+                });
+            }
+        }
     }
 
     let draining = format!("stopping: draining {} connections", shared.counts().1);
@@ -476,8 +514,172 @@ fn rehold(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToke
     });
 }
 
-/// Connections over `max_connections` answered "busy" at once; more are closed unanswered.
+/// Connections over `max_connections` answered "busy" at once; more wait in the accept queue.
 const BUSY_ANSWERS: usize = 64;
+
+/// How long the accept loop waits after a failed accept (typically: out of descriptors) before
+/// it tries again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// What an accepted connection holds until its descriptor is closed.
+enum Slot {
+    /// A place under `max_connections`: it is served.
+    Serve(tokio::sync::OwnedSemaphorePermit),
+    /// A place among the [`BUSY_ANSWERS`]: it is answered "busy".
+    Refuse(tokio::sync::OwnedSemaphorePermit),
+}
+
+/// The accept loop's state when `accept` fails: one log line per episode, and a reserve
+/// descriptor (the "spare descriptor" trick) to accept one waiting client at a time while the
+/// daemon is out of descriptors, answer it "busy" and close it, rather than leave it waiting
+/// without a word.
+struct Accepting {
+    /// `/dev/null`, opened at start and given up to accept a client when nothing else is left;
+    /// opened again as soon as that client's descriptor is closed (see [`Refill`]).
+    reserve: Reserve,
+    /// Since when accepting fails, and how many clients were answered busy meanwhile.
+    episode: Option<u64>,
+}
+
+impl Accepting {
+    fn new() -> Self {
+        let reserve = Reserve::default();
+        reserve.refill();
+        Accepting {
+            reserve,
+            episode: None,
+        }
+    }
+
+    /// An accept worked: the episode, if any, is over.
+    fn accepted(&mut self) {
+        if let Some(answered) = self.episode.take() {
+            tracing::info!(
+                answered,
+                "accepting connections again ({} descriptors open)",
+                crate::limits::in_use()
+            );
+        }
+        self.reserve.refill();
+    }
+
+    /// An accept failed with `e`: logs once per episode, and when the daemon is out of
+    /// descriptors answers one waiting client with the reserve descriptor.
+    fn failed(&mut self, e: &io::Error, listener: &UnixListener, closers: &crate::closer::Closers) {
+        let shortage = crate::limits::is_shortage(e);
+        if self.episode.is_none() {
+            if shortage {
+                tracing::warn!(
+                    open = crate::limits::open_files_in_shortage(),
+                    limit = crate::limits::open_files_limit(),
+                    "cannot accept connections: the daemon is out of file descriptors ({} open); new clients are answered busy until some are freed, existing ones keep their reservations (raise LimitNOFILE= if this recurs)",
+                    crate::limits::in_use()
+                );
+            } else {
+                tracing::warn!("accept failed: {e}; retrying every {ACCEPT_RETRY:?}");
+            }
+        }
+        let answered = self.episode.get_or_insert(0);
+        if !shortage {
+            return;
+        }
+        // The reserve's descriptor is this client's for a moment.
+        if !self.reserve.give_up() {
+            // Given up earlier and not yet back: maybe a descriptor was freed since.
+            self.reserve.refill();
+            return;
+        }
+        match rustix::net::acceptfrom_with(
+            listener,
+            rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        ) {
+            Ok((fd, _)) => {
+                *answered += 1;
+                let stream = std::os::unix::net::UnixStream::from(fd);
+                let busy = berth_protocol::WireError::new(
+                    berth_core::ErrorKind::Unavailable,
+                    crate::limits::busy_message("cannot serve another connection now"),
+                )
+                .with_detail(berth_protocol::ErrorDetail::Busy(
+                    berth_protocol::BusyDetail {
+                        limit: berth_protocol::DaemonLimit::OpenFiles,
+                        max: crate::limits::open_files_limit(),
+                        in_use: crate::limits::open_files_in_shortage(),
+                    },
+                ));
+                let mut frame = bytes::BytesMut::new();
+                let encoded = tokio_util::codec::Encoder::encode(
+                    &mut berth_protocol::FrameCodec::<
+                        berth_protocol::Request,
+                        berth_protocol::Response,
+                    >::daemon(),
+                    berth_protocol::Response::Error(busy),
+                    &mut frame,
+                );
+                if encoded.is_ok() {
+                    // A new connection's buffer is empty: the answer fits, or the client is
+                    // gone. Never waits.
+                    let _ = rustix::net::send(
+                        &stream,
+                        &frame,
+                        rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+                    );
+                }
+                // Its receive queue may hold descriptors in flight: closed on a closer thread,
+                // which then takes the descriptor back for the reserve.
+                let uid = berth_protocol::authority::peer_credentials(&stream)
+                    .map_or(u32::MAX, |c| c.uid);
+                closers
+                    .lane(uid)
+                    .dispose((stream, Refill(self.reserve.clone())));
+            }
+            Err(e) => {
+                tracing::debug!("accept with the reserve descriptor failed: {e}");
+                self.reserve.refill();
+            }
+        }
+    }
+}
+
+/// The reserve descriptor, shared with the closer that gives it back.
+#[derive(Clone, Default)]
+struct Reserve(Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>);
+
+impl Reserve {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::os::fd::OwnedFd>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens it again (`/dev/null`, whose close never blocks) if it was given up.
+    fn refill(&self) {
+        let mut reserve = self.lock();
+        if reserve.is_none() {
+            *reserve = rustix::fs::open(
+                "/dev/null",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok();
+        }
+    }
+
+    /// Closes it, freeing one descriptor; `false` when there was none.
+    fn give_up(&self) -> bool {
+        self.lock().take().is_some()
+    }
+}
+
+/// Dropped after the client accepted with the reserve's descriptor is closed: opens the
+/// reserve again with the descriptor just freed.
+struct Refill(Reserve);
+
+impl Drop for Refill {
+    fn drop(&mut self) {
+        self.0.refill();
+    }
+}
 
 /// How often the kernel's ephemeral range is looked at, for a default pool to follow it.
 pub const EPHEMERAL_EVERY: Duration = Duration::from_secs(2);

@@ -19,6 +19,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
+use crate::closer::{Closers, Lane};
 use crate::config::Config;
 use crate::inbound::{Inbound, ReadError, Reader};
 use crate::netns::{NetnsCheck, PeerNetns};
@@ -48,23 +49,48 @@ struct Session<'a> {
     netns: PeerNetns,
 }
 
+/// What must live until a connection's descriptor is closed: its slot in the daemon's
+/// connection limits.
+pub(crate) type Keep = Box<dyn Send>;
+
+/// Closes `stream` on a closer thread of its peer's user (its receive queue may hold
+/// descriptors in flight, whose close can block), then drops `keep`.
+pub(crate) fn discard(stream: UnixStream, closers: &Closers, keep: Option<Keep>) {
+    let uid = berth_protocol::authority::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
+    closers.lane(uid).dispose((stream, keep));
+}
+
 /// Serves one connection until the client closes it, breaks the protocol, or the daemon shuts
-/// down.
+/// down. `permit` (its place under `max_connections`) is given back once the connection's
+/// descriptor is closed.
 pub(crate) async fn serve_connection(
     stream: UnixStream,
     shared: Arc<Shared>,
     config: Arc<Config>,
     control: Arc<Control>,
     shutdown: CancellationToken,
+    permit: Keep,
 ) {
+    let closers = shared.closers();
     let owner = match peer_owner(&stream) {
         Ok(owner) => owner,
+        Err(e) if crate::limits::is_shortage(&e) => {
+            crate::limits::log_shortage("a new client's process could not be looked at");
+            let lane = closers.lane(
+                berth_protocol::authority::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid),
+            );
+            let message = crate::limits::busy_message("could not identify this client");
+            refuse_out_of_files(stream, &config, message, &shutdown, lane, Some(permit)).await;
+            return;
+        }
         Err(e) => {
             tracing::warn!("dropping a connection whose peer cannot be identified: {e}");
+            discard(stream, &closers, Some(permit));
             return;
         }
     };
-    let _slot = match control.per_uid.enter(owner.uid) {
+    let lane = closers.lane(owner.uid);
+    let slot = match control.per_uid.enter(owner.uid) {
         Ok(slot) => slot,
         Err(in_use) => {
             let (uid, max) = (owner.uid, control.per_uid.max());
@@ -77,7 +103,13 @@ pub(crate) async fn serve_connection(
             let message = format!(
                 "busy: {in_use} of {max} connections in use by uid {uid} (max_connections_per_uid); close some of this user's berth connections, or have an administrator raise max_connections_per_uid in the daemon's configuration"
             );
-            refuse_busy(stream, &config, message, max, in_use, &shutdown).await;
+            let busy = Busy {
+                message,
+                limit: DaemonLimit::Connections,
+                max,
+                in_use,
+            };
+            refuse_busy(stream, &config, busy, &shutdown, lane, Some(permit)).await;
             return;
         }
     };
@@ -85,6 +117,7 @@ pub(crate) async fn serve_connection(
     // from the process that opened it.
     if let Err(e) = rustix::net::sockopt::set_socket_passcred(&stream, true) {
         tracing::warn!("dropping a connection: cannot enable SO_PASSCRED: {e}");
+        lane.dispose((stream, Some(permit), slot));
         return;
     }
     let netns = control.netns.peer(owner.pid, &stream);
@@ -102,7 +135,7 @@ pub(crate) async fn serve_connection(
         netns,
     };
     let (rd, wr) = stream.into_split();
-    let mut reader = Reader::new(rd, shared.closers());
+    let mut reader = Reader::new(rd, lane, Some(Box::new((permit, slot))));
     let mut writer = FramedWrite::new(wr, FrameCodec::daemon());
 
     if let Some(version) = handshake(&mut reader, &mut writer, &session, &shutdown).await {
@@ -113,7 +146,7 @@ pub(crate) async fn serve_connection(
     }
     // Writer first, reader last: the reader's drop hands the socket's read half to the
     // closer threads, because closing it closes any descriptors still queued unread, which can
-    // block (see `closer`).
+    // block (see `closer`); the connection's slots are given back once it is closed.
     drop(writer);
     drop(reader);
     if shutdown.is_cancelled() {
@@ -124,19 +157,51 @@ pub(crate) async fn serve_connection(
     }
 }
 
-/// Answers a connection the daemon will not serve because it is at a connection limit: reads
-/// its hello (so that the client is reading when the answer comes), says "busy" with the limit
-/// and the use, and closes.
-pub(crate) async fn refuse_busy(
+/// A "busy" answer: the message, and which limit at which use.
+pub(crate) struct Busy {
+    pub(crate) message: String,
+    pub(crate) limit: DaemonLimit,
+    pub(crate) max: usize,
+    pub(crate) in_use: usize,
+}
+
+/// [`refuse_busy`] for want of descriptors, with the daemon's use and limit.
+pub(crate) async fn refuse_out_of_files(
     stream: UnixStream,
     config: &Config,
     message: String,
-    max: usize,
-    in_use: usize,
     shutdown: &CancellationToken,
+    lane: Lane,
+    keep: Option<Keep>,
 ) {
+    let busy = Busy {
+        message,
+        limit: DaemonLimit::OpenFiles,
+        max: usize::try_from(crate::limits::open_files_limit()).unwrap_or(usize::MAX),
+        in_use: usize::try_from(crate::limits::open_files_in_shortage()).unwrap_or(usize::MAX),
+    };
+    refuse_busy(stream, config, busy, shutdown, lane, keep).await;
+}
+
+/// Answers a connection the daemon will not serve because it is at a limit: reads its hello
+/// (so that the client is reading when the answer comes), says "busy" with the limit and the
+/// use, and closes (in `lane`, then drops `keep`).
+pub(crate) async fn refuse_busy(
+    stream: UnixStream,
+    config: &Config,
+    busy: Busy,
+    shutdown: &CancellationToken,
+    lane: Lane,
+    keep: Option<Keep>,
+) {
+    let Busy {
+        message,
+        limit,
+        max,
+        in_use,
+    } = busy;
     let (rd, wr) = stream.into_split();
-    let mut reader = Reader::new(rd, crate::closer::Closers::new());
+    let mut reader = Reader::new(rd, lane, keep);
     let mut writer = FramedWrite::new(wr, FrameCodec::daemon());
     let hello = tokio::select! {
         () = shutdown.cancelled() => return,
@@ -145,7 +210,7 @@ pub(crate) async fn refuse_busy(
     if matches!(hello, Ok(Ok(Some(_)))) {
         let busy = WireError::new(ErrorKind::Unavailable, message).with_detail(ErrorDetail::Busy(
             BusyDetail {
-                limit: DaemonLimit::Connections,
+                limit,
                 max: u64::try_from(max).unwrap_or(u64::MAX),
                 in_use: u64::try_from(in_use).unwrap_or(u64::MAX),
             },
@@ -247,6 +312,25 @@ impl Session<'_> {
                         self.control.stop.cancel();
                     }
                     if sent.is_none() {
+                        return;
+                    }
+                }
+                Ok(Some(inbound)) if inbound.lost_fd => {
+                    // The daemon's shortage, not the client's doing: nothing changes, the
+                    // session and its reservations stay.
+                    let message = crate::limits::busy_message(&format!(
+                        "could not take the socket sent with this {} request",
+                        request_name(&inbound.request)
+                    ));
+                    tracing::debug!(pid = peer.owner.pid, "{message}");
+                    let busy = WireError::new(ErrorKind::Unavailable, message).with_detail(
+                        ErrorDetail::Busy(BusyDetail {
+                            limit: DaemonLimit::OpenFiles,
+                            max: crate::limits::open_files_limit(),
+                            in_use: crate::limits::open_files_in_shortage(),
+                        }),
+                    );
+                    if send(writer, Response::Error(busy), limit).await.is_none() {
                         return;
                     }
                 }

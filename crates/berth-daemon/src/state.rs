@@ -352,6 +352,7 @@ impl Shared {
             request,
             sender,
             fd,
+            lost_fd: _,
         } = inbound;
         match request {
             Request::Acquire {

@@ -47,6 +47,8 @@ pub struct Daemon {
     extra: Vec<String>,
     /// Environment variables set for the daemon (e.g. `BERTH_LOG`), for every restart.
     env: Vec<(String, String)>,
+    /// Its `RLIMIT_NOFILE` (soft and hard), when the test sets one.
+    nofile: Option<u64>,
 }
 
 impl Daemon {
@@ -65,7 +67,22 @@ impl Daemon {
         Daemon::start_full(pool, &[], env)
     }
 
+    /// [`Daemon::start_with_env`] with `RLIMIT_NOFILE` set to `nofile`, soft and hard, so that
+    /// the daemon cannot raise it.
+    pub fn start_with_nofile(pool: &str, nofile: u64, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_limited(pool, &[], env, Some(nofile))
+    }
+
     fn start_full(pool: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_limited(pool, extra, env, None)
+    }
+
+    fn start_limited(
+        pool: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let socket = dir.path().join("b.sock");
         let extra: Vec<String> = extra.iter().map(|&a| a.to_owned()).collect();
@@ -73,7 +90,7 @@ impl Daemon {
             .iter()
             .map(|&(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        let child = spawn_ready(dir.path(), &socket, pool, &extra, &env);
+        let child = spawn_ready(dir.path(), &socket, pool, &extra, &env, nofile);
         Daemon {
             child,
             dir,
@@ -81,6 +98,7 @@ impl Daemon {
             pool: pool.to_owned(),
             extra,
             env,
+            nofile,
         }
     }
 
@@ -100,6 +118,7 @@ impl Daemon {
             &self.pool,
             &self.extra,
             &self.env,
+            self.nofile,
         );
     }
 
@@ -583,6 +602,7 @@ fn spawn_ready(
     pool: &str,
     extra: &[String],
     env: &[(String, String)],
+    nofile: Option<u64>,
 ) -> Child {
     let log_path = dir.join("daemon.log");
     let log = OpenOptions::new()
@@ -592,6 +612,21 @@ fn spawn_ready(
         .expect("open the daemon's log");
     let mut command = Command::new(BERTH);
     isolate(&mut command, socket);
+    if let Some(limit) = nofile {
+        use std::os::unix::process::CommandExt;
+        let limit = rustix::process::Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        };
+        // SAFETY: between fork and exec only setrlimit, async-signal-safe, is called.
+        #[expect(unsafe_code, reason = "a resource limit for the daemon only")]
+        unsafe {
+            command.pre_exec(move || {
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
     let mut child = command
         .arg("daemon")
         .arg("--socket")
