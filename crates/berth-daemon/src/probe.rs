@@ -16,30 +16,47 @@ pub(crate) struct Prober {
     /// Whether the host has IPv6: then a dual-stack `[::]` bind sees IPv4 and IPv6 sockets at
     /// once.
     ipv6: bool,
+    /// Tests only: every probe fails with this errno, as if the system were short of it.
+    #[cfg(test)]
+    fail_with: Option<rustix::io::Errno>,
 }
 
 impl Prober {
     /// Looks at the host once to decide how to probe.
     pub(crate) fn new() -> Self {
         let ipv6 = Socket::new(Domain::IPV6, Type::STREAM, None).is_ok();
-        Prober { ipv6 }
+        Prober {
+            ipv6,
+            #[cfg(test)]
+            fail_with: None,
+        }
     }
 
-    /// The first port of `range` in use on the host, if any.
-    pub(crate) fn first_in_use(&self, protocol: Protocol, range: PortRange) -> Option<u16> {
-        range.ports().find(|&port| self.in_use(protocol, port))
+    /// Probes for one request: see [`Probes`].
+    pub(crate) fn probes(self) -> Probes {
+        Probes {
+            prober: self,
+            short: None,
+        }
     }
 
     /// Whether `port` is in use. Errors other than "address in use" (a privileged port the
-    /// daemon may not bind, say) count as "not known to be in use".
-    pub(crate) fn in_use(&self, protocol: Protocol, port: u16) -> bool {
+    /// daemon may not bind, say) count as "not known to be in use"; `Err` when the daemon could
+    /// not test it for lack of a resource (descriptors, memory).
+    pub(crate) fn in_use(&self, protocol: Protocol, port: u16) -> io::Result<bool> {
         match self.try_bind(protocol, port) {
-            Ok(()) => false,
-            Err(e) => e.kind() == io::ErrorKind::AddrInUse,
+            Ok(()) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(true),
+            Err(e) if is_shortage(&e) => Err(e),
+            Err(_) => Ok(false),
         }
     }
 
     fn try_bind(&self, protocol: Protocol, port: u16) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(errno) = self.fail_with {
+            return Err(io::Error::from_raw_os_error(errno.raw_os_error()));
+        }
         let ty = match protocol {
             Protocol::Tcp => Type::STREAM,
             Protocol::Udp => Type::DGRAM,
@@ -64,23 +81,94 @@ impl Prober {
     }
 }
 
+/// The probes of one request. A port the daemon cannot test for lack of a resource is skipped
+/// as if in use — never granted untested — and remembered in [`Probes::short`], so that the
+/// request is answered "unavailable: the daemon is short of …" rather than blaming the ports or
+/// the pool.
+pub(crate) struct Probes {
+    prober: Prober,
+    /// The first shortage met, if any.
+    pub(crate) short: Option<io::Error>,
+}
+
+impl Probes {
+    /// The first port of `range` in use on the host (or untestable), if any.
+    pub(crate) fn first_in_use(&mut self, protocol: Protocol, range: PortRange) -> Option<u16> {
+        range
+            .ports()
+            .find(|&port| match self.prober.in_use(protocol, port) {
+                Ok(in_use) => in_use,
+                Err(e) => {
+                    self.short.get_or_insert(e);
+                    true
+                }
+            })
+    }
+
+    /// The answer to a request that failed while ports could not be tested, if they could not.
+    pub(crate) fn shortage_answer(&self) -> Option<String> {
+        self.short.as_ref().map(|e| {
+            format!(
+                "unavailable: the daemon could not test ports for use ({e}: it is short of file descriptors or memory); nothing was reserved — retry shortly, and see `berth status` for its descriptor use"
+            )
+        })
+    }
+}
+
+/// Whether `e` says the system or the daemon ran out of something, rather than anything about
+/// the port.
+fn is_shortage(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+        .iter()
+        .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_that_cannot_be_tested_is_skipped_and_the_shortage_told() {
+        let range = PortRange::new(40000, 3).unwrap();
+        for errno in [rustix::io::Errno::MFILE, rustix::io::Errno::NOBUFS] {
+            let short = Prober {
+                fail_with: Some(errno),
+                ..Prober::new()
+            };
+            let mut probes = short.probes();
+            // Never granted untested: the first port counts as in use…
+            assert_eq!(probes.first_in_use(Protocol::Tcp, range), Some(40000));
+            // …and the answer names the shortage, not the port or the pool.
+            let answer = probes.shortage_answer().unwrap();
+            assert!(answer.contains("could not test ports"), "{answer}");
+            assert!(answer.contains("nothing was reserved"), "{answer}");
+        }
+        // Anything else a bind may say (a privileged port, say) is not a shortage.
+        let denied = Prober {
+            fail_with: Some(rustix::io::Errno::ACCESS),
+            ..Prober::new()
+        };
+        let mut probes = denied.probes();
+        assert_eq!(probes.first_in_use(Protocol::Tcp, range), None);
+        assert!(probes.shortage_answer().is_none());
+    }
 
     #[test]
     fn sees_a_bound_tcp_port_and_a_bound_udp_port() {
         let prober = Prober::new();
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
-        assert!(prober.in_use(Protocol::Tcp, port));
+        assert!(prober.in_use(Protocol::Tcp, port).unwrap());
         let range = PortRange::new(port, 1).unwrap();
-        assert_eq!(prober.first_in_use(Protocol::Tcp, range), Some(port));
+        let mut probes = prober.probes();
+        assert_eq!(probes.first_in_use(Protocol::Tcp, range), Some(port));
+        assert!(probes.short.is_none());
 
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let uport = udp.local_addr().unwrap().port();
-        assert!(prober.in_use(Protocol::Udp, uport));
+        assert!(prober.in_use(Protocol::Udp, uport).unwrap());
         drop(udp);
-        assert!(!prober.in_use(Protocol::Udp, uport));
+        assert!(!prober.in_use(Protocol::Udp, uport).unwrap());
     }
 }

@@ -34,7 +34,7 @@ impl Shared {
         if !requester.is_admin {
             return not_admin("create", requester);
         }
-        let prober = self.prober;
+        let mut probes = self.prober.probes();
         // Into the table and onto the stream under one lock: no acquire can take the ports
         // while the store writes, and a delete of it cannot overtake the create on its way to
         // the database. Answered once durable; undone if it cannot be made durable.
@@ -48,10 +48,15 @@ impl Shared {
                 allowed,
                 requester.process.uid,
                 now_ms(),
-                &mut |proto, r| prober.first_in_use(proto, r),
+                &mut |proto, r| probes.first_in_use(proto, r),
             ) {
                 Ok(change) => change,
-                Err(e) => return error(e.kind(), e.to_string()),
+                Err(e) => {
+                    return match probes.shortage_answer() {
+                        Some(message) => error(ErrorKind::Unavailable, message),
+                        None => error(e.kind(), e.to_string()),
+                    }
+                }
             };
             let created = change.reservation().cloned();
             (created, self.publish(&mut table, vec![change]))

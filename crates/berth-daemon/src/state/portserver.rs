@@ -32,16 +32,16 @@ impl Shared {
             },
             quota: self.quota.filter(|_| !is_admin),
         };
-        let prober = self.prober;
+        let mut probes = self.prober.probes();
         let pid = owner.pid;
         let (port, pending) = {
             let mut table = self.table();
             // Probe binds are non-blocking syscalls; under the lock so that no other grant
             // takes the number between the probe and the insert.
-            let mut in_use = |protocol, range| prober.first_in_use(protocol, range);
+            let mut in_use = |protocol, range| probes.first_in_use(protocol, range);
             let granted = table
                 .acquire_for_process(owner, now_ms(), limits, &mut OsTokens, &mut in_use)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| probes.shortage_answer().unwrap_or_else(|| e.to_string()))?;
             let port = granted
                 .first()
                 .and_then(berth_core::Change::reservation)

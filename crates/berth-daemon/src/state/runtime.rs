@@ -95,7 +95,7 @@ impl Shared {
             acquired_at_ms: now_ms(),
             hold,
         };
-        let (prober, holds) = (self.prober, &self.holds);
+        let (mut probes, holds) = (self.prober.probes(), &self.holds);
         let wildcard = matches!(request, RangeRequest::Wildcard { .. });
         let (granted, pending) = {
             let mut table = self.table();
@@ -113,7 +113,7 @@ impl Shared {
                 if hold {
                     holds.try_hold(proto, range)
                 } else {
-                    prober.first_in_use(proto, range)
+                    probes.first_in_use(proto, range)
                 }
             };
             let changes = match ask {
@@ -135,6 +135,9 @@ impl Shared {
                 Ok(changes) => changes,
                 Err(e) => {
                     holds.unstage();
+                    if let Some(message) = probes.shortage_answer() {
+                        return Err(Box::new(error(ErrorKind::Unavailable, message)));
+                    }
                     return Err(Box::new(acquire_refused(&e, start, count, requester)));
                 }
             };
