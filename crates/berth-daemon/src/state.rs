@@ -72,6 +72,8 @@ struct KernelState {
     /// The entries others wrote in the kernel's list (when sync is on): wildcard blocks skip
     /// them, since those ports are someone else's.
     foreign: Option<crate::kernel::sync::Foreign>,
+    /// Waits until the kernel's list has caught up with the table (when sync is on).
+    listing: Option<crate::kernel::sync::Listing>,
 }
 
 /// One connected client, as the kernel identified it.
@@ -108,6 +110,7 @@ impl Shared {
                     recorded,
                 )?;
                 let foreign = sync.foreign();
+                let listing = sync.listing();
                 consumers.push(Box::new(sync));
                 tracing::info!(
                     "keeping {} with every reservation",
@@ -117,6 +120,7 @@ impl Shared {
                     writer: Mutex::new(Some(writer)),
                     off_because: None,
                     foreign: Some(foreign),
+                    listing: Some(listing),
                 }
             }
             Err(why) if config.kernel_sync == crate::kernel::KernelSync::On => {
@@ -130,6 +134,7 @@ impl Shared {
                     writer: Mutex::new(None),
                     off_because: Some(why),
                     foreign: None,
+                    listing: None,
                 }
             }
         };
@@ -261,6 +266,20 @@ impl Shared {
             .map(crate::kernel::sync::Writer::reconcile)
     }
 
+    /// Waits until the kernel's list holds every reservation granted so far (sync on only):
+    /// held grants are listed a moment after they are answered, and a hold socket must not be
+    /// given up before its port is listed.
+    pub(crate) async fn kernel_caught_up(&self) {
+        let Some(wait) = self.kernel.listing.as_ref().and_then(|l| l.caught_up()) else {
+            return;
+        };
+        match wait.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("the kernel's reserved-ports list did not catch up: {e}"),
+            Err(_) => tracing::warn!("the kernel-sync thread stopped"),
+        }
+    }
+
     /// The first port of a wildcard candidate `range` someone else listed in the kernel's
     /// reserved-ports list (sync on only).
     pub(crate) fn listed_by_others(&self, range: berth_core::PortRange) -> Option<u16> {
@@ -389,18 +408,22 @@ impl Shared {
             Request::Release { token } => self.release(token, &self.requester(peer, sender)).await,
             Request::Associate { token, address } => {
                 self.associate(token, address, None, fd, &self.requester(peer, sender))
+                    .await
             }
             Request::AssociateAt {
                 token,
                 address,
                 port,
-            } => self.associate(
-                token,
-                address,
-                Some(port),
-                fd,
-                &self.requester(peer, sender),
-            ),
+            } => {
+                self.associate(
+                    token,
+                    address,
+                    Some(port),
+                    fd,
+                    &self.requester(peer, sender),
+                )
+                .await
+            }
             Request::Reclaim { token } => {
                 self.reclaim(token, &self.requester(peer, sender), peer)
                     .await

@@ -3,8 +3,15 @@
 //!
 //! A change that adds ports (a grant, a persistent create) is acknowledged once a write that
 //! includes them is made, so a client never holds a reservation that `connect()` could still
-//! be given. One writer thread makes the writes; changes that arrive while it writes are
-//! written together next time (group commit), so throughput is not bound by sysctl writes.
+//! be given — except a *held* grant: its hold sockets are bound to every port on the unspecified
+//! address without reuse options, and the kernel's automatic port choice (`bind(0)`, and
+//! `connect()`, which skips every port with a socket bound by `bind()`) never picks such a
+//! port, so it is acknowledged at once and listed with the next write. Writes that nobody waits
+//! for (held grants, releases) are gathered for [`DEFER`] first. Before a hold socket is given
+//! up for its owner's socket (associate), [`Listing::caught_up`] waits until the list has caught
+//! up.
+//! One writer thread makes the writes; changes that arrive while it writes are written together
+//! next time (group commit), so throughput is not bound by sysctl writes.
 //! Each write re-reads the file first, since an administrator may change it at any time.
 //!
 //! What the daemon wrote is recorded in its runtime journal before each write (the union of what
@@ -20,6 +27,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use berth_core::{Change, PortRange, PortSet};
 use tokio::sync::oneshot;
@@ -31,6 +39,10 @@ use crate::journal::Runtime;
 /// The database fact where earlier builds recorded what the daemon wrote (now in the runtime
 /// journal; read once at start-up and moved).
 pub(crate) const WRITTEN_KEY: &str = "kernel_reserved_ports";
+
+/// How long the writer gathers changes nobody waits for (held grants, releases) before writing:
+/// under load, one write then carries many of them.
+const DEFER: Duration = Duration::from_millis(5);
 
 /// The consumer: counts every reserved port and wakes the writer.
 pub(crate) struct Sync {
@@ -74,6 +86,8 @@ struct State {
     ours: PortSet,
     /// Whether `counts` changed since the last write began.
     dirty: bool,
+    /// Whether a write is being made now.
+    writing: bool,
     /// Who waits for the next write to finish.
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// Set at shutdown.
@@ -102,6 +116,7 @@ impl Sync {
                 // The first write reconciles what an earlier daemon left, even with nothing
                 // to add.
                 dirty: true,
+                writing: false,
                 waiters: Vec::new(),
                 stop: false,
                 started: false,
@@ -132,7 +147,9 @@ impl Consumer for Sync {
 
     fn accept(&self, change: &Change) -> Ack {
         let (range, add, wait) = match change {
-            Change::Granted(r) | Change::PersistentCreated(r) => (r.range, true, true),
+            // A held grant's hold sockets keep automatic port choice off its ports meanwhile.
+            Change::Granted(r) => (r.range, true, !is_held(r)),
+            Change::PersistentCreated(r) => (r.range, true, true),
             Change::Restored(r) => (r.range, true, false),
             Change::Released { reservation: r, .. } | Change::PersistentDeleted(r) => {
                 (r.range, false, false)
@@ -142,6 +159,9 @@ impl Consumer for Sync {
         let mut state = self.inner.lock();
         let State { counts, ours, .. } = &mut *state;
         count(counts, ours, range, add);
+        // The writer needs waking when someone waits, or to start gathering the first change
+        // since its last write; otherwise it is awake already.
+        let wake = wait || !state.dirty;
         state.dirty = true;
         let ack = if wait {
             let (tx, rx) = oneshot::channel();
@@ -151,9 +171,35 @@ impl Consumer for Sync {
             Ack::Done
         };
         drop(state);
-        self.inner.wake.notify_one();
+        if wake {
+            self.inner.wake.notify_one();
+        }
         ack
     }
+}
+
+impl Sync {
+    /// A handle to wait until the list has caught up with the table.
+    pub(crate) fn listing(&self) -> Listing {
+        Listing(self.inner.clone())
+    }
+}
+
+/// See [`Sync::listing`].
+#[derive(Clone)]
+pub(crate) struct Listing(Arc<Inner>);
+
+impl Listing {
+    /// Answers once the kernel's list holds every reservation granted so far; `None` when it
+    /// does already. Call before giving up a hold socket.
+    pub(crate) fn caught_up(&self) -> Option<oneshot::Receiver<Result<(), String>>> {
+        self.0.caught_up()
+    }
+}
+
+/// Whether `r` is a runtime reservation whose ports the daemon holds.
+fn is_held(r: &berth_core::Reservation) -> bool {
+    matches!(r.lease, berth_core::Lease::Runtime { held: true, .. })
 }
 
 fn count(counts: &mut [u8], ours: &mut PortSet, range: PortRange, add: bool) {
@@ -185,6 +231,21 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// See [`Listing::caught_up`].
+    fn caught_up(&self) -> Option<oneshot::Receiver<Result<(), String>>> {
+        let mut state = self.lock();
+        if !state.dirty && !state.writing {
+            return None;
+        }
+        // A write under way may have begun before the last change: ask for one more.
+        state.dirty = true;
+        let (tx, rx) = oneshot::channel();
+        state.waiters.push(tx);
+        drop(state);
+        self.wake.notify_one();
+        Some(rx)
+    }
+
     fn run(&self, path: &Path, record: &Runtime, mut recorded: PortSet) {
         // One read buffer for the thread's life: the list can be hundreds of KiB.
         let mut buf = Vec::new();
@@ -200,7 +261,22 @@ impl Inner {
                 if !state.dirty && state.stop {
                     break;
                 }
+                // Nobody waits: gather what else comes for a moment, unless someone starts
+                // waiting or the daemon stops.
+                let until = Instant::now() + DEFER;
+                while state.waiters.is_empty() && !state.stop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    state = self
+                        .wake
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
                 state.dirty = false;
+                state.writing = true;
                 (state.ours.clone(), std::mem::take(&mut state.waiters))
             };
             let result =
@@ -210,6 +286,7 @@ impl Inner {
                         narrow(record, &mut recorded, mine);
                     }
                 });
+            self.lock().writing = false;
             if let Err(e) = &result {
                 tracing::error!("cannot update {}: {e}", path.display());
             }

@@ -267,7 +267,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn associate(
+    pub(super) async fn associate(
         &self,
         token: u64,
         address: Option<IpAddr>,
@@ -348,6 +348,11 @@ impl Shared {
             Ok(a) => a,
             Err((kind, message)) => return error(kind, message),
         };
+        // A held port's hold sockets are what keeps automatic port choice off it until the
+        // kernel's list has it: they are given up only once it does.
+        if plan.held {
+            self.kernel_caught_up().await;
+        }
         // The binds happen outside the table lock; the kernel arbitrates between them.
         let held = plan.held.then_some((&*self.holds, token));
         match associate::bind_from(fd.as_fd(), facts, &plan, address, held) {
