@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::Token;
-use berth_protocol::{Request, Response, Welcome};
+use berth_protocol::{ErrorDetail, Request, Response, Welcome};
 use futures_util::StreamExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -148,6 +148,15 @@ enum End {
     Unused,
     /// The daemon went away (or the connection broke).
     Lost(String),
+    /// The daemon closed the connection because it was silent and held nothing
+    /// (`ErrorDetail::Idle`); it read none of the requests still waiting for an answer.
+    Idle,
+}
+
+/// Whether `response` is the daemon's notice that it closes the connection for silence
+/// rather than an answer.
+fn is_idle_notice(response: &Response) -> bool {
+    matches!(response, Response::Error(e) if matches!(e.detail, ErrorDetail::Idle { .. }))
 }
 
 impl Task {
@@ -156,15 +165,43 @@ impl Task {
         loop {
             let end = self.drive(&mut link).await;
             drop(link);
-            let why = match end {
+            let again = match end {
                 End::Unused => return,
-                End::Lost(why) => why,
+                End::Lost(why) => {
+                    self.books.fail_pending(&why);
+                    Vec::new()
+                }
+                End::Idle => {
+                    let mut again = self.books.unread();
+                    // Nothing to re-claim and nothing asked: connect again only when asked.
+                    let nothing_held =
+                        self.books.held.is_empty() && self.books.releasing.is_empty();
+                    if again.is_empty() && nothing_held {
+                        match self.calls.recv().await {
+                            Some(call) => again.push(call),
+                            None => return,
+                        }
+                    }
+                    again
+                }
             };
-            self.books.fail_pending(&why);
             link = match self.reconnect().await {
                 Some(link) => link,
-                None => break,
+                None => {
+                    for call in again {
+                        if let Some(reply) = call.reply {
+                            let _ = reply.send(Delivery::failed(Error::lost(
+                                "the daemon closed an idle connection and could not be reached again",
+                            )));
+                        }
+                    }
+                    break;
+                }
             };
+            for call in again {
+                // A writer that ended at once is seen by `drive`, which fails what is booked.
+                let _ = self.send(&link, call);
+            }
         }
         // The daemon stayed away. Ending the task closes the call channel: every later call
         // fails at once, and `Client::is_open` says so.
@@ -180,6 +217,7 @@ impl Task {
                 },
                 Some(token) = self.orphans.recv() => self.abandon(link, token),
                 frame = link.reader.next() => match frame {
+                    Some(Ok(response)) if is_idle_notice(&response) => return End::Idle,
                     Some(Ok(response)) => match self.books.answer(response) {
                         Some(orphan) => self.abandon(link, orphan),
                         None => Ok(()),
