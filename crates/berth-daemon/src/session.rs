@@ -219,6 +219,11 @@ impl Session<'_> {
         let silence = tokio::time::sleep(idle.unwrap_or(never));
         tokio::pin!(silence);
         loop {
+            // Silence counts from the last answer (or the welcome): the time an answer takes
+            // is not the client's silence.
+            if let Some(limit) = idle {
+                silence.as_mut().reset(tokio::time::Instant::now() + limit);
+            }
             // Biased: what the client sent (or its end of stream) comes first, so an ordinary
             // exit is seen as the connection closing rather than as the owner dying.
             let frame = tokio::select! {
@@ -233,7 +238,6 @@ impl Session<'_> {
                     let limit = idle.unwrap_or(never);
                     // Reader::next is cancel-safe: a frame begun stays buffered.
                     if self.shared.session_holds(peer) {
-                        silence.as_mut().reset(tokio::time::Instant::now() + limit);
                         continue;
                     }
                     tracing::debug!(pid = peer.owner.pid, "closing a connection silent for {limit:?} that holds nothing");
@@ -241,9 +245,6 @@ impl Session<'_> {
                     return;
                 }
             };
-            if let Some(limit) = idle {
-                silence.as_mut().reset(tokio::time::Instant::now() + limit);
-            }
             match frame {
                 Ok(None) => return,
                 Ok(Some(inbound)) if matches!(inbound.request, Request::Stop) => {
