@@ -97,24 +97,41 @@ async fn an_idle_client_is_closed_and_reconnects_while_a_holder_is_left_alone() 
 
 /// A request written just as the daemon gave up on the silent connection is not read by it;
 /// the daemon's last frame says so, and the client sends the request again on a new
-/// connection rather than failing it (or taking the notice for its answer).
+/// connection rather than failing it (or taking the notice for its answer) — an associate too,
+/// with a copy of its socket.
 #[tokio::test]
 async fn a_request_that_crossed_the_idle_notice_is_sent_again() {
-    let lists = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new(AtomicUsize::new(0));
     let fake = {
-        let lists = lists.clone();
+        let asked = asked.clone();
         FakeDaemon::answering(move |request| match request {
             Request::Hello(_) => Some(FakeDaemon::welcome()),
-            Request::List if lists.fetch_add(1, Ordering::SeqCst) == 0 => Some(Response::Error(
+            Request::List if asked.fetch_add(1, Ordering::SeqCst) == 0 => Some(Response::Error(
                 WireError::new(ErrorKind::Unavailable, "idle")
                     .with_detail(ErrorDetail::Idle { timeout_ms: 1000 }),
             )),
             Request::List => Some(Response::List(Vec::new())),
+            // An associate crosses the notice too: sent again with (a copy of) its socket.
+            Request::Associate { .. } if asked.fetch_add(1, Ordering::SeqCst) == 2 => {
+                Some(Response::Error(
+                    WireError::new(ErrorKind::Unavailable, "idle")
+                        .with_detail(ErrorDetail::Idle { timeout_ms: 1000 }),
+                ))
+            }
+            Request::Associate { .. } => Some(Response::Associated { port: 4242 }),
             _ => None,
         })
     };
     let client = Client::connect_to(&fake.socket).await.unwrap();
     assert_eq!(client.list().await.unwrap(), Vec::new());
-    assert_eq!(lists.load(Ordering::SeqCst), 2);
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
     assert!(client.is_open());
+
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = client
+        .associate_raw(7, std::os::fd::AsFd::as_fd(&socket), None)
+        .await
+        .unwrap();
+    assert_eq!(port, 4242);
+    assert_eq!(asked.load(Ordering::SeqCst), 4);
 }
