@@ -1,8 +1,9 @@
 //! Abuse of a real `berth daemon` process, and what it must not do to anybody else: while each
 //! abuse goes on, a well-behaved client of another user is served (acquire, associate, hand
-//! over, release, status — a `berth run --listen` as nobody) and a holder of root's keeps its
-//! reservation; afterwards the daemon's descriptors (`/proc/PID/fd`) and resident memory
-//! (`VmRSS`) come back to what they were before.
+//! over, status — a `berth run --listen` as nobody), and root's library client keeps its
+//! reservation and is served too (acquire, associate, release, status); afterwards the daemon's
+//! descriptors (`/proc/PID/fd`) come back to what they were before, and its resident memory
+//! (`VmRSS`) within a margin of it (see [`RSS_MARGIN_KIB`]).
 //!
 //! The abusers are this process: connections of other users are opened on threads that
 //! dropped to that user (`setuid` on Linux changes only the calling thread's credentials, and
@@ -162,7 +163,8 @@ impl Holder {
         Holder { client, held }
     }
 
-    /// Still served, and still holding its reservation.
+    /// Still holding its reservation, and served: a new block is granted, a socket bound
+    /// from it through the daemon, the block released, the status answered.
     fn is_fine(&self) {
         let list = self.client.list().unwrap();
         assert!(
@@ -170,6 +172,11 @@ impl Holder {
             "the holder's reservation is gone: {list:?}"
         );
         assert!(!self.held.is_lost());
+        let extra = self.client.acquire(berth::Protocol::Tcp, 0, 1).unwrap();
+        let listener = extra.tcp_listener("127.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(listener.local_addr().unwrap().port(), extra.start());
+        drop(listener);
+        extra.release().unwrap();
         self.client.status().unwrap();
     }
 
