@@ -153,6 +153,9 @@ enum End {
     Idle,
 }
 
+/// How long to wait for the daemon's last frames once a write to it failed.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
 /// Whether `response` is the daemon's notice that it closes the connection for silence
 /// rather than an answer.
 fn is_idle_notice(response: &Response) -> bool {
@@ -211,11 +214,10 @@ impl Task {
     async fn drive(&mut self, link: &mut Link) -> End {
         loop {
             let step = tokio::select! {
-                call = self.calls.recv() => match call {
-                    Some(call) => self.send(link, call),
-                    None => return End::Unused,
-                },
-                Some(token) = self.orphans.recv() => self.abandon(link, token),
+                // The daemon's frames first: its idle notice is in the socket before a write
+                // fails because the daemon closed, and must be seen before the writer's error,
+                // so that the requests the daemon did not read are sent again, not failed.
+                biased;
                 frame = link.reader.next() => match frame {
                     Some(Ok(response)) if is_idle_notice(&response) => return End::Idle,
                     Some(Ok(response)) => match self.books.answer(response) {
@@ -225,16 +227,42 @@ impl Task {
                     Some(Err(e)) => Err(e.to_string()),
                     None => Err("the daemon closed it".into()),
                 },
-                written = &mut link.writer => Err(match written {
-                    Ok(Err(e)) => e.to_string(),
-                    Ok(Ok(())) => "the writer stopped".into(),
-                    Err(e) => format!("the writer failed: {e}"),
-                }),
+                call = self.calls.recv() => match call {
+                    Some(call) => self.send(link, call),
+                    None => return End::Unused,
+                },
+                Some(token) = self.orphans.recv() => self.abandon(link, token),
+                written = &mut link.writer => {
+                    let why = match written {
+                        Ok(Err(e)) => e.to_string(),
+                        Ok(Ok(())) => "the writer stopped".into(),
+                        Err(e) => format!("the writer failed: {e}"),
+                    };
+                    // A write fails once the daemon has closed, possibly before its last
+                    // frames were read: take them first (briefly: the stream ends right after).
+                    if let Ok(true) = tokio::time::timeout(LAST_WORDS, self.last_words(link)).await {
+                        return End::Idle;
+                    }
+                    Err(why)
+                }
             };
             if let Err(why) = step {
                 return End::Lost(why);
             }
         }
+    }
+
+    /// Reads what the daemon sent before the connection broke, up to the end of the stream:
+    /// answers are delivered; `true` when its idle notice is among them.
+    async fn last_words(&mut self, link: &mut Link) -> bool {
+        while let Some(Ok(response)) = link.reader.next().await {
+            if is_idle_notice(&response) {
+                return true;
+            }
+            // An orphan is released after the reconnect (it stays in `held`).
+            let _ = self.books.answer(response);
+        }
+        false
     }
 
     /// Books `call` and hands its frame to the writer.
