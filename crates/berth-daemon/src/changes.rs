@@ -17,6 +17,8 @@ pub(crate) enum Ack {
     Done,
     /// Done once the receiver answers `Ok`; an `Err` refuses the change.
     Later(oneshot::Receiver<Result<(), String>>),
+    /// Failed already, with why: refuses the change.
+    Failed(String),
 }
 
 /// Something that mirrors the table.
@@ -79,13 +81,20 @@ impl Stream {
                 if skip.contains(&c) {
                     continue;
                 }
-                if let Ack::Later(rx) = consumer.accept(change) {
-                    waiting.push(Waiting {
-                        change: i,
-                        consumer: c,
-                        rx,
-                    });
-                }
+                let rx = match consumer.accept(change) {
+                    Ack::Done => continue,
+                    Ack::Later(rx) => rx,
+                    Ack::Failed(why) => {
+                        let (tx, rx) = oneshot::channel();
+                        let _ = tx.send(Err(why));
+                        rx
+                    }
+                };
+                waiting.push(Waiting {
+                    change: i,
+                    consumer: c,
+                    rx,
+                });
             }
         }
         Pending { changes, waiting }

@@ -1,20 +1,77 @@
-//! The database as a consumer of table changes: runtime reservations go to the journal (so a
-//! restarted daemon can hold them for their owners), persistent ones to their durable table.
+//! The store as a consumer of table changes: runtime reservations go to the runtime journal
+//! (so a restarted daemon can hold them for their owners), persistent ones to their durable
+//! table in the database.
+//!
+//! The runtime journal is written here, on the thread that made the change, while the table is
+//! locked: one `write(2)` of a few dozen bytes to a file (`berth_store::RuntimeJournal`), done
+//! once it returns — the bytes then survive a crash of the daemon, which is all a runtime
+//! reservation needs (its owner does not survive a crash of the host). Persistent rows must
+//! survive a power loss, so they go to the store thread, which commits them with an fsync.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use berth_core::{Bond, Change, Lease, Reservation};
-use berth_store::{JournalOp, JournalRow, PersistentRow};
+use berth_store::{JournalOp, JournalRow, PersistentRow, RuntimeJournal};
 
 use crate::changes::{Ack, Consumer};
 use crate::store_thread::{Queued, StoreHandle};
 
-/// Mirrors the table into the store thread's queue, in the table's order.
+/// The runtime journal, shared by this consumer and the kernel-sync writer (which records
+/// there which entries of the kernel's list are the daemon's).
+#[derive(Clone)]
+pub(crate) struct Runtime {
+    journal: Arc<Mutex<RuntimeJournal>>,
+    /// While set, every write fails (fault injection for tests).
+    faulty: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub(crate) fn new(journal: RuntimeJournal, faulty: Arc<AtomicBool>) -> Self {
+        Runtime {
+            journal: Arc::new(Mutex::new(journal)),
+            faulty,
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, RuntimeJournal>, String> {
+        if self.faulty.load(Ordering::SeqCst) {
+            return Err(crate::store_thread::FAULT.to_owned());
+        }
+        Ok(self.journal.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Records which entries of `ip_local_reserved_ports` the daemon may have written.
+    pub(crate) fn set_kernel(&self, list: &str) -> Result<(), String> {
+        self.lock()?.set_kernel(list).map_err(|e| e.to_string())
+    }
+}
+
+/// Mirrors the table into the runtime journal and the store thread's queue, in the table's
+/// order.
 pub(crate) struct Journal {
+    runtime: Runtime,
     store: StoreHandle,
 }
 
 impl Journal {
-    pub(crate) fn new(store: StoreHandle) -> Self {
-        Journal { store }
+    pub(crate) fn new(runtime: Runtime, store: StoreHandle) -> Self {
+        Journal { runtime, store }
+    }
+
+    /// Records a runtime journal operation now.
+    fn journal(&self, op: &JournalOp) -> Ack {
+        let mut runtime = match self.runtime.lock() {
+            Ok(runtime) => runtime,
+            Err(why) => return Ack::Failed(why),
+        };
+        match runtime.apply(op) {
+            Ok(()) => Ack::Done,
+            Err(e) => {
+                tracing::error!("cannot write the runtime journal: {e}");
+                Ack::Failed(e.to_string())
+            }
+        }
     }
 }
 
@@ -26,22 +83,23 @@ impl Consumer for Journal {
     fn accept(&self, change: &Change) -> Ack {
         let queued = match change {
             Change::Granted(r) => {
-                journal_row(r).map(|row| self.store.journal(JournalOp::Insert(row)))
+                return journal_row(r)
+                    .map_or(Ack::Done, |row| self.journal(&JournalOp::Insert(row)))
             }
             Change::Released { reservation, .. } => {
-                Some(self.store.journal(JournalOp::Remove(reservation.token)))
+                return self.journal(&JournalOp::Remove(reservation.token))
             }
             // A re-claim changes only the session, which the journal does not record; a
             // hand-over changes the owner and makes it live as long as the new one.
-            Change::Rebound { before, after } => (before.owner() != after.owner()
-                || before.bond().map(is_process) != after.bond().map(is_process))
-            .then(|| journal_row(after))
-            .flatten()
-            .map(|row| self.store.journal(JournalOp::Insert(row))),
-            Change::Restored(_) => None,
-            Change::NotRestored { token, .. } => {
-                Some(self.store.journal(JournalOp::Remove(*token)))
+            Change::Rebound { before, after } => {
+                return (before.owner() != after.owner()
+                    || before.bond().map(is_process) != after.bond().map(is_process))
+                .then(|| journal_row(after))
+                .flatten()
+                .map_or(Ack::Done, |row| self.journal(&JournalOp::Insert(row)))
             }
+            Change::Restored(_) => None,
+            Change::NotRestored { token, .. } => return self.journal(&JournalOp::Remove(*token)),
             Change::PersistentCreated(r) => persistent_row(r).map(|row| self.store.create(row)),
             Change::PersistentDeleted(r) => Some(self.store.delete(r.token)),
         };

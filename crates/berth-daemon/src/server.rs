@@ -45,6 +45,61 @@ pub async fn run(
     run_with_ready(listener, config, shutdown, || {}).await
 }
 
+/// Opens the runtime journal beside the database at `db` and moves into it what an earlier
+/// berth journaled in the database itself (`legacy`), so that nothing a running owner holds is
+/// forgotten across the upgrade.
+fn open_runtime_journal(
+    db: &std::path::Path,
+    boot_id: &str,
+    legacy: Vec<berth_store::JournalRow>,
+    store: &mut berth_store::Store,
+) -> io::Result<berth_store::RuntimeJournal> {
+    let path = berth_store::runtime_journal_path(db);
+    let (mut runtime, loaded) =
+        berth_store::RuntimeJournal::open(&path, boot_id).map_err(io::Error::other)?;
+    if loaded.other_boot {
+        tracing::info!(
+            "the runtime journal {} was written before a reboot; it was cleared",
+            path.display()
+        );
+    }
+    if loaded.dropped_bytes > 0 {
+        tracing::warn!(
+            "the runtime journal {} ended in {} bytes that are not a whole record (the daemon \
+             was killed during a write?); they were dropped",
+            path.display(),
+            loaded.dropped_bytes
+        );
+    }
+    // What an earlier build recorded of its entries in the kernel's list: kept with what the
+    // journal records (either may be the daemon's).
+    let legacy_kernel = crate::kernel::recorded(store);
+    if !legacy.is_empty() || !legacy_kernel.is_empty() {
+        // Into the file first: a crash before the database is cleared leaves the rows in both,
+        // and the next start moves them again (an insert replaces a row with the same token).
+        for row in legacy {
+            runtime
+                .apply(&berth_store::JournalOp::Insert(row))
+                .map_err(io::Error::other)?;
+        }
+        let recorded = berth_core::PortSet::parse(runtime.kernel())
+            .unwrap_or_default()
+            .union(&legacy_kernel);
+        runtime
+            .set_kernel(&recorded.to_string())
+            .map_err(io::Error::other)?;
+        store.clear_journal().map_err(io::Error::other)?;
+        store
+            .set_meta(crate::kernel::sync::WRITTEN_KEY, None)
+            .map_err(io::Error::other)?;
+        tracing::info!(
+            "the runtime journal moved from the database to {}",
+            path.display()
+        );
+    }
+    Ok(runtime)
+}
+
 /// [`run`], calling `ready` once the daemon can answer: the database is locked and loaded and
 /// the table rebuilt. (Clients that connect earlier wait in the socket's backlog.) A service
 /// manager (`NOTIFY_SOCKET`) is told `READY=1` then, a `STATUS=` line while serving, and
@@ -70,18 +125,23 @@ pub async fn run_with_ready(
     // boot might name some other process now.
     // So can the kernel's reserved-ports list: what the daemon recorded having written there
     // is then forgotten too.
-    if let Ok(boot_id) = crate::peer::read_proc("/proc/sys/kernel/random/boot_id") {
-        if store.begin_boot(boot_id.trim()).map_err(io::Error::other)? {
-            tracing::info!("the runtime journal was written before a reboot; it was cleared");
-            store
-                .set_meta(crate::kernel::sync::WRITTEN_KEY, None)
-                .map_err(io::Error::other)?;
-        }
+    let boot_id = crate::peer::read_proc("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default();
+    if !boot_id.is_empty() && store.begin_boot(&boot_id).map_err(io::Error::other)? {
+        tracing::info!(
+            "the database was written before a reboot; its runtime entries were cleared"
+        );
+        store
+            .set_meta(crate::kernel::sync::WRITTEN_KEY, None)
+            .map_err(io::Error::other)?;
     }
-    let recorded = crate::kernel::recorded(&store);
     let (persistent, journal) = store.load().map_err(io::Error::other)?;
+    let runtime = open_runtime_journal(&config.db, &boot_id, journal, &mut store)?;
+    let recorded = berth_core::PortSet::parse(runtime.kernel()).unwrap_or_default();
+    let journal = runtime.rows();
     let (store, store_thread) = StoreHandle::spawn(store, config.store_faults.clone())?;
-    let (shared, owners) = Shared::new(&config, store, recorded)?;
+    let (shared, owners) = Shared::new(&config, store, runtime, recorded)?;
     let shared = Arc::new(shared);
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));

@@ -1,9 +1,8 @@
 //! The store's own thread: one owner for the SQLite connection, fed by messages in the order
-//! the allocation state changed, so the journal never disagrees with the table about what
-//! happened first.
-//!
-//! Journal operations that queue up while a commit runs are applied together in one
-//! transaction (group commit): under load the cost per operation falls.
+//! the allocation state changed, so the database never disagrees with the table about what
+//! happened first. It writes what must be durable (persistent reservations, with an fsync); the
+//! runtime journal is a file of its own, written without this thread
+//! (`journal.rs`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,19 +10,15 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use berth_core::Token;
-use berth_store::{JournalOp, PersistentRow, Store, StoreError};
+use berth_store::{PersistentRow, Store, StoreError};
 use tokio::sync::oneshot;
 
 /// A request to the store thread.
 enum Msg {
-    /// Apply a journal operation; answer once it is written (not synced), or failed.
-    Journal(JournalOp, Option<oneshot::Sender<Result<(), String>>>),
     /// Record a persistent reservation durably.
     Create(PersistentRow, oneshot::Sender<Result<(), String>>),
     /// Delete a persistent reservation durably.
     Delete(Token, oneshot::Sender<Result<(), String>>),
-    /// Set or clear a fact of the store.
-    Meta(String, Option<String>, oneshot::Sender<Result<(), String>>),
     /// Finish: everything queued before this is applied, nothing after.
     Stop,
 }
@@ -41,9 +36,6 @@ pub(crate) struct StoreHandle {
     tx: mpsc::Sender<Msg>,
 }
 
-/// Operations applied in one journal transaction at most: bounds the latency of the first.
-const MAX_BATCH: usize = 512;
-
 impl StoreHandle {
     /// Starts the thread that owns `store`; while `faulty` is set, every write fails without
     /// touching the database (fault injection for tests). The thread ends once every handle is dropped;
@@ -60,37 +52,14 @@ impl StoreHandle {
         Ok((StoreHandle { tx }, thread))
     }
 
-    /// Queues a journal operation. Call it while the change it records is being made (under
-    /// the table lock), so operations reach the store in the table's order; await the answer
-    /// after dropping the lock.
-    pub(crate) fn journal(&self, op: JournalOp) -> Queued {
-        let (done, rx) = oneshot::channel();
-        if self.tx.send(Msg::Journal(op, Some(done))).is_err() {
-            tracing::error!("{GONE}; the journal is not updated");
-        }
-        Queued(rx)
-    }
-
-    /// Queues setting (`Some`) or clearing (`None`) a fact of the store (no fsync).
-    pub(crate) fn set_meta(&self, key: &str, value: Option<String>) -> Queued {
-        let (done, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Msg::Meta(key.to_owned(), value, done))
-            .is_err()
-        {
-            tracing::error!("{GONE}");
-        }
-        Queued(rx)
-    }
-
     /// Asks the thread to finish once what is queued is applied.
     pub(crate) fn stop(&self) {
         let _ = self.tx.send(Msg::Stop);
     }
 
-    /// Queues the record of a persistent reservation (call it under the table lock, like
-    /// [`StoreHandle::journal`]); it is done once durable.
+    /// Queues the record of a persistent reservation (call it under the table lock, so that
+    /// operations reach the store in the table's order; await the answer after dropping the
+    /// lock); it is done once durable.
     pub(crate) fn create(&self, row: PersistentRow) -> Queued {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Msg::Create(row, done)).is_err() {
@@ -100,7 +69,7 @@ impl StoreHandle {
     }
 
     /// Queues the deletion of a persistent reservation (under the table lock, like
-    /// [`StoreHandle::journal`]); it is done once durable. A row already gone counts as done.
+    /// [`StoreHandle::create`]); it is done once durable. A row already gone counts as done.
     pub(crate) fn delete(&self, token: Token) -> Queued {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Msg::Delete(token, done)).is_err() {
@@ -121,62 +90,27 @@ pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
 /// What a write answers while the store is made to fail.
-const FAULT: &str = "the database was made to fail (test fault injection)";
+pub(crate) const FAULT: &str = "the database was made to fail (test fault injection)";
 
 fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &AtomicBool) {
-    let mut pending: Option<Msg> = None;
     // Whether anything was committed since the last checkpoint.
     let mut dirty = false;
     loop {
-        let msg = match pending.take() {
-            Some(m) => m,
-            None => match rx.recv_timeout(IDLE_CHECKPOINT) {
-                Ok(m) => m,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if dirty {
-                        if let Err(e) = store.checkpoint() {
-                            tracing::warn!("checkpoint of the database failed: {e}");
-                        }
-                        dirty = false;
+        let msg = match rx.recv_timeout(IDLE_CHECKPOINT) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if dirty {
+                    if let Err(e) = store.checkpoint() {
+                        tracing::warn!("checkpoint of the database failed: {e}");
                     }
-                    continue;
+                    dirty = false;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            },
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         dirty = true;
         match msg {
-            Msg::Journal(op, done) => {
-                let mut ops = vec![op];
-                let mut waiters: Vec<oneshot::Sender<Result<(), String>>> =
-                    done.into_iter().collect();
-                // Gather what queued meanwhile, stopping at the first non-journal message so
-                // that the order between journal and persistent operations holds.
-                while ops.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Msg::Journal(op, done)) => {
-                            ops.push(op);
-                            waiters.extend(done);
-                        }
-                        Ok(other) => {
-                            pending = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let result = if faulty.load(Ordering::SeqCst) {
-                    Err(FAULT.to_owned())
-                } else {
-                    store.journal(&ops).map_err(|e| e.to_string())
-                };
-                if let Err(e) = &result {
-                    tracing::error!("cannot write the runtime journal: {e}");
-                }
-                for w in waiters {
-                    let _ = w.send(result.clone());
-                }
-            }
             Msg::Create(row, done) => {
                 let created = if faulty.load(Ordering::SeqCst) {
                     Err(FAULT.to_owned())
@@ -195,16 +129,6 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &AtomicBool) {
                         .map_err(|e| e.to_string())
                 };
                 let _ = done.send(deleted);
-            }
-            Msg::Meta(key, value, done) => {
-                let set = if faulty.load(Ordering::SeqCst) {
-                    Err(FAULT.to_owned())
-                } else {
-                    store
-                        .set_meta(&key, value.as_deref())
-                        .map_err(|e| e.to_string())
-                };
-                let _ = done.send(set);
             }
             Msg::Stop => return,
         }

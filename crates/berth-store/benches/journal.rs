@@ -1,5 +1,7 @@
 //! What the store costs on the daemon's paths: one journal insert plus one journal remove (the
-//! acquire and release of a runtime reservation, no fsync), and one durable persistent create
+//! acquire and release of a runtime reservation, no fsync) — in the runtime journal file the
+//! daemon writes, and, as the baseline it replaced, in the database's journal table (two SQLite
+//! commits) — and one durable persistent create
 //! plus delete (two fsync'ed commits, for comparison); and opening and loading a store of
 //! 10,000 persistent reservations.
 
@@ -11,38 +13,61 @@
 use std::hint::black_box;
 
 use berth_core::{Owner, PortRange, Protocol, Token};
-use berth_store::{JournalOp, JournalRow, PersistentRow, Store};
+use berth_store::{
+    runtime_journal_path, JournalOp, JournalRow, PersistentRow, RuntimeJournal, Store,
+};
 use criterion::{criterion_group, criterion_main, Criterion};
+
+/// A journal row like the daemon's.
+fn row(token: Token) -> JournalRow {
+    JournalRow {
+        token,
+        protocol: Protocol::Tcp,
+        range: PortRange::new(40000, 2).unwrap(),
+        owner: Owner {
+            pid: 4121,
+            uid: 1000,
+            gid: 1000,
+            start_time: 123_456,
+            command: "bench".to_owned(),
+        },
+        acquired_at_ms: 1_750_000_000_000,
+        process: false,
+        held: false,
+    }
+}
 
 fn journal(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("berth.db")).unwrap();
+    let db = dir.path().join("berth.db");
+    let mut store = Store::open(&db).unwrap();
+    let (mut runtime, _) = RuntimeJournal::open(&runtime_journal_path(&db), "bench").unwrap();
     let mut next = 0u64;
-    c.bench_function("journal insert + remove", |b| {
+    c.bench_function("runtime journal file insert + remove", |b| {
         b.iter(|| {
             next += 1;
             let token = Token::new(next).unwrap();
-            let row = JournalRow {
-                token,
-                protocol: Protocol::Tcp,
-                range: PortRange::new(40000, 2).unwrap(),
-                owner: Owner {
-                    pid: 4121,
-                    uid: 1000,
-                    gid: 1000,
-                    start_time: 123_456,
-                    command: "bench".to_owned(),
-                },
-                acquired_at_ms: 1_750_000_000_000,
-                process: false,
-                held: false,
-            };
-            store.journal(black_box(&[JournalOp::Insert(row)])).unwrap();
-            store
-                .journal(black_box(&[JournalOp::Remove(token)]))
+            runtime
+                .apply(black_box(&JournalOp::Insert(row(token))))
                 .unwrap();
+            runtime.apply(black_box(&JournalOp::Remove(token))).unwrap();
         });
     });
+    c.bench_function(
+        "database journal table insert + remove (earlier builds)",
+        |b| {
+            b.iter(|| {
+                next += 1;
+                let token = Token::new(next).unwrap();
+                store
+                    .journal(black_box(&[JournalOp::Insert(row(token))]))
+                    .unwrap();
+                store
+                    .journal(black_box(&[JournalOp::Remove(token)]))
+                    .unwrap();
+            });
+        },
+    );
     c.bench_function("persistent create + delete (fsync)", |b| {
         b.iter(|| {
             next += 1;

@@ -130,6 +130,36 @@ pub enum StoreError {
         token: Token,
     },
 
+    /// The runtime journal file (beside the database) is not one: another program's file, or
+    /// damaged at its start.
+    #[error(
+        "{}: the file is not a berth runtime journal ({detail}); move it aside (the runtime \
+         reservations it held are then forgotten: their owners acquire again)",
+        .path.display()
+    )]
+    NotAJournal {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away.
+        detail: String,
+    },
+
+    /// Reading or writing the runtime journal file failed (disk full, I/O error, permissions).
+    #[error(
+        "the berth runtime journal {}: cannot {action}: {source}; check the disk and the \
+         file's permissions",
+        .path.display()
+    )]
+    Io {
+        /// The journal file.
+        path: PathBuf,
+        /// What the store was doing, e.g. "write the runtime journal".
+        action: &'static str,
+        /// The system's report.
+        #[source]
+        source: io::Error,
+    },
+
     /// Any other SQLite failure (disk full, I/O error, corruption, read-only file, …).
     #[error(
         "the berth database {}: cannot {action}: {source}; check the disk and the file (for \

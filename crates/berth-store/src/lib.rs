@@ -1,16 +1,22 @@
-//! berth's store: persistent reservations and the runtime journal in one SQLite file.
+//! berth's store: persistent reservations in a SQLite file, runtime reservations in a journal
+//! file beside it.
 //!
-//! The daemon loads everything once at start-up ([`Store::load`]) and afterwards only writes.
-//! Writes come in two strengths:
+//! The daemon loads everything once at start-up ([`Store::load`], [`RuntimeJournal::open`])
+//! and afterwards only writes. Writes come in two strengths:
 //!
 //! - **Persistent reservations** ([`Store::create_persistent`], [`Store::delete_persistent`])
 //!   are durable before the call returns: the commit runs with `PRAGMA synchronous = FULL`, so
 //!   the write-ahead log is fsync'ed and the change survives `kill -9` and power loss.
-//! - **The runtime journal** ([`Store::journal`], [`Store::clear_journal`]) must survive a
-//!   crash of the daemon, not of the host (after a power loss no owner runs any more), so its
-//!   commits run with `synchronous = OFF`: no fsync on the acquire path. Committed data is in
-//!   the operating system's page cache when the call returns, which is what `kill -9` cannot
-//!   take away.
+//! - **The runtime journal** ([`RuntimeJournal`], the file `<database>.runtime`) must survive a
+//!   crash of the daemon, not of the host (after a power loss no owner runs any more): each
+//!   change is one `write(2)` appended to the file, on the caller's thread, without fsync. The
+//!   bytes are in the operating system's page cache when the call returns, which is what
+//!   `kill -9` cannot take away.
+//!
+//! Earlier versions of berth kept the runtime journal in the database's `runtime_journal`
+//! table ([`Store::journal`], committed with `synchronous = OFF`). The daemon now only reads
+//! that table at start-up, moves its rows into the journal file and empties it
+//! ([`Store::clear_journal`]).
 //!
 //! Checkpoints (copying the write-ahead log into the database file) are where `synchronous =
 //! OFF` could endanger the persistent rows on a power loss, so the store never lets SQLite run
@@ -30,6 +36,7 @@
 //! - [`schema`] — embedded migrations and the "is this a berth database?" checks.
 //! - `load.rs` — reading and validating rows at start-up.
 //! - `rows.rs` — the row types and the mapping of their values to columns.
+//! - `runtime.rs` — [`RuntimeJournal`]: the runtime journal file.
 //! - `error.rs` — [`StoreError`].
 
 use std::fs::{DirBuilder, OpenOptions};
@@ -44,10 +51,12 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 mod error;
 mod load;
 mod rows;
+mod runtime;
 pub mod schema;
 
 pub use error::StoreError;
 pub use rows::{JournalOp, JournalRow, PersistentRow};
+pub use runtime::{runtime_journal_path, Loaded, RuntimeJournal};
 pub use schema::SCHEMA_VERSION;
 
 /// How long a statement waits for another connection's lock before failing with
@@ -328,13 +337,19 @@ impl Store {
     /// journal: such facts describe the running system, which a power loss resets anyway.
     pub fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
         self.set_sync(Sync::Off)?;
+        // Cached statements: the kernel-sync writer records its entries here often.
         let result = match value {
-            Some(value) => self.conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [key, value],
-            ),
-            None => self.conn.execute("DELETE FROM meta WHERE key = ?1", [key]),
+            Some(value) => self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .and_then(|mut s| s.execute([key, value])),
+            None => self
+                .conn
+                .prepare_cached("DELETE FROM meta WHERE key = ?1")
+                .and_then(|mut s| s.execute([key])),
         };
         result.map_err(|e| self.fail("record a fact of the store", e))?;
         self.committed()

@@ -10,7 +10,8 @@
 //! have committed): every acknowledged write is there, and nothing that was not requested
 //! exists. Eight rounds run on the same file, so recovery after a crash is crashed again.
 //!
-//! It covers process death, which leaves the operating system's page cache intact. It does
+//! Persistent rows live in the SQLite database; journal rows in the runtime journal file beside
+//! it. It covers process death, which leaves the operating system's page cache intact. It does
 //! not cover power loss (that is what `synchronous = FULL` on persistent commits is for, and
 //! the store's unit tests check only that the setting is in force), nor the daemon: a
 //! daemon-level crash test is separate.
@@ -31,7 +32,9 @@ use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_core::{PortRange, Protocol};
-use berth_store::{JournalOp, JournalRow, PersistentRow, Store};
+use berth_store::{
+    runtime_journal_path, JournalOp, JournalRow, PersistentRow, RuntimeJournal, Store,
+};
 use common::{journaled, token};
 
 /// Set (to the database path) in the child; selects child mode.
@@ -128,11 +131,23 @@ fn apply(state: &mut State, step: &Step) {
     }
 }
 
+/// The boot the tests claim to run in.
+const BOOT: &str = "crash-test-boot";
+
 fn load(path: &Path) -> State {
-    let (persistent, journal) = Store::open(path).unwrap().load().unwrap();
+    let (persistent, legacy) = Store::open(path).unwrap().load().unwrap();
+    assert!(
+        legacy.is_empty(),
+        "nothing writes the database's old journal table"
+    );
+    let (_, loaded) = RuntimeJournal::open(&runtime_journal_path(path), BOOT).unwrap();
     (
         persistent.into_iter().map(|r| (r.token.get(), r)).collect(),
-        journal.into_iter().map(|r| (r.token.get(), r)).collect(),
+        loaded
+            .rows
+            .into_iter()
+            .map(|r| (r.token.get(), r))
+            .collect(),
     )
 }
 
@@ -144,12 +159,14 @@ fn crash_child() {
     };
     let round: u64 = env::var(CHILD_ROUND).unwrap().parse().unwrap();
     let mut store = Store::open(Path::new(&path)).unwrap();
+    let (mut journal, _) =
+        RuntimeJournal::open(&runtime_journal_path(Path::new(&path)), BOOT).unwrap();
     for step in program(round) {
         match &step {
             Step::Create(row) => store.create_persistent(row).unwrap(),
             Step::Delete(t) => assert!(store.delete_persistent(token(*t)).unwrap()),
-            Step::Journal(row) => store.journal(&[JournalOp::Insert(row.clone())]).unwrap(),
-            Step::Unjournal(t) => store.journal(&[JournalOp::Remove(token(*t))]).unwrap(),
+            Step::Journal(row) => journal.apply(&JournalOp::Insert(row.clone())).unwrap(),
+            Step::Unjournal(t) => journal.apply(&JournalOp::Remove(token(*t))).unwrap(),
         }
         // stdout is line-buffered: the line is in the pipe when println returns.
         println!("{}", step.ack());

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use berth_core::Protocol;
-use berth_store::{JournalOp, JournalRow, PersistentRow, Store, StoreError};
+use berth_store::{
+    runtime_journal_path, JournalOp, JournalRow, PersistentRow, RuntimeJournal, Store, StoreError,
+};
 use common::{journaled, persistent, token};
 use proptest::prelude::*;
 
@@ -55,8 +57,13 @@ struct Model {
     journal: BTreeMap<u64, JournalRow>,
 }
 
-fn check(store: &Store, model: &Model) {
-    let (rows, journal) = store.load().unwrap();
+/// The boot the tests claim to run in.
+const BOOT: &str = "model-test-boot";
+
+fn check(store: &Store, journal: &RuntimeJournal, model: &Model) {
+    let (rows, legacy) = store.load().unwrap();
+    assert!(legacy.is_empty());
+    let journal = journal.rows();
     let mut want: Vec<_> = model.persistent.values().cloned().collect();
     want.sort_by_key(|r| (r.protocol, r.range.start(), r.token));
     assert_eq!(rows, want);
@@ -67,6 +74,8 @@ fn check(store: &Store, model: &Model) {
 
 fn run(path: &Path, actions: Vec<Action>) {
     let mut store = Store::open(path).unwrap();
+    let journal_path = runtime_journal_path(path);
+    let (mut journal, _) = RuntimeJournal::open(&journal_path, BOOT).unwrap();
     let mut model = Model::default();
     for action in actions {
         match action {
@@ -111,18 +120,29 @@ fn run(path: &Path, actions: Vec<Action>) {
                         }
                     })
                     .collect();
-                store.journal(&ops).unwrap();
+                for op in &ops {
+                    journal.apply(op).unwrap();
+                }
             }
             Action::Clear => {
-                store.clear_journal().unwrap();
+                journal.clear().unwrap();
                 model.journal.clear();
             }
             Action::Reopen => {
                 drop(store);
+                drop(journal);
                 store = Store::open(path).unwrap();
+                let loaded;
+                (journal, loaded) = RuntimeJournal::open(&journal_path, BOOT).unwrap();
+                let rows: BTreeMap<u64, JournalRow> = loaded
+                    .rows
+                    .into_iter()
+                    .map(|r| (r.token.get(), r))
+                    .collect();
+                assert_eq!(rows, model.journal, "what a reopened journal loads");
             }
         }
-        check(&store, &model);
+        check(&store, &journal, &model);
     }
 }
 

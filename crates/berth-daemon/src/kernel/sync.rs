@@ -7,9 +7,10 @@
 //! written together next time (group commit), so throughput is not bound by sysctl writes.
 //! Each write re-reads the file first, since an administrator may change it at any time.
 //!
-//! What the daemon wrote is recorded in its database before each write (the union of what it
-//! wrote before and what it is about to write, so a crash between the record and the write
-//! loses nothing), and again after it. Only entries the daemon adds count as its own: a port
+//! What the daemon wrote is recorded in its runtime journal before each write (the union of what
+//! it wrote before and what it is about to write, so a crash between the record and the write
+//! loses nothing), and again after it. The runtime journal is the right home: like the kernel's
+//! list, it is forgotten at a reboot, and an append to it is one `write(2)`. Only entries the daemon adds count as its own: a port
 //! that was listed already when a reservation came to cover it stays someone else's, and stays
 //! listed after the reservation ends. At start-up, after a crash, the entries recorded are the
 //! daemon's own: the first write — made once the reservations of the database are back in the
@@ -25,9 +26,10 @@ use tokio::sync::oneshot;
 
 use super::reserved_ports;
 use crate::changes::{Ack, Consumer};
-use crate::store_thread::StoreHandle;
+use crate::journal::Runtime;
 
-/// The database fact that holds what the daemon wrote.
+/// The database fact where earlier builds recorded what the daemon wrote (now in the runtime
+/// journal; read once at start-up and moved).
 pub(crate) const WRITTEN_KEY: &str = "kernel_reserved_ports";
 
 /// The consumer: counts every reserved port and wakes the writer.
@@ -90,7 +92,7 @@ impl Sync {
     /// written (its entries, to be removed unless a reservation still needs them).
     pub(crate) fn start(
         path: PathBuf,
-        store: StoreHandle,
+        record: Runtime,
         recorded: PortSet,
     ) -> std::io::Result<(Sync, Writer)> {
         let inner = Arc::new(Inner {
@@ -110,7 +112,7 @@ impl Sync {
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
             .name("berth-kernel-sync".into())
-            .spawn(move || worker.run(&path, &store, recorded))?;
+            .spawn(move || worker.run(&path, &record, recorded))?;
         Ok((
             Sync {
                 inner: inner.clone(),
@@ -183,7 +185,7 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn run(&self, path: &Path, store: &StoreHandle, mut recorded: PortSet) {
+    fn run(&self, path: &Path, record: &Runtime, mut recorded: PortSet) {
         // One read buffer for the thread's life: the list can be hundreds of KiB.
         let mut buf = Vec::new();
         loop {
@@ -202,10 +204,10 @@ impl Inner {
                 (state.ours.clone(), std::mem::take(&mut state.waiters))
             };
             let result =
-                write(path, store, &mut recorded, &ours, &mut buf).map(|(mine, foreign)| {
+                write(path, record, &mut recorded, &ours, &mut buf).map(|(mine, foreign)| {
                     *self.foreign.lock().unwrap_or_else(PoisonError::into_inner) = foreign;
                     if !self.lock().dirty {
-                        narrow(store, &mut recorded, mine);
+                        narrow(record, &mut recorded, mine);
                     }
                 });
             if let Err(e) = &result {
@@ -220,7 +222,9 @@ impl Inner {
             .and_then(|current| reserved_ports::write(path, &current.difference(&recorded)));
         match cleared {
             Ok(()) => {
-                let _ = store.set_meta(WRITTEN_KEY, None).0.blocking_recv();
+                if let Err(e) = record.set_kernel("") {
+                    tracing::warn!("cannot record that the daemon's entries are out: {e}");
+                }
             }
             Err(e) => tracing::error!(
                 "cannot take the daemon's entries out of {}: {e}",
@@ -234,7 +238,7 @@ impl Inner {
 /// daemon may have written; it is widened first if needed. Returns the daemon's entries now.
 fn write(
     path: &Path,
-    store: &StoreHandle,
+    record: &Runtime,
     recorded: &mut PortSet,
     ours: &PortSet,
     buf: &mut Vec<u8>,
@@ -249,12 +253,9 @@ fn write(
     // between the two cannot leave entries nobody knows are the daemon's.
     let superset = recorded.union(&mine);
     if &superset != recorded {
-        store
-            .set_meta(WRITTEN_KEY, Some(superset.to_string()))
-            .0
-            .blocking_recv()
-            .unwrap_or_else(|_| Err("the store thread is gone".into()))
-            .map_err(|e| format!("recording it in the database failed: {e}"))?;
+        record
+            .set_kernel(&superset.to_string())
+            .map_err(|e| format!("recording it in the runtime journal failed: {e}"))?;
         *recorded = superset;
     }
     if wanted != current {
@@ -266,10 +267,12 @@ fn write(
 /// Narrows the record to `mine`, what the daemon has in the list now. Only a narrowing: if it
 /// is lost, the wider record is still right. Done when the writer is idle, so that under load
 /// a grant in ports already recorded needs no database write at all.
-fn narrow(store: &StoreHandle, recorded: &mut PortSet, mine: PortSet) {
+fn narrow(record: &Runtime, recorded: &mut PortSet, mine: PortSet) {
     if &mine != recorded {
-        drop(store.set_meta(WRITTEN_KEY, Some(mine.to_string())));
-        *recorded = mine;
+        match record.set_kernel(&mine.to_string()) {
+            Ok(()) => *recorded = mine,
+            Err(e) => tracing::warn!("cannot narrow the record of the kernel's entries: {e}"),
+        }
     }
 }
 
@@ -289,7 +292,7 @@ impl Writer {
     }
 
     /// Finishes what is queued, takes the daemon's entries out of the list, and waits for the
-    /// writer thread. Call before the store thread stops.
+    /// writer thread.
     pub(crate) fn stop(mut self) {
         self.inner.lock().stop = true;
         self.inner.wake.notify_one();

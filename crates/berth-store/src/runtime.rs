@@ -1,0 +1,506 @@
+//! The runtime journal: an append-only file of journal operations beside the database.
+//!
+//! Runtime reservations must survive a crash of the daemon, never a crash of the host (their
+//! owners die with it), so their record need not be durable, only *written*: once `write(2)`
+//! returns, the bytes are in the kernel's page cache, and killing the daemon cannot take them
+//! away. That makes a change cost one small `write` on the caller's own thread — no SQLite
+//! transaction, no hand-over to another thread, no fsync, no checkpoint on the request path.
+//!
+//! # Format
+//!
+//! ```text
+//! file   = MAGIC header record*
+//! MAGIC  = "berth-rj" 0x00 0x00 0x00 0x01         (12 bytes: name and format version 1)
+//! header = frame(postcard(Header))                the boot the file was written in
+//! record = frame(postcard(Record))                Insert (a whole row), Remove (a token), or
+//!                                                 Kernel (what the daemon listed in the kernel)
+//! frame  = length: u32 little-endian, then that many bytes (at most MAX_FRAME)
+//! ```
+//!
+//! Records are applied in order: an insert replaces any row with its token, a remove deletes
+//! it, and the last Kernel record says which entries of `ip_local_reserved_ports` the daemon may
+//! have written (a fact with the same lifetime as the rows: the kernel forgets the list at a
+//! reboot, and a crash of the daemon must not make its entries look like someone else's). A daemon killed in the middle of a `write` leaves at most its last record cut short; the
+//! reader stops at the first frame that is incomplete or does not decode, and the journal then
+//! says so ([`Loaded::dropped_bytes`]). A file written during another boot names processes that
+//! cannot run any more, so its rows are not returned ([`Loaded::other_boot`]).
+//!
+//! The file only grows until it is several times larger than the rows it describes; then it
+//! is rewritten with just those rows (into a new file, renamed over the old one, so that a
+//! crash at any point leaves one complete journal). The rewrite costs time proportional to the
+//! live rows and happens after proportionally many appends, so each change pays O(1) for it.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use berth_core::{Owner, PortRange, Protocol, Token};
+use serde::{Deserialize, Serialize};
+
+use crate::{JournalOp, JournalRow, StoreError};
+
+/// The first bytes of a runtime journal: a name and the format's version.
+const MAGIC: &[u8; 12] = b"berth-rj\0\0\0\x01";
+
+/// The largest frame a journal holds. A row is under 200 bytes (a command name is at most 64); a
+/// Kernel record lists ports in the kernel's syntax, at most ~190 KB (every other port); a
+/// larger length can only be damage.
+const MAX_FRAME: u32 = 1024 * 1024;
+
+/// The file is rewritten once it is larger than this many times the bytes of its live rows…
+const REWRITE_FACTOR: u64 = 4;
+/// …and larger than this, so that a journal of a few rows is not rewritten every few changes.
+const REWRITE_MIN_BYTES: u64 = 256 * 1024;
+
+/// The runtime journal file beside the database at `db`: `db` with `.runtime` appended.
+pub fn runtime_journal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".runtime");
+    PathBuf::from(name)
+}
+
+/// The file's header.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    /// `/proc/sys/kernel/random/boot_id` when the file was written, empty when unknown.
+    boot_id: String,
+}
+
+/// One operation as stored.
+#[derive(Serialize, Deserialize)]
+enum Record {
+    Insert {
+        token: Token,
+        protocol: Protocol,
+        range: PortRange,
+        owner: Owner,
+        acquired_at_ms: u64,
+        process: bool,
+        held: bool,
+    },
+    Remove(Token),
+    /// The entries of `ip_local_reserved_ports` the daemon may have written, in the kernel's
+    /// list syntax ("" for none).
+    Kernel(String),
+}
+
+impl Record {
+    fn of(op: &JournalOp) -> Record {
+        match op {
+            JournalOp::Insert(row) => Record::Insert {
+                token: row.token,
+                protocol: row.protocol,
+                range: row.range,
+                owner: row.owner.clone(),
+                acquired_at_ms: row.acquired_at_ms,
+                process: row.process,
+                held: row.held,
+            },
+            JournalOp::Remove(token) => Record::Remove(*token),
+        }
+    }
+
+    /// The journal operation, or `Err` with a Kernel record's list.
+    fn into_op(self) -> Result<JournalOp, String> {
+        Ok(match self {
+            Record::Insert {
+                token,
+                protocol,
+                range,
+                owner,
+                acquired_at_ms,
+                process,
+                held,
+            } => JournalOp::Insert(JournalRow {
+                token,
+                protocol,
+                range,
+                owner,
+                acquired_at_ms,
+                process,
+                held,
+            }),
+            Record::Remove(token) => JournalOp::Remove(token),
+            Record::Kernel(list) => return Err(list),
+        })
+    }
+}
+
+/// What [`RuntimeJournal::open`] found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The journaled runtime reservations, ordered by acquisition time (then token).
+    pub rows: Vec<JournalRow>,
+    /// The file was written during another boot: its rows were dropped.
+    pub other_boot: bool,
+    /// Bytes at the end of the file that did not form a whole record (a daemon killed during a
+    /// write, or damage) and were dropped.
+    pub dropped_bytes: u64,
+    /// The entries of `ip_local_reserved_ports` the daemon recorded it may have written, in the
+    /// kernel's list syntax ("" for none; always "" after a reboot).
+    pub kernel: String,
+}
+
+/// The open runtime journal. One per daemon (the database lock guards it too); not shared
+/// between threads — the daemon keeps it behind a lock.
+#[derive(Debug)]
+pub struct RuntimeJournal {
+    path: PathBuf,
+    file: File,
+    boot_id: String,
+    /// The rows the file describes, each with the length of its frame.
+    live: HashMap<Token, (JournalRow, u64)>,
+    /// The sum of the live rows' frame lengths (and the kernel record's).
+    live_bytes: u64,
+    /// The last kernel record ("" for none) and its frame's length.
+    kernel: (String, u64),
+    /// The file's length.
+    len: u64,
+    /// The length at which the file is rewritten next.
+    rewrite_at: u64,
+    /// False after a failed write, which may have left part of a record at the end: nothing
+    /// may be appended behind it (the reader would stop there) until a rewrite succeeds.
+    clean: bool,
+    /// Reused for encoding.
+    buf: Vec<u8>,
+}
+
+impl RuntimeJournal {
+    /// Opens the journal at `path` (see [`runtime_journal_path`]), creating it (mode 0600) if
+    /// it does not exist, and returns what it holds. `boot_id` is the current boot's
+    /// (`/proc/sys/kernel/random/boot_id`), or empty when unknown; rows written during another
+    /// boot are dropped. The file is rewritten with just the returned rows, in the current
+    /// boot. Refuses a file that is not a runtime journal, and a symbolic link.
+    pub fn open(path: &Path, boot_id: &str) -> Result<(RuntimeJournal, Loaded), StoreError> {
+        let mut loaded = Loaded::default();
+        let mut rows: HashMap<Token, JournalRow> = HashMap::new();
+        let mut kernel = String::new();
+        match read_file(path) {
+            Ok(Some(bytes)) => {
+                let read = read_journal(&bytes).map_err(|detail| StoreError::NotAJournal {
+                    path: path.to_path_buf(),
+                    detail,
+                })?;
+                loaded.dropped_bytes = read.dropped_bytes;
+                if read.boot_id == boot_id {
+                    for record in read.records {
+                        match record.into_op() {
+                            Ok(op) => apply(&mut rows, op),
+                            Err(list) => kernel = list,
+                        }
+                    }
+                } else {
+                    loaded.other_boot = true;
+                }
+            }
+            Ok(None) => {}
+            Err(source) => return Err(io_error(path, "read the runtime journal", source)),
+        }
+        let mut live = HashMap::with_capacity(rows.len());
+        let kernel_len = if kernel.is_empty() {
+            0
+        } else {
+            frame_len(&Record::Kernel(kernel.clone()))?
+        };
+        let kernel = (kernel, kernel_len);
+        let mut live_bytes = kernel_len;
+        for (token, row) in rows {
+            let len = frame_len(&Record::of(&JournalOp::Insert(row.clone())))?;
+            live.insert(token, (row, len));
+            live_bytes += len;
+        }
+        let (file, len) = write_fresh(path, boot_id, &live, &kernel.0)?;
+        loaded.kernel.clone_from(&kernel.0);
+        let journal = RuntimeJournal {
+            path: path.to_path_buf(),
+            file,
+            boot_id: boot_id.to_owned(),
+            live,
+            live_bytes,
+            kernel,
+            len,
+            rewrite_at: rewrite_threshold(live_bytes),
+            clean: true,
+            buf: Vec::new(),
+        };
+        loaded.rows = journal.rows();
+        Ok((journal, loaded))
+    }
+
+    /// The journal's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The rows the journal holds, ordered by acquisition time (then token).
+    pub fn rows(&self) -> Vec<JournalRow> {
+        let mut rows: Vec<JournalRow> = self.live.values().map(|(r, _)| r.clone()).collect();
+        rows.sort_by_key(|r| (r.acquired_at_ms, r.token));
+        rows
+    }
+
+    /// Records `op` with one `write`: once this returns `Ok`, a crash of the calling process
+    /// no longer loses it. On error the journal is as before.
+    pub fn apply(&mut self, op: &JournalOp) -> Result<(), StoreError> {
+        let frame = self.append(&Record::of(op))?;
+        match op {
+            JournalOp::Insert(row) => {
+                if let Some((_, old)) = self.live.insert(row.token, (row.clone(), frame)) {
+                    self.live_bytes -= old;
+                }
+                self.live_bytes += frame;
+            }
+            JournalOp::Remove(token) => {
+                if let Some((_, old)) = self.live.remove(token) {
+                    self.live_bytes -= old;
+                }
+            }
+        }
+        self.rewrite_if_long();
+        Ok(())
+    }
+
+    /// Records which entries of `ip_local_reserved_ports` the daemon may have written (the
+    /// kernel's list syntax; "" for none), with one `write` like [`RuntimeJournal::apply`].
+    pub fn set_kernel(&mut self, list: &str) -> Result<(), StoreError> {
+        if list == self.kernel.0 {
+            return Ok(());
+        }
+        let frame = self.append(&Record::Kernel(list.to_owned()))?;
+        self.live_bytes -= self.kernel.1;
+        self.kernel = if list.is_empty() {
+            (String::new(), 0)
+        } else {
+            (list.to_owned(), frame)
+        };
+        self.live_bytes += self.kernel.1;
+        self.rewrite_if_long();
+        Ok(())
+    }
+
+    /// What the last [`RuntimeJournal::set_kernel`] recorded.
+    pub fn kernel(&self) -> &str {
+        &self.kernel.0
+    }
+
+    /// Appends one record with one `write`; returns its frame's length. On error nothing is
+    /// recorded.
+    fn append(&mut self, record: &Record) -> Result<u64, StoreError> {
+        if !self.clean {
+            self.rewrite()?;
+        }
+        self.buf.clear();
+        push_frame(&mut self.buf, record)?;
+        let frame = self.buf.len() as u64;
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // Part of the frame may be in the file now; start over from what is live (or, if
+            // that fails too, before the next append).
+            self.clean = false;
+            let _ = self.rewrite();
+            return Err(io_error(&self.path, "write the runtime journal", e));
+        }
+        self.len += frame;
+        Ok(frame)
+    }
+
+    /// Rewrites the file once it has outgrown its live records.
+    fn rewrite_if_long(&mut self) {
+        if self.len >= self.rewrite_at && self.rewrite().is_err() {
+            // What was appended is recorded already; a failed rewrite only leaves a longer
+            // file. Try again once it has grown as much again.
+            self.rewrite_at = self.len.saturating_mul(2);
+        }
+    }
+
+    /// Forgets every row (the kernel record stays).
+    pub fn clear(&mut self) -> Result<(), StoreError> {
+        let before = std::mem::take(&mut self.live);
+        let bytes = std::mem::replace(&mut self.live_bytes, self.kernel.1);
+        if let Err(e) = self.rewrite() {
+            self.live = before;
+            self.live_bytes = bytes;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Replaces the file with one holding just the live rows.
+    fn rewrite(&mut self) -> Result<(), StoreError> {
+        let (file, len) = write_fresh(&self.path, &self.boot_id, &self.live, &self.kernel.0)?;
+        self.file = file;
+        self.len = len;
+        self.rewrite_at = rewrite_threshold(self.live_bytes);
+        self.clean = true;
+        Ok(())
+    }
+}
+
+/// The file length at which a journal whose live rows take `live_bytes` is rewritten.
+fn rewrite_threshold(live_bytes: u64) -> u64 {
+    REWRITE_MIN_BYTES.max(REWRITE_FACTOR.saturating_mul(live_bytes))
+}
+
+/// Writes the header, the kernel record (unless "") and `live`'s rows to a new file and renames
+/// it over `path`, so that the journal is, at every moment, either the old file or the whole
+/// new one. Returns the new file, open for appending, and its length.
+fn write_fresh(
+    path: &Path,
+    boot_id: &str,
+    live: &HashMap<Token, (JournalRow, u64)>,
+    kernel: &str,
+) -> Result<(File, u64), StoreError> {
+    let fail = |e| io_error(path, "write the runtime journal", e);
+    let mut bytes = Vec::with_capacity(64 + live.values().map(|(_, l)| *l as usize).sum::<usize>());
+    bytes.extend_from_slice(MAGIC);
+    push_frame(
+        &mut bytes,
+        &Header {
+            boot_id: boot_id.to_owned(),
+        },
+    )?;
+    if !kernel.is_empty() {
+        push_frame(&mut bytes, &Record::Kernel(kernel.to_owned()))?;
+    }
+    let mut rows: Vec<&JournalRow> = live.values().map(|(r, _)| r).collect();
+    rows.sort_by_key(|r| (r.acquired_at_ms, r.token));
+    for row in rows {
+        push_frame(&mut bytes, &Record::of(&JournalOp::Insert(row.clone())))?;
+    }
+    let scratch = scratch_path(path);
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(no_follow())
+        .open(&scratch)
+        .map_err(fail)?;
+    // A scratch file left by a crash during an earlier rewrite: start it afresh.
+    file.set_len(0).map_err(fail)?;
+    file.write_all(&bytes).map_err(fail)?;
+    std::fs::rename(&scratch, path).map_err(fail)?;
+    // The descriptor now names the journal itself.
+    Ok((file, bytes.len() as u64))
+}
+
+/// Where a rewrite is prepared before it replaces the journal.
+fn scratch_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
+}
+
+/// `O_NOFOLLOW` for [`OpenOptionsExt::custom_flags`].
+fn no_follow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits().cast_signed()
+}
+
+/// The whole file, or `None` if there is none.
+fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// What a journal file says.
+struct Parsed {
+    boot_id: String,
+    records: Vec<Record>,
+    dropped_bytes: u64,
+}
+
+/// Parses a journal file. `Err` when it is not one (wrong magic, no readable header).
+fn read_journal(bytes: &[u8]) -> Result<Parsed, String> {
+    let rest = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or_else(|| "it does not start like a berth runtime journal".to_owned())?;
+    let (header, mut rest) =
+        next_frame(rest).ok_or_else(|| "its header is cut short".to_owned())?;
+    let header: Header =
+        postcard::from_bytes(header).map_err(|e| format!("its header does not decode: {e}"))?;
+    let mut records = Vec::new();
+    while let Some((frame, after)) = next_frame(rest) {
+        let Ok(record) = postcard::from_bytes::<Record>(frame) else {
+            break;
+        };
+        records.push(record);
+        rest = after;
+    }
+    Ok(Parsed {
+        boot_id: header.boot_id,
+        records,
+        dropped_bytes: rest.len() as u64,
+    })
+}
+
+/// The next whole frame and what follows it; `None` when the bytes do not hold one.
+fn next_frame(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = bytes.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len);
+    if len > MAX_FRAME {
+        return None;
+    }
+    let len = usize::try_from(len).ok()?;
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// Appends `value` as one frame.
+fn push_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), StoreError> {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    *buf = postcard::to_extend(value, std::mem::take(buf)).map_err(|e| StoreError::Io {
+        path: PathBuf::new(),
+        action: "encode a runtime journal record",
+        source: io::Error::other(e),
+    })?;
+    let len = buf.len() - at - 4;
+    let len = u32::try_from(len)
+        .ok()
+        .filter(|&l| l <= MAX_FRAME)
+        .ok_or_else(|| StoreError::Io {
+            path: PathBuf::new(),
+            action: "encode a runtime journal record",
+            source: io::Error::other(format!("a record of {len} bytes is larger than 1 MiB")),
+        })?;
+    if let Some(prefix) = buf.get_mut(at..at + 4) {
+        prefix.copy_from_slice(&len.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// The length of `record`'s frame.
+fn frame_len(record: &Record) -> Result<u64, StoreError> {
+    let mut buf = Vec::new();
+    push_frame(&mut buf, record)?;
+    Ok(buf.len() as u64)
+}
+
+fn apply(rows: &mut HashMap<Token, JournalRow>, op: JournalOp) {
+    match op {
+        JournalOp::Insert(row) => {
+            rows.insert(row.token, row);
+        }
+        JournalOp::Remove(token) => {
+            rows.remove(&token);
+        }
+    }
+}
+
+fn io_error(path: &Path, action: &'static str, source: io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
