@@ -163,6 +163,10 @@ pub struct DaemonArgs {
     /// owners to re-claim [default: 10].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub grace: Option<u64>,
+    /// Close a connection that sent nothing for SECS seconds and holds no reservation (0:
+    /// never); a connection holding a reservation is never closed for silence [default: 300].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub idle_timeout: Option<u64>,
     /// Configuration file [default: /etc/berth/berth.toml for root, when it exists]. Options
     /// given on the command line override it.
     #[arg(long, value_name = "FILE")]

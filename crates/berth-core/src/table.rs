@@ -255,6 +255,12 @@ impl Table {
         })
     }
 
+    /// Whether any reservation is bound to `session` (its connection's close would release
+    /// something).
+    pub fn session_holds(&self, session: SessionId) -> bool {
+        self.records.has_session(session)
+    }
+
     /// Releases every runtime reservation bound to `session` (its connection closed), ordered
     /// by protocol then start port.
     pub fn release_session(&mut self, session: SessionId) -> Vec<Change> {

@@ -17,6 +17,9 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 256;
 /// The grace period after a restart unless configured otherwise.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a session that holds nothing may stay silent unless configured otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A daemon's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -33,6 +36,11 @@ pub struct Config {
     pub max_connections_per_uid: usize,
     /// How long a new connection may take to send its hello before it is closed.
     pub handshake_timeout: Duration,
+    /// How long a session may stay silent (no request) while it holds nothing — no reservation
+    /// bound to it, no request unanswered — before the daemon closes it, with a last frame
+    /// saying why (`ErrorDetail::Idle`). A session that holds a reservation is never closed for
+    /// silence. `None`: never.
+    pub idle_timeout: Option<Duration>,
     /// How long writing one response may take before the client is deemed stuck and its
     /// connection closed.
     pub write_timeout: Duration,
@@ -80,6 +88,7 @@ impl Config {
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             privileged: PrivilegedPorts {
                 unprivileged_start: unprivileged_port_start(),
                 ..PrivilegedPorts::default()

@@ -5,6 +5,7 @@
 //! max_connections = 4096
 //! admin_groups = ["berth-admin"] # administrators besides root and the daemon's user
 //! grace_period_s = 10           # how long a restarted daemon holds runtime reservations
+//! idle_timeout_s = 300          # close a silent connection that holds nothing (0: never)
 //! portserver = "@unittest-portserver"  # the portpicker endpoint; false (or "off") for none
 //!
 //! [privileged]                  # who may reserve and bind ports below
@@ -88,6 +89,9 @@ pub struct ConfigFile {
     /// Seconds a restarted daemon holds the previous daemon's runtime reservations for their
     /// owners to re-claim.
     grace_period_s: Option<u64>,
+    /// Seconds a connection that holds nothing may stay silent before it is closed; 0 for
+    /// never.
+    idle_timeout_s: Option<u64>,
     #[serde(default)]
     privileged: Privileged,
     /// Per-user limits on runtime reservations (administrators are exempt).
@@ -169,6 +173,9 @@ impl ConfigFile {
             }
             config.grace = std::time::Duration::from_secs(secs);
         }
+        if let Some(secs) = self.idle_timeout_s {
+            config.idle_timeout = idle_timeout(secs).map_err(invalid)?;
+        }
         if let Some(mode) = &self.kernel_sync {
             config.kernel_sync = mode
                 .parse()
@@ -244,6 +251,20 @@ impl ConfigFile {
     }
 }
 
+/// The most an idle timeout may be, in seconds (a day).
+pub const MAX_IDLE_TIMEOUT_S: u64 = 24 * 3600;
+
+/// The idle timeout of `secs` seconds (0: never), or why it is refused.
+pub fn idle_timeout(secs: u64) -> Result<Option<std::time::Duration>, String> {
+    match secs {
+        0 => Ok(None),
+        s if s > MAX_IDLE_TIMEOUT_S => Err(format!(
+            "idle_timeout_s = {s} is more than a day; use 0 to never close idle connections"
+        )),
+        s => Ok(Some(std::time::Duration::from_secs(s))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,7 +283,7 @@ mod tests {
     #[test]
     fn applies_pool_limits_and_accounts() {
         let (_d, path) = write(
-            "pool = \"40000-40099\"\nmax_connections = 7\nadmin_groups = [\"root\", 5]\ngrace_period_s = 3\nhold = false\n[privileged]\nallow_users = [\"root\", 1001]\nallow_groups = [33]\n",
+            "pool = \"40000-40099\"\nmax_connections = 7\nadmin_groups = [\"root\", 5]\ngrace_period_s = 3\nhold = false\nidle_timeout_s = 42\n[privileged]\nallow_users = [\"root\", 1001]\nallow_groups = [33]\n",
         );
         let mut config = base();
         ConfigFile::load(&path)
@@ -276,6 +297,31 @@ mod tests {
         assert_eq!(config.admin_groups, vec![0, 5]);
         assert_eq!(config.grace, std::time::Duration::from_secs(3));
         assert!(!config.hold);
+        assert_eq!(
+            config.idle_timeout,
+            Some(std::time::Duration::from_secs(42))
+        );
+    }
+
+    #[test]
+    fn an_idle_timeout_of_zero_means_never_and_more_than_a_day_is_refused() {
+        let (_d, path) = write("idle_timeout_s = 0\n");
+        let mut config = base();
+        ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut config, &path)
+            .unwrap();
+        assert_eq!(config.idle_timeout, None);
+        let (_d, path) = write("idle_timeout_s = 86401\n");
+        let err = ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut base(), &path)
+            .unwrap_err();
+        assert!(err.to_string().contains("idle_timeout_s"), "{err}");
+        assert_eq!(
+            base().idle_timeout,
+            Some(crate::config::DEFAULT_IDLE_TIMEOUT)
+        );
     }
 
     #[test]

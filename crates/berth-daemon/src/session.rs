@@ -278,7 +278,17 @@ impl Session<'_> {
         let (peer, limit) = (&self.peer, self.config.write_timeout);
         let owner_exit = crate::owner_watch::owner_exit(&peer.owner);
         tokio::pin!(owner_exit);
+        let idle = self.config.idle_timeout;
+        // Far enough for "never" without overflowing an `Instant`.
+        let never = Duration::from_secs(100 * 365 * 24 * 3600);
+        let silence = tokio::time::sleep(idle.unwrap_or(never));
+        tokio::pin!(silence);
         loop {
+            // Silence counts from the last answer (or the welcome): the time an answer takes
+            // is not the client's silence.
+            if let Some(limit) = idle {
+                silence.as_mut().reset(tokio::time::Instant::now() + limit);
+            }
             // Biased: what the client sent (or its end of stream) comes first, so an ordinary
             // exit is seen as the connection closing rather than as the owner dying.
             let frame = tokio::select! {
@@ -287,6 +297,16 @@ impl Session<'_> {
                 () = shutdown.cancelled() => return,
                 () = &mut owner_exit => {
                     tracing::debug!(pid = peer.owner.pid, "the session's owner exited while its connection stayed open (inherited by a child?); ending the session");
+                    return;
+                }
+                () = &mut silence => {
+                    let limit = idle.unwrap_or(never);
+                    // Reader::next is cancel-safe: a frame begun stays buffered.
+                    if self.shared.session_holds(peer) {
+                        continue;
+                    }
+                    tracing::debug!(pid = peer.owner.pid, "closing a connection silent for {limit:?} that holds nothing");
+                    send(writer, idle_notice(limit), self.config.write_timeout).await;
                     return;
                 }
             };
@@ -458,6 +478,22 @@ fn foreign_netns(what: &str, daemon: u64, peer: Option<u64>) -> Response {
             daemon_netns: daemon,
             peer_netns: peer.unwrap_or(0),
         })),
+    )
+}
+
+/// The last frame on a connection closed for silence: not an answer to any request.
+fn idle_notice(limit: Duration) -> Response {
+    Response::Error(
+        WireError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "closing this connection: it sent nothing for {}s and held no reservation (idle_timeout_s); no request written after the last answer was read, so send it again on a new connection",
+                limit.as_secs()
+            ),
+        )
+        .with_detail(ErrorDetail::Idle {
+            timeout_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        }),
     )
 }
 

@@ -361,6 +361,12 @@ impl Shared {
 
     /// Leaves a session because the daemon stops: its reservations stay in the journal, for
     /// the next daemon to hold until their owner re-claims them.
+    /// Whether a reservation is bound to `peer`'s session, so that closing its connection
+    /// would release something.
+    pub(crate) fn session_holds(&self, peer: &Peer) -> bool {
+        self.table().session_holds(peer.session)
+    }
+
     pub(crate) fn leave_session(&self, _peer: &Peer) {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
     }

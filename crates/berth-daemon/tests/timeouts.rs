@@ -211,3 +211,155 @@ async fn a_client_that_does_not_read_is_closed_after_the_write_timeout() {
     );
     assert_eq!(list(&mut owner).await.len(), 300);
 }
+
+/// Reads one frame and then the end of the stream: the daemon's last word on a connection.
+async fn last_word(stream: &mut UnixStream, by: Instant) -> Response {
+    let mut rest = Vec::new();
+    let read = timeout_at(by, stream.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(_))), "not closed in time: {read:?}");
+    let mut all = responses(&rest);
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.remove(0)
+}
+
+fn assert_idle_notice(response: &Response, idle: Duration) {
+    match response {
+        Response::Error(e) => {
+            assert_eq!(e.kind, berth_core::ErrorKind::Unavailable, "{e:?}");
+            assert_eq!(
+                e.detail,
+                berth_protocol::ErrorDetail::Idle {
+                    timeout_ms: u64::try_from(idle.as_millis()).unwrap()
+                },
+                "{e:?}"
+            );
+            assert!(e.message.contains("idle_timeout_s"), "{e:?}");
+        }
+        other => panic!("not an idle notice: {other:?}"),
+    }
+}
+
+/// A session that says nothing after its hello and holds nothing is closed once the idle
+/// timeout has passed, with a last frame saying why; one that holds a reservation is left
+/// open however long it is silent, and is closed for silence only once it has released it.
+#[tokio::test(start_paused = true)]
+async fn a_silent_session_is_closed_only_while_it_holds_nothing() {
+    const IDLE: Duration = Duration::from_secs(60);
+    let _ticker = ticker();
+    let daemon = TestDaemon::with_config(46100, 46109, |c| c.idle_timeout = Some(IDLE));
+    let before = Instant::now();
+    let mut silent = shaken_hands(&daemon.socket, "silent").await;
+    let mut holder = shaken_hands(&daemon.socket, "holder").await;
+    let acquire = Request::Acquire {
+        protocol: Protocol::Tcp,
+        start: 0,
+        count: 2,
+    };
+    let Response::Acquired(granted) = ask(&mut holder, acquire).await else {
+        panic!("acquire failed")
+    };
+    let after = Instant::now();
+
+    // Open until the idle timeout (counted from after its welcome, so after `before`).
+    let mut byte = [0u8; 1];
+    let early = timeout_at(
+        before + IDLE - Duration::from_millis(100),
+        silent.read(&mut byte),
+    )
+    .await;
+    assert!(early.is_err(), "closed before the idle timeout: {early:?}");
+    let notice = last_word(&mut silent, after + IDLE + Duration::from_secs(1)).await;
+    assert_idle_notice(&notice, IDLE);
+
+    // Several idle timeouts later, the holder is still served and still holds its block.
+    sleep_until(after + 3 * IDLE).await;
+    let now = list(&mut holder).await;
+    assert!(now.iter().any(|r| r.token == granted.token), "{now:?}");
+    // A request resets the count; once it holds nothing, silence ends it too.
+    let released = ask(
+        &mut holder,
+        Request::Release {
+            token: granted.token.get(),
+        },
+    )
+    .await;
+    assert!(matches!(released, Response::Released(_)), "{released:?}");
+    let released_at = Instant::now();
+    let early = timeout_at(
+        released_at + IDLE - Duration::from_millis(100),
+        holder.read(&mut byte),
+    )
+    .await;
+    assert!(early.is_err(), "closed before the idle timeout: {early:?}");
+    let notice = last_word(&mut holder, released_at + IDLE + Duration::from_secs(2)).await;
+    assert_idle_notice(&notice, IDLE);
+}
+
+/// A request that arrives before the idle timeout keeps the session open: silence is counted
+/// from the last request, not from the hello.
+#[tokio::test(start_paused = true)]
+async fn each_request_restarts_the_idle_count() {
+    const IDLE: Duration = Duration::from_secs(60);
+    let _ticker = ticker();
+    let daemon = TestDaemon::with_config(46110, 46119, |c| c.idle_timeout = Some(IDLE));
+    let mut chatty = shaken_hands(&daemon.socket, "chatty").await;
+    for _ in 0..5 {
+        sleep(IDLE - Duration::from_secs(5)).await;
+        let status = ask(&mut chatty, Request::Status).await;
+        assert!(matches!(status, Response::Status(_)), "{status:?}");
+    }
+}
+
+/// Connections stalled in the middle of a frame — half a length prefix, or a length and part
+/// of the body — hold nothing: each is closed once the idle timeout has passed, while a
+/// client holding a reservation is served throughout and keeps it.
+#[tokio::test(start_paused = true)]
+async fn connections_stalled_mid_frame_are_closed_after_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_secs(30);
+    let _ticker = ticker();
+    let daemon = TestDaemon::with_config(46120, 46129, |c| c.idle_timeout = Some(IDLE));
+    let mut holder = shaken_hands(&daemon.socket, "holder").await;
+    let acquire = Request::Acquire {
+        protocol: Protocol::Tcp,
+        start: 0,
+        count: 1,
+    };
+    let Response::Acquired(granted) = ask(&mut holder, acquire).await else {
+        panic!("acquire failed")
+    };
+    // Long enough for "a length and part of the body".
+    let whole = frame(Request::Hello(berth_protocol::Hello::current(
+        &"x".repeat(40),
+    )));
+    let mut stalled = Vec::new();
+    for i in 0..100 {
+        let mut conn = shaken_hands(&daemon.socket, "stalled").await;
+        let part = if i % 2 == 0 { 2 } else { whole.len() - 3 };
+        conn.write_all(&whole[..part]).await.unwrap();
+        stalled.push(conn);
+    }
+    let started = Instant::now();
+    let status = ask(&mut holder, Request::Status).await;
+    let Response::Status(status) = status else {
+        panic!("{status:?}")
+    };
+    assert_eq!(status.sessions, 101, "{status:?}");
+    for conn in &mut stalled {
+        let notice = last_word(conn, started + IDLE + Duration::from_secs(2)).await;
+        assert_idle_notice(&notice, IDLE);
+    }
+    let now = list(&mut holder).await;
+    assert!(now.iter().any(|r| r.token == granted.token), "{now:?}");
+    // The sessions end just after their sockets close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let Response::Status(status) = ask(&mut holder, Request::Status).await else {
+            panic!("status failed")
+        };
+        if status.sessions == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status:?}");
+        sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -43,6 +43,14 @@ pub enum ErrorDetail {
         /// The token as the request gave it.
         token: u64,
     },
+    /// Not an answer: the daemon's last frame on a connection it closes because the client
+    /// said nothing for `timeout_ms` and held nothing (no reservation bound to the session, no
+    /// request unanswered). Every request written after the last answer was not read, so a
+    /// client may send it again on a new connection.
+    Idle {
+        /// The daemon's idle timeout, in milliseconds.
+        timeout_ms: u64,
+    },
 }
 
 /// See [`ErrorDetail::Ports`].

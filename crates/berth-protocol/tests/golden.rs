@@ -398,6 +398,14 @@ fn error_details() {
         "05  80 80 80 80 0f  e6 82 80 80 0f",
     );
     golden(ErrorDetail::Token { token: 300 }, "06  ac 02");
+    golden(ErrorDetail::Idle { timeout_ms: 300 }, "07  ac 02");
+    golden(
+        Response::Error(
+            WireError::new(ErrorKind::Unavailable, "x")
+                .with_detail(ErrorDetail::Idle { timeout_ms: 300 }),
+        ),
+        "01  08  01 78  07 ac 02",
+    );
     // And inside a frame: the detail follows kind and message.
     golden(
         Response::Error(

@@ -85,6 +85,10 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     if let Some(secs) = args.grace {
         config.grace = std::time::Duration::from_secs(secs);
     }
+    if let Some(secs) = args.idle_timeout {
+        config.idle_timeout =
+            berth_daemon::config_file::idle_timeout(secs).map_err(anyhow::Error::msg)?;
+    }
     if args.check_config {
         match &file {
             Some(path) => println!("{}: valid", path.display()),

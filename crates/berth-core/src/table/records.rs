@@ -147,6 +147,11 @@ impl Records {
         Some(entry.reservation)
     }
 
+    /// Whether `session` has any live reservation.
+    pub(super) fn has_session(&self, session: SessionId) -> bool {
+        self.newest.contains_key(&session)
+    }
+
     /// Removes every reservation of `session`, newest first.
     pub(super) fn remove_session(&mut self, session: SessionId) -> Vec<Reservation> {
         let mut next = self.newest.remove(&session);

@@ -71,6 +71,10 @@ struct Slot {
     reply: Option<Reply>,
     /// The held reservation this request releases (it is in `releasing` meanwhile).
     release: Option<Token>,
+    /// The request and a copy of its descriptor, to send again if the daemon closes the
+    /// connection for silence before reading it (see [`Books::unread`]). `None` when the
+    /// descriptor could not be copied.
+    again: Option<(Request, Option<OwnedFd>)>,
 }
 
 /// The books of one session.
@@ -103,9 +107,17 @@ impl Books {
             Request::Release { token } => Token::new(token).filter(|&t| self.start_release(t)),
             _ => None,
         };
+        let again = match &call.fd {
+            None => Some((call.request.clone(), None)),
+            Some(fd) => fd
+                .try_clone()
+                .ok()
+                .map(|copy| (call.request.clone(), Some(copy))),
+        };
         self.pending.push_back(Slot {
             reply: call.reply,
             release,
+            again,
         });
         Frame {
             request: call.request,
@@ -172,6 +184,36 @@ impl Books {
             None => false,
         };
         acquired.filter(|_| !delivered)
+    }
+
+    /// The requests waiting for an answer, as calls to send again, in order: the daemon closed
+    /// the connection for silence, so it read none of them. Their releases are forgotten (the
+    /// call tracks its own again when it is queued). One whose descriptor could not be copied
+    /// fails instead.
+    pub(super) fn unread(&mut self) -> Vec<Call> {
+        let mut again = Vec::new();
+        for slot in std::mem::take(&mut self.pending) {
+            if let Some(token) = slot.release {
+                // Moot in practice: a daemon with an unread release still holds its
+                // reservation, so it would not have closed the connection for silence.
+                self.finish_release(token);
+            }
+            match slot.again {
+                Some((request, fd)) => again.push(Call {
+                    request,
+                    fd,
+                    reply: slot.reply,
+                }),
+                None => {
+                    if let Some(reply) = slot.reply {
+                        let _ = reply.send(Delivery::failed(Error::lost(
+                            "the daemon closed an idle connection and the request's descriptor could not be kept to send again",
+                        )));
+                    }
+                }
+            }
+        }
+        again
     }
 
     /// Fails every request waiting for an answer (the connection broke). Unanswered releases

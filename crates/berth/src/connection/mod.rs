@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::Token;
-use berth_protocol::{Request, Response, Welcome};
+use berth_protocol::{ErrorDetail, Request, Response, Welcome};
 use futures_util::StreamExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -148,6 +148,18 @@ enum End {
     Unused,
     /// The daemon went away (or the connection broke).
     Lost(String),
+    /// The daemon closed the connection because it was silent and held nothing
+    /// (`ErrorDetail::Idle`); it read none of the requests still waiting for an answer.
+    Idle,
+}
+
+/// How long to wait for the daemon's last frames once a write to it failed.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
+/// Whether `response` is the daemon's notice that it closes the connection for silence
+/// rather than an answer.
+fn is_idle_notice(response: &Response) -> bool {
+    matches!(response, Response::Error(e) if matches!(e.detail, ErrorDetail::Idle { .. }))
 }
 
 impl Task {
@@ -156,15 +168,43 @@ impl Task {
         loop {
             let end = self.drive(&mut link).await;
             drop(link);
-            let why = match end {
+            let again = match end {
                 End::Unused => return,
-                End::Lost(why) => why,
+                End::Lost(why) => {
+                    self.books.fail_pending(&why);
+                    Vec::new()
+                }
+                End::Idle => {
+                    let mut again = self.books.unread();
+                    // Nothing to re-claim and nothing asked: connect again only when asked.
+                    let nothing_held =
+                        self.books.held.is_empty() && self.books.releasing.is_empty();
+                    if again.is_empty() && nothing_held {
+                        match self.calls.recv().await {
+                            Some(call) => again.push(call),
+                            None => return,
+                        }
+                    }
+                    again
+                }
             };
-            self.books.fail_pending(&why);
             link = match self.reconnect().await {
                 Some(link) => link,
-                None => break,
+                None => {
+                    for call in again {
+                        if let Some(reply) = call.reply {
+                            let _ = reply.send(Delivery::failed(Error::lost(
+                                "the daemon closed an idle connection and could not be reached again",
+                            )));
+                        }
+                    }
+                    break;
+                }
             };
+            for call in again {
+                // A writer that ended at once is seen by `drive`, which fails what is booked.
+                let _ = self.send(&link, call);
+            }
         }
         // The daemon stayed away. Ending the task closes the call channel: every later call
         // fails at once, and `Client::is_open` says so.
@@ -174,12 +214,12 @@ impl Task {
     async fn drive(&mut self, link: &mut Link) -> End {
         loop {
             let step = tokio::select! {
-                call = self.calls.recv() => match call {
-                    Some(call) => self.send(link, call),
-                    None => return End::Unused,
-                },
-                Some(token) = self.orphans.recv() => self.abandon(link, token),
+                // The daemon's frames first: its idle notice is in the socket before a write
+                // fails because the daemon closed, and must be seen before the writer's error,
+                // so that the requests the daemon did not read are sent again, not failed.
+                biased;
                 frame = link.reader.next() => match frame {
+                    Some(Ok(response)) if is_idle_notice(&response) => return End::Idle,
                     Some(Ok(response)) => match self.books.answer(response) {
                         Some(orphan) => self.abandon(link, orphan),
                         None => Ok(()),
@@ -187,16 +227,42 @@ impl Task {
                     Some(Err(e)) => Err(e.to_string()),
                     None => Err("the daemon closed it".into()),
                 },
-                written = &mut link.writer => Err(match written {
-                    Ok(Err(e)) => e.to_string(),
-                    Ok(Ok(())) => "the writer stopped".into(),
-                    Err(e) => format!("the writer failed: {e}"),
-                }),
+                call = self.calls.recv() => match call {
+                    Some(call) => self.send(link, call),
+                    None => return End::Unused,
+                },
+                Some(token) = self.orphans.recv() => self.abandon(link, token),
+                written = &mut link.writer => {
+                    let why = match written {
+                        Ok(Err(e)) => e.to_string(),
+                        Ok(Ok(())) => "the writer stopped".into(),
+                        Err(e) => format!("the writer failed: {e}"),
+                    };
+                    // A write fails once the daemon has closed, possibly before its last
+                    // frames were read: take them first (briefly: the stream ends right after).
+                    if let Ok(true) = tokio::time::timeout(LAST_WORDS, self.last_words(link)).await {
+                        return End::Idle;
+                    }
+                    Err(why)
+                }
             };
             if let Err(why) = step {
                 return End::Lost(why);
             }
         }
+    }
+
+    /// Reads what the daemon sent before the connection broke, up to the end of the stream:
+    /// answers are delivered; `true` when its idle notice is among them.
+    async fn last_words(&mut self, link: &mut Link) -> bool {
+        while let Some(Ok(response)) = link.reader.next().await {
+            if is_idle_notice(&response) {
+                return true;
+            }
+            // An orphan is released after the reconnect (it stays in `held`).
+            let _ = self.books.answer(response);
+        }
+        false
     }
 
     /// Books `call` and hands its frame to the writer.
