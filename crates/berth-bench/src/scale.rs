@@ -20,7 +20,7 @@ use berth::{Client, Protocol, Reservation};
 use crate::args::ScaleArgs;
 use crate::many::{acquire_spread, connect_all, runtime, wait_settled};
 use crate::servers::{self, cpu_time_us, Daemon};
-use crate::table::{memory_kib, mib, Summary, Table};
+use crate::table::{memory_kib, mib, Memory, Summary, Table};
 
 /// One paced request's times, in nanoseconds: from the schedule, from the send.
 type Timing = (u64, u64);
@@ -51,7 +51,7 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
         pin(common.client_cpu),
         pin(common.server_cpu),
     );
-    let mut memory: Vec<(String, (u64, u64))> = Vec::new();
+    let mut memory: Vec<(String, Memory)> = Vec::new();
     let mut note = |what: String| -> Result<()> {
         memory.push((what, memory_kib(pid)?));
         Ok(())
@@ -109,11 +109,17 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
     })?;
     println!();
     table.print();
-    println!("| daemon memory | VmRSS | VmHWM (peak) |\n|---|---:|---:|");
-    for (what, (rss, hwm)) in &memory {
-        println!("| {what} | {} | {} |", mib(*rss), mib(*hwm));
+    println!("| daemon memory | VmRSS | VmHWM (peak) | of VmRSS: anonymous | files, shared |\n|---|---:|---:|---:|---:|");
+    for (what, m) in &memory {
+        println!(
+            "| {what} | {} | {} | {} | {} |",
+            mib(m.rss),
+            mib(m.hwm),
+            mib(m.anon),
+            mib(m.file)
+        );
     }
-    let peak = memory.iter().map(|(_, (_, hwm))| *hwm).max().unwrap_or(0);
+    let peak = memory.iter().map(|(_, m)| m.hwm).max().unwrap_or(0);
     println!(
         "\npeak resident memory {} (target < 64 MiB): {}",
         mib(peak),

@@ -86,8 +86,21 @@ pub fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// Resident memory of process `pid` from `/proc/<pid>/status`: (VmRSS, VmHWM) in KiB.
-pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+/// Resident memory of process `pid` from `/proc/<pid>/status`, in KiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// `VmRSS`: resident now.
+    pub rss: u64,
+    /// `VmHWM`: the peak of `VmRSS`.
+    pub hwm: u64,
+    /// `RssAnon`: of `rss`, anonymous memory (the heap, stacks).
+    pub anon: u64,
+    /// `RssFile` + `RssShmem`: of `rss`, mapped files (the binary, SQLite's shared memory).
+    pub file: u64,
+}
+
+/// Reads process `pid`'s [`Memory`].
+pub fn memory_kib(pid: u32) -> anyhow::Result<Memory> {
     use anyhow::Context;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
@@ -99,7 +112,12 @@ pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("no {name} in /proc/{pid}/status"))
     };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+    Ok(Memory {
+        rss: field("VmRSS:")?,
+        hwm: field("VmHWM:")?,
+        anon: field("RssAnon:")?,
+        file: field("RssFile:")? + field("RssShmem:")?,
+    })
 }
 
 /// KiB as MiB with one decimal.

@@ -52,8 +52,14 @@ pub(crate) const MAX_PENDING_FDS: usize = 8;
 /// reading thread.
 const KERNEL_MAX_FDS: usize = 253;
 
-/// Bytes read per `recvmsg`.
+/// The most bytes read per `recvmsg`.
 const CHUNK: usize = 16 * 1024;
+
+/// Bytes read per `recvmsg` at first, and again once the session is idle (nothing buffered):
+/// requests are tens of bytes, and a daemon with 1,000 idle sessions should not keep 16 KiB of
+/// scratch space and a grown frame buffer for each. A read that fills the scratch space doubles
+/// it for the next, up to [`CHUNK`].
+const SMALL_CHUNK: usize = 512;
 
 /// How long the next request waits for the close of the socket that came with an `Associate`
 /// (a close normally takes microseconds; one that blocks is the client's own doing).
@@ -82,8 +88,10 @@ pub(crate) enum ReadError {
 pub(crate) struct Reader {
     /// `None` only once dropped.
     half: Option<OwnedReadHalf>,
+    /// Bytes read and not yet decoded; emptied (and its allocation dropped) when idle.
     buf: BytesMut,
-    /// Scratch space for one read, kept to keep the future small.
+    /// Scratch space for one read, kept to keep the future small: [`SMALL_CHUNK`] bytes,
+    /// doubled after a read that fills it, back to [`SMALL_CHUNK`] when idle.
     chunk: Vec<u8>,
     /// Ancillary scratch space for one read, aligned for control headers.
     control: Vec<u64>,
@@ -102,8 +110,8 @@ impl Reader {
         Reader {
             closers,
             half: Some(half),
-            buf: BytesMut::with_capacity(CHUNK),
-            chunk: vec![0u8; CHUNK],
+            buf: BytesMut::new(),
+            chunk: vec![0u8; SMALL_CHUNK],
             control: recv::control_buffer(KERNEL_MAX_FDS),
             codec: FrameCodec::daemon(),
             ledger: Ledger::new(),
@@ -117,6 +125,7 @@ impl Reader {
     /// kept, and the wait for readability; what a read brings is recorded before the next await.
     pub(crate) async fn next(&mut self) -> Result<Option<Inbound>, ReadError> {
         self.wait_for_close().await;
+        self.shrink_if_idle();
         loop {
             let buffered = self.buf.len();
             if let Some(request) = self.codec.decode(&mut self.buf).map_err(ReadError::Frame)? {
@@ -143,6 +152,20 @@ impl Reader {
                     )))
                 };
             }
+        }
+    }
+
+    /// Between requests, with nothing buffered: gives back what a large frame grew (the frame
+    /// buffer's allocation, scratch space beyond [`SMALL_CHUNK`]).
+    fn shrink_if_idle(&mut self) {
+        if !self.buf.is_empty() {
+            return;
+        }
+        if self.buf.capacity() > SMALL_CHUNK {
+            self.buf = BytesMut::new();
+        }
+        if self.chunk.len() > SMALL_CHUNK {
+            self.chunk = vec![0u8; SMALL_CHUNK];
         }
     }
 
@@ -197,6 +220,10 @@ impl Reader {
             .map_err(refused)?;
         self.buf
             .extend_from_slice(self.chunk.get(..n).unwrap_or_default());
+        if n == self.chunk.len() && n < CHUNK {
+            // More may be waiting: read more at once next time.
+            self.chunk.resize((n * 2).min(CHUNK), 0);
+        }
         Ok(n)
     }
 }
@@ -329,6 +356,36 @@ mod tests {
         let list = reader.next().await.ok().flatten().unwrap();
         assert_eq!(list.request, Request::List);
         assert!(list.fd.is_none());
+    }
+
+    #[tokio::test]
+    async fn buffers_start_small_grow_for_a_large_frame_and_shrink_back_when_idle() {
+        let (client, mut reader) = pair();
+        assert_eq!(reader.chunk.len(), SMALL_CHUNK);
+        assert_eq!(
+            reader.buf.capacity(),
+            0,
+            "nothing allocated before the first read"
+        );
+        let mut hello = berth_protocol::Hello::current("x");
+        hello.client = "x".repeat(6000);
+        let large = Request::Hello(hello);
+        send_with_fds(&client, &frame(large.clone()), &[]);
+        send_with_fds(&client, &frame(Request::Status), &[]);
+        let got = reader.next().await.ok().flatten().unwrap();
+        assert_eq!(got.request, large, "a frame larger than the first reads");
+        assert!(reader.chunk.len() > SMALL_CHUNK, "grown while reading it");
+        let got = reader.next().await.ok().flatten().unwrap();
+        assert_eq!(got.request, Request::Status);
+        // The next call finds nothing buffered: back to small.
+        let wait = std::time::Duration::from_millis(20);
+        assert!(tokio::time::timeout(wait, reader.next()).await.is_err());
+        assert_eq!(reader.chunk.len(), SMALL_CHUNK);
+        assert!(
+            reader.buf.capacity() <= SMALL_CHUNK,
+            "{}",
+            reader.buf.capacity()
+        );
     }
 
     #[tokio::test]
