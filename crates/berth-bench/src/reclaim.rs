@@ -10,6 +10,9 @@
 //! that answer marks its reservations as re-claimed (plus one round trip). Afterwards no
 //! reservation may be lost, and the new daemon must list all of them.
 //!
+//! The baseline is the same clients connecting and acquiring the same reservations afresh on
+//! a running daemon (the set-up before the first restart).
+//!
 //! The stop and the start run on the blocking pool, so the clients notice the old daemon's
 //! end and start reconnecting (with their backoff: 10 ms, doubling, at most 250 ms) as they
 //! would on their own.
@@ -56,8 +59,16 @@ pub fn run(args: &ReclaimArgs) -> Result<()> {
     let mut lines = Vec::new();
     rt.block_on(async {
         let socket = daemon.socket.clone();
+        let t = Instant::now();
         let clients = connect_all(&socket, args.clients).await?;
         let held = acquire_spread(&clients, args.reservations, true).await?;
+        let first = t.elapsed();
+        lines.push(format!(
+            "baseline: {} fresh clients connect and acquire {} held reservations on a running daemon in {:.1} ms",
+            args.clients,
+            args.reservations,
+            ms(first)
+        ));
         let mut daemon = Some(daemon);
         for round in 1..=args.restarts {
             let old = daemon.take().context("no daemon")?;
