@@ -204,6 +204,6 @@ fn reclaim_mode_times_restarts_and_loses_nothing() {
     let rows = figure_rows(&stdout);
     assert_eq!(rows.len(), 2, "{stdout}");
     assert!(rows.iter().all(|r| r[1] == "3" && r[2] == "3"), "{stdout}");
-    assert!(stdout.contains("restart 2: stop"), "{stdout}");
+    assert!(stdout.contains("restart 2 (new daemon pid "), "{stdout}");
     assert!(stdout.contains("baseline: 3 fresh clients"), "{stdout}");
 }
