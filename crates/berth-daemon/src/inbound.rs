@@ -52,14 +52,32 @@ pub(crate) const MAX_PENDING_FDS: usize = 8;
 /// reading thread.
 const KERNEL_MAX_FDS: usize = 253;
 
-/// The most bytes read per `recvmsg`.
+/// Bytes read per `recvmsg`.
 const CHUNK: usize = 16 * 1024;
 
-/// Bytes read per `recvmsg` at first, and again once the session is idle (nothing buffered):
-/// requests are tens of bytes, and a daemon with 1,000 idle sessions should not keep 16 KiB of
-/// scratch space and a grown frame buffer for each. A read that fills the scratch space doubles
-/// it for the next, up to [`CHUNK`].
-const SMALL_CHUNK: usize = 512;
+/// A session's frame buffer is given back when it is idle (nothing buffered) and holds more
+/// than this: requests are tens of bytes, and a daemon with 1,000 idle sessions should not keep
+/// what one large read grew for each.
+const KEPT_BUFFER: usize = 512;
+
+/// The scratch space of one read — [`CHUNK`] bytes and the ancillary buffer — is the serving
+/// thread's, not the session's: a read copies what it got into the session's frame buffer
+/// before it returns, so 1,000 sessions share the two workers' scratch space instead of each
+/// keeping 17 KiB. (Reading less at a time would not do: a session that ends with requests
+/// still queued unread makes the kernel reset the connection rather than close it, and a client
+/// then loses the answers it had not read yet.)
+struct Scratch {
+    bytes: Vec<u8>,
+    /// Aligned for control headers.
+    control: Vec<u64>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch {
+        bytes: vec![0u8; CHUNK],
+        control: recv::control_buffer(KERNEL_MAX_FDS),
+    });
+}
 
 /// How long the next request waits for the close of the socket that came with an `Associate`
 /// (a close normally takes microseconds; one that blocks is the client's own doing).
@@ -88,13 +106,9 @@ pub(crate) enum ReadError {
 pub(crate) struct Reader {
     /// `None` only once dropped.
     half: Option<OwnedReadHalf>,
-    /// Bytes read and not yet decoded; emptied (and its allocation dropped) when idle.
+    /// Bytes read and not yet decoded; its allocation is dropped when idle (see
+    /// [`KEPT_BUFFER`]).
     buf: BytesMut,
-    /// Scratch space for one read, kept to keep the future small: [`SMALL_CHUNK`] bytes,
-    /// doubled after a read that fills it, back to [`SMALL_CHUNK`] when idle.
-    chunk: Vec<u8>,
-    /// Ancillary scratch space for one read, aligned for control headers.
-    control: Vec<u64>,
     codec: FrameCodec<Request, Response>,
     /// Which bytes came from whom, and with which descriptors.
     ledger: Ledger<Received, Option<Credentials>>,
@@ -111,8 +125,6 @@ impl Reader {
             closers,
             half: Some(half),
             buf: BytesMut::new(),
-            chunk: vec![0u8; SMALL_CHUNK],
-            control: recv::control_buffer(KERNEL_MAX_FDS),
             codec: FrameCodec::daemon(),
             ledger: Ledger::new(),
             closing: None,
@@ -155,17 +167,10 @@ impl Reader {
         }
     }
 
-    /// Between requests, with nothing buffered: gives back what a large frame grew (the frame
-    /// buffer's allocation, scratch space beyond [`SMALL_CHUNK`]).
+    /// Between requests, with nothing buffered: gives back what a large read grew.
     fn shrink_if_idle(&mut self) {
-        if !self.buf.is_empty() {
-            return;
-        }
-        if self.buf.capacity() > SMALL_CHUNK {
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER {
             self.buf = BytesMut::new();
-        }
-        if self.chunk.len() > SMALL_CHUNK {
-            self.chunk = vec![0u8; SMALL_CHUNK];
         }
     }
 
@@ -192,11 +197,17 @@ impl Reader {
             return Ok(0);
         };
         let stream: &tokio::net::UnixStream = half.as_ref();
-        let chunk = &mut self.chunk;
-        let control = &mut self.control;
+        let buf = &mut self.buf;
         let message = stream
             .async_io(Interest::READABLE, || {
-                recv::recv(stream.as_fd(), chunk, control)
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let Scratch { bytes, control } = scratch;
+                    let message = recv::recv(stream.as_fd(), bytes, control)?;
+                    // Copied out at once: the scratch space is the thread's. (Should the
+                    // checks below refuse the read, the connection closes with these bytes.)
+                    buf.extend_from_slice(bytes.get(..message.bytes).unwrap_or_default());
+                    Ok(message)
+                })
             })
             .await
             .map_err(ReadError::Io)?;
@@ -218,12 +229,6 @@ impl Reader {
         self.ledger
             .record(n, fds, message.sender)
             .map_err(refused)?;
-        self.buf
-            .extend_from_slice(self.chunk.get(..n).unwrap_or_default());
-        if n == self.chunk.len() && n < CHUNK {
-            // More may be waiting: read more at once next time.
-            self.chunk.resize((n * 2).min(CHUNK), 0);
-        }
         Ok(n)
     }
 }
@@ -359,9 +364,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn buffers_start_small_grow_for_a_large_frame_and_shrink_back_when_idle() {
+    async fn the_frame_buffer_is_given_back_when_idle() {
         let (client, mut reader) = pair();
-        assert_eq!(reader.chunk.len(), SMALL_CHUNK);
         assert_eq!(
             reader.buf.capacity(),
             0,
@@ -373,16 +377,14 @@ mod tests {
         send_with_fds(&client, &frame(large.clone()), &[]);
         send_with_fds(&client, &frame(Request::Status), &[]);
         let got = reader.next().await.ok().flatten().unwrap();
-        assert_eq!(got.request, large, "a frame larger than the first reads");
-        assert!(reader.chunk.len() > SMALL_CHUNK, "grown while reading it");
+        assert_eq!(got.request, large);
         let got = reader.next().await.ok().flatten().unwrap();
         assert_eq!(got.request, Request::Status);
-        // The next call finds nothing buffered: back to small.
+        // The next call finds nothing buffered: the grown buffer goes.
         let wait = std::time::Duration::from_millis(20);
         assert!(tokio::time::timeout(wait, reader.next()).await.is_err());
-        assert_eq!(reader.chunk.len(), SMALL_CHUNK);
         assert!(
-            reader.buf.capacity() <= SMALL_CHUNK,
+            reader.buf.capacity() <= KEPT_BUFFER,
             "{}",
             reader.buf.capacity()
         );
