@@ -13,20 +13,9 @@ pub struct Args {
     /// Internal modes (the echo server child).
     #[command(subcommand)]
     pub mode: Option<Mode>,
-    /// The `berth` binary to start the daemon from (use a --release build for figures).
-    #[arg(long, value_name = "PATH", env = "BERTH_BIN")]
-    pub berth_bin: Option<PathBuf>,
-    /// The daemon's --kernel-sync. `on` writes net.ipv4.ip_local_reserved_ports: run it only
-    /// as root inside a private network namespace (`unshare -n`), never on the host.
-    #[arg(long, value_name = "MODE", default_value = "off")]
-    pub kernel_sync: Sync,
-    /// The daemon's authority beacon name [default: berth-bench-<pid>], so the benchmark's
-    /// daemon never coordinates with (or is refused by) another daemon in this namespace.
-    #[arg(long, value_name = "NAME")]
-    pub authority: Option<String>,
-    /// The daemon's wildcard pool (large enough for --scale).
-    #[arg(long, value_name = "LO-HI", default_value = "20000-60999")]
-    pub pool: String,
+    /// The daemon and where everything runs.
+    #[command(flatten)]
+    pub common: Common,
     /// The second concurrency level (the first is 1 client). Each client is a thread with its
     /// own connection and a current-thread tokio runtime.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -52,12 +41,6 @@ pub struct Args {
     /// Measure only these (default: all).
     #[arg(long, value_name = "KIND,…", value_delimiter = ',')]
     pub only: Vec<Kind>,
-    /// Pin this process (all client threads) to this CPU (sched_setaffinity).
-    #[arg(long, value_name = "CPU")]
-    pub client_cpu: Option<usize>,
-    /// Pin the daemon and the echo server to this CPU (`taskset -c`); may equal --client-cpu.
-    #[arg(long, value_name = "CPU")]
-    pub server_cpu: Option<usize>,
 }
 
 impl Args {
@@ -65,6 +48,31 @@ impl Args {
     pub fn wants(&self, kind: Kind) -> bool {
         self.only.is_empty() || self.only.contains(&kind)
     }
+}
+
+/// What every mode shares: the daemon to start, and pinning.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// The `berth` binary to start the daemon from (use a --release build for figures).
+    #[arg(long, value_name = "PATH", env = "BERTH_BIN")]
+    pub berth_bin: Option<PathBuf>,
+    /// The daemon's --kernel-sync. `on` writes net.ipv4.ip_local_reserved_ports: run it only
+    /// as root inside a private network namespace (`unshare -n`), never on the host.
+    #[arg(long, value_name = "MODE", default_value = "off")]
+    pub kernel_sync: Sync,
+    /// The daemon's authority beacon name [default: berth-bench-<pid>], so the benchmark's
+    /// daemon never coordinates with (or is refused by) another daemon in this namespace.
+    #[arg(long, value_name = "NAME")]
+    pub authority: Option<String>,
+    /// The daemon's wildcard pool (large enough for --scale).
+    #[arg(long, value_name = "LO-HI", default_value = "20000-60999")]
+    pub pool: String,
+    /// Pin this process (all client threads) to this CPU (sched_setaffinity).
+    #[arg(long, value_name = "CPU")]
+    pub client_cpu: Option<usize>,
+    /// Pin the daemon and the echo server to this CPU (`taskset -c`); may equal --client-cpu.
+    #[arg(long, value_name = "CPU")]
+    pub server_cpu: Option<usize>,
 }
 
 /// The daemon's kernel sync.
@@ -86,9 +94,19 @@ impl Sync {
     }
 }
 
-/// Internal modes.
+/// The other measurements (each its own run), and the internal echo server.
 #[derive(Debug, Subcommand)]
 pub enum Mode {
+    /// The portpicker protocol: berth's --portserver endpoint vs Google's portserver.py vs a
+    /// connect-per-request echo, through a raw client and through the real Python client.
+    Portserver(PortserverArgs),
+    /// Many clients: the daemon's resident memory with 1,000 clients holding 10,000
+    /// reservations and after cycles of clients coming and going, and request latency at a
+    /// paced offered load.
+    Scale(ScaleArgs),
+    /// Re-claim after a restart: the time from a daemon restart until every client's runtime
+    /// reservations are back.
+    Reclaim(ReclaimArgs),
     /// Serve echo requests (started by the benchmark itself; prints "ready").
     #[command(hide = true)]
     EchoServer(EchoArgs),
@@ -104,4 +122,82 @@ pub struct EchoArgs {
     /// One request per connection: a line in, a line out, close (the portpicker shape).
     #[arg(long)]
     pub connect_socket: PathBuf,
+}
+
+/// `berth-bench portserver`.
+#[derive(Debug, clap::Args)]
+pub struct PortserverArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The second concurrency level of the raw client (the first is 1).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub clients: u32,
+    /// Requests per measurement (all clients together). Every raw answer lasts until this
+    /// process exits, so all measurements together must stay under half of the pool.
+    #[arg(long, value_name = "R", default_value_t = 5_000)]
+    pub requests: u64,
+    /// Unmeasured requests per client before each measurement.
+    #[arg(long, value_name = "W", default_value_t = 100)]
+    pub warmup: u64,
+    /// Upper bound on each raw measurement's duration, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub max_secs: f64,
+    /// Picks per Python client run (at most --requests).
+    #[arg(long, value_name = "P", default_value_t = 2_000)]
+    pub python_requests: u64,
+    /// The Python interpreter (with the `portpicker` package).
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub python: PathBuf,
+    /// Google's portserver.py [default: the one installed with portpicker].
+    #[arg(long, value_name = "PATH")]
+    pub portserver_py: Option<PathBuf>,
+    /// Skip the Python client.
+    #[arg(long)]
+    pub no_python: bool,
+}
+
+/// `berth-bench scale`.
+#[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients (connections), all on one thread of this process.
+    #[arg(long, value_name = "N", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
+    /// Reservations held by all clients together (unheld, one port each, spread evenly).
+    #[arg(long, value_name = "R", default_value_t = 10_000)]
+    pub reservations: u32,
+    /// Offered load of the paced measurement, requests per second (a request is one acquire
+    /// or one release; the clients take turns, round robin).
+    #[arg(long, value_name = "RPS", default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// Duration of the paced measurement, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub secs: f64,
+    /// Cycles of `--clients` clients connecting, acquiring `--reservations` and leaving.
+    #[arg(long, value_name = "C", default_value_t = 10)]
+    pub cycles: u32,
+}
+
+/// `berth-bench reclaim`.
+#[derive(Debug, clap::Args)]
+pub struct ReclaimArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients (connections), all on one thread of this process.
+    #[arg(long, value_name = "N", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
+    /// Runtime reservations held by all clients together (held, one TCP port each, spread
+    /// evenly).
+    #[arg(long, value_name = "R", default_value_t = 1_000)]
+    pub reservations: u32,
+    /// Restarts measured in a row.
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    pub restarts: u32,
+    /// Stop the daemon with SIGKILL (a crash) instead of SIGTERM (a clean stop).
+    #[arg(long)]
+    pub crash: bool,
+    /// Upper bound on one re-claim, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub max_secs: f64,
 }

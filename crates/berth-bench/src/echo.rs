@@ -123,7 +123,9 @@ impl EchoClient {
     }
 }
 
-/// One connect-per-request exchange with `socket`: connect, `"<pid>\n"`, read to the end.
+/// One connect-per-request exchange with `socket`: connect, `"<pid>\n"` (this process's),
+/// read to the end. An answer that is not a line (a portserver's refusal is a close without
+/// one) is an error.
 pub async fn connect_once(socket: &Path) -> Result<()> {
     let mut stream = tokio::net::UnixStream::connect(socket).await?;
     let line = format!("{}\n", std::process::id());
@@ -132,7 +134,8 @@ pub async fn connect_once(socket: &Path) -> Result<()> {
     stream.read_to_end(&mut answer).await?;
     anyhow::ensure!(
         answer.ends_with(b"\n"),
-        "the echo server answered {answer:?}"
+        "the server answered {:?} (a portserver refuses by closing without an answer)",
+        String::from_utf8_lossy(&answer)
     );
     Ok(())
 }

@@ -10,6 +10,11 @@
 //! - a connect-per-request echo (`"<pid>\n"` in, `"<port>\n"` out: the portpicker shape);
 //! - optionally, acquire+release with many live reservations (`--scale`).
 //!
+//! Three more modes are runs of their own: `portserver` (berth's portpicker endpoint against
+//! Google's portserver.py and the connect-per-request echo, through a raw client and the real
+//! Python client), `scale` (1,000 clients: the daemon's memory, latency at a paced load) and
+//! `reclaim` (the time to re-claim runtime reservations after a restart).
+//!
 //! Every measurement is bounded by a request count and a duration, and reports p50, p99, max,
 //! throughput, and the server's CPU time per request (`/proc/<pid>/stat` utime+stime).
 //! Clients run one OS thread each, with a current-thread tokio runtime.
@@ -20,12 +25,19 @@
 //! - `echo`: the echo server (child mode) and its clients.
 //! - `load`: running a measurement over N client threads; statistics.
 //! - `report`: the table and the ratios.
+//! - `portserver`, `scale`, `reclaim`: the other modes; `many`: many clients on one thread;
+//!   `table`: their figures.
 
 mod args;
 mod echo;
 mod load;
+mod many;
+mod portserver;
+mod reclaim;
 mod report;
+mod scale;
 mod servers;
+mod table;
 
 use std::process::ExitCode;
 
@@ -40,6 +52,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let outcome = match args.mode {
         Some(Mode::EchoServer(ref echo)) => echo::serve(echo),
+        Some(Mode::Portserver(ref ps)) => portserver::run(ps),
+        Some(Mode::Scale(ref scale)) => scale::run(scale),
+        Some(Mode::Reclaim(ref reclaim)) => reclaim::run(reclaim),
         None => run(&args),
     };
     match outcome {
@@ -52,7 +67,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
-    if let Some(cpu) = args.client_cpu {
+    if let Some(cpu) = args.common.client_cpu {
         servers::pin_self(cpu).with_context(|| format!("cannot pin this process to CPU {cpu}"))?;
     }
     let dir = tempfile::Builder::new()
@@ -60,11 +75,11 @@ fn run(args: &Args) -> Result<()> {
         .tempdir()
         .context("cannot create a temporary directory")?;
     let berth_bin = args
-        .berth_bin
+        .common.berth_bin
         .clone()
         .context("name the berth binary with --berth-bin or BERTH_BIN (build it with `cargo build --release -p berth-cli`)")?;
-    let daemon = servers::Daemon::start(&berth_bin, dir.path(), args)?;
-    let echo = servers::EchoServer::start(dir.path(), args.server_cpu)?;
+    let daemon = servers::Daemon::start(&berth_bin, dir.path(), &args.common, &[])?;
+    let echo = servers::EchoServer::start(dir.path(), args.common.server_cpu)?;
     let sizes = load::frame_sizes(&daemon.socket)?;
 
     let mut report = Report::new(args, &sizes, daemon.pid(), echo.pid());

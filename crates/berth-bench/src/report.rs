@@ -31,9 +31,9 @@ impl Report {
             "kernel sync {}; clients {}, daemon and echo server {}; daemon pid {daemon_pid}, echo pid {echo_pid}\n\
              frame payloads: acquire {} B → {} B, release {} B → {} B (plus 4-byte length prefixes)\n\
              requests per measurement ≤ {}, ≤ {} s each, warm-up {} per client",
-            args.kernel_sync.as_str(),
-            pin(args.client_cpu),
-            pin(args.server_cpu),
+            args.common.kernel_sync.as_str(),
+            pin(args.common.client_cpu),
+            pin(args.common.server_cpu),
             sizes.acquire,
             sizes.acquired,
             sizes.release,

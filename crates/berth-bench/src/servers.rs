@@ -2,6 +2,7 @@
 //! started here (pinned with `taskset` on request), killed by its pid when dropped; and their
 //! CPU time.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,10 +12,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::args::Args;
+use crate::args::Common;
 
 /// How long a server may take to say "ready".
 const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// The daemon's configuration file: connection limits above any client count a mode uses
+/// (1,000 clients of one user exceed the default per-uid limit of 256).
+const DAEMON_CONFIG: &str = "max_connections = 16384\nmax_connections_per_uid = 16384\n";
 
 /// What a measurement talks to.
 #[derive(Debug, Clone)]
@@ -38,27 +43,37 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `berth daemon` on `<dir>/berth.sock` with its database in `dir`, and waits for
-    /// its "ready".
-    pub fn start(berth: &Path, dir: &Path, args: &Args) -> Result<Daemon> {
+    /// Starts `berth daemon` on `<dir>/berth.sock` with its database in `dir` and the extra
+    /// daemon arguments `extra`, and waits for its "ready".
+    ///
+    /// The daemon reads a configuration file of the benchmark's own (`<dir>/berth.toml`, never
+    /// the host's): connection limits high enough for `--scale`-sized client counts.
+    pub fn start(berth: &Path, dir: &Path, common: &Common, extra: &[&OsStr]) -> Result<Daemon> {
         let socket = dir.join("berth.sock");
         let log = dir.join("daemon.log");
-        let authority = args
+        let config = dir.join("berth.toml");
+        std::fs::write(&config, DAEMON_CONFIG)
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        let authority = common
             .authority
             .clone()
             .unwrap_or_else(|| format!("berth-bench-{}", std::process::id()));
-        let mut cmd = pinned(berth, args.server_cpu);
+        let mut cmd = pinned(berth, common.server_cpu);
         cmd.arg("daemon")
             .arg("--socket")
             .arg(&socket)
             .arg("--db")
             .arg(dir.join("berth.db"))
-            .args(["--pool", &args.pool])
-            .args(["--kernel-sync", args.kernel_sync.as_str()])
+            .arg("--config")
+            .arg(&config)
+            .args(["--pool", &common.pool])
+            .args(["--kernel-sync", common.kernel_sync.as_str()])
             .args(["--authority", &authority])
+            .args(extra)
             .arg("--ready-stdout")
             .env_remove("BERTH_LOG")
             .env_remove("BERTH_CONFIG");
+        // Append: a restarted daemon's log follows its predecessor's.
         let child = start_ready(cmd, &log, "berth daemon")?;
         let pid = child.id();
         Ok(Daemon {
@@ -71,6 +86,24 @@ impl Daemon {
             socket,
             log,
         })
+    }
+
+    /// Stops it cleanly (SIGTERM to our own child, by its pid; it drains and keeps the runtime
+    /// journal, as `berth stop` does) and waits for it to exit.
+    pub fn terminate(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Some(status) = child.try_wait()? {
+            bail!("the daemon had died already ({status})");
+        }
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .context("cannot run kill")?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", child.id());
+        child.wait()?;
+        Ok(())
     }
 
     /// Its pid.
@@ -162,7 +195,11 @@ fn pinned(program: &Path, cpu: Option<usize>) -> Command {
 /// Spawns `cmd` with stdin a pipe (it ends when we do), stdout piped, stderr to `log`, and
 /// waits for "ready" on its stdout.
 fn start_ready(mut cmd: Command, log: &Path, what: &str) -> Result<Child> {
-    let log_file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let log_file = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot create {}", log.display()))?;
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

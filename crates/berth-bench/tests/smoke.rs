@@ -66,3 +66,144 @@ fn runs_and_reports_every_measurement() {
     assert!(stdout.contains("(held) / 2 echo round trips"), "{stdout}");
     assert!(stdout.contains("20 live / 3 live"), "{stdout}");
 }
+
+/// Runs `berth-bench ARGS…` against the debug `berth`; its stdout, after checking it succeeded.
+fn run_mode(args: &[&str]) -> String {
+    let out = Command::new(BENCH)
+        .args(args)
+        .arg("--berth-bin")
+        .arg(berth_bin())
+        .env_remove("BERTH_SOCKET")
+        .output()
+        .expect("run berth-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "berth-bench {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+/// The figure rows (`| what | clients | n | p50 | p99 | max | mean | req/s | cpu |`) of a
+/// mode's table, checked for sanity.
+fn figure_rows(stdout: &str) -> Vec<Vec<String>> {
+    let rows: Vec<Vec<String>> = stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("| ") && !l.starts_with("| request") && l.split('|').count() == 11
+        })
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect();
+    for row in &rows {
+        let num = |i: usize| -> f64 { row[i].parse().expect("a number") };
+        assert!(num(2) > 0.0, "{row:?}");
+        let (p50, p99, max) = (num(3), num(4), num(5));
+        assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{row:?}");
+        assert!(num(7) > 0.0, "{row:?}");
+        assert!(row[8] == "–" || num(8) >= 0.0, "{row:?}");
+    }
+    rows
+}
+
+#[test]
+fn portserver_mode_measures_berth_and_the_echo_and_portserver_py_when_installed() {
+    let stdout = run_mode(&[
+        "portserver",
+        "--requests",
+        "20",
+        "--warmup",
+        "2",
+        "--clients",
+        "2",
+        "--python-requests",
+        "10",
+        "--max-secs",
+        "10",
+    ]);
+    let rows = figure_rows(&stdout);
+    let has = |what: &str, clients: &str| rows.iter().any(|r| r[0] == what && r[1] == clients);
+    for clients in ["1", "2"] {
+        assert!(
+            has("raw client → connect-per-request echo", clients),
+            "{stdout}"
+        );
+        assert!(has("raw client → berth --portserver", clients), "{stdout}");
+    }
+    assert!(stdout.contains("berth / echo throughput"), "{stdout}");
+    // portserver.py and the Python client need Python with portpicker (CI installs it); without
+    // them the run says what it skipped.
+    assert!(
+        has("raw client → portserver.py", "1") || stdout.contains("portserver.py not measured"),
+        "{stdout}"
+    );
+    if has("raw client → portserver.py", "1") {
+        assert!(
+            has("pick_unused_port() → berth --portserver", "1"),
+            "{stdout}"
+        );
+        assert!(has("pick_unused_port() → portserver.py", "1"), "{stdout}");
+        assert!(
+            stdout.contains("berth / portserver.py throughput"),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("berth held"), "{stdout}");
+}
+
+#[test]
+fn scale_mode_reports_latency_and_memory() {
+    let stdout = run_mode(&[
+        "scale",
+        "--clients",
+        "5",
+        "--reservations",
+        "20",
+        "--rate",
+        "200",
+        "--secs",
+        "0.2",
+        "--cycles",
+        "2",
+    ]);
+    let rows = figure_rows(&stdout);
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert!(rows.iter().all(|r| r[1] == "5"), "{stdout}");
+    for step in [
+        "5 clients holding 20 reservations",
+        "cycle 2: 5 clients holding 20",
+        "cycle 2: all left",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("| {step} |")) && l.contains("MiB")),
+            "{step}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("peak resident memory"), "{stdout}");
+    assert!(stdout.contains("berth / echo p99"), "{stdout}");
+}
+
+#[test]
+fn reclaim_mode_times_restarts_and_loses_nothing() {
+    let stdout = run_mode(&[
+        "reclaim",
+        "--clients",
+        "3",
+        "--reservations",
+        "6",
+        "--restarts",
+        "2",
+    ]);
+    let rows = figure_rows(&stdout);
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows.iter().all(|r| r[1] == "3" && r[2] == "3"), "{stdout}");
+    assert!(stdout.contains("restart 2 (new daemon pid "), "{stdout}");
+    assert!(stdout.contains("baseline: 3 fresh clients"), "{stdout}");
+}

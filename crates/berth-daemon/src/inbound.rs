@@ -65,6 +65,30 @@ const KERNEL_MAX_FDS: usize = 253;
 /// Bytes read per `recvmsg`.
 const CHUNK: usize = 16 * 1024;
 
+/// A session's frame buffer is given back when it is idle (nothing buffered) and holds more
+/// than this: requests are tens of bytes, and a daemon with 1,000 idle sessions should not keep
+/// what one large read grew for each.
+const KEPT_BUFFER: usize = 512;
+
+/// The scratch space of one read — [`CHUNK`] bytes and the ancillary buffer — is the serving
+/// thread's, not the session's: a read copies what it got into the session's frame buffer
+/// before it returns, so 1,000 sessions share the two workers' scratch space instead of each
+/// keeping 17 KiB. (Reading less at a time would not do: a session that ends with requests
+/// still queued unread makes the kernel reset the connection rather than close it, and a client
+/// then loses the answers it had not read yet.)
+struct Scratch {
+    bytes: Vec<u8>,
+    /// Aligned for control headers.
+    control: Vec<u64>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch {
+        bytes: vec![0u8; CHUNK],
+        control: recv::control_buffer(KERNEL_MAX_FDS),
+    });
+}
+
 /// How long the next request waits for the close of the socket that came with an `Associate`
 /// (a close normally takes microseconds; one that blocks is the client's own doing).
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -101,11 +125,9 @@ pub(crate) enum ReadError {
 pub(crate) struct Reader {
     /// `None` only once dropped.
     half: Option<OwnedReadHalf>,
+    /// Bytes read and not yet decoded; its allocation is dropped when idle (see
+    /// [`KEPT_BUFFER`]).
     buf: BytesMut,
-    /// Scratch space for one read, kept to keep the future small.
-    chunk: Vec<u8>,
-    /// Ancillary scratch space for one read, aligned for control headers.
-    control: Vec<u64>,
     codec: FrameCodec<Request, Response>,
     /// Which bytes came from whom, and with which descriptors.
     ledger: Ledger<Carried, Option<Credentials>>,
@@ -128,9 +150,7 @@ impl Reader {
             lane,
             keep,
             half: Some(half),
-            buf: BytesMut::with_capacity(CHUNK),
-            chunk: vec![0u8; CHUNK],
-            control: recv::control_buffer(KERNEL_MAX_FDS),
+            buf: BytesMut::new(),
             codec: FrameCodec::daemon(),
             ledger: Ledger::new(),
             closing: None,
@@ -143,6 +163,7 @@ impl Reader {
     /// kept, and the wait for readability; what a read brings is recorded before the next await.
     pub(crate) async fn next(&mut self) -> Result<Option<Inbound>, ReadError> {
         self.wait_for_close().await;
+        self.shrink_if_idle();
         loop {
             let buffered = self.buf.len();
             if let Some(request) = self.codec.decode(&mut self.buf).map_err(ReadError::Frame)? {
@@ -178,6 +199,13 @@ impl Reader {
         }
     }
 
+    /// Between requests, with nothing buffered: gives back what a large read grew.
+    fn shrink_if_idle(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Waits until the descriptor handed out with the last request, once dropped, is closed.
     async fn wait_for_close(&mut self) {
         let Some((closing, deadline)) = &mut self.closing else {
@@ -209,11 +237,17 @@ impl Reader {
             return Ok(0);
         };
         let stream: &tokio::net::UnixStream = half.as_ref();
-        let chunk = &mut self.chunk;
-        let control = &mut self.control;
+        let buf = &mut self.buf;
         let message = stream
             .async_io(Interest::READABLE, || {
-                recv::recv(stream.as_fd(), chunk, control)
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let Scratch { bytes, control } = scratch;
+                    let message = recv::recv(stream.as_fd(), bytes, control)?;
+                    // Copied out at once: the scratch space is the thread's. (Should the
+                    // checks below refuse the read, the connection closes with these bytes.)
+                    buf.extend_from_slice(bytes.get(..message.bytes).unwrap_or_default());
+                    Ok(message)
+                })
             })
             .await
             .map_err(ReadError::Io)?;
@@ -233,8 +267,6 @@ impl Reader {
         self.ledger
             .record(n, fds, message.sender)
             .map_err(refused)?;
-        self.buf
-            .extend_from_slice(self.chunk.get(..n).unwrap_or_default());
         Ok(n)
     }
 }
@@ -373,6 +405,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_frame_buffer_is_given_back_when_idle() {
+        let (client, mut reader) = pair();
+        assert_eq!(
+            reader.buf.capacity(),
+            0,
+            "nothing allocated before the first read"
+        );
+        let mut hello = berth_protocol::Hello::current("x");
+        hello.client = "x".repeat(6000);
+        let large = Request::Hello(hello);
+        send_with_fds(&client, &frame(large.clone()), &[]);
+        send_with_fds(&client, &frame(Request::Status), &[]);
+        let got = reader.next().await.ok().flatten().unwrap();
+        assert_eq!(got.request, large);
+        let got = reader.next().await.ok().flatten().unwrap();
+        assert_eq!(got.request, Request::Status);
+        // The next call finds nothing buffered: the grown buffer goes.
+        let wait = std::time::Duration::from_millis(20);
+        assert!(tokio::time::timeout(wait, reader.next()).await.is_err());
+        assert!(
+            reader.buf.capacity() <= KEPT_BUFFER,
+            "{}",
+            reader.buf.capacity()
+        );
+    }
+
+    #[tokio::test]
     async fn a_socket_with_another_request_closes_the_connection() {
         let (client, mut reader) = pair();
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -408,7 +467,8 @@ mod tests {
     #[tokio::test]
     async fn a_descriptor_the_daemon_could_not_take_is_no_fault_of_the_client() {
         let (client, mut reader) = pair();
-        reader.control = recv::control_buffer(0);
+        // The scratch space is per thread: this test's runtime is this (current) thread.
+        SCRATCH.with_borrow_mut(|scratch| scratch.control = recv::control_buffer(0));
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let associate = Request::Associate {
             token: 7,

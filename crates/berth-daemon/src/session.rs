@@ -28,6 +28,21 @@ use crate::state::{error, Peer, Shared};
 
 type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Request, Response>>;
 
+/// A session's write buffer starts this small (tokio-util's default is 8 KiB: 8 MiB for 1,000
+/// idle sessions); answers are mostly tens of bytes.
+const WRITE_BUFFER: usize = 256;
+
+/// An emptied write buffer that grew beyond this (a long list) is replaced by a small one.
+const WRITE_BUFFER_KEPT: usize = 4 * 1024;
+
+/// The write half of a session, with a small buffer and tokio-util's default backpressure
+/// boundary.
+fn writer(wr: OwnedWriteHalf) -> Writer {
+    let mut writer = FramedWrite::with_capacity(wr, FrameCodec::daemon(), WRITE_BUFFER);
+    writer.set_backpressure_boundary(8 * 1024);
+    writer
+}
+
 /// What sessions need of the server besides the allocation state.
 pub(crate) struct Control {
     /// Cancelled by an administrator's `Stop`: the server stops accepting and drains, as on
@@ -136,7 +151,7 @@ pub(crate) async fn serve_connection(
     };
     let (rd, wr) = stream.into_split();
     let mut reader = Reader::new(rd, lane, Some(Box::new((permit, slot))));
-    let mut writer = FramedWrite::new(wr, FrameCodec::daemon());
+    let mut writer = writer(wr);
 
     if let Some(version) = handshake(&mut reader, &mut writer, &session, &shutdown).await {
         session.peer.version = version;
@@ -202,7 +217,7 @@ pub(crate) async fn refuse_busy(
     } = busy;
     let (rd, wr) = stream.into_split();
     let mut reader = Reader::new(rd, lane, keep);
-    let mut writer = FramedWrite::new(wr, FrameCodec::daemon());
+    let mut writer = writer(wr);
     let hello = tokio::select! {
         () = shutdown.cancelled() => return,
         first = tokio::time::timeout(config.handshake_timeout, reader.next()) => first,
@@ -529,7 +544,13 @@ fn frame_error_reply(e: &ReadError) -> Option<Response> {
 /// Writes one response; `None` when the client is gone or does not read in time.
 async fn send(writer: &mut Writer, response: Response, limit: Duration) -> Option<()> {
     match tokio::time::timeout(limit, writer.send(response)).await {
-        Ok(Ok(())) => Some(()),
+        Ok(Ok(())) => {
+            let buffer = writer.write_buffer_mut();
+            if buffer.is_empty() && buffer.capacity() > WRITE_BUFFER_KEPT {
+                *buffer = bytes::BytesMut::with_capacity(WRITE_BUFFER);
+            }
+            Some(())
+        }
         Ok(Err(e)) => {
             tracing::debug!("cannot answer a client: {e}");
             None
@@ -538,5 +559,31 @@ async fn send(writer: &mut Writer, response: Response, limit: Duration) -> Optio
             tracing::info!("a client did not read its answer within {limit:?}; closing it");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_write_buffer_starts_small_and_shrinks_back_after_a_large_answer() {
+        let (daemon, client) = tokio::net::UnixStream::pair().unwrap();
+        let (_rd, wr) = daemon.into_split();
+        let mut writer = writer(wr);
+        assert!(writer.write_buffer().capacity() <= WRITE_BUFFER);
+        let large = error(ErrorKind::Unavailable, "x".repeat(20_000));
+        let limit = Duration::from_secs(10);
+        send(&mut writer, large, limit).await.expect("sent");
+        assert!(
+            writer.write_buffer().capacity() <= WRITE_BUFFER,
+            "{}",
+            writer.write_buffer().capacity()
+        );
+        send(&mut writer, Response::Stopping { pid: 1 }, limit)
+            .await
+            .expect("sent");
+        assert!(writer.write_buffer().capacity() <= WRITE_BUFFER);
+        drop(client);
     }
 }
