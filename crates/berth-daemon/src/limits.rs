@@ -24,10 +24,27 @@ pub(crate) fn open_files_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-/// Descriptors this process has open now (`/proc/self/fd`, without the directory's own).
+/// Descriptors this process has open (`/proc/self/fd`, without the directory's own), counted
+/// at most once per [`COUNT_EVERY`]: listing the directory costs about a millisecond per 1,000
+/// descriptors, and `status`, which shows it, is a request anyone may send as often as they like.
 pub(crate) fn open_files() -> u32 {
-    count_open().unwrap_or(0)
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, u32)>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    match *last {
+        Some((at, n)) if now.duration_since(at) < COUNT_EVERY => n,
+        _ => {
+            let n = count_open().unwrap_or(0);
+            *last = Some((now, n));
+            n
+        }
+    }
 }
+
+/// How long a count of open descriptors is reused for `status`.
+const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// [`open_files`], or an error when `/proc/self/fd` cannot be read.
 fn count_open() -> std::io::Result<u32> {

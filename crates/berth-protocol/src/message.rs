@@ -424,7 +424,7 @@ pub struct StatusInfo {
     pub hold: bool,
     /// Why not, when it does not; empty otherwise.
     pub hold_off_because: String,
-    /// Descriptors the daemon has open now (`/proc/self/fd`).
+    /// Descriptors the daemon has open (`/proc/self/fd`, counted at most once a second).
     pub open_files: u32,
     /// The asker's quota — `(max_reservations, max_ports)` — when one applies to it (not to
     /// administrators, and only when the daemon is configured with one).
