@@ -67,17 +67,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
-    if let Some(cpu) = args.common.client_cpu {
-        servers::pin_self(cpu).with_context(|| format!("cannot pin this process to CPU {cpu}"))?;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("berth-bench.")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
-    let berth_bin = args
-        .common.berth_bin
-        .clone()
-        .context("name the berth binary with --berth-bin or BERTH_BIN (build it with `cargo build --release -p berth-cli`)")?;
+    let berth_bin = servers::prepare(&args.common)?;
+    let dir = servers::run_dir()?;
     let daemon = servers::Daemon::start(&berth_bin, dir.path(), &args.common, &[])?;
     let echo = servers::EchoServer::start(dir.path(), args.common.server_cpu)?;
     let sizes = load::frame_sizes(&daemon.socket)?;

@@ -66,13 +66,7 @@ sys.stdin.read()
 /// Runs the mode.
 pub fn run(args: &PortserverArgs) -> Result<()> {
     let common = &args.common;
-    if let Some(cpu) = common.client_cpu {
-        servers::pin_self(cpu).with_context(|| format!("cannot pin this process to CPU {cpu}"))?;
-    }
-    let berth_bin = common
-        .berth_bin
-        .clone()
-        .context("name the berth binary with --berth-bin or BERTH_BIN")?;
+    let berth_bin = servers::prepare(common)?;
     let pool = pool_size(&common.pool)?;
     let mut levels = vec![1];
     if args.clients > 1 {
@@ -85,10 +79,7 @@ pub fn run(args: &PortserverArgs) -> Result<()> {
     if asked > pool / 2 {
         bail!("{asked} raw requests would hold more than half of the {pool}-port pool (every answer lasts until this process exits): lower --requests or widen --pool");
     }
-    let dir = tempfile::Builder::new()
-        .prefix("berth-bench.")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
+    let dir = servers::run_dir()?;
     let berth_ps = dir.path().join("berth-portserver.sock");
     let daemon = Daemon::start(
         &berth_bin,

@@ -32,17 +32,8 @@ use crate::table::{Summary, Table};
 /// Runs the mode.
 pub fn run(args: &ReclaimArgs) -> Result<()> {
     let common = args.common.clone();
-    if let Some(cpu) = common.client_cpu {
-        servers::pin_self(cpu).with_context(|| format!("cannot pin this process to CPU {cpu}"))?;
-    }
-    let berth_bin = common
-        .berth_bin
-        .clone()
-        .context("name the berth binary with --berth-bin or BERTH_BIN")?;
-    let dir = tempfile::Builder::new()
-        .prefix("berth-bench.")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
+    let berth_bin = servers::prepare(&common)?;
+    let dir = servers::run_dir()?;
     let dir_path = dir.path().to_owned();
     let daemon = Daemon::start(&berth_bin, &dir_path, &common, &[])?;
     println!(

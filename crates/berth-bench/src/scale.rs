@@ -32,17 +32,8 @@ type Timing = (u64, u64);
 /// Runs the mode.
 pub fn run(args: &ScaleArgs) -> Result<()> {
     let common = &args.common;
-    if let Some(cpu) = common.client_cpu {
-        servers::pin_self(cpu).with_context(|| format!("cannot pin this process to CPU {cpu}"))?;
-    }
-    let berth_bin = common
-        .berth_bin
-        .clone()
-        .context("name the berth binary with --berth-bin or BERTH_BIN")?;
-    let dir = tempfile::Builder::new()
-        .prefix("berth-bench.")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
+    let berth_bin = servers::prepare(common)?;
+    let dir = servers::run_dir()?;
     let daemon = Daemon::start(&berth_bin, dir.path(), common, &[])?;
     let pid = daemon.pid();
     let echo_server = EchoServer::start(dir.path(), common.server_cpu)?;

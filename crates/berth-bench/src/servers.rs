@@ -226,6 +226,25 @@ fn start_ready(mut cmd: Command, log: &Path, what: &str) -> Result<Child> {
     }
 }
 
+/// What every mode does first: pins this process to `--client-cpu` (if given) and finds the
+/// berth binary to start daemons from.
+pub fn prepare(common: &Common) -> Result<PathBuf> {
+    if let Some(cpu) = common.client_cpu {
+        pin_self(cpu).with_context(|| format!("cannot pin this process to CPU {cpu}"))?;
+    }
+    common.berth_bin.clone().context(
+        "name the berth binary with --berth-bin or BERTH_BIN (build it with `cargo build --release -p berth-cli`)",
+    )
+}
+
+/// A temporary directory for one run's sockets and databases (removed when dropped).
+pub fn run_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("berth-bench.")
+        .tempdir()
+        .context("cannot create a temporary directory")
+}
+
 /// Pins the calling process's threads (and every thread it starts later) to `cpu`.
 pub fn pin_self(cpu: usize) -> Result<()> {
     let mut set = rustix::thread::CpuSet::new();
