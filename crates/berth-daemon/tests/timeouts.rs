@@ -13,30 +13,11 @@ use std::time::Duration;
 
 use berth_core::{Kind, Protocol};
 use berth_daemon::testing::raw::{frame, raw_frame, responses, shaken_hands};
-use berth_daemon::testing::TestDaemon;
+use berth_daemon::testing::{ticker, TestDaemon};
 use berth_protocol::{Request, ReservationInfo, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout_at, Instant};
-
-/// A task with a timer due every millisecond, so that paused time advances in steps of a
-/// millisecond at most (see the module's documentation). Aborted when dropped.
-struct Ticker(JoinHandle<()>);
-
-fn ticker() -> Ticker {
-    Ticker(tokio::spawn(async {
-        loop {
-            sleep(Duration::from_millis(1)).await;
-        }
-    }))
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Sends `request` and reads its one answer.
 async fn ask(stream: &mut UnixStream, request: Request) -> Response {

@@ -13,26 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth::{Client, ErrorKind, Protocol};
-use berth_daemon::testing::{FakeDaemon, TestDaemon};
+use berth_daemon::testing::{ticker, FakeDaemon, TestDaemon};
 use berth_protocol::{ErrorDetail, Request, Response, WireError};
-use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
-
-struct Ticker(JoinHandle<()>);
-
-fn ticker() -> Ticker {
-    Ticker(tokio::spawn(async {
-        loop {
-            sleep(Duration::from_millis(1)).await;
-        }
-    }))
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Polls the daemon, through `observer`, until it serves `n` sessions.
 async fn sessions_become(observer: &Client, n: u32) {
