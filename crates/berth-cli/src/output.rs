@@ -252,6 +252,37 @@ pub fn human_age(secs: u64) -> String {
     }
 }
 
+/// Writes to standard output. A reader that went away (`berth list | head -1`, `grep -q`) ends
+/// the command quietly with status 0, as if it had finished: the reader has what it wanted.
+/// Any other failure to write is said on stderr, with status 1.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("berth: cannot write to standard output: {e}");
+        std::process::exit(i32::from(crate::exit::FAILURE));
+    }
+}
+
+/// `print!` through [`write_out`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` through [`write_out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {out, outln};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -534,6 +534,40 @@ fn list_status_release_and_their_errors() {
     holder.wait().code(0);
 }
 
+/// A reader that stops early (`berth list | head -1`, `grep -q`) ends the command quietly:
+/// status 0 and nothing on stderr, never a panic.
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let d = Daemon::start("20820-20829");
+    d.berth(["run", "--tcp", "1", "--", "true"])
+        .output()
+        .code(0);
+    let commands: [&[&str]; 6] = [
+        &["status"],
+        &["status", "--json"],
+        &["status", "--format", "openmetrics"],
+        &["list"],
+        &["why", "--tcp", "20820"],
+        &["completions", "bash"],
+    ];
+    for args in commands {
+        // The reading end is closed before the command writes a byte.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = d
+            .berth(args)
+            .into_command()
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "berth {args:?}: {stderr}");
+        assert!(stderr.is_empty(), "berth {args:?} said: {stderr}");
+    }
+}
+
 #[test]
 fn completions_name_the_command() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! `berth daemon`.
 
+use crate::output::outln;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -91,8 +92,8 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     }
     if args.check_config {
         match &file {
-            Some(path) => println!("{}: valid", path.display()),
-            None => println!("no configuration file; the defaults are valid"),
+            Some(path) => outln!("{}: valid", path.display()),
+            None => outln!("no configuration file; the defaults are valid"),
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -1,5 +1,6 @@
 //! `berth persistent add|delete|lookup|list`.
 
+use crate::output::{out, outln};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -75,7 +76,7 @@ async fn lookup(args: PersistentRangeArgs) -> Result<ExitCode, Failure> {
     if args.json {
         print_json(&serde_json::json!({ "token": token.to_string() }))?;
     } else {
-        println!("{token}");
+        outln!("{token}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -93,7 +94,7 @@ async fn list(args: PersistentListArgs) -> Result<ExitCode, Failure> {
         let rows: Vec<ReservationJson> = list.iter().map(ReservationJson::from).collect();
         print_json(&rows)?;
     } else {
-        print!("{}", output::table(&list));
+        out!("{}", output::table(&list));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -103,13 +104,13 @@ fn print_token_or_json(info: &ReservationInfo, json: bool) -> Result<ExitCode, F
     if json {
         print_json(&ReservationJson::from(info))?;
     } else {
-        println!("{}", info.token);
+        outln!("{}", info.token);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).context("cannot render JSON")?
     );

@@ -1,5 +1,6 @@
 //! `berth list`, `berth status`, `berth release`: one request each, no daemon started.
 
+use crate::output::{out, outln};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -16,12 +17,12 @@ pub async fn list(args: JsonArg) -> Result<ExitCode, Failure> {
     let list = client.list().await?;
     if args.json {
         let rows: Vec<ReservationJson> = list.iter().map(ReservationJson::from).collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&rows).context("cannot render JSON")?
         );
     } else {
-        print!("{}", output::table(&list));
+        out!("{}", output::table(&list));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -36,7 +37,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     let info = client.status().await?;
     let status = StatusJson::from(&info);
     if format == StatusFormat::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&status).context("cannot render JSON")?
         );
@@ -44,34 +45,36 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     }
     let list = client.list().await?;
     if format == StatusFormat::Openmetrics {
-        print!(
+        out!(
             "{}",
             crate::metrics::openmetrics(&info, &list, output::now_ms())
         );
         return Ok(ExitCode::SUCCESS);
     }
     {
-        println!(
+        outln!(
             "berth daemon {} (pid {}) on {}",
-            status.version, status.pid, status.socket
+            status.version,
+            status.pid,
+            status.socket
         );
-        println!("  up {}", output::human_age(status.uptime_s));
-        println!("  wildcard pool {}", status.pool);
-        println!(
+        outln!("  up {}", output::human_age(status.uptime_s));
+        outln!("  wildcard pool {}", status.pool);
+        outln!(
             "  {}: {}, {}",
             plural(status.reservations, "reservation"),
             plural(status.tcp_ports, "tcp port"),
             plural(status.udp_ports, "udp port")
         );
-        println!("  {}", plural(status.sessions, "client connection"));
+        outln!("  {}", plural(status.sessions, "client connection"));
         match &status.kernel_sync_off_because {
-            None => println!("  kernel sync on: reservations are kept in ip_local_reserved_ports"),
-            Some(why) => println!("  kernel sync off: {why}"),
+            None => outln!("  kernel sync on: reservations are kept in ip_local_reserved_ports"),
+            Some(why) => outln!("  kernel sync off: {why}"),
         }
         if let Some(why) = &status.hold_off_because {
-            println!("  hold off: {why}; reservations are granted unheld");
+            outln!("  hold off: {why}; reservations are granted unheld");
         }
-        println!(
+        outln!(
             "  {} open of a limit of {} ({})",
             plural(status.open_files, "file descriptor"),
             status.open_files_limit,
@@ -79,17 +82,17 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         );
         // Held ports need a descriptor each: say so before the limit bites.
         if u64::from(status.open_files) * 10 >= status.open_files_limit * 9 {
-            println!("  warning: the daemon is near its descriptor limit; held reservations and connections will be refused — raise LimitNOFILE / ulimit -n");
+            outln!("  warning: the daemon is near its descriptor limit; held reservations and connections will be refused — raise LimitNOFILE / ulimit -n");
         }
         match &status.quota {
-            Some(q) => println!(
+            Some(q) => outln!(
                 "  your use: {} of {}, {} of {} (quota)",
                 plural(status.usage.reservations, "reservation"),
                 q.max_reservations,
                 plural(status.usage.ports, "port"),
                 q.max_ports
             ),
-            None => println!(
+            None => outln!(
                 "  your use: {}, {} (no quota applies to you)",
                 plural(status.usage.reservations, "reservation"),
                 plural(status.usage.ports, "port")
@@ -98,9 +101,9 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         // Owners are visible to administrators for everyone, to others for their own user.
         let by_uid = crate::metrics::use_by_uid(&list);
         if !by_uid.is_empty() {
-            println!("  runtime use by user:");
+            outln!("  runtime use by user:");
             for (uid, u) in by_uid {
-                println!(
+                outln!(
                     "    uid {uid}: {}, {}",
                     plural(u.reservations, "reservation"),
                     plural(u.ports, "port")
@@ -124,7 +127,7 @@ pub async fn release(args: ReleaseArgs) -> Result<ExitCode, Failure> {
     let released = client.release(token).await?;
     if args.json {
         let row = ReservationJson::from(&released);
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&row).context("cannot render JSON")?
         );

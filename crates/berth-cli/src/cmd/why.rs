@@ -1,6 +1,7 @@
 //! `berth why`: explains one port (`docs/cli.md` has the JSON; `docs/kernel.md` how to read
 //! it). One request; no daemon is started.
 
+use crate::output::{out, outln};
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
@@ -19,12 +20,12 @@ pub async fn run(args: WhyArgs) -> Result<ExitCode, Failure> {
     let client = connect::existing().await?;
     let report = client.why(args.protocol.protocol(), args.port).await?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&WhyJson::from(&report)).context("cannot render JSON")?
         );
     } else {
-        print!("{}", explain(&report));
+        out!("{}", explain(&report));
     }
     Ok(ExitCode::SUCCESS)
 }

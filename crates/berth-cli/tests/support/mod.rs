@@ -354,6 +354,11 @@ impl Berth {
         self
     }
 
+    /// The command itself, to run some other way.
+    pub fn into_command(self) -> Command {
+        self.cmd
+    }
+
     /// Starts it with stdin, stdout and stderr piped.
     pub fn spawn(mut self) -> Proc {
         let what = format!("{:?}", self.cmd);
