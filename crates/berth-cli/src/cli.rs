@@ -133,8 +133,9 @@ pub struct PersistentListArgs {
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
     /// Socket to listen on [default: /run/berth/berth.sock for root,
-    /// $XDG_RUNTIME_DIR/berth/berth.sock for other users].
-    #[arg(long, value_name = "PATH")]
+    /// $XDG_RUNTIME_DIR/berth/berth.sock for other users]. `BERTH_SOCKET`, the one socket
+    /// clients then use, sets it too, so a daemon and its clients agree.
+    #[arg(long, value_name = "PATH", env = "BERTH_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Database file [default: /var/lib/berth/berth.db for root,
     /// $XDG_STATE_HOME/berth/berth.db for other users].

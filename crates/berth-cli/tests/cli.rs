@@ -568,6 +568,31 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     }
 }
 
+/// `BERTH_SOCKET` names the one socket clients use; a daemon started with it listens there
+/// (not on the default socket), so the two agree.
+#[test]
+fn a_daemon_listens_on_berth_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("env.sock");
+    let mut daemon = Berth::new(&socket)
+        .args(["daemon", "--pool", "20830-20839", "--ready-stdout"])
+        .spawn();
+    assert_eq!(daemon.next_line(), "ready");
+    assert!(
+        socket.exists(),
+        "no socket at BERTH_SOCKET={}",
+        socket.display()
+    );
+    let status = Berth::new(&socket)
+        .args(["status", "--json"])
+        .output()
+        .code(0)
+        .json();
+    assert_eq!(status["socket"], socket.display().to_string(), "{status}");
+    Berth::new(&socket).args(["stop"]).output().code(0);
+    daemon.wait();
+}
+
 #[test]
 fn completions_name_the_command() {
     let dir = tempfile::tempdir().unwrap();
