@@ -606,6 +606,35 @@ fn administrator_entries_survive_grants_a_crash_a_restart_and_a_clean_stop() {
 
 /// An administrator's entry that a reservation also covers is still the administrator's: the
 /// reservation's release, and the daemon's clean stop, leave it in place.
+/// Someone rewrites the whole list (`sysctl --system` does): the daemon puts its entries back
+/// within seconds, keeping the newcomer's, and takes only its own out when it stops.
+#[test]
+fn a_rewrite_of_the_whole_list_is_repaired() {
+    let ns = Netns::new();
+    let dir = workdir();
+    let args = ["--kernel-sync", "on", "--pool", "40000-40099"];
+    let mut daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let sock = daemon.socket.clone();
+    let add = [
+        "persistent",
+        "add",
+        "--tcp",
+        "--start",
+        "40010",
+        "--count",
+        "2",
+    ];
+    ok(&mut ns.berth(&sock, &add));
+    assert_eq!(ns.reserved(), ports("40010-40011"));
+    ns.set_reserved("5000");
+    ns.wait_reserved(
+        &ports("5000,40010-40011"),
+        "after someone else rewrote the list",
+    );
+    daemon.stop();
+    assert_eq!(ns.reserved(), ports("5000"), "after a clean stop");
+}
+
 #[test]
 fn administrator_entries_that_a_reservation_overlaps_survive_it() {
     let ns = Netns::new();

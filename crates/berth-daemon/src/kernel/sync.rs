@@ -12,7 +12,9 @@
 //! up.
 //! One writer thread makes the writes; changes that arrive while it writes are written together
 //! next time (group commit), so throughput is not bound by sysctl writes.
-//! Each write re-reads the file first, since an administrator may change it at any time.
+//! Each write re-reads the file first, since an administrator may change it at any time; an
+//! idle writer reads it again every [`RECHECK`] and puts back what someone else's rewrite of
+//! the whole list (`sysctl --system`, say) took out.
 //!
 //! What the daemon wrote is recorded in its runtime journal before each write (the union of what
 //! it wrote before and what it is about to write, so a crash between the record and the write
@@ -43,6 +45,9 @@ pub(crate) const WRITTEN_KEY: &str = "kernel_reserved_ports";
 /// How long the writer gathers changes nobody waits for (held grants, releases) before writing:
 /// under load, one write then carries many of them.
 const DEFER: Duration = Duration::from_millis(5);
+
+/// How often an idle writer reads the list again, to put back entries someone else removed.
+const RECHECK: Duration = Duration::from_secs(2);
 
 /// The consumer: counts every reserved port and wakes the writer.
 pub(crate) struct Sync {
@@ -253,10 +258,16 @@ impl Inner {
             let (ours, waiters) = {
                 let mut state = self.lock();
                 while !state.has_work() {
-                    state = self
+                    let (next, waited) = self
                         .wake
-                        .wait(state)
+                        .wait_timeout(state, RECHECK)
                         .unwrap_or_else(PoisonError::into_inner);
+                    state = next;
+                    // Someone may have rewritten the list meanwhile (`sysctl --system` does):
+                    // look again, and put back what is missing.
+                    if waited.timed_out() && state.started {
+                        state.dirty = true;
+                    }
                 }
                 if !state.dirty && state.stop {
                     break;
