@@ -177,7 +177,7 @@ pub enum AcquireError {
     #[error(transparent)]
     Privileged(PrivilegedDenied),
     /// The asker's user is at its quota.
-    #[error("uid {uid} holds {used} {} of its quota of {limit}, and this request asks for {asked} more port{}; release reservations you no longer need (`berth list`), or ask an administrator for a larger quota", what.as_str(), if *asked == 1 { "" } else { "s" })]
+    #[error("uid {uid} holds {used} {} of its quota of {limit}, and this request {}; release reservations you no longer need (`berth list`), or ask an administrator for a larger quota", what.as_str(), quota_ask(*what, *asked))]
     QuotaExceeded {
         /// The user.
         uid: u32,
@@ -325,6 +325,18 @@ fn not_owner_message(r: &Reservation, requester_pid: u32) -> String {
             r.token,
             r.protocol,
             describe(r.range)
+        ),
+    }
+}
+
+/// What a request over a quota asks for, in the quota's own unit: "would need another
+/// reservation", "asks for 4 more ports".
+fn quota_ask(what: QuotaKind, asked_ports: u16) -> String {
+    match what {
+        QuotaKind::Reservations => "would need another reservation".to_owned(),
+        QuotaKind::Ports => format!(
+            "asks for {asked_ports} more port{}",
+            if asked_ports == 1 { "" } else { "s" }
         ),
     }
 }

@@ -306,6 +306,7 @@ pub async fn run_with_ready(
         done.cancel();
         let _ = task.await;
     }
+    tracing::info!("stopped: runtime reservations of running clients are kept for the next daemon");
     Ok(())
 }
 

@@ -155,9 +155,18 @@ pub(crate) async fn serve_connection(
 
     if let Some(version) = handshake(&mut reader, &mut writer, &session, &shutdown).await {
         session.peer.version = version;
-        session
-            .serve_requests(&mut reader, &mut writer, &shutdown)
-            .await;
+        // Every line logged while serving it names the client (a flooder's "did not read its
+        // answer", say), so that an operator can tell who it was.
+        let span = tracing::info_span!(
+            "client",
+            pid = session.peer.owner.pid,
+            uid = session.peer.owner.uid
+        );
+        tracing::Instrument::instrument(
+            session.serve_requests(&mut reader, &mut writer, &shutdown),
+            span,
+        )
+        .await;
     }
     // Writer first, reader last: the reader's drop hands the socket's read half to the
     // closer threads, because closing it closes any descriptors still queued unread, which can

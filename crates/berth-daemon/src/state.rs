@@ -94,6 +94,9 @@ impl Shared {
         runtime: berth_store::RuntimeJournal,
         recorded: berth_core::PortSet,
     ) -> std::io::Result<(Self, mpsc::UnboundedReceiver<Owner>)> {
+        if !config.hold {
+            tracing::info!("hold is off: every reservation is granted unheld, and the daemon keeps no hold sockets");
+        }
         let runtime = crate::journal::Runtime::new(runtime, config.store_faults.clone());
         let (watcher, owners) = Watcher::new();
         let holds = Arc::new(crate::hold::Holds::new());
