@@ -144,6 +144,20 @@ pub fn openmetrics(status: &StatusInfo, list: &[ReservationInfo], now_ms: u64) -
             one(u64::from(status.pool.range().count())),
         ),
         Family::gauge(
+            "berth_pool_free_ports",
+            "Ports of the wildcard pool no reservation covers, by protocol.",
+            vec![
+                (
+                    "{protocol=\"tcp\"}".to_owned(),
+                    u64::from(status.pool_free.0),
+                ),
+                (
+                    "{protocol=\"udp\"}".to_owned(),
+                    u64::from(status.pool_free.1),
+                ),
+            ],
+        ),
+        Family::gauge(
             "berth_connected_clients",
             "Open client connections.",
             one(u64::from(status.sessions)),
@@ -266,6 +280,8 @@ mod tests {
             open_files_limit: 65536,
             kernel_sync: false,
             kernel_sync_off_because: "test".into(),
+            persistent: 1,
+            pool_free: (96, 100),
             hold: true,
             hold_off_because: String::new(),
             hold_sockets: 4,
@@ -294,6 +310,8 @@ mod tests {
             "berth_held_ports{protocol=\"udp\"} 0",
             "berth_bound_ports{protocol=\"tcp\"} 2",
             "berth_pool_ports 100",
+            "berth_pool_free_ports{protocol=\"tcp\"} 96",
+            "berth_pool_free_ports{protocol=\"udp\"} 100",
             "berth_connected_clients 2",
             "berth_open_files_limit 65536",
             "berth_kernel_sync 0",

@@ -82,6 +82,12 @@ pub struct StatusJson {
     pub tcp_ports: u32,
     /// Reserved UDP ports.
     pub udp_ports: u32,
+    /// Live reservations by kind, `{"runtime", "persistent"}`.
+    pub reservations_by_kind: KindsJson,
+    /// Ports in the wildcard pool.
+    pub pool_size: u32,
+    /// Ports of the pool no reservation covers, `{"tcp", "udp"}`.
+    pub pool_free: ProtocolsJson,
     /// Open client connections.
     pub sessions: u32,
     /// Whether the daemon keeps `net.ipv4.ip_local_reserved_ports` (its reservations are then
@@ -103,6 +109,24 @@ pub struct StatusJson {
     pub quota: Option<QuotaJson>,
     /// Your runtime use, `{"reservations", "ports"}`.
     pub usage: UsageJson,
+}
+
+/// Reservations by kind in `berth status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct KindsJson {
+    /// Runtime reservations.
+    pub runtime: u32,
+    /// Persistent reservations.
+    pub persistent: u32,
+}
+
+/// A count per protocol in `berth status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct ProtocolsJson {
+    /// TCP.
+    pub tcp: u32,
+    /// UDP.
+    pub udp: u32,
 }
 
 /// A quota in `berth status --json`.
@@ -136,6 +160,15 @@ impl From<&StatusInfo> for StatusJson {
             reservations: s.reservations,
             tcp_ports: s.tcp_ports,
             udp_ports: s.udp_ports,
+            reservations_by_kind: KindsJson {
+                runtime: s.reservations.saturating_sub(s.persistent),
+                persistent: s.persistent,
+            },
+            pool_size: u32::from(s.pool.range().count()),
+            pool_free: ProtocolsJson {
+                tcp: s.pool_free.0,
+                udp: s.pool_free.1,
+            },
             sessions: s.sessions,
             kernel_sync: s.kernel_sync,
             kernel_sync_off_because: (!s.kernel_sync).then(|| s.kernel_sync_off_because.clone()),

@@ -61,6 +61,8 @@ pub struct Table {
     records: Records,
     /// Runtime reservations and ports per uid, for quotas.
     usage: Ledger,
+    /// How many live reservations are persistent.
+    persistent: u32,
 }
 
 impl Table {
@@ -72,6 +74,7 @@ impl Table {
             udp: Space::new(pool.range()),
             records: Records::default(),
             usage: Ledger::default(),
+            persistent: 0,
         }
     }
 
@@ -196,7 +199,7 @@ impl Table {
                 return Ok(range);
             }
         }
-        let free = u32::from(pool.range().count()) - self.space(protocol).reserved_in(pool.range());
+        let free = self.free_in_pool(protocol);
         Err(AcquireError::PoolExhausted {
             protocol,
             count,
@@ -210,6 +213,9 @@ impl Table {
     fn insert(&mut self, r: Reservation) {
         self.space_mut(r.protocol).insert(r.range, r.token);
         self.usage.count(&r, true);
+        if r.kind() == Kind::Persistent {
+            self.persistent += 1;
+        }
         self.records.insert(r);
     }
 
@@ -218,6 +224,9 @@ impl Table {
         let r = self.records.remove(token)?;
         self.space_mut(r.protocol).remove(r.range.start());
         self.usage.count(&r, false);
+        if r.kind() == Kind::Persistent {
+            self.persistent -= 1;
+        }
         Some(r)
     }
 
@@ -647,6 +656,18 @@ impl Table {
     /// Number of reserved ports of `protocol`.
     pub fn reserved_ports(&self, protocol: Protocol) -> u32 {
         self.space(protocol).reserved
+    }
+
+    /// Ports of the wildcard pool no reservation of `protocol` covers (O(reservations in the
+    /// pool)).
+    pub fn free_in_pool(&self, protocol: Protocol) -> u32 {
+        let pool = self.pool.range();
+        u32::from(pool.count()) - self.space(protocol).reserved_in(pool)
+    }
+
+    /// How many live reservations are persistent (O(1)); the rest are runtime ones.
+    pub fn persistent_count(&self) -> u32 {
+        self.persistent
     }
 
     /// The runtime reservations and ports user `uid` holds (O(1)).

@@ -551,6 +551,11 @@ impl Shared {
             reservations: u32::try_from(table.len()).unwrap_or(u32::MAX),
             tcp_ports: table.reserved_ports(Protocol::Tcp),
             udp_ports: table.reserved_ports(Protocol::Udp),
+            persistent: table.persistent_count(),
+            pool_free: (
+                table.free_in_pool(Protocol::Tcp),
+                table.free_in_pool(Protocol::Udp),
+            ),
             sessions: self.sessions.load(Ordering::Relaxed),
             open_files_limit: crate::limits::open_files_limit(),
             kernel_sync: self.kernel.off_because.is_none(),

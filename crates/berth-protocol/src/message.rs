@@ -407,6 +407,10 @@ pub struct StatusInfo {
     pub tcp_ports: u32,
     /// Reserved UDP ports.
     pub udp_ports: u32,
+    /// Of the live reservations, the persistent ones (the rest are runtime).
+    pub persistent: u32,
+    /// Ports of the wildcard pool no reservation covers: `(tcp, udp)`.
+    pub pool_free: (u32, u32),
     /// Open client connections.
     pub sessions: u32,
     /// The daemon's descriptor limit (soft `RLIMIT_NOFILE`, raised to the hard limit at

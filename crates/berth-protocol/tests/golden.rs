@@ -241,6 +241,8 @@ fn responses() {
             reservations: 2,
             tcp_ports: 2,
             udp_ports: 1,
+            persistent: 1,
+            pool_free: (98, 99),
             sessions: 1,
             open_files_limit: 1024,
             kernel_sync: false,
@@ -252,7 +254,7 @@ fn responses() {
             quota: Some((10, 100)),
             usage: (2, 3),
         }),
-        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64  02 03",
+        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64  02 03",
     );
     golden(Response::Associated { port: 8080 }, "06  90 3f");
     golden(

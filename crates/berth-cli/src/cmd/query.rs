@@ -59,10 +59,18 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             status.socket
         );
         outln!("  up {}", output::human_age(status.uptime_s));
-        outln!("  wildcard pool {}", status.pool);
         outln!(
-            "  {}: {}, {}",
+            "  wildcard pool {} ({}; free: {} tcp, {} udp)",
+            status.pool,
+            plural(status.pool_size, "port"),
+            status.pool_free.tcp,
+            status.pool_free.udp
+        );
+        outln!(
+            "  {} ({} runtime, {} persistent): {}, {}",
             plural(status.reservations, "reservation"),
+            status.reservations_by_kind.runtime,
+            status.reservations_by_kind.persistent,
             plural(status.tcp_ports, "tcp port"),
             plural(status.udp_ports, "udp port")
         );

@@ -1874,3 +1874,23 @@ fn reverting_a_grant_that_already_ended_leaves_a_reuse_of_its_token_alone() {
     assert_eq!(table.revert(&first), Ok(vec![]));
     assert_eq!(table.get(second.token), Some(&second));
 }
+
+#[test]
+fn status_counts_free_pool_ports_per_protocol_and_persistent_reservations() {
+    let mut f = Fixture::new(1000, 1009);
+    assert_eq!(f.table.free_in_pool(Protocol::Tcp), 10);
+    let runtime = f.wildcard(3).unwrap();
+    // Partly inside the pool: only its ports in the pool count.
+    let kept = persistent(&mut f, 1008, 4, Allowed::default());
+    assert_eq!(f.table.free_in_pool(Protocol::Tcp), 5);
+    assert_eq!(f.table.free_in_pool(Protocol::Udp), 10);
+    assert_eq!(f.table.persistent_count(), 1);
+    assert_eq!(f.table.len(), 2);
+    f.release(&runtime);
+    assert_eq!(f.table.free_in_pool(Protocol::Tcp), 8);
+    f.table
+        .delete_persistent(Protocol::Tcp, kept.range)
+        .unwrap();
+    assert_eq!(f.table.persistent_count(), 0);
+    assert_eq!(f.table.free_in_pool(Protocol::Tcp), 10);
+}
