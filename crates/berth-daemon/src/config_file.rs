@@ -78,6 +78,9 @@ struct QuotaTable {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// The file's text, to name the line of a value `apply` refuses.
+    #[serde(skip)]
+    text: String,
     pool: Option<String>,
     max_connections: Option<usize>,
     /// Connections of one user at once (root and the daemon's own user are exempt).
@@ -130,10 +133,12 @@ impl ConfigFile {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        let mut file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
             message: e.to_string(),
-        })
+        })?;
+        file.text = text;
+        Ok(file)
     }
 
     /// The `kernel_sync` key, if given and valid (`apply` reports an invalid one).
@@ -143,43 +148,56 @@ impl ConfigFile {
 
     /// Applies the file to `config`, resolving user and group names.
     pub fn apply(&self, config: &mut Config, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
+        // Names the line of `key` (every key is set once, and no two tables share a key name).
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: path.to_owned(),
-            message,
+            message: match line_of(&self.text, key) {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            },
         };
         if let Some(pool) = &self.pool {
             config.pool = pool
                 .parse::<Pool>()
-                .map_err(|e| invalid(format!("pool: {e}")))?;
+                .map_err(|e| invalid("pool", format!("pool: {e}")))?;
             config.pool_follows_ephemeral = false;
         }
         if let Some(n) = self.max_connections {
             if n == 0 {
-                return Err(invalid("max_connections must be at least 1".into()));
+                return Err(invalid(
+                    "max_connections",
+                    "max_connections must be at least 1".into(),
+                ));
             }
             config.max_connections = n;
         }
         if let Some(n) = self.max_connections_per_uid {
             if n == 0 {
-                return Err(invalid("max_connections_per_uid must be at least 1".into()));
+                return Err(invalid(
+                    "max_connections_per_uid",
+                    "max_connections_per_uid must be at least 1".into(),
+                ));
             }
             config.max_connections_per_uid = n;
         }
         if let Some(secs) = self.grace_period_s {
             if secs > 3600 {
-                return Err(invalid(format!(
-                    "grace_period_s = {secs} is more than an hour; owners re-claim within seconds"
-                )));
+                return Err(invalid(
+                    "grace_period_s",
+                    format!(
+                        "grace_period_s = {secs} is more than an hour; owners re-claim within seconds"
+                    ),
+                ));
             }
             config.grace = std::time::Duration::from_secs(secs);
         }
         if let Some(secs) = self.idle_timeout_s {
-            config.idle_timeout = idle_timeout(secs).map_err(invalid)?;
+            config.idle_timeout = idle_timeout(secs).map_err(|m| invalid("idle_timeout_s", m))?;
         }
         if let Some(mode) = &self.kernel_sync {
             config.kernel_sync = mode
                 .parse()
-                .map_err(|e: String| invalid(format!("kernel_sync: {e}")))?;
+                .map_err(|e: String| invalid("kernel_sync", format!("kernel_sync: {e}")))?;
         }
         if let Some(hold) = self.hold {
             config.hold = hold;
@@ -197,7 +215,7 @@ impl ConfigFile {
                 };
                 let address = address
                     .parse()
-                    .map_err(|e: String| invalid(format!("portserver: {e}")))?;
+                    .map_err(|e: String| invalid("portserver", format!("portserver: {e}")))?;
                 config.portserver = Some(crate::portserver::Endpoint::new(address));
             }
         }
@@ -205,7 +223,13 @@ impl ConfigFile {
             let max_reservations = q.max_reservations.unwrap_or(u32::MAX);
             let max_ports = q.max_ports.unwrap_or(u32::MAX);
             if max_reservations == 0 || max_ports == 0 {
+                let key = if max_reservations == 0 {
+                    "max_reservations"
+                } else {
+                    "max_ports"
+                };
                 return Err(invalid(
+                    key,
                     "quota: max_reservations and max_ports must be at least 1 (leave a key out for no limit)".into(),
                 ));
             }
@@ -218,9 +242,10 @@ impl ConfigFile {
             let gid = match account {
                 Account::Id(id) => *id,
                 Account::Name(name) => accounts::group_id(name).ok_or_else(|| {
-                    invalid(format!(
-                        "admin_groups: no group named {name:?} in /etc/group"
-                    ))
+                    invalid(
+                        "admin_groups",
+                        format!("admin_groups: no group named {name:?} in /etc/group"),
+                    )
                 })?,
             };
             config.admin_groups.push(gid);
@@ -229,9 +254,10 @@ impl ConfigFile {
             let uid = match account {
                 Account::Id(id) => *id,
                 Account::Name(name) => accounts::user_id(name).ok_or_else(|| {
-                    invalid(format!(
-                        "privileged.allow_users: no user named {name:?} in /etc/passwd"
-                    ))
+                    invalid(
+                        "allow_users",
+                        format!("privileged.allow_users: no user named {name:?} in /etc/passwd"),
+                    )
                 })?,
             };
             config.privileged.allow_users.push(uid);
@@ -240,15 +266,27 @@ impl ConfigFile {
             let gid = match account {
                 Account::Id(id) => *id,
                 Account::Name(name) => accounts::group_id(name).ok_or_else(|| {
-                    invalid(format!(
-                        "privileged.allow_groups: no group named {name:?} in /etc/group"
-                    ))
+                    invalid(
+                        "allow_groups",
+                        format!("privileged.allow_groups: no group named {name:?} in /etc/group"),
+                    )
                 })?,
             };
             config.privileged.allow_groups.push(gid);
         }
         Ok(())
     }
+}
+
+/// The line (from 1) on which `key` is set in `text`, if it is.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 /// The most an idle timeout may be, in seconds (a day).
@@ -321,6 +359,33 @@ mod tests {
         assert_eq!(
             base().idle_timeout,
             Some(crate::config::DEFAULT_IDLE_TIMEOUT)
+        );
+    }
+
+    /// A value refused after parsing names its line, like a parse error does.
+    #[test]
+    fn a_refused_value_names_its_line() {
+        let text = "pool = \"40000-40099\"\n\n# comment\ngrace_period_s = 7200\n";
+        let (_d, path) = write(text);
+        let err = ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut base(), &path)
+            .unwrap_err();
+        assert!(err.to_string().contains("line 4: grace_period_s"), "{err}");
+        let (_d, path) = write("[quota]\nmax_ports = 5\n  max_reservations = 0\n");
+        let err = ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut base(), &path)
+            .unwrap_err();
+        assert!(err.to_string().contains("line 3: quota"), "{err}");
+        let (_d, path) = write("[privileged]\nallow_groups = [\"no-such-group-berth\"]\n");
+        let err = ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut base(), &path)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("line 2: privileged.allow_groups"),
+            "{err}"
         );
     }
 
