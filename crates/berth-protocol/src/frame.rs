@@ -46,6 +46,9 @@ pub enum FrameError {
 pub struct FrameCodec<In, Out> {
     max_in: usize,
     max_out: usize,
+    /// Whether bytes after the message in its frame are refused (the daemon's requests), or
+    /// ignored (a client's responses: a newer daemon may append fields to a `WireError`).
+    exact: bool,
     _messages: PhantomData<fn(Out) -> In>,
 }
 
@@ -56,6 +59,7 @@ impl<In, Out> FrameCodec<In, Out> {
         FrameCodec {
             max_in,
             max_out,
+            exact: false,
             _messages: PhantomData,
         }
     }
@@ -64,7 +68,12 @@ impl<In, Out> FrameCodec<In, Out> {
 impl FrameCodec<crate::Request, crate::Response> {
     /// The daemon's codec: reads requests, writes responses.
     pub fn daemon() -> Self {
-        FrameCodec::new(MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME)
+        FrameCodec {
+            // A request is exactly its message: bytes after it mean the client and the daemon
+            // disagree about its shape.
+            exact: true,
+            ..FrameCodec::new(MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME)
+        }
     }
 }
 
@@ -98,9 +107,15 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
         }
         src.advance(HEADER_LEN);
         let payload = src.split_to(len);
-        postcard::from_bytes(&payload)
-            .map(Some)
-            .map_err(|e| FrameError::Malformed(e.to_string()))
+        let (message, rest) = postcard::take_from_bytes(&payload)
+            .map_err(|e| FrameError::Malformed(e.to_string()))?;
+        if self.exact && !rest.is_empty() {
+            return Err(FrameError::Malformed(format!(
+                "{} bytes follow the message in its frame",
+                rest.len()
+            )));
+        }
+        Ok(Some(message))
     }
 }
 
@@ -177,6 +192,30 @@ mod tests {
         buf.put_slice(&[0xff, 0xff]);
         let err = FrameCodec::daemon().decode(&mut buf).unwrap_err();
         assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+    }
+
+    /// The daemon refuses a request with bytes after it (client and daemon disagree about its
+    /// shape); a client ignores bytes after a response (a newer daemon's `WireError` fields).
+    #[test]
+    fn bytes_after_a_request_are_refused_and_after_a_response_ignored() {
+        let mut request = postcard::to_allocvec(&crate::Request::List).unwrap();
+        request.extend_from_slice(b"extra");
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::try_from(request.len()).unwrap());
+        buf.put_slice(&request);
+        let err = FrameCodec::daemon().decode(&mut buf).unwrap_err();
+        assert!(
+            err.to_string().contains("5 bytes follow the message"),
+            "{err}"
+        );
+
+        let mut response = postcard::to_allocvec(&crate::Response::List(vec![])).unwrap();
+        response.extend_from_slice(b"newer");
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::try_from(response.len()).unwrap());
+        buf.put_slice(&response);
+        let got = FrameCodec::client().decode(&mut buf).unwrap();
+        assert_eq!(got, Some(crate::Response::List(vec![])));
     }
 
     #[test]
