@@ -133,6 +133,13 @@ impl Shared {
             }
             Err(why) => {
                 tracing::info!("kernel sync is off: {why}");
+                let ephemeral = crate::config::ephemeral_pool();
+                if config.pool.range().overlaps(ephemeral.range()) {
+                    tracing::warn!(
+                        "the wildcard pool {} overlaps the kernel's ephemeral range {ephemeral} and kernel sync is off: other programs' connect() and bind(0) may be given reserved ports; choose a pool outside the ephemeral range, or let the daemon keep ip_local_reserved_ports (docs/kernel.md)",
+                        config.pool
+                    );
+                }
                 KernelState {
                     writer: Mutex::new(None),
                     off_because: Some(why),
