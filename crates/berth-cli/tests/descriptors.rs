@@ -104,6 +104,7 @@ fn local_port(socket: &OwnedFd) -> u16 {
 
 #[test]
 fn a_daemon_out_of_descriptors_blames_no_client_and_releases_nothing() {
+    let started = Instant::now();
     let d = Daemon::start_with_nofile("21500-21519", LIMIT, &[("BERTH_LOG", "debug")]);
     let pid = d.pid();
     let baseline = open_fds(pid);
@@ -234,8 +235,11 @@ fn a_daemon_out_of_descriptors_blames_no_client_and_releases_nothing() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // It said so once per episode, not once per failed accept or request: a warning when
-    // accepting fails, one when it works again; the rest at most once per ten seconds.
+    // accepting fails, one when it works again; the rest at most once per ten seconds (the
+    // interval itself is unit-tested in limits.rs). The bound follows from how long this test
+    // ran, so a slow machine cannot make it fail.
     let log = d.log();
+    let most_others = 1 + usize::try_from(started.elapsed().as_secs() / 10).unwrap_or(usize::MAX);
     // Lines logged while serving a client carry its span ("client{pid=… uid=…}: ") between
     // the level and the message.
     let warnings = |needle: &str| {
@@ -250,7 +254,7 @@ fn a_daemon_out_of_descriptors_blames_no_client_and_releases_nothing() {
         .count();
     let others = warnings("the daemon is out of file descriptors") - episodes;
     assert!(
-        episodes <= recovered + 1 && (1..=2).contains(&others),
+        episodes <= recovered + 1 && (1..=most_others).contains(&others),
         "{episodes} episodes, {recovered} recoveries, {others} other warnings:\n{log}"
     );
 }

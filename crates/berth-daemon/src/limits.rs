@@ -91,10 +91,11 @@ pub(crate) fn log_shortage(what: &str) {
     let mut last = LAST
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if last.is_some_and(|at| at.elapsed() < SHORTAGE_LOG_EVERY) {
+    let now = std::time::Instant::now();
+    if !log_due(*last, now) {
         return;
     }
-    *last = Some(std::time::Instant::now());
+    *last = Some(now);
     tracing::warn!(
         open = open_files_in_shortage(),
         limit = open_files_limit(),
@@ -106,9 +107,23 @@ pub(crate) fn log_shortage(what: &str) {
 /// How often [`log_shortage`] logs, at most.
 const SHORTAGE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Whether a shortage line is due at `now`, the last one having been logged at `last`.
+fn log_due(last: Option<std::time::Instant>, now: std::time::Instant) -> bool {
+    last.is_none_or(|at| now.saturating_duration_since(at) >= SHORTAGE_LOG_EVERY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shortage_is_logged_once_per_interval() {
+        let start = std::time::Instant::now();
+        assert!(log_due(None, start));
+        assert!(!log_due(Some(start), start));
+        assert!(!log_due(Some(start), start + SHORTAGE_LOG_EVERY / 2));
+        assert!(log_due(Some(start), start + SHORTAGE_LOG_EVERY));
+    }
 
     #[test]
     fn the_soft_limit_reaches_the_hard_one() {
