@@ -68,8 +68,9 @@ struct Header {
     boot_id: String,
 }
 
-/// One operation as stored.
-#[derive(Serialize, Deserialize)]
+/// One operation as read back. [`RecordRef`] writes the same shape (variants in the same
+/// order, fields in the same order) from borrowed data.
+#[derive(Deserialize)]
 enum Record {
     Insert {
         token: Token,
@@ -87,21 +88,6 @@ enum Record {
 }
 
 impl Record {
-    fn of(op: &JournalOp) -> Record {
-        match op {
-            JournalOp::Insert(row) => Record::Insert {
-                token: row.token,
-                protocol: row.protocol,
-                range: row.range,
-                owner: row.owner.clone(),
-                acquired_at_ms: row.acquired_at_ms,
-                process: row.process,
-                held: row.held,
-            },
-            JournalOp::Remove(token) => Record::Remove(*token),
-        }
-    }
-
     /// The journal operation, or `Err` with a Kernel record's list.
     fn into_op(self) -> Result<JournalOp, String> {
         Ok(match self {
@@ -125,6 +111,43 @@ impl Record {
             Record::Remove(token) => JournalOp::Remove(token),
             Record::Kernel(list) => return Err(list),
         })
+    }
+}
+
+/// One operation as written, borrowing what it records: see [`Record`].
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    Insert {
+        token: Token,
+        protocol: Protocol,
+        range: PortRange,
+        owner: &'a Owner,
+        acquired_at_ms: u64,
+        process: bool,
+        held: bool,
+    },
+    Remove(Token),
+    Kernel(&'a str),
+}
+
+impl<'a> RecordRef<'a> {
+    fn of(op: &'a JournalOp) -> Self {
+        match op {
+            JournalOp::Insert(row) => RecordRef::insert(row),
+            JournalOp::Remove(token) => RecordRef::Remove(*token),
+        }
+    }
+
+    fn insert(row: &'a JournalRow) -> Self {
+        RecordRef::Insert {
+            token: row.token,
+            protocol: row.protocol,
+            range: row.range,
+            owner: &row.owner,
+            acquired_at_ms: row.acquired_at_ms,
+            process: row.process,
+            held: row.held,
+        }
     }
 }
 
@@ -202,12 +225,12 @@ impl RuntimeJournal {
         let kernel_len = if kernel.is_empty() {
             0
         } else {
-            frame_len(&Record::Kernel(kernel.clone()))?
+            frame_len(path, &RecordRef::Kernel(&kernel))?
         };
         let kernel = (kernel, kernel_len);
         let mut live_bytes = kernel_len;
         for (token, row) in rows {
-            let len = frame_len(&Record::of(&JournalOp::Insert(row.clone())))?;
+            let len = frame_len(path, &RecordRef::insert(&row))?;
             live.insert(token, (row, len));
             live_bytes += len;
         }
@@ -244,7 +267,7 @@ impl RuntimeJournal {
     /// Records `op` with one `write`: once this returns `Ok`, a crash of the calling process
     /// no longer loses it. On error the journal is as before.
     pub fn apply(&mut self, op: &JournalOp) -> Result<(), StoreError> {
-        let frame = self.append(&Record::of(op))?;
+        let frame = self.append(&RecordRef::of(op))?;
         match op {
             JournalOp::Insert(row) => {
                 if let Some((_, old)) = self.live.insert(row.token, (row.clone(), frame)) {
@@ -268,7 +291,7 @@ impl RuntimeJournal {
         if list == self.kernel.0 {
             return Ok(());
         }
-        let frame = self.append(&Record::Kernel(list.to_owned()))?;
+        let frame = self.append(&RecordRef::Kernel(list))?;
         self.live_bytes -= self.kernel.1;
         self.kernel = if list.is_empty() {
             (String::new(), 0)
@@ -287,12 +310,13 @@ impl RuntimeJournal {
 
     /// Appends one record with one `write`; returns its frame's length. On error nothing is
     /// recorded.
-    fn append(&mut self, record: &Record) -> Result<u64, StoreError> {
+    fn append(&mut self, record: &RecordRef<'_>) -> Result<u64, StoreError> {
         if !self.clean {
             self.rewrite()?;
         }
         self.buf.clear();
-        push_frame(&mut self.buf, record)?;
+        push_frame(&mut self.buf, record)
+            .map_err(|e| io_error(&self.path, "encode a runtime journal record", e))?;
         let frame = self.buf.len() as u64;
         if let Err(e) = self.file.write_all(&self.buf) {
             // Part of the frame may be in the file now; start over from what is live (or, if
@@ -352,6 +376,7 @@ fn write_fresh(
     kernel: &str,
 ) -> Result<(File, u64), StoreError> {
     let fail = |e| io_error(path, "write the runtime journal", e);
+    let encode = |e| io_error(path, "encode a runtime journal record", e);
     let mut bytes = Vec::with_capacity(64 + live.values().map(|(_, l)| *l as usize).sum::<usize>());
     bytes.extend_from_slice(MAGIC);
     push_frame(
@@ -359,14 +384,15 @@ fn write_fresh(
         &Header {
             boot_id: boot_id.to_owned(),
         },
-    )?;
+    )
+    .map_err(encode)?;
     if !kernel.is_empty() {
-        push_frame(&mut bytes, &Record::Kernel(kernel.to_owned()))?;
+        push_frame(&mut bytes, &RecordRef::Kernel(kernel)).map_err(encode)?;
     }
     let mut rows: Vec<&JournalRow> = live.values().map(|(r, _)| r).collect();
     rows.sort_by_key(|r| (r.acquired_at_ms, r.token));
     for row in rows {
-        push_frame(&mut bytes, &Record::of(&JournalOp::Insert(row.clone())))?;
+        push_frame(&mut bytes, &RecordRef::insert(row)).map_err(encode)?;
     }
     let scratch = scratch_path(path);
     let mut file = OpenOptions::new()
@@ -456,33 +482,26 @@ fn next_frame(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// Appends `value` as one frame.
-fn push_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), StoreError> {
+fn push_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> io::Result<()> {
     let at = buf.len();
     buf.extend_from_slice(&[0; 4]);
-    *buf = postcard::to_extend(value, std::mem::take(buf)).map_err(|e| StoreError::Io {
-        path: PathBuf::new(),
-        action: "encode a runtime journal record",
-        source: io::Error::other(e),
-    })?;
+    *buf = postcard::to_extend(value, std::mem::take(buf)).map_err(io::Error::other)?;
     let len = buf.len() - at - 4;
     let len = u32::try_from(len)
         .ok()
         .filter(|&l| l <= MAX_FRAME)
-        .ok_or_else(|| StoreError::Io {
-            path: PathBuf::new(),
-            action: "encode a runtime journal record",
-            source: io::Error::other(format!("a record of {len} bytes is larger than 1 MiB")),
-        })?;
+        .ok_or_else(|| io::Error::other(format!("a record of {len} bytes is larger than 1 MiB")))?;
     if let Some(prefix) = buf.get_mut(at..at + 4) {
         prefix.copy_from_slice(&len.to_le_bytes());
     }
     Ok(())
 }
 
-/// The length of `record`'s frame.
-fn frame_len(record: &Record) -> Result<u64, StoreError> {
+/// The length of `record`'s frame, for the journal at `path`.
+fn frame_len(path: &Path, record: &RecordRef<'_>) -> Result<u64, StoreError> {
     let mut buf = Vec::new();
-    push_frame(&mut buf, record)?;
+    push_frame(&mut buf, record)
+        .map_err(|e| io_error(path, "encode a runtime journal record", e))?;
     Ok(buf.len() as u64)
 }
 
