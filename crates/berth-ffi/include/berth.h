@@ -9,7 +9,9 @@
  *   where Windows' INET_PORT_RANGE holds them in network byte order.
  * - Every function returns 0 on success, or -1 with errno set (EINVAL, EOPNOTSUPP,
  *   EADDRINUSE, EADDRNOTAVAIL, ENOENT, EACCES, EDQUOT, ECONNREFUSED, EPROTO, or EIO for an
- *   internal error); berth_last_error_message() then says what happened and what to do.
+ *   internal error); berth_last_error_kind() then tells the kind of the failure (which errno
+ *   alone does not: conflict and reservation-full are both EADDRINUSE), and
+ *   berth_last_error_message() says what happened and what to do.
  * - Associating a socket binds it: the daemon binds the caller's socket to a free port of the
  *   reservation; getsockname() tells which.
  *
@@ -29,6 +31,68 @@
 
 #include <stdint.h>
 #include <sys/socket.h>
+
+/**
+ * The kind of the last failure on this thread, as `berth_last_error_kind` returns it: one
+ * value per error kind of berth (`docs/errors.md`), `BERTH_ERROR_KIND_NONE` after a success,
+ * and `BERTH_ERROR_KIND_INTERNAL` for a bug in libberth.
+ *
+ * errno alone cannot tell every kind apart: conflict and reservation-full are both
+ * EADDRINUSE. The numbers are stable; a later release may add kinds after the last one, so
+ * a `switch` over them needs a `default`.
+ */
+typedef enum berth_error_kind {
+  /**
+   * The last call on this thread succeeded (or none was made yet).
+   */
+  BERTH_ERROR_KIND_NONE = 0,
+  /**
+   * EINVAL: count 0, a range past 65535, start 0 for a persistent reservation, token 0, a
+   * bad protocol, pointer, descriptor or address.
+   */
+  BERTH_ERROR_KIND_INVALID_ARGUMENT = 1,
+  /**
+   * EOPNOTSUPP: not a TCP/UDP socket, its type does not match the reservation's protocol,
+   * or it is in another network namespace.
+   */
+  BERTH_ERROR_KIND_NOT_SUPPORTED = 2,
+  /**
+   * EADDRINUSE: the range asked for overlaps a reservation or a port in use.
+   */
+  BERTH_ERROR_KIND_CONFLICT = 3,
+  /**
+   * EADDRNOTAVAIL: no free block that large in the pool.
+   */
+  BERTH_ERROR_KIND_POOL_EXHAUSTED = 4,
+  /**
+   * EADDRINUSE: no port of the reservation can be bound (or not the one asked for).
+   */
+  BERTH_ERROR_KIND_RESERVATION_FULL = 5,
+  /**
+   * ENOENT: no such reservation, or no persistent reservation of exactly that range.
+   */
+  BERTH_ERROR_KIND_NOT_FOUND = 6,
+  /**
+   * EACCES: not the owner nor an administrator, or a privileged port not allowed.
+   */
+  BERTH_ERROR_KIND_PERMISSION_DENIED = 7,
+  /**
+   * EDQUOT: the user's reservation or port quota is used up.
+   */
+  BERTH_ERROR_KIND_QUOTA_EXCEEDED = 8,
+  /**
+   * ECONNREFUSED: no daemon answers, or it could not record the change (nothing changed).
+   */
+  BERTH_ERROR_KIND_UNAVAILABLE = 9,
+  /**
+   * EPROTO: the library and the daemon share no protocol version.
+   */
+  BERTH_ERROR_KIND_INCOMPATIBLE = 10,
+  /**
+   * EIO: an internal error of libberth (a bug); the message says what to report.
+   */
+  BERTH_ERROR_KIND_INTERNAL = 11,
+} berth_error_kind;
 
 /**
  * A block of ports: `number_of_ports` ports from `start_port`, in host byte order (the
@@ -180,6 +244,16 @@ int berth_lookup_persistent_udp_port_reservation(uint16_t start, uint16_t count,
  * last call succeeded. Valid until the next libberth call on this thread; never NULL.
  */
 const char *berth_last_error_message(void);
+
+/**
+ * The kind of this thread's last failed call, `BERTH_ERROR_KIND_NONE` when the last call
+ * succeeded (or none was made yet). Every other libberth function sets it, as it sets errno
+ * and the message; this one and `berth_last_error_message` leave it as it is. Use it where
+ * errno is ambiguous: after EADDRINUSE, `BERTH_ERROR_KIND_CONFLICT` means the block asked
+ * for is taken (ask for another), `BERTH_ERROR_KIND_RESERVATION_FULL` that every port of
+ * the reservation is bound (close a socket, or reserve more).
+ */
+enum berth_error_kind berth_last_error_kind(void);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -5,15 +5,16 @@
 //! file exports. The header is generated from this crate by cbindgen and committed; the
 //! `header` test fails when the two differ.
 //!
-//! Every function returns 0, or -1 with `errno` set to the errno of the failure's kind (`docs/associate.md`) and a
-//! message for [`berth_last_error_message`]. Ports are in host byte order.
+//! Every function returns 0, or -1 with `errno` set to the errno of the failure's kind
+//! (`docs/associate.md`), the kind for [`berth_last_error_kind`] and a message for
+//! [`berth_last_error_message`]. Ports are in host byte order.
 //!
 //! # Layout
 //! - this file: the exported types and functions, as `berth.h` declares them.
 //! - `session`: the process-wide session (one daemon connection, opened on first use) and
 //!   the reservations acquired through it; what a forked child does.
 //! - `sockaddr`: `struct sockaddr` → the address to bind on.
-//! - `error`: the thread's last error message and `errno`.
+//! - `error`: the thread's last error kind and message, and `errno`.
 //! - `panic`: the boundary every export runs inside.
 
 #![allow(
@@ -57,6 +58,45 @@ pub struct berth_port_reservation_instance {
     pub reservation: berth_port_range,
     /// The reservation's token: non-zero, for associate and release.
     pub token: u64,
+}
+
+/// The kind of the last failure on this thread, as `berth_last_error_kind` returns it: one
+/// value per error kind of berth (`docs/errors.md`), `BERTH_ERROR_KIND_NONE` after a success,
+/// and `BERTH_ERROR_KIND_INTERNAL` for a bug in libberth.
+///
+/// errno alone cannot tell every kind apart: conflict and reservation-full are both
+/// EADDRINUSE. The numbers are stable; a later release may add kinds after the last one, so
+/// a `switch` over them needs a `default`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types, reason = "the C name, as the C API gives it")]
+pub enum berth_error_kind {
+    /// The last call on this thread succeeded (or none was made yet).
+    None = 0,
+    /// EINVAL: count 0, a range past 65535, start 0 for a persistent reservation, token 0, a
+    /// bad protocol, pointer, descriptor or address.
+    InvalidArgument = 1,
+    /// EOPNOTSUPP: not a TCP/UDP socket, its type does not match the reservation's protocol,
+    /// or it is in another network namespace.
+    NotSupported = 2,
+    /// EADDRINUSE: the range asked for overlaps a reservation or a port in use.
+    Conflict = 3,
+    /// EADDRNOTAVAIL: no free block that large in the pool.
+    PoolExhausted = 4,
+    /// EADDRINUSE: no port of the reservation can be bound (or not the one asked for).
+    ReservationFull = 5,
+    /// ENOENT: no such reservation, or no persistent reservation of exactly that range.
+    NotFound = 6,
+    /// EACCES: not the owner nor an administrator, or a privileged port not allowed.
+    PermissionDenied = 7,
+    /// EDQUOT: the user's reservation or port quota is used up.
+    QuotaExceeded = 8,
+    /// ECONNREFUSED: no daemon answers, or it could not record the change (nothing changed).
+    Unavailable = 9,
+    /// EPROTO: the library and the daemon share no protocol version.
+    Incompatible = 10,
+    /// EIO: an internal error of libberth (a bug); the message says what to report.
+    Internal = 11,
 }
 
 /// Reserves a block of ports for this process.
@@ -282,6 +322,17 @@ unsafe fn lookup_persistent(protocol: Protocol, start: u16, count: u16, out: *mu
 #[no_mangle]
 pub extern "C" fn berth_last_error_message() -> *const c_char {
     panic::boundary_or(c"".as_ptr(), error::last_message)
+}
+
+/// The kind of this thread's last failed call, `BERTH_ERROR_KIND_NONE` when the last call
+/// succeeded (or none was made yet). Every other libberth function sets it, as it sets errno
+/// and the message; this one and `berth_last_error_message` leave it as it is. Use it where
+/// errno is ambiguous: after EADDRINUSE, `BERTH_ERROR_KIND_CONFLICT` means the block asked
+/// for is taken (ask for another), `BERTH_ERROR_KIND_RESERVATION_FULL` that every port of
+/// the reservation is bound (close a socket, or reserve more).
+#[no_mangle]
+pub extern "C" fn berth_last_error_kind() -> berth_error_kind {
+    panic::boundary_or(berth_error_kind::Internal, error::last_kind)
 }
 
 /// `IPPROTO_TCP` or `IPPROTO_UDP` → the protocol.

@@ -1,5 +1,5 @@
 //! The boundary every export runs inside: a panic never unwinds into C. It becomes -1 with
-//! `errno` EIO and a message, like any other failure.
+//! `errno` EIO, the kind `BERTH_ERROR_KIND_INTERNAL` and a message, like any other failure.
 
 use std::any::Any;
 use std::ffi::c_int;
@@ -8,7 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::error::{self, Failure};
 
 /// Runs `body` and turns its outcome into the C convention: 0 on success (the last error
-/// message cleared), -1 with `errno` and the message set on failure or panic.
+/// message and kind cleared), -1 with `errno`, the kind and the message set on failure or
+/// panic.
 pub(crate) fn boundary(body: impl FnOnce() -> Result<(), Failure>) -> c_int {
     // AssertUnwindSafe: after a panic nothing `body` touched is used again except the
     // session's mutex, whose poisoning is ignored on purpose (see `session`).
@@ -22,13 +23,10 @@ pub(crate) fn boundary(body: impl FnOnce() -> Result<(), Failure>) -> c_int {
             -1
         }
         Err(payload) => {
-            error::report(Failure::new(
-                libc::EIO,
-                format!(
-                    "internal error in libberth: {}; please report it",
-                    describe(payload.as_ref())
-                ),
-            ));
+            error::report(Failure::internal(format!(
+                "internal error in libberth: {}; please report it",
+                describe(payload.as_ref())
+            )));
             -1
         }
     }
@@ -69,6 +67,7 @@ mod tests {
             message.to_str().unwrap(),
             "internal error in libberth: boom 7; please report it"
         );
+        assert_eq!(error::last_kind(), crate::berth_error_kind::Internal);
     }
 
     #[test]
@@ -78,7 +77,9 @@ mod tests {
             std::io::Error::last_os_error().raw_os_error(),
             Some(libc::EINVAL)
         );
+        assert_eq!(error::last_kind(), crate::berth_error_kind::InvalidArgument);
         assert_eq!(boundary(|| Ok(())), 0);
+        assert_eq!(error::last_kind(), crate::berth_error_kind::None);
         // SAFETY: as above.
         assert_eq!(unsafe { CStr::from_ptr(error::last_message()) }, c"");
     }
