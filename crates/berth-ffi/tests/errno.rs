@@ -1,18 +1,22 @@
-//! libberth's `EPROTO`: every call that needs the daemon reports it, with a message, when the
-//! daemon answers with no protocol version in common (as no daemon of this release does, so a
-//! fake one on a temporary socket answers). Compiled from C, as in `tests/c.rs`, so that the
-//! errno is read the way a C caller reads it.
+//! libberth's `EPROTO`: every call that needs the daemon reports it, with the kind
+//! `BERTH_ERROR_KIND_INCOMPATIBLE` and a message, when the daemon answers with no protocol
+//! version in common (as no daemon of this release does, so a fake one on a temporary socket
+//! answers). Compiled from C, as in `tests/c.rs` (and, like there, also with the sanitizers),
+//! so that errno and the kind are read the way a C caller reads them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod support;
+
+use std::path::Path;
 
 use berth_core::ErrorKind;
 use berth_daemon::testing::FakeDaemon;
+use support::{Build, Program};
 
 /// Calls each function that talks to the daemon and prints, per call, one line:
-/// `name<TAB>return value<TAB>errno<TAB>berth_last_error_message()`.
+/// `name<TAB>return value<TAB>errno<TAB>kind<TAB>berth_last_error_message()`, where the kind is
+/// `INCOMPATIBLE (10)` for `BERTH_ERROR_KIND_INCOMPATIBLE` and `another kind (N)` otherwise.
 const PROGRAM: &str = r#"
 #include <errno.h>
 #include <netinet/in.h>
@@ -21,8 +25,11 @@ const PROGRAM: &str = r#"
 
 static void show(const char *name, int rc) {
     int saved = errno;
+    berth_error_kind kind = berth_last_error_kind();
     const char *message = berth_last_error_message();
-    printf("%s\t%d\t%d\t%s\n", name, rc, saved, message ? message : "(null)");
+    const char *known = kind == BERTH_ERROR_KIND_INCOMPATIBLE ? "INCOMPATIBLE" : "another kind";
+    printf("%s\t%d\t%d\t%s (%d)\t%s\n", name, rc, saved, known, (int)kind,
+           message ? message : "(null)");
 }
 
 int main(void) {
@@ -43,95 +50,79 @@ int main(void) {
 }
 "#;
 
-/// The directory holding the `libberth.so` built for this test run (see `tests/c.rs`).
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("the test executable's directory");
-    assert!(
-        deps.join("libberth.so").is_file(),
-        "no libberth.so in {}",
-        deps.display()
-    );
-    deps.to_path_buf()
-}
-
-/// Compiles [`PROGRAM`] into `dir`.
-fn compile(dir: &Path) -> PathBuf {
-    let source = dir.join("errno.c");
-    std::fs::write(&source, PROGRAM).unwrap();
-    let program = dir.join("errno");
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
-    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-    let lib = lib_dir();
-    let out = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", "-I"])
-        .arg(include)
-        .arg(&source)
-        .arg("-L")
-        .arg(&lib)
-        .arg("-lberth")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o")
-        .arg(&program)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    program
-}
-
-/// Runs the program against `socket`; its lines, split at tabs.
-fn calls_against(socket: &Path) -> Vec<Vec<String>> {
+/// Compiles [`PROGRAM`] (`build`) and runs it against `socket`; its lines, split at tabs.
+fn calls_against(socket: &Path, build: Build) -> Vec<Vec<String>> {
     let dir = tempfile::tempdir().unwrap();
-    let program = compile(dir.path());
-    // cargo's LD_LIBRARY_PATH may list a stale copy of the library: use this run's.
-    let out = Command::new(&program)
-        .env("LD_LIBRARY_PATH", lib_dir())
-        .env("BERTH_SOCKET", socket)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let source = dir.path().join("errno.c");
+    std::fs::write(&source, PROGRAM).unwrap();
+    let program = Program {
+        path: support::compile(&source, dir.path(), build),
+        build,
+    };
+    let out = program.run(&[], socket, None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        "{}",
+        support::describe(&program.path, &[], &out)
     );
     let lines: Vec<Vec<String>> = stdout
         .lines()
-        .map(|l| l.splitn(4, '\t').map(str::to_owned).collect())
+        .map(|l| l.splitn(5, '\t').map(str::to_owned).collect())
         .collect();
     assert_eq!(lines.len(), 5, "{stdout}");
     lines
 }
 
-/// Asserts that every call failed with `EPROTO` and a message mentioning `needle`.
+/// Asserts that every call failed with `EPROTO`, the kind `BERTH_ERROR_KIND_INCOMPATIBLE`
+/// and a message mentioning `needle`.
 fn assert_eproto(lines: &[Vec<String>], needle: &str) {
     for line in lines {
-        let [name, rc, errno, message] = &line[..] else {
+        let [name, rc, errno, kind, message] = &line[..] else {
             panic!("{line:?}")
         };
         assert_eq!(rc, "-1", "{name}: {line:?}");
         assert_eq!(errno, &libc::EPROTO.to_string(), "{name}: {line:?}");
+        assert!(kind.starts_with("INCOMPATIBLE "), "{name}: {line:?}");
         assert!(message.contains(needle), "{name}: {line:?}");
     }
 }
 
-#[test]
-fn a_daemon_that_refuses_the_hello_as_incompatible_is_eproto() {
+fn refusing_the_hello(build: Build) {
+    if build == Build::Sanitized && !support::sanitizers_available() {
+        return;
+    }
     let fake = FakeDaemon::refusing_hello(
         ErrorKind::Incompatible,
         "client protocol versions 1..=1, daemon 7..=9: upgrade the client",
     );
-    assert_eproto(&calls_against(&fake.socket), "upgrade the client");
+    assert_eproto(&calls_against(&fake.socket, build), "upgrade the client");
+}
+
+fn choosing_a_newer_version(build: Build) {
+    if build == Build::Sanitized && !support::sanitizers_available() {
+        return;
+    }
+    let fake = FakeDaemon::choosing_a_newer_version();
+    assert_eproto(&calls_against(&fake.socket, build), "protocol version");
+}
+
+#[test]
+fn a_daemon_that_refuses_the_hello_as_incompatible_is_eproto() {
+    refusing_the_hello(Build::Plain);
+}
+
+#[test]
+fn a_daemon_that_refuses_the_hello_as_incompatible_is_eproto_under_asan() {
+    refusing_the_hello(Build::Sanitized);
 }
 
 #[test]
 fn a_daemon_that_chooses_a_version_this_library_does_not_speak_is_eproto() {
-    let fake = FakeDaemon::choosing_a_newer_version();
-    assert_eproto(&calls_against(&fake.socket), "protocol version");
+    choosing_a_newer_version(Build::Plain);
+}
+
+#[test]
+fn a_daemon_that_chooses_a_version_this_library_does_not_speak_is_eproto_under_asan() {
+    choosing_a_newer_version(Build::Sanitized);
 }

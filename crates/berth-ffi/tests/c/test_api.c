@@ -1,13 +1,22 @@
 /*
- * test_api: libberth's C API against a running daemon, one check per line of output.
+ * test_api: libberth's C API against a running daemon, one check per line of output. Every
+ * failure is checked three ways: -1, errno, and berth_last_error_kind() (errno alone cannot
+ * tell conflict from reservation-full); every success leaves the kind NONE and the message "".
  *
- *   test_api <pool_lo> <pool_hi> <port_base>   the full suite; the daemon's wildcard pool is
- *                                              pool_lo..pool_hi, specific reservations are
- *                                              taken from port_base..port_base+9
+ *   test_api <pool_lo> <pool_hi> <port_base>   the full suite, run by an administrator (root);
+ *                                              the daemon's wildcard pool is pool_lo..pool_hi,
+ *                                              specific reservations are taken from
+ *                                              port_base..port_base+22
+ *   test_api not-admin                         run by a user who does not administer the
+ *                                              daemon, which has a quota of 2 reservations and
+ *                                              3 ports per user
+ *   test_api own-daemon <port_base>            run by the user the daemon runs as (a per-user
+ *                                              daemon), who administers it
  *   test_api unavailable                       BERTH_SOCKET names no daemon: ECONNREFUSED
  *
  * Exits 0 when every check passed, 1 otherwise (each failed check says what it expected and
- * what it got). Run by tests/c.rs.
+ * what it got). Run by tests/c.rs, also built with AddressSanitizer; everything it allocates
+ * it frees, so that a leak report means a leak.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -28,6 +37,42 @@
 static int checks = 0;
 static int failures = 0;
 static unsigned pool_lo, pool_hi, port_base;
+
+static const char *kind_name(berth_error_kind kind) {
+    switch (kind) {
+    case BERTH_ERROR_KIND_NONE: return "NONE";
+    case BERTH_ERROR_KIND_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case BERTH_ERROR_KIND_NOT_SUPPORTED: return "NOT_SUPPORTED";
+    case BERTH_ERROR_KIND_CONFLICT: return "CONFLICT";
+    case BERTH_ERROR_KIND_POOL_EXHAUSTED: return "POOL_EXHAUSTED";
+    case BERTH_ERROR_KIND_RESERVATION_FULL: return "RESERVATION_FULL";
+    case BERTH_ERROR_KIND_NOT_FOUND: return "NOT_FOUND";
+    case BERTH_ERROR_KIND_PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case BERTH_ERROR_KIND_QUOTA_EXCEEDED: return "QUOTA_EXCEEDED";
+    case BERTH_ERROR_KIND_UNAVAILABLE: return "UNAVAILABLE";
+    case BERTH_ERROR_KIND_INCOMPATIBLE: return "INCOMPATIBLE";
+    case BERTH_ERROR_KIND_INTERNAL: return "INTERNAL";
+    default: return "(not a berth_error_kind)";
+    }
+}
+
+/* The errno of each kind, as docs/associate.md lists them. */
+static int errno_of(berth_error_kind kind) {
+    switch (kind) {
+    case BERTH_ERROR_KIND_INVALID_ARGUMENT: return EINVAL;
+    case BERTH_ERROR_KIND_NOT_SUPPORTED: return EOPNOTSUPP;
+    case BERTH_ERROR_KIND_CONFLICT: return EADDRINUSE;
+    case BERTH_ERROR_KIND_POOL_EXHAUSTED: return EADDRNOTAVAIL;
+    case BERTH_ERROR_KIND_RESERVATION_FULL: return EADDRINUSE;
+    case BERTH_ERROR_KIND_NOT_FOUND: return ENOENT;
+    case BERTH_ERROR_KIND_PERMISSION_DENIED: return EACCES;
+    case BERTH_ERROR_KIND_QUOTA_EXCEEDED: return EDQUOT;
+    case BERTH_ERROR_KIND_UNAVAILABLE: return ECONNREFUSED;
+    case BERTH_ERROR_KIND_INCOMPATIBLE: return EPROTO;
+    case BERTH_ERROR_KIND_INTERNAL: return EIO;
+    default: return 0;
+    }
+}
 
 static const char *errno_name(int e) {
     switch (e) {
@@ -64,44 +109,58 @@ static void check(int ok, int line, const char *what, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* `call` must fail with -1 and errno `want`, and leave a non-empty message. */
-#define EXPECT_ERR(want, call) expect_err(__LINE__, #call, (want), (call))
-static void expect_err(int line, const char *what, int want, int rc) {
+/* `call` must fail with -1, the errno of kind BERTH_ERROR_KIND_<want> and that kind from
+ * berth_last_error_kind(), and leave a non-empty message. */
+#define EXPECT_ERR(want, call) expect_err(__LINE__, #call, BERTH_ERROR_KIND_##want, (call))
+static void expect_err(int line, const char *what, berth_error_kind want, int rc) {
     int err = errno; /* first: nothing may change it before it is read */
+    berth_error_kind kind = berth_last_error_kind();
     const char *msg = berth_last_error_message();
+    /* Reading one does not reset the other: both describe the last call. */
+    berth_error_kind again = berth_last_error_kind();
     checks++;
-    if (rc != -1 || err != want) {
+    if (rc != -1 || err != errno_of(want) || kind != want) {
         failures++;
-        fprintf(stderr, "FAIL line %d: %s: want -1 with %s, got %d with %s (message \"%s\")\n",
-                line, what, errno_name(want), rc, rc == 0 ? "-" : errno_name(err),
-                msg ? msg : "(null)");
+        fprintf(stderr,
+                "FAIL line %d: %s: want -1 with %s (%s), got %d with %s (%s) (message \"%s\")\n",
+                line, what, errno_name(errno_of(want)), kind_name(want), rc,
+                rc == 0 ? "-" : errno_name(err), kind_name(kind), msg ? msg : "(null)");
+        return;
+    }
+    if (again != kind) {
+        failures++;
+        fprintf(stderr, "FAIL line %d: %s: the kind was %s, then %s after reading the message\n",
+                line, what, kind_name(kind), kind_name(again));
         return;
     }
     if (msg == NULL || msg[0] == '\0') {
         failures++;
         fprintf(stderr, "FAIL line %d: %s: failed with %s but the message is empty\n", line,
-                what, errno_name(want));
+                what, kind_name(want));
         return;
     }
-    printf("ok   %s -> %s: %s\n", what, errno_name(want), msg);
+    printf("ok   %s -> %s (%s): %s\n", what, errno_name(err), kind_name(kind), msg);
 }
 
-/* `call` must succeed (0) and leave the message "". Returns 0 when it did. */
+/* `call` must succeed (0) and leave the message "" and the kind NONE. Returns 0 when it did. */
 #define EXPECT_OK(call) expect_ok(__LINE__, #call, (call))
 static int expect_ok(int line, const char *what, int rc) {
     int err = errno;
+    berth_error_kind kind = berth_last_error_kind();
     const char *msg = berth_last_error_message();
     checks++;
     if (rc != 0) {
         failures++;
-        fprintf(stderr, "FAIL line %d: %s: want 0, got %d with %s (message \"%s\")\n", line,
-                what, rc, errno_name(err), msg ? msg : "(null)");
+        fprintf(stderr, "FAIL line %d: %s: want 0, got %d with %s (%s) (message \"%s\")\n",
+                line, what, rc, errno_name(err), kind_name(kind), msg ? msg : "(null)");
         return -1;
     }
-    if (msg == NULL || msg[0] != '\0') {
+    if (msg == NULL || msg[0] != '\0' || kind != BERTH_ERROR_KIND_NONE) {
         failures++;
-        fprintf(stderr, "FAIL line %d: %s: succeeded but the message is \"%s\", not \"\"\n",
-                line, what, msg ? msg : "(null)");
+        fprintf(stderr,
+                "FAIL line %d: %s: succeeded but the message is \"%s\" and the kind %s, not \"\" "
+                "and NONE\n",
+                line, what, msg ? msg : "(null)", kind_name(kind));
         return -1;
     }
     printf("ok   %s\n", what);
@@ -166,24 +225,25 @@ static void test_invalid_arguments(void) {
     puts("-- invalid-argument (EINVAL)");
     berth_port_reservation_instance out;
     berth_port_range r = range_of(port_base, 0);
-    EXPECT_ERR(EINVAL, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out)); /* count 0 */
-    r = range_of(65535, 2);
-    EXPECT_ERR(EINVAL, berth_acquire_port_reservation(IPPROTO_UDP, &r, &out)); /* past 65535 */
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out));
+    r = range_of(65535, 2); /* past 65535 */
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation(IPPROTO_UDP, &r, &out));
     r = range_of(port_base, 1);
-    EXPECT_ERR(EINVAL, berth_acquire_port_reservation(99, &r, &out));
-    EXPECT_ERR(EINVAL, berth_acquire_port_reservation(IPPROTO_TCP, &r, NULL));
-    EXPECT_ERR(EINVAL, berth_acquire_port_reservation(IPPROTO_TCP, NULL, &out));
-    EXPECT_ERR(EINVAL, berth_release_port_reservation(0));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation(99, &r, &out));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation(IPPROTO_TCP, &r, NULL));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation(IPPROTO_TCP, NULL, &out));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_release_port_reservation(0));
 
     int fd = new_socket(AF_INET, SOCK_STREAM);
-    EXPECT_ERR(EINVAL, berth_associate_port_reservation(fd, 0, NULL, 0));
-    EXPECT_ERR(EINVAL, berth_associate_port_reservation(-1, 1, NULL, 0));
-    EXPECT_ERR(EINVAL, berth_associate_port_reservation(1000, 1, NULL, 0)); /* not open */
+    EXPECT_ERR(INVALID_ARGUMENT, berth_associate_port_reservation(fd, 0, NULL, 0));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_associate_port_reservation(-1, 1, NULL, 0));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_associate_port_reservation(1000, 1, NULL, 0)); /* not open */
     struct sockaddr_in sin = ipv4(INADDR_LOOPBACK, 0);
-    EXPECT_ERR(EINVAL, berth_associate_port_reservation(fd, 1, (struct sockaddr *)&sin, 4));
+    EXPECT_ERR(INVALID_ARGUMENT,
+               berth_associate_port_reservation(fd, 1, (struct sockaddr *)&sin, 4));
     struct sockaddr_in other = sin;
     other.sin_family = AF_UNIX;
-    EXPECT_ERR(EINVAL,
+    EXPECT_ERR(INVALID_ARGUMENT,
                berth_associate_port_reservation(fd, 1, (struct sockaddr *)&other, sizeof other));
     close(fd);
 }
@@ -198,7 +258,7 @@ static void test_conflicts(void) {
     CHECK(a.token != 0, "token 0");
     /* Held by this very process: still a conflict. */
     r = range_of(port_base + 1, 1);
-    EXPECT_ERR(EADDRINUSE, berth_acquire_port_reservation(IPPROTO_TCP, &r, &b));
+    EXPECT_ERR(CONFLICT, berth_acquire_port_reservation(IPPROTO_TCP, &r, &b));
     /* UDP is another port space. */
     if (EXPECT_OK(berth_acquire_port_reservation(IPPROTO_UDP, &r, &u)) == 0) {
         EXPECT_OK(berth_release_port_reservation(u.token));
@@ -215,7 +275,7 @@ static void test_conflicts(void) {
     CHECK(bind(busy, (struct sockaddr *)&sin, sizeof sin) == 0, "bind %u: %s", port_base + 5,
           strerror(errno));
     r = range_of(port_base + 4, 3);
-    EXPECT_ERR(EADDRINUSE, berth_acquire_port_reservation(IPPROTO_TCP, &r, &b));
+    EXPECT_ERR(CONFLICT, berth_acquire_port_reservation(IPPROTO_TCP, &r, &b));
     close(busy);
 }
 
@@ -223,19 +283,19 @@ static void test_pool_exhausted(void) {
     puts("-- pool-exhausted (EADDRNOTAVAIL)");
     berth_port_reservation_instance out;
     berth_port_range r = range_of(0, pool_hi - pool_lo + 2);
-    EXPECT_ERR(EADDRNOTAVAIL, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out));
+    EXPECT_ERR(POOL_EXHAUSTED, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out));
 }
 
 static void test_not_found(void) {
     puts("-- not-found (ENOENT)");
-    EXPECT_ERR(ENOENT, berth_release_port_reservation(0x0123456789abcdefULL));
+    EXPECT_ERR(NOT_FOUND, berth_release_port_reservation(0x0123456789abcdefULL));
     berth_port_reservation_instance res;
     berth_port_range r = range_of(0, 1);
     REQUIRE_OK(berth_acquire_port_reservation(IPPROTO_UDP, &r, &res));
     REQUIRE_OK(berth_release_port_reservation(res.token));
-    EXPECT_ERR(ENOENT, berth_release_port_reservation(res.token));
+    EXPECT_ERR(NOT_FOUND, berth_release_port_reservation(res.token));
     int fd = new_socket(AF_INET, SOCK_DGRAM);
-    EXPECT_ERR(ENOENT, berth_associate_port_reservation(fd, res.token, NULL, 0));
+    EXPECT_ERR(NOT_FOUND, berth_associate_port_reservation(fd, res.token, NULL, 0));
     close(fd);
 }
 
@@ -261,7 +321,7 @@ static void test_associate_spreads_fills_and_frees(void) {
     CHECK(p1 != p2, "both sockets got port %u", p1);
 
     int s3 = new_socket(AF_INET, SOCK_STREAM);
-    EXPECT_ERR(EADDRINUSE, berth_associate_port_reservation(s3, res.token, NULL, 0));
+    EXPECT_ERR(RESERVATION_FULL, berth_associate_port_reservation(s3, res.token, NULL, 0));
     CHECK(port_of(s3) == 0, "the refused socket is bound to %u", port_of(s3));
 
     /* Closing a bound socket frees its port for the next associate. */
@@ -316,8 +376,13 @@ static void test_addresses(void) {
     /* A port outside the reservation is refused, never replaced by another. */
     int e = new_socket(AF_INET, SOCK_DGRAM);
     struct sockaddr_in outside = ipv4(INADDR_LOOPBACK, (uint16_t)(res.reservation.start_port + 3));
-    EXPECT_ERR(EINVAL, berth_associate_port_reservation(e, res.token, (struct sockaddr *)&outside,
-                                                        sizeof outside));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_associate_port_reservation(
+                                     e, res.token, (struct sockaddr *)&outside, sizeof outside));
+    /* A port of the reservation that is bound already: that port or nothing. */
+    struct sockaddr_in taken = ipv4(INADDR_LOOPBACK, exact);
+    EXPECT_ERR(RESERVATION_FULL, berth_associate_port_reservation(
+                                     e, res.token, (struct sockaddr *)&taken, sizeof taken));
+    CHECK(port_of(e) == 0, "the refused socket is bound to %u", port_of(e));
     close(e);
     struct sockaddr_in got4;
     len = sizeof got4;
@@ -330,8 +395,8 @@ static void test_addresses(void) {
 
     /* An IPv6 address for an IPv4 socket does not fit. */
     int d = new_socket(AF_INET, SOCK_DGRAM);
-    EXPECT_ERR(EINVAL, berth_associate_port_reservation(d, res.token, (struct sockaddr *)&loop6,
-                                                        sizeof loop6));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_associate_port_reservation(
+                                     d, res.token, (struct sockaddr *)&loop6, sizeof loop6));
     close(a);
     close(b);
     close(c);
@@ -345,10 +410,10 @@ static void test_not_supported(void) {
     berth_port_range r = range_of(0, 1);
     REQUIRE_OK(berth_acquire_port_reservation(IPPROTO_TCP, &r, &res));
     int unix_fd = new_socket(AF_UNIX, SOCK_STREAM);
-    EXPECT_ERR(EOPNOTSUPP, berth_associate_port_reservation(unix_fd, res.token, NULL, 0));
+    EXPECT_ERR(NOT_SUPPORTED, berth_associate_port_reservation(unix_fd, res.token, NULL, 0));
     close(unix_fd);
     int dgram = new_socket(AF_INET, SOCK_DGRAM);
-    EXPECT_ERR(EOPNOTSUPP, berth_associate_port_reservation(dgram, res.token, NULL, 0));
+    EXPECT_ERR(NOT_SUPPORTED, berth_associate_port_reservation(dgram, res.token, NULL, 0));
     close(dgram);
     int stream = new_socket(AF_INET6, SOCK_STREAM);
     EXPECT_OK(berth_associate_port_reservation(stream, res.token, NULL, 0));
@@ -366,32 +431,41 @@ static void test_persistent(void) {
     CHECK(found == token, "lookup %llu != %llu", (unsigned long long)found,
           (unsigned long long)token);
     /* Lookup needs an exact match; the other protocol is another space. */
-    EXPECT_ERR(ENOENT, berth_lookup_persistent_tcp_port_reservation(p, 1, &found));
-    EXPECT_ERR(ENOENT, berth_lookup_persistent_udp_port_reservation(p, 2, &found));
-    EXPECT_ERR(EADDRINUSE, berth_create_persistent_tcp_port_reservation(p + 1, 1, &other));
+    EXPECT_ERR(NOT_FOUND, berth_lookup_persistent_tcp_port_reservation(p, 1, &found));
+    EXPECT_ERR(NOT_FOUND, berth_lookup_persistent_udp_port_reservation(p, 2, &found));
+    EXPECT_ERR(CONFLICT, berth_create_persistent_tcp_port_reservation(p + 1, 1, &other));
     berth_port_reservation_instance out;
     berth_port_range r = range_of(p, 1);
-    EXPECT_ERR(EADDRINUSE, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out));
-    EXPECT_ERR(EINVAL, berth_create_persistent_udp_port_reservation(0, 1, &other));
-    EXPECT_ERR(EINVAL, berth_create_persistent_udp_port_reservation(p, 0, &other));
-    EXPECT_ERR(EINVAL, berth_create_persistent_udp_port_reservation(p, 1, NULL));
+    EXPECT_ERR(CONFLICT, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_create_persistent_udp_port_reservation(0, 1, &other));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_create_persistent_udp_port_reservation(p, 0, &other));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_create_persistent_udp_port_reservation(p, 1, NULL));
     /* An administrator binds from it. */
     int fd = new_socket(AF_INET, SOCK_STREAM);
     EXPECT_OK(berth_associate_port_reservation(fd, token, NULL, 0));
     close(fd);
     /* Persistent reservations are deleted, not released. */
-    EXPECT_ERR(EINVAL, berth_release_port_reservation(token));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_release_port_reservation(token));
     EXPECT_OK(berth_delete_persistent_tcp_port_reservation(p, 2));
-    EXPECT_ERR(ENOENT, berth_delete_persistent_tcp_port_reservation(p, 2));
-    EXPECT_ERR(ENOENT, berth_lookup_persistent_tcp_port_reservation(p, 2, &found));
+    EXPECT_ERR(NOT_FOUND, berth_delete_persistent_tcp_port_reservation(p, 2));
+    EXPECT_ERR(NOT_FOUND, berth_lookup_persistent_tcp_port_reservation(p, 2, &found));
     EXPECT_OK(berth_create_persistent_udp_port_reservation(p, 3, &other));
     EXPECT_OK(berth_lookup_persistent_udp_port_reservation(p, 3, &found));
     CHECK(found == other, "udp lookup");
     EXPECT_OK(berth_delete_persistent_udp_port_reservation(p, 3));
 }
 
-static void test_forked_child_is_not_the_owner(void) {
-    puts("-- a forked child is not the owner (EACCES)");
+/*
+ * A forked child is another process: it may not bind from its parent's reservation, whoever it
+ * is (a runtime reservation is bound from by its owner only). Releasing it is another matter:
+ * administrators may release anyone's reservation, and a child that is one (root, or any
+ * process of the user a per-user daemon runs as) does release its parent's. `admin` says
+ * which this run is.
+ */
+static void test_forked_child(int admin) {
+    printf("-- a forked child is not the owner (EACCES), and %s\n",
+           admin ? "as an administrator it may release the parent's reservation"
+                 : "not an administrator, it may not release it either");
     berth_port_reservation_instance res;
     berth_port_range r = range_of(0, 2);
     REQUIRE_OK(berth_acquire_port_reservation(IPPROTO_TCP, &r, &res));
@@ -403,88 +477,157 @@ static void test_forked_child_is_not_the_owner(void) {
         return;
     }
     if (pid == 0) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        int rc = berth_associate_port_reservation(fd, res.token, NULL, 0);
-        int err = errno;
-        const char *msg = berth_last_error_message();
-        if (rc == -1 && err == EACCES && msg[0] != '\0') {
-            printf("ok   (child) berth_associate_port_reservation(parent's token) -> EACCES: %s\n",
-                   msg);
-            fflush(stdout);
-            _exit(0);
+        int before = failures;
+        int fd = new_socket(AF_INET, SOCK_STREAM);
+        EXPECT_ERR(PERMISSION_DENIED, berth_associate_port_reservation(fd, res.token, NULL, 0));
+        CHECK(port_of(fd) == 0, "(child) the refused socket is bound to %u", port_of(fd));
+        close(fd);
+        if (admin) {
+            EXPECT_OK(berth_release_port_reservation(res.token));
+        } else {
+            EXPECT_ERR(PERMISSION_DENIED, berth_release_port_reservation(res.token));
         }
-        fprintf(stderr, "FAIL (child): associate with the parent's token: want -1 with EACCES, got %d with %s (message \"%s\")\n",
-                rc, rc == 0 ? "-" : errno_name(err), msg);
+        fflush(stdout);
         fflush(stderr);
-        _exit(1);
+        /* _exit: the parent's atexit handlers (and a sanitizer's leak check over the state
+         * the child inherited and must not touch) are not the child's. */
+        _exit(failures == before ? 0 : 1);
     }
     int status = 0;
     CHECK(waitpid(pid, &status, 0) == pid, "waitpid: %s", strerror(errno));
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child ended with status 0x%x",
           status);
-    /* The child neither released nor disturbed the parent's reservation or session. */
     int fd = new_socket(AF_INET, SOCK_STREAM);
-    EXPECT_OK(berth_associate_port_reservation(fd, res.token, NULL, 0));
-    CHECK(in_block(port_of(fd), &res), "port %u after the fork", port_of(fd));
+    if (admin) {
+        /* The child's release was an administrator's: the reservation is gone for its owner
+         * too, who learns it from its next call about it. */
+        EXPECT_ERR(NOT_FOUND, berth_associate_port_reservation(fd, res.token, NULL, 0));
+        EXPECT_ERR(NOT_FOUND, berth_release_port_reservation(res.token));
+    } else {
+        /* The child neither released nor disturbed the parent's reservation or session. */
+        EXPECT_OK(berth_associate_port_reservation(fd, res.token, NULL, 0));
+        CHECK(in_block(port_of(fd), &res), "port %u after the fork", port_of(fd));
+        EXPECT_OK(berth_release_port_reservation(res.token));
+    }
     close(fd);
-    EXPECT_OK(berth_release_port_reservation(res.token));
 }
 
+/* What a failing call on another thread left in that thread's last error. */
+struct seen {
+    char message[512];
+    berth_error_kind kind;
+};
+
 static void *fail_on_another_thread(void *arg) {
-    (void)arg;
-    static char seen[512];
+    struct seen *seen = arg;
     int rc = berth_release_port_reservation(0);
-    snprintf(seen, sizeof seen, "%s", rc == -1 ? berth_last_error_message() : "");
-    return seen;
+    seen->kind = berth_last_error_kind();
+    snprintf(seen->message, sizeof seen->message, "%s", rc == -1 ? berth_last_error_message() : "");
+    return NULL;
 }
 
 static void test_last_error_is_per_thread(void) {
-    puts("-- berth_last_error_message: per thread, \"\" after success");
-    EXPECT_ERR(EINVAL, berth_release_port_reservation(0));
+    puts("-- berth_last_error_message and berth_last_error_kind: per thread, \"\"/NONE after "
+         "success");
+    EXPECT_ERR(INVALID_ARGUMENT, berth_release_port_reservation(0));
     CHECK(berth_last_error_message()[0] != '\0', "empty after a failure");
     berth_port_reservation_instance res;
     berth_port_range r = range_of(0, 1);
     REQUIRE_OK(berth_acquire_port_reservation(IPPROTO_UDP, &r, &res));
     CHECK(strcmp(berth_last_error_message(), "") == 0, "\"%s\" after a success",
           berth_last_error_message());
+    CHECK(berth_last_error_kind() == BERTH_ERROR_KIND_NONE, "kind %s after a success",
+          kind_name(berth_last_error_kind()));
     pthread_t thread;
-    void *seen = NULL;
-    CHECK(pthread_create(&thread, NULL, fail_on_another_thread, NULL) == 0, "pthread_create");
-    CHECK(pthread_join(thread, &seen) == 0, "pthread_join");
-    CHECK(seen != NULL && ((char *)seen)[0] != '\0', "no message on the failing thread");
+    struct seen seen = {"", BERTH_ERROR_KIND_NONE};
+    CHECK(pthread_create(&thread, NULL, fail_on_another_thread, &seen) == 0, "pthread_create");
+    CHECK(pthread_join(thread, NULL) == 0, "pthread_join");
+    CHECK(seen.message[0] != '\0', "no message on the failing thread");
+    CHECK(seen.kind == BERTH_ERROR_KIND_INVALID_ARGUMENT, "kind %s on the failing thread",
+          kind_name(seen.kind));
     CHECK(strcmp(berth_last_error_message(), "") == 0,
           "another thread's failure leaked into this thread's message: \"%s\"",
           berth_last_error_message());
+    CHECK(berth_last_error_kind() == BERTH_ERROR_KIND_NONE,
+          "another thread's failure leaked into this thread's kind: %s",
+          kind_name(berth_last_error_kind()));
     EXPECT_OK(berth_release_port_reservation(res.token));
+}
+
+/* Run by a user who does not administer the daemon; its quota is 2 reservations, 3 ports. */
+static void test_not_an_administrator(void) {
+    puts("-- permission-denied (EACCES) and quota-exceeded (EDQUOT): not an administrator");
+    uint64_t token = 0;
+    EXPECT_ERR(PERMISSION_DENIED,
+               berth_create_persistent_tcp_port_reservation(port_base, 1, &token));
+    EXPECT_ERR(PERMISSION_DENIED, berth_delete_persistent_udp_port_reservation(port_base, 1));
+    /* Lookup is open to everyone. */
+    EXPECT_ERR(NOT_FOUND, berth_lookup_persistent_tcp_port_reservation(port_base, 1, &token));
+
+    berth_port_reservation_instance a, b, c;
+    berth_port_range two = range_of(0, 2), one = range_of(0, 1);
+    REQUIRE_OK(berth_acquire_port_reservation(IPPROTO_TCP, &two, &a));
+    EXPECT_ERR(QUOTA_EXCEEDED, berth_acquire_port_reservation(IPPROTO_UDP, &two, &b)); /* 4 ports */
+    REQUIRE_OK(berth_acquire_port_reservation(IPPROTO_UDP, &one, &b));
+    EXPECT_ERR(QUOTA_EXCEEDED, berth_acquire_port_reservation(IPPROTO_TCP, &one, &c)); /* 3rd */
+    EXPECT_OK(berth_release_port_reservation(a.token));
+    EXPECT_OK(berth_release_port_reservation(b.token));
+    /* Released: the quota is free again. */
+    if (EXPECT_OK(berth_acquire_port_reservation(IPPROTO_TCP, &two, &c)) == 0) {
+        EXPECT_OK(berth_release_port_reservation(c.token));
+    }
+}
+
+/* Run by the user the daemon runs as: a per-user daemon's own user administers it. */
+static void test_own_daemon(void) {
+    puts("-- the daemon's own user administers it (a per-user daemon)");
+    uint64_t token = 0, found = 0;
+    unsigned p = port_base;
+    REQUIRE_OK(berth_create_persistent_tcp_port_reservation(p, 2, &token));
+    EXPECT_OK(berth_lookup_persistent_tcp_port_reservation(p, 2, &found));
+    CHECK(found == token, "lookup %llu != %llu", (unsigned long long)found,
+          (unsigned long long)token);
+    EXPECT_OK(berth_delete_persistent_tcp_port_reservation(p, 2));
+    EXPECT_ERR(NOT_FOUND, berth_lookup_persistent_tcp_port_reservation(p, 2, &found));
 }
 
 static int run_unavailable(void) {
     puts("-- unavailable (ECONNREFUSED): no daemon at $BERTH_SOCKET");
     berth_port_reservation_instance out;
     berth_port_range r = range_of(0, 1);
-    EXPECT_ERR(ECONNREFUSED, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out));
+    EXPECT_ERR(UNAVAILABLE, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out));
     /* Every call that needs the daemon fails the same way; the next one tries again. */
-    EXPECT_ERR(ECONNREFUSED, berth_acquire_port_reservation(IPPROTO_UDP, &r, &out));
-    EXPECT_ERR(ECONNREFUSED, berth_release_port_reservation(42));
+    EXPECT_ERR(UNAVAILABLE, berth_acquire_port_reservation(IPPROTO_UDP, &r, &out));
+    EXPECT_ERR(UNAVAILABLE, berth_release_port_reservation(42));
     int fd = new_socket(AF_INET, SOCK_STREAM);
-    EXPECT_ERR(ECONNREFUSED, berth_associate_port_reservation(fd, 42, NULL, 0));
+    EXPECT_ERR(UNAVAILABLE, berth_associate_port_reservation(fd, 42, NULL, 0));
     close(fd);
     /* Bad arguments are found without a daemon. */
     r = range_of(1, 0);
-    EXPECT_ERR(EINVAL, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out));
     uint64_t token;
-    EXPECT_ERR(ECONNREFUSED, berth_lookup_persistent_tcp_port_reservation(80, 1, &token));
+    EXPECT_ERR(UNAVAILABLE, berth_lookup_persistent_tcp_port_reservation(80, 1, &token));
     return 0;
 }
 
 int main(int argc, char **argv) {
+    CHECK(strcmp(berth_last_error_message(), "") == 0, "message before any call");
+    CHECK(berth_last_error_kind() == BERTH_ERROR_KIND_NONE, "kind %s before any call",
+          kind_name(berth_last_error_kind()));
     if (argc == 2 && strcmp(argv[1], "unavailable") == 0) {
         run_unavailable();
+    } else if (argc == 3 && strcmp(argv[1], "not-admin") == 0) {
+        port_base = (unsigned)strtoul(argv[2], NULL, 10);
+        test_not_an_administrator();
+        test_forked_child(0);
+    } else if (argc == 3 && strcmp(argv[1], "own-daemon") == 0) {
+        port_base = (unsigned)strtoul(argv[2], NULL, 10);
+        test_own_daemon();
+        test_forked_child(1);
     } else if (argc == 4) {
         pool_lo = (unsigned)strtoul(argv[1], NULL, 10);
         pool_hi = (unsigned)strtoul(argv[2], NULL, 10);
         port_base = (unsigned)strtoul(argv[3], NULL, 10);
-        CHECK(strcmp(berth_last_error_message(), "") == 0, "message before any call");
         test_invalid_arguments();
         test_conflicts();
         test_pool_exhausted();
@@ -493,10 +636,11 @@ int main(int argc, char **argv) {
         test_addresses();
         test_not_supported();
         test_persistent();
-        test_forked_child_is_not_the_owner();
+        test_forked_child(1); /* run as root: an administrator */
         test_last_error_is_per_thread();
     } else {
-        fprintf(stderr, "usage: test_api <pool_lo> <pool_hi> <port_base> | test_api unavailable\n");
+        fprintf(stderr, "usage: test_api <pool_lo> <pool_hi> <port_base> | test_api not-admin "
+                        "<port_base> | test_api own-daemon <port_base> | test_api unavailable\n");
         return 2;
     }
     printf("test_api: %d checks, %d failed\n", checks, failures);
