@@ -192,7 +192,11 @@ const DAEMON_HELPER: &str = "helper_daemon_of_the_calling_user";
 #[test]
 #[ignore = "a helper: run by the_daemons_own_user_administers_it as another user"]
 fn helper_daemon_of_the_calling_user() {
-    let pool = std::env::var("BERTH_FFI_HELPER_POOL").expect("BERTH_FFI_HELPER_POOL=LO-HI");
+    let Ok(pool) = std::env::var("BERTH_FFI_HELPER_POOL") else {
+        // Run by `--include-ignored` rather than by its test: nothing to serve.
+        println!("not started: BERTH_FFI_HELPER_POOL is unset (a helper, not a test)");
+        return;
+    };
     let (lo, hi) = pool.split_once('-').expect("LO-HI");
     let (lo, hi) = (lo.parse().unwrap(), hi.parse().unwrap());
     let rt = runtime();
