@@ -1,38 +1,15 @@
 //! `berth status --format openmetrics`: the daemon's status and its reservations as an
 //! OpenMetrics text exposition, for a scraper (node_exporter's textfile collector, a cron job,
-//! an agent that runs a command). Also the per-user use that `berth status` shows.
+//! an agent that runs a command).
 //!
-//! Everything is computed from one `status` and one `list` answer; what the asker may not see
-//! (other users' owners, for a non-administrator) is simply not counted per user.
+//! Everything is computed from one `status` and one `list` answer; per-user use is the
+//! daemon's own count (`StatusInfo::users`: every user's for an administrator, the asker's own
+//! otherwise).
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use berth::{ReservationInfo, StatusInfo};
 use berth_core::{Kind, Protocol};
-
-/// Runtime reservations and their ports, of one user.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Use {
-    /// Runtime reservations.
-    pub reservations: u32,
-    /// Their ports.
-    pub ports: u32,
-}
-
-/// Runtime use per uid, over the reservations whose owner the asker may see (administrators
-/// see every owner; others, their own user's).
-pub fn use_by_uid(list: &[ReservationInfo]) -> BTreeMap<u32, Use> {
-    let mut by_uid: BTreeMap<u32, Use> = BTreeMap::new();
-    for r in list.iter().filter(|r| r.kind == Kind::Runtime) {
-        if let Some(owner) = &r.owner {
-            let entry = by_uid.entry(owner.uid).or_default();
-            entry.reservations += 1;
-            entry.ports += u32::from(r.range.count());
-        }
-    }
-    by_uid
-}
 
 /// One metric family: its `# TYPE`, `# UNIT`, `# HELP` lines, then its samples
 /// (`name{labels} value`).
@@ -77,7 +54,13 @@ impl Family {
 /// The exposition: one family per metric, then `# EOF`.
 pub fn openmetrics(status: &StatusInfo, list: &[ReservationInfo], now_ms: u64) -> String {
     let one = |value: u64| vec![(String::new(), value)];
-    let by_uid = use_by_uid(list);
+    let per_user = |value: fn(&berth::UsageInfo) -> u32| {
+        status
+            .users
+            .iter()
+            .map(|u| (format!("{{uid=\"{}\"}}", u.uid), u64::from(value(&u.usage))))
+            .collect::<Vec<_>>()
+    };
     let families = [
         Family {
             name: "berth",
@@ -183,18 +166,35 @@ pub fn openmetrics(status: &StatusInfo, list: &[ReservationInfo], now_ms: u64) -
         ),
         Family::gauge(
             "berth_user_reservations",
-            "Runtime reservations per owner uid (only owners the asker may see).",
-            by_uid
-                .iter()
-                .map(|(uid, u)| (format!("{{uid=\"{uid}\"}}"), u64::from(u.reservations)))
-                .collect(),
+            "Runtime reservations per owner uid, a TCP+UDP pair of the same ports counted once (every user for an administrator, else the asker's own).",
+            per_user(|u| u.reservations),
         ),
         Family::gauge(
             "berth_user_ports",
-            "Ports of runtime reservations per owner uid (only owners the asker may see).",
-            by_uid
+            "Port numbers of runtime reservations per owner uid, a number in both protocols counted once (every user for an administrator, else the asker's own).",
+            per_user(|u| u.ports),
+        ),
+        Family::gauge(
+            "berth_user_held_ports",
+            "Ports of held runtime reservations per owner uid (every user for an administrator, else the asker's own).",
+            per_user(|u| u.held_ports),
+        ),
+        Family::gauge(
+            "berth_ephemeral_share_ports",
+            "The ports of the ephemeral range users without administrator rights may reserve together; no sample when no share is kept.",
+            status
+                .ephemeral_share
                 .iter()
-                .map(|(uid, u)| (format!("{{uid=\"{uid}\"}}"), u64::from(u.ports)))
+                .map(|s| (String::new(), u64::from(s.max_ports)))
+                .collect(),
+        ),
+        Family::gauge(
+            "berth_ephemeral_share_used_ports",
+            "The ports of the ephemeral range users without administrator rights reserve now; no sample when no share is kept.",
+            status
+                .ephemeral_share
+                .iter()
+                .map(|s| (String::new(), u64::from(s.used)))
                 .collect(),
         ),
     ];
@@ -287,7 +287,31 @@ mod tests {
             hold_sockets: 4,
             open_files: 30,
             quota: None,
-            usage: (0, 0),
+            usage: berth::UsageInfo::default(),
+            ephemeral_share: Some(berth::ShareInfo {
+                range: berth_core::PortRange::new(32768, 28232).unwrap(),
+                percent: 50,
+                max_ports: 14116,
+                used: 3,
+            }),
+            users: vec![
+                berth::UserUsage {
+                    uid: 0,
+                    usage: berth::UsageInfo {
+                        reservations: 1,
+                        ports: 1,
+                        held_ports: 0,
+                    },
+                },
+                berth::UserUsage {
+                    uid: 1000,
+                    usage: berth::UsageInfo {
+                        reservations: 1,
+                        ports: 3,
+                        held_ports: 3,
+                    },
+                },
+            ],
         }
     }
 
@@ -319,6 +343,9 @@ mod tests {
             "berth_user_reservations{uid=\"1000\"} 1",
             "berth_user_ports{uid=\"1000\"} 3",
             "berth_user_ports{uid=\"0\"} 1",
+            "berth_user_held_ports{uid=\"1000\"} 3",
+            "berth_ephemeral_share_ports 14116",
+            "berth_ephemeral_share_used_ports 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

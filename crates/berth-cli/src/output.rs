@@ -105,10 +105,43 @@ pub struct StatusJson {
     pub open_files: u32,
     /// Its descriptor limit (soft `RLIMIT_NOFILE`, raised to the hard one at start-up).
     pub open_files_limit: u64,
-    /// Your quota, `{"max_reservations", "max_ports"}`, or `null` when none applies to you.
+    /// Your quota, `{"max_reservations", "max_ports", "max_held_ports"}`, or `null` when none
+    /// applies to you (administrators).
     pub quota: Option<QuotaJson>,
-    /// Your runtime use, `{"reservations", "ports"}`.
+    /// Your runtime use, `{"reservations", "ports", "held_ports"}`.
     pub usage: UsageJson,
+    /// The part of the ephemeral range users without administrator rights may reserve
+    /// together, `{"range", "percent", "max_ports", "used"}`, or `null` when none is kept.
+    pub ephemeral_share: Option<ShareJson>,
+    /// Runtime use per user, `[{"uid", "reservations", "ports", "held_ports"}]`: every user's
+    /// for an administrator, your own otherwise.
+    pub users: Vec<UserUsageJson>,
+}
+
+/// The ephemeral share in `berth status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct ShareJson {
+    /// The ephemeral range, `LO-HI`.
+    pub range: String,
+    /// The share, in percent of it.
+    pub percent: u8,
+    /// The share, in ports.
+    pub max_ports: u32,
+    /// Ports of it reserved by users without administrator rights.
+    pub used: u32,
+}
+
+/// One user's use in `berth status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct UserUsageJson {
+    /// The user.
+    pub uid: u32,
+    /// Live runtime reservations.
+    pub reservations: u32,
+    /// Port numbers in them.
+    pub ports: u32,
+    /// Ports of held reservations.
+    pub held_ports: u32,
 }
 
 /// Reservations by kind in `berth status --json`.
@@ -132,10 +165,12 @@ pub struct ProtocolsJson {
 /// A quota in `berth status --json`.
 #[derive(Debug, serde::Serialize)]
 pub struct QuotaJson {
-    /// Live runtime reservations at most.
+    /// Live runtime reservations at most (a TCP+UDP pair of the same ports counts once).
     pub max_reservations: u32,
-    /// Ports in them at most.
+    /// Port numbers in them at most (a number in both protocols counts once).
     pub max_ports: u32,
+    /// Ports of held reservations at most.
+    pub max_held_ports: u32,
 }
 
 /// A user's use in `berth status --json`.
@@ -143,8 +178,10 @@ pub struct QuotaJson {
 pub struct UsageJson {
     /// Live runtime reservations.
     pub reservations: u32,
-    /// Ports in them.
+    /// Port numbers in them.
     pub ports: u32,
+    /// Ports of held reservations.
+    pub held_ports: u32,
 }
 
 impl From<&StatusInfo> for StatusJson {
@@ -177,14 +214,32 @@ impl From<&StatusInfo> for StatusJson {
             hold_off_because: (!s.hold).then(|| s.hold_off_because.clone()),
             open_files: s.open_files,
             open_files_limit: s.open_files_limit,
-            quota: s.quota.map(|(max_reservations, max_ports)| QuotaJson {
-                max_reservations,
-                max_ports,
+            quota: s.quota.map(|q| QuotaJson {
+                max_reservations: q.max_reservations,
+                max_ports: q.max_ports,
+                max_held_ports: q.max_held_ports,
             }),
             usage: UsageJson {
-                reservations: s.usage.0,
-                ports: s.usage.1,
+                reservations: s.usage.reservations,
+                ports: s.usage.ports,
+                held_ports: s.usage.held_ports,
             },
+            ephemeral_share: s.ephemeral_share.map(|share| ShareJson {
+                range: format!("{}-{}", share.range.start(), share.range.end()),
+                percent: share.percent,
+                max_ports: share.max_ports,
+                used: share.used,
+            }),
+            users: s
+                .users
+                .iter()
+                .map(|u| UserUsageJson {
+                    uid: u.uid,
+                    reservations: u.usage.reservations,
+                    ports: u.usage.ports,
+                    held_ports: u.usage.held_ports,
+                })
+                .collect(),
         }
     }
 }

@@ -539,3 +539,84 @@ fn a_user_that_drains_the_pool_to_its_quota_leaves_the_rest_to_others() {
     });
     holder.finish();
 }
+
+#[test]
+fn users_together_keep_to_their_share_of_the_ephemeral_range() {
+    // The last 400 ports of the host's ephemeral range, of which users without administrator
+    // rights may hold 1 % of the range together (282 ports of Linux's default range).
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let bounds: Vec<u32> = range
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let (lo, hi) = (bounds[0], bounds[1]);
+    let share = (hi - lo + 1) / 100;
+    assert!(
+        (50..400).contains(&share),
+        "an ephemeral range of {range:?}"
+    );
+    let pool = format!("{}-{hi}", hi - 399);
+    let (d, _config) = daemon(&pool, "[quota]\nephemeral_share = 1\n");
+    let holder = Holder::new(&d);
+    // Three users take blocks of 25 in turn until the daemon says no: together, never more
+    // than the share.
+    let mut users: Vec<(u32, UnixStream)> = (10_021..10_024)
+        .map(|uid| {
+            let socket = d.socket().to_owned();
+            (uid, as_user(uid, move || welcomed(&socket)))
+        })
+        .collect();
+    let mut granted = 0u32;
+    let refusal = 'asking: loop {
+        for (_, conn) in &mut users {
+            let answer = ask(
+                conn,
+                Request::Acquire {
+                    protocol: Protocol::Tcp,
+                    start: 0,
+                    count: 25,
+                },
+            );
+            match answer {
+                Response::Acquired(_) => granted += 25,
+                other => break 'asking other,
+            }
+            assert!(
+                granted <= share,
+                "{granted} ports granted over a share of {share}"
+            );
+        }
+    };
+    assert_eq!(granted, share / 25 * 25, "the share was not used up");
+    let Response::Error(e) = &refusal else {
+        panic!("{refusal:?}")
+    };
+    assert_eq!(e.kind, ErrorKind::QuotaExceeded, "{e:?}");
+    assert!(e.message.contains("ephemeral_share = 1"), "{}", e.message);
+    let ErrorDetail::Quota(q) = &e.detail else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        (q.what, q.limit, q.used),
+        (berth_protocol::QuotaWhat::EphemeralShare, share, granted)
+    );
+    // Administrators are not held to it, and status shows it.
+    let extra = holder
+        .client
+        .acquire(berth::Protocol::Tcp, 0, 60)
+        .expect("an administrator is not held to the share");
+    let status = holder.client.status().unwrap();
+    let shown = status.ephemeral_share.expect("the share in status");
+    assert_eq!(
+        (shown.max_ports, shown.used, shown.percent),
+        (share, granted, 1)
+    );
+    assert!(
+        status.users.len() >= 4,
+        "every user's use: {:?}",
+        status.users
+    );
+    drop(extra);
+    drop(users);
+    holder.finish();
+}

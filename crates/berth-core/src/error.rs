@@ -177,7 +177,7 @@ pub enum AcquireError {
     #[error(transparent)]
     Privileged(PrivilegedDenied),
     /// The asker's user is at its quota.
-    #[error("uid {uid} holds {used} {} of its quota of {limit}, and this request {}; release reservations you no longer need (`berth list`), or ask an administrator for a larger quota", what.as_str(), quota_ask(*what, *asked))]
+    #[error("{}", quota_message(*uid, *what, *limit, *used, *asked))]
     QuotaExceeded {
         /// The user.
         uid: u32,
@@ -329,14 +329,30 @@ fn not_owner_message(r: &Reservation, requester_pid: u32) -> String {
     }
 }
 
+/// "uid 1000 holds 2000 ports of its quota of 2048, and this request asks for 2000 more
+/// ports; …" — or, for the shared range, what all capped users hold together.
+fn quota_message(uid: u32, what: QuotaKind, limit: u32, used: u32, asked: u16) -> String {
+    let ask = quota_ask(what, asked);
+    match what {
+        QuotaKind::Shared => format!(
+            "users without administrator rights together hold {used} ports of the shared range, whose limit is {limit}, and this request of uid {uid} {ask}; release reservations you no longer need (`berth list`), or ask an administrator"
+        ),
+        _ => format!(
+            "uid {uid} holds {used} {} of its quota of {limit}, and this request {ask}; release reservations you no longer need (`berth list`), or ask an administrator for a larger quota",
+            what.as_str()
+        ),
+    }
+}
+
 /// What a request over a quota asks for, in the quota's own unit: "would need another
 /// reservation", "asks for 4 more ports".
 fn quota_ask(what: QuotaKind, asked_ports: u16) -> String {
+    let plural = if asked_ports == 1 { "" } else { "s" };
     match what {
         QuotaKind::Reservations => "would need another reservation".to_owned(),
-        QuotaKind::Ports => format!(
-            "asks for {asked_ports} more port{}",
-            if asked_ports == 1 { "" } else { "s" }
-        ),
+        QuotaKind::Ports | QuotaKind::Shared => {
+            format!("asks for {asked_ports} more port{plural}")
+        }
+        QuotaKind::HeldPorts => format!("asks for {asked_ports} more held port{plural}"),
     }
 }

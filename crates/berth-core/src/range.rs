@@ -20,6 +20,14 @@ impl Protocol {
     /// Both protocols, in a fixed order.
     pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
 
+    /// The other one: UDP for TCP, TCP for UDP.
+    pub fn other(self) -> Protocol {
+        match self {
+            Protocol::Tcp => Protocol::Udp,
+            Protocol::Udp => Protocol::Tcp,
+        }
+    }
+
     /// The lower-case name used on the command line and in JSON: `"tcp"` or `"udp"`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -29,7 +29,7 @@ pub use usage::{Constraints, Quota, QuotaKind, Usage};
 
 use records::Records;
 use space::Space;
-use usage::Ledger;
+use usage::{intersection, shared_ports, Ledger, Weight};
 
 /// A reservation an associate may bind from, and the order in which to try its ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +59,11 @@ pub struct Table {
     udp: Space,
     /// Every live reservation by token and by session; the spaces index the same ones by port.
     records: Records,
-    /// Runtime reservations and ports per uid, for quotas.
+    /// Runtime reservations and ports per uid, for quotas, and the shared count.
     usage: Ledger,
+    /// The range whose ports capped reservations together may hold only so many of (the
+    /// host's ephemeral range, which every program's `connect()` draws from).
+    shared_range: Option<PortRange>,
     /// How many live reservations are persistent.
     persistent: u32,
 }
@@ -74,6 +77,7 @@ impl Table {
             udp: Space::new(pool.range()),
             records: Records::default(),
             usage: Ledger::default(),
+            shared_range: None,
             persistent: 0,
         }
     }
@@ -130,18 +134,27 @@ impl Table {
         tokens: &mut dyn TokenSource,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<Change, AcquireError> {
-        if let Some(quota) = limits.quota {
-            if let Some((what, limit, used)) =
-                self.usage.exceeds(holder.owner.uid, quota, request.count())
-            {
-                return Err(AcquireError::QuotaExceeded {
-                    uid: holder.owner.uid,
-                    what,
-                    limit,
-                    used,
-                    asked: request.count(),
-                });
+        let uid = holder.owner.uid;
+        let capped = limits.shared_max.is_some();
+        // Before anything else, what the request may add at most (a wildcard block's exact
+        // weight is known only once it is placed).
+        let (upper, shared) = match request {
+            RangeRequest::Specific(range) => {
+                let weight = self.weight_of(protocol, range, &holder.owner, holder.hold, capped);
+                (weight.usage, Some(weight.shared))
             }
+            RangeRequest::Wildcard { count } => (
+                Usage {
+                    reservations: 1,
+                    ports: u32::from(count),
+                    held_ports: if holder.hold { u32::from(count) } else { 0 },
+                },
+                None,
+            ),
+        };
+        self.check_quota(uid, limits, upper, request.count())?;
+        if let Some(shared) = shared {
+            self.check_shared(uid, limits, shared, request.count())?;
         }
         let range = match request {
             RangeRequest::Specific(range) => {
@@ -156,7 +169,17 @@ impl Table {
                 self.check_free(protocol, range, in_use)?;
                 range
             }
-            RangeRequest::Wildcard { count } => self.search(protocol, count, limits, in_use)?,
+            RangeRequest::Wildcard { count } => {
+                let cursor = self.space(protocol).cursor();
+                let range = self.search(protocol, count, limits, in_use)?;
+                let weight = self.weight_of(protocol, range, &holder.owner, holder.hold, capped);
+                if let Err(e) = self.check_shared(uid, limits, weight.shared, count) {
+                    // Refused: the search leaves no trace.
+                    self.space_mut(protocol).restart_at(cursor);
+                    return Err(e);
+                }
+                range
+            }
         };
         let reservation = Reservation {
             token: self.draw_token(tokens),
@@ -169,8 +192,108 @@ impl Table {
                 held: holder.hold,
             },
         };
-        self.insert(reservation.clone());
+        self.insert(reservation.clone(), capped);
         Ok(Change::Granted(reservation))
+    }
+
+    /// Fails when adding `weight` to `uid`'s usage would exceed its quota.
+    fn check_quota(
+        &self,
+        uid: u32,
+        limits: Constraints,
+        weight: Usage,
+        asked: u16,
+    ) -> Result<(), AcquireError> {
+        let Some(quota) = limits.quota else {
+            return Ok(());
+        };
+        match self.usage.exceeds(uid, quota, weight) {
+            Some((what, limit, used)) => Err(AcquireError::QuotaExceeded {
+                uid,
+                what,
+                limit,
+                used,
+                asked,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails when `shared` more ports of the shared range would put the capped reservations
+    /// together past `limits.shared_max`.
+    fn check_shared(
+        &self,
+        uid: u32,
+        limits: Constraints,
+        shared: u32,
+        asked: u16,
+    ) -> Result<(), AcquireError> {
+        let Some(max) = limits.shared_max else {
+            return Ok(());
+        };
+        let used = self.usage.shared();
+        if shared > 0 && used.saturating_add(shared) > max {
+            return Err(AcquireError::QuotaExceeded {
+                uid,
+                what: QuotaKind::Shared,
+                limit: max,
+                used,
+                asked,
+            });
+        }
+        Ok(())
+    }
+
+    /// What a runtime reservation of `range` in `protocol` for `owner` would add to its user's
+    /// usage and to the shared count, given the other protocol's live reservations (see
+    /// `usage` for the counting rules).
+    fn weight_of(
+        &self,
+        protocol: Protocol,
+        range: PortRange,
+        owner: &Owner,
+        held: bool,
+        capped: bool,
+    ) -> Weight {
+        let shared_part = self
+            .shared_range
+            .filter(|_| capped)
+            .and_then(|shared| intersection(range, shared));
+        let (mut same_user, mut twin, mut shared_taken) = (0, false, 0);
+        for slot in self.space(protocol.other()).overlapping(range) {
+            let Some(other) = self.records.get(slot.token) else {
+                continue;
+            };
+            if let Some(theirs) = other.owner().filter(|o| o.uid == owner.uid) {
+                same_user += shared_ports(range, other.range);
+                twin |= other.range == range && theirs.same_process(owner);
+            }
+            if let Some(part) = shared_part {
+                if self.records.is_capped(other.token) {
+                    shared_taken += shared_ports(part, other.range);
+                }
+            }
+        }
+        let count = u32::from(range.count());
+        Weight {
+            usage: Usage {
+                reservations: u32::from(!twin),
+                ports: count.saturating_sub(same_user),
+                held_ports: if held { count } else { 0 },
+            },
+            shared: shared_part.map_or(0, |part| {
+                u32::from(part.count()).saturating_sub(shared_taken)
+            }),
+        }
+    }
+
+    /// What the live reservation `r` adds to its user's usage and the shared count.
+    fn weight(&self, r: &Reservation, capped: bool) -> Option<(u32, Weight)> {
+        let owner = r.owner()?;
+        Some((
+            owner.uid,
+            self.weight_of(r.protocol, r.range, owner, r.held(), capped),
+        ))
     }
 
     /// A wildcard search of the pool, refusing ports below `limits.lowest_port` as if in use.
@@ -209,21 +332,26 @@ impl Table {
         })
     }
 
-    /// Adds `r` to every index.
-    fn insert(&mut self, r: Reservation) {
+    /// Adds `r` to every index; `capped`: it counts against the shared range's cap.
+    fn insert(&mut self, r: Reservation, capped: bool) {
+        if let Some((uid, weight)) = self.weight(&r, capped) {
+            self.usage.count(uid, weight, true);
+        }
         self.space_mut(r.protocol).insert(r.range, r.token);
-        self.usage.count(&r, true);
         if r.kind() == Kind::Persistent {
             self.persistent += 1;
         }
-        self.records.insert(r);
+        self.records.insert(r, capped);
     }
 
     /// Removes `token`'s reservation from every index and frees its ports.
     fn remove(&mut self, token: Token) -> Option<Reservation> {
+        let capped = self.records.is_capped(token);
         let r = self.records.remove(token)?;
         self.space_mut(r.protocol).remove(r.range.start());
-        self.usage.count(&r, false);
+        if let Some((uid, weight)) = self.weight(&r, capped) {
+            self.usage.count(uid, weight, false);
+        }
         if r.kind() == Kind::Persistent {
             self.persistent -= 1;
         }
@@ -273,11 +401,13 @@ impl Table {
     /// Releases every runtime reservation bound to `session` (its connection closed), ordered
     /// by protocol then start port.
     pub fn release_session(&mut self, session: SessionId) -> Vec<Change> {
-        let mut released = self.records.remove_session(session);
-        for r in &released {
-            self.space_mut(r.protocol).remove(r.range.start());
-            self.usage.count(r, false);
-        }
+        // One at a time, so that each one's weight is taken out against what is still live.
+        let mut released: Vec<Reservation> = self
+            .records
+            .session_tokens(session)
+            .into_iter()
+            .filter_map(|token| self.remove(token))
+            .collect();
         released.sort_by_key(|r| (r.protocol, r.range.start()));
         released
             .into_iter()
@@ -422,7 +552,7 @@ impl Table {
                 created_by,
             },
         };
-        self.insert(reservation.clone());
+        self.insert(reservation.clone(), false);
         Ok(Change::PersistentCreated(reservation))
     }
 
@@ -437,15 +567,20 @@ impl Table {
     /// re-claims it, or [`Bond::Process`] if it was handed to a process). A runtime one that
     /// overlaps what was restored before it is refused ([`Change::NotRestored`]), so the
     /// journal forgets it; a persistent one that overlaps is an error (only a database edited
-    /// by hand holds such rows).
-    pub fn restore(&mut self, reservation: Reservation) -> Result<Change, AcquireError> {
+    /// by hand holds such rows). `capped`: a runtime one counts against the shared range's
+    /// cap (its owner is capped today; see [`Constraints::shared_max`]).
+    pub fn restore(
+        &mut self,
+        reservation: Reservation,
+        capped: bool,
+    ) -> Result<Change, AcquireError> {
         let (token, protocol, range) = (reservation.token, reservation.protocol, reservation.range);
         let checked = self
             .check_token_free(token, protocol, range)
             .and_then(|()| self.check_free(protocol, range, &mut |_, _| None));
         match (checked, reservation.kind()) {
-            (Ok(()), _) => {
-                self.insert(reservation.clone());
+            (Ok(()), kind) => {
+                self.insert(reservation.clone(), capped && kind == Kind::Runtime);
                 Ok(Change::Restored(reservation))
             }
             (Err(_), Kind::Runtime) => Ok(Change::NotRestored {
@@ -568,8 +703,13 @@ impl Table {
     fn rebind(&mut self, after: Reservation) -> Result<Change, UseError> {
         let token = after.token;
         let before = self.get(token).ok_or(UseError::NotFound(token))?.clone();
-        self.usage.count(&before, false);
-        self.usage.count(&after, true);
+        let capped = self.records.is_capped(token);
+        if let Some((uid, weight)) = self.weight(&before, capped) {
+            self.usage.count(uid, weight, false);
+        }
+        if let Some((uid, weight)) = self.weight(&after, capped) {
+            self.usage.count(uid, weight, true);
+        }
         self.records.replace(after.clone());
         Ok(Change::Rebound { before, after })
     }
@@ -596,7 +736,7 @@ impl Table {
             Change::PersistentDeleted(r) => {
                 self.check_token_free(r.token, r.protocol, r.range)?;
                 self.check_free(r.protocol, r.range, &mut |_, _| None)?;
-                self.insert(r.clone());
+                self.insert(r.clone(), false);
                 vec![Change::PersistentCreated(r.clone())]
             }
             Change::Rebound { before, after } => {
@@ -673,5 +813,48 @@ impl Table {
     /// The runtime reservations and ports user `uid` holds (O(1)).
     pub fn usage(&self, uid: u32) -> Usage {
         self.usage.get(uid)
+    }
+
+    /// Every user holding runtime reservations, and what it holds (in no particular order).
+    pub fn usages(&self) -> impl Iterator<Item = (u32, Usage)> + '_ {
+        self.usage.users()
+    }
+
+    /// The shared range (see [`Table::set_shared_range`]), if one is set.
+    pub fn shared_range(&self) -> Option<PortRange> {
+        self.shared_range
+    }
+
+    /// Port numbers of the shared range that capped reservations hold together (O(1)).
+    pub fn shared_used(&self) -> u32 {
+        self.usage.shared()
+    }
+
+    /// Counts capped reservations against `range` from now on (the host's ephemeral range,
+    /// which moved, say): what they hold in it is counted anew (O(capped ports)). Live
+    /// reservations stay; a range that shrinks below what they hold refuses capped asks until
+    /// enough are released.
+    pub fn set_shared_range(&mut self, range: Option<PortRange>) {
+        if range == self.shared_range {
+            return;
+        }
+        self.shared_range = range;
+        let Some(range) = range else {
+            self.usage.set_shared(0);
+            return;
+        };
+        let mut numbers = vec![false; usize::from(range.count())];
+        for r in self.iter().filter(|r| self.records.is_capped(r.token)) {
+            if let Some(part) = intersection(r.range, range) {
+                for port in part.ports() {
+                    if let Some(seen) = numbers.get_mut(usize::from(port - range.start())) {
+                        *seen = true;
+                    }
+                }
+            }
+        }
+        let held = numbers.iter().filter(|&&seen| seen).count();
+        self.usage
+            .set_shared(u32::try_from(held).unwrap_or(u32::MAX));
     }
 }

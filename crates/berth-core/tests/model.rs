@@ -3,8 +3,9 @@
 //! host", and per-user usage counted from scratch.
 //!
 //! A run starts by restoring a random set of journaled rows (persistent, unclaimed and
-//! process-bound; some overlapping), then applies random operations: acquires under random
-//! constraints (lowest port, quota), releases, session ends, owners exiting, the grace period
+//! process-bound; some overlapping, some capped), then applies random operations: acquires
+//! (held or not) under random constraints (lowest port, quota, the shared range's cap),
+//! moving the shared range, releases, session ends, owners exiting, the grace period
 //! ending, re-claims, transfers, persistent creation and deletion, and reverting the previous
 //! operation's change. For each, the model computes the exact result (the changes or the error)
 //! and the table must return it; after each, the table and the model must agree.
@@ -138,8 +139,12 @@ fn row() -> impl Strategy<Value = Row> {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Specific(Protocol, u16, u16, u8, Constraints),
-    Wildcard(Protocol, u16, u8, Constraints),
+    /// Protocol, start, count, session, hold, constraints.
+    Specific(Protocol, u16, u16, u8, bool, Constraints),
+    /// Protocol, count, session, hold, constraints.
+    Wildcard(Protocol, u16, u8, bool, Constraints),
+    /// Move (or drop) the shared range.
+    SetShared(Option<(u16, u16)>),
     Release(usize, Asker),
     ReleaseStale(usize),
     ReleaseSession(u8),
@@ -162,22 +167,30 @@ fn constraints() -> impl Strategy<Value = Constraints> {
     let lowest = prop_oneof![4 => Just(0u16), 1 => LOW..HIGH];
     let quota = prop_oneof![
         3 => Just(None),
-        1 => (0u32..6, 0u32..60).prop_map(|(max_reservations, max_ports)| Some(Quota {
+        1 => (0u32..6, 0u32..60, 0u32..40).prop_map(|(max_reservations, max_ports, max_held_ports)| Some(Quota {
             max_reservations,
             max_ports,
+            max_held_ports,
         })),
     ];
-    (lowest, quota).prop_map(|(lowest_port, quota)| Constraints { lowest_port, quota })
+    let shared_max = prop_oneof![1 => Just(None), 1 => (0u32..30).prop_map(Some)];
+    (lowest, quota, shared_max).prop_map(|(lowest_port, quota, shared_max)| Constraints {
+        lowest_port,
+        quota,
+        shared_max,
+    })
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let wildcard_count = prop_oneof![8 => 1u16..12, 2 => 12u16..60, 1 => 190u16..210];
     let exited = prop_oneof![100u32..105, 200u32..203];
     prop_oneof![
-        4 => (protocol(), LOW..HIGH - 8, 1u16..8, 0u8..3, constraints())
-            .prop_map(|(p, s, c, sess, k)| Op::Specific(p, s, c, sess, k)),
-        6 => (protocol(), wildcard_count, 0u8..3, constraints())
-            .prop_map(|(p, c, s, k)| Op::Wildcard(p, c, s, k)),
+        4 => (protocol(), LOW..HIGH - 8, 1u16..8, 0u8..3, any::<bool>(), constraints())
+            .prop_map(|(p, s, c, sess, h, k)| Op::Specific(p, s, c, sess, h, k)),
+        6 => (protocol(), wildcard_count, 0u8..3, any::<bool>(), constraints())
+            .prop_map(|(p, c, s, h, k)| Op::Wildcard(p, c, s, h, k)),
+        3 => prop::option::of((LOW..HIGH, 0u16..120))
+            .prop_map(|r| Op::SetShared(r.map(|(lo, len)| (lo, lo.saturating_add(len).min(HIGH))))),
         3 => (any::<usize>(), asker()).prop_map(|(i, a)| Op::Release(i, a)),
         1 => any::<usize>().prop_map(Op::ReleaseStale),
         1 => (0u8..3).prop_map(Op::ReleaseSession),
@@ -232,6 +245,10 @@ struct Model {
     cursor: [u16; 2],
     /// The last change of the previous operation, for [`Op::RevertLast`].
     last: Option<Change>,
+    /// Live reservations that count against the shared range's cap.
+    capped: HashSet<Token>,
+    /// The shared range.
+    shared: Option<PortRange>,
 }
 
 impl Model {
@@ -246,6 +263,8 @@ impl Model {
             released: Vec::new(),
             cursor: [POOL_FIRST; 2],
             last: None,
+            capped: HashSet::new(),
+            shared: None,
         };
         for row in rows {
             model.restore(row);
@@ -267,15 +286,83 @@ impl Model {
             .min_by_key(|r| r.range.start())
     }
 
+    /// `uid`'s usage counted from scratch: a TCP+UDP twin (same ports, same process) is one
+    /// reservation, a port number held in both protocols one port, held ports summed.
     fn usage(&self, uid: u32) -> Usage {
-        let mut usage = Usage::default();
-        for r in &self.live {
-            if r.owner().is_some_and(|o| o.uid == uid) {
-                usage.reservations += 1;
-                usage.ports += u32::from(r.range.count());
-            }
+        let mine: Vec<&Reservation> = self
+            .live
+            .iter()
+            .filter(|r| r.owner().is_some_and(|o| o.uid == uid))
+            .collect();
+        let twins = mine
+            .iter()
+            .filter(|r| {
+                r.protocol == Protocol::Udp
+                    && mine.iter().any(|t| {
+                        t.protocol == Protocol::Tcp
+                            && t.range == r.range
+                            && t.owner().unwrap().same_process(r.owner().unwrap())
+                    })
+            })
+            .count();
+        let numbers: BTreeSet<u16> = mine.iter().flat_map(|r| r.range.ports()).collect();
+        Usage {
+            reservations: u32::try_from(mine.len() - twins).unwrap(),
+            ports: u32::try_from(numbers.len()).unwrap(),
+            held_ports: mine
+                .iter()
+                .filter(|r| r.held())
+                .map(|r| u32::from(r.range.count()))
+                .sum(),
         }
-        usage
+    }
+
+    /// Numbers of the shared range held by capped reservations, counted from scratch.
+    fn shared_used(&self) -> u32 {
+        let Some(shared) = self.shared else {
+            return 0;
+        };
+        let numbers: BTreeSet<u16> = self
+            .live
+            .iter()
+            .filter(|r| self.capped.contains(&r.token))
+            .flat_map(|r| r.range.ports())
+            .filter(|p| shared.contains(*p))
+            .collect();
+        u32::try_from(numbers.len()).unwrap()
+    }
+
+    /// The refusal of the shared cap, if a capped grant of `range` in `protocol` would exceed
+    /// it: what it adds is its numbers in the shared range that no capped reservation of the
+    /// other protocol holds (the same protocol's would be a conflict).
+    fn over_shared(
+        &self,
+        protocol: Protocol,
+        range: PortRange,
+        uid: u32,
+        k: Constraints,
+    ) -> Option<AcquireError> {
+        let max = k.shared_max?;
+        let shared = self.shared?;
+        let taken: BTreeSet<u16> = self
+            .live
+            .iter()
+            .filter(|r| r.protocol != protocol && self.capped.contains(&r.token))
+            .flat_map(|r| r.range.ports())
+            .collect();
+        let more = range
+            .ports()
+            .filter(|p| shared.contains(*p) && !taken.contains(p))
+            .count();
+        let more = u32::try_from(more).unwrap();
+        let used = self.shared_used();
+        (more > 0 && used + more > max).then_some(AcquireError::QuotaExceeded {
+            uid,
+            what: QuotaKind::Shared,
+            limit: max,
+            used,
+            asked: range.count(),
+        })
     }
 
     fn usable(&self, protocol: Protocol, start: u16, count: u16) -> bool {
@@ -324,6 +411,7 @@ impl Model {
                 Change::Released { reservation: r, .. } | Change::PersistentDeleted(r) => {
                     let i = self.live.iter().position(|l| l == r).unwrap();
                     self.live.remove(i);
+                    self.capped.remove(&r.token);
                     self.mark(r, false);
                     self.released.push(r.token);
                 }
@@ -376,19 +464,32 @@ impl Model {
                 holder: Box::new(holder),
             }),
         };
-        let got = self.table.restore(reservation);
+        // Half the journaled owners are capped.
+        let capped = row.pid.is_multiple_of(2);
+        let got = self.table.restore(reservation, capped);
         assert_eq!(got, expected, "{row:?}");
+        if let Ok(Change::Restored(r)) = &got {
+            if capped && r.kind() == Kind::Runtime {
+                self.capped.insert(r.token);
+            }
+        }
         self.commit(&Vec::from_iter(got.ok()));
     }
 
-    fn acquire(&mut self, protocol: Protocol, request: RangeRequest, session: u8, k: Constraints) {
+    fn acquire(
+        &mut self,
+        protocol: Protocol,
+        request: RangeRequest,
+        session: u8,
+        hold: bool,
+        k: Constraints,
+    ) {
         let holder = Holder {
             owner: session_owner(session),
             session: SessionId(u64::from(session)),
             acquired_at_ms: 5,
-            hold: false,
+            hold,
         };
-        let uid = holder.owner.uid;
         let in_use = &self.in_use[index(protocol)];
         let reserved = &self.reserved[index(protocol)];
         let mut probes: Vec<PortRange> = Vec::new();
@@ -422,14 +523,26 @@ impl Model {
                 assert!(r.ports().all(|p| !reserved[slot(p)]), "{r} reserved");
             }
         }
-        if matches!(
-            result,
-            Err(AcquireError::QuotaExceeded { .. } | AcquireError::Privileged(_))
-        ) {
+        // Refusals decided before the search probe nothing (the shared cap of a wildcard
+        // block is decided once it is placed).
+        let placed_first = is_wildcard
+            && matches!(
+                result,
+                Err(AcquireError::QuotaExceeded {
+                    what: QuotaKind::Shared,
+                    ..
+                })
+            );
+        if !placed_first
+            && matches!(
+                result,
+                Err(AcquireError::QuotaExceeded { .. } | AcquireError::Privileged(_))
+            )
+        {
             assert!(probes.is_empty(), "probed {probes:?} for a refused request");
         }
 
-        let expected = self.expected_acquire(protocol, request, uid, k);
+        let expected = self.expected_acquire(protocol, request, &holder.owner, hold, k);
         let expected = expected.map(|range| {
             // The token is the table's to draw: new and not live.
             let token = match &result {
@@ -450,6 +563,9 @@ impl Model {
         });
         assert_eq!(result, expected, "{request:?} under {k:?}");
         if let Ok(Change::Granted(r)) = &result {
+            if k.shared_max.is_some() {
+                self.capped.insert(r.token);
+            }
             if is_wildcard {
                 self.cursor[index(protocol)] = if r.range.end() == POOL_LAST {
                     POOL_FIRST
@@ -466,20 +582,52 @@ impl Model {
         &self,
         protocol: Protocol,
         request: RangeRequest,
-        uid: u32,
+        who: &Owner,
+        hold: bool,
         k: Constraints,
     ) -> Result<PortRange, AcquireError> {
-        let asked = request.count();
+        let (asked, uid) = (request.count(), who.uid);
         if let Some(quota) = k.quota {
             let used = self.usage(uid);
-            let over = if used.reservations >= quota.max_reservations {
+            // What the request adds: a specific one exactly, a wildcard one at most.
+            let more = match request {
+                RangeRequest::Specific(range) => {
+                    let other = protocol.other();
+                    let twin = self.live.iter().any(|r| {
+                        r.protocol == other
+                            && r.range == range
+                            && r.owner().is_some_and(|o| o.same_process(who))
+                    });
+                    let theirs: BTreeSet<u16> = self
+                        .live
+                        .iter()
+                        .filter(|r| r.protocol == other && r.owner().is_some_and(|o| o.uid == uid))
+                        .flat_map(|r| r.range.ports())
+                        .collect();
+                    Usage {
+                        reservations: u32::from(!twin),
+                        ports: u32::try_from(range.ports().filter(|p| !theirs.contains(p)).count())
+                            .unwrap(),
+                        held_ports: if hold { u32::from(asked) } else { 0 },
+                    }
+                }
+                RangeRequest::Wildcard { count } => Usage {
+                    reservations: 1,
+                    ports: u32::from(count),
+                    held_ports: if hold { u32::from(count) } else { 0 },
+                },
+            };
+            let over = |used: u32, more: u32, limit: u32| more > 0 && used + more > limit;
+            let over = if over(used.reservations, more.reservations, quota.max_reservations) {
                 Some((
                     QuotaKind::Reservations,
                     quota.max_reservations,
                     used.reservations,
                 ))
-            } else if used.ports + u32::from(asked) > quota.max_ports {
+            } else if over(used.ports, more.ports, quota.max_ports) {
                 Some((QuotaKind::Ports, quota.max_ports, used.ports))
+            } else if over(used.held_ports, more.held_ports, quota.max_held_ports) {
+                Some((QuotaKind::HeldPorts, quota.max_held_ports, used.held_ports))
             } else {
                 None
             };
@@ -493,6 +641,11 @@ impl Model {
                 });
             }
         }
+        if let RangeRequest::Specific(range) = request {
+            if let Some(refused) = self.over_shared(protocol, range, uid, k) {
+                return Err(refused);
+            }
+        }
         match request {
             RangeRequest::Specific(range) if range.start() < k.lowest_port => {
                 Err(AcquireError::Privileged(PrivilegedDenied {
@@ -503,17 +656,31 @@ impl Model {
                 }))
             }
             RangeRequest::Specific(range) => self.expected_specific(protocol, range),
-            RangeRequest::Wildcard { count } => self
-                .expected_wildcard(protocol, count, k.lowest_port)
-                .map(|s| PortRange::new(s, count).unwrap())
-                .ok_or(AcquireError::PoolExhausted {
-                    protocol,
-                    count,
-                    pool: pool(),
-                    free_ports: self.free_in_pool(protocol),
-                    skipped_privileged: POOL_FIRST < k.lowest_port,
-                }),
+            RangeRequest::Wildcard { count } => {
+                let range = self
+                    .expected_wildcard(protocol, count, k.lowest_port)
+                    .map(|s| PortRange::new(s, count).unwrap())
+                    .ok_or(AcquireError::PoolExhausted {
+                        protocol,
+                        count,
+                        pool: pool(),
+                        free_ports: self.free_in_pool(protocol),
+                        skipped_privileged: POOL_FIRST < k.lowest_port,
+                    })?;
+                match self.over_shared(protocol, range, uid, k) {
+                    Some(refused) => Err(refused),
+                    None => Ok(range),
+                }
+            }
         }
+    }
+
+    fn set_shared(&mut self, range: Option<(u16, u16)>) {
+        let range = range.map(|(lo, hi)| PortRange::from_bounds(lo, hi).unwrap());
+        self.table.set_shared_range(range);
+        self.shared = range;
+        assert_eq!(self.table.shared_range(), range);
+        self.last = None;
     }
 
     fn expected_specific(
@@ -856,6 +1023,17 @@ impl Model {
             .map(|r| (r.protocol, r.range.start()))
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(self.table.shared_used(), self.shared_used(), "shared");
+        let listed: Vec<(u32, Usage)> = {
+            let mut all: Vec<_> = self.table.usages().collect();
+            all.sort_by_key(|(uid, _)| *uid);
+            all
+        };
+        let expected: Vec<(u32, Usage)> = uids()
+            .map(|uid| (uid, self.usage(uid)))
+            .filter(|(_, u)| *u != Usage::default())
+            .collect();
+        assert_eq!(listed, expected, "usages");
         // Usage per user, counted from scratch; every runtime reservation's user is counted.
         let mut total = Usage::default();
         for uid in uids() {
@@ -864,12 +1042,13 @@ impl Model {
             total.reservations += usage.reservations;
             total.ports += usage.ports;
         }
-        let runtime: Vec<_> = self
+        let runtime = self
             .live
             .iter()
             .filter(|r| r.kind() == Kind::Runtime)
-            .collect();
-        assert_eq!(total.reservations as usize, runtime.len());
+            .count();
+        // Only twins count for less than one each.
+        assert!(total.reservations as usize <= runtime);
     }
 }
 
@@ -885,13 +1064,14 @@ proptest! {
         let mut model = Model::new(seed, &rows);
         for op in ops {
             match op {
-                Op::Specific(p, start, count, session, k) => {
+                Op::Specific(p, start, count, session, hold, k) => {
                     let range = PortRange::new(start, count).unwrap();
-                    model.acquire(p, RangeRequest::Specific(range), session, k);
+                    model.acquire(p, RangeRequest::Specific(range), session, hold, k);
                 }
-                Op::Wildcard(p, count, session, k) => {
-                    model.acquire(p, RangeRequest::Wildcard { count }, session, k);
+                Op::Wildcard(p, count, session, hold, k) => {
+                    model.acquire(p, RangeRequest::Wildcard { count }, session, hold, k);
                 }
+                Op::SetShared(range) => model.set_shared(range),
                 Op::Release(pick, asker) => model.release(pick, asker),
                 Op::ReleaseStale(pick) => model.release_stale(pick),
                 Op::ReleaseSession(s) => model.release_session(s),

@@ -20,6 +20,19 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// How long a session that holds nothing may stay silent unless configured otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Each non-administrator's limits unless configured otherwise: room for a busy developer or
+/// CI user (a test runner's worker pool with a few ports per worker), far from what it takes
+/// to starve the host — see docs/decisions.md, "Safe defaults".
+pub const DEFAULT_QUOTA: Quota = Quota {
+    max_reservations: 512,
+    max_ports: 2048,
+    max_held_ports: 1024,
+};
+
+/// The part of the host's ephemeral range, in percent, that non-administrators together may
+/// reserve unless configured otherwise: the other half stays for every program's `connect()`.
+pub const DEFAULT_EPHEMERAL_SHARE: u8 = 50;
+
 /// A daemon's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -51,8 +64,12 @@ pub struct Config {
     /// After a restart, how long runtime reservations of the previous daemon are held for
     /// their owners to re-claim.
     pub grace: Duration,
-    /// Each user's limits on runtime reservations; administrators are exempt. `None`: no limit.
-    pub quota: Option<Quota>,
+    /// Each non-administrator's limits on runtime reservations ([`Quota::UNLIMITED`]: none);
+    /// administrators are exempt.
+    pub quota: Quota,
+    /// The percentage of the host's ephemeral range (`ip_local_port_range`, read live) that
+    /// non-administrators together may reserve; `None`: no such cap.
+    pub ephemeral_share: Option<u8>,
     /// While set, every database write fails (tests of what the daemon does when its disk
     /// fails; see `testing::TestDaemon::fail_store`).
     pub(crate) store_faults: Arc<AtomicBool>,
@@ -95,7 +112,8 @@ impl Config {
             },
             admin_groups: Vec::new(),
             grace: DEFAULT_GRACE,
-            quota: None,
+            quota: DEFAULT_QUOTA,
+            ephemeral_share: Some(DEFAULT_EPHEMERAL_SHARE),
             store_faults: Arc::new(AtomicBool::new(false)),
             kernel_sync: crate::kernel::KernelSync::Off,
             pool_follows_ephemeral: false,

@@ -66,12 +66,24 @@ struct Privileged {
     allow_groups: Vec<Account>,
 }
 
-/// The `[quota]` table: limits per user (uid) on runtime reservations.
+/// The `[quota]` table: limits per user (uid) on runtime reservations, and the part of the
+/// ephemeral range non-administrators share.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct QuotaTable {
-    max_reservations: Option<u32>,
-    max_ports: Option<u32>,
+    max_reservations: Option<Limit>,
+    max_ports: Option<Limit>,
+    max_held_ports: Option<Limit>,
+    /// Percent of the ephemeral range, or "off".
+    ephemeral_share: Option<Limit>,
+}
+
+/// A limit: a number, or a word ("unlimited" for a quota, "off" for the share).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Limit {
+    Number(i64),
+    Word(String),
 }
 
 /// The file's contents.
@@ -220,23 +232,30 @@ impl ConfigFile {
             }
         }
         if let Some(q) = &self.quota {
-            let max_reservations = q.max_reservations.unwrap_or(u32::MAX);
-            let max_ports = q.max_ports.unwrap_or(u32::MAX);
-            if max_reservations == 0 || max_ports == 0 {
-                let key = if max_reservations == 0 {
-                    "max_reservations"
-                } else {
-                    "max_ports"
-                };
-                return Err(invalid(
-                    key,
-                    "quota: max_reservations and max_ports must be at least 1 (leave a key out for no limit)".into(),
-                ));
+            let quota = &mut config.quota;
+            for (key, value, slot) in [
+                (
+                    "max_reservations",
+                    &q.max_reservations,
+                    &mut quota.max_reservations,
+                ),
+                ("max_ports", &q.max_ports, &mut quota.max_ports),
+                (
+                    "max_held_ports",
+                    &q.max_held_ports,
+                    &mut quota.max_held_ports,
+                ),
+            ] {
+                if let Some(value) = value {
+                    *slot = quota_limit(value)
+                        .map_err(|e| invalid(key, format!("quota: {key} {e}")))?;
+                }
             }
-            config.quota = Some(berth_core::Quota {
-                max_reservations,
-                max_ports,
-            });
+            if let Some(share) = &q.ephemeral_share {
+                config.ephemeral_share = share_percent(share).map_err(|e| {
+                    invalid("ephemeral_share", format!("quota: ephemeral_share {e}"))
+                })?;
+            }
         }
         for account in &self.admin_groups {
             let gid = match account {
@@ -303,6 +322,40 @@ pub fn idle_timeout(secs: u64) -> Result<Option<std::time::Duration>, String> {
     }
 }
 
+/// A `[quota]` limit: at least 1, or "unlimited".
+fn quota_limit(value: &Limit) -> Result<u32, String> {
+    match value {
+        Limit::Number(n) if *n >= 1 => u32::try_from(*n).map_err(|_| {
+            format!(
+                "= {n} is more than {} (write \"unlimited\" for no limit)",
+                u32::MAX
+            )
+        }),
+        Limit::Number(n) => Err(format!(
+            "= {n}: a quota must be at least 1 (write \"unlimited\" for no limit)"
+        )),
+        Limit::Word(word) if word == "unlimited" => Ok(u32::MAX),
+        Limit::Word(word) => Err(format!(
+            "= {word:?}: write a number of at least 1, or \"unlimited\""
+        )),
+    }
+}
+
+/// The ephemeral share: a percentage from 0 to 100, or "off" (no share is kept back).
+fn share_percent(value: &Limit) -> Result<Option<u8>, String> {
+    match value {
+        Limit::Number(n) => u8::try_from(*n)
+            .ok()
+            .filter(|p| *p <= 100)
+            .map(Some)
+            .ok_or_else(|| format!("= {n}: write a percentage from 0 to 100, or \"off\"")),
+        Limit::Word(word) if word == "off" => Ok(None),
+        Limit::Word(word) => Err(format!(
+            "= {word:?}: write a percentage from 0 to 100, or \"off\""
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +413,60 @@ mod tests {
             base().idle_timeout,
             Some(crate::config::DEFAULT_IDLE_TIMEOUT)
         );
+    }
+
+    #[test]
+    fn quotas_have_safe_defaults_and_take_numbers_unlimited_and_off() {
+        let config = base();
+        assert_eq!(config.quota, crate::config::DEFAULT_QUOTA);
+        assert_eq!(config.ephemeral_share, Some(50));
+        let (_d, path) = write(
+            "[quota]\nmax_reservations = 3\nmax_ports = \"unlimited\"\nmax_held_ports = 7\nephemeral_share = 25\n",
+        );
+        let mut config = base();
+        ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut config, &path)
+            .unwrap();
+        assert_eq!(
+            config.quota,
+            berth_core::Quota {
+                max_reservations: 3,
+                max_ports: u32::MAX,
+                max_held_ports: 7
+            }
+        );
+        assert_eq!(config.ephemeral_share, Some(25));
+        let (_d, path) = write("[quota]\nephemeral_share = \"off\"\n");
+        let mut config = base();
+        ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut config, &path)
+            .unwrap();
+        assert_eq!(config.ephemeral_share, None);
+        assert_eq!(
+            config.quota,
+            crate::config::DEFAULT_QUOTA,
+            "untouched keys keep their defaults"
+        );
+        for (text, key) in [
+            (
+                "[quota]\nephemeral_share = 101\n",
+                "line 2: quota: ephemeral_share = 101",
+            ),
+            (
+                "[quota]\nmax_held_ports = -1\n",
+                "line 2: quota: max_held_ports = -1",
+            ),
+            ("[quota]\nmax_ports = \"lots\"\n", "max_ports = \"lots\""),
+        ] {
+            let (_d, path) = write(text);
+            let err = ConfigFile::load(&path)
+                .unwrap()
+                .apply(&mut base(), &path)
+                .unwrap_err();
+            assert!(err.to_string().contains(key), "{text:?}: {err}");
+        }
     }
 
     /// A value refused after parsing names its line, like a parse error does.

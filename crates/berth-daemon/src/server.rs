@@ -163,9 +163,8 @@ pub async fn run_with_ready(
     }
     end_grace(&tracker, &shared, &cancel, config.grace);
     rehold(&tracker, &shared, &cancel);
-    if config.pool_follows_ephemeral {
-        follow_ephemeral(&tracker, &shared, &cancel);
-    }
+    // The ephemeral share follows the range always; the pool only if it is the default one.
+    follow_ephemeral(&tracker, &shared, &cancel, config.pool_follows_ephemeral);
     let control = Arc::new(Control {
         stop: CancellationToken::new(),
         netns: NetnsCheck::current(),
@@ -685,9 +684,14 @@ impl Drop for Refill {
 /// How often the kernel's ephemeral range is looked at, for a default pool to follow it.
 pub const EPHEMERAL_EVERY: Duration = Duration::from_secs(2);
 
-/// Lets the default pool follow the kernel's ephemeral range, looked at every
-/// [`EPHEMERAL_EVERY`].
-fn follow_ephemeral(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToken) {
+/// Follows the kernel's ephemeral range, looked at every [`EPHEMERAL_EVERY`]: the ephemeral share
+/// is counted against the range in force, and a default pool (`pool_follows`) moves with it.
+fn follow_ephemeral(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+    pool_follows: bool,
+) {
     let (shared, cancel) = (shared.clone(), cancel.clone());
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(EPHEMERAL_EVERY);
@@ -695,7 +699,7 @@ fn follow_ephemeral(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &Cancel
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = tick.tick() => shared.follow_ephemeral(),
+                _ = tick.tick() => shared.follow_ephemeral(pool_follows),
             }
         }
     });

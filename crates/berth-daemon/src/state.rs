@@ -23,6 +23,7 @@ use crate::store_thread::StoreHandle;
 
 mod persistent;
 mod portserver;
+mod quota;
 mod restore;
 mod runtime;
 mod why;
@@ -50,7 +51,9 @@ pub(crate) struct Shared {
     /// Members of these groups are administrators.
     admin_groups: Vec<u32>,
     /// Each non-administrator's limits on runtime reservations.
-    pub(crate) quota: Option<berth_core::Quota>,
+    quota: berth_core::Quota,
+    /// The percentage of the ephemeral range non-administrators may reserve together.
+    ephemeral_share: Option<u8>,
     /// The database's thread: persistent reservations and the runtime journal.
     store: StoreHandle,
     /// Whether the kernel's reserved-ports list is kept, and its writer.
@@ -149,8 +152,12 @@ impl Shared {
             }
         };
         let stream = Stream::new(consumers);
+        let mut table = Table::new(config.pool);
+        if config.ephemeral_share.is_some() {
+            table.set_shared_range(Some(crate::config::ephemeral_pool().range()));
+        }
         let shared = Shared {
-            table: Mutex::new(Table::new(config.pool)),
+            table: Mutex::new(table),
             stream,
             prober: Prober::new(),
             socket: config.socket.display().to_string(),
@@ -163,6 +170,7 @@ impl Shared {
             netns: NetNs::current()?,
             admin_groups: config.admin_groups.clone(),
             quota: config.quota,
+            ephemeral_share: config.ephemeral_share,
             store,
             kernel,
             holds,
@@ -340,11 +348,17 @@ impl Shared {
     /// Follows a change of the kernel's ephemeral range (`ip_local_port_range`) with the
     /// default pool: the range itself while the daemon keeps the reserved-ports list, else the
     /// part of the dynamic range outside it.
-    pub(crate) fn follow_ephemeral(&self) {
+    pub(crate) fn follow_ephemeral(&self, pool_follows: bool) {
         let ephemeral = crate::config::ephemeral_pool();
         let pool = crate::kernel::safe_default_pool(self.kernel.off_because.is_none(), ephemeral);
         let mut table = self.table();
-        if table.pool() != pool {
+        if self.ephemeral_share.is_some() && table.shared_range() != Some(ephemeral.range()) {
+            tracing::info!(
+                "the ephemeral range is {ephemeral} now: non-administrators' share of it is counted anew"
+            );
+            table.set_shared_range(Some(ephemeral.range()));
+        }
+        if pool_follows && table.pool() != pool {
             tracing::info!(
                 "the ephemeral range is {ephemeral} now: the wildcard pool follows, {} → {pool}",
                 table.pool()
@@ -548,6 +562,8 @@ impl Shared {
 
     fn status(&self, peer: &Peer) -> Response {
         let table = self.table();
+        let (quota, usage, ephemeral_share, users) =
+            self.limits_view(&table, peer.owner.uid, peer.is_admin);
         Response::Status(StatusInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_version: peer.version,
@@ -575,14 +591,10 @@ impl Shared {
                 "hold is switched off (hold = false in the configuration, or --no-hold)".to_owned()
             },
             open_files: crate::limits::open_files(),
-            quota: self
-                .quota
-                .filter(|_| !peer.is_admin)
-                .map(|q| (q.max_reservations, q.max_ports)),
-            usage: {
-                let u = table.usage(peer.owner.uid);
-                (u.reservations, u.ports)
-            },
+            quota,
+            usage,
+            ephemeral_share,
+            users,
         })
     }
 }

@@ -150,10 +150,11 @@ fn as_a_user_who_is_not_an_administrator(build: Build, pool: (u16, u16), port_ba
     let rt = runtime();
     let daemon = rt.block_on(async {
         TestDaemon::with_config(pool.0, pool.1, |c| {
-            c.quota = Some(Quota {
+            c.quota = Quota {
                 max_reservations: 2,
                 max_ports: 3,
-            });
+                max_held_ports: 3,
+            };
         })
     });
     open_to_all(daemon.socket.parent().unwrap());

@@ -90,6 +90,11 @@ pub enum QuotaWhat {
     Reservations,
     /// Reserved ports of the user.
     Ports,
+    /// Held ports of the user (the daemon keeps a hold socket per port and family).
+    HeldPorts,
+    /// Ports of the host's ephemeral range that all users without administrator rights
+    /// reserve together (`limit` is their share, `used` what they hold).
+    EphemeralShare,
 }
 
 /// See [`ErrorDetail::Quota`].

@@ -430,11 +430,61 @@ pub struct StatusInfo {
     pub hold_off_because: String,
     /// Descriptors the daemon has open (`/proc/self/fd`, counted at most once a second).
     pub open_files: u32,
-    /// The asker's quota — `(max_reservations, max_ports)` — when one applies to it (not to
-    /// administrators, and only when the daemon is configured with one).
-    pub quota: Option<(u32, u32)>,
-    /// The asker's own runtime use — `(reservations, ports)` — counted by the daemon.
-    pub usage: (u32, u32),
+    /// The asker's quota, when one applies to it (administrators have none).
+    pub quota: Option<QuotaInfo>,
+    /// The asker's own runtime use, counted by the daemon.
+    pub usage: UsageInfo,
+    /// The part of the host's ephemeral range that users without administrator rights may
+    /// reserve together, and what they hold; `None` when no such cap applies.
+    pub ephemeral_share: Option<ShareInfo>,
+    /// Runtime use per user: every user's for an administrator, the asker's own otherwise;
+    /// ordered by uid.
+    pub users: Vec<UserUsage>,
+}
+
+/// A user's limits on runtime reservations (see `berth status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaInfo {
+    /// Live runtime reservations at most (a TCP+UDP pair of the same ports counts once).
+    pub max_reservations: u32,
+    /// Port numbers in them at most (a number reserved in both protocols counts once).
+    pub max_ports: u32,
+    /// Ports of held reservations at most.
+    pub max_held_ports: u32,
+}
+
+/// What a user holds, counted as its quota counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UsageInfo {
+    /// Live runtime reservations.
+    pub reservations: u32,
+    /// Port numbers in them.
+    pub ports: u32,
+    /// Ports of held reservations.
+    pub held_ports: u32,
+}
+
+/// One user's runtime use, in `StatusInfo::users`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserUsage {
+    /// The user.
+    pub uid: u32,
+    /// What it holds.
+    pub usage: UsageInfo,
+}
+
+/// The ephemeral share: how much of the host's ephemeral range users without administrator
+/// rights may reserve together, so that every program's `connect()` keeps ports to draw from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareInfo {
+    /// The ephemeral range (`net.ipv4.ip_local_port_range`) as the daemon last read it.
+    pub range: PortRange,
+    /// The share, in percent of the range.
+    pub percent: u8,
+    /// The share in ports: those users together hold at most this many port numbers of it.
+    pub max_ports: u32,
+    /// Port numbers of it they hold now.
+    pub used: u32,
 }
 
 #[cfg(test)]

@@ -20,8 +20,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use berth_protocol::{
     BusyDetail, DaemonLimit, ErrorDetail, ErrorKind, Hello, Holder, Kind, NamespacesDetail,
-    OwnerInfo, PoolDetail, PortRange, PortReport, PortsDetail, Protocol, QuotaDetail, QuotaWhat,
-    Request, ReservationInfo, Response, SocketInfo, StatusInfo, Token, Welcome, WireError,
+    OwnerInfo, PoolDetail, PortRange, PortReport, PortsDetail, Protocol, QuotaDetail, QuotaInfo,
+    QuotaWhat, Request, ReservationInfo, Response, ShareInfo, SocketInfo, StatusInfo, Token,
+    UsageInfo, UserUsage, Welcome, WireError,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -251,10 +252,32 @@ fn responses() {
             hold: true,
             hold_off_because: String::new(),
             open_files: 200,
-            quota: Some((10, 100)),
-            usage: (2, 3),
+            quota: Some(QuotaInfo {
+                max_reservations: 10,
+                max_ports: 100,
+                max_held_ports: 50,
+            }),
+            usage: UsageInfo {
+                reservations: 2,
+                ports: 3,
+                held_ports: 1,
+            },
+            ephemeral_share: Some(ShareInfo {
+                range: PortRange::new(40000, 100).unwrap(),
+                percent: 50,
+                max_ports: 50,
+                used: 3,
+            }),
+            users: vec![UserUsage {
+                uid: 1000,
+                usage: UsageInfo {
+                    reservations: 2,
+                    ports: 3,
+                    held_ports: 1,
+                },
+            }],
         }),
-        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64  02 03",
+        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64 32  02 03 01  01 c0 b8 02 64 32 32 03  01 e8 07 02 03 01",
     );
     golden(Response::Associated { port: 8080 }, "06  90 3f");
     golden(
@@ -364,6 +387,24 @@ fn error_details() {
             asked: 1,
         }),
         "02  00  01  01  01",
+    );
+    golden(
+        ErrorDetail::Quota(QuotaDetail {
+            what: QuotaWhat::HeldPorts,
+            limit: 2,
+            used: 1,
+            asked: 2,
+        }),
+        "02  02  02  01  02",
+    );
+    golden(
+        ErrorDetail::Quota(QuotaDetail {
+            what: QuotaWhat::EphemeralShare,
+            limit: 1000,
+            used: 990,
+            asked: 20,
+        }),
+        "02  03  e8 07  de 07  14",
     );
     golden(
         ErrorDetail::Pool(PoolDetail {

@@ -11,7 +11,7 @@ use berth::{Client, Protocol};
 use berth_core::Quota;
 use berth_daemon::testing::raw::{response_from_hex, PY_PRELUDE};
 use berth_daemon::testing::TestDaemon;
-use berth_protocol::{ErrorDetail, ErrorKind, QuotaWhat, Response};
+use berth_protocol::{ErrorDetail, ErrorKind, QuotaInfo, QuotaWhat, Response};
 
 /// As nobody: one connection, `Acquire { tcp, 0, count }` for each count given, the answers'
 /// payloads printed as hex, one per line.
@@ -56,10 +56,11 @@ fn acquire_as_nobody(socket: &std::path::Path, counts: &[u16]) -> Vec<Response> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_at_its_quota_is_refused_and_administrators_are_exempt() {
     let daemon = TestDaemon::with_config(47200, 47299, |c| {
-        c.quota = Some(Quota {
+        c.quota = Quota {
             max_reservations: 2,
             max_ports: 3,
-        });
+            max_held_ports: 3,
+        };
     });
     let dir = daemon.socket.parent().unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -70,14 +71,31 @@ async fn a_user_at_its_quota_is_refused_and_administrators_are_exempt() {
     let Response::Status(status) = &answers[4] else {
         panic!("no status: {answers:?}")
     };
-    assert_eq!(status.quota, Some((2, 3)), "{status:?}");
-    assert_eq!(status.usage, (2, 3), "{status:?}");
+    assert_eq!(
+        status.quota,
+        Some(QuotaInfo {
+            max_reservations: 2,
+            max_ports: 3,
+            max_held_ports: 3
+        }),
+        "{status:?}"
+    );
+    assert_eq!(
+        (status.usage.reservations, status.usage.ports),
+        (2, 3),
+        "{status:?}"
+    );
     assert!(matches!(answers[0], Response::Acquired(_)), "{answers:?}");
     let Response::Error(ports) = &answers[1] else {
         panic!("4 ports granted over a quota of 3: {answers:?}");
     };
     assert_eq!(ports.kind, ErrorKind::QuotaExceeded);
     assert!(ports.message.contains("quota of 3"), "{}", ports.message);
+    assert!(
+        ports.message.contains("max_ports = 3") && ports.message.contains("[quota]"),
+        "the refusal names the setting: {}",
+        ports.message
+    );
     let ErrorDetail::Quota(q) = &ports.detail else {
         panic!("no quota detail: {ports:?}");
     };
@@ -117,5 +135,14 @@ async fn a_user_at_its_quota_is_refused_and_administrators_are_exempt() {
     assert_eq!(held.iter().map(|r| r.count()).sum::<u16>(), 6);
     let status = admin.status().await.unwrap();
     assert_eq!(status.quota, None, "administrators have no quota");
-    assert_eq!(status.usage, (3, 6));
+    assert_eq!((status.usage.reservations, status.usage.ports), (3, 6));
+    // An administrator sees every user's use.
+    assert!(
+        status
+            .users
+            .iter()
+            .any(|u| u.uid == 0 && u.usage.ports == 6),
+        "{:?}",
+        status.users
+    );
 }

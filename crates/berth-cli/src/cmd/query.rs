@@ -92,29 +92,50 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         if u64::from(status.open_files) * 10 >= status.open_files_limit * 9 {
             outln!("  warning: the daemon is near its descriptor limit; held reservations and connections will be refused — raise LimitNOFILE / ulimit -n");
         }
+        let unlimited = |n: u32| {
+            if n == u32::MAX {
+                "unlimited".to_owned()
+            } else {
+                n.to_string()
+            }
+        };
+        let usage = &status.usage;
         match &status.quota {
             Some(q) => outln!(
-                "  your use: {} of {}, {} of {} (quota)",
-                plural(status.usage.reservations, "reservation"),
-                q.max_reservations,
-                plural(status.usage.ports, "port"),
-                q.max_ports
+                "  your use: {} of {}, {} of {}, {} of {} (quota)",
+                plural(usage.reservations, "reservation"),
+                unlimited(q.max_reservations),
+                plural(usage.ports, "port"),
+                unlimited(q.max_ports),
+                plural(usage.held_ports, "held port"),
+                unlimited(q.max_held_ports)
             ),
             None => outln!(
-                "  your use: {}, {} (no quota applies to you)",
-                plural(status.usage.reservations, "reservation"),
-                plural(status.usage.ports, "port")
+                "  your use: {}, {}, {} (no quota applies to you)",
+                plural(usage.reservations, "reservation"),
+                plural(usage.ports, "port"),
+                plural(usage.held_ports, "held port")
             ),
         }
-        // Owners are visible to administrators for everyone, to others for their own user.
-        let by_uid = crate::metrics::use_by_uid(&list);
-        if !by_uid.is_empty() {
+        if let Some(share) = &status.ephemeral_share {
+            outln!(
+                "  ephemeral share: users without administrator rights hold {} of the {} ports ({}%) of the ephemeral range {} they may reserve together",
+                share.used,
+                share.max_ports,
+                share.percent,
+                share.range
+            );
+        }
+        // Every user's for an administrator, the asker's own otherwise.
+        if !status.users.is_empty() {
             outln!("  runtime use by user:");
-            for (uid, u) in by_uid {
+            for u in &status.users {
                 outln!(
-                    "    uid {uid}: {}, {}",
+                    "    uid {}: {}, {}, {}",
+                    u.uid,
                     plural(u.reservations, "reservation"),
-                    plural(u.ports, "port")
+                    plural(u.ports, "port"),
+                    plural(u.held_ports, "held port")
                 );
             }
         }

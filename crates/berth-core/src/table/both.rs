@@ -193,24 +193,35 @@ mod tests {
     }
 
     #[test]
-    fn the_quota_counts_both_reservations() {
+    fn the_quota_counts_the_pair_once() {
         let mut table = Table::new(Pool::new(5000, 5099).unwrap());
         let mut tokens = counter();
         let limits = Constraints {
             lowest_port: 0,
             quota: Some(Quota {
-                max_reservations: 3,
+                max_reservations: 1,
                 max_ports: 100,
+                max_held_ports: 0,
             }),
+            shared_max: None,
         };
         table
             .acquire_for_process(process(40), 1, limits, &mut tokens, &mut free)
             .unwrap();
+        // One number in TCP and UDP: one reservation, one port, nothing held.
+        assert_eq!(
+            table.usage(1000),
+            crate::Usage {
+                reservations: 1,
+                ports: 1,
+                held_ports: 0
+            }
+        );
         let err = table
             .acquire_for_process(process(40), 1, limits, &mut tokens, &mut free)
             .unwrap_err();
         assert!(
-            matches!(err, AcquireError::QuotaExceeded { asked: 2, .. }),
+            matches!(err, AcquireError::QuotaExceeded { asked: 1, .. }),
             "{err:?}"
         );
         // An administrator may release them like any runtime reservation.

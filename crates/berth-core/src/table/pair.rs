@@ -6,14 +6,16 @@ use crate::error::AcquireError;
 use crate::owner::Holder;
 use crate::policy::PrivilegedDenied;
 use crate::range::{PortRange, Protocol, RangeRequest};
-use crate::table::{Bond, Change, Constraints, Lease, QuotaKind, Reservation, Table};
+use crate::table::usage::intersection;
+use crate::table::{Bond, Change, Constraints, Lease, Reservation, Table, Usage};
 use crate::token::TokenSource;
 
 impl Table {
     /// Acquires the same ports in TCP and in UDP: a specific range must be free in both
     /// (else the error of the first protocol it is not free in); a wildcard block is searched
-    /// in TCP's pool order among blocks free in both. Counts as two reservations (and twice
-    /// the ports) for the quota. Returns the TCP grant, then the UDP grant.
+    /// in TCP's pool order among blocks free in both. Counts as one reservation of `count`
+    /// port numbers for the quota (twice the held ports, when held). Returns the TCP grant,
+    /// then the UDP grant.
     pub fn acquire_both(
         &mut self,
         request: RangeRequest,
@@ -51,30 +53,20 @@ impl Table {
             Lease::Runtime { owner, .. } => owner.uid,
             Lease::Persistent { created_by, .. } => *created_by,
         };
-        if let Some(quota) = limits.quota {
-            let usage = self.usage.get(uid);
-            let ports = u32::from(request.count()) * 2;
-            let over = if usage.reservations.saturating_add(2) > quota.max_reservations {
-                Some((
-                    QuotaKind::Reservations,
-                    quota.max_reservations,
-                    usage.reservations,
-                ))
-            } else if usage.ports.saturating_add(ports) > quota.max_ports {
-                Some((QuotaKind::Ports, quota.max_ports, usage.ports))
+        // Both halves cover ports free in both protocols, so the pair adds exactly one
+        // reservation (a twin counts once) and `count` port numbers; each half is held.
+        let count = u32::from(request.count());
+        let upper = Usage {
+            reservations: 1,
+            ports: count,
+            held_ports: if matches!(lease, Lease::Runtime { held: true, .. }) {
+                count * 2
             } else {
-                None
-            };
-            if let Some((what, limit, used)) = over {
-                return Err(AcquireError::QuotaExceeded {
-                    uid,
-                    what,
-                    limit,
-                    used,
-                    asked: request.count().saturating_mul(2),
-                });
-            }
-        }
+                0
+            },
+        };
+        self.check_quota(uid, limits, upper, request.count())?;
+        let cursor = self.tcp.cursor();
         let range = match request {
             RangeRequest::Specific(range) => {
                 if range.start() < limits.lowest_port {
@@ -91,6 +83,17 @@ impl Table {
             }
             RangeRequest::Wildcard { count } => self.search_both(count, limits, in_use)?,
         };
+        let shared = self
+            .shared_range
+            .filter(|_| limits.shared_max.is_some())
+            .and_then(|shared| intersection(range, shared))
+            .map_or(0, |part| u32::from(part.count()));
+        if let Err(e) = self.check_shared(uid, limits, shared, request.count()) {
+            // Refused: the search leaves no trace.
+            self.tcp.restart_at(cursor);
+            return Err(e);
+        }
+        let capped = limits.shared_max.is_some();
         let mut grant = |table: &mut Table, protocol| {
             let reservation = Reservation {
                 token: table.draw_token(tokens),
@@ -99,7 +102,7 @@ impl Table {
                 acquired_at_ms,
                 lease: lease.clone(),
             };
-            table.insert(reservation.clone());
+            table.insert(reservation.clone(), capped);
             Change::Granted(reservation)
         };
         let tcp = grant(self, Protocol::Tcp);
@@ -235,11 +238,13 @@ mod tests {
             .unwrap();
         let at = PortRange::new(1006, 1).unwrap();
         assert_eq!(ranges(&pair), [(Protocol::Tcp, at), (Protocol::Udp, at)]);
-        assert_eq!(t.usage(1000).reservations, 6);
+        // Two single reservations and two pairs, each pair counted once; ports by number.
+        assert_eq!(t.usage(1000).reservations, 4);
+        assert_eq!(t.usage(1000).ports, 6);
     }
 
     #[test]
-    fn a_specific_pair_needs_both_free_and_counts_twice_for_the_quota() {
+    fn a_specific_pair_needs_both_free_and_counts_once_for_the_quota() {
         let mut t = Table::new(Pool::new(1000, 1009).unwrap());
         let mut next = 0u64;
         let mut tokens = move || {
@@ -278,9 +283,11 @@ mod tests {
         let tight = Constraints {
             lowest_port: 0,
             quota: Some(Quota {
-                max_reservations: 2,
+                max_reservations: 1,
                 max_ports: 10,
+                max_held_ports: 10,
             }),
+            shared_max: None,
         };
         let err = t
             .acquire_both(
@@ -295,7 +302,7 @@ mod tests {
             matches!(
                 err,
                 AcquireError::QuotaExceeded {
-                    what: QuotaKind::Reservations,
+                    what: crate::QuotaKind::Reservations,
                     ..
                 }
             ),

@@ -17,6 +17,8 @@ struct Entry {
     older: Option<u32>,
     /// Which of its ports were bound through associate, and where the next one starts.
     ports: PortStates,
+    /// Whether it counts against the shared range's cap (see `Constraints::shared_max`).
+    capped: bool,
 }
 
 /// Every live reservation, findable by token and by session.
@@ -63,13 +65,23 @@ impl Records {
         self.entry_mut(index).map(|e| &mut e.ports)
     }
 
+    /// Whether `token`'s reservation counts against the shared range's cap.
+    pub(super) fn is_capped(&self, token: Token) -> bool {
+        let Some(&index) = self.by_token.get(&token) else {
+            return false;
+        };
+        self.entry(index).is_some_and(|e| e.capped)
+    }
+
     /// Replaces `token`'s reservation by `after` (same token), keeping its per-port state and
-    /// moving it to the session list `after` names. Returns the reservation as it was.
+    /// whether it is capped, and moving it to the session list `after` names. Returns the
+    /// reservation as it was.
     pub(super) fn replace(&mut self, after: Reservation) -> Option<Reservation> {
         let ports = self.ports(after.token)?.clone();
+        let capped = self.is_capped(after.token);
         let before = self.remove(after.token)?;
         let token = after.token;
-        self.insert(after);
+        self.insert(after, capped);
         if let Some(slot) = self.ports_mut(token) {
             *slot = ports;
         }
@@ -85,7 +97,7 @@ impl Records {
     }
 
     /// Adds `reservation`, whose token must be new, at the head of its session's list.
-    pub(super) fn insert(&mut self, reservation: Reservation) {
+    pub(super) fn insert(&mut self, reservation: Reservation, capped: bool) {
         let index = match self.vacant.pop() {
             Some(index) => index,
             None => {
@@ -109,6 +121,7 @@ impl Records {
                 newer: None,
                 older,
                 ports: PortStates::default(),
+                capped,
             });
         }
         self.by_token.insert(token, index);
@@ -152,16 +165,14 @@ impl Records {
         self.newest.contains_key(&session)
     }
 
-    /// Removes every reservation of `session`, newest first.
-    pub(super) fn remove_session(&mut self, session: SessionId) -> Vec<Reservation> {
-        let mut next = self.newest.remove(&session);
-        let mut removed = Vec::new();
-        // The whole list goes, so no neighbour needs relinking.
-        while let Some(entry) = next.and_then(|i| self.take(i)) {
-            self.by_token.remove(&entry.reservation.token);
+    /// The tokens of every reservation of `session`, newest first.
+    pub(super) fn session_tokens(&self, session: SessionId) -> Vec<Token> {
+        let mut next = self.newest.get(&session).copied();
+        let mut tokens = Vec::new();
+        while let Some(entry) = next.and_then(|i| self.entry(i)) {
+            tokens.push(entry.reservation.token);
             next = entry.older;
-            removed.push(entry.reservation);
         }
-        removed
+        tokens
     }
 }

@@ -65,6 +65,27 @@ impl Space {
         })
     }
 
+    /// Every reservation that shares a port with `range`, lowest first.
+    pub(super) fn overlapping(&self, range: PortRange) -> impl Iterator<Item = Slot> + '_ {
+        // Only the last reservation starting before `range` can reach into it from the left.
+        let left = self
+            .by_start
+            .range(..range.start())
+            .next_back()
+            .map(|(_, slot)| *slot)
+            .filter(|slot| slot.range.overlaps(range));
+        left.into_iter().chain(
+            self.by_start
+                .range(range.start()..=range.end())
+                .map(|(_, slot)| *slot),
+        )
+    }
+
+    /// Where the next wildcard search starts.
+    pub(super) fn cursor(&self) -> u16 {
+        self.cursor
+    }
+
     /// Moves the next-fit cursor to `port`.
     pub(super) fn restart_at(&mut self, port: u16) {
         self.cursor = port;

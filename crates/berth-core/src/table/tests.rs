@@ -150,7 +150,7 @@ impl Fixture {
     }
 
     fn restore(&mut self, r: Reservation) -> Change {
-        self.table.restore(r).unwrap()
+        self.table.restore(r, false).unwrap()
     }
 
     /// Every live reservation by token, to compare before and after an operation.
@@ -735,7 +735,7 @@ fn a_restored_reservation_that_overlaps_is_refused() {
             created_by: 0,
         },
     };
-    let err = f.table.restore(persistent).unwrap_err();
+    let err = f.table.restore(persistent, false).unwrap_err();
     assert!(matches!(err, AcquireError::Conflict { holder, .. } if *holder == held));
     assert_eq!(f.table.len(), 2);
     // Forgetting a row names it without touching the table.
@@ -788,7 +788,7 @@ fn a_token_already_live_is_refused_on_insert() {
         )
     };
     assert!(matches!(
-        f.table.restore(as_persistent),
+        f.table.restore(as_persistent, false),
         Err(AcquireError::Conflict { .. })
     ));
     assert_eq!(f.table.len(), 1);
@@ -800,7 +800,9 @@ fn quota(max_reservations: u32, max_ports: u32) -> Constraints {
         quota: Some(Quota {
             max_reservations,
             max_ports,
+            max_held_ports: u32::MAX,
         }),
+        shared_max: None,
     }
 }
 
@@ -808,6 +810,7 @@ fn usage(reservations: u32, ports: u32) -> Usage {
     Usage {
         reservations,
         ports,
+        held_ports: 0,
     }
 }
 
@@ -1040,6 +1043,7 @@ fn a_specific_request_below_the_lowest_port_is_privileged() {
     let limits = Constraints {
         lowest_port: 1024,
         quota: None,
+        shared_max: None,
     };
     let specific = |start, count| RangeRequest::Specific(range(start, count));
     let err = f
@@ -1080,6 +1084,7 @@ fn a_wildcard_search_skips_ports_below_the_lowest_port() {
     let limits = Constraints {
         lowest_port: 1050,
         quota: None,
+        shared_max: None,
     };
     let mut acquire = |table: &mut Table, count, limits, probed: &mut Vec<PortRange>| {
         table
@@ -1136,6 +1141,7 @@ fn a_wildcard_search_skips_ports_below_the_lowest_port() {
     let at = |lowest_port| Constraints {
         lowest_port,
         quota: None,
+        shared_max: None,
     };
     assert_eq!(
         acquire(&mut table, 3, at(1002), &mut probed).unwrap().range,
@@ -1683,7 +1689,8 @@ fn every_mutating_method_returns_exactly_the_changes_it_made() {
             })
             .collect()
     };
-    let restore = |r: Reservation| move |f: &mut Fixture| f.table.restore(r).into_iter().collect();
+    let restore =
+        |r: Reservation| move |f: &mut Fixture| f.table.restore(r, false).into_iter().collect();
     let c = exactly(
         &mut f,
         restore(journaled(
@@ -1893,4 +1900,180 @@ fn status_counts_free_pool_ports_per_protocol_and_persistent_reservations() {
         .unwrap();
     assert_eq!(f.table.persistent_count(), 0);
     assert_eq!(f.table.free_in_pool(Protocol::Tcp), 10);
+}
+
+#[test]
+fn held_ports_have_a_quota_of_their_own() {
+    let mut f = Fixture::new(1000, 1099);
+    let limits = Constraints {
+        quota: Some(Quota {
+            max_held_ports: 3,
+            ..Quota::UNLIMITED
+        }),
+        ..Constraints::default()
+    };
+    let held = || Holder {
+        hold: true,
+        ..holder(1, 1)
+    };
+    let wildcard = |count| RangeRequest::Wildcard { count };
+    f.acquire_as(wildcard(2), held(), limits).unwrap();
+    assert_eq!(f.table.usage(1000).held_ports, 2);
+    assert_eq!(
+        f.acquire_as(wildcard(2), held(), limits),
+        Err(AcquireError::QuotaExceeded {
+            uid: 1000,
+            what: QuotaKind::HeldPorts,
+            limit: 3,
+            used: 2,
+            asked: 2
+        })
+    );
+    // Unheld blocks do not count against it.
+    f.acquire_as(wildcard(10), holder(1, 1), limits).unwrap();
+    assert_eq!(
+        f.table.usage(1000),
+        Usage {
+            reservations: 2,
+            ports: 12,
+            held_ports: 2
+        }
+    );
+}
+
+#[test]
+fn a_port_number_held_in_both_protocols_counts_once() {
+    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
+    let mut tokens = counter();
+    let mut grant = |t: &mut Table, protocol, start, count, who: Holder| {
+        t.acquire(
+            protocol,
+            RangeRequest::Specific(range(start, count)),
+            who,
+            Constraints::default(),
+            &mut tokens,
+            &mut nothing_in_use,
+        )
+        .map(granted)
+        .unwrap()
+    };
+    // TCP 1000-1003 and UDP 1002-1005 of one user: six numbers, two reservations.
+    let tcp = grant(&mut t, Protocol::Tcp, 1000, 4, holder(1, 1));
+    let udp = grant(&mut t, Protocol::Udp, 1002, 4, holder(2, 2));
+    assert_eq!(t.usage(1000), usage(2, 6));
+    // The same ports in both protocols for one process: a twin, one reservation.
+    let twin = grant(&mut t, Protocol::Udp, 1010, 2, holder(1, 1));
+    let first = grant(&mut t, Protocol::Tcp, 1010, 2, holder(1, 1));
+    assert_eq!(t.usage(1000), usage(3, 8));
+    // Released in any order, the counts come back to nothing.
+    t.release(first.token, &admin()).unwrap();
+    assert_eq!(t.usage(1000), usage(3, 8));
+    t.release(tcp.token, &admin()).unwrap();
+    assert_eq!(t.usage(1000), usage(2, 6));
+    t.release(twin.token, &admin()).unwrap();
+    t.release(udp.token, &admin()).unwrap();
+    assert_eq!(t.usage(1000), Usage::default());
+}
+
+#[test]
+fn capped_users_share_at_most_the_shared_cap_of_the_shared_range() {
+    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
+    t.set_shared_range(Some(range(1000, 50)));
+    let mut tokens = counter();
+    let capped = Constraints {
+        shared_max: Some(10),
+        ..Constraints::default()
+    };
+    let other_user = |pid| Holder {
+        owner: user_process(pid, 2000 + pid),
+        session: SessionId(u64::from(pid)),
+        acquired_at_ms: 0,
+        hold: false,
+    };
+    let mut ask = |t: &mut Table, protocol, request, who: Holder, limits| {
+        t.acquire(
+            protocol,
+            request,
+            who,
+            limits,
+            &mut tokens,
+            &mut nothing_in_use,
+        )
+        .map(granted)
+    };
+    // Two users, six and four numbers of the shared range: the cap is reached.
+    let a = ask(
+        &mut t,
+        Protocol::Tcp,
+        RangeRequest::Specific(range(1000, 6)),
+        other_user(1),
+        capped,
+    )
+    .unwrap();
+    ask(
+        &mut t,
+        Protocol::Tcp,
+        RangeRequest::Wildcard { count: 4 },
+        other_user(2),
+        capped,
+    )
+    .unwrap();
+    assert_eq!(t.shared_used(), 10);
+    // A third user is refused, naming the shared limit, and the refusal leaves no trace.
+    let refused = ask(
+        &mut t,
+        Protocol::Tcp,
+        RangeRequest::Wildcard { count: 1 },
+        other_user(3),
+        capped,
+    )
+    .unwrap_err();
+    assert_eq!(
+        refused,
+        AcquireError::QuotaExceeded {
+            uid: 2003,
+            what: QuotaKind::Shared,
+            limit: 10,
+            used: 10,
+            asked: 1
+        }
+    );
+    assert!(
+        refused.to_string().contains("together hold 10"),
+        "{refused}"
+    );
+    // The same numbers in UDP add nothing; outside the range nothing counts; an uncapped
+    // asker (an administrator) is not limited and not counted.
+    ask(
+        &mut t,
+        Protocol::Udp,
+        RangeRequest::Specific(range(1000, 6)),
+        other_user(4),
+        capped,
+    )
+    .unwrap();
+    ask(
+        &mut t,
+        Protocol::Tcp,
+        RangeRequest::Specific(range(1060, 20)),
+        other_user(5),
+        capped,
+    )
+    .unwrap();
+    ask(
+        &mut t,
+        Protocol::Tcp,
+        RangeRequest::Specific(range(1020, 20)),
+        holder(9, 9),
+        Constraints::default(),
+    )
+    .unwrap();
+    assert_eq!(t.shared_used(), 10);
+    // A release makes room; moving the range counts anew.
+    t.release(a.token, &admin()).unwrap();
+    assert_eq!(t.shared_used(), 10, "UDP 1000-1005 still holds the numbers");
+    t.set_shared_range(Some(range(1060, 40)));
+    assert_eq!(t.shared_used(), 20);
+    t.set_shared_range(None);
+    assert_eq!(t.shared_used(), 0);
 }

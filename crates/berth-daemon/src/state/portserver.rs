@@ -2,7 +2,7 @@
 //! and the change stream like every other grant (journaled, hidden from autobind when the
 //! kernel's list is kept, watched through a pidfd).
 
-use berth_core::{Constraints, Owner};
+use berth_core::Owner;
 use berth_protocol::authority::PeerCredentials;
 
 use super::{now_ms, OsTokens, Shared};
@@ -24,18 +24,16 @@ impl Shared {
     /// consumer of the change stream has it.
     async fn grant_both(&self, owner: Owner) -> Result<u16, String> {
         let is_admin = self.is_admin(&owner);
-        let limits = Constraints {
-            lowest_port: if self.pool_is_privileged && !self.may_use_privileged(&owner) {
-                self.privileged.unprivileged_start
-            } else {
-                0
-            },
-            quota: self.quota.filter(|_| !is_admin),
+        let lowest_port = if self.pool_is_privileged && !self.may_use_privileged(&owner) {
+            self.privileged.unprivileged_start
+        } else {
+            0
         };
         let mut probes = self.prober.probes();
         let pid = owner.pid;
         let (port, pending) = {
             let mut table = self.table();
+            let limits = self.constraints(&table, lowest_port, is_admin);
             // Probe binds are non-blocking syscalls; under the lock so that no other grant
             // takes the number between the probe and the insert.
             let mut in_use = |protocol, range| probes.first_in_use(protocol, range);

@@ -32,7 +32,7 @@ impl Shared {
                     created_by: row.created_by_uid,
                 },
             };
-            match table.restore(reservation) {
+            match table.restore(reservation, false) {
                 Ok(change) => changes.push(change),
                 // Only a database edited by hand can hold overlapping rows.
                 Err(e) => tracing::error!(%token, "persistent reservation not loaded: {e}"),
@@ -43,6 +43,7 @@ impl Shared {
             let now = process_owner(row.owner.pid, row.owner.uid, row.owner.gid);
             let alive = now.start_time != 0 && now.start_time == row.owner.start_time;
             let change = if alive {
+                let capped = self.capped(&row.owner);
                 let bond = if row.process {
                     Bond::Process
                 } else {
@@ -60,7 +61,7 @@ impl Shared {
                     },
                 };
                 table
-                    .restore(reservation)
+                    .restore(reservation, capped)
                     .unwrap_or_else(|_| Table::forget(row.token, row.protocol, row.range))
             } else {
                 Table::forget(row.token, row.protocol, row.range)

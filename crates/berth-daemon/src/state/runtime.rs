@@ -5,12 +5,11 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use berth_core::{
-    AcquireError, Constraints, ErrorKind, Holder, Kind, Owner, Protocol, QuotaKind, RangeRequest,
-    Requester, Reservation, Token, UseRequest,
+    AcquireError, ErrorKind, Holder, Kind, Owner, Protocol, RangeRequest, Requester, Reservation,
+    Token, UseRequest,
 };
 use berth_protocol::{
-    ErrorDetail, Holder as DetailHolder, PoolDetail, PortsDetail, QuotaDetail, QuotaWhat, Response,
-    WireError,
+    ErrorDetail, Holder as DetailHolder, PoolDetail, PortsDetail, Response, WireError,
 };
 
 use super::{error, info, now_ms, zero_token, OsTokens, Peer, Shared};
@@ -82,11 +81,7 @@ impl Shared {
         let owner = &requester.process;
         let request = RangeRequest::from_start_count(start, count)
             .map_err(|e| Box::new(error(e.kind(), e.to_string())))?;
-        let limits = Constraints {
-            lowest_port: self.lowest_port_for(request, owner),
-            // Administrators are exempt: they keep the service running for everyone.
-            quota: self.quota.filter(|_| !requester.is_admin),
-        };
+        let lowest_port = self.lowest_port_for(request, owner);
         // A daemon with hold switched off grants every reservation unheld (and says so).
         let hold = hold && self.hold_enabled;
         let holder = Holder {
@@ -99,6 +94,8 @@ impl Shared {
         let wildcard = matches!(request, RangeRequest::Wildcard { .. });
         let (granted, pending) = {
             let mut table = self.table();
+            // Administrators are exempt: they keep the service running for everyone.
+            let limits = self.constraints(&table, lowest_port, requester.is_admin);
             // The in-use tests are non-blocking syscalls; holding the lock across them keeps a
             // candidate block from being handed to two clients at once. A held block's test is
             // its hold sockets' own binds, which then keep the ports.
@@ -138,7 +135,13 @@ impl Shared {
                     if let Some(message) = probes.shortage_answer() {
                         return Err(Box::new(error(ErrorKind::Unavailable, message)));
                     }
-                    return Err(Box::new(acquire_refused(&e, start, count, requester)));
+                    return Err(Box::new(acquire_refused(
+                        &e,
+                        start,
+                        count,
+                        requester,
+                        self.ephemeral_share,
+                    )));
                 }
             };
             let granted: Vec<Reservation> = changes
@@ -375,7 +378,13 @@ enum Ask {
 
 /// The answer to a refused acquire, with the numbers a program needs: the ports and their
 /// holder (owner details only where `asker` may see them), the pool, or the quota.
-fn acquire_refused(e: &AcquireError, start: u16, count: u16, asker: &Requester) -> Response {
+fn acquire_refused(
+    e: &AcquireError,
+    start: u16,
+    count: u16,
+    asker: &Requester,
+    share_percent: Option<u8>,
+) -> Response {
     let ports = |protocol, port, holder| {
         ErrorDetail::Ports(PortsDetail {
             protocol,
@@ -418,21 +427,14 @@ fn acquire_refused(e: &AcquireError, start: u16, count: u16, asker: &Requester) 
             fragmented: *free_ports >= u32::from(*count),
             privileged_skipped: *skipped_privileged,
         }),
-        AcquireError::QuotaExceeded {
-            what,
-            limit,
-            used,
-            asked,
-            ..
-        } => ErrorDetail::Quota(QuotaDetail {
-            what: match what {
-                QuotaKind::Reservations => QuotaWhat::Reservations,
-                QuotaKind::Ports => QuotaWhat::Ports,
-            },
-            limit: *limit,
-            used: *used,
-            asked: u32::from(*asked),
-        }),
+        AcquireError::QuotaExceeded { .. } => {
+            if let Some((message, detail)) = super::quota::quota_refused(e, share_percent) {
+                return Response::Error(
+                    WireError::new(e.kind(), message).with_detail(ErrorDetail::Quota(detail)),
+                );
+            }
+            ErrorDetail::None
+        }
     };
     Response::Error(WireError::new(e.kind(), e.to_string()).with_detail(detail))
 }
