@@ -54,10 +54,17 @@ const FD_MARGIN: usize = 4;
 
 /// A daemon whose configuration file says `config`, its directory open to other users.
 fn daemon(pool: &str, config: &str) -> (Daemon, tempfile::TempDir) {
+    daemon_with(pool, config, &[])
+}
+
+/// [`daemon`] with more command-line arguments.
+fn daemon_with(pool: &str, config: &str, extra: &[&str]) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("berth.toml");
     std::fs::write(&file, config).unwrap();
-    let d = Daemon::start_with(pool, &["--config", file.to_str().unwrap()]);
+    let mut args = vec!["--config", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let d = Daemon::start_with(pool, &args);
     std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     (d, dir)
 }
@@ -618,5 +625,88 @@ fn users_together_keep_to_their_share_of_the_ephemeral_range() {
     );
     drop(extra);
     drop(users);
+    holder.finish();
+}
+
+/// Whether this kernel lets a socket refuse descriptors (`SO_PASSRIGHTS`, Linux 6.16).
+fn kernel_refuses_descriptors() -> bool {
+    let (a, _b) = UnixStream::pair().unwrap();
+    let off: libc::c_int = 0;
+    // SAFETY: a valid c_int and its size, on a descriptor borrowed for the call.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&a),
+            libc::SOL_SOCKET,
+            83, // SO_PASSRIGHTS
+            (&off as *const libc::c_int).cast(),
+            4,
+        )
+    };
+    rc == 0
+}
+
+#[test]
+fn descriptors_sent_to_the_side_doors_never_stall_anyone() {
+    // The portserver endpoint and the authority beacon take no descriptors: a user who sends
+    // sockets whose close blocks (SO_LINGER, unsent data) to either is refused by the kernel
+    // (SO_PASSRIGHTS), or — on a kernel that cannot refuse them — has them closed on its own
+    // closer threads; either way root and other users are served meanwhile.
+    let me = std::process::id();
+    let portserver = format!("berth-adv-ps-{me}");
+    let beacon = format!("berth-adv-beacon-{me}");
+    let (d, _config) = daemon_with(
+        "22540-22549",
+        "",
+        &[
+            "--portserver",
+            &format!("@{portserver}"),
+            "--authority",
+            &beacon,
+        ],
+    );
+    let holder = Holder::new(&d);
+    let refuses = kernel_refuses_descriptors();
+    for door in [portserver, beacon] {
+        let kept = as_user(10_031, move || {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(door.as_bytes()).unwrap();
+            let mut kept = Vec::new();
+            for _ in 0..8 {
+                let (lingering, peer) =
+                    berth_daemon::testing::raw::lingering_socket(Duration::from_secs(20));
+                let conn = UnixStream::connect_addr(&addr).unwrap();
+                let fds = [lingering.as_fd()];
+                let mut space =
+                    [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+                assert!(cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+                let sent = rustix::net::sendmsg(
+                    &conn,
+                    &[std::io::IoSlice::new(format!("{me}\n").as_bytes())],
+                    &mut cmsg,
+                    rustix::net::SendFlags::NOSIGNAL,
+                );
+                if refuses {
+                    // Refused; or the daemon had answered and closed already (the beacon).
+                    assert!(
+                        matches!(sent, Err(rustix::io::Errno::PERM | rustix::io::Errno::PIPE)),
+                        "{door}: a descriptor got in ({sent:?})"
+                    );
+                }
+                if sent.is_err() {
+                    // Not sent: this copy is the last, and the test's own close must not wait.
+                    rustix::net::sockopt::set_socket_linger(&lingering, None).unwrap();
+                }
+                // If the daemon got it, its copy is now the last one.
+                drop(lingering);
+                kept.push((conn, peer));
+            }
+            kept
+        });
+        holder.is_fine();
+        nobody_is_served(&d);
+        drop(kept);
+    }
     holder.finish();
 }

@@ -71,3 +71,56 @@ fn reservation_full_is_exit_14_and_run_starts_nothing() {
         .says(&["every port of reservation 0x1 is bound"]);
     assert!(!ran.exists(), "the command ran: {out:?}");
 }
+
+/// A daemon in a pid namespace of its own (a container's) cannot name a client of the host:
+/// the kernel gives it pid 0. The client is told so, with not-supported (exit 11), never left
+/// with a closed connection and "retry".
+#[test]
+fn a_daemon_that_cannot_identify_the_client_says_so_exit_11() {
+    use std::io::BufRead;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED a_daemon_that_cannot_identify_the_client_says_so_exit_11: a pid namespace needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let socket = dir.path().join("b.sock");
+    let mut daemon = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg(support::BERTH)
+        .arg("daemon")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--db")
+        .arg(dir.path().join("b.db"))
+        .args([
+            "--authority",
+            "none",
+            "--kernel-sync",
+            "off",
+            "--ready-stdout",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("unshare");
+    let stdout = daemon.stdout.take().expect("its stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = rx.recv_timeout(support::DEADLINE);
+    let out = ready
+        .is_ok_and(|l| l.contains("ready"))
+        .then(|| Berth::new(&socket).args(["status"]).output());
+    // Our own child, by its pid: unshare takes the daemon with it (--kill-child).
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    out.expect("the daemon in a pid namespace of its own did not get ready")
+        .code(11)
+        .says(&["cannot identify your process", "pid namespace"]);
+}

@@ -49,7 +49,7 @@ mod ledger;
 mod recv;
 
 pub(crate) use ledger::{Ledger, Refusal};
-pub(crate) use recv::Credentials;
+pub(crate) use recv::{control_buffer, recv, Credentials};
 
 /// Descriptors accepted in one `recvmsg`; a request carries at most one.
 pub(crate) const MAX_FDS_PER_READ: usize = 4;
@@ -60,7 +60,7 @@ pub(crate) const MAX_PENDING_FDS: usize = 8;
 /// The most descriptors the kernel passes in one message (`SCM_MAX_FD`). The ancillary buffer
 /// has room for all of them, so that the kernel never drops any: it would close them on the
 /// reading thread.
-const KERNEL_MAX_FDS: usize = 253;
+pub(crate) const KERNEL_MAX_FDS: usize = 253;
 
 /// Bytes read per `recvmsg`.
 const CHUNK: usize = 16 * 1024;

@@ -20,7 +20,11 @@
 //! - `inbound`: reading frames with `recvmsg` (descriptors and per-message credentials).
 //! - `associate`: checking and binding a client's socket from a reservation.
 //! - `netns`: which network namespace a socket belongs to.
-//! - `fair`: the per-user connection limit (a "busy" answer past it).
+//! - `fair`: the per-user connection limit (a "busy" answer past it), counted for every socket
+//!   the daemon serves before any shared place; `refusals`: rate-limited log lines about
+//!   refused clients.
+//! - `rights`: which sockets take descriptors (`SO_PASSRIGHTS`): only admitted sessions of the
+//!   main socket.
 //! - `closer`: closing received descriptors on threads of their own, per user (a close can
 //!   block; one user's blocked closes hold up only that user's).
 //! - `store_thread`, `db_lock`: the database's own thread, and one daemon per database.
@@ -53,6 +57,8 @@ mod owner_watch;
 mod peer;
 pub mod portserver;
 mod probe;
+mod refusals;
+mod rights;
 pub mod server;
 mod session;
 mod state;

@@ -18,12 +18,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::AsFd;
+
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::closer::{Lane, Received};
 use crate::state::Shared;
 
 pub(crate) mod identity;
@@ -95,7 +98,9 @@ impl Endpoint {
         Endpoint {
             address,
             optional: false,
-            max_connections: 256,
+            // Four times a user's limit (`max_connections_per_uid`, counted for this socket
+            // and the main one together): no one user can take every place.
+            max_connections: 1024,
             io_timeout: Duration::from_secs(5),
         }
     }
@@ -128,22 +133,18 @@ pub(crate) fn bind(address: &Address) -> io::Result<Bound> {
             format!("cannot bind the portserver endpoint {address}: {e}"),
         )
     };
+    // Requests carry no descriptors: the socket refuses them (see `rights`).
     let (listener, file) = match address {
-        Address::Abstract(name) => {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-                .map_err(named)?;
-            (StdListener::bind_addr(&addr).map_err(named)?, None)
-        }
+        Address::Abstract(name) => (crate::rights::listen_abstract(name).map_err(named)?, None),
         Address::Path(path) => {
             use std::os::unix::fs::{MetadataExt, PermissionsExt};
-            let listener = match StdListener::bind(path) {
+            let listener = match crate::rights::listen_path(path) {
                 Ok(l) => l,
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                     match std::os::unix::net::UnixStream::connect(path) {
                         Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {
                             std::fs::remove_file(path).map_err(named)?;
-                            StdListener::bind(path).map_err(named)?
+                            crate::rights::listen_path(path).map_err(named)?
                         }
                         _ => return Err(named(e)),
                     }
@@ -161,12 +162,19 @@ pub(crate) fn bind(address: &Address) -> io::Result<Bound> {
 }
 
 /// Answers portpicker requests on `bound` until `cancel`; each connection is one task in
-/// `tracker`, taken only with a permit (at most `endpoint.max_connections` at once). A
+/// `tracker`.
+///
+/// Admission is the main socket's: a connection counts against its user's connection limit
+/// (`per_uid`, shared with the main socket) before it takes one of the endpoint's
+/// `endpoint.max_connections` places, and one refused for either is closed at once (the
+/// protocol's refusal) and holds nothing. Every connection is closed on a closer thread of its
+/// user's (its receive queue may hold descriptors on a kernel that cannot refuse them). A
 /// connection in progress when `cancel` fires is finished (each step has a deadline).
 pub(crate) fn spawn(
     bound: Bound,
     endpoint: &Endpoint,
     shared: Arc<Shared>,
+    per_uid: Arc<crate::fair::PerUid>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> io::Result<()> {
@@ -174,24 +182,22 @@ pub(crate) fn spawn(
     let permits = Arc::new(Semaphore::new(endpoint.max_connections.max(1)));
     let timeout = endpoint.io_timeout;
     let tasks = tracker.clone();
+    let closers = shared.closers();
     tracing::info!("answering portpicker requests on {}", endpoint.address);
     tracker.spawn(async move {
         // Keeps the socket file until the loop ends.
         let _bound = bound;
         loop {
-            let permit = tokio::select! {
-                () = cancel.cancelled() => return,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => return, // never closed
-                },
-            };
             let stream = tokio::select! {
                 () = cancel.cancelled() => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
-                        tracing::warn!("portserver accept failed: {e}");
+                        if crate::limits::is_shortage(&e) {
+                            crate::limits::log_shortage("the portserver endpoint cannot accept");
+                        } else {
+                            tracing::warn!("portserver accept failed: {e}");
+                        }
                         tokio::select! {
                             () = cancel.cancelled() => return,
                             () = tokio::time::sleep(Duration::from_millis(50)) => continue,
@@ -199,26 +205,43 @@ pub(crate) fn spawn(
                     }
                 },
             };
+            let Ok(cred) = berth_protocol::authority::peer_credentials(&stream) else {
+                crate::session::discard(stream, &closers, None);
+                continue;
+            };
+            let lane = closers.lane(cred.uid);
+            // The user's limit first, then a shared place: a user at its limit takes none.
+            let Ok(slot) = per_uid.enter(cred.uid) else {
+                crate::refusals::log(cred.uid, "portserver: refused a connection over the user's limit (max_connections_per_uid)");
+                lane.dispose(stream);
+                continue;
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                crate::refusals::log(cred.uid, "portserver: refused a connection: the endpoint's connections are all in use");
+                lane.dispose((stream, slot));
+                continue;
+            };
             let shared = shared.clone();
             tasks.spawn(async move {
-                answer(stream, &shared, timeout).await;
-                drop(permit);
+                answer(stream, cred, &shared, timeout, &lane).await;
+                drop((permit, slot));
             });
         }
     });
     Ok(())
 }
 
-/// One connection: read the request, decide, answer or close.
-async fn answer(mut stream: UnixStream, shared: &Shared, timeout: Duration) {
-    let cred = match berth_protocol::authority::peer_credentials(&stream) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!("portserver: no peer credentials: {e}");
-            return;
-        }
-    };
-    let request = match tokio::time::timeout(timeout, read_request(&mut stream)).await {
+/// One connection: read the request, decide, answer or close; the connection is closed in
+/// `lane` (its user's closer threads).
+async fn answer(
+    stream: UnixStream,
+    cred: berth_protocol::authority::PeerCredentials,
+    shared: &Shared,
+    timeout: Duration,
+    lane: &Lane,
+) {
+    let mut stream = Disposed::new(stream, lane);
+    let request = match tokio::time::timeout(timeout, read_request(stream.get(), lane)).await {
         Ok(Ok(Some(pid))) => pid,
         Ok(Ok(None)) => {
             tracing::debug!(peer = cred.pid, "portserver: refused a malformed request");
@@ -245,6 +268,7 @@ async fn answer(mut stream: UnixStream, shared: &Shared, timeout: Duration) {
         }
     };
     let reply = format!("{port}\n");
+    let stream = stream.get_mut();
     match tokio::time::timeout(timeout, stream.write_all(reply.as_bytes())).await {
         Ok(Ok(())) => {}
         // The process named keeps the port until it exits, as with Google's portserver.
@@ -253,12 +277,53 @@ async fn answer(mut stream: UnixStream, shared: &Shared, timeout: Duration) {
     let _ = stream.shutdown().await;
 }
 
+/// A connection closed on its user's closer threads when dropped, wherever the task ends.
+struct Disposed<'a> {
+    stream: Option<UnixStream>,
+    lane: &'a Lane,
+}
+
+impl<'a> Disposed<'a> {
+    fn new(stream: UnixStream, lane: &'a Lane) -> Self {
+        Disposed {
+            stream: Some(stream),
+            lane,
+        }
+    }
+
+    fn get(&self) -> &UnixStream {
+        match &self.stream {
+            Some(s) => s,
+            None => unreachable!("only drop empties it"),
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut UnixStream {
+        match &mut self.stream {
+            Some(s) => s,
+            None => unreachable!("only drop empties it"),
+        }
+    }
+}
+
+impl Drop for Disposed<'_> {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            self.lane.dispose(stream);
+        }
+    }
+}
+
 /// Reads `"<pid>\n"`: digits, optionally surrounded by ASCII whitespace, ended by a newline or
 /// by the client's end of writing. `None` for anything else, or more than [`MAX_REQUEST`]
 /// bytes without a newline.
-async fn read_request(stream: &mut UnixStream) -> io::Result<Option<u32>> {
+///
+/// Read with `recvmsg` and room for every descriptor a message can carry: on a kernel that
+/// cannot refuse descriptors at the socket, any that arrive are closed in `lane`, never here.
+async fn read_request(stream: &UnixStream, lane: &Lane) -> io::Result<Option<u32>> {
     let mut buf = [0u8; MAX_REQUEST];
     let mut len = 0;
+    let mut control = crate::inbound::control_buffer(crate::inbound::KERNEL_MAX_FDS);
     loop {
         let Some(room) = buf.get_mut(len..) else {
             return Ok(None);
@@ -266,7 +331,17 @@ async fn read_request(stream: &mut UnixStream) -> io::Result<Option<u32>> {
         if room.is_empty() {
             return Ok(None);
         }
-        let n = stream.read(room).await?;
+        // Back-pressure: nothing more of this user's is read while its closes back up.
+        lane.uncongested().await;
+        let message = stream
+            .async_io(tokio::io::Interest::READABLE, || {
+                crate::inbound::recv(stream.as_fd(), room, &mut control)
+            })
+            .await?;
+        for fd in message.fds {
+            drop(Received::new(fd, lane));
+        }
+        let n = message.bytes;
         if n == 0 {
             break;
         }

@@ -35,8 +35,9 @@ pub enum ServeError {
 /// Serves clients on `listener` until `shutdown` completes, then stops accepting, lets every
 /// session finish the request it is on, and returns once all have closed.
 ///
-/// At most `config.max_connections` connections are served at once; a permit is taken before
-/// accepting, so excess clients wait in the kernel's backlog instead of costing memory.
+/// At most `config.max_connections` connections are served at once, and at most
+/// `config.max_connections_per_uid` of one user (root and the daemon's own user are not
+/// counted); a client past either is answered "busy" at once and closed, holding no place.
 pub async fn run(
     listener: UnixListener,
     config: Config,
@@ -157,9 +158,14 @@ pub async fn run_with_ready(
             Err(_) => tracing::error!("the kernel-sync thread stopped before reconciling"),
         }
     }
+    // One count of connections per user for every socket the daemon serves.
+    let per_uid = crate::fair::PerUid::new(
+        config.max_connections_per_uid.max(1),
+        rustix::process::geteuid().as_raw(),
+    );
     // The portserver endpoint: bound before `ready`, so its clients never find it missing.
     if let Some(endpoint) = &config.portserver {
-        start_portserver(endpoint, &shared, &tracker, &cancel)?;
+        start_portserver(endpoint, &shared, &per_uid, &tracker, &cancel)?;
     }
     end_grace(&tracker, &shared, &cancel, config.grace);
     rehold(&tracker, &shared, &cancel);
@@ -168,10 +174,7 @@ pub async fn run_with_ready(
     let control = Arc::new(Control {
         stop: CancellationToken::new(),
         netns: NetnsCheck::current(),
-        per_uid: crate::fair::PerUid::new(
-            config.max_connections_per_uid.max(1),
-            rustix::process::geteuid().as_raw(),
-        ),
+        per_uid: per_uid.clone(),
     });
     // Answers until the very end, so that no second daemon starts while this one drains.
     let beacon = beacon.map(|listener| {
@@ -182,7 +185,12 @@ pub async fn run_with_ready(
         }
         .to_line();
         let done = CancellationToken::new();
-        let task = tokio::spawn(answer_beacon(listener, line, done.clone()));
+        let task = tokio::spawn(answer_beacon(
+            listener,
+            line,
+            shared.closers(),
+            done.clone(),
+        ));
         (task, done)
     });
     // Its reserve descriptor opened before anyone is told the daemon is ready.
@@ -205,20 +213,18 @@ pub async fn run_with_ready(
         config.pool
     );
 
-    // Connections over the limit are told so rather than left in the accept queue, a few at a
-    // time; a flood beyond that waits in the accept queue. Every accepted connection holds one
-    // of these permits until its descriptor is closed (on a closer thread, see `closer`).
-    let refusers = Arc::new(Semaphore::new(BUSY_ANSWERS));
+    // Descriptors come only with an admitted session's requests (see `rights`): the listener
+    // refuses them, and a session is allowed them once admitted.
+    if let Err(e) = crate::rights::pass_rights(&listener, false) {
+        tracing::warn!("cannot make the socket refuse descriptors (SO_PASSRIGHTS): {e}");
+    }
+    // Admission, the same for every socket the daemon serves: the user's limit first, then a
+    // shared place; a client refused for either is answered at once and keeps nothing (see
+    // `session::refuse_now`). Every connection is closed on its user's closer threads.
     let closers = shared.closers();
     loop {
-        let slot = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            permit = permits.clone().acquire_owned() => permit.map(Slot::Serve),
-            refuser = refusers.clone().acquire_owned() => refuser.map(Slot::Refuse),
-        };
-        let Ok(mut slot) = slot else { break };
         let stream = tokio::select! {
+            biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
@@ -237,53 +243,59 @@ pub async fn run_with_ready(
                 }
             },
         };
-        // A permit freed while waiting for this connection serves it.
-        if let Slot::Refuse(_) = slot {
-            if let Ok(permit) = permits.clone().try_acquire_owned() {
-                slot = Slot::Serve(permit);
+        let uid = berth_protocol::authority::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
+        let lane = closers.lane(uid);
+        let slot = match control.per_uid.enter(uid) {
+            Ok(slot) => slot,
+            Err(in_use) => {
+                let max = control.per_uid.max();
+                crate::refusals::log(
+                    uid,
+                    "busy: a connection over the user's limit is refused (max_connections_per_uid)",
+                );
+                let busy = crate::session::Busy {
+                    message: format!(
+                        "busy: {in_use} of {max} connections in use by uid {uid} (max_connections_per_uid); close some of this user's berth connections, or have an administrator raise max_connections_per_uid in the daemon's configuration"
+                    ),
+                    limit: berth_protocol::DaemonLimit::Connections,
+                    max,
+                    in_use,
+                };
+                crate::session::refuse_now(stream, busy, &lane, None);
+                continue;
             }
-        }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let max = config.max_connections.max(1);
+            crate::refusals::log(uid, "busy: a connection over max_connections is refused");
+            let busy = crate::session::Busy {
+                message: format!(
+                    "busy: all {max} connections the daemon serves at once are in use (max_connections); retry shortly, or have an administrator raise max_connections in the daemon's configuration"
+                ),
+                limit: berth_protocol::DaemonLimit::Connections,
+                max,
+                in_use: max,
+            };
+            crate::session::refuse_now(stream, busy, &lane, Some(Box::new(slot)));
+            continue;
+        };
         let (shared, config, control, cancel) = (
             shared.clone(),
             config.clone(),
             control.clone(),
             cancel.clone(),
         );
-        match slot {
-            Slot::Serve(permit) => {
-                tracker.spawn(async move {
-                    serve_connection(stream, shared, config, control, cancel, Box::new(permit))
-                        .await;
-                });
-            }
-            Slot::Refuse(refuser) => {
-                let max = config.max_connections.max(1);
-                tracing::debug!(max, "busy: a connection over max_connections is refused");
-                let lane = closers.lane(
-                    berth_protocol::authority::peer_credentials(&stream)
-                        .map_or(u32::MAX, |c| c.uid),
-                );
-                tracker.spawn(async move {
-                    let busy = crate::session::Busy {
-                        message: format!(
-                            "busy: all {max} connections the daemon serves at once are in use (max_connections); retry shortly, or have an administrator raise max_connections in the daemon's configuration"
-                        ),
-                        limit: berth_protocol::DaemonLimit::Connections,
-                        max,
-                        in_use: max,
-                    };
-                    crate::session::refuse_busy(
-                        stream,
-                        &config,
-                        busy,
-                        &cancel,
-                        lane,
-                        Some(Box::new(refuser)),
-                    )
-                    .await;
-                });
-            }
-        }
+        tracker.spawn(async move {
+            serve_connection(
+                stream,
+                shared,
+                config,
+                control,
+                cancel,
+                Box::new((permit, slot)),
+            )
+            .await;
+        });
     }
 
     let draining = format!("stopping: draining {} connections", shared.counts().1);
@@ -314,13 +326,19 @@ pub async fn run_with_ready(
 fn start_portserver(
     endpoint: &crate::portserver::Endpoint,
     shared: &Arc<Shared>,
+    per_uid: &Arc<crate::fair::PerUid>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> io::Result<()> {
     match crate::portserver::bind(&endpoint.address) {
-        Ok(bound) => {
-            crate::portserver::spawn(bound, endpoint, shared.clone(), tracker, cancel.clone())
-        }
+        Ok(bound) => crate::portserver::spawn(
+            bound,
+            endpoint,
+            shared.clone(),
+            per_uid.clone(),
+            tracker,
+            cancel.clone(),
+        ),
         Err(e) if endpoint.optional && e.kind() == io::ErrorKind::AddrInUse => {
             tracing::warn!(
                 "{e}; serving without the portserver endpoint (is another portserver running?)"
@@ -406,7 +424,8 @@ fn report_status(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &Cancellat
 async fn claim_authority(name: &str) -> io::Result<std::os::unix::net::UnixListener> {
     // A holder that is gone by the time it is asked frees the name: try again, a few times.
     for _ in 0..3 {
-        match authority::bind(name) {
+        // Its connections carry no descriptors: it refuses them (see `rights`).
+        match crate::rights::listen_abstract(name) {
             Ok(listener) => return Ok(listener),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
             Err(e) => {
@@ -462,10 +481,12 @@ fn authority_taken(name: &str, holder: &AuthorityInfo) -> String {
 
 /// Answers every connection to the beacon with `line` and closes it, until `done`. The write
 /// never waits: the line is far smaller than a new connection's empty socket buffer, and a
-/// peer that is gone simply gets nothing.
+/// peer that is gone simply gets nothing. Each connection is closed on its user's closer
+/// threads, like every connection the daemon accepts (see `rights`).
 async fn answer_beacon(
     listener: std::os::unix::net::UnixListener,
     line: String,
+    closers: crate::closer::Closers,
     done: CancellationToken,
 ) {
     let listener = match UnixListener::from_std(listener) {
@@ -482,6 +503,7 @@ async fn answer_beacon(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.try_write(line.as_bytes());
+                    crate::session::discard(stream, &closers, None);
                 }
                 Err(e) => {
                     tracing::warn!("accept on the authority beacon failed: {e}");
@@ -514,20 +536,9 @@ fn rehold(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToke
     });
 }
 
-/// Connections over `max_connections` answered "busy" at once; more wait in the accept queue.
-const BUSY_ANSWERS: usize = 64;
-
 /// How long the accept loop waits after a failed accept (typically: out of descriptors) before
 /// it tries again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-
-/// What an accepted connection holds until its descriptor is closed.
-enum Slot {
-    /// A place under `max_connections`: it is served.
-    Serve(tokio::sync::OwnedSemaphorePermit),
-    /// A place among the [`BUSY_ANSWERS`]: it is answered "busy".
-    Refuse(tokio::sync::OwnedSemaphorePermit),
-}
 
 /// The accept loop's state when `accept` fails: one log line per episode, and a reserve
 /// descriptor (the "spare descriptor" trick) to accept one waiting client at a time while the

@@ -87,52 +87,51 @@ pub(crate) async fn serve_connection(
     permit: Keep,
 ) {
     let closers = shared.closers();
+    let uid = berth_protocol::authority::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
+    let lane = closers.lane(uid);
     let owner = match peer_owner(&stream) {
         Ok(owner) => owner,
         Err(e) if crate::limits::is_shortage(&e) => {
             crate::limits::log_shortage("a new client's process could not be looked at");
-            let lane = closers.lane(
-                berth_protocol::authority::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid),
-            );
             let message = crate::limits::busy_message("could not identify this client");
-            refuse_out_of_files(stream, &config, message, &shutdown, lane, Some(permit)).await;
+            let busy = Busy {
+                message,
+                limit: DaemonLimit::OpenFiles,
+                max: usize::try_from(crate::limits::open_files_limit()).unwrap_or(usize::MAX),
+                in_use: usize::try_from(crate::limits::open_files_in_shortage())
+                    .unwrap_or(usize::MAX),
+            };
+            refuse_now(stream, busy, &lane, Some(permit));
             return;
         }
         Err(e) => {
-            tracing::warn!("dropping a connection whose peer cannot be identified: {e}");
-            discard(stream, &closers, Some(permit));
+            // Told, not dropped without a word: the client prints the reason.
+            crate::refusals::log(uid, "refused a client whose process cannot be identified");
+            tracing::debug!(uid, "cannot identify a client's process: {e}");
+            let refusal = WireError::new(
+                ErrorKind::NotSupported,
+                format!(
+                    "this berth daemon (pid {}) cannot identify your process ({e}): it runs in a pid namespace where your process has no pid, so it cannot tell who owns what you reserve; use a berth daemon of your own pid namespace or an ancestor of it (the host's)",
+                    std::process::id()
+                ),
+            );
+            refuse_with(stream, Response::Error(refusal), &lane, Some(permit));
             return;
         }
     };
-    let lane = closers.lane(owner.uid);
-    let slot = match control.per_uid.enter(owner.uid) {
-        Ok(slot) => slot,
-        Err(in_use) => {
-            let (uid, max) = (owner.uid, control.per_uid.max());
-            tracing::debug!(
-                uid,
-                in_use,
-                max,
-                "busy: a connection over the user's limit is refused"
-            );
-            let message = format!(
-                "busy: {in_use} of {max} connections in use by uid {uid} (max_connections_per_uid); close some of this user's berth connections, or have an administrator raise max_connections_per_uid in the daemon's configuration"
-            );
-            let busy = Busy {
-                message,
-                limit: DaemonLimit::Connections,
-                max,
-                in_use,
-            };
-            refuse_busy(stream, &config, busy, &shutdown, lane, Some(permit)).await;
-            return;
-        }
-    };
+    // Admitted: from now on the client may send the sockets it asks to have bound.
+    if let Err(e) = crate::rights::pass_rights(&stream, true) {
+        tracing::warn!(
+            "dropping a connection: cannot let it pass descriptors (SO_PASSRIGHTS): {e}"
+        );
+        lane.dispose((stream, Some(permit)));
+        return;
+    }
     // Per-message credentials tell a forked child using an inherited connection apart
     // from the process that opened it.
     if let Err(e) = rustix::net::sockopt::set_socket_passcred(&stream, true) {
         tracing::warn!("dropping a connection: cannot enable SO_PASSCRED: {e}");
-        lane.dispose((stream, Some(permit), slot));
+        lane.dispose((stream, Some(permit)));
         return;
     }
     let netns = control.netns.peer(owner.pid, &stream);
@@ -150,7 +149,7 @@ pub(crate) async fn serve_connection(
         netns,
     };
     let (rd, wr) = stream.into_split();
-    let mut reader = Reader::new(rd, lane, Some(Box::new((permit, slot))));
+    let mut reader = Reader::new(rd, lane, Some(permit));
     let mut writer = writer(wr);
 
     if let Some(version) = handshake(&mut reader, &mut writer, &session, &shutdown).await {
@@ -189,60 +188,41 @@ pub(crate) struct Busy {
     pub(crate) in_use: usize,
 }
 
-/// [`refuse_busy`] for want of descriptors, with the daemon's use and limit.
-pub(crate) async fn refuse_out_of_files(
-    stream: UnixStream,
-    config: &Config,
-    message: String,
-    shutdown: &CancellationToken,
-    lane: Lane,
-    keep: Option<Keep>,
-) {
-    let busy = Busy {
-        message,
-        limit: DaemonLimit::OpenFiles,
-        max: usize::try_from(crate::limits::open_files_limit()).unwrap_or(usize::MAX),
-        in_use: usize::try_from(crate::limits::open_files_in_shortage()).unwrap_or(usize::MAX),
-    };
-    refuse_busy(stream, config, busy, shutdown, lane, keep).await;
-}
-
-/// Answers a connection the daemon will not serve because it is at a limit: reads its hello
-/// (so that the client is reading when the answer comes), says "busy" with the limit and the
-/// use, and closes (in `lane`, then drops `keep`).
-pub(crate) async fn refuse_busy(
-    stream: UnixStream,
-    config: &Config,
-    busy: Busy,
-    shutdown: &CancellationToken,
-    lane: Lane,
-    keep: Option<Keep>,
-) {
+/// Answers a connection the daemon will not serve because it is at a limit, at once: the
+/// "busy" error with the limit and the use, written without waiting (a new connection's socket
+/// buffer is empty, so it fits, or the client is gone), then the connection is closed in
+/// `lane` and `keep` dropped after it. The hello is not waited for: a refused client holds no
+/// place and no task, whatever it does. (The client reads the answer first, even when its
+/// hello could no longer be written.)
+pub(crate) fn refuse_now(stream: UnixStream, busy: Busy, lane: &Lane, keep: Option<Keep>) {
     let Busy {
         message,
         limit,
         max,
         in_use,
     } = busy;
-    let (rd, wr) = stream.into_split();
-    let mut reader = Reader::new(rd, lane, keep);
-    let mut writer = writer(wr);
-    let hello = tokio::select! {
-        () = shutdown.cancelled() => return,
-        first = tokio::time::timeout(config.handshake_timeout, reader.next()) => first,
-    };
-    if matches!(hello, Ok(Ok(Some(_)))) {
-        let busy = WireError::new(ErrorKind::Unavailable, message).with_detail(ErrorDetail::Busy(
-            BusyDetail {
-                limit,
-                max: u64::try_from(max).unwrap_or(u64::MAX),
-                in_use: u64::try_from(in_use).unwrap_or(u64::MAX),
-            },
-        ));
-        send(&mut writer, Response::Error(busy), config.write_timeout).await;
+    let busy = WireError::new(ErrorKind::Unavailable, message).with_detail(ErrorDetail::Busy(
+        BusyDetail {
+            limit,
+            max: u64::try_from(max).unwrap_or(u64::MAX),
+            in_use: u64::try_from(in_use).unwrap_or(u64::MAX),
+        },
+    ));
+    refuse_with(stream, Response::Error(busy), lane, keep);
+}
+
+/// Writes `answer` without waiting and closes the connection in `lane`, then drops `keep`.
+pub(crate) fn refuse_with(stream: UnixStream, answer: Response, lane: &Lane, keep: Option<Keep>) {
+    let mut frame = bytes::BytesMut::new();
+    let encoded = tokio_util::codec::Encoder::encode(&mut FrameCodec::daemon(), answer, &mut frame);
+    if encoded.is_ok() {
+        let _ = rustix::net::send(
+            &stream,
+            &frame,
+            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+        );
     }
-    drop(writer);
-    drop(reader);
+    lane.dispose((stream, keep));
 }
 
 /// Reads the hello and answers it; `None` when the connection should close. A daemon that

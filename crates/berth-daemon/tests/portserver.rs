@@ -170,15 +170,17 @@ async fn silent_peers_are_dropped_at_their_deadline_and_cannot_starve_the_endpoi
         e.io_timeout = Duration::from_millis(300);
     })
     .await;
-    // Two silent peers take every permit; a third client waits in the backlog until they are
-    // dropped, then is served.
+    // Two silent peers take every place; a third client is refused at once (closed without a
+    // reply, the protocol's refusal) rather than left waiting behind them, and holds nothing.
     let mut silent = [connect(&name).await, connect(&name).await];
     let me = std::process::id();
-    let served = tokio::spawn(async move { port_for(&name, me).await });
+    let refused = ask(&name, format!("{me}\n").as_bytes()).await;
+    assert_eq!(refused, "", "served beyond the endpoint's places");
+    // The silent ones are dropped at their deadline; then the endpoint serves again.
     for s in &mut silent {
         assert_eq!(read_to_close(s).await, "");
     }
-    served.await.unwrap();
+    port_for(&name, me).await;
     d.shutdown().await;
 }
 

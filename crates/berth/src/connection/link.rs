@@ -63,10 +63,17 @@ pub(super) async fn handshake(
     let (rd, wr) = stream.into_split();
     let mut reader = FramedRead::new(rd, FrameCodec::client());
     let mut writer = FramedWrite::new(wr, FrameCodec::client());
-    writer
+    let sent = writer
         .send(Request::Hello(Hello::current(client_name)))
-        .await
-        .map_err(Error::lost)?;
+        .await;
+    if let Err(e) = sent {
+        // A daemon that refuses a connection at once (busy, a client it cannot identify)
+        // writes its answer and closes without reading the hello: the answer is still there.
+        return match reader.next().await {
+            Some(Ok(Response::Error(refusal))) => Err(refusal.into()),
+            _ => Err(Error::lost(e)),
+        };
+    }
     let welcome = match reader.next().await {
         Some(Ok(Response::Welcome(w))) => w,
         Some(Ok(Response::Error(e))) => return Err(e.into()),
