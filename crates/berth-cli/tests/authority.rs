@@ -62,3 +62,68 @@ fn a_second_daemon_in_the_namespace_refuses_to_start_and_names_the_first() {
         "the refused daemon left its socket"
     );
 }
+
+/// Root's daemon is never locked out of its namespace by an ordinary user: a per-user daemon
+/// that started first is asked to stop and root's serves; while root's serves, a per-user
+/// daemon refuses to start and names it. Runs in a private network namespace (the default
+/// authority name is per namespace).
+#[test]
+fn the_system_daemon_displaces_a_per_user_daemon_and_others_defer_to_it() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED the_system_daemon_displaces_a_per_user_daemon_and_others_defer_to_it: needs root (a network namespace and a second user)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("user")).unwrap();
+    Command::new("chown")
+        .arg("65534:65534")
+        .arg(d.join("user"))
+        .status()
+        .unwrap();
+    Command::new("chmod").arg("755").arg(d).status().unwrap();
+    // Waits are polls with a deadline (20 s), never a fixed sleep.
+    let script = r#"
+set -u
+ip link set lo up
+D=$1; B=$2
+ready() { for _ in $(seq 400); do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+gone() { for _ in $(seq 400); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done; return 1; }
+NOBODY="setpriv --reuid=65534 --regid=65534 --clear-groups"
+$NOBODY "$B" daemon --socket "$D/user/u.sock" --db "$D/user/u.db" --kernel-sync off --ready-stdout >"$D/user/ready" 2>"$D/user/log" &
+U=$!
+ready "$D/user/ready" || { echo "user daemon not ready"; cat "$D/user/log"; exit 1; }
+"$B" daemon --socket "$D/r.sock" --db "$D/r.db" --kernel-sync off --ready-stdout >"$D/r.ready" 2>"$D/r.log" &
+R=$!
+ready "$D/r.ready" || { echo "root daemon not ready"; cat "$D/r.log"; kill $U; exit 1; }
+gone $U || { echo "the user's daemon is still running"; kill $U $R; exit 1; }
+BERTH_SOCKET="$D/r.sock" BERTH_NO_AUTOSTART=1 "$B" status >/dev/null || { echo "root's daemon does not answer"; kill $R; exit 1; }
+echo "displaced"
+$NOBODY "$B" daemon --socket "$D/user/u2.sock" --db "$D/user/u2.db" --kernel-sync off --ready-stdout >"$D/user/ready2" 2>"$D/user/log2"
+echo "second user daemon exit $?"
+cat "$D/user/log2"
+kill $R
+gone $R
+"#;
+    let out = Command::new("unshare")
+        .args(["-n", "bash", "-c", script, "berth-authority-test"])
+        .arg(d)
+        .arg(BERTH)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("displaced"), "{stdout}");
+    assert!(stdout.contains("second user daemon exit 1"), "{stdout}");
+    // Named by its system lock or by its beacon, whichever the refused daemon meets first.
+    assert!(
+        stdout.contains("the system berth daemon (pid") || stdout.contains("(uid 0), socket"),
+        "the refusal names the system daemon: {stdout}"
+    );
+    let root_log = std::fs::read_to_string(d.join("r.log")).unwrap();
+    assert!(root_log.contains("asked to stop"), "{root_log}");
+}

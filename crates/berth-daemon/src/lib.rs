@@ -35,6 +35,7 @@
 
 pub mod accounts;
 mod associate;
+mod authority;
 mod changes;
 mod closer;
 pub mod config;

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_protocol::authority::{self, Announcement, AuthorityInfo};
+use berth_protocol::authority::Announcement;
 use thiserror::Error;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -116,8 +116,8 @@ pub async fn run_with_ready(
     tracing::debug!(open_files, "descriptor limit");
     // Before the database: a second daemon of this namespace is told about the first, not
     // that a database is in use.
-    let beacon = match &config.authority {
-        Some(name) => Some(claim_authority(name).await?),
+    let claim = match &config.authority {
+        Some(name) => Some((name.clone(), crate::authority::claim(name).await?)),
         None => None,
     };
     let _db_lock = db_lock::acquire(&config.db)?;
@@ -177,7 +177,9 @@ pub async fn run_with_ready(
         per_uid: per_uid.clone(),
     });
     // Answers until the very end, so that no second daemon starts while this one drains.
-    let beacon = beacon.map(|listener| {
+    // The claim (its system lock, for root's daemon) is held until the daemon has stopped.
+    let mut claim = claim;
+    let beacon = claim.as_mut().map(|(name, claim)| {
         let line = Announcement {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
@@ -186,7 +188,8 @@ pub async fn run_with_ready(
         .to_line();
         let done = CancellationToken::new();
         let task = tokio::spawn(answer_beacon(
-            listener,
+            claim.beacon.take(),
+            name.clone(),
             line,
             shared.closers(),
             done.clone(),
@@ -317,6 +320,7 @@ pub async fn run_with_ready(
         done.cancel();
         let _ = task.await;
     }
+    drop(claim);
     tracing::info!("stopped: runtime reservations of running clients are kept for the next daemon");
     Ok(())
 }
@@ -419,76 +423,32 @@ fn report_status(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &Cancellat
     });
 }
 
-/// Binds the authority beacon `name`, or says which daemon already serves this network
-/// namespace.
-async fn claim_authority(name: &str) -> io::Result<std::os::unix::net::UnixListener> {
-    // A holder that is gone by the time it is asked frees the name: try again, a few times.
-    for _ in 0..3 {
-        // Its connections carry no descriptors: it refuses them (see `rights`).
-        match crate::rights::listen_abstract(name) {
-            Ok(listener) => return Ok(listener),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot bind the authority beacon @{name}: {e}"),
-                ))
-            }
-        }
-        // Blocking, bounded: off the runtime, which may be serving that very holder.
-        let owned = name.to_owned();
-        let holder = tokio::task::spawn_blocking(move || authority::query(&owned))
-            .await
-            .map_err(io::Error::other)??;
-        if let Some(holder) = holder {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                authority_taken(name, &holder),
-            ));
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AddrInUse,
-        format!("the authority beacon @{name} is taken and released over and over; is another berth daemon starting and stopping in a loop?"),
-    ))
-}
-
-/// Why this daemon does not start, and what to do instead.
-fn authority_taken(name: &str, holder: &AuthorityInfo) -> String {
-    let me = rustix::process::geteuid().as_raw();
-    match &holder.announced {
-        // Its own user's daemon (or root's, for anyone): use it or stop it with berth.
-        Some(a) if holder.peer.uid == me || holder.peer.uid == 0 => format!(
-            "another berth daemon already serves this network namespace: {holder}. Two daemons in one network namespace could grant the same port twice, so this one does not start. Use that one (BERTH_SOCKET={socket} berth …), or stop it first (BERTH_SOCKET={socket} berth stop)",
-            socket = a.socket
-        ),
-        // Another user's: berth clients do not talk to it (it could be an impostor), so say
-        // what does work.
-        Some(_) => format!(
-            "another berth daemon already serves this network namespace: {holder}, run by uid {uid}. Two daemons in one network namespace could grant the same port twice, so this one does not start. Ask uid {uid} to stop it (`berth stop`){root}, and then start this one",
-            uid = holder.peer.uid,
-            root = if me == 0 {
-                format!(", or stop it yourself as root (`kill {}`)", holder.peer.pid)
-            } else {
-                String::new()
-            },
-        ),
-        None => format!(
-            "the authority beacon @{name}, which only one berth daemon per network namespace may hold, is held by {holder}; this daemon does not start. Find out what that process is and stop it (it keeps berth from serving this namespace)"
-        ),
-    }
-}
-
 /// Answers every connection to the beacon with `line` and closes it, until `done`. The write
 /// never waits: the line is far smaller than a new connection's empty socket buffer, and a
 /// peer that is gone simply gets nothing. Each connection is closed on its user's closer
-/// threads, like every connection the daemon accepts (see `rights`).
+/// threads, like every connection the daemon accepts (see `rights`). A system daemon that
+/// serves without its beacon (`listener` is `None`: an unprivileged process holds the name)
+/// tries to bind `name` every [`crate::authority::RETRY_EVERY`] until it can.
 async fn answer_beacon(
-    listener: std::os::unix::net::UnixListener,
+    listener: Option<std::os::unix::net::UnixListener>,
+    name: String,
     line: String,
     closers: crate::closer::Closers,
     done: CancellationToken,
 ) {
+    let listener = match listener {
+        Some(listener) => listener,
+        None => loop {
+            tokio::select! {
+                () = done.cancelled() => return,
+                () = tokio::time::sleep(crate::authority::RETRY_EVERY) => {}
+            }
+            if let Ok(listener) = crate::rights::listen_abstract(&name) {
+                tracing::info!("the authority beacon @{name} is this daemon's again");
+                break listener;
+            }
+        },
+    };
     let listener = match UnixListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

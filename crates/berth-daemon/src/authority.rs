@@ -1,0 +1,322 @@
+//! One authority per network namespace, which nobody unprivileged can lock out or stand in
+//! for.
+//!
+//! Two daemons serving one network namespace could grant the same port, so each claims the
+//! namespace at start-up:
+//! - **The beacon** (`berth_protocol::authority`): an abstract Unix socket, scoped by the
+//!   network namespace, that only one process can bind. It is how daemons and clients find the
+//!   one that serves the namespace. Abstract names have no permissions, so any process can
+//!   bind one first: the beacon alone cannot keep root's daemon from being locked out.
+//! - **The system lock**, for root's daemon (the default beacon name): an exclusive `flock` on
+//!   `/run/berth/authority-<netns inode>.lock`, a file only root can create. It is what makes
+//!   root's daemon the authority of its namespace whoever holds the beacon: a second root daemon
+//!   finds it taken and refuses to start, and a per-user daemon finds it taken (a shared lock
+//!   fails) and defers to the system daemon.
+//!
+//! So root's daemon never refuses to start because of a beacon held by an unprivileged process:
+//! - an ordinary user's berth daemon that started first is asked to stop (root administers
+//!   every daemon), and root's takes the beacon once it is gone (its runtime reservations end
+//!   with it, and their owners are told they are lost — see docs/decisions.md);
+//! - anything else (a squatter that does not stop) is logged, and root's daemon serves without
+//!   the beacon, trying to take it back every [`RETRY_EVERY`]; clients find it by its socket.
+
+use std::io;
+use std::os::unix::net::UnixListener as StdListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_protocol::authority::{self, AuthorityInfo};
+use rustix::fs::{flock, FlockOperation};
+
+/// How often a daemon serving without its beacon tries to take it.
+pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// How long root's daemon waits for a per-user daemon it asked to stop.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// What a daemon holds of its namespace's authority.
+pub(crate) struct Claim {
+    /// The beacon, when this daemon holds it.
+    pub(crate) beacon: Option<StdListener>,
+    /// The system lock (root's daemon on the default beacon name), held while it runs.
+    _lock: Option<SystemLock>,
+}
+
+/// The system lock file, locked; removed (still locked) when dropped, so that none is left
+/// behind for a namespace that is gone.
+struct SystemLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for SystemLock {
+    fn drop(&mut self) {
+        // Whoever opened it meanwhile finds it unlinked once it gets the lock, and retries on
+        // a new file (see `take_system_lock`).
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.file;
+    }
+}
+
+/// Claims the authority named `name` for this daemon, or says why it must not serve.
+pub(crate) async fn claim(name: &str) -> io::Result<Claim> {
+    let system = name == authority::DEFAULT_NAME;
+    let root = rustix::process::geteuid().is_root();
+    let lock = if system && root {
+        Some(take_system_lock()?)
+    } else {
+        if system {
+            if let Some(pid) = system_daemon()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("the system berth daemon (pid {pid}) serves this network namespace, and two daemons in one namespace could grant the same port; this one does not start. Use the system daemon: clients find it on {} without being told", berth_protocol::paths::SYSTEM_SOCKET),
+                ));
+            }
+        }
+        None
+    };
+    let beacon = bind_or_ask(name, lock.is_some()).await?;
+    Ok(Claim {
+        beacon,
+        _lock: lock,
+    })
+}
+
+/// Binds the beacon; when another process holds it, says which daemon serves the namespace —
+/// unless this is the system daemon (`system`), which asks a per-user daemon to stop and
+/// otherwise serves without the beacon (`Ok(None)`).
+async fn bind_or_ask(name: &str, system: bool) -> io::Result<Option<StdListener>> {
+    // A holder that is gone by the time it is asked frees the name: try again, a few times.
+    for _ in 0..3 {
+        match crate::rights::listen_abstract(name) {
+            Ok(listener) => return Ok(Some(listener)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot bind the authority beacon @{name}: {e}"),
+                ))
+            }
+        }
+        // Blocking, bounded: off the runtime, which may be serving that very holder.
+        let owned = name.to_owned();
+        let holder = tokio::task::spawn_blocking(move || authority::query(&owned))
+            .await
+            .map_err(io::Error::other)??;
+        let Some(holder) = holder else { continue };
+        if !system || holder.peer.uid == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                taken(name, &holder),
+            ));
+        }
+        return Ok(displace(name, &holder).await);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("the authority beacon @{name} is taken and released over and over; is another berth daemon starting and stopping in a loop?"),
+    ))
+}
+
+/// The system daemon finds the beacon held by an unprivileged process: a per-user berth daemon
+/// is asked to stop and waited for; the beacon is then bound. `None` when it stays taken.
+async fn displace(name: &str, holder: &AuthorityInfo) -> Option<StdListener> {
+    if let Some(announced) = &holder.announced {
+        tracing::warn!(
+            "the authority beacon @{name} is held by an ordinary user's berth daemon ({holder}); the system daemon serves this network namespace, so it is asked to stop (its clients' runtime reservations end with it)"
+        );
+        if let Err(e) = ask_to_stop(&announced.socket, holder.peer.uid).await {
+            tracing::warn!(
+                "the daemon on {} did not agree to stop: {e}",
+                announced.socket
+            );
+        }
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(listener) = crate::rights::listen_abstract(name) {
+                return Some(listener);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tracing::warn!(
+        "the authority beacon @{name} is held by {holder}, a process without privileges; serving without it (clients find this daemon by its socket), and trying to take it every {}s",
+        RETRY_EVERY.as_secs()
+    );
+    None
+}
+
+/// Sends `Stop` to the berth daemon on `socket`, if the process listening there is of user
+/// `uid` (the beacon's holder): root is an administrator of every daemon.
+async fn ask_to_stop(socket: &str, uid: u32) -> io::Result<()> {
+    use berth_protocol::{FrameCodec, Hello, Request, Response};
+    use futures_util::{SinkExt, StreamExt};
+    let stream = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::UnixStream::connect(socket),
+    )
+    .await
+    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    let peer = authority::peer_credentials(&stream)?;
+    if peer.uid != uid {
+        return Err(io::Error::other(format!(
+            "{socket} is served by uid {}, not by the beacon's holder (uid {uid})",
+            peer.uid
+        )));
+    }
+    let mut framed =
+        tokio_util::codec::Framed::new(stream, FrameCodec::<Response, Request>::client());
+    let exchange = async {
+        framed
+            .send(Request::Hello(Hello::current("berth system daemon")))
+            .await
+            .map_err(io::Error::other)?;
+        match framed.next().await {
+            Some(Ok(Response::Welcome(_))) => {}
+            other => return Err(io::Error::other(format!("no welcome: {other:?}"))),
+        }
+        framed.send(Request::Stop).await.map_err(io::Error::other)?;
+        match framed.next().await {
+            Some(Ok(Response::Stopping { .. })) => Ok(()),
+            other => Err(io::Error::other(format!("not stopping: {other:?}"))),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// Why this daemon does not start, and what to do instead.
+fn taken(name: &str, holder: &AuthorityInfo) -> String {
+    let me = rustix::process::geteuid().as_raw();
+    match &holder.announced {
+        // Its own user's daemon (or root's, for anyone): use it or stop it with berth.
+        Some(a) if holder.peer.uid == me || holder.peer.uid == 0 => format!(
+            "another berth daemon already serves this network namespace: {holder}. Two daemons in one network namespace could grant the same port twice, so this one does not start. Use that one (BERTH_SOCKET={socket} berth …), or stop it first (BERTH_SOCKET={socket} berth stop)",
+            socket = a.socket
+        ),
+        // Another user's: berth clients do not talk to it (it could be an impostor), so say
+        // what does work.
+        Some(_) => format!(
+            "another berth daemon already serves this network namespace: {holder}, run by uid {uid}. Two daemons in one network namespace could grant the same port twice, so this one does not start. Ask uid {uid} to stop it (`berth stop`){root}, and then start this one",
+            uid = holder.peer.uid,
+            root = if me == 0 {
+                format!(", or stop it yourself as root (`kill {}`)", holder.peer.pid)
+            } else {
+                String::new()
+            },
+        ),
+        None => format!(
+            "the authority beacon @{name}, which only one berth daemon per network namespace may hold, is held by {holder}; this daemon does not start. Find out what that process is and stop it (it keeps berth from serving this namespace)"
+        ),
+    }
+}
+
+/// `/run/berth/authority-<inode of this network namespace>.lock`.
+fn system_lock_path() -> io::Result<PathBuf> {
+    let ns = std::fs::metadata("/proc/self/ns/net")?;
+    let dir = std::path::Path::new(berth_protocol::paths::SYSTEM_SOCKET)
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/berth"))
+        .to_owned();
+    Ok(dir.join(format!(
+        "authority-{}.lock",
+        std::os::unix::fs::MetadataExt::ino(&ns)
+    )))
+}
+
+/// Root's daemon takes the system lock of its namespace, or says which daemon holds it.
+fn take_system_lock() -> io::Result<SystemLock> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let path = system_lock_path()?;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+    }
+    // A file unlinked by the daemon that held it, between our open and our lock, is not the
+    // lock any more: open the path again.
+    for _ in 0..3 {
+        let file = lock_file(&path)?;
+        let current = std::fs::symlink_metadata(&path).map(|m| m.ino()).ok();
+        if current == Some(file.metadata()?.ino()) {
+            return Ok(SystemLock { file, path });
+        }
+    }
+    Err(io::Error::other(format!(
+        "{} keeps being replaced; is another system berth daemon starting and stopping in a loop?",
+        path.display()
+    )))
+}
+
+/// Opens and locks `path` exclusively, writing this daemon's pid into it.
+fn lock_file(path: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "another system berth daemon (pid {}) serves this network namespace ({} is locked), and two daemons in one namespace could grant the same port; this one does not start",
+                    pid.trim(),
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// The pid of the system daemon serving this namespace, if one does: its lock is held. Only a
+/// root-owned lock file counts.
+fn system_daemon() -> io::Result<Option<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = system_lock_path()?;
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.uid() != 0 {
+        return Ok(None);
+    }
+    match flock(&file, FlockOperation::NonBlockingLockShared) {
+        Ok(()) => Ok(None),
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Ok(Some(pid.trim().to_owned()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
