@@ -2,11 +2,11 @@
 //! hangs (or never started what it should) fails its test instead of stalling the suite. The
 //! waits sleep in `poll(2)`, on a pidfd or the listening socket, not in a polling loop.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -76,7 +76,7 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
     let deadline = Instant::now() + limit;
     let status = wait_within(&mut child, limit, &what);
     // A grandchild may still hold the pipes: their ends count against the same deadline.
-    let collect = |rx: mpsc::Receiver<Vec<u8>>, name: &str| {
+    let collect = |rx: Receiver<Vec<u8>>, name: &str| {
         rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| panic!("{what} exited ({status}) but its {name} stayed open"))
     };
@@ -98,4 +98,51 @@ pub fn accept_within(listener: &UnixListener, limit: Duration, what: &str) -> Un
     );
     let (stream, _) = listener.accept().expect("accept a waiting connection");
     stream
+}
+
+/// Each line of `reader` (newline kept), sent as it is read, from a thread of its own; the
+/// channel disconnects at end-of-file. Read it with a timeout ([`next_line`], [`all_lines`]).
+pub fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(reader);
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The next line from [`lines_of`], without its newline, within `limit`; panics naming `what`
+/// (the process that should have printed it) otherwise.
+pub fn next_line(lines: &Receiver<String>, limit: Duration, what: &str) -> String {
+    match lines.recv_timeout(limit) {
+        Ok(line) => line.trim_end_matches('\n').to_owned(),
+        Err(RecvTimeoutError::Timeout) => panic!("{what} printed no line within {limit:?}"),
+        Err(RecvTimeoutError::Disconnected) => panic!("{what} closed its output"),
+    }
+}
+
+/// Every line left from [`lines_of`] until end-of-file, without newlines, within `limit`;
+/// panics naming `what` if the output stays open longer.
+pub fn all_lines(lines: &Receiver<String>, limit: Duration, what: &str) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut all = Vec::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => all.push(line.trim_end_matches('\n').to_owned()),
+            Err(RecvTimeoutError::Disconnected) => return all,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("{what}'s output stayed open for {limit:?}; so far: {all:?}")
+            }
+        }
+    }
 }

@@ -136,14 +136,36 @@ impl Namespaces {
     }
 
     /// A socket of `domain` and `kind` made in a new network namespace (which lives as long as
-    /// the socket): a child made with [`Namespaces::unshare`] creates it and passes it back
-    /// over a socket pair (`SCM_RIGHTS`). The child is Python ([`PYTHON3`]): a thread of this
-    /// process could enter a new network namespace only as root, and only a single-threaded
-    /// process can enter a new user namespace.
+    /// the socket). As root, a thread of this process enters a new network namespace to make it
+    /// (`unshare(CLONE_NEWNET)` changes only the calling thread). An ordinary user cannot do
+    /// that — only a single-threaded process can enter a new user namespace — so a child made
+    /// with [`Namespaces::unshare`] creates it and passes it back over a socket pair
+    /// (`SCM_RIGHTS`); that child is Python, and `None` (the skip reported) when there is none.
     ///
     /// # Panics
-    /// When the child fails or passes nothing back within [`DEADLINE`].
-    pub fn socket(self, domain: socket2::Domain, kind: socket2::Type) -> OwnedFd {
+    /// When the thread or the child fails, or the child passes nothing back within
+    /// [`DEADLINE`].
+    pub fn socket(
+        self,
+        domain: rustix::net::AddressFamily,
+        kind: rustix::net::SocketType,
+    ) -> Option<OwnedFd> {
+        match self {
+            Namespaces::Root => Some(socket_on_a_thread_elsewhere(domain, kind)),
+            Namespaces::UserNamespace => {
+                if !super::needs::python3() {
+                    return None;
+                }
+                Some(self.socket_from_a_child(domain, kind))
+            }
+        }
+    }
+
+    fn socket_from_a_child(
+        self,
+        domain: rustix::net::AddressFamily,
+        kind: rustix::net::SocketType,
+    ) -> OwnedFd {
         const SEND_ONE: &str = r#"
 import array, socket, sys
 made = socket.socket(int(sys.argv[1]), int(sys.argv[2]))
@@ -155,8 +177,8 @@ back.sendmsg([b"s"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [m
             .expect("a read timeout");
         let mut cmd = command(&self.unshare(&["--net"]));
         cmd.args([PYTHON3, "-c", SEND_ONE])
-            .arg(libc::c_int::from(domain).to_string())
-            .arg(libc::c_int::from(kind).to_string())
+            .arg(domain.as_raw().to_string())
+            .arg(kind.as_raw().to_string())
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -170,6 +192,23 @@ back.sendmsg([b"s"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [m
         assert!(status.success(), "{what} failed: {status}");
         fd
     }
+}
+
+/// A socket made on a thread that entered a new network namespace (root only).
+fn socket_on_a_thread_elsewhere(
+    domain: rustix::net::AddressFamily,
+    kind: rustix::net::SocketType,
+) -> OwnedFd {
+    std::thread::spawn(move || {
+        #[expect(unsafe_code, reason = "unshare(2) has no safe wrapper in rustix")]
+        // SAFETY: NEWNET changes only this thread's network namespace, which no other code
+        // relies on; descriptors stay valid in every thread of the process.
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+            .expect("unshare(CLONE_NEWNET) on a thread, as root");
+        rustix::net::socket(domain, kind, None).expect("a socket")
+    })
+    .join()
+    .expect("the thread that makes the socket")
 }
 
 /// One descriptor received on `socket` (`SCM_RIGHTS`, close-on-exec), within its read timeout.
