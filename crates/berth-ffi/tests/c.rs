@@ -1,6 +1,7 @@
 //! libberth from C: compiles `examples/c/acquire.c` and `tests/c/test_api.c` with the system
 //! C compiler (`$CC`, else `cc`) against the `libberth.so` cargo built for this test, and
-//! runs them against an in-process daemon.
+//! runs them against an in-process daemon. Without a C compiler each test says it is skipped
+//! (`berth_daemon::testing::needs`).
 //!
 //! Where the library is: cargo builds this package's library with all its crate types
 //! (`cdylib`, `staticlib`, `rlib`) before linking the integration tests, into the directory
@@ -11,9 +12,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
+use berth_daemon::testing::deadline::output_within;
+use berth_daemon::testing::needs;
 use berth_daemon::testing::TestDaemon;
 
 /// The directory holding the `libberth.so` built for this test run.
@@ -28,32 +31,34 @@ fn lib_dir() -> PathBuf {
     deps.to_path_buf()
 }
 
-/// Compiles `source` (relative to the workspace root) into `out_dir`; returns the program.
-fn compile(source: &str, out_dir: &Path) -> PathBuf {
+/// Compiles `source` (relative to the workspace root) into `out_dir`; returns the program, or
+/// `None` without a C compiler (the skip reported).
+fn compile(source: &str, out_dir: &Path) -> Option<PathBuf> {
+    let cc = needs::c_compiler()?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let source = root.join(source);
     let program = out_dir.join(source.file_stem().expect("a file name"));
     let lib = lib_dir();
-    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-    let output = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", "-I"])
-        .arg(root.join("crates/berth-ffi/include"))
-        .arg(&source)
-        .arg("-L")
-        .arg(&lib)
-        .arg("-lberth")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o")
-        .arg(&program)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
+    let output = output_within(
+        Command::new(&cc)
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", "-I"])
+            .arg(root.join("crates/berth-ffi/include"))
+            .arg(&source)
+            .arg("-L")
+            .arg(&lib)
+            .arg("-lberth")
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-o")
+            .arg(&program),
+        Duration::from_secs(60),
+    );
     assert!(
         output.status.success(),
         "compiling {} failed:\n{}",
         source.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    program
+    Some(program)
 }
 
 /// Runs `program args` with `BERTH_SOCKET=socket`; kills it if it has not finished within a
@@ -61,30 +66,13 @@ fn compile(source: &str, out_dir: &Path) -> PathBuf {
 fn run(program: &Path, args: &[&str], socket: &Path) -> Output {
     // cargo's LD_LIBRARY_PATH for tests lists target/<profile>/ too, where a stale copy of
     // libberth.so may sit, and it would win over the rpath: point it at this run's library.
-    let mut child = Command::new(program)
-        .args(args)
-        .env("LD_LIBRARY_PATH", lib_dir())
-        .env("BERTH_SOCKET", socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            panic!(
-                "{} {args:?} did not finish within 60 s\nstdout:\n{}\nstderr:\n{}",
-                program.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().expect("wait_with_output");
+    let out = output_within(
+        Command::new(program)
+            .args(args)
+            .env("LD_LIBRARY_PATH", lib_dir())
+            .env("BERTH_SOCKET", socket),
+        Duration::from_secs(60),
+    );
     // Shown by the test harness on failure, or with `--nocapture`.
     println!("{}", describe(program, args, &out));
     out
@@ -116,7 +104,9 @@ fn the_acquire_sample_binds_from_wildcard_and_specific_reservations() {
     let rt = runtime();
     let daemon = rt.block_on(async { TestDaemon::start(POOL.0, POOL.1) });
     let dir = tempfile::tempdir().unwrap();
-    let acquire = compile("examples/c/acquire.c", dir.path());
+    let Some(acquire) = compile("examples/c/acquire.c", dir.path()) else {
+        return;
+    };
 
     // family, type, protocol, start (0 = wildcard), count
     let cases: [(&str, &str, &str, u16, u16); 8] = [
@@ -173,7 +163,9 @@ fn the_c_api_reports_every_error_kind_with_its_errno() {
     let rt = runtime();
     let daemon = rt.block_on(async { TestDaemon::start(POOL.0, POOL.1) });
     let dir = tempfile::tempdir().unwrap();
-    let test_api = compile("crates/berth-ffi/tests/c/test_api.c", dir.path());
+    let Some(test_api) = compile("crates/berth-ffi/tests/c/test_api.c", dir.path()) else {
+        return;
+    };
     let (lo, hi) = (POOL.0.to_string(), POOL.1.to_string());
     let args = [lo.as_str(), hi.as_str(), "24500"];
     let out = run(&test_api, &args, &daemon.socket);
@@ -184,8 +176,12 @@ fn the_c_api_reports_every_error_kind_with_its_errno() {
 #[test]
 fn without_a_daemon_every_call_fails_with_econnrefused() {
     let dir = tempfile::tempdir().unwrap();
-    let test_api = compile("crates/berth-ffi/tests/c/test_api.c", dir.path());
-    let acquire = compile("examples/c/acquire.c", dir.path());
+    let Some(test_api) = compile("crates/berth-ffi/tests/c/test_api.c", dir.path()) else {
+        return;
+    };
+    let Some(acquire) = compile("examples/c/acquire.c", dir.path()) else {
+        return;
+    };
     let nowhere = dir.path().join("no-daemon.sock");
 
     let out = run(&test_api, &["unavailable"], &nowhere);
