@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use berth_daemon::testing::deadline::output_within;
+use berth_daemon::testing::deadline::{output_within, wait_within};
 use berth_daemon::testing::needs::{self, Need};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_berth-bench");
@@ -39,10 +39,11 @@ fn berth_bin() -> PathBuf {
     let beside = PathBuf::from(BENCH).with_file_name("berth");
     if !beside.exists() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo)
             .args(["build", "-p", "berth-cli", "--bin", "berth"])
-            .status()
+            .spawn()
             .expect("run cargo build -p berth-cli");
+        let status = wait_within(&mut build, RUN_LIMIT, "cargo build -p berth-cli");
         assert!(status.success(), "cargo build -p berth-cli failed");
     }
     beside

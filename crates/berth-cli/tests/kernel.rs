@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use berth_daemon::testing::deadline::{output_within, wait_within};
 use berth_daemon::testing::namespaces::HeldNetns;
-use berth_daemon::testing::needs;
+use berth_daemon::testing::needs::{self, Need};
 use serde_json::Value;
 use support::lines_of;
 use tempfile::TempDir;
@@ -98,7 +98,20 @@ impl Netns {
     /// settings it may not write (the kernel refuses it, whatever berth does).
     fn for_an_unprivileged_daemon() -> Option<(Netns, Option<&'static str>)> {
         if needs::other_users_available() {
-            return Some((Netns::new()?, Some(NOBODY)));
+            // Nobody in a namespace of root's own (a user namespace maps no other user).
+            let ns = Netns::new()?;
+            if ns
+                .held
+                .as_ref()
+                .is_some_and(|h| h.how().in_user_namespace())
+            {
+                needs::skip(
+                    Need::Namespaces,
+                    "needs a network namespace of root's own, for a daemon run as nobody in it",
+                );
+                return None;
+            }
+            return Some((ns, Some(NOBODY)));
         }
         assert!(
             !rustix::process::geteuid().is_root(),

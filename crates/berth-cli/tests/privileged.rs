@@ -32,12 +32,9 @@ use std::process::{Child, Command, Stdio};
 use berth::{ErrorKind, Protocol};
 use berth_daemon::testing::deadline::wait_within;
 use berth_daemon::testing::namespaces::Namespaces;
-use berth_daemon::testing::needs;
+use berth_daemon::testing::needs::{self, NOBODY};
 use support::{all_of, lines_of, BERTH, DEADLINE};
 use tempfile::TempDir;
-
-/// User and group nobody.
-const NOBODY: u32 = 65534;
 
 /// Set (to a [`Mode`]) only in the helper's environment.
 const CHILD_ENV: &str = "BERTH_PRIV_CHILD";
@@ -95,6 +92,14 @@ impl NsDaemon {
             return None;
         }
         let ns = needs::namespaces()?;
+        if ns.in_user_namespace() {
+            // Nobody is not mapped in a user namespace, and port 80 is bound by real root.
+            needs::skip(
+                needs::Need::Namespaces,
+                "needs a network namespace of root's own, for a root daemon and a client as nobody",
+            );
+            return None;
+        }
         let dir = tempfile::tempdir().expect("create a temporary directory");
         // Nobody must reach the socket (mode 0666) through its directory.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -187,12 +192,7 @@ impl NsDaemon {
         let nsenter = self.ns.enter_net(self.pid());
         let mut child = Command::new(&nsenter[0])
             .args(&nsenter[1..])
-            .args([
-                "setpriv",
-                &format!("--reuid={NOBODY}"),
-                &format!("--regid={NOBODY}"),
-                "--clear-groups",
-            ])
+            .args(needs::AS_NOBODY)
             .arg(&exe)
             .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
             .env("BERTH_SOCKET", &self.socket)

@@ -35,19 +35,9 @@ impl Namespaces {
     pub fn here() -> Option<Namespaces> {
         static FOUND: OnceLock<Option<Namespaces>> = OnceLock::new();
         *FOUND.get_or_init(|| {
-            let works = |args: &[&str]| {
-                Command::new("unshare")
-                    .args(args)
-                    .arg("true")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            };
-            if works(&["--net"]) {
+            if super::needs::runs("unshare", &["--net", "true"]) {
                 Some(Namespaces::Root)
-            } else if works(&["--map-root-user", "--net"]) {
+            } else if super::needs::runs("unshare", &["--map-root-user", "--net", "true"]) {
                 Some(Namespaces::UserNamespace)
             } else {
                 None

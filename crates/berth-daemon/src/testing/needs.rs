@@ -27,6 +27,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, Once, OnceLock};
 
+use super::deadline::{wait_within, DEADLINE};
 use super::namespaces::Namespaces;
 
 /// Something a test may need that a machine or a user may lack.
@@ -144,15 +145,20 @@ extern "C" fn summary() {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
-/// Whether `program args…` runs and exits 0, quietly.
-fn runs(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
+/// Whether `program args…` runs and exits 0, quietly; a probe that hangs fails the test at
+/// [`DEADLINE`] rather than stalling it.
+pub(super) fn runs(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> bool {
+    let Ok(mut child) = Command::new(program.as_ref())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .spawn()
+    else {
+        return false;
+    };
+    let what = format!("the probe {:?} {args:?}", program.as_ref());
+    wait_within(&mut child, DEADLINE, &what).success()
 }
 
 /// The uid tests run other users' clients as: nobody.
@@ -248,14 +254,7 @@ pub fn c_compiler() -> Option<OsString> {
     let found = FOUND
         .get_or_init(|| {
             let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-            let works = Command::new(&cc)
-                .arg("--version")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            works.then_some(cc)
+            runs(&cc, &["--version"]).then_some(cc)
         })
         .clone();
     if found.is_none() {
