@@ -115,11 +115,11 @@ fn record(test: String) {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(test);
     SUMMARY_AT_EXIT.call_once(|| {
-        // libtest ends the process with `exit` (status 0 or 101), which runs `atexit`
-        // handlers: the summary lands after its "test result" line.
+        // A test binary ends through `exit` (main's return, or libtest's status 101), which
+        // runs `atexit` handlers: the summary lands after libtest's "test result" line.
         #[expect(unsafe_code, reason = "atexit has no safe wrapper")]
-        // SAFETY: `summary` is an `extern "C" fn()` that does not unwind (it catches nothing
-        // that could panic: a poisoned lock is taken as is, write errors are ignored).
+        // SAFETY: `summary` is an `extern "C" fn()` that does not unwind: it takes a poisoned
+        // lock as it is and ignores write errors.
         unsafe {
             libc::atexit(summary);
         }
