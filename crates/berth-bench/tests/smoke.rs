@@ -7,9 +7,28 @@
 )]
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use berth_daemon::testing::deadline::{output_within, wait_within};
+use berth_daemon::testing::needs::{self, Need};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_berth-bench");
+
+/// How long one `berth-bench` run may take: its own measurements stop after `--max-secs`.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// `berth-bench ARGS… --berth-bin BERTH`, to its end, with a deadline.
+fn bench(args: &[&str]) -> Output {
+    output_within(
+        Command::new(BENCH)
+            .args(args)
+            .arg("--berth-bin")
+            .arg(berth_bin())
+            .env_remove("BERTH_SOCKET"),
+        RUN_LIMIT,
+    )
+}
 
 /// `$BERTH_BIN`, else the `berth` built next to this package's binary (`cargo test
 /// --workspace` builds it; otherwise it is built here).
@@ -20,10 +39,11 @@ fn berth_bin() -> PathBuf {
     let beside = PathBuf::from(BENCH).with_file_name("berth");
     if !beside.exists() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo)
             .args(["build", "-p", "berth-cli", "--bin", "berth"])
-            .status()
+            .spawn()
             .expect("run cargo build -p berth-cli");
+        let status = wait_within(&mut build, RUN_LIMIT, "cargo build -p berth-cli");
         assert!(status.success(), "cargo build -p berth-cli failed");
     }
     beside
@@ -31,14 +51,20 @@ fn berth_bin() -> PathBuf {
 
 #[test]
 fn runs_and_reports_every_measurement() {
-    let out = Command::new(BENCH)
-        .args(["--requests", "40", "--warmup", "2", "--clients", "2"])
-        .args(["--max-secs", "10", "--live", "3", "--scale", "20"])
-        .arg("--berth-bin")
-        .arg(berth_bin())
-        .env_remove("BERTH_SOCKET")
-        .output()
-        .expect("run berth-bench");
+    let out = bench(&[
+        "--requests",
+        "40",
+        "--warmup",
+        "2",
+        "--clients",
+        "2",
+        "--max-secs",
+        "10",
+        "--live",
+        "3",
+        "--scale",
+        "20",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -69,13 +95,7 @@ fn runs_and_reports_every_measurement() {
 
 /// Runs `berth-bench ARGS…` against the debug `berth`; its stdout, after checking it succeeded.
 fn run_mode(args: &[&str]) -> String {
-    let out = Command::new(BENCH)
-        .args(args)
-        .arg("--berth-bin")
-        .arg(berth_bin())
-        .env_remove("BERTH_SOCKET")
-        .output()
-        .expect("run berth-bench");
+    let out = bench(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -137,12 +157,18 @@ fn portserver_mode_measures_berth_and_the_echo_and_portserver_py_when_installed(
     }
     assert!(stdout.contains("berth / echo throughput"), "{stdout}");
     // portserver.py and the Python client need Python with portpicker (CI installs it); without
-    // them the run says what it skipped.
+    // them the run says what it skipped, and so does this test.
     assert!(
         has("raw client → portserver.py", "1") || stdout.contains("portserver.py not measured"),
         "{stdout}"
     );
-    if has("raw client → portserver.py", "1") {
+    if !has("raw client → portserver.py", "1") {
+        needs::skip(
+            Need::Portpicker,
+            "part: portserver.py and pick_unused_port() were not measured (needs Python's \
+             portpicker)",
+        );
+    } else {
         assert!(
             has("pick_unused_port() → berth --portserver", "1"),
             "{stdout}"

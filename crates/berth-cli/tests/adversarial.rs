@@ -8,6 +8,7 @@
 //! The abusers are this process: connections of other users are opened on threads that
 //! dropped to that user (`setuid` on Linux changes only the calling thread's credentials, and
 //! the daemon takes a connection's user from the connecting thread's, with `SO_PEERCRED`).
+//! Both take root ([`needs::users`]): each test says it is skipped otherwise.
 //! Other abuse covered elsewhere, on paused time: connections stalled mid-frame closed by the
 //! idle timeout, a client that does not read closed by the write timeout
 //! (`crates/berth-daemon/tests/timeouts.rs`); descriptors whose close blocks
@@ -24,18 +25,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use berth_daemon::testing::namespaces::Namespaces;
+use berth_daemon::testing::needs::{self, AS_NOBODY as NOBODY};
 use berth_daemon::testing::raw::{frame, raw_frame, responses, send_with_fds};
 use berth_protocol::{
     DaemonLimit, ErrorDetail, ErrorKind, Hello, Protocol, Request, ReservationInfo, Response,
 };
 use support::{Berth, Daemon, DEADLINE};
-
-const NOBODY: [&str; 4] = [
-    "setpriv",
-    "--reuid=65534",
-    "--regid=65534",
-    "--clear-groups",
-];
 
 /// How far above its baseline the daemon's resident memory may be after each round of abuse.
 /// The allocator keeps some of what was freed for reuse rather than giving it back, so the
@@ -234,6 +230,9 @@ fn warmed_up(d: &Daemon) -> (usize, u64) {
 
 #[test]
 fn a_thousand_idle_connections_of_several_users_are_held_or_told_busy() {
+    if !needs::users() {
+        return;
+    }
     const PER_USER: usize = 250;
     let (d, _config) = daemon(
         "21960-21979",
@@ -279,6 +278,9 @@ fn a_thousand_idle_connections_of_several_users_are_held_or_told_busy() {
 
 #[test]
 fn connections_stalled_mid_frame_and_a_client_that_never_reads_stall_nobody() {
+    if !needs::users() {
+        return;
+    }
     let (d, _config) = daemon("21980-21989", "");
     let holder = Holder::new(&d);
     rounds(&d, |_| {
@@ -335,6 +337,9 @@ fn connections_stalled_mid_frame_and_a_client_that_never_reads_stall_nobody() {
 
 #[test]
 fn thousands_of_connections_opened_and_dropped_leave_nothing_behind() {
+    if !needs::users() {
+        return;
+    }
     let (d, _config) = daemon("21990-21999", "");
     let holder = Holder::new(&d);
     rounds(&d, |_| {
@@ -374,8 +379,9 @@ fn thousands_of_connections_opened_and_dropped_leave_nothing_behind() {
     holder.finish();
 }
 
-/// Descriptors of every odd kind, sent with an associate.
-fn odd_descriptors(dir: &Path) -> Vec<(&'static str, OwnedFd, &'static str)> {
+/// Descriptors of every odd kind, sent with an associate; the socket of another network
+/// namespace made the way `ns` says.
+fn odd_descriptors(dir: &Path, ns: Namespaces) -> Vec<(&'static str, OwnedFd, &'static str)> {
     let (r, w) = rustix::pipe::pipe().unwrap();
     let fifo: PathBuf = dir.join("fifo");
     if !fifo.exists() {
@@ -402,22 +408,12 @@ fn odd_descriptors(dir: &Path) -> Vec<(&'static str, OwnedFd, &'static str)> {
     .unwrap();
     let epoll = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).unwrap();
     let (unix, _peer) = UnixStream::pair().unwrap();
-    // unshare(CLONE_NEWNET) changes only the calling thread's network namespace.
-    let foreign = std::thread::spawn(|| {
-        #[allow(unsafe_code)]
-        // SAFETY: NEWNET only changes this thread's network namespace; no file table is
-        // unshared, so the socket made there is valid in the whole process.
-        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
-            .expect("unshare(CLONE_NEWNET) needs root");
-        rustix::net::socket(
+    let foreign = ns
+        .socket(
             rustix::net::AddressFamily::INET,
             rustix::net::SocketType::STREAM,
-            None,
         )
-        .unwrap()
-    })
-    .join()
-    .unwrap();
+        .expect("a socket of another network namespace (the test made one before)");
     vec![
         ("a pipe's read end", r, "not a socket"),
         ("a pipe's write end", w, "not a socket"),
@@ -439,6 +435,22 @@ fn odd_descriptors(dir: &Path) -> Vec<(&'static str, OwnedFd, &'static str)> {
 
 #[test]
 fn descriptors_of_odd_kinds_sent_with_associate_are_refused_and_closed() {
+    if !needs::users() {
+        return;
+    }
+    let Some(ns) = needs::namespaces() else {
+        return;
+    };
+    // Whether a socket of another namespace can be made here, once, before the rounds.
+    if ns
+        .socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+        )
+        .is_none()
+    {
+        return;
+    }
     let (d, config) = daemon("22500-22509", "");
     let holder = Holder::new(&d);
     let mut owner = welcomed(d.socket());
@@ -458,7 +470,7 @@ fn descriptors_of_odd_kinds_sent_with_associate_are_refused_and_closed() {
     });
     rounds(&d, |_| {
         for round in 0..20 {
-            for (what, fd, says) in odd_descriptors(config.path()) {
+            for (what, fd, says) in odd_descriptors(config.path(), ns) {
                 send_with_fds(&owner, &associate, &[fd.as_fd()]);
                 drop(fd);
                 match read_one(&mut owner) {
@@ -491,6 +503,9 @@ fn descriptors_of_odd_kinds_sent_with_associate_are_refused_and_closed() {
 
 #[test]
 fn a_user_that_drains_the_pool_to_its_quota_leaves_the_rest_to_others() {
+    if !needs::users() {
+        return;
+    }
     let (d, _config) = daemon(
         "22510-22529",
         "[quota]\nmax_reservations = 6\nmax_ports = 12\n",
@@ -549,6 +564,9 @@ fn a_user_that_drains_the_pool_to_its_quota_leaves_the_rest_to_others() {
 
 #[test]
 fn users_together_keep_to_their_share_of_the_ephemeral_range() {
+    if !needs::users() {
+        return;
+    }
     // The last 400 ports of the host's ephemeral range, of which users without administrator
     // rights may hold 1 % of the range together (282 ports of Linux's default range).
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
@@ -648,6 +666,9 @@ fn kernel_refuses_descriptors() -> bool {
 
 #[test]
 fn descriptors_sent_to_the_side_doors_never_stall_anyone() {
+    if !needs::users() {
+        return;
+    }
     // The portserver endpoint and the authority beacon take no descriptors: a user who sends
     // sockets whose close blocks (SO_LINGER, unsent data) to either is refused by the kernel
     // (SO_PASSRIGHTS), or — on a kernel that cannot refuse them — has them closed on its own

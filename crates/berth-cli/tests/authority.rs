@@ -9,7 +9,8 @@ mod support;
 
 use std::process::Command;
 
-use support::{isolate, Daemon, BERTH};
+use berth_daemon::testing::deadline::output_within;
+use support::{isolate, Daemon, BERTH, DEADLINE};
 
 #[test]
 fn a_client_with_no_socket_in_its_environment_finds_the_daemon_of_its_namespace() {
@@ -18,13 +19,13 @@ fn a_client_with_no_socket_in_its_environment_finds_the_daemon_of_its_namespace(
     let mut cmd = Command::new(BERTH);
     // The daemon's own beacon name (isolate derives it from the socket), and nothing else.
     isolate(&mut cmd, d.socket());
-    let out = cmd
-        .env_remove("BERTH_SOCKET")
-        .env("XDG_RUNTIME_DIR", elsewhere.path())
-        .env("BERTH_NO_AUTOSTART", "1")
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
+    let out = output_within(
+        cmd.env_remove("BERTH_SOCKET")
+            .env("XDG_RUNTIME_DIR", elsewhere.path())
+            .env("BERTH_NO_AUTOSTART", "1")
+            .args(["status", "--json"]),
+        DEADLINE,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -43,13 +44,14 @@ fn a_second_daemon_in_the_namespace_refuses_to_start_and_names_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BERTH);
     isolate(&mut cmd, d.socket());
-    let out = cmd
-        .args(["daemon", "--pool", "21820-21829", "--socket"])
-        .arg(dir.path().join("second.sock"))
-        .arg("--db")
-        .arg(dir.path().join("second.db"))
-        .output()
-        .unwrap();
+    // Bounded: a second daemon that did not refuse would serve until killed.
+    let out = output_within(
+        cmd.args(["daemon", "--pool", "21820-21829", "--socket"])
+            .arg(dir.path().join("second.sock"))
+            .arg("--db")
+            .arg(dir.path().join("second.db")),
+        DEADLINE,
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -69,8 +71,8 @@ fn a_second_daemon_in_the_namespace_refuses_to_start_and_names_the_first() {
 /// authority name is per namespace).
 #[test]
 fn the_system_daemon_displaces_a_per_user_daemon_and_others_defer_to_it() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED the_system_daemon_displaces_a_per_user_daemon_and_others_defer_to_it: needs root (a network namespace and a second user)");
+    // A second user, and a network namespace made as root.
+    if !berth_daemon::testing::needs::users() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

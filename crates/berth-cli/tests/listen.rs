@@ -10,13 +10,15 @@
     reason = "a test: stopping loudly on a broken expectation is the point"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
+use berth_daemon::testing::deadline::{lines_of, output_within, wait_within};
+use berth_daemon::testing::needs;
 use tempfile::TempDir;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -74,13 +76,9 @@ if udp:
 print("done", flush=True)
 "#;
 
-/// `python3`, preferring the system's (no shim script between us and it).
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
+/// The system's `python3`, or `None` (the skip reported) without one.
+fn python() -> Option<&'static str> {
+    needs::python3().then_some(needs::PYTHON3)
 }
 
 /// A `berth daemon` of this test, killed and reaped on drop.
@@ -160,23 +158,6 @@ fn isolate(cmd: &mut Command, dir: &Path) {
     );
 }
 
-/// Each line of `reader` as it is read.
-fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(reader);
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if tx.send(line).is_err() => break,
-                Ok(_) => {}
-            }
-        }
-    });
-    rx
-}
-
 /// A running `berth run`, its stdout read line by line, stderr kept.
 struct Run {
     child: Child,
@@ -224,20 +205,10 @@ impl Run {
         self.stderr.recv_timeout(DEADLINE).unwrap_or_default()
     }
 
-    /// Its exit code, within the deadline (polling the child, our own, by its pid).
+    /// Its exit code, within the deadline.
     fn code(mut self) -> (i32, String) {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll berth run") {
-                let stderr = self.stderr();
-                return (status.code().unwrap_or(-1), stderr);
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("berth run did not exit; stderr:\n{}", self.stderr());
-            }
-            std::thread::yield_now();
-        }
+        let status = wait_within(&mut self.child, DEADLINE, "berth run");
+        (status.code().unwrap_or(-1), self.stderr())
     }
 }
 
@@ -269,9 +240,12 @@ fn foreign_bind(tcp: bool, ip: IpAddr, port: u16) -> Option<std::io::Error> {
 
 #[test]
 fn a_socket_activated_server_serves_on_the_passed_sockets() {
+    let Some(py) = python() else {
+        return;
+    };
     let d = Daemon::start("24600-24619");
     let mut cmd = d.berth(&["run", "--listen", "--tcp", "2", "--udp", "1", "--"]);
-    cmd.args([python(), "-c", SERVER]);
+    cmd.args([py, "-c", SERVER]);
     let mut run = Run::spawn(cmd);
     let ready = run.line();
     let words: Vec<&str> = ready.split_whitespace().collect();
@@ -370,6 +344,9 @@ fn a_socket_activated_server_serves_on_the_passed_sockets() {
 
 #[test]
 fn nothing_else_reaches_the_command() {
+    let Some(py) = python() else {
+        return;
+    };
     // berth run itself inherits descriptors 7 and 9 (not close-on-exec) from a shell: plain
     // `berth run` passes them on like any program, `--listen` gives exactly 0-2 and the
     // sockets, as systemd does. The server checks /proc/self/fd.
@@ -381,7 +358,7 @@ fn nothing_else_reaches_the_command() {
         BERTH,
     ])
     .args(["run", "--listen", "--tcp", "1", "--"])
-    .args([python(), "-c", SERVER])
+    .args([py, "-c", SERVER])
     .env("BERTH_SOCKET", d.socket())
     .env("BERTH_NO_AUTOSTART", "1");
     isolate(&mut cmd, d.dir.path());
@@ -402,6 +379,9 @@ fn nothing_else_reaches_the_command() {
 
 #[test]
 fn the_address_can_be_chosen() {
+    let Some(py) = python() else {
+        return;
+    };
     let d = Daemon::start("24640-24649");
     let mut cmd = d.berth(&[
         "run",
@@ -412,7 +392,7 @@ fn the_address_can_be_chosen() {
         "1",
         "--",
     ]);
-    cmd.args([python(), "-c", SERVER]);
+    cmd.args([py, "-c", SERVER]);
     let mut run = Run::spawn(cmd);
     let ready = run.line();
     assert_eq!(
@@ -433,6 +413,9 @@ fn the_address_can_be_chosen() {
 
 #[test]
 fn without_listen_the_ports_are_not_held_and_nothing_is_passed() {
+    let Some(py) = python() else {
+        return;
+    };
     // The command binds $PORT by number: it must be able to, so the port is not held.
     let d = Daemon::start("24650-24659");
     let script = r#"
@@ -444,7 +427,7 @@ print("bound", flush=True)
 import sys; sys.stdin.read()
 "#;
     let mut cmd = d.berth(&["run", "--tcp", "1", "--"]);
-    cmd.args([python(), "-c", script]);
+    cmd.args([py, "-c", script]);
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -455,7 +438,7 @@ import sys; sys.stdin.read()
     let line = lines.recv_timeout(DEADLINE);
     let list = d.list();
     drop(child.stdin.take()); // the script reads stdin to its end
-    let status = child.wait().expect("wait");
+    let status = wait_within(&mut child, DEADLINE, "berth run");
     let mut err = String::new();
     let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
     assert_eq!(line.as_deref().ok(), Some("bound\n"), "stderr:\n{err}");
@@ -467,18 +450,17 @@ import sys; sys.stdin.read()
 #[test]
 fn a_command_that_cannot_be_run_exits_127_and_frees_its_ports() {
     let d = Daemon::start("24660-24669");
-    let out = d
-        .berth(&[
+    let out = output_within(
+        &mut d.berth(&[
             "run",
             "--listen",
             "--tcp",
             "1",
             "--",
             "/nonexistent/berth-test-command",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run berth");
+        ]),
+        DEADLINE,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(127), "stderr:\n{stderr}");
     assert!(
@@ -491,25 +473,23 @@ fn a_command_that_cannot_be_run_exits_127_and_frees_its_ports() {
 
 #[test]
 fn the_exec_step_is_not_a_command_of_its_own() {
-    let out = Command::new(BERTH)
-        .args([
-            "__listen-exec",
-            "--fds",
-            "9",
-            "--exec-fd",
-            "10",
-            "--",
-            "true",
-        ])
-        .env_remove("LISTEN_FDS")
-        .output()
-        .expect("run berth");
+    let out = output_within(
+        Command::new(BERTH)
+            .args([
+                "__listen-exec",
+                "--fds",
+                "9",
+                "--exec-fd",
+                "10",
+                "--",
+                "true",
+            ])
+            .env_remove("LISTEN_FDS"),
+        DEADLINE,
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("berth run --listen"), "{stderr}");
-    let help = Command::new(BERTH)
-        .arg("--help")
-        .output()
-        .expect("berth --help");
+    let help = output_within(Command::new(BERTH).arg("--help"), DEADLINE);
     assert!(!String::from_utf8_lossy(&help.stdout).contains("__listen-exec"));
 }

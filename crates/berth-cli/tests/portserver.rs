@@ -1,9 +1,10 @@
 //! The portserver endpoint end to end: the built `berth daemon --portserver @NAME` and Google's
 //! own `portpicker` client in Python processes, as a test suite would use it.
 //!
-//! The tests need a `python3` that can `import portpicker` (`.ci/run` installs it and sets
-//! `BERTH_REQUIRE_PORTPICKER=1`, so CI fails rather than skips without it). Each test uses an
-//! endpoint name of its own, never the default, since tests run side by side.
+//! The tests need a `python3` that can `import portpicker`; without one each says it is
+//! skipped (`berth_daemon::testing::needs`; `.ci/run` installs it and sets
+//! `BERTH_TEST_REQUIRE`, so CI fails rather than skips). Each test uses an endpoint name of its
+//! own, never the default, since tests run side by side.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,6 +14,8 @@ use std::io::Write;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc::Receiver;
 
+use berth_daemon::testing::deadline::{output_within, wait_within};
+use berth_daemon::testing::needs::{self, Need, AS_NOBODY, PYTHON3};
 use support::{lines_of, poll_until, Daemon, DEADLINE};
 
 /// Picks a port with portpicker, binds it in TCP and UDP (both must succeed), prints
@@ -40,25 +43,6 @@ except ConnectionResetError:  # closed with part of an over-long request unread
     reply = ""
 print(repr(reply), flush=True)
 "#;
-
-/// A python3 that has portpicker, or `None` (then the test is skipped, except in CI).
-fn python() -> Option<&'static str> {
-    let found = ["python3", "/usr/bin/python3"].into_iter().find(|py| {
-        Command::new(py)
-            .args(["-c", "import portpicker"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("BERTH_REQUIRE_PORTPICKER").is_none(),
-            "no python3 can import portpicker (pip install portpicker)"
-        );
-        eprintln!("skipped: no python3 with portpicker (pip install portpicker)");
-    }
-    found
-}
 
 fn name(test: &str) -> String {
     format!("@berth-test-ps-{}-{test}", std::process::id())
@@ -106,7 +90,7 @@ impl Py {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.write_all(b"done\n");
         }
-        let status = self.child.wait().unwrap();
+        let status = wait_within(&mut self.child, DEADLINE, "the portpicker client");
         assert!(status.success(), "python exited with {status}");
     }
 }
@@ -124,7 +108,9 @@ fn all_released(d: &Daemon) {
 
 #[test]
 fn twenty_parallel_portpicker_clients_get_distinct_ports_free_in_tcp_and_udp() {
-    let Some(py) = python() else { return };
+    let Some(py) = needs::portpicker() else {
+        return;
+    };
     let address = name("parallel");
     let d = daemon("44000-44099", &address);
     let clients: Vec<Py> = (0..20)
@@ -162,14 +148,16 @@ fn twenty_parallel_portpicker_clients_get_distinct_ports_free_in_tcp_and_udp() {
 
 #[test]
 fn refusals_close_without_a_reply_and_the_next_client_is_served() {
-    let Some(py) = python() else { return };
+    let Some(py) = needs::portpicker() else {
+        return;
+    };
     let address = name("refuse");
     let d = daemon("44100-44199", &address);
     let raw = |pid: &str| {
-        let out = Command::new("/usr/bin/python3")
-            .args(["-c", RAW, &address, pid])
-            .output()
-            .unwrap();
+        let out = output_within(
+            Command::new(PYTHON3).args(["-c", RAW, &address, pid]),
+            DEADLINE,
+        );
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
@@ -178,20 +166,26 @@ fn refusals_close_without_a_reply_and_the_next_client_is_served() {
     }
     // Another user's process, named by nobody: refused. Nobody's own pid: served.
     let nobody = |pid: &str| {
-        let out = Command::new("setpriv")
-            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-            .args(["/usr/bin/python3", "-c", RAW, &address, pid])
-            .output()
-            .unwrap();
+        let out = output_within(
+            Command::new(AS_NOBODY[0])
+                .args(&AS_NOBODY[1..])
+                .args([PYTHON3, "-c", RAW, &address, pid]),
+            DEADLINE,
+        );
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
-    if rustix::process::geteuid().is_root() {
+    if needs::other_users_available() {
         assert_eq!(nobody(&d.pid().to_string()), "''");
         let reply = nobody("self");
         assert!(
             reply.ends_with("\\n'"),
             "nobody is served its own pid: {reply}"
+        );
+    } else {
+        needs::skip(
+            Need::Users,
+            "part: another user's process named by nobody is refused (needs root)",
         );
     }
     // Served after all that, through portpicker itself.
@@ -206,18 +200,21 @@ fn refusals_close_without_a_reply_and_the_next_client_is_served() {
 
 #[test]
 fn a_process_in_a_child_pid_namespace_is_served_as_itself_and_released_when_it_exits() {
-    let Some(py) = python() else { return };
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: a new pid namespace needs root");
+    let Some(py) = needs::portpicker() else {
         return;
-    }
+    };
+    let Some(ns) = needs::namespaces() else {
+        return;
+    };
     let address = name("pidns");
     let d = daemon("44200-44299", &address);
     // `sh` is the namespace's init (pid 1); python is pid 2 there, a number that names some
     // unrelated process (or none) in the daemon's namespace.
     let script = format!("{py} -c '{}'; true", PICK.replace('\'', "\""));
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script])
+    let unshare = ns.unshare(&["--pid", "--fork", "--mount-proc"]);
+    let mut cmd = Command::new(&unshare[0]);
+    cmd.args(&unshare[1..])
+        .args(["sh", "-c", &script])
         .env("PORTSERVER_ADDRESS", &address);
     let client = Py::spawn(cmd);
     let (inner_pid, port) = client.picked();

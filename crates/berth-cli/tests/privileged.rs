@@ -13,7 +13,8 @@
 //!
 //! Port 80 is only ever bound inside the private namespace, never on the host: the daemon's
 //! namespace is checked to differ from ours before a client runs, and the helper refuses to
-//! go on unless it is in that namespace. Run as root (CI is).
+//! go on unless it is in that namespace. It takes root (two users, and a daemon that may bind
+//! port 80): as an ordinary user each test says it is skipped (`berth_daemon::testing::needs`).
 
 #![expect(
     clippy::expect_used,
@@ -27,14 +28,13 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use berth::{ErrorKind, Protocol};
+use berth_daemon::testing::deadline::wait_within;
+use berth_daemon::testing::namespaces::Namespaces;
+use berth_daemon::testing::needs::{self, NOBODY};
 use support::{all_of, lines_of, BERTH, DEADLINE};
 use tempfile::TempDir;
-
-/// User and group nobody.
-const NOBODY: u32 = 65534;
 
 /// Set (to a [`Mode`]) only in the helper's environment.
 const CHILD_ENV: &str = "BERTH_PRIV_CHILD";
@@ -79,12 +79,27 @@ struct NsDaemon {
     child: Child,
     dir: TempDir,
     socket: PathBuf,
+    /// How its namespace was made, to enter it.
+    ns: Namespaces,
 }
 
 impl NsDaemon {
-    /// Starts `unshare -n -- berth daemon --config <config> --pool <pool>` and waits for its
-    /// "ready".
-    fn start(config: &str, pool: &str) -> NsDaemon {
+    /// Starts `unshare --net -- berth daemon --config <config> --pool <pool>` and waits for its
+    /// "ready"; `None` (the skip reported) unless this test may run a client as nobody and
+    /// make a network namespace.
+    fn start(config: &str, pool: &str) -> Option<NsDaemon> {
+        if !needs::users() {
+            return None;
+        }
+        let ns = needs::namespaces()?;
+        if ns.in_user_namespace() {
+            // Nobody is not mapped in a user namespace, and port 80 is bound by real root.
+            needs::skip(
+                needs::Need::Namespaces,
+                "needs a network namespace of root's own, for a root daemon and a client as nobody",
+            );
+            return None;
+        }
         let dir = tempfile::tempdir().expect("create a temporary directory");
         // Nobody must reach the socket (mode 0666) through its directory.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -96,8 +111,10 @@ impl NsDaemon {
         std::fs::write(&config_path, config).expect("write the configuration");
         let log = std::fs::File::create(dir.path().join("daemon.log")).expect("create the log");
         // `unshare` without --fork execs the daemon: the pid we get is the daemon's.
-        let mut child = Command::new("unshare")
-            .args(["-n", "--", BERTH, "daemon", "--socket"])
+        let unshare = ns.unshare(&["--net"]);
+        let mut child = Command::new(&unshare[0])
+            .args(&unshare[1..])
+            .args([BERTH, "daemon", "--socket"])
             .arg(&socket)
             .args(["--pool", pool, "--config"])
             .arg(&config_path)
@@ -112,7 +129,12 @@ impl NsDaemon {
             .spawn()
             .expect("spawn unshare -n -- berth daemon (needs util-linux)");
         let stdout = child.stdout.take().expect("piped stdout");
-        let daemon = NsDaemon { child, dir, socket };
+        let daemon = NsDaemon {
+            child,
+            dir,
+            socket,
+            ns,
+        };
         match lines_of(stdout).recv_timeout(DEADLINE) {
             Ok(line) if line == "ready\n" => {}
             other => panic!(
@@ -122,7 +144,7 @@ impl NsDaemon {
             ),
         }
         daemon.check_identity();
-        daemon
+        Some(daemon)
     }
 
     /// Asserts that our child's pid is the daemon itself and that it runs in a network
@@ -167,15 +189,10 @@ impl NsDaemon {
     /// `ERR …` line.
     fn run_child(&self, mode: Mode) -> String {
         let exe = executable_for_nobody(self.dir.path());
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/proc/{}/ns/net", self.pid()))
-            .args([
-                "--",
-                "setpriv",
-                &format!("--reuid={NOBODY}"),
-                &format!("--regid={NOBODY}"),
-                "--clear-groups",
-            ])
+        let nsenter = self.ns.enter_net(self.pid());
+        let mut child = Command::new(&nsenter[0])
+            .args(&nsenter[1..])
+            .args(needs::AS_NOBODY)
             .arg(&exe)
             .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
             .env("BERTH_SOCKET", &self.socket)
@@ -189,7 +206,7 @@ impl NsDaemon {
             .expect("spawn nsenter … setpriv … (util-linux)");
         let stdout = all_of(child.stdout.take().expect("piped stdout"));
         let stderr = all_of(child.stderr.take().expect("piped stderr"));
-        let status = wait_with_deadline(&mut child, "the helper run as nobody");
+        let status = wait_within(&mut child, DEADLINE, "the helper run as nobody");
         let stdout = stdout.recv_timeout(DEADLINE).unwrap_or_default();
         let stderr = stderr.recv_timeout(DEADLINE).unwrap_or_default();
         assert!(
@@ -235,22 +252,6 @@ fn executable_for_nobody(dir: &Path) -> PathBuf {
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
         .expect("chmod 0755 the copy");
     copy
-}
-
-/// Polls `child` (ours) for its exit; kills and reaps it at the deadline.
-fn wait_with_deadline(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Asserts an `ERR` line is a permission-denied about privileged port 80 for uid 65534;
@@ -322,21 +323,28 @@ fn child_result(mode: Mode) -> String {
 
 #[test]
 fn nobody_allowed_by_name_gets_a_listener_on_port_80() {
-    let d = NsDaemon::start("[privileged]\nallow_users = [\"nobody\"]\n", POOL);
+    let Some(d) = NsDaemon::start("[privileged]\nallow_users = [\"nobody\"]\n", POOL) else {
+        return;
+    };
     assert_eq!(d.run_child(Mode::Specific), "OK 80", "log:\n{}", d.log());
 }
 
 #[test]
 fn nobody_allowed_by_group_gets_a_listener_on_port_80() {
     // setpriv --regid=65534 --clear-groups: the primary group only.
-    let d = NsDaemon::start(&format!("[privileged]\nallow_groups = [{NOBODY}]\n"), POOL);
+    let Some(d) = NsDaemon::start(&format!("[privileged]\nallow_groups = [{NOBODY}]\n"), POOL)
+    else {
+        return;
+    };
     assert_eq!(d.run_child(Mode::Specific), "OK 80", "log:\n{}", d.log());
 }
 
 #[test]
 fn nobody_is_refused_port_80_by_default_at_acquire() {
     // An empty configuration: root only.
-    let d = NsDaemon::start("", POOL);
+    let Some(d) = NsDaemon::start("", POOL) else {
+        return;
+    };
     let line = d.run_child(Mode::Specific);
     assert_eq!(assert_refused(&line), "acquire", "{line}");
 }
@@ -345,7 +353,9 @@ fn nobody_is_refused_port_80_by_default_at_acquire() {
 fn a_privileged_pool_is_exhausted_for_nobody_by_default() {
     // The wildcard pool is port 80 alone: a wildcard search skips ports the asker may not
     // use, so nobody finds the pool empty rather than holding a port it cannot bind.
-    let d = NsDaemon::start("", "80-80");
+    let Some(d) = NsDaemon::start("", "80-80") else {
+        return;
+    };
     let line = d.run_child(Mode::Wildcard);
     assert!(
         line.starts_with("ERR acquire pool-exhausted "),
@@ -356,6 +366,8 @@ fn a_privileged_pool_is_exhausted_for_nobody_by_default() {
 
 #[test]
 fn a_privileged_pool_serves_allowed_users() {
-    let d = NsDaemon::start("[privileged]\nallow_users = [\"nobody\"]\n", "80-80");
+    let Some(d) = NsDaemon::start("[privileged]\nallow_users = [\"nobody\"]\n", "80-80") else {
+        return;
+    };
     assert_eq!(d.run_child(Mode::Wildcard), "OK 80", "log:\n{}", d.log());
 }

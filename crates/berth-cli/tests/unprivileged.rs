@@ -1,5 +1,8 @@
 //! A daemon that runs as an ordinary user (the per-user instance) serves associate too: the
 //! network-namespace check must not need privileges the daemon lacks.
+//!
+//! Run as root, the daemon runs as nobody (`setpriv`) and root's client must be told to trust
+//! it; run as an ordinary user, the daemon is that user's own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,9 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 
 use berth::Protocol;
+use berth_daemon::testing::needs::{self, Need, AS_NOBODY, NOBODY};
 use support::{lines_of, BERTH, DEADLINE};
-
-const NOBODY: u32 = 65534;
 
 /// The daemon, stopped and reaped by pid when the test ends.
 struct Daemon(Child);
@@ -25,19 +27,24 @@ impl Drop for Daemon {
 }
 
 #[test]
-fn a_daemon_running_as_nobody_binds_sockets_for_its_clients() {
+fn a_daemon_running_as_an_ordinary_user_binds_sockets_for_its_clients() {
+    // Root runs the daemon as nobody; an ordinary user runs it as itself.
+    let as_nobody = needs::other_users_available();
+    let mut program: Vec<&str> = if as_nobody {
+        AS_NOBODY.to_vec()
+    } else {
+        Vec::new()
+    };
+    program.push(BERTH);
     let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    if as_nobody {
+        std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = dir.path().join("b.sock");
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BERTH,
-            "daemon",
-        ])
+    let mut child = Command::new(program[0])
+        .args(&program[1..])
+        .arg("daemon")
         .arg("--socket")
         .arg(&socket)
         .arg("--db")
@@ -62,16 +69,24 @@ fn a_daemon_running_as_nobody_binds_sockets_for_its_clients() {
         .expect("the daemon said nothing in time");
     assert_eq!(line.trim(), "ready", "the daemon did not start");
 
-    // Root trusts a daemon of another user only when told to (`SO_PEERCRED` is checked).
-    let refused = berth::blocking::Client::connect_to(&socket).unwrap_err();
-    assert_eq!(
-        refused.kind(),
-        berth::ErrorKind::PermissionDenied,
-        "{refused}"
-    );
-    assert!(refused.to_string().contains("uid 65534"), "{refused}");
-    let options = berth::Options::default().trust_daemon_uid(NOBODY);
-    let client = berth::blocking::Client::connect_to_with(&socket, options).unwrap();
+    let client = if as_nobody {
+        // Root trusts a daemon of another user only when told to (`SO_PEERCRED` is checked).
+        let refused = berth::blocking::Client::connect_to(&socket).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            berth::ErrorKind::PermissionDenied,
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("uid 65534"), "{refused}");
+        let options = berth::Options::default().trust_daemon_uid(NOBODY);
+        berth::blocking::Client::connect_to_with(&socket, options).unwrap()
+    } else {
+        needs::skip(
+            Need::Users,
+            "part: root refuses another user's daemon unless told to trust it (needs root)",
+        );
+        berth::blocking::Client::connect_to(&socket).unwrap()
+    };
     let block = client.acquire(Protocol::Tcp, 0, 2).unwrap();
     let listener = block
         .tcp_listener(IpAddr::V4(Ipv4Addr::LOCALHOST))

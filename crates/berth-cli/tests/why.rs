@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use berth_daemon::testing::deadline::output_within;
 use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -94,14 +95,14 @@ impl Drop for Daemon {
 }
 
 fn berth_on(socket: &Path, args: &[&str]) -> Output {
-    Command::new(BERTH)
-        .args(args)
-        .env("BERTH_SOCKET", socket)
-        .env("BERTH_NO_AUTOSTART", "1")
-        .env_remove("BERTH_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    output_within(
+        Command::new(BERTH)
+            .args(args)
+            .env("BERTH_SOCKET", socket)
+            .env("BERTH_NO_AUTOSTART", "1")
+            .env_remove("BERTH_LOG"),
+        DEADLINE,
+    )
 }
 
 #[test]

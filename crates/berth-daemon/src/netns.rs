@@ -229,36 +229,39 @@ mod tests {
         assert!(NetNs::current().unwrap().holds(&socket).unwrap());
     }
 
-    /// A connection whose client end was made on a thread in a new network namespace: the
-    /// daemon's end, and the listener's path.
-    fn foreign_connection() -> (std::os::unix::net::UnixStream, tempfile::TempDir) {
+    /// A connection whose client end was made in a new network namespace: the daemon's end,
+    /// and the listener's path; `None` (the skip reported) where no namespace can be made.
+    fn foreign_connection() -> Option<(std::os::unix::net::UnixStream, tempfile::TempDir)> {
+        use crate::testing::{deadline, needs};
+        let ns = needs::namespaces()?;
+        let client = socket2::Socket::from(ns.socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+        )?);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let client = std::thread::spawn(move || {
-            // SAFETY: NEWNET changes only this thread's network namespace.
-            #[allow(unsafe_code)]
-            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
-                .expect("unshare(CLONE_NEWNET) needs root");
-            std::os::unix::net::UnixStream::connect(&path).unwrap()
-        })
-        .join()
-        .unwrap();
-        let (accepted, _) = listener.accept().unwrap();
+        client
+            .connect(&socket2::SockAddr::unix(&path).unwrap())
+            .unwrap();
+        let accepted = deadline::accept_within(&listener, deadline::DEADLINE, "our own connect");
         drop(client);
-        (accepted, dir)
+        Some((accepted, dir))
     }
 
     #[test]
     fn a_client_of_another_namespace_is_told_by_its_socket_when_proc_is_silent() {
         let check = NetnsCheck::current();
-        let (accepted, _dir) = foreign_connection();
+        let Some((accepted, _dir)) = foreign_connection() else {
+            return;
+        };
         // No process 0 in /proc: the socket decides.
         match check.peer(0, &accepted) {
             PeerNetns::Foreign { daemon, peer } => {
                 assert_eq!(daemon, NsFile::of_self().unwrap().inode());
                 assert_ne!(peer, Some(daemon));
-                assert!(peer.is_some(), "root may ask the socket for its namespace");
+                // Root may ask any socket; an ordinary user, one of its own user namespace's.
+                assert!(peer.is_some(), "the socket names its namespace");
             }
             other => panic!("{other:?}"),
         }
@@ -268,21 +271,33 @@ mod tests {
 
     #[test]
     fn a_client_process_in_another_namespace_is_foreign() {
+        use crate::testing::{deadline, needs};
+        let Some(ns) = needs::namespaces() else {
+            return;
+        };
+        if !needs::python3() {
+            return;
+        }
         let check = NetnsCheck::current();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let mut child = std::process::Command::new("unshare")
-            .args(["-n", "python3", "-c"])
+        let prefix = ns.unshare(&["--net"]);
+        let mut child = std::process::Command::new(&prefix[0])
+            .args(&prefix[1..])
+            .args([needs::PYTHON3, "-c"])
             .arg("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(1)")
             .arg(&path)
             .spawn()
             .unwrap();
-        let (accepted, _) = listener.accept().unwrap();
+        // Bounded: a child that failed to start never connects.
+        let accepted = deadline::accept_within(&listener, deadline::DEADLINE, "the client");
         let pid = crate::peer::peer_owner(&accepted).unwrap().pid;
         let verdict = check.peer(pid, &accepted);
+        // The child's recv ends with our end.
         drop(accepted);
-        child.wait().unwrap();
+        let status = deadline::wait_within(&mut child, deadline::DEADLINE, "the client");
+        assert!(status.success(), "the client failed: {status}");
         let child_ns = match verdict {
             PeerNetns::Foreign { peer: Some(p), .. } => p,
             other => panic!("{other:?}"),
@@ -300,16 +315,22 @@ mod tests {
 
     #[test]
     fn a_socket_of_another_namespace_is_not() {
+        use crate::testing::needs;
+        let Some(ns) = needs::namespaces() else {
+            return;
+        };
+        let Some(foreign) = ns.socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::DGRAM,
+        ) else {
+            return;
+        };
+        let foreign = socket2::Socket::from(foreign);
         let ours = NetNs::current().unwrap();
-        let foreign = std::thread::spawn(|| {
-            // SAFETY: NEWNET changes only this thread's network namespace.
-            #[allow(unsafe_code)]
-            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
-                .expect("unshare(CLONE_NEWNET) needs root");
-            std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
-        })
-        .join()
-        .unwrap();
+        // Bound in its own namespace, whatever the process's.
+        foreign
+            .bind(&std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into())
+            .unwrap();
         assert!(!ours.holds(&foreign).unwrap());
     }
 }

@@ -1,6 +1,12 @@
 //! Test support for crates that drive a real daemon: an in-process daemon on a temporary
 //! socket, bound before the server task starts, so a test can connect at once — no sleeps, no
 //! polling for readiness. Enabled by the `testing` feature; never part of a release build.
+//!
+//! - [`needs`]: what a test needs from the machine (other users, namespaces, Python,
+//!   portpicker, a C compiler), and the visible skip when it is missing;
+//! - [`namespaces`]: private namespaces as root or in a user namespace;
+//! - [`deadline`]: waiting for another process, or its connection, with a deadline;
+//! - [`raw`]: speaking the protocol by hand.
 
 #![allow(
     clippy::expect_used,
@@ -9,6 +15,9 @@
     reason = "test support: a failure to set up is a failed test"
 )]
 
+pub mod deadline;
+pub mod namespaces;
+pub mod needs;
 pub mod raw;
 
 use std::path::{Path, PathBuf};

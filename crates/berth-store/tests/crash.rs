@@ -29,7 +29,8 @@ use std::env;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_core::{PortRange, Protocol};
 use berth_store::{
@@ -42,6 +43,8 @@ const CHILD_DB: &str = "BERTH_STORE_CRASH_CHILD_DB";
 /// The round number, which seeds the child's tokens.
 const CHILD_ROUND: &str = "BERTH_STORE_CRASH_CHILD_ROUND";
 const ROUNDS: u64 = 8;
+/// How long the child may go without printing a line: generous, for a busy machine.
+const CHILD_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One store call of the child's program.
 #[derive(Debug, Clone)]
@@ -193,17 +196,32 @@ fn acknowledged_writes_survive_sigkill() {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        // Read on a thread of its own so that a child that stops answering fails the round
+        // (killed at the deadline) instead of hanging the suite.
         let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || loop {
+            let mut line = String::new();
+            match out.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if tx.send(line).is_err() => break,
+                Ok(_) => {}
+            }
+        });
         let mut steps = program(round);
         let mut done = 0usize;
         let mut creates = 0u64;
         let mut killed = false;
-        let mut line = String::new();
         loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
+            let line = match lines.recv_timeout(CHILD_DEADLINE) {
+                Ok(line) => line,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("round {round}: the child said nothing for {CHILD_DEADLINE:?}");
+                }
+            };
             // A line cut short by the kill was never acknowledged.
             let Some(text) = line.strip_suffix('\n') else {
                 break;

@@ -7,13 +7,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::{Client, ErrorKind, Protocol};
+use berth_daemon::testing::deadline::{all_lines, lines_of, next_line, wait_within};
+use berth_daemon::testing::needs::{self, PYTHON3};
 use berth_daemon::testing::raw::{
     assert_error, frame, lingering_socket, read_until_closed, responses, send_with_fds,
     shaken_hands, PY_PRELUDE,
@@ -197,7 +199,7 @@ fn child(conn: &impl AsRawFd, token: u64, body: &str) -> std::process::Child {
     let prelude = format!(
         "{PY_PRELUDE}\nfd, token = int(sys.argv[1]), int(sys.argv[2])\nconn = socket.socket(fileno=fd)\n"
     );
-    Command::new("/usr/bin/python3")
+    Command::new(PYTHON3)
         .arg("-c")
         .arg(format!("{prelude}{body}"))
         .arg(conn.as_raw_fd().to_string())
@@ -211,6 +213,9 @@ fn child(conn: &impl AsRawFd, token: u64, body: &str) -> std::process::Child {
 // Blocking I/O below: the daemon needs worker threads of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_cannot_slip_its_socket_to_the_owners_next_associate() {
+    if !needs::python3() {
+        return;
+    }
     let daemon = TestDaemon::start(45300, 45399);
     let (mut conn, token) = owner_with_reservation(&daemon).await;
     // The child sends a List with its own socket attached, reads the answer and the end of the
@@ -227,17 +232,11 @@ print("eof" if conn.recv(1) == b"" else "open")
 print(s.getsockname()[1], flush=True)
 "#,
     );
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 3, "{out}");
-    let reply: Response = berth_daemon::testing::raw::response_from_hex(lines[0]);
+    let out = lines_of(child.stdout.take().unwrap());
+    let lines = all_lines(&out, DEADLINE, "the child");
+    assert!(wait_within(&mut child, DEADLINE, "the child").success());
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let reply: Response = berth_daemon::testing::raw::response_from_hex(&lines[0]);
     assert_error(&[reply], ErrorKind::InvalidArgument, "not an associate");
     assert_eq!(lines[1], "eof");
     assert_eq!(lines[2], "0", "the child's socket was bound");
@@ -254,6 +253,9 @@ print(s.getsockname()[1], flush=True)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_cannot_have_the_owner_complete_its_frame() {
+    if !needs::python3() {
+        return;
+    }
     let daemon = TestDaemon::start(45400, 45499);
     let (mut conn, token) = owner_with_reservation(&daemon).await;
     // The child sends all of an associate of the owner's token but its last byte, with its own
@@ -271,10 +273,8 @@ sys.stdin.readline()
 print(s.getsockname()[1], flush=True)
 "#,
     );
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "sent");
+    let stdout = lines_of(child.stdout.take().unwrap());
+    assert_eq!(next_line(&stdout, DEADLINE, "the child"), "sent");
 
     let status = frame(Request::Status);
     assert_eq!(status[0], 0);
@@ -287,12 +287,10 @@ print(s.getsockname()[1], flush=True)
     assert_error(&replies, ErrorKind::InvalidArgument, "shared connection");
 
     child.stdin.take().unwrap().write_all(b"\n").unwrap();
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
-    assert!(child.wait().unwrap().success());
+    let line = next_line(&stdout, DEADLINE, "the child");
+    assert!(wait_within(&mut child, DEADLINE, "the child").success());
     assert_eq!(
-        line.trim(),
-        "0",
+        line, "0",
         "the owner's reservation bound the child's socket"
     );
 }

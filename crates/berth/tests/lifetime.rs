@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 
 use berth::Client;
+use berth_daemon::testing::deadline::{lines_of, next_line, wait_within, DEADLINE};
+use berth_daemon::testing::needs::{self, PYTHON3};
 use berth_daemon::testing::raw::PY_PRELUDE;
 use berth_daemon::testing::{eventually, TestDaemon};
 
@@ -29,9 +31,12 @@ os.write(1, b"parent done\n")
 // Blocking reads of the owner's output below: the daemon needs worker threads of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forked_child_does_not_keep_a_dead_owners_reservations() {
+    if !needs::python3() {
+        return;
+    }
     let daemon = TestDaemon::start(45000, 45099);
     let watcher = Client::connect_to(&daemon.socket).await.unwrap();
-    let mut owner = Command::new("/usr/bin/python3")
+    let mut owner = Command::new(PYTHON3)
         .arg("-c")
         .arg(format!("{PY_PRELUDE}{OWNER}"))
         .arg(&daemon.socket)
@@ -42,13 +47,13 @@ async fn a_forked_child_does_not_keep_a_dead_owners_reservations() {
         .unwrap();
     // Held here: `wait` would close it, and the child must keep running.
     let mut stdin = owner.stdin.take().unwrap();
-    let mut lines = BufReader::new(owner.stdout.take().unwrap()).lines();
+    let lines = lines_of(owner.stdout.take().unwrap());
     let mut seen = Vec::new();
     for _ in 0..2 {
-        seen.push(lines.next().unwrap().unwrap());
+        seen.push(next_line(&lines, DEADLINE, "the owner or its child"));
     }
     assert!(seen.iter().any(|l| l == "parent done"), "{seen:?}");
-    assert!(owner.wait().unwrap().success());
+    assert!(wait_within(&mut owner, DEADLINE, "the owner").success());
 
     // The owner is gone; its child still holds the connection open.
     let released = eventually(5000, || async {

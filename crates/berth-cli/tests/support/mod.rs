@@ -20,7 +20,7 @@
 
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -663,24 +663,7 @@ fn spawn_ready(
 }
 
 /// Each line of `reader` (newline kept), sent as it is read; disconnects at end-of-file.
-pub fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(reader);
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
+pub use berth_daemon::testing::deadline::lines_of;
 
 /// All of `reader`, sent once at end-of-file.
 pub fn all_of(mut reader: impl Read + Send + 'static) -> Receiver<String> {

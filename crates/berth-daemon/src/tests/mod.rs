@@ -5,23 +5,26 @@ mod authority;
 mod foreign_netns;
 mod stop;
 
-/// Whether this test process runs as root; tests that need it say why they skip otherwise.
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Runs `python3 -c PRELUDE+script ARGS…` through `wrapper` (e.g. `setpriv …`, `unshare -n`)
-/// and decodes the response payload it printed as hex on its last line, one per line.
-fn python_client(wrapper: &[&str], script: &str, args: &[&str]) -> Vec<berth_protocol::Response> {
+/// Runs `python3 -c PRELUDE+script ARGS…` through `wrapper` (e.g. `setpriv …`, `unshare …`)
+/// and decodes the response payload it printed as hex on its last line, one per line. The
+/// caller has checked `needs::python3()`.
+fn python_client<S: AsRef<str>>(
+    wrapper: &[S],
+    script: &str,
+    args: &[&str],
+) -> Vec<berth_protocol::Response> {
+    use crate::testing::deadline::{output_within, DEADLINE};
+    use crate::testing::needs::PYTHON3;
     use crate::testing::raw::{response_from_hex, PY_PRELUDE};
     let (program, rest) = wrapper.split_first().expect("a wrapper");
-    let out = std::process::Command::new(program)
-        .args(rest)
-        .args(["/usr/bin/python3", "-c"])
-        .arg(format!("{PY_PRELUDE}{script}"))
-        .args(args)
-        .output()
-        .expect("run python3");
+    let out = output_within(
+        std::process::Command::new(program.as_ref())
+            .args(rest.iter().map(AsRef::as_ref))
+            .args([PYTHON3, "-c"])
+            .arg(format!("{PY_PRELUDE}{script}"))
+            .args(args),
+        DEADLINE,
+    );
     assert!(
         out.status.success(),
         "{}",

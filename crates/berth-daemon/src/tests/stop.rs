@@ -6,6 +6,7 @@ use berth_core::ErrorKind;
 use berth_protocol::{Request, Response};
 use tokio::io::AsyncWriteExt;
 
+use crate::testing::needs;
 use crate::testing::raw::{assert_error, frame, read_until_closed, shaken_hands};
 use crate::testing::TestDaemon;
 
@@ -40,8 +41,7 @@ print(answer(conn).hex())
 // The client is a blocking child process: the daemon needs worker threads of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anyone_else_is_refused_and_the_daemon_serves_on() {
-    if !super::is_root() {
-        eprintln!("skipped: needs root, to run a client as another user (nobody) with setpriv");
+    if !needs::users() || !needs::python3() {
         return;
     }
     let daemon = TestDaemon::start(47110, 47119);
@@ -49,16 +49,7 @@ async fn anyone_else_is_refused_and_the_daemon_serves_on() {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = daemon.socket.to_str().unwrap().to_owned();
     let answers = tokio::task::spawn_blocking(move || {
-        super::python_client(
-            &[
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-            ],
-            STOP_AS_NOBODY,
-            &[&socket],
-        )
+        super::python_client(&needs::AS_NOBODY, STOP_AS_NOBODY, &[&socket])
     })
     .await
     .unwrap();
