@@ -731,3 +731,41 @@ fn descriptors_sent_to_the_side_doors_never_stall_anyone() {
     }
     holder.finish();
 }
+
+#[test]
+fn three_hundred_parallel_berth_runs_of_one_user_are_all_served() {
+    // A test runner's worker pool: 300 `berth run` of one user at once, more than the user's
+    // 256 connections. Each gives its connection back once its command owns the port, and a
+    // client told "busy" at a connection limit tries again: every one is served.
+    if !needs::users() {
+        return;
+    }
+    const RUNS: usize = 300;
+    let (d, _config) = daemon("23000-23499", "");
+    let mut runs: Vec<support::Proc> = (0..RUNS)
+        .map(|_| {
+            Berth::wrapped_in(d.socket(), NOBODY)
+                .args(["run", "--tcp", "1", "--", "sh", "-c", "echo $PORT; read x"])
+                .spawn()
+        })
+        .collect();
+    let mut ports: Vec<u16> = runs
+        .iter_mut()
+        .map(|run| run.next_line().parse().unwrap())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), RUNS, "two commands were given one port");
+    // All 300 live at once, each owned by its command, not by a connection.
+    let list = d.list();
+    assert_eq!(list.len(), RUNS, "{list:?}");
+    let status = d.status();
+    assert!(
+        status["sessions"].as_u64().unwrap() < 256,
+        "the runs keep their connections: {status}"
+    );
+    for mut run in runs {
+        run.send_line("x");
+        run.wait().code(0);
+    }
+}

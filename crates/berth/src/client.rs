@@ -11,7 +11,7 @@ use berth_core::{Kind, Protocol, Token};
 use berth_protocol::{paths, PortReport, Request, ReservationInfo, Response, StatusInfo};
 
 use crate::autostart::{self, Starter};
-use crate::connection::Connection;
+use crate::connection::{Connection, Refused};
 use crate::error::Error;
 use crate::rendezvous::{self, Reached};
 use crate::reservation::Reservation;
@@ -122,7 +122,7 @@ impl Client {
             let timeout = options.connect_timeout;
             match rendezvous::reach(path, timeout, options.trusted_daemon_uid).await? {
                 Reached::Daemon(stream) => {
-                    return Ok(Found::Daemon(Client::open(stream, path, options).await))
+                    return Ok(Found::Daemon(Client::open_at(stream, path, options).await))
                 }
                 Reached::Nobody(why) => tried.push(format!("{}: {why}", path.display())),
             }
@@ -136,7 +136,7 @@ impl Client {
                 let timeout = options.connect_timeout;
                 match rendezvous::reach(&path, timeout, options.trusted_daemon_uid).await? {
                     Reached::Daemon(stream) => {
-                        return Ok(Found::Daemon(Client::open(stream, &path, options).await))
+                        return Ok(Found::Daemon(Client::open_at(stream, &path, options).await))
                     }
                     Reached::Nobody(why) => tried.push(format!("{}: {why}", path.display())),
                 }
@@ -230,10 +230,33 @@ impl Client {
     pub async fn connect_to_with(path: impl AsRef<Path>, options: Options) -> Result<Self, Error> {
         let path = path.as_ref();
         let stream = rendezvous::connect(path, &options).await?;
-        Client::open(stream, path, options).await
+        Client::open_at(stream, path, options).await
     }
 
-    async fn open(stream: UnixStream, path: &Path, options: Options) -> Result<Self, Error> {
+    /// Opens a session on `stream`, connected to `path`.
+    ///
+    /// A daemon at a connection limit (its own, or this user's) answers "busy" at once; the
+    /// client then connects again, backing off, until [`Options::connect_timeout`] has passed,
+    /// and only then fails with that answer — so a burst of clients (a test runner's hundreds
+    /// of `berth run`) is served as connections close, not refused.
+    async fn open_at(stream: UnixStream, path: &Path, options: Options) -> Result<Self, Error> {
+        let deadline = tokio::time::Instant::now() + options.connect_timeout;
+        // Jittered by pid, so that a burst of clients does not come back in step.
+        let mut pause = std::time::Duration::from_millis(5 + u64::from(std::process::id() % 16));
+        let mut stream = stream;
+        loop {
+            match Client::open(stream, path, options).await {
+                Err(refused) if refused.busy && tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
+                    stream = rendezvous::connect(path, &options).await?;
+                }
+                done => return done.map_err(Error::from),
+            }
+        }
+    }
+
+    async fn open(stream: UnixStream, path: &Path, options: Options) -> Result<Self, Refused> {
         let name = concat!("berth-rs/", env!("CARGO_PKG_VERSION"));
         let opening = Connection::open(stream, path, name, options);
         let conn = tokio::time::timeout(options.connect_timeout, opening)

@@ -138,6 +138,14 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             }
         }
     }
+    let mut client = Some(client);
+    if !handed.is_empty() && held.iter().all(|r| handed.contains(&r.token())) {
+        // The command owns every port now, and this session holds nothing: give its
+        // connection back for the command's whole life (one of the user's connections), so
+        // that a test runner's hundreds of `berth run` at once are all served.
+        held.clear();
+        client = None;
+    }
     let kept: Vec<&Reservation> = held
         .iter()
         .filter(|r| !handed.contains(&r.token()))
@@ -167,7 +175,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             tracing::warn!("releasing after the command exited: {e}");
         }
     }
-    ended_with_the_command(&client, &handed).await;
+    // A new connection, if the first was given back: one request, bounded.
+    let confirm = match client {
+        Some(client) => Some(client),
+        None if !handed.is_empty() => connect::existing().await.ok(),
+        None => None,
+    };
+    if let Some(client) = &confirm {
+        ended_with_the_command(client, &handed).await;
+    }
     let code = match (status.code(), status.signal()) {
         (Some(code), _) => u8::try_from(code).unwrap_or(exit::FAILURE),
         (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(exit::FAILURE),

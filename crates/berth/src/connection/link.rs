@@ -54,12 +54,43 @@ impl Drop for Link {
     }
 }
 
+/// Why a handshake failed: the error, and whether the daemon refused only because it is at a
+/// connection limit (its own, or this user's), which passes as connections close.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) error: Error,
+    pub(crate) busy: bool,
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Refused { error, busy: false }
+    }
+}
+
+impl From<Refused> for Error {
+    fn from(refused: Refused) -> Self {
+        refused.error
+    }
+}
+
+/// Whether `e` is a refusal at a connection limit.
+fn at_connection_limit(e: &berth_protocol::WireError) -> bool {
+    matches!(
+        &e.detail,
+        berth_protocol::ErrorDetail::Busy(berth_protocol::BusyDetail {
+            limit: berth_protocol::DaemonLimit::Connections,
+            ..
+        })
+    )
+}
+
 /// Sends the hello on `stream` (connected to `path`) and checks the daemon's welcome.
 pub(super) async fn handshake(
     stream: UnixStream,
     path: &Path,
     client_name: &str,
-) -> Result<(Reader, Writer, Welcome), Error> {
+) -> Result<(Reader, Writer, Welcome), Refused> {
     let (rd, wr) = stream.into_split();
     let mut reader = FramedRead::new(rd, FrameCodec::client());
     let mut writer = FramedWrite::new(wr, FrameCodec::client());
@@ -70,26 +101,34 @@ pub(super) async fn handshake(
         // A daemon that refuses a connection at once (busy, a client it cannot identify)
         // writes its answer and closes without reading the hello: the answer is still there.
         return match reader.next().await {
-            Some(Ok(Response::Error(refusal))) => Err(refusal.into()),
-            _ => Err(Error::lost(e)),
+            Some(Ok(Response::Error(refusal))) => Err(Refused {
+                busy: at_connection_limit(&refusal),
+                error: refusal.into(),
+            }),
+            _ => Err(Error::lost(e).into()),
         };
     }
     let welcome = match reader.next().await {
         Some(Ok(Response::Welcome(w))) => w,
-        Some(Ok(Response::Error(e))) => return Err(e.into()),
-        Some(Ok(other)) => return Err(Error::unexpected(other)),
-        Some(Err(e)) => return Err(Error::lost(e)),
-        None => return Err(Error::lost("closed during the handshake")),
+        Some(Ok(Response::Error(e))) => {
+            return Err(Refused {
+                busy: at_connection_limit(&e),
+                error: e.into(),
+            })
+        }
+        Some(Ok(other)) => return Err(Error::unexpected(other).into()),
+        Some(Err(e)) => return Err(Error::lost(e).into()),
+        None => return Err(Error::lost("closed during the handshake").into()),
     };
     let ours = berth_protocol::MIN_PROTOCOL_VERSION..=berth_protocol::PROTOCOL_VERSION;
     if !ours.contains(&welcome.version) {
-        return Err(Error::Incompatible(format!(
+        return Err(Refused::from(Error::Incompatible(format!(
             "the daemon on {} chose protocol version {}, which this client (versions {}..={}) does not speak; upgrade the older of the two",
             path.display(),
             welcome.version,
             ours.start(),
             ours.end()
-        )));
+        ))));
     }
     Ok((reader, writer, welcome))
 }

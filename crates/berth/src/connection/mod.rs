@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::Error;
 use crate::loss::Losses;
 use books::{Books, Call, Delivery};
+pub(crate) use link::Refused;
 use link::{handshake, Link};
 
 /// A live connection: a handle to the task that owns the socket.
@@ -45,7 +46,7 @@ impl Connection {
         path: &Path,
         client_name: &str,
         options: crate::Options,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, Refused> {
         let (reader, writer, welcome) = handshake(stream, path, client_name).await?;
         let (calls, rx) = mpsc::unbounded_channel::<Call>();
         let (orphans_tx, orphans) = mpsc::unbounded_channel::<Token>();
