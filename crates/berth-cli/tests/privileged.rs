@@ -371,3 +371,67 @@ fn a_privileged_pool_serves_allowed_users() {
     };
     assert_eq!(d.run_child(Mode::Wildcard), "OK 80", "log:\n{}", d.log());
 }
+
+/// The policy follows the kernel's facts when a request needs them: the boundary
+/// (`ip_unprivileged_port_start`) as it is now, and `CAP_NET_BIND_SERVICE` of the asking
+/// process — counted only in the daemon's own user namespace (after `unshare -Ur`, `CapEff`
+/// shows every capability, which the kernel does not honour over the daemon's network
+/// namespace). In a private network namespace; clients as nobody.
+#[test]
+fn the_boundary_is_read_live_and_a_capability_counts_only_where_the_kernel_honours_it() {
+    if !berth_daemon::testing::needs::users() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let client = dir.path().join("ask.py");
+    std::fs::write(
+        &client,
+        format!(
+            "{}\nc = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1]); hello(c, b'priv-test')\nc.sendall(frame(bytes([1, 0]) + varint(int(sys.argv[2])) + varint(1)))\nprint('granted' if answer(c)[0] == 2 else 'refused')\n",
+            berth_daemon::testing::raw::PY_PRELUDE
+        ),
+    )
+    .unwrap();
+    // Waits are polls with a deadline, never a fixed sleep.
+    let script = r#"
+set -u
+ip link set lo up
+D=$1; B=$2; PY=$3
+NOBODY="setpriv --reuid=65534 --regid=65534 --clear-groups"
+"$B" daemon --socket "$D/s.sock" --db "$D/s.db" --kernel-sync off --pool 40000-40099 --authority none --ready-stdout >"$D/ready" 2>"$D/log" &
+R=$!
+for _ in $(seq 400); do grep -q ready "$D/ready" 2>/dev/null && break; sleep 0.05; done
+ask() { $NOBODY /usr/bin/python3 "$PY" "$D/s.sock" "$1"; }
+until_says() { for _ in $(seq 200); do [ "$(ask "$1")" = "$2" ] && echo "$2" && return; sleep 0.05; done; echo "never $2"; }
+echo "default: $(ask 80)"
+sysctl -qw net.ipv4.ip_unprivileged_port_start=0
+echo "lowered: $(until_says 80 granted)"
+sysctl -qw net.ipv4.ip_unprivileged_port_start=1024
+echo "raised: $(until_says 80 refused)"
+echo "capability: $($NOBODY --inh-caps=+net_bind_service --ambient-caps=+net_bind_service /usr/bin/python3 "$PY" "$D/s.sock" 443)"
+echo "own-userns: $($NOBODY unshare -Ur /usr/bin/python3 "$PY" "$D/s.sock" 443)"
+kill $R; wait $R
+"#;
+    let out = Command::new("unshare")
+        .args(["-n", "bash", "-c", script, "berth-privileged-test"])
+        .arg(dir.path())
+        .arg(support::BERTH)
+        .arg(&client)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    for line in [
+        "default: refused",
+        "lowered: granted",
+        "raised: refused",
+        "capability: granted",
+        "own-userns: refused",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line:?} missing:\n{stdout}\n{log}"
+        );
+    }
+}

@@ -63,7 +63,7 @@ pub(crate) async fn claim(name: &str) -> io::Result<Claim> {
     let system = name == authority::DEFAULT_NAME;
     let root = rustix::process::geteuid().is_root();
     let lock = if system && root {
-        Some(take_system_lock()?)
+        take_system_lock()?
     } else {
         if system {
             if let Some(pid) = system_daemon()? {
@@ -226,22 +226,51 @@ fn system_lock_path() -> io::Result<PathBuf> {
 }
 
 /// Root's daemon takes the system lock of its namespace, or says which daemon holds it.
-fn take_system_lock() -> io::Result<SystemLock> {
+/// `Ok(None)` when it may not write the lock's directory: root of a user namespace of its own
+/// (a rootless container, a test's `unshare -Ur`) is not the host's system daemon, and claims
+/// its namespace with the beacon alone.
+fn take_system_lock() -> io::Result<Option<SystemLock>> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let path = system_lock_path()?;
+    let not_ours = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+        )
+    };
     if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
+        match std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
-            .create(dir)?;
+            .create(dir)
+        {
+            Ok(()) => {}
+            Err(e) if not_ours(&e) => {
+                tracing::debug!(
+                    "no system lock ({}: {e}): claiming the namespace with the beacon alone",
+                    dir.display()
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
     }
     // A file unlinked by the daemon that held it, between our open and our lock, is not the
     // lock any more: open the path again.
     for _ in 0..3 {
-        let file = lock_file(&path)?;
+        let file = match lock_file(&path) {
+            Ok(file) => file,
+            Err(e) if not_ours(&e) => {
+                tracing::debug!(
+                    "no system lock ({e}): claiming the namespace with the beacon alone"
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         let current = std::fs::symlink_metadata(&path).map(|m| m.ino()).ok();
         if current == Some(file.metadata()?.ino()) {
-            return Ok(SystemLock { file, path });
+            return Ok(Some(SystemLock { file, path }));
         }
     }
     Err(io::Error::other(format!(

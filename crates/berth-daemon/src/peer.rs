@@ -15,6 +15,30 @@ pub(crate) fn read_proc(path: impl AsRef<Path>) -> io::Result<String> {
     String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// `CAP_NET_BIND_SERVICE`, bit 10 of the capability sets.
+const CAP_NET_BIND_SERVICE: u32 = 10;
+
+/// Whether process `pid` may bind privileged ports in the daemon's network namespace itself:
+/// it holds `CAP_NET_BIND_SERVICE` in its effective set, *and* its user namespace is the
+/// daemon's. `CapEff` in `/proc` is relative to the process's own user namespace — after
+/// `unshare -Ur` it shows every capability, which the kernel honours only over namespaces that
+/// user namespace owns, not over the daemon's — so a capability counts only in the daemon's
+/// own user namespace (the one that owns its network namespace, for a daemon started there).
+/// Read when asked (a capability can be dropped at any time).
+pub(crate) fn may_bind_privileged(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let userns = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let same = userns(&format!("/proc/{pid}/ns/user")).is_some()
+        && userns(&format!("/proc/{pid}/ns/user")) == userns("/proc/self/ns/user");
+    same && read_proc(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_NET_BIND_SERVICE) != 0)
+    })
+}
+
 /// The process that connected on `socket`: `SO_PEERCRED` for pid, uid and gid, then `/proc`
 /// for its start time and command name. A peer whose pid is not visible here (another pid
 /// namespace: the kernel says pid 0) is refused: its reservations could be neither watched nor

@@ -23,6 +23,7 @@ use crate::store_thread::StoreHandle;
 
 mod persistent;
 mod portserver;
+mod privileged;
 mod quota;
 mod restore;
 mod runtime;
@@ -44,8 +45,8 @@ pub(crate) struct Shared {
     next_session: AtomicU64,
     /// Who may use ports below the unprivileged start.
     privileged: PrivilegedPorts,
-    /// Whether the wildcard pool reaches below the unprivileged start (fixed at start-up).
-    pool_is_privileged: bool,
+    /// The privileged-port boundary as last read (see `privileged`).
+    boundary: privileged::Boundary,
     /// The daemon's network namespace: sockets from any other are refused.
     netns: NetNs,
     /// Members of these groups are administrators.
@@ -166,7 +167,7 @@ impl Shared {
             sessions: AtomicU32::new(0),
             next_session: AtomicU64::new(1),
             privileged: config.privileged.clone(),
-            pool_is_privileged: config.privileged.touches(config.pool.range()),
+            boundary: privileged::Boundary::default(),
             netns: NetNs::current()?,
             admin_groups: config.admin_groups.clone(),
             quota: config.quota,
@@ -523,26 +524,6 @@ impl Shared {
             self.is_admin(&process)
         };
         Requester { process, is_admin }
-    }
-
-    /// Refuses privileged ports to users the policy does not allow.
-    fn check_privileged(
-        &self,
-        protocol: Protocol,
-        range: berth_core::PortRange,
-        who: &Owner,
-    ) -> Result<(), Box<Response>> {
-        if !self.privileged.touches(range) {
-            return Ok(());
-        }
-        self.privileged
-            .check(protocol, range, who.uid, &groups_of(who))
-            .map_err(|e| Box::new(error(e.kind(), e.to_string())))
-    }
-
-    /// Whether `who` may use privileged ports at all.
-    fn may_use_privileged(&self, who: &Owner) -> bool {
-        self.privileged.allows(who.uid, &groups_of(who))
     }
 
     fn list(&self, peer: &Peer) -> Response {

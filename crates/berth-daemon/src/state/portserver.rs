@@ -24,11 +24,7 @@ impl Shared {
     /// consumer of the change stream has it.
     async fn grant_both(&self, owner: Owner) -> Result<u16, String> {
         let is_admin = self.is_admin(&owner);
-        let lowest_port = if self.pool_is_privileged && !self.may_use_privileged(&owner) {
-            self.privileged.unprivileged_start
-        } else {
-            0
-        };
+        let lowest_port = self.lowest_wildcard_port(&owner);
         let mut probes = self.prober.probes();
         let pid = owner.pid;
         let (port, pending) = {

@@ -170,17 +170,20 @@ impl Shared {
         Ok(granted)
     }
 
-    /// The lowest port `owner` may get: above the privileged ports, unless the policy lets it
-    /// use them. Reads the owner's groups only when the request could reach privileged ports.
+    /// The lowest port `owner` may get: above the privileged ports, unless it may use them.
+    /// Looks at the owner (groups, capabilities) only when the request could reach privileged
+    /// ports.
     fn lowest_port_for(&self, request: RangeRequest, owner: &Owner) -> u16 {
-        let may_reach = match request {
-            RangeRequest::Specific(range) => self.privileged.touches(range),
-            RangeRequest::Wildcard { .. } => self.pool_is_privileged,
-        };
-        if may_reach && !self.may_use_privileged(owner) {
-            self.privileged.unprivileged_start
-        } else {
-            0
+        match request {
+            RangeRequest::Specific(range) => {
+                let policy = self.privileged_now();
+                if policy.touches(range) && !self.may_use_privileged(owner) {
+                    policy.unprivileged_start
+                } else {
+                    0
+                }
+            }
+            RangeRequest::Wildcard { .. } => self.lowest_wildcard_port(owner),
         }
     }
 
