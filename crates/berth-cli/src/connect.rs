@@ -21,7 +21,10 @@ pub enum Lifetime {
 impl Lifetime {
     fn options(self) -> Options {
         match self {
-            Lifetime::OneShot => Options::default().reconnect_window(Duration::ZERO),
+            // A busy daemon is reported at once to a person waiting for one answer.
+            Lifetime::OneShot => Options::default()
+                .reconnect_window(Duration::ZERO)
+                .busy_retry(Duration::ZERO),
             Lifetime::Holding => Options::default(),
         }
     }

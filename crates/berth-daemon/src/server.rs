@@ -508,9 +508,23 @@ struct Accepting {
     /// `/dev/null`, opened at start and given up to accept a client when nothing else is left;
     /// opened again as soon as that client's descriptor is closed (see [`Refill`]).
     reserve: Reserve,
-    /// Since when accepting fails, and how many clients were answered busy meanwhile.
-    episode: Option<u64>,
+    /// The shortage going on, if any.
+    episode: Option<Episode>,
 }
+
+/// A time in which accepting fails: one line when it starts, one when it is over, with the
+/// true count of clients answered busy in between — not a pair of lines per refused client
+/// (an accept works now and then in a shortage: with the reserve descriptor's help, or when a
+/// descriptor was freed for a moment).
+struct Episode {
+    since: std::time::Instant,
+    /// The last failed accept.
+    last: std::time::Instant,
+    answered: u64,
+}
+
+/// How long accepting must have worked before a shortage counts as over.
+const EPISODE_QUIET: Duration = Duration::from_secs(10);
 
 impl Accepting {
     fn new() -> Self {
@@ -522,14 +536,23 @@ impl Accepting {
         }
     }
 
-    /// An accept worked: the episode, if any, is over.
+    /// An accept worked: the episode, if any, is over once no accept has failed for
+    /// [`EPISODE_QUIET`].
     fn accepted(&mut self) {
-        if let Some(answered) = self.episode.take() {
-            tracing::info!(
-                answered,
-                "accepting connections again ({} descriptors open)",
-                crate::limits::in_use()
-            );
+        let over = self
+            .episode
+            .as_ref()
+            .is_some_and(|e| e.last.elapsed() >= EPISODE_QUIET);
+        if over {
+            if let Some(e) = self.episode.take() {
+                tracing::info!(
+                    answered = e.answered,
+                    "accepting connections again after {}s out of descriptors, in which {} clients were answered busy ({} descriptors open)",
+                    e.last.saturating_duration_since(e.since).as_secs(),
+                    e.answered,
+                    crate::limits::in_use()
+                );
+            }
         }
         self.reserve.refill();
     }
@@ -538,7 +561,10 @@ impl Accepting {
     /// descriptors answers one waiting client with the reserve descriptor.
     fn failed(&mut self, e: &io::Error, listener: &UnixListener, closers: &crate::closer::Closers) {
         let shortage = crate::limits::is_shortage(e);
-        if self.episode.is_none() {
+        let now = std::time::Instant::now();
+        if let Some(episode) = &mut self.episode {
+            episode.last = now;
+        } else {
             if shortage {
                 tracing::warn!(
                     open = crate::limits::open_files_in_shortage(),
@@ -550,7 +576,12 @@ impl Accepting {
                 tracing::warn!("accept failed: {e}; retrying every {ACCEPT_RETRY:?}");
             }
         }
-        let answered = self.episode.get_or_insert(0);
+        let episode = self.episode.get_or_insert(Episode {
+            since: now,
+            last: now,
+            answered: 0,
+        });
+        let answered = &mut episode.answered;
         if !shortage {
             return;
         }

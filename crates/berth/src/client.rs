@@ -40,6 +40,9 @@ pub struct Options {
     /// service account of a system daemon); `None`: root or this user only. Checked with the
     /// kernel's credentials of the listening process before anything is sent.
     pub trusted_daemon_uid: Option<u32>,
+    /// How long connecting tries again while the daemon answers "busy" at a connection limit
+    /// (its own, or this user's), backing off; zero: report the first such answer at once.
+    pub busy_retry: std::time::Duration,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             reconnect_window: std::time::Duration::from_secs(30),
             connect_timeout: std::time::Duration::from_secs(10),
             trusted_daemon_uid: None,
+            busy_retry: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -68,6 +72,12 @@ impl Options {
     /// These options with another reconnection window.
     pub fn reconnect_window(mut self, window: std::time::Duration) -> Self {
         self.reconnect_window = window;
+        self
+    }
+
+    /// These options with another time to keep trying while the daemon is busy.
+    pub fn busy_retry(mut self, window: std::time::Duration) -> Self {
+        self.busy_retry = window;
         self
     }
 }
@@ -236,11 +246,11 @@ impl Client {
     /// Opens a session on `stream`, connected to `path`.
     ///
     /// A daemon at a connection limit (its own, or this user's) answers "busy" at once; the
-    /// client then connects again, backing off, until [`Options::connect_timeout`] has passed,
-    /// and only then fails with that answer — so a burst of clients (a test runner's hundreds
-    /// of `berth run`) is served as connections close, not refused.
+    /// client then connects again, backing off, until [`Options::busy_retry`] has passed, and
+    /// only then fails with that answer — so a burst of clients (a test runner's hundreds of
+    /// `berth run`) is served as connections close, not refused.
     async fn open_at(stream: UnixStream, path: &Path, options: Options) -> Result<Self, Error> {
-        let deadline = tokio::time::Instant::now() + options.connect_timeout;
+        let deadline = tokio::time::Instant::now() + options.busy_retry;
         // Jittered by pid, so that a burst of clients does not come back in step.
         let mut pause = std::time::Duration::from_millis(5 + u64::from(std::process::id() % 16));
         let mut stream = stream;
