@@ -165,6 +165,8 @@ pub(crate) struct Closers(Arc<Pool>);
 pub(crate) struct Lane {
     pool: Arc<Pool>,
     uid: u32,
+    /// The user's turn to read with room for descriptors (see [`Lane::read_turn`]).
+    turn: Arc<tokio::sync::Semaphore>,
 }
 
 /// Whatever waits to be dropped, and the threads that drop it.
@@ -175,6 +177,8 @@ struct Pool {
     work: Condvar,
     /// Told whenever a lane's outstanding closes drop below [`PER_UID_BACKLOG`].
     progress: Notify,
+    /// Each user's read turn, shared by its lanes while any lives.
+    turns: Mutex<HashMap<u32, Weak<tokio::sync::Semaphore>>>,
 }
 
 /// One user's closes.
@@ -297,14 +301,31 @@ impl Closers {
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
             progress: Notify::new(),
+            turns: Mutex::new(HashMap::new()),
         }))
     }
 
     /// The lane of user `uid`.
     pub(crate) fn lane(&self, uid: u32) -> Lane {
+        let turn = {
+            let mut turns = self.0.turns.lock().unwrap_or_else(PoisonError::into_inner);
+            match turns.get(&uid).and_then(Weak::upgrade) {
+                Some(turn) => turn,
+                None => {
+                    // Users whose lanes are all gone are forgotten now and then.
+                    if turns.len() >= 1024 {
+                        turns.retain(|_, t| t.strong_count() > 0);
+                    }
+                    let turn = Arc::new(tokio::sync::Semaphore::new(1));
+                    turns.insert(uid, Arc::downgrade(&turn));
+                    turn
+                }
+            }
+        };
         Lane {
             pool: Arc::clone(&self.0),
             uid,
+            turn,
         }
     }
 }
@@ -366,6 +387,26 @@ impl Lane {
                 pool.lock().threads -= 1;
                 tracing::error!("cannot start a thread to close client descriptors: {e}");
             }
+        }
+    }
+
+    /// The user's turn to read from one of its connections with room for descriptors: one
+    /// read at a time per user, and only once its closes do not back up. So one user holds at
+    /// most [`PER_UID_BACKLOG`] closes plus one message's descriptors (253) received and not
+    /// yet closed, however many connections it opens — never enough to take the daemon's room
+    /// to receive from everyone else. Hold the turn across the `recvmsg` only.
+    pub(crate) async fn read_turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        loop {
+            // Never closed: acquire fails only on a closed semaphore.
+            let Ok(turn) = self.turn.acquire().await else {
+                std::future::pending::<()>().await;
+                continue;
+            };
+            if self.outstanding() < PER_UID_BACKLOG {
+                return turn;
+            }
+            drop(turn);
+            self.uncongested().await;
         }
     }
 
@@ -676,5 +717,37 @@ mod tests {
             assert_eq!(rustix::io::read(&r, &mut byte[..]), Ok(0));
         }
         drop((read, write));
+    }
+
+    #[tokio::test]
+    async fn one_read_turn_per_user_whatever_its_connections() {
+        let closers = Closers::new();
+        let (a, b, other) = (closers.lane(7), closers.lane(7), closers.lane(8));
+        let turn = a.read_turn().await;
+        // Another connection of the same user waits for the turn; another user does not.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), b.read_turn()).await;
+        assert!(waiting.is_err(), "two reads of one user at once");
+        drop(other.read_turn().await);
+        drop(turn);
+        drop(b.read_turn().await);
+        // A user whose closes back up gets no turn until they drain.
+        struct Blocks(Arc<Mutex<mpsc::Receiver<()>>>);
+        impl Drop for Blocks {
+            fn drop(&mut self) {
+                let _ = self.0.lock().unwrap().recv();
+            }
+        }
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        for _ in 0..PER_UID_BACKLOG {
+            a.dispose(Blocks(gate.clone()));
+        }
+        let backed_up = tokio::time::timeout(Duration::from_millis(50), a.read_turn()).await;
+        assert!(backed_up.is_err(), "a turn while the user's closes back up");
+        drop(release);
+        let turn = tokio::time::timeout(Duration::from_secs(10), a.read_turn())
+            .await
+            .expect("a turn once the user's closes drained");
+        drop(turn);
     }
 }

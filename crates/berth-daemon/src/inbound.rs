@@ -65,6 +65,10 @@ pub(crate) const KERNEL_MAX_FDS: usize = 253;
 /// Bytes read per `recvmsg`.
 const CHUNK: usize = 16 * 1024;
 
+/// How long reading waits, when the daemon lacks the room to receive descriptors, before it
+/// looks again (closes on the closer threads free descriptors meanwhile).
+const ROOM_WAIT: Duration = Duration::from_millis(50);
+
 /// A session's frame buffer is given back when it is idle (nothing buffered) and holds more
 /// than this: requests are tens of bytes, and a daemon with 1,000 idle sessions should not keep
 /// what one large read grew for each.
@@ -231,15 +235,25 @@ impl Reader {
         if self.half.is_none() {
             return Ok(0);
         }
-        // Back-pressure: what this user sends waits in the kernel while its closes back up.
-        self.lane.uncongested().await;
         let Some(half) = self.half.as_ref() else {
             return Ok(0);
         };
         let stream: &tokio::net::UnixStream = half.as_ref();
         let buf = &mut self.buf;
-        let message = stream
-            .async_io(Interest::READABLE, || {
+        let message = loop {
+            stream.readable().await.map_err(ReadError::Io)?;
+            // Back-pressure: what this user sends waits in the kernel while its closes back up,
+            // and one of its connections is read at a time (see `Lane::read_turn`).
+            let turn = self.lane.read_turn().await;
+            // The room a message's descriptors take is there, or nothing is read for now:
+            // the kernel would close what it cannot install on this very thread.
+            if !crate::limits::room_to_receive(stream.as_fd(), KERNEL_MAX_FDS) {
+                drop(turn);
+                crate::limits::log_shortage("reading is paused until descriptors are freed");
+                tokio::time::sleep(ROOM_WAIT).await;
+                continue;
+            }
+            let read = stream.try_io(Interest::READABLE, || {
                 SCRATCH.with_borrow_mut(|scratch| {
                     let Scratch { bytes, control } = scratch;
                     let message = recv::recv(stream.as_fd(), bytes, control)?;
@@ -248,9 +262,15 @@ impl Reader {
                     buf.extend_from_slice(bytes.get(..message.bytes).unwrap_or_default());
                     Ok(message)
                 })
-            })
-            .await
-            .map_err(ReadError::Io)?;
+            });
+            drop(turn);
+            match read {
+                Ok(message) => break message,
+                // Readiness was stale: wait for the next.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        };
         // Own every descriptor before anything can drop (and close) one here.
         let mut fds: Vec<Carried> = message
             .fds

@@ -62,6 +62,37 @@ pub(crate) fn open_files_in_shortage() -> u64 {
     }
 }
 
+/// Whether the daemon has room for `fds` more descriptors, with a margin for its own work: the
+/// room a `recvmsg` needs, since the kernel closes on the reading thread whatever it cannot
+/// install (and such a close can block). Two system calls: `F_DUPFD` asks for the lowest free
+/// descriptor at or above the limit less the room (descriptors are handed out lowest first, so
+/// the top of the table is the last to fill), and the duplicate is closed again (a duplicate's
+/// close never blocks: `socket` keeps the file open).
+pub(crate) fn room_to_receive(socket: std::os::fd::BorrowedFd<'_>, fds: usize) -> bool {
+    let limit = open_files_limit();
+    let Ok(limit) = i64::try_from(limit) else {
+        return true;
+    };
+    // A small limit (a test's) keeps a quarter of itself free instead.
+    let room = i64::try_from(fds + ROOM_MARGIN)
+        .unwrap_or(i64::MAX)
+        .min(limit / 4);
+    let Ok(from) = i32::try_from(limit - room) else {
+        return true;
+    };
+    match rustix::io::fcntl_dupfd_cloexec(socket, from) {
+        Ok(dup) => {
+            drop(dup);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Descriptors kept free beyond a message's for the daemon's own work (probes, `/proc` reads,
+/// the database).
+const ROOM_MARGIN: usize = 64;
+
 /// Whether `e` says that the daemon (`EMFILE`) or the system (`ENFILE`) is out of file
 /// descriptors: a shortage of the daemon's, never the client's fault.
 pub(crate) fn is_shortage(e: &std::io::Error) -> bool {

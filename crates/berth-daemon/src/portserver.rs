@@ -331,13 +331,28 @@ async fn read_request(stream: &UnixStream, lane: &Lane) -> io::Result<Option<u32
         if room.is_empty() {
             return Ok(None);
         }
-        // Back-pressure: nothing more of this user's is read while its closes back up.
-        lane.uncongested().await;
-        let message = stream
-            .async_io(tokio::io::Interest::READABLE, || {
-                crate::inbound::recv(stream.as_fd(), room, &mut control)
-            })
-            .await?;
+        stream.readable().await?;
+        // As on the main socket: one read of the user's at a time, once its closes do not back
+        // up, and only with room for what a message may carry (on a kernel that cannot refuse
+        // descriptors at the socket).
+        let turn = lane.read_turn().await;
+        if !crate::limits::room_to_receive(stream.as_fd(), crate::inbound::KERNEL_MAX_FDS) {
+            drop(turn);
+            crate::limits::log_shortage(
+                "the portserver endpoint pauses reading until descriptors are freed",
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let read = stream.try_io(tokio::io::Interest::READABLE, || {
+            crate::inbound::recv(stream.as_fd(), room, &mut control)
+        });
+        drop(turn);
+        let message = match read {
+            Ok(message) => message,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
         for fd in message.fds {
             drop(Received::new(fd, lane));
         }
