@@ -92,3 +92,139 @@ mod tests {
         assert!(per_uid.enter(500).unwrap().is_some());
     }
 }
+
+/// Turns at handling requests, shared fairly between users: at most `width` requests are
+/// handled at once, and when more wait, the next turn goes to the next user in round-robin
+/// order rather than to whichever request came first — so one user's request loop over many
+/// connections delays another user's request by about one turn, not by its whole backlog.
+pub(crate) struct Turns {
+    width: usize,
+    state: Mutex<TurnState>,
+}
+
+#[derive(Default)]
+struct TurnState {
+    running: usize,
+    /// Requests waiting, per user, oldest first.
+    waiting: HashMap<u32, std::collections::VecDeque<tokio::sync::oneshot::Sender<()>>>,
+    /// Users with requests waiting, in turn order.
+    order: std::collections::VecDeque<u32>,
+}
+
+/// A turn being taken; the next one is handed on when it is dropped.
+pub(crate) struct Turn<'a>(&'a Turns);
+
+impl Turns {
+    /// At most `width` requests handled at once.
+    pub(crate) fn new(width: usize) -> Self {
+        Turns {
+            width: width.max(1),
+            state: Mutex::new(TurnState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for a turn of user `uid`'s. Cancel-safe: a turn handed to a request that no
+    /// longer waits goes to the next one.
+    pub(crate) async fn enter(&self, uid: u32) -> Turn<'_> {
+        let waiting = {
+            let mut state = self.lock();
+            if state.running < self.width && state.order.is_empty() {
+                state.running += 1;
+                return Turn(self);
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let state = &mut *state;
+            let queue = state.waiting.entry(uid).or_default();
+            if queue.is_empty() {
+                state.order.push_back(uid);
+            }
+            queue.push_back(tx);
+            rx
+        };
+        // The sender is dropped only when this request's turn is handed to it, so an error
+        // means the same: a turn, counted as running.
+        let _ = waiting.await;
+        Turn(self)
+    }
+
+    /// One turn is over: hands it to the next user's oldest waiting request, if any.
+    fn leave(&self) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.running = state.running.saturating_sub(1);
+        while let Some(uid) = state.order.pop_front() {
+            let Some(queue) = state.waiting.get_mut(&uid) else {
+                continue;
+            };
+            let mut handed = false;
+            while let Some(tx) = queue.pop_front() {
+                if tx.send(()).is_ok() {
+                    handed = true;
+                    break;
+                }
+            }
+            if queue.is_empty() {
+                state.waiting.remove(&uid);
+            } else {
+                state.order.push_back(uid);
+            }
+            if handed {
+                state.running += 1;
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+#[cfg(test)]
+mod turn_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn turns_go_round_the_users_not_first_come() {
+        let turns = Arc::new(Turns::new(1));
+        let first = turns.enter(1).await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        // User 1 queues three requests, then user 2 one: user 2 is served second, not last.
+        for (uid, name) in [(1, "a1"), (1, "a2"), (1, "a3"), (2, "b1")] {
+            let (mine, tx) = (turns.clone(), tx.clone());
+            tasks.push(tokio::spawn(async move {
+                let turn = mine.enter(uid).await;
+                tx.send(name).unwrap();
+                drop(turn);
+            }));
+            // Each is queued before the next is spawned.
+            while turns
+                .lock()
+                .waiting
+                .values()
+                .map(|q| q.len())
+                .sum::<usize>()
+                < tasks.len()
+            {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(first);
+        let mut served = Vec::new();
+        for _ in 0..4 {
+            served.push(rx.recv().await.unwrap());
+        }
+        assert_eq!(served, ["a1", "b1", "a2", "a3"]);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(turns.lock().running, 0);
+    }
+}

@@ -65,7 +65,14 @@ pub(crate) struct Shared {
     hold_enabled: bool,
     /// The threads that close what clients send (a close can block).
     closers: crate::closer::Closers,
+    /// Turns at handling requests, shared fairly between users.
+    turns: crate::fair::Turns,
 }
+
+/// Requests handled at once, at most; more wait their user's turn (see `fair::Turns`). Enough
+/// that the kernel-sync writer's group commits gather many grants, few enough that a user's
+/// flood of requests cannot keep another user's waiting for long.
+const REQUEST_TURNS: usize = 64;
 
 /// The kernel-sync side of the daemon.
 struct KernelState {
@@ -177,6 +184,7 @@ impl Shared {
             holds,
             hold_enabled: config.hold,
             closers: crate::closer::Closers::new(),
+            turns: crate::fair::Turns::new(REQUEST_TURNS),
         };
         Ok((shared, owners))
     }
@@ -396,8 +404,14 @@ impl Shared {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Answers one request (not the hello, which the session handles).
+    /// Answers one request (not the hello, which the session handles), in its user's turn.
     pub(crate) async fn handle(&self, inbound: Inbound, peer: &Peer) -> Response {
+        let uid = inbound.sender.map_or(peer.owner.uid, |c| c.uid);
+        let _turn = self.turns.enter(uid).await;
+        self.answer(inbound, peer).await
+    }
+
+    async fn answer(&self, inbound: Inbound, peer: &Peer) -> Response {
         let Inbound {
             request,
             sender,

@@ -16,6 +16,7 @@ impl Shared {
         named: u32,
         peer: PeerCredentials,
     ) -> Result<u16, String> {
+        let _turn = self.turns.enter(peer.uid).await;
         let owner = identity::owner_for(named, peer, |asker| self.is_admin(asker))?;
         self.grant_both(owner).await
     }
