@@ -67,7 +67,8 @@ fn a_second_daemon_in_the_namespace_refuses_to_start_and_names_the_first() {
 
 /// Root's daemon is never locked out of its namespace by an ordinary user: a per-user daemon
 /// that started first is asked to stop and root's serves; while root's serves, a per-user
-/// daemon refuses to start and names it. Runs in a private network namespace (the default
+/// daemon refuses to start and names it; a squatter on the beacon does not keep root's daemon
+/// from serving, and loses the beacon to it once gone. Runs in a private network namespace (the default
 /// authority name is per namespace).
 #[test]
 fn the_system_daemon_displaces_a_per_user_daemon_and_others_defer_to_it() {
@@ -106,6 +107,26 @@ echo "second user daemon exit $?"
 cat "$D/user/log2"
 kill $R
 gone $R
+# A squatter (nobody, not berth) holds the beacon: root's daemon serves all the same, and takes
+# the beacon once the squatter is gone.
+mkfifo -m 666 "$D/fifo"
+$NOBODY /usr/bin/python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind("\0berth-authority"); s.listen(8)
+print("squatting", flush=True); sys.stdin.readline()' <"$D/fifo" >"$D/squat" &
+S=$!
+exec 9>"$D/fifo"
+for _ in $(seq 400); do grep -q squatting "$D/squat" 2>/dev/null && break; sleep 0.05; done
+"$B" daemon --socket "$D/r2.sock" --db "$D/r2.db" --kernel-sync off --ready-stdout >"$D/r2.ready" 2>"$D/r2.log" 9>&- &
+R=$!
+ready "$D/r2.ready" || { echo "root daemon not ready beside a squatter"; cat "$D/r2.log"; kill $S; exit 1; }
+BERTH_SOCKET="$D/r2.sock" BERTH_NO_AUTOSTART=1 "$B" status >/dev/null && echo "served beside a squatter"
+exec 9>&-
+gone $S
+for _ in $(seq 200); do grep -q "is this daemon's again" "$D/r2.log" && break; sleep 0.05; done
+grep -q "is this daemon's again" "$D/r2.log" && echo "beacon taken back"
+kill $R
+gone $R
 "#;
     let out = Command::new("unshare")
         .args(["-n", "bash", "-c", script, "berth-authority-test"])
@@ -126,6 +147,8 @@ gone $R
         stdout.contains("the system berth daemon (pid") || stdout.contains("(uid 0), socket"),
         "the refusal names the system daemon: {stdout}"
     );
+    assert!(stdout.contains("served beside a squatter"), "{stdout}");
+    assert!(stdout.contains("beacon taken back"), "{stdout}");
     let root_log = std::fs::read_to_string(d.join("r.log")).unwrap();
     assert!(root_log.contains("asked to stop"), "{root_log}");
 }
