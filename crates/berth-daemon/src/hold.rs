@@ -147,7 +147,17 @@ impl Holds {
     /// stages them; returns the first port some other socket has. Call under the table lock.
     pub(crate) fn try_hold(&self, protocol: Protocol, range: PortRange) -> Option<u16> {
         let mut sockets = Vec::with_capacity(usize::from(range.count()));
-        for port in range.ports() {
+        // Hold sockets never take the room the daemon keeps to receive descriptors (two per
+        // port at most: a family each where one dual-stack socket will not do). Without it the
+        // block is staged incomplete, and the grant refused as a shortage.
+        let room = usize::from(range.count()) * 2 + crate::inbound::KERNEL_MAX_FDS;
+        let roomy = crate::limits::room_for(room);
+        if !roomy {
+            crate::limits::log_shortage(
+                "ports are not held: that would take the room kept to receive descriptors",
+            );
+        }
+        for port in range.ports().take_while(|_| roomy) {
             match self.bind(protocol, port) {
                 Ok(socket) => sockets.push((port, socket)),
                 Err(HoldError::InUse) => return Some(port),

@@ -247,7 +247,7 @@ impl Reader {
             let turn = self.lane.read_turn().await;
             // The room a message's descriptors take is there, or nothing is read for now:
             // the kernel would close what it cannot install on this very thread.
-            if !crate::limits::room_to_receive(stream.as_fd(), KERNEL_MAX_FDS) {
+            if !crate::limits::room_for(KERNEL_MAX_FDS) {
                 drop(turn);
                 crate::limits::log_shortage("reading is paused until descriptors are freed");
                 tokio::time::sleep(ROOM_WAIT).await;

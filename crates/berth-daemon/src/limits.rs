@@ -62,15 +62,28 @@ pub(crate) fn open_files_in_shortage() -> u64 {
     }
 }
 
-/// Whether the daemon has room for `fds` more descriptors, with a margin for its own work: the
-/// room a `recvmsg` needs, since the kernel closes on the reading thread whatever it cannot
-/// install (and such a close can block). Two system calls: `F_DUPFD` asks for the lowest free
-/// descriptor at or above the limit less the room (descriptors are handed out lowest first, so
-/// the top of the table is the last to fill), and the duplicate is closed again (a duplicate's
-/// close never blocks: `socket` keeps the file open).
-pub(crate) fn room_to_receive(socket: std::os::fd::BorrowedFd<'_>, fds: usize) -> bool {
-    let limit = open_files_limit();
-    let Ok(limit) = i64::try_from(limit) else {
+/// Whether the daemon has room for `fds` more descriptors, with a margin for its own work:
+/// what a `recvmsg` needs (the kernel closes on the reading thread whatever it cannot install,
+/// and such a close can block), and what a new connection or hold socket must leave for it.
+/// Two system calls: `F_DUPFD` asks for the lowest free descriptor at or above the limit less
+/// the room (descriptors are handed out lowest first, so the top of the table is the last to
+/// fill), and the duplicate (of `/dev/null`, whose close never blocks) is closed again.
+pub(crate) fn room_for(fds: usize) -> bool {
+    static PROBE: std::sync::OnceLock<Option<std::os::fd::OwnedFd>> = std::sync::OnceLock::new();
+    let Some(probe) = PROBE
+        .get_or_init(|| {
+            rustix::fs::open(
+                "/dev/null",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()
+        })
+        .as_ref()
+    else {
+        return true;
+    };
+    let Ok(limit) = i64::try_from(open_files_limit()) else {
         return true;
     };
     // A small limit (a test's) keeps a quarter of itself free instead.
@@ -80,13 +93,7 @@ pub(crate) fn room_to_receive(socket: std::os::fd::BorrowedFd<'_>, fds: usize) -
     let Ok(from) = i32::try_from(limit - room) else {
         return true;
     };
-    match rustix::io::fcntl_dupfd_cloexec(socket, from) {
-        Ok(dup) => {
-            drop(dup);
-            true
-        }
-        Err(_) => false,
-    }
+    rustix::io::fcntl_dupfd_cloexec(probe, from).is_ok()
 }
 
 /// Descriptors kept free beyond a message's for the daemon's own work (probes, `/proc` reads,

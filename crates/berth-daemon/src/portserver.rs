@@ -336,7 +336,7 @@ async fn read_request(stream: &UnixStream, lane: &Lane) -> io::Result<Option<u32
         // up, and only with room for what a message may carry (on a kernel that cannot refuse
         // descriptors at the socket).
         let turn = lane.read_turn().await;
-        if !crate::limits::room_to_receive(stream.as_fd(), crate::inbound::KERNEL_MAX_FDS) {
+        if !crate::limits::room_for(crate::inbound::KERNEL_MAX_FDS) {
             drop(turn);
             crate::limits::log_shortage(
                 "the portserver endpoint pauses reading until descriptors are freed",

@@ -114,6 +114,8 @@ pub async fn run_with_ready(
     check_csprng()?;
     let open_files = crate::limits::raise_open_files();
     tracing::debug!(open_files, "descriptor limit");
+    // Opens the descriptor the room checks duplicate, now rather than on first use.
+    let _ = crate::limits::room_for(0);
     // Before the database: a second daemon of this namespace is told about the first, not
     // that a database is in use.
     let claim = match &config.authority {
@@ -248,6 +250,19 @@ pub async fn run_with_ready(
         };
         let uid = berth_protocol::authority::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
         let lane = closers.lane(uid);
+        // A connection never takes the room kept to receive descriptors from those served.
+        if !crate::limits::room_for(1 + crate::inbound::KERNEL_MAX_FDS) {
+            crate::limits::log_shortage("a new connection is answered busy: the room kept to receive descriptors is reached");
+            let busy = crate::session::Busy {
+                message: crate::limits::busy_message("cannot serve another connection now"),
+                limit: berth_protocol::DaemonLimit::OpenFiles,
+                max: usize::try_from(crate::limits::open_files_limit()).unwrap_or(usize::MAX),
+                in_use: usize::try_from(crate::limits::open_files_in_shortage())
+                    .unwrap_or(usize::MAX),
+            };
+            crate::session::refuse_now(stream, busy, &lane, None);
+            continue;
+        }
         let slot = match control.per_uid.enter(uid) {
             Ok(slot) => slot,
             Err(in_use) => {
