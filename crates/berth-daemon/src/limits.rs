@@ -69,6 +69,33 @@ pub(crate) fn open_files_in_shortage() -> u64 {
 /// the room (descriptors are handed out lowest first, so the top of the table is the last to
 /// fill), and the duplicate (of `/dev/null`, whose close never blocks) is closed again.
 pub(crate) fn room_for(fds: usize) -> bool {
+    // A room found for a message's worth is trusted for a millisecond: a busy daemon reads
+    // thousands of times a second, and a probe per read would cost two system calls each.
+    static LAST_ROOMY: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let small = fds <= crate::inbound::KERNEL_MAX_FDS + 1;
+    let now = std::time::Instant::now();
+    if small {
+        let last = *LAST_ROOMY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| now.saturating_duration_since(at) < ROOM_TRUSTED) {
+            return true;
+        }
+    }
+    let roomy = probe_room(fds);
+    if small && roomy {
+        *LAST_ROOMY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
+    }
+    roomy
+}
+
+/// How long a room found is trusted for (see [`room_for`]).
+const ROOM_TRUSTED: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// [`room_for`]'s probe itself.
+fn probe_room(fds: usize) -> bool {
     static PROBE: std::sync::OnceLock<Option<std::os::fd::OwnedFd>> = std::sync::OnceLock::new();
     let Some(probe) = PROBE
         .get_or_init(|| {
