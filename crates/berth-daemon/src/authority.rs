@@ -10,15 +10,17 @@
 //! - **The system lock**, for root's daemon (the default beacon name): an exclusive `flock` on
 //!   `/run/berth/authority-<netns inode>.lock`, a file only root can create. It is what makes
 //!   root's daemon the authority of its namespace whoever holds the beacon: a second root daemon
-//!   finds it taken and refuses to start, and a per-user daemon finds it taken (a shared lock
-//!   fails) and defers to the system daemon.
+//!   finds it taken and refuses to start. The file is root's alone (mode 0600): a shared lock
+//!   taken by anyone else would keep the next system daemon out. A per-user daemon defers to
+//!   the system daemon through the beacon, which root's daemon holds or takes back.
 //!
 //! So root's daemon never refuses to start because of a beacon held by an unprivileged process:
 //! - an ordinary user's berth daemon that started first is asked to stop (root administers
 //!   every daemon), and root's takes the beacon once it is gone (its runtime reservations end
 //!   with it, and their owners are told they are lost — see docs/decisions.md);
 //! - anything else (a squatter that does not stop) is logged, and root's daemon serves without
-//!   the beacon, trying to take it back every [`RETRY_EVERY`]; clients find it by its socket.
+//!   the beacon, trying to take it back every [`RETRY_EVERY`] ([`retake`]: a per-user daemon
+//!   that took it meanwhile is displaced too); clients find it by its socket.
 
 use std::io;
 use std::os::unix::net::UnixListener as StdListener;
@@ -62,17 +64,11 @@ impl Drop for SystemLock {
 pub(crate) async fn claim(name: &str) -> io::Result<Claim> {
     let system = name == authority::DEFAULT_NAME;
     let root = rustix::process::geteuid().is_root();
+    // A per-user daemon defers to the system daemon through the beacon, which root's daemon
+    // holds (or takes back); the lock is root's alone.
     let lock = if system && root {
         take_system_lock()?
     } else {
-        if system {
-            if let Some(pid) = system_daemon()? {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("the system berth daemon (pid {pid}) serves this network namespace, and two daemons in one namespace could grant the same port; this one does not start. Use the system daemon: clients find it on {} without being told", berth_protocol::paths::SYSTEM_SOCKET),
-                ));
-            }
-        }
         None
     };
     let beacon = bind_or_ask(name, lock.is_some()).await?;
@@ -116,6 +112,24 @@ async fn bind_or_ask(name: &str, system: bool) -> io::Result<Option<StdListener>
         io::ErrorKind::AddrInUse,
         format!("the authority beacon @{name} is taken and released over and over; is another berth daemon starting and stopping in a loop?"),
     ))
+}
+
+/// The system daemon's later tries to take the beacon back: bound if free; a per-user berth
+/// daemon that holds it is displaced (asked to stop, waited for); `None` while anything else
+/// holds it.
+pub(crate) async fn retake(name: &str) -> Option<StdListener> {
+    if let Ok(listener) = crate::rights::listen_abstract(name) {
+        return Some(listener);
+    }
+    let owned = name.to_owned();
+    let holder = tokio::task::spawn_blocking(move || authority::query(&owned))
+        .await
+        .ok()?
+        .ok()??;
+    if holder.peer.uid != 0 && holder.announced.is_some() {
+        return displace(name, &holder).await;
+    }
+    None
 }
 
 /// The system daemon finds the beacon held by an unprivileged process: a per-user berth daemon
@@ -288,10 +302,14 @@ fn lock_file(path: &std::path::Path) -> io::Result<std::fs::File> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
+        // Nobody else may even open it: a shared lock by anyone would keep the next system
+        // daemon out.
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
+    // A file an earlier build left readable is made private too.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
@@ -312,40 +330,4 @@ fn lock_file(path: &std::path::Path) -> io::Result<std::fs::File> {
     file.rewind()?;
     writeln!(file, "{}", std::process::id())?;
     Ok(file)
-}
-
-/// The pid of the system daemon serving this namespace, if one does: its lock is held. Only a
-/// root-owned lock file counts.
-fn system_daemon() -> io::Result<Option<String>> {
-    use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let path = system_lock_path()?;
-    let mut file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(e),
-    };
-    if file.metadata()?.uid() != 0 {
-        return Ok(None);
-    }
-    match flock(&file, FlockOperation::NonBlockingLockShared) {
-        Ok(()) => Ok(None),
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            Ok(Some(pid.trim().to_owned()))
-        }
-        Err(e) => Err(e.into()),
-    }
 }

@@ -145,9 +145,16 @@ impl Turns {
             queue.push_back(tx);
             rx
         };
-        // The sender is dropped only when this request's turn is handed to it, so an error
-        // means the same: a turn, counted as running.
-        let _ = waiting.await;
+        // A request that stops waiting (its future dropped) after its turn was handed to it
+        // hands the turn on (see `Ticket`); one that gets it takes it.
+        let mut ticket = Ticket {
+            rx: Some(waiting),
+            turns: self,
+        };
+        if let Some(rx) = ticket.rx.as_mut() {
+            let _ = rx.await;
+        }
+        ticket.rx = None;
         Turn(self)
     }
 
@@ -175,6 +182,24 @@ impl Turns {
             if handed {
                 state.running += 1;
                 return;
+            }
+        }
+    }
+}
+
+/// A request waiting for its turn. Dropped while waiting, it makes sure that a turn handed to
+/// it meanwhile is not lost: it refuses further hand-overs, and passes on one it already got.
+struct Ticket<'a> {
+    rx: Option<tokio::sync::oneshot::Receiver<()>>,
+    turns: &'a Turns,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if rx.try_recv().is_ok() {
+                self.turns.leave();
             }
         }
     }
@@ -222,6 +247,18 @@ mod turn_tests {
             served.push(rx.recv().await.unwrap());
         }
         assert_eq!(served, ["a1", "b1", "a2", "a3"]);
+        // A request that stops waiting loses no turn: its turn goes on to the next.
+        let held = turns.enter(3).await;
+        let gone = tokio::spawn({
+            let turns = turns.clone();
+            async move {
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(1), turns.enter(4)).await;
+            }
+        });
+        gone.await.unwrap();
+        drop(held);
+        drop(turns.enter(5).await);
         for t in tasks {
             t.await.unwrap();
         }

@@ -29,6 +29,17 @@ const SO_PASSRIGHTS: libc::c_int = 83;
 /// Connections waiting to be accepted, at most, on the daemon's listeners.
 const BACKLOG: i32 = 1024;
 
+/// Whether this kernel refuses descriptors at a socket: set once a listener's `SO_PASSRIGHTS`
+/// was turned off. Then a connection of a listener that never allows descriptors (a side door)
+/// has none queued, and its close cannot block: it is closed where it is, never queued behind
+/// a user's closes that do.
+static REFUSED_AT_SOCKET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// See [`REFUSED_AT_SOCKET`].
+pub(crate) fn refused_at_socket() -> bool {
+    REFUSED_AT_SOCKET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Lets `socket` take descriptors (`on`) or refuses them; a listener passes the setting to the
 /// connections made to it from then on. `Ok(false)`: the kernel has no such option (before
 /// 6.16), and descriptors keep arriving.
@@ -46,6 +57,9 @@ pub(crate) fn pass_rights(socket: impl AsFd, on: bool) -> io::Result<bool> {
         )
     };
     if rc == 0 {
+        if !on {
+            REFUSED_AT_SOCKET.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         return Ok(true);
     }
     let e = io::Error::last_os_error();

@@ -458,7 +458,7 @@ async fn answer_beacon(
                 () = done.cancelled() => return,
                 () = tokio::time::sleep(crate::authority::RETRY_EVERY) => {}
             }
-            if let Ok(listener) = crate::rights::listen_abstract(&name) {
+            if let Some(listener) = crate::authority::retake(&name).await {
                 tracing::info!("the authority beacon @{name} is this daemon's again");
                 break listener;
             }
@@ -478,10 +478,21 @@ async fn answer_beacon(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.try_write(line.as_bytes());
-                    crate::session::discard(stream, &closers, None);
+                    // The beacon never takes descriptors: where the kernel refuses them at the
+                    // socket, none are queued and the close cannot block — closed here, so a
+                    // flood of connections never queues behind a user's blocked closes.
+                    if crate::rights::refused_at_socket() {
+                        drop(stream);
+                    } else {
+                        crate::session::discard(stream, &closers, None);
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!("accept on the authority beacon failed: {e}");
+                    if crate::limits::is_shortage(&e) {
+                        crate::limits::log_shortage("the authority beacon cannot accept");
+                    } else {
+                        crate::refusals::log(u32::MAX, "accept on the authority beacon failed");
+                    }
                     tokio::select! {
                         () = done.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_millis(50)) => {}

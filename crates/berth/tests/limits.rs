@@ -44,10 +44,10 @@ async fn at_the_connection_limit_a_further_client_is_told_busy_and_served_once_a
 
     // A third client is answered at once: busy, naming the limit and its use.
     let mut third = UnixStream::connect(&daemon.socket).await.unwrap();
-    third
+    // Refused at once and closed: the answer is there even if the hello cannot be written.
+    let _ = third
         .write_all(&frame(Request::Hello(Hello::current("third"))))
-        .await
-        .unwrap();
+        .await;
     let refusal = timeout(Duration::from_secs(1), answer(&mut third))
         .await
         .expect("left waiting without a word");
@@ -76,10 +76,9 @@ async fn at_the_connection_limit_a_further_client_is_told_busy_and_served_once_a
     let mut served = false;
     for _ in 0..100 {
         let mut fourth = UnixStream::connect(&daemon.socket).await.unwrap();
-        fourth
+        let _ = fourth
             .write_all(&frame(Request::Hello(Hello::current("fourth"))))
-            .await
-            .unwrap();
+            .await;
         if matches!(answer(&mut fourth).await, Response::Welcome(_)) {
             served = true;
             break;
