@@ -35,7 +35,7 @@ impl Default for PrivilegedPorts {
 
 /// A privileged port refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{protocol} {} includes privileged ports (below {unprivileged_start}) and uid {uid} may not reserve or bind them; ask an administrator to allow your user or group in the daemon's configuration ([privileged] allow_users / allow_groups), or use a port from {unprivileged_start} up", describe(*range))]
+#[error("{protocol} {} reaches below {unprivileged_start}, into the privileged ports, and uid {uid} may not reserve or bind those; ask an administrator to allow your user or group in the daemon's configuration ([privileged] allow_users / allow_groups), or use a port from {unprivileged_start} up", describe(*range))]
 pub struct PrivilegedDenied {
     /// The protocol.
     pub protocol: Protocol,

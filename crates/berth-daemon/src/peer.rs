@@ -28,15 +28,19 @@ const CAP_NET_BIND_SERVICE: u32 = 10;
 pub(crate) fn may_bind_privileged(pid: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
     let userns = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    let same = userns(&format!("/proc/{pid}/ns/user")).is_some()
-        && userns(&format!("/proc/{pid}/ns/user")) == userns("/proc/self/ns/user");
-    same && read_proc(format!("/proc/{pid}/status")).is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            .is_some_and(|caps| caps & (1 << CAP_NET_BIND_SERVICE) != 0)
-    })
+    // The daemon's own user namespace does not change: looked at once.
+    static OURS: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    let ours = *OURS.get_or_init(|| userns("/proc/self/ns/user"));
+    let theirs = userns(&format!("/proc/{pid}/ns/user"));
+    theirs.is_some()
+        && theirs == ours
+        && read_proc(format!("/proc/{pid}/status")).is_ok_and(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .is_some_and(|caps| caps & (1 << CAP_NET_BIND_SERVICE) != 0)
+        })
 }
 
 /// The process that connected on `socket`: `SO_PEERCRED` for pid, uid and gid, then `/proc`
