@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use berth_daemon::testing::deadline::{output_within, wait_within};
-use berth_daemon::testing::needs::{self, Need};
+use berth_testkit::deadline::{output_within, wait_within};
+use berth_testkit::needs::{self, Need};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_berth-bench");
 

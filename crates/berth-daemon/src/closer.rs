@@ -490,7 +490,7 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    use crate::testing::raw::lingering_socket;
+    use berth_testkit::raw::lingering_socket;
 
     /// One pool for the whole test module, as a daemon has one.
     fn closers() -> Closers {

@@ -1,8 +1,6 @@
 //! What a daemon is told at start-up.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::{Pool, PrivilegedPorts, Quota};
@@ -70,9 +68,9 @@ pub struct Config {
     /// The percentage of the host's ephemeral range (`ip_local_port_range`, read live) that
     /// non-administrators together may reserve; `None`: no such cap.
     pub ephemeral_share: Option<u8>,
-    /// While set, every database write fails (tests of what the daemon does when its disk
-    /// fails; see `testing::TestDaemon::fail_store`).
-    pub(crate) store_faults: Arc<AtomicBool>,
+    /// Fault injection (tests of what the daemon does when its disk fails): all off unless a
+    /// caller turns a switch on.
+    pub faults: crate::Faults,
     /// The authority beacon: an abstract Unix socket by this name (scoped by the network
     /// namespace) that only one daemon per network namespace can hold; a second daemon refuses
     /// to start, naming the first. `None` binds no beacon (in-process test daemons, many in one
@@ -114,7 +112,7 @@ impl Config {
             grace: DEFAULT_GRACE,
             quota: DEFAULT_QUOTA,
             ephemeral_share: Some(DEFAULT_EPHEMERAL_SHARE),
-            store_faults: Arc::new(AtomicBool::new(false)),
+            faults: crate::Faults::default(),
             kernel_sync: crate::kernel::KernelSync::Off,
             pool_follows_ephemeral: false,
             authority: Some(berth_protocol::authority::DEFAULT_NAME.to_owned()),

@@ -366,8 +366,8 @@ mod tests {
     //! The reader over a real socket pair: descriptors and credentials from the kernel.
 
     use super::*;
-    use crate::testing::raw::{frame, send_with_fds};
     use berth_protocol::Request;
+    use berth_testkit::raw::{frame, send_with_fds};
     use std::os::fd::AsFd;
 
     fn pair() -> (tokio::net::UnixStream, Reader) {

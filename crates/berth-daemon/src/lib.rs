@@ -43,6 +43,7 @@ pub mod config_file;
 mod db_lock;
 mod diag;
 mod fair;
+mod faults;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_support;
 mod hold;
@@ -64,13 +65,10 @@ pub mod server;
 mod session;
 mod state;
 mod store_thread;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
-#[cfg(test)]
-mod tests;
 
 pub use config::Config;
 pub use config_file::{ConfigError, ConfigFile};
+pub use faults::Faults;
 pub use kernel::KernelSync;
 pub use listener::{activated, bind_socket, ListenError, SocketGuard};
 pub use server::{run, run_with_ready, serve, ServeError};

@@ -232,7 +232,7 @@ mod tests {
     /// A connection whose client end was made in a new network namespace: the daemon's end,
     /// and the listener's path; `None` (the skip reported) where no namespace can be made.
     fn foreign_connection() -> Option<(std::os::unix::net::UnixStream, tempfile::TempDir)> {
-        use crate::testing::{deadline, needs};
+        use berth_testkit::{deadline, needs};
         let ns = needs::namespaces()?;
         let client = socket2::Socket::from(ns.socket(
             rustix::net::AddressFamily::UNIX,
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_client_process_in_another_namespace_is_foreign() {
-        use crate::testing::{deadline, needs};
+        use berth_testkit::{deadline, needs};
         let Some(ns) = needs::namespaces() else {
             return;
         };
@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_socket_of_another_namespace_is_not() {
-        use crate::testing::needs;
+        use berth_testkit::needs;
         let Some(ns) = needs::namespaces() else {
             return;
         };

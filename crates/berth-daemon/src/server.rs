@@ -143,7 +143,7 @@ pub async fn run_with_ready(
     let runtime = open_runtime_journal(&config.db, &boot_id, journal, &mut store)?;
     let recorded = berth_core::PortSet::parse(runtime.kernel()).unwrap_or_default();
     let journal = runtime.rows();
-    let (store, store_thread) = StoreHandle::spawn(store, config.store_faults.clone())?;
+    let (store, store_thread) = StoreHandle::spawn(store, config.faults.store())?;
     let (shared, owners) = Shared::new(&config, store, runtime, recorded)?;
     let shared = Arc::new(shared);
     let config = Arc::new(config);

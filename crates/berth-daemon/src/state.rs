@@ -108,7 +108,7 @@ impl Shared {
         if !config.hold {
             tracing::info!("hold is off: every reservation is granted unheld, and the daemon keeps no hold sockets");
         }
-        let runtime = crate::journal::Runtime::new(runtime, config.store_faults.clone());
+        let runtime = crate::journal::Runtime::new(runtime, config.faults.store());
         let (watcher, owners) = Watcher::new();
         let holds = Arc::new(crate::hold::Holds::new());
         let mut consumers: Vec<Box<dyn crate::changes::Consumer>> = vec![

@@ -3,7 +3,7 @@
 //! Variant order is part of the wire format (postcard encodes the variant index): add new
 //! variants at the end. Once version 1 is released, a new variant a peer must understand is a
 //! new protocol version (see "Compatibility rules" in `docs/protocol.md`); the golden bytes in
-//! `tests/golden.rs` pin the shape of every message.
+//! `tests/integration/golden.rs` pin the shape of every message.
 
 use std::net::IpAddr;
 

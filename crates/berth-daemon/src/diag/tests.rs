@@ -79,8 +79,8 @@ fn finds_tcp_listeners_v4_and_v6() {
 #[test]
 fn finds_bound_but_not_listening_tcp_sockets() {
     if !kernel_at_least(6, 7) {
-        crate::testing::needs::skip(
-            crate::testing::needs::Need::Kernel,
+        berth_testkit::needs::skip(
+            berth_testkit::needs::Need::Kernel,
             "needs kernel 6.7 or later: bound-only TCP sockets are listed from 6.7 on",
         );
         return;

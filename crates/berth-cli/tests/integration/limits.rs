@@ -1,0 +1,59 @@
+//! Fair limits through the built binary: a user at `max_connections_per_uid` is answered
+//! "busy", naming the limit and the use, while other users (and root) are still served.
+
+use crate::support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use berth_testkit::needs::{self, AS_NOBODY as NOBODY};
+use support::{Berth, Daemon};
+
+#[test]
+fn a_user_over_its_connection_limit_is_told_busy_and_others_are_served() {
+    // Nobody is the user at its limit; root, the one served meanwhile.
+    if !needs::users() {
+        return;
+    }
+    let config = tempfile::tempdir().unwrap();
+    let file = config.path().join("berth.toml");
+    std::fs::write(&file, "max_connections_per_uid = 2\n").unwrap();
+    let d = Daemon::start_with("20980-20989", &["--config", file.to_str().unwrap()]);
+    std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // nobody holds two connections (`berth run` would not: it gives its connection back once
+    // its command owns the ports), with a client that speaks the protocol by hand.
+    let script = format!(
+        "{}\nsock = os.environ['BERTH_SOCKET']\nconns = []\nfor _ in range(2):\n    c = socket.socket(socket.AF_UNIX); c.connect(sock); hello(c, b'holder'); conns.append(c)\nprint('ready', flush=True)\nsys.stdin.readline(); conns.pop().close(); print('closed', flush=True)\nsys.stdin.readline()\n",
+        berth_testkit::raw::PY_PRELUDE
+    );
+    let mut wrapper: Vec<&str> = NOBODY.to_vec();
+    wrapper.extend(["/usr/bin/python3", "-c", script.as_str()]);
+    let mut holder = Berth::bare(wrapper).env("BERTH_SOCKET", d.socket()).spawn();
+    assert_eq!(holder.next_line(), "ready");
+
+    // A third connection of nobody's is answered, not left waiting.
+    Berth::wrapped_in(d.socket(), NOBODY)
+        .args(["status"])
+        .output()
+        .code(18)
+        .says(&[
+            "busy",
+            "2 of 2 connections",
+            "uid 65534",
+            "max_connections_per_uid",
+        ]);
+    // Root is served meanwhile.
+    assert!(d.list().is_empty());
+
+    // One connection closes: nobody is served again.
+    holder.send_line("x");
+    assert_eq!(holder.next_line(), "closed");
+    support::poll_until("nobody served again", || {
+        let out = Berth::wrapped_in(d.socket(), NOBODY)
+            .args(["status", "--json"])
+            .output();
+        (out.status.code() == Some(0)).then_some(())
+    });
+    holder.send_line("x");
+    holder.wait().code(0);
+}

@@ -1,0 +1,30 @@
+//! The `berth` command's integration tests, one binary (one link) for the crate: each module
+//! drives the real `berth` binary against real daemons (`support`: running them, other users,
+//! private namespaces).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod adversarial;
+mod authority;
+mod cli;
+mod closes;
+mod crash;
+mod descriptors;
+mod docs;
+mod exit_codes;
+mod idle;
+mod kernel;
+mod limits;
+mod listen;
+mod observability;
+mod persistent;
+mod portserver;
+mod privileged;
+mod rendezvous;
+mod restart;
+mod same_ports;
+mod systemd;
+mod unprivileged;
+mod why;

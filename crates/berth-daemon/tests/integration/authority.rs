@@ -1,0 +1,98 @@
+//! One daemon per network namespace: the authority beacon.
+
+use berth_core::Pool;
+use berth_protocol::authority;
+use tokio::sync::oneshot;
+
+use berth_daemon::{bind_socket, Config, SocketGuard};
+
+/// A daemon of its own on `authority`, started in the background; `ready` fires once it
+/// serves, and the handle yields what `run` returned.
+struct Started {
+    socket: std::path::PathBuf,
+    stop: oneshot::Sender<()>,
+    ready: oneshot::Receiver<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _guard: SocketGuard,
+    _dir: tempfile::TempDir,
+}
+
+fn start(authority: &str) -> Started {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("berth.sock");
+    let (listener, guard) = bind_socket(&socket).unwrap();
+    let mut config = Config::new(
+        socket.clone(),
+        dir.path().join("berth.db"),
+        Pool::new(47130, 47139).unwrap(),
+    );
+    config.authority = Some(authority.to_owned());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (is_ready, ready) = oneshot::channel::<()>();
+    let task = tokio::spawn(berth_daemon::run_with_ready(
+        listener,
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+        move || {
+            let _ = is_ready.send(());
+        },
+    ));
+    Started {
+        socket,
+        stop,
+        ready,
+        task,
+        _guard: guard,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_second_daemon_of_the_namespace_refuses_to_start_naming_the_first() {
+    let name = format!("berth-test-authority-{}", std::process::id());
+    let mut first = start(&name);
+    (&mut first.ready).await.expect("the first daemon serves");
+
+    // The beacon answers with its line, and the kernel vouches for who holds it.
+    let beacon = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || authority::query(&name))
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("someone holds the beacon")
+    };
+    assert_eq!(beacon.peer.pid, std::process::id());
+    assert_eq!(beacon.peer.uid, rustix::process::geteuid().as_raw());
+    let announced = beacon.announced.expect("a berth line");
+    assert_eq!(announced.pid, std::process::id());
+    assert_eq!(announced.socket, first.socket.display().to_string());
+    assert_eq!(announced.version, env!("CARGO_PKG_VERSION"));
+
+    let second = start(&name);
+    let refused = second.task.await.unwrap().unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse);
+    let message = refused.to_string();
+    for needle in [
+        format!("pid {}", std::process::id()),
+        format!("socket {}", first.socket.display()),
+        "berth stop".to_owned(),
+        "BERTH_SOCKET=".to_owned(),
+    ] {
+        assert!(message.contains(&needle), "{needle:?} not in: {message}");
+    }
+    assert!(second.ready.await.is_err(), "the second never said ready");
+
+    // Once the first has stopped, the name is free again.
+    first.stop.send(()).unwrap();
+    first.task.await.unwrap().unwrap();
+    let third = start(&name);
+    third
+        .ready
+        .await
+        .expect("a daemon after the first one starts");
+    third.stop.send(()).unwrap();
+    third.task.await.unwrap().unwrap();
+}

@@ -1,0 +1,209 @@
+//! The portserver endpoint, in process and with raw bytes: what a portpicker client sends, and
+//! everything a hostile or broken one might. Every wait has a deadline; nothing sleeps.
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::SocketAddr;
+use std::time::Duration;
+
+use berth_core::{Kind, Protocol};
+use berth_daemon::portserver::{Address, Endpoint};
+use berth_protocol::{Request, ReservationInfo, Response};
+use berth_testkit::raw::{frame, raw_frame, responses, shaken_hands};
+use berth_testkit::{eventually, TestDaemon};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// A name of this test's own, so that tests running side by side never share an endpoint.
+fn unique(test: &str) -> String {
+    format!("berth-test-ps-{}-{test}", std::process::id())
+}
+
+async fn daemon(lo: u16, hi: u16, name: &str, adjust: impl FnOnce(&mut Endpoint)) -> TestDaemon {
+    let d = TestDaemon::with_config(lo, hi, |config| {
+        let mut endpoint = Endpoint::new(Address::Abstract(name.to_owned()));
+        adjust(&mut endpoint);
+        config.portserver = Some(endpoint);
+    });
+    ready(&d).await;
+    d
+}
+
+/// Waits until `d` answers on its main socket: its endpoint is bound before that.
+async fn ready(d: &TestDaemon) {
+    drop(shaken_hands(&d.socket, "portserver-test").await);
+}
+
+async fn connect(name: &str) -> UnixStream {
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let std = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    std.set_nonblocking(true).unwrap();
+    UnixStream::from_std(std).unwrap()
+}
+
+/// Sends `request` and returns everything the daemon wrote before closing (empty: refused).
+async fn ask(name: &str, request: &[u8]) -> String {
+    let mut stream = connect(name).await;
+    // The daemon may close before taking every byte of an over-long request.
+    let _ = stream.write_all(request).await;
+    read_to_close(&mut stream).await
+}
+
+async fn read_to_close(stream: &mut UnixStream) -> String {
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut reply))
+        .await
+        .expect("the daemon closes the connection");
+    if let Err(e) = read {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    String::from_utf8(reply).unwrap()
+}
+
+async fn port_for(name: &str, pid: u32) -> u16 {
+    let reply = ask(name, format!("{pid}\n").as_bytes()).await;
+    let port = reply.strip_suffix('\n').and_then(|p| p.parse().ok());
+    port.unwrap_or_else(|| panic!("a port for pid {pid}, got {reply:?}"))
+}
+
+async fn list(daemon: &TestDaemon) -> Vec<ReservationInfo> {
+    let mut stream = shaken_hands(&daemon.socket, "portserver-test").await;
+    stream.write_all(&frame(Request::List)).await.unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut payload).await.unwrap();
+    match responses(&raw_frame(&payload)).pop() {
+        Some(Response::List(rows)) => rows,
+        other => panic!("a list, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_with_one_number_reserved_in_tcp_and_udp_for_the_process() {
+    let name = unique("serve");
+    let d = daemon(43100, 43199, &name, |_| {}).await;
+    let me = std::process::id();
+    let port = port_for(&name, me).await;
+    assert!((43100..=43199).contains(&port), "{port}");
+    let rows = list(&d).await;
+    let mut seen: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let owner = r.owner.as_ref().expect("an owner");
+            assert_eq!(owner.pid, me);
+            assert_eq!((r.kind, r.held, r.range.count()), (Kind::Runtime, false, 1));
+            (r.protocol, r.range.start())
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec![(Protocol::Tcp, port), (Protocol::Udp, port)]);
+    // Not held: the client binds the number itself, in both protocols.
+    let _tcp = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let _udp = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    // The next answer is another number.
+    assert_ne!(port_for(&name, me).await, port);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_of_the_same_user_may_be_named_and_its_port_returns_when_it_exits() {
+    let name = unique("named");
+    let d = daemon(43200, 43299, &name, |_| {}).await;
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let port = port_for(&name, pid).await;
+    let rows = list(&d).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows
+        .iter()
+        .all(|r| r.owner.as_ref().map(|o| o.pid) == Some(pid) && r.range.start() == port));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        eventually(10_000, || async { list(&d).await.is_empty() }).await,
+        "the port of pid {pid} comes back once it exits"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_close_without_a_reply_and_others_are_still_served() {
+    let name = unique("refuse");
+    let d = daemon(43300, 43399, &name, |_| {}).await;
+    let long = "1".repeat(64);
+    for bad in [
+        &b"1\n"[..],
+        b"0\n",
+        b"-4\n",
+        b"99999999\n", // beyond any pid_max: no such process
+        b"hello\n",
+        b"\n",
+        b"\xff\xfe\n",
+        long.as_bytes(),
+    ] {
+        assert_eq!(
+            ask(&name, bad).await,
+            "",
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    // A client that connects and leaves at once costs nothing either.
+    for _ in 0..100 {
+        drop(connect(&name).await);
+    }
+    assert!(list(&d).await.is_empty());
+    port_for(&name, std::process::id()).await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peers_are_dropped_at_their_deadline_and_cannot_starve_the_endpoint() {
+    let name = unique("silent");
+    let d = daemon(43400, 43499, &name, |e| {
+        e.max_connections = 2;
+        e.io_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Two silent peers take every place; a third client is refused at once (closed without a
+    // reply, the protocol's refusal) rather than left waiting behind them, and holds nothing.
+    let mut silent = [connect(&name).await, connect(&name).await];
+    let me = std::process::id();
+    let refused = ask(&name, format!("{me}\n").as_bytes()).await;
+    assert_eq!(refused, "", "served beyond the endpoint's places");
+    // The silent ones are dropped at their deadline; then the endpoint serves again.
+    for s in &mut silent {
+        assert_eq!(read_to_close(s).await, "");
+    }
+    port_for(&name, me).await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_address_is_a_world_connectable_socket_file_removed_at_shutdown() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portserver.sock");
+    let at = path.clone();
+    let d = TestDaemon::with_config(43500, 43599, move |config| {
+        config.portserver = Some(Endpoint::new(Address::Path(at)));
+    });
+    ready(&d).await;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o666);
+    let mut stream = UnixStream::connect(&path).await.unwrap();
+    stream
+        .write_all(format!("{}\n", std::process::id()).as_bytes())
+        .await
+        .unwrap();
+    let reply = read_to_close(&mut stream).await;
+    assert!(
+        reply.ends_with('\n') && reply.trim().parse::<u16>().is_ok(),
+        "{reply:?}"
+    );
+    d.shutdown().await;
+    assert!(!path.exists(), "the socket file is removed at shutdown");
+}

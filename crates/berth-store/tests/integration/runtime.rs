@@ -1,0 +1,234 @@
+//! The runtime journal file: operations in order, reopening, the boot check, a record cut
+//! short by a crash, files that are not a journal, and the rewrite that keeps it small.
+
+use crate::common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use berth_store::{runtime_journal_path, JournalOp, RuntimeJournal, StoreError};
+use common::{journaled, token};
+use tempfile::TempDir;
+
+const BOOT: &str = "this-boot";
+
+fn temp_journal() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = runtime_journal_path(&dir.path().join("berth.db"));
+    (dir, path)
+}
+
+#[test]
+fn the_path_is_the_databases_with_runtime_appended() {
+    assert_eq!(
+        runtime_journal_path(std::path::Path::new("/var/lib/berth/berth.db")),
+        PathBuf::from("/var/lib/berth/berth.db.runtime")
+    );
+}
+
+#[test]
+fn operations_apply_in_order_and_survive_reopening() {
+    let (_dir, path) = temp_journal();
+    let (mut journal, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert!(loaded.rows.is_empty() && !loaded.other_boot && loaded.dropped_bytes == 0);
+    let a = journaled(1, 40000, 1);
+    let b = journaled(2, 40001, 2);
+    let mut b2 = b.clone();
+    b2.owner.command = "replaced".to_owned();
+    let c = journaled(3, 40003, 1);
+    for op in [
+        JournalOp::Insert(a.clone()),
+        JournalOp::Insert(b),
+        JournalOp::Remove(a.token),
+        JournalOp::Insert(c.clone()),
+        JournalOp::Remove(token(77)),
+        JournalOp::Insert(b2.clone()),
+        // Removed then inserted again: present. Inserted then removed: absent.
+        JournalOp::Remove(c.token),
+        JournalOp::Insert(c.clone()),
+        JournalOp::Insert(journaled(4, 40004, 1)),
+        JournalOp::Remove(token(4)),
+    ] {
+        journal.apply(&op).unwrap();
+    }
+    let mut want = vec![b2, c];
+    want.sort_by_key(|r| (r.acquired_at_ms, r.token));
+    assert_eq!(journal.rows(), want);
+    drop(journal);
+    let (_journal, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert_eq!(loaded.rows, want);
+    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the journal names processes: private");
+}
+
+#[test]
+fn a_journal_from_another_boot_is_dropped() {
+    let (_dir, path) = temp_journal();
+    let (mut journal, _) = RuntimeJournal::open(&path, "earlier-boot").unwrap();
+    journal
+        .apply(&JournalOp::Insert(journaled(1, 30001, 1)))
+        .unwrap();
+    drop(journal);
+    let (journal, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert!(loaded.other_boot);
+    assert!(loaded.rows.is_empty() && journal.rows().is_empty());
+    drop(journal);
+    // And it now belongs to this boot.
+    let (_, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert!(!loaded.other_boot);
+}
+
+#[test]
+fn a_record_cut_short_is_dropped_and_what_came_before_kept() {
+    let (_dir, path) = temp_journal();
+    let (mut journal, _) = RuntimeJournal::open(&path, BOOT).unwrap();
+    journal
+        .apply(&JournalOp::Insert(journaled(1, 30001, 1)))
+        .unwrap();
+    journal
+        .apply(&JournalOp::Insert(journaled(2, 30002, 1)))
+        .unwrap();
+    drop(journal);
+    // A daemon killed in the middle of writing a third record: its first bytes only.
+    let whole = fs::read(&path).unwrap();
+    let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(&[60, 0, 0, 0, 0, 7, 7]).unwrap();
+    drop(file);
+    let (mut journal, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert_eq!(loaded.dropped_bytes, 7);
+    assert_eq!(
+        loaded
+            .rows
+            .iter()
+            .map(|r| r.token.get())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // The file was rewritten without the cut record, so later records are read again.
+    assert_eq!(fs::read(&path).unwrap(), whole);
+    journal.apply(&JournalOp::Remove(token(1))).unwrap();
+    drop(journal);
+    let (_, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert_eq!(loaded.dropped_bytes, 0);
+    assert_eq!(
+        loaded
+            .rows
+            .iter()
+            .map(|r| r.token.get())
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_journal_is_refused_untouched() {
+    let (_dir, path) = temp_journal();
+    fs::write(&path, b"something else entirely").unwrap();
+    let err = RuntimeJournal::open(&path, BOOT).unwrap_err();
+    assert!(matches!(err, StoreError::NotAJournal { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("not a berth runtime journal") && text.contains("move it aside"),
+        "{text}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), b"something else entirely");
+}
+
+#[test]
+fn a_symbolic_link_is_not_followed() {
+    let (dir, path) = temp_journal();
+    let target = dir.path().join("elsewhere");
+    fs::write(&target, b"precious").unwrap();
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let err = RuntimeJournal::open(&path, BOOT).unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+    assert_eq!(fs::read(&target).unwrap(), b"precious");
+}
+
+#[test]
+fn churn_keeps_the_file_small_and_the_rows_right() {
+    let (_dir, path) = temp_journal();
+    let (mut journal, _) = RuntimeJournal::open(&path, BOOT).unwrap();
+    // Ten live rows and 20,000 acquire/release pairs: about 1.4 MB of records appended.
+    for t in 1..=10u64 {
+        journal
+            .apply(&JournalOp::Insert(journaled(t, 20000 + t as u16, 1)))
+            .unwrap();
+    }
+    let mut largest = 0;
+    for i in 0..20_000u64 {
+        let t = 1000 + i;
+        journal
+            .apply(&JournalOp::Insert(journaled(t, 30000, 1)))
+            .unwrap();
+        journal.apply(&JournalOp::Remove(token(t))).unwrap();
+        largest = largest.max(fs::metadata(&path).unwrap().len());
+    }
+    assert!(
+        largest <= 512 * 1024,
+        "the journal grew to {largest} bytes for 10 live rows"
+    );
+    assert!(!dir_has_scratch(&path), "no scratch file left behind");
+    drop(journal);
+    let (_, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert_eq!(
+        loaded
+            .rows
+            .iter()
+            .map(|r| r.token.get())
+            .collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+}
+
+fn dir_has_scratch(path: &std::path::Path) -> bool {
+    let mut scratch = path.as_os_str().to_owned();
+    scratch.push(".new");
+    PathBuf::from(scratch).exists()
+}
+
+#[test]
+fn clear_forgets_every_row() {
+    let (_dir, path) = temp_journal();
+    let (mut journal, _) = RuntimeJournal::open(&path, BOOT).unwrap();
+    for t in 1..=3u64 {
+        journal
+            .apply(&JournalOp::Insert(journaled(t, 20000 + t as u16, 1)))
+            .unwrap();
+    }
+    journal.clear().unwrap();
+    assert!(journal.rows().is_empty());
+    drop(journal);
+    assert!(RuntimeJournal::open(&path, BOOT).unwrap().1.rows.is_empty());
+}
+
+#[test]
+fn the_kernel_record_is_kept_like_the_rows() {
+    let (_dir, path) = temp_journal();
+    let (mut journal, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert_eq!(loaded.kernel, "");
+    journal.set_kernel("20000-20001").unwrap();
+    journal
+        .apply(&JournalOp::Insert(journaled(1, 20000, 2)))
+        .unwrap();
+    journal.set_kernel("20000-20001,20005").unwrap();
+    // Cleared rows keep the record: the kernel still lists what the daemon wrote.
+    journal.clear().unwrap();
+    assert_eq!(journal.kernel(), "20000-20001,20005");
+    drop(journal);
+    let (mut journal, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert_eq!(loaded.kernel, "20000-20001,20005");
+    journal.set_kernel("").unwrap();
+    drop(journal);
+    assert_eq!(RuntimeJournal::open(&path, BOOT).unwrap().1.kernel, "");
+    // After a reboot the kernel's list is empty again, and so is the record.
+    let (mut journal, _) = RuntimeJournal::open(&path, BOOT).unwrap();
+    journal.set_kernel("30000").unwrap();
+    drop(journal);
+    assert_eq!(
+        RuntimeJournal::open(&path, "next-boot").unwrap().1.kernel,
+        ""
+    );
+}
