@@ -9,7 +9,7 @@
 //! - [`namespaces`]: private namespaces as root or in a user namespace;
 //! - [`deadline`]: waiting for another process, or its connection, with a deadline;
 //! - [`raw`]: speaking the protocol by hand;
-//! - [`time`]: paused tokio time.
+//! - [`time`]: paused tokio time, moved by the test alone.
 
 #![allow(
     clippy::expect_used,
@@ -28,4 +28,3 @@ pub mod time;
 
 pub use daemon::{eventually, TestDaemon};
 pub use fake::{Answer, FakeDaemon};
-pub use time::{ticker, Ticker};

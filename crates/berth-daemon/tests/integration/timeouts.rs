@@ -1,21 +1,32 @@
-//! The daemon's timeouts, on paused tokio time: the clock stands still unless the runtime has
-//! nothing to do, and then jumps to the next timer. A test of a 10-second timeout takes no
-//! time, and a slow machine cannot make it fail: time passes only when the test lets it.
-//!
-//! Real socket I/O still happens, and the clock also jumps while the runtime merely waits for
-//! I/O already on its way. So each test keeps a [`ticker`] running: a timer due every
-//! millisecond, which makes each jump at most a millisecond long. The daemon's timers are then
-//! reached in small steps, with every socket exchange done long before.
+//! The daemon's timeouts, on paused tokio time that only the test moves
+//! ([`berth_testkit::time`]): the clock is frozen, and each test advances it explicitly, in
+//! small steps, to just before a timeout and then past it. A test of a 10-second timeout takes
+//! no time, and a slow machine cannot make it fail: the clock never moves while the daemon is
+//! still busy with an exchange, and real waits for I/O have a real-time bound instead.
 
 use std::time::Duration;
 
 use berth_core::{Kind, Protocol};
 use berth_protocol::{Request, ReservationInfo, Response};
 use berth_testkit::raw::{frame, raw_frame, responses, shaken_hands};
-use berth_testkit::{ticker, TestDaemon};
+use berth_testkit::time::{advance, advance_to, freeze, settle, within, within_real};
+use berth_testkit::TestDaemon;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::time::{sleep, sleep_until, timeout_at, Instant};
+use tokio::time::Instant;
+
+/// How long a connection that should stay open is watched, in real time, for a close: the
+/// daemon closes on its closer threads, which take microseconds.
+const WATCH: Duration = Duration::from_millis(50);
+
+/// Asserts that `stream` is still open at the clock's current time: nothing to read and no end
+/// of stream after the daemon has had its chance to act on every timer due so far.
+async fn assert_open(stream: &mut UnixStream, what: &str) {
+    settle().await;
+    let mut byte = [0u8; 1];
+    let read = within(WATCH, stream.read(&mut byte)).await;
+    assert!(read.is_none(), "{what}: {read:?}");
+}
 
 /// Sends `request` and reads its one answer.
 async fn ask(stream: &mut UnixStream, request: Request) -> Response {
@@ -39,26 +50,23 @@ async fn list(stream: &mut UnixStream) -> Vec<ReservationInfo> {
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_sends_no_hello_is_closed_after_the_handshake_timeout() {
     const HANDSHAKE: Duration = Duration::from_secs(10);
-    let _ticker = ticker();
+    let _frozen = freeze();
     let daemon = TestDaemon::with_config(48200, 48209, |c| c.handshake_timeout = HANDSHAKE);
     let connected = Instant::now();
     let mut silent = UnixStream::connect(&daemon.socket).await.unwrap();
     let mut polite = shaken_hands(&daemon.socket, "polite").await;
 
     // Open until the timeout: the daemon starts counting when it accepts, after `connected`.
-    let mut byte = [0u8; 1];
-    let early = timeout_at(connected + HANDSHAKE, silent.read(&mut byte)).await;
-    assert!(
-        early.is_err(),
-        "closed before the handshake timeout: {early:?}"
-    );
+    advance_to(connected + HANDSHAKE - Duration::from_millis(20)).await;
+    assert_open(&mut silent, "closed before the handshake timeout").await;
     // Closed, without a word, right after it.
-    let read = timeout_at(
-        connected + HANDSHAKE + Duration::from_secs(1),
+    advance_to(connected + HANDSHAKE + Duration::from_secs(1)).await;
+    let mut byte = [0u8; 1];
+    let read = within_real(
+        "the close after the handshake timeout",
         silent.read(&mut byte),
     )
-    .await
-    .expect("still open a second after the handshake timeout");
+    .await;
     assert_eq!(read.unwrap(), 0, "the daemon said something");
 
     // A client that said hello in time is served on.
@@ -69,7 +77,7 @@ async fn a_connection_that_sends_no_hello_is_closed_after_the_handshake_timeout(
 #[tokio::test(start_paused = true)]
 async fn a_held_reservation_nobody_reclaims_is_released_when_the_grace_period_ends() {
     const GRACE: Duration = Duration::from_secs(30);
-    let _ticker = ticker();
+    let _frozen = freeze();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("berth.db");
 
@@ -112,7 +120,7 @@ async fn a_held_reservation_nobody_reclaims_is_released_when_the_grace_period_en
 
     // Still held just before the grace period ends (the daemon starts counting once it has
     // restored the journal, after `restarted`).
-    sleep_until(restarted + GRACE - Duration::from_millis(10)).await;
+    advance_to(restarted + GRACE - Duration::from_millis(20)).await;
     let held = list(&mut observer).await;
     assert!(
         is_held(&held),
@@ -130,7 +138,7 @@ async fn a_held_reservation_nobody_reclaims_is_released_when_the_grace_period_en
             Instant::now() < deadline,
             "still held a second after the grace period: {now:?}"
         );
-        sleep(Duration::from_millis(10)).await;
+        advance(Duration::from_millis(10)).await;
     }
     let again = Request::Acquire {
         protocol: Protocol::Tcp,
@@ -146,7 +154,7 @@ async fn a_held_reservation_nobody_reclaims_is_released_when_the_grace_period_en
 #[tokio::test(start_paused = true)]
 async fn a_client_that_does_not_read_is_closed_after_the_write_timeout() {
     const WRITE: Duration = Duration::from_secs(5);
-    let _ticker = ticker();
+    let _frozen = freeze();
     let daemon = TestDaemon::with_config(48400, 48999, |c| c.write_timeout = WRITE);
     // Many reservations make every List answer large.
     let mut owner = shaken_hands(&daemon.socket, "owner").await;
@@ -171,18 +179,15 @@ async fn a_client_that_does_not_read_is_closed_after_the_write_timeout() {
     stubborn.write_all(&requests).await.unwrap();
     // Others are served while its answers are stuck.
     assert_eq!(list(&mut owner).await.len(), 300);
-    sleep(WRITE + Duration::from_secs(1)).await;
+    advance(WRITE + Duration::from_secs(1)).await;
     // Reading now finds what the daemon wrote before it gave up, then the end: closed.
     let mut sink = Vec::new();
-    let read = timeout_at(
-        Instant::now() + Duration::from_secs(5),
+    let read = within_real(
+        "the close of a client that does not read",
         stubborn.read_to_end(&mut sink),
     )
     .await;
-    assert!(
-        matches!(read, Ok(Ok(_))),
-        "the daemon never closed a client that does not read: {read:?}"
-    );
+    assert!(read.is_ok(), "{read:?}");
     assert!(
         sink.len() < 200 * 12_000,
         "all {} bytes were written: the socket never filled",
@@ -191,11 +196,13 @@ async fn a_client_that_does_not_read_is_closed_after_the_write_timeout() {
     assert_eq!(list(&mut owner).await.len(), 300);
 }
 
-/// Reads one frame and then the end of the stream: the daemon's last word on a connection.
+/// Moves the clock to `by`, then reads one frame and the end of the stream: the daemon's last
+/// word on a connection.
 async fn last_word(stream: &mut UnixStream, by: Instant) -> Response {
+    advance_to(by).await;
     let mut rest = Vec::new();
-    let read = timeout_at(by, stream.read_to_end(&mut rest)).await;
-    assert!(matches!(read, Ok(Ok(_))), "not closed in time: {read:?}");
+    let read = within_real("the daemon's last word", stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "{read:?}");
     let mut all = responses(&rest);
     assert_eq!(all.len(), 1, "{all:?}");
     all.remove(0)
@@ -224,7 +231,7 @@ fn assert_idle_notice(response: &Response, idle: Duration) {
 #[tokio::test(start_paused = true)]
 async fn a_silent_session_is_closed_only_while_it_holds_nothing() {
     const IDLE: Duration = Duration::from_secs(60);
-    let _ticker = ticker();
+    let _frozen = freeze();
     let daemon = TestDaemon::with_config(46100, 46109, |c| c.idle_timeout = Some(IDLE));
     let before = Instant::now();
     let mut silent = shaken_hands(&daemon.socket, "silent").await;
@@ -240,18 +247,13 @@ async fn a_silent_session_is_closed_only_while_it_holds_nothing() {
     let after = Instant::now();
 
     // Open until the idle timeout (counted from after its welcome, so after `before`).
-    let mut byte = [0u8; 1];
-    let early = timeout_at(
-        before + IDLE - Duration::from_millis(100),
-        silent.read(&mut byte),
-    )
-    .await;
-    assert!(early.is_err(), "closed before the idle timeout: {early:?}");
+    advance_to(before + IDLE - Duration::from_millis(100)).await;
+    assert_open(&mut silent, "closed before the idle timeout").await;
     let notice = last_word(&mut silent, after + IDLE + Duration::from_secs(1)).await;
     assert_idle_notice(&notice, IDLE);
 
     // Several idle timeouts later, the holder is still served and still holds its block.
-    sleep_until(after + 3 * IDLE).await;
+    advance_to(after + 3 * IDLE).await;
     let now = list(&mut holder).await;
     assert!(now.iter().any(|r| r.token == granted.token), "{now:?}");
     // A request resets the count; once it holds nothing, silence ends it too.
@@ -264,12 +266,8 @@ async fn a_silent_session_is_closed_only_while_it_holds_nothing() {
     .await;
     assert!(matches!(released, Response::Released(_)), "{released:?}");
     let released_at = Instant::now();
-    let early = timeout_at(
-        released_at + IDLE - Duration::from_millis(100),
-        holder.read(&mut byte),
-    )
-    .await;
-    assert!(early.is_err(), "closed before the idle timeout: {early:?}");
+    advance_to(released_at + IDLE - Duration::from_millis(100)).await;
+    assert_open(&mut holder, "closed before the idle timeout").await;
     let notice = last_word(&mut holder, released_at + IDLE + Duration::from_secs(2)).await;
     assert_idle_notice(&notice, IDLE);
 }
@@ -279,11 +277,11 @@ async fn a_silent_session_is_closed_only_while_it_holds_nothing() {
 #[tokio::test(start_paused = true)]
 async fn each_request_restarts_the_idle_count() {
     const IDLE: Duration = Duration::from_secs(60);
-    let _ticker = ticker();
+    let _frozen = freeze();
     let daemon = TestDaemon::with_config(46110, 46119, |c| c.idle_timeout = Some(IDLE));
     let mut chatty = shaken_hands(&daemon.socket, "chatty").await;
     for _ in 0..5 {
-        sleep(IDLE - Duration::from_secs(5)).await;
+        advance(IDLE - Duration::from_secs(5)).await;
         let status = ask(&mut chatty, Request::Status).await;
         assert!(matches!(status, Response::Status(_)), "{status:?}");
     }
@@ -295,7 +293,7 @@ async fn each_request_restarts_the_idle_count() {
 #[tokio::test(start_paused = true)]
 async fn connections_stalled_mid_frame_are_closed_after_the_idle_timeout() {
     const IDLE: Duration = Duration::from_secs(30);
-    let _ticker = ticker();
+    let _frozen = freeze();
     let daemon = TestDaemon::with_config(46120, 46129, |c| c.idle_timeout = Some(IDLE));
     let mut holder = shaken_hands(&daemon.socket, "holder").await;
     let acquire = Request::Acquire {
@@ -339,6 +337,6 @@ async fn connections_stalled_mid_frame_are_closed_after_the_idle_timeout() {
             break;
         }
         assert!(Instant::now() < deadline, "{status:?}");
-        sleep(Duration::from_millis(1)).await;
+        advance(Duration::from_millis(1)).await;
     }
 }

@@ -3,8 +3,9 @@
 //! noticing; a `Client` that holds a reservation is never closed for silence; and a request
 //! that crossed the daemon's idle notice is sent again, not failed.
 //!
-//! On paused tokio time (see `crates/berth-daemon/tests/integration/timeouts.rs`): a ticker keeps each
-//! jump of the clock to a millisecond, so socket exchanges finish long before any timer.
+//! On paused tokio time that only the test moves (`berth_testkit::time`): the clock is frozen,
+//! the test advances it past the idle timeout, and each request of a client — which may wait on
+//! its own reconnect timers — is driven a step of the clock at a time, within a bound.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,14 +13,18 @@ use std::time::Duration;
 
 use berth::{Client, ErrorKind, Protocol};
 use berth_protocol::{ErrorDetail, Request, Response, WireError};
-use berth_testkit::{ticker, FakeDaemon, TestDaemon};
-use tokio::time::{sleep, Instant};
+use berth_testkit::time::{advance, driven, freeze};
+use berth_testkit::{FakeDaemon, TestDaemon};
+use tokio::time::Instant;
+
+/// How much of the clock one client request may take, reconnecting included.
+const REQUEST: Duration = Duration::from_secs(5);
 
 /// Polls the daemon, through `observer`, until it serves `n` sessions.
 async fn sessions_become(observer: &Client, n: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = observer.status().await.unwrap();
+        let status = driven("status", REQUEST, observer.status()).await.unwrap();
         if status.sessions == n {
             return;
         }
@@ -28,14 +33,14 @@ async fn sessions_become(observer: &Client, n: u32) {
             "{} sessions, not {n}",
             status.sessions
         );
-        sleep(Duration::from_millis(5)).await;
+        advance(Duration::from_millis(5)).await;
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_client_is_closed_and_reconnects_while_a_holder_is_left_alone() {
     const IDLE: Duration = Duration::from_secs(60);
-    let _ticker = ticker();
+    let _frozen = freeze();
     let daemon = TestDaemon::with_config(46200, 46209, |c| c.idle_timeout = Some(IDLE));
     let idle = Client::connect_to(&daemon.socket).await.unwrap();
     let holder = Client::connect_to(&daemon.socket).await.unwrap();
@@ -46,34 +51,38 @@ async fn an_idle_client_is_closed_and_reconnects_while_a_holder_is_left_alone() 
 
     // Past the idle timeout, a few times over: the idle client's session is closed, the
     // holder's is not.
-    sleep(IDLE + Duration::from_secs(1)).await;
+    advance(IDLE + Duration::from_secs(1)).await;
     sessions_become(&observer, 2).await;
-    sleep(2 * IDLE).await;
+    advance(2 * IDLE).await;
     assert!(!held.is_lost());
     assert!(holder.is_open());
-    let list = observer.list().await.unwrap();
+    let list = driven("list", REQUEST, observer.list()).await.unwrap();
     let theirs = list.iter().find(|r| r.token == held.token()).unwrap();
     assert_eq!(theirs.range, held.range());
 
     // The idle client's next requests are served, on a new connection.
     assert!(idle.is_open());
-    let status = idle.status().await.unwrap();
+    let status = driven("status", REQUEST, idle.status()).await.unwrap();
     assert_eq!(status.sessions, 3);
-    let mine = idle.acquire(Protocol::Tcp, 0, 1).await.unwrap();
-    assert!(idle
-        .list()
+    let mine = driven("acquire", REQUEST, idle.acquire(Protocol::Tcp, 0, 1))
+        .await
+        .unwrap();
+    assert!(driven("list", REQUEST, idle.list())
         .await
         .unwrap()
         .iter()
         .any(|r| r.token == mine.token()));
     // Holding now, it is left alone too.
-    sleep(2 * IDLE).await;
+    advance(2 * IDLE).await;
     assert!(!mine.is_lost());
-    mine.release().await.unwrap();
+    driven("release", REQUEST, mine.release()).await.unwrap();
 
     // The holder was served throughout and still is.
-    held.release().await.unwrap();
-    assert!(holder.list().await.unwrap().is_empty());
+    driven("release", REQUEST, held.release()).await.unwrap();
+    assert!(driven("list", REQUEST, holder.list())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// A request written just as the daemon gave up on the silent connection is not read by it;

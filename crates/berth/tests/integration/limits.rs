@@ -2,19 +2,18 @@
 //! instead of waiting in the kernel's backlog without a word; once a connection closes, a new
 //! client is served again.
 //!
-//! On paused tokio time, so that "not served" is not a guess about how long to wait: the clock
-//! moves only while the runtime has nothing else to do, in steps of a millisecond (a ticker
-//! task keeps a timer due every millisecond), so a daemon that would answer does so long
-//! before the test's virtual second is over — and one that may not, never does.
+//! On a frozen paused clock (`berth_testkit::time`): no timer of the daemon's can fire while
+//! the test waits, so an answer that arrives was given at once, not when the handshake timeout
+//! ran out.
 
 use std::time::Duration;
 
 use berth_protocol::{DaemonLimit, ErrorDetail, ErrorKind, Hello, Request, Response};
 use berth_testkit::raw::{frame, raw_frame, responses, shaken_hands};
+use berth_testkit::time::{advance, freeze, within_real};
 use berth_testkit::TestDaemon;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::time::{sleep, timeout};
 
 /// Reads one response.
 async fn answer(stream: &mut UnixStream) -> Response {
@@ -29,11 +28,7 @@ async fn answer(stream: &mut UnixStream) -> Response {
 
 #[tokio::test(start_paused = true)]
 async fn at_the_connection_limit_a_further_client_is_told_busy_and_served_once_another_leaves() {
-    let ticker = tokio::spawn(async {
-        loop {
-            sleep(Duration::from_millis(1)).await;
-        }
-    });
+    let _frozen = freeze();
     let daemon = TestDaemon::with_config(48100, 48199, |c| {
         c.max_connections = 2;
     });
@@ -46,9 +41,7 @@ async fn at_the_connection_limit_a_further_client_is_told_busy_and_served_once_a
     let _ = third
         .write_all(&frame(Request::Hello(Hello::current("third"))))
         .await;
-    let refusal = timeout(Duration::from_secs(1), answer(&mut third))
-        .await
-        .expect("left waiting without a word");
+    let refusal = within_real("the refusal at the connection limit", answer(&mut third)).await;
     let Response::Error(busy) = refusal else {
         panic!("served beyond the limit: {refusal:?}")
     };
@@ -81,8 +74,7 @@ async fn at_the_connection_limit_a_further_client_is_told_busy_and_served_once_a
             served = true;
             break;
         }
-        sleep(Duration::from_millis(10)).await;
+        advance(Duration::from_millis(10)).await;
     }
     assert!(served, "not served after a connection closed");
-    ticker.abort();
 }
