@@ -18,6 +18,7 @@ mod idle;
 mod kernel;
 mod limits;
 mod listen;
+mod messages;
 mod observability;
 mod persistent;
 mod portserver;
