@@ -148,6 +148,10 @@ pub async fn run_with_ready(
     let shared = Arc::new(shared);
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    // Non-administrators together never take the places kept for administrators.
+    let others = Arc::new(Semaphore::new(
+        config.max_connections.max(1) - admin_reserve(config.max_connections.max(1)),
+    ));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     watch_owners(&tracker, &shared, &cancel, owners);
@@ -283,6 +287,29 @@ pub async fn run_with_ready(
                 continue;
             }
         };
+        // A user's connection needs a place of those not kept for administrators too.
+        let other = match &slot {
+            None => None,
+            Some(_) => match others.clone().try_acquire_owned() {
+                Ok(place) => Some(place),
+                Err(_) => {
+                    let max = config.max_connections.max(1);
+                    let kept = admin_reserve(max);
+                    crate::refusals::log(uid, "busy: a connection over max_connections is refused");
+                    let busy = crate::session::Busy {
+                        message: format!(
+                            "busy: the {} connections the daemon serves at once for users other than administrators are in use (max_connections {max}, of which {kept} are kept for administrators); retry shortly, or have an administrator raise max_connections in the daemon's configuration",
+                            max - kept
+                        ),
+                        limit: berth_protocol::DaemonLimit::Connections,
+                        max: max - kept,
+                        in_use: max - kept,
+                    };
+                    crate::session::refuse_now(stream, busy, &lane, Some(Box::new(slot)));
+                    continue;
+                }
+            },
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             let max = config.max_connections.max(1);
             crate::refusals::log(uid, "busy: a connection over max_connections is refused");
@@ -294,7 +321,7 @@ pub async fn run_with_ready(
                 max,
                 in_use: max,
             };
-            crate::session::refuse_now(stream, busy, &lane, Some(Box::new(slot)));
+            crate::session::refuse_now(stream, busy, &lane, Some(Box::new((slot, other))));
             continue;
         };
         let (shared, config, control, cancel) = (
@@ -310,7 +337,7 @@ pub async fn run_with_ready(
                 config,
                 control,
                 cancel,
-                Box::new((permit, slot)),
+                Box::new((permit, slot, other)),
             )
             .await;
         });
@@ -338,6 +365,13 @@ pub async fn run_with_ready(
     drop(claim);
     tracing::info!("stopped: runtime reservations of running clients are kept for the next daemon");
     Ok(())
+}
+
+/// How many of `max_connections` places are kept for administrators (root and the daemon's
+/// own user): however many users fill the others, an administrator can still connect — to see
+/// what is going on and to stop it. A sixteenth, at most 64; none for a daemon of a handful.
+pub(crate) fn admin_reserve(max_connections: usize) -> usize {
+    (max_connections / 16).min(64)
 }
 
 /// Binds and serves the portserver endpoint; an optional one whose address is taken is only

@@ -279,6 +279,57 @@ fn a_thousand_idle_connections_of_several_users_are_held_or_told_busy() {
     holder.finish();
 }
 
+/// Users who fill every connection place they may have leave administrators the places kept
+/// for them (a sixteenth of `max_connections`): root connects, is served, and is told busy only
+/// once the daemon is full.
+#[test]
+fn administrators_keep_places_when_other_users_fill_the_daemon() {
+    if !needs::users() {
+        return;
+    }
+    // 32 places, 2 kept for administrators: users together may have 30.
+    let (d, _config) = daemon(
+        "25250-25259",
+        "max_connections = 32\nmax_connections_per_uid = 10\n",
+    );
+    let holder = Holder::new(&d);
+    let mut idle: Vec<UnixStream> = Vec::new();
+    for uid in 10_011..=10_013 {
+        let socket = d.socket().to_owned();
+        idle.extend(as_user(uid, move || {
+            (0..10).map(|_| welcomed(&socket)).collect::<Vec<_>>()
+        }));
+    }
+    // A fourth user finds the users' places taken: busy, naming the limit.
+    let socket = d.socket().to_owned();
+    let (_refused, answer) = as_user(10_014, move || greet(&socket));
+    let Response::Error(e) = &answer else {
+        panic!("not busy: {answer:?}")
+    };
+    let ErrorDetail::Busy(busy) = &e.detail else {
+        panic!("not busy: {e:?}")
+    };
+    assert_eq!(
+        (busy.limit, busy.max),
+        (DaemonLimit::Connections, 30),
+        "{e:?}"
+    );
+    assert!(e.message.contains("kept for administrators"), "{e:?}");
+    // Root still gets in — the holder has one place, a new connection takes the other — and
+    // is served; the next one finds the daemon full.
+    holder.is_fine();
+    let mut root = welcomed(d.socket());
+    let status = ask(&mut root, Request::Status);
+    assert!(matches!(status, Response::Status(_)), "{status:?}");
+    let (_full, answer) = greet(d.socket());
+    assert!(
+        matches!(&answer, Response::Error(e) if matches!(e.detail, ErrorDetail::Busy(_))),
+        "{answer:?}"
+    );
+    drop(idle);
+    holder.finish();
+}
+
 #[test]
 fn connections_stalled_mid_frame_and_a_client_that_never_reads_stall_nobody() {
     if !needs::users() {
