@@ -139,18 +139,22 @@ async fn displace(name: &str, holder: &AuthorityInfo) -> Option<StdListener> {
         tracing::warn!(
             "the authority beacon @{name} is held by an ordinary user's berth daemon ({holder}); the system daemon serves this network namespace, so it is asked to stop (its clients' runtime reservations end with it)"
         );
-        if let Err(e) = ask_to_stop(&announced.socket, holder.peer.uid).await {
-            tracing::warn!(
+        match ask_to_stop(&announced.socket, holder.peer.uid).await {
+            // Waited for only once it agreed: a holder that merely looks like a berth daemon
+            // must not hold up the system daemon's start.
+            Ok(()) => {
+                let deadline = tokio::time::Instant::now() + STOP_WAIT;
+                while tokio::time::Instant::now() < deadline {
+                    if let Ok(listener) = crate::rights::listen_abstract(name) {
+                        return Some(listener);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(e) => tracing::warn!(
                 "the daemon on {} did not agree to stop: {e}",
                 announced.socket
-            );
-        }
-        let deadline = tokio::time::Instant::now() + STOP_WAIT;
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(listener) = crate::rights::listen_abstract(name) {
-                return Some(listener);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            ),
         }
     }
     tracing::warn!(
@@ -195,7 +199,7 @@ async fn ask_to_stop(socket: &str, uid: u32) -> io::Result<()> {
             other => Err(io::Error::other(format!("not stopping: {other:?}"))),
         }
     };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
+    tokio::time::timeout(Duration::from_secs(2), exchange)
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
