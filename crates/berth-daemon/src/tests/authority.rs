@@ -1,7 +1,6 @@
 //! One daemon per network namespace: the authority beacon.
 
 use berth_core::Pool;
-use berth_protocol::authority;
 use tokio::sync::oneshot;
 
 use crate::{bind_socket, Config, SocketGuard};
@@ -58,7 +57,7 @@ async fn a_second_daemon_of_the_namespace_refuses_to_start_naming_the_first() {
     // The beacon answers with its line, and the kernel vouches for who holds it.
     let beacon = {
         let name = name.clone();
-        tokio::task::spawn_blocking(move || authority::query(&name))
+        tokio::task::spawn_blocking(move || crate::authority::query(&name))
             .await
             .unwrap()
             .unwrap()
