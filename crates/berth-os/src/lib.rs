@@ -2,7 +2,8 @@
 //!
 //! Every `unsafe` block of berth outside its C API lives here, each in the module of the system
 //! call it wraps and each with the reason it is sound. Nothing here knows the reservation
-//! table, the wire protocol or sessions: callers decide, this crate asks the kernel.
+//! table, the wire protocol or sessions (of `berth-core` only the vocabulary: `Protocol`,
+//! `PortSet`): callers decide, this crate asks the kernel.
 //!
 //! # Layout
 //! Always built (the client library and libberth need these):
