@@ -22,7 +22,7 @@ use rustix::net::{sockopt, AddressFamily, SocketType};
 use socket2::{Domain, Socket, Type};
 
 use crate::hold::Holds;
-use crate::netns::NetNs;
+use berth_os::netns::NetNs;
 
 /// What the daemon learned about a client's socket.
 #[derive(Debug, Clone, Copy)]

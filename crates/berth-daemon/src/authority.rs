@@ -3,7 +3,7 @@
 //!
 //! Two daemons serving one network namespace could grant the same port, so each claims the
 //! namespace at start-up:
-//! - **The beacon** (`berth_protocol::authority`): an abstract Unix socket, scoped by the
+//! - **The beacon** (`berth_protocol::authority`, its sockets `berth_os::beacon`): an abstract Unix socket, scoped by the
 //!   network namespace, that only one process can bind. It is how daemons and clients find the
 //!   one that serves the namespace. Abstract names have no permissions, so any process can
 //!   bind one first: the beacon alone cannot keep root's daemon from being locked out.
@@ -96,7 +96,7 @@ async fn bind_or_ask(name: &str, system: bool) -> io::Result<Option<StdListener>
         }
         // Blocking, bounded: off the runtime, which may be serving that very holder.
         let owned = name.to_owned();
-        let holder = tokio::task::spawn_blocking(move || authority::query(&owned))
+        let holder = tokio::task::spawn_blocking(move || query(&owned))
             .await
             .map_err(io::Error::other)??;
         let Some(holder) = holder else { continue };
@@ -122,7 +122,7 @@ pub(crate) async fn retake(name: &str) -> Option<StdListener> {
         return Some(listener);
     }
     let owned = name.to_owned();
-    let holder = tokio::task::spawn_blocking(move || authority::query(&owned))
+    let holder = tokio::task::spawn_blocking(move || query(&owned))
         .await
         .ok()?
         .ok()??;
@@ -175,7 +175,7 @@ async fn ask_to_stop(socket: &str, uid: u32) -> io::Result<()> {
     )
     .await
     .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-    let peer = authority::peer_credentials(&stream)?;
+    let peer = berth_os::peer::peer_credentials(&stream)?;
     if peer.uid != uid {
         return Err(io::Error::other(format!(
             "{socket} is served by uid {}, not by the beacon's holder (uid {uid})",
@@ -202,6 +202,20 @@ async fn ask_to_stop(socket: &str, uid: u32) -> io::Result<()> {
     tokio::time::timeout(Duration::from_secs(2), exchange)
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// Asks whoever holds the beacon `name` who it is, within [`authority::QUERY_TIMEOUT`].
+/// `Ok(None)` when nobody holds it.
+pub(crate) fn query(name: &str) -> io::Result<Option<AuthorityInfo>> {
+    let answer = berth_os::beacon::ask(name, authority::QUERY_TIMEOUT, authority::MAX_ANSWER)?;
+    Ok(answer.map(|a| {
+        let peer = authority::Peer {
+            pid: a.peer.pid,
+            uid: a.peer.uid,
+            gid: a.peer.gid,
+        };
+        AuthorityInfo::new(peer, &a.text)
+    }))
 }
 
 /// Why this daemon does not start, and what to do instead.
@@ -232,15 +246,12 @@ fn taken(name: &str, holder: &AuthorityInfo) -> String {
 
 /// `/run/berth/authority-<inode of this network namespace>.lock`.
 fn system_lock_path() -> io::Result<PathBuf> {
-    let ns = std::fs::metadata("/proc/self/ns/net")?;
+    let ns = berth_os::netns::NsFile::of_self()?;
     let dir = std::path::Path::new(berth_protocol::paths::SYSTEM_SOCKET)
         .parent()
         .unwrap_or(std::path::Path::new("/run/berth"))
         .to_owned();
-    Ok(dir.join(format!(
-        "authority-{}.lock",
-        std::os::unix::fs::MetadataExt::ino(&ns)
-    )))
+    Ok(dir.join(format!("authority-{}.lock", ns.inode())))
 }
 
 /// Root's daemon takes the system lock of its namespace, or says which daemon holds it.

@@ -125,7 +125,7 @@ impl Config {
 /// The kernel's ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`), the default
 /// wildcard pool. Falls back to Linux's default 32768-60999 when it cannot be read.
 pub fn ephemeral_pool() -> Pool {
-    let parsed = crate::peer::read_proc("/proc/sys/net/ipv4/ip_local_port_range")
+    let parsed = berth_os::proc::read_file("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|text| {
             let mut it = text.split_whitespace().map(|w| w.parse::<u16>());
@@ -146,7 +146,7 @@ pub fn ephemeral_pool() -> Pool {
 /// `net.ipv4.ip_unprivileged_port_start` of the daemon's network namespace (1024 when it
 /// cannot be read).
 pub fn unprivileged_port_start() -> u16 {
-    crate::peer::read_proc("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    berth_os::proc::read_file("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .ok()
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(1024)

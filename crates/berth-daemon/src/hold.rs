@@ -1,7 +1,8 @@
 //! Hold sockets: a held reservation's ports that its owner has not bound are kept bound by
 //! the daemon — one non-listening socket per port, with neither `SO_REUSEADDR` nor
-//! `SO_REUSEPORT`, dual-stack `[::]` where the host has IPv6 (else `0.0.0.0`) — so that every
-//! other program's explicit bind to them fails. A listening socket would accept connections
+//! `SO_REUSEPORT`, dual-stack `[::]` where the host has IPv6 (else `0.0.0.0`; the sockets
+//! themselves are `berth_os::hold`'s) — so that every other program's explicit bind to them
+//! fails. A listening socket would accept connections
 //! meant for the owner; a socket with a reuse option could be shared by binders that set the
 //! same option.
 //!
@@ -17,11 +18,11 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use berth_core::{Change, PortRange, Protocol, Reservation, Token};
-use socket2::{Domain, Socket, Type};
+use berth_os::hold::Cover;
+use socket2::Socket;
 use tokio::sync::oneshot;
 
 use crate::changes::{Ack, Consumer as ChangeConsumer};
@@ -53,17 +54,6 @@ struct Block {
     /// Ports an associate has given up and is binding the owner's socket on right now: the
     /// re-hold pass leaves them alone.
     binding: std::collections::HashSet<u16>,
-}
-
-/// What one hold socket covers of its port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cover {
-    /// `[::]` dual-stack: IPv4 and IPv6.
-    Dual,
-    /// `0.0.0.0`.
-    V4,
-    /// `[::]` with `IPV6_V6ONLY`.
-    V6,
 }
 
 /// One hold socket.
@@ -99,7 +89,7 @@ pub(crate) enum HoldError {
 impl Holds {
     pub(crate) fn new() -> Self {
         Holds {
-            ipv6: Socket::new(Domain::IPV6, Type::STREAM, None).is_ok(),
+            ipv6: berth_os::hold::ipv6_available(),
             state: Mutex::new(State::default()),
         }
     }
@@ -111,33 +101,12 @@ impl Holds {
     /// Binds a hold socket on `port` covering all of it (both families where the host has
     /// IPv6).
     pub(crate) fn bind(&self, protocol: Protocol, port: u16) -> Result<Socket, HoldError> {
-        let cover = if self.ipv6 { Cover::Dual } else { Cover::V4 };
-        self.bind_cover(protocol, port, cover)
+        self.bind_cover(protocol, port, Cover::all(self.ipv6))
     }
 
     fn bind_cover(&self, protocol: Protocol, port: u16, cover: Cover) -> Result<Socket, HoldError> {
-        let ty = match protocol {
-            Protocol::Tcp => Type::STREAM,
-            Protocol::Udp => Type::DGRAM,
-        };
-        let (domain, addr) = match cover {
-            Cover::V4 => (
-                Domain::IPV4,
-                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
-            ),
-            Cover::Dual | Cover::V6 => (
-                Domain::IPV6,
-                SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
-            ),
-        };
-        let socket = Socket::new(domain, ty, None).map_err(HoldError::Other)?;
-        if domain == Domain::IPV6 {
-            socket
-                .set_only_v6(cover == Cover::V6)
-                .map_err(HoldError::Other)?;
-        }
-        match socket.bind(&addr.into()) {
-            Ok(()) => Ok(socket),
+        match berth_os::hold::bind(protocol, port, cover) {
+            Ok(socket) => Ok(socket),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(HoldError::InUse),
             Err(e) => Err(HoldError::Other(e)),
         }
@@ -286,7 +255,7 @@ impl Holds {
         } else {
             None
         };
-        let full = if self.ipv6 { Cover::Dual } else { Cover::V4 };
+        let full = Cover::all(self.ipv6);
         let held = |(port, socket): (u16, Socket)| {
             (
                 port,

@@ -46,10 +46,9 @@ use tokio_util::codec::Decoder;
 use crate::closer::{Closing, Lane, Received};
 
 mod ledger;
-mod recv;
 
+pub(crate) use berth_os::recv::{self, control_buffer, recv, Credentials};
 pub(crate) use ledger::{Ledger, Refusal};
-pub(crate) use recv::{control_buffer, recv, Credentials};
 
 /// Descriptors accepted in one `recvmsg`; a request carries at most one.
 pub(crate) const MAX_FDS_PER_READ: usize = 4;

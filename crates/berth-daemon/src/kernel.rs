@@ -8,7 +8,7 @@
 
 use berth_core::Pool;
 
-pub(crate) mod reserved_ports;
+pub(crate) use berth_os::reserved_ports;
 pub(crate) mod sync;
 
 /// Whether the daemon keeps `ip_local_reserved_ports`.

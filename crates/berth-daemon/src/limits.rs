@@ -1,27 +1,16 @@
 //! The descriptor limit: every connection, owner pidfd and (soon) hold socket costs one, so the
 //! daemon raises its soft limit to the hard one at start-up and reports it in `berth status`.
 
-use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+pub(crate) use berth_os::rlimit::open_files_limit;
+use berth_os::rlimit::{count_open_files as count_open, free_at_or_above};
 
 /// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit; returns the soft limit in force
 /// afterwards (`u64::MAX` for unlimited).
 pub(crate) fn raise_open_files() -> u64 {
-    let current = getrlimit(Resource::Nofile);
-    if current.current != current.maximum {
-        let raised = Rlimit {
-            current: current.maximum,
-            maximum: current.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::warn!("cannot raise the open-file limit to its hard limit: {e}");
-        }
+    if let Err(e) = berth_os::rlimit::raise_open_files() {
+        tracing::warn!("cannot raise the open-file limit to its hard limit: {e}");
     }
     open_files_limit()
-}
-
-/// The soft `RLIMIT_NOFILE` in force (`u64::MAX` for unlimited).
-pub(crate) fn open_files_limit() -> u64 {
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// Descriptors this process has open (`/proc/self/fd`, without the directory's own), counted
@@ -46,12 +35,6 @@ pub(crate) fn open_files() -> u32 {
 /// How long a count of open descriptors is reused for `status`.
 const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// [`open_files`], or an error when `/proc/self/fd` cannot be read.
-fn count_open() -> std::io::Result<u32> {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|dir| u32::try_from(dir.count().saturating_sub(1)).unwrap_or(u32::MAX))
-}
-
 /// Descriptors open now, when the daemon may be out of them: reading `/proc/self/fd` takes a
 /// descriptor too, and failing for want of one means every one up to the limit is open.
 pub(crate) fn open_files_in_shortage() -> u64 {
@@ -65,9 +48,8 @@ pub(crate) fn open_files_in_shortage() -> u64 {
 /// Whether the daemon has room for `fds` more descriptors, with a margin for its own work:
 /// what a `recvmsg` needs (the kernel closes on the reading thread whatever it cannot install,
 /// and such a close can block), and what a new connection or hold socket must leave for it.
-/// Two system calls: `F_DUPFD` asks for the lowest free descriptor at or above the limit less
-/// the room (descriptors are handed out lowest first, so the top of the table is the last to
-/// fill), and the duplicate (of `/dev/null`, whose close never blocks) is closed again.
+/// Two system calls: is a descriptor free at or above the limit less the room
+/// (`berth_os::rlimit::free_at_or_above`; the top of the table is the last to fill)?
 pub(crate) fn room_for(fds: usize) -> bool {
     // A room found for a message's worth is trusted for a millisecond: a busy daemon reads
     // thousands of times a second, and a probe per read would cost two system calls each.
@@ -96,20 +78,6 @@ const ROOM_TRUSTED: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// [`room_for`]'s probe itself.
 fn probe_room(fds: usize) -> bool {
-    static PROBE: std::sync::OnceLock<Option<std::os::fd::OwnedFd>> = std::sync::OnceLock::new();
-    let Some(probe) = PROBE
-        .get_or_init(|| {
-            rustix::fs::open(
-                "/dev/null",
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .ok()
-        })
-        .as_ref()
-    else {
-        return true;
-    };
     let Ok(limit) = i64::try_from(open_files_limit()) else {
         return true;
     };
@@ -120,7 +88,7 @@ fn probe_room(fds: usize) -> bool {
     let Ok(from) = i32::try_from(limit - room) else {
         return true;
     };
-    rustix::io::fcntl_dupfd_cloexec(probe, from).is_ok()
+    free_at_or_above(from).unwrap_or(true)
 }
 
 /// Descriptors kept free beyond a message's for the daemon's own work (probes, `/proc` reads,
@@ -193,9 +161,6 @@ mod tests {
     #[test]
     fn the_soft_limit_reaches_the_hard_one() {
         let limit = raise_open_files();
-        assert_eq!(
-            Some(limit),
-            getrlimit(Resource::Nofile).maximum.or(Some(u64::MAX))
-        );
+        assert_eq!(limit, berth_os::rlimit::open_files_hard_limit());
     }
 }

@@ -3,7 +3,9 @@
 
 use berth_core::Owner;
 
-use crate::peer::{field_after_comm, process_ids as ids, process_owner, read_proc};
+use berth_os::proc;
+
+use crate::peer::process_owner;
 
 /// The process `pid`, if it is a live child of `parent` run by the same user; otherwise why
 /// not, for the client's answer.
@@ -13,17 +15,18 @@ pub(crate) fn child_of(parent: &Owner, pid: u32) -> Result<Owner, String> {
             "pid {pid} cannot receive a reservation; name a child process of yours"
         ));
     }
-    let stat = read_proc(format!("/proc/{pid}/stat")).map_err(|_| {
+    let stat = proc::stat(pid).map_err(|_| {
         format!("no process {pid} is visible to the daemon; name a running child process of yours")
     })?;
-    let ppid = field_after_comm(&stat, 1).and_then(|f| f.parse::<u32>().ok());
+    let ppid = proc::parent_from_stat(&stat);
     if ppid != Some(parent.pid) {
         return Err(format!(
             "pid {pid} is not a child of pid {}; a reservation can only be handed to a child process",
             parent.pid
         ));
     }
-    let (uid, gid) = ids(pid).ok_or_else(|| format!("cannot read who runs pid {pid}"))?;
+    let (uid, gid) =
+        proc::real_ids(pid).ok_or_else(|| format!("cannot read who runs pid {pid}"))?;
     if uid != parent.uid {
         return Err(format!(
             "pid {pid} runs as uid {uid}, not as uid {} like its parent; a reservation stays with one user",

@@ -103,29 +103,25 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), ListenErr
 /// Exactly one socket must be passed, a listening Unix stream socket bound to a path. It is
 /// made non-blocking and close-on-exec and gets `SO_PASSCRED` (as `PassCredentials=yes` in
 /// `berth.socket` already does). It belongs to systemd: the daemon never removes its file.
+///
+/// The passed descriptors are taken once (`berth_os::activation`): a second call fails rather
+/// than make a second owner of the socket.
 pub fn activated() -> Result<Option<(UnixListener, PathBuf)>, ListenError> {
-    let fds = sd_notify::listen_fds().map_err(|e| {
+    let fds = berth_os::activation::take_listen_fds().map_err(|e| {
         ListenError::Activation(format!("cannot read LISTEN_FDS and LISTEN_PID: {e}"))
     })?;
-    let fds: Vec<_> = fds.collect();
-    let fd = match fds.as_slice() {
-        [] => return Ok(None),
-        [fd] => *fd,
-        more => {
-            return Err(ListenError::Activation(format!(
-                "systemd passed {} sockets; berth serves exactly one (berth.socket must have one ListenStream=)",
-                more.len()
-            )))
-        }
+    let mut fds = fds.into_iter();
+    let (owned, more) = (fds.next(), fds.len());
+    let Some(owned) = owned else {
+        return Ok(None);
     };
-    // SAFETY: systemd hands descriptor `fd` (3) to this process, and `listen_fds` returns it
-    // only when LISTEN_PID names this process; nothing else in the daemon owns it, and this
-    // is called once, at start-up.
-    #[expect(
-        unsafe_code,
-        reason = "taking ownership of a descriptor passed by systemd needs from_raw_fd"
-    )]
-    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    if more > 0 {
+        return Err(ListenError::Activation(format!(
+            "systemd passed {} sockets; berth serves exactly one (berth.socket must have one ListenStream=)",
+            more + 1
+        )));
+    }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&owned);
     let not_ours = |what: &str| {
         ListenError::Activation(format!(
             "the socket systemd passed (descriptor {fd}) {what}; berth.socket must have ListenStream=/run/berth/berth.sock (a path)"

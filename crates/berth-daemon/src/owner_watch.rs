@@ -5,10 +5,9 @@
 //! also watches its owner through a pidfd, which becomes readable when the process exits.
 
 use std::io;
-use std::os::fd::OwnedFd;
 
 use berth_core::{Bond, Change, Owner};
-use tokio::io::unix::AsyncFd;
+use berth_os::pidfd::{Exit, PidFd};
 use tokio::sync::mpsc;
 
 use crate::changes::{Ack, Consumer};
@@ -63,9 +62,8 @@ const SHORTAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 pub(crate) async fn owner_exit(owner: &Owner) {
     loop {
         match watch(owner) {
-            Ok(Some(fd)) => {
-                // Readable means the process has exited (a zombie counts).
-                let _ = fd.readable().await;
+            Ok(Some(exit)) => {
+                exit.exited().await;
                 return;
             }
             Ok(None) => return,
@@ -82,34 +80,15 @@ pub(crate) async fn owner_exit(owner: &Owner) {
 }
 
 /// A pidfd for the owner, or `None` when it has already gone (its pid is free or reused).
-fn watch(owner: &Owner) -> io::Result<Option<AsyncFd<OwnedFd>>> {
-    let Some(pid) = i32::try_from(owner.pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return Err(io::Error::other("the peer's pid is not visible here"));
-    };
-    let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::SRCH) => return Ok(None),
-        Err(e) => return Err(e.into()),
+fn watch(owner: &Owner) -> io::Result<Option<Exit>> {
+    // Pid 0 (a peer of another pid namespace) is an error: it names no process here.
+    let Some(fd) = PidFd::open(owner.pid)? else {
+        return Ok(None);
     };
     // The pid might have been reused between accept and now: same start time or it is gone.
     let now = read_owner(owner.pid, owner.uid, owner.gid)?;
     if now.start_time != owner.start_time {
         return Ok(None);
     }
-    register(fd).map(Some)
-}
-
-/// Registers the pidfd with tokio's reactor.
-#[expect(
-    unsafe_code,
-    reason = "tokio's AsyncFd registration is unsafe since tokio 1.5x"
-)]
-fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: the AsyncFd takes ownership of `fd`, a valid pidfd, and nothing else holds,
-    // replaces or closes it while it is registered.
-    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-        .map_err(io::Error::from)
+    fd.watch().map(Some)
 }

@@ -205,7 +205,7 @@ pub(crate) fn spawn(
                     }
                 },
             };
-            let Ok(cred) = berth_protocol::authority::peer_credentials(&stream) else {
+            let Ok(cred) = berth_os::peer::peer_credentials(&stream) else {
                 crate::session::discard(stream, &closers, None);
                 continue;
             };
@@ -235,7 +235,7 @@ pub(crate) fn spawn(
 /// `lane` (its user's closer threads).
 async fn answer(
     stream: UnixStream,
-    cred: berth_protocol::authority::PeerCredentials,
+    cred: berth_os::peer::PeerCredentials,
     shared: &Shared,
     timeout: Duration,
     lane: &Lane,

@@ -5,10 +5,9 @@
 //! sockets that keep the port.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use berth_core::{PortRange, Protocol};
-use socket2::{Domain, Socket, Type};
+use berth_os::hold::{self as wildcard, Cover};
 
 /// Probes ports with one test bind each.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +23,7 @@ pub(crate) struct Prober {
 impl Prober {
     /// Looks at the host once to decide how to probe.
     pub(crate) fn new() -> Self {
-        let ipv6 = Socket::new(Domain::IPV6, Type::STREAM, None).is_ok();
+        let ipv6 = wildcard::ipv6_available();
         Prober {
             ipv6,
             #[cfg(test)]
@@ -57,27 +56,9 @@ impl Prober {
         if let Some(errno) = self.fail_with {
             return Err(io::Error::from_raw_os_error(errno.raw_os_error()));
         }
-        let ty = match protocol {
-            Protocol::Tcp => Type::STREAM,
-            Protocol::Udp => Type::DGRAM,
-        };
-        let (domain, addr) = if self.ipv6 {
-            (
-                Domain::IPV6,
-                SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
-            )
-        } else {
-            (
-                Domain::IPV4,
-                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
-            )
-        };
-        let socket = Socket::new(domain, ty, None)?;
-        if self.ipv6 {
-            // Dual-stack: conflicts with IPv4 and IPv6 binds of the port alike.
-            socket.set_only_v6(false)?;
-        }
-        socket.bind(&addr.into())
+        // Dual-stack where the host has IPv6: conflicts with IPv4 and IPv6 binds of the port
+        // alike. The socket closes at once.
+        wildcard::bind(protocol, port, Cover::all(self.ipv6)).map(drop)
     }
 }
 

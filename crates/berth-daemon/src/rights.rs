@@ -1,149 +1,36 @@
-//! Which of the daemon's sockets take descriptors (`SCM_RIGHTS`), and listening sockets that
-//! refuse them from their first connection on.
+//! Which of the daemon's sockets take descriptors (`SCM_RIGHTS`).
 //!
 //! A descriptor sent to the daemon becomes the daemon's to close, and a close can block (a TCP
 //! socket with `SO_LINGER` and unsent data, a FUSE file): on a thread that serves clients, that
 //! stalls every client. Only an admitted session of the main socket needs descriptors (a socket
 //! to bind, with `Associate`); every other socket — the portserver endpoint, the authority
 //! beacon, a connection the daemon refuses — refuses them in the kernel with `SO_PASSRIGHTS`
-//! off (Linux 6.16 and later: the sender's `sendmsg` fails with `EPERM`, nothing arrives). A
-//! listener's setting passes to the connections made to it, even those not yet accepted, so it
-//! is set before `listen()`. On an older kernel descriptors still arrive: every connection is
-//! then closed, and every descriptor read is closed, on the closer threads (see `closer`).
-
-#![expect(
-    unsafe_code,
-    reason = "setsockopt(SO_PASSRIGHTS): neither rustix nor libc name the option yet"
-)]
+//! off (`berth_os::rights`; Linux 6.16 and later). On an older kernel descriptors still
+//! arrive: every connection is then closed, and every descriptor read is closed, on the closer
+//! threads (see `closer`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+pub(crate) use berth_os::rights::{pass_rights, refused_at_socket};
 
-/// `SO_PASSRIGHTS` (include/uapi/asm-generic/socket.h, Linux 6.16).
-const SO_PASSRIGHTS: libc::c_int = 83;
-
-/// Connections waiting to be accepted, at most, on the daemon's listeners.
-const BACKLOG: i32 = 1024;
-
-/// Whether this kernel refuses descriptors at a socket: set once a listener's `SO_PASSRIGHTS`
-/// was turned off. Then a connection of a listener that never allows descriptors (a side door)
-/// has none queued, and its close cannot block: it is closed where it is, never queued behind
-/// a user's closes that do.
-static REFUSED_AT_SOCKET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// See [`REFUSED_AT_SOCKET`].
-pub(crate) fn refused_at_socket() -> bool {
-    REFUSED_AT_SOCKET.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Lets `socket` take descriptors (`on`) or refuses them; a listener passes the setting to the
-/// connections made to it from then on. `Ok(false)`: the kernel has no such option (before
-/// 6.16), and descriptors keep arriving.
-pub(crate) fn pass_rights(socket: impl AsFd, on: bool) -> io::Result<bool> {
-    let value = libc::c_int::from(on);
-    // SAFETY: `value` is a live c_int and its size is passed; the descriptor is borrowed for
-    // the duration of the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PASSRIGHTS,
-            (&value as *const libc::c_int).cast(),
-            libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
-        )
-    };
-    if rc == 0 {
-        if !on {
-            REFUSED_AT_SOCKET.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENOPROTOOPT) => Ok(false),
-        _ => Err(e),
-    }
-}
-
-/// A non-blocking stream socket, listening on `addr`, that refuses descriptors from its first
-/// connection on (where the kernel can).
-fn listen_refusing(addr: &SocketAddrUnix) -> io::Result<UnixListener> {
-    let fd: OwnedFd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
-    if !pass_rights(&fd, false)? {
+/// Notes, once listening, that this kernel cannot refuse descriptors.
+fn noted(listener: io::Result<UnixListener>) -> io::Result<UnixListener> {
+    if listener.is_ok() && !refused_at_socket() {
         tracing::debug!("this kernel cannot refuse descriptors (SO_PASSRIGHTS); they are closed on the closer threads");
     }
-    rustix::net::bind(&fd, addr)?;
-    rustix::net::listen(&fd, BACKLOG)?;
-    Ok(UnixListener::from(fd))
+    listener
 }
 
-/// [`listen_refusing`] on the abstract name `name` (scoped by the network namespace).
+/// A listener on the abstract name `name` (scoped by the network namespace) that refuses
+/// descriptors from its first connection on (where the kernel can).
 pub(crate) fn listen_abstract(name: &str) -> io::Result<UnixListener> {
-    listen_refusing(&SocketAddrUnix::new_abstract_name(name.as_bytes())?)
+    noted(berth_os::rights::listen_abstract(name))
 }
 
-/// [`listen_refusing`] on the socket file `path`.
+/// A listener on the socket file `path` that refuses descriptors from its first connection on
+/// (where the kernel can).
 pub(crate) fn listen_path(path: &Path) -> io::Result<UnixListener> {
-    listen_refusing(&SocketAddrUnix::new(path)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::IoSlice;
-
-    /// Sends one byte with a pipe's read end as `SCM_RIGHTS`.
-    fn send_fd(to: &std::os::unix::net::UnixStream) -> io::Result<()> {
-        let (rd, _wr) = rustix::pipe::pipe()?;
-        let fds = [rd.as_fd()];
-        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
-        assert!(cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
-        rustix::net::sendmsg(
-            to,
-            &[IoSlice::new(b"x")],
-            &mut cmsg,
-            rustix::net::SendFlags::empty(),
-        )?;
-        Ok(())
-    }
-
-    #[test]
-    fn a_refusing_listener_refuses_descriptors_before_and_after_accept_until_allowed() {
-        let name = format!("berth-rights-test-{}", std::process::id());
-        let listener = listen_abstract(&name).unwrap();
-        let addr = {
-            use std::os::linux::net::SocketAddrExt;
-            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap()
-        };
-        let client = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
-        let before = send_fd(&client);
-        let Err(e) = before else {
-            // A kernel without SO_PASSRIGHTS: the descriptor arrives (closers close it).
-            assert!(!pass_rights(&listener, false).unwrap());
-            return;
-        };
-        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "before accept: {e}");
-        let (accepted, _) = loop {
-            match listener.accept() {
-                Ok(pair) => break pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) => panic!("{e}"),
-            }
-        };
-        let after = send_fd(&client).unwrap_err();
-        assert_eq!(after.raw_os_error(), Some(libc::EPERM), "after accept");
-        // An admitted connection may be allowed them again.
-        assert!(pass_rights(&accepted, true).unwrap());
-        send_fd(&client).unwrap();
-    }
+    noted(berth_os::rights::listen_path(path))
 }

@@ -128,7 +128,7 @@ pub async fn run_with_ready(
     // boot might name some other process now.
     // So can the kernel's reserved-ports list: what the daemon recorded having written there
     // is then forgotten too.
-    let boot_id = crate::peer::read_proc("/proc/sys/kernel/random/boot_id")
+    let boot_id = berth_os::proc::read_file("/proc/sys/kernel/random/boot_id")
         .map(|id| id.trim().to_owned())
         .unwrap_or_default();
     if !boot_id.is_empty() && store.begin_boot(&boot_id).map_err(io::Error::other)? {
@@ -252,7 +252,7 @@ pub async fn run_with_ready(
                 }
             },
         };
-        let uid = berth_protocol::authority::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
+        let uid = berth_os::peer::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
         let lane = closers.lane(uid);
         // A connection never takes the room kept to receive descriptors from those served.
         if !crate::limits::room_for(1 + crate::inbound::KERNEL_MAX_FDS) {
@@ -689,8 +689,7 @@ impl Accepting {
                 }
                 // Its receive queue may hold descriptors in flight: closed on a closer thread,
                 // which then takes the descriptor back for the reserve.
-                let uid = berth_protocol::authority::peer_credentials(&stream)
-                    .map_or(u32::MAX, |c| c.uid);
+                let uid = berth_os::peer::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
                 closers
                     .lane(uid)
                     .dispose((stream, Refill(self.reserve.clone())));

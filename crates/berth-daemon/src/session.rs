@@ -71,7 +71,7 @@ pub(crate) type Keep = Box<dyn Send>;
 /// Closes `stream` on a closer thread of its peer's user (its receive queue may hold
 /// descriptors in flight, whose close can block), then drops `keep`.
 pub(crate) fn discard(stream: UnixStream, closers: &Closers, keep: Option<Keep>) {
-    let uid = berth_protocol::authority::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
+    let uid = berth_os::peer::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
     closers.lane(uid).dispose((stream, keep));
 }
 
@@ -87,7 +87,7 @@ pub(crate) async fn serve_connection(
     permit: Keep,
 ) {
     let closers = shared.closers();
-    let uid = berth_protocol::authority::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
+    let uid = berth_os::peer::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
     let lane = closers.lane(uid);
     let owner = match peer_owner(&stream) {
         Ok(owner) => owner,

@@ -15,11 +15,11 @@ use crate::changes::{Pending, Stream};
 use crate::config::Config;
 use crate::inbound::{Credentials, Inbound};
 use crate::journal::Journal;
-use crate::netns::NetNs;
 use crate::owner_watch::Watcher;
 use crate::peer::{groups_of, process_owner};
 use crate::probe::Prober;
 use crate::store_thread::StoreHandle;
+use berth_os::netns::NetNs;
 
 mod persistent;
 mod portserver;

@@ -10,8 +10,8 @@
 //! - [`version`]: the protocol version (defined once, here) and the handshake negotiation.
 //! - [`message`]: [`Request`], [`Response`] and the values they carry.
 //! - [`detail`]: [`ErrorDetail`], the numbers behind an error's message.
-//! - [`authority`]: the authority beacon, an abstract socket that makes a berth daemon the
-//!   only one serving its network namespace.
+//! - [`authority`]: the authority beacon that makes a berth daemon the only one serving its
+//!   network namespace: its name and its one-line answer (the sockets are `berth-os`'s).
 //! - [`frame`]: [`FrameCodec`], bytes ↔ messages with a hard size limit per direction.
 //!
 //! postcard has no field tags, so the shape of every message is fixed for a protocol version:

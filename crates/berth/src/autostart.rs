@@ -10,7 +10,6 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -257,32 +256,9 @@ fn open_beside(path: &Path, append: bool) -> std::io::Result<File> {
 /// readiness pipe, which is its stdout. A descriptor inherited from the starter's caller
 /// (`x=$(berth run … 7>&1)`) would otherwise keep that caller waiting for as long as the
 /// daemon runs.
-#[expect(
-    unsafe_code,
-    reason = "pre_exec: the closure runs between fork and exec and only makes async-signal-safe syscalls"
-)]
 fn detach(command: &mut Command) {
-    // SAFETY: setsid(2), close_range(2) and fcntl(2) are async-signal-safe; the closure
-    // allocates nothing and touches no lock.
-    unsafe {
-        command.pre_exec(|| {
-            rustix::process::setsid().map_err(std::io::Error::from)?;
-            // Marked close-on-exec rather than closed: std's own exec-error pipe must stay
-            // open until the exec, and it is close-on-exec already.
-            let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_int;
-            if libc::close_range(3, libc::c_uint::MAX, flags) != 0 {
-                // Kernels before 5.11: mark them one by one.
-                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-                    .current
-                    .unwrap_or(65_536)
-                    .min(65_536);
-                for raw in 3..i32::try_from(limit).unwrap_or(65_536) {
-                    libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-            Ok(())
-        });
-    }
+    berth_os::exec::new_session(command);
+    berth_os::exec::inherit_only(command, Vec::new());
 }
 
 /// What the daemon wrote to its log since `from`, at most the last 2 KiB.

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use tokio::net::UnixStream;
 
 use berth_core::{Kind, Protocol, Token};
-use berth_protocol::{paths, PortReport, Request, ReservationInfo, Response, StatusInfo};
+use berth_protocol::{
+    authority, paths, PortReport, Request, ReservationInfo, Response, StatusInfo,
+};
 
 use crate::autostart::{self, Starter};
 use crate::connection::{Connection, Refused};
@@ -167,8 +169,8 @@ impl Client {
         let name = std::env::var("BERTH_AUTHORITY")
             .ok()
             .filter(|n| !n.is_empty() && n != "none")
-            .unwrap_or_else(|| berth_protocol::authority::DEFAULT_NAME.to_owned());
-        let asked = tokio::task::spawn_blocking(move || berth_protocol::authority::query(&name))
+            .unwrap_or_else(|| authority::DEFAULT_NAME.to_owned());
+        let asked = tokio::task::spawn_blocking(move || ask_authority(&name))
             .await
             .map_err(|e| Error::Unavailable(format!("asking the authority beacon failed: {e}")))?;
         let Ok(Some(holder)) = asked else {
@@ -612,4 +614,18 @@ impl Client {
     pub(crate) fn release_detached(&self, token: Token) {
         self.conn.submit(Request::Release { token: token.get() });
     }
+}
+
+/// Asks whoever holds the authority beacon `name` who it is, within
+/// [`authority::QUERY_TIMEOUT`]. `Ok(None)` when nobody holds it.
+fn ask_authority(name: &str) -> std::io::Result<Option<authority::AuthorityInfo>> {
+    let answer = berth_os::beacon::ask(name, authority::QUERY_TIMEOUT, authority::MAX_ANSWER)?;
+    Ok(answer.map(|a| {
+        let peer = authority::Peer {
+            pid: a.peer.pid,
+            uid: a.peer.uid,
+            gid: a.peer.gid,
+        };
+        authority::AuthorityInfo::new(peer, &a.text)
+    }))
 }

@@ -20,7 +20,7 @@
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
@@ -202,38 +202,9 @@ impl Sockets {
 }
 
 /// Marks every descriptor from 3 up close-on-exec, then clears the mark on `raws`, in the
-/// child between fork and exec.
-#[expect(
-    unsafe_code,
-    reason = "pre_exec: the closure runs between fork and exec and only makes async-signal-safe syscalls"
-)]
+/// child between fork and exec. The parent keeps the sockets until the spawn has returned.
 fn keep_only(command: &mut tokio::process::Command, raws: Vec<RawFd>) {
-    // SAFETY: close_range(2) and fcntl(2) are async-signal-safe; the closure reads the vector
-    // made before the fork, allocates nothing and takes no lock. The descriptors in `raws`
-    // are open: the parent keeps the sockets until the spawn has returned.
-    unsafe {
-        command.pre_exec(move || {
-            // Marked rather than closed: std's own exec-error pipe (close-on-exec already)
-            // must stay open until the exec.
-            let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_int;
-            if libc::close_range(3, libc::c_uint::MAX, flags) != 0 {
-                // Kernels before 5.11: one by one.
-                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-                    .current
-                    .unwrap_or(65_536)
-                    .min(1 << 20);
-                for raw in 3..i32::try_from(limit).unwrap_or(65_536) {
-                    libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-            for &raw in &raws {
-                if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    berth_os::exec::inherit_only(command.as_std_mut(), raws);
 }
 
 /// `[::]` where the host has IPv6 (a dual-stack socket then serves IPv4 too), else
@@ -283,16 +254,13 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, Failure> {
     let floor = floor(count);
     let mut taken: Vec<OwnedFd> = Vec::with_capacity(count + 1);
     for &raw in args.fds.iter().chain([&args.exec_fd]) {
-        if raw < floor || !is_open(raw) || taken.iter().any(|s| s.as_raw_fd() == raw) {
-            return Err(anyhow::anyhow!("{EXEC_STEP}: descriptor {raw} was not passed").into());
-        }
-        // SAFETY: `berth run` passed `raw` open, to this process only, and nothing here has
-        // taken it: this is its one owner.
-        #[expect(
-            unsafe_code,
-            reason = "taking ownership of a descriptor inherited by number"
-        )]
-        taken.push(unsafe { OwnedFd::from_raw_fd(raw) });
+        // `berth run` passed `raw` open, to this process only; a number named twice, or not
+        // open, was not passed.
+        let fd = (raw >= floor)
+            .then(|| berth_os::inherited::take(raw).ok())
+            .flatten()
+            .ok_or_else(|| anyhow::anyhow!("{EXEC_STEP}: descriptor {raw} was not passed"))?;
+        taken.push(fd);
     }
     // Open until the exec, which closes it: `berth run` then knows the command runs.
     let exec_fd = taken.pop();
@@ -351,16 +319,6 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, Failure> {
 /// above `3..3 + count`, the numbers they move to.
 fn floor(count: usize) -> RawFd {
     FIRST_FD.saturating_add(RawFd::try_from(count).unwrap_or(RawFd::MAX))
-}
-
-/// Whether descriptor `raw` is open in this process.
-#[expect(
-    unsafe_code,
-    reason = "probing a descriptor number with fcntl(F_GETFD)"
-)]
-fn is_open(raw: RawFd) -> bool {
-    // SAFETY: F_GETFD reads the descriptor's flags; it does nothing to it, open or not.
-    unsafe { libc::fcntl(raw, libc::F_GETFD) >= 0 }
 }
 
 /// The descriptors `berth run --listen` needs for `count` sockets: they sit at `3 + count`

@@ -214,13 +214,3 @@ fn the_hook_marks_sockets_by_inode() {
     let shown = report(Protocol::Tcp, addr.port(), 0, true, &|i| i == inode).unwrap();
     assert!(shown.iter().any(|s| s.held_by_berth));
 }
-
-#[test]
-fn state_names_follow_ss() {
-    assert_eq!(state_name(Protocol::Tcp, TCP_LISTEN), "LISTEN");
-    assert_eq!(state_name(Protocol::Tcp, TCP_CLOSE), "CLOSE");
-    assert_eq!(state_name(Protocol::Tcp, TCP_TIME_WAIT), "TIME_WAIT");
-    assert_eq!(state_name(Protocol::Udp, TCP_CLOSE), "UNCONN");
-    assert_eq!(state_name(Protocol::Udp, TCP_ESTABLISHED), "ESTAB");
-    assert_eq!(rank(TCP_LISTEN), 0);
-}

@@ -12,9 +12,11 @@
 //!   as the peer's uid, or the peer must be an administrator.
 
 use berth_core::Owner;
-use berth_protocol::authority::PeerCredentials;
+use berth_os::peer::PeerCredentials;
 
-use crate::peer::{process_ids as ids, process_owner};
+use berth_os::proc::{pid_namespace, real_ids as ids};
+
+use crate::peer::process_owner;
 
 /// The owner of the reservation `named` asks for on behalf of `peer`, or why it is refused.
 /// `is_admin` decides whether the peer administers the daemon.
@@ -64,14 +66,6 @@ pub(crate) fn owner_for(
 /// `owner`, if it was still running when described (start time known).
 fn live(owner: Owner) -> Option<Owner> {
     (owner.start_time != 0).then_some(owner)
-}
-
-/// The pid namespace process `pid` (or "self") is in: the target of `/proc/PID/ns/pid`
-/// (`pid:[4026531836]`).
-fn pid_namespace(pid: &str) -> Option<std::ffi::OsString> {
-    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
-        .ok()
-        .map(std::path::PathBuf::into_os_string)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! kernel's list is kept, watched through a pidfd).
 
 use berth_core::Owner;
-use berth_protocol::authority::PeerCredentials;
+use berth_os::peer::PeerCredentials;
 
 use super::{now_ms, OsTokens, Shared};
 use crate::portserver::identity;

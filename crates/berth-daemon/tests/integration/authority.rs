@@ -6,6 +6,19 @@ use tokio::sync::oneshot;
 
 use berth_daemon::{bind_socket, Config, SocketGuard};
 
+/// Who holds the beacon `name`, as the daemon asks it: the kernel's credentials and the line.
+fn query(name: &str) -> std::io::Result<Option<authority::AuthorityInfo>> {
+    let answer = berth_os::beacon::ask(name, authority::QUERY_TIMEOUT, authority::MAX_ANSWER)?;
+    Ok(answer.map(|a| {
+        let peer = authority::Peer {
+            pid: a.peer.pid,
+            uid: a.peer.uid,
+            gid: a.peer.gid,
+        };
+        authority::AuthorityInfo::new(peer, &a.text)
+    }))
+}
+
 /// A daemon of its own on `authority`, started in the background; `ready` fires once it
 /// serves, and the handle yields what `run` returned.
 struct Started {
@@ -58,7 +71,7 @@ async fn a_second_daemon_of_the_namespace_refuses_to_start_naming_the_first() {
     // The beacon answers with its line, and the kernel vouches for who holds it.
     let beacon = {
         let name = name.clone();
-        tokio::task::spawn_blocking(move || authority::query(&name))
+        tokio::task::spawn_blocking(move || query(&name))
             .await
             .unwrap()
             .unwrap()

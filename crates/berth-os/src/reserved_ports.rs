@@ -1,4 +1,5 @@
-//! Reading and writing `/proc/sys/net/ipv4/ip_local_reserved_ports`, with its traps:
+//! Reading and writing `/proc/sys/net/ipv4/ip_local_reserved_ports` (the ports automatic
+//! assignment never picks), with its traps:
 //! - a read at an offset > 0 answers end-of-file, so the value is read with one large `read()`
 //!   (a small probe read first would truncate it silently);
 //! - a write replaces the whole list, but the kernel takes about 4 KiB per `write()` (the first
@@ -11,8 +12,8 @@ use std::path::Path;
 
 use berth_core::PortSet;
 
-/// Where the list lives, in the daemon's network namespace.
-pub(crate) const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+/// Where the list lives, in the caller's network namespace.
+pub const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 /// Room for the longest value the kernel prints (every other port reserved: ~190 KB).
 const MAX_LEN: usize = 512 * 1024;
@@ -21,7 +22,7 @@ const MAX_LEN: usize = 512 * 1024;
 const MIN_LEN: usize = 4096;
 
 /// Reads the list.
-pub(crate) fn read(path: &Path) -> io::Result<PortSet> {
+pub fn read(path: &Path) -> io::Result<PortSet> {
     read_with(path, &mut Vec::new())
 }
 
@@ -30,7 +31,7 @@ pub(crate) fn read(path: &Path) -> io::Result<PortSet> {
 /// sized for the longest possible list costs far more than the list; instead a read starts
 /// with room for twice the last value, and one that fills its buffer (the value may be cut)
 /// is made again, from the start, with twice the room.
-pub(crate) fn read_with(path: &Path, buf: &mut Vec<u8>) -> io::Result<PortSet> {
+pub fn read_with(path: &Path, buf: &mut Vec<u8>) -> io::Result<PortSet> {
     let mut room = buf.len().clamp(MIN_LEN, MAX_LEN);
     let n = loop {
         buf.resize(room, 0);
@@ -48,15 +49,16 @@ pub(crate) fn read_with(path: &Path, buf: &mut Vec<u8>) -> io::Result<PortSet> {
 }
 
 /// Replaces the list by `set`.
-pub(crate) fn write(path: &Path, set: &PortSet) -> io::Result<()> {
+pub fn write(path: &Path, set: &PortSet) -> io::Result<()> {
     let mut text = set.to_string();
     text.push('\n');
     let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
     file.write_all(text.as_bytes())
 }
 
-/// Whether the daemon may write the list (opening it for writing changes nothing).
-pub(crate) fn check_writable() -> Result<(), String> {
+/// Whether this process may write the list (opening it for writing changes nothing); if not,
+/// why not.
+pub fn check_writable() -> Result<(), String> {
     std::fs::OpenOptions::new()
         .write(true)
         .open(PATH)
@@ -93,5 +95,26 @@ mod tests {
         let set = read_with(&path, &mut buf).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(set.to_string(), "2000-2001");
         assert_eq!(buf.len(), MIN_LEN);
+    }
+
+    #[test]
+    fn the_list_is_written_coalesced_and_read_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("list");
+        std::fs::write(&path, "").unwrap_or_else(|e| panic!("{e}"));
+        let set = PortSet::parse("8080,8081,8082,9000\n").unwrap_or_else(|e| panic!("{e}"));
+        write(&path, &set).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text, "8080-8082,9000\n");
+        assert_eq!(read(&path).unwrap_or_else(|e| panic!("{e}")), set);
+        // The kernel's empty list is a newline, read back as nothing.
+        std::fs::write(&path, "\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(read(&path).unwrap_or_else(|e| panic!("{e}")).is_empty());
+        // What is not a port list is refused, not half read.
+        std::fs::write(&path, "8080,x\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read(&path).map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::InvalidData)
+        );
     }
 }

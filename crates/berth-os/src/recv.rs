@@ -1,7 +1,7 @@
 //! One `recvmsg(2)` with its ancillary data parsed into plain values.
 //!
 //! rustix parses `SCM_CREDENTIALS` into a `UCred` whose pid is a non-zero type, but the kernel
-//! sends pid 0 for a sender outside the daemon's pid namespace (a container sharing the
+//! sends pid 0 for a sender outside the receiver's pid namespace (a container sharing the
 //! socket): reading that into a non-zero type is undefined behaviour. So the control messages
 //! are parsed here, into plain integers.
 
@@ -17,30 +17,30 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 /// A sender's credentials as the kernel reported them. `pid` is 0 when the kernel cannot name
 /// the sender in the daemon's pid namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Credentials {
+pub struct Credentials {
     /// Process id, or 0.
-    pub(crate) pid: u32,
+    pub pid: u32,
     /// User id.
-    pub(crate) uid: u32,
+    pub uid: u32,
     /// Group id.
-    pub(crate) gid: u32,
+    pub gid: u32,
 }
 
 /// What one read brought.
-pub(crate) struct Message {
+pub struct Message {
     /// Bytes read into the buffer.
-    pub(crate) bytes: usize,
+    pub bytes: usize,
     /// Descriptors received (`SCM_RIGHTS`), owned, close-on-exec.
-    pub(crate) fds: Vec<OwnedFd>,
+    pub fds: Vec<OwnedFd>,
     /// The sender (`SCM_CREDENTIALS`).
-    pub(crate) sender: Option<Credentials>,
+    pub sender: Option<Credentials>,
     /// The kernel dropped control data that did not fit (`MSG_CTRUNC`).
-    pub(crate) truncated: bool,
+    pub truncated: bool,
 }
 
 /// A control buffer with room for `max_fds` descriptors and one set of credentials, aligned
 /// for `cmsghdr`.
-pub(crate) fn control_buffer(max_fds: usize) -> Vec<u64> {
+pub fn control_buffer(max_fds: usize) -> Vec<u64> {
     let fds = u32::try_from(max_fds * size_of::<i32>()).unwrap_or(u32::MAX);
     let cred = u32::try_from(size_of::<libc::ucred>()).unwrap_or(u32::MAX);
     // SAFETY: CMSG_SPACE only computes a size.
@@ -49,11 +49,7 @@ pub(crate) fn control_buffer(max_fds: usize) -> Vec<u64> {
 }
 
 /// Reads once from `socket` into `buf`, with descriptors received close-on-exec.
-pub(crate) fn recv(
-    socket: BorrowedFd<'_>,
-    buf: &mut [u8],
-    control: &mut [u64],
-) -> io::Result<Message> {
+pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], control: &mut [u64]) -> io::Result<Message> {
     let mut iov = [IoSliceMut::new(buf)];
     // SAFETY: an all-zero msghdr is a valid empty one.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };

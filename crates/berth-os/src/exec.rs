@@ -1,0 +1,95 @@
+//! What a spawned process inherits: set up in the child between `fork` and `exec`.
+//!
+//! A descriptor inherited by accident keeps whatever it refers to alive for as long as the
+//! child runs: a pipe its starter's caller waits on (`x=$(berth run … 7>&1)`), a socket. So a
+//! child berth starts inherits its standard three and the descriptors named for it, nothing
+//! else. Descriptors are marked close-on-exec rather than closed: std's own exec-error pipe
+//! (close-on-exec already) must stay open until the exec.
+
+#![expect(
+    unsafe_code,
+    reason = "pre_exec: the closure runs between fork and exec and only makes async-signal-safe syscalls"
+)]
+
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// The highest descriptor number marked one by one where `close_range(2)` is missing.
+const MARK_AT_MOST: u64 = 1 << 20;
+
+/// Makes the child a session of its own (`setsid(2)`): a Ctrl-C or a closed terminal meant for
+/// its starter does not reach it.
+pub fn new_session(command: &mut Command) {
+    // SAFETY: setsid(2) is async-signal-safe; the closure allocates nothing and touches no
+    // lock.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::setsid().map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
+/// Has the child inherit no descriptor from 3 up but `keep`: every one is marked close-on-exec
+/// (`close_range(2)` with `CLOSE_RANGE_CLOEXEC`, or one by one before Linux 5.11), then the
+/// mark is cleared on `keep`. The caller keeps the descriptors in `keep` open until the spawn
+/// has returned; one that is not open fails the spawn.
+pub fn inherit_only(command: &mut Command, keep: Vec<RawFd>) {
+    // SAFETY: close_range(2), getrlimit(2) and fcntl(2) are async-signal-safe; the closure reads
+    // the vector made before the fork, allocates nothing and takes no lock. fcntl(F_SETFD) on a
+    // number changes at most a flag of whatever it refers to, open or not.
+    unsafe {
+        command.pre_exec(move || {
+            let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_int;
+            if libc::close_range(3, libc::c_uint::MAX, flags) != 0 {
+                // Kernels before 5.11: one by one.
+                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                    .current
+                    .unwrap_or(65_536)
+                    .min(MARK_AT_MOST);
+                for raw in 3..i32::try_from(limit).unwrap_or(65_536) {
+                    libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            for &raw in &keep {
+                if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// The descriptors a shell child sees open, from 3 up.
+    fn open_in_child(command: &mut Command) -> Vec<RawFd> {
+        let out = command.args(["-c", "ls /proc/self/fd"]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .filter(|&fd| fd >= 3)
+            .collect()
+    }
+
+    #[test]
+    fn only_the_named_descriptors_are_inherited() {
+        let (keep, _keep_w) = rustix::pipe::pipe().unwrap();
+        // Inheritable, as a descriptor of a caller that forgot close-on-exec would be.
+        let (stray, _stray_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
+        let mut command = Command::new("sh");
+        new_session(&mut command);
+        inherit_only(&mut command, vec![keep.as_raw_fd()]);
+        let open = open_in_child(&mut command);
+        assert!(open.contains(&keep.as_raw_fd()), "{open:?}");
+        assert!(!open.contains(&stray.as_raw_fd()), "{open:?}");
+    }
+}

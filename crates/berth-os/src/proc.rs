@@ -1,0 +1,190 @@
+//! Processes as `/proc` describes them: `stat`, `status`, `comm`, their namespaces and
+//! capabilities, and small files read the way `/proc` needs.
+//!
+//! The parsers take the text (so they are tested, and fuzzed, without a process); the readers
+//! read one process's file and parse it.
+
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// `CAP_NET_BIND_SERVICE`, bit 10 of the capability sets.
+pub const CAP_NET_BIND_SERVICE: u32 = 10;
+
+/// Reads a small `/proc` file (at most a page) with one `read()`. Some `/proc` files answer
+/// end-of-file to any read at an offset > 0, so the usual "probe, then read the rest" silently
+/// truncates them.
+pub fn read_file(path: impl AsRef<Path>) -> io::Result<String> {
+    read_once(path.as_ref(), 4096)
+}
+
+/// [`read_file`] for a file that may exceed one page (`status` does): up to 64 KiB.
+pub fn read_large_file(path: impl AsRef<Path>) -> io::Result<String> {
+    read_once(path.as_ref(), 64 * 1024)
+}
+
+fn read_once(path: &Path, room: usize) -> io::Result<String> {
+    let mut buf = vec![0u8; room];
+    let n = std::fs::File::open(path)?.read(&mut buf)?;
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// `/proc/PID/stat`.
+pub fn stat(pid: u32) -> io::Result<String> {
+    read_file(format!("/proc/{pid}/stat"))
+}
+
+/// The command name of process `pid` (`/proc/PID/comm`), without its newline.
+pub fn comm(pid: u32) -> io::Result<String> {
+    read_file(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_owned())
+}
+
+/// Field `n` (0 = state, 1 = ppid, …) after the command of `/proc/PID/stat`, whose command may
+/// hold spaces and parentheses (so fields are counted from the last `)`).
+pub fn field_after_comm(stat: &str, n: usize) -> Option<&str> {
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    after.split_whitespace().nth(n)
+}
+
+/// Field 22 (`starttime`, in clock ticks since boot) of `/proc/PID/stat`: with the pid, it
+/// tells a process from a later one that reuses its pid.
+pub fn start_time_from_stat(stat: &str) -> Option<u64> {
+    // After ")" comes field 3 (state); field 22 is 19 further on.
+    field_after_comm(stat, 19)?.parse().ok()
+}
+
+/// Field 4 (`ppid`) of `/proc/PID/stat`.
+pub fn parent_from_stat(stat: &str) -> Option<u32> {
+    field_after_comm(stat, 1)?.parse().ok()
+}
+
+/// The value of line `key` (`"Groups:"`, `"CapEff:"`, …) of `/proc/PID/status`.
+fn status_line<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| l.strip_prefix(key))
+}
+
+/// The real uid and gid (the first of `Uid:` and `Gid:`) of `/proc/PID/status`.
+pub fn ids_from_status(status: &str) -> Option<(u32, u32)> {
+    let first = |key: &str| {
+        status_line(status, key)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    Some((first("Uid:")?, first("Gid:")?))
+}
+
+/// The supplementary groups (`Groups:`) of `/proc/PID/status`; empty when the line is missing.
+pub fn groups_from_status(status: &str) -> Vec<u32> {
+    status_line(status, "Groups:")
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The effective capability set (`CapEff:`, hexadecimal) of `/proc/PID/status`.
+pub fn effective_caps_from_status(status: &str) -> Option<u64> {
+    status_line(status, "CapEff:").and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// The real uid and gid of process `pid`.
+pub fn real_ids(pid: u32) -> Option<(u32, u32)> {
+    ids_from_status(&read_file(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The supplementary groups of process `pid`; empty when the process is gone.
+pub fn supplementary_groups(pid: u32) -> Vec<u32> {
+    read_large_file(format!("/proc/{pid}/status"))
+        .map(|status| groups_from_status(&status))
+        .unwrap_or_default()
+}
+
+/// The owner (uid, gid) of process `pid`'s `/proc` directory; `None` when it has gone.
+pub fn dir_owner(pid: u32) -> Option<(u32, u32)> {
+    let meta = std::fs::metadata(format!("/proc/{pid}")).ok()?;
+    Some((meta.uid(), meta.gid()))
+}
+
+/// The pid namespace process `pid` (or `"self"`) is in: the target of `/proc/PID/ns/pid`
+/// (`pid:[4026531836]`).
+pub fn pid_namespace(pid: &str) -> Option<OsString> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(std::path::PathBuf::into_os_string)
+}
+
+/// Whether process `pid` holds capability `cap` (a bit number, e.g. [`CAP_NET_BIND_SERVICE`])
+/// in its effective set *over this process's user namespace*: its user namespace must be this
+/// process's. `CapEff` in `/proc` is relative to the process's own user namespace — after
+/// `unshare -Ur` it shows every capability, which the kernel honours only over namespaces that
+/// user namespace owns — so a capability counts only in the caller's own user namespace. Read
+/// when asked (a capability can be dropped at any time).
+pub fn capable_here(pid: u32, cap: u32) -> bool {
+    let userns = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    // This process's user namespace does not change: looked at once.
+    static OURS: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    let ours = *OURS.get_or_init(|| userns("/proc/self/ns/user"));
+    let theirs = userns(&format!("/proc/{pid}/ns/user"));
+    theirs.is_some()
+        && theirs == ours
+        && read_file(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| effective_caps_from_status(&status))
+            .is_some_and(|caps| caps & (1 << cap) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str =
+        "4121 (a) b (c)) S 1 4121 4121 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+
+    #[test]
+    fn stat_fields_are_counted_after_awkward_command_names() {
+        assert_eq!(start_time_from_stat(STAT), Some(987654));
+        assert_eq!(parent_from_stat(STAT), Some(1));
+        assert_eq!(field_after_comm(STAT, 0), Some("S"));
+        assert_eq!(start_time_from_stat("garbage"), None);
+        assert_eq!(start_time_from_stat("1 (x) S 1"), None, "too short");
+        assert_eq!(parent_from_stat("1 (x"), None);
+    }
+
+    const STATUS: &str = "Name:\tbash\nUid:\t1000\t1001\t1002\t1003\nGid:\t100\t101\t102\t103\n\
+                          Groups:\t4 24 27 \nCapEff:\t0000000000000400\n";
+
+    #[test]
+    fn status_lines_are_parsed() {
+        assert_eq!(ids_from_status(STATUS), Some((1000, 100)));
+        assert_eq!(groups_from_status(STATUS), vec![4, 24, 27]);
+        assert_eq!(
+            effective_caps_from_status(STATUS),
+            Some(1 << CAP_NET_BIND_SERVICE)
+        );
+        assert_eq!(ids_from_status("Uid:\t1\n"), None, "no Gid line");
+        assert!(groups_from_status("Groups:\n").is_empty());
+        assert!(groups_from_status("").is_empty());
+        assert_eq!(effective_caps_from_status("CapEff:\tzz\n"), None);
+    }
+
+    #[test]
+    fn describes_this_process() {
+        let me = std::process::id();
+        assert!(start_time_from_stat(&stat(me).unwrap()).is_some_and(|t| t > 0));
+        assert!(!comm(me).unwrap().is_empty());
+        assert_eq!(
+            real_ids(me),
+            Some((
+                rustix::process::getuid().as_raw(),
+                rustix::process::getgid().as_raw()
+            ))
+        );
+        assert!(pid_namespace("self").is_some());
+        assert_eq!(pid_namespace("self"), pid_namespace(&me.to_string()));
+    }
+}
