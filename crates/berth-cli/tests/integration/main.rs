@@ -6,10 +6,8 @@
 
 mod support;
 
-mod adversarial;
 mod authority;
 mod cli;
-mod closes;
 mod crash;
 mod descriptors;
 mod docs;

@@ -12,7 +12,6 @@ mod blocking;
 mod bounds;
 mod detail;
 mod hold;
-mod hostile;
 mod idle;
 mod journal;
 mod lifetime;

@@ -9,8 +9,17 @@
 //! is free the moment the next answer arrives), while the attacker's closes still block. Then
 //! the attacker's peers go, the closes end, and the daemon is back to the descriptors it had
 //! before.
+//!
+//! A test binary of its own, apart from `tests/integration/`: its tests make `close(2)` block
+//! (`SO_LINGER` sockets with unsent data). A process that another test forks or spawns
+//! meanwhile inherits copies of them, and the copy's close — at its `exec`, or when it exits —
+//! then waits out the linger time, holding up whoever waits for that process (`Command::spawn`
+//! itself waits for the `exec`).
 
-use crate::support;
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "integration/support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};

@@ -12,9 +12,18 @@
 //! Other abuse covered elsewhere, on paused time: connections stalled mid-frame closed by the
 //! idle timeout, a client that does not read closed by the write timeout
 //! (`crates/berth-daemon/tests/integration/timeouts.rs`); descriptors whose close blocks
-//! (`crates/berth/tests/integration/hostile.rs`).
+//! (`crates/berth/tests/hostile.rs`).
+//!
+//! A test binary of its own, apart from `tests/integration/`: its tests make `close(2)` block
+//! (`SO_LINGER` sockets with unsent data). A process that another test forks or spawns
+//! meanwhile inherits copies of them, and the copy's close — at its `exec`, or when it exits —
+//! then waits out the linger time, holding up whoever waits for that process (`Command::spawn`
+//! itself waits for the `exec`).
 
-use crate::support;
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "integration/support/mod.rs"]
+mod support;
 
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};

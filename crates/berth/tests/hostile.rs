@@ -2,8 +2,17 @@
 //! wrong frame, and a second process splicing its bytes into the owner's requests on a shared
 //! connection. The daemon answers each with an error and a closed connection, and nobody else
 //! waits.
+//!
+//! A test binary of its own, apart from `tests/integration/`: its tests make `close(2)` block
+//! (`SO_LINGER` sockets with unsent data). A process that another test forks or spawns
+//! meanwhile inherits copies of them, and the copy's close — at its `exec`, or when it exits —
+//! then waits out the linger time, holding up whoever waits for that process (`Command::spawn`
+//! itself waits for the `exec`).
 
-use crate::common;
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "integration/common/mod.rs"]
+mod common;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
