@@ -78,7 +78,7 @@ pub struct Config {
     pub authority: Option<String>,
     /// Whether to keep `net.ipv4.ip_local_reserved_ports` (see `kernel`): off unless asked,
     /// so an embedded or test daemon never touches the host; `berth daemon` asks for `auto`.
-    pub kernel_sync: crate::kernel::KernelSync,
+    pub kernel_sync: crate::mirror::kernel::KernelSync,
     /// Whether the pool is the default one, which follows the kernel's ephemeral range when
     /// it changes (`berth daemon` without `--pool` or a `pool` key); otherwise it is fixed.
     pub pool_follows_ephemeral: bool,
@@ -113,7 +113,7 @@ impl Config {
             quota: DEFAULT_QUOTA,
             ephemeral_share: Some(DEFAULT_EPHEMERAL_SHARE),
             faults: crate::Faults::default(),
-            kernel_sync: crate::kernel::KernelSync::Off,
+            kernel_sync: crate::mirror::kernel::KernelSync::Off,
             pool_follows_ephemeral: false,
             authority: Some(berth_protocol::authority::DEFAULT_NAME.to_owned()),
             portserver: None,

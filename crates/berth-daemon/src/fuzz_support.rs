@@ -1,7 +1,7 @@
 //! Entry points for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`): the crate-private
 //! pieces that parse what clients send, behind a small public surface. Not an API.
 
-use crate::inbound;
+use crate::session::inbound;
 
 /// Descriptors accepted in one read.
 pub const MAX_FDS_PER_READ: usize = inbound::MAX_FDS_PER_READ;

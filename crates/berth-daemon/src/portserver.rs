@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::closer::{Lane, Received};
+use crate::session::closer::{Lane, Received};
 use crate::state::Shared;
 
 pub(crate) mod identity;
@@ -135,16 +135,19 @@ pub(crate) fn bind(address: &Address) -> io::Result<Bound> {
     };
     // Requests carry no descriptors: the socket refuses them (see `rights`).
     let (listener, file) = match address {
-        Address::Abstract(name) => (crate::rights::listen_abstract(name).map_err(named)?, None),
+        Address::Abstract(name) => (
+            crate::server::rights::listen_abstract(name).map_err(named)?,
+            None,
+        ),
         Address::Path(path) => {
             use std::os::unix::fs::{MetadataExt, PermissionsExt};
-            let listener = match crate::rights::listen_path(path) {
+            let listener = match crate::server::rights::listen_path(path) {
                 Ok(l) => l,
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                     match std::os::unix::net::UnixStream::connect(path) {
                         Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {
                             std::fs::remove_file(path).map_err(named)?;
-                            crate::rights::listen_path(path).map_err(named)?
+                            crate::server::rights::listen_path(path).map_err(named)?
                         }
                         _ => return Err(named(e)),
                     }
@@ -174,7 +177,7 @@ pub(crate) fn spawn(
     bound: Bound,
     endpoint: &Endpoint,
     shared: Arc<Shared>,
-    per_uid: Arc<crate::fair::PerUid>,
+    per_uid: Arc<crate::server::fair::PerUid>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> io::Result<()> {
@@ -193,8 +196,8 @@ pub(crate) fn spawn(
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
-                        if crate::limits::is_shortage(&e) {
-                            crate::limits::log_shortage("the portserver endpoint cannot accept");
+                        if crate::server::limits::is_shortage(&e) {
+                            crate::server::limits::log_shortage("the portserver endpoint cannot accept");
                         } else {
                             tracing::warn!("portserver accept failed: {e}");
                         }
@@ -212,12 +215,12 @@ pub(crate) fn spawn(
             let lane = closers.lane(cred.uid);
             // The user's limit first, then a shared place: a user at its limit takes none.
             let Ok(slot) = per_uid.enter(cred.uid) else {
-                crate::refusals::log(cred.uid, "portserver: refused a connection over the user's limit (max_connections_per_uid)");
+                crate::server::refusals::log(cred.uid, "portserver: refused a connection over the user's limit (max_connections_per_uid)");
                 lane.dispose(stream);
                 continue;
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                crate::refusals::log(cred.uid, "portserver: refused a connection: the endpoint's connections are all in use");
+                crate::server::refusals::log(cred.uid, "portserver: refused a connection: the endpoint's connections are all in use");
                 lane.dispose((stream, slot));
                 continue;
             };
@@ -323,7 +326,8 @@ impl Drop for Disposed<'_> {
 async fn read_request(stream: &UnixStream, lane: &Lane) -> io::Result<Option<u32>> {
     let mut buf = [0u8; MAX_REQUEST];
     let mut len = 0;
-    let mut control = crate::inbound::control_buffer(crate::inbound::KERNEL_MAX_FDS);
+    let mut control =
+        crate::session::inbound::control_buffer(crate::session::inbound::KERNEL_MAX_FDS);
     loop {
         let Some(room) = buf.get_mut(len..) else {
             return Ok(None);
@@ -336,16 +340,16 @@ async fn read_request(stream: &UnixStream, lane: &Lane) -> io::Result<Option<u32
         // up, and only with room for what a message may carry (on a kernel that cannot refuse
         // descriptors at the socket).
         let turn = lane.read_turn().await;
-        if !crate::limits::room_for(crate::inbound::KERNEL_MAX_FDS) {
+        if !crate::server::limits::room_for(crate::session::inbound::KERNEL_MAX_FDS) {
             drop(turn);
-            crate::limits::log_shortage(
+            crate::server::limits::log_shortage(
                 "the portserver endpoint pauses reading until descriptors are freed",
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
         let read = stream.try_io(tokio::io::Interest::READABLE, || {
-            crate::inbound::recv(stream.as_fd(), room, &mut control)
+            crate::session::inbound::recv(stream.as_fd(), room, &mut control)
         });
         drop(turn);
         let message = match read {

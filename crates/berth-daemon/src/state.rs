@@ -11,14 +11,14 @@ use berth_core::{
 use berth_protocol::{OwnerInfo, Request, ReservationInfo, Response, StatusInfo, WireError};
 use tokio::sync::mpsc;
 
-use crate::changes::{Pending, Stream};
 use crate::config::Config;
-use crate::inbound::{Credentials, Inbound};
-use crate::journal::Journal;
-use crate::owner_watch::Watcher;
-use crate::peer::{groups_of, process_owner};
-use crate::probe::Prober;
-use crate::store_thread::StoreHandle;
+use crate::host::probe::Prober;
+use crate::mirror::journal::Journal;
+use crate::mirror::owner_watch::Watcher;
+use crate::mirror::store_thread::StoreHandle;
+use crate::mirror::{Pending, Stream};
+use crate::session::inbound::{Credentials, Inbound};
+use crate::session::peer::{groups_of, process_owner};
 use berth_os::netns::NetNs;
 
 mod persistent;
@@ -60,13 +60,13 @@ pub(crate) struct Shared {
     /// Whether the kernel's reserved-ports list is kept, and its writer.
     kernel: KernelState,
     /// The hold sockets of held reservations (also a consumer of the change stream).
-    holds: Arc<crate::hold::Holds>,
+    holds: Arc<crate::mirror::hold::Holds>,
     /// Whether acquires with hold are held (`hold` in the configuration).
     hold_enabled: bool,
     /// The threads that close what clients send (a close can block).
-    closers: crate::closer::Closers,
+    closers: crate::session::closer::Closers,
     /// Turns at handling requests, shared fairly between users.
-    turns: crate::fair::Turns,
+    turns: crate::server::fair::Turns,
 }
 
 /// Requests handled at once, at most; more wait their user's turn (see `fair::Turns`). Enough
@@ -77,14 +77,14 @@ const REQUEST_TURNS: usize = 64;
 /// The kernel-sync side of the daemon.
 struct KernelState {
     /// `None` once stopped, or when sync is off.
-    writer: Mutex<Option<crate::kernel::sync::Writer>>,
+    writer: Mutex<Option<crate::mirror::kernel::sync::Writer>>,
     /// Why sync is off, for `status`.
     off_because: Option<String>,
     /// The entries others wrote in the kernel's list (when sync is on): wildcard blocks skip
     /// them, since those ports are someone else's.
-    foreign: Option<crate::kernel::sync::Foreign>,
+    foreign: Option<crate::mirror::kernel::sync::Foreign>,
     /// Waits until the kernel's list has caught up with the table (when sync is on).
-    listing: Option<crate::kernel::sync::Listing>,
+    listing: Option<crate::mirror::kernel::sync::Listing>,
 }
 
 /// One connected client, as the kernel identified it.
@@ -108,18 +108,18 @@ impl Shared {
         if !config.hold {
             tracing::info!("hold is off: every reservation is granted unheld, and the daemon keeps no hold sockets");
         }
-        let runtime = crate::journal::Runtime::new(runtime, config.faults.store());
+        let runtime = crate::mirror::journal::Runtime::new(runtime, config.faults.store());
         let (watcher, owners) = Watcher::new();
-        let holds = Arc::new(crate::hold::Holds::new());
-        let mut consumers: Vec<Box<dyn crate::changes::Consumer>> = vec![
+        let holds = Arc::new(crate::mirror::hold::Holds::new());
+        let mut consumers: Vec<Box<dyn crate::mirror::Consumer>> = vec![
             Box::new(Journal::new(runtime.clone(), store.clone())),
             Box::new(watcher),
-            Box::new(crate::hold::Consumer(holds.clone())),
+            Box::new(crate::mirror::hold::Consumer(holds.clone())),
         ];
-        let kernel = match crate::kernel::decide(config.kernel_sync) {
+        let kernel = match crate::mirror::kernel::decide(config.kernel_sync) {
             Ok(()) => {
-                let (sync, writer) = crate::kernel::sync::Sync::start(
-                    crate::kernel::reserved_ports::PATH.into(),
+                let (sync, writer) = crate::mirror::kernel::sync::Sync::start(
+                    crate::mirror::kernel::reserved_ports::PATH.into(),
                     runtime,
                     recorded,
                 )?;
@@ -128,7 +128,7 @@ impl Shared {
                 consumers.push(Box::new(sync));
                 tracing::info!(
                     "keeping {} with every reservation",
-                    crate::kernel::reserved_ports::PATH
+                    crate::mirror::kernel::reserved_ports::PATH
                 );
                 KernelState {
                     writer: Mutex::new(Some(writer)),
@@ -137,7 +137,7 @@ impl Shared {
                     listing: Some(listing),
                 }
             }
-            Err(why) if config.kernel_sync == crate::kernel::KernelSync::On => {
+            Err(why) if config.kernel_sync == crate::mirror::kernel::KernelSync::On => {
                 return Err(std::io::Error::other(format!(
                     "kernel sync was asked for, but {why}"
                 )))
@@ -183,8 +183,8 @@ impl Shared {
             kernel,
             holds,
             hold_enabled: config.hold,
-            closers: crate::closer::Closers::new(),
-            turns: crate::fair::Turns::new(REQUEST_TURNS),
+            closers: crate::session::closer::Closers::new(),
+            turns: crate::server::fair::Turns::new(REQUEST_TURNS),
         };
         Ok((shared, owners))
     }
@@ -290,7 +290,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .map(crate::kernel::sync::Writer::reconcile)
+            .map(crate::mirror::kernel::sync::Writer::reconcile)
     }
 
     /// Waits until the kernel's list holds every reservation granted so far (sync on only):
@@ -359,7 +359,8 @@ impl Shared {
     /// part of the dynamic range outside it.
     pub(crate) fn follow_ephemeral(&self, pool_follows: bool) {
         let ephemeral = crate::config::ephemeral_pool();
-        let pool = crate::kernel::safe_default_pool(self.kernel.off_because.is_none(), ephemeral);
+        let pool =
+            crate::mirror::kernel::safe_default_pool(self.kernel.off_because.is_none(), ephemeral);
         let mut table = self.table();
         if self.ephemeral_share.is_some() && table.shared_range() != Some(ephemeral.range()) {
             tracing::info!(
@@ -377,7 +378,7 @@ impl Shared {
     }
 
     /// The threads that close what clients send.
-    pub(crate) fn closers(&self) -> crate::closer::Closers {
+    pub(crate) fn closers(&self) -> crate::session::closer::Closers {
         self.closers.clone()
     }
 
@@ -575,7 +576,7 @@ impl Shared {
                 table.free_in_pool(Protocol::Udp),
             ),
             sessions: self.sessions.load(Ordering::Relaxed),
-            open_files_limit: crate::limits::open_files_limit(),
+            open_files_limit: crate::server::limits::open_files_limit(),
             kernel_sync: self.kernel.off_because.is_none(),
             kernel_sync_off_because: self.kernel.off_because.clone().unwrap_or_default(),
             hold_sockets: u32::try_from(self.holds.count()).unwrap_or(u32::MAX),
@@ -585,7 +586,7 @@ impl Shared {
             } else {
                 "hold is switched off (hold = false in the configuration, or --no-hold)".to_owned()
             },
-            open_files: crate::limits::open_files(),
+            open_files: crate::server::limits::open_files(),
             quota,
             usage,
             ephemeral_share,

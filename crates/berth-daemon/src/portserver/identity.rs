@@ -16,7 +16,7 @@ use berth_os::peer::PeerCredentials;
 
 use berth_os::proc::{pid_namespace, real_ids as ids};
 
-use crate::peer::process_owner;
+use crate::session::peer::process_owner;
 
 /// The owner of the reservation `named` asks for on behalf of `peer`, or why it is refused.
 /// `is_admin` decides whether the peer administers the daemon.

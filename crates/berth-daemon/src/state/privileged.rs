@@ -10,7 +10,7 @@ use berth_core::{Owner, PortRange, PrivilegedPorts, Protocol};
 use berth_protocol::Response;
 
 use super::{error, Shared};
-use crate::peer::groups_of;
+use crate::session::peer::groups_of;
 
 /// How long a read of the boundary is used for: decisions see a change within this, without a
 /// `/proc` read per request.
@@ -50,7 +50,7 @@ impl Shared {
     /// of it, or the kernel would let it bind them itself.
     pub(super) fn may_use_privileged(&self, who: &Owner) -> bool {
         self.privileged.allows(who.uid, &groups_of(who))
-            || crate::peer::may_bind_privileged(who.pid)
+            || crate::session::peer::may_bind_privileged(who.pid)
     }
 
     /// Refuses privileged ports to processes that may not use them.

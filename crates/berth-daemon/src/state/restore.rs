@@ -9,7 +9,7 @@ use berth_core::{Allowed, Bond, Change, Lease, Reservation, Table};
 use berth_store::{JournalRow, PersistentRow};
 
 use super::Shared;
-use crate::peer::process_owner;
+use crate::session::peer::process_owner;
 
 impl Shared {
     /// Loads the store's contents into the table, through the change stream (so the journal

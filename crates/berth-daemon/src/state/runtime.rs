@@ -13,9 +13,9 @@ use berth_protocol::{
 };
 
 use super::{error, info, now_ms, zero_token, OsTokens, Peer, Shared};
-use crate::associate;
-use crate::lineage;
-use crate::peer::groups_of;
+use crate::host::associate;
+use crate::session::lineage;
+use crate::session::peer::groups_of;
 
 impl Shared {
     pub(super) async fn acquire(
@@ -278,7 +278,7 @@ impl Shared {
         token: u64,
         address: Option<IpAddr>,
         port: Option<u16>,
-        fd: Option<crate::closer::Received>,
+        fd: Option<crate::session::closer::Received>,
         requester: &Requester,
     ) -> Response {
         let Some(fd) = fd else {

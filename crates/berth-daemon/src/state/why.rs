@@ -11,8 +11,8 @@ use berth_protocol::{
 };
 
 use super::{error, info, now_ms, Peer, Shared};
-use crate::diag;
-use crate::kernel::reserved_ports;
+use crate::host::diag;
+use crate::mirror::kernel::reserved_ports;
 
 impl Shared {
     pub(super) async fn why(&self, protocol: Protocol, port: u16, peer: &Peer) -> Response {

@@ -54,7 +54,7 @@ pub(crate) fn room_for(fds: usize) -> bool {
     // A room found for a message's worth is trusted for a millisecond: a busy daemon reads
     // thousands of times a second, and a probe per read would cost two system calls each.
     static LAST_ROOMY: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    let small = fds <= crate::inbound::KERNEL_MAX_FDS + 1;
+    let small = fds <= crate::session::inbound::KERNEL_MAX_FDS + 1;
     let now = std::time::Instant::now();
     if small {
         let last = *LAST_ROOMY

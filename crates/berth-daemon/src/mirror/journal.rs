@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use berth_core::{Bond, Change, Lease, Reservation};
 use berth_store::{JournalOp, JournalRow, PersistentRow, RuntimeJournal};
 
-use crate::changes::{Ack, Consumer};
-use crate::store_thread::{Queued, StoreHandle};
+use crate::mirror::store_thread::{Queued, StoreHandle};
+use crate::mirror::{Ack, Consumer};
 
 /// The runtime journal, shared by this consumer and the kernel-sync writer (which records
 /// there which entries of the kernel's list are the daemon's).
@@ -36,7 +36,7 @@ impl Runtime {
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, RuntimeJournal>, String> {
         if self.faulty.load(Ordering::SeqCst) {
-            return Err(crate::store_thread::FAULT.to_owned());
+            return Err(crate::mirror::store_thread::FAULT.to_owned());
         }
         Ok(self.journal.lock().unwrap_or_else(PoisonError::into_inner))
     }

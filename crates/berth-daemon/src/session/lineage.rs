@@ -5,7 +5,7 @@ use berth_core::Owner;
 
 use berth_os::proc;
 
-use crate::peer::process_owner;
+use crate::session::peer::process_owner;
 
 /// The process `pid`, if it is a live child of `parent` run by the same user; otherwise why
 /// not, for the client's answer.

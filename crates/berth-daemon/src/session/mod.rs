@@ -5,6 +5,12 @@
 //! server, and every port-granting request of a client in another network namespace, which is
 //! refused before it reaches the table.
 
+pub(crate) mod closer;
+pub(crate) mod inbound;
+pub(crate) mod lineage;
+pub(crate) mod netns;
+pub(crate) mod peer;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +25,11 @@ use tokio::net::UnixStream;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
-use crate::closer::{Closers, Lane};
 use crate::config::Config;
-use crate::inbound::{Inbound, ReadError, Reader};
-use crate::netns::{NetnsCheck, PeerNetns};
-use crate::peer::peer_owner;
+use crate::session::closer::{Closers, Lane};
+use crate::session::inbound::{Inbound, ReadError, Reader};
+use crate::session::netns::{NetnsCheck, PeerNetns};
+use crate::session::peer::peer_owner;
 use crate::state::{error, Peer, Shared};
 
 type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Request, Response>>;
@@ -51,7 +57,7 @@ pub(crate) struct Control {
     /// The daemon's network namespace, to tell where each client is.
     pub(crate) netns: NetnsCheck,
     /// Connections per user.
-    pub(crate) per_uid: Arc<crate::fair::PerUid>,
+    pub(crate) per_uid: Arc<crate::server::fair::PerUid>,
 }
 
 /// One connection's view: who, where, and what it may ask.
@@ -91,14 +97,15 @@ pub(crate) async fn serve_connection(
     let lane = closers.lane(uid);
     let owner = match peer_owner(&stream) {
         Ok(owner) => owner,
-        Err(e) if crate::limits::is_shortage(&e) => {
-            crate::limits::log_shortage("a new client's process could not be looked at");
-            let message = crate::limits::busy_message("could not identify this client");
+        Err(e) if crate::server::limits::is_shortage(&e) => {
+            crate::server::limits::log_shortage("a new client's process could not be looked at");
+            let message = crate::server::limits::busy_message("could not identify this client");
             let busy = Busy {
                 message,
                 limit: DaemonLimit::OpenFiles,
-                max: usize::try_from(crate::limits::open_files_limit()).unwrap_or(usize::MAX),
-                in_use: usize::try_from(crate::limits::open_files_in_shortage())
+                max: usize::try_from(crate::server::limits::open_files_limit())
+                    .unwrap_or(usize::MAX),
+                in_use: usize::try_from(crate::server::limits::open_files_in_shortage())
                     .unwrap_or(usize::MAX),
             };
             refuse_now(stream, busy, &lane, Some(permit));
@@ -106,7 +113,10 @@ pub(crate) async fn serve_connection(
         }
         Err(e) => {
             // Told, not dropped without a word: the client prints the reason.
-            crate::refusals::log(uid, "refused a client whose process cannot be identified");
+            crate::server::refusals::log(
+                uid,
+                "refused a client whose process cannot be identified",
+            );
             tracing::debug!(uid, "cannot identify a client's process: {e}");
             let refusal = WireError::new(
                 ErrorKind::NotSupported,
@@ -120,7 +130,7 @@ pub(crate) async fn serve_connection(
         }
     };
     // Admitted: from now on the client may send the sockets it asks to have bound.
-    if let Err(e) = crate::rights::pass_rights(&stream, true) {
+    if let Err(e) = crate::server::rights::pass_rights(&stream, true) {
         tracing::warn!(
             "dropping a connection: cannot let it pass descriptors (SO_PASSRIGHTS): {e}"
         );
@@ -280,7 +290,7 @@ impl Session<'_> {
         shutdown: &CancellationToken,
     ) {
         let (peer, limit) = (&self.peer, self.config.write_timeout);
-        let owner_exit = crate::owner_watch::owner_exit(&peer.owner);
+        let owner_exit = crate::mirror::owner_watch::owner_exit(&peer.owner);
         tokio::pin!(owner_exit);
         let idle = self.config.idle_timeout;
         // Far enough for "never" without overflowing an `Instant`.
@@ -342,7 +352,7 @@ impl Session<'_> {
                 Ok(Some(inbound)) if inbound.lost_fd => {
                     // The daemon's shortage, not the client's doing: nothing changes, the
                     // session and its reservations stay.
-                    let message = crate::limits::busy_message(&format!(
+                    let message = crate::server::limits::busy_message(&format!(
                         "could not take the socket sent with this {} request",
                         request_name(&inbound.request)
                     ));
@@ -350,8 +360,8 @@ impl Session<'_> {
                     let busy = WireError::new(ErrorKind::Unavailable, message).with_detail(
                         ErrorDetail::Busy(BusyDetail {
                             limit: DaemonLimit::OpenFiles,
-                            max: crate::limits::open_files_limit(),
-                            in_use: crate::limits::open_files_in_shortage(),
+                            max: crate::server::limits::open_files_limit(),
+                            in_use: crate::server::limits::open_files_in_shortage(),
                         }),
                     );
                     if send(writer, Response::Error(busy), limit).await.is_none() {

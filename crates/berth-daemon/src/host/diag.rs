@@ -14,7 +14,7 @@ use berth_core::{Owner, Protocol};
 pub(crate) use berth_os::diag::{only_time_wait, sockets_on, Bound};
 use berth_protocol::{OwnerInfo, SocketInfo, MAX_SOCKETS_REPORTED};
 
-use crate::peer::process_owner;
+use crate::session::peer::process_owner;
 
 /// The processes holding the sockets `inodes` (this process first: the daemon's own hold
 /// sockets), stopping once each inode has a process or `MAX_SOCKETS_REPORTED` have one.

@@ -35,8 +35,8 @@ use berth_core::{Change, PortRange, PortSet};
 use tokio::sync::oneshot;
 
 use super::reserved_ports;
-use crate::changes::{Ack, Consumer};
-use crate::journal::Runtime;
+use crate::mirror::journal::Runtime;
+use crate::mirror::{Ack, Consumer};
 
 /// The database fact where earlier builds recorded what the daemon wrote (now in the runtime
 /// journal; read once at start-up and moved).

@@ -10,8 +10,8 @@ use berth_core::{Bond, Change, Owner};
 use berth_os::pidfd::{Exit, PidFd};
 use tokio::sync::mpsc;
 
-use crate::changes::{Ack, Consumer};
-use crate::peer::read_owner;
+use crate::mirror::{Ack, Consumer};
+use crate::session::peer::read_owner;
 
 /// Sends the owner of every reservation that lives as long as its owner process (handed to it,
 /// or restored for it after a restart) to the task that watches owners; that task ends those
@@ -67,8 +67,8 @@ pub(crate) async fn owner_exit(owner: &Owner) {
                 return;
             }
             Ok(None) => return,
-            Err(e) if crate::limits::is_shortage(&e) => {
-                crate::limits::log_shortage("a client's process cannot be watched for now");
+            Err(e) if crate::server::limits::is_shortage(&e) => {
+                crate::server::limits::log_shortage("a client's process cannot be watched for now");
                 tokio::time::sleep(SHORTAGE_RETRY).await;
             }
             Err(e) => {

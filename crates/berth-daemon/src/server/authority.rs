@@ -84,7 +84,7 @@ pub(crate) async fn claim(name: &str) -> io::Result<Claim> {
 async fn bind_or_ask(name: &str, system: bool) -> io::Result<Option<StdListener>> {
     // A holder that is gone by the time it is asked frees the name: try again, a few times.
     for _ in 0..3 {
-        match crate::rights::listen_abstract(name) {
+        match crate::server::rights::listen_abstract(name) {
             Ok(listener) => return Ok(Some(listener)),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
             Err(e) => {
@@ -118,7 +118,7 @@ async fn bind_or_ask(name: &str, system: bool) -> io::Result<Option<StdListener>
 /// daemon that holds it is displaced (asked to stop, waited for); `None` while anything else
 /// holds it.
 pub(crate) async fn retake(name: &str) -> Option<StdListener> {
-    if let Ok(listener) = crate::rights::listen_abstract(name) {
+    if let Ok(listener) = crate::server::rights::listen_abstract(name) {
         return Some(listener);
     }
     let owned = name.to_owned();
@@ -145,7 +145,7 @@ async fn displace(name: &str, holder: &AuthorityInfo) -> Option<StdListener> {
             Ok(()) => {
                 let deadline = tokio::time::Instant::now() + STOP_WAIT;
                 while tokio::time::Instant::now() < deadline {
-                    if let Ok(listener) = crate::rights::listen_abstract(name) {
+                    if let Ok(listener) = crate::server::rights::listen_abstract(name) {
                         return Some(listener);
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -25,7 +25,7 @@ use berth_os::hold::Cover;
 use socket2::Socket;
 use tokio::sync::oneshot;
 
-use crate::changes::{Ack, Consumer as ChangeConsumer};
+use crate::mirror::{Ack, Consumer as ChangeConsumer};
 
 /// The hold sockets of every held reservation.
 pub(crate) struct Holds {
@@ -119,10 +119,10 @@ impl Holds {
         // Hold sockets never take the room the daemon keeps to receive descriptors (two per
         // port at most: a family each where one dual-stack socket will not do). Without it the
         // block is staged incomplete, and the grant refused as a shortage.
-        let room = usize::from(range.count()) * 2 + crate::inbound::KERNEL_MAX_FDS;
-        let roomy = crate::limits::room_for(room);
+        let room = usize::from(range.count()) * 2 + crate::session::inbound::KERNEL_MAX_FDS;
+        let roomy = crate::server::limits::room_for(room);
         if !roomy {
-            crate::limits::log_shortage(
+            crate::server::limits::log_shortage(
                 "ports are not held: that would take the room kept to receive descriptors",
             );
         }

@@ -8,6 +8,12 @@
 //! consumer has acknowledged it, and a consumer that fails a refusable change has it undone
 //! (see `Shared::settle`).
 
+pub(crate) mod hold;
+pub(crate) mod journal;
+pub mod kernel;
+pub(crate) mod owner_watch;
+pub(crate) mod store_thread;
+
 use berth_core::Change;
 use tokio::sync::oneshot;
 

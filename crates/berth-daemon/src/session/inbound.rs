@@ -43,7 +43,7 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::time::{Duration, Instant};
 use tokio_util::codec::Decoder;
 
-use crate::closer::{Closing, Lane, Received};
+use crate::session::closer::{Closing, Lane, Received};
 
 mod ledger;
 
@@ -246,9 +246,11 @@ impl Reader {
             let turn = self.lane.read_turn().await;
             // The room a message's descriptors take is there, or nothing is read for now:
             // the kernel would close what it cannot install on this very thread.
-            if !crate::limits::room_for(KERNEL_MAX_FDS) {
+            if !crate::server::limits::room_for(KERNEL_MAX_FDS) {
                 drop(turn);
-                crate::limits::log_shortage("reading is paused until descriptors are freed");
+                crate::server::limits::log_shortage(
+                    "reading is paused until descriptors are freed",
+                );
                 tokio::time::sleep(ROOM_WAIT).await;
                 continue;
             }
@@ -279,7 +281,7 @@ impl Reader {
         if message.truncated {
             // The buffer has room for all a message can carry: the daemon could not install
             // them (out of descriptors). At least one was lost.
-            crate::limits::log_shortage("a descriptor a client sent could not be received");
+            crate::server::limits::log_shortage("a descriptor a client sent could not be received");
             fds.push(Carried::Lost);
         }
         let n = message.bytes;
@@ -375,7 +377,7 @@ mod tests {
         let (rd, _wr) = daemon.into_split();
         (
             client,
-            Reader::new(rd, crate::closer::Closers::new().lane(0), None),
+            Reader::new(rd, crate::session::closer::Closers::new().lane(0), None),
         )
     }
 

@@ -1,5 +1,14 @@
 //! The accept loop, and the daemon process around it.
 
+pub(crate) mod authority;
+pub(crate) mod db_lock;
+pub(crate) mod fair;
+pub(crate) mod limits;
+pub mod listener;
+pub(crate) mod notify;
+pub(crate) mod refusals;
+pub(crate) mod rights;
+
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -14,12 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::db_lock;
-use crate::listener::{bind_socket, ListenError};
-use crate::netns::NetnsCheck;
+use crate::mirror::store_thread::{self, StoreHandle};
+use crate::server::listener::{bind_socket, ListenError};
+use crate::session::netns::NetnsCheck;
 use crate::session::{serve_connection, Control};
 use crate::state::{check_csprng, Shared};
-use crate::store_thread::{self, StoreHandle};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, Error)]
@@ -74,7 +82,7 @@ fn open_runtime_journal(
     }
     // What an earlier build recorded of its entries in the kernel's list: kept with what the
     // journal records (either may be the daemon's).
-    let legacy_kernel = crate::kernel::recorded(store);
+    let legacy_kernel = crate::mirror::kernel::recorded(store);
     if !legacy.is_empty() || !legacy_kernel.is_empty() {
         // Into the file first: a crash before the database is cleared leaves the rows in both,
         // and the next start moves them again (an insert replaces a row with the same token).
@@ -91,7 +99,7 @@ fn open_runtime_journal(
             .map_err(io::Error::other)?;
         store.clear_journal().map_err(io::Error::other)?;
         store
-            .set_meta(crate::kernel::sync::WRITTEN_KEY, None)
+            .set_meta(crate::mirror::kernel::sync::WRITTEN_KEY, None)
             .map_err(io::Error::other)?;
         tracing::info!(
             "the runtime journal moved from the database to {}",
@@ -112,14 +120,14 @@ pub async fn run_with_ready(
     ready: impl FnOnce(),
 ) -> io::Result<()> {
     check_csprng()?;
-    let open_files = crate::limits::raise_open_files();
+    let open_files = crate::server::limits::raise_open_files();
     tracing::debug!(open_files, "descriptor limit");
     // Opens the descriptor the room checks duplicate, now rather than on first use.
-    let _ = crate::limits::room_for(0);
+    let _ = crate::server::limits::room_for(0);
     // Before the database: a second daemon of this namespace is told about the first, not
     // that a database is in use.
     let claim = match &config.authority {
-        Some(name) => Some((name.clone(), crate::authority::claim(name).await?)),
+        Some(name) => Some((name.clone(), crate::server::authority::claim(name).await?)),
         None => None,
     };
     let _db_lock = db_lock::acquire(&config.db)?;
@@ -136,7 +144,7 @@ pub async fn run_with_ready(
             "the database was written before a reboot; its runtime entries were cleared"
         );
         store
-            .set_meta(crate::kernel::sync::WRITTEN_KEY, None)
+            .set_meta(crate::mirror::kernel::sync::WRITTEN_KEY, None)
             .map_err(io::Error::other)?;
     }
     let (persistent, journal) = store.load().map_err(io::Error::other)?;
@@ -165,7 +173,7 @@ pub async fn run_with_ready(
         }
     }
     // One count of connections per user for every socket the daemon serves.
-    let per_uid = crate::fair::PerUid::new(
+    let per_uid = crate::server::fair::PerUid::new(
         config.max_connections_per_uid.max(1),
         rustix::process::geteuid().as_raw(),
     );
@@ -206,7 +214,7 @@ pub async fn run_with_ready(
     let mut accepting = Accepting::new();
     ready();
     let (reservations, clients) = shared.counts();
-    crate::notify::ready(&crate::notify::serving(reservations, clients));
+    crate::server::notify::ready(&crate::server::notify::serving(reservations, clients));
     report_status(&tracker, &shared, &cancel);
     let stop = control.stop.clone();
     let shutdown = async move {
@@ -224,7 +232,7 @@ pub async fn run_with_ready(
 
     // Descriptors come only with an admitted session's requests (see `rights`): the listener
     // refuses them, and a session is allowed them once admitted.
-    if let Err(e) = crate::rights::pass_rights(&listener, false) {
+    if let Err(e) = crate::server::rights::pass_rights(&listener, false) {
         tracing::warn!("cannot make the socket refuse descriptors (SO_PASSRIGHTS): {e}");
     }
     // Admission, the same for every socket the daemon serves: the user's limit first, then a
@@ -255,13 +263,14 @@ pub async fn run_with_ready(
         let uid = berth_os::peer::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
         let lane = closers.lane(uid);
         // A connection never takes the room kept to receive descriptors from those served.
-        if !crate::limits::room_for(1 + crate::inbound::KERNEL_MAX_FDS) {
-            crate::limits::log_shortage("a new connection is answered busy: the room kept to receive descriptors is reached");
+        if !crate::server::limits::room_for(1 + crate::session::inbound::KERNEL_MAX_FDS) {
+            crate::server::limits::log_shortage("a new connection is answered busy: the room kept to receive descriptors is reached");
             let busy = crate::session::Busy {
-                message: crate::limits::busy_message("cannot serve another connection now"),
+                message: crate::server::limits::busy_message("cannot serve another connection now"),
                 limit: berth_protocol::DaemonLimit::OpenFiles,
-                max: usize::try_from(crate::limits::open_files_limit()).unwrap_or(usize::MAX),
-                in_use: usize::try_from(crate::limits::open_files_in_shortage())
+                max: usize::try_from(crate::server::limits::open_files_limit())
+                    .unwrap_or(usize::MAX),
+                in_use: usize::try_from(crate::server::limits::open_files_in_shortage())
                     .unwrap_or(usize::MAX),
             };
             crate::session::refuse_now(stream, busy, &lane, None);
@@ -271,7 +280,7 @@ pub async fn run_with_ready(
             Ok(slot) => slot,
             Err(in_use) => {
                 let max = control.per_uid.max();
-                crate::refusals::log(
+                crate::server::refusals::log(
                     uid,
                     "busy: a connection over the user's limit is refused (max_connections_per_uid)",
                 );
@@ -295,7 +304,10 @@ pub async fn run_with_ready(
                 Err(_) => {
                     let max = config.max_connections.max(1);
                     let kept = admin_reserve(max);
-                    crate::refusals::log(uid, "busy: a connection over max_connections is refused");
+                    crate::server::refusals::log(
+                        uid,
+                        "busy: a connection over max_connections is refused",
+                    );
                     let busy = crate::session::Busy {
                         message: format!(
                             "busy: the {} connections the daemon serves at once for users other than administrators are in use (max_connections {max}, of which {kept} are kept for administrators); retry shortly, or have an administrator raise max_connections in the daemon's configuration",
@@ -312,7 +324,7 @@ pub async fn run_with_ready(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             let max = config.max_connections.max(1);
-            crate::refusals::log(uid, "busy: a connection over max_connections is refused");
+            crate::server::refusals::log(uid, "busy: a connection over max_connections is refused");
             let busy = crate::session::Busy {
                 message: format!(
                     "busy: all {max} connections the daemon serves at once are in use (max_connections); retry shortly, or have an administrator raise max_connections in the daemon's configuration"
@@ -345,7 +357,7 @@ pub async fn run_with_ready(
 
     let draining = format!("stopping: draining {} connections", shared.counts().1);
     tracing::info!("{draining}");
-    crate::notify::stopping(&draining);
+    crate::server::notify::stopping(&draining);
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
@@ -379,7 +391,7 @@ pub(crate) fn admin_reserve(max_connections: usize) -> usize {
 fn start_portserver(
     endpoint: &crate::portserver::Endpoint,
     shared: &Arc<Shared>,
-    per_uid: &Arc<crate::fair::PerUid>,
+    per_uid: &Arc<crate::server::fair::PerUid>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> io::Result<()> {
@@ -435,7 +447,7 @@ fn watch_owners(
             tasks.spawn(async move {
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    () = crate::owner_watch::owner_exit(&owner) => shared.owner_exited(&owner),
+                    () = crate::mirror::owner_watch::owner_exit(&owner) => shared.owner_exited(&owner),
                 }
                 watched
                     .lock()
@@ -446,15 +458,15 @@ fn watch_owners(
     });
 }
 
-/// Keeps the service manager's status line current, every [`crate::notify::STATUS_EVERY`]
+/// Keeps the service manager's status line current, every [`crate::server::notify::STATUS_EVERY`]
 /// (only when one listens, and only when the line changed).
 fn report_status(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToken) {
-    if !crate::notify::enabled() {
+    if !crate::server::notify::enabled() {
         return;
     }
     let (shared, cancel) = (shared.clone(), cancel.clone());
     tracker.spawn(async move {
-        let mut tick = tokio::time::interval(crate::notify::STATUS_EVERY);
+        let mut tick = tokio::time::interval(crate::server::notify::STATUS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = String::new();
         loop {
@@ -463,9 +475,9 @@ fn report_status(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &Cancellat
                 _ = tick.tick() => {}
             }
             let (reservations, clients) = shared.counts();
-            let line = crate::notify::serving(reservations, clients);
+            let line = crate::server::notify::serving(reservations, clients);
             if line != last {
-                crate::notify::status(&line);
+                crate::server::notify::status(&line);
                 last = line;
             }
         }
@@ -477,12 +489,12 @@ fn report_status(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &Cancellat
 /// peer that is gone simply gets nothing. Each connection is closed on its user's closer
 /// threads, like every connection the daemon accepts (see `rights`). A system daemon that
 /// serves without its beacon (`listener` is `None`: an unprivileged process holds the name)
-/// tries to bind `name` every [`crate::authority::RETRY_EVERY`] until it can.
+/// tries to bind `name` every [`crate::server::authority::RETRY_EVERY`] until it can.
 async fn answer_beacon(
     listener: Option<std::os::unix::net::UnixListener>,
     name: String,
     line: String,
-    closers: crate::closer::Closers,
+    closers: crate::session::closer::Closers,
     done: CancellationToken,
 ) {
     let listener = match listener {
@@ -490,9 +502,9 @@ async fn answer_beacon(
         None => loop {
             tokio::select! {
                 () = done.cancelled() => return,
-                () = tokio::time::sleep(crate::authority::RETRY_EVERY) => {}
+                () = tokio::time::sleep(crate::server::authority::RETRY_EVERY) => {}
             }
-            if let Some(listener) = crate::authority::retake(&name).await {
+            if let Some(listener) = crate::server::authority::retake(&name).await {
                 tracing::info!("the authority beacon @{name} is this daemon's again");
                 break listener;
             }
@@ -515,17 +527,17 @@ async fn answer_beacon(
                     // The beacon never takes descriptors: where the kernel refuses them at the
                     // socket, none are queued and the close cannot block — closed here, so a
                     // flood of connections never queues behind a user's blocked closes.
-                    if crate::rights::refused_at_socket() {
+                    if crate::server::rights::refused_at_socket() {
                         drop(stream);
                     } else {
                         crate::session::discard(stream, &closers, None);
                     }
                 }
                 Err(e) => {
-                    if crate::limits::is_shortage(&e) {
-                        crate::limits::log_shortage("the authority beacon cannot accept");
+                    if crate::server::limits::is_shortage(&e) {
+                        crate::server::limits::log_shortage("the authority beacon cannot accept");
                     } else {
-                        crate::refusals::log(u32::MAX, "accept on the authority beacon failed");
+                        crate::server::refusals::log(u32::MAX, "accept on the authority beacon failed");
                     }
                     tokio::select! {
                         () = done.cancelled() => return,
@@ -610,7 +622,7 @@ impl Accepting {
                     "accepting connections again after {}s out of descriptors, in which {} clients were answered busy ({} descriptors open)",
                     e.last.saturating_duration_since(e.since).as_secs(),
                     e.answered,
-                    crate::limits::in_use()
+                    crate::server::limits::in_use()
                 );
             }
         }
@@ -619,18 +631,23 @@ impl Accepting {
 
     /// An accept failed with `e`: logs once per episode, and when the daemon is out of
     /// descriptors answers one waiting client with the reserve descriptor.
-    fn failed(&mut self, e: &io::Error, listener: &UnixListener, closers: &crate::closer::Closers) {
-        let shortage = crate::limits::is_shortage(e);
+    fn failed(
+        &mut self,
+        e: &io::Error,
+        listener: &UnixListener,
+        closers: &crate::session::closer::Closers,
+    ) {
+        let shortage = crate::server::limits::is_shortage(e);
         let now = std::time::Instant::now();
         if let Some(episode) = &mut self.episode {
             episode.last = now;
         } else {
             if shortage {
                 tracing::warn!(
-                    open = crate::limits::open_files_in_shortage(),
-                    limit = crate::limits::open_files_limit(),
+                    open = crate::server::limits::open_files_in_shortage(),
+                    limit = crate::server::limits::open_files_limit(),
                     "cannot accept connections: the daemon is out of file descriptors ({} open); new clients are answered busy until some are freed, existing ones keep their reservations (raise LimitNOFILE= if this recurs)",
-                    crate::limits::in_use()
+                    crate::server::limits::in_use()
                 );
             } else {
                 tracing::warn!("accept failed: {e}; retrying every {ACCEPT_RETRY:?}");
@@ -660,13 +677,13 @@ impl Accepting {
                 let stream = std::os::unix::net::UnixStream::from(fd);
                 let busy = berth_protocol::WireError::new(
                     berth_core::ErrorKind::Unavailable,
-                    crate::limits::busy_message("cannot serve another connection now"),
+                    crate::server::limits::busy_message("cannot serve another connection now"),
                 )
                 .with_detail(berth_protocol::ErrorDetail::Busy(
                     berth_protocol::BusyDetail {
                         limit: berth_protocol::DaemonLimit::OpenFiles,
-                        max: crate::limits::open_files_limit(),
-                        in_use: crate::limits::open_files_in_shortage(),
+                        max: crate::server::limits::open_files_limit(),
+                        in_use: crate::server::limits::open_files_in_shortage(),
                     },
                 ));
                 let mut frame = bytes::BytesMut::new();
@@ -792,7 +809,7 @@ pub async fn serve(mut config: Config, ready: impl FnOnce()) -> Result<(), Serve
     // Installing a handler is what matters: an on-demand daemon must outlive the terminal
     // of the command that started it.
     let _sighup = signal(SignalKind::hangup())?;
-    let (listener, _guard) = match crate::listener::activated()? {
+    let (listener, _guard) = match crate::server::listener::activated()? {
         Some((listener, path)) => {
             if path != config.socket {
                 tracing::info!(

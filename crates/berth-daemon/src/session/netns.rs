@@ -145,7 +145,7 @@ mod tests {
             .unwrap();
         // Bounded: a child that failed to start never connects.
         let accepted = deadline::accept_within(&listener, deadline::DEADLINE, "the client");
-        let pid = crate::peer::peer_owner(&accepted).unwrap().pid;
+        let pid = crate::session::peer::peer_owner(&accepted).unwrap().pid;
         let verdict = check.peer(pid, &accepted);
         // The child's recv ends with our end.
         drop(accepted);

@@ -48,7 +48,7 @@ pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
 pub(crate) fn read_owner(pid: u32, uid: u32, gid: u32) -> io::Result<Owner> {
     let start_time = match proc::stat(pid) {
         Ok(stat) => proc::start_time_from_stat(&stat).unwrap_or(0),
-        Err(e) if crate::limits::is_shortage(&e) => return Err(e),
+        Err(e) if crate::server::limits::is_shortage(&e) => return Err(e),
         Err(_) => 0,
     };
     let command = proc::comm(pid)

@@ -21,7 +21,7 @@ use berth_core::{BindPlan, ErrorKind, PortUse, Protocol, Token};
 use rustix::net::{sockopt, AddressFamily, SocketType};
 use socket2::{Domain, Socket, Type};
 
-use crate::hold::Holds;
+use crate::mirror::hold::Holds;
 use berth_os::netns::NetNs;
 
 /// What the daemon learned about a client's socket.
@@ -146,7 +146,7 @@ pub(crate) fn bind_from(
                 // A port only TIME_WAIT connections keep (a server that just restarted) is the
                 // caller's to bind if its socket allows it (SO_REUSEADDR): the kernel decides.
                 let lingering = e.kind() == io::ErrorKind::AddrInUse
-                    && crate::diag::only_time_wait(plan.protocol, port);
+                    && crate::host::diag::only_time_wait(plan.protocol, port);
                 if e.kind() == io::ErrorKind::AddrInUse && !lingering {
                     continue;
                 }
@@ -189,7 +189,7 @@ fn bind_after_release(
 ) -> rustix::io::Result<()> {
     for _ in 0..20 {
         // The kernel's socket list alone: no /proc scan for owners is needed here.
-        let nobody = crate::diag::sockets_on(protocol, target.port(), 1)
+        let nobody = crate::host::diag::sockets_on(protocol, target.port(), 1)
             .is_ok_and(|sockets| sockets.is_empty());
         if !nobody {
             break;
@@ -231,9 +231,9 @@ fn bind_refusal(e: &io::Error, target: SocketAddr) -> Refusal {
             format!("the daemon may not bind {target} (a privileged port needs a daemon running as root or with CAP_NET_BIND_SERVICE)"),
         ),
         // The daemon's shortage (a test bind needs a socket of its own), not the caller's.
-        _ if crate::limits::is_shortage(e) => (
+        _ if crate::server::limits::is_shortage(e) => (
             ErrorKind::Unavailable,
-            crate::limits::busy_message(&format!("could not bind the socket to {target}")),
+            crate::server::limits::busy_message(&format!("could not bind the socket to {target}")),
         ),
         Some(code) if code == rustix::io::Errno::ADDRNOTAVAIL.raw_os_error() => (
             ErrorKind::InvalidArgument,
