@@ -1,0 +1,240 @@
+//! The daemon's background tasks, each on the server's task tracker and ended by its
+//! cancellation: owners' exits, the service manager's status line, the authority beacon's
+//! answers, re-holding ports, following the ephemeral range, the end of the grace period, and
+//! the portserver endpoint.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::state::Shared;
+
+/// Binds and serves the portserver endpoint; an optional one whose address is taken is only
+/// logged.
+pub(super) fn start_portserver(
+    endpoint: &crate::portserver::Endpoint,
+    shared: &Arc<Shared>,
+    per_uid: &Arc<crate::server::fair::PerUid>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> io::Result<()> {
+    match crate::portserver::bind(&endpoint.address) {
+        Ok(bound) => crate::portserver::spawn(
+            bound,
+            endpoint,
+            shared.clone(),
+            per_uid.clone(),
+            tracker,
+            cancel.clone(),
+        ),
+        Err(e) if endpoint.optional && e.kind() == io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                "{e}; serving without the portserver endpoint (is another portserver running?)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Watches every owner the change stream names (reservations that live as long as their
+/// owner process: handed to it, or restored for it) and ends their reservations when it exits.
+pub(super) fn watch_owners(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+    mut owners: tokio::sync::mpsc::UnboundedReceiver<berth_core::Owner>,
+) {
+    let (shared, cancel, tasks) = (shared.clone(), cancel.clone(), tracker.clone());
+    tracker.spawn(async move {
+        // Owners watched now, by (pid, start time): one watcher each, however many of its
+        // reservations arrive.
+        let watched = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        loop {
+            let owner = tokio::select! {
+                () = cancel.cancelled() => return,
+                owner = owners.recv() => match owner {
+                    Some(owner) => owner,
+                    None => return,
+                },
+            };
+            let key = (owner.pid, owner.start_time);
+            if !watched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key)
+            {
+                continue;
+            }
+            let (shared, cancel, watched) = (shared.clone(), cancel.clone(), watched.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = crate::mirror::owner_watch::owner_exit(&owner) => shared.owner_exited(&owner),
+                }
+                watched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&key);
+            });
+        }
+    });
+}
+
+/// Keeps the service manager's status line current, every [`crate::server::notify::STATUS_EVERY`]
+/// (only when one listens, and only when the line changed).
+pub(super) fn report_status(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+) {
+    if !crate::server::notify::enabled() {
+        return;
+    }
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(crate::server::notify::STATUS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = String::new();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let (reservations, clients) = shared.counts();
+            let line = crate::server::notify::serving(reservations, clients);
+            if line != last {
+                crate::server::notify::status(&line);
+                last = line;
+            }
+        }
+    });
+}
+
+/// Answers every connection to the beacon with `line` and closes it, until `done`. The write
+/// never waits: the line is far smaller than a new connection's empty socket buffer, and a
+/// peer that is gone simply gets nothing. Each connection is closed on its user's closer
+/// threads, like every connection the daemon accepts (see `rights`). A system daemon that
+/// serves without its beacon (`listener` is `None`: an unprivileged process holds the name)
+/// tries to bind `name` every [`crate::server::authority::RETRY_EVERY`] until it can.
+pub(super) async fn answer_beacon(
+    listener: Option<std::os::unix::net::UnixListener>,
+    name: String,
+    line: String,
+    closers: crate::session::closer::Closers,
+    done: CancellationToken,
+) {
+    let listener = match listener {
+        Some(listener) => listener,
+        None => loop {
+            tokio::select! {
+                () = done.cancelled() => return,
+                () = tokio::time::sleep(crate::server::authority::RETRY_EVERY) => {}
+            }
+            if let Some(listener) = crate::server::authority::retake(&name).await {
+                tracing::info!("the authority beacon @{name} is this daemon's again");
+                break listener;
+            }
+        },
+    };
+    let listener = match UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            // Only without a reactor; the name is let go with the listener.
+            tracing::warn!("cannot answer on the authority beacon: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.try_write(line.as_bytes());
+                    // The beacon never takes descriptors: where the kernel refuses them at the
+                    // socket, none are queued and the close cannot block — closed here, so a
+                    // flood of connections never queues behind a user's blocked closes.
+                    if crate::server::rights::refused_at_socket() {
+                        drop(stream);
+                    } else {
+                        crate::session::discard(stream, &closers, None);
+                    }
+                }
+                Err(e) => {
+                    if crate::server::limits::is_shortage(&e) {
+                        crate::server::limits::log_shortage("the authority beacon cannot accept");
+                    } else {
+                        crate::server::refusals::log(u32::MAX, "accept on the authority beacon failed");
+                    }
+                    tokio::select! {
+                        () = done.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// How often ports whose owner's socket has closed are taken back into hold.
+pub const REHOLD_EVERY: Duration = Duration::from_millis(500);
+
+/// Takes back into hold, every [`REHOLD_EVERY`], the ports of held reservations whose owner's
+/// socket has closed.
+pub(super) fn rehold(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToken) {
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(REHOLD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => shared.rehold_pass(),
+            }
+        }
+    });
+}
+
+/// How often the kernel's ephemeral range is looked at, for a default pool to follow it.
+pub const EPHEMERAL_EVERY: Duration = Duration::from_secs(2);
+
+/// Follows the kernel's ephemeral range, looked at every [`EPHEMERAL_EVERY`]: the ephemeral share
+/// is counted against the range in force, and a default pool (`pool_follows`) moves with it.
+pub(super) fn follow_ephemeral(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+    pool_follows: bool,
+) {
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(EPHEMERAL_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => shared.follow_ephemeral(pool_follows),
+            }
+        }
+    });
+}
+
+/// Ends the hold on restored reservations nobody re-claimed once the grace period is over.
+pub(super) fn end_grace(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+    grace: Duration,
+) {
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tracker.spawn(async move {
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(grace) => shared.grace_over(),
+        }
+    });
+}

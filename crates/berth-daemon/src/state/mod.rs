@@ -1,0 +1,383 @@
+//! The daemon's shared state and the answer to each request.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_core::{
+    Allowed, Change, ErrorKind, Owner, PrivilegedPorts, Protocol, Requester, Reservation,
+    SessionId, Table, TokenSource,
+};
+use berth_protocol::{OwnerInfo, Request, ReservationInfo, Response, StatusInfo, WireError};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::host::probe::Prober;
+use crate::mirror::journal::Journal;
+use crate::mirror::owner_watch::Watcher;
+use crate::mirror::store_thread::StoreHandle;
+use crate::mirror::{Pending, Stream};
+use crate::session::inbound::{Credentials, Inbound};
+use crate::session::peer::{groups_of, process_owner};
+use berth_os::netns::NetNs;
+
+mod log;
+use log::log_changes;
+mod mirrors;
+mod persistent;
+mod portserver;
+mod privileged;
+mod quota;
+mod restore;
+mod route;
+mod runtime;
+mod views;
+use views::info;
+mod why;
+
+/// State shared by every session.
+pub(crate) struct Shared {
+    /// The allocation state; locked for short, non-blocking sections only.
+    table: Mutex<Table>,
+    /// Where every change of the table goes, in the table's order (see `changes`).
+    stream: Stream,
+    prober: Prober,
+    /// The socket path, for `status`.
+    socket: String,
+    started_at_ms: u64,
+    /// The daemon's own user: an administrator of its own instance.
+    daemon_uid: u32,
+    sessions: AtomicU32,
+    next_session: AtomicU64,
+    /// Who may use ports below the unprivileged start.
+    privileged: PrivilegedPorts,
+    /// The privileged-port boundary as last read (see `privileged`).
+    boundary: privileged::Boundary,
+    /// The daemon's network namespace: sockets from any other are refused.
+    netns: NetNs,
+    /// Members of these groups are administrators.
+    admin_groups: Vec<u32>,
+    /// Each non-administrator's limits on runtime reservations.
+    quota: berth_core::Quota,
+    /// The percentage of the ephemeral range non-administrators may reserve together.
+    ephemeral_share: Option<u8>,
+    /// The database's thread: persistent reservations and the runtime journal.
+    store: StoreHandle,
+    /// Whether the kernel's reserved-ports list is kept, and its writer.
+    kernel: KernelState,
+    /// The hold sockets of held reservations (also a consumer of the change stream).
+    holds: Arc<crate::mirror::hold::Holds>,
+    /// Whether acquires with hold are held (`hold` in the configuration).
+    hold_enabled: bool,
+    /// The threads that close what clients send (a close can block).
+    closers: crate::session::closer::Closers,
+    /// Turns at handling requests, shared fairly between users.
+    turns: crate::server::fair::Turns,
+}
+
+/// Requests handled at once, at most; more wait their user's turn (see `fair::Turns`). Enough
+/// that the kernel-sync writer's group commits gather many grants, few enough that a user's
+/// flood of requests cannot keep another user's waiting for long.
+const REQUEST_TURNS: usize = 64;
+
+/// The kernel-sync side of the daemon.
+struct KernelState {
+    /// `None` once stopped, or when sync is off.
+    writer: Mutex<Option<crate::mirror::kernel::sync::Writer>>,
+    /// Why sync is off, for `status`.
+    off_because: Option<String>,
+    /// The entries others wrote in the kernel's list (when sync is on): wildcard blocks skip
+    /// them, since those ports are someone else's.
+    foreign: Option<crate::mirror::kernel::sync::Foreign>,
+    /// Waits until the kernel's list has caught up with the table (when sync is on).
+    listing: Option<crate::mirror::kernel::sync::Listing>,
+}
+
+/// One connected client, as the kernel identified it.
+pub(crate) struct Peer {
+    pub(crate) owner: Owner,
+    pub(crate) session: SessionId,
+    pub(crate) is_admin: bool,
+    /// The protocol version agreed in the handshake.
+    pub(crate) version: u16,
+}
+
+impl Shared {
+    /// The shared state over an empty table; also returns where the owners to watch arrive
+    /// (see `owner_watch`).
+    pub(crate) fn new(
+        config: &Config,
+        store: StoreHandle,
+        runtime: berth_store::RuntimeJournal,
+        recorded: berth_core::PortSet,
+    ) -> std::io::Result<(Self, mpsc::UnboundedReceiver<Owner>)> {
+        if !config.hold {
+            tracing::info!("hold is off: every reservation is granted unheld, and the daemon keeps no hold sockets");
+        }
+        let runtime = crate::mirror::journal::Runtime::new(runtime, config.faults.store());
+        let (watcher, owners) = Watcher::new();
+        let holds = Arc::new(crate::mirror::hold::Holds::new());
+        let mut consumers: Vec<Box<dyn crate::mirror::Consumer>> = vec![
+            Box::new(Journal::new(runtime.clone(), store.clone())),
+            Box::new(watcher),
+            Box::new(crate::mirror::hold::Consumer(holds.clone())),
+        ];
+        let kernel = match crate::mirror::kernel::decide(config.kernel_sync) {
+            Ok(()) => {
+                let (sync, writer) = crate::mirror::kernel::sync::Sync::start(
+                    crate::mirror::kernel::reserved_ports::PATH.into(),
+                    runtime,
+                    recorded,
+                )?;
+                let foreign = sync.foreign();
+                let listing = sync.listing();
+                consumers.push(Box::new(sync));
+                tracing::info!(
+                    "keeping {} with every reservation",
+                    crate::mirror::kernel::reserved_ports::PATH
+                );
+                KernelState {
+                    writer: Mutex::new(Some(writer)),
+                    off_because: None,
+                    foreign: Some(foreign),
+                    listing: Some(listing),
+                }
+            }
+            Err(why) if config.kernel_sync == crate::mirror::kernel::KernelSync::On => {
+                return Err(std::io::Error::other(format!(
+                    "kernel sync was asked for, but {why}"
+                )))
+            }
+            Err(why) => {
+                tracing::info!("kernel sync is off: {why}");
+                let ephemeral = crate::config::ephemeral_pool();
+                if config.pool.range().overlaps(ephemeral.range()) {
+                    tracing::warn!(
+                        "the wildcard pool {} overlaps the kernel's ephemeral range {ephemeral} and kernel sync is off: other programs' connect() and bind(0) may be given reserved ports; choose a pool outside the ephemeral range, or let the daemon keep ip_local_reserved_ports (docs/kernel.md)",
+                        config.pool
+                    );
+                }
+                KernelState {
+                    writer: Mutex::new(None),
+                    off_because: Some(why),
+                    foreign: None,
+                    listing: None,
+                }
+            }
+        };
+        let stream = Stream::new(consumers);
+        let mut table = Table::new(config.pool);
+        if config.ephemeral_share.is_some() {
+            table.set_shared_range(Some(crate::config::ephemeral_pool().range()));
+        }
+        let shared = Shared {
+            table: Mutex::new(table),
+            stream,
+            prober: Prober::new(),
+            socket: config.socket.display().to_string(),
+            started_at_ms: now_ms(),
+            daemon_uid: rustix::process::geteuid().as_raw(),
+            sessions: AtomicU32::new(0),
+            next_session: AtomicU64::new(1),
+            privileged: config.privileged.clone(),
+            boundary: privileged::Boundary::default(),
+            netns: NetNs::current()?,
+            admin_groups: config.admin_groups.clone(),
+            quota: config.quota,
+            ephemeral_share: config.ephemeral_share,
+            store,
+            kernel,
+            holds,
+            hold_enabled: config.hold,
+            closers: crate::session::closer::Closers::new(),
+            turns: crate::server::fair::Turns::new(REQUEST_TURNS),
+        };
+        Ok((shared, owners))
+    }
+
+    /// Whether `who` administers this daemon: root, the daemon's own user, or a member of an
+    /// admin group.
+    fn is_admin(&self, who: &Owner) -> bool {
+        if who.uid == 0 || who.uid == self.daemon_uid {
+            return true;
+        }
+        if self.admin_groups.is_empty() {
+            return false;
+        }
+        groups_of(who).iter().any(|g| self.admin_groups.contains(g))
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave the table half-updated in a way that
+        // matters more than stopping service would; keep serving.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new session for `owner`.
+    pub(crate) fn open_session(&self, owner: Owner) -> Peer {
+        let session = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        let is_admin = self.is_admin(&owner);
+        Peer {
+            owner,
+            session,
+            is_admin,
+            version: 0,
+        }
+    }
+
+    /// Hands `changes`, just made to `table`, to every consumer. Taking the locked table proves
+    /// the caller still holds the lock, so consumers see changes in the table's order.
+    fn publish(&self, table: &mut Table, changes: Vec<Change>) -> Pending {
+        let _ = table;
+        log_changes(&changes);
+        self.stream.publish(changes)
+    }
+
+    /// Waits until every consumer has acknowledged what `pending` published. A refused change
+    /// is undone in the table (and the undoing published to the consumers that had accepted
+    /// it); `Err` then says why, for the client's answer.
+    async fn settle(&self, pending: Pending) -> Result<(), String> {
+        let Err(refused) = pending.acknowledged(&self.stream).await else {
+            return Ok(());
+        };
+        tracing::error!("undoing a change: {}", refused.reason);
+        let undoing = {
+            let mut table = self.table();
+            let mut undone = Vec::new();
+            for change in refused.undo.iter().rev() {
+                match table.revert(change) {
+                    Ok(changes) => undone.extend(changes),
+                    Err(e) => tracing::error!("cannot undo {change:?}: {e}"),
+                }
+            }
+            log_changes(&undone);
+            self.stream.publish_except(undone, &refused.refusers)
+        };
+        if let Err(again) = undoing.acknowledged(&self.stream).await {
+            tracing::error!("the undo was refused too: {}", again.reason);
+        }
+        Err(refused.reason)
+    }
+
+    /// Ends a session: its runtime reservations are released.
+    pub(crate) fn close_session(&self, peer: &Peer) {
+        {
+            let mut table = self.table();
+            let released = table.release_session(peer.session);
+            // Nobody waits: the client is gone.
+            drop(self.publish(&mut table, released));
+        }
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Ends what lived as long as the process `owner` (handed to it, or held for it after a
+    /// restart): it exited.
+    pub(crate) fn owner_exited(&self, owner: &Owner) {
+        let mut table = self.table();
+        let released = table.release_owner_exited(owner);
+        drop(self.publish(&mut table, released));
+    }
+
+    /// Ends the hold on restored reservations nobody re-claimed: the grace period is over.
+    pub(crate) fn grace_over(&self) {
+        let mut table = self.table();
+        let released = table.release_unclaimed();
+        drop(self.publish(&mut table, released));
+    }
+
+    /// The threads that close what clients send.
+    pub(crate) fn closers(&self) -> crate::session::closer::Closers {
+        self.closers.clone()
+    }
+
+    /// Live reservations and open client connections (for the service manager's status line).
+    pub(crate) fn counts(&self) -> (usize, u32) {
+        let reservations = self.table().len();
+        (reservations, self.sessions.load(Ordering::Relaxed))
+    }
+
+    /// Tells the store thread to finish what is queued and stop.
+    pub(crate) fn stop_store(&self) {
+        self.store.stop();
+    }
+
+    /// Leaves a session because the daemon stops: its reservations stay in the journal, for
+    /// the next daemon to hold until their owner re-claims them.
+    /// Whether a reservation is bound to `peer`'s session, so that closing its connection
+    /// would release something.
+    pub(crate) fn session_holds(&self, peer: &Peer) -> bool {
+        self.table().session_holds(peer.session)
+    }
+
+    pub(crate) fn leave_session(&self, _peer: &Peer) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Answers one request (not the hello, which the session handles), in its user's turn.
+    pub(crate) async fn handle(&self, inbound: Inbound, peer: &Peer) -> Response {
+        let uid = inbound.sender.map_or(peer.owner.uid, |c| c.uid);
+        let _turn = self.turns.enter(uid).await;
+        self.answer(inbound, peer).await
+    }
+}
+
+fn zero_token() -> Response {
+    error(
+        ErrorKind::InvalidArgument,
+        "token 0 names no reservation; tokens are non-zero (see `berth list`)".into(),
+    )
+}
+
+pub(crate) fn error(kind: ErrorKind, message: String) -> Response {
+    Response::Error(WireError::new(kind, message))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Tokens from the OS CSPRNG (`getrandom(2)`), fetched [`TOKEN_BATCH`] at a time per thread:
+/// the same kernel-generated bytes, one system call per batch instead of one per grant.
+struct OsTokens;
+
+/// Tokens fetched from the OS CSPRNG with one `getrandom(2)`.
+const TOKEN_BATCH: usize = 32;
+
+thread_local! {
+    /// Unused random values of this thread's last batch; each is handed out once.
+    static TOKENS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl TokenSource for OsTokens {
+    fn draw(&mut self) -> u64 {
+        TOKENS.with(|tokens| {
+            let mut tokens = tokens.borrow_mut();
+            if tokens.is_empty() {
+                let mut bytes = [0u8; TOKEN_BATCH * 8];
+                // The server checks at start-up that the CSPRNG answers; a later failure
+                // yields 0, which the table refuses and draws again.
+                if getrandom::fill(&mut bytes).is_err() {
+                    return 0;
+                }
+                tokens.extend(
+                    bytes
+                        .chunks_exact(8)
+                        .filter_map(|c| <[u8; 8]>::try_from(c).ok())
+                        .map(u64::from_ne_bytes),
+                );
+            }
+            tokens.pop().unwrap_or(0)
+        })
+    }
+}
+
+/// Whether the OS CSPRNG answers; the daemon refuses to start without it.
+pub(crate) fn check_csprng() -> std::io::Result<()> {
+    getrandom::u64()
+        .map(|_| ())
+        .map_err(|e| std::io::Error::other(format!("the OS random generator fails: {e}")))
+}

@@ -1,0 +1,82 @@
+//! Read-only answers: `List` and `Status`, and what each viewer may see of a reservation.
+
+use super::*;
+
+impl Shared {
+    pub(super) fn list(&self, peer: &Peer) -> Response {
+        let now = now_ms();
+        let table = self.table();
+        Response::List(
+            table
+                .iter()
+                .map(|r| {
+                    let mut shown = info(r, &peer.owner, peer.is_admin, now);
+                    shown.bound = table.bound_list(r.token);
+                    shown
+                })
+                .collect(),
+        )
+    }
+
+    pub(super) fn status(&self, peer: &Peer) -> Response {
+        let table = self.table();
+        let (quota, usage, ephemeral_share, users) =
+            self.limits_view(&table, peer.owner.uid, peer.is_admin);
+        Response::Status(StatusInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_version: peer.version,
+            pid: std::process::id(),
+            socket: self.socket.clone(),
+            started_at_ms: self.started_at_ms,
+            pool: table.pool(),
+            reservations: u32::try_from(table.len()).unwrap_or(u32::MAX),
+            tcp_ports: table.reserved_ports(Protocol::Tcp),
+            udp_ports: table.reserved_ports(Protocol::Udp),
+            persistent: table.persistent_count(),
+            pool_free: (
+                table.free_in_pool(Protocol::Tcp),
+                table.free_in_pool(Protocol::Udp),
+            ),
+            sessions: self.sessions.load(Ordering::Relaxed),
+            open_files_limit: crate::server::limits::open_files_limit(),
+            kernel_sync: self.kernel.off_because.is_none(),
+            kernel_sync_off_because: self.kernel.off_because.clone().unwrap_or_default(),
+            hold_sockets: u32::try_from(self.holds.count()).unwrap_or(u32::MAX),
+            hold: self.hold_enabled,
+            hold_off_because: if self.hold_enabled {
+                String::new()
+            } else {
+                "hold is switched off (hold = false in the configuration, or --no-hold)".to_owned()
+            },
+            open_files: crate::server::limits::open_files(),
+            quota,
+            usage,
+            ephemeral_share,
+            users,
+        })
+    }
+}
+
+/// What `viewer` may see of `r`: owner details only for administrators and the owner's own
+/// user.
+pub(super) fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) -> ReservationInfo {
+    let owner = r
+        .owner()
+        .filter(|o| is_admin || o.uid == viewer.uid)
+        .map(|o| OwnerInfo {
+            pid: o.pid,
+            uid: o.uid,
+            command: o.command.clone(),
+        });
+    ReservationInfo {
+        token: r.token,
+        protocol: r.protocol,
+        range: r.range,
+        kind: r.kind(),
+        held: r.held(),
+        bound: Vec::new(),
+        owner,
+        acquired_at_ms: r.acquired_at_ms,
+        age_ms: now.saturating_sub(r.acquired_at_ms),
+    }
+}
