@@ -21,9 +21,11 @@
 
 pub mod authority;
 pub mod detail;
+mod facts;
 pub mod frame;
 pub mod message;
 pub mod paths;
+pub mod variants;
 pub mod version;
 
 pub use berth_core::{ErrorKind, Kind, PortRange, Protocol, Token};

@@ -354,7 +354,7 @@ impl Session<'_> {
                     // session and its reservations stay.
                     let message = crate::server::limits::busy_message(&format!(
                         "could not take the socket sent with this {} request",
-                        request_name(&inbound.request)
+                        inbound.request.name()
                     ));
                     tracing::debug!(pid = peer.owner.pid, "{message}");
                     let busy = WireError::new(ErrorKind::Unavailable, message).with_detail(
@@ -369,7 +369,7 @@ impl Session<'_> {
                     }
                 }
                 Ok(Some(inbound)) => {
-                    let what = request_name(&inbound.request);
+                    let what = inbound.request.name();
                     let (pid, uid) = match inbound.sender {
                         Some(c) if c.pid != 0 => (c.pid, c.uid),
                         _ => (peer.owner.pid, peer.owner.uid),
@@ -429,47 +429,8 @@ impl Session<'_> {
         let PeerNetns::Foreign { daemon, peer } = self.netns else {
             return None;
         };
-        // Every variant named, so that a new one must be sorted here too.
-        let what = match request {
-            Request::Acquire { .. } | Request::AcquireWith { .. } | Request::AcquireBoth { .. } => {
-                "reserve ports"
-            }
-            // About a port of the daemon's namespace, which would mislead a client elsewhere.
-            Request::Why { .. } => "explain a port",
-            Request::Associate { .. } | Request::AssociateAt { .. } => "bind a socket",
-            Request::CreatePersistent { .. } => "create a persistent reservation",
-            Request::Reclaim { .. } => "re-claim a reservation",
-            Request::Transfer { .. } => "hand over a reservation",
-            Request::Hello(_)
-            | Request::Release { .. }
-            | Request::List
-            | Request::Status
-            | Request::DeletePersistent { .. }
-            | Request::LookupPersistent { .. }
-            | Request::Stop => return None,
-        };
+        let what = request.port_use()?;
         Some(foreign_netns(what, daemon, peer))
-    }
-}
-
-/// The request's name, for log lines.
-fn request_name(request: &Request) -> &'static str {
-    match request {
-        Request::Hello(_) => "hello",
-        Request::Acquire { .. } | Request::AcquireWith { .. } => "acquire",
-        Request::AcquireBoth { .. } => "acquire-both",
-        Request::AssociateAt { .. } => "associate-at",
-        Request::Release { .. } => "release",
-        Request::List => "list",
-        Request::Status => "status",
-        Request::Associate { .. } => "associate",
-        Request::CreatePersistent { .. } => "create-persistent",
-        Request::DeletePersistent { .. } => "delete-persistent",
-        Request::LookupPersistent { .. } => "lookup-persistent",
-        Request::Reclaim { .. } => "reclaim",
-        Request::Transfer { .. } => "transfer",
-        Request::Why { .. } => "why",
-        Request::Stop => "stop",
     }
 }
 

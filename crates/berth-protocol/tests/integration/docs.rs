@@ -1,48 +1,20 @@
 //! `docs/protocol.md` lists every variant of the wire enums with its variant index — the number
 //! postcard puts on the wire — so that a writer of another client finds every message there.
 //!
-//! The variant names and their order come from the types themselves: serde's derive hands
-//! the list of an enum's variants, in declaration order, to `Deserializer::deserialize_enum`,
-//! and [`VariantNames`] is a deserializer that only records it. A variant added to the code
-//! and not to the page fails this test.
+//! The variant names and their order come from the types themselves
+//! (`berth_protocol::variants`). A variant added to the code and not to the page fails this
+//! test.
 
 use std::path::Path;
 
+use berth_protocol::variants::variant_names;
 use berth_protocol::{ErrorDetail, Request, Response};
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
-
-/// A deserializer that records the variant names of the enum it is asked for, and fails.
-struct VariantNames<'a>(&'a mut Option<&'static [&'static str]>);
-
-impl<'de> Deserializer<'de> for VariantNames<'_> {
-    type Error = de::value::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-        Err(de::Error::custom("only an enum's variant names are read"))
-    }
-
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        variants: &'static [&'static str],
-        _: V,
-    ) -> Result<V::Value, Self::Error> {
-        *self.0 = Some(variants);
-        Err(de::Error::custom("variant names recorded"))
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        option unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
-        ignored_any
-    }
-}
+use serde::de::DeserializeOwned;
 
 /// The variants of `T`, in declaration order (index = position).
 fn variants<T: DeserializeOwned>(what: &str) -> &'static [&'static str] {
-    let mut names = None;
-    let _ = T::deserialize(VariantNames(&mut names));
-    let names = names.unwrap_or_else(|| panic!("{what} is not deserialized as an enum"));
+    let names =
+        variant_names::<T>().unwrap_or_else(|| panic!("{what} is not deserialized as an enum"));
     assert!(!names.is_empty(), "{what} has no variants");
     names
 }
