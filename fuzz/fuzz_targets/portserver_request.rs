@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use berth_daemon::fuzz_support::portserver_parse_request;
+use berth_protocol::portpicker::parse_request;
 use libfuzzer_sys::fuzz_target;
 
 /// The documented grammar, written independently of the parser.
@@ -27,5 +27,5 @@ fn documented(data: &[u8]) -> Option<u32> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    assert_eq!(portserver_parse_request(data), documented(data), "{data:?}");
+    assert_eq!(parse_request(data), documented(data), "{data:?}");
 });

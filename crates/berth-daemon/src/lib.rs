@@ -35,8 +35,6 @@ pub mod accounts;
 pub mod config;
 pub mod config_file;
 mod faults;
-#[cfg(feature = "fuzzing")]
-pub mod fuzz_support;
 mod host;
 mod mirror;
 pub mod portserver;

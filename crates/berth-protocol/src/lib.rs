@@ -23,8 +23,10 @@ pub mod authority;
 pub mod detail;
 mod facts;
 pub mod frame;
+pub mod ledger;
 pub mod message;
 pub mod paths;
+pub mod portpicker;
 pub mod variants;
 pub mod version;
 

@@ -45,16 +45,8 @@ use tokio_util::codec::Decoder;
 
 use crate::session::closer::{Closing, Lane, Received};
 
-mod ledger;
-
 pub(crate) use berth_os::recv::{self, control_buffer, recv, Credentials};
-pub(crate) use ledger::{Ledger, Refusal};
-
-/// Descriptors accepted in one `recvmsg`; a request carries at most one.
-pub(crate) const MAX_FDS_PER_READ: usize = 4;
-
-/// Descriptors received and not yet claimed by a request; more means a misbehaving client.
-pub(crate) const MAX_PENDING_FDS: usize = 8;
+pub(crate) use berth_protocol::ledger::{Ledger, Refusal};
 
 /// The most descriptors the kernel passes in one message (`SCM_MAX_FD`). The ancillary buffer
 /// has room for all of them, so that the kernel never drops any: it would close them on the
@@ -307,7 +299,7 @@ impl Drop for Reader {
 fn refused(refusal: Refusal<Option<Credentials>>) -> ReadError {
     ReadError::Io(io::Error::new(
         io::ErrorKind::InvalidData,
-        refusal.to_string(),
+        Told(&refusal).to_string(),
     ))
 }
 
@@ -324,9 +316,12 @@ impl fmt::Display for Who {
     }
 }
 
-impl fmt::Display for Refusal<Option<Credentials>> {
+/// A refusal as the client is told it.
+struct Told<'a>(&'a Refusal<Option<Credentials>>);
+
+impl fmt::Display for Told<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        match self.0 {
             Refusal::TooManyInOneRead(n) => write!(
                 f,
                 "the client sent {n} file descriptors in one message; a request carries at most one"

@@ -1,14 +1,24 @@
 //! Which bytes of a shared connection came from whom, and with which descriptors: the pure
-//! attribution of credentials and descriptors to frames (see the parent module for the kernel
-//! facts it relies on).
+//! attribution of credentials and descriptors to frames — the receiving side of the rule that
+//! a descriptor travels with the bytes of the one `Associate` frame it belongs to.
+//!
+//! The kernel facts it relies on: `recvmsg` on a stream socket returns the ancillary data
+//! (descriptors, `SCM_CREDENTIALS`) with the first byte of the message they were sent with,
+//! and never merges into one read the bytes of two messages whose senders' credentials differ;
+//! so a frame's descriptor arrives in the read in which the frame starts. The daemon's reader
+//! feeds each read and each decoded frame to a [`Ledger`], in order.
 
 use std::collections::VecDeque;
 
-use super::{MAX_FDS_PER_READ, MAX_PENDING_FDS};
+/// Descriptors accepted in one `recvmsg`; a request carries at most one.
+pub const MAX_FDS_PER_READ: usize = 4;
+
+/// Descriptors received and not yet claimed by a request; more means a misbehaving client.
+pub const MAX_PENDING_FDS: usize = 8;
 
 /// Why a [`Ledger`] refuses the stream; `S` identifies a sender.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Refusal<S> {
+pub enum Refusal<S> {
     /// More than [`MAX_FDS_PER_READ`] descriptors in one read.
     TooManyInOneRead(usize),
     /// More than [`MAX_PENDING_FDS`] descriptors not yet claimed by a frame.
@@ -32,11 +42,11 @@ pub(crate) enum Refusal<S> {
 
 /// What a decoded frame gets from the ledger.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Claim<F, S> {
+pub struct Claim<F, S> {
     /// The sender of the read in which the frame starts.
-    pub(crate) sender: S,
+    pub sender: S,
     /// Its descriptor, for an `Associate` that starts last in a read that brought one.
-    pub(crate) fd: Option<F>,
+    pub fd: Option<F>,
 }
 
 /// One read: its bytes' range in the stream, its descriptors and its sender.
@@ -52,7 +62,7 @@ struct Read<F, S> {
 /// length of each frame decoded, in order ([`Ledger::frame`]), it says who sent the frame and
 /// which descriptor it carries. Every complete frame must be decoded before the next read is
 /// recorded.
-pub(crate) struct Ledger<F, S> {
+pub struct Ledger<F, S> {
     /// The reads not yet wholly decoded, oldest first; contiguous, the first one holding
     /// `consumed`.
     reads: VecDeque<Read<F, S>>,
@@ -65,7 +75,12 @@ pub(crate) struct Ledger<F, S> {
 }
 
 impl<F, S: Copy + PartialEq> Ledger<F, S> {
-    pub(crate) fn new() -> Self {
+    /// An empty ledger, as at the start of a connection.
+    #[allow(
+        clippy::new_without_default,
+        reason = "a ledger is made, not defaulted"
+    )]
+    pub fn new() -> Self {
         Ledger {
             reads: VecDeque::new(),
             received: 0,
@@ -75,7 +90,7 @@ impl<F, S: Copy + PartialEq> Ledger<F, S> {
     }
 
     /// Notes one read of `len` bytes (0: end of stream) from `sender` with `fds`.
-    pub(crate) fn record(&mut self, len: usize, fds: Vec<F>, sender: S) -> Result<(), Refusal<S>> {
+    pub fn record(&mut self, len: usize, fds: Vec<F>, sender: S) -> Result<(), Refusal<S>> {
         if fds.len() > MAX_FDS_PER_READ {
             return Err(Refusal::TooManyInOneRead(fds.len()));
         }
@@ -116,7 +131,7 @@ impl<F, S: Copy + PartialEq> Ledger<F, S> {
 
     /// The next frame was decoded: `len` bytes, header included; `associate` says whether it
     /// is an `Associate`.
-    pub(crate) fn frame(&mut self, len: usize, associate: bool) -> Result<Claim<F, S>, Refusal<S>> {
+    pub fn frame(&mut self, len: usize, associate: bool) -> Result<Claim<F, S>, Refusal<S>> {
         let start = self.consumed;
         let end = start.saturating_add(len as u64);
         let Some(first) = self.reads.front() else {
@@ -165,16 +180,15 @@ impl<F, S: Copy + PartialEq> Ledger<F, S> {
     }
 }
 
-#[cfg(feature = "fuzzing")]
 impl<F, S> Ledger<F, S> {
     /// Descriptors received and not yet claimed by a frame.
-    pub(crate) fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.pending
     }
 
     /// Whether the ledger's own bookkeeping is consistent; a description of the first
     /// inconsistency otherwise.
-    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), String> {
         let held: usize = self.reads.iter().map(|r| r.fds.len()).sum();
         if held != self.pending {
             return Err(format!("pending {} but reads hold {held}", self.pending));
