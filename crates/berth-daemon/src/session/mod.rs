@@ -4,6 +4,9 @@
 //! Two requests are decided here rather than in `state`: `Stop`, because it acts on the
 //! server, and every port-granting request of a client in another network namespace, which is
 //! refused before it reaches the table.
+//!
+//! Longer than the daemon's other files because it is one thing: a connection's life, from
+//! accept to close, read as one sequence (its few tests are at its end).
 
 pub(crate) mod closer;
 pub(crate) mod inbound;

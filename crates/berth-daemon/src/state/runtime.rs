@@ -1,5 +1,8 @@
 //! Runtime reservations: acquire, release, re-claim after a restart, hand-over to a process,
 //! and associate.
+//!
+//! One file for one request family: the requests on runtime reservations share their checks
+//! (who may use a token, the privileged-port policy, the quota), so they are read together.
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;

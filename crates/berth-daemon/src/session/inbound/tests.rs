@@ -1,0 +1,166 @@
+//! The reader over a real socket pair: descriptors and credentials from the kernel.
+
+use super::*;
+use berth_protocol::Request;
+use berth_testkit::raw::{frame, send_with_fds};
+use std::os::fd::AsFd;
+
+fn pair() -> (tokio::net::UnixStream, Reader) {
+    let (client, daemon) = tokio::net::UnixStream::pair().unwrap();
+    rustix::net::sockopt::set_socket_passcred(&daemon, true).unwrap();
+    let (rd, _wr) = daemon.into_split();
+    (
+        client,
+        Reader::new(rd, crate::session::closer::Closers::new().lane(0), None),
+    )
+}
+
+fn error_message(result: Result<Option<Inbound>, ReadError>) -> String {
+    match result {
+        Err(ReadError::Io(e)) => {
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            e.to_string()
+        }
+        Err(ReadError::Frame(e)) => panic!("a frame error: {e}"),
+        Ok(_) => panic!("accepted"),
+    }
+}
+
+#[tokio::test]
+async fn pipelined_frames_and_a_socket_are_attributed() {
+    let (client, mut reader) = pair();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let associate = Request::Associate {
+        token: 7,
+        address: None,
+    };
+    // Two messages, read at once: the socket's message ends the read.
+    send_with_fds(&client, &frame(Request::Status), &[]);
+    send_with_fds(&client, &frame(associate.clone()), &[socket.as_fd()]);
+    send_with_fds(&client, &frame(Request::List), &[]);
+
+    let status = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(status.request, Request::Status);
+    assert!(status.fd.is_none());
+    assert_eq!(status.sender.map(|c| c.pid), Some(std::process::id()));
+
+    let got = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(got.request, associate);
+    let fd = got.fd.expect("the socket");
+    let addr = socket2::SockRef::from(&fd).local_addr().unwrap();
+    assert_eq!(
+        addr.as_socket(),
+        Some(socket.local_addr().unwrap()),
+        "the very socket sent"
+    );
+
+    let list = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(list.request, Request::List);
+    assert!(list.fd.is_none());
+}
+
+#[tokio::test]
+async fn the_frame_buffer_is_given_back_when_idle() {
+    let (client, mut reader) = pair();
+    assert_eq!(
+        reader.buf.capacity(),
+        0,
+        "nothing allocated before the first read"
+    );
+    let mut hello = berth_protocol::Hello::current("x");
+    hello.client = "x".repeat(6000);
+    let large = Request::Hello(hello);
+    send_with_fds(&client, &frame(large.clone()), &[]);
+    send_with_fds(&client, &frame(Request::Status), &[]);
+    let got = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(got.request, large);
+    let got = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(got.request, Request::Status);
+    // The next call finds nothing buffered: the grown buffer goes.
+    let wait = std::time::Duration::from_millis(20);
+    assert!(tokio::time::timeout(wait, reader.next()).await.is_err());
+    assert!(
+        reader.buf.capacity() <= KEPT_BUFFER,
+        "{}",
+        reader.buf.capacity()
+    );
+}
+
+#[tokio::test]
+async fn a_socket_with_another_request_closes_the_connection() {
+    let (client, mut reader) = pair();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    send_with_fds(&client, &frame(Request::List), &[socket.as_fd()]);
+    let message = error_message(reader.next().await);
+    assert!(message.contains("not an associate"), "{message}");
+}
+
+#[tokio::test]
+async fn an_associate_whose_socket_comes_later_gets_none_and_the_socket_is_refused() {
+    let (client, mut reader) = pair();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let bytes = frame(Request::Associate {
+        token: 7,
+        address: None,
+    });
+    let (head, tail) = bytes.split_at(2);
+    send_with_fds(&client, head, &[]);
+    // The head is read alone, then the reader waits for more.
+    let next = reader.next();
+    tokio::pin!(next);
+    let wait = std::time::Duration::from_millis(50);
+    assert!(tokio::time::timeout(wait, next.as_mut()).await.is_err());
+    send_with_fds(&client, tail, &[socket.as_fd()]);
+    let message = error_message(next.await);
+    assert!(message.contains("middle of a request frame"), "{message}");
+}
+
+/// A daemon out of descriptors: the kernel cannot install the socket and truncates the
+/// control data (here: a control buffer with no room for descriptors does the same). The
+/// associate comes through marked, the connection goes on; a client that sent a descriptor
+/// with another request is still refused.
+#[tokio::test]
+async fn a_descriptor_the_daemon_could_not_take_is_no_fault_of_the_client() {
+    let (client, mut reader) = pair();
+    // The scratch space is per thread: this test's runtime is this (current) thread.
+    SCRATCH.with_borrow_mut(|scratch| scratch.control = recv::control_buffer(0));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let associate = Request::Associate {
+        token: 7,
+        address: None,
+    };
+    send_with_fds(&client, &frame(associate.clone()), &[socket.as_fd()]);
+    let got = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(got.request, associate);
+    assert!(got.fd.is_none());
+    assert!(got.lost_fd);
+    send_with_fds(&client, &frame(Request::Status), &[]);
+    let status = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(status.request, Request::Status);
+    assert!(!status.lost_fd);
+
+    send_with_fds(&client, &frame(Request::List), &[socket.as_fd()]);
+    let message = error_message(reader.next().await);
+    assert!(message.contains("not an associate"), "{message}");
+}
+
+#[tokio::test]
+async fn too_many_descriptors_in_one_message_close_the_connection_and_are_closed() {
+    let (client, mut reader) = pair();
+    let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+    let fds = [write_end.as_fd(); 6];
+    send_with_fds(&client, &frame(Request::Status), &fds);
+    drop(write_end);
+    let message = error_message(reader.next().await);
+    assert!(message.contains("6 file descriptors"), "{message}");
+    // Every copy the daemon got is closed (by a closer thread): the pipe sees its end.
+    let eof = tokio::task::spawn_blocking(move || {
+        let mut byte = [0u8; 1];
+        rustix::io::read(&read_end, &mut byte[..]).unwrap()
+    });
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), eof)
+        .await
+        .expect("every received copy closed")
+        .unwrap();
+    assert_eq!(n, 0);
+}
