@@ -65,6 +65,26 @@ pub fn pass_rights(socket: impl AsFd, on: bool) -> io::Result<bool> {
     }
 }
 
+/// Whether `socket` refuses descriptors (`SO_PASSRIGHTS` off) — for a connection, since it was
+/// made: then no descriptor can be queued on it, and closing it cannot close one (nor block on
+/// one). `false` where the kernel has no such option, or cannot say.
+pub fn refuses_rights(socket: impl AsFd) -> bool {
+    let mut value: libc::c_int = 1;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: `value` and `len` are live and `len` holds `value`'s size; the descriptor is
+    // borrowed for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSRIGHTS,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && value == 0
+}
+
 /// A non-blocking stream socket, listening on `addr`, that refuses descriptors from its first
 /// connection on where the kernel can ([`refused_at_socket`] tells afterwards).
 fn listen_refusing(addr: &SocketAddrUnix) -> io::Result<UnixListener> {
@@ -138,8 +158,14 @@ mod tests {
         };
         let after = send_fd(&client).unwrap_err();
         assert_eq!(after.raw_os_error(), Some(libc::EPERM), "after accept");
+        // It says so of itself: nothing can be queued on it.
+        assert!(refuses_rights(&accepted));
         // An admitted connection may be allowed them again.
         assert!(pass_rights(&accepted, true).unwrap());
+        assert!(!refuses_rights(&accepted));
         send_fd(&client).unwrap();
+        // A socket made without the listener's setting takes them.
+        let (one, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!refuses_rights(&one));
     }
 }

@@ -57,3 +57,55 @@ fn a_user_over_its_connection_limit_is_told_busy_and_others_are_served() {
     holder.send_line("x");
     holder.wait().code(0);
 }
+
+/// A refused connection is closed where it is refused (it can hold no descriptor: the socket
+/// refuses them from its first byte on), so a flood of refused clients that keep their ends
+/// open leaves the daemon's descriptors where they were — nothing queued to close later.
+#[test]
+fn refused_connections_leave_the_daemon_no_descriptor() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use berth_protocol::{ErrorDetail, Hello, Request, Response};
+    use berth_testkit::raw::{frame, raw_frame, responses};
+
+    let config = tempfile::tempdir().unwrap();
+    let file = config.path().join("berth.toml");
+    std::fs::write(&file, "max_connections = 2\n").unwrap();
+    let d = Daemon::start_with("20990-20999", &["--config", file.to_str().unwrap()]);
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count()
+    };
+    let greet = || {
+        let mut conn = UnixStream::connect(d.socket()).unwrap();
+        conn.set_read_timeout(Some(support::DEADLINE)).unwrap();
+        // A refusal may come before the hello is written: then writing fails, reading works.
+        let _ = conn.write_all(&frame(Request::Hello(Hello::current("flood"))));
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).unwrap();
+        let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut payload).unwrap();
+        (conn, responses(&raw_frame(&payload)).remove(0))
+    };
+    // Both places taken, and the daemon's descriptors counted with them.
+    let held: Vec<UnixStream> = (0..2).map(|_| greet().0).collect();
+    let before = descriptors();
+    let mut refused = Vec::new();
+    for _ in 0..300 {
+        let (conn, answer) = greet();
+        let Response::Error(e) = &answer else {
+            panic!("served past max_connections: {answer:?}")
+        };
+        assert!(matches!(e.detail, ErrorDetail::Busy(_)), "{e:?}");
+        // Kept open on this side: the daemon's end must not wait for it.
+        refused.push(conn);
+    }
+    let after = descriptors();
+    assert!(
+        after <= before + 8,
+        "{before} descriptors before 300 refused connections, {after} after"
+    );
+    drop(held);
+}

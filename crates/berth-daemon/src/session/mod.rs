@@ -224,7 +224,8 @@ pub(crate) fn refuse_now(stream: UnixStream, busy: Busy, lane: &Lane, keep: Opti
     refuse_with(stream, Response::Error(busy), lane, keep);
 }
 
-/// Writes `answer` without waiting and closes the connection in `lane`, then drops `keep`.
+/// Writes `answer` without waiting and closes the connection — at once when it cannot hold
+/// descriptors, else in `lane` — then drops `keep`.
 pub(crate) fn refuse_with(stream: UnixStream, answer: Response, lane: &Lane, keep: Option<Keep>) {
     let mut frame = bytes::BytesMut::new();
     let encoded = tokio_util::codec::Encoder::encode(&mut FrameCodec::daemon(), answer, &mut frame);
@@ -235,7 +236,15 @@ pub(crate) fn refuse_with(stream: UnixStream, answer: Response, lane: &Lane, kee
             rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
         );
     }
-    lane.dispose((stream, keep));
+    // A connection that could never take descriptors has none queued: its close cannot block,
+    // so it is closed here and its place given back at once, without a trip through the lane
+    // (a flood of refused connections then costs no queue). Else the lane closes it.
+    if berth_os::rights::refuses_rights(&stream) {
+        drop(stream);
+        drop(keep);
+    } else {
+        lane.dispose((stream, keep));
+    }
 }
 
 /// Reads the hello and answers it; `None` when the connection should close. A daemon that
