@@ -25,7 +25,8 @@
 //! daemon's connection limits) is given back only once its own descriptor is closed (see
 //! [`Lane::dispose`]), so the connections waiting in a lane are bounded by those limits too.
 //! Threads: at most [`PER_UID_CLOSERS`] per user with outstanding closes and
-//! [`MAX_CLOSERS`] in all; idle threads beyond [`KEEP_IDLE`] end after a while.
+//! [`MAX_CLOSERS`] in all, plus [`ADMIN_CLOSERS`] that only administrators' closes start once
+//! the others are all held; idle threads beyond [`KEEP_IDLE`] end after a while.
 //!
 //! A close on another thread happens a little later than the drop. Whoever must know that the
 //! daemon's copy is gone (a client that closes its socket expects its port to be free) waits,
@@ -51,6 +52,10 @@ pub(crate) const PER_UID_BACKLOG: usize = 16;
 
 /// Closer threads in all, at most.
 pub(crate) const MAX_CLOSERS: usize = 256;
+
+/// Closer threads beyond [`MAX_CLOSERS`] that only administrators' closes start: when users'
+/// blocking closes hold every other thread (64 users × [`PER_UID_CLOSERS`]), root's still run.
+pub(crate) const ADMIN_CLOSERS: usize = 4;
 
 /// How long a lane's closes may all make no progress before the daemon says they block.
 const SLOW_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -259,6 +264,14 @@ impl Queue {
         }
     }
 
+    /// Moves `uid`, if listed, to the head of the runnable lanes.
+    fn first(&mut self, uid: u32) {
+        if let Some(at) = self.runnable.iter().position(|&u| u == uid) {
+            self.runnable.remove(at);
+            self.runnable.push_front(uid);
+        }
+    }
+
     /// The next item to drop, round-robin over runnable lanes; counts it as running.
     fn take(&mut self) -> Option<(u32, Box<dyn Send>)> {
         while let Some(uid) = self.runnable.pop_front() {
@@ -370,6 +383,12 @@ impl Lane {
             } else if queue.threads < MAX_CLOSERS {
                 queue.threads += 1;
                 true
+            } else if is_admin(self.uid) && queue.threads < MAX_CLOSERS + ADMIN_CLOSERS {
+                // Every thread is held by closes that block: an administrator's close gets one
+                // of the threads kept for administrators, and goes first.
+                queue.first(self.uid);
+                queue.threads += 1;
+                true
             } else {
                 if !queue.warned_full {
                     queue.warned_full = true;
@@ -435,6 +454,11 @@ impl Lane {
             notified.await;
         }
     }
+}
+
+/// Root and the daemon's own user: their closes may start the threads kept for them.
+fn is_admin(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
 }
 
 impl Pool {

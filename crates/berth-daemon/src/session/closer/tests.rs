@@ -265,3 +265,53 @@ async fn one_read_turn_per_user_whatever_its_connections() {
         .expect("a turn once the user's closes drained");
     drop(turn);
 }
+
+/// Dropping it waits until its gate opens: a close that blocks, without a socket.
+struct Blocking(Arc<(Mutex<bool>, Condvar)>);
+
+impl Drop for Blocking {
+    fn drop(&mut self) {
+        let (open, opened) = &*self.0;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = opened.wait(open).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_administrators_close_runs_when_users_hold_every_closer_thread() {
+    // A pool of its own: this test holds all of its threads.
+    let pool = Closers::new();
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let users = u32::try_from(MAX_CLOSERS / PER_UID_CLOSERS).unwrap();
+    for uid in 0..users {
+        let lane = pool.lane(30_000 + uid);
+        for _ in 0..PER_UID_CLOSERS {
+            lane.dispose(Blocking(gate.clone()));
+        }
+    }
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while pool.0.lock().running < MAX_CLOSERS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the blocking closes never all ran"
+        );
+        std::thread::yield_now();
+    }
+    // Every thread is held; root's close still runs, on a thread kept for administrators.
+    let (report, reported) = mpsc::channel();
+    pool.lane(0).dispose(Reporting {
+        inner: Some(()),
+        report,
+    });
+    let thread = reported
+        .recv_timeout(DEADLINE)
+        .expect("root's close waited for users' blocked closes");
+    assert_eq!(thread.as_deref(), Some("berth-closer"));
+    assert!(pool.0.lock().threads <= MAX_CLOSERS + ADMIN_CLOSERS);
+    // Let the users' closes finish.
+    let (open, opened) = &*gate;
+    *open.lock().unwrap() = true;
+    opened.notify_all();
+}
