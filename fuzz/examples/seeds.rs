@@ -1,6 +1,6 @@
 //! Writes the seed corpus of every fuzz target into fuzz/corpus/<target>/ (see
 //! docs/fuzzing.md): real frames from the protocol crate's own encoder, ledger step sequences
-//! from its unit tests, and portserver requests. Run from the repository root:
+//! from its unit tests, portserver requests, and `/proc` files as Linux writes them. Run from the repository root:
 //! `cargo run --manifest-path fuzz/Cargo.toml --example seeds`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -156,6 +156,45 @@ fn main() {
         ("too-big", b"99999999999\n"),
         ("vertical-tab", b"1\x0b\x0b"),
         ("garbage", b"\xff\x00GET / HTTP/1.1\r\n"),
+    ] {
+        write(t, name, bytes);
+    }
+
+    // /proc files as the kernel writes them (fs/proc/array.c), and ip_local_reserved_ports.
+    let t = "proc_files";
+    let status = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4121\nNgid:\t0\n\
+                  Pid:\t4121\nPPid:\t4000\nTracerPid:\t0\nUid:\t1000\t1000\t1000\t1000\n\
+                  Gid:\t100\t100\t100\t100\nFDSize:\t64\nGroups:\t4 24 27 100 \n\
+                  NStgid:\t4121\nNSpid:\t4121\nVmRSS:\t    1800 kB\nThreads:\t1\n\
+                  CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\n\
+                  CapEff:\t0000000000000400\nCapBnd:\t000001ffffffffff\n\
+                  CapAmb:\t0000000000000000\nNoNewPrivs:\t0\nSeccomp:\t0\n";
+    for (name, bytes) in [
+        (
+            "stat",
+            &b"4121 (sleep) S 4000 4121 4000 34816 4121 4194304 107 0 0 0 0 0 0 0 20 0 1 0 \
+               987654 8409088 256 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 \
+               0 0 0 0 0 0 0 0\n"[..],
+        ),
+        (
+            "stat-awkward-name",
+            b"4121 (a) b (c)) S 1 4121 4121 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
+              1000 10\n",
+        ),
+        // "\xc3\xa4" × 10 cut at 15 bytes, inside a character.
+        (
+            "stat-name-cut-in-a-character",
+            b"4121 (\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3) S 1 4121 \
+              4121 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10\n",
+        ),
+        ("status", status.as_bytes()),
+        ("status-root", &status.replace("1000", "0").into_bytes()),
+        ("comm", b"sleep\n"),
+        ("reserved-ports", b"8080-8082,9000\n"),
+        ("reserved-ports-empty", b"\n"),
+        ("reserved-ports-all", b"0-65535\n"),
+        ("reserved-ports-not-a-list", b"8080,x\n"),
+        ("reserved-ports-backwards", b"9000-8080\n"),
     ] {
         write(t, name, bytes);
     }

@@ -28,6 +28,8 @@
 //! - `portserver`, `scale`, `reclaim`: the other modes; `many`: many clients on one thread;
 //!   `table`: their figures.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod echo;
 mod load;

@@ -1,6 +1,7 @@
 //! The load generator runs end to end with tiny counts against the debug `berth` binary and
 //! reports sane figures (no timing assertions: figures belong in BENCHMARKS.md).
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::expect_used,
     reason = "a test: set-up failures should stop it loudly"

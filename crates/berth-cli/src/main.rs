@@ -7,6 +7,8 @@
 //! - `cmd`: one module per subcommand.
 //! - `output`: JSON and table rendering; `metrics`: the OpenMetrics view of `berth status`.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod cmd;
 mod connect;

@@ -20,6 +20,7 @@
 //! then waits out the linger time, holding up whoever waits for that process (`Command::spawn`
 //! itself waits for the `exec`).
 
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "integration/support/mod.rs"]
@@ -712,19 +713,7 @@ fn users_together_keep_to_their_share_of_the_ephemeral_range() {
 /// Whether this kernel lets a socket refuse descriptors (`SO_PASSRIGHTS`, Linux 6.16).
 fn kernel_refuses_descriptors() -> bool {
     let (a, _b) = UnixStream::pair().unwrap();
-    let off: libc::c_int = 0;
-    // SAFETY: a valid c_int and its size, on a descriptor borrowed for the call.
-    #[allow(unsafe_code)]
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&a),
-            libc::SOL_SOCKET,
-            83, // SO_PASSRIGHTS
-            (&off as *const libc::c_int).cast(),
-            4,
-        )
-    };
-    rc == 0
+    matches!(berth_os::rights::pass_rights(&a, false), Ok(true))
 }
 
 #[test]

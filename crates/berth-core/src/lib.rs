@@ -17,6 +17,8 @@
 //! - [`portset`]: [`PortSet`], a set of ports in the kernel's list syntax
 //!   (`ip_local_reserved_ports`).
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod freemap;
 pub mod owner;

@@ -10,6 +10,7 @@
 //! operation's change. For each, the model computes the exact result (the changes or the error)
 //! and the table must return it; after each, the table and the model must agree.
 
+#![forbid(unsafe_code)]
 // clippy's test allowances cover `#[test]` functions, not the model's helpers.
 #![expect(
     clippy::unwrap_used,

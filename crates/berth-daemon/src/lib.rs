@@ -31,6 +31,8 @@
 //! - [`portserver`]: Google's portpicker protocol on a socket of its own (one number in TCP and
 //!   UDP per request, owned by the asking process); `state/portserver.rs` grants it.
 
+#![forbid(unsafe_code)]
+
 pub mod accounts;
 pub mod config;
 pub mod config_file;

@@ -63,6 +63,51 @@ pub fn inherit_only(command: &mut Command, keep: Vec<RawFd>) {
     }
 }
 
+/// Has the child inherit `fd` as descriptor number `number`, as systemd hands over its sockets
+/// from 3 on: `dup2(2)` onto `number` (clearing close-on-exec there), or, when `fd` is
+/// `number` already, its close-on-exec flag cleared (a `dup2` onto itself would leave it set).
+/// Whatever the child had at `number` is replaced. The caller keeps `fd` open until the spawn
+/// has returned; one that is not open fails the spawn. Only berth's tests need it (feature
+/// `testing`).
+#[cfg(feature = "testing")]
+pub fn inherit_at(command: &mut Command, fd: RawFd, number: RawFd) {
+    // SAFETY: dup2(2) and fcntl(2) are async-signal-safe; the closure captures two integers,
+    // allocates nothing and takes no lock. On a number, either call changes at most the
+    // descriptor table of the child, which runs no Rust code of ours after the exec.
+    unsafe {
+        command.pre_exec(move || {
+            let rc = if fd == number {
+                libc::fcntl(number, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, number)
+            };
+            if rc == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Starts the child with `RLIMIT_NOFILE` set to `limit` (soft and hard): a daemon that runs
+/// out of descriptors without exhausting its caller's. Only berth's tests need it (feature
+/// `testing`).
+#[cfg(feature = "testing")]
+pub fn limit_open_files(command: &mut Command, limit: u64) {
+    let limit = rustix::process::Rlimit {
+        current: Some(limit),
+        maximum: Some(limit),
+    };
+    // SAFETY: setrlimit(2) is async-signal-safe; the closure captures a plain value, allocates
+    // nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+                .map_err(io::Error::from)
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +136,36 @@ mod tests {
         let open = open_in_child(&mut command);
         assert!(open.contains(&keep.as_raw_fd()), "{open:?}");
         assert!(!open.contains(&stray.as_raw_fd()), "{open:?}");
+    }
+
+    #[test]
+    fn a_descriptor_is_inherited_at_the_number_asked_for() {
+        let (rd, _wr) = rustix::pipe::pipe().unwrap();
+        let mut command = Command::new("sh");
+        inherit_at(&mut command, rd.as_raw_fd(), 7);
+        let open = open_in_child(&mut command);
+        assert!(open.contains(&7), "{open:?}");
+        // A descriptor at that number already (close-on-exec, as ours are) is inherited too;
+        // the lowest free number from 7 on is 7 unless another test holds it meanwhile.
+        let seven = rustix::io::fcntl_dupfd_cloexec(&rd, 7).unwrap();
+        if seven.as_raw_fd() == 7 {
+            let mut command = Command::new("sh");
+            inherit_at(&mut command, 7, 7);
+            assert!(open_in_child(&mut command).contains(&7));
+        }
+    }
+
+    #[test]
+    fn a_child_starts_with_the_open_file_limit_asked_for() {
+        let out = {
+            let mut command = Command::new("sh");
+            limit_open_files(&mut command, 200);
+            command
+                .args(["-c", "ulimit -n; ulimit -Hn"])
+                .output()
+                .unwrap()
+        };
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "200\n200\n");
     }
 }

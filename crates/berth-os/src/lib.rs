@@ -24,6 +24,12 @@
 //!   (`ip_local_reserved_ports`).
 //! - [`rlimit`]: the open-file limit and the descriptors in use.
 //! - [`activation`]: systemd's socket activation.
+//!
+//! With the `testing` feature, only for berth's tests (no shipped crate turns it on):
+//! - [`at_exit`]: a handler run when the process exits (`atexit`);
+//! - `exec::inherit_at`, `exec::limit_open_files`: a descriptor at a number and an open-file
+//!   limit for a spawned child;
+//! - `netns::enter_new_on_this_thread` (with `daemon`): a thread in a new network namespace.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -31,6 +37,9 @@ pub mod beacon;
 pub mod exec;
 pub mod inherited;
 pub mod peer;
+
+#[cfg(feature = "testing")]
+pub mod at_exit;
 
 #[cfg(feature = "daemon")]
 pub mod activation;

@@ -111,6 +111,20 @@ impl NsFile {
     }
 }
 
+/// Moves the calling thread, and only it, into a new network namespace (`unshare(2)` with
+/// `CLONE_NEWNET`; needs `CAP_SYS_ADMIN`): sockets it makes from then on live there, while the
+/// process's other threads, and sockets made before, stay where they were. Only berth's tests
+/// need it (feature `testing`), to make a socket in another namespace without a child process.
+#[cfg(feature = "testing")]
+pub fn enter_new_on_this_thread() -> io::Result<()> {
+    // SAFETY: rustix marks unshare unsafe for the flags that unshare what other code relies on
+    // (CLONE_FILES: the descriptor table behind every OwnedFd; CLONE_FS, …). CLONE_NEWNET alone
+    // changes only the namespace this thread's future sockets are made in; no Rust invariant
+    // depends on it, and descriptors stay valid in every thread.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?;
+    Ok(())
+}
+
 /// The network-namespace cookie of `socket`.
 fn cookie(socket: impl AsFd) -> io::Result<u64> {
     let mut value: u64 = 0;
@@ -172,5 +186,28 @@ mod tests {
         let me = NsFile::of_self().unwrap();
         assert_eq!(NsFile::of_process(std::process::id()).unwrap(), me);
         assert_ne!(me.inode(), 0);
+    }
+
+    #[test]
+    fn a_thread_in_a_new_namespace_makes_its_sockets_there() {
+        let ours = NetNs::current().unwrap();
+        let socket = std::thread::spawn(|| {
+            enter_new_on_this_thread().map(|()| {
+                rustix::net::socket(
+                    rustix::net::AddressFamily::INET,
+                    rustix::net::SocketType::DGRAM,
+                    None,
+                )
+            })
+        })
+        .join()
+        .unwrap();
+        match socket {
+            Ok(socket) => assert!(!ours.holds(socket.unwrap()).unwrap()),
+            // Not root: nothing moved.
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}"),
+        }
+        // This thread is where it was.
+        assert_eq!(NetNs::current().unwrap(), ours);
     }
 }

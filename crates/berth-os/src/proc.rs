@@ -3,7 +3,13 @@
 //!
 //! The parsers take the text (so they are tested, and fuzzed, without a process); the readers
 //! read one process's file and parse it.
+//!
+//! A process's `stat`, `status` and `comm` hold its name, which it chose (its executable's
+//! file name, `prctl(PR_SET_NAME)`) as any bytes and which the kernel cuts at 15 bytes,
+//! possibly inside a character: they need not be UTF-8. They are read as text with
+//! [`process_text`], whose invalid bytes become U+FFFD; the fields parsed are ASCII.
 
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -25,20 +31,37 @@ pub fn read_large_file(path: impl AsRef<Path>) -> io::Result<String> {
 }
 
 fn read_once(path: &Path, room: usize) -> io::Result<String> {
+    String::from_utf8(read_bytes(path, room)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn read_bytes(path: &Path, room: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; room];
     let n = std::fs::File::open(path)?.read(&mut buf)?;
     buf.truncate(n);
-    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(buf)
+}
+
+/// A process's `/proc` file that holds its name (`stat`, `status`, `comm`) as text: bytes that
+/// are not UTF-8 (in the name) become U+FFFD, so that they cannot hide the rest of the file.
+pub fn process_text(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
+/// [`read_file`] or [`read_large_file`] (`room`) of a file that holds a process's name, through
+/// [`process_text`].
+fn read_process_file(path: &str, room: usize) -> io::Result<String> {
+    read_bytes(Path::new(path), room).map(|bytes| process_text(&bytes).into_owned())
 }
 
 /// `/proc/PID/stat`.
 pub fn stat(pid: u32) -> io::Result<String> {
-    read_file(format!("/proc/{pid}/stat"))
+    read_process_file(&format!("/proc/{pid}/stat"), 4096)
 }
 
 /// The command name of process `pid` (`/proc/PID/comm`), without its newline.
 pub fn comm(pid: u32) -> io::Result<String> {
-    read_file(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_owned())
+    read_process_file(&format!("/proc/{pid}/comm"), 4096).map(|c| c.trim_end().to_owned())
 }
 
 /// Field `n` (0 = state, 1 = ppid, …) after the command of `/proc/PID/stat`, whose command may
@@ -94,12 +117,12 @@ pub fn effective_caps_from_status(status: &str) -> Option<u64> {
 
 /// The real uid and gid of process `pid`.
 pub fn real_ids(pid: u32) -> Option<(u32, u32)> {
-    ids_from_status(&read_file(format!("/proc/{pid}/status")).ok()?)
+    ids_from_status(&read_process_file(&format!("/proc/{pid}/status"), 4096).ok()?)
 }
 
 /// The supplementary groups of process `pid`; empty when the process is gone.
 pub fn supplementary_groups(pid: u32) -> Vec<u32> {
-    read_large_file(format!("/proc/{pid}/status"))
+    read_process_file(&format!("/proc/{pid}/status"), 64 * 1024)
         .map(|status| groups_from_status(&status))
         .unwrap_or_default()
 }
@@ -132,7 +155,7 @@ pub fn capable_here(pid: u32, cap: u32) -> bool {
     let theirs = userns(&format!("/proc/{pid}/ns/user"));
     theirs.is_some()
         && theirs == ours
-        && read_file(format!("/proc/{pid}/status"))
+        && read_process_file(&format!("/proc/{pid}/status"), 4096)
             .ok()
             .and_then(|status| effective_caps_from_status(&status))
             .is_some_and(|caps| caps & (1 << cap) != 0)
@@ -170,6 +193,30 @@ mod tests {
         assert!(groups_from_status("Groups:\n").is_empty());
         assert!(groups_from_status("").is_empty());
         assert_eq!(effective_caps_from_status("CapEff:\tzz\n"), None);
+    }
+
+    #[test]
+    fn a_name_cut_inside_a_character_hides_nothing() {
+        // The kernel keeps 15 bytes of the executable's name: "ä" × 10 becomes 7½ of them.
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join("ä".repeat(10));
+        std::os::unix::fs::symlink("/bin/sleep", &name).unwrap();
+        let mut child = std::process::Command::new(&name).arg("10").spawn().unwrap();
+        // spawn returns once the exec has happened: the child has its new name.
+        let pid = child.id();
+        let stat = stat(pid);
+        let comm = comm(pid);
+        let ids = real_ids(pid);
+        let raw = std::fs::read(format!("/proc/{pid}/comm"));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            raw.unwrap(),
+            [&b"\xc3\xa4".repeat(7)[..], b"\xc3\n"].concat()
+        );
+        assert!(start_time_from_stat(&stat.unwrap()).is_some_and(|t| t > 0));
+        assert_eq!(comm.unwrap(), format!("{}\u{fffd}", "ä".repeat(7)));
+        assert!(ids.is_some());
     }
 
     #[test]

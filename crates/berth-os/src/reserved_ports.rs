@@ -41,11 +41,17 @@ pub fn read_with(path: &Path, buf: &mut Vec<u8>) -> io::Result<PortSet> {
         }
         room = (room * 2).min(MAX_LEN);
     };
-    let text = std::str::from_utf8(buf.get(..n).unwrap_or_default())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let set = PortSet::parse(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let set = parse(buf.get(..n).unwrap_or_default())?;
     buf.truncate((n * 2).clamp(MIN_LEN, MAX_LEN));
     Ok(set)
+}
+
+/// The list from the bytes of the file (as [`write`] writes them, and the kernel prints them:
+/// `"8080-8082,9000\n"`; `"\n"` is empty); `InvalidData` for anything else.
+pub fn parse(value: &[u8]) -> io::Result<PortSet> {
+    let text =
+        std::str::from_utf8(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    PortSet::parse(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Replaces the list by `set`.

@@ -19,6 +19,8 @@
 //! [`Response::Error`] keep their variant numbers and shapes forever so that any two versions
 //! can at least tell each other that they are incompatible.
 
+#![forbid(unsafe_code)]
+
 pub mod authority;
 pub mod detail;
 mod facts;

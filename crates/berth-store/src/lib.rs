@@ -39,6 +39,8 @@
 //! - `runtime.rs` — [`RuntimeJournal`]: the runtime journal file.
 //! - `error.rs` — [`StoreError`].
 
+#![forbid(unsafe_code)]
+
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -10,7 +10,11 @@
 //! - [`deadline`]: waiting for another process, or its connection, with a deadline;
 //! - [`raw`]: speaking the protocol by hand;
 //! - [`time`]: paused tokio time, moved by the test alone.
+//!
+//! No `unsafe` here: the system calls without a safe wrapper are `berth-os`'s (its feature
+//! `testing`).
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::expect_used,
     clippy::panic,

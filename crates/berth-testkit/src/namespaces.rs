@@ -190,10 +190,7 @@ fn socket_on_a_thread_elsewhere(
     kind: rustix::net::SocketType,
 ) -> OwnedFd {
     std::thread::spawn(move || {
-        #[expect(unsafe_code, reason = "unshare(2) has no safe wrapper in rustix")]
-        // SAFETY: NEWNET changes only this thread's network namespace, which no other code
-        // relies on; descriptors stay valid in every thread of the process.
-        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+        berth_os::netns::enter_new_on_this_thread()
             .expect("unshare(CLONE_NEWNET) on a thread, as root");
         rustix::net::socket(domain, kind, None).expect("a socket")
     })

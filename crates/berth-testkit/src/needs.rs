@@ -117,12 +117,8 @@ fn record(test: String) {
     SUMMARY_AT_EXIT.call_once(|| {
         // A test binary ends through `exit` (main's return, or libtest's status 101), which
         // runs `atexit` handlers: the summary lands after libtest's "test result" line.
-        #[expect(unsafe_code, reason = "atexit has no safe wrapper")]
-        // SAFETY: `summary` is an `extern "C" fn()` that does not unwind: it takes a poisoned
-        // lock as it is and ignores write errors.
-        unsafe {
-            libc::atexit(summary);
-        }
+        // `summary` takes a poisoned lock as it is and ignores write errors: it does not panic.
+        let _ = berth_os::at_exit::register(summary);
     });
 }
 

@@ -28,6 +28,8 @@
 //!   reconnection).
 //! - `loss`: reservations lost across a daemon restart, reported on their handles.
 
+#![forbid(unsafe_code)]
+
 pub mod autostart;
 pub mod blocking;
 pub mod client;

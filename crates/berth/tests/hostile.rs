@@ -9,6 +9,7 @@
 //! then waits out the linger time, holding up whoever waits for that process (`Command::spawn`
 //! itself waits for the `exec`).
 
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "integration/common/mod.rs"]

@@ -2,6 +2,7 @@
 //! drives the real `berth` binary against real daemons (`support`: running them, other users,
 //! private namespaces).
 
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;

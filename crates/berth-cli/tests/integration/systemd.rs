@@ -6,7 +6,6 @@ use crate::support;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -70,25 +69,8 @@ fn spawn_activated(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    let fd = listener.as_raw_fd();
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
-    #[expect(
-        unsafe_code,
-        reason = "placing the socket at descriptor 3, as systemd does"
-    )]
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == 3 {
-                // dup2 onto itself keeps close-on-exec: clear it instead.
-                if libc::fcntl(3, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // The socket at descriptor 3, as systemd places it.
+    berth_os::exec::inherit_at(&mut cmd, listener.as_raw_fd(), 3);
     cmd.spawn().expect("spawn berth daemon")
 }
 

@@ -2,6 +2,7 @@
 //! real in-process daemon (`berth_testkit::TestDaemon`) through its socket, speaking the protocol
 //! by hand where a test needs a client the real library would not be.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod architecture;

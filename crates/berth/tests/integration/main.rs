@@ -2,6 +2,7 @@
 //! drives `berth::Client` (async and blocking) against a real in-process daemon
 //! (`berth_testkit::TestDaemon`) or a fake one; `common`: shared helpers.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

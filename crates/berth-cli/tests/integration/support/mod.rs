@@ -618,19 +618,8 @@ fn spawn_ready(
     let mut command = Command::new(BERTH);
     isolate(&mut command, socket);
     if let Some(limit) = nofile {
-        use std::os::unix::process::CommandExt;
-        let limit = rustix::process::Rlimit {
-            current: Some(limit),
-            maximum: Some(limit),
-        };
-        // SAFETY: between fork and exec only setrlimit, async-signal-safe, is called.
-        #[expect(unsafe_code, reason = "a resource limit for the daemon only")]
-        unsafe {
-            command.pre_exec(move || {
-                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        // A resource limit for the daemon only.
+        berth_os::exec::limit_open_files(&mut command, limit);
     }
     let mut child = command
         .arg("daemon")
