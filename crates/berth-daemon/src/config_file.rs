@@ -207,9 +207,9 @@ impl ConfigFile {
             config.idle_timeout = idle_timeout(secs).map_err(|m| invalid("idle_timeout_s", m))?;
         }
         if let Some(mode) = &self.kernel_sync {
-            config.kernel_sync = mode
-                .parse()
-                .map_err(|e: String| invalid("kernel_sync", format!("kernel_sync: {e}")))?;
+            config.kernel_sync = mode.parse().map_err(|e: crate::kernel::UnknownMode| {
+                invalid("kernel_sync", format!("kernel_sync: {e}"))
+            })?;
         }
         if let Some(hold) = self.hold {
             config.hold = hold;
