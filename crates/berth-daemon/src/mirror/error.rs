@@ -86,3 +86,57 @@ pub(crate) struct Refused {
     #[source]
     pub(crate) cause: MirrorError,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_as_the_strings_did() {
+        let refused = |consumer, cause| Refused { consumer, cause }.to_string();
+        assert_eq!(
+            refused("the database", WriteError::Faulty.into()),
+            "the database: the database was made to fail (test fault injection)"
+        );
+        assert_eq!(
+            refused(
+                "the hold sockets",
+                MirrorError::NotHeld {
+                    count: 3,
+                    port: None,
+                    source: None
+                }
+            ),
+            "the hold sockets: the daemon could not hold all 3 ports (out of file descriptors? see `berth status`)"
+        );
+        assert_eq!(
+            MirrorError::KernelRecord(WriteError::Faulty).to_string(),
+            "recording it in the runtime journal failed: the database was made to fail (test fault injection)"
+        );
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            MirrorError::kernel_write(io::Error::from(io::ErrorKind::PermissionDenied)).to_string(),
+            format!("writing it failed: {denied}")
+        );
+        assert_eq!(
+            MirrorError::Stopped.to_string(),
+            "it stopped before answering"
+        );
+    }
+
+    #[test]
+    fn a_cause_keeps_its_source() {
+        use std::error::Error as _;
+        let held = MirrorError::NotHeld {
+            count: 2,
+            port: Some(40000),
+            source: Some(Arc::new(io::Error::from_raw_os_error(libc::EMFILE))),
+        };
+        let refused = Refused {
+            consumer: "the hold sockets",
+            cause: held,
+        };
+        let source = refused.source().and_then(|cause| cause.source());
+        assert!(source.is_some_and(|s| s.to_string().contains("Too many open files")));
+    }
+}
