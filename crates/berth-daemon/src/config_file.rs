@@ -204,12 +204,13 @@ impl ConfigFile {
             config.grace = std::time::Duration::from_secs(secs);
         }
         if let Some(secs) = self.idle_timeout_s {
-            config.idle_timeout = idle_timeout(secs).map_err(|m| invalid("idle_timeout_s", m))?;
+            config.idle_timeout =
+                idle_timeout(secs).map_err(|e| invalid("idle_timeout_s", e.to_string()))?;
         }
         if let Some(mode) = &self.kernel_sync {
-            config.kernel_sync = mode
-                .parse()
-                .map_err(|e: String| invalid("kernel_sync", format!("kernel_sync: {e}")))?;
+            config.kernel_sync = mode.parse().map_err(|e: crate::kernel::UnknownMode| {
+                invalid("kernel_sync", format!("kernel_sync: {e}"))
+            })?;
         }
         if let Some(hold) = self.hold {
             config.hold = hold;
@@ -311,48 +312,59 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
 /// The most an idle timeout may be, in seconds (a day).
 pub const MAX_IDLE_TIMEOUT_S: u64 = 24 * 3600;
 
+/// A value the configuration (or the command line) gives that is out of bounds. The quota and
+/// share messages follow the key's name (`quota: max_ports = 0: …`), which the caller writes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BadValue {
+    /// An idle timeout longer than [`MAX_IDLE_TIMEOUT_S`].
+    #[error("idle_timeout_s = {0} is more than a day; use 0 to never close idle connections")]
+    IdleTimeoutTooLong(u64),
+    /// A quota above `u32::MAX`.
+    #[error("= {0} is more than {max} (write \"unlimited\" for no limit)", max = u32::MAX)]
+    QuotaTooLarge(i64),
+    /// A quota below 1.
+    #[error("= {0}: a quota must be at least 1 (write \"unlimited\" for no limit)")]
+    QuotaTooSmall(i64),
+    /// A quota given as a word other than "unlimited".
+    #[error("= {0:?}: write a number of at least 1, or \"unlimited\"")]
+    QuotaWord(String),
+    /// An ephemeral share outside 0-100.
+    #[error("= {0}: write a percentage from 0 to 100, or \"off\"")]
+    ShareOutOfRange(i64),
+    /// An ephemeral share given as a word other than "off".
+    #[error("= {0:?}: write a percentage from 0 to 100, or \"off\"")]
+    ShareWord(String),
+}
+
 /// The idle timeout of `secs` seconds (0: never), or why it is refused.
-pub fn idle_timeout(secs: u64) -> Result<Option<std::time::Duration>, String> {
+pub fn idle_timeout(secs: u64) -> Result<Option<std::time::Duration>, BadValue> {
     match secs {
         0 => Ok(None),
-        s if s > MAX_IDLE_TIMEOUT_S => Err(format!(
-            "idle_timeout_s = {s} is more than a day; use 0 to never close idle connections"
-        )),
+        s if s > MAX_IDLE_TIMEOUT_S => Err(BadValue::IdleTimeoutTooLong(s)),
         s => Ok(Some(std::time::Duration::from_secs(s))),
     }
 }
 
 /// A `[quota]` limit: at least 1, or "unlimited".
-fn quota_limit(value: &Limit) -> Result<u32, String> {
+fn quota_limit(value: &Limit) -> Result<u32, BadValue> {
     match value {
-        Limit::Number(n) if *n >= 1 => u32::try_from(*n).map_err(|_| {
-            format!(
-                "= {n} is more than {} (write \"unlimited\" for no limit)",
-                u32::MAX
-            )
-        }),
-        Limit::Number(n) => Err(format!(
-            "= {n}: a quota must be at least 1 (write \"unlimited\" for no limit)"
-        )),
+        Limit::Number(n) if *n >= 1 => u32::try_from(*n).map_err(|_| BadValue::QuotaTooLarge(*n)),
+        Limit::Number(n) => Err(BadValue::QuotaTooSmall(*n)),
         Limit::Word(word) if word == "unlimited" => Ok(u32::MAX),
-        Limit::Word(word) => Err(format!(
-            "= {word:?}: write a number of at least 1, or \"unlimited\""
-        )),
+        Limit::Word(word) => Err(BadValue::QuotaWord(word.clone())),
     }
 }
 
 /// The ephemeral share: a percentage from 0 to 100, or "off" (no share is kept back).
-fn share_percent(value: &Limit) -> Result<Option<u8>, String> {
+fn share_percent(value: &Limit) -> Result<Option<u8>, BadValue> {
     match value {
         Limit::Number(n) => u8::try_from(*n)
             .ok()
             .filter(|p| *p <= 100)
             .map(Some)
-            .ok_or_else(|| format!("= {n}: write a percentage from 0 to 100, or \"off\"")),
+            .ok_or(BadValue::ShareOutOfRange(*n)),
         Limit::Word(word) if word == "off" => Ok(None),
-        Limit::Word(word) => Err(format!(
-            "= {word:?}: write a percentage from 0 to 100, or \"off\""
-        )),
+        Limit::Word(word) => Err(BadValue::ShareWord(word.clone())),
     }
 }
 

@@ -193,3 +193,33 @@ fn a_missing_file_says_which() {
     let err = ConfigFile::load(Path::new("/nonexistent/berth.toml")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/berth.toml"), "{err}");
 }
+
+#[test]
+fn bad_values_read_as_the_strings_did() {
+    assert_eq!(
+        idle_timeout(86_401).unwrap_err().to_string(),
+        "idle_timeout_s = 86401 is more than a day; use 0 to never close idle connections"
+    );
+    let quota = |value| quota_limit(&value).unwrap_err().to_string();
+    assert_eq!(
+        quota(Limit::Number(5_000_000_000)),
+        "= 5000000000 is more than 4294967295 (write \"unlimited\" for no limit)"
+    );
+    assert_eq!(
+        quota(Limit::Number(0)),
+        "= 0: a quota must be at least 1 (write \"unlimited\" for no limit)"
+    );
+    assert_eq!(
+        quota(Limit::Word("lots".into())),
+        "= \"lots\": write a number of at least 1, or \"unlimited\""
+    );
+    let share = |value| share_percent(&value).unwrap_err().to_string();
+    assert_eq!(
+        share(Limit::Number(101)),
+        "= 101: write a percentage from 0 to 100, or \"off\""
+    );
+    assert_eq!(
+        share(Limit::Word("on".into())),
+        "= \"on\": write a percentage from 0 to 100, or \"off\""
+    );
+}

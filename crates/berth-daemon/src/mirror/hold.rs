@@ -18,14 +18,13 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use berth_core::{Change, PortRange, Protocol, Reservation, Token};
 use berth_os::hold::Cover;
 use socket2::Socket;
-use tokio::sync::oneshot;
 
-use crate::mirror::{Ack, Consumer as ChangeConsumer};
+use crate::mirror::{Ack, Consumer as ChangeConsumer, MirrorError};
 
 /// The hold sockets of every held reservation.
 pub(crate) struct Holds {
@@ -43,8 +42,15 @@ struct State {
     staged: Vec<Staged>,
 }
 
-/// Hold sockets bound for a candidate block: its protocol, its ports and the sockets.
-type Staged = (Protocol, PortRange, Vec<(u16, Socket)>);
+/// Hold sockets bound for a candidate block.
+struct Staged {
+    protocol: Protocol,
+    range: PortRange,
+    sockets: Vec<(u16, Socket)>,
+    /// The port whose bind failed for another reason than its use (out of descriptors …),
+    /// and how: the block is incomplete, and its grant refused with this as the cause.
+    failed: Option<(u16, Arc<io::Error>)>,
+}
 
 /// One held reservation's sockets, by port.
 struct Block {
@@ -126,6 +132,7 @@ impl Holds {
                 "ports are not held: that would take the room kept to receive descriptors",
             );
         }
+        let mut failed = None;
         for port in range.ports().take_while(|_| roomy) {
             match self.bind(protocol, port) {
                 Ok(socket) => sockets.push((port, socket)),
@@ -134,14 +141,20 @@ impl Holds {
                 // finds the block incompletely staged and refuses the grant with the reason.
                 Err(HoldError::Other(e)) => {
                     tracing::warn!("cannot hold {protocol} port {port}: {e}");
+                    failed = Some((port, Arc::new(e)));
                     break;
                 }
             }
         }
         let mut state = self.lock();
         // One candidate per protocol at a time: a newer candidate replaces an older one.
-        state.staged.retain(|(p, _, _)| *p != protocol);
-        state.staged.push((protocol, range, sockets));
+        state.staged.retain(|s| s.protocol != protocol);
+        state.staged.push(Staged {
+            protocol,
+            range,
+            sockets,
+            failed,
+        });
         None
     }
 
@@ -244,14 +257,14 @@ impl Holds {
 
     /// Files a granted or restored held reservation: the staged sockets if they are its block,
     /// else new ones. Ports another socket has (its owner's, after a restart) stay unheld.
-    fn file(&self, r: &Reservation, from_stage: bool) -> Result<(), String> {
+    fn file(&self, r: &Reservation, from_stage: bool) -> Result<(), MirrorError> {
         let staged = if from_stage {
             let mut state = self.lock();
             let at = state
                 .staged
                 .iter()
-                .position(|(p, range, _)| *p == r.protocol && *range == r.range);
-            at.map(|i| state.staged.swap_remove(i).2)
+                .position(|s| s.protocol == r.protocol && s.range == r.range);
+            at.map(|i| state.staged.swap_remove(i))
         } else {
             None
         };
@@ -266,14 +279,16 @@ impl Holds {
             )
         };
         let sockets: HashMap<u16, Vec<Held>> = match staged {
-            Some(sockets) if sockets.len() == usize::from(r.range.count()) => {
-                sockets.into_iter().map(held).collect()
+            Some(staged) if staged.sockets.len() == usize::from(r.range.count()) => {
+                staged.sockets.into_iter().map(held).collect()
             }
-            Some(_) => {
-                return Err(format!(
-                    "the daemon could not hold all {} ports (out of file descriptors? see `berth status`)",
-                    r.range.count()
-                ))
+            Some(staged) => {
+                let (port, source) = staged.failed.unzip();
+                return Err(MirrorError::NotHeld {
+                    count: r.range.count(),
+                    port,
+                    source,
+                });
             }
             None => r
                 .range
@@ -326,16 +341,11 @@ impl ChangeConsumer for Consumer {
     }
 
     fn accept(&self, change: &Change) -> Ack {
-        let refused = |why: String| {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(Err(why));
-            Ack::Later(rx)
-        };
         let holds = &self.0;
         match change {
             Change::Granted(r) if r.held() => {
                 if let Err(why) = holds.file(r, true) {
-                    return refused(why);
+                    return Ack::Failed(why);
                 }
             }
             Change::Restored(r) if r.held() => {

@@ -15,7 +15,7 @@ use berth_core::{Bond, Change, Lease, Reservation};
 use berth_store::{JournalOp, JournalRow, PersistentRow, RuntimeJournal};
 
 use crate::mirror::store_thread::{Queued, StoreHandle};
-use crate::mirror::{Ack, Consumer};
+use crate::mirror::{Ack, Consumer, WriteError};
 
 /// The runtime journal, shared by this consumer and the kernel-sync writer (which records
 /// there which entries of the kernel's list are the daemon's).
@@ -34,16 +34,18 @@ impl Runtime {
         }
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, RuntimeJournal>, String> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, RuntimeJournal>, WriteError> {
         if self.faulty.load(Ordering::SeqCst) {
-            return Err(crate::mirror::store_thread::FAULT.to_owned());
+            return Err(WriteError::Faulty);
         }
         Ok(self.journal.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Records which entries of `ip_local_reserved_ports` the daemon may have written.
-    pub(crate) fn set_kernel(&self, list: &str) -> Result<(), String> {
-        self.lock()?.set_kernel(list).map_err(|e| e.to_string())
+    pub(crate) fn set_kernel(&self, list: &str) -> Result<(), WriteError> {
+        self.lock()?
+            .set_kernel(list)
+            .map_err(|e| WriteError::Journal(Arc::new(e)))
     }
 }
 
@@ -63,13 +65,13 @@ impl Journal {
     fn journal(&self, op: &JournalOp) -> Ack {
         let mut runtime = match self.runtime.lock() {
             Ok(runtime) => runtime,
-            Err(why) => return Ack::Failed(why),
+            Err(why) => return Ack::Failed(why.into()),
         };
         match runtime.apply(op) {
             Ok(()) => Ack::Done,
             Err(e) => {
                 tracing::error!("cannot write the runtime journal: {e}");
-                Ack::Failed(e.to_string())
+                Ack::Failed(WriteError::Journal(Arc::new(e)).into())
             }
         }
     }

@@ -24,18 +24,32 @@ pub enum KernelSync {
 }
 
 impl std::str::FromStr for KernelSync {
-    type Err = String;
+    type Err = UnknownMode;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(KernelSync::Auto),
             "on" => Ok(KernelSync::On),
             "off" => Ok(KernelSync::Off),
-            other => Err(format!(
-                "{other:?} is not a kernel-sync mode; use auto, on or off"
-            )),
+            other => Err(UnknownMode(other.to_owned())),
         }
     }
+}
+
+/// A kernel-sync mode that is none of auto, on and off.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a kernel-sync mode; use auto, on or off")]
+pub struct UnknownMode(String);
+
+/// Why the daemon does not keep `ip_local_reserved_ports`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum SyncOff {
+    /// The configuration says so.
+    #[error("kernel sync is switched off (kernel_sync = \"off\")")]
+    SwitchedOff,
+    /// The daemon may not write the list; what `berth_os` found, in its words.
+    #[error("{0}")]
+    NotWritable(String),
 }
 
 /// What the database says an earlier daemon wrote into the list (empty when nothing, or when
@@ -50,10 +64,12 @@ pub(crate) fn recorded(store: &berth_store::Store) -> berth_core::PortSet {
 }
 
 /// Whether the daemon will keep the file, or why not.
-pub(crate) fn decide(mode: KernelSync) -> Result<(), String> {
+pub(crate) fn decide(mode: KernelSync) -> Result<(), SyncOff> {
     match mode {
-        KernelSync::Off => Err("kernel sync is switched off (kernel_sync = \"off\")".into()),
-        KernelSync::Auto | KernelSync::On => reserved_ports::check_writable(),
+        KernelSync::Off => Err(SyncOff::SwitchedOff),
+        KernelSync::Auto | KernelSync::On => {
+            reserved_ports::check_writable().map_err(SyncOff::NotWritable)
+        }
     }
 }
 

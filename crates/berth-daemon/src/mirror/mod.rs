@@ -8,6 +8,7 @@
 //! consumer has acknowledged it, and a consumer that fails a refusable change has it undone
 //! (see `Shared::settle`).
 
+pub(crate) mod error;
 pub(crate) mod hold;
 pub(crate) mod journal;
 pub mod kernel;
@@ -17,14 +18,16 @@ pub(crate) mod store_thread;
 use berth_core::Change;
 use tokio::sync::oneshot;
 
+pub(crate) use error::{MirrorError, Refused, WriteError};
+
 /// A consumer's answer to one change.
 pub(crate) enum Ack {
     /// Done already (or nothing to do).
     Done,
     /// Done once the receiver answers `Ok`; an `Err` refuses the change.
-    Later(oneshot::Receiver<Result<(), String>>),
+    Later(oneshot::Receiver<Result<(), MirrorError>>),
     /// Failed already, with why: refuses the change.
-    Failed(String),
+    Failed(MirrorError),
 }
 
 /// Something that mirrors the table.
@@ -48,7 +51,7 @@ struct Waiting {
     change: usize,
     /// Which consumer.
     consumer: usize,
-    rx: oneshot::Receiver<Result<(), String>>,
+    rx: oneshot::Receiver<Result<(), MirrorError>>,
 }
 
 /// The acknowledgements of published changes, to await once the table lock is let go.
@@ -58,14 +61,14 @@ pub(crate) struct Pending {
     waiting: Vec<Waiting>,
 }
 
-/// Changes a consumer failed, with why.
-pub(crate) struct Refused {
+/// Changes a consumer failed, to undo, with why.
+pub(crate) struct Undo {
     /// The refused changes that can be undone, in table order.
-    pub(crate) undo: Vec<Change>,
+    pub(crate) changes: Vec<Change>,
     /// The consumers that refused (their indices), so the undo is not sent back to them.
     pub(crate) refusers: Vec<usize>,
-    /// What the first refusal said, "journal: disk full".
-    pub(crate) reason: String,
+    /// The first refusal: "the database: disk full".
+    pub(crate) refused: Refused,
 }
 
 impl Stream {
@@ -114,12 +117,10 @@ impl Stream {
 impl Pending {
     /// Waits for every acknowledgement. `Err` lists the refused changes that must be undone
     /// (failures of changes that cannot be refused are logged and otherwise ignored).
-    pub(crate) async fn acknowledged(self, stream: &Stream) -> Result<(), Refused> {
-        let mut refused: Option<Refused> = None;
+    pub(crate) async fn acknowledged(self, stream: &Stream) -> Result<(), Undo> {
+        let mut refused: Option<Undo> = None;
         for w in self.waiting {
-            let answer =
-                w.rx.await
-                    .unwrap_or_else(|_| Err("it stopped before answering".to_owned()));
+            let answer = w.rx.await.unwrap_or(Err(MirrorError::Stopped));
             let Err(why) = answer else { continue };
             let name = stream.name(w.consumer);
             let Some(change) = self.changes.get(w.change) else {
@@ -129,13 +130,16 @@ impl Pending {
                 tracing::warn!("{name} could not follow a change ({why}): {change:?}");
                 continue;
             }
-            let r = refused.get_or_insert_with(|| Refused {
-                undo: Vec::new(),
+            let r = refused.get_or_insert_with(|| Undo {
+                changes: Vec::new(),
                 refusers: Vec::new(),
-                reason: format!("{name}: {why}"),
+                refused: Refused {
+                    consumer: name,
+                    cause: why,
+                },
             });
-            if !r.undo.contains(change) {
-                r.undo.push(change.clone());
+            if !r.changes.contains(change) {
+                r.changes.push(change.clone());
             }
             if !r.refusers.contains(&w.consumer) {
                 r.refusers.push(w.consumer);

@@ -13,22 +13,22 @@ use berth_core::Token;
 use berth_store::{PersistentRow, Store, StoreError};
 use tokio::sync::oneshot;
 
+use crate::mirror::{MirrorError, WriteError};
+
 /// A request to the store thread.
 enum Msg {
     /// Record a persistent reservation durably.
-    Create(PersistentRow, oneshot::Sender<Result<(), String>>),
+    Create(PersistentRow, oneshot::Sender<Result<(), MirrorError>>),
     /// Delete a persistent reservation durably.
-    Delete(Token, oneshot::Sender<Result<(), String>>),
+    Delete(Token, oneshot::Sender<Result<(), MirrorError>>),
     /// Finish: everything queued before this is applied, nothing after.
     Stop,
 }
 
 /// A store operation on its way: queued at once, answered once written (and synced, for
-/// persistent rows) or failed.
-pub(crate) struct Queued(pub(crate) oneshot::Receiver<Result<(), String>>);
-
-/// What every operation answers once the store thread has stopped.
-const GONE: &str = "the store thread is gone";
+/// persistent rows) or failed. Once the store thread has stopped, it answers
+/// [`MirrorError::Stopped`] (the message is dropped unanswered).
+pub(crate) struct Queued(pub(crate) oneshot::Receiver<Result<(), MirrorError>>);
 
 /// A handle to the store thread. Cloning shares the thread; it ends when every handle is gone.
 #[derive(Clone)]
@@ -63,7 +63,7 @@ impl StoreHandle {
     pub(crate) fn create(&self, row: PersistentRow) -> Queued {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Msg::Create(row, done)).is_err() {
-            tracing::error!("{GONE}");
+            tracing::error!("{}", WriteError::StoreGone);
         }
         Queued(rx)
     }
@@ -73,7 +73,7 @@ impl StoreHandle {
     pub(crate) fn delete(&self, token: Token) -> Queued {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Msg::Delete(token, done)).is_err() {
-            tracing::error!("{GONE}");
+            tracing::error!("{}", WriteError::StoreGone);
         }
         Queued(rx)
     }
@@ -88,9 +88,6 @@ pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
 /// itself every so many commits too, but that fsync then lands on a request's path; a quiet
 /// moment is the better time.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
-
-/// What a write answers while the store is made to fail.
-pub(crate) const FAULT: &str = "the database was made to fail (test fault injection)";
 
 fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &AtomicBool) {
     // Whether anything was committed since the last checkpoint.
@@ -113,24 +110,26 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &AtomicBool) {
         match msg {
             Msg::Create(row, done) => {
                 let created = if faulty.load(Ordering::SeqCst) {
-                    Err(FAULT.to_owned())
+                    Err(WriteError::Faulty)
                 } else {
-                    store.create_persistent(&row).map_err(|e| e.to_string())
+                    store.create_persistent(&row).map_err(database)
                 };
-                let _ = done.send(created);
+                let _ = done.send(created.map_err(MirrorError::from));
             }
             Msg::Delete(token, done) => {
                 let deleted = if faulty.load(Ordering::SeqCst) {
-                    Err(FAULT.to_owned())
+                    Err(WriteError::Faulty)
                 } else {
-                    store
-                        .delete_persistent(token)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    store.delete_persistent(token).map(|_| ()).map_err(database)
                 };
-                let _ = done.send(deleted);
+                let _ = done.send(deleted.map_err(MirrorError::from));
             }
             Msg::Stop => return,
         }
     }
+}
+
+/// A failed commit of the database.
+fn database(e: StoreError) -> WriteError {
+    WriteError::Database(Arc::new(e))
 }

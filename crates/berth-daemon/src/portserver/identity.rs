@@ -18,28 +18,58 @@ use berth_os::proc::{pid_namespace, real_ids as ids};
 
 use crate::session::peer::process_owner;
 
+/// Why a portserver request names no owner the daemon will reserve for (logged; portpicker's
+/// client is told nothing but a closed connection).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotOwner {
+    /// Pid 0 or 1.
+    #[error("pid {named} cannot own a port")]
+    Unfit { named: u32 },
+    /// `SO_PEERCRED` gave pid 0: the peer is in a pid namespace the daemon cannot see into.
+    #[error("the peer's pid is not visible in the daemon's pid namespace")]
+    PeerInvisible,
+    /// The peer exited before it was described.
+    #[error("the peer (pid {pid}) exited")]
+    PeerExited { pid: u32 },
+    /// `/proc/self/ns/pid` cannot be read.
+    #[error("cannot read the daemon's pid namespace")]
+    OwnNamespaceUnreadable,
+    /// The peer's `/proc/PID/ns/pid` cannot be read.
+    #[error("cannot read the pid namespace of the peer (pid {pid})")]
+    PeerNamespaceUnreadable { pid: u32 },
+    /// No process has the pid named (or its user cannot be read).
+    #[error("no process {named} exists")]
+    NoSuchProcess { named: u32 },
+    /// The process named runs as another user, and the asker does not administer the daemon.
+    #[error("pid {named} runs as uid {uid}, not as the asker's uid {asker_uid}")]
+    OtherUser {
+        named: u32,
+        uid: u32,
+        asker_uid: u32,
+    },
+    /// The process named exited before it was described.
+    #[error("pid {named} exited")]
+    Exited { named: u32 },
+}
+
 /// The owner of the reservation `named` asks for on behalf of `peer`, or why it is refused.
 /// `is_admin` decides whether the peer administers the daemon.
 pub(crate) fn owner_for(
     named: u32,
     peer: PeerCredentials,
     is_admin: impl FnOnce(&Owner) -> bool,
-) -> Result<Owner, String> {
+) -> Result<Owner, NotOwner> {
     if named <= 1 {
-        return Err(format!("pid {named} cannot own a port"));
+        return Err(NotOwner::Unfit { named });
     }
     if peer.pid == 0 {
-        return Err("the peer's pid is not visible in the daemon's pid namespace".into());
+        return Err(NotOwner::PeerInvisible);
     }
     let asker = live(process_owner(peer.pid, peer.uid, peer.gid))
-        .ok_or_else(|| format!("the peer (pid {}) exited", peer.pid))?;
-    let here = pid_namespace("self").ok_or("cannot read the daemon's pid namespace")?;
-    let theirs = pid_namespace(&peer.pid.to_string()).ok_or_else(|| {
-        format!(
-            "cannot read the pid namespace of the peer (pid {})",
-            peer.pid
-        )
-    })?;
+        .ok_or(NotOwner::PeerExited { pid: peer.pid })?;
+    let here = pid_namespace("self").ok_or(NotOwner::OwnNamespaceUnreadable)?;
+    let theirs = pid_namespace(&peer.pid.to_string())
+        .ok_or(NotOwner::PeerNamespaceUnreadable { pid: peer.pid })?;
     if theirs != here {
         if named != peer.pid {
             tracing::debug!(
@@ -53,14 +83,15 @@ pub(crate) fn owner_for(
     if named == peer.pid {
         return Ok(asker);
     }
-    let (uid, gid) = ids(named).ok_or_else(|| format!("no process {named} exists"))?;
+    let (uid, gid) = ids(named).ok_or(NotOwner::NoSuchProcess { named })?;
     if uid != peer.uid && !is_admin(&asker) {
-        return Err(format!(
-            "pid {named} runs as uid {uid}, not as the asker's uid {}",
-            peer.uid
-        ));
+        return Err(NotOwner::OtherUser {
+            named,
+            uid,
+            asker_uid: peer.uid,
+        });
     }
-    live(process_owner(named, uid, gid)).ok_or_else(|| format!("pid {named} exited"))
+    live(process_owner(named, uid, gid)).ok_or(NotOwner::Exited { named })
 }
 
 /// `owner`, if it was still running when described (start time known).
@@ -97,12 +128,24 @@ mod tests {
 
     #[test]
     fn init_nonexistent_and_invisible_pids_are_refused() {
-        assert!(owner_for(0, me(), |_| true).is_err());
-        assert!(owner_for(1, me(), |_| true).is_err());
+        assert!(matches!(
+            owner_for(0, me(), |_| true),
+            Err(NotOwner::Unfit { named: 0 })
+        ));
+        assert!(matches!(
+            owner_for(1, me(), |_| true),
+            Err(NotOwner::Unfit { named: 1 })
+        ));
         // Beyond pid_max (at most 2^22): never a process.
-        assert!(owner_for(99_999_999, me(), |_| true).is_err());
+        assert!(matches!(
+            owner_for(99_999_999, me(), |_| true),
+            Err(NotOwner::NoSuchProcess { named: 99_999_999 })
+        ));
         let hidden = PeerCredentials { pid: 0, ..me() };
-        assert!(owner_for(me().pid, hidden, |_| true).is_err());
+        assert!(matches!(
+            owner_for(me().pid, hidden, |_| true),
+            Err(NotOwner::PeerInvisible)
+        ));
     }
 
     #[test]
@@ -117,12 +160,35 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        assert!(owner_for(child.id(), stranger, |_| false).is_err());
+        assert!(matches!(
+            owner_for(child.id(), stranger, |_| false),
+            Err(NotOwner::OtherUser {
+                asker_uid: 4_000_000_000,
+                ..
+            })
+        ));
         assert_eq!(
             owner_for(child.id(), stranger, |_| true).unwrap().pid,
             child.id()
         );
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn the_refusals_read_as_they_always_have() {
+        let other = NotOwner::OtherUser {
+            named: 42,
+            uid: 1001,
+            asker_uid: 1000,
+        };
+        assert_eq!(
+            other.to_string(),
+            "pid 42 runs as uid 1001, not as the asker's uid 1000"
+        );
+        assert_eq!(
+            NotOwner::PeerNamespaceUnreadable { pid: 7 }.to_string(),
+            "cannot read the pid namespace of the peer (pid 7)"
+        );
     }
 }

@@ -1,43 +1,75 @@
 //! Whether one process is a child of another, as `/proc` says: the check before a reservation
 //! is handed from a process to its child.
 
-use berth_core::Owner;
+use berth_core::{ErrorKind, Owner};
 
 use berth_os::proc;
 
 use crate::session::peer::process_owner;
 
+/// Why a process cannot receive a reservation from another (the text is the client's answer).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotAChild {
+    /// Pid 0 or 1: nobody's child to hand a reservation to.
+    #[error("pid {pid} cannot receive a reservation; name a child process of yours")]
+    Unfit { pid: u32 },
+    /// `/proc/PID/stat` cannot be read: no such process, or not in the daemon's view.
+    #[error("no process {pid} is visible to the daemon; name a running child process of yours")]
+    Invisible {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its parent is another process.
+    #[error(
+        "pid {pid} is not a child of pid {parent}; a reservation can only be handed to a child process"
+    )]
+    NotChild { pid: u32, parent: u32 },
+    /// Its user cannot be read from `/proc/PID/status`.
+    #[error("cannot read who runs pid {pid}")]
+    Unreadable { pid: u32 },
+    /// It runs as another user than its parent.
+    #[error(
+        "pid {pid} runs as uid {uid}, not as uid {parent_uid} like its parent; a reservation stays with one user"
+    )]
+    OtherUser { pid: u32, uid: u32, parent_uid: u32 },
+    /// It exited while being looked at.
+    #[error("pid {pid} exited; nothing to hand the reservation to")]
+    Exited { pid: u32 },
+}
+
+impl NotAChild {
+    /// The kind the client is told: the hand-over is not permitted, whatever the reason.
+    pub(crate) fn kind(&self) -> ErrorKind {
+        ErrorKind::PermissionDenied
+    }
+}
+
 /// The process `pid`, if it is a live child of `parent` run by the same user; otherwise why
 /// not, for the client's answer.
-pub(crate) fn child_of(parent: &Owner, pid: u32) -> Result<Owner, String> {
+pub(crate) fn child_of(parent: &Owner, pid: u32) -> Result<Owner, NotAChild> {
     if pid <= 1 {
-        return Err(format!(
-            "pid {pid} cannot receive a reservation; name a child process of yours"
-        ));
+        return Err(NotAChild::Unfit { pid });
     }
-    let stat = proc::stat(pid).map_err(|_| {
-        format!("no process {pid} is visible to the daemon; name a running child process of yours")
-    })?;
+    let stat = proc::stat(pid).map_err(|source| NotAChild::Invisible { pid, source })?;
     let ppid = proc::parent_from_stat(&stat);
     if ppid != Some(parent.pid) {
-        return Err(format!(
-            "pid {pid} is not a child of pid {}; a reservation can only be handed to a child process",
-            parent.pid
-        ));
+        return Err(NotAChild::NotChild {
+            pid,
+            parent: parent.pid,
+        });
     }
-    let (uid, gid) =
-        proc::real_ids(pid).ok_or_else(|| format!("cannot read who runs pid {pid}"))?;
+    let (uid, gid) = proc::real_ids(pid).ok_or(NotAChild::Unreadable { pid })?;
     if uid != parent.uid {
-        return Err(format!(
-            "pid {pid} runs as uid {uid}, not as uid {} like its parent; a reservation stays with one user",
-            parent.uid
-        ));
+        return Err(NotAChild::OtherUser {
+            pid,
+            uid,
+            parent_uid: parent.uid,
+        });
     }
     let child = process_owner(pid, uid, gid);
     if child.start_time == 0 {
-        return Err(format!(
-            "pid {pid} exited; nothing to hand the reservation to"
-        ));
+        return Err(NotAChild::Exited { pid });
     }
     Ok(child)
 }
@@ -60,10 +92,32 @@ mod tests {
         let got = child_of(&me, child.id()).unwrap();
         assert_eq!(got.pid, child.id());
         assert!(got.start_time > 0);
-        assert!(child_of(&me, 1).is_err());
+        assert!(matches!(child_of(&me, 1), Err(NotAChild::Unfit { pid: 1 })));
         // Our own parent is not our child.
-        assert!(child_of(&me, std::os::unix::process::parent_id()).is_err());
+        let parent = std::os::unix::process::parent_id();
+        assert!(matches!(
+            child_of(&me, parent),
+            Err(NotAChild::NotChild { pid, .. }) if pid == parent
+        ));
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn the_refusals_read_as_they_always_have() {
+        let other = NotAChild::OtherUser {
+            pid: 42,
+            uid: 1001,
+            parent_uid: 1000,
+        };
+        assert_eq!(
+            other.to_string(),
+            "pid 42 runs as uid 1001, not as uid 1000 like its parent; a reservation stays with one user"
+        );
+        assert_eq!(
+            NotAChild::NotChild { pid: 42, parent: 7 }.to_string(),
+            "pid 42 is not a child of pid 7; a reservation can only be handed to a child process"
+        );
+        assert_eq!(other.kind(), ErrorKind::PermissionDenied);
     }
 }

@@ -9,7 +9,7 @@ impl Shared {
     /// the list is reconciled with the table (`None` when sync is off).
     pub(crate) fn reconcile_kernel(
         &self,
-    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), crate::mirror::MirrorError>>> {
         self.kernel
             .writer
             .lock()

@@ -16,7 +16,7 @@ use crate::host::probe::Prober;
 use crate::mirror::journal::Journal;
 use crate::mirror::owner_watch::Watcher;
 use crate::mirror::store_thread::StoreHandle;
-use crate::mirror::{Pending, Stream};
+use crate::mirror::{Pending, Refused, Stream};
 use crate::session::inbound::{Credentials, Inbound};
 use crate::session::peer::{groups_of, process_owner};
 use berth_os::netns::NetNs;
@@ -85,7 +85,7 @@ struct KernelState {
     /// `None` once stopped, or when sync is off.
     writer: Mutex<Option<crate::mirror::kernel::sync::Writer>>,
     /// Why sync is off, for `status`.
-    off_because: Option<String>,
+    off_because: Option<crate::mirror::kernel::SyncOff>,
     /// The entries others wrote in the kernel's list (when sync is on): wildcard blocks skip
     /// them, since those ports are someone else's.
     foreign: Option<crate::mirror::kernel::sync::Foreign>,
@@ -236,16 +236,16 @@ impl Shared {
 
     /// Waits until every consumer has acknowledged what `pending` published. A refused change
     /// is undone in the table (and the undoing published to the consumers that had accepted
-    /// it); `Err` then says why, for the client's answer.
-    async fn settle(&self, pending: Pending) -> Result<(), String> {
+    /// it); `Err` then says which consumer refused and why, for the client's answer.
+    async fn settle(&self, pending: Pending) -> Result<(), Refused> {
         let Err(refused) = pending.acknowledged(&self.stream).await else {
             return Ok(());
         };
-        tracing::error!("undoing a change: {}", refused.reason);
+        tracing::error!("undoing a change: {}", refused.refused);
         let undoing = {
             let mut table = self.table();
             let mut undone = Vec::new();
-            for change in refused.undo.iter().rev() {
+            for change in refused.changes.iter().rev() {
                 match table.revert(change) {
                     Ok(changes) => undone.extend(changes),
                     Err(e) => tracing::error!("cannot undo {change:?}: {e}"),
@@ -255,9 +255,9 @@ impl Shared {
             self.stream.publish_except(undone, &refused.refusers)
         };
         if let Err(again) = undoing.acknowledged(&self.stream).await {
-            tracing::error!("the undo was refused too: {}", again.reason);
+            tracing::error!("the undo was refused too: {}", again.refused);
         }
-        Err(refused.reason)
+        Err(refused.refused)
     }
 
     /// Ends a session: its runtime reservations are released.

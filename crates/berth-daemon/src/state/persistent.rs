@@ -66,7 +66,7 @@ impl Shared {
         }
         match created {
             Some(r) => Response::PersistentCreated(info(&r, &requester.process, true, now_ms())),
-            None => store_failed("create", "the reservation went missing"),
+            None => store_failed("create", &"the reservation went missing"),
         }
     }
 
@@ -99,7 +99,7 @@ impl Shared {
         }
         match deleted {
             Some(r) => Response::PersistentDeleted(info(&r, &requester.process, true, now_ms())),
-            None => store_failed("delete", "the reservation went missing"),
+            None => store_failed("delete", &"the reservation went missing"),
         }
     }
 
@@ -143,7 +143,7 @@ fn no_exact_match(protocol: Protocol, range: PortRange) -> Response {
     )
 }
 
-fn store_failed(what: &str, e: &str) -> Response {
+fn store_failed(what: &str, e: &dyn std::fmt::Display) -> Response {
     error(
         ErrorKind::Unavailable,
         format!("the daemon could not {what} the reservation in its database ({e}); nothing was changed — check the daemon's log and its database's disk"),

@@ -2,11 +2,32 @@
 //! and the change stream like every other grant (journaled, hidden from autobind when the
 //! kernel's list is kept, watched through a pidfd).
 
-use berth_core::Owner;
+use berth_core::{AcquireError, Owner};
 use berth_os::peer::PeerCredentials;
 
 use super::{now_ms, OsTokens, Shared};
-use crate::portserver::identity;
+use crate::mirror::Refused;
+use crate::portserver::identity::{self, NotOwner};
+
+/// Why a portserver request reserved nothing (logged; the client is told nothing).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PortserverRefusal {
+    /// The pid named is not one the peer may reserve for.
+    #[error(transparent)]
+    Owner(#[from] NotOwner),
+    /// Ports could not be tested (short of descriptors or memory): the prober's answer.
+    #[error("{0}")]
+    Shortage(String),
+    /// The table refused the grant (no number free in both protocols, a quota, …).
+    #[error(transparent)]
+    Table(#[from] AcquireError),
+    /// A consumer of the change stream refused the grant; it is undone.
+    #[error("the daemon could not record the reservation: {0}")]
+    NotRecorded(#[source] Refused),
+    /// The table answered a grant without its reservation.
+    #[error("the grant went missing")]
+    Missing,
+}
 
 impl Shared {
     /// Answers the portpicker request naming `named`, asked by `peer`: the port reserved, or
@@ -15,7 +36,7 @@ impl Shared {
         &self,
         named: u32,
         peer: PeerCredentials,
-    ) -> Result<u16, String> {
+    ) -> Result<u16, PortserverRefusal> {
         let _turn = self.turns.enter(peer.uid).await;
         let owner = identity::owner_for(named, peer, |asker| self.is_admin(asker))?;
         self.grant_both(owner).await
@@ -23,7 +44,7 @@ impl Shared {
 
     /// Reserves one number in TCP and UDP for `owner` until it exits, and answers once every
     /// consumer of the change stream has it.
-    async fn grant_both(&self, owner: Owner) -> Result<u16, String> {
+    async fn grant_both(&self, owner: Owner) -> Result<u16, PortserverRefusal> {
         let is_admin = self.is_admin(&owner);
         let lowest_port = self.lowest_wildcard_port(&owner);
         let mut probes = self.prober.probes();
@@ -36,7 +57,11 @@ impl Shared {
             let mut in_use = |protocol, range| probes.first_in_use(protocol, range);
             let granted = table
                 .acquire_for_process(owner, now_ms(), limits, &mut OsTokens, &mut in_use)
-                .map_err(|e| probes.shortage_answer().unwrap_or_else(|| e.to_string()))?;
+                .map_err(|e| {
+                    probes
+                        .shortage_answer()
+                        .map_or(PortserverRefusal::Table(e), PortserverRefusal::Shortage)
+                })?;
             let port = granted
                 .first()
                 .and_then(berth_core::Change::reservation)
@@ -45,8 +70,8 @@ impl Shared {
         };
         self.settle(pending)
             .await
-            .map_err(|why| format!("the daemon could not record the reservation: {why}"))?;
-        let port = port.ok_or("the grant went missing")?;
+            .map_err(PortserverRefusal::NotRecorded)?;
+        let port = port.ok_or(PortserverRefusal::Missing)?;
         tracing::debug!(port, pid, "portserver: reserved in tcp and udp");
         Ok(port)
     }

@@ -254,7 +254,7 @@ impl Shared {
         };
         let to = match lineage::child_of(&requester.process, pid) {
             Ok(child) => child,
-            Err(why) => return error(ErrorKind::PermissionDenied, why),
+            Err(why) => return error(why.kind(), why.to_string()),
         };
         let (after, pending) = {
             let mut table = self.table();

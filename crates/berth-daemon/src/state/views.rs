@@ -40,7 +40,12 @@ impl Shared {
             sessions: self.sessions.load(Ordering::Relaxed),
             open_files_limit: crate::server::limits::open_files_limit(),
             kernel_sync: self.kernel.off_because.is_none(),
-            kernel_sync_off_because: self.kernel.off_because.clone().unwrap_or_default(),
+            kernel_sync_off_because: self
+                .kernel
+                .off_because
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             hold_sockets: u32::try_from(self.holds.count()).unwrap_or(u32::MAX),
             hold: self.hold_enabled,
             hold_off_because: if self.hold_enabled {

@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use super::reserved_ports;
 use crate::mirror::journal::Runtime;
-use crate::mirror::{Ack, Consumer};
+use crate::mirror::{Ack, Consumer, MirrorError};
 
 /// The database fact where earlier builds recorded what the daemon wrote (now in the runtime
 /// journal; read once at start-up and moved).
@@ -94,7 +94,7 @@ struct State {
     /// Whether a write is being made now.
     writing: bool,
     /// Who waits for the next write to finish.
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    waiters: Vec<oneshot::Sender<Result<(), MirrorError>>>,
     /// Set at shutdown.
     stop: bool,
     /// Whether the table holds what the database held: no write is made before.
@@ -197,7 +197,7 @@ pub(crate) struct Listing(Arc<Inner>);
 impl Listing {
     /// Answers once the kernel's list holds every reservation granted so far; `None` when it
     /// does already. Call before giving up a hold socket.
-    pub(crate) fn caught_up(&self) -> Option<oneshot::Receiver<Result<(), String>>> {
+    pub(crate) fn caught_up(&self) -> Option<oneshot::Receiver<Result<(), MirrorError>>> {
         self.0.caught_up()
     }
 }
@@ -237,7 +237,7 @@ impl Inner {
     }
 
     /// See [`Listing::caught_up`].
-    fn caught_up(&self) -> Option<oneshot::Receiver<Result<(), String>>> {
+    fn caught_up(&self) -> Option<oneshot::Receiver<Result<(), MirrorError>>> {
         let mut state = self.lock();
         if !state.dirty && !state.writing {
             return None;
@@ -330,9 +330,8 @@ fn write(
     recorded: &mut PortSet,
     ours: &PortSet,
     buf: &mut Vec<u8>,
-) -> Result<(PortSet, PortSet), String> {
-    let current =
-        reserved_ports::read_with(path, buf).map_err(|e| format!("reading it failed: {e}"))?;
+) -> Result<(PortSet, PortSet), MirrorError> {
+    let current = reserved_ports::read_with(path, buf).map_err(MirrorError::kernel_read)?;
     let foreign = current.difference(recorded);
     let wanted = foreign.union(ours);
     // The daemon's own entries: what it adds. A port someone else listed stays theirs.
@@ -343,11 +342,11 @@ fn write(
     if &superset != recorded {
         record
             .set_kernel(&superset.to_string())
-            .map_err(|e| format!("recording it in the runtime journal failed: {e}"))?;
+            .map_err(MirrorError::KernelRecord)?;
         *recorded = superset;
     }
     if wanted != current {
-        reserved_ports::write(path, &wanted).map_err(|e| format!("writing it failed: {e}"))?;
+        reserved_ports::write(path, &wanted).map_err(MirrorError::kernel_write)?;
     }
     Ok((mine, foreign))
 }
@@ -368,7 +367,7 @@ impl Writer {
     /// Lets the writer start, once the table holds every reservation of the database: the
     /// first write reconciles the list with them (removing what an earlier daemon left for
     /// reservations that are gone). The receiver answers when that write is made.
-    pub(crate) fn reconcile(&self) -> oneshot::Receiver<Result<(), String>> {
+    pub(crate) fn reconcile(&self) -> oneshot::Receiver<Result<(), MirrorError>> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.inner.lock();
         state.started = true;
