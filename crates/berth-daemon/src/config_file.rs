@@ -228,7 +228,9 @@ impl ConfigFile {
                 };
                 let address = address
                     .parse()
-                    .map_err(|e: String| invalid("portserver", format!("portserver: {e}")))?;
+                    .map_err(|e: crate::portserver::AddressError| {
+                        invalid("portserver", format!("portserver: {e}"))
+                    })?;
                 config.portserver = Some(crate::portserver::Endpoint::new(address));
             }
         }

@@ -47,20 +47,34 @@ pub enum Address {
     Path(PathBuf),
 }
 
+/// Why a portserver address does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// Longer than a Unix socket address may be.
+    #[error(
+        "the portserver address {0:?} is longer than a Unix socket address may be (107 bytes)"
+    )]
+    TooLong(String),
+    /// `@` alone.
+    #[error("the portserver address \"@\" names no abstract socket; write @NAME (e.g. @unittest-portserver)")]
+    NoName,
+    /// Nothing at all.
+    #[error("the portserver address is empty; write @NAME or a socket path")]
+    Empty,
+}
+
 impl std::str::FromStr for Address {
-    type Err = String;
+    type Err = AddressError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // sun_path holds 108 bytes; an abstract name uses one for its leading NUL.
         if s.len() > 107 {
-            return Err(format!(
-                "the portserver address {s:?} is longer than a Unix socket address may be (107 bytes)"
-            ));
+            return Err(AddressError::TooLong(s.to_owned()));
         }
         match s.strip_prefix('@') {
-            Some("") => Err("the portserver address \"@\" names no abstract socket; write @NAME (e.g. @unittest-portserver)".into()),
+            Some("") => Err(AddressError::NoName),
             Some(name) => Ok(Address::Abstract(name.to_owned())),
-            None if s.is_empty() => Err("the portserver address is empty; write @NAME or a socket path".into()),
+            None if s.is_empty() => Err(AddressError::Empty),
             None => Ok(Address::Path(PathBuf::from(s))),
         }
     }

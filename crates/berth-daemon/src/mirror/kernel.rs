@@ -47,9 +47,12 @@ pub(crate) enum SyncOff {
     /// The configuration says so.
     #[error("kernel sync is switched off (kernel_sync = \"off\")")]
     SwitchedOff,
-    /// The daemon may not write the list; what `berth_os` found, in its words.
-    #[error("{0}")]
-    NotWritable(String),
+    /// The daemon may not write the list: it needs root or `CAP_NET_ADMIN`.
+    #[error("the daemon may not write {path} ({0}): it needs root or CAP_NET_ADMIN in its network namespace", path = reserved_ports::PATH)]
+    Denied(#[source] std::sync::Arc<std::io::Error>),
+    /// The list cannot be opened for writing for another reason.
+    #[error("cannot open {path} for writing ({0})", path = reserved_ports::PATH)]
+    Unopenable(#[source] std::sync::Arc<std::io::Error>),
 }
 
 /// What the database says an earlier daemon wrote into the list (empty when nothing, or when
@@ -67,9 +70,13 @@ pub(crate) fn recorded(store: &berth_store::Store) -> berth_core::PortSet {
 pub(crate) fn decide(mode: KernelSync) -> Result<(), SyncOff> {
     match mode {
         KernelSync::Off => Err(SyncOff::SwitchedOff),
-        KernelSync::Auto | KernelSync::On => {
-            reserved_ports::check_writable().map_err(SyncOff::NotWritable)
-        }
+        KernelSync::Auto | KernelSync::On => reserved_ports::check_writable().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                SyncOff::Denied(std::sync::Arc::new(e))
+            } else {
+                SyncOff::Unopenable(std::sync::Arc::new(e))
+            }
+        }),
     }
 }
 
