@@ -10,7 +10,10 @@
 )]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+/// `SO_PEERPIDFD` (include/uapi/asm-generic/socket.h, Linux 6.5).
+const SO_PEERPIDFD: libc::c_int = 77;
 
 /// The kernel's credentials of a socket's peer (`SO_PEERCRED`), as plain integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +57,38 @@ pub fn peer_credentials(socket: impl AsFd) -> io::Result<PeerCredentials> {
     })
 }
 
+/// A pidfd of a connected Unix socket's peer, the process that connected (`SO_PEERPIDFD`):
+/// it names that very process even after its pid is reused, so what `/proc/PID` said of it can
+/// be checked afterwards (the process still runs: the pid was not reused meanwhile). `Ok(None)`
+/// where the kernel has no such option (before 6.5), or the peer is gone.
+pub fn peer_pidfd(socket: impl AsFd) -> io::Result<Option<OwnedFd>> {
+    let mut fd: libc::c_int = -1;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: `fd` and `len` are live and `len` holds `fd`'s size; the descriptor is borrowed
+    // for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOPROTOOPT | libc::EINVAL | libc::ESRCH) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if fd < 0 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel made `fd` for this call, a new descriptor nobody else owns.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +100,22 @@ mod tests {
         assert_eq!(me.pid, std::process::id());
         assert_eq!(me.uid, rustix::process::geteuid().as_raw());
         assert_eq!(me.gid, rustix::process::getegid().as_raw());
+    }
+
+    #[test]
+    fn a_peer_pidfd_names_the_process_that_connected() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Linux 6.5 and later; this machine's kernel has it.
+        let Some(fd) = peer_pidfd(&a).unwrap() else {
+            return;
+        };
+        // The pidfd's pid, as /proc/self/fdinfo says ("Pid:").
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .map(|p| p.trim().parse::<u32>().unwrap());
+        assert_eq!(pid, Some(std::process::id()), "{info}");
     }
 }

@@ -47,6 +47,23 @@ impl PidFd {
     }
 }
 
+/// Whether the process `pidfd` names has exited (its pidfd is readable; a zombie counts). Never
+/// waits.
+pub fn has_exited(pidfd: impl AsFd) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd.as_fd()),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `poll` is one valid pollfd, for a descriptor borrowed for the duration of the
+    // call; a timeout of 0 never waits.
+    let rc = unsafe { libc::poll(&mut poll, 1, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc > 0 && poll.revents & libc::POLLIN != 0)
+}
+
 impl AsFd for PidFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
@@ -82,5 +99,15 @@ mod tests {
             .expect("the exit is seen");
         child.wait().unwrap();
         assert!(PidFd::open(0).is_err());
+    }
+
+    #[test]
+    fn has_exited_tells_a_live_process_from_a_gone_one() {
+        let me = PidFd::open(std::process::id()).unwrap().unwrap();
+        assert!(!has_exited(&me).unwrap());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let fd = PidFd::open(child.id()).unwrap().unwrap();
+        child.wait().unwrap();
+        assert!(has_exited(&fd).unwrap());
     }
 }

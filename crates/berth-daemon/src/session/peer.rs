@@ -18,7 +18,8 @@ pub(crate) fn may_bind_privileged(pid: u32) -> bool {
 }
 
 /// The process that connected on `socket`: `SO_PEERCRED` for pid, uid and gid, then `/proc`
-/// for its start time and command name. A peer whose pid is not visible here (another pid
+/// for its start time and command name, checked against a pidfd of the peer taken first
+/// (`SO_PEERPIDFD`) so a pid reused meanwhile cannot lend another process's start time. A peer whose pid is not visible here (another pid
 /// namespace: the kernel says pid 0) is refused: its reservations could be neither watched nor
 /// told apart.
 pub(crate) fn peer_owner(socket: &impl AsFd) -> io::Result<Owner> {
@@ -28,7 +29,19 @@ pub(crate) fn peer_owner(socket: &impl AsFd) -> io::Result<Owner> {
             "the peer's pid is not visible in the daemon's pid namespace",
         ));
     }
-    read_owner(cred.pid, cred.uid, cred.gid)
+    // The process that connected, as the kernel pins it: if it has exited by the time `/proc`
+    // was read, its pid may already name another process, whose start time must not pass for
+    // its own. It is then described as gone (start time 0), as a process that exited first is.
+    let pidfd = berth_os::peer::peer_pidfd(socket).ok().flatten();
+    let owner = read_owner(cred.pid, cred.uid, cred.gid)?;
+    match pidfd.map(berth_os::pidfd::has_exited) {
+        Some(Ok(true)) => Ok(Owner {
+            start_time: 0,
+            command: String::new(),
+            ..owner
+        }),
+        _ => Ok(owner),
+    }
 }
 
 /// Describes process `pid`. A process that has already gone keeps start time 0 and an empty
