@@ -38,6 +38,25 @@ pub struct Message {
     pub truncated: bool,
 }
 
+/// Whether the peer of stream socket `socket` has closed its end and nothing is left to read:
+/// a peek at one byte, without room for ancillary data — a peek only copies what is queued, so
+/// no descriptor is installed, and none is closed, whatever the queue holds. `false` while
+/// bytes wait, or nothing has arrived yet. For a reader that may not receive now (no room for
+/// the descriptors a message could bring) but must still see a connection end.
+pub fn at_end(socket: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut byte = [0u8; 1];
+    match rustix::net::recv(
+        socket,
+        &mut byte,
+        rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+    ) {
+        Ok((0, _)) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(rustix::io::Errno::AGAIN) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A control buffer with room for `max_fds` descriptors and one set of credentials, aligned
 /// for `cmsghdr`.
 pub fn control_buffer(max_fds: usize) -> Vec<u64> {

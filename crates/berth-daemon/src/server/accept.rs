@@ -84,7 +84,7 @@ impl Doors {
             let uid = berth_os::peer::peer_credentials(&stream).map_or(u32::MAX, |c| c.uid);
             let lane = closers.lane(uid);
             // A connection never takes the room kept to receive descriptors from those served.
-            if !crate::server::limits::room_for(1 + crate::session::inbound::KERNEL_MAX_FDS) {
+            if !crate::server::limits::room_for(crate::server::limits::ACCEPT_ROOM) {
                 crate::server::limits::log_shortage("a new connection is answered busy: the room kept to receive descriptors is reached");
                 let busy = crate::session::Busy {
                     message: crate::server::limits::busy_message(

@@ -81,10 +81,17 @@ fn probe_room(fds: usize) -> bool {
     let Ok(limit) = i64::try_from(open_files_limit()) else {
         return true;
     };
-    // A small limit (a test's) keeps a quarter of itself free instead.
+    // A small limit (a test's) keeps a fraction of itself free instead: a quarter for what an
+    // admitted session needs (a read), a third for more (a new connection's), so that admitted
+    // sessions are still read once new connections are refused.
+    let cap = if fds > crate::session::inbound::KERNEL_MAX_FDS + 1 {
+        limit / 3
+    } else {
+        limit / 4
+    };
     let room = i64::try_from(fds + ROOM_MARGIN)
         .unwrap_or(i64::MAX)
-        .min(limit / 4);
+        .min(cap);
     let Ok(from) = i32::try_from(limit - room) else {
         return true;
     };
@@ -94,6 +101,11 @@ fn probe_room(fds: usize) -> bool {
 /// Descriptors kept free beyond a message's for the daemon's own work (probes, `/proc` reads,
 /// the database).
 const ROOM_MARGIN: usize = 64;
+
+/// The room a new connection must leave: a message's descriptors more than a read needs, so
+/// that a daemon short of descriptors refuses new connections while it still reads those it
+/// serves (and sees them end, which frees descriptors).
+pub(crate) const ACCEPT_ROOM: usize = 2 * crate::session::inbound::KERNEL_MAX_FDS + 1;
 
 /// Whether `e` says that the daemon (`EMFILE`) or the system (`ENFILE`) is out of file
 /// descriptors: a shortage of the daemon's, never the client's fault.

@@ -240,6 +240,12 @@ impl Reader {
             // the kernel would close what it cannot install on this very thread.
             if !crate::server::limits::room_for(KERNEL_MAX_FDS) {
                 drop(turn);
+                // A connection that has ended is still seen to end (a peek installs nothing):
+                // its session ends and frees its descriptors — how a daemon at its limit gets
+                // room again when clients leave.
+                if recv::at_end(stream.as_fd()).unwrap_or(false) {
+                    return Ok(0);
+                }
                 crate::server::limits::log_shortage(
                     "reading is paused until descriptors are freed",
                 );
