@@ -51,5 +51,5 @@ pub use config::Config;
 pub use config_file::{ConfigError, ConfigFile};
 pub use faults::Faults;
 pub use kernel::KernelSync;
-pub use listener::{activated, bind_socket, ListenError, SocketGuard};
+pub use listener::{activated, bind_socket, Activated, ListenError, SocketGuard};
 pub use server::{run, run_with_ready, serve, ServeError};

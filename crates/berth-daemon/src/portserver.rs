@@ -137,6 +137,37 @@ impl Drop for Bound {
     }
 }
 
+/// A socket the service manager bound for the endpoint (socket activation), and its address:
+/// [`bind`] takes it instead of binding anew.
+static ADOPTED: std::sync::Mutex<Option<(StdListener, Address)>> = std::sync::Mutex::new(None);
+
+/// Hands the endpoint the listening socket systemd passed on `address`: the next [`bind`] of
+/// that address takes it (it is systemd's: its name is never removed).
+pub(crate) fn adopt(socket: StdListener, address: Address) {
+    *ADOPTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((socket, address));
+}
+
+/// The adopted socket for `address`, ready to serve: non-blocking, refusing descriptors from now
+/// on (connections made before keep taking them; the endpoint reads with room for them).
+fn adopted(address: &Address) -> io::Result<Option<StdListener>> {
+    let mut slot = ADOPTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !slot.as_ref().is_some_and(|(_, a)| a == address) {
+        return Ok(None);
+    }
+    let Some((listener, _)) = slot.take() else {
+        return Ok(None);
+    };
+    listener.set_nonblocking(true)?;
+    if let Err(e) = crate::server::rights::pass_rights(&listener, false) {
+        tracing::warn!("the portserver socket systemd passed cannot refuse descriptors: {e}");
+    }
+    Ok(Some(listener))
+}
+
 /// Binds `address`. A socket file left by a daemon that is gone (connecting is refused) is
 /// replaced; one that answers is not. The socket is world-connectable: any local process may
 /// ask, and the answer depends only on who it is.
@@ -147,6 +178,13 @@ pub(crate) fn bind(address: &Address) -> io::Result<Bound> {
             format!("cannot bind the portserver endpoint {address}: {e}"),
         )
     };
+    if let Some(listener) = adopted(address).map_err(named)? {
+        tracing::info!("the portserver endpoint {address} is the socket systemd passed");
+        return Ok(Bound {
+            listener,
+            file: None,
+        });
+    }
     // Requests carry no descriptors: the socket refuses them (see `rights`).
     let (listener, file) = match address {
         Address::Abstract(name) => (

@@ -144,3 +144,84 @@ fn a_socket_activated_daemon_notifies_serves_and_leaves_the_socket_to_systemd() 
     let _ = again.kill();
     let _ = again.wait();
 }
+
+/// `berth.socket` also binds portpicker's address at boot and passes it with the main socket:
+/// the daemon serves the portserver endpoint on the passed socket, and names in its log a
+/// passed socket it cannot use (here a second socket file) instead of refusing to start.
+#[test]
+fn the_portserver_address_systemd_binds_is_served_and_an_extra_socket_is_named() {
+    use std::io::{Read, Write};
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::SocketAddr;
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("berth.sock");
+    let extra_path = dir.path().join("extra.sock");
+    let main = UnixListener::bind(&socket).unwrap();
+    let name = format!("berth-test-portserver-{}", std::process::id());
+    let portserver =
+        UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    let extra = UnixListener::bind(&extra_path).unwrap();
+    // Out of the way of descriptors 3-5, which the child's dup2 writes.
+    let high = |l: &UnixListener| rustix::io::fcntl_dupfd_cloexec(l, 100).unwrap();
+    let (main_fd, portserver_fd, extra_fd) = (high(&main), high(&portserver), high(&extra));
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let log = dir.path().join("daemon.log");
+    let unused = dir.path().join("not-this.sock");
+
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "export LISTEN_PID=$$; exec \"$0\" \"$@\"",
+        BERTH,
+        "daemon",
+    ])
+    .arg("--socket")
+    .arg(&unused)
+    .arg("--db")
+    .arg(dir.path().join("berth.db"))
+    .args(["--pool", "20930-20939"]);
+    isolate(&mut cmd, &unused);
+    cmd.env("LISTEN_FDS", "3")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("BERTH_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    berth_os::exec::inherit_at(&mut cmd, main_fd.as_raw_fd(), 3);
+    berth_os::exec::inherit_at(&mut cmd, portserver_fd.as_raw_fd(), 4);
+    berth_os::exec::inherit_at(&mut cmd, extra_fd.as_raw_fd(), 5);
+    let mut daemon = cmd.spawn().expect("spawn berth daemon");
+    notified_until(&notify, "READY=1", &log);
+
+    // A portpicker request on the passed abstract socket: a port of the pool.
+    let mut conn =
+        UnixStream::connect_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+            .unwrap();
+    conn.set_read_timeout(Some(DEADLINE)).unwrap();
+    conn.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let port: u16 = answer.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "not a port: {answer:?}; the daemon's log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert!((20930..=20939).contains(&port), "{port}");
+    // The main socket serves too.
+    Berth::new(&socket).args(["status"]).output().code(0);
+
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("descriptor 5") && text.contains("is not used"),
+        "the unused socket is not named:\n{text}"
+    );
+    assert!(!unused.exists(), "the daemon bound --socket as well");
+}

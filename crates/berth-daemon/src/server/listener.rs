@@ -97,64 +97,105 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), ListenErr
     ))
 }
 
-/// The listening socket systemd passed (`LISTEN_FDS`, `LISTEN_PID`; see `sd_listen_fds(3)`),
-/// with its path; `None` when the daemon was not socket-activated.
+/// The sockets systemd passed, sorted by what they are for.
+#[derive(Debug)]
+pub struct Activated {
+    /// The main socket: a listening Unix stream socket bound to a path.
+    pub listener: UnixListener,
+    /// Its path.
+    pub path: PathBuf,
+    /// A listening Unix stream socket on an abstract name, if one was passed: the portserver
+    /// endpoint's address (`@unittest-portserver` in `berth.socket`), bound at boot so that no
+    /// other process can take the name first.
+    pub portserver: Option<(std::os::unix::net::UnixListener, String)>,
+}
+
+/// What a passed socket is bound to.
+enum Bound {
+    Path(PathBuf),
+    Abstract(String),
+}
+
+/// The sockets systemd passed (`LISTEN_FDS`, `LISTEN_PID`; see `sd_listen_fds(3)`); `None`
+/// when the daemon was not socket-activated.
 ///
-/// Exactly one socket must be passed, a listening Unix stream socket bound to a path. It is
-/// made non-blocking and close-on-exec and gets `SO_PASSCRED` (as `PassCredentials=yes` in
-/// `berth.socket` already does). It belongs to systemd: the daemon never removes its file.
+/// Every passed socket is taken. The first listening Unix stream socket bound to a path is the
+/// main socket: made non-blocking and close-on-exec, with `SO_PASSCRED` (as `PassCredentials=yes`
+/// in `berth.socket` already does); it belongs to systemd, and the daemon never removes its
+/// file. The first one on an abstract name is the portserver endpoint's. Any other is named in
+/// the log as not used, and closed. Without a path socket among them, the daemon does not
+/// start.
 ///
 /// The passed descriptors are taken once (`berth_os::activation`): a second call fails rather
-/// than make a second owner of the socket.
-pub fn activated() -> Result<Option<(UnixListener, PathBuf)>, ListenError> {
+/// than make a second owner of a socket.
+pub fn activated() -> Result<Option<Activated>, ListenError> {
     let fds = berth_os::activation::take_listen_fds().map_err(|e| {
         ListenError::Activation(format!("cannot read LISTEN_FDS and LISTEN_PID: {e}"))
     })?;
-    let mut fds = fds.into_iter();
-    let (owned, more) = (fds.next(), fds.len());
-    let Some(owned) = owned else {
+    if fds.is_empty() {
         return Ok(None);
-    };
-    if more > 0 {
-        return Err(ListenError::Activation(format!(
-            "systemd passed {} sockets; berth serves exactly one (berth.socket must have one ListenStream=)",
-            more + 1
-        )));
     }
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&owned);
-    let not_ours = |what: &str| {
-        ListenError::Activation(format!(
-            "the socket systemd passed (descriptor {fd}) {what}; berth.socket must have ListenStream=/run/berth/berth.sock (a path)"
-        ))
-    };
-    use rustix::net::sockopt;
-    let io_err = |source: rustix::io::Errno| {
-        ListenError::Activation(format!(
-            "cannot inspect the socket systemd passed (descriptor {fd}): {}",
-            io::Error::from(source)
-        ))
-    };
-    if sockopt::socket_type(&owned).map_err(io_err)? != rustix::net::SocketType::STREAM {
-        return Err(not_ours("is not a stream socket"));
+    let mut main = None;
+    let mut portserver = None;
+    for owned in fds {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&owned);
+        match inspect(&owned) {
+            Ok(Bound::Path(path)) if main.is_none() => main = Some((owned, path)),
+            Ok(Bound::Abstract(name)) if portserver.is_none() => portserver = Some((owned, name)),
+            Ok(Bound::Path(path)) => tracing::warn!(
+                "the socket systemd passed as descriptor {fd} ({}) is not used: berth serves one socket file; it is closed",
+                path.display()
+            ),
+            Ok(Bound::Abstract(name)) => tracing::warn!(
+                "the socket systemd passed as descriptor {fd} (@{name}) is not used: berth serves one portserver address; it is closed"
+            ),
+            Err(why) => tracing::warn!(
+                "the socket systemd passed as descriptor {fd} {why}; it is not used and is closed"
+            ),
+        }
     }
-    if !sockopt::socket_acceptconn(&owned).map_err(io_err)? {
-        return Err(not_ours("is not listening"));
-    }
-    let local = rustix::net::getsockname(&owned).map_err(io_err)?;
-    let path = rustix::net::SocketAddrUnix::try_from(local)
-        .ok()
-        .and_then(|unix| {
-            unix.path()
-                .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p.to_bytes())))
-        })
-        .ok_or_else(|| not_ours("is not a Unix socket bound to a path"))?;
+    let Some((owned, path)) = main else {
+        return Err(ListenError::Activation(
+            "systemd passed no listening Unix socket bound to a path; berth.socket must have ListenStream=/run/berth/berth.sock".into(),
+        ));
+    };
     let std_listener = std::os::unix::net::UnixListener::from(owned);
     let with_path = |source| ListenError::Io {
         path: path.clone(),
         source,
     };
     std_listener.set_nonblocking(true).map_err(with_path)?;
-    sockopt::set_socket_passcred(&std_listener, true).map_err(|e| with_path(e.into()))?;
+    rustix::net::sockopt::set_socket_passcred(&std_listener, true)
+        .map_err(|e| with_path(e.into()))?;
     let listener = UnixListener::from_std(std_listener).map_err(with_path)?;
-    Ok(Some((listener, path)))
+    Ok(Some(Activated {
+        listener,
+        path,
+        portserver: portserver.map(|(fd, name)| (std::os::unix::net::UnixListener::from(fd), name)),
+    }))
+}
+
+/// Whether a passed socket is a listening Unix stream socket, and bound to what; why not
+/// otherwise.
+fn inspect(owned: &std::os::fd::OwnedFd) -> Result<Bound, String> {
+    use rustix::net::sockopt;
+    let io_err = |e: rustix::io::Errno| format!("cannot be inspected ({})", io::Error::from(e));
+    if sockopt::socket_type(owned).map_err(io_err)? != rustix::net::SocketType::STREAM {
+        return Err("is not a stream socket".into());
+    }
+    if !sockopt::socket_acceptconn(owned).map_err(io_err)? {
+        return Err("is not listening".into());
+    }
+    let local = rustix::net::getsockname(owned).map_err(io_err)?;
+    let unix = rustix::net::SocketAddrUnix::try_from(local)
+        .map_err(|_| "is not a Unix socket".to_owned())?;
+    if let Some(path) = unix.path() {
+        return Ok(Bound::Path(PathBuf::from(std::ffi::OsStr::from_bytes(
+            path.to_bytes(),
+        ))));
+    }
+    match unix.abstract_name() {
+        Some(name) => Ok(Bound::Abstract(String::from_utf8_lossy(name).into_owned())),
+        None => Err("is not bound to a path or an abstract name".into()),
+    }
 }

@@ -287,7 +287,12 @@ pub async fn serve(mut config: Config, ready: impl FnOnce()) -> Result<(), Serve
     // of the command that started it.
     let _sighup = signal(SignalKind::hangup())?;
     let (listener, _guard) = match crate::server::listener::activated()? {
-        Some((listener, path)) => {
+        Some(activated) => {
+            let crate::server::listener::Activated {
+                listener,
+                path,
+                portserver,
+            } = activated;
             if path != config.socket {
                 tracing::info!(
                     "serving on the socket systemd passed, {} (not {})",
@@ -296,6 +301,9 @@ pub async fn serve(mut config: Config, ready: impl FnOnce()) -> Result<(), Serve
                 );
             }
             config.socket = path;
+            if let Some((socket, name)) = portserver {
+                adopt_portserver(&mut config, socket, name);
+            }
             (listener, None)
         }
         None => {
@@ -311,4 +319,27 @@ pub async fn serve(mut config: Config, ready: impl FnOnce()) -> Result<(), Serve
     };
     run_with_ready(listener, config, shutdown, ready).await?;
     Ok(())
+}
+
+/// Serves the portserver endpoint on the abstract socket systemd passed (`name`): the service
+/// manager bound portpicker's address at boot, so no other process could take it first. A
+/// daemon told of no endpoint serves it there; one told of another address names the passed
+/// socket as not used.
+fn adopt_portserver(config: &mut Config, socket: std::os::unix::net::UnixListener, name: String) {
+    use crate::portserver::{Address, Endpoint};
+    let passed = Address::Abstract(name);
+    match &config.portserver {
+        Some(endpoint) if endpoint.address != passed => {
+            tracing::warn!(
+                "the socket systemd passed on {passed} is not used: the portserver endpoint is configured on {}; it is closed",
+                endpoint.address
+            );
+        }
+        _ => {
+            if config.portserver.is_none() {
+                config.portserver = Some(Endpoint::new(passed.clone()));
+            }
+            crate::portserver::adopt(socket, passed);
+        }
+    }
 }
