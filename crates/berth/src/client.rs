@@ -104,8 +104,9 @@ enum Found {
 
 impl Client {
     /// Connects to the daemon found by the search of `docs/cli.md` ("Finding the daemon"):
-    /// `$BERTH_SOCKET` if set, else the system socket, then the per-user socket. Must be
-    /// called inside a tokio runtime.
+    /// `$BERTH_SOCKET` if set; else the socket the authority beacon of this network namespace
+    /// names, if root or this user holds it; else the system socket, then the per-user socket.
+    /// Must be called inside a tokio runtime.
     ///
     /// Whoever listens must be root or this user (checked with `SO_PEERCRED` before anything
     /// is sent), and a per-user socket in a `/tmp` fallback directory is used only when that
@@ -128,6 +129,22 @@ impl Client {
     /// a daemon on demand can help).
     async fn search(options: Options) -> Result<Found, Error> {
         let uid = rustix::process::getuid().as_raw();
+        let explicit = std::env::var_os("BERTH_SOCKET").is_some();
+        // The daemon that serves this network namespace first, when a trusted one says where
+        // it is: a socket file can belong to another namespace's daemon (a /run shared with a
+        // container, a test in `unshare -n`), which could not serve this namespace's ports.
+        // Anyone else holding the beacon is passed over here, and named below if nothing
+        // else answers.
+        if !explicit {
+            if let Ok(Some(path)) = Client::find_by_authority(&options, uid).await {
+                let reached =
+                    rendezvous::reach(&path, options.connect_timeout, options.trusted_daemon_uid)
+                        .await;
+                if let Ok(Reached::Daemon(stream)) = reached {
+                    return Ok(Found::Daemon(Client::open_at(stream, &path, options).await));
+                }
+            }
+        }
         let candidates = paths::client_candidates(&paths::process_env, uid);
         let mut tried = Vec::new();
         for path in &candidates {
@@ -143,7 +160,7 @@ impl Client {
         // still be somewhere this environment does not point at (another XDG_RUNTIME_DIR under
         // cron, su or sudo -u): its authority beacon names its socket. An explicit
         // BERTH_SOCKET is never replaced by another daemon.
-        if std::env::var_os("BERTH_SOCKET").is_none() {
+        if !explicit {
             if let Some(path) = Client::find_by_authority(&options, uid).await? {
                 let timeout = options.connect_timeout;
                 match rendezvous::reach(&path, timeout, options.trusted_daemon_uid).await? {

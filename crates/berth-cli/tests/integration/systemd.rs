@@ -11,6 +11,30 @@ use std::time::Instant;
 
 use support::{isolate, Berth, BERTH, DEADLINE};
 
+/// A daemon this test started, killed and reaped when dropped — also when the test fails
+/// half-way, so that no daemon outlives its test.
+struct Started(Option<Child>);
+
+impl Started {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Hands the child over, to wait for its own exit.
+    fn take(mut self) -> Child {
+        self.0.take().expect("a child")
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The messages a notify socket receives until one contains `wanted`; panics at the deadline.
 fn notified_until(notify: &UnixDatagram, wanted: &str, log: &std::path::Path) -> Vec<String> {
     let deadline = Instant::now() + DEADLINE;
@@ -42,7 +66,7 @@ fn spawn_activated(
     notify: &std::path::Path,
     dir: &std::path::Path,
     unused_socket: &std::path::Path,
-) -> Child {
+) -> Started {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -71,7 +95,7 @@ fn spawn_activated(
         .stderr(log);
     // The socket at descriptor 3, as systemd places it.
     berth_os::exec::inherit_at(&mut cmd, listener.as_raw_fd(), 3);
-    cmd.spawn().expect("spawn berth daemon")
+    Started(Some(cmd.spawn().expect("spawn berth daemon")))
 }
 
 #[test]
@@ -85,7 +109,7 @@ fn a_socket_activated_daemon_notifies_serves_and_leaves_the_socket_to_systemd() 
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let log = dir.path().join("daemon.log");
 
-    let mut daemon = spawn_activated(&listener, &notify_path, dir.path(), &unused);
+    let daemon = spawn_activated(&listener, &notify_path, dir.path(), &unused);
     let ready = notified_until(&notify, "READY=1", &log);
     assert!(
         ready.concat().contains("STATUS=serving 0 reservations"),
@@ -114,7 +138,8 @@ fn a_socket_activated_daemon_notifies_serves_and_leaves_the_socket_to_systemd() 
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     notified_until(&notify, "STOPPING=1", &log);
     let (exited, exit) = std::sync::mpsc::channel();
-    std::thread::spawn(move || exited.send(daemon.wait()));
+    let mut child = daemon.take();
+    std::thread::spawn(move || exited.send(child.wait()));
     let exit = exit
         .recv_timeout(DEADLINE)
         .expect("the daemon exits within the deadline after SIGTERM")
@@ -135,14 +160,13 @@ fn a_socket_activated_daemon_notifies_serves_and_leaves_the_socket_to_systemd() 
     UnixStream::connect(&socket).expect("connect to the socket after the daemon stopped");
 
     // systemd starts the next daemon on the same socket: it serves again.
-    let mut again = spawn_activated(&listener, &notify_path, dir.path(), &unused);
+    let again = spawn_activated(&listener, &notify_path, dir.path(), &unused);
     notified_until(&notify, "READY=1", &log);
     Berth::new(&socket)
         .args(["list", "--json"])
         .output()
         .code(0);
-    let _ = again.kill();
-    let _ = again.wait();
+    drop(again);
 }
 
 /// `berth.socket` also binds portpicker's address at boot and passes it with the main socket:
@@ -194,7 +218,7 @@ fn the_portserver_address_systemd_binds_is_served_and_an_extra_socket_is_named()
     berth_os::exec::inherit_at(&mut cmd, main_fd.as_raw_fd(), 3);
     berth_os::exec::inherit_at(&mut cmd, portserver_fd.as_raw_fd(), 4);
     berth_os::exec::inherit_at(&mut cmd, extra_fd.as_raw_fd(), 5);
-    let mut daemon = cmd.spawn().expect("spawn berth daemon");
+    let daemon = Started(Some(cmd.spawn().expect("spawn berth daemon")));
     notified_until(&notify, "READY=1", &log);
 
     // A portpicker request on the passed abstract socket: a port of the pool.
@@ -216,8 +240,7 @@ fn the_portserver_address_systemd_binds_is_served_and_an_extra_socket_is_named()
     // The main socket serves too.
     Berth::new(&socket).args(["status"]).output().code(0);
 
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         text.contains("descriptor 5") && text.contains("is not used"),
