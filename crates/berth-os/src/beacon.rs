@@ -48,7 +48,58 @@ pub fn ask(name: &str, timeout: Duration, max_answer: usize) -> io::Result<Optio
         Err(e) => return Err(e.into()),
     }
     let peer = peer_credentials(&fd)?;
-    let mut stream = UnixStream::from(fd);
+    let text = read_line(UnixStream::from(fd), deadline, max_answer)?;
+    Ok(Some(Answer { peer, text }))
+}
+
+/// [`ask`], for a caller on its way elsewhere that listens only to a holder it trusts: the
+/// connection never waits (a holder whose queue is full is passed over: `Ok(None)`), and the
+/// answer is read only when `trusted` accepts the kernel's credentials of the holder —
+/// otherwise the answer has no text, at once. So a process without privileges that holds the
+/// name cannot make the caller wait.
+pub fn ask_trusted(
+    name: &str,
+    timeout: Duration,
+    max_answer: usize,
+    trusted: impl Fn(&PeerCredentials) -> bool,
+) -> io::Result<Option<Answer>> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd: OwnedFd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new_abstract_name(name.as_bytes())?;
+    match rustix::net::connect(&fd, &addr) {
+        Ok(()) => {}
+        Err(e)
+            if e == rustix::io::Errno::CONNREFUSED
+                || e == rustix::io::Errno::NOENT
+                || e == rustix::io::Errno::AGAIN =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let peer = peer_credentials(&fd)?;
+    if !trusted(&peer) {
+        return Ok(Some(Answer {
+            peer,
+            text: Vec::new(),
+        }));
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    let deadline = Instant::now() + timeout;
+    Ok(Some(Answer {
+        peer,
+        text: read_line(stream, deadline, max_answer)?,
+    }))
+}
+
+/// One line of at most `max_answer` bytes from `stream`, or what arrived by `deadline`.
+fn read_line(mut stream: UnixStream, deadline: Instant, max_answer: usize) -> io::Result<Vec<u8>> {
     let mut answer = Vec::with_capacity(128);
     let mut buf = [0u8; 512];
     while answer.len() < max_answer && !answer.ends_with(b"\n") {
@@ -66,7 +117,7 @@ pub fn ask(name: &str, timeout: Duration, max_answer: usize) -> io::Result<Optio
             Err(_) => break,
         }
     }
-    Ok(Some(Answer { peer, text: answer }))
+    Ok(answer)
 }
 
 /// Binds the beacon `name` (abstract, so scoped by the caller's network namespace), ready to
@@ -127,5 +178,38 @@ mod tests {
             None,
             "the name goes with its holder"
         );
+    }
+
+    #[test]
+    fn an_untrusted_holder_is_not_waited_for() {
+        let name = unique("untrusted");
+        let _listener = bind(&name).unwrap();
+        // A silent holder with a long deadline: not trusted, so nothing is read (waiting for
+        // it would hold this test for the whole deadline).
+        let answer = ask_trusted(&name, Duration::from_secs(30), 4096, |_| false)
+            .unwrap()
+            .expect("someone holds it");
+        assert!(answer.text.is_empty());
+        assert_eq!(answer.peer.pid, std::process::id());
+        assert_eq!(
+            ask_trusted(&unique("nobody"), WAIT, 4096, |_| true).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_trusted_holder_is_heard() {
+        let name = unique("trusted");
+        let listener = bind(&name).unwrap();
+        let server = std::thread::spawn(move || {
+            listener.set_nonblocking(false).unwrap();
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.write_all(b"line\n").unwrap();
+        });
+        let answer = ask_trusted(&name, WAIT, 4096, |_| true)
+            .unwrap()
+            .expect("someone holds it");
+        server.join().unwrap();
+        assert_eq!(answer.text, b"line\n");
     }
 }

@@ -136,7 +136,7 @@ impl Client {
         // Anyone else holding the beacon is passed over here, and named below if nothing
         // else answers.
         if !explicit {
-            if let Ok(Some(path)) = Client::find_by_authority(&options, uid).await {
+            if let Some(path) = Client::trusted_authority(&options, uid).await {
                 let reached =
                     rendezvous::reach(&path, options.connect_timeout, options.trusted_daemon_uid)
                         .await;
@@ -175,6 +175,43 @@ impl Client {
             "no berth daemon answers (tried {}); start one with `berth daemon` (`berth run` starts one on demand), or set BERTH_SOCKET to the socket of a running one",
             tried.join("; ")
         ))))
+    }
+
+    /// The socket a trusted holder of this namespace's authority beacon names — root, this
+    /// user, or the trusted uid of `options` — asked without waiting on anyone else (see
+    /// `berth_os::beacon::ask_trusted`); `None` otherwise, or when nobody holds it.
+    async fn trusted_authority(options: &Options, uid: u32) -> Option<PathBuf> {
+        let name = std::env::var("BERTH_AUTHORITY")
+            .ok()
+            .filter(|n| !n.is_empty() && n != "none")
+            .unwrap_or_else(|| authority::DEFAULT_NAME.to_owned());
+        let trusted_uid = options.trusted_daemon_uid;
+        let euid = rustix::process::geteuid().as_raw();
+        let trusts = move |holder: u32| {
+            holder == 0 || holder == euid || holder == uid || Some(holder) == trusted_uid
+        };
+        let answer = tokio::task::spawn_blocking(move || {
+            berth_os::beacon::ask_trusted(
+                &name,
+                authority::QUERY_TIMEOUT,
+                authority::MAX_ANSWER,
+                |peer| trusts(peer.uid),
+            )
+        })
+        .await
+        .ok()?
+        .ok()??;
+        if !trusts(answer.peer.uid) {
+            return None;
+        }
+        let peer = authority::Peer {
+            pid: answer.peer.pid,
+            uid: answer.peer.uid,
+            gid: answer.peer.gid,
+        };
+        authority::AuthorityInfo::new(peer, &answer.text)
+            .announced
+            .map(|a| PathBuf::from(a.socket))
     }
 
     /// The socket of the daemon that serves this network namespace, from its authority beacon
