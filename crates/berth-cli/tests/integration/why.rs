@@ -110,7 +110,17 @@ fn why_names_the_process_that_has_a_port_bound() {
     let port = listener.local_addr().unwrap().port().to_string();
     let me = u64::from(std::process::id());
 
-    let report = d.json(&["why", "--tcp", &port, "--json"]);
+    // A process another test forks meanwhile holds a copy of every descriptor until its exec,
+    // and may be the one found holding the listener: asked again until the copy is gone.
+    let report = crate::support::poll_until("the listener reported as this process's", || {
+        let report = d.json(&["why", "--tcp", &port, "--json"]);
+        let mine = report["sockets"].as_array().is_some_and(|s| {
+            s.iter().any(|s| {
+                s["local"] == format!("127.0.0.1:{port}") && s["owner"]["pid"].as_u64() == Some(me)
+            })
+        });
+        mine.then_some(report)
+    });
     assert_eq!(report["protocol"], "tcp");
     assert_eq!(report["port"].as_str(), None);
     assert_eq!(report["port"].to_string(), port);
@@ -130,7 +140,10 @@ fn why_names_the_process_that_has_a_port_bound() {
     // The daemon is another process: this socket is not one of its own.
     assert_eq!(ours["held_by_berth"], false);
 
-    let text = d.ok(&["why", "--tcp", &port]);
+    let text = crate::support::poll_until("the text naming this process", || {
+        let text = d.ok(&["why", "--tcp", &port]);
+        text.contains(&format!("pid {me} (")).then_some(text)
+    });
     assert!(
         text.starts_with(&format!("tcp port {port}: not reserved, but in use")),
         "{text}"
@@ -157,7 +170,20 @@ fn why_and_list_show_a_reservation_its_bound_ports_and_held() {
     let token = reservation.token().to_string();
     let me = u64::from(std::process::id());
 
-    let report = d.json(&["why", "--udp", &bound.to_string(), "--json"]);
+    // The socket's owner is this process. A process another test forks meanwhile holds a copy
+    // of every descriptor until its exec, and may be the one found holding the socket: asked
+    // again until the copy is gone.
+    let owned_by_me = |report: &serde_json::Value| {
+        report["sockets"].as_array().is_some_and(|s| {
+            s.iter().any(|s| {
+                s["local"] == format!("127.0.0.1:{bound}") && s["owner"]["pid"].as_u64() == Some(me)
+            })
+        })
+    };
+    let report = crate::support::poll_until("the socket reported as this process's", || {
+        let report = d.json(&["why", "--udp", &bound.to_string(), "--json"]);
+        owned_by_me(&report).then_some(report)
+    });
     assert_eq!(report["status"], "reserved");
     assert_eq!(report["in_pool"], true);
     let res = &report["reservation"];
