@@ -113,12 +113,27 @@ pub(crate) async fn reach(
     if !check_socket_dir(path, false)? {
         return Ok(Reached::Nobody("its directory does not exist".into()));
     }
-    let stream = match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
+    // A listener whose queue of connections waiting to be accepted is full answers a
+    // non-blocking connect with EAGAIN: the daemon is there, only busy (or flooded by someone
+    // else's connections). Tried again, with a growing pause, until the timeout.
+    let attempt = async {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match UnixStream::connect(path).await {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    };
+    let stream = match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Ok(Reached::Nobody(plain(&e))),
         Err(_) => {
             return Err(Error::Unavailable(format!(
-                "the berth daemon on {} did not accept the connection within {}s; it may be at its connection limit (--max-connections) or stuck — see `berth status`, or its log",
+                "the berth daemon on {} did not accept the connection within {}s; its queue of waiting connections is full or it is stuck — see `berth status`, or its log",
                 path.display(),
                 timeout.as_secs_f32()
             )))

@@ -63,10 +63,19 @@ fn berth_in(tmp: &Path, as_user: bool) -> Option<Berth> {
             wrapper.extend(AS_NOBODY.map(str::to_owned));
         }
     }
+    // A beacon name of this test's own: a daemon one test starts on demand must not be the one
+    // another test's client finds first through the beacon.
+    let tag = tmp
+        .file_name()
+        .map_or_else(|| "tmp".to_owned(), |n| n.to_string_lossy().into_owned());
     Some(
         Berth::bare(wrapper)
             .env("TMPDIR", tmp)
-            .env("HOME", tmp.join("home")),
+            .env("HOME", tmp.join("home"))
+            .env(
+                "BERTH_AUTHORITY",
+                format!("berth-test-{}-{tag}", std::process::id()),
+            ),
     )
 }
 
