@@ -11,6 +11,9 @@
 //!   the accept loop with its own connection limit and per-connection deadlines;
 //! - `identity`: whom a request's reservation belongs to, from the peer's kernel credentials;
 //! - `state/portserver.rs`: the grant itself, through the table and the change stream.
+//!
+//! One thing, hence one file: the endpoint (its address, its socket, its accept loop and one
+//! request's answer) is read as a whole; who the asker is lives in `portserver/identity.rs`.
 
 use std::io;
 use std::os::unix::net::UnixListener as StdListener;
@@ -428,18 +431,4 @@ async fn read_request(stream: &UnixStream, lane: &Lane) -> io::Result<Option<u32
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_parse_and_print_back() {
-        let a: Address = "@unittest-portserver".parse().unwrap();
-        assert_eq!(a, Address::Abstract("unittest-portserver".into()));
-        assert_eq!(a.to_string(), DEFAULT_ADDRESS);
-        let p: Address = "/run/portserver.sock".parse().unwrap();
-        assert_eq!(p, Address::Path("/run/portserver.sock".into()));
-        assert!("@".parse::<Address>().is_err());
-        assert!("".parse::<Address>().is_err());
-        assert!("x".repeat(200).parse::<Address>().is_err());
-    }
-}
+mod tests;

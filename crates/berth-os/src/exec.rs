@@ -128,8 +128,11 @@ mod tests {
     #[test]
     fn only_the_named_descriptors_are_inherited() {
         let (keep, _keep_w) = rustix::pipe::pipe().unwrap();
-        // Inheritable, as a descriptor of a caller that forgot close-on-exec would be.
-        let (stray, _stray_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
+        // Inheritable, as a descriptor of a caller that forgot close-on-exec would be — at a
+        // high number, which the child's own tools (its listing of /proc/self/fd) never take.
+        let (low, _stray_w) = rustix::pipe::pipe().unwrap();
+        let stray = rustix::io::fcntl_dupfd_cloexec(&low, 500).unwrap();
+        rustix::io::fcntl_setfd(&stray, rustix::io::FdFlags::empty()).unwrap();
         let mut command = Command::new("sh");
         new_session(&mut command);
         inherit_only(&mut command, vec![keep.as_raw_fd()]);
