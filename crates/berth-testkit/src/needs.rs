@@ -191,8 +191,32 @@ pub fn users() -> bool {
             "needs root, to run processes as other users (setpriv or setuid to uid 65534 and \
              others)",
         );
+        return false;
     }
-    can
+    // Those users run the built binaries and libraries: they must be able to reach them (a
+    // clone in root's 0700 home is out of their reach).
+    if let Some(dir) = unreachable_by_others() {
+        skip(
+            Need::Users,
+            &format!(
+                "needs the build to be reachable by other users, who run its binaries: {} is \
+                 not (chmod o+x it, or clone where others may enter)",
+                dir.display()
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// The first directory above this test executable that other users may not enter, if any.
+fn unreachable_by_others() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors().skip(1).find_map(|dir| {
+        let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+        (mode & 0o001 == 0).then(|| dir.to_owned())
+    })
 }
 
 /// How this test can make private namespaces ([`Need::Namespaces`]), or `None` (the skip is

@@ -60,6 +60,10 @@ fn berth_in(tmp: &Path, as_user: bool) -> Option<Berth> {
                 "--".to_owned(),
             ]);
         } else {
+            // As nobody, who must be able to reach the built binary.
+            if !needs::users() {
+                return None;
+            }
             wrapper.extend(AS_NOBODY.map(str::to_owned));
         }
     }
