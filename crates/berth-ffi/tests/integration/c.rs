@@ -37,12 +37,21 @@ fn open_to_all(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// A daemon in this test process that holds no ports itself. Its hold sockets would be this
+/// process's descriptors, and every program another test spawns meanwhile holds a copy of them
+/// until its `exec`: a port the daemon gave up for an associate could then still be bound by
+/// that copy. The C programs here bind through the daemon either way; holding is tested with
+/// the Rust client (`crates/berth/tests/integration/hold.rs`).
+fn in_process_daemon(lo: u16, hi: u16) -> TestDaemon {
+    TestDaemon::with_config(lo, hi, |c| c.hold = false)
+}
+
 fn the_acquire_sample(build: Build, pool: (u16, u16), specific: u16) {
     if !wanted(build) {
         return;
     }
     let rt = runtime();
-    let daemon = rt.block_on(async { TestDaemon::start(pool.0, pool.1) });
+    let daemon = rt.block_on(async { in_process_daemon(pool.0, pool.1) });
     let dir = tempfile::tempdir().unwrap();
     let acquire = Program::compile("examples/c/acquire.c", dir.path(), build);
 
@@ -112,7 +121,7 @@ fn the_full_c_suite(build: Build, pool: (u16, u16), port_base: u16) {
         return;
     }
     let rt = runtime();
-    let daemon = rt.block_on(async { TestDaemon::start(pool.0, pool.1) });
+    let daemon = rt.block_on(async { in_process_daemon(pool.0, pool.1) });
     let dir = tempfile::tempdir().unwrap();
     let test_api = Program::compile("crates/berth-ffi/tests/c/test_api.c", dir.path(), build);
     let (lo, hi, base) = (
@@ -150,6 +159,7 @@ fn as_a_user_who_is_not_an_administrator(build: Build, pool: (u16, u16), port_ba
     let rt = runtime();
     let daemon = rt.block_on(async {
         TestDaemon::with_config(pool.0, pool.1, |c| {
+            c.hold = false;
             c.quota = Quota {
                 max_reservations: 2,
                 max_ports: 3,
@@ -201,7 +211,7 @@ fn helper_daemon_of_the_calling_user() {
     let (lo, hi) = pool.split_once('-').expect("LO-HI");
     let (lo, hi) = (lo.parse().unwrap(), hi.parse().unwrap());
     let rt = runtime();
-    let daemon = rt.block_on(async { TestDaemon::start(lo, hi) });
+    let daemon = rt.block_on(async { in_process_daemon(lo, hi) });
     support::helper_ready_then_wait(&daemon.socket.display().to_string());
     rt.block_on(daemon.shutdown());
 }
