@@ -1,6 +1,6 @@
 //! ARCHITECTURE.md stays a true map: every `Request` variant is named there with the file that
-//! handles it, every consumer of the change stream with the file it lives in, and every source
-//! path the page names exists. A request or consumer added to the code and not to the map, or
+//! handles it, every consumer of the change stream with the file it lives in, every kernel
+//! interface (a module of `berth-os`) by its file, and every source path the page names exists. A request or consumer added to the code and not to the map, or
 //! a file moved without the map, fails here.
 
 use std::path::{Path, PathBuf};
@@ -130,6 +130,25 @@ fn every_change_stream_consumer_is_mapped_to_its_file() {
     assert!(
         missing.is_empty(),
         "ARCHITECTURE.md's consumer table lacks (a row naming the type and `crates/…` file): {}",
+        missing.join(", ")
+    );
+}
+
+#[test]
+fn every_kernel_interface_is_on_the_map() {
+    let doc = architecture_md();
+    let src = root().join("crates/berth-os/src");
+    let mut missing: Vec<String> = std::fs::read_dir(&src)
+        .expect("read berth-os's sources")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".rs") && name != "lib.rs")
+        .filter(|name| !doc.contains(&format!("`{name}`")))
+        .collect();
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's berth-os row does not name these modules: {}",
         missing.join(", ")
     );
 }
