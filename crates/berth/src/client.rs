@@ -181,15 +181,8 @@ impl Client {
     /// user, or the trusted uid of `options` — asked without waiting on anyone else (see
     /// `berth_os::beacon::ask_trusted`); `None` otherwise, or when nobody holds it.
     async fn trusted_authority(options: &Options, uid: u32) -> Option<PathBuf> {
-        let name = std::env::var("BERTH_AUTHORITY")
-            .ok()
-            .filter(|n| !n.is_empty() && n != "none")
-            .unwrap_or_else(|| authority::DEFAULT_NAME.to_owned());
-        let trusted_uid = options.trusted_daemon_uid;
-        let euid = rustix::process::geteuid().as_raw();
-        let trusts = move |holder: u32| {
-            holder == 0 || holder == euid || holder == uid || Some(holder) == trusted_uid
-        };
+        let name = authority_name();
+        let trusts = trusted_holders(options, uid);
         let answer = tokio::task::spawn_blocking(move || {
             berth_os::beacon::ask_trusted(
                 &name,
@@ -204,12 +197,7 @@ impl Client {
         if !trusts(answer.peer.uid) {
             return None;
         }
-        let peer = authority::Peer {
-            pid: answer.peer.pid,
-            uid: answer.peer.uid,
-            gid: answer.peer.gid,
-        };
-        authority::AuthorityInfo::new(peer, &answer.text)
+        authority_info(&answer)
             .announced
             .map(|a| PathBuf::from(a.socket))
     }
@@ -220,21 +208,14 @@ impl Client {
     /// [`Error::PermissionDenied`] naming it: a second daemon could not serve this namespace
     /// either, so starting one would not help.
     async fn find_by_authority(options: &Options, uid: u32) -> Result<Option<PathBuf>, Error> {
-        let name = std::env::var("BERTH_AUTHORITY")
-            .ok()
-            .filter(|n| !n.is_empty() && n != "none")
-            .unwrap_or_else(|| authority::DEFAULT_NAME.to_owned());
+        let name = authority_name();
         let asked = tokio::task::spawn_blocking(move || ask_authority(&name))
             .await
             .map_err(|e| Error::Unavailable(format!("asking the authority beacon failed: {e}")))?;
         let Ok(Some(holder)) = asked else {
             return Ok(None);
         };
-        let euid = rustix::process::geteuid().as_raw();
-        let trusted = holder.peer.uid == 0
-            || holder.peer.uid == euid
-            || holder.peer.uid == uid
-            || Some(holder.peer.uid) == options.trusted_daemon_uid;
+        let trusted = trusted_holders(options, uid)(holder.peer.uid);
         match holder.announced {
             Some(a) if trusted => Ok(Some(PathBuf::from(a.socket))),
             _ if trusted => Ok(None),
@@ -674,12 +655,31 @@ impl Client {
 /// [`authority::QUERY_TIMEOUT`]. `Ok(None)` when nobody holds it.
 fn ask_authority(name: &str) -> std::io::Result<Option<authority::AuthorityInfo>> {
     let answer = berth_os::beacon::ask(name, authority::QUERY_TIMEOUT, authority::MAX_ANSWER)?;
-    Ok(answer.map(|a| {
-        let peer = authority::Peer {
-            pid: a.peer.pid,
-            uid: a.peer.uid,
-            gid: a.peer.gid,
-        };
-        authority::AuthorityInfo::new(peer, &a.text)
-    }))
+    Ok(answer.as_ref().map(authority_info))
+}
+
+/// The authority beacon's name: `$BERTH_AUTHORITY`, else the default one.
+fn authority_name() -> String {
+    std::env::var("BERTH_AUTHORITY")
+        .ok()
+        .filter(|n| !n.is_empty() && n != "none")
+        .unwrap_or_else(|| authority::DEFAULT_NAME.to_owned())
+}
+
+/// Whose beacon a client of user `uid` trusts: root, this user (real or effective), or the
+/// trusted uid of `options`.
+fn trusted_holders(options: &Options, uid: u32) -> impl Fn(u32) -> bool + Copy + Send + 'static {
+    let trusted_uid = options.trusted_daemon_uid;
+    let euid = rustix::process::geteuid().as_raw();
+    move |holder| holder == 0 || holder == euid || holder == uid || Some(holder) == trusted_uid
+}
+
+/// What a beacon's holder said, with the kernel's word on who it is.
+fn authority_info(answer: &berth_os::beacon::Answer) -> authority::AuthorityInfo {
+    let peer = authority::Peer {
+        pid: answer.peer.pid,
+        uid: answer.peer.uid,
+        gid: answer.peer.gid,
+    };
+    authority::AuthorityInfo::new(peer, &answer.text)
 }

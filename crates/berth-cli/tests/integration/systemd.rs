@@ -59,10 +59,12 @@ fn notified_until(notify: &UnixDatagram, wanted: &str, log: &std::path::Path) ->
     }
 }
 
-/// `berth daemon` as systemd starts it: `listener` as descriptor 3, `LISTEN_FDS=1`,
-/// `LISTEN_PID` = the daemon's pid (an `exec` from a shell keeps its pid), `NOTIFY_SOCKET`.
+/// `berth daemon` as systemd starts it: `sockets` as descriptors 3, 4, …, `LISTEN_FDS`,
+/// `LISTEN_PID` = the daemon's pid (an `exec` from a shell keeps its pid), `NOTIFY_SOCKET`; its
+/// wildcard pool `pool`, its stderr appended to `daemon.log` in `dir`.
 fn spawn_activated(
-    listener: &UnixListener,
+    sockets: &[&UnixListener],
+    pool: &str,
     notify: &std::path::Path,
     dir: &std::path::Path,
     unused_socket: &std::path::Path,
@@ -83,9 +85,9 @@ fn spawn_activated(
     .arg(unused_socket)
     .arg("--db")
     .arg(dir.join("berth.db"))
-    .args(["--pool", "20940-20949"]);
+    .args(["--pool", pool]);
     isolate(&mut cmd, unused_socket);
-    cmd.env("LISTEN_FDS", "1")
+    cmd.env("LISTEN_FDS", sockets.len().to_string())
         .env("NOTIFY_SOCKET", notify)
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDNAMES")
@@ -93,8 +95,15 @@ fn spawn_activated(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    // The socket at descriptor 3, as systemd places it.
-    berth_os::exec::inherit_at(&mut cmd, listener.as_raw_fd(), 3);
+    // Copies out of the way of descriptors 3, 4, …, which the child's dup2 writes; kept
+    // until the spawn has returned.
+    let high: Vec<_> = sockets
+        .iter()
+        .map(|s| rustix::io::fcntl_dupfd_cloexec(s, 100).unwrap())
+        .collect();
+    for (number, fd) in (3..).zip(&high) {
+        berth_os::exec::inherit_at(&mut cmd, fd.as_raw_fd(), number);
+    }
     Started(Some(cmd.spawn().expect("spawn berth daemon")))
 }
 
@@ -109,7 +118,13 @@ fn a_socket_activated_daemon_notifies_serves_and_leaves_the_socket_to_systemd() 
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let log = dir.path().join("daemon.log");
 
-    let daemon = spawn_activated(&listener, &notify_path, dir.path(), &unused);
+    let daemon = spawn_activated(
+        &[&listener],
+        "20940-20949",
+        &notify_path,
+        dir.path(),
+        &unused,
+    );
     let ready = notified_until(&notify, "READY=1", &log);
     assert!(
         ready.concat().contains("STATUS=serving 0 reservations"),
@@ -160,7 +175,13 @@ fn a_socket_activated_daemon_notifies_serves_and_leaves_the_socket_to_systemd() 
     UnixStream::connect(&socket).expect("connect to the socket after the daemon stopped");
 
     // systemd starts the next daemon on the same socket: it serves again.
-    let again = spawn_activated(&listener, &notify_path, dir.path(), &unused);
+    let again = spawn_activated(
+        &[&listener],
+        "20940-20949",
+        &notify_path,
+        dir.path(),
+        &unused,
+    );
     notified_until(&notify, "READY=1", &log);
     Berth::new(&socket)
         .args(["list", "--json"])
@@ -186,39 +207,17 @@ fn the_portserver_address_systemd_binds_is_served_and_an_extra_socket_is_named()
     let portserver =
         UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
     let extra = UnixListener::bind(&extra_path).unwrap();
-    // Out of the way of descriptors 3-5, which the child's dup2 writes.
-    let high = |l: &UnixListener| rustix::io::fcntl_dupfd_cloexec(l, 100).unwrap();
-    let (main_fd, portserver_fd, extra_fd) = (high(&main), high(&portserver), high(&extra));
     let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let log = dir.path().join("daemon.log");
     let unused = dir.path().join("not-this.sock");
-
-    let mut cmd = Command::new("sh");
-    cmd.args([
-        "-c",
-        "export LISTEN_PID=$$; exec \"$0\" \"$@\"",
-        BERTH,
-        "daemon",
-    ])
-    .arg("--socket")
-    .arg(&unused)
-    .arg("--db")
-    .arg(dir.path().join("berth.db"))
-    .args(["--pool", "20930-20939"]);
-    isolate(&mut cmd, &unused);
-    cmd.env("LISTEN_FDS", "3")
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
-        .env_remove("BERTH_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    berth_os::exec::inherit_at(&mut cmd, main_fd.as_raw_fd(), 3);
-    berth_os::exec::inherit_at(&mut cmd, portserver_fd.as_raw_fd(), 4);
-    berth_os::exec::inherit_at(&mut cmd, extra_fd.as_raw_fd(), 5);
-    let daemon = Started(Some(cmd.spawn().expect("spawn berth daemon")));
+    let daemon = spawn_activated(
+        &[&main, &portserver, &extra],
+        "20930-20939",
+        &notify_path,
+        dir.path(),
+        &unused,
+    );
     notified_until(&notify, "READY=1", &log);
 
     // A portpicker request on the passed abstract socket: a port of the pool.
