@@ -253,8 +253,11 @@ fn a_daemon_out_of_descriptors_blames_no_client_and_releases_nothing() {
         .filter(|l| l.contains("accepting connections again"))
         .count();
     let others = warnings("the daemon is out of file descriptors") - episodes;
+    // Said at least once — as a failed accept's episode (when the refusal came from the spare
+    // descriptor) or as a shortage line (when it came from the room check) — and never more
+    // often than that.
     assert!(
-        episodes <= recovered + 1 && (1..=most_others).contains(&others),
+        episodes <= recovered + 1 && others <= most_others && episodes + others >= 1,
         "{episodes} episodes, {recovered} recoveries, {others} other warnings:\n{log}"
     );
 }
