@@ -314,7 +314,10 @@ async fn answer(
             return;
         }
     };
-    let port = match shared.portserver_request(request, cred).await {
+    // The peer, pinned: taken now that it has asked (a pidfd per connection only for those
+    // that do).
+    let pidfd = berth_os::peer::peer_pidfd(stream.get()).ok().flatten();
+    let port = match shared.portserver_request(request, cred, pidfd).await {
         Ok(port) => port,
         Err(why) => {
             tracing::info!(

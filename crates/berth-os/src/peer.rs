@@ -12,6 +12,9 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
+/// `SO_PASSPIDFD` (include/uapi/asm-generic/socket.h, Linux 6.5).
+const SO_PASSPIDFD: libc::c_int = 76;
+
 /// `SO_PEERPIDFD` (include/uapi/asm-generic/socket.h, Linux 6.5).
 const SO_PEERPIDFD: libc::c_int = 77;
 
@@ -89,6 +92,43 @@ pub fn peer_pidfd(socket: impl AsFd) -> io::Result<Option<OwnedFd>> {
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// Asks the kernel to send a pidfd of the sender with every message read from `socket`
+/// (`SO_PASSPIDFD`; see [`crate::recv::Message::sender_pidfd`]). `Ok(false)` where the kernel
+/// has no such option (before 6.5): messages then come with credentials alone.
+pub fn pass_pidfd(socket: impl AsFd) -> io::Result<bool> {
+    let on: libc::c_int = 1;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: `on` is a live c_int and `len` its size; the descriptor is borrowed for the
+    // duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSPIDFD,
+            (&on as *const libc::c_int).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOPROTOOPT) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// The pid a pidfd names, as `/proc/self/fdinfo` says (`Pid:`); `None` when it cannot be read,
+/// or the process has been reaped (the kernel then says -1).
+pub fn pidfd_pid(pidfd: impl AsFd) -> Option<u32> {
+    let info =
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_fd().as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse::<u32>().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,13 +149,6 @@ mod tests {
         let Some(fd) = peer_pidfd(&a).unwrap() else {
             return;
         };
-        // The pidfd's pid, as /proc/self/fdinfo says ("Pid:").
-        let info =
-            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
-        let pid = info
-            .lines()
-            .find_map(|l| l.strip_prefix("Pid:"))
-            .map(|p| p.trim().parse::<u32>().unwrap());
-        assert_eq!(pid, Some(std::process::id()), "{info}");
+        assert_eq!(pidfd_pid(&fd), Some(std::process::id()));
     }
 }

@@ -64,6 +64,33 @@ pub fn has_exited(pidfd: impl AsFd) -> io::Result<bool> {
     Ok(rc > 0 && poll.revents & libc::POLLIN != 0)
 }
 
+/// Whether the process `pidfd` names still holds its pid: it runs, or has exited and not been
+/// reaped yet (a zombie). Once it is reaped, the pid may name another process — whatever
+/// `/proc/PID` says then is not about this one. Asks with signal 0 (`pidfd_send_signal(2)`),
+/// which delivers nothing; a process the caller may not signal is there all the same.
+pub fn holds_its_pid(pidfd: impl AsFd) -> io::Result<bool> {
+    // SAFETY: pidfd_send_signal with signal 0, no siginfo and no flags only checks; the
+    // descriptor is borrowed for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            std::os::fd::AsRawFd::as_raw_fd(&pidfd.as_fd()),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ESRCH) => Ok(false),
+        Some(libc::EPERM) => Ok(true),
+        _ => Err(e),
+    }
+}
+
 impl AsFd for PidFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()

@@ -34,6 +34,11 @@ pub struct Message {
     pub fds: Vec<OwnedFd>,
     /// The sender (`SCM_CREDENTIALS`).
     pub sender: Option<Credentials>,
+    /// A pidfd of the sender (`SCM_PIDFD`, with [`crate::peer::pass_pidfd`] on): it names the
+    /// very process that sent the bytes, so what `/proc/PID` says of `sender.pid` can be
+    /// checked afterwards. `None` without the option, or when the kernel could not make one
+    /// (the sender has been reaped).
+    pub sender_pidfd: Option<OwnedFd>,
     /// The kernel dropped control data that did not fit (`MSG_CTRUNC`).
     pub truncated: bool,
 }
@@ -57,13 +62,20 @@ pub fn at_end(socket: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
-/// A control buffer with room for `max_fds` descriptors and one set of credentials, aligned
-/// for `cmsghdr`.
+/// `SCM_PIDFD` (include/linux/socket.h, Linux 6.5): the sender's pidfd, sent with every message
+/// to a socket with `SO_PASSPIDFD` on.
+const SCM_PIDFD: libc::c_int = 0x04;
+
+/// A control buffer with room for `max_fds` descriptors, one set of credentials and the
+/// sender's pidfd, aligned for `cmsghdr`. (Without room for the pidfd the kernel would mark
+/// every message truncated.)
 pub fn control_buffer(max_fds: usize) -> Vec<u64> {
     let fds = u32::try_from(max_fds * size_of::<i32>()).unwrap_or(u32::MAX);
     let cred = u32::try_from(size_of::<libc::ucred>()).unwrap_or(u32::MAX);
+    let pidfd = u32::try_from(size_of::<i32>()).unwrap_or(u32::MAX);
     // SAFETY: CMSG_SPACE only computes a size.
-    let bytes = unsafe { libc::CMSG_SPACE(fds) + libc::CMSG_SPACE(cred) } as usize;
+    let bytes = unsafe { libc::CMSG_SPACE(fds) + libc::CMSG_SPACE(cred) + libc::CMSG_SPACE(pidfd) }
+        as usize;
     vec![0u64; bytes.div_ceil(size_of::<u64>())]
 }
 
@@ -87,9 +99,11 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], control: &mut [u64]) -> io::
     let bytes = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
     let mut fds = Vec::new();
     let mut sender = None;
+    let mut sender_pidfd = None;
     // SAFETY: the CMSG_* accessors walk the control data the kernel wrote into `control`,
     // bounded by `msg.msg_controllen`; every read is unaligned-safe and within a header's
-    // declared length, and each descriptor in SCM_RIGHTS is a new one this process now owns.
+    // declared length, and each descriptor in SCM_RIGHTS is a new one this process now owns,
+    // as is a non-negative SCM_PIDFD (a negative one is the error the kernel met making it).
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
@@ -116,6 +130,12 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], control: &mut [u64]) -> io::
                         gid: cred.gid,
                     });
                 }
+                (libc::SOL_SOCKET, SCM_PIDFD) if payload >= size_of::<i32>() => {
+                    let raw = data.cast::<i32>().read_unaligned();
+                    if raw >= 0 {
+                        sender_pidfd = Some(OwnedFd::from_raw_fd(raw));
+                    }
+                }
                 _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
@@ -125,6 +145,7 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], control: &mut [u64]) -> io::
         bytes,
         fds,
         sender,
+        sender_pidfd,
         truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     })
 }
@@ -140,6 +161,7 @@ mod tests {
     fn reads_bytes_descriptors_and_credentials() {
         let (a, b) = UnixStream::pair().unwrap();
         rustix::net::sockopt::set_socket_passcred(&b, true).unwrap();
+        let pidfds = crate::peer::pass_pidfd(&b).unwrap();
         let pipe = rustix::pipe::pipe().unwrap();
         let fds = [pipe.0.as_fd()];
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -161,6 +183,13 @@ mod tests {
         let me = got.sender.unwrap();
         assert_eq!(me.pid, std::process::id());
         assert_eq!(me.uid, rustix::process::getuid().as_raw());
+        if pidfds {
+            let pidfd = got
+                .sender_pidfd
+                .expect("SO_PASSPIDFD is on: a pidfd comes along");
+            assert!(!crate::pidfd::has_exited(&pidfd).unwrap());
+            assert_eq!(crate::peer::pidfd_pid(&pidfd), Some(std::process::id()));
+        }
         (&a).write_all(b"x").unwrap();
         let plain = recv(b.as_fd(), &mut buf, &mut control).unwrap();
         assert_eq!(plain.bytes, 1);

@@ -10,13 +10,19 @@
 //!   kernel names it to the daemon, whatever number it sent.
 //! - In the daemon's pid namespace, the named pid must exist, and be the peer itself, or run
 //!   as the peer's uid, or the peer must be an administrator.
+//!
+//! Each process is described from `/proc` while a pidfd taken first shows it running — the
+//! peer's from `SO_PEERPIDFD`, the named one's from `pidfd_open` — so that a pid that passed to
+//! another process meanwhile does not lend that process's start time.
+
+use std::os::fd::BorrowedFd;
 
 use berth_core::Owner;
 use berth_os::peer::PeerCredentials;
 
 use berth_os::proc::{pid_namespace, real_ids as ids};
 
-use crate::session::peer::process_owner;
+use crate::session::peer::{confirmed, process_owner};
 
 /// Why a portserver request names no owner the daemon will reserve for (logged; portpicker's
 /// client is told nothing but a closed connection).
@@ -52,11 +58,13 @@ pub(crate) enum NotOwner {
     Exited { named: u32 },
 }
 
-/// The owner of the reservation `named` asks for on behalf of `peer`, or why it is refused.
-/// `is_admin` decides whether the peer administers the daemon.
+/// The owner of the reservation `named` asks for on behalf of `peer` (whose pidfd, from
+/// `SO_PEERPIDFD`, is `peer_pidfd`), or why it is refused. `is_admin` decides whether the peer
+/// administers the daemon.
 pub(crate) fn owner_for(
     named: u32,
     peer: PeerCredentials,
+    peer_pidfd: Option<BorrowedFd<'_>>,
     is_admin: impl FnOnce(&Owner) -> bool,
 ) -> Result<Owner, NotOwner> {
     if named <= 1 {
@@ -65,8 +73,11 @@ pub(crate) fn owner_for(
     if peer.pid == 0 {
         return Err(NotOwner::PeerInvisible);
     }
-    let asker = live(process_owner(peer.pid, peer.uid, peer.gid))
-        .ok_or(NotOwner::PeerExited { pid: peer.pid })?;
+    let asker = live(confirmed(
+        process_owner(peer.pid, peer.uid, peer.gid),
+        peer_pidfd,
+    ))
+    .ok_or(NotOwner::PeerExited { pid: peer.pid })?;
     let here = pid_namespace("self").ok_or(NotOwner::OwnNamespaceUnreadable)?;
     let theirs = pid_namespace(&peer.pid.to_string())
         .ok_or(NotOwner::PeerNamespaceUnreadable { pid: peer.pid })?;
@@ -83,6 +94,7 @@ pub(crate) fn owner_for(
     if named == peer.pid {
         return Ok(asker);
     }
+    let pidfd = berth_os::pidfd::PidFd::open(named).ok().flatten();
     let (uid, gid) = ids(named).ok_or(NotOwner::NoSuchProcess { named })?;
     if uid != peer.uid && !is_admin(&asker) {
         return Err(NotOwner::OtherUser {
@@ -91,7 +103,7 @@ pub(crate) fn owner_for(
             asker_uid: peer.uid,
         });
     }
-    live(process_owner(named, uid, gid)).ok_or(NotOwner::Exited { named })
+    live(confirmed(process_owner(named, uid, gid), pidfd)).ok_or(NotOwner::Exited { named })
 }
 
 /// `owner`, if it was still running when described (start time known).
@@ -113,14 +125,14 @@ mod tests {
 
     #[test]
     fn the_peer_itself_and_its_own_processes_are_served() {
-        let got = owner_for(me().pid, me(), |_| false).unwrap();
+        let got = owner_for(me().pid, me(), None, |_| false).unwrap();
         assert_eq!(got.pid, me().pid);
         assert!(got.start_time > 0);
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let got = owner_for(child.id(), me(), |_| false).unwrap();
+        let got = owner_for(child.id(), me(), None, |_| false).unwrap();
         assert_eq!(got.pid, child.id());
         child.kill().unwrap();
         child.wait().unwrap();
@@ -129,21 +141,21 @@ mod tests {
     #[test]
     fn init_nonexistent_and_invisible_pids_are_refused() {
         assert!(matches!(
-            owner_for(0, me(), |_| true),
+            owner_for(0, me(), None, |_| true),
             Err(NotOwner::Unfit { named: 0 })
         ));
         assert!(matches!(
-            owner_for(1, me(), |_| true),
+            owner_for(1, me(), None, |_| true),
             Err(NotOwner::Unfit { named: 1 })
         ));
         // Beyond pid_max (at most 2^22): never a process.
         assert!(matches!(
-            owner_for(99_999_999, me(), |_| true),
+            owner_for(99_999_999, me(), None, |_| true),
             Err(NotOwner::NoSuchProcess { named: 99_999_999 })
         ));
         let hidden = PeerCredentials { pid: 0, ..me() };
         assert!(matches!(
-            owner_for(me().pid, hidden, |_| true),
+            owner_for(me().pid, hidden, None, |_| true),
             Err(NotOwner::PeerInvisible)
         ));
     }
@@ -161,14 +173,14 @@ mod tests {
             .spawn()
             .unwrap();
         assert!(matches!(
-            owner_for(child.id(), stranger, |_| false),
+            owner_for(child.id(), stranger, None, |_| false),
             Err(NotOwner::OtherUser {
                 asker_uid: 4_000_000_000,
                 ..
             })
         ));
         assert_eq!(
-            owner_for(child.id(), stranger, |_| true).unwrap().pid,
+            owner_for(child.id(), stranger, None, |_| true).unwrap().pid,
             child.id()
         );
         child.kill().unwrap();

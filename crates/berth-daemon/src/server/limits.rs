@@ -54,7 +54,7 @@ pub(crate) fn room_for(fds: usize) -> bool {
     // A room found for a message's worth is trusted for a millisecond: a busy daemon reads
     // thousands of times a second, and a probe per read would cost two system calls each.
     static LAST_ROOMY: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    let small = fds <= crate::session::inbound::KERNEL_MAX_FDS + 1;
+    let small = fds <= crate::session::inbound::READ_ROOM;
     let now = std::time::Instant::now();
     if small {
         let last = *LAST_ROOMY
@@ -84,7 +84,7 @@ fn probe_room(fds: usize) -> bool {
     // A small limit (a test's) keeps a fraction of itself free instead: a quarter for what an
     // admitted session needs (a read), a third for more (a new connection's), so that admitted
     // sessions are still read once new connections are refused.
-    let cap = if fds > crate::session::inbound::KERNEL_MAX_FDS + 1 {
+    let cap = if fds > crate::session::inbound::READ_ROOM {
         limit / 3
     } else {
         limit / 4
@@ -105,7 +105,7 @@ const ROOM_MARGIN: usize = 64;
 /// The room a new connection must leave: a message's descriptors more than a read needs, so
 /// that a daemon short of descriptors refuses new connections while it still reads those it
 /// serves (and sees them end, which frees descriptors).
-pub(crate) const ACCEPT_ROOM: usize = 2 * crate::session::inbound::KERNEL_MAX_FDS + 1;
+pub(crate) const ACCEPT_ROOM: usize = 2 * crate::session::inbound::READ_ROOM;
 
 /// Whether `e` says that the daemon (`EMFILE`) or the system (`ENFILE`) is out of file
 /// descriptors: a shortage of the daemon's, never the client's fault.

@@ -16,6 +16,14 @@
 //! A partial frame continued by another sender, descriptors with a frame that is not an
 //! `Associate`, and descriptors in a read where no frame starts close the connection.
 //!
+//! # Which process
+//! With `SO_PASSPIDFD` on, every read also brings a pidfd of its sender (`SCM_PIDFD`). A read
+//! from a process other than the connection's owner (which the kernel pinned at connect time)
+//! has that process's start time read from `/proc` while its pidfd shows it running
+//! ([`Sender::start_time`]): a sender that exits at once cannot lend its pid, reused by another
+//! process, to the request it sent. The pidfd is closed on the serving thread right away —
+//! unlike a descriptor a client sends, the kernel made it and closing it never blocks.
+//!
 //! Every descriptor received is a [`Received`]: it is closed on a closer thread of the
 //! connection's user, never on the runtime's (see `closer`), and so is the connection itself,
 //! whose receive queue may still hold descriptors in flight. The request after an `Associate` is
@@ -53,6 +61,9 @@ pub(crate) use berth_protocol::ledger::{Ledger, Refusal};
 /// reading thread.
 pub(crate) const KERNEL_MAX_FDS: usize = 253;
 
+/// The descriptors one read of a session may install: a message's, and its sender's pidfd.
+pub(crate) const READ_ROOM: usize = KERNEL_MAX_FDS + 1;
+
 /// Bytes read per `recvmsg`.
 const CHUNK: usize = 16 * 1024;
 
@@ -88,13 +99,23 @@ thread_local! {
 /// (a close normally takes microseconds; one that blocks is the client's own doing).
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// Who sent a read, as the kernel said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sender {
+    /// Its credentials (`SCM_CREDENTIALS`).
+    pub(crate) cred: Credentials,
+    /// For a process other than the connection's owner, its start time as read while its
+    /// pidfd (`SCM_PIDFD`) showed it running — 0 when it had exited by then; `None` for the
+    /// owner itself, or without a pidfd (a kernel before 6.5), when `/proc` is read later.
+    pub(crate) start_time: Option<u64>,
+}
+
 /// One decoded request with what the kernel said about it.
 pub(crate) struct Inbound {
     /// The request.
     pub(crate) request: Request,
-    /// The credentials of the process that sent the bytes in which the frame starts, when the
-    /// kernel supplied them.
-    pub(crate) sender: Option<Credentials>,
+    /// The process that sent the bytes in which the frame starts, when the kernel said.
+    pub(crate) sender: Option<Sender>,
     /// The descriptor sent with an `Associate` frame.
     pub(crate) fd: Option<Received>,
     /// The frame came with a descriptor the daemon could not take: it is out of descriptors.
@@ -125,7 +146,9 @@ pub(crate) struct Reader {
     buf: BytesMut,
     codec: FrameCodec<Request, Response>,
     /// Which bytes came from whom, and with which descriptors.
-    ledger: Ledger<Carried, Option<Credentials>>,
+    ledger: Ledger<Carried, Option<Sender>>,
+    /// The pid of the process that opened the connection: its own reads need no pinning.
+    owner_pid: u32,
     /// The connection's user's lane of closer threads: every descriptor received is closed
     /// there, and so is the connection.
     lane: Lane,
@@ -138,10 +161,16 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    /// A reader of `half`, whose descriptors are closed in `lane`; `keep` is dropped once the
-    /// connection is closed.
-    pub(crate) fn new(half: OwnedReadHalf, lane: Lane, keep: Option<Box<dyn Send>>) -> Self {
+    /// A reader of `half`, opened by process `owner_pid`, whose descriptors are closed in
+    /// `lane`; `keep` is dropped once the connection is closed.
+    pub(crate) fn new(
+        half: OwnedReadHalf,
+        owner_pid: u32,
+        lane: Lane,
+        keep: Option<Box<dyn Send>>,
+    ) -> Self {
         Reader {
+            owner_pid,
             lane,
             keep,
             half: Some(half),
@@ -236,9 +265,10 @@ impl Reader {
             // Back-pressure: what this user sends waits in the kernel while its closes back up,
             // and one of its connections is read at a time (see `Lane::read_turn`).
             let turn = self.lane.read_turn().await;
-            // The room a message's descriptors take is there, or nothing is read for now:
-            // the kernel would close what it cannot install on this very thread.
-            if !crate::server::limits::room_for(KERNEL_MAX_FDS) {
+            // The room a message's descriptors (and its sender's pidfd) take is there, or
+            // nothing is read for now: the kernel would close what it cannot install on this
+            // very thread.
+            if !crate::server::limits::room_for(READ_ROOM) {
                 drop(turn);
                 // A connection that has ended is still seen to end (a peek installs nothing):
                 // its session ends and frees its descriptors — how a daemon at its limit gets
@@ -283,10 +313,23 @@ impl Reader {
             fds.push(Carried::Lost);
         }
         let n = message.bytes;
-        self.ledger
-            .record(n, fds, message.sender)
-            .map_err(refused)?;
+        let sender = message
+            .sender
+            .map(|cred| self.pin(cred, message.sender_pidfd));
+        self.ledger.record(n, fds, sender).map_err(refused)?;
         Ok(n)
+    }
+
+    /// The sender of a read: for another process than the connection's owner, pinned by its
+    /// pidfd (see "Which process" above). The pidfd is closed here.
+    fn pin(&self, cred: Credentials, pidfd: Option<std::os::fd::OwnedFd>) -> Sender {
+        let start_time = match pidfd {
+            Some(pidfd) if cred.pid != 0 && cred.pid != self.owner_pid => {
+                Some(crate::session::peer::pinned_start_time(cred.pid, pidfd))
+            }
+            _ => None,
+        };
+        Sender { cred, start_time }
     }
 }
 
@@ -302,7 +345,7 @@ impl Drop for Reader {
 }
 
 /// The error that closes a connection whose descriptors or senders do not add up.
-fn refused(refusal: Refusal<Option<Credentials>>) -> ReadError {
+fn refused(refusal: Refusal<Option<Sender>>) -> ReadError {
     ReadError::Io(io::Error::new(
         io::ErrorKind::InvalidData,
         Told(&refusal).to_string(),
@@ -310,12 +353,12 @@ fn refused(refusal: Refusal<Option<Credentials>>) -> ReadError {
 }
 
 /// Who sent something, for a message.
-struct Who(Option<Credentials>);
+struct Who(Option<Sender>);
 
 impl fmt::Display for Who {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(cred) if cred.pid != 0 => write!(f, "process {}", cred.pid),
+            Some(sender) if sender.cred.pid != 0 => write!(f, "process {}", sender.cred.pid),
             Some(_) => f.write_str("a process outside the daemon's pid namespace"),
             None => f.write_str("an unidentified process"),
         }
@@ -323,7 +366,7 @@ impl fmt::Display for Who {
 }
 
 /// A refusal as the client is told it.
-struct Told<'a>(&'a Refusal<Option<Credentials>>);
+struct Told<'a>(&'a Refusal<Option<Sender>>);
 
 impl fmt::Display for Told<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

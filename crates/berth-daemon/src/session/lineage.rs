@@ -5,7 +5,7 @@ use berth_core::{ErrorKind, Owner};
 
 use berth_os::proc;
 
-use crate::session::peer::process_owner;
+use crate::session::peer::{confirmed, process_owner};
 
 /// Why a process cannot receive a reservation from another (the text is the client's answer).
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,9 @@ pub(crate) fn child_of(parent: &Owner, pid: u32) -> Result<Owner, NotAChild> {
     if pid <= 1 {
         return Err(NotAChild::Unfit { pid });
     }
+    // Taken first: what `/proc` says below is kept only while this process still runs (its pid
+    // cannot have passed to another meanwhile).
+    let pidfd = berth_os::pidfd::PidFd::open(pid).ok().flatten();
     let stat = proc::stat(pid).map_err(|source| NotAChild::Invisible { pid, source })?;
     let ppid = proc::parent_from_stat(&stat);
     if ppid != Some(parent.pid) {
@@ -67,7 +70,7 @@ pub(crate) fn child_of(parent: &Owner, pid: u32) -> Result<Owner, NotAChild> {
             parent_uid: parent.uid,
         });
     }
-    let child = process_owner(pid, uid, gid);
+    let child = confirmed(process_owner(pid, uid, gid), pidfd);
     if child.start_time == 0 {
         return Err(NotAChild::Exited { pid });
     }

@@ -147,6 +147,13 @@ pub(crate) async fn serve_connection(
         lane.dispose((stream, Some(permit)));
         return;
     }
+    // …and a pidfd of each sender, so that the one a forked child is told apart by cannot be
+    // reused by another process before it is looked at (kernels before 6.5: credentials alone).
+    if let Err(e) = berth_os::peer::pass_pidfd(&stream) {
+        tracing::warn!("dropping a connection: cannot enable SO_PASSPIDFD: {e}");
+        lane.dispose((stream, Some(permit)));
+        return;
+    }
     let netns = control.netns.peer(owner.pid, &stream);
     if netns == PeerNetns::Unknown {
         tracing::debug!(
@@ -162,7 +169,7 @@ pub(crate) async fn serve_connection(
         netns,
     };
     let (rd, wr) = stream.into_split();
-    let mut reader = Reader::new(rd, lane, Some(permit));
+    let mut reader = Reader::new(rd, session.peer.owner.pid, lane, Some(permit));
     let mut writer = writer(wr);
 
     if let Some(version) = handshake(&mut reader, &mut writer, &session, &shutdown).await {
@@ -382,7 +389,7 @@ impl Session<'_> {
                 }
                 Ok(Some(inbound)) => {
                     let what = inbound.request.name();
-                    let (pid, uid) = match inbound.sender {
+                    let (pid, uid) = match inbound.sender.map(|s| s.cred) {
                         Some(c) if c.pid != 0 => (c.pid, c.uid),
                         _ => (peer.owner.pid, peer.owner.uid),
                     };
@@ -419,7 +426,7 @@ impl Session<'_> {
     /// daemon's own user, a member of an admin group) — and, when another process wrote on the
     /// connection (a forked child), one of the same user or root.
     fn may_stop(&self, inbound: &Inbound) -> bool {
-        let sender_uid = inbound.sender.map(|c| c.uid);
+        let sender_uid = inbound.sender.map(|s| s.cred.uid);
         self.peer.is_admin && sender_uid.is_none_or(|uid| uid == self.peer.owner.uid || uid == 0)
     }
 

@@ -19,9 +19,9 @@ pub(crate) fn may_bind_privileged(pid: u32) -> bool {
 
 /// The process that connected on `socket`: `SO_PEERCRED` for pid, uid and gid, then `/proc`
 /// for its start time and command name, checked against a pidfd of the peer taken first
-/// (`SO_PEERPIDFD`) so a pid reused meanwhile cannot lend another process's start time. A peer whose pid is not visible here (another pid
-/// namespace: the kernel says pid 0) is refused: its reservations could be neither watched nor
-/// told apart.
+/// (`SO_PEERPIDFD`) so a pid reused meanwhile cannot lend another process's start time. A peer
+/// whose pid is not visible here (another pid namespace: the kernel says pid 0) is refused: its
+/// reservations could be neither watched nor told apart.
 pub(crate) fn peer_owner(socket: &impl AsFd) -> io::Result<Owner> {
     let cred = berth_os::peer::peer_credentials(socket)?;
     if cred.pid == 0 {
@@ -29,18 +29,44 @@ pub(crate) fn peer_owner(socket: &impl AsFd) -> io::Result<Owner> {
             "the peer's pid is not visible in the daemon's pid namespace",
         ));
     }
-    // The process that connected, as the kernel pins it: if it has exited by the time `/proc`
-    // was read, its pid may already name another process, whose start time must not pass for
-    // its own. It is then described as gone (start time 0), as a process that exited first is.
+    // The process that connected, as the kernel pins it (see `confirmed`).
     let pidfd = berth_os::peer::peer_pidfd(socket).ok().flatten();
-    let owner = read_owner(cred.pid, cred.uid, cred.gid)?;
-    match pidfd.map(berth_os::pidfd::has_exited) {
-        Some(Ok(true)) => Ok(Owner {
-            start_time: 0,
-            command: String::new(),
-            ..owner
-        }),
-        _ => Ok(owner),
+    Ok(confirmed(read_owner(cred.pid, cred.uid, cred.gid)?, pidfd))
+}
+
+/// `owner` as `/proc` described it, kept only if `pidfd` — taken before `/proc` was read, and
+/// naming the process meant — shows that process still holding its pid (running, or exited
+/// and not yet reaped): once reaped, its pid may already name another process, whose start
+/// time and command must not pass for its own. It is then described as gone (start time 0),
+/// as a process that exited first is. Without a pidfd (a kernel before 6.5, or a process
+/// already reaped) the description stands.
+pub(crate) fn confirmed(owner: Owner, pidfd: Option<impl AsFd>) -> Owner {
+    match pidfd.map(berth_os::pidfd::holds_its_pid) {
+        Some(Ok(false)) => gone(owner),
+        _ => owner,
+    }
+}
+
+/// `owner` described as a process that has exited: start time 0, no command.
+pub(crate) fn gone(owner: Owner) -> Owner {
+    Owner {
+        start_time: 0,
+        command: String::new(),
+        ..owner
+    }
+}
+
+/// The start time of process `pid` as `/proc` says, while `pidfd` — taken earlier, naming the
+/// process meant — shows it holding its pid (see [`confirmed`]); 0 once that process has been
+/// reaped (or `/proc` cannot say).
+pub(crate) fn pinned_start_time(pid: u32, pidfd: impl AsFd) -> u64 {
+    let start_time = proc::stat(pid)
+        .ok()
+        .and_then(|stat| proc::start_time_from_stat(&stat))
+        .unwrap_or(0);
+    match berth_os::pidfd::holds_its_pid(pidfd) {
+        Ok(false) => 0,
+        _ => start_time,
     }
 }
 
@@ -87,6 +113,45 @@ pub(crate) fn groups_of(who: &Owner) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pidfd_of_a_reaped_process_unpins_its_pid() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let pidfd = berth_os::pidfd::PidFd::open(pid).unwrap().unwrap();
+        let running = pinned_start_time(pid, &pidfd);
+        assert!(running > 0);
+        let described = process_owner(pid, 0, 0);
+        assert_eq!(confirmed(described.clone(), Some(&pidfd)), described);
+        // Exited but not reaped: the pid is still its own, and so is what /proc says.
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        // The pidfd becomes readable at the exit: wait for that, with a deadline.
+        let mut fds = [rustix::event::PollFd::new(
+            &pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        let limit = rustix::event::Timespec {
+            tv_sec: 10,
+            tv_nsec: 0,
+        };
+        assert_eq!(rustix::event::poll(&mut fds, Some(&limit)).unwrap(), 1);
+        assert_eq!(pinned_start_time(pid, &pidfd), running);
+        assert_eq!(confirmed(described.clone(), Some(&pidfd)), described);
+        child.wait().unwrap();
+        // Reaped: the pid may name another process from now on; the pidfd still names this one.
+        assert_eq!(pinned_start_time(pid, &pidfd), 0);
+        let after = confirmed(described.clone(), Some(&pidfd));
+        assert_eq!(after.start_time, 0);
+        assert!(after.command.is_empty());
+        assert_eq!(after.pid, pid);
+    }
 
     #[test]
     fn describes_this_process() {

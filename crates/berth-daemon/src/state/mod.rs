@@ -17,8 +17,8 @@ use crate::mirror::journal::Journal;
 use crate::mirror::owner_watch::Watcher;
 use crate::mirror::store_thread::StoreHandle;
 use crate::mirror::{Pending, Refused, Stream};
-use crate::session::inbound::{Credentials, Inbound};
-use crate::session::peer::{groups_of, process_owner};
+use crate::session::inbound::{Inbound, Sender};
+use crate::session::peer::{gone, groups_of, process_owner};
 use berth_os::netns::NetNs;
 
 mod log;
@@ -316,7 +316,7 @@ impl Shared {
 
     /// Answers one request (not the hello, which the session handles), in its user's turn.
     pub(crate) async fn handle(&self, inbound: Inbound, peer: &Peer) -> Response {
-        let uid = inbound.sender.map_or(peer.owner.uid, |c| c.uid);
+        let uid = inbound.sender.map_or(peer.owner.uid, |s| s.cred.uid);
         let _turn = self.turns.enter(uid).await;
         self.answer(inbound, peer).await
     }

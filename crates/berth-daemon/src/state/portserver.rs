@@ -2,6 +2,8 @@
 //! and the change stream like every other grant (journaled, hidden from autobind when the
 //! kernel's list is kept, watched through a pidfd).
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use berth_core::{AcquireError, Owner};
 use berth_os::peer::PeerCredentials;
 
@@ -30,15 +32,22 @@ pub(crate) enum PortserverRefusal {
 }
 
 impl Shared {
-    /// Answers the portpicker request naming `named`, asked by `peer`: the port reserved, or
-    /// why nothing was (the client is told nothing either way but the port).
+    /// Answers the portpicker request naming `named`, asked by `peer` (pinned by `peer_pidfd`,
+    /// its `SO_PEERPIDFD`): the port reserved, or why nothing was (the client is told nothing
+    /// either way but the port).
     pub(crate) async fn portserver_request(
         &self,
         named: u32,
         peer: PeerCredentials,
+        peer_pidfd: Option<OwnedFd>,
     ) -> Result<u16, PortserverRefusal> {
         let _turn = self.turns.enter(peer.uid).await;
-        let owner = identity::owner_for(named, peer, |asker| self.is_admin(asker))?;
+        let owner = identity::owner_for(
+            named,
+            peer,
+            peer_pidfd.as_ref().map(|fd| fd.as_fd()),
+            |asker| self.is_admin(asker),
+        )?;
         self.grant_both(owner).await
     }
 

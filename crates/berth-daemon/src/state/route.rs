@@ -117,12 +117,18 @@ impl Shared {
 
     /// Who sent a request: the session's owner, unless the kernel says another process sent
     /// it (a forked child writing on an inherited connection).
-    pub(super) fn requester(&self, peer: &Peer, sender: Option<Credentials>) -> Requester {
+    pub(super) fn requester(&self, peer: &Peer, sender: Option<Sender>) -> Requester {
         let process = match sender {
             // pid 0: the kernel could not name the sender in our pid namespace; the session's
             // owner (whom the kernel named at connect time) answers for the connection.
-            Some(cred) if cred.pid != 0 && cred.pid != peer.owner.pid => {
-                process_owner(cred.pid, cred.uid, cred.gid)
+            Some(s) if s.cred.pid != 0 && s.cred.pid != peer.owner.pid => {
+                let now = process_owner(s.cred.pid, s.cred.uid, s.cred.gid);
+                match s.start_time {
+                    // The sender, pinned by its pidfd when its bytes were read, is not the
+                    // process that has its pid now: it has exited.
+                    Some(pinned) if pinned != now.start_time => gone(now),
+                    _ => now,
+                }
             }
             _ => peer.owner.clone(),
         };

@@ -6,12 +6,25 @@ use berth_testkit::raw::{frame, send_with_fds};
 use std::os::fd::AsFd;
 
 fn pair() -> (tokio::net::UnixStream, Reader) {
+    pair_with(true)
+}
+
+/// A connection as the daemon reads it, with or without the senders' pidfds.
+fn pair_with(pidfds: bool) -> (tokio::net::UnixStream, Reader) {
     let (client, daemon) = tokio::net::UnixStream::pair().unwrap();
     rustix::net::sockopt::set_socket_passcred(&daemon, true).unwrap();
+    if pidfds {
+        berth_os::peer::pass_pidfd(&daemon).unwrap();
+    }
     let (rd, _wr) = daemon.into_split();
     (
         client,
-        Reader::new(rd, crate::session::closer::Closers::new().lane(0), None),
+        Reader::new(
+            rd,
+            std::process::id(),
+            crate::session::closer::Closers::new().lane(0),
+            None,
+        ),
     )
 }
 
@@ -42,7 +55,7 @@ async fn pipelined_frames_and_a_socket_are_attributed() {
     let status = reader.next().await.ok().flatten().unwrap();
     assert_eq!(status.request, Request::Status);
     assert!(status.fd.is_none());
-    assert_eq!(status.sender.map(|c| c.pid), Some(std::process::id()));
+    assert_eq!(status.sender.map(|s| s.cred.pid), Some(std::process::id()));
 
     let got = reader.next().await.ok().flatten().unwrap();
     assert_eq!(got.request, associate);
@@ -116,14 +129,17 @@ async fn an_associate_whose_socket_comes_later_gets_none_and_the_socket_is_refus
 }
 
 /// A daemon out of descriptors: the kernel cannot install the socket and truncates the
-/// control data (here: a control buffer with no room for descriptors does the same). The
+/// control data (here: a control buffer with room for the credentials alone does the same;
+/// without pidfds, whose room the real buffer always has, and which would be cut first). The
 /// associate comes through marked, the connection goes on; a client that sent a descriptor
 /// with another request is still refused.
 #[tokio::test]
 async fn a_descriptor_the_daemon_could_not_take_is_no_fault_of_the_client() {
-    let (client, mut reader) = pair();
+    let (client, mut reader) = pair_with(false);
     // The scratch space is per thread: this test's runtime is this (current) thread.
-    SCRATCH.with_borrow_mut(|scratch| scratch.control = recv::control_buffer(0));
+    // CMSG_SPACE(sizeof(struct ucred)) on 64-bit Linux: a 16-byte header and 12 bytes, aligned
+    // to 8 — 32 bytes.
+    SCRATCH.with_borrow_mut(|scratch| scratch.control = vec![0u64; 4]);
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let associate = Request::Associate {
         token: 7,
@@ -163,4 +179,61 @@ async fn too_many_descriptors_in_one_message_close_the_connection_and_are_closed
         .expect("every received copy closed")
         .unwrap();
     assert_eq!(n, 0);
+}
+
+/// Another process writes on the connection (a forked child, as `cat` here): its frame is
+/// its own, pinned by the pidfd the kernel sends with its bytes — its start time while it
+/// runs, 0 once it has exited, even though `/proc` could by then show another process there.
+#[tokio::test]
+async fn another_process_s_frame_is_pinned_by_its_pidfd() {
+    use std::io::Write;
+    let (client, mut reader) = pair();
+    let client = client.into_std().unwrap();
+    let writer_of = |client: &std::os::unix::net::UnixStream| {
+        std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::os::fd::OwnedFd::from(client.try_clone().unwrap()))
+            .spawn()
+            .unwrap()
+    };
+
+    // Still running when its frame is read.
+    let mut running = writer_of(&client);
+    let mut input = running.stdin.take().unwrap();
+    input.write_all(&frame(Request::Status)).unwrap();
+    let got = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(got.request, Request::Status);
+    let sender = got.sender.unwrap();
+    assert_eq!(sender.cred.pid, running.id());
+    let stat = berth_os::proc::stat(running.id()).unwrap();
+    assert_eq!(
+        sender.start_time,
+        berth_os::proc::start_time_from_stat(&stat),
+        "the running writer's own start time"
+    );
+    drop(input);
+    running.wait().unwrap();
+
+    // Exited (and reaped) before its frame is read.
+    let mut gone = writer_of(&client);
+    let mut input = gone.stdin.take().unwrap();
+    input.write_all(&frame(Request::List)).unwrap();
+    drop(input);
+    gone.wait().unwrap();
+    let got = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(got.request, Request::List);
+    let sender = got.sender.unwrap();
+    assert_eq!(sender.cred.pid, gone.id());
+    // Linux 6.16 and later hand out a pidfd of a reaped sender (it reads as exited); earlier
+    // kernels send none, and the frame is then looked up later, as without pidfds.
+    assert!(
+        matches!(sender.start_time, Some(0) | None),
+        "{:?}",
+        sender.start_time
+    );
+
+    // The connection's own process needs no pinning.
+    send_with_fds(&client, &frame(Request::Status), &[]);
+    let own = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(own.sender.unwrap().start_time, None);
 }
