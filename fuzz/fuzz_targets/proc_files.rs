@@ -6,7 +6,10 @@
 //!   bytes (not UTF-8, cut inside a character, with spaces, parentheses and newlines) taken
 //!   from the input, give back the values written into them;
 //! - a reserved-ports list that parses reads back the same from what `write` writes for it,
-//!   and so does any set of ports taken from the input.
+//!   and so does any set of ports taken from the input;
+//! - a sysctl configuration text (`reserved_ports::configured_in`) yields only ports that the
+//!   list's own parser accepts, and a line written the way administrators write it gives its
+//!   ports back.
 
 #![no_main]
 
@@ -66,6 +69,14 @@ fn parse_anything(data: &[u8]) {
     let _ = groups_from_status(&text);
     let _ = effective_caps_from_status(&text);
 
+    // A sysctl file: any text is read without a panic; what it yields is a union of values
+    // the list's parser accepts, so it is a list that round-trips.
+    let configured = reserved_ports::configured_in(&text);
+    assert_eq!(
+        reserved_ports::parse(format!("{configured}\n").as_bytes()).expect("a list"),
+        configured
+    );
+
     if let Ok(set) = reserved_ports::parse(data) {
         // `write` writes the canonical form and a newline; it reads back as the same set, and
         // the canonical form of the canonical form is itself.
@@ -73,6 +84,9 @@ fn parse_anything(data: &[u8]) {
         let back = reserved_ports::parse(written.as_bytes()).expect("the written list parses");
         assert_eq!(back, set);
         assert_eq!(back.to_string(), set.to_string());
+        // The same list as an administrator's sysctl line, among other lines.
+        let file = format!("# berth\nnet.core.somaxconn = 4096\nnet.ipv4.ip_local_reserved_ports = {set}\n");
+        assert_eq!(reserved_ports::configured_in(&file), set);
     }
 }
 

@@ -41,7 +41,13 @@ pub enum Command {
     /// the ephemeral range, or free.
     Why(WhyArgs),
     /// Stop the daemon gracefully (its owner or an administrator) and wait until it is gone.
-    Stop,
+    Stop {
+        /// Also take out of `ip_local_reserved_ports` the entries of reservations whose owners
+        /// still run (a plain stop leaves them listed for the next daemon), as before an
+        /// uninstall.
+        #[arg(long)]
+        restore: bool,
+    },
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Write man pages for berth and each of its commands into a directory.

@@ -312,6 +312,7 @@ mod tests {
                     },
                 },
             ],
+            kernel_list: None,
         }
     }
 

@@ -116,6 +116,25 @@ pub struct StatusJson {
     /// Runtime use per user, `[{"uid", "reservations", "ports", "held_ports"}]`: every user's
     /// for an administrator, your own otherwise.
     pub users: Vec<UserUsageJson>,
+    /// Whose entries `ip_local_reserved_ports` holds, `{"reserved", "extras", "foreign",
+    /// "repaired", "one_chunk"}` (see `docs/kernel.md`), or `null` without kernel sync.
+    pub kernel_list: Option<KernelListJson>,
+}
+
+/// The kernel's list in `berth status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct KernelListJson {
+    /// Listed ports that are the daemon's, for its reservations.
+    pub reserved: u32,
+    /// Other ports the daemon listed: free ports joining scattered entries so the value fits
+    /// one kernel write, and released ports waiting while it does not.
+    pub extras: u32,
+    /// Listed ports that are others' entries.
+    pub foreign: u32,
+    /// Entries repaired since start-up (stale write-backs taken out, entries put back).
+    pub repaired: u64,
+    /// Whether the exact list fit one kernel write (if not, released ports stay listed).
+    pub one_chunk: bool,
 }
 
 /// The ephemeral share in `berth status --json`.
@@ -240,6 +259,13 @@ impl From<&StatusInfo> for StatusJson {
                     held_ports: u.usage.held_ports,
                 })
                 .collect(),
+            kernel_list: s.kernel_list.map(|k| KernelListJson {
+                reserved: k.reserved,
+                extras: k.extras,
+                foreign: k.foreign,
+                repaired: k.repaired,
+                one_chunk: k.one_chunk,
+            }),
         }
     }
 }

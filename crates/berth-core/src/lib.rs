@@ -16,6 +16,8 @@
 //! - [`policy`]: [`PrivilegedPorts`], who may bind ports below the unprivileged start.
 //! - [`portset`]: [`PortSet`], a set of ports in the kernel's list syntax
 //!   (`ip_local_reserved_ports`).
+//! - [`reserved_list`]: [`ListBooks`], whose entries of that list are berth's and what to
+//!   write so that it equals the table, in one kernel chunk.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +27,7 @@ pub mod owner;
 pub mod policy;
 pub mod portset;
 pub mod range;
+pub mod reserved_list;
 pub mod table;
 pub mod token;
 
@@ -33,6 +36,9 @@ pub use owner::{Holder, Owner, Requester, SessionId};
 pub use policy::{PrivilegedDenied, PrivilegedPorts};
 pub use portset::{BadPortList, PortSet};
 pub use range::{Pool, PortRange, Protocol, RangeRequest};
+pub use reserved_list::{
+    Extras, Figures as ListFigures, ListBooks, Plan as ListPlan, Write as ListWrite,
+};
 pub use table::{
     Allowed, BindPlan, Bond, Change, Constraints, Ending, Kind, Lease, PortUse, Quota, QuotaKind,
     Reservation, Table, Usage, UseRequest,

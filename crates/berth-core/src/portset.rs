@@ -65,6 +65,11 @@ impl PortSet {
         self.zip(other, |a, b| a | b)
     }
 
+    /// The ports in both `self` and `other`.
+    pub fn intersection(&self, other: &PortSet) -> PortSet {
+        self.zip(other, |a, b| a & b)
+    }
+
     /// The ports in `self` and not in `other`.
     pub fn difference(&self, other: &PortSet) -> PortSet {
         self.zip(other, |a, b| a & !b)

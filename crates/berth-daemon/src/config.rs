@@ -79,6 +79,11 @@ pub struct Config {
     /// Whether to keep `net.ipv4.ip_local_reserved_ports` (see `kernel`): off unless asked,
     /// so an embedded or test daemon never touches the host; `berth daemon` asks for `auto`.
     pub kernel_sync: crate::mirror::kernel::KernelSync,
+    /// Where an administrator's `net.ipv4.ip_local_reserved_ports` entries are configured
+    /// (sysctl files and directories): a port listed there is the administrator's whenever it
+    /// is in the kernel's list, and stays listed when a reservation that covered it ends. The
+    /// standard places unless a caller says otherwise.
+    pub configured_reserved_ports: Vec<PathBuf>,
     /// Whether the pool is the default one, which follows the kernel's ephemeral range when
     /// it changes (`berth daemon` without `--pool` or a `pool` key); otherwise it is fixed.
     pub pool_follows_ephemeral: bool,
@@ -114,6 +119,10 @@ impl Config {
             ephemeral_share: Some(DEFAULT_EPHEMERAL_SHARE),
             faults: crate::Faults::default(),
             kernel_sync: crate::mirror::kernel::KernelSync::Off,
+            configured_reserved_ports: berth_os::reserved_ports::CONFIG_PLACES
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
             pool_follows_ephemeral: false,
             authority: Some(berth_protocol::authority::DEFAULT_NAME.to_owned()),
             portserver: None,

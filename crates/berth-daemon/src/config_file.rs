@@ -7,6 +7,8 @@
 //! grace_period_s = 10           # how long a restarted daemon holds runtime reservations
 //! idle_timeout_s = 300          # close a silent connection that holds nothing (0: never)
 //! portserver = "@unittest-portserver"  # the portpicker endpoint; false (or "off") for none
+//! reserved_ports_config = ["/etc/sysctl.d"]  # where administrators list their own
+//!                               # ip_local_reserved_ports entries (default: sysctl's places)
 //!
 //! [privileged]                  # who may reserve and bind ports below
 //! allow_users = ["www-data", 1001]   # net.ipv4.ip_unprivileged_port_start (root always may)
@@ -118,6 +120,9 @@ pub struct ConfigFile {
     /// The portserver endpoint: an address (`@name` or a path), `true` for the default
     /// address, `false` or "off" for none.
     portserver: Option<PortserverKey>,
+    /// The sysctl files and directories where administrators list their own
+    /// `net.ipv4.ip_local_reserved_ports` entries (absolute paths; at most 64).
+    reserved_ports_config: Option<Vec<PathBuf>>,
 }
 
 /// The `portserver` key.
@@ -214,6 +219,27 @@ impl ConfigFile {
         }
         if let Some(hold) = self.hold {
             config.hold = hold;
+        }
+        if let Some(places) = &self.reserved_ports_config {
+            if places.len() > 64 {
+                return Err(invalid(
+                    "reserved_ports_config",
+                    format!(
+                        "reserved_ports_config lists {} places; at most 64",
+                        places.len()
+                    ),
+                ));
+            }
+            if let Some(relative) = places.iter().find(|p| !p.is_absolute()) {
+                return Err(invalid(
+                    "reserved_ports_config",
+                    format!(
+                        "reserved_ports_config: {} is not an absolute path",
+                        relative.display()
+                    ),
+                ));
+            }
+            config.configured_reserved_ports = places.clone();
         }
         match &self.portserver {
             None => {}

@@ -54,12 +54,83 @@ pub fn parse(value: &[u8]) -> io::Result<PortSet> {
     PortSet::parse(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Replaces the list by `set`.
+/// Adds `set` to the list, keeping what is there: written at a file offset above 0, where the
+/// kernel adds each chunk to the list instead of replacing it — so a value of any length
+/// leaves no gap, and an entry another tool writes meanwhile is not undone.
+pub fn add(path: &Path, set: &PortSet) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut text = set.to_string();
+    text.push('\n');
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all_at(text.as_bytes(), 1)
+}
+
+/// Replaces the list by `set` (the first chunk of a value replaces the list, later ones add:
+/// only a value within one chunk replaces it at once).
 pub fn write(path: &Path, set: &PortSet) -> io::Result<()> {
     let mut text = set.to_string();
     text.push('\n');
     let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
     file.write_all(text.as_bytes())
+}
+
+/// Where sysctl configuration is read at boot (systemd-sysctl's and procps' places, most
+/// specific first): an administrator's `net.ipv4.ip_local_reserved_ports` lives there.
+pub const CONFIG_PLACES: [&str; 6] = [
+    "/etc/sysctl.conf",
+    "/etc/sysctl.d",
+    "/run/sysctl.d",
+    "/usr/local/lib/sysctl.d",
+    "/usr/lib/sysctl.d",
+    "/lib/sysctl.d",
+];
+
+/// The ports the sysctl configuration in `places` (files, and directories of `*.conf` files)
+/// lists in `net.ipv4.ip_local_reserved_ports` — every value together, whichever file would
+/// win at boot: each is an administrator's wish. What cannot be read or parsed is skipped.
+pub fn configured(places: &[impl AsRef<Path>]) -> PortSet {
+    let mut set = PortSet::new();
+    for place in places {
+        let place = place.as_ref();
+        let files: Vec<std::path::PathBuf> = match std::fs::read_dir(place) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+                .collect(),
+            Err(_) => vec![place.to_owned()],
+        };
+        for file in files {
+            // Bounded: a sysctl file is a few lines.
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            set = set.union(&configured_in(text.get(..64 * 1024).unwrap_or(&text)));
+        }
+    }
+    set
+}
+
+/// The ports one sysctl configuration text lists in `net.ipv4.ip_local_reserved_ports`
+/// (`key = value` lines; `#` and `;` comments; a leading `-` on the key; `/` or `.` between
+/// the key's parts).
+pub fn configured_in(text: &str) -> PortSet {
+    let mut set = PortSet::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim().trim_start_matches('-').replace('/', ".");
+        if key == "net.ipv4.ip_local_reserved_ports" {
+            if let Ok(ports) = PortSet::parse(value.trim()) {
+                set = set.union(&ports);
+            }
+        }
+    }
+    set
 }
 
 /// Whether this process may write the list (opening it for writing changes nothing); if not,
@@ -72,6 +143,30 @@ pub fn check_writable() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_entries_are_read_from_sysctl_files() {
+        let text = "# a comment\nnet.ipv4.ip_local_port_range = 32768 60999\n\
+                    -net/ipv4/ip_local_reserved_ports = 8080, 9000-9001\n; net.ipv4.ip_local_reserved_ports = 1\n";
+        assert_eq!(configured_in(text).to_string(), "8080,9000-9001");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.path().join("50-a.conf"),
+            "net.ipv4.ip_local_reserved_ports=1000\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.path().join("ignored.txt"),
+            "net.ipv4.ip_local_reserved_ports=2000\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let single = dir.path().join("single");
+        std::fs::write(&single, "net.ipv4.ip_local_reserved_ports=3000\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let missing = dir.path().join("missing");
+        let set = configured(&[dir.path().to_owned(), single, missing]);
+        assert_eq!(set.to_string(), "1000,3000");
+    }
 
     #[test]
     fn a_value_longer_than_the_last_read_is_read_whole() {

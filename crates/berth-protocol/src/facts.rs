@@ -23,7 +23,7 @@ impl Request {
             Request::Reclaim { .. } => "reclaim",
             Request::Transfer { .. } => "transfer",
             Request::Why { .. } => "why",
-            Request::Stop => "stop",
+            Request::Stop | Request::StopWith { .. } => "stop",
         }
     }
 
@@ -48,7 +48,8 @@ impl Request {
             | Request::Status
             | Request::DeletePersistent { .. }
             | Request::LookupPersistent { .. }
-            | Request::Stop => None,
+            | Request::Stop
+            | Request::StopWith { .. } => None,
         }
     }
 }

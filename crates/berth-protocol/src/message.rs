@@ -175,6 +175,14 @@ pub enum Request {
         /// The port, which must lie in the reservation.
         port: u16,
     },
+    /// [`Request::Stop`], saying what becomes of the daemon's entries in the kernel's
+    /// reserved-ports list. `restore: false` is a plain stop: entries of runtime reservations
+    /// whose owners still run stay listed for the next daemon, the rest go. `restore: true`
+    /// takes every entry of the daemon's out (before an uninstall, say).
+    StopWith {
+        /// Take out every entry the daemon wrote, those of live owners too.
+        restore: bool,
+    },
 }
 
 /// The longest allow list of a persistent reservation.
@@ -440,6 +448,29 @@ pub struct StatusInfo {
     /// Runtime use per user: every user's for an administrator, the asker's own otherwise;
     /// ordered by uid.
     pub users: Vec<UserUsage>,
+    /// Whose entries `ip_local_reserved_ports` holds, as of the daemon's last write; `None`
+    /// when the daemon does not keep the list.
+    pub kernel_list: Option<KernelListInfo>,
+}
+
+/// The kernel's reserved-ports list as the daemon keeps it (see `berth status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelListInfo {
+    /// Listed ports that are the daemon's, for its reservations.
+    pub reserved: u32,
+    /// Other ports the daemon listed: free ports joining scattered entries so that the list's
+    /// value fits one kernel write (about 4 KiB), and released ports that stay listed while
+    /// it does not (see `one_chunk`).
+    pub extras: u32,
+    /// Listed ports that are other tools' or an administrator's entries.
+    pub foreign: u32,
+    /// Entries repaired since the daemon started: stale write-backs of released ports taken
+    /// out again, and the daemon's entries put back after another tool's rewrite took them
+    /// out.
+    pub repaired: u64,
+    /// Whether the exact list fit one kernel write at the last write; if not, released ports
+    /// stay listed until it does (a longer replacing write would leave a gap).
+    pub one_chunk: bool,
 }
 
 /// A user's limits on runtime reservations (see `berth status`).

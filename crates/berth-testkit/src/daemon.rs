@@ -46,6 +46,8 @@ impl TestDaemon {
         let mut config = Config::new(socket.clone(), db.clone(), Pool::new(lo, hi).expect("pool"));
         // Many test daemons share one network namespace, each with a pool of its own.
         config.authority = None;
+        // The host's sysctl files say nothing about a test's private list.
+        config.configured_reserved_ports = Vec::new();
         adjust(&mut config);
         config.socket = socket.clone();
         config.db = db.clone();

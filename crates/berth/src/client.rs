@@ -622,7 +622,19 @@ impl Client {
     /// of its admin groups; others get [`Error::PermissionDenied`]). Returns the daemon's pid;
     /// it stops accepting once it has answered, and exits when its sessions have drained.
     pub async fn stop(&self) -> Result<u32, Error> {
-        match self.conn.call(Request::Stop).await? {
+        self.stop_with(false).await
+    }
+
+    /// [`Client::stop`]; with `restore`, the daemon also takes every entry it wrote in the
+    /// kernel's reserved-ports list out, those of reservations whose owners still run too
+    /// (a plain stop leaves those for the next daemon).
+    pub async fn stop_with(&self, restore: bool) -> Result<u32, Error> {
+        let request = if restore {
+            Request::StopWith { restore }
+        } else {
+            Request::Stop
+        };
+        match self.conn.call(request).await? {
             Response::Stopping { pid } => Ok(pid),
             other => Err(Error::unexpected(other)),
         }

@@ -26,7 +26,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Status(args) => current_thread()?.block_on(query::status(args)),
         Command::Release(args) => current_thread()?.block_on(query::release(args)),
         Command::Why(args) => current_thread()?.block_on(why::run(args)),
-        Command::Stop => current_thread()?.block_on(query::stop()),
+        Command::Stop { restore } => current_thread()?.block_on(query::stop(restore)),
         Command::Persistent(cmd) => current_thread()?.block_on(persistent::run(cmd)),
     }
 }

@@ -79,6 +79,18 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             None => outln!("  kernel sync on: reservations are kept in ip_local_reserved_ports"),
             Some(why) => outln!("  kernel sync off: {why}"),
         }
+        if let Some(list) = &status.kernel_list {
+            outln!(
+                "  listed: {} for reservations, {} more of the daemon's (joining scattered entries, or released and waiting), {} of other tools; entries repaired since start-up: {}",
+                plural(list.reserved, "port"),
+                plural(list.extras, "free port"),
+                plural(list.foreign, "port"),
+                list.repaired
+            );
+            if !list.one_chunk {
+                outln!("  warning: the list is too scattered for one kernel write: released ports stay listed until it fits again (docs/kernel.md)");
+            }
+        }
         if let Some(why) = &status.hold_off_because {
             outln!("  hold off: {why}; reservations are granted unheld");
         }
@@ -196,14 +208,15 @@ async fn refuse_others(client: &berth::Client, token: Token) -> Result<(), Failu
     }
 }
 
-/// Stops the daemon and waits (with a deadline) until its process has exited.
-pub async fn stop() -> Result<ExitCode, Failure> {
+/// Stops the daemon (with `restore`, its entries in the kernel's list all go) and waits (with
+/// a deadline) until its process has exited.
+pub async fn stop(restore: bool) -> Result<ExitCode, Failure> {
     let client = connect::existing().await?;
     let socket = client.socket_path().to_owned();
     // Watched before asking, so that its exit cannot be missed; a daemon in another pid
     // namespace (pid unknown here) is waited for through its connection instead.
     let exited = daemon_exit(client.daemon_pid());
-    let pid = client.stop().await?;
+    let pid = client.stop_with(restore).await?;
     drop(client);
     let gone = match exited {
         Some(exit) => tokio::time::timeout(STOP_TIMEOUT, exit).await.is_ok(),

@@ -31,6 +31,8 @@ use serde_json::Value;
 use support::lines_of;
 use tempfile::TempDir;
 
+mod list;
+
 /// The `berth` binary under test.
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -297,7 +299,9 @@ impl Daemon {
     fn spawn(ns: &Netns, dir: &Path, args: &[&str], user: Option<&str>) -> Child {
         // Always a configuration of our own: a root daemon would read /etc/berth/berth.toml.
         let config = dir.join("berth.toml");
-        std::fs::write(&config, "").expect("write an empty configuration");
+        if !config.exists() {
+            std::fs::write(&config, "").expect("write an empty configuration");
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

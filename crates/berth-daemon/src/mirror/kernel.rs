@@ -86,6 +86,42 @@ pub fn will_sync(mode: KernelSync) -> bool {
     decide(mode).is_ok()
 }
 
+/// How many free ports kernel sync may list beside the reservations so that the list's value
+/// fits one kernel chunk (see `sync`). Such *extras* inside the ephemeral range are hidden from
+/// other programs' `connect()` and `bind(0)` like reserved ports, so they are bounded: together
+/// with non-administrators' reservations they stay within the ephemeral share (its unused
+/// part is the room; a quarter of the range when no share is kept). Extras outside the range
+/// cost nothing. The table's owner keeps the room up to date as grants change the share; past
+/// it the list is written in several chunks, with a warning.
+#[derive(Debug, Default)]
+pub(crate) struct ExtrasRoom {
+    costly: std::sync::Mutex<(u16, u16)>,
+    max: std::sync::atomic::AtomicU32,
+}
+
+impl ExtrasRoom {
+    /// Room for `max` extras inside the ephemeral range `ephemeral`.
+    pub(crate) fn set(&self, ephemeral: berth_core::PortRange, max: u32) {
+        *self
+            .costly
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            (ephemeral.start(), ephemeral.end());
+        self.max.store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The room now.
+    pub(crate) fn get(&self) -> berth_core::Extras {
+        berth_core::Extras {
+            costly: *self
+                .costly
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            max: self.max.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// The IANA dynamic range, where a pool outside the ephemeral range is looked for first.
 const DYNAMIC: (u16, u16) = (49152, 65535);
 

@@ -345,7 +345,9 @@ impl Session<'_> {
             };
             match frame {
                 Ok(None) => return,
-                Ok(Some(inbound)) if matches!(inbound.request, Request::Stop) => {
+                Ok(Some(inbound))
+                    if matches!(inbound.request, Request::Stop | Request::StopWith { .. }) =>
+                {
                     let allowed = self.may_stop(&inbound);
                     let response = if allowed {
                         tracing::info!(
@@ -362,6 +364,9 @@ impl Session<'_> {
                     // Answer first: once stopping, the session ends without a word.
                     let sent = send(writer, response, limit).await;
                     if allowed {
+                        if matches!(inbound.request, Request::StopWith { restore: true }) {
+                            self.shared.restore_list_on_stop();
+                        }
                         self.control.stop.cancel();
                     }
                     if sent.is_none() {

@@ -4,6 +4,91 @@
 
 use super::*;
 
+/// The kernel-sync side of the daemon.
+pub(super) struct KernelState {
+    /// `None` once stopped, or when sync is off.
+    pub(super) writer: Mutex<Option<crate::mirror::kernel::sync::Writer>>,
+    /// Why sync is off, for `status`.
+    pub(super) off_because: Option<crate::mirror::kernel::SyncOff>,
+    /// The entries others wrote in the kernel's list (when sync is on): wildcard blocks skip
+    /// them, since those ports are someone else's.
+    pub(super) foreign: Option<crate::mirror::kernel::sync::Foreign>,
+    /// Waits until the kernel's list has caught up with the table (when sync is on).
+    pub(super) listing: Option<crate::mirror::kernel::sync::Listing>,
+    /// Whose entries the kernel's list holds, for `status` (when sync is on).
+    pub(super) figures: Option<crate::mirror::kernel::sync::Figures>,
+    /// Whether the stop takes every entry out (`berth stop --restore`).
+    pub(super) restore: std::sync::atomic::AtomicBool,
+    /// The room kernel sync has for extras, kept with the share's use.
+    pub(super) extras: Arc<crate::mirror::kernel::ExtrasRoom>,
+}
+
+impl KernelState {
+    /// Starts keeping the kernel's list when the configuration and the daemon's rights allow
+    /// (its writer is then one of `consumers`), or says why not.
+    pub(super) fn start(
+        config: &Config,
+        runtime: crate::mirror::journal::Runtime,
+        recorded: berth_core::PortSet,
+        consumers: &mut Vec<Box<dyn crate::mirror::Consumer>>,
+    ) -> std::io::Result<KernelState> {
+        let extras = Arc::new(crate::mirror::kernel::ExtrasRoom::default());
+        Ok(match crate::mirror::kernel::decide(config.kernel_sync) {
+            Ok(()) => {
+                let (sync, writer) =
+                    crate::mirror::kernel::sync::Sync::start(crate::mirror::kernel::sync::Setup {
+                        path: crate::mirror::kernel::reserved_ports::PATH.into(),
+                        record: runtime,
+                        recorded,
+                        configured_in: config.configured_reserved_ports.clone(),
+                        extras: extras.clone(),
+                    })?;
+                let foreign = sync.foreign();
+                let listing = sync.listing();
+                let figures = sync.figures();
+                consumers.push(Box::new(sync));
+                tracing::info!(
+                    "keeping {} with every reservation",
+                    crate::mirror::kernel::reserved_ports::PATH
+                );
+                KernelState {
+                    writer: Mutex::new(Some(writer)),
+                    off_because: None,
+                    foreign: Some(foreign),
+                    listing: Some(listing),
+                    figures: Some(figures),
+                    restore: Default::default(),
+                    extras,
+                }
+            }
+            Err(why) if config.kernel_sync == crate::mirror::kernel::KernelSync::On => {
+                return Err(std::io::Error::other(format!(
+                    "kernel sync was asked for, but {why}"
+                )))
+            }
+            Err(why) => {
+                tracing::info!("kernel sync is off: {why}");
+                let ephemeral = crate::config::ephemeral_pool();
+                if config.pool.range().overlaps(ephemeral.range()) {
+                    tracing::warn!(
+                    "the wildcard pool {} overlaps the kernel's ephemeral range {ephemeral} and kernel sync is off: other programs' connect() and bind(0) may be given reserved ports; choose a pool outside the ephemeral range, or let the daemon keep ip_local_reserved_ports (docs/kernel.md)",
+                    config.pool
+                );
+                }
+                KernelState {
+                    writer: Mutex::new(None),
+                    off_because: Some(why),
+                    foreign: None,
+                    listing: None,
+                    figures: None,
+                    restore: Default::default(),
+                    extras,
+                }
+            }
+        })
+    }
+}
+
 impl Shared {
     /// Starts keeping the kernel's list once the table is restored: the receiver answers when
     /// the list is reconciled with the table (`None` when sync is off).
@@ -38,7 +123,10 @@ impl Shared {
         self.kernel.foreign.as_ref()?.first_in(range)
     }
 
-    /// Stops keeping the kernel's list: the daemon's entries are taken out (blocks until done).
+    /// Stops keeping the kernel's list (blocks until done). The entries of runtime
+    /// reservations whose owners still run stay listed, so that no `connect()` takes their
+    /// ports before the next daemon reconciles the list — unless an administrator asked for the
+    /// list restored ([`Shared::restore_list_on_stop`]); the daemon's other entries go.
     pub(crate) fn stop_kernel_sync(&self) {
         let writer = self
             .kernel
@@ -47,8 +135,46 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(writer) = writer {
-            writer.stop();
+            let keep = if self.kernel.restore.load(Ordering::SeqCst) {
+                berth_core::PortSet::new()
+            } else {
+                self.live_owners_ports()
+            };
+            writer.stop(keep);
         }
+    }
+
+    /// Makes the stop take every entry of the daemon's out of the kernel's list
+    /// (`berth stop --restore`).
+    pub(crate) fn restore_list_on_stop(&self) {
+        self.kernel.restore.store(true, Ordering::SeqCst);
+    }
+
+    /// The ports of runtime reservations whose owners still run (pid and start time), which
+    /// the next daemon will hold for them.
+    fn live_owners_ports(&self) -> berth_core::PortSet {
+        let runtime: Vec<(Owner, berth_core::PortRange)> = self
+            .table()
+            .iter()
+            .filter_map(|r| match &r.lease {
+                berth_core::Lease::Runtime { owner, .. } => Some((owner.clone(), r.range)),
+                berth_core::Lease::Persistent { .. } => None,
+            })
+            .collect();
+        // `/proc` is read outside the table lock.
+        let mut keep = berth_core::PortSet::new();
+        for (owner, range) in runtime {
+            let now = process_owner(owner.pid, owner.uid, owner.gid);
+            if owner.start_time != 0 && now.start_time == owner.start_time {
+                keep.insert_range(range);
+            }
+        }
+        keep
+    }
+
+    /// Whose entries the kernel's list holds, as of the last write (sync on only).
+    pub(crate) fn kernel_list_figures(&self) -> Option<berth_core::ListFigures> {
+        self.kernel.figures.as_ref().map(|f| f.now())
     }
 
     /// One pass of taking back into hold the ports of held reservations whose owner's socket
@@ -93,6 +219,7 @@ impl Shared {
             );
             table.set_shared_range(Some(ephemeral.range()));
         }
+        self.reset_extras_room(&table, ephemeral.range());
         if pool_follows && table.pool() != pool {
             tracing::info!(
                 "the ephemeral range is {ephemeral} now: the wildcard pool follows, {} → {pool}",

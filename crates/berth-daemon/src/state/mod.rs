@@ -8,7 +8,9 @@ use berth_core::{
     Allowed, Change, ErrorKind, Owner, PrivilegedPorts, Protocol, Requester, Reservation,
     SessionId, Table, TokenSource,
 };
-use berth_protocol::{OwnerInfo, Request, ReservationInfo, Response, StatusInfo, WireError};
+use berth_protocol::{
+    KernelListInfo, OwnerInfo, Request, ReservationInfo, Response, StatusInfo, WireError,
+};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -24,6 +26,7 @@ use berth_os::netns::NetNs;
 mod log;
 use log::log_changes;
 mod mirrors;
+use mirrors::KernelState;
 mod persistent;
 mod portserver;
 mod privileged;
@@ -80,19 +83,6 @@ pub(crate) struct Shared {
 /// flood of requests cannot keep another user's waiting for long.
 const REQUEST_TURNS: usize = 64;
 
-/// The kernel-sync side of the daemon.
-struct KernelState {
-    /// `None` once stopped, or when sync is off.
-    writer: Mutex<Option<crate::mirror::kernel::sync::Writer>>,
-    /// Why sync is off, for `status`.
-    off_because: Option<crate::mirror::kernel::SyncOff>,
-    /// The entries others wrote in the kernel's list (when sync is on): wildcard blocks skip
-    /// them, since those ports are someone else's.
-    foreign: Option<crate::mirror::kernel::sync::Foreign>,
-    /// Waits until the kernel's list has caught up with the table (when sync is on).
-    listing: Option<crate::mirror::kernel::sync::Listing>,
-}
-
 /// One connected client, as the kernel identified it.
 pub(crate) struct Peer {
     pub(crate) owner: Owner,
@@ -122,49 +112,7 @@ impl Shared {
             Box::new(watcher),
             Box::new(crate::mirror::hold::Consumer(holds.clone())),
         ];
-        let kernel = match crate::mirror::kernel::decide(config.kernel_sync) {
-            Ok(()) => {
-                let (sync, writer) = crate::mirror::kernel::sync::Sync::start(
-                    crate::mirror::kernel::reserved_ports::PATH.into(),
-                    runtime,
-                    recorded,
-                )?;
-                let foreign = sync.foreign();
-                let listing = sync.listing();
-                consumers.push(Box::new(sync));
-                tracing::info!(
-                    "keeping {} with every reservation",
-                    crate::mirror::kernel::reserved_ports::PATH
-                );
-                KernelState {
-                    writer: Mutex::new(Some(writer)),
-                    off_because: None,
-                    foreign: Some(foreign),
-                    listing: Some(listing),
-                }
-            }
-            Err(why) if config.kernel_sync == crate::mirror::kernel::KernelSync::On => {
-                return Err(std::io::Error::other(format!(
-                    "kernel sync was asked for, but {why}"
-                )))
-            }
-            Err(why) => {
-                tracing::info!("kernel sync is off: {why}");
-                let ephemeral = crate::config::ephemeral_pool();
-                if config.pool.range().overlaps(ephemeral.range()) {
-                    tracing::warn!(
-                        "the wildcard pool {} overlaps the kernel's ephemeral range {ephemeral} and kernel sync is off: other programs' connect() and bind(0) may be given reserved ports; choose a pool outside the ephemeral range, or let the daemon keep ip_local_reserved_ports (docs/kernel.md)",
-                        config.pool
-                    );
-                }
-                KernelState {
-                    writer: Mutex::new(None),
-                    off_because: Some(why),
-                    foreign: None,
-                    listing: None,
-                }
-            }
-        };
+        let kernel = KernelState::start(config, runtime, recorded, &mut consumers)?;
         let stream = Stream::new(consumers);
         let mut table = Table::new(config.pool);
         if config.ephemeral_share.is_some() {
@@ -192,6 +140,7 @@ impl Shared {
             closers: crate::session::closer::Closers::new(),
             turns: crate::server::fair::Turns::new(REQUEST_TURNS),
         };
+        shared.reset_extras_room(&shared.table(), crate::config::ephemeral_pool().range());
         Ok((shared, owners))
     }
 
@@ -229,7 +178,7 @@ impl Shared {
     /// Hands `changes`, just made to `table`, to every consumer. Taking the locked table proves
     /// the caller still holds the lock, so consumers see changes in the table's order.
     fn publish(&self, table: &mut Table, changes: Vec<Change>) -> Pending {
-        let _ = table;
+        self.update_extras_room(table);
         log_changes(&changes);
         self.stream.publish(changes)
     }

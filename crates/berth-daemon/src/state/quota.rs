@@ -30,6 +30,30 @@ impl Shared {
         }
     }
 
+    /// Tells kernel sync how many free ports it may list beside the reservations (see
+    /// `ExtrasRoom`): the unused part of the ephemeral share. Called under the table lock as
+    /// changes are published; without a share the room is fixed ([`Shared::reset_extras_room`]).
+    pub(super) fn update_extras_room(&self, table: &Table) {
+        let (Some(range), Some(max)) = (table.shared_range(), self.share_max(table)) else {
+            return;
+        };
+        self.kernel
+            .extras
+            .set(range, max.saturating_sub(table.shared_used()));
+    }
+
+    /// Sets kernel sync's room for extras at start-up and when the ephemeral range changes:
+    /// the unused share, or a quarter of `ephemeral` when no share is kept.
+    pub(super) fn reset_extras_room(&self, table: &Table, ephemeral: berth_core::PortRange) {
+        if table.shared_range().is_some() && self.ephemeral_share.is_some() {
+            self.update_extras_room(table);
+        } else {
+            self.kernel
+                .extras
+                .set(ephemeral, u32::from(ephemeral.count()) / 4);
+        }
+    }
+
     /// Whether `owner`'s runtime reservations count against the ephemeral share.
     pub(super) fn capped(&self, owner: &Owner) -> bool {
         self.ephemeral_share.is_some() && !self.is_admin(owner)

@@ -108,7 +108,7 @@ impl Shared {
                     .into(),
             ),
             // The session answers it: stopping is the server's business, not the table's.
-            Request::Stop => error(
+            Request::Stop | Request::StopWith { .. } => error(
                 ErrorKind::InvalidArgument,
                 "a stop request reached the table; it is answered by the session".into(),
             ),

@@ -58,6 +58,13 @@ impl Shared {
             usage,
             ephemeral_share,
             users,
+            kernel_list: self.kernel_list_figures().map(|f| KernelListInfo {
+                reserved: f.reserved,
+                extras: f.extras,
+                foreign: f.foreign,
+                repaired: f.repaired,
+                one_chunk: f.one_chunk,
+            }),
         })
     }
 }

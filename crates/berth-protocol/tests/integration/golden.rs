@@ -17,10 +17,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use berth_protocol::{
-    BusyDetail, DaemonLimit, ErrorDetail, ErrorKind, Hello, Holder, Kind, NamespacesDetail,
-    OwnerInfo, PoolDetail, PortRange, PortReport, PortsDetail, Protocol, QuotaDetail, QuotaInfo,
-    QuotaWhat, Request, ReservationInfo, Response, ShareInfo, SocketInfo, StatusInfo, Token,
-    UsageInfo, UserUsage, Welcome, WireError,
+    BusyDetail, DaemonLimit, ErrorDetail, ErrorKind, Hello, Holder, KernelListInfo, Kind,
+    NamespacesDetail, OwnerInfo, PoolDetail, PortRange, PortReport, PortsDetail, Protocol,
+    QuotaDetail, QuotaInfo, QuotaWhat, Request, ReservationInfo, Response, ShareInfo, SocketInfo,
+    StatusInfo, Token, UsageInfo, UserUsage, Welcome, WireError,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -200,6 +200,7 @@ fn requests() {
         },
         "0f  ac 02  00  91 3f",
     );
+    golden(Request::StopWith { restore: true }, "10  01");
 }
 
 #[test]
@@ -274,8 +275,15 @@ fn responses() {
                     held_ports: 1,
                 },
             }],
+            kernel_list: Some(KernelListInfo {
+                reserved: 3,
+                extras: 300,
+                foreign: 1,
+                repaired: 2,
+                one_chunk: true,
+            }),
         }),
-        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64 32  02 03 01  01 c0 b8 02 64 32 32 03  01 e8 07 02 03 01",
+        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64 32  02 03 01  01 c0 b8 02 64 32 32 03  01 e8 07 02 03 01  01 03 ac 02 01 02 01",
     );
     golden(Response::Associated { port: 8080 }, "06  90 3f");
     golden(

@@ -1,5 +1,7 @@
-//! Keeping `ip_local_reserved_ports` equal to (entries the daemon did not write) ∪ (every
-//! reservation, both protocols), as a consumer of the table's changes.
+//! Keeping `ip_local_reserved_ports` equal to (others' entries) ∪ (every reservation, both
+//! protocols) ∪ (berth's deliberate extras), as a consumer of the table's changes. Which entries
+//! are whose, and what to write, is decided by `berth_core::ListBooks` (pure); this module reads,
+//! records and writes.
 //!
 //! A change that adds ports (a grant, a persistent create) is acknowledged once a write that
 //! includes them is made, so a client never holds a reservation that `connect()` could still
@@ -12,31 +14,34 @@
 //! up.
 //! One writer thread makes the writes; changes that arrive while it writes are written together
 //! next time (group commit), so throughput is not bound by sysctl writes.
-//! Each write re-reads the file first, since an administrator may change it at any time; an
-//! idle writer reads it again every [`RECHECK`] and puts back what someone else's rewrite of
-//! the whole list (`sysctl --system`, say) took out.
+//! Each write re-reads the file first, since other tools may change it at any time; an idle
+//! writer reads it again every [`RECHECK`], puts back berth's entries someone else's rewrite
+//! took out, and takes out again stale write-backs of entries berth removed (the books' echoes).
+//! Every value written fits one kernel chunk (the books list free ports between scattered
+//! entries to make it fit, up to a bound), so a write never leaves a reserved port unlisted.
 //!
 //! What the daemon wrote is recorded in its runtime journal before each write (the union of what
 //! it wrote before and what it is about to write, so a crash between the record and the write
-//! loses nothing), and again after it. The runtime journal is the right home: like the kernel's
-//! list, it is forgotten at a reboot, and an append to it is one `write(2)`. Only entries the daemon adds count as its own: a port
-//! that was listed already when a reservation came to cover it stays someone else's, and stays
-//! listed after the reservation ends. At start-up, after a crash, the entries recorded are the
-//! daemon's own: the first write — made once the reservations of the database are back in the
-//! table ([`Writer::reconcile`]), never before, so a live reservation is never unlisted for a
-//! moment — removes those no reservation needs any more and keeps everyone else's. A clean
-//! stop takes the daemon's entries out again.
+//! loses nothing), and narrowed when the writer is idle. The runtime journal is the right home:
+//! like the kernel's list, it is forgotten at a reboot, and an append to it is one `write(2)`.
+//! At start-up the entries recorded are the daemon's own: the first write — made once the
+//! reservations of the database are back in the table ([`Writer::reconcile`]), never before, so
+//! a live reservation is never unlisted for a moment — removes those no reservation needs any
+//! more and keeps everyone else's. A clean stop takes the daemon's entries out, except those
+//! it is told to keep (reservations whose owners still run, for the next daemon).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use berth_core::{Change, PortRange, PortSet};
+use berth_core::{Change, ListBooks, ListFigures, ListPlan, ListWrite, PortRange, PortSet};
 use tokio::sync::oneshot;
 
 use super::reserved_ports;
 use crate::mirror::journal::Runtime;
 use crate::mirror::{Ack, Consumer, MirrorError};
+
+mod writer;
 
 /// The database fact where earlier builds recorded what the daemon wrote (now in the runtime
 /// journal; read once at start-up and moved).
@@ -65,6 +70,23 @@ struct Inner {
     wake: Condvar,
     /// The entries others wrote, as of the last write: wildcard searches leave them alone.
     foreign: Mutex<PortSet>,
+    /// What the books said after the last write, for `berth status`.
+    figures: Mutex<ListFigures>,
+}
+
+/// What the writer needs besides the table's ports.
+pub(crate) struct Setup {
+    /// The list's file (`/proc/sys/net/ipv4/ip_local_reserved_ports`).
+    pub(crate) path: PathBuf,
+    /// Where the daemon's entries are recorded.
+    pub(crate) record: Runtime,
+    /// What an earlier daemon recorded having written (its entries).
+    pub(crate) recorded: PortSet,
+    /// The sysctl configuration files and directories whose `ip_local_reserved_ports` entries
+    /// are an administrator's.
+    pub(crate) configured_in: Vec<PathBuf>,
+    /// How many free ports may be listed to make a value fit one chunk.
+    pub(crate) extras: Arc<super::ExtrasRoom>,
 }
 
 /// The ports others listed in `ip_local_reserved_ports` (an administrator's own entries), as
@@ -95,8 +117,8 @@ struct State {
     writing: bool,
     /// Who waits for the next write to finish.
     waiters: Vec<oneshot::Sender<Result<(), MirrorError>>>,
-    /// Set at shutdown.
-    stop: bool,
+    /// Set at shutdown, with the ports whose entries stay for the next daemon.
+    stop: Option<PortSet>,
     /// Whether the table holds what the database held: no write is made before.
     started: bool,
 }
@@ -107,13 +129,8 @@ impl Sync {
         Foreign(self.inner.clone())
     }
 
-    /// Starts the writer over `path`. `recorded` is what an earlier daemon recorded having
-    /// written (its entries, to be removed unless a reservation still needs them).
-    pub(crate) fn start(
-        path: PathBuf,
-        record: Runtime,
-        recorded: PortSet,
-    ) -> std::io::Result<(Sync, Writer)> {
+    /// Starts the writer (see [`Setup`]).
+    pub(crate) fn start(setup: Setup) -> std::io::Result<(Sync, Writer)> {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 counts: vec![0; 65536],
@@ -123,16 +140,17 @@ impl Sync {
                 dirty: true,
                 writing: false,
                 waiters: Vec::new(),
-                stop: false,
+                stop: None,
                 started: false,
             }),
             wake: Condvar::new(),
             foreign: Mutex::new(PortSet::new()),
+            figures: Mutex::new(ListFigures::default()),
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
             .name("berth-kernel-sync".into())
-            .spawn(move || worker.run(&path, &record, recorded))?;
+            .spawn(move || worker.run(&setup))?;
         Ok((
             Sync {
                 inner: inner.clone(),
@@ -184,9 +202,29 @@ impl Consumer for Sync {
 }
 
 impl Sync {
+    /// What the books say of the list, as of the last write.
+    pub(crate) fn figures(&self) -> Figures {
+        Figures(self.inner.clone())
+    }
+
     /// A handle to wait until the list has caught up with the table.
     pub(crate) fn listing(&self) -> Listing {
         Listing(self.inner.clone())
+    }
+}
+
+/// See [`Sync::figures`].
+#[derive(Clone)]
+pub(crate) struct Figures(Arc<Inner>);
+
+impl Figures {
+    /// The figures of the last write.
+    pub(crate) fn now(&self) -> ListFigures {
+        *self
+            .0
+            .figures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -227,7 +265,7 @@ fn count(counts: &mut [u8], ours: &mut PortSet, range: PortRange, add: bool) {
 impl State {
     /// Whether the writer has something to do: a write (once started), or the stop.
     fn has_work(&self) -> bool {
-        self.stop || (self.dirty && self.started)
+        self.stop.is_some() || (self.dirty && self.started)
     }
 }
 
@@ -249,144 +287,5 @@ impl Inner {
         drop(state);
         self.wake.notify_one();
         Some(rx)
-    }
-
-    fn run(&self, path: &Path, record: &Runtime, mut recorded: PortSet) {
-        // One read buffer for the thread's life: the list can be hundreds of KiB.
-        let mut buf = Vec::new();
-        loop {
-            let (ours, waiters) = {
-                let mut state = self.lock();
-                while !state.has_work() {
-                    let (next, waited) = self
-                        .wake
-                        .wait_timeout(state, RECHECK)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    state = next;
-                    // Someone may have rewritten the list meanwhile (`sysctl --system` does):
-                    // look again, and put back what is missing.
-                    if waited.timed_out() && state.started {
-                        state.dirty = true;
-                    }
-                }
-                if !state.dirty && state.stop {
-                    break;
-                }
-                // Nobody waits: gather what else comes for a moment, unless someone starts
-                // waiting or the daemon stops.
-                let until = Instant::now() + DEFER;
-                while state.waiters.is_empty() && !state.stop {
-                    let left = until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    state = self
-                        .wake
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
-                state.dirty = false;
-                state.writing = true;
-                (state.ours.clone(), std::mem::take(&mut state.waiters))
-            };
-            let result =
-                write(path, record, &mut recorded, &ours, &mut buf).map(|(mine, foreign)| {
-                    *self.foreign.lock().unwrap_or_else(PoisonError::into_inner) = foreign;
-                    if !self.lock().dirty {
-                        narrow(record, &mut recorded, mine);
-                    }
-                });
-            self.lock().writing = false;
-            if let Err(e) = &result {
-                tracing::error!("cannot update {}: {e}", path.display());
-            }
-            for w in waiters {
-                let _ = w.send(result.clone());
-            }
-        }
-        // A clean stop: take the daemon's entries out, keep everyone else's.
-        let cleared = reserved_ports::read(path)
-            .and_then(|current| reserved_ports::write(path, &current.difference(&recorded)));
-        match cleared {
-            Ok(()) => {
-                if let Err(e) = record.set_kernel("") {
-                    tracing::warn!("cannot record that the daemon's entries are out: {e}");
-                }
-            }
-            Err(e) => tracing::error!(
-                "cannot take the daemon's entries out of {}: {e}",
-                path.display()
-            ),
-        }
-    }
-}
-
-/// One write: `ours` plus what others put there. `recorded` is what the database says the
-/// daemon may have written; it is widened first if needed. Returns the daemon's entries now.
-fn write(
-    path: &Path,
-    record: &Runtime,
-    recorded: &mut PortSet,
-    ours: &PortSet,
-    buf: &mut Vec<u8>,
-) -> Result<(PortSet, PortSet), MirrorError> {
-    let current = reserved_ports::read_with(path, buf).map_err(MirrorError::kernel_read)?;
-    let foreign = current.difference(recorded);
-    let wanted = foreign.union(ours);
-    // The daemon's own entries: what it adds. A port someone else listed stays theirs.
-    let mine = ours.difference(&foreign);
-    // Record first what the daemon may have written once this write is made, so a crash
-    // between the two cannot leave entries nobody knows are the daemon's.
-    let superset = recorded.union(&mine);
-    if &superset != recorded {
-        record
-            .set_kernel(&superset.to_string())
-            .map_err(MirrorError::KernelRecord)?;
-        *recorded = superset;
-    }
-    if wanted != current {
-        reserved_ports::write(path, &wanted).map_err(MirrorError::kernel_write)?;
-    }
-    Ok((mine, foreign))
-}
-
-/// Narrows the record to `mine`, what the daemon has in the list now. Only a narrowing: if it
-/// is lost, the wider record is still right. Done when the writer is idle, so that under load
-/// a grant in ports already recorded needs no database write at all.
-fn narrow(record: &Runtime, recorded: &mut PortSet, mine: PortSet) {
-    if &mine != recorded {
-        match record.set_kernel(&mine.to_string()) {
-            Ok(()) => *recorded = mine,
-            Err(e) => tracing::warn!("cannot narrow the record of the kernel's entries: {e}"),
-        }
-    }
-}
-
-impl Writer {
-    /// Lets the writer start, once the table holds every reservation of the database: the
-    /// first write reconciles the list with them (removing what an earlier daemon left for
-    /// reservations that are gone). The receiver answers when that write is made.
-    pub(crate) fn reconcile(&self) -> oneshot::Receiver<Result<(), MirrorError>> {
-        let (tx, rx) = oneshot::channel();
-        let mut state = self.inner.lock();
-        state.started = true;
-        state.dirty = true;
-        state.waiters.push(tx);
-        drop(state);
-        self.inner.wake.notify_one();
-        rx
-    }
-
-    /// Finishes what is queued, takes the daemon's entries out of the list, and waits for the
-    /// writer thread.
-    pub(crate) fn stop(mut self) {
-        self.inner.lock().stop = true;
-        self.inner.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the kernel-sync thread panicked");
-            }
-        }
     }
 }
