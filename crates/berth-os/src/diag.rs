@@ -16,11 +16,12 @@ use std::net::SocketAddr;
 
 use berth_core::Protocol;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
-use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_packet_sock_diag::{SockDiagDestroy, SockDiagMessage};
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`): a connection.
@@ -60,6 +61,9 @@ pub struct Bound {
     pub state: u8,
     /// The socket's inode; 0 for sockets no descriptor refers to (`TIME_WAIT`).
     pub inode: u64,
+    /// The kernel's full name of the socket (addresses, ports, cookie): what `SOCK_DESTROY`
+    /// takes.
+    id: SocketId,
 }
 
 impl Bound {
@@ -122,6 +126,72 @@ pub fn only_time_wait(protocol: Protocol, port: u16) -> bool {
             || !dump(AF_INET6, protocol, port, states, 1)?.is_empty())
     };
     matches!(found(others), Ok(false)) && matches!(found(time_wait), Ok(true))
+}
+
+/// Ends the TCP connections in `TIME_WAIT` whose local port is `port` (IPv4 and IPv6), as
+/// `ss -K` does (`SOCK_DESTROY`, kernel 4.5+ with `CONFIG_INET_DIAG_DESTROY`): the port can
+/// then be bound without `SO_REUSEADDR`, and held again. Only `TIME_WAIT` sockets are asked
+/// for, so no live socket is ever touched. Returns how many were ended. Needs `CAP_NET_ADMIN`
+/// in the network namespace (`PermissionDenied` otherwise).
+///
+/// What is given up is `TIME_WAIT`'s guard: a late segment of an ended connection could reach
+/// a new one with the same addresses and ports. Those would be connections of the port's own
+/// reservation, to the same peer, within the last minute.
+pub fn destroy_time_wait(port: u16) -> io::Result<usize> {
+    let time_wait = 1 << TCP_TIME_WAIT;
+    let mut ended = 0;
+    for family in [AF_INET, AF_INET6] {
+        for socket in dump(family, Protocol::Tcp, port, time_wait, MAX_DESTROYED)? {
+            match destroy(family, &socket.id) {
+                Ok(()) => ended += 1,
+                // Gone meanwhile (its time ran out): nothing to end.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(ended)
+}
+
+/// The most `TIME_WAIT` sockets of one port ended in one call.
+const MAX_DESTROYED: usize = 4096;
+
+/// One `SOCK_DESTROY` request, answered by the kernel's acknowledgement.
+fn destroy(family: u8, id: &SocketId) -> io::Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut message = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(SockDiagDestroy::new(SockDiagMessage::InetRequest(
+            InetRequest {
+                family,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::from_bits_retain(1 << TCP_TIME_WAIT),
+                socket_id: id.clone(),
+            },
+        ))),
+    );
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    let mut socket = netlink_sys::Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    socket.send(&bytes, 0)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUFFER);
+    let size = socket.recv(&mut buf, 0)?;
+    let reply = NetlinkMessage::<SockDiagMessage>::deserialize(buf.get(..size).unwrap_or_default())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    match reply.payload {
+        NetlinkPayload::Error(e) => match e.code {
+            None => Ok(()),
+            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+        },
+        other => Err(io::Error::other(format!(
+            "sock_diag: SOCK_DESTROY answered {other:?}"
+        ))),
+    }
 }
 
 /// The order a report lists sockets in: what holds the port before its connections.
@@ -220,6 +290,7 @@ fn dump_once(
                             ),
                             state: header.state,
                             inode: u64::from(header.inode),
+                            id: header.socket_id.clone(),
                         });
                         if found.len() >= limit {
                             // Enough: dropping the socket ends the dump.

@@ -42,6 +42,18 @@ pub fn ipv6_available() -> bool {
 /// A socket of `protocol` bound to `port` on the wildcard address `cover` names. Fails with
 /// `AddrInUse` when another socket has the port.
 pub fn bind(protocol: Protocol, port: u16, cover: Cover) -> io::Result<Socket> {
+    bind_with(protocol, port, cover, false)
+}
+
+/// Whether a TCP `port` is kept only by sockets a bind with `SO_REUSEADDR` may sit beside —
+/// connections in `TIME_WAIT`, in practice — where a bind without it fails: a test bind with
+/// the option on the wildcard address `cover` names, closed at once. A listener, or a socket
+/// bound without the option, makes it fail.
+pub fn free_but_for_lingering(port: u16, cover: Cover) -> bool {
+    bind_with(Protocol::Tcp, port, cover, true).is_ok()
+}
+
+fn bind_with(protocol: Protocol, port: u16, cover: Cover, reuse: bool) -> io::Result<Socket> {
     let ty = match protocol {
         Protocol::Tcp => Type::STREAM,
         Protocol::Udp => Type::DGRAM,
@@ -59,6 +71,9 @@ pub fn bind(protocol: Protocol, port: u16, cover: Cover) -> io::Result<Socket> {
     let socket = Socket::new(domain, ty, None)?;
     if domain == Domain::IPV6 {
         socket.set_only_v6(cover == Cover::V6)?;
+    }
+    if reuse {
+        socket.set_reuse_address(true)?;
     }
     socket.bind(&addr.into())?;
     Ok(socket)

@@ -32,6 +32,7 @@ use support::lines_of;
 use tempfile::TempDir;
 
 mod list;
+mod time_wait;
 
 /// The `berth` binary under test.
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");

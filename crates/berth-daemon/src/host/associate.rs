@@ -128,7 +128,12 @@ fn local_port(fd: BorrowedFd<'_>) -> Option<u16> {
 /// For a held reservation (`held`: its hold sockets and token), a free port is held by the
 /// daemon: its hold socket is given up and the caller's socket bound in its place (the hold
 /// was the in-use test); if that bind fails the port is held again.
-pub(crate) fn bind_from(
+///
+/// The common path is a few non-blocking system calls on the serving thread. The rare ones
+/// that ask the kernel's socket table (a netlink dump, milliseconds) run on the blocking pool,
+/// and the retries after a hold is given up wait on tokio's timer: a serving thread never
+/// blocks here.
+pub(crate) async fn bind_from(
     fd: BorrowedFd<'_>,
     facts: SocketFacts,
     plan: &BindPlan,
@@ -146,7 +151,7 @@ pub(crate) fn bind_from(
                 // A port only TIME_WAIT connections keep (a server that just restarted) is the
                 // caller's to bind if its socket allows it (SO_REUSEADDR): the kernel decides.
                 let lingering = e.kind() == io::ErrorKind::AddrInUse
-                    && crate::host::diag::only_time_wait(plan.protocol, port);
+                    && only_time_wait(plan.protocol, port).await;
                 if e.kind() == io::ErrorKind::AddrInUse && !lingering {
                     continue;
                 }
@@ -157,7 +162,16 @@ pub(crate) fn bind_from(
         }
         let mut bound = rustix::net::bind(fd, &target);
         if given_up && bound == Err(rustix::io::Errno::ADDRINUSE) {
-            bound = bind_after_release(fd, plan.protocol, target);
+            bound = bind_after_release(fd, plan.protocol, target).await;
+        }
+        // The owner's earlier connections on its own port, lingering in TIME_WAIT, keep a
+        // socket without SO_REUSEADDR out: a daemon that may ends them (as `ss -K` does), so
+        // that the owner's restarted server gets its port back.
+        if bound == Err(rustix::io::Errno::ADDRINUSE)
+            && only_time_wait(plan.protocol, port).await
+            && end_time_wait(port).await
+        {
+            bound = rustix::net::bind(fd, &target);
         }
         if let Some((holds, token)) = held {
             holds.fill(token, plan.protocol, port);
@@ -182,25 +196,44 @@ pub(crate) fn bind_from(
 /// process running an in-process daemon and spawning a child, say) has copies of every
 /// descriptor until the child calls exec — a millisecond or so. When the kernel lists no socket
 /// on the port at all, that is what happened: try again a few times, briefly.
-fn bind_after_release(
+async fn bind_after_release(
     fd: BorrowedFd<'_>,
     protocol: Protocol,
     target: SocketAddr,
 ) -> rustix::io::Result<()> {
     for _ in 0..20 {
         // The kernel's socket list alone: no /proc scan for owners is needed here.
-        let nobody = crate::host::diag::sockets_on(protocol, target.port(), 1)
-            .is_ok_and(|sockets| sockets.is_empty());
+        let port = target.port();
+        let nobody = tokio::task::spawn_blocking(move || {
+            crate::host::diag::sockets_on(protocol, port, 1).is_ok_and(|sockets| sockets.is_empty())
+        })
+        .await
+        .unwrap_or(false);
         if !nobody {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         match rustix::net::bind(fd, &target) {
             Err(rustix::io::Errno::ADDRINUSE) => continue,
             other => return other,
         }
     }
     Err(rustix::io::Errno::ADDRINUSE)
+}
+
+/// Ends the TIME_WAIT connections of TCP `port` (on the blocking pool); whether any were.
+/// A daemon without `CAP_NET_ADMIN` cannot: the owner's socket then needs `SO_REUSEADDR`.
+async fn end_time_wait(port: u16) -> bool {
+    tokio::task::spawn_blocking(move || berth_os::diag::destroy_time_wait(port))
+        .await
+        .is_ok_and(|ended| ended.is_ok_and(|n| n > 0))
+}
+
+/// Whether only TIME_WAIT connections keep `port` (a netlink dump: on the blocking pool).
+async fn only_time_wait(protocol: Protocol, port: u16) -> bool {
+    tokio::task::spawn_blocking(move || crate::host::diag::only_time_wait(protocol, port))
+        .await
+        .unwrap_or(false)
 }
 
 /// Test-binds `target` with a fresh socket of the caller's family and `IPV6_V6ONLY`, without

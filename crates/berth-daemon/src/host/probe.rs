@@ -41,11 +41,20 @@ impl Prober {
 
     /// Whether `port` is in use. Errors other than "address in use" (a privileged port the
     /// daemon may not bind, say) count as "not known to be in use"; `Err` when the daemon could
-    /// not test it for lack of a resource (descriptors, memory).
-    pub(crate) fn in_use(&self, protocol: Protocol, port: u16) -> io::Result<bool> {
+    /// not test it for lack of a resource (descriptors, memory). With `lingering_free`, a TCP
+    /// port kept only by connections in `TIME_WAIT` (a server that just stopped) is free: a
+    /// bind with `SO_REUSEADDR` may have it (one more test bind, only when the first fails).
+    pub(crate) fn in_use(
+        &self,
+        protocol: Protocol,
+        port: u16,
+        lingering_free: bool,
+    ) -> io::Result<bool> {
         match self.try_bind(protocol, port) {
             Ok(()) => Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(!(lingering_free
+                && protocol == Protocol::Tcp
+                && wildcard::free_but_for_lingering(port, Cover::all(self.ipv6)))),
             Err(e) if is_shortage(&e) => Err(e),
             Err(_) => Ok(false),
         }
@@ -75,15 +84,36 @@ pub(crate) struct Probes {
 impl Probes {
     /// The first port of `range` in use on the host (or untestable), if any.
     pub(crate) fn first_in_use(&mut self, protocol: Protocol, range: PortRange) -> Option<u16> {
-        range
-            .ports()
-            .find(|&port| match self.prober.in_use(protocol, port) {
+        self.first_taken(protocol, range, false)
+    }
+
+    /// [`Probes::first_in_use`] for a range asked for by number: a TCP port kept only by
+    /// connections in `TIME_WAIT` is not in use — its new owner binds it with `SO_REUSEADDR`
+    /// (what servers that restart do), or gets it bound by the daemon (`berth run --listen`,
+    /// associate). A wildcard search passes such ports by instead.
+    pub(crate) fn first_in_use_by_number(
+        &mut self,
+        protocol: Protocol,
+        range: PortRange,
+    ) -> Option<u16> {
+        self.first_taken(protocol, range, true)
+    }
+
+    fn first_taken(
+        &mut self,
+        protocol: Protocol,
+        range: PortRange,
+        lingering_free: bool,
+    ) -> Option<u16> {
+        range.ports().find(
+            |&port| match self.prober.in_use(protocol, port, lingering_free) {
                 Ok(in_use) => in_use,
                 Err(e) => {
                     self.short.get_or_insert(e);
                     true
                 }
-            })
+            },
+        )
     }
 
     /// The answer to a request that failed while ports could not be tested, if they could not.
@@ -140,7 +170,9 @@ mod tests {
         let prober = Prober::new();
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
-        assert!(prober.in_use(Protocol::Tcp, port).unwrap());
+        assert!(prober.in_use(Protocol::Tcp, port, false).unwrap());
+        // A listener keeps its port from a bind with SO_REUSEADDR too.
+        assert!(prober.in_use(Protocol::Tcp, port, true).unwrap());
         let range = PortRange::new(port, 1).unwrap();
         let mut probes = prober.probes();
         assert_eq!(probes.first_in_use(Protocol::Tcp, range), Some(port));
@@ -148,8 +180,31 @@ mod tests {
 
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let uport = udp.local_addr().unwrap().port();
-        assert!(prober.in_use(Protocol::Udp, uport).unwrap());
+        assert!(prober.in_use(Protocol::Udp, uport, false).unwrap());
         drop(udp);
-        assert!(!prober.in_use(Protocol::Udp, uport).unwrap());
+        assert!(!prober.in_use(Protocol::Udp, uport, false).unwrap());
+    }
+
+    /// A server that closed its end of a connection first leaves it in TIME_WAIT on its port:
+    /// in use for a wildcard search, free for a request by number.
+    #[test]
+    fn a_port_kept_only_by_time_wait_is_free_by_number() {
+        use std::io::Read;
+        let prober = Prober::new();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        drop(accepted);
+        // The client sees the server's close, then closes too: the server's end lingers.
+        assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0);
+        drop(client);
+        drop(listener);
+        assert!(prober.in_use(Protocol::Tcp, port, false).unwrap());
+        assert!(!prober.in_use(Protocol::Tcp, port, true).unwrap());
+        let range = PortRange::new(port, 1).unwrap();
+        let mut probes = prober.probes();
+        assert_eq!(probes.first_in_use(Protocol::Tcp, range), Some(port));
+        assert_eq!(probes.first_in_use_by_number(Protocol::Tcp, range), None);
     }
 }

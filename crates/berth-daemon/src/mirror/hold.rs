@@ -232,6 +232,23 @@ impl Holds {
             .collect()
     }
 
+    /// Whether TCP `port`, which could not be held, is kept only by sockets a bind with
+    /// `SO_REUSEADDR` may sit beside (its owner's connections in `TIME_WAIT`): then a stranger
+    /// with that option could bind it, and the daemon ends those connections to hold it.
+    pub(crate) fn lingering(&self, port: u16) -> bool {
+        // Family by family: the hold may cover one already (an IPv6-only socket beside an
+        // IPv4 connection's TIME_WAIT), and a dual-stack test bind would meet it.
+        let covers: &[Cover] = if self.ipv6 {
+            &[Cover::V4, Cover::V6]
+        } else {
+            &[Cover::V4]
+        };
+        covers.iter().any(|&cover| {
+            self.bind_cover(Protocol::Tcp, port, cover).is_err()
+                && berth_os::hold::free_but_for_lingering(port, cover)
+        })
+    }
+
     /// The inodes of every hold socket (how `why` tells the daemon's own sockets from the
     /// owner's in the kernel's socket list).
     pub(crate) fn inodes(&self) -> std::collections::HashSet<u64> {

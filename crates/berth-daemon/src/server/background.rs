@@ -184,19 +184,95 @@ pub(super) async fn answer_beacon(
 pub const REHOLD_EVERY: Duration = Duration::from_millis(500);
 
 /// Takes back into hold, every [`REHOLD_EVERY`], the ports of held reservations whose owner's
-/// socket has closed.
+/// socket has closed. A port its owner's connections in `TIME_WAIT` still keep cannot be held
+/// (the hold socket has no `SO_REUSEADDR`), while a stranger with that option could bind and
+/// listen on it: a daemon that may (`CAP_NET_ADMIN`) ends those connections, as `ss -K` does,
+/// and holds the port (docs/kernel.md, "TIME_WAIT").
 pub(super) fn rehold(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToken) {
     let (shared, cancel) = (shared.clone(), cancel.clone());
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(REHOLD_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ender = TimeWaitEnder::default();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = tick.tick() => shared.rehold_pass(),
+                _ = tick.tick() => {
+                    let lingering = shared.rehold_pass();
+                    if ender.end(lingering).await {
+                        shared.rehold_pass();
+                    }
+                    let pass = shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || pass.stale_bound_pass()).await;
+                }
             }
         }
     });
+}
+
+/// Ends the `TIME_WAIT` connections that keep held ports from their hold, off the serving
+/// threads (a netlink dump per port), at most once per [`TIME_WAIT_RETRY`] for a port whose
+/// connections could not all be ended; gives up for good, saying so once, when the daemon may
+/// not (no `CAP_NET_ADMIN`: a per-user daemon).
+#[derive(Default)]
+struct TimeWaitEnder {
+    /// When each port was last tried.
+    tried: std::collections::HashMap<u16, tokio::time::Instant>,
+    /// The kernel refused: never again.
+    denied: bool,
+}
+
+/// How long a port whose `TIME_WAIT` connections were tried is left alone.
+const TIME_WAIT_RETRY: Duration = Duration::from_secs(5);
+
+impl TimeWaitEnder {
+    /// Ends the connections of `ports` not tried lately; whether any was ended.
+    async fn end(&mut self, ports: Vec<u16>) -> bool {
+        let now = tokio::time::Instant::now();
+        self.tried
+            .retain(|_, at| now.saturating_duration_since(*at) < TIME_WAIT_RETRY);
+        let due: Vec<u16> = ports
+            .into_iter()
+            .filter(|p| !self.tried.contains_key(p))
+            .collect();
+        if self.denied || due.is_empty() {
+            return false;
+        }
+        for &port in &due {
+            self.tried.insert(port, now);
+        }
+        let ended = tokio::task::spawn_blocking(move || {
+            let mut ended = 0;
+            for port in due {
+                match berth_os::diag::destroy_time_wait(port) {
+                    Ok(n) => ended += n,
+                    Err(e) => return Err((port, e)),
+                }
+            }
+            Ok(ended)
+        })
+        .await;
+        match ended {
+            Ok(Ok(n)) => {
+                if n > 0 {
+                    tracing::debug!(connections = n, "ended TIME_WAIT connections on held ports");
+                }
+                n > 0
+            }
+            Ok(Err((port, e))) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    self.denied = true;
+                    tracing::info!(
+                        "tcp port {port} of a held reservation is kept only by its owner's connections in TIME_WAIT, and the daemon may not end them (it needs CAP_NET_ADMIN): until they time out (about 60 s), a program using SO_REUSEADDR could bind it (docs/kernel.md)"
+                    );
+                } else {
+                    tracing::warn!("cannot end TIME_WAIT connections on tcp port {port}: {e}");
+                }
+                false
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// How often the kernel's ephemeral range is looked at, for a default pool to follow it.

@@ -179,8 +179,10 @@ impl Shared {
 
     /// One pass of taking back into hold the ports of held reservations whose owner's socket
     /// has closed: binds are tried outside the table lock, then the table learns which ports
-    /// are free (held) again.
-    pub(crate) fn rehold_pass(&self) {
+    /// are free (held) again. Returns the TCP ports that could not be held because only
+    /// their owner's connections in `TIME_WAIT` keep them (see `Holds::lingering`).
+    pub(crate) fn rehold_pass(&self) -> Vec<u16> {
+        let mut lingering = Vec::new();
         for (token, protocol) in self.holds.blocks() {
             // Every port not wholly held: those its owner bound, and those a restarted daemon
             // found taken (the table does not know them as bound after a restart).
@@ -189,6 +191,13 @@ impl Shared {
                 continue;
             }
             let taken = self.holds.rehold(token, protocol, &uncovered);
+            if protocol == berth_core::Protocol::Tcp {
+                lingering.extend(
+                    uncovered
+                        .iter()
+                        .filter(|p| !taken.contains(p) && self.holds.lingering(**p)),
+                );
+            }
             let mut table = self.table();
             for port in uncovered {
                 if taken.contains(&port) {
@@ -201,6 +210,42 @@ impl Shared {
             }
             if !taken.is_empty() {
                 tracing::debug!(%token, ?taken, held = self.holds.count(), "ports back in hold");
+            }
+        }
+        lingering
+    }
+
+    /// Forgets that `port` of `token` is bound (its socket is gone), for a reservation the
+    /// daemon does not hold — a held one's ports are the re-hold pass's.
+    pub(crate) fn forget_bound(&self, token: berth_core::Token, port: u16) {
+        let mut table = self.table();
+        if table.get(token).is_some_and(|r| !r.held()) {
+            table.note_unbound(token, port);
+        }
+    }
+
+    /// One pass over the ports of reservations the daemon does not hold that the table
+    /// remembers bound: each is tested (a bind with `SO_REUSEADDR`, which only a live socket
+    /// refuses) outside the table lock, and those with no socket left are bound no more — so
+    /// that `list` and `why` never say "bound" for a socket that is gone. Blocking: run it off
+    /// the serving threads.
+    pub(crate) fn stale_bound_pass(&self) {
+        let bound: Vec<(berth_core::Token, berth_core::Protocol, Vec<u16>)> = {
+            let table = self.table();
+            table
+                .iter()
+                .filter(|r| !r.held())
+                .map(|r| (r.token, r.protocol, table.bound_list(r.token)))
+                .filter(|(_, _, ports)| !ports.is_empty())
+                .collect()
+        };
+        for (token, protocol, ports) in bound {
+            let gone: Vec<u16> = ports
+                .into_iter()
+                .filter(|&port| matches!(self.prober.in_use(protocol, port, true), Ok(false)))
+                .collect();
+            for port in gone {
+                self.forget_bound(token, port);
             }
         }
     }

@@ -112,8 +112,10 @@ impl Shared {
                 }
                 if hold {
                     holds.try_hold(proto, range)
-                } else {
+                } else if wildcard {
                     probes.first_in_use(proto, range)
+                } else {
+                    probes.first_in_use_by_number(proto, range)
                 }
             };
             let changes = match ask {
@@ -364,7 +366,7 @@ impl Shared {
         }
         // The binds happen outside the table lock; the kernel arbitrates between them.
         let held = plan.held.then_some((&*self.holds, token));
-        match associate::bind_from(fd.as_fd(), facts, &plan, address, held) {
+        match associate::bind_from(fd.as_fd(), facts, &plan, address, held).await {
             Ok(port) => {
                 self.table().note_bound(token, port);
                 tracing::debug!(%token, port, pid = requester.process.pid, "socket bound");

@@ -22,7 +22,7 @@ impl Shared {
                 "port 0 is never reserved or bound; ask about a port from 1 to 65535".into(),
             );
         }
-        let (reservation, in_pool) = {
+        let (mut reservation, in_pool) = {
             let table = self.table();
             let reservation = table.find_port(protocol, port).map(|r| {
                 let mut shown = info(r, &peer.owner, peer.is_admin, now_ms());
@@ -53,6 +53,17 @@ impl Shared {
                 Vec::new()
             }
         };
+        // A port the table remembers bound, with no live socket on it now (its owner's socket
+        // closed; `TIME_WAIT` connections are no socket of anyone's): not bound any more.
+        if let Some(shown) = reservation.as_mut() {
+            let live = sockets
+                .iter()
+                .any(|s| !s.held_by_berth && s.state != "TIME_WAIT");
+            if shown.bound.contains(&port) && !live {
+                shown.bound.retain(|&p| p != port);
+                self.forget_bound(shown.token, port);
+            }
+        }
         Response::Why(Box::new(PortReport {
             protocol,
             port,

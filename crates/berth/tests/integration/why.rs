@@ -164,3 +164,54 @@ async fn a_specific_acquire_over_a_port_in_use_names_the_process() {
     assert_eq!(owner.pid, me);
     assert!(!owner.command.is_empty());
 }
+
+/// A persistent reservation's port that a program bound through associate and then closed is
+/// "bound" no more: `why` says so at once, and `list` within a re-hold pass or two — never
+/// "bound" for a socket that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_socket_is_not_reported_bound() {
+    let daemon = TestDaemon::start(46360, 46369);
+    let admin = Client::connect_to(&daemon.socket).await.unwrap();
+    let persistent = admin
+        .create_persistent(Protocol::Tcp, 27240, 2, &berth::Allow::default())
+        .await
+        .unwrap();
+    let bind = || async {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let port = admin
+            .associate(persistent.token, std::os::fd::AsFd::as_fd(&socket), None)
+            .await
+            .unwrap();
+        (socket, port)
+    };
+    let (socket, port) = bind().await;
+    let report = admin.why(Protocol::Tcp, port).await.unwrap();
+    assert_eq!(report.reservation.unwrap().bound, vec![port]);
+    drop(socket);
+    let report = admin.why(Protocol::Tcp, port).await.unwrap();
+    assert!(report.reservation.unwrap().bound.is_empty(), "why, at once");
+
+    // `list`, after the socket of another bind is closed.
+    let (socket, port) = bind().await;
+    let bound_in_list = || async {
+        admin
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.token == persistent.token)
+            .unwrap()
+            .bound
+    };
+    assert_eq!(bound_in_list().await, vec![port]);
+    drop(socket);
+    let deadline = tokio::time::Instant::now() + berth_testkit::deadline::DEADLINE;
+    while !bound_in_list().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "list still says bound"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
