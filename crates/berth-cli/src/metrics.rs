@@ -313,6 +313,7 @@ mod tests {
                 },
             ],
             kernel_list: None,
+            exposure: None,
         }
     }
 

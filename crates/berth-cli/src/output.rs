@@ -119,6 +119,21 @@ pub struct StatusJson {
     /// Whose entries `ip_local_reserved_ports` holds, `{"reserved", "extras", "foreign",
     /// "repaired", "one_chunk"}` (see `docs/kernel.md`), or `null` without kernel sync.
     pub kernel_list: Option<KernelListJson>,
+    /// The pool's ports exposed to other programs' `connect()` (inside the ephemeral range,
+    /// without kernel sync), `{"ports", "ephemeral", "refused"}` — `refused`: wildcard
+    /// requests are refused for it — or `null` when none are.
+    pub exposure: Option<ExposureJson>,
+}
+
+/// An exposed pool in `berth status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct ExposureJson {
+    /// The pool's ports inside the ephemeral range, `LO-HI`.
+    pub ports: String,
+    /// The ephemeral range, `LO-HI`.
+    pub ephemeral: String,
+    /// Whether wildcard requests are refused for it.
+    pub refused: bool,
 }
 
 /// The kernel's list in `berth status --json`.
@@ -259,6 +274,11 @@ impl From<&StatusInfo> for StatusJson {
                     held_ports: u.usage.held_ports,
                 })
                 .collect(),
+            exposure: s.exposure.map(|e| ExposureJson {
+                ports: format!("{}-{}", e.ports.start(), e.ports.end()),
+                ephemeral: format!("{}-{}", e.ephemeral.start(), e.ephemeral.end()),
+                refused: e.refused,
+            }),
             kernel_list: s.kernel_list.map(|k| KernelListJson {
                 reserved: k.reserved,
                 extras: k.extras,

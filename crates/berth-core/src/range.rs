@@ -148,6 +148,13 @@ impl PortRange {
         self.start <= other.end() && other.start <= self.end()
     }
 
+    /// The ports the two blocks share, if any.
+    pub fn intersection(self, other: PortRange) -> Option<PortRange> {
+        let first = self.start.max(other.start);
+        let last = self.end().min(other.end());
+        PortRange::from_bounds(first, last).ok()
+    }
+
     /// The ports of the block, in order.
     pub fn ports(self) -> impl Iterator<Item = u16> {
         self.start..=self.end()

@@ -39,8 +39,8 @@ pub use detail::{
 };
 pub use frame::{FrameCodec, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 pub use message::{
-    Hello, KernelListInfo, OwnerInfo, PortReport, QuotaInfo, Request, ReservationInfo, Response,
-    ShareInfo, SocketInfo, StatusInfo, UsageInfo, UserUsage, Welcome, WireError, MAX_ALLOW_LIST,
-    MAX_NAME_LEN, MAX_SOCKETS_REPORTED,
+    ExposureInfo, Hello, KernelListInfo, OwnerInfo, PortReport, QuotaInfo, Request,
+    ReservationInfo, Response, ShareInfo, SocketInfo, StatusInfo, UsageInfo, UserUsage, Welcome,
+    WireError, MAX_ALLOW_LIST, MAX_NAME_LEN, MAX_SOCKETS_REPORTED,
 };
 pub use version::{negotiate, VersionMismatch, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};

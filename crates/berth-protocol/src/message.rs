@@ -451,6 +451,21 @@ pub struct StatusInfo {
     /// Whose entries `ip_local_reserved_ports` holds, as of the daemon's last write; `None`
     /// when the daemon does not keep the list.
     pub kernel_list: Option<KernelListInfo>,
+    /// The wildcard pool's ports inside the kernel's ephemeral range while the daemon does not
+    /// keep the list (exposed to every program's `connect()`); `None` when none are.
+    pub exposure: Option<ExposureInfo>,
+}
+
+/// A wildcard pool exposed to other programs' automatic port choice (see `berth status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposureInfo {
+    /// The pool's ports inside the ephemeral range.
+    pub ports: PortRange,
+    /// The kernel's ephemeral range (`net.ipv4.ip_local_port_range`), as last read.
+    pub ephemeral: PortRange,
+    /// Whether wildcard requests are refused for it (the default pool, which had no room
+    /// outside the range); otherwise they are served (a pool an administrator chose).
+    pub refused: bool,
 }
 
 /// The kernel's reserved-ports list as the daemon keeps it (see `berth status`).

@@ -41,7 +41,11 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
         .kernel_sync
         .or_else(|| loaded.as_ref().and_then(ConfigFile::kernel_sync))
         .unwrap_or(KernelSync::Auto);
-    let pool = kernel::safe_default_pool(kernel::will_sync(kernel_sync), ephemeral_pool());
+    // No default pool is safe without the list when the ephemeral range leaves no port outside
+    // it: the daemon then refuses wildcard requests (docs/kernel.md, "Protection off").
+    let ephemeral = ephemeral_pool();
+    let pool =
+        kernel::safe_default_pool(kernel::will_sync(kernel_sync), ephemeral).unwrap_or(ephemeral);
     let system_instance = uid == 0 && socket == std::path::Path::new(paths::SYSTEM_SOCKET);
     let mut config = Config::new(socket, db, pool);
     // The default pool follows the ephemeral range; one given in the file or on the command

@@ -79,6 +79,13 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             None => outln!("  kernel sync on: reservations are kept in ip_local_reserved_ports"),
             Some(why) => outln!("  kernel sync off: {why}"),
         }
+        if let Some(e) = &status.exposure {
+            if e.refused {
+                outln!("  warning: the wildcard pool lies in the kernel's ephemeral range {} and kernel sync is off: wildcard requests are refused (docs/kernel.md, \"Protection off\")", e.ephemeral);
+            } else {
+                outln!("  warning: ports {} of the wildcard pool lie in the kernel's ephemeral range {} and kernel sync is off: other programs' connect() and bind(0) may be given them (docs/kernel.md, \"Protection off\")", e.ports, e.ephemeral);
+            }
+        }
         if let Some(list) = &status.kernel_list {
             outln!(
                 "  listed: {} for reservations, {} more of the daemon's (joining scattered entries, or released and waiting), {} of other tools; entries repaired since start-up: {}",

@@ -129,10 +129,11 @@ const DYNAMIC: (u16, u16) = (49152, 65535);
 /// (its grants are then hidden from every `connect()`), else the largest block of the dynamic
 /// range (49152-65535) outside the ephemeral range — ports any `connect()` may be given must not
 /// be handed out unprotected — or, if the ephemeral range covers all of it, the largest block of
-/// 1024-65535 outside it.
-pub fn safe_default_pool(syncing: bool, ephemeral: Pool) -> Pool {
+/// 1024-65535 outside it; `None` when the ephemeral range leaves no port of 1024-65535 outside
+/// it (then no default pool is safe without the list).
+pub fn safe_default_pool(syncing: bool, ephemeral: Pool) -> Option<Pool> {
     if syncing {
-        return ephemeral;
+        return Some(ephemeral);
     }
     let eph = ephemeral.range();
     let outside = |lo: u16, hi: u16| -> Option<(u16, u16)> {
@@ -148,7 +149,6 @@ pub fn safe_default_pool(syncing: bool, ephemeral: Pool) -> Pool {
     outside(DYNAMIC.0, DYNAMIC.1)
         .or_else(|| outside(1024, 65535))
         .and_then(|(lo, hi)| Pool::new(lo, hi).ok())
-        .unwrap_or(ephemeral)
 }
 
 #[cfg(test)]
@@ -158,20 +158,24 @@ mod tests {
     #[test]
     fn the_default_pool_avoids_the_ephemeral_range_without_sync() {
         let linux = Pool::new(32768, 60999).unwrap();
-        assert_eq!(safe_default_pool(true, linux), linux);
+        assert_eq!(safe_default_pool(true, linux), Some(linux));
         assert_eq!(
             safe_default_pool(false, linux),
-            Pool::new(61000, 65535).unwrap()
+            Some(Pool::new(61000, 65535).unwrap())
         );
         let wide = Pool::new(49152, 65535).unwrap();
         assert_eq!(
             safe_default_pool(false, wide),
-            Pool::new(1024, 49151).unwrap()
+            Some(Pool::new(1024, 49151).unwrap())
         );
         let low = Pool::new(10000, 20000).unwrap();
         assert_eq!(
             safe_default_pool(false, low),
-            Pool::new(49152, 65535).unwrap()
+            Some(Pool::new(49152, 65535).unwrap())
         );
+        // Everything above the privileged ports is ephemeral: no pool is safe without sync.
+        let all = Pool::new(1024, 65535).unwrap();
+        assert_eq!(safe_default_pool(false, all), None);
+        assert_eq!(safe_default_pool(true, all), Some(all));
     }
 }

@@ -21,6 +21,8 @@ pub(super) struct KernelState {
     pub(super) restore: std::sync::atomic::AtomicBool,
     /// The room kernel sync has for extras, kept with the share's use.
     pub(super) extras: Arc<crate::mirror::kernel::ExtrasRoom>,
+    /// The pool's exposure when sync is off.
+    pub(super) exposure: super::exposure::Exposure,
 }
 
 impl KernelState {
@@ -32,6 +34,10 @@ impl KernelState {
         recorded: berth_core::PortSet,
         consumers: &mut Vec<Box<dyn crate::mirror::Consumer>>,
     ) -> std::io::Result<KernelState> {
+        let exposure = super::exposure::Exposure::new(
+            config.pool_follows_ephemeral,
+            crate::config::ephemeral_pool().range(),
+        );
         let extras = Arc::new(crate::mirror::kernel::ExtrasRoom::default());
         Ok(match crate::mirror::kernel::decide(config.kernel_sync) {
             Ok(()) => {
@@ -59,6 +65,7 @@ impl KernelState {
                     figures: Some(figures),
                     restore: Default::default(),
                     extras,
+                    exposure,
                 }
             }
             Err(why) if config.kernel_sync == crate::mirror::kernel::KernelSync::On => {
@@ -67,14 +74,9 @@ impl KernelState {
                 )))
             }
             Err(why) => {
+                // The pool's exposure is warned about by the first look at the ephemeral range
+                // (`Shared::follow_ephemeral`), and again whenever it changes.
                 tracing::info!("kernel sync is off: {why}");
-                let ephemeral = crate::config::ephemeral_pool();
-                if config.pool.range().overlaps(ephemeral.range()) {
-                    tracing::warn!(
-                    "the wildcard pool {} overlaps the kernel's ephemeral range {ephemeral} and kernel sync is off: other programs' connect() and bind(0) may be given reserved ports; choose a pool outside the ephemeral range, or let the daemon keep ip_local_reserved_ports (docs/kernel.md)",
-                    config.pool
-                );
-                }
                 KernelState {
                     writer: Mutex::new(None),
                     off_because: Some(why),
@@ -83,6 +85,7 @@ impl KernelState {
                     figures: None,
                     restore: Default::default(),
                     extras,
+                    exposure,
                 }
             }
         })
@@ -265,12 +268,20 @@ impl Shared {
             table.set_shared_range(Some(ephemeral.range()));
         }
         self.reset_extras_room(&table, ephemeral.range());
-        if pool_follows && table.pool() != pool {
-            tracing::info!(
-                "the ephemeral range is {ephemeral} now: the wildcard pool follows, {} → {pool}",
-                table.pool()
-            );
-            table.set_pool(pool);
+        // No safe place (the range leaves nothing outside it): the pool stays where it is, and
+        // wildcard requests are refused while it is exposed.
+        match pool {
+            Some(pool) if pool_follows && table.pool() != pool => {
+                tracing::info!(
+                    "the ephemeral range is {ephemeral} now: the wildcard pool follows, {} → {pool}",
+                    table.pool()
+                );
+                table.set_pool(pool);
+            }
+            _ => {}
         }
+        let pool = table.pool().range();
+        drop(table);
+        self.note_ephemeral(ephemeral.range(), pool);
     }
 }

@@ -23,6 +23,7 @@ use crate::session::inbound::{Inbound, Sender};
 use crate::session::peer::{gone, groups_of, process_owner};
 use berth_os::netns::NetNs;
 
+mod exposure;
 mod log;
 use log::log_changes;
 mod mirrors;

@@ -29,6 +29,9 @@ pub(crate) enum PortserverRefusal {
     /// The table answered a grant without its reservation.
     #[error("the grant went missing")]
     Missing,
+    /// The default pool lies in the ephemeral range and the daemon cannot hide its grants.
+    #[error("{0}")]
+    Exposed(String),
 }
 
 impl Shared {
@@ -60,6 +63,9 @@ impl Shared {
         let pid = owner.pid;
         let (port, pending) = {
             let mut table = self.table();
+            if let Some(message) = self.exposed_refusal(table.pool().range()) {
+                return Err(PortserverRefusal::Exposed(message));
+            }
             let limits = self.constraints(&table, lowest_port, is_admin);
             // Probe binds are non-blocking syscalls; under the lock so that no other grant
             // takes the number between the probe and the insert.

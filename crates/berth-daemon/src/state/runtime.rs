@@ -97,6 +97,11 @@ impl Shared {
         let wildcard = matches!(request, RangeRequest::Wildcard { .. });
         let (granted, pending) = {
             let mut table = self.table();
+            if wildcard {
+                if let Some(message) = self.exposed_refusal(table.pool().range()) {
+                    return Err(Box::new(error(ErrorKind::PoolExhausted, message)));
+                }
+            }
             // Administrators are exempt: they keep the service running for everyone.
             let limits = self.constraints(&table, lowest_port, requester.is_admin);
             // The in-use tests are non-blocking syscalls; holding the lock across them keeps a

@@ -65,6 +65,7 @@ impl Shared {
                 repaired: f.repaired,
                 one_chunk: f.one_chunk,
             }),
+            exposure: self.kernel.exposure(table.pool().range()),
         })
     }
 }

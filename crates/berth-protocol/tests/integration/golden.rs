@@ -17,8 +17,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use berth_protocol::{
-    BusyDetail, DaemonLimit, ErrorDetail, ErrorKind, Hello, Holder, KernelListInfo, Kind,
-    NamespacesDetail, OwnerInfo, PoolDetail, PortRange, PortReport, PortsDetail, Protocol,
+    BusyDetail, DaemonLimit, ErrorDetail, ErrorKind, ExposureInfo, Hello, Holder, KernelListInfo,
+    Kind, NamespacesDetail, OwnerInfo, PoolDetail, PortRange, PortReport, PortsDetail, Protocol,
     QuotaDetail, QuotaInfo, QuotaWhat, Request, ReservationInfo, Response, ShareInfo, SocketInfo,
     StatusInfo, Token, UsageInfo, UserUsage, Welcome, WireError,
 };
@@ -282,8 +282,13 @@ fn responses() {
                 repaired: 2,
                 one_chunk: true,
             }),
+            exposure: Some(ExposureInfo {
+                ports: PortRange::new(40000, 100).unwrap(),
+                ephemeral: PortRange::new(1024, 64512).unwrap(),
+                refused: true,
+            }),
         }),
-        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64 32  02 03 01  01 c0 b8 02 64 32 32 03  01 e8 07 02 03 01  01 03 ac 02 01 02 01",
+        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64 32  02 03 01  01 c0 b8 02 64 32 32 03  01 e8 07 02 03 01  01 03 ac 02 01 02 01  01 c0 b8 02 64 80 08 80 f8 03 01",
     );
     golden(Response::Associated { port: 8080 }, "06  90 3f");
     golden(
