@@ -217,6 +217,7 @@ fn scale_mode_reports_latency_and_memory() {
         );
     }
     assert!(stdout.contains("peak resident memory"), "{stdout}");
+    assert!(stdout.contains("largest anonymous part"), "{stdout}");
     assert!(stdout.contains("berth / echo p99"), "{stdout}");
 }
 
