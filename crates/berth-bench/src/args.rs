@@ -110,6 +110,10 @@ pub enum Mode {
     /// Serve echo requests (started by the benchmark itself; prints "ready").
     #[command(hide = true)]
     EchoServer(EchoArgs),
+    /// Serve portpicker requests with only the system calls an answer must make (started by
+    /// the benchmark itself; prints "ready").
+    #[command(hide = true)]
+    FloorServer(FloorArgs),
 }
 
 /// The echo server's sockets.
@@ -122,6 +126,20 @@ pub struct EchoArgs {
     /// One request per connection: a line in, a line out, close (the portpicker shape).
     #[arg(long)]
     pub connect_socket: PathBuf,
+}
+
+/// The floor server's socket, journal and pool.
+#[derive(Debug, clap::Args)]
+pub struct FloorArgs {
+    /// One request per connection: `"<pid>\n"` in, `"<port>\n"` out, close.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// The append-only file each answer writes one record to.
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// The ports whose test binds it cycles through.
+    #[arg(long, value_name = "LO-HI")]
+    pub pool: String,
 }
 
 /// `berth-bench portserver`.

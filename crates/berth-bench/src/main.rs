@@ -11,8 +11,8 @@
 //! - optionally, acquire+release with many live reservations (`--scale`).
 //!
 //! Three more modes are runs of their own: `portserver` (berth's portpicker endpoint against
-//! Google's portserver.py and the connect-per-request echo, through a raw client and the real
-//! Python client), `scale` (1,000 clients: the daemon's memory, latency at a paced load) and
+//! Google's portserver.py, a *floor* server making only the system calls an answer must make,
+//! and the connect-per-request echo, through a raw client and the real Python client), `scale` (1,000 clients: the daemon's memory, latency at a paced load) and
 //! `reclaim` (the time to re-claim runtime reservations after a restart).
 //!
 //! Every measurement is bounded by a request count and a duration, and reports p50, p99, max,
@@ -23,6 +23,8 @@
 //! - `args`: the command line.
 //! - `servers`: starting the daemon and the echo server, pinning, CPU time.
 //! - `echo`: the echo server (child mode) and its clients.
+//! - `floor`: the portpicker floor server (child mode): only the system calls an answer must
+//!   make.
 //! - `load`: running a measurement over N client threads; statistics.
 //! - `report`: the table and the ratios.
 //! - `portserver`, `scale`, `reclaim`: the other modes; `many`: many clients on one thread;
@@ -32,6 +34,7 @@
 
 mod args;
 mod echo;
+mod floor;
 mod load;
 mod many;
 mod portserver;
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let outcome = match args.mode {
         Some(Mode::EchoServer(ref echo)) => echo::serve(echo),
+        Some(Mode::FloorServer(ref floor)) => floor::serve(floor),
         Some(Mode::Portserver(ref ps)) => portserver::run(ps),
         Some(Mode::Scale(ref scale)) => scale::run(scale),
         Some(Mode::Reclaim(ref reclaim)) => reclaim::run(reclaim),

@@ -1,10 +1,11 @@
 //! `berth-bench portserver`: the portpicker protocol (one request per connection,
 //! `"<pid>\n"` in, `"<port>\n"` out) against berth's `--portserver` endpoint, Google's
-//! `portserver.py` and the connect-per-request echo, in one run:
+//! `portserver.py`, the *floor* server (`floor`: only the system calls an answer must make —
+//! the target's baseline) and the connect-per-request echo (for reference), in one run:
 //!
-//! - a raw Rust client (`echo::connect_once`, N threads) against each of the three;
+//! - a raw Rust client (`echo::connect_once`, N threads) against each of the four;
 //! - the real Python client, `portpicker.pick_unused_port()` with `PORTSERVER_ADDRESS` set, in
-//!   one Python process timing each pick, against each of the three.
+//!   one Python process timing each pick, against each of the four.
 //!
 //! Every request names this process (the raw client) or the Python process: a portserver's
 //! reservation lasts until the named process exits, so the raw client's reservations pile up
@@ -24,12 +25,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::args::PortserverArgs;
 use crate::load::{self, Kind, Plan, Sizes};
-use crate::servers::{self, cpu_time_us, Daemon, EchoServer, Target};
+use crate::servers::{self, cpu_time_us, Daemon, EchoServer, FloorServer, Target};
 use crate::table::{ratio, Summary, Table};
 
 const ECHO: &str = "connect-per-request echo";
 const BERTH: &str = "berth --portserver";
 const PY: &str = "portserver.py";
+const FLOOR: &str = "floor server";
 
 /// The Python client: warm up, say "warm", wait for a line, time `n` picks, print
 /// `wall_ns lat_ns…`, wait for stdin to close. A pick the portserver did not answer (portpicker
@@ -88,6 +90,7 @@ pub fn run(args: &PortserverArgs) -> Result<()> {
         &[OsStr::new("--portserver"), berth_ps.as_os_str()],
     )?;
     let echo = EchoServer::start(dir.path(), common.server_cpu)?;
+    let floor = FloorServer::start(dir.path(), &common.pool, common.server_cpu)?;
     let py = match PyPortserver::start(args, dir.path()) {
         Ok(py) => Some(py),
         Err(e) => {
@@ -96,10 +99,11 @@ pub fn run(args: &PortserverArgs) -> Result<()> {
         }
     };
     println!(
-        "portserver mode: clients {}, servers {}; berth daemon pid {}, echo pid {}, portserver.py pid {}; pool {} ({pool} ports each); requests ≤ {} per measurement, ≤ {} s, warm-up {} per client",
+        "portserver mode: clients {}, servers {}; berth daemon pid {}, floor pid {}, echo pid {}, portserver.py pid {}; pool {} ({pool} ports each); requests ≤ {} per measurement, ≤ {} s, warm-up {} per client",
         pin(common.client_cpu),
         pin(common.server_cpu),
         daemon.pid(),
+        floor.pid(),
         echo.pid(),
         py.as_ref().map_or("–".to_owned(), |p| p.pid.to_string()),
         common.pool,
@@ -109,6 +113,7 @@ pub fn run(args: &PortserverArgs) -> Result<()> {
     );
     let mut targets: Vec<(&str, Target)> = vec![
         (ECHO, echo.target.clone()),
+        (FLOOR, floor.target.clone()),
         (BERTH, connect_target(daemon.pid(), &berth_ps)),
     ];
     if let Some(py) = &py {
@@ -160,6 +165,7 @@ pub fn run(args: &PortserverArgs) -> Result<()> {
     );
     daemon.stop()?;
     drop(echo);
+    drop(floor);
     drop(py);
     Ok(())
 }
@@ -171,19 +177,29 @@ fn pin(cpu: Option<usize>) -> String {
 /// Prints the target ratios of one client kind at one concurrency level.
 fn ratios(table: &Table, client: &str, clients: u32) {
     let get = |server: &str| table.get(&format!("{client} → {server}"), clients);
-    let (Some(berth), Some(echo)) = (get(BERTH), get(ECHO)) else {
+    let Some(berth) = get(BERTH) else {
         return;
     };
     let cpu = |a: &Summary, b: &Summary| match (a.cpu_us, b.cpu_us) {
         (Some(a), Some(b)) => ratio(a, b),
         _ => "n/a".to_owned(),
     };
-    println!(
-        "{client}, {clients} client(s): berth / echo throughput {} (target ≥ 0.70×), p50 {}, server CPU {}",
-        ratio(berth.per_sec, echo.per_sec),
-        ratio(berth.p50_us, echo.p50_us),
-        cpu(berth, echo),
-    );
+    if let Some(floor) = get(FLOOR) {
+        println!(
+            "{client}, {clients} client(s): berth / floor throughput {} (target ≥ 0.70×), p50 {}, server CPU per answer {}",
+            ratio(berth.per_sec, floor.per_sec),
+            ratio(berth.p50_us, floor.p50_us),
+            cpu(berth, floor),
+        );
+    }
+    if let Some(echo) = get(ECHO) {
+        println!(
+            "{client}, {clients} client(s): berth / echo throughput {} (reference, no target), p50 {}, server CPU {}",
+            ratio(berth.per_sec, echo.per_sec),
+            ratio(berth.p50_us, echo.p50_us),
+            cpu(berth, echo),
+        );
+    }
     if let Some(py) = get(PY) {
         println!(
             "{client}, {clients} client(s): berth / portserver.py throughput {} (target ≥ 5×), p50 {} (py / berth), server CPU {} (py / berth)",

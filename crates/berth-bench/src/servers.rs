@@ -1,6 +1,6 @@
-//! The servers under load: a real `berth daemon` and the echo server, each a child process
-//! started here (pinned with `taskset` on request), killed by its pid when dropped; and their
-//! CPU time.
+//! The servers under load: a real `berth daemon`, the echo server and the portpicker floor
+//! server, each a child process started here (pinned with `taskset` on request), killed by its
+//! pid when dropped; and their CPU time.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -174,6 +174,49 @@ impl EchoServer {
 }
 
 impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The portpicker floor server child (this binary, `floor-server`): see `floor`.
+pub struct FloorServer {
+    child: Child,
+    /// It, as a measurement target (its only socket is a connect-per-request one).
+    pub target: Target,
+}
+
+impl FloorServer {
+    /// Starts it on a socket in `dir`, its journal in `dir`, test-binding ports of `pool`.
+    pub fn start(dir: &Path, pool: &str, cpu: Option<usize>) -> Result<FloorServer> {
+        let exe = std::env::current_exe().context("cannot find this program's binary")?;
+        let socket = dir.join("floor.sock");
+        let mut cmd = pinned(&exe, cpu);
+        cmd.arg("floor-server")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--journal")
+            .arg(dir.join("floor.journal"))
+            .args(["--pool", pool]);
+        let child = start_ready(cmd, &dir.join("floor.log"), "the floor server")?;
+        Ok(FloorServer {
+            target: Target {
+                pid: child.id(),
+                socket: socket.clone(),
+                connect_socket: Some(socket),
+            },
+            child,
+        })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.target.pid
+    }
+}
+
+impl Drop for FloorServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

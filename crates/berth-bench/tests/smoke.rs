@@ -133,7 +133,7 @@ fn figure_rows(stdout: &str) -> Vec<Vec<String>> {
 }
 
 #[test]
-fn portserver_mode_measures_berth_and_the_echo_and_portserver_py_when_installed() {
+fn portserver_mode_measures_berth_the_floor_and_the_echo_and_portserver_py_when_installed() {
     let stdout = run_mode(&[
         "portserver",
         "--requests",
@@ -154,8 +154,10 @@ fn portserver_mode_measures_berth_and_the_echo_and_portserver_py_when_installed(
             has("raw client → connect-per-request echo", clients),
             "{stdout}"
         );
+        assert!(has("raw client → floor server", clients), "{stdout}");
         assert!(has("raw client → berth --portserver", clients), "{stdout}");
     }
+    assert!(stdout.contains("berth / floor throughput"), "{stdout}");
     assert!(stdout.contains("berth / echo throughput"), "{stdout}");
     // portserver.py and the Python client need Python with portpicker (CI installs it); without
     // them the run says what it skipped, and so does this test.
@@ -175,6 +177,7 @@ fn portserver_mode_measures_berth_and_the_echo_and_portserver_py_when_installed(
             "{stdout}"
         );
         assert!(has("pick_unused_port() → portserver.py", "1"), "{stdout}");
+        assert!(has("pick_unused_port() → floor server", "1"), "{stdout}");
         assert!(
             stdout.contains("berth / portserver.py throughput"),
             "{stdout}"
@@ -214,6 +217,7 @@ fn scale_mode_reports_latency_and_memory() {
         );
     }
     assert!(stdout.contains("peak resident memory"), "{stdout}");
+    assert!(stdout.contains("largest anonymous part"), "{stdout}");
     assert!(stdout.contains("berth / echo p99"), "{stdout}");
 }
 
