@@ -338,17 +338,23 @@ async fn answer(
     let _ = stream.shutdown().await;
 }
 
-/// A connection closed on its user's closer threads when dropped, wherever the task ends.
+/// A connection closed on its user's closer threads when dropped, wherever the task ends —
+/// or here, when it refuses descriptors (`SO_PASSRIGHTS` off, inherited from the listener on
+/// kernels that have it): then none can be queued on it, and its close cannot block. That
+/// spares each answer a trip to a closer thread.
 struct Disposed<'a> {
     stream: Option<UnixStream>,
     lane: &'a Lane,
+    inline: bool,
 }
 
 impl<'a> Disposed<'a> {
     fn new(stream: UnixStream, lane: &'a Lane) -> Self {
+        let inline = berth_os::rights::refuses_rights(&stream);
         Disposed {
             stream: Some(stream),
             lane,
+            inline,
         }
     }
 
@@ -370,7 +376,11 @@ impl<'a> Disposed<'a> {
 impl Drop for Disposed<'_> {
     fn drop(&mut self) {
         if let Some(stream) = self.stream.take() {
-            self.lane.dispose(stream);
+            if self.inline {
+                drop(stream);
+            } else {
+                self.lane.dispose(stream);
+            }
         }
     }
 }

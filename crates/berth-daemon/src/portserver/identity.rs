@@ -78,10 +78,10 @@ pub(crate) fn owner_for(
         peer_pidfd,
     ))
     .ok_or(NotOwner::PeerExited { pid: peer.pid })?;
-    let here = pid_namespace("self").ok_or(NotOwner::OwnNamespaceUnreadable)?;
+    let here = own_pid_namespace().ok_or(NotOwner::OwnNamespaceUnreadable)?;
     let theirs = pid_namespace(&peer.pid.to_string())
         .ok_or(NotOwner::PeerNamespaceUnreadable { pid: peer.pid })?;
-    if theirs != here {
+    if &theirs != here {
         if named != peer.pid {
             tracing::debug!(
                 peer = peer.pid,
@@ -104,6 +104,12 @@ pub(crate) fn owner_for(
         });
     }
     live(confirmed(process_owner(named, uid, gid), pidfd)).ok_or(NotOwner::Exited { named })
+}
+
+/// The daemon's own pid namespace, read once: a process cannot change it.
+fn own_pid_namespace() -> Option<&'static std::ffi::OsString> {
+    static OWN: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| pid_namespace("self")).as_ref()
 }
 
 /// `owner`, if it was still running when described (start time known).

@@ -51,24 +51,29 @@ pub(crate) fn open_files_in_shortage() -> u64 {
 /// Two system calls: is a descriptor free at or above the limit less the room
 /// (`berth_os::rlimit::free_at_or_above`; the top of the table is the last to fill)?
 pub(crate) fn room_for(fds: usize) -> bool {
-    // A room found for a message's worth is trusted for a millisecond: a busy daemon reads
-    // thousands of times a second, and a probe per read would cost two system calls each.
-    static LAST_ROOMY: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    let small = fds <= crate::session::inbound::READ_ROOM;
+    // A room found is trusted for a millisecond, for any request as small or smaller — up to
+    // what a new connection needs (a read, an acquire holding a hundred ports): a busy daemon
+    // reads and grants thousands of times a second, and a probe each would cost two system
+    // calls. Larger requests are always probed.
+    static LAST_ROOMY: std::sync::Mutex<Option<(std::time::Instant, usize)>> =
+        std::sync::Mutex::new(None);
     let now = std::time::Instant::now();
-    if small {
-        let last = *LAST_ROOMY
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_some_and(|at| now.saturating_duration_since(at) < ROOM_TRUSTED) {
-            return true;
-        }
+    let trusted = |last: Option<(std::time::Instant, usize)>| {
+        last.filter(|(at, _)| now.saturating_duration_since(*at) < ROOM_TRUSTED)
+            .map_or(0, |(_, up_to)| up_to)
+    };
+    let last = *LAST_ROOMY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if fds <= trusted(last) {
+        return true;
     }
     let roomy = probe_room(fds);
-    if small && roomy {
-        *LAST_ROOMY
+    if roomy && fds <= ACCEPT_ROOM {
+        let mut last = LAST_ROOMY
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last = Some((now, fds.max(trusted(*last))));
     }
     roomy
 }
