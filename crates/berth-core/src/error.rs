@@ -281,6 +281,11 @@ pub enum UseError {
     /// No live reservation has this token.
     #[error("no reservation has token {0}; it was released already or never existed (`berth list` shows the live ones)")]
     NotFound(crate::token::Token),
+    /// A runtime reservation restored after a daemon restart, not re-claimed by its owner yet:
+    /// it cannot be used until it is, or it would be lost when the grace period ends while
+    /// its owner believes it holds it.
+    #[error("reservation {0} came back after a restart of the berth daemon and waits for its owner to re-claim it; re-claim it first (the client libraries do when they reconnect), or it is released when the grace period ends")]
+    Unclaimed(crate::token::Token),
     /// The asker may not use it: not the process that acquired a runtime reservation, or
     /// neither an administrator nor named by a persistent one.
     #[error("{}", not_owner_message(reservation, *requester_pid))]
@@ -296,7 +301,7 @@ impl UseError {
     /// The kind of failure (docs/errors.md).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            UseError::NotFound(_) => ErrorKind::NotFound,
+            UseError::NotFound(_) | UseError::Unclaimed(_) => ErrorKind::NotFound,
             UseError::NotOwner { .. } => ErrorKind::PermissionDenied,
         }
     }

@@ -458,6 +458,9 @@ impl Table {
                 requester_pid: asker.process.pid,
             });
         }
+        if reservation.bond() == Some(Bond::Unclaimed) {
+            return Err(UseError::Unclaimed(token));
+        }
         let range = reservation.range;
         let order = self
             .records

@@ -9,8 +9,17 @@
 //! opens a session of its own. The session lives in a per-process [`Slot`] rather than in a
 //! plain `static Mutex`, so that a child forked while another thread held the lock does not
 //! wait forever for a lock no thread of its own will release.
+//!
+//! # After an outage
+//! The client reconnects by itself across daemon restarts and re-claims what it holds. Only a
+//! daemon unreachable for longer than the reconnection window ends the session; the tokens
+//! it held are remembered (`Slot::orphaned`), and the next call that names one re-claims it
+//! on the new session first (the daemon keeps a restarted journal's reservations for their
+//! owners for a grace period, and refuses their use until they are re-claimed). One that
+//! cannot be re-claimed is reported lost (not-found, `ENOENT`, with a message that says so) —
+//! never "ok" for a reservation this process no longer holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::ptr;
@@ -44,6 +53,9 @@ struct Slot {
     /// opens one session only). A poisoned lock is used as is: every section leaves the state
     /// whole.
     state: Mutex<Option<State>>,
+    /// Tokens of reservations held by a session that ended (see "After an outage"): re-claimed
+    /// on the next session before their first use. Bounded by what the process acquired.
+    orphaned: Mutex<HashSet<u64>>,
 }
 
 /// The current process's slot: null until the first call, and a leaked `Box<Slot>` after.
@@ -66,6 +78,7 @@ fn slot() -> &'static Slot {
         let fresh = Box::into_raw(Box::new(Slot {
             pid,
             state: Mutex::new(None),
+            orphaned: Mutex::new(HashSet::new()),
         }));
         match SLOT.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
             // SAFETY: `fresh` came from Box::into_raw just above and is never freed.
@@ -83,6 +96,10 @@ impl Slot {
     fn lock(&self) -> MutexGuard<'_, Option<State>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn orphaned(&self) -> MutexGuard<'_, HashSet<u64>> {
+        self.orphaned.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A session as one call sees it: the client to call through, without the lock held.
@@ -90,6 +107,23 @@ struct Session {
     slot: &'static Slot,
     client: Client,
     generation: u64,
+}
+
+/// The longest reconnection window `BERTH_RECONNECT_WINDOW_S` may set: an hour.
+const MAX_RECONNECT_WINDOW_S: u64 = 3600;
+
+/// The client's options: the defaults, with the reconnection window from
+/// `BERTH_RECONNECT_WINDOW_S` (seconds, at most an hour) when set — a C program has no other
+/// way to choose it.
+fn options() -> berth::Options {
+    let window = std::env::var("BERTH_RECONNECT_WINDOW_S")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|s| std::time::Duration::from_secs(s.min(MAX_RECONNECT_WINDOW_S)));
+    match window {
+        Some(window) => berth::Options::default().reconnect_window(window),
+        None => berth::Options::default(),
+    }
 }
 
 /// This process's session, opened if there is none yet.
@@ -104,7 +138,7 @@ fn session() -> Result<Session, Failure> {
         });
     }
     // No daemon autostart from a library: the CLI's on-demand start is the CLI's business.
-    let client = Client::connect()?;
+    let client = Client::connect_with(options())?;
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
     *guard = Some(State {
         generation,
@@ -135,11 +169,52 @@ impl Session {
                     None
                 }
             };
-            // Outside the lock: each held reservation's release fails at once on the closed
-            // connection.
+            // Their tokens are re-claimed on the next session; outside the lock, each held
+            // reservation's release fails at once on the closed connection.
+            if let Some(dead) = &dead {
+                self.slot.orphaned().extend(dead.held.keys().copied());
+            }
             drop(dead);
         }
         Failure::from(e)
+    }
+
+    /// Re-claims `token` on this session first if it belonged to a session that ended (see
+    /// "After an outage"); the failure when it is lost.
+    fn adopt(&self, token: Token) -> Result<(), Failure> {
+        if !self.slot.orphaned().remove(&token.get()) {
+            return Ok(());
+        }
+        match self.client.reclaim(token) {
+            Ok(reservation) => {
+                let mut guard = self.slot.lock();
+                match guard.as_mut() {
+                    Some(state) if state.generation == self.generation => {
+                        state.held.insert(token.get(), reservation);
+                    }
+                    _ => {
+                        // This session ended too meanwhile: the token waits for the next.
+                        drop(guard);
+                        self.slot.orphaned().insert(token.get());
+                        drop(reservation);
+                    }
+                }
+                Ok(())
+            }
+            Err(e @ (berth::Error::NotFound(_) | berth::Error::PermissionDenied(_))) => {
+                Err(Failure::new(
+                    berth::ErrorKind::NotFound,
+                    format!(
+                        "reservation {token} was lost while the berth daemon could not be reached (longer than the client's reconnection window): {}; its ports may be handed to others — acquire again",
+                        e.message()
+                    ),
+                ))
+            }
+            Err(e) => {
+                self.slot.orphaned().insert(token.get());
+                Err(self.fail(e))
+            }
+        }
     }
 }
 
@@ -188,6 +263,7 @@ pub(crate) fn associate(
     port: Option<u16>,
 ) -> Result<u16, Failure> {
     let session = session()?;
+    session.adopt(token)?;
     session
         .client
         .associate_port_raw(token.get(), fd, address, port)
@@ -198,6 +274,7 @@ pub(crate) fn associate(
 /// goes to the daemon as is, which answers not-found or permission-denied as the case is.
 pub(crate) fn release(token: Token) -> Result<(), Failure> {
     let session = session()?;
+    session.adopt(token)?;
     let held = {
         let mut guard = session.slot.lock();
         guard
@@ -272,10 +349,24 @@ mod tests {
         tokio::task::JoinHandle<()>,
         SocketGuard,
     ) {
+        daemon_on(rt, socket, &socket.with_extension("db"), pool)
+    }
+
+    /// [`daemon`] on the database `db`.
+    fn daemon_on(
+        rt: &tokio::runtime::Runtime,
+        socket: &Path,
+        db: &Path,
+        pool: (u16, u16),
+    ) -> (
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+        SocketGuard,
+    ) {
         let (listener, guard) = rt.block_on(async { bind_socket(socket) }).unwrap();
         let mut config = Config::new(
             socket.to_owned(),
-            socket.with_extension("db"),
+            db.to_owned(),
             Pool::new(pool.0, pool.1).unwrap(),
         );
         // Several test daemons share this network namespace, each with a pool of its own.
@@ -320,6 +411,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("berth.sock");
         std::env::set_var("BERTH_SOCKET", &socket);
+        // Outages longer than this end the session (read when it is opened).
+        std::env::set_var("BERTH_RECONNECT_WINDOW_S", "1");
 
         let (stop, task, guard) = daemon(&rt, &socket, (26300, 26309));
         let (rc, _, token) = acquire();
@@ -334,6 +427,62 @@ mod tests {
         assert_eq!(acquire().0, 0);
         // The first reservation is still this process's: releasing it succeeds.
         assert_eq!(crate::berth_release_port_reservation(token), 0);
+
+        // An outage longer than the reconnection window ends the session: the call made
+        // meanwhile fails as unavailable. The next daemon keeps the reservation for its owner,
+        // and the next call re-claims it before using it.
+        let (rc, _, token) = acquire();
+        assert_eq!(rc, 0);
+        let _ = stop.send(());
+        rt.block_on(task).unwrap();
+        drop(guard);
+        let socket_fd = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+        .unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket_fd);
+        let associate = |token| {
+            // SAFETY: a null address is allowed (the wildcard address of the socket's family).
+            let rc =
+                unsafe { crate::berth_associate_port_reservation(fd, token, std::ptr::null(), 0) };
+            (rc, std::io::Error::last_os_error().raw_os_error())
+        };
+        assert_eq!(associate(token), (-1, Some(libc::ECONNREFUSED)));
+        let (stop, task, guard) = daemon(&rt, &socket, (26300, 26309));
+        assert_eq!(associate(token).0, 0, "re-claimed, then bound");
+        assert_eq!(crate::berth_release_port_reservation(token), 0);
+
+        // Lost: the next daemon knows nothing of it (another database, as if its grace period
+        // had passed). The call says so — never 0.
+        let (rc, _, token) = acquire();
+        assert_eq!(rc, 0);
+        let _ = stop.send(());
+        rt.block_on(task).unwrap();
+        drop(guard);
+        let socket_fd = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+        .unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket_fd);
+        let associate = |token| {
+            // SAFETY: as above.
+            let rc =
+                unsafe { crate::berth_associate_port_reservation(fd, token, std::ptr::null(), 0) };
+            (rc, std::io::Error::last_os_error().raw_os_error())
+        };
+        assert_eq!(associate(token), (-1, Some(libc::ECONNREFUSED)));
+        let other_db = socket.with_extension("other.db");
+        let (stop, task, guard) = daemon_on(&rt, &socket, &other_db, (26300, 26309));
+        assert_eq!(associate(token), (-1, Some(libc::ENOENT)));
+        // SAFETY: the message is a NUL-terminated string valid until the next call.
+        let message = unsafe { std::ffi::CStr::from_ptr(crate::berth_last_error_message()) }
+            .to_string_lossy()
+            .into_owned();
+        assert!(message.contains("was lost while"), "{message}");
         let _ = stop.send(());
         rt.block_on(task).unwrap();
         drop(guard);

@@ -204,6 +204,12 @@ impl Client {
         self.rt.block_on(self.inner.list_persistent())
     }
 
+    /// See [`crate::Client::reclaim`].
+    pub fn reclaim(&self, token: Token) -> Result<Reservation, Error> {
+        let inner = self.rt.block_on(self.inner.reclaim(token))?;
+        Ok(self.blocking(inner))
+    }
+
     /// See [`crate::Client::release`].
     pub fn release(&self, token: Token) -> Result<ReservationInfo, Error> {
         self.rt.block_on(self.inner.release(token))

@@ -441,6 +441,23 @@ impl Client {
         }
     }
 
+    /// Takes back, on this connection, the runtime reservation `token` that this process held
+    /// before the daemon restarted (or before this client's session ended: a connection lost
+    /// for longer than [`Options::reconnect_window`]). The daemon keeps such a reservation for
+    /// its owner for a grace period after it starts, usable only once re-claimed. A client
+    /// re-claims the reservations it holds by itself when it reconnects; this is for a program
+    /// that kept only the token (the C library does). [`Error::NotFound`] when it is gone.
+    pub async fn reclaim(&self, token: Token) -> Result<Reservation, Error> {
+        match self
+            .conn
+            .call(Request::Reclaim { token: token.get() })
+            .await?
+        {
+            Response::Reclaimed(info) => Ok(Reservation::new(self.clone(), info)),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
     /// Releases the reservation named `token`. Allowed to the process that acquired it and to
     /// administrators; anyone else gets [`Error::PermissionDenied`].
     pub async fn release(&self, token: Token) -> Result<ReservationInfo, Error> {

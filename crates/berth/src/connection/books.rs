@@ -155,7 +155,8 @@ impl Books {
             self.finish_release(token);
         }
         let acquired = match &response {
-            Response::Acquired(info) => Some(info.token),
+            // Re-claimed by hand (`Client::reclaim`): this session's from now on, as acquired.
+            Response::Acquired(info) | Response::Reclaimed(info) => Some(info.token),
             // Released, or handed to another process: no longer this session's.
             Response::Released(info) | Response::Transferred(info) => {
                 self.held.remove(&info.token);

@@ -14,6 +14,7 @@
 //! | `a_daemon_that_never_answers_does_not_outlast_the_reconnect_window` | 28500-28599 |
 //! | `a_burst_with_large_answers_is_answered` | 28600-28999 |
 //! | `a_reservation_not_given_back_after_a_restart_is_reported_lost` | 29000-29099 |
+//! | `an_unclaimed_reservation_is_not_used_until_it_is_reclaimed` | 29100-29199 |
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -423,5 +424,40 @@ async fn a_reservation_not_given_back_after_a_restart_is_reported_lost() {
     assert!(refused.to_string().contains("is lost"), "{refused}");
     assert!(matches!(held.release().await, Err(Error::NotFound(_))));
     client.status().await.unwrap();
+    daemon.stop().await;
+}
+
+/// After a restart, a restored reservation is usable only once its owner re-claimed it: a
+/// session that names it without re-claiming it first (a program that kept only its token) is
+/// told so; the re-claim, through `Client::reclaim`, makes it this session's, usable again.
+#[tokio::test]
+async fn an_unclaimed_reservation_is_not_used_until_it_is_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("berth.sock");
+    let db = dir.path().join("berth.db");
+    let daemon = Daemon::start(&socket, &db, 29100, 29199);
+    // A client that gives up at once when the daemon goes: it re-claims nothing by itself.
+    let options = Options::default().reconnect_window(Duration::ZERO);
+    let first = Client::connect_to_with(&socket, options).await.unwrap();
+    let held = first.acquire(Protocol::Tcp, 0, 1).await.unwrap();
+    let token = held.token();
+    daemon.stop().await;
+    let daemon = Daemon::start(&socket, &db, 29100, 29199);
+    let second = Client::connect_to(&socket).await.unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let refused = second
+        .associate(token, std::os::fd::AsFd::as_fd(&sock), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::NotFound(_)), "{refused:?}");
+    assert!(refused.to_string().contains("re-claim"), "{refused}");
+    let reclaimed = second.reclaim(token).await.unwrap();
+    let port = second
+        .associate(token, std::os::fd::AsFd::as_fd(&sock), None)
+        .await
+        .unwrap();
+    assert_eq!(port, reclaimed.start());
+    reclaimed.release().await.unwrap();
+    drop((held, first));
     daemon.stop().await;
 }
