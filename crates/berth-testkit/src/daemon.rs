@@ -77,6 +77,12 @@ impl TestDaemon {
         self.faults.fail_store(fail);
     }
 
+    /// Lets the next `writes` writes to the database and runtime journal succeed and makes
+    /// the ones after fail, as a disk failing in the middle of a request would.
+    pub fn fail_store_after(&self, writes: u32) {
+        self.faults.fail_store_after(writes);
+    }
+
     /// Waits until the daemon stops by itself (a client's `Stop`), without stopping it.
     pub async fn stopped(mut self) {
         if let Some(task) = self.task.take() {

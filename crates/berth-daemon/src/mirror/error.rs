@@ -64,6 +64,21 @@ pub(crate) enum MirrorError {
 }
 
 impl MirrorError {
+    /// Whether the consumer kept the change in its own books although it could not mirror it
+    /// (then an undo must reach it): kernel sync counts a change's ports when it takes the
+    /// change, before the write that fails; the journal and the hold sockets record nothing
+    /// that failed. A consumer that stopped is treated as having applied it (an undo it does
+    /// not need is harmless to it; one it needs and misses is not).
+    pub(crate) fn applied(&self) -> bool {
+        match self {
+            MirrorError::KernelRead(_)
+            | MirrorError::KernelRecord(_)
+            | MirrorError::KernelWrite(_)
+            | MirrorError::Stopped => true,
+            MirrorError::Write(_) | MirrorError::NotHeld { .. } => false,
+        }
+    }
+
     /// A failed read of the kernel's list.
     pub(crate) fn kernel_read(e: io::Error) -> Self {
         MirrorError::KernelRead(Arc::new(e))

@@ -8,7 +8,6 @@
 //! reservation needs (its owner does not survive a crash of the host). Persistent rows must
 //! survive a power loss, so they go to the store thread, which commits them with an fsync.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use berth_core::{Bond, Change, Lease, Reservation};
@@ -22,12 +21,12 @@ use crate::mirror::{Ack, Consumer, WriteError};
 #[derive(Clone)]
 pub(crate) struct Runtime {
     journal: Arc<Mutex<RuntimeJournal>>,
-    /// While set, every write fails (fault injection for tests).
-    faulty: Arc<AtomicBool>,
+    /// While it trips, writes fail (fault injection for tests).
+    faulty: Arc<crate::faults::StoreFault>,
 }
 
 impl Runtime {
-    pub(crate) fn new(journal: RuntimeJournal, faulty: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(journal: RuntimeJournal, faulty: Arc<crate::faults::StoreFault>) -> Self {
         Runtime {
             journal: Arc::new(Mutex::new(journal)),
             faulty,
@@ -35,7 +34,7 @@ impl Runtime {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, RuntimeJournal>, WriteError> {
-        if self.faulty.load(Ordering::SeqCst) {
+        if self.faulty.trips() {
             return Err(WriteError::Faulty);
         }
         Ok(self.journal.lock().unwrap_or_else(PoisonError::into_inner))
@@ -109,6 +108,48 @@ impl Consumer for Journal {
             Some(Queued(rx)) => Ack::Later(rx),
             None => Ack::Done,
         }
+    }
+
+    /// The runtime journal made to hold exactly the table's runtime reservations: a row the
+    /// table no longer has (a release whose removal failed: it would come back after a
+    /// restart) is removed, a missing or different one written. A record each, only for what
+    /// differs. (Persistent rows are refusable changes, undone when their commit fails.)
+    fn resync(&self, table: &berth_core::Table) -> Result<(), crate::mirror::MirrorError> {
+        let mut runtime = self.runtime.lock()?;
+        let wanted: std::collections::HashMap<berth_core::Token, JournalRow> = table
+            .iter()
+            .filter_map(journal_row)
+            .map(|row| (row.token, row))
+            .collect();
+        let have: std::collections::HashMap<berth_core::Token, JournalRow> = runtime
+            .rows()
+            .into_iter()
+            .map(|row| (row.token, row))
+            .collect();
+        let mut ops: Vec<JournalOp> = have
+            .keys()
+            .filter(|token| !wanted.contains_key(token))
+            .map(|token| JournalOp::Remove(*token))
+            .collect();
+        ops.extend(
+            wanted
+                .values()
+                .filter(|row| have.get(&row.token) != Some(*row))
+                .cloned()
+                .map(JournalOp::Insert),
+        );
+        if !ops.is_empty() {
+            tracing::info!(
+                records = ops.len(),
+                "re-synchronising the runtime journal with the table"
+            );
+        }
+        for op in &ops {
+            runtime
+                .apply(op)
+                .map_err(|e| WriteError::Journal(Arc::new(e)))?;
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,6 @@
 //! (`journal.rs`).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -42,7 +41,7 @@ impl StoreHandle {
     /// join it before letting go of the database lock, so that nothing is still writing.
     pub(crate) fn spawn(
         store: Store,
-        faulty: Arc<AtomicBool>,
+        faulty: Arc<crate::faults::StoreFault>,
     ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel();
         let fault = faulty.clone();
@@ -89,7 +88,7 @@ pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
 /// moment is the better time.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
-fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &AtomicBool) {
+fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &crate::faults::StoreFault) {
     // Whether anything was committed since the last checkpoint.
     let mut dirty = false;
     loop {
@@ -109,7 +108,7 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &AtomicBool) {
         dirty = true;
         match msg {
             Msg::Create(row, done) => {
-                let created = if faulty.load(Ordering::SeqCst) {
+                let created = if faulty.trips() {
                     Err(WriteError::Faulty)
                 } else {
                     store.create_persistent(&row).map_err(database)
@@ -117,7 +116,7 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &AtomicBool) {
                 let _ = done.send(created.map_err(MirrorError::from));
             }
             Msg::Delete(token, done) => {
-                let deleted = if faulty.load(Ordering::SeqCst) {
+                let deleted = if faulty.trips() {
                     Err(WriteError::Faulty)
                 } else {
                     store.delete_persistent(token).map(|_| ()).map_err(database)

@@ -275,6 +275,37 @@ impl TimeWaitEnder {
     }
 }
 
+/// How often the mirrors are checked for a change they failed (then re-synchronised at once).
+pub const RESYNC_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How often every mirror is re-synchronised with the table anyway.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(60);
+
+/// Keeps the mirrors (the runtime journal, the kernel's list) in step with the table: at once
+/// after a consumer failed a change it could not refuse (a release whose journal removal
+/// failed would bring the reservation back after a restart), and every [`RESYNC_EVERY`] in
+/// case. The work is a diff under the table lock, a record per difference.
+pub(super) fn resync(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToken) {
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tracker.spawn(async move {
+        let mut check = tokio::time::interval(RESYNC_CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = check.tick() => {
+                    let due = last.elapsed() >= RESYNC_EVERY;
+                    if shared.mirrors_out_of_step() || due {
+                        shared.resync_mirrors();
+                        last = tokio::time::Instant::now();
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// How often the kernel's ephemeral range is looked at, for a default pool to follow it.
 pub const EPHEMERAL_EVERY: Duration = Duration::from_secs(2);
 

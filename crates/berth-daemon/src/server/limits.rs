@@ -51,32 +51,32 @@ pub(crate) fn open_files_in_shortage() -> u64 {
 /// Two system calls: is a descriptor free at or above the limit less the room
 /// (`berth_os::rlimit::free_at_or_above`; the top of the table is the last to fill)?
 pub(crate) fn room_for(fds: usize) -> bool {
-    // A room found is trusted for a millisecond, for any request as small or smaller — up to
-    // what a new connection needs (a read, an acquire holding a hundred ports): a busy daemon
-    // reads and grants thousands of times a second, and a probe each would cost two system
-    // calls. Larger requests are always probed.
-    static LAST_ROOMY: std::sync::Mutex<Option<(std::time::Instant, usize)>> =
-        std::sync::Mutex::new(None);
+    // A room found for a small request is trusted for a millisecond: a busy daemon reads (and
+    // grants held blocks of a few ports) thousands of times a second, and a probe each would
+    // cost two system calls. Larger requests (a new connection's room) are always probed.
+    static LAST_ROOMY: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let small = fds <= SMALL_ROOM;
     let now = std::time::Instant::now();
-    let trusted = |last: Option<(std::time::Instant, usize)>| {
-        last.filter(|(at, _)| now.saturating_duration_since(*at) < ROOM_TRUSTED)
-            .map_or(0, |(_, up_to)| up_to)
-    };
-    let last = *LAST_ROOMY
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if fds <= trusted(last) {
-        return true;
-    }
-    let roomy = probe_room(fds);
-    if roomy && fds <= ACCEPT_ROOM {
-        let mut last = LAST_ROOMY
+    if small {
+        let last = *LAST_ROOMY
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *last = Some((now, fds.max(trusted(*last))));
+        if last.is_some_and(|at| now.saturating_duration_since(at) < ROOM_TRUSTED) {
+            return true;
+        }
+    }
+    let roomy = probe_room(fds);
+    if small && roomy {
+        *LAST_ROOMY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
     }
     roomy
 }
+
+/// The largest request whose room is trusted for [`ROOM_TRUSTED`] once found: a read's, and a
+/// held acquire's of up to 16 ports (two sockets a port, beside a message's descriptors).
+const SMALL_ROOM: usize = crate::session::inbound::KERNEL_MAX_FDS + 2 * 16;
 
 /// How long a room found is trusted for (see [`room_for`]).
 const ROOM_TRUSTED: std::time::Duration = std::time::Duration::from_millis(1);

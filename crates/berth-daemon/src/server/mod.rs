@@ -7,7 +7,7 @@ mod background;
 pub(crate) use accept::admin_reserve;
 use accept::Accepting;
 use background::{
-    answer_beacon, end_grace, follow_ephemeral, rehold, report_status, start_portserver,
+    answer_beacon, end_grace, follow_ephemeral, rehold, report_status, resync, start_portserver,
     watch_owners,
 };
 pub use background::{EPHEMERAL_EVERY, REHOLD_EVERY};
@@ -192,6 +192,7 @@ pub async fn run_with_ready(
     }
     end_grace(&tracker, &shared, &cancel, config.grace);
     rehold(&tracker, &shared, &cancel);
+    resync(&tracker, &shared, &cancel);
     // The ephemeral share follows the range always; the pool only if it is the default one.
     follow_ephemeral(&tracker, &shared, &cancel, config.pool_follows_ephemeral);
     let control = Arc::new(Control {
@@ -258,8 +259,13 @@ pub async fn run_with_ready(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
-    // Every session is done: the kernel's list loses the daemon's entries, then the store
-    // thread finishes what is queued before the database lock is let go.
+    // Every session is done: a mirror a failed change left out of step is brought back in
+    // step (a release whose journal removal failed must not come back after the restart),
+    // the kernel's list loses the daemon's entries, then the store thread finishes what is
+    // queued before the database lock is let go.
+    if shared.mirrors_out_of_step() {
+        shared.resync_mirrors();
+    }
     let kernel = shared.clone();
     let _ = tokio::task::spawn_blocking(move || kernel.stop_kernel_sync()).await;
     shared.stop_store();

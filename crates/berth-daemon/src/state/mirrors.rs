@@ -218,6 +218,20 @@ impl Shared {
         lingering
     }
 
+    /// Re-synchronises every mirror of the table from the table (see `Consumer::resync`):
+    /// after a consumer failed a change it could not refuse, and now and then in case.
+    pub(crate) fn resync_mirrors(&self) {
+        let table = self.table();
+        for (consumer, why) in self.stream.resync(&table) {
+            tracing::warn!("cannot re-synchronise {consumer} with the table: {why}");
+        }
+    }
+
+    /// Whether a mirror fell out of step with the table since the last look.
+    pub(crate) fn mirrors_out_of_step(&self) -> bool {
+        self.stream.out_of_step()
+    }
+
     /// Forgets that `port` of `token` is bound (its socket is gone), for a reservation the
     /// daemon does not hold — a held one's ports are the re-hold pass's.
     pub(crate) fn forget_bound(&self, token: berth_core::Token, port: u16) {

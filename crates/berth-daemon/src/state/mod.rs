@@ -184,9 +184,10 @@ impl Shared {
         self.stream.publish(changes)
     }
 
-    /// Waits until every consumer has acknowledged what `pending` published. A refused change
-    /// is undone in the table (and the undoing published to the consumers that had accepted
-    /// it); `Err` then says which consumer refused and why, for the client's answer.
+    /// Waits until every consumer has acknowledged what `pending` published. When one refused
+    /// a change, the batch's refusable changes are undone in the table, and each undo published
+    /// to the consumers that applied the change it undoes (see the stream's "Transactions");
+    /// `Err` then says which consumer refused and why, for the client's answer.
     async fn settle(&self, pending: Pending) -> Result<(), Refused> {
         let Err(refused) = pending.acknowledged(&self.stream).await else {
             return Ok(());
@@ -194,15 +195,18 @@ impl Shared {
         tracing::error!("undoing a change: {}", refused.refused);
         let undoing = {
             let mut table = self.table();
-            let mut undone = Vec::new();
-            for change in refused.changes.iter().rev() {
+            let mut undone: Vec<(Change, Vec<usize>)> = Vec::new();
+            for (change, unapplied) in refused.changes.iter().rev() {
                 match table.revert(change) {
-                    Ok(changes) => undone.extend(changes),
+                    Ok(changes) => {
+                        undone.extend(changes.into_iter().map(|c| (c, unapplied.clone())));
+                    }
                     Err(e) => tracing::error!("cannot undo {change:?}: {e}"),
                 }
             }
-            log_changes(&undone);
-            self.stream.publish_except(undone, &refused.refusers)
+            let logged: Vec<Change> = undone.iter().map(|(c, _)| c.clone()).collect();
+            log_changes(&logged);
+            self.stream.publish_each(undone)
         };
         if let Err(again) = undoing.acknowledged(&self.stream).await {
             tracing::error!("the undo was refused too: {}", again.refused);

@@ -131,3 +131,55 @@ async fn persistent_changes_the_store_cannot_make_durable_are_refused_and_undone
         .unwrap();
     assert_eq!(admin.list().await.unwrap(), Vec::new());
 }
+
+/// The same ports in TCP and UDP stand or fall together: when the disk fails between the two
+/// halves (the TCP half journaled, the UDP half not), both are undone — nothing is left
+/// reserved for a request that was refused.
+#[tokio::test]
+async fn a_pair_the_journal_records_half_of_is_undone_whole() {
+    let daemon = TestDaemon::start(48300, 48399);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    daemon.fail_store_after(1);
+    let err = client.acquire_same_ports(0, 2).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    daemon.fail_store(false);
+    assert_eq!(client.list().await.unwrap(), Vec::new());
+    let status = client.status().await.unwrap();
+    assert_eq!((status.tcp_ports, status.udp_ports), (0, 0));
+}
+
+/// A release whose journal removal failed (the disk failed, then works again) is brought in
+/// step before the daemon stops: the next daemon on the same database does not bring the
+/// reservation back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_the_journal_missed_does_not_come_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("berth.db");
+    let daemon = TestDaemon::with_db(&db, 48200, 48299, |_| {});
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let released = client.acquire(Protocol::Tcp, 48210, 2).await.unwrap();
+    let kept = client.acquire(Protocol::Tcp, 48220, 1).await.unwrap();
+    let kept_token = kept.token();
+    daemon.fail_store(true);
+    released.release().await.unwrap();
+    daemon.fail_store(false);
+    // The client is dropped first: the daemon's stop does not wait for it; the session's end
+    // releases `kept` unless the restart keeps it for this process.
+    std::mem::forget(kept);
+    daemon.shutdown().await;
+
+    let daemon = TestDaemon::with_db(&db, 48200, 48299, |_| {});
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let tokens: Vec<_> = client
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.token)
+        .collect();
+    assert_eq!(
+        tokens,
+        vec![kept_token],
+        "only the reservation still held comes back"
+    );
+}

@@ -199,6 +199,28 @@ impl Consumer for Sync {
         }
         ack
     }
+
+    /// The ports counted again from the table, and a write if they differ from what was
+    /// counted (a change lost between the table and this consumer): the writer then lists
+    /// exactly the table's reservations again.
+    fn resync(&self, table: &berth_core::Table) -> Result<(), MirrorError> {
+        let mut counts = vec![0u8; 65536];
+        let mut ours = PortSet::new();
+        for r in table.iter() {
+            count(&mut counts, &mut ours, r.range, true);
+        }
+        let mut state = self.inner.lock();
+        if state.counts == counts {
+            return Ok(());
+        }
+        tracing::info!("re-synchronising the kernel's reserved-ports list with the table");
+        state.counts = counts;
+        state.ours = ours;
+        state.dirty = true;
+        drop(state);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
 }
 
 impl Sync {
