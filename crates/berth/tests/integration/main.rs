@@ -17,6 +17,7 @@ mod idle;
 mod journal;
 mod lifetime;
 mod limits;
+mod mirrors;
 mod persistent_use;
 mod quota;
 mod reconnect;
