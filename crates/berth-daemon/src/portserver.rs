@@ -237,6 +237,8 @@ pub(crate) fn spawn(
     cancel: CancellationToken,
 ) -> io::Result<()> {
     let listener = UnixListener::from_std(bound.listener.try_clone()?)?;
+    // Accepted connections inherit the listener's refusal of descriptors: asked once here.
+    let inline = berth_os::rights::refuses_rights(&listener);
     let permits = Arc::new(Semaphore::new(endpoint.max_connections.max(1)));
     let timeout = endpoint.io_timeout;
     let tasks = tracker.clone();
@@ -281,7 +283,7 @@ pub(crate) fn spawn(
             };
             let shared = shared.clone();
             tasks.spawn(async move {
-                answer(stream, cred, &shared, timeout, &lane).await;
+                answer(stream, cred, &shared, timeout, &lane, inline).await;
                 drop((permit, slot));
             });
         }
@@ -290,15 +292,16 @@ pub(crate) fn spawn(
 }
 
 /// One connection: read the request, decide, answer or close; the connection is closed in
-/// `lane` (its user's closer threads).
+/// `lane` (its user's closer threads), or in place when it refuses descriptors (`inline`).
 async fn answer(
     stream: UnixStream,
     cred: berth_os::peer::PeerCredentials,
     shared: &Shared,
     timeout: Duration,
     lane: &Lane,
+    inline: bool,
 ) {
-    let mut stream = Disposed::new(stream, lane);
+    let mut stream = Disposed::new(stream, lane, inline);
     let request = match tokio::time::timeout(timeout, read_request(stream.get(), lane)).await {
         Ok(Ok(Some(pid))) => pid,
         Ok(Ok(None)) => {
@@ -339,9 +342,9 @@ async fn answer(
 }
 
 /// A connection closed on its user's closer threads when dropped, wherever the task ends —
-/// or here, when it refuses descriptors (`SO_PASSRIGHTS` off, inherited from the listener on
-/// kernels that have it): then none can be queued on it, and its close cannot block. That
-/// spares each answer a trip to a closer thread.
+/// or here (`inline`), when it refuses descriptors (`SO_PASSRIGHTS` off, inherited from the
+/// listener on kernels that have it): then none can be queued on it, and its close cannot
+/// block. That spares each answer a trip to a closer thread.
 struct Disposed<'a> {
     stream: Option<UnixStream>,
     lane: &'a Lane,
@@ -349,8 +352,7 @@ struct Disposed<'a> {
 }
 
 impl<'a> Disposed<'a> {
-    fn new(stream: UnixStream, lane: &'a Lane) -> Self {
-        let inline = berth_os::rights::refuses_rights(&stream);
+    fn new(stream: UnixStream, lane: &'a Lane, inline: bool) -> Self {
         Disposed {
             stream: Some(stream),
             lane,
