@@ -88,10 +88,10 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         }
         if let Some(list) = &status.kernel_list {
             outln!(
-                "  listed: {} for reservations, {} more of the daemon's (joining scattered entries, or released and waiting), {} of other tools; entries repaired since start-up: {}",
+                "  listed: {} for reservations, {} of other tools, {} more of the daemon's (extras: joining scattered entries, or released and waiting); entries repaired since start-up: {}",
                 plural(list.reserved, "port"),
-                plural(list.extras, "free port"),
                 plural(list.foreign, "port"),
+                list.extras,
                 list.repaired
             );
             if !list.one_chunk {
