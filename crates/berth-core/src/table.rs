@@ -759,6 +759,20 @@ impl Table {
         })
     }
 
+    /// Withdraws `granted`, a grant nobody has seen yet, because a port of it was found in
+    /// use on the host after it was chosen (`in_use`: a held block's hold binds happen outside
+    /// the daemon's table lock), and has the next wildcard search of its protocol start right
+    /// after that port, as a search that had found it in use would. Whether it was withdrawn.
+    pub fn withdraw(&mut self, granted: &Reservation, in_use: u16) -> bool {
+        if self.get(granted.token) != Some(granted) {
+            return false;
+        }
+        let withdrawn = self.remove(granted.token).is_some();
+        self.space_mut(granted.protocol)
+            .restart_at(in_use.wrapping_add(1));
+        withdrawn
+    }
+
     /// The persistent reservation of exactly `protocol` and `range`.
     pub fn find_persistent(&self, protocol: Protocol, range: PortRange) -> Option<&Reservation> {
         self.space(protocol)

@@ -2077,3 +2077,16 @@ fn capped_users_share_at_most_the_shared_cap_of_the_shared_range() {
     t.set_shared_range(None);
     assert_eq!(t.shared_used(), 0);
 }
+
+#[test]
+fn a_withdrawn_grant_is_gone_and_the_next_search_starts_past_the_port_in_use() {
+    let mut f = Fixture::new(1000, 1009);
+    let first = f.wildcard(2).unwrap();
+    assert_eq!(first.range.start(), 1000);
+    // Port 1000 turned out to be in use on the host after the block was chosen.
+    assert!(f.table.withdraw(&first, 1000));
+    assert!(f.table.get(first.token).is_none());
+    assert!(!f.table.withdraw(&first, 1000), "only once");
+    let next = f.wildcard(2).unwrap();
+    assert_eq!(next.range.start(), 1001);
+}

@@ -119,7 +119,8 @@ impl Holds {
     }
 
     /// The in-use test of a held acquire: binds a hold socket on every port of `range` and
-    /// stages them; returns the first port some other socket has. Call under the table lock.
+    /// stages them; returns the first port some other socket has. Called outside the table
+    /// lock, for a block the table has already given this request (nobody else can choose it).
     pub(crate) fn try_hold(&self, protocol: Protocol, range: PortRange) -> Option<u16> {
         let mut sockets = Vec::with_capacity(usize::from(range.count()));
         // Hold sockets never take the room the daemon keeps to receive descriptors (two per
@@ -147,8 +148,11 @@ impl Holds {
             }
         }
         let mut state = self.lock();
-        // One candidate per protocol at a time: a newer candidate replaces an older one.
-        state.staged.retain(|s| s.protocol != protocol);
+        // Requests hold their chosen blocks side by side (outside the table lock); a block is
+        // only ever one request's choice, and a choice staged again replaces the old one.
+        state
+            .staged
+            .retain(|s| !(s.protocol == protocol && s.range == range));
         state.staged.push(Staged {
             protocol,
             range,
@@ -158,9 +162,11 @@ impl Holds {
         None
     }
 
-    /// Drops what the in-use test staged (an acquire that was not granted).
-    pub(crate) fn unstage(&self) {
-        self.lock().staged.clear();
+    /// Drops what the in-use test staged for `range` (a choice that was not granted).
+    pub(crate) fn unstage(&self, protocol: Protocol, range: PortRange) {
+        self.lock()
+            .staged
+            .retain(|s| !(s.protocol == protocol && s.range == range));
     }
 
     /// Gives up every hold socket on `port` of `token`'s reservation, so its owner's socket

@@ -95,83 +95,131 @@ impl Shared {
         };
         let (mut probes, holds) = (self.prober.probes(), &self.holds);
         let wildcard = matches!(request, RangeRequest::Wildcard { .. });
-        let (granted, pending) = {
-            let mut table = self.table();
-            if wildcard {
-                if let Some(message) = self.exposed_refusal(table.pool().range()) {
-                    return Err(Box::new(error(ErrorKind::PoolExhausted, message)));
-                }
-            }
-            // Administrators are exempt: they keep the service running for everyone.
-            let limits = self.constraints(&table, lowest_port, requester.is_admin);
-            // The in-use tests are non-blocking syscalls; holding the lock across them keeps a
-            // candidate block from being handed to two clients at once. A held block's test is
-            // its hold sockets' own binds, which then keep the ports.
-            let mut in_use = |proto, range| {
-                // A wildcard block leaves alone the ports an administrator listed in the
-                // kernel's reserved-ports list: they are someone else's.
-                if wildcard {
-                    if let Some(port) = self.listed_by_others(range) {
-                        return Some(port);
-                    }
-                }
-                if hold {
-                    holds.try_hold(proto, range)
-                } else if wildcard {
-                    probes.first_in_use(proto, range)
-                } else {
-                    probes.first_in_use_by_number(proto, range)
-                }
-            };
-            let changes = match ask {
-                Ask::One(protocol) => table
-                    .acquire(
-                        protocol,
-                        request,
-                        holder,
-                        limits,
-                        &mut OsTokens,
-                        &mut in_use,
-                    )
-                    .map(|c| vec![c]),
-                Ask::Both => table
-                    .acquire_both(request, holder, limits, &mut OsTokens, &mut in_use)
-                    .map(Vec::from),
-            };
-            let changes = match changes {
-                Ok(changes) => changes,
-                Err(e) => {
-                    holds.unstage();
-                    if let Some(message) = probes.shortage_answer() {
-                        return Err(Box::new(error(ErrorKind::Unavailable, message)));
-                    }
-                    return Err(Box::new(acquire_refused(
-                        &e,
-                        start,
-                        count,
-                        requester,
-                        self.ephemeral_share,
-                    )));
-                }
-            };
-            let granted: Vec<Reservation> = changes
-                .iter()
-                .filter_map(|c| c.reservation().cloned())
-                .collect();
-            (granted, self.publish(&mut table, changes))
-        };
-        if let Err(why) = self.settle(pending).await {
-            // The refused grant is undone already; those a consumer did not refuse go too.
-            let undoing = {
+        // A held block's in-use test is its hold sockets' own binds, which then keep the
+        // ports: they are made outside the table lock (a large block is many binds). The block
+        // is chosen under the lock — inserted in the table, so no other request can have it —
+        // held outside it, then published under it; a port found in use undoes the choice, and
+        // a wildcard request chooses again past it.
+        let mut first_choice: Option<u16> = None;
+        let mut choices: u32 = 0;
+        let pending = loop {
+            choices += 1;
+            let (changes, granted) = {
                 let mut table = self.table();
-                let undone: Vec<_> = granted
+                if wildcard {
+                    if let Some(message) = self.exposed_refusal(table.pool().range()) {
+                        return Err(Box::new(error(ErrorKind::PoolExhausted, message)));
+                    }
+                }
+                // Administrators are exempt: they keep the service running for everyone.
+                let limits = self.constraints(&table, lowest_port, requester.is_admin);
+                // An unheld block's in-use test: one probe bind a port, under the lock, so
+                // that no other request takes the block between the probe and the grant.
+                let mut in_use = |proto, range| {
+                    // A wildcard block leaves alone the ports an administrator listed in the
+                    // kernel's reserved-ports list: they are someone else's.
+                    if wildcard {
+                        if let Some(port) = self.listed_by_others(range) {
+                            return Some(port);
+                        }
+                    }
+                    if hold {
+                        None
+                    } else if wildcard {
+                        probes.first_in_use(proto, range)
+                    } else {
+                        probes.first_in_use_by_number(proto, range)
+                    }
+                };
+                let changes = match ask {
+                    Ask::One(protocol) => table
+                        .acquire(
+                            protocol,
+                            request,
+                            holder.clone(),
+                            limits,
+                            &mut OsTokens,
+                            &mut in_use,
+                        )
+                        .map(|c| vec![c]),
+                    Ask::Both => table
+                        .acquire_both(request, holder.clone(), limits, &mut OsTokens, &mut in_use)
+                        .map(Vec::from),
+                };
+                let changes = match changes {
+                    Ok(changes) => changes,
+                    Err(e) => {
+                        if let Some(message) = probes.shortage_answer() {
+                            return Err(Box::new(error(ErrorKind::Unavailable, message)));
+                        }
+                        return Err(Box::new(acquire_refused(
+                            &e,
+                            start,
+                            count,
+                            requester,
+                            self.ephemeral_share,
+                        )));
+                    }
+                };
+                let granted: Vec<Reservation> = changes
                     .iter()
-                    .filter_map(|r| table.revert(&berth_core::Change::Granted(r.clone())).ok())
-                    .flatten()
+                    .filter_map(|c| c.reservation().cloned())
                     .collect();
-                self.publish(&mut table, undone)
+                if !hold {
+                    break (self.publish(&mut table, changes), granted);
+                }
+                (changes, granted)
             };
-            let _ = self.settle(undoing).await;
+            // Held: the hold sockets' binds, outside the table lock.
+            let taken = granted
+                .iter()
+                .find_map(|r| holds.try_hold(r.protocol, r.range).map(|port| (r, port)));
+            let mut table = self.table();
+            let Some((r, port)) = taken else {
+                break (self.publish(&mut table, changes), granted);
+            };
+            // In use on the host: the choice is undone (nobody saw it), its staged sockets
+            // dropped.
+            let (protocol, range) = (r.protocol, r.range);
+            for g in &granted {
+                holds.unstage(g.protocol, g.range);
+                table.withdraw(g, port);
+            }
+            let (pool, free_ports) = (table.pool(), table.free_in_pool(protocol));
+            drop(table);
+            // Round the pool once at most: back at the first choice, or as many choices as
+            // blocks fit in it.
+            let wrapped = first_choice.is_some_and(|first| first == range.start())
+                || choices > u32::from(pool.range().count()) / u32::from(count.max(1)) + 1;
+            first_choice.get_or_insert(range.start());
+            if !wildcard || wrapped {
+                let e = if wildcard {
+                    berth_core::AcquireError::PoolExhausted {
+                        protocol,
+                        count,
+                        pool,
+                        free_ports,
+                        skipped_privileged: false,
+                    }
+                } else {
+                    berth_core::AcquireError::InUse {
+                        protocol,
+                        requested: range,
+                        port,
+                    }
+                };
+                return Err(Box::new(acquire_refused(
+                    &e,
+                    start,
+                    count,
+                    requester,
+                    self.ephemeral_share,
+                )));
+            }
+        };
+        let (pending, granted) = pending;
+        // A refused grant is undone with its whole batch (see the stream's "Transactions").
+        if let Err(why) = self.settle(pending).await {
             return Err(Box::new(error(
                 ErrorKind::Unavailable,
                 format!("the daemon could not complete the reservation ({why}); nothing was reserved — see the daemon's log (`berth status` shows its descriptor use), then retry"),
