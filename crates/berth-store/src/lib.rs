@@ -58,7 +58,9 @@ pub mod schema;
 
 pub use error::StoreError;
 pub use rows::{JournalOp, JournalRow, PersistentRow};
-pub use runtime::{runtime_journal_path, Loaded, RuntimeJournal};
+pub use runtime::{
+    runtime_journal_path, Loaded, Prepared as PreparedRewrite, RewriteJob, RuntimeJournal,
+};
 pub use schema::SCHEMA_VERSION;
 
 /// How long a statement waits for another connection's lock before failing with

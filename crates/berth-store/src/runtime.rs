@@ -41,6 +41,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{JournalOp, JournalRow, StoreError};
 
+mod rewrite;
+pub use rewrite::{Prepared, RewriteJob};
+
 /// The first bytes of a runtime journal: a name and the format's version.
 const MAGIC: &[u8; 12] = b"berth-rj\0\0\0\x01";
 
@@ -188,6 +191,16 @@ pub struct RuntimeJournal {
     clean: bool,
     /// Reused for encoding.
     buf: Vec<u8>,
+    /// Whether an append that makes the file outgrow its live records rewrites it at once
+    /// (the default), or leaves that to [`RuntimeJournal::begin_rewrite`] (a daemon that
+    /// rewrites outside its lock).
+    auto_rewrite: bool,
+    /// While a rewrite is prepared outside the lock: the frames appended since it began, to be
+    /// appended to the new file too.
+    since: Option<Vec<u8>>,
+    /// Counts the rewrites, so that one prepared outside the lock is dropped if another
+    /// replaced the file meanwhile.
+    generation: u64,
 }
 
 impl RuntimeJournal {
@@ -247,6 +260,9 @@ impl RuntimeJournal {
             rewrite_at: rewrite_threshold(live_bytes),
             clean: true,
             buf: Vec::new(),
+            auto_rewrite: true,
+            since: None,
+            generation: 0,
         };
         loaded.rows = journal.rows();
         Ok((journal, loaded))
@@ -281,7 +297,9 @@ impl RuntimeJournal {
                 }
             }
         }
-        self.rewrite_if_long();
+        if self.auto_rewrite {
+            self.rewrite_if_long();
+        }
         Ok(())
     }
 
@@ -299,7 +317,9 @@ impl RuntimeJournal {
             (list.to_owned(), frame)
         };
         self.live_bytes += self.kernel.1;
-        self.rewrite_if_long();
+        if self.auto_rewrite {
+            self.rewrite_if_long();
+        }
         Ok(())
     }
 
@@ -326,6 +346,9 @@ impl RuntimeJournal {
             return Err(io_error(&self.path, "write the runtime journal", e));
         }
         self.len += frame;
+        if let Some(since) = self.since.as_mut() {
+            since.extend_from_slice(&self.buf);
+        }
         Ok(frame)
     }
 
@@ -352,6 +375,7 @@ impl RuntimeJournal {
 
     /// Replaces the file with one holding just the live rows.
     fn rewrite(&mut self) -> Result<(), StoreError> {
+        self.generation += 1;
         let (file, len) = write_fresh(&self.path, &self.boot_id, &self.live, &self.kernel.0)?;
         self.file = file;
         self.len = len;
@@ -376,6 +400,31 @@ fn write_fresh(
     kernel: &str,
 ) -> Result<(File, u64), StoreError> {
     let fail = |e| io_error(path, "write the runtime journal", e);
+    let bytes = encode_fresh(path, boot_id, live, kernel)?;
+    let scratch = scratch_path(path);
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(no_follow())
+        .open(&scratch)
+        .map_err(fail)?;
+    // A scratch file left by a crash during an earlier rewrite: start it afresh.
+    file.set_len(0).map_err(fail)?;
+    file.write_all(&bytes).map_err(fail)?;
+    std::fs::rename(&scratch, path).map_err(fail)?;
+    // The descriptor now names the journal itself.
+    Ok((file, bytes.len() as u64))
+}
+
+/// A whole journal's bytes: the header, the kernel record (unless "") and `live`'s rows.
+fn encode_fresh(
+    path: &Path,
+    boot_id: &str,
+    live: &HashMap<Token, (JournalRow, u64)>,
+    kernel: &str,
+) -> Result<Vec<u8>, StoreError> {
     let encode = |e| io_error(path, "encode a runtime journal record", e);
     let mut bytes = Vec::with_capacity(64 + live.values().map(|(_, l)| *l as usize).sum::<usize>());
     bytes.extend_from_slice(MAGIC);
@@ -394,21 +443,7 @@ fn write_fresh(
     for row in rows {
         push_frame(&mut bytes, &RecordRef::insert(row)).map_err(encode)?;
     }
-    let scratch = scratch_path(path);
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(no_follow())
-        .open(&scratch)
-        .map_err(fail)?;
-    // A scratch file left by a crash during an earlier rewrite: start it afresh.
-    file.set_len(0).map_err(fail)?;
-    file.write_all(&bytes).map_err(fail)?;
-    std::fs::rename(&scratch, path).map_err(fail)?;
-    // The descriptor now names the journal itself.
-    Ok((file, bytes.len() as u64))
+    Ok(bytes)
 }
 
 /// Where a rewrite is prepared before it replaces the journal.

@@ -26,10 +26,42 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn new(journal: RuntimeJournal, faulty: Arc<crate::faults::StoreFault>) -> Self {
+    pub(crate) fn new(mut journal: RuntimeJournal, faulty: Arc<crate::faults::StoreFault>) -> Self {
+        // Appends happen while the table is locked: the file is rewritten outside that lock,
+        // by `rewrite_if_due`, not by the append that makes it outgrow its live rows.
+        journal.set_auto_rewrite(false);
         Runtime {
             journal: Arc::new(Mutex::new(journal)),
             faulty,
+        }
+    }
+
+    /// Rewrites the journal once it has outgrown its live rows, without holding its lock (nor
+    /// the table's) while the new file is written: the rows are encoded under the journal's
+    /// lock, written outside it, and what was appended meanwhile is copied over under it
+    /// again. Blocking (a file write): run it off the serving threads.
+    pub(crate) fn rewrite_if_due(&self) {
+        let lock = || self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let job = {
+            let mut journal = lock();
+            if !journal.rewrite_due() {
+                return;
+            }
+            journal.begin_rewrite()
+        };
+        let prepared = job.and_then(berth_store::RewriteJob::prepare);
+        let mut journal = lock();
+        let done = match prepared {
+            Ok(prepared) => journal.finish_rewrite(prepared),
+            Err(e) => {
+                journal.abandon_rewrite();
+                Err(e)
+            }
+        };
+        if let Err(e) = done {
+            tracing::warn!(
+                "cannot rewrite the runtime journal (it keeps growing until a rewrite works): {e}"
+            );
         }
     }
 

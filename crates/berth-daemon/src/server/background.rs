@@ -284,7 +284,8 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(60);
 /// Keeps the mirrors (the runtime journal, the kernel's list) in step with the table: at once
 /// after a consumer failed a change it could not refuse (a release whose journal removal
 /// failed would bring the reservation back after a restart), and every [`RESYNC_EVERY`] in
-/// case. The work is a diff under the table lock, a record per difference.
+/// case. The work is a diff under the table lock, a record per difference. It also rewrites
+/// the runtime journal once it has outgrown its live rows, outside the table lock.
 pub(super) fn resync(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &CancellationToken) {
     let (shared, cancel) = (shared.clone(), cancel.clone());
     tracker.spawn(async move {
@@ -300,6 +301,10 @@ pub(super) fn resync(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &Cance
                         shared.resync_mirrors();
                         last = tokio::time::Instant::now();
                     }
+                    // The journal's rewrite, once it has outgrown its live rows: off the
+                    // serving threads and outside the table lock.
+                    let rewrite = shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || rewrite.rewrite_journal_if_due()).await;
                 }
             }
         }

@@ -227,6 +227,12 @@ impl Shared {
         }
     }
 
+    /// Rewrites the runtime journal if it has outgrown its live rows, outside the table lock
+    /// (blocking: a file write).
+    pub(crate) fn rewrite_journal_if_due(&self) {
+        self.journal_file.rewrite_if_due();
+    }
+
     /// Whether a mirror fell out of step with the table since the last look.
     pub(crate) fn mirrors_out_of_step(&self) -> bool {
         self.stream.out_of_step()

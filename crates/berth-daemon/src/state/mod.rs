@@ -77,6 +77,9 @@ pub(crate) struct Shared {
     closers: crate::session::closer::Closers,
     /// Turns at handling requests, shared fairly between users.
     turns: crate::server::fair::Turns,
+    /// The runtime journal's file, rewritten outside the table lock when it has outgrown its
+    /// live rows (`Runtime::rewrite_if_due`).
+    journal_file: crate::mirror::journal::Runtime,
 }
 
 /// Requests handled at once, at most; more wait their user's turn (see `fair::Turns`). Enough
@@ -113,6 +116,7 @@ impl Shared {
             Box::new(watcher),
             Box::new(crate::mirror::hold::Consumer(holds.clone())),
         ];
+        let journal_file = runtime.clone();
         let kernel = KernelState::start(config, runtime, recorded, &mut consumers)?;
         let stream = Stream::new(consumers);
         let mut table = Table::new(config.pool);
@@ -140,6 +144,7 @@ impl Shared {
             hold_enabled: config.hold,
             closers: crate::session::closer::Closers::new(),
             turns: crate::server::fair::Turns::new(REQUEST_TURNS),
+            journal_file,
         };
         shared.reset_extras_room(&shared.table(), crate::config::ephemeral_pool().range());
         Ok((shared, owners))

@@ -19,6 +19,13 @@ impl Shared {
     }
 
     pub(super) fn status(&self, peer: &Peer) -> Response {
+        // What asks the kernel (a /proc/self/fd listing, a count of hold sockets) is read
+        // before the table is locked: nothing that grows with the table or the process runs
+        // under its lock.
+        let open_files = crate::server::limits::open_files();
+        let open_files_limit = crate::server::limits::open_files_limit();
+        let hold_sockets = u32::try_from(self.holds.count()).unwrap_or(u32::MAX);
+        let kernel_list = self.kernel_list_figures();
         let table = self.table();
         let (quota, usage, ephemeral_share, users) =
             self.limits_view(&table, peer.owner.uid, peer.is_admin);
@@ -38,7 +45,7 @@ impl Shared {
                 table.free_in_pool(Protocol::Udp),
             ),
             sessions: self.sessions.load(Ordering::Relaxed),
-            open_files_limit: crate::server::limits::open_files_limit(),
+            open_files_limit,
             kernel_sync: self.kernel.off_because.is_none(),
             kernel_sync_off_because: self
                 .kernel
@@ -46,19 +53,19 @@ impl Shared {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
-            hold_sockets: u32::try_from(self.holds.count()).unwrap_or(u32::MAX),
+            hold_sockets,
             hold: self.hold_enabled,
             hold_off_because: if self.hold_enabled {
                 String::new()
             } else {
                 "hold is switched off (hold = false in the configuration, or --no-hold)".to_owned()
             },
-            open_files: crate::server::limits::open_files(),
+            open_files,
             quota,
             usage,
             ephemeral_share,
             users,
-            kernel_list: self.kernel_list_figures().map(|f| KernelListInfo {
+            kernel_list: kernel_list.map(|f| KernelListInfo {
                 reserved: f.reserved,
                 extras: f.extras,
                 foreign: f.foreign,
