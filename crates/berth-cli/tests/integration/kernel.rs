@@ -333,6 +333,8 @@ impl Daemon {
             .arg("--ready-stdout")
             .args(args)
             .env("HOME", dir)
+            // Every write to the kernel's list, for the tests that check them.
+            .env("BERTH_LOG", "info,berth_daemon::mirror::kernel=debug")
             .env("XDG_RUNTIME_DIR", dir)
             .env("XDG_STATE_HOME", dir)
             .env("XDG_CONFIG_HOME", dir)

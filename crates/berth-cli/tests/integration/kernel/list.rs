@@ -150,8 +150,34 @@ fn a_clean_stop_keeps_live_owners_entries_and_restore_takes_them_out() {
         "after a clean stop with a live owner; log:\n{}",
         daemon.log()
     );
+    let first_log = daemon.log();
     let mut daemon = Daemon::start(&ns, dir.path(), &args, None);
     assert_eq!(ns.reserved(), live, "at ready after the restart");
+    // The writes themselves: every replacing one fits one kernel write, and once the run's
+    // ports were listed no write of either daemon took them out while the run lived.
+    let restarted_log = daemon.log();
+    let writes = kernel_writes(&restarted_log);
+    assert!(!writes.is_empty(), "no write logged:\n{restarted_log}");
+    let mut list = Ports::new();
+    let mut listed_since = None;
+    for (i, write) in writes.iter().enumerate() {
+        match write {
+            KernelWrite::Add(added) => list.extend(added),
+            KernelWrite::Replace { bytes, value } => {
+                assert!(*bytes <= 4095, "a replacing write of {bytes} bytes");
+                list = value.clone();
+            }
+        }
+        if list.is_superset(&held.ports) {
+            listed_since.get_or_insert(i);
+        } else if let Some(since) = listed_since {
+            panic!("write {i} unlisted the run's ports (listed since write {since}): {write:?}");
+        }
+    }
+    assert!(
+        restarted_log.len() > first_log.len(),
+        "the second daemon logged its writes too"
+    );
     held.finish();
     ns.wait_reserved(&ports("2000,40050"), "after the run ended");
 
@@ -240,6 +266,42 @@ fn a_list_longer_than_one_kernel_write_never_lets_bind_zero_in() {
     assert!(text.contains(" hits 0"), "{text}");
     // Every administrator's entry is still there.
     assert!(ns.reserved().is_superset(&ports(&admin)));
+    // And every replacing write the daemon made fit one kernel write (the stop's, below, is
+    // the one that may not).
+    for write in kernel_writes(&daemon.log()) {
+        if let KernelWrite::Replace { bytes, .. } = write {
+            assert!(bytes <= 4095, "a replacing write of {bytes} bytes");
+        }
+    }
     daemon.stop();
     assert_eq!(ns.reserved(), ports(&admin), "after a clean stop");
+}
+
+/// One write the daemon made to the kernel's list, from its DEBUG log.
+#[derive(Debug)]
+enum KernelWrite {
+    /// Ports added (a write at an offset above 0).
+    Add(Ports),
+    /// The whole list replaced by `value`, a text of `bytes` bytes.
+    Replace { bytes: usize, value: Ports },
+}
+
+/// The writes a daemon's log (`BERTH_LOG` with `berth_daemon::mirror::kernel=debug`) records,
+/// in order.
+fn kernel_writes(log: &str) -> Vec<KernelWrite> {
+    log.lines()
+        .filter_map(|line| line.split_once("kernel list write: ").map(|(_, w)| w))
+        .map(|write| {
+            if let Some(added) = write.strip_prefix("add ") {
+                KernelWrite::Add(ports(added))
+            } else {
+                let rest = write.strip_prefix("replace, ").expect("add or replace");
+                let (bytes, value) = rest.split_once(" bytes: ").expect("N bytes: VALUE");
+                KernelWrite::Replace {
+                    bytes: bytes.parse().expect("a length"),
+                    value: ports(value),
+                }
+            }
+        })
+        .collect()
 }

@@ -135,9 +135,15 @@ impl Inner {
             ListWrite::Nothing => {}
             ListWrite::Add(ports) => {
                 reserved_ports::add(&setup.path, ports).map_err(MirrorError::kernel_write)?;
+                // Every write, at DEBUG: what an operator (or a test) checks the writes by.
+                tracing::debug!("kernel list write: add {ports}");
             }
             ListWrite::Replace(value) => {
                 reserved_ports::write(&setup.path, value).map_err(MirrorError::kernel_write)?;
+                tracing::debug!(
+                    "kernel list write: replace, {} bytes: {value}",
+                    berth_core::reserved_list::text_len(value)
+                );
             }
         }
         let fitted_before = books.figures().one_chunk;
