@@ -11,6 +11,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     store: Arc<StoreFault>,
+    kernel: Arc<AtomicBool>,
 }
 
 /// The store's switch: every write fails while it is on, or from the n-th write on.
@@ -69,5 +70,16 @@ impl Faults {
     /// The store's switch, for the writers that check it.
     pub(crate) fn store(&self) -> Arc<StoreFault> {
         self.store.clone()
+    }
+
+    /// Makes every write to the kernel's reserved-ports list fail (`true`), as a kernel
+    /// refusing the write would, or work again (`false`).
+    pub fn fail_kernel(&self, fail: bool) {
+        self.kernel.store(fail, Ordering::SeqCst);
+    }
+
+    /// The kernel list's switch, for kernel sync's writer.
+    pub(crate) fn kernel(&self) -> Arc<AtomicBool> {
+        self.kernel.clone()
     }
 }

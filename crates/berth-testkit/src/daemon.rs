@@ -77,6 +77,11 @@ impl TestDaemon {
         self.faults.fail_store(fail);
     }
 
+    /// Makes every write to the kernel's reserved-ports list fail (`true`), or work again.
+    pub fn fail_kernel(&self, fail: bool) {
+        self.faults.fail_kernel(fail);
+    }
+
     /// Lets the next `writes` writes to the database and runtime journal succeed and makes
     /// the ones after fail, as a disk failing in the middle of a request would.
     pub fn fail_store_after(&self, writes: u32) {

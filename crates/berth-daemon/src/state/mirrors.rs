@@ -48,6 +48,7 @@ impl KernelState {
                         recorded,
                         configured_in: config.configured_reserved_ports.clone(),
                         extras: extras.clone(),
+                        faulty: config.faults.kernel(),
                     })?;
                 let foreign = sync.foreign();
                 let listing = sync.listing();

@@ -107,3 +107,85 @@ proptest! {
         prop_assert_eq!(expected, listed);
     }
 }
+
+/// Kernel sync failing and healing, as a kernel refusing writes would: a grant whose listing
+/// fails is undone everywhere (also in kernel sync's own count, which took it before the write
+/// failed), and a release whose write failed is repaired once writes work again — the list
+/// ends exactly the table's ports. Root only: the daemon runs on a thread of this process that
+/// entered a private network namespace (so does every thread it starts), whose list is its own.
+#[test]
+fn the_kernel_list_equals_the_table_after_its_writes_fail() {
+    match berth_testkit::namespaces::Namespaces::here() {
+        Some(berth_testkit::namespaces::Namespaces::Root) => {}
+        _ => {
+            // Root, as for running as another user (an ordinary user's namespaces are made by a
+            // child process, and the daemon here must be a thread of this one).
+            berth_testkit::needs::skip(
+                berth_testkit::needs::Need::Users,
+                "needs root, to put a thread of this process in a private network namespace",
+            );
+            return;
+        }
+    }
+    std::thread::spawn(|| {
+        berth_os::netns::enter_new_on_this_thread().expect("unshare(CLONE_NEWNET), as root");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(kernel_faults());
+    })
+    .join()
+    .expect("the test's thread");
+}
+
+/// The list, read on this thread (in the private namespace).
+fn listed() -> BTreeSet<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap();
+    let set = berth_core::PortSet::parse(&text).unwrap();
+    (1..=65535u16).filter(|p| set.contains(*p)).collect()
+}
+
+async fn kernel_faults() {
+    let daemon = TestDaemon::with_config(48600, 48699, |c| {
+        c.kernel_sync = berth_daemon::KernelSync::On;
+    });
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    assert!(listed().is_empty());
+
+    // A grant whose listing fails is refused and undone.
+    daemon.fail_kernel(true);
+    let refused = client
+        .acquire_unheld(Protocol::Tcp, 0, 3)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), berth::ErrorKind::Unavailable, "{refused}");
+    daemon.fail_kernel(false);
+    let kept = client.acquire_unheld(Protocol::Tcp, 0, 2).await.unwrap();
+    let ports = |r: &berth::Reservation| -> BTreeSet<u16> { r.ports().collect() };
+    assert_eq!(listed(), ports(&kept), "only the granted block is listed");
+
+    // A release whose write fails still releases; the list is repaired once writes work.
+    let gone = client.acquire_unheld(Protocol::Udp, 0, 2).await.unwrap();
+    daemon.fail_kernel(true);
+    gone.release().await.unwrap();
+    daemon.fail_kernel(false);
+    let deadline = std::time::Instant::now() + berth_testkit::deadline::DEADLINE;
+    while listed() != ports(&kept) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the list stays {:?}, not the table's {:?}",
+            listed(),
+            ports(&kept)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    kept.release().await.unwrap();
+    drop(client);
+    daemon.shutdown().await;
+    assert!(
+        listed().is_empty(),
+        "a clean stop with no live owner restores the list"
+    );
+}

@@ -87,6 +87,8 @@ pub(crate) struct Setup {
     pub(crate) configured_in: Vec<PathBuf>,
     /// How many free ports may be listed to make a value fit one chunk.
     pub(crate) extras: Arc<super::ExtrasRoom>,
+    /// While set, every write fails (fault injection for tests).
+    pub(crate) faulty: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The ports others listed in `ip_local_reserved_ports` (an administrator's own entries), as

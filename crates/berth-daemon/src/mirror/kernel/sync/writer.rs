@@ -93,6 +93,11 @@ impl Inner {
         buf: &mut Vec<u8>,
         now_ms: u64,
     ) -> Result<(), MirrorError> {
+        if setup.faulty.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(MirrorError::kernel_write(std::io::Error::other(
+                "the kernel's list was made to fail (test fault injection)",
+            )));
+        }
         let current =
             reserved_ports::read_with(&setup.path, buf).map_err(MirrorError::kernel_read)?;
         let plan = books.plan(&current, ours, setup.extras.get(), now_ms);
