@@ -20,11 +20,11 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use berth_core::{Change, PortRange, Protocol, Reservation, Token};
+use berth_core::{PortRange, Protocol, Reservation, Token};
 use berth_os::hold::Cover;
 use socket2::Socket;
 
-use crate::mirror::{Ack, Consumer as ChangeConsumer, MirrorError};
+use crate::mirror::MirrorError;
 
 /// The hold sockets of every held reservation.
 pub(crate) struct Holds {
@@ -355,30 +355,8 @@ impl Holds {
     }
 }
 
-/// [`Holds`] as a consumer of the change stream (the daemon's state keeps the other handle).
-pub(crate) struct Consumer(pub(crate) std::sync::Arc<Holds>);
+mod consumer;
+pub(crate) use consumer::Consumer;
 
-impl ChangeConsumer for Consumer {
-    fn name(&self) -> &'static str {
-        "the hold sockets"
-    }
-
-    fn accept(&self, change: &Change) -> Ack {
-        let holds = &self.0;
-        match change {
-            Change::Granted(r) if r.held() => {
-                if let Err(why) = holds.file(r, true) {
-                    return Ack::Failed(why);
-                }
-            }
-            Change::Restored(r) if r.held() => {
-                let _ = holds.file(r, false);
-            }
-            Change::Released { reservation: r, .. } => {
-                holds.lock().held.remove(&r.token);
-            }
-            _ => {}
-        }
-        Ack::Done
-    }
-}
+#[cfg(test)]
+mod resync_tests;
