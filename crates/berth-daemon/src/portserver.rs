@@ -323,10 +323,15 @@ async fn answer(
     let port = match shared.portserver_request(request, cred, pidfd).await {
         Ok(port) => port,
         Err(why) => {
-            tracing::info!(
+            // Each at DEBUG; at INFO at most once per user every few seconds, with a count.
+            tracing::debug!(
                 peer = cred.pid,
                 named = request,
                 "portserver: refused: {why}"
+            );
+            crate::server::refusals::log(
+                cred.uid,
+                "portserver: refused requests (quota, pool, or the pid named; see the log at debug)",
             );
             return;
         }

@@ -138,3 +138,33 @@ fn an_administrator_releases_another_users_reservation_only_with_force() {
     holder.send_line("x");
     holder.wait();
 }
+
+/// A client sending unreadable frames in a loop does not flood the log: each refusal is a
+/// DEBUG line, and at INFO the daemon says it at most once per user every 10 s, with a count.
+#[test]
+fn a_flood_of_unreadable_frames_is_logged_once() {
+    use std::io::{Read, Write};
+    let d = Daemon::start("20920-20929");
+    for _ in 0..200 {
+        let mut conn = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+        // A frame header announcing 4 GiB: refused, answered, closed.
+        conn.write_all(&[0xff; 4]).unwrap();
+        let mut answer = Vec::new();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let _ = conn.read_to_end(&mut answer);
+        assert!(!answer.is_empty(), "every refusal is answered");
+    }
+    // The daemon is still fine, and its log has one line for the lot (plus none per frame).
+    d.berth(["status"]).output().code(0);
+    let log = d.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("frames cannot be read"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+    assert!(
+        !log.contains("exceeds the limit"),
+        "a line per frame at INFO: {log}"
+    );
+}

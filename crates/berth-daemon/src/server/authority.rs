@@ -30,6 +30,8 @@ use std::time::Duration;
 use berth_protocol::authority::{self, AuthorityInfo};
 use rustix::fs::{flock, FlockOperation};
 
+mod marker;
+
 /// How often a daemon serving without its beacon tries to take it.
 pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(2);
 
@@ -51,10 +53,18 @@ struct SystemLock {
     path: PathBuf,
 }
 
+impl SystemLock {
+    /// The marker anyone may read beside it (see `marker`).
+    fn marker(&self) -> PathBuf {
+        marker::path_for(&self.path)
+    }
+}
+
 impl Drop for SystemLock {
     fn drop(&mut self) {
         // Whoever opened it meanwhile finds it unlinked once it gets the lock, and retries on
-        // a new file (see `take_system_lock`).
+        // a new file (see `take_system_lock`). The marker goes first.
+        let _ = std::fs::remove_file(self.marker());
         let _ = std::fs::remove_file(&self.path);
         let _ = &self.file;
     }
@@ -71,6 +81,27 @@ pub(crate) async fn claim(name: &str) -> io::Result<Claim> {
     } else {
         None
     };
+    if let Some(lock) = &lock {
+        // Per-user daemons read it before they serve; without it they would go by the beacon
+        // alone (a daemon serving beside this one after a squatter let the beacon go).
+        if let Err(e) = marker::write(&lock.marker()) {
+            tracing::warn!("cannot write {}: {e}", lock.marker().display());
+        }
+    }
+    if system && lock.is_none() {
+        if let Some(pid) = system_lock_path()
+            .ok()
+            .and_then(|path| marker::live_daemon_at(&marker::path_for(&path)))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "the system berth daemon (pid {pid}) serves this network namespace, and two daemons in one namespace could grant the same port; this one does not start. Its clients reach it on {} (unset BERTH_SOCKET)",
+                    berth_protocol::paths::SYSTEM_SOCKET
+                ),
+            ));
+        }
+    }
     let beacon = bind_or_ask(name, lock.is_some()).await?;
     Ok(Claim {
         beacon,

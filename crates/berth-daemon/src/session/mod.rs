@@ -295,7 +295,7 @@ async fn handshake(
             "the first frame must be a berth Hello; is this a berth client of a matching protocol?"
                 .into(),
         ),
-        Err(e) => frame_error_reply(&e)?,
+        Err(e) => frame_error_reply(&e, session.peer.owner.uid)?,
     };
     send(writer, reply, config.write_timeout).await;
     None
@@ -418,7 +418,7 @@ impl Session<'_> {
                     }
                 }
                 Err(e) => {
-                    if let Some(reply) = frame_error_reply(&e) {
+                    if let Some(reply) = frame_error_reply(&e, peer.owner.uid) {
                         send(writer, reply, limit).await;
                     }
                     return;
@@ -496,8 +496,10 @@ fn idle_notice(limit: Duration) -> Response {
     )
 }
 
-/// The reply to a frame that could not be read; `None` when the connection itself failed.
-fn frame_error_reply(e: &ReadError) -> Option<Response> {
+/// The reply to a frame of `uid`'s that could not be read; `None` when the connection itself
+/// failed. Logged at DEBUG each, and at INFO at most once per user every few seconds (with a
+/// count): a client sending garbage in a loop must not flood the log.
+fn frame_error_reply(e: &ReadError, uid: u32) -> Option<Response> {
     let e = match e {
         ReadError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             return Some(error(
@@ -511,7 +513,11 @@ fn frame_error_reply(e: &ReadError) -> Option<Response> {
         }
         ReadError::Frame(e) => e,
     };
-    tracing::info!("closing a connection: {e}");
+    tracing::debug!(uid, "closing a connection: {e}");
+    crate::server::refusals::log(
+        uid,
+        "closing connections whose frames cannot be read (malformed, oversized or of another protocol; see the log at debug)",
+    );
     match e {
         FrameError::Io(_) => None,
         FrameError::TooLong { len, max } => Some(error(
