@@ -137,21 +137,22 @@ pub(super) fn quota_refused(
     };
     let (setting, wire) = match what {
         QuotaKind::Reservations => (
-            format!("max_reservations = {limit}"),
+            format!("`max_reservations = {limit}`"),
             QuotaWhat::Reservations,
         ),
-        QuotaKind::Ports => (format!("max_ports = {limit}"), QuotaWhat::Ports),
-        QuotaKind::HeldPorts => (format!("max_held_ports = {limit}"), QuotaWhat::HeldPorts),
+        QuotaKind::Ports => (format!("`max_ports = {limit}`"), QuotaWhat::Ports),
+        QuotaKind::HeldPorts => (format!("`max_held_ports = {limit}`"), QuotaWhat::HeldPorts),
         QuotaKind::Shared => (
+            // The setting as it is written (a valid line), then what its number means.
             format!(
-                "ephemeral_share = {}, percent of the ephemeral range",
+                "`ephemeral_share = {}`, a percentage of the ephemeral range,",
                 share_percent.unwrap_or(0)
             ),
             QuotaWhat::EphemeralShare,
         ),
     };
     Some((
-        format!("{e} (`{setting}` in the [quota] table of the daemon's configuration file; docs/configuration.md)"),
+        format!("{e} ({setting} in the [quota] table of the daemon's configuration file; docs/configuration.md)"),
         QuotaDetail {
             what: wire,
             limit: *limit,
