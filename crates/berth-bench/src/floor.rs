@@ -1,4 +1,4 @@
-//! The *floor* of the portpicker protocol (SPEC §8): a server that makes exactly the system
+//! The *floor* of the portpicker protocol (BENCHMARKS.md, "Targets"): a server that makes exactly the system
 //! calls an answer must make and nothing else, so that the portserver endpoint is measured
 //! against the physical limit of its shape rather than against a bare echo.
 //!

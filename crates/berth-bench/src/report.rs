@@ -115,7 +115,7 @@ impl Report {
                 }
             };
             let (held, unheld, echo) = (find(Kind::Held), find(Kind::Unheld), find(Kind::Echo));
-            // SPEC §8: held within 1.5× of the echo pair, unheld (the `berth run` path) within
+            // BENCHMARKS.md's targets: held within 1.5× of the echo pair, unheld (the `berth run` path) within
             // 2×, and the daemon's CPU within 2× of the echo server's for both.
             ratio(held, echo, " (target ≤ 1.5×, CPU ≤ 2×)");
             ratio(unheld, echo, " (target ≤ 2×, CPU ≤ 2×)");

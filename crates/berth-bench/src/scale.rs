@@ -163,7 +163,7 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
         mib(peak),
         if peak < 64 * 1024 { "met" } else { "missed" }
     );
-    // SPEC §8 bounds the anonymous part as well (the daemon's own heap, not the mapped binary).
+    // BENCHMARKS.md's targets bound the anonymous part as well (the daemon's own heap, not the mapped binary).
     let anon = memory.iter().map(|(_, m)| m.anon).max().unwrap_or(0);
     println!(
         "largest anonymous part of the resident memory {} (target < 8 MiB): {}",

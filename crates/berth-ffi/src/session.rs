@@ -400,6 +400,21 @@ mod tests {
         )
     }
 
+    /// `berth_associate_port_reservation` of a fresh TCP socket from `token`: its result and
+    /// errno.
+    fn associate(token: u64) -> (i32, Option<i32>) {
+        let socket = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+        .unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        // SAFETY: a null address is allowed (the wildcard address of the socket's family).
+        let rc = unsafe { crate::berth_associate_port_reservation(fd, token, std::ptr::null(), 0) };
+        (rc, std::io::Error::last_os_error().raw_os_error())
+    }
+
     /// The only test in this binary that uses the process-wide session (and BERTH_SOCKET).
     #[test]
     fn a_daemon_restart_keeps_the_session_and_its_reservations() {
@@ -436,19 +451,6 @@ mod tests {
         let _ = stop.send(());
         rt.block_on(task).unwrap();
         drop(guard);
-        let socket_fd = rustix::net::socket(
-            rustix::net::AddressFamily::INET,
-            rustix::net::SocketType::STREAM,
-            None,
-        )
-        .unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket_fd);
-        let associate = |token| {
-            // SAFETY: a null address is allowed (the wildcard address of the socket's family).
-            let rc =
-                unsafe { crate::berth_associate_port_reservation(fd, token, std::ptr::null(), 0) };
-            (rc, std::io::Error::last_os_error().raw_os_error())
-        };
         assert_eq!(associate(token), (-1, Some(libc::ECONNREFUSED)));
         let (stop, task, guard) = daemon(&rt, &socket, (26300, 26309));
         assert_eq!(associate(token).0, 0, "re-claimed, then bound");
@@ -461,19 +463,6 @@ mod tests {
         let _ = stop.send(());
         rt.block_on(task).unwrap();
         drop(guard);
-        let socket_fd = rustix::net::socket(
-            rustix::net::AddressFamily::INET,
-            rustix::net::SocketType::STREAM,
-            None,
-        )
-        .unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket_fd);
-        let associate = |token| {
-            // SAFETY: as above.
-            let rc =
-                unsafe { crate::berth_associate_port_reservation(fd, token, std::ptr::null(), 0) };
-            (rc, std::io::Error::last_os_error().raw_os_error())
-        };
         assert_eq!(associate(token), (-1, Some(libc::ECONNREFUSED)));
         let other_db = socket.with_extension("other.db");
         let (stop, task, guard) = daemon_on(&rt, &socket, &other_db, (26300, 26309));

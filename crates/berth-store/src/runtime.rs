@@ -402,17 +402,7 @@ fn write_fresh(
     let fail = |e| io_error(path, "write the runtime journal", e);
     let bytes = encode_fresh(path, boot_id, live, kernel)?;
     let scratch = scratch_path(path);
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(no_follow())
-        .open(&scratch)
-        .map_err(fail)?;
-    // A scratch file left by a crash during an earlier rewrite: start it afresh.
-    file.set_len(0).map_err(fail)?;
-    file.write_all(&bytes).map_err(fail)?;
+    let file = write_aside(&scratch, &bytes)?;
     std::fs::rename(&scratch, path).map_err(fail)?;
     // The descriptor now names the journal itself.
     Ok((file, bytes.len() as u64))
@@ -444,6 +434,23 @@ fn encode_fresh(
         push_frame(&mut bytes, &RecordRef::insert(row)).map_err(encode)?;
     }
     Ok(bytes)
+}
+
+/// Writes `bytes` to the file `aside` (mode 0600, not through a symbolic link) from its start
+/// — one a crash left there is started afresh — and returns it open for appending.
+fn write_aside(aside: &Path, bytes: &[u8]) -> Result<File, StoreError> {
+    let fail = |e| io_error(aside, "write the runtime journal", e);
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(no_follow())
+        .open(aside)
+        .map_err(fail)?;
+    file.set_len(0).map_err(fail)?;
+    file.write_all(bytes).map_err(fail)?;
+    Ok(file)
 }
 
 /// Where a rewrite is prepared before it replaces the journal.

@@ -291,15 +291,15 @@ pub(super) fn resync(tracker: &TaskTracker, shared: &Arc<Shared>, cancel: &Cance
     tracker.spawn(async move {
         let mut check = tokio::time::interval(RESYNC_CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = tokio::time::Instant::now();
+        let mut anyway = tokio::time::interval(RESYNC_EVERY);
+        anyway.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
+                _ = anyway.tick() => shared.resync_mirrors(),
                 _ = check.tick() => {
-                    let due = last.elapsed() >= RESYNC_EVERY;
-                    if shared.mirrors_out_of_step() || due {
+                    if shared.mirrors_out_of_step() {
                         shared.resync_mirrors();
-                        last = tokio::time::Instant::now();
                     }
                     // The journal's rewrite, once it has outgrown its live rows: off the
                     // serving threads and outside the table lock.

@@ -32,11 +32,10 @@ impl Exposure {
         }
     }
 
-    fn ephemeral(&self) -> PortRange {
+    fn seen(&self) -> std::sync::MutexGuard<'_, (PortRange, Option<PortRange>)> {
         self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
     }
 }
 
@@ -45,8 +44,12 @@ impl KernelState {
     /// kernel's list (then those ports are exposed to every `connect()`), and whether wildcard
     /// requests are refused for it.
     pub(super) fn exposure(&self, pool: PortRange) -> Option<ExposureInfo> {
+        self.exposure_within(pool, self.exposure.seen().0)
+    }
+
+    /// [`KernelState::exposure`] against the ephemeral range `ephemeral`.
+    fn exposure_within(&self, pool: PortRange, ephemeral: PortRange) -> Option<ExposureInfo> {
         self.off_because.as_ref()?;
-        let ephemeral = self.exposure.ephemeral();
         let overlap = pool.intersection(ephemeral)?;
         Some(ExposureInfo {
             ports: overlap,
@@ -59,26 +62,14 @@ impl KernelState {
 impl Shared {
     /// Notes the ephemeral range read now, and warns once about each new exposure of `pool`.
     pub(super) fn note_ephemeral(&self, ephemeral: PortRange, pool: PortRange) {
-        let mut seen = self
-            .kernel
-            .exposure
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        seen.0 = ephemeral;
-        drop(seen);
-        let exposed = self.kernel.exposure(pool);
-        let mut seen = self
-            .kernel
-            .exposure
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if exposed.map(|e| e.ports) == seen.1 {
-            return;
+        let exposed = self.kernel.exposure_within(pool, ephemeral);
+        {
+            let mut seen = self.kernel.exposure.seen();
+            let warned = std::mem::replace(&mut *seen, (ephemeral, exposed.map(|e| e.ports))).1;
+            if warned == exposed.map(|e| e.ports) {
+                return;
+            }
         }
-        seen.1 = exposed.map(|e| e.ports);
-        drop(seen);
         let why = self
             .kernel
             .off_because

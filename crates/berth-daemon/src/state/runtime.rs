@@ -100,6 +100,15 @@ impl Shared {
         // is chosen under the lock — inserted in the table, so no other request can have it —
         // held outside it, then published under it; a port found in use undoes the choice, and
         // a wildcard request chooses again past it.
+        let refuse = |e: &berth_core::AcquireError| {
+            Box::new(acquire_refused(
+                e,
+                start,
+                count,
+                requester,
+                self.ephemeral_share,
+            ))
+        };
         let mut first_choice: Option<u16> = None;
         let mut choices: u32 = 0;
         let pending = loop {
@@ -152,13 +161,7 @@ impl Shared {
                         if let Some(message) = probes.shortage_answer() {
                             return Err(Box::new(error(ErrorKind::Unavailable, message)));
                         }
-                        return Err(Box::new(acquire_refused(
-                            &e,
-                            start,
-                            count,
-                            requester,
-                            self.ephemeral_share,
-                        )));
+                        return Err(refuse(&e));
                     }
                 };
                 let granted: Vec<Reservation> = changes
@@ -208,13 +211,7 @@ impl Shared {
                         port,
                     }
                 };
-                return Err(Box::new(acquire_refused(
-                    &e,
-                    start,
-                    count,
-                    requester,
-                    self.ephemeral_share,
-                )));
+                return Err(refuse(&e));
             }
         };
         let (pending, granted) = pending;

@@ -9,12 +9,11 @@
 //! the new file, which then replaces the journal by a rename). At every moment the journal is
 //! the old file, whole, or the new one, whole.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{encode_fresh, io_error, no_follow, rewrite_threshold, RuntimeJournal};
+use super::{encode_fresh, io_error, rewrite_threshold, write_aside, RuntimeJournal};
 use crate::StoreError;
 
 /// A rewrite begun under the lock: the encoded live records, to write outside it.
@@ -98,19 +97,7 @@ impl RuntimeJournal {
 impl RewriteJob {
     /// Writes the new file beside the journal (outside any lock).
     pub fn prepare(self) -> Result<Prepared, StoreError> {
-        let next = next_path(&self.path);
-        let fail = |e| io_error(&next, "write the runtime journal", e);
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(no_follow())
-            .open(&next)
-            .map_err(fail)?;
-        // Left by a crash during an earlier rewrite: start afresh.
-        file.set_len(0).map_err(fail)?;
-        file.write_all(&self.bytes).map_err(fail)?;
+        let file = write_aside(&next_path(&self.path), &self.bytes)?;
         Ok(Prepared {
             path: self.path,
             file,

@@ -129,6 +129,13 @@ fn the_kernel_list_equals_the_table_after_its_writes_fail() {
     }
     std::thread::spawn(|| {
         berth_os::netns::enter_new_on_this_thread().expect("unshare(CLONE_NEWNET), as root");
+        // The daemon's threads start from this one and share its namespace; never the host's.
+        let ns = |path| std::fs::read_link(path).expect("read a netns link");
+        assert_ne!(
+            ns("/proc/thread-self/ns/net"),
+            ns("/proc/self/ns/net"),
+            "this thread is still in the process's (the host's) network namespace"
+        );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
