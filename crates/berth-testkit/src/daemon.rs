@@ -44,7 +44,9 @@ impl TestDaemon {
         let db = db.map_or_else(|| dir.path().join("berth.db"), Path::to_owned);
         let (listener, guard) = bind_socket(&socket).expect("bind socket");
         let mut config = Config::new(socket.clone(), db.clone(), Pool::new(lo, hi).expect("pool"));
-        // Many test daemons share one network namespace, each with a pool of its own.
+        // Many test daemons share one network namespace, each with a pool of its own — below
+        // the ephemeral range (32768–60999 by default), so that no test's own bind(0) or
+        // connect(), nor anything else on the host, lands in another test's pool.
         config.authority = None;
         // The host's sysctl files say nothing about a test's private list.
         config.configured_reserved_ports = Vec::new();

@@ -81,7 +81,7 @@ fn read_reply(conn: &mut std::os::unix::net::UnixStream) -> Response {
 // reads give up after DEADLINE.
 #[tokio::test]
 async fn a_socket_whose_close_blocks_does_not_stall_the_daemon() {
-    let daemon = TestDaemon::start(45000, 45099);
+    let daemon = TestDaemon::start(15000, 15099);
     let (client, held) = bystander(&daemon).await;
     let stream = shaken_hands(&daemon.socket, "hostile").await;
     let (socket, peer) = lingering_socket(LINGER);
@@ -116,7 +116,7 @@ async fn a_socket_whose_close_blocks_does_not_stall_the_daemon() {
 
 #[tokio::test]
 async fn descriptors_left_unread_when_a_connection_ends_do_not_stall_the_daemon() {
-    let daemon = TestDaemon::start(45100, 45199);
+    let daemon = TestDaemon::start(15100, 15199);
     let (client, held) = bystander(&daemon).await;
     let mut stream = shaken_hands(&daemon.socket, "hostile").await;
     let (socket, peer) = lingering_socket(LINGER);
@@ -163,7 +163,7 @@ async fn descriptors_left_unread_when_a_connection_ends_do_not_stall_the_daemon(
 
 #[tokio::test]
 async fn descriptors_with_a_request_other_than_associate_close_the_connection() {
-    let daemon = TestDaemon::start(45200, 45299);
+    let daemon = TestDaemon::start(15200, 15299);
     let (client, held) = bystander(&daemon).await;
     let mut stream = shaken_hands(&daemon.socket, "hostile").await;
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -224,7 +224,7 @@ async fn a_child_cannot_slip_its_socket_to_the_owners_next_associate() {
     if !needs::python3() {
         return;
     }
-    let daemon = TestDaemon::start(45300, 45399);
+    let daemon = TestDaemon::start(15300, 15399);
     let (mut conn, token) = owner_with_reservation(&daemon).await;
     // The child sends a List with its own socket attached, reads the answer and the end of the
     // connection, and says whether its socket got bound.
@@ -264,7 +264,7 @@ async fn a_child_cannot_have_the_owner_complete_its_frame() {
     if !needs::python3() {
         return;
     }
-    let daemon = TestDaemon::start(45400, 45499);
+    let daemon = TestDaemon::start(15400, 15499);
     let (mut conn, token) = owner_with_reservation(&daemon).await;
     // The child sends all of an associate of the owner's token but its last byte, with its own
     // socket, and waits; the owner's next frame (a status) starts with the missing byte.
@@ -308,7 +308,7 @@ print(s.getsockname()[1], flush=True)
 /// its port for the next bind, every time.
 #[tokio::test]
 async fn a_socket_closed_after_its_answer_frees_its_port_for_the_next_bind() {
-    let daemon = TestDaemon::start(45500, 45599);
+    let daemon = TestDaemon::start(15500, 15599);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let r = client.acquire(Protocol::Udp, 0, 1).await.unwrap();
     for _ in 0..200 {

@@ -37,7 +37,7 @@ fn start(authority: &str) -> Started {
     let mut config = Config::new(
         socket.clone(),
         dir.path().join("berth.db"),
-        Pool::new(47130, 47139).unwrap(),
+        Pool::new(17130, 17139).unwrap(),
     );
     config.authority = Some(authority.to_owned());
     let (stop, stopped) = oneshot::channel::<()>();

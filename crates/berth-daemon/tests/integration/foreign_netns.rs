@@ -28,7 +28,7 @@ async fn a_client_of_another_network_namespace_gets_no_ports() {
     if !needs::python3() {
         return;
     }
-    let daemon = TestDaemon::start(47120, 47129);
+    let daemon = TestDaemon::start(17120, 17129);
     let socket = daemon.socket.to_str().unwrap().to_owned();
     let answers = tokio::task::spawn_blocking(move || {
         super::python_client(&ns.unshare(&["--net"]), ACQUIRE_FROM_ELSEWHERE, &[&socket])

@@ -81,10 +81,10 @@ async fn list(daemon: &TestDaemon) -> Vec<ReservationInfo> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_with_one_number_reserved_in_tcp_and_udp_for_the_process() {
     let name = unique("serve");
-    let d = daemon(43100, 43199, &name, |_| {}).await;
+    let d = daemon(13100, 13199, &name, |_| {}).await;
     let me = std::process::id();
     let port = port_for(&name, me).await;
-    assert!((43100..=43199).contains(&port), "{port}");
+    assert!((13100..=13199).contains(&port), "{port}");
     let rows = list(&d).await;
     let mut seen: Vec<_> = rows
         .iter()
@@ -108,7 +108,7 @@ async fn answers_with_one_number_reserved_in_tcp_and_udp_for_the_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_of_the_same_user_may_be_named_and_its_port_returns_when_it_exits() {
     let name = unique("named");
-    let d = daemon(43200, 43299, &name, |_| {}).await;
+    let d = daemon(13200, 13299, &name, |_| {}).await;
     let mut child = std::process::Command::new("sleep")
         .arg("60")
         .spawn()
@@ -132,7 +132,7 @@ async fn a_process_of_the_same_user_may_be_named_and_its_port_returns_when_it_ex
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_close_without_a_reply_and_others_are_still_served() {
     let name = unique("refuse");
-    let d = daemon(43300, 43399, &name, |_| {}).await;
+    let d = daemon(13300, 13399, &name, |_| {}).await;
     let long = "1".repeat(64);
     for bad in [
         &b"1\n"[..],
@@ -163,7 +163,7 @@ async fn refusals_close_without_a_reply_and_others_are_still_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peers_are_dropped_at_their_deadline_and_cannot_starve_the_endpoint() {
     let name = unique("silent");
-    let d = daemon(43400, 43499, &name, |e| {
+    let d = daemon(13400, 13499, &name, |e| {
         e.max_connections = 2;
         e.io_timeout = Duration::from_millis(300);
     })
@@ -188,7 +188,7 @@ async fn a_path_address_is_a_world_connectable_socket_file_removed_at_shutdown()
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portserver.sock");
     let at = path.clone();
-    let d = TestDaemon::with_config(43500, 43599, move |config| {
+    let d = TestDaemon::with_config(13500, 13599, move |config| {
         config.portserver = Some(Endpoint::new(Address::Path(at)));
     });
     ready(&d).await;

@@ -12,7 +12,7 @@ use berth_testkit::TestDaemon;
 
 #[tokio::test]
 async fn an_administrator_stops_the_daemon() {
-    let daemon = TestDaemon::start(47100, 47109);
+    let daemon = TestDaemon::start(17100, 17109);
     // Another client, idle: it is let go when the daemon stops.
     let mut bystander = shaken_hands(&daemon.socket, "bystander").await;
     let mut admin = shaken_hands(&daemon.socket, "stop-test").await;
@@ -44,7 +44,7 @@ async fn anyone_else_is_refused_and_the_daemon_serves_on() {
     if !needs::users() || !needs::python3() {
         return;
     }
-    let daemon = TestDaemon::start(47110, 47119);
+    let daemon = TestDaemon::start(17110, 17119);
     let dir = daemon.socket.parent().unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = daemon.socket.to_str().unwrap().to_owned();

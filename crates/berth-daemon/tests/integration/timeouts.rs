@@ -51,7 +51,7 @@ async fn list(stream: &mut UnixStream) -> Vec<ReservationInfo> {
 async fn a_connection_that_sends_no_hello_is_closed_after_the_handshake_timeout() {
     const HANDSHAKE: Duration = Duration::from_secs(10);
     let _frozen = freeze();
-    let daemon = TestDaemon::with_config(48200, 48209, |c| c.handshake_timeout = HANDSHAKE);
+    let daemon = TestDaemon::with_config(18200, 18209, |c| c.handshake_timeout = HANDSHAKE);
     let connected = Instant::now();
     let mut silent = UnixStream::connect(&daemon.socket).await.unwrap();
     let mut polite = shaken_hands(&daemon.socket, "polite").await;
@@ -83,7 +83,7 @@ async fn a_held_reservation_nobody_reclaims_is_released_when_the_grace_period_en
 
     // The first daemon grants this process a block, and stops while the connection is still
     // open: its journal keeps the block for its owner.
-    let first = TestDaemon::with_db(&db, 48300, 48309, |_| {});
+    let first = TestDaemon::with_db(&db, 18300, 18309, |_| {});
     let mut owner = shaken_hands(&first.socket, "owner").await;
     let acquire = Request::Acquire {
         protocol: Protocol::Tcp,
@@ -98,7 +98,7 @@ async fn a_held_reservation_nobody_reclaims_is_released_when_the_grace_period_en
 
     // The next daemon holds it for its owner, which is alive but never re-claims it.
     let restarted = Instant::now();
-    let second = TestDaemon::with_db(&db, 48300, 48309, |c| c.grace = GRACE);
+    let second = TestDaemon::with_db(&db, 18300, 18309, |c| c.grace = GRACE);
     let mut observer = shaken_hands(&second.socket, "observer").await;
     let is_held = |list: &[ReservationInfo]| {
         list.iter().any(|r| {
@@ -155,7 +155,7 @@ async fn a_held_reservation_nobody_reclaims_is_released_when_the_grace_period_en
 async fn a_client_that_does_not_read_is_closed_after_the_write_timeout() {
     const WRITE: Duration = Duration::from_secs(5);
     let _frozen = freeze();
-    let daemon = TestDaemon::with_config(48400, 48999, |c| c.write_timeout = WRITE);
+    let daemon = TestDaemon::with_config(18400, 18999, |c| c.write_timeout = WRITE);
     // Many reservations make every List answer large.
     let mut owner = shaken_hands(&daemon.socket, "owner").await;
     for _ in 0..300 {
@@ -232,7 +232,7 @@ fn assert_idle_notice(response: &Response, idle: Duration) {
 async fn a_silent_session_is_closed_only_while_it_holds_nothing() {
     const IDLE: Duration = Duration::from_secs(60);
     let _frozen = freeze();
-    let daemon = TestDaemon::with_config(46100, 46109, |c| c.idle_timeout = Some(IDLE));
+    let daemon = TestDaemon::with_config(16100, 16109, |c| c.idle_timeout = Some(IDLE));
     let before = Instant::now();
     let mut silent = shaken_hands(&daemon.socket, "silent").await;
     let mut holder = shaken_hands(&daemon.socket, "holder").await;
@@ -278,7 +278,7 @@ async fn a_silent_session_is_closed_only_while_it_holds_nothing() {
 async fn each_request_restarts_the_idle_count() {
     const IDLE: Duration = Duration::from_secs(60);
     let _frozen = freeze();
-    let daemon = TestDaemon::with_config(46110, 46119, |c| c.idle_timeout = Some(IDLE));
+    let daemon = TestDaemon::with_config(16110, 16119, |c| c.idle_timeout = Some(IDLE));
     let mut chatty = shaken_hands(&daemon.socket, "chatty").await;
     for _ in 0..5 {
         advance(IDLE - Duration::from_secs(5)).await;
@@ -294,7 +294,7 @@ async fn each_request_restarts_the_idle_count() {
 async fn connections_stalled_mid_frame_are_closed_after_the_idle_timeout() {
     const IDLE: Duration = Duration::from_secs(30);
     let _frozen = freeze();
-    let daemon = TestDaemon::with_config(46120, 46129, |c| c.idle_timeout = Some(IDLE));
+    let daemon = TestDaemon::with_config(16120, 16129, |c| c.idle_timeout = Some(IDLE));
     let mut holder = shaken_hands(&daemon.socket, "holder").await;
     let acquire = Request::Acquire {
         protocol: Protocol::Tcp,

@@ -6,11 +6,11 @@ use berth_testkit::{eventually, TestDaemon};
 
 #[tokio::test]
 async fn wildcard_blocks_come_from_the_pool_and_are_listed_with_their_owner() {
-    let daemon = TestDaemon::start(41000, 41099);
+    let daemon = TestDaemon::start(11000, 11099);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let tcp = client.acquire(Protocol::Tcp, 0, 10).await.unwrap();
     let udp = client.acquire(Protocol::Udp, 0, 3).await.unwrap();
-    assert!(tcp.start() >= 41000 && tcp.end() <= 41099);
+    assert!(tcp.start() >= 11000 && tcp.end() <= 11099);
     assert_eq!(tcp.count(), 10);
     assert_eq!(tcp.ports().count(), 10);
     assert_eq!(udp.protocol(), Protocol::Udp);
@@ -33,7 +33,7 @@ async fn wildcard_blocks_come_from_the_pool_and_are_listed_with_their_owner() {
 
 #[tokio::test]
 async fn successive_wildcards_move_on_instead_of_reusing_a_released_block() {
-    let daemon = TestDaemon::start(41100, 41199);
+    let daemon = TestDaemon::start(11100, 11199);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let first = client.acquire(Protocol::Tcp, 0, 5).await.unwrap();
     let first_range = first.range();
@@ -47,7 +47,7 @@ async fn successive_wildcards_move_on_instead_of_reusing_a_released_block() {
 
 #[tokio::test]
 async fn a_specific_overlap_is_a_conflict_naming_the_holder() {
-    let daemon = TestDaemon::start(41200, 41299);
+    let daemon = TestDaemon::start(11200, 11299);
     let holder = Client::connect_to(&daemon.socket).await.unwrap();
     let other = Client::connect_to(&daemon.socket).await.unwrap();
     let held = holder.acquire(Protocol::Tcp, 21000, 10).await.unwrap();
@@ -67,7 +67,7 @@ async fn a_specific_overlap_is_a_conflict_naming_the_holder() {
 
 #[tokio::test]
 async fn a_port_in_use_on_the_host_is_a_conflict() {
-    let daemon = TestDaemon::start(41300, 41399);
+    let daemon = TestDaemon::start(11300, 11399);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -80,13 +80,13 @@ async fn a_port_in_use_on_the_host_is_a_conflict() {
 
 #[tokio::test]
 async fn wildcards_skip_ports_in_use() {
-    let daemon = TestDaemon::start(41400, 41402);
-    let busy = std::net::UdpSocket::bind("0.0.0.0:41401").unwrap();
+    let daemon = TestDaemon::start(11400, 11402);
+    let busy = std::net::UdpSocket::bind("0.0.0.0:11401").unwrap();
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let r = client.acquire(Protocol::Udp, 0, 1).await.unwrap();
     let s = client.acquire(Protocol::Udp, 0, 1).await.unwrap();
     let got = [r.start(), s.start()];
-    assert!(!got.contains(&41401), "{got:?}");
+    assert!(!got.contains(&11401), "{got:?}");
     let err = client.acquire(Protocol::Udp, 0, 1).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PoolExhausted);
     drop(busy);
@@ -94,7 +94,7 @@ async fn wildcards_skip_ports_in_use() {
 
 #[tokio::test]
 async fn bad_ranges_and_tokens_are_invalid_arguments() {
-    let daemon = TestDaemon::start(41500, 41599);
+    let daemon = TestDaemon::start(11500, 11599);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     for (start, count) in [(0, 0), (100, 0), (65535, 2), (65000, 1000)] {
         let err = client
@@ -116,12 +116,12 @@ async fn bad_ranges_and_tokens_are_invalid_arguments() {
 
 #[tokio::test]
 async fn an_exhausted_pool_says_so() {
-    let daemon = TestDaemon::start(41600, 41609);
+    let daemon = TestDaemon::start(11600, 11609);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let err = client.acquire(Protocol::Tcp, 0, 11).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PoolExhausted);
     assert_eq!(err.errno(), 99);
-    assert!(err.to_string().contains("41600-41609"), "{err}");
+    assert!(err.to_string().contains("11600-11609"), "{err}");
     let _all = client.acquire(Protocol::Tcp, 0, 10).await.unwrap();
     let err = client.acquire(Protocol::Tcp, 0, 1).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PoolExhausted);
@@ -129,7 +129,7 @@ async fn an_exhausted_pool_says_so() {
 
 #[tokio::test]
 async fn unknown_tokens_are_not_found() {
-    let daemon = TestDaemon::start(41700, 41799);
+    let daemon = TestDaemon::start(11700, 11799);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let r = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
     let token = r.token();
@@ -153,7 +153,7 @@ async fn no_daemon_is_unavailable_with_advice() {
 
 #[tokio::test]
 async fn dropping_a_reservation_releases_it() {
-    let daemon = TestDaemon::start(41800, 41899);
+    let daemon = TestDaemon::start(11800, 11899);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let r = client.acquire(Protocol::Tcp, 22000, 3).await.unwrap();
     drop(r);
@@ -164,7 +164,7 @@ async fn dropping_a_reservation_releases_it() {
 
 #[tokio::test]
 async fn ending_the_session_releases_everything_it_held() {
-    let daemon = TestDaemon::start(41900, 41999);
+    let daemon = TestDaemon::start(11900, 11999);
     let watcher = Client::connect_to(&daemon.socket).await.unwrap();
     // A session opened by hand never sends a release: only its end can free the block.
     let raw = raw_session(&daemon.socket).await;
@@ -210,7 +210,7 @@ async fn raw_session(path: &std::path::Path) -> tokio::net::UnixStream {
 
 #[tokio::test]
 async fn shutdown_drains_sessions() {
-    let daemon = TestDaemon::start(42000, 42099);
+    let daemon = TestDaemon::start(12000, 12099);
     // No reconnection window: once the daemon is gone, calls fail at once.
     let options = berth::Options::default().reconnect_window(std::time::Duration::ZERO);
     let client = Client::connect_to_with(&daemon.socket, options)

@@ -26,7 +26,7 @@ fn local_port(s: &Socket) -> u16 {
 
 #[tokio::test]
 async fn a_tcp_listener_from_a_reservation_accepts_connections() {
-    let daemon = TestDaemon::start(44000, 44099);
+    let daemon = TestDaemon::start(14000, 14099);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let r = client.acquire(Protocol::Tcp, 0, 3).await.unwrap();
     let listener = r.tcp_listener(V4_LO).await.unwrap();
@@ -46,7 +46,7 @@ async fn a_tcp_listener_from_a_reservation_accepts_connections() {
 
 #[tokio::test]
 async fn successive_binds_spread_over_the_block_until_it_is_full() {
-    let daemon = TestDaemon::start(44100, 44199);
+    let daemon = TestDaemon::start(14100, 14199);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let r = client.acquire(Protocol::Udp, 0, 3).await.unwrap();
     let mut sockets = Vec::new();
@@ -80,7 +80,7 @@ async fn successive_binds_spread_over_the_block_until_it_is_full() {
 
 #[tokio::test]
 async fn ipv6_ipv4_and_explicit_loopback_addresses() {
-    let daemon = TestDaemon::start(44200, 44299);
+    let daemon = TestDaemon::start(14200, 14299);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let tcp = client.acquire(Protocol::Tcp, 0, 4).await.unwrap();
     let udp = client.acquire(Protocol::Udp, 0, 2).await.unwrap();
@@ -115,7 +115,7 @@ async fn ipv6_ipv4_and_explicit_loopback_addresses() {
 
 #[tokio::test]
 async fn the_callers_socket_options_are_kept() {
-    let daemon = TestDaemon::start(44300, 44399);
+    let daemon = TestDaemon::start(14300, 14399);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let r = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
     let s = socket(Domain::IPV6, Type::STREAM);
@@ -133,7 +133,7 @@ async fn the_callers_socket_options_are_kept() {
 
 #[tokio::test]
 async fn sockets_that_do_not_fit_are_refused() {
-    let daemon = TestDaemon::start(44400, 44499);
+    let daemon = TestDaemon::start(14400, 14499);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let tcp = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
 
@@ -198,7 +198,7 @@ async fn a_socket_from_another_network_namespace_is_refused() {
     ) else {
         return;
     };
-    let daemon = TestDaemon::start(44500, 44599);
+    let daemon = TestDaemon::start(14500, 14599);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let r = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
     let err = r.bind(&foreign, None).await.unwrap_err();
@@ -219,7 +219,7 @@ async fn another_process_on_the_owners_connection_is_refused() {
     if !needs::users() || !needs::python3() {
         return;
     }
-    let daemon = TestDaemon::start(44600, 44699);
+    let daemon = TestDaemon::start(14600, 14699);
     let mut conn = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
     conn.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut codec = FrameCodec::client();

@@ -9,11 +9,11 @@ fn the_blocking_client_acquires_lists_and_releases() {
         .enable_all()
         .build()
         .unwrap();
-    let daemon = rt.block_on(async { berth_testkit::TestDaemon::start(42100, 42199) });
+    let daemon = rt.block_on(async { berth_testkit::TestDaemon::start(12100, 12199) });
 
     let client = blocking::Client::connect_to(&daemon.socket).unwrap();
     let r = client.acquire(Protocol::Udp, 0, 4).unwrap();
-    assert!(r.start() >= 42100 && r.end() <= 42199);
+    assert!(r.start() >= 12100 && r.end() <= 12199);
     assert_eq!(client.list().unwrap().len(), 1);
 
     let other = blocking::Client::connect_to(&daemon.socket).unwrap();

@@ -30,7 +30,7 @@ fn stranger_can_bind(protocol: Protocol, port: u16) -> bool {
 
 #[tokio::test]
 async fn held_ports_refuse_other_programs_until_released() {
-    let daemon = TestDaemon::start(49000, 49099);
+    let daemon = TestDaemon::start(19000, 19099);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         let block = client.acquire(protocol, 0, 3).await.unwrap();
@@ -56,7 +56,7 @@ async fn held_ports_refuse_other_programs_until_released() {
 
 #[tokio::test]
 async fn an_unheld_reservation_is_not_held() {
-    let daemon = TestDaemon::start(49100, 49199);
+    let daemon = TestDaemon::start(19100, 19199);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let block = client.acquire_unheld(Protocol::Tcp, 0, 1).await.unwrap();
     assert!(stranger_can_bind(Protocol::Tcp, block.start()));
@@ -66,23 +66,23 @@ async fn an_unheld_reservation_is_not_held() {
 
 #[tokio::test]
 async fn a_port_in_use_is_skipped_by_the_hold_and_refused_to_a_specific_request() {
-    let daemon = TestDaemon::start(49200, 49209);
-    let busy = std::net::TcpListener::bind("127.0.0.1:49200").unwrap();
+    let daemon = TestDaemon::start(19200, 19209);
+    let busy = std::net::TcpListener::bind("127.0.0.1:19200").unwrap();
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
     assert_eq!(
         block.start(),
-        49201,
+        19201,
         "the hold's own bind is the in-use test"
     );
-    let err = client.acquire(Protocol::Tcp, 49200, 1).await.unwrap_err();
+    let err = client.acquire(Protocol::Tcp, 19200, 1).await.unwrap_err();
     assert_eq!(err.kind(), berth::ErrorKind::Conflict);
     drop(busy);
 }
 
 #[tokio::test]
 async fn associate_hands_over_one_port_and_takes_it_back_when_the_socket_closes() {
-    let daemon = TestDaemon::start(49300, 49399);
+    let daemon = TestDaemon::start(19300, 19399);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let block = client.acquire(Protocol::Tcp, 0, 3).await.unwrap();
     let listener = block
@@ -142,7 +142,7 @@ async fn associate_hands_over_one_port_and_takes_it_back_when_the_socket_closes(
 
 #[tokio::test]
 async fn an_ipv4_and_an_ipv6_only_socket_share_one_held_port_in_either_order() {
-    let daemon = TestDaemon::start(49400, 49499);
+    let daemon = TestDaemon::start(19400, 19499);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     for v4_first in [true, false] {
         let block = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
@@ -172,7 +172,7 @@ async fn an_ipv4_and_an_ipv6_only_socket_share_one_held_port_in_either_order() {
 /// restarts, its 1-port reservation must let it listen again at once (held or not).
 #[tokio::test]
 async fn a_restarting_server_gets_its_only_port_back_despite_time_wait() {
-    let daemon = TestDaemon::start(49500, 49599);
+    let daemon = TestDaemon::start(19500, 19599);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     for held in [true, false] {
         let block = if held {
@@ -210,7 +210,7 @@ async fn a_restarting_server_gets_its_only_port_back_despite_time_wait() {
 async fn after_a_restart_a_held_port_goes_back_into_hold_when_its_socket_closes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("berth.db");
-    let first = TestDaemon::with_db(&db, 49700, 49709, |_| {});
+    let first = TestDaemon::with_db(&db, 19700, 19709, |_| {});
     let client = Client::connect_to(&first.socket).await.unwrap();
     let block = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
     let port = block.start();
@@ -221,7 +221,7 @@ async fn after_a_restart_a_held_port_goes_back_into_hold_when_its_socket_closes(
     first.shutdown().await;
 
     // The next daemon holds the reservation for its owner (this process), unclaimed.
-    let second = TestDaemon::with_db(&db, 49700, 49709, |_| {});
+    let second = TestDaemon::with_db(&db, 19700, 19709, |_| {});
     let watcher = Client::connect_to(&second.socket).await.unwrap();
     let row =
         |list: Vec<berth::ReservationInfo>| list.into_iter().find(|r| r.range.start() == port);
@@ -256,7 +256,7 @@ async fn after_a_restart_a_held_port_goes_back_into_hold_when_its_socket_closes(
 /// Associate, then bind one exact port (the QUIC pattern): exactly that port, or an error.
 #[tokio::test]
 async fn associate_at_a_port_binds_exactly_that_port() {
-    let daemon = TestDaemon::start(49800, 49899);
+    let daemon = TestDaemon::start(19800, 19899);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let block = client.acquire(Protocol::Udp, 0, 3).await.unwrap();
     let want = block.start() + 2;
@@ -283,7 +283,7 @@ async fn associate_at_a_port_binds_exactly_that_port() {
 /// granted unheld, says so, and other programs can bind its ports; status tells why.
 #[tokio::test]
 async fn a_daemon_with_hold_switched_off_grants_unheld_and_says_why() {
-    let daemon = TestDaemon::with_config(49900, 49909, |c| c.hold = false);
+    let daemon = TestDaemon::with_config(19900, 19909, |c| c.hold = false);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let block = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
     let port = block.start();
@@ -301,7 +301,7 @@ async fn a_daemon_with_hold_switched_off_grants_unheld_and_says_why() {
     );
     block.release().await.unwrap();
     // And a daemon with the default holds.
-    let holding = TestDaemon::start(49910, 49919);
+    let holding = TestDaemon::start(19910, 19919);
     let client = Client::connect_to(&holding.socket).await.unwrap();
     let status = client.status().await.unwrap();
     assert!(status.hold && status.hold_off_because.is_empty());

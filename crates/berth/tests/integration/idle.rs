@@ -41,7 +41,7 @@ async fn sessions_become(observer: &Client, n: u32) {
 async fn an_idle_client_is_closed_and_reconnects_while_a_holder_is_left_alone() {
     const IDLE: Duration = Duration::from_secs(60);
     let _frozen = freeze();
-    let daemon = TestDaemon::with_config(46200, 46209, |c| c.idle_timeout = Some(IDLE));
+    let daemon = TestDaemon::with_config(16200, 16209, |c| c.idle_timeout = Some(IDLE));
     let idle = Client::connect_to(&daemon.socket).await.unwrap();
     let holder = Client::connect_to(&daemon.socket).await.unwrap();
     let held = holder.acquire(Protocol::Tcp, 0, 2).await.unwrap();

@@ -16,7 +16,7 @@ fn boot_id() -> String {
 async fn reservations_an_earlier_build_journaled_in_the_database_survive_the_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("berth.db");
-    let first = TestDaemon::with_db(&db, 44800, 44809, |_| {});
+    let first = TestDaemon::with_db(&db, 14800, 14809, |_| {});
     let client = Client::connect_to(&first.socket).await.unwrap();
     let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
     first.shutdown().await;
@@ -37,7 +37,7 @@ async fn reservations_an_earlier_build_journaled_in_the_database_survive_the_upg
     store.journal(&ops).unwrap();
     drop(store);
 
-    let second = TestDaemon::with_db(&db, 44800, 44809, |_| {});
+    let second = TestDaemon::with_db(&db, 14800, 14809, |_| {});
     let watcher = Client::connect_to(&second.socket).await.unwrap();
     let listed = watcher.list().await.unwrap();
     assert!(

@@ -32,7 +32,7 @@ async fn a_forked_child_does_not_keep_a_dead_owners_reservations() {
     if !needs::python3() {
         return;
     }
-    let daemon = TestDaemon::start(45600, 45699);
+    let daemon = TestDaemon::start(15600, 15699);
     let watcher = Client::connect_to(&daemon.socket).await.unwrap();
     let mut owner = Command::new(PYTHON3)
         .arg("-c")

@@ -29,7 +29,7 @@ async fn answer(stream: &mut UnixStream) -> Response {
 #[tokio::test(start_paused = true)]
 async fn at_the_connection_limit_a_further_client_is_told_busy_and_served_once_another_leaves() {
     let _frozen = freeze();
-    let daemon = TestDaemon::with_config(48100, 48199, |c| {
+    let daemon = TestDaemon::with_config(18100, 18199, |c| {
         c.max_connections = 2;
     });
     let mut first = shaken_hands(&daemon.socket, "first").await;

@@ -3,7 +3,7 @@
 //! points (from the n-th write on, and healing), then a clean restart on the same database.
 //! The restarted daemon must hold exactly the reservations the client was told it holds:
 //! none lost (a grant answered "ok" is in the journal) and none brought back (a refused grant
-//! left nothing; a release the journal missed is not resurrected). Ports 48500-48599.
+//! left nothing; a release the journal missed is not resurrected). Ports 18500-18599.
 
 use std::collections::BTreeSet;
 
@@ -40,7 +40,7 @@ fn op() -> impl Strategy<Value = Op> {
 async fn run(ops: Vec<Op>) -> (BTreeSet<Token>, BTreeSet<Token>) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("berth.db");
-    let daemon = TestDaemon::with_db(&db, 48500, 48599, |_| {});
+    let daemon = TestDaemon::with_db(&db, 18500, 18599, |_| {});
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let mut held = Vec::new();
     for op in ops {
@@ -77,7 +77,7 @@ async fn run(ops: Vec<Op>) -> (BTreeSet<Token>, BTreeSet<Token>) {
     // The handles must not release anything while the daemon restarts.
     std::mem::forget(held);
     daemon.shutdown().await;
-    let daemon = TestDaemon::with_db(&db, 48500, 48599, |_| {});
+    let daemon = TestDaemon::with_db(&db, 18500, 18599, |_| {});
     let admin = Client::connect_to(&daemon.socket).await.unwrap();
     let listed = admin
         .list()
@@ -155,7 +155,7 @@ fn listed() -> BTreeSet<u16> {
 }
 
 async fn kernel_faults() {
-    let daemon = TestDaemon::with_config(48600, 48699, |c| {
+    let daemon = TestDaemon::with_config(18600, 18699, |c| {
         c.kernel_sync = berth_daemon::KernelSync::On;
     });
     let client = Client::connect_to(&daemon.socket).await.unwrap();

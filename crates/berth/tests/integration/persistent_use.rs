@@ -50,7 +50,7 @@ async fn named_users_and_groups_bind_from_a_persistent_reservation_and_nobody_el
     if !needs::users() || !needs::python3() {
         return;
     }
-    let daemon = TestDaemon::start(47000, 47099);
+    let daemon = TestDaemon::start(17000, 17099);
     let dir = daemon.socket.parent().unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let admin = Client::connect_to(&daemon.socket).await.unwrap();

@@ -55,7 +55,7 @@ async fn a_user_at_its_quota_is_refused_and_administrators_are_exempt() {
     if !needs::users() || !needs::python3() {
         return;
     }
-    let daemon = TestDaemon::with_config(47200, 47299, |c| {
+    let daemon = TestDaemon::with_config(17200, 17299, |c| {
         c.quota = Quota {
             max_reservations: 2,
             max_ports: 3,

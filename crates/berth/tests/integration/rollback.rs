@@ -10,10 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn an_acquire_the_journal_cannot_record_is_refused_and_leaves_nothing_reserved() {
-    let daemon = TestDaemon::start(48000, 48099);
+    let daemon = TestDaemon::start(18000, 18099);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     daemon.fail_store(true);
-    for (start, count) in [(48050, 5), (0, 3)] {
+    for (start, count) in [(18050, 5), (0, 3)] {
         let err = client
             .acquire(Protocol::Tcp, start, count)
             .await
@@ -27,8 +27,8 @@ async fn an_acquire_the_journal_cannot_record_is_refused_and_leaves_nothing_rese
 
     // The disk works again: the very block refused is free.
     daemon.fail_store(false);
-    let r = client.acquire(Protocol::Tcp, 48050, 5).await.unwrap();
-    assert_eq!((r.start(), r.count()), (48050, 5));
+    let r = client.acquire(Protocol::Tcp, 18050, 5).await.unwrap();
+    assert_eq!((r.start(), r.count()), (18050, 5));
     let list = client.list().await.unwrap();
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0].token, r.token());
@@ -36,9 +36,9 @@ async fn an_acquire_the_journal_cannot_record_is_refused_and_leaves_nothing_rese
 
 #[tokio::test]
 async fn a_release_the_journal_cannot_record_still_releases() {
-    let daemon = TestDaemon::start(48000, 48099);
+    let daemon = TestDaemon::start(18000, 18099);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
-    let r = client.acquire(Protocol::Udp, 48060, 2).await.unwrap();
+    let r = client.acquire(Protocol::Udp, 18060, 2).await.unwrap();
     let kept = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
     daemon.fail_store(true);
     r.release().await.unwrap();
@@ -51,7 +51,7 @@ async fn a_release_the_journal_cannot_record_still_releases() {
     let mut other = shaken_hands(&daemon.socket, "rollback").await;
     let acquire = Request::Acquire {
         protocol: Protocol::Tcp,
-        start: 48070,
+        start: 18070,
         count: 3,
     };
     other.write_all(&frame(acquire)).await.unwrap();
@@ -81,7 +81,7 @@ async fn a_release_the_journal_cannot_record_still_releases() {
 // As an administrator (root, as the tests run in CI).
 #[tokio::test]
 async fn persistent_changes_the_store_cannot_make_durable_are_refused_and_undone() {
-    let daemon = TestDaemon::start(48000, 48099);
+    let daemon = TestDaemon::start(18000, 18099);
     let admin = Client::connect_to(&daemon.socket).await.unwrap();
     let nobody = Allow::default();
 
@@ -137,7 +137,7 @@ async fn persistent_changes_the_store_cannot_make_durable_are_refused_and_undone
 /// reserved for a request that was refused.
 #[tokio::test]
 async fn a_pair_the_journal_records_half_of_is_undone_whole() {
-    let daemon = TestDaemon::start(48300, 48399);
+    let daemon = TestDaemon::start(18300, 18399);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     daemon.fail_store_after(1);
     let err = client.acquire_same_ports(0, 2).await.unwrap_err();
@@ -155,10 +155,10 @@ async fn a_pair_the_journal_records_half_of_is_undone_whole() {
 async fn a_release_the_journal_missed_does_not_come_back_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("berth.db");
-    let daemon = TestDaemon::with_db(&db, 48200, 48299, |_| {});
+    let daemon = TestDaemon::with_db(&db, 18200, 18299, |_| {});
     let client = Client::connect_to(&daemon.socket).await.unwrap();
-    let released = client.acquire(Protocol::Tcp, 48210, 2).await.unwrap();
-    let kept = client.acquire(Protocol::Tcp, 48220, 1).await.unwrap();
+    let released = client.acquire(Protocol::Tcp, 18210, 2).await.unwrap();
+    let kept = client.acquire(Protocol::Tcp, 18220, 1).await.unwrap();
     let kept_token = kept.token();
     daemon.fail_store(true);
     released.release().await.unwrap();
@@ -168,7 +168,7 @@ async fn a_release_the_journal_missed_does_not_come_back_after_a_restart() {
     std::mem::forget(kept);
     daemon.shutdown().await;
 
-    let daemon = TestDaemon::with_db(&db, 48200, 48299, |_| {});
+    let daemon = TestDaemon::with_db(&db, 18200, 18299, |_| {});
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let tokens: Vec<_> = client
         .list()

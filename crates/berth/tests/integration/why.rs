@@ -30,7 +30,7 @@ async fn ask(stream: &mut UnixStream, request: Request) -> Response {
 
 #[tokio::test]
 async fn why_explains_a_reserved_port_bound_by_its_owner() {
-    let daemon = TestDaemon::start(46310, 46319);
+    let daemon = TestDaemon::start(16310, 16319);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let reservation = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
     let listener = reservation
@@ -69,7 +69,7 @@ async fn why_explains_a_reserved_port_bound_by_its_owner() {
 
 #[tokio::test]
 async fn why_lists_sockets_bound_outside_berth() {
-    let daemon = TestDaemon::start(46320, 46329);
+    let daemon = TestDaemon::start(16320, 16329);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = udp.local_addr().unwrap().port();
@@ -100,7 +100,7 @@ async fn why_lists_sockets_bound_outside_berth() {
 
 #[tokio::test]
 async fn why_port_zero_is_an_invalid_argument() {
-    let daemon = TestDaemon::start(46330, 46339);
+    let daemon = TestDaemon::start(16330, 16339);
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let e = client.why(Protocol::Tcp, 0).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
@@ -113,9 +113,9 @@ fn the_blocking_client_asks_why_too() {
         .enable_all()
         .build()
         .unwrap();
-    let daemon = rt.block_on(async { TestDaemon::start(46340, 46349) });
+    let daemon = rt.block_on(async { TestDaemon::start(16340, 16349) });
     let client = berth::blocking::Client::connect_to(&daemon.socket).unwrap();
-    let report = client.why(Protocol::Tcp, 46341).unwrap();
+    let report = client.why(Protocol::Tcp, 16341).unwrap();
     assert!(report.in_pool);
     assert!(report.reservation.is_none());
     drop(client);
@@ -124,7 +124,7 @@ fn the_blocking_client_asks_why_too() {
 
 #[tokio::test]
 async fn a_specific_acquire_over_a_port_in_use_names_the_process() {
-    let daemon = TestDaemon::start(46350, 46359);
+    let daemon = TestDaemon::start(16350, 16359);
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
 
@@ -170,7 +170,7 @@ async fn a_specific_acquire_over_a_port_in_use_names_the_process() {
 /// "bound" for a socket that is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_socket_is_not_reported_bound() {
-    let daemon = TestDaemon::start(46360, 46369);
+    let daemon = TestDaemon::start(16360, 16369);
     let admin = Client::connect_to(&daemon.socket).await.unwrap();
     let persistent = admin
         .create_persistent(Protocol::Tcp, 27240, 2, &berth::Allow::default())

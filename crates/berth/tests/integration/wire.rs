@@ -15,7 +15,7 @@ use tokio_util::codec::Encoder;
 
 #[tokio::test]
 async fn a_malformed_frame_gets_an_error_and_a_close() {
-    let daemon = TestDaemon::start(43000, 43099);
+    let daemon = TestDaemon::start(13000, 13099);
     let (client, held) = bystander(&daemon).await;
     let mut stream = shaken_hands(&daemon.socket, "raw").await;
     stream
@@ -29,7 +29,7 @@ async fn a_malformed_frame_gets_an_error_and_a_close() {
 
 #[tokio::test]
 async fn an_unknown_request_gets_an_error_and_a_close() {
-    let daemon = TestDaemon::start(43100, 43199);
+    let daemon = TestDaemon::start(13100, 13199);
     let (client, held) = bystander(&daemon).await;
     let mut stream = shaken_hands(&daemon.socket, "raw").await;
     stream.write_all(&raw_frame(&[200, 0])).await.unwrap();
@@ -40,7 +40,7 @@ async fn an_unknown_request_gets_an_error_and_a_close() {
 
 #[tokio::test]
 async fn an_oversized_frame_is_refused_from_its_header() {
-    let daemon = TestDaemon::start(43200, 43299);
+    let daemon = TestDaemon::start(13200, 13299);
     let (client, held) = bystander(&daemon).await;
     let mut stream = shaken_hands(&daemon.socket, "raw").await;
     // Announce 1 GiB and send only the header: the daemon must not wait for the body.
@@ -52,7 +52,7 @@ async fn an_oversized_frame_is_refused_from_its_header() {
 
 #[tokio::test]
 async fn a_request_before_the_hello_is_incompatible() {
-    let daemon = TestDaemon::start(43300, 43399);
+    let daemon = TestDaemon::start(13300, 13399);
     let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
     stream.write_all(&frame(Request::List)).await.unwrap();
     let replies = read_until_closed(&mut stream).await;
@@ -61,7 +61,7 @@ async fn a_request_before_the_hello_is_incompatible() {
 
 #[tokio::test]
 async fn a_client_from_the_future_is_incompatible() {
-    let daemon = TestDaemon::start(43400, 43499);
+    let daemon = TestDaemon::start(13400, 13499);
     let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
     let hello = Hello {
         magic: MAGIC,
@@ -80,7 +80,7 @@ async fn a_client_from_the_future_is_incompatible() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    let daemon = TestDaemon::start(43500, 43599);
+    let daemon = TestDaemon::start(13500, 13599);
     let mut stream = shaken_hands(&daemon.socket, "raw").await;
     let mut bytes = Vec::new();
     bytes.extend(frame(Request::Acquire {

@@ -14,7 +14,7 @@ impl berth_core::TokenSource for Counter {
 
 #[test]
 fn holds_follow_the_table_when_resynchronised() {
-    let mut table = Table::new(Pool::new(47700, 47799).unwrap());
+    let mut table = Table::new(Pool::new(17700, 17799).unwrap());
     let holder = Holder {
         owner: Owner {
             pid: std::process::id(),
@@ -56,7 +56,7 @@ fn holds_follow_the_table_when_resynchronised() {
     );
     assert_eq!(holds.count(), 2);
     // The table lets it go without telling them: its sockets close.
-    let empty = Table::new(Pool::new(47700, 47799).unwrap());
+    let empty = Table::new(Pool::new(17700, 17799).unwrap());
     consumer.resync(&empty).unwrap();
     assert!(holds.blocks().is_empty());
     assert_eq!(holds.count(), 0);
