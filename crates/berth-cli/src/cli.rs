@@ -196,6 +196,11 @@ pub struct DaemonArgs {
     /// is granted unheld, and the daemon keeps no hold sockets (see docs/kernel.md).
     #[arg(long)]
     pub no_hold: bool,
+    /// Ports of the pool kept in net.ipv4.ip_local_reserved_ports ahead of grants while the
+    /// daemon keeps that list: unheld wildcard blocks come from them first and need no write
+    /// of the list (0: none; see docs/kernel.md, "Listed ahead") [default: 128].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub listed_ahead: Option<u16>,
     /// Check the configuration and exit (0 when it is valid).
     #[arg(long)]
     pub check_config: bool,

@@ -141,8 +141,9 @@ pub struct ExposureJson {
 pub struct KernelListJson {
     /// Listed ports that are the daemon's, for its reservations.
     pub reserved: u32,
-    /// Other ports the daemon listed: free ports joining scattered entries so the value fits
-    /// one kernel write, and released ports waiting while it does not.
+    /// Other ports the daemon listed: free ports listed ahead of grants, free ports joining
+    /// scattered entries so the value fits one kernel write, and released ports waiting
+    /// while it does not.
     pub extras: u32,
     /// Listed ports that are others' entries.
     pub foreign: u32,

@@ -31,6 +31,12 @@
 //! `connect()` and `bind(0)`, so they are bounded by the caller ([`Extras`]) and the cheapest
 //! gaps are filled first; extras outside it cost nothing (automatic assignment never looks
 //! there).
+//!
+//! # Listed ahead
+//! berth may also list some ports of its pool ahead of any grant ([`ListBooks::set_ahead`]):
+//! a grant there is protected at once, with no write to wait for, and a release there needs no
+//! write either. They are berth's extras while no reservation covers them, bounded like the
+//! others by the caller.
 
 use crate::portset::PortSet;
 
@@ -273,6 +279,8 @@ pub struct ListBooks {
     window_start_ms: u64,
     /// Ports an administrator's configuration lists.
     configured: PortSet,
+    /// Ports berth lists ahead of grants.
+    ahead: PortSet,
     /// Drift repaired since start-up.
     repaired: u64,
     /// Whether the last write fit one chunk.
@@ -292,6 +300,7 @@ impl ListBooks {
             taken_out: [PortSet::new(), PortSet::new()],
             window_start_ms: now_ms,
             configured: PortSet::new(),
+            ahead: PortSet::new(),
             repaired: 0,
             one_chunk: true,
         }
@@ -303,9 +312,30 @@ impl ListBooks {
         self.configured = configured;
     }
 
+    /// The ports berth lists ahead of grants from now on (none to stop): listed by every
+    /// later plan but the stop's, and counted as extras while no reservation covers them.
+    pub fn set_ahead(&mut self, ahead: PortSet) {
+        self.ahead = ahead;
+    }
+
     /// What to write, given the list as just read (`current`) and the ports the live
-    /// reservations need (`ours`); free ports are listed to fit a chunk within `extras`.
+    /// reservations need (`ours`), with the ports listed ahead; free ports are listed to fit a
+    /// chunk within `extras`.
     pub fn plan(&mut self, current: &PortSet, ours: &PortSet, extras: Extras, now_ms: u64) -> Plan {
+        let wanted = ours.union(&self.ahead);
+        self.plan_for(current, ours, &wanted, extras, now_ms)
+    }
+
+    /// [`ListBooks::plan`] for a list that should hold `wanted` (`ours` and more) besides
+    /// others' entries.
+    fn plan_for(
+        &mut self,
+        current: &PortSet,
+        ours: &PortSet,
+        wanted: &PortSet,
+        extras: Extras,
+        now_ms: u64,
+    ) -> Plan {
         self.rotate(now_ms);
         let (echoes, restored) = match &self.seen {
             None => {
@@ -321,12 +351,12 @@ impl ListBooks {
                     .foreign
                     .difference(&disappeared)
                     .union(&appeared.difference(&echoes));
-                let restored = disappeared.intersection(&self.mine).intersection(ours);
+                let restored = disappeared.intersection(&self.mine).intersection(wanted);
                 (echoes, restored)
             }
         };
         self.foreign = self.foreign.union(&current.intersection(&self.configured));
-        let exact = self.foreign.union(ours);
+        let exact = self.foreign.union(wanted);
         let fitted = fit(&exact, ONE_CHUNK, extras);
         // Too scattered for one chunk: only add, and let removals wait.
         let list = if fitted.one_chunk {
@@ -361,7 +391,7 @@ impl ListBooks {
     /// takes more than one chunk (the only write that may: nothing of berth's is left to
     /// protect but `keep`, and an administrator's list that long was written the same way).
     pub fn plan_stop(&mut self, current: &PortSet, keep: &PortSet, now_ms: u64) -> Plan {
-        let mut plan = self.plan(current, keep, Extras::UNBOUNDED, now_ms);
+        let mut plan = self.plan_for(current, keep, keep, Extras::UNBOUNDED, now_ms);
         let exact = self.foreign.union(keep);
         if plan.list != exact {
             plan.write = if current.difference(&exact).is_empty() {

@@ -19,6 +19,8 @@ mod records;
 mod reservation;
 mod space;
 #[cfg(test)]
+mod stripe_tests;
+#[cfg(test)]
 mod tests;
 mod usage;
 
@@ -64,6 +66,8 @@ pub struct Table {
     /// The range whose ports capped reservations together may hold only so many of (the
     /// host's ephemeral range, which every program's `connect()` draws from).
     shared_range: Option<PortRange>,
+    /// Ports of the pool the daemon keeps listed ahead of grants (see [`Table::set_stripe`]).
+    stripe: Option<PortRange>,
     /// How many live reservations are persistent.
     persistent: u32,
 }
@@ -78,8 +82,23 @@ impl Table {
             records: Records::default(),
             usage: Ledger::default(),
             shared_range: None,
+            stripe: None,
             persistent: 0,
         }
+    }
+
+    /// Prefers `stripe` for wildcard blocks that are not held: the daemon keeps those ports in
+    /// the kernel's reserved-ports list ahead of any grant, so a grant there is protected from
+    /// automatic port assignment at once, with no write to wait for. (Held blocks are
+    /// protected by their hold sockets, and leave the stripe to others.) Its ports are handed
+    /// out in turn; when none fits, the search goes on in the whole pool. `None`: no stripe.
+    pub fn set_stripe(&mut self, stripe: Option<PortRange>) {
+        self.stripe = stripe;
+    }
+
+    /// The stripe listed ahead, if any (see [`Table::set_stripe`]).
+    pub fn stripe(&self) -> Option<PortRange> {
+        self.stripe
     }
 
     /// The wildcard pool.
@@ -170,12 +189,12 @@ impl Table {
                 range
             }
             RangeRequest::Wildcard { count } => {
-                let cursor = self.space(protocol).cursor();
-                let range = self.search(protocol, count, limits, in_use)?;
+                let marks = self.space(protocol).marks();
+                let range = self.search(protocol, count, limits, !holder.hold, in_use)?;
                 let weight = self.weight_of(protocol, range, &holder.owner, holder.hold, capped);
                 if let Err(e) = self.check_shared(uid, limits, weight.shared, count) {
                     // Refused: the search leaves no trace.
-                    self.space_mut(protocol).restart_at(cursor);
+                    self.space_mut(protocol).rewind(marks);
                     return Err(e);
                 }
                 range
@@ -296,21 +315,26 @@ impl Table {
         ))
     }
 
-    /// A wildcard search of the pool, refusing ports below `limits.lowest_port` as if in use.
+    /// A wildcard search of the pool, refusing ports below `limits.lowest_port` as if in use;
+    /// in the stripe first when `striped`.
     fn search(
         &mut self,
         protocol: Protocol,
         count: u16,
         limits: Constraints,
+        striped: bool,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<PortRange, AcquireError> {
         let pool = self.pool;
         let lowest = limits.lowest_port;
         let skipped_privileged = pool.range().start() < lowest;
-        // The part of the pool the asker may have: ports below `lowest` are never candidates.
-        let usable = PortRange::from_bounds(pool.range().start().max(lowest), pool.range().end())
-            .ok()
-            .filter(|_| lowest <= pool.range().end());
+        let usable = self.usable(lowest);
+        if let Some(stripe) = self.usable_stripe(usable, striped) {
+            let space = self.space_mut(protocol);
+            if let Some(range) = space.next_fit_in_stripe(protocol, count, stripe, in_use) {
+                return Ok(range);
+            }
+        }
         if let Some(within) = usable {
             let space = self.space_mut(protocol);
             if let Some(range) = space.next_fit(protocol, count, within, in_use) {
@@ -330,6 +354,20 @@ impl Table {
             free_ports: free,
             skipped_privileged,
         })
+    }
+
+    /// The part of the pool an asker whose lowest port is `lowest` may have: ports below it
+    /// are never candidates.
+    fn usable(&self, lowest: u16) -> Option<PortRange> {
+        let pool = self.pool.range();
+        PortRange::from_bounds(pool.start().max(lowest), pool.end())
+            .ok()
+            .filter(|_| lowest <= pool.end())
+    }
+
+    /// The part of the stripe inside `usable`, when a search should look there first.
+    fn usable_stripe(&self, usable: Option<PortRange>, striped: bool) -> Option<PortRange> {
+        intersection(self.stripe.filter(|_| striped)?, usable?)
     }
 
     /// Adds `r` to every index; `capped`: it counts against the shared range's cap.

@@ -9,6 +9,7 @@
 //! portserver = "@unittest-portserver"  # the portpicker endpoint; false (or "off") for none
 //! reserved_ports_config = ["/etc/sysctl.d"]  # where administrators list their own
 //!                               # ip_local_reserved_ports entries (default: sysctl's places)
+//! listed_ahead = 128            # pool ports kept listed ahead of grants (kernel sync on)
 //!
 //! [privileged]                  # who may reserve and bind ports below
 //! allow_users = ["www-data", 1001]   # net.ipv4.ip_unprivileged_port_start (root always may)
@@ -123,6 +124,8 @@ pub struct ConfigFile {
     /// The sysctl files and directories where administrators list their own
     /// `net.ipv4.ip_local_reserved_ports` entries (absolute paths; at most 64).
     reserved_ports_config: Option<Vec<PathBuf>>,
+    /// Ports of the pool listed ahead of grants while kernel sync runs (0 for none).
+    listed_ahead: Option<u32>,
 }
 
 /// The `portserver` key.
@@ -240,6 +243,20 @@ impl ConfigFile {
                 ));
             }
             config.configured_reserved_ports = places.clone();
+        }
+        if let Some(ahead) = self.listed_ahead {
+            config.listed_ahead = u16::try_from(ahead)
+                .ok()
+                .filter(|&n| n <= crate::config::MAX_LISTED_AHEAD)
+                .ok_or_else(|| {
+                    invalid(
+                        "listed_ahead",
+                        format!(
+                            "listed_ahead = {ahead} is more than {}; list fewer ports ahead (0 for none)",
+                            crate::config::MAX_LISTED_AHEAD
+                        ),
+                    )
+                })?;
         }
         match &self.portserver {
             None => {}

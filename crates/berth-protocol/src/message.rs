@@ -473,9 +473,9 @@ pub struct ExposureInfo {
 pub struct KernelListInfo {
     /// Listed ports that are the daemon's, for its reservations.
     pub reserved: u32,
-    /// Other ports the daemon listed: free ports joining scattered entries so that the list's
-    /// value fits one kernel write (about 4 KiB), and released ports that stay listed while
-    /// it does not (see `one_chunk`).
+    /// Other ports the daemon listed: free ports listed ahead of grants, free ports joining
+    /// scattered entries so that the list's value fits one kernel write (about 4 KiB), and
+    /// released ports that stay listed while it does not (see `one_chunk`).
     pub extras: u32,
     /// Listed ports that are other tools' or an administrator's entries.
     pub foreign: u32,

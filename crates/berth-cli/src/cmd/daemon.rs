@@ -87,6 +87,9 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     if let Some(n) = args.max_connections {
         config.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
     }
+    if let Some(n) = args.listed_ahead {
+        config.listed_ahead = n;
+    }
     if let Some(secs) = args.grace {
         config.grace = std::time::Duration::from_secs(secs);
     }

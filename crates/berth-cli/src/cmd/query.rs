@@ -88,7 +88,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         }
         if let Some(list) = &status.kernel_list {
             outln!(
-                "  listed: {} for reservations, {} of other tools, {} more of the daemon's (extras: joining scattered entries, or released and waiting); entries repaired since start-up: {}",
+                "  listed: {} for reservations, {} of other tools, {} more of the daemon's (extras: listed ahead of grants, joining scattered entries, or released and waiting); entries repaired since start-up: {}",
                 plural(list.reserved, "port"),
                 plural(list.foreign, "port"),
                 list.extras,

@@ -330,8 +330,13 @@ impl Daemon {
             .arg(dir.join("berth.db"))
             .arg("--config")
             .arg(&config)
-            .arg("--ready-stdout")
-            .args(args)
+            .arg("--ready-stdout");
+        // These tests check exact lists: nothing listed ahead of grants, unless a test is
+        // about that (`listed_ahead`).
+        if !args.iter().any(|a| a.starts_with("--listed-ahead")) {
+            cmd.args(["--listed-ahead", "0"]);
+        }
+        cmd.args(args)
             .env("HOME", dir)
             // Every write to the kernel's list, for the tests that check them.
             .env("BERTH_LOG", "info,berth_daemon::mirror::kernel=debug")

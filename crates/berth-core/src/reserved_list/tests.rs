@@ -408,3 +408,37 @@ fn the_stop_leaves_exactly_others_entries_and_what_it_keeps() {
     assert!(!plan.one_chunk);
     assert_eq!(plan.mine, set("35001"));
 }
+
+#[test]
+fn ports_listed_ahead_need_no_write_to_grant_or_release_and_leave_at_the_stop() {
+    let mut books = ListBooks::new(PortSet::new(), 0);
+    let mut kernel = set("80");
+    books.set_ahead(set("5000-5003"));
+    let plan = sync(&mut books, &mut kernel, &PortSet::new(), 0);
+    assert_eq!(kernel, set("80,5000-5003"));
+    assert_eq!(
+        plan.extras,
+        set("5000-5003"),
+        "free ports listed ahead are extras"
+    );
+    assert_eq!(plan.record_first, Some(set("5000-5003")));
+    // A grant and a release inside the stripe change nothing in the list.
+    let plan = sync(&mut books, &mut kernel, &set("5001"), 1);
+    assert_eq!(plan.write, Write::Nothing);
+    assert_eq!(books.figures().reserved, 1);
+    assert_eq!(books.figures().extras, 3);
+    let plan = sync(&mut books, &mut kernel, &PortSet::new(), 2);
+    assert_eq!(plan.write, Write::Nothing);
+    // Someone else's rewrite took the stripe out: put back, as berth's own.
+    kernel = set("80");
+    let plan = sync(&mut books, &mut kernel, &PortSet::new(), 3);
+    assert_eq!(plan.restored, set("5000-5003"));
+    assert_eq!(kernel, set("80,5000-5003"));
+    // The stop keeps others' entries and what it is told to keep, never the stripe.
+    let plan = books.plan_stop(&kernel, &set("5002"), 4);
+    assert_eq!(plan.list, set("80,5002"));
+    // No stripe any more: its free ports go at the next write.
+    books.set_ahead(PortSet::new());
+    sync(&mut books, &mut kernel, &set("5002"), 5);
+    assert_eq!(kernel, set("80,5002"));
+}

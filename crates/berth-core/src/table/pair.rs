@@ -66,7 +66,8 @@ impl Table {
             },
         };
         self.check_quota(uid, limits, upper, request.count())?;
-        let cursor = self.tcp.cursor();
+        let marks = self.tcp.marks();
+        let striped = !matches!(lease, Lease::Runtime { held: true, .. });
         let range = match request {
             RangeRequest::Specific(range) => {
                 if range.start() < limits.lowest_port {
@@ -81,7 +82,7 @@ impl Table {
                 self.check_free(Protocol::Udp, range, in_use)?;
                 range
             }
-            RangeRequest::Wildcard { count } => self.search_both(count, limits, in_use)?,
+            RangeRequest::Wildcard { count } => self.search_both(count, limits, striped, in_use)?,
         };
         let shared = self
             .shared_range
@@ -90,7 +91,7 @@ impl Table {
             .map_or(0, |part| u32::from(part.count()));
         if let Err(e) = self.check_shared(uid, limits, shared, request.count()) {
             // Refused: the search leaves no trace.
-            self.tcp.restart_at(cursor);
+            self.tcp.rewind(marks);
             return Err(e);
         }
         let capped = limits.shared_max.is_some();
@@ -110,29 +111,33 @@ impl Table {
         Ok([tcp, udp])
     }
 
-    /// TCP's next-fit search of the pool (above `limits.lowest_port`), with UDP's side of each
-    /// candidate — a UDP reservation, or a port in use for UDP — folded into "in use".
+    /// TCP's next-fit search of the pool (above `limits.lowest_port`; in the stripe first when
+    /// `striped`), with UDP's side of each candidate — a UDP reservation, or a port in use for
+    /// UDP — folded into "in use".
     fn search_both(
         &mut self,
         count: u16,
         limits: Constraints,
+        striped: bool,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<PortRange, AcquireError> {
         let pool = self.pool;
         let lowest = limits.lowest_port;
-        let within = PortRange::from_bounds(pool.range().start().max(lowest), pool.range().end())
-            .ok()
-            .filter(|_| lowest <= pool.range().end());
+        let within = self.usable(lowest);
+        let stripe = self.usable_stripe(within, striped);
         let Table { tcp, udp, .. } = self;
-        let found = within.and_then(|within| {
-            let mut both = |_: Protocol, candidate: PortRange| {
-                if let Some(slot) = udp.first_overlap(candidate) {
-                    return Some(slot.range.start().max(candidate.start()));
-                }
-                in_use(Protocol::Tcp, candidate).or_else(|| in_use(Protocol::Udp, candidate))
-            };
-            tcp.next_fit(Protocol::Tcp, count, within, &mut both)
-        });
+        let mut both = |_: Protocol, candidate: PortRange| {
+            if let Some(slot) = udp.first_overlap(candidate) {
+                return Some(slot.range.start().max(candidate.start()));
+            }
+            in_use(Protocol::Tcp, candidate).or_else(|| in_use(Protocol::Udp, candidate))
+        };
+        let in_stripe = stripe
+            .and_then(|stripe| tcp.next_fit_in_stripe(Protocol::Tcp, count, stripe, &mut both));
+        if let Some(range) = in_stripe {
+            return Ok(range);
+        }
+        let found = within.and_then(|within| tcp.next_fit(Protocol::Tcp, count, within, &mut both));
         match found {
             Some(range) => {
                 // A block at the end of the pool sends the next search to the pool's start.

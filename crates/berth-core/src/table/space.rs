@@ -29,6 +29,9 @@ pub(super) struct Space {
     /// that was just released is not handed out again at once (a late packet or a lingering
     /// peer aimed at the old owner should not reach a new one). Always inside the pool.
     cursor: u16,
+    /// Where the next search of the stripe listed ahead starts (see `Table::set_stripe`):
+    /// the stripe's ports are handed out in turn, not the lowest free one again and again.
+    stripe_cursor: u16,
     /// Number of reserved ports, kept so that counting them is O(1).
     pub(super) reserved: u32,
 }
@@ -40,6 +43,7 @@ impl Space {
             by_start: BTreeMap::new(),
             free: FreeMap::new(),
             cursor: pool.start(),
+            stripe_cursor: 0,
             reserved: 0,
         }
     }
@@ -81,9 +85,14 @@ impl Space {
         )
     }
 
-    /// Where the next wildcard search starts.
-    pub(super) fn cursor(&self) -> u16 {
-        self.cursor
+    /// Both cursors, to [`Space::rewind`] to when a search's block is refused after all.
+    pub(super) fn marks(&self) -> (u16, u16) {
+        (self.cursor, self.stripe_cursor)
+    }
+
+    /// Puts both cursors back where [`Space::marks`] saw them.
+    pub(super) fn rewind(&mut self, marks: (u16, u16)) {
+        (self.cursor, self.stripe_cursor) = marks;
     }
 
     /// Moves the next-fit cursor to `port`.
@@ -142,50 +151,79 @@ impl Space {
         pool: PortRange,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Option<PortRange> {
-        if count == 0 || count > pool.count() {
-            return None;
-        }
-        let cursor = self.cursor.clamp(pool.start(), pool.end());
-        let mut from = cursor;
-        // After the wrap only starts before the cursor are new; the rest were seen already.
-        let mut wrapped = false;
-        loop {
-            let found = self
-                .free
-                .find(count, from, pool)
-                .filter(|&start| !wrapped || start < cursor);
-            let Some(start) = found else {
-                if wrapped {
-                    return None;
-                }
+        next_fit(&self.free, &mut self.cursor, protocol, count, pool, in_use)
+    }
+
+    /// [`Space::next_fit`] inside `stripe`, from the stripe's own cursor.
+    pub(super) fn next_fit_in_stripe(
+        &mut self,
+        protocol: Protocol,
+        count: u16,
+        stripe: PortRange,
+        in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Option<PortRange> {
+        next_fit(
+            &self.free,
+            &mut self.stripe_cursor,
+            protocol,
+            count,
+            stripe,
+            in_use,
+        )
+    }
+}
+
+/// See [`Space::next_fit`]; `cursor` is the one to start from and move.
+fn next_fit(
+    free: &FreeMap,
+    cursor_at: &mut u16,
+    protocol: Protocol,
+    count: u16,
+    pool: PortRange,
+    in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+) -> Option<PortRange> {
+    if count == 0 || count > pool.count() {
+        return None;
+    }
+    let cursor = (*cursor_at).clamp(pool.start(), pool.end());
+    let mut from = cursor;
+    // After the wrap only starts before the cursor are new; the rest were seen already.
+    let mut wrapped = false;
+    loop {
+        let found = free
+            .find(count, from, pool)
+            .filter(|&start| !wrapped || start < cursor);
+        let Some(start) = found else {
+            if wrapped {
+                return None;
+            }
+            wrapped = true;
+            from = pool.start();
+            continue;
+        };
+        let candidate = PortRange::new(start, count).ok()?;
+        let Some(busy) = in_use(protocol, candidate) else {
+            *cursor_at = if candidate.end() >= pool.end() {
+                pool.start()
+            } else {
+                candidate.end() + 1
+            };
+            return Some(candidate);
+        };
+        // Every start from `start` to `busy` has `busy` in its block. A probe that names a
+        // port outside the candidate breaks its contract; step by one so the search still
+        // moves forward and still ends.
+        let next = if candidate.contains(busy) {
+            u32::from(busy) + 1
+        } else {
+            u32::from(start) + 1
+        };
+        match u16::try_from(next) {
+            Ok(next) if next <= pool.end() => from = next,
+            _ if wrapped => return None,
+            _ => {
                 wrapped = true;
                 from = pool.start();
-                continue;
-            };
-            let candidate = PortRange::new(start, count).ok()?;
-            let Some(busy) = in_use(protocol, candidate) else {
-                self.cursor = if candidate.end() >= pool.end() {
-                    pool.start()
-                } else {
-                    candidate.end() + 1
-                };
-                return Some(candidate);
-            };
-            // Every start from `start` to `busy` has `busy` in its block. A probe that names a
-            // port outside the candidate breaks its contract; step by one so the search still
-            // moves forward and still ends.
-            let next = if candidate.contains(busy) {
-                u32::from(busy) + 1
-            } else {
-                u32::from(start) + 1
-            };
-            match u16::try_from(next) {
-                Ok(next) if next <= pool.end() => from = next,
-                _ if wrapped => return None,
-                _ => {
-                    wrapped = true;
-                    from = pool.start();
-                }
             }
         }
     }

@@ -223,3 +223,27 @@ fn bad_values_read_as_the_strings_did() {
         "= \"on\": write a percentage from 0 to 100, or \"off\""
     );
 }
+
+#[test]
+fn listed_ahead_is_read_and_bounded() {
+    assert_eq!(base().listed_ahead, crate::config::DEFAULT_LISTED_AHEAD);
+    let (_d, path) = write("listed_ahead = 0\n");
+    let mut config = base();
+    ConfigFile::load(&path)
+        .unwrap()
+        .apply(&mut config, &path)
+        .unwrap();
+    assert_eq!(config.listed_ahead, 0);
+    for text in ["listed_ahead = 1025\n", "listed_ahead = 70000\n"] {
+        let (_d, path) = write(text);
+        let err = ConfigFile::load(&path)
+            .unwrap()
+            .apply(&mut base(), &path)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("line 1: listed_ahead =")
+                && err.to_string().contains("more than 1024"),
+            "{text:?}: {err}"
+        );
+    }
+}

@@ -23,6 +23,9 @@ pub(super) struct KernelState {
     pub(super) extras: Arc<crate::mirror::kernel::ExtrasRoom>,
     /// The pool's exposure when sync is off.
     pub(super) exposure: super::exposure::Exposure,
+    /// The ports listed ahead of grants (when sync is on), and how many to list.
+    pub(super) ahead: Option<crate::mirror::kernel::sync::Ahead>,
+    listed_ahead: u16,
 }
 
 impl KernelState {
@@ -53,6 +56,7 @@ impl KernelState {
                 let foreign = sync.foreign();
                 let listing = sync.listing();
                 let figures = sync.figures();
+                let ahead = sync.ahead();
                 consumers.push(Box::new(sync));
                 tracing::info!(
                     "keeping {} with every reservation",
@@ -67,6 +71,8 @@ impl KernelState {
                     restore: Default::default(),
                     extras,
                     exposure,
+                    ahead: Some(ahead),
+                    listed_ahead: config.listed_ahead,
                 }
             }
             Err(why) if config.kernel_sync == crate::mirror::kernel::KernelSync::On => {
@@ -87,6 +93,8 @@ impl KernelState {
                     restore: Default::default(),
                     extras,
                     exposure,
+                    ahead: None,
+                    listed_ahead: 0,
                 }
             }
         })
@@ -94,6 +102,25 @@ impl KernelState {
 }
 
 impl Shared {
+    /// Lists the first ports of the pool ahead of grants (sync on only; `listed_ahead` of the
+    /// configuration), and has the table hand unheld wildcard blocks out of them first. At
+    /// start-up and whenever the pool moves.
+    pub(super) fn place_stripe(&self, table: &mut Table) {
+        let Some(ahead) = &self.kernel.ahead else {
+            return;
+        };
+        let pool = table.pool().range();
+        let stripe =
+            berth_core::PortRange::new(pool.start(), self.kernel.listed_ahead.min(pool.count()))
+                .ok();
+        table.set_stripe(stripe);
+        let mut ports = berth_core::PortSet::new();
+        if let Some(stripe) = stripe {
+            ports.insert_range(stripe);
+        }
+        ahead.set(ports);
+    }
+
     /// Starts keeping the kernel's list once the table is restored: the receiver answers when
     /// the list is reconciled with the table (`None` when sync is off).
     pub(crate) fn reconcile_kernel(
@@ -298,6 +325,7 @@ impl Shared {
                     table.pool()
                 );
                 table.set_pool(pool);
+                self.place_stripe(&mut table);
             }
             _ => {}
         }

@@ -147,6 +147,7 @@ impl Shared {
             journal_file,
         };
         shared.reset_extras_room(&shared.table(), crate::config::ephemeral_pool().range());
+        shared.place_stripe(&mut shared.table());
         Ok((shared, owners))
     }
 

@@ -305,3 +305,74 @@ fn kernel_writes(log: &str) -> Vec<KernelWrite> {
         })
         .collect()
 }
+
+/// The ports listed ahead of grants: listed once the daemon is ready, unheld wildcard blocks
+/// come from them in turn with no write of the list at all, a block that does not fit among
+/// them goes elsewhere with its write, and they leave the list at a clean stop.
+#[test]
+fn ports_listed_ahead_are_granted_and_released_with_no_write() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    let dir = workdir();
+    let args = [
+        "--kernel-sync",
+        "on",
+        "--pool",
+        "40000-40999",
+        "--listed-ahead",
+        "8",
+    ];
+    let mut daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let sock = daemon.socket.clone();
+    let stripe = ports("40000-40007");
+    ns.wait_reserved(&stripe, "once the daemon is ready");
+    let writes_at_ready = kernel_writes(&daemon.log()).len();
+    let status = daemon.status(&ns);
+    assert_eq!(status["kernel_list"]["extras"], 8, "{status}");
+
+    let mut got = Vec::new();
+    for _ in 0..12 {
+        let out = ok(&mut ns.berth(
+            &sock,
+            &["run", "--tcp", "1", "--", "sh", "-c", "echo $PORT"],
+        ));
+        got.push(out.trim().parse::<u16>().expect("a port"));
+    }
+    // In turn through the stripe, then around again: never the lowest free port each time.
+    let expected: Vec<u16> = (0..12).map(|i| 40000 + i % 8).collect();
+    assert_eq!(got, expected);
+    assert_eq!(ns.reserved(), stripe, "the stripe stays listed");
+    let log = daemon.log();
+    assert_eq!(
+        kernel_writes(&log).len(),
+        writes_at_ready,
+        "a grant or release in the stripe wrote the list; log:\n{log}"
+    );
+
+    // Nine ports do not fit among eight: a block searched in the whole pool, its ports beyond
+    // the stripe listed by a write before the command runs.
+    let out = ok(&mut ns.berth(
+        &sock,
+        &[
+            "run",
+            "--tcp",
+            "9",
+            "--",
+            "sh",
+            "-c",
+            "echo $BERTH_TCP_PORTS; cat /proc/sys/net/ipv4/ip_local_reserved_ports",
+        ],
+    ));
+    let mut lines = out.lines();
+    let block = ports(lines.next().expect("the ports"));
+    let listed = ports(lines.next().expect("the list"));
+    assert_eq!(block.len(), 9);
+    assert!(!block.is_subset(&stripe), "{block:?}");
+    assert!(listed.is_superset(&block), "{listed:?} lacks {block:?}");
+    assert!(kernel_writes(&daemon.log()).len() > writes_at_ready);
+    ns.wait_reserved(&stripe, "after the run of nine ended");
+
+    daemon.stop();
+    assert_eq!(ns.reserved(), Ports::new(), "after a clean stop");
+}

@@ -20,6 +20,13 @@
 //! Every value written fits one kernel chunk (the books list free ports between scattered
 //! entries to make it fit, up to a bound), so a write never leaves a reserved port unlisted.
 //!
+//! Some ports of the pool are listed *ahead* of grants ([`Ahead`]; the table hands unheld
+//! wildcard blocks out of them first): once a write has listed them, a change inside them is
+//! acknowledged at once and needs no write — the list holds those ports whether reserved or
+//! not. They cost like extras, so they are listed only while the room for extras covers their
+//! free ports; the writer decides that as it takes each write's snapshot, and from that moment
+//! a grant there waits for a write again.
+//!
 //! What the daemon wrote is recorded in its runtime journal before each write (the union of what
 //! it wrote before and what it is about to write, so a crash between the record and the write
 //! loses nothing), and narrowed when the writer is idle. The runtime journal is the right home:
@@ -123,9 +130,38 @@ struct State {
     stop: Option<PortSet>,
     /// Whether the table holds what the database held: no write is made before.
     started: bool,
+    /// The ports to list ahead of grants (see [`Ahead`]).
+    ahead: PortSet,
+    /// Whether the list holds every port of `ahead` and no write under way takes them out:
+    /// then a change inside them needs no write.
+    ahead_listed: bool,
+}
+
+/// The ports listed ahead of grants: see the module's documentation.
+#[derive(Clone)]
+pub(crate) struct Ahead(Arc<Inner>);
+
+impl Ahead {
+    /// Lists `ports` ahead from the next write on (none: stop listing ahead).
+    pub(crate) fn set(&self, ports: PortSet) {
+        let mut state = self.0.lock();
+        if state.ahead == ports {
+            return;
+        }
+        state.ahead = ports;
+        state.ahead_listed = false;
+        state.dirty = true;
+        drop(state);
+        self.0.wake.notify_one();
+    }
 }
 
 impl Sync {
+    /// The ports listed ahead of grants, to set.
+    pub(crate) fn ahead(&self) -> Ahead {
+        Ahead(self.inner.clone())
+    }
+
     /// The entries others wrote, for wildcard searches to skip.
     pub(crate) fn foreign(&self) -> Foreign {
         Foreign(self.inner.clone())
@@ -144,6 +180,8 @@ impl Sync {
                 waiters: Vec::new(),
                 stop: None,
                 started: false,
+                ahead: PortSet::new(),
+                ahead_listed: false,
             }),
             wake: Condvar::new(),
             foreign: Mutex::new(PortSet::new()),
@@ -182,8 +220,13 @@ impl Consumer for Sync {
             Change::Rebound { .. } | Change::NotRestored { .. } => return Ack::Done,
         };
         let mut state = self.inner.lock();
+        // Inside the ports listed ahead the list is right already, before and after.
+        let listed = state.ahead_listed && range.ports().all(|p| state.ahead.contains(p));
         let State { counts, ours, .. } = &mut *state;
         count(counts, ours, range, add);
+        if listed {
+            return Ack::Done;
+        }
         // The writer needs waking when someone waits, or to start gathering the first change
         // since its last write; otherwise it is awake already.
         let wake = wait || !state.dirty;

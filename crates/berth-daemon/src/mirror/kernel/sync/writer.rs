@@ -12,7 +12,7 @@ impl Inner {
         // One read buffer for the thread's life: the list can be hundreds of KiB.
         let mut buf = Vec::new();
         loop {
-            let (ours, waiters) = {
+            let (ours, ahead, room, waiters) = {
                 let mut state = self.lock();
                 while !state.has_work() {
                     let (next, waited) = self
@@ -48,9 +48,25 @@ impl Inner {
                 }
                 state.dirty = false;
                 state.writing = true;
-                (state.ours.clone(), std::mem::take(&mut state.waiters))
+                let (ahead, room) = affordable(&state.ahead, &state.ours, setup.extras.get());
+                if ahead.is_empty() {
+                    // Not listed by this write: changes there wait for a write from now on.
+                    state.ahead_listed = false;
+                }
+                (
+                    state.ours.clone(),
+                    ahead,
+                    room,
+                    std::mem::take(&mut state.waiters),
+                )
             };
-            let result = self.write(setup, &mut books, &ours, &mut buf, now_ms());
+            books.set_ahead(ahead.clone());
+            let result = self.write(setup, &mut books, &ours, room, &mut buf, now_ms());
+            if result.is_ok() && !ahead.is_empty() {
+                let mut state = self.lock();
+                // Unless the ports to list ahead changed meanwhile.
+                state.ahead_listed = state.ahead == ahead;
+            }
             if result.is_ok() && !self.lock().dirty {
                 narrow(&setup.record, &mut books);
             }
@@ -90,6 +106,7 @@ impl Inner {
         setup: &Setup,
         books: &mut ListBooks,
         ours: &PortSet,
+        room: berth_core::Extras,
         buf: &mut Vec<u8>,
         now_ms: u64,
     ) -> Result<(), MirrorError> {
@@ -100,7 +117,7 @@ impl Inner {
         }
         let current =
             reserved_ports::read_with(&setup.path, buf).map_err(MirrorError::kernel_read)?;
-        let plan = books.plan(&current, ours, setup.extras.get(), now_ms);
+        let plan = books.plan(&current, ours, room, now_ms);
         self.carry_out(setup, books, plan, now_ms, false)
     }
 
@@ -159,6 +176,30 @@ impl Inner {
         *self.figures.lock().unwrap_or_else(PoisonError::into_inner) = books.figures();
         Ok(())
     }
+}
+
+/// The ports to list ahead in this write, and the room left for the extras that make a value
+/// fit one chunk: all of `ahead` when the room covers its free ports where they cost, else
+/// none (and the whole room).
+fn affordable(
+    ahead: &PortSet,
+    ours: &PortSet,
+    room: berth_core::Extras,
+) -> (PortSet, berth_core::Extras) {
+    let cost: u32 = ahead
+        .difference(ours)
+        .runs()
+        .iter()
+        .map(|&(lo, hi)| room.cost(u32::from(lo), u32::from(hi)))
+        .sum();
+    if ahead.is_empty() || cost > room.max {
+        return (PortSet::new(), room);
+    }
+    let left = berth_core::Extras {
+        max: room.max - cost,
+        ..room
+    };
+    (ahead.clone(), left)
 }
 
 /// Says what a write repaired, and when the list stops (or starts again) fitting one chunk
