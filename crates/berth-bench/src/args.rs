@@ -67,6 +67,11 @@ pub struct Common {
     /// The daemon's wildcard pool (large enough for --scale).
     #[arg(long, value_name = "LO-HI", default_value = "20000-60999")]
     pub pool: String,
+    /// The daemon's --listed-ahead: ports of the pool kept in the kernel's list ahead of
+    /// grants with kernel sync on [default: the daemon's, 128]; 0 measures every unheld grant
+    /// with its write of the list.
+    #[arg(long, value_name = "N")]
+    pub listed_ahead: Option<u16>,
     /// Pin this process (all client threads) to this CPU (sched_setaffinity).
     #[arg(long, value_name = "CPU")]
     pub client_cpu: Option<usize>,

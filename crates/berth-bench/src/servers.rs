@@ -69,6 +69,13 @@ impl Daemon {
             .args(["--pool", &common.pool])
             .args(["--kernel-sync", common.kernel_sync.as_str()])
             .args(["--authority", &authority])
+            .args(
+                common
+                    .listed_ahead
+                    .map(|n| ["--listed-ahead".to_owned(), n.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .arg("--ready-stdout")
             .env_remove("BERTH_LOG")

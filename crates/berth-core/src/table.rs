@@ -96,6 +96,34 @@ impl Table {
         self.stripe = stripe;
     }
 
+    /// Moves the stripe on once fewer than half of its ports are free in either protocol: to
+    /// the block of the same size just past it (or at the pool's start, past the pool's end),
+    /// so that grants keep finding listed ports while many reservations live. Returns the new
+    /// stripe when it moved. A walk over the stripe's reservations: call it per grant, not per
+    /// port.
+    pub fn advance_stripe(&mut self) -> Option<PortRange> {
+        let stripe = self.stripe?;
+        let count = u32::from(stripe.count());
+        let free = |space: &Space| count.saturating_sub(space.reserved_in(stripe));
+        if free(&self.tcp).min(free(&self.udp)) * 2 >= count {
+            return None;
+        }
+        let pool = self.pool.range();
+        let count = stripe.count().min(pool.count());
+        let start = stripe
+            .end()
+            .checked_add(1)
+            .filter(|&s| {
+                s >= pool.start() && u32::from(s) + u32::from(count) <= u32::from(pool.end()) + 1
+            })
+            .unwrap_or(pool.start());
+        let next = PortRange::new(start, count).ok()?;
+        self.stripe = Some(next);
+        self.tcp.restart_stripe_at(start);
+        self.udp.restart_stripe_at(start);
+        Some(next)
+    }
+
     /// The stripe listed ahead, if any (see [`Table::set_stripe`]).
     pub fn stripe(&self) -> Option<PortRange> {
         self.stripe

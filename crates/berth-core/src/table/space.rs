@@ -90,6 +90,11 @@ impl Space {
         (self.cursor, self.stripe_cursor)
     }
 
+    /// Starts the next search of the stripe at `port`.
+    pub(super) fn restart_stripe_at(&mut self, port: u16) {
+        self.stripe_cursor = port;
+    }
+
     /// Puts both cursors back where [`Space::marks`] saw them.
     pub(super) fn rewind(&mut self, marks: (u16, u16)) {
         (self.cursor, self.stripe_cursor) = marks;

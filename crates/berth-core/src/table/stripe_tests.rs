@@ -166,3 +166,21 @@ fn a_stripe_below_the_askers_lowest_port_is_skipped() {
     };
     assert_eq!(r.range.start(), 1002);
 }
+
+#[test]
+fn the_stripe_moves_on_once_half_of_it_is_taken() {
+    let mut t = table();
+    let mut a = Asker { tokens: 0 };
+    a.wildcard(&mut t, 1, false);
+    a.wildcard(&mut t, 1, false);
+    assert_eq!(t.advance_stripe(), None, "half of it is still free");
+    a.wildcard(&mut t, 1, false);
+    assert_eq!(t.advance_stripe(), Some(range(1054, 4)));
+    assert_eq!(a.wildcard(&mut t, 1, false).range.start(), 1054);
+    // Past the pool's end it starts again at the pool's start.
+    t.set_stripe(Some(range(1096, 4)));
+    for _ in 0..3 {
+        a.wildcard(&mut t, 1, false);
+    }
+    assert_eq!(t.advance_stripe(), Some(range(1000, 4)));
+}

@@ -121,6 +121,20 @@ impl Shared {
         ahead.set(ports);
     }
 
+    /// Moves the stripe listed ahead on when most of it is taken (see
+    /// `Table::advance_stripe`): the new one is listed by the next write, and grants there wait
+    /// for that write until it is made.
+    pub(super) fn advance_stripe(&self, table: &mut Table) {
+        let Some(ahead) = &self.kernel.ahead else {
+            return;
+        };
+        if let Some(next) = table.advance_stripe() {
+            let mut ports = berth_core::PortSet::new();
+            ports.insert_range(next);
+            ahead.set(ports);
+        }
+    }
+
     /// Starts keeping the kernel's list once the table is restored: the receiver answers when
     /// the list is reconciled with the table (`None` when sync is off).
     pub(crate) fn reconcile_kernel(

@@ -187,7 +187,10 @@ impl Shared {
     fn publish(&self, table: &mut Table, changes: Vec<Change>) -> Pending {
         self.update_extras_room(table);
         log_changes(&changes);
-        self.stream.publish(changes)
+        let pending = self.stream.publish(changes);
+        // After the changes: a grant that was in the stripe stays answered without a write.
+        self.advance_stripe(table);
+        pending
     }
 
     /// Waits until every consumer has acknowledged what `pending` published. When one refused
