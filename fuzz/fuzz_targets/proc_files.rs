@@ -15,7 +15,7 @@
 
 use berth_core::PortSet;
 use berth_os::proc::{
-    effective_caps_from_status, field_after_comm, groups_from_status, ids_from_status,
+    comm_from_stat, effective_caps_from_status, field_after_comm, groups_from_status, ids_from_status,
     parent_from_stat, process_text, start_time_from_stat,
 };
 use berth_os::reserved_ports;
@@ -65,6 +65,9 @@ fn parse_anything(data: &[u8]) {
         parent_from_stat(&text),
         field_after_comm(&text, 1).and_then(|f| f.parse().ok())
     );
+    if let Some(comm) = comm_from_stat(&text) {
+        assert!(text.contains(comm));
+    }
     let _ = ids_from_status(&text);
     let _ = groups_from_status(&text);
     let _ = effective_caps_from_status(&text);
@@ -107,6 +110,8 @@ fn stat_round_trip(input: &mut Input) {
     assert_eq!(start_time_from_stat(&text), Some(start), "{text:?}");
     assert_eq!(parent_from_stat(&text), Some(ppid), "{text:?}");
     assert_eq!(field_after_comm(&text, 0), Some("S"), "{text:?}");
+    let name = process_text(&name);
+    assert_eq!(comm_from_stat(&text), Some(name.trim_end()), "{text:?}");
 }
 
 /// `/proc/PID/status` as `fs/proc/array.c` writes it (the name escaped: no newline in it),

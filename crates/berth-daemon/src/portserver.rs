@@ -343,7 +343,12 @@ async fn answer(
         // The process named keeps the port until it exits, as with Google's portserver.
         _ => tracing::debug!(port, "portserver: the client did not take its answer"),
     }
-    let _ = stream.shutdown().await;
+    // The client sees its end of file at the close: at once when the connection is closed in
+    // place; a connection left to a closer thread is shut down first, so that a busy closer
+    // never keeps the client waiting.
+    if !inline {
+        let _ = stream.shutdown().await;
+    }
 }
 
 /// A connection closed on its user's closer threads when dropped, wherever the task ends —

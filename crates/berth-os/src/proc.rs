@@ -59,16 +59,20 @@ pub fn stat(pid: u32) -> io::Result<String> {
     read_process_file(&format!("/proc/{pid}/stat"), 4096)
 }
 
-/// The command name of process `pid` (`/proc/PID/comm`), without its newline.
-pub fn comm(pid: u32) -> io::Result<String> {
-    read_process_file(&format!("/proc/{pid}/comm"), 4096).map(|c| c.trim_end().to_owned())
-}
-
 /// Field `n` (0 = state, 1 = ppid, …) after the command of `/proc/PID/stat`, whose command may
 /// hold spaces and parentheses (so fields are counted from the last `)`).
 pub fn field_after_comm(stat: &str, n: usize) -> Option<&str> {
     let after = stat.get(stat.rfind(')')? + 1..)?;
     after.split_whitespace().nth(n)
+}
+
+/// The command name in `/proc/PID/stat` — between the first `(` (after the pid's digits) and
+/// the last `)` — without trailing whitespace: the name `/proc/PID/comm` holds, with no second
+/// file to open.
+pub fn comm_from_stat(stat: &str) -> Option<&str> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    stat.get(open + 1..close).map(str::trim_end)
 }
 
 /// Field 22 (`starttime`, in clock ticks since boot) of `/proc/PID/stat`: with the pid, it
@@ -173,6 +177,9 @@ mod tests {
         assert_eq!(start_time_from_stat(STAT), Some(987654));
         assert_eq!(parent_from_stat(STAT), Some(1));
         assert_eq!(field_after_comm(STAT, 0), Some("S"));
+        assert_eq!(comm_from_stat(STAT), Some("a) b (c)"));
+        assert_eq!(comm_from_stat("1 (x"), None);
+        assert_eq!(comm_from_stat("1 )x("), None);
         assert_eq!(start_time_from_stat("garbage"), None);
         assert_eq!(start_time_from_stat("1 (x) S 1"), None, "too short");
         assert_eq!(parent_from_stat("1 (x"), None);
@@ -205,7 +212,6 @@ mod tests {
         // spawn returns once the exec has happened: the child has its new name.
         let pid = child.id();
         let stat = stat(pid);
-        let comm = comm(pid);
         let ids = real_ids(pid);
         let raw = std::fs::read(format!("/proc/{pid}/comm"));
         let _ = child.kill();
@@ -214,16 +220,22 @@ mod tests {
             raw.unwrap(),
             [&b"\xc3\xa4".repeat(7)[..], b"\xc3\n"].concat()
         );
-        assert!(start_time_from_stat(&stat.unwrap()).is_some_and(|t| t > 0));
-        assert_eq!(comm.unwrap(), format!("{}\u{fffd}", "ä".repeat(7)));
+        let stat = stat.unwrap();
+        assert!(start_time_from_stat(&stat).is_some_and(|t| t > 0));
+        // The same name as /proc/PID/comm, its cut character shown as U+FFFD.
+        assert_eq!(
+            comm_from_stat(&stat),
+            Some(format!("{}\u{fffd}", "ä".repeat(7)).as_str())
+        );
         assert!(ids.is_some());
     }
 
     #[test]
     fn describes_this_process() {
         let me = std::process::id();
-        assert!(start_time_from_stat(&stat(me).unwrap()).is_some_and(|t| t > 0));
-        assert!(!comm(me).unwrap().is_empty());
+        let stat = stat(me).unwrap();
+        assert!(start_time_from_stat(&stat).is_some_and(|t| t > 0));
+        assert!(!comm_from_stat(&stat).unwrap().is_empty());
         assert_eq!(
             real_ids(me),
             Some((

@@ -283,7 +283,37 @@ impl RuntimeJournal {
     /// Records `op` with one `write`: once this returns `Ok`, a crash of the calling process
     /// no longer loses it. On error the journal is as before.
     pub fn apply(&mut self, op: &JournalOp) -> Result<(), StoreError> {
-        let frame = self.append(&RecordRef::of(op))?;
+        self.apply_all(std::slice::from_ref(op))
+    }
+
+    /// Records `ops`, in order, with one `write` together (the two halves of a TCP and UDP
+    /// pair, say): once this returns `Ok`, a crash no longer loses any of them; a crash during
+    /// the write keeps a prefix of them, whole records only (a torn last record is dropped
+    /// when the journal is read). On error the journal is as before.
+    pub fn apply_all(&mut self, ops: &[JournalOp]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        let mut frames = Vec::with_capacity(ops.len());
+        for op in ops {
+            let at = self.buf.len();
+            push_frame(&mut self.buf, &RecordRef::of(op))
+                .map_err(|e| io_error(&self.path, "encode a runtime journal record", e))?;
+            frames.push((self.buf.len() - at) as u64);
+        }
+        self.write_buf()?;
+        for (op, frame) in ops.iter().zip(frames) {
+            self.note(op, frame);
+        }
+        if self.auto_rewrite {
+            self.rewrite_if_long();
+        }
+        Ok(())
+    }
+
+    /// Counts `op`, just written in a record of `frame` bytes, in the live rows.
+    fn note(&mut self, op: &JournalOp, frame: u64) {
         match op {
             JournalOp::Insert(row) => {
                 if let Some((_, old)) = self.live.insert(row.token, (row.clone(), frame)) {
@@ -297,10 +327,6 @@ impl RuntimeJournal {
                 }
             }
         }
-        if self.auto_rewrite {
-            self.rewrite_if_long();
-        }
-        Ok(())
     }
 
     /// Records which entries of `ip_local_reserved_ports` the daemon may have written (the
@@ -331,12 +357,23 @@ impl RuntimeJournal {
     /// Appends one record with one `write`; returns its frame's length. On error nothing is
     /// recorded.
     fn append(&mut self, record: &RecordRef<'_>) -> Result<u64, StoreError> {
-        if !self.clean {
-            self.rewrite()?;
-        }
         self.buf.clear();
         push_frame(&mut self.buf, record)
             .map_err(|e| io_error(&self.path, "encode a runtime journal record", e))?;
+        let frame = self.buf.len() as u64;
+        self.write_buf()?;
+        Ok(frame)
+    }
+
+    /// Appends the records encoded in `buf` with one `write`.
+    fn write_buf(&mut self) -> Result<(), StoreError> {
+        if !self.clean {
+            // The rewrite uses `buf` too: keep what is to be appended aside.
+            let pending = std::mem::take(&mut self.buf);
+            let rewritten = self.rewrite();
+            self.buf = pending;
+            rewritten?;
+        }
         let frame = self.buf.len() as u64;
         if let Err(e) = self.file.write_all(&self.buf) {
             // Part of the frame may be in the file now; start over from what is live (or, if
@@ -349,7 +386,7 @@ impl RuntimeJournal {
         if let Some(since) = self.since.as_mut() {
             since.extend_from_slice(&self.buf);
         }
-        Ok(frame)
+        Ok(())
     }
 
     /// Rewrites the file once it has outgrown its live records.

@@ -223,13 +223,15 @@ fn a_daemon_out_of_descriptors_blames_no_client_and_releases_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // Everything closed: the daemon is back to what it had before any client.
+    // Everything closed: the daemon is back to what it had before any client (or fewer: a
+    // file its own threads open for a moment — the kernel list's recheck, a journal record —
+    // may have been counted then).
     drop(client);
     let deadline = Instant::now() + DEADLINE;
-    while open_fds(pid) != baseline {
+    while open_fds(pid) > baseline {
         assert!(
             Instant::now() < deadline,
-            "the daemon has {} descriptors open, not the {baseline} it had before",
+            "the daemon has {} descriptors open, more than the {baseline} it had before",
             open_fds(pid)
         );
         std::thread::sleep(Duration::from_millis(10));

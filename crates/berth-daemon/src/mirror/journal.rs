@@ -94,17 +94,41 @@ impl Journal {
 
     /// Records a runtime journal operation now.
     fn journal(&self, op: &JournalOp) -> Ack {
+        self.journal_all(std::slice::from_ref(op))
+    }
+
+    /// Records runtime journal operations now, with one write; the acknowledgement of each.
+    fn journal_all(&self, ops: &[JournalOp]) -> Ack {
         let mut runtime = match self.runtime.lock() {
             Ok(runtime) => runtime,
             Err(why) => return Ack::Failed(why.into()),
         };
-        match runtime.apply(op) {
+        match runtime.apply_all(ops) {
             Ok(()) => Ack::Done,
             Err(e) => {
                 tracing::error!("cannot write the runtime journal: {e}");
                 Ack::Failed(WriteError::Journal(Arc::new(e)).into())
             }
         }
+    }
+
+    /// The runtime journal's record of `change`: `Ok(None)` when it needs none, `Err` when
+    /// it is not the runtime journal's (a persistent change, for the store thread).
+    fn runtime_op(change: &Change) -> Result<Option<JournalOp>, ()> {
+        Ok(match change {
+            Change::Granted(r) => journal_row(r).map(JournalOp::Insert),
+            Change::Released { reservation, .. } => Some(JournalOp::Remove(reservation.token)),
+            // A re-claim changes only the session, which the journal does not record; a
+            // hand-over changes the owner and makes it live as long as the new one.
+            Change::Rebound { before, after } => (before.owner() != after.owner()
+                || before.bond().map(is_process) != after.bond().map(is_process))
+            .then(|| journal_row(after))
+            .flatten()
+            .map(JournalOp::Insert),
+            Change::Restored(_) => None,
+            Change::NotRestored { token, .. } => Some(JournalOp::Remove(*token)),
+            Change::PersistentCreated(_) | Change::PersistentDeleted(_) => return Err(()),
+        })
     }
 }
 
@@ -114,31 +138,44 @@ impl Consumer for Journal {
     }
 
     fn accept(&self, change: &Change) -> Ack {
-        let queued = match change {
-            Change::Granted(r) => {
-                return journal_row(r)
-                    .map_or(Ack::Done, |row| self.journal(&JournalOp::Insert(row)))
-            }
-            Change::Released { reservation, .. } => {
-                return self.journal(&JournalOp::Remove(reservation.token))
-            }
-            // A re-claim changes only the session, which the journal does not record; a
-            // hand-over changes the owner and makes it live as long as the new one.
-            Change::Rebound { before, after } => {
-                return (before.owner() != after.owner()
-                    || before.bond().map(is_process) != after.bond().map(is_process))
-                .then(|| journal_row(after))
-                .flatten()
-                .map_or(Ack::Done, |row| self.journal(&JournalOp::Insert(row)))
-            }
-            Change::Restored(_) => None,
-            Change::NotRestored { token, .. } => return self.journal(&JournalOp::Remove(*token)),
-            Change::PersistentCreated(r) => persistent_row(r).map(|row| self.store.create(row)),
-            Change::PersistentDeleted(r) => Some(self.store.delete(r.token)),
+        let queued = match Self::runtime_op(change) {
+            Ok(None) => return Ack::Done,
+            Ok(Some(op)) => return self.journal(&op),
+            Err(()) => match change {
+                Change::PersistentCreated(r) => persistent_row(r).map(|row| self.store.create(row)),
+                Change::PersistentDeleted(r) => Some(self.store.delete(r.token)),
+                _ => None,
+            },
         };
         match queued {
             Some(Queued(rx)) => Ack::Later(rx),
             None => Ack::Done,
+        }
+    }
+
+    /// The batch's runtime records with one write (a portserver answer's pair: one record
+    /// write, not two); persistent changes to the store thread as one by one.
+    fn accept_batch(&self, batch: crate::mirror::Batch<'_>, ack: &mut dyn FnMut(usize, Ack)) {
+        let mut ops = Vec::new();
+        let mut recorded = Vec::new();
+        for (i, change) in batch {
+            match Self::runtime_op(change) {
+                Ok(None) => {}
+                Ok(Some(op)) => {
+                    ops.push(op);
+                    recorded.push(i);
+                }
+                Err(()) => ack(i, self.accept(change)),
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        // Written, nothing more to wait for; or failed, each of them.
+        if let Ack::Failed(why) = self.journal_all(&ops) {
+            for i in recorded {
+                ack(i, Ack::Failed(why.clone()));
+            }
         }
     }
 

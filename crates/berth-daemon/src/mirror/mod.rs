@@ -52,6 +52,16 @@ pub(crate) trait Consumer: Send + Sync {
     /// (queue the work and answer [`Ack::Later`]).
     fn accept(&self, change: &Change) -> Ack;
 
+    /// Takes the changes of one batch (those published together: the two halves of a pair,
+    /// a session's releases), each acknowledgement handed to `ack` with the change's index.
+    /// Same rules as [`Consumer::accept`]; a consumer may record a batch at once (the
+    /// journal: one write). The default: [`Consumer::accept`] each, in order.
+    fn accept_batch(&self, batch: Batch<'_>, ack: &mut dyn FnMut(usize, Ack)) {
+        for (i, change) in batch {
+            ack(i, self.accept(change));
+        }
+    }
+
     /// Brings the mirror back in step with `table` (after a change it failed, and now and then
     /// in case): what the table has and the mirror lacks is added, what the mirror has and
     /// the table does not is taken out. Called under the table lock, so in order with
@@ -61,6 +71,24 @@ pub(crate) trait Consumer: Send + Sync {
     fn resync(&self, table: &berth_core::Table) -> Result<(), MirrorError> {
         let _ = table;
         Ok(())
+    }
+}
+
+/// The changes of a batch meant for one consumer, with their indices in the batch: all but
+/// those that skip it (an undo is not sent to a consumer that never applied the change).
+pub(crate) struct Batch<'a> {
+    changes: std::iter::Enumerate<std::slice::Iter<'a, (Change, Vec<usize>)>>,
+    consumer: usize,
+}
+
+impl<'a> Iterator for Batch<'a> {
+    type Item = (usize, &'a Change);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.changes
+            .by_ref()
+            .find(|(_, (_, skip))| !skip.contains(&self.consumer))
+            .map(|(i, (change, _))| (i, change))
     }
 }
 
@@ -104,7 +132,7 @@ impl Stream {
         }
     }
 
-    /// Hands `changes` to every consumer, change by change. Call with the table locked.
+    /// Hands `changes` to every consumer, as one batch. Call with the table locked.
     pub(crate) fn publish(&self, changes: Vec<Change>) -> Pending {
         self.publish_each(changes.into_iter().map(|c| (c, Vec::new())).collect())
     }
@@ -113,13 +141,15 @@ impl Stream {
     /// sent to a consumer that never applied the change it undoes).
     pub(crate) fn publish_each(&self, changes: Vec<(Change, Vec<usize>)>) -> Pending {
         let mut waiting = Vec::new();
-        for (i, (change, skip)) in changes.iter().enumerate() {
-            for (c, consumer) in self.consumers.iter().enumerate() {
-                if skip.contains(&c) {
-                    continue;
-                }
-                let rx = match consumer.accept(change) {
-                    Ack::Done => continue,
+        // Consumer by consumer, each seeing the batch in the table's order.
+        for (c, consumer) in self.consumers.iter().enumerate() {
+            let batch = Batch {
+                changes: changes.iter().enumerate(),
+                consumer: c,
+            };
+            consumer.accept_batch(batch, &mut |i, ack| {
+                let rx = match ack {
+                    Ack::Done => return,
                     Ack::Later(rx) => rx,
                     Ack::Failed(why) => {
                         let (tx, rx) = oneshot::channel();
@@ -132,7 +162,7 @@ impl Stream {
                     consumer: c,
                     rx,
                 });
-            }
+            });
         }
         let changes = changes.into_iter().map(|(c, _)| c).collect();
         Pending { changes, waiting }

@@ -78,20 +78,20 @@ pub(crate) fn owner_for(
         peer_pidfd,
     ))
     .ok_or(NotOwner::PeerExited { pid: peer.pid })?;
+    // The asker names itself (what portpicker does): it is the owner in any pid namespace —
+    // in another one, a pid it names is served as itself anyway — with nothing more to read.
+    if named == peer.pid {
+        return Ok(asker);
+    }
     let here = own_pid_namespace().ok_or(NotOwner::OwnNamespaceUnreadable)?;
     let theirs = pid_namespace(&peer.pid.to_string())
         .ok_or(NotOwner::PeerNamespaceUnreadable { pid: peer.pid })?;
     if &theirs != here {
-        if named != peer.pid {
-            tracing::debug!(
-                peer = peer.pid,
-                named,
-                "portserver: a peer in another pid namespace is served as itself"
-            );
-        }
-        return Ok(asker);
-    }
-    if named == peer.pid {
+        tracing::debug!(
+            peer = peer.pid,
+            named,
+            "portserver: a peer in another pid namespace is served as itself"
+        );
         return Ok(asker);
     }
     let pidfd = berth_os::pidfd::PidFd::open(named).ok().flatten();

@@ -85,14 +85,17 @@ pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
 /// [`process_owner`], or an error when the daemon is out of descriptors and cannot look
 /// (which must not pass for a process that is gone).
 pub(crate) fn read_owner(pid: u32, uid: u32, gid: u32) -> io::Result<Owner> {
-    let start_time = match proc::stat(pid) {
-        Ok(stat) => proc::start_time_from_stat(&stat).unwrap_or(0),
+    // One file for both: `stat` holds the command name too.
+    let (start_time, command) = match proc::stat(pid) {
+        Ok(stat) => (
+            proc::start_time_from_stat(&stat).unwrap_or(0),
+            proc::comm_from_stat(&stat)
+                .map(Owner::bound_command)
+                .unwrap_or_default(),
+        ),
         Err(e) if crate::server::limits::is_shortage(&e) => return Err(e),
-        Err(_) => 0,
+        Err(_) => (0, String::new()),
     };
-    let command = proc::comm(pid)
-        .map(|c| Owner::bound_command(&c))
-        .unwrap_or_default();
     Ok(Owner {
         pid,
         uid,

@@ -232,3 +232,40 @@ fn the_kernel_record_is_kept_like_the_rows() {
         ""
     );
 }
+
+/// Records written together (`apply_all`, one write) read back like records written one by
+/// one, and a write cut inside its second record keeps the first.
+#[test]
+fn records_written_together_survive_and_a_cut_keeps_the_whole_ones() {
+    let (_dir, path) = temp_journal();
+    let (mut journal, _) = RuntimeJournal::open(&path, BOOT).unwrap();
+    journal
+        .apply_all(&[
+            JournalOp::Insert(journaled(1, 30001, 1)),
+            JournalOp::Insert(journaled(2, 30001, 1)),
+        ])
+        .unwrap();
+    let after_pair = fs::read(&path).unwrap();
+    journal
+        .apply_all(&[
+            JournalOp::Remove(token(1)),
+            JournalOp::Insert(journaled(3, 30003, 1)),
+        ])
+        .unwrap();
+    journal.apply_all(&[]).unwrap();
+    drop(journal);
+    // (Opening compacts the file: keep it as written.)
+    let whole = fs::read(&path).unwrap();
+    assert!(whole.len() > after_pair.len());
+    let rows = |loaded: &berth_store::Loaded| -> Vec<u64> {
+        loaded.rows.iter().map(|r| r.token.get()).collect()
+    };
+    let (_, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert_eq!(rows(&loaded), vec![2, 3]);
+    // A crash in the middle of the second write, inside its last record: the removal is
+    // whole and kept, the insert dropped.
+    fs::write(&path, &whole[..whole.len() - 3]).unwrap();
+    let (_, loaded) = RuntimeJournal::open(&path, BOOT).unwrap();
+    assert!(loaded.dropped_bytes > 0);
+    assert_eq!(rows(&loaded), vec![2]);
+}
