@@ -21,10 +21,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream as StdStream;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -236,9 +237,9 @@ pub(crate) fn spawn(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> io::Result<()> {
-    let listener = UnixListener::from_std(bound.listener.try_clone()?)?;
+    let listener = berth_os::accept::Acceptor::register(bound.listener.try_clone()?)?;
     // Accepted connections inherit the listener's refusal of descriptors: asked once here.
-    let inline = berth_os::rights::refuses_rights(&listener);
+    let inline = berth_os::rights::refuses_rights(listener.get_ref());
     let permits = Arc::new(Semaphore::new(endpoint.max_connections.max(1)));
     let timeout = endpoint.io_timeout;
     let tasks = tracker.clone();
@@ -251,7 +252,7 @@ pub(crate) fn spawn(
             let stream = tokio::select! {
                 () = cancel.cancelled() => return,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(stream) => stream,
                     Err(e) => {
                         if crate::server::limits::is_shortage(&e) {
                             crate::server::limits::log_shortage("the portserver endpoint cannot accept");
@@ -266,7 +267,7 @@ pub(crate) fn spawn(
                 },
             };
             let Ok(cred) = berth_os::peer::peer_credentials(&stream) else {
-                crate::session::discard(stream, &closers, None);
+                closers.lane(u32::MAX).dispose(stream);
                 continue;
             };
             let lane = closers.lane(cred.uid);
@@ -294,7 +295,7 @@ pub(crate) fn spawn(
 /// One connection: read the request, decide, answer or close; the connection is closed in
 /// `lane` (its user's closer threads), or in place when it refuses descriptors (`inline`).
 async fn answer(
-    stream: UnixStream,
+    stream: StdStream,
     cred: berth_os::peer::PeerCredentials,
     shared: &Shared,
     timeout: Duration,
@@ -302,7 +303,7 @@ async fn answer(
     inline: bool,
 ) {
     let mut stream = Disposed::new(stream, lane, inline);
-    let request = match tokio::time::timeout(timeout, read_request(stream.get(), lane)).await {
+    let request = match tokio::time::timeout(timeout, read_request(&mut stream, lane)).await {
         Ok(Ok(Some(pid))) => pid,
         Ok(Ok(None)) => {
             tracing::debug!(peer = cred.pid, "portserver: refused a malformed request");
@@ -319,7 +320,7 @@ async fn answer(
     };
     // The peer, pinned: taken now that it has asked (a pidfd per connection only for those
     // that do).
-    let pidfd = berth_os::peer::peer_pidfd(stream.get()).ok().flatten();
+    let pidfd = berth_os::peer::peer_pidfd(stream.fd()).ok().flatten();
     let port = match shared.portserver_request(request, cred, pidfd).await {
         Ok(port) => port,
         Err(why) => {
@@ -337,7 +338,6 @@ async fn answer(
         }
     };
     let reply = format!("{port}\n");
-    let stream = stream.get_mut();
     match tokio::time::timeout(timeout, stream.write_all(reply.as_bytes())).await {
         Ok(Ok(())) => {}
         // The process named keeps the port until it exits, as with Google's portserver.
@@ -347,7 +347,26 @@ async fn answer(
     // place; a connection left to a closer thread is shut down first, so that a busy closer
     // never keeps the client waiting.
     if !inline {
-        let _ = stream.shutdown().await;
+        let _ = rustix::net::shutdown(stream.fd(), rustix::net::Shutdown::Write);
+    }
+}
+
+/// A connection, registered with the reactor only once a read or a write would block: a
+/// request already received and an answer that fits the socket's buffer (both a few bytes)
+/// need no reactor at all — two `epoll_ctl` calls and a wake-up fewer per answer.
+enum Conn {
+    /// Not registered: tried directly.
+    Plain(StdStream),
+    /// Registered, to wait for readiness.
+    Registered(UnixStream),
+}
+
+impl Conn {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Conn::Plain(s) => s.as_fd(),
+            Conn::Registered(s) => s.as_fd(),
+        }
     }
 }
 
@@ -356,31 +375,67 @@ async fn answer(
 /// listener on kernels that have it): then none can be queued on it, and its close cannot
 /// block. That spares each answer a trip to a closer thread.
 struct Disposed<'a> {
-    stream: Option<UnixStream>,
+    stream: Option<Conn>,
     lane: &'a Lane,
     inline: bool,
 }
 
 impl<'a> Disposed<'a> {
-    fn new(stream: UnixStream, lane: &'a Lane, inline: bool) -> Self {
+    fn new(stream: StdStream, lane: &'a Lane, inline: bool) -> Self {
         Disposed {
-            stream: Some(stream),
+            stream: Some(Conn::Plain(stream)),
             lane,
             inline,
         }
     }
 
-    fn get(&self) -> &UnixStream {
+    fn get(&self) -> &Conn {
         match &self.stream {
             Some(s) => s,
             None => unreachable!("only drop empties it"),
         }
     }
 
-    fn get_mut(&mut self) -> &mut UnixStream {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.get().fd()
+    }
+
+    /// The connection registered with the reactor (it is, from now on).
+    fn registered(&mut self) -> io::Result<&mut UnixStream> {
+        if let Some(Conn::Plain(_)) = &self.stream {
+            let Some(Conn::Plain(plain)) = self.stream.take() else {
+                unreachable!("just matched")
+            };
+            match UnixStream::from_std(plain.try_clone()?) {
+                Ok(registered) => {
+                    drop(plain);
+                    self.stream = Some(Conn::Registered(registered));
+                }
+                Err(e) => {
+                    self.stream = Some(Conn::Plain(plain));
+                    return Err(e);
+                }
+            }
+        }
         match &mut self.stream {
-            Some(s) => s,
-            None => unreachable!("only drop empties it"),
+            Some(Conn::Registered(s)) => Ok(s),
+            _ => unreachable!("registered above"),
+        }
+    }
+
+    /// Writes all of `bytes`: directly while the socket takes them, then through the reactor.
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut sent = 0;
+        if let Some(Conn::Plain(plain)) = &self.stream {
+            match std::io::Write::write(&mut &*plain, bytes) {
+                Ok(n) => sent = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match bytes.get(sent..) {
+            Some(rest) if !rest.is_empty() => self.registered()?.write_all(rest).await,
+            _ => Ok(()),
         }
     }
 }
@@ -403,7 +458,7 @@ impl Drop for Disposed<'_> {
 ///
 /// Read with `recvmsg` and room for every descriptor a message can carry: on a kernel that
 /// cannot refuse descriptors at the socket, any that arrive are closed in `lane`, never here.
-async fn read_request(stream: &UnixStream, lane: &Lane) -> io::Result<Option<u32>> {
+async fn read_request(stream: &mut Disposed<'_>, lane: &Lane) -> io::Result<Option<u32>> {
     let mut buf = [0u8; MAX_REQUEST];
     let mut len = 0;
     let mut control =
@@ -415,7 +470,11 @@ async fn read_request(stream: &UnixStream, lane: &Lane) -> io::Result<Option<u32
         if room.is_empty() {
             return Ok(None);
         }
-        stream.readable().await?;
+        // A plain connection is read at once (its request is usually there); a registered one
+        // once the reactor says it is readable.
+        if let Some(Conn::Registered(registered)) = &stream.stream {
+            registered.readable().await?;
+        }
         // As on the main socket: one read of the user's at a time, once its closes do not back
         // up, and only with room for what a message may carry (on a kernel that cannot refuse
         // descriptors at the socket).
@@ -428,13 +487,21 @@ async fn read_request(stream: &UnixStream, lane: &Lane) -> io::Result<Option<u32
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        let read = stream.try_io(tokio::io::Interest::READABLE, || {
-            crate::session::inbound::recv(stream.as_fd(), room, &mut control)
-        });
+        let read = match stream.get() {
+            Conn::Plain(plain) => crate::session::inbound::recv(plain.as_fd(), room, &mut control),
+            Conn::Registered(registered) => registered
+                .try_io(tokio::io::Interest::READABLE, || {
+                    crate::session::inbound::recv(registered.as_fd(), room, &mut control)
+                }),
+        };
         drop(turn);
         let message = match read {
             Ok(message) => message,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Nothing yet: wait for it through the reactor.
+                stream.registered()?;
+                continue;
+            }
             Err(e) => return Err(e),
         };
         for fd in message.fds {

@@ -42,6 +42,8 @@ pub mod peer;
 pub mod at_exit;
 
 #[cfg(feature = "daemon")]
+pub mod accept;
+#[cfg(feature = "daemon")]
 pub mod activation;
 #[cfg(feature = "daemon")]
 pub mod diag;

@@ -160,6 +160,34 @@ async fn refusals_close_without_a_reply_and_others_are_still_served() {
     d.shutdown().await;
 }
 
+/// A request in pieces, the last one sent only after a round trip on the main socket (most
+/// requests are there when the connection is accepted and are answered without waiting; this
+/// one is waited for), is answered like a whole one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_arrives_in_pieces_is_answered() {
+    let name = unique("pieces");
+    let d = daemon(13600, 13699, &name, |_| {}).await;
+    let me = std::process::id().to_string();
+    let (head, tail) = me.split_at(me.len() / 2);
+    let mut stream = connect(&name).await;
+    stream.write_all(head.as_bytes()).await.unwrap();
+    assert!(
+        list(&d).await.is_empty(),
+        "nothing granted for half a request"
+    );
+    stream
+        .write_all(format!("{tail}\n").as_bytes())
+        .await
+        .unwrap();
+    let reply = read_to_close(&mut stream).await;
+    let port: u16 = reply
+        .trim_end()
+        .parse()
+        .unwrap_or_else(|_| panic!("{reply:?}"));
+    assert!((13600..=13699).contains(&port), "{port}");
+    d.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peers_are_dropped_at_their_deadline_and_cannot_starve_the_endpoint() {
     let name = unique("silent");
