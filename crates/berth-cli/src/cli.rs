@@ -215,13 +215,14 @@ pub struct DaemonArgs {
 #[command(group = clap::ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp"]))]
 pub struct RunArgs {
     /// Reserve N TCP ports (exported as BERTH_TCP_PORTS, and PORT = the first).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    // 0 parses: it is invalid-argument (exit 10) like a count of 0 anywhere, said by `run`.
+    #[arg(long, value_name = "N")]
     pub tcp: Option<u16>,
     /// Reserve M UDP ports (exported as BERTH_UDP_PORTS).
-    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "M")]
     pub udp: Option<u16>,
     /// Reserve the blocks starting at port P instead of any free block.
-    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "P")]
     pub start: Option<u16>,
     /// Print the reservations as JSON on stderr before running the command.
     #[arg(long)]
@@ -352,7 +353,9 @@ mod tests {
     fn run_needs_ports_and_a_command() {
         assert!(Cli::try_parse_from(["berth", "run", "--", "true"]).is_err());
         assert!(Cli::try_parse_from(["berth", "run", "--tcp", "1"]).is_err());
-        assert!(Cli::try_parse_from(["berth", "run", "--tcp", "0", "--", "true"]).is_err());
+        // 0 parses, and `run` refuses it as invalid-argument (exit 10).
+        assert!(Cli::try_parse_from(["berth", "run", "--tcp", "0", "--", "true"]).is_ok());
+        assert!(Cli::try_parse_from(["berth", "run", "--tcp", "65536", "--", "true"]).is_err());
         let cli = Cli::try_parse_from([
             "berth", "run", "--tcp", "2", "--udp", "1", "--", "sh", "-c", "x",
         ])

@@ -261,6 +261,13 @@ impl Client {
             )));
         }
         let socket = autostart::default_socket()?;
+        if let Some(what) = rendezvous::not_a_socket(&socket) {
+            // Nothing could listen there: no daemon is started to fail on it.
+            return Err(Error::Unavailable(format!(
+                "{} is {what}, not a socket, so no berth daemon listens there and none was started on demand; remove it, or set BERTH_SOCKET to a berth daemon's socket",
+                socket.display()
+            )));
+        }
         let (starter, at) = (starter.clone(), socket.clone());
         tokio::task::spawn_blocking(move || starter.start(&at))
             .await

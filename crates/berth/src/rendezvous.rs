@@ -130,7 +130,7 @@ pub(crate) async fn reach(
     };
     let stream = match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Ok(Reached::Nobody(plain(&e))),
+        Ok(Err(e)) => return Ok(Reached::Nobody(why_nobody(path, &e))),
         Err(_) => {
             return Err(Error::Unavailable(format!(
                 "the berth daemon on {} did not accept the connection within {}s; its queue of waiting connections is full or it is stuck — see `berth status`, or its log",
@@ -141,6 +141,32 @@ pub(crate) async fn reach(
     };
     check_peer(&stream, path, trusted)?;
     Ok(Reached::Daemon(stream))
+}
+
+/// Why nothing answered on `path`: a file there that is not a socket is named for what it is
+/// (a connection to it is refused like one to a socket nobody listens on).
+fn why_nobody(path: &Path, e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        if let Some(what) = not_a_socket(path) {
+            return format!("it is {what}, not a socket");
+        }
+    }
+    plain(e)
+}
+
+/// What `path` is when it exists and is not a socket: "a regular file", "a directory", ….
+pub(crate) fn not_a_socket(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    if kind.is_socket() {
+        None
+    } else if kind.is_file() {
+        Some("a regular file")
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else {
+        Some("a file of another kind")
+    }
 }
 
 /// An I/O error in a few words: "no such file", not "No such file or directory (os error 2)".

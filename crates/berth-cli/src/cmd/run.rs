@@ -259,6 +259,20 @@ fn list_len(start: u16, count: u16) -> usize {
 /// environment string is at most [`MAX_ARG_STRLEN`] bytes, and the arguments and environment
 /// together at most a quarter of the stack limit (`ARG_MAX`).
 fn check_environment_fits(args: &RunArgs, start: u16) -> Result<(), Failure> {
+    for (option, count) in [("--tcp", args.tcp), ("--udp", args.udp)] {
+        if count == Some(0) {
+            return Err(berth::Error::InvalidArgument(format!(
+                "{option} 0 reserves nothing: ask for 1 port or more (count 0 is invalid); nothing was reserved"
+            ))
+            .into());
+        }
+    }
+    if args.start == Some(0) {
+        return Err(berth::Error::InvalidArgument(
+            "--start 0 names no port: give the first port of the block (1-65535), or leave --start out for any free block; nothing was reserved".into(),
+        )
+        .into());
+    }
     let vars = [("BERTH_TCP_PORTS", args.tcp), ("BERTH_UDP_PORTS", args.udp)];
     let mut added = 0;
     for (name, count) in vars {

@@ -384,6 +384,19 @@ fn messages_say_what_is_true() {
         .output()
         .code(10)
         .says(&["--start 0 is not a port"]);
+    // A count of 0, or --start 0, is invalid-argument too, before anything is reserved.
+    d.berth(["run", "--tcp", "0", "--", "true"])
+        .output()
+        .code(10)
+        .says(&["--tcp 0 reserves nothing", "nothing was reserved"]);
+    d.berth(["run", "--tcp", "1", "--udp", "0", "--", "true"])
+        .output()
+        .code(10)
+        .says(&["--udp 0 reserves nothing"]);
+    d.berth(["run", "--tcp", "1", "--start", "0", "--", "true"])
+        .output()
+        .code(10)
+        .says(&["--start 0 names no port"]);
     // A port list the kernel would not pass on is refused before anything is reserved.
     d.berth(["run", "--udp", "22000", "--", "true"])
         .output()

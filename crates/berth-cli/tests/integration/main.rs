@@ -18,6 +18,7 @@ mod kernel;
 mod limits;
 mod listen;
 mod messages;
+mod not_berth;
 mod observability;
 mod persistent;
 mod portserver;

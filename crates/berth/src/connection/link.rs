@@ -117,7 +117,7 @@ pub(super) async fn handshake(
             })
         }
         Some(Ok(other)) => return Err(Error::unexpected(other).into()),
-        Some(Err(e)) => return Err(Error::lost(e).into()),
+        Some(Err(e)) => return Err(not_berth(path, e).into()),
         None => return Err(Error::lost("closed during the handshake").into()),
     };
     let ours = berth_protocol::MIN_PROTOCOL_VERSION..=berth_protocol::PROTOCOL_VERSION;
@@ -131,6 +131,31 @@ pub(super) async fn handshake(
         ))));
     }
     Ok((reader, writer, welcome))
+}
+
+/// The error for a handshake whose answer could not be read: when it is not berth's protocol
+/// at all, something else listens on the socket (a web server, another program) — said so, not
+/// "the connection was lost … retry".
+fn not_berth(path: &Path, e: berth_protocol::FrameError) -> Error {
+    use berth_protocol::FrameError;
+    let what = match &e {
+        FrameError::Io(_) => return Error::lost(e),
+        FrameError::TooLong { len, .. } => {
+            // The four bytes a berth daemon would have sent as a length, as text if they are.
+            let head = u32::try_from(*len).unwrap_or(u32::MAX).to_be_bytes();
+            if head.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+                format!("it begins {:?}", String::from_utf8_lossy(&head))
+            } else {
+                format!("a frame of {len} bytes, over berth's limit")
+            }
+        }
+        FrameError::Malformed(why) => format!("a frame berth cannot read: {why}"),
+    };
+    Error::Unavailable(format!(
+        "{} is not a berth daemon's socket: what listens there answered the handshake with something that is not berth's protocol ({what}); set BERTH_SOCKET to a berth daemon's socket, or see what listens there (`ss -xlp src {}`)",
+        path.display(),
+        path.display()
+    ))
 }
 
 /// The next answer on a connection.
