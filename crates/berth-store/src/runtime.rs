@@ -273,6 +273,12 @@ impl RuntimeJournal {
         &self.path
     }
 
+    /// The rows the journal holds, in no particular order (no copy, no sort: for a diff under
+    /// a lock).
+    pub fn live_rows(&self) -> impl Iterator<Item = &JournalRow> + '_ {
+        self.live.values().map(|(row, _)| row)
+    }
+
     /// The rows the journal holds, ordered by acquisition time (then token).
     pub fn rows(&self) -> Vec<JournalRow> {
         let mut rows: Vec<JournalRow> = self.live.values().map(|(r, _)| r.clone()).collect();

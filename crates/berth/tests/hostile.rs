@@ -16,7 +16,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,6 +63,15 @@ async fn served_within_deadline(socket: &Path) {
     .unwrap();
 }
 
+/// Lets go of the test's own copy of a lingering socket just sent to the daemon, on a thread of
+/// its own: the daemon is meant to hold the last copy, but should it have closed its copy
+/// already (this thread was preempted between the send and the close), ours is the last, and
+/// its close waits for the linger time — which must hold up neither the test nor its runtime.
+/// Join it once the socket's peer is gone (the close then returns at once).
+fn let_go(socket: OwnedFd) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || drop(socket))
+}
+
 /// One response from a blocking connection whose read timeout is [`DEADLINE`].
 fn read_reply(conn: &mut std::os::unix::net::UnixStream) -> Response {
     let mut len = [0u8; 4];
@@ -96,8 +105,13 @@ async fn a_socket_whose_close_blocks_does_not_stall_the_daemon() {
             token,
             address: None,
         };
-        send_with_fds(&conn, &frame(associate), &[socket.as_fd()]);
+        // The socket goes with the frame's first bytes, the rest once this copy is closed: the
+        // daemon cannot act on part of a frame, so its copy is the last one, whenever it closes
+        // it.
+        let associate = frame(associate);
+        send_with_fds(&conn, &associate[..2], &[socket.as_fd()]);
         drop(socket);
+        conn.write_all(&associate[2..]).unwrap();
         let refused = read_reply(&mut conn);
         // The session goes on.
         conn.write_all(&frame(Request::Status)).unwrap();
@@ -126,7 +140,7 @@ async fn descriptors_left_unread_when_a_connection_ends_do_not_stall_the_daemon(
     oversized.resize(16 * 1024, 0);
     send_with_fds(&stream, &oversized, &[]);
     send_with_fds(&stream, b"x", &[socket.as_fd()]);
-    drop(socket);
+    let ours = let_go(socket);
     let replies = read_until_closed(&mut stream).await;
     assert_error(&replies, ErrorKind::InvalidArgument, "exceeds the limit");
     // The session dropped its connection, in-flight socket and all, in the same step as the
@@ -159,6 +173,7 @@ async fn descriptors_left_unread_when_a_connection_ends_do_not_stall_the_daemon(
     served_within_deadline(&daemon.socket).await;
     bystander_is_fine(&client, &held).await;
     drop(peer);
+    ours.join().unwrap();
 }
 
 #[tokio::test]

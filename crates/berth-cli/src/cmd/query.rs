@@ -21,6 +21,12 @@ pub async fn list(args: JsonArg) -> Result<ExitCode, Failure> {
             "{}",
             serde_json::to_string_pretty(&rows).context("cannot render JSON")?
         );
+    } else if list.is_empty() {
+        // Not a bare header: say so, and where the answer came from.
+        outln!(
+            "no reservations (daemon on {})",
+            client.socket_path().display()
+        );
     } else {
         out!("{}", output::table(&list));
     }

@@ -100,6 +100,13 @@ fn concurrent_runs_get_disjoint_blocks() {
     b.wait().code(0);
     // `berth run` releases before it exits: nothing is left once both have.
     assert_eq!(d.list(), Vec::<Value>::new());
+    // And the table says so, rather than printing a bare header.
+    let out = d.berth(["list"]).output().code(0);
+    assert!(
+        out.stdout.starts_with("no reservations (daemon on "),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]

@@ -31,15 +31,11 @@ fn another_programs_socket_is_not_a_berth_daemon() {
     let socket = dir.path().join("web.sock");
     let server = http_server(&socket);
     for args in [&["list"][..], &["run", "--tcp", "1", "--", "true"]] {
-        Berth::new(&socket)
-            .args(args)
-            .output()
-            .code(18)
-            .says(&[
-                "is not a berth daemon's socket",
-                "it begins \"HTTP\"",
-                "set BERTH_SOCKET",
-            ]);
+        Berth::new(&socket).args(args).output().code(18).says(&[
+            "is not a berth daemon's socket",
+            "it begins \"HTTP\"",
+            "set BERTH_SOCKET",
+        ]);
     }
     server.join().unwrap();
 }
@@ -60,7 +56,10 @@ fn a_regular_file_is_not_a_socket_and_no_daemon_is_started_on_it() {
         .args(["run", "--tcp", "1", "--", "true"])
         .output()
         .code(18)
-        .says(&["is a regular file, not a socket", "none was started on demand"]);
+        .says(&[
+            "is a regular file, not a socket",
+            "none was started on demand",
+        ]);
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "not a socket\n");
     assert!(!dir.path().join("b.log").exists(), "no daemon was started");
 }

@@ -190,11 +190,9 @@ impl Consumer for Journal {
             .filter_map(journal_row)
             .map(|row| (row.token, row))
             .collect();
-        let have: std::collections::HashMap<berth_core::Token, JournalRow> = runtime
-            .rows()
-            .into_iter()
-            .map(|row| (row.token, row))
-            .collect();
+        // Borrowed, unsorted: this runs under the table lock.
+        let have: std::collections::HashMap<berth_core::Token, &JournalRow> =
+            runtime.live_rows().map(|row| (row.token, row)).collect();
         let mut ops: Vec<JournalOp> = have
             .keys()
             .filter(|token| !wanted.contains_key(token))
@@ -203,7 +201,7 @@ impl Consumer for Journal {
         ops.extend(
             wanted
                 .values()
-                .filter(|row| have.get(&row.token) != Some(*row))
+                .filter(|row| have.get(&row.token) != Some(row))
                 .cloned()
                 .map(JournalOp::Insert),
         );

@@ -89,12 +89,19 @@ impl Shared {
             table.shared_range(),
             self.share_max(table),
         ) {
-            (Some(percent), Some(range), Some(max_ports)) => Some(ShareInfo {
-                range,
-                percent,
-                max_ports,
-                used: table.shared_used(),
-            }),
+            // Shown where it counts: while something is counted against it, or when wildcard
+            // blocks can land in the range (a pool outside it — a per-user daemon's default —
+            // leaves it at 0 unless someone asks for ports there by number).
+            (Some(percent), Some(range), Some(max_ports))
+                if table.shared_used() > 0 || table.pool().range().overlaps(range) =>
+            {
+                Some(ShareInfo {
+                    range,
+                    percent,
+                    max_ports,
+                    used: table.shared_used(),
+                })
+            }
             _ => None,
         };
         let mut users: Vec<UserUsage> = table
