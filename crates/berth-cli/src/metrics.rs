@@ -314,6 +314,7 @@ mod tests {
             ],
             kernel_list: None,
             exposure: None,
+            reuse_cool_down_s: 60,
         }
     }
 

@@ -123,6 +123,9 @@ pub struct StatusJson {
     /// without kernel sync), `{"ports", "ephemeral", "refused"}` — `refused`: wildcard
     /// requests are refused for it — or `null` when none are.
     pub exposure: Option<ExposureJson>,
+    /// The reuse cool-down in seconds: wildcard picks pass by ports freed less than this long
+    /// ago while other ports fit (0: none).
+    pub reuse_cool_down_s: u32,
 }
 
 /// An exposed pool in `berth status --json`.
@@ -280,6 +283,7 @@ impl From<&StatusInfo> for StatusJson {
                 ephemeral: format!("{}-{}", e.ephemeral.start(), e.ephemeral.end()),
                 refused: e.refused,
             }),
+            reuse_cool_down_s: s.reuse_cool_down_s,
             kernel_list: s.kernel_list.map(|k| KernelListJson {
                 reserved: k.reserved,
                 extras: k.extras,

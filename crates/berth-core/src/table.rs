@@ -13,16 +13,17 @@ use crate::token::{Token, TokenSource};
 
 mod both;
 mod change;
+mod cooling;
 mod pair;
 mod ports;
 mod records;
 mod reservation;
 mod space;
 #[cfg(test)]
-mod stripe_tests;
-#[cfg(test)]
 mod tests;
 mod usage;
+#[cfg(test)]
+mod wildcard_tests;
 
 pub use change::{Change, Ending};
 pub use ports::PortUse;
@@ -68,6 +69,8 @@ pub struct Table {
     shared_range: Option<PortRange>,
     /// Ports of the pool the daemon keeps listed ahead of grants (see [`Table::set_stripe`]).
     stripe: Option<PortRange>,
+    /// Ports freed recently, passed by while others fit (see [`Table::set_reuse_cool_down`]).
+    cooling: cooling::Cooling,
     /// How many live reservations are persistent.
     persistent: u32,
 }
@@ -83,6 +86,7 @@ impl Table {
             usage: Ledger::default(),
             shared_range: None,
             stripe: None,
+            cooling: cooling::Cooling::default(),
             persistent: 0,
         }
     }
@@ -96,16 +100,52 @@ impl Table {
         self.stripe = stripe;
     }
 
+    /// Passes by, in wildcard searches, ports freed less than `window_ms` ago while other
+    /// ports fit the request (the reuse cool-down; 0: none): a just-released port does not
+    /// reach the next asker while the last owner's connections linger. Releases are noted by
+    /// [`Table::note_freed`]; a search's "now" is its request's `acquired_at_ms`.
+    pub fn set_reuse_cool_down(&mut self, window_ms: u64) {
+        self.cooling.set_window(window_ms);
+    }
+
+    /// The reuse cool-down, in milliseconds (see [`Table::set_reuse_cool_down`]).
+    pub fn reuse_cool_down_ms(&self) -> u64 {
+        self.cooling.window_ms()
+    }
+
+    /// Notes the ports that `changes` (just made) freed at `now_ms`, for the cool-down: every
+    /// reservation that ended, runtime or persistent.
+    pub fn note_freed(&mut self, changes: &[Change], now_ms: u64) {
+        for change in changes {
+            let (protocol, range) = match change {
+                Change::Released { reservation: r, .. } | Change::PersistentDeleted(r) => {
+                    (r.protocol, r.range)
+                }
+                Change::NotRestored {
+                    protocol, range, ..
+                } => (*protocol, *range),
+                _ => continue,
+            };
+            self.cooling.note(protocol, range, now_ms);
+        }
+    }
+
     /// Moves the stripe on once fewer than half of its ports are free in either protocol: to
     /// the block of the same size just past it (or at the pool's start, past the pool's end),
     /// so that grants keep finding listed ports while many reservations live. Returns the new
     /// stripe when it moved. A walk over the stripe's reservations: call it per grant, not per
     /// port.
-    pub fn advance_stripe(&mut self) -> Option<PortRange> {
+    pub fn advance_stripe(&mut self, now_ms: u64) -> Option<PortRange> {
         let stripe = self.stripe?;
         let count = u32::from(stripe.count());
-        let free = |space: &Space| count.saturating_sub(space.reserved_in(stripe));
-        if free(&self.tcp).min(free(&self.udp)) * 2 >= count {
+        // Free: neither reserved nor cooling down (a cooling port is passed by while others
+        // fit, so it is as good as taken for the stripe's purpose).
+        let free = |space: &Space, protocol| {
+            count
+                .saturating_sub(space.reserved_in(stripe))
+                .saturating_sub(self.cooling.count_in(protocol, stripe, now_ms))
+        };
+        if free(&self.tcp, Protocol::Tcp).min(free(&self.udp, Protocol::Udp)) * 2 >= count {
             return None;
         }
         let pool = self.pool.range();
@@ -218,7 +258,13 @@ impl Table {
             }
             RangeRequest::Wildcard { count } => {
                 let marks = self.space(protocol).marks();
-                let range = self.search(protocol, count, limits, !holder.hold, in_use)?;
+                let range = self.search(
+                    protocol,
+                    count,
+                    limits,
+                    (!holder.hold, holder.acquired_at_ms),
+                    in_use,
+                )?;
                 let weight = self.weight_of(protocol, range, &holder.owner, holder.hold, capped);
                 if let Err(e) = self.check_shared(uid, limits, weight.shared, count) {
                     // Refused: the search leaves no trace.
@@ -344,34 +390,54 @@ impl Table {
     }
 
     /// A wildcard search of the pool, refusing ports below `limits.lowest_port` as if in use;
-    /// in the stripe first when `striped`.
+    /// in the stripe first when `striped`. `(striped, now_ms)`: ports freed less than the
+    /// cool-down before `now_ms` are passed by in a first pass over the stripe and the pool,
+    /// and taken only by a second pass when nothing else fits.
     fn search(
         &mut self,
         protocol: Protocol,
         count: u16,
         limits: Constraints,
-        striped: bool,
+        (striped, now_ms): (bool, u64),
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<PortRange, AcquireError> {
         let pool = self.pool;
         let lowest = limits.lowest_port;
         let skipped_privileged = pool.range().start() < lowest;
         let usable = self.usable(lowest);
-        if let Some(stripe) = self.usable_stripe(usable, striped) {
-            let space = self.space_mut(protocol);
-            if let Some(range) = space.next_fit_in_stripe(protocol, count, stripe, in_use) {
-                return Ok(range);
-            }
-        }
-        if let Some(within) = usable {
-            let space = self.space_mut(protocol);
-            if let Some(range) = space.next_fit(protocol, count, within, in_use) {
-                // A block at the end of the pool sends the next search to the start of the
-                // whole pool, not of the part this asker could have.
-                if range.end() >= pool.range().end() {
-                    space.restart_at(pool.range().start());
+        let stripe = self.usable_stripe(usable, striped);
+        let passes: &[bool] = if self.cooling.any(protocol) {
+            &[true, false]
+        } else {
+            &[false]
+        };
+        let Table {
+            tcp, udp, cooling, ..
+        } = self;
+        let space = match protocol {
+            Protocol::Tcp => tcp,
+            Protocol::Udp => udp,
+        };
+        for &cool in passes {
+            let mut test = |proto, range| {
+                cool.then(|| cooling.first_in(proto, range, now_ms))
+                    .flatten()
+                    .or_else(|| in_use(proto, range))
+            };
+            if let Some(stripe) = stripe {
+                if let Some(range) = space.next_fit_in_stripe(protocol, count, stripe, &mut test) {
+                    return Ok(range);
                 }
-                return Ok(range);
+            }
+            if let Some(within) = usable {
+                if let Some(range) = space.next_fit(protocol, count, within, &mut test) {
+                    // A block at the end of the pool sends the next search to the start of
+                    // the whole pool, not of the part this asker could have.
+                    if range.end() >= pool.range().end() {
+                        space.restart_at(pool.range().start());
+                    }
+                    return Ok(range);
+                }
             }
         }
         let free = self.free_in_pool(protocol);

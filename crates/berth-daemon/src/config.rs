@@ -100,7 +100,14 @@ pub struct Config {
     /// wait for, and released with none either. Within the room for extra entries (the unused
     /// ephemeral share); 0 for none.
     pub listed_ahead: u16,
+    /// The reuse cool-down: wildcard picks pass by ports freed less than this long ago while
+    /// other ports fit, so that a port just released does not reach the next asker while the
+    /// last owner's connections linger. Zero: none.
+    pub reuse_cool_down: Duration,
 }
+
+/// The default reuse cool-down ([`Config::reuse_cool_down`]): Linux's `TIME_WAIT` length.
+pub const DEFAULT_REUSE_COOL_DOWN: Duration = Duration::from_secs(60);
 
 /// Ports listed ahead by default ([`Config::listed_ahead`]): enough for a busy test suite's
 /// portpicker ports at once, and under half a percent of Linux's default ephemeral range.
@@ -140,6 +147,7 @@ impl Config {
             portserver: None,
             hold: true,
             listed_ahead: DEFAULT_LISTED_AHEAD,
+            reuse_cool_down: DEFAULT_REUSE_COOL_DOWN,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! reserved_ports_config = ["/etc/sysctl.d"]  # where administrators list their own
 //!                               # ip_local_reserved_ports entries (default: sysctl's places)
 //! listed_ahead = 128            # pool ports kept listed ahead of grants (kernel sync on)
+//! reuse_cool_down_s = 60        # wildcard picks pass by ports freed this recently
 //!
 //! [privileged]                  # who may reserve and bind ports below
 //! allow_users = ["www-data", 1001]   # net.ipv4.ip_unprivileged_port_start (root always may)
@@ -126,6 +127,8 @@ pub struct ConfigFile {
     reserved_ports_config: Option<Vec<PathBuf>>,
     /// Ports of the pool listed ahead of grants while kernel sync runs (0 for none).
     listed_ahead: Option<u32>,
+    /// Seconds a freed port is passed by in wildcard picks while others fit (0 for none).
+    reuse_cool_down_s: Option<u64>,
 }
 
 /// The `portserver` key.
@@ -243,6 +246,17 @@ impl ConfigFile {
                 ));
             }
             config.configured_reserved_ports = places.clone();
+        }
+        if let Some(secs) = self.reuse_cool_down_s {
+            if secs > 3600 {
+                return Err(invalid(
+                    "reuse_cool_down_s",
+                    format!(
+                        "reuse_cool_down_s = {secs} is more than an hour; TIME_WAIT lasts 60 s on Linux (0 for no cool-down)"
+                    ),
+                ));
+            }
+            config.reuse_cool_down = std::time::Duration::from_secs(secs);
         }
         if let Some(ahead) = self.listed_ahead {
             config.listed_ahead = u16::try_from(ahead)

@@ -454,6 +454,9 @@ pub struct StatusInfo {
     /// The wildcard pool's ports inside the kernel's ephemeral range while the daemon does not
     /// keep the list (exposed to every program's `connect()`); `None` when none are.
     pub exposure: Option<ExposureInfo>,
+    /// The reuse cool-down, in seconds: wildcard picks pass by ports freed less than this
+    /// long ago while other ports fit (0: none).
+    pub reuse_cool_down_s: u32,
 }
 
 /// A wildcard pool exposed to other programs' automatic port choice (see `berth status`).

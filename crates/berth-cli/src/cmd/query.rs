@@ -72,6 +72,12 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             status.pool_free.tcp,
             status.pool_free.udp
         );
+        if status.reuse_cool_down_s > 0 {
+            outln!(
+                "  reuse cool-down {} s: wildcard picks pass by ports freed more recently while others fit",
+                status.reuse_cool_down_s
+            );
+        }
         outln!(
             "  {} ({} runtime, {} persistent): {}, {}",
             plural(status.reservations, "reservation"),

@@ -664,3 +664,23 @@ fn the_configuration_sample_in_the_docs_validates() {
         .code(0);
     assert!(out.stdout.contains("valid"), "{}", out.stdout);
 }
+
+/// The reuse cool-down: a port freed a moment ago is passed by while another fits — here the
+/// pool's next port, where the next-fit cursor alone would hand out the port just freed (a
+/// specific request does not move the cursor) — and handed out when nothing else fits.
+#[test]
+fn a_port_freed_a_moment_ago_is_passed_by_while_another_fits() {
+    let d = Daemon::start("21040-21041");
+    let port = |opts: &[&str]| -> u16 {
+        let out = run_sh(&d, opts, "echo $PORT").output().code(0);
+        out.stdout.trim().parse().expect("a port")
+    };
+    assert_eq!(port(&["--tcp", "1", "--start", "21040"]), 21040);
+    // 21040 was freed just now; the cursor is still at the pool's start.
+    assert_eq!(port(&["--tcp", "1"]), 21041);
+    // Both cooling: nothing else fits, so a cooling one rather than a refusal.
+    let third = port(&["--tcp", "1"]);
+    assert!((21040..=21041).contains(&third), "{third}");
+    let status = d.status();
+    assert_eq!(status["reuse_cool_down_s"], 60, "{status}");
+}

@@ -82,7 +82,9 @@ impl Table {
                 self.check_free(Protocol::Udp, range, in_use)?;
                 range
             }
-            RangeRequest::Wildcard { count } => self.search_both(count, limits, striped, in_use)?,
+            RangeRequest::Wildcard { count } => {
+                self.search_both(count, limits, (striped, acquired_at_ms), in_use)?
+            }
         };
         let shared = self
             .shared_range
@@ -118,26 +120,48 @@ impl Table {
         &mut self,
         count: u16,
         limits: Constraints,
-        striped: bool,
+        (striped, now_ms): (bool, u64),
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<PortRange, AcquireError> {
         let pool = self.pool;
         let lowest = limits.lowest_port;
         let within = self.usable(lowest);
         let stripe = self.usable_stripe(within, striped);
-        let Table { tcp, udp, .. } = self;
-        let mut both = |_: Protocol, candidate: PortRange| {
-            if let Some(slot) = udp.first_overlap(candidate) {
-                return Some(slot.range.start().max(candidate.start()));
-            }
-            in_use(Protocol::Tcp, candidate).or_else(|| in_use(Protocol::Udp, candidate))
+        let passes: &[bool] = if self.cooling.any(Protocol::Tcp) || self.cooling.any(Protocol::Udp)
+        {
+            &[true, false]
+        } else {
+            &[false]
         };
-        let in_stripe = stripe
-            .and_then(|stripe| tcp.next_fit_in_stripe(Protocol::Tcp, count, stripe, &mut both));
-        if let Some(range) = in_stripe {
-            return Ok(range);
+        let Table {
+            tcp, udp, cooling, ..
+        } = self;
+        let mut found = None;
+        for &cool in passes {
+            let mut both = |_: Protocol, candidate: PortRange| {
+                if let Some(slot) = udp.first_overlap(candidate) {
+                    return Some(slot.range.start().max(candidate.start()));
+                }
+                if cool {
+                    let cooling_port = cooling
+                        .first_in(Protocol::Tcp, candidate, now_ms)
+                        .or_else(|| cooling.first_in(Protocol::Udp, candidate, now_ms));
+                    if cooling_port.is_some() {
+                        return cooling_port;
+                    }
+                }
+                in_use(Protocol::Tcp, candidate).or_else(|| in_use(Protocol::Udp, candidate))
+            };
+            let in_stripe = stripe
+                .and_then(|stripe| tcp.next_fit_in_stripe(Protocol::Tcp, count, stripe, &mut both));
+            if let Some(range) = in_stripe {
+                return Ok(range);
+            }
+            found = within.and_then(|within| tcp.next_fit(Protocol::Tcp, count, within, &mut both));
+            if found.is_some() {
+                break;
+            }
         }
-        let found = within.and_then(|within| tcp.next_fit(Protocol::Tcp, count, within, &mut both));
         match found {
             Some(range) => {
                 // A block at the end of the pool sends the next search to the pool's start.

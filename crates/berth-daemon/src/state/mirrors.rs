@@ -128,7 +128,7 @@ impl Shared {
         let Some(ahead) = &self.kernel.ahead else {
             return;
         };
-        if let Some(next) = table.advance_stripe() {
+        if let Some(next) = table.advance_stripe(now_ms()) {
             let mut ports = berth_core::PortSet::new();
             ports.insert_range(next);
             ahead.set(ports);

@@ -120,6 +120,9 @@ impl Shared {
         let kernel = KernelState::start(config, runtime, recorded, &mut consumers)?;
         let stream = Stream::new(consumers);
         let mut table = Table::new(config.pool);
+        table.set_reuse_cool_down(
+            u64::try_from(config.reuse_cool_down.as_millis()).unwrap_or(u64::MAX),
+        );
         if config.ephemeral_share.is_some() {
             table.set_shared_range(Some(crate::config::ephemeral_pool().range()));
         }
@@ -187,6 +190,7 @@ impl Shared {
     fn publish(&self, table: &mut Table, changes: Vec<Change>) -> Pending {
         self.update_extras_room(table);
         log_changes(&changes);
+        table.note_freed(&changes, now_ms());
         let pending = self.stream.publish(changes);
         // After the changes: a grant that was in the stripe stays answered without a write.
         self.advance_stripe(table);

@@ -65,6 +65,7 @@ impl Shared {
             usage,
             ephemeral_share,
             users,
+            reuse_cool_down_s: u32::try_from(table.reuse_cool_down_ms() / 1000).unwrap_or(u32::MAX),
             kernel_list: kernel_list.map(|f| KernelListInfo {
                 reserved: f.reserved,
                 extras: f.extras,

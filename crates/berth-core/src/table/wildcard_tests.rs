@@ -1,5 +1,7 @@
-//! The stripe listed ahead: unheld wildcard blocks come from it first, in turn; held blocks,
-//! specific requests and a full stripe go to the rest of the pool.
+//! Where wildcard searches look: the stripe listed ahead (unheld blocks come from it first, in
+//! turn; held blocks, specific requests and a full stripe go to the rest of the pool; it moves
+//! on once half of it is taken), and the reuse cool-down (ports freed a moment ago are passed
+//! by while others fit).
 
 use super::*;
 
@@ -173,14 +175,125 @@ fn the_stripe_moves_on_once_half_of_it_is_taken() {
     let mut a = Asker { tokens: 0 };
     a.wildcard(&mut t, 1, false);
     a.wildcard(&mut t, 1, false);
-    assert_eq!(t.advance_stripe(), None, "half of it is still free");
+    assert_eq!(t.advance_stripe(0), None, "half of it is still free");
     a.wildcard(&mut t, 1, false);
-    assert_eq!(t.advance_stripe(), Some(range(1054, 4)));
+    assert_eq!(t.advance_stripe(0), Some(range(1054, 4)));
     assert_eq!(a.wildcard(&mut t, 1, false).range.start(), 1054);
     // Past the pool's end it starts again at the pool's start.
     t.set_stripe(Some(range(1096, 4)));
     for _ in 0..3 {
         a.wildcard(&mut t, 1, false);
     }
-    assert_eq!(t.advance_stripe(), Some(range(1000, 4)));
+    assert_eq!(t.advance_stripe(0), Some(range(1000, 4)));
+}
+
+/// Acquires a wildcard block of one unheld TCP port at `now_ms` and releases it at once,
+/// noting the release for the cool-down; returns its port.
+fn take_and_free(t: &mut Table, a: &mut Asker, now_ms: u64) -> u16 {
+    let tokens = &mut a.tokens;
+    let mut next = || {
+        *tokens += 1;
+        *tokens
+    };
+    let holder = Holder {
+        acquired_at_ms: now_ms,
+        ..holder(false)
+    };
+    let Change::Granted(r) = t
+        .acquire(
+            Protocol::Tcp,
+            RangeRequest::Wildcard { count: 1 },
+            holder,
+            Constraints::default(),
+            &mut next,
+            &mut |_, _| None,
+        )
+        .unwrap()
+    else {
+        panic!("expected a grant")
+    };
+    let released = t.release(r.token, &admin()).unwrap();
+    t.note_freed(&[released], now_ms);
+    r.range.start()
+}
+
+#[test]
+fn ports_freed_within_the_cool_down_are_passed_by_while_others_fit() {
+    let mut t = Table::new(Pool::new(1000, 1009).unwrap());
+    t.set_stripe(Some(range(1000, 2)));
+    t.set_reuse_cool_down(60_000);
+    let mut a = Asker { tokens: 0 };
+    assert_eq!(take_and_free(&mut t, &mut a, 0), 1000);
+    assert_eq!(take_and_free(&mut t, &mut a, 1), 1001);
+    // Both stripe ports are cooling down: the pool's next port, not the stripe's in turn.
+    assert_eq!(take_and_free(&mut t, &mut a, 2), 1002);
+    // A minute later they are cool again.
+    assert_eq!(take_and_free(&mut t, &mut a, 60_001), 1000);
+    // With no cool-down, the stripe is handed out in turn at once.
+    t.set_reuse_cool_down(0);
+    assert_eq!(take_and_free(&mut t, &mut a, 60_002), 1001);
+    assert_eq!(take_and_free(&mut t, &mut a, 60_003), 1000);
+}
+
+#[test]
+fn a_cooling_port_is_handed_out_when_nothing_else_fits() {
+    let mut t = Table::new(Pool::new(1000, 1000).unwrap());
+    t.set_reuse_cool_down(60_000);
+    let mut a = Asker { tokens: 0 };
+    assert_eq!(take_and_free(&mut t, &mut a, 0), 1000);
+    assert_eq!(take_and_free(&mut t, &mut a, 1), 1000);
+}
+
+#[test]
+fn pairs_pass_by_ports_cooling_in_either_protocol() {
+    let mut t = Table::new(Pool::new(1000, 1009).unwrap());
+    t.set_stripe(Some(range(1000, 1)));
+    t.set_reuse_cool_down(60_000);
+    // UDP 1000 was freed a moment ago.
+    let freed = Change::Released {
+        reservation: Reservation {
+            token: Token::new(99).unwrap(),
+            protocol: Protocol::Udp,
+            range: range(1000, 1),
+            acquired_at_ms: 0,
+            lease: Lease::Persistent {
+                created_by: 0,
+                allowed: Default::default(),
+            },
+        },
+        why: Ending::Released,
+    };
+    t.note_freed(&[freed], 5);
+    let mut tokens = 0u64;
+    let mut next = || {
+        tokens += 1;
+        tokens
+    };
+    let holder = Holder {
+        acquired_at_ms: 10,
+        ..holder(false)
+    };
+    let [tcp, _] = t
+        .acquire_both(
+            RangeRequest::Wildcard { count: 1 },
+            holder,
+            Constraints::default(),
+            &mut next,
+            &mut |_, _| None,
+        )
+        .unwrap();
+    assert_eq!(tcp.reservation().unwrap().range, range(1001, 1));
+}
+
+#[test]
+fn the_stripe_moves_on_once_half_of_it_is_cooling() {
+    let mut t = table();
+    t.set_reuse_cool_down(60_000);
+    let mut a = Asker { tokens: 0 };
+    for now in 0..2 {
+        take_and_free(&mut t, &mut a, now);
+    }
+    assert_eq!(t.advance_stripe(3), None, "half of it is still free");
+    take_and_free(&mut t, &mut a, 4);
+    assert_eq!(t.advance_stripe(5), Some(range(1054, 4)));
 }
