@@ -247,3 +247,27 @@ fn listed_ahead_is_read_and_bounded() {
         );
     }
 }
+
+#[test]
+fn reuse_cool_down_is_read_and_bounded() {
+    assert_eq!(
+        base().reuse_cool_down,
+        crate::config::DEFAULT_REUSE_COOL_DOWN
+    );
+    let (_d, path) = write("reuse_cool_down_s = 0\n");
+    let mut config = base();
+    ConfigFile::load(&path)
+        .unwrap()
+        .apply(&mut config, &path)
+        .unwrap();
+    assert_eq!(config.reuse_cool_down, std::time::Duration::ZERO);
+    let (_d, path) = write("reuse_cool_down_s = 3601\n");
+    let err = ConfigFile::load(&path)
+        .unwrap()
+        .apply(&mut base(), &path)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("line 1: reuse_cool_down_s = 3601"),
+        "{err}"
+    );
+}
