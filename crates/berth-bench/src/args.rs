@@ -72,6 +72,11 @@ pub struct Common {
     /// with its write of the list.
     #[arg(long, value_name = "N")]
     pub listed_ahead: Option<u16>,
+    /// The daemon's reuse cool-down in seconds (`reuse_cool_down_s`) [default: the daemon's,
+    /// 60]; 0 measures the cost of a request alone. At tens of thousands of grants a second
+    /// every port of the pool cools at once, which no real workload does.
+    #[arg(long, value_name = "SECS")]
+    pub reuse_cool_down: Option<u64>,
     /// Pin this process (all client threads) to this CPU (sched_setaffinity).
     #[arg(long, value_name = "CPU")]
     pub client_cpu: Option<usize>,

@@ -52,7 +52,11 @@ impl Daemon {
         let socket = dir.join("berth.sock");
         let log = dir.join("daemon.log");
         let config = dir.join("berth.toml");
-        std::fs::write(&config, DAEMON_CONFIG)
+        let mut text = DAEMON_CONFIG.to_owned();
+        if let Some(secs) = common.reuse_cool_down {
+            text.push_str(&format!("reuse_cool_down_s = {secs}\n"));
+        }
+        std::fs::write(&config, text)
             .with_context(|| format!("cannot write {}", config.display()))?;
         let authority = common
             .authority

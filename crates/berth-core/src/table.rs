@@ -49,6 +49,9 @@ pub struct BindPlan {
     pub held: bool,
 }
 
+/// How many blocks past the stripe a move looks at for one at least half usable.
+const STRIPE_LOOKAHEAD: usize = 16;
+
 /// The allocation state: every live reservation of both protocols.
 ///
 /// Invariant: two reservations of one protocol never share a port.
@@ -126,42 +129,83 @@ impl Table {
                 } => (*protocol, *range),
                 _ => continue,
             };
-            self.cooling.note(protocol, range, now_ms);
+            // Only wildcard searches pass cooling ports by: the pool's part is enough.
+            if let Some(part) = intersection(range, self.pool.range()) {
+                self.cooling.note(protocol, part, now_ms);
+            }
         }
     }
 
-    /// Moves the stripe on once fewer than half of its ports are free in either protocol: to
-    /// the block of the same size just past it (or at the pool's start, past the pool's end),
-    /// so that grants keep finding listed ports while many reservations live. Returns the new
-    /// stripe when it moved. A walk over the stripe's reservations: call it per grant, not per
-    /// port.
+    /// `None` when no port of `protocol` is cooling; else whether a first, cool-down-respecting
+    /// pass of a wildcard search can find anything: some free port of the pool is not cooling.
+    /// O(1) unless nearly every free port is cooling (then a walk over the pool's reservations
+    /// decides). Expires cooled ports first.
+    fn cooling_state(&mut self, protocol: Protocol, now_ms: u64) -> Option<bool> {
+        self.cooling.expire(now_ms);
+        let cooling = u32::try_from(self.cooling.len(protocol)).unwrap_or(u32::MAX);
+        if cooling == 0 {
+            return None;
+        }
+        // A lower bound first (reservations outside the pool make it low), the count after.
+        let pool = u32::from(self.pool.range().count());
+        Some(
+            pool.saturating_sub(self.space(protocol).reserved) > cooling
+                || self.free_in_pool(protocol) > cooling,
+        )
+    }
+
+    /// Moves the stripe on once fewer than half of its ports are usable (free and not cooling
+    /// down) in either protocol: to the first of the next few blocks of the same size past it
+    /// (from the pool's start again past its end) at least half usable, so that grants keep
+    /// finding listed ports while many reservations live or cool; it stays when none is. Returns the
+    /// new stripe when it moved. Walks over the stripe's reservations and cooling ports: call
+    /// it per change, not per port.
     pub fn advance_stripe(&mut self, now_ms: u64) -> Option<PortRange> {
         let stripe = self.stripe?;
         let count = u32::from(stripe.count());
-        // Free: neither reserved nor cooling down (a cooling port is passed by while others
-        // fit, so it is as good as taken for the stripe's purpose).
-        let free = |space: &Space, protocol| {
-            count
-                .saturating_sub(space.reserved_in(stripe))
-                .saturating_sub(self.cooling.count_in(protocol, stripe, now_ms))
-        };
-        if free(&self.tcp, Protocol::Tcp).min(free(&self.udp, Protocol::Udp)) * 2 >= count {
+        let current = self.usable_in(stripe, now_ms);
+        if current * 2 >= count {
             return None;
         }
+        // The next block with at least half of it usable, among the next few; none: stay (a
+        // move to a block no better would only cost a write and make grants wait for it).
         let pool = self.pool.range();
         let count = stripe.count().min(pool.count());
-        let start = stripe
-            .end()
-            .checked_add(1)
-            .filter(|&s| {
-                s >= pool.start() && u32::from(s) + u32::from(count) <= u32::from(pool.end()) + 1
-            })
-            .unwrap_or(pool.start());
-        let next = PortRange::new(start, count).ok()?;
-        self.stripe = Some(next);
-        self.tcp.restart_stripe_at(start);
-        self.udp.restart_stripe_at(start);
-        Some(next)
+        let mut at = stripe;
+        for _ in 0..STRIPE_LOOKAHEAD {
+            let start = at
+                .end()
+                .checked_add(1)
+                .filter(|&s| {
+                    s >= pool.start()
+                        && u32::from(s) + u32::from(count) <= u32::from(pool.end()) + 1
+                })
+                .unwrap_or(pool.start());
+            at = PortRange::new(start, count).ok()?;
+            if at == stripe {
+                break;
+            }
+            if self.usable_in(at, now_ms) * 2 >= u32::from(count) {
+                self.stripe = Some(at);
+                self.tcp.restart_stripe_at(start);
+                self.udp.restart_stripe_at(start);
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// The ports of `range` neither reserved nor cooling down, in the protocol that has
+    /// fewer (a cooling port is passed by while others fit, so it is as good as taken for
+    /// the stripe's purpose). A walk over `range`'s reservations and cooling ports.
+    fn usable_in(&self, range: PortRange, now_ms: u64) -> u32 {
+        let count = u32::from(range.count());
+        let usable = |space: &Space, protocol| {
+            count
+                .saturating_sub(space.reserved_in(range))
+                .saturating_sub(self.cooling.count_in(protocol, range, now_ms))
+        };
+        usable(&self.tcp, Protocol::Tcp).min(usable(&self.udp, Protocol::Udp))
     }
 
     /// The stripe listed ahead, if any (see [`Table::set_stripe`]).
@@ -180,6 +224,10 @@ impl Table {
     pub fn set_pool(&mut self, pool: Pool) {
         if pool != self.pool {
             self.pool = pool;
+            // What cools is counted inside the pool: start again.
+            let window = self.cooling.window_ms();
+            self.cooling.set_window(0);
+            self.cooling.set_window(window);
             self.tcp.restart_at(pool.range().start());
             self.udp.restart_at(pool.range().start());
         }
@@ -406,7 +454,7 @@ impl Table {
         let skipped_privileged = pool.range().start() < lowest;
         let usable = self.usable(lowest);
         let stripe = self.usable_stripe(usable, striped);
-        let passes: &[bool] = if self.cooling.any(protocol) {
+        let passes: &[bool] = if self.cooling_state(protocol, now_ms) == Some(true) {
             &[true, false]
         } else {
             &[false]
@@ -470,6 +518,7 @@ impl Table {
             self.usage.count(uid, weight, true);
         }
         self.space_mut(r.protocol).insert(r.range, r.token);
+        self.cooling.forget(r.protocol, r.range);
         if r.kind() == Kind::Persistent {
             self.persistent += 1;
         }

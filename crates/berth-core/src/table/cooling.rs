@@ -43,12 +43,13 @@ impl Cooling {
         self.window_ms
     }
 
-    /// Notes that `range` was freed in `protocol` at `now_ms`.
+    /// Notes that `range` was freed in `protocol` at `now_ms` (the caller passes only the part
+    /// inside the pool: only wildcard searches pass cooling ports by).
     pub(super) fn note(&mut self, protocol: Protocol, range: PortRange, now_ms: u64) {
         if self.window_ms == 0 {
             return;
         }
-        self.forget_cool(now_ms);
+        self.expire(now_ms);
         let freed = &mut self.freed[slot(protocol)];
         for port in range.ports() {
             freed.insert(port, now_ms);
@@ -59,10 +60,21 @@ impl Cooling {
         self.order.push_back((now_ms, protocol, range));
     }
 
-    /// Whether a search could meet a cooling port of `protocol` at all (a quick test, so
-    /// that a search makes its second pass only when there is something to pass by).
-    pub(super) fn any(&self, protocol: Protocol) -> bool {
-        !self.freed[slot(protocol)].is_empty()
+    /// How many ports of `protocol` are cooling (after [`Cooling::expire`]; ports reserved
+    /// again are taken out by [`Cooling::forget`], so none of them is reserved).
+    pub(super) fn len(&self, protocol: Protocol) -> usize {
+        self.freed[slot(protocol)].len()
+    }
+
+    /// Stops counting `range` in `protocol` (reserved again: no longer a free port to pass by).
+    pub(super) fn forget(&mut self, protocol: Protocol, range: PortRange) {
+        let freed = &mut self.freed[slot(protocol)];
+        if freed.is_empty() {
+            return;
+        }
+        for port in range.ports() {
+            freed.remove(&port);
+        }
     }
 
     /// The first port of `range` freed in `protocol` less than the window before `now_ms`.
@@ -93,7 +105,7 @@ impl Cooling {
     }
 
     /// Forgets the releases that have cooled down by `now_ms`.
-    fn forget_cool(&mut self, now_ms: u64) {
+    pub(super) fn expire(&mut self, now_ms: u64) {
         while let Some(&(at, _, _)) = self.order.front() {
             if self.cooling(at, now_ms) {
                 break;

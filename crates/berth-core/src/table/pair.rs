@@ -127,12 +127,16 @@ impl Table {
         let lowest = limits.lowest_port;
         let within = self.usable(lowest);
         let stripe = self.usable_stripe(within, striped);
-        let passes: &[bool] = if self.cooling.any(Protocol::Tcp) || self.cooling.any(Protocol::Udp)
-        {
-            &[true, false]
-        } else {
-            &[false]
-        };
+        // A pair needs a port free in both and cooling in neither: worth a first pass when
+        // something cools and each protocol has a free port that does not.
+        let (tcp_state, udp_state) = (
+            self.cooling_state(Protocol::Tcp, now_ms),
+            self.cooling_state(Protocol::Udp, now_ms),
+        );
+        let cool_pass = (tcp_state.is_some() || udp_state.is_some())
+            && tcp_state.unwrap_or(true)
+            && udp_state.unwrap_or(true);
+        let passes: &[bool] = if cool_pass { &[true, false] } else { &[false] };
         let Table {
             tcp, udp, cooling, ..
         } = self;

@@ -179,6 +179,12 @@ fn the_stripe_moves_on_once_half_of_it_is_taken() {
     a.wildcard(&mut t, 1, false);
     assert_eq!(t.advance_stripe(0), Some(range(1054, 4)));
     assert_eq!(a.wildcard(&mut t, 1, false).range.start(), 1054);
+    // A block no better is passed over: 1058-1061 is taken, 1062-1065 is free.
+    a.acquire(&mut t, RangeRequest::Specific(range(1058, 4)), true)
+        .unwrap();
+    a.wildcard(&mut t, 1, false);
+    a.wildcard(&mut t, 1, false);
+    assert_eq!(t.advance_stripe(0), Some(range(1062, 4)));
     // Past the pool's end it starts again at the pool's start.
     t.set_stripe(Some(range(1096, 4)));
     for _ in 0..3 {
@@ -296,4 +302,39 @@ fn the_stripe_moves_on_once_half_of_it_is_cooling() {
     assert_eq!(t.advance_stripe(3), None, "half of it is still free");
     take_and_free(&mut t, &mut a, 4);
     assert_eq!(t.advance_stripe(5), Some(range(1054, 4)));
+}
+
+#[test]
+fn a_pool_whose_free_ports_all_cool_is_not_searched_twice() {
+    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
+    t.set_reuse_cool_down(60_000);
+    let mut a = Asker { tokens: 0 };
+    for now in 0..100 {
+        take_and_free(&mut t, &mut a, now);
+    }
+    // Every port of the pool cools: no first pass walks them all; the second pass takes the
+    // port at the cursor with one probe.
+    let mut probes = 0;
+    let mut tokens = 1000u64;
+    let mut next = || {
+        tokens += 1;
+        tokens
+    };
+    let holder = Holder {
+        acquired_at_ms: 200,
+        ..holder(false)
+    };
+    t.acquire(
+        Protocol::Tcp,
+        RangeRequest::Wildcard { count: 1 },
+        holder,
+        Constraints::default(),
+        &mut next,
+        &mut |_, _| {
+            probes += 1;
+            None
+        },
+    )
+    .unwrap();
+    assert_eq!(probes, 1);
 }

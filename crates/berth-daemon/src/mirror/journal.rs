@@ -69,7 +69,22 @@ impl Runtime {
         if self.faulty.trips() {
             return Err(WriteError::Faulty);
         }
-        Ok(self.journal.lock().unwrap_or_else(PoisonError::into_inner))
+        Ok(self.read())
+    }
+
+    /// The journal, to read: not a write, so the store's fault switch is not asked (a check
+    /// that writes nothing must not use up a test's allowance of writes).
+    fn read(&self) -> std::sync::MutexGuard<'_, RuntimeJournal> {
+        self.journal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a write may be made now (the store's fault switch): call once per write made
+    /// through [`Runtime::read`]'s guard.
+    fn may_write(&self) -> Result<(), WriteError> {
+        if self.faulty.trips() {
+            return Err(WriteError::Faulty);
+        }
+        Ok(())
     }
 
     /// Records which entries of `ip_local_reserved_ports` the daemon may have written.
@@ -184,7 +199,8 @@ impl Consumer for Journal {
     /// restart) is removed, a missing or different one written. A record each, only for what
     /// differs. (Persistent rows are refusable changes, undone when their commit fails.)
     fn resync(&self, table: &berth_core::Table) -> Result<(), crate::mirror::MirrorError> {
-        let mut runtime = self.runtime.lock()?;
+        // Read first; a write (and the fault switch's say) only when something differs.
+        let mut runtime = self.runtime.read();
         let wanted: std::collections::HashMap<berth_core::Token, JournalRow> = table
             .iter()
             .filter_map(journal_row)
@@ -205,12 +221,14 @@ impl Consumer for Journal {
                 .cloned()
                 .map(JournalOp::Insert),
         );
-        if !ops.is_empty() {
-            tracing::info!(
-                records = ops.len(),
-                "re-synchronising the runtime journal with the table"
-            );
+        if ops.is_empty() {
+            return Ok(());
         }
+        tracing::info!(
+            records = ops.len(),
+            "re-synchronising the runtime journal with the table"
+        );
+        self.runtime.may_write()?;
         for op in &ops {
             runtime
                 .apply(op)
