@@ -193,6 +193,23 @@ pub enum AcquireError {
 }
 
 impl AcquireError {
+    /// This error as `viewer_uid` may read it: the holder's owner hidden unless the viewer is
+    /// an administrator or the same user (see `Reservation::seen_by`).
+    pub fn seen_by(&self, viewer_uid: u32, is_admin: bool) -> Self {
+        match self {
+            AcquireError::Conflict {
+                protocol,
+                requested,
+                holder,
+            } => AcquireError::Conflict {
+                protocol: *protocol,
+                requested: *requested,
+                holder: Box::new(holder.seen_by(viewer_uid, is_admin)),
+            },
+            other => other.clone(),
+        }
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -265,6 +282,17 @@ pub enum ReleaseError {
 }
 
 impl ReleaseError {
+    /// This error as `viewer_uid` may read it: another user's owner hidden unless the viewer
+    /// is an administrator (see `Reservation::seen_by`).
+    pub fn seen_by(self, viewer_uid: u32, is_admin: bool) -> Self {
+        match self {
+            ReleaseError::PermissionDenied(r) => {
+                ReleaseError::PermissionDenied(Box::new(r.seen_by(viewer_uid, is_admin)))
+            }
+            other => other,
+        }
+    }
+
     /// The kind of failure (docs/errors.md).
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -298,6 +326,20 @@ pub enum UseError {
 }
 
 impl UseError {
+    /// This error as `viewer_uid` may read it (see `Reservation::seen_by`).
+    pub fn seen_by(self, viewer_uid: u32, is_admin: bool) -> Self {
+        match self {
+            UseError::NotOwner {
+                reservation,
+                requester_pid,
+            } => UseError::NotOwner {
+                reservation: Box::new(reservation.seen_by(viewer_uid, is_admin)),
+                requester_pid,
+            },
+            other => other,
+        }
+    }
+
     /// The kind of failure (docs/errors.md).
     pub fn kind(&self) -> ErrorKind {
         match self {

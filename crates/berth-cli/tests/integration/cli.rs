@@ -530,14 +530,31 @@ fn list_status_release_and_their_errors() {
         .code(10)
         .says(&["is not a token"]);
 
-    // Another user may not release it, and is told who holds it.
+    // Another user may not release it, and is told whose it is as `list` would tell it: the
+    // token and "another user", not the owner's pid or command.
     if needs::other_users_available() {
         std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        Berth::wrapped_in(d.socket(), needs::AS_NOBODY)
+        let refused = Berth::wrapped_in(d.socket(), needs::AS_NOBODY)
             .args(["release", &token])
             .output()
             .code(16)
-            .says(&[&token, &format!("pid {command} (")]);
+            .says(&[&token, "a process of another user"]);
+        assert!(
+            !refused.stderr.contains(&format!("pid {command}")),
+            "{}",
+            refused.stderr
+        );
+        // The same in a conflict over its ports.
+        let conflict = Berth::wrapped_in(d.socket(), needs::AS_NOBODY)
+            .args(["run", "--tcp", "1", "--start", "20750", "--", "true"])
+            .output()
+            .code(12)
+            .says(&[&token, "a process of another user"]);
+        assert!(
+            !conflict.stderr.contains(&format!("pid {command}")),
+            "{}",
+            conflict.stderr
+        );
         assert_eq!(d.list().len(), 1);
     } else {
         needs::skip(

@@ -139,14 +139,38 @@ impl Reservation {
         self.owner().is_some_and(|o| o.same_process(process))
     }
 
-    /// "pid 4121 (nginx, uid 1000)" — for messages.
+    /// "pid 4121 (nginx, uid 1000)" — for messages; "a process of another user" once
+    /// [`Reservation::seen_by`] hid the owner.
     pub fn holder_description(&self) -> String {
         match &self.lease {
+            Lease::Runtime { owner, .. } if owner.pid == 0 => {
+                "a process of another user".to_owned()
+            }
             Lease::Runtime { owner, .. } => {
                 format!("pid {} ({}, uid {})", owner.pid, owner.command, owner.uid)
             }
             Lease::Persistent { .. } => "a persistent reservation".to_owned(),
         }
+    }
+
+    /// This reservation as a user sees it in messages and listings: a runtime reservation's
+    /// owner (pid, command, uid) only for administrators and for the owner's own user; anyone
+    /// else sees its token, ports and kind, and "a process of another user" (one rule for
+    /// `list`, `why` and every refusal that names a holder).
+    pub fn seen_by(&self, viewer_uid: u32, is_admin: bool) -> Reservation {
+        let mut seen = self.clone();
+        if let Lease::Runtime { owner, .. } = &mut seen.lease {
+            if !is_admin && owner.uid != viewer_uid {
+                *owner = Owner {
+                    pid: 0,
+                    uid: u32::MAX,
+                    gid: u32::MAX,
+                    start_time: 0,
+                    command: String::new(),
+                };
+            }
+        }
+        seen
     }
 }
 

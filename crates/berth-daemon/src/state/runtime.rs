@@ -250,7 +250,10 @@ impl Shared {
             let mut table = self.table();
             let change = match table.release(token, requester) {
                 Ok(change) => change,
-                Err(e) => return error(e.kind(), e.to_string()),
+                Err(e) => {
+                    let e = e.seen_by(requester.process.uid, requester.is_admin);
+                    return error(e.kind(), e.to_string());
+                }
             };
             let released = change.reservation().cloned();
             (released, self.publish(&mut table, vec![change]))
@@ -365,7 +368,10 @@ impl Shared {
         };
         let mut plan = match self.table().authorize_use(token, asker) {
             Ok(plan) => plan,
-            Err(e) => return error(e.kind(), e.to_string()),
+            Err(e) => {
+                let e = e.seen_by(requester.process.uid, requester.is_admin);
+                return error(e.kind(), e.to_string());
+            }
         };
         // Exactly the port asked for, or an error: never another one.
         if let Some(port) = port {
@@ -494,5 +500,7 @@ fn acquire_refused(
             ErrorDetail::None
         }
     };
-    Response::Error(WireError::new(e.kind(), e.to_string()).with_detail(detail))
+    // The message names the holder only as the detail does (another user's owner hidden).
+    let message = e.seen_by(asker.process.uid, asker.is_admin).to_string();
+    Response::Error(WireError::new(e.kind(), message).with_detail(detail))
 }
