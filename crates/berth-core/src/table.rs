@@ -52,6 +52,9 @@ pub struct BindPlan {
 /// How many blocks past the stripe a move looks at for one at least half usable.
 const STRIPE_LOOKAHEAD: usize = 16;
 
+/// How long a look-ahead that found no block to move the stripe to is not made again.
+const STRIPE_RETRY_MS: u64 = 100;
+
 /// The allocation state: every live reservation of both protocols.
 ///
 /// Invariant: two reservations of one protocol never share a port.
@@ -74,6 +77,9 @@ pub struct Table {
     stripe: Option<PortRange>,
     /// Ports freed recently, passed by while others fit (see [`Table::set_reuse_cool_down`]).
     cooling: cooling::Cooling,
+    /// Before this time (ms) the stripe is not looked ahead for again (see
+    /// [`Table::advance_stripe`]).
+    stripe_retry_at_ms: u64,
     /// How many live reservations are persistent.
     persistent: u32,
 }
@@ -90,6 +96,7 @@ impl Table {
             shared_range: None,
             stripe: None,
             cooling: cooling::Cooling::default(),
+            stripe_retry_at_ms: 0,
             persistent: 0,
         }
     }
@@ -163,6 +170,11 @@ impl Table {
     pub fn advance_stripe(&mut self, now_ms: u64) -> Option<PortRange> {
         let stripe = self.stripe?;
         let count = u32::from(stripe.count());
+        // A look-ahead that found nothing is not made again for a moment: under heavy churn
+        // it would walk many blocks on every change.
+        if now_ms < self.stripe_retry_at_ms {
+            return None;
+        }
         let current = self.usable_in(stripe, now_ms);
         if current * 2 >= count {
             return None;
@@ -192,6 +204,7 @@ impl Table {
                 return Some(at);
             }
         }
+        self.stripe_retry_at_ms = now_ms.saturating_add(STRIPE_RETRY_MS);
         None
     }
 

@@ -402,20 +402,12 @@ impl<'a> Disposed<'a> {
 
     /// The connection registered with the reactor (it is, from now on).
     fn registered(&mut self) -> io::Result<&mut UnixStream> {
-        if let Some(Conn::Plain(_)) = &self.stream {
-            let Some(Conn::Plain(plain)) = self.stream.take() else {
-                unreachable!("just matched")
-            };
-            match UnixStream::from_std(plain.try_clone()?) {
-                Ok(registered) => {
-                    drop(plain);
-                    self.stream = Some(Conn::Registered(registered));
-                }
-                Err(e) => {
-                    self.stream = Some(Conn::Plain(plain));
-                    return Err(e);
-                }
-            }
+        if let Some(Conn::Plain(plain)) = &self.stream {
+            // A copy registered: should that fail (out of descriptors), the connection stays
+            // as it was, to be disposed of as usual. The original's close is not the socket's
+            // last, so it cannot block.
+            let registered = UnixStream::from_std(plain.try_clone()?)?;
+            self.stream = Some(Conn::Registered(registered));
         }
         match &mut self.stream {
             Some(Conn::Registered(s)) => Ok(s),

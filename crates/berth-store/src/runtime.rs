@@ -382,8 +382,11 @@ impl RuntimeJournal {
         }
         let frame = self.buf.len() as u64;
         if let Err(e) = self.file.write_all(&self.buf) {
-            // Part of the frame may be in the file now; start over from what is live (or, if
-            // that fails too, before the next append).
+            // Part of the records may be in the file now — whole ones too, when the write
+            // stopped at a page (a full disk): cut them off (shortening needs no space), so
+            // that none is read back at the next start; then start over from what is live (or,
+            // if that fails too, before the next append).
+            let _ = self.file.set_len(self.len);
             self.clean = false;
             let _ = self.rewrite();
             return Err(io_error(&self.path, "write the runtime journal", e));

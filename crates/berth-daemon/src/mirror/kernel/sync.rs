@@ -79,6 +79,9 @@ struct Inner {
     foreign: Mutex<PortSet>,
     /// What the books said after the last write, for `berth status`.
     figures: Mutex<ListFigures>,
+    /// The list's file, and a buffer to read it into when a grant in the stripe is checked.
+    path: PathBuf,
+    check_buf: Mutex<Vec<u8>>,
 }
 
 /// What the writer needs besides the table's ports.
@@ -186,6 +189,8 @@ impl Sync {
             wake: Condvar::new(),
             foreign: Mutex::new(PortSet::new()),
             figures: Mutex::new(ListFigures::default()),
+            path: setup.path.clone(),
+            check_buf: Mutex::new(Vec::new()),
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -220,11 +225,14 @@ impl Consumer for Sync {
             Change::Rebound { .. } | Change::NotRestored { .. } => return Ack::Done,
         };
         let mut state = self.inner.lock();
-        // Inside the ports listed ahead the list is right already, before and after.
         let listed = state.ahead_listed && range.ports().all(|p| state.ahead.contains(p));
         let State { counts, ours, .. } = &mut *state;
         count(counts, ours, range, add);
-        if listed {
+        // Inside the ports listed ahead the list is right already: for a release always; for a
+        // grant once one read shows its ports still there (another tool may have rewritten the
+        // list since the writer last looked — then the writer puts them back, and the grant is
+        // answered after that write, as outside the stripe).
+        if listed && (!add || self.inner.still_listed(range)) {
             return Ack::Done;
         }
         // The writer needs waking when someone waits, or to start gathering the first change
@@ -339,6 +347,17 @@ impl State {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the list holds every port of `range` now (one read of the file; `false` when it
+    /// cannot be read).
+    fn still_listed(&self, range: PortRange) -> bool {
+        let mut buf = self
+            .check_buf
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        reserved_ports::read_with(&self.path, &mut buf)
+            .is_ok_and(|list| range.ports().all(|p| list.contains(p)))
     }
 
     /// See [`Listing::caught_up`].
