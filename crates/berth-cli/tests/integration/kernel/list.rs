@@ -356,8 +356,11 @@ fn ports_listed_ahead_are_granted_and_released_with_no_write() {
     );
 
     // Another tool's rewrite took the stripe out: a grant there is answered only once its port
-    // is listed again (one read shows it missing; the writer puts the entries back first).
+    // is listed again (one read shows it missing; the writer puts the entries back first). The
+    // daemon trusts a list it saw holding the stripe for 10 ms without reading it again: not a
+    // wait for readiness, but time let pass so that the grant below must read.
     ns.set_reserved("");
+    std::thread::sleep(std::time::Duration::from_millis(50));
     let out = ok(&mut ns.berth(
         &sock,
         &[

@@ -138,7 +138,16 @@ struct State {
     /// Whether the list holds every port of `ahead` and no write under way takes them out:
     /// then a change inside them needs no write.
     ahead_listed: bool,
+    /// When the list was last seen holding every port of `ahead` (a write, or a grant's
+    /// check): within [`FRESH`] of it a grant in the stripe needs no read.
+    ahead_seen_at: Option<Instant>,
 }
+
+/// How long the list, once seen holding the stripe, is trusted to still hold it: a read of
+/// the list costs the kernel a walk of all 65,536 ports, too much for every grant, and another
+/// tool's rewrite is then noticed by the next grant after this long at most (berth's other
+/// entries are put back within [`RECHECK`]).
+const FRESH: Duration = Duration::from_millis(10);
 
 /// The ports listed ahead of grants: see the module's documentation.
 #[derive(Clone)]
@@ -185,6 +194,7 @@ impl Sync {
                 started: false,
                 ahead: PortSet::new(),
                 ahead_listed: false,
+                ahead_seen_at: None,
             }),
             wake: Condvar::new(),
             foreign: Mutex::new(PortSet::new()),
@@ -226,13 +236,15 @@ impl Consumer for Sync {
         };
         let mut state = self.inner.lock();
         let listed = state.ahead_listed && range.ports().all(|p| state.ahead.contains(p));
+        // Inside the ports listed ahead the list is right already: for a release always; for a
+        // grant once the list was seen holding the stripe within FRESH, or one read shows its
+        // ports still there (another tool may have rewritten the list since the writer last
+        // looked — then the writer puts them back, and the grant is answered after that write,
+        // as outside the stripe).
+        let fast = listed && (!add || self.inner.stripe_still_listed(&mut state, range));
         let State { counts, ours, .. } = &mut *state;
         count(counts, ours, range, add);
-        // Inside the ports listed ahead the list is right already: for a release always; for a
-        // grant once one read shows its ports still there (another tool may have rewritten the
-        // list since the writer last looked — then the writer puts them back, and the grant is
-        // answered after that write, as outside the stripe).
-        if listed && (!add || self.inner.still_listed(range)) {
+        if fast {
             return Ack::Done;
         }
         // The writer needs waking when someone waits, or to start gathering the first change
@@ -349,15 +361,23 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether the list holds every port of `range` now (one read of the file; `false` when it
-    /// cannot be read).
-    fn still_listed(&self, range: PortRange) -> bool {
+    /// Whether the list holds every port of `range` (in the stripe): seen so within
+    /// [`FRESH`], or now (one read of the file; `false` when it cannot be read).
+    fn stripe_still_listed(&self, state: &mut State, range: PortRange) -> bool {
+        if state.ahead_seen_at.is_some_and(|at| at.elapsed() < FRESH) {
+            return true;
+        }
         let mut buf = self
             .check_buf
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        reserved_ports::read_with(&self.path, &mut buf)
-            .is_ok_and(|list| range.ports().all(|p| list.contains(p)))
+        let Ok(list) = reserved_ports::read_with(&self.path, &mut buf) else {
+            return false;
+        };
+        if state.ahead.difference(&list).is_empty() {
+            state.ahead_seen_at = Some(Instant::now());
+        }
+        range.ports().all(|p| list.contains(p))
     }
 
     /// See [`Listing::caught_up`].

@@ -66,6 +66,9 @@ impl Inner {
                 let mut state = self.lock();
                 // Unless the ports to list ahead changed meanwhile.
                 state.ahead_listed = state.ahead == ahead;
+                if state.ahead_listed {
+                    state.ahead_seen_at = Some(Instant::now());
+                }
             }
             if result.is_ok() && !self.lock().dirty {
                 narrow(&setup.record, &mut books);
