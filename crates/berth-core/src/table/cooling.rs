@@ -69,10 +69,13 @@ impl Cooling {
     /// Stops counting `range` in `protocol` (reserved again: no longer a free port to pass by).
     pub(super) fn forget(&mut self, protocol: Protocol, range: PortRange) {
         let freed = &mut self.freed[slot(protocol)];
-        if freed.is_empty() {
-            return;
-        }
-        for port in range.ports() {
+        // Only the cooling ports of the range: a large block reserved over few of them costs
+        // what they are, not what it is.
+        let cooling: Vec<u16> = freed
+            .range(range.start()..=range.end())
+            .map(|(&port, _)| port)
+            .collect();
+        for port in cooling {
             freed.remove(&port);
         }
     }

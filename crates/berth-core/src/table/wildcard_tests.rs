@@ -338,3 +338,21 @@ fn a_pool_whose_free_ports_all_cool_is_not_searched_twice() {
     .unwrap();
     assert_eq!(probes, 1);
 }
+
+#[test]
+fn another_users_owner_is_seen_only_by_administrators_and_the_same_user() {
+    let mut t = table();
+    let mut a = Asker { tokens: 0 };
+    let r = a.wildcard(&mut t, 1, false);
+    assert!(r
+        .seen_by(1000, false)
+        .holder_description()
+        .starts_with("pid 1 (test"));
+    assert!(r
+        .seen_by(0, true)
+        .holder_description()
+        .starts_with("pid 1 (test"));
+    let hidden = r.seen_by(2000, false);
+    assert_eq!(hidden.holder_description(), "a process of another user");
+    assert_eq!((hidden.token, hidden.range), (r.token, r.range));
+}
