@@ -100,6 +100,11 @@ pub struct Config {
     /// wait for, and released with none either. Within the room for extra entries (the unused
     /// ephemeral share); 0 for none.
     pub listed_ahead: u16,
+    /// How long kernel sync trusts a list it saw holding the ports listed ahead before a grant
+    /// there reads it again ([`DEFAULT_LISTED_AHEAD_TRUST`]): a read costs the kernel a walk of
+    /// all 65,536 ports, and another tool's rewrite of the list is noticed by the first grant
+    /// after this long. Zero: every grant there reads (tests that rewrite the list).
+    pub listed_ahead_trust: Duration,
     /// The reuse cool-down: wildcard picks pass by ports freed less than this long ago while
     /// other ports fit, so that a port just released does not reach the next asker while the
     /// last owner's connections linger. Zero: none.
@@ -112,6 +117,9 @@ pub const DEFAULT_REUSE_COOL_DOWN: Duration = Duration::from_secs(60);
 /// Ports listed ahead by default ([`Config::listed_ahead`]): enough for a busy test suite's
 /// portpicker ports at once, and under half a percent of Linux's default ephemeral range.
 pub const DEFAULT_LISTED_AHEAD: u16 = 128;
+
+/// See [`Config::listed_ahead_trust`].
+pub const DEFAULT_LISTED_AHEAD_TRUST: Duration = Duration::from_millis(10);
 
 /// The most ports a configuration may list ahead.
 pub const MAX_LISTED_AHEAD: u16 = 1024;
@@ -147,6 +155,7 @@ impl Config {
             portserver: None,
             hold: true,
             listed_ahead: DEFAULT_LISTED_AHEAD,
+            listed_ahead_trust: DEFAULT_LISTED_AHEAD_TRUST,
             reuse_cool_down: DEFAULT_REUSE_COOL_DOWN,
         }
     }

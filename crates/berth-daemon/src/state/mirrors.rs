@@ -51,6 +51,7 @@ impl KernelState {
                         recorded,
                         configured_in: config.configured_reserved_ports.clone(),
                         extras: extras.clone(),
+                        trust: config.listed_ahead_trust,
                         faulty: config.faults.kernel(),
                     })?;
                 let foreign = sync.foreign();

@@ -111,15 +111,28 @@ proptest! {
 /// Kernel sync failing and healing, as a kernel refusing writes would: a grant whose listing
 /// fails is undone everywhere (also in kernel sync's own count, which took it before the write
 /// failed), and a release whose write failed is repaired once writes work again — the list
-/// ends exactly the table's ports. Root only: the daemon runs on a thread of this process that
-/// entered a private network namespace (so does every thread it starts), whose list is its own.
+/// ends exactly the table's ports.
 #[test]
 fn the_kernel_list_equals_the_table_after_its_writes_fail() {
+    in_private_netns(kernel_faults);
+}
+
+/// Another tool's rewrite of the list takes the ports listed ahead out: a grant there is
+/// answered only once its port is listed again (the daemon reads the list before answering —
+/// here on every grant, its trust in a list it saw set to zero — and writes it back first).
+#[test]
+fn a_grant_in_the_stripe_after_a_rewrite_is_listed_before_its_answer() {
+    in_private_netns(rewrite_under_the_stripe);
+}
+
+/// Runs `body` on a thread of this process that entered a private network namespace (so does
+/// every thread the daemon starts from it), whose list is its own. Root only: an ordinary
+/// user's namespaces are made by a child process, and the daemon here must be a thread of this
+/// one (skipped with the reason otherwise).
+fn in_private_netns<F: std::future::Future<Output = ()> + 'static>(body: fn() -> F) {
     match berth_testkit::namespaces::Namespaces::here() {
         Some(berth_testkit::namespaces::Namespaces::Root) => {}
         _ => {
-            // Root, as for running as another user (an ordinary user's namespaces are made by a
-            // child process, and the daemon here must be a thread of this one).
             berth_testkit::needs::skip(
                 berth_testkit::needs::Need::Users,
                 "needs root, to put a thread of this process in a private network namespace",
@@ -127,7 +140,7 @@ fn the_kernel_list_equals_the_table_after_its_writes_fail() {
             return;
         }
     }
-    std::thread::spawn(|| {
+    std::thread::spawn(move || {
         berth_os::netns::enter_new_on_this_thread().expect("unshare(CLONE_NEWNET), as root");
         // The daemon's threads start from this one and share its namespace; never the host's.
         let ns = |path| std::fs::read_link(path).expect("read a netns link");
@@ -141,10 +154,36 @@ fn the_kernel_list_equals_the_table_after_its_writes_fail() {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(kernel_faults());
+        rt.block_on(body());
     })
     .join()
     .expect("the test's thread");
+}
+
+async fn rewrite_under_the_stripe() {
+    let daemon = TestDaemon::with_config(18700, 18799, |c| {
+        c.kernel_sync = berth_daemon::KernelSync::On;
+        c.listed_ahead = 8;
+        c.listed_ahead_trust = std::time::Duration::ZERO;
+    });
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let stripe: BTreeSet<u16> = (18700..=18707).collect();
+    // Listed at start-up (the reconcile's write is made before the daemon serves).
+    assert_eq!(listed(), stripe);
+    let first = client.acquire_unheld(Protocol::Tcp, 0, 1).await.unwrap();
+    assert!(stripe.contains(&first.start()), "{}", first.start());
+    // Another tool rewrites the list without berth's entries.
+    std::fs::write("/proc/sys/net/ipv4/ip_local_reserved_ports", "\n").unwrap();
+    let second = client.acquire_unheld(Protocol::Tcp, 0, 1).await.unwrap();
+    assert!(stripe.contains(&second.start()), "{}", second.start());
+    let now = listed();
+    assert!(
+        now.contains(&second.start()) && now.contains(&first.start()),
+        "answered with the list {now:?}"
+    );
+    drop((first, second));
+    drop(client);
+    daemon.shutdown().await;
 }
 
 /// The list, read on this thread (in the private namespace).

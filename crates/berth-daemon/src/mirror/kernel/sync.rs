@@ -82,6 +82,11 @@ struct Inner {
     /// The list's file, and a buffer to read it into when a grant in the stripe is checked.
     path: PathBuf,
     check_buf: Mutex<Vec<u8>>,
+    /// How long the list, once seen holding the stripe, is trusted to still hold it (a read
+    /// costs the kernel a walk of all 65,536 ports, too much for every grant; another tool's
+    /// rewrite is noticed by the next grant after this long, and berth's other entries are
+    /// put back within [`RECHECK`]). See `Config::listed_ahead_trust`.
+    trust: Duration,
 }
 
 /// What the writer needs besides the table's ports.
@@ -97,6 +102,8 @@ pub(crate) struct Setup {
     pub(crate) configured_in: Vec<PathBuf>,
     /// How many free ports may be listed to make a value fit one chunk.
     pub(crate) extras: Arc<super::ExtrasRoom>,
+    /// See `Config::listed_ahead_trust`.
+    pub(crate) trust: Duration,
     /// While set, every write fails (fault injection for tests).
     pub(crate) faulty: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -139,15 +146,9 @@ struct State {
     /// then a change inside them needs no write.
     ahead_listed: bool,
     /// When the list was last seen holding every port of `ahead` (a write, or a grant's
-    /// check): within [`FRESH`] of it a grant in the stripe needs no read.
+    /// check): within `Inner::trust` of it a grant in the stripe needs no read.
     ahead_seen_at: Option<Instant>,
 }
-
-/// How long the list, once seen holding the stripe, is trusted to still hold it: a read of
-/// the list costs the kernel a walk of all 65,536 ports, too much for every grant, and another
-/// tool's rewrite is then noticed by the next grant after this long at most (berth's other
-/// entries are put back within [`RECHECK`]).
-const FRESH: Duration = Duration::from_millis(10);
 
 /// The ports listed ahead of grants: see the module's documentation.
 #[derive(Clone)]
@@ -201,6 +202,7 @@ impl Sync {
             figures: Mutex::new(ListFigures::default()),
             path: setup.path.clone(),
             check_buf: Mutex::new(Vec::new()),
+            trust: setup.trust,
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -237,7 +239,7 @@ impl Consumer for Sync {
         let mut state = self.inner.lock();
         let listed = state.ahead_listed && range.ports().all(|p| state.ahead.contains(p));
         // Inside the ports listed ahead the list is right already: for a release always; for a
-        // grant once the list was seen holding the stripe within FRESH, or one read shows its
+        // grant once the list was seen holding the stripe within `trust`, or one read shows its
         // ports still there (another tool may have rewritten the list since the writer last
         // looked — then the writer puts them back, and the grant is answered after that write,
         // as outside the stripe).
@@ -362,9 +364,12 @@ impl Inner {
     }
 
     /// Whether the list holds every port of `range` (in the stripe): seen so within
-    /// [`FRESH`], or now (one read of the file; `false` when it cannot be read).
+    /// `trust`, or now (one read of the file; `false` when it cannot be read).
     fn stripe_still_listed(&self, state: &mut State, range: PortRange) -> bool {
-        if state.ahead_seen_at.is_some_and(|at| at.elapsed() < FRESH) {
+        if state
+            .ahead_seen_at
+            .is_some_and(|at| at.elapsed() < self.trust)
+        {
             return true;
         }
         let mut buf = self
