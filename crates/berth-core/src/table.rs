@@ -108,6 +108,7 @@ impl Table {
     /// out in turn; when none fits, the search goes on in the whole pool. `None`: no stripe.
     pub fn set_stripe(&mut self, stripe: Option<PortRange>) {
         self.stripe = stripe;
+        self.stripe_retry_at_ms = 0;
     }
 
     /// Passes by, in wildcard searches, ports freed less than `window_ms` ago while other
@@ -238,9 +239,7 @@ impl Table {
         if pool != self.pool {
             self.pool = pool;
             // What cools is counted inside the pool: start again.
-            let window = self.cooling.window_ms();
-            self.cooling.set_window(0);
-            self.cooling.set_window(window);
+            self.cooling.clear();
             self.tcp.restart_at(pool.range().start());
             self.udp.restart_at(pool.range().start());
         }

@@ -34,8 +34,14 @@ impl Cooling {
     pub(super) fn set_window(&mut self, window_ms: u64) {
         self.window_ms = window_ms;
         if window_ms == 0 {
-            *self = Cooling::default();
+            self.clear();
         }
+    }
+
+    /// Forgets every freed port (the window stays).
+    pub(super) fn clear(&mut self) {
+        self.freed = Default::default();
+        self.order.clear();
     }
 
     /// The window, in milliseconds.

@@ -127,10 +127,9 @@ impl Journal {
         }
     }
 
-    /// The runtime journal's record of `change`: `Ok(None)` when it needs none, `Err` when
-    /// it is not the runtime journal's (a persistent change, for the store thread).
-    fn runtime_op(change: &Change) -> Result<Option<JournalOp>, ()> {
-        Ok(match change {
+    /// Where `change` is recorded.
+    fn record(change: &Change) -> Record {
+        let op = match change {
             Change::Granted(r) => journal_row(r).map(JournalOp::Insert),
             Change::Released { reservation, .. } => Some(JournalOp::Remove(reservation.token)),
             // A re-claim changes only the session, which the journal does not record; a
@@ -142,9 +141,33 @@ impl Journal {
             .map(JournalOp::Insert),
             Change::Restored(_) => None,
             Change::NotRestored { token, .. } => Some(JournalOp::Remove(*token)),
-            Change::PersistentCreated(_) | Change::PersistentDeleted(_) => return Err(()),
-        })
+            Change::PersistentCreated(_) | Change::PersistentDeleted(_) => return Record::Store,
+        };
+        op.map_or(Record::Nowhere, Record::Runtime)
     }
+
+    /// A persistent change, queued for the store thread (committed there).
+    fn store(&self, change: &Change) -> Ack {
+        let queued = match change {
+            Change::PersistentCreated(r) => persistent_row(r).map(|row| self.store.create(row)),
+            Change::PersistentDeleted(r) => Some(self.store.delete(r.token)),
+            _ => None,
+        };
+        match queued {
+            Some(Queued(rx)) => Ack::Later(rx),
+            None => Ack::Done,
+        }
+    }
+}
+
+/// Where a change is recorded.
+enum Record {
+    /// In the runtime journal, with this operation.
+    Runtime(JournalOp),
+    /// By the store thread: a persistent row.
+    Store,
+    /// Nowhere (a re-claim; a restored row the journal has already).
+    Nowhere,
 }
 
 impl Consumer for Journal {
@@ -153,18 +176,10 @@ impl Consumer for Journal {
     }
 
     fn accept(&self, change: &Change) -> Ack {
-        let queued = match Self::runtime_op(change) {
-            Ok(None) => return Ack::Done,
-            Ok(Some(op)) => return self.journal(&op),
-            Err(()) => match change {
-                Change::PersistentCreated(r) => persistent_row(r).map(|row| self.store.create(row)),
-                Change::PersistentDeleted(r) => Some(self.store.delete(r.token)),
-                _ => None,
-            },
-        };
-        match queued {
-            Some(Queued(rx)) => Ack::Later(rx),
-            None => Ack::Done,
+        match Self::record(change) {
+            Record::Runtime(op) => self.journal(&op),
+            Record::Store => self.store(change),
+            Record::Nowhere => Ack::Done,
         }
     }
 
@@ -174,13 +189,13 @@ impl Consumer for Journal {
         let mut ops = Vec::new();
         let mut recorded = Vec::new();
         for (i, change) in batch {
-            match Self::runtime_op(change) {
-                Ok(None) => {}
-                Ok(Some(op)) => {
+            match Self::record(change) {
+                Record::Runtime(op) => {
                     ops.push(op);
                     recorded.push(i);
                 }
-                Err(()) => ack(i, self.accept(change)),
+                Record::Store => ack(i, self.store(change)),
+                Record::Nowhere => {}
             }
         }
         if ops.is_empty() {

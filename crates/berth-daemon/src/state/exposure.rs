@@ -57,6 +57,14 @@ impl KernelState {
             refused: self.exposure.pool_follows,
         })
     }
+
+    /// Why kernel sync is off, in words ("" when it is on).
+    pub(super) fn off_reason(&self) -> String {
+        self.off_because
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
 }
 
 impl Shared {
@@ -70,12 +78,7 @@ impl Shared {
                 return;
             }
         }
-        let why = self
-            .kernel
-            .off_because
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        let why = self.kernel.off_reason();
         match exposed {
             Some(e) if e.refused => tracing::warn!(
                 "the kernel's ephemeral range {ephemeral} leaves no room outside it for the default wildcard pool, and {why}: wildcard requests are refused until the range changes; give the daemon a pool (--pool, or pool in its configuration) or let it keep ip_local_reserved_ports (docs/kernel.md, \"Protection off\")"
@@ -91,12 +94,7 @@ impl Shared {
     /// A wildcard request's refusal while the default pool is exposed (see the module).
     pub(super) fn exposed_refusal(&self, pool: PortRange) -> Option<String> {
         let e = self.kernel.exposure(pool).filter(|e| e.refused)?;
-        let why = self
-            .kernel
-            .off_because
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        let why = self.kernel.off_reason();
         Some(format!(
             "the daemon's wildcard pool {pool} lies in the kernel's ephemeral range {}, and {why}: a port granted there could be given to any program's connect() meanwhile, so nothing was reserved; ask for ports by number outside the range, or have an administrator give the daemon a pool outside it (--pool) or let it keep ip_local_reserved_ports",
             e.ephemeral

@@ -47,12 +47,7 @@ impl Shared {
             sessions: self.sessions.load(Ordering::Relaxed),
             open_files_limit,
             kernel_sync: self.kernel.off_because.is_none(),
-            kernel_sync_off_because: self
-                .kernel
-                .off_because
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            kernel_sync_off_because: self.kernel.off_reason(),
             hold_sockets,
             hold: self.hold_enabled,
             hold_off_because: if self.hold_enabled {
