@@ -101,7 +101,7 @@ pub fn frame_sizes(socket: &Path) -> Result<Sizes> {
                 protocol: Protocol::Tcp,
                 start: 0,
                 count: 1,
-                hold: true,
+                options: berth_protocol::AcquireOptions::held(),
             })?,
             acquired: response(Response::Acquired(info.clone()))?,
             release: request(Request::Release {

@@ -119,6 +119,10 @@ pub struct PersistentAddArgs {
     /// A group (name or gid) whose members may bind sockets from it; repeatable.
     #[arg(long = "allow-group", value_name = "GROUP")]
     pub allow_groups: Vec<String>,
+    /// Say what the ports are for (shown to everyone by `berth list` and `berth why`); at most
+    /// 128 bytes, one line.
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
 }
 
 /// `berth persistent list`.
@@ -224,6 +228,15 @@ pub struct RunArgs {
     /// Reserve the blocks starting at port P instead of any free block.
     #[arg(long, value_name = "P")]
     pub start: Option<u16>,
+    /// Reserve any free blocks inside LO-HI (in the pool or not) instead of blocks from the
+    /// pool.
+    // A string, judged by `run`: a bad range is invalid-argument (exit 10), not a usage error.
+    #[arg(long, value_name = "LO-HI")]
+    pub within: Option<String>,
+    /// Say what the ports are for (a test, a job): shown by `berth list` and `berth why` with
+    /// the owner; at most 128 bytes, one line.
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
     /// Print the reservations as JSON on stderr before running the command.
     #[arg(long)]
     pub json: bool,

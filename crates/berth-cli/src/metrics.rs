@@ -262,6 +262,7 @@ mod tests {
             age_ms: 0,
             held: true,
             bound: vec![start],
+            label: None,
         }
     }
 

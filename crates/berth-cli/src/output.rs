@@ -26,6 +26,8 @@ pub struct ReservationJson {
     pub held: bool,
     /// The ports its owner has bound from it (through associate), ascending.
     pub bound: Vec<u16>,
+    /// What it is for, when it has a label and the asker may see it (`null` otherwise).
+    pub label: Option<String>,
 }
 
 /// The owner of a reservation in JSON.
@@ -55,6 +57,7 @@ impl From<&ReservationInfo> for ReservationJson {
             age_s: r.age_ms / 1000,
             held: r.held,
             bound: r.bound.clone(),
+            label: r.label.clone(),
         }
     }
 }
@@ -316,6 +319,7 @@ pub fn table(list: &[ReservationInfo]) -> String {
         "AGE".to_owned(),
         "HELD".to_owned(),
         "BOUND".to_owned(),
+        "LABEL".to_owned(),
     ]];
     for r in list {
         let (pid, command) = match &r.owner {
@@ -333,9 +337,10 @@ pub fn table(list: &[ReservationInfo]) -> String {
             human_age(r.age_ms / 1000),
             if r.held { "yes" } else { "no" }.to_owned(),
             port_list(&r.bound),
+            r.label.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
-    let mut widths = [0usize; 10];
+    let mut widths = [0usize; 11];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -437,7 +442,7 @@ mod tests {
     #[test]
     fn an_empty_table_has_its_header() {
         assert!(table(&[]).starts_with("TOKEN  PROTO  PORTS"));
-        assert!(table(&[]).trim_end().ends_with("AGE  HELD  BOUND"));
+        assert!(table(&[]).trim_end().ends_with("AGE  HELD  BOUND  LABEL"));
     }
 
     #[test]

@@ -116,6 +116,20 @@ pub enum RangeError {
     /// Not `LO-HI`.
     #[error("{0:?} is not a port range; write it as LOW-HIGH, e.g. 32768-60999")]
     BadPool(String),
+    /// A bounded wildcard that also names its start.
+    #[error("start port {start} and bounds (within LO-HI) cannot be combined: give the start for exactly that block, or the bounds for any free block inside them")]
+    StartWithin {
+        /// The start port given.
+        start: u16,
+    },
+    /// Bounds too narrow for the block asked for.
+    #[error("{count} ports do not fit within {bounds} ({} ports); widen the bounds or ask for fewer ports", .bounds.count())]
+    WithinTooSmall {
+        /// Ports asked for.
+        count: u16,
+        /// The bounds given.
+        bounds: PortRange,
+    },
     /// Not `tcp` or `udp`.
     #[error("{0:?} is not a protocol; use tcp or udp")]
     UnknownProtocol(String),
@@ -158,7 +172,7 @@ pub enum AcquireError {
         port: u16,
     },
     /// No block of `count` contiguous ports is usable in the pool.
-    #[error("{}", exhausted_message(*protocol, *count, *pool, *free_ports, *skipped_privileged))]
+    #[error("{}", exhausted_message(*protocol, *count, *pool, *free_ports, *skipped_privileged, *bounds))]
     PoolExhausted {
         /// Protocol asked for.
         protocol: Protocol,
@@ -172,6 +186,9 @@ pub enum AcquireError {
         /// Whether privileged ports of the pool were skipped because the asker may not use
         /// them.
         skipped_privileged: bool,
+        /// The bounds searched instead of the pool (a bounded wildcard); `free_ports` counts
+        /// theirs.
+        bounds: Option<PortRange>,
     },
     /// The specific range has privileged ports the asker may not use.
     #[error(transparent)]
@@ -251,10 +268,18 @@ fn exhausted_message(
     pool: Pool,
     free_ports: u32,
     skipped_privileged: bool,
+    bounds: Option<PortRange>,
 ) -> String {
-    let mut text = format!(
-        "no block of {count} contiguous usable {protocol} ports is left in the pool {pool}"
-    );
+    let mut text = match bounds {
+        None => format!(
+            "no block of {count} contiguous usable {protocol} ports is left in the pool {pool}"
+        ),
+        Some(bounds) => format!(
+            "no block of {count} contiguous usable {protocol} ports is left within {}-{}",
+            bounds.start(),
+            bounds.end()
+        ),
+    };
     if skipped_privileged {
         text.push_str(" (its privileged ports were skipped: your user may not use them)");
     }
@@ -263,7 +288,10 @@ fn exhausted_message(
             "; {free_ports} of its ports are unreserved, but they are in use on the host or not contiguous (the pool is fragmented)"
         ));
     }
-    text.push_str("; ask for fewer ports, release reservations (`berth list`), or widen the pool (`berth daemon --pool LO-HI`)");
+    text.push_str(match bounds {
+        None => "; ask for fewer ports, release reservations (`berth list`), or widen the pool (`berth daemon --pool LO-HI`)",
+        Some(_) => "; ask for fewer ports, release reservations (`berth list`), or widen the bounds",
+    });
     text
 }
 

@@ -9,6 +9,7 @@
 //! - [`range`]: [`Protocol`], [`PortRange`], [`RangeRequest`] and [`Pool`] — validated values.
 //! - [`token`]: [`Token`], the non-zero 64-bit reservation name, and [`TokenSource`].
 //! - [`owner`]: [`Owner`], [`Holder`] and [`Requester`] — who holds and who asks.
+//! - [`label`]: [`Label`], the free text a reservation may carry for people to read.
 //! - [`error`]: [`ErrorKind`] (the kinds of docs/errors.md with their errno) and the typed errors.
 //! - [`freemap`]: a segment tree over one protocol's 65,536 ports that finds free blocks in
 //!   O(log 65,536), whatever the number of live reservations.
@@ -23,6 +24,7 @@
 
 pub mod error;
 pub mod freemap;
+pub mod label;
 pub mod owner;
 pub mod policy;
 pub mod portset;
@@ -32,6 +34,7 @@ pub mod table;
 pub mod token;
 
 pub use error::{describe, AcquireError, ErrorKind, RangeError, ReleaseError, UseError};
+pub use label::{Label, LabelError, MAX_LABEL_LEN};
 pub use owner::{Holder, Owner, Requester, SessionId};
 pub use policy::{PrivilegedDenied, PrivilegedPorts};
 pub use portset::{BadPortList, PortSet};

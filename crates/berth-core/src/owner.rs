@@ -55,6 +55,8 @@ pub struct Holder {
     /// Whether the daemon holds the ports its owner has not bound (see
     /// [`crate::Lease::Runtime`]'s `held`).
     pub hold: bool,
+    /// What the reservation is for (see [`crate::Reservation::label`]).
+    pub label: Option<crate::label::Label>,
 }
 
 /// Who is asking for an operation on an existing reservation.

@@ -183,6 +183,14 @@ pub enum RangeRequest {
         /// How many ports; at least 1.
         count: u16,
     },
+    /// Any `count` contiguous free ports inside `bounds` (a bounded wildcard), which may lie
+    /// inside the pool or outside it.
+    Within {
+        /// How many ports; at least 1, at most `bounds.count()`.
+        count: u16,
+        /// The ports the block must lie in.
+        bounds: PortRange,
+    },
 }
 
 impl RangeRequest {
@@ -199,11 +207,44 @@ impl RangeRequest {
         }
     }
 
+    /// [`RangeRequest::from_start_count`], bounded to `within = (first, last)` (inclusive)
+    /// when given: then `start` must be 0 and the bounds must hold `count` ports.
+    pub fn from_start_count_within(
+        start: u16,
+        count: u16,
+        within: Option<(u16, u16)>,
+    ) -> Result<Self, RangeError> {
+        let request = Self::from_start_count(start, count)?;
+        let Some((first, last)) = within else {
+            return Ok(request);
+        };
+        if start != 0 {
+            return Err(RangeError::StartWithin { start });
+        }
+        if first == 0 {
+            return Err(RangeError::ZeroStart);
+        }
+        let bounds = PortRange::from_bounds(first, last)?;
+        if count > bounds.count() {
+            return Err(RangeError::WithinTooSmall { count, bounds });
+        }
+        Ok(RangeRequest::Within { count, bounds })
+    }
+
     /// How many ports are asked for.
     pub fn count(self) -> u16 {
         match self {
             RangeRequest::Specific(r) => r.count(),
-            RangeRequest::Wildcard { count } => count,
+            RangeRequest::Wildcard { count } | RangeRequest::Within { count, .. } => count,
+        }
+    }
+
+    /// The bounds of a wildcard search: the request's for [`RangeRequest::Within`], none
+    /// (the pool) otherwise.
+    pub fn bounds(self) -> Option<PortRange> {
+        match self {
+            RangeRequest::Within { bounds, .. } => Some(bounds),
+            _ => None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! reserved-ports list and the hold sockets), and can undo one with [`Table::revert`].
 
 use crate::error::{AcquireError, ReleaseError, UseError};
+use crate::label::Label;
 use crate::owner::{Holder, Owner, Requester, SessionId};
 use crate::policy::PrivilegedDenied;
 use crate::range::{Pool, PortRange, Protocol, RangeRequest};
@@ -22,6 +23,7 @@ mod space;
 #[cfg(test)]
 mod tests;
 mod usage;
+
 #[cfg(test)]
 mod wildcard_tests;
 
@@ -290,7 +292,7 @@ impl Table {
                 let weight = self.weight_of(protocol, range, &holder.owner, holder.hold, capped);
                 (weight.usage, Some(weight.shared))
             }
-            RangeRequest::Wildcard { count } => (
+            RangeRequest::Wildcard { count } | RangeRequest::Within { count, .. } => (
                 Usage {
                     reservations: 1,
                     ports: u32::from(count),
@@ -303,24 +305,19 @@ impl Table {
         if let Some(shared) = shared {
             self.check_shared(uid, limits, shared, request.count())?;
         }
+        if let Some(denied) = below_lowest(protocol, request, limits, uid) {
+            return Err(AcquireError::Privileged(denied));
+        }
         let range = match request {
             RangeRequest::Specific(range) => {
-                if range.start() < limits.lowest_port {
-                    return Err(AcquireError::Privileged(PrivilegedDenied {
-                        protocol,
-                        range,
-                        unprivileged_start: limits.lowest_port,
-                        uid: holder.owner.uid,
-                    }));
-                }
                 self.check_free(protocol, range, in_use)?;
                 range
             }
-            RangeRequest::Wildcard { count } => {
+            RangeRequest::Wildcard { count } | RangeRequest::Within { count, .. } => {
                 let marks = self.space(protocol).marks();
                 let range = self.search(
                     protocol,
-                    count,
+                    (count, request.bounds()),
                     limits,
                     (!holder.hold, holder.acquired_at_ms),
                     in_use,
@@ -344,6 +341,7 @@ impl Table {
                 bond: Bond::Session(holder.session),
                 held: holder.hold,
             },
+            label: holder.label,
         };
         self.insert(reservation.clone(), capped);
         Ok(Change::Granted(reservation))
@@ -449,22 +447,24 @@ impl Table {
         ))
     }
 
-    /// A wildcard search of the pool, refusing ports below `limits.lowest_port` as if in use;
-    /// in the stripe first when `striped`. `(striped, now_ms)`: ports freed less than the
-    /// cool-down before `now_ms` are passed by in a first pass over the stripe and the pool,
-    /// and taken only by a second pass when nothing else fits.
+    /// A wildcard search of the pool — or of `bounds`, a bounded wildcard's — refusing ports
+    /// below `limits.lowest_port` as if in use; in the stripe first when `striped`.
+    /// `(striped, now_ms)`: ports freed less than the cool-down before `now_ms` are passed by
+    /// in a first pass over the stripe and the pool, and taken only by a second pass when
+    /// nothing else fits.
     fn search(
         &mut self,
         protocol: Protocol,
-        count: u16,
+        (count, bounds): (u16, Option<PortRange>),
         limits: Constraints,
         (striped, now_ms): (bool, u64),
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<PortRange, AcquireError> {
         let pool = self.pool;
         let lowest = limits.lowest_port;
-        let skipped_privileged = pool.range().start() < lowest;
-        let usable = self.usable(lowest);
+        let area = bounds.unwrap_or(pool.range());
+        let skipped_privileged = area.start() < lowest;
+        let usable = self.usable(lowest, bounds);
         let stripe = self.usable_stripe(usable, striped);
         let passes: &[bool] = if self.cooling_state(protocol, now_ms) == Some(true) {
             &[true, false]
@@ -490,33 +490,44 @@ impl Table {
                 }
             }
             if let Some(within) = usable {
-                if let Some(range) = space.next_fit(protocol, count, within, &mut test) {
+                let found = match bounds {
+                    None => space.next_fit(protocol, count, within, &mut test),
+                    Some(_) => {
+                        space.next_fit_bounded(protocol, count, within, pool.range(), &mut test)
+                    }
+                };
+                if let Some(range) = found {
                     // A block at the end of the pool sends the next search to the start of
-                    // the whole pool, not of the part this asker could have.
-                    if range.end() >= pool.range().end() {
+                    // the whole pool, not of the part this asker could have (a bounded
+                    // search placed the cursor itself).
+                    if range.end() >= pool.range().end() && bounds.is_none() {
                         space.restart_at(pool.range().start());
                     }
                     return Ok(range);
                 }
             }
         }
-        let free = self.free_in_pool(protocol);
+        let free = match bounds {
+            None => self.free_in_pool(protocol),
+            Some(bounds) => u32::from(bounds.count()) - self.space(protocol).reserved_in(bounds),
+        };
         Err(AcquireError::PoolExhausted {
             protocol,
             count,
             pool,
             free_ports: free,
             skipped_privileged,
+            bounds,
         })
     }
 
-    /// The part of the pool an asker whose lowest port is `lowest` may have: ports below it
-    /// are never candidates.
-    fn usable(&self, lowest: u16) -> Option<PortRange> {
-        let pool = self.pool.range();
-        PortRange::from_bounds(pool.start().max(lowest), pool.end())
+    /// The part of the pool — or of `bounds`, when a request gave them — that an asker whose
+    /// lowest port is `lowest` may have: ports below it are never candidates.
+    fn usable(&self, lowest: u16, bounds: Option<PortRange>) -> Option<PortRange> {
+        let area = bounds.unwrap_or(self.pool.range());
+        PortRange::from_bounds(area.start().max(lowest), area.end())
             .ok()
-            .filter(|_| lowest <= pool.end())
+            .filter(|_| lowest <= area.end())
     }
 
     /// The part of the stripe inside `usable`, when a search should look there first.
@@ -731,7 +742,7 @@ impl Table {
         token: Token,
         protocol: Protocol,
         range: PortRange,
-        allowed: Allowed,
+        (allowed, label): (Allowed, Option<Label>),
         created_by: u32,
         created_at_ms: u64,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
@@ -747,6 +758,7 @@ impl Table {
                 allowed,
                 created_by,
             },
+            label,
         };
         self.insert(reservation.clone(), false);
         Ok(Change::PersistentCreated(reservation))
@@ -1067,4 +1079,26 @@ impl Table {
         self.usage
             .set_shared(u32::try_from(held).unwrap_or(u32::MAX));
     }
+}
+
+/// The refusal of a request that reaches below `limits.lowest_port`: a specific block that
+/// starts there, or bounds that lie wholly there (bounds that only start there are searched
+/// from the lowest port up, as the pool is).
+pub(super) fn below_lowest(
+    protocol: Protocol,
+    request: RangeRequest,
+    limits: Constraints,
+    uid: u32,
+) -> Option<PrivilegedDenied> {
+    let (range, refused) = match request {
+        RangeRequest::Specific(range) => (range, range.start() < limits.lowest_port),
+        RangeRequest::Within { bounds, .. } => (bounds, bounds.end() < limits.lowest_port),
+        RangeRequest::Wildcard { .. } => return None,
+    };
+    refused.then_some(PrivilegedDenied {
+        protocol,
+        range,
+        unprivileged_start: limits.lowest_port,
+        uid,
+    })
 }

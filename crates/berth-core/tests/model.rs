@@ -144,6 +144,9 @@ enum Op {
     Specific(Protocol, u16, u16, u8, bool, Constraints),
     /// Protocol, count, session, hold, constraints.
     Wildcard(Protocol, u16, u8, bool, Constraints),
+    /// Protocol, count, bounds (first, last; inside the pool, across its edges or outside),
+    /// session, hold, constraints.
+    Within(Protocol, u16, (u16, u16), u8, bool, Constraints),
     /// Move (or drop) the shared range.
     SetShared(Option<(u16, u16)>),
     Release(usize, Asker),
@@ -190,6 +193,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(p, s, c, sess, h, k)| Op::Specific(p, s, c, sess, h, k)),
         6 => (protocol(), wildcard_count, 0u8..3, any::<bool>(), constraints())
             .prop_map(|(p, c, s, h, k)| Op::Wildcard(p, c, s, h, k)),
+        3 => (protocol(), 1u16..8, (LOW..HIGH - 8, 0u16..60), 0u8..3, any::<bool>(), constraints())
+            .prop_map(|(p, c, (lo, len), s, h, k)| {
+                Op::Within(p, c, (lo, lo.saturating_add(len).max(lo + c - 1).min(HIGH)), s, h, k)
+            }),
         3 => prop::option::of((LOW..HIGH, 0u16..120))
             .prop_map(|r| Op::SetShared(r.map(|(lo, len)| (lo, lo.saturating_add(len).min(HIGH))))),
         3 => (any::<usize>(), asker()).prop_map(|(i, a)| Op::Release(i, a)),
@@ -384,6 +391,27 @@ impl Model {
             .find(|&s| s >= lowest && self.usable(protocol, s, count))
     }
 
+    /// The block a bounded wildcard must get: the first usable start at or above `lowest` in
+    /// ring order over `bounds`, from the cursor when it lies in them, else from their start.
+    fn expected_within(
+        &self,
+        protocol: Protocol,
+        count: u16,
+        bounds: PortRange,
+        lowest: u16,
+    ) -> Option<u16> {
+        let cursor = self.cursor[index(protocol)];
+        let from = if bounds.contains(cursor) {
+            cursor
+        } else {
+            bounds.start()
+        };
+        let last_start = (bounds.end() + 1).checked_sub(count)?;
+        (from..=last_start)
+            .chain(bounds.start()..from.min(last_start + 1))
+            .find(|&s| s >= lowest && self.usable(protocol, s, count))
+    }
+
     /// Unreserved ports of the pool.
     fn free_in_pool(&self, protocol: Protocol) -> u32 {
         let reserved = (POOL_FIRST..=POOL_LAST)
@@ -447,6 +475,7 @@ impl Model {
             range,
             acquired_at_ms: 3,
             lease,
+            label: None,
         };
         let in_the_way = self
             .find(reservation.token)
@@ -490,6 +519,7 @@ impl Model {
             session: SessionId(u64::from(session)),
             acquired_at_ms: 5,
             hold,
+            label: None,
         };
         let in_use = &self.in_use[index(protocol)];
         let reserved = &self.reserved[index(protocol)];
@@ -510,15 +540,17 @@ impl Model {
             &mut probe,
         );
 
-        let is_wildcard = matches!(request, RangeRequest::Wildcard { .. });
+        let is_wildcard = !matches!(request, RangeRequest::Specific(_));
         if is_wildcard {
-            // Every candidate offered to the probe was unreserved, inside the pool and at or
-            // above the lowest port, and the search visited each start at most once.
-            assert!(probes.len() <= usize::from(POOL_LAST - POOL_FIRST + 1));
+            // Every candidate offered to the probe was unreserved, inside the pool (or the
+            // bounds) and at or above the lowest port, and the search visited each start at
+            // most once.
+            let area = request.bounds().unwrap_or(pool().range());
+            assert!(probes.len() <= usize::from(area.count()));
             for r in &probes {
                 assert!(
-                    r.start() >= POOL_FIRST && r.end() <= POOL_LAST,
-                    "{r} off pool"
+                    r.start() >= area.start() && r.end() <= area.end(),
+                    "{r} off {area}"
                 );
                 assert!(r.start() >= k.lowest_port, "{r} below {}", k.lowest_port);
                 assert!(r.ports().all(|p| !reserved[slot(p)]), "{r} reserved");
@@ -560,6 +592,7 @@ impl Model {
                     bond: Bond::Session(holder.session),
                     held: holder.hold,
                 },
+                label: None,
             })
         });
         assert_eq!(result, expected, "{request:?} under {k:?}");
@@ -567,7 +600,8 @@ impl Model {
             if k.shared_max.is_some() {
                 self.capped.insert(r.token);
             }
-            if is_wildcard {
+            let in_pool = r.range.start() >= POOL_FIRST && r.range.end() <= POOL_LAST;
+            if is_wildcard && (request.bounds().is_none() || in_pool) {
                 self.cursor[index(protocol)] = if r.range.end() == POOL_LAST {
                     POOL_FIRST
                 } else {
@@ -612,7 +646,7 @@ impl Model {
                         held_ports: if hold { u32::from(asked) } else { 0 },
                     }
                 }
-                RangeRequest::Wildcard { count } => Usage {
+                RangeRequest::Wildcard { count } | RangeRequest::Within { count, .. } => Usage {
                     reservations: 1,
                     ports: u32::from(count),
                     held_ports: if hold { u32::from(count) } else { 0 },
@@ -657,6 +691,37 @@ impl Model {
                 }))
             }
             RangeRequest::Specific(range) => self.expected_specific(protocol, range),
+            RangeRequest::Within { bounds, .. } if bounds.end() < k.lowest_port => {
+                Err(AcquireError::Privileged(PrivilegedDenied {
+                    protocol,
+                    range: bounds,
+                    unprivileged_start: k.lowest_port,
+                    uid,
+                }))
+            }
+            RangeRequest::Within { count, bounds } => {
+                let range = self
+                    .expected_within(protocol, count, bounds, k.lowest_port)
+                    .map(|s| PortRange::new(s, count).unwrap())
+                    .ok_or(AcquireError::PoolExhausted {
+                        protocol,
+                        count,
+                        pool: pool(),
+                        free_ports: u32::try_from(
+                            bounds
+                                .ports()
+                                .filter(|&p| !self.reserved[index(protocol)][slot(p)])
+                                .count(),
+                        )
+                        .unwrap(),
+                        skipped_privileged: bounds.start() < k.lowest_port,
+                        bounds: Some(bounds),
+                    })?;
+                match self.over_shared(protocol, range, uid, k) {
+                    Some(refused) => Err(refused),
+                    None => Ok(range),
+                }
+            }
             RangeRequest::Wildcard { count } => {
                 let range = self
                     .expected_wildcard(protocol, count, k.lowest_port)
@@ -667,6 +732,7 @@ impl Model {
                         pool: pool(),
                         free_ports: self.free_in_pool(protocol),
                         skipped_privileged: POOL_FIRST < k.lowest_port,
+                        bounds: None,
                     })?;
                 match self.over_shared(protocol, range, uid, k) {
                     Some(refused) => Err(refused),
@@ -828,7 +894,7 @@ impl Model {
             token,
             protocol,
             range,
-            Allowed::default(),
+            (Allowed::default(), None),
             0,
             9,
             &mut |_, r| r.ports().find(|p| in_use.contains(p)),
@@ -843,6 +909,7 @@ impl Model {
                     allowed: Allowed::default(),
                     created_by: 0,
                 },
+                label: None,
             })
         });
         assert_eq!(got, expected);
@@ -1072,6 +1139,11 @@ proptest! {
                 Op::Wildcard(p, count, session, hold, k) => {
                     model.acquire(p, RangeRequest::Wildcard { count }, session, hold, k);
                 }
+                Op::Within(p, count, (first, last), session, hold, k) => {
+                    let request = RangeRequest::from_start_count_within(0, count, Some((first, last)))
+                        .unwrap();
+                    model.acquire(p, request, session, hold, k);
+                }
                 Op::SetShared(range) => model.set_shared(range),
                 Op::Release(pick, asker) => model.release(pick, asker),
                 Op::ReleaseStale(pick) => model.release_stale(pick),
@@ -1104,6 +1176,7 @@ fn zero_and_duplicate_tokens_are_redrawn() {
         session: SessionId(0),
         acquired_at_ms: 0,
         hold: false,
+        label: None,
     };
     let mut got = Vec::new();
     for _ in 0..4 {

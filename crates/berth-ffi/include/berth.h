@@ -123,6 +123,33 @@ typedef struct berth_port_reservation_instance {
   uint64_t token;
 } berth_port_reservation_instance;
 
+/**
+ * What [`berth_acquire_port_reservation_ex`] adds to a reservation request. Set `size` to
+ * `sizeof(berth_acquire_options)`, so that a later libberth with more fields knows which
+ * ones the caller filled in.
+ */
+typedef struct berth_acquire_options {
+  /**
+   * `sizeof(berth_acquire_options)`.
+   */
+  uint32_t size;
+  /**
+   * NULL, or a NUL-terminated UTF-8 label saying what the ports are for (at most 128
+   * bytes, no control characters): `berth list` and `berth why` show it with the owner.
+   */
+  const char *label;
+  /**
+   * With `within_last`: a wildcard request (`start_port == 0`) takes any free block inside
+   * `within_first..=within_last` (in the daemon's pool or not) instead of one from the pool.
+   * Both 0: the pool.
+   */
+  uint16_t within_first;
+  /**
+   * The last port of the bounds (see `within_first`).
+   */
+  uint16_t within_last;
+} berth_acquire_options;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -148,6 +175,24 @@ extern "C" {
 int berth_acquire_port_reservation(int protocol,
                                    const struct berth_port_range *range,
                                    struct berth_port_reservation_instance *out);
+
+/**
+ * [`berth_acquire_port_reservation`] with options: a label and a wildcard's bounds.
+ * `options` may be NULL (no options).
+ *
+ * Errors: those of `berth_acquire_port_reservation`, and EINVAL for a `size` that is not
+ * `sizeof(berth_acquire_options)`, a label that is not UTF-8, longer than 128 bytes or with
+ * control characters, bounds with a non-zero `start_port`, reversed bounds or bounds
+ * narrower than the block; EADDRNOTAVAIL when no block inside the bounds is free.
+ *
+ * # Safety
+ * As `berth_acquire_port_reservation`; `options` is NULL or points to a readable
+ * `berth_acquire_options` whose `label` is NULL or a NUL-terminated string.
+ */
+int berth_acquire_port_reservation_ex(int protocol,
+                                      const struct berth_port_range *range,
+                                      const struct berth_acquire_options *options,
+                                      struct berth_port_reservation_instance *out);
 
 /**
  * Binds the socket `fd` — the caller's own, unbound TCP (`SOCK_STREAM`) or UDP

@@ -128,26 +128,124 @@ pub unsafe extern "C" fn berth_acquire_port_reservation(
         let range = unsafe { range.as_ref() }.copied().ok_or_else(|| {
             Failure::invalid("range is NULL; pass a berth_port_range with the ports to reserve")
         })?;
-        if out.is_null() {
-            return Err(Failure::invalid(
-                "out is NULL; pass a berth_port_reservation_instance to receive the reservation",
-            ));
-        }
-        let (start, count) = (range.start_port, range.number_of_ports);
-        RangeRequest::from_start_count(start, count)?;
-        let got = session::acquire(protocol, start, count)?;
-        let instance = berth_port_reservation_instance {
-            reservation: berth_port_range {
-                start_port: got.start,
-                number_of_ports: got.count,
-            },
-            token: got.token,
-        };
-        // SAFETY: `out` is non-null (checked above) and the caller gave a writable, aligned
-        // berth_port_reservation_instance.
-        unsafe { out.write(instance) };
-        Ok(())
+        // SAFETY: `out` is NULL (refused inside) or writable, as the caller promised.
+        unsafe { acquire_into(protocol, range, berth::AcquireOptions::held(), out) }
     })
+}
+
+/// What [`berth_acquire_port_reservation_ex`] adds to a reservation request. Set `size` to
+/// `sizeof(berth_acquire_options)`, so that a later libberth with more fields knows which
+/// ones the caller filled in.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(non_camel_case_types, reason = "the C API's naming")]
+pub struct berth_acquire_options {
+    /// `sizeof(berth_acquire_options)`.
+    pub size: u32,
+    /// NULL, or a NUL-terminated UTF-8 label saying what the ports are for (at most 128
+    /// bytes, no control characters): `berth list` and `berth why` show it with the owner.
+    pub label: *const c_char,
+    /// With `within_last`: a wildcard request (`start_port == 0`) takes any free block inside
+    /// `within_first..=within_last` (in the daemon's pool or not) instead of one from the pool.
+    /// Both 0: the pool.
+    pub within_first: u16,
+    /// The last port of the bounds (see `within_first`).
+    pub within_last: u16,
+}
+
+/// [`berth_acquire_port_reservation`] with options: a label and a wildcard's bounds.
+/// `options` may be NULL (no options).
+///
+/// Errors: those of `berth_acquire_port_reservation`, and EINVAL for a `size` that is not
+/// `sizeof(berth_acquire_options)`, a label that is not UTF-8, longer than 128 bytes or with
+/// control characters, bounds with a non-zero `start_port`, reversed bounds or bounds
+/// narrower than the block; EADDRNOTAVAIL when no block inside the bounds is free.
+///
+/// # Safety
+/// As `berth_acquire_port_reservation`; `options` is NULL or points to a readable
+/// `berth_acquire_options` whose `label` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn berth_acquire_port_reservation_ex(
+    protocol: c_int,
+    range: *const berth_port_range,
+    options: *const berth_acquire_options,
+    out: *mut berth_port_reservation_instance,
+) -> c_int {
+    boundary(|| {
+        let protocol = protocol_of(protocol)?;
+        // SAFETY: as in `berth_acquire_port_reservation`.
+        let range = unsafe { range.as_ref() }.copied().ok_or_else(|| {
+            Failure::invalid("range is NULL; pass a berth_port_range with the ports to reserve")
+        })?;
+        // SAFETY: the caller passes NULL or a readable, aligned berth_acquire_options.
+        let wanted = match unsafe { options.as_ref() } {
+            None => berth::AcquireOptions::held(),
+            // SAFETY: the caller promises `label` is NULL or NUL-terminated.
+            Some(options) => unsafe { acquire_options(options) }?,
+        };
+        // SAFETY: `out` is NULL (refused inside) or writable, as the caller promised.
+        unsafe { acquire_into(protocol, range, wanted, out) }
+    })
+}
+
+/// The library's options from the C ones: held, as every C reservation is.
+///
+/// # Safety
+/// `options.label` is NULL or points to a NUL-terminated string.
+unsafe fn acquire_options(
+    options: &berth_acquire_options,
+) -> Result<berth::AcquireOptions, Failure> {
+    let expected = std::mem::size_of::<berth_acquire_options>();
+    if usize::try_from(options.size).ok() != Some(expected) {
+        return Err(Failure::invalid(format!(
+            "options->size is {}, not sizeof(berth_acquire_options) = {expected}: set it, and build against the berth.h of this libberth",
+            options.size
+        )));
+    }
+    let mut wanted = berth::AcquireOptions::held();
+    if !options.label.is_null() {
+        // SAFETY: non-null, and NUL-terminated as the caller promised.
+        let label = unsafe { std::ffi::CStr::from_ptr(options.label) };
+        let label = label.to_str().map_err(|_| {
+            Failure::invalid("options->label is not UTF-8; pass plain text on one line")
+        })?;
+        wanted.label = label.to_owned();
+    }
+    if (options.within_first, options.within_last) != (0, 0) {
+        wanted.within = Some((options.within_first, options.within_last));
+    }
+    Ok(wanted)
+}
+
+/// Checks `range`, acquires it with `options` and writes the reservation to `out`.
+///
+/// # Safety
+/// `out` is NULL or points to a writable `berth_port_reservation_instance`.
+unsafe fn acquire_into(
+    protocol: Protocol,
+    range: berth_port_range,
+    options: berth::AcquireOptions,
+    out: *mut berth_port_reservation_instance,
+) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err(Failure::invalid(
+            "out is NULL; pass a berth_port_reservation_instance to receive the reservation",
+        ));
+    }
+    let (start, count) = (range.start_port, range.number_of_ports);
+    RangeRequest::from_start_count_within(start, count, options.within)?;
+    let got = session::acquire(protocol, start, count, &options)?;
+    let instance = berth_port_reservation_instance {
+        reservation: berth_port_range {
+            start_port: got.start,
+            number_of_ports: got.count,
+        },
+        token: got.token,
+    };
+    // SAFETY: `out` is non-null (checked above) and the caller gave a writable, aligned
+    // berth_port_reservation_instance.
+    unsafe { out.write(instance) };
+    Ok(())
 }
 
 /// Binds the socket `fd` — the caller's own, unbound TCP (`SOCK_STREAM`) or UDP

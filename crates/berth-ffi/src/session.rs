@@ -225,12 +225,17 @@ pub(crate) struct Acquired {
     pub(crate) token: u64,
 }
 
-/// Acquires a block and keeps it in the session.
-pub(crate) fn acquire(protocol: Protocol, start: u16, count: u16) -> Result<Acquired, Failure> {
+/// Acquires a held block with `options` (label, bounds) and keeps it in the session.
+pub(crate) fn acquire(
+    protocol: Protocol,
+    start: u16,
+    count: u16,
+    options: &berth::AcquireOptions,
+) -> Result<Acquired, Failure> {
     let session = session()?;
     let reservation = session
         .client
-        .acquire(protocol, start, count)
+        .acquire_with(protocol, start, count, options)
         .map_err(|e| session.fail(e))?;
     let acquired = Acquired {
         start: reservation.start(),

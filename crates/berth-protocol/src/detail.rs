@@ -123,6 +123,8 @@ pub struct PoolDetail {
     pub fragmented: bool,
     /// Privileged ports of the pool were skipped because this user may not have them.
     pub privileged_skipped: bool,
+    /// The bounds searched instead of the pool (a request's `within`), `(first, last)`.
+    pub within: Option<(u16, u16)>,
 }
 
 /// A limit of the daemon.

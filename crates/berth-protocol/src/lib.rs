@@ -39,7 +39,7 @@ pub use detail::{
 };
 pub use frame::{FrameCodec, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 pub use message::{
-    ExposureInfo, Hello, KernelListInfo, OwnerInfo, PortReport, QuotaInfo, Request,
+    AcquireOptions, ExposureInfo, Hello, KernelListInfo, OwnerInfo, PortReport, QuotaInfo, Request,
     ReservationInfo, Response, ShareInfo, SocketInfo, StatusInfo, UsageInfo, UserUsage, Welcome,
     WireError, MAX_ALLOW_LIST, MAX_NAME_LEN, MAX_SOCKETS_REPORTED,
 };

@@ -92,6 +92,8 @@ pub enum Request {
         allow_users: Vec<u32>,
         /// Groups (gids) whose members may bind from it; at most [`MAX_ALLOW_LIST`].
         allow_groups: Vec<u32>,
+        /// What it is for, shown to everyone ("" for none; see [`AcquireOptions::label`]).
+        label: String,
     },
     /// Delete the persistent reservation of exactly this range (administrators only).
     DeletePersistent {
@@ -135,7 +137,7 @@ pub enum Request {
     /// `SO_REUSEADDR`/`SO_REUSEPORT`), so that every other program's explicit bind to them
     /// fails; the owner binds its sockets through [`Request::Associate`]. A reservation that is
     /// not held (plain `Acquire`) is only hidden from automatic port assignment: its owner binds
-    /// its ports by number.
+    /// its ports by number. The options also carry a label and a wildcard's bounds.
     AcquireWith {
         /// Which port space.
         protocol: Protocol,
@@ -143,8 +145,8 @@ pub enum Request {
         start: u16,
         /// Number of ports, at least 1.
         count: u16,
-        /// Whether the daemon holds the ports its owner has not bound.
-        hold: bool,
+        /// Hold, label, bounds.
+        options: AcquireOptions,
     },
     /// Explain one port: reserved (by whom, held or bound), bound by a process on the host,
     /// in the pool or the ephemeral range, or free.
@@ -161,8 +163,8 @@ pub enum Request {
         start: u16,
         /// Number of ports, at least 1.
         count: u16,
-        /// Whether the daemon holds the ports its owner has not bound (both reservations).
-        hold: bool,
+        /// Hold, label, bounds (for both reservations).
+        options: AcquireOptions,
     },
     /// [`Request::Associate`] on exactly `port` of the reservation (the Windows pattern of
     /// associating, then binding one exact port): answered with that port or an error, never
@@ -183,6 +185,46 @@ pub enum Request {
         /// Take out every entry the daemon wrote, those of live owners too.
         restore: bool,
     },
+}
+
+/// What an acquire asks for besides its ports ([`Request::AcquireWith`],
+/// [`Request::AcquireBoth`]). The default: not held, no label, the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AcquireOptions {
+    /// Whether the daemon holds the ports its owner has not bound (see
+    /// [`Request::AcquireWith`]).
+    pub hold: bool,
+    /// What the reservation is for, for people to read (the test or job): at most
+    /// [`berth_core::MAX_LABEL_LEN`] bytes of UTF-8 without control characters; "" for none.
+    /// Shown with the owner, to the same people.
+    pub label: String,
+    /// A wildcard request's bounds, `(first, last)` inclusive: any free block inside them,
+    /// in the pool or not, instead of one from the pool. `start` must then be 0.
+    pub within: Option<(u16, u16)>,
+}
+
+impl AcquireOptions {
+    /// Held (the daemon holds the ports its owner has not bound), no label, the pool.
+    pub fn held() -> Self {
+        AcquireOptions {
+            hold: true,
+            ..AcquireOptions::default()
+        }
+    }
+
+    /// The same options with `label` (see [`AcquireOptions::label`]).
+    #[must_use]
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// The same options bounded to `first..=last` (see [`AcquireOptions::within`]).
+    #[must_use]
+    pub fn within(mut self, first: u16, last: u16) -> Self {
+        self.within = Some((first, last));
+        self
+    }
 }
 
 /// The longest allow list of a persistent reservation.
@@ -381,6 +423,9 @@ pub struct ReservationInfo {
     pub held: bool,
     /// The ports its owner has bound from it through associate, as far as the daemon knows.
     pub bound: Vec<u16>,
+    /// What it is for, in its owner's words; `None` when it has no label or the asker may not
+    /// see its owner.
+    pub label: Option<String>,
 }
 
 /// The owner of a runtime reservation.

@@ -47,7 +47,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_core::Token;
+use berth_core::{Label, Token};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod error;
@@ -174,8 +174,8 @@ impl Store {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO persistent
-                         (token, protocol, start, count, created_at_ms, created_by_uid)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                         (token, protocol, start, count, created_at_ms, created_by_uid, label)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(err)?;
             insert
@@ -186,6 +186,7 @@ impl Store {
                     row.range.count(),
                     rows::to_sql(row.created_at_ms),
                     row.created_by_uid,
+                    row.label.as_ref().map(Label::as_str),
                 ])
                 .map_err(|e| {
                     if is_primary_key_violation(&e) {

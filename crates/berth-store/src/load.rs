@@ -13,7 +13,7 @@ impl Store {
         let err = |e| self.fail("read the persistent reservations", e);
         let raw = query_all(
             &self.conn,
-            "SELECT token, protocol, start, count, created_at_ms, created_by_uid
+            "SELECT token, protocol, start, count, created_at_ms, created_by_uid, label
              FROM persistent ORDER BY protocol, start, token",
         )
         .map_err(err)?;

@@ -6,7 +6,7 @@
 //! shows as negative numbers (`printf('0x%016x', token)` prints them as berth does). Ports,
 //! counts and ids are stored as their plain values.
 
-use berth_core::{Owner, PortRange, Protocol, Token};
+use berth_core::{Label, Owner, PortRange, Protocol, Token};
 use rusqlite::types::Value;
 
 /// A persistent reservation as stored.
@@ -27,6 +27,8 @@ pub struct PersistentRow {
     pub created_at_ms: u64,
     /// The administrator who created it (for listings and audits).
     pub created_by_uid: u32,
+    /// What it is for (column `label`, NULL for none).
+    pub label: Option<Label>,
 }
 
 /// A runtime reservation as journaled, so that a restarted daemon can hold it for its owner
@@ -50,6 +52,8 @@ pub struct JournalRow {
     pub process: bool,
     /// Whether the daemon holds its ports.
     pub held: bool,
+    /// What it is for, in its owner's words.
+    pub label: Option<Label>,
 }
 
 /// One change to the runtime journal.
@@ -136,10 +140,10 @@ pub(crate) fn u64_bits(column: &str, value: &Value) -> Result<u64, Problem> {
     integer(column, value).map(from_sql)
 }
 
-/// A `persistent` row (token, protocol, start, count, created_at_ms, created_by_uid), with
-/// empty allow lists (they come from `persistent_allow`).
+/// A `persistent` row (token, protocol, start, count, created_at_ms, created_by_uid, label),
+/// with empty allow lists (they come from `persistent_allow`).
 pub(crate) fn persistent(key: i64, values: &[Value]) -> Result<PersistentRow, Problem> {
-    let [_, protocol_, start, count, created_at_ms, created_by_uid] = values else {
+    let [_, protocol_, start, count, created_at_ms, created_by_uid, label_] = values else {
         return Err(columns(values));
     };
     Ok(PersistentRow {
@@ -150,7 +154,16 @@ pub(crate) fn persistent(key: i64, values: &[Value]) -> Result<PersistentRow, Pr
         allow_groups: Vec::new(),
         created_at_ms: u64_bits("created_at_ms", created_at_ms)?,
         created_by_uid: id32("created_by_uid", created_by_uid)?,
+        label: label("label", label_)?,
     })
+}
+
+/// A label as stored: NULL for none, else text that is a valid label.
+pub(crate) fn label(column: &str, value: &Value) -> Result<Option<Label>, Problem> {
+    match value {
+        Value::Null => Ok(None),
+        other => Label::parse(text(column, other)?).map_err(|e| format!("column {column}: {e}")),
+    }
 }
 
 /// A `runtime_journal` row (token, protocol, start, count, pid, uid, gid, start_time, command,
@@ -175,6 +188,7 @@ pub(crate) fn journal(key: i64, values: &[Value]) -> Result<JournalRow, Problem>
         acquired_at_ms: u64_bits("acquired_at_ms", acquired_at_ms)?,
         process: u64_bits("process", process)? != 0,
         held: u64_bits("held", held)? != 0,
+        label: None,
     })
 }
 

@@ -36,7 +36,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use berth_core::{Owner, PortRange, Protocol, Token};
+use berth_core::{Label, Owner, PortRange, Protocol, Token};
 use serde::{Deserialize, Serialize};
 
 use crate::{JournalOp, JournalRow, StoreError};
@@ -88,6 +88,18 @@ enum Record {
     /// The entries of `ip_local_reserved_ports` the daemon may have written, in the kernel's
     /// list syntax ("" for none).
     Kernel(String),
+    /// An `Insert` with a label (a variant of its own, appended, so that a journal written
+    /// before labels existed still reads).
+    Labeled {
+        token: Token,
+        protocol: Protocol,
+        range: PortRange,
+        owner: Owner,
+        acquired_at_ms: u64,
+        process: bool,
+        held: bool,
+        label: String,
+    },
 }
 
 impl Record {
@@ -110,6 +122,28 @@ impl Record {
                 acquired_at_ms,
                 process,
                 held,
+                label: None,
+            }),
+            Record::Labeled {
+                token,
+                protocol,
+                range,
+                owner,
+                acquired_at_ms,
+                process,
+                held,
+                label,
+            } => JournalOp::Insert(JournalRow {
+                token,
+                protocol,
+                range,
+                owner,
+                acquired_at_ms,
+                process,
+                held,
+                // Written from a valid label; one that no longer reads is dropped, not the
+                // reservation.
+                label: Label::parse(&label).ok().flatten(),
             }),
             Record::Remove(token) => JournalOp::Remove(token),
             Record::Kernel(list) => return Err(list),
@@ -131,6 +165,16 @@ enum RecordRef<'a> {
     },
     Remove(Token),
     Kernel(&'a str),
+    Labeled {
+        token: Token,
+        protocol: Protocol,
+        range: PortRange,
+        owner: &'a Owner,
+        acquired_at_ms: u64,
+        process: bool,
+        held: bool,
+        label: &'a str,
+    },
 }
 
 impl<'a> RecordRef<'a> {
@@ -142,6 +186,18 @@ impl<'a> RecordRef<'a> {
     }
 
     fn insert(row: &'a JournalRow) -> Self {
+        if let Some(label) = &row.label {
+            return RecordRef::Labeled {
+                token: row.token,
+                protocol: row.protocol,
+                range: row.range,
+                owner: &row.owner,
+                acquired_at_ms: row.acquired_at_ms,
+                process: row.process,
+                held: row.held,
+                label: label.as_str(),
+            };
+        }
         RecordRef::Insert {
             token: row.token,
             protocol: row.protocol,

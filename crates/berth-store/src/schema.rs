@@ -58,6 +58,8 @@ const MIGRATIONS: &[&str] = &[
     // no re-claim after a restart; a held one has its ports held by the daemon.
     "ALTER TABLE runtime_journal ADD COLUMN process INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE runtime_journal ADD COLUMN held INTEGER NOT NULL DEFAULT 0;",
+    // 4: a persistent reservation may carry a label (NULL: none).
+    "ALTER TABLE persistent ADD COLUMN label TEXT;",
 ];
 
 /// The newest schema version this build knows: the number of migrations.

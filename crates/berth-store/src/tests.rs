@@ -40,6 +40,7 @@ fn journal_row(t: u64) -> JournalRow {
         acquired_at_ms: 5,
         process: false,
         held: false,
+        label: None,
     }
 }
 
@@ -52,6 +53,7 @@ fn persistent_row(t: u64) -> PersistentRow {
         allow_groups: vec![],
         created_at_ms: 0,
         created_by_uid: 0,
+        label: None,
     }
 }
 

@@ -129,6 +129,33 @@ impl Client {
         Ok(self.blocking(inner))
     }
 
+    /// See [`crate::Client::acquire_with`].
+    pub fn acquire_with(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        options: &crate::AcquireOptions,
+    ) -> Result<Reservation, Error> {
+        let inner = self
+            .rt
+            .block_on(self.inner.acquire_with(protocol, start, count, options))?;
+        Ok(self.blocking(inner))
+    }
+
+    /// See [`crate::Client::acquire_same_ports_with`].
+    pub fn acquire_same_ports_with(
+        &self,
+        start: u16,
+        count: u16,
+        options: &crate::AcquireOptions,
+    ) -> Result<(Reservation, Reservation), Error> {
+        let (tcp, udp) = self
+            .rt
+            .block_on(self.inner.acquire_same_ports_with(start, count, options))?;
+        Ok((self.blocking(tcp), self.blocking(udp)))
+    }
+
     /// See [`crate::Client::acquire`].
     pub fn acquire(
         &self,
@@ -175,6 +202,21 @@ impl Client {
     ) -> Result<ReservationInfo, Error> {
         self.rt
             .block_on(self.inner.create_persistent(protocol, start, count, allow))
+    }
+
+    /// See [`crate::Client::create_persistent_labeled`].
+    pub fn create_persistent_labeled(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        allow: &crate::Allow,
+        label: &str,
+    ) -> Result<ReservationInfo, Error> {
+        self.rt.block_on(
+            self.inner
+                .create_persistent_labeled(protocol, start, count, allow, label),
+        )
     }
 
     /// See [`crate::Client::delete_persistent`].

@@ -9,7 +9,7 @@ use tokio::net::UnixStream;
 
 use berth_core::{Kind, Protocol, Token};
 use berth_protocol::{
-    authority, paths, PortReport, Request, ReservationInfo, Response, StatusInfo,
+    authority, paths, AcquireOptions, PortReport, Request, ReservationInfo, Response, StatusInfo,
 };
 
 use crate::autostart::{self, Starter};
@@ -373,7 +373,8 @@ impl Client {
         start: u16,
         count: u16,
     ) -> Result<Reservation, Error> {
-        self.acquire_with(protocol, start, count, true).await
+        self.acquire_with(protocol, start, count, &AcquireOptions::held())
+            .await
     }
 
     /// [`Client::acquire`] for a program that binds its ports by number rather than through
@@ -386,7 +387,8 @@ impl Client {
         start: u16,
         count: u16,
     ) -> Result<Reservation, Error> {
-        self.acquire_with(protocol, start, count, false).await
+        self.acquire_with(protocol, start, count, &AcquireOptions::default())
+            .await
     }
 
     /// Reserves the same `count` ports in TCP and in UDP (from `start`, or any block free in
@@ -398,7 +400,8 @@ impl Client {
         start: u16,
         count: u16,
     ) -> Result<(Reservation, Reservation), Error> {
-        self.acquire_both(start, count, true).await
+        self.acquire_same_ports_with(start, count, &AcquireOptions::held())
+            .await
     }
 
     /// [`Client::acquire_same_ports`], not held (see [`Client::acquire_unheld`]).
@@ -407,20 +410,24 @@ impl Client {
         start: u16,
         count: u16,
     ) -> Result<(Reservation, Reservation), Error> {
-        self.acquire_both(start, count, false).await
+        self.acquire_same_ports_with(start, count, &AcquireOptions::default())
+            .await
     }
 
-    async fn acquire_both(
+    /// [`Client::acquire_same_ports`] with options: held or not, a label, bounds for a
+    /// wildcard block (as [`Client::acquire_with`]).
+    pub async fn acquire_same_ports_with(
         &self,
         start: u16,
         count: u16,
-        hold: bool,
+        options: &AcquireOptions,
     ) -> Result<(Reservation, Reservation), Error> {
-        match self
-            .conn
-            .call(Request::AcquireBoth { start, count, hold })
-            .await?
-        {
+        let request = Request::AcquireBoth {
+            start,
+            count,
+            options: options.clone(),
+        };
+        match self.conn.call(request).await? {
             Response::AcquiredBoth { tcp, udp } => Ok((
                 Reservation::new(self.clone(), *tcp),
                 Reservation::new(self.clone(), *udp),
@@ -429,18 +436,38 @@ impl Client {
         }
     }
 
-    async fn acquire_with(
+    /// Reserves ports as [`Client::acquire`] does, with options: whether the daemon holds
+    /// them (`hold`, see [`Client::acquire_unheld`]), a `label` saying what they are for
+    /// (shown by `berth list` and `berth why` wherever the owner is), and — for a wildcard
+    /// request (`start == 0`) — bounds: any free block `within` `(first, last)`, in the pool or
+    /// outside it, instead of one from the pool.
+    ///
+    /// ```no_run
+    /// # async fn f(client: &berth::Client) -> Result<(), berth::Error> {
+    /// let options = berth::AcquireOptions::held()
+    ///     .label("tests::login")
+    ///     .within(20000, 20099);
+    /// let block = client.acquire_with(berth::Protocol::Tcp, 0, 2, &options).await?;
+    /// assert!((20000..=20099).contains(&block.start()));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Fails as [`Client::acquire`] does, and with [`Error::InvalidArgument`] for a label
+    /// over 128 bytes or with control characters, bounds with a start, reversed bounds or
+    /// bounds narrower than `count`; [`Error::PoolExhausted`] names the bounds when no block
+    /// inside them is free.
+    pub async fn acquire_with(
         &self,
         protocol: Protocol,
         start: u16,
         count: u16,
-        hold: bool,
+        options: &AcquireOptions,
     ) -> Result<Reservation, Error> {
         let request = Request::AcquireWith {
             protocol,
             start,
             count,
-            hold,
+            options: options.clone(),
         };
         match self.conn.call(request).await? {
             Response::Acquired(info) => Ok(Reservation::new(self.clone(), info)),
@@ -584,12 +611,27 @@ impl Client {
         count: u16,
         allow: &Allow,
     ) -> Result<ReservationInfo, Error> {
+        self.create_persistent_labeled(protocol, start, count, allow, "")
+            .await
+    }
+
+    /// [`Client::create_persistent`] with a label, a note for everyone who lists or asks about
+    /// its ports (at most 128 bytes of UTF-8 without control characters; "" for none).
+    pub async fn create_persistent_labeled(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        allow: &Allow,
+        label: &str,
+    ) -> Result<ReservationInfo, Error> {
         let request = Request::CreatePersistent {
             protocol,
             start,
             count,
             allow_users: allow.users.clone(),
             allow_groups: allow.groups.clone(),
+            label: label.to_owned(),
         };
         match self.conn.call(request).await? {
             Response::PersistentCreated(info) => Ok(info),

@@ -127,6 +127,11 @@ impl Reservation {
         self.info.kind
     }
 
+    /// What it is for, as its label says (see [`crate::AcquireOptions::label`]).
+    pub fn label(&self) -> Option<&str> {
+        self.info.label.as_deref()
+    }
+
     /// Everything the daemon said about it when it was granted.
     pub fn info(&self) -> &ReservationInfo {
         &self.info

@@ -43,7 +43,13 @@ async fn add(args: PersistentAddArgs) -> Result<ExitCode, Failure> {
     // A daemon is started on demand: the reservation lives in its database.
     let client = connect::or_start(connect::Lifetime::OneShot).await?;
     let info = client
-        .create_persistent(r.protocol.protocol(), r.start, r.count, &allow)
+        .create_persistent_labeled(
+            r.protocol.protocol(),
+            r.start,
+            r.count,
+            &allow,
+            args.label.as_deref().unwrap_or_default(),
+        )
         .await?;
     print_token_or_json(&info, r.json)
 }

@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth::{Client, Protocol, Reservation};
+use berth::{AcquireOptions, Client, Protocol, Reservation};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::listen::{self, Sockets};
@@ -38,7 +38,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let client = connect::or_start(connect::Lifetime::Holding).await?;
     // Held only with --listen: a command that binds $PORT by number could not bind a held
     // port. Said explicitly either way, whatever the library's default.
-    let hold = args.listen;
+    let options = AcquireOptions {
+        hold: args.listen,
+        label: args.label.clone().unwrap_or_default(),
+        within: args.within.as_deref().map(parse_within).transpose()?,
+    };
     let (tcp, udp) = if args.same_ports {
         let (Some(n), Some(m)) = (args.tcp, args.udp) else {
             return Err(anyhow::anyhow!("--same-ports needs --tcp N and --udp N").into());
@@ -49,16 +53,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             ))
             .into());
         }
-        let (tcp, udp) = if hold {
-            client.acquire_same_ports(start, n).await?
-        } else {
-            client.acquire_same_ports_unheld(start, n).await?
-        };
+        let (tcp, udp) = client.acquire_same_ports_with(start, n, &options).await?;
         (Some(tcp), Some(udp))
     } else {
         (
-            reserve(&client, Protocol::Tcp, start, args.tcp, hold).await?,
-            reserve(&client, Protocol::Udp, start, args.udp, hold).await?,
+            reserve(&client, Protocol::Tcp, start, args.tcp, &options).await?,
+            reserve(&client, Protocol::Udp, start, args.udp, &options).await?,
         )
     };
 
@@ -229,15 +229,28 @@ async fn reserve(
     protocol: Protocol,
     start: u16,
     count: Option<u16>,
-    hold: bool,
+    options: &AcquireOptions,
 ) -> Result<Option<Reservation>, Failure> {
     match count {
         // Held with --listen (berth run binds the sockets through the daemon); otherwise the
         // command binds its ports by number, so not held (see docs/kernel.md).
-        Some(n) if hold => Ok(Some(client.acquire(protocol, start, n).await?)),
-        Some(n) => Ok(Some(client.acquire_unheld(protocol, start, n).await?)),
+        Some(n) => Ok(Some(
+            client.acquire_with(protocol, start, n, options).await?,
+        )),
         None => Ok(None),
     }
+}
+
+/// `--within LO-HI` as the request's bounds; whether they make sense with the rest of the
+/// request is the daemon's to say.
+fn parse_within(text: &str) -> Result<(u16, u16), Failure> {
+    let bounds = |(lo, hi): (&str, &str)| Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?));
+    text.split_once('-').and_then(bounds).ok_or_else(|| {
+        berth::Error::InvalidArgument(format!(
+            "--within {text:?} is not a port range; write it as LO-HI, e.g. --within 20000-20099"
+        ))
+        .into()
+    })
 }
 
 /// The kernel's limit on one environment string, `NAME=value` and its NUL (`MAX_ARG_STRLEN`).

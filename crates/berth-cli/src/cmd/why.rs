@@ -139,6 +139,9 @@ fn explain(r: &PortReport) -> String {
             if res.held { "yes" } else { "no" },
             port_list(&res.bound)
         );
+        if let Some(label) = &res.label {
+            let _ = writeln!(out, "               label: {label}");
+        }
     }
     for s in &r.sockets {
         let _ = writeln!(out, "  socket       {}", socket(s));

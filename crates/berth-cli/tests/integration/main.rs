@@ -15,6 +15,7 @@ mod docs;
 mod exit_codes;
 mod idle;
 mod kernel;
+mod labels;
 mod limits;
 mod listen;
 mod messages;

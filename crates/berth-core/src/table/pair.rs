@@ -3,11 +3,11 @@
 //! of a port free for TCP and UDP alike.
 
 use crate::error::AcquireError;
+use crate::label::Label;
 use crate::owner::Holder;
-use crate::policy::PrivilegedDenied;
 use crate::range::{PortRange, Protocol, RangeRequest};
 use crate::table::usage::intersection;
-use crate::table::{Bond, Change, Constraints, Lease, Reservation, Table, Usage};
+use crate::table::{below_lowest, Bond, Change, Constraints, Lease, Reservation, Table, Usage};
 use crate::token::TokenSource;
 
 impl Table {
@@ -31,7 +31,7 @@ impl Table {
         };
         self.grant_both(
             request,
-            lease,
+            (lease, holder.label),
             holder.acquired_at_ms,
             limits,
             tokens,
@@ -43,7 +43,7 @@ impl Table {
     pub(super) fn grant_both(
         &mut self,
         request: RangeRequest,
-        lease: Lease,
+        (lease, label): (Lease, Option<Label>),
         acquired_at_ms: u64,
         limits: Constraints,
         tokens: &mut dyn TokenSource,
@@ -68,23 +68,22 @@ impl Table {
         self.check_quota(uid, limits, upper, request.count())?;
         let marks = self.tcp.marks();
         let striped = !matches!(lease, Lease::Runtime { held: true, .. });
+        if let Some(denied) = below_lowest(Protocol::Tcp, request, limits, uid) {
+            return Err(AcquireError::Privileged(denied));
+        }
         let range = match request {
             RangeRequest::Specific(range) => {
-                if range.start() < limits.lowest_port {
-                    return Err(AcquireError::Privileged(PrivilegedDenied {
-                        protocol: Protocol::Tcp,
-                        range,
-                        unprivileged_start: limits.lowest_port,
-                        uid,
-                    }));
-                }
                 self.check_free(Protocol::Tcp, range, in_use)?;
                 self.check_free(Protocol::Udp, range, in_use)?;
                 range
             }
-            RangeRequest::Wildcard { count } => {
-                self.search_both(count, limits, (striped, acquired_at_ms), in_use)?
-            }
+            RangeRequest::Wildcard { count } | RangeRequest::Within { count, .. } => self
+                .search_both(
+                    (count, request.bounds()),
+                    limits,
+                    (striped, acquired_at_ms),
+                    in_use,
+                )?,
         };
         let shared = self
             .shared_range
@@ -104,6 +103,7 @@ impl Table {
                 range,
                 acquired_at_ms,
                 lease: lease.clone(),
+                label: label.clone(),
             };
             table.insert(reservation.clone(), capped);
             Change::Granted(reservation)
@@ -118,14 +118,15 @@ impl Table {
     /// UDP — folded into "in use".
     fn search_both(
         &mut self,
-        count: u16,
+        (count, bounds): (u16, Option<PortRange>),
         limits: Constraints,
         (striped, now_ms): (bool, u64),
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<PortRange, AcquireError> {
         let pool = self.pool;
         let lowest = limits.lowest_port;
-        let within = self.usable(lowest);
+        let area = bounds.unwrap_or(pool.range());
+        let within = self.usable(lowest, bounds);
         let stripe = self.usable_stripe(within, striped);
         // A pair needs a port free in both and cooling in neither: worth a first pass when
         // something cools and each protocol has a free port that does not.
@@ -161,7 +162,12 @@ impl Table {
             if let Some(range) = in_stripe {
                 return Ok(range);
             }
-            found = within.and_then(|within| tcp.next_fit(Protocol::Tcp, count, within, &mut both));
+            found = within.and_then(|within| match bounds {
+                None => tcp.next_fit(Protocol::Tcp, count, within, &mut both),
+                Some(_) => {
+                    tcp.next_fit_bounded(Protocol::Tcp, count, within, pool.range(), &mut both)
+                }
+            });
             if found.is_some() {
                 break;
             }
@@ -169,7 +175,7 @@ impl Table {
         match found {
             Some(range) => {
                 // A block at the end of the pool sends the next search to the pool's start.
-                if range.end() >= pool.range().end() {
+                if range.end() >= pool.range().end() && bounds.is_none() {
                     self.tcp.restart_at(pool.range().start());
                 }
                 Ok(range)
@@ -178,12 +184,10 @@ impl Table {
                 protocol: Protocol::Tcp,
                 count,
                 pool,
-                free_ports: u32::from(pool.range().count())
-                    - self
-                        .tcp
-                        .reserved_in(pool.range())
-                        .max(self.udp.reserved_in(pool.range())),
-                skipped_privileged: pool.range().start() < lowest,
+                free_ports: u32::from(area.count())
+                    - self.tcp.reserved_in(area).max(self.udp.reserved_in(area)),
+                skipped_privileged: area.start() < lowest,
+                bounds,
             }),
         }
     }
@@ -210,6 +214,7 @@ mod tests {
             session: SessionId(1),
             acquired_at_ms: 0,
             hold: false,
+            label: None,
         }
     }
 

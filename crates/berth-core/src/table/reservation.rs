@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::label::Label;
 use crate::owner::{Owner, SessionId};
 use crate::range::{PortRange, Protocol};
 use crate::token::Token;
@@ -38,6 +39,8 @@ pub struct Reservation {
     pub acquired_at_ms: u64,
     /// What its kind adds: an owner and a lifetime (runtime), or an allow list (persistent).
     pub lease: Lease,
+    /// What it is for, in its owner's words (shown where its owner is).
+    pub label: Option<Label>,
 }
 
 /// The kind-specific part of a reservation.
@@ -146,21 +149,33 @@ impl Reservation {
             Lease::Runtime { owner, .. } if owner.pid == 0 => {
                 "a process of another user".to_owned()
             }
-            Lease::Runtime { owner, .. } => {
-                format!("pid {} ({}, uid {})", owner.pid, owner.command, owner.uid)
-            }
-            Lease::Persistent { .. } => "a persistent reservation".to_owned(),
+            Lease::Runtime { owner, .. } => match &self.label {
+                Some(label) => format!(
+                    "pid {} ({}, uid {}, label {:?})",
+                    owner.pid,
+                    owner.command,
+                    owner.uid,
+                    label.as_str()
+                ),
+                None => format!("pid {} ({}, uid {})", owner.pid, owner.command, owner.uid),
+            },
+            Lease::Persistent { .. } => match &self.label {
+                Some(label) => format!("a persistent reservation (label {:?})", label.as_str()),
+                None => "a persistent reservation".to_owned(),
+            },
         }
     }
 
     /// This reservation as a user sees it in messages and listings: a runtime reservation's
     /// owner (pid, command, uid) only for administrators and for the owner's own user; anyone
     /// else sees its token, ports and kind, and "a process of another user" (one rule for
-    /// `list`, `why` and every refusal that names a holder).
+    /// `list`, `why` and every refusal that names a holder). A runtime reservation's label
+    /// goes with its owner; a persistent one's, an administrator's note, is public.
     pub fn seen_by(&self, viewer_uid: u32, is_admin: bool) -> Reservation {
         let mut seen = self.clone();
         if let Lease::Runtime { owner, .. } = &mut seen.lease {
             if !is_admin && owner.uid != viewer_uid {
+                seen.label = None;
                 *owner = Owner {
                     pid: 0,
                     uid: u32::MAX,

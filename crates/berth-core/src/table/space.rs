@@ -159,6 +159,33 @@ impl Space {
         next_fit(&self.free, &mut self.cursor, protocol, count, pool, in_use)
     }
 
+    /// [`Space::next_fit`] inside `bounds` (a bounded wildcard's, which may lie outside the
+    /// pool): from the cursor when it lies inside them, else from their first port. A block
+    /// inside `pool` moves the cursor as a pool search's would; one outside leaves it there.
+    pub(super) fn next_fit_bounded(
+        &mut self,
+        protocol: Protocol,
+        count: u16,
+        bounds: PortRange,
+        pool: PortRange,
+        in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Option<PortRange> {
+        let mut cursor = if bounds.contains(self.cursor) {
+            self.cursor
+        } else {
+            bounds.start()
+        };
+        let found = next_fit(&self.free, &mut cursor, protocol, count, bounds, in_use)?;
+        if pool.contains(found.start()) && pool.contains(found.end()) {
+            self.cursor = if found.end() >= pool.end() {
+                pool.start()
+            } else {
+                found.end() + 1
+            };
+        }
+        Some(found)
+    }
+
     /// [`Space::next_fit`] inside `stripe`, from the stripe's own cursor.
     pub(super) fn next_fit_in_stripe(
         &mut self,

@@ -29,6 +29,7 @@ fn holder(pid: u32, session: u64) -> Holder {
         session: SessionId(session),
         acquired_at_ms: 42,
         hold: false,
+        label: None,
     }
 }
 
@@ -93,6 +94,7 @@ fn journaled(
             bond,
             held: false,
         },
+        label: None,
     }
 }
 
@@ -531,7 +533,7 @@ fn persistent(f: &mut Fixture, start: u16, count: u16, allowed: Allowed) -> Rese
             token,
             Protocol::Tcp,
             range(start, count),
-            allowed,
+            (allowed, None),
             0,
             1,
             &mut nothing_in_use,
@@ -734,6 +736,7 @@ fn a_restored_reservation_that_overlaps_is_refused() {
             allowed: Allowed::default(),
             created_by: 0,
         },
+        label: None,
     };
     let err = f.table.restore(persistent, false).unwrap_err();
     assert!(matches!(err, AcquireError::Conflict { holder, .. } if *holder == held));
@@ -767,7 +770,7 @@ fn a_token_already_live_is_refused_on_insert() {
             r.token,
             Protocol::Udp,
             range(1700, 1),
-            Allowed::default(),
+            (Allowed::default(), None),
             0,
             0,
             &mut nothing_in_use,
@@ -864,6 +867,7 @@ fn quota_limits_reservations_then_ports() {
         session: SessionId(2),
         acquired_at_ms: 0,
         hold: false,
+        label: None,
     };
     f.acquire_as(wildcard(5), other.clone(), limits).unwrap();
     assert_eq!(f.table.usage(2000), usage(1, 5));
@@ -1116,7 +1120,8 @@ fn a_wildcard_search_skips_ports_below_the_lowest_port() {
             count: 41,
             pool: Pool::new(1000, 1099).unwrap(),
             free_ports: 90,
-            skipped_privileged: true
+            skipped_privileged: true,
+            bounds: None,
         })
     );
     assert!(probed.iter().all(|r| r.start() >= 1050), "{probed:?}");
@@ -1180,7 +1185,8 @@ fn pool_exhausted_counts_free_ports_when_fragmented() {
             count: 2,
             pool: Pool::new(1000, 1009).unwrap(),
             free_ports: 5,
-            skipped_privileged: false
+            skipped_privileged: false,
+            bounds: None,
         }
     );
     assert!(
@@ -1766,7 +1772,7 @@ fn every_mutating_method_returns_exactly_the_changes_it_made() {
                 token,
                 Protocol::Udp,
                 range(1500, 2),
-                Allowed::default(),
+                (Allowed::default(), None),
                 0,
                 0,
                 &mut nothing_in_use,
@@ -1782,7 +1788,7 @@ fn every_mutating_method_returns_exactly_the_changes_it_made() {
                 token,
                 Protocol::Udp,
                 range(1501, 2),
-                Allowed::default(),
+                (Allowed::default(), None),
                 0,
                 0,
                 &mut nothing_in_use,
@@ -1989,6 +1995,7 @@ fn capped_users_share_at_most_the_shared_cap_of_the_shared_range() {
         session: SessionId(u64::from(pid)),
         acquired_at_ms: 0,
         hold: false,
+        label: None,
     };
     let mut ask = |t: &mut Table, protocol, request, who: Holder, limits| {
         t.acquire(

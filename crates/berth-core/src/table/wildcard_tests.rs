@@ -1,9 +1,10 @@
 //! Where wildcard searches look: the stripe listed ahead (unheld blocks come from it first, in
 //! turn; held blocks, specific requests and a full stripe go to the rest of the pool; it moves
 //! on once half of it is taken), and the reuse cool-down (ports freed a moment ago are passed
-//! by while others fit).
+//! by while others fit); bounded wildcards (within LO-HI).
 
 use super::*;
+use crate::error::RangeError;
 
 fn holder(hold: bool) -> Holder {
     Holder {
@@ -17,6 +18,7 @@ fn holder(hold: bool) -> Holder {
         session: SessionId(1),
         acquired_at_ms: 0,
         hold,
+        label: None,
     }
 }
 
@@ -266,6 +268,7 @@ fn pairs_pass_by_ports_cooling_in_either_protocol() {
                 created_by: 0,
                 allowed: Default::default(),
             },
+            label: None,
         },
         why: Ending::Released,
     };
@@ -355,4 +358,155 @@ fn another_users_owner_is_seen_only_by_administrators_and_the_same_user() {
     let hidden = r.seen_by(2000, false);
     assert_eq!(hidden.holder_description(), "a process of another user");
     assert_eq!((hidden.token, hidden.range), (r.token, r.range));
+}
+
+#[test]
+fn a_label_goes_with_its_owner() {
+    let mut t = table();
+    let mut next = || 77;
+    let labelled = Holder {
+        label: Label::parse("tests::login").unwrap(),
+        ..holder(false)
+    };
+    let change = t
+        .acquire(
+            Protocol::Tcp,
+            RangeRequest::Wildcard { count: 1 },
+            labelled,
+            Constraints::default(),
+            &mut next,
+            &mut |_, _| None,
+        )
+        .unwrap();
+    let r = change.reservation().unwrap().clone();
+    assert_eq!(r.label.as_ref().map(Label::as_str), Some("tests::login"));
+    assert_eq!(
+        r.seen_by(0, true).holder_description(),
+        "pid 1 (test, uid 1000, label \"tests::login\")"
+    );
+    assert_eq!(r.seen_by(2000, false).label, None);
+    // A persistent reservation's label is an administrator's note for everyone.
+    let mut persistent = r.clone();
+    persistent.lease = Lease::Persistent {
+        allowed: Allowed::default(),
+        created_by: 0,
+    };
+    assert_eq!(persistent.seen_by(2000, false).label, r.label);
+    assert_eq!(
+        persistent.holder_description(),
+        "a persistent reservation (label \"tests::login\")"
+    );
+}
+
+fn within(count: u16, first: u16, last: u16) -> RangeRequest {
+    RangeRequest::from_start_count_within(0, count, Some((first, last))).unwrap()
+}
+
+#[test]
+fn bounded_wildcards_search_their_bounds_lowest_first_outside_the_pool() {
+    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
+    let mut asker = Asker { tokens: 0 };
+    // Outside the pool: the lowest free block of the bounds, whatever the cursor.
+    let a = asker.acquire(&mut t, within(2, 2000, 2009), false).unwrap();
+    assert_eq!(a.range, range(2000, 2));
+    let b = asker.acquire(&mut t, within(2, 2000, 2009), true).unwrap();
+    assert_eq!(b.range, range(2002, 2));
+    // The pool's cursor did not move: the next pool block is still its first.
+    assert_eq!(asker.wildcard(&mut t, 1, false).range, range(1000, 1));
+    // Across the pool's edge, and inside it from the cursor.
+    let c = asker.acquire(&mut t, within(3, 1098, 1100), false).unwrap();
+    assert_eq!(c.range, range(1098, 3));
+    let d = asker.acquire(&mut t, within(1, 1000, 1009), false).unwrap();
+    assert_eq!(d.range, range(1001, 1));
+    assert_eq!(asker.wildcard(&mut t, 1, false).range, range(1002, 1));
+}
+
+#[test]
+fn bounded_wildcards_fail_naming_their_bounds() {
+    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
+    let mut asker = Asker { tokens: 0 };
+    asker.acquire(&mut t, within(3, 3000, 3004), false).unwrap();
+    let err = asker
+        .acquire(&mut t, within(3, 3000, 3004), false)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AcquireError::PoolExhausted {
+                free_ports: 2,
+                bounds: Some(b),
+                ..
+            } if b == range(3000, 5)
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("within 3000-3004"), "{message}");
+    assert!(message.contains("widen the bounds"), "{message}");
+}
+
+#[test]
+fn bounds_below_the_lowest_port_are_privileged_and_straddling_ones_clipped() {
+    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
+    let holder = holder(false);
+    let limits = Constraints {
+        lowest_port: 1024,
+        ..Constraints::default()
+    };
+    let mut tokens = || 9;
+    let mut free = |_: Protocol, _: PortRange| None;
+    let err = t
+        .acquire(
+            Protocol::Tcp,
+            within(1, 80, 1023),
+            holder.clone(),
+            limits,
+            &mut tokens,
+            &mut free,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, AcquireError::Privileged(d) if d.range == range(80, 944)),
+        "{err:?}"
+    );
+    let got = t
+        .acquire(
+            Protocol::Tcp,
+            within(2, 1000, 1030),
+            holder,
+            limits,
+            &mut tokens,
+            &mut free,
+        )
+        .unwrap();
+    assert_eq!(got.reservation().unwrap().range, range(1024, 2));
+}
+
+#[test]
+fn bounds_are_checked_before_any_search() {
+    let bad = |start, count, bounds| RangeRequest::from_start_count_within(start, count, bounds);
+    assert_eq!(
+        bad(5000, 1, Some((5000, 5010))),
+        Err(RangeError::StartWithin { start: 5000 })
+    );
+    assert_eq!(bad(0, 1, Some((0, 10))), Err(RangeError::ZeroStart));
+    assert!(matches!(
+        bad(0, 1, Some((10, 5))),
+        Err(RangeError::Reversed { .. })
+    ));
+    assert_eq!(
+        bad(0, 6, Some((10, 14))),
+        Err(RangeError::WithinTooSmall {
+            count: 6,
+            bounds: range(10, 5)
+        })
+    );
+    assert_eq!(bad(0, 5, None), Ok(RangeRequest::Wildcard { count: 5 }));
+    assert_eq!(
+        bad(0, 5, Some((10, 14))),
+        Ok(RangeRequest::Within {
+            count: 5,
+            bounds: range(10, 5)
+        })
+    );
 }

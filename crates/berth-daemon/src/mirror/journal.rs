@@ -270,6 +270,7 @@ fn journal_row(r: &Reservation) -> Option<JournalRow> {
         acquired_at_ms: r.acquired_at_ms,
         process: *bond == Bond::Process,
         held: *held,
+        label: r.label.clone(),
     })
 }
 
@@ -290,5 +291,6 @@ fn persistent_row(r: &Reservation) -> Option<PersistentRow> {
         allow_groups: allowed.groups.clone(),
         created_at_ms: r.acquired_at_ms,
         created_by_uid: *created_by,
+        label: r.label.clone(),
     })
 }

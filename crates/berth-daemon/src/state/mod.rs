@@ -9,7 +9,8 @@ use berth_core::{
     SessionId, Table, TokenSource,
 };
 use berth_protocol::{
-    KernelListInfo, OwnerInfo, Request, ReservationInfo, Response, StatusInfo, WireError,
+    AcquireOptions, KernelListInfo, OwnerInfo, Request, ReservationInfo, Response, StatusInfo,
+    WireError,
 };
 use tokio::sync::mpsc;
 

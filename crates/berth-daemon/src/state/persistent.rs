@@ -1,7 +1,7 @@
 //! Persistent reservations: create and delete (administrators, durable before the reply),
 //! and lookup (everyone).
 
-use berth_core::{Allowed, ErrorKind, PortRange, Protocol, Requester};
+use berth_core::{Allowed, ErrorKind, Label, PortRange, Protocol, Requester};
 use berth_protocol::{Response, MAX_ALLOW_LIST};
 
 use super::{error, info, now_ms, OsTokens, Shared};
@@ -12,7 +12,7 @@ impl Shared {
         protocol: Protocol,
         start: u16,
         count: u16,
-        allowed: Allowed,
+        (allowed, label): (Allowed, &str),
         requester: &Requester,
     ) -> Response {
         if start == 0 {
@@ -31,6 +31,10 @@ impl Shared {
                 format!("at most {MAX_ALLOW_LIST} users and {MAX_ALLOW_LIST} groups may be named; use a group"),
             );
         }
+        let label = match Label::parse(label) {
+            Ok(label) => label,
+            Err(e) => return error(e.kind(), e.to_string()),
+        };
         if !requester.is_admin {
             return not_admin("create", requester);
         }
@@ -45,7 +49,7 @@ impl Shared {
                 token,
                 protocol,
                 range,
-                allowed,
+                (allowed, label),
                 requester.process.uid,
                 now_ms(),
                 &mut |proto, r| probes.first_in_use(proto, r),

@@ -31,6 +31,7 @@ impl Shared {
                     },
                     created_by: row.created_by_uid,
                 },
+                label: row.label,
             };
             match table.restore(reservation, false) {
                 Ok(change) => changes.push(change),
@@ -59,6 +60,7 @@ impl Shared {
                         bond,
                         held: row.held,
                     },
+                    label: row.label,
                 };
                 table
                     .restore(reservation, capped)

@@ -21,8 +21,9 @@ impl Shared {
                 // The reservation belongs to the process that sent the request — a forked
                 // child writing on its parent's connection acquires for itself.
                 let requester = self.requester(peer, sender);
+                let options = AcquireOptions::default();
                 let response = self
-                    .acquire(protocol, start, count, false, &requester, peer)
+                    .acquire(protocol, start, count, &options, &requester, peer)
                     .await;
                 self.name_port_user(response, &requester).await
             }
@@ -30,17 +31,21 @@ impl Shared {
                 protocol,
                 start,
                 count,
-                hold,
+                options,
             } => {
                 let requester = self.requester(peer, sender);
                 let response = self
-                    .acquire(protocol, start, count, hold, &requester, peer)
+                    .acquire(protocol, start, count, &options, &requester, peer)
                     .await;
                 self.name_port_user(response, &requester).await
             }
-            Request::AcquireBoth { start, count, hold } => {
+            Request::AcquireBoth {
+                start,
+                count,
+                options,
+            } => {
                 let requester = self.requester(peer, sender);
-                self.acquire_both(start, count, hold, &requester, peer)
+                self.acquire_both(start, count, &options, &requester, peer)
                     .await
             }
             Request::Why { protocol, port } => self.why(protocol, port, peer).await,
@@ -77,13 +82,14 @@ impl Shared {
                 count,
                 allow_users,
                 allow_groups,
+                label,
             } => {
                 let allowed = Allowed {
                     users: allow_users,
                     groups: allow_groups,
                 };
                 let requester = self.requester(peer, sender);
-                self.create_persistent(protocol, start, count, allowed, &requester)
+                self.create_persistent(protocol, start, count, (allowed, &label), &requester)
                     .await
             }
             Request::DeletePersistent {

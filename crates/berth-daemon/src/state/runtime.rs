@@ -8,11 +8,12 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use berth_core::{
-    AcquireError, ErrorKind, Holder, Kind, Owner, Protocol, RangeRequest, Requester, Reservation,
-    Token, UseRequest,
+    AcquireError, ErrorKind, Holder, Kind, Label, Owner, Protocol, RangeRequest, Requester,
+    Reservation, Token, UseRequest,
 };
 use berth_protocol::{
-    ErrorDetail, Holder as DetailHolder, PoolDetail, PortsDetail, Response, WireError,
+    AcquireOptions, ErrorDetail, Holder as DetailHolder, PoolDetail, PortsDetail, Response,
+    WireError,
 };
 
 use super::{error, info, now_ms, zero_token, OsTokens, Peer, Shared};
@@ -26,12 +27,15 @@ impl Shared {
         protocol: Protocol,
         start: u16,
         count: u16,
-        hold: bool,
+        options: &AcquireOptions,
         requester: &Requester,
         peer: &Peer,
     ) -> Response {
         let ask = Ask::One(protocol);
-        match self.grant(ask, start, count, hold, requester, peer).await {
+        match self
+            .grant(ask, start, count, options, requester, peer)
+            .await
+        {
             Ok(granted) => match granted.as_slice() {
                 [r] => {
                     Response::Acquired(info(r, &requester.process, requester.is_admin, now_ms()))
@@ -47,12 +51,12 @@ impl Shared {
         &self,
         start: u16,
         count: u16,
-        hold: bool,
+        options: &AcquireOptions,
         requester: &Requester,
         peer: &Peer,
     ) -> Response {
         match self
-            .grant(Ask::Both, start, count, hold, requester, peer)
+            .grant(Ask::Both, start, count, options, requester, peer)
             .await
         {
             Ok(granted) => match granted.as_slice() {
@@ -77,24 +81,28 @@ impl Shared {
         ask: Ask,
         start: u16,
         count: u16,
-        hold: bool,
+        options: &AcquireOptions,
         requester: &Requester,
         peer: &Peer,
     ) -> Result<Vec<Reservation>, Box<Response>> {
         let owner = &requester.process;
-        let request = RangeRequest::from_start_count(start, count)
-            .map_err(|e| Box::new(error(e.kind(), e.to_string())))?;
+        let invalid = |message: String| Box::new(error(ErrorKind::InvalidArgument, message));
+        let request = RangeRequest::from_start_count_within(start, count, options.within)
+            .map_err(|e| invalid(e.to_string()))?;
+        let label = Label::parse(&options.label).map_err(|e| invalid(e.to_string()))?;
         let lowest_port = self.lowest_port_for(request, owner);
         // A daemon with hold switched off grants every reservation unheld (and says so).
-        let hold = hold && self.hold_enabled;
+        let hold = options.hold && self.hold_enabled;
         let holder = Holder {
             owner: owner.clone(),
             session: peer.session,
             acquired_at_ms: now_ms(),
             hold,
+            label,
         };
         let (mut probes, holds) = (self.prober.probes(), &self.holds);
-        let wildcard = matches!(request, RangeRequest::Wildcard { .. });
+        let wildcard = !matches!(request, RangeRequest::Specific(_));
+        let bounds = request.bounds();
         // A held block's in-use test is its hold sockets' own binds, which then keep the
         // ports: they are made outside the table lock (a large block is many binds). The block
         // is chosen under the lock — inserted in the table, so no other request can have it —
@@ -115,7 +123,8 @@ impl Shared {
             choices += 1;
             let (changes, granted) = {
                 let mut table = self.table();
-                if wildcard {
+                // Bounds a request chose are searched as asked.
+                if wildcard && bounds.is_none() {
                     if let Some(message) = self.exposed_refusal(table.pool().range()) {
                         return Err(Box::new(error(ErrorKind::PoolExhausted, message)));
                     }
@@ -190,10 +199,11 @@ impl Shared {
             }
             let (pool, free_ports) = (table.pool(), table.free_in_pool(protocol));
             drop(table);
-            // Round the pool once at most: back at the first choice, or as many choices as
-            // blocks fit in it.
+            // Round the pool (or the bounds) once at most: back at the first choice, or as
+            // many choices as blocks fit in it.
+            let area = bounds.unwrap_or(pool.range());
             let wrapped = first_choice.is_some_and(|first| first == range.start())
-                || choices > u32::from(pool.range().count()) / u32::from(count.max(1)) + 1;
+                || choices > u32::from(area.count()) / u32::from(count.max(1)) + 1;
             first_choice.get_or_insert(range.start());
             if !wildcard || wrapped {
                 let e = if wildcard {
@@ -203,6 +213,7 @@ impl Shared {
                         pool,
                         free_ports,
                         skipped_privileged: false,
+                        bounds,
                     }
                 } else {
                     berth_core::AcquireError::InUse {
@@ -239,6 +250,10 @@ impl Shared {
                 }
             }
             RangeRequest::Wildcard { .. } => self.lowest_wildcard_port(owner),
+            // Bounds are judged as a specific block of them would be.
+            RangeRequest::Within { bounds, .. } => {
+                self.lowest_port_for(RangeRequest::Specific(bounds), owner)
+            }
         }
     }
 
@@ -484,12 +499,14 @@ fn acquire_refused(
             pool,
             free_ports,
             skipped_privileged,
+            bounds,
         } => ErrorDetail::Pool(PoolDetail {
             protocol: *protocol,
             pool: *pool,
             count: *count,
             fragmented: *free_ports >= u32::from(*count),
             privileged_skipped: *skipped_privileged,
+            within: bounds.map(|b| (b.start(), b.end())),
         }),
         AcquireError::QuotaExceeded { .. } => {
             if let Some((message, detail)) = super::quota::quota_refused(e, share_percent) {

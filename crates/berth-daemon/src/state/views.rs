@@ -73,17 +73,15 @@ impl Shared {
     }
 }
 
-/// What `viewer` may see of `r`: owner details only for administrators and the owner's own
-/// user.
+/// What `viewer` may see of `r`: owner details — and with them a runtime reservation's label
+/// — only for administrators and the owner's own user (the rule of `Reservation::seen_by`).
 pub(super) fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) -> ReservationInfo {
-    let owner = r
-        .owner()
-        .filter(|o| is_admin || o.uid == viewer.uid)
-        .map(|o| OwnerInfo {
-            pid: o.pid,
-            uid: o.uid,
-            command: o.command.clone(),
-        });
+    let hidden = r.owner().is_some_and(|o| !is_admin && o.uid != viewer.uid);
+    let owner = r.owner().filter(|_| !hidden).map(|o| OwnerInfo {
+        pid: o.pid,
+        uid: o.uid,
+        command: o.command.clone(),
+    });
     ReservationInfo {
         token: r.token,
         protocol: r.protocol,
@@ -94,5 +92,10 @@ pub(super) fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) ->
         owner,
         acquired_at_ms: r.acquired_at_ms,
         age_ms: now.saturating_sub(r.acquired_at_ms),
+        label: r
+            .label
+            .as_ref()
+            .filter(|_| !hidden)
+            .map(|l| l.as_str().to_owned()),
     }
 }

@@ -286,6 +286,55 @@ static void test_pool_exhausted(void) {
     EXPECT_ERR(POOL_EXHAUSTED, berth_acquire_port_reservation(IPPROTO_TCP, &r, &out));
 }
 
+static void test_options(void) {
+    puts("-- options: a label and bounds (berth_acquire_port_reservation_ex)");
+    berth_port_reservation_instance a, b, c;
+    berth_port_range r = range_of(0, 2);
+    berth_acquire_options opt;
+    memset(&opt, 0, sizeof opt);
+    opt.size = sizeof opt;
+    opt.label = "c test: options";
+    opt.within_first = (uint16_t)(port_base + 24);
+    opt.within_last = (uint16_t)(port_base + 27);
+    REQUIRE_OK(berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &a));
+    CHECK(a.reservation.start_port == port_base + 24 && a.reservation.number_of_ports == 2,
+          "got %u+%u", a.reservation.start_port, a.reservation.number_of_ports);
+    /* Held, as every reservation of the C API: associate binds from it. */
+    int fd = new_socket(AF_INET, SOCK_STREAM);
+    EXPECT_OK(berth_associate_port_reservation(fd, a.token, NULL, 0));
+    CHECK(in_block(port_of(fd), &a), "bound to %u", port_of(fd));
+    close(fd);
+    REQUIRE_OK(berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &b));
+    CHECK(b.reservation.start_port == port_base + 26, "got %u", b.reservation.start_port);
+    EXPECT_ERR(POOL_EXHAUSTED, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &c));
+    EXPECT_OK(berth_release_port_reservation(a.token));
+    EXPECT_OK(berth_release_port_reservation(b.token));
+    /* No options: the pool, as berth_acquire_port_reservation. */
+    r = range_of(0, 1);
+    if (EXPECT_OK(berth_acquire_port_reservation_ex(IPPROTO_UDP, &r, NULL, &c)) == 0) {
+        CHECK(c.reservation.start_port >= pool_lo && c.reservation.start_port <= pool_hi,
+              "got %u outside the pool", c.reservation.start_port);
+        EXPECT_OK(berth_release_port_reservation(c.token));
+    }
+    /* Invalid options. */
+    opt.size = 4;
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &c));
+    opt.size = sizeof opt;
+    opt.label = "two\nlines";
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &c));
+    opt.label = "\xff\xfe not UTF-8";
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &c));
+    opt.label = NULL;
+    opt.within_first = (uint16_t)(port_base + 27);
+    opt.within_last = (uint16_t)(port_base + 24);
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &c));
+    opt.within_first = (uint16_t)(port_base + 24);
+    opt.within_last = (uint16_t)(port_base + 27);
+    r = range_of(port_base + 24, 1); /* a start and bounds */
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &c));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, NULL));
+}
+
 static void test_not_found(void) {
     puts("-- not-found (ENOENT)");
     EXPECT_ERR(NOT_FOUND, berth_release_port_reservation(0x0123456789abcdefULL));
@@ -632,6 +681,7 @@ int main(int argc, char **argv) {
         test_conflicts();
         test_pool_exhausted();
         test_not_found();
+        test_options();
         test_associate_spreads_fills_and_frees();
         test_addresses();
         test_not_supported();

@@ -115,7 +115,7 @@ fn the_acquire_sample_binds_from_reservations_under_asan() {
 }
 
 /// `test_api`'s full suite, run by root (an administrator), against a daemon with the wildcard
-/// pool `pool`; its specific blocks lie in `port_base..port_base + 23`.
+/// pool `pool`; its specific blocks and bounds lie in `port_base..port_base + 31`.
 fn the_full_c_suite(build: Build, pool: (u16, u16), port_base: u16) {
     if !wanted(build) {
         return;

@@ -17,10 +17,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use berth_protocol::{
-    BusyDetail, DaemonLimit, ErrorDetail, ErrorKind, ExposureInfo, Hello, Holder, KernelListInfo,
-    Kind, NamespacesDetail, OwnerInfo, PoolDetail, PortRange, PortReport, PortsDetail, Protocol,
-    QuotaDetail, QuotaInfo, QuotaWhat, Request, ReservationInfo, Response, ShareInfo, SocketInfo,
-    StatusInfo, Token, UsageInfo, UserUsage, Welcome, WireError,
+    AcquireOptions, BusyDetail, DaemonLimit, ErrorDetail, ErrorKind, ExposureInfo, Hello, Holder,
+    KernelListInfo, Kind, NamespacesDetail, OwnerInfo, PoolDetail, PortRange, PortReport,
+    PortsDetail, Protocol, QuotaDetail, QuotaInfo, QuotaWhat, Request, ReservationInfo, Response,
+    ShareInfo, SocketInfo, StatusInfo, Token, UsageInfo, UserUsage, Welcome, WireError,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -69,10 +69,11 @@ fn runtime_info() -> ReservationInfo {
         age_ms: 200,
         held: true,
         bound: vec![8081],
+        label: Some("web".into()),
     }
 }
 const RUNTIME_INFO: &str =
-    "ac 02  00  90 3f 02  00  01 99 20 e8 07 02 6e 63  05  c8 01  01  01 91 3f";
+    "ac 02  00  90 3f 02  00  01 99 20 e8 07 02 6e 63  05  c8 01  01  01 91 3f  01 03 77 65 62";
 
 /// token u64::MAX, udp 443, persistent, no owner, times 0.
 fn persistent_info() -> ReservationInfo {
@@ -86,9 +87,11 @@ fn persistent_info() -> ReservationInfo {
         age_ms: 0,
         held: false,
         bound: vec![],
+        label: None,
     }
 }
-const PERSISTENT_INFO: &str = "ff ff ff ff ff ff ff ff ff 01  01  bb 03 01  01  00  00  00  00  00";
+const PERSISTENT_INFO: &str =
+    "ff ff ff ff ff ff ff ff ff 01  01  bb 03 01  01  00  00  00  00  00  00";
 
 #[test]
 fn requests() {
@@ -140,8 +143,9 @@ fn requests() {
             count: 1,
             allow_users: vec![1000],
             allow_groups: vec![],
+            label: "web".into(),
         },
-        "06  01  bb 03  01  01 e8 07  00",
+        "06  01  bb 03  01  01 e8 07  00  03 77 65 62",
     );
     golden(
         Request::DeletePersistent {
@@ -173,9 +177,20 @@ fn requests() {
             protocol: Protocol::Udp,
             start: 0,
             count: 3,
-            hold: true,
+            options: AcquireOptions::held(),
         },
-        "0c  01  00  03  01",
+        // hold, label "", no bounds
+        "0c  01  00  03  01  00  00",
+    );
+    golden(
+        Request::AcquireWith {
+            protocol: Protocol::Tcp,
+            start: 0,
+            count: 2,
+            options: AcquireOptions::default().label("t").within(20000, 20099),
+        },
+        // not held, label "t", bounds 20000 (a0 9c 01) to 20099 (83 9d 01)
+        "0c  00  00  02  00  01 74  01 a0 9c 01 83 9d 01",
     );
     golden(
         Request::Why {
@@ -188,9 +203,9 @@ fn requests() {
         Request::AcquireBoth {
             start: 8080,
             count: 2,
-            hold: false,
+            options: AcquireOptions::default(),
         },
-        "0e  90 3f  02  00",
+        "0e  90 3f  02  00  00  00",
     );
     golden(
         Request::AssociateAt {
@@ -425,8 +440,10 @@ fn error_details() {
             count: 8,
             fragmented: true,
             privileged_skipped: false,
+            within: Some((40000, 40099)),
         }),
-        "03  00  c0 b8 02 64  08  01  00",
+        // within 40000 (c0 b8 02) to 40099 (a3 b9 02)
+        "03  00  c0 b8 02 64  08  01  00  01 c0 b8 02 a3 b9 02",
     );
     golden(
         ErrorDetail::Busy(BusyDetail {

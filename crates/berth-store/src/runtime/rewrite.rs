@@ -128,6 +128,7 @@ mod tests {
             acquired_at_ms: token,
             process: false,
             held: true,
+            label: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use berth_core::Protocol;
+use berth_core::{Label, Protocol};
 use berth_store::schema::APPLICATION_ID;
 use berth_store::{JournalOp, Store, StoreError, SCHEMA_VERSION};
 use common::{journaled, persistent, token};
@@ -366,6 +366,57 @@ fn a_new_database_is_berths_in_wal_mode_at_the_current_version() {
 }
 
 #[test]
+fn a_persistent_label_is_kept_and_read_back() {
+    let (_dir, path) = temp_db();
+    let mut store = Store::open(&path).unwrap();
+    let mut row = persistent(0x61, Protocol::Tcp, 8443, 1);
+    row.label = Label::parse("shop web (TLS)").unwrap();
+    store.create_persistent(&row).unwrap();
+    store
+        .create_persistent(&persistent(0x62, Protocol::Udp, 53, 1))
+        .unwrap();
+    drop(store);
+    // Plain text in the table, for any sqlite3 tool.
+    assert_eq!(
+        count(
+            &path,
+            "SELECT count(*) FROM persistent WHERE label = 'shop web (TLS)'"
+        ),
+        1
+    );
+    let (loaded, _) = Store::open(&path).unwrap().load().unwrap();
+    let labels: Vec<_> = loaded
+        .iter()
+        .map(|r| (r.token.get(), r.label.as_ref().map(Label::as_str)))
+        .collect();
+    assert_eq!(labels, [(0x61, Some("shop web (TLS)")), (0x62, None)]);
+}
+
+#[test]
+fn a_database_from_before_labels_is_migrated_in_place() {
+    let (_dir, path) = temp_db();
+    let mut store = Store::open(&path).unwrap();
+    store
+        .create_persistent(&persistent(0x71, Protocol::Tcp, 8080, 2))
+        .unwrap();
+    drop(store);
+    // Back to schema 3, as a berth without labels left it.
+    raw(&path)
+        .execute_batch("ALTER TABLE persistent DROP COLUMN label; PRAGMA user_version = 3;")
+        .unwrap();
+    let (loaded, _) = Store::open(&path).unwrap().load().unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(
+        (loaded[0].token.get(), loaded[0].label.clone()),
+        (0x71, None)
+    );
+    assert_eq!(
+        count(&path, "PRAGMA user_version"),
+        i64::from(SCHEMA_VERSION)
+    );
+}
+
+#[test]
 fn open_creates_missing_parent_directories_private() {
     let dir = tempfile::tempdir().unwrap();
     let existing = dir.path().join("existing");
@@ -459,8 +510,16 @@ mod bad_rows {
     fn token_zero() {
         let err = load_after("UPDATE runtime_journal SET token = 0");
         assert_bad(&err, "runtime_journal", 0, "token 0");
-        let err = load_after("INSERT INTO persistent VALUES (0, 'udp', 7, 1, 0, 0)");
+        let err = load_after("INSERT INTO persistent VALUES (0, 'udp', 7, 1, 0, 0, NULL)");
         assert_bad(&err, "persistent", 0, "token 0");
+    }
+
+    #[test]
+    fn a_label_that_is_no_label() {
+        let err = load_after("UPDATE persistent SET label = 'a' || char(27) || '[31m'");
+        assert_bad(&err, "persistent", 0x51, "control characters");
+        let err = load_after("UPDATE persistent SET label = x'00ff'");
+        assert_bad(&err, "persistent", 0x51, "column label holds");
     }
 
     #[test]

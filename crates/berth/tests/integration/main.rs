@@ -15,6 +15,7 @@ mod detail;
 mod hold;
 mod idle;
 mod journal;
+mod labels;
 mod lifetime;
 mod limits;
 mod mirrors;

@@ -26,6 +26,7 @@ fn holds_follow_the_table_when_resynchronised() {
         session: SessionId(1),
         acquired_at_ms: 0,
         hold: true,
+        label: None,
     };
     let change = table
         .acquire(

@@ -24,6 +24,7 @@ pub fn persistent(t: u64, protocol: Protocol, start: u16, count: u16) -> Persist
         allow_groups: vec![27],
         created_at_ms: 1_750_000_000_000 + t % 1000,
         created_by_uid: 0,
+        label: None,
     }
 }
 
@@ -43,5 +44,6 @@ pub fn journaled(t: u64, start: u16, count: u16) -> JournalRow {
         acquired_at_ms: 1_750_000_000_000 + t % 1000,
         process: false,
         held: false,
+        label: None,
     }
 }
