@@ -40,6 +40,15 @@ pub enum Command {
     /// Explain a port: reserved (by whom, held, bound), bound by a process, in the pool or
     /// the ephemeral range, or free.
     Why(WhyArgs),
+    /// Print the ports of a named reservation (`berth run --name`), or exit not-found.
+    Port(PortArgs),
+    /// Wait until a named reservation exists (with --bound: until its port is bound), then
+    /// print its ports.
+    Wait(WaitArgs),
+    /// List your remembered names: the block each was last given, and whether it is live.
+    Names(JsonArg),
+    /// Forget one of your names: its block becomes an ordinary port again.
+    Forget(ForgetArgs),
     /// Stop the daemon gracefully (its owner or an administrator) and wait until it is gone.
     Stop {
         /// Also take out of `ip_local_reserved_ports` the entries of reservations whose owners
@@ -123,6 +132,51 @@ pub struct PersistentAddArgs {
     /// 128 bytes, one line.
     #[arg(long, value_name = "TEXT")]
     pub label: Option<String>,
+    /// A host-wide name (e.g. ipp), by which anyone finds its ports (`berth port NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+/// `berth port`.
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// The name: yours, else a persistent reservation's; USER:NAME for another user's.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The UDP ports (default: TCP's, or UDP's when the name has only UDP ports).
+    #[arg(long)]
+    pub udp: bool,
+    /// Print the reservations as JSON (owner, token, state).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `berth wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The name: yours, else a persistent reservation's; USER:NAME for another user's.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Wait until a socket is bound to its ports too.
+    #[arg(long)]
+    pub bound: bool,
+    /// Give up after SECS seconds (at most 3600), with not-found (exit 15).
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub timeout: u32,
+    /// The UDP ports (as `berth port --udp`).
+    #[arg(long)]
+    pub udp: bool,
+    /// Print the reservations as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `berth forget`.
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// The name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 /// `berth persistent list`.
@@ -237,6 +291,10 @@ pub struct RunArgs {
     /// the owner; at most 128 bytes, one line.
     #[arg(long, value_name = "TEXT")]
     pub label: Option<String>,
+    /// Name the reservations (e.g. shop/web): the same ports as last time while they are
+    /// free, and `berth port NAME` finds them.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Print the reservations as JSON on stderr before running the command.
     #[arg(long)]
     pub json: bool,

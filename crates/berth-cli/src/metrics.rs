@@ -263,6 +263,8 @@ mod tests {
             held: true,
             bound: vec![start],
             label: None,
+            moved_from: None,
+            name: None,
         }
     }
 

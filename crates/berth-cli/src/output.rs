@@ -28,6 +28,8 @@ pub struct ReservationJson {
     pub bound: Vec<u16>,
     /// What it is for, when it has a label and the asker may see it (`null` otherwise).
     pub label: Option<String>,
+    /// Its name (`null` for none).
+    pub name: Option<String>,
 }
 
 /// The owner of a reservation in JSON.
@@ -58,6 +60,7 @@ impl From<&ReservationInfo> for ReservationJson {
             held: r.held,
             bound: r.bound.clone(),
             label: r.label.clone(),
+            name: r.name.clone(),
         }
     }
 }
@@ -319,6 +322,7 @@ pub fn table(list: &[ReservationInfo]) -> String {
         "AGE".to_owned(),
         "HELD".to_owned(),
         "BOUND".to_owned(),
+        "NAME".to_owned(),
         "LABEL".to_owned(),
     ]];
     for r in list {
@@ -337,10 +341,11 @@ pub fn table(list: &[ReservationInfo]) -> String {
             human_age(r.age_ms / 1000),
             if r.held { "yes" } else { "no" }.to_owned(),
             port_list(&r.bound),
+            r.name.clone().unwrap_or_else(|| "-".to_owned()),
             r.label.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
-    let mut widths = [0usize; 11];
+    let mut widths = [0usize; 12];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -442,7 +447,9 @@ mod tests {
     #[test]
     fn an_empty_table_has_its_header() {
         assert!(table(&[]).starts_with("TOKEN  PROTO  PORTS"));
-        assert!(table(&[]).trim_end().ends_with("AGE  HELD  BOUND  LABEL"));
+        assert!(table(&[])
+            .trim_end()
+            .ends_with("AGE  HELD  BOUND  NAME  LABEL"));
     }
 
     #[test]

@@ -161,6 +161,16 @@ pub enum AcquireError {
         /// The first reservation found in the way.
         holder: Box<Reservation>,
     },
+    /// The name is held by another live reservation of the same scope and protocol.
+    #[error("cannot reserve the name {name} in {protocol}: reservation {} ({} {}) of {} has it; stop that program or release it first (`berth release {}`), or choose another name", .holder.token, .holder.protocol, describe(.holder.range), .holder.holder_description(), .holder.token)]
+    NameTaken {
+        /// Protocol asked for.
+        protocol: Protocol,
+        /// The name asked for.
+        name: crate::name::Name,
+        /// The reservation that has it.
+        holder: Box<Reservation>,
+    },
     /// A port of the specific range is in use by a socket on the host.
     #[error("{protocol} port {port} (of the requested {}) is in use by a socket on this host; choose another range, or stop the program using it (`ss -anp '( sport = :{port} )'` shows it)", describe(*requested))]
     InUse {
@@ -223,6 +233,15 @@ impl AcquireError {
                 requested: *requested,
                 holder: Box::new(holder.seen_by(viewer_uid, is_admin)),
             },
+            AcquireError::NameTaken {
+                protocol,
+                name,
+                holder,
+            } => AcquireError::NameTaken {
+                protocol: *protocol,
+                name: name.clone(),
+                holder: Box::new(holder.seen_by(viewer_uid, is_admin)),
+            },
             other => other.clone(),
         }
     }
@@ -230,7 +249,9 @@ impl AcquireError {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AcquireError::Conflict { .. } | AcquireError::InUse { .. } => ErrorKind::Conflict,
+            AcquireError::Conflict { .. }
+            | AcquireError::InUse { .. }
+            | AcquireError::NameTaken { .. } => ErrorKind::Conflict,
             AcquireError::PoolExhausted { .. } => ErrorKind::PoolExhausted,
             AcquireError::Privileged(_) => ErrorKind::PermissionDenied,
             AcquireError::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,

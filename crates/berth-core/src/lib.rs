@@ -10,6 +10,8 @@
 //! - [`token`]: [`Token`], the non-zero 64-bit reservation name, and [`TokenSource`].
 //! - [`owner`]: [`Owner`], [`Holder`] and [`Requester`] — who holds and who asks.
 //! - [`label`]: [`Label`], the free text a reservation may carry for people to read.
+//! - [`name`]: [`Name`], how programs find a reservation's ports and the daemon keeps a
+//!   name's block stable.
 //! - [`error`]: [`ErrorKind`] (the kinds of docs/errors.md with their errno) and the typed errors.
 //! - [`freemap`]: a segment tree over one protocol's 65,536 ports that finds free blocks in
 //!   O(log 65,536), whatever the number of live reservations.
@@ -25,6 +27,7 @@
 pub mod error;
 pub mod freemap;
 pub mod label;
+pub mod name;
 pub mod owner;
 pub mod policy;
 pub mod portset;
@@ -35,6 +38,7 @@ pub mod token;
 
 pub use error::{describe, AcquireError, ErrorKind, RangeError, ReleaseError, UseError};
 pub use label::{Label, LabelError, MAX_LABEL_LEN};
+pub use name::{Name, NameError, MAX_NAME_LEN};
 pub use owner::{Holder, Owner, Requester, SessionId};
 pub use policy::{PrivilegedDenied, PrivilegedPorts};
 pub use portset::{BadPortList, PortSet};
@@ -43,7 +47,7 @@ pub use reserved_list::{
     Extras, Figures as ListFigures, ListBooks, Plan as ListPlan, Write as ListWrite,
 };
 pub use table::{
-    Allowed, BindPlan, Bond, Change, Constraints, Ending, Kind, Lease, PortUse, Quota, QuotaKind,
-    Reservation, Table, Usage, UseRequest,
+    Allowed, BindPlan, Bond, Change, Constraints, Ending, Kind, Lease, NameScope, PortUse, Quota,
+    QuotaKind, Reservation, Table, Usage, UseRequest,
 };
 pub use token::{Token, TokenSource};

@@ -57,6 +57,8 @@ pub struct Holder {
     pub hold: bool,
     /// What the reservation is for (see [`crate::Reservation::label`]).
     pub label: Option<crate::label::Label>,
+    /// Its name (see [`crate::Reservation::name`]).
+    pub name: Option<crate::name::Name>,
 }
 
 /// Who is asking for an operation on an existing reservation.

@@ -7,6 +7,7 @@
 
 use crate::error::{AcquireError, ReleaseError, UseError};
 use crate::label::Label;
+use crate::name::Name;
 use crate::owner::{Holder, Owner, Requester, SessionId};
 use crate::policy::PrivilegedDenied;
 use crate::range::{Pool, PortRange, Protocol, RangeRequest};
@@ -15,6 +16,7 @@ use crate::token::{Token, TokenSource};
 mod both;
 mod change;
 mod cooling;
+mod names;
 mod pair;
 mod ports;
 mod records;
@@ -25,9 +27,12 @@ mod tests;
 mod usage;
 
 #[cfg(test)]
+mod names_tests;
+#[cfg(test)]
 mod wildcard_tests;
 
 pub use change::{Change, Ending};
+pub use names::NameScope;
 pub use ports::PortUse;
 pub use reservation::{Allowed, Bond, Kind, Lease, Reservation, UseRequest};
 pub use usage::{Constraints, Quota, QuotaKind, Usage};
@@ -79,6 +84,8 @@ pub struct Table {
     stripe: Option<PortRange>,
     /// Ports freed recently, passed by while others fit (see [`Table::set_reuse_cool_down`]).
     cooling: cooling::Cooling,
+    /// Live names, and blocks remembered for names (see [`Table::keep_for_name`]).
+    names: names::Names,
     /// Before this time (ms) the stripe is not looked ahead for again (see
     /// [`Table::advance_stripe`]).
     stripe_retry_at_ms: u64,
@@ -98,6 +105,7 @@ impl Table {
             shared_range: None,
             stripe: None,
             cooling: cooling::Cooling::default(),
+            names: names::Names::default(),
             stripe_retry_at_ms: 0,
             persistent: 0,
         }
@@ -305,6 +313,7 @@ impl Table {
         if let Some(shared) = shared {
             self.check_shared(uid, limits, shared, request.count())?;
         }
+        self.check_name(NameScope::User(uid), protocol, holder.name.as_ref())?;
         if let Some(denied) = below_lowest(protocol, request, limits, uid) {
             return Err(AcquireError::Privileged(denied));
         }
@@ -342,6 +351,7 @@ impl Table {
                 held: holder.hold,
             },
             label: holder.label,
+            name: holder.name,
         };
         self.insert(reservation.clone(), capped);
         Ok(Change::Granted(reservation))
@@ -466,13 +476,17 @@ impl Table {
         let skipped_privileged = area.start() < lowest;
         let usable = self.usable(lowest, bounds);
         let stripe = self.usable_stripe(usable, striped);
-        let passes: &[bool] = if self.cooling_state(protocol, now_ms) == Some(true) {
-            &[true, false]
-        } else {
-            &[false]
-        };
+        // A first pass passes by cooling ports and blocks remembered for names, worth making
+        // when some free port of the pool is neither.
+        let avoid = self.cooling_state(protocol, now_ms) == Some(true)
+            || self.names.keeps_any(protocol) && self.free_in_pool(protocol) > 0;
+        let passes: &[bool] = if avoid { &[true, false] } else { &[false] };
         let Table {
-            tcp, udp, cooling, ..
+            tcp,
+            udp,
+            cooling,
+            names,
+            ..
         } = self;
         let space = match protocol {
             Protocol::Tcp => tcp,
@@ -480,9 +494,13 @@ impl Table {
         };
         for &cool in passes {
             let mut test = |proto, range| {
-                cool.then(|| cooling.first_in(proto, range, now_ms))
-                    .flatten()
-                    .or_else(|| in_use(proto, range))
+                cool.then(|| {
+                    cooling
+                        .first_in(proto, range, now_ms)
+                        .or_else(|| names.first_kept_in(proto, range))
+                })
+                .flatten()
+                .or_else(|| in_use(proto, range))
             };
             if let Some(stripe) = stripe {
                 if let Some(range) = space.next_fit_in_stripe(protocol, count, stripe, &mut test) {
@@ -545,6 +563,10 @@ impl Table {
         if r.kind() == Kind::Persistent {
             self.persistent += 1;
         }
+        if let Some(name) = &r.name {
+            self.names
+                .insert(r.name_scope(), r.protocol, name.clone(), r.token);
+        }
         self.records.insert(r, capped);
     }
 
@@ -559,7 +581,56 @@ impl Table {
         if r.kind() == Kind::Persistent {
             self.persistent -= 1;
         }
+        if let Some(name) = &r.name {
+            self.names.remove(r.name_scope(), r.protocol, name, r.token);
+        }
         Some(r)
+    }
+
+    /// Fails when `name` is held in `scope` and `protocol` already.
+    fn check_name(
+        &self,
+        scope: NameScope,
+        protocol: Protocol,
+        name: Option<&Name>,
+    ) -> Result<(), AcquireError> {
+        let Some(name) = name else {
+            return Ok(());
+        };
+        match self
+            .names
+            .holder(scope, protocol, name)
+            .and_then(|token| self.records.get(token))
+        {
+            Some(holder) => Err(AcquireError::NameTaken {
+                protocol,
+                name: name.clone(),
+                holder: Box::new(holder.clone()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The live reservation holding `name` in `scope` and `protocol`, if any.
+    pub fn find_name(
+        &self,
+        scope: NameScope,
+        protocol: Protocol,
+        name: &Name,
+    ) -> Option<&Reservation> {
+        self.records.get(self.names.holder(scope, protocol, name)?)
+    }
+
+    /// Remembers `range` for a name: wildcard searches pass its ports by while other ports
+    /// fit, so that the name finds its block free next time. Counted: call
+    /// [`Table::unkeep_for_name`] once per call to forget it.
+    pub fn keep_for_name(&mut self, protocol: Protocol, range: PortRange) {
+        self.names.keep(protocol, range);
+    }
+
+    /// Forgets one [`Table::keep_for_name`] of `range`.
+    pub fn unkeep_for_name(&mut self, protocol: Protocol, range: PortRange) {
+        self.names.unkeep(protocol, range);
     }
 
     /// A fresh token: non-zero and naming no live reservation. Draws until it gets one.
@@ -742,12 +813,13 @@ impl Table {
         token: Token,
         protocol: Protocol,
         range: PortRange,
-        (allowed, label): (Allowed, Option<Label>),
+        (allowed, label, name): (Allowed, Option<Label>, Option<Name>),
         created_by: u32,
         created_at_ms: u64,
         in_use: &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
     ) -> Result<Change, AcquireError> {
         self.check_token_free(token, protocol, range)?;
+        self.check_name(NameScope::Host, protocol, name.as_ref())?;
         self.check_free(protocol, range, in_use)?;
         let reservation = Reservation {
             token,
@@ -759,6 +831,7 @@ impl Table {
                 created_by,
             },
             label,
+            name,
         };
         self.insert(reservation.clone(), false);
         Ok(Change::PersistentCreated(reservation))
@@ -779,10 +852,20 @@ impl Table {
     /// cap (its owner is capped today; see [`Constraints::shared_max`]).
     pub fn restore(
         &mut self,
-        reservation: Reservation,
+        mut reservation: Reservation,
         capped: bool,
     ) -> Result<Change, AcquireError> {
         let (token, protocol, range) = (reservation.token, reservation.protocol, reservation.range);
+        // Only files edited by hand hold a name twice: the first keeps it.
+        if let Some(name) = &reservation.name {
+            if self
+                .names
+                .holder(reservation.name_scope(), protocol, name)
+                .is_some()
+            {
+                reservation.name = None;
+            }
+        }
         let checked = self
             .check_token_free(token, protocol, range)
             .and_then(|()| self.check_free(protocol, range, &mut |_, _| None));

@@ -476,6 +476,7 @@ impl Model {
             acquired_at_ms: 3,
             lease,
             label: None,
+            name: None,
         };
         let in_the_way = self
             .find(reservation.token)
@@ -520,6 +521,7 @@ impl Model {
             acquired_at_ms: 5,
             hold,
             label: None,
+            name: None,
         };
         let in_use = &self.in_use[index(protocol)];
         let reserved = &self.reserved[index(protocol)];
@@ -593,6 +595,7 @@ impl Model {
                     held: holder.hold,
                 },
                 label: None,
+                name: None,
             })
         });
         assert_eq!(result, expected, "{request:?} under {k:?}");
@@ -894,7 +897,7 @@ impl Model {
             token,
             protocol,
             range,
-            (Allowed::default(), None),
+            (Allowed::default(), None, None),
             0,
             9,
             &mut |_, r| r.ports().find(|p| in_use.contains(p)),
@@ -910,6 +913,7 @@ impl Model {
                     created_by: 0,
                 },
                 label: None,
+                name: None,
             })
         });
         assert_eq!(got, expected);
@@ -1177,6 +1181,7 @@ fn zero_and_duplicate_tokens_are_redrawn() {
         acquired_at_ms: 0,
         hold: false,
         label: None,
+        name: None,
     };
     let mut got = Vec::new();
     for _ in 0..4 {

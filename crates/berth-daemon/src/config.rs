@@ -109,7 +109,21 @@ pub struct Config {
     /// other ports fit, so that a port just released does not reach the next asker while the
     /// last owner's connections linger. Zero: none.
     pub reuse_cool_down: Duration,
+    /// How many names each user's memory keeps (the block each was last given); past it the
+    /// least recently given is forgotten.
+    pub max_names_per_user: usize,
+    /// Names not given for this long are forgotten (their blocks are then ordinary ports).
+    pub forget_names_after: Duration,
 }
+
+/// Names remembered per user by default ([`Config::max_names_per_user`]).
+pub const DEFAULT_MAX_NAMES_PER_USER: usize = 64;
+
+/// The most names a user may be allowed to keep ([`Config::max_names_per_user`]).
+pub const MAX_NAMES_PER_USER: usize = 4096;
+
+/// How long an unused name is remembered by default ([`Config::forget_names_after`]): 90 days.
+pub const DEFAULT_FORGET_NAMES_AFTER: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The default reuse cool-down ([`Config::reuse_cool_down`]): Linux's `TIME_WAIT` length.
 pub const DEFAULT_REUSE_COOL_DOWN: Duration = Duration::from_secs(60);
@@ -157,6 +171,8 @@ impl Config {
             listed_ahead: DEFAULT_LISTED_AHEAD,
             listed_ahead_trust: DEFAULT_LISTED_AHEAD_TRUST,
             reuse_cool_down: DEFAULT_REUSE_COOL_DOWN,
+            max_names_per_user: DEFAULT_MAX_NAMES_PER_USER,
+            forget_names_after: DEFAULT_FORGET_NAMES_AFTER,
         }
     }
 }

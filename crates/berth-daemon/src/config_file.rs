@@ -11,6 +11,8 @@
 //!                               # ip_local_reserved_ports entries (default: sysctl's places)
 //! listed_ahead = 128            # pool ports kept listed ahead of grants (kernel sync on)
 //! reuse_cool_down_s = 60        # wildcard picks pass by ports freed this recently
+//! max_names_per_user = 64       # names whose block each user's memory keeps
+//! forget_names_after_days = 90  # names not given for this long are forgotten
 //!
 //! [privileged]                  # who may reserve and bind ports below
 //! allow_users = ["www-data", 1001]   # net.ipv4.ip_unprivileged_port_start (root always may)
@@ -129,6 +131,10 @@ pub struct ConfigFile {
     listed_ahead: Option<u32>,
     /// Seconds a freed port is passed by in wildcard picks while others fit (0 for none).
     reuse_cool_down_s: Option<u64>,
+    /// Names whose block each user's memory keeps.
+    max_names_per_user: Option<u64>,
+    /// Days after which a name not given is forgotten.
+    forget_names_after_days: Option<u64>,
 }
 
 /// The `portserver` key.
@@ -257,6 +263,29 @@ impl ConfigFile {
                 ));
             }
             config.reuse_cool_down = std::time::Duration::from_secs(secs);
+        }
+        if let Some(n) = self.max_names_per_user {
+            config.max_names_per_user = usize::try_from(n)
+                .ok()
+                .filter(|&n| (1..=crate::config::MAX_NAMES_PER_USER).contains(&n))
+                .ok_or_else(|| {
+                    invalid(
+                        "max_names_per_user",
+                        format!(
+                            "max_names_per_user = {n} is out of range; give 1 to {}",
+                            crate::config::MAX_NAMES_PER_USER
+                        ),
+                    )
+                })?;
+        }
+        if let Some(days) = self.forget_names_after_days {
+            if !(1..=3650).contains(&days) {
+                return Err(invalid(
+                    "forget_names_after_days",
+                    format!("forget_names_after_days = {days} is out of range; give 1 to 3650"),
+                ));
+            }
+            config.forget_names_after = std::time::Duration::from_secs(days * 24 * 3600);
         }
         if let Some(ahead) = self.listed_ahead {
             config.listed_ahead = u16::try_from(ahead)

@@ -148,6 +148,13 @@ typedef struct berth_acquire_options {
    * The last port of the bounds (see `within_first`).
    */
   uint16_t within_last;
+  /**
+   * NULL, or a NUL-terminated name (e.g. `shop/web`: segments of a-z, 0-9, `.`, `_`, `-`
+   * joined by `/`, at most 128 bytes): a wildcard request gets the block the name had last
+   * time while it is free, and `berth port NAME` finds it. Unique among the user's live
+   * reservations of the protocol (EADDRINUSE otherwise).
+   */
+  const char *name;
 } berth_acquire_options;
 
 #ifdef __cplusplus
@@ -177,17 +184,21 @@ int berth_acquire_port_reservation(int protocol,
                                    struct berth_port_reservation_instance *out);
 
 /**
- * [`berth_acquire_port_reservation`] with options: a label and a wildcard's bounds.
+ * [`berth_acquire_port_reservation`] with options: a label, a wildcard's bounds, a name.
  * `options` may be NULL (no options).
  *
  * Errors: those of `berth_acquire_port_reservation`, and EINVAL for a `size` that is not
  * `sizeof(berth_acquire_options)`, a label that is not UTF-8, longer than 128 bytes or with
- * control characters, bounds with a non-zero `start_port`, reversed bounds or bounds
- * narrower than the block; EADDRNOTAVAIL when no block inside the bounds is free.
+ * control characters, a name that is not one, bounds with a non-zero `start_port`, reversed
+ * bounds or bounds narrower than the block; EADDRNOTAVAIL when no block inside the bounds is
+ * free; EADDRINUSE when another live reservation of yours has the name.
+ *
+ * The name's block of last time, when taken by something else, is replaced by another free
+ * block (the name moves); `berth names` shows where each of your names is.
  *
  * # Safety
  * As `berth_acquire_port_reservation`; `options` is NULL or points to a readable
- * `berth_acquire_options` whose `label` is NULL or a NUL-terminated string.
+ * `berth_acquire_options` whose `label` and `name` are NULL or NUL-terminated strings.
  */
 int berth_acquire_port_reservation_ex(int protocol,
                                       const struct berth_port_range *range,

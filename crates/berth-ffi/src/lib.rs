@@ -151,19 +151,28 @@ pub struct berth_acquire_options {
     pub within_first: u16,
     /// The last port of the bounds (see `within_first`).
     pub within_last: u16,
+    /// NULL, or a NUL-terminated name (e.g. `shop/web`: segments of a-z, 0-9, `.`, `_`, `-`
+    /// joined by `/`, at most 128 bytes): a wildcard request gets the block the name had last
+    /// time while it is free, and `berth port NAME` finds it. Unique among the user's live
+    /// reservations of the protocol (EADDRINUSE otherwise).
+    pub name: *const c_char,
 }
 
-/// [`berth_acquire_port_reservation`] with options: a label and a wildcard's bounds.
+/// [`berth_acquire_port_reservation`] with options: a label, a wildcard's bounds, a name.
 /// `options` may be NULL (no options).
 ///
 /// Errors: those of `berth_acquire_port_reservation`, and EINVAL for a `size` that is not
 /// `sizeof(berth_acquire_options)`, a label that is not UTF-8, longer than 128 bytes or with
-/// control characters, bounds with a non-zero `start_port`, reversed bounds or bounds
-/// narrower than the block; EADDRNOTAVAIL when no block inside the bounds is free.
+/// control characters, a name that is not one, bounds with a non-zero `start_port`, reversed
+/// bounds or bounds narrower than the block; EADDRNOTAVAIL when no block inside the bounds is
+/// free; EADDRINUSE when another live reservation of yours has the name.
+///
+/// The name's block of last time, when taken by something else, is replaced by another free
+/// block (the name moves); `berth names` shows where each of your names is.
 ///
 /// # Safety
 /// As `berth_acquire_port_reservation`; `options` is NULL or points to a readable
-/// `berth_acquire_options` whose `label` is NULL or a NUL-terminated string.
+/// `berth_acquire_options` whose `label` and `name` are NULL or NUL-terminated strings.
 #[no_mangle]
 pub unsafe extern "C" fn berth_acquire_port_reservation_ex(
     protocol: c_int,
@@ -191,7 +200,7 @@ pub unsafe extern "C" fn berth_acquire_port_reservation_ex(
 /// The library's options from the C ones: held, as every C reservation is.
 ///
 /// # Safety
-/// `options.label` is NULL or points to a NUL-terminated string.
+/// `options.label` and `options.name` are NULL or point to NUL-terminated strings.
 unsafe fn acquire_options(
     options: &berth_acquire_options,
 ) -> Result<berth::AcquireOptions, Failure> {
@@ -210,6 +219,14 @@ unsafe fn acquire_options(
             Failure::invalid("options->label is not UTF-8; pass plain text on one line")
         })?;
         wanted.label = label.to_owned();
+    }
+    if !options.name.is_null() {
+        // SAFETY: non-null, and NUL-terminated as the caller promised.
+        let name = unsafe { std::ffi::CStr::from_ptr(options.name) };
+        let name = name.to_str().map_err(|_| {
+            Failure::invalid("options->name is not UTF-8; names look like shop/web")
+        })?;
+        wanted.name = name.to_owned();
     }
     if (options.within_first, options.within_last) != (0, 0) {
         wanted.within = Some((options.within_first, options.within_last));

@@ -51,6 +51,20 @@ pub enum ErrorDetail {
         /// The daemon's idle timeout, in milliseconds.
         timeout_ms: u64,
     },
+    /// The name asked for is held by another live reservation (the asker's user's, or a
+    /// persistent one's): a conflict, whatever ports are free.
+    Name(NameDetail),
+}
+
+/// See [`ErrorDetail::Name`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameDetail {
+    /// The port space.
+    pub protocol: Protocol,
+    /// The name.
+    pub name: String,
+    /// The reservation that has it (its owner as the asker may see it).
+    pub holder: Holder,
 }
 
 /// See [`ErrorDetail::Ports`].

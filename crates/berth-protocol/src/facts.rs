@@ -24,6 +24,10 @@ impl Request {
             Request::Transfer { .. } => "transfer",
             Request::Why { .. } => "why",
             Request::Stop | Request::StopWith { .. } => "stop",
+            Request::LookupName { .. } => "lookup-name",
+            Request::WaitName { .. } => "wait-name",
+            Request::ListNames => "list-names",
+            Request::ForgetName { .. } => "forget-name",
         }
     }
 
@@ -49,7 +53,13 @@ impl Request {
             | Request::DeletePersistent { .. }
             | Request::LookupPersistent { .. }
             | Request::Stop
-            | Request::StopWith { .. } => None,
+            | Request::StopWith { .. }
+            | Request::LookupName { .. }
+            | Request::ListNames
+            | Request::ForgetName { .. } => None,
+            // Whether a port is bound is a fact of the daemon's namespace.
+            Request::WaitName { bound: true, .. } => Some("wait for a bound port"),
+            Request::WaitName { bound: false, .. } => None,
         }
     }
 }

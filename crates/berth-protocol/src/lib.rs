@@ -34,13 +34,13 @@ pub mod version;
 
 pub use berth_core::{ErrorKind, Kind, PortRange, Protocol, Token};
 pub use detail::{
-    BusyDetail, DaemonLimit, ErrorDetail, Holder, NamespacesDetail, PoolDetail, PortsDetail,
-    QuotaDetail, QuotaWhat,
+    BusyDetail, DaemonLimit, ErrorDetail, Holder, NameDetail, NamespacesDetail, PoolDetail,
+    PortsDetail, QuotaDetail, QuotaWhat,
 };
 pub use frame::{FrameCodec, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 pub use message::{
-    AcquireOptions, ExposureInfo, Hello, KernelListInfo, OwnerInfo, PortReport, QuotaInfo, Request,
-    ReservationInfo, Response, ShareInfo, SocketInfo, StatusInfo, UsageInfo, UserUsage, Welcome,
-    WireError, MAX_ALLOW_LIST, MAX_NAME_LEN, MAX_SOCKETS_REPORTED,
+    AcquireOptions, ExposureInfo, Hello, KernelListInfo, NameInfo, OwnerInfo, PortReport,
+    QuotaInfo, Request, ReservationInfo, Response, ShareInfo, SocketInfo, StatusInfo, UsageInfo,
+    UserUsage, Welcome, WireError, MAX_ALLOW_LIST, MAX_NAME_LEN, MAX_SOCKETS_REPORTED, MAX_WAIT_MS,
 };
 pub use version::{negotiate, VersionMismatch, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};

@@ -94,6 +94,8 @@ pub enum Request {
         allow_groups: Vec<u32>,
         /// What it is for, shown to everyone ("" for none; see [`AcquireOptions::label`]).
         label: String,
+        /// Its host-wide name ("" for none; see [`AcquireOptions::name`]).
+        name: String,
     },
     /// Delete the persistent reservation of exactly this range (administrators only).
     DeletePersistent {
@@ -185,7 +187,41 @@ pub enum Request {
         /// Take out every entry the daemon wrote, those of live owners too.
         restore: bool,
     },
+    /// The live reservations of a name (open to everyone; owner details as in a list):
+    /// `user`'s runtime ones, or — with `user: None` — the asker's own, else the host's
+    /// persistent ones. Answered with [`Response::Named`], or not-found.
+    LookupName {
+        /// Whose name: a uid, or `None` for the asker's (then the host's).
+        user: Option<u32>,
+        /// The name.
+        name: String,
+    },
+    /// [`Request::LookupName`], answered once the name exists — and, with `bound`, once a
+    /// socket is bound to a port of each of its reservations, as the kernel reports it — or
+    /// with not-found when `timeout_ms` passes first (at most [`MAX_WAIT_MS`]).
+    WaitName {
+        /// Whose name (see [`Request::LookupName`]).
+        user: Option<u32>,
+        /// The name.
+        name: String,
+        /// Wait for a bound socket too.
+        bound: bool,
+        /// How long to wait, in milliseconds.
+        timeout_ms: u32,
+    },
+    /// The asker's remembered names: the block each was last given ([`Response::Names`]).
+    ListNames,
+    /// Forget the asker's name: its remembered blocks in both protocols (a live reservation
+    /// keeps its name until it ends). Answered with [`Response::Names`], what was forgotten;
+    /// not-found when there was nothing.
+    ForgetName {
+        /// The name.
+        name: String,
+    },
 }
+
+/// The longest wait of a [`Request::WaitName`], in milliseconds (one hour).
+pub const MAX_WAIT_MS: u32 = 3_600_000;
 
 /// What an acquire asks for besides its ports ([`Request::AcquireWith`],
 /// [`Request::AcquireBoth`]). The default: not held, no label, the pool.
@@ -201,6 +237,11 @@ pub struct AcquireOptions {
     /// A wildcard request's bounds, `(first, last)` inclusive: any free block inside them,
     /// in the pool or not, instead of one from the pool. `start` must then be 0.
     pub within: Option<(u16, u16)>,
+    /// The reservation's name: `[a-z0-9][a-z0-9._-]*` segments joined by `/`, at most
+    /// [`berth_core::MAX_NAME_LEN`] bytes; "" for none. Unique among the asker's user's live
+    /// runtime reservations of the protocol. A wildcard request for a name is given the block
+    /// the name was last given when it is free (and inside `within`, if given).
+    pub name: String,
 }
 
 impl AcquireOptions {
@@ -216,6 +257,13 @@ impl AcquireOptions {
     #[must_use]
     pub fn label(mut self, label: impl Into<String>) -> Self {
         self.label = label.into();
+        self
+    }
+
+    /// The same options with `name` (see [`AcquireOptions::name`]).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -278,6 +326,12 @@ pub enum Response {
         /// The UDP reservation.
         udp: Box<ReservationInfo>,
     },
+    /// Answer to [`Request::LookupName`] and [`Request::WaitName`]: the name's live
+    /// reservations (one per protocol), TCP first.
+    Named(Vec<ReservationInfo>),
+    /// Answer to [`Request::ListNames`] and [`Request::ForgetName`], ordered by name then
+    /// protocol.
+    Names(Vec<NameInfo>),
 }
 
 /// What the daemon knows about one port (answer to [`Request::Why`]).
@@ -426,6 +480,27 @@ pub struct ReservationInfo {
     /// What it is for, in its owner's words; `None` when it has no label or the asker may not
     /// see its owner.
     pub label: Option<String>,
+    /// Its name (names are public: anyone may look one up).
+    pub name: Option<String>,
+    /// In the answer to an acquire for a name only: the block the name was given last time,
+    /// when it could not be given again (something else took a port of it); the name's
+    /// memory moved to this reservation's block.
+    pub moved_from: Option<PortRange>,
+}
+
+/// A name as the daemon remembers it (see [`Request::ListNames`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameInfo {
+    /// The name.
+    pub name: String,
+    /// Which port space.
+    pub protocol: Protocol,
+    /// The block it was last given (and gets again while free).
+    pub range: PortRange,
+    /// When it was last given, in milliseconds since the Unix epoch.
+    pub last_used_ms: u64,
+    /// Whether a live reservation has it now.
+    pub live: bool,
 }
 
 /// The owner of a runtime reservation.

@@ -47,7 +47,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_core::{Label, Token};
+use berth_core::{Label, Name, Protocol, Token};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod error;
@@ -57,7 +57,7 @@ mod runtime;
 pub mod schema;
 
 pub use error::StoreError;
-pub use rows::{JournalOp, JournalRow, PersistentRow};
+pub use rows::{JournalOp, JournalRow, NameRow, PersistentRow};
 pub use runtime::{
     runtime_journal_path, Loaded, Prepared as PreparedRewrite, RewriteJob, RuntimeJournal,
 };
@@ -174,8 +174,9 @@ impl Store {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO persistent
-                         (token, protocol, start, count, created_at_ms, created_by_uid, label)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                         (token, protocol, start, count, created_at_ms, created_by_uid, label,
+                          name)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(err)?;
             insert
@@ -187,6 +188,7 @@ impl Store {
                     rows::to_sql(row.created_at_ms),
                     row.created_by_uid,
                     row.label.as_ref().map(Label::as_str),
+                    row.name.as_ref().map(Name::as_str),
                 ])
                 .map_err(|e| {
                     if is_primary_key_violation(&e) {
@@ -283,6 +285,47 @@ impl Store {
             }
         }
         tx.commit().map_err(err)?;
+        self.committed()
+    }
+
+    /// Remembers the block `row` names (replacing what its user's name had in its protocol).
+    /// Without fsync: a name's memory is a convenience, and a crash may cost its last move.
+    pub fn remember_name(&mut self, row: &NameRow) -> Result<(), StoreError> {
+        self.set_sync(Sync::Off)?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO names (uid, name, protocol, start, count, last_used_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut insert| {
+                insert.execute(params![
+                    row.uid,
+                    row.name.as_str(),
+                    row.protocol.as_str(),
+                    row.range.start(),
+                    row.range.count(),
+                    rows::to_sql(row.last_used_ms),
+                ])
+            })
+            .map_err(|e| self.fail("remember a name", e))?;
+        self.committed()
+    }
+
+    /// Forgets what `uid`'s `name` was given in `protocol` (nothing to forget is fine). Like
+    /// [`Store::remember_name`], without fsync.
+    pub fn forget_name(
+        &mut self,
+        uid: u32,
+        name: &Name,
+        protocol: Protocol,
+    ) -> Result<(), StoreError> {
+        self.set_sync(Sync::Off)?;
+        self.conn
+            .execute(
+                "DELETE FROM names WHERE uid = ?1 AND name = ?2 AND protocol = ?3",
+                params![uid, name.as_str(), protocol.as_str()],
+            )
+            .map_err(|e| self.fail("forget a name", e))?;
         self.committed()
     }
 

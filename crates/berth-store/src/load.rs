@@ -6,14 +6,14 @@ use rusqlite::types::Value;
 use rusqlite::Connection;
 
 use crate::rows;
-use crate::{JournalRow, PersistentRow, Store, StoreError};
+use crate::{JournalRow, NameRow, PersistentRow, Store, StoreError};
 
 impl Store {
     pub(crate) fn load_persistent(&self) -> Result<Vec<PersistentRow>, StoreError> {
         let err = |e| self.fail("read the persistent reservations", e);
         let raw = query_all(
             &self.conn,
-            "SELECT token, protocol, start, count, created_at_ms, created_by_uid, label
+            "SELECT token, protocol, start, count, created_at_ms, created_by_uid, label, name
              FROM persistent ORDER BY protocol, start, token",
         )
         .map_err(err)?;
@@ -57,6 +57,38 @@ impl Store {
         raw.into_iter()
             .map(|(key, v)| {
                 rows::journal(key, &v).map_err(|p| self.bad_row("runtime_journal", key, p))
+            })
+            .collect()
+    }
+}
+
+impl Store {
+    /// The blocks remembered for runtime names, ordered by (uid, name, protocol). A row that is
+    /// not valid is a [`StoreError::BadRow`] in table `names`, with the uid in place of a token.
+    pub fn load_names(&self) -> Result<Vec<NameRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT uid, name, protocol, start, count, last_used_ms FROM names
+                 ORDER BY uid, name, protocol",
+            )
+            .map_err(|e| self.fail("read the names", e))?;
+        let columns = stmt.column_count();
+        let raw = stmt
+            .query_map([], |r| {
+                (0..columns)
+                    .map(|i| r.get::<_, Value>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.fail("read the names", e))?;
+        raw.iter()
+            .map(|v| {
+                let uid = match v.first() {
+                    Some(Value::Integer(i)) => *i,
+                    _ => -1,
+                };
+                rows::name_row(v).map_err(|p| self.bad_row("names", uid, p))
             })
             .collect()
     }

@@ -6,7 +6,7 @@
 //! shows as negative numbers (`printf('0x%016x', token)` prints them as berth does). Ports,
 //! counts and ids are stored as their plain values.
 
-use berth_core::{Label, Owner, PortRange, Protocol, Token};
+use berth_core::{Label, Name, Owner, PortRange, Protocol, Token};
 use rusqlite::types::Value;
 
 /// A persistent reservation as stored.
@@ -29,6 +29,23 @@ pub struct PersistentRow {
     pub created_by_uid: u32,
     /// What it is for (column `label`, NULL for none).
     pub label: Option<Label>,
+    /// Its host-wide name (column `name`, NULL for none).
+    pub name: Option<Name>,
+}
+
+/// The block a user's runtime name was last given (table `names`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameRow {
+    /// The user whose name it is.
+    pub uid: u32,
+    /// The name.
+    pub name: Name,
+    /// Which port space.
+    pub protocol: Protocol,
+    /// The block it was last given.
+    pub range: PortRange,
+    /// When it was last given or used, in milliseconds since the Unix epoch.
+    pub last_used_ms: u64,
 }
 
 /// A runtime reservation as journaled, so that a restarted daemon can hold it for its owner
@@ -54,6 +71,8 @@ pub struct JournalRow {
     pub held: bool,
     /// What it is for, in its owner's words.
     pub label: Option<Label>,
+    /// Its name (unique among its user's runtime reservations of its protocol).
+    pub name: Option<Name>,
 }
 
 /// One change to the runtime journal.
@@ -140,10 +159,10 @@ pub(crate) fn u64_bits(column: &str, value: &Value) -> Result<u64, Problem> {
     integer(column, value).map(from_sql)
 }
 
-/// A `persistent` row (token, protocol, start, count, created_at_ms, created_by_uid, label),
-/// with empty allow lists (they come from `persistent_allow`).
+/// A `persistent` row (token, protocol, start, count, created_at_ms, created_by_uid, label,
+/// name), with empty allow lists (they come from `persistent_allow`).
 pub(crate) fn persistent(key: i64, values: &[Value]) -> Result<PersistentRow, Problem> {
-    let [_, protocol_, start, count, created_at_ms, created_by_uid, label_] = values else {
+    let [_, protocol_, start, count, created_at_ms, created_by_uid, label_, name_] = values else {
         return Err(columns(values));
     };
     Ok(PersistentRow {
@@ -155,6 +174,31 @@ pub(crate) fn persistent(key: i64, values: &[Value]) -> Result<PersistentRow, Pr
         created_at_ms: u64_bits("created_at_ms", created_at_ms)?,
         created_by_uid: id32("created_by_uid", created_by_uid)?,
         label: label("label", label_)?,
+        name: match name_ {
+            Value::Null => None,
+            other => Some(name("name", other)?),
+        },
+    })
+}
+
+/// A name as stored: text that is a valid, non-empty name.
+pub(crate) fn name(column: &str, value: &Value) -> Result<Name, Problem> {
+    Name::parse(text(column, value)?)
+        .map_err(|e| format!("column {column}: {e}"))?
+        .ok_or_else(|| format!("column {column} holds an empty name"))
+}
+
+/// A `names` row (uid, name, protocol, start, count, last_used_ms).
+pub(crate) fn name_row(values: &[Value]) -> Result<NameRow, Problem> {
+    let [uid, name_, protocol_, start, count, last_used_ms] = values else {
+        return Err(columns(values));
+    };
+    Ok(NameRow {
+        uid: id32("uid", uid)?,
+        name: name("name", name_)?,
+        protocol: protocol("protocol", protocol_)?,
+        range: range(start, count)?,
+        last_used_ms: u64_bits("last_used_ms", last_used_ms)?,
     })
 }
 
@@ -189,6 +233,7 @@ pub(crate) fn journal(key: i64, values: &[Value]) -> Result<JournalRow, Problem>
         process: u64_bits("process", process)? != 0,
         held: u64_bits("held", held)? != 0,
         label: None,
+        name: None,
     })
 }
 

@@ -36,7 +36,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use berth_core::{Label, Owner, PortRange, Protocol, Token};
+use berth_core::{Label, Name, Owner, PortRange, Protocol, Token};
 use serde::{Deserialize, Serialize};
 
 use crate::{JournalOp, JournalRow, StoreError};
@@ -88,9 +88,9 @@ enum Record {
     /// The entries of `ip_local_reserved_ports` the daemon may have written, in the kernel's
     /// list syntax ("" for none).
     Kernel(String),
-    /// An `Insert` with a label (a variant of its own, appended, so that a journal written
-    /// before labels existed still reads).
-    Labeled {
+    /// An `Insert` with a label or a name ("" for none; a variant of its own, appended, so
+    /// that a journal written before labels and names existed still reads).
+    Tagged {
         token: Token,
         protocol: Protocol,
         range: PortRange,
@@ -99,6 +99,7 @@ enum Record {
         process: bool,
         held: bool,
         label: String,
+        name: String,
     },
 }
 
@@ -123,8 +124,9 @@ impl Record {
                 process,
                 held,
                 label: None,
+                name: None,
             }),
-            Record::Labeled {
+            Record::Tagged {
                 token,
                 protocol,
                 range,
@@ -133,6 +135,7 @@ impl Record {
                 process,
                 held,
                 label,
+                name,
             } => JournalOp::Insert(JournalRow {
                 token,
                 protocol,
@@ -141,9 +144,10 @@ impl Record {
                 acquired_at_ms,
                 process,
                 held,
-                // Written from a valid label; one that no longer reads is dropped, not the
-                // reservation.
+                // Written from a valid label and name; one that no longer reads is dropped,
+                // not the reservation.
                 label: Label::parse(&label).ok().flatten(),
+                name: Name::parse(&name).ok().flatten(),
             }),
             Record::Remove(token) => JournalOp::Remove(token),
             Record::Kernel(list) => return Err(list),
@@ -165,7 +169,7 @@ enum RecordRef<'a> {
     },
     Remove(Token),
     Kernel(&'a str),
-    Labeled {
+    Tagged {
         token: Token,
         protocol: Protocol,
         range: PortRange,
@@ -174,6 +178,7 @@ enum RecordRef<'a> {
         process: bool,
         held: bool,
         label: &'a str,
+        name: &'a str,
     },
 }
 
@@ -186,8 +191,8 @@ impl<'a> RecordRef<'a> {
     }
 
     fn insert(row: &'a JournalRow) -> Self {
-        if let Some(label) = &row.label {
-            return RecordRef::Labeled {
+        if row.label.is_some() || row.name.is_some() {
+            return RecordRef::Tagged {
                 token: row.token,
                 protocol: row.protocol,
                 range: row.range,
@@ -195,7 +200,8 @@ impl<'a> RecordRef<'a> {
                 acquired_at_ms: row.acquired_at_ms,
                 process: row.process,
                 held: row.held,
-                label: label.as_str(),
+                label: row.label.as_ref().map_or("", Label::as_str),
+                name: row.name.as_ref().map_or("", Name::as_str),
             };
         }
         RecordRef::Insert {

@@ -60,6 +60,18 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE runtime_journal ADD COLUMN held INTEGER NOT NULL DEFAULT 0;",
     // 4: a persistent reservation may carry a label (NULL: none).
     "ALTER TABLE persistent ADD COLUMN label TEXT;",
+    // 5: names: a persistent reservation's (host-wide), and the block each user's runtime
+    // name was last given, to give it again.
+    "ALTER TABLE persistent ADD COLUMN name TEXT;
+     CREATE TABLE names (
+         uid          INTEGER NOT NULL,
+         name         TEXT    NOT NULL,
+         protocol     TEXT    NOT NULL CHECK (protocol IN ('tcp', 'udp')),
+         start        INTEGER NOT NULL,
+         count        INTEGER NOT NULL,
+         last_used_ms INTEGER NOT NULL,
+         PRIMARY KEY (uid, name, protocol)
+     );",
 ];
 
 /// The newest schema version this build knows: the number of migrations.

@@ -41,6 +41,7 @@ fn journal_row(t: u64) -> JournalRow {
         process: false,
         held: false,
         label: None,
+        name: None,
     }
 }
 
@@ -54,6 +55,7 @@ fn persistent_row(t: u64) -> PersistentRow {
         created_at_ms: 0,
         created_by_uid: 0,
         label: None,
+        name: None,
     }
 }
 

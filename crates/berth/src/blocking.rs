@@ -156,6 +156,37 @@ impl Client {
         Ok((self.blocking(tcp), self.blocking(udp)))
     }
 
+    /// See [`crate::Client::lookup_name`].
+    pub fn lookup_name(
+        &self,
+        user: Option<u32>,
+        name: &str,
+    ) -> Result<Vec<ReservationInfo>, Error> {
+        self.rt.block_on(self.inner.lookup_name(user, name))
+    }
+
+    /// See [`crate::Client::wait_name`].
+    pub fn wait_name(
+        &self,
+        user: Option<u32>,
+        name: &str,
+        bound: bool,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<ReservationInfo>, Error> {
+        self.rt
+            .block_on(self.inner.wait_name(user, name, bound, timeout))
+    }
+
+    /// See [`crate::Client::names`].
+    pub fn names(&self) -> Result<Vec<crate::NameInfo>, Error> {
+        self.rt.block_on(self.inner.names())
+    }
+
+    /// See [`crate::Client::forget_name`].
+    pub fn forget_name(&self, name: &str) -> Result<Vec<crate::NameInfo>, Error> {
+        self.rt.block_on(self.inner.forget_name(name))
+    }
+
     /// See [`crate::Client::acquire`].
     pub fn acquire(
         &self,

@@ -9,7 +9,8 @@ use tokio::net::UnixStream;
 
 use berth_core::{Kind, Protocol, Token};
 use berth_protocol::{
-    authority, paths, AcquireOptions, PortReport, Request, ReservationInfo, Response, StatusInfo,
+    authority, paths, AcquireOptions, NameInfo, PortReport, Request, ReservationInfo, Response,
+    StatusInfo,
 };
 
 use crate::autostart::{self, Starter};
@@ -475,6 +476,73 @@ impl Client {
         }
     }
 
+    /// The live reservations named `name` (one per protocol, TCP first): with `user: None`,
+    /// yours, else a persistent reservation's (a host-wide name); with `Some(uid)`, that user's.
+    /// Open to everyone; owner details as in [`Client::list`]. [`Error::NotFound`] when no live
+    /// reservation has the name, [`Error::InvalidArgument`] for a text that is no name.
+    pub async fn lookup_name(
+        &self,
+        user: Option<u32>,
+        name: &str,
+    ) -> Result<Vec<ReservationInfo>, Error> {
+        let request = Request::LookupName {
+            user,
+            name: name.to_owned(),
+        };
+        match self.conn.call(request).await? {
+            Response::Named(found) => Ok(found),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// [`Client::lookup_name`], answered once the name exists — with `bound`, once a socket
+    /// is bound to a port of each of its reservations (as the kernel reports it) — or with
+    /// [`Error::NotFound`] after `timeout` (at most an hour). The daemon waits, not the client:
+    /// nothing is polled, and the connection does not count as idle meanwhile; a request sent
+    /// on the same connection is answered after the wait.
+    pub async fn wait_name(
+        &self,
+        user: Option<u32>,
+        name: &str,
+        bound: bool,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<ReservationInfo>, Error> {
+        let timeout_ms = u32::try_from(timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .min(berth_protocol::MAX_WAIT_MS);
+        let request = Request::WaitName {
+            user,
+            name: name.to_owned(),
+            bound,
+            timeout_ms,
+        };
+        match self.conn.call(request).await? {
+            Response::Named(found) => Ok(found),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Your remembered names: the block each was last given, and whether it is live.
+    pub async fn names(&self) -> Result<Vec<NameInfo>, Error> {
+        match self.conn.call(Request::ListNames).await? {
+            Response::Names(names) => Ok(names),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// Forgets your name `name` (both protocols): its block becomes an ordinary port again.
+    /// A live reservation keeps its name until it ends. Returns what was forgotten;
+    /// [`Error::NotFound`] when nothing was remembered.
+    pub async fn forget_name(&self, name: &str) -> Result<Vec<NameInfo>, Error> {
+        let request = Request::ForgetName {
+            name: name.to_owned(),
+        };
+        match self.conn.call(request).await? {
+            Response::Names(names) => Ok(names),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
     /// Takes back, on this connection, the runtime reservation `token` that this process held
     /// before the daemon restarted (or before this client's session ended: a connection lost
     /// for longer than [`Options::reconnect_window`]). The daemon keeps such a reservation for
@@ -615,6 +683,31 @@ impl Client {
             .await
     }
 
+    /// [`Client::create_persistent_labeled`] with a host-wide name too ("" for none): anyone
+    /// finds its ports with [`Client::lookup_name`]. [`Error::Conflict`] when another
+    /// persistent reservation of the protocol has the name.
+    pub async fn create_persistent_named(
+        &self,
+        protocol: Protocol,
+        (start, count): (u16, u16),
+        allow: &Allow,
+        (label, name): (&str, &str),
+    ) -> Result<ReservationInfo, Error> {
+        let request = Request::CreatePersistent {
+            protocol,
+            start,
+            count,
+            allow_users: allow.users.clone(),
+            allow_groups: allow.groups.clone(),
+            label: label.to_owned(),
+            name: name.to_owned(),
+        };
+        match self.conn.call(request).await? {
+            Response::PersistentCreated(info) => Ok(info),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
     /// [`Client::create_persistent`] with a label, a note for everyone who lists or asks about
     /// its ports (at most 128 bytes of UTF-8 without control characters; "" for none).
     pub async fn create_persistent_labeled(
@@ -625,18 +718,8 @@ impl Client {
         allow: &Allow,
         label: &str,
     ) -> Result<ReservationInfo, Error> {
-        let request = Request::CreatePersistent {
-            protocol,
-            start,
-            count,
-            allow_users: allow.users.clone(),
-            allow_groups: allow.groups.clone(),
-            label: label.to_owned(),
-        };
-        match self.conn.call(request).await? {
-            Response::PersistentCreated(info) => Ok(info),
-            other => Err(Error::unexpected(other)),
-        }
+        self.create_persistent_named(protocol, (start, count), allow, (label, ""))
+            .await
     }
 
     /// Deletes the persistent reservation of exactly `start..start+count` (administrators

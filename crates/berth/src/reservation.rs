@@ -132,6 +132,17 @@ impl Reservation {
         self.info.label.as_deref()
     }
 
+    /// Its name, if it has one (see [`crate::AcquireOptions::name`]).
+    pub fn name(&self) -> Option<&str> {
+        self.info.name.as_deref()
+    }
+
+    /// For a reservation acquired for a name: the block the name had before, when it could
+    /// not be given again (something else took a port of it) and moved to this one.
+    pub fn moved_from(&self) -> Option<PortRange> {
+        self.info.moved_from
+    }
+
     /// Everything the daemon said about it when it was granted.
     pub fn info(&self) -> &ReservationInfo {
         &self.info

@@ -5,6 +5,7 @@ mod completions;
 mod daemon;
 pub mod listen;
 mod manpages;
+mod names;
 mod persistent;
 mod query;
 mod run;
@@ -26,6 +27,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Status(args) => current_thread()?.block_on(query::status(args)),
         Command::Release(args) => current_thread()?.block_on(query::release(args)),
         Command::Why(args) => current_thread()?.block_on(why::run(args)),
+        Command::Port(args) => current_thread()?.block_on(names::port(args)),
+        Command::Wait(args) => current_thread()?.block_on(names::wait(args)),
+        Command::Names(args) => current_thread()?.block_on(names::list(args)),
+        Command::Forget(args) => current_thread()?.block_on(names::forget(args)),
         Command::Stop { restore } => current_thread()?.block_on(query::stop(restore)),
         Command::Persistent(cmd) => current_thread()?.block_on(persistent::run(cmd)),
     }

@@ -43,12 +43,14 @@ async fn add(args: PersistentAddArgs) -> Result<ExitCode, Failure> {
     // A daemon is started on demand: the reservation lives in its database.
     let client = connect::or_start(connect::Lifetime::OneShot).await?;
     let info = client
-        .create_persistent_labeled(
+        .create_persistent_named(
             r.protocol.protocol(),
-            r.start,
-            r.count,
+            (r.start, r.count),
             &allow,
-            args.label.as_deref().unwrap_or_default(),
+            (
+                args.label.as_deref().unwrap_or_default(),
+                args.name.as_deref().unwrap_or_default(),
+            ),
         )
         .await?;
     print_token_or_json(&info, r.json)

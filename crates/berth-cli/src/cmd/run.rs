@@ -42,6 +42,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         hold: args.listen,
         label: args.label.clone().unwrap_or_default(),
         within: args.within.as_deref().map(parse_within).transpose()?,
+        name: args.name.clone().unwrap_or_default(),
     };
     let (tcp, udp) = if args.same_ports {
         let (Some(n), Some(m)) = (args.tcp, args.udp) else {
@@ -61,6 +62,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             reserve(&client, Protocol::Udp, start, args.udp, &options).await?,
         )
     };
+    // A name whose block of last time was taken: say where it went (its memory moved).
+    for r in tcp.iter().chain(udp.iter()) {
+        if let (Some(name), Some(before)) = (r.name(), r.moved_from()) {
+            eprintln!(
+                "berth: notice: {name} moved from {} {before} to {}: a port of its block was taken meanwhile (by another program or an outgoing connection); it keeps the new ports from now on",
+                r.protocol(),
+                r.range()
+            );
+        }
+    }
 
     let Some((program, rest)) = args.command.split_first() else {
         return Err(anyhow::anyhow!("no command given after --").into());

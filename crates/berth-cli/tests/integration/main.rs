@@ -19,6 +19,7 @@ mod labels;
 mod limits;
 mod listen;
 mod messages;
+mod names;
 mod not_berth;
 mod observability;
 mod persistent;

@@ -231,13 +231,17 @@ fn why_and_list_show_a_reservation_its_bound_ports_and_held() {
     let mut lines = table.lines();
     let header = lines.next().unwrap();
     assert!(
-        header.trim_end().ends_with("AGE  HELD  BOUND  LABEL"),
+        header.trim_end().ends_with("AGE  HELD  BOUND  NAME  LABEL"),
         "{header}"
     );
     let cells: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(cells.last(), Some(&"-"), "no label: {table}");
-    assert_eq!(cells[cells.len() - 2], bound.to_string(), "{table}");
-    assert!(["yes", "no"].contains(&cells[cells.len() - 3]), "{table}");
+    assert_eq!(
+        cells[cells.len() - 2..],
+        ["-", "-"],
+        "no name, no label: {table}"
+    );
+    assert_eq!(cells[cells.len() - 3], bound.to_string(), "{table}");
+    assert!(["yes", "no"].contains(&cells[cells.len() - 4]), "{table}");
 }
 
 #[test]

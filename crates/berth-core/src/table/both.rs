@@ -33,7 +33,7 @@ impl Table {
         };
         self.grant_both(
             RangeRequest::Wildcard { count: 1 },
-            (lease, None),
+            (lease, None, None),
             acquired_at_ms,
             limits,
             tokens,
@@ -132,6 +132,7 @@ mod tests {
             acquired_at_ms: 0,
             hold: false,
             label: None,
+            name: None,
         };
         let specific = |p| RangeRequest::Specific(PortRange::new(p, 1).unwrap());
         // 3000 is UDP's, 3001 TCP's; 3002 is bound by someone in UDP, 3003 in TCP.

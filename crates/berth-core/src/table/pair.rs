@@ -4,10 +4,13 @@
 
 use crate::error::AcquireError;
 use crate::label::Label;
+use crate::name::Name;
 use crate::owner::Holder;
 use crate::range::{PortRange, Protocol, RangeRequest};
 use crate::table::usage::intersection;
-use crate::table::{below_lowest, Bond, Change, Constraints, Lease, Reservation, Table, Usage};
+use crate::table::{
+    below_lowest, Bond, Change, Constraints, Lease, NameScope, Reservation, Table, Usage,
+};
 use crate::token::TokenSource;
 
 impl Table {
@@ -31,7 +34,7 @@ impl Table {
         };
         self.grant_both(
             request,
-            (lease, holder.label),
+            (lease, holder.label, holder.name),
             holder.acquired_at_ms,
             limits,
             tokens,
@@ -43,7 +46,7 @@ impl Table {
     pub(super) fn grant_both(
         &mut self,
         request: RangeRequest,
-        (lease, label): (Lease, Option<Label>),
+        (lease, label, name): (Lease, Option<Label>, Option<Name>),
         acquired_at_ms: u64,
         limits: Constraints,
         tokens: &mut dyn TokenSource,
@@ -66,6 +69,12 @@ impl Table {
             },
         };
         self.check_quota(uid, limits, upper, request.count())?;
+        let scope = match &lease {
+            Lease::Runtime { .. } => NameScope::User(uid),
+            Lease::Persistent { .. } => NameScope::Host,
+        };
+        self.check_name(scope, Protocol::Tcp, name.as_ref())?;
+        self.check_name(scope, Protocol::Udp, name.as_ref())?;
         let marks = self.tcp.marks();
         let striped = !matches!(lease, Lease::Runtime { held: true, .. });
         if let Some(denied) = below_lowest(Protocol::Tcp, request, limits, uid) {
@@ -104,6 +113,7 @@ impl Table {
                 acquired_at_ms,
                 lease: lease.clone(),
                 label: label.clone(),
+                name: name.clone(),
             };
             table.insert(reservation.clone(), capped);
             Change::Granted(reservation)
@@ -137,9 +147,18 @@ impl Table {
         let cool_pass = (tcp_state.is_some() || udp_state.is_some())
             && tcp_state.unwrap_or(true)
             && udp_state.unwrap_or(true);
-        let passes: &[bool] = if cool_pass { &[true, false] } else { &[false] };
+        let kept = self.names.keeps_any(Protocol::Tcp) || self.names.keeps_any(Protocol::Udp);
+        let passes: &[bool] = if cool_pass || kept {
+            &[true, false]
+        } else {
+            &[false]
+        };
         let Table {
-            tcp, udp, cooling, ..
+            tcp,
+            udp,
+            cooling,
+            names,
+            ..
         } = self;
         let mut found = None;
         for &cool in passes {
@@ -150,7 +169,9 @@ impl Table {
                 if cool {
                     let cooling_port = cooling
                         .first_in(Protocol::Tcp, candidate, now_ms)
-                        .or_else(|| cooling.first_in(Protocol::Udp, candidate, now_ms));
+                        .or_else(|| cooling.first_in(Protocol::Udp, candidate, now_ms))
+                        .or_else(|| names.first_kept_in(Protocol::Tcp, candidate))
+                        .or_else(|| names.first_kept_in(Protocol::Udp, candidate));
                     if cooling_port.is_some() {
                         return cooling_port;
                     }
@@ -215,6 +236,7 @@ mod tests {
             acquired_at_ms: 0,
             hold: false,
             label: None,
+            name: None,
         }
     }
 

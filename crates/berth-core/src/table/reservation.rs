@@ -3,8 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::label::Label;
+use crate::name::Name;
 use crate::owner::{Owner, SessionId};
 use crate::range::{PortRange, Protocol};
+use crate::table::names::NameScope;
 use crate::token::Token;
 
 /// How long a reservation lives.
@@ -41,6 +43,9 @@ pub struct Reservation {
     pub lease: Lease,
     /// What it is for, in its owner's words (shown where its owner is).
     pub label: Option<Label>,
+    /// How programs find it: unique among its user's runtime reservations of its protocol, or
+    /// among persistent ones of its protocol (see [`Reservation::name_scope`]).
+    pub name: Option<Name>,
 }
 
 /// The kind-specific part of a reservation.
@@ -140,6 +145,14 @@ impl Reservation {
     /// Whether `process` owns this runtime reservation (same pid, same start time).
     pub fn is_owned_by(&self, process: &Owner) -> bool {
         self.owner().is_some_and(|o| o.same_process(process))
+    }
+
+    /// Whose names its name is among: its owner's user's, or the host's for a persistent one.
+    pub fn name_scope(&self) -> NameScope {
+        match &self.lease {
+            Lease::Runtime { owner, .. } => NameScope::User(owner.uid),
+            Lease::Persistent { .. } => NameScope::Host,
+        }
     }
 
     /// "pid 4121 (nginx, uid 1000)" — for messages; "a process of another user" once

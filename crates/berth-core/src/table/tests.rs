@@ -30,6 +30,7 @@ fn holder(pid: u32, session: u64) -> Holder {
         acquired_at_ms: 42,
         hold: false,
         label: None,
+        name: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn journaled(
             held: false,
         },
         label: None,
+        name: None,
     }
 }
 
@@ -533,7 +535,7 @@ fn persistent(f: &mut Fixture, start: u16, count: u16, allowed: Allowed) -> Rese
             token,
             Protocol::Tcp,
             range(start, count),
-            (allowed, None),
+            (allowed, None, None),
             0,
             1,
             &mut nothing_in_use,
@@ -737,6 +739,7 @@ fn a_restored_reservation_that_overlaps_is_refused() {
             created_by: 0,
         },
         label: None,
+        name: None,
     };
     let err = f.table.restore(persistent, false).unwrap_err();
     assert!(matches!(err, AcquireError::Conflict { holder, .. } if *holder == held));
@@ -770,7 +773,7 @@ fn a_token_already_live_is_refused_on_insert() {
             r.token,
             Protocol::Udp,
             range(1700, 1),
-            (Allowed::default(), None),
+            (Allowed::default(), None, None),
             0,
             0,
             &mut nothing_in_use,
@@ -868,6 +871,7 @@ fn quota_limits_reservations_then_ports() {
         acquired_at_ms: 0,
         hold: false,
         label: None,
+        name: None,
     };
     f.acquire_as(wildcard(5), other.clone(), limits).unwrap();
     assert_eq!(f.table.usage(2000), usage(1, 5));
@@ -1772,7 +1776,7 @@ fn every_mutating_method_returns_exactly_the_changes_it_made() {
                 token,
                 Protocol::Udp,
                 range(1500, 2),
-                (Allowed::default(), None),
+                (Allowed::default(), None, None),
                 0,
                 0,
                 &mut nothing_in_use,
@@ -1788,7 +1792,7 @@ fn every_mutating_method_returns_exactly_the_changes_it_made() {
                 token,
                 Protocol::Udp,
                 range(1501, 2),
-                (Allowed::default(), None),
+                (Allowed::default(), None, None),
                 0,
                 0,
                 &mut nothing_in_use,
@@ -1996,6 +2000,7 @@ fn capped_users_share_at_most_the_shared_cap_of_the_shared_range() {
         acquired_at_ms: 0,
         hold: false,
         label: None,
+        name: None,
     };
     let mut ask = |t: &mut Table, protocol, request, who: Holder, limits| {
         t.acquire(

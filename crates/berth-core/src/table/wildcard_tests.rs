@@ -19,6 +19,7 @@ fn holder(hold: bool) -> Holder {
         acquired_at_ms: 0,
         hold,
         label: None,
+        name: None,
     }
 }
 
@@ -269,6 +270,7 @@ fn pairs_pass_by_ports_cooling_in_either_protocol() {
                 allowed: Default::default(),
             },
             label: None,
+            name: None,
         },
         why: Ending::Released,
     };

@@ -271,6 +271,7 @@ fn journal_row(r: &Reservation) -> Option<JournalRow> {
         process: *bond == Bond::Process,
         held: *held,
         label: r.label.clone(),
+        name: r.name.clone(),
     })
 }
 
@@ -292,5 +293,6 @@ fn persistent_row(r: &Reservation) -> Option<PersistentRow> {
         created_at_ms: r.acquired_at_ms,
         created_by_uid: *created_by,
         label: r.label.clone(),
+        name: r.name.clone(),
     })
 }

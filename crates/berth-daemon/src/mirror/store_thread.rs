@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use berth_core::Token;
-use berth_store::{PersistentRow, Store, StoreError};
+use berth_core::{Name, Protocol, Token};
+use berth_store::{NameRow, PersistentRow, Store, StoreError};
 use tokio::sync::oneshot;
 
 use crate::mirror::{MirrorError, WriteError};
@@ -20,6 +20,10 @@ enum Msg {
     Create(PersistentRow, oneshot::Sender<Result<(), MirrorError>>),
     /// Delete a persistent reservation durably.
     Delete(Token, oneshot::Sender<Result<(), MirrorError>>),
+    /// Remember the block a name was given (best effort: a failure is logged).
+    Remember(NameRow),
+    /// Forget what a user's name was given in a protocol (best effort).
+    Forget(u32, Name, Protocol),
     /// Finish: everything queued before this is applied, nothing after.
     Stop,
 }
@@ -78,6 +82,23 @@ impl StoreHandle {
     }
 }
 
+impl StoreHandle {
+    /// Queues the memory of a name's block; nobody waits for it (a name's memory is a
+    /// convenience: a failure is logged, and costs the name its block next time at worst).
+    pub(crate) fn remember_name(&self, row: NameRow) {
+        if self.tx.send(Msg::Remember(row)).is_err() {
+            tracing::error!("{}", WriteError::StoreGone);
+        }
+    }
+
+    /// Queues forgetting `uid`'s `name` in `protocol`, as [`StoreHandle::remember_name`].
+    pub(crate) fn forget_name(&self, uid: u32, name: Name, protocol: Protocol) {
+        if self.tx.send(Msg::Forget(uid, name, protocol)).is_err() {
+            tracing::error!("{}", WriteError::StoreGone);
+        }
+    }
+}
+
 /// Opens the store at `path`, reporting which file failed.
 pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
     Store::open(path)
@@ -122,6 +143,16 @@ fn serve(mut store: Store, rx: mpsc::Receiver<Msg>, faulty: &crate::faults::Stor
                     store.delete_persistent(token).map(|_| ()).map_err(database)
                 };
                 let _ = done.send(deleted.map_err(MirrorError::from));
+            }
+            Msg::Remember(row) => {
+                if let Err(e) = store.remember_name(&row) {
+                    tracing::warn!(name = %row.name, "cannot remember the name's block: {e}");
+                }
+            }
+            Msg::Forget(uid, name, protocol) => {
+                if let Err(e) = store.forget_name(uid, &name, protocol) {
+                    tracing::warn!(%name, "cannot forget the name's block: {e}");
+                }
             }
             Msg::Stop => return,
         }

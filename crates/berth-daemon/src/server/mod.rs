@@ -157,6 +157,7 @@ pub async fn run_with_ready(
             .map_err(io::Error::other)?;
     }
     let (persistent, journal) = store.load().map_err(io::Error::other)?;
+    let names = store.load_names().map_err(io::Error::other)?;
     let runtime = open_runtime_journal(&config.db, &boot_id, journal, &mut store)?;
     let recorded = berth_core::PortSet::parse(runtime.kernel()).unwrap_or_default();
     let journal = runtime.rows();
@@ -173,6 +174,8 @@ pub async fn run_with_ready(
     let tracker = TaskTracker::new();
     watch_owners(&tracker, &shared, &cancel, owners);
     shared.restore(persistent, journal);
+    // After the table: a name with a live reservation is kept whatever its age.
+    shared.load_names(names);
     // Ready only once the kernel's list matches the restored table.
     if let Some(reconciled) = shared.reconcile_kernel() {
         match reconciled.await {

@@ -316,6 +316,8 @@ impl Session<'_> {
         let never = Duration::from_secs(100 * 365 * 24 * 3600);
         let silence = tokio::time::sleep(idle.unwrap_or(never));
         tokio::pin!(silence);
+        // A request read while a wait was answered: served next, before reading again.
+        let mut next: Option<Inbound> = None;
         loop {
             // Silence counts from the last answer (or the welcome): the time an answer takes
             // is not the client's silence.
@@ -324,7 +326,10 @@ impl Session<'_> {
             }
             // Biased: what the client sent (or its end of stream) comes first, so an ordinary
             // exit is seen as the connection closing rather than as the owner dying.
-            let frame = tokio::select! {
+            let frame = if let Some(inbound) = next.take() {
+                Ok(Some(inbound))
+            } else {
+                tokio::select! {
                 biased;
                 frame = reader.next() => frame,
                 () = shutdown.cancelled() => return,
@@ -341,6 +346,7 @@ impl Session<'_> {
                     tracing::debug!(pid = peer.owner.pid, "closing a connection silent for {limit:?} that holds nothing");
                     send(writer, idle_notice(limit), self.config.write_timeout).await;
                     return;
+                }
                 }
             };
             match frame {
@@ -389,6 +395,30 @@ impl Session<'_> {
                         }),
                     );
                     if send(writer, Response::Error(busy), limit).await.is_none() {
+                        return;
+                    }
+                }
+                Ok(Some(inbound))
+                    if matches!(inbound.request, Request::WaitName { .. })
+                        && self.refuse_foreign(&inbound.request).is_none() =>
+                {
+                    // A wait takes no turn and may last long: it ends early if the client goes
+                    // away or the daemon stops, and a request sent meanwhile is kept for after.
+                    // Boxed: a session that never waits does not carry a wait's state.
+                    let mut wait = Box::pin(self.shared.wait(inbound, peer));
+                    let response = tokio::select! {
+                        biased;
+                        response = &mut wait => response,
+                        () = shutdown.cancelled() => return,
+                        frame = reader.next() => match frame {
+                            Ok(Some(inbound)) => {
+                                next = Some(inbound);
+                                wait.await
+                            }
+                            Ok(None) | Err(_) => return,
+                        },
+                    };
+                    if send(writer, response, limit).await.is_none() {
                         return;
                     }
                 }

@@ -26,7 +26,9 @@ use berth_os::netns::NetNs;
 
 mod exposure;
 mod log;
+mod names;
 use log::log_changes;
+pub(crate) use names::NameBook;
 mod mirrors;
 use mirrors::KernelState;
 mod persistent;
@@ -81,6 +83,10 @@ pub(crate) struct Shared {
     /// The runtime journal's file, rewritten outside the table lock when it has outgrown its
     /// live rows (`Runtime::rewrite_if_due`).
     journal_file: crate::mirror::journal::Runtime,
+    /// The block each user's names were last given (locked after the table, never before).
+    names: Mutex<NameBook>,
+    /// Woken on every change of the table: waits for a name look again.
+    changed: tokio::sync::Notify,
 }
 
 /// Requests handled at once, at most; more wait their user's turn (see `fair::Turns`). Enough
@@ -149,6 +155,11 @@ impl Shared {
             closers: crate::session::closer::Closers::new(),
             turns: crate::server::fair::Turns::new(REQUEST_TURNS),
             journal_file,
+            names: Mutex::new(NameBook::new(
+                config.max_names_per_user,
+                config.forget_names_after,
+            )),
+            changed: tokio::sync::Notify::new(),
         };
         shared.reset_extras_room(&shared.table(), crate::config::ephemeral_pool().range());
         shared.place_stripe(&mut shared.table());
@@ -173,6 +184,23 @@ impl Shared {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The names' memory; take it after the table's lock, if both.
+    fn names(&self) -> MutexGuard<'_, NameBook> {
+        self.names.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the names the database remembers (after the table is restored); forgets, there
+    /// too, those too old or over a user's count.
+    pub(crate) fn load_names(&self, rows: Vec<berth_store::NameRow>) {
+        let forgotten = {
+            let mut table = self.table();
+            self.names().load(rows, &mut table, now_ms())
+        };
+        for (uid, name, protocol) in forgotten {
+            self.store.forget_name(uid, name, protocol);
+        }
+    }
+
     /// Registers a new session for `owner`.
     pub(crate) fn open_session(&self, owner: Owner) -> Peer {
         let session = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
@@ -195,6 +223,7 @@ impl Shared {
         let pending = self.stream.publish(changes);
         // After the changes: a grant that was in the stripe stays answered without a write.
         self.advance_stripe(table);
+        self.changed.notify_waiters();
         pending
     }
 
@@ -286,6 +315,12 @@ impl Shared {
     pub(crate) async fn handle(&self, inbound: Inbound, peer: &Peer) -> Response {
         let uid = inbound.sender.map_or(peer.owner.uid, |s| s.cred.uid);
         let _turn = self.turns.enter(uid).await;
+        self.answer(inbound, peer).await
+    }
+
+    /// A request that waits (`WaitName`) without taking a turn: its looks at the table are
+    /// short, and its waiting must not keep other requests from theirs.
+    pub(crate) async fn wait(&self, inbound: Inbound, peer: &Peer) -> Response {
         self.answer(inbound, peer).await
     }
 }

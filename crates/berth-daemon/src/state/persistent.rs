@@ -1,7 +1,7 @@
 //! Persistent reservations: create and delete (administrators, durable before the reply),
 //! and lookup (everyone).
 
-use berth_core::{Allowed, ErrorKind, Label, PortRange, Protocol, Requester};
+use berth_core::{Allowed, ErrorKind, Label, Name, PortRange, Protocol, Requester};
 use berth_protocol::{Response, MAX_ALLOW_LIST};
 
 use super::{error, info, now_ms, OsTokens, Shared};
@@ -12,7 +12,7 @@ impl Shared {
         protocol: Protocol,
         start: u16,
         count: u16,
-        (allowed, label): (Allowed, &str),
+        (allowed, label, name): (Allowed, &str, &str),
         requester: &Requester,
     ) -> Response {
         if start == 0 {
@@ -35,6 +35,10 @@ impl Shared {
             Ok(label) => label,
             Err(e) => return error(e.kind(), e.to_string()),
         };
+        let name = match Name::parse(name) {
+            Ok(name) => name,
+            Err(e) => return error(e.kind(), e.to_string()),
+        };
         if !requester.is_admin {
             return not_admin("create", requester);
         }
@@ -49,7 +53,7 @@ impl Shared {
                 token,
                 protocol,
                 range,
-                (allowed, label),
+                (allowed, label, name),
                 requester.process.uid,
                 now_ms(),
                 &mut |proto, r| probes.first_in_use(proto, r),

@@ -32,6 +32,7 @@ impl Shared {
                     created_by: row.created_by_uid,
                 },
                 label: row.label,
+                name: row.name,
             };
             match table.restore(reservation, false) {
                 Ok(change) => changes.push(change),
@@ -61,6 +62,7 @@ impl Shared {
                         held: row.held,
                     },
                     label: row.label,
+                    name: row.name,
                 };
                 table
                     .restore(reservation, capped)

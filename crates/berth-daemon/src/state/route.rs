@@ -83,15 +83,33 @@ impl Shared {
                 allow_users,
                 allow_groups,
                 label,
+                name,
             } => {
                 let allowed = Allowed {
                     users: allow_users,
                     groups: allow_groups,
                 };
                 let requester = self.requester(peer, sender);
-                self.create_persistent(protocol, start, count, (allowed, &label), &requester)
+                self.create_persistent(protocol, start, count, (allowed, &label, &name), &requester)
                     .await
             }
+            Request::LookupName { user, name } => {
+                self.lookup_name(user, &name, &self.requester(peer, sender))
+            }
+            Request::WaitName {
+                user,
+                name,
+                bound,
+                timeout_ms,
+            } => {
+                self.wait_name(
+                    (user, &name, bound, timeout_ms),
+                    &self.requester(peer, sender),
+                )
+                .await
+            }
+            Request::ListNames => self.list_names(&self.requester(peer, sender)),
+            Request::ForgetName { name } => self.forget_name(&name, &self.requester(peer, sender)),
             Request::DeletePersistent {
                 protocol,
                 start,

@@ -8,12 +8,12 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use berth_core::{
-    AcquireError, ErrorKind, Holder, Kind, Label, Owner, Protocol, RangeRequest, Requester,
-    Reservation, Token, UseRequest,
+    AcquireError, ErrorKind, Holder, Kind, Label, Name, Owner, PortRange, Protocol, RangeRequest,
+    Requester, Reservation, Token, UseRequest,
 };
 use berth_protocol::{
-    AcquireOptions, ErrorDetail, Holder as DetailHolder, PoolDetail, PortsDetail, Response,
-    WireError,
+    AcquireOptions, ErrorDetail, Holder as DetailHolder, NameDetail, PoolDetail, PortsDetail,
+    ReservationInfo, Response, WireError,
 };
 
 use super::{error, info, now_ms, zero_token, OsTokens, Peer, Shared};
@@ -37,9 +37,7 @@ impl Shared {
             .await
         {
             Ok(granted) => match granted.as_slice() {
-                [r] => {
-                    Response::Acquired(info(r, &requester.process, requester.is_admin, now_ms()))
-                }
+                [r] => Response::Acquired(shown(r, requester, now_ms())),
                 _ => error(ErrorKind::Unavailable, "the grant went missing".into()),
             },
             Err(refusal) => *refusal,
@@ -61,10 +59,10 @@ impl Shared {
         {
             Ok(granted) => match granted.as_slice() {
                 [tcp, udp] => {
-                    let (owner, now) = (&requester.process, now_ms());
+                    let now = now_ms();
                     Response::AcquiredBoth {
-                        tcp: Box::new(info(tcp, owner, requester.is_admin, now)),
-                        udp: Box::new(info(udp, owner, requester.is_admin, now)),
+                        tcp: Box::new(shown(tcp, requester, now)),
+                        udp: Box::new(shown(udp, requester, now)),
                     }
                 }
                 _ => error(ErrorKind::Unavailable, "the grant went missing".into()),
@@ -73,9 +71,10 @@ impl Shared {
         }
     }
 
-    /// Grants what `ask` asks for, bound to the asker's session, and answers only once every
-    /// consumer of the change stream has it (a crash after the reply must not forget it). If
-    /// any grant is refused, all of them are undone: nothing is reserved.
+    /// Grants what `ask` asks for with `options` (see [`Shared::grant_request`]). A wildcard
+    /// request for a name tries the block the name was given last time first; when that is
+    /// not free (or no longer allowed), the request is served as asked and the name's memory
+    /// moves, which the answer says (`moved_from`).
     async fn grant(
         &self,
         ask: Ask,
@@ -84,13 +83,13 @@ impl Shared {
         options: &AcquireOptions,
         requester: &Requester,
         peer: &Peer,
-    ) -> Result<Vec<Reservation>, Box<Response>> {
+    ) -> Result<Vec<(Reservation, Option<PortRange>)>, Box<Response>> {
         let owner = &requester.process;
         let invalid = |message: String| Box::new(error(ErrorKind::InvalidArgument, message));
         let request = RangeRequest::from_start_count_within(start, count, options.within)
             .map_err(|e| invalid(e.to_string()))?;
         let label = Label::parse(&options.label).map_err(|e| invalid(e.to_string()))?;
-        let lowest_port = self.lowest_port_for(request, owner);
+        let name = Name::parse(&options.name).map_err(|e| invalid(e.to_string()))?;
         // A daemon with hold switched off grants every reservation unheld (and says so).
         let hold = options.hold && self.hold_enabled;
         let holder = Holder {
@@ -99,7 +98,85 @@ impl Shared {
             acquired_at_ms: now_ms(),
             hold,
             label,
+            name: name.clone(),
         };
+        let Some(name) = name else {
+            let granted = self
+                .grant_request(ask, request, holder, (start, count), requester)
+                .await?;
+            return Ok(granted.into_iter().map(|r| (r, None)).collect());
+        };
+        let remembered = self.remembered_block(ask, owner.uid, &name, request);
+        let granted = match remembered {
+            Some(block) => {
+                let first = self
+                    .grant_request(
+                        ask,
+                        RangeRequest::Specific(block),
+                        holder.clone(),
+                        (start, count),
+                        requester,
+                    )
+                    .await;
+                match first {
+                    Ok(granted) => granted,
+                    // The name is someone's already: no other block makes that right.
+                    Err(refusal) if names_taken(&refusal) => return Err(refusal),
+                    Err(_) => {
+                        self.grant_request(ask, request, holder, (start, count), requester)
+                            .await?
+                    }
+                }
+            }
+            None => {
+                self.grant_request(ask, request, holder, (start, count), requester)
+                    .await?
+            }
+        };
+        let moved = self.remember_names(&granted);
+        Ok(granted.into_iter().zip(moved).collect())
+    }
+
+    /// The block to try first for a wildcard `request` named `name`: what the name was given
+    /// last time (in TCP, for a pair), when it is as large and lies inside the bounds asked.
+    fn remembered_block(
+        &self,
+        ask: Ask,
+        uid: u32,
+        name: &Name,
+        request: RangeRequest,
+    ) -> Option<PortRange> {
+        if matches!(request, RangeRequest::Specific(_)) {
+            return None;
+        }
+        let book = self.names();
+        let block = match ask {
+            Ask::One(protocol) => book.remembered(uid, name, protocol),
+            Ask::Both => book
+                .remembered(uid, name, Protocol::Tcp)
+                .or_else(|| book.remembered(uid, name, Protocol::Udp)),
+        }?;
+        let inside = request
+            .bounds()
+            .is_none_or(|b| b.contains(block.start()) && b.contains(block.end()));
+        (block.count() == request.count() && inside).then_some(block)
+    }
+
+    /// Grants `request` to `holder`, bound to its session, and answers only once every
+    /// consumer of the change stream has it (a crash after the reply must not forget it). If
+    /// any grant is refused, all of them are undone: nothing is reserved. `(start, count)`: the
+    /// request as the client gave it, for refusals.
+    async fn grant_request(
+        &self,
+        ask: Ask,
+        request: RangeRequest,
+        holder: Holder,
+        (start, count): (u16, u16),
+        requester: &Requester,
+    ) -> Result<Vec<Reservation>, Box<Response>> {
+        let owner = &requester.process;
+        let lowest_port = self.lowest_port_for(request, owner);
+        let hold = holder.hold;
         let (mut probes, holds) = (self.prober.probes(), &self.holds);
         let wildcard = !matches!(request, RangeRequest::Specific(_));
         let bounds = request.bounds();
@@ -455,6 +532,29 @@ enum Ask {
     Both,
 }
 
+/// A reservation just granted as its owner sees it, with where its name moved from.
+fn shown(
+    (r, moved_from): &(Reservation, Option<PortRange>),
+    requester: &Requester,
+    now: u64,
+) -> ReservationInfo {
+    ReservationInfo {
+        moved_from: *moved_from,
+        ..info(r, &requester.process, requester.is_admin, now)
+    }
+}
+
+/// Whether `refusal` says the name asked for is another live reservation's.
+fn names_taken(refusal: &Response) -> bool {
+    matches!(
+        refusal,
+        Response::Error(WireError {
+            detail: ErrorDetail::Name(_),
+            ..
+        })
+    )
+}
+
 /// The answer to a refused acquire, with the numbers a program needs: the ports and their
 /// holder (owner details only where `asker` may see them), the pool, or the quota.
 fn acquire_refused(
@@ -488,6 +588,22 @@ fn acquire_refused(
                     owner: shown.owner,
                 }),
             )
+        }
+        AcquireError::NameTaken {
+            protocol,
+            name,
+            holder,
+        } => {
+            let shown = info(holder, &asker.process, asker.is_admin, 0);
+            ErrorDetail::Name(NameDetail {
+                protocol: *protocol,
+                name: name.to_string(),
+                holder: DetailHolder {
+                    token: Some(holder.token),
+                    kind: Some(holder.kind()),
+                    owner: shown.owner,
+                },
+            })
         }
         AcquireError::InUse { protocol, port, .. } => ports(*protocol, Some(*port), None),
         AcquireError::Privileged(denied) => {

@@ -97,5 +97,7 @@ pub(super) fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) ->
             .as_ref()
             .filter(|_| !hidden)
             .map(|l| l.as_str().to_owned()),
+        name: r.name.as_ref().map(|n| n.as_str().to_owned()),
+        moved_from: None,
     }
 }

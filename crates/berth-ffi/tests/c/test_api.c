@@ -333,6 +333,25 @@ static void test_options(void) {
     r = range_of(port_base + 24, 1); /* a start and bounds */
     EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &c));
     EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, NULL));
+
+    /* A name: one live reservation per name; a bad name is invalid. */
+    memset(&opt, 0, sizeof opt);
+    opt.size = sizeof opt;
+    opt.name = "c-test/web";
+    opt.within_first = (uint16_t)(port_base + 28);
+    opt.within_last = (uint16_t)(port_base + 31);
+    r = range_of(0, 1);
+    REQUIRE_OK(berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &a));
+    CHECK(a.reservation.start_port == port_base + 28, "got %u", a.reservation.start_port);
+    EXPECT_ERR(CONFLICT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &b));
+    EXPECT_OK(berth_release_port_reservation(a.token));
+    /* Released: the name gets its block again. */
+    if (EXPECT_OK(berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &a)) == 0) {
+        CHECK(a.reservation.start_port == port_base + 28, "got %u", a.reservation.start_port);
+        EXPECT_OK(berth_release_port_reservation(a.token));
+    }
+    opt.name = "Not A Name";
+    EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &b));
 }
 
 static void test_not_found(void) {

@@ -18,9 +18,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use berth_protocol::{
     AcquireOptions, BusyDetail, DaemonLimit, ErrorDetail, ErrorKind, ExposureInfo, Hello, Holder,
-    KernelListInfo, Kind, NamespacesDetail, OwnerInfo, PoolDetail, PortRange, PortReport,
-    PortsDetail, Protocol, QuotaDetail, QuotaInfo, QuotaWhat, Request, ReservationInfo, Response,
-    ShareInfo, SocketInfo, StatusInfo, Token, UsageInfo, UserUsage, Welcome, WireError,
+    KernelListInfo, Kind, NameDetail, NameInfo, NamespacesDetail, OwnerInfo, PoolDetail, PortRange,
+    PortReport, PortsDetail, Protocol, QuotaDetail, QuotaInfo, QuotaWhat, Request, ReservationInfo,
+    Response, ShareInfo, SocketInfo, StatusInfo, Token, UsageInfo, UserUsage, Welcome, WireError,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -70,10 +70,11 @@ fn runtime_info() -> ReservationInfo {
         held: true,
         bound: vec![8081],
         label: Some("web".into()),
+        name: Some("shop/web".into()),
+        moved_from: Some(PortRange::new(8080, 2).unwrap()),
     }
 }
-const RUNTIME_INFO: &str =
-    "ac 02  00  90 3f 02  00  01 99 20 e8 07 02 6e 63  05  c8 01  01  01 91 3f  01 03 77 65 62";
+const RUNTIME_INFO: &str = "ac 02  00  90 3f 02  00  01 99 20 e8 07 02 6e 63  05  c8 01  01  01 91 3f  01 03 77 65 62  01 08 73 68 6f 70 2f 77 65 62  01 90 3f 02";
 
 /// token u64::MAX, udp 443, persistent, no owner, times 0.
 fn persistent_info() -> ReservationInfo {
@@ -88,10 +89,12 @@ fn persistent_info() -> ReservationInfo {
         held: false,
         bound: vec![],
         label: None,
+        name: None,
+        moved_from: None,
     }
 }
 const PERSISTENT_INFO: &str =
-    "ff ff ff ff ff ff ff ff ff 01  01  bb 03 01  01  00  00  00  00  00  00";
+    "ff ff ff ff ff ff ff ff ff 01  01  bb 03 01  01  00  00  00  00  00  00  00  00";
 
 #[test]
 fn requests() {
@@ -144,8 +147,9 @@ fn requests() {
             allow_users: vec![1000],
             allow_groups: vec![],
             label: "web".into(),
+            name: "ipp".into(),
         },
-        "06  01  bb 03  01  01 e8 07  00  03 77 65 62",
+        "06  01  bb 03  01  01 e8 07  00  03 77 65 62  03 69 70 70",
     );
     golden(
         Request::DeletePersistent {
@@ -179,18 +183,21 @@ fn requests() {
             count: 3,
             options: AcquireOptions::held(),
         },
-        // hold, label "", no bounds
-        "0c  01  00  03  01  00  00",
+        // hold, label "", no bounds, name ""
+        "0c  01  00  03  01  00  00  00",
     );
     golden(
         Request::AcquireWith {
             protocol: Protocol::Tcp,
             start: 0,
             count: 2,
-            options: AcquireOptions::default().label("t").within(20000, 20099),
+            options: AcquireOptions::default()
+                .label("t")
+                .within(20000, 20099)
+                .name("shop/web"),
         },
-        // not held, label "t", bounds 20000 (a0 9c 01) to 20099 (83 9d 01)
-        "0c  00  00  02  00  01 74  01 a0 9c 01 83 9d 01",
+        // not held, label "t", bounds 20000 (a0 9c 01) to 20099 (83 9d 01), name "shop/web"
+        "0c  00  00  02  00  01 74  01 a0 9c 01 83 9d 01  08 73 68 6f 70 2f 77 65 62",
     );
     golden(
         Request::Why {
@@ -205,7 +212,7 @@ fn requests() {
             count: 2,
             options: AcquireOptions::default(),
         },
-        "0e  90 3f  02  00  00  00",
+        "0e  90 3f  02  00  00  00  00",
     );
     golden(
         Request::AssociateAt {
@@ -216,6 +223,27 @@ fn requests() {
         "0f  ac 02  00  91 3f",
     );
     golden(Request::StopWith { restore: true }, "10  01");
+    golden(
+        Request::LookupName {
+            user: Some(1000),
+            name: "web".into(),
+        },
+        "11  01 e8 07  03 77 65 62",
+    );
+    golden(
+        Request::WaitName {
+            user: None,
+            name: "web".into(),
+            bound: true,
+            timeout_ms: 300,
+        },
+        "12  00  03 77 65 62  01  ac 02",
+    );
+    golden(Request::ListNames, "13");
+    golden(
+        Request::ForgetName { name: "web".into() },
+        "14  03 77 65 62",
+    );
 }
 
 #[test]
@@ -334,6 +362,20 @@ fn responses() {
             udp: Box::new(persistent_info()),
         },
         &format!("0e {RUNTIME_INFO} {PERSISTENT_INFO}"),
+    );
+    golden(
+        Response::Named(vec![persistent_info()]),
+        &format!("0f  01 {PERSISTENT_INFO}"),
+    );
+    golden(
+        Response::Names(vec![NameInfo {
+            name: "web".into(),
+            protocol: Protocol::Udp,
+            range: PortRange::new(8080, 1).unwrap(),
+            last_used_ms: 300,
+            live: true,
+        }]),
+        "10  01  03 77 65 62  01  90 3f 01  ac 02  01",
     );
     golden(
         Response::Why(Box::new(PortReport {
@@ -471,6 +513,18 @@ fn error_details() {
     );
     golden(ErrorDetail::Token { token: 300 }, "06  ac 02");
     golden(ErrorDetail::Idle { timeout_ms: 300 }, "07  ac 02");
+    golden(
+        ErrorDetail::Name(NameDetail {
+            protocol: Protocol::Tcp,
+            name: "web".into(),
+            holder: Holder {
+                token: Token::new(300),
+                kind: Some(Kind::Runtime),
+                owner: None,
+            },
+        }),
+        "08  00  03 77 65 62  01 ac 02  01 00  00",
+    );
     golden(
         Response::Error(
             WireError::new(ErrorKind::Unavailable, "x")

@@ -129,6 +129,7 @@ mod tests {
             process: false,
             held: true,
             label: None,
+            name: None,
         }
     }
 

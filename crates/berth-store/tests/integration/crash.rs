@@ -98,6 +98,7 @@ fn program(round: u64) -> impl Iterator<Item = Step> {
             created_at_ms: i,
             created_by_uid: 0,
             label: None,
+            name: None,
         });
         let mut jrow = journaled(journal_token(round, i), start, count);
         jrow.acquired_at_ms = round * 1_000_000 + i;

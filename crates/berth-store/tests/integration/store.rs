@@ -7,9 +7,9 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use berth_core::{Label, Protocol};
+use berth_core::{Label, Name, Protocol};
 use berth_store::schema::APPLICATION_ID;
-use berth_store::{JournalOp, Store, StoreError, SCHEMA_VERSION};
+use berth_store::{JournalOp, NameRow, Store, StoreError, SCHEMA_VERSION};
 use common::{journaled, persistent, token};
 use tempfile::TempDir;
 
@@ -393,6 +393,58 @@ fn a_persistent_label_is_kept_and_read_back() {
 }
 
 #[test]
+fn names_are_remembered_replaced_forgotten_and_read_back() {
+    let (_dir, path) = temp_db();
+    let mut store = Store::open(&path).unwrap();
+    let name = |text: &str| Name::parse(text).unwrap().unwrap();
+    let row = |uid, text: &str, protocol, start, at| NameRow {
+        uid,
+        name: name(text),
+        protocol,
+        range: berth_core::PortRange::new(start, 1).unwrap(),
+        last_used_ms: at,
+    };
+    store
+        .remember_name(&row(1000, "shop/web", Protocol::Tcp, 40000, 1))
+        .unwrap();
+    store
+        .remember_name(&row(1000, "shop/web", Protocol::Udp, 40000, 1))
+        .unwrap();
+    store
+        .remember_name(&row(1001, "shop/web", Protocol::Tcp, 40010, 2))
+        .unwrap();
+    // The same user, name and protocol: replaced.
+    store
+        .remember_name(&row(1000, "shop/web", Protocol::Tcp, 40005, 3))
+        .unwrap();
+    store
+        .forget_name(1000, &name("shop/web"), Protocol::Udp)
+        .unwrap();
+    store
+        .forget_name(1000, &name("never/was"), Protocol::Udp)
+        .unwrap();
+    drop(store);
+    let names = Store::open(&path).unwrap().load_names().unwrap();
+    assert_eq!(
+        names,
+        [
+            row(1000, "shop/web", Protocol::Tcp, 40005, 3),
+            row(1001, "shop/web", Protocol::Tcp, 40010, 2)
+        ]
+    );
+    // A row that is not a name is refused when read, naming the table and the uid.
+    raw(&path)
+        .execute("UPDATE names SET name = 'Not A Name' WHERE uid = 1001", [])
+        .unwrap();
+    let err = Store::open(&path).unwrap().load_names().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::BadRow { table: "names", .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("is not a name"), "{err}");
+}
+
+#[test]
 fn a_database_from_before_labels_is_migrated_in_place() {
     let (_dir, path) = temp_db();
     let mut store = Store::open(&path).unwrap();
@@ -402,7 +454,10 @@ fn a_database_from_before_labels_is_migrated_in_place() {
     drop(store);
     // Back to schema 3, as a berth without labels left it.
     raw(&path)
-        .execute_batch("ALTER TABLE persistent DROP COLUMN label; PRAGMA user_version = 3;")
+        .execute_batch(
+            "ALTER TABLE persistent DROP COLUMN label; ALTER TABLE persistent DROP COLUMN name;
+             DROP TABLE names; PRAGMA user_version = 3;",
+        )
         .unwrap();
     let (loaded, _) = Store::open(&path).unwrap().load().unwrap();
     assert_eq!(loaded.len(), 1);
@@ -510,7 +565,7 @@ mod bad_rows {
     fn token_zero() {
         let err = load_after("UPDATE runtime_journal SET token = 0");
         assert_bad(&err, "runtime_journal", 0, "token 0");
-        let err = load_after("INSERT INTO persistent VALUES (0, 'udp', 7, 1, 0, 0, NULL)");
+        let err = load_after("INSERT INTO persistent VALUES (0, 'udp', 7, 1, 0, 0, NULL, NULL)");
         assert_bad(&err, "persistent", 0, "token 0");
     }
 

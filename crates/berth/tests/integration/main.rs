@@ -19,6 +19,7 @@ mod labels;
 mod lifetime;
 mod limits;
 mod mirrors;
+mod names;
 mod persistent_use;
 mod quota;
 mod reconnect;

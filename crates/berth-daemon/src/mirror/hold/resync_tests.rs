@@ -27,6 +27,7 @@ fn holds_follow_the_table_when_resynchronised() {
         acquired_at_ms: 0,
         hold: true,
         label: None,
+        name: None,
     };
     let change = table
         .acquire(

@@ -25,6 +25,7 @@ pub fn persistent(t: u64, protocol: Protocol, start: u16, count: u16) -> Persist
         created_at_ms: 1_750_000_000_000 + t % 1000,
         created_by_uid: 0,
         label: None,
+        name: None,
     }
 }
 
@@ -45,5 +46,6 @@ pub fn journaled(t: u64, start: u16, count: u16) -> JournalRow {
         process: false,
         held: false,
         label: None,
+        name: None,
     }
 }

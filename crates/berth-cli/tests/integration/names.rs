@@ -1,0 +1,186 @@
+//! Names through the `berth` command: `run --name` gets the same ports again, `port` and
+//! `wait` find them (a persistent reservation's host-wide name too, `USER:NAME` another
+//! user's), `names` lists them, `forget` drops one, and each says what is wrong when it fails.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support;
+
+use berth_testkit::needs;
+use support::{ports, run_sh, Berth, Daemon};
+
+#[test]
+fn a_named_run_gets_its_ports_again_and_others_find_them() {
+    let d = Daemon::start("23400-23409");
+    let first = run_sh(
+        &d,
+        &["--tcp", "2", "--name", "shop/web"],
+        "echo $BERTH_TCP_PORTS",
+    )
+    .output()
+    .code(0);
+    let block = ports(first.stdout.trim());
+    assert_eq!(block.len(), 2);
+    // Another run takes the next ports; the name's come back to it.
+    let mut other = run_sh(&d, &["--tcp", "2"], "echo $BERTH_TCP_PORTS; read x").spawn();
+    let others = ports(&other.next_line());
+    assert!(
+        others.iter().all(|p| !block.contains(p)),
+        "{others:?} vs {block:?}"
+    );
+    let mut named = run_sh(
+        &d,
+        &["--tcp", "2", "--name", "shop/web"],
+        "echo $BERTH_TCP_PORTS; read x",
+    )
+    .spawn();
+    assert_eq!(ports(&named.next_line()), block);
+
+    // berth port: the ports, a,b; --json for more; USER:NAME for a user's (here our own).
+    let out = d.berth(["port", "shop/web"]).output().code(0);
+    assert_eq!(ports(out.stdout.trim()), block);
+    let json = d
+        .berth(["port", "shop/web", "--json"])
+        .output()
+        .code(0)
+        .json();
+    assert_eq!(json[0]["name"], "shop/web");
+    assert_eq!(json[0]["start"], u64::from(block[0]));
+    let me = rustix::process::getuid().as_raw().to_string();
+    let out = d
+        .berth(["port", &format!("{me}:shop/web")])
+        .output()
+        .code(0);
+    assert_eq!(ports(out.stdout.trim()), block);
+    // The name is in the list, and its second live holder is refused (conflict, 12).
+    let list = d.list();
+    assert!(list.iter().any(|r| r["name"] == "shop/web"), "{list:?}");
+    run_sh(&d, &["--tcp", "2", "--name", "shop/web"], "true")
+        .output()
+        .code(12)
+        .says(&["shop/web"]);
+    // berth wait answers at once for a live name.
+    let out = d
+        .berth(["wait", "shop/web", "--timeout", "5"])
+        .output()
+        .code(0);
+    assert_eq!(ports(out.stdout.trim()), block);
+
+    // Another user looks it up by USER:NAME and sees the ports, not the owner.
+    if needs::other_users_available() {
+        std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let json = Berth::wrapped_in(d.socket(), needs::AS_NOBODY)
+            .args(["port", &format!("{me}:shop/web"), "--json"])
+            .output()
+            .code(0)
+            .json();
+        assert_eq!(json[0]["start"], u64::from(block[0]));
+        assert!(json[0]["owner"].is_null(), "{json}");
+        // Its own name of the same text is not ours.
+        Berth::wrapped_in(d.socket(), needs::AS_NOBODY)
+            .args(["port", "shop/web"])
+            .output()
+            .code(15);
+    } else {
+        needs::skip(
+            needs::Need::Users,
+            "part: another user finds a name by USER:NAME (needs root, to run berth as nobody)",
+        );
+    }
+    named.send_line("done");
+    named.wait().code(0);
+    other.send_line("done");
+    other.wait().code(0);
+
+    // names: remembered, not live; forget drops it.
+    let names = d.berth(["names", "--json"]).output().code(0).json();
+    assert_eq!(names[0]["name"], "shop/web");
+    assert_eq!(names[0]["live"], false);
+    let table = d.berth(["names"]).output().code(0).stdout;
+    assert!(table.contains("shop/web"), "{table}");
+    d.berth(["forget", "shop/web"]).output().code(0);
+    d.berth(["forget", "shop/web"])
+        .output()
+        .code(15)
+        .says(&["berth names"]);
+    let names = d.berth(["names", "--json"]).output().code(0).json();
+    assert_eq!(names, serde_json::json!([]));
+}
+
+#[test]
+fn port_and_wait_say_what_is_missing() {
+    let d = Daemon::start("23410-23419");
+    d.berth(["port", "nobody/here"])
+        .output()
+        .code(15)
+        .says(&["no live reservation has", "nobody/here"]);
+    d.berth(["wait", "nobody/here", "--timeout", "0"])
+        .output()
+        .code(15)
+        .says(&["after waiting"]);
+    d.berth(["port", "Not/A/Name"])
+        .output()
+        .code(10)
+        .says(&["is not a name"]);
+    d.berth(["port", "no-such-user-here:web"])
+        .output()
+        .code(10)
+        .says(&["no user named"]);
+    run_sh(&d, &["--tcp", "1", "--name", "bad name"], "true")
+        .output()
+        .code(10)
+        .says(&["is not a name"]);
+
+    // A waiter started before the name exists is answered when it does, and with --bound
+    // only once the port is bound.
+    let waiter = d
+        .berth(["wait", "late/api", "--bound", "--timeout", "60"])
+        .spawn();
+    let mut holder = run_sh(
+        &d,
+        &["--tcp", "1", "--name", "late/api"],
+        "echo $PORT; read x; exec python3 -c 'import socket,os; s=socket.socket(); s.bind((\"127.0.0.1\", int(os.environ[\"PORT\"]))); s.listen(); print(\"bound\", flush=True); input()'",
+    )
+    .spawn();
+    let port = holder.next_line();
+    holder.send_line("bind now");
+    assert_eq!(holder.next_line(), "bound");
+    let out = waiter.wait().code(0);
+    assert_eq!(out.stdout.trim(), port);
+    holder.send_line("done");
+    holder.wait().code(0);
+}
+
+#[test]
+fn a_persistent_name_is_the_hosts() {
+    let d = Daemon::start("23420-23429");
+    d.berth([
+        "persistent",
+        "add",
+        "--tcp",
+        "--start",
+        "23440",
+        "--count",
+        "1",
+        "--name",
+        "ipp",
+    ])
+    .output()
+    .code(0);
+    let out = d.berth(["port", "ipp"]).output().code(0);
+    assert_eq!(out.stdout.trim(), "23440");
+    d.berth([
+        "persistent",
+        "add",
+        "--tcp",
+        "--start",
+        "23441",
+        "--count",
+        "1",
+        "--name",
+        "ipp",
+    ])
+    .output()
+    .code(12)
+    .says(&["ipp"]);
+}
