@@ -49,6 +49,9 @@ pub enum Command {
     Names(JsonArg),
     /// Forget one of your names: its block becomes an ordinary port again.
     Forget(ForgetArgs),
+    /// Name a port that one of your processes has bound already (found through the kernel):
+    /// it is reserved for that process while it runs, and `berth port NAME` finds it.
+    Publish(PublishArgs),
     /// Stop the daemon gracefully (its owner or an administrator) and wait until it is gone.
     Stop {
         /// Also take out of `ip_local_reserved_ports` the entries of reservations whose owners
@@ -167,6 +170,28 @@ pub struct WaitArgs {
     #[arg(long)]
     pub udp: bool,
     /// Print the reservations as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `berth publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The name to give it.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The bound TCP port.
+    #[arg(
+        long,
+        value_name = "PORT",
+        conflicts_with = "udp",
+        required_unless_present = "udp"
+    )]
+    pub tcp: Option<u16>,
+    /// The bound UDP port.
+    #[arg(long, value_name = "PORT")]
+    pub udp: Option<u16>,
+    /// Print the reservation as JSON.
     #[arg(long)]
     pub json: bool,
 }

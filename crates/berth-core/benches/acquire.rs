@@ -30,6 +30,8 @@ fn holder() -> Holder {
         session: SessionId(1),
         acquired_at_ms: 0,
         hold: false,
+        label: None,
+        name: None,
     }
 }
 

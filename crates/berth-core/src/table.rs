@@ -357,6 +357,47 @@ impl Table {
         Ok(Change::Granted(reservation))
     }
 
+    /// Registers `range`, which `owner` has bound already by other means, as a runtime
+    /// reservation named `name` that lives as long as `owner` ([`Bond::Process`]) and is not
+    /// held (its owner's socket is on it). Refused as a specific acquire would be — a
+    /// reservation over the ports, the name taken, privileged ports, the quota — except that
+    /// the ports are not probed: the owner's socket is what makes them in use.
+    pub fn publish(
+        &mut self,
+        protocol: Protocol,
+        range: PortRange,
+        (owner, name): (Owner, Name),
+        (limits, acquired_at_ms): (Constraints, u64),
+        tokens: &mut dyn TokenSource,
+    ) -> Result<Change, AcquireError> {
+        let holder = Holder {
+            owner,
+            // No session: sessions are numbered from 1.
+            session: SessionId(0),
+            acquired_at_ms,
+            hold: false,
+            label: None,
+            name: Some(name),
+        };
+        let granted = self.acquire(
+            protocol,
+            RangeRequest::Specific(range),
+            holder,
+            limits,
+            tokens,
+            &mut |_, _| None,
+        )?;
+        let Change::Granted(mut r) = granted else {
+            return Ok(granted);
+        };
+        // Bound to the process, not to a session, before anyone sees it.
+        if let Lease::Runtime { bond, .. } = &mut r.lease {
+            *bond = Bond::Process;
+        }
+        self.records.replace(r.clone());
+        Ok(Change::Granted(r))
+    }
+
     /// Fails when adding `weight` to `uid`'s usage would exceed its quota.
     fn check_quota(
         &self,

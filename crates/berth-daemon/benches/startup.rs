@@ -34,6 +34,8 @@ fn database(path: &Path, n: u16) {
             allow_groups: Vec::new(),
             created_at_ms: 0,
             created_by_uid: 0,
+            label: None,
+            name: None,
         };
         store.create_persistent(&row).expect("create");
     }

@@ -28,6 +28,7 @@ impl Request {
             Request::WaitName { .. } => "wait-name",
             Request::ListNames => "list-names",
             Request::ForgetName { .. } => "forget-name",
+            Request::Publish { .. } => "publish",
         }
     }
 
@@ -46,6 +47,7 @@ impl Request {
             Request::CreatePersistent { .. } => Some("create a persistent reservation"),
             Request::Reclaim { .. } => Some("re-claim a reservation"),
             Request::Transfer { .. } => Some("hand over a reservation"),
+            Request::Publish { .. } => Some("name a bound port"),
             Request::Hello(_)
             | Request::Release { .. }
             | Request::List

@@ -218,6 +218,19 @@ pub enum Request {
         /// The name.
         name: String,
     },
+    /// Name a port that a process of the asker's user has bound already, by other means: it
+    /// becomes a runtime reservation of that port, owned by that process (found through the
+    /// kernel: the socket bound to the port, and the process that holds it — the asker itself
+    /// when it is one of them) and living as long as it does. Answered with
+    /// [`Response::Acquired`].
+    Publish {
+        /// The name.
+        name: String,
+        /// Which port space.
+        protocol: Protocol,
+        /// The port (0 is answered with invalid-argument).
+        port: u16,
+    },
 }
 
 /// The longest wait of a [`Request::WaitName`], in milliseconds (one hour).

@@ -34,6 +34,8 @@ fn row(token: Token) -> JournalRow {
         acquired_at_ms: 1_750_000_000_000,
         process: false,
         held: false,
+        label: None,
+        name: None,
     }
 }
 
@@ -80,6 +82,8 @@ fn journal(c: &mut Criterion) {
                 allow_groups: vec![],
                 created_at_ms: 1_750_000_000_000,
                 created_by_uid: 0,
+                label: None,
+                name: None,
             };
             store.create_persistent(black_box(&row)).unwrap();
             store.delete_persistent(black_box(token)).unwrap();
@@ -106,6 +110,8 @@ fn load(c: &mut Criterion) {
             allow_groups: vec![100],
             created_at_ms: 1_750_000_000_000,
             created_by_uid: 0,
+            label: None,
+            name: None,
         };
         store.create_persistent(&row).unwrap();
     }

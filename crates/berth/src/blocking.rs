@@ -177,6 +177,25 @@ impl Client {
             .block_on(self.inner.wait_name(user, name, bound, timeout))
     }
 
+    /// See [`crate::Client::publish`].
+    pub fn publish(
+        &self,
+        name: &str,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<ReservationInfo, Error> {
+        self.rt.block_on(self.inner.publish(name, protocol, port))
+    }
+
+    /// See [`crate::Client::publish_socket`].
+    pub fn publish_socket(
+        &self,
+        name: &str,
+        socket: BorrowedFd<'_>,
+    ) -> Result<ReservationInfo, Error> {
+        self.rt.block_on(self.inner.publish_socket(name, socket))
+    }
+
     /// See [`crate::Client::names`].
     pub fn names(&self) -> Result<Vec<crate::NameInfo>, Error> {
         self.rt.block_on(self.inner.names())

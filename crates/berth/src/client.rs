@@ -522,6 +522,40 @@ impl Client {
         }
     }
 
+    /// Names `port` of `protocol`, which a process of yours has bound already by other means
+    /// (a server given `:0`, say): it becomes a runtime reservation named `name`, owned by the
+    /// process the kernel says holds the socket (this one, when it is one of them), living as
+    /// long as that process does. [`Error::NotFound`] when nothing is bound to the port,
+    /// [`Error::PermissionDenied`] when another user's process has it, [`Error::Conflict`]
+    /// when the port is reserved or the name held already.
+    pub async fn publish(
+        &self,
+        name: &str,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<ReservationInfo, Error> {
+        let request = Request::Publish {
+            name: name.to_owned(),
+            protocol,
+            port,
+        };
+        match self.conn.call(request).await? {
+            Response::Acquired(info) => Ok(info),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
+    /// [`Client::publish`] for the port `socket` (a bound TCP or UDP socket of this process)
+    /// is bound to — the port file, without the file.
+    pub async fn publish_socket(
+        &self,
+        name: &str,
+        socket: BorrowedFd<'_>,
+    ) -> Result<ReservationInfo, Error> {
+        let (protocol, port) = crate::sockets::bound_port(socket)?;
+        self.publish(name, protocol, port).await
+    }
+
     /// Your remembered names: the block each was last given, and whether it is live.
     pub async fn names(&self) -> Result<Vec<NameInfo>, Error> {
         match self.conn.call(Request::ListNames).await? {

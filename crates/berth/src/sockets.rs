@@ -39,3 +39,34 @@ pub(crate) fn listen(socket: &Socket) -> Result<(), Error> {
         .listen(LISTEN_BACKLOG)
         .map_err(|e| Error::NotSupported(format!("cannot listen on the bound socket: {e}")))
 }
+
+/// The protocol and port of the bound TCP or UDP socket `fd`.
+pub(crate) fn bound_port(fd: std::os::fd::BorrowedFd<'_>) -> Result<(Protocol, u16), Error> {
+    let socket = socket2::SockRef::from(&fd);
+    let protocol = match socket.r#type() {
+        Ok(Type::STREAM) => Protocol::Tcp,
+        Ok(Type::DGRAM) => Protocol::Udp,
+        Ok(_) => {
+            return Err(Error::NotSupported(
+                "the socket is neither TCP (SOCK_STREAM) nor UDP (SOCK_DGRAM)".into(),
+            ))
+        }
+        Err(e) => {
+            return Err(Error::InvalidArgument(format!(
+                "the descriptor given is not a socket: {e}"
+            )))
+        }
+    };
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.port())
+        .filter(|&port| port != 0)
+        .ok_or_else(|| {
+            Error::InvalidArgument(
+                "the socket is not bound to an IP port; bind it (to port 0 for any) first".into(),
+            )
+        })?;
+    Ok((protocol, port))
+}

@@ -31,6 +31,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Wait(args) => current_thread()?.block_on(names::wait(args)),
         Command::Names(args) => current_thread()?.block_on(names::list(args)),
         Command::Forget(args) => current_thread()?.block_on(names::forget(args)),
+        Command::Publish(args) => current_thread()?.block_on(names::publish(args)),
         Command::Stop { restore } => current_thread()?.block_on(query::stop(restore)),
         Command::Persistent(cmd) => current_thread()?.block_on(persistent::run(cmd)),
     }

@@ -9,7 +9,7 @@ use berth::{NameInfo, Protocol, ReservationInfo};
 use berth_daemon::accounts;
 use serde::Serialize;
 
-use crate::cli::{ForgetArgs, JsonArg, PortArgs, WaitArgs};
+use crate::cli::{ForgetArgs, JsonArg, PortArgs, PublishArgs, WaitArgs};
 use crate::connect;
 use crate::exit::Failure;
 use crate::output::{self, outln, ReservationJson};
@@ -72,6 +72,39 @@ fn print_found(found: &[ReservationInfo], udp: bool, json: bool) -> Result<ExitC
     };
     let ports: Vec<String> = r.range.ports().map(|p| p.to_string()).collect();
     outln!("{}", ports.join(","));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Names a port a process of the caller's has bound; prints the reservation's token.
+pub async fn publish(args: PublishArgs) -> Result<ExitCode, Failure> {
+    let (protocol, port) = match (args.tcp, args.udp) {
+        (Some(port), _) => (Protocol::Tcp, port),
+        (None, Some(port)) => (Protocol::Udp, port),
+        (None, None) => {
+            return Err(Failure::Berth(berth::Error::InvalidArgument(
+                "give the bound port: --tcp PORT or --udp PORT".into(),
+            )))
+        }
+    };
+    let client = connect::existing().await?;
+    let r = client.publish(&args.name, protocol, port).await?;
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&ReservationJson::from(&r))
+                .context("cannot render JSON")?
+        );
+    } else {
+        outln!("{}", r.token);
+        let owner = r.owner.as_ref().map_or_else(
+            || "its process".to_owned(),
+            |o| format!("pid {} ({})", o.pid, o.command),
+        );
+        eprintln!(
+            "published {} as {protocol} {port}, reserved for {owner} while it runs",
+            args.name
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

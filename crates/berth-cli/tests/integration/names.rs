@@ -184,3 +184,80 @@ fn a_persistent_name_is_the_hosts() {
     .code(12)
     .says(&["ipp"]);
 }
+
+/// A server that binds `127.0.0.1:PORT` by itself (argv[1]), says "up", and exits at the end
+/// of its input.
+const SERVER: &str = "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('up', flush=True); sys.stdin.read()";
+
+fn start_server(port: u16, wrapper: &[&str]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut argv: Vec<String> = wrapper.iter().map(|s| (*s).to_owned()).collect();
+    argv.extend([
+        "python3".into(),
+        "-c".into(),
+        SERVER.into(),
+        port.to_string(),
+    ]);
+    let mut child = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "up", "the server did not start");
+    child
+}
+
+#[test]
+fn a_port_a_program_bound_is_published_and_freed_when_it_exits() {
+    let d = Daemon::start("23430-23439");
+    let mut server = start_server(23450, &[]);
+    let out = d
+        .berth(["publish", "dev/api", "--tcp", "23450"])
+        .output()
+        .code(0);
+    assert!(out.stdout.trim().starts_with("0x"), "{}", out.stdout);
+    assert!(out.stderr.contains("while it runs"), "{}", out.stderr);
+    assert_eq!(
+        d.berth(["port", "dev/api"]).output().code(0).stdout.trim(),
+        "23450"
+    );
+    let row = support::row_at(&d.list(), 23450)
+        .cloned()
+        .expect("reserved");
+    assert_eq!(row["owner"]["pid"], server.id());
+    assert_eq!(row["name"], "dev/api");
+
+    // Another user may not publish a port of this user's process.
+    if needs::other_users_available() {
+        std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut other = start_server(23452, &[]);
+        Berth::wrapped_in(d.socket(), needs::AS_NOBODY)
+            .args(["publish", "theirs", "--tcp", "23452"])
+            .output()
+            .code(16)
+            .says(&["another user"]);
+        drop(other.stdin.take());
+        other.wait().unwrap();
+    } else {
+        needs::skip(
+            needs::Need::Users,
+            "part: another user's port cannot be published (needs root, to run berth as nobody)",
+        );
+    }
+
+    // Its process ends: so does the reservation, and the port has nothing to publish.
+    drop(server.stdin.take());
+    server.wait().unwrap();
+    support::poll_until("the published port freed", || {
+        support::row_at(&d.list(), 23450).is_none().then_some(())
+    });
+    d.berth(["publish", "dev/api", "--tcp", "23450"])
+        .output()
+        .code(15)
+        .says(&["no socket is bound"]);
+}

@@ -185,6 +185,42 @@ fn a_restored_duplicate_keeps_its_ports_and_loses_its_name() {
 }
 
 #[test]
+fn a_published_port_lives_with_its_process_under_its_name() {
+    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
+    let mut next = || 7;
+    let name = Name::parse("dev/api").unwrap().unwrap();
+    let change = t
+        .publish(
+            Protocol::Tcp,
+            range(5000, 1),
+            (owner(40, 1000), name.clone()),
+            (Constraints::default(), 1),
+            &mut next,
+        )
+        .unwrap();
+    let r = change.reservation().unwrap().clone();
+    assert_eq!(
+        (r.bond(), r.held(), r.name.clone()),
+        (Some(Bond::Process), false, Some(name.clone()))
+    );
+    // Its session is nobody's: no session's end releases it; its process's does.
+    assert!(!t.session_holds(SessionId(0)));
+    let again = t.publish(
+        Protocol::Tcp,
+        range(5001, 1),
+        (owner(41, 1000), name),
+        (Constraints::default(), 1),
+        &mut next,
+    );
+    assert!(
+        matches!(again, Err(AcquireError::NameTaken { .. })),
+        "{again:?}"
+    );
+    assert_eq!(t.release_owner_exited(&owner(40, 1000)).len(), 1);
+    assert!(t.is_empty());
+}
+
+#[test]
 fn remembered_blocks_are_passed_by_while_others_fit() {
     let mut t = Table::new(Pool::new(1000, 1003).unwrap());
     let mut tokens = Tokens(0);

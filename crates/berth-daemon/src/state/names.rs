@@ -363,6 +363,86 @@ impl Shared {
         asked.unwrap_or(false)
     }
 
+    /// Names `port`, bound already by a process of the asker's user (see
+    /// `Request::Publish`): the socket bound to it and the process holding it come from the
+    /// kernel, never from the asker's word.
+    pub(super) async fn publish_port(
+        &self,
+        name: &str,
+        protocol: Protocol,
+        port: u16,
+        asker: &Requester,
+    ) -> Response {
+        let name = match parse_name(name) {
+            Ok(name) => name,
+            Err(refusal) => return *refusal,
+        };
+        let Ok(range) = PortRange::new(port, 1) else {
+            return error(
+                ErrorKind::InvalidArgument,
+                "port 0 is never bound; give the port your program has bound".into(),
+            );
+        };
+        let berths = self.holds.inodes();
+        let asker_pid = asker.process.pid;
+        let found =
+            tokio::task::spawn_blocking(move || bound_by(protocol, port, &berths, asker_pid))
+                .await
+                .unwrap_or(Err(Unbound::Unknown));
+        let owner = match found {
+            Ok(owner) => owner,
+            Err(Unbound::Nothing) => {
+                return error(
+                    ErrorKind::NotFound,
+                    format!("no socket is bound to {protocol} port {port} on this host; publish a port once your program has bound it (or reserve one with `berth run --name {name}`)"),
+                )
+            }
+            Err(Unbound::Unknown) => {
+                return error(
+                    ErrorKind::PermissionDenied,
+                    format!("{protocol} port {port} is bound, but the daemon cannot see by which process (another user's, which a daemon of your own user cannot read); only a port of your own processes can be published"),
+                )
+            }
+        };
+        if owner.uid != asker.process.uid && !asker.is_admin {
+            return error(
+                ErrorKind::PermissionDenied,
+                format!("{protocol} port {port} is bound by a process of another user; only its own user (or an administrator) may publish it"),
+            );
+        }
+        let (published, pending) = {
+            let mut table = self.table();
+            let limits = self.constraints(&table, 0, asker.is_admin);
+            match table.publish(
+                protocol,
+                range,
+                (owner, name),
+                (limits, now_ms()),
+                &mut super::OsTokens,
+            ) {
+                Ok(change) => {
+                    let r = change.reservation().cloned();
+                    (r, self.publish(&mut table, vec![change]))
+                }
+                Err(e) => {
+                    let e = e.seen_by(asker.process.uid, asker.is_admin);
+                    return error(e.kind(), e.to_string());
+                }
+            }
+        };
+        if let Err(why) = self.settle(pending).await {
+            return error(
+                ErrorKind::Unavailable,
+                format!("the daemon could not record the name ({why}); nothing was published — see the daemon's log, then retry"),
+            );
+        }
+        let Some(r) = published else {
+            return error(ErrorKind::Unavailable, "the grant went missing".into());
+        };
+        self.remember_names(std::slice::from_ref(&r));
+        Response::Acquired(info(&r, &asker.process, asker.is_admin, now_ms()))
+    }
+
     pub(super) fn list_names(&self, asker: &Requester) -> Response {
         let book = self.names();
         Response::Names(book.list(asker.process.uid, &self.table()))
@@ -410,6 +490,44 @@ impl Shared {
             })
             .collect()
     }
+}
+
+/// Why no process could be named for a bound port.
+enum Unbound {
+    /// No socket is bound to it (`TIME_WAIT` aside, and the daemon's own hold sockets).
+    Nothing,
+    /// Sockets are, but no process the daemon can see holds them.
+    Unknown,
+}
+
+/// The process that has `port` bound: `asker_pid` when it is one of them, else the first the
+/// kernel lists (listening sockets first).
+fn bound_by(
+    protocol: Protocol,
+    port: u16,
+    berths: &std::collections::HashSet<u64>,
+    asker_pid: u32,
+) -> Result<berth_core::Owner, Unbound> {
+    let sockets = crate::host::diag::sockets_on(protocol, port, 64).unwrap_or_default();
+    let inodes: Vec<u64> = sockets
+        .iter()
+        .filter(|s| !s.is_time_wait() && s.inode != 0 && !berths.contains(&s.inode))
+        .map(|s| s.inode)
+        .collect();
+    if inodes.is_empty() {
+        return Err(Unbound::Nothing);
+    }
+    let owners = crate::host::diag::owners(&inodes);
+    let pids: Vec<u32> = inodes
+        .iter()
+        .filter_map(|i| owners.get(i).copied())
+        .collect();
+    let pid = if pids.contains(&asker_pid) {
+        asker_pid
+    } else {
+        *pids.first().ok_or(Unbound::Unknown)?
+    };
+    crate::host::diag::process(pid).ok_or(Unbound::Unknown)
 }
 
 /// not-found for a name: none live, or (after a wait) none bound.

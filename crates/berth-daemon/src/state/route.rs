@@ -110,6 +110,14 @@ impl Shared {
             }
             Request::ListNames => self.list_names(&self.requester(peer, sender)),
             Request::ForgetName { name } => self.forget_name(&name, &self.requester(peer, sender)),
+            Request::Publish {
+                name,
+                protocol,
+                port,
+            } => {
+                self.publish_port(&name, protocol, port, &self.requester(peer, sender))
+                    .await
+            }
             Request::DeletePersistent {
                 protocol,
                 start,

@@ -316,7 +316,7 @@ impl Shared {
     /// The lowest port `owner` may get: above the privileged ports, unless it may use them.
     /// Looks at the owner (groups, capabilities) only when the request could reach privileged
     /// ports.
-    fn lowest_port_for(&self, request: RangeRequest, owner: &Owner) -> u16 {
+    pub(super) fn lowest_port_for(&self, request: RangeRequest, owner: &Owner) -> u16 {
         match request {
             RangeRequest::Specific(range) => {
                 let policy = self.privileged_now();

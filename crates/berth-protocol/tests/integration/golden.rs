@@ -244,6 +244,14 @@ fn requests() {
         Request::ForgetName { name: "web".into() },
         "14  03 77 65 62",
     );
+    golden(
+        Request::Publish {
+            name: "web".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        },
+        "15  03 77 65 62  00  90 3f",
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! bound port too); the user's list of names, and forgetting one.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use berth::{AcquireOptions, Client, Error, Protocol};
@@ -185,5 +186,60 @@ async fn a_name_is_looked_up_and_waited_for() {
     let found = wait.await.unwrap().unwrap();
     assert_eq!(found[0].token, api.token());
     drop(listener);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_port_bound_by_other_means_is_published_under_a_name() {
+    let daemon = TestDaemon::start(12870, 12879);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    // Nothing bound there: nothing to publish.
+    let err = client
+        .publish("dev/api", Protocol::Tcp, 12890)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound(m) if m.contains("no socket is bound")),
+        "{err:?}"
+    );
+    // A server that bound a port of its own choosing publishes it: reserved for this
+    // process, found by name.
+    let server = TcpListener::bind((Ipv4Addr::LOCALHOST, 12890)).unwrap();
+    let published = client
+        .publish_socket("dev/api", server.as_fd())
+        .await
+        .unwrap();
+    assert_eq!(
+        (published.range.start(), published.name.as_deref()),
+        (12890, Some("dev/api"))
+    );
+    assert_eq!(published.owner.map(|o| o.pid), Some(std::process::id()));
+    let found = client.lookup_name(None, "dev/api").await.unwrap();
+    assert_eq!(found[0].token, published.token);
+    // Bound by its owner: a wait for it bound is answered at once.
+    let bound = client
+        .wait_name(None, "dev/api", true, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(bound[0].token, published.token);
+    // Reserved now: publishing it again, or reserving it, is a conflict.
+    let err = client
+        .publish("dev/other", Protocol::Tcp, 12890)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    let err = client
+        .acquire_unheld(Protocol::Tcp, 12890, 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    // A socket that is no IP socket, or not bound, is refused before asking.
+    let unbound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let err = client
+        .publish_socket("dev/x", unbound.as_fd())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    drop(server);
     daemon.shutdown().await;
 }
