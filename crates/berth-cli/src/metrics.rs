@@ -265,6 +265,8 @@ mod tests {
             label: None,
             moved_from: None,
             name: None,
+            allow_groups: Vec::new(),
+            allow_users: Vec::new(),
         }
     }
 

@@ -30,6 +30,10 @@ pub struct ReservationJson {
     pub label: Option<String>,
     /// Its name (`null` for none).
     pub name: Option<String>,
+    /// A persistent reservation's allow list: uids, then gids (empty for runtime ones).
+    pub allow_users: Vec<u32>,
+    /// See `allow_users`.
+    pub allow_groups: Vec<u32>,
 }
 
 /// The owner of a reservation in JSON.
@@ -61,6 +65,8 @@ impl From<&ReservationInfo> for ReservationJson {
             bound: r.bound.clone(),
             label: r.label.clone(),
             name: r.name.clone(),
+            allow_users: r.allow_users.clone(),
+            allow_groups: r.allow_groups.clone(),
         }
     }
 }

@@ -29,7 +29,7 @@ pub enum LabelError {
         len: usize,
     },
     /// It has a control character (a newline, a tab, an escape …).
-    #[error("a label may not hold control characters (found U+{code:04X} at byte {at}); use plain text on one line")]
+    #[error("a label may not hold control characters, line separators or bidirectional-text controls (found U+{code:04X} at byte {at}); use plain text on one line")]
     Control {
         /// The character's code point.
         code: u32,
@@ -54,7 +54,7 @@ impl Label {
         if text.len() > MAX_LABEL_LEN {
             return Err(LabelError::TooLong { len: text.len() });
         }
-        if let Some((at, c)) = text.char_indices().find(|(_, c)| c.is_control()) {
+        if let Some((at, c)) = text.char_indices().find(|&(_, c)| unprintable(c)) {
             return Err(LabelError::Control {
                 code: u32::from(c),
                 at,
@@ -67,6 +67,19 @@ impl Label {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A character that must not reach another person's terminal from a label: a control
+/// character, a line or paragraph separator, or a bidirectional-text control (which can make a
+/// listing read other than it is).
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 impl fmt::Display for Label {
@@ -102,6 +115,9 @@ mod tests {
             ("a\nb", 0x0a, 1),
             ("\u{1b}[31m", 0x1b, 0),
             ("x\u{85}", 0x85, 1),
+            ("ab\u{202e}cd", 0x202e, 2),
+            ("\u{2028}", 0x2028, 0),
+            ("\u{2067}x", 0x2067, 0),
         ] {
             assert_eq!(
                 Label::parse(text),

@@ -360,8 +360,10 @@ impl Table {
     /// Registers `range`, which `owner` has bound already by other means, as a runtime
     /// reservation named `name` that lives as long as `owner` ([`Bond::Process`]) and is not
     /// held (its owner's socket is on it). Refused as a specific acquire would be — a
-    /// reservation over the ports, the name taken, privileged ports, the quota — except that
-    /// the ports are not probed: the owner's socket is what makes them in use.
+    /// reservation over the ports, the name taken, the quota, the ports below
+    /// `limits.lowest_port` — except that the ports are not probed: the owner's socket is
+    /// what makes them in use. (The daemon asks no privilege to name a port its owner bound
+    /// itself: it passes a lowest port of 0.)
     pub fn publish(
         &mut self,
         protocol: Protocol,
@@ -519,9 +521,9 @@ impl Table {
         let stripe = self.usable_stripe(usable, striped);
         // A first pass passes by cooling ports and blocks remembered for names, worth making
         // when some free port of the pool is neither.
-        let avoid = self.cooling_state(protocol, now_ms) == Some(true)
-            || self.names.keeps_any(protocol) && self.free_in_pool(protocol) > 0;
-        let passes: &[bool] = if avoid { &[true, false] } else { &[false] };
+        let cooling_matters = self.cooling_state(protocol, now_ms) == Some(true);
+        let kept_matters = self.names.keeps_any(protocol) && self.free_in_pool(protocol) > 0;
+        let passes = passes(cooling_matters, kept_matters);
         let Table {
             tcp,
             udp,
@@ -533,15 +535,12 @@ impl Table {
             Protocol::Tcp => tcp,
             Protocol::Udp => udp,
         };
-        for &cool in passes {
+        for &(cool, keep) in passes {
             let mut test = |proto, range| {
-                cool.then(|| {
-                    cooling
-                        .first_in(proto, range, now_ms)
-                        .or_else(|| names.first_kept_in(proto, range))
-                })
-                .flatten()
-                .or_else(|| in_use(proto, range))
+                cool.then(|| cooling.first_in(proto, range, now_ms))
+                    .flatten()
+                    .or_else(|| keep.then(|| names.first_kept_in(proto, range)).flatten())
+                    .or_else(|| in_use(proto, range))
             };
             if let Some(stripe) = stripe {
                 if let Some(range) = space.next_fit_in_stripe(protocol, count, stripe, &mut test) {
@@ -1208,6 +1207,18 @@ impl Table {
 /// The refusal of a request that reaches below `limits.lowest_port`: a specific block that
 /// starts there, or bounds that lie wholly there (bounds that only start there are searched
 /// from the lowest port up, as the pool is).
+/// The passes of a wildcard search, as (pass cooling ports by, pass remembered blocks by):
+/// both first, then only the cool-down (a remembered block is better than a port whose last
+/// owner's connections linger), then neither — each only when it can matter.
+pub(super) fn passes(cooling: bool, kept: bool) -> &'static [(bool, bool)] {
+    match (cooling, kept) {
+        (true, true) => &[(true, true), (true, false), (false, false)],
+        (true, false) => &[(true, false), (false, false)],
+        (false, true) => &[(false, true), (false, false)],
+        (false, false) => &[(false, false)],
+    }
+}
+
 pub(super) fn below_lowest(
     protocol: Protocol,
     request: RangeRequest,

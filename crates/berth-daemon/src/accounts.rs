@@ -18,6 +18,29 @@ fn lookup(file: &Path, name: &str) -> Option<u32> {
         })
 }
 
+/// The name of the entry whose id is `id` in a colon-separated account file.
+fn name_of(file: &Path, id: u32) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let entry = fields.next()?;
+            let found: u32 = fields.nth(1)?.parse().ok()?;
+            (found == id).then(|| entry.to_owned())
+        })
+}
+
+/// The name of user `uid`, for listings.
+pub fn user_name(uid: u32) -> Option<String> {
+    name_of(Path::new("/etc/passwd"), uid)
+}
+
+/// The name of group `gid`, for listings.
+pub fn group_name(gid: u32) -> Option<String> {
+    name_of(Path::new("/etc/group"), gid)
+}
+
 /// The uid of user `name`.
 pub fn user_id(name: &str) -> Option<u32> {
     lookup(Path::new("/etc/passwd"), name)
@@ -37,5 +60,7 @@ mod tests {
         assert_eq!(user_id("root"), Some(0));
         assert_eq!(group_id("root"), Some(0));
         assert_eq!(user_id("no-such-user-berth"), None);
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+        assert_eq!(group_name(0).as_deref(), Some("root"));
     }
 }

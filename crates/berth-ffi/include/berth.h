@@ -287,6 +287,38 @@ int berth_create_persistent_udp_port_reservation(uint16_t start, uint16_t count,
 int berth_delete_persistent_udp_port_reservation(uint16_t start, uint16_t count);
 
 /**
+ * Finds the live reservation named `name` (yours, else a persistent reservation's host-wide
+ * name) in `protocol` (`IPPROTO_TCP` or `IPPROTO_UDP`) and writes its block and token to
+ * `*out` — how a test harness finds the port a service reserved with `berth run --name`. The
+ * token is for reading: only its owner may use or release the reservation.
+ *
+ * Errors: EINVAL (bad protocol, a name that is not one, NULL pointer), ENOENT (no live
+ * reservation of that name and protocol), ECONNREFUSED.
+ *
+ * # Safety
+ * `name` is NULL or a NUL-terminated string; `out` is NULL or points to a writable
+ * `berth_port_reservation_instance`.
+ */
+int berth_lookup_named_port_reservation(int protocol,
+                                        const char *name,
+                                        struct berth_port_reservation_instance *out);
+
+/**
+ * [`berth_lookup_named_port_reservation`], answered once the name exists — with `bound`
+ * non-zero, once a socket is bound to its ports (the rendezvous port files are used for) —
+ * or failing with ENOENT after `timeout_ms` (at most 3,600,000). The daemon waits; the call
+ * blocks.
+ *
+ * # Safety
+ * As `berth_lookup_named_port_reservation`.
+ */
+int berth_wait_named_port_reservation(int protocol,
+                                      const char *name,
+                                      int bound,
+                                      uint32_t timeout_ms,
+                                      struct berth_port_reservation_instance *out);
+
+/**
  * Looks up a persistent UDP reservation; see
  * `berth_lookup_persistent_tcp_port_reservation`.
  *

@@ -385,6 +385,88 @@ pub extern "C" fn berth_delete_persistent_udp_port_reservation(start: u16, count
     boundary(|| session::delete_persistent(Protocol::Udp, start, count))
 }
 
+/// Finds the live reservation named `name` (yours, else a persistent reservation's host-wide
+/// name) in `protocol` (`IPPROTO_TCP` or `IPPROTO_UDP`) and writes its block and token to
+/// `*out` — how a test harness finds the port a service reserved with `berth run --name`. The
+/// token is for reading: only its owner may use or release the reservation.
+///
+/// Errors: EINVAL (bad protocol, a name that is not one, NULL pointer), ENOENT (no live
+/// reservation of that name and protocol), ECONNREFUSED.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string; `out` is NULL or points to a writable
+/// `berth_port_reservation_instance`.
+#[no_mangle]
+pub unsafe extern "C" fn berth_lookup_named_port_reservation(
+    protocol: c_int,
+    name: *const c_char,
+    out: *mut berth_port_reservation_instance,
+) -> c_int {
+    // SAFETY: forwarded from this function's own contract.
+    boundary(|| unsafe { named_into(protocol, name, None, out) })
+}
+
+/// [`berth_lookup_named_port_reservation`], answered once the name exists — with `bound`
+/// non-zero, once a socket is bound to its ports (the rendezvous port files are used for) —
+/// or failing with ENOENT after `timeout_ms` (at most 3,600,000). The daemon waits; the call
+/// blocks.
+///
+/// # Safety
+/// As `berth_lookup_named_port_reservation`.
+#[no_mangle]
+pub unsafe extern "C" fn berth_wait_named_port_reservation(
+    protocol: c_int,
+    name: *const c_char,
+    bound: c_int,
+    timeout_ms: u32,
+    out: *mut berth_port_reservation_instance,
+) -> c_int {
+    let wait = Some((
+        bound != 0,
+        std::time::Duration::from_millis(u64::from(timeout_ms)),
+    ));
+    // SAFETY: forwarded from this function's own contract.
+    boundary(|| unsafe { named_into(protocol, name, wait, out) })
+}
+
+/// Looks `name` up (or waits for it) and writes what it names to `out`.
+///
+/// # Safety
+/// `name` is NULL or NUL-terminated; `out` is NULL or writable.
+unsafe fn named_into(
+    protocol: c_int,
+    name: *const c_char,
+    wait: Option<(bool, std::time::Duration)>,
+    out: *mut berth_port_reservation_instance,
+) -> Result<(), Failure> {
+    let protocol = protocol_of(protocol)?;
+    if name.is_null() {
+        return Err(Failure::invalid(
+            "name is NULL; pass a name such as \"shop/web\"",
+        ));
+    }
+    if out.is_null() {
+        return Err(Failure::invalid(
+            "out is NULL; pass a berth_port_reservation_instance to receive the reservation",
+        ));
+    }
+    // SAFETY: non-null and NUL-terminated, as the caller promised.
+    let name = unsafe { std::ffi::CStr::from_ptr(name) }
+        .to_str()
+        .map_err(|_| Failure::invalid("name is not UTF-8; names look like shop/web"))?;
+    let got = session::named(protocol, name, wait)?;
+    let instance = berth_port_reservation_instance {
+        reservation: berth_port_range {
+            start_port: got.start,
+            number_of_ports: got.count,
+        },
+        token: got.token,
+    };
+    // SAFETY: `out` is non-null (checked above) and writable, as the caller promised.
+    unsafe { out.write(instance) };
+    Ok(())
+}
+
 /// Looks up a persistent UDP reservation; see
 /// `berth_lookup_persistent_tcp_port_reservation`.
 ///

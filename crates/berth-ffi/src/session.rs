@@ -332,6 +332,34 @@ pub(crate) fn lookup_persistent(
         .map_err(|e| session.fail(e))
 }
 
+/// The reservation of `protocol` named `name` (see `Client::lookup_name`), once it exists —
+/// with `bound`, once a socket is bound to it — when `wait` is given; at once otherwise.
+pub(crate) fn named(
+    protocol: Protocol,
+    name: &str,
+    wait: Option<(bool, std::time::Duration)>,
+) -> Result<Acquired, Failure> {
+    let session = session()?;
+    let found = match wait {
+        None => session.client.lookup_name(None, name),
+        Some((bound, timeout)) => session.client.wait_name(None, name, bound, timeout),
+    }
+    .map_err(|e| session.fail(e))?;
+    let r = found
+        .iter()
+        .find(|r| r.protocol == protocol)
+        .ok_or_else(|| {
+            Failure::from(berth::Error::NotFound(format!(
+                "the name {name} has no {protocol} reservation; ask for its other protocol"
+            )))
+        })?;
+    Ok(Acquired {
+        start: r.range.start(),
+        count: r.range.count(),
+        token: r.token.get(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

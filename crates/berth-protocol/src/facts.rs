@@ -29,6 +29,7 @@ impl Request {
             Request::ListNames => "list-names",
             Request::ForgetName { .. } => "forget-name",
             Request::Publish { .. } => "publish",
+            Request::UsePersistent { .. } => "use-persistent",
         }
     }
 
@@ -57,6 +58,7 @@ impl Request {
             | Request::Stop
             | Request::StopWith { .. }
             | Request::LookupName { .. }
+            | Request::UsePersistent { .. }
             | Request::ListNames
             | Request::ForgetName { .. } => None,
             // Whether a port is bound is a fact of the daemon's namespace.

@@ -231,6 +231,18 @@ pub enum Request {
         /// The port (0 is answered with invalid-argument).
         port: u16,
     },
+    /// The persistent reservation of exactly this range, for an asker allowed to use it (an
+    /// administrator, or a user or group member of its allow list): answered with
+    /// [`Response::PersistentFound`], permission-denied for anyone else. Nothing is reserved:
+    /// the asker's programs bind its ports by number, alongside any other allowed user's.
+    UsePersistent {
+        /// Which port space.
+        protocol: Protocol,
+        /// First port.
+        start: u16,
+        /// Number of ports.
+        count: u16,
+    },
 }
 
 /// The longest wait of a [`Request::WaitName`], in milliseconds (one hour).
@@ -499,6 +511,11 @@ pub struct ReservationInfo {
     /// when it could not be given again (something else took a port of it); the name's
     /// memory moved to this reservation's block.
     pub moved_from: Option<PortRange>,
+    /// A persistent reservation's allow list: the users (uids) who may use it besides
+    /// administrators (empty for a runtime reservation).
+    pub allow_users: Vec<u32>,
+    /// The groups (gids) whose members may use it.
+    pub allow_groups: Vec<u32>,
 }
 
 /// A name as the daemon remembers it (see [`Request::ListNames`]).

@@ -196,6 +196,17 @@ impl Client {
         self.rt.block_on(self.inner.publish_socket(name, socket))
     }
 
+    /// See [`crate::Client::use_persistent`].
+    pub fn use_persistent(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<ReservationInfo, Error> {
+        self.rt
+            .block_on(self.inner.use_persistent(protocol, start, count))
+    }
+
     /// See [`crate::Client::names`].
     pub fn names(&self) -> Result<Vec<crate::NameInfo>, Error> {
         self.rt.block_on(self.inner.names())

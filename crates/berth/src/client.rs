@@ -556,6 +556,29 @@ impl Client {
         self.publish(name, protocol, port).await
     }
 
+    /// The persistent reservation of exactly `start..start+count`, when you may use it (an
+    /// administrator, or on its allow list): your programs then bind its ports by number
+    /// (`berth run --start` does this for you), alongside any other allowed user's — nothing
+    /// is reserved for you alone, and nothing is to release. [`Error::NotFound`] when no
+    /// persistent reservation has exactly that range, [`Error::PermissionDenied`] when you are
+    /// not allowed.
+    pub async fn use_persistent(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<ReservationInfo, Error> {
+        let request = Request::UsePersistent {
+            protocol,
+            start,
+            count,
+        };
+        match self.conn.call(request).await? {
+            Response::PersistentFound(info) => Ok(info),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
     /// Your remembered names: the block each was last given, and whether it is live.
     pub async fn names(&self) -> Result<Vec<NameInfo>, Error> {
         match self.conn.call(Request::ListNames).await? {

@@ -103,8 +103,47 @@ async fn list(args: PersistentListArgs) -> Result<ExitCode, Failure> {
         print_json(&rows)?;
     } else {
         out!("{}", output::table(&list));
+        // Who may use each, by name where the host knows one.
+        for r in list
+            .iter()
+            .filter(|r| !r.allow_users.is_empty() || !r.allow_groups.is_empty())
+        {
+            outln!(
+                "{} {} may be used by {}",
+                r.protocol,
+                r.range,
+                allowed_text(r)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "users www-data, 1001; group web": a persistent reservation's allow list for people.
+fn allowed_text(r: &ReservationInfo) -> String {
+    let named = |ids: &[u32], name: fn(u32) -> Option<String>| {
+        ids.iter()
+            .map(|&id| name(id).unwrap_or_else(|| id.to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = Vec::new();
+    if !r.allow_users.is_empty() {
+        parts.push(format!(
+            "user{} {}",
+            if r.allow_users.len() == 1 { "" } else { "s" },
+            named(&r.allow_users, accounts::user_name)
+        ));
+    }
+    if !r.allow_groups.is_empty() {
+        parts.push(format!(
+            "group{} {}",
+            if r.allow_groups.len() == 1 { "" } else { "s" },
+            named(&r.allow_groups, accounts::group_name)
+        ));
+    }
+    parts.push("administrators".into());
+    parts.join("; ")
 }
 
 /// `add` prints the token alone (`docs/cli.md`: other tools rely on it), or the reservation as JSON.

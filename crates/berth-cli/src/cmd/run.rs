@@ -55,7 +55,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             .into());
         }
         let (tcp, udp) = client.acquire_same_ports_with(start, n, &options).await?;
-        (Some(tcp), Some(udp))
+        (Some(Block::Own(tcp)), Some(Block::Own(udp)))
     } else {
         (
             reserve(&client, Protocol::Tcp, start, args.tcp, &options).await?,
@@ -63,7 +63,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         )
     };
     // A name whose block of last time was taken: say where it went (its memory moved).
-    for r in tcp.iter().chain(udp.iter()) {
+    for r in tcp.iter().chain(udp.iter()).filter_map(Block::own) {
         if let (Some(name), Some(before)) = (r.name(), r.moved_from()) {
             eprintln!(
                 "berth: notice: {name} moved from {} {before} to {}: a port of its block was taken meanwhile (by another program or an outgoing connection); it keeps the new ports from now on",
@@ -77,7 +77,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         return Err(anyhow::anyhow!("no command given after --").into());
     };
     let sockets = if args.listen {
-        Some(Sockets::bind(tcp.as_ref(), udp.as_ref(), args.listen_address).await?)
+        let (t, u) = (own_or_none(tcp.as_ref())?, own_or_none(udp.as_ref())?);
+        Some(Sockets::bind(t, u, args.listen_address).await?)
     } else {
         None
     };
@@ -93,11 +94,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
     };
     if let Some(r) = &tcp {
-        command.env("BERTH_TCP_PORTS", port_list(r));
-        command.env("PORT", r.start().to_string());
+        command.env("BERTH_TCP_PORTS", port_list(r.info()));
+        command.env("PORT", r.info().range.start().to_string());
     }
     if let Some(r) = &udp {
-        command.env("BERTH_UDP_PORTS", port_list(r));
+        command.env("BERTH_UDP_PORTS", port_list(r.info()));
     }
     if args.json {
         let rows: Vec<ReservationJson> = tcp
@@ -128,7 +129,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     })?;
     // The command has its own copies now; ours would keep the ports bound after it ends.
     drop(sockets);
-    let mut held: Vec<Reservation> = tcp.into_iter().chain(udp).collect();
+    // A persistent block is nobody's to hand over or release: only our own are.
+    let mut held: Vec<Reservation> = tcp
+        .into_iter()
+        .chain(udp)
+        .filter_map(Block::into_own)
+        .collect();
     let mut handed = Vec::new();
     let pid = child.id();
     if let Some(pid) = pid {
@@ -241,14 +247,73 @@ async fn reserve(
     start: u16,
     count: Option<u16>,
     options: &AcquireOptions,
-) -> Result<Option<Reservation>, Failure> {
-    match count {
-        // Held with --listen (berth run binds the sockets through the daemon); otherwise the
-        // command binds its ports by number, so not held (see docs/kernel.md).
-        Some(n) => Ok(Some(
-            client.acquire_with(protocol, start, n, options).await?,
-        )),
+) -> Result<Option<Block>, Failure> {
+    let Some(n) = count else {
+        return Ok(None);
+    };
+    // Held with --listen (berth run binds the sockets through the daemon); otherwise the
+    // command binds its ports by number, so not held (see docs/kernel.md).
+    match client.acquire_with(protocol, start, n, options).await {
+        Ok(r) => Ok(Some(Block::Own(r))),
+        // Exactly a persistent reservation this user may use: the command binds its ports
+        // as every allowed user's programs do (docs/persistent.md).
+        Err(conflict @ berth::Error::Conflict(_)) if start != 0 => {
+            match client.use_persistent(protocol, start, n).await {
+                Ok(info) => {
+                    eprintln!(
+                        "berth: using the persistent reservation {} ({protocol} {}), which your user may use; other allowed users' programs may use it at the same time",
+                        info.token, info.range
+                    );
+                    Ok(Some(Block::Shared(info)))
+                }
+                Err(denied @ berth::Error::PermissionDenied(_)) => Err(denied.into()),
+                Err(_) => Err(conflict.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A block `berth run` gives its command: reserved for it, or a persistent reservation its
+/// user may use (shared with the other allowed users; nothing to hand over or release).
+enum Block {
+    Own(Reservation),
+    Shared(berth::ReservationInfo),
+}
+
+impl Block {
+    fn info(&self) -> &berth::ReservationInfo {
+        match self {
+            Block::Own(r) => r.info(),
+            Block::Shared(info) => info,
+        }
+    }
+
+    fn own(&self) -> Option<&Reservation> {
+        match self {
+            Block::Own(r) => Some(r),
+            Block::Shared(_) => None,
+        }
+    }
+
+    fn into_own(self) -> Option<Reservation> {
+        match self {
+            Block::Own(r) => Some(r),
+            Block::Shared(_) => None,
+        }
+    }
+}
+
+/// `--listen` binds through reservations of this run: a persistent block is refused for it.
+fn own_or_none(block: Option<&Block>) -> Result<Option<&Reservation>, Failure> {
+    match block {
         None => Ok(None),
+        Some(Block::Own(r)) => Ok(Some(r)),
+        Some(Block::Shared(info)) => Err(berth::Error::NotSupported(format!(
+            "--listen binds the ports of reservations of its own; {} {} is a persistent reservation — run without --listen and bind its ports from the command",
+            info.protocol, info.range
+        ))
+        .into()),
     }
 }
 
@@ -347,8 +412,9 @@ fn check_environment_fits(args: &RunArgs, start: u16) -> Result<(), Failure> {
 }
 
 /// `a,b,c`.
-fn port_list(r: &Reservation) -> String {
-    r.ports()
+fn port_list(r: &berth::ReservationInfo) -> String {
+    r.range
+        .ports()
         .map(|p| p.to_string())
         .collect::<Vec<_>>()
         .join(",")

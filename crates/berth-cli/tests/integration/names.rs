@@ -139,7 +139,7 @@ fn port_and_wait_say_what_is_missing() {
     let mut holder = run_sh(
         &d,
         &["--tcp", "1", "--name", "late/api"],
-        "echo $PORT; read x; exec python3 -c 'import socket,os; s=socket.socket(); s.bind((\"127.0.0.1\", int(os.environ[\"PORT\"]))); s.listen(); print(\"bound\", flush=True); input()'",
+        &format!("echo $PORT; read x; exec {} -c 'import socket,os; s=socket.socket(); s.bind((\"127.0.0.1\", int(os.environ[\"PORT\"]))); s.listen(); print(\"bound\", flush=True); input()'", needs::PYTHON3),
     )
     .spawn();
     let port = holder.next_line();
@@ -185,17 +185,23 @@ fn a_persistent_name_is_the_hosts() {
     .says(&["ipp"]);
 }
 
-/// A server that binds `127.0.0.1:PORT` by itself (argv[1]), says "up", and exits at the end
-/// of its input.
-const SERVER: &str = "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('up', flush=True); sys.stdin.read()";
+/// A server that binds `ADDRESS:PORT` by itself (argv[1], argv[2]), says "up", and exits at
+/// the end of its input.
+const SERVER: &str = "import socket,sys; s=socket.socket(); s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(); print('up', flush=True); sys.stdin.read()";
 
 fn start_server(port: u16, wrapper: &[&str]) -> std::process::Child {
+    start_server_on("127.0.0.1", port, wrapper)
+}
+
+fn start_server_on(address: &str, port: u16, wrapper: &[&str]) -> std::process::Child {
     use std::io::BufRead;
     let mut argv: Vec<String> = wrapper.iter().map(|s| (*s).to_owned()).collect();
     argv.extend([
-        "python3".into(),
+        // One that every user may run (not a per-user shim).
+        needs::PYTHON3.into(),
         "-c".into(),
         SERVER.into(),
+        address.into(),
         port.to_string(),
     ]);
     let mut child = std::process::Command::new(&argv[0])
@@ -235,14 +241,22 @@ fn a_port_a_program_bound_is_published_and_freed_when_it_exits() {
     // Another user may not publish a port of this user's process.
     if needs::other_users_available() {
         std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut other = start_server(23452, &[]);
+        let other = start_server(23452, &[]);
         Berth::wrapped_in(d.socket(), needs::AS_NOBODY)
             .args(["publish", "theirs", "--tcp", "23452"])
             .output()
             .code(16)
             .says(&["another user"]);
-        drop(other.stdin.take());
-        other.wait().unwrap();
+        // A port that two users' programs share (on different addresses) is neither's.
+        let theirs = start_server_on("127.0.0.2", 23452, &needs::AS_NOBODY);
+        d.berth(["publish", "shared", "--tcp", "23452"])
+            .output()
+            .code(16)
+            .says(&["more than one user"]);
+        for mut child in [other, theirs] {
+            drop(child.stdin.take());
+            child.wait().unwrap();
+        }
     } else {
         needs::skip(
             needs::Need::Users,

@@ -18,7 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use berth_testkit::needs::{self, AS_NOBODY};
 use serde_json::Value;
-use support::{Berth, Daemon};
+use support::{row_at, run_sh, Berth, Daemon};
 
 /// Asserts `text` (a command's stdout) is one token line, `0x` + 16 hex digits; returns it.
 #[track_caller]
@@ -339,4 +339,78 @@ fn tokens_survive_a_restart() {
     let rows = persistent_list(&d, &[]);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_persistent_row(&rows[0], &tcp, "tcp", 21400, 4);
+}
+
+#[test]
+fn berth_run_uses_a_persistent_reservation_its_user_may_use() {
+    let d = Daemon::start("23470-23479");
+    for (start, allow) in [("23460", Some("nobody")), ("23461", None)] {
+        let mut args = vec![
+            "persistent",
+            "add",
+            "--tcp",
+            "--start",
+            start,
+            "--count",
+            "1",
+        ];
+        if let Some(user) = allow {
+            args.extend(["--allow-user", user]);
+        }
+        d.berth(args).output().code(0);
+    }
+    // Who may use it, by name.
+    let listed = d.berth(["persistent", "list"]).output().code(0).stdout;
+    assert!(
+        listed.contains("tcp 23460 may be used by user nobody; administrators"),
+        "{listed}"
+    );
+    let json = d
+        .berth(["persistent", "list", "--json"])
+        .output()
+        .code(0)
+        .json();
+    assert_eq!(json[0]["allow_users"], serde_json::json!([65534]));
+    // An administrator (the daemon's own user here) runs on it: the command gets the port,
+    // and the persistent reservation stays when it ends.
+    let out = run_sh(&d, &["--tcp", "1", "--start", "23461"], "echo $PORT")
+        .output()
+        .code(0);
+    assert_eq!(out.stdout.trim(), "23461");
+    assert!(
+        out.stderr.contains("using the persistent reservation"),
+        "{}",
+        out.stderr
+    );
+    assert!(row_at(&d.list(), 23461).is_some(), "still there");
+    if needs::other_users_available() {
+        std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let as_nobody = |start: &str| {
+            Berth::wrapped_in(d.socket(), needs::AS_NOBODY)
+                .args([
+                    "run",
+                    "--tcp",
+                    "1",
+                    "--start",
+                    start,
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo $PORT",
+                ])
+                .output()
+        };
+        // On the allow list: used, as the administrator's was.
+        let out = as_nobody("23460").code(0);
+        assert_eq!(out.stdout.trim(), "23460");
+        // Not on it: refused, saying who decides.
+        as_nobody("23461")
+            .code(16)
+            .says(&["may not use", "berth persistent list"]);
+    } else {
+        needs::skip(
+            needs::Need::Users,
+            "part: an allowed and a refused user run on persistent reservations (needs root, to run berth as nobody)",
+        );
+    }
 }

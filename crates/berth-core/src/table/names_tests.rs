@@ -272,3 +272,30 @@ fn remembered_blocks_are_passed_by_while_others_fit() {
         .unwrap();
     assert_eq!(e.range.start(), 1003);
 }
+
+#[test]
+fn a_remembered_block_is_taken_before_a_cooling_port() {
+    let mut t = Table::new(Pool::new(1000, 1001).unwrap());
+    t.set_reuse_cool_down(60_000);
+    let mut tokens = Tokens(0);
+    let plain = Holder {
+        name: None,
+        ..named(1, 1000, "x")
+    };
+    let first = tokens
+        .acquire(&mut t, Protocol::Tcp, any(1), plain.clone())
+        .unwrap();
+    assert_eq!(first.range.start(), 1000);
+    let admin = Requester {
+        process: owner(1, 0),
+        is_admin: true,
+    };
+    let freed = t.release(first.token, &admin).unwrap();
+    t.note_freed(&[freed], 0);
+    t.keep_for_name(Protocol::Tcp, range(1001, 1));
+    // 1000 cools, 1001 is remembered: the remembered port, whose owner is not lingering.
+    let next = tokens
+        .acquire(&mut t, Protocol::Tcp, any(1), plain)
+        .unwrap();
+    assert_eq!(next.range.start(), 1001);
+}

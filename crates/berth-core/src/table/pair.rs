@@ -148,11 +148,7 @@ impl Table {
             && tcp_state.unwrap_or(true)
             && udp_state.unwrap_or(true);
         let kept = self.names.keeps_any(Protocol::Tcp) || self.names.keeps_any(Protocol::Udp);
-        let passes: &[bool] = if cool_pass || kept {
-            &[true, false]
-        } else {
-            &[false]
-        };
+        let passes = super::passes(cool_pass, kept);
         let Table {
             tcp,
             udp,
@@ -161,22 +157,29 @@ impl Table {
             ..
         } = self;
         let mut found = None;
-        for &cool in passes {
+        for &(cool, keep) in passes {
             let mut both = |_: Protocol, candidate: PortRange| {
                 if let Some(slot) = udp.first_overlap(candidate) {
                     return Some(slot.range.start().max(candidate.start()));
                 }
-                if cool {
-                    let cooling_port = cooling
-                        .first_in(Protocol::Tcp, candidate, now_ms)
-                        .or_else(|| cooling.first_in(Protocol::Udp, candidate, now_ms))
-                        .or_else(|| names.first_kept_in(Protocol::Tcp, candidate))
-                        .or_else(|| names.first_kept_in(Protocol::Udp, candidate));
-                    if cooling_port.is_some() {
-                        return cooling_port;
-                    }
-                }
-                in_use(Protocol::Tcp, candidate).or_else(|| in_use(Protocol::Udp, candidate))
+                let cooling_port = cool
+                    .then(|| {
+                        cooling
+                            .first_in(Protocol::Tcp, candidate, now_ms)
+                            .or_else(|| cooling.first_in(Protocol::Udp, candidate, now_ms))
+                    })
+                    .flatten();
+                let kept_port = keep
+                    .then(|| {
+                        names
+                            .first_kept_in(Protocol::Tcp, candidate)
+                            .or_else(|| names.first_kept_in(Protocol::Udp, candidate))
+                    })
+                    .flatten();
+                cooling_port
+                    .or(kept_port)
+                    .or_else(|| in_use(Protocol::Tcp, candidate))
+                    .or_else(|| in_use(Protocol::Udp, candidate))
             };
             let in_stripe = stripe
                 .and_then(|stripe| tcp.next_fit_in_stripe(Protocol::Tcp, count, stripe, &mut both));

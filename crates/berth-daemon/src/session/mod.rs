@@ -41,6 +41,10 @@ type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Request, Response>>;
 /// idle sessions); answers are mostly tens of bytes.
 const WRITE_BUFFER: usize = 256;
 
+/// Requests read while a wait (`WaitName`) is answered, at most; past them reading pauses until
+/// the wait ends (a client that pipelines this much behind a wait is waiting for it anyway).
+const MAX_BEHIND_A_WAIT: usize = 16;
+
 /// An emptied write buffer that grew beyond this (a long list) is replaced by a small one.
 const WRITE_BUFFER_KEPT: usize = 4 * 1024;
 
@@ -316,8 +320,8 @@ impl Session<'_> {
         let never = Duration::from_secs(100 * 365 * 24 * 3600);
         let silence = tokio::time::sleep(idle.unwrap_or(never));
         tokio::pin!(silence);
-        // A request read while a wait was answered: served next, before reading again.
-        let mut next: Option<Inbound> = None;
+        // Requests read while a wait was answered: served next, in order, before reading again.
+        let mut next: std::collections::VecDeque<Inbound> = std::collections::VecDeque::new();
         loop {
             // Silence counts from the last answer (or the welcome): the time an answer takes
             // is not the client's silence.
@@ -326,7 +330,7 @@ impl Session<'_> {
             }
             // Biased: what the client sent (or its end of stream) comes first, so an ordinary
             // exit is seen as the connection closing rather than as the owner dying.
-            let frame = if let Some(inbound) = next.take() {
+            let frame = if let Some(inbound) = next.pop_front() {
                 Ok(Some(inbound))
             } else {
                 tokio::select! {
@@ -403,20 +407,21 @@ impl Session<'_> {
                         && self.refuse_foreign(&inbound.request).is_none() =>
                 {
                     // A wait takes no turn and may last long: it ends early if the client goes
-                    // away or the daemon stops, and a request sent meanwhile is kept for after.
+                    // away, its owner exits or the daemon stops; requests sent meanwhile are
+                    // read (a few, then reading pauses) and served after it, in order.
                     // Boxed: a session that never waits does not carry a wait's state.
                     let mut wait = Box::pin(self.shared.wait(inbound, peer));
-                    let response = tokio::select! {
-                        biased;
-                        response = &mut wait => response,
-                        () = shutdown.cancelled() => return,
-                        frame = reader.next() => match frame {
-                            Ok(Some(inbound)) => {
-                                next = Some(inbound);
-                                wait.await
-                            }
-                            Ok(None) | Err(_) => return,
-                        },
+                    let response = loop {
+                        tokio::select! {
+                            biased;
+                            response = &mut wait => break response,
+                            () = shutdown.cancelled() => return,
+                            () = &mut owner_exit => return,
+                            frame = reader.next(), if next.len() < MAX_BEHIND_A_WAIT => match frame {
+                                Ok(Some(inbound)) => next.push_back(inbound),
+                                Ok(None) | Err(_) => return,
+                            },
+                        }
                     };
                     if send(writer, response, limit).await.is_none() {
                         return;

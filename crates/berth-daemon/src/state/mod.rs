@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     names: Mutex<NameBook>,
     /// Woken on every change of the table: waits for a name look again.
     changed: tokio::sync::Notify,
+    /// Turns at asking the kernel which ports are bound, for waits (see `names::KERNEL_LOOKS`).
+    kernel_looks: tokio::sync::Semaphore,
 }
 
 /// Requests handled at once, at most; more wait their user's turn (see `fair::Turns`). Enough
@@ -160,6 +162,7 @@ impl Shared {
                 config.forget_names_after,
             )),
             changed: tokio::sync::Notify::new(),
+            kernel_looks: tokio::sync::Semaphore::new(names::KERNEL_LOOKS),
         };
         shared.reset_extras_room(&shared.table(), crate::config::ephemeral_pool().range());
         shared.place_stripe(&mut shared.table());

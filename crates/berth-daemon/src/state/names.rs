@@ -155,12 +155,13 @@ impl NameBook {
                 true
             }
         });
-        // A name counts once however many protocols it has.
+        // A name counts once however many protocols it has (its entries are adjacent: the
+        // map is ordered by name, then protocol).
         let mut names: Vec<(u64, Name)> = Vec::new();
         for ((_, name, _), memory) in &mine {
-            match names.iter_mut().find(|(_, n)| n == name) {
-                Some((last, _)) => *last = (*last).max(memory.last_used_ms),
-                None => names.push((memory.last_used_ms, name.clone())),
+            match names.last_mut() {
+                Some((last, n)) if n == name => *last = (*last).max(memory.last_used_ms),
+                _ => names.push((memory.last_used_ms, name.clone())),
             }
         }
         names.sort();
@@ -241,9 +242,20 @@ pub(super) fn parse_name(text: &str) -> Result<Name, Box<Response>> {
     }
 }
 
-/// How often a wait for a bound port asks the kernel again (the table's changes wake a wait
-/// for a name at once).
+/// How often a wait for a bound port asks the kernel again, at least (the table's changes
+/// wake a wait for a name at once).
 const BOUND_POLL: Duration = Duration::from_millis(100);
+
+/// How many waits ask the kernel at once (each asks it twice per port of its name's block).
+pub(crate) const KERNEL_LOOKS: usize = 4;
+
+/// How long a wait for a bound block of `ports` ports lets the kernel be before asking again:
+/// [`BOUND_POLL`] for a few ports, longer for a large block (10 ms a port), at most 5 s.
+fn bound_poll(ports: u32) -> Duration {
+    BOUND_POLL
+        .max(Duration::from_millis(10) * ports)
+        .min(Duration::from_secs(5))
+}
 
 impl Shared {
     /// The live reservations of `name` in the scope the request names (see
@@ -308,17 +320,27 @@ impl Shared {
         };
         let timeout = Duration::from_millis(u64::from(timeout_ms.min(MAX_WAIT_MS)));
         let deadline = tokio::time::Instant::now() + timeout;
+        // When the kernel may be asked again: at most every poll period, however often the
+        // table changes (a change re-reads the table only, which costs nothing).
+        let mut next_kernel_look = tokio::time::Instant::now();
         loop {
             // Registered before looking, so that a change between the look and the wait wakes it.
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let found = self.named(user, &name, asker);
-            if !found.is_empty() && (!bound || self.all_bound_on_host(&found).await) {
+            if !found.is_empty() && (!bound || self.all_bound_in_table(&found)) {
                 return self.answer_named(&found, asker);
             }
+            if !found.is_empty() && tokio::time::Instant::now() >= next_kernel_look {
+                if self.all_bound_on_host(&found).await {
+                    return self.answer_named(&found, asker);
+                }
+                let ports: u32 = found.iter().map(|r| u32::from(r.range.count())).sum();
+                next_kernel_look = tokio::time::Instant::now() + bound_poll(ports);
+            }
             let wake = if bound && !found.is_empty() {
-                (tokio::time::Instant::now() + BOUND_POLL).min(deadline)
+                next_kernel_look.min(deadline)
             } else {
                 deadline
             };
@@ -333,9 +355,17 @@ impl Shared {
         }
     }
 
+    /// Whether each of `found` has a port bound through associate (the table knows at once).
+    fn all_bound_in_table(&self, found: &[Reservation]) -> bool {
+        let table = self.table();
+        found.iter().all(|r| !table.bound_list(r.token).is_empty())
+    }
+
     /// Whether each of `found` has a socket other than the daemon's hold sockets bound to one
     /// of its ports (not only `TIME_WAIT`), as the kernel lists them; a bind through associate
-    /// counts at once. The kernel is asked off the serving threads.
+    /// counts at once. The kernel is asked off the serving threads, by a few waits at a time
+    /// ([`KERNEL_LOOKS`]): however many wait, the threads that associate and `why` need stay
+    /// free.
     async fn all_bound_on_host(&self, found: &[Reservation]) -> bool {
         let unbound: Vec<(Protocol, PortRange)> = {
             let table = self.table();
@@ -348,6 +378,9 @@ impl Shared {
         if unbound.is_empty() {
             return true;
         }
+        let Ok(_turn) = self.kernel_looks.acquire().await else {
+            return false;
+        };
         let berths = self.holds.inodes();
         let asked = tokio::task::spawn_blocking(move || {
             unbound.iter().all(|&(protocol, range)| {
@@ -400,7 +433,13 @@ impl Shared {
             Err(Unbound::Unknown) => {
                 return error(
                     ErrorKind::PermissionDenied,
-                    format!("{protocol} port {port} is bound, but the daemon cannot see by which process (another user's, which a daemon of your own user cannot read); only a port of your own processes can be published"),
+                    format!("{protocol} port {port} is bound, but the daemon cannot see by which process every socket on it is held (another user's, which a daemon of your own user cannot read, or too many sockets); only a port of your own processes can be published"),
+                )
+            }
+            Err(Unbound::Shared) => {
+                return error(
+                    ErrorKind::PermissionDenied,
+                    format!("{protocol} port {port} has sockets of processes of more than one user; a port is published only when its sockets are all one user's"),
                 )
             }
         };
@@ -444,8 +483,10 @@ impl Shared {
     }
 
     pub(super) fn list_names(&self, asker: &Requester) -> Response {
-        let book = self.names();
-        Response::Names(book.list(asker.process.uid, &self.table()))
+        // The table's lock first, always (see `Shared::names`).
+        let table = self.table();
+        let listed = self.names().list(asker.process.uid, &table);
+        Response::Names(listed)
     }
 
     pub(super) fn forget_name(&self, name: &str, asker: &Requester) -> Response {
@@ -496,38 +537,57 @@ impl Shared {
 enum Unbound {
     /// No socket is bound to it (`TIME_WAIT` aside, and the daemon's own hold sockets).
     Nothing,
-    /// Sockets are, but no process the daemon can see holds them.
+    /// Sockets are, but not every one of them is held by a process the daemon can see (or
+    /// there are too many to tell).
     Unknown,
+    /// Processes of more than one user have sockets on it: it is nobody's alone to name.
+    Shared,
 }
 
+/// The most sockets on a port that publish looks at; more: refused (too many to tell whose).
+const PUBLISH_SOCKETS: usize = 64;
+
 /// The process that has `port` bound: `asker_pid` when it is one of them, else the first the
-/// kernel lists (listening sockets first).
+/// kernel lists (listening sockets first). Every socket on the port must be held by a process
+/// the daemon can see, all of one user: a port another user's program also uses is not one
+/// user's to name.
 fn bound_by(
     protocol: Protocol,
     port: u16,
     berths: &std::collections::HashSet<u64>,
     asker_pid: u32,
 ) -> Result<berth_core::Owner, Unbound> {
-    let sockets = crate::host::diag::sockets_on(protocol, port, 64).unwrap_or_default();
-    let inodes: Vec<u64> = sockets
+    let sockets = crate::host::diag::sockets_on(protocol, port, PUBLISH_SOCKETS)
+        .map_err(|_| Unbound::Unknown)?;
+    if sockets.len() >= PUBLISH_SOCKETS {
+        return Err(Unbound::Unknown);
+    }
+    let live: Vec<&crate::host::diag::Bound> = sockets
         .iter()
-        .filter(|s| !s.is_time_wait() && s.inode != 0 && !berths.contains(&s.inode))
-        .map(|s| s.inode)
+        .filter(|s| !s.is_time_wait() && !berths.contains(&s.inode))
         .collect();
-    if inodes.is_empty() {
+    if live.is_empty() {
         return Err(Unbound::Nothing);
     }
+    if live.iter().any(|s| s.inode == 0) {
+        return Err(Unbound::Unknown);
+    }
+    let inodes: Vec<u64> = live.iter().map(|s| s.inode).collect();
     let owners = crate::host::diag::owners(&inodes);
-    let pids: Vec<u32> = inodes
+    let mut processes = Vec::with_capacity(inodes.len());
+    for inode in &inodes {
+        let pid = owners.get(inode).copied().ok_or(Unbound::Unknown)?;
+        processes.push(crate::host::diag::process(pid).ok_or(Unbound::Unknown)?);
+    }
+    let first_uid = processes.first().map(|p| p.uid).ok_or(Unbound::Unknown)?;
+    if processes.iter().any(|p| p.uid != first_uid) {
+        return Err(Unbound::Shared);
+    }
+    let chosen = processes
         .iter()
-        .filter_map(|i| owners.get(i).copied())
-        .collect();
-    let pid = if pids.contains(&asker_pid) {
-        asker_pid
-    } else {
-        *pids.first().ok_or(Unbound::Unknown)?
-    };
-    crate::host::diag::process(pid).ok_or(Unbound::Unknown)
+        .position(|p| p.pid == asker_pid)
+        .unwrap_or(0);
+    Ok(processes.swap_remove(chosen))
 }
 
 /// not-found for a name: none live, or (after a wait) none bound.

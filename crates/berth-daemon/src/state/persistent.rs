@@ -131,6 +131,40 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The persistent reservation of exactly `(start, count)`, for an administrator or a
+    /// user its allow list admits (see `Request::UsePersistent`).
+    pub(super) fn use_persistent(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        requester: &Requester,
+    ) -> Response {
+        let range = match exact_range(start, count) {
+            Ok(r) => r,
+            Err(refusal) => return *refusal,
+        };
+        let found = self.table().find_persistent(protocol, range).cloned();
+        let Some(r) = found else {
+            return error(
+                ErrorKind::NotFound,
+                format!("no persistent reservation covers exactly {protocol} {}; `berth persistent list` shows them", berth_core::describe(range)),
+            );
+        };
+        let admitted = requester.is_admin
+            || matches!(&r.lease, berth_core::Lease::Persistent { allowed, .. }
+                if allowed.admits(requester.process.uid, &crate::session::peer::groups_of(&requester.process)));
+        if !admitted {
+            return error(
+                ErrorKind::PermissionDenied,
+                format!("{protocol} {} is a persistent reservation ({}) that uid {} may not use: ask an administrator to allow your user or group (`berth persistent list` shows who may)", berth_core::describe(range), r.token, requester.process.uid),
+            );
+        }
+        Response::PersistentFound(info(&r, &requester.process, requester.is_admin, now_ms()))
+    }
+}
+
 fn not_admin(what: &str, requester: &Requester) -> Response {
     error(
         ErrorKind::PermissionDenied,

@@ -110,6 +110,11 @@ impl Shared {
             }
             Request::ListNames => self.list_names(&self.requester(peer, sender)),
             Request::ForgetName { name } => self.forget_name(&name, &self.requester(peer, sender)),
+            Request::UsePersistent {
+                protocol,
+                start,
+                count,
+            } => self.use_persistent(protocol, start, count, &self.requester(peer, sender)),
             Request::Publish {
                 name,
                 protocol,

@@ -99,5 +99,13 @@ pub(super) fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) ->
             .map(|l| l.as_str().to_owned()),
         name: r.name.as_ref().map(|n| n.as_str().to_owned()),
         moved_from: None,
+        allow_users: match &r.lease {
+            berth_core::Lease::Persistent { allowed, .. } => allowed.users.clone(),
+            berth_core::Lease::Runtime { .. } => Vec::new(),
+        },
+        allow_groups: match &r.lease {
+            berth_core::Lease::Persistent { allowed, .. } => allowed.groups.clone(),
+            berth_core::Lease::Runtime { .. } => Vec::new(),
+        },
     }
 }

@@ -348,8 +348,19 @@ static void test_options(void) {
     /* Released: the name gets its block again. */
     if (EXPECT_OK(berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &a)) == 0) {
         CHECK(a.reservation.start_port == port_base + 28, "got %u", a.reservation.start_port);
+        /* Found by name, at once and by a wait. */
+        if (EXPECT_OK(berth_lookup_named_port_reservation(IPPROTO_TCP, "c-test/web", &b)) == 0)
+            CHECK(b.token == a.token && b.reservation.start_port == a.reservation.start_port,
+                  "looked up %u", b.reservation.start_port);
+        if (EXPECT_OK(berth_wait_named_port_reservation(IPPROTO_TCP, "c-test/web", 0, 1000, &b)) == 0)
+            CHECK(b.token == a.token, "waited for another token");
+        EXPECT_ERR(NOT_FOUND, berth_lookup_named_port_reservation(IPPROTO_UDP, "c-test/web", &b));
         EXPECT_OK(berth_release_port_reservation(a.token));
     }
+    EXPECT_ERR(NOT_FOUND, berth_lookup_named_port_reservation(IPPROTO_TCP, "c-test/none", &b));
+    EXPECT_ERR(NOT_FOUND, berth_wait_named_port_reservation(IPPROTO_TCP, "c-test/none", 0, 50, &b));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_lookup_named_port_reservation(IPPROTO_TCP, "Bad", &b));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_lookup_named_port_reservation(IPPROTO_TCP, NULL, &b));
     opt.name = "Not A Name";
     EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &b));
 }

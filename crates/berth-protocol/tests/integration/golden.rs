@@ -72,9 +72,11 @@ fn runtime_info() -> ReservationInfo {
         label: Some("web".into()),
         name: Some("shop/web".into()),
         moved_from: Some(PortRange::new(8080, 2).unwrap()),
+        allow_users: Vec::new(),
+        allow_groups: Vec::new(),
     }
 }
-const RUNTIME_INFO: &str = "ac 02  00  90 3f 02  00  01 99 20 e8 07 02 6e 63  05  c8 01  01  01 91 3f  01 03 77 65 62  01 08 73 68 6f 70 2f 77 65 62  01 90 3f 02";
+const RUNTIME_INFO: &str = "ac 02  00  90 3f 02  00  01 99 20 e8 07 02 6e 63  05  c8 01  01  01 91 3f  01 03 77 65 62  01 08 73 68 6f 70 2f 77 65 62  01 90 3f 02  00  00";
 
 /// token u64::MAX, udp 443, persistent, no owner, times 0.
 fn persistent_info() -> ReservationInfo {
@@ -91,10 +93,12 @@ fn persistent_info() -> ReservationInfo {
         label: None,
         name: None,
         moved_from: None,
+        allow_users: vec![1000],
+        allow_groups: Vec::new(),
     }
 }
 const PERSISTENT_INFO: &str =
-    "ff ff ff ff ff ff ff ff ff 01  01  bb 03 01  01  00  00  00  00  00  00  00  00";
+    "ff ff ff ff ff ff ff ff ff 01  01  bb 03 01  01  00  00  00  00  00  00  00  00  01 e8 07  00";
 
 #[test]
 fn requests() {
@@ -251,6 +255,14 @@ fn requests() {
             port: 8080,
         },
         "15  03 77 65 62  00  90 3f",
+    );
+    golden(
+        Request::UsePersistent {
+            protocol: Protocol::Udp,
+            start: 443,
+            count: 1,
+        },
+        "16  01  bb 03  01",
     );
 }
 

@@ -119,3 +119,32 @@ async fn named_users_and_groups_bind_from_a_persistent_reservation_and_nobody_el
         .unwrap();
     assert_eq!(port, 27020);
 }
+
+#[tokio::test]
+async fn use_persistent_finds_exactly_a_persistent_reservation_an_administrator_may_use() {
+    let daemon = TestDaemon::start(12900, 12909);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let err = client
+        .use_persistent(Protocol::Tcp, 12920, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    let created = client
+        .create_persistent(Protocol::Tcp, 12920, 2, &Allow::default())
+        .await
+        .unwrap();
+    // The daemon's own user is its administrator: allowed, and nothing new is reserved.
+    let found = client
+        .use_persistent(Protocol::Tcp, 12920, 2)
+        .await
+        .unwrap();
+    assert_eq!(found.token, created.token);
+    assert_eq!(client.list().await.unwrap().len(), 1);
+    // Not exactly its range: no.
+    let err = client
+        .use_persistent(Protocol::Tcp, 12920, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    daemon.shutdown().await;
+}
