@@ -122,9 +122,18 @@ pub struct PersistentRangeArgs {
 /// `berth persistent add`.
 #[derive(Debug, Args)]
 pub struct PersistentAddArgs {
-    /// The protocol and range.
+    /// Which port space.
     #[command(flatten)]
-    pub range: PersistentRangeArgs,
+    pub protocol: ProtocolChoice,
+    /// First port (without it, `--name` must be a service of /etc/services: its port).
+    #[arg(long, value_name = "P", required_unless_present = "name")]
+    pub start: Option<u16>,
+    /// Number of ports.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u16,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
     /// A user (name or uid) who may bind sockets from it; repeatable.
     #[arg(long = "allow-user", value_name = "USER")]
     pub allow_users: Vec<String>,

@@ -15,6 +15,7 @@ mod connect;
 mod exit;
 mod metrics;
 mod output;
+mod services;
 
 use std::process::ExitCode;
 

@@ -319,6 +319,24 @@ int berth_wait_named_port_reservation(int protocol,
                                       struct berth_port_reservation_instance *out);
 
 /**
+ * Names the port the caller's own bound TCP or UDP socket `fd` is bound to (a server that
+ * bound port 0, say): it becomes a reservation of this process named `name`, living as long
+ * as the process, and `berth port NAME` (or `berth_lookup_named_port_reservation`) finds it
+ * — the port file, without the file. `*out` receives the reservation.
+ *
+ * Errors: EINVAL (bad fd, not bound, a name that is not one, NULL pointer), EOPNOTSUPP (not
+ * a TCP or UDP socket), EADDRINUSE (the port is reserved, or the name is yours already),
+ * EACCES (another user's socket shares the port), ECONNREFUSED.
+ *
+ * # Safety
+ * `name` is NULL or a NUL-terminated string; `out` is NULL or points to a writable
+ * `berth_port_reservation_instance`; `fd` stays open for the duration of the call.
+ */
+int berth_publish_port_reservation(int fd,
+                                   const char *name,
+                                   struct berth_port_reservation_instance *out);
+
+/**
  * Looks up a persistent UDP reservation; see
  * `berth_lookup_persistent_tcp_port_reservation`.
  *

@@ -429,6 +429,53 @@ pub unsafe extern "C" fn berth_wait_named_port_reservation(
     boundary(|| unsafe { named_into(protocol, name, wait, out) })
 }
 
+/// Names the port the caller's own bound TCP or UDP socket `fd` is bound to (a server that
+/// bound port 0, say): it becomes a reservation of this process named `name`, living as long
+/// as the process, and `berth port NAME` (or `berth_lookup_named_port_reservation`) finds it
+/// — the port file, without the file. `*out` receives the reservation.
+///
+/// Errors: EINVAL (bad fd, not bound, a name that is not one, NULL pointer), EOPNOTSUPP (not
+/// a TCP or UDP socket), EADDRINUSE (the port is reserved, or the name is yours already),
+/// EACCES (another user's socket shares the port), ECONNREFUSED.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string; `out` is NULL or points to a writable
+/// `berth_port_reservation_instance`; `fd` stays open for the duration of the call.
+#[no_mangle]
+pub unsafe extern "C" fn berth_publish_port_reservation(
+    fd: c_int,
+    name: *const c_char,
+    out: *mut berth_port_reservation_instance,
+) -> c_int {
+    boundary(|| {
+        if fd < 0 {
+            return Err(Failure::invalid("fd is negative; pass your bound socket"));
+        }
+        if name.is_null() || out.is_null() {
+            return Err(Failure::invalid(
+                "name or out is NULL; pass a name such as \"shop/web\" and a berth_port_reservation_instance",
+            ));
+        }
+        // SAFETY: non-null and NUL-terminated, as the caller promised.
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_str()
+            .map_err(|_| Failure::invalid("name is not UTF-8; names look like shop/web"))?;
+        // SAFETY: the caller keeps `fd` open for the duration of the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let got = session::publish(fd, name)?;
+        let instance = berth_port_reservation_instance {
+            reservation: berth_port_range {
+                start_port: got.start,
+                number_of_ports: got.count,
+            },
+            token: got.token,
+        };
+        // SAFETY: `out` is non-null (checked above) and writable, as the caller promised.
+        unsafe { out.write(instance) };
+        Ok(())
+    })
+}
+
 /// Looks `name` up (or waits for it) and writes what it names to `out`.
 ///
 /// # Safety

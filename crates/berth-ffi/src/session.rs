@@ -332,6 +332,20 @@ pub(crate) fn lookup_persistent(
         .map_err(|e| session.fail(e))
 }
 
+/// Publishes the port the bound socket `fd` has under `name` (see `Client::publish_socket`).
+pub(crate) fn publish(fd: BorrowedFd<'_>, name: &str) -> Result<Acquired, Failure> {
+    let session = session()?;
+    let r = session
+        .client
+        .publish_socket(name, fd)
+        .map_err(|e| session.fail(e))?;
+    Ok(Acquired {
+        start: r.range.start(),
+        count: r.range.count(),
+        token: r.token.get(),
+    })
+}
+
 /// The reservation of `protocol` named `name` (see `Client::lookup_name`), once it exists —
 /// with `bound`, once a socket is bound to it — when `wait` is given; at once otherwise.
 pub(crate) fn named(

@@ -23,8 +23,8 @@ pub async fn run(cmd: PersistentCommand) -> Result<ExitCode, Failure> {
 }
 
 /// `--start 0` is no port: said here, in the command's own terms, before asking anybody.
-fn check_range(args: &PersistentRangeArgs) -> Result<(), Failure> {
-    if args.start == 0 {
+fn check_range(start: u16) -> Result<(), Failure> {
+    if start == 0 {
         return Err(berth::Error::InvalidArgument(
             "--start 0 is not a port: a persistent reservation covers exactly the ports given; use --start P with P from 1 to 65535".into(),
         )
@@ -34,18 +34,33 @@ fn check_range(args: &PersistentRangeArgs) -> Result<(), Failure> {
 }
 
 async fn add(args: PersistentAddArgs) -> Result<ExitCode, Failure> {
-    check_range(&args.range)?;
+    let protocol = args.protocol.protocol();
+    // No start: the port /etc/services gives the name (an administrator's `--name ipp`).
+    let start = match (args.start, args.name.as_deref()) {
+        (Some(start), _) => start,
+        (None, Some(name)) => crate::services::port_of(name, protocol).ok_or_else(|| {
+            berth::Error::InvalidArgument(format!(
+                "{name} is not a {protocol} service of /etc/services; give its ports with --start P [--count N]"
+            ))
+        })?,
+        (None, None) => {
+            return Err(berth::Error::InvalidArgument(
+                "give the ports with --start P [--count N], or --name SERVICE for a service of /etc/services".into(),
+            )
+            .into())
+        }
+    };
+    check_range(start)?;
     let allow = Allow {
         users: resolve(&args.allow_users, "user", accounts::user_id)?,
         groups: resolve(&args.allow_groups, "group", accounts::group_id)?,
     };
-    let r = &args.range;
     // A daemon is started on demand: the reservation lives in its database.
     let client = connect::or_start(connect::Lifetime::OneShot).await?;
     let info = client
         .create_persistent_named(
-            r.protocol.protocol(),
-            (r.start, r.count),
+            protocol,
+            (start, args.count),
             &allow,
             (
                 args.label.as_deref().unwrap_or_default(),
@@ -53,11 +68,11 @@ async fn add(args: PersistentAddArgs) -> Result<ExitCode, Failure> {
             ),
         )
         .await?;
-    print_token_or_json(&info, r.json)
+    print_token_or_json(&info, args.json)
 }
 
 async fn delete(args: PersistentRangeArgs) -> Result<ExitCode, Failure> {
-    check_range(&args)?;
+    check_range(args.start)?;
     let client = connect::or_start(connect::Lifetime::OneShot).await?;
     let info = client
         .delete_persistent(args.protocol.protocol(), args.start, args.count)
@@ -76,7 +91,7 @@ async fn delete(args: PersistentRangeArgs) -> Result<ExitCode, Failure> {
 }
 
 async fn lookup(args: PersistentRangeArgs) -> Result<ExitCode, Failure> {
-    check_range(&args)?;
+    check_range(args.start)?;
     let client = connect::existing().await?;
     let token = client
         .lookup_persistent(args.protocol.protocol(), args.start, args.count)

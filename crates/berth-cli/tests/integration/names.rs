@@ -183,6 +183,18 @@ fn a_persistent_name_is_the_hosts() {
     .output()
     .code(12)
     .says(&["ipp"]);
+    // Without --start, the name must be a service of /etc/services (its port is taken).
+    d.berth([
+        "persistent",
+        "add",
+        "--tcp",
+        "--name",
+        "no-such-service-berth",
+    ])
+    .output()
+    .code(10)
+    .says(&["is not a tcp service of /etc/services"]);
+    d.berth(["persistent", "add", "--tcp"]).output().code(2);
 }
 
 /// A server that binds `ADDRESS:PORT` by itself (argv[1], argv[2]), says "up", and exits at

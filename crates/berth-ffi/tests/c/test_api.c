@@ -361,6 +361,25 @@ static void test_options(void) {
     EXPECT_ERR(NOT_FOUND, berth_wait_named_port_reservation(IPPROTO_TCP, "c-test/none", 0, 50, &b));
     EXPECT_ERR(INVALID_ARGUMENT, berth_lookup_named_port_reservation(IPPROTO_TCP, "Bad", &b));
     EXPECT_ERR(INVALID_ARGUMENT, berth_lookup_named_port_reservation(IPPROTO_TCP, NULL, &b));
+
+    /* A port this process bound by itself, published under a name. */
+    int srv = new_socket(AF_INET, SOCK_STREAM);
+    struct sockaddr_in at = ipv4(INADDR_LOOPBACK, port_base + 31);
+    CHECK(bind(srv, (struct sockaddr *)&at, sizeof at) == 0 && listen(srv, 1) == 0, "bind %u: %s",
+          port_base + 31, strerror(errno));
+    if (EXPECT_OK(berth_publish_port_reservation(srv, "c-test/pub", &a)) == 0) {
+        CHECK(a.reservation.start_port == port_base + 31 && a.reservation.number_of_ports == 1,
+              "published %u+%u", a.reservation.start_port, a.reservation.number_of_ports);
+        if (EXPECT_OK(berth_lookup_named_port_reservation(IPPROTO_TCP, "c-test/pub", &b)) == 0)
+            CHECK(b.token == a.token, "looked up another token");
+        EXPECT_ERR(CONFLICT, berth_publish_port_reservation(srv, "c-test/pub2", &b));
+        EXPECT_OK(berth_release_port_reservation(a.token));
+    }
+    close(srv);
+    int unbound = new_socket(AF_INET, SOCK_STREAM);
+    EXPECT_ERR(INVALID_ARGUMENT, berth_publish_port_reservation(unbound, "c-test/x", &b));
+    EXPECT_ERR(INVALID_ARGUMENT, berth_publish_port_reservation(unbound, NULL, &b));
+    close(unbound);
     opt.name = "Not A Name";
     EXPECT_ERR(INVALID_ARGUMENT, berth_acquire_port_reservation_ex(IPPROTO_TCP, &r, &opt, &b));
 }
