@@ -25,6 +25,9 @@
 //! - [`rlimit`]: the open-file limit and the descriptors in use.
 //! - [`activation`]: systemd's socket activation.
 //!
+//! With the `enforce` feature (aya; clang at build time):
+//! - [`enforce`]: the cgroup-BPF programs that keep a port for the cgroup owning it.
+//!
 //! With the `testing` feature, only for berth's tests (no shipped crate turns it on):
 //! - [`at_exit`]: a handler run when the process exits (`atexit`);
 //! - `exec::inherit_at`, `exec::limit_open_files`: a descriptor at a number and an open-file
@@ -47,6 +50,8 @@ pub mod accept;
 pub mod activation;
 #[cfg(feature = "daemon")]
 pub mod diag;
+#[cfg(feature = "enforce")]
+pub mod enforce;
 #[cfg(feature = "daemon")]
 pub mod hold;
 #[cfg(feature = "daemon")]

@@ -1,0 +1,140 @@
+//! Enforce mode's programs in the kernel: attached to a cgroup subtree of a cgroup v2
+//! hierarchy mounted for the test, in a network namespace of the test's own, they let the
+//! owning cgroup bind its port and refuse every other cgroup with EADDRINUSE — for IPv4 and
+//! IPv6 — and match nothing else: another port, another protocol, a port taken back. Needs
+//! root (BPF, mounting cgroup2); reports itself skipped otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use berth_core::Protocol;
+use berth_os::enforce::{cgroup_id, netns_cookie, Programs};
+
+/// A cgroup v2 hierarchy mounted at a temporary directory, with a subtree for the test;
+/// unmounted when dropped.
+struct Hierarchy {
+    mount: tempfile::TempDir,
+    subtree: PathBuf,
+}
+
+impl Hierarchy {
+    fn mount() -> Hierarchy {
+        let mount = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "cgroup2", "none"])
+            .arg(mount.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t cgroup2 failed: {status}");
+        let subtree = mount
+            .path()
+            .join(format!("berth-enforce-test-{}", std::process::id()));
+        std::fs::create_dir(&subtree).unwrap();
+        Hierarchy { mount, subtree }
+    }
+
+    fn cgroup(&self, name: &str) -> PathBuf {
+        let dir = self.subtree.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+}
+
+impl Drop for Hierarchy {
+    fn drop(&mut self) {
+        // Children first; each is empty once its test process has exited.
+        if let Ok(entries) = std::fs::read_dir(&self.subtree) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.subtree);
+        let _ = Command::new("umount").arg(self.mount.path()).status();
+    }
+}
+
+/// Runs, in `cgroup`, a bind of `port` on the unspecified address of `family` (4 or 6) for
+/// `protocol`; returns "bound" or the errno's name.
+fn bind_in(cgroup: &Path, family: u8, protocol: Protocol, port: u16) -> String {
+    let (af, address) = match family {
+        4 => ("AF_INET", "0.0.0.0"),
+        _ => ("AF_INET6", "::"),
+    };
+    let kind = match protocol {
+        Protocol::Tcp => "SOCK_STREAM",
+        Protocol::Udp => "SOCK_DGRAM",
+    };
+    let script = format!(
+        "import socket,errno\ns=socket.socket(socket.{af}, socket.{kind})\ntry:\n    s.bind(('{address}', {port})); print('bound')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])"
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > '{}/cgroup.procs' && exec /usr/bin/python3 -c \"$0\"",
+            cgroup.display()
+        ))
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_owner_cgroup_binds_its_port_and_every_other_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        println!("SKIPPED: enforce mode's programs need root (BPF, mounting cgroup2)");
+        return;
+    }
+    if let Some(why) = berth_os::enforce::unavailable() {
+        panic!("{why}");
+    }
+    // A network namespace of the test's own: the rules are scoped to it, and nothing the
+    // test binds is seen outside.
+    berth_os::netns::enter_new_on_this_thread().unwrap();
+    let hierarchy = Hierarchy::mount();
+    let owner = hierarchy.cgroup("owner");
+    let stranger = hierarchy.cgroup("stranger");
+    let mut programs = Programs::attach(&hierarchy.subtree).unwrap();
+    let netns = netns_cookie().unwrap();
+    let port = 47123;
+    programs
+        .own(netns, (Protocol::Tcp, port), cgroup_id(&owner).unwrap())
+        .unwrap();
+
+    for family in [4, 6] {
+        assert_eq!(
+            bind_in(&owner, family, Protocol::Tcp, port),
+            "bound",
+            "IPv{family}"
+        );
+        assert_eq!(
+            bind_in(&stranger, family, Protocol::Tcp, port),
+            "EADDRINUSE",
+            "IPv{family}"
+        );
+    }
+    // Nothing else matches: UDP on the same number, the next port.
+    assert_eq!(bind_in(&stranger, 4, Protocol::Udp, port), "bound");
+    assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port + 1), "bound");
+    // Taken back: anyone's again.
+    programs.disown(netns, (Protocol::Tcp, port)).unwrap();
+    assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "bound");
+    // Another namespace's rule is not this namespace's.
+    programs
+        .own(netns ^ 1, (Protocol::Tcp, port), cgroup_id(&owner).unwrap())
+        .unwrap();
+    assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "bound");
+    // Port 0 and cgroup 0 are never owned.
+    assert!(programs.own(netns, (Protocol::Tcp, 0), 7).is_err());
+    assert!(programs.own(netns, (Protocol::Tcp, port), 0).is_err());
+    drop(programs);
+}
