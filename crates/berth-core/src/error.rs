@@ -116,6 +116,9 @@ pub enum RangeError {
     /// Not `LO-HI`.
     #[error("{0:?} is not a port range; write it as LOW-HIGH, e.g. 32768-60999")]
     BadPool(String),
+    /// Bounds (within LO-HI) that start at port 0.
+    #[error("port 0 cannot bound a search (within LO-HI); give bounds from 1 to 65535")]
+    ZeroBound,
     /// A bounded wildcard that also names its start.
     #[error("start port {start} and bounds (within LO-HI) cannot be combined: give the start for exactly that block, or the bounds for any free block inside them")]
     StartWithin {
@@ -162,7 +165,7 @@ pub enum AcquireError {
         holder: Box<Reservation>,
     },
     /// The name is held by another live reservation of the same scope and protocol.
-    #[error("cannot reserve the name {name} in {protocol}: reservation {} ({} {}) of {} has it; stop that program or release it first (`berth release {}`), or choose another name", .holder.token, .holder.protocol, describe(.holder.range), .holder.holder_description(), .holder.token)]
+    #[error("cannot reserve the name {name} in {protocol}: reservation {} ({} {}) of {} has it; {}", .holder.token, .holder.protocol, describe(.holder.range), .holder.holder_description(), name_taken_advice(holder))]
     NameTaken {
         /// Protocol asked for.
         protocol: Protocol,
@@ -256,6 +259,22 @@ impl AcquireError {
             AcquireError::Privileged(_) => ErrorKind::PermissionDenied,
             AcquireError::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
         }
+    }
+}
+
+/// What to do about a name another reservation has, which depends on the holder's kind.
+fn name_taken_advice(holder: &Reservation) -> String {
+    match holder.kind() {
+        Kind::Persistent => format!(
+            "choose another name, or have an administrator delete that reservation (`berth persistent delete --{} --start {} --count {}`)",
+            holder.protocol,
+            holder.range.start(),
+            holder.range.count()
+        ),
+        Kind::Runtime => format!(
+            "stop that program or release it first (`berth release {}`), or choose another name",
+            holder.token
+        ),
     }
 }
 

@@ -222,7 +222,7 @@ impl RangeRequest {
             return Err(RangeError::StartWithin { start });
         }
         if first == 0 {
-            return Err(RangeError::ZeroStart);
+            return Err(RangeError::ZeroBound);
         }
         let bounds = PortRange::from_bounds(first, last)?;
         if count > bounds.count() {

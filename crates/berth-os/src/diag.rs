@@ -111,6 +111,25 @@ pub fn sockets_on(protocol: Protocol, port: u16, limit: usize) -> io::Result<Vec
     Ok(all)
 }
 
+/// The sockets whose local port lies in `first..=last` (IPv4 and IPv6), at most `limit` per
+/// address family: one walk of the kernel's tables per family, however large the range.
+pub fn sockets_in(
+    protocol: Protocol,
+    (first, last): (u16, u16),
+    limit: usize,
+) -> io::Result<Vec<Bound>> {
+    let mut all = dump_range(AF_INET, protocol, (first, last), ALL_STATES, limit)?;
+    all.extend(dump_range(
+        AF_INET6,
+        protocol,
+        (first, last),
+        ALL_STATES,
+        limit,
+    )?);
+    all.sort_by_key(|b| rank(b.state));
+    Ok(all)
+}
+
 /// Whether `port` has TIME_WAIT connections and nothing else (TCP): a server that restarts
 /// may bind it again (with `SO_REUSEADDR`), where a listener or any live socket would make
 /// the bind fail. False when the port has no socket at all, for UDP, and when the kernel
@@ -213,9 +232,20 @@ fn dump(
     states: u32,
     limit: usize,
 ) -> io::Result<Vec<Bound>> {
+    dump_range(family, protocol, (port, port), states, limit)
+}
+
+/// [`dump`] of the sockets whose local port lies in `first..=last`.
+fn dump_range(
+    family: u8,
+    protocol: Protocol,
+    ports: (u16, u16),
+    states: u32,
+    limit: usize,
+) -> io::Result<Vec<Bound>> {
     let mut last = None;
     for _ in 0..DUMP_TRIES {
-        match dump_once(family, protocol, port, states, limit)? {
+        match dump_once(family, protocol, ports, states, limit)? {
             Dumped::Complete(found) => return Ok(found),
             Dumped::Interrupted(found) => last = Some(found),
         }
@@ -232,14 +262,14 @@ enum Dumped {
 fn dump_once(
     family: u8,
     protocol: Protocol,
-    port: u16,
+    ports: (u16, u16),
     states: u32,
     limit: usize,
 ) -> io::Result<Dumped> {
     let mut socket = netlink_sys::Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-    socket.send(&request(family, protocol, port, states), 0)?;
+    socket.send(&request(family, protocol, ports, states), 0)?;
 
     let mut found = Vec::new();
     let mut interrupted = false;
@@ -281,7 +311,8 @@ fn dump_once(
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                     let header = &response.header;
                     // The kernel filtered by port; check anyway rather than trust it.
-                    if header.socket_id.source_port == port {
+                    let port = header.socket_id.source_port;
+                    if (ports.0..=ports.1).contains(&port) {
                         found.push(Bound {
                             protocol,
                             local: SocketAddr::new(
@@ -311,7 +342,7 @@ fn dump_once(
 
 /// A dump request for one family and protocol, with bytecode that keeps source port `port`
 /// only (`S_GE port` then `S_LE port`, understood by every kernel with sock_diag).
-fn request(family: u8, protocol: Protocol, port: u16, states: u32) -> Vec<u8> {
+fn request(family: u8, protocol: Protocol, (first, last): (u16, u16), states: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET {
@@ -346,9 +377,9 @@ fn request(family: u8, protocol: Protocol, port: u16, states: u32) -> Vec<u8> {
         op
     };
     let mut bytecode = op(INET_DIAG_BC_S_GE, 8, 20);
-    bytecode.extend(op(0, 0, port));
+    bytecode.extend(op(0, 0, first));
     bytecode.extend(op(INET_DIAG_BC_S_LE, 8, 12));
-    bytecode.extend(op(0, 0, port));
+    bytecode.extend(op(0, 0, last));
     let attribute_len = 4 + bytecode.len();
     bytes.extend_from_slice(&u16::try_from(attribute_len).unwrap_or(0).to_ne_bytes());
     bytes.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
@@ -437,10 +468,10 @@ mod tests {
 
     #[test]
     fn the_request_carries_a_port_filter() {
-        let bytes = request(AF_INET, Protocol::Tcp, 8080, ALL_STATES);
+        let bytes = request(AF_INET, Protocol::Tcp, (8080, 8089), ALL_STATES);
         let total = u32::from_ne_bytes(bytes[0..4].try_into().unwrap());
         assert_eq!(usize::try_from(total).unwrap(), bytes.len());
-        // The bytecode attribute ends the message: S_GE 8080, S_LE 8080.
+        // The bytecode attribute ends the message: S_GE 8080, S_LE 8089.
         let tail = &bytes[bytes.len() - 20..];
         assert_eq!(u16::from_ne_bytes([tail[0], tail[1]]), 20);
         assert_eq!(
@@ -450,7 +481,7 @@ mod tests {
         assert_eq!(tail[4], INET_DIAG_BC_S_GE);
         assert_eq!(u16::from_ne_bytes([tail[10], tail[11]]), 8080);
         assert_eq!(tail[12], INET_DIAG_BC_S_LE);
-        assert_eq!(u16::from_ne_bytes([tail[18], tail[19]]), 8080);
+        assert_eq!(u16::from_ne_bytes([tail[18], tail[19]]), 8089);
     }
 
     #[test]
@@ -466,5 +497,20 @@ mod tests {
         assert_eq!(found[0].state_name(), "LISTEN");
         let owners = owners(&[found[0].inode], 16);
         assert_eq!(owners.get(&found[0].inode), Some(&std::process::id()));
+    }
+
+    #[test]
+    fn a_range_walk_finds_the_sockets_of_its_ports_only() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        let low = port.saturating_sub(3).max(1);
+        let found = sockets_in(Protocol::Tcp, (low, port), 64).unwrap();
+        assert!(found.iter().any(|b| b.local.port() == port), "{found:?}");
+        assert!(found.iter().all(|b| (low..=port).contains(&b.local.port())));
+        // A range that stops short of the port does not list it.
+        if port > 1 {
+            let below = sockets_in(Protocol::Tcp, (low.min(port - 1), port - 1), 64).unwrap();
+            assert!(below.iter().all(|b| b.local.port() != port), "{below:?}");
+        }
     }
 }

@@ -24,6 +24,7 @@
 //!   (`ip_local_reserved_ports`).
 //! - [`rlimit`]: the open-file limit and the descriptors in use.
 //! - [`activation`]: systemd's socket activation.
+//! - [`cgroup`]: cgroup v2 — the hierarchy, a cgroup's processes, waiting until it is empty.
 //!
 //! With the `enforce` feature (aya; clang at build time):
 //! - [`enforce`]: the cgroup-BPF programs that keep a port for the cgroup owning it.
@@ -48,6 +49,8 @@ pub mod at_exit;
 pub mod accept;
 #[cfg(feature = "daemon")]
 pub mod activation;
+#[cfg(feature = "daemon")]
+pub mod cgroup;
 #[cfg(feature = "daemon")]
 pub mod diag;
 #[cfg(feature = "enforce")]

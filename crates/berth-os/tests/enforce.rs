@@ -6,56 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 use berth_core::Protocol;
 use berth_os::enforce::{cgroup_id, netns_cookie, Programs};
-
-/// A cgroup v2 hierarchy mounted at a temporary directory, with a subtree for the test;
-/// unmounted when dropped.
-struct Hierarchy {
-    mount: tempfile::TempDir,
-    subtree: PathBuf,
-}
-
-impl Hierarchy {
-    fn mount() -> Hierarchy {
-        let mount = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "cgroup2", "none"])
-            .arg(mount.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount -t cgroup2 failed: {status}");
-        let subtree = mount
-            .path()
-            .join(format!("berth-enforce-test-{}", std::process::id()));
-        std::fs::create_dir(&subtree).unwrap();
-        Hierarchy { mount, subtree }
-    }
-
-    fn cgroup(&self, name: &str) -> PathBuf {
-        let dir = self.subtree.join(name);
-        std::fs::create_dir(&dir).unwrap();
-        dir
-    }
-}
-
-impl Drop for Hierarchy {
-    fn drop(&mut self) {
-        // Children first; each is empty once its test process has exited.
-        if let Ok(entries) = std::fs::read_dir(&self.subtree) {
-            for e in entries.flatten() {
-                if e.path().is_dir() {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.subtree);
-        let _ = Command::new("umount").arg(self.mount.path()).status();
-    }
-}
+use common::Hierarchy;
 
 /// Runs, in `cgroup`, a bind of `port` on the unspecified address of `family` (4 or 6) for
 /// `protocol`; returns "bound" or the errno's name.
@@ -90,8 +48,7 @@ fn bind_in(cgroup: &Path, family: u8, protocol: Protocol, port: u16) -> String {
 
 #[test]
 fn the_owner_cgroup_binds_its_port_and_every_other_is_refused() {
-    if !rustix::process::geteuid().is_root() {
-        println!("SKIPPED: enforce mode's programs need root (BPF, mounting cgroup2)");
+    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2)") {
         return;
     }
     if let Some(why) = berth_os::enforce::unavailable() {

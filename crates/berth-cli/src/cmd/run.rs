@@ -264,6 +264,9 @@ async fn reserve(
                         "berth: using the persistent reservation {} ({protocol} {}), which your user may use; other allowed users' programs may use it at the same time",
                         info.token, info.range
                     );
+                    if !options.name.is_empty() || !options.label.is_empty() {
+                        eprintln!("berth: --name and --label do not apply to it: it is a persistent reservation, not one of this run's (an administrator gives it a name or label with `berth persistent add`)");
+                    }
                     Ok(Some(Block::Shared(info)))
                 }
                 Err(denied @ berth::Error::PermissionDenied(_)) => Err(denied.into()),

@@ -108,7 +108,7 @@ fn bounded_runs_and_the_errors_of_labels_and_bounds() {
             "cannot be combined",
         ),
         (&["--within", "23345-23340"], "ends before it starts"),
-        (&["--within", "0-10"], "port 0 is never reservable"),
+        (&["--within", "0-10"], "port 0 cannot bound a search"),
     ] {
         let mut all = vec!["--tcp", "2"];
         all.extend_from_slice(args);

@@ -491,7 +491,7 @@ fn bounds_are_checked_before_any_search() {
         bad(5000, 1, Some((5000, 5010))),
         Err(RangeError::StartWithin { start: 5000 })
     );
-    assert_eq!(bad(0, 1, Some((0, 10))), Err(RangeError::ZeroStart));
+    assert_eq!(bad(0, 1, Some((0, 10))), Err(RangeError::ZeroBound));
     assert!(matches!(
         bad(0, 1, Some((10, 5))),
         Err(RangeError::Reversed { .. })

@@ -88,7 +88,7 @@ pub(crate) struct Shared {
     /// Woken on every change of the table: waits for a name look again.
     changed: tokio::sync::Notify,
     /// Turns at asking the kernel which ports are bound, for waits (see `names::KERNEL_LOOKS`).
-    kernel_looks: tokio::sync::Semaphore,
+    kernel_looks: Arc<tokio::sync::Semaphore>,
 }
 
 /// Requests handled at once, at most; more wait their user's turn (see `fair::Turns`). Enough
@@ -162,7 +162,7 @@ impl Shared {
                 config.forget_names_after,
             )),
             changed: tokio::sync::Notify::new(),
-            kernel_looks: tokio::sync::Semaphore::new(names::KERNEL_LOOKS),
+            kernel_looks: Arc::new(tokio::sync::Semaphore::new(names::KERNEL_LOOKS)),
         };
         shared.reset_extras_room(&shared.table(), crate::config::ephemeral_pool().range());
         shared.place_stripe(&mut shared.table());

@@ -246,16 +246,9 @@ pub(super) fn parse_name(text: &str) -> Result<Name, Box<Response>> {
 /// wake a wait for a name at once).
 const BOUND_POLL: Duration = Duration::from_millis(100);
 
-/// How many waits ask the kernel at once (each asks it twice per port of its name's block).
+/// How many kernel looks run at once, daemon-wide (each is two sock_diag walks per
+/// reservation of the name, filtered to its block's ports, whatever the block's size).
 pub(crate) const KERNEL_LOOKS: usize = 4;
-
-/// How long a wait for a bound block of `ports` ports lets the kernel be before asking again:
-/// [`BOUND_POLL`] for a few ports, longer for a large block (10 ms a port), at most 5 s.
-fn bound_poll(ports: u32) -> Duration {
-    BOUND_POLL
-        .max(Duration::from_millis(10) * ports)
-        .min(Duration::from_secs(5))
-}
 
 impl Shared {
     /// The live reservations of `name` in the scope the request names (see
@@ -333,11 +326,10 @@ impl Shared {
                 return self.answer_named(&found, asker);
             }
             if !found.is_empty() && tokio::time::Instant::now() >= next_kernel_look {
-                if self.all_bound_on_host(&found).await {
+                if self.all_bound_on_host(&found, deadline).await {
                     return self.answer_named(&found, asker);
                 }
-                let ports: u32 = found.iter().map(|r| u32::from(r.range.count())).sum();
-                next_kernel_look = tokio::time::Instant::now() + bound_poll(ports);
+                next_kernel_look = tokio::time::Instant::now() + BOUND_POLL;
             }
             let wake = if bound && !found.is_empty() {
                 next_kernel_look.min(deadline)
@@ -366,7 +358,11 @@ impl Shared {
     /// counts at once. The kernel is asked off the serving threads, by a few waits at a time
     /// ([`KERNEL_LOOKS`]): however many wait, the threads that associate and `why` need stay
     /// free.
-    async fn all_bound_on_host(&self, found: &[Reservation]) -> bool {
+    async fn all_bound_on_host(
+        &self,
+        found: &[Reservation],
+        deadline: tokio::time::Instant,
+    ) -> bool {
         let unbound: Vec<(Protocol, PortRange)> = {
             let table = self.table();
             found
@@ -378,18 +374,22 @@ impl Shared {
         if unbound.is_empty() {
             return true;
         }
-        let Ok(_turn) = self.kernel_looks.acquire().await else {
+        // A turn, for no longer than the wait has: past its deadline the wait answers anyway.
+        let turn = tokio::time::timeout_at(deadline, self.kernel_looks.clone().acquire_owned());
+        let Ok(Ok(turn)) = turn.await else {
             return false;
         };
         let berths = self.holds.inodes();
         let asked = tokio::task::spawn_blocking(move || {
+            // The turn ends with the look, even when the wait that asked has gone meanwhile.
+            let _turn = turn;
             unbound.iter().all(|&(protocol, range)| {
-                range.ports().any(|port| {
-                    crate::host::diag::sockets_on(protocol, port, 64)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|s| !s.is_time_wait() && !berths.contains(&s.inode))
-                })
+                // Every hold socket of the block, and some room for the others.
+                let limit = usize::from(range.count()) * 2 + 64;
+                crate::host::diag::sockets_in(protocol, (range.start(), range.end()), limit)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|s| !s.is_time_wait() && !berths.contains(&s.inode))
             })
         })
         .await;

@@ -1,0 +1,113 @@
+//! Cgroup v2, as enforce mode's cgroup owners need it: where the hierarchy is mounted, putting
+//! a process into a cgroup, whether a cgroup has processes (`cgroup.events`, `populated`), and
+//! waiting until it has none — which the kernel says by modifying `cgroup.events`, seen here
+//! through inotify.
+
+#![expect(
+    unsafe_code,
+    reason = "tokio's AsyncFd registration is unsafe since tokio 1.5x"
+)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::inotify;
+use tokio::io::unix::AsyncFd;
+
+/// Where a cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo` (the first one).
+pub fn mount_point() -> io::Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mount_point_in(&info).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)",
+        )
+    })
+}
+
+/// The mount point of the first `cgroup2` line of a mountinfo text.
+fn mount_point_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL…] - FSTYPE SOURCE SUPER"
+        let (before, after) = line.split_once(" - ")?;
+        let fstype = after.split_whitespace().next()?;
+        (fstype == "cgroup2").then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// Moves process `pid` (every thread of it) into the cgroup at `cgroup`.
+pub fn add_process(cgroup: &Path, pid: u32) -> io::Result<()> {
+    std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())
+}
+
+/// Whether the cgroup at `cgroup`, or any cgroup below it, has a process.
+pub fn populated(cgroup: &Path) -> io::Result<bool> {
+    let events = std::fs::read_to_string(cgroup.join("cgroup.events"))?;
+    events
+        .lines()
+        .find_map(|line| line.strip_prefix("populated "))
+        .map(|value| value.trim() == "1")
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}/cgroup.events has no populated line", cgroup.display()),
+            )
+        })
+}
+
+/// Resolves once the cgroup at `cgroup` (and every cgroup below it) has no process left: at
+/// once when it has none now. Woken by the kernel's change of `cgroup.events`, never by
+/// polling. Call within a tokio runtime.
+pub async fn until_empty(cgroup: &Path) -> io::Result<()> {
+    let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+    // Watched before the first look, so that an exit between the look and the wait is seen.
+    inotify::add_watch(
+        &fd,
+        cgroup.join("cgroup.events"),
+        inotify::WatchFlags::MODIFY,
+    )?;
+    let fd = register(fd)?;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
+    loop {
+        if !populated(cgroup)? {
+            return Ok(());
+        }
+        let mut ready = fd.readable().await?;
+        // Drain what is queued: the next look at cgroup.events decides.
+        let mut reader = inotify::Reader::new(fd.get_ref(), &mut buf);
+        loop {
+            match reader.next() {
+                Ok(_) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        ready.clear_ready();
+    }
+}
+
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes ownership of the inotify descriptor, valid and open; nothing
+    // else holds, replaces or closes it while it is registered (it was made here and moved in).
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_found_among_others() {
+        let info = "25 30 0:22 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755\n\
+                    26 25 0:23 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+                    27 25 0:24 / /sys/fs/cgroup/unified rw shared:9 - cgroup2 none rw\n";
+        assert_eq!(
+            mount_point_in(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(mount_point_in("1 2 0:1 / / rw - ext4 /dev/sda rw\n"), None);
+    }
+}
