@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     changed: tokio::sync::Notify,
     /// Turns at asking the kernel which ports are bound, for waits (see `names::KERNEL_LOOKS`).
     kernel_looks: Arc<tokio::sync::Semaphore>,
+    /// What the latest kernel looks found, shared by the waits of one block.
+    looks: Mutex<names::Looks>,
 }
 
 /// Requests handled at once, at most; more wait their user's turn (see `fair::Turns`). Enough
@@ -163,6 +165,7 @@ impl Shared {
             )),
             changed: tokio::sync::Notify::new(),
             kernel_looks: Arc::new(tokio::sync::Semaphore::new(names::KERNEL_LOOKS)),
+            looks: Mutex::new(names::Looks::new()),
         };
         shared.reset_extras_room(&shared.table(), crate::config::ephemeral_pool().range());
         shared.place_stripe(&mut shared.table());
@@ -185,6 +188,11 @@ impl Shared {
         // A panic while holding the lock cannot leave the table half-updated in a way that
         // matters more than stopping service would; keep serving.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The latest kernel looks of waits (no other lock is taken while it is held).
+    fn looks(&self) -> MutexGuard<'_, names::Looks> {
+        self.looks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The names' memory; take it after the table's lock, if both.

@@ -247,8 +247,13 @@ pub(super) fn parse_name(text: &str) -> Result<Name, Box<Response>> {
 const BOUND_POLL: Duration = Duration::from_millis(100);
 
 /// How many kernel looks run at once, daemon-wide (each is two sock_diag walks per
-/// reservation of the name, filtered to its block's ports, whatever the block's size).
-pub(crate) const KERNEL_LOOKS: usize = 4;
+/// reservation of the name, filtered to its block's ports, whatever the block's size): one,
+/// so that waits never take more than a thread, however many there are.
+pub(crate) const KERNEL_LOOKS: usize = 1;
+
+/// Recent kernel looks: a block, when it was looked at, and whether a socket was bound to it.
+pub(crate) type Looks =
+    std::collections::HashMap<(Protocol, PortRange), (std::time::Instant, bool)>;
 
 impl Shared {
     /// The live reservations of `name` in the scope the request names (see
@@ -371,6 +376,23 @@ impl Shared {
                 .map(|r| (r.protocol, r.range))
                 .collect()
         };
+        // What a look made for another wait of the same block a moment ago is the answer
+        // here too: many waits on one name cost the kernel one look per poll period.
+        let mut unknown = Vec::with_capacity(unbound.len());
+        {
+            let looks = self.looks();
+            for block in unbound {
+                match looks.get(&block) {
+                    Some(&(at, bound)) if at.elapsed() < BOUND_POLL => {
+                        if !bound {
+                            return false;
+                        }
+                    }
+                    _ => unknown.push(block),
+                }
+            }
+        }
+        let unbound = unknown;
         if unbound.is_empty() {
             return true;
         }
@@ -383,17 +405,35 @@ impl Shared {
         let asked = tokio::task::spawn_blocking(move || {
             // The turn ends with the look, even when the wait that asked has gone meanwhile.
             let _turn = turn;
-            unbound.iter().all(|&(protocol, range)| {
-                // Every hold socket of the block, and some room for the others.
-                let limit = usize::from(range.count()) * 2 + 64;
-                crate::host::diag::sockets_in(protocol, (range.start(), range.end()), limit)
+            unbound
+                .into_iter()
+                .map(|(protocol, range)| {
+                    // Every hold socket of the block, and some room for the others.
+                    let limit = usize::from(range.count()) * 2 + 64;
+                    let bound = crate::host::diag::sockets_in(
+                        protocol,
+                        (range.start(), range.end()),
+                        limit,
+                    )
                     .unwrap_or_default()
                     .iter()
-                    .any(|s| !s.is_time_wait() && !berths.contains(&s.inode))
-            })
+                    .any(|s| !s.is_time_wait() && !berths.contains(&s.inode));
+                    ((protocol, range), bound)
+                })
+                .collect::<Vec<_>>()
         })
         .await;
-        asked.unwrap_or(false)
+        let Ok(asked) = asked else {
+            return false;
+        };
+        let mut looks = self.looks();
+        let now = std::time::Instant::now();
+        // Old looks go: the map holds a moment's worth.
+        looks.retain(|_, (at, _)| at.elapsed() < BOUND_POLL);
+        for &(block, bound) in &asked {
+            looks.insert(block, (now, bound));
+        }
+        asked.iter().all(|&(_, bound)| bound)
     }
 
     /// Names `port`, bound already by a process of the asker's user (see
