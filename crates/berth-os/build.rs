@@ -15,9 +15,19 @@ fn main() {
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default()).join("enforce.bpf.o");
     let clang = std::env::var_os("BERTH_CLANG").unwrap_or_else(|| "clang".into());
+    // Debian keeps <asm/…> per architecture (the target's, for a cross build).
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let multiarch = match arch.as_str() {
+        "x86_64" => "x86_64-linux-gnu",
+        "aarch64" => "aarch64-linux-gnu",
+        "riscv64" => "riscv64-linux-gnu",
+        "powerpc64" => "powerpc64le-linux-gnu",
+        "s390x" => "s390x-linux-gnu",
+        other => other,
+    };
     let built = Command::new(&clang)
         .args(["-target", "bpf", "-O2", "-g", "-mcpu=v3"])
-        .arg("-I/usr/include/x86_64-linux-gnu")
+        .arg(format!("-I/usr/include/{multiarch}"))
         .args(["-c", "bpf/enforce.bpf.c", "-o"])
         .arg(&out)
         .status();

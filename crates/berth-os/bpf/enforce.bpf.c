@@ -3,10 +3,13 @@
 // Enforce mode: cgroup-BPF programs that keep a reservation's ports for its owner cgroup.
 //
 // `owners` maps (network-namespace cookie, port, protocol) to the id of the cgroup that owns
-// the port. A bind of an owned port — explicit (`bind4`/`bind6`) or however the socket came to
-// be on it (`post_bind4`/`post_bind6`, which also see the port a `bind(0)` received) — from a
-// task of any other cgroup fails with EADDRINUSE, the error unmodified programs already
-// handle. Nothing else matches: port 0 is never looked up, a key carries every field, and an
+// the port. A bind of an owned port from a task of any other cgroup fails with EADDRINUSE, the
+// error unmodified programs already handle: `bind4`/`bind6` see the port asked for,
+// `post_bind4`/`post_bind6` the port a `bind()` ended on (a `bind(0)`'s too). Ports the kernel
+// assigns without a `bind()` call (`connect()`, `listen()` or `sendto()` on an unbound socket)
+// are not checked here: `ip_local_reserved_ports` keeps owned ports out of those. Not yet: the
+// daemon's own binds for a client and the owner's descendant cgroups are refused like any other
+// cgroup (the next step exempts the daemon and compares the owner's ancestor id). Nothing else matches: port 0 is never looked up, a key carries every field, and an
 // entry whose owner is 0 is treated as absent (systemd's SocketBindAllow= once denied nothing
 // for years because a zeroed entry meant "any").
 //
@@ -31,7 +34,7 @@ struct owner {
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 65536);
+    __uint(max_entries, 131072);  // every port of both protocols in one namespace
     __type(key, struct key);
     __type(value, struct owner);
 } owners SEC(".maps");

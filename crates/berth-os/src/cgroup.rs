@@ -71,8 +71,12 @@ pub async fn until_empty(cgroup: &Path) -> io::Result<()> {
     let fd = register(fd)?;
     let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
     loop {
-        if !populated(cgroup)? {
-            return Ok(());
+        match populated(cgroup) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            // Removed: only an empty cgroup can be.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
         }
         let mut ready = fd.readable().await?;
         // Drain what is queued: the next look at cgroup.events decides.

@@ -111,6 +111,16 @@ pub fn sockets_on(protocol: Protocol, port: u16, limit: usize) -> io::Result<Vec
     Ok(all)
 }
 
+/// [`sockets_on`] without the `TIME_WAIT` connections (which no process holds): the sockets
+/// of programs that use the port now.
+pub fn live_sockets_on(protocol: Protocol, port: u16, limit: usize) -> io::Result<Vec<Bound>> {
+    let live = ALL_STATES & !(1 << TCP_TIME_WAIT);
+    let mut all = dump(AF_INET, protocol, port, live, limit)?;
+    all.extend(dump(AF_INET6, protocol, port, live, limit)?);
+    all.sort_by_key(|b| rank(b.state));
+    Ok(all)
+}
+
 /// The sockets whose local port lies in `first..=last` (IPv4 and IPv6), at most `limit` per
 /// address family: one walk of the kernel's tables per family, however large the range.
 pub fn sockets_in(

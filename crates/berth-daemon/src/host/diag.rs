@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io;
 
 use berth_core::{Owner, Protocol};
-pub(crate) use berth_os::diag::{only_time_wait, sockets_in, sockets_on, Bound};
+pub(crate) use berth_os::diag::{live_sockets_on, only_time_wait, sockets_in, sockets_on, Bound};
 use berth_protocol::{OwnerInfo, SocketInfo, MAX_SOCKETS_REPORTED};
 
 use crate::session::peer::process_owner;

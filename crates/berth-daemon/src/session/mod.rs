@@ -417,7 +417,10 @@ impl Session<'_> {
                             response = &mut wait => break response,
                             () = shutdown.cancelled() => return,
                             () = &mut owner_exit => return,
-                            frame = reader.next(), if next.len() < MAX_BEHIND_A_WAIT => match frame {
+                            // Not past a frame that brought a descriptor: it is closed (and
+                            // counted) only once served, before the next request is read.
+                            frame = reader.next(), if next.len() < MAX_BEHIND_A_WAIT
+                                && next.back().is_none_or(|i| i.fd.is_none() && !i.lost_fd) => match frame {
                                 Ok(Some(inbound)) => next.push_back(inbound),
                                 Ok(None) | Err(_) => return,
                             },

@@ -401,10 +401,12 @@ impl Shared {
         let Ok(Ok(turn)) = turn.await else {
             return false;
         };
-        let berths = self.holds.inodes();
+        let holds = self.holds.clone();
         let asked = tokio::task::spawn_blocking(move || {
             // The turn ends with the look, even when the wait that asked has gone meanwhile.
             let _turn = turn;
+            // Off the serving threads: the daemon's own hold sockets, which do not count.
+            let berths = holds.inodes();
             unbound
                 .into_iter()
                 .map(|(protocol, range)| {
@@ -597,7 +599,7 @@ fn bound_by(
     berths: &std::collections::HashSet<u64>,
     asker_pid: u32,
 ) -> Result<berth_core::Owner, Unbound> {
-    let sockets = crate::host::diag::sockets_on(protocol, port, PUBLISH_SOCKETS)
+    let sockets = crate::host::diag::live_sockets_on(protocol, port, PUBLISH_SOCKETS)
         .map_err(|_| Unbound::Unknown)?;
     if sockets.len() >= PUBLISH_SOCKETS {
         return Err(Unbound::Unknown);
@@ -613,7 +615,7 @@ fn bound_by(
         return Err(Unbound::Unknown);
     }
     let inodes: Vec<u64> = live.iter().map(|s| s.inode).collect();
-    let owners = crate::host::diag::owners(&inodes);
+    let owners = berth_os::diag::owners(&inodes, PUBLISH_SOCKETS);
     let mut processes = Vec::with_capacity(inodes.len());
     for inode in &inodes {
         let pid = owners.get(inode).copied().ok_or(Unbound::Unknown)?;
