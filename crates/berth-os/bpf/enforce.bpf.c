@@ -7,9 +7,9 @@
 // error unmodified programs already handle: `bind4`/`bind6` see the port asked for,
 // `post_bind4`/`post_bind6` the port a `bind()` ended on (a `bind(0)`'s too). Ports the kernel
 // assigns without a `bind()` call (`connect()`, `listen()` or `sendto()` on an unbound socket)
-// are not checked here: `ip_local_reserved_ports` keeps owned ports out of those. Not yet: the
-// daemon's own binds for a client and the owner's descendant cgroups are refused like any other
-// cgroup (the next step exempts the daemon and compares the owner's ancestor id). Nothing else matches: port 0 is never looked up, a key carries every field, and an
+// are not checked here: `ip_local_reserved_ports` keeps owned ports out of those. A task of the
+// owner cgroup or of any cgroup below it is the owner (compared by ancestor id at the owner's
+// level); tasks of an exempt cgroup (the daemon's, which binds for its clients) pass. Nothing else matches: port 0 is never looked up, a key carries every field, and an
 // entry whose owner is 0 is treated as absent (systemd's SocketBindAllow= once denied nothing
 // for years because a zeroed entry meant "any").
 //
@@ -30,6 +30,8 @@ struct key {
 
 struct owner {
     __u64 cgroup;   // cgroup v2 id (the cgroup directory's inode number); 0 never owns
+    __u32 level;    // its depth below the hierarchy's root (the root is 0)
+    __u32 pad;      // always zero
 };
 
 struct {
@@ -38,6 +40,14 @@ struct {
     __type(key, struct key);
     __type(value, struct owner);
 } owners SEC(".maps");
+
+// Cgroups whose tasks bind any port (the daemon's own): id -> 1.
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16);
+    __type(key, __u64);
+    __type(value, __u8);
+} exempt SEC(".maps");
 
 // 1: allowed; 0: refused with EADDRINUSE.
 static __always_inline int allowed(__u64 netns, __u16 port, __u32 protocol)
@@ -51,7 +61,10 @@ static __always_inline int allowed(__u64 netns, __u16 port, __u32 protocol)
     struct owner *o = bpf_map_lookup_elem(&owners, &k);
     if (!o || o->cgroup == 0)
         return 1;
-    if (o->cgroup == bpf_get_current_cgroup_id())
+    if (bpf_get_current_ancestor_cgroup_id((int)o->level) == o->cgroup)
+        return 1;
+    __u64 current = bpf_get_current_cgroup_id();
+    if (bpf_map_lookup_elem(&exempt, &current))
         return 1;
     bpf_set_retval(-EADDRINUSE);
     return 0;

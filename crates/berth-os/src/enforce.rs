@@ -43,10 +43,41 @@ unsafe impl aya::Pod for Key {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Owner {
     cgroup: u64,
+    level: u32,
+    pad: u32,
 }
 
-// SAFETY: one `u64`, `repr(C)`, valid for any bit pattern.
+// SAFETY: `repr(C)` plain data, 8 + 4 + 4 bytes with no padding the compiler adds, valid for
+// any bit pattern.
 unsafe impl aya::Pod for Owner {}
+
+/// A cgroup as the programs compare it: its id, and its depth below the hierarchy's root (the
+/// root is 0), at which a task's ancestor id is compared, so that a task of any cgroup below
+/// the owner counts as the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Its id (the directory's inode number); never 0.
+    pub id: u64,
+    /// Its depth below the root of its hierarchy.
+    pub level: u32,
+}
+
+impl Cgroup {
+    /// The cgroup at `dir`, in the cgroup v2 hierarchy mounted at `mount`.
+    pub fn at(mount: &Path, dir: &Path) -> io::Result<Cgroup> {
+        let below = dir.strip_prefix(mount).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not below {}", dir.display(), mount.display()),
+            )
+        })?;
+        let level = u32::try_from(below.components().count()).unwrap_or(u32::MAX);
+        Ok(Cgroup {
+            id: cgroup_id(dir)?,
+            level,
+        })
+    }
+}
 
 /// Why enforce mode cannot run here, when this build has no programs (built without clang).
 pub fn unavailable() -> Option<&'static str> {
@@ -138,23 +169,43 @@ impl Programs {
         HashMap::try_from(map).map_err(|e| failed("owners", e))
     }
 
-    /// Gives `port` of `protocol` in the network namespace `netns` (a cookie) to the cgroup
-    /// `cgroup` (an id, not 0): every other cgroup's bind of it fails with `EADDRINUSE`.
+    /// Gives `port` of `protocol` in the network namespace `netns` (a cookie) to `cgroup`
+    /// (not id 0) and the cgroups below it: every other cgroup's bind of it fails with
+    /// `EADDRINUSE`, exempt cgroups' aside.
     pub fn own(
         &mut self,
         netns: u64,
         (protocol, port): (Protocol, u16),
-        cgroup: u64,
+        cgroup: Cgroup,
     ) -> io::Result<()> {
-        if port == 0 || cgroup == 0 {
+        if port == 0 || cgroup.id == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "port 0 and cgroup 0 are never owned",
             ));
         }
+        let owner = Owner {
+            cgroup: cgroup.id,
+            level: cgroup.level,
+            pad: 0,
+        };
         self.owners()?
-            .insert(key(netns, protocol, port), Owner { cgroup }, 0)
+            .insert(key(netns, protocol, port), owner, 0)
             .map_err(|e| failed("owning a port", e))
+    }
+
+    /// Lets the tasks of the cgroup `id` (exactly that one: the daemon's own) bind any port,
+    /// owned or not: the daemon binds its clients' sockets and holds their ports.
+    pub fn exempt(&mut self, id: u64) -> io::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("exempt")
+            .ok_or_else(|| failed("the BPF object lacks its map", "exempt"))?;
+        let mut exempt: HashMap<&mut aya::maps::MapData, u64, u8> =
+            HashMap::try_from(map).map_err(|e| failed("exempt", e))?;
+        exempt
+            .insert(id, 1, 0)
+            .map_err(|e| failed("exempting a cgroup", e))
     }
 
     /// Takes `port` back from whichever cgroup owned it (nothing to take is fine).

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use berth_core::Protocol;
-use berth_os::enforce::{cgroup_id, netns_cookie, Programs};
+use berth_os::enforce::{netns_cookie, Cgroup, Programs};
 use common::Hierarchy;
 
 /// Runs, in `cgroup`, a bind of `port` on the unspecified address of `family` (4 or 6) for
@@ -59,25 +59,34 @@ fn the_owner_cgroup_binds_its_port_and_every_other_is_refused() {
     berth_os::netns::enter_new_on_this_thread().unwrap();
     let hierarchy = Hierarchy::mount();
     let owner = hierarchy.cgroup("owner");
+    // A cgroup below the owner's (a container's, a service's worker): the owner too.
+    let worker = hierarchy.cgroup("owner/worker");
     let stranger = hierarchy.cgroup("stranger");
+    let daemon = hierarchy.cgroup("daemon");
     let mut programs = Programs::attach(&hierarchy.subtree).unwrap();
     let netns = netns_cookie().unwrap();
     let port = 47123;
+    let at = |dir: &Path| Cgroup::at(hierarchy.root(), dir).unwrap();
     programs
-        .own(netns, (Protocol::Tcp, port), cgroup_id(&owner).unwrap())
+        .own(netns, (Protocol::Tcp, port), at(&owner))
         .unwrap();
+    // The daemon's own cgroup binds for its clients.
+    programs.exempt(at(&daemon).id).unwrap();
 
     for family in [4, 6] {
-        assert_eq!(
-            bind_in(&owner, family, Protocol::Tcp, port),
-            "bound",
-            "IPv{family}"
-        );
-        assert_eq!(
-            bind_in(&stranger, family, Protocol::Tcp, port),
-            "EADDRINUSE",
-            "IPv{family}"
-        );
+        for (cgroup, expected) in [
+            (&owner, "bound"),
+            (&worker, "bound"),
+            (&daemon, "bound"),
+            (&stranger, "EADDRINUSE"),
+        ] {
+            assert_eq!(
+                bind_in(cgroup, family, Protocol::Tcp, port),
+                expected,
+                "IPv{family} from {}",
+                cgroup.display()
+            );
+        }
     }
     // Nothing else matches: UDP on the same number, the next port.
     assert_eq!(bind_in(&stranger, 4, Protocol::Udp, port), "bound");
@@ -87,11 +96,12 @@ fn the_owner_cgroup_binds_its_port_and_every_other_is_refused() {
     assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "bound");
     // Another namespace's rule is not this namespace's.
     programs
-        .own(netns ^ 1, (Protocol::Tcp, port), cgroup_id(&owner).unwrap())
+        .own(netns ^ 1, (Protocol::Tcp, port), at(&owner))
         .unwrap();
     assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "bound");
     // Port 0 and cgroup 0 are never owned.
-    assert!(programs.own(netns, (Protocol::Tcp, 0), 7).is_err());
-    assert!(programs.own(netns, (Protocol::Tcp, port), 0).is_err());
+    assert!(programs.own(netns, (Protocol::Tcp, 0), at(&owner)).is_err());
+    let nobody = Cgroup { id: 0, level: 1 };
+    assert!(programs.own(netns, (Protocol::Tcp, port), nobody).is_err());
     drop(programs);
 }

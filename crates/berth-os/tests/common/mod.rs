@@ -39,9 +39,14 @@ impl Hierarchy {
         Hierarchy { mount, subtree }
     }
 
+    /// Where the hierarchy is mounted (its root cgroup).
+    pub fn root(&self) -> &std::path::Path {
+        self.mount.path()
+    }
+
     pub fn cgroup(&self, name: &str) -> PathBuf {
         let dir = self.subtree.join(name);
-        std::fs::create_dir(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 }
@@ -49,14 +54,18 @@ impl Hierarchy {
 impl Drop for Hierarchy {
     fn drop(&mut self) {
         // Children first; each is empty once its test process has exited.
-        if let Ok(entries) = std::fs::read_dir(&self.subtree) {
-            for e in entries.flatten() {
-                if e.path().is_dir() {
-                    let _ = std::fs::remove_dir(e.path());
+        // Cgroups are removed with rmdir, deepest first (each empty once its processes exited).
+        fn remove(dir: &std::path::Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        remove(&e.path());
+                    }
                 }
             }
+            let _ = std::fs::remove_dir(dir);
         }
-        let _ = std::fs::remove_dir(&self.subtree);
+        remove(&self.subtree);
         let _ = Command::new("umount").arg(self.mount.path()).status();
     }
 }
