@@ -165,7 +165,7 @@ pub enum AcquireError {
         holder: Box<Reservation>,
     },
     /// The name is held by another live reservation of the same scope and protocol.
-    #[error("cannot reserve the name {name} in {protocol}: reservation {} ({} {}) of {} has it; {}", .holder.token, .holder.protocol, describe(.holder.range), .holder.holder_description(), name_taken_advice(holder))]
+    #[error("cannot reserve the name {name} in {protocol}: reservation {} ({} {}) of {} has it; {}", .holder.token, .holder.protocol, describe(.holder.range), .holder.holder_description(), to_free(holder, "name"))]
     NameTaken {
         /// Protocol asked for.
         protocol: Protocol,
@@ -262,41 +262,31 @@ impl AcquireError {
     }
 }
 
-/// What to do about a name another reservation has, which depends on the holder's kind.
-fn name_taken_advice(holder: &Reservation) -> String {
-    match holder.kind() {
-        Kind::Persistent => format!(
-            "choose another name, or have an administrator delete that reservation (`berth persistent delete --{} --start {} --count {}`)",
-            holder.protocol,
-            holder.range.start(),
-            holder.range.count()
-        ),
-        Kind::Runtime => format!(
-            "stop that program or release it first (`berth release {}`), or choose another name",
-            holder.token
-        ),
-    }
-}
-
 /// "reservation 0x… (tcp ports 8080-8081) held by pid 4121 (…) is in the way; …" with what to
-/// do about it, which depends on the holder's kind.
+/// do about it.
 fn in_the_way(holder: &Reservation) -> String {
-    let what = format!(
-        "reservation {} ({} {}) held by {} is in the way",
+    format!(
+        "reservation {} ({} {}) held by {} is in the way; {}",
         holder.token,
         holder.protocol,
         describe(holder.range),
-        holder.holder_description()
-    );
+        holder.holder_description(),
+        to_free(holder, "range")
+    )
+}
+
+/// What to do about `holder` being in the way of a request, which depends on its kind:
+/// "choose another `what`, or …" have it deleted (persistent) or wait for its release.
+fn to_free(holder: &Reservation, what: &str) -> String {
     match holder.kind() {
         Kind::Persistent => format!(
-            "{what}; choose another range, or have an administrator delete it (`berth persistent delete --{} --start {} --count {}`)",
+            "choose another {what}, or have an administrator delete it (`berth persistent delete --{} --start {} --count {}`)",
             holder.protocol,
             holder.range.start(),
             holder.range.count()
         ),
         Kind::Runtime => format!(
-            "{what}; choose another range, or wait until its owner releases it (its owner or an administrator can `berth release {}`)",
+            "choose another {what}, or wait until its owner releases it (its owner or an administrator can `berth release {}`)",
             holder.token
         ),
     }

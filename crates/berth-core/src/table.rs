@@ -522,7 +522,9 @@ impl Table {
         // A first pass passes by cooling ports and blocks remembered for names, worth making
         // when some free port of the pool is neither.
         let cooling_matters = self.cooling_state(protocol, now_ms) == Some(true);
-        let kept_matters = self.names.keeps_any(protocol) && self.free_in_pool(protocol) > 0;
+        // O(1): a first pass over a full pool costs one more failed search, which is rare;
+        // counting the free ports would walk every reservation of the pool on every search.
+        let kept_matters = self.names.keeps_any(protocol);
         let passes = passes(cooling_matters, kept_matters);
         let Table {
             tcp,

@@ -5,30 +5,34 @@
 
 use std::path::Path;
 
-/// The id of `name` in a colon-separated account file (`name:x:id:…`).
-fn lookup(file: &Path, name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(file).ok()?;
+/// The (name, id) entries of a colon-separated account file (`name:x:id:…`).
+fn entries(file: &Path) -> Vec<(String, u32)> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
     text.lines()
         .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
+        .filter_map(|line| {
             let mut fields = line.split(':');
-            let entry = fields.next()?;
-            let id = fields.nth(1)?;
-            (entry == name).then(|| id.parse().ok()).flatten()
+            let name = fields.next()?;
+            let id = fields.nth(1)?.parse().ok()?;
+            Some((name.to_owned(), id))
         })
+        .collect()
 }
 
-/// The name of the entry whose id is `id` in a colon-separated account file.
+/// The id of `name` in the account file `file`.
+fn lookup(file: &Path, name: &str) -> Option<u32> {
+    entries(file)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, id)| id)
+}
+
+/// The name of the entry whose id is `id` in the account file `file`.
 fn name_of(file: &Path, id: u32) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let mut fields = line.split(':');
-            let entry = fields.next()?;
-            let found: u32 = fields.nth(1)?.parse().ok()?;
-            (found == id).then(|| entry.to_owned())
-        })
+    entries(file)
+        .into_iter()
+        .find(|&(_, i)| i == id)
+        .map(|(n, _)| n)
 }
 
 /// The name of user `uid`, for listings.

@@ -212,20 +212,12 @@ unsafe fn acquire_options(
         )));
     }
     let mut wanted = berth::AcquireOptions::held();
-    if !options.label.is_null() {
-        // SAFETY: non-null, and NUL-terminated as the caller promised.
-        let label = unsafe { std::ffi::CStr::from_ptr(options.label) };
-        let label = label.to_str().map_err(|_| {
-            Failure::invalid("options->label is not UTF-8; pass plain text on one line")
-        })?;
+    // SAFETY: each is NULL or NUL-terminated, as the caller promised.
+    if let Some(label) = unsafe { c_text(options.label, "options->label")? } {
         wanted.label = label.to_owned();
     }
-    if !options.name.is_null() {
-        // SAFETY: non-null, and NUL-terminated as the caller promised.
-        let name = unsafe { std::ffi::CStr::from_ptr(options.name) };
-        let name = name.to_str().map_err(|_| {
-            Failure::invalid("options->name is not UTF-8; names look like shop/web")
-        })?;
+    // SAFETY: as above.
+    if let Some(name) = unsafe { c_text(options.name, "options->name")? } {
         wanted.name = name.to_owned();
     }
     if (options.within_first, options.within_last) != (0, 0) {
@@ -252,13 +244,7 @@ unsafe fn acquire_into(
     let (start, count) = (range.start_port, range.number_of_ports);
     RangeRequest::from_start_count_within(start, count, options.within)?;
     let got = session::acquire(protocol, start, count, &options)?;
-    let instance = berth_port_reservation_instance {
-        reservation: berth_port_range {
-            start_port: got.start,
-            number_of_ports: got.count,
-        },
-        token: got.token,
-    };
+    let instance = berth_port_reservation_instance::from(got);
     // SAFETY: `out` is non-null (checked above) and the caller gave a writable, aligned
     // berth_port_reservation_instance.
     unsafe { out.write(instance) };
@@ -456,23 +442,44 @@ pub unsafe extern "C" fn berth_publish_port_reservation(
                 "name or out is NULL; pass a name such as \"shop/web\" and a berth_port_reservation_instance",
             ));
         }
-        // SAFETY: non-null and NUL-terminated, as the caller promised.
-        let name = unsafe { std::ffi::CStr::from_ptr(name) }
-            .to_str()
-            .map_err(|_| Failure::invalid("name is not UTF-8; names look like shop/web"))?;
+        // SAFETY: non-null (checked above) and NUL-terminated, as the caller promised.
+        let name = unsafe { c_text(name, "name")? }.unwrap_or_default();
         // SAFETY: the caller keeps `fd` open for the duration of the call.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let got = session::publish(fd, name)?;
-        let instance = berth_port_reservation_instance {
+        let instance = berth_port_reservation_instance::from(got);
+        // SAFETY: `out` is non-null (checked above) and writable, as the caller promised.
+        unsafe { out.write(instance) };
+        Ok(())
+    })
+}
+
+impl From<session::Acquired> for berth_port_reservation_instance {
+    fn from(got: session::Acquired) -> Self {
+        berth_port_reservation_instance {
             reservation: berth_port_range {
                 start_port: got.start,
                 number_of_ports: got.count,
             },
             token: got.token,
-        };
-        // SAFETY: `out` is non-null (checked above) and writable, as the caller promised.
-        unsafe { out.write(instance) };
-        Ok(())
+        }
+    }
+}
+
+/// The UTF-8 text at `ptr` (`None` for NULL), or invalid-argument naming `what`.
+///
+/// # Safety
+/// `ptr` is NULL or points to a NUL-terminated string that outlives the returned borrow.
+unsafe fn c_text<'a>(ptr: *const c_char, what: &str) -> Result<Option<&'a str>, Failure> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-null and NUL-terminated, as the caller promised.
+    let text = unsafe { std::ffi::CStr::from_ptr(ptr) };
+    text.to_str().map(Some).map_err(|_| {
+        Failure::invalid(format!(
+            "{what} is not UTF-8; pass plain text (a name looks like shop/web)"
+        ))
     })
 }
 
@@ -497,18 +504,10 @@ unsafe fn named_into(
             "out is NULL; pass a berth_port_reservation_instance to receive the reservation",
         ));
     }
-    // SAFETY: non-null and NUL-terminated, as the caller promised.
-    let name = unsafe { std::ffi::CStr::from_ptr(name) }
-        .to_str()
-        .map_err(|_| Failure::invalid("name is not UTF-8; names look like shop/web"))?;
+    // SAFETY: non-null (checked above) and NUL-terminated, as the caller promised.
+    let name = unsafe { c_text(name, "name")? }.unwrap_or_default();
     let got = session::named(protocol, name, wait)?;
-    let instance = berth_port_reservation_instance {
-        reservation: berth_port_range {
-            start_port: got.start,
-            number_of_ports: got.count,
-        },
-        token: got.token,
-    };
+    let instance = berth_port_reservation_instance::from(got);
     // SAFETY: `out` is non-null (checked above) and writable, as the caller promised.
     unsafe { out.write(instance) };
     Ok(())

@@ -71,84 +71,72 @@ struct Header {
     boot_id: String,
 }
 
+/// A runtime reservation's fields, as every insert record starts (written by [`RowRef`]).
+#[derive(Deserialize)]
+struct Row {
+    token: Token,
+    protocol: Protocol,
+    range: PortRange,
+    owner: Owner,
+    acquired_at_ms: u64,
+    process: bool,
+    held: bool,
+}
+
+impl Row {
+    fn into_row(self, label: Option<Label>, name: Option<Name>) -> JournalRow {
+        JournalRow {
+            token: self.token,
+            protocol: self.protocol,
+            range: self.range,
+            owner: self.owner,
+            acquired_at_ms: self.acquired_at_ms,
+            process: self.process,
+            held: self.held,
+            label,
+            name,
+        }
+    }
+}
+
+/// [`Row`] as written, borrowing the owner.
+#[derive(Serialize)]
+struct RowRef<'a> {
+    token: Token,
+    protocol: Protocol,
+    range: PortRange,
+    owner: &'a Owner,
+    acquired_at_ms: u64,
+    process: bool,
+    held: bool,
+}
+
 /// One operation as read back. [`RecordRef`] writes the same shape (variants in the same
-/// order, fields in the same order) from borrowed data.
+/// order, fields in the same order) from borrowed data. postcard writes a struct's fields with
+/// no framing, so `Insert(Row)` is byte for byte the struct variant earlier builds wrote.
 #[derive(Deserialize)]
 enum Record {
-    Insert {
-        token: Token,
-        protocol: Protocol,
-        range: PortRange,
-        owner: Owner,
-        acquired_at_ms: u64,
-        process: bool,
-        held: bool,
-    },
+    Insert(Row),
     Remove(Token),
     /// The entries of `ip_local_reserved_ports` the daemon may have written, in the kernel's
     /// list syntax ("" for none).
     Kernel(String),
-    /// An `Insert` with a label or a name ("" for none; a variant of its own, appended, so
+    /// An `Insert` with a label and a name ("" for none; a variant of its own, appended, so
     /// that a journal written before labels and names existed still reads).
-    Tagged {
-        token: Token,
-        protocol: Protocol,
-        range: PortRange,
-        owner: Owner,
-        acquired_at_ms: u64,
-        process: bool,
-        held: bool,
-        label: String,
-        name: String,
-    },
+    Tagged(Row, String, String),
 }
 
 impl Record {
     /// The journal operation, or `Err` with a Kernel record's list.
     fn into_op(self) -> Result<JournalOp, String> {
         Ok(match self {
-            Record::Insert {
-                token,
-                protocol,
-                range,
-                owner,
-                acquired_at_ms,
-                process,
-                held,
-            } => JournalOp::Insert(JournalRow {
-                token,
-                protocol,
-                range,
-                owner,
-                acquired_at_ms,
-                process,
-                held,
-                label: None,
-                name: None,
-            }),
-            Record::Tagged {
-                token,
-                protocol,
-                range,
-                owner,
-                acquired_at_ms,
-                process,
-                held,
-                label,
-                name,
-            } => JournalOp::Insert(JournalRow {
-                token,
-                protocol,
-                range,
-                owner,
-                acquired_at_ms,
-                process,
-                held,
-                // Written from a valid label and name; one that no longer reads is dropped,
-                // not the reservation.
-                label: Label::parse(&label).ok().flatten(),
-                name: Name::parse(&name).ok().flatten(),
-            }),
+            Record::Insert(row) => JournalOp::Insert(row.into_row(None, None)),
+            // Written from a valid label and name; one that no longer reads is dropped, not
+            // the reservation.
+            Record::Tagged(row, label, name) => JournalOp::Insert(row.into_row(
+                Label::parse(&label).ok().flatten(),
+                Name::parse(&name).ok().flatten(),
+            )),
             Record::Remove(token) => JournalOp::Remove(token),
             Record::Kernel(list) => return Err(list),
         })
@@ -158,28 +146,10 @@ impl Record {
 /// One operation as written, borrowing what it records: see [`Record`].
 #[derive(Serialize)]
 enum RecordRef<'a> {
-    Insert {
-        token: Token,
-        protocol: Protocol,
-        range: PortRange,
-        owner: &'a Owner,
-        acquired_at_ms: u64,
-        process: bool,
-        held: bool,
-    },
+    Insert(RowRef<'a>),
     Remove(Token),
     Kernel(&'a str),
-    Tagged {
-        token: Token,
-        protocol: Protocol,
-        range: PortRange,
-        owner: &'a Owner,
-        acquired_at_ms: u64,
-        process: bool,
-        held: bool,
-        label: &'a str,
-        name: &'a str,
-    },
+    Tagged(RowRef<'a>, &'a str, &'a str),
 }
 
 impl<'a> RecordRef<'a> {
@@ -191,20 +161,7 @@ impl<'a> RecordRef<'a> {
     }
 
     fn insert(row: &'a JournalRow) -> Self {
-        if row.label.is_some() || row.name.is_some() {
-            return RecordRef::Tagged {
-                token: row.token,
-                protocol: row.protocol,
-                range: row.range,
-                owner: &row.owner,
-                acquired_at_ms: row.acquired_at_ms,
-                process: row.process,
-                held: row.held,
-                label: row.label.as_ref().map_or("", Label::as_str),
-                name: row.name.as_ref().map_or("", Name::as_str),
-            };
-        }
-        RecordRef::Insert {
+        let fields = RowRef {
             token: row.token,
             protocol: row.protocol,
             range: row.range,
@@ -212,7 +169,15 @@ impl<'a> RecordRef<'a> {
             acquired_at_ms: row.acquired_at_ms,
             process: row.process,
             held: row.held,
+        };
+        if row.label.is_none() && row.name.is_none() {
+            return RecordRef::Insert(fields);
         }
+        RecordRef::Tagged(
+            fields,
+            row.label.as_ref().map_or("", Label::as_str),
+            row.name.as_ref().map_or("", Name::as_str),
+        )
     }
 }
 
@@ -671,5 +636,58 @@ fn io_error(path: &Path, action: &'static str, source: io::Error) -> StoreError 
         path: path.to_path_buf(),
         action,
         source,
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The bytes of an insert record are the ones earlier builds wrote and read (pinned before
+    /// the records shared their fields), and a tagged one reads back with its label and name.
+    #[test]
+    fn insert_records_keep_their_bytes() {
+        let row = JournalRow {
+            token: Token::new(300).unwrap(),
+            protocol: Protocol::Udp,
+            range: PortRange::new(8080, 2).unwrap(),
+            owner: Owner {
+                pid: 7,
+                uid: 1000,
+                gid: 1000,
+                start_time: 9,
+                command: "nc".into(),
+            },
+            acquired_at_ms: 5,
+            process: true,
+            held: false,
+            label: None,
+            name: None,
+        };
+        let mut tagged = row.clone();
+        tagged.label = Label::parse("t").unwrap();
+        tagged.name = Name::parse("a/b").unwrap();
+        let plain = postcard::to_allocvec(&RecordRef::insert(&row)).unwrap();
+        assert_eq!(
+            hex(&plain),
+            "00 ac 02 01 90 3f 02 07 e8 07 e8 07 09 02 6e 63 05 01 00"
+        );
+        let with_tags = postcard::to_allocvec(&RecordRef::insert(&tagged)).unwrap();
+        assert_eq!(
+            hex(&with_tags),
+            "03 ac 02 01 90 3f 02 07 e8 07 e8 07 09 02 6e 63 05 01 00 01 74 03 61 2f 62"
+        );
+        for (bytes, want) in [(plain, row), (with_tags, tagged)] {
+            let back: Record = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back.into_op(), Ok(JournalOp::Insert(want)));
+        }
     }
 }

@@ -253,7 +253,7 @@ pub(crate) const KERNEL_LOOKS: usize = 1;
 
 /// Recent kernel looks: a block, when it was looked at, and whether a socket was bound to it.
 pub(crate) type Looks =
-    std::collections::HashMap<(Protocol, PortRange), (std::time::Instant, bool)>;
+    std::collections::HashMap<(Protocol, PortRange), (tokio::time::Instant, bool)>;
 
 impl Shared {
     /// The live reservations of `name` in the scope the request names (see
@@ -429,7 +429,8 @@ impl Shared {
             return false;
         };
         let mut looks = self.looks();
-        let now = std::time::Instant::now();
+        // tokio's clock, as the waits' deadlines (paused in tests, like them).
+        let now = tokio::time::Instant::now();
         // Old looks go: the map holds a moment's worth.
         looks.retain(|_, (at, _)| at.elapsed() < BOUND_POLL);
         for &(block, bound) in &asked {
@@ -507,6 +508,14 @@ impl Shared {
                 }
                 Err(e) => {
                     let e = e.seen_by(asker.process.uid, asker.is_admin);
+                    // A reservation over the port: there is nothing to publish, it has an
+                    // owner in berth already.
+                    if let berth_core::AcquireError::Conflict { holder, .. } = &e {
+                        return error(
+                            e.kind(),
+                            format!("{protocol} port {port} is reserved already: reservation {} of {}; a reserved port is named when it is reserved (`berth run --name`), not published", holder.token, holder.holder_description()),
+                        );
+                    }
                     return error(e.kind(), e.to_string());
                 }
             }

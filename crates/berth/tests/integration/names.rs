@@ -227,7 +227,10 @@ async fn a_port_bound_by_other_means_is_published_under_a_name() {
         .publish("dev/other", Protocol::Tcp, 12890)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    assert!(
+        matches!(&err, Error::Conflict(m) if m.contains("reserved already")),
+        "{err:?}"
+    );
     let err = client
         .acquire_unheld(Protocol::Tcp, 12890, 1)
         .await
