@@ -2,16 +2,28 @@
 //
 // Enforce mode: cgroup-BPF programs that keep a reservation's ports for its owner cgroup.
 //
-// `owners` maps (network-namespace cookie, port, protocol) to the id of the cgroup that owns
-// the port. A bind of an owned port from a task of any other cgroup fails with EADDRINUSE, the
-// error unmodified programs already handle: `bind4`/`bind6` see the port asked for,
-// `post_bind4`/`post_bind6` the port a `bind()` ended on (a `bind(0)`'s too). Ports the kernel
-// assigns without a `bind()` call (`connect()`, `listen()` or `sendto()` on an unbound socket)
-// are not checked here: `ip_local_reserved_ports` keeps owned ports out of those. A task of the
+// `owners` maps (network-namespace cookie, port, protocol) to the cgroup that owns the port. A
+// bind of an owned port from a task of any other cgroup fails with EADDRINUSE, the error
+// unmodified programs already handle: `bind4`/`bind6` see the port asked for,
+// `post_bind4`/`post_bind6` the port a `bind()` ended on (a `bind(0)`'s too). A task of the
 // owner cgroup or of any cgroup below it is the owner (compared by ancestor id at the owner's
-// level); tasks of an exempt cgroup (the daemon's, which binds for its clients) pass. Nothing else matches: port 0 is never looked up, a key carries every field, and an
-// entry whose owner is 0 is treated as absent (systemd's SocketBindAllow= once denied nothing
-// for years because a zeroed entry meant "any").
+// level); tasks of an exempt cgroup (the daemon's, which binds for its clients) pass.
+//
+// `blocks` maps (namespace, cgroup, protocol) to the block that cgroup's `bind(0)` draws from:
+// `bind4`/`bind6` rewrite port 0 to a port of the block that no socket of the owner has
+// claimed. A claim (`claims`: port -> socket cookie) is made when a port is picked and when an
+// owner's socket is bound to an owned port, kept in the socket's storage, and dropped when the
+// socket is released (`sock_release`). With every port claimed, `bind(0)` is left to the kernel.
+//
+// Ports the kernel assigns without a `bind()` call (`connect()`, `listen()` or `sendto()` on an
+// unbound socket) are not checked here: `ip_local_reserved_ports` keeps owned ports out of them.
+//
+// Nothing else matches: port 0 is never looked up, a key carries every field, an entry whose
+// owner is 0 or whose block is empty is treated as absent (systemd's SocketBindAllow= once
+// denied nothing for years because a zeroed entry meant "any"). Every refusal is counted per
+// port with its last sample (`refusals`). Past the daemon's lease (`lease`: a monotonic-clock
+// deadline the daemon renews) nothing is refused: a daemon gone for good never leaves a port
+// refused to everyone.
 //
 // Built with Debian's clang: clang -target bpf -O2 -g -mcpu=v3 (build.rs).
 
@@ -20,6 +32,17 @@
 #include <bpf/bpf_endian.h>
 
 #define EADDRINUSE 98
+// A cgroup's depth is searched this far for an owner of a block (cgroup v2 nests deeper only
+// in unusual hosts; a deeper owner's bind(0) is left to the kernel).
+#define MAX_LEVEL 32
+// Ports of a block tried per bind(0): the pick starts at a rotating cursor.
+#define MAX_TRIES 256
+
+// Return values of a bind hook: 1 lets the bind go on; 3 (Linux 5.12+) also lets it bind a port
+// below ip_unprivileged_port_start without CAP_NET_BIND_SERVICE — given to owners, whose
+// reservation the daemon granted under its privileged-port policy.
+#define ALLOW 1
+#define ALLOW_PRIVILEGED 3
 
 struct key {
     __u64 netns;    // bpf_get_netns_cookie of the socket's namespace
@@ -34,12 +57,71 @@ struct owner {
     __u32 pad;      // always zero
 };
 
+struct block_key {
+    __u64 netns;
+    __u64 cgroup;   // the owner's id
+    __u8 protocol;
+    __u8 pad[7];    // always zero
+};
+
+struct block {
+    __u16 first;    // the block's first port; 0 never names a block
+    __u16 count;    // its number of ports; 0 never names a block
+    __u32 next;     // a rotating cursor (atomic), where the next pick starts
+};
+
+struct refusal {
+    __u64 count;    // refusals of this port since it was owned
+    __u64 when;     // the last one's time, CLOCK_MONOTONIC nanoseconds
+    __u64 cgroup;   // the refused task's cgroup
+    __u32 pid;      // the refused task's thread-group id (in the initial pid namespace)
+    __u8 comm[16];  // its command name
+    __u32 pad;      // always zero
+};
+
+// The socket's claim, kept in its storage so that its release drops it.
+struct claim {
+    __u64 netns;
+    __u16 port;
+    __u8 protocol;
+    __u8 pad[5];
+};
+
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 131072);  // every port of both protocols in one namespace
     __type(key, struct key);
     __type(value, struct owner);
 } owners SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct block_key);
+    __type(value, struct block);
+} blocks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 131072);
+    __type(key, struct key);
+    __type(value, __u64);         // the claiming socket's cookie
+} claims SEC(".maps");
+
+// Least recently refused ports make room: a bind loop over many ports floods nothing.
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 8192);
+    __type(key, struct key);
+    __type(value, struct refusal);
+} refusals SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct claim);
+} socket_claims SEC(".maps");
 
 // Cgroups whose tasks bind any port (the daemon's own): id -> 1.
 struct {
@@ -49,8 +131,40 @@ struct {
     __type(value, __u8);
 } exempt SEC(".maps");
 
-// 1: allowed; 0: refused with EADDRINUSE.
-static __always_inline int allowed(__u64 netns, __u16 port, __u32 protocol)
+// The daemon's lease: the CLOCK_MONOTONIC nanosecond past which nothing is refused.
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} lease SEC(".maps");
+
+static __always_inline int leased(void)
+{
+    __u32 zero = 0;
+    __u64 *until = bpf_map_lookup_elem(&lease, &zero);
+    return until && bpf_ktime_get_ns() < *until;
+}
+
+static __always_inline void count_refusal(struct key *k)
+{
+    struct refusal fresh = {};
+    struct refusal *r = bpf_map_lookup_elem(&refusals, k);
+    if (!r) {
+        bpf_map_update_elem(&refusals, k, &fresh, BPF_NOEXIST);
+        r = bpf_map_lookup_elem(&refusals, k);
+        if (!r)
+            return;
+    }
+    __sync_fetch_and_add(&r->count, 1);
+    r->when = bpf_ktime_get_ns();
+    r->cgroup = bpf_get_current_cgroup_id();
+    r->pid = (__u32)(bpf_get_current_pid_tgid() >> 32);
+    bpf_get_current_comm(&r->comm, sizeof(r->comm));
+}
+
+// 2: the caller owns the port; 1: nobody it must yield to; 0: refused with EADDRINUSE.
+static __always_inline int judge(__u64 netns, __u16 port, __u32 protocol)
 {
     if (port == 0)
         return 1;
@@ -62,36 +176,158 @@ static __always_inline int allowed(__u64 netns, __u16 port, __u32 protocol)
     if (!o || o->cgroup == 0)
         return 1;
     if (bpf_get_current_ancestor_cgroup_id((int)o->level) == o->cgroup)
-        return 1;
+        return 2;
     __u64 current = bpf_get_current_cgroup_id();
     if (bpf_map_lookup_elem(&exempt, &current))
         return 1;
+    if (!leased())
+        return 1;
+    count_refusal(&k);
     bpf_set_retval(-EADDRINUSE);
     return 0;
+}
+
+// Records that the socket `sk` holds `port`: its claim, and the note its release reads.
+static __always_inline void claim(struct bpf_sock *sk, __u64 cookie, __u64 netns, __u16 port,
+                                  __u32 protocol)
+{
+    struct key k = {};
+    k.netns = netns;
+    k.port = port;
+    k.protocol = (__u8)protocol;
+    bpf_map_update_elem(&claims, &k, &cookie, BPF_ANY);
+    struct claim *note = bpf_sk_storage_get(&socket_claims, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (note) {
+        note->netns = netns;
+        note->port = port;
+        note->protocol = (__u8)protocol;
+    }
+}
+
+// The block of the calling task's nearest owning cgroup, or NULL.
+static __always_inline struct block *block_of_caller(__u64 netns, __u32 protocol)
+{
+    struct block_key bk = {};
+    bk.netns = netns;
+    bk.protocol = (__u8)protocol;
+    struct block *found = 0;
+    for (int level = 1; level <= MAX_LEVEL; level++) {
+        __u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (id == 0)
+            break;
+        bk.cgroup = id;
+        struct block *b = bpf_map_lookup_elem(&blocks, &bk);
+        if (b && b->first != 0 && b->count != 0)
+            found = b;
+    }
+    return found;
+}
+
+// Rewrites a bind(0) of an owner's task to an unclaimed port of its block.
+static __always_inline int steer(struct bpf_sock_addr *ctx, __u64 netns)
+{
+    struct block *b = block_of_caller(netns, ctx->protocol);
+    if (!b)
+        return ALLOW;
+    __u32 first = b->first;
+    __u32 count = b->count;
+    if (first == 0 || count == 0 || first + count > 65536)
+        return ALLOW;
+    __u32 start = __sync_fetch_and_add(&b->next, 1);
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    struct key k = {};
+    k.netns = netns;
+    k.protocol = (__u8)ctx->protocol;
+    for (__u32 i = 0; i < MAX_TRIES; i++) {
+        if (i >= count)
+            break;
+        k.port = (__u16)(first + (start + i) % count);
+        // BPF_NOEXIST: of two binds racing for one port, one claims it.
+        if (bpf_map_update_elem(&claims, &k, &cookie, BPF_NOEXIST) == 0) {
+            struct claim *note =
+                bpf_sk_storage_get(&socket_claims, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+            if (note) {
+                note->netns = netns;
+                note->port = k.port;
+                note->protocol = k.protocol;
+            }
+            ctx->user_port = bpf_htons(k.port);
+            return ALLOW_PRIVILEGED;
+        }
+    }
+    return ALLOW;
+}
+
+static __always_inline int on_bind(struct bpf_sock_addr *ctx)
+{
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    __u16 port = bpf_ntohs((__u16)ctx->user_port);
+    if (port == 0)
+        return steer(ctx, netns);
+    switch (judge(netns, port, ctx->protocol)) {
+    case 2:
+        return ALLOW_PRIVILEGED;
+    case 1:
+        return ALLOW;
+    default:
+        return 0;
+    }
 }
 
 SEC("cgroup/bind4")
 int berth_bind4(struct bpf_sock_addr *ctx)
 {
-    return allowed(bpf_get_netns_cookie(ctx), bpf_ntohs((__u16)ctx->user_port), ctx->protocol);
+    return on_bind(ctx);
 }
 
 SEC("cgroup/bind6")
 int berth_bind6(struct bpf_sock_addr *ctx)
 {
-    return allowed(bpf_get_netns_cookie(ctx), bpf_ntohs((__u16)ctx->user_port), ctx->protocol);
+    return on_bind(ctx);
+}
+
+static __always_inline int on_post_bind(struct bpf_sock *ctx)
+{
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    __u16 port = (__u16)ctx->src_port;
+    switch (judge(netns, port, ctx->protocol)) {
+    case 2:
+        claim(ctx, bpf_get_socket_cookie(ctx), netns, port, ctx->protocol);
+        return 1;
+    case 1:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 SEC("cgroup/post_bind4")
 int berth_post_bind4(struct bpf_sock *ctx)
 {
-    return allowed(bpf_get_netns_cookie(ctx), (__u16)ctx->src_port, ctx->protocol);
+    return on_post_bind(ctx);
 }
 
 SEC("cgroup/post_bind6")
 int berth_post_bind6(struct bpf_sock *ctx)
 {
-    return allowed(bpf_get_netns_cookie(ctx), (__u16)ctx->src_port, ctx->protocol);
+    return on_post_bind(ctx);
+}
+
+// A socket released gives its claim back (only its own: a later socket may hold the port).
+SEC("cgroup/sock_release")
+int berth_sock_release(struct bpf_sock *ctx)
+{
+    struct claim *note = bpf_sk_storage_get(&socket_claims, ctx, 0, 0);
+    if (!note || note->port == 0)
+        return 1;
+    struct key k = {};
+    k.netns = note->netns;
+    k.port = note->port;
+    k.protocol = note->protocol;
+    __u64 *holder = bpf_map_lookup_elem(&claims, &k);
+    if (holder && *holder == bpf_get_socket_cookie(ctx))
+        bpf_map_delete_elem(&claims, &k);
+    return 1;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

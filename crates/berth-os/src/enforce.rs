@@ -1,6 +1,7 @@
 //! Enforce mode's kernel side: the cgroup-BPF programs that keep a port for the cgroup that
 //! owns it (`bpf/enforce.bpf.c`, built by `build.rs` with clang), loaded and attached with
-//! aya, and their map of owners.
+//! aya, and their maps: owners of ports, blocks that owners' `bind(0)` draws from, refusals,
+//! and the daemon's lease.
 //!
 //! A cgroup is named by its id: on cgroup v2 the inode number of its directory, which is what
 //! `bpf_get_current_cgroup_id()` returns for a task in it. A network namespace is named by its
@@ -17,7 +18,9 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use aya::maps::HashMap;
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap};
 use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr};
 use berth_core::Protocol;
 
@@ -110,7 +113,80 @@ pub fn netns_cookie() -> io::Result<u64> {
     }
 }
 
-/// The programs, loaded and attached to one cgroup, and their map of owners.
+/// The block a cgroup's `bind(0)` draws from: `struct block_key` of `bpf/enforce.bpf.c`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BlockKey {
+    netns: u64,
+    cgroup: u64,
+    protocol: u8,
+    pad: [u8; 7],
+}
+
+// SAFETY: `repr(C)` plain data, 8 + 8 + 1 + 7 bytes with the padding spelled out, valid for
+// any bit pattern.
+unsafe impl aya::Pod for BlockKey {}
+
+/// `struct block`: the block's first port, its size, and the programs' rotating cursor.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Block {
+    first: u16,
+    count: u16,
+    next: u32,
+}
+
+// SAFETY: `repr(C)` plain data, 2 + 2 + 4 bytes with no padding, valid for any bit pattern.
+unsafe impl aya::Pod for Block {}
+
+/// `struct refusal`: how often a port was refused, and the last refusal.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RawRefusal {
+    count: u64,
+    when: u64,
+    cgroup: u64,
+    pid: u32,
+    comm: [u8; 16],
+    pad: u32,
+}
+
+// SAFETY: `repr(C)` plain data, 8 + 8 + 8 + 4 + 16 + 4 bytes with no padding the compiler adds,
+// valid for any bit pattern.
+unsafe impl aya::Pod for RawRefusal {}
+
+/// What the programs recorded of the binds they refused on one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusals {
+    /// How many binds of the port were refused since it was owned.
+    pub count: u64,
+    /// The last refusal.
+    pub last: Refused,
+}
+
+/// One refused bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// When, on the monotonic clock (`CLOCK_MONOTONIC`, what `bpf_ktime_get_ns()` reads).
+    pub at: Duration,
+    /// The refused task's cgroup id.
+    pub cgroup: u64,
+    /// The refused task's process id, as the initial pid namespace numbers it.
+    pub pid: u32,
+    /// Its command name (at most 15 bytes, as the kernel keeps it).
+    pub command: String,
+}
+
+/// The monotonic clock's reading now, as the programs read it.
+pub fn monotonic_now() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// The programs, loaded and attached to one cgroup, and their maps.
 pub struct Programs {
     ebpf: aya::Ebpf,
 }
@@ -129,7 +205,8 @@ fn failed(what: &str, e: impl std::fmt::Display) -> io::Error {
 impl Programs {
     /// Loads the programs (the kernel's verifier checks them) and attaches them to the cgroup
     /// v2 directory `cgroup`: from then on its tasks', and its descendants', binds of owned
-    /// ports are checked. Needs `CAP_BPF` and `CAP_NET_ADMIN` (root).
+    /// ports are checked. Needs `CAP_BPF` and `CAP_NET_ADMIN` (root). Nothing is refused until
+    /// a lease is given ([`Programs::renew_lease`]).
     pub fn attach(cgroup: &Path) -> io::Result<Programs> {
         if let Some(why) = unavailable() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, why));
@@ -147,7 +224,7 @@ impl Programs {
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|e| failed(name, e))?;
         }
-        for name in ["berth_post_bind4", "berth_post_bind6"] {
+        for name in ["berth_post_bind4", "berth_post_bind6", "berth_sock_release"] {
             let program: &mut CgroupSock = ebpf
                 .program_mut(name)
                 .ok_or_else(|| failed("the BPF object lacks a program", name))?
@@ -161,12 +238,15 @@ impl Programs {
         Ok(Programs { ebpf })
     }
 
-    fn owners(&mut self) -> io::Result<HashMap<&mut aya::maps::MapData, Key, Owner>> {
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> io::Result<HashMap<&mut aya::maps::MapData, K, V>> {
         let map = self
             .ebpf
-            .map_mut("owners")
-            .ok_or_else(|| failed("the BPF object lacks its map", "owners"))?;
-        HashMap::try_from(map).map_err(|e| failed("owners", e))
+            .map_mut(name)
+            .ok_or_else(|| failed("the BPF object lacks its map", name))?;
+        HashMap::try_from(map).map_err(|e| failed(name, e))
     }
 
     /// Gives `port` of `protocol` in the network namespace `netns` (a cookie) to `cgroup`
@@ -189,7 +269,7 @@ impl Programs {
             level: cgroup.level,
             pad: 0,
         };
-        self.owners()?
+        self.hash::<Key, Owner>("owners")?
             .insert(key(netns, protocol, port), owner, 0)
             .map_err(|e| failed("owning a port", e))
     }
@@ -197,35 +277,145 @@ impl Programs {
     /// Lets the tasks of the cgroup `id` (exactly that one: the daemon's own) bind any port,
     /// owned or not: the daemon binds its clients' sockets and holds their ports.
     pub fn exempt(&mut self, id: u64) -> io::Result<()> {
-        let map = self
-            .ebpf
-            .map_mut("exempt")
-            .ok_or_else(|| failed("the BPF object lacks its map", "exempt"))?;
-        let mut exempt: HashMap<&mut aya::maps::MapData, u64, u8> =
-            HashMap::try_from(map).map_err(|e| failed("exempt", e))?;
-        exempt
+        self.hash::<u64, u8>("exempt")?
             .insert(id, 1, 0)
             .map_err(|e| failed("exempting a cgroup", e))
     }
 
-    /// Takes `port` back from whichever cgroup owned it (nothing to take is fine).
+    /// Takes `port` back from whichever cgroup owned it (nothing to take is fine), with the
+    /// claims and refusals recorded for it.
     pub fn disown(&mut self, netns: u64, (protocol, port): (Protocol, u16)) -> io::Result<()> {
-        match self.owners()?.remove(&key(netns, protocol, port)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(failed("disowning a port", e)),
+        let k = key(netns, protocol, port);
+        absent_is_fine(
+            self.hash::<Key, Owner>("owners")?.remove(&k),
+            "disowning a port",
+        )?;
+        absent_is_fine(
+            self.hash::<Key, u64>("claims")?.remove(&k),
+            "dropping a claim",
+        )?;
+        absent_is_fine(
+            self.hash::<Key, RawRefusal>("refusals")?.remove(&k),
+            "dropping refusals",
+        )
+    }
+
+    /// Makes the ports `first..first + count` of `protocol` the block that `bind(0)` of a task
+    /// of `cgroup` (or below it) draws from in the namespace `netns`: a port no socket of the
+    /// owner holds. One block per cgroup and protocol: a later call replaces it.
+    pub fn steer(
+        &mut self,
+        netns: u64,
+        protocol: Protocol,
+        cgroup: u64,
+        (first, count): (u16, u16),
+    ) -> io::Result<()> {
+        if first == 0 || count == 0 || cgroup == 0 || u32::from(first) + u32::from(count) > 65536 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a steered block has a cgroup, a first port and a size, all not 0, within 1-65535",
+            ));
         }
+        let block = Block {
+            first,
+            count,
+            next: 0,
+        };
+        self.hash::<BlockKey, Block>("blocks")?
+            .insert(block_key(netns, protocol, cgroup), block, 0)
+            .map_err(|e| failed("steering a block", e))
+    }
+
+    /// Stops steering `cgroup`'s `bind(0)` of `protocol` (nothing to stop is fine).
+    pub fn unsteer(&mut self, netns: u64, protocol: Protocol, cgroup: u64) -> io::Result<()> {
+        absent_is_fine(
+            self.hash::<BlockKey, Block>("blocks")?
+                .remove(&block_key(netns, protocol, cgroup)),
+            "unsteering a block",
+        )
+    }
+
+    /// Lets the programs refuse binds until the monotonic clock reads `until`
+    /// ([`monotonic_now`] plus the lease); past it they refuse nothing.
+    pub fn renew_lease(&mut self, until: Duration) -> io::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("lease")
+            .ok_or_else(|| failed("the BPF object lacks its map", "lease"))?;
+        let mut lease: Array<&mut aya::maps::MapData, u64> =
+            Array::try_from(map).map_err(|e| failed("lease", e))?;
+        let nanos = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
+        lease
+            .set(0, nanos, 0)
+            .map_err(|e| failed("renewing the lease", e))
+    }
+
+    /// What the programs recorded of the binds of `port` they refused, if any.
+    pub fn refusals(
+        &mut self,
+        netns: u64,
+        (protocol, port): (Protocol, u16),
+    ) -> io::Result<Option<Refusals>> {
+        let raw = match self
+            .hash::<Key, RawRefusal>("refusals")?
+            .get(&key(netns, protocol, port), 0)
+        {
+            Ok(raw) => raw,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(failed("reading refusals", e)),
+        };
+        let len = raw
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(raw.comm.len());
+        Ok(Some(Refusals {
+            count: raw.count,
+            last: Refused {
+                at: Duration::from_nanos(raw.when),
+                cgroup: raw.cgroup,
+                pid: raw.pid,
+                command: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+            },
+        }))
     }
 }
 
-fn key(netns: u64, protocol: Protocol, port: u16) -> Key {
-    let protocol = match protocol {
+/// A removal's outcome, with "there was nothing to remove" (`ENOENT`) counted as done.
+fn absent_is_fine(outcome: Result<(), aya::maps::MapError>, what: &str) -> io::Result<()> {
+    match outcome {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(failed(what, e)),
+    }
+}
+
+fn protocol_number(protocol: Protocol) -> u8 {
+    let number = match protocol {
         Protocol::Tcp => libc::IPPROTO_TCP,
         Protocol::Udp => libc::IPPROTO_UDP,
     };
+    u8::try_from(number).unwrap_or(0)
+}
+
+fn key(netns: u64, protocol: Protocol, port: u16) -> Key {
     Key {
         netns,
         port,
-        protocol: u8::try_from(protocol).unwrap_or(0),
+        protocol: protocol_number(protocol),
         pad: [0; 5],
+    }
+}
+
+fn block_key(netns: u64, protocol: Protocol, cgroup: u64) -> BlockKey {
+    BlockKey {
+        netns,
+        cgroup,
+        protocol: protocol_number(protocol),
+        pad: [0; 7],
     }
 }

@@ -10,25 +10,14 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use berth_core::Protocol;
 use berth_os::enforce::{netns_cookie, Cgroup, Programs};
 use common::Hierarchy;
 
-/// Runs, in `cgroup`, a bind of `port` on the unspecified address of `family` (4 or 6) for
-/// `protocol`; returns "bound" or the errno's name.
-fn bind_in(cgroup: &Path, family: u8, protocol: Protocol, port: u16) -> String {
-    let (af, address) = match family {
-        4 => ("AF_INET", "0.0.0.0"),
-        _ => ("AF_INET6", "::"),
-    };
-    let kind = match protocol {
-        Protocol::Tcp => "SOCK_STREAM",
-        Protocol::Udp => "SOCK_DGRAM",
-    };
-    let script = format!(
-        "import socket,errno\ns=socket.socket(socket.{af}, socket.{kind})\ntry:\n    s.bind(('{address}', {port})); print('bound')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])"
-    );
+/// Runs the Python `script` in a process moved into `cgroup` first; returns what it printed.
+fn python_in(cgroup: &Path, script: &str) -> String {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -44,6 +33,48 @@ fn bind_in(cgroup: &Path, family: u8, protocol: Protocol, port: u16) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn socket_of(family: u8, protocol: Protocol) -> (&'static str, &'static str, &'static str) {
+    let (af, address) = match family {
+        4 => ("AF_INET", "0.0.0.0"),
+        _ => ("AF_INET6", "::"),
+    };
+    let kind = match protocol {
+        Protocol::Tcp => "SOCK_STREAM",
+        Protocol::Udp => "SOCK_DGRAM",
+    };
+    (af, kind, address)
+}
+
+/// Runs, in `cgroup`, a bind of `port` on the unspecified address of `family` (4 or 6) for
+/// `protocol`; returns "bound" or the errno's name.
+fn bind_in(cgroup: &Path, family: u8, protocol: Protocol, port: u16) -> String {
+    let (af, kind, address) = socket_of(family, protocol);
+    python_in(
+        cgroup,
+        &format!(
+            "import socket,errno\ns=socket.socket(socket.{af}, socket.{kind})\ntry:\n    s.bind(('{address}', {port})); print('bound')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])"
+        ),
+    )
+}
+
+/// Runs, in `cgroup`, `n` binds of port 0 kept open together, then one more after closing
+/// them all; returns the ports, the last one's after the close.
+fn bind_zero_in(cgroup: &Path, family: u8, protocol: Protocol, n: usize) -> Vec<u16> {
+    let (af, kind, address) = socket_of(family, protocol);
+    let out = python_in(
+        cgroup,
+        &format!(
+            "import socket\nports=[]\nopen_=[]\nfor i in range({n}):\n    s=socket.socket(socket.{af}, socket.{kind}); s.bind(('{address}', 0)); open_.append(s); ports.append(s.getsockname()[1])\nfor s in open_: s.close()\ns=socket.socket(socket.{af}, socket.{kind}); s.bind(('{address}', 0)); ports.append(s.getsockname()[1])\nprint(' '.join(map(str, ports)))"
+        ),
+    );
+    out.split_whitespace().map(|p| p.parse().unwrap()).collect()
+}
+
+/// A lease long enough for any test.
+fn long_lease() -> Duration {
+    berth_os::enforce::monotonic_now() + Duration::from_secs(3600)
 }
 
 #[test]
@@ -64,6 +95,7 @@ fn the_owner_cgroup_binds_its_port_and_every_other_is_refused() {
     let stranger = hierarchy.cgroup("stranger");
     let daemon = hierarchy.cgroup("daemon");
     let mut programs = Programs::attach(&hierarchy.subtree).unwrap();
+    programs.renew_lease(long_lease()).unwrap();
     let netns = netns_cookie().unwrap();
     let port = 47123;
     let at = |dir: &Path| Cgroup::at(hierarchy.root(), dir).unwrap();
@@ -104,4 +136,102 @@ fn the_owner_cgroup_binds_its_port_and_every_other_is_refused() {
     let nobody = Cgroup { id: 0, level: 1 };
     assert!(programs.own(netns, (Protocol::Tcp, port), nobody).is_err());
     drop(programs);
+}
+
+#[test]
+fn an_owner_s_bind_of_port_0_draws_from_its_block_and_strangers_are_counted() {
+    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2)") {
+        return;
+    }
+    if let Some(why) = berth_os::enforce::unavailable() {
+        panic!("{why}");
+    }
+    berth_os::netns::enter_new_on_this_thread().unwrap();
+    let hierarchy = Hierarchy::mount();
+    let owner = hierarchy.cgroup("owner");
+    let worker = hierarchy.cgroup("owner/worker");
+    let stranger = hierarchy.cgroup("stranger");
+    let mut programs = Programs::attach(&hierarchy.subtree).unwrap();
+    programs.renew_lease(long_lease()).unwrap();
+    let netns = netns_cookie().unwrap();
+    let owner_id = Cgroup::at(hierarchy.root(), &owner).unwrap();
+    let (first, count) = (47200_u16, 4_u16);
+    let block = first..first + count;
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        for port in block.clone() {
+            programs.own(netns, (protocol, port), owner_id).unwrap();
+        }
+        programs
+            .steer(netns, protocol, owner_id.id, (first, count))
+            .unwrap();
+    }
+
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        for family in [4, 6] {
+            for cgroup in [&owner, &worker] {
+                // Four sockets at once take the block's four ports; closed, they give them back.
+                let ports = bind_zero_in(cgroup, family, protocol, 4);
+                let (together, after) = ports.split_at(4);
+                let mut distinct = together.to_vec();
+                distinct.sort_unstable();
+                assert_eq!(
+                    distinct,
+                    block.clone().collect::<Vec<_>>(),
+                    "{protocol:?} IPv{family} from {}",
+                    cgroup.display()
+                );
+                assert!(block.contains(&after[0]), "{ports:?}");
+            }
+            // A stranger's bind(0) is the kernel's: never a port of the block.
+            let theirs = bind_zero_in(&stranger, family, protocol, 1);
+            assert!(theirs.iter().all(|p| !block.contains(p)), "{theirs:?}");
+        }
+    }
+    // The block's ports all held, a fifth bind(0) is left to the kernel.
+    let five = bind_zero_in(&owner, 4, Protocol::Tcp, 5);
+    assert!(!block.contains(&five[4]), "{five:?}");
+
+    // A stranger's refusals are counted, with the last one's process.
+    assert!(programs
+        .refusals(netns, (Protocol::Tcp, first))
+        .unwrap()
+        .is_none());
+    for _ in 0..3 {
+        assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, first), "EADDRINUSE");
+    }
+    let seen = programs
+        .refusals(netns, (Protocol::Tcp, first))
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.count, 3);
+    assert_eq!(seen.last.command, "python3");
+    assert_eq!(
+        seen.last.cgroup,
+        berth_os::enforce::cgroup_id(&stranger).unwrap()
+    );
+    assert!(seen.last.at <= berth_os::enforce::monotonic_now());
+    assert_ne!(seen.last.pid, 0);
+
+    // Past the lease nothing is refused (a daemon gone for good); renewed, refused again.
+    programs
+        .renew_lease(berth_os::enforce::monotonic_now())
+        .unwrap();
+    assert_eq!(bind_in(&stranger, 6, Protocol::Tcp, first), "bound");
+    programs.renew_lease(long_lease()).unwrap();
+    assert_eq!(bind_in(&stranger, 6, Protocol::Tcp, first), "EADDRINUSE");
+
+    // Unsteered, the owner's bind(0) is the kernel's again; disowned, the refusals go too.
+    programs.unsteer(netns, Protocol::Tcp, owner_id.id).unwrap();
+    let back = bind_zero_in(&owner, 4, Protocol::Tcp, 1);
+    assert!(back.iter().all(|p| !block.contains(p)), "{back:?}");
+    programs.disown(netns, (Protocol::Tcp, first)).unwrap();
+    assert!(programs
+        .refusals(netns, (Protocol::Tcp, first))
+        .unwrap()
+        .is_none());
+    // No entry can mean "any": an empty block is refused.
+    assert!(programs
+        .steer(netns, Protocol::Tcp, owner_id.id, (first, 0))
+        .is_err());
+    assert!(programs.steer(netns, Protocol::Tcp, 0, (first, 1)).is_err());
 }

@@ -32,9 +32,12 @@ impl Hierarchy {
             .status()
             .unwrap();
         assert!(status.success(), "mount -t cgroup2 failed: {status}");
+        // Tests of one binary run at once: each its own subtree.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let subtree = mount
             .path()
-            .join(format!("berth-enforce-test-{}", std::process::id()));
+            .join(format!("berth-enforce-test-{}-{n}", std::process::id()));
         std::fs::create_dir(&subtree).unwrap();
         Hierarchy { mount, subtree }
     }
