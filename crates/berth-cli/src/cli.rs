@@ -341,6 +341,13 @@ pub struct RunArgs {
     /// are held: nobody else can bind them, before or while the command runs.
     #[arg(long)]
     pub listen: bool,
+    /// Enforce the reservations in the kernel: the daemon starts the command in a cgroup of its
+    /// own that owns them — its bind(0) draws from them, every other program's bind of them
+    /// fails with EADDRINUSE — and they live until the cgroup has no process left, so a
+    /// daemonized server keeps them after the launcher exits. Needs a daemon that runs as root
+    /// on cgroup v2 (`berth status` says whether it can); the command leaves its login scope.
+    #[arg(long, conflicts_with = "listen")]
+    pub enforce: bool,
     /// The address the --listen sockets are bound to [default: :: (dual-stack) where the host
     /// has IPv6, else 0.0.0.0].
     #[arg(long, value_name = "IP", requires = "listen")]

@@ -266,6 +266,7 @@ mod tests {
             moved_from: None,
             name: None,
             allow_groups: Vec::new(),
+            cgroup: None,
             allow_users: Vec::new(),
         }
     }
@@ -320,6 +321,9 @@ mod tests {
             kernel_list: None,
             exposure: None,
             reuse_cool_down_s: 60,
+            mode: "hold".into(),
+            enforce_attached_at: None,
+            enforce_unavailable_because: String::new(),
         }
     }
 

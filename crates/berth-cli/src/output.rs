@@ -34,6 +34,9 @@ pub struct ReservationJson {
     pub allow_users: Vec<u32>,
     /// See `allow_users`.
     pub allow_groups: Vec<u32>,
+    /// The cgroup that owns it (enforce mode), below the cgroup v2 hierarchy's root, when the
+    /// asker may see its owner (`null` otherwise).
+    pub cgroup: Option<String>,
 }
 
 /// The owner of a reservation in JSON.
@@ -67,6 +70,7 @@ impl From<&ReservationInfo> for ReservationJson {
             name: r.name.clone(),
             allow_users: r.allow_users.clone(),
             allow_groups: r.allow_groups.clone(),
+            cgroup: r.cgroup.clone(),
         }
     }
 }
@@ -138,6 +142,23 @@ pub struct StatusJson {
     /// The reuse cool-down in seconds: wildcard picks pass by ports freed less than this long
     /// ago while other ports fit (0: none).
     pub reuse_cool_down_s: u32,
+    /// Which mode keeps reservations now: `"enforce"` (enforce mode's programs are attached),
+    /// `"hold"` (hold sockets) or `"advisory"`.
+    pub mode: String,
+    /// Enforce mode: `{"available", "unavailable_because", "attached_at"}`.
+    pub enforce: EnforceJson,
+}
+
+/// Enforce mode in `berth status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct EnforceJson {
+    /// Whether `berth run --enforce` would be honoured.
+    pub available: bool,
+    /// Why not, when not (`null` when it would).
+    pub unavailable_because: Option<String>,
+    /// Where the programs are attached (a cgroup v2 directory), or `null` while no cgroup
+    /// owns a reservation.
+    pub attached_at: Option<String>,
 }
 
 /// An exposed pool in `berth status --json`.
@@ -296,6 +317,13 @@ impl From<&StatusInfo> for StatusJson {
                 refused: e.refused,
             }),
             reuse_cool_down_s: s.reuse_cool_down_s,
+            mode: s.mode.clone(),
+            enforce: EnforceJson {
+                available: s.enforce_unavailable_because.is_empty(),
+                unavailable_because: (!s.enforce_unavailable_because.is_empty())
+                    .then(|| s.enforce_unavailable_because.clone()),
+                attached_at: s.enforce_attached_at.clone(),
+            },
             kernel_list: s.kernel_list.map(|k| KernelListJson {
                 reserved: k.reserved,
                 extras: k.extras,
@@ -345,7 +373,13 @@ pub fn table(list: &[ReservationInfo]) -> String {
             pid,
             command,
             human_age(r.age_ms / 1000),
-            if r.held { "yes" } else { "no" }.to_owned(),
+            // A cgroup's ports are kept by the kernel's enforcement, not by hold sockets.
+            match (r.held, &r.cgroup) {
+                (_, Some(_)) => "enforced",
+                (true, None) => "yes",
+                (false, None) => "no",
+            }
+            .to_owned(),
             port_list(&r.bound),
             r.name.clone().unwrap_or_else(|| "-".to_owned()),
             r.label.clone().unwrap_or_else(|| "-".to_owned()),

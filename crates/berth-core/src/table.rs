@@ -1031,6 +1031,41 @@ impl Table {
         self.rebind(after)
     }
 
+    /// Binds the runtime reservation `token`, owned by `requester` and bound to its session, to
+    /// the cgroup `cgroup` ([`Bond::Cgroup`]): it lives until that cgroup has no process left,
+    /// unheld (the kernel keeps its ports for the cgroup; a hold would refuse the owner's own
+    /// bind). The owner stays `requester`, whose user it counts against. Whether the cgroup
+    /// may own it is the caller's policy.
+    pub fn give_to_cgroup(
+        &mut self,
+        token: Token,
+        requester: &Owner,
+        cgroup: u64,
+    ) -> Result<Change, UseError> {
+        let reservation = self.get(token).ok_or(UseError::NotFound(token))?;
+        let movable = reservation.kind() == Kind::Runtime && reservation.is_owned_by(requester);
+        if !movable || cgroup == 0 {
+            return Err(UseError::NotOwner {
+                reservation: Box::new(reservation.clone()),
+                requester_pid: requester.pid,
+            });
+        }
+        let mut after = reservation.clone();
+        after.lease = Lease::Runtime {
+            owner: requester.clone(),
+            bond: Bond::Cgroup(cgroup),
+            held: false,
+        };
+        self.rebind(after)
+    }
+
+    /// Releases the reservations bound to the cgroup `cgroup` (it has no process left).
+    pub fn release_cgroup(&mut self, cgroup: u64) -> Vec<Change> {
+        self.release_where(Ending::CgroupEmptied, |r| {
+            r.bond() == Some(Bond::Cgroup(cgroup))
+        })
+    }
+
     /// Replaces a reservation by `after` (same token, protocol and ports), keeping the usage
     /// counts right when its owner's user changes.
     fn rebind(&mut self, after: Reservation) -> Result<Change, UseError> {

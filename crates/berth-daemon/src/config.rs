@@ -114,6 +114,9 @@ pub struct Config {
     pub max_names_per_user: usize,
     /// Names not given for this long are forgotten (their blocks are then ordinary ports).
     pub forget_names_after: Duration,
+    /// Enforce mode: whether it is allowed, where its programs attach, where `berth run
+    /// --enforce` cgroups are made.
+    pub enforce: crate::mirror::enforce::Settings,
 }
 
 /// Names remembered per user by default ([`Config::max_names_per_user`]).
@@ -173,6 +176,7 @@ impl Config {
             reuse_cool_down: DEFAULT_REUSE_COOL_DOWN,
             max_names_per_user: DEFAULT_MAX_NAMES_PER_USER,
             forget_names_after: DEFAULT_FORGET_NAMES_AFTER,
+            enforce: crate::mirror::enforce::Settings::default(),
         }
     }
 }

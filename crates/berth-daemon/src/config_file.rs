@@ -135,6 +135,13 @@ pub struct ConfigFile {
     max_names_per_user: Option<u64>,
     /// Days after which a name not given is forgotten.
     forget_names_after_days: Option<u64>,
+    /// Whether enforce mode may be asked for (`false` forbids it).
+    enforce: Option<bool>,
+    /// The cgroup v2 directory enforce mode's programs attach to (absolute; default: the
+    /// hierarchy's root).
+    enforce_attach: Option<PathBuf>,
+    /// Where `berth run --enforce` cgroups are made (absolute).
+    enforce_cgroups: Option<PathBuf>,
 }
 
 /// The `portserver` key.
@@ -231,6 +238,31 @@ impl ConfigFile {
         }
         if let Some(hold) = self.hold {
             config.hold = hold;
+        }
+        if let Some(enforce) = self.enforce {
+            config.enforce.allowed = enforce;
+        }
+        for (key, value, slot) in [
+            (
+                "enforce_attach",
+                &self.enforce_attach,
+                &mut config.enforce.attach,
+            ),
+            (
+                "enforce_cgroups",
+                &self.enforce_cgroups,
+                &mut config.enforce.cgroups,
+            ),
+        ] {
+            if let Some(dir) = value {
+                if !dir.is_absolute() {
+                    return Err(invalid(
+                        key,
+                        format!("{key}: {} is not an absolute path", dir.display()),
+                    ));
+                }
+                *slot = Some(dir.clone());
+            }
         }
         if let Some(places) = &self.reserved_ports_config {
             if places.len() > 64 {

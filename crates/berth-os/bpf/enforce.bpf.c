@@ -76,7 +76,7 @@ struct refusal {
     __u64 cgroup;   // the refused task's cgroup
     __u32 pid;      // the refused task's thread-group id (in the initial pid namespace)
     __u8 comm[16];  // its command name
-    __u32 pad;      // always zero
+    __u32 uid;      // its real user id (in the initial user namespace)
 };
 
 // The socket's claim, kept in its storage so that its release drops it.
@@ -160,6 +160,7 @@ static __always_inline void count_refusal(struct key *k)
     r->when = bpf_ktime_get_ns();
     r->cgroup = bpf_get_current_cgroup_id();
     r->pid = (__u32)(bpf_get_current_pid_tgid() >> 32);
+    r->uid = (__u32)bpf_get_current_uid_gid();
     bpf_get_current_comm(&r->comm, sizeof(r->comm));
 }
 

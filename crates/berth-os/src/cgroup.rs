@@ -27,9 +27,29 @@ pub fn mount_point() -> io::Result<PathBuf> {
     })
 }
 
+/// Where the cgroup v2 hierarchy holding `dir` is mounted: the deepest `cgroup2` mount point
+/// that `dir` lies below (the hierarchy may be mounted more than once).
+pub fn mount_containing(dir: &Path) -> io::Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mount_points_in(&info)
+        .filter(|mount| dir.starts_with(mount))
+        .max_by_key(|mount| mount.components().count())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not in a cgroup v2 hierarchy", dir.display()),
+            )
+        })
+}
+
 /// The mount point of the first `cgroup2` line of a mountinfo text.
 fn mount_point_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
+    mount_points_in(mountinfo).next()
+}
+
+/// The mount points of the `cgroup2` lines of a mountinfo text, in order.
+fn mount_points_in(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo.lines().filter_map(|line| {
         // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL…] - FSTYPE SOURCE SUPER"
         let (before, after) = line.split_once(" - ")?;
         let fstype = after.split_whitespace().next()?;
@@ -113,5 +133,13 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         assert_eq!(mount_point_in("1 2 0:1 / / rw - ext4 /dev/sda rw\n"), None);
+        let twice = format!("{info}28 25 0:24 / /tmp/x rw - cgroup2 none rw\n");
+        assert_eq!(
+            mount_points_in(&twice).collect::<Vec<_>>(),
+            [
+                PathBuf::from("/sys/fs/cgroup/unified"),
+                PathBuf::from("/tmp/x")
+            ]
+        );
     }
 }

@@ -148,7 +148,7 @@ struct RawRefusal {
     cgroup: u64,
     pid: u32,
     comm: [u8; 16],
-    pad: u32,
+    uid: u32,
 }
 
 // SAFETY: `repr(C)` plain data, 8 + 8 + 8 + 4 + 16 + 4 bytes with no padding the compiler adds,
@@ -173,6 +173,8 @@ pub struct Refused {
     pub cgroup: u64,
     /// The refused task's process id, as the initial pid namespace numbers it.
     pub pid: u32,
+    /// Its real user id, as the initial user namespace numbers it.
+    pub uid: u32,
     /// Its command name (at most 15 bytes, as the kernel keeps it).
     pub command: String,
 }
@@ -375,6 +377,7 @@ impl Programs {
                 at: Duration::from_nanos(raw.when),
                 cgroup: raw.cgroup,
                 pid: raw.pid,
+                uid: raw.uid,
                 command: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
             },
         }))

@@ -211,6 +211,7 @@ fn an_owner_s_bind_of_port_0_draws_from_its_block_and_strangers_are_counted() {
     );
     assert!(seen.last.at <= berth_os::enforce::monotonic_now());
     assert_ne!(seen.last.pid, 0);
+    assert_eq!(seen.last.uid, 0, "root ran the refused bind");
 
     // Past the lease nothing is refused (a daemon gone for good); renewed, refused again.
     programs

@@ -267,6 +267,23 @@ pub struct AcquireOptions {
     /// runtime reservations of the protocol. A wildcard request for a name is given the block
     /// the name was last given when it is free (and inside `within`, if given).
     pub name: String,
+    /// Enforce mode: the reservation is owned by a cgroup and the kernel keeps its ports for
+    /// that cgroup's tasks (`bind(0)` there draws from it; everyone else's bind of its ports
+    /// fails with `EADDRINUSE`); it lives until the cgroup has no process left. `None`: owned
+    /// by the asking process, as usual. Refused with not-supported, naming the reason, where
+    /// the daemon cannot enforce.
+    pub enforce: Option<Enforce>,
+}
+
+/// Which cgroup owns an enforced reservation (see [`AcquireOptions::enforce`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Enforce {
+    /// A new cgroup the daemon makes for the asking process, which it moves there: the
+    /// asker's children, and theirs, are born in it (`berth run --enforce`).
+    NewCgroup,
+    /// An existing cgroup (a service's, a container's), by its path below the root of the
+    /// cgroup v2 hierarchy ("/system.slice/nginx.service"). Administrators only.
+    Cgroup(String),
 }
 
 impl AcquireOptions {
@@ -289,6 +306,13 @@ impl AcquireOptions {
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// The same options, owned by `enforce`'s cgroup (see [`AcquireOptions::enforce`]).
+    #[must_use]
+    pub fn enforce(mut self, enforce: Enforce) -> Self {
+        self.enforce = Some(enforce);
         self
     }
 
@@ -378,6 +402,23 @@ pub struct PortReport {
     pub in_ephemeral_range: bool,
     /// Whether `ip_local_reserved_ports` lists it (hidden from automatic assignment).
     pub kernel_reserved: bool,
+    /// Binds of it the kernel refused (enforce mode: a cgroup owns it), if any.
+    pub refusals: Option<RefusalInfo>,
+}
+
+/// The binds of a port that enforce mode's programs refused, counted since the port was owned,
+/// and the last one (see [`PortReport::refusals`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalInfo {
+    /// How many binds were refused.
+    pub count: u64,
+    /// When the last one was, in milliseconds since the Unix epoch.
+    pub last_at_ms: u64,
+    /// The process refused last, when the asker may see it (its own user's, or the asker is an
+    /// administrator); `None` otherwise.
+    pub last_by: Option<OwnerInfo>,
+    /// That process's cgroup, below the cgroup v2 hierarchy's root (shown with `last_by`).
+    pub last_cgroup: Option<String>,
 }
 
 /// The most sockets a [`PortReport`] lists.
@@ -516,6 +557,9 @@ pub struct ReservationInfo {
     pub allow_users: Vec<u32>,
     /// The groups (gids) whose members may use it.
     pub allow_groups: Vec<u32>,
+    /// The cgroup that owns it (enforce mode), by its path below the root of the cgroup v2
+    /// hierarchy; shown to whoever may see its owner.
+    pub cgroup: Option<String>,
 }
 
 /// A name as the daemon remembers it (see [`Request::ListNames`]).
@@ -607,6 +651,14 @@ pub struct StatusInfo {
     /// The reuse cool-down, in seconds: wildcard picks pass by ports freed less than this
     /// long ago while other ports fit (0: none).
     pub reuse_cool_down_s: u32,
+    /// Which mode keeps reservations now: `"enforce"` (enforce mode's programs are attached:
+    /// a cgroup owns a reservation), `"hold"` (hold sockets), or `"advisory"` (neither; the
+    /// kernel's reserved-ports list only, when kernel sync runs).
+    pub mode: String,
+    /// Where enforce mode's programs are attached (a cgroup v2 directory), while they are.
+    pub enforce_attached_at: Option<String>,
+    /// Why a request for enforce mode would be refused here; empty when it would be honoured.
+    pub enforce_unavailable_because: String,
 }
 
 /// A wildcard pool exposed to other programs' automatic port choice (see `berth status`).

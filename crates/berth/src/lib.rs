@@ -43,8 +43,8 @@ mod sockets;
 pub use autostart::{Started, Starter};
 pub use berth_core::{ErrorKind, Kind, PortRange, Protocol, Token};
 pub use berth_protocol::{
-    AcquireOptions, ExposureInfo, KernelListInfo, NameInfo, OwnerInfo, PortReport, QuotaInfo,
-    ReservationInfo, ShareInfo, SocketInfo, StatusInfo, UsageInfo, UserUsage,
+    AcquireOptions, Enforce, ExposureInfo, KernelListInfo, NameInfo, OwnerInfo, PortReport,
+    QuotaInfo, ReservationInfo, ShareInfo, SocketInfo, StatusInfo, UsageInfo, UserUsage,
 };
 pub use client::{Allow, Client, Options};
 pub use error::Error;

@@ -36,14 +36,22 @@ enum State {
     Released,
     /// Handed to process `pid` ([`Reservation::transfer_to`]): it is that process's now.
     Transferred(u32),
+    /// Owned by a cgroup (acquired with [`berth_protocol::AcquireOptions::enforce`]): it
+    /// lives until the cgroup has no process left, so `Drop` leaves it alone.
+    InCgroup,
 }
 
 impl Reservation {
     pub(crate) fn new(client: Client, info: ReservationInfo) -> Self {
+        let state = if info.cgroup.is_some() {
+            State::InCgroup
+        } else {
+            State::Held
+        };
         Reservation {
             client,
             info,
-            state: State::Held,
+            state,
         }
     }
 
@@ -64,7 +72,7 @@ impl Reservation {
             return Err(e);
         }
         match self.state {
-            State::Held => Ok(()),
+            State::Held | State::InCgroup => Ok(()),
             State::Released => Err(Error::NotFound(format!(
                 "reservation {} was released",
                 self.info.token
@@ -125,6 +133,13 @@ impl Reservation {
     /// Runtime or persistent.
     pub fn kind(&self) -> Kind {
         self.info.kind
+    }
+
+    /// The cgroup that owns it (enforce mode), by its path below the root of the cgroup v2
+    /// hierarchy: it lives until that cgroup has no process left, whatever becomes of this
+    /// handle (dropping it does not release it; [`Reservation::release`] does).
+    pub fn cgroup(&self) -> Option<&str> {
+        self.info.cgroup.as_deref()
     }
 
     /// What it is for, as its label says (see [`crate::AcquireOptions::label`]).

@@ -113,6 +113,20 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         if let Some(why) = &status.hold_off_because {
             outln!("  hold off: {why}; reservations are granted unheld");
         }
+        match (&status.enforce.attached_at, &status.enforce.unavailable_because) {
+            (Some(at), _) => outln!(
+                "  mode {}: enforce mode's programs are attached at {at} (cgroup-owned reservations are kept by the kernel)",
+                status.mode
+            ),
+            (None, None) => outln!(
+                "  mode {}; enforce mode available (berth run --enforce)",
+                status.mode
+            ),
+            (None, Some(why)) => outln!(
+                "  mode {}; enforce mode unavailable: {why}",
+                status.mode
+            ),
+        }
         outln!(
             "  {} open of a limit of {} ({})",
             plural(status.open_files, "file descriptor"),

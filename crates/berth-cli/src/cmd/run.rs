@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth::{AcquireOptions, Client, Protocol, Reservation};
+use berth::{AcquireOptions, Client, Enforce, Protocol, Reservation};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::listen::{self, Sockets};
@@ -43,6 +43,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         label: args.label.clone().unwrap_or_default(),
         within: args.within.as_deref().map(parse_within).transpose()?,
         name: args.name.clone().unwrap_or_default(),
+        // This process is moved into the new cgroup: the command, started below, is born there.
+        enforce: args.enforce.then_some(Enforce::NewCgroup),
     };
     let (tcp, udp) = if args.same_ports {
         let (Some(n), Some(m)) = (args.tcp, args.udp) else {
@@ -129,11 +131,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     })?;
     // The command has its own copies now; ours would keep the ports bound after it ends.
     drop(sockets);
-    // A persistent block is nobody's to hand over or release: only our own are.
+    // A persistent block is nobody's to hand over or release: only our own are. A cgroup's
+    // (--enforce) lives until the cgroup is empty: neither handed over nor released here.
     let mut held: Vec<Reservation> = tcp
         .into_iter()
         .chain(udp)
         .filter_map(Block::into_own)
+        .filter(|r| r.cgroup().is_none())
         .collect();
     let mut handed = Vec::new();
     let pid = child.id();

@@ -42,6 +42,17 @@ struct WhyJson {
     in_pool: bool,
     in_ephemeral_range: bool,
     kernel_reserved: bool,
+    /// Binds the kernel refused (enforce mode), or `null`.
+    refusals: Option<RefusalsJson>,
+}
+
+/// Refused binds of the port in `berth why --json`.
+#[derive(Debug, Serialize)]
+struct RefusalsJson {
+    count: u64,
+    last_at_ms: u64,
+    last_by: Option<OwnerJson>,
+    last_cgroup: Option<String>,
 }
 
 /// The reservation covering the port, as in `berth list --json`, plus whether its owner has
@@ -84,6 +95,12 @@ impl From<&PortReport> for WhyJson {
             in_pool: r.in_pool,
             in_ephemeral_range: r.in_ephemeral_range,
             kernel_reserved: r.kernel_reserved,
+            refusals: r.refusals.as_ref().map(|f| RefusalsJson {
+                count: f.count,
+                last_at_ms: f.last_at_ms,
+                last_by: f.last_by.as_ref().map(owner_json),
+                last_cgroup: f.last_cgroup.clone(),
+            }),
         }
     }
 }
@@ -111,6 +128,9 @@ fn explain(r: &PortReport) -> String {
     let mut out = String::new();
     let verdict = match &r.reservation {
         Some(res) if res.bound.contains(&r.port) => "reserved, and bound by its owner".to_owned(),
+        Some(res) if res.cgroup.is_some() => {
+            "reserved, kept by the kernel for its cgroup (enforce mode)".to_owned()
+        }
         Some(res) if res.held => "reserved, held by berth until its owner binds it".to_owned(),
         Some(_) => "reserved, not bound by its owner".to_owned(),
         None if r.sockets.is_empty() => "free".to_owned(),
@@ -142,6 +162,25 @@ fn explain(r: &PortReport) -> String {
         if let Some(label) = &res.label {
             let _ = writeln!(out, "               label: {label}");
         }
+        if let Some(cgroup) = &res.cgroup {
+            let _ = writeln!(
+                out,
+                "               owned by the cgroup {cgroup}: its processes bind these ports, every other program's bind fails with EADDRINUSE"
+            );
+        }
+    }
+    if let Some(f) = &r.refusals {
+        let who = match (&f.last_by, &f.last_cgroup) {
+            (Some(o), Some(cgroup)) => format!("{} in the cgroup {cgroup}", process(o)),
+            (Some(o), None) => process(o),
+            (None, _) => "a process not shown (another user's)".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "  refused      {} in the kernel; the last denied to {who} {} ago",
+            plural(usize::try_from(f.count).unwrap_or(usize::MAX), "bind"),
+            crate::output::human_age(crate::output::now_ms().saturating_sub(f.last_at_ms) / 1000)
+        );
     }
     for s in &r.sockets {
         let _ = writeln!(out, "  socket       {}", socket(s));
@@ -208,6 +247,7 @@ mod tests {
             in_pool: false,
             in_ephemeral_range: true,
             kernel_reserved: false,
+            refusals: None,
         }
     }
 

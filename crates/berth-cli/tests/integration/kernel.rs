@@ -31,6 +31,7 @@ use serde_json::Value;
 use support::lines_of;
 use tempfile::TempDir;
 
+mod enforce;
 mod exposure;
 mod list;
 mod time_wait;

@@ -58,6 +58,8 @@ pub enum Ending {
     NotReclaimed,
     /// It was granted, then taken back because a consumer of the change refused it.
     Undone,
+    /// The cgroup it was bound to has no process left.
+    CgroupEmptied,
 }
 
 impl Ending {
@@ -69,6 +71,7 @@ impl Ending {
             Ending::OwnerExited => "its owner exited",
             Ending::NotReclaimed => "not re-claimed after the restart",
             Ending::Undone => "undone",
+            Ending::CgroupEmptied => "its cgroup has no process left",
         }
     }
 }

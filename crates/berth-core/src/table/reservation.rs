@@ -85,6 +85,10 @@ pub enum Bond {
     /// reservation handed to a process (`berth run`'s command) lives so; it needs no re-claim
     /// after a restart.
     Process,
+    /// A cgroup (v2), by its id (the inode number of its directory): it ends when the cgroup
+    /// has no process left, so that daemonized descendants of a command keep the block. The
+    /// kernel keeps its ports for that cgroup's tasks (enforce mode), so it is never held.
+    Cgroup(u64),
 }
 
 /// The users and groups a persistent reservation was created for: besides administrators,
@@ -138,6 +142,14 @@ impl Reservation {
     pub fn session(&self) -> Option<SessionId> {
         match self.bond() {
             Some(Bond::Session(session)) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// The cgroup a runtime reservation ends with, if it is bound to one.
+    pub fn cgroup(&self) -> Option<u64> {
+        match self.bond() {
+            Some(Bond::Cgroup(id)) => Some(id),
             _ => None,
         }
     }

@@ -2102,3 +2102,36 @@ fn a_withdrawn_grant_is_gone_and_the_next_search_starts_past_the_port_in_use() {
     let next = f.wildcard(2).unwrap();
     assert_eq!(next.range.start(), 1001);
 }
+
+#[test]
+fn a_reservation_given_to_a_cgroup_lives_until_the_cgroup_empties() {
+    let mut f = Fixture::new(1000, 1999);
+    let r = f.wildcard(3).unwrap();
+    let me = holder(1, 1).owner;
+    // Only its owner gives it, and never to cgroup 0.
+    assert!(f.table.give_to_cgroup(r.token, &owner(2, 7), 77).is_err());
+    assert!(f.table.give_to_cgroup(r.token, &me, 0).is_err());
+    let Change::Rebound { before, after } = f.table.give_to_cgroup(r.token, &me, 77).unwrap()
+    else {
+        panic!("expected a rebinding");
+    };
+    assert_eq!(before, r);
+    assert_eq!(after.cgroup(), Some(77));
+    assert_eq!(after.session(), None);
+    assert!(
+        !after.held(),
+        "the kernel keeps a cgroup's ports; a hold would refuse the owner"
+    );
+    assert_eq!(after.owner(), Some(&me));
+    // Its session, its owner process, another cgroup: none of them ends it.
+    assert!(f.table.release_session(SessionId(1)).is_empty());
+    assert!(f.table.release_owner_exited(&me).is_empty());
+    assert!(f.table.release_cgroup(78).is_empty());
+    // The cgroup emptying does, and it counted against its owner's user until then.
+    assert_eq!(f.table.usage(me.uid).reservations, 1);
+    assert_eq!(
+        released(f.table.release_cgroup(77), Ending::CgroupEmptied),
+        [after]
+    );
+    assert_eq!(f.table.usage(me.uid), Usage::default());
+}

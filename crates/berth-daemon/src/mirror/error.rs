@@ -58,6 +58,10 @@ pub(crate) enum MirrorError {
     /// Writing the kernel's reserved-ports list failed.
     #[error("writing it failed: {0}")]
     KernelWrite(#[source] Arc<io::Error>),
+    /// Enforce mode's programs in the kernel could not take a cgroup's ports (their maps
+    /// refused an entry, or the programs could not be attached).
+    #[error("the kernel's enforcement could not take it: {0}")]
+    Enforce(#[source] Arc<io::Error>),
     /// The consumer stopped (its thread ended) before answering.
     #[error("it stopped before answering")]
     Stopped,
@@ -75,7 +79,7 @@ impl MirrorError {
             | MirrorError::KernelRecord(_)
             | MirrorError::KernelWrite(_)
             | MirrorError::Stopped => true,
-            MirrorError::Write(_) | MirrorError::NotHeld { .. } => false,
+            MirrorError::Write(_) | MirrorError::NotHeld { .. } | MirrorError::Enforce(_) => false,
         }
     }
 

@@ -19,6 +19,7 @@
 //! ([`Stream::out_of_step`]), for the table's owner to re-synchronise that mirror from the
 //! table.
 
+pub(crate) mod enforce;
 pub(crate) mod error;
 pub(crate) mod hold;
 pub(crate) mod journal;

@@ -85,6 +85,62 @@ pub(super) fn watch_owners(
     });
 }
 
+/// Watches every cgroup that owns reservations (enforce mode) and ends its reservations when
+/// it has no process left — woken by the kernel (inotify on `cgroup.events`), so within
+/// milliseconds; renews the enforcement programs' lease meanwhile.
+pub(super) fn watch_cgroups(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+) {
+    let Some(mut cgroups) = shared.take_cgroups_to_watch() else {
+        return;
+    };
+    let (shared, cancel, tasks) = (shared.clone(), cancel.clone(), tracker.clone());
+    tracker.spawn(async move {
+        let mut renew = tokio::time::interval(crate::mirror::enforce::RENEW_EVERY);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watched = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        loop {
+            let cgroup = tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = renew.tick() => {
+                    shared.enforcer().renew();
+                    continue;
+                }
+                cgroup = cgroups.recv() => match cgroup {
+                    Some(cgroup) => cgroup,
+                    None => return,
+                },
+            };
+            if !watched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(cgroup.id)
+            {
+                continue;
+            }
+            let (shared, cancel, watched) = (shared.clone(), cancel.clone(), watched.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    emptied = berth_os::cgroup::until_empty(&cgroup.dir) => {
+                        if let Err(e) = emptied {
+                            // Unwatchable: ended as if empty rather than kept for ever.
+                            tracing::error!("cannot watch the cgroup {}: {e}; releasing its reservations", cgroup.dir.display());
+                        }
+                        shared.cgroup_emptied(cgroup.id);
+                    }
+                }
+                watched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&cgroup.id);
+            });
+        }
+    });
+}
+
 /// Keeps the service manager's status line current, every [`crate::server::notify::STATUS_EVERY`]
 /// (only when one listens, and only when the line changed).
 pub(super) fn report_status(

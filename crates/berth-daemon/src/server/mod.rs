@@ -8,7 +8,7 @@ pub(crate) use accept::admin_reserve;
 use accept::Accepting;
 use background::{
     answer_beacon, end_grace, follow_ephemeral, rehold, report_status, resync, start_portserver,
-    watch_owners,
+    watch_cgroups, watch_owners,
 };
 pub use background::{EPHEMERAL_EVERY, REHOLD_EVERY};
 pub(crate) mod db_lock;
@@ -173,6 +173,7 @@ pub async fn run_with_ready(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     watch_owners(&tracker, &shared, &cancel, owners);
+    watch_cgroups(&tracker, &shared, &cancel);
     shared.restore(persistent, journal);
     // After the table: a name with a live reservation is kept whatever its age.
     shared.load_names(names);

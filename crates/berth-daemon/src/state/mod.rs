@@ -31,6 +31,7 @@ use log::log_changes;
 pub(crate) use names::NameBook;
 mod mirrors;
 use mirrors::KernelState;
+mod enforce;
 mod persistent;
 mod portserver;
 mod privileged;
@@ -91,6 +92,11 @@ pub(crate) struct Shared {
     kernel_looks: Arc<tokio::sync::Semaphore>,
     /// What the latest kernel looks found, shared by the waits of one block.
     looks: Mutex<names::Looks>,
+    /// Enforce mode: cgroup owners and the programs that keep their ports (also a consumer of
+    /// the change stream).
+    enforcer: Arc<crate::mirror::enforce::Enforcer>,
+    /// The cgroups to watch until they are empty, taken once by the background task.
+    cgroups_to_watch: Mutex<Option<mpsc::UnboundedReceiver<crate::mirror::enforce::Watched>>>,
 }
 
 /// Requests handled at once, at most; more wait their user's turn (see `fair::Turns`). Enough
@@ -122,10 +128,13 @@ impl Shared {
         let runtime = crate::mirror::journal::Runtime::new(runtime, config.faults.store());
         let (watcher, owners) = Watcher::new();
         let holds = Arc::new(crate::mirror::hold::Holds::new());
+        let (enforcer, cgroups_to_watch) =
+            crate::mirror::enforce::Enforcer::new(config.enforce.clone());
         let mut consumers: Vec<Box<dyn crate::mirror::Consumer>> = vec![
             Box::new(Journal::new(runtime.clone(), store.clone())),
             Box::new(watcher),
             Box::new(crate::mirror::hold::Consumer(holds.clone())),
+            Box::new(crate::mirror::enforce::EnforceConsumer(enforcer.clone())),
         ];
         let journal_file = runtime.clone();
         let kernel = KernelState::start(config, runtime, recorded, &mut consumers)?;
@@ -166,6 +175,8 @@ impl Shared {
             changed: tokio::sync::Notify::new(),
             kernel_looks: Arc::new(tokio::sync::Semaphore::new(names::KERNEL_LOOKS)),
             looks: Mutex::new(names::Looks::new()),
+            enforcer,
+            cgroups_to_watch: Mutex::new(Some(cgroups_to_watch)),
         };
         shared.reset_extras_room(&shared.table(), crate::config::ephemeral_pool().range());
         shared.place_stripe(&mut shared.table());
@@ -285,6 +296,32 @@ impl Shared {
         let mut table = self.table();
         let released = table.release_owner_exited(owner);
         drop(self.publish(&mut table, released));
+    }
+
+    /// Ends what the cgroup `id` owned: it has no process left. A cgroup the daemon made is
+    /// removed.
+    pub(crate) fn cgroup_emptied(&self, id: u64) {
+        {
+            let mut table = self.table();
+            let released = table.release_cgroup(id);
+            drop(self.publish(&mut table, released));
+        }
+        self.enforcer.forget(id);
+    }
+
+    /// Enforce mode's state (the background tasks renew its lease).
+    pub(crate) fn enforcer(&self) -> &crate::mirror::enforce::Enforcer {
+        &self.enforcer
+    }
+
+    /// The cgroups to watch (the first call only).
+    pub(crate) fn take_cgroups_to_watch(
+        &self,
+    ) -> Option<mpsc::UnboundedReceiver<crate::mirror::enforce::Watched>> {
+        self.cgroups_to_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Ends the hold on restored reservations nobody re-claimed: the grace period is over.

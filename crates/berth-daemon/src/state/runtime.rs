@@ -37,7 +37,7 @@ impl Shared {
             .await
         {
             Ok(granted) => match granted.as_slice() {
-                [r] => Response::Acquired(shown(r, requester, now_ms())),
+                [r] => Response::Acquired(self.with_cgroup(shown(r, requester, now_ms()), &r.0)),
                 _ => error(ErrorKind::Unavailable, "the grant went missing".into()),
             },
             Err(refusal) => *refusal,
@@ -61,8 +61,8 @@ impl Shared {
                 [tcp, udp] => {
                     let now = now_ms();
                     Response::AcquiredBoth {
-                        tcp: Box::new(shown(tcp, requester, now)),
-                        udp: Box::new(shown(udp, requester, now)),
+                        tcp: Box::new(self.with_cgroup(shown(tcp, requester, now), &tcp.0)),
+                        udp: Box::new(self.with_cgroup(shown(udp, requester, now), &udp.0)),
                     }
                 }
                 _ => error(ErrorKind::Unavailable, "the grant went missing".into()),
@@ -71,11 +71,35 @@ impl Shared {
         }
     }
 
+    /// Grants what `ask` asks for with `options`, owned by the asker or — enforced — by a
+    /// cgroup (see `state/enforce.rs`), refused before anything is granted when enforcement
+    /// cannot be honoured here.
+    async fn grant(
+        &self,
+        ask: Ask,
+        start: u16,
+        count: u16,
+        options: &AcquireOptions,
+        requester: &Requester,
+        peer: &Peer,
+    ) -> Result<Vec<(Reservation, Option<PortRange>)>, Box<Response>> {
+        let Some(enforce) = &options.enforce else {
+            return self
+                .grant_owned(ask, start, count, options, requester, peer)
+                .await;
+        };
+        self.check_enforce(enforce, requester)?;
+        let granted = self
+            .grant_owned(ask, start, count, options, requester, peer)
+            .await?;
+        self.give_to_cgroup(granted, enforce, requester).await
+    }
+
     /// Grants what `ask` asks for with `options` (see [`Shared::grant_request`]). A wildcard
     /// request for a name tries the block the name was given last time first; when that is
     /// not free (or no longer allowed), the request is served as asked and the name's memory
     /// moves, which the answer says (`moved_from`).
-    async fn grant(
+    async fn grant_owned(
         &self,
         ask: Ask,
         start: u16,
@@ -90,8 +114,10 @@ impl Shared {
             .map_err(|e| invalid(e.to_string()))?;
         let label = Label::parse(&options.label).map_err(|e| invalid(e.to_string()))?;
         let name = Name::parse(&options.name).map_err(|e| invalid(e.to_string()))?;
-        // A daemon with hold switched off grants every reservation unheld (and says so).
-        let hold = options.hold && self.hold_enabled;
+        // A daemon with hold switched off grants every reservation unheld (and says so); an
+        // enforced one is never held: the kernel keeps its ports, and a hold would refuse the
+        // owner's own bind.
+        let hold = options.hold && self.hold_enabled && options.enforce.is_none();
         let holder = Holder {
             owner: owner.clone(),
             session: peer.session,

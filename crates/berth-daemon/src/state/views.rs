@@ -10,7 +10,7 @@ impl Shared {
             table
                 .iter()
                 .map(|r| {
-                    let mut shown = info(r, &peer.owner, peer.is_admin, now);
+                    let mut shown = self.with_cgroup(info(r, &peer.owner, peer.is_admin, now), r);
                     shown.bound = table.bound_list(r.token);
                     shown
                 })
@@ -26,6 +26,8 @@ impl Shared {
         let open_files_limit = crate::server::limits::open_files_limit();
         let hold_sockets = u32::try_from(self.holds.count()).unwrap_or(u32::MAX);
         let kernel_list = self.kernel_list_figures();
+        // Reads /proc and the mount table: before the table's lock too.
+        let enforce = self.enforcer.mode();
         let table = self.table();
         let (quota, usage, ephemeral_share, users) =
             self.limits_view(&table, peer.owner.uid, peer.is_admin);
@@ -69,6 +71,16 @@ impl Shared {
                 one_chunk: f.one_chunk,
             }),
             exposure: self.kernel.exposure(table.pool().range()),
+            mode: if enforce.attached_at.is_some() {
+                "enforce"
+            } else if self.hold_enabled {
+                "hold"
+            } else {
+                "advisory"
+            }
+            .to_owned(),
+            enforce_attached_at: enforce.attached_at.map(|p| p.display().to_string()),
+            enforce_unavailable_because: enforce.unavailable.unwrap_or_default(),
         })
     }
 }
@@ -107,5 +119,7 @@ pub(super) fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) ->
             berth_core::Lease::Persistent { allowed, .. } => allowed.groups.clone(),
             berth_core::Lease::Runtime { .. } => Vec::new(),
         },
+        // The daemon's enforce state knows its path (`Shared::with_cgroup`).
+        cgroup: None,
     }
 }

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use berth_core::{ErrorKind, Protocol, Requester};
 use berth_protocol::{
-    ErrorDetail, Holder as DetailHolder, OwnerInfo, PortReport, PortsDetail, Response, WireError,
-    MAX_SOCKETS_REPORTED,
+    ErrorDetail, Holder as DetailHolder, OwnerInfo, PortReport, PortsDetail, RefusalInfo, Response,
+    WireError, MAX_SOCKETS_REPORTED,
 };
 
 use super::{error, info, now_ms, Peer, Shared};
@@ -25,7 +25,7 @@ impl Shared {
         let (mut reservation, in_pool) = {
             let table = self.table();
             let reservation = table.find_port(protocol, port).map(|r| {
-                let mut shown = info(r, &peer.owner, peer.is_admin, now_ms());
+                let mut shown = self.with_cgroup(info(r, &peer.owner, peer.is_admin, now_ms()), r);
                 shown.bound = table.bound_list(r.token);
                 shown
             });
@@ -72,7 +72,32 @@ impl Shared {
             in_pool,
             in_ephemeral_range: crate::config::ephemeral_pool().range().contains(port),
             kernel_reserved,
+            refusals: self.refusals_seen_by(protocol, port, peer),
         }))
+    }
+
+    /// The binds of `port` enforce mode refused, as `peer` may see them: the count and time for
+    /// anyone; the process refused last (and its cgroup) for its own user and administrators.
+    fn refusals_seen_by(&self, protocol: Protocol, port: u16, peer: &Peer) -> Option<RefusalInfo> {
+        let seen = self.enforcer.refusals(protocol, port)?;
+        // The programs' clock is the monotonic one: converted through how long ago it was.
+        let ago = berth_os::enforce::monotonic_now().saturating_sub(seen.last.at);
+        let ago_ms = u64::try_from(ago.as_millis()).unwrap_or(u64::MAX);
+        let visible = peer.is_admin || seen.last.uid == peer.owner.uid;
+        Some(RefusalInfo {
+            count: seen.count,
+            last_at_ms: now_ms().saturating_sub(ago_ms),
+            last_by: visible.then(|| OwnerInfo {
+                pid: seen.last.pid,
+                uid: seen.last.uid,
+                command: seen.last.command.clone(),
+            }),
+            last_cgroup: if visible {
+                self.enforcer.cgroup_path_by_id(seen.last.cgroup)
+            } else {
+                None
+            },
+        })
     }
 
     /// The inodes of the daemon's own hold sockets, which `why` marks `held_by_berth`.

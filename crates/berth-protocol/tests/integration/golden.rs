@@ -17,10 +17,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use berth_protocol::{
-    AcquireOptions, BusyDetail, DaemonLimit, ErrorDetail, ErrorKind, ExposureInfo, Hello, Holder,
-    KernelListInfo, Kind, NameDetail, NameInfo, NamespacesDetail, OwnerInfo, PoolDetail, PortRange,
-    PortReport, PortsDetail, Protocol, QuotaDetail, QuotaInfo, QuotaWhat, Request, ReservationInfo,
-    Response, ShareInfo, SocketInfo, StatusInfo, Token, UsageInfo, UserUsage, Welcome, WireError,
+    AcquireOptions, BusyDetail, DaemonLimit, Enforce, ErrorDetail, ErrorKind, ExposureInfo, Hello,
+    Holder, KernelListInfo, Kind, NameDetail, NameInfo, NamespacesDetail, OwnerInfo, PoolDetail,
+    PortRange, PortReport, PortsDetail, Protocol, QuotaDetail, QuotaInfo, QuotaWhat, RefusalInfo,
+    Request, ReservationInfo, Response, ShareInfo, SocketInfo, StatusInfo, Token, UsageInfo,
+    UserUsage, Welcome, WireError,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -74,9 +75,10 @@ fn runtime_info() -> ReservationInfo {
         moved_from: Some(PortRange::new(8080, 2).unwrap()),
         allow_users: Vec::new(),
         allow_groups: Vec::new(),
+        cgroup: Some("/b".into()),
     }
 }
-const RUNTIME_INFO: &str = "ac 02  00  90 3f 02  00  01 99 20 e8 07 02 6e 63  05  c8 01  01  01 91 3f  01 03 77 65 62  01 08 73 68 6f 70 2f 77 65 62  01 90 3f 02  00  00";
+const RUNTIME_INFO: &str = "ac 02  00  90 3f 02  00  01 99 20 e8 07 02 6e 63  05  c8 01  01  01 91 3f  01 03 77 65 62  01 08 73 68 6f 70 2f 77 65 62  01 90 3f 02  00  00  01 02 2f 62";
 
 /// token u64::MAX, udp 443, persistent, no owner, times 0.
 fn persistent_info() -> ReservationInfo {
@@ -95,10 +97,11 @@ fn persistent_info() -> ReservationInfo {
         moved_from: None,
         allow_users: vec![1000],
         allow_groups: Vec::new(),
+        cgroup: None,
     }
 }
 const PERSISTENT_INFO: &str =
-    "ff ff ff ff ff ff ff ff ff 01  01  bb 03 01  01  00  00  00  00  00  00  00  00  01 e8 07  00";
+    "ff ff ff ff ff ff ff ff ff 01  01  bb 03 01  01  00  00  00  00  00  00  00  00  01 e8 07  00  00";
 
 #[test]
 fn requests() {
@@ -187,8 +190,8 @@ fn requests() {
             count: 3,
             options: AcquireOptions::held(),
         },
-        // hold, label "", no bounds, name ""
-        "0c  01  00  03  01  00  00  00",
+        // hold, label "", no bounds, name "", not enforced
+        "0c  01  00  03  01  00  00  00  00",
     );
     golden(
         Request::AcquireWith {
@@ -200,8 +203,29 @@ fn requests() {
                 .within(20000, 20099)
                 .name("shop/web"),
         },
-        // not held, label "t", bounds 20000 (a0 9c 01) to 20099 (83 9d 01), name "shop/web"
-        "0c  00  00  02  00  01 74  01 a0 9c 01 83 9d 01  08 73 68 6f 70 2f 77 65 62",
+        // not held, label "t", bounds 20000 (a0 9c 01) to 20099 (83 9d 01), name "shop/web",
+        // not enforced
+        "0c  00  00  02  00  01 74  01 a0 9c 01 83 9d 01  08 73 68 6f 70 2f 77 65 62  00",
+    );
+    golden(
+        Request::AcquireWith {
+            protocol: Protocol::Tcp,
+            start: 0,
+            count: 1,
+            options: AcquireOptions::default().enforce(Enforce::NewCgroup),
+        },
+        // enforced: Some, variant 0 (a new cgroup)
+        "0c  00  00  01  00  00  00  00  01 00",
+    );
+    golden(
+        Request::AcquireWith {
+            protocol: Protocol::Tcp,
+            start: 0,
+            count: 1,
+            options: AcquireOptions::default().enforce(Enforce::Cgroup("/s".into())),
+        },
+        // enforced: Some, variant 1 (an existing cgroup), "/s"
+        "0c  00  00  01  00  00  00  00  01 01 02 2f 73",
     );
     golden(
         Request::Why {
@@ -216,7 +240,7 @@ fn requests() {
             count: 2,
             options: AcquireOptions::default(),
         },
-        "0e  90 3f  02  00  00  00  00",
+        "0e  90 3f  02  00  00  00  00  00",
     );
     golden(
         Request::AssociateAt {
@@ -351,8 +375,12 @@ fn responses() {
                 refused: true,
             }),
             reuse_cool_down_s: 60,
+            mode: "hold".into(),
+            enforce_attached_at: None,
+            enforce_unavailable_because: "x".into(),
         }),
-        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64 32  02 03 01  01 c0 b8 02 64 32 32 03  01 e8 07 02 03 01  01 03 ac 02 01 02 01  01 c0 b8 02 64 80 08 80 f8 03 01  3c",
+        // … cool-down 60 (3c), mode "hold", not attached, unavailable because "x"
+        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64 32  02 03 01  01 c0 b8 02 64 32 32 03  01 e8 07 02 03 01  01 03 ac 02 01 02 01  01 c0 b8 02 64 80 08 80 f8 03 01  3c  04 68 6f 6c 64  00  01 78",
     );
     golden(Response::Associated { port: 8080 }, "06  90 3f");
     golden(
@@ -411,9 +439,16 @@ fn responses() {
             in_pool: true,
             in_ephemeral_range: false,
             kernel_reserved: true,
+            refusals: Some(RefusalInfo {
+                count: 3,
+                last_at_ms: 5,
+                last_by: Some(owner()),
+                last_cgroup: Some("/s".into()),
+            }),
         })),
+        // … refused 3 times, last at 5 ms by the owner, in /s
         &format!(
-            "0d  00  91 3f  01 {RUNTIME_INFO}  01  09 5b 3a 3a 5d 3a 38 30 38 31  06 4c 49 53 54 45 4e  01 99 20 e8 07 02 6e 63  00  01  00  01"
+            "0d  00  91 3f  01 {RUNTIME_INFO}  01  09 5b 3a 3a 5d 3a 38 30 38 31  06 4c 49 53 54 45 4e  01 99 20 e8 07 02 6e 63  00  01  00  01  01 03 05 01 99 20 e8 07 02 6e 63 01 02 2f 73"
         ),
     );
 }

@@ -156,7 +156,10 @@ impl Books {
         }
         let acquired = match &response {
             // Re-claimed by hand (`Client::reclaim`): this session's from now on, as acquired.
-            Response::Acquired(info) | Response::Reclaimed(info) => Some(info.token),
+            // A cgroup's (enforce mode) lives with the cgroup, not this session.
+            Response::Acquired(info) | Response::Reclaimed(info) if info.cgroup.is_none() => {
+                Some(info.token)
+            }
             // Released, or handed to another process: no longer this session's.
             Response::Released(info) | Response::Transferred(info) => {
                 self.held.remove(&info.token);

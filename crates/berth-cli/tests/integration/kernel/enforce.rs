@@ -1,0 +1,282 @@
+//! Enforce mode end to end: `berth run --enforce` against a root daemon in a private network
+//! namespace, whose programs attach to a cgroup v2 subtree of the test's own (never the
+//! hierarchy's root: the host's other processes are not policed by a test). Needs real root
+//! (BPF; a user namespace cannot load cgroup programs); skipped with the reason otherwise. A
+//! daemon that cannot enforce says why, for any user.
+
+use super::*;
+
+/// A cgroup v2 subtree of the test's own — in the hierarchy the host mounted, or in one the
+/// test mounts — removed (and unmounted) when dropped.
+struct Subtree {
+    dir: PathBuf,
+    mounted: Option<TempDir>,
+}
+
+impl Subtree {
+    fn new(tag: &str) -> Subtree {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+        let host = info.lines().find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            (after.split_whitespace().next()? == "cgroup2")
+                .then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
+        });
+        let (root, mounted) = match host {
+            Some(root) => (root, None),
+            None => {
+                let mount = tempfile::tempdir().expect("a mount point");
+                ok(Command::new("mount")
+                    .args(["-t", "cgroup2", "none"])
+                    .arg(mount.path()));
+                (mount.path().to_owned(), Some(mount))
+            }
+        };
+        let dir = root.join(format!("berth-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("stranger")).expect("make the test's cgroups");
+        Subtree { dir, mounted }
+    }
+
+    /// `python3 -c script` as a process of the cgroup `name` (below the subtree), in `ns`.
+    fn python_in(&self, ns: &Netns, name: &str, script: &str) -> String {
+        let cgroup = self.dir.join(name);
+        ns.sh(&format!(
+            "echo $$ > '{}/cgroup.procs' && exec /usr/bin/python3 -c '{script}'",
+            cgroup.display()
+        ))
+    }
+}
+
+impl Drop for Subtree {
+    fn drop(&mut self) {
+        // Deepest first; each is empty once the test's processes ended.
+        fn remove(dir: &Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        remove(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        remove(&self.dir);
+        if let Some(mount) = &self.mounted {
+            let _ = Command::new("umount").arg(mount.path()).status();
+        }
+    }
+}
+
+/// A bind of `port` (0: any) for each protocol and family; prints "PROTO FAMILY PORT" or the
+/// errno's name for each.
+fn binds_script(tcp: u16, udp: u16) -> String {
+    format!(
+        "import socket, errno\n\
+         for kind, name, port in ((socket.SOCK_STREAM, \"tcp\", {tcp}), (socket.SOCK_DGRAM, \"udp\", {udp})):\n\
+         \x20   for family, address in ((socket.AF_INET, \"0.0.0.0\"), (socket.AF_INET6, \"::\")):\n\
+         \x20       s = socket.socket(family, kind)\n\
+         \x20       try:\n\
+         \x20           s.bind((address, port)); print(name, family == socket.AF_INET6 and 6 or 4, s.getsockname()[1])\n\
+         \x20       except OSError as e:\n\
+         \x20           print(name, family == socket.AF_INET6 and 6 or 4, errno.errorcode[e.errno])\n"
+    )
+}
+
+/// The reservation of `list --json` starting at `start`, if any.
+fn listed(ns: &Netns, socket: &Path, start: u16) -> Option<Value> {
+    let text = ok(&mut ns.berth(socket, &["list", "--json"]));
+    let rows: Vec<Value> = serde_json::from_str(&text).expect("list --json");
+    rows.into_iter()
+        .find(|r| r["start"].as_u64() == Some(u64::from(start)))
+}
+
+#[test]
+fn an_enforced_run_draws_bind_zero_from_its_block_and_outlives_its_launcher() {
+    if !rustix::process::geteuid().is_root() {
+        needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+        return;
+    }
+    let Some(ns) = Netns::new() else { return };
+    if ns
+        .held
+        .as_ref()
+        .is_some_and(|h| h.how().in_user_namespace())
+    {
+        needs::skip(Need::Namespaces, "needs a network namespace of root's own");
+        return;
+    }
+    let subtree = Subtree::new("enforce");
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        format!(
+            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\n",
+            subtree.dir.display()
+        ),
+    )
+    .unwrap();
+    let args = ["--kernel-sync", "off", "--pool", "41000-41099"];
+    let daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let sock = daemon.socket.clone();
+
+    // An unmodified program's bind(0) in the command's cgroup draws from the block: TCP and
+    // UDP, IPv4 and IPv6.
+    let script = format!(
+        "import os\nports = os.environ[\"BERTH_TCP_PORTS\"] + \" \" + os.environ[\"BERTH_UDP_PORTS\"]\nprint(ports)\n{}",
+        binds_script(0, 0)
+    );
+    let out = ok(&mut ns.berth(
+        &sock,
+        &[
+            "run",
+            "--enforce",
+            "--tcp",
+            "2",
+            "--udp",
+            "2",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ],
+    ));
+    let mut lines = out.lines();
+    let block: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split([',', ' '])
+        .map(str::to_owned)
+        .collect();
+    let (tcp, udp) = block.split_at(2);
+    let mut seen = 0;
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let allowed = if fields[0] == "tcp" { tcp } else { udp };
+        assert!(
+            allowed.iter().any(|p| p == fields[2]),
+            "{line}: not a port of the block {block:?}\n{out}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 4, "{out}");
+
+    // A daemonizing command: the launcher exits at once; its grandchild binds the block later.
+    let go = dir.path().join("go");
+    let done = dir.path().join("done");
+    let result = dir.path().join("result");
+    let server = format!(
+        "import os, socket, time\n\
+         deadline = time.time() + 30\n\
+         while not os.path.exists(\"{go}\") and time.time() < deadline: time.sleep(0.02)\n\
+         s = socket.socket(socket.AF_INET6)\n\
+         s.bind((\"::\", int(os.environ[\"PORT\"]))); s.listen()\n\
+         open(\"{result}\", \"w\").write(\"bound\")\n\
+         while not os.path.exists(\"{done}\") and time.time() < deadline: time.sleep(0.02)\n",
+        go = go.display(),
+        done = done.display(),
+        result = result.display(),
+    );
+    std::fs::write(dir.path().join("server.py"), server).unwrap();
+    let launcher = format!(
+        "/usr/bin/python3 {} </dev/null >/dev/null 2>&1 & echo $PORT",
+        dir.path().join("server.py").display()
+    );
+    let port: u16 = ok(&mut ns.berth(
+        &sock,
+        &[
+            "run",
+            "--enforce",
+            "--tcp",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            &launcher,
+        ],
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    // The launcher is gone; the block stays with its cgroup.
+    let row = listed(&ns, &sock, port).expect("the block outlives its launcher");
+    let cgroup = row["cgroup"].as_str().expect("a cgroup owner").to_owned();
+    assert!(cgroup.contains("/runs/run-"), "{row}");
+    // Any other cgroup's explicit bind of it is refused with EADDRINUSE, on every address;
+    // the other protocol's port of the same number is not reserved.
+    let stranger = subtree.python_in(&ns, "stranger", &binds_script(port, port));
+    assert!(stranger.contains("tcp 4 EADDRINUSE"), "{stranger}");
+    assert!(stranger.contains("tcp 6 EADDRINUSE"), "{stranger}");
+    assert!(stranger.contains(&format!("udp 4 {port}")), "{stranger}");
+    // The refusals are counted and shown, with the process refused last and its cgroup.
+    let why = ok(&mut ns.berth(&sock, &["why", "--tcp", &port.to_string()]));
+    assert!(why.contains("kept by the kernel for its cgroup"), "{why}");
+    assert!(why.contains("refused      2 binds in the kernel"), "{why}");
+    assert!(why.contains("(python3, uid 0) in the cgroup /"), "{why}");
+    assert!(why.contains("/stranger"), "{why}");
+    let why: Value = serde_json::from_str(&ok(
+        &mut ns.berth(&sock, &["why", "--tcp", &port.to_string(), "--json"])
+    ))
+    .unwrap();
+    assert_eq!(why["refusals"]["count"], 2, "{why}");
+    assert_eq!(why["reservation"]["cgroup"], cgroup.as_str(), "{why}");
+    // `status` says enforce mode is in force, and where.
+    let status: Value =
+        serde_json::from_str(&ok(&mut ns.berth(&sock, &["status", "--json"]))).unwrap();
+    assert_eq!(status["mode"], "enforce", "{status}");
+    assert_eq!(
+        status["enforce"]["attached_at"],
+        subtree.dir.display().to_string().as_str(),
+        "{status}"
+    );
+    // The daemonized grandchild binds it.
+    std::fs::write(&go, "").unwrap();
+    support::poll_until("the grandchild binds its port", || {
+        std::fs::read_to_string(&result)
+            .ok()
+            .filter(|r| r == "bound")
+    });
+    // The cgroup emptying releases the block, and the cgroup the daemon made is removed.
+    std::fs::write(&done, "").unwrap();
+    support::poll_until("the block is released once its cgroup is empty", || {
+        listed(&ns, &sock, port).is_none().then_some(())
+    });
+    let made = subtree
+        .dir
+        .join("runs")
+        .join(cgroup.rsplit('/').next().unwrap());
+    support::poll_until("the daemon's cgroup is removed", || {
+        (!made.exists()).then_some(())
+    });
+    // And the port is anyone's again; with no cgroup owning a reservation the programs are
+    // detached.
+    let after = subtree.python_in(&ns, "stranger", &binds_script(port, port));
+    assert!(after.contains(&format!("tcp 4 {port}")), "{after}");
+    let status: Value =
+        serde_json::from_str(&ok(&mut ns.berth(&sock, &["status", "--json"]))).unwrap();
+    assert_eq!(status["mode"], "hold", "{status}");
+    assert_eq!(status["enforce"]["attached_at"], Value::Null, "{status}");
+    assert_eq!(status["enforce"]["available"], true, "{status}");
+}
+
+#[test]
+fn a_daemon_that_cannot_enforce_refuses_with_its_reason() {
+    let Some(ns) = Netns::new() else { return };
+    let dir = workdir();
+    std::fs::write(dir.path().join("berth.toml"), "enforce = false\n").unwrap();
+    let args = ["--kernel-sync", "off", "--pool", "41100-41199"];
+    let daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let out = run(&mut ns.berth(
+        &daemon.socket,
+        &["run", "--enforce", "--tcp", "1", "--", "true"],
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Not-supported (exit 11), naming the reason; nothing was reserved.
+    assert_eq!(out.status.code(), Some(11), "{stderr}");
+    assert!(stderr.contains("enforce = false"), "{stderr}");
+    assert!(listed(&ns, &daemon.socket, 41100).is_none());
+    // `status` says so too.
+    let status: Value =
+        serde_json::from_str(&ok(&mut ns.berth(&daemon.socket, &["status", "--json"]))).unwrap();
+    assert_eq!(status["enforce"]["available"], false, "{status}");
+    let because = status["enforce"]["unavailable_because"].as_str().unwrap();
+    assert!(because.contains("enforce = false"), "{status}");
+}

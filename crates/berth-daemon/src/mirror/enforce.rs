@@ -1,0 +1,545 @@
+//! Enforce mode: reservations owned by a cgroup, kept for it by cgroup-BPF programs in the
+//! kernel (`berth_os::enforce`), as one more consumer of the change stream.
+//!
+//! A reservation bound to a cgroup (`Bond::Cgroup`) has its ports owned in the programs' map
+//! (every other cgroup's bind of them fails with `EADDRINUSE`) and its block steered (a
+//! `bind(0)` of the cgroup's tasks draws from it). The programs are attached when the first
+//! such reservation is made and detached when the last one ends, so a daemon whose users never
+//! ask for enforcement changes nothing in the kernel. While attached, the daemon renews the
+//! programs' lease ([`LEASE`]); past it they refuse nothing.
+//!
+//! Each cgroup is watched until it has no process left (`berth_os::cgroup::until_empty`,
+//! in `server/background.rs`); its reservations are then released, and a cgroup the daemon
+//! made is removed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use berth_core::{Change, PortRange, Protocol, Reservation, Token};
+use berth_os::enforce::{Cgroup, Programs, Refusals};
+use tokio::sync::mpsc;
+
+use crate::mirror::{Ack, Consumer, MirrorError};
+
+/// How long the programs keep refusing binds after the daemon's last renewal: a daemon gone
+/// for good (killed, crashed) never leaves a port refused to everyone for longer.
+pub(crate) const LEASE: Duration = Duration::from_secs(30);
+
+/// How often the lease is renewed while the programs are attached.
+pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(5);
+
+/// The oldest kernel whose bind hooks may return 3 (bind a privileged port without
+/// `CAP_NET_BIND_SERVICE`), which the programs do for owners.
+const MIN_KERNEL: (u32, u32) = (5, 12);
+
+/// The most cgroup directories walked to name a refused task's cgroup.
+const MAX_WALK: usize = 10_000;
+
+/// What the configuration says of enforce mode.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Whether requests for enforcement are honoured (`enforce = false` forbids them).
+    pub allowed: bool,
+    /// The cgroup v2 directory the programs are attached to: its tasks, and its descendants',
+    /// are policed. `None`: the root of the hierarchy (every process of the namespace).
+    pub attach: Option<PathBuf>,
+    /// Where the daemon makes the cgroups of `berth run --enforce`. `None`: the daemon's own
+    /// cgroup under systemd (its `Delegate=yes` subtree), else `berth` at the hierarchy's root.
+    pub cgroups: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            allowed: true,
+            attach: None,
+            cgroups: None,
+        }
+    }
+}
+
+/// A cgroup to watch until it has no process left.
+#[derive(Debug)]
+pub(crate) struct Watched {
+    /// Its id.
+    pub(crate) id: u64,
+    /// Its directory.
+    pub(crate) dir: PathBuf,
+}
+
+/// A cgroup that owns reservations.
+#[derive(Debug, Clone)]
+struct Owner {
+    cgroup: Cgroup,
+    dir: PathBuf,
+    /// Made by the daemon (`berth run --enforce`): removed once empty.
+    made: bool,
+}
+
+/// One owned block.
+#[derive(Debug, Clone, Copy)]
+struct Owned {
+    protocol: Protocol,
+    range: PortRange,
+    cgroup: u64,
+}
+
+#[derive(Default)]
+struct State {
+    programs: Option<Programs>,
+    /// Where the programs are attached, while they are.
+    attached_at: Option<PathBuf>,
+    owned: BTreeMap<Token, Owned>,
+    owners: HashMap<u64, Owner>,
+    /// Names the cgroups the daemon makes.
+    made: u64,
+}
+
+/// Enforce mode's state: the programs (while attached), the owned blocks, the owner cgroups.
+pub(crate) struct Enforcer {
+    settings: Settings,
+    state: Mutex<State>,
+    watch: mpsc::UnboundedSender<Watched>,
+    /// The daemon's network namespace, as the programs name it (its cookie).
+    netns: Result<u64, String>,
+}
+
+/// What `berth status` says of enforce mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mode {
+    /// Where the programs are attached (`None`: not attached now).
+    pub(crate) attached_at: Option<PathBuf>,
+    /// Why a request for enforcement would be refused here (`None`: it would be honoured).
+    pub(crate) unavailable: Option<String>,
+    /// The cgroups owning reservations now.
+    pub(crate) owners: usize,
+}
+
+impl Enforcer {
+    /// The enforcer, and where the cgroups to watch arrive.
+    pub(crate) fn new(settings: Settings) -> (Arc<Self>, mpsc::UnboundedReceiver<Watched>) {
+        let (watch, watched) = mpsc::unbounded_channel();
+        let netns = berth_os::enforce::netns_cookie().map_err(|e| e.to_string());
+        let enforcer = Enforcer {
+            settings,
+            state: Mutex::new(State::default()),
+            watch,
+            netns,
+        };
+        (Arc::new(enforcer), watched)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why enforcement cannot be honoured here, if it cannot: configuration, build, privileges,
+    /// kernel, cgroup v2, network-namespace cookies.
+    pub(crate) fn unavailable(&self) -> Option<String> {
+        if !self.settings.allowed {
+            return Some("enforce = false in the daemon's configuration".into());
+        }
+        if let Some(why) = berth_os::enforce::unavailable() {
+            return Some(why.into());
+        }
+        if !rustix::process::geteuid().is_root() {
+            return Some("the daemon does not run as root: loading BPF programs needs CAP_BPF and CAP_NET_ADMIN (an ordinary user's daemon cannot enforce)".into());
+        }
+        if let Some(release) = kernel_older_than(MIN_KERNEL) {
+            return Some(format!(
+                "the kernel is {release}; enforce mode needs Linux {}.{} or later",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            ));
+        }
+        if let Err(e) = self.hierarchy() {
+            return Some(e.to_string());
+        }
+        if let Err(e) = &self.netns {
+            return Some(e.clone());
+        }
+        None
+    }
+
+    /// What `berth status` shows.
+    pub(crate) fn mode(&self) -> Mode {
+        let state = self.state();
+        Mode {
+            attached_at: state.attached_at.clone(),
+            unavailable: self.unavailable(),
+            owners: state.owners.len(),
+        }
+    }
+
+    /// Where the cgroup v2 hierarchy the programs police is mounted: the one holding the
+    /// configured attach point, else the first mounted.
+    fn hierarchy(&self) -> io::Result<PathBuf> {
+        match &self.settings.attach {
+            Some(dir) => berth_os::cgroup::mount_containing(dir),
+            None => berth_os::cgroup::mount_point(),
+        }
+    }
+
+    /// Makes a cgroup for process `pid` and moves it there: its children, and theirs, are
+    /// born in it. Returns the cgroup's id. A process already in a cgroup the daemon made for
+    /// it (its TCP block's, asking for its UDP block) stays there: one cgroup owns both.
+    pub(crate) fn new_cgroup_for(&self, pid: u32) -> io::Result<u64> {
+        let mount = self.hierarchy()?;
+        if let Some(now) = cgroup_of(pid, &mount) {
+            let state = self.state();
+            if let Some(owner) = state.owners.values().find(|o| o.made && o.dir == now) {
+                return Ok(owner.cgroup.id);
+            }
+        }
+        let parent = match &self.settings.cgroups {
+            Some(dir) => dir.clone(),
+            None => default_cgroups(&mount)?,
+        };
+        std::fs::create_dir_all(&parent)?;
+        let dir = {
+            let mut state = self.state();
+            state.made += 1;
+            parent.join(format!("run-{pid}-{}", state.made))
+        };
+        std::fs::create_dir(&dir)?;
+        let moved =
+            berth_os::cgroup::add_process(&dir, pid).and_then(|()| Cgroup::at(&mount, &dir));
+        match moved {
+            Ok(cgroup) => {
+                self.adopt(cgroup, dir, true);
+                Ok(cgroup.id)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// An existing cgroup, by its path below the hierarchy's root ("/system.slice/x.service"):
+    /// it must have a process (an empty one would end its reservation at once).
+    pub(crate) fn existing_cgroup(&self, path: &str) -> io::Result<u64> {
+        let mount = self.hierarchy()?;
+        let dir = below(&mount, path)?;
+        if !berth_os::cgroup::populated(&dir)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the cgroup {path} has no process: its reservation would end at once"),
+            ));
+        }
+        let cgroup = Cgroup::at(&mount, &dir)?;
+        self.adopt(cgroup, dir, false);
+        Ok(cgroup.id)
+    }
+
+    fn adopt(&self, cgroup: Cgroup, dir: PathBuf, made: bool) {
+        let mut state = self.state();
+        let owner = state.owners.entry(cgroup.id).or_insert(Owner {
+            cgroup,
+            dir: dir.clone(),
+            made,
+        });
+        owner.made |= made;
+        drop(state);
+        // The watching task lives as long as the daemon serves.
+        let _ = self.watch.send(Watched { id: cgroup.id, dir });
+    }
+
+    /// Forgets the cgroup `id` once it has no process left (its reservations were released):
+    /// removed if the daemon made it.
+    pub(crate) fn forget(&self, id: u64) {
+        let owner = self.state().owners.remove(&id);
+        if let Some(owner) = owner.filter(|o| o.made) {
+            if let Err(e) = std::fs::remove_dir(&owner.dir) {
+                tracing::warn!("cannot remove the cgroup {}: {e}", owner.dir.display());
+            }
+        }
+    }
+
+    /// The path of the cgroup `id` below the hierarchy's root, for people to read.
+    pub(crate) fn path_of(&self, id: u64) -> Option<String> {
+        let dir = self.state().owners.get(&id)?.dir.clone();
+        let mount = self.hierarchy().ok()?;
+        let below = dir.strip_prefix(&mount).ok()?;
+        Some(format!("/{}", below.display()))
+    }
+
+    /// The path below the hierarchy's root of the cgroup whose id is `id` (a refused task's):
+    /// an owner's, else found by walking the policed subtree (at most [`MAX_WALK`]
+    /// directories; only `berth why` asks).
+    pub(crate) fn cgroup_path_by_id(&self, id: u64) -> Option<String> {
+        if let Some(path) = self.path_of(id) {
+            return Some(path);
+        }
+        let mount = self.hierarchy().ok()?;
+        let start = self.state().attached_at.clone()?;
+        let mut queue = std::collections::VecDeque::from([start]);
+        let mut walked = 0;
+        while let Some(dir) = queue.pop_front() {
+            walked += 1;
+            if walked > MAX_WALK {
+                return None;
+            }
+            if berth_os::enforce::cgroup_id(&dir).ok() == Some(id) {
+                let below = dir.strip_prefix(&mount).ok()?;
+                return Some(format!("/{}", below.display()));
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            queue.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        None
+    }
+
+    /// Attaches the programs if they are not: before a cgroup is given a reservation, outside
+    /// the table lock (loading and attaching takes milliseconds).
+    pub(crate) fn ensure_attached(&self) -> io::Result<()> {
+        let mut state = self.state();
+        self.attach(&mut state)
+    }
+
+    fn attach(&self, state: &mut State) -> io::Result<()> {
+        if state.programs.is_some() {
+            return Ok(());
+        }
+        let mount = self.hierarchy()?;
+        let at = self
+            .settings
+            .attach
+            .clone()
+            .unwrap_or_else(|| mount.clone());
+        let mut programs = Programs::attach(&at)?;
+        // The daemon binds for its clients (associate, hold sockets): its own cgroup is exempt.
+        if let Some(own) = own_cgroup(&mount) {
+            programs.exempt(berth_os::enforce::cgroup_id(&own)?)?;
+        }
+        programs.renew_lease(berth_os::enforce::monotonic_now() + LEASE)?;
+        tracing::info!("enforce mode: programs attached at {}", at.display());
+        state.programs = Some(programs);
+        state.attached_at = Some(at);
+        Ok(())
+    }
+
+    /// Renews the lease while the programs are attached.
+    pub(crate) fn renew(&self) {
+        let mut state = self.state();
+        if let Some(programs) = &mut state.programs {
+            if let Err(e) = programs.renew_lease(berth_os::enforce::monotonic_now() + LEASE) {
+                tracing::error!("enforce mode: cannot renew the programs' lease: {e}");
+            }
+        }
+    }
+
+    /// What the programs recorded of refused binds of `port`.
+    pub(crate) fn refusals(&self, protocol: Protocol, port: u16) -> Option<Refusals> {
+        let netns = *self.netns.as_ref().ok()?;
+        let mut state = self.state();
+        let programs = state.programs.as_mut()?;
+        programs.refusals(netns, (protocol, port)).ok().flatten()
+    }
+
+    fn own(&self, r: &Reservation, id: u64) -> io::Result<()> {
+        let netns = self.netns.clone().map_err(io::Error::other)?;
+        let mut state = self.state();
+        let cgroup =
+            state.owners.get(&id).map(|o| o.cgroup).ok_or_else(|| {
+                io::Error::other(format!("cgroup {id} is not known to the daemon"))
+            })?;
+        self.attach(&mut state)?;
+        let owned = Owned {
+            protocol: r.protocol,
+            range: r.range,
+            cgroup: id,
+        };
+        let State {
+            programs,
+            owned: all,
+            ..
+        } = &mut *state;
+        let Some(programs) = programs.as_mut() else {
+            return Err(io::Error::other("the programs are not attached"));
+        };
+        let made = (|| {
+            for port in r.range.ports() {
+                programs.own(netns, (r.protocol, port), cgroup)?;
+            }
+            programs.steer(netns, r.protocol, id, (r.range.start(), r.range.count()))
+        })();
+        if let Err(e) = made {
+            for port in r.range.ports() {
+                let _ = programs.disown(netns, (r.protocol, port));
+            }
+            return Err(e);
+        }
+        all.insert(r.token, owned);
+        Ok(())
+    }
+
+    fn disown(&self, token: Token) {
+        let Ok(netns) = self.netns.clone() else {
+            return;
+        };
+        let mut state = self.state();
+        let Some(gone) = state.owned.remove(&token) else {
+            return;
+        };
+        // Another block of the same cgroup and protocol is steered instead, if there is one.
+        let next = state
+            .owned
+            .values()
+            .find(|o| o.cgroup == gone.cgroup && o.protocol == gone.protocol)
+            .copied();
+        let empty = state.owned.is_empty();
+        if let Some(programs) = &mut state.programs {
+            for port in gone.range.ports() {
+                if let Err(e) = programs.disown(netns, (gone.protocol, port)) {
+                    tracing::error!(
+                        "enforce mode: cannot give back {} {port}: {e}",
+                        gone.protocol
+                    );
+                }
+            }
+            let steered = match next {
+                Some(o) => programs.steer(
+                    netns,
+                    o.protocol,
+                    o.cgroup,
+                    (o.range.start(), o.range.count()),
+                ),
+                None => programs.unsteer(netns, gone.protocol, gone.cgroup),
+            };
+            if let Err(e) = steered {
+                tracing::error!("enforce mode: cannot steer cgroup {}: {e}", gone.cgroup);
+            }
+        }
+        if empty && state.programs.take().is_some() {
+            tracing::info!("enforce mode: no cgroup owns a reservation; programs detached");
+            state.attached_at = None;
+        }
+    }
+}
+
+/// The changes of the table, as enforce mode follows them.
+pub(crate) struct EnforceConsumer(pub(crate) Arc<Enforcer>);
+
+impl Consumer for EnforceConsumer {
+    fn name(&self) -> &'static str {
+        "enforce mode"
+    }
+
+    fn accept(&self, change: &Change) -> Ack {
+        match change {
+            Change::Rebound { before, after } => match (before.cgroup(), after.cgroup()) {
+                (None, Some(id)) => {
+                    if let Err(e) = self.0.own(after, id) {
+                        return Ack::Failed(MirrorError::Enforce(Arc::new(e)));
+                    }
+                }
+                (Some(_), None) => self.0.disown(after.token),
+                _ => {}
+            },
+            Change::Released { reservation, .. } if reservation.cgroup().is_some() => {
+                self.0.disown(reservation.token);
+            }
+            _ => {}
+        }
+        Ack::Done
+    }
+}
+
+/// `path` (below the hierarchy's root, "/a/b") as a directory of the hierarchy mounted at
+/// `mount`: absolute, no `..`, an existing cgroup.
+fn below(mount: &Path, path: &str) -> io::Result<PathBuf> {
+    let invalid =
+        |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{path:?}: {why}"));
+    let Some(relative) = path.strip_prefix('/') else {
+        return Err(invalid("a cgroup's path starts with / (the root of the cgroup v2 hierarchy), as /proc/PID/cgroup shows it"));
+    };
+    let relative = Path::new(relative);
+    if relative
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(invalid("a cgroup's path has no . or .. parts"));
+    }
+    let dir = mount.join(relative);
+    if !dir.join("cgroup.procs").exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no cgroup {path} (looked in {})", dir.display()),
+        ));
+    }
+    Ok(dir)
+}
+
+/// The daemon's own cgroup v2 directory.
+fn own_cgroup(mount: &Path) -> Option<PathBuf> {
+    cgroup_file(&std::fs::read_to_string("/proc/self/cgroup").ok()?, mount)
+}
+
+/// Process `pid`'s cgroup v2 directory.
+fn cgroup_of(pid: u32, mount: &Path) -> Option<PathBuf> {
+    cgroup_file(
+        &std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?,
+        mount,
+    )
+}
+
+/// The cgroup v2 directory a `/proc/PID/cgroup` text names (its `0::/path` line).
+fn cgroup_file(text: &str, mount: &Path) -> Option<PathBuf> {
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(mount.join(path.trim_start_matches('/')))
+}
+
+/// Where `berth run --enforce` cgroups are made by default: under systemd (which sets
+/// `INVOCATION_ID` for a service), the daemon's own cgroup — its `Delegate=yes` subtree;
+/// elsewhere `berth` at the hierarchy's root.
+fn default_cgroups(mount: &Path) -> io::Result<PathBuf> {
+    if std::env::var_os("INVOCATION_ID").is_some() {
+        if let Some(own) = own_cgroup(mount) {
+            return Ok(own);
+        }
+    }
+    Ok(mount.join("berth"))
+}
+
+/// The kernel's release (`/proc/sys/kernel/osrelease`) when it is older than `(major, minor)`.
+fn kernel_older_than((major, minor): (u32, u32)) -> Option<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let release = release.trim().to_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let found = (parts.next()?, parts.next()?);
+    (found < (major, minor)).then_some(release)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths_stay_below_the_hierarchy() {
+        let mount = Path::new("/nonexistent-berth-test");
+        assert!(below(mount, "system.slice")
+            .unwrap_err()
+            .to_string()
+            .contains("starts with /"));
+        assert!(below(mount, "/a/../b")
+            .unwrap_err()
+            .to_string()
+            .contains(".."));
+        assert_eq!(
+            below(mount, "/a").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+}
