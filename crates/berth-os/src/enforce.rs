@@ -199,6 +199,23 @@ impl std::fmt::Debug for Programs {
     }
 }
 
+/// A failed attach, as an `io::Error` that says why: `EPERM` there means an exclusive program
+/// (one attached without `BPF_F_ALLOW_MULTI`, the old way) at the cgroup or an ancestor.
+fn attach_failed(name: &str, cgroup: &Path, e: aya::programs::ProgramError) -> io::Error {
+    if let aya::programs::ProgramError::SyscallError(call) = &e {
+        if call.io_error.raw_os_error() == Some(libc::EPERM) {
+            return io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "attaching {name} at {} was refused (EPERM): an exclusive cgroup-BPF program (attached without BPF_F_ALLOW_MULTI) is at that cgroup or an ancestor, and nothing may be attached beside it; detach it, or attach berth's programs below it (enforce_attach)",
+                    cgroup.display()
+                ),
+            );
+        }
+    }
+    failed(name, e)
+}
+
 /// A failure of aya's, as an `io::Error` that says what was being done.
 fn failed(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
@@ -224,7 +241,7 @@ impl Programs {
             program.load().map_err(|e| failed(name, e))?;
             program
                 .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|e| failed(name, e))?;
+                .map_err(|e| attach_failed(name, cgroup, e))?;
         }
         for name in ["berth_post_bind4", "berth_post_bind6", "berth_sock_release"] {
             let program: &mut CgroupSock = ebpf
@@ -235,7 +252,7 @@ impl Programs {
             program.load().map_err(|e| failed(name, e))?;
             program
                 .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|e| failed(name, e))?;
+                .map_err(|e| attach_failed(name, cgroup, e))?;
         }
         Ok(Programs { ebpf })
     }

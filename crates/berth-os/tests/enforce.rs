@@ -236,3 +236,37 @@ fn an_owner_s_bind_of_port_0_draws_from_its_block_and_strangers_are_counted() {
         .is_err());
     assert!(programs.steer(netns, Protocol::Tcp, 0, (first, 1)).is_err());
 }
+
+#[test]
+fn an_owner_binds_its_privileged_port_without_the_capability() {
+    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2)") {
+        return;
+    }
+    if let Some(why) = berth_os::enforce::unavailable() {
+        panic!("{why}");
+    }
+    berth_os::netns::enter_new_on_this_thread().unwrap();
+    let hierarchy = Hierarchy::mount();
+    let owner = hierarchy.cgroup("owner");
+    let stranger = hierarchy.cgroup("stranger");
+    let mut programs = Programs::attach(&hierarchy.subtree).unwrap();
+    programs.renew_lease(long_lease()).unwrap();
+    let netns = netns_cookie().unwrap();
+    let at = |dir: &Path| Cgroup::at(hierarchy.root(), dir).unwrap();
+    programs
+        .own(netns, (Protocol::Tcp, 400), at(&owner))
+        .unwrap();
+    // User nobody, without CAP_NET_BIND_SERVICE: its owned port binds, an unowned privileged
+    // port does not (the kernel's own rule), and a stranger is refused the owned one.
+    let as_nobody = |cgroup: &Path, port: u16| {
+        python_in(
+            cgroup,
+            &format!(
+                "import os, socket, errno\nos.setgid(65534); os.setuid(65534)\ns = socket.socket()\ntry:\n    s.bind((\"0.0.0.0\", {port})); print(\"bound\")\nexcept OSError as e:\n    print(errno.errorcode[e.errno])"
+            ),
+        )
+    };
+    assert_eq!(as_nobody(&owner, 400), "bound");
+    assert_eq!(as_nobody(&owner, 401), "EACCES");
+    assert_eq!(as_nobody(&stranger, 400), "EADDRINUSE");
+}

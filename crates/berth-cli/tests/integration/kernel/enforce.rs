@@ -280,3 +280,24 @@ fn a_daemon_that_cannot_enforce_refuses_with_its_reason() {
     let because = status["enforce"]["unavailable_because"].as_str().unwrap();
     assert!(because.contains("enforce = false"), "{status}");
 }
+
+#[test]
+fn an_ordinary_user_s_daemon_refuses_enforcement_saying_why() {
+    let Some((ns, user)) = Netns::for_an_unprivileged_daemon() else {
+        return;
+    };
+    let dir = workdir();
+    let args = ["--kernel-sync", "off", "--pool", "41200-41299"];
+    let daemon = Daemon::start(&ns, dir.path(), &args, user);
+    let out = run(&mut ns.berth_as(
+        user,
+        &daemon.socket,
+        &["run", "--enforce", "--tcp", "1", "--", "true"],
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{stderr}");
+    assert!(stderr.contains("does not run as root"), "{stderr}");
+    // Nothing ran weaker: nothing is reserved.
+    let list = ok(&mut ns.berth_as(user, &daemon.socket, &["list", "--json"]));
+    assert_eq!(list.trim(), "[]");
+}
