@@ -142,6 +142,10 @@ pub struct ConfigFile {
     enforce_attach: Option<PathBuf>,
     /// Where `berth run --enforce` cgroups are made (absolute).
     enforce_cgroups: Option<PathBuf>,
+    /// The BPF filesystem where enforce mode's programs are pinned (absolute).
+    enforce_pins: Option<PathBuf>,
+    /// Seconds the programs keep refusing binds after the daemon's last renewal.
+    enforce_lease_s: Option<u64>,
 }
 
 /// The `portserver` key.
@@ -242,6 +246,15 @@ impl ConfigFile {
         if let Some(enforce) = self.enforce {
             config.enforce.allowed = enforce;
         }
+        if let Some(secs) = self.enforce_lease_s {
+            if !(1..=3600).contains(&secs) {
+                return Err(invalid(
+                    "enforce_lease_s",
+                    format!("enforce_lease_s = {secs}: from 1 to 3600 seconds"),
+                ));
+            }
+            config.enforce.lease = std::time::Duration::from_secs(secs);
+        }
         for (key, value, slot) in [
             (
                 "enforce_attach",
@@ -253,6 +266,7 @@ impl ConfigFile {
                 &self.enforce_cgroups,
                 &mut config.enforce.cgroups,
             ),
+            ("enforce_pins", &self.enforce_pins, &mut config.enforce.pins),
         ] {
             if let Some(dir) = value {
                 if !dir.is_absolute() {

@@ -16,11 +16,12 @@
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr};
 use berth_core::Protocol;
 
@@ -191,6 +192,53 @@ pub fn monotonic_now() -> Duration {
 /// The programs, loaded and attached to one cgroup, and their maps.
 pub struct Programs {
     ebpf: aya::Ebpf,
+    /// The links, unpinned: they detach when dropped.
+    links: Vec<FdLink>,
+    /// The links, when pinned ([`Programs::attach_pinned`]): they outlive this process.
+    pinned: Vec<(PathBuf, PinnedLink)>,
+}
+
+/// The programs' names, in attach order (and the names of their pins).
+const PROGRAMS: [&str; 5] = [
+    "berth_bind4",
+    "berth_bind6",
+    "berth_post_bind4",
+    "berth_post_bind6",
+    "berth_sock_release",
+];
+
+/// `statfs`'s type of a bpffs.
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+
+/// Makes sure `dir` is on a BPF filesystem (bpffs), where pins live: mounts one there when it
+/// is not (Linux mounts none by itself; systemd mounts `/sys/fs/bpf`). Needs root.
+pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let fs = rustix::fs::statfs(dir)?;
+    // f_type's width differs between targets (i64 here).
+    if u64::try_from(fs.f_type).unwrap_or(0) == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    rustix::mount::mount("bpf", dir, "bpf", rustix::mount::MountFlags::empty(), None).map_err(|e| {
+        let e = io::Error::from(e);
+        io::Error::new(
+            e.kind(),
+            format!("mounting a BPF filesystem at {}: {e}", dir.display()),
+        )
+    })
+}
+
+/// Removes the pins a daemon left in `dir` (its programs detach once nothing else holds
+/// them). Nothing there is fine.
+pub fn remove_pins(dir: &Path) -> io::Result<()> {
+    for name in PROGRAMS {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Programs {
@@ -227,34 +275,86 @@ impl Programs {
     /// ports are checked. Needs `CAP_BPF` and `CAP_NET_ADMIN` (root). Nothing is refused until
     /// a lease is given ([`Programs::renew_lease`]).
     pub fn attach(cgroup: &Path) -> io::Result<Programs> {
+        let (mut programs, links) = Programs::load_and_attach(cgroup)?;
+        programs.links = links;
+        Ok(programs)
+    }
+
+    /// [`Programs::attach`], then pins the links in `pins` (a directory on a BPF filesystem,
+    /// see [`ensure_bpffs`]): they stay attached after this process exits — the next daemon
+    /// takes over without a gap — until [`Programs::unpin`] or the pins are removed. Pins a
+    /// previous daemon left there are replaced, after these programs are attached (its
+    /// programs detach then).
+    pub fn attach_pinned(cgroup: &Path, pins: &Path) -> io::Result<Programs> {
+        let (mut programs, links) = Programs::load_and_attach(cgroup)?;
+        std::fs::create_dir_all(pins)?;
+        for (name, link) in PROGRAMS.into_iter().zip(links) {
+            let path = pins.join(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let pinned = link
+                .pin(&path)
+                .map_err(|e| failed("pinning a program's link", e))?;
+            programs.pinned.push((path, pinned));
+        }
+        Ok(programs)
+    }
+
+    /// Removes the pins: the programs detach when these [`Programs`] are dropped.
+    pub fn unpin(&mut self) -> io::Result<()> {
+        for (path, pinned) in self.pinned.drain(..) {
+            let link = pinned.unpin().map_err(|e| {
+                io::Error::new(e.kind(), format!("unpinning {}: {e}", path.display()))
+            })?;
+            self.links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Loads the programs and attaches them to `cgroup`; also returns their links, taken from
+    /// aya (so that they can be pinned; dropped, they detach).
+    fn load_and_attach(cgroup: &Path) -> io::Result<(Programs, Vec<FdLink>)> {
         if let Some(why) = unavailable() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, why));
         }
         let mut ebpf = aya::Ebpf::load(OBJECT).map_err(|e| failed("loading the BPF object", e))?;
         let dir = std::fs::File::open(cgroup)?;
-        for name in ["berth_bind4", "berth_bind6"] {
-            let program: &mut CgroupSockAddr = ebpf
+        let mut links = Vec::with_capacity(PROGRAMS.len());
+        for name in PROGRAMS {
+            let program = ebpf
                 .program_mut(name)
-                .ok_or_else(|| failed("the BPF object lacks a program", name))?
-                .try_into()
-                .map_err(|e| failed(name, e))?;
-            program.load().map_err(|e| failed(name, e))?;
-            program
-                .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|e| attach_failed(name, cgroup, e))?;
+                .ok_or_else(|| failed("the BPF object lacks a program", name))?;
+            let link: FdLink = if name.starts_with("berth_bind") {
+                let program: &mut CgroupSockAddr =
+                    program.try_into().map_err(|e| failed(name, e))?;
+                program.load().map_err(|e| failed(name, e))?;
+                let id = program
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .map_err(|e| attach_failed(name, cgroup, e))?;
+                let link = program.take_link(id).map_err(|e| failed(name, e))?;
+                link.try_into().map_err(|e| failed(name, e))?
+            } else {
+                let program: &mut CgroupSock = program.try_into().map_err(|e| failed(name, e))?;
+                program.load().map_err(|e| failed(name, e))?;
+                let id = program
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .map_err(|e| attach_failed(name, cgroup, e))?;
+                let link = program.take_link(id).map_err(|e| failed(name, e))?;
+                link.try_into().map_err(|e| failed(name, e))?
+            };
+            links.push(link);
         }
-        for name in ["berth_post_bind4", "berth_post_bind6", "berth_sock_release"] {
-            let program: &mut CgroupSock = ebpf
-                .program_mut(name)
-                .ok_or_else(|| failed("the BPF object lacks a program", name))?
-                .try_into()
-                .map_err(|e| failed(name, e))?;
-            program.load().map_err(|e| failed(name, e))?;
-            program
-                .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|e| attach_failed(name, cgroup, e))?;
-        }
-        Ok(Programs { ebpf })
+        Ok((
+            Programs {
+                ebpf,
+                links: Vec::new(),
+                pinned: Vec::new(),
+            },
+            links,
+        ))
     }
 
     fn hash<K: aya::Pod, V: aya::Pod>(

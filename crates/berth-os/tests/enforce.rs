@@ -270,3 +270,56 @@ fn an_owner_binds_its_privileged_port_without_the_capability() {
     assert_eq!(as_nobody(&owner, 401), "EACCES");
     assert_eq!(as_nobody(&stranger, 400), "EADDRINUSE");
 }
+
+#[test]
+fn pinned_programs_outlive_their_loader_until_the_pins_go() {
+    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2 and bpffs)") {
+        return;
+    }
+    if let Some(why) = berth_os::enforce::unavailable() {
+        panic!("{why}");
+    }
+    berth_os::netns::enter_new_on_this_thread().unwrap();
+    let hierarchy = Hierarchy::mount();
+    let owner = hierarchy.cgroup("owner");
+    let stranger = hierarchy.cgroup("stranger");
+    let bpffs = tempfile::tempdir().unwrap();
+    berth_os::enforce::ensure_bpffs(bpffs.path()).unwrap();
+    // Mounted once: a second call finds it.
+    berth_os::enforce::ensure_bpffs(bpffs.path()).unwrap();
+    let pins = bpffs.path().join("berth");
+    let netns = netns_cookie().unwrap();
+    let at = |dir: &Path| Cgroup::at(hierarchy.root(), dir).unwrap();
+    let port = 47300;
+    {
+        let mut programs = Programs::attach_pinned(&hierarchy.subtree, &pins).unwrap();
+        programs.renew_lease(long_lease()).unwrap();
+        programs
+            .own(netns, (Protocol::Tcp, port), at(&owner))
+            .unwrap();
+    }
+    // The loader's handles are gone; the pinned programs still refuse.
+    assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "EADDRINUSE");
+    // A second loader takes over: the first one's pins are replaced, its programs detach.
+    let mut second = Programs::attach_pinned(&hierarchy.subtree, &pins).unwrap();
+    second.renew_lease(long_lease()).unwrap();
+    assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "bound");
+    second
+        .own(netns, (Protocol::Tcp, port), at(&owner))
+        .unwrap();
+    assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "EADDRINUSE");
+    // Unpinned, they detach with their handles.
+    second.unpin().unwrap();
+    drop(second);
+    assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "bound");
+    // Pins left behind are removed on request.
+    {
+        let mut third = Programs::attach_pinned(&hierarchy.subtree, &pins).unwrap();
+        third.renew_lease(long_lease()).unwrap();
+        third.own(netns, (Protocol::Tcp, port), at(&owner)).unwrap();
+    }
+    assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "EADDRINUSE");
+    berth_os::enforce::remove_pins(&pins).unwrap();
+    assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "bound");
+    let _ = Command::new("umount").arg(bpffs.path()).status();
+}

@@ -36,6 +36,7 @@ fn row(token: Token) -> JournalRow {
         held: false,
         label: None,
         name: None,
+        cgroup: None,
     }
 }
 

@@ -73,6 +73,9 @@ pub struct JournalRow {
     pub label: Option<Label>,
     /// Its name (unique among its user's runtime reservations of its protocol).
     pub name: Option<Name>,
+    /// The cgroup (v2, by id) it lives as long as (enforce mode), instead of its owner process
+    /// or connection; `process` is then false.
+    pub cgroup: Option<u64>,
 }
 
 /// One change to the runtime journal.
@@ -234,6 +237,7 @@ pub(crate) fn journal(key: i64, values: &[Value]) -> Result<JournalRow, Problem>
         held: u64_bits("held", held)? != 0,
         label: None,
         name: None,
+        cgroup: None,
     })
 }
 

@@ -84,7 +84,7 @@ struct Row {
 }
 
 impl Row {
-    fn into_row(self, label: Option<Label>, name: Option<Name>) -> JournalRow {
+    fn into_row(self, label: Option<Label>, name: Option<Name>, cgroup: Option<u64>) -> JournalRow {
         JournalRow {
             token: self.token,
             protocol: self.protocol,
@@ -95,6 +95,7 @@ impl Row {
             held: self.held,
             label,
             name,
+            cgroup,
         }
     }
 }
@@ -124,18 +125,29 @@ enum Record {
     /// An `Insert` with a label and a name ("" for none; a variant of its own, appended, so
     /// that a journal written before labels and names existed still reads).
     Tagged(Row, String, String),
+    /// A `Tagged` insert of a reservation that lives as long as a cgroup (its id): enforce
+    /// mode's; appended, so that journals without it still read.
+    InCgroup(Row, String, String, u64),
 }
 
 impl Record {
     /// The journal operation, or `Err` with a Kernel record's list.
     fn into_op(self) -> Result<JournalOp, String> {
         Ok(match self {
-            Record::Insert(row) => JournalOp::Insert(row.into_row(None, None)),
+            Record::Insert(row) => JournalOp::Insert(row.into_row(None, None, None)),
             // Written from a valid label and name; one that no longer reads is dropped, not
             // the reservation.
             Record::Tagged(row, label, name) => JournalOp::Insert(row.into_row(
                 Label::parse(&label).ok().flatten(),
                 Name::parse(&name).ok().flatten(),
+                None,
+            )),
+            // Cgroup 0 is no cgroup: such a record was not written by berth; its row is then
+            // restored as its owner process's.
+            Record::InCgroup(row, label, name, cgroup) => JournalOp::Insert(row.into_row(
+                Label::parse(&label).ok().flatten(),
+                Name::parse(&name).ok().flatten(),
+                (cgroup != 0).then_some(cgroup),
             )),
             Record::Remove(token) => JournalOp::Remove(token),
             Record::Kernel(list) => return Err(list),
@@ -150,6 +162,7 @@ enum RecordRef<'a> {
     Remove(Token),
     Kernel(&'a str),
     Tagged(RowRef<'a>, &'a str, &'a str),
+    InCgroup(RowRef<'a>, &'a str, &'a str, u64),
 }
 
 impl<'a> RecordRef<'a> {
@@ -170,14 +183,13 @@ impl<'a> RecordRef<'a> {
             process: row.process,
             held: row.held,
         };
-        if row.label.is_none() && row.name.is_none() {
-            return RecordRef::Insert(fields);
+        let label = row.label.as_ref().map_or("", Label::as_str);
+        let name = row.name.as_ref().map_or("", Name::as_str);
+        match row.cgroup {
+            Some(cgroup) => RecordRef::InCgroup(fields, label, name, cgroup),
+            None if row.label.is_none() && row.name.is_none() => RecordRef::Insert(fields),
+            None => RecordRef::Tagged(fields, label, name),
         }
-        RecordRef::Tagged(
-            fields,
-            row.label.as_ref().map_or("", Label::as_str),
-            row.name.as_ref().map_or("", Name::as_str),
-        )
     }
 }
 
@@ -671,6 +683,7 @@ mod record_tests {
             held: false,
             label: None,
             name: None,
+            cgroup: None,
         };
         let mut tagged = row.clone();
         tagged.label = Label::parse("t").unwrap();
@@ -685,7 +698,16 @@ mod record_tests {
             hex(&with_tags),
             "03 ac 02 01 90 3f 02 07 e8 07 e8 07 09 02 6e 63 05 01 00 01 74 03 61 2f 62"
         );
-        for (bytes, want) in [(plain, row), (with_tags, tagged)] {
+        // A cgroup's (enforce mode): variant 4, the tags, then the cgroup's id.
+        let mut in_cgroup = row.clone();
+        in_cgroup.process = false;
+        in_cgroup.cgroup = Some(0x1234);
+        let cgrouped = postcard::to_allocvec(&RecordRef::insert(&in_cgroup)).unwrap();
+        assert_eq!(
+            hex(&cgrouped),
+            "04 ac 02 01 90 3f 02 07 e8 07 e8 07 09 02 6e 63 05 00 00 00 00 b4 24"
+        );
+        for (bytes, want) in [(plain, row), (with_tags, tagged), (cgrouped, in_cgroup)] {
             let back: Record = postcard::from_bytes(&bytes).unwrap();
             assert_eq!(back.into_op(), Ok(JournalOp::Insert(want)));
         }

@@ -42,6 +42,7 @@ fn journal_row(t: u64) -> JournalRow {
         held: false,
         label: None,
         name: None,
+        cgroup: None,
     }
 }
 

@@ -24,12 +24,16 @@ use tokio::sync::mpsc;
 
 use crate::mirror::{Ack, Consumer, MirrorError};
 
-/// How long the programs keep refusing binds after the daemon's last renewal: a daemon gone
-/// for good (killed, crashed) never leaves a port refused to everyone for longer.
-pub(crate) const LEASE: Duration = Duration::from_secs(30);
+/// How long the programs keep refusing binds after the daemon's last renewal, by default
+/// ([`Settings::lease`]): a daemon gone for good (killed, crashed) never leaves a port refused
+/// to everyone for longer.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
-/// How often the lease is renewed while the programs are attached.
-pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// The lease is renewed this often (a sixth of it, at most every 5 s) while the programs are
+/// attached.
+pub(crate) fn renew_every(lease: Duration) -> Duration {
+    (lease / 6).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
 
 /// The oldest kernel whose bind hooks may return 3 (bind a privileged port without
 /// `CAP_NET_BIND_SERVICE`), which the programs do for owners.
@@ -49,6 +53,13 @@ pub struct Settings {
     /// Where the daemon makes the cgroups of `berth run --enforce`. `None`: the daemon's own
     /// cgroup under systemd (its `Delegate=yes` subtree), else `berth` at the hierarchy's root.
     pub cgroups: Option<PathBuf>,
+    /// The BPF filesystem where the programs' links are pinned, so that they outlive the
+    /// daemon (mounted there if it is not one). `None`: `/sys/fs/bpf`.
+    pub pins: Option<PathBuf>,
+    /// How long the programs keep refusing binds after the daemon's last renewal
+    /// ([`DEFAULT_LEASE`]): a restart within it keeps enforcement without a gap; a daemon gone
+    /// for longer leaves nothing refused.
+    pub lease: Duration,
 }
 
 impl Default for Settings {
@@ -57,6 +68,8 @@ impl Default for Settings {
             allowed: true,
             attach: None,
             cgroups: None,
+            pins: None,
+            lease: DEFAULT_LEASE,
         }
     }
 }
@@ -198,12 +211,19 @@ impl Enforcer {
             None => default_cgroups(&mount)?,
         };
         std::fs::create_dir_all(&parent)?;
-        let dir = {
-            let mut state = self.state();
-            state.made += 1;
-            parent.join(format!("run-{pid}-{}", state.made))
+        // An earlier daemon's cgroup may have the name (the counter starts again): the next.
+        let dir = loop {
+            let dir = {
+                let mut state = self.state();
+                state.made += 1;
+                parent.join(format!("run-{pid}-{}", state.made))
+            };
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
         };
-        std::fs::create_dir(&dir)?;
         let moved =
             berth_os::cgroup::add_process(&dir, pid).and_then(|()| Cgroup::at(&mount, &dir));
         match moved {
@@ -275,28 +295,9 @@ impl Enforcer {
         }
         let mount = self.hierarchy().ok()?;
         let start = self.state().attached_at.clone()?;
-        let mut queue = std::collections::VecDeque::from([start]);
-        let mut walked = 0;
-        while let Some(dir) = queue.pop_front() {
-            walked += 1;
-            if walked > MAX_WALK {
-                return None;
-            }
-            if berth_os::enforce::cgroup_id(&dir).ok() == Some(id) {
-                let below = dir.strip_prefix(&mount).ok()?;
-                return Some(format!("/{}", below.display()));
-            }
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            queue.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-        None
+        let dir = find_cgroup(&start, id)?;
+        let below = dir.strip_prefix(&mount).ok()?;
+        Some(format!("/{}", below.display()))
     }
 
     /// Attaches the programs if they are not: before a cgroup is given a reservation, outside
@@ -316,23 +317,109 @@ impl Enforcer {
             .attach
             .clone()
             .unwrap_or_else(|| mount.clone());
-        let mut programs = Programs::attach(&at)?;
+        let pins = self.pins()?;
+        let mut programs = Programs::attach_pinned(&at, &pins)?;
         // The daemon binds for its clients (associate, hold sockets): its own cgroup is exempt.
         if let Some(own) = own_cgroup(&mount) {
             programs.exempt(berth_os::enforce::cgroup_id(&own)?)?;
         }
-        programs.renew_lease(berth_os::enforce::monotonic_now() + LEASE)?;
+        programs.renew_lease(berth_os::enforce::monotonic_now() + self.settings.lease)?;
         tracing::info!("enforce mode: programs attached at {}", at.display());
         state.programs = Some(programs);
         state.attached_at = Some(at);
         Ok(())
     }
 
+    /// Where this daemon's links are pinned: `berth-<netns cookie>` on the BPF filesystem
+    /// (mounted first if need be).
+    fn pins(&self) -> io::Result<PathBuf> {
+        let root = self
+            .settings
+            .pins
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"));
+        berth_os::enforce::ensure_bpffs(&root)?;
+        let netns = self.netns.clone().map_err(io::Error::other)?;
+        Ok(root.join(format!("berth-{netns}")))
+    }
+
+    /// After the restore at start-up: pins an earlier daemon left, when no restored
+    /// reservation needed the programs, are removed (its programs detach).
+    pub(crate) fn after_restore(&self) {
+        if self.state().programs.is_some() || self.unavailable().is_some() {
+            return;
+        }
+        let root = self
+            .settings
+            .pins
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"));
+        let Ok(netns) = self.netns.clone() else {
+            return;
+        };
+        let dir = root.join(format!("berth-{netns}"));
+        if dir.exists() {
+            match berth_os::enforce::remove_pins(&dir) {
+                Ok(()) => tracing::info!(
+                    "enforce mode: removed the programs an earlier daemon left pinned"
+                ),
+                Err(e) => tracing::warn!(
+                    "enforce mode: cannot remove earlier pins in {}: {e}",
+                    dir.display()
+                ),
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+
+    /// Takes back, after a restart, the cgroup `id` an earlier daemon's reservation was bound
+    /// to: `false` when it is gone or has no process left (the reservation then ends).
+    pub(crate) fn readopt(&self, id: u64) -> bool {
+        let Ok(mount) = self.hierarchy() else {
+            return false;
+        };
+        let parent = match &self.settings.cgroups {
+            Some(dir) => Some(dir.clone()),
+            None => default_cgroups(&mount).ok(),
+        };
+        let at = self
+            .settings
+            .attach
+            .clone()
+            .unwrap_or_else(|| mount.clone());
+        let found = parent
+            .iter()
+            .chain([&at])
+            .find_map(|start| find_cgroup(start, id));
+        let Some(dir) = found else {
+            return false;
+        };
+        if !berth_os::cgroup::populated(&dir).unwrap_or(false) {
+            return false;
+        }
+        let Ok(cgroup) = Cgroup::at(&mount, &dir) else {
+            return false;
+        };
+        let made = parent.as_deref() == dir.parent()
+            && dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("run-"));
+        self.adopt(cgroup, dir, made);
+        true
+    }
+
+    /// How often the lease is renewed.
+    pub(crate) fn renew_every(&self) -> Duration {
+        renew_every(self.settings.lease)
+    }
+
     /// Renews the lease while the programs are attached.
     pub(crate) fn renew(&self) {
         let mut state = self.state();
         if let Some(programs) = &mut state.programs {
-            if let Err(e) = programs.renew_lease(berth_os::enforce::monotonic_now() + LEASE) {
+            if let Err(e) =
+                programs.renew_lease(berth_os::enforce::monotonic_now() + self.settings.lease)
+            {
                 tracing::error!("enforce mode: cannot renew the programs' lease: {e}");
             }
         }
@@ -420,9 +507,14 @@ impl Enforcer {
                 tracing::error!("enforce mode: cannot steer cgroup {}: {e}", gone.cgroup);
             }
         }
-        if empty && state.programs.take().is_some() {
-            tracing::info!("enforce mode: no cgroup owns a reservation; programs detached");
-            state.attached_at = None;
+        if empty {
+            if let Some(mut programs) = state.programs.take() {
+                if let Err(e) = programs.unpin() {
+                    tracing::error!("enforce mode: cannot unpin the programs: {e}");
+                }
+                tracing::info!("enforce mode: no cgroup owns a reservation; programs detached");
+                state.attached_at = None;
+            }
         }
     }
 }
@@ -449,10 +541,48 @@ impl Consumer for EnforceConsumer {
             Change::Released { reservation, .. } if reservation.cgroup().is_some() => {
                 self.0.disown(reservation.token);
             }
+            // Taken back after a restart (its cgroup re-adopted first): owned again, at once.
+            Change::Restored(r) => {
+                if let Some(id) = r.cgroup() {
+                    if let Err(e) = self.0.own(r, id) {
+                        tracing::error!(
+                            "enforce mode: cannot keep {} {} for its cgroup after the restart: {e}",
+                            r.protocol,
+                            r.range
+                        );
+                    }
+                }
+            }
             _ => {}
         }
         Ack::Done
     }
+}
+
+/// The cgroup directory at or below `start` whose id is `id`, walking at most [`MAX_WALK`]
+/// directories.
+fn find_cgroup(start: &Path, id: u64) -> Option<PathBuf> {
+    let mut queue = std::collections::VecDeque::from([start.to_owned()]);
+    let mut walked = 0;
+    while let Some(dir) = queue.pop_front() {
+        walked += 1;
+        if walked > MAX_WALK {
+            return None;
+        }
+        if berth_os::enforce::cgroup_id(&dir).ok() == Some(id) {
+            return Some(dir);
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        queue.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    None
 }
 
 /// `path` (below the hierarchy's root, "/a/b") as a directory of the hierarchy mounted at

@@ -135,7 +135,8 @@ impl Journal {
             // A re-claim changes only the session, which the journal does not record; a
             // hand-over changes the owner and makes it live as long as the new one.
             Change::Rebound { before, after } => (before.owner() != after.owner()
-                || before.bond().map(is_process) != after.bond().map(is_process))
+                || before.bond().map(is_process) != after.bond().map(is_process)
+                || before.cgroup() != after.cgroup())
             .then(|| journal_row(after))
             .flatten()
             .map(JournalOp::Insert),
@@ -272,6 +273,7 @@ fn journal_row(r: &Reservation) -> Option<JournalRow> {
         held: *held,
         label: r.label.clone(),
         name: r.name.clone(),
+        cgroup: r.cgroup(),
     })
 }
 

@@ -98,7 +98,7 @@ pub(super) fn watch_cgroups(
     };
     let (shared, cancel, tasks) = (shared.clone(), cancel.clone(), tracker.clone());
     tracker.spawn(async move {
-        let mut renew = tokio::time::interval(crate::mirror::enforce::RENEW_EVERY);
+        let mut renew = tokio::time::interval(shared.enforcer().renew_every());
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let watched = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
         loop {

@@ -3,7 +3,8 @@
 //! Persistent reservations return as they were. Journaled runtime reservations return only if
 //! their owner still runs (same pid, same start time): a reservation handed to a process lives
 //! on as long as that process; any other is *unclaimed* until its owner's client library
-//! re-claims it, its owner exits, or the grace period ends.
+//! re-claims it, its owner exits, or the grace period ends. A cgroup's (enforce mode) returns
+//! if its cgroup still has a process, and is kept for it again at once.
 
 use berth_core::{Allowed, Bond, Change, Lease, Reservation, Table};
 use berth_store::{JournalRow, PersistentRow};
@@ -42,14 +43,20 @@ impl Shared {
         }
         let (mut held, mut dropped) = (0usize, 0usize);
         for row in journal {
-            let now = process_owner(row.owner.pid, row.owner.uid, row.owner.gid);
-            let alive = now.start_time != 0 && now.start_time == row.owner.start_time;
+            // A cgroup's lives while the cgroup has a process, whoever started it.
+            let alive = match row.cgroup {
+                Some(id) => self.enforcer.readopt(id),
+                None => {
+                    let now = process_owner(row.owner.pid, row.owner.uid, row.owner.gid);
+                    now.start_time != 0 && now.start_time == row.owner.start_time
+                }
+            };
             let change = if alive {
                 let capped = self.capped(&row.owner);
-                let bond = if row.process {
-                    Bond::Process
-                } else {
-                    Bond::Unclaimed
+                let bond = match (row.cgroup, row.process) {
+                    (Some(id), _) => Bond::Cgroup(id),
+                    (None, true) => Bond::Process,
+                    (None, false) => Bond::Unclaimed,
                 };
                 let reservation = Reservation {
                     token: row.token,
@@ -84,5 +91,7 @@ impl Shared {
         }
         // Nobody waits: the journal's removals of the dropped rows need no answer.
         drop(self.publish(&mut table, changes));
+        drop(table);
+        self.enforcer.after_restore();
     }
 }

@@ -130,6 +130,7 @@ mod tests {
             held: true,
             label: None,
             name: None,
+            cgroup: None,
         }
     }
 

@@ -301,3 +301,117 @@ fn an_ordinary_user_s_daemon_refuses_enforcement_saying_why() {
     let list = ok(&mut ns.berth_as(user, &daemon.socket, &["list", "--json"]));
     assert_eq!(list.trim(), "[]");
 }
+
+/// A BPF filesystem the daemon mounts for its pins; unmounted (its pins, and the programs they
+/// keep, gone) when dropped.
+struct Bpffs(TempDir);
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn enforcement_survives_a_restart_and_fails_open_past_the_lease() {
+    if !rustix::process::geteuid().is_root() {
+        needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+        return;
+    }
+    let Some(ns) = Netns::new() else { return };
+    if ns
+        .held
+        .as_ref()
+        .is_some_and(|h| h.how().in_user_namespace())
+    {
+        needs::skip(Need::Namespaces, "needs a network namespace of root's own");
+        return;
+    }
+    let subtree = Subtree::new("restart");
+    let bpffs = Bpffs(tempfile::tempdir().unwrap());
+    let dir = workdir();
+    let config = |lease_s: u32| {
+        std::fs::write(
+            dir.path().join("berth.toml"),
+            format!(
+                "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_pins = \"{1}\"\nenforce_lease_s = {lease_s}\n",
+                subtree.dir.display(),
+                bpffs.0.path().display()
+            ),
+        )
+        .unwrap();
+    };
+    config(30);
+    let args = ["--kernel-sync", "off", "--pool", "41300-41399"];
+    let mut daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let sock = daemon.socket.clone();
+    // A daemonized server that lives until told to end.
+    let done = dir.path().join("done");
+    let keeper = format!(
+        "import os, time\ndeadline = time.time() + 60\nwhile not os.path.exists(\"{}\") and time.time() < deadline: time.sleep(0.02)\n",
+        done.display()
+    );
+    std::fs::write(dir.path().join("keeper.py"), keeper).unwrap();
+    let launcher = format!(
+        "/usr/bin/python3 {} </dev/null >/dev/null 2>&1 & echo $PORT",
+        dir.path().join("keeper.py").display()
+    );
+    let port: u16 = ok(&mut ns.berth(
+        &sock,
+        &[
+            "run",
+            "--enforce",
+            "--tcp",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            &launcher,
+        ],
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    let refused = || {
+        subtree
+            .python_in(&ns, "stranger", &binds_script(port, port))
+            .contains("tcp 4 EADDRINUSE")
+    };
+    assert!(refused());
+
+    // Stopped: the pinned programs go on refusing (within their lease).
+    daemon.stop();
+    assert!(refused(), "between the daemons; log:\n{}", daemon.log());
+    // The next daemon takes the reservation back with its cgroup, and keeps refusing.
+    let mut daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let row = listed(&ns, &sock, port)
+        .unwrap_or_else(|| panic!("not restored with its cgroup; log:\n{}", daemon.log()));
+    assert!(
+        row["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.contains("/runs/run-")),
+        "{row}"
+    );
+    assert!(refused(), "after the restart; log:\n{}", daemon.log());
+
+    // A daemon gone for good: past its lease nothing is refused, though its programs stay
+    // pinned.
+    daemon.stop();
+    config(1);
+    let mut daemon = Daemon::start(&ns, dir.path(), &args, None);
+    assert!(refused());
+    daemon.kill9();
+    support::poll_until("the lease runs out and the port is anyone's", || {
+        (!refused()).then_some(())
+    });
+
+    std::fs::write(&done, "").unwrap();
+    let runs = subtree.dir.join("runs");
+    support::poll_until("the keeper has exited", || {
+        let busy = std::fs::read_dir(&runs).ok()?.flatten().any(|e| {
+            std::fs::read_to_string(e.path().join("cgroup.procs"))
+                .is_ok_and(|procs| !procs.trim().is_empty())
+        });
+        (!busy).then_some(())
+    });
+}

@@ -47,5 +47,6 @@ pub fn journaled(t: u64, start: u16, count: u16) -> JournalRow {
         held: false,
         label: None,
         name: None,
+        cgroup: None,
     }
 }
