@@ -52,6 +52,10 @@ pub enum Command {
     /// Name a port that one of your processes has bound already (found through the kernel):
     /// it is reserved for that process while it runs, and `berth port NAME` finds it.
     Publish(PublishArgs),
+    /// Enforce mode: reserve ports for an existing cgroup, or switch enforcement off or on
+    /// (administrators).
+    #[command(subcommand)]
+    Enforce(EnforceCommand),
     /// Stop the daemon gracefully (its owner or an administrator) and wait until it is gone.
     Stop {
         /// Also take out of `ip_local_reserved_ports` the entries of reservations whose owners
@@ -77,6 +81,45 @@ pub enum PersistentCommand {
     Lookup(PersistentRangeArgs),
     /// List persistent reservations.
     List(PersistentListArgs),
+}
+
+/// `berth enforce …`.
+#[derive(Debug, Subcommand)]
+pub enum EnforceCommand {
+    /// Reserve ports for an existing cgroup (a service's, a container's; administrators): the
+    /// kernel keeps them for its processes until it has none left. Prints the reservations.
+    Reserve(EnforceReserveArgs),
+    /// Switch enforce mode off at once: its programs are detached; cgroup-owned reservations
+    /// stay, kept by ip_local_reserved_ports only; --enforce is refused until `berth enforce
+    /// on` or a restart (administrators).
+    Off,
+    /// Switch enforce mode on again (administrators).
+    On,
+}
+
+/// `berth enforce reserve`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp"]))]
+pub struct EnforceReserveArgs {
+    /// The cgroup, by its path below the cgroup v2 hierarchy's root, as /proc/PID/cgroup
+    /// shows it (e.g. /system.slice/nginx.service).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: String,
+    /// Reserve N TCP ports.
+    #[arg(long, value_name = "N")]
+    pub tcp: Option<u16>,
+    /// Reserve M UDP ports.
+    #[arg(long, value_name = "M")]
+    pub udp: Option<u16>,
+    /// Reserve the blocks starting at port P instead of any free block.
+    #[arg(long, value_name = "P")]
+    pub start: Option<u16>,
+    /// Say what the ports are for (shown with the owner).
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+    /// Print the reservations as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--tcp` or `--udp`.

@@ -30,6 +30,7 @@ impl Request {
             Request::ForgetName { .. } => "forget-name",
             Request::Publish { .. } => "publish",
             Request::UsePersistent { .. } => "use-persistent",
+            Request::SetEnforce { .. } => "set-enforce",
         }
     }
 
@@ -59,6 +60,7 @@ impl Request {
             | Request::StopWith { .. }
             | Request::LookupName { .. }
             | Request::UsePersistent { .. }
+            | Request::SetEnforce { .. }
             | Request::ListNames
             | Request::ForgetName { .. } => None,
             // Whether a port is bound is a fact of the daemon's namespace.

@@ -243,6 +243,15 @@ pub enum Request {
         /// Number of ports.
         count: u16,
     },
+    /// Administrators: switches enforce mode off at once (`on: false`: the programs are
+    /// detached and unpinned; enforced requests are refused until it is switched on again or
+    /// the daemon restarts; cgroup-owned reservations stay, kept by the kernel's reserved-ports
+    /// list only) or on again (re-attached for the cgroup-owned reservations there are).
+    /// Answered with [`Response::Status`].
+    SetEnforce {
+        /// On or off.
+        on: bool,
+    },
 }
 
 /// The longest wait of a [`Request::WaitName`], in milliseconds (one hour).

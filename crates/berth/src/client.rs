@@ -659,6 +659,16 @@ impl Client {
         }
     }
 
+    /// Administrators: switches enforce mode off at once (its programs detached; enforced
+    /// requests refused until it is switched on or the daemon restarts) or on again; returns
+    /// the daemon's status after the switch.
+    pub async fn set_enforce(&self, on: bool) -> Result<StatusInfo, Error> {
+        match self.conn.call(Request::SetEnforce { on }).await? {
+            Response::Status(status) => Ok(status),
+            other => Err(Error::unexpected(other)),
+        }
+    }
+
     /// Binds `socket` — the caller's own, unbound TCP or UDP socket — to a free port of the
     /// reservation `token`, on `address` (default: the unspecified address of the socket's
     /// family), and returns the port. The daemon binds it in place; the socket's options

@@ -3,6 +3,7 @@
 
 mod completions;
 mod daemon;
+mod enforce;
 pub mod listen;
 mod manpages;
 mod names;
@@ -34,6 +35,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Publish(args) => current_thread()?.block_on(names::publish(args)),
         Command::Stop { restore } => current_thread()?.block_on(query::stop(restore)),
         Command::Persistent(cmd) => current_thread()?.block_on(persistent::run(cmd)),
+        Command::Enforce(cmd) => current_thread()?.block_on(enforce::run(cmd)),
     }
 }
 

@@ -114,6 +114,8 @@ struct State {
 /// Enforce mode's state: the programs (while attached), the owned blocks, the owner cgroups.
 pub(crate) struct Enforcer {
     settings: Settings,
+    /// Switched off by an administrator (`berth enforce off`) until switched on or restarted.
+    switched_off: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     watch: mpsc::UnboundedSender<Watched>,
     /// The daemon's network namespace, as the programs name it (its cookie).
@@ -138,6 +140,7 @@ impl Enforcer {
         let netns = berth_os::enforce::netns_cookie().map_err(|e| e.to_string());
         let enforcer = Enforcer {
             settings,
+            switched_off: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State::default()),
             watch,
             netns,
@@ -154,6 +157,9 @@ impl Enforcer {
     pub(crate) fn unavailable(&self) -> Option<String> {
         if !self.settings.allowed {
             return Some("enforce = false in the daemon's configuration".into());
+        }
+        if self.is_switched_off() {
+            return Some("an administrator switched enforce mode off (berth enforce off; berth enforce on switches it back)".into());
         }
         if let Some(why) = berth_os::enforce::unavailable() {
             return Some(why.into());
@@ -408,6 +414,33 @@ impl Enforcer {
         true
     }
 
+    fn is_switched_off(&self) -> bool {
+        self.switched_off.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Switches enforcement off (the programs detached and unpinned now; the owned blocks
+    /// remembered) or on again (attached, and every reservation in `owned` — the table's
+    /// cgroup-owned ones — kept again). Called with the table locked.
+    pub(crate) fn switch(&self, on: bool, owned: &[Reservation]) -> io::Result<()> {
+        self.switched_off
+            .store(!on, std::sync::atomic::Ordering::Relaxed);
+        if !on {
+            let mut state = self.state();
+            if let Some(mut programs) = state.programs.take() {
+                programs.unpin()?;
+                tracing::warn!("enforce mode switched off by an administrator: programs detached; cgroup-owned reservations are kept by the reserved-ports list only");
+            }
+            state.attached_at = None;
+            return Ok(());
+        }
+        for r in owned {
+            if let Some(id) = r.cgroup() {
+                self.own(r, id)?;
+            }
+        }
+        Ok(())
+    }
+
     /// How often the lease is renewed.
     pub(crate) fn renew_every(&self) -> Duration {
         renew_every(self.settings.lease)
@@ -440,12 +473,17 @@ impl Enforcer {
             state.owners.get(&id).map(|o| o.cgroup).ok_or_else(|| {
                 io::Error::other(format!("cgroup {id} is not known to the daemon"))
             })?;
-        self.attach(&mut state)?;
         let owned = Owned {
             protocol: r.protocol,
             range: r.range,
             cgroup: id,
         };
+        if self.is_switched_off() {
+            // Kept in the books, for `berth enforce on`.
+            state.owned.insert(r.token, owned);
+            return Ok(());
+        }
+        self.attach(&mut state)?;
         let State {
             programs,
             owned: all,

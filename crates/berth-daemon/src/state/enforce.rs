@@ -153,6 +153,40 @@ impl Shared {
         drop(self.publish(&mut table, released));
     }
 
+    /// Switches enforce mode off (detached and unpinned now, enforced requests refused) or on
+    /// again (re-attached for the cgroup-owned reservations there are); administrators only.
+    pub(super) fn set_enforce(&self, on: bool, requester: &Requester) -> Response {
+        if !requester.is_admin {
+            return error(
+                ErrorKind::PermissionDenied,
+                "only an administrator of the daemon switches enforce mode off or on".into(),
+            );
+        }
+        let switched = {
+            // The table's lock first (the enforcer's is taken under it by the change stream).
+            let table = self.table();
+            let owned: Vec<Reservation> = table
+                .iter()
+                .filter(|r| r.cgroup().is_some())
+                .cloned()
+                .collect();
+            self.enforcer.switch(on, &owned)
+        };
+        if let Err(e) = switched {
+            return error(
+                ErrorKind::Unavailable,
+                format!("the daemon could not switch enforce mode on again: {e}; see its log"),
+            );
+        }
+        let peer = super::Peer {
+            owner: requester.process.clone(),
+            session: berth_core::SessionId(0),
+            is_admin: requester.is_admin,
+            version: berth_protocol::PROTOCOL_VERSION,
+        };
+        self.status(&peer)
+    }
+
     /// `shown` with the cgroup that owns `r`, when it is shown its owner.
     pub(super) fn with_cgroup(
         &self,

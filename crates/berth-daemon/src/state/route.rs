@@ -137,6 +137,7 @@ impl Shared {
                 start,
                 count,
             } => self.lookup_persistent(protocol, start, count, &self.requester(peer, sender)),
+            Request::SetEnforce { on } => self.set_enforce(on, &self.requester(peer, sender)),
             Request::List => self.list(peer),
             Request::Status => self.status(peer),
             Request::Hello(_) => error(

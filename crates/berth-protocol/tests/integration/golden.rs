@@ -251,6 +251,7 @@ fn requests() {
         "0f  ac 02  00  91 3f",
     );
     golden(Request::StopWith { restore: true }, "10  01");
+    golden(Request::SetEnforce { on: false }, "17  00");
     golden(
         Request::LookupName {
             user: Some(1000),

@@ -415,3 +415,108 @@ fn enforcement_survives_a_restart_and_fails_open_past_the_lease() {
         (!busy).then_some(())
     });
 }
+
+#[test]
+fn an_administrator_reserves_for_an_existing_cgroup_and_switches_enforcement_off_and_on() {
+    if !rustix::process::geteuid().is_root() {
+        needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+        return;
+    }
+    let Some(ns) = Netns::new() else { return };
+    if ns
+        .held
+        .as_ref()
+        .is_some_and(|h| h.how().in_user_namespace())
+    {
+        needs::skip(Need::Namespaces, "needs a network namespace of root's own");
+        return;
+    }
+    let subtree = Subtree::new("existing");
+    let service = subtree.dir.join("service");
+    std::fs::create_dir(&service).unwrap();
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        format!(
+            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\n",
+            subtree.dir.display()
+        ),
+    )
+    .unwrap();
+    let args = ["--kernel-sync", "off", "--pool", "41400-41499"];
+    let daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let sock = daemon.socket.clone();
+    let mount_relative = |dir: &Path| {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = text
+            .lines()
+            .filter_map(|line| {
+                let (before, after) = line.split_once(" - ")?;
+                (after.split_whitespace().next()? == "cgroup2")
+                    .then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
+            })
+            .find(|m| dir.starts_with(m))
+            .unwrap();
+        format!("/{}", dir.strip_prefix(root).unwrap().display())
+    };
+    let path = mount_relative(&service);
+
+    // An empty cgroup is refused: its reservation would end at once.
+    let out = run(&mut ns.berth(
+        &sock,
+        &["enforce", "reserve", "--cgroup", &path, "--tcp", "1"],
+    ));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no process"));
+    // A service's process in it.
+    let done = dir.path().join("done");
+    let mut service_process = ns
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > '{}/cgroup.procs' && exec /usr/bin/python3 -c 'import os, time\nwhile not os.path.exists(\"{}\"): time.sleep(0.02)'",
+            service.display(),
+            done.display()
+        ))
+        .spawn()
+        .unwrap();
+    support::poll_until("the service runs in its cgroup", || {
+        std::fs::read_to_string(service.join("cgroup.procs"))
+            .ok()
+            .filter(|p| !p.trim().is_empty())
+    });
+    let out = ok(&mut ns.berth(
+        &sock,
+        &[
+            "enforce", "reserve", "--cgroup", &path, "--tcp", "1", "--json",
+        ],
+    ));
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let port = u16::try_from(rows[0]["start"].as_u64().unwrap()).unwrap();
+    assert_eq!(rows[0]["cgroup"], path.as_str());
+    let refused = || {
+        subtree
+            .python_in(&ns, "stranger", &binds_script(port, port))
+            .contains("tcp 4 EADDRINUSE")
+    };
+    assert!(refused());
+
+    // Off: detached at once, the reservation stays, --enforce is refused saying why.
+    ok(&mut ns.berth(&sock, &["enforce", "off"]));
+    assert!(!refused());
+    assert!(listed(&ns, &sock, port).is_some());
+    let out = run(&mut ns.berth(&sock, &["run", "--enforce", "--tcp", "1", "--", "true"]));
+    assert_eq!(out.status.code(), Some(11));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("berth enforce on"));
+    // On again: kept for the cgroup again.
+    ok(&mut ns.berth(&sock, &["enforce", "on"]));
+    assert!(refused());
+
+    std::fs::write(&done, "").unwrap();
+    wait(&mut service_process, "the service process");
+    support::poll_until("released once the service's cgroup is empty", || {
+        listed(&ns, &sock, port).is_none().then_some(())
+    });
+    // An existing cgroup is the administrator's: the daemon does not remove it.
+    assert!(service.exists());
+}
