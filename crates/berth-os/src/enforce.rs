@@ -475,33 +475,55 @@ impl Programs {
         netns: u64,
         (protocol, port): (Protocol, u16),
     ) -> io::Result<Option<Refusals>> {
-        let raw = match self
+        match self
             .hash::<Key, RawRefusal>("refusals")?
             .get(&key(netns, protocol, port), 0)
         {
-            Ok(raw) => raw,
-            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(failed("reading refusals", e)),
-        };
-        let len = raw
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(raw.comm.len());
-        Ok(Some(Refusals {
-            count: raw.count,
-            last: Refused {
-                at: Duration::from_nanos(raw.when),
-                cgroup: raw.cgroup,
-                pid: raw.pid,
-                uid: raw.uid,
-                command: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
-            },
-        }))
+            Ok(raw) => Ok(Some(refusals_of(&raw))),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(failed("reading refusals", e)),
+        }
+    }
+
+    /// Every port of the namespace `netns` with refused binds, and what was recorded (at most
+    /// the map's size: 8,192 ports).
+    pub fn all_refusals(&mut self, netns: u64) -> io::Result<Vec<((Protocol, u16), Refusals)>> {
+        let map = self.hash::<Key, RawRefusal>("refusals")?;
+        let mut found = Vec::new();
+        for entry in map.iter() {
+            // An entry removed while the walk goes on ends it early: the next walk sees the rest.
+            let Ok((k, raw)) = entry else { break };
+            let protocol = match i32::from(k.protocol) {
+                libc::IPPROTO_TCP => Protocol::Tcp,
+                libc::IPPROTO_UDP => Protocol::Udp,
+                _ => continue,
+            };
+            if k.netns == netns {
+                found.push(((protocol, k.port), refusals_of(&raw)));
+            }
+        }
+        Ok(found)
     }
 }
 
-/// A removal's outcome, with "there was nothing to remove" (`ENOENT`) counted as done.
+fn refusals_of(raw: &RawRefusal) -> Refusals {
+    let len = raw
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw.comm.len());
+    Refusals {
+        count: raw.count,
+        last: Refused {
+            at: Duration::from_nanos(raw.when),
+            cgroup: raw.cgroup,
+            pid: raw.pid,
+            uid: raw.uid,
+            command: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+        },
+    }
+}
+
 fn absent_is_fine(outcome: Result<(), aya::maps::MapError>, what: &str) -> io::Result<()> {
     match outcome {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),

@@ -39,6 +39,9 @@ pub(crate) fn renew_every(lease: Duration) -> Duration {
 /// `CAP_NET_BIND_SERVICE`), which the programs do for owners.
 const MIN_KERNEL: (u32, u32) = (5, 12);
 
+/// The most ports whose refusals are logged per lease renewal.
+const LOGGED_PER_CALL: usize = 8;
+
 /// The most cgroup directories walked to name a refused task's cgroup.
 const MAX_WALK: usize = 10_000;
 
@@ -109,6 +112,8 @@ struct State {
     owners: HashMap<u64, Owner>,
     /// Names the cgroups the daemon makes.
     made: u64,
+    /// The refusal counts last logged, per port.
+    logged: HashMap<(Protocol, u16), u64>,
 }
 
 /// Enforce mode's state: the programs (while attached), the owned blocks, the owner cgroups.
@@ -458,6 +463,60 @@ impl Enforcer {
         }
     }
 
+    /// Logs the binds the programs refused since the last call: a line per port (at most
+    /// [`LOGGED_PER_CALL`], then how many more), with the count and the process refused last.
+    /// Called with each lease renewal, so a bind loop floods nothing.
+    pub(crate) fn log_refusals(&self) {
+        let Ok(netns) = self.netns.clone() else {
+            return;
+        };
+        let mut state = self.state();
+        let Some(programs) = state.programs.as_mut() else {
+            state.logged.clear();
+            return;
+        };
+        let seen = match programs.all_refusals(netns) {
+            Ok(seen) => seen,
+            Err(e) => {
+                tracing::debug!("enforce mode: cannot read the refusals: {e}");
+                return;
+            }
+        };
+        let mut news = Vec::new();
+        for ((protocol, port), refusals) in seen {
+            let before = state.logged.insert((protocol, port), refusals.count);
+            let new = refusals.count.saturating_sub(before.unwrap_or(0));
+            if new > 0 {
+                news.push((protocol, port, new, refusals));
+            }
+        }
+        let owner_of = |protocol: Protocol, port: u16| {
+            state
+                .owned
+                .values()
+                .find(|o| o.protocol == protocol && o.range.contains(port))
+                .and_then(|o| state.owners.get(&o.cgroup))
+                .map(|o| o.dir.display().to_string())
+                .unwrap_or_else(|| "a cgroup".to_owned())
+        };
+        for (protocol, port, new, refusals) in news.iter().take(LOGGED_PER_CALL) {
+            let last = &refusals.last;
+            tracing::warn!(
+                "enforce mode refused {new} bind(s) of {protocol} {port} (reserved by {}): the last by pid {} ({}, uid {}); `berth why --{protocol} {port}` says more",
+                owner_of(*protocol, *port),
+                last.pid,
+                last.command,
+                last.uid
+            );
+        }
+        if news.len() > LOGGED_PER_CALL {
+            tracing::warn!(
+                "enforce mode refused binds of {} more ports",
+                news.len() - LOGGED_PER_CALL
+            );
+        }
+    }
+
     /// What the programs recorded of refused binds of `port`.
     pub(crate) fn refusals(&self, protocol: Protocol, port: u16) -> Option<Refusals> {
         let netns = *self.netns.as_ref().ok()?;
@@ -522,6 +581,9 @@ impl Enforcer {
             .values()
             .find(|o| o.cgroup == gone.cgroup && o.protocol == gone.protocol)
             .copied();
+        for port in gone.range.ports() {
+            state.logged.remove(&(gone.protocol, port));
+        }
         let empty = state.owned.is_empty();
         if let Some(programs) = &mut state.programs {
             for port in gone.range.ports() {

@@ -106,6 +106,7 @@ pub(super) fn watch_cgroups(
                 () = cancel.cancelled() => return,
                 _ = renew.tick() => {
                     shared.enforcer().renew();
+                    shared.enforcer().log_refusals();
                     continue;
                 }
                 cgroup = cgroups.recv() => match cgroup {

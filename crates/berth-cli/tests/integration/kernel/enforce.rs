@@ -109,7 +109,8 @@ fn an_enforced_run_draws_bind_zero_from_its_block_and_outlives_its_launcher() {
     std::fs::write(
         dir.path().join("berth.toml"),
         format!(
-            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\n",
+            // A short lease: renewed, and refusals logged, every second.
+            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_lease_s = 6\n",
             subtree.dir.display()
         ),
     )
@@ -218,6 +219,13 @@ fn an_enforced_run_draws_bind_zero_from_its_block_and_outlives_its_launcher() {
     .unwrap();
     assert_eq!(why["refusals"]["count"], 2, "{why}");
     assert_eq!(why["reservation"]["cgroup"], cgroup.as_str(), "{why}");
+    // The log says so too, at the next renewal of the lease.
+    support::poll_until("the refusals are logged", || {
+        daemon
+            .log()
+            .contains(&format!("enforce mode refused 2 bind(s) of tcp {port}"))
+            .then_some(())
+    });
     // `status` says enforce mode is in force, and where.
     let status: Value =
         serde_json::from_str(&ok(&mut ns.berth(&sock, &["status", "--json"]))).unwrap();
