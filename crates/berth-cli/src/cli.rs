@@ -68,6 +68,21 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Write man pages for berth and each of its commands into a directory.
     Manpages(ManpagesArgs),
+    /// The keeper of `berth run --daemonizes` (started by it, not by people).
+    #[command(hide = true)]
+    Keep(KeepArgs),
+}
+
+/// `berth keep` (internal): starts the command as a child subreaper, reports the command's pid
+/// and then its exit on the descriptor `status_fd`, and lives until its last descendant exits.
+#[derive(Debug, Args)]
+pub struct KeepArgs {
+    /// The inherited descriptor the reports go to.
+    #[arg(long, value_name = "FD")]
+    pub status_fd: i32,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 /// `berth persistent …`.
@@ -391,6 +406,12 @@ pub struct RunArgs {
     /// on cgroup v2 (`berth status` says whether it can); the command leaves its login scope.
     #[arg(long, conflicts_with = "listen")]
     pub enforce: bool,
+    /// The command daemonizes (`pg_ctl start`, `redis-server --daemonize yes`): keep the
+    /// reservations while any process it started lives, and exit with its own status as soon as
+    /// it exits. A keeper process (a child subreaper) starts it and holds the ports; any user's
+    /// daemon can. With a root daemon, --enforce also keeps other programs off the ports.
+    #[arg(long, conflicts_with_all = ["listen", "enforce"])]
+    pub daemonizes: bool,
     /// The address the --listen sockets are bound to [default: :: (dual-stack) where the host
     /// has IPv6, else 0.0.0.0].
     #[arg(long, value_name = "IP", requires = "listen")]

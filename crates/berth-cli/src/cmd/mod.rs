@@ -4,6 +4,7 @@
 mod completions;
 mod daemon;
 mod enforce;
+mod keep;
 pub mod listen;
 mod manpages;
 mod names;
@@ -36,6 +37,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Stop { restore } => current_thread()?.block_on(query::stop(restore)),
         Command::Persistent(cmd) => current_thread()?.block_on(persistent::run(cmd)),
         Command::Enforce(cmd) => current_thread()?.block_on(enforce::run(cmd)),
+        Command::Keep(args) => keep::run(args),
     }
 }
 

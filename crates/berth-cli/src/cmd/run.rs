@@ -78,6 +78,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let Some((program, rest)) = args.command.split_first() else {
         return Err(anyhow::anyhow!("no command given after --").into());
     };
+    // With --daemonizes: the read end of the keeper's reports, and the write end to pass it.
+    let mut keeper_reports = None;
     let sockets = if args.listen {
         let (t, u) = (own_or_none(tcp.as_ref())?, own_or_none(udp.as_ref())?);
         Some(Sockets::bind(t, u, args.listen_address).await?)
@@ -88,6 +90,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         Some(sockets) => {
             let (command, started) = sockets.command(program, rest)?;
             (command, Some(started))
+        }
+        None if args.daemonizes => {
+            let (command, reports) = keeper_command(program, rest)?;
+            keeper_reports = Some(reports);
+            (command, None)
         }
         None => {
             let mut command = tokio::process::Command::new(program);
@@ -131,6 +138,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     })?;
     // The command has its own copies now; ours would keep the ports bound after it ends.
     drop(sockets);
+    if let Some((reports, write_end)) = keeper_reports {
+        // Only the keeper writes: its end closing tells us it is gone.
+        drop(write_end);
+        let owned = tcp
+            .into_iter()
+            .chain(udp)
+            .filter_map(Block::into_own)
+            .collect();
+        return keep_and_report(&child, reports, signals, owned).await;
+    }
     // A persistent block is nobody's to hand over or release: only our own are. A cgroup's
     // (--enforce) lives until the cgroup is empty: neither handed over nor released here.
     let mut held: Vec<Reservation> = tcp
@@ -211,6 +228,93 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         (None, None) => exit::FAILURE,
     };
     Ok(ExitCode::from(code))
+}
+
+/// `berth keep --status-fd N -- CMD…` (this same binary), and the pipe of its reports: the
+/// read end, and the write end it inherits as descriptor N.
+fn keeper_command(
+    program: &std::ffi::OsString,
+    rest: &[std::ffi::OsString],
+) -> Result<
+    (
+        tokio::process::Command,
+        (std::fs::File, std::os::fd::OwnedFd),
+    ),
+    Failure,
+> {
+    use std::os::fd::AsRawFd;
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| anyhow::anyhow!("cannot make a pipe for the keeper: {e}"))?;
+    let me = std::env::current_exe().context("cannot find the berth binary for the keeper")?;
+    let raw = write.as_raw_fd();
+    let mut command = tokio::process::Command::new(me);
+    command
+        .arg("keep")
+        .arg("--status-fd")
+        .arg(raw.to_string())
+        .arg("--")
+        .arg(program)
+        .args(rest);
+    berth_os::exec::inherit_only(command.as_std_mut(), vec![raw]);
+    Ok((command, (std::fs::File::from(read), write)))
+}
+
+/// `--daemonizes`: hands the reservations to the keeper (they live until the last process the
+/// command started has exited), passes signals on to the command once the keeper names it,
+/// and returns the command's own exit as soon as the keeper reports it.
+async fn keep_and_report(
+    keeper: &tokio::process::Child,
+    reports: std::fs::File,
+    signals: Vec<(tokio::signal::unix::Signal, i32)>,
+    mut owned: Vec<Reservation>,
+) -> Result<ExitCode, Failure> {
+    if let Some(pid) = keeper.id() {
+        for r in &mut owned {
+            if let Err(e) = r.transfer_to(pid).await {
+                eprintln!("berth: the daemon did not hand {} {} to the keeper ({e}): it ends when the command exits", r.protocol(), r.range());
+            }
+        }
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(reports).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut signals = Some(signals);
+    while let Some(line) = rx.recv().await {
+        let (what, value) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        match what {
+            "pid" => {
+                if let (Ok(pid), Some(signals)) = (value.parse::<u32>(), signals.take()) {
+                    // The command is in the keeper's session, not our process group: the
+                    // terminal's Ctrl-C reaches it through us.
+                    forward_to(signals, pid, true);
+                }
+            }
+            "exit" => {
+                let code = value.parse::<i32>().unwrap_or(1);
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(exit::FAILURE)));
+            }
+            "signal" => {
+                let sig = value.parse::<i32>().unwrap_or(0);
+                return Ok(ExitCode::from(
+                    u8::try_from(128 + sig).unwrap_or(exit::FAILURE),
+                ));
+            }
+            _ => {
+                return Err(Failure::Spawn {
+                    code: exit::CANNOT_EXECUTE,
+                    message: value.to_owned(),
+                })
+            }
+        }
+    }
+    Err(anyhow::anyhow!("the keeper ended without reporting the command's exit").into())
 }
 
 /// Resolves with the first loss among `kept` (never, when it is empty).
@@ -441,6 +545,12 @@ fn install_signal_handlers() -> Result<Vec<(tokio::signal::unix::Signal, i32)>, 
 
 /// Passes the signals on to process `pid` for as long as this command runs.
 fn forward_signals(signals: Vec<(tokio::signal::unix::Signal, i32)>, pid: u32) {
+    forward_to(signals, pid, false);
+}
+
+/// Passes the signals on to `pid`; SIGINT too when `interrupts` (the command is not in our
+/// process group), else only when it did not come from the terminal.
+fn forward_to(signals: Vec<(tokio::signal::unix::Signal, i32)>, pid: u32, interrupts: bool) {
     let Some(target) = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -450,7 +560,7 @@ fn forward_signals(signals: Vec<(tokio::signal::unix::Signal, i32)>, pid: u32) {
     for (mut stream, number) in signals {
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
-                if number == 2 && terminal_sent_it() {
+                if number == 2 && !interrupts && terminal_sent_it() {
                     continue;
                 }
                 if let Some(sig) = rustix::process::Signal::from_named_raw(number) {

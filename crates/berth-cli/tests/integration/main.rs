@@ -10,6 +10,7 @@ mod support;
 mod authority;
 mod cli;
 mod crash;
+mod daemonizes;
 mod descriptors;
 mod docs;
 mod exit_codes;
