@@ -146,6 +146,8 @@ pub struct ConfigFile {
     enforce_pins: Option<PathBuf>,
     /// Seconds the programs keep refusing binds after the daemon's last renewal.
     enforce_lease_s: Option<u64>,
+    /// Whether an owner cgroup's `connect()` on an unbound socket is bound into its block.
+    enforce_steer_connect: Option<bool>,
 }
 
 /// The `portserver` key.
@@ -245,6 +247,9 @@ impl ConfigFile {
         }
         if let Some(enforce) = self.enforce {
             config.enforce.allowed = enforce;
+        }
+        if let Some(steer) = self.enforce_steer_connect {
+            config.enforce.steer_connect = steer;
         }
         if let Some(secs) = self.enforce_lease_s {
             if !(1..=3600).contains(&secs) {

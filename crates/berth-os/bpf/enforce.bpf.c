@@ -9,7 +9,8 @@
 // owner cgroup or of any cgroup below it is the owner (compared by ancestor id at the owner's
 // level); tasks of an exempt cgroup (the daemon's, which binds for its clients) pass.
 //
-// `blocks` maps (namespace, cgroup, protocol) to the block that cgroup's `bind(0)` draws from:
+// `blocks` maps (namespace, cgroup, protocol) to the block that cgroup's `bind(0)` — and, when
+// the block says so, the automatic bind of `connect()` (`connect4`/`connect6`) — draws from:
 // `bind4`/`bind6` rewrite port 0 to a port of the block that no socket of the owner has
 // claimed. A claim (`claims`: port -> socket cookie) is made when a port is picked and when an
 // owner's socket is bound to an owned port, kept in the socket's storage, and dropped when the
@@ -28,6 +29,8 @@
 // Built with Debian's clang: clang -target bpf -O2 -g -mcpu=v3 (build.rs).
 
 #include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/in6.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -68,7 +71,11 @@ struct block {
     __u16 first;    // the block's first port; 0 never names a block
     __u16 count;    // its number of ports; 0 never names a block
     __u32 next;     // a rotating cursor (atomic), where the next pick starts
+    __u32 flags;    // STEER_CONNECT: connect() on an unbound socket is bound into the block too
+    __u32 pad;      // always zero
 };
+
+#define STEER_CONNECT 1
 
 struct refusal {
     __u64 count;    // refusals of this port since it was owned
@@ -224,39 +231,105 @@ static __always_inline struct block *block_of_caller(__u64 netns, __u32 protocol
     return found;
 }
 
+// Claims an unclaimed port of block `b` for the socket `cookie`, starting at the block's
+// rotating cursor; 0 when every port tried is claimed.
+static __always_inline __u16 pick(struct block *b, struct key *k, __u64 cookie)
+{
+    __u32 first = b->first;
+    __u32 count = b->count;
+    if (first == 0 || count == 0 || first + count > 65536)
+        return 0;
+    __u32 start = __sync_fetch_and_add(&b->next, 1);
+    for (__u32 i = 0; i < MAX_TRIES; i++) {
+        if (i >= count)
+            break;
+        k->port = (__u16)(first + (start + i) % count);
+        // BPF_NOEXIST: of two binds racing for one port, one claims it.
+        if (bpf_map_update_elem(&claims, k, &cookie, BPF_NOEXIST) == 0)
+            return k->port;
+    }
+    return 0;
+}
+
 // Rewrites a bind(0) of an owner's task to an unclaimed port of its block.
 static __always_inline int steer(struct bpf_sock_addr *ctx, __u64 netns)
 {
     struct block *b = block_of_caller(netns, ctx->protocol);
     if (!b)
         return ALLOW;
-    __u32 first = b->first;
-    __u32 count = b->count;
-    if (first == 0 || count == 0 || first + count > 65536)
-        return ALLOW;
-    __u32 start = __sync_fetch_and_add(&b->next, 1);
     __u64 cookie = bpf_get_socket_cookie(ctx);
     struct key k = {};
     k.netns = netns;
     k.protocol = (__u8)ctx->protocol;
-    for (__u32 i = 0; i < MAX_TRIES; i++) {
-        if (i >= count)
-            break;
-        k.port = (__u16)(first + (start + i) % count);
-        // BPF_NOEXIST: of two binds racing for one port, one claims it.
-        if (bpf_map_update_elem(&claims, &k, &cookie, BPF_NOEXIST) == 0) {
-            struct claim *note =
-                bpf_sk_storage_get(&socket_claims, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    __u16 port = pick(b, &k, cookie);
+    if (port == 0)
+        return ALLOW;
+    struct claim *note = bpf_sk_storage_get(&socket_claims, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (note) {
+        note->netns = netns;
+        note->port = port;
+        note->protocol = k.protocol;
+    }
+    ctx->user_port = bpf_htons(port);
+    return ALLOW_PRIVILEGED;
+}
+
+// Binds an unbound socket's connect() into its owner's block, when the block asks for it: an
+// unclaimed port, bound with bpf_bind() before the kernel would pick one. A few ports are tried
+// (one may be busy with TIME_WAIT connections); with none bindable the kernel picks as usual.
+static __always_inline int steer_connect(struct bpf_sock_addr *ctx, int v6)
+{
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk || sk->src_port != 0)
+        return 1;
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    struct block *b = block_of_caller(netns, ctx->protocol);
+    if (!b || !(b->flags & STEER_CONNECT))
+        return 1;
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    struct key k = {};
+    k.netns = netns;
+    k.protocol = (__u8)ctx->protocol;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        __u16 port = pick(b, &k, cookie);
+        if (port == 0)
+            return 1;
+        int bound;
+        if (v6) {
+            struct sockaddr_in6 sa = {};
+            sa.sin6_family = 10; // AF_INET6
+            sa.sin6_port = bpf_htons(port);
+            bound = bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
+        } else {
+            struct sockaddr_in sa = {};
+            sa.sin_family = 2; // AF_INET
+            sa.sin_port = bpf_htons(port);
+            bound = bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
+        }
+        if (bound == 0) {
+            struct claim *note = bpf_sk_storage_get(&socket_claims, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
             if (note) {
                 note->netns = netns;
-                note->port = k.port;
+                note->port = port;
                 note->protocol = k.protocol;
             }
-            ctx->user_port = bpf_htons(k.port);
-            return ALLOW_PRIVILEGED;
+            return 1;
         }
+        bpf_map_delete_elem(&claims, &k);
     }
-    return ALLOW;
+    return 1;
+}
+
+SEC("cgroup/connect4")
+int berth_connect4(struct bpf_sock_addr *ctx)
+{
+    return steer_connect(ctx, 0);
+}
+
+SEC("cgroup/connect6")
+int berth_connect6(struct bpf_sock_addr *ctx)
+{
+    return steer_connect(ctx, 1);
 }
 
 static __always_inline int on_bind(struct bpf_sock_addr *ctx)

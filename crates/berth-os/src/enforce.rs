@@ -128,16 +128,23 @@ struct BlockKey {
 // any bit pattern.
 unsafe impl aya::Pod for BlockKey {}
 
-/// `struct block`: the block's first port, its size, and the programs' rotating cursor.
+/// `struct block`: the block's first port, its size, the programs' rotating cursor, and
+/// whether `connect()` is steered too.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Block {
     first: u16,
     count: u16,
     next: u32,
+    flags: u32,
+    pad: u32,
 }
 
-// SAFETY: `repr(C)` plain data, 2 + 2 + 4 bytes with no padding, valid for any bit pattern.
+/// `STEER_CONNECT` of `struct block`'s flags.
+const STEER_CONNECT: u32 = 1;
+
+// SAFETY: `repr(C)` plain data, 2 + 2 + 4 + 4 + 4 bytes with no padding, valid for any bit
+// pattern.
 unsafe impl aya::Pod for Block {}
 
 /// `struct refusal`: how often a port was refused, and the last refusal.
@@ -199,9 +206,11 @@ pub struct Programs {
 }
 
 /// The programs' names, in attach order (and the names of their pins).
-const PROGRAMS: [&str; 5] = [
+const PROGRAMS: [&str; 7] = [
     "berth_bind4",
     "berth_bind6",
+    "berth_connect4",
+    "berth_connect6",
     "berth_post_bind4",
     "berth_post_bind6",
     "berth_sock_release",
@@ -327,7 +336,9 @@ impl Programs {
             let program = ebpf
                 .program_mut(name)
                 .ok_or_else(|| failed("the BPF object lacks a program", name))?;
-            let link: FdLink = if name.starts_with("berth_bind") {
+            let link: FdLink = if name.starts_with("berth_bind")
+                || name.starts_with("berth_connect")
+            {
                 let program: &mut CgroupSockAddr =
                     program.try_into().map_err(|e| failed(name, e))?;
                 program.load().map_err(|e| failed(name, e))?;
@@ -421,13 +432,16 @@ impl Programs {
 
     /// Makes the ports `first..first + count` of `protocol` the block that `bind(0)` of a task
     /// of `cgroup` (or below it) draws from in the namespace `netns`: a port no socket of the
-    /// owner holds. One block per cgroup and protocol: a later call replaces it.
+    /// owner holds. With `connect`, a `connect()` on an unbound socket is bound into it too
+    /// (the kernel picks as usual when no port of it is free). One block per cgroup and
+    /// protocol: a later call replaces it.
     pub fn steer(
         &mut self,
         netns: u64,
         protocol: Protocol,
         cgroup: u64,
         (first, count): (u16, u16),
+        connect: bool,
     ) -> io::Result<()> {
         if first == 0 || count == 0 || cgroup == 0 || u32::from(first) + u32::from(count) > 65536 {
             return Err(io::Error::new(
@@ -439,6 +453,8 @@ impl Programs {
             first,
             count,
             next: 0,
+            flags: if connect { STEER_CONNECT } else { 0 },
+            pad: 0,
         };
         self.hash::<BlockKey, Block>("blocks")?
             .insert(block_key(netns, protocol, cgroup), block, 0)

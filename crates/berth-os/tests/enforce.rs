@@ -155,14 +155,16 @@ fn an_owner_s_bind_of_port_0_draws_from_its_block_and_strangers_are_counted() {
     programs.renew_lease(long_lease()).unwrap();
     let netns = netns_cookie().unwrap();
     let owner_id = Cgroup::at(hierarchy.root(), &owner).unwrap();
-    let (first, count) = (47200_u16, 4_u16);
+    // Outside the ephemeral range (32768-60999 by default): the kernel's own picks never land
+    // there, so a port of the block can only come from the programs.
+    let (first, count) = (20200_u16, 4_u16);
     let block = first..first + count;
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         for port in block.clone() {
             programs.own(netns, (protocol, port), owner_id).unwrap();
         }
         programs
-            .steer(netns, protocol, owner_id.id, (first, count))
+            .steer(netns, protocol, owner_id.id, (first, count), false)
             .unwrap();
     }
 
@@ -232,9 +234,11 @@ fn an_owner_s_bind_of_port_0_draws_from_its_block_and_strangers_are_counted() {
         .is_none());
     // No entry can mean "any": an empty block is refused.
     assert!(programs
-        .steer(netns, Protocol::Tcp, owner_id.id, (first, 0))
+        .steer(netns, Protocol::Tcp, owner_id.id, (first, 0), false)
         .is_err());
-    assert!(programs.steer(netns, Protocol::Tcp, 0, (first, 1)).is_err());
+    assert!(programs
+        .steer(netns, Protocol::Tcp, 0, (first, 1), false)
+        .is_err());
 }
 
 #[test]
@@ -322,4 +326,63 @@ fn pinned_programs_outlive_their_loader_until_the_pins_go() {
     berth_os::enforce::remove_pins(&pins).unwrap();
     assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "bound");
     let _ = Command::new("umount").arg(bpffs.path()).status();
+}
+
+#[test]
+fn connect_is_steered_into_the_block_only_when_asked() {
+    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2)") {
+        return;
+    }
+    if let Some(why) = berth_os::enforce::unavailable() {
+        panic!("{why}");
+    }
+    berth_os::netns::enter_new_on_this_thread().unwrap();
+    // Loopback up in the test's namespace: the connections go nowhere else.
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(up.success());
+    let hierarchy = Hierarchy::mount();
+    let owner = hierarchy.cgroup("owner");
+    let mut programs = Programs::attach(&hierarchy.subtree).unwrap();
+    programs.renew_lease(long_lease()).unwrap();
+    let netns = netns_cookie().unwrap();
+    let owner_id = Cgroup::at(hierarchy.root(), &owner).unwrap();
+    // Outside the ephemeral range, as above.
+    let (first, count) = (20400_u16, 3_u16);
+    let block = first..first + count;
+    for port in block.clone() {
+        programs
+            .own(netns, (Protocol::Tcp, port), owner_id)
+            .unwrap();
+    }
+    // Two connections at once (IPv4, IPv6) to a listener of the test's, from unbound sockets;
+    // prints their local ports.
+    let connects = |cgroup: &Path| -> Vec<u16> {
+        python_in(
+            cgroup,
+            "import socket\n\
+             l4 = socket.socket(); l4.bind((\"127.0.0.1\", 20500)); l4.listen()\n\
+             l6 = socket.socket(socket.AF_INET6); l6.bind((\"::1\", 20501)); l6.listen()\n\
+             a = socket.create_connection(l4.getsockname()[:2])\n\
+             b = socket.socket(socket.AF_INET6); b.connect(l6.getsockname()[:2])\n\
+             print(a.getsockname()[1], b.getsockname()[1])",
+        )
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+    };
+    // Not asked: the kernel picks, from its ephemeral range.
+    programs
+        .steer(netns, Protocol::Tcp, owner_id.id, (first, count), false)
+        .unwrap();
+    let plain = connects(&owner);
+    assert!(plain.iter().all(|p| !block.contains(p)), "{plain:?}");
+    // Asked: from the block.
+    programs
+        .steer(netns, Protocol::Tcp, owner_id.id, (first, count), true)
+        .unwrap();
+    let steered = connects(&owner);
+    assert!(steered.iter().all(|p| block.contains(p)), "{steered:?}");
 }

@@ -63,6 +63,10 @@ pub struct Settings {
     /// ([`DEFAULT_LEASE`]): a restart within it keeps enforcement without a gap; a daemon gone
     /// for longer leaves nothing refused.
     pub lease: Duration,
+    /// Whether `connect()` on an unbound socket of an owner cgroup is bound into its block
+    /// too. Off by default: each outgoing connection would leave its port in `TIME_WAIT` and
+    /// drain a small block.
+    pub steer_connect: bool,
 }
 
 impl Default for Settings {
@@ -73,6 +77,7 @@ impl Default for Settings {
             cgroups: None,
             pins: None,
             lease: DEFAULT_LEASE,
+            steer_connect: false,
         }
     }
 }
@@ -555,7 +560,13 @@ impl Enforcer {
             for port in r.range.ports() {
                 programs.own(netns, (r.protocol, port), cgroup)?;
             }
-            programs.steer(netns, r.protocol, id, (r.range.start(), r.range.count()))
+            programs.steer(
+                netns,
+                r.protocol,
+                id,
+                (r.range.start(), r.range.count()),
+                self.settings.steer_connect,
+            )
         })();
         if let Err(e) = made {
             for port in r.range.ports() {
@@ -600,6 +611,7 @@ impl Enforcer {
                     o.protocol,
                     o.cgroup,
                     (o.range.start(), o.range.count()),
+                    self.settings.steer_connect,
                 ),
                 None => programs.unsteer(netns, gone.protocol, gone.cgroup),
             };

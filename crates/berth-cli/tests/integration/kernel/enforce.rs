@@ -528,3 +528,53 @@ fn an_administrator_reserves_for_an_existing_cgroup_and_switches_enforcement_off
     // An existing cgroup is the administrator's: the daemon does not remove it.
     assert!(service.exists());
 }
+
+#[test]
+fn with_connect_steering_an_outgoing_connection_binds_into_the_block() {
+    if !rustix::process::geteuid().is_root() {
+        needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+        return;
+    }
+    let Some(ns) = Netns::new() else { return };
+    if ns
+        .held
+        .as_ref()
+        .is_some_and(|h| h.how().in_user_namespace())
+    {
+        needs::skip(Need::Namespaces, "needs a network namespace of root's own");
+        return;
+    }
+    let subtree = Subtree::new("connect");
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        format!(
+            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_steer_connect = true\n",
+            subtree.dir.display()
+        ),
+    )
+    .unwrap();
+    // A pool outside the ephemeral range: the kernel's own picks never land in it.
+    let args = ["--kernel-sync", "off", "--pool", "21500-21599"];
+    let daemon = Daemon::start(&ns, dir.path(), &args, None);
+    // The listener binds a port by number (outside the block); the client socket is unbound.
+    let script = "import os, socket\n\
+                  l = socket.socket(); l.bind((\"127.0.0.1\", 21590)); l.listen()\n\
+                  c = socket.create_connection((\"127.0.0.1\", 21590))\n\
+                  print(os.environ[\"BERTH_TCP_PORTS\"], c.getsockname()[1])";
+    let out = ok(&mut ns.berth(
+        &daemon.socket,
+        &[
+            "run",
+            "--enforce",
+            "--tcp",
+            "2",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ],
+    ));
+    let (block, local) = out.trim().rsplit_once(' ').unwrap();
+    assert!(block.split(',').any(|p| p == local), "{out}");
+}
