@@ -177,14 +177,30 @@ impl Enforcer {
         if !rustix::process::geteuid().is_root() {
             return Some("the daemon does not run as root: loading BPF programs needs CAP_BPF and CAP_NET_ADMIN (an ordinary user's daemon cannot enforce)".into());
         }
+        if let Some(why) = lacks_privileges() {
+            return Some(why);
+        }
         if let Some(release) = kernel_older_than(MIN_KERNEL) {
             return Some(format!(
                 "the kernel is {release}; enforce mode needs Linux {}.{} or later",
                 MIN_KERNEL.0, MIN_KERNEL.1
             ));
         }
-        if let Err(e) = self.hierarchy() {
-            return Some(e.to_string());
+        let mount = match self.hierarchy() {
+            Ok(mount) => mount,
+            Err(e) => return Some(e.to_string()),
+        };
+        // Cgroups are made there (berth run --enforce): a read-only hierarchy (a service with
+        // ProtectControlGroups=yes) cannot take them.
+        let parent = match &self.settings.cgroups {
+            Some(dir) => dir.clone(),
+            None => default_cgroups(&mount).unwrap_or(mount),
+        };
+        let existing = parent.ancestors().find(|d| d.exists()).map(Path::to_owned);
+        if let Some(dir) = existing {
+            if rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK).is_err() {
+                return Some(format!("the daemon cannot make cgroups in {} (read-only: a service unit with ProtectControlGroups=yes? see docs/operations.md, \"Enforce mode\")", dir.display()));
+            }
         }
         if let Err(e) = &self.netns {
             return Some(e.clone());
@@ -751,6 +767,30 @@ fn default_cgroups(mount: &Path) -> io::Result<PathBuf> {
         }
     }
     Ok(mount.join("berth"))
+}
+
+/// Why the daemon may not load and attach cgroup-BPF programs, if it may not: it must hold
+/// `CAP_BPF` (or `CAP_SYS_ADMIN`, before Linux 5.8) and `CAP_NET_ADMIN`, in the initial user
+/// namespace (the kernel loads no cgroup program from any other).
+fn lacks_privileges() -> Option<String> {
+    const CAP_NET_ADMIN: u64 = 12;
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_BPF: u64 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let caps = berth_os::proc::effective_caps_from_status(&status)?;
+    let has = |cap: u64| caps & (1 << cap) != 0;
+    if !(has(CAP_BPF) || has(CAP_SYS_ADMIN)) || !has(CAP_NET_ADMIN) {
+        return Some("the daemon lacks CAP_BPF and CAP_NET_ADMIN, which loading and attaching cgroup-BPF programs needs (a service unit must grant them: see docs/operations.md, \"Enforce mode\")".into());
+    }
+    let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
+    let initial = map
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .as_slice()
+        == ["0", "0", "4294967295"];
+    (!initial).then(|| {
+        "the daemon runs in a user namespace of its own, where the kernel loads no cgroup-BPF program".to_owned()
+    })
 }
 
 /// The kernel's release (`/proc/sys/kernel/osrelease`) when it is older than `(major, minor)`.
