@@ -783,11 +783,7 @@ fn lacks_privileges() -> Option<String> {
         return Some("the daemon lacks CAP_BPF and CAP_NET_ADMIN, which loading and attaching cgroup-BPF programs needs (a service unit must grant them: see docs/operations.md, \"Enforce mode\")".into());
     }
     let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
-    let initial = map
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .as_slice()
-        == ["0", "0", "4294967295"];
+    let initial = map.split_whitespace().collect::<Vec<_>>().as_slice() == ["0", "0", "4294967295"];
     (!initial).then(|| {
         "the daemon runs in a user namespace of its own, where the kernel loads no cgroup-BPF program".to_owned()
     })
