@@ -513,7 +513,10 @@ mod tests {
     fn help_lists_every_command() {
         let help = Cli::command().render_help().to_string();
         // `keep` is berth's own (started by `berth run --daemonizes`), hidden from people.
-        for sub in Cli::command().get_subcommands().filter(|s| !s.is_hide_set()) {
+        for sub in Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+        {
             assert!(
                 help.contains(sub.get_name()),
                 "{} missing: {help}",

@@ -98,8 +98,15 @@ impl Shared {
         let process = requester.process.clone();
         let made = tokio::task::spawn_blocking(move || {
             enforcer.ensure_attached().map_err(|e| {
+                // Refused by the kernel for good (an exclusive program at an ancestor): the
+                // mode is not available here, which is what the client must hear.
+                let kind = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    ErrorKind::NotSupported
+                } else {
+                    ErrorKind::Unavailable
+                };
                 (
-                    ErrorKind::Unavailable,
+                    kind,
                     format!("the daemon could not attach its enforcement programs: {e}"),
                 )
             })?;
