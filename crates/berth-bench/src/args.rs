@@ -117,6 +117,10 @@ pub enum Mode {
     /// Re-claim after a restart: the time from a daemon restart until every client's runtime
     /// reservations are back.
     Reclaim(ReclaimArgs),
+    /// Enforce mode's cost: acquire+release (held, unheld) and associate with the programs
+    /// detached and attached, in alternating phases, the daemon and the clients inside the
+    /// policed subtree. Root, cgroup v2; run it in a private network namespace.
+    Enforce(EnforceArgs),
     /// Serve echo requests (started by the benchmark itself; prints "ready").
     #[command(hide = true)]
     EchoServer(EchoArgs),
@@ -227,5 +231,30 @@ pub struct ReclaimArgs {
     pub crash: bool,
     /// Upper bound on one re-claim, seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub max_secs: f64,
+}
+
+/// `berth-bench enforce`.
+#[derive(Debug, clap::Args)]
+pub struct EnforceArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// A cgroup v2 directory to create (it must not exist: never the hierarchy's root or
+    /// anyone else's cgroup) and remove at the end: the programs are attached there, and the
+    /// daemon (`daemon/`), the load generator (`clients/`) and the cgroup that owns the one
+    /// enforced reservation (`holder/`, a `sleep`) live below it.
+    #[arg(long, value_name = "DIR")]
+    pub subtree: PathBuf,
+    /// Rounds of one phase detached, then one attached.
+    #[arg(long, value_name = "K", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Requests per measurement.
+    #[arg(long, value_name = "R", default_value_t = 20_000)]
+    pub requests: u64,
+    /// Unmeasured requests before each measurement.
+    #[arg(long, value_name = "W", default_value_t = 500)]
+    pub warmup: u64,
+    /// Upper bound on each measurement's duration, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
     pub max_secs: f64,
 }

@@ -30,6 +30,11 @@ pub enum Kind {
     Echo,
     /// Connect, a line each way, close.
     ConnectEcho,
+    /// Bind a fresh TCP socket from a kept one-port unheld reservation through the daemon
+    /// (`Reservation::bind`: an `Associate` carrying the socket), then close it. Measured by
+    /// the `enforce` mode only.
+    #[value(skip)]
+    Associate,
 }
 
 impl Kind {
@@ -40,6 +45,7 @@ impl Kind {
             Kind::Unheld => "acquire+release (unheld)",
             Kind::Echo => "2 echo round trips",
             Kind::ConnectEcho => "connect-per-request echo",
+            Kind::Associate => "associate (bind a fresh socket)",
         }
     }
 
@@ -230,6 +236,9 @@ enum Op {
     Connect {
         socket: std::path::PathBuf,
     },
+    Associate {
+        reservation: Reservation,
+    },
 }
 
 impl Op {
@@ -250,6 +259,12 @@ impl Op {
                     .clone()
                     .context("no connect-per-request socket")?,
             },
+            Kind::Associate => {
+                let client = Client::connect_to(&target.socket).await?;
+                Op::Associate {
+                    reservation: client.acquire_unheld(Protocol::Tcp, 0, 1).await?,
+                }
+            }
         })
     }
 
@@ -272,6 +287,11 @@ impl Op {
                 client.round_trip(release).await?;
             }
             Op::Connect { socket } => echo::connect_once(socket).await?,
+            Op::Associate { reservation } => {
+                // Closed at the end of the request: its port is free for the next bind.
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                reservation.bind(&socket, None).await?;
+            }
         }
         Ok(())
     }

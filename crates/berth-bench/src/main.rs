@@ -10,10 +10,11 @@
 //! - a connect-per-request echo (`"<pid>\n"` in, `"<port>\n"` out: the portpicker shape);
 //! - optionally, acquire+release with many live reservations (`--scale`).
 //!
-//! Three more modes are runs of their own: `portserver` (berth's portpicker endpoint against
+//! Four more modes are runs of their own: `portserver` (berth's portpicker endpoint against
 //! Google's portserver.py, a *floor* server making only the system calls an answer must make,
-//! and the connect-per-request echo, through a raw client and the real Python client), `scale` (1,000 clients: the daemon's memory, latency at a paced load) and
-//! `reclaim` (the time to re-claim runtime reservations after a restart).
+//! and the connect-per-request echo, through a raw client and the real Python client), `scale` (1,000 clients: the daemon's memory, latency at a paced load),
+//! `reclaim` (the time to re-claim runtime reservations after a restart) and `enforce` (acquire
+//! and associate with enforce mode's programs detached and attached, alternately).
 //!
 //! Every measurement is bounded by a request count and a duration, and reports p50, p99, max,
 //! throughput, and the server's CPU time per request (`/proc/<pid>/stat` utime+stime).
@@ -27,13 +28,14 @@
 //!   make.
 //! - `load`: running a measurement over N client threads; statistics.
 //! - `report`: the table and the ratios.
-//! - `portserver`, `scale`, `reclaim`: the other modes; `many`: many clients on one thread;
+//! - `portserver`, `scale`, `reclaim`, `enforce`: the other modes; `many`: many clients on one thread;
 //!   `table`: their figures.
 
 #![forbid(unsafe_code)]
 
 mod args;
 mod echo;
+mod enforce;
 mod floor;
 mod load;
 mod many;
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Some(Mode::Portserver(ref ps)) => portserver::run(ps),
         Some(Mode::Scale(ref scale)) => scale::run(scale),
         Some(Mode::Reclaim(ref reclaim)) => reclaim::run(reclaim),
+        Some(Mode::Enforce(ref enforce)) => enforce::run(enforce),
         None => run(&args),
     };
     match outcome {

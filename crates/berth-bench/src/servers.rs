@@ -49,10 +49,22 @@ impl Daemon {
     /// The daemon reads a configuration file of the benchmark's own (`<dir>/berth.toml`, never
     /// the host's): connection limits high enough for `--scale`-sized client counts.
     pub fn start(berth: &Path, dir: &Path, common: &Common, extra: &[&OsStr]) -> Result<Daemon> {
+        Daemon::start_configured(berth, dir, common, extra, "")
+    }
+
+    /// [`Daemon::start`] with `config_extra` appended to the configuration file.
+    pub fn start_configured(
+        berth: &Path,
+        dir: &Path,
+        common: &Common,
+        extra: &[&OsStr],
+        config_extra: &str,
+    ) -> Result<Daemon> {
         let socket = dir.join("berth.sock");
         let log = dir.join("daemon.log");
         let config = dir.join("berth.toml");
         let mut text = DAEMON_CONFIG.to_owned();
+        text.push_str(config_extra);
         if let Some(secs) = common.reuse_cool_down {
             text.push_str(&format!("reuse_cool_down_s = {secs}\n"));
         }

@@ -238,3 +238,57 @@ fn reclaim_mode_times_restarts_and_loses_nothing() {
     assert!(stdout.contains("restart 2 (new daemon pid "), "{stdout}");
     assert!(stdout.contains("baseline: 3 fresh clients"), "{stdout}");
 }
+
+#[test]
+fn enforce_mode_measures_each_kind_with_the_programs_off_and_on() {
+    // Loading cgroup programs takes real root (not a user namespace's); the run stays in a
+    // network namespace of its own, as BENCHMARKS.md runs it.
+    match needs::namespaces() {
+        None => return,
+        Some(ns) if ns.in_user_namespace() => {
+            needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+            return;
+        }
+        Some(_) => {}
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    let Some(hierarchy) = info.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next()? == "cgroup2")
+            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
+    }) else {
+        needs::skip(Need::Kernel, "no cgroup v2 hierarchy is mounted");
+        return;
+    };
+    // The run creates its subtree and removes it at the end.
+    let subtree = hierarchy.join(format!("berth-bench-test-{}", std::process::id()));
+    let out = output_within(
+        Command::new("unshare")
+            .args(["--net", "--", BENCH, "enforce", "--subtree"])
+            .arg(&subtree)
+            .args(["--rounds", "1", "--requests", "40", "--warmup", "2"])
+            .args(["--max-secs", "10", "--berth-bin"])
+            .arg(berth_bin())
+            .env_remove("BERTH_SOCKET"),
+        RUN_LIMIT,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "berth-bench enforce failed:\n{stdout}\n{stderr}"
+    );
+    let rows = figure_rows(&stdout);
+    assert_eq!(rows.len(), 8, "{stdout}");
+    for phase in ["off 1", "on 1"] {
+        for kind in ["(held)", "(unheld)", "associate", "echo"] {
+            assert!(
+                rows.iter()
+                    .any(|r| r[0].starts_with(phase) && r[0].contains(kind)),
+                "{phase} {kind}: {stdout}"
+            );
+        }
+    }
+    assert!(stdout.contains("medians over 1 round"), "{stdout}");
+    assert!(!subtree.exists(), "{} was left behind", subtree.display());
+}
