@@ -9,6 +9,8 @@
 // owner cgroup or of any cgroup below it is the owner (compared by ancestor id at the owner's
 // level); tasks of an exempt cgroup (the daemon's, which binds for its clients) pass.
 //
+// Ports given back within the last minute (TIME_WAIT) are picked last.
+//
 // `blocks` maps (namespace, cgroup, protocol) to the block that cgroup's `bind(0)` — and, when
 // the block says so, the automatic bind of `connect()` (`connect4`/`connect6`) — draws from:
 // `bind4`/`bind6` rewrite port 0 to a port of the block that no socket of the owner has
@@ -39,7 +41,7 @@
 // in unusual hosts; a deeper owner's bind(0) is left to the kernel).
 #define MAX_LEVEL 32
 // Ports of a block tried per bind(0): the pick starts at a rotating cursor.
-#define MAX_TRIES 256
+#define MAX_TRIES 128
 
 // Return values of a bind hook: 1 lets the bind go on; 3 (Linux 5.12+) also lets it bind a port
 // below ip_unprivileged_port_start without CAP_NET_BIND_SERVICE — given to owners, whose
@@ -108,11 +110,21 @@ struct {
     __type(value, struct block);
 } blocks SEC(".maps");
 
+// A port's claim: the socket holding it, or none since `released` — a port given back less than
+// QUIET_NS ago is picked only when no other port of the block is free (a TCP server that closed
+// first leaves TIME_WAIT connections on it, which a new bind without SO_REUSEADDR runs into).
+struct held {
+    __u64 cookie;   // the claiming socket's cookie; 0: nobody's
+    __u64 released; // when its last socket went (CLOCK_MONOTONIC ns); 0: never held
+};
+
+#define QUIET_NS (60ULL * 1000 * 1000 * 1000)
+
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 131072);
     __type(key, struct key);
-    __type(value, __u64);         // the claiming socket's cookie
+    __type(value, struct held);
 } claims SEC(".maps");
 
 // Least recently refused ports make room: a bind loop over many ports floods nothing.
@@ -183,8 +195,15 @@ static __always_inline int judge(__u64 netns, __u16 port, __u32 protocol)
     struct owner *o = bpf_map_lookup_elem(&owners, &k);
     if (!o || o->cgroup == 0)
         return 1;
-    if (bpf_get_current_ancestor_cgroup_id((int)o->level) == o->cgroup)
-        return 2;
+    // The owner at any depth: compared level by level rather than at a stored depth, which
+    // differs from the daemon's view under a cgroup namespace or a mount below the root.
+    for (int level = 1; level <= MAX_LEVEL; level++) {
+        __u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (id == 0)
+            break;
+        if (id == o->cgroup)
+            return 2;
+    }
     __u64 current = bpf_get_current_cgroup_id();
     if (bpf_map_lookup_elem(&exempt, &current))
         return 1;
@@ -203,7 +222,9 @@ static __always_inline void claim(struct bpf_sock *sk, __u64 cookie, __u64 netns
     k.netns = netns;
     k.port = port;
     k.protocol = (__u8)protocol;
-    bpf_map_update_elem(&claims, &k, &cookie, BPF_ANY);
+    struct held h = {};
+    h.cookie = cookie;
+    bpf_map_update_elem(&claims, &k, &h, BPF_ANY);
     struct claim *note = bpf_sk_storage_get(&socket_claims, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
     if (note) {
         note->netns = netns;
@@ -233,6 +254,8 @@ static __always_inline struct block *block_of_caller(__u64 netns, __u32 protocol
 
 // Claims an unclaimed port of block `b` for the socket `cookie`, starting at the block's
 // rotating cursor; 0 when every port tried is claimed.
+static __always_inline void give_back(struct key *k, __u64 cookie);
+
 static __always_inline __u16 pick(struct block *b, struct key *k, __u64 cookie)
 {
     __u32 first = b->first;
@@ -240,14 +263,36 @@ static __always_inline __u16 pick(struct block *b, struct key *k, __u64 cookie)
     if (first == 0 || count == 0 || first + count > 65536)
         return 0;
     __u32 start = __sync_fetch_and_add(&b->next, 1);
+    __u64 now = bpf_ktime_get_ns();
+    // Ports never held, or quiet for QUIET_NS, first; failing those, the first port given back
+    // more recently (a bind there may meet TIME_WAIT connections, but the block is all there is).
+    __u16 recent = 0;
     for (__u32 i = 0; i < MAX_TRIES; i++) {
         if (i >= count)
             break;
         k->port = (__u16)(first + (start + i) % count);
         // BPF_NOEXIST: of two binds racing for one port, one claims it.
-        if (bpf_map_update_elem(&claims, k, &cookie, BPF_NOEXIST) == 0)
+        struct held fresh = {};
+        fresh.cookie = cookie;
+        if (bpf_map_update_elem(&claims, k, &fresh, BPF_NOEXIST) == 0)
+            return k->port;
+        struct held *h = bpf_map_lookup_elem(&claims, k);
+        if (!h || h->cookie != 0)
+            continue;
+        if (h->released != 0 && now - h->released < QUIET_NS) {
+            if (recent == 0)
+                recent = k->port;
+            continue;
+        }
+        if (__sync_val_compare_and_swap(&h->cookie, 0, cookie) == 0)
             return k->port;
     }
+    if (recent == 0)
+        return 0;
+    k->port = recent;
+    struct held *h = bpf_map_lookup_elem(&claims, k);
+    if (h && __sync_val_compare_and_swap(&h->cookie, 0, cookie) == 0)
+        return recent;
     return 0;
 }
 
@@ -315,7 +360,8 @@ static __always_inline int steer_connect(struct bpf_sock_addr *ctx, int v6)
             }
             return 1;
         }
-        bpf_map_delete_elem(&claims, &k);
+        // Busy after all (TIME_WAIT connections): quiet for a while, like a port given back.
+        give_back(&k, cookie);
     }
     return 1;
 }
@@ -398,10 +444,17 @@ int berth_sock_release(struct bpf_sock *ctx)
     k.netns = note->netns;
     k.port = note->port;
     k.protocol = note->protocol;
-    __u64 *holder = bpf_map_lookup_elem(&claims, &k);
-    if (holder && *holder == bpf_get_socket_cookie(ctx))
-        bpf_map_delete_elem(&claims, &k);
+    give_back(&k, bpf_get_socket_cookie(ctx));
     return 1;
+}
+
+// Gives back the claim of `k` held by the socket `cookie` (only its own: a later socket may
+// hold the port), marking when.
+static __always_inline void give_back(struct key *k, __u64 cookie)
+{
+    struct held *h = bpf_map_lookup_elem(&claims, k);
+    if (h && cookie != 0 && __sync_val_compare_and_swap(&h->cookie, cookie, 0) == cookie)
+        h->released = bpf_ktime_get_ns();
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

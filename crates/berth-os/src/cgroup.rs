@@ -112,6 +112,61 @@ pub async fn until_empty(cgroup: &Path) -> io::Result<()> {
     }
 }
 
+/// Many cgroups watched through one inotify instance (an instance per cgroup would spend the
+/// host's per-user instance limit, `fs.inotify.max_user_instances`, 128 by default): the
+/// kernel modifies a cgroup's `cgroup.events` when its `populated` line changes.
+pub struct Watches {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Watches {
+    /// A new, empty set. Call within a tokio runtime.
+    pub fn new() -> io::Result<Watches> {
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+        Ok(Watches { fd: register(fd)? })
+    }
+
+    /// Watches the cgroup at `cgroup`; returns the watch's number, which [`Watches::changed`]
+    /// reports. Look at [`populated`] after this call: a change before it is not reported.
+    pub fn watch(&self, cgroup: &Path) -> io::Result<i32> {
+        Ok(inotify::add_watch(
+            self.fd.get_ref(),
+            cgroup.join("cgroup.events"),
+            inotify::WatchFlags::MODIFY,
+        )?)
+    }
+
+    /// Stops watching `wd` (one already gone is fine).
+    pub fn unwatch(&self, wd: i32) {
+        let _ = inotify::remove_watch(self.fd.get_ref(), wd);
+    }
+
+    /// Waits for changes; returns the watches that changed (each once), the removed ones too.
+    pub async fn changed(&self) -> io::Result<Vec<i32>> {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut reader = inotify::Reader::new(self.fd.get_ref(), &mut buf);
+            let mut changed = Vec::new();
+            loop {
+                match reader.next() {
+                    Ok(event) => {
+                        if !changed.contains(&event.wd()) {
+                            changed.push(event.wd());
+                        }
+                    }
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            ready.clear_ready();
+            if !changed.is_empty() {
+                return Ok(changed);
+            }
+        }
+    }
+}
+
 fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd takes ownership of the inotify descriptor, valid and open; nothing
     // else holds, replaces or closes it while it is registered (it was made here and moved in).

@@ -147,6 +147,17 @@ const STEER_CONNECT: u32 = 1;
 // pattern.
 unsafe impl aya::Pod for Block {}
 
+/// `struct held`: a port's claim (the socket's cookie, and when it was last given back).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    cookie: u64,
+    released: u64,
+}
+
+// SAFETY: `repr(C)` plain data, 8 + 8 bytes, no padding, valid for any bit pattern.
+unsafe impl aya::Pod for Held {}
+
 /// `struct refusal`: how often a port was refused, and the last refusal.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,7 +432,7 @@ impl Programs {
             "disowning a port",
         )?;
         absent_is_fine(
-            self.hash::<Key, u64>("claims")?.remove(&k),
+            self.hash::<Key, Held>("claims")?.remove(&k),
             "dropping a claim",
         )?;
         absent_is_fine(

@@ -28,15 +28,22 @@ async fn reserve(args: EnforceReserveArgs) -> Result<ExitCode, Failure> {
     }
     .enforce(Enforce::Cgroup(args.cgroup.clone()));
     let start = args.start.unwrap_or(0);
-    let mut reserved = Vec::new();
+    let mut handles = Vec::new();
     for (protocol, count) in [(Protocol::Tcp, args.tcp), (Protocol::Udp, args.udp)] {
         let Some(count) = count else { continue };
-        // The cgroup owns it: dropping the handle leaves it reserved.
-        let r = client
-            .acquire_with(protocol, start, count, &options)
-            .await?;
-        reserved.push(r.info().clone());
+        match client.acquire_with(protocol, start, count, &options).await {
+            // The cgroup owns it: dropping the handle leaves it reserved.
+            Ok(r) => handles.push(r),
+            Err(e) => {
+                // Both or neither: the first block is given back.
+                for r in handles {
+                    let _ = r.release().await;
+                }
+                return Err(e.into());
+            }
+        }
     }
+    let reserved: Vec<berth::ReservationInfo> = handles.iter().map(|r| r.info().clone()).collect();
     if args.json {
         let rows: Vec<ReservationJson> = reserved.iter().map(ReservationJson::from).collect();
         outln!(

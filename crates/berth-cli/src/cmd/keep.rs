@@ -5,7 +5,7 @@
 //! hands the reservations to the keeper, so they live exactly that long.
 //!
 //! Reports, one line each on the descriptor named by `--status-fd`: `pid N`, then `exit C`,
-//! `signal S`, or `error MESSAGE` when the command could not start.
+//! `signal S`, or `notfound MESSAGE` / `error MESSAGE` when the command could not start.
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -37,9 +37,15 @@ pub fn run(args: KeepArgs) -> Result<ExitCode, Failure> {
     let mut launcher = match std::process::Command::new(program).args(rest).spawn() {
         Ok(child) => child,
         Err(e) => {
+            // As without --daemonizes: 127 for a command not found, 126 for one not runnable.
+            let what = if e.kind() == std::io::ErrorKind::NotFound {
+                "notfound"
+            } else {
+                "error"
+            };
             let _ = writeln!(
                 reports,
-                "error cannot run {:?}: {e}",
+                "{what} cannot run {:?}: {e}",
                 program.to_string_lossy()
             );
             return Ok(ExitCode::from(crate::exit::CANNOT_EXECUTE));

@@ -306,11 +306,16 @@ async fn keep_and_report(
                     u8::try_from(128 + sig).unwrap_or(exit::FAILURE),
                 ));
             }
-            _ => {
+            what => {
+                let code = if what == "notfound" {
+                    exit::COMMAND_NOT_FOUND
+                } else {
+                    exit::CANNOT_EXECUTE
+                };
                 return Err(Failure::Spawn {
-                    code: exit::CANNOT_EXECUTE,
+                    code,
                     message: value.to_owned(),
-                })
+                });
             }
         }
     }

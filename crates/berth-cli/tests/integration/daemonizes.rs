@@ -76,7 +76,7 @@ fn a_command_that_leaves_nothing_behind_ends_its_ports_with_it() {
         "/nonexistent/berth-test-command",
     ])
     .output()
-    .code(126);
+    .code(127);
     support::poll_until("nothing stays reserved", || {
         d.list().is_empty().then_some(())
     });

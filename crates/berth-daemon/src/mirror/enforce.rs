@@ -39,6 +39,29 @@ pub(crate) fn renew_every(lease: Duration) -> Duration {
 /// `CAP_NET_BIND_SERVICE`), which the programs do for owners.
 const MIN_KERNEL: (u32, u32) = (5, 12);
 
+/// The cgroup the daemon moves itself into when it attaches the programs (below the one it
+/// was started in): exempt from them.
+const DAEMON_LEAF: &str = "berth-daemon";
+
+/// The name of every cgroup the daemon makes starts so (then the asker's pid and a count).
+const MADE_PREFIX: &str = "berth-run-";
+
+/// `e`, saying what was being done where; `EAGAIN` from `mkdir` is the hierarchy's
+/// `cgroup.max.descendants` limit.
+fn said(what: &str, dir: &Path, e: io::Error) -> io::Error {
+    let hint = if e.raw_os_error() == Some(libc_eagain()) {
+        " (the hierarchy's cgroup.max.descendants or cgroup.max.depth is reached: an administrator raises it, or fewer enforced commands run at once)"
+    } else {
+        ""
+    };
+    io::Error::new(e.kind(), format!("{what} ({}): {e}{hint}", dir.display()))
+}
+
+/// `EAGAIN`'s number (11 on every Linux architecture).
+fn libc_eagain() -> i32 {
+    rustix::io::Errno::AGAIN.raw_os_error()
+}
+
 /// The most ports whose refusals are logged per lease renewal.
 const LOGGED_PER_CALL: usize = 8;
 
@@ -192,10 +215,7 @@ impl Enforcer {
         };
         // Cgroups are made there (berth run --enforce): a read-only hierarchy (a service with
         // ProtectControlGroups=yes) cannot take them.
-        let parent = match &self.settings.cgroups {
-            Some(dir) => dir.clone(),
-            None => default_cgroups(&mount).unwrap_or(mount),
-        };
+        let parent = self.settings.cgroups.clone().unwrap_or(mount);
         let existing = parent.ancestors().find(|d| d.exists()).map(Path::to_owned);
         if let Some(dir) = existing {
             if rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK).is_err() {
@@ -228,32 +248,59 @@ impl Enforcer {
     }
 
     /// Makes a cgroup for process `pid` and moves it there: its children, and theirs, are
-    /// born in it. Returns the cgroup's id. A process already in a cgroup the daemon made for
-    /// it (its TCP block's, asking for its UDP block) stays there: one cgroup owns both.
+    /// born in it. Returns the cgroup's id. The cgroup is made inside the one the process is in
+    /// (or in `enforce_cgroups`, when configured), so the process keeps the limits and controls
+    /// of its unit or slice, and leaves with it when that is stopped. A process already in a
+    /// cgroup the daemon made for it (its TCP block's, asking for its UDP block) stays there:
+    /// one cgroup owns both. A process outside the policed subtree is refused: its ports could
+    /// not be kept.
     pub(crate) fn new_cgroup_for(&self, pid: u32) -> io::Result<u64> {
         let mount = self.hierarchy()?;
-        if let Some(now) = cgroup_of(pid, &mount) {
-            let state = self.state();
-            if let Some(owner) = state.owners.values().find(|o| o.made && o.dir == now) {
-                return Ok(owner.cgroup.id);
-            }
+        let now = cgroup_of(pid, &mount).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("cannot read the cgroup of process {pid}"),
+            )
+        })?;
+        if let Some(owner) = self
+            .state()
+            .owners
+            .values()
+            .find(|o| o.made && o.dir == now)
+        {
+            return Ok(owner.cgroup.id);
         }
+        let policed = self
+            .settings
+            .attach
+            .clone()
+            .unwrap_or_else(|| mount.clone());
         let parent = match &self.settings.cgroups {
             Some(dir) => dir.clone(),
-            None => default_cgroups(&mount)?,
+            None => now,
         };
+        if !parent.starts_with(&policed) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{} is outside the cgroup subtree enforce mode polices ({}): ports kept there could not be enforced",
+                    parent.display(),
+                    policed.display()
+                ),
+            ));
+        }
         std::fs::create_dir_all(&parent)?;
         // An earlier daemon's cgroup may have the name (the counter starts again): the next.
         let dir = loop {
             let dir = {
                 let mut state = self.state();
                 state.made += 1;
-                parent.join(format!("run-{pid}-{}", state.made))
+                parent.join(format!("{MADE_PREFIX}{pid}-{}", state.made))
             };
             match std::fs::create_dir(&dir) {
                 Ok(()) => break dir,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(said("making a cgroup for the command", &dir, e)),
             }
         };
         let moved =
@@ -265,7 +312,7 @@ impl Enforcer {
             }
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
-                Err(e)
+                Err(said("moving your process into its cgroup", &dir, e))
             }
         }
     }
@@ -275,6 +322,20 @@ impl Enforcer {
     pub(crate) fn existing_cgroup(&self, path: &str) -> io::Result<u64> {
         let mount = self.hierarchy()?;
         let dir = below(&mount, path)?;
+        let policed = self
+            .settings
+            .attach
+            .clone()
+            .unwrap_or_else(|| mount.clone());
+        if !dir.starts_with(&policed) || dir == mount {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the cgroup {path} is not below the subtree enforce mode polices ({}): name a cgroup inside it",
+                    policed.display()
+                ),
+            ));
+        }
         if !berth_os::cgroup::populated(&dir)? {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -351,9 +412,21 @@ impl Enforcer {
             .unwrap_or_else(|| mount.clone());
         let pins = self.pins()?;
         let mut programs = Programs::attach_pinned(&at, &pins)?;
-        // The daemon binds for its clients (associate, hold sockets): its own cgroup is exempt.
-        if let Some(own) = own_cgroup(&mount) {
-            programs.exempt(berth_os::enforce::cgroup_id(&own)?)?;
+        // The daemon binds for its clients (associate, hold sockets): its cgroup is exempt — a
+        // leaf of its own, never one other processes share (on a host without systemd every
+        // process may sit in the hierarchy's root).
+        // A daemon outside the policed subtree is not policed: nothing to do.
+        let own = own_cgroup(&mount).unwrap_or_else(|| mount.clone());
+        if own.starts_with(&at) {
+            let leaf = if own.file_name().is_some_and(|n| n == DAEMON_LEAF) {
+                own
+            } else {
+                own.join(DAEMON_LEAF)
+            };
+            std::fs::create_dir_all(&leaf)
+                .and_then(|()| berth_os::cgroup::add_process(&leaf, std::process::id()))
+                .map_err(|e| said("moving the daemon into a cgroup of its own", &leaf, e))?;
+            programs.exempt(berth_os::enforce::cgroup_id(&leaf)?)?;
         }
         programs.renew_lease(berth_os::enforce::monotonic_now() + self.settings.lease)?;
         tracing::info!("enforce mode: programs attached at {}", at.display());
@@ -378,7 +451,9 @@ impl Enforcer {
     /// After the restore at start-up: pins an earlier daemon left, when no restored
     /// reservation needed the programs, are removed (its programs detach).
     pub(crate) fn after_restore(&self) {
-        if self.state().programs.is_some() || self.unavailable().is_some() {
+        // Also where enforcement is now unavailable (enforce = false): an earlier daemon's
+        // programs are not left attached.
+        if self.state().programs.is_some() {
             return;
         }
         let root = self
@@ -410,10 +485,7 @@ impl Enforcer {
         let Ok(mount) = self.hierarchy() else {
             return false;
         };
-        let parent = match &self.settings.cgroups {
-            Some(dir) => Some(dir.clone()),
-            None => default_cgroups(&mount).ok(),
-        };
+        let parent = self.settings.cgroups.clone();
         let at = self
             .settings
             .attach
@@ -426,16 +498,19 @@ impl Enforcer {
         let Some(dir) = found else {
             return false;
         };
+        let made = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(MADE_PREFIX));
         if !berth_os::cgroup::populated(&dir).unwrap_or(false) {
+            // Emptied while no daemon ran: one the daemon made is removed now.
+            if made {
+                let _ = std::fs::remove_dir(&dir);
+            }
             return false;
         }
         let Ok(cgroup) = Cgroup::at(&mount, &dir) else {
             return false;
         };
-        let made = parent.as_deref() == dir.parent()
-            && dir
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("run-"));
         self.adopt(cgroup, dir, made);
         true
     }
@@ -558,8 +633,8 @@ impl Enforcer {
             range: r.range,
             cgroup: id,
         };
-        if self.is_switched_off() {
-            // Kept in the books, for `berth enforce on`.
+        if self.is_switched_off() || !self.settings.allowed {
+            // Kept in the books (for `berth enforce on`); nothing attached.
             state.owned.insert(r.token, owned);
             return Ok(());
         }
@@ -755,18 +830,6 @@ fn cgroup_of(pid: u32, mount: &Path) -> Option<PathBuf> {
 fn cgroup_file(text: &str, mount: &Path) -> Option<PathBuf> {
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
     Some(mount.join(path.trim_start_matches('/')))
-}
-
-/// Where `berth run --enforce` cgroups are made by default: under systemd (which sets
-/// `INVOCATION_ID` for a service), the daemon's own cgroup — its `Delegate=yes` subtree;
-/// elsewhere `berth` at the hierarchy's root.
-fn default_cgroups(mount: &Path) -> io::Result<PathBuf> {
-    if std::env::var_os("INVOCATION_ID").is_some() {
-        if let Some(own) = own_cgroup(mount) {
-            return Ok(own);
-        }
-    }
-    Ok(mount.join("berth"))
 }
 
 /// Why the daemon may not load and attach cgroup-BPF programs, if it may not: it must hold

@@ -86,8 +86,10 @@ pub(super) fn watch_owners(
 }
 
 /// Watches every cgroup that owns reservations (enforce mode) and ends its reservations when
-/// it has no process left — woken by the kernel (inotify on `cgroup.events`), so within
-/// milliseconds; renews the enforcement programs' lease meanwhile.
+/// it has no process left — woken by the kernel (one inotify instance for all of them, on
+/// their `cgroup.events`), so within milliseconds; renews the enforcement programs' lease
+/// meanwhile. A cgroup that cannot be watched is looked at with every renewal instead: its
+/// reservations are never ended while it has a process.
 pub(super) fn watch_cgroups(
     tracker: &TaskTracker,
     shared: &Arc<Shared>,
@@ -96,50 +98,98 @@ pub(super) fn watch_cgroups(
     let Some(mut cgroups) = shared.take_cgroups_to_watch() else {
         return;
     };
-    let (shared, cancel, tasks) = (shared.clone(), cancel.clone(), tracker.clone());
+    let (shared, cancel) = (shared.clone(), cancel.clone());
     tracker.spawn(async move {
         let mut renew = tokio::time::interval(shared.enforcer().renew_every());
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let watched = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let watches = match berth_os::cgroup::Watches::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!("enforce mode: cannot watch cgroups through inotify ({e}); looking at them every {:?} instead", shared.enforcer().renew_every());
+                None
+            }
+        };
+        // Watched, by watch number; and those looked at with each renewal.
+        let mut watched: std::collections::HashMap<i32, (u64, std::path::PathBuf)> =
+            std::collections::HashMap::new();
+        let mut polled: Vec<(u64, std::path::PathBuf)> = Vec::new();
+        let changed = || async {
+            match &watches {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         loop {
-            let cgroup = tokio::select! {
+            tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = renew.tick() => {
                     shared.enforcer().renew();
                     shared.enforcer().log_refusals();
-                    continue;
-                }
-                cgroup = cgroups.recv() => match cgroup {
-                    Some(cgroup) => cgroup,
-                    None => return,
-                },
-            };
-            if !watched
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(cgroup.id)
-            {
-                continue;
-            }
-            let (shared, cancel, watched) = (shared.clone(), cancel.clone(), watched.clone());
-            tasks.spawn(async move {
-                tokio::select! {
-                    () = cancel.cancelled() => {}
-                    emptied = berth_os::cgroup::until_empty(&cgroup.dir) => {
-                        if let Err(e) = emptied {
-                            // Unwatchable: ended as if empty rather than kept for ever.
-                            tracing::error!("cannot watch the cgroup {}: {e}; releasing its reservations", cgroup.dir.display());
+                    polled.retain(|(id, dir)| {
+                        let gone = emptied(dir);
+                        if gone {
+                            shared.cgroup_emptied(*id);
                         }
-                        shared.cgroup_emptied(cgroup.id);
+                        !gone
+                    });
+                }
+                cgroup = cgroups.recv() => {
+                    let Some(cgroup) = cgroup else { return };
+                    let id = cgroup.id;
+                    if watched.values().any(|(w, _)| *w == id) || polled.iter().any(|(p, _)| *p == id) {
+                        continue;
+                    }
+                    match watches.as_ref().map(|w| w.watch(&cgroup.dir)) {
+                        Some(Ok(wd)) => {
+                            // Looked at after the watch: an exit before it is seen here.
+                            if emptied(&cgroup.dir) {
+                                if let Some(w) = &watches {
+                                    w.unwatch(wd);
+                                }
+                                shared.cgroup_emptied(id);
+                            } else {
+                                watched.insert(wd, (id, cgroup.dir));
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!("enforce mode: cannot watch the cgroup {} ({e}); looking at it every {:?} instead", cgroup.dir.display(), shared.enforcer().renew_every());
+                            polled.push((id, cgroup.dir));
+                        }
+                        None => polled.push((id, cgroup.dir)),
                     }
                 }
-                watched
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&cgroup.id);
-            });
+                wds = changed() => {
+                    let wds = match wds {
+                        Ok(wds) => wds,
+                        Err(e) => {
+                            tracing::error!("enforce mode: reading cgroup changes failed: {e}");
+                            continue;
+                        }
+                    };
+                    for wd in wds {
+                        let Some((_, dir)) = watched.get(&wd) else { continue };
+                        if emptied(dir) {
+                            if let Some((id, _)) = watched.remove(&wd) {
+                                if let Some(w) = &watches {
+                                    w.unwatch(wd);
+                                }
+                                shared.cgroup_emptied(id);
+                            }
+                        }
+                    }
+                }
+            }
         }
     });
+}
+
+/// Whether the cgroup at `dir` has no process left (or is gone); a cgroup that cannot be read
+/// for another reason counts as populated — its reservations are not ended on a doubt.
+fn emptied(dir: &std::path::Path) -> bool {
+    match berth_os::cgroup::populated(dir) {
+        Ok(populated) => !populated,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
 }
 
 /// Keeps the service manager's status line current, every [`crate::server::notify::STATUS_EVERY`]

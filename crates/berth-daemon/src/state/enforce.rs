@@ -123,8 +123,14 @@ impl Shared {
                         return Err((ErrorKind::NotFound, "your process is gone".to_owned()));
                     }
                     enforcer.new_cgroup_for(process.pid).map_err(|e| {
+                        // Outside the policed subtree: enforcement is not available to it.
+                        let kind = if e.kind() == std::io::ErrorKind::Unsupported {
+                            ErrorKind::NotSupported
+                        } else {
+                            ErrorKind::Unavailable
+                        };
                         (
-                            ErrorKind::Unavailable,
+                            kind,
                             format!("the daemon could not make a cgroup for your process: {e}"),
                         )
                     })
@@ -180,9 +186,10 @@ impl Shared {
             self.enforcer.switch(on, &owned)
         };
         if let Err(e) = switched {
+            let which = if on { "on" } else { "off" };
             return error(
                 ErrorKind::Unavailable,
-                format!("the daemon could not switch enforce mode on again: {e}; see its log"),
+                format!("the daemon could not switch enforce mode {which}: {e}; see its log"),
             );
         }
         let peer = super::Peer {

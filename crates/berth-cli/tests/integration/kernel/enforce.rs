@@ -200,7 +200,7 @@ fn an_enforced_run_draws_bind_zero_from_its_block_and_outlives_its_launcher() {
     // The launcher is gone; the block stays with its cgroup.
     let row = listed(&ns, &sock, port).expect("the block outlives its launcher");
     let cgroup = row["cgroup"].as_str().expect("a cgroup owner").to_owned();
-    assert!(cgroup.contains("/runs/run-"), "{row}");
+    assert!(cgroup.contains("/runs/berth-run-"), "{row}");
     // Any other cgroup's explicit bind of it is refused with EADDRINUSE, on every address;
     // the other protocol's port of the same number is not reserved.
     let stranger = subtree.python_in(&ns, "stranger", &binds_script(port, port));
@@ -397,7 +397,7 @@ fn enforcement_survives_a_restart_and_fails_open_past_the_lease() {
     assert!(
         row["cgroup"]
             .as_str()
-            .is_some_and(|c| c.contains("/runs/run-")),
+            .is_some_and(|c| c.contains("/runs/berth-run-")),
         "{row}"
     );
     assert!(refused(), "after the restart; log:\n{}", daemon.log());
@@ -577,4 +577,60 @@ fn with_connect_steering_an_outgoing_connection_binds_into_the_block() {
     ));
     let (block, local) = out.trim().rsplit_once(' ').unwrap();
     assert!(block.split(',').any(|p| p == local), "{out}");
+}
+
+#[test]
+fn an_enforced_command_stays_inside_its_own_cgroup_and_outsiders_are_refused() {
+    if !rustix::process::geteuid().is_root() {
+        needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+        return;
+    }
+    let Some(ns) = Netns::new() else { return };
+    if ns
+        .held
+        .as_ref()
+        .is_some_and(|h| h.how().in_user_namespace())
+    {
+        needs::skip(Need::Namespaces, "needs a network namespace of root's own");
+        return;
+    }
+    let subtree = Subtree::new("placement");
+    let user = subtree.dir.join("user");
+    std::fs::create_dir(&user).unwrap();
+    let dir = workdir();
+    // No enforce_cgroups: a command's cgroup is made inside the one it runs in.
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        format!("enforce_attach = \"{}\"\n", subtree.dir.display()),
+    )
+    .unwrap();
+    let args = ["--kernel-sync", "off", "--pool", "41600-41699"];
+    let daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let run_from = |cgroup: Option<&Path>| {
+        let enter = cgroup
+            .map(|c| format!("echo $$ > '{}/cgroup.procs' && ", c.display()))
+            .unwrap_or_default();
+        let mut command = ns.command("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "{enter}exec '{BERTH}' run --enforce --tcp 1 -- tail -1 /proc/self/cgroup"
+            ))
+            .env("BERTH_SOCKET", &daemon.socket);
+        run(&mut command)
+    };
+    // From a cgroup of the policed subtree: a cgroup below it, which keeps its limits.
+    let inside = run_from(Some(&user));
+    let text = String::from_utf8_lossy(&inside.stdout);
+    assert!(
+        inside.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&inside.stderr)
+    );
+    assert!(text.contains("/user/berth-run-"), "{text}");
+    // From outside it (the test's own cgroup): refused, saying why; nothing moved.
+    let outside = run_from(None);
+    let stderr = String::from_utf8_lossy(&outside.stderr);
+    assert_eq!(outside.status.code(), Some(11), "{stderr}");
+    assert!(stderr.contains("outside the cgroup subtree"), "{stderr}");
 }
