@@ -30,7 +30,7 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/enforce.bpf.o")
 
 /// The map's key: `struct key` of `bpf/enforce.bpf.c`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     netns: u64,
     port: u16,
@@ -116,7 +116,7 @@ pub fn netns_cookie() -> io::Result<u64> {
 
 /// The block a cgroup's `bind(0)` draws from: `struct block_key` of `bpf/enforce.bpf.c`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct BlockKey {
     netns: u64,
     cgroup: u64,
@@ -214,6 +214,8 @@ pub struct Programs {
     links: Vec<FdLink>,
     /// The links, when pinned ([`Programs::attach_pinned`]): they outlive this process.
     pinned: Vec<(PathBuf, PinnedLink)>,
+    /// Where the maps are pinned, when they are.
+    maps: Option<PathBuf>,
 }
 
 /// The programs' names, in attach order (and the names of their pins).
@@ -226,6 +228,23 @@ const PROGRAMS: [&str; 7] = [
     "berth_post_bind6",
     "berth_sock_release",
 ];
+
+/// The programs' maps (pinned with the links: a restart keeps owners, claims and refusals).
+const MAPS: [&str; 8] = [
+    "owners",
+    "blocks",
+    "claims",
+    "refusals",
+    "socket_claims",
+    "exempt",
+    "lease",
+    // Not a map: the directory of the maps, versioned by their layout (a daemon whose maps
+    // differ starts with fresh ones).
+    MAPS_DIR,
+];
+
+/// Where the maps are pinned, below the pins' directory; the number is the maps' layout.
+const MAPS_DIR: &str = "maps-v1";
 
 /// `statfs`'s type of a bpffs.
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
@@ -252,13 +271,24 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
 /// them). Nothing there is fine.
 pub fn remove_pins(dir: &Path) -> io::Result<()> {
     for name in PROGRAMS {
-        match std::fs::remove_file(dir.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        remove_if_there(&dir.join(name))?;
     }
-    Ok(())
+    for name in &MAPS[..MAPS.len() - 1] {
+        remove_if_there(&dir.join(MAPS_DIR).join(name))?;
+    }
+    match std::fs::remove_dir(dir.join(MAPS_DIR)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_if_there(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 impl std::fmt::Debug for Programs {
@@ -295,7 +325,7 @@ impl Programs {
     /// ports are checked. Needs `CAP_BPF` and `CAP_NET_ADMIN` (root). Nothing is refused until
     /// a lease is given ([`Programs::renew_lease`]).
     pub fn attach(cgroup: &Path) -> io::Result<Programs> {
-        let (mut programs, links) = Programs::load_and_attach(cgroup)?;
+        let (mut programs, links) = Programs::load_and_attach(cgroup, None)?;
         programs.links = links;
         Ok(programs)
     }
@@ -306,8 +336,10 @@ impl Programs {
     /// previous daemon left there are replaced, after these programs are attached (its
     /// programs detach then).
     pub fn attach_pinned(cgroup: &Path, pins: &Path) -> io::Result<Programs> {
-        let (mut programs, links) = Programs::load_and_attach(cgroup)?;
-        std::fs::create_dir_all(pins)?;
+        let maps = pins.join(MAPS_DIR);
+        std::fs::create_dir_all(&maps)?;
+        let (mut programs, links) = Programs::load_and_attach(cgroup, Some(&maps))?;
+        programs.maps = Some(maps);
         for (name, link) in PROGRAMS.into_iter().zip(links) {
             let path = pins.join(name);
             match std::fs::remove_file(&path) {
@@ -323,6 +355,49 @@ impl Programs {
         Ok(programs)
     }
 
+    /// Keeps in the maps only what `owned` (the namespace `netns`'s owned ports, with their
+    /// owner cgroup's id) says: a restart's maps, taken over from the earlier daemon, may name
+    /// blocks released while no daemon ran. Claims of ports no longer owned go too.
+    pub fn retain(&mut self, netns: u64, owned: &[((Protocol, u16), u64)]) -> io::Result<()> {
+        let keep: std::collections::HashSet<Key> = owned
+            .iter()
+            .map(|&((protocol, port), _)| key(netns, protocol, port))
+            .collect();
+        let cgroups: std::collections::HashSet<BlockKey> = owned
+            .iter()
+            .map(|&((protocol, _), cgroup)| block_key(netns, protocol, cgroup))
+            .collect();
+        let stale: Vec<Key> = self
+            .hash::<Key, Owner>("owners")?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.netns == netns && !keep.contains(k))
+            .collect();
+        for k in &stale {
+            absent_is_fine(
+                self.hash::<Key, Owner>("owners")?.remove(k),
+                "disowning a port",
+            )?;
+            absent_is_fine(
+                self.hash::<Key, Held>("claims")?.remove(k),
+                "dropping a claim",
+            )?;
+        }
+        let stale: Vec<BlockKey> = self
+            .hash::<BlockKey, Block>("blocks")?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.netns == netns && !cgroups.contains(k))
+            .collect();
+        for k in &stale {
+            absent_is_fine(
+                self.hash::<BlockKey, Block>("blocks")?.remove(k),
+                "unsteering a block",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Removes the pins: the programs detach when these [`Programs`] are dropped.
     pub fn unpin(&mut self) -> io::Result<()> {
         for (path, pinned) in self.pinned.drain(..) {
@@ -331,16 +406,31 @@ impl Programs {
             })?;
             self.links.push(link);
         }
+        if let Some(dir) = self.maps.take() {
+            for name in &MAPS[..MAPS.len() - 1] {
+                remove_if_there(&dir.join(name))?;
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
         Ok(())
     }
 
     /// Loads the programs and attaches them to `cgroup`; also returns their links, taken from
     /// aya (so that they can be pinned; dropped, they detach).
-    fn load_and_attach(cgroup: &Path) -> io::Result<(Programs, Vec<FdLink>)> {
+    fn load_and_attach(cgroup: &Path, maps: Option<&Path>) -> io::Result<(Programs, Vec<FdLink>)> {
         if let Some(why) = unavailable() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, why));
         }
-        let mut ebpf = aya::Ebpf::load(OBJECT).map_err(|e| failed("loading the BPF object", e))?;
+        let mut loader = aya::EbpfLoader::new();
+        if let Some(dir) = maps {
+            // Taken over when an earlier daemon pinned them there, else made and pinned.
+            for name in &MAPS[..MAPS.len() - 1] {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| failed("loading the BPF object", e))?;
         let dir = std::fs::File::open(cgroup)?;
         let mut links = Vec::with_capacity(PROGRAMS.len());
         for name in PROGRAMS {
@@ -374,6 +464,7 @@ impl Programs {
                 ebpf,
                 links: Vec::new(),
                 pinned: Vec::new(),
+                maps: None,
             },
             links,
         ))
@@ -418,7 +509,17 @@ impl Programs {
     /// Lets the tasks of the cgroup `id` (exactly that one: the daemon's own) bind any port,
     /// owned or not: the daemon binds its clients' sockets and holds their ports.
     pub fn exempt(&mut self, id: u64) -> io::Result<()> {
-        self.hash::<u64, u8>("exempt")?
+        // Only this one: maps taken over from an earlier daemon may name its cgroup.
+        let mut exempt = self.hash::<u64, u8>("exempt")?;
+        let others: Vec<u64> = exempt
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| *k != id)
+            .collect();
+        for other in others {
+            absent_is_fine(exempt.remove(&other), "ending an exemption")?;
+        }
+        exempt
             .insert(id, 1, 0)
             .map_err(|e| failed("exempting a cgroup", e))
     }

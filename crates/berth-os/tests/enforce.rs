@@ -304,12 +304,18 @@ fn pinned_programs_outlive_their_loader_until_the_pins_go() {
     }
     // The loader's handles are gone; the pinned programs still refuse.
     assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "EADDRINUSE");
-    // A second loader takes over: the first one's pins are replaced, its programs detach.
+    // A second loader takes over the pinned maps (owners, claims, refusals) and replaces the
+    // links: the port stays refused without a gap.
     let mut second = Programs::attach_pinned(&hierarchy.subtree, &pins).unwrap();
     second.renew_lease(long_lease()).unwrap();
+    assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "EADDRINUSE");
+    // What its table no longer has goes; what it has stays.
+    second.retain(netns, &[]).unwrap();
     assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "bound");
+    let owner_id = at(&owner);
+    second.own(netns, (Protocol::Tcp, port), owner_id).unwrap();
     second
-        .own(netns, (Protocol::Tcp, port), at(&owner))
+        .retain(netns, &[((Protocol::Tcp, port), owner_id.id)])
         .unwrap();
     assert_eq!(bind_in(&stranger, 4, Protocol::Tcp, port), "EADDRINUSE");
     // Unpinned, they detach with their handles.

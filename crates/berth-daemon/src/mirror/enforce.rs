@@ -451,11 +451,26 @@ impl Enforcer {
     /// After the restore at start-up: pins an earlier daemon left, when no restored
     /// reservation needed the programs, are removed (its programs detach).
     pub(crate) fn after_restore(&self) {
+        // Attached for restored reservations, with the earlier daemon's maps: what they name
+        // beyond the restored table goes (released while no daemon ran).
+        {
+            let mut state = self.state();
+            if state.programs.is_some() {
+                let owned: Vec<((Protocol, u16), u64)> = state
+                    .owned
+                    .values()
+                    .flat_map(|o| o.range.ports().map(move |p| ((o.protocol, p), o.cgroup)))
+                    .collect();
+                if let (Ok(netns), Some(programs)) = (self.netns.clone(), state.programs.as_mut()) {
+                    if let Err(e) = programs.retain(netns, &owned) {
+                        tracing::error!("enforce mode: cannot clear what the earlier daemon's maps hold beyond the restored reservations: {e}");
+                    }
+                }
+                return;
+            }
+        }
         // Also where enforcement is now unavailable (enforce = false): an earlier daemon's
         // programs are not left attached.
-        if self.state().programs.is_some() {
-            return;
-        }
         let root = self
             .settings
             .pins
