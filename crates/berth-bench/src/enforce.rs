@@ -281,11 +281,15 @@ impl Drop for Subtree {
         if let Err(e) = std::fs::write(&back, std::process::id().to_string()) {
             eprintln!("berth-bench: cannot move back to {}: {e}", back.display());
         }
-        for dir in ["clients", "daemon", "holder"]
+        // The daemon's own leaf first (it moves into `daemon/berth-daemon` when it attaches).
+        for dir in ["clients", "daemon/berth-daemon", "daemon", "holder"]
             .iter()
             .map(|name| self.dir.join(name))
             .chain([self.dir.clone()])
         {
+            if !dir.exists() {
+                continue;
+            }
             // Our processes have been waited for; a cgroup may take a moment to empty.
             let mut tries = 0;
             while let Err(e) = std::fs::remove_dir(&dir) {

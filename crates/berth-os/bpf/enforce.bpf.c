@@ -98,6 +98,7 @@ struct claim {
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);  // memory for the entries there are, not the most
     __uint(max_entries, 131072);  // every port of both protocols in one namespace
     __type(key, struct key);
     __type(value, struct owner);
@@ -105,6 +106,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);  // memory for the entries there are, not the most
     __uint(max_entries, 16384);
     __type(key, struct block_key);
     __type(value, struct block);
@@ -122,6 +124,7 @@ struct held {
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);  // memory for the entries there are, not the most
     __uint(max_entries, 131072);
     __type(key, struct key);
     __type(value, struct held);
@@ -145,6 +148,7 @@ struct {
 // Cgroups whose tasks bind any port (the daemon's own): id -> 1.
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);  // memory for the entries there are, not the most
     __uint(max_entries, 16);
     __type(key, __u64);
     __type(value, __u8);

@@ -105,13 +105,16 @@ fn an_enforced_run_draws_bind_zero_from_its_block_and_outlives_its_launcher() {
         return;
     }
     let subtree = Subtree::new("enforce");
+    // Pins in a BPF filesystem of the test's own: unmounted at the end, they free everything.
+    let bpffs = Bpffs(tempfile::tempdir().unwrap());
     let dir = workdir();
     std::fs::write(
         dir.path().join("berth.toml"),
         format!(
             // A short lease: renewed, and refusals logged, every second.
-            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_lease_s = 6\n",
-            subtree.dir.display()
+            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_lease_s = 6\nenforce_pins = \"{1}\"\n",
+            subtree.dir.display(),
+            bpffs.0.path().display()
         ),
     )
     .unwrap();
@@ -440,14 +443,17 @@ fn an_administrator_reserves_for_an_existing_cgroup_and_switches_enforcement_off
         return;
     }
     let subtree = Subtree::new("existing");
+    // Pins in a BPF filesystem of the test's own: unmounted at the end, they free everything.
+    let bpffs = Bpffs(tempfile::tempdir().unwrap());
     let service = subtree.dir.join("service");
     std::fs::create_dir(&service).unwrap();
     let dir = workdir();
     std::fs::write(
         dir.path().join("berth.toml"),
         format!(
-            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\n",
-            subtree.dir.display()
+            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_pins = \"{1}\"\n",
+            subtree.dir.display(),
+            bpffs.0.path().display()
         ),
     )
     .unwrap();
@@ -545,12 +551,15 @@ fn with_connect_steering_an_outgoing_connection_binds_into_the_block() {
         return;
     }
     let subtree = Subtree::new("connect");
+    // Pins in a BPF filesystem of the test's own: unmounted at the end, they free everything.
+    let bpffs = Bpffs(tempfile::tempdir().unwrap());
     let dir = workdir();
     std::fs::write(
         dir.path().join("berth.toml"),
         format!(
-            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_steer_connect = true\n",
-            subtree.dir.display()
+            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_steer_connect = true\nenforce_pins = \"{1}\"\n",
+            subtree.dir.display(),
+            bpffs.0.path().display()
         ),
     )
     .unwrap();
@@ -595,13 +604,19 @@ fn an_enforced_command_stays_inside_its_own_cgroup_and_outsiders_are_refused() {
         return;
     }
     let subtree = Subtree::new("placement");
+    // Pins in a BPF filesystem of the test's own: unmounted at the end, they free everything.
+    let bpffs = Bpffs(tempfile::tempdir().unwrap());
     let user = subtree.dir.join("user");
     std::fs::create_dir(&user).unwrap();
     let dir = workdir();
     // No enforce_cgroups: a command's cgroup is made inside the one it runs in.
     std::fs::write(
         dir.path().join("berth.toml"),
-        format!("enforce_attach = \"{}\"\n", subtree.dir.display()),
+        format!(
+            "enforce_attach = \"{}\"\nenforce_pins = \"{}\"\n",
+            subtree.dir.display(),
+            bpffs.0.path().display()
+        ),
     )
     .unwrap();
     let args = ["--kernel-sync", "off", "--pool", "41600-41699"];
