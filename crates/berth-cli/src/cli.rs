@@ -403,13 +403,15 @@ pub struct RunArgs {
     /// own that owns them — its bind(0) draws from them, every other program's bind of them
     /// fails with EADDRINUSE — and they live until the cgroup has no process left, so a
     /// daemonized server keeps them after the launcher exits. Needs a daemon that runs as root
-    /// on cgroup v2 (`berth status` says whether it can); the command leaves its login scope.
+    /// on cgroup v2 (`berth status` says whether it can); the cgroup is made inside the one
+    /// berth run runs in, so the command keeps its unit's or session's limits.
     #[arg(long, conflicts_with = "listen")]
     pub enforce: bool,
     /// The command daemonizes (`pg_ctl start`, `redis-server --daemonize yes`): keep the
     /// reservations while any process it started lives, and exit with its own status as soon as
     /// it exits. A keeper process (a child subreaper) starts it and holds the ports; any user's
-    /// daemon can. With a root daemon, --enforce also keeps other programs off the ports.
+    /// daemon can. (With a root daemon, --enforce instead both keeps the ports for the
+    /// command's processes and keeps every other program off them.)
     #[arg(long, conflicts_with_all = ["listen", "enforce"])]
     pub daemonizes: bool,
     /// The address the --listen sockets are bound to [default: :: (dual-stack) where the host

@@ -142,6 +142,8 @@ struct State {
     made: u64,
     /// The refusal counts last logged, per port.
     logged: HashMap<(Protocol, u16), u64>,
+    /// The cgroup the daemon moved into (exempt), and the one it came from.
+    leaf: Option<(PathBuf, PathBuf)>,
 }
 
 /// Enforce mode's state: the programs (while attached), the owned blocks, the owner cgroups.
@@ -418,15 +420,17 @@ impl Enforcer {
         // A daemon outside the policed subtree is not policed: nothing to do.
         let own = own_cgroup(&mount).unwrap_or_else(|| mount.clone());
         if own.starts_with(&at) {
-            let leaf = if own.file_name().is_some_and(|n| n == DAEMON_LEAF) {
-                own
+            let (leaf, came_from) = if own.file_name().is_some_and(|n| n == DAEMON_LEAF) {
+                let parent = own.parent().map(Path::to_owned);
+                (own, parent)
             } else {
-                own.join(DAEMON_LEAF)
+                (own.join(DAEMON_LEAF), Some(own))
             };
             std::fs::create_dir_all(&leaf)
                 .and_then(|()| berth_os::cgroup::add_process(&leaf, std::process::id()))
                 .map_err(|e| said("moving the daemon into a cgroup of its own", &leaf, e))?;
             programs.exempt(berth_os::enforce::cgroup_id(&leaf)?)?;
+            state.leaf = came_from.map(|from| (leaf, from));
         }
         programs.renew_lease(berth_os::enforce::monotonic_now() + self.settings.lease)?;
         tracing::info!("enforce mode: programs attached at {}", at.display());
@@ -555,6 +559,23 @@ impl Enforcer {
             }
         }
         Ok(())
+    }
+
+    /// At a clean stop: moves the daemon back to the cgroup it came from and removes the leaf
+    /// it had moved into, so that no empty cgroup is left behind (the pinned programs' exempt
+    /// entry then names none; the next daemon exempts its own).
+    pub(crate) fn leave_leaf(&self) {
+        let Some((leaf, from)) = self.state().leaf.take() else {
+            return;
+        };
+        let back = berth_os::cgroup::add_process(&from, std::process::id())
+            .and_then(|()| std::fs::remove_dir(&leaf));
+        if let Err(e) = back {
+            tracing::warn!(
+                "enforce mode: cannot remove the daemon's cgroup {}: {e}",
+                leaf.display()
+            );
+        }
     }
 
     /// How often the lease is renewed.
@@ -729,6 +750,9 @@ impl Enforcer {
             if let Some(mut programs) = state.programs.take() {
                 if let Err(e) = programs.unpin() {
                     tracing::error!("enforce mode: cannot unpin the programs: {e}");
+                }
+                if let Ok(pins) = self.pins() {
+                    let _ = std::fs::remove_dir(pins);
                 }
                 tracing::info!("enforce mode: no cgroup owns a reservation; programs detached");
                 state.attached_at = None;

@@ -282,6 +282,8 @@ pub async fn run_with_ready(
         let _ = task.await;
     }
     drop(claim);
+    // The cgroup it moved into for enforce mode is left empty behind it, not kept.
+    shared.enforcer().leave_leaf();
     tracing::info!("stopped: runtime reservations of running clients are kept for the next daemon");
     Ok(())
 }

@@ -20,7 +20,7 @@ impl Shared {
         if let Some(why) = self.enforcer.unavailable() {
             return Err(Box::new(error(
                 ErrorKind::NotSupported,
-                format!("enforce mode is not available from this daemon: {why}; without --enforce the reservation is kept by hold sockets and the kernel's reserved-ports list (docs/kernel.md compares the modes)"),
+                format!("enforce mode is not available from this daemon: {why}; without --enforce, berth run's ports are protected as docs/kernel.md, \"What each mode guarantees\", says, and --daemonizes keeps them for a daemonizing command"),
             )));
         }
         match enforce {
