@@ -1014,21 +1014,8 @@ impl Table {
         requester: &Owner,
         to: Owner,
     ) -> Result<Change, UseError> {
-        let reservation = self.get(token).ok_or(UseError::NotFound(token))?;
-        let movable = reservation.kind() == Kind::Runtime && reservation.is_owned_by(requester);
-        if !movable {
-            return Err(UseError::NotOwner {
-                reservation: Box::new(reservation.clone()),
-                requester_pid: requester.pid,
-            });
-        }
-        let mut after = reservation.clone();
-        after.lease = Lease::Runtime {
-            owner: to,
-            bond: Bond::Process,
-            held: reservation.held(),
-        };
-        self.rebind(after)
+        let held = self.movable(token, requester)?.held();
+        self.rebind_runtime(token, to, Bond::Process, held)
     }
 
     /// Binds the runtime reservation `token`, owned by `requester` and bound to its session, to
@@ -1042,21 +1029,14 @@ impl Table {
         requester: &Owner,
         cgroup: u64,
     ) -> Result<Change, UseError> {
-        let reservation = self.get(token).ok_or(UseError::NotFound(token))?;
-        let movable = reservation.kind() == Kind::Runtime && reservation.is_owned_by(requester);
-        if !movable || cgroup == 0 {
+        let reservation = self.movable(token, requester)?;
+        if cgroup == 0 {
             return Err(UseError::NotOwner {
                 reservation: Box::new(reservation.clone()),
                 requester_pid: requester.pid,
             });
         }
-        let mut after = reservation.clone();
-        after.lease = Lease::Runtime {
-            owner: requester.clone(),
-            bond: Bond::Cgroup(cgroup),
-            held: false,
-        };
-        self.rebind(after)
+        self.rebind_runtime(token, requester.clone(), Bond::Cgroup(cgroup), false)
     }
 
     /// Releases the reservations bound to the cgroup `cgroup` (it has no process left).
@@ -1064,6 +1044,32 @@ impl Table {
         self.release_where(Ending::CgroupEmptied, |r| {
             r.bond() == Some(Bond::Cgroup(cgroup))
         })
+    }
+
+    /// The runtime reservation `token`, if `requester` owns it (what it may hand on).
+    fn movable(&self, token: Token, requester: &Owner) -> Result<&Reservation, UseError> {
+        let reservation = self.get(token).ok_or(UseError::NotFound(token))?;
+        if reservation.kind() == Kind::Runtime && reservation.is_owned_by(requester) {
+            Ok(reservation)
+        } else {
+            Err(UseError::NotOwner {
+                reservation: Box::new(reservation.clone()),
+                requester_pid: requester.pid,
+            })
+        }
+    }
+
+    /// Gives the runtime reservation `token` a new owner, bond and hold.
+    fn rebind_runtime(
+        &mut self,
+        token: Token,
+        owner: Owner,
+        bond: Bond,
+        held: bool,
+    ) -> Result<Change, UseError> {
+        let mut after = self.get(token).ok_or(UseError::NotFound(token))?.clone();
+        after.lease = Lease::Runtime { owner, bond, held };
+        self.rebind(after)
     }
 
     /// Replaces a reservation by `after` (same token, protocol and ports), keeping the usage

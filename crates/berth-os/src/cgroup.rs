@@ -1,7 +1,7 @@
 //! Cgroup v2, as enforce mode's cgroup owners need it: where the hierarchy is mounted, putting
 //! a process into a cgroup, whether a cgroup has processes (`cgroup.events`, `populated`), and
-//! waiting until it has none — which the kernel says by modifying `cgroup.events`, seen here
-//! through inotify.
+//! watching for the kernel's changes of `cgroup.events` — many cgroups through one inotify
+//! instance ([`Watches`]).
 
 #![expect(
     unsafe_code,
@@ -75,41 +75,6 @@ pub fn populated(cgroup: &Path) -> io::Result<bool> {
                 format!("{}/cgroup.events has no populated line", cgroup.display()),
             )
         })
-}
-
-/// Resolves once the cgroup at `cgroup` (and every cgroup below it) has no process left: at
-/// once when it has none now. Woken by the kernel's change of `cgroup.events`, never by
-/// polling. Call within a tokio runtime.
-pub async fn until_empty(cgroup: &Path) -> io::Result<()> {
-    let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
-    // Watched before the first look, so that an exit between the look and the wait is seen.
-    inotify::add_watch(
-        &fd,
-        cgroup.join("cgroup.events"),
-        inotify::WatchFlags::MODIFY,
-    )?;
-    let fd = register(fd)?;
-    let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
-    loop {
-        match populated(cgroup) {
-            Ok(false) => return Ok(()),
-            Ok(true) => {}
-            // Removed: only an empty cgroup can be.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let mut ready = fd.readable().await?;
-        // Drain what is queued: the next look at cgroup.events decides.
-        let mut reader = inotify::Reader::new(fd.get_ref(), &mut buf);
-        loop {
-            match reader.next() {
-                Ok(_) => {}
-                Err(rustix::io::Errno::AGAIN) => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        ready.clear_ready();
-    }
 }
 
 /// Many cgroups watched through one inotify instance (an instance per cgroup would spend the

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use berth_os::cgroup::{add_process, populated, until_empty};
+use berth_os::cgroup::{add_process, populated, Watches};
 use common::Hierarchy;
 
 #[tokio::test]
@@ -23,7 +23,8 @@ async fn a_cgroup_is_empty_once_its_last_process_exits() {
     let owner = hierarchy.cgroup("owner");
     assert!(!populated(&owner).unwrap());
     // Empty already: no wait.
-    tokio::time::timeout(Duration::from_secs(30), until_empty(&owner))
+    let watches = std::sync::Arc::new(Watches::new().unwrap());
+    tokio::time::timeout(Duration::from_secs(30), until_empty(&watches, &owner))
         .await
         .expect("an empty cgroup is empty at once")
         .unwrap();
@@ -43,8 +44,8 @@ async fn a_cgroup_is_empty_once_its_last_process_exits() {
     input.write_all(b"go\n").unwrap();
     assert!(launcher.wait().unwrap().success());
     let wait = tokio::spawn({
-        let owner = owner.clone();
-        async move { until_empty(&owner).await }
+        let (owner, watches) = (owner.clone(), watches.clone());
+        async move { until_empty(&watches, &owner).await }
     });
     assert!(populated(&owner).unwrap(), "the child still runs");
     assert!(!wait.is_finished());
@@ -56,4 +57,16 @@ async fn a_cgroup_is_empty_once_its_last_process_exits() {
         .unwrap()
         .unwrap();
     assert!(!populated(&owner).unwrap());
+}
+
+/// Resolves once the cgroup at `dir` has no process left, woken by the kernel's changes of its
+/// `cgroup.events` (never by polling) — as the daemon waits.
+async fn until_empty(watches: &Watches, dir: &std::path::Path) -> std::io::Result<()> {
+    // Watched before the first look: an exit between the two is seen.
+    let wd = watches.watch(dir)?;
+    while populated(dir)? {
+        watches.changed().await?;
+    }
+    watches.unwatch(wd);
+    Ok(())
 }

@@ -72,6 +72,26 @@ fn bind_zero_in(cgroup: &Path, family: u8, protocol: Protocol, n: usize) -> Vec<
     out.split_whitespace().map(|p| p.parse().unwrap()).collect()
 }
 
+/// What every test here needs: root (BPF, mounting cgroup2), programs built, a network
+/// namespace of the test's own (on this thread: the rules are scoped to it, and nothing the test
+/// binds is seen outside, loopback up) and a cgroup v2 hierarchy mounted for it. `None`, with
+/// the skip said, without root.
+fn in_a_namespace_of_its_own() -> Option<Hierarchy> {
+    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2 and bpffs)") {
+        return None;
+    }
+    if let Some(why) = berth_os::enforce::unavailable() {
+        panic!("{why}");
+    }
+    berth_os::netns::enter_new_on_this_thread().unwrap();
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(up.success());
+    Some(Hierarchy::mount())
+}
+
 /// A lease long enough for any test.
 fn long_lease() -> Duration {
     berth_os::enforce::monotonic_now() + Duration::from_secs(3600)
@@ -79,16 +99,9 @@ fn long_lease() -> Duration {
 
 #[test]
 fn the_owner_cgroup_binds_its_port_and_every_other_is_refused() {
-    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2)") {
+    let Some(hierarchy) = in_a_namespace_of_its_own() else {
         return;
-    }
-    if let Some(why) = berth_os::enforce::unavailable() {
-        panic!("{why}");
-    }
-    // A network namespace of the test's own: the rules are scoped to it, and nothing the
-    // test binds is seen outside.
-    berth_os::netns::enter_new_on_this_thread().unwrap();
-    let hierarchy = Hierarchy::mount();
+    };
     let owner = hierarchy.cgroup("owner");
     // A cgroup below the owner's (a container's, a service's worker): the owner too.
     let worker = hierarchy.cgroup("owner/worker");
@@ -140,14 +153,9 @@ fn the_owner_cgroup_binds_its_port_and_every_other_is_refused() {
 
 #[test]
 fn an_owner_s_bind_of_port_0_draws_from_its_block_and_strangers_are_counted() {
-    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2)") {
+    let Some(hierarchy) = in_a_namespace_of_its_own() else {
         return;
-    }
-    if let Some(why) = berth_os::enforce::unavailable() {
-        panic!("{why}");
-    }
-    berth_os::netns::enter_new_on_this_thread().unwrap();
-    let hierarchy = Hierarchy::mount();
+    };
     let owner = hierarchy.cgroup("owner");
     let worker = hierarchy.cgroup("owner/worker");
     let stranger = hierarchy.cgroup("stranger");
@@ -243,14 +251,9 @@ fn an_owner_s_bind_of_port_0_draws_from_its_block_and_strangers_are_counted() {
 
 #[test]
 fn an_owner_binds_its_privileged_port_without_the_capability() {
-    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2)") {
+    let Some(hierarchy) = in_a_namespace_of_its_own() else {
         return;
-    }
-    if let Some(why) = berth_os::enforce::unavailable() {
-        panic!("{why}");
-    }
-    berth_os::netns::enter_new_on_this_thread().unwrap();
-    let hierarchy = Hierarchy::mount();
+    };
     let owner = hierarchy.cgroup("owner");
     let stranger = hierarchy.cgroup("stranger");
     let mut programs = Programs::attach(&hierarchy.subtree).unwrap();
@@ -277,14 +280,9 @@ fn an_owner_binds_its_privileged_port_without_the_capability() {
 
 #[test]
 fn pinned_programs_outlive_their_loader_until_the_pins_go() {
-    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2 and bpffs)") {
+    let Some(hierarchy) = in_a_namespace_of_its_own() else {
         return;
-    }
-    if let Some(why) = berth_os::enforce::unavailable() {
-        panic!("{why}");
-    }
-    berth_os::netns::enter_new_on_this_thread().unwrap();
-    let hierarchy = Hierarchy::mount();
+    };
     let owner = hierarchy.cgroup("owner");
     let stranger = hierarchy.cgroup("stranger");
     let bpffs = tempfile::tempdir().unwrap();
@@ -336,20 +334,9 @@ fn pinned_programs_outlive_their_loader_until_the_pins_go() {
 
 #[test]
 fn connect_is_steered_into_the_block_only_when_asked() {
-    if !common::root("enforce mode's programs need root (BPF, mounting cgroup2)") {
+    let Some(hierarchy) = in_a_namespace_of_its_own() else {
         return;
-    }
-    if let Some(why) = berth_os::enforce::unavailable() {
-        panic!("{why}");
-    }
-    berth_os::netns::enter_new_on_this_thread().unwrap();
-    // Loopback up in the test's namespace: the connections go nowhere else.
-    let up = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .unwrap();
-    assert!(up.success());
-    let hierarchy = Hierarchy::mount();
+    };
     let owner = hierarchy.cgroup("owner");
     let mut programs = Programs::attach(&hierarchy.subtree).unwrap();
     programs.renew_lease(long_lease()).unwrap();

@@ -6,10 +6,10 @@
 //! `bind(0)` of the cgroup's tasks draws from it). The programs are attached when the first
 //! such reservation is made and detached when the last one ends, so a daemon whose users never
 //! ask for enforcement changes nothing in the kernel. While attached, the daemon renews the
-//! programs' lease ([`LEASE`]); past it they refuse nothing.
+//! programs' lease ([`Settings::lease`]); past it they refuse nothing.
 //!
-//! Each cgroup is watched until it has no process left (`berth_os::cgroup::until_empty`,
-//! in `server/background.rs`); its reservations are then released, and a cgroup the daemon
+//! Each cgroup is watched until it has no process left (`berth_os::cgroup::Watches`, one
+//! inotify instance for all, in `server/background.rs`); its reservations are then released, and a cgroup the daemon
 //! made is removed.
 
 use std::collections::{BTreeMap, HashMap};
@@ -49,17 +49,12 @@ const MADE_PREFIX: &str = "berth-run-";
 /// `e`, saying what was being done where; `EAGAIN` from `mkdir` is the hierarchy's
 /// `cgroup.max.descendants` limit.
 fn said(what: &str, dir: &Path, e: io::Error) -> io::Error {
-    let hint = if e.raw_os_error() == Some(libc_eagain()) {
+    let hint = if e.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error()) {
         " (the hierarchy's cgroup.max.descendants or cgroup.max.depth is reached: an administrator raises it, or fewer enforced commands run at once)"
     } else {
         ""
     };
     io::Error::new(e.kind(), format!("{what} ({}): {e}{hint}", dir.display()))
-}
-
-/// `EAGAIN`'s number (11 on every Linux architecture).
-fn libc_eagain() -> i32 {
-    rustix::io::Errno::AGAIN.raw_os_error()
 }
 
 /// The most ports whose refusals are logged per lease renewal.
@@ -119,6 +114,8 @@ pub(crate) struct Watched {
 struct Owner {
     cgroup: Cgroup,
     dir: PathBuf,
+    /// Its path below the hierarchy's root, as people read it ("/user.slice/…").
+    shown: String,
     /// Made by the daemon (`berth run --enforce`): removed once empty.
     made: bool,
 }
@@ -309,7 +306,7 @@ impl Enforcer {
             berth_os::cgroup::add_process(&dir, pid).and_then(|()| Cgroup::at(&mount, &dir));
         match moved {
             Ok(cgroup) => {
-                self.adopt(cgroup, dir, true);
+                self.adopt(&mount, cgroup, dir, true);
                 Ok(cgroup.id)
             }
             Err(e) => {
@@ -345,15 +342,18 @@ impl Enforcer {
             ));
         }
         let cgroup = Cgroup::at(&mount, &dir)?;
-        self.adopt(cgroup, dir, false);
+        self.adopt(&mount, cgroup, dir, false);
         Ok(cgroup.id)
     }
 
-    fn adopt(&self, cgroup: Cgroup, dir: PathBuf, made: bool) {
+    fn adopt(&self, mount: &Path, cgroup: Cgroup, dir: PathBuf, made: bool) {
+        // Worked out once: `list` and `why` show it for every reservation of the cgroup.
+        let shown = below_root(mount, &dir);
         let mut state = self.state();
         let owner = state.owners.entry(cgroup.id).or_insert(Owner {
             cgroup,
             dir: dir.clone(),
+            shown,
             made,
         });
         owner.made |= made;
@@ -375,10 +375,7 @@ impl Enforcer {
 
     /// The path of the cgroup `id` below the hierarchy's root, for people to read.
     pub(crate) fn path_of(&self, id: u64) -> Option<String> {
-        let dir = self.state().owners.get(&id)?.dir.clone();
-        let mount = self.hierarchy().ok()?;
-        let below = dir.strip_prefix(&mount).ok()?;
-        Some(format!("/{}", below.display()))
+        Some(self.state().owners.get(&id)?.shown.clone())
     }
 
     /// The path below the hierarchy's root of the cgroup whose id is `id` (a refused task's):
@@ -391,8 +388,7 @@ impl Enforcer {
         let mount = self.hierarchy().ok()?;
         let start = self.state().attached_at.clone()?;
         let dir = find_cgroup(&start, id)?;
-        let below = dir.strip_prefix(&mount).ok()?;
-        Some(format!("/{}", below.display()))
+        Some(below_root(&mount, &dir))
     }
 
     /// Attaches the programs if they are not: before a cgroup is given a reservation, outside
@@ -530,7 +526,7 @@ impl Enforcer {
         let Ok(cgroup) = Cgroup::at(&mount, &dir) else {
             return false;
         };
-        self.adopt(cgroup, dir, made);
+        self.adopt(&mount, cgroup, dir, made);
         true
     }
 
@@ -799,6 +795,12 @@ impl Consumer for EnforceConsumer {
         }
         Ack::Done
     }
+}
+
+/// `dir` as a path below the root of the hierarchy mounted at `mount` ("/a/b").
+fn below_root(mount: &Path, dir: &Path) -> String {
+    let below = dir.strip_prefix(mount).unwrap_or(dir);
+    format!("/{}", below.display())
 }
 
 /// The cgroup directory at or below `start` whose id is `id`, walking at most [`MAX_WALK`]

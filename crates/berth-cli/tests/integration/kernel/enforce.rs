@@ -66,6 +66,59 @@ impl Drop for Subtree {
     }
 }
 
+/// What an enforce test needs, as real root: a private network namespace, a cgroup subtree and
+/// a BPF filesystem for pins of its own, and a work directory whose `berth.toml` attaches the
+/// programs to that subtree. Dropped, the pins go first (unmounted), then the cgroups.
+struct Setup {
+    bpffs: Bpffs,
+    subtree: Subtree,
+    dir: TempDir,
+    ns: Netns,
+}
+
+impl Setup {
+    /// `None` (the skip said) where the test is not real root; `extra` configuration lines may
+    /// name the subtree as `{sub}`.
+    fn new(tag: &str, extra: &str) -> Option<Setup> {
+        if !rustix::process::geteuid().is_root() {
+            needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+            return None;
+        }
+        let ns = Netns::new()?;
+        if ns
+            .held
+            .as_ref()
+            .is_some_and(|h| h.how().in_user_namespace())
+        {
+            needs::skip(Need::Namespaces, "needs a network namespace of root's own");
+            return None;
+        }
+        let setup = Setup {
+            bpffs: Bpffs(tempfile::tempdir().unwrap()),
+            subtree: Subtree::new(tag),
+            dir: workdir(),
+            ns,
+        };
+        write_config(&setup.dir, &setup.subtree, &setup.bpffs, extra);
+        Some(setup)
+    }
+}
+
+/// Writes `berth.toml` in `dir`: the programs attached to `subtree`, pinned in `bpffs`, and
+/// `extra` (which may name the subtree as `{sub}`).
+fn write_config(dir: &TempDir, subtree: &Subtree, bpffs: &Bpffs, extra: &str) {
+    let sub = subtree.dir.display().to_string();
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        format!(
+            "enforce_attach = \"{sub}\"\nenforce_pins = \"{}\"\n{}",
+            bpffs.0.path().display(),
+            extra.replace("{sub}", &sub)
+        ),
+    )
+    .unwrap();
+}
+
 /// A bind of `port` (0: any) for each protocol and family; prints "PROTO FAMILY PORT" or the
 /// errno's name for each.
 fn binds_script(tcp: u16, udp: u16) -> String {
@@ -91,33 +144,21 @@ fn listed(ns: &Netns, socket: &Path, start: u16) -> Option<Value> {
 
 #[test]
 fn an_enforced_run_draws_bind_zero_from_its_block_and_outlives_its_launcher() {
-    if !rustix::process::geteuid().is_root() {
-        needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+    // A short lease: renewed, and refusals logged, every second.
+    let Some(setup) = Setup::new(
+        "enforce",
+        "enforce_cgroups = \"{sub}/runs\"\nenforce_lease_s = 6\n",
+    ) else {
         return;
-    }
-    let Some(ns) = Netns::new() else { return };
-    if ns
-        .held
-        .as_ref()
-        .is_some_and(|h| h.how().in_user_namespace())
-    {
-        needs::skip(Need::Namespaces, "needs a network namespace of root's own");
-        return;
-    }
-    let subtree = Subtree::new("enforce");
-    // Pins in a BPF filesystem of the test's own: unmounted at the end, they free everything.
-    let bpffs = Bpffs(tempfile::tempdir().unwrap());
-    let dir = workdir();
-    std::fs::write(
-        dir.path().join("berth.toml"),
-        format!(
-            // A short lease: renewed, and refusals logged, every second.
-            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_lease_s = 6\nenforce_pins = \"{1}\"\n",
-            subtree.dir.display(),
-            bpffs.0.path().display()
-        ),
-    )
-    .unwrap();
+    };
+    // Dropped in reverse: the pins (unmounted) first, then the cgroups, the directory, the
+    // namespace.
+    let Setup {
+        ns,
+        dir,
+        subtree,
+        bpffs: _bpffs,
+    } = setup;
     let args = ["--kernel-sync", "off", "--pool", "41000-41099"];
     let daemon = Daemon::start(&ns, dir.path(), &args, None);
     let sock = daemon.socket.clone();
@@ -325,32 +366,24 @@ impl Drop for Bpffs {
 
 #[test]
 fn enforcement_survives_a_restart_and_fails_open_past_the_lease() {
-    if !rustix::process::geteuid().is_root() {
-        needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+    let Some(setup) = Setup::new("restart", "") else {
         return;
-    }
-    let Some(ns) = Netns::new() else { return };
-    if ns
-        .held
-        .as_ref()
-        .is_some_and(|h| h.how().in_user_namespace())
-    {
-        needs::skip(Need::Namespaces, "needs a network namespace of root's own");
-        return;
-    }
-    let subtree = Subtree::new("restart");
-    let bpffs = Bpffs(tempfile::tempdir().unwrap());
-    let dir = workdir();
+    };
+    // Dropped in reverse: the pins (unmounted) first, then the cgroups, the directory, the
+    // namespace.
+    let Setup {
+        ns,
+        dir,
+        subtree,
+        bpffs,
+    } = setup;
     let config = |lease_s: u32| {
-        std::fs::write(
-            dir.path().join("berth.toml"),
-            format!(
-                "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_pins = \"{1}\"\nenforce_lease_s = {lease_s}\n",
-                subtree.dir.display(),
-                bpffs.0.path().display()
-            ),
+        write_config(
+            &dir,
+            &subtree,
+            &bpffs,
+            &format!("enforce_cgroups = \"{{sub}}/runs\"\nenforce_lease_s = {lease_s}\n"),
         )
-        .unwrap();
     };
     config(30);
     let args = ["--kernel-sync", "off", "--pool", "41300-41399"];
@@ -429,34 +462,19 @@ fn enforcement_survives_a_restart_and_fails_open_past_the_lease() {
 
 #[test]
 fn an_administrator_reserves_for_an_existing_cgroup_and_switches_enforcement_off_and_on() {
-    if !rustix::process::geteuid().is_root() {
-        needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+    let Some(setup) = Setup::new("existing", "enforce_cgroups = \"{sub}/runs\"\n") else {
         return;
-    }
-    let Some(ns) = Netns::new() else { return };
-    if ns
-        .held
-        .as_ref()
-        .is_some_and(|h| h.how().in_user_namespace())
-    {
-        needs::skip(Need::Namespaces, "needs a network namespace of root's own");
-        return;
-    }
-    let subtree = Subtree::new("existing");
-    // Pins in a BPF filesystem of the test's own: unmounted at the end, they free everything.
-    let bpffs = Bpffs(tempfile::tempdir().unwrap());
+    };
+    // Dropped in reverse: the pins (unmounted) first, then the cgroups, the directory, the
+    // namespace.
+    let Setup {
+        ns,
+        dir,
+        subtree,
+        bpffs: _bpffs,
+    } = setup;
     let service = subtree.dir.join("service");
     std::fs::create_dir(&service).unwrap();
-    let dir = workdir();
-    std::fs::write(
-        dir.path().join("berth.toml"),
-        format!(
-            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_pins = \"{1}\"\n",
-            subtree.dir.display(),
-            bpffs.0.path().display()
-        ),
-    )
-    .unwrap();
     let args = ["--kernel-sync", "off", "--pool", "41400-41499"];
     let daemon = Daemon::start(&ns, dir.path(), &args, None);
     let sock = daemon.socket.clone();
@@ -537,32 +555,20 @@ fn an_administrator_reserves_for_an_existing_cgroup_and_switches_enforcement_off
 
 #[test]
 fn with_connect_steering_an_outgoing_connection_binds_into_the_block() {
-    if !rustix::process::geteuid().is_root() {
-        needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+    let Some(setup) = Setup::new(
+        "connect",
+        "enforce_cgroups = \"{sub}/runs\"\nenforce_steer_connect = true\n",
+    ) else {
         return;
-    }
-    let Some(ns) = Netns::new() else { return };
-    if ns
-        .held
-        .as_ref()
-        .is_some_and(|h| h.how().in_user_namespace())
-    {
-        needs::skip(Need::Namespaces, "needs a network namespace of root's own");
-        return;
-    }
-    let subtree = Subtree::new("connect");
-    // Pins in a BPF filesystem of the test's own: unmounted at the end, they free everything.
-    let bpffs = Bpffs(tempfile::tempdir().unwrap());
-    let dir = workdir();
-    std::fs::write(
-        dir.path().join("berth.toml"),
-        format!(
-            "enforce_attach = \"{0}\"\nenforce_cgroups = \"{0}/runs\"\nenforce_steer_connect = true\nenforce_pins = \"{1}\"\n",
-            subtree.dir.display(),
-            bpffs.0.path().display()
-        ),
-    )
-    .unwrap();
+    };
+    // Dropped in reverse: the pins (unmounted) first, then the cgroups, the directory, the
+    // namespace.
+    let Setup {
+        ns,
+        dir,
+        subtree: _subtree,
+        bpffs: _bpffs,
+    } = setup;
     // A pool outside the ephemeral range: the kernel's own picks never land in it.
     let args = ["--kernel-sync", "off", "--pool", "21500-21599"];
     let daemon = Daemon::start(&ns, dir.path(), &args, None);
@@ -590,35 +596,20 @@ fn with_connect_steering_an_outgoing_connection_binds_into_the_block() {
 
 #[test]
 fn an_enforced_command_stays_inside_its_own_cgroup_and_outsiders_are_refused() {
-    if !rustix::process::geteuid().is_root() {
-        needs::skip(Need::Users, "enforce mode needs real root (BPF, cgroup v2)");
+    // No enforce_cgroups: a command's cgroup is made inside the one it runs in.
+    let Some(setup) = Setup::new("placement", "") else {
         return;
-    }
-    let Some(ns) = Netns::new() else { return };
-    if ns
-        .held
-        .as_ref()
-        .is_some_and(|h| h.how().in_user_namespace())
-    {
-        needs::skip(Need::Namespaces, "needs a network namespace of root's own");
-        return;
-    }
-    let subtree = Subtree::new("placement");
-    // Pins in a BPF filesystem of the test's own: unmounted at the end, they free everything.
-    let bpffs = Bpffs(tempfile::tempdir().unwrap());
+    };
+    // Dropped in reverse: the pins (unmounted) first, then the cgroups, the directory, the
+    // namespace.
+    let Setup {
+        ns,
+        dir,
+        subtree,
+        bpffs: _bpffs,
+    } = setup;
     let user = subtree.dir.join("user");
     std::fs::create_dir(&user).unwrap();
-    let dir = workdir();
-    // No enforce_cgroups: a command's cgroup is made inside the one it runs in.
-    std::fs::write(
-        dir.path().join("berth.toml"),
-        format!(
-            "enforce_attach = \"{}\"\nenforce_pins = \"{}\"\n",
-            subtree.dir.display(),
-            bpffs.0.path().display()
-        ),
-    )
-    .unwrap();
     let args = ["--kernel-sync", "off", "--pool", "41600-41699"];
     let daemon = Daemon::start(&ns, dir.path(), &args, None);
     let run_from = |cgroup: Option<&Path>| {
