@@ -102,23 +102,14 @@ pub(super) fn watch_cgroups(
     tracker.spawn(async move {
         let mut renew = tokio::time::interval(shared.enforcer().renew_every());
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let watches = match berth_os::cgroup::Watches::new() {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::error!("enforce mode: cannot watch cgroups through inotify ({e}); looking at them every {:?} instead", shared.enforcer().renew_every());
-                None
-            }
-        };
+        // One inotify instance, made when the first cgroup comes and closed when the last one
+        // goes: a daemon whose users never ask for enforcement holds none (an ordinary user's
+        // instances are few, 128 by default).
+        let mut watches: Option<berth_os::cgroup::Watches> = None;
         // Watched, by watch number; and those looked at with each renewal.
         let mut watched: std::collections::HashMap<i32, (u64, std::path::PathBuf)> =
             std::collections::HashMap::new();
         let mut polled: Vec<(u64, std::path::PathBuf)> = Vec::new();
-        let changed = || async {
-            match &watches {
-                Some(w) => w.changed().await,
-                None => std::future::pending().await,
-            }
-        };
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -139,6 +130,15 @@ pub(super) fn watch_cgroups(
                     if watched.values().any(|(w, _)| *w == id) || polled.iter().any(|(p, _)| *p == id) {
                         continue;
                     }
+                    if watches.is_none() {
+                        watches = match berth_os::cgroup::Watches::new() {
+                            Ok(w) => Some(w),
+                            Err(e) => {
+                                tracing::error!("enforce mode: cannot watch cgroups through inotify ({e}); looking at them every {:?} instead", shared.enforcer().renew_every());
+                                None
+                            }
+                        };
+                    }
                     match watches.as_ref().map(|w| w.watch(&cgroup.dir)) {
                         Some(Ok(wd)) => {
                             // Looked at after the watch: an exit before it is seen here.
@@ -158,7 +158,12 @@ pub(super) fn watch_cgroups(
                         None => polled.push((id, cgroup.dir)),
                     }
                 }
-                wds = changed() => {
+                wds = async {
+                    match &watches {
+                        Some(w) => w.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     let wds = match wds {
                         Ok(wds) => wds,
                         Err(e) => {
@@ -178,6 +183,9 @@ pub(super) fn watch_cgroups(
                         }
                     }
                 }
+            }
+            if watched.is_empty() {
+                watches = None;
             }
         }
     });
