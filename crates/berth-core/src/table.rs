@@ -89,6 +89,9 @@ pub struct Table {
     /// Before this time (ms) the stripe is not looked ahead for again (see
     /// [`Table::advance_stripe`]).
     stripe_retry_at_ms: u64,
+    /// How many of the stripe's ports were usable when it was placed: it moves on once fewer
+    /// than half of those are.
+    stripe_fill: u32,
     /// How many live reservations are persistent.
     persistent: u32,
 }
@@ -107,6 +110,7 @@ impl Table {
             cooling: cooling::Cooling::default(),
             names: names::Names::default(),
             stripe_retry_at_ms: 0,
+            stripe_fill: 0,
             persistent: 0,
         }
     }
@@ -119,6 +123,7 @@ impl Table {
     pub fn set_stripe(&mut self, stripe: Option<PortRange>) {
         self.stripe = stripe;
         self.stripe_retry_at_ms = 0;
+        self.stripe_fill = stripe.map_or(0, |s| u32::from(s.count()));
     }
 
     /// Passes by, in wildcard searches, ports freed less than `window_ms` ago while other
@@ -172,51 +177,107 @@ impl Table {
         )
     }
 
-    /// Moves the stripe on once fewer than half of its ports are usable (free and not cooling
-    /// down) in either protocol: to the first of the next few blocks of the same size past it
-    /// (from the pool's start again past its end) at least half usable, so that grants keep
-    /// finding listed ports while many reservations live or cool; it stays when none is. Returns the
-    /// new stripe when it moved. Walks over the stripe's reservations and cooling ports: call
-    /// it per change, not per port.
+    /// Moves the stripe on once fewer than half of the ports usable (free and not cooling down,
+    /// in either protocol) when it was placed are: to the first block of the same size at
+    /// least half usable among the next few past it (from the pool's start again past its
+    /// end), so that grants keep finding listed ports while many reservations live or cool;
+    /// failing those, among the next few at a wildcard search's cursor. Next-fit hands ports
+    /// out in pool order, so the ports at a cursor are those used least recently: after a burst
+    /// of grants elsewhere (held blocks, which pass the stripe by) has left every block near
+    /// the stripe cooling, the cursor is where usable ports are. Failing those too, to the
+    /// best block seen if it has more usable ports than the stripe and at least a thirty-second
+    /// of it is (4 of 128): each grant outside the stripe costs a write of the list, each move
+    /// one. When nothing is better it looks again once half of what is left is taken (when
+    /// nothing is left, after a moment). A stripe placed at a cursor sends that cursor
+    /// past it, leaving it to the grants it is listed for. Returns the new stripe when it
+    /// moved. Walks over the reservations and cooling ports of the blocks it looks at: call it
+    /// per change, not per port.
     pub fn advance_stripe(&mut self, now_ms: u64) -> Option<PortRange> {
         let stripe = self.stripe?;
-        let count = u32::from(stripe.count());
         // A look-ahead that found nothing is not made again for a moment: under heavy churn
         // it would walk many blocks on every change.
         if now_ms < self.stripe_retry_at_ms {
             return None;
         }
+        let count = stripe.count().min(self.pool.range().count());
         let current = self.usable_in(stripe, now_ms);
-        if current * 2 >= count {
+        if current > 0 && current * 2 >= self.stripe_fill {
             return None;
         }
-        // The next block with at least half of it usable, among the next few; none: stay (a
-        // move to a block no better would only cost a write and make grants wait for it).
-        let pool = self.pool.range();
-        let count = stripe.count().min(pool.count());
-        let mut at = stripe;
-        for _ in 0..STRIPE_LOOKAHEAD {
-            let start = at
-                .end()
-                .checked_add(1)
-                .filter(|&s| {
-                    s >= pool.start()
-                        && u32::from(s) + u32::from(count) <= u32::from(pool.end()) + 1
-                })
-                .unwrap_or(pool.start());
-            at = PortRange::new(start, count).ok()?;
-            if at == stripe {
-                break;
-            }
-            if self.usable_in(at, now_ms) * 2 >= u32::from(count) {
-                self.stripe = Some(at);
-                self.tcp.restart_stripe_at(start);
-                self.udp.restart_stripe_at(start);
-                return Some(at);
+        let past_stripe = self.block_after(stripe, count);
+        let at_cursors = [self.tcp.marks().0, self.udp.marks().0]
+            .map(|cursor| self.block_at(cursor, count))
+            .into_iter()
+            .flatten();
+        // The best block seen: (usable ports, block, placed at a cursor).
+        let mut best: Option<(u32, PortRange, bool)> = None;
+        for (first, from_cursor) in past_stripe
+            .map(|b| (b, false))
+            .into_iter()
+            .chain(at_cursors.map(|b| (b, true)))
+        {
+            let mut at = first;
+            for _ in 0..STRIPE_LOOKAHEAD {
+                if at == stripe {
+                    break;
+                }
+                let usable = self.usable_in(at, now_ms);
+                if usable * 2 >= u32::from(count) {
+                    return Some(self.move_stripe(at, usable, from_cursor));
+                }
+                if best.is_none_or(|(most, _, _)| usable > most) {
+                    best = Some((usable, at, from_cursor));
+                }
+                let Some(next) = self.block_after(at, count) else {
+                    break;
+                };
+                at = next;
             }
         }
-        self.stripe_retry_at_ms = now_ms.saturating_add(STRIPE_RETRY_MS);
+        if let Some((usable, at, from_cursor)) = best {
+            if usable > current && usable * 32 >= u32::from(count) {
+                return Some(self.move_stripe(at, usable, from_cursor));
+            }
+        }
+        // Nothing better: looked for again once half of what is left is taken, or — when
+        // nothing is left — after a moment.
+        self.stripe_fill = current;
+        if current == 0 {
+            self.stripe_retry_at_ms = now_ms.saturating_add(STRIPE_RETRY_MS);
+        }
         None
+    }
+
+    /// The block of `count` ports starting at `start`, or at the pool's start when it would
+    /// not fit before the pool's end.
+    fn block_at(&self, start: u16, count: u16) -> Option<PortRange> {
+        let pool = self.pool.range();
+        let fits = start >= pool.start()
+            && u32::from(start) + u32::from(count) <= u32::from(pool.end()) + 1;
+        PortRange::new(if fits { start } else { pool.start() }, count).ok()
+    }
+
+    /// The block of `count` ports just past `block` (see [`Table::block_at`]).
+    fn block_after(&self, block: PortRange, count: u16) -> Option<PortRange> {
+        // Past port 65,535: port 0, never in a pool, so the pool's start.
+        self.block_at(block.end().checked_add(1).unwrap_or(0), count)
+    }
+
+    /// Makes `at`, with `usable` ports usable, the stripe; `past_it`: the wildcard searches'
+    /// cursors inside it move past it.
+    fn move_stripe(&mut self, at: PortRange, usable: u32, past_it: bool) -> PortRange {
+        self.stripe = Some(at);
+        self.stripe_fill = usable;
+        let after = self
+            .block_at(at.end().checked_add(1).unwrap_or(0), 1)
+            .map_or(self.pool.range().start(), |b| b.start());
+        for space in [&mut self.tcp, &mut self.udp] {
+            space.restart_stripe_at(at.start());
+            if past_it && at.contains(space.marks().0) {
+                space.restart_at(after);
+            }
+        }
+        at
     }
 
     /// The ports of `range` neither reserved nor cooling down, in the protocol that has

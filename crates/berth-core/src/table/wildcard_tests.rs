@@ -199,6 +199,11 @@ fn the_stripe_moves_on_once_half_of_it_is_taken() {
 /// Acquires a wildcard block of one unheld TCP port at `now_ms` and releases it at once,
 /// noting the release for the cool-down; returns its port.
 fn take_and_free(t: &mut Table, a: &mut Asker, now_ms: u64) -> u16 {
+    take_and_free_as(t, a, now_ms, false)
+}
+
+/// [`take_and_free`] of a held block (`hold`) or an unheld one.
+fn take_and_free_as(t: &mut Table, a: &mut Asker, now_ms: u64, hold: bool) -> u16 {
     let tokens = &mut a.tokens;
     let mut next = || {
         *tokens += 1;
@@ -206,7 +211,7 @@ fn take_and_free(t: &mut Table, a: &mut Asker, now_ms: u64) -> u16 {
     };
     let holder = Holder {
         acquired_at_ms: now_ms,
-        ..holder(false)
+        ..holder(hold)
     };
     let Change::Granted(r) = t
         .acquire(
@@ -307,6 +312,23 @@ fn the_stripe_moves_on_once_half_of_it_is_cooling() {
     assert_eq!(t.advance_stripe(3), None, "half of it is still free");
     take_and_free(&mut t, &mut a, 4);
     assert_eq!(t.advance_stripe(5), Some(range(1054, 4)));
+}
+
+#[test]
+fn a_stripe_whose_neighbourhood_cools_moves_to_the_cursor_and_the_cursor_past_it() {
+    let mut t = Table::new(Pool::new(1000, 1999).unwrap());
+    t.set_stripe(Some(range(1000, 4)));
+    t.set_reuse_cool_down(60_000);
+    let mut a = Asker { tokens: 0 };
+    // Held blocks pass the stripe by and go on from the cursor: they leave the stripe and
+    // every block the look-ahead past it reaches cooling.
+    for now in 0..200 {
+        take_and_free_as(&mut t, &mut a, now, true);
+    }
+    assert_eq!(t.advance_stripe(300), Some(range(1200, 4)));
+    // Unheld grants come from the new stripe; held ones go on past it.
+    assert_eq!(take_and_free(&mut t, &mut a, 301), 1200);
+    assert_eq!(take_and_free_as(&mut t, &mut a, 302, true), 1204);
 }
 
 #[test]
@@ -511,4 +533,34 @@ fn bounds_are_checked_before_any_search() {
             bounds: range(10, 5)
         })
     );
+}
+
+#[test]
+fn with_no_block_half_usable_the_stripe_moves_to_a_better_one_and_waits_for_half_of_it_to_go() {
+    let mut t = Table::new(Pool::new(1000, 1063).unwrap());
+    t.set_stripe(Some(range(1000, 8)));
+    let mut a = Asker { tokens: 0 };
+    // Outside the stripe every block of 8 has one port left, but 1016-1023 (two) and
+    // 1024-1031 (three).
+    for block in (1008..1064).step_by(8) {
+        let taken = match block {
+            1016 => 6,
+            1024 => 5,
+            _ => 7,
+        };
+        a.acquire(&mut t, RangeRequest::Specific(range(block, taken)), true)
+            .unwrap();
+    }
+    for _ in 0..5 {
+        a.wildcard(&mut t, 1, false);
+    }
+    // Three ports of the stripe are left: no block is better.
+    assert_eq!(t.advance_stripe(0), None);
+    // Two: not fewer than half of those three, so no look.
+    a.wildcard(&mut t, 1, false);
+    assert_eq!(t.advance_stripe(0), None);
+    // One: 1024-1031 is better, with three.
+    a.wildcard(&mut t, 1, false);
+    assert_eq!(t.advance_stripe(0), Some(range(1024, 8)));
+    assert_eq!(a.wildcard(&mut t, 1, false).range.start(), 1029);
 }
