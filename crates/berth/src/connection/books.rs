@@ -60,9 +60,27 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if let (Some(Ok(Response::Acquired(info))), Some(orphans)) = (&self.result, &self.orphans) {
-            let _ = orphans.send(info.token);
+        if let (Some(Ok(response)), Some(orphans)) = (&self.result, &self.orphans) {
+            let fresh = match response {
+                Response::Acquired(_) | Response::AcquiredBoth { .. } => acquired(response),
+                _ => [None, None],
+            };
+            for token in fresh.into_iter().flatten() {
+                let _ = orphans.send(token);
+            }
         }
+    }
+}
+
+/// The reservations an answer makes this session's: acquired (one, or a TCP+UDP pair) or
+/// re-claimed by hand (`Client::reclaim`). A cgroup's (enforce mode) lives with the cgroup,
+/// not this session.
+fn acquired(response: &Response) -> [Option<Token>; 2] {
+    let own = |info: &berth_protocol::ReservationInfo| info.cgroup.is_none().then_some(info.token);
+    match response {
+        Response::Acquired(info) | Response::Reclaimed(info) => [own(info), None],
+        Response::AcquiredBoth { tcp, udp } => [own(tcp), own(udp)],
+        _ => [None, None],
     }
 }
 
@@ -148,33 +166,24 @@ impl Books {
     }
 
     /// Matches `response` to the oldest reply slot, keeps the books, and delivers it. Returns
-    /// the token of an acquired reservation whose caller went away (to be released at once).
-    pub(super) fn answer(&mut self, response: Response) -> Option<Token> {
+    /// the tokens of acquired reservations whose caller went away (to be released at once).
+    pub(super) fn answer(&mut self, response: Response) -> [Option<Token>; 2] {
         let slot = self.pending.pop_front();
         if let Some(token) = slot.as_ref().and_then(|s| s.release) {
             self.finish_release(token);
         }
-        let acquired = match &response {
-            // Re-claimed by hand (`Client::reclaim`): this session's from now on, as acquired.
-            // A cgroup's (enforce mode) lives with the cgroup, not this session.
-            Response::Acquired(info) | Response::Reclaimed(info) if info.cgroup.is_none() => {
-                Some(info.token)
-            }
-            // Released, or handed to another process: no longer this session's.
-            Response::Released(info) | Response::Transferred(info) => {
-                self.held.remove(&info.token);
-                None
-            }
-            _ => None,
-        };
-        if let Some(token) = acquired {
-            self.held.insert(token);
+        // Released, or handed to another process: no longer this session's.
+        if let Response::Released(info) | Response::Transferred(info) = &response {
+            self.held.remove(&info.token);
         }
+        let acquired = acquired(&response);
+        self.held.extend(acquired.into_iter().flatten());
+        let any = acquired.iter().any(Option::is_some);
         let delivered = match slot.and_then(|s| s.reply) {
             Some(reply) => {
                 let delivery = Delivery {
                     result: Some(Ok(response)),
-                    orphans: acquired.map(|_| self.orphans.clone()),
+                    orphans: any.then(|| self.orphans.clone()),
                 };
                 match reply.send(delivery) {
                     Ok(()) => true,
@@ -187,7 +196,11 @@ impl Books {
             }
             None => false,
         };
-        acquired.filter(|_| !delivered)
+        if delivered {
+            [None, None]
+        } else {
+            acquired
+        }
     }
 
     /// The requests waiting for an answer, as calls to send again, in order: the daemon closed

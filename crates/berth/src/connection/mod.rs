@@ -221,10 +221,12 @@ impl Task {
                 biased;
                 frame = link.reader.next() => match frame {
                     Some(Ok(response)) if is_idle_notice(&response) => return End::Idle,
-                    Some(Ok(response)) => match self.books.answer(response) {
-                        Some(orphan) => self.abandon(link, orphan),
-                        None => Ok(()),
-                    },
+                    Some(Ok(response)) => self
+                        .books
+                        .answer(response)
+                        .into_iter()
+                        .flatten()
+                        .try_for_each(|orphan| self.abandon(link, orphan)),
                     Some(Err(e)) => Err(e.to_string()),
                     None => Err("the daemon closed it".into()),
                 },

@@ -15,6 +15,8 @@
 //! | `a_burst_with_large_answers_is_answered` | 28600-28999 |
 //! | `a_reservation_not_given_back_after_a_restart_is_reported_lost` | 29000-29099 |
 //! | `an_unclaimed_reservation_is_not_used_until_it_is_reclaimed` | 29100-29199 |
+//! | `a_pair_acquired_together_is_reclaimed_after_a_restart` | 29200-29299 |
+//! | `a_pair_left_untaken_is_released` | 29300-29399 |
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -460,4 +462,55 @@ async fn an_unclaimed_reservation_is_not_used_until_it_is_reclaimed() {
     reclaimed.release().await.unwrap();
     drop((held, first));
     daemon.stop().await;
+}
+
+/// A TCP+UDP pair (`acquire_same_ports`) is this session's like any block: re-claimed after a
+/// restart, so that its owner keeps using it (a restored block nobody re-claimed is refused).
+#[tokio::test]
+async fn a_pair_acquired_together_is_reclaimed_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("berth.sock");
+    let db = dir.path().join("berth.db");
+    let daemon = Daemon::start(&socket, &db, 29200, 29299);
+    let client = Client::connect_to(&socket).await.unwrap();
+    let (tcp, udp) = client.acquire_same_ports(0, 2).await.unwrap();
+
+    daemon.stop().await;
+    let daemon = Daemon::start(&socket, &db, 29200, 29299);
+    assert!(eventually(20_000, || async { client.status().await.is_ok() }).await);
+    assert!(!tcp.is_lost() && !udp.is_lost());
+    let listener = tokio::net::TcpSocket::new_v4().unwrap();
+    assert_eq!(tcp.bind(&listener, None).await.unwrap(), tcp.start());
+    let datagram = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    assert_eq!(udp.bind(&datagram, None).await.unwrap(), udp.start());
+    drop((listener, datagram));
+    tcp.release().await.unwrap();
+    udp.release().await.unwrap();
+    daemon.stop().await;
+}
+
+/// A pair whose caller went away before taking the answer is released, both halves.
+#[tokio::test]
+async fn a_pair_left_untaken_is_released() {
+    let daemon = TestDaemon::start(29300, 29399);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let other = Client::connect_to(&daemon.socket).await.unwrap();
+    let mut acquire = Box::pin(client.acquire_same_ports(29310, 4));
+    let first = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+    assert!(first.is_pending());
+    client.status().await.unwrap();
+    assert_eq!(other.list().await.unwrap().len(), 2);
+    drop(acquire);
+    assert!(
+        eventually(10_000, || async { other.list().await.unwrap().is_empty() }).await,
+        "left reserved: {:?}",
+        other.list().await.unwrap()
+    );
+    let (tcp, udp) = other.acquire_same_ports(29310, 4).await.unwrap();
+    assert_eq!((tcp.start(), udp.start()), (29310, 29310));
 }
