@@ -141,6 +141,9 @@ struct State {
     logged: HashMap<(Protocol, u16), u64>,
     /// The cgroup the daemon moved into (exempt), and the one it came from.
     leaf: Option<(PathBuf, PathBuf)>,
+    /// Why the last attempt to attach the programs failed, until one succeeds (an exclusive
+    /// program at an ancestor of the attach point, say): `berth status` says it.
+    attach_failed: Option<String>,
 }
 
 /// Enforce mode's state: the programs (while attached), the owned blocks, the owner cgroups.
@@ -159,7 +162,8 @@ pub(crate) struct Enforcer {
 pub(crate) struct Mode {
     /// Where the programs are attached (`None`: not attached now).
     pub(crate) attached_at: Option<PathBuf>,
-    /// Why a request for enforcement would be refused here (`None`: it would be honoured).
+    /// Why a request for enforcement would be refused here, or why the last one failed to
+    /// attach the programs (`None`: it would be honoured).
     pub(crate) unavailable: Option<String>,
     /// The cgroups owning reservations now.
     pub(crate) owners: usize,
@@ -232,7 +236,11 @@ impl Enforcer {
         let state = self.state();
         Mode {
             attached_at: state.attached_at.clone(),
-            unavailable: self.unavailable(),
+            unavailable: self.unavailable().or_else(|| {
+                state.attach_failed.as_ref().map(|e| {
+                    format!("the last attempt to attach the programs failed ({e}); the next request for enforcement tries again")
+                })
+            }),
             owners: state.owners.len(),
         }
     }
@@ -402,6 +410,13 @@ impl Enforcer {
         if state.programs.is_some() {
             return Ok(());
         }
+        let attached = self.attach_now(state);
+        state.attach_failed = attached.as_ref().err().map(io::Error::to_string);
+        attached
+    }
+
+    /// [`Enforcer::attach`], once the programs are known not to be attached.
+    fn attach_now(&self, state: &mut State) -> io::Result<()> {
         let mount = self.hierarchy()?;
         let at = self
             .settings
@@ -409,7 +424,14 @@ impl Enforcer {
             .clone()
             .unwrap_or_else(|| mount.clone());
         let pins = self.pins()?;
-        let mut programs = Programs::attach_pinned(&at, &pins)?;
+        // Said with the attach point, unless the error names it already (EPERM's does).
+        let mut programs = Programs::attach_pinned(&at, &pins).map_err(|e| {
+            if e.to_string().contains(&at.display().to_string()) {
+                e
+            } else {
+                said("attaching the programs at the attach point", &at, e)
+            }
+        })?;
         // The daemon binds for its clients (associate, hold sockets): its cgroup is exempt — a
         // leaf of its own, never one other processes share (on a host without systemd every
         // process may sit in the hierarchy's root).
@@ -443,7 +465,8 @@ impl Enforcer {
             .pins
             .clone()
             .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"));
-        berth_os::enforce::ensure_bpffs(&root)?;
+        berth_os::enforce::ensure_bpffs(&root)
+            .map_err(|e| said("finding or mounting the BPF filesystem for pins", &root, e))?;
         let netns = self.netns.clone().map_err(io::Error::other)?;
         Ok(root.join(format!("berth-{netns}")))
     }

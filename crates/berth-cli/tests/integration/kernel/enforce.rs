@@ -333,6 +333,55 @@ fn a_daemon_that_cannot_enforce_refuses_with_its_reason() {
     assert!(because.contains("enforce = false"), "{status}");
 }
 
+/// A request whose programs cannot be attached fails saying why, and `status` keeps saying it
+/// until an attach works (an exclusive program at an ancestor is such a cause; here, an attach
+/// point that is not there).
+#[test]
+fn a_failed_attach_is_refused_with_its_cause_and_status_says_it() {
+    let Some(setup) = Setup::new("attachfail", "") else {
+        return;
+    };
+    let Setup {
+        ns,
+        dir,
+        subtree,
+        bpffs,
+    } = setup;
+    let missing = subtree.dir.join("not-there");
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        format!(
+            "enforce_attach = \"{}\"\nenforce_pins = \"{}\"\n",
+            missing.display(),
+            bpffs.0.path().display()
+        ),
+    )
+    .unwrap();
+    let args = ["--kernel-sync", "off", "--pool", "41700-41799"];
+    let daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let status = |ns: &Netns| -> Value {
+        serde_json::from_str(&ok(&mut ns.berth(&daemon.socket, &["status", "--json"]))).unwrap()
+    };
+    assert_eq!(status(&ns)["enforce"]["available"], true);
+    let out = run(&mut ns.berth(
+        &daemon.socket,
+        &["run", "--enforce", "--tcp", "1", "--", "true"],
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not-there"), "{stderr}");
+    assert!(listed(&ns, &daemon.socket, 41700).is_none());
+    let status = status(&ns);
+    assert_eq!(status["enforce"]["available"], false, "{status}");
+    let because = status["enforce"]["unavailable_because"].as_str().unwrap();
+    assert!(
+        because.contains("the last attempt to attach the programs failed")
+            && because.contains("not-there"),
+        "{status}"
+    );
+    assert_eq!(status["mode"], "hold", "{status}");
+}
+
 #[test]
 fn an_ordinary_user_s_daemon_refuses_enforcement_saying_why() {
     let Some((ns, user)) = Netns::for_an_unprivileged_daemon() else {
