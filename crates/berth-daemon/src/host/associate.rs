@@ -140,6 +140,8 @@ pub(crate) async fn bind_from(
     address: IpAddr,
     held: Option<(&Holds, Token)>,
 ) -> Result<u16, Refusal> {
+    // Ports found in use, to look at again should none be free (see `bind_when_released`).
+    let mut busy: Vec<(u16, PortUse)> = Vec::new();
     for &(port, known) in &plan.order {
         let target = SocketAddr::new(address, port);
         // A held port: its hold sockets go (all of them: the owner's earlier sockets there
@@ -153,6 +155,7 @@ pub(crate) async fn bind_from(
                 let lingering = e.kind() == io::ErrorKind::AddrInUse
                     && only_time_wait(plan.protocol, port).await;
                 if e.kind() == io::ErrorKind::AddrInUse && !lingering {
+                    busy.push((port, known));
                     continue;
                 }
                 if !lingering {
@@ -178,9 +181,18 @@ pub(crate) async fn bind_from(
         }
         match bound {
             Ok(()) => return Ok(port),
-            Err(rustix::io::Errno::ADDRINUSE) => continue,
+            Err(rustix::io::Errno::ADDRINUSE) => {
+                // A held port given up was waited for already (`bind_after_release`).
+                if !given_up {
+                    busy.push((port, known));
+                }
+                continue;
+            }
             Err(e) => return Err(bind_refusal(&e.into(), target)),
         }
+    }
+    if let Some(port) = bind_when_released(fd, facts, plan.protocol, address, &busy).await {
+        return Ok(port);
     }
     Err((
         ErrorKind::ReservationFull,
@@ -191,25 +203,40 @@ pub(crate) async fn bind_from(
     ))
 }
 
+/// How many times, a millisecond apart, a port that only a closing socket may keep is tried
+/// again ([`bind_after_release`], [`bind_when_released`]).
+const RELEASE_TRIES: usize = 20;
+
+/// The most ports of a block [`bind_when_released`] waits for.
+const RELEASE_PORTS: usize = 8;
+
+/// Whether what keeps `port` may be a socket on its way out: the kernel lists none on it, or
+/// only bound sockets that neither listen nor are connected — which is what a closed socket
+/// looks like while its last reference is being dropped (kernel 6.7 and later list such
+/// sockets; earlier ones list nothing). A netlink dump: on the blocking pool.
+async fn only_closing(protocol: Protocol, port: u16) -> bool {
+    tokio::task::spawn_blocking(move || {
+        crate::host::diag::sockets_on(protocol, port, 16)
+            .is_ok_and(|sockets| sockets.iter().all(|s| s.state == berth_os::diag::TCP_CLOSE))
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// Binds again after a hold socket was given up and the first bind found the port in use. A
 /// closed descriptor keeps its port while a copy lives on, and a process that forks (a test
 /// process running an in-process daemon and spawning a child, say) has copies of every
-/// descriptor until the child calls exec — a millisecond or so. When the kernel lists no socket
-/// on the port at all, that is what happened: try again a few times, briefly.
+/// descriptor until the child calls exec — a millisecond or so. While the kernel lists only
+/// sockets that may be closing on the port, that may be what happened: try again a few times,
+/// briefly.
 async fn bind_after_release(
     fd: BorrowedFd<'_>,
     protocol: Protocol,
     target: SocketAddr,
 ) -> rustix::io::Result<()> {
-    for _ in 0..20 {
+    for _ in 0..RELEASE_TRIES {
         // The kernel's socket list alone: no /proc scan for owners is needed here.
-        let port = target.port();
-        let nobody = tokio::task::spawn_blocking(move || {
-            crate::host::diag::sockets_on(protocol, port, 1).is_ok_and(|sockets| sockets.is_empty())
-        })
-        .await
-        .unwrap_or(false);
-        if !nobody {
+        if !only_closing(protocol, target.port()).await {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -219,6 +246,47 @@ async fn bind_after_release(
         }
     }
     Err(rustix::io::Errno::ADDRINUSE)
+}
+
+/// When no port of the block could be bound: the first of `busy` that comes free within a few
+/// milliseconds while only sockets that may be closing keep it. A socket closed by its owner
+/// keeps its port until its last reference goes, and that reference may be another process's
+/// for a moment — a child forked before it was closed, or a process reading `/proc/PID/fd`
+/// (listing a process's descriptors takes a reference to each) — so an owner that closes a
+/// socket and at once asks for its port again may find it taken. A port the owner never bound
+/// is tested again first, as on the first pass. Only on the way to reservation-full, and for
+/// at most [`RELEASE_PORTS`] ports.
+async fn bind_when_released(
+    fd: BorrowedFd<'_>,
+    facts: SocketFacts,
+    protocol: Protocol,
+    address: IpAddr,
+    busy: &[(u16, PortUse)],
+) -> Option<u16> {
+    let mut waiting: Vec<(u16, PortUse)> = busy.iter().copied().take(RELEASE_PORTS).collect();
+    for _ in 0..RELEASE_TRIES {
+        let mut closing = Vec::with_capacity(waiting.len());
+        for entry in waiting {
+            if only_closing(protocol, entry.0).await {
+                closing.push(entry);
+            }
+        }
+        waiting = closing;
+        if waiting.is_empty() {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        for &(port, known) in &waiting {
+            let target = SocketAddr::new(address, port);
+            if known == PortUse::Free && probe(facts, target).is_err() {
+                continue;
+            }
+            if rustix::net::bind(fd, &target).is_ok() {
+                return Some(port);
+            }
+        }
+    }
+    None
 }
 
 /// Ends the TIME_WAIT connections of TCP `port` (on the blocking pool); whether any were.

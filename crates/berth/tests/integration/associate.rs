@@ -300,3 +300,34 @@ print(answer(conn).hex())
         Response::Released(_)
     ));
 }
+
+/// A socket its owner closed keeps its port while another reference to it lives for a moment
+/// (a child forked before the close, a process listing the owner's descriptors in
+/// `/proc/PID/fd`): an associate made right after the close gets the port once that reference
+/// goes, not reservation-full. (Two ports, both in use that way, for TCP and UDP.)
+#[tokio::test]
+async fn a_port_kept_a_moment_by_a_closing_socket_is_bound_once_it_is_released() {
+    let daemon = TestDaemon::start(14700, 14799);
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    for ty in [Type::STREAM, Type::DGRAM] {
+        let protocol = if ty == Type::STREAM {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        let r = client.acquire_unheld(protocol, 0, 1).await.unwrap();
+        let first = socket(Domain::IPV4, ty);
+        let port = r.bind(&first, None).await.unwrap();
+        // Another reference to the same socket, dropped a moment after the owner's close (a
+        // thread standing for the forked child or the /proc reader).
+        let copy = first.try_clone().unwrap();
+        drop(first);
+        let lingering = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            drop(copy);
+        });
+        let again = socket(Domain::IPV4, ty);
+        assert_eq!(r.bind(&again, None).await.unwrap(), port, "{protocol}");
+        lingering.join().unwrap();
+    }
+}
