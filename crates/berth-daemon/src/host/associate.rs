@@ -203,30 +203,38 @@ pub(crate) async fn bind_from(
     ))
 }
 
-/// How many times, a millisecond apart, a port that only a closing socket may keep is tried
-/// again ([`bind_after_release`], [`bind_when_released`]).
-const RELEASE_TRIES: usize = 20;
+/// The waits before each new try of a port that only a closing socket may keep
+/// ([`bind_after_release`], [`bind_when_released`]): 31 ms in all.
+const RELEASE_DELAYS_MS: [u64; 5] = [1, 2, 4, 8, 16];
 
 /// The most ports of a block [`bind_when_released`] waits for.
 const RELEASE_PORTS: usize = 8;
 
-/// Whether what keeps `port` may be a socket on its way out: the kernel lists none on it, or
-/// only bound sockets that neither listen nor are connected — which is what a closed socket
-/// looks like while its last reference is being dropped (kernel 6.7 and later list such
-/// sockets; earlier ones list nothing). A netlink dump: on the blocking pool.
-async fn only_closing(protocol: Protocol, port: u16) -> bool {
+/// Which of `ports` may be kept only by a socket on its way out: the kernel lists no socket on
+/// it, or only bound sockets that neither listen nor are connected — what a closed socket looks
+/// like while its last reference is being dropped (kernel 6.7 and later list such sockets;
+/// earlier ones list nothing). Looked at once per request (two netlink dumps a port, on the
+/// blocking pool), not once per try: the tries are binds, which cost the daemon next to
+/// nothing however often a client asks.
+async fn only_closing(protocol: Protocol, ports: Vec<u16>) -> Vec<u16> {
     tokio::task::spawn_blocking(move || {
-        crate::host::diag::sockets_on(protocol, port, 16)
-            .is_ok_and(|sockets| sockets.iter().all(|s| s.state == berth_os::diag::TCP_CLOSE))
+        ports
+            .into_iter()
+            .filter(|&port| {
+                crate::host::diag::sockets_on(protocol, port, 16).is_ok_and(|sockets| {
+                    sockets.iter().all(|s| s.state == berth_os::diag::TCP_CLOSE)
+                })
+            })
+            .collect()
     })
     .await
-    .unwrap_or(false)
+    .unwrap_or_default()
 }
 
 /// Binds again after a hold socket was given up and the first bind found the port in use. A
 /// closed descriptor keeps its port while a copy lives on, and a process that forks (a test
 /// process running an in-process daemon and spawning a child, say) has copies of every
-/// descriptor until the child calls exec — a millisecond or so. While the kernel lists only
+/// descriptor until the child calls exec — a millisecond or so. When the kernel lists only
 /// sockets that may be closing on the port, that may be what happened: try again a few times,
 /// briefly.
 async fn bind_after_release(
@@ -234,12 +242,12 @@ async fn bind_after_release(
     protocol: Protocol,
     target: SocketAddr,
 ) -> rustix::io::Result<()> {
-    for _ in 0..RELEASE_TRIES {
-        // The kernel's socket list alone: no /proc scan for owners is needed here.
-        if !only_closing(protocol, target.port()).await {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    // The kernel's socket list alone: no /proc scan for owners is needed here.
+    if only_closing(protocol, vec![target.port()]).await.is_empty() {
+        return Err(rustix::io::Errno::ADDRINUSE);
+    }
+    for ms in RELEASE_DELAYS_MS {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         match rustix::net::bind(fd, &target) {
             Err(rustix::io::Errno::ADDRINUSE) => continue,
             other => return other,
@@ -263,19 +271,25 @@ async fn bind_when_released(
     address: IpAddr,
     busy: &[(u16, PortUse)],
 ) -> Option<u16> {
-    let mut waiting: Vec<(u16, PortUse)> = busy.iter().copied().take(RELEASE_PORTS).collect();
-    for _ in 0..RELEASE_TRIES {
-        let mut closing = Vec::with_capacity(waiting.len());
-        for entry in waiting {
-            if only_closing(protocol, entry.0).await {
-                closing.push(entry);
-            }
-        }
-        waiting = closing;
-        if waiting.is_empty() {
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    let ports: Vec<u16> = busy
+        .iter()
+        .map(|&(port, _)| port)
+        .take(RELEASE_PORTS)
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    let closing = only_closing(protocol, ports).await;
+    let waiting: Vec<(u16, PortUse)> = busy
+        .iter()
+        .copied()
+        .filter(|(port, _)| closing.contains(port))
+        .collect();
+    if waiting.is_empty() {
+        return None;
+    }
+    for ms in RELEASE_DELAYS_MS {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         for &(port, known) in &waiting {
             let target = SocketAddr::new(address, port);
             if known == PortUse::Free && probe(facts, target).is_err() {
