@@ -61,6 +61,8 @@ pub struct Bound {
     pub state: u8,
     /// The socket's inode; 0 for sockets no descriptor refers to (`TIME_WAIT`).
     pub inode: u64,
+    /// The user that created the socket (its file's owner).
+    pub uid: u32,
     /// The kernel's full name of the socket (addresses, ports, cookie): what `SOCK_DESTROY`
     /// takes.
     id: SocketId,
@@ -331,6 +333,7 @@ fn dump_once(
                             ),
                             state: header.state,
                             inode: u64::from(header.inode),
+                            uid: header.uid,
                             id: header.socket_id.clone(),
                         });
                         if found.len() >= limit {

@@ -139,9 +139,11 @@ pub(crate) async fn bind_from(
     plan: &BindPlan,
     address: IpAddr,
     held: Option<(&Holds, Token)>,
+    uid: u32,
 ) -> Result<u16, Refusal> {
     // Ports found in use, to look at again should none be free (see `bind_when_released`).
     let mut busy: Vec<(u16, PortUse)> = Vec::new();
+    let mut patience = Patience::of(uid);
     for &(port, known) in &plan.order {
         let target = SocketAddr::new(address, port);
         // A held port: its hold sockets go (all of them: the owner's earlier sockets there
@@ -165,7 +167,7 @@ pub(crate) async fn bind_from(
         }
         let mut bound = rustix::net::bind(fd, &target);
         if given_up && bound == Err(rustix::io::Errno::ADDRINUSE) {
-            bound = bind_after_release(fd, plan.protocol, target).await;
+            bound = bind_after_release(fd, plan.protocol, target, &mut patience).await;
         }
         // The owner's earlier connections on its own port, lingering in TIME_WAIT, keep a
         // socket without SO_REUSEADDR out: a daemon that may ends them (as `ss -K` does), so
@@ -191,7 +193,12 @@ pub(crate) async fn bind_from(
             Err(e) => return Err(bind_refusal(&e.into(), target)),
         }
     }
-    if let Some(port) = bind_when_released(fd, facts, plan.protocol, address, &busy).await {
+    if let Some(port) =
+        bind_when_released(fd, (facts, plan.protocol, address), &busy, &mut patience).await
+    {
+        if let Some((holds, token)) = held {
+            holds.fill(token, plan.protocol, port);
+        }
         return Ok(port);
     }
     Err((
@@ -203,26 +210,59 @@ pub(crate) async fn bind_from(
     ))
 }
 
-/// The waits before each new try of a port that only a closing socket may keep
-/// ([`bind_after_release`], [`bind_when_released`]): 31 ms in all.
+/// The waits before each new try of a port that only a closing socket may keep: 31 ms in all,
+/// for one request however many of its ports are tried (see [`Patience`]).
 const RELEASE_DELAYS_MS: [u64; 5] = [1, 2, 4, 8, 16];
 
 /// The most ports of a block [`bind_when_released`] waits for.
 const RELEASE_PORTS: usize = 8;
 
-/// Which of `ports` may be kept only by a socket on its way out: the kernel lists no socket on
-/// it, or only bound sockets that neither listen nor are connected — what a closed socket looks
-/// like while its last reference is being dropped (kernel 6.7 and later list such sockets;
-/// earlier ones list nothing). Looked at once per request (two netlink dumps a port, on the
-/// blocking pool), not once per try: the tries are binds, which cost the daemon next to
-/// nothing however often a client asks.
-async fn only_closing(protocol: Protocol, ports: Vec<u16>) -> Vec<u16> {
+/// What one request may still wait for sockets on their way out ([`bind_after_release`],
+/// [`bind_when_released`]): [`RELEASE_DELAYS_MS`] once, shared by every port it tries, so a
+/// request that ends in reservation-full waits at most 31 ms, and only for sockets of its own
+/// user.
+struct Patience {
+    /// The requester's user: only its sockets may be the closing ones it waits for.
+    uid: u32,
+    /// The delays used so far.
+    used: usize,
+}
+
+impl Patience {
+    fn of(uid: u32) -> Self {
+        Patience { uid, used: 0 }
+    }
+
+    /// Waits the next delay; `false` (at once) when none is left.
+    async fn wait(&mut self) -> bool {
+        let Some(&ms) = RELEASE_DELAYS_MS.get(self.used) else {
+            return false;
+        };
+        self.used += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        true
+    }
+
+    fn exhausted(&self) -> bool {
+        self.used >= RELEASE_DELAYS_MS.len()
+    }
+}
+
+/// Which of `ports` may be kept only by a socket of `uid`'s on its way out: the kernel lists no
+/// socket on it, or only `uid`'s bound sockets that neither listen nor are connected — what a
+/// closed socket looks like while its last reference is being dropped (kernel 6.7 and later
+/// list such sockets; earlier ones list nothing). Another user's socket is never waited for.
+/// Looked at once per request (two netlink dumps a port, on the blocking pool), not once per
+/// try: the tries are binds, which cost the daemon next to nothing.
+async fn only_closing(protocol: Protocol, ports: Vec<u16>, uid: u32) -> Vec<u16> {
     tokio::task::spawn_blocking(move || {
         ports
             .into_iter()
             .filter(|&port| {
                 crate::host::diag::sockets_on(protocol, port, 16).is_ok_and(|sockets| {
-                    sockets.iter().all(|s| s.state == berth_os::diag::TCP_CLOSE)
+                    sockets
+                        .iter()
+                        .all(|s| s.state == berth_os::diag::TCP_CLOSE && s.uid == uid)
                 })
             })
             .collect()
@@ -235,19 +275,23 @@ async fn only_closing(protocol: Protocol, ports: Vec<u16>) -> Vec<u16> {
 /// closed descriptor keeps its port while a copy lives on, and a process that forks (a test
 /// process running an in-process daemon and spawning a child, say) has copies of every
 /// descriptor until the child calls exec — a millisecond or so. When the kernel lists only
-/// sockets that may be closing on the port, that may be what happened: try again a few times,
-/// briefly.
+/// sockets of the requester's that may be closing on the port, that may be what happened: try
+/// again a few times, briefly, within the request's [`Patience`].
 async fn bind_after_release(
     fd: BorrowedFd<'_>,
     protocol: Protocol,
     target: SocketAddr,
+    patience: &mut Patience,
 ) -> rustix::io::Result<()> {
     // The kernel's socket list alone: no /proc scan for owners is needed here.
-    if only_closing(protocol, vec![target.port()]).await.is_empty() {
+    if patience.exhausted()
+        || only_closing(protocol, vec![target.port()], patience.uid)
+            .await
+            .is_empty()
+    {
         return Err(rustix::io::Errno::ADDRINUSE);
     }
-    for ms in RELEASE_DELAYS_MS {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    while patience.wait().await {
         match rustix::net::bind(fd, &target) {
             Err(rustix::io::Errno::ADDRINUSE) => continue,
             other => return other,
@@ -256,30 +300,29 @@ async fn bind_after_release(
     Err(rustix::io::Errno::ADDRINUSE)
 }
 
-/// When no port of the block could be bound: the first of `busy` that comes free within a few
-/// milliseconds while only sockets that may be closing keep it. A socket closed by its owner
-/// keeps its port until its last reference goes, and that reference may be another process's
-/// for a moment — a child forked before it was closed, or a process reading `/proc/PID/fd`
-/// (listing a process's descriptors takes a reference to each) — so an owner that closes a
-/// socket and at once asks for its port again may find it taken. A port the owner never bound
-/// is tested again first, as on the first pass. Only on the way to reservation-full, and for
-/// at most [`RELEASE_PORTS`] ports.
+/// When no port of the block could be bound: the first of `busy` that comes free within the
+/// request's [`Patience`] while only the requester's sockets that may be closing keep it. A
+/// socket closed by its owner keeps its port until its last reference goes, and that reference
+/// may be another process's for a moment — a child forked before it was closed, or a process
+/// reading `/proc/PID/fd` (listing a process's descriptors takes a reference to each) — so an
+/// owner that closes a socket and at once asks for its port again may find it taken. A port
+/// the owner never bound is tested again first, as on the first pass. Only on the way to
+/// reservation-full, and for at most [`RELEASE_PORTS`] ports.
 async fn bind_when_released(
     fd: BorrowedFd<'_>,
-    facts: SocketFacts,
-    protocol: Protocol,
-    address: IpAddr,
+    (facts, protocol, address): (SocketFacts, Protocol, IpAddr),
     busy: &[(u16, PortUse)],
+    patience: &mut Patience,
 ) -> Option<u16> {
     let ports: Vec<u16> = busy
         .iter()
         .map(|&(port, _)| port)
         .take(RELEASE_PORTS)
         .collect();
-    if ports.is_empty() {
+    if ports.is_empty() || patience.exhausted() {
         return None;
     }
-    let closing = only_closing(protocol, ports).await;
+    let closing = only_closing(protocol, ports, patience.uid).await;
     let waiting: Vec<(u16, PortUse)> = busy
         .iter()
         .copied()
@@ -288,8 +331,7 @@ async fn bind_when_released(
     if waiting.is_empty() {
         return None;
     }
-    for ms in RELEASE_DELAYS_MS {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    while patience.wait().await {
         for &(port, known) in &waiting {
             let target = SocketAddr::new(address, port);
             if known == PortUse::Free && probe(facts, target).is_err() {

@@ -540,7 +540,8 @@ impl Shared {
         }
         // The binds happen outside the table lock; the kernel arbitrates between them.
         let held = plan.held.then_some((&*self.holds, token));
-        match associate::bind_from(fd.as_fd(), facts, &plan, address, held).await {
+        let uid = requester.process.uid;
+        match associate::bind_from(fd.as_fd(), facts, &plan, address, held, uid).await {
             Ok(port) => {
                 self.table().note_bound(token, port);
                 tracing::debug!(%token, port, pid = requester.process.pid, "socket bound");
