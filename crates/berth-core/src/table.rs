@@ -201,14 +201,22 @@ impl Table {
         }
         let count = stripe.count().min(self.pool.range().count());
         let current = self.usable_in(stripe, now_ms);
+        // Ports that came back (their cool-down over, reservations released) count as placed.
+        self.stripe_fill = self.stripe_fill.max(current);
         if current > 0 && current * 2 >= self.stripe_fill {
             return None;
         }
         let past_stripe = self.block_after(stripe, count);
-        let at_cursors = [self.tcp.marks().0, self.udp.marks().0]
-            .map(|cursor| self.block_at(cursor, count))
+        let (tcp, udp) = (self.tcp.marks().0, self.udp.marks().0);
+        // One walk when both cursors are at the same place.
+        let cursors = if tcp == udp {
+            vec![tcp]
+        } else {
+            vec![tcp, udp]
+        };
+        let at_cursors = cursors
             .into_iter()
-            .flatten();
+            .filter_map(|cursor| self.block_at(cursor, count));
         // The best block seen: (usable ports, block, placed at a cursor).
         let mut best: Option<(u32, PortRange, bool)> = None;
         for (first, from_cursor) in past_stripe
@@ -218,15 +226,15 @@ impl Table {
         {
             let mut at = first;
             for _ in 0..STRIPE_LOOKAHEAD {
-                if at == stripe {
-                    break;
-                }
-                let usable = self.usable_in(at, now_ms);
-                if usable * 2 >= u32::from(count) {
-                    return Some(self.move_stripe(at, usable, from_cursor));
-                }
-                if best.is_none_or(|(most, _, _)| usable > most) {
-                    best = Some((usable, at, from_cursor));
+                // The stripe itself is no candidate (a cursor may sit at its start).
+                if at != stripe {
+                    let usable = self.usable_in(at, now_ms);
+                    if usable * 2 >= u32::from(count) {
+                        return Some(self.move_stripe(at, usable, from_cursor));
+                    }
+                    if best.is_none_or(|(most, _, _)| usable > most) {
+                        best = Some((usable, at, from_cursor));
+                    }
                 }
                 let Some(next) = self.block_after(at, count) else {
                     break;
@@ -263,17 +271,21 @@ impl Table {
         self.block_at(block.end().checked_add(1).unwrap_or(0), count)
     }
 
-    /// Makes `at`, with `usable` ports usable, the stripe; `past_it`: the wildcard searches'
-    /// cursors inside it move past it.
+    /// Makes `at`, with `usable` ports usable, the stripe; `past_it` (found by a walk from the
+    /// wildcard searches' cursors): a cursor inside it, or within the walk's reach before it,
+    /// moves past it, so that held grants go on beside it rather than into it.
     fn move_stripe(&mut self, at: PortRange, usable: u32, past_it: bool) -> PortRange {
         self.stripe = Some(at);
         self.stripe_fill = usable;
         let after = self
             .block_at(at.end().checked_add(1).unwrap_or(0), 1)
             .map_or(self.pool.range().start(), |b| b.start());
+        let reach = u32::from(at.count()) * STRIPE_LOOKAHEAD as u32;
         for space in [&mut self.tcp, &mut self.udp] {
             space.restart_stripe_at(at.start());
-            if past_it && at.contains(space.marks().0) {
+            let cursor = space.marks().0;
+            let before = u32::from(at.start()).saturating_sub(u32::from(cursor));
+            if past_it && cursor <= at.end() && (at.contains(cursor) || before <= reach) {
                 space.restart_at(after);
             }
         }

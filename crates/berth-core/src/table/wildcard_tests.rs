@@ -564,3 +564,20 @@ fn with_no_block_half_usable_the_stripe_moves_to_a_better_one_and_waits_for_half
     assert_eq!(t.advance_stripe(0), Some(range(1024, 8)));
     assert_eq!(a.wildcard(&mut t, 1, false).range.start(), 1029);
 }
+
+#[test]
+fn a_stripe_found_a_few_blocks_past_the_cursor_sends_the_cursor_past_it() {
+    let mut t = Table::new(Pool::new(1000, 1999).unwrap());
+    t.set_stripe(Some(range(1000, 4)));
+    t.set_reuse_cool_down(60_000);
+    let mut a = Asker { tokens: 0 };
+    for now in 0..200 {
+        take_and_free_as(&mut t, &mut a, now, true);
+    }
+    // The cursor's own block is mostly taken: the stripe goes to the next one.
+    a.acquire(&mut t, RangeRequest::Specific(range(1200, 3)), true)
+        .unwrap();
+    assert_eq!(t.advance_stripe(300), Some(range(1204, 4)));
+    // Held grants go on past the stripe, not into it.
+    assert_eq!(take_and_free_as(&mut t, &mut a, 301, true), 1208);
+}
