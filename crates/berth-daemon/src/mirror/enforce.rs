@@ -563,6 +563,9 @@ impl Enforcer {
     pub(crate) fn switch(&self, on: bool, owned: &[Reservation]) -> io::Result<()> {
         self.switched_off
             .store(!on, std::sync::atomic::Ordering::Relaxed);
+        // An administrator's switch starts afresh: an earlier failed attach is not reported
+        // any more (the next request tries again, and says why if it fails).
+        self.state().attach_failed = None;
         if !on {
             let mut state = self.state();
             if let Some(mut programs) = state.programs.take() {

@@ -359,10 +359,10 @@ fn a_failed_attach_is_refused_with_its_cause_and_status_says_it() {
     .unwrap();
     let args = ["--kernel-sync", "off", "--pool", "41700-41799"];
     let daemon = Daemon::start(&ns, dir.path(), &args, None);
-    let status = |ns: &Netns| -> Value {
+    let status_now = |ns: &Netns| -> Value {
         serde_json::from_str(&ok(&mut ns.berth(&daemon.socket, &["status", "--json"]))).unwrap()
     };
-    assert_eq!(status(&ns)["enforce"]["available"], true);
+    assert_eq!(status_now(&ns)["enforce"]["available"], true);
     let out = run(&mut ns.berth(
         &daemon.socket,
         &["run", "--enforce", "--tcp", "1", "--", "true"],
@@ -371,7 +371,7 @@ fn a_failed_attach_is_refused_with_its_cause_and_status_says_it() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("not-there"), "{stderr}");
     assert!(listed(&ns, &daemon.socket, 41700).is_none());
-    let status = status(&ns);
+    let status = status_now(&ns);
     assert_eq!(status["enforce"]["available"], false, "{status}");
     let because = status["enforce"]["unavailable_because"].as_str().unwrap();
     assert!(
@@ -380,6 +380,9 @@ fn a_failed_attach_is_refused_with_its_cause_and_status_says_it() {
         "{status}"
     );
     assert_eq!(status["mode"], "hold", "{status}");
+    // An administrator's `enforce on` starts afresh: the failure is no longer reported.
+    ok(&mut ns.berth(&daemon.socket, &["enforce", "on"]));
+    assert_eq!(status_now(&ns)["enforce"]["available"], true);
 }
 
 #[test]
