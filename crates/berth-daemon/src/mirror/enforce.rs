@@ -216,6 +216,12 @@ impl Enforcer {
             Ok(mount) => mount,
             Err(e) => return Some(e.to_string()),
         };
+        if let Some(at) = self.settings.attach.as_ref().filter(|at| !at.is_dir()) {
+            return Some(format!(
+                "the attach point {} (enforce_attach) is not a cgroup directory; an administrator corrects enforce_attach (docs/configuration.md)",
+                at.display()
+            ));
+        }
         // Cgroups are made there (berth run --enforce): a read-only hierarchy (a service with
         // ProtectControlGroups=yes) cannot take them.
         let parent = self.settings.cgroups.clone().unwrap_or(mount);
@@ -429,7 +435,7 @@ impl Enforcer {
             if e.to_string().contains(&at.display().to_string()) {
                 e
             } else {
-                said("attaching the programs at the attach point", &at, e)
+                said("the attach point", &at, e)
             }
         })?;
         // The daemon binds for its clients (associate, hold sockets): its cgroup is exempt — a

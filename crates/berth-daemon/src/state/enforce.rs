@@ -98,17 +98,24 @@ impl Shared {
         let process = requester.process.clone();
         let made = tokio::task::spawn_blocking(move || {
             enforcer.ensure_attached().map_err(|e| {
-                // Refused by the kernel for good (an exclusive program at an ancestor): the
-                // mode is not available here, which is what the client must hear.
-                let kind = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    ErrorKind::NotSupported
+                // Refused by the kernel for good (an exclusive program at an ancestor), or an
+                // attach point that is not there: the mode is not available here, which is
+                // what the client must hear, with who can change that.
+                let lasting = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+                );
+                if lasting {
+                    (
+                        ErrorKind::NotSupported,
+                        format!("the daemon could not attach its enforcement programs: {e}; an administrator can change what this names (or enforce_attach, docs/configuration.md), or switch enforce mode off with berth enforce off"),
+                    )
                 } else {
-                    ErrorKind::Unavailable
-                };
-                (
-                    kind,
-                    format!("the daemon could not attach its enforcement programs: {e}"),
-                )
+                    (
+                        ErrorKind::Unavailable,
+                        format!("the daemon could not attach its enforcement programs: {e}; retry"),
+                    )
+                }
             })?;
             match &enforce {
                 Enforce::NewCgroup => {
