@@ -50,6 +50,13 @@ const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_S_GE: u8 = 2;
 const INET_DIAG_BC_S_LE: u8 = 3;
 
+/// The kernel's `idiag_cookie`: two 32-bit halves in host order, the low one first (what
+/// `bpf_get_socket_cookie()` returns whole).
+fn diag_cookie(bytes: [u8; 8]) -> u64 {
+    let [a, b, c, d, e, f, g, h] = bytes;
+    u64::from(u32::from_ne_bytes([a, b, c, d])) | u64::from(u32::from_ne_bytes([e, f, g, h])) << 32
+}
+
 /// One socket bound to the port, as the kernel lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bound {
@@ -63,6 +70,8 @@ pub struct Bound {
     pub inode: u64,
     /// The user that created the socket (its file's owner).
     pub uid: u32,
+    /// The socket's cookie (what BPF programs name it by).
+    pub cookie: u64,
     /// The kernel's full name of the socket (addresses, ports, cookie): what `SOCK_DESTROY`
     /// takes.
     id: SocketId,
@@ -334,6 +343,7 @@ fn dump_once(
                             state: header.state,
                             inode: u64::from(header.inode),
                             uid: header.uid,
+                            cookie: diag_cookie(header.socket_id.cookie),
                             id: header.socket_id.clone(),
                         });
                         if found.len() >= limit {

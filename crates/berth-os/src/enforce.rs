@@ -398,6 +398,68 @@ impl Programs {
         Ok(())
     }
 
+    /// Claims `port` for the socket whose cookie is `cookie`, unless a socket claims it already:
+    /// for sockets bound where the programs did not see them claim it (before they were
+    /// attached — `berth enforce on`, a restart with fresh maps — or by the daemon for its
+    /// clients), so that an owner's `bind(0)` is not steered onto a port one of its sockets
+    /// holds. Such a claim is not given back by the socket's release (the programs never saw
+    /// it): [`Programs::give_back`] does that once the socket is gone. Returns whether it
+    /// claimed the port.
+    pub fn claim(
+        &mut self,
+        netns: u64,
+        (protocol, port): (Protocol, u16),
+        cookie: u64,
+    ) -> io::Result<bool> {
+        let k = key(netns, protocol, port);
+        let mut claims = self.hash::<Key, Held>("claims")?;
+        // BPF_NOEXIST for a port never claimed, BPF_EXIST over a claim given back: a program
+        // claiming it meanwhile makes the update fail rather than be overwritten… mostly (a
+        // give-back and a new claim between the read and the update are not told apart).
+        let flags = match claims.get(&k, 0) {
+            Ok(held) if held.cookie != 0 => return Ok(false),
+            Ok(_) => 2,
+            Err(_) => 1,
+        };
+        match claims.insert(
+            k,
+            Held {
+                cookie,
+                released: 0,
+            },
+            flags,
+        ) {
+            Ok(()) => Ok(true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Gives back the claim of `port` held by the socket `cookie` (only its own), marking when,
+    /// as the socket's release would have.
+    pub fn give_back(
+        &mut self,
+        netns: u64,
+        (protocol, port): (Protocol, u16),
+        cookie: u64,
+    ) -> io::Result<()> {
+        let k = key(netns, protocol, port);
+        let mut claims = self.hash::<Key, Held>("claims")?;
+        if claims.get(&k, 0).is_ok_and(|held| held.cookie == cookie) {
+            let released = u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX);
+            claims
+                .insert(
+                    k,
+                    Held {
+                        cookie: 0,
+                        released,
+                    },
+                    2,
+                )
+                .map_err(|e| failed("giving a claim back", e))?;
+        }
+        Ok(())
+    }
+
     /// Removes the pins: the programs detach when these [`Programs`] are dropped.
     pub fn unpin(&mut self) -> io::Result<()> {
         for (path, pinned) in self.pinned.drain(..) {

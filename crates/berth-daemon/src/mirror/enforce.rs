@@ -57,6 +57,9 @@ fn said(what: &str, dir: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what} ({}): {e}{hint}", dir.display()))
 }
 
+/// The most sockets listed per owned block and address family when claims are reconciled.
+const CLAIMS_LISTED: usize = 4096;
+
 /// The most ports whose refusals are logged per lease renewal.
 const LOGGED_PER_CALL: usize = 8;
 
@@ -144,6 +147,9 @@ struct State {
     /// Why the last attempt to attach the programs failed, until one succeeds (an exclusive
     /// program at an ancestor of the attach point, say): `berth status` says it.
     attach_failed: Option<String>,
+    /// Claims the daemon made for sockets the programs did not see bind, by port: the socket's
+    /// cookie (see [`Enforcer::reconcile_claims`]).
+    seeded: HashMap<(Protocol, u16), u64>,
 }
 
 /// Enforce mode's state: the programs (while attached), the owned blocks, the owner cgroups.
@@ -459,6 +465,9 @@ impl Enforcer {
         programs.renew_lease(berth_os::enforce::monotonic_now() + self.settings.lease)?;
         tracing::info!("enforce mode: programs attached at {}", at.display());
         state.programs = Some(programs);
+        // New maps, or maps an earlier daemon left: claims are made again from the kernel's
+        // sockets (see `reconcile_claims`).
+        state.seeded.clear();
         state.attached_at = Some(at);
         Ok(())
     }
@@ -574,6 +583,7 @@ impl Enforcer {
         self.state().attach_failed = None;
         if !on {
             let mut state = self.state();
+            state.seeded.clear();
             if let Some(mut programs) = state.programs.take() {
                 programs.unpin()?;
                 tracing::warn!("enforce mode switched off by an administrator: programs detached; cgroup-owned reservations are kept by the reserved-ports list only");
@@ -603,6 +613,87 @@ impl Enforcer {
                 "enforce mode: cannot remove the daemon's cgroup {}: {e}",
                 leaf.display()
             );
+        }
+    }
+
+    /// Claims, for the owners' sockets the programs did not see bind, the ports they hold —
+    /// sockets bound before the programs were attached (`berth enforce on`, a daemon that
+    /// started with fresh maps) or bound by the daemon for its clients — so that an owner's
+    /// `bind(0)` is not steered onto a port one of them holds (it would fail with
+    /// `EADDRINUSE`); and gives those claims back once their socket is gone (the programs see
+    /// no release of a socket whose bind they did not see). One socket dump per owned block:
+    /// run it off the serving threads, after `berth enforce on` and with every lease renewal.
+    pub(crate) fn reconcile_claims(&self) {
+        let Ok(netns) = self.netns.clone() else {
+            return;
+        };
+        let blocks: Vec<(Protocol, PortRange)> = {
+            let state = self.state();
+            if state.programs.is_none() {
+                return;
+            }
+            state
+                .owned
+                .values()
+                .map(|o| (o.protocol, o.range))
+                .collect()
+        };
+        // The live sockets on the owned ports, by port (no lock held while the kernel is asked).
+        let mut live: HashMap<(Protocol, u16), Vec<u64>> = HashMap::new();
+        for (protocol, range) in blocks {
+            let sockets = match berth_os::diag::sockets_in(
+                protocol,
+                (range.start(), range.end()),
+                CLAIMS_LISTED,
+            ) {
+                Ok(sockets) => sockets,
+                Err(e) => {
+                    tracing::debug!(
+                        "enforce mode: cannot list the sockets of {protocol} {range}: {e}"
+                    );
+                    continue;
+                }
+            };
+            for s in sockets {
+                if s.inode != 0 && s.cookie != 0 {
+                    live.entry((protocol, s.local.port()))
+                        .or_default()
+                        .push(s.cookie);
+                }
+            }
+        }
+        let mut state = self.state();
+        let State {
+            programs, seeded, ..
+        } = &mut *state;
+        let Some(programs) = programs else {
+            return;
+        };
+        seeded.retain(|&(protocol, port), cookie| {
+            let alive = live
+                .get(&(protocol, port))
+                .is_some_and(|cookies| cookies.contains(cookie));
+            if !alive {
+                if let Err(e) = programs.give_back(netns, (protocol, port), *cookie) {
+                    tracing::warn!("enforce mode: cannot give a claim back: {e}");
+                }
+            }
+            alive
+        });
+        for (&(protocol, port), cookies) in &live {
+            if seeded.contains_key(&(protocol, port)) {
+                continue;
+            }
+            let Some(&cookie) = cookies.first() else {
+                continue;
+            };
+            match programs.claim(netns, (protocol, port), cookie) {
+                Ok(true) => {
+                    seeded.insert((protocol, port), cookie);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("enforce mode: cannot claim {protocol} port {port}: {e}"),
+            }
         }
     }
 
@@ -775,6 +866,7 @@ impl Enforcer {
             }
         }
         if empty {
+            state.seeded.clear();
             if let Some(mut programs) = state.programs.take() {
                 if let Err(e) = programs.unpin() {
                     tracing::error!("enforce mode: cannot unpin the programs: {e}");

@@ -116,6 +116,9 @@ pub(super) fn watch_cgroups(
                 _ = renew.tick() => {
                     shared.enforcer().renew();
                     shared.enforcer().log_refusals();
+                    // Socket dumps: on the blocking pool.
+                    let enforcer = shared.enforcer_handle();
+                    let _ = tokio::task::spawn_blocking(move || enforcer.reconcile_claims()).await;
                     polled.retain(|(id, dir)| {
                         let gone = emptied(dir);
                         if gone {

@@ -314,6 +314,11 @@ impl Shared {
         &self.enforcer
     }
 
+    /// The enforcer, to hand to the blocking pool.
+    pub(crate) fn enforcer_handle(&self) -> std::sync::Arc<crate::mirror::enforce::Enforcer> {
+        self.enforcer.clone()
+    }
+
     /// The cgroups to watch (the first call only).
     pub(crate) fn take_cgroups_to_watch(
         &self,

@@ -137,7 +137,16 @@ impl Shared {
                 start,
                 count,
             } => self.lookup_persistent(protocol, start, count, &self.requester(peer, sender)),
-            Request::SetEnforce { on } => self.set_enforce(on, &self.requester(peer, sender)),
+            Request::SetEnforce { on } => {
+                let answer = self.set_enforce(on, &self.requester(peer, sender));
+                // Switched on: the owners' sockets bound meanwhile are claimed before the
+                // answer, so that their bind(0) is steered around them at once.
+                if on && !matches!(answer, Response::Error(_)) {
+                    let enforcer = self.enforcer_handle();
+                    let _ = tokio::task::spawn_blocking(move || enforcer.reconcile_claims()).await;
+                }
+                answer
+            }
             Request::List => self.list(peer),
             Request::Status => self.status(peer),
             Request::Hello(_) => error(

@@ -652,6 +652,89 @@ fn an_administrator_reserves_for_an_existing_cgroup_and_switches_enforcement_off
     assert!(service.exists());
 }
 
+/// A port an owner's socket bound while the programs were detached (`berth enforce off`, then
+/// `on`) is claimed for that socket when they come back: the owner's `bind(0)` is not steered
+/// onto it (it would fail with EADDRINUSE) but, its one-port block being taken, gets the
+/// kernel's pick.
+#[test]
+fn after_enforce_off_and_on_an_owner_s_bind_zero_is_not_steered_onto_its_own_bound_port() {
+    let Some(setup) = Setup::new("offon", "enforce_cgroups = \"{sub}/runs\"\n") else {
+        return;
+    };
+    let Setup {
+        ns,
+        dir,
+        subtree: _subtree,
+        bpffs: _bpffs,
+    } = setup;
+    let args = ["--kernel-sync", "off", "--pool", "41900-41999"];
+    let daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let sock = daemon.socket.clone();
+    let (go, done) = (dir.path().join("go"), dir.path().join("done"));
+    let (bound, result) = (dir.path().join("bound"), dir.path().join("result"));
+    let server = format!(
+        "import os, socket, time, errno\n\
+         deadline = time.time() + 30\n\
+         s = socket.socket()\n\
+         s.bind((\"127.0.0.1\", int(os.environ[\"PORT\"]))); s.listen()\n\
+         open(\"{bound}\", \"w\").write(\"bound\")\n\
+         while not os.path.exists(\"{go}\") and time.time() < deadline: time.sleep(0.02)\n\
+         t = socket.socket()\n\
+         try:\n\
+         \x20   t.bind((\"127.0.0.1\", 0)); said = \"port %d\" % t.getsockname()[1]\n\
+         except OSError as e:\n\
+         \x20   said = errno.errorcode[e.errno]\n\
+         open(\"{result}\", \"w\").write(said)\n\
+         while not os.path.exists(\"{done}\") and time.time() < deadline: time.sleep(0.02)\n",
+        bound = bound.display(),
+        go = go.display(),
+        result = result.display(),
+        done = done.display(),
+    );
+    std::fs::write(dir.path().join("server.py"), server).unwrap();
+    let launcher = format!(
+        "/usr/bin/python3 {} </dev/null >/dev/null 2>&1 & echo $PORT",
+        dir.path().join("server.py").display()
+    );
+    let port: u16 = ok(&mut ns.berth(
+        &sock,
+        &[
+            "run",
+            "--enforce",
+            "--tcp",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            &launcher,
+        ],
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    support::poll_until("the owner's server has bound its port", || {
+        bound.exists().then_some(())
+    });
+    ok(&mut ns.berth(&sock, &["enforce", "off"]));
+    ok(&mut ns.berth(&sock, &["enforce", "on"]));
+    std::fs::write(&go, "").unwrap();
+    let said = support::poll_until("the owner's bind(0) is done", || {
+        std::fs::read_to_string(&result)
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    std::fs::write(&done, "").unwrap();
+    let got: u16 = said
+        .strip_prefix("port ")
+        .unwrap_or_else(|| panic!("bind(0) failed: {said}"))
+        .parse()
+        .unwrap();
+    assert_ne!(got, port, "steered onto the port its own server holds");
+    support::poll_until("the block is released once the server exits", || {
+        listed(&ns, &sock, port).is_none().then_some(())
+    });
+}
+
 #[test]
 fn with_connect_steering_an_outgoing_connection_binds_into_the_block() {
     let Some(setup) = Setup::new(
