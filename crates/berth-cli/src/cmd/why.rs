@@ -132,6 +132,13 @@ fn explain(r: &PortReport) -> String {
             "reserved, kept by the kernel for its cgroup (enforce mode)".to_owned()
         }
         Some(res) if res.held => "reserved, held by berth until its owner binds it".to_owned(),
+        // Bound by a program that took the port by number (berth run's children), or the
+        // owner's sockets as another user sees them (whose they are is not shown): the kernel
+        // lists them.
+        Some(_) if !r.sockets.is_empty() => format!(
+            "reserved, and {} bound on it",
+            plural(r.sockets.len(), "socket")
+        ),
         Some(_) => "reserved, not bound by its owner".to_owned(),
         None if r.sockets.is_empty() => "free".to_owned(),
         None => format!(

@@ -282,3 +282,26 @@ fn why_exit_codes() {
     let report = d.json(&["why", "--udp", &port, "--json"]);
     assert_eq!(report["status"], "in_use");
 }
+
+#[test]
+fn why_says_a_reserved_port_has_sockets_a_program_bound_by_number() {
+    let d = Daemon::start("26440-26449");
+    // `berth run`'s child binds the port it was given by number (not through berth) and asks.
+    let script = "import os, socket, subprocess, sys\n\
+                  s = socket.socket(); s.bind((\"127.0.0.1\", int(os.environ[\"PORT\"]))); s.listen()\n\
+                  print(subprocess.run([sys.argv[1], \"why\", \"--tcp\", os.environ[\"PORT\"]], capture_output=True, text=True).stdout)";
+    let text = d.ok(&[
+        "run",
+        "--tcp",
+        "1",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        script,
+        BERTH,
+    ]);
+    assert!(
+        text.contains(": reserved, and 1 socket bound on it\n"),
+        "{text}"
+    );
+}
