@@ -314,17 +314,23 @@ fn the_stripe_moves_on_once_half_of_it_is_cooling() {
     assert_eq!(t.advance_stripe(5), Some(range(1054, 4)));
 }
 
-#[test]
-fn a_stripe_whose_neighbourhood_cools_moves_to_the_cursor_and_the_cursor_past_it() {
+/// A pool of 1000-1999 whose stripe is 1000-1003, after 200 held blocks taken and freed at
+/// once: held blocks pass the stripe by and go on from the cursor, leaving the stripe and
+/// every block the look-ahead past it reaches cooling, and the cursor at 1200.
+fn cooled_around_the_stripe() -> (Table, Asker) {
     let mut t = Table::new(Pool::new(1000, 1999).unwrap());
     t.set_stripe(Some(range(1000, 4)));
     t.set_reuse_cool_down(60_000);
     let mut a = Asker { tokens: 0 };
-    // Held blocks pass the stripe by and go on from the cursor: they leave the stripe and
-    // every block the look-ahead past it reaches cooling.
     for now in 0..200 {
         take_and_free_as(&mut t, &mut a, now, true);
     }
+    (t, a)
+}
+
+#[test]
+fn a_stripe_whose_neighbourhood_cools_moves_to_the_cursor_and_the_cursor_past_it() {
+    let (mut t, mut a) = cooled_around_the_stripe();
     assert_eq!(t.advance_stripe(300), Some(range(1200, 4)));
     // Unheld grants come from the new stripe; held ones go on past it.
     assert_eq!(take_and_free(&mut t, &mut a, 301), 1200);
@@ -567,13 +573,7 @@ fn with_no_block_half_usable_the_stripe_moves_to_a_better_one_and_waits_for_half
 
 #[test]
 fn a_stripe_found_a_few_blocks_past_the_cursor_sends_the_cursor_past_it() {
-    let mut t = Table::new(Pool::new(1000, 1999).unwrap());
-    t.set_stripe(Some(range(1000, 4)));
-    t.set_reuse_cool_down(60_000);
-    let mut a = Asker { tokens: 0 };
-    for now in 0..200 {
-        take_and_free_as(&mut t, &mut a, now, true);
-    }
+    let (mut t, mut a) = cooled_around_the_stripe();
     // The cursor's own block is mostly taken: the stripe goes to the next one.
     a.acquire(&mut t, RangeRequest::Specific(range(1200, 3)), true)
         .unwrap();

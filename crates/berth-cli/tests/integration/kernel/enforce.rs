@@ -134,6 +134,33 @@ fn binds_script(tcp: u16, udp: u16) -> String {
     )
 }
 
+/// A daemonizing command: `berth run --enforce --tcp 1` whose launcher starts `script` (Python,
+/// saved in `dir`) in the background and exits at once; the block's port.
+fn daemonized_server(ns: &Netns, socket: &Path, dir: &TempDir, script: &str) -> u16 {
+    let file = dir.path().join("server.py");
+    std::fs::write(&file, script).unwrap();
+    let launcher = format!(
+        "/usr/bin/python3 {} </dev/null >/dev/null 2>&1 & echo $PORT",
+        file.display()
+    );
+    ok(&mut ns.berth(
+        socket,
+        &[
+            "run",
+            "--enforce",
+            "--tcp",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            &launcher,
+        ],
+    ))
+    .trim()
+    .parse()
+    .unwrap()
+}
+
 /// The reservation of `list --json` starting at `start`, if any.
 fn listed(ns: &Netns, socket: &Path, start: u16) -> Option<Value> {
     let text = ok(&mut ns.berth(socket, &["list", "--json"]));
@@ -220,27 +247,7 @@ fn an_enforced_run_draws_bind_zero_from_its_block_and_outlives_its_launcher() {
         done = done.display(),
         result = result.display(),
     );
-    std::fs::write(dir.path().join("server.py"), server).unwrap();
-    let launcher = format!(
-        "/usr/bin/python3 {} </dev/null >/dev/null 2>&1 & echo $PORT",
-        dir.path().join("server.py").display()
-    );
-    let port: u16 = ok(&mut ns.berth(
-        &sock,
-        &[
-            "run",
-            "--enforce",
-            "--tcp",
-            "1",
-            "--",
-            "sh",
-            "-c",
-            &launcher,
-        ],
-    ))
-    .trim()
-    .parse()
-    .unwrap();
+    let port = daemonized_server(&ns, &sock, &dir, &server);
     // The launcher is gone; the block stays with its cgroup.
     let row = listed(&ns, &sock, port).expect("the block outlives its launcher");
     let cgroup = row["cgroup"].as_str().expect("a cgroup owner").to_owned();
@@ -691,27 +698,7 @@ fn after_enforce_off_and_on_an_owner_s_bind_zero_is_not_steered_onto_its_own_bou
         result = result.display(),
         done = done.display(),
     );
-    std::fs::write(dir.path().join("server.py"), server).unwrap();
-    let launcher = format!(
-        "/usr/bin/python3 {} </dev/null >/dev/null 2>&1 & echo $PORT",
-        dir.path().join("server.py").display()
-    );
-    let port: u16 = ok(&mut ns.berth(
-        &sock,
-        &[
-            "run",
-            "--enforce",
-            "--tcp",
-            "1",
-            "--",
-            "sh",
-            "-c",
-            &launcher,
-        ],
-    ))
-    .trim()
-    .parse()
-    .unwrap();
+    let port = daemonized_server(&ns, &sock, &dir, &server);
     support::poll_until("the owner's server has bound its port", || {
         bound.exists().then_some(())
     });
