@@ -12,6 +12,9 @@
 //! - [`exec`]: what a spawned process inherits (`setsid`, `close_range` between fork and exec).
 //! - [`inherited`]: descriptors inherited by number, each taken once.
 //!
+//! With the `tokio` feature (the client library's and the daemon's):
+//! - [`stream`]: a Unix stream registered with the reactor for reading only, written straight.
+//!
 //! With the `daemon` feature (netlink, tokio, socket2):
 //! - [`proc`]: `/proc/PID/stat`, `status`, `comm`, namespaces and capabilities.
 //! - [`recv`]: one `recvmsg` with descriptors and credentials.
@@ -71,3 +74,5 @@ pub mod reserved_ports;
 pub mod rights;
 #[cfg(feature = "daemon")]
 pub mod rlimit;
+#[cfg(feature = "tokio")]
+pub mod stream;

@@ -8,10 +8,9 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
+use berth_os::stream::{ReadHalf, WriteHalf};
 use berth_protocol::{FrameCodec, Hello, Request, Response, Welcome};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::Interest;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -19,8 +18,8 @@ use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 
 use crate::error::Error;
 
-pub(super) type Reader = FramedRead<OwnedReadHalf, FrameCodec<Response, Request>>;
-pub(super) type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Response, Request>>;
+pub(super) type Reader = FramedRead<ReadHalf, FrameCodec<Response, Request>>;
+pub(super) type Writer = FramedWrite<WriteHalf, FrameCodec<Response, Request>>;
 
 /// A frame for the writer task.
 pub(super) struct Frame {
@@ -91,7 +90,10 @@ pub(super) async fn handshake(
     path: &Path,
     client_name: &str,
 ) -> Result<(Reader, Writer, Welcome), Refused> {
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream
+        .into_std()
+        .and_then(berth_os::stream::split)
+        .map_err(Error::lost)?;
     let mut reader = FramedRead::new(rd, FrameCodec::client());
     let mut writer = FramedWrite::new(wr, FrameCodec::client());
     let sent = writer
@@ -200,13 +202,13 @@ async fn send_with_fd(writer: &mut Writer, request: Request, fd: OwnedFd) -> Res
     FrameCodec::client()
         .encode(request, &mut frame)
         .map_err(Error::lost)?;
-    let stream: &UnixStream = writer.get_ref().as_ref();
+    let wr = writer.get_mut();
     let mut sent = 0;
     while sent < frame.len() {
         let rest = frame.get(sent..).unwrap_or_default();
         let attach = sent == 0;
-        let n = stream
-            .async_io(Interest::WRITABLE, || {
+        let n = std::future::poll_fn(|cx| {
+            wr.poll_send(cx, |socket| {
                 let iov = [IoSlice::new(rest)];
                 let fds = [fd.as_fd()];
                 let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -214,11 +216,12 @@ async fn send_with_fd(writer: &mut Writer, request: Request, fd: OwnedFd) -> Res
                 if attach && !cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)) {
                     return Err(io::Error::other("cannot attach the socket to the request"));
                 }
-                rustix::net::sendmsg(stream, &iov, &mut cmsg, rustix::net::SendFlags::NOSIGNAL)
+                rustix::net::sendmsg(socket, &iov, &mut cmsg, rustix::net::SendFlags::NOSIGNAL)
                     .map_err(io::Error::from)
             })
-            .await
-            .map_err(Error::lost)?;
+        })
+        .await
+        .map_err(Error::lost)?;
         sent += n;
     }
     Ok(())
