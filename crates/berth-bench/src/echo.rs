@@ -126,12 +126,19 @@ impl EchoClient {
 /// One connect-per-request exchange with `socket`: connect, `"<pid>\n"` (this process's),
 /// read to the end. An answer that is not a line (a portserver's refusal is a close without
 /// one) is an error.
+///
+/// Blocking calls, as portpicker's own client makes them (and C and Python clients generally):
+/// a socket registered with tokio's reactor for both directions would be woken when the
+/// server reads the request (the kernel wakes a Unix socket's writability waiters as the peer
+/// consumes), and on a shared CPU would preempt the server mid-answer — a cost of the client's
+/// making, charged to whichever server it measures.
 pub async fn connect_once(socket: &Path) -> Result<()> {
-    let mut stream = tokio::net::UnixStream::connect(socket).await?;
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
     let line = format!("{}\n", std::process::id());
-    stream.write_all(line.as_bytes()).await?;
+    stream.write_all(line.as_bytes())?;
     let mut answer = Vec::with_capacity(16);
-    stream.read_to_end(&mut answer).await?;
+    stream.read_to_end(&mut answer)?;
     anyhow::ensure!(
         answer.ends_with(b"\n"),
         "the server answered {:?} (a portserver refuses by closing without an answer)",

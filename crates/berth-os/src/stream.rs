@@ -133,6 +133,14 @@ impl WriteHalf {
     }
 }
 
+impl Drop for WriteHalf {
+    fn drop(&mut self) {
+        // As tokio's write halves do: the peer sees the end of the stream now, even while the
+        // read half lives on (the daemon closes it on another thread, possibly later).
+        let _ = self.stream.get_ref().shutdown(std::net::Shutdown::Write);
+    }
+}
+
 impl AsyncWrite for WriteHalf {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -193,6 +201,17 @@ mod tests {
         drop(theirs);
         let e = wr.write_all(b"hello").await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_write_half_ends_the_peer_s_stream_while_the_read_half_lives() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (_rd, wr) = split(ours).unwrap();
+        let (mut peer_rd, _peer_wr) = split(theirs).unwrap();
+        drop(wr);
+        let mut got = Vec::new();
+        peer_rd.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty());
     }
 
     #[tokio::test]
