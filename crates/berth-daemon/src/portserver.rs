@@ -15,10 +15,12 @@
 //! One thing, hence one file: the endpoint (its address, its socket, its accept loop and one
 //! request's answer) is read as a whole; who the asker is lives in `portserver/identity.rs`.
 
+use std::future::Future;
 use std::io;
 use std::os::unix::net::UnixListener as StdListener;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use std::os::fd::{AsFd, BorrowedFd};
@@ -283,10 +285,29 @@ pub(crate) fn spawn(
                 continue;
             };
             let shared = shared.clone();
-            tasks.spawn(async move {
+            let mut work = Box::pin(async move {
                 answer(stream, cred, &shared, timeout, &lane, inline).await;
                 drop((permit, slot));
             });
+            // Most answers need no wait (the request is there, the table free): given here,
+            // they spare a task per connection — and, with an idle second worker, the wake-up
+            // that spawning one sends it. Only an answer that must wait becomes a task of its
+            // own (its next poll, there, registers that task's waker). A panic ends this answer
+            // only, as it would end its task.
+            let answered = std::future::poll_fn(|cx| {
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    work.as_mut().poll(cx)
+                }));
+                Poll::Ready(polled.map(|poll| poll.is_ready()))
+            })
+            .await;
+            match answered {
+                Ok(true) => {}
+                Ok(false) => {
+                    tasks.spawn(work);
+                }
+                Err(_) => tracing::error!("a portserver answer panicked; its connection is dropped"),
+            }
         }
     });
     Ok(())

@@ -12,7 +12,7 @@
 //! - [`exec`]: what a spawned process inherits (`setsid`, `close_range` between fork and exec).
 //! - [`inherited`]: descriptors inherited by number, each taken once.
 //!
-//! With the `tokio` feature (the client library's and the daemon's):
+//! With the `tokio` feature (the client library's; `daemon` includes it):
 //! - [`stream`]: a Unix stream registered with the reactor for reading only, written straight.
 //!
 //! With the `daemon` feature (netlink, tokio, socket2):

@@ -1,14 +1,16 @@
 //! A connected Unix stream socket registered with tokio's reactor for reading only, split into
-//! a read half and a write half (feature `tokio`).
+//! a read half and a write half (feature `tokio`): the client library's connection.
 //!
 //! Why not `tokio::net::UnixStream`: it registers for both directions, and the kernel wakes a
 //! Unix socket's writability waiters each time the peer consumes what it sent
-//! (`unix_write_space`). So every time one side reads a request or an answer, the other side,
-//! if it waits in `epoll_wait` for what comes back, is woken for nothing — and where the two
-//! share a CPU, it preempts the reader mid-request: a context switch each way, per message.
-//! Messages between berth's client and daemon are small and the send buffer nearly always has
-//! room, so a write goes straight out; only a write that finds the buffer full registers a
-//! second descriptor of the socket for writability, dropped once the write is through.
+//! (`unix_write_space`). So every time the daemon read a request, the client, waiting in
+//! `epoll_wait` for the answer, was woken for nothing — and where the two share a CPU, it
+//! preempted the daemon mid-request: a context switch each way, per request. Requests are small
+//! and the send buffer nearly always has room, so a write goes straight out; only a write that
+//! finds the buffer full registers a second descriptor of the socket for writability, dropped
+//! once the write is through. (The daemon's sessions keep tokio's stream: the daemon is rarely
+//! waiting in `epoll_wait` when a client reads its answer, and measured, registering them this
+//! way changed nothing.)
 
 #![expect(
     unsafe_code,

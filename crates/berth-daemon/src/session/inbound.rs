@@ -44,9 +44,10 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
 
-use berth_os::stream::ReadHalf;
 use berth_protocol::{FrameCodec, FrameError, Request, Response};
 use bytes::BytesMut;
+use tokio::io::Interest;
+use tokio::net::unix::OwnedReadHalf;
 use tokio::time::{Duration, Instant};
 use tokio_util::codec::Decoder;
 
@@ -139,7 +140,7 @@ pub(crate) enum ReadError {
 /// The reading side of a session.
 pub(crate) struct Reader {
     /// `None` only once dropped.
-    half: Option<ReadHalf>,
+    half: Option<OwnedReadHalf>,
     /// Bytes read and not yet decoded; its allocation is dropped when idle (see
     /// [`KEPT_BUFFER`]).
     buf: BytesMut,
@@ -163,7 +164,7 @@ impl Reader {
     /// A reader of `half`, opened by process `owner_pid`, whose descriptors are closed in
     /// `lane`; `keep` is dropped once the connection is closed.
     pub(crate) fn new(
-        half: ReadHalf,
+        half: OwnedReadHalf,
         owner_pid: u32,
         lane: Lane,
         keep: Option<Box<dyn Send>>,
@@ -257,11 +258,10 @@ impl Reader {
         let Some(half) = self.half.as_ref() else {
             return Ok(0);
         };
-        let registered = half.registered();
-        let stream = registered.get_ref();
+        let stream: &tokio::net::UnixStream = half.as_ref();
         let buf = &mut self.buf;
         let message = loop {
-            let mut ready = registered.readable().await.map_err(ReadError::Io)?;
+            stream.readable().await.map_err(ReadError::Io)?;
             // Back-pressure: what this user sends waits in the kernel while its closes back up,
             // and one of its connections is read at a time (see `Lane::read_turn`).
             let turn = self.lane.read_turn().await;
@@ -282,7 +282,7 @@ impl Reader {
                 tokio::time::sleep(ROOM_WAIT).await;
                 continue;
             }
-            let read = ready.try_io(|_| {
+            let read = stream.try_io(Interest::READABLE, || {
                 SCRATCH.with_borrow_mut(|scratch| {
                     let Scratch { bytes, control } = scratch;
                     let message = recv::recv(stream.as_fd(), bytes, control)?;
@@ -294,10 +294,10 @@ impl Reader {
             });
             drop(turn);
             match read {
-                Ok(Ok(message)) => break message,
-                Ok(Err(e)) => return Err(ReadError::Io(e)),
-                // Readiness was stale (`try_io` cleared it): wait for the next.
-                Err(_would_block) => continue,
+                Ok(message) => break message,
+                // Readiness was stale: wait for the next.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(ReadError::Io(e)),
             }
         };
         // Own every descriptor before anything can drop (and close) one here.

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::ErrorKind;
-use berth_os::stream::WriteHalf;
 use berth_protocol::{
     negotiate, BusyDetail, DaemonLimit, ErrorDetail, FrameCodec, FrameError, NamespacesDetail,
     Request, Response, Welcome, WireError,
 };
 use futures_util::SinkExt;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +35,7 @@ use crate::session::netns::{NetnsCheck, PeerNetns};
 use crate::session::peer::peer_owner;
 use crate::state::{error, Peer, Shared};
 
-type Writer = FramedWrite<WriteHalf, FrameCodec<Request, Response>>;
+type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Request, Response>>;
 
 /// A session's write buffer starts this small (tokio-util's default is 8 KiB: 8 MiB for 1,000
 /// idle sessions); answers are mostly tens of bytes.
@@ -50,7 +50,7 @@ const WRITE_BUFFER_KEPT: usize = 4 * 1024;
 
 /// The write half of a session, with a small buffer and tokio-util's default backpressure
 /// boundary.
-fn writer(wr: WriteHalf) -> Writer {
+fn writer(wr: OwnedWriteHalf) -> Writer {
     let mut writer = FramedWrite::with_capacity(wr, FrameCodec::daemon(), WRITE_BUFFER);
     writer.set_backpressure_boundary(8 * 1024);
     writer
@@ -172,13 +172,7 @@ pub(crate) async fn serve_connection(
         control: &control,
         netns,
     };
-    let (rd, wr) = match stream.into_std().and_then(berth_os::stream::split) {
-        Ok(halves) => halves,
-        Err(e) => {
-            tracing::warn!("dropping a connection: cannot register it with the reactor: {e}");
-            return;
-        }
-    };
+    let (rd, wr) = stream.into_split();
     let mut reader = Reader::new(rd, session.peer.owner.pid, lane, Some(permit));
     let mut writer = writer(wr);
 
@@ -603,7 +597,7 @@ mod tests {
     #[tokio::test]
     async fn the_write_buffer_starts_small_and_shrinks_back_after_a_large_answer() {
         let (daemon, client) = tokio::net::UnixStream::pair().unwrap();
-        let (_rd, wr) = berth_os::stream::split(daemon.into_std().unwrap()).unwrap();
+        let (_rd, wr) = daemon.into_split();
         let mut writer = writer(wr);
         assert!(writer.write_buffer().capacity() <= WRITE_BUFFER);
         let large = error(ErrorKind::Unavailable, "x".repeat(20_000));

@@ -16,7 +16,7 @@ fn pair_with(pidfds: bool) -> (tokio::net::UnixStream, Reader) {
     if pidfds {
         berth_os::peer::pass_pidfd(&daemon).unwrap();
     }
-    let (rd, _wr) = berth_os::stream::split(daemon.into_std().unwrap()).unwrap();
+    let (rd, _wr) = daemon.into_split();
     (
         client,
         Reader::new(
