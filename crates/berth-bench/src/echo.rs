@@ -123,18 +123,24 @@ impl EchoClient {
     }
 }
 
+/// How long [`connect_once`] waits for the server at each step.
+const CONNECT_ONCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One connect-per-request exchange with `socket`: connect, `"<pid>\n"` (this process's),
 /// read to the end. An answer that is not a line (a portserver's refusal is a close without
 /// one) is an error.
 ///
-/// Blocking calls, as portpicker's own client makes them (and C and Python clients generally):
+/// Blocking calls (call it from a thread of its own), as portpicker's own client makes them (and C and Python clients generally):
 /// a socket registered with tokio's reactor for both directions would be woken when the
 /// server reads the request (the kernel wakes a Unix socket's writability waiters as the peer
 /// consumes), and on a shared CPU would preempt the server mid-answer — a cost of the client's
 /// making, charged to whichever server it measures.
-pub async fn connect_once(socket: &Path) -> Result<()> {
+pub fn connect_once(socket: &Path) -> Result<()> {
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    // A server that never answers ends the measurement with an error, not a hang.
+    stream.set_read_timeout(Some(CONNECT_ONCE_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONNECT_ONCE_TIMEOUT))?;
     let line = format!("{}\n", std::process::id());
     stream.write_all(line.as_bytes())?;
     let mut answer = Vec::with_capacity(16);

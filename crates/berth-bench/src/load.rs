@@ -286,7 +286,7 @@ impl Op {
                 client.round_trip(acquire).await?;
                 client.round_trip(release).await?;
             }
-            Op::Connect { socket } => echo::connect_once(socket).await?,
+            Op::Connect { socket } => echo::connect_once(socket)?,
             Op::Associate { reservation } => {
                 // Closed at the end of the request: its port is free for the next bind.
                 let socket = tokio::net::TcpSocket::new_v4()?;

@@ -250,6 +250,7 @@ pub(crate) fn spawn(
     tracker.spawn(async move {
         // Keeps the socket file until the loop ends.
         let _bound = bound;
+        let mut in_place: u32 = 0;
         loop {
             let stream = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -306,12 +307,28 @@ pub(crate) fn spawn(
                 Ok(false) => {
                     tasks.spawn(work);
                 }
-                Err(_) => tracing::error!("a portserver answer panicked; its connection is dropped"),
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("a panic");
+                    tracing::error!("a portserver answer panicked ({why}); its connection is dropped");
+                }
+            }
+            // The answers given here are this task's work: a flood of them must still let the
+            // worker's other tasks run now and then.
+            in_place = in_place.wrapping_add(1);
+            if in_place.is_multiple_of(IN_PLACE_BEFORE_YIELD) {
+                tokio::task::yield_now().await;
             }
         }
     });
     Ok(())
 }
+
+/// How many answers the accept loop gives in place before it lets the worker's other tasks run.
+const IN_PLACE_BEFORE_YIELD: u32 = 16;
 
 /// One connection: read the request, decide, answer or close; the connection is closed in
 /// `lane` (its user's closer threads), or in place when it refuses descriptors (`inline`).

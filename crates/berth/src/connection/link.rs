@@ -180,6 +180,9 @@ async fn write_frames(
         // Whatever else is queued already goes out with the same flush (`feed` flushes by
         // itself once its buffer is large).
         while let Ok(frame) = frames.try_recv() {
+            // Writes go straight to the socket, outside tokio's budget: a queue kept full by
+            // other threads must still let this worker's other tasks run.
+            tokio::task::consume_budget().await;
             write_frame(&mut writer, frame).await?;
         }
         writer.flush().await.map_err(Error::lost)?;
