@@ -1146,10 +1146,30 @@ impl Table {
     }
 
     /// Replaces a reservation by `after` (same token, protocol and ports), keeping the usage
-    /// counts right when its owner's user changes.
-    fn rebind(&mut self, after: Reservation) -> Result<Change, UseError> {
+    /// counts and the name index right when its owner's user changes. (The daemon hands a
+    /// reservation on only within a user; should that change, a name the new user already holds
+    /// stays with its holder and `after` goes without it, as [`Table::restore`] does.)
+    fn rebind(&mut self, mut after: Reservation) -> Result<Change, UseError> {
         let token = after.token;
         let before = self.get(token).ok_or(UseError::NotFound(token))?.clone();
+        if before.name_scope() != after.name_scope() {
+            if let Some(name) = &before.name {
+                self.names
+                    .remove(before.name_scope(), before.protocol, name, token);
+            }
+            if let Some(name) = after.name.clone() {
+                if self
+                    .names
+                    .holder(after.name_scope(), after.protocol, &name)
+                    .is_some()
+                {
+                    after.name = None;
+                } else {
+                    self.names
+                        .insert(after.name_scope(), after.protocol, name, token);
+                }
+            }
+        }
         let capped = self.records.is_capped(token);
         if let Some((uid, weight)) = self.weight(&before, capped) {
             self.usage.count(uid, weight, false);

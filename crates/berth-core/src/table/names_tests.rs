@@ -299,3 +299,47 @@ fn a_remembered_block_is_taken_before_a_cooling_port() {
         .unwrap();
     assert_eq!(next.range.start(), 1001);
 }
+
+#[test]
+fn a_reservation_handed_to_another_user_takes_its_name_along_unless_that_user_has_it() {
+    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
+    let mut tokens = Tokens(0);
+    let web = tokens
+        .acquire(&mut t, Protocol::Tcp, any(1), named(1, 1000, "web"))
+        .unwrap();
+    let name = web.name.clone().unwrap();
+    // The core does not forbid a hand-over across users (the daemon's policy does).
+    t.transfer(web.token, &owner(1, 1000), owner(5, 2000))
+        .unwrap();
+    let under = |t: &Table, uid| {
+        t.find_name(NameScope::User(uid), Protocol::Tcp, &name)
+            .map(|r| r.token)
+    };
+    assert_eq!(under(&t, 1000), None, "the old user still finds it");
+    assert_eq!(under(&t, 2000), Some(web.token));
+    // The old user's name is free again.
+    tokens
+        .acquire(&mut t, Protocol::Tcp, any(1), named(2, 1000, "web"))
+        .unwrap();
+    // Handed to a user who holds the name already: the holder keeps it.
+    let other = tokens
+        .acquire(&mut t, Protocol::Tcp, any(1), named(3, 3000, "web"))
+        .unwrap();
+    let change = t
+        .transfer(web.token, &owner(5, 2000), owner(6, 3000))
+        .unwrap();
+    assert_eq!(under(&t, 3000), Some(other.token));
+    assert_eq!(under(&t, 2000), None);
+    assert_eq!(change.reservation().and_then(|r| r.name.clone()), None);
+    assert_eq!(t.get(web.token).and_then(|r| r.name.clone()), None);
+    // Released, the holder's name is untouched.
+    t.release(
+        web.token,
+        &Requester {
+            process: owner(6, 3000),
+            is_admin: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(under(&t, 3000), Some(other.token));
+}
