@@ -255,7 +255,10 @@ pub(crate) fn spawn(
             let stream = tokio::select! {
                 () = cancel.cancelled() => return,
                 accepted = listener.accept() => match accepted {
-                    Ok(stream) => stream,
+                    Ok(stream) => {
+                        crate::server::memory::accepted();
+                        stream
+                    }
                     Err(e) => {
                         if crate::server::limits::is_shortage(&e) {
                             crate::server::limits::log_shortage("the portserver endpoint cannot accept");

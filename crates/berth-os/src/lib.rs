@@ -20,6 +20,7 @@
 //! - [`recv`]: one `recvmsg` with descriptors and credentials.
 //! - [`rights`]: `SO_PASSRIGHTS`, listeners that refuse descriptors.
 //! - [`netns`]: network-namespace identity (`SO_NETNS_COOKIE`, `SIOCGSKNS`, `/proc/PID/ns/net`).
+//! - [`memory`]: the C allocator's free memory given back to the system.
 //! - [`pidfd`]: waiting for a process's exit.
 //! - [`diag`]: the sockets bound to a port (`NETLINK_SOCK_DIAG`) and their processes.
 //! - [`hold`]: wildcard binds without reuse options (hold sockets, test binds).
@@ -60,6 +61,8 @@ pub mod diag;
 pub mod enforce;
 #[cfg(feature = "daemon")]
 pub mod hold;
+#[cfg(feature = "daemon")]
+pub mod memory;
 #[cfg(feature = "daemon")]
 pub mod netns;
 #[cfg(feature = "daemon")]

@@ -67,6 +67,7 @@ impl Doors {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         accepting.accepted();
+                        crate::server::memory::accepted();
                         stream
                     }
                     Err(e) => {

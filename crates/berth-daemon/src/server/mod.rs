@@ -15,6 +15,7 @@ pub(crate) mod db_lock;
 pub(crate) mod fair;
 pub(crate) mod limits;
 pub mod listener;
+pub(crate) mod memory;
 pub(crate) mod notify;
 pub(crate) mod refusals;
 pub(crate) mod rights;
@@ -199,6 +200,7 @@ pub async fn run_with_ready(
     resync(&tracker, &shared, &cancel);
     // The ephemeral share follows the range always; the pool only if it is the default one.
     follow_ephemeral(&tracker, &shared, &cancel, config.pool_follows_ephemeral);
+    memory::give_back_after_waves(&tracker, &cancel);
     let control = Arc::new(Control {
         stop: CancellationToken::new(),
         netns: NetnsCheck::current(),
