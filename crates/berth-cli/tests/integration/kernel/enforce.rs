@@ -501,27 +501,7 @@ fn enforcement_survives_a_restart_and_fails_open_past_the_lease() {
         "import os, time\ndeadline = time.time() + 60\nwhile not os.path.exists(\"{}\") and time.time() < deadline: time.sleep(0.02)\n",
         done.display()
     );
-    std::fs::write(dir.path().join("keeper.py"), keeper).unwrap();
-    let launcher = format!(
-        "/usr/bin/python3 {} </dev/null >/dev/null 2>&1 & echo $PORT",
-        dir.path().join("keeper.py").display()
-    );
-    let port: u16 = ok(&mut ns.berth(
-        &sock,
-        &[
-            "run",
-            "--enforce",
-            "--tcp",
-            "1",
-            "--",
-            "sh",
-            "-c",
-            &launcher,
-        ],
-    ))
-    .trim()
-    .parse()
-    .unwrap();
+    let port = daemonized_server(&ns, &sock, &dir, &keeper);
     let refused = || {
         subtree
             .python_in(&ns, "stranger", &binds_script(port, port))
