@@ -215,8 +215,10 @@ pub struct RuntimeJournal {
     path: PathBuf,
     file: File,
     boot_id: String,
-    /// The rows the file describes, each with the length of its frame.
-    live: HashMap<Token, (JournalRow, u64)>,
+    /// The rows the file describes, each as the frame it was last written in (length prefix
+    /// included): a few dozen bytes a row where the decoded row would take a few hundred —
+    /// with ten thousand reservations live, the difference is megabytes of the daemon's memory.
+    live: HashMap<Token, Box<[u8]>>,
     /// The sum of the live rows' frame lengths (and the kernel record's).
     live_bytes: u64,
     /// The last kernel record ("" for none) and its frame's length.
@@ -273,18 +275,18 @@ impl RuntimeJournal {
             Ok(None) => {}
             Err(source) => return Err(io_error(path, "read the runtime journal", source)),
         }
-        let mut live = HashMap::with_capacity(rows.len());
+        let mut live: HashMap<Token, Box<[u8]>> = HashMap::with_capacity(rows.len());
         let kernel_len = if kernel.is_empty() {
             0
         } else {
-            frame_len(path, &RecordRef::Kernel(&kernel))?
+            frame_of(path, &RecordRef::Kernel(&kernel))?.len() as u64
         };
         let kernel = (kernel, kernel_len);
         let mut live_bytes = kernel_len;
         for (token, row) in rows {
-            let len = frame_len(path, &RecordRef::insert(&row))?;
-            live.insert(token, (row, len));
-            live_bytes += len;
+            let frame = frame_of(path, &RecordRef::insert(&row))?;
+            live_bytes += frame.len() as u64;
+            live.insert(token, frame);
         }
         let (file, len) = write_fresh(path, boot_id, &live, &kernel.0)?;
         loaded.kernel.clone_from(&kernel.0);
@@ -312,17 +314,34 @@ impl RuntimeJournal {
         &self.path
     }
 
-    /// The rows the journal holds, in no particular order (no copy, no sort: for a diff under
-    /// a lock).
-    pub fn live_rows(&self) -> impl Iterator<Item = &JournalRow> + '_ {
-        self.live.values().map(|(row, _)| row)
-    }
-
-    /// The rows the journal holds, ordered by acquisition time (then token).
+    /// The rows the journal holds, ordered by acquisition time (then token): decoded from
+    /// the frames kept in memory.
     pub fn rows(&self) -> Vec<JournalRow> {
-        let mut rows: Vec<JournalRow> = self.live.values().map(|(r, _)| r.clone()).collect();
+        let mut rows: Vec<JournalRow> = self.live.values().filter_map(|f| decode_row(f)).collect();
         rows.sort_by_key(|r| (r.acquired_at_ms, r.token));
         rows
+    }
+
+    /// The operations that make the journal hold exactly `wanted` (one row per token): a
+    /// removal for each row it holds that `wanted` lacks, an insert for each row of `wanted`
+    /// it lacks or holds otherwise — compared as encoded, without decoding what it holds. No
+    /// sort: for a diff under a lock.
+    pub fn changes_to_hold(&self, wanted: Vec<JournalRow>) -> Result<Vec<JournalOp>, StoreError> {
+        let wanted_tokens: std::collections::HashSet<Token> =
+            wanted.iter().map(|row| row.token).collect();
+        let mut ops: Vec<JournalOp> = self
+            .live
+            .keys()
+            .filter(|token| !wanted_tokens.contains(token))
+            .map(|token| JournalOp::Remove(*token))
+            .collect();
+        for row in wanted {
+            let frame = frame_of(&self.path, &RecordRef::insert(&row))?;
+            if self.live.get(&row.token) != Some(&frame) {
+                ops.push(JournalOp::Insert(row));
+            }
+        }
+        Ok(ops)
     }
 
     /// Records `op` with one `write`: once this returns `Ok`, a crash of the calling process
@@ -340,35 +359,38 @@ impl RuntimeJournal {
             return Ok(());
         }
         self.buf.clear();
-        let mut frames = Vec::with_capacity(ops.len());
+        let mut ends = Vec::with_capacity(ops.len());
         for op in ops {
-            let at = self.buf.len();
             push_frame(&mut self.buf, &RecordRef::of(op))
                 .map_err(|e| io_error(&self.path, "encode a runtime journal record", e))?;
-            frames.push((self.buf.len() - at) as u64);
+            ends.push(self.buf.len());
         }
         self.write_buf()?;
-        for (op, frame) in ops.iter().zip(frames) {
-            self.note(op, frame);
+        let buf = std::mem::take(&mut self.buf);
+        let mut start = 0;
+        for (op, end) in ops.iter().zip(ends) {
+            self.note(op, buf.get(start..end).unwrap_or_default());
+            start = end;
         }
+        self.buf = buf;
         if self.auto_rewrite {
             self.rewrite_if_long();
         }
         Ok(())
     }
 
-    /// Counts `op`, just written in a record of `frame` bytes, in the live rows.
-    fn note(&mut self, op: &JournalOp, frame: u64) {
+    /// Counts `op`, just written as `frame`, in the live rows.
+    fn note(&mut self, op: &JournalOp, frame: &[u8]) {
         match op {
             JournalOp::Insert(row) => {
-                if let Some((_, old)) = self.live.insert(row.token, (row.clone(), frame)) {
-                    self.live_bytes -= old;
+                self.live_bytes += frame.len() as u64;
+                if let Some(old) = self.live.insert(row.token, frame.into()) {
+                    self.live_bytes -= old.len() as u64;
                 }
-                self.live_bytes += frame;
             }
             JournalOp::Remove(token) => {
-                if let Some((_, old)) = self.live.remove(token) {
-                    self.live_bytes -= old;
+                if let Some(old) = self.live.remove(token) {
+                    self.live_bytes -= old.len() as u64;
                 }
             }
         }
@@ -481,7 +503,7 @@ fn rewrite_threshold(live_bytes: u64) -> u64 {
 fn write_fresh(
     path: &Path,
     boot_id: &str,
-    live: &HashMap<Token, (JournalRow, u64)>,
+    live: &HashMap<Token, Box<[u8]>>,
     kernel: &str,
 ) -> Result<(File, u64), StoreError> {
     let fail = |e| io_error(path, "write the runtime journal", e);
@@ -497,11 +519,11 @@ fn write_fresh(
 fn encode_fresh(
     path: &Path,
     boot_id: &str,
-    live: &HashMap<Token, (JournalRow, u64)>,
+    live: &HashMap<Token, Box<[u8]>>,
     kernel: &str,
 ) -> Result<Vec<u8>, StoreError> {
     let encode = |e| io_error(path, "encode a runtime journal record", e);
-    let mut bytes = Vec::with_capacity(64 + live.values().map(|(_, l)| *l as usize).sum::<usize>());
+    let mut bytes = Vec::with_capacity(64 + live.values().map(|f| f.len()).sum::<usize>());
     bytes.extend_from_slice(MAGIC);
     push_frame(
         &mut bytes,
@@ -513,10 +535,11 @@ fn encode_fresh(
     if !kernel.is_empty() {
         push_frame(&mut bytes, &RecordRef::Kernel(kernel)).map_err(encode)?;
     }
-    let mut rows: Vec<&JournalRow> = live.values().map(|(r, _)| r).collect();
-    rows.sort_by_key(|r| (r.acquired_at_ms, r.token));
-    for row in rows {
-        push_frame(&mut bytes, &RecordRef::insert(row)).map_err(encode)?;
+    // In token order, so that the same rows always make the same file.
+    let mut frames: Vec<(&Token, &Box<[u8]>)> = live.iter().collect();
+    frames.sort_unstable_by_key(|(token, _)| **token);
+    for (_, frame) in frames {
+        bytes.extend_from_slice(frame);
     }
     Ok(bytes)
 }
@@ -624,12 +647,22 @@ fn push_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> io::Result<()> {
     Ok(())
 }
 
-/// The length of `record`'s frame, for the journal at `path`.
-fn frame_len(path: &Path, record: &RecordRef<'_>) -> Result<u64, StoreError> {
+/// `record`'s frame (length prefix included), for the journal at `path`.
+fn frame_of(path: &Path, record: &RecordRef<'_>) -> Result<Box<[u8]>, StoreError> {
     let mut buf = Vec::new();
     push_frame(&mut buf, record)
         .map_err(|e| io_error(path, "encode a runtime journal record", e))?;
-    Ok(buf.len() as u64)
+    Ok(buf.into_boxed_slice())
+}
+
+/// The row an insert record's frame (length prefix included) holds; `None` for another
+/// record, or bytes that do not decode (never the case for a frame this journal wrote).
+fn decode_row(frame: &[u8]) -> Option<JournalRow> {
+    let (payload, _) = next_frame(frame)?;
+    match postcard::from_bytes::<Record>(payload).ok()?.into_op() {
+        Ok(JournalOp::Insert(row)) => Some(row),
+        _ => None,
+    }
 }
 
 fn apply(rows: &mut HashMap<Token, JournalRow>, op: JournalOp) {

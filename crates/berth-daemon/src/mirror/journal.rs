@@ -217,26 +217,10 @@ impl Consumer for Journal {
     fn resync(&self, table: &berth_core::Table) -> Result<(), crate::mirror::MirrorError> {
         // Read first; a write (and the fault switch's say) only when something differs.
         let mut runtime = self.runtime.read();
-        let wanted: std::collections::HashMap<berth_core::Token, JournalRow> = table
-            .iter()
-            .filter_map(journal_row)
-            .map(|row| (row.token, row))
-            .collect();
-        // Borrowed, unsorted: this runs under the table lock.
-        let have: std::collections::HashMap<berth_core::Token, &JournalRow> =
-            runtime.live_rows().map(|row| (row.token, row)).collect();
-        let mut ops: Vec<JournalOp> = have
-            .keys()
-            .filter(|token| !wanted.contains_key(token))
-            .map(|token| JournalOp::Remove(*token))
-            .collect();
-        ops.extend(
-            wanted
-                .values()
-                .filter(|row| have.get(&row.token) != Some(row))
-                .cloned()
-                .map(JournalOp::Insert),
-        );
+        let wanted: Vec<JournalRow> = table.iter().filter_map(journal_row).collect();
+        let ops = runtime
+            .changes_to_hold(wanted)
+            .map_err(|e| WriteError::Journal(Arc::new(e)))?;
         if ops.is_empty() {
             return Ok(());
         }

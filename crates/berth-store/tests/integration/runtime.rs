@@ -28,6 +28,45 @@ fn the_path_is_the_databases_with_runtime_appended() {
     );
 }
 
+/// What a re-synchronisation writes: a removal for each row the table no longer has, an
+/// insert for each row it lacks or holds otherwise (any field: the owner's command, a label),
+/// nothing for a row it holds as wanted; once applied, nothing more.
+#[test]
+fn changes_to_hold_are_exactly_the_differences() {
+    let (_dir, path) = temp_journal();
+    let (mut journal, _) = RuntimeJournal::open(&path, BOOT).unwrap();
+    let same = journaled(1, 40000, 1);
+    let changed = journaled(2, 40001, 1);
+    let gone = journaled(3, 40002, 1);
+    for row in [&same, &changed, &gone] {
+        journal.apply(&JournalOp::Insert(row.clone())).unwrap();
+    }
+    let mut changed2 = changed.clone();
+    changed2.label = berth_core::Label::parse("relabelled").unwrap();
+    let new = journaled(4, 40003, 1);
+    let wanted = vec![same.clone(), changed2.clone(), new.clone()];
+    let mut ops = journal.changes_to_hold(wanted.clone()).unwrap();
+    ops.sort_by_key(|op| match op {
+        JournalOp::Insert(row) => row.token,
+        JournalOp::Remove(token) => *token,
+    });
+    assert_eq!(
+        ops,
+        vec![
+            JournalOp::Insert(changed2),
+            JournalOp::Remove(gone.token),
+            JournalOp::Insert(new),
+        ]
+    );
+    for op in &ops {
+        journal.apply(op).unwrap();
+    }
+    assert_eq!(journal.changes_to_hold(wanted.clone()).unwrap(), vec![]);
+    let mut want = wanted;
+    want.sort_by_key(|r| (r.acquired_at_ms, r.token));
+    assert_eq!(journal.rows(), want);
+}
+
 #[test]
 fn operations_apply_in_order_and_survive_reopening() {
     let (_dir, path) = temp_journal();
