@@ -6,6 +6,11 @@
 //! block of `count` ports at or after `from`" looks at O(log 65,536) nodes, however the free
 //! space is fragmented. Lengths are `u32` because a fully free node of 65,536 ports does not
 //! fit in a `u16`.
+//!
+//! The bottom four levels are not stored: the ports themselves are a bitmap (one bit a port,
+//! set when free), and a node covering 16 ports or fewer is computed from its bits when it is
+//! looked at. Stored, those levels were 15 of every 16 nodes — 1.5 MiB a protocol, most of an
+//! idle daemon's memory — where the bitmap takes 8 KiB.
 
 use crate::range::PortRange;
 
@@ -13,6 +18,12 @@ use crate::range::PortRange;
 const LEAVES: usize = 1 << 16;
 /// Depth of the leaves below the root (`LEAVES == 1 << DEPTH`).
 const DEPTH: u32 = 16;
+/// Ports per word of the bitmap: the nodes of the lowest stored level cover one word each.
+const WORD_BITS: u32 = u16::BITS;
+/// Words of the bitmap.
+const WORDS: usize = LEAVES / WORD_BITS as usize;
+/// Stored nodes, in heap order: every node covering a whole word or more (index < `STORED`).
+const STORED: usize = 2 * WORDS;
 
 /// Free-run lengths of one node of the tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,16 +37,28 @@ struct Node {
 }
 
 impl Node {
-    const FREE_LEAF: Node = Node {
-        best: 1,
-        prefix: 1,
-        suffix: 1,
-    };
     const TAKEN_LEAF: Node = Node {
         best: 0,
         prefix: 0,
         suffix: 0,
     };
+
+    /// The node of `len` ports (1 to 32) whose bits (port `i` of the node at bit `i`, set when
+    /// free; bits from `len` up clear) are `bits`.
+    fn of_bits(bits: u32, len: u32) -> Node {
+        // The longest run: each step shortens every run of ones by one.
+        let mut best = 0;
+        let mut x = bits;
+        while x != 0 {
+            x &= x >> 1;
+            best += 1;
+        }
+        Node {
+            best,
+            prefix: bits.trailing_ones().min(len),
+            suffix: (bits << (u32::BITS - len)).leading_ones().min(len),
+        }
+    }
 
     /// The parent of `left` and `right`, each covering `half` ports.
     fn join(left: Node, right: Node, half: u32) -> Node {
@@ -70,9 +93,12 @@ fn span(index: usize) -> (u32, u32) {
 /// nothing of reservations; the [`Table`](crate::Table) keeps it in step with them.
 #[derive(Clone)]
 pub struct FreeMap {
-    /// Nodes in heap order: the root at 1, the children of `i` at `2i` and `2i + 1`, port `p`
-    /// at leaf `LEAVES + p`. Index 0 is unused.
+    /// The stored nodes in heap order: the root at 1, the children of `i` at `2i` and
+    /// `2i + 1`, the node of word `w` at `WORDS + w`. Index 0 is unused. (In the same order,
+    /// port `p` would be leaf `LEAVES + p`.)
     nodes: Vec<Node>,
+    /// One bit a port, set when free: port `p` is bit `p % 16` of word `p / 16`.
+    free: Vec<u16>,
 }
 
 impl std::fmt::Debug for FreeMap {
@@ -93,45 +119,39 @@ impl Default for FreeMap {
 impl FreeMap {
     /// A map on which every port but 0 is free.
     pub fn new() -> Self {
-        let mut nodes = vec![Node::TAKEN_LEAF; 2 * LEAVES];
-        for index in (1..2 * LEAVES).rev() {
-            let (first, len) = span(index);
-            nodes[index] = if len == 1 {
-                if first == 0 {
-                    Node::TAKEN_LEAF
-                } else {
-                    Node::FREE_LEAF
-                }
-            } else {
-                Node::join(nodes[2 * index], nodes[2 * index + 1], len / 2)
-            };
-        }
-        FreeMap { nodes }
+        let mut free = vec![u16::MAX; WORDS];
+        free[0] &= !1;
+        let mut map = FreeMap {
+            nodes: vec![Node::TAKEN_LEAF; STORED],
+            free,
+        };
+        map.recompute(WORDS, STORED - 1);
+        map
     }
 
     fn root(&self) -> Node {
         self.nodes[1]
     }
 
-    /// Marks every port of `range` occupied. O(count + log 65,536).
-    pub fn occupy(&mut self, range: PortRange) {
-        self.set(range, Node::TAKEN_LEAF);
-    }
-
-    /// Marks every port of `range` free. O(count + log 65,536).
-    pub fn free(&mut self, range: PortRange) {
-        self.set(range, Node::FREE_LEAF);
-    }
-
-    /// Sets the leaves of `range`, then recomputes their ancestors one level at a time, so
-    /// each ancestor is recomputed once rather than once per leaf below it.
-    fn set(&mut self, range: PortRange, leaf: Node) {
-        let mut lo = LEAVES + usize::from(range.start());
-        let mut hi = LEAVES + usize::from(range.end());
-        for node in &mut self.nodes[lo..=hi] {
-            *node = leaf;
+    /// Node `index`: stored, or computed from the bitmap for a node within one word.
+    fn node(&self, index: usize) -> Node {
+        if index < STORED {
+            return self.nodes[index];
         }
-        let mut half = 1;
+        let (first, len) = span(index);
+        let word = u32::from(self.free[(first / WORD_BITS) as usize]);
+        let mask = (1u32 << len) - 1;
+        Node::of_bits((word >> (first % WORD_BITS)) & mask, len)
+    }
+
+    /// Recomputes the stored nodes `lo..=hi` of the words' level (from their words), then
+    /// their ancestors, one level at a time, so each ancestor is recomputed once.
+    fn recompute(&mut self, mut lo: usize, mut hi: usize) {
+        for index in lo..=hi {
+            let word = u32::from(self.free[index - WORDS]);
+            self.nodes[index] = Node::of_bits(word, WORD_BITS);
+        }
+        let mut half = WORD_BITS;
         while lo > 1 {
             lo /= 2;
             hi /= 2;
@@ -143,12 +163,45 @@ impl FreeMap {
         }
     }
 
+    /// Marks every port of `range` occupied. O(count + log 65,536).
+    pub fn occupy(&mut self, range: PortRange) {
+        self.set(range, false);
+    }
+
+    /// Marks every port of `range` free. O(count + log 65,536).
+    pub fn free(&mut self, range: PortRange) {
+        self.set(range, true);
+    }
+
+    /// Sets the bits of `range` (a word at a time), then recomputes the stored nodes above.
+    fn set(&mut self, range: PortRange, free: bool) {
+        let (start, end) = (u32::from(range.start()), u32::from(range.end()));
+        let (first_word, last_word) = (start / WORD_BITS, end / WORD_BITS);
+        for w in first_word..=last_word {
+            let lo = if w == first_word {
+                start % WORD_BITS
+            } else {
+                0
+            };
+            let hi = if w == last_word {
+                end % WORD_BITS
+            } else {
+                WORD_BITS - 1
+            };
+            // Bits lo..=hi of a word.
+            let mask = ((u32::MAX >> (u32::BITS - 1 - hi)) & (u32::MAX << lo)) as u16;
+            let word = &mut self.free[w as usize];
+            *word = if free { *word | mask } else { *word & !mask };
+        }
+        self.recompute(WORDS + first_word as usize, WORDS + last_word as usize);
+    }
+
     /// Whether every port of `range` is free. O(log 65,536).
     pub fn is_free(&self, range: PortRange) -> bool {
         let (nodes, len) = cover(range.start(), range.end());
         nodes[..len]
             .iter()
-            .all(|&index| self.nodes[index].prefix == span(index).1)
+            .all(|&index| self.node(index).prefix == span(index).1)
     }
 
     /// The lowest `s` with `from <= s` such that `s ..= s + count - 1` is free and lies inside
@@ -167,7 +220,7 @@ impl FreeMap {
         let (nodes, len) = cover(lo, hi);
         let mut run = 0u32;
         for &index in &nodes[..len] {
-            let node = self.nodes[index];
+            let node = self.node(index);
             let (first, node_len) = span(index);
             if run + node.prefix >= count {
                 return u16::try_from(first - run).ok();
@@ -189,8 +242,8 @@ impl FreeMap {
     /// middle, or is in the right child — checked in that order, so the first one wins.
     fn descend(&self, mut index: usize, count: u32) -> Option<u16> {
         while index < LEAVES {
-            let left = self.nodes[2 * index];
-            let right = self.nodes[2 * index + 1];
+            let left = self.node(2 * index);
+            let right = self.node(2 * index + 1);
             if left.best >= count {
                 index *= 2;
             } else if left.suffix + right.prefix >= count {

@@ -56,13 +56,13 @@ impl Naive {
     }
 }
 
-/// Every inner node agrees with its children.
+/// Every inner node, stored or computed from the bitmap, agrees with its children.
 fn check_tree(map: &FreeMap) {
     for index in 1..LEAVES {
         let (_, len) = span(index);
         assert_eq!(
-            map.nodes[index],
-            Node::join(map.nodes[2 * index], map.nodes[2 * index + 1], len / 2),
+            map.node(index),
+            Node::join(map.node(2 * index), map.node(2 * index + 1), len / 2),
             "node {index}"
         );
     }
