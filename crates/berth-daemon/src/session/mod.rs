@@ -13,6 +13,7 @@ pub(crate) mod inbound;
 pub(crate) mod lineage;
 pub(crate) mod netns;
 pub(crate) mod peer;
+mod reused;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,10 @@ const WRITE_BUFFER: usize = 256;
 /// Requests read while a wait (`WaitName`) is answered, at most; past them reading pauses until
 /// the wait ends (a client that pipelines this much behind a wait is waiting for it anyway).
 const MAX_BEHIND_A_WAIT: usize = 16;
+
+/// A session quiet for this long gives back the box its answers run in (see `reused`); a
+/// busy one reuses it, with no allocation per request.
+const HANDLER_KEPT: Duration = Duration::from_secs(2);
 
 /// An emptied write buffer that grew beyond this (a long list) is replaced by a small one.
 const WRITE_BUFFER_KEPT: usize = 4 * 1024;
@@ -322,12 +327,24 @@ impl Session<'_> {
         tokio::pin!(silence);
         // Requests read while a wait was answered: served next, in order, before reading again.
         let mut next: std::collections::VecDeque<Inbound> = std::collections::VecDeque::new();
+        let mut handler = reused::Reused::new();
+        let mut answered = tokio::time::Instant::now();
+        // Set when the silence timer only gave the answers' box back.
+        let mut box_released = false;
         loop {
             // Silence counts from the last answer (or the welcome): the time an answer takes
             // is not the client's silence.
-            if let Some(limit) = idle {
-                silence.as_mut().reset(tokio::time::Instant::now() + limit);
+            if !std::mem::take(&mut box_released) {
+                answered = tokio::time::Instant::now();
             }
+            // The silence timer first frees the answers' box, if kept, then ends the idle wait.
+            let quiet = idle.unwrap_or(never);
+            let wake = if handler.is_kept() {
+                HANDLER_KEPT.min(quiet)
+            } else {
+                quiet
+            };
+            silence.as_mut().reset(answered + wake);
             // Biased: what the client sent (or its end of stream) comes first, so an ordinary
             // exit is seen as the connection closing rather than as the owner dying.
             let frame = if let Some(inbound) = next.pop_front() {
@@ -342,6 +359,11 @@ impl Session<'_> {
                     return;
                 }
                 () = &mut silence => {
+                    if handler.release() {
+                        // Quiet: its answers' box is given back (silence still counts).
+                        box_released = true;
+                        continue;
+                    }
                     let limit = idle.unwrap_or(never);
                     // Reader::next is cancel-safe: a frame begun stays buffered.
                     if self.shared.session_holds(peer) {
@@ -438,7 +460,7 @@ impl Session<'_> {
                     };
                     let response = match self.refuse_foreign(&inbound.request) {
                         Some(refusal) => refusal,
-                        None => self.shared.handle(inbound, peer).await,
+                        None => handler.run(self.shared.handle(inbound, peer)).await,
                     };
                     if let Response::Error(e) = &response {
                         // One line per denial, at DEBUG like grants and releases.
@@ -570,8 +592,34 @@ fn frame_error_reply(e: &ReadError, uid: u32) -> Option<Response> {
 }
 
 /// Writes one response; `None` when the client is gone or does not read in time.
-async fn send(writer: &mut Writer, response: Response, limit: Duration) -> Option<()> {
-    match tokio::time::timeout(limit, writer.send(response)).await {
+fn send(
+    writer: &mut Writer,
+    response: Response,
+    limit: Duration,
+) -> impl std::future::Future<Output = Option<()>> + '_ {
+    // Encoded now rather than in the future: that future is part of the session's task while
+    // it is written, and an answer is hundreds of bytes.
+    let encoded = encode(writer, response);
+    async move {
+        if let Err(e) = encoded {
+            tracing::debug!("cannot answer a client: {e}");
+            return None;
+        }
+        flush(writer, limit).await
+    }
+}
+
+/// Encodes `response` into the writer's buffer.
+fn encode(writer: &mut Writer, response: Response) -> Result<(), FrameError> {
+    let mut buffer = std::mem::take(writer.write_buffer_mut());
+    let encoded = tokio_util::codec::Encoder::encode(writer.encoder_mut(), response, &mut buffer);
+    *writer.write_buffer_mut() = buffer;
+    encoded
+}
+
+/// Writes what the writer's buffer holds within `limit`.
+async fn flush(writer: &mut Writer, limit: Duration) -> Option<()> {
+    match tokio::time::timeout(limit, writer.flush()).await {
         Ok(Ok(())) => {
             let buffer = writer.write_buffer_mut();
             if buffer.is_empty() && buffer.capacity() > WRITE_BUFFER_KEPT {
