@@ -209,6 +209,11 @@ pub struct ScaleArgs {
     /// Cycles of `--clients` clients connecting, acquiring `--reservations` and leaving.
     #[arg(long, value_name = "C", default_value_t = 10)]
     pub cycles: u32,
+    /// The memory is read again once the clients have been quiet this long, seconds: when
+    /// 1,000 clients hold 10,000 reservations, and after the last cycle (a daemon gives back
+    /// what busy sessions and a wave of connections used once they are over). 0: not read.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub settle_secs: f64,
 }
 
 /// `berth-bench reclaim`.

@@ -12,6 +12,10 @@
 //!    trip with an acquire's frame sizes per request) is measured first, as the baseline.
 //! 3. They all leave; then `--cycles` times, `--clients` new clients connect, acquire
 //!    `--reservations` and leave, and the memory is read after each cycle.
+//!
+//! The memory is also read `--settle-secs` after the clients came to hold their reservations
+//! and after the last cycle, with nothing happening meanwhile: the steady state, once the
+//! daemon has given back what busy sessions and a wave of connections used.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -55,6 +59,8 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
         Ok(())
     };
     note("started, no client".into())?;
+    // A measurement's settling time, not a wait for readiness: nothing is waited for but time.
+    let settle = Duration::try_from_secs_f64(args.settle_secs).context("--settle-secs")?;
     let rt = runtime()?;
     let mut table = Table::default();
     rt.block_on(async {
@@ -89,6 +95,10 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
             "{} clients holding {} reservations",
             args.clients, args.reservations
         ))?;
+        if settle > Duration::ZERO {
+            tokio::time::sleep(settle).await;
+            note(format!("same, {} s later, all quiet", args.settle_secs))?;
+        }
 
         let cpu_before = cpu_time_us(pid)?;
         let (timings, wall, held) = paced(&clients, held, args.rate, args.secs).await?;
@@ -124,6 +134,10 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
             drop(clients);
             wait_settled(&admin, 0, 1).await?;
             note(format!("cycle {cycle}: all left"))?;
+        }
+        if args.cycles > 0 && settle > Duration::ZERO {
+            tokio::time::sleep(settle).await;
+            note(format!("same, {} s later", args.settle_secs))?;
         }
         anyhow::Ok(())
     })?;
