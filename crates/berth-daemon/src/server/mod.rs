@@ -205,6 +205,7 @@ pub async fn run_with_ready(
         stop: CancellationToken::new(),
         netns: NetnsCheck::current(),
         per_uid: per_uid.clone(),
+        kept_boxes: crate::session::Kept::new(crate::session::KEPT_BOXES),
     });
     // Answers until the very end, so that no second daemon starts while this one drains.
     // The claim (its system lock, for root's daemon) is held until the daemon has stopped.

@@ -15,6 +15,8 @@ pub(crate) mod netns;
 pub(crate) mod peer;
 mod reused;
 
+pub(crate) use reused::Kept;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +52,10 @@ const MAX_BEHIND_A_WAIT: usize = 16;
 /// busy one reuses it, with no allocation per request.
 const HANDLER_KEPT: Duration = Duration::from_secs(2);
 
+/// At most this many sessions keep the box their answers run in between requests (~2 KiB
+/// each); the others allocate one per answer.
+pub(crate) const KEPT_BOXES: usize = 64;
+
 /// An emptied write buffer that grew beyond this (a long list) is replaced by a small one.
 const WRITE_BUFFER_KEPT: usize = 4 * 1024;
 
@@ -70,6 +76,8 @@ pub(crate) struct Control {
     pub(crate) netns: NetnsCheck,
     /// Connections per user.
     pub(crate) per_uid: Arc<crate::server::fair::PerUid>,
+    /// The sessions that keep the box their answers run in between requests.
+    pub(crate) kept_boxes: Kept,
 }
 
 /// One connection's view: who, where, and what it may ask.
@@ -80,6 +88,45 @@ struct Session<'a> {
     peer: Peer,
     /// Where the client is; decided once, when it connects.
     netns: PeerNetns,
+}
+
+/// What a session does with what it read (see `Session::work`). Small: the session's task
+/// holds it while the work is awaited.
+enum Work {
+    /// Write this answer (a refusal, a "busy").
+    Answer(Box<Response>),
+    /// Write this answer, if any, and end the session (the client left, or sent what is not
+    /// a request).
+    End(Option<Box<Response>>),
+    /// Answer a stop; then, if allowed, stop the daemon.
+    Stop {
+        allowed: bool,
+        restore: bool,
+        response: Box<Response>,
+    },
+    /// A name's wait: answered when it ends.
+    Wait(Box<Inbound>),
+    /// Any other request, for `Shared::handle`, and who sent it (for the log).
+    Handle {
+        inbound: Box<Inbound>,
+        what: &'static str,
+        pid: u32,
+        uid: u32,
+    },
+}
+
+/// One line per denial, at DEBUG like grants and releases.
+fn log_denial(response: &Response, what: &str, pid: u32, uid: u32) {
+    if let Response::Error(e) = response {
+        tracing::debug!(
+            pid,
+            uid,
+            kind = e.kind.as_str(),
+            request = what,
+            "denied: {}",
+            e.message
+        );
+    }
 }
 
 /// What must live until a connection's descriptor is closed: its slot in the daemon's
@@ -327,7 +374,7 @@ impl Session<'_> {
         tokio::pin!(silence);
         // Requests read while a wait was answered: served next, in order, before reading again.
         let mut next: std::collections::VecDeque<Inbound> = std::collections::VecDeque::new();
-        let mut handler = reused::Reused::new();
+        let mut handler = reused::Reused::new(&self.control.kept_boxes);
         let mut answered = tokio::time::Instant::now();
         // Set when the silence timer only gave the answers' box back.
         let mut box_released = false;
@@ -345,58 +392,64 @@ impl Session<'_> {
                 quiet
             };
             silence.as_mut().reset(answered + wake);
-            // Biased: what the client sent (or its end of stream) comes first, so an ordinary
-            // exit is seen as the connection closing rather than as the owner dying.
-            let frame = if let Some(inbound) = next.pop_front() {
-                Ok(Some(inbound))
-            } else {
-                tokio::select! {
-                biased;
-                frame = reader.next() => frame,
-                () = shutdown.cancelled() => return,
-                () = &mut owner_exit => {
-                    tracing::debug!(pid = peer.owner.pid, "the session's owner exited while its connection stayed open (inherited by a child?); ending the session");
-                    return;
-                }
-                () = &mut silence => {
-                    if handler.release() {
-                        // Quiet: its answers' box is given back (silence still counts).
-                        box_released = true;
-                        continue;
+            // Everything an await keeps is part of every idle session's task, and a value that
+            // was ever borrowed is kept until its block ends: so the request is read and taken
+            // apart in this block, and only what the work needs leaves it.
+            let work = {
+                // Biased: what the client sent (or its end of stream) comes first, so an ordinary
+                // exit is seen as the connection closing rather than as the owner dying.
+                // (Not `if let` on `pop_front`: its `None` would be kept across the wait below.)
+                let frame = if !next.is_empty() {
+                    Ok(next.pop_front())
+                } else {
+                    tokio::select! {
+                    biased;
+                    frame = reader.next() => frame,
+                    () = shutdown.cancelled() => return,
+                    () = &mut owner_exit => {
+                        tracing::debug!(pid = peer.owner.pid, "the session's owner exited while its connection stayed open (inherited by a child?); ending the session");
+                        return;
                     }
-                    let limit = idle.unwrap_or(never);
-                    // Reader::next is cancel-safe: a frame begun stays buffered.
-                    if self.shared.session_holds(peer) {
-                        continue;
-                    }
-                    tracing::debug!(pid = peer.owner.pid, "closing a connection silent for {limit:?} that holds nothing");
-                    send(writer, idle_notice(limit), self.config.write_timeout).await;
-                    return;
-                }
-                }
-            };
-            match frame {
-                Ok(None) => return,
-                Ok(Some(inbound))
-                    if matches!(inbound.request, Request::Stop | Request::StopWith { .. }) =>
-                {
-                    let allowed = self.may_stop(&inbound);
-                    let response = if allowed {
-                        tracing::info!(
-                            pid = peer.owner.pid,
-                            uid = peer.owner.uid,
-                            "stop requested by a client"
-                        );
-                        Response::Stopping {
-                            pid: std::process::id(),
+                    () = &mut silence => {
+                        if handler.release() {
+                            // Quiet: its answers' box is given back (silence still counts).
+                            box_released = true;
+                            continue;
                         }
-                    } else {
-                        self.stop_refused()
-                    };
+                        let limit = idle.unwrap_or(never);
+                        // Reader::next is cancel-safe: a frame begun stays buffered.
+                        if self.shared.session_holds(peer) {
+                            continue;
+                        }
+                        tracing::debug!(pid = peer.owner.pid, "closing a connection silent for {limit:?} that holds nothing");
+                        send(writer, idle_notice(limit), self.config.write_timeout).await;
+                        return;
+                    }
+                    }
+                };
+                self.work(frame)
+            };
+            match work {
+                Work::Answer(response) => {
+                    if send(writer, *response, limit).await.is_none() {
+                        return;
+                    }
+                }
+                Work::End(response) => {
+                    if let Some(response) = response {
+                        send(writer, *response, limit).await;
+                    }
+                    return;
+                }
+                Work::Stop {
+                    allowed,
+                    restore,
+                    response,
+                } => {
                     // Answer first: once stopping, the session ends without a word.
-                    let sent = send(writer, response, limit).await;
+                    let sent = send(writer, *response, limit).await;
                     if allowed {
-                        if matches!(inbound.request, Request::StopWith { restore: true }) {
+                        if restore {
                             self.shared.restore_list_on_stop();
                         }
                         self.control.stop.cancel();
@@ -405,34 +458,12 @@ impl Session<'_> {
                         return;
                     }
                 }
-                Ok(Some(inbound)) if inbound.lost_fd => {
-                    // The daemon's shortage, not the client's doing: nothing changes, the
-                    // session and its reservations stay.
-                    let message = crate::server::limits::busy_message(&format!(
-                        "could not take the socket sent with this {} request",
-                        inbound.request.name()
-                    ));
-                    tracing::debug!(pid = peer.owner.pid, "{message}");
-                    let busy = WireError::new(ErrorKind::Unavailable, message).with_detail(
-                        ErrorDetail::Busy(BusyDetail {
-                            limit: DaemonLimit::OpenFiles,
-                            max: crate::server::limits::open_files_limit(),
-                            in_use: crate::server::limits::open_files_in_shortage(),
-                        }),
-                    );
-                    if send(writer, Response::Error(busy), limit).await.is_none() {
-                        return;
-                    }
-                }
-                Ok(Some(inbound))
-                    if matches!(inbound.request, Request::WaitName { .. })
-                        && self.refuse_foreign(&inbound.request).is_none() =>
-                {
+                Work::Wait(inbound) => {
                     // A wait takes no turn and may last long: it ends early if the client goes
                     // away, its owner exits or the daemon stops; requests sent meanwhile are
                     // read (a few, then reading pauses) and served after it, in order.
                     // Boxed: a session that never waits does not carry a wait's state.
-                    let mut wait = Box::pin(self.shared.wait(inbound, peer));
+                    let mut wait = Box::pin(self.shared.wait(*inbound, peer));
                     let response = loop {
                         tokio::select! {
                             biased;
@@ -448,42 +479,95 @@ impl Session<'_> {
                             },
                         }
                     };
+                    drop(wait);
                     if send(writer, response, limit).await.is_none() {
                         return;
                     }
                 }
-                Ok(Some(inbound)) => {
-                    let what = inbound.request.name();
-                    let (pid, uid) = match inbound.sender.map(|s| s.cred) {
-                        Some(c) if c.pid != 0 => (c.pid, c.uid),
-                        _ => (peer.owner.pid, peer.owner.uid),
+                Work::Handle {
+                    inbound,
+                    what,
+                    pid,
+                    uid,
+                } => {
+                    let answer = handler.run(self.shared.handle(*inbound, peer)).await;
+                    handler.finished();
+                    let sending = {
+                        // Moved in: a borrowed value is kept until its block ends.
+                        let response = answer;
+                        log_denial(&response, what, pid, uid);
+                        send(writer, response, limit)
                     };
-                    let response = match self.refuse_foreign(&inbound.request) {
-                        Some(refusal) => refusal,
-                        None => handler.run(self.shared.handle(inbound, peer)).await,
-                    };
-                    if let Response::Error(e) = &response {
-                        // One line per denial, at DEBUG like grants and releases.
-                        tracing::debug!(
-                            pid,
-                            uid,
-                            kind = e.kind.as_str(),
-                            request = what,
-                            "denied: {}",
-                            e.message
-                        );
-                    }
-                    if send(writer, response, limit).await.is_none() {
+                    if sending.await.is_none() {
                         return;
                     }
-                }
-                Err(e) => {
-                    if let Some(reply) = frame_error_reply(&e, peer.owner.uid) {
-                        send(writer, reply, limit).await;
-                    }
-                    return;
                 }
             }
+        }
+    }
+
+    /// What to do with what was read: the answers that need no wait made here.
+    fn work(&self, frame: Result<Option<Inbound>, ReadError>) -> Work {
+        let peer = &self.peer;
+        let inbound = match frame {
+            Ok(Some(inbound)) => inbound,
+            Ok(None) => return Work::End(None),
+            Err(e) => return Work::End(frame_error_reply(&e, peer.owner.uid).map(Box::new)),
+        };
+        if matches!(inbound.request, Request::Stop | Request::StopWith { .. }) {
+            let allowed = self.may_stop(&inbound);
+            let response = if allowed {
+                tracing::info!(
+                    pid = peer.owner.pid,
+                    uid = peer.owner.uid,
+                    "stop requested by a client"
+                );
+                Response::Stopping {
+                    pid: std::process::id(),
+                }
+            } else {
+                self.stop_refused()
+            };
+            return Work::Stop {
+                allowed,
+                restore: matches!(inbound.request, Request::StopWith { restore: true }),
+                response: Box::new(response),
+            };
+        }
+        if inbound.lost_fd {
+            // The daemon's shortage, not the client's doing: nothing changes, the session and
+            // its reservations stay.
+            let message = crate::server::limits::busy_message(&format!(
+                "could not take the socket sent with this {} request",
+                inbound.request.name()
+            ));
+            tracing::debug!(pid = peer.owner.pid, "{message}");
+            let busy = WireError::new(ErrorKind::Unavailable, message).with_detail(
+                ErrorDetail::Busy(BusyDetail {
+                    limit: DaemonLimit::OpenFiles,
+                    max: crate::server::limits::open_files_limit(),
+                    in_use: crate::server::limits::open_files_in_shortage(),
+                }),
+            );
+            return Work::Answer(Box::new(Response::Error(busy)));
+        }
+        let what = inbound.request.name();
+        let (pid, uid) = match inbound.sender.map(|s| s.cred) {
+            Some(c) if c.pid != 0 => (c.pid, c.uid),
+            _ => (peer.owner.pid, peer.owner.uid),
+        };
+        if let Some(refusal) = self.refuse_foreign(&inbound.request) {
+            log_denial(&refusal, what, pid, uid);
+            return Work::Answer(Box::new(refusal));
+        }
+        if matches!(inbound.request, Request::WaitName { .. }) {
+            return Work::Wait(Box::new(inbound));
+        }
+        Work::Handle {
+            inbound: Box::new(inbound),
+            what,
+            pid,
+            uid,
         }
     }
 
