@@ -40,10 +40,6 @@ use crate::state::{error, Peer, Shared};
 
 type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<Request, Response>>;
 
-/// A session's write buffer starts this small (tokio-util's default is 8 KiB: 8 MiB for 1,000
-/// idle sessions); answers are mostly tens of bytes.
-const WRITE_BUFFER: usize = 256;
-
 /// Requests read while a wait (`WaitName`) is answered, at most; past them reading pauses until
 /// the wait ends (a client that pipelines this much behind a wait is waiting for it anyway).
 const MAX_BEHIND_A_WAIT: usize = 16;
@@ -56,13 +52,13 @@ const HANDLER_KEPT: Duration = Duration::from_secs(2);
 /// each); the others allocate one per answer.
 pub(crate) const KEPT_BOXES: usize = 64;
 
-/// An emptied write buffer that grew beyond this (a long list) is replaced by a small one.
-const WRITE_BUFFER_KEPT: usize = 4 * 1024;
-
 /// The write half of a session, with a small buffer and tokio-util's default backpressure
 /// boundary.
 fn writer(wr: OwnedWriteHalf) -> Writer {
-    let mut writer = FramedWrite::with_capacity(wr, FrameCodec::daemon(), WRITE_BUFFER);
+    // No buffer between answers (tokio-util's default is 8 KiB: 8 MiB for 1,000 idle
+    // sessions): each answer's is allocated when it is encoded — tens of bytes, from the
+    // allocator's per-thread cache — and freed once written (see `flush`).
+    let mut writer = FramedWrite::with_capacity(wr, FrameCodec::daemon(), 0);
     writer.set_backpressure_boundary(8 * 1024);
     writer
 }
@@ -706,8 +702,8 @@ async fn flush(writer: &mut Writer, limit: Duration) -> Option<()> {
     match tokio::time::timeout(limit, writer.flush()).await {
         Ok(Ok(())) => {
             let buffer = writer.write_buffer_mut();
-            if buffer.is_empty() && buffer.capacity() > WRITE_BUFFER_KEPT {
-                *buffer = bytes::BytesMut::with_capacity(WRITE_BUFFER);
+            if buffer.is_empty() {
+                *buffer = bytes::BytesMut::new();
             }
             Some(())
         }
@@ -727,23 +723,37 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_write_buffer_starts_small_and_shrinks_back_after_a_large_answer() {
+    async fn the_write_buffer_is_held_only_while_an_answer_is_written() {
         let (daemon, client) = tokio::net::UnixStream::pair().unwrap();
         let (_rd, wr) = daemon.into_split();
         let mut writer = writer(wr);
-        assert!(writer.write_buffer().capacity() <= WRITE_BUFFER);
+        assert_eq!(writer.write_buffer().capacity(), 0);
         let large = error(ErrorKind::Unavailable, "x".repeat(20_000));
         let limit = Duration::from_secs(10);
         send(&mut writer, large, limit).await.expect("sent");
-        assert!(
-            writer.write_buffer().capacity() <= WRITE_BUFFER,
-            "{}",
-            writer.write_buffer().capacity()
-        );
+        assert_eq!(writer.write_buffer().capacity(), 0);
         send(&mut writer, Response::Stopping { pid: 1 }, limit)
             .await
             .expect("sent");
-        assert!(writer.write_buffer().capacity() <= WRITE_BUFFER);
-        drop(client);
+        assert_eq!(writer.write_buffer().capacity(), 0);
+        // Both answers arrived whole.
+        let mut codec = FrameCodec::<Response, Request>::client();
+        let mut bytes = bytes::BytesMut::new();
+        let mut answers = Vec::new();
+        let std_client = client.into_std().unwrap();
+        std_client.set_nonblocking(false).unwrap();
+        while answers.len() < 2 {
+            let mut chunk = [0u8; 4096];
+            let n = std::io::Read::read(&mut &std_client, &mut chunk).unwrap();
+            assert!(n > 0, "the connection ended early");
+            bytes.extend_from_slice(&chunk[..n]);
+            while let Some(answer) =
+                tokio_util::codec::Decoder::decode(&mut codec, &mut bytes).unwrap()
+            {
+                answers.push(answer);
+            }
+        }
+        assert!(matches!(answers[0], Response::Error(_)));
+        assert!(matches!(answers[1], Response::Stopping { pid: 1 }));
     }
 }
