@@ -461,11 +461,19 @@ impl RuntimeJournal {
 
     /// Rewrites the file once it has outgrown its live records.
     fn rewrite_if_long(&mut self) {
-        if self.len >= self.rewrite_at && self.rewrite().is_err() {
+        if self.outgrown() && self.rewrite().is_err() {
             // What was appended is recorded already; a failed rewrite only leaves a longer
             // file. Try again once it has grown as much again.
             self.rewrite_at = self.len.saturating_mul(2);
         }
+    }
+
+    /// Whether the file has outgrown its live rows: past the length set at the last rewrite
+    /// (or failure) and several times what is live now. A file that grew by inserts alone is
+    /// all live rows: rewriting it would write the same rows again (and, for a daemon filling
+    /// its table, hold a copy of them all in memory for nothing).
+    fn outgrown(&self) -> bool {
+        self.len >= self.rewrite_at && self.len >= rewrite_threshold(self.live_bytes)
     }
 
     /// Forgets every row (the kernel record stays).

@@ -50,7 +50,7 @@ impl RuntimeJournal {
 
     /// Whether the file has outgrown its live records, and no rewrite is under way.
     pub fn rewrite_due(&self) -> bool {
-        self.clean && self.since.is_none() && self.len >= self.rewrite_at
+        self.clean && self.since.is_none() && self.outgrown()
     }
 
     /// Begins a rewrite: the live records encoded now (in memory only); every frame appended

@@ -187,6 +187,36 @@ fn a_symbolic_link_is_not_followed() {
     assert_eq!(fs::read(&target).unwrap(), b"precious");
 }
 
+/// A journal that only grew (inserts, no garbage) is not rewritten however long it gets: a
+/// rewrite would write the same rows again.
+#[test]
+fn a_file_of_live_rows_only_is_not_rewritten() {
+    use std::os::unix::fs::MetadataExt;
+    let (_dir, path) = temp_journal();
+    let (mut journal, _) = RuntimeJournal::open(&path, BOOT).unwrap();
+    let inode = fs::metadata(&path).unwrap().ino();
+    let mut n = 0u64;
+    // Past the smallest length at which a journal is ever rewritten (256 KiB).
+    while fs::metadata(&path).unwrap().len() < 600 * 1024 {
+        n += 1;
+        let port = 1024 + u16::try_from(n % 60_000).unwrap();
+        journal
+            .apply(&JournalOp::Insert(journaled(n, port, 1)))
+            .unwrap();
+    }
+    assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "rewritten");
+    assert_eq!(journal.rows().len(), usize::try_from(n).unwrap());
+    // Once most of it is garbage, it is.
+    for t in 1..=n {
+        if t % 10 != 0 {
+            journal.apply(&JournalOp::Remove(token(t))).unwrap();
+        }
+    }
+    assert_ne!(fs::metadata(&path).unwrap().ino(), inode, "not rewritten");
+    assert!(fs::metadata(&path).unwrap().len() < 300 * 1024);
+    assert_eq!(journal.rows().len(), usize::try_from(n / 10).unwrap());
+}
+
 #[test]
 fn churn_keeps_the_file_small_and_the_rows_right() {
     let (_dir, path) = temp_journal();
