@@ -2,24 +2,36 @@
 //! cool-down): a port just released does not reach the next asker while the last owner's
 //! connections linger (`TIME_WAIT`) or its peers still send to it. Pure: times come in as
 //! milliseconds.
+//!
+//! Each protocol's freed times are an array with one slot a port, made at its first release:
+//! 256 KiB whatever the churn. (A record per release, kept in order to forget it once cool,
+//! took up to 2 MiB when tens of thousands of ports were released within a cool-down.) How
+//! many ports cool is counted per slice of the window, so that a slice is forgotten at once
+//! when it has cooled.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::range::{PortRange, Protocol};
 
-/// The most releases remembered in order; past it the oldest are forgotten early (each
-/// protocol has 65,535 ports, so this bounds the memory under any churn).
-const MAX_REMEMBERED: usize = 2 * 65_536;
+/// Slices of the window that cooling ports are counted in: the count is exact but for the
+/// slice cooling right now, whose ports are still counted until it has cooled whole.
+const SLICES: u64 = 64;
 
 /// When each recently freed port was freed.
 #[derive(Debug, Default)]
 pub(super) struct Cooling {
     /// How long a freed port is passed by; 0: never.
     window_ms: u64,
-    /// Per protocol (TCP, UDP): port → when it was last freed.
-    freed: [BTreeMap<u16, u64>; 2],
-    /// The releases in the order they came, to forget their ports once cool.
-    order: VecDeque<(u64, Protocol, PortRange)>,
+    /// The time slots are counted from (the first release's).
+    base_ms: u64,
+    /// Per protocol (TCP, UDP): for each port, 1 + when it was last freed (milliseconds after
+    /// `base_ms`), or 0; made at the protocol's first release.
+    freed: [Option<Box<[u32]>>; 2],
+    /// Cooling ports per slice of the window (by absolute slice number, oldest first; only
+    /// slices in which something was freed), per protocol.
+    slices: VecDeque<(u64, [u32; 2])>,
+    /// The sum of `slices`' counts, per protocol.
+    counted: [u32; 2],
 }
 
 fn slot(protocol: Protocol) -> usize {
@@ -29,24 +41,85 @@ fn slot(protocol: Protocol) -> usize {
     }
 }
 
+/// Ports of one protocol: the length of a `freed` array.
+const PORTS: usize = 1 << 16;
+
 impl Cooling {
-    /// Passes freed ports by for `window_ms` from now on (0: not at all, and forgets).
+    /// Passes freed ports by for `window_ms` from now on (0: not at all). A new window
+    /// forgets what was freed: the slices it was counted in were the old window's.
     pub(super) fn set_window(&mut self, window_ms: u64) {
-        self.window_ms = window_ms;
-        if window_ms == 0 {
+        if window_ms != self.window_ms {
             self.clear();
         }
+        self.window_ms = window_ms;
     }
 
-    /// Forgets every freed port (the window stays).
+    /// Forgets every freed port (the window stays), and the memory that held them.
     pub(super) fn clear(&mut self) {
         self.freed = Default::default();
-        self.order.clear();
+        self.slices = VecDeque::new();
+        self.counted = [0; 2];
     }
 
     /// The window, in milliseconds.
     pub(super) fn window_ms(&self) -> u64 {
         self.window_ms
+    }
+
+    fn slice_ms(&self) -> u64 {
+        (self.window_ms / SLICES).max(1)
+    }
+
+    /// The slot value of a release at `now_ms`.
+    fn stamp(&mut self, now_ms: u64) -> u32 {
+        if self.freed.iter().all(Option::is_none) {
+            self.base_ms = now_ms;
+        }
+        let mut offset = now_ms.saturating_sub(self.base_ms);
+        if offset >= u64::from(u32::MAX >> 1) {
+            // About 25 days after the base: move it, dropping what has cooled since.
+            self.rebase(now_ms);
+            offset = now_ms.saturating_sub(self.base_ms);
+        }
+        u32::try_from(offset + 1).unwrap_or(u32::MAX)
+    }
+
+    /// Counts times from `now_ms` minus the window: every slot older than that has cooled.
+    fn rebase(&mut self, now_ms: u64) {
+        let base = now_ms.saturating_sub(self.window_ms);
+        let delta = base.saturating_sub(self.base_ms);
+        for at in self.freed.iter_mut().flatten().flat_map(|a| a.iter_mut()) {
+            *at = match u64::from(*at) {
+                0 => 0,
+                v if v - 1 < delta => 0,
+                v => u32::try_from(v - delta).unwrap_or(0),
+            };
+        }
+        self.base_ms = base;
+    }
+
+    /// When slot value `at` (non-zero) was freed.
+    fn freed_ms(&self, at: u32) -> u64 {
+        self.base_ms + u64::from(at) - 1
+    }
+
+    /// Takes a port freed at slot value `at` out of its slice's count, if the slice is still
+    /// counted.
+    fn uncount(&mut self, protocol: usize, at: u32) {
+        let slice = self.freed_ms(at) / self.slice_ms();
+        let Some(&(first, _)) = self.slices.front() else {
+            return;
+        };
+        if slice < first {
+            return;
+        }
+        // Slices are few (at most SLICES + 1) and sorted.
+        if let Ok(i) = self.slices.binary_search_by_key(&slice, |&(s, _)| s) {
+            if let Some((_, counts)) = self.slices.get_mut(i) {
+                counts[protocol] = counts[protocol].saturating_sub(1);
+                self.counted[protocol] = self.counted[protocol].saturating_sub(1);
+            }
+        }
     }
 
     /// Notes that `range` was freed in `protocol` at `now_ms` (the caller passes only the part
@@ -56,33 +129,55 @@ impl Cooling {
             return;
         }
         self.expire(now_ms);
-        let freed = &mut self.freed[slot(protocol)];
+        let p = slot(protocol);
+        let stamp = self.stamp(now_ms);
+        let freed = self.freed[p].get_or_insert_with(|| vec![0; PORTS].into_boxed_slice());
+        let mut again = Vec::new();
         for port in range.ports() {
-            freed.insert(port, now_ms);
+            if let Some(at) = freed.get_mut(usize::from(port)) {
+                if *at != 0 {
+                    again.push(*at);
+                }
+                *at = stamp;
+            }
         }
-        if self.order.len() >= MAX_REMEMBERED {
-            self.forget_oldest();
+        for at in again {
+            self.uncount(p, at);
         }
-        self.order.push_back((now_ms, protocol, range));
+        let slice = now_ms / self.slice_ms();
+        if self.slices.back().is_none_or(|&(s, _)| s < slice) {
+            self.slices.push_back((slice, [0; 2]));
+        }
+        if let Some((_, counts)) = self.slices.back_mut() {
+            counts[p] += u32::from(range.count());
+        }
+        self.counted[p] += u32::from(range.count());
     }
 
     /// How many ports of `protocol` are cooling (after [`Cooling::expire`]; ports reserved
-    /// again are taken out by [`Cooling::forget`], so none of them is reserved).
+    /// again are taken out by [`Cooling::forget`], so none of them is reserved). Ports of the
+    /// slice cooling right now count until it has cooled whole: never fewer than cool.
     pub(super) fn len(&self, protocol: Protocol) -> usize {
-        self.freed[slot(protocol)].len()
+        self.counted[slot(protocol)] as usize
     }
 
     /// Stops counting `range` in `protocol` (reserved again: no longer a free port to pass by).
     pub(super) fn forget(&mut self, protocol: Protocol, range: PortRange) {
-        let freed = &mut self.freed[slot(protocol)];
-        // Only the cooling ports of the range: a large block reserved over few of them costs
-        // what they are, not what it is.
-        let cooling: Vec<u16> = freed
-            .range(range.start()..=range.end())
-            .map(|(&port, _)| port)
-            .collect();
-        for port in cooling {
-            freed.remove(&port);
+        let p = slot(protocol);
+        let Some(freed) = self.freed[p].as_mut() else {
+            return;
+        };
+        let mut cooling = Vec::new();
+        for port in range.ports() {
+            if let Some(at) = freed.get_mut(usize::from(port)) {
+                if *at != 0 {
+                    cooling.push(*at);
+                    *at = 0;
+                }
+            }
+        }
+        for at in cooling {
+            self.uncount(p, at);
         }
     }
 
@@ -93,46 +188,160 @@ impl Cooling {
         range: PortRange,
         now_ms: u64,
     ) -> Option<u16> {
-        self.freed[slot(protocol)]
-            .range(range.start()..=range.end())
-            .find(|(_, &at)| self.cooling(at, now_ms))
-            .map(|(&port, _)| port)
+        let freed = self.freed[slot(protocol)].as_ref()?;
+        range.ports().find(|&port| {
+            freed
+                .get(usize::from(port))
+                .is_some_and(|&at| self.cooling(at, now_ms))
+        })
     }
 
     /// How many ports of `range` were freed in `protocol` less than the window before
     /// `now_ms`.
     pub(super) fn count_in(&self, protocol: Protocol, range: PortRange, now_ms: u64) -> u32 {
-        let n = self.freed[slot(protocol)]
-            .range(range.start()..=range.end())
-            .filter(|(_, &at)| self.cooling(at, now_ms))
+        let Some(freed) = self.freed[slot(protocol)].as_ref() else {
+            return 0;
+        };
+        let n = range
+            .ports()
+            .filter(|&port| {
+                freed
+                    .get(usize::from(port))
+                    .is_some_and(|&at| self.cooling(at, now_ms))
+            })
             .count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
-    fn cooling(&self, freed_at: u64, now_ms: u64) -> bool {
-        now_ms.saturating_sub(freed_at) < self.window_ms
+    /// Whether a port with slot value `at` is cooling at `now_ms`.
+    fn cooling(&self, at: u32, now_ms: u64) -> bool {
+        at != 0 && now_ms.saturating_sub(self.freed_ms(at)) < self.window_ms
     }
 
-    /// Forgets the releases that have cooled down by `now_ms`.
+    /// Stops counting the slices that have cooled whole by `now_ms`; once nothing is counted,
+    /// gives the arrays back too.
     pub(super) fn expire(&mut self, now_ms: u64) {
-        while let Some(&(at, _, _)) = self.order.front() {
-            if self.cooling(at, now_ms) {
+        let slice_ms = self.slice_ms();
+        while let Some(&(slice, counts)) = self.slices.front() {
+            let cooled_at = (slice + 1)
+                .saturating_mul(slice_ms)
+                .saturating_add(self.window_ms);
+            if now_ms < cooled_at {
                 break;
             }
-            self.forget_oldest();
-        }
-    }
-
-    /// Forgets the oldest release (its ports, unless freed again since).
-    fn forget_oldest(&mut self) {
-        let Some((at, protocol, range)) = self.order.pop_front() else {
-            return;
-        };
-        let freed = &mut self.freed[slot(protocol)];
-        for port in range.ports() {
-            if freed.get(&port) == Some(&at) {
-                freed.remove(&port);
+            self.slices.pop_front();
+            for (counted, n) in self.counted.iter_mut().zip(counts) {
+                *counted = counted.saturating_sub(n);
             }
         }
+        if self.slices.is_empty() && self.freed.iter().any(Option::is_some) {
+            // Every port noted has cooled: nothing to remember.
+            self.freed = Default::default();
+            self.counted = [0; 2];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: u16, count: u16) -> PortRange {
+        PortRange::new(start, count).unwrap()
+    }
+
+    /// Against the obvious model: a map of port to when it was freed, a port cooling while
+    /// less than the window has passed; the count never below the model's, and exact once the
+    /// current slice has cooled.
+    #[test]
+    fn matches_a_map_of_release_times() {
+        let window = 6_400;
+        let mut c = Cooling::default();
+        c.set_window(window);
+        let mut model: std::collections::BTreeMap<(usize, u16), u64> = Default::default();
+        let mut now = 1_000_000u64;
+        let mut x = 12345u64;
+        let mut rand = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for step in 0..4000 {
+            now += rand(300);
+            let protocol = if rand(2) == 0 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            };
+            let p = slot(protocol);
+            let r = range(
+                1000 + u16::try_from(rand(200)).unwrap(),
+                1 + u16::try_from(rand(4)).unwrap(),
+            );
+            if rand(3) == 0 {
+                c.forget(protocol, r);
+                for port in r.ports() {
+                    model.remove(&(p, port));
+                }
+            } else {
+                c.note(protocol, r, now);
+                for port in r.ports() {
+                    model.insert((p, port), now);
+                }
+            }
+            c.expire(now);
+            for (q, proto) in [(0, Protocol::Tcp), (1, Protocol::Udp)] {
+                let cooling: Vec<u16> = model
+                    .iter()
+                    .filter(|(&(mp, _), &at)| mp == q && now - at < window)
+                    .map(|(&(_, port), _)| port)
+                    .collect();
+                let probe = range(1000, 210);
+                assert_eq!(
+                    c.first_in(proto, probe, now),
+                    cooling.first().copied(),
+                    "step {step}"
+                );
+                assert_eq!(
+                    c.count_in(proto, probe, now) as usize,
+                    cooling.len(),
+                    "step {step}"
+                );
+                assert!(c.len(proto) >= cooling.len(), "step {step}");
+                // Counted, but cooled: only ports of the slice that is cooling now.
+                let slice_start = (now.saturating_sub(window) / c.slice_ms()) * c.slice_ms();
+                let recent = model
+                    .iter()
+                    .filter(|(&(mp, _), &at)| mp == q && at >= slice_start)
+                    .count();
+                assert!(c.len(proto) <= recent.max(cooling.len()), "step {step}");
+            }
+        }
+        // A window later everything has cooled, and the arrays are given back.
+        c.expire(now + window + c.slice_ms());
+        assert_eq!((c.len(Protocol::Tcp), c.len(Protocol::Udp)), (0, 0));
+        assert!(c.freed.iter().all(Option::is_none));
+    }
+
+    /// Times far apart (weeks) move the base, and what is cooling stays so.
+    #[test]
+    fn a_base_weeks_old_is_moved() {
+        let mut c = Cooling::default();
+        c.set_window(60_000);
+        c.note(Protocol::Tcp, range(2000, 1), 0);
+        let later = 30 * 24 * 3600 * 1000;
+        c.note(Protocol::Tcp, range(2001, 1), later);
+        c.expire(later);
+        assert_eq!(c.first_in(Protocol::Tcp, range(2000, 2), later), Some(2001));
+        assert_eq!(
+            c.first_in(Protocol::Tcp, range(2000, 2), later + 59_999),
+            Some(2001)
+        );
+        assert_eq!(
+            c.first_in(Protocol::Tcp, range(2000, 2), later + 60_000),
+            None
+        );
+        assert_eq!(c.len(Protocol::Tcp), 1);
     }
 }
