@@ -25,7 +25,7 @@ fn holder() -> Holder {
             uid: 1000,
             gid: 1000,
             start_time: 1,
-            command: "bench".to_owned(),
+            command: "bench".into(),
         },
         session: SessionId(1),
         acquired_at_ms: 0,

@@ -1,5 +1,7 @@
 //! Who holds a reservation and who is asking.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// The longest command name kept for an owner, in bytes; longer names are cut.
@@ -19,7 +21,9 @@ pub struct Owner {
     /// together with the pid it names one process, even after the pid is reused.
     pub start_time: u64,
     /// The command name (`/proc/PID/comm`), for messages; at most [`MAX_COMMAND_LEN`] bytes.
-    pub command: String,
+    /// Shared: every reservation of a process names it, and a copy each would be an
+    /// allocation each.
+    pub command: Arc<str>,
 }
 
 impl Owner {

@@ -53,7 +53,7 @@ fn owner(pid: u32, start_time: u64) -> Owner {
         uid: pid,
         gid: pid,
         start_time,
-        command: format!("p{pid}"),
+        command: format!("p{pid}").into(),
     }
 }
 

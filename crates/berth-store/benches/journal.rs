@@ -29,7 +29,7 @@ fn row(token: Token) -> JournalRow {
             uid: 1000,
             gid: 1000,
             start_time: 123_456,
-            command: "bench".to_owned(),
+            command: "bench".into(),
         },
         acquired_at_ms: 1_750_000_000_000,
         process: false,

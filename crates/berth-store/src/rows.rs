@@ -230,7 +230,7 @@ pub(crate) fn journal(key: i64, values: &[Value]) -> Result<JournalRow, Problem>
             uid: id32("uid", uid)?,
             gid: id32("gid", gid)?,
             start_time: u64_bits("start_time", start_time)?,
-            command: Owner::bound_command(text("command", command)?),
+            command: Owner::bound_command(text("command", command)?).into(),
         },
         acquired_at_ms: u64_bits("acquired_at_ms", acquired_at_ms)?,
         process: u64_bits("process", process)? != 0,

@@ -35,7 +35,7 @@ fn journal_row(t: u64) -> JournalRow {
             uid: 2,
             gid: 3,
             start_time: 4,
-            command: "x".to_owned(),
+            command: "x".into(),
         },
         acquired_at_ms: 5,
         process: false,

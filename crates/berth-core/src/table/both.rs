@@ -55,7 +55,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             start_time: 7,
-            command: "pytest".to_owned(),
+            command: "pytest".into(),
         }
     }
 

@@ -11,7 +11,7 @@ fn owner(pid: u32, uid: u32) -> Owner {
         uid,
         gid: uid,
         start_time: 7,
-        command: "test".to_owned(),
+        command: "test".into(),
     }
 }
 

@@ -206,7 +206,7 @@ impl Reservation {
                     uid: u32::MAX,
                     gid: u32::MAX,
                     start_time: 0,
-                    command: String::new(),
+                    command: "".into(),
                 };
             }
         }

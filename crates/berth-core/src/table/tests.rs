@@ -10,7 +10,7 @@ fn owner(pid: u32, start_time: u64) -> Owner {
         uid: 1000,
         gid: 1000,
         start_time,
-        command: "test".to_owned(),
+        command: "test".into(),
     }
 }
 

@@ -13,7 +13,7 @@ fn holder(hold: bool) -> Holder {
             uid: 1000,
             gid: 1000,
             start_time: 7,
-            command: "test".to_owned(),
+            command: "test".into(),
         },
         session: SessionId(1),
         acquired_at_ms: 0,

@@ -34,7 +34,7 @@ pub(crate) fn shown(owner: &Owner, viewer_uid: u32, is_admin: bool) -> Option<Ow
     (is_admin || owner.uid == viewer_uid).then(|| OwnerInfo {
         pid: owner.pid,
         uid: owner.uid,
-        command: owner.command.clone(),
+        command: owner.command.to_string(),
     })
 }
 

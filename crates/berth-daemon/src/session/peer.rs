@@ -51,7 +51,7 @@ pub(crate) fn confirmed(owner: Owner, pidfd: Option<impl AsFd>) -> Owner {
 pub(crate) fn gone(owner: Owner) -> Owner {
     Owner {
         start_time: 0,
-        command: String::new(),
+        command: "".into(),
         ..owner
     }
 }
@@ -78,7 +78,7 @@ pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
         uid,
         gid,
         start_time: 0,
-        command: String::new(),
+        command: "".into(),
     })
 }
 
@@ -101,7 +101,7 @@ pub(crate) fn read_owner(pid: u32, uid: u32, gid: u32) -> io::Result<Owner> {
         uid,
         gid,
         start_time,
-        command,
+        command: command.into(),
     })
 }
 

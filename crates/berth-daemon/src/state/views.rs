@@ -92,7 +92,7 @@ pub(super) fn info(r: &Reservation, viewer: &Owner, is_admin: bool, now: u64) ->
     let owner = r.owner().filter(|_| !hidden).map(|o| OwnerInfo {
         pid: o.pid,
         uid: o.uid,
-        command: o.command.clone(),
+        command: o.command.to_string(),
     });
     ReservationInfo {
         token: r.token,

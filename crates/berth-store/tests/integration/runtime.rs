@@ -75,7 +75,7 @@ fn operations_apply_in_order_and_survive_reopening() {
     let a = journaled(1, 40000, 1);
     let b = journaled(2, 40001, 2);
     let mut b2 = b.clone();
-    b2.owner.command = "replaced".to_owned();
+    b2.owner.command = "replaced".into();
     b2.label = berth_core::Label::parse("tests::login, shard 2").unwrap();
     let c = journaled(3, 40003, 1);
     for op in [

@@ -97,7 +97,7 @@ fn journal_applies_a_batch_in_order() {
     let a = journaled(1, 40000, 1);
     let b = journaled(2, 40001, 2);
     let mut b2 = b.clone();
-    b2.owner.command = "replaced".to_owned();
+    b2.owner.command = "replaced".into();
     let c = journaled(3, 40003, 1);
     store
         .journal(&[

@@ -40,7 +40,7 @@ pub fn journaled(t: u64, start: u16, count: u16) -> JournalRow {
             uid: 1000,
             gid: 1000,
             start_time: u64::MAX - t,
-            command: format!("cmd-{t}"),
+            command: format!("cmd-{t}").into(),
         },
         acquired_at_ms: 1_750_000_000_000 + t % 1000,
         process: false,
