@@ -102,7 +102,7 @@ pub struct FreeMap {
 }
 
 impl std::fmt::Debug for FreeMap {
-    /// A summary: 131,072 nodes are no use in a log line.
+    /// A summary: 8,192 nodes and a 65,536-bit map are no use in a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FreeMap")
             .field("longest_free_run", &self.root().best)

@@ -162,7 +162,8 @@ impl Table {
     /// `None` when no port of `protocol` is cooling; else whether a first, cool-down-respecting
     /// pass of a wildcard search can find anything: some free port of the pool is not cooling.
     /// O(1) unless nearly every free port is cooling (then a walk over the pool's reservations
-    /// decides). Expires cooled ports first.
+    /// decides). Expires cooled ports first. (The count of cooling ports may include some that
+    /// cooled within the last 1,024th of the window: see `cooling`.)
     fn cooling_state(&mut self, protocol: Protocol, now_ms: u64) -> Option<bool> {
         self.cooling.expire(now_ms);
         let cooling = u32::try_from(self.cooling.len(protocol)).unwrap_or(u32::MAX);
@@ -190,8 +191,8 @@ impl Table {
     /// one. When nothing is better it looks again once half of what is left is taken (when
     /// nothing is left, after a moment). A stripe placed at a cursor sends that cursor
     /// past it, leaving it to the grants it is listed for. Returns the new stripe when it
-    /// moved. Walks over the reservations and cooling ports of the blocks it looks at: call it
-    /// per change, not per port.
+    /// moved. Walks over the reservations of the blocks it looks at, and looks at each of
+    /// their ports for the cool-down: call it per change, not per port.
     pub fn advance_stripe(&mut self, now_ms: u64) -> Option<PortRange> {
         let stripe = self.stripe?;
         // A look-ahead that found nothing is not made again for a moment: under heavy churn
@@ -294,7 +295,8 @@ impl Table {
 
     /// The ports of `range` neither reserved nor cooling down, in the protocol that has
     /// fewer (a cooling port is passed by while others fit, so it is as good as taken for
-    /// the stripe's purpose). A walk over `range`'s reservations and cooling ports.
+    /// the stripe's purpose). A walk over `range`'s reservations and a look at each of its
+    /// ports for the cool-down.
     fn usable_in(&self, range: PortRange, now_ms: u64) -> u32 {
         let count = u32::from(range.count());
         let usable = |space: &Space, protocol| {

@@ -5,9 +5,16 @@
 //!
 //! Each protocol's freed times are an array with one slot a port, made at its first release:
 //! 256 KiB whatever the churn. (A record per release, kept in order to forget it once cool,
-//! took up to 2 MiB when tens of thousands of ports were released within a cool-down.) How
-//! many ports cool is counted per slice of the window, so that a slice is forgotten at once
-//! when it has cooled.
+//! took up to 2 MiB when tens of thousands of ports were released within a cool-down.) Which
+//! ports cool is exact. How many cool is counted per slice of the window (a 1,024th of it), a
+//! slice forgotten at once when it has cooled whole: the count may include ports of the slice
+//! cooling right now (released 59 ms apart, for a minute's window), never fewer than cool. It
+//! only decides whether a first, cool-down-respecting search pass is worth making; near that
+//! edge a wildcard search may take a port that has a few milliseconds of its cool-down left
+//! rather than one that has just cooled.
+//!
+//! Times are the wall clock's: one that steps back is taken as standing still (a release then
+//! counts from the latest time seen), so that releases stay in order.
 
 use std::collections::VecDeque;
 
@@ -15,7 +22,12 @@ use crate::range::{PortRange, Protocol};
 
 /// Slices of the window that cooling ports are counted in: the count is exact but for the
 /// slice cooling right now, whose ports are still counted until it has cooled whole.
-const SLICES: u64 = 64;
+const SLICES: u64 = 1024;
+
+/// The longest window: times are kept as 32-bit milliseconds from a base that moves once they
+/// near 2^31 (about 25 days), which must leave the window behind. (The configuration allows an
+/// hour.)
+const MAX_WINDOW_MS: u64 = 1 << 30;
 
 /// When each recently freed port was freed.
 #[derive(Debug, Default)]
@@ -24,6 +36,8 @@ pub(super) struct Cooling {
     window_ms: u64,
     /// The time slots are counted from (the first release's).
     base_ms: u64,
+    /// The latest time a release was noted at (times never go back).
+    last_ms: u64,
     /// Per protocol (TCP, UDP): for each port, 1 + when it was last freed (milliseconds after
     /// `base_ms`), or 0; made at the protocol's first release.
     freed: [Option<Box<[u32]>>; 2],
@@ -45,9 +59,11 @@ fn slot(protocol: Protocol) -> usize {
 const PORTS: usize = 1 << 16;
 
 impl Cooling {
-    /// Passes freed ports by for `window_ms` from now on (0: not at all). A new window
-    /// forgets what was freed: the slices it was counted in were the old window's.
+    /// Passes freed ports by for `window_ms` from now on (0: not at all; at most about 12
+    /// days). A new window forgets what was freed: the slices it was counted in were the old
+    /// window's.
     pub(super) fn set_window(&mut self, window_ms: u64) {
+        let window_ms = window_ms.min(MAX_WINDOW_MS);
         if window_ms != self.window_ms {
             self.clear();
         }
@@ -113,7 +129,8 @@ impl Cooling {
         if slice < first {
             return;
         }
-        // Slices are few (at most SLICES + 1) and sorted.
+        // Slices are few (about SLICES + 1: one a SLICES-th of the window, at least a
+        // millisecond each) and sorted.
         if let Ok(i) = self.slices.binary_search_by_key(&slice, |&(s, _)| s) {
             if let Some((_, counts)) = self.slices.get_mut(i) {
                 counts[protocol] = counts[protocol].saturating_sub(1);
@@ -128,22 +145,24 @@ impl Cooling {
         if self.window_ms == 0 {
             return;
         }
+        let now_ms = now_ms.max(self.last_ms);
+        self.last_ms = now_ms;
         self.expire(now_ms);
         let p = slot(protocol);
         let stamp = self.stamp(now_ms);
-        let freed = self.freed[p].get_or_insert_with(|| vec![0; PORTS].into_boxed_slice());
-        let mut again = Vec::new();
+        let mut freed = self.freed[p]
+            .take()
+            .unwrap_or_else(|| vec![0; PORTS].into_boxed_slice());
         for port in range.ports() {
             if let Some(at) = freed.get_mut(usize::from(port)) {
                 if *at != 0 {
-                    again.push(*at);
+                    // Freed again: counted in this release's slice from now on.
+                    self.uncount(p, *at);
                 }
                 *at = stamp;
             }
         }
-        for at in again {
-            self.uncount(p, at);
-        }
+        self.freed[p] = Some(freed);
         let slice = now_ms / self.slice_ms();
         if self.slices.back().is_none_or(|&(s, _)| s < slice) {
             self.slices.push_back((slice, [0; 2]));
@@ -164,21 +183,18 @@ impl Cooling {
     /// Stops counting `range` in `protocol` (reserved again: no longer a free port to pass by).
     pub(super) fn forget(&mut self, protocol: Protocol, range: PortRange) {
         let p = slot(protocol);
-        let Some(freed) = self.freed[p].as_mut() else {
+        let Some(mut freed) = self.freed[p].take() else {
             return;
         };
-        let mut cooling = Vec::new();
         for port in range.ports() {
             if let Some(at) = freed.get_mut(usize::from(port)) {
                 if *at != 0 {
-                    cooling.push(*at);
+                    self.uncount(p, *at);
                     *at = 0;
                 }
             }
         }
-        for at in cooling {
-            self.uncount(p, at);
-        }
+        self.freed[p] = Some(freed);
     }
 
     /// The first port of `range` freed in `protocol` less than the window before `now_ms`.
@@ -322,6 +338,23 @@ mod tests {
         c.expire(now + window + c.slice_ms());
         assert_eq!((c.len(Protocol::Tcp), c.len(Protocol::Udp)), (0, 0));
         assert!(c.freed.iter().all(Option::is_none));
+    }
+
+    /// A clock that steps back is taken as standing still: the release counts from the latest
+    /// time seen, and the counts stay right when it is freed again or reserved.
+    #[test]
+    fn a_clock_that_steps_back_stands_still() {
+        let mut c = Cooling::default();
+        c.set_window(60_000);
+        c.note(Protocol::Tcp, range(3000, 1), 100_000);
+        c.note(Protocol::Tcp, range(3001, 1), 40_000);
+        assert_eq!(c.len(Protocol::Tcp), 2);
+        assert_eq!(c.count_in(Protocol::Tcp, range(3000, 2), 159_999), 2);
+        assert_eq!(c.count_in(Protocol::Tcp, range(3000, 2), 160_000), 0);
+        c.note(Protocol::Tcp, range(3001, 1), 30_000);
+        assert_eq!(c.len(Protocol::Tcp), 2);
+        c.forget(Protocol::Tcp, range(3000, 2));
+        assert_eq!(c.len(Protocol::Tcp), 0);
     }
 
     /// Times far apart (weeks) move the base, and what is cooling stays so.

@@ -52,15 +52,13 @@ const HANDLER_KEPT: Duration = Duration::from_secs(2);
 /// each); the others allocate one per answer.
 pub(crate) const KEPT_BOXES: usize = 64;
 
-/// The write half of a session, with a small buffer and tokio-util's default backpressure
-/// boundary.
+/// The write half of a session. Answers are encoded into its buffer and flushed one at a
+/// time (`send`), so no backpressure boundary applies.
 fn writer(wr: OwnedWriteHalf) -> Writer {
     // No buffer between answers (tokio-util's default is 8 KiB: 8 MiB for 1,000 idle
     // sessions): each answer's is allocated when it is encoded — tens of bytes, from the
     // allocator's per-thread cache — and freed once written (see `flush`).
-    let mut writer = FramedWrite::with_capacity(wr, FrameCodec::daemon(), 0);
-    writer.set_backpressure_boundary(8 * 1024);
-    writer
+    FramedWrite::with_capacity(wr, FrameCodec::daemon(), 0)
 }
 
 /// What sessions need of the server besides the allocation state.
