@@ -7,14 +7,34 @@ use crate::table::ports::PortStates;
 use crate::table::Reservation;
 use crate::token::Token;
 
+/// A slab index or none, in four bytes (an `Option<u32>` takes eight: with tens of thousands
+/// of reservations live, every byte of an entry counts).
+#[derive(Debug, Clone, Copy)]
+struct Link(u32);
+
+impl Link {
+    const NONE: Link = Link(u32::MAX);
+
+    fn get(self) -> Option<u32> {
+        (self.0 != u32::MAX).then_some(self.0)
+    }
+}
+
+impl From<Option<u32>> for Link {
+    fn from(index: Option<u32>) -> Self {
+        // Slab indices stay far below u32::MAX (see `insert`).
+        index.map_or(Link::NONE, Link)
+    }
+}
+
 /// A reservation and its neighbours in its session's list (indices into the slab).
 #[derive(Debug)]
 struct Entry {
     reservation: Reservation,
     /// The reservation acquired next on the same session, if still live.
-    newer: Option<u32>,
+    newer: Link,
     /// The reservation acquired before this one on the same session, if still live.
-    older: Option<u32>,
+    older: Link,
     /// Which of its ports were bound through associate, and where the next one starts.
     ports: PortStates,
     /// Whether it counts against the shared range's cap (see `Constraints::shared_max`).
@@ -113,13 +133,13 @@ impl Records {
             .session()
             .and_then(|session| self.newest.insert(session, index));
         if let Some(entry) = older.and_then(|i| self.entry_mut(i)) {
-            entry.newer = Some(index);
+            entry.newer = Link(index);
         }
         if let Some(slot) = self.slab.get_mut(index as usize) {
             *slot = Some(Entry {
                 reservation,
-                newer: None,
-                older,
+                newer: Link::NONE,
+                older: older.into(),
                 ports: PortStates::default(),
                 capped,
             });
@@ -138,10 +158,10 @@ impl Records {
     pub(super) fn remove(&mut self, token: Token) -> Option<Reservation> {
         let index = self.by_token.remove(&token)?;
         let entry = self.take(index)?;
-        if let Some(older) = entry.older.and_then(|i| self.entry_mut(i)) {
+        if let Some(older) = entry.older.get().and_then(|i| self.entry_mut(i)) {
             older.newer = entry.newer;
         }
-        match entry.newer {
+        match entry.newer.get() {
             Some(newer) => {
                 if let Some(newer) = self.entry_mut(newer) {
                     newer.older = entry.older;
@@ -150,7 +170,7 @@ impl Records {
             // It was the newest: its predecessor (if any) heads the list now.
             None => {
                 if let Some(session) = entry.reservation.session() {
-                    match entry.older {
+                    match entry.older.get() {
                         Some(older) => self.newest.insert(session, older),
                         None => self.newest.remove(&session),
                     };
@@ -171,7 +191,7 @@ impl Records {
         let mut tokens = Vec::new();
         while let Some(entry) = next.and_then(|i| self.entry(i)) {
             tokens.push(entry.reservation.token);
-            next = entry.older;
+            next = entry.older.get();
         }
         tokens
     }
