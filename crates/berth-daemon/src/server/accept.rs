@@ -169,17 +169,16 @@ impl Doors {
                 control.clone(),
                 cancel.clone(),
             );
-            tracker.spawn(async move {
-                serve_connection(
-                    stream,
-                    shared,
-                    config,
-                    control,
-                    cancel,
-                    Box::new((permit, slot, other)),
-                )
-                .await;
-            });
+            // The session's own future, not one wrapped in another: a wrapper would keep its
+            // copies of the arguments for the connection's whole life.
+            tracker.spawn(serve_connection(
+                stream,
+                shared,
+                config,
+                control,
+                cancel,
+                Box::new((permit, slot, other)),
+            ));
         }
     }
 }
