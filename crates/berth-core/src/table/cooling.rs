@@ -260,84 +260,96 @@ impl Cooling {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn range(start: u16, count: u16) -> PortRange {
         PortRange::new(start, count).unwrap()
     }
 
-    /// Against the obvious model: a map of port to when it was freed, a port cooling while
-    /// less than the window has passed; the count never below the model's, and exact once the
-    /// current slice has cooled.
-    #[test]
-    fn matches_a_map_of_release_times() {
-        let window = 6_400;
-        let mut c = Cooling::default();
-        c.set_window(window);
-        let mut model: std::collections::BTreeMap<(usize, u16), u64> = Default::default();
-        let mut now = 1_000_000u64;
-        let mut x = 12345u64;
-        let mut rand = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
-        for step in 0..4000 {
-            now += rand(300);
-            let protocol = if rand(2) == 0 {
-                Protocol::Tcp
-            } else {
-                Protocol::Udp
-            };
-            let p = slot(protocol);
-            let r = range(
-                1000 + u16::try_from(rand(200)).unwrap(),
-                1 + u16::try_from(rand(4)).unwrap(),
-            );
-            if rand(3) == 0 {
-                c.forget(protocol, r);
-                for port in r.ports() {
-                    model.remove(&(p, port));
+    /// One step of the model test: time passes, then a range of a protocol is freed or
+    /// reserved again.
+    #[derive(Debug, Clone)]
+    struct Step {
+        after_ms: u64,
+        udp: bool,
+        start: u16,
+        count: u16,
+        forget: bool,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            0u64..300,
+            any::<bool>(),
+            1000u16..1200,
+            1u16..5,
+            prop::bool::weighted(0.3),
+        )
+            .prop_map(|(after_ms, udp, start, count, forget)| Step {
+                after_ms,
+                udp,
+                start,
+                count,
+                forget,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Against the obvious model: a map of port to when it was freed, a port cooling while
+        /// less than the window has passed. Which ports cool is exact; the count is never below
+        /// the model's, nor above it by more than the ports freed in the slice cooling now.
+        /// A window later everything has cooled, and the arrays are given back.
+        #[test]
+        fn matches_a_map_of_release_times(steps in prop::collection::vec(step(), 1..300)) {
+            let window = 6_400;
+            let mut c = Cooling::default();
+            c.set_window(window);
+            let mut model: std::collections::BTreeMap<(usize, u16), u64> = Default::default();
+            let mut now = 1_000_000u64;
+            for s in steps {
+                now += s.after_ms;
+                let protocol = if s.udp { Protocol::Udp } else { Protocol::Tcp };
+                let p = slot(protocol);
+                let r = range(s.start, s.count);
+                if s.forget {
+                    c.forget(protocol, r);
+                    for port in r.ports() {
+                        model.remove(&(p, port));
+                    }
+                } else {
+                    c.note(protocol, r, now);
+                    for port in r.ports() {
+                        model.insert((p, port), now);
+                    }
                 }
-            } else {
-                c.note(protocol, r, now);
-                for port in r.ports() {
-                    model.insert((p, port), now);
+                c.expire(now);
+                for (q, proto) in [(0, Protocol::Tcp), (1, Protocol::Udp)] {
+                    let cooling: Vec<u16> = model
+                        .iter()
+                        .filter(|(&(mp, _), &at)| mp == q && now - at < window)
+                        .map(|(&(_, port), _)| port)
+                        .collect();
+                    let probe = range(1000, 210);
+                    prop_assert_eq!(c.first_in(proto, probe, now), cooling.first().copied());
+                    prop_assert_eq!(c.count_in(proto, probe, now) as usize, cooling.len());
+                    prop_assert!(c.len(proto) >= cooling.len());
+                    // Counted but cooled: only ports of the slice cooling now.
+                    let slice_start = (now.saturating_sub(window) / c.slice_ms()) * c.slice_ms();
+                    let recent = model
+                        .iter()
+                        .filter(|(&(mp, _), &at)| mp == q && at >= slice_start)
+                        .count();
+                    prop_assert!(c.len(proto) <= recent.max(cooling.len()));
                 }
             }
-            c.expire(now);
-            for (q, proto) in [(0, Protocol::Tcp), (1, Protocol::Udp)] {
-                let cooling: Vec<u16> = model
-                    .iter()
-                    .filter(|(&(mp, _), &at)| mp == q && now - at < window)
-                    .map(|(&(_, port), _)| port)
-                    .collect();
-                let probe = range(1000, 210);
-                assert_eq!(
-                    c.first_in(proto, probe, now),
-                    cooling.first().copied(),
-                    "step {step}"
-                );
-                assert_eq!(
-                    c.count_in(proto, probe, now) as usize,
-                    cooling.len(),
-                    "step {step}"
-                );
-                assert!(c.len(proto) >= cooling.len(), "step {step}");
-                // Counted, but cooled: only ports of the slice that is cooling now.
-                let slice_start = (now.saturating_sub(window) / c.slice_ms()) * c.slice_ms();
-                let recent = model
-                    .iter()
-                    .filter(|(&(mp, _), &at)| mp == q && at >= slice_start)
-                    .count();
-                assert!(c.len(proto) <= recent.max(cooling.len()), "step {step}");
-            }
+            c.expire(now + window + c.slice_ms());
+            prop_assert_eq!((c.len(Protocol::Tcp), c.len(Protocol::Udp)), (0, 0));
+            prop_assert!(c.freed.iter().all(Option::is_none));
         }
-        // A window later everything has cooled, and the arrays are given back.
-        c.expire(now + window + c.slice_ms());
-        assert_eq!((c.len(Protocol::Tcp), c.len(Protocol::Udp)), (0, 0));
-        assert!(c.freed.iter().all(Option::is_none));
     }
 
     /// A clock that steps back is taken as standing still: the release counts from the latest

@@ -85,7 +85,9 @@ struct Session<'a> {
 }
 
 /// What a session does with what it read (see `Session::work`). Small: the session's task
-/// holds it while the work is awaited.
+/// holds it while the work is awaited, so its payloads are boxed — a request inline would make
+/// every connection's task 152 bytes larger (`-Zprint-type-sizes`: `serve_requests` 1,200 →
+/// 1,352), for the saving of one small allocation per request.
 enum Work {
     /// Write this answer (a refusal, a "busy").
     Answer(Box<Response>),
