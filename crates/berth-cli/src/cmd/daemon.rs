@@ -105,6 +105,8 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    // Before the runtime's threads exist: see the function's text.
+    berth_os::memory::use_one_arena();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
