@@ -106,7 +106,7 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     }
 
     // Before the runtime's threads exist: see the function's text.
-    berth_os::memory::use_one_arena();
+    berth_os::memory::tune_for_a_daemon();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
