@@ -12,15 +12,22 @@ pub enum PortUse {
     Bound,
 }
 
-/// The ports of one reservation. The per-port flags are allocated on the first associate only,
-/// so the many reservations that are never associated cost nothing here.
+/// The ports of one reservation. Their state is allocated on the first associate only, so the
+/// many reservations that are never associated cost eight bytes here (a thin pointer: every
+/// live reservation's record carries it).
 #[derive(Debug, Clone, Default)]
 pub(super) struct PortStates {
+    bound: Option<Box<Bound>>,
+}
+
+/// The ports of a reservation once one was bound through associate.
+#[derive(Debug, Clone)]
+struct Bound {
     /// Offset (from the reservation's first port) where the next associate starts, so that
     /// successive binds spread over the block.
     cursor: u16,
     /// One flag per port: bound through associate.
-    bound: Option<Box<[bool]>>,
+    flags: Box<[bool]>,
 }
 
 impl PortStates {
@@ -28,7 +35,7 @@ impl PortStates {
         match self
             .bound
             .as_deref()
-            .and_then(|b| b.get(usize::from(offset)))
+            .and_then(|b| b.flags.get(usize::from(offset)))
         {
             Some(true) => PortUse::Bound,
             _ => PortUse::Free,
@@ -40,7 +47,8 @@ impl PortStates {
     /// order (a socket bound from them may have closed, or the asker's socket may share the
     /// port with it — the kernel decides).
     pub(super) fn order(&self, count: u16) -> Vec<(u16, PortUse)> {
-        let cursor = if self.cursor < count { self.cursor } else { 0 };
+        let cursor = self.bound.as_deref().map_or(0, |b| b.cursor);
+        let cursor = if cursor < count { cursor } else { 0 };
         let ring = (cursor..count).chain(0..cursor);
         let (mut free, bound): (Vec<_>, Vec<_>) = ring
             .map(|offset| (offset, self.get(offset)))
@@ -54,13 +62,16 @@ impl PortStates {
         if offset >= count {
             return;
         }
-        let flags = self
-            .bound
-            .get_or_insert_with(|| vec![false; usize::from(count)].into_boxed_slice());
-        if let Some(flag) = flags.get_mut(usize::from(offset)) {
+        let bound = self.bound.get_or_insert_with(|| {
+            Box::new(Bound {
+                cursor: 0,
+                flags: vec![false; usize::from(count)].into_boxed_slice(),
+            })
+        });
+        if let Some(flag) = bound.flags.get_mut(usize::from(offset)) {
             *flag = true;
         }
-        self.cursor = if offset + 1 >= count { 0 } else { offset + 1 };
+        bound.cursor = if offset + 1 >= count { 0 } else { offset + 1 };
     }
 
     /// Records that `offset` is known to be free again (its socket closed).
@@ -68,7 +79,7 @@ impl PortStates {
         if let Some(flag) = self
             .bound
             .as_deref_mut()
-            .and_then(|b| b.get_mut(usize::from(offset)))
+            .and_then(|b| b.flags.get_mut(usize::from(offset)))
         {
             *flag = false;
         }
@@ -78,6 +89,6 @@ impl PortStates {
     pub(super) fn bound_count(&self) -> usize {
         self.bound
             .as_deref()
-            .map_or(0, |b| b.iter().filter(|&&f| f).count())
+            .map_or(0, |b| b.flags.iter().filter(|&&f| f).count())
     }
 }
