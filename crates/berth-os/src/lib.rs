@@ -21,7 +21,7 @@
 //! - [`rights`]: `SO_PASSRIGHTS`, listeners that refuse descriptors.
 //! - [`netns`]: network-namespace identity (`SO_NETNS_COOKIE`, `SIOCGSKNS`, `/proc/PID/ns/net`).
 //! - [`memory`]: the C allocator's free memory given back to the system.
-//! - [`pidfd`]: waiting for a process's exit.
+//! - [`pidfd`]: waiting for processes' exits, many through one epoll instance.
 //! - [`diag`]: the sockets bound to a port (`NETLINK_SOCK_DIAG`) and their processes.
 //! - [`hold`]: wildcard binds without reuse options (hold sockets, test binds).
 //! - [`reserved_ports`]: the kernel's list of ports automatic assignment never picks

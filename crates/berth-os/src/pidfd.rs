@@ -1,15 +1,25 @@
 //! Process descriptors (`pidfd_open(2)`): a process that exits makes its pidfd readable, so a
 //! task can wait for the exit of a process that is not its child.
+//!
+//! Many exits are watched through one epoll instance ([`Exits`]), itself registered with
+//! tokio's reactor once. A registration with the reactor of its own costs each pidfd a few
+//! hundred bytes, and the wait for it as much again in the waiting task: a daemon that watches
+//! the owner of each of a thousand connections would pay that a thousand times. Here a watch
+//! costs its pidfd, an entry in the set and a one-shot channel.
 
 #![expect(
     unsafe_code,
     reason = "tokio's AsyncFd registration is unsafe since tokio 1.5x"
 )]
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use rustix::event::epoll;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
 
 /// A non-blocking pidfd of one process.
 #[derive(Debug)]
@@ -33,17 +43,6 @@ impl PidFd {
             Err(rustix::io::Errno::SRCH) => Ok(None),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Registers the pidfd with tokio's reactor, to wait for the exit ([`Exit::exited`]). Call
-    /// within a tokio runtime.
-    pub fn watch(self) -> io::Result<Exit> {
-        // SAFETY: the AsyncFd takes ownership of the pidfd, a valid open descriptor; nothing
-        // else holds, replaces or closes it while it is registered (PidFd owns it alone and is
-        // consumed here).
-        unsafe { AsyncFd::register_with_interest(self.0, tokio::io::Interest::READABLE) }
-            .map(Exit)
-            .map_err(io::Error::from)
     }
 }
 
@@ -97,15 +96,140 @@ impl AsFd for PidFd {
     }
 }
 
-/// A pidfd registered with tokio's reactor.
-#[derive(Debug)]
-pub struct Exit(AsyncFd<OwnedFd>);
+/// How many exits one `epoll_wait` takes at most (more are taken by the next).
+const EXITS_AT_ONCE: usize = 64;
 
-impl Exit {
-    /// Resolves once the process has exited (a zombie counts).
-    pub async fn exited(&self) {
-        // Readable means the process has exited; an error of the reactor ends the wait too.
-        let _ = self.0.readable().await;
+/// Processes whose exits are watched, through one epoll instance (see the module's text).
+/// [`Exits::run`] must be running for exits to be seen.
+#[derive(Debug)]
+pub struct Exits {
+    epoll: AsyncFd<OwnedFd>,
+    waiting: Mutex<Waiting>,
+}
+
+/// The watches not told yet, by key.
+#[derive(Debug, Default)]
+struct Waiting {
+    next: u64,
+    told: HashMap<u64, oneshot::Sender<()>>,
+}
+
+impl Exits {
+    /// A new, empty set. Call within a tokio runtime.
+    pub fn new() -> io::Result<Arc<Exits>> {
+        let fd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        // SAFETY: the AsyncFd takes ownership of the epoll descriptor, valid and open; nothing
+        // else holds, replaces or closes it while it is registered (it was made here and moved
+        // in).
+        let epoll = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Arc::new(Exits {
+            epoll,
+            waiting: Mutex::new(Waiting::default()),
+        }))
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Watches the exit of the process `pidfd` names, until the watch is dropped.
+    pub fn watch(self: &Arc<Self>, pidfd: PidFd) -> io::Result<ExitWatch> {
+        let (tell, told) = oneshot::channel();
+        let key = {
+            let mut waiting = self.waiting();
+            let key = waiting.next;
+            waiting.next += 1;
+            waiting.told.insert(key, tell);
+            key
+        };
+        // One-shot: an exited process's pidfd stays readable, and is reported once.
+        let added = epoll::add(
+            self.epoll.get_ref(),
+            &pidfd.0,
+            epoll::EventData::new_u64(key),
+            epoll::EventFlags::IN | epoll::EventFlags::ONESHOT,
+        );
+        if let Err(e) = added {
+            self.waiting().told.remove(&key);
+            return Err(e.into());
+        }
+        Ok(ExitWatch {
+            exits: Arc::clone(self),
+            key,
+            pidfd: pidfd.0,
+            told,
+        })
+    }
+
+    /// Tells each watch whose process exited, for as long as it runs; returns only if the
+    /// reactor or `epoll_wait` fails (the watches then wait for ever).
+    pub async fn run(&self) -> io::Result<()> {
+        let now = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        loop {
+            let mut ready = self.epoll.readable().await?;
+            // Made after the wait (not kept across it: an event's data may be a pointer, which
+            // a task moved between threads must not hold).
+            let mut events: Vec<epoll::Event> = Vec::with_capacity(EXITS_AT_ONCE);
+            loop {
+                events.clear();
+                epoll::wait(
+                    self.epoll.get_ref(),
+                    rustix::buffer::spare_capacity(&mut events),
+                    Some(&now),
+                )?;
+                if events.is_empty() {
+                    break;
+                }
+                let mut waiting = self.waiting();
+                for event in &events {
+                    if let Some(tell) = waiting.told.remove(&event.data.u64()) {
+                        // A watch dropped meanwhile no longer listens.
+                        let _ = tell.send(());
+                    }
+                }
+            }
+            drop(events);
+            // Readiness that came after the guard was taken is kept (tokio's rule).
+            ready.clear_ready();
+        }
+    }
+}
+
+/// One process's exit, watched in an [`Exits`] set until dropped.
+#[derive(Debug)]
+pub struct ExitWatch {
+    exits: Arc<Exits>,
+    key: u64,
+    pidfd: OwnedFd,
+    told: oneshot::Receiver<()>,
+}
+
+impl ExitWatch {
+    /// Resolves once the process has exited (a zombie counts); never if the set's
+    /// [`Exits::run`] has ended.
+    pub async fn exited(&mut self) {
+        if (&mut self.told).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl AsFd for ExitWatch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        // Closing the pidfd would take it out of the set as well (nothing duplicates it); said
+        // here, so that the set never depends on that.
+        let _ = epoll::delete(self.exits.epoll.get_ref(), &self.pidfd);
+        self.exits.waiting().told.remove(&self.key);
     }
 }
 
@@ -113,19 +237,73 @@ impl Exit {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_exit_of_a_process_is_seen() {
-        let mut child = std::process::Command::new("sleep")
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
             .arg("30")
             .spawn()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_exit_of_a_process_is_seen() {
+        let exits = Exits::new().unwrap();
+        tokio::spawn({
+            let exits = exits.clone();
+            async move { exits.run().await }
+        });
+        let mut child = sleeper();
+        let mut exit = exits
+            .watch(PidFd::open(child.id()).unwrap().unwrap())
             .unwrap();
-        let exit = PidFd::open(child.id()).unwrap().unwrap().watch().unwrap();
         child.kill().unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(10), exit.exited())
             .await
             .expect("the exit is seen");
         child.wait().unwrap();
         assert!(PidFd::open(0).is_err());
+    }
+
+    #[tokio::test]
+    async fn each_watch_is_told_of_its_own_process_only() {
+        let exits = Exits::new().unwrap();
+        tokio::spawn({
+            let exits = exits.clone();
+            async move { exits.run().await }
+        });
+        let mut children: Vec<_> = (0..3).map(|_| sleeper()).collect();
+        let mut watches: Vec<_> = children
+            .iter()
+            .map(|c| exits.watch(PidFd::open(c.id()).unwrap().unwrap()).unwrap())
+            .collect();
+        // A dropped watch leaves the set: its process's exit reaches nobody.
+        drop(watches.remove(0));
+        children[0].kill().unwrap();
+        children[2].kill().unwrap();
+        let deadline = std::time::Duration::from_secs(10);
+        tokio::time::timeout(deadline, watches[1].exited())
+            .await
+            .expect("the third child's exit is seen");
+        assert_eq!(
+            exits.waiting().told.len(),
+            1,
+            "only the second child is still watched"
+        );
+        assert!(
+            matches!(
+                watches[0].told.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            ),
+            "the second child still runs"
+        );
+        children[1].kill().unwrap();
+        tokio::time::timeout(deadline, watches[0].exited())
+            .await
+            .expect("the second child's exit is seen");
+        drop(watches);
+        assert!(exits.waiting().told.is_empty());
+        for mut child in children {
+            child.wait().unwrap();
+        }
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! also watches its owner through a pidfd, which becomes readable when the process exits.
 
 use std::io;
+use std::sync::Arc;
 
 use berth_core::{Bond, Change, Owner};
-use berth_os::pidfd::{Exit, PidFd};
+use berth_os::pidfd::{ExitWatch, Exits, PidFd};
 use tokio::sync::mpsc;
 
 use crate::mirror::{Ack, Consumer};
@@ -59,17 +60,18 @@ const SHORTAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// pid namespace shows pid 0), leaving the connection's end as the only signal. A daemon out of
 /// descriptors tries again every [`SHORTAGE_RETRY`]: its shortage never passes for the owner's
 /// exit.
-pub(crate) async fn owner_exit(owner: &Owner) {
+pub(crate) async fn owner_exit(exits: &Arc<Exits>, owner: &Owner) {
     loop {
-        match watch(owner) {
-            Ok(Some(exit)) => {
+        match watch(exits, owner) {
+            Ok(Some(mut exit)) => {
                 exit.exited().await;
                 return;
             }
             Ok(None) => return,
             Err(e) if crate::server::limits::is_shortage(&e) => {
                 crate::server::limits::log_shortage("a client's process cannot be watched for now");
-                tokio::time::sleep(SHORTAGE_RETRY).await;
+                // Boxed: rare, and otherwise every session's task would carry a timer's room.
+                Box::pin(tokio::time::sleep(SHORTAGE_RETRY)).await;
             }
             Err(e) => {
                 tracing::debug!(pid = owner.pid, "cannot watch the owner: {e}");
@@ -80,7 +82,7 @@ pub(crate) async fn owner_exit(owner: &Owner) {
 }
 
 /// A pidfd for the owner, or `None` when it has already gone (its pid is free or reused).
-fn watch(owner: &Owner) -> io::Result<Option<Exit>> {
+fn watch(exits: &Arc<Exits>, owner: &Owner) -> io::Result<Option<ExitWatch>> {
     // Pid 0 (a peer of another pid namespace) is an error: it names no process here.
     let Some(fd) = PidFd::open(owner.pid)? else {
         return Ok(None);
@@ -90,5 +92,5 @@ fn watch(owner: &Owner) -> io::Result<Option<Exit>> {
     if now.start_time != owner.start_time {
         return Ok(None);
     }
-    fd.watch().map(Some)
+    exits.watch(fd).map(Some)
 }

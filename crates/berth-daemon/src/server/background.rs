@@ -41,6 +41,26 @@ pub(super) fn start_portserver(
     }
 }
 
+/// Tells the sessions and the owner watch of each owner process that exited (one epoll set
+/// for all of them, see `berth_os::pidfd`), until the daemon stops.
+pub(super) fn tell_owner_exits(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+) {
+    let (exits, cancel) = (shared.exits().clone(), cancel.clone());
+    tracker.spawn(async move {
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            Err(e) = exits.run() => {
+                // Sessions still end when their connections close; reservations bound to a
+                // process that left a connection to a child outlive it until then.
+                tracing::error!("owner processes can no longer be watched for their exit: {e}");
+            }
+        }
+    });
+}
+
 /// Watches every owner the change stream names (reservations that live as long as their
 /// owner process: handed to it, or restored for it) and ends their reservations when it exits.
 pub(super) fn watch_owners(
@@ -74,7 +94,7 @@ pub(super) fn watch_owners(
             tasks.spawn(async move {
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    () = crate::mirror::owner_watch::owner_exit(&owner) => shared.owner_exited(&owner),
+                    () = crate::mirror::owner_watch::owner_exit(shared.exits(), &owner) => shared.owner_exited(&owner),
                 }
                 watched
                     .lock()

@@ -201,6 +201,7 @@ pub async fn run_with_ready(
     // The ephemeral share follows the range always; the pool only if it is the default one.
     follow_ephemeral(&tracker, &shared, &cancel, config.pool_follows_ephemeral);
     memory::give_back_after_waves(&tracker, &cancel);
+    background::tell_owner_exits(&tracker, &shared, &cancel);
     let control = Arc::new(Control {
         stop: CancellationToken::new(),
         netns: NetnsCheck::current(),

@@ -361,7 +361,7 @@ impl Session<'_> {
         shutdown: &CancellationToken,
     ) {
         let (peer, limit) = (&self.peer, self.config.write_timeout);
-        let owner_exit = crate::mirror::owner_watch::owner_exit(&peer.owner);
+        let owner_exit = crate::mirror::owner_watch::owner_exit(self.shared.exits(), &peer.owner);
         tokio::pin!(owner_exit);
         let idle = self.config.idle_timeout;
         // Far enough for "never" without overflowing an `Instant`.

@@ -75,6 +75,9 @@ pub(crate) struct Shared {
     kernel: KernelState,
     /// The hold sockets of held reservations (also a consumer of the change stream).
     holds: Arc<crate::mirror::hold::Holds>,
+    /// The owner processes watched for their exit: every session's and every process-bonded
+    /// reservation's (see `mirror::owner_watch`).
+    exits: Arc<berth_os::pidfd::Exits>,
     /// Whether acquires with hold are held (`hold` in the configuration).
     hold_enabled: bool,
     /// The threads that close what clients send (a close can block).
@@ -177,6 +180,7 @@ impl Shared {
             looks: Mutex::new(names::Looks::new()),
             enforcer,
             cgroups_to_watch: Mutex::new(Some(cgroups_to_watch)),
+            exits: berth_os::pidfd::Exits::new()?,
         };
         shared.reset_extras_room(&shared.table(), crate::config::ephemeral_pool().range());
         shared.place_stripe(&mut shared.table());
@@ -292,6 +296,11 @@ impl Shared {
 
     /// Ends what lived as long as the process `owner` (handed to it, or held for it after a
     /// restart): it exited.
+    /// The set that watches owner processes for their exit.
+    pub(crate) fn exits(&self) -> &Arc<berth_os::pidfd::Exits> {
+        &self.exits
+    }
+
     pub(crate) fn owner_exited(&self, owner: &Owner) {
         let mut table = self.table();
         let released = table.release_owner_exited(owner);
