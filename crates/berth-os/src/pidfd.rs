@@ -237,6 +237,16 @@ impl Drop for ExitWatch {
 mod tests {
     use super::*;
 
+    /// A set whose `run` goes on in a task of the test's runtime.
+    fn running_exits() -> Arc<Exits> {
+        let exits = Exits::new().unwrap();
+        tokio::spawn({
+            let exits = exits.clone();
+            async move { exits.run().await }
+        });
+        exits
+    }
+
     fn sleeper() -> std::process::Child {
         std::process::Command::new("sleep")
             .arg("30")
@@ -246,11 +256,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_exit_of_a_process_is_seen() {
-        let exits = Exits::new().unwrap();
-        tokio::spawn({
-            let exits = exits.clone();
-            async move { exits.run().await }
-        });
+        let exits = running_exits();
         let mut child = sleeper();
         let mut exit = exits
             .watch(PidFd::open(child.id()).unwrap().unwrap())
@@ -265,11 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_watch_is_told_of_its_own_process_only() {
-        let exits = Exits::new().unwrap();
-        tokio::spawn({
-            let exits = exits.clone();
-            async move { exits.run().await }
-        });
+        let exits = running_exits();
         let mut children: Vec<_> = (0..3).map(|_| sleeper()).collect();
         let mut watches: Vec<_> = children
             .iter()
