@@ -9,7 +9,7 @@
 #![expect(unsafe_code, reason = "malloc_trim, mallopt: glibc's C interface")]
 
 /// The large-block threshold the daemon keeps: glibc's own starting value, 128 KiB.
-pub const MMAP_THRESHOLD: usize = 128 * 1024;
+pub const MMAP_THRESHOLD: i32 = 128 * 1024;
 
 /// Settles glibc's allocator for a long-running daemon; call it before any thread starts.
 /// Each setting is left alone where the environment chose it (its `MALLOC_*_` variable, or
@@ -38,7 +38,7 @@ pub fn tune_for_a_daemon() -> usize {
             "MALLOC_MMAP_THRESHOLD_",
             "glibc.malloc.mmap_threshold",
             Setting::MmapThreshold,
-            MMAP_THRESHOLD as i32,
+            MMAP_THRESHOLD,
         ),
     ];
     settings
@@ -66,7 +66,9 @@ fn set(setting: Setting, value: i32) -> bool {
             Setting::ArenaMax => libc::M_ARENA_MAX,
             Setting::MmapThreshold => libc::M_MMAP_THRESHOLD,
         };
-        // SAFETY: mallopt only changes the allocator's settings, under glibc's own lock.
+        // SAFETY: mallopt only changes the allocator's settings; glibc reads these two without
+        // a lock, so they are set before any other thread exists (`tune_for_a_daemon`'s rule,
+        // which the daemon's start-up keeps) — or, in tests, to the value already in force.
         unsafe { libc::mallopt(param, value) == 1 }
     }
     #[cfg(not(target_env = "gnu"))]
@@ -129,7 +131,7 @@ mod tests {
     fn glibc_takes_both_settings() {
         // The values the daemon sets; taking them again changes nothing for other tests.
         assert!(set(Setting::ArenaMax, 1));
-        assert!(set(Setting::MmapThreshold, MMAP_THRESHOLD as i32));
+        assert!(set(Setting::MmapThreshold, MMAP_THRESHOLD));
     }
 
     #[test]

@@ -159,20 +159,21 @@ impl Exits {
             key,
             pidfd: pidfd.0,
             told,
+            exited: false,
         })
     }
 
     /// Tells each watch whose process exited, for as long as it runs; returns only if the
     /// reactor or `epoll_wait` fails (the watches then wait for ever).
     pub async fn run(&self) -> io::Result<()> {
-        let now = rustix::time::Timespec {
+        let now = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         loop {
             let mut ready = self.epoll.readable().await?;
-            // Made after the wait (not kept across it: an event's data may be a pointer, which
-            // a task moved between threads must not hold).
+            // Made after the wait, not kept across it: an event is not `Send` (its data may be
+            // a pointer), and the task may move between threads at an await.
             let mut events: Vec<epoll::Event> = Vec::with_capacity(EXITS_AT_ONCE);
             loop {
                 events.clear();
@@ -206,14 +207,20 @@ pub struct ExitWatch {
     key: u64,
     pidfd: OwnedFd,
     told: oneshot::Receiver<()>,
+    /// Whether the exit was seen (a one-shot receiver must not be awaited again after).
+    exited: bool,
 }
 
 impl ExitWatch {
-    /// Resolves once the process has exited (a zombie counts); never if the set's
-    /// [`Exits::run`] has ended.
+    /// Resolves once the process has exited (a zombie counts), at once when it was seen
+    /// before; never if the set's [`Exits::run`] has ended.
     pub async fn exited(&mut self) {
-        if (&mut self.told).await.is_err() {
-            std::future::pending::<()>().await;
+        if self.exited {
+            return;
+        }
+        match (&mut self.told).await {
+            Ok(()) => self.exited = true,
+            Err(_) => std::future::pending::<()>().await,
         }
     }
 }
@@ -265,6 +272,8 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), exit.exited())
             .await
             .expect("the exit is seen");
+        // Asked again (a caller that waits in a loop), it answers at once.
+        exit.exited().await;
         child.wait().unwrap();
         assert!(PidFd::open(0).is_err());
     }

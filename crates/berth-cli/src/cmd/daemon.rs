@@ -106,7 +106,10 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     }
 
     // Before the runtime's threads exist: see the function's text.
-    berth_os::memory::tune_for_a_daemon();
+    let tuned = berth_os::memory::tune_for_a_daemon();
+    tracing::debug!(
+        "{tuned} of 2 allocator settings made for a daemon (the environment chose any others)"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

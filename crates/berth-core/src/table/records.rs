@@ -53,8 +53,9 @@ impl TokenIndex {
         // `capacity()` counts the live entries and the room left, so `live == capacity()` is a
         // map that grows on this insert. Rebuilt instead when tombstones took the room and at
         // least a quarter of it comes back — so a rebuild (a pass over the live entries) is
-        // paid for by at least room / 4 removals since the last.
-        if live == self.map.capacity() && live <= self.room / 4 * 3 {
+        // paid for by at least room / 4 removals since the last. At most half full, hashbrown
+        // clears its tombstones in place by itself, without a second table.
+        if live == self.map.capacity() && self.room / 2 < live && live <= self.room / 4 * 3 {
             let mut fresh = HashMap::with_capacity(self.room);
             fresh.extend(self.map.drain());
             self.map = fresh;

@@ -73,11 +73,32 @@ pub(crate) async fn owner_exit(exits: &Arc<Exits>, owner: &Owner) {
                 // Boxed: rare, and otherwise every session's task would carry a timer's room.
                 Box::pin(tokio::time::sleep(SHORTAGE_RETRY)).await;
             }
+            // The kernel's room for epoll entries (`fs.epoll.max_user_watches`) or its memory:
+            // may come back, as descriptors do.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::ENOMEM)) => {
+                log_watch_shortage(&e);
+                Box::pin(tokio::time::sleep(SHORTAGE_RETRY)).await;
+            }
             Err(e) => {
                 tracing::debug!(pid = owner.pid, "cannot watch the owner: {e}");
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+/// Says, at most every few seconds, that the kernel has no room to watch more processes.
+fn log_watch_shortage(e: &io::Error) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    if crate::server::limits::log_due(*last, now) {
+        *last = Some(now);
+        tracing::warn!(
+            "clients' processes cannot be watched for their exit for now ({e}); trying again every {SHORTAGE_RETRY:?} (see fs.epoll.max_user_watches)"
+        );
     }
 }
 

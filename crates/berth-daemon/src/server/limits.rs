@@ -158,7 +158,7 @@ pub(crate) fn log_shortage(what: &str) {
 const SHORTAGE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether a shortage line is due at `now`, the last one having been logged at `last`.
-fn log_due(last: Option<std::time::Instant>, now: std::time::Instant) -> bool {
+pub(crate) fn log_due(last: Option<std::time::Instant>, now: std::time::Instant) -> bool {
     last.is_none_or(|at| now.saturating_duration_since(at) >= SHORTAGE_LOG_EVERY)
 }
 

@@ -294,13 +294,13 @@ impl Shared {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Ends what lived as long as the process `owner` (handed to it, or held for it after a
-    /// restart): it exited.
     /// The set that watches owner processes for their exit.
     pub(crate) fn exits(&self) -> &Arc<berth_os::pidfd::Exits> {
         &self.exits
     }
 
+    /// Ends what lived as long as the process `owner` (handed to it, or held for it after a
+    /// restart): it exited.
     pub(crate) fn owner_exited(&self, owner: &Owner) {
         let mut table = self.table();
         let released = table.release_owner_exited(owner);
