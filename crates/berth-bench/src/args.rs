@@ -140,6 +140,16 @@ pub struct EchoArgs {
     /// One request per connection: a line in, a line out, close (the portpicker shape).
     #[arg(long)]
     pub connect_socket: PathBuf,
+    /// The session floor: persistent connections whose requests are answered with the system
+    /// calls a held acquire and its release must make, and nothing else.
+    #[arg(long)]
+    pub floor_socket: PathBuf,
+    /// The append-only file each of the session floor's answers writes one record to.
+    #[arg(long)]
+    pub floor_journal: PathBuf,
+    /// The ports the session floor's holds cycle through.
+    #[arg(long, value_name = "LO-HI")]
+    pub floor_pool: String,
 }
 
 /// The floor server's socket, journal and pool.

@@ -8,9 +8,14 @@
 //! The connect-per-request socket is the portpicker shape: accept, read a line, write a line,
 //! close, on two accepting threads (the daemon runs two workers).
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +40,18 @@ pub fn serve(args: &EchoArgs) -> Result<()> {
     std::thread::spawn(move || {
         for stream in persistent.incoming().flatten() {
             std::thread::spawn(move || echo_frames(stream));
+        }
+    });
+    let floor = Arc::new(SessionFloor::open(args)?);
+    let floor_listener = bind(&args.floor_socket)?;
+    std::thread::spawn(move || {
+        for stream in floor_listener.incoming().flatten() {
+            let floor = floor.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = floor.answer_frames(stream) {
+                    eprintln!("session floor: a connection ended: {e}");
+                }
+            });
         }
     });
     println!("ready");
@@ -66,6 +83,100 @@ fn echo_frames(mut stream: UnixStream) -> std::io::Result<()> {
         stream.write_all(&answer[..4 + want])?;
     }
 }
+
+/// Bytes of one journal record of the session floor: about a runtime journal's.
+const RECORD: usize = 64;
+
+/// The session floor: what a held acquire and its release must do per request, and nothing
+/// else, on a persistent connection. Per request: one `recvmsg` with the sender's credentials
+/// and a pidfd of it (`SO_PASSCRED`, `SO_PASSPIDFD`, as the daemon reads), the pidfd's `close`;
+/// for an acquire the hold socket (the daemon's own `berth_os::hold::bind`: `socket`,
+/// `setsockopt`, `bind` on the wildcard address), for a release its `close`; one `write(2)` of a
+/// journal record; one write of the answer, of berth's size. Requests alternate acquire and
+/// release, as the benchmark sends them. No table, no policy, no runtime: blocking, a thread
+/// per connection, as the echo server.
+struct SessionFloor {
+    journal: File,
+    /// The pool's first port and its size.
+    lo: u32,
+    span: u32,
+    /// The next candidate, as an offset into the pool.
+    next: AtomicU32,
+    ipv6: bool,
+}
+
+impl SessionFloor {
+    fn open(args: &EchoArgs) -> Result<SessionFloor> {
+        let (lo, hi) = args
+            .floor_pool
+            .split_once('-')
+            .context("--floor-pool is LO-HI")?;
+        let (lo, hi): (u16, u16) = (lo.trim().parse()?, hi.trim().parse()?);
+        anyhow::ensure!(
+            0 < lo && lo <= hi,
+            "--floor-pool {}: not a range of ports",
+            args.floor_pool
+        );
+        let journal = File::options()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&args.floor_journal)
+            .with_context(|| format!("cannot open {}", args.floor_journal.display()))?;
+        Ok(SessionFloor {
+            journal,
+            lo: u32::from(lo),
+            span: u32::from(hi - lo) + 1,
+            next: AtomicU32::new(0),
+            ipv6: berth_os::hold::ipv6_available(),
+        })
+    }
+
+    /// A hold socket on the next free port of the pool (a port in use moves on to the next).
+    fn hold(&self) -> Option<socket2::Socket> {
+        let cover = berth_os::hold::Cover::all(self.ipv6);
+        (0..self.span).find_map(|_| {
+            let offset = self.next.fetch_add(1, Ordering::Relaxed) % self.span;
+            let port = u16::try_from(self.lo + offset).ok()?;
+            berth_os::hold::bind(berth::Protocol::Tcp, port, cover).ok()
+        })
+    }
+
+    /// Answers requests on one connection until it closes.
+    fn answer_frames(&self, stream: UnixStream) -> std::io::Result<()> {
+        rustix::net::sockopt::set_socket_passcred(&stream, true)?;
+        berth_os::peer::pass_pidfd(&stream)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut control = berth_os::recv::control_buffer(MAX_FDS);
+        let mut answer = vec![0u8; 4 + MAX_ANSWER];
+        let mut held = None;
+        loop {
+            // The client sends a whole frame and waits for its answer: one read takes it.
+            let message = berth_os::recv::recv_waiting(stream.as_fd(), &mut buf, &mut control)?;
+            if message.bytes == 0 {
+                return Ok(());
+            }
+            drop(message.sender_pidfd);
+            held = match held.take() {
+                None => self.hold(),
+                Some(socket) => {
+                    drop::<socket2::Socket>(socket);
+                    None
+                }
+            };
+            (&self.journal).write_all(&[0u8; RECORD])?;
+            let want = buf
+                .get(4..8)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .min(MAX_ANSWER);
+            answer[..4].copy_from_slice(&(want as u32).to_be_bytes());
+            (&stream).write_all(&answer[..4 + want])?;
+        }
+    }
+}
+
+/// The descriptors a read has room for: the daemon's (the kernel's most per message).
+const MAX_FDS: usize = 253;
 
 /// The portpicker shape: one line in, one line out, close.
 fn answer_once(mut stream: UnixStream) -> std::io::Result<()> {

@@ -28,6 +28,9 @@ pub enum Kind {
     /// Two round trips on a persistent echo connection, with the frame sizes of acquire and
     /// of release.
     Echo,
+    /// The same two round trips, answered by the session floor: the system calls a held
+    /// acquire and its release must make, and nothing else (see `echo::SessionFloor`).
+    Floor,
     /// Connect, a line each way, close.
     ConnectEcho,
     /// Bind a fresh TCP socket from a kept one-port unheld reservation through the daemon
@@ -44,6 +47,7 @@ impl Kind {
             Kind::Held => "acquire+release (held)",
             Kind::Unheld => "acquire+release (unheld)",
             Kind::Echo => "2 echo round trips",
+            Kind::Floor => "session floor (2 answers' calls)",
             Kind::ConnectEcho => "connect-per-request echo",
             Kind::Associate => "associate (bind a fresh socket)",
         }
@@ -51,7 +55,7 @@ impl Kind {
 
     /// Whether the echo server serves it.
     pub fn is_echo(self) -> bool {
-        matches!(self, Kind::Echo | Kind::ConnectEcho)
+        matches!(self, Kind::Echo | Kind::Floor | Kind::ConnectEcho)
     }
 }
 
@@ -248,7 +252,7 @@ impl Op {
                 client: Client::connect_to(&target.socket).await?,
                 hold: kind == Kind::Held,
             },
-            Kind::Echo => Op::Echo {
+            Kind::Echo | Kind::Floor => Op::Echo {
                 client: EchoClient::connect(&target.socket).await?,
                 acquire: echo::request_frame(sizes.acquire, sizes.acquired),
                 release: echo::request_frame(sizes.release, sizes.released),

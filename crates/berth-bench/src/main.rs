@@ -89,7 +89,13 @@ fn run(args: &Args) -> Result<()> {
     }
     let live = load::Filler::start(&daemon.socket, args.live)?;
     for &clients in &levels {
-        for kind in [Kind::Echo, Kind::Held, Kind::Unheld, Kind::ConnectEcho] {
+        for kind in [
+            Kind::Echo,
+            Kind::Floor,
+            Kind::Held,
+            Kind::Unheld,
+            Kind::ConnectEcho,
+        ] {
             if !args.wants(kind) {
                 continue;
             }
@@ -100,10 +106,10 @@ fn run(args: &Args) -> Result<()> {
                 warmup: args.warmup,
                 max_secs: args.max_secs,
             };
-            let server = if kind.is_echo() {
-                &echo.target
-            } else {
-                &daemon.target
+            let server = match kind {
+                Kind::Floor => &echo.floor,
+                _ if kind.is_echo() => &echo.target,
+                _ => &daemon.target,
             };
             let result = load::measure(&plan, server, &sizes)
                 .with_context(|| format!("measuring {} with {clients} clients", kind.name()))?;

@@ -120,6 +120,11 @@ impl Report {
             ratio(held, echo, " (target ≤ 1.5×, CPU ≤ 2×)");
             ratio(unheld, echo, " (target ≤ 2×, CPU ≤ 2×)");
             ratio(held, unheld, " (target ≤ 2×)");
+            // For reference: what the system calls a held pair must make cost alone, and how
+            // close the daemon comes to that.
+            let floor = find(Kind::Floor);
+            ratio(floor, echo, " (reference: the calls alone, no target)");
+            ratio(held, floor, " (reference, no target)");
         }
         let base = self
             .rows

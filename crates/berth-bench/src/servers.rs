@@ -165,7 +165,13 @@ pub struct EchoServer {
     child: Child,
     /// It, as a measurement target.
     pub target: Target,
+    /// Its session floor, as a measurement target.
+    pub floor: Target,
 }
+
+/// The ports the echo server's session floor holds, one at a time: outside the daemon's
+/// default pool and the usual ephemeral range (a port in use is skipped).
+const FLOOR_POOL: &str = "61000-61999";
 
 impl EchoServer {
     /// Starts it on sockets in `dir`.
@@ -173,18 +179,30 @@ impl EchoServer {
         let exe = std::env::current_exe().context("cannot find this program's binary")?;
         let socket = dir.join("echo.sock");
         let connect_socket = dir.join("echo-connect.sock");
+        let floor_socket = dir.join("session-floor.sock");
         let mut cmd = pinned(&exe, cpu);
         cmd.arg("echo-server")
             .arg("--socket")
             .arg(&socket)
             .arg("--connect-socket")
-            .arg(&connect_socket);
+            .arg(&connect_socket)
+            .arg("--floor-socket")
+            .arg(&floor_socket)
+            .arg("--floor-journal")
+            .arg(dir.join("session-floor.journal"))
+            .arg("--floor-pool")
+            .arg(FLOOR_POOL);
         let child = start_ready(cmd, &dir.join("echo.log"), "the echo server")?;
         Ok(EchoServer {
             target: Target {
                 pid: child.id(),
                 socket,
                 connect_socket: Some(connect_socket),
+            },
+            floor: Target {
+                pid: child.id(),
+                socket: floor_socket,
+                connect_socket: None,
             },
             child,
         })

@@ -78,8 +78,8 @@ fn runs_and_reports_every_measurement() {
         .filter(|l| l.starts_with("| ") && !l.starts_with("| request"))
         .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
         .collect();
-    // 4 kinds × 2 concurrency levels, then held and unheld at 20 live.
-    assert_eq!(rows.len(), 10, "{stdout}");
+    // 5 kinds × 2 concurrency levels, then held and unheld at 20 live.
+    assert_eq!(rows.len(), 12, "{stdout}");
     for row in &rows {
         let n: usize = row[3].parse().expect("request count");
         assert!(n > 0 && n <= 40, "{row:?}");
@@ -91,6 +91,14 @@ fn runs_and_reports_every_measurement() {
     }
     assert!(rows.iter().any(|r| r[2] == "20"), "{stdout}");
     assert!(stdout.contains("(held) / 2 echo round trips"), "{stdout}");
+    assert!(
+        stdout.contains("session floor (2 answers' calls) / 2 echo round trips"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(held) / session floor (2 answers' calls)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("20 live / 3 live"), "{stdout}");
 }
 

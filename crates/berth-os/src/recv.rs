@@ -79,8 +79,28 @@ pub fn control_buffer(max_fds: usize) -> Vec<u64> {
     vec![0u64; bytes.div_ceil(size_of::<u64>())]
 }
 
-/// Reads once from `socket` into `buf`, with descriptors received close-on-exec.
+/// Reads once from `socket` into `buf`, with descriptors received close-on-exec; never waits
+/// (`WouldBlock` when nothing is queued).
 pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], control: &mut [u64]) -> io::Result<Message> {
+    recv_with(socket, buf, control, libc::MSG_DONTWAIT)
+}
+
+/// [`recv`] that waits for a message on a blocking socket (a thread-per-connection reader's;
+/// the benchmark's floor server).
+pub fn recv_waiting(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    control: &mut [u64],
+) -> io::Result<Message> {
+    recv_with(socket, buf, control, 0)
+}
+
+fn recv_with(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    control: &mut [u64],
+    flags: libc::c_int,
+) -> io::Result<Message> {
     let mut iov = [IoSliceMut::new(buf)];
     // SAFETY: an all-zero msghdr is a valid empty one.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -89,13 +109,7 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], control: &mut [u64]) -> io::
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(control);
     // SAFETY: `msg` points at live buffers (`iov`, `control`) for the duration of the call.
-    let n = unsafe {
-        libc::recvmsg(
-            socket.as_raw_fd(),
-            &mut msg,
-            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
-        )
-    };
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
     let bytes = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
     let mut fds = Vec::new();
     let mut sender = None;
