@@ -11,16 +11,15 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::args::EchoArgs;
+use crate::floor::{open_journal, Candidates};
 
 /// Largest answer the echo server sends (berth's acquire answer is well under this).
 const MAX_ANSWER: usize = 4096;
@@ -97,37 +96,16 @@ const RECORD: usize = 64;
 /// per connection, as the echo server.
 struct SessionFloor {
     journal: File,
-    /// The pool's first port and its size.
-    lo: u32,
-    span: u32,
-    /// The next candidate, as an offset into the pool.
-    next: AtomicU32,
+    /// The ports its holds take.
+    candidates: Candidates,
     ipv6: bool,
 }
 
 impl SessionFloor {
     fn open(args: &EchoArgs) -> Result<SessionFloor> {
-        let (lo, hi) = args
-            .floor_pool
-            .split_once('-')
-            .context("--floor-pool is LO-HI")?;
-        let (lo, hi): (u16, u16) = (lo.trim().parse()?, hi.trim().parse()?);
-        anyhow::ensure!(
-            0 < lo && lo <= hi,
-            "--floor-pool {}: not a range of ports",
-            args.floor_pool
-        );
-        let journal = File::options()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&args.floor_journal)
-            .with_context(|| format!("cannot open {}", args.floor_journal.display()))?;
         Ok(SessionFloor {
-            journal,
-            lo: u32::from(lo),
-            span: u32::from(hi - lo) + 1,
-            next: AtomicU32::new(0),
+            journal: open_journal(&args.floor_journal)?,
+            candidates: Candidates::parse(&args.floor_pool, "--floor-pool")?,
             ipv6: berth_os::hold::ipv6_available(),
         })
     }
@@ -135,11 +113,8 @@ impl SessionFloor {
     /// A hold socket on the next free port of the pool (a port in use moves on to the next).
     fn hold(&self) -> Option<socket2::Socket> {
         let cover = berth_os::hold::Cover::all(self.ipv6);
-        (0..self.span).find_map(|_| {
-            let offset = self.next.fetch_add(1, Ordering::Relaxed) % self.span;
-            let port = u16::try_from(self.lo + offset).ok()?;
-            berth_os::hold::bind(berth::Protocol::Tcp, port, cover).ok()
-        })
+        self.candidates
+            .first(|port| berth_os::hold::bind(berth::Protocol::Tcp, port, cover).ok())
     }
 
     /// Answers requests on one connection until it closes.
@@ -147,7 +122,8 @@ impl SessionFloor {
         rustix::net::sockopt::set_socket_passcred(&stream, true)?;
         berth_os::peer::pass_pidfd(&stream)?;
         let mut buf = vec![0u8; 64 * 1024];
-        let mut control = berth_os::recv::control_buffer(MAX_FDS);
+        // Room for the kernel's most descriptors per message, as the daemon's reads have.
+        let mut control = berth_os::recv::control_buffer(berth_os::recv::SCM_MAX_FD);
         let mut answer = vec![0u8; 4 + MAX_ANSWER];
         let mut held = None;
         loop {
@@ -174,9 +150,6 @@ impl SessionFloor {
         }
     }
 }
-
-/// The descriptors a read has room for: the daemon's (the kernel's most per message).
-const MAX_FDS: usize = 253;
 
 /// The portpicker shape: one line in, one line out, close.
 fn answer_once(mut stream: UnixStream) -> std::io::Result<()> {

@@ -18,6 +18,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -36,38 +37,67 @@ const THREADS: usize = 2;
 struct Floor {
     /// The append-only journal (`O_APPEND`: each record is one `write`).
     journal: File,
+    /// The ports its test binds try.
+    candidates: Candidates,
+    /// Whether test binds use `[::]` (the host has IPv6) or `0.0.0.0`.
+    ipv6: bool,
+}
+
+/// The ports a floor binds: a pool (`LO-HI`) tried from a rotating cursor, so that binds
+/// succeed as a real grant's do (a port in use moves on to the next). Shared with the echo
+/// server's session floor.
+pub(crate) struct Candidates {
     /// The pool's first port and its size.
     lo: u32,
     span: u32,
     /// The next candidate, as an offset into the pool.
     next: AtomicU32,
-    /// Whether test binds use `[::]` (the host has IPv6) or `0.0.0.0`.
-    ipv6: bool,
+}
+
+impl Candidates {
+    /// The pool `LO-HI`, given by the option `flag` (for the error).
+    pub(crate) fn parse(pool: &str, flag: &str) -> Result<Candidates> {
+        let (lo, hi) = pool
+            .split_once('-')
+            .with_context(|| format!("{flag} is LO-HI"))?;
+        let (lo, hi): (u16, u16) = (lo.trim().parse()?, hi.trim().parse()?);
+        anyhow::ensure!(0 < lo && lo <= hi, "{flag} {pool}: not a range of ports");
+        Ok(Candidates {
+            lo: u32::from(lo),
+            span: u32::from(hi) - u32::from(lo) + 1,
+            next: AtomicU32::new(0),
+        })
+    }
+
+    /// What `bind` makes of the first candidate, from the cursor on, that it takes; `None`
+    /// when it takes none of the pool.
+    pub(crate) fn first<T>(&self, mut bind: impl FnMut(u16) -> Option<T>) -> Option<T> {
+        (0..self.span).find_map(|_| {
+            let offset = self.next.fetch_add(1, Ordering::Relaxed) % self.span;
+            bind(u16::try_from(self.lo + offset).ok()?)
+        })
+    }
+}
+
+/// A floor's append-only journal at `path` (`O_APPEND`: each record is one `write`).
+pub(crate) fn open_journal(path: &Path) -> Result<File> {
+    File::options()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
 }
 
 /// Runs the floor server until its stdin ends (the benchmark is gone) or it is killed.
 pub fn serve(args: &FloorArgs) -> Result<()> {
-    let (lo, hi) = args.pool.split_once('-').context("--pool is LO-HI")?;
-    let (lo, hi): (u16, u16) = (lo.trim().parse()?, hi.trim().parse()?);
-    anyhow::ensure!(
-        0 < lo && lo <= hi,
-        "--pool {}: not a range of ports",
-        args.pool
-    );
+    let candidates = Candidates::parse(&args.pool, "--pool")?;
     let listener = UnixListener::bind(&args.socket)
         .with_context(|| format!("cannot bind {}", args.socket.display()))?;
-    let journal = File::options()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&args.journal)
-        .with_context(|| format!("cannot open {}", args.journal.display()))?;
     let floor = Arc::new(Floor {
-        journal,
-        lo: u32::from(lo),
-        span: u32::from(hi) - u32::from(lo) + 1,
-        next: AtomicU32::new(0),
-        ipv6: rustix::net::socket(AddressFamily::INET6, SocketType::STREAM, None).is_ok(),
+        journal: open_journal(&args.journal)?,
+        candidates,
+        ipv6: berth_os::hold::ipv6_available(),
     });
     for _ in 0..THREADS {
         let listener = listener.try_clone()?;
@@ -112,16 +142,13 @@ impl Floor {
 
     /// The first candidate from the rotating cursor that binds in TCP and then in UDP.
     fn test_bind(&self) -> std::io::Result<u16> {
-        for _ in 0..self.span {
-            let offset = self.next.fetch_add(1, Ordering::Relaxed) % self.span;
-            let port = (self.lo + offset) as u16;
-            if self.bind_once(SocketType::STREAM, port).is_ok()
-                && self.bind_once(SocketType::DGRAM, port).is_ok()
-            {
-                return Ok(port);
-            }
-        }
-        Err(std::io::ErrorKind::AddrInUse.into())
+        self.candidates
+            .first(|port| {
+                (self.bind_once(SocketType::STREAM, port).is_ok()
+                    && self.bind_once(SocketType::DGRAM, port).is_ok())
+                .then_some(port)
+            })
+            .ok_or_else(|| std::io::ErrorKind::AddrInUse.into())
     }
 
     /// `socket`, `bind` to the unspecified address, `close` (on drop).

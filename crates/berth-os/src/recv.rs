@@ -79,6 +79,9 @@ pub fn control_buffer(max_fds: usize) -> Vec<u64> {
     vec![0u64; bytes.div_ceil(size_of::<u64>())]
 }
 
+/// The most descriptors the kernel passes in one message (`SCM_MAX_FD`, include/net/scm.h).
+pub const SCM_MAX_FD: usize = 253;
+
 /// Reads once from `socket` into `buf`, with descriptors received close-on-exec; never waits
 /// (`WouldBlock` when nothing is queued).
 pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], control: &mut [u64]) -> io::Result<Message> {

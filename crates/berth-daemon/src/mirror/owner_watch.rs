@@ -97,7 +97,7 @@ fn log_watch_shortage(e: &io::Error) {
     if crate::server::limits::log_due(*last, now) {
         *last = Some(now);
         tracing::warn!(
-            "clients' processes cannot be watched for their exit for now ({e}); trying again every {SHORTAGE_RETRY:?} (see fs.epoll.max_user_watches)"
+            "clients' processes cannot be watched for their exit for now ({e}); trying again every {SHORTAGE_RETRY:?}. If this lasts, raise the kernel's fs.epoll.max_user_watches (sysctl) or lower max_connections"
         );
     }
 }

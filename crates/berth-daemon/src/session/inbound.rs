@@ -59,7 +59,7 @@ pub(crate) use berth_protocol::ledger::{Ledger, Refusal};
 /// The most descriptors the kernel passes in one message (`SCM_MAX_FD`). The ancillary buffer
 /// has room for all of them, so that the kernel never drops any: it would close them on the
 /// reading thread.
-pub(crate) const KERNEL_MAX_FDS: usize = 253;
+pub(crate) const KERNEL_MAX_FDS: usize = recv::SCM_MAX_FD;
 
 /// The descriptors one read of a session may install: a message's, and its sender's pidfd.
 pub(crate) const READ_ROOM: usize = KERNEL_MAX_FDS + 1;
