@@ -88,8 +88,7 @@ const RECORD: usize = 64;
 
 /// The session floor: what a held acquire and its release must do per request, and nothing
 /// else, on a persistent connection. Per request: one `recvmsg` with the sender's credentials
-/// and a pidfd of it (`SO_PASSCRED`, `SO_PASSPIDFD`, as the daemon reads), the pidfd's `close`;
-/// for an acquire the hold socket (the daemon's own `berth_os::hold::bind`: `socket`,
+/// (`SO_PASSCRED`, as the daemon reads a connection only its owner writes on); for an acquire the hold socket (the daemon's own `berth_os::hold::bind`: `socket`,
 /// `setsockopt`, `bind` on the wildcard address), for a release its `close`; one `write(2)` of a
 /// journal record; one write of the answer, of berth's size. Requests alternate acquire and
 /// release, as the benchmark sends them. No table, no policy, no runtime: blocking, a thread
@@ -119,8 +118,9 @@ impl SessionFloor {
 
     /// Answers requests on one connection until it closes.
     fn answer_frames(&self, stream: UnixStream) -> std::io::Result<()> {
+        // Credentials with every read; no pidfds, as the daemon reads a connection that only
+        // its owner writes on.
         rustix::net::sockopt::set_socket_passcred(&stream, true)?;
-        berth_os::peer::pass_pidfd(&stream)?;
         let mut buf = vec![0u8; 64 * 1024];
         // Room for the kernel's most descriptors per message, as the daemon's reads have.
         let mut control = berth_os::recv::control_buffer(berth_os::recv::SCM_MAX_FD);
@@ -132,7 +132,6 @@ impl SessionFloor {
             if message.bytes == 0 {
                 return Ok(());
             }
-            drop(message.sender_pidfd);
             held = match held.take() {
                 None => self.hold(),
                 Some(socket) => {

@@ -92,6 +92,32 @@ pub fn peer_pidfd(socket: impl AsFd) -> io::Result<Option<OwnedFd>> {
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// Whether the kernel sends a pidfd of the sender with every message read from `socket`
+/// ([`pass_pidfd`]); `Ok(false)` where the kernel has no such option.
+pub fn passes_pidfd(socket: impl AsFd) -> io::Result<bool> {
+    let mut on: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: `on` is a live c_int and `len` its size, both written by the kernel; the
+    // descriptor is borrowed for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSPIDFD,
+            (&mut on as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        return Ok(on != 0);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOPROTOOPT) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 /// Asks the kernel to send a pidfd of the sender with every message read from `socket`
 /// (`SO_PASSPIDFD`; see [`crate::recv::Message::sender_pidfd`]). `Ok(false)` where the kernel
 /// has no such option (before 6.5): messages then come with credentials alone.

@@ -17,12 +17,21 @@
 //! `Associate`, and descriptors in a read where no frame starts close the connection.
 //!
 //! # Which process
-//! With `SO_PASSPIDFD` on, every read also brings a pidfd of its sender (`SCM_PIDFD`). A read
-//! from a process other than the connection's owner (which the kernel pinned at connect time)
-//! has that process's start time read from `/proc` while its pidfd shows it running
-//! ([`Sender::start_time`]): a sender that exits at once cannot lend its pid, reused by another
-//! process, to the request it sent. The pidfd is closed on the serving thread right away —
-//! unlike a descriptor a client sends, the kernel made it and closing it never blocks.
+//! A read from the connection's owner (which the kernel pinned at connect time) needs nothing
+//! more than its credentials. A read from another process — a forked child writing on an
+//! inherited connection — has that process's start time read from `/proc` while a pidfd of it
+//! shows it running ([`Sender::start_time`]), so that a sender that exits at once cannot lend
+//! its pid, reused by another process, to the request it sent.
+//!
+//! That pidfd is the kernel's (`SCM_PIDFD`, with `SO_PASSPIDFD` on), which names the very
+//! sender of the bytes. But making one and closing it for every read costs more than the rest
+//! of a read, and almost every connection is never shared; so the option is turned on only
+//! when a read from another process first arrives. That first read is pinned by a pidfd the
+//! daemon opens for the sender's pid at once (`pidfd_open`): it names the sender unless the
+//! sender exited and the kernel gave its pid to a new process in the microseconds between — a
+//! full cycle of the pid space (`kernel.pid_max`). Kernels before 6.5 have no `SO_PASSPIDFD`:
+//! every read of another process is pinned that way. The pidfd is closed on the serving thread
+//! right away — unlike a descriptor a client sends, it never blocks on close.
 //!
 //! Every descriptor received is a [`Received`]: it is closed on a closer thread of the
 //! connection's user, never on the runtime's (see `closer`), and so is the connection itself,
@@ -149,6 +158,9 @@ pub(crate) struct Reader {
     ledger: Ledger<Carried, Option<Sender>>,
     /// The pid of the process that opened the connection: its own reads need no pinning.
     owner_pid: u32,
+    /// Whether the kernel has been asked to send the senders' pidfds (`SO_PASSPIDFD`): only
+    /// once another process than the owner has written on the connection.
+    pidfds_asked: bool,
     /// The connection's user's lane of closer threads: every descriptor received is closed
     /// there, and so is the connection.
     lane: Lane,
@@ -171,6 +183,7 @@ impl Reader {
     ) -> Self {
         Reader {
             owner_pid,
+            pidfds_asked: false,
             lane,
             keep,
             half: Some(half),
@@ -313,23 +326,54 @@ impl Reader {
             fds.push(Carried::Lost);
         }
         let n = message.bytes;
-        let sender = message
-            .sender
-            .map(|cred| self.pin(cred, message.sender_pidfd));
+        let pidfd = message.sender_pidfd;
+        let sender = message.sender.map(|cred| self.pin(cred, pidfd));
         self.ledger.record(n, fds, sender).map_err(refused)?;
         Ok(n)
     }
 
     /// The sender of a read: for another process than the connection's owner, pinned by its
     /// pidfd (see "Which process" above). The pidfd is closed here.
-    fn pin(&self, cred: Credentials, pidfd: Option<std::os::fd::OwnedFd>) -> Sender {
+    fn pin(&mut self, cred: Credentials, pidfd: Option<std::os::fd::OwnedFd>) -> Sender {
+        if cred.pid == 0 || cred.pid == self.owner_pid {
+            return Sender {
+                cred,
+                start_time: None,
+            };
+        }
         let start_time = match pidfd {
-            Some(pidfd) if cred.pid != 0 && cred.pid != self.owner_pid => {
-                Some(crate::session::peer::pinned_start_time(cred.pid, pidfd))
+            Some(pidfd) => Some(crate::session::peer::pinned_start_time(cred.pid, pidfd)),
+            None => {
+                // The first read of another process: from now on the kernel pins each sender
+                // itself; this read's sender is pinned by its pid, at once.
+                self.ask_for_pidfds();
+                match berth_os::pidfd::PidFd::open(cred.pid) {
+                    Ok(Some(pidfd)) => {
+                        Some(crate::session::peer::pinned_start_time(cred.pid, pidfd))
+                    }
+                    Ok(None) => Some(0),
+                    // Out of descriptors: the sender is looked up when its request is served.
+                    Err(_) => None,
+                }
             }
-            _ => None,
         };
         Sender { cred, start_time }
+    }
+
+    /// Turns `SO_PASSPIDFD` on, once: the connection is shared.
+    fn ask_for_pidfds(&mut self) {
+        if std::mem::replace(&mut self.pidfds_asked, true) {
+            return;
+        }
+        let Some(half) = self.half.as_ref() else {
+            return;
+        };
+        let stream: &tokio::net::UnixStream = half.as_ref();
+        // A kernel without the option (before 6.5) says so; every read of another process is
+        // then pinned by its pid, as the first one is.
+        if let Err(e) = berth_os::peer::pass_pidfd(stream) {
+            tracing::debug!("cannot enable SO_PASSPIDFD on a shared connection: {e}");
+        }
     }
 }
 

@@ -199,13 +199,8 @@ pub(crate) async fn serve_connection(
         lane.dispose((stream, Some(permit)));
         return;
     }
-    // …and a pidfd of each sender, so that the one a forked child is told apart by cannot be
-    // reused by another process before it is looked at (kernels before 6.5: credentials alone).
-    if let Err(e) = berth_os::peer::pass_pidfd(&stream) {
-        tracing::warn!("dropping a connection: cannot enable SO_PASSPIDFD: {e}");
-        lane.dispose((stream, Some(permit)));
-        return;
-    }
+    // (The senders' pidfds, which pin a forked child's pid, are asked for once another process
+    // than the owner writes: see `inbound`.)
     let netns = control.netns.peer(owner.pid, &stream);
     if netns == PeerNetns::Unknown {
         tracing::debug!(

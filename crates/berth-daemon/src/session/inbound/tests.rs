@@ -5,11 +5,12 @@ use berth_protocol::Request;
 use berth_testkit::raw::{frame, send_with_fds};
 use std::os::fd::AsFd;
 
+/// A connection as the daemon opens it: the senders' pidfds are asked for once shared.
 fn pair() -> (tokio::net::UnixStream, Reader) {
-    pair_with(true)
+    pair_with(false)
 }
 
-/// A connection as the daemon reads it, with or without the senders' pidfds.
+/// A connection as the daemon reads it, with or without the senders' pidfds from the start.
 fn pair_with(pidfds: bool) -> (tokio::net::UnixStream, Reader) {
     let (client, daemon) = tokio::net::UnixStream::pair().unwrap();
     rustix::net::sockopt::set_socket_passcred(&daemon, true).unwrap();
@@ -182,25 +183,75 @@ async fn too_many_descriptors_in_one_message_close_the_connection_and_are_closed
 }
 
 /// Another process writes on the connection (a forked child, as `cat` here): its frame is
-/// its own, pinned by the pidfd the kernel sends with its bytes — its start time while it
-/// runs, 0 once it has exited, even though `/proc` could by then show another process there.
+/// its own, pinned by a pidfd — its start time while it runs, 0 once it has exited, even
+/// though `/proc` could by then show another process there. The first such read turns the
+/// kernel's per-read pidfds on; the owner's reads never need them.
 #[tokio::test]
-async fn another_process_s_frame_is_pinned_by_its_pidfd() {
-    use std::io::Write;
+async fn another_process_s_frame_is_pinned_by_a_pidfd() {
+    let (client, mut reader) = pair();
+    // The connection's own process needs no pinning, and no pidfds are asked for.
+    send_with_fds(&client, &frame(Request::Status), &[]);
+    let own = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(own.sender.unwrap().start_time, None);
+    assert!(!reader.pidfds_asked);
+    assert!(!passes_pidfds(&reader));
+
+    let client = client.into_std().unwrap();
+    writers_are_pinned(&client, &mut reader).await;
+    assert!(reader.pidfds_asked);
+    assert!(
+        passes_pidfds(&reader),
+        "the kernel sends pidfds once the connection is shared"
+    );
+}
+
+/// The same, with the kernel's pidfds on from the first read.
+#[tokio::test]
+async fn another_process_s_frame_is_pinned_by_the_kernel_s_pidfd() {
+    let (client, mut reader) = pair_with(true);
+    writers_are_pinned(&client.into_std().unwrap(), &mut reader).await;
+}
+
+/// The first read of another process, whose sender has exited and been reaped before it is
+/// read: its pid names nobody, and it is described as gone.
+#[tokio::test]
+async fn a_first_frame_of_a_reaped_process_is_described_as_gone() {
     let (client, mut reader) = pair();
     let client = client.into_std().unwrap();
-    let writer_of = |client: &std::os::unix::net::UnixStream| {
-        std::process::Command::new("cat")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::os::fd::OwnedFd::from(client.try_clone().unwrap()))
-            .spawn()
-            .unwrap()
-    };
+    let mut gone = writer_of(&client);
+    write_and_close(&mut gone, Request::List);
+    gone.wait().unwrap();
+    let got = reader.next().await.ok().flatten().unwrap();
+    assert_eq!(got.request, Request::List);
+    let sender = got.sender.unwrap();
+    assert_eq!(sender.cred.pid, gone.id());
+    assert_eq!(sender.start_time, Some(0));
+}
 
+/// A process that writes what it reads on `client` (`cat`).
+fn writer_of(client: &std::os::unix::net::UnixStream) -> std::process::Child {
+    std::process::Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::os::fd::OwnedFd::from(client.try_clone().unwrap()))
+        .spawn()
+        .unwrap()
+}
+
+fn write_and_close(writer: &mut std::process::Child, request: Request) {
+    use std::io::Write;
+    let mut input = writer.stdin.take().unwrap();
+    input.write_all(&frame(request)).unwrap();
+}
+
+/// A running writer's frame gets its start time, an exited one's 0.
+async fn writers_are_pinned(client: &std::os::unix::net::UnixStream, reader: &mut Reader) {
     // Still running when its frame is read.
-    let mut running = writer_of(&client);
-    let mut input = running.stdin.take().unwrap();
-    input.write_all(&frame(Request::Status)).unwrap();
+    let mut running = writer_of(client);
+    let input = running.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        (&input).write_all(&frame(Request::Status)).unwrap();
+    }
     let got = reader.next().await.ok().flatten().unwrap();
     assert_eq!(got.request, Request::Status);
     let sender = got.sender.unwrap();
@@ -215,10 +266,8 @@ async fn another_process_s_frame_is_pinned_by_its_pidfd() {
     running.wait().unwrap();
 
     // Exited (and reaped) before its frame is read.
-    let mut gone = writer_of(&client);
-    let mut input = gone.stdin.take().unwrap();
-    input.write_all(&frame(Request::List)).unwrap();
-    drop(input);
+    let mut gone = writer_of(client);
+    write_and_close(&mut gone, Request::List);
     gone.wait().unwrap();
     let got = reader.next().await.ok().flatten().unwrap();
     assert_eq!(got.request, Request::List);
@@ -231,9 +280,11 @@ async fn another_process_s_frame_is_pinned_by_its_pidfd() {
         "{:?}",
         sender.start_time
     );
+}
 
-    // The connection's own process needs no pinning.
-    send_with_fds(&client, &frame(Request::Status), &[]);
-    let own = reader.next().await.ok().flatten().unwrap();
-    assert_eq!(own.sender.unwrap().start_time, None);
+/// Whether the kernel sends the senders' pidfds on the reader's connection (`SO_PASSPIDFD`).
+fn passes_pidfds(reader: &Reader) -> bool {
+    let half = reader.half.as_ref().unwrap();
+    let stream: &tokio::net::UnixStream = half.as_ref();
+    berth_os::peer::passes_pidfd(stream).unwrap()
 }
