@@ -47,10 +47,10 @@ pub fn run(args: &EnforceArgs) -> Result<()> {
         toml_path(&subtree.dir)?,
         toml_path(&pins.0)?
     );
-    let daemon = Daemon::start_configured(&berth_bin, dir.path(), &args.common, &[], &config)?;
+    let daemon = Daemon::start_configured(&berth_bin, dir.paths(), &args.common, &[], &config)?;
     // Before the first enforced reservation: the daemon exempts the cgroup it is in then.
     subtree.enter("daemon", daemon.pid())?;
-    let echo = EchoServer::start(dir.path(), args.common.server_cpu)?;
+    let echo = EchoServer::start(dir.runtime(), args.common.server_cpu)?;
     let sizes = load::frame_sizes(&daemon.socket)?;
     let holder_cgroup = cgroup_path(holder.0.id())?;
     println!(

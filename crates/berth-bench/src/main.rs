@@ -78,8 +78,8 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<()> {
     let berth_bin = servers::prepare(&args.common)?;
     let dir = servers::run_dir()?;
-    let daemon = servers::Daemon::start(&berth_bin, dir.path(), &args.common, &[])?;
-    let echo = servers::EchoServer::start(dir.path(), args.common.server_cpu)?;
+    let daemon = servers::Daemon::start(&berth_bin, dir.paths(), &args.common, &[])?;
+    let echo = servers::EchoServer::start(dir.runtime(), args.common.server_cpu)?;
     let sizes = load::frame_sizes(&daemon.socket)?;
 
     let mut report = Report::new(args, &sizes, daemon.pid(), echo.pid());

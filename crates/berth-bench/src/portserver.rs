@@ -82,15 +82,15 @@ pub fn run(args: &PortserverArgs) -> Result<()> {
         bail!("{asked} raw requests would hold more than half of the {pool}-port pool (every answer lasts until this process exits): lower --requests or widen --pool");
     }
     let dir = servers::run_dir()?;
-    let berth_ps = dir.path().join("berth-portserver.sock");
+    let berth_ps = dir.runtime().join("berth-portserver.sock");
     let daemon = Daemon::start(
         &berth_bin,
-        dir.path(),
+        dir.paths(),
         common,
         &[OsStr::new("--portserver"), berth_ps.as_os_str()],
     )?;
-    let echo = EchoServer::start(dir.path(), common.server_cpu)?;
-    let floor = FloorServer::start(dir.path(), &common.pool, common.server_cpu)?;
+    let echo = EchoServer::start(dir.runtime(), common.server_cpu)?;
+    let floor = FloorServer::start(dir.runtime(), &common.pool, common.server_cpu)?;
     let py = match PyPortserver::start(args, dir.path()) {
         Ok(py) => Some(py),
         Err(e) => {

@@ -34,8 +34,8 @@ pub fn run(args: &ReclaimArgs) -> Result<()> {
     let common = args.common.clone();
     let berth_bin = servers::prepare(&common)?;
     let dir = servers::run_dir()?;
-    let dir_path = dir.path().to_owned();
-    let daemon = Daemon::start(&berth_bin, &dir_path, &common, &[])?;
+    let dir_paths = dir.paths().clone();
+    let daemon = Daemon::start(&berth_bin, &dir_paths, &common, &[])?;
     println!(
         "reclaim mode: {} clients holding {} held reservations (one TCP port each), {} restarts by {}; clients {}, daemon {}",
         args.clients,
@@ -65,7 +65,7 @@ pub fn run(args: &ReclaimArgs) -> Result<()> {
             let old = daemon.take().context("no daemon")?;
             let restart = Restart {
                 berth: berth_bin.clone(),
-                dir: dir_path.clone(),
+                dirs: dir_paths.clone(),
                 common: common.clone(),
                 crash: args.crash,
             };
@@ -115,7 +115,7 @@ fn ms(d: Duration) -> f64 {
 /// What a restart needs to start the next daemon.
 struct Restart {
     berth: PathBuf,
-    dir: PathBuf,
+    dirs: servers::RunPaths,
     common: Common,
     crash: bool,
 }
@@ -149,7 +149,7 @@ async fn restart_and_wait(
     let stopped = t0.elapsed();
     let start = Instant::now();
     let new = tokio::task::spawn_blocking(move || {
-        Daemon::start(&restart.berth, &restart.dir, &restart.common, &[])
+        Daemon::start(&restart.berth, &restart.dirs, &restart.common, &[])
     })
     .await
     .context("the starting thread")??;

@@ -38,9 +38,9 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
     let common = &args.common;
     let berth_bin = servers::prepare(common)?;
     let dir = servers::run_dir()?;
-    let daemon = Daemon::start(&berth_bin, dir.path(), common, &[])?;
+    let daemon = Daemon::start(&berth_bin, dir.paths(), common, &[])?;
     let pid = daemon.pid();
-    let echo_server = EchoServer::start(dir.path(), common.server_cpu)?;
+    let echo_server = EchoServer::start(dir.runtime(), common.server_cpu)?;
     let sizes = frame_sizes(&daemon.socket)?;
     println!(
         "scale mode: {} clients, {} reservations (unheld, one port each), paced {} requests/s for {} s, {} cycles; clients {}, daemon and echo server {}; daemon pid {pid}, echo pid {}",

@@ -43,24 +43,31 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `berth daemon` on `<dir>/berth.sock` with its database in `dir` and the extra
-    /// daemon arguments `extra`, and waits for its "ready".
+    /// Starts `berth daemon` on `<runtime>/berth.sock` (so its runtime journal is there too)
+    /// with its database in the state directory and the extra daemon arguments `extra`, and
+    /// waits for its "ready".
     ///
-    /// The daemon reads a configuration file of the benchmark's own (`<dir>/berth.toml`, never
-    /// the host's): connection limits high enough for `--scale`-sized client counts.
-    pub fn start(berth: &Path, dir: &Path, common: &Common, extra: &[&OsStr]) -> Result<Daemon> {
-        Daemon::start_configured(berth, dir, common, extra, "")
+    /// The daemon reads a configuration file of the benchmark's own (`<state>/berth.toml`,
+    /// never the host's): connection limits high enough for `--scale`-sized client counts.
+    pub fn start(
+        berth: &Path,
+        dirs: &RunPaths,
+        common: &Common,
+        extra: &[&OsStr],
+    ) -> Result<Daemon> {
+        Daemon::start_configured(berth, dirs, common, extra, "")
     }
 
     /// [`Daemon::start`] with `config_extra` appended to the configuration file.
     pub fn start_configured(
         berth: &Path,
-        dir: &Path,
+        dirs: &RunPaths,
         common: &Common,
         extra: &[&OsStr],
         config_extra: &str,
     ) -> Result<Daemon> {
-        let socket = dir.join("berth.sock");
+        let dir = &dirs.state;
+        let socket = dirs.runtime.join("berth.sock");
         let log = dir.join("daemon.log");
         let config = dir.join("berth.toml");
         let mut text = DAEMON_CONFIG.to_owned();
@@ -321,12 +328,73 @@ pub fn prepare(common: &Common) -> Result<PathBuf> {
     )
 }
 
-/// A temporary directory for one run's sockets and databases (removed when dropped).
-pub fn run_dir() -> Result<tempfile::TempDir> {
-    tempfile::Builder::new()
+/// One run's temporary directories (removed when dropped): databases and logs in `TMPDIR`;
+/// sockets and journals in a runtime directory, where `berth daemon`'s defaults put them —
+/// under `/run` for root, `$XDG_RUNTIME_DIR` for another user (both a tmpfs as a rule), else
+/// `TMPDIR` too.
+pub struct RunDir {
+    state: tempfile::TempDir,
+    runtime: Option<tempfile::TempDir>,
+    paths: RunPaths,
+}
+
+/// [`RunDir`]'s paths, kept by what outlives a borrow (a restart on another thread).
+#[derive(Debug, Clone)]
+pub struct RunPaths {
+    /// Databases, configuration files and logs.
+    pub state: PathBuf,
+    /// Sockets and journals.
+    pub runtime: PathBuf,
+}
+
+impl RunDir {
+    /// The directory of databases and logs.
+    pub fn path(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// The directory of sockets and journals.
+    pub fn runtime(&self) -> &Path {
+        self.runtime
+            .as_ref()
+            .map_or_else(|| self.state.path(), tempfile::TempDir::path)
+    }
+
+    /// Both, owned.
+    pub fn paths(&self) -> &RunPaths {
+        &self.paths
+    }
+}
+
+/// Creates one run's [`RunDir`].
+pub fn run_dir() -> Result<RunDir> {
+    let state = tempfile::Builder::new()
         .prefix("berth-bench.")
         .tempdir()
-        .context("cannot create a temporary directory")
+        .context("cannot create a temporary directory")?;
+    let runtime_parent = if rustix::process::geteuid().is_root() {
+        Some(PathBuf::from("/run"))
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)
+    };
+    // Where that cannot be made, beside the databases.
+    let runtime = runtime_parent.and_then(|parent| {
+        tempfile::Builder::new()
+            .prefix("berth-bench.")
+            .tempdir_in(parent)
+            .ok()
+    });
+    let paths = RunPaths {
+        state: state.path().to_owned(),
+        runtime: runtime
+            .as_ref()
+            .map_or_else(|| state.path().to_owned(), |dir| dir.path().to_owned()),
+    };
+    Ok(RunDir {
+        state,
+        runtime,
+        paths,
+    })
 }
 
 /// Pins the calling process's threads (and every thread it starts later) to `cpu`.

@@ -36,8 +36,15 @@ pub const DEFAULT_EPHEMERAL_SHARE: u8 = 50;
 pub struct Config {
     /// The Unix socket to listen on.
     pub socket: PathBuf,
-    /// The database file: persistent reservations and the runtime journal.
+    /// The database file: persistent reservations (and the runtime journal beside it, unless
+    /// `runtime_dir` says otherwise).
     pub db: PathBuf,
+    /// The daemon's runtime directory, where its runtime journal lives (named after the
+    /// database: `berth_store::runtime_journal_in`): a tmpfs such as `/run` suits it, as its
+    /// rows end with the boot anyway. `berth daemon` gives its socket's directory. `None`:
+    /// beside the database, `<database>.runtime`. A journal found beside the database moves
+    /// here at start-up.
+    pub runtime_dir: Option<PathBuf>,
     /// Where wildcard blocks come from.
     pub pool: Pool,
     /// Connections served at once; further clients wait in the kernel's accept queue.
@@ -171,6 +178,7 @@ impl Config {
             authority: Some(berth_protocol::authority::DEFAULT_NAME.to_owned()),
             portserver: None,
             hold: true,
+            runtime_dir: None,
             listed_ahead: DEFAULT_LISTED_AHEAD,
             listed_ahead_trust: DEFAULT_LISTED_AHEAD_TRUST,
             reuse_cool_down: DEFAULT_REUSE_COOL_DOWN,

@@ -1,5 +1,5 @@
 //! berth's store: persistent reservations in a SQLite file, runtime reservations in a journal
-//! file beside it.
+//! file (in the daemon's runtime directory, or beside the database).
 //!
 //! The daemon loads everything once at start-up ([`Store::load`], [`RuntimeJournal::open`])
 //! and afterwards only writes. Writes come in two strengths:
@@ -7,7 +7,8 @@
 //! - **Persistent reservations** ([`Store::create_persistent`], [`Store::delete_persistent`])
 //!   are durable before the call returns: the commit runs with `PRAGMA synchronous = FULL`, so
 //!   the write-ahead log is fsync'ed and the change survives `kill -9` and power loss.
-//! - **The runtime journal** ([`RuntimeJournal`], the file `<database>.runtime`) must survive a
+//! - **The runtime journal** ([`RuntimeJournal`], the file [`runtime_journal_in`] names in the
+//!   daemon's runtime directory, or `<database>.runtime` [beside it](runtime_journal_path)) must survive a
 //!   crash of the daemon, not of the host (after a power loss no owner runs any more): each
 //!   change is one `write(2)` appended to the file, on the caller's thread, without fsync. The
 //!   bytes are in the operating system's page cache when the call returns, which is what
@@ -59,7 +60,8 @@ pub mod schema;
 pub use error::StoreError;
 pub use rows::{JournalOp, JournalRow, NameRow, PersistentRow};
 pub use runtime::{
-    runtime_journal_path, Loaded, Prepared as PreparedRewrite, RewriteJob, RuntimeJournal,
+    runtime_journal_in, runtime_journal_path, Loaded, Prepared as PreparedRewrite, RewriteJob,
+    RuntimeJournal,
 };
 pub use schema::SCHEMA_VERSION;
 

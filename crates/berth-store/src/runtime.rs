@@ -64,6 +64,27 @@ pub fn runtime_journal_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The runtime journal of the database at `db` kept in directory `dir` (the daemon's runtime
+/// directory, beside its socket): `<database file name>-<16 hex digits>.runtime`, the digits a
+/// hash (64-bit FNV-1a) of `db`, which the caller gives in canonical form — so that daemons of
+/// different databases sharing one directory never share a journal, and one database always
+/// finds its own.
+pub fn runtime_journal_in(dir: &Path, db: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = db
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    let mut name = db
+        .file_name()
+        .map_or_else(|| "berth".into(), std::ffi::OsStr::to_owned);
+    name.push(format!("-{hash:016x}.runtime"));
+    dir.join(name)
+}
+
 /// The file's header.
 #[derive(Serialize, Deserialize)]
 struct Header {

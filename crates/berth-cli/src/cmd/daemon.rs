@@ -47,7 +47,14 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     let pool =
         kernel::safe_default_pool(kernel::will_sync(kernel_sync), ephemeral).unwrap_or(ephemeral);
     let system_instance = uid == 0 && socket == std::path::Path::new(paths::SYSTEM_SOCKET);
+    // The runtime journal lives with the socket, in the runtime directory (/run/berth, or
+    // $XDG_RUNTIME_DIR/berth): a tmpfs, which the journal's rows, ending with the boot, suit.
+    let runtime_dir = socket
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(std::path::Path::to_path_buf);
     let mut config = Config::new(socket, db, pool);
+    config.runtime_dir = runtime_dir;
     // The default pool follows the ephemeral range; one given in the file or on the command
     // line stays as given.
     config.pool_follows_ephemeral = true;

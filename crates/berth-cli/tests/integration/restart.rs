@@ -212,6 +212,16 @@ fn held_reservations_survive_a_crash_of_the_daemon() {
     });
     d.restart();
 
+    // What carried them over: the runtime journal in the socket's directory (the runtime
+    // directory), named after the database; none beside the database.
+    let journals: Vec<String> = std::fs::read_dir(d.socket().parent().unwrap())
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".runtime"))
+        .collect();
+    assert_eq!(journals.len(), 1, "{journals:?}");
+    assert!(journals[0].starts_with("berth.db-"), "{journals:?}");
+
     // Right after the restart, the running commands' blocks are theirs as they were: same
     // tokens, ports and owners, with no re-claim needed...
     let list = d.list();

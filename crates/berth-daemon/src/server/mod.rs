@@ -64,16 +64,19 @@ pub async fn run(
     run_with_ready(listener, config, shutdown, || {}).await
 }
 
-/// Opens the runtime journal beside the database at `db` and moves into it what an earlier
-/// berth journaled in the database itself (`legacy`), so that nothing a running owner holds is
+/// Opens the runtime journal of the database at `db` — in `runtime_dir` when given, else
+/// beside the database — and moves into it what an earlier berth journaled beside the
+/// database or in the database itself (`legacy`), so that nothing a running owner holds is
 /// forgotten across the upgrade.
 fn open_runtime_journal(
     db: &std::path::Path,
+    runtime_dir: Option<&std::path::Path>,
     boot_id: &str,
     legacy: Vec<berth_store::JournalRow>,
     store: &mut berth_store::Store,
 ) -> io::Result<berth_store::RuntimeJournal> {
-    let path = berth_store::runtime_journal_path(db);
+    let beside = berth_store::runtime_journal_path(db);
+    let path = runtime_dir.map_or_else(|| beside.clone(), |dir| journal_in(dir, db, &beside));
     let (mut runtime, loaded) =
         berth_store::RuntimeJournal::open(&path, boot_id).map_err(io::Error::other)?;
     if loaded.other_boot {
@@ -89,6 +92,9 @@ fn open_runtime_journal(
             path.display(),
             loaded.dropped_bytes
         );
+    }
+    if path != beside {
+        move_journal(&beside, &mut runtime, boot_id)?;
     }
     // What an earlier build recorded of its entries in the kernel's list: kept with what the
     // journal records (either may be the daemon's).
@@ -117,6 +123,71 @@ fn open_runtime_journal(
         );
     }
     Ok(runtime)
+}
+
+/// Where the runtime journal of `db` lives in `dir`; `beside` (next to the database) when
+/// `dir` is not a directory or the database's path cannot be resolved.
+fn journal_in(
+    dir: &std::path::Path,
+    db: &std::path::Path,
+    beside: &std::path::Path,
+) -> std::path::PathBuf {
+    if !dir.is_dir() {
+        tracing::warn!(
+            "the runtime directory {} does not exist; the runtime journal stays at {}",
+            dir.display(),
+            beside.display()
+        );
+        return beside.to_owned();
+    }
+    match std::fs::canonicalize(db) {
+        Ok(db) => berth_store::runtime_journal_in(dir, &db),
+        Err(e) => {
+            tracing::warn!(
+                "cannot resolve the database's path {} ({e}); the runtime journal stays at {}",
+                db.display(),
+                beside.display()
+            );
+            beside.to_owned()
+        }
+    }
+}
+
+/// Moves the rows of the journal at `from` (an earlier daemon's, beside the database) into
+/// `runtime`, then removes it. Into the new file first: a crash before the removal leaves the
+/// rows in both, and the next start moves them again (an insert replaces a row with the same
+/// token).
+fn move_journal(
+    from: &std::path::Path,
+    runtime: &mut berth_store::RuntimeJournal,
+    boot_id: &str,
+) -> io::Result<()> {
+    if !from.exists() {
+        return Ok(());
+    }
+    // (Written before a reboot, it opens empty.)
+    let (old, _) = berth_store::RuntimeJournal::open(from, boot_id).map_err(io::Error::other)?;
+    let rows = old.rows();
+    let moved = rows.len();
+    for row in rows {
+        runtime
+            .apply(&berth_store::JournalOp::Insert(row))
+            .map_err(io::Error::other)?;
+    }
+    let recorded = berth_core::PortSet::parse(runtime.kernel())
+        .unwrap_or_default()
+        .union(&berth_core::PortSet::parse(old.kernel()).unwrap_or_default());
+    runtime
+        .set_kernel(&recorded.to_string())
+        .map_err(io::Error::other)?;
+    drop(old);
+    std::fs::remove_file(from)?;
+    tracing::info!(
+        "the runtime journal moved from {} to {} ({moved} reservations)",
+        from.display(),
+        runtime.path().display()
+    );
+    Ok(())
 }
 
 /// [`run`], calling `ready` once the daemon can answer: the database is locked and loaded and
@@ -159,7 +230,13 @@ pub async fn run_with_ready(
     }
     let (persistent, journal) = store.load().map_err(io::Error::other)?;
     let names = store.load_names().map_err(io::Error::other)?;
-    let runtime = open_runtime_journal(&config.db, &boot_id, journal, &mut store)?;
+    let runtime = open_runtime_journal(
+        &config.db,
+        config.runtime_dir.as_deref(),
+        &boot_id,
+        journal,
+        &mut store,
+    )?;
     let recorded = berth_core::PortSet::parse(runtime.kernel()).unwrap_or_default();
     let journal = runtime.rows();
     let (store, store_thread) = StoreHandle::spawn(store, config.faults.store())?;

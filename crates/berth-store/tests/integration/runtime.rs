@@ -8,7 +8,9 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use berth_store::{runtime_journal_path, JournalOp, RuntimeJournal, StoreError};
+use berth_store::{
+    runtime_journal_in, runtime_journal_path, JournalOp, RuntimeJournal, StoreError,
+};
 use common::{journaled, token};
 use tempfile::TempDir;
 
@@ -25,6 +27,28 @@ fn the_path_is_the_databases_with_runtime_appended() {
     assert_eq!(
         runtime_journal_path(std::path::Path::new("/var/lib/berth/berth.db")),
         PathBuf::from("/var/lib/berth/berth.db.runtime")
+    );
+}
+
+/// In a runtime directory: named after the database's file and a hash of its path, so that
+/// two databases of one name in different directories get journals of their own.
+#[test]
+fn the_path_in_a_runtime_directory_is_the_databases_own() {
+    let run = std::path::Path::new("/run/berth");
+    let system = runtime_journal_in(run, std::path::Path::new("/var/lib/berth/berth.db"));
+    assert_eq!(system.parent(), Some(run));
+    let name = system.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with("berth.db-"), "{name}");
+    assert!(name.ends_with(".runtime"), "{name}");
+    // The name must never change between versions: a daemon upgraded in place would not
+    // find the journal its predecessor wrote. (FNV-1a of the path, computed independently.)
+    assert_eq!(
+        system,
+        PathBuf::from("/run/berth/berth.db-588dfa4ec421b311.runtime")
+    );
+    assert_ne!(
+        system,
+        runtime_journal_in(run, std::path::Path::new("/srv/berth/berth.db"))
     );
 }
 
