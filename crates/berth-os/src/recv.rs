@@ -37,8 +37,12 @@ pub struct Message {
     /// A pidfd of the sender (`SCM_PIDFD`, with [`crate::peer::pass_pidfd`] on): it names the
     /// very process that sent the bytes, so what `/proc/PID` says of `sender.pid` can be
     /// checked afterwards. `None` without the option, or when the kernel could not make one
-    /// (the sender has been reaped).
+    /// ([`Message::sender_pidfd_error`]).
     pub sender_pidfd: Option<OwnedFd>,
+    /// Why the kernel sent no pidfd of the sender although the option is on (`SCM_PIDFD`
+    /// carrying a negative errno): `ESRCH` when the sender has exited and been reaped (kernels
+    /// before 6.16), `EMFILE`/`ENFILE` when the reader is out of descriptors.
+    pub sender_pidfd_error: Option<i32>,
     /// The kernel dropped control data that did not fit (`MSG_CTRUNC`).
     pub truncated: bool,
 }
@@ -117,6 +121,7 @@ fn recv_with(
     let mut fds = Vec::new();
     let mut sender = None;
     let mut sender_pidfd = None;
+    let mut sender_pidfd_error = None;
     // SAFETY: the CMSG_* accessors walk the control data the kernel wrote into `control`,
     // bounded by `msg.msg_controllen`; every read is unaligned-safe and within a header's
     // declared length, and each descriptor in SCM_RIGHTS is a new one this process now owns,
@@ -151,6 +156,8 @@ fn recv_with(
                     let raw = data.cast::<i32>().read_unaligned();
                     if raw >= 0 {
                         sender_pidfd = Some(OwnedFd::from_raw_fd(raw));
+                    } else {
+                        sender_pidfd_error = Some(raw.saturating_neg());
                     }
                 }
                 _ => {}
@@ -163,6 +170,7 @@ fn recv_with(
         fds,
         sender,
         sender_pidfd,
+        sender_pidfd_error,
         truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     })
 }

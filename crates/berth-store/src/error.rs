@@ -130,7 +130,7 @@ pub enum StoreError {
         token: Token,
     },
 
-    /// The runtime journal file (beside the database) is not one: another program's file, or
+    /// The runtime journal file is not one: another program's file, or
     /// damaged at its start.
     #[error(
         "{}: the file is not a berth runtime journal ({detail}); move it aside (the runtime \

@@ -1,4 +1,5 @@
-//! The runtime journal: an append-only file of journal operations beside the database.
+//! The runtime journal: an append-only file of journal operations, in the daemon's runtime
+//! directory ([`runtime_journal_in`]) or beside the database ([`runtime_journal_path`]).
 //!
 //! Runtime reservations must survive a crash of the daemon, never a crash of the host (their
 //! owners die with it), so their record need not be durable, only *written*: once `write(2)`

@@ -77,8 +77,20 @@ fn open_runtime_journal(
 ) -> io::Result<berth_store::RuntimeJournal> {
     let beside = berth_store::runtime_journal_path(db);
     let path = runtime_dir.map_or_else(|| beside.clone(), |dir| journal_in(dir, db, &beside));
-    let (mut runtime, loaded) =
-        berth_store::RuntimeJournal::open(&path, boot_id).map_err(io::Error::other)?;
+    let (mut runtime, loaded) = match berth_store::RuntimeJournal::open(&path, boot_id) {
+        Ok(opened) => opened,
+        // The runtime directory is not the daemon's to write (a read-only or another user's
+        // directory): beside the database, as without one.
+        Err(berth_store::StoreError::Io { source, .. }) if path != beside => {
+            tracing::warn!(
+                "cannot keep the runtime journal at {} ({source}); it stays at {}",
+                path.display(),
+                beside.display()
+            );
+            return open_runtime_journal(db, None, boot_id, legacy, store);
+        }
+        Err(e) => return Err(io::Error::other(e)),
+    };
     if loaded.other_boot {
         tracing::info!(
             "the runtime journal {} was written before a reboot; it was cleared",
@@ -126,17 +138,19 @@ fn open_runtime_journal(
 }
 
 /// Where the runtime journal of `db` lives in `dir`; `beside` (next to the database) when
-/// `dir` is not a directory or the database's path cannot be resolved.
+/// `dir` is not a directory only the daemon's user (or root) can write — another user could
+/// plant a journal there under the predictable name — or the database's path cannot be
+/// resolved.
 fn journal_in(
     dir: &std::path::Path,
     db: &std::path::Path,
     beside: &std::path::Path,
 ) -> std::path::PathBuf {
-    if !dir.is_dir() {
-        tracing::warn!(
-            "the runtime directory {} does not exist; the runtime journal stays at {}",
-            dir.display(),
-            beside.display()
+    if let Err(why) = private_dir(dir) {
+        tracing::info!(
+            "the runtime journal stays beside the database, at {}: the socket's directory {} {why}",
+            beside.display(),
+            dir.display()
         );
         return beside.to_owned();
     }
@@ -153,10 +167,33 @@ fn journal_in(
     }
 }
 
-/// Moves the rows of the journal at `from` (an earlier daemon's, beside the database) into
-/// `runtime`, then removes it. Into the new file first: a crash before the removal leaves the
-/// rows in both, and the next start moves them again (an insert replaces a row with the same
-/// token).
+/// Whether `dir` is a directory (not a symbolic link) owned by the daemon's user or root and
+/// writable by nobody else; otherwise, why not.
+fn private_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot be read ({e})"))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() {
+        Err("is not a directory".into())
+    } else if meta.uid() != me && meta.uid() != 0 {
+        Err(format!("belongs to uid {}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Err(format!(
+            "is writable by others (mode {:04o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Moves the journal at `from` (beside the database) into `runtime`, then removes it. The
+/// file beside the database is the newer whenever both exist — a daemon that wrote `runtime`
+/// removed it, so it was written since by an earlier build or by a daemon that lacked the
+/// runtime directory — so its rows replace `runtime`'s (a release made meanwhile must not come
+/// back); what each recorded of its entries in the kernel's list is kept. Into the new file
+/// first: a crash before the removal leaves the rows in both, and the next start moves them
+/// again.
 fn move_journal(
     from: &std::path::Path,
     runtime: &mut berth_store::RuntimeJournal,
@@ -169,11 +206,8 @@ fn move_journal(
     let (old, _) = berth_store::RuntimeJournal::open(from, boot_id).map_err(io::Error::other)?;
     let rows = old.rows();
     let moved = rows.len();
-    for row in rows {
-        runtime
-            .apply(&berth_store::JournalOp::Insert(row))
-            .map_err(io::Error::other)?;
-    }
+    let changes = runtime.changes_to_hold(rows).map_err(io::Error::other)?;
+    runtime.apply_all(&changes).map_err(io::Error::other)?;
     let recorded = berth_core::PortSet::parse(runtime.kernel())
         .unwrap_or_default()
         .union(&berth_core::PortSet::parse(old.kernel()).unwrap_or_default());

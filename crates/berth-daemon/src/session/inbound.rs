@@ -27,10 +27,14 @@
 //! sender of the bytes. But making one and closing it for every read costs more than the rest
 //! of a read, and almost every connection is never shared; so the option is turned on only
 //! when a read from another process first arrives. That first read is pinned by a pidfd the
-//! daemon opens for the sender's pid at once (`pidfd_open`): it names the sender unless the
-//! sender exited and the kernel gave its pid to a new process in the microseconds between — a
-//! full cycle of the pid space (`kernel.pid_max`). Kernels before 6.5 have no `SO_PASSPIDFD`:
-//! every read of another process is pinned that way. The pidfd is closed on the serving thread
+//! daemon opens for the sender's pid right after the read (`pidfd_open`): it names the sender
+//! unless the sender exited and the kernel gave its pid to a new process between the sender's
+//! write and the daemon's read — a full cycle of the pid space (`kernel.pid_max`) while the
+//! bytes waited, which a session that is not reading (busy, or paused for its user's closes)
+//! lengthens. Such a process still does not get the sender's user: credentials come with every
+//! read. Reads after it — including those queued before the option was turned on, whose
+//! sender the kernel recorded with their bytes — bring the kernel's pidfd. Kernels before 6.5
+//! have no `SO_PASSPIDFD`: every read of another process is pinned like the first. The pidfd is closed on the serving thread
 //! right away — unlike a descriptor a client sends, it never blocks on close.
 //!
 //! Every descriptor received is a [`Received`]: it is closed on a closer thread of the
@@ -113,9 +117,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct Sender {
     /// Its credentials (`SCM_CREDENTIALS`).
     pub(crate) cred: Credentials,
-    /// For a process other than the connection's owner, its start time as read while its
-    /// pidfd (`SCM_PIDFD`) showed it running — 0 when it had exited by then; `None` for the
-    /// owner itself, or without a pidfd (a kernel before 6.5), when `/proc` is read later.
+    /// For a process other than the connection's owner, its start time as read while a
+    /// pidfd of it (the kernel's `SCM_PIDFD`, or one opened at once for its pid) showed it
+    /// running — 0 when it had exited by then; `None` for the owner itself, or when the
+    /// daemon was out of descriptors, when `/proc` is read later.
     pub(crate) start_time: Option<u64>,
 }
 
@@ -326,15 +331,20 @@ impl Reader {
             fds.push(Carried::Lost);
         }
         let n = message.bytes;
-        let pidfd = message.sender_pidfd;
+        let pidfd = (message.sender_pidfd, message.sender_pidfd_error);
         let sender = message.sender.map(|cred| self.pin(cred, pidfd));
         self.ledger.record(n, fds, sender).map_err(refused)?;
         Ok(n)
     }
 
     /// The sender of a read: for another process than the connection's owner, pinned by its
-    /// pidfd (see "Which process" above). The pidfd is closed here.
-    fn pin(&mut self, cred: Credentials, pidfd: Option<std::os::fd::OwnedFd>) -> Sender {
+    /// pidfd (see "Which process" above) — the kernel's, or why the kernel made none. The
+    /// pidfd is closed here.
+    fn pin(
+        &mut self,
+        cred: Credentials,
+        pidfd: (Option<std::os::fd::OwnedFd>, Option<i32>),
+    ) -> Sender {
         if cred.pid == 0 || cred.pid == self.owner_pid {
             return Sender {
                 cred,
@@ -342,8 +352,12 @@ impl Reader {
             };
         }
         let start_time = match pidfd {
-            Some(pidfd) => Some(crate::session::peer::pinned_start_time(cred.pid, pidfd)),
-            None => {
+            (Some(pidfd), _) => Some(crate::session::peer::pinned_start_time(cred.pid, pidfd)),
+            // The kernel says the sender has been reaped: its pid may name another process.
+            (None, Some(libc::ESRCH)) => Some(0),
+            // Out of descriptors: the sender is looked up when its request is served.
+            (None, Some(_)) => None,
+            (None, None) => {
                 // The first read of another process: from now on the kernel pins each sender
                 // itself; this read's sender is pinned by its pid, at once.
                 self.ask_for_pidfds();

@@ -107,3 +107,74 @@ async fn a_journal_beside_the_database_moves_to_the_runtime_directory() {
     assert!(loaded.rows.is_empty(), "{:?}", loaded.rows);
     assert!(!beside.exists());
 }
+
+/// Both journals present (an earlier build ran after the move, writing beside the database):
+/// the one beside the database is the newer and wins — a reservation released meanwhile does
+/// not come back from the runtime directory's stale copy.
+#[tokio::test]
+async fn with_both_journals_the_one_beside_the_database_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let db = dir.path().join("berth.db");
+    let in_run = |config: &mut berth_daemon::Config| config.runtime_dir = Some(run.path().into());
+    let first = TestDaemon::with_db(&db, 14820, 14829, in_run);
+    let client = Client::connect_to(&first.socket).await.unwrap();
+    let released = client.acquire(Protocol::Tcp, 0, 1).await.unwrap().token();
+    first.shutdown().await;
+    let moved = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
+    let stale = run.path().join("stale");
+    std::fs::copy(&moved, &stale).unwrap();
+
+    let second = TestDaemon::with_db(&db, 14820, 14829, in_run);
+    let client = Client::connect_to(&second.socket).await.unwrap();
+    std::mem::forget(client.reclaim(released).await.unwrap());
+    client.release(released).await.unwrap();
+    let kept = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
+    second.shutdown().await;
+    // As after a downgrade and an upgrade: the newer journal beside the database, the stale
+    // one (still holding the released reservation) in the runtime directory.
+    std::fs::rename(&moved, runtime_journal_path(&db)).unwrap();
+    std::fs::rename(&stale, &moved).unwrap();
+
+    let third = TestDaemon::with_db(&db, 14820, 14829, in_run);
+    let watcher = Client::connect_to(&third.socket).await.unwrap();
+    let tokens: Vec<_> = watcher
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.token)
+        .collect();
+    assert_eq!(
+        tokens,
+        vec![kept.token()],
+        "only the newer journal's reservation"
+    );
+    assert!(!runtime_journal_path(&db).exists());
+    std::mem::forget(kept);
+    drop(watcher);
+    third.shutdown().await;
+}
+
+/// A runtime directory others can write to (where another user could plant a journal under
+/// its predictable name) is not used: the journal stays beside the database.
+#[tokio::test]
+async fn a_runtime_directory_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(run.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let db = dir.path().join("berth.db");
+    let run_dir = run.path().to_owned();
+    let daemon = TestDaemon::with_db(&db, 14830, 14839, |config| {
+        config.runtime_dir = Some(run_dir);
+    });
+    let client = Client::connect_to(&daemon.socket).await.unwrap();
+    let block = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
+    assert!(runtime_journal_path(&db).exists());
+    let planted: Vec<_> = std::fs::read_dir(run.path()).unwrap().collect();
+    assert!(planted.is_empty(), "{planted:?}");
+    drop(block);
+    drop(client);
+    daemon.shutdown().await;
+}

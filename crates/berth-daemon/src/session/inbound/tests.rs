@@ -199,10 +199,66 @@ async fn another_process_s_frame_is_pinned_by_a_pidfd() {
     let client = client.into_std().unwrap();
     writers_are_pinned(&client, &mut reader).await;
     assert!(reader.pidfds_asked);
-    assert!(
+    assert_eq!(
         passes_pidfds(&reader),
-        "the kernel sends pidfds once the connection is shared"
+        kernel_has_pidfds(),
+        "the kernel sends pidfds once the connection is shared (where it can)"
     );
+}
+
+/// Two other processes write before the daemon reads either: the first read turns the
+/// kernel's pidfds on, and the second, queued before that, is still its own sender's (the
+/// kernel recorded the sender with the bytes).
+#[tokio::test]
+async fn a_frame_queued_before_pidfds_were_asked_for_is_pinned_too() {
+    let (client, mut reader) = pair();
+    let client = client.into_std().unwrap();
+    let mut first = writer_of(&client);
+    let mut second = writer_of(&client);
+    let first_input = first.stdin.take().unwrap();
+    let second_input = second.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        (&first_input).write_all(&frame(Request::Status)).unwrap();
+        (&second_input).write_all(&frame(Request::List)).unwrap();
+    }
+    // Both frames wait in the daemon's receive queue before the first read.
+    let queued = frame(Request::Status).len() + frame(Request::List).len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let half = reader.half.as_ref().unwrap();
+        let stream: &tokio::net::UnixStream = half.as_ref();
+        if rustix::io::ioctl_fionread(stream).unwrap() as usize >= queued {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writers did not write"
+        );
+        std::thread::yield_now();
+    }
+    assert!(!passes_pidfds(&reader));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let inbound = reader.next().await.ok().flatten().unwrap();
+        got.push(inbound.sender.unwrap());
+    }
+    for child in [&first, &second] {
+        let sender = got
+            .iter()
+            .find(|s| s.cred.pid == child.id())
+            .expect("each writer's frame");
+        let stat = berth_os::proc::stat(child.id()).unwrap();
+        assert_eq!(
+            sender.start_time,
+            berth_os::proc::start_time_from_stat(&stat),
+            "process {}'s own start time",
+            child.id()
+        );
+    }
+    drop((first_input, second_input));
+    first.wait().unwrap();
+    second.wait().unwrap();
 }
 
 /// The same, with the kernel's pidfds on from the first read.
@@ -273,13 +329,15 @@ async fn writers_are_pinned(client: &std::os::unix::net::UnixStream, reader: &mu
     assert_eq!(got.request, Request::List);
     let sender = got.sender.unwrap();
     assert_eq!(sender.cred.pid, gone.id());
-    // Linux 6.16 and later hand out a pidfd of a reaped sender (it reads as exited); earlier
-    // kernels send none, and the frame is then looked up later, as without pidfds.
-    assert!(
-        matches!(sender.start_time, Some(0) | None),
-        "{:?}",
-        sender.start_time
-    );
+    // Linux 6.16 and later hand out a pidfd of a reaped sender (it reads as exited); 6.5 to
+    // 6.15 say it is gone (ESRCH); earlier ones send nothing, and its pid names nobody.
+    assert_eq!(sender.start_time, Some(0));
+}
+
+/// Whether this kernel can send the senders' pidfds (`SO_PASSPIDFD`, Linux 6.5).
+fn kernel_has_pidfds() -> bool {
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    berth_os::peer::pass_pidfd(&a).unwrap()
 }
 
 /// Whether the kernel sends the senders' pidfds on the reader's connection (`SO_PASSPIDFD`).
