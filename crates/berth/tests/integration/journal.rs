@@ -138,13 +138,7 @@ async fn with_both_journals_the_one_beside_the_database_wins() {
 
     let third = TestDaemon::with_db(&db, 14820, 14829, in_run);
     let watcher = Client::connect_to(&third.socket).await.unwrap();
-    let tokens: Vec<_> = watcher
-        .list()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.token)
-        .collect();
+    let tokens = crate::common::tokens(&watcher).await;
     assert_eq!(
         tokens,
         vec![kept.token()],

@@ -79,13 +79,7 @@ async fn run(ops: Vec<Op>) -> (BTreeSet<Token>, BTreeSet<Token>) {
     daemon.shutdown().await;
     let daemon = TestDaemon::with_db(&db, 18500, 18599, |_| {});
     let admin = Client::connect_to(&daemon.socket).await.unwrap();
-    let listed = admin
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.token)
-        .collect();
+    let listed = crate::common::tokens(&admin).await.into_iter().collect();
     drop(client);
     daemon.shutdown().await;
     (expected, listed)

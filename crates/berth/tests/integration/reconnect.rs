@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use berth::{Client, Error, Options, Protocol, Token};
+use crate::common::tokens;
+use berth::{Client, Error, Options, Protocol};
 use berth_core::Pool;
 use berth_daemon::{bind_socket, Config, SocketGuard};
 use berth_protocol::{FrameCodec, Request};
@@ -165,16 +166,6 @@ fn frame_len(request: Request) -> usize {
     let mut buf = BytesMut::new();
     FrameCodec::client().encode(request, &mut buf).unwrap();
     buf.len()
-}
-
-async fn tokens(client: &Client) -> Vec<Token> {
-    client
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.token)
-        .collect()
 }
 
 #[tokio::test]

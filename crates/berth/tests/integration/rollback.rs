@@ -144,13 +144,7 @@ async fn a_pair_whose_journal_write_fails_is_undone_whole() {
     let err = client.acquire_same_ports(0, 2).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     daemon.fail_store(false);
-    let tokens: Vec<_> = client
-        .list()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.token)
-        .collect();
+    let tokens = crate::common::tokens(&client).await;
     assert_eq!(tokens.len(), 2, "only the first pair: {tokens:?}");
     let status = client.status().await.unwrap();
     assert_eq!((status.tcp_ports, status.udp_ports), (1, 1));
@@ -179,13 +173,7 @@ async fn a_release_the_journal_missed_does_not_come_back_after_a_restart() {
 
     let daemon = TestDaemon::with_db(&db, 18200, 18299, |_| {});
     let client = Client::connect_to(&daemon.socket).await.unwrap();
-    let tokens: Vec<_> = client
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.token)
-        .collect();
+    let tokens = crate::common::tokens(&client).await;
     assert_eq!(
         tokens,
         vec![kept_token],

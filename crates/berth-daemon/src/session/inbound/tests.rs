@@ -273,15 +273,7 @@ async fn another_process_s_frame_is_pinned_by_the_kernel_s_pidfd() {
 #[tokio::test]
 async fn a_first_frame_of_a_reaped_process_is_described_as_gone() {
     let (client, mut reader) = pair();
-    let client = client.into_std().unwrap();
-    let mut gone = writer_of(&client);
-    write_and_close(&mut gone, Request::List);
-    gone.wait().unwrap();
-    let got = reader.next().await.ok().flatten().unwrap();
-    assert_eq!(got.request, Request::List);
-    let sender = got.sender.unwrap();
-    assert_eq!(sender.cred.pid, gone.id());
-    assert_eq!(sender.start_time, Some(0));
+    a_reaped_writer_reads_as_gone(&client.into_std().unwrap(), &mut reader).await;
 }
 
 /// A process that writes what it reads on `client` (`cat`).
@@ -299,7 +291,7 @@ fn write_and_close(writer: &mut std::process::Child, request: Request) {
     input.write_all(&frame(request)).unwrap();
 }
 
-/// A running writer's frame gets its start time, an exited one's 0.
+/// A running writer's frame gets its start time, then an exited one's 0.
 async fn writers_are_pinned(client: &std::os::unix::net::UnixStream, reader: &mut Reader) {
     // Still running when its frame is read.
     let mut running = writer_of(client);
@@ -321,7 +313,14 @@ async fn writers_are_pinned(client: &std::os::unix::net::UnixStream, reader: &mu
     drop(input);
     running.wait().unwrap();
 
-    // Exited (and reaped) before its frame is read.
+    a_reaped_writer_reads_as_gone(client, reader).await;
+}
+
+/// A writer that exited (and was reaped) before its frame is read is described as gone.
+async fn a_reaped_writer_reads_as_gone(
+    client: &std::os::unix::net::UnixStream,
+    reader: &mut Reader,
+) {
     let mut gone = writer_of(client);
     write_and_close(&mut gone, Request::List);
     gone.wait().unwrap();

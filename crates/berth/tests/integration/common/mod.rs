@@ -17,3 +17,14 @@ pub async fn bystander_is_fine(client: &Client, r: &berth::Reservation) {
     let list = client.list().await.unwrap();
     assert!(list.iter().any(|x| x.token == r.token()));
 }
+
+/// The tokens of every reservation `client` is shown, in the daemon's order.
+pub async fn tokens(client: &Client) -> Vec<berth::Token> {
+    client
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.token)
+        .collect()
+}
