@@ -22,6 +22,10 @@ use crate::rendezvous;
 /// How long an on-demand daemon may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a start waits for the start-up lock by default: a process starting a daemon holds
+/// it for at most [`READY_TIMEOUT`]; one that holds it longer is not starting one.
+pub const LOCK_WAIT: Duration = Duration::from_secs(20);
+
 /// Set to a non-empty value other than `0`, `false` or `no` to never start a daemon on demand.
 pub const NO_AUTOSTART_ENV: &str = "BERTH_NO_AUTOSTART";
 
@@ -42,6 +46,7 @@ pub fn forbidden() -> bool {
 pub struct Starter {
     binary: Option<PathBuf>,
     quiet: bool,
+    lock_wait: Option<Duration>,
 }
 
 impl Starter {
@@ -60,6 +65,14 @@ impl Starter {
     /// Does not print the line saying that a daemon was started.
     pub fn quiet(mut self) -> Self {
         self.quiet = true;
+        self
+    }
+
+    /// How long to wait for another process that is starting a daemon on the same socket
+    /// (it holds the start-up lock beside the socket) before giving up with an error that
+    /// names the lock; [`LOCK_WAIT`] unless set.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
         self
     }
 
@@ -87,7 +100,7 @@ impl Starter {
     /// lock is held. Blocking. `None` when another starter's daemon answered.
     pub fn start(&self, socket: &Path) -> Result<Option<Started>, Error> {
         let exe = self.resolve()?;
-        let started = start_daemon(&exe, socket)?;
+        let started = start_daemon(&exe, socket, self.lock_wait.unwrap_or(LOCK_WAIT))?;
         if let (Some(s), false) = (&started, self.quiet) {
             eprintln!("berth: {s}");
         }
@@ -132,7 +145,7 @@ fn cannot(what: impl fmt::Display) -> Error {
     Error::Unavailable(format!("no berth daemon answers, and {what}"))
 }
 
-fn start_daemon(exe: &Path, socket: &Path) -> Result<Option<Started>, Error> {
+fn start_daemon(exe: &Path, socket: &Path, lock_wait: Duration) -> Result<Option<Started>, Error> {
     let dir = socket
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -158,10 +171,9 @@ fn start_daemon(exe: &Path, socket: &Path) -> Result<Option<Started>, Error> {
             lock_path.display()
         ))
     })?;
-    // Blocks while another process is starting a daemon; it holds the lock for at most
+    // Waits while another process is starting a daemon; it holds the lock for at most
     // READY_TIMEOUT. The lock is released when `lock` is closed.
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| cannot(format_args!("cannot lock {}: {e}", lock_path.display())))?;
+    lock_within(&lock, &lock_path, lock_wait)?;
 
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         return Ok(None); // started by whoever held the lock before us
@@ -207,8 +219,11 @@ fn start_daemon(exe: &Path, socket: &Path) -> Result<Option<Started>, Error> {
     });
     match rx.recv_timeout(READY_TIMEOUT) {
         Ok(Ok(line)) if line.trim() == "ready" => {
-            // The child is not waited for: it outlives this process (init reaps it then).
-            drop(child);
+            // Reaped when it ends, on a thread of its own: a daemon stopped while the program
+            // that started it runs on (a long `berth run`) must not stay a zombie of it.
+            let _ = std::thread::Builder::new()
+                .name("berth-daemon-reaper".into())
+                .spawn(move || child.wait());
             Ok(Some(Started {
                 pid,
                 socket: socket.to_owned(),
@@ -235,9 +250,37 @@ fn start_daemon(exe: &Path, socket: &Path) -> Result<Option<Started>, Error> {
     }
 }
 
+/// Takes the start-up lock `lock` (at `path`), waiting at most `wait` for whoever holds it.
+fn lock_within(lock: &File, path: &Path, wait: Duration) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match rustix::fs::flock(lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                // Polled: a blocking flock cannot be given a deadline.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(cannot(format_args!(
+                    "the start-up lock {} has been held for {}s by another process, longer than a start takes; if no daemon is starting, find what holds it (`fuser {}`) and stop it, or use a socket in a directory only you can write (BERTH_SOCKET)",
+                    path.display(),
+                    wait.as_secs(),
+                    path.display()
+                )))
+            }
+            Err(e) => {
+                return Err(cannot(format_args!("cannot lock {}: {e}", path.display())))
+            }
+        }
+    }
+}
+
 /// Opens a file beside the socket (lock or log) without following a symbolic link, closed on
-/// exec, created 0600.
+/// exec, created 0600 — and only if it is this user's and nobody else's to write: where
+/// others can create files beside the socket (a directory such as `/tmp`), one planted there
+/// would let its owner read the daemon's log, write lines into it, or hold its lock.
 fn open_beside(path: &Path, append: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
     let mut options = OpenOptions::new();
     options.create(true).mode(0o600);
     if append {
@@ -248,7 +291,34 @@ fn open_beside(path: &Path, append: bool) -> std::io::Result<File> {
     // std adds O_CLOEXEC itself.
     let nofollow = rustix::fs::OFlags::NOFOLLOW.bits();
     options.custom_flags(i32::try_from(nofollow).unwrap_or(0));
-    options.open(path)
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "it belongs to uid {}, not to you (uid {me}): another user may have put it there; remove it, or use a socket in a directory only you can write (BERTH_SOCKET)",
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.nlink() != 1 {
+        // A hard link another user made to a file of ours (where the kernel lets them:
+        // `fs.protected_hardlinks` off) would have the daemon's log written into that file.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "it has {} names (hard links), not one: remove it",
+                meta.nlink()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        // Ours, from an earlier umask or by hand: private from now on.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 /// Makes the spawned daemon a session of its own (a Ctrl-C or a closed terminal meant for its
@@ -275,5 +345,79 @@ fn log_tail(path: &Path, from: u64) -> String {
         "(nothing)".to_owned()
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Never run: every start below fails before it would spawn.
+    fn starter() -> Starter {
+        Starter::new().binary("/nonexistent/berth").quiet()
+    }
+
+    fn message(result: Result<Option<Started>, Error>) -> String {
+        match result {
+            Err(e) => e.to_string(),
+            Ok(started) => panic!("started: {started:?}"),
+        }
+    }
+
+    #[test]
+    fn a_start_up_lock_held_too_long_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("b.sock");
+        let lock = open_beside(&socket.with_extension("lock"), false).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let got = message(
+            starter()
+                .lock_wait(Duration::from_millis(100))
+                .start(&socket),
+        );
+        assert!(got.contains("start-up lock"), "{got}");
+        assert!(got.contains("b.lock"), "{got}");
+    }
+
+    #[test]
+    fn a_lock_or_log_another_user_put_beside_the_socket_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root, to make a file another user's");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("b.sock");
+        let lock = socket.with_extension("lock");
+        std::fs::write(&lock, "").unwrap();
+        let nobody = rustix::process::Uid::from_raw(65534);
+        rustix::fs::chown(&lock, Some(nobody), None).unwrap();
+        let got = message(starter().start(&socket));
+        assert!(got.contains("belongs to uid 65534"), "{got}");
+        std::fs::remove_file(&lock).unwrap();
+
+        // The log is checked too (the lock is now ours): a hard link is refused as well.
+        let log = socket.with_extension("log");
+        std::fs::write(&log, "planted\n").unwrap();
+        rustix::fs::chown(&log, Some(nobody), None).unwrap();
+        let got = message(starter().start(&socket));
+        assert!(got.contains("belongs to uid 65534"), "{got}");
+        std::fs::remove_file(&log).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "").unwrap();
+        std::fs::hard_link(&elsewhere, &log).unwrap();
+        let got = message(starter().start(&socket));
+        assert!(got.contains("hard links"), "{got}");
+    }
+
+    #[test]
+    fn a_file_of_ours_beside_the_socket_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        drop(open_beside(&path, true).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

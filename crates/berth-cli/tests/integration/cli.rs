@@ -280,6 +280,32 @@ fn run_starts_a_daemon_on_demand() {
     daemon.stop();
 }
 
+/// A daemon started on demand by a command that goes on running, then stopped, is reaped by
+/// that command: no zombie of it stays under the command until the command ends.
+#[test]
+fn an_on_demand_daemon_stopped_while_its_starter_runs_is_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("b.sock");
+    let mut run = Berth::new(&socket)
+        .autostart()
+        .args(["run", "--tcp", "1", "--", "sh", "-c", "echo ready; read x"])
+        .spawn();
+    assert_eq!(run.next_line(), "ready");
+    let daemon = Autostarted::on(&socket);
+    let pid = daemon.pid;
+    assert!(
+        support::children_of(run.pid()).contains(&pid),
+        "the daemon is the starter's child"
+    );
+    daemon.stop();
+    poll_until("the stopped daemon is reaped", || {
+        is_gone(pid).then_some(())
+    });
+    run.close_stdin();
+    // Its reservation went with the daemon: the command itself still ends well.
+    drop(run.wait());
+}
+
 #[test]
 fn an_on_demand_daemon_is_detached_from_its_caller() {
     let dir = tempfile::tempdir().unwrap();
