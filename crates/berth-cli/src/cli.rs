@@ -160,6 +160,29 @@ impl ProtocolChoice {
     }
 }
 
+/// `--tcp`, `--udp`, or neither (both).
+#[derive(Debug, Args)]
+#[group(required = false, multiple = false)]
+pub struct ProtocolFilter {
+    /// TCP only.
+    #[arg(long)]
+    pub tcp: bool,
+    /// UDP only.
+    #[arg(long)]
+    pub udp: bool,
+}
+
+impl ProtocolFilter {
+    /// The protocols chosen: the one given, or both (TCP first).
+    pub fn protocols(&self) -> Vec<berth::Protocol> {
+        match (self.tcp, self.udp) {
+            (true, _) => vec![berth::Protocol::Tcp],
+            (_, true) => vec![berth::Protocol::Udp],
+            _ => vec![berth::Protocol::Tcp, berth::Protocol::Udp],
+        }
+    }
+}
+
 /// A protocol and an exact range.
 #[derive(Debug, Args)]
 pub struct PersistentRangeArgs {
@@ -434,9 +457,9 @@ pub struct JsonArg {
 /// `berth why`.
 #[derive(Debug, Args)]
 pub struct WhyArgs {
-    /// Which port space.
+    /// Which port space; both unless one is given.
     #[command(flatten)]
-    pub protocol: ProtocolChoice,
+    pub protocol: ProtocolFilter,
     /// The port.
     #[arg(value_name = "PORT")]
     pub port: u16,

@@ -14,18 +14,26 @@ use crate::connect;
 use crate::exit::Failure;
 use crate::output::{port_list, OwnerJson, ReservationJson};
 
-/// Asks the daemon about the port and prints its answer: exit 0 whenever a report was made,
-/// whatever it says.
+/// Asks the daemon about the port — in the protocol given, or in both — and prints its
+/// answer: exit 0 whenever a report was made, whatever it says.
 pub async fn run(args: WhyArgs) -> Result<ExitCode, Failure> {
     let client = connect::existing().await?;
-    let report = client.why(args.protocol.protocol(), args.port).await?;
+    let mut reports = Vec::new();
+    for protocol in args.protocol.protocols() {
+        reports.push(client.why(protocol, args.port).await?);
+    }
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&WhyJson::from(&report)).context("cannot render JSON")?
-        );
+        let json: Vec<WhyJson> = reports.iter().map(WhyJson::from).collect();
+        // One protocol asked: one object; both: an array of the two.
+        let text = match json.as_slice() {
+            [one] => serde_json::to_string_pretty(one),
+            both => serde_json::to_string_pretty(both),
+        }
+        .context("cannot render JSON")?;
+        outln!("{text}");
     } else {
-        out!("{}", explain(&report));
+        let texts: Vec<String> = reports.iter().map(explain).collect();
+        out!("{}", texts.join("\n"));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -265,7 +265,10 @@ fn why_exit_codes() {
     // Port 0: invalid-argument.
     assert_eq!(d.berth(&["why", "--tcp", "0"]).status.code(), Some(10));
     // Bad command lines.
-    assert_eq!(d.berth(&["why", "26430"]).status.code(), Some(2));
+    assert_eq!(
+        d.berth(&["why", "--tcp", "--udp", "26430"]).status.code(),
+        Some(2)
+    );
     assert_eq!(
         d.berth(&["why", "--tcp", "--udp", "26430"]).status.code(),
         Some(2)
@@ -281,6 +284,27 @@ fn why_exit_codes() {
     let port = udp.local_addr().unwrap().port().to_string();
     let report = d.json(&["why", "--udp", &port, "--json"]);
     assert_eq!(report["status"], "in_use");
+    // With neither --tcp nor --udp: both reports, TCP first — an array in JSON.
+    let both = d.json(&["why", &port, "--json"]);
+    let protocols: Vec<_> = both
+        .as_array()
+        .expect("an array of reports")
+        .iter()
+        .map(|r| {
+            (
+                r["protocol"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(protocols[1], ("udp", "in_use"), "{both}");
+    assert_eq!(protocols[0].0, "tcp", "{both}");
+    let text = d.ok(&["why", &port]);
+    assert!(text.starts_with(&format!("tcp port {port}: ")), "{text}");
+    assert!(
+        text.contains(&format!("\nudp port {port}: not reserved, but in use")),
+        "{text}"
+    );
 }
 
 #[test]
