@@ -333,8 +333,8 @@ pub fn prepare(common: &Common) -> Result<PathBuf> {
 /// under `/run` for root, `$XDG_RUNTIME_DIR` for another user (both a tmpfs as a rule), else
 /// `TMPDIR` too.
 pub struct RunDir {
-    state: tempfile::TempDir,
-    runtime: Option<tempfile::TempDir>,
+    /// Removed when dropped (the runtime one only when it is a directory of its own).
+    _dirs: (tempfile::TempDir, Option<tempfile::TempDir>),
     paths: RunPaths,
 }
 
@@ -350,14 +350,12 @@ pub struct RunPaths {
 impl RunDir {
     /// The directory of databases and logs.
     pub fn path(&self) -> &Path {
-        self.state.path()
+        &self.paths.state
     }
 
     /// The directory of sockets and journals.
     pub fn runtime(&self) -> &Path {
-        self.runtime
-            .as_ref()
-            .map_or_else(|| self.state.path(), tempfile::TempDir::path)
+        &self.paths.runtime
     }
 
     /// Both, owned.
@@ -391,8 +389,7 @@ pub fn run_dir() -> Result<RunDir> {
             .map_or_else(|| state.path().to_owned(), |dir| dir.path().to_owned()),
     };
     Ok(RunDir {
-        state,
-        runtime,
+        _dirs: (state, runtime),
         paths,
     })
 }

@@ -80,6 +80,18 @@ pub struct DirFacts {
     pub mode: u32,
 }
 
+impl DirFacts {
+    /// The facts in `meta`, which must come from `lstat` (`std::fs::symlink_metadata`).
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        DirFacts {
+            is_dir: meta.file_type().is_dir(),
+            owner: meta.uid(),
+            mode: meta.mode() & 0o7777,
+        }
+    }
+}
+
 /// Why a fallback directory is not trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("refusing to use {dir}: {why}; another user could stand in for your berth daemon there. Set XDG_RUNTIME_DIR to a private directory (for example /run/user/{uid}), or remove {dir} if you did not make it")]

@@ -12,7 +12,7 @@
 //! unavailable daemon would make the CLI start one — on the very path that was squatted).
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -51,12 +51,7 @@ pub fn private_dir(dir: &Path, create: bool) -> Result<bool, Error> {
             )))
         }
     };
-    let facts = DirFacts {
-        is_dir: meta.file_type().is_dir(),
-        owner: meta.uid(),
-        mode: meta.mode() & 0o7777,
-    };
-    paths::check_private_dir(dir, &facts, uid)
+    paths::check_private_dir(dir, &DirFacts::of(&meta), uid)
         .map_err(|e| Error::PermissionDenied(e.to_string()))?;
     Ok(true)
 }

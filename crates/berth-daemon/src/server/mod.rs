@@ -148,7 +148,7 @@ fn journal_in(
 ) -> std::path::PathBuf {
     if let Err(why) = private_dir(dir) {
         tracing::info!(
-            "the runtime journal stays beside the database, at {}: the socket's directory {} {why}",
+            "the runtime journal stays beside the database, at {}: the socket's directory {}: {why}",
             beside.display(),
             dir.display()
         );
@@ -167,24 +167,13 @@ fn journal_in(
     }
 }
 
-/// Whether `dir` is a directory (not a symbolic link) owned by the daemon's user or root and
-/// writable by nobody else; otherwise, why not.
+/// Whether `dir` is a directory (not a symbolic link) of the daemon's user that nobody else
+/// can write (the rule the clients apply to a fallback socket directory); otherwise, why not.
 fn private_dir(dir: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
+    use berth_protocol::paths::{check_private_dir, DirFacts};
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot be read ({e})"))?;
     let me = rustix::process::geteuid().as_raw();
-    if !meta.is_dir() {
-        Err("is not a directory".into())
-    } else if meta.uid() != me && meta.uid() != 0 {
-        Err(format!("belongs to uid {}", meta.uid()))
-    } else if meta.mode() & 0o022 != 0 {
-        Err(format!(
-            "is writable by others (mode {:04o})",
-            meta.mode() & 0o7777
-        ))
-    } else {
-        Ok(())
-    }
+    check_private_dir(dir, &DirFacts::of(&meta), me).map_err(|unsafe_dir| unsafe_dir.why)
 }
 
 /// Moves the journal at `from` (beside the database) into `runtime`, then removes it. The
