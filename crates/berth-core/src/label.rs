@@ -10,9 +10,10 @@ use crate::error::ErrorKind;
 /// The longest label, in bytes of UTF-8.
 pub const MAX_LABEL_LEN: usize = 128;
 
-/// A validated label: 1 to [`MAX_LABEL_LEN`] bytes of UTF-8 with no control characters, so
-/// that printing another user's label can neither break a listing's lines nor send escape
-/// sequences to an administrator's terminal. Cheap to clone (reservations are copied into
+/// A validated label: 1 to [`MAX_LABEL_LEN`] bytes of UTF-8 with no unprintable character
+/// ([`crate::text::is_unprintable`]), so that printing another user's label can neither break
+/// a listing's lines, send escape sequences to an administrator's terminal, nor pass for
+/// another label with invisible characters. Cheap to clone (reservations are copied into
 /// every change the daemon publishes).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Label(Arc<str>);
@@ -28,8 +29,8 @@ pub enum LabelError {
         /// Its length in bytes.
         len: usize,
     },
-    /// It has a control character (a newline, a tab, an escape …).
-    #[error("a label may not hold control characters, line separators or bidirectional-text controls (found U+{code:04X} at byte {at}); use plain text on one line")]
+    /// It has an unprintable character (a newline, a tab, an escape, a zero-width space …).
+    #[error("a label may not hold control characters, line separators, bidirectional-text controls or invisible characters (found U+{code:04X} at byte {at}); use plain visible text on one line")]
     Control {
         /// The character's code point.
         code: u32,
@@ -54,7 +55,10 @@ impl Label {
         if text.len() > MAX_LABEL_LEN {
             return Err(LabelError::TooLong { len: text.len() });
         }
-        if let Some((at, c)) = text.char_indices().find(|&(_, c)| unprintable(c)) {
+        if let Some((at, c)) = text
+            .char_indices()
+            .find(|&(_, c)| crate::text::is_unprintable(c))
+        {
             return Err(LabelError::Control {
                 code: u32::from(c),
                 at,
@@ -63,16 +67,29 @@ impl Label {
         Ok(Some(Label(text.into())))
     }
 
+    /// A label as this or an earlier release stored it (database or journal). Earlier
+    /// releases took invisible characters that today's rule refuses: such a label is kept,
+    /// each of them shown as `?`, rather than refused with its reservation. A text no release
+    /// took (a control character, an over-long text) is refused as [`Label::parse`] refuses
+    /// it: it was not written by berth.
+    pub fn from_stored(text: &str) -> Result<Option<Label>, LabelError> {
+        match Label::parse(text) {
+            Err(LabelError::Control { .. }) if !text.chars().any(refused_by_every_release) => {
+                Label::parse(&crate::text::printable(text))
+            }
+            other => other,
+        }
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
-/// A character that must not reach another person's terminal from a label: a control
-/// character, a line or paragraph separator, or a bidirectional-text control (which can make a
-/// listing read other than it is).
-fn unprintable(c: char) -> bool {
+/// What labels were refused for from the first release on: control characters, line and
+/// paragraph separators, and bidirectional-text controls.
+fn refused_by_every_release(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -118,6 +135,9 @@ mod tests {
             ("ab\u{202e}cd", 0x202e, 2),
             ("\u{2028}", 0x2028, 0),
             ("\u{2067}x", 0x2067, 0),
+            ("ci\u{200b}-job", 0x200b, 2),
+            ("\u{feff}job", 0xfeff, 0),
+            ("job\u{e0041}", 0xe0041, 3),
         ] {
             assert_eq!(
                 Label::parse(text),
@@ -125,5 +145,22 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_stored_label_that_no_longer_reads_is_kept_with_question_marks() {
+        let kept = |text: &str| Label::from_stored(text).map(|l| l.map(|l| l.to_string()));
+        assert_eq!(
+            kept("ci\u{200b}-job\u{feff}"),
+            Ok(Some("ci?-job?".to_owned()))
+        );
+        assert_eq!(kept("plain"), Ok(Some("plain".to_owned())));
+        assert_eq!(kept(""), Ok(None));
+        // What no release took is still refused.
+        assert_eq!(
+            kept("a\u{1b}[31m\u{200b}"),
+            Err(LabelError::Control { code: 0x1b, at: 1 })
+        );
+        assert!(kept(&"x".repeat(MAX_LABEL_LEN + 1)).is_err());
     }
 }

@@ -10,6 +10,7 @@
 //! - [`token`]: [`Token`], the non-zero 64-bit reservation name, and [`TokenSource`].
 //! - [`owner`]: [`Owner`], [`Holder`] and [`Requester`] — who holds and who asks.
 //! - [`label`]: [`Label`], the free text a reservation may carry for people to read.
+//! - [`text`]: which characters of text from outside may be shown to people as they are.
 //! - [`name`]: [`Name`], how programs find a reservation's ports and the daemon keeps a
 //!   name's block stable.
 //! - [`error`]: [`ErrorKind`] (the kinds of docs/errors.md with their errno) and the typed errors.
@@ -34,6 +35,7 @@ pub mod portset;
 pub mod range;
 pub mod reserved_list;
 pub mod table;
+pub mod text;
 pub mod token;
 
 pub use error::{describe, AcquireError, ErrorKind, RangeError, ReleaseError, UseError};

@@ -20,7 +20,8 @@ pub struct Owner {
     /// Start time of the process in clock ticks since boot (field 22 of `/proc/PID/stat`):
     /// together with the pid it names one process, even after the pid is reused.
     pub start_time: u64,
-    /// The command name (`/proc/PID/comm`), for messages; at most [`MAX_COMMAND_LEN`] bytes.
+    /// The command name (`/proc/PID/comm`), for messages; at most [`MAX_COMMAND_LEN`] bytes of
+    /// printable text ([`Owner::printable_command`]).
     /// Shared: every reservation of a process names it, and a copy each would be an
     /// allocation each.
     pub command: Arc<str>,
@@ -32,8 +33,13 @@ impl Owner {
         self.pid == other.pid && self.start_time == other.start_time
     }
 
-    /// Cuts `command` to [`MAX_COMMAND_LEN`] bytes on a character boundary.
-    pub fn bound_command(command: &str) -> String {
+    /// A command name as berth keeps and shows it: each unprintable character
+    /// ([`crate::text::is_unprintable`]: an escape, a newline, an invisible character …)
+    /// replaced by `?`, as `ps` shows it, then cut to [`MAX_COMMAND_LEN`] bytes on a character
+    /// boundary. Any process may give itself any name, and another user reads it in
+    /// `berth list`.
+    pub fn printable_command(command: &str) -> String {
+        let command = crate::text::printable(command);
         let mut end = command.len().min(MAX_COMMAND_LEN);
         while !command.is_char_boundary(end) {
             end -= 1;

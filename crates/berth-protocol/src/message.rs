@@ -36,7 +36,7 @@ impl Hello {
             magic: crate::MAGIC,
             min_version: crate::MIN_PROTOCOL_VERSION,
             max_version: crate::PROTOCOL_VERSION,
-            client: berth_core::Owner::bound_command(client),
+            client: berth_core::Owner::printable_command(client),
         }
     }
 }

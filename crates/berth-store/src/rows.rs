@@ -205,11 +205,14 @@ pub(crate) fn name_row(values: &[Value]) -> Result<NameRow, Problem> {
     })
 }
 
-/// A label as stored: NULL for none, else text that is a valid label.
+/// A label as stored: NULL for none, else text that is a valid label, or was one for an
+/// earlier release ([`Label::from_stored`]).
 pub(crate) fn label(column: &str, value: &Value) -> Result<Option<Label>, Problem> {
     match value {
         Value::Null => Ok(None),
-        other => Label::parse(text(column, other)?).map_err(|e| format!("column {column}: {e}")),
+        other => {
+            Label::from_stored(text(column, other)?).map_err(|e| format!("column {column}: {e}"))
+        }
     }
 }
 
@@ -230,7 +233,7 @@ pub(crate) fn journal(key: i64, values: &[Value]) -> Result<JournalRow, Problem>
             uid: id32("uid", uid)?,
             gid: id32("gid", gid)?,
             start_time: u64_bits("start_time", start_time)?,
-            command: Owner::bound_command(text("command", command)?).into(),
+            command: Owner::printable_command(text("command", command)?).into(),
         },
         acquired_at_ms: u64_bits("acquired_at_ms", acquired_at_ms)?,
         process: u64_bits("process", process)? != 0,

@@ -107,11 +107,18 @@ struct Row {
 
 impl Row {
     fn into_row(self, label: Option<Label>, name: Option<Name>, cgroup: Option<u64>) -> JournalRow {
+        let mut owner = self.owner;
+        // An earlier release wrote the command as the process named itself.
+        if owner.command.chars().any(berth_core::text::is_unprintable)
+            || owner.command.len() > berth_core::owner::MAX_COMMAND_LEN
+        {
+            owner.command = Owner::printable_command(&owner.command).into();
+        }
         JournalRow {
             token: self.token,
             protocol: self.protocol,
             range: self.range,
-            owner: self.owner,
+            owner,
             acquired_at_ms: self.acquired_at_ms,
             process: self.process,
             held: self.held,
@@ -157,17 +164,18 @@ impl Record {
     fn into_op(self) -> Result<JournalOp, String> {
         Ok(match self {
             Record::Insert(row) => JournalOp::Insert(row.into_row(None, None, None)),
-            // Written from a valid label and name; one that no longer reads is dropped, not
-            // the reservation.
+            // Written from a valid label and name; a label an earlier release took is kept
+            // with `?` for what no longer reads, a name that no longer reads is dropped, and
+            // the reservation stays either way.
             Record::Tagged(row, label, name) => JournalOp::Insert(row.into_row(
-                Label::parse(&label).ok().flatten(),
+                Label::from_stored(&label).ok().flatten(),
                 Name::parse(&name).ok().flatten(),
                 None,
             )),
             // Cgroup 0 is no cgroup: such a record was not written by berth; its row is then
             // restored as its owner process's.
             Record::InCgroup(row, label, name, cgroup) => JournalOp::Insert(row.into_row(
-                Label::parse(&label).ok().flatten(),
+                Label::from_stored(&label).ok().flatten(),
                 Name::parse(&name).ok().flatten(),
                 (cgroup != 0).then_some(cgroup),
             )),

@@ -12,6 +12,7 @@
 //! | `exit_status_and_environment_reach_the_caller` | 20600-20699 | — |
 //! | `list_status_release_and_their_errors` | 20700-20719 | 20750-20752 |
 //! | `messages_say_what_is_true` | 20800-20809 | — |
+//! | `a_command_name_cannot_write_to_the_readers_terminal` | 20850-20859 | — |
 //! | autostart tests | the host's ephemeral range (a daemon started on demand) | — |
 
 use crate::support;
@@ -395,6 +396,36 @@ fn no_autostart_is_any_value_but_0_false_no() {
         .output()
         .code(0);
     Autostarted::on(&socket).stop();
+}
+
+/// Any process may name itself as it likes (here by the name of the file it is started from:
+/// an escape sequence and a newline), and another user reads that name in `berth list` and
+/// `berth why`: it is shown with `?` for each unprintable character, as `ps` shows it.
+#[test]
+fn a_command_name_cannot_write_to_the_readers_terminal() {
+    let d = Daemon::start("20850-20859");
+    // A shell started as this file has that name; `berth run` hands its reservation to it.
+    let evil = d.dir().join("\u{1b}[2J\nforged");
+    std::os::unix::fs::symlink("/bin/sh", &evil).unwrap();
+    let mut holder = d
+        .berth(["run", "--tcp", "1", "--"])
+        .arg(&evil)
+        .args(["-c", "echo $PORT; read x"])
+        .spawn();
+    let port = holder.next_line().trim().to_owned();
+    let shown = "?[2J?forged";
+
+    let table = d.berth(["list"]).output().code(0).stdout;
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert!(table.contains(shown), "{table:?}");
+    assert!(!table.lines().any(|l| l.starts_with("forged")), "{table:?}");
+    let listed = d.list();
+    assert_eq!(listed[0]["owner"]["command"], shown, "{listed:?}");
+    let why = d.berth(["why", "--tcp", &port]).output().code(0).stdout;
+    assert!(!why.contains('\u{1b}') && why.contains(shown), "{why:?}");
+
+    holder.send_line("x");
+    holder.wait();
 }
 
 #[test]

@@ -122,6 +122,11 @@ fn bounded_runs_and_the_errors_of_labels_and_bounds() {
         .output()
         .code(10)
         .says(&["control characters"]);
+    // An invisible character would let one label pass for another.
+    run_sh(&d, &["--tcp", "1", "--label", "ci\u{200b}-job"], "true")
+        .output()
+        .code(10)
+        .says(&["invisible characters", "U+200B at byte 2"]);
     let long = "x".repeat(129);
     run_sh(&d, &["--tcp", "1", "--label", &long], "true")
         .output()

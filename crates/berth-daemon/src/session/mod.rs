@@ -326,7 +326,7 @@ async fn handshake(
     let reply = match first {
         Ok(Request::Hello(hello)) => match negotiate(&hello) {
             Ok(version) => {
-                tracing::debug!(pid = peer.owner.pid, client = %berth_core::Owner::bound_command(&hello.client), version, "client connected");
+                tracing::debug!(pid = peer.owner.pid, client = %berth_core::Owner::printable_command(&hello.client), version, "client connected");
                 let welcome = Response::Welcome(Welcome {
                     version,
                     daemon_version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -90,7 +90,7 @@ pub(crate) fn read_owner(pid: u32, uid: u32, gid: u32) -> io::Result<Owner> {
         Ok(stat) => (
             proc::start_time_from_stat(&stat).unwrap_or(0),
             proc::comm_from_stat(&stat)
-                .map(Owner::bound_command)
+                .map(Owner::printable_command)
                 .unwrap_or_default(),
         ),
         Err(e) if crate::server::limits::is_shortage(&e) => return Err(e),

@@ -570,6 +570,23 @@ mod bad_rows {
     }
 
     #[test]
+    fn a_label_an_earlier_release_took_loads_with_its_invisible_characters_shown() {
+        let (_dir, path) = temp_db();
+        let mut store = Store::open(&path).unwrap();
+        store
+            .create_persistent(&persistent(0x51, Protocol::Tcp, 5000, 1))
+            .unwrap();
+        // A zero-width space and a byte-order mark: taken before labels refused them.
+        raw(&path)
+            .execute_batch(
+                "UPDATE persistent SET label = 'ci' || char(8203) || '-job' || char(65279)",
+            )
+            .unwrap();
+        let (rows, _) = store.load().unwrap();
+        assert_eq!(rows[0].label.as_ref().map(Label::as_str), Some("ci?-job?"));
+    }
+
+    #[test]
     fn a_label_that_is_no_label() {
         let err = load_after("UPDATE persistent SET label = 'a' || char(27) || '[31m'");
         assert_bad(&err, "persistent", 0x51, "control characters");

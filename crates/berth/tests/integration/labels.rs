@@ -121,6 +121,11 @@ async fn bad_bounds_and_labels_are_invalid_arguments() {
         ),
         (
             0,
+            AcquireOptions::default().label("job\u{feff}"),
+            "invisible characters",
+        ),
+        (
+            0,
             AcquireOptions::default().label("é".repeat(65)),
             "at most 128 bytes",
         ),
