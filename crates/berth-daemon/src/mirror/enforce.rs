@@ -924,7 +924,9 @@ impl Consumer for EnforceConsumer {
 /// `dir` as a path below the root of the hierarchy mounted at `mount` ("/a/b").
 fn below_root(mount: &Path, dir: &Path) -> String {
     let below = dir.strip_prefix(mount).unwrap_or(dir);
-    format!("/{}", below.display())
+    // Shown to people: a delegated subtree's user names its cgroups as it likes, so they are
+    // printable as command names are.
+    berth_core::text::printable(&format!("/{}", below.display())).into_owned()
 }
 
 /// The cgroup directory at or below `start` whose id is `id`, walking at most [`MAX_WALK`]
@@ -1047,5 +1049,13 @@ mod tests {
             below(mount, "/a").unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn a_cgroup_is_shown_as_printable_text() {
+        let mount = Path::new("/sys/fs/cgroup");
+        let dir = mount.join("user.slice/\u{1b}[2J\nforged");
+        assert_eq!(below_root(mount, &dir), "/user.slice/?[2J?forged");
+        assert_eq!(below_root(mount, &mount.join("a/b")), "/a/b");
     }
 }
