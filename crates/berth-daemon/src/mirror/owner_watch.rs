@@ -4,8 +4,9 @@
 //! reservations belong to the process, not to the descriptor, so each session
 //! also watches its owner through a pidfd, which becomes readable when the process exits.
 
+use std::collections::HashSet;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use berth_core::{Bond, Change, Owner};
 use berth_os::pidfd::{ExitWatch, Exits, PidFd};
@@ -15,16 +16,55 @@ use crate::mirror::{Ack, Consumer};
 use crate::session::peer::read_owner;
 
 /// Sends the owner of every reservation that lives as long as its owner process (handed to it,
-/// or restored for it after a restart) to the task that watches owners; that task ends those
-/// reservations when the process exits.
+/// or restored for it after a restart) to the task that watches owners, once per owner; that
+/// task ends those reservations when the process exits.
 pub(crate) struct Watcher {
     tx: mpsc::UnboundedSender<Owner>,
+    watched: Watched,
+}
+
+/// What the task that watches owners receives: each owner to watch, and the set it forgets
+/// them from when they exit.
+pub(crate) struct Owners {
+    /// The owners to watch, each once.
+    pub(crate) rx: mpsc::UnboundedReceiver<Owner>,
+    /// The owners watched now.
+    pub(crate) watched: Watched,
+}
+
+/// The owners watched now, by pid and start time: one watch each, however many of its
+/// reservations arrive. Checked where the change is published, so that a process asking for
+/// its tenth port wakes no task (the portserver endpoint's clients ask one port at a time).
+#[derive(Clone, Default)]
+pub(crate) struct Watched(Arc<Mutex<HashSet<(u32, u64)>>>);
+
+impl Watched {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(u32, u64)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `owner` was not watched yet (it is now).
+    fn insert(&self, owner: &Owner) -> bool {
+        self.lock().insert((owner.pid, owner.start_time))
+    }
+
+    /// Forgets `owner`, whose watch ended.
+    pub(crate) fn remove(&self, owner: &Owner) {
+        self.lock().remove(&(owner.pid, owner.start_time));
+    }
 }
 
 impl Watcher {
-    pub(crate) fn new() -> (Self, mpsc::UnboundedReceiver<Owner>) {
+    pub(crate) fn new() -> (Self, Owners) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Watcher { tx }, rx)
+        let watched = Watched::default();
+        (
+            Watcher {
+                tx,
+                watched: watched.clone(),
+            },
+            Owners { rx, watched },
+        )
     }
 }
 
@@ -44,9 +84,11 @@ impl Consumer for Watcher {
             _ => None,
         };
         if let Some(owner) = watched {
-            // The receiving task lives as long as the daemon serves; once it is gone nobody
-            // needs to watch.
-            let _ = self.tx.send(owner.clone());
+            if self.watched.insert(owner) {
+                // The receiving task lives as long as the daemon serves; once it is gone
+                // nobody needs to watch.
+                let _ = self.tx.send(owner.clone());
+            }
         }
         Ack::Done
     }

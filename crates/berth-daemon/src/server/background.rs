@@ -67,13 +67,15 @@ pub(super) fn watch_owners(
     tracker: &TaskTracker,
     shared: &Arc<Shared>,
     cancel: &CancellationToken,
-    mut owners: tokio::sync::mpsc::UnboundedReceiver<berth_core::Owner>,
+    owners: crate::mirror::owner_watch::Owners,
 ) {
     let (shared, cancel, tasks) = (shared.clone(), cancel.clone(), tracker.clone());
+    let crate::mirror::owner_watch::Owners {
+        rx: mut owners,
+        watched,
+    } = owners;
     tracker.spawn(async move {
-        // Owners watched now, by (pid, start time): one watcher each, however many of its
-        // reservations arrive.
-        let watched = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        // Each owner arrives once while it is watched (see `owner_watch::Watched`).
         loop {
             let owner = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -82,24 +84,17 @@ pub(super) fn watch_owners(
                     None => return,
                 },
             };
-            let key = (owner.pid, owner.start_time);
-            if !watched
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key)
-            {
-                continue;
-            }
             let (shared, cancel, watched) = (shared.clone(), cancel.clone(), watched.clone());
             tasks.spawn(async move {
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    () = crate::mirror::owner_watch::owner_exit(shared.exits(), &owner) => shared.owner_exited(&owner),
+                    () = crate::mirror::owner_watch::owner_exit(shared.exits(), &owner) => {
+                        // Forgotten first: a reservation granted to it from now on is watched
+                        // anew (and ended at once), one granted before is ended here.
+                        watched.remove(&owner);
+                        shared.owner_exited(&owner);
+                    }
                 }
-                watched
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&key);
             });
         }
     });

@@ -124,7 +124,7 @@ impl Shared {
         store: StoreHandle,
         runtime: berth_store::RuntimeJournal,
         recorded: berth_core::PortSet,
-    ) -> std::io::Result<(Self, mpsc::UnboundedReceiver<Owner>)> {
+    ) -> std::io::Result<(Self, crate::mirror::owner_watch::Owners)> {
         if !config.hold {
             tracing::info!("hold is off: every reservation is granted unheld, and the daemon keeps no hold sockets");
         }
