@@ -52,4 +52,4 @@ pub use config_file::{ConfigError, ConfigFile};
 pub use faults::Faults;
 pub use kernel::KernelSync;
 pub use listener::{activated, bind_socket, Activated, ListenError, SocketGuard};
-pub use server::{run, run_with_ready, serve, ServeError};
+pub use server::{run, run_with_ready, runtime_journal, serve, ServeError};

@@ -56,6 +56,17 @@ impl NetNs {
         }
     }
 
+    /// A number for this namespace, for names of files that belong to it: its cookie, which
+    /// no other namespace has during this boot (the first ones made at boot, the host's among
+    /// them, get the same cookie each boot); on older kernels its inode number, which a
+    /// namespace made after this one is gone may get again.
+    pub fn id(self) -> u64 {
+        match self {
+            NetNs::Cookie(cookie) => cookie,
+            NetNs::Inode { ino, .. } => ino,
+        }
+    }
+
     /// Whether `socket` lives in this namespace.
     pub fn holds(self, socket: impl AsFd) -> io::Result<bool> {
         match self {

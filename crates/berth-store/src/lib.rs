@@ -7,8 +7,9 @@
 //! - **Persistent reservations** ([`Store::create_persistent`], [`Store::delete_persistent`])
 //!   are durable before the call returns: the commit runs with `PRAGMA synchronous = FULL`, so
 //!   the write-ahead log is fsync'ed and the change survives `kill -9` and power loss.
-//! - **The runtime journal** ([`RuntimeJournal`], the file [`runtime_journal_in`] names in the
-//!   daemon's runtime directory, or `<database>.runtime` [beside it](runtime_journal_path)) must survive a
+//! - **The runtime journal** ([`RuntimeJournal`], one per network namespace: the file
+//!   [`for_namespace`] names from [`runtime_journal_in`] in the daemon's runtime directory, or
+//!   from `<database>.runtime` [beside it](runtime_journal_path)) must survive a
 //!   crash of the daemon, not of the host (after a power loss no owner runs any more): each
 //!   change is one `write(2)` appended to the file, on the caller's thread, without fsync. The
 //!   bytes are in the operating system's page cache when the call returns, which is what
@@ -60,8 +61,8 @@ pub mod schema;
 pub use error::StoreError;
 pub use rows::{JournalOp, JournalRow, NameRow, PersistentRow};
 pub use runtime::{
-    runtime_journal_in, runtime_journal_path, Loaded, Prepared as PreparedRewrite, RewriteJob,
-    RuntimeJournal,
+    for_namespace, runtime_journal_in, runtime_journal_path, Loaded, Prepared as PreparedRewrite,
+    RewriteJob, RuntimeJournal,
 };
 pub use schema::SCHEMA_VERSION;
 

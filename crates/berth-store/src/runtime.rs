@@ -58,7 +58,8 @@ const REWRITE_FACTOR: u64 = 4;
 /// …and larger than this, so that a journal of a few rows is not rewritten every few changes.
 const REWRITE_MIN_BYTES: u64 = 256 * 1024;
 
-/// The runtime journal file beside the database at `db`: `db` with `.runtime` appended.
+/// The runtime journal file beside the database at `db`, as releases before network
+/// namespaces named it: `db` with `.runtime` appended. (Now [`for_namespace`] of it.)
 pub fn runtime_journal_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(".runtime");
@@ -66,10 +67,11 @@ pub fn runtime_journal_path(db: &Path) -> PathBuf {
 }
 
 /// The runtime journal of the database at `db` kept in directory `dir` (the daemon's runtime
-/// directory, beside its socket): `<database file name>-<16 hex digits>.runtime`, the digits a
-/// hash (64-bit FNV-1a) of `db`, which the caller gives in canonical form — so that daemons of
-/// different databases sharing one directory never share a journal, and one database always
-/// finds its own.
+/// directory, beside its socket), as releases before network namespaces named it:
+/// `<database file name>-<16 hex digits>.runtime`, the digits a hash (64-bit FNV-1a) of `db`,
+/// which the caller gives in canonical form — so that daemons of different databases sharing
+/// one directory never share a journal, and one database always finds its own. (Now
+/// [`for_namespace`] of it.)
 pub fn runtime_journal_in(dir: &Path, db: &Path) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -84,6 +86,20 @@ pub fn runtime_journal_in(dir: &Path, db: &Path) -> PathBuf {
         .map_or_else(|| "berth".into(), std::ffi::OsStr::to_owned);
     name.push(format!("-{hash:016x}.runtime"));
     dir.join(name)
+}
+
+/// The journal at `journal` (a [`runtime_journal_path`] or [`runtime_journal_in`]) of the
+/// daemon that serves network namespace `netns` (`berth_os::netns::NetNs::id`): `.net-<netns>`
+/// before `.runtime`, as in `berth.db-588dfa4ec421b311.net-3.runtime`. What a journal holds —
+/// reservations of processes whose ports are that namespace's, and which entries of that
+/// namespace's `ip_local_reserved_ports` are the daemon's — means nothing in another one, and
+/// the database and the runtime directory are shared by every namespace of the host.
+pub fn for_namespace(journal: &Path, netns: u64) -> PathBuf {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let bytes = journal.as_os_str().as_bytes();
+    let mut name = bytes.strip_suffix(b".runtime").unwrap_or(bytes).to_vec();
+    name.extend_from_slice(format!(".net-{netns}.runtime").as_bytes());
+    PathBuf::from(std::ffi::OsString::from_vec(name))
 }
 
 /// The file's header.

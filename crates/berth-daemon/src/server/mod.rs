@@ -64,10 +64,47 @@ pub async fn run(
     run_with_ready(listener, config, shutdown, || {}).await
 }
 
-/// Opens the runtime journal of the database at `db` — in `runtime_dir` when given, else
-/// beside the database — and moves into it what an earlier berth journaled beside the
-/// database or in the database itself (`legacy`), so that nothing a running owner holds is
-/// forgotten across the upgrade.
+/// Where the daemon that serves this network namespace keeps the runtime journal of the
+/// database at `db`: in `runtime_dir` when given and private to the daemon's user, else beside
+/// the database; one file per network namespace ([`berth_store::for_namespace`]).
+pub fn runtime_journal(
+    db: &std::path::Path,
+    runtime_dir: Option<&std::path::Path>,
+) -> io::Result<std::path::PathBuf> {
+    Ok(JournalPlaces::of(db, runtime_dir)?.path)
+}
+
+/// The runtime journal's file, and where earlier releases kept it.
+struct JournalPlaces {
+    /// This namespace's journal: in the runtime directory, or `beside`.
+    path: std::path::PathBuf,
+    /// This namespace's journal beside the database.
+    beside: std::path::PathBuf,
+    /// Where releases before network namespaces kept it in the runtime directory (when that
+    /// directory is used), then beside the database.
+    legacy: Vec<std::path::PathBuf>,
+}
+
+impl JournalPlaces {
+    fn of(db: &std::path::Path, runtime_dir: Option<&std::path::Path>) -> io::Result<Self> {
+        let netns = berth_os::netns::NetNs::current()?.id();
+        let legacy_beside = berth_store::runtime_journal_path(db);
+        let beside = berth_store::for_namespace(&legacy_beside, netns);
+        let legacy_in = runtime_dir.and_then(|dir| journal_in(dir, db, &beside));
+        let path = legacy_in
+            .as_deref()
+            .map_or_else(|| beside.clone(), |p| berth_store::for_namespace(p, netns));
+        Ok(JournalPlaces {
+            path,
+            beside,
+            legacy: legacy_in.into_iter().chain([legacy_beside]).collect(),
+        })
+    }
+}
+
+/// Opens the runtime journal of the database at `db` (see [`runtime_journal`]) and moves into
+/// it what an earlier berth journaled elsewhere or in the database itself (`legacy`), so that
+/// nothing a running owner holds is forgotten across the upgrade.
 fn open_runtime_journal(
     db: &std::path::Path,
     runtime_dir: Option<&std::path::Path>,
@@ -75,8 +112,9 @@ fn open_runtime_journal(
     legacy: Vec<berth_store::JournalRow>,
     store: &mut berth_store::Store,
 ) -> io::Result<berth_store::RuntimeJournal> {
-    let beside = berth_store::runtime_journal_path(db);
-    let path = runtime_dir.map_or_else(|| beside.clone(), |dir| journal_in(dir, db, &beside));
+    let places = JournalPlaces::of(db, runtime_dir)?;
+    let path = places.path.clone();
+    let beside = places.beside.clone();
     let (mut runtime, loaded) = match berth_store::RuntimeJournal::open(&path, boot_id) {
         Ok(opened) => opened,
         // The runtime directory is not the daemon's to write (a read-only or another user's
@@ -105,8 +143,16 @@ fn open_runtime_journal(
             loaded.dropped_bytes
         );
     }
+    // What was journaled elsewhere, the oldest first: each file moved in replaces the rows
+    // before it. This namespace's journal beside the database was written since the one in the
+    // runtime directory (by a daemon that could not use the directory), and a file of a
+    // release before network namespaces since either (this release moves them at start): by
+    // an earlier build run since, in this namespace as far as can be told.
     if path != beside {
         move_journal(&beside, &mut runtime, boot_id)?;
+    }
+    for old in &places.legacy {
+        move_journal(old, &mut runtime, boot_id)?;
     }
     // What an earlier build recorded of its entries in the kernel's list: kept with what the
     // journal records (either may be the daemon's).
@@ -137,32 +183,32 @@ fn open_runtime_journal(
     Ok(runtime)
 }
 
-/// Where the runtime journal of `db` lives in `dir`; `beside` (next to the database) when
-/// `dir` is not a directory only the daemon's user (or root) can write — another user could
-/// plant a journal there under the predictable name — or the database's path cannot be
-/// resolved.
+/// Where releases before network namespaces kept the runtime journal of `db` in `dir`; `None`
+/// (beside the database, at `beside`) when `dir` is not a directory only the daemon's user (or
+/// root) can write — another user could plant a journal there under the predictable name — or
+/// the database's path cannot be resolved.
 fn journal_in(
     dir: &std::path::Path,
     db: &std::path::Path,
     beside: &std::path::Path,
-) -> std::path::PathBuf {
+) -> Option<std::path::PathBuf> {
     if let Err(why) = private_dir(dir) {
         tracing::info!(
             "the runtime journal stays beside the database, at {}: the socket's directory {}: {why}",
             beside.display(),
             dir.display()
         );
-        return beside.to_owned();
+        return None;
     }
     match std::fs::canonicalize(db) {
-        Ok(db) => berth_store::runtime_journal_in(dir, &db),
+        Ok(db) => Some(berth_store::runtime_journal_in(dir, &db)),
         Err(e) => {
             tracing::warn!(
                 "cannot resolve the database's path {} ({e}); the runtime journal stays at {}",
                 db.display(),
                 beside.display()
             );
-            beside.to_owned()
+            None
         }
     }
 }
@@ -176,13 +222,12 @@ fn private_dir(dir: &std::path::Path) -> Result<(), String> {
     check_private_dir(dir, &DirFacts::of(&meta), me).map_err(|unsafe_dir| unsafe_dir.why)
 }
 
-/// Moves the journal at `from` (beside the database) into `runtime`, then removes it. The
-/// file beside the database is the newer whenever both exist — a daemon that wrote `runtime`
-/// removed it, so it was written since by an earlier build or by a daemon that lacked the
-/// runtime directory — so its rows replace `runtime`'s (a release made meanwhile must not come
-/// back); what each recorded of its entries in the kernel's list is kept. Into the new file
-/// first: a crash before the removal leaves the rows in both, and the next start moves them
-/// again.
+/// Moves the journal at `from`, if there is one, into `runtime`, then removes it. `from` is
+/// the newer whenever both exist — a daemon that wrote `runtime` removed it, so it was written
+/// since by an earlier build or by a daemon that lacked the runtime directory — so its rows
+/// replace `runtime`'s (a release made meanwhile must not come back); what each recorded of its
+/// entries in the kernel's list is kept. Into the new file first: a crash before the removal
+/// leaves the rows in both, and the next start moves them again.
 fn move_journal(
     from: &std::path::Path,
     runtime: &mut berth_store::RuntimeJournal,

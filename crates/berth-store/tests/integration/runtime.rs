@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use berth_store::{
-    runtime_journal_in, runtime_journal_path, JournalOp, RuntimeJournal, StoreError,
+    for_namespace, runtime_journal_in, runtime_journal_path, JournalOp, RuntimeJournal, StoreError,
 };
 use common::{journaled, token};
 use tempfile::TempDir;
@@ -50,6 +50,26 @@ fn the_path_in_a_runtime_directory_is_the_databases_own() {
         system,
         runtime_journal_in(run, std::path::Path::new("/srv/berth/berth.db"))
     );
+}
+
+/// One journal per network namespace: the namespace's number before `.runtime`, in the
+/// runtime directory and beside the database alike. These names too must never change.
+#[test]
+fn each_network_namespace_has_a_journal_of_its_own() {
+    let run = std::path::Path::new("/run/berth");
+    let system = runtime_journal_in(run, std::path::Path::new("/var/lib/berth/berth.db"));
+    assert_eq!(
+        for_namespace(&system, 3),
+        PathBuf::from("/run/berth/berth.db-588dfa4ec421b311.net-3.runtime")
+    );
+    assert_eq!(
+        for_namespace(
+            &runtime_journal_path(std::path::Path::new("/var/lib/berth/berth.db")),
+            6544
+        ),
+        PathBuf::from("/var/lib/berth/berth.db.net-6544.runtime")
+    );
+    assert_ne!(for_namespace(&system, 3), for_namespace(&system, 4));
 }
 
 /// What a re-synchronisation writes: a removal for each row the table no longer has, an

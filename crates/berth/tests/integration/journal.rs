@@ -1,9 +1,20 @@
 //! The runtime journal across restarts, as a user of the library sees it: what an earlier
-//! build of berth journaled in the database is moved into the journal file and kept.
+//! build of berth journaled in the database or in files of other names is moved into the
+//! journal file and kept, and another network namespace's journal is left alone.
 
 use berth::{Client, Protocol};
-use berth_store::{runtime_journal_in, runtime_journal_path, JournalOp, RuntimeJournal, Store};
+use berth_store::{for_namespace, runtime_journal_in, JournalOp, RuntimeJournal, Store};
 use berth_testkit::TestDaemon;
+
+/// The journal a daemon of this namespace keeps beside the database `db`.
+fn beside(db: &std::path::Path) -> std::path::PathBuf {
+    berth_daemon::runtime_journal(db, None).unwrap()
+}
+
+/// The journal a daemon of this namespace keeps for `db` in the runtime directory `run`.
+fn in_runtime_dir(run: &std::path::Path, db: &std::path::Path) -> std::path::PathBuf {
+    berth_daemon::runtime_journal(db, Some(run)).unwrap()
+}
 
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -23,7 +34,7 @@ async fn reservations_an_earlier_build_journaled_in_the_database_survive_the_upg
 
     // Make the files look like an earlier build's: the rows in the database's journal table,
     // no journal file.
-    let path = runtime_journal_path(&db);
+    let path = beside(&db);
     let (journal, loaded) = RuntimeJournal::open(&path, &boot_id()).unwrap();
     drop(journal);
     assert_eq!(
@@ -65,7 +76,7 @@ async fn a_journal_beside_the_database_moves_to_the_runtime_directory() {
     let client = Client::connect_to(&first.socket).await.unwrap();
     let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
     first.shutdown().await;
-    let beside = runtime_journal_path(&db);
+    let beside = beside(&db);
     assert!(
         beside.exists(),
         "without a runtime directory, beside the database"
@@ -81,7 +92,7 @@ async fn a_journal_beside_the_database_moves_to_the_runtime_directory() {
         listed.iter().any(|r| r.token == block.token()),
         "the reservation was not restored from the journal beside the database: {listed:?}"
     );
-    let moved = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
+    let moved = in_runtime_dir(run.path(), &db);
     assert!(!beside.exists(), "the old journal was removed");
     // Read from a copy: opening a journal rewrites it, under the running daemon.
     let copy = run.path().join("copy.runtime");
@@ -121,7 +132,7 @@ async fn with_both_journals_the_one_beside_the_database_wins() {
     let client = Client::connect_to(&first.socket).await.unwrap();
     let released = client.acquire(Protocol::Tcp, 0, 1).await.unwrap().token();
     first.shutdown().await;
-    let moved = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
+    let moved = in_runtime_dir(run.path(), &db);
     let stale = run.path().join("stale");
     std::fs::copy(&moved, &stale).unwrap();
 
@@ -133,7 +144,7 @@ async fn with_both_journals_the_one_beside_the_database_wins() {
     second.shutdown().await;
     // As after a downgrade and an upgrade: the newer journal beside the database, the stale
     // one (still holding the released reservation) in the runtime directory.
-    std::fs::rename(&moved, runtime_journal_path(&db)).unwrap();
+    std::fs::rename(&moved, beside(&db)).unwrap();
     std::fs::rename(&stale, &moved).unwrap();
 
     let third = TestDaemon::with_db(&db, 14820, 14829, in_run);
@@ -144,7 +155,7 @@ async fn with_both_journals_the_one_beside_the_database_wins() {
         vec![kept.token()],
         "only the newer journal's reservation"
     );
-    assert!(!runtime_journal_path(&db).exists());
+    assert!(!beside(&db).exists());
     std::mem::forget(kept);
     drop(watcher);
     third.shutdown().await;
@@ -165,10 +176,98 @@ async fn a_runtime_directory_others_can_write_is_not_used() {
     });
     let client = Client::connect_to(&daemon.socket).await.unwrap();
     let block = client.acquire(Protocol::Tcp, 0, 1).await.unwrap();
-    assert!(runtime_journal_path(&db).exists());
+    assert!(beside(&db).exists());
     let planted: Vec<_> = std::fs::read_dir(run.path()).unwrap().collect();
     assert!(planted.is_empty(), "{planted:?}");
     drop(block);
     drop(client);
     daemon.shutdown().await;
+}
+
+/// Releases before network namespaces named the journal after the database alone: a daemon
+/// moves such a file into its namespace's journal (in the runtime directory here) and removes
+/// it, and the reservation it held is kept.
+#[tokio::test]
+async fn a_journal_of_a_release_before_namespaces_is_moved_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let db = dir.path().join("berth.db");
+    let with_run = |config: &mut berth_daemon::Config| config.runtime_dir = Some(run.path().into());
+    let first = TestDaemon::with_db(&db, 14840, 14849, with_run);
+    let client = Client::connect_to(&first.socket).await.unwrap();
+    let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
+    first.shutdown().await;
+    let ours = in_runtime_dir(run.path(), &db);
+    let legacy = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
+    assert_eq!(
+        ours,
+        for_namespace(&legacy, ours_netns(&ours, &legacy)),
+        "one file per namespace, named after the release's"
+    );
+    std::fs::rename(&ours, &legacy).unwrap();
+
+    let second = TestDaemon::with_db(&db, 14840, 14849, with_run);
+    let watcher = Client::connect_to(&second.socket).await.unwrap();
+    assert_eq!(
+        crate::common::tokens(&watcher).await,
+        vec![block.token()],
+        "restored from the older release's journal"
+    );
+    assert!(!legacy.exists() && ours.exists());
+    std::mem::forget(block);
+    drop((client, watcher));
+    second.shutdown().await;
+}
+
+/// The network namespace in `ours`'s name (see `for_namespace`), read back.
+fn ours_netns(ours: &std::path::Path, legacy: &std::path::Path) -> u64 {
+    let ours = ours.file_name().unwrap().to_str().unwrap();
+    let stem = legacy.file_name().unwrap().to_str().unwrap();
+    let stem = stem.strip_suffix(".runtime").unwrap();
+    ours.strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix(".net-"))
+        .and_then(|rest| rest.strip_suffix(".runtime"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{ours} is not {stem}.net-N.runtime"))
+}
+
+/// The runtime directory and the database are shared by every network namespace of the host,
+/// but a journal says which processes hold ports and which entries of the kernel's list are
+/// the daemon's in one namespace only. A daemon never takes another namespace's journal: the
+/// reservations in it are not restored, and the file is left for its own namespace's daemon.
+#[tokio::test]
+async fn another_namespaces_journal_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let db = dir.path().join("berth.db");
+    let with_run = |config: &mut berth_daemon::Config| config.runtime_dir = Some(run.path().into());
+    let first = TestDaemon::with_db(&db, 14850, 14859, with_run);
+    let client = Client::connect_to(&first.socket).await.unwrap();
+    let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
+    first.shutdown().await;
+    // As if a daemon of another namespace had written it.
+    let ours = in_runtime_dir(run.path(), &db);
+    let legacy = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
+    let theirs = for_namespace(&legacy, ours_netns(&ours, &legacy) + 1);
+    std::fs::rename(&ours, &theirs).unwrap();
+    let before = std::fs::read(&theirs).unwrap();
+
+    let second = TestDaemon::with_db(&db, 14850, 14859, with_run);
+    let watcher = Client::connect_to(&second.socket).await.unwrap();
+    assert_eq!(
+        crate::common::tokens(&watcher).await,
+        Vec::<berth::Token>::new(),
+        "nothing of theirs"
+    );
+    let mine = watcher.acquire(Protocol::Udp, 0, 1).await.unwrap();
+    drop(mine);
+    drop(watcher);
+    second.shutdown().await;
+    assert_eq!(
+        std::fs::read(&theirs).unwrap(),
+        before,
+        "their journal is untouched"
+    );
+    std::mem::forget(block);
+    drop(client);
 }
