@@ -41,6 +41,12 @@ pub enum FrameError {
     Malformed(String),
 }
 
+/// The bytes `message` takes in a frame after its length prefix: what a frame's limit
+/// (`MAX_REQUEST_FRAME`, `MAX_RESPONSE_FRAME`) is compared with. Counted without encoding.
+pub fn payload_len<T: serde::Serialize>(message: &T) -> usize {
+    postcard::experimental::serialized_size(message).unwrap_or(0)
+}
+
 /// Encodes `Out` messages and decodes `In` messages, with a size limit on both.
 #[derive(Debug)]
 pub struct FrameCodec<In, Out> {
@@ -152,6 +158,16 @@ mod tests {
         let mut buf = BytesMut::new();
         FrameCodec::client().encode(req, &mut buf).unwrap();
         buf
+    }
+
+    #[test]
+    fn payload_len_is_what_a_frame_carries_after_its_prefix() {
+        let req = Request::Acquire {
+            protocol: Protocol::Udp,
+            start: 0,
+            count: 3,
+        };
+        assert_eq!(payload_len(&req) + HEADER_LEN, encode_request(req).len());
     }
 
     #[test]

@@ -132,6 +132,13 @@ fn bounded_runs_and_the_errors_of_labels_and_bounds() {
         .output()
         .code(10)
         .says(&["at most 128 bytes"]);
+    // Longer than a request may be: refused before it is sent, as an argument too long.
+    let huge = "x".repeat(70_000);
+    let out = run_sh(&d, &["--tcp", "1", "--label", &huge], "true")
+        .output()
+        .code(10)
+        .says(&["over the 65536 bytes the berth daemon reads in one request"]);
+    assert!(!out.stderr.contains("lost"), "{}", out.stderr);
     assert_eq!(d.list().len(), 0, "nothing was reserved by a refused run");
 }
 

@@ -31,7 +31,7 @@ pub(super) struct Frame {
 pub(super) struct Link {
     pub(super) reader: Reader,
     pub(super) frames: mpsc::UnboundedSender<Frame>,
-    pub(super) writer: JoinHandle<Result<(), Error>>,
+    pub(super) writer: JoinHandle<Result<(), String>>,
 }
 
 impl Link {
@@ -170,11 +170,12 @@ pub(super) async fn next_answer(reader: &mut Reader) -> Result<Response, Error> 
 }
 
 /// Writes frames in the order they come, flushing whenever the queue runs dry. An error ends
-/// the task, which ends the connection.
+/// the task, which ends the connection; it says why in words (the connection task wraps them
+/// once, as the connection's loss).
 async fn write_frames(
     mut writer: Writer,
     mut frames: mpsc::UnboundedReceiver<Frame>,
-) -> Result<(), Error> {
+) -> Result<(), String> {
     while let Some(frame) = frames.recv().await {
         write_frame(&mut writer, frame).await?;
         // Whatever else is queued already goes out with the same flush (`feed` flushes by
@@ -185,26 +186,26 @@ async fn write_frames(
             tokio::task::consume_budget().await;
             write_frame(&mut writer, frame).await?;
         }
-        writer.flush().await.map_err(Error::lost)?;
+        writer.flush().await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-async fn write_frame(writer: &mut Writer, frame: Frame) -> Result<(), Error> {
+async fn write_frame(writer: &mut Writer, frame: Frame) -> Result<(), String> {
     match frame.fd {
-        None => writer.feed(frame.request).await.map_err(Error::lost),
+        None => writer.feed(frame.request).await.map_err(|e| e.to_string()),
         Some(fd) => send_with_fd(writer, frame.request, fd).await,
     }
 }
 
 /// Writes `request` as one frame whose first bytes carry `fd` as `SCM_RIGHTS`. Frames queued
 /// before it are flushed first so that the descriptor lands with this frame's bytes.
-async fn send_with_fd(writer: &mut Writer, request: Request, fd: OwnedFd) -> Result<(), Error> {
-    writer.flush().await.map_err(Error::lost)?;
+async fn send_with_fd(writer: &mut Writer, request: Request, fd: OwnedFd) -> Result<(), String> {
+    writer.flush().await.map_err(|e| e.to_string())?;
     let mut frame = bytes::BytesMut::new();
     FrameCodec::client()
         .encode(request, &mut frame)
-        .map_err(Error::lost)?;
+        .map_err(|e| e.to_string())?;
     let wr = writer.get_mut();
     let mut sent = 0;
     while sent < frame.len() {
@@ -224,7 +225,7 @@ async fn send_with_fd(writer: &mut Writer, request: Request, fd: OwnedFd) -> Res
             })
         })
         .await
-        .map_err(Error::lost)?;
+        .map_err(|e| e.to_string())?;
         sent += n;
     }
     Ok(())

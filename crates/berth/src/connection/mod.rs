@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::Token;
-use berth_protocol::{ErrorDetail, Request, Response, Welcome};
+use berth_protocol::{ErrorDetail, Request, Response, Welcome, MAX_REQUEST_FRAME};
 use futures_util::StreamExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -81,6 +81,7 @@ impl Connection {
         request: Request,
         fd: Option<OwnedFd>,
     ) -> Result<Response, Error> {
+        fits(&request)?;
         let (tx, rx) = oneshot::channel();
         self.calls
             .send(Call {
@@ -237,7 +238,7 @@ impl Task {
                 Some(token) = self.orphans.recv() => self.abandon(link, token),
                 written = &mut link.writer => {
                     let why = match written {
-                        Ok(Err(e)) => e.to_string(),
+                        Ok(Err(why)) => why,
                         Ok(Ok(())) => "the writer stopped".into(),
                         Err(e) => format!("the writer failed: {e}"),
                     };
@@ -290,4 +291,17 @@ impl Task {
             },
         )
     }
+}
+
+/// A request the daemon would refuse to read (a frame over [`MAX_REQUEST_FRAME`]) is refused
+/// here, before anything is sent, as what it is: an argument too long. Sent, it would end the
+/// connection.
+fn fits(request: &Request) -> Result<(), Error> {
+    let len = berth_protocol::frame::payload_len(request);
+    if len > MAX_REQUEST_FRAME {
+        return Err(Error::InvalidArgument(format!(
+            "the request is {len} bytes long, over the {MAX_REQUEST_FRAME} bytes the berth daemon reads in one request; shorten what it carries (a label, a name or a list)"
+        )));
+    }
+    Ok(())
 }

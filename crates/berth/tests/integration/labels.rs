@@ -129,6 +129,13 @@ async fn bad_bounds_and_labels_are_invalid_arguments() {
             AcquireOptions::default().label("é".repeat(65)),
             "at most 128 bytes",
         ),
+        // Over what the daemon reads in one request: refused before it is sent, and the
+        // connection serves the next request (below).
+        (
+            0,
+            AcquireOptions::default().label("x".repeat(70_000)),
+            "over the 65536 bytes the berth daemon reads in one request",
+        ),
     ];
     for (start, options, says) in cases {
         let err = client
