@@ -144,6 +144,24 @@ pub enum StoreError {
         detail: String,
     },
 
+    /// The runtime journal file (or its rewrite's scratch file) belongs to another user: in a
+    /// directory others can write to, such as `/tmp`, another user could have made it to feed
+    /// the daemon reservations, or to read and change its journal later.
+    #[error(
+        "{}: the file belongs to uid {owner}, not to the daemon's user (uid {me}); another \
+         user may have made it, so the daemon does not use it: remove it if you did not make \
+         it, and keep the database (--db) in a directory only the daemon's user can write",
+        .path.display()
+    )]
+    NotOurs {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The daemon's effective uid.
+        me: u32,
+    },
+
     /// Reading or writing the runtime journal file failed (disk full, I/O error, permissions).
     #[error(
         "the berth runtime journal {}: cannot {action}: {source}; check the disk and the \

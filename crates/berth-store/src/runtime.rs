@@ -299,31 +299,28 @@ impl RuntimeJournal {
     /// it does not exist, and returns what it holds. `boot_id` is the current boot's
     /// (`/proc/sys/kernel/random/boot_id`), or empty when unknown; rows written during another
     /// boot are dropped. The file is rewritten with just the returned rows, in the current
-    /// boot. Refuses a file that is not a runtime journal, and a symbolic link.
+    /// boot. Refuses a file that is not a runtime journal, a symbolic link, and a file of
+    /// another user's ([`StoreError::NotOurs`]).
     pub fn open(path: &Path, boot_id: &str) -> Result<(RuntimeJournal, Loaded), StoreError> {
         let mut loaded = Loaded::default();
         let mut rows: HashMap<Token, JournalRow> = HashMap::new();
         let mut kernel = String::new();
-        match read_file(path) {
-            Ok(Some(bytes)) => {
-                let read = read_journal(&bytes).map_err(|detail| StoreError::NotAJournal {
-                    path: path.to_path_buf(),
-                    detail,
-                })?;
-                loaded.dropped_bytes = read.dropped_bytes;
-                if read.boot_id == boot_id {
-                    for record in read.records {
-                        match record.into_op() {
-                            Ok(op) => apply(&mut rows, op),
-                            Err(list) => kernel = list,
-                        }
+        if let Some(bytes) = read_file(path)? {
+            let read = read_journal(&bytes).map_err(|detail| StoreError::NotAJournal {
+                path: path.to_path_buf(),
+                detail,
+            })?;
+            loaded.dropped_bytes = read.dropped_bytes;
+            if read.boot_id == boot_id {
+                for record in read.records {
+                    match record.into_op() {
+                        Ok(op) => apply(&mut rows, op),
+                        Err(list) => kernel = list,
                     }
-                } else {
-                    loaded.other_boot = true;
                 }
+            } else {
+                loaded.other_boot = true;
             }
-            Ok(None) => {}
-            Err(source) => return Err(io_error(path, "read the runtime journal", source)),
         }
         let mut live: BTreeMap<Token, Box<[u8]>> = BTreeMap::new();
         let kernel_len = if kernel.is_empty() {
@@ -612,6 +609,8 @@ fn write_aside(aside: &Path, bytes: &[u8]) -> Result<File, StoreError> {
         .custom_flags(no_follow())
         .open(aside)
         .map_err(fail)?;
+    // Renamed over the journal next: a file another user made here would be the journal.
+    ours(&file, aside)?;
     file.set_len(0).map_err(fail)?;
     file.write_all(bytes).map_err(fail)?;
     Ok(file)
@@ -630,7 +629,8 @@ fn no_follow() -> i32 {
 }
 
 /// The whole file, or `None` if there is none.
-fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let fail = |e| io_error(path, "read the runtime journal", e);
     let mut file = match OpenOptions::new()
         .read(true)
         .custom_flags(no_follow())
@@ -638,11 +638,33 @@ fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
     {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(fail(e)),
     };
+    ours(&file, path)?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    file.read_to_end(&mut bytes).map_err(fail)?;
     Ok(Some(bytes))
+}
+
+/// Refuses `file` (opened at `path`) unless it belongs to the daemon's user (see
+/// [`StoreError::NotOurs`]). Asked of the open descriptor, so no file put in its place
+/// meanwhile passes.
+fn ours(file: &File, path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = file
+        .metadata()
+        .map_err(|e| io_error(path, "look at the runtime journal", e))?
+        .uid();
+    let me = rustix::process::geteuid().as_raw();
+    if owner == me {
+        Ok(())
+    } else {
+        Err(StoreError::NotOurs {
+            path: path.to_path_buf(),
+            owner,
+            me,
+        })
+    }
 }
 
 /// What a journal file says.

@@ -13,6 +13,7 @@
 //! | `list_status_release_and_their_errors` | 20700-20719 | 20750-20752 |
 //! | `messages_say_what_is_true` | 20800-20809 | — |
 //! | `a_command_name_cannot_write_to_the_readers_terminal` | 20850-20859 | — |
+//! | `files_beside_the_database_that_another_user_made_are_refused` | 20860-20869 | — |
 //! | autostart tests | the host's ephemeral range (a daemon started on demand) | — |
 
 use crate::support;
@@ -683,6 +684,58 @@ fn a_daemon_listens_on_berth_socket() {
         .code(0)
         .json();
     assert_eq!(status["socket"], socket.display().to_string(), "{status}");
+    Berth::new(&socket).args(["stop"]).output().code(0);
+    daemon.wait();
+}
+
+/// A database in a directory others can write to (`/tmp`): a lock file or a runtime journal
+/// beside it that another user made is refused by name, not trusted (a planted journal would
+/// feed the daemon reservations; a planted lock, held, would keep it out while blaming
+/// "another berth daemon").
+#[test]
+fn files_beside_the_database_that_another_user_made_are_refused() {
+    if !needs::users() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("planted.sock");
+    let db = dir.path().join("planted.db");
+    for (planted, says) in [
+        ("planted.db.lock", "planted.db.lock belongs to uid 65534"),
+        (
+            "planted.db.runtime",
+            "planted.db.runtime: the file belongs to uid 65534",
+        ),
+    ] {
+        let file = dir.path().join(planted);
+        std::fs::write(&file, b"").unwrap();
+        std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+        let out = Berth::new(&socket)
+            .env("BERTH_DB", &db)
+            .args(["daemon", "--pool", "20860-20869", "--kernel-sync", "off"])
+            .output();
+        assert!(!out.status.success(), "{planted}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{planted}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("another user may have made it"),
+            "{}",
+            out.stderr
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
+    // Without them, it starts.
+    let mut daemon = Berth::new(&socket)
+        .env("BERTH_DB", &db)
+        .args([
+            "daemon",
+            "--pool",
+            "20860-20869",
+            "--kernel-sync",
+            "off",
+            "--ready-stdout",
+        ])
+        .spawn();
+    assert_eq!(daemon.next_line(), "ready");
     Berth::new(&socket).args(["stop"]).output().code(0);
     daemon.wait();
 }

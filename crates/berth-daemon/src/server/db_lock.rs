@@ -44,6 +44,19 @@ pub(crate) fn acquire(db: &Path) -> io::Result<DbLock> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
+    // In a directory others can write to (`/tmp`), another user could have made the lock file
+    // and hold a lock on it, and the daemon would blame "another berth daemon".
+    let owner = std::os::unix::fs::MetadataExt::uid(&file.metadata()?);
+    let me = rustix::process::geteuid().as_raw();
+    if owner != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {owner}, not to the daemon's user (uid {me}); another user may have made it to keep this daemon out: remove it if you did not make it, and keep the database (--db) in a directory only the daemon's user can write",
+                path.display()
+            ),
+        ));
+    }
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(DbLock { _file: file }),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(io::Error::new(
