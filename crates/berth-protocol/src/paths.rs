@@ -62,11 +62,17 @@ pub fn user_db(env: Env<'_>, uid: u32) -> PathBuf {
     fallback_dir(env, uid).join("berth.db")
 }
 
-/// The fallback directory `path` lies in directly, if it does: the caller must have that
-/// directory accepted by [`check_private_dir`] before it uses `path`.
-pub fn in_fallback_dir(env: Env<'_>, uid: u32, path: &Path) -> Option<PathBuf> {
-    let dir = fallback_dir(env, uid);
-    (path.parent() == Some(dir.as_path())).then_some(dir)
+/// The directory of this user's runtime files that `path` lies in directly, if it does — the
+/// `/tmp` fallback ([`fallback_dir`]) or `$XDG_RUNTIME_DIR/berth`: the caller must have that
+/// directory accepted by [`check_private_dir`] before it uses `path`. Anyone can make the
+/// fallback's name first; and `XDG_RUNTIME_DIR` is set by hand now and then (to `/tmp`, say),
+/// where another user's `berth` directory may be waiting.
+pub fn in_user_dir(env: Env<'_>, uid: u32, path: &Path) -> Option<PathBuf> {
+    let runtime = env("XDG_RUNTIME_DIR").map(|dir| PathBuf::from(dir).join("berth"));
+    [Some(fallback_dir(env, uid)), runtime]
+        .into_iter()
+        .flatten()
+        .find(|dir| path.parent() == Some(dir.as_path()))
 }
 
 /// What `lstat` (never `stat`: a symbolic link is not followed) says about a directory.
@@ -92,7 +98,7 @@ impl DirFacts {
     }
 }
 
-/// Why a fallback directory is not trusted.
+/// Why a directory of a user's runtime files ([`in_user_dir`]) is not trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("refusing to use {dir}: {why}; another user could stand in for your berth daemon there. Set XDG_RUNTIME_DIR to a private directory (for example /run/user/{uid}), or remove {dir} if you did not make it")]
 pub struct UnsafeDir {
@@ -245,10 +251,17 @@ mod tests {
         let env = env_of(&[("TMPDIR", "/t")]);
         assert_eq!(user_db(&env, 7), PathBuf::from("/t/berth-7/berth.db"));
         assert_eq!(
-            in_fallback_dir(&env, 7, Path::new("/t/berth-7/berth.sock")),
+            in_user_dir(&env, 7, Path::new("/t/berth-7/berth.sock")),
             Some(PathBuf::from("/t/berth-7"))
         );
-        assert_eq!(in_fallback_dir(&env, 7, Path::new("/t/x/berth.sock")), None);
+        assert_eq!(in_user_dir(&env, 7, Path::new("/t/x/berth.sock")), None);
+        // The runtime directory's `berth` directory is checked too: XDG_RUNTIME_DIR may be
+        // set by hand to a directory others share.
+        let env = env_of(&[("XDG_RUNTIME_DIR", "/tmp")]);
+        assert_eq!(
+            in_user_dir(&env, 7, &user_socket(&env, 7)),
+            Some(PathBuf::from("/tmp/berth"))
+        );
     }
 
     #[test]

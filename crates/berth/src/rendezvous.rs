@@ -56,11 +56,12 @@ pub fn private_dir(dir: &Path, create: bool) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// When `socket` lies in this user's `/tmp` fallback directory, that directory must be
-/// private ([`private_dir`]); `create` makes it if absent. Whether the socket may exist.
+/// When `socket` lies in a directory of this user's runtime files (the `/tmp` fallback, or
+/// `$XDG_RUNTIME_DIR/berth`), that directory must be private ([`private_dir`]); `create`
+/// makes it if absent. Whether the socket may exist.
 pub(crate) fn check_socket_dir(socket: &Path, create: bool) -> Result<bool, Error> {
     let uid = rustix::process::getuid().as_raw();
-    match paths::in_fallback_dir(&paths::process_env, uid, socket) {
+    match paths::in_user_dir(&paths::process_env, uid, socket) {
         Some(dir) => private_dir(&dir, create),
         None => Ok(true),
     }

@@ -20,10 +20,11 @@ pub fn run(args: DaemonArgs) -> Result<ExitCode, Failure> {
     let db = args
         .db
         .unwrap_or_else(|| paths::default_db(&paths::process_env, uid));
-    // A `/tmp` fallback directory is used only when it is private to this user; root never
-    // falls back to `/tmp` for its defaults (they are /run/berth and /var/lib/berth).
+    // A directory of the user's runtime files (the `/tmp` fallback, `$XDG_RUNTIME_DIR/berth`)
+    // is used only when it is private to this user; root never falls back to `/tmp` for its
+    // defaults (they are /run/berth and /var/lib/berth).
     for path in [&socket, &db] {
-        if let Some(dir) = paths::in_fallback_dir(&paths::process_env, uid, path) {
+        if let Some(dir) = paths::in_user_dir(&paths::process_env, uid, path) {
             berth::rendezvous::private_dir(&dir, true)?;
         }
     }

@@ -132,12 +132,23 @@ fn a_fallback_directory_not_private_to_the_user_is_refused() {
         "writable by group or others",
     ));
     cases.push(("a symbolic link", symlink, "not a directory"));
-    for (what, make, why) in cases {
-        make(&dir);
+    // The same rule for `$XDG_RUNTIME_DIR/berth`: XDG_RUNTIME_DIR set by hand to a directory
+    // others share (here the same one) may hold another user's `berth`.
+    let in_runtime_dir = tmp.path().join("berth");
+    let layouts = [(&dir, None), (&in_runtime_dir, Some(tmp.path()))];
+    for ((what, make, why), (dir, xdg)) in cases
+        .iter()
+        .flat_map(|case| layouts.iter().map(move |layout| (case, layout)))
+    {
+        let (dir, what, why) = (*dir, *what, *why);
+        make(dir);
         for args in [&["status"][..], &["run", "--tcp", "1", "--", "true"][..]] {
-            let Some(berth) = berth_in(tmp.path(), true) else {
+            let Some(mut berth) = berth_in(tmp.path(), true) else {
                 return;
             };
+            if let Some(xdg) = xdg {
+                berth = berth.env("XDG_RUNTIME_DIR", xdg);
+            }
             let out = berth.args(args).output();
             assert_eq!(
                 out.status.code(),
@@ -157,8 +168,8 @@ fn a_fallback_directory_not_private_to_the_user_is_refused() {
             !dir.join("berth.sock").exists() && !dir.join("berth.log").exists(),
             "{what}: nothing may be created in it"
         );
-        let _ = std::fs::remove_file(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(dir);
+        let _ = std::fs::remove_dir_all(dir);
         let _ = std::fs::remove_dir_all(dir.with_extension("real"));
     }
 }
