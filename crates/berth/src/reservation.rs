@@ -153,7 +153,8 @@ impl Reservation {
     }
 
     /// For a reservation acquired for a name: the block the name had before, when it could
-    /// not be given again (something else took a port of it) and moved to this one.
+    /// not be given again (something else took a port of it, or a block of another size was
+    /// asked for) and moved to this one.
     pub fn moved_from(&self) -> Option<PortRange> {
         self.info.moved_from
     }

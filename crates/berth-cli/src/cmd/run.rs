@@ -64,11 +64,21 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             reserve(&client, Protocol::Udp, start, args.udp, &options).await?,
         )
     };
-    // A name whose block of last time was taken: say where it went (its memory moved).
+    // A name whose block of last time could not be given again: say where it went and why
+    // (its memory moved).
     for r in tcp.iter().chain(udp.iter()).filter_map(Block::own) {
         if let (Some(name), Some(before)) = (r.name(), r.moved_from()) {
+            let why = if before.count() == r.range().count() {
+                "a port of its block was taken meanwhile (by another program or an outgoing connection)".to_owned()
+            } else {
+                format!(
+                    "{} ports were asked for, and its block of last time had {}",
+                    r.range().count(),
+                    before.count()
+                )
+            };
             eprintln!(
-                "berth: notice: {name} moved from {} {before} to {}: a port of its block was taken meanwhile (by another program or an outgoing connection); it keeps the new ports from now on",
+                "berth: notice: {name} moved from {} {before} to {}: {why}; it keeps the new ports from now on",
                 r.protocol(),
                 r.range()
             );

@@ -92,6 +92,23 @@ fn a_named_run_gets_its_ports_again_and_others_find_them() {
     other.send_line("done");
     other.wait().code(0);
 
+    // Asked for a block of another size, the name moves, and the notice says why.
+    let grown = run_sh(
+        &d,
+        &["--tcp", "3", "--name", "shop/web"],
+        "echo $BERTH_TCP_PORTS",
+    )
+    .output()
+    .code(0);
+    assert!(
+        grown
+            .stderr
+            .contains("3 ports were asked for, and its block of last time had 2"),
+        "{}",
+        grown.stderr
+    );
+    assert!(!grown.stderr.contains("taken"), "{}", grown.stderr);
+
     // names: remembered, not live; forget drops it.
     let names = d.berth(["names", "--json"]).output().code(0).json();
     assert_eq!(names[0]["name"], "shop/web");
