@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     closers: crate::session::closer::Closers,
     /// Turns at handling requests, shared fairly between users.
     turns: crate::server::fair::Turns,
+    /// Turns at looking through every process's descriptors for a port's owner (`berth why`,
+    /// a conflict's message): see [`HOST_SCANS`].
+    pub(super) scans: crate::server::fair::Turns,
     /// The runtime journal's file, rewritten outside the table lock when it has outgrown its
     /// live rows (`Runtime::rewrite_if_due`).
     journal_file: crate::mirror::journal::Runtime,
@@ -106,6 +109,13 @@ pub(crate) struct Shared {
 /// that the kernel-sync writer's group commits gather many grants, few enough that a user's
 /// flood of requests cannot keep another user's waiting for long.
 const REQUEST_TURNS: usize = 64;
+
+/// Scans of every process's descriptors (`/proc/*/fd`) run at once, at most, daemon-wide; more
+/// wait their user's turn. A scan costs milliseconds of CPU on a host of a hundred processes
+/// and grows with their number, and any user may ask `berth why` in a loop over many
+/// connections: so such a loop takes at most one thread, and another user's `why` waits about
+/// one scan behind it.
+const HOST_SCANS: usize = 1;
 
 /// One connected client, as the kernel identified it.
 pub(crate) struct Peer {
@@ -170,6 +180,7 @@ impl Shared {
             hold_enabled: config.hold,
             closers: crate::session::closer::Closers::new(),
             turns: crate::server::fair::Turns::new(REQUEST_TURNS),
+            scans: crate::server::fair::Turns::new(HOST_SCANS),
             journal_file,
             names: Mutex::new(NameBook::new(
                 config.max_names_per_user,

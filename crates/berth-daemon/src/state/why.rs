@@ -36,6 +36,7 @@ impl Shared {
             .unwrap_or(false);
         let berths = self.berth_socket_inodes();
         let (viewer, is_admin) = (peer.owner.uid, peer.is_admin);
+        let _scan = self.scans.enter(viewer).await;
         let sockets = tokio::task::spawn_blocking(move || {
             diag::report(protocol, port, viewer, is_admin, &|inode| {
                 berths.contains(&inode)
@@ -125,6 +126,7 @@ impl Shared {
             return response;
         };
         let (uid, is_admin) = (asker.process.uid, asker.is_admin);
+        let _scan = self.scans.enter(uid).await;
         let user = tokio::task::spawn_blocking(move || port_user(protocol, port, uid, is_admin))
             .await
             .ok()
