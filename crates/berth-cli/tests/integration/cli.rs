@@ -14,6 +14,7 @@
 //! | `messages_say_what_is_true` | 20800-20809 | — |
 //! | `a_command_name_cannot_write_to_the_readers_terminal` | 20850-20859 | — |
 //! | `files_beside_the_database_that_another_user_made_are_refused` | 20860-20869 | — |
+//! | `a_daemon_started_from_another_namespace_is_told_whose_the_socket_is` | 20870-20879 | — |
 //! | autostart tests | the host's ephemeral range (a daemon started on demand) | — |
 
 use crate::support;
@@ -738,6 +739,44 @@ fn files_beside_the_database_that_another_user_made_are_refused() {
     assert_eq!(daemon.next_line(), "ready");
     Berth::new(&socket).args(["stop"]).output().code(0);
     daemon.wait();
+}
+
+/// The socket file is shared by every network namespace of the host, its daemon by none but
+/// its own: a second `berth daemon` started on it from another namespace is told that the
+/// daemon there serves another namespace, and what to do (a socket and a database of its own).
+#[test]
+fn a_daemon_started_from_another_namespace_is_told_whose_the_socket_is() {
+    let Some(ns) = needs::namespaces() else {
+        return;
+    };
+    let d = Daemon::start("20870-20879");
+    let unshare = ns.unshare(&["--net"]);
+    let out = std::process::Command::new(&unshare[0])
+        .args(&unshare[1..])
+        .arg(BERTH)
+        .args(["daemon", "--kernel-sync", "off", "--socket"])
+        .arg(d.socket())
+        .arg("--db")
+        .arg(d.dir().join("other.db"))
+        .env_remove("BERTH_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("already answers on"), "{stderr}");
+    // Which namespace the daemon serves is read from /proc/PID/ns/net: root may, and so may
+    // its own user outside a user namespace of its own.
+    if !ns.in_user_namespace() {
+        let pid = format!("(pid {})", d.pid());
+        for needle in [
+            pid.as_str(),
+            "serves network namespace net:[",
+            "not this one",
+            "`berth daemon --socket PATH --db PATH`",
+        ] {
+            assert!(stderr.contains(needle), "{needle}: {stderr}");
+        }
+    }
 }
 
 #[test]

@@ -15,6 +15,19 @@ pub enum ListenError {
     /// Another daemon answers on the path.
     #[error("a berth daemon already answers on {0}; use it, or stop it first")]
     AlreadyRunning(PathBuf),
+    /// Another daemon answers on the path, serving another network namespace: the socket
+    /// file is shared by every namespace of the host, its daemon by none but its own.
+    #[error("a berth daemon (pid {pid}) already answers on {}, but it serves network namespace net:[{theirs}], not this one (net:[{ours}]), and ports are reserved per namespace; a daemon for this namespace needs a socket and a database of its own: `berth daemon --socket PATH --db PATH` here, and BERTH_SOCKET=PATH for its clients", .path.display())]
+    OtherNamespace {
+        /// The socket path.
+        path: PathBuf,
+        /// The daemon's pid, as this process sees it.
+        pid: u32,
+        /// Its namespace's inode number.
+        theirs: u64,
+        /// Ours.
+        ours: u64,
+    },
     /// Something that is not a socket sits at the path.
     #[error("{0} exists and is not a socket; remove it or choose another --socket")]
     NotASocket(PathBuf),
@@ -47,6 +60,30 @@ impl Drop for SocketGuard {
     }
 }
 
+/// The refusal for a socket `path` another daemon answers on (`stream` connected to it): it
+/// names that daemon's network namespace when it is not ours, as far as `/proc` tells (root
+/// and the daemon's own user can read it).
+fn already_running(path: &Path, stream: &std::os::unix::net::UnixStream) -> ListenError {
+    use berth_os::netns::NsFile;
+    let other = berth_os::peer::peer_credentials(stream)
+        .ok()
+        .filter(|cred| cred.pid != 0)
+        .and_then(|cred| {
+            let theirs = NsFile::of_process(cred.pid).ok()?;
+            let ours = NsFile::of_self().ok()?;
+            (theirs != ours).then(|| (cred.pid, theirs.inode(), ours.inode()))
+        });
+    match other {
+        Some((pid, theirs, ours)) => ListenError::OtherNamespace {
+            path: path.to_owned(),
+            pid,
+            theirs,
+            ours,
+        },
+        None => ListenError::AlreadyRunning(path.to_owned()),
+    }
+}
+
 /// Binds the daemon's socket at `path`: creates the directory if needed (mode 0755 for the
 /// system socket, 0700 otherwise, so a per-user instance stays private), replaces a stale
 /// socket only after a connection to it is refused, and makes the socket connectable by
@@ -70,7 +107,7 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), ListenErr
             return Err(ListenError::NotASocket(path.to_owned()))
         }
         Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(ListenError::AlreadyRunning(path.to_owned())),
+            Ok(stream) => return Err(already_running(path, &stream)),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 tracing::info!("removing stale socket {}", path.display());
                 std::fs::remove_file(path).map_err(io_err)?;

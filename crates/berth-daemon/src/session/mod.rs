@@ -604,7 +604,7 @@ fn foreign_netns(what: &str, daemon: u64, peer: Option<u64>) -> Response {
         WireError::new(
             ErrorKind::NotSupported,
             format!(
-                "cannot {what}: this client is in {theirs}, but this berth daemon (pid {}) serves network namespace net:[{daemon}], and ports are reserved and checked per namespace; use the berth daemon of the client's namespace (start one there with `berth daemon`, or point BERTH_SOCKET at its socket)",
+                "cannot {what}: this client is in {theirs}, but this berth daemon (pid {}) serves network namespace net:[{daemon}], and ports are reserved and checked per namespace; use the berth daemon of the client's namespace: start one there with a socket and a database of its own (`berth daemon --socket PATH --db PATH`, run in that namespace) and point BERTH_SOCKET at its socket",
                 std::process::id()
             ),
         )
