@@ -38,11 +38,16 @@ async fn add(args: PersistentAddArgs) -> Result<ExitCode, Failure> {
     // No start: the port /etc/services gives the name (an administrator's `--name ipp`).
     let start = match (args.start, args.name.as_deref()) {
         (Some(start), _) => start,
-        (None, Some(name)) => crate::services::port_of(name, protocol).ok_or_else(|| {
-            berth::Error::InvalidArgument(format!(
-                "{name} is not a {protocol} service of /etc/services; give its ports with --start P [--count N]"
-            ))
-        })?,
+        (None, Some(name)) => {
+            // A text that is no name is said so first, cut short, and not echoed back whole.
+            berth_core::Name::parse(name)
+                .map_err(|e| berth::Error::InvalidArgument(e.to_string()))?;
+            crate::services::port_of(name, protocol).ok_or_else(|| {
+                berth::Error::InvalidArgument(format!(
+                    "{name} is not a {protocol} service of /etc/services; give its ports with --start P [--count N]"
+                ))
+            })?
+        }
         (None, None) => {
             return Err(berth::Error::InvalidArgument(
                 "give the ports with --start P [--count N], or --name SERVICE for a service of /etc/services".into(),

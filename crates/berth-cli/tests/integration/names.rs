@@ -211,6 +211,18 @@ fn a_persistent_name_is_the_hosts() {
     .output()
     .code(10)
     .says(&["is not a tcp service of /etc/services"]);
+    // A text that is no name is said so, and a long one is not echoed back whole.
+    let long = "X".repeat(100_000);
+    let out = d
+        .berth(["persistent", "add", "--tcp", "--name", &long])
+        .output()
+        .code(10)
+        .says(&["a name of 100000 bytes is too long"]);
+    assert!(out.stderr.len() < 1_000, "{} bytes", out.stderr.len());
+    d.berth(["persistent", "add", "--tcp", "--name", "Bad/Name"])
+        .output()
+        .code(10)
+        .says(&["\"Bad/Name\" is not a name"]);
     d.berth(["persistent", "add", "--tcp"]).output().code(2);
 }
 
