@@ -332,7 +332,7 @@ pub enum ReleaseError {
     #[error("no reservation has token {0}; it was released already or never existed (`berth list` shows the live ones)")]
     NotFound(crate::token::Token),
     /// Persistent reservations are deleted, not released.
-    #[error("reservation {} ({} {}) is persistent; delete it with `berth persistent delete --{} --start {} --count {}`", .0.token, .0.protocol, describe(.0.range), .0.protocol, .0.range.start(), .0.range.count())]
+    #[error("reservation {} ({} {}) is persistent: it is not released but deleted, by an administrator, with `berth persistent delete --{} --start {} --count {}`", .0.token, .0.protocol, describe(.0.range), .0.protocol, .0.range.start(), .0.range.count())]
     Persistent(Box<Reservation>),
     /// The asker is neither the owning process nor an administrator.
     #[error("reservation {} ({} {}) belongs to {}; only that process or an administrator may release it", .0.token, .0.protocol, describe(.0.range), .0.holder_description())]

@@ -243,11 +243,12 @@ fn only_administrators_add_and_delete() {
     let rows = listed.json();
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
     assert_persistent_row(&rows[0], &token, "tcp", 21100, 5);
-    // Nobody cannot release it either (it is not released at all).
+    // Nobody cannot release it either (it is not released at all), and is not told to delete
+    // it, which only an administrator may.
     nobody(&["release", &token])
         .output()
         .code(10)
-        .says(&[&token]);
+        .says(&[&token, "deleted, by an administrator"]);
 
     // Nothing changed: the reservation is there, the refused one is not.
     assert_eq!(lookup(&d, "--tcp", 21100, 5), token);
