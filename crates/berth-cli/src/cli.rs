@@ -192,8 +192,8 @@ pub struct PersistentRangeArgs {
     /// First port.
     #[arg(long, value_name = "P")]
     pub start: u16,
-    /// Number of ports.
-    #[arg(long, value_name = "N")]
+    /// Number of ports (as for `add`, 1 when not given).
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub count: u16,
     /// Print JSON.
     #[arg(long)]
