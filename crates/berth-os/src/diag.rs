@@ -414,9 +414,14 @@ fn request(family: u8, protocol: Protocol, (first, last): (u16, u16), states: u3
     bytes
 }
 
+/// The longest one [`owners`] looks. A socket no process holds (its last reference in a
+/// message nobody read) is searched for in every process, and the host's descriptors are as
+/// many as its users like: past this, what was found is the answer.
+pub const SCAN_BUDGET: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The processes holding the sockets `inodes`, from their descriptor tables: this process
 /// first (its own sockets are the likeliest), then every process in `/proc` this one may read,
-/// stopping once each inode has a process or `at_most` have one.
+/// stopping once each inode has a process or `at_most` have one, or after [`SCAN_BUDGET`].
 pub fn owners(inodes: &[u64], at_most: usize) -> HashMap<u64, u32> {
     let mut found = HashMap::new();
     let wanted: Vec<u64> = inodes.iter().copied().filter(|&i| i != 0).collect();
@@ -425,7 +430,8 @@ pub fn owners(inodes: &[u64], at_most: usize) -> HashMap<u64, u32> {
     }
     let enough = wanted.len().min(at_most);
     let me = std::process::id();
-    scan_fds(me, &wanted, &mut found);
+    let deadline = std::time::Instant::now() + SCAN_BUDGET;
+    scan_fds(me, &wanted, &mut found, deadline);
     if found.len() >= enough {
         return found;
     }
@@ -443,21 +449,25 @@ pub fn owners(inodes: &[u64], at_most: usize) -> HashMap<u64, u32> {
         if pid == me {
             continue;
         }
-        scan_fds(pid, &wanted, &mut found);
-        if found.len() >= enough {
+        scan_fds(pid, &wanted, &mut found, deadline);
+        if found.len() >= enough || std::time::Instant::now() >= deadline {
             break;
         }
     }
     found
 }
 
-/// Notes which of `wanted` process `pid` has open. A process this one may not look into
-/// (another user's, for an unprivileged caller) or that has gone is skipped.
-fn scan_fds(pid: u32, wanted: &[u64], found: &mut HashMap<u64, u32>) {
+/// Notes which of `wanted` process `pid` has open, until `deadline` (looked at every 1,024
+/// descriptors). A process this one may not look into (another user's, for an unprivileged
+/// caller) or that has gone is skipped.
+fn scan_fds(pid: u32, wanted: &[u64], found: &mut HashMap<u64, u32>, deadline: std::time::Instant) {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return;
     };
-    for fd in fds.flatten() {
+    for (n, fd) in fds.flatten().enumerate() {
+        if n % 1024 == 1023 && std::time::Instant::now() >= deadline {
+            return;
+        }
         let Ok(target) = std::fs::read_link(fd.path()) else {
             continue;
         };

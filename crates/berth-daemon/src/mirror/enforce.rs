@@ -54,7 +54,8 @@ fn said(what: &str, dir: &Path, e: io::Error) -> io::Error {
     } else {
         ""
     };
-    io::Error::new(e.kind(), format!("{what} ({}): {e}{hint}", dir.display()))
+    let dir = berth_core::text::printable(&dir.display().to_string()).into_owned();
+    io::Error::new(e.kind(), format!("{what} ({dir}): {e}{hint}"))
 }
 
 /// The most sockets listed per owned block and address family when claims are reconciled.
@@ -388,7 +389,7 @@ impl Enforcer {
         let owner = self.state().owners.remove(&id);
         if let Some(owner) = owner.filter(|o| o.made) {
             if let Err(e) = std::fs::remove_dir(&owner.dir) {
-                tracing::warn!("cannot remove the cgroup {}: {e}", owner.dir.display());
+                tracing::warn!("cannot remove the cgroup {}: {e}", owner.shown);
             }
         }
     }
@@ -747,7 +748,7 @@ impl Enforcer {
                 .values()
                 .find(|o| o.protocol == protocol && o.range.contains(port))
                 .and_then(|o| state.owners.get(&o.cgroup))
-                .map(|o| o.dir.display().to_string())
+                .map(|o| o.shown.clone())
                 .unwrap_or_else(|| "a cgroup".to_owned())
         };
         for (protocol, port, new, refusals) in news.iter().take(LOGGED_PER_CALL) {
@@ -756,7 +757,7 @@ impl Enforcer {
                 "enforce mode refused {new} bind(s) of {protocol} {port} (reserved by {}): the last by pid {} ({}, uid {}); `berth why --{protocol} {port}` says more",
                 owner_of(*protocol, *port),
                 last.pid,
-                last.command,
+                berth_core::Owner::printable_command(&last.command),
                 last.uid
             );
         }
@@ -974,7 +975,11 @@ fn below(mount: &Path, path: &str) -> io::Result<PathBuf> {
     if !dir.join("cgroup.procs").exists() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
-            format!("no cgroup {path} (looked in {})", dir.display()),
+            format!(
+                "no cgroup {} (looked in {})",
+                berth_core::text::printable(path),
+                berth_core::text::printable(&dir.display().to_string())
+            ),
         ));
     }
     Ok(dir)

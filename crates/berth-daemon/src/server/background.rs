@@ -170,7 +170,7 @@ pub(super) fn watch_cgroups(
                             }
                         }
                         Some(Err(e)) => {
-                            tracing::warn!("enforce mode: cannot watch the cgroup {} ({e}); looking at it every {:?} instead", cgroup.dir.display(), shared.enforcer().renew_every());
+                            tracing::warn!("enforce mode: cannot watch the cgroup {} ({e}); looking at it every {:?} instead", berth_core::text::printable(&cgroup.dir.display().to_string()), shared.enforcer().renew_every());
                             polled.push((id, cgroup.dir));
                         }
                         None => polled.push((id, cgroup.dir)),

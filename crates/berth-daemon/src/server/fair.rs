@@ -127,6 +127,15 @@ impl Turns {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A turn now, if one is free and nobody waits for one; `None` otherwise.
+    pub(crate) fn try_enter(&self) -> Option<Turn<'_>> {
+        let mut state = self.lock();
+        (state.running < self.width && state.order.is_empty()).then(|| {
+            state.running += 1;
+            Turn(self)
+        })
+    }
+
     /// Waits for a turn of user `uid`'s. Cancel-safe: a turn handed to a request that no
     /// longer waits goes to the next one.
     pub(crate) async fn enter(&self, uid: u32) -> Turn<'_> {
@@ -262,6 +271,26 @@ mod turn_tests {
         for t in tasks {
             t.await.unwrap();
         }
+        assert_eq!(turns.lock().running, 0);
+    }
+
+    #[tokio::test]
+    async fn a_turn_is_tried_without_waiting_and_never_ahead_of_those_waiting() {
+        let turns = Arc::new(Turns::new(1));
+        let first = turns.try_enter().expect("free");
+        assert!(turns.try_enter().is_none(), "taken");
+        let waiting = tokio::spawn({
+            let turns = turns.clone();
+            async move { drop(turns.enter(7).await) }
+        });
+        while turns.lock().order.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        // Handed to the waiting request, not to a try.
+        assert!(turns.try_enter().is_none());
+        waiting.await.unwrap();
+        assert!(turns.try_enter().is_some());
         assert_eq!(turns.lock().running, 0);
     }
 }

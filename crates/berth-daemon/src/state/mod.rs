@@ -112,9 +112,11 @@ const REQUEST_TURNS: usize = 64;
 
 /// Scans of every process's descriptors (`/proc/*/fd`) run at once, at most, daemon-wide; more
 /// wait their user's turn. A scan costs milliseconds of CPU on a host of a hundred processes
-/// and grows with their number, and any user may ask `berth why` in a loop over many
-/// connections: so such a loop takes at most one thread, and another user's `why` waits about
-/// one scan behind it.
+/// and grows with their number (up to `berth_os::diag::SCAN_BUDGET`), and any user may ask
+/// `berth why` in a loop over many connections: so such a loop takes at most one thread, and
+/// another user's `why` waits about one scan behind it. `why` waits for its turn holding no
+/// request turn; a conflict's message, answered in a request turn, names the port's process
+/// only when a scan turn is free at once.
 const HOST_SCANS: usize = 1;
 
 /// One connected client, as the kernel identified it.
@@ -384,8 +386,14 @@ impl Shared {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Answers one request (not the hello, which the session handles), in its user's turn.
+    /// Answers one request (not the hello, which the session handles), in its user's turn —
+    /// but `why`, whose look through the host's processes waits for a turn of its own
+    /// ([`HOST_SCANS`]): waiting for it holding a request turn, a loop of them would keep
+    /// other users' requests waiting behind each look.
     pub(crate) async fn handle(&self, inbound: Inbound, peer: &Peer) -> Response {
+        if matches!(inbound.request, Request::Why { .. }) {
+            return self.answer(inbound, peer).await;
+        }
         let uid = inbound.sender.map_or(peer.owner.uid, |s| s.cred.uid);
         let _turn = self.turns.enter(uid).await;
         self.answer(inbound, peer).await

@@ -91,7 +91,8 @@ impl Shared {
             last_by: visible.then(|| OwnerInfo {
                 pid: seen.last.pid,
                 uid: seen.last.uid,
-                command: seen.last.command.clone(),
+                // Recorded by the kernel from the binder's own name: any text it chose.
+                command: berth_core::Owner::printable_command(&seen.last.command),
             }),
             last_cgroup: if visible {
                 self.enforcer.cgroup_path_by_id(seen.last.cgroup)
@@ -110,6 +111,11 @@ impl Shared {
     /// then its message and detail name the process that has the port bound (pid, command,
     /// socket state), where `asker` may see it (administrators and the same user).
     pub(super) async fn name_port_user(&self, response: Response, asker: &Requester) -> Response {
+        // Only with a look free at once: the request holds a request turn (see `HOST_SCANS`),
+        // and the conflict is told anyway, without the process's name.
+        let Some(_scan) = self.scans.try_enter() else {
+            return response;
+        };
         let Response::Error(WireError {
             kind: ErrorKind::Conflict,
             message,
@@ -126,7 +132,6 @@ impl Shared {
             return response;
         };
         let (uid, is_admin) = (asker.process.uid, asker.is_admin);
-        let _scan = self.scans.enter(uid).await;
         let user = tokio::task::spawn_blocking(move || port_user(protocol, port, uid, is_admin))
             .await
             .ok()
