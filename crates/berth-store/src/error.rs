@@ -148,9 +148,10 @@ pub enum StoreError {
     /// directory others can write to, such as `/tmp`, another user could have made it to feed
     /// the daemon reservations, or to read and change its journal later.
     #[error(
-        "{}: the file belongs to uid {owner}, not to the daemon's user (uid {me}); another \
-         user may have made it, so the daemon does not use it: remove it if you did not make \
-         it, and keep the database (--db) in a directory only the daemon's user can write",
+        "{}: the file belongs to uid {owner}, not to the daemon's user (uid {me}), and the \
+         daemon does not use a file another user may have made or can change: remove it (or \
+         give it to uid {me}) if it is the daemon's, and keep the database (--db) in a \
+         directory only the daemon's user can write",
         .path.display()
     )]
     NotOurs {

@@ -601,17 +601,21 @@ fn encode_fresh(
 /// — one a crash left there is started afresh — and returns it open for appending.
 fn write_aside(aside: &Path, bytes: &[u8]) -> Result<File, StoreError> {
     let fail = |e| io_error(aside, "write the runtime journal", e);
+    // Made afresh, never opened as found: a file put here by another user would become the
+    // journal at the rename (one that cannot be removed here, such as another user's in a
+    // sticky directory, makes the creation fail, and says so).
+    match std::fs::remove_file(aside) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(fail(e)),
+        _ => {}
+    }
     let mut file = OpenOptions::new()
         .append(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .mode(0o600)
         .custom_flags(no_follow())
         .open(aside)
         .map_err(fail)?;
-    // Renamed over the journal next: a file another user made here would be the journal.
     ours(&file, aside)?;
-    file.set_len(0).map_err(fail)?;
     file.write_all(bytes).map_err(fail)?;
     Ok(file)
 }
@@ -631,9 +635,11 @@ fn no_follow() -> i32 {
 /// The whole file, or `None` if there is none.
 fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     let fail = |e| io_error(path, "read the runtime journal", e);
+    // Non-blocking: a FIFO put in its place must not hang the daemon's start (it is then
+    // refused as no regular file).
     let mut file = match OpenOptions::new()
         .read(true)
-        .custom_flags(no_follow())
+        .custom_flags(no_follow() | rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
         .open(path)
     {
         Ok(f) => f,
@@ -651,20 +657,25 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
 /// meanwhile passes.
 fn ours(file: &File, path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::MetadataExt;
-    let owner = file
+    let meta = file
         .metadata()
-        .map_err(|e| io_error(path, "look at the runtime journal", e))?
-        .uid();
+        .map_err(|e| io_error(path, "look at the runtime journal", e))?;
+    let owner = meta.uid();
     let me = rustix::process::geteuid().as_raw();
-    if owner == me {
-        Ok(())
-    } else {
-        Err(StoreError::NotOurs {
+    if owner != me {
+        return Err(StoreError::NotOurs {
             path: path.to_path_buf(),
             owner,
             me,
-        })
+        });
     }
+    if !meta.file_type().is_file() || meta.nlink() != 1 {
+        return Err(StoreError::NotAJournal {
+            path: path.to_path_buf(),
+            detail: "not a regular file of one name (a FIFO, a device, or a hard link)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// What a journal file says.

@@ -718,7 +718,7 @@ fn files_beside_the_database_that_another_user_made_are_refused() {
         assert!(!out.status.success(), "{planted}: {}", out.stderr);
         assert!(out.stderr.contains(says), "{planted}: {}", out.stderr);
         assert!(
-            out.stderr.contains("another user may have made it"),
+            out.stderr.contains("another user may have made"),
             "{}",
             out.stderr
         );

@@ -52,7 +52,7 @@ pub(crate) fn acquire(db: &Path) -> io::Result<DbLock> {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "{} belongs to uid {owner}, not to the daemon's user (uid {me}); another user may have made it to keep this daemon out: remove it if you did not make it, and keep the database (--db) in a directory only the daemon's user can write",
+                "{} belongs to uid {owner}, not to the daemon's user (uid {me}), and a lock file another user may have made could keep this daemon out: remove it (or give it to uid {me}) if it is the daemon's, and keep the database (--db) in a directory only the daemon's user can write",
                 path.display()
             ),
         ));

@@ -231,6 +231,34 @@ fn a_symbolic_link_is_not_followed() {
     assert_eq!(fs::read(&target).unwrap(), b"precious");
 }
 
+/// A FIFO or a second name of another file where the journal should be is refused at once:
+/// opening a FIFO for reading would wait for a writer for ever, and a hard link could name a
+/// file of the daemon's user's it must not read as its journal.
+#[test]
+fn a_fifo_or_a_hard_link_is_refused_without_waiting() {
+    let (dir, path) = temp_journal();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let err = RuntimeJournal::open(&path, BOOT).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotAJournal { detail, .. } if detail.contains("FIFO")),
+        "{err:?}"
+    );
+    fs::remove_file(&path).unwrap();
+    let other = dir.path().join("other");
+    fs::write(&other, b"precious").unwrap();
+    fs::hard_link(&other, &path).unwrap();
+    let err = RuntimeJournal::open(&path, BOOT).unwrap_err();
+    assert!(matches!(err, StoreError::NotAJournal { .. }), "{err:?}");
+    assert_eq!(fs::read(&other).unwrap(), b"precious");
+}
+
 /// A journal that only grew (inserts, no garbage) is not rewritten however long it gets: a
 /// rewrite would write the same rows again.
 #[test]
