@@ -767,7 +767,7 @@ fn a_daemon_started_from_another_namespace_is_told_whose_the_socket_is() {
     // Which namespace the daemon serves is read from /proc/PID/ns/net: root may, and so may
     // its own user outside a user namespace of its own.
     if !ns.in_user_namespace() {
-        let pid = format!("(pid {})", d.pid());
+        let pid = format!("that of pid {}", d.pid());
         for needle in [
             pid.as_str(),
             "serves network namespace net:[",

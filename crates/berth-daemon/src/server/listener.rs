@@ -17,11 +17,12 @@ pub enum ListenError {
     AlreadyRunning(PathBuf),
     /// Another daemon answers on the path, serving another network namespace: the socket
     /// file is shared by every namespace of the host, its daemon by none but its own.
-    #[error("a berth daemon (pid {pid}) already answers on {}, but it serves network namespace net:[{theirs}], not this one (net:[{ours}]), and ports are reserved per namespace; a daemon for this namespace needs a socket and a database of its own: `berth daemon --socket PATH --db PATH` here, and BERTH_SOCKET=PATH for its clients", .path.display())]
+    #[error("a berth daemon already answers on {}, but it serves network namespace net:[{theirs}] (that of pid {pid}, which listens there: the daemon, or a service manager holding its socket), not this one (net:[{ours}]), and ports are reserved per namespace; a daemon for this namespace needs a socket and a database of its own: `berth daemon --socket PATH --db PATH` here, and BERTH_SOCKET=PATH for its clients", .path.display())]
     OtherNamespace {
         /// The socket path.
         path: PathBuf,
-        /// The daemon's pid, as this process sees it.
+        /// The pid of the process that listens on the socket (`SO_PEERCRED`: the daemon, or
+        /// the service manager that made the socket for it), as this process sees it.
         pid: u32,
         /// Its namespace's inode number.
         theirs: u64,

@@ -115,6 +115,8 @@ fn open_runtime_journal(
     let places = JournalPlaces::of(db, runtime_dir)?;
     let path = places.path.clone();
     let beside = places.beside.clone();
+    // When the journal was last written: opening it writes it again.
+    let written = modified(&path);
     let (mut runtime, loaded) = match berth_store::RuntimeJournal::open(&path, boot_id) {
         Ok(opened) => opened,
         // The runtime directory is not the daemon's to write (a read-only or another user's
@@ -143,16 +145,27 @@ fn open_runtime_journal(
             loaded.dropped_bytes
         );
     }
-    // What was journaled elsewhere, the oldest first: each file moved in replaces the rows
-    // before it. This namespace's journal beside the database was written since the one in the
-    // runtime directory (by a daemon that could not use the directory), and a file of a
-    // release before network namespaces since either (this release moves them at start): by
-    // an earlier build run since, in this namespace as far as can be told.
-    if path != beside {
-        move_journal(&beside, &mut runtime, boot_id)?;
-    }
-    for old in &places.legacy {
-        move_journal(old, &mut runtime, boot_id)?;
+    // What was journaled elsewhere — this namespace's journal beside the database (by a daemon
+    // that could not use the runtime directory), or a file of a release before network
+    // namespaces — moved in oldest first: the newest file holds the last state, so each one
+    // written since the newest so far replaces its rows, and an older one only adds what it
+    // recorded of the kernel's list. (A release's file is taken for this namespace's, as far
+    // as can be told.)
+    let mut elsewhere: Vec<(std::time::SystemTime, &std::path::Path)> = places
+        .legacy
+        .iter()
+        .map(std::path::PathBuf::as_path)
+        .chain((path != beside).then_some(beside.as_path()))
+        .filter_map(|p| Some((modified(p)?, p)))
+        .collect();
+    elsewhere.sort();
+    let mut newest = written;
+    for (at, old) in elsewhere {
+        let newer = newest.is_none_or(|n| at >= n);
+        move_journal(old, &mut runtime, boot_id, newer)?;
+        if newer {
+            newest = Some(at);
+        }
     }
     // What an earlier build recorded of its entries in the kernel's list: kept with what the
     // journal records (either may be the daemon's).
@@ -222,16 +235,16 @@ fn private_dir(dir: &std::path::Path) -> Result<(), String> {
     check_private_dir(dir, &DirFacts::of(&meta), me).map_err(|unsafe_dir| unsafe_dir.why)
 }
 
-/// Moves the journal at `from`, if there is one, into `runtime`, then removes it. `from` is
-/// the newer whenever both exist — a daemon that wrote `runtime` removed it, so it was written
-/// since by an earlier build or by a daemon that lacked the runtime directory — so its rows
-/// replace `runtime`'s (a release made meanwhile must not come back); what each recorded of its
-/// entries in the kernel's list is kept. Into the new file first: a crash before the removal
-/// leaves the rows in both, and the next start moves them again.
+/// Moves the journal at `from`, if there is one, into `runtime`, then removes it. When `from`
+/// is the `newer` (written last), its rows replace `runtime`'s (a release made meanwhile must
+/// not come back); an older one's rows are dropped. What each recorded of its entries in the
+/// kernel's list is kept. Into the new file first: a crash before the removal leaves the rows
+/// in both, and the next start moves them again.
 fn move_journal(
     from: &std::path::Path,
     runtime: &mut berth_store::RuntimeJournal,
     boot_id: &str,
+    newer: bool,
 ) -> io::Result<()> {
     if !from.exists() {
         return Ok(());
@@ -239,9 +252,11 @@ fn move_journal(
     // (Written before a reboot, it opens empty.)
     let (old, _) = berth_store::RuntimeJournal::open(from, boot_id).map_err(io::Error::other)?;
     let rows = old.rows();
-    let moved = rows.len();
-    let changes = runtime.changes_to_hold(rows).map_err(io::Error::other)?;
-    runtime.apply_all(&changes).map_err(io::Error::other)?;
+    let moved = if newer { rows.len() } else { 0 };
+    if newer {
+        let changes = runtime.changes_to_hold(rows).map_err(io::Error::other)?;
+        runtime.apply_all(&changes).map_err(io::Error::other)?;
+    }
     let recorded = berth_core::PortSet::parse(runtime.kernel())
         .unwrap_or_default()
         .union(&berth_core::PortSet::parse(old.kernel()).unwrap_or_default());
@@ -256,6 +271,11 @@ fn move_journal(
         runtime.path().display()
     );
     Ok(())
+}
+
+/// When the file at `path` was last written; `None` when there is none.
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::symlink_metadata(path).ok()?.modified().ok()
 }
 
 /// [`run`], calling `ready` once the daemon can answer: the database is locked and loaded and

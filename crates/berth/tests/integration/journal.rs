@@ -271,3 +271,54 @@ async fn another_namespaces_journal_is_left_alone() {
     std::mem::forget(block);
     drop(client);
 }
+
+/// A journal file older than the one in place (a release's, left behind while a daemon could
+/// not use the runtime directory) holds an earlier state: its rows do not replace the newer
+/// file's, so a reservation released since does not come back.
+#[tokio::test]
+async fn an_older_journal_left_behind_does_not_bring_back_a_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let db = dir.path().join("berth.db");
+    let with_run = |config: &mut berth_daemon::Config| config.runtime_dir = Some(run.path().into());
+    let first = TestDaemon::with_db(&db, 14860, 14869, with_run);
+    let client = Client::connect_to(&first.socket).await.unwrap();
+    // Kept by the handles' absence: a dropped handle releases.
+    let [released, kept] = [
+        client.acquire(Protocol::Tcp, 0, 1).await.unwrap(),
+        client.acquire(Protocol::Tcp, 0, 1).await.unwrap(),
+    ]
+    .map(|r| {
+        let token = r.token();
+        std::mem::forget(r);
+        token
+    });
+    first.shutdown().await;
+    let ours = in_runtime_dir(run.path(), &db);
+    let stale = run.path().join("stale");
+    std::fs::copy(&ours, &stale).unwrap();
+
+    let second = TestDaemon::with_db(&db, 14860, 14869, with_run);
+    let client = Client::connect_to(&second.socket).await.unwrap();
+    std::mem::forget(client.reclaim(released).await.unwrap());
+    client.release(released).await.unwrap();
+    std::mem::forget(client.reclaim(kept).await.unwrap());
+    second.shutdown().await;
+    // The earlier state, under the name an earlier release used, written an hour ago.
+    let legacy = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
+    std::fs::rename(&stale, &legacy).unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&legacy)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+
+    let third = TestDaemon::with_db(&db, 14860, 14869, with_run);
+    let watcher = Client::connect_to(&third.socket).await.unwrap();
+    assert_eq!(crate::common::tokens(&watcher).await, vec![kept]);
+    assert!(!legacy.exists());
+    drop((client, watcher));
+    third.shutdown().await;
+}
