@@ -87,6 +87,28 @@ impl Runtime {
         Ok(())
     }
 
+    /// At a clean stop: removes the journal file when it holds nothing for the next daemon (no
+    /// reservation, no entry of the kernel's list), so that the runtime directory, which every
+    /// network namespace's daemon shares, does not keep a file per namespace ever served.
+    /// Whether it did; the reservations kept otherwise.
+    pub(crate) fn remove_if_empty(&self) -> (bool, usize) {
+        let journal = self.read();
+        let kept = journal.rows().len();
+        if kept > 0 || !journal.kernel().is_empty() {
+            return (false, kept);
+        }
+        match std::fs::remove_file(journal.path()) {
+            Ok(()) => (true, 0),
+            Err(e) => {
+                tracing::debug!(
+                    "cannot remove the empty runtime journal {}: {e}",
+                    journal.path().display()
+                );
+                (false, 0)
+            }
+        }
+    }
+
     /// Records which entries of `ip_local_reserved_ports` the daemon may have written.
     pub(crate) fn set_kernel(&self, list: &str) -> Result<(), WriteError> {
         self.lock()?

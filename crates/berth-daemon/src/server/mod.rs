@@ -453,7 +453,15 @@ pub async fn run_with_ready(
     drop(claim);
     // The cgroup it moved into for enforce mode is left empty behind it, not kept.
     shared.enforcer().leave_leaf();
-    tracing::info!("stopped: runtime reservations of running clients are kept for the next daemon");
+    match shared.remove_journal_if_empty() {
+        (true, _) => tracing::info!(
+            "stopped: no runtime reservation left to keep; the runtime journal was removed"
+        ),
+        (false, 0) => tracing::info!("stopped"),
+        (false, kept) => tracing::info!(
+            "stopped: {kept} runtime reservations of running clients are kept for the next daemon"
+        ),
+    }
     Ok(())
 }
 

@@ -276,6 +276,12 @@ impl Shared {
         self.journal_file.rewrite_if_due();
     }
 
+    /// At a clean stop, the runtime journal removed when it holds nothing (see
+    /// `journal::Runtime::remove_if_empty`).
+    pub(crate) fn remove_journal_if_empty(&self) -> (bool, usize) {
+        self.journal_file.remove_if_empty()
+    }
+
     /// Whether a mirror fell out of step with the table since the last look.
     pub(crate) fn mirrors_out_of_step(&self) -> bool {
         self.stream.out_of_step()
