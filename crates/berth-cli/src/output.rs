@@ -361,7 +361,9 @@ pub fn table(list: &[ReservationInfo]) -> String {
     ]];
     for r in list {
         let (pid, command) = match &r.owner {
-            Some(o) => (o.pid.to_string(), o.command.clone()),
+            // Printable however the daemon sent it (an earlier release sent names as the
+            // processes chose them): this table goes to a terminal.
+            Some(o) => (o.pid.to_string(), shown(&o.command)),
             None => ("-".to_owned(), "-".to_owned()),
         };
         rows.push([
@@ -382,7 +384,7 @@ pub fn table(list: &[ReservationInfo]) -> String {
             .to_owned(),
             port_list(&r.bound),
             r.name.clone().unwrap_or_else(|| "-".to_owned()),
-            r.label.clone().unwrap_or_else(|| "-".to_owned()),
+            r.label.as_deref().map_or_else(|| "-".to_owned(), shown),
         ]);
     }
     let mut widths = [0usize; 12];
@@ -472,6 +474,12 @@ macro_rules! outln {
 
 pub(crate) use {out, outln};
 
+/// `text` from another user (a command name, a label) as a terminal may show it: each
+/// unprintable character as `?` (`berth_core::text`).
+pub(crate) fn shown(text: &str) -> String {
+    berth_core::text::printable(text).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,6 +490,12 @@ mod tests {
         assert_eq!(human_age(303), "5m03s");
         assert_eq!(human_age(7620), "2h07m");
         assert_eq!(human_age(273600), "3d04h");
+    }
+
+    #[test]
+    fn text_of_others_is_shown_printable() {
+        assert_eq!(shown("\u{1b}[2J\nforged\u{200b}"), "?[2J?forged?");
+        assert_eq!(shown("nginx"), "nginx");
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub async fn publish(args: PublishArgs) -> Result<ExitCode, Failure> {
         outln!("{}", r.token);
         let owner = r.owner.as_ref().map_or_else(
             || "its process".to_owned(),
-            |o| format!("pid {} ({})", o.pid, o.command),
+            |o| format!("pid {} ({})", o.pid, crate::output::shown(&o.command)),
         );
         eprintln!(
             "published {} as {protocol} {port}, reserved for {owner} while it runs",

@@ -232,7 +232,7 @@ async fn refuse_others(client: &berth::Client, token: Token) -> Result<(), Failu
                 r.protocol,
                 berth_core::describe(r.range),
                 owner.pid,
-                owner.command,
+                crate::output::shown(&owner.command),
                 owner.uid
             ))
             .into())

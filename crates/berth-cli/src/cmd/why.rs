@@ -175,12 +175,13 @@ fn explain(r: &PortReport) -> String {
             port_list(&res.bound)
         );
         if let Some(label) = &res.label {
-            let _ = writeln!(out, "               label: {label}");
+            let _ = writeln!(out, "               label: {}", crate::output::shown(label));
         }
         if let Some(cgroup) = &res.cgroup {
             let _ = writeln!(
                 out,
-                "               owned by the cgroup {cgroup}: its processes bind these ports, every other program's bind fails with EADDRINUSE"
+                "               owned by the cgroup {}: its processes bind these ports, every other program's bind fails with EADDRINUSE",
+                crate::output::shown(cgroup)
             );
         }
     }
@@ -237,7 +238,12 @@ fn socket(s: &SocketInfo) -> String {
 }
 
 fn process(o: &OwnerInfo) -> String {
-    format!("pid {} ({}, uid {})", o.pid, o.command, o.uid)
+    format!(
+        "pid {} ({}, uid {})",
+        o.pid,
+        crate::output::shown(&o.command),
+        o.uid
+    )
 }
 
 fn plural(n: usize, noun: &str) -> String {
