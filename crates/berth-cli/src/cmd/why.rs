@@ -156,10 +156,13 @@ fn explain(r: &PortReport) -> String {
     };
     let _ = writeln!(out, "{} port {}: {verdict}", r.protocol, r.port);
     if let Some(res) = &r.reservation {
-        let owner = res
-            .owner
-            .as_ref()
-            .map_or_else(|| "owner not shown".to_owned(), process);
+        // A persistent reservation has no owner process; a runtime one's is shown to its own
+        // user and to administrators only.
+        let owner = match (&res.owner, res.kind) {
+            (Some(o), _) => process(o),
+            (None, berth_protocol::Kind::Persistent) => "no owner process".to_owned(),
+            (None, _) => "owner not shown".to_owned(),
+        };
         let _ = writeln!(
             out,
             "  reservation  {} {} {} {}, {owner}",
@@ -174,6 +177,9 @@ fn explain(r: &PortReport) -> String {
             if res.held { "yes" } else { "no" },
             port_list(&res.bound)
         );
+        if let Some(name) = &res.name {
+            let _ = writeln!(out, "               name: {name}");
+        }
         if let Some(label) = &res.label {
             let _ = writeln!(out, "               label: {}", crate::output::shown(label));
         }

@@ -257,6 +257,22 @@ fn why_reports_a_free_pool_port() {
         assert!(text.starts_with("tcp port 26425: free\n"), "{text}");
         assert!(text.contains("in the daemon's wildcard pool"), "{text}");
     }
+    // A persistent reservation has no owner process, and says so; its name is shown.
+    d.ok(&[
+        "persistent",
+        "add",
+        "--tcp",
+        "--start",
+        "26428",
+        "--count",
+        "1",
+        "--name",
+        "why/pers",
+    ]);
+    let text = d.ok(&["why", "--tcp", "26428"]);
+    assert!(text.contains("no owner process"), "{text}");
+    assert!(!text.contains("owner not shown"), "{text}");
+    assert!(text.contains("name: why/pers"), "{text}");
 }
 
 #[test]
