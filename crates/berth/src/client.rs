@@ -220,6 +220,11 @@ impl Client {
         match holder.announced {
             Some(a) if trusted => Ok(Some(PathBuf::from(a.socket))),
             _ if trusted => Ok(None),
+            // Root is the administrator: the system daemon takes a namespace over from a
+            // per-user one, so that is what root is told to start.
+            _ if uid == 0 => Err(Error::PermissionDenied(format!(
+                "the berth daemon serving this network namespace is {holder}; it runs as another user, so root's client does not use it — start the system daemon (`berth daemon`, or `systemctl start berth`), which takes this namespace over from it"
+            ))),
             _ => Err(Error::PermissionDenied(format!(
                 "the berth daemon serving this network namespace is {holder}; it runs as another user, so this client does not use it, and a second daemon cannot serve this namespace — ask that user to stop it (`berth stop`), or an administrator to run the system daemon"
             ))),

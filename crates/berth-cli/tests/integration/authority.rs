@@ -94,6 +94,16 @@ NOBODY="setpriv --reuid=65534 --regid=65534 --clear-groups"
 $NOBODY "$B" daemon --socket "$D/user/u.sock" --db "$D/user/u.db" --kernel-sync off --ready-stdout >"$D/user/ready" 2>"$D/user/log" &
 U=$!
 ready "$D/user/ready" || { echo "user daemon not ready"; cat "$D/user/log"; exit 1; }
+# Root's client, finding the user's daemon by its beacon, is told to start the system daemon
+# (not to ask an administrator: it is one).
+# (A host's system socket, shared by every namespace, would be found first.)
+if [ -e /run/berth/berth.sock ]; then
+    echo "a system socket exists: root's search was not tried"
+else
+    env -u BERTH_SOCKET BERTH_NO_AUTOSTART=1 "$B" status >/dev/null 2>"$D/root-told"
+    grep -q "start the system daemon" "$D/root-told" && echo "root told to start the system daemon"
+    cat "$D/root-told"
+fi
 "$B" daemon --socket "$D/r.sock" --db "$D/r.db" --kernel-sync off --ready-stdout >"$D/r.ready" 2>"$D/r.log" &
 R=$!
 ready "$D/r.ready" || { echo "root daemon not ready"; cat "$D/r.log"; kill $U; exit 1; }
@@ -139,6 +149,11 @@ gone $R
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("displaced"), "{stdout}");
+    assert!(
+        stdout.contains("root told to start the system daemon")
+            || stdout.contains("a system socket exists"),
+        "{stdout}"
+    );
     assert!(stdout.contains("second user daemon exit 1"), "{stdout}");
     // Named by its system lock or by its beacon, whichever the refused daemon meets first.
     assert!(
