@@ -32,7 +32,23 @@ impl Lifetime {
 
 /// Connects to a running daemon, without starting one, for one-shot requests.
 pub async fn existing() -> Result<Client, Failure> {
-    Ok(Client::connect_with(Lifetime::OneShot.options()).await?)
+    let client = Client::connect_with(Lifetime::OneShot.options()).await?;
+    note_foreign(&client);
+    Ok(client)
+}
+
+/// Says on stderr when the daemon that answers serves another network namespace: its
+/// reservations and ports are that namespace's, not the caller's.
+fn note_foreign(client: &berth::Client) {
+    if let Some(f) = client.foreign_namespace() {
+        eprintln!(
+            "berth: note: the daemon on {} serves network namespace net:[{}] (that of pid {}, which listens there), not this one (net:[{}]): what it says of reservations and ports is true of its namespace; a daemon for this one needs a socket and a database of its own (`berth daemon --socket PATH --db PATH`)",
+            client.socket_path().display(),
+            f.daemon_netns,
+            f.listener_pid,
+            f.own_netns
+        );
+    }
 }
 
 /// Connects to a running daemon, starting one on demand (with this very binary) unless

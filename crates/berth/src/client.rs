@@ -93,6 +93,42 @@ impl Options {
 #[derive(Debug, Clone)]
 pub struct Client {
     conn: Arc<Connection>,
+    /// The daemon's network namespace, when it is not this process's (see
+    /// [`Client::foreign_namespace`]).
+    foreign: Option<ForeignNamespace>,
+}
+
+/// A daemon serving another network namespace than the client's: the socket file is shared by
+/// every namespace of a host, and ports are reserved and checked per namespace, so its
+/// reservations and its answers about ports are that namespace's. Read-only requests (list,
+/// status) are served; grants are refused (not-supported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForeignNamespace {
+    /// The pid of the process that listens on the socket (`SO_PEERCRED`), as this process sees
+    /// it: the daemon, or a service manager that made its socket.
+    pub listener_pid: u32,
+    /// Its network namespace, by the inode number of `/proc/PID/ns/net` (`net:[N]`).
+    pub daemon_netns: u64,
+    /// This process's.
+    pub own_netns: u64,
+}
+
+/// The namespace of the process listening at the other end of `stream`, when it can be read
+/// (`/proc/PID/ns/net`: root, or the daemon's own user) and is not this process's.
+fn foreign_namespace_of(stream: &UnixStream) -> Option<ForeignNamespace> {
+    use std::os::unix::fs::MetadataExt;
+    let pid = berth_os::peer::peer_credentials(stream).ok()?.pid;
+    if pid == 0 {
+        return None;
+    }
+    let inode = |path: String| std::fs::metadata(path).ok().map(|m| m.ino());
+    let theirs = inode(format!("/proc/{pid}/ns/net"))?;
+    let ours = inode("/proc/self/ns/net".to_owned())?;
+    (theirs != ours).then_some(ForeignNamespace {
+        listener_pid: pid,
+        daemon_netns: theirs,
+        own_netns: ours,
+    })
 }
 
 /// What the search for a daemon found.
@@ -318,6 +354,7 @@ impl Client {
 
     async fn open(stream: UnixStream, path: &Path, options: Options) -> Result<Self, Refused> {
         let name = concat!("berth-rs/", env!("CARGO_PKG_VERSION"));
+        let foreign = foreign_namespace_of(&stream);
         let opening = Connection::open(stream, path, name, options);
         let conn = tokio::time::timeout(options.connect_timeout, opening)
             .await
@@ -330,7 +367,15 @@ impl Client {
             })??;
         Ok(Client {
             conn: Arc::new(conn),
+            foreign,
         })
+    }
+
+    /// The daemon's network namespace, when it is not this process's and `/proc` says so
+    /// (root may read any process's, another user only its own): its reservations, and what
+    /// it says of ports, are that namespace's. `None` when it is this one or cannot be told.
+    pub fn foreign_namespace(&self) -> Option<ForeignNamespace> {
+        self.foreign
     }
 
     /// The daemon's release.

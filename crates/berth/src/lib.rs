@@ -46,7 +46,7 @@ pub use berth_protocol::{
     AcquireOptions, Enforce, ExposureInfo, KernelListInfo, NameInfo, OwnerInfo, PortReport,
     QuotaInfo, ReservationInfo, ShareInfo, SocketInfo, StatusInfo, UsageInfo, UserUsage,
 };
-pub use client::{Allow, Client, Options};
+pub use client::{Allow, Client, ForeignNamespace, Options};
 pub use error::Error;
 pub use reservation::Reservation;
 

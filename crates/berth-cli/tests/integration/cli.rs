@@ -777,6 +777,24 @@ fn a_daemon_started_from_another_namespace_is_told_whose_the_socket_is() {
             assert!(stderr.contains(needle), "{needle}: {stderr}");
         }
     }
+    // What that daemon lists and says is its namespace's: a client here is told so.
+    let out = std::process::Command::new(&unshare[0])
+        .args(&unshare[1..])
+        .arg(BERTH)
+        .arg("list")
+        .env("BERTH_SOCKET", d.socket())
+        .env("BERTH_NO_AUTOSTART", "1")
+        .env_remove("BERTH_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    if !ns.in_user_namespace() {
+        assert!(
+            stderr.contains("note: the daemon on") && stderr.contains("not this one"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
