@@ -119,6 +119,9 @@ pub enum RangeError {
     /// Bounds (within LO-HI) that start at port 0.
     #[error("port 0 cannot bound a search (within LO-HI); give bounds from 1 to 65535")]
     ZeroBound,
+    /// A wildcard pool that starts at port 0.
+    #[error("a pool cannot start at port 0; give one from 1 to 65535, e.g. 32768-60999")]
+    ZeroPool,
     /// A bounded wildcard that also names its start.
     #[error("start port {start} and bounds (within LO-HI) cannot be combined: give the start for exactly that block, or the bounds for any free block inside them")]
     StartWithin {

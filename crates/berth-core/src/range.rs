@@ -263,6 +263,9 @@ impl Pool {
 
     /// The pool `first ..= last`.
     pub fn new(first: u16, last: u16) -> Result<Self, RangeError> {
+        if first == 0 {
+            return Err(RangeError::ZeroPool);
+        }
         PortRange::from_bounds(first, last).map(Pool)
     }
 
@@ -288,5 +291,19 @@ impl FromStr for Pool {
         let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
         let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
         Pool::new(lo, hi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_is_low_high_from_port_1() {
+        assert_eq!("32768-60999".parse::<Pool>(), Ok(Pool::LINUX_DEFAULT));
+        let zero = "0-100".parse::<Pool>().unwrap_err();
+        assert_eq!(zero, RangeError::ZeroPool);
+        assert!(!zero.to_string().contains("any free block"), "{zero}");
+        assert!(matches!("x".parse::<Pool>(), Err(RangeError::BadPool(_))));
     }
 }

@@ -96,7 +96,7 @@ pub(crate) async fn claim(name: &str) -> io::Result<Claim> {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
                 format!(
-                    "the system berth daemon (pid {pid}) serves this network namespace, and two daemons in one namespace could grant the same port; this one does not start. Its clients reach it on {} (unset BERTH_SOCKET)",
+                    "the system berth daemon (pid {pid}) serves this network namespace, and two daemons in one namespace could grant the same port; this one does not start. Its clients reach it on {} (the default socket; unset BERTH_SOCKET where it names another)",
                     berth_protocol::paths::SYSTEM_SOCKET
                 ),
             ));
