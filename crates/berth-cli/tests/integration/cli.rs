@@ -15,6 +15,7 @@
 //! | `a_command_name_cannot_write_to_the_readers_terminal` | 20850-20859 | — |
 //! | `files_beside_the_database_that_another_user_made_are_refused` | 20860-20869 | — |
 //! | `a_daemon_started_from_another_namespace_is_told_whose_the_socket_is` | 20870-20879 | — |
+//! | `directories_made_for_the_socket_and_the_database_are_said` | 20880-20889 | — |
 //! | autostart tests | the host's ephemeral range (a daemon started on demand) | — |
 
 use crate::support;
@@ -793,6 +794,30 @@ fn a_daemon_started_from_another_namespace_is_told_whose_the_socket_is() {
         assert!(
             stderr.contains("note: the daemon on") && stderr.contains("not this one"),
             "{stderr}"
+        );
+    }
+}
+
+/// Directories made for `--socket` and `--db` are said in the log: a mistyped path does not
+/// leave them behind unnoticed.
+#[test]
+fn directories_made_for_the_socket_and_the_database_are_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("made/for/it.sock");
+    let db = dir.path().join("db/dir/it.db");
+    let mut daemon = Berth::new(&socket)
+        .env("BERTH_DB", &db)
+        .args(["daemon", "--pool", "20880-20889", "--kernel-sync", "off"])
+        .arg("--ready-stdout")
+        .spawn();
+    assert_eq!(daemon.next_line(), "ready");
+    Berth::new(&socket).args(["stop"]).output().code(0);
+    let out = daemon.wait();
+    for made in [socket.parent().unwrap(), db.parent().unwrap()] {
+        assert!(
+            out.stderr.contains(&format!("created {}", made.display())),
+            "{}",
+            out.stderr
         );
     }
 }

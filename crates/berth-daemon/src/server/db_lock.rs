@@ -32,6 +32,8 @@ pub(crate) fn acquire(db: &Path) -> io::Result<DbLock> {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)?;
+            // Said, so that a mistyped --db does not leave directories behind unnoticed.
+            tracing::info!("created {} (mode 0700) for the database", dir.display());
         }
     }
     let path = lock_path(db);

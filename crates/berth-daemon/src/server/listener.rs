@@ -96,11 +96,14 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketGuard), ListenErr
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
+            let mode = berth_protocol::paths::socket_dir_mode(path);
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(berth_protocol::paths::socket_dir_mode(path))
+                .mode(mode)
                 .create(dir)
                 .map_err(io_err)?;
+            // Said, so that a mistyped --socket does not leave directories behind unnoticed.
+            tracing::info!("created {} (mode {mode:04o}) for the socket", dir.display());
         }
     }
     match std::fs::symlink_metadata(path) {
