@@ -144,9 +144,10 @@ pub enum StoreError {
         detail: String,
     },
 
-    /// The runtime journal file (or its rewrite's scratch file) belongs to another user: in a
-    /// directory others can write to, such as `/tmp`, another user could have made it to feed
-    /// the daemon reservations, or to read and change its journal later.
+    /// The database, a file SQLite keeps beside it, the runtime journal or its rewrite's
+    /// scratch file belongs to another user: in a directory others can write to, such as
+    /// `/tmp`, another user could have made it to feed the daemon reservations, or to read and
+    /// change them later.
     #[error(
         "{}: the file belongs to uid {owner}, not to the daemon's user (uid {me}), and the \
          daemon does not use a file another user may have made or can change: remove it (or \

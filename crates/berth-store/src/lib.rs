@@ -110,6 +110,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         create_parent(path)?;
         create_private_file(path)?;
+        check_ours(path)?;
         let err = |action: &'static str| move |e| StoreError::sqlite(path, action, e);
         let mut conn = Connection::open(path).map_err(err("open the file"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
@@ -511,6 +512,41 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
             source,
         }),
     }
+}
+
+/// The database and the files SQLite keeps beside it (`-wal`, `-shm`, `-journal`) must be
+/// regular files of the daemon's user's (see [`StoreError::NotOurs`]): in a directory others
+/// can write to, another user could make them first and so hold the persistent reservations.
+/// (Looked at before SQLite opens them: in a sticky directory such as `/tmp` nobody else can
+/// replace a file of ours meanwhile.)
+fn check_ours(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        // Followed: an administrator may keep the database elsewhere through a symbolic link
+        // (one planted to a file of the daemon's user's is then read, and refused, as no
+        // database: nothing is written to a file before the schema check).
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.uid() != me {
+            return Err(StoreError::NotOurs {
+                path: file,
+                owner: meta.uid(),
+                me,
+            });
+        }
+        if !meta.file_type().is_file() {
+            return Err(StoreError::NotADatabase {
+                path: file,
+                detail: "not a regular file (a FIFO, a directory or a device)".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -690,8 +690,9 @@ fn a_daemon_listens_on_berth_socket() {
     daemon.wait();
 }
 
-/// A database in a directory others can write to (`/tmp`): a lock file or a runtime journal
-/// beside it that another user made is refused by name, not trusted (a planted journal would
+/// A database in a directory others can write to (`/tmp`): the database, SQLite's files, a
+/// lock file or a runtime journal beside it that another user made is refused by name, not
+/// trusted (a planted journal would
 /// feed the daemon reservations; a planted lock, held, would keep it out while blaming
 /// "another berth daemon").
 #[test]
@@ -707,6 +708,11 @@ fn files_beside_the_database_that_another_user_made_are_refused() {
         (
             "planted.db.runtime",
             "planted.db.runtime: the file belongs to uid 65534",
+        ),
+        ("planted.db", "planted.db: the file belongs to uid 65534"),
+        (
+            "planted.db-wal",
+            "planted.db-wal: the file belongs to uid 65534",
         ),
     ] {
         let file = dir.path().join(planted);
