@@ -168,6 +168,37 @@ pub fn socket_dir_mode(socket: &std::path::Path) -> u32 {
     }
 }
 
+/// Whether `parent`, the directory that holds a private directory of `uid`'s (see
+/// [`check_private_dir`]), keeps that directory where it is: owned by root or by `uid`, and
+/// writable by others only with the sticky bit (as `/tmp` is). In a directory others may
+/// write without it, another user could rename the checked directory away and put another in
+/// its place.
+pub fn check_parent_dir(parent: &Path, facts: &DirFacts, uid: u32) -> Result<(), UnsafeDir> {
+    let why = if facts.owner != 0 && facts.owner != uid {
+        Some(format!(
+            "the directory that holds it, {}, is owned by uid {}, not by you (uid {uid}) or root",
+            parent.display(),
+            facts.owner
+        ))
+    } else if facts.mode & 0o022 != 0 && facts.mode & 0o1000 == 0 {
+        Some(format!(
+            "the directory that holds it, {}, is writable by group or others without the sticky bit (mode {:04o})",
+            parent.display(),
+            facts.mode & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(UnsafeDir {
+            dir: parent.display().to_string(),
+            why,
+            uid,
+        }),
+    }
+}
+
 /// The sockets a client tries, in order: `$BERTH_SOCKET` alone when it is set (an explicit
 /// choice is never second-guessed), else the system socket, then the per-user socket. Root
 /// never looks in a `/tmp` fallback: its per-user socket is tried only under its own
@@ -273,6 +304,29 @@ mod tests {
         );
         let env = env_of(&[("XDG_RUNTIME_DIR", "/run/user/0")]);
         assert_eq!(client_candidates(&env, 0).len(), 2);
+    }
+
+    #[test]
+    fn the_parent_keeps_the_private_directory_in_place() {
+        let parent = Path::new("/x");
+        let facts = |owner, mode| DirFacts {
+            is_dir: true,
+            owner,
+            mode,
+        };
+        assert!(
+            check_parent_dir(parent, &facts(0, 0o1777), 7).is_ok(),
+            "/tmp"
+        );
+        assert!(
+            check_parent_dir(parent, &facts(7, 0o700), 7).is_ok(),
+            "/run/user/7"
+        );
+        assert!(check_parent_dir(parent, &facts(0, 0o755), 7).is_ok());
+        let open = check_parent_dir(parent, &facts(0, 0o777), 7).unwrap_err();
+        assert!(open.why.contains("without the sticky bit"), "{open}");
+        let theirs = check_parent_dir(parent, &facts(8, 0o700), 7).unwrap_err();
+        assert!(theirs.why.contains("owned by uid 8"), "{theirs}");
     }
 
     #[test]

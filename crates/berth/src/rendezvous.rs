@@ -53,6 +53,14 @@ pub fn private_dir(dir: &Path, create: bool) -> Result<bool, Error> {
     };
     paths::check_private_dir(dir, &DirFacts::of(&meta), uid)
         .map_err(|e| Error::PermissionDenied(e.to_string()))?;
+    // And where it is stays put: its parent is not another user's to rename it in.
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // Followed: a `TMPDIR` given as a symbolic link is the directory it names.
+        if let Ok(meta) = std::fs::metadata(parent) {
+            paths::check_parent_dir(parent, &DirFacts::of(&meta), uid)
+                .map_err(|e| Error::PermissionDenied(e.to_string()))?;
+        }
+    }
     Ok(true)
 }
 

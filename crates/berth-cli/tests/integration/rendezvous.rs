@@ -174,6 +174,30 @@ fn a_fallback_directory_not_private_to_the_user_is_refused() {
     }
 }
 
+/// A fallback directory that is the user's own but sits in a directory others may write
+/// without the sticky bit (another user could rename it away and put theirs in its place) is
+/// refused, naming that directory.
+#[test]
+fn a_fallback_directory_in_a_directory_others_may_rename_it_in_is_refused() {
+    let user = ordinary_user();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = tmp.path().join(format!("berth-{user}"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(user), Some(user)).unwrap();
+    let Some(berth) = berth_in(tmp.path(), true) else {
+        return;
+    };
+    let out = berth.args(["status"]).output().code(16);
+    assert!(
+        out.stderr.contains("without the sticky bit")
+            && out.stderr.contains(&tmp.path().display().to_string()),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn an_absent_fallback_directory_is_made_private_and_the_start_is_announced() {
     let user = ordinary_user();
