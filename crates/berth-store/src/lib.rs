@@ -539,10 +539,17 @@ fn check_ours(path: &Path) -> Result<(), StoreError> {
                 me,
             });
         }
+        if meta.is_dir() {
+            let detail = format!(
+                "a directory: --db names the database file itself, e.g. {}",
+                file.join("berth.db").display()
+            );
+            return Err(StoreError::NotADatabase { path: file, detail });
+        }
         if !meta.file_type().is_file() {
             return Err(StoreError::NotADatabase {
                 path: file,
-                detail: "not a regular file (a FIFO, a directory or a device)".into(),
+                detail: "not a regular file (a FIFO or a device)".into(),
             });
         }
     }

@@ -499,6 +499,23 @@ fn open_creates_missing_parent_directories_private() {
     );
 }
 
+/// `--db` given a directory: said so, with the file it should name.
+#[test]
+fn a_directory_given_as_the_database_is_said_to_be_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::NotADatabase { .. }), "{err:?}");
+    let said = err.to_string();
+    assert!(
+        said.contains("a directory: --db names the database file itself"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&dir.path().join("berth.db").display().to_string()),
+        "{said}"
+    );
+}
+
 #[test]
 fn open_reports_a_directory_it_cannot_create() {
     let dir = tempfile::tempdir().unwrap();
