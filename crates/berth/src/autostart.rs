@@ -291,7 +291,18 @@ fn open_beside(path: &Path, append: bool) -> std::io::Result<File> {
     // std adds O_CLOEXEC itself.
     let nofollow = rustix::fs::OFlags::NOFOLLOW.bits();
     options.custom_flags(i32::try_from(nofollow).unwrap_or(0));
-    let file = options.open(path)?;
+    let file = options.open(path).map_err(|e| {
+        // A symbolic link is refused by O_NOFOLLOW (or, in a sticky directory, by the
+        // kernel's protected_symlinks) with a bare errno: say what it is.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "it is a symbolic link, which another user may have put there: remove it, or use a socket in a directory only you can write (BERTH_SOCKET)",
+            )
+        } else {
+            e
+        }
+    })?;
     let meta = file.metadata()?;
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me {
@@ -407,6 +418,18 @@ mod tests {
         std::fs::hard_link(&elsewhere, &log).unwrap();
         let got = message(starter().start(&socket));
         assert!(got.contains("hard links"), "{got}");
+    }
+
+    #[test]
+    fn a_symbolic_link_beside_the_socket_is_named_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, "precious\n").unwrap();
+        let log = dir.path().join("b.log");
+        std::os::unix::fs::symlink(&target, &log).unwrap();
+        let err = open_beside(&log, true).unwrap_err();
+        assert!(err.to_string().contains("it is a symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
     }
 
     #[test]
