@@ -110,6 +110,20 @@ pub struct UnsafeDir {
     pub uid: u32,
 }
 
+impl UnsafeDir {
+    /// `Ok` when there is no `why`; else `dir` is refused for it.
+    fn check(dir: &Path, why: Option<String>, uid: u32) -> Result<(), UnsafeDir> {
+        match why {
+            None => Ok(()),
+            Some(why) => Err(UnsafeDir {
+                dir: dir.display().to_string(),
+                why,
+                uid,
+            }),
+        }
+    }
+}
+
 /// Whether `dir` may hold `uid`'s socket, log and lock: it must be a real directory (not a
 /// symbolic link), owned by `uid`, and writable by nobody else (as ssh-agent and tmux demand
 /// of theirs).
@@ -129,14 +143,7 @@ pub fn check_private_dir(dir: &Path, facts: &DirFacts, uid: u32) -> Result<(), U
     } else {
         None
     };
-    match why {
-        None => Ok(()),
-        Some(why) => Err(UnsafeDir {
-            dir: dir.display().to_string(),
-            why,
-            uid,
-        }),
-    }
+    UnsafeDir::check(dir, why, uid)
 }
 
 /// The socket a daemon run by `uid` listens on by default: the system socket for root, the
@@ -189,14 +196,7 @@ pub fn check_parent_dir(parent: &Path, facts: &DirFacts, uid: u32) -> Result<(),
     } else {
         None
     };
-    match why {
-        None => Ok(()),
-        Some(why) => Err(UnsafeDir {
-            dir: parent.display().to_string(),
-            why,
-            uid,
-        }),
-    }
+    UnsafeDir::check(parent, why, uid)
 }
 
 /// The sockets a client tries, in order: `$BERTH_SOCKET` alone when it is set (an explicit
