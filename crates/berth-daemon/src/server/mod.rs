@@ -227,12 +227,22 @@ fn journal_in(
 }
 
 /// Whether `dir` is a directory (not a symbolic link) of the daemon's user that nobody else
-/// can write (the rule the clients apply to a fallback socket directory); otherwise, why not.
+/// can write, in a directory that keeps it in place (the rules the clients apply to their
+/// runtime directories); otherwise, why not.
 fn private_dir(dir: &std::path::Path) -> Result<(), String> {
-    use berth_protocol::paths::{check_private_dir, DirFacts};
+    use berth_protocol::paths::{check_parent_dir, check_private_dir, DirFacts};
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot be read ({e})"))?;
     let me = rustix::process::geteuid().as_raw();
-    check_private_dir(dir, &DirFacts::of(&meta), me).map_err(|unsafe_dir| unsafe_dir.why)
+    check_private_dir(dir, &DirFacts::of(&meta), me).map_err(|unsafe_dir| unsafe_dir.why)?;
+    match dir
+        .parent()
+        .map(|parent| (parent, std::fs::metadata(parent)))
+    {
+        Some((parent, Ok(meta))) => {
+            check_parent_dir(parent, &DirFacts::of(&meta), me).map_err(|unsafe_dir| unsafe_dir.why)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Moves the journal at `from`, if there is one, into `runtime`, then removes it. When `from`

@@ -111,9 +111,22 @@ impl Shared {
     /// then its message and detail name the process that has the port bound (pid, command,
     /// socket state), where `asker` may see it (administrators and the same user).
     pub(super) async fn name_port_user(&self, response: Response, asker: &Requester) -> Response {
+        let in_use = matches!(
+            &response,
+            Response::Error(WireError {
+                kind: ErrorKind::Conflict,
+                detail: ErrorDetail::Ports(PortsDetail {
+                    port: Some(_),
+                    holder: None,
+                    ..
+                }),
+                ..
+            })
+        );
         // Only with a look free at once: the request holds a request turn (see `HOST_SCANS`),
-        // and the conflict is told anyway, without the process's name.
-        let Some(_scan) = self.scans.try_enter() else {
+        // and the conflict is told anyway, without the process's name. (Every acquire's answer
+        // passes here: the turns are asked only for a port in use.)
+        let Some(_scan) = in_use.then(|| self.scans.try_enter()).flatten() else {
             return response;
         };
         let Response::Error(WireError {
