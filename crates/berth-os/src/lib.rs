@@ -45,6 +45,7 @@ pub mod beacon;
 pub mod exec;
 pub mod inherited;
 pub mod peer;
+mod sockopt;
 
 #[cfg(feature = "testing")]
 pub mod at_exit;

@@ -6,14 +6,11 @@
 //! `CAP_NET_ADMIN` over it: it is the fallback for older kernels. `/proc/PID/ns/net` names the
 //! namespace a process is in now.
 
-#![expect(
-    unsafe_code,
-    reason = "getsockopt(SO_NETNS_COOKIE) and ioctl(SIOCGSKNS) have no safe wrapper in rustix"
-)]
+#![expect(unsafe_code, reason = "ioctl(SIOCGSKNS) has no safe wrapper in rustix")]
 
 use std::ffi::c_void;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 use rustix::ioctl::{ioctl, Ioctl, IoctlOutput, Opcode};
 
@@ -138,24 +135,7 @@ pub fn enter_new_on_this_thread() -> io::Result<()> {
 
 /// The network-namespace cookie of `socket`.
 fn cookie(socket: impl AsFd) -> io::Result<u64> {
-    let mut value: u64 = 0;
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<u64>()).unwrap_or(8);
-    // SAFETY: `value` is a valid, writable u64 and `len` says so; the descriptor is borrowed
-    // for the duration of the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut value as *mut u64).cast::<c_void>(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::sockopt::get::<u64>(socket, libc::SOL_SOCKET, SO_NETNS_COOKIE, 0)
 }
 
 struct GetNetNs;

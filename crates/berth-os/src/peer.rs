@@ -6,11 +6,13 @@
 
 #![expect(
     unsafe_code,
-    reason = "getsockopt(SO_PEERCRED) into a plain C struct: rustix's credentials type cannot hold pid 0"
+    reason = "the pidfd SO_PEERPIDFD makes is owned from its raw number"
 )]
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use crate::sockopt;
 
 /// `SO_PASSPIDFD` (include/uapi/asm-generic/socket.h, Linux 6.5).
 const SO_PASSPIDFD: libc::c_int = 76;
@@ -33,26 +35,12 @@ pub struct PeerCredentials {
 /// `SO_PEERCRED` of a connected Unix socket, read into the C struct itself: the kernel reports
 /// pid 0 for a peer outside the caller's pid namespace, which a non-zero pid type cannot hold.
 pub fn peer_credentials(socket: impl AsFd) -> io::Result<PeerCredentials> {
-    let mut cred = libc::ucred {
+    let empty = libc::ucred {
         pid: 0,
         uid: 0,
         gid: 0,
     };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).unwrap_or(12);
-    // SAFETY: `cred` is a valid, writable ucred and `len` is its size; the descriptor is
-    // borrowed for the duration of the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let cred = sockopt::get(socket, libc::SOL_SOCKET, libc::SO_PEERCRED, empty)?;
     Ok(PeerCredentials {
         pid: u32::try_from(cred.pid).unwrap_or(0),
         uid: cred.uid,
@@ -65,26 +53,18 @@ pub fn peer_credentials(socket: impl AsFd) -> io::Result<PeerCredentials> {
 /// be checked afterwards (the process still runs: the pid was not reused meanwhile). `Ok(None)`
 /// where the kernel has no such option (before 6.5), or the peer is gone.
 pub fn peer_pidfd(socket: impl AsFd) -> io::Result<Option<OwnedFd>> {
-    let mut fd: libc::c_int = -1;
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: `fd` and `len` are live and `len` holds `fd`'s size; the descriptor is borrowed
-    // for the duration of the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PEERPIDFD,
-            (&mut fd as *mut libc::c_int).cast(),
-            &mut len,
-        )
+    let fd = match sockopt::get::<libc::c_int>(socket, libc::SOL_SOCKET, SO_PEERPIDFD, -1) {
+        Ok(fd) => fd,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOPROTOOPT | libc::EINVAL | libc::ESRCH)
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
     };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOPROTOOPT | libc::EINVAL | libc::ESRCH) => Ok(None),
-            _ => Err(e),
-        };
-    }
     if fd < 0 {
         return Ok(None);
     }
@@ -95,26 +75,10 @@ pub fn peer_pidfd(socket: impl AsFd) -> io::Result<Option<OwnedFd>> {
 /// Whether the kernel sends a pidfd of the sender with every message read from `socket`
 /// ([`pass_pidfd`]); `Ok(false)` where the kernel has no such option.
 pub fn passes_pidfd(socket: impl AsFd) -> io::Result<bool> {
-    let mut on: libc::c_int = 0;
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: `on` is a live c_int and `len` its size, both written by the kernel; the
-    // descriptor is borrowed for the duration of the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PASSPIDFD,
-            (&mut on as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        return Ok(on != 0);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENOPROTOOPT) => Ok(false),
-        _ => Err(e),
+    match sockopt::get::<libc::c_int>(socket, libc::SOL_SOCKET, SO_PASSPIDFD, 0) {
+        Ok(on) => Ok(on != 0),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -122,27 +86,7 @@ pub fn passes_pidfd(socket: impl AsFd) -> io::Result<bool> {
 /// (`SO_PASSPIDFD`; see [`crate::recv::Message::sender_pidfd`]). `Ok(false)` where the kernel
 /// has no such option (before 6.5): messages then come with credentials alone.
 pub fn pass_pidfd(socket: impl AsFd) -> io::Result<bool> {
-    let on: libc::c_int = 1;
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: `on` is a live c_int and `len` its size; the descriptor is borrowed for the
-    // duration of the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PASSPIDFD,
-            (&on as *const libc::c_int).cast(),
-            len,
-        )
-    };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENOPROTOOPT) => Ok(false),
-        _ => Err(e),
-    }
+    sockopt::where_known(sockopt::set_int(socket, libc::SOL_SOCKET, SO_PASSPIDFD, 1))
 }
 
 /// The pid a pidfd names, as `/proc/self/fdinfo` says (`Pid:`); `None` when it cannot be read,

@@ -6,18 +6,15 @@
 //! yet accepted, so it is set before `listen()`. On an older kernel the option does not exist
 //! and descriptors still arrive: the caller must then close whatever it reads.
 
-#![expect(
-    unsafe_code,
-    reason = "setsockopt(SO_PASSRIGHTS): neither rustix nor libc name the option yet"
-)]
-
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+use crate::sockopt;
 
 /// `SO_PASSRIGHTS` (include/uapi/asm-generic/socket.h, Linux 6.16).
 const SO_PASSRIGHTS: libc::c_int = 83;
@@ -40,49 +37,24 @@ pub fn refused_at_socket() -> bool {
 /// connections made to it from then on. `Ok(false)`: the kernel has no such option (before
 /// 6.16), and descriptors keep arriving.
 pub fn pass_rights(socket: impl AsFd, on: bool) -> io::Result<bool> {
-    let value = libc::c_int::from(on);
-    // SAFETY: `value` is a live c_int and its size is passed; the descriptor is borrowed for
-    // the duration of the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PASSRIGHTS,
-            (&value as *const libc::c_int).cast(),
-            libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
-        )
-    };
-    if rc == 0 {
-        if !on {
-            REFUSED_AT_SOCKET.store(true, Ordering::Relaxed);
-        }
-        return Ok(true);
+    let set = sockopt::set_int(
+        socket,
+        libc::SOL_SOCKET,
+        SO_PASSRIGHTS,
+        libc::c_int::from(on),
+    );
+    let known = sockopt::where_known(set)?;
+    if known && !on {
+        REFUSED_AT_SOCKET.store(true, Ordering::Relaxed);
     }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENOPROTOOPT) => Ok(false),
-        _ => Err(e),
-    }
+    Ok(known)
 }
 
 /// Whether `socket` refuses descriptors (`SO_PASSRIGHTS` off) — for a connection, since it was
 /// made: then no descriptor can be queued on it, and closing it cannot close one (nor block on
 /// one). `false` where the kernel has no such option, or cannot say.
 pub fn refuses_rights(socket: impl AsFd) -> bool {
-    let mut value: libc::c_int = 1;
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: `value` and `len` are live and `len` holds `value`'s size; the descriptor is
-    // borrowed for the duration of the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PASSRIGHTS,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && value == 0
+    sockopt::get::<libc::c_int>(socket, libc::SOL_SOCKET, SO_PASSRIGHTS, 1).is_ok_and(|v| v == 0)
 }
 
 /// A non-blocking stream socket, listening on `addr`, that refuses descriptors from its first
