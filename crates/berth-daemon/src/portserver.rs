@@ -8,8 +8,8 @@
 //!
 //! # Layout
 //! - this file: [`Address`] and [`Endpoint`] (what to serve where), binding the socket, and
-//!   the accept loop — on a thread of its own — with its own connection limit and
-//!   per-connection deadlines;
+//!   the accept loop — on threads of its own, waiting in `accept(2)` — with its own
+//!   connection limit and per-connection deadlines;
 //! - `identity`: whom a request's reservation belongs to, from the peer's kernel credentials;
 //! - `state/portserver.rs`: the grant itself, through the table and the change stream.
 //!
@@ -131,6 +131,8 @@ impl Endpoint {
 pub(crate) struct Bound {
     listener: StdListener,
     file: Option<(PathBuf, u64)>,
+    /// The socket the service manager passed: shared with it, never shut down.
+    adopted: bool,
 }
 
 impl Drop for Bound {
@@ -156,7 +158,7 @@ pub(crate) fn adopt(socket: StdListener, address: Address) {
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((socket, address));
 }
 
-/// The adopted socket for `address`, ready to serve: non-blocking, refusing descriptors from now
+/// The adopted socket for `address`, ready to serve: refusing descriptors from now
 /// on (connections made before keep taking them; the endpoint reads with room for them).
 fn adopted(address: &Address) -> io::Result<Option<StdListener>> {
     let mut slot = ADOPTED
@@ -168,7 +170,6 @@ fn adopted(address: &Address) -> io::Result<Option<StdListener>> {
     let Some((listener, _)) = slot.take() else {
         return Ok(None);
     };
-    listener.set_nonblocking(true)?;
     if let Err(e) = crate::server::rights::pass_rights(&listener, false) {
         tracing::warn!("the portserver socket systemd passed cannot refuse descriptors: {e}");
     }
@@ -190,6 +191,7 @@ pub(crate) fn bind(address: &Address) -> io::Result<Bound> {
         return Ok(Bound {
             listener,
             file: None,
+            adopted: true,
         });
     }
     // Requests carry no descriptors: the socket refuses them (see `rights`).
@@ -219,19 +221,22 @@ pub(crate) fn bind(address: &Address) -> io::Result<Bound> {
             (listener, Some((path.clone(), ino)))
         }
     };
-    listener.set_nonblocking(true).map_err(named)?;
-    Ok(Bound { listener, file })
+    Ok(Bound {
+        listener,
+        file,
+        adopted: false,
+    })
 }
 
-/// Answers portpicker requests on `bound` until `cancel`, on a thread of its own
-/// (`berth-portserver`) that `tracker` waits for.
+/// Answers portpicker requests on `bound` until `cancel`, on threads of its own
+/// (`berth-portserver`, one per CPU the daemon may run on, at most [`MAX_THREADS`]) that
+/// `tracker` waits for.
 ///
-/// The thread runs a current-thread runtime of its own. With the listener registered with the
-/// daemon's runtime, every connection woke that runtime's idle worker while the other was
-/// answering the connection before it in place: a thread switch per answer for nothing, a
-/// third of an answer's CPU with four clients. Here nothing else waits on the listener.
-/// Answers that must wait (see the accept loop) are tasks of this runtime, waited for at the
-/// end.
+/// Each thread waits in `accept(2)` itself — the kernel wakes one thread per connection — and
+/// answers the connection in place, as a blocking thread-per-listener server would: a wait and
+/// an accept are one system call, where a reactor makes three, and nothing wakes the daemon's
+/// runtime. An answer that must wait (its request has not arrived, or its turn has not come) is
+/// handed to the daemon's runtime as a task of its own, on `tracker`.
 ///
 /// Admission is the main socket's: a connection counts against its user's connection limit
 /// (`per_uid`, shared with the main socket) before it takes one of the endpoint's
@@ -239,6 +244,8 @@ pub(crate) fn bind(address: &Address) -> io::Result<Bound> {
 /// protocol's refusal) and holds nothing. Every connection is closed on a closer thread of its
 /// user's (its receive queue may hold descriptors on a kernel that cannot refuse them). A
 /// connection in progress when `cancel` fires is finished (each step has a deadline).
+///
+/// Called within the daemon's runtime.
 pub(crate) fn spawn(
     bound: Bound,
     endpoint: &Endpoint,
@@ -247,48 +254,92 @@ pub(crate) fn spawn(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    // Registered with the endpoint's own runtime.
-    let listener = {
-        let _entered = runtime.enter();
-        berth_os::accept::Acceptor::register(bound.listener.try_clone()?)?
-    };
+    let runtime = tokio::runtime::Handle::current();
+    let acceptor = Arc::new(berth_os::accept::Acceptor::new(
+        bound.listener.try_clone()?,
+        !bound.adopted,
+    )?);
     // Accepted connections inherit the listener's refusal of descriptors: asked once here.
-    let inline = berth_os::rights::refuses_rights(listener.get_ref());
-    let permits = Arc::new(Semaphore::new(endpoint.max_connections.max(1)));
-    let timeout = endpoint.io_timeout;
-    // The answers that wait, on this runtime; the daemon's tracker waits for the thread.
-    let tasks = TaskTracker::new();
-    let answers = tasks.clone();
-    let running = tracker.token();
-    let closers = shared.closers();
+    let inline = berth_os::rights::refuses_rights(acceptor.get_ref());
+    let serving = Arc::new(Serving {
+        acceptor: acceptor.clone(),
+        shared,
+        per_uid,
+        permits: Arc::new(Semaphore::new(endpoint.max_connections.max(1))),
+        timeout: endpoint.io_timeout,
+        inline,
+        runtime: runtime.clone(),
+        answers: tracker.clone(),
+        // Keeps the socket file until the last thread ends.
+        _bound: bound,
+    });
     tracing::info!("answering portpicker requests on {}", endpoint.address);
-    let serve = async move {
-        // Keeps the socket file until the loop ends.
-        let _bound = bound;
-        let mut in_place: u32 = 0;
-        loop {
-            let stream = tokio::select! {
-                () = cancel.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(stream) => {
-                        crate::server::memory::accepted();
-                        stream
+    tracker.spawn(async move {
+        cancel.cancelled().await;
+        acceptor.stop();
+    });
+    for _ in 0..threads() {
+        let serving = serving.clone();
+        let running = tracker.token();
+        std::thread::Builder::new()
+            .name("berth-portserver".into())
+            .spawn(move || {
+                serving.serve();
+                drop(running);
+            })?;
+    }
+    Ok(())
+}
+
+/// The most threads that accept and answer: past two, answers mostly wait for each other at
+/// the table's lock.
+pub(crate) const MAX_THREADS: usize = 2;
+
+/// One per CPU this process may run on (its affinity), at most [`MAX_THREADS`].
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, MAX_THREADS)
+}
+
+/// What the accepting threads share.
+struct Serving {
+    acceptor: Arc<berth_os::accept::Acceptor>,
+    shared: Arc<Shared>,
+    per_uid: Arc<crate::server::fair::PerUid>,
+    permits: Arc<Semaphore>,
+    timeout: Duration,
+    inline: bool,
+    /// Where answers that must wait run, and whose timers and reactor answers in place use.
+    runtime: tokio::runtime::Handle,
+    answers: TaskTracker,
+    _bound: Bound,
+}
+
+impl Serving {
+    /// One thread's accept loop, until the acceptor is stopped.
+    fn serve(&self) {
+        // Timers, and a registration with the reactor should an answer have to wait.
+        let _entered = self.runtime.enter();
+        let closers = self.shared.closers();
+        while let Some(accepted) = self.acceptor.accept() {
+            let stream = match accepted {
+                Ok(stream) => {
+                    crate::server::memory::accepted();
+                    stream
+                }
+                Err(e) => {
+                    if crate::server::limits::is_shortage(&e) {
+                        crate::server::limits::log_shortage(
+                            "the portserver endpoint cannot accept",
+                        );
+                    } else {
+                        tracing::warn!("portserver accept failed: {e}");
                     }
-                    Err(e) => {
-                        if crate::server::limits::is_shortage(&e) {
-                            crate::server::limits::log_shortage("the portserver endpoint cannot accept");
-                        } else {
-                            tracing::warn!("portserver accept failed: {e}");
-                        }
-                        tokio::select! {
-                            () = cancel.cancelled() => break,
-                            () = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                        }
-                    }
-                },
+                    // Out of descriptors (or worse): try again shortly, not in a busy loop.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
             };
             let Ok(cred) = berth_os::peer::peer_credentials(&stream) else {
                 closers.lane(u32::MAX).dispose(stream);
@@ -296,12 +347,12 @@ pub(crate) fn spawn(
             };
             let lane = closers.lane(cred.uid);
             // The user's limit first, then a shared place: a user at its limit takes none.
-            let Ok(slot) = per_uid.enter(cred.uid) else {
+            let Ok(slot) = self.per_uid.enter(cred.uid) else {
                 crate::server::refusals::log(cred.uid, "portserver: refused a connection over the user's limit (max_connections_per_uid)");
                 lane.dispose(stream);
                 continue;
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 crate::server::refusals::log(
                     cred.uid,
                     "portserver: refused a connection: the endpoint's connections are all in use",
@@ -309,62 +360,39 @@ pub(crate) fn spawn(
                 lane.dispose((stream, slot));
                 continue;
             };
-            let shared = shared.clone();
-            let mut work = Box::pin(async move {
+            let (shared, timeout, inline) = (self.shared.clone(), self.timeout, self.inline);
+            let work = Box::pin(async move {
                 answer(stream, cred, &shared, timeout, &lane, inline).await;
                 drop((permit, slot));
             });
-            // Most answers need no wait (the request is there, the table free): given here,
-            // they spare a task per connection — and, with an idle second worker, the wake-up
-            // that spawning one sends it. Only an answer that must wait becomes a task of its
-            // own (its next poll, there, registers that task's waker). A panic ends this answer
-            // only, as it would end its task.
-            let answered = std::future::poll_fn(|cx| {
-                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    work.as_mut().poll(cx)
-                }));
-                Poll::Ready(polled.map(|poll| poll.is_ready()))
-            })
-            .await;
-            match answered {
-                Ok(true) => {}
-                Ok(false) => {
-                    tasks.spawn(work);
-                }
-                Err(panic) => {
-                    let why = panic
-                        .downcast_ref::<&str>()
-                        .copied()
-                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                        .unwrap_or("a panic");
-                    tracing::error!(
-                        "a portserver answer panicked ({why}); its connection is dropped"
-                    );
-                }
+            self.answer_or_hand_over(work);
+        }
+    }
+
+    /// Polls `work` once here: most answers need no wait (the request is there, the table
+    /// free) and are given now. One that must wait goes to the daemon's runtime as a task of
+    /// its own, whose first poll there registers its waker. A panic ends this answer only, as
+    /// it would end its task.
+    fn answer_or_hand_over(&self, mut work: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.as_mut().poll(&mut cx)));
+        match polled {
+            Ok(Poll::Ready(())) => {}
+            Ok(Poll::Pending) => {
+                self.answers.spawn_on(work, &self.runtime);
             }
-            // The answers given here are this task's work: a flood of them must still let the
-            // worker's other tasks run now and then.
-            in_place = in_place.wrapping_add(1);
-            if in_place.is_multiple_of(IN_PLACE_BEFORE_YIELD) {
-                tokio::task::yield_now().await;
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("a panic");
+                tracing::error!("a portserver answer panicked ({why}); its connection is dropped");
             }
         }
-    };
-    std::thread::Builder::new()
-        .name("berth-portserver".into())
-        .spawn(move || {
-            runtime.block_on(async {
-                serve.await;
-                answers.close();
-                answers.wait().await;
-            });
-            drop(running);
-        })?;
-    Ok(())
+    }
 }
-
-/// How many answers the accept loop gives in place before it lets the worker's other tasks run.
-const IN_PLACE_BEFORE_YIELD: u32 = 16;
 
 /// One connection: read the request, decide, answer or close; the connection is closed in
 /// `lane` (its user's closer threads), or in place when it refuses descriptors (`inline`).
@@ -545,7 +573,10 @@ async fn read_request(stream: &mut Disposed<'_>, lane: &Lane) -> io::Result<Opti
         // up, and only with room for what a message may carry (on a kernel that cannot refuse
         // descriptors at the socket).
         let turn = lane.read_turn().await;
-        if !crate::server::limits::room_for(crate::session::inbound::KERNEL_MAX_FDS) {
+        // A connection that refuses descriptors cannot be sent one: no room is needed.
+        if !stream.inline
+            && !crate::server::limits::room_for(crate::session::inbound::KERNEL_MAX_FDS)
+        {
             drop(turn);
             crate::server::limits::log_shortage(
                 "the portserver endpoint pauses reading until descriptors are freed",
