@@ -569,11 +569,16 @@ async fn read_request(stream: &mut Disposed<'_>, lane: &Lane) -> io::Result<Opti
         if let Some(Conn::Registered(registered)) = &stream.stream {
             registered.readable().await?;
         }
-        // As on the main socket: one read of the user's at a time, once its closes do not back
-        // up, and only with room for what a message may carry (on a kernel that cannot refuse
-        // descriptors at the socket).
-        let turn = lane.read_turn().await;
-        // A connection that refuses descriptors cannot be sent one: no room is needed.
+        // As on the main socket, on a kernel that cannot refuse descriptors at the socket: one
+        // read of the user's at a time, once its closes do not back up, and only with room for
+        // what a message may carry. A connection that refuses them (`inline`) is sent none, so
+        // its reads need neither the turn nor the room — and the endpoint's threads never wait
+        // for each other's reads.
+        let turn = if stream.inline {
+            None
+        } else {
+            Some(lane.read_turn().await)
+        };
         if !stream.inline
             && !crate::server::limits::room_for(crate::session::inbound::KERNEL_MAX_FDS)
         {

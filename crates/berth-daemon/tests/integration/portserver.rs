@@ -191,22 +191,61 @@ async fn a_request_that_arrives_in_pieces_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peers_are_dropped_at_their_deadline_and_cannot_starve_the_endpoint() {
     let name = unique("silent");
-    let d = daemon(13400, 13499, &name, |e| {
+    let d = daemon(13400, 13449, &name, |e| {
         e.max_connections = 2;
         e.io_timeout = Duration::from_millis(300);
     })
     .await;
-    // Two silent peers take every place; a third client is refused at once (closed without a
-    // reply, the protocol's refusal) rather than left waiting behind them, and holds nothing.
+    // Two silent peers take every place; they are dropped at their deadline (closed without a
+    // reply), and then the endpoint serves again.
     let mut silent = [connect(&name).await, connect(&name).await];
-    let me = std::process::id();
-    let refused = ask(&name, format!("{me}\n").as_bytes()).await;
-    assert_eq!(refused, "", "served beyond the endpoint's places");
-    // The silent ones are dropped at their deadline; then the endpoint serves again.
     for s in &mut silent {
         assert_eq!(read_to_close(s).await, "");
     }
-    port_for(&name, me).await;
+    port_for(&name, std::process::id()).await;
+    d.shutdown().await;
+}
+
+/// With every place taken, one more connection is refused at once (closed without a reply, the
+/// protocol's refusal) rather than left waiting — whichever of the connections made together
+/// the endpoint's threads admit last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_beyond_the_endpoints_places_is_refused_at_once() {
+    let name = unique("places");
+    let d = daemon(13450, 13499, &name, |e| {
+        e.max_connections = 2;
+        // Far beyond the test: a connection admitted is never dropped at its deadline here.
+        e.io_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let me = format!("{}", std::process::id());
+    // Two peers send all but the request's end, and hold their places while they wait for it.
+    let mut partial = [connect(&name).await, connect(&name).await];
+    for p in &mut partial {
+        // One the endpoint refused at once may be closed already.
+        let _ = p.write_all(me.as_bytes()).await;
+    }
+    // A third, whole, request: it is answered only if a partial peer was the one refused.
+    let third = ask(&name, format!("{me}\n").as_bytes()).await;
+    let mut replies = vec![third];
+    for mut p in partial {
+        // A refused peer's connection is closed already: its end may not be taken.
+        let _ = p.write_all(b"\n").await;
+        replies.push(read_to_close(&mut p).await);
+    }
+    let refused = replies.iter().filter(|r| r.is_empty()).count();
+    assert_eq!(
+        refused, 1,
+        "exactly one beyond 2 places is refused: {replies:?}"
+    );
+    for reply in replies.iter().filter(|r| !r.is_empty()) {
+        assert!(
+            reply
+                .strip_suffix('\n')
+                .is_some_and(|p| p.parse::<u16>().is_ok()),
+            "a port, got {reply:?}"
+        );
+    }
     d.shutdown().await;
 }
 
