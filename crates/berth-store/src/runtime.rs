@@ -356,6 +356,29 @@ impl RuntimeJournal {
         Ok((journal, loaded))
     }
 
+    /// What the journal at `path` records of the kernel's list ("" for nothing, or when it was
+    /// written during another boot than `boot_id`'s), read without opening it as
+    /// [`RuntimeJournal::open`] does: the file is left exactly as it is. `None` when there is
+    /// no file; refused as `open` refuses.
+    pub fn peek_kernel(path: &Path, boot_id: &str) -> Result<Option<String>, StoreError> {
+        let Some(bytes) = read_file(path)? else {
+            return Ok(None);
+        };
+        let read = read_journal(&bytes).map_err(|detail| StoreError::NotAJournal {
+            path: path.to_path_buf(),
+            detail,
+        })?;
+        let mut kernel = String::new();
+        if read.boot_id == boot_id {
+            for record in read.records {
+                if let Err(list) = record.into_op() {
+                    kernel = list;
+                }
+            }
+        }
+        Ok(Some(kernel))
+    }
+
     /// The journal's file.
     pub fn path(&self) -> &Path {
         &self.path

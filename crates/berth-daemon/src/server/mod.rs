@@ -162,15 +162,21 @@ fn open_runtime_journal(
     let mut newest = written;
     for (at, old) in elsewhere {
         let newer = newest.is_none_or(|n| at >= n);
-        move_journal(old, &mut runtime, boot_id, newer)?;
-        if newer {
+        let release = places.legacy.iter().any(|l| l == old);
+        if move_journal(old, &mut runtime, boot_id, newer, release)? && newer {
             newest = Some(at);
         }
     }
     // What an earlier build recorded of its entries in the kernel's list: kept with what the
     // journal records (either may be the daemon's).
     let legacy_kernel = crate::mirror::kernel::recorded(store);
-    if !legacy.is_empty() || !legacy_kernel.is_empty() {
+    if let Some(unlisted) = not_listed_here(&legacy_kernel) {
+        tracing::info!(
+            "the database holds the runtime entries of an earlier release's daemon that listed \
+             {unlisted} in ip_local_reserved_ports, which this network namespace does not \
+             list: they are another namespace's, left for its daemon"
+        );
+    } else if !legacy.is_empty() || !legacy_kernel.is_empty() {
         // Into the file first: a crash before the database is cleared leaves the rows in both,
         // and the next start moves them again (an insert replaces a row with the same token).
         for row in legacy {
@@ -245,19 +251,41 @@ fn private_dir(dir: &std::path::Path) -> Result<(), String> {
     }
 }
 
-/// Moves the journal at `from`, if there is one, into `runtime`, then removes it. When `from`
-/// is the `newer` (written last), its rows replace `runtime`'s (a release made meanwhile must
-/// not come back); an older one's rows are dropped. What each recorded of its entries in the
-/// kernel's list is kept. Into the new file first: a crash before the removal leaves the rows
-/// in both, and the next start moves them again.
+/// Moves the journal at `from`, if there is one, into `runtime`, then removes it; whether it
+/// did. When `from` is the `newer` (written last), its rows replace `runtime`'s (a release made
+/// meanwhile must not come back); an older one's rows are dropped. What each recorded of its
+/// entries in the kernel's list is kept. Into the new file first: a crash before the removal
+/// leaves the rows in both, and the next start moves them again.
+///
+/// A file of a `release` before network namespaces names no namespace. One whose record of the
+/// kernel's list names entries this namespace does not list is another namespace's (a fresh
+/// namespace lists nothing): it is left for that namespace's daemon — taken here, its record
+/// would make an administrator's entry of this namespace pass for berth's, removed when unused.
 fn move_journal(
     from: &std::path::Path,
     runtime: &mut berth_store::RuntimeJournal,
     boot_id: &str,
     newer: bool,
-) -> io::Result<()> {
+    release: bool,
+) -> io::Result<bool> {
     if !from.exists() {
-        return Ok(());
+        return Ok(false);
+    }
+    if release {
+        // Looked at without opening it, which would write it again.
+        let record = berth_store::RuntimeJournal::peek_kernel(from, boot_id)
+            .map_err(io::Error::other)?
+            .unwrap_or_default();
+        let record = berth_core::PortSet::parse(&record).unwrap_or_default();
+        if let Some(unlisted) = not_listed_here(&record) {
+            tracing::info!(
+                "the runtime journal {} of an earlier release records {unlisted} as listed in \
+                 ip_local_reserved_ports, which this network namespace does not list: it is \
+                 another namespace's, left for its daemon",
+                from.display()
+            );
+            return Ok(false);
+        }
     }
     // (Written before a reboot, it opens empty.)
     let (old, _) = berth_store::RuntimeJournal::open(from, boot_id).map_err(io::Error::other)?;
@@ -280,7 +308,22 @@ fn move_journal(
         from.display(),
         runtime.path().display()
     );
-    Ok(())
+    Ok(true)
+}
+
+/// The ports of `record` (what a daemon recorded having listed in the kernel's reserved
+/// ports) that this network namespace's list lacks; `None` when it lists them all, the record
+/// is empty, or the list cannot be read (then nothing tells the record is not this
+/// namespace's).
+fn not_listed_here(record: &berth_core::PortSet) -> Option<berth_core::PortSet> {
+    if record.is_empty() {
+        return None;
+    }
+    let listed =
+        berth_os::reserved_ports::read(std::path::Path::new(berth_os::reserved_ports::PATH))
+            .ok()?;
+    let unlisted = record.difference(&listed);
+    (!unlisted.is_empty()).then_some(unlisted)
 }
 
 /// When the file at `path` was last written; `None` when there is none.

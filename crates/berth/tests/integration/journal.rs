@@ -222,6 +222,53 @@ async fn a_journal_of_a_release_before_namespaces_is_moved_in() {
     second.shutdown().await;
 }
 
+/// A release's file names no namespace; one whose record of the kernel's list names entries
+/// this namespace does not list was written by another namespace's daemon (a fresh namespace
+/// lists nothing). It is left for that daemon: taken here, its record would make an entry an
+/// administrator lists in this namespace pass for berth's.
+#[tokio::test]
+async fn a_release_journal_recording_entries_this_namespace_lacks_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let db = dir.path().join("berth.db");
+    let with_run = |config: &mut berth_daemon::Config| config.runtime_dir = Some(run.path().into());
+    let first = TestDaemon::with_db(&db, 14870, 14879, with_run);
+    let client = Client::connect_to(&first.socket).await.unwrap();
+    let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
+    first.shutdown().await;
+    let ours = in_runtime_dir(run.path(), &db);
+    let legacy = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
+    std::fs::rename(&ours, &legacy).unwrap();
+    // A port this namespace does not list, recorded as listed by the release's daemon.
+    let listed =
+        berth_os::reserved_ports::read(std::path::Path::new(berth_os::reserved_ports::PATH))
+            .unwrap();
+    let unlisted = (14870..=14879)
+        .find(|p| !listed.contains(*p))
+        .expect("a port of the range this namespace does not list");
+    let (mut journal, _) = RuntimeJournal::open(&legacy, &boot_id()).unwrap();
+    journal.set_kernel(&unlisted.to_string()).unwrap();
+    drop(journal);
+    let before = std::fs::read(&legacy).unwrap();
+
+    let second = TestDaemon::with_db(&db, 14870, 14879, with_run);
+    let watcher = Client::connect_to(&second.socket).await.unwrap();
+    assert_eq!(
+        crate::common::tokens(&watcher).await,
+        Vec::<berth::Token>::new(),
+        "nothing of the other namespace's"
+    );
+    drop(watcher);
+    second.shutdown().await;
+    assert_eq!(
+        std::fs::read(&legacy).unwrap(),
+        before,
+        "the release's journal is left as it was, for its own namespace's daemon"
+    );
+    std::mem::forget(block);
+    drop(client);
+}
+
 /// The network namespace in `ours`'s name (see `for_namespace`), read back.
 fn ours_netns(ours: &std::path::Path, legacy: &std::path::Path) -> u64 {
     let ours = ours.file_name().unwrap().to_str().unwrap();
