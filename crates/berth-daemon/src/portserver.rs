@@ -158,8 +158,9 @@ pub(crate) fn adopt(socket: StdListener, address: Address) {
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((socket, address));
 }
 
-/// The adopted socket for `address`, ready to serve: refusing descriptors from now
-/// on (connections made before keep taking them; the endpoint reads with room for them).
+/// The adopted socket for `address`, ready to serve: refusing descriptors from now on
+/// (connections made before keep taking them: the endpoint asks each connection of this socket
+/// whether it refuses them).
 fn adopted(address: &Address) -> io::Result<Option<StdListener>> {
     let mut slot = ADOPTED
         .lock()
@@ -241,9 +242,10 @@ pub(crate) fn bind(address: &Address) -> io::Result<Bound> {
 /// Admission is the main socket's: a connection counts against its user's connection limit
 /// (`per_uid`, shared with the main socket) before it takes one of the endpoint's
 /// `endpoint.max_connections` places, and one refused for either is closed at once (the
-/// protocol's refusal) and holds nothing. Every connection is closed on a closer thread of its
-/// user's (its receive queue may hold descriptors on a kernel that cannot refuse them). A
-/// connection in progress when `cancel` fires is finished (each step has a deadline).
+/// protocol's refusal) and holds nothing. A connection that may hold descriptors is closed on
+/// a closer thread of its user's (its receive queue may hold some on a kernel that cannot
+/// refuse them); one that refuses them, in place. A connection in progress when `cancel`
+/// fires is finished (each step has a deadline), and so is one accepted as it fires.
 ///
 /// Called within the daemon's runtime.
 pub(crate) fn spawn(
@@ -259,8 +261,16 @@ pub(crate) fn spawn(
         bound.listener.try_clone()?,
         !bound.adopted,
     )?);
-    // Accepted connections inherit the listener's refusal of descriptors: asked once here.
-    let inline = berth_os::rights::refuses_rights(acceptor.get_ref());
+    // Connections inherit the listener's refusal of descriptors as it was when they
+    // connected: asked once here of a socket that refused them from the start, and of each
+    // connection of one systemd passed (those queued before it was adopted take them).
+    let inline = if bound.adopted {
+        Inline::AskEach
+    } else if berth_os::rights::refuses_rights(acceptor.get_ref()) {
+        Inline::Yes
+    } else {
+        Inline::No
+    };
     let serving = Arc::new(Serving {
         acceptor: acceptor.clone(),
         shared,
@@ -274,21 +284,63 @@ pub(crate) fn spawn(
         _bound: bound,
     });
     tracing::info!("answering portpicker requests on {}", endpoint.address);
+    // The threads stop when `cancel` fires — or when this task is dropped without it (the
+    // runtime shutting down, or this function failing below), never left in `accept`.
+    let stopper = StopOnDrop(acceptor);
+    let stop = stopper.0.clone();
     tracker.spawn(async move {
+        let _stopper = stopper;
         cancel.cancelled().await;
-        acceptor.stop();
     });
     for _ in 0..threads() {
         let serving = serving.clone();
         let running = tracker.token();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("berth-portserver".into())
             .spawn(move || {
                 serving.serve();
+                // The socket file is removed (with the last thread's `Serving`) before the
+                // daemon's stop, which waits for `running`, can end.
+                drop(serving);
                 drop(running);
-            })?;
+            });
+        if let Err(e) = spawned {
+            stop.stop();
+            return Err(e);
+        }
     }
     Ok(())
+}
+
+/// Stops the acceptor when dropped.
+struct StopOnDrop(Arc<berth_os::accept::Acceptor>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// Whether the endpoint's connections refuse descriptors.
+#[derive(Debug, Clone, Copy)]
+enum Inline {
+    /// All of them: the listener refused them before its first connection.
+    Yes,
+    /// None can be trusted to: the kernel cannot refuse them at the socket.
+    No,
+    /// Each says (`SO_PASSRIGHTS`): the listener was passed by systemd, and connections
+    /// queued before it was adopted take them.
+    AskEach,
+}
+
+impl Inline {
+    fn of(self, stream: &StdStream) -> bool {
+        match self {
+            Inline::Yes => true,
+            Inline::No => false,
+            Inline::AskEach => berth_os::rights::refuses_rights(stream),
+        }
+    }
 }
 
 /// The most threads that accept and answer: past two, answers mostly wait for each other at
@@ -309,7 +361,7 @@ struct Serving {
     per_uid: Arc<crate::server::fair::PerUid>,
     permits: Arc<Semaphore>,
     timeout: Duration,
-    inline: bool,
+    inline: Inline,
     /// Where answers that must wait run, and whose timers and reactor answers in place use.
     runtime: tokio::runtime::Handle,
     answers: TaskTracker,
@@ -360,7 +412,8 @@ impl Serving {
                 lane.dispose((stream, slot));
                 continue;
             };
-            let (shared, timeout, inline) = (self.shared.clone(), self.timeout, self.inline);
+            let inline = self.inline.of(&stream);
+            let (shared, timeout) = (self.shared.clone(), self.timeout);
             let work = Box::pin(async move {
                 answer(stream, cred, &shared, timeout, &lane, inline).await;
                 drop((permit, slot));

@@ -54,8 +54,10 @@ impl Acceptor {
     }
 
     /// The next connection (non-blocking, close-on-exec), waiting for one; `None` once
-    /// [`Acceptor::stop`] was called. An error is the kernel's (out of descriptors, say): the
-    /// caller decides whether to wait before the next call.
+    /// [`Acceptor::stop`] was called — though a wait on a shared socket that was under way
+    /// then may still return a connection made meanwhile (within [`STOP_LOOK_EVERY`]), which
+    /// the caller must answer: the next daemon would have. An error is the kernel's (out of
+    /// descriptors, say): the caller decides whether to wait before the next call.
     pub fn accept(&self) -> Option<io::Result<UnixStream>> {
         loop {
             if self.stopped.load(Ordering::Acquire) {
@@ -66,9 +68,8 @@ impl Acceptor {
                 rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
             );
             match accepted {
-                // A connection accepted as the stop came is closed unanswered, as the ones
-                // still queued are when the listener closes.
-                Ok(_) if self.stopped.load(Ordering::Acquire) => return None,
+                // Taken even as the stop comes: on a shared socket it is off the queue the
+                // next daemon would serve, so it is answered here.
                 Ok(fd) => return Some(Ok(UnixStream::from(fd))),
                 // A signal, or the receive timeout's look at `stopped`.
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
@@ -150,6 +151,35 @@ mod tests {
             // Later calls end at once too.
             assert!(acceptor.accept().is_none());
         }
+    }
+
+    /// A connection made to a shared socket as the stop comes is never lost: the thread that
+    /// was waiting returns it (to be answered), or it stays queued for the next daemon.
+    #[test]
+    fn a_connection_made_as_a_shared_socket_stops_is_answered_or_left_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        let kept = listener.try_clone().unwrap();
+        let acceptor = Arc::new(Acceptor::new(listener, false).unwrap());
+        let waiting = {
+            let acceptor = acceptor.clone();
+            std::thread::spawn(move || acceptor.accept().map(Result::unwrap))
+        };
+        acceptor.stop();
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"42\n").unwrap();
+        let mut conn = match waiting.join().unwrap() {
+            Some(conn) => conn,
+            None => {
+                kept.set_nonblocking(true).unwrap();
+                kept.accept().expect("left queued for the next daemon").0
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        let mut buf = [0u8; 3];
+        conn.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"42\n");
     }
 
     /// A socket shared with the service manager is not shut down: it still takes connections

@@ -208,7 +208,9 @@ async fn silent_peers_are_dropped_at_their_deadline_and_cannot_starve_the_endpoi
 
 /// With every place taken, one more connection is refused at once (closed without a reply, the
 /// protocol's refusal) rather than left waiting — whichever of the connections made together
-/// the endpoint's threads admit last.
+/// the endpoint's threads admit last. (Rarely, a thread that accepted a connection is
+/// preempted before it takes a place while the other thread answers and frees one: then all
+/// three are served, never more than two at a time, and the round is tried again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_beyond_the_endpoints_places_is_refused_at_once() {
     let name = unique("places");
@@ -219,33 +221,41 @@ async fn a_connection_beyond_the_endpoints_places_is_refused_at_once() {
     })
     .await;
     let me = format!("{}", std::process::id());
-    // Two peers send all but the request's end, and hold their places while they wait for it.
-    let mut partial = [connect(&name).await, connect(&name).await];
-    for p in &mut partial {
-        // One the endpoint refused at once may be closed already.
-        let _ = p.write_all(me.as_bytes()).await;
+    // Each round takes at most three of the 50 ports, kept while this process runs.
+    let mut refused_in_a_round = false;
+    for _ in 0..15 {
+        // Two peers send all but the request's end, and hold their places while they wait.
+        let mut partial = [connect(&name).await, connect(&name).await];
+        for p in &mut partial {
+            // One the endpoint refused at once may be closed already.
+            let _ = p.write_all(me.as_bytes()).await;
+        }
+        // A third, whole, request.
+        let mut replies = vec![ask(&name, format!("{me}\n").as_bytes()).await];
+        for mut p in partial {
+            // A refused peer's connection is closed already: its end may not be taken.
+            let _ = p.write_all(b"\n").await;
+            replies.push(read_to_close(&mut p).await);
+        }
+        for reply in replies.iter().filter(|r| !r.is_empty()) {
+            assert!(
+                reply
+                    .strip_suffix('\n')
+                    .is_some_and(|p| p.parse::<u16>().is_ok()),
+                "a port, got {reply:?}"
+            );
+        }
+        let refused = replies.iter().filter(|r| r.is_empty()).count();
+        assert!(refused <= 1, "two places, three connections: {replies:?}");
+        if refused == 1 {
+            refused_in_a_round = true;
+            break;
+        }
     }
-    // A third, whole, request: it is answered only if a partial peer was the one refused.
-    let third = ask(&name, format!("{me}\n").as_bytes()).await;
-    let mut replies = vec![third];
-    for mut p in partial {
-        // A refused peer's connection is closed already: its end may not be taken.
-        let _ = p.write_all(b"\n").await;
-        replies.push(read_to_close(&mut p).await);
-    }
-    let refused = replies.iter().filter(|r| r.is_empty()).count();
-    assert_eq!(
-        refused, 1,
-        "exactly one beyond 2 places is refused: {replies:?}"
+    assert!(
+        refused_in_a_round,
+        "a connection beyond the places was never refused"
     );
-    for reply in replies.iter().filter(|r| !r.is_empty()) {
-        assert!(
-            reply
-                .strip_suffix('\n')
-                .is_some_and(|p| p.parse::<u16>().is_ok()),
-            "a port, got {reply:?}"
-        );
-    }
     d.shutdown().await;
 }
 
