@@ -35,7 +35,7 @@ impl Default for PrivilegedPorts {
 
 /// A privileged port refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{protocol} {} reaches below {unprivileged_start}, into the privileged ports, and uid {uid} may not reserve or bind those; ask an administrator to allow your user or group in the daemon's configuration ([privileged] allow_users / allow_groups), or use a port from {unprivileged_start} up", describe(*range))]
+#[error("{protocol} {} below {unprivileged_start}, among the privileged ports, and uid {uid} may not reserve or bind those; ask an administrator to allow your user or group in the daemon's configuration ([privileged] allow_users / allow_groups), or use a port from {unprivileged_start} up", lies(*range, *unprivileged_start))]
 pub struct PrivilegedDenied {
     /// The protocol.
     pub protocol: Protocol,
@@ -45,6 +45,19 @@ pub struct PrivilegedDenied {
     pub unprivileged_start: u16,
     /// Who asked.
     pub uid: u32,
+}
+
+/// `range` and where it lies against `start`: "port 80 is", "ports 1-1023 are", "ports
+/// 1000-1100 reach" (below `start`).
+fn lies(range: PortRange, start: u16) -> String {
+    let verb = if range.count() == 1 {
+        "is"
+    } else if range.end() < start {
+        "are"
+    } else {
+        "reach"
+    };
+    format!("{} {verb}", describe(range))
 }
 
 impl PrivilegedDenied {
@@ -105,6 +118,23 @@ mod tests {
         assert!(p.check(Protocol::Tcp, r(1024, 10), 1000, &[]).is_ok());
         // A block that starts below the boundary is privileged even if it ends above it.
         assert!(p.check(Protocol::Udp, r(1020, 10), 1000, &[]).is_err());
+    }
+
+    #[test]
+    fn the_refusal_says_where_the_ports_lie_in_good_grammar() {
+        let p = PrivilegedPorts::default();
+        let says = |range| {
+            p.check(Protocol::Tcp, range, 1000, &[])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            says(r(80, 1)).starts_with("tcp port 80 is below 1024,"),
+            "{}",
+            says(r(80, 1))
+        );
+        assert!(says(r(1, 1023)).starts_with("tcp ports 1-1023 are below 1024,"));
+        assert!(says(r(1000, 101)).starts_with("tcp ports 1000-1100 reach below 1024,"));
     }
 
     #[test]
