@@ -196,6 +196,36 @@ fn refusals_close_without_a_reply_and_the_next_client_is_served() {
     all_released(&d);
 }
 
+/// A process that is init (pid 1) of its own pid namespace names itself as 1, which in the
+/// daemon's namespace would be init: it is served as itself too, like any peer of another
+/// pid namespace.
+#[test]
+fn the_init_of_a_child_pid_namespace_is_served_as_itself() {
+    let Some(py) = needs::portpicker() else {
+        return;
+    };
+    let Some(ns) = needs::namespaces() else {
+        return;
+    };
+    let address = name("pidns-init");
+    let d = daemon("44300-44399", &address);
+    let unshare = ns.unshare(&["--pid", "--fork", "--mount-proc"]);
+    let mut cmd = Command::new(&unshare[0]);
+    cmd.args(&unshare[1..])
+        .args([py, "-c", PICK])
+        .env("PORTSERVER_ADDRESS", &address);
+    let client = Py::spawn(cmd);
+    let (inner_pid, port) = client.picked();
+    assert_eq!(inner_pid, 1, "python is its namespace's init");
+    let row = poll_until("the port listed", || {
+        d.list().into_iter().find(|r| r["start"] == port)
+    });
+    let owner = u32::try_from(row["owner"]["pid"].as_u64().unwrap()).unwrap();
+    assert_ne!(owner, 1, "owned by the peer as the daemon sees it: {row}");
+    client.finish();
+    all_released(&d);
+}
+
 #[test]
 fn a_process_in_a_child_pid_namespace_is_served_as_itself_and_released_when_it_exits() {
     let Some(py) = needs::portpicker() else {

@@ -1,15 +1,16 @@
 //! Whom a portserver request's reservation belongs to, from the peer's kernel credentials
 //! (`SO_PEERCRED`) — the pid in the request is only a claim, checked against them.
 //!
-//! - A pid ≤ 1 is refused (portpicker's own server refuses init and invalid pids).
 //! - A peer the daemon cannot see (`SO_PEERCRED` pid 0: a pid namespace that is not the
 //!   daemon's or a descendant of it) is refused: its reservation could not be watched.
 //! - A peer in **another pid namespace** than the daemon's (its `/proc/PID/ns/pid` differs from
 //!   the daemon's own) names a pid of its own namespace, which means nothing here, or — worse
 //!   — some unrelated process. Its reservation belongs to the peer process itself, as the
 //!   kernel names it to the daemon, whatever number it sent.
-//! - In the daemon's pid namespace, the named pid must exist, and be the peer itself, or run
-//!   as the peer's uid, or the peer must be an administrator.
+//! - In the daemon's pid namespace, a pid ≤ 1 is refused (portpicker's own server refuses
+//!   init and invalid pids), and so is a thread's id (no process to watch); the named pid must
+//!   exist, and be the peer itself, or run as the peer's uid, or the peer must be an
+//!   administrator.
 //!
 //! Each process is described from `/proc` while a pidfd taken first shows it running — the
 //! peer's from `SO_PEERPIDFD`, the named one's from `pidfd_open` — so that a pid that passed to
@@ -56,6 +57,14 @@ pub(crate) enum NotOwner {
     /// The process named exited before it was described.
     #[error("pid {named} exited")]
     Exited { named: u32 },
+    /// The id named is a thread's, not a process's (`pidfd_open` refuses it): a reservation
+    /// for it could not be watched, and would outlive it.
+    #[error("{named} is the id of a thread, not of a process; name the process (os.getpid())")]
+    Thread { named: u32 },
+    /// The process named cannot be watched (the daemon is out of descriptors, say): its
+    /// reservation would never be released.
+    #[error("pid {named} cannot be watched: {why}")]
+    Unwatchable { named: u32, why: String },
 }
 
 /// The owner of the reservation `named` asks for on behalf of `peer` (whose pidfd, from
@@ -67,9 +76,6 @@ pub(crate) fn owner_for(
     peer_pidfd: Option<BorrowedFd<'_>>,
     is_admin: impl FnOnce(&Owner) -> bool,
 ) -> Result<Owner, NotOwner> {
-    if named <= 1 {
-        return Err(NotOwner::Unfit { named });
-    }
     if peer.pid == 0 {
         return Err(NotOwner::PeerInvisible);
     }
@@ -94,7 +100,27 @@ pub(crate) fn owner_for(
         );
         return Ok(asker);
     }
-    let pidfd = berth_os::pidfd::PidFd::open(named).ok().flatten();
+    // Init, or no pid at all — in the daemon's namespace (a peer that is init of its own is
+    // served as itself, above).
+    if named <= 1 {
+        return Err(NotOwner::Unfit { named });
+    }
+    // Taken first, so that the process described below is the one watched.
+    let pidfd = match berth_os::pidfd::PidFd::open(named) {
+        Ok(Some(pidfd)) => pidfd,
+        Ok(None) => return Err(NotOwner::NoSuchProcess { named }),
+        // A thread's id: `/proc` knows it, but it names no process to watch (`ENOENT` on
+        // recent kernels, `EINVAL` before).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {
+            return Err(NotOwner::Thread { named })
+        }
+        Err(e) => {
+            return Err(NotOwner::Unwatchable {
+                named,
+                why: e.to_string(),
+            })
+        }
+    };
     let (uid, gid) = ids(named).ok_or(NotOwner::NoSuchProcess { named })?;
     if uid != peer.uid && !is_admin(&asker) {
         return Err(NotOwner::OtherUser {
@@ -103,7 +129,7 @@ pub(crate) fn owner_for(
             asker_uid: peer.uid,
         });
     }
-    live(confirmed(process_owner(named, uid, gid), pidfd)).ok_or(NotOwner::Exited { named })
+    live(confirmed(process_owner(named, uid, gid), Some(pidfd))).ok_or(NotOwner::Exited { named })
 }
 
 /// The daemon's own pid namespace, read once: a process cannot change it.
@@ -142,6 +168,32 @@ mod tests {
         assert_eq!(got.pid, child.id());
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// A thread's id is known to `/proc`, but names no process: a reservation for it could not
+    /// be watched and would never be released.
+    #[test]
+    fn a_thread_id_is_refused() {
+        let (tid_sender, tid) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tid_sender
+                .send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            let _ = wait.recv();
+        });
+        let tid = u32::try_from(tid.recv().unwrap()).unwrap();
+        assert_ne!(tid, me().pid);
+        assert!(
+            std::path::Path::new(&format!("/proc/{tid}/status")).exists(),
+            "/proc knows the thread"
+        );
+        assert!(matches!(
+            owner_for(tid, me(), None, |_| true),
+            Err(NotOwner::Thread { named }) if named == tid
+        ));
+        done.send(()).unwrap();
+        thread.join().unwrap();
     }
 
     #[test]
