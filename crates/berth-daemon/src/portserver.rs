@@ -272,6 +272,7 @@ pub(crate) fn spawn(
         Inline::No
     };
     let serving = Arc::new(Serving {
+        stopping: cancel.clone(),
         acceptor: acceptor.clone(),
         shared,
         per_uid,
@@ -356,6 +357,8 @@ fn threads() -> usize {
 
 /// What the accepting threads share.
 struct Serving {
+    /// Fires at the daemon's stop: a connection still waiting for its request is closed then.
+    stopping: CancellationToken,
     acceptor: Arc<berth_os::accept::Acceptor>,
     shared: Arc<Shared>,
     per_uid: Arc<crate::server::fair::PerUid>,
@@ -414,8 +417,13 @@ impl Serving {
             };
             let inline = self.inline.of(&stream);
             let (shared, timeout) = (self.shared.clone(), self.timeout);
+            let stopping = self.stopping.clone();
             let work = Box::pin(async move {
-                answer(stream, cred, &shared, timeout, &lane, inline).await;
+                let limits = Limits {
+                    timeout,
+                    stopping: &stopping,
+                };
+                answer(stream, cred, &shared, limits, &lane, inline).await;
                 drop((permit, slot));
             });
             self.answer_or_hand_over(work);
@@ -449,19 +457,42 @@ impl Serving {
 
 /// One connection: read the request, decide, answer or close; the connection is closed in
 /// `lane` (its user's closer threads), or in place when it refuses descriptors (`inline`).
+/// How long an answer may wait: each step's deadline, and the daemon's stop.
+struct Limits<'a> {
+    /// For the request to come, and for the answer to be taken.
+    timeout: Duration,
+    /// The daemon's stop: a connection whose request has not come is closed then (nothing is
+    /// reserved for it yet), so that silent clients never delay a stop.
+    stopping: &'a CancellationToken,
+}
+
 async fn answer(
     stream: StdStream,
     cred: berth_os::peer::PeerCredentials,
     shared: &Shared,
-    timeout: Duration,
+    limits: Limits<'_>,
     lane: &Lane,
     inline: bool,
 ) {
+    let Limits { timeout, stopping } = limits;
     let mut stream = Disposed::new(stream, lane, inline);
-    let request = match tokio::time::timeout(timeout, read_request(&mut stream, lane)).await {
+    let read = tokio::select! {
+        // A request already received is answered even as the stop comes.
+        biased;
+        read = tokio::time::timeout(timeout, read_request(&mut stream, lane)) => read,
+        () = stopping.cancelled() => {
+            tracing::debug!(peer = cred.pid, "portserver: the daemon stops; a connection that sent no request is closed");
+            return;
+        }
+    };
+    let request = match read {
         Ok(Ok(Some(pid))) => pid,
         Ok(Ok(None)) => {
             tracing::debug!(peer = cred.pid, "portserver: refused a malformed request");
+            crate::server::refusals::log(
+                cred.uid,
+                "portserver: refused malformed requests (not a pid and a newline; see the log at debug)",
+            );
             return;
         }
         Ok(Err(e)) => {
@@ -470,6 +501,10 @@ async fn answer(
         }
         Err(_) => {
             tracing::debug!(peer = cred.pid, "portserver: no request within {timeout:?}");
+            crate::server::refusals::log(
+                cred.uid,
+                "portserver: closed connections that sent no request within the deadline (5 s by default)",
+            );
             return;
         }
     };

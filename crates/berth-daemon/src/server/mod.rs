@@ -479,7 +479,15 @@ pub async fn run_with_ready(
         .accept_until(&listener, shutdown, &mut accepting)
         .await;
 
-    let draining = format!("stopping: draining {} connections", shared.counts().1);
+    let open = shared.counts().1;
+    let draining = format!(
+        "stopping: draining {open} {}",
+        if open == 1 {
+            "connection"
+        } else {
+            "connections"
+        }
+    );
     tracing::info!("{draining}");
     crate::server::notify::stopping(&draining);
     cancel.cancel();

@@ -206,6 +206,28 @@ async fn silent_peers_are_dropped_at_their_deadline_and_cannot_starve_the_endpoi
     d.shutdown().await;
 }
 
+/// A stop closes the connections that have sent no request (nothing is reserved for them)
+/// rather than waiting out their deadline: silent clients — another user's, say — never delay
+/// the daemon's stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_closes_silent_connections_at_once() {
+    let name = unique("stop-silent");
+    let d = daemon(13700, 13719, &name, |e| {
+        // Far beyond the deadline below: a stop that waited for it would miss that.
+        e.io_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let mut silent = [connect(&name).await, connect(&name).await];
+    // Answered while the silent ones wait: they are taken in (not queued behind).
+    port_for(&name, std::process::id()).await;
+    tokio::time::timeout(Duration::from_secs(60), d.shutdown())
+        .await
+        .expect("the daemon stops without waiting for silent connections");
+    for s in &mut silent {
+        assert_eq!(read_to_close(s).await, "", "closed without a reply");
+    }
+}
+
 /// With every place taken, one more connection is refused at once (closed without a reply, the
 /// protocol's refusal) rather than left waiting — whichever of the connections made together
 /// the endpoint's threads admit last. (Rarely, a thread that accepted a connection is
