@@ -277,6 +277,10 @@ pub(crate) fn spawn(
         shared,
         per_uid,
         permits: Arc::new(Semaphore::new(endpoint.max_connections.max(1))),
+        others: Arc::new(Semaphore::new(
+            endpoint.max_connections.max(1)
+                - crate::server::admin_reserve(endpoint.max_connections.max(1)),
+        )),
         timeout: endpoint.io_timeout,
         inline,
         runtime: runtime.clone(),
@@ -363,6 +367,9 @@ struct Serving {
     shared: Arc<Shared>,
     per_uid: Arc<crate::server::fair::PerUid>,
     permits: Arc<Semaphore>,
+    /// The places of users other than administrators: as on the main socket, some are kept
+    /// for administrators, so that users filling the endpoint never lock root out of it.
+    others: Arc<Semaphore>,
     timeout: Duration,
     inline: Inline,
     /// Where answers that must wait run, and whose timers and reactor answers in place use.
@@ -407,12 +414,27 @@ impl Serving {
                 lane.dispose(stream);
                 continue;
             };
+            // An administrator (no slot: not counted per user) may take the places kept.
+            let other = match &slot {
+                None => None,
+                Some(_) => match self.others.clone().try_acquire_owned() {
+                    Ok(place) => Some(place),
+                    Err(_) => {
+                        crate::server::refusals::log(
+                            cred.uid,
+                            "portserver: refused a connection: the endpoint's places for users other than administrators are all in use",
+                        );
+                        lane.dispose((stream, slot));
+                        continue;
+                    }
+                },
+            };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 crate::server::refusals::log(
                     cred.uid,
                     "portserver: refused a connection: the endpoint's connections are all in use",
                 );
-                lane.dispose((stream, slot));
+                lane.dispose((stream, slot, other));
                 continue;
             };
             let inline = self.inline.of(&stream);
@@ -424,7 +446,7 @@ impl Serving {
                     stopping: &stopping,
                 };
                 answer(stream, cred, &shared, limits, &lane, inline).await;
-                drop((permit, slot));
+                drop((permit, slot, other));
             });
             self.answer_or_hand_over(work);
         }

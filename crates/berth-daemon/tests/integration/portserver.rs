@@ -228,6 +228,67 @@ async fn a_stop_closes_silent_connections_at_once() {
     }
 }
 
+/// As on the main socket, a sixteenth of the endpoint's places is kept for administrators:
+/// other users filling every place they may take never lock root out of the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn administrators_keep_places_when_other_users_fill_the_endpoint() {
+    if !berth_testkit::needs::other_users_available() {
+        berth_testkit::needs::skip(
+            berth_testkit::needs::Need::Users,
+            "needs root, to connect from threads running as other users",
+        );
+        return;
+    }
+    let name = unique("admin-places");
+    // 32 places, 2 kept for administrators: users together may have 30.
+    let d = daemon(13720, 13739, &name, |e| {
+        e.max_connections = 32;
+        e.io_timeout = Duration::from_secs(600);
+    })
+    .await;
+    // 31 silent connections of four users (10, 10, 10 and 1): exactly one finds no place.
+    let mut silent = Vec::new();
+    for (uid, count) in [(10_021, 10), (10_022, 10), (10_023, 10), (10_024, 1)] {
+        let name = name.clone();
+        silent.extend(
+            std::thread::spawn(move || {
+                rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid))
+                    .expect("setuid on this thread (root)");
+                let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+                (0..count)
+                    .map(|_| std::os::unix::net::UnixStream::connect_addr(&addr).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .join()
+            .unwrap(),
+        );
+    }
+    let closed = |conns: &[std::os::unix::net::UnixStream]| {
+        conns
+            .iter()
+            .filter(|c| {
+                c.set_nonblocking(true).unwrap();
+                let mut byte = [0u8; 1];
+                match std::io::Read::read(&mut &**c, &mut byte) {
+                    Ok(0) => true,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    Ok(_) => panic!("a silent connection was answered"),
+                }
+            })
+            .count()
+    };
+    assert!(
+        eventually(10_000, || std::future::ready(closed(&silent) == 1)).await,
+        "{} of 31 users' connections refused, with 30 places for them",
+        closed(&silent)
+    );
+    // Root is served from the places kept.
+    port_for(&name, std::process::id()).await;
+    assert_eq!(closed(&silent), 1);
+    drop(silent);
+    d.shutdown().await;
+}
+
 /// With every place taken, one more connection is refused at once (closed without a reply, the
 /// protocol's refusal) rather than left waiting — whichever of the connections made together
 /// the endpoint's threads admit last. (Rarely, a thread that accepted a connection is
