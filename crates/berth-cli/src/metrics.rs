@@ -324,6 +324,7 @@ mod tests {
             mode: "hold".into(),
             enforce_attached_at: None,
             enforce_unavailable_because: String::new(),
+            portserver: None,
         }
     }
 

@@ -147,6 +147,20 @@ pub struct StatusJson {
     pub mode: String,
     /// Enforce mode: `{"available", "unavailable_because", "attached_at"}`.
     pub enforce: EnforceJson,
+    /// The portpicker endpoint, `{"address", "served", "not_served_because"}`, or `null` when
+    /// the daemon has none.
+    pub portserver: Option<PortserverJson>,
+}
+
+/// The portpicker endpoint in `berth status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct PortserverJson {
+    /// Its address: `@name` (abstract) or a socket path.
+    pub address: String,
+    /// Whether the daemon answers there.
+    pub served: bool,
+    /// Why not, when not (another process holds the address; `null` when served).
+    pub not_served_because: Option<String>,
 }
 
 /// Enforce mode in `berth status --json`.
@@ -324,6 +338,12 @@ impl From<&StatusInfo> for StatusJson {
                     .then(|| s.enforce_unavailable_because.clone()),
                 attached_at: s.enforce_attached_at.clone(),
             },
+            portserver: s.portserver.as_ref().map(|p| PortserverJson {
+                address: shown(&p.address),
+                served: p.not_served_because.is_empty(),
+                not_served_because: (!p.not_served_because.is_empty())
+                    .then(|| shown(&p.not_served_because)),
+            }),
             kernel_list: s.kernel_list.map(|k| KernelListJson {
                 reserved: k.reserved,
                 extras: k.extras,

@@ -177,6 +177,27 @@ fn adopted(address: &Address) -> io::Result<Option<StdListener>> {
     Ok(Some(listener))
 }
 
+/// Who holds `address` (another process listens there): "pid P (uid U, COMMAND)" when this
+/// daemon can tell (root can; a user's daemon only of its own processes), or what to run to
+/// find out.
+pub(crate) fn holder(address: &Address) -> String {
+    let name = address.to_string();
+    let inodes = berth_os::diag::unix_listeners(&name);
+    let found = berth_os::diag::owners(&inodes, 1);
+    let Some(pid) = inodes.iter().find_map(|inode| found.get(inode)) else {
+        return format!("another process (`ss -xlp | grep -F -- '{name}'` names it)");
+    };
+    let uid =
+        berth_os::proc::dir_owner(*pid).map_or_else(|| "?".to_owned(), |(u, _)| u.to_string());
+    let command = berth_os::proc::stat(*pid)
+        .ok()
+        .and_then(|stat| {
+            berth_os::proc::comm_from_stat(&stat).map(berth_core::Owner::printable_command)
+        })
+        .unwrap_or_default();
+    format!("pid {pid} (uid {uid}, {command})")
+}
+
 /// Binds `address`. A socket file left by a daemon that is gone (connecting is refused) is
 /// replaced; one that answers is not. The socket is world-connectable: any local process may
 /// ask, and the answer depends only on who it is.

@@ -40,8 +40,8 @@ pub use detail::{
 pub use frame::{FrameCodec, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 pub use message::{
     AcquireOptions, Enforce, ExposureInfo, Hello, KernelListInfo, NameInfo, OwnerInfo, PortReport,
-    QuotaInfo, RefusalInfo, Request, ReservationInfo, Response, ShareInfo, SocketInfo, StatusInfo,
-    UsageInfo, UserUsage, Welcome, WireError, MAX_ALLOW_LIST, MAX_NAME_LEN, MAX_SOCKETS_REPORTED,
-    MAX_WAIT_MS,
+    PortserverInfo, QuotaInfo, RefusalInfo, Request, ReservationInfo, Response, ShareInfo,
+    SocketInfo, StatusInfo, UsageInfo, UserUsage, Welcome, WireError, MAX_ALLOW_LIST, MAX_NAME_LEN,
+    MAX_SOCKETS_REPORTED, MAX_WAIT_MS,
 };
 pub use version::{negotiate, VersionMismatch, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};

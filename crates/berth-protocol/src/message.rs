@@ -668,6 +668,18 @@ pub struct StatusInfo {
     pub enforce_attached_at: Option<String>,
     /// Why a request for enforce mode would be refused here; empty when it would be honoured.
     pub enforce_unavailable_because: String,
+    /// The portpicker endpoint, when the daemon is configured with one; `None` otherwise.
+    pub portserver: Option<PortserverInfo>,
+}
+
+/// The portpicker endpoint (see `berth status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortserverInfo {
+    /// Its address: `@name` (an abstract socket) or a socket path.
+    pub address: String,
+    /// Why the daemon does not answer there (another process holds the address — named when
+    /// the daemon can tell — so portpicker clients reach that process); empty while it does.
+    pub not_served_because: String,
 }
 
 /// A wildcard pool exposed to other programs' automatic port choice (see `berth status`).

@@ -127,6 +127,15 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                 status.mode
             ),
         }
+        if let Some(ps) = &status.portserver {
+            match &ps.not_served_because {
+                None => outln!("  portpicker endpoint {}", ps.address),
+                Some(why) => outln!(
+                    "  warning: portpicker endpoint {} not served: {why}; portpicker clients of this address reach that process instead (docs/portserver.md)",
+                    ps.address
+                ),
+            }
+        }
         outln!(
             "  {} open of a limit of {} ({})",
             plural(status.open_files, "file descriptor"),

@@ -22,19 +22,39 @@ pub(super) fn start_portserver(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> io::Result<()> {
+    let address = endpoint.address.to_string();
     match crate::portserver::bind(&endpoint.address) {
-        Ok(bound) => crate::portserver::spawn(
-            bound,
-            endpoint,
-            shared.clone(),
-            per_uid.clone(),
-            tracker,
-            cancel.clone(),
-        ),
-        Err(e) if endpoint.optional && e.kind() == io::ErrorKind::AddrInUse => {
+        Ok(bound) => {
+            crate::portserver::spawn(
+                bound,
+                endpoint,
+                shared.clone(),
+                per_uid.clone(),
+                tracker,
+                cancel.clone(),
+            )?;
+            shared.set_portserver(berth_protocol::PortserverInfo {
+                address,
+                not_served_because: String::new(),
+            });
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let holder = crate::portserver::holder(&endpoint.address);
+            if !endpoint.optional {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{e}: it is held by {holder}"),
+                ));
+            }
             tracing::warn!(
-                "{e}; serving without the portserver endpoint (is another portserver running?)"
+                "{e}: it is held by {holder}; serving without the portserver endpoint, and \
+                 portpicker clients of this address reach that process instead"
             );
+            shared.set_portserver(berth_protocol::PortserverInfo {
+                address,
+                not_served_because: format!("the address is held by {holder}"),
+            });
             Ok(())
         }
         Err(e) => Err(e),

@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     /// The runtime journal's file, rewritten outside the table lock when it has outgrown its
     /// live rows (`Runtime::rewrite_if_due`).
     journal_file: crate::mirror::journal::Runtime,
+    /// The portpicker endpoint as `berth status` shows it: set once it is bound, or found taken.
+    portserver: Mutex<Option<berth_protocol::PortserverInfo>>,
     /// The block each user's names were last given (locked after the table, never before).
     names: Mutex<NameBook>,
     /// Woken on every change of the table: waits for a name look again.
@@ -129,6 +131,22 @@ pub(crate) struct Peer {
 }
 
 impl Shared {
+    /// Records what `berth status` says of the portpicker endpoint.
+    pub(crate) fn set_portserver(&self, info: berth_protocol::PortserverInfo) {
+        *self
+            .portserver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(info);
+    }
+
+    /// What `berth status` says of the portpicker endpoint; `None` when there is none.
+    pub(crate) fn portserver_info(&self) -> Option<berth_protocol::PortserverInfo> {
+        self.portserver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The shared state over an empty table; also returns where the owners to watch arrive
     /// (see `owner_watch`).
     pub(crate) fn new(
@@ -184,6 +202,7 @@ impl Shared {
             turns: crate::server::fair::Turns::new(REQUEST_TURNS),
             scans: crate::server::fair::Turns::new(HOST_SCANS),
             journal_file,
+            portserver: Mutex::new(None),
             names: Mutex::new(NameBook::new(
                 config.max_names_per_user,
                 config.forget_names_after,

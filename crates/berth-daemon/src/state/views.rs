@@ -81,6 +81,7 @@ impl Shared {
             .to_owned(),
             enforce_attached_at: enforce.attached_at.map(|p| p.display().to_string()),
             enforce_unavailable_because: enforce.unavailable.unwrap_or_default(),
+            portserver: self.portserver_info(),
         })
     }
 }

@@ -289,6 +289,47 @@ async fn administrators_keep_places_when_other_users_fill_the_endpoint() {
     d.shutdown().await;
 }
 
+async fn status(daemon: &TestDaemon) -> berth_protocol::StatusInfo {
+    let mut stream = shaken_hands(&daemon.socket, "portserver-test").await;
+    stream.write_all(&frame(Request::Status)).await.unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut payload).await.unwrap();
+    match responses(&raw_frame(&payload)).pop() {
+        Some(Response::Status(info)) => info,
+        other => panic!("a status, got {other:?}"),
+    }
+}
+
+/// `berth status` says where the endpoint answers — or, when another process held its address
+/// first (an optional endpoint then serves nothing), which process portpicker clients reach
+/// instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_endpoint_and_the_process_holding_its_address() {
+    let name = unique("status");
+    let d = daemon(13740, 13749, &name, |_| {}).await;
+    let served = status(&d).await.portserver.expect("an endpoint");
+    assert_eq!(served.address, format!("@{name}"));
+    assert_eq!(served.not_served_because, "");
+    d.shutdown().await;
+
+    // Another listener holds the address first (here, this process).
+    let taken = unique("status-taken");
+    let addr = SocketAddr::from_abstract_name(taken.as_bytes()).unwrap();
+    let squatter = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let d = daemon(13740, 13749, &taken, |e| e.optional = true).await;
+    let info = status(&d).await.portserver.expect("an endpoint");
+    assert_eq!(info.address, format!("@{taken}"));
+    let me = std::process::id();
+    assert!(
+        info.not_served_because.contains(&format!("pid {me} (uid ")),
+        "{info:?}"
+    );
+    d.shutdown().await;
+    drop(squatter);
+}
+
 /// With every place taken, one more connection is refused at once (closed without a reply, the
 /// protocol's refusal) rather than left waiting — whichever of the connections made together
 /// the endpoint's threads admit last. (Rarely, a thread that accepted a connection is
