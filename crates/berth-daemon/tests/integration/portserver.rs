@@ -65,14 +65,19 @@ async fn port_for(name: &str, pid: u32) -> u16 {
     port.unwrap_or_else(|| panic!("a port for pid {pid}, got {reply:?}"))
 }
 
-async fn list(daemon: &TestDaemon) -> Vec<ReservationInfo> {
+/// `request`'s answer on the daemon's main socket.
+async fn ask_daemon(daemon: &TestDaemon, request: Request) -> Option<Response> {
     let mut stream = shaken_hands(&daemon.socket, "portserver-test").await;
-    stream.write_all(&frame(Request::List)).await.unwrap();
+    stream.write_all(&frame(request)).await.unwrap();
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await.unwrap();
     let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
     stream.read_exact(&mut payload).await.unwrap();
-    match responses(&raw_frame(&payload)).pop() {
+    responses(&raw_frame(&payload)).pop()
+}
+
+async fn list(daemon: &TestDaemon) -> Vec<ReservationInfo> {
+    match ask_daemon(daemon, Request::List).await {
         Some(Response::List(rows)) => rows,
         other => panic!("a list, got {other:?}"),
     }
@@ -290,13 +295,7 @@ async fn administrators_keep_places_when_other_users_fill_the_endpoint() {
 }
 
 async fn status(daemon: &TestDaemon) -> berth_protocol::StatusInfo {
-    let mut stream = shaken_hands(&daemon.socket, "portserver-test").await;
-    stream.write_all(&frame(Request::Status)).await.unwrap();
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.unwrap();
-    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut payload).await.unwrap();
-    match responses(&raw_frame(&payload)).pop() {
+    match ask_daemon(daemon, Request::Status).await {
         Some(Response::Status(info)) => info,
         other => panic!("a status, got {other:?}"),
     }
