@@ -23,6 +23,53 @@ fn boot_id() -> String {
         .to_owned()
 }
 
+/// A database and a runtime directory of a test's own, and the journal names a daemon uses there.
+struct Places {
+    _dir: tempfile::TempDir,
+    run: tempfile::TempDir,
+    db: std::path::PathBuf,
+}
+
+impl Places {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("berth.db");
+        Places {
+            _dir: dir,
+            run: tempfile::tempdir().unwrap(),
+            db,
+        }
+    }
+
+    /// A daemon of this database keeping its journal in the runtime directory; pool `lo..=hi`.
+    fn daemon(&self, lo: u16, hi: u16) -> TestDaemon {
+        let run = self.run.path().to_owned();
+        TestDaemon::with_db(&self.db, lo, hi, move |config| {
+            config.runtime_dir = Some(run);
+        })
+    }
+
+    /// A first daemon's runtime reservation of two TCP ports, in its journal once it stopped:
+    /// its client and the reservation (forgotten, not dropped, by a test that restarts).
+    async fn journaled_block(&self, lo: u16, hi: u16) -> (Client, berth::Reservation) {
+        let first = self.daemon(lo, hi);
+        let client = Client::connect_to(&first.socket).await.unwrap();
+        let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
+        first.shutdown().await;
+        (client, block)
+    }
+
+    /// This namespace's journal in the runtime directory.
+    fn ours(&self) -> std::path::PathBuf {
+        in_runtime_dir(self.run.path(), &self.db)
+    }
+
+    /// The name a release before network namespaces gave it there.
+    fn legacy(&self) -> std::path::PathBuf {
+        runtime_journal_in(self.run.path(), &std::fs::canonicalize(&self.db).unwrap())
+    }
+}
+
 #[tokio::test]
 async fn reservations_an_earlier_build_journaled_in_the_database_survive_the_upgrade() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,16 +239,9 @@ async fn a_runtime_directory_others_can_write_is_not_used() {
 /// it, and the reservation it held is kept.
 #[tokio::test]
 async fn a_journal_of_a_release_before_namespaces_is_moved_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = tempfile::tempdir().unwrap();
-    let db = dir.path().join("berth.db");
-    let with_run = |config: &mut berth_daemon::Config| config.runtime_dir = Some(run.path().into());
-    let first = TestDaemon::with_db(&db, 14840, 14849, with_run);
-    let client = Client::connect_to(&first.socket).await.unwrap();
-    let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
-    first.shutdown().await;
-    let ours = in_runtime_dir(run.path(), &db);
-    let legacy = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
+    let places = Places::new();
+    let (client, block) = places.journaled_block(14840, 14849).await;
+    let (ours, legacy) = (places.ours(), places.legacy());
     assert_eq!(
         ours,
         for_namespace(&legacy, ours_netns(&ours, &legacy)),
@@ -209,7 +249,7 @@ async fn a_journal_of_a_release_before_namespaces_is_moved_in() {
     );
     std::fs::rename(&ours, &legacy).unwrap();
 
-    let second = TestDaemon::with_db(&db, 14840, 14849, with_run);
+    let second = places.daemon(14840, 14849);
     let watcher = Client::connect_to(&second.socket).await.unwrap();
     assert_eq!(
         crate::common::tokens(&watcher).await,
@@ -228,17 +268,10 @@ async fn a_journal_of_a_release_before_namespaces_is_moved_in() {
 /// administrator lists in this namespace pass for berth's.
 #[tokio::test]
 async fn a_release_journal_recording_entries_this_namespace_lacks_is_left_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = tempfile::tempdir().unwrap();
-    let db = dir.path().join("berth.db");
-    let with_run = |config: &mut berth_daemon::Config| config.runtime_dir = Some(run.path().into());
-    let first = TestDaemon::with_db(&db, 14870, 14879, with_run);
-    let client = Client::connect_to(&first.socket).await.unwrap();
-    let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
-    first.shutdown().await;
-    let ours = in_runtime_dir(run.path(), &db);
-    let legacy = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
-    std::fs::rename(&ours, &legacy).unwrap();
+    let places = Places::new();
+    let (client, block) = places.journaled_block(14870, 14879).await;
+    let legacy = places.legacy();
+    std::fs::rename(places.ours(), &legacy).unwrap();
     // A port this namespace does not list, recorded as listed by the release's daemon.
     let listed =
         berth_os::reserved_ports::read(std::path::Path::new(berth_os::reserved_ports::PATH))
@@ -251,7 +284,7 @@ async fn a_release_journal_recording_entries_this_namespace_lacks_is_left_alone(
     drop(journal);
     let before = std::fs::read(&legacy).unwrap();
 
-    let second = TestDaemon::with_db(&db, 14870, 14879, with_run);
+    let second = places.daemon(14870, 14879);
     let watcher = Client::connect_to(&second.socket).await.unwrap();
     assert_eq!(
         crate::common::tokens(&watcher).await,
@@ -287,22 +320,15 @@ fn ours_netns(ours: &std::path::Path, legacy: &std::path::Path) -> u64 {
 /// reservations in it are not restored, and the file is left for its own namespace's daemon.
 #[tokio::test]
 async fn another_namespaces_journal_is_left_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = tempfile::tempdir().unwrap();
-    let db = dir.path().join("berth.db");
-    let with_run = |config: &mut berth_daemon::Config| config.runtime_dir = Some(run.path().into());
-    let first = TestDaemon::with_db(&db, 14850, 14859, with_run);
-    let client = Client::connect_to(&first.socket).await.unwrap();
-    let block = client.acquire(Protocol::Tcp, 0, 2).await.unwrap();
-    first.shutdown().await;
+    let places = Places::new();
+    let (client, block) = places.journaled_block(14850, 14859).await;
     // As if a daemon of another namespace had written it.
-    let ours = in_runtime_dir(run.path(), &db);
-    let legacy = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
+    let (ours, legacy) = (places.ours(), places.legacy());
     let theirs = for_namespace(&legacy, ours_netns(&ours, &legacy) + 1);
     std::fs::rename(&ours, &theirs).unwrap();
     let before = std::fs::read(&theirs).unwrap();
 
-    let second = TestDaemon::with_db(&db, 14850, 14859, with_run);
+    let second = places.daemon(14850, 14859);
     let watcher = Client::connect_to(&second.socket).await.unwrap();
     assert_eq!(
         crate::common::tokens(&watcher).await,
@@ -327,11 +353,8 @@ async fn another_namespaces_journal_is_left_alone() {
 /// file's, so a reservation released since does not come back.
 #[tokio::test]
 async fn an_older_journal_left_behind_does_not_bring_back_a_release() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = tempfile::tempdir().unwrap();
-    let db = dir.path().join("berth.db");
-    let with_run = |config: &mut berth_daemon::Config| config.runtime_dir = Some(run.path().into());
-    let first = TestDaemon::with_db(&db, 14860, 14869, with_run);
+    let places = Places::new();
+    let first = places.daemon(14860, 14869);
     let client = Client::connect_to(&first.socket).await.unwrap();
     // Kept by the handles' absence: a dropped handle releases.
     let [released, kept] = [
@@ -344,18 +367,17 @@ async fn an_older_journal_left_behind_does_not_bring_back_a_release() {
         token
     });
     first.shutdown().await;
-    let ours = in_runtime_dir(run.path(), &db);
-    let stale = run.path().join("stale");
-    std::fs::copy(&ours, &stale).unwrap();
+    let stale = places.run.path().join("stale");
+    std::fs::copy(places.ours(), &stale).unwrap();
 
-    let second = TestDaemon::with_db(&db, 14860, 14869, with_run);
+    let second = places.daemon(14860, 14869);
     let client = Client::connect_to(&second.socket).await.unwrap();
     std::mem::forget(client.reclaim(released).await.unwrap());
     client.release(released).await.unwrap();
     std::mem::forget(client.reclaim(kept).await.unwrap());
     second.shutdown().await;
     // The earlier state, under the name an earlier release used, written an hour ago.
-    let legacy = runtime_journal_in(run.path(), &std::fs::canonicalize(&db).unwrap());
+    let legacy = places.legacy();
     std::fs::rename(&stale, &legacy).unwrap();
     let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     std::fs::File::options()
@@ -365,7 +387,7 @@ async fn an_older_journal_left_behind_does_not_bring_back_a_release() {
         .set_modified(an_hour_ago)
         .unwrap();
 
-    let third = TestDaemon::with_db(&db, 14860, 14869, with_run);
+    let third = places.daemon(14860, 14869);
     let watcher = Client::connect_to(&third.socket).await.unwrap();
     assert_eq!(crate::common::tokens(&watcher).await, vec![kept]);
     assert!(!legacy.exists());
