@@ -177,25 +177,41 @@ fn adopted(address: &Address) -> io::Result<Option<StdListener>> {
     Ok(Some(listener))
 }
 
-/// Who holds `address` (another process listens there): "pid P (uid U, COMMAND)" when this
-/// daemon can tell (root can; a user's daemon only of its own processes), or what to run to
-/// find out.
+/// Who holds `address` (another process listens there): "pid P (uid U, COMMAND)", asked of
+/// the listener itself — a connection's `SO_PEERCRED` names the process that called
+/// `listen()`, which nothing it binds or names can fake — or what to run to find out.
 pub(crate) fn holder(address: &Address) -> String {
-    let name = address.to_string();
-    let inodes = berth_os::diag::unix_listeners(&name);
-    let found = berth_os::diag::owners(&inodes, 1);
-    let Some(pid) = inodes.iter().find_map(|inode| found.get(inode)) else {
-        return format!("another process (`ss -xlp | grep -F -- '{name}'` names it)");
+    let asked = connect_nonblocking(address).and_then(|s| berth_os::peer::peer_credentials(&s));
+    let Ok(listener) =
+        asked.map_err(|e| tracing::debug!("cannot ask the holder of {address}: {e}"))
+    else {
+        return "another process (`ss -xlp` lists listening Unix sockets and their processes)"
+            .to_owned();
     };
-    let uid =
-        berth_os::proc::dir_owner(*pid).map_or_else(|| "?".to_owned(), |(u, _)| u.to_string());
-    let command = berth_os::proc::stat(*pid)
+    let command = berth_os::proc::stat(listener.pid)
         .ok()
         .and_then(|stat| {
             berth_os::proc::comm_from_stat(&stat).map(berth_core::Owner::printable_command)
         })
         .unwrap_or_default();
-    format!("pid {pid} (uid {uid}, {command})")
+    format!("pid {} (uid {}, {command})", listener.pid, listener.uid)
+}
+
+/// A connection to `address` that never waits (a full backlog is an error).
+fn connect_nonblocking(address: &Address) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let addr = match address {
+        Address::Abstract(name) => SocketAddrUnix::new_abstract_name(name.as_bytes())?,
+        Address::Path(path) => SocketAddrUnix::new(path.as_path())?,
+    };
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::connect(&socket, &addr)?;
+    Ok(socket)
 }
 
 /// Binds `address`. A socket file left by a daemon that is gone (connecting is refused) is
@@ -460,11 +476,14 @@ impl Serving {
             };
             let inline = self.inline.of(&stream);
             let (shared, timeout) = (self.shared.clone(), self.timeout);
-            let stopping = self.stopping.clone();
+            // A connection taken after the stop began (from a socket systemd passed, within
+            // its last look) would have been the next daemon's: it is answered, with its
+            // deadline, rather than closed because the stop came first.
+            let stopping = (!self.stopping.is_cancelled()).then(|| self.stopping.clone());
             let work = Box::pin(async move {
                 let limits = Limits {
                     timeout,
-                    stopping: &stopping,
+                    stopping: stopping.as_ref(),
                 };
                 answer(stream, cred, &shared, limits, &lane, inline).await;
                 drop((permit, slot, other));
@@ -505,8 +524,9 @@ struct Limits<'a> {
     /// For the request to come, and for the answer to be taken.
     timeout: Duration,
     /// The daemon's stop: a connection whose request has not come is closed then (nothing is
-    /// reserved for it yet), so that silent clients never delay a stop.
-    stopping: &'a CancellationToken,
+    /// reserved for it yet), so that silent clients never delay a stop. `None` for one taken
+    /// after the stop began.
+    stopping: Option<&'a CancellationToken>,
 }
 
 async fn answer(
@@ -523,7 +543,12 @@ async fn answer(
         // A request already received is answered even as the stop comes.
         biased;
         read = tokio::time::timeout(timeout, read_request(&mut stream, lane)) => read,
-        () = stopping.cancelled() => {
+        () = async {
+            match stopping {
+                Some(stopping) => stopping.cancelled().await,
+                None => std::future::pending().await,
+            }
+        } => {
             tracing::debug!(peer = cred.pid, "portserver: the daemon stops; a connection that sent no request is closed");
             return;
         }

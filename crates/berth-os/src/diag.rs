@@ -414,39 +414,6 @@ fn request(family: u8, protocol: Protocol, (first, last): (u16, u16), states: u3
     bytes
 }
 
-/// The inodes of the listening Unix sockets of this network namespace bound to `address`, as
-/// `/proc/net/unix` names them: `@name` for an abstract name, the path for a socket file. To
-/// find who holds an address (with [`owners`]); empty when none, or the table cannot be read.
-pub fn unix_listeners(address: &str) -> Vec<u64> {
-    std::fs::read_to_string("/proc/net/unix")
-        .map(|table| unix_listeners_in(&table, address))
-        .unwrap_or_default()
-}
-
-/// [`unix_listeners`] of a `/proc/net/unix` text: `Num RefCount Protocol Flags Type St Inode
-/// Path`, the path (which may hold spaces) the rest of the line.
-fn unix_listeners_in(table: &str, address: &str) -> Vec<u64> {
-    /// `__SO_ACCEPTCON`: the socket listens.
-    const LISTENING: u32 = 1 << 16;
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut rest = line;
-            let mut fields = [""; 7];
-            for field in &mut fields {
-                rest = rest.trim_start();
-                let end = rest.find(' ').unwrap_or(rest.len());
-                *field = rest.get(..end)?;
-                rest = rest.get(end..)?;
-            }
-            let flags = u32::from_str_radix(fields[3], 16).ok()?;
-            let inode = fields[6].parse::<u64>().ok()?;
-            (flags & LISTENING != 0 && rest.strip_prefix(' ') == Some(address)).then_some(inode)
-        })
-        .collect()
-}
-
 /// The longest one [`owners`] looks. A socket no process holds (its last reference in a
 /// message nobody read) is searched for in every process, and the host's descriptors are as
 /// many as its users like: past this, what was found is the answer.
@@ -520,21 +487,6 @@ fn scan_fds(pid: u32, wanted: &[u64], found: &mut HashMap<u64, u32>, deadline: s
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn listening_unix_sockets_are_found_by_address() {
-        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
-            0000000000000000: 00000002 00000000 00010000 0001 01    35436 @unittest-portserver\n\
-            0000000000000000: 00000003 00000000 00000000 0001 03    35437 @unittest-portserver\n\
-            0000000000000000: 00000002 00000000 00010000 0001 01 41 /run/a dir/s.sock\n\
-            0000000000000000: 00000002 00000000 00010000 0001 01    99\n";
-        assert_eq!(
-            super::unix_listeners_in(table, "@unittest-portserver"),
-            [35436]
-        );
-        assert_eq!(super::unix_listeners_in(table, "/run/a dir/s.sock"), [41]);
-        assert!(super::unix_listeners_in(table, "@other").is_empty());
-    }
-
     use super::*;
 
     #[test]

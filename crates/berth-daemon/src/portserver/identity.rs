@@ -79,6 +79,11 @@ pub(crate) fn owner_for(
     if peer.pid == 0 {
         return Err(NotOwner::PeerInvisible);
     }
+    // Pid 1 as the daemon sees it is its own namespace's init, naming itself: refused, as
+    // portpicker refuses it.
+    if named == peer.pid && named <= 1 {
+        return Err(NotOwner::Unfit { named });
+    }
     let asker = live(confirmed(
         process_owner(peer.pid, peer.uid, peer.gid),
         peer_pidfd,
@@ -105,13 +110,18 @@ pub(crate) fn owner_for(
     if named <= 1 {
         return Err(NotOwner::Unfit { named });
     }
+    // Beyond any pid the kernel gives.
+    if i32::try_from(named).is_err() {
+        return Err(NotOwner::NoSuchProcess { named });
+    }
     // Taken first, so that the process described below is the one watched.
     let pidfd = match berth_os::pidfd::PidFd::open(named) {
         Ok(Some(pidfd)) => pidfd,
         Ok(None) => return Err(NotOwner::NoSuchProcess { named }),
-        // A thread's id: `/proc` knows it, but it names no process to watch (`ENOENT` on
-        // recent kernels, `EINVAL` before).
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {
+        // A thread's id — `/proc` knows it, but it names no process to watch — when its
+        // thread group says so (`pidfd_open` refuses it with `ENOENT` on recent kernels,
+        // `EINVAL` before, which older kernels also return for its flags).
+        Err(_) if thread_group_of(named).is_some_and(|tgid| tgid != named) => {
             return Err(NotOwner::Thread { named })
         }
         Err(e) => {
@@ -130,6 +140,18 @@ pub(crate) fn owner_for(
         });
     }
     live(confirmed(process_owner(named, uid, gid), Some(pidfd))).ok_or(NotOwner::Exited { named })
+}
+
+/// The thread group (the process) of the task `tid` (`Tgid:` of `/proc/TID/status`); `None`
+/// when it has gone or cannot be read.
+fn thread_group_of(tid: u32) -> Option<u32> {
+    let status = berth_os::proc::read_file(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The daemon's own pid namespace, read once: a process cannot change it.
@@ -210,6 +232,20 @@ mod tests {
         assert!(matches!(
             owner_for(99_999_999, me(), None, |_| true),
             Err(NotOwner::NoSuchProcess { named: 99_999_999 })
+        ));
+        assert!(matches!(
+            owner_for(u32::MAX, me(), None, |_| true),
+            Err(NotOwner::NoSuchProcess { .. })
+        ));
+        // The init of the daemon's own namespace, naming itself.
+        let init = PeerCredentials {
+            pid: 1,
+            uid: 0,
+            gid: 0,
+        };
+        assert!(matches!(
+            owner_for(1, init, None, |_| true),
+            Err(NotOwner::Unfit { named: 1 })
         ));
         let hidden = PeerCredentials { pid: 0, ..me() };
         assert!(matches!(

@@ -171,10 +171,11 @@ fn open_runtime_journal(
     // journal records (either may be the daemon's).
     let legacy_kernel = crate::mirror::kernel::recorded(store);
     if let Some(unlisted) = not_listed_here(&legacy_kernel) {
-        tracing::info!(
+        tracing::warn!(
             "the database holds the runtime entries of an earlier release's daemon that listed \
-             {unlisted} in ip_local_reserved_ports, which this network namespace does not \
-             list: they are another namespace's, left for its daemon"
+             {unlisted} in ip_local_reserved_ports, none of which this network namespace \
+             lists: they are taken for another namespace's, left for its daemon (its owners' \
+             reservations are not restored here)"
         );
     } else if !legacy.is_empty() || !legacy_kernel.is_empty() {
         // Into the file first: a crash before the database is cleared leaves the rows in both,
@@ -258,9 +259,10 @@ fn private_dir(dir: &std::path::Path) -> Result<(), String> {
 /// leaves the rows in both, and the next start moves them again.
 ///
 /// A file of a `release` before network namespaces names no namespace. One whose record of the
-/// kernel's list names entries this namespace does not list is another namespace's (a fresh
-/// namespace lists nothing): it is left for that namespace's daemon — taken here, its record
-/// would make an administrator's entry of this namespace pass for berth's, removed when unused.
+/// kernel's list names entries none of which this namespace lists is another namespace's (a
+/// fresh namespace lists nothing): it is left for that namespace's daemon — taken here, its
+/// record would make an administrator's entry of this namespace pass for berth's, removed when
+/// unused.
 fn move_journal(
     from: &std::path::Path,
     runtime: &mut berth_store::RuntimeJournal,
@@ -278,10 +280,11 @@ fn move_journal(
             .unwrap_or_default();
         let record = berth_core::PortSet::parse(&record).unwrap_or_default();
         if let Some(unlisted) = not_listed_here(&record) {
-            tracing::info!(
+            tracing::warn!(
                 "the runtime journal {} of an earlier release records {unlisted} as listed in \
-                 ip_local_reserved_ports, which this network namespace does not list: it is \
-                 another namespace's, left for its daemon",
+                 ip_local_reserved_ports, none of which this network namespace lists: it is \
+                 taken for another namespace's, left for its daemon (its owners' reservations \
+                 are not restored here)",
                 from.display()
             );
             return Ok(false);
@@ -311,10 +314,12 @@ fn move_journal(
     Ok(true)
 }
 
-/// The ports of `record` (what a daemon recorded having listed in the kernel's reserved
-/// ports) that this network namespace's list lacks; `None` when it lists them all, the record
-/// is empty, or the list cannot be read (then nothing tells the record is not this
-/// namespace's).
+/// Whether `record` (what a daemon recorded having listed in the kernel's reserved ports) is
+/// another network namespace's: none of its ports is in this namespace's list. A record may
+/// name more than the list holds — it is written before each write of the list, and a daemon
+/// killed in between, a narrowing that failed or an administrator's `sysctl --system` leaves
+/// some unlisted — so one port listed is taken for this namespace's. `None` (this
+/// namespace's, as far as can be told) when the record is empty or the list cannot be read.
 fn not_listed_here(record: &berth_core::PortSet) -> Option<berth_core::PortSet> {
     if record.is_empty() {
         return None;
@@ -322,8 +327,16 @@ fn not_listed_here(record: &berth_core::PortSet) -> Option<berth_core::PortSet> 
     let listed =
         berth_os::reserved_ports::read(std::path::Path::new(berth_os::reserved_ports::PATH))
             .ok()?;
-    let unlisted = record.difference(&listed);
-    (!unlisted.is_empty()).then_some(unlisted)
+    none_listed(record, &listed)
+}
+
+/// `record`, when none of its ports is in `listed` (see [`not_listed_here`]).
+fn none_listed(
+    record: &berth_core::PortSet,
+    listed: &berth_core::PortSet,
+) -> Option<berth_core::PortSet> {
+    let unlisted = record.difference(listed);
+    (!record.is_empty() && unlisted == *record).then_some(unlisted)
 }
 
 /// When the file at `path` was last written; `None` when there is none.
@@ -591,5 +604,34 @@ fn adopt_portserver(config: &mut Config, socket: std::os::unix::net::UnixListene
             }
             crate::portserver::adopt(socket, passed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_core::PortSet;
+
+    fn set(text: &str) -> PortSet {
+        PortSet::parse(text).unwrap()
+    }
+
+    /// A release's record is another namespace's only when none of its entries is listed: one
+    /// listed entry is enough to take it (a record may name more than the list holds).
+    #[test]
+    fn a_record_is_another_namespaces_only_when_none_of_it_is_listed() {
+        assert_eq!(
+            super::none_listed(&set("40000-40002"), &set("")),
+            Some(set("40000-40002"))
+        );
+        assert_eq!(
+            super::none_listed(&set("40000-40002"), &set("8080")),
+            Some(set("40000-40002"))
+        );
+        assert_eq!(super::none_listed(&set("40000-40002"), &set("40001")), None);
+        assert_eq!(
+            super::none_listed(&set("40000-40002"), &set("40000-40002")),
+            None
+        );
+        assert_eq!(super::none_listed(&set(""), &set("")), None);
     }
 }
