@@ -754,7 +754,8 @@ impl Enforcer {
         for (protocol, port, new, refusals) in news.iter().take(LOGGED_PER_CALL) {
             let last = &refusals.last;
             tracing::warn!(
-                "enforce mode refused {new} bind(s) of {protocol} {port} (reserved by {}): the last by pid {} ({}, uid {}); `berth why --{protocol} {port}` says more",
+                "enforce mode refused {new} {} of {protocol} {port} (reserved by {}): the last by pid {} ({}, uid {}); `berth why --{protocol} {port}` says more",
+                if *new == 1 { "bind" } else { "binds" },
                 owner_of(*protocol, *port),
                 last.pid,
                 berth_core::Owner::printable_command(&last.command),

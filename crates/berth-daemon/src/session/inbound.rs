@@ -445,8 +445,9 @@ impl fmt::Display for Told<'_> {
             ),
             Refusal::NotAnAssociate(n) => write!(
                 f,
-                "{n} file descriptor(s) came with a request that is not an associate; only an \
-                 associate request carries one, the socket to bind"
+                "{} came with a request that is not an associate; only an associate request \
+                 carries one, the socket to bind",
+                descriptors(*n)
             ),
             Refusal::SeveralForAssociate(n) => write!(
                 f,
@@ -454,13 +455,23 @@ impl fmt::Display for Told<'_> {
             ),
             Refusal::MidFrame(n) => write!(
                 f,
-                "{n} file descriptor(s) came in the middle of a request frame; send the socket \
-                 with the first bytes of its associate frame"
+                "{} came in the middle of a request frame; send the socket with the first bytes \
+                 of its associate frame",
+                descriptors(*n)
             ),
             Refusal::Unrecorded => {
                 f.write_str("internal error: a frame with no read recorded for its bytes")
             }
         }
+    }
+}
+
+/// "1 file descriptor", "3 file descriptors".
+fn descriptors(n: usize) -> String {
+    if n == 1 {
+        "1 file descriptor".to_owned()
+    } else {
+        format!("{n} file descriptors")
     }
 }
 

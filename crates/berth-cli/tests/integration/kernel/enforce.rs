@@ -274,7 +274,7 @@ fn an_enforced_run_draws_bind_zero_from_its_block_and_outlives_its_launcher() {
     support::poll_until("the refusals are logged", || {
         daemon
             .log()
-            .contains(&format!("enforce mode refused 2 bind(s) of tcp {port}"))
+            .contains(&format!("enforce mode refused 2 binds of tcp {port}"))
             .then_some(())
     });
     // `status` says enforce mode is in force, and where.

@@ -88,9 +88,10 @@ impl Inner {
             Ok(()) => {
                 narrow(&setup.record, &mut books);
                 if !keep.is_empty() {
+                    let n = keep.len();
                     tracing::info!(
-                        "left {} port(s) of reservations whose owners still run in {} for the next daemon",
-                        keep.len(),
+                        "left {n} {} of reservations whose owners still run in {} for the next daemon",
+                        if n == 1 { "port" } else { "ports" },
                         reserved_ports::PATH
                     );
                 }
