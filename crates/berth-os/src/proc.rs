@@ -119,6 +119,13 @@ pub fn effective_caps_from_status(status: &str) -> Option<u64> {
     status_line(status, "CapEff:").and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
+/// The thread group — the process — of task `tid` (`Tgid:` of `/proc/TID/status`): `tid`
+/// itself for a process, another pid for one of its threads; `None` when it has gone.
+pub fn thread_group(tid: u32) -> Option<u32> {
+    let status = read_file(format!("/proc/{tid}/status")).ok()?;
+    status_line(&status, "Tgid:")?.trim().parse().ok()
+}
+
 /// The real uid and gid of process `pid`.
 pub fn real_ids(pid: u32) -> Option<(u32, u32)> {
     ids_from_status(&read_process_file(&format!("/proc/{pid}/status"), 4096).ok()?)

@@ -121,7 +121,7 @@ pub(crate) fn owner_for(
         // A thread's id — `/proc` knows it, but it names no process to watch — when its
         // thread group says so (`pidfd_open` refuses it with `ENOENT` on recent kernels,
         // `EINVAL` before, which older kernels also return for its flags).
-        Err(_) if thread_group_of(named).is_some_and(|tgid| tgid != named) => {
+        Err(_) if berth_os::proc::thread_group(named).is_some_and(|tgid| tgid != named) => {
             return Err(NotOwner::Thread { named })
         }
         Err(e) => {
@@ -140,18 +140,6 @@ pub(crate) fn owner_for(
         });
     }
     live(confirmed(process_owner(named, uid, gid), Some(pidfd))).ok_or(NotOwner::Exited { named })
-}
-
-/// The thread group (the process) of the task `tid` (`Tgid:` of `/proc/TID/status`); `None`
-/// when it has gone or cannot be read.
-fn thread_group_of(tid: u32) -> Option<u32> {
-    let status = berth_os::proc::read_file(format!("/proc/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Tgid:"))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The daemon's own pid namespace, read once: a process cannot change it.

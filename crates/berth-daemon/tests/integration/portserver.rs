@@ -83,6 +83,13 @@ async fn list(daemon: &TestDaemon) -> Vec<ReservationInfo> {
     }
 }
 
+async fn status(daemon: &TestDaemon) -> berth_protocol::StatusInfo {
+    match ask_daemon(daemon, Request::Status).await {
+        Some(Response::Status(info)) => info,
+        other => panic!("a status, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_with_one_number_reserved_in_tcp_and_udp_for_the_process() {
     let name = unique("serve");
@@ -292,13 +299,6 @@ async fn administrators_keep_places_when_other_users_fill_the_endpoint() {
     assert_eq!(closed(&silent), 1);
     drop(silent);
     d.shutdown().await;
-}
-
-async fn status(daemon: &TestDaemon) -> berth_protocol::StatusInfo {
-    match ask_daemon(daemon, Request::Status).await {
-        Some(Response::Status(info)) => info,
-        other => panic!("a status, got {other:?}"),
-    }
 }
 
 /// `berth status` says where the endpoint answers — or, when another process held its address

@@ -59,6 +59,27 @@ impl Places {
         (client, block)
     }
 
+    /// Starts a daemon (pool `lo..=hi`) that must restore nothing, stops it, and checks that
+    /// `file`, another namespace's journal, still holds exactly `before`.
+    async fn leaves_alone(&self, lo: u16, hi: u16, file: &std::path::Path, before: &[u8]) {
+        let daemon = self.daemon(lo, hi);
+        let watcher = Client::connect_to(&daemon.socket).await.unwrap();
+        assert_eq!(
+            crate::common::tokens(&watcher).await,
+            Vec::<berth::Token>::new(),
+            "nothing of the other namespace's is restored"
+        );
+        // This daemon's own work goes on beside it.
+        drop(watcher.acquire(Protocol::Udp, 0, 1).await.unwrap());
+        drop(watcher);
+        daemon.shutdown().await;
+        assert_eq!(
+            std::fs::read(file).unwrap(),
+            before,
+            "the other namespace's journal is left as it was, for its own daemon"
+        );
+    }
+
     /// This namespace's journal in the runtime directory.
     fn ours(&self) -> std::path::PathBuf {
         in_runtime_dir(self.run.path(), &self.db)
@@ -284,20 +305,7 @@ async fn a_release_journal_recording_entries_this_namespace_lacks_is_left_alone(
     drop(journal);
     let before = std::fs::read(&legacy).unwrap();
 
-    let second = places.daemon(14870, 14879);
-    let watcher = Client::connect_to(&second.socket).await.unwrap();
-    assert_eq!(
-        crate::common::tokens(&watcher).await,
-        Vec::<berth::Token>::new(),
-        "nothing of the other namespace's"
-    );
-    drop(watcher);
-    second.shutdown().await;
-    assert_eq!(
-        std::fs::read(&legacy).unwrap(),
-        before,
-        "the release's journal is left as it was, for its own namespace's daemon"
-    );
+    places.leaves_alone(14870, 14879, &legacy, &before).await;
     std::mem::forget(block);
     drop(client);
 }
@@ -328,22 +336,7 @@ async fn another_namespaces_journal_is_left_alone() {
     std::fs::rename(&ours, &theirs).unwrap();
     let before = std::fs::read(&theirs).unwrap();
 
-    let second = places.daemon(14850, 14859);
-    let watcher = Client::connect_to(&second.socket).await.unwrap();
-    assert_eq!(
-        crate::common::tokens(&watcher).await,
-        Vec::<berth::Token>::new(),
-        "nothing of theirs"
-    );
-    let mine = watcher.acquire(Protocol::Udp, 0, 1).await.unwrap();
-    drop(mine);
-    drop(watcher);
-    second.shutdown().await;
-    assert_eq!(
-        std::fs::read(&theirs).unwrap(),
-        before,
-        "their journal is untouched"
-    );
+    places.leaves_alone(14850, 14859, &theirs, &before).await;
     std::mem::forget(block);
     drop(client);
 }
