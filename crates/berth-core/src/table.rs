@@ -875,18 +875,16 @@ impl Table {
     /// [`PortUse::Bound`] and the next associate starts after it.
     pub fn note_bound(&mut self, token: Token, port: u16) {
         if let Some(range) = self.get(token).map(|r| r.range) {
-            if let Some(ports) = self.records.ports_mut(token) {
-                ports.bound(port.wrapping_sub(range.start()), range.count());
-            }
+            self.records
+                .mark_bound(token, port.wrapping_sub(range.start()), range.count());
         }
     }
 
     /// Records that the socket bound to `port` from `token`'s reservation is gone.
     pub fn note_unbound(&mut self, token: Token, port: u16) {
         if let Some(range) = self.get(token).map(|r| r.range) {
-            if let Some(ports) = self.records.ports_mut(token) {
-                ports.unbound(port.wrapping_sub(range.start()));
-            }
+            self.records
+                .mark_unbound(token, port.wrapping_sub(range.start()));
         }
     }
 
@@ -1258,6 +1256,12 @@ impl Table {
             .into_iter()
             .flat_map(move |protocol| self.space(protocol).by_start.values())
             .filter_map(|slot| self.records.get(slot.token))
+    }
+
+    /// The live reservations with at least one port marked bound ([`PortUse::Bound`]), by
+    /// token: a walk that costs what is bound, however many reservations are live.
+    pub fn with_bound(&self) -> impl Iterator<Item = &Reservation> + '_ {
+        self.records.with_bound()
     }
 
     /// The reservation of `protocol` that contains `port`, if any.

@@ -1,6 +1,6 @@
 //! The full records of live reservations, by token and by session.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::owner::SessionId;
 use crate::table::ports::PortStates;
@@ -99,6 +99,9 @@ pub(super) struct Records {
     by_token: TokenIndex,
     /// The newest live reservation of each session that has any.
     newest: HashMap<SessionId, u32>,
+    /// The reservations with a port marked bound: what the daemon's periodic check of bound
+    /// ports goes through, so that it costs what is bound, not what is live.
+    bound: BTreeSet<Token>,
 }
 
 impl Records {
@@ -122,9 +125,34 @@ impl Records {
     }
 
     /// The per-port state of `token`'s reservation, to change.
-    pub(super) fn ports_mut(&mut self, token: Token) -> Option<&mut PortStates> {
+    fn ports_mut(&mut self, token: Token) -> Option<&mut PortStates> {
         let index = *self.by_token.get(&token)?;
         self.entry_mut(index).map(|e| &mut e.ports)
+    }
+
+    /// Marks port `offset` of `token`'s reservation (of `count` ports) bound.
+    pub(super) fn mark_bound(&mut self, token: Token, offset: u16, count: u16) {
+        if let Some(ports) = self.ports_mut(token) {
+            ports.bound(offset, count);
+            if ports.bound_count() > 0 {
+                self.bound.insert(token);
+            }
+        }
+    }
+
+    /// Marks port `offset` of `token`'s reservation free again.
+    pub(super) fn mark_unbound(&mut self, token: Token, offset: u16) {
+        if let Some(ports) = self.ports_mut(token) {
+            ports.unbound(offset);
+            if ports.bound_count() == 0 {
+                self.bound.remove(&token);
+            }
+        }
+    }
+
+    /// The reservations with at least one port marked bound, by token.
+    pub(super) fn with_bound(&self) -> impl Iterator<Item = &Reservation> + '_ {
+        self.bound.iter().filter_map(|&token| self.get(token))
     }
 
     /// Whether `token`'s reservation counts against the shared range's cap.
@@ -144,6 +172,9 @@ impl Records {
         let before = self.remove(after.token)?;
         let token = after.token;
         self.insert(after, capped);
+        if ports.bound_count() > 0 {
+            self.bound.insert(token);
+        }
         if let Some(slot) = self.ports_mut(token) {
             *slot = ports;
         }
@@ -199,6 +230,7 @@ impl Records {
     /// Removes `token`'s reservation and closes the gap it leaves in its session's list.
     pub(super) fn remove(&mut self, token: Token) -> Option<Reservation> {
         let index = self.by_token.remove(&token)?;
+        self.bound.remove(&token);
         let entry = self.take(index)?;
         if let Some(older) = entry.older.get().and_then(|i| self.entry_mut(i)) {
             older.newer = entry.newer;

@@ -1288,10 +1288,14 @@ fn bind_plans_try_free_ports_from_the_cursor_then_bound_ones() {
         Err(UseError::NotFound(unknown))
     );
 
+    let with_bound =
+        |table: &Table| -> Vec<Token> { table.with_bound().map(|r| r.token).collect() };
+    assert_eq!(with_bound(&f.table), []);
     f.table.note_bound(r.token, 1001);
     assert_eq!(f.table.port_use(r.token, 1001), Some(Bound));
     assert_eq!(f.table.port_use(r.token, 1002), Some(Free));
     assert_eq!(f.table.bound_ports(r.token), 1);
+    assert_eq!(with_bound(&f.table), [r.token]);
     // From just past the last bind, wrapping; the bound port last.
     assert_eq!(
         order(&f.table),
@@ -1311,6 +1315,11 @@ fn bind_plans_try_free_ports_from_the_cursor_then_bound_ones() {
         [(1000, Free), (1001, Free), (1002, Free), (1003, Bound)]
     );
     assert_eq!(f.table.bound_ports(r.token), 1);
+    assert_eq!(with_bound(&f.table), [r.token]);
+    // Its last bound port freed: no longer among those with a port bound.
+    f.table.note_unbound(r.token, 1003);
+    assert_eq!(with_bound(&f.table), []);
+    f.table.note_bound(r.token, 1003);
     // Ports outside the reservation, and unknown tokens, are ignored.
     f.table.note_bound(r.token, 999);
     f.table.note_bound(r.token, 1004);
@@ -1339,9 +1348,11 @@ fn bind_plans_try_free_ports_from_the_cursor_then_bound_ones() {
         Some(&(1003, Bound))
     );
     assert_eq!(f.table.bound_ports(r.token), 4);
+    assert_eq!(with_bound(&f.table), [r.token]);
     // …and goes with it: the same ports re-acquired start fresh.
     f.table.release(r.token, &admin()).unwrap();
     assert_eq!(f.table.port_use(r.token, 1000), None);
+    assert_eq!(with_bound(&f.table), []);
     let again = f.specific(1000, 4).unwrap();
     assert_eq!(f.table.bound_ports(again.token), 0);
     assert_eq!(f.table.port_use(again.token, 1003), Some(Free));

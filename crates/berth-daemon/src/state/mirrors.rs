@@ -305,7 +305,7 @@ impl Shared {
         let bound: Vec<(berth_core::Token, berth_core::Protocol, Vec<u16>)> = {
             let table = self.table();
             table
-                .iter()
+                .with_bound()
                 .filter(|r| !r.held())
                 .map(|r| (r.token, r.protocol, table.bound_list(r.token)))
                 .filter(|(_, _, ports)| !ports.is_empty())
