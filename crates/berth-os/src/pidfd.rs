@@ -90,6 +90,27 @@ pub fn holds_its_pid(pidfd: impl AsFd) -> io::Result<bool> {
     }
 }
 
+/// A number that names the process `pidfd` refers to, and no other, until the system stops:
+/// the pidfd's inode number where pidfds live in pidfs (Linux 6.9 and later, 64-bit), which
+/// gives each process its own and never reuses one — unlike its pid. Two pidfds of one process
+/// share it. `None` on older kernels, whose pidfds all share one anonymous inode.
+pub fn process_key(pidfd: impl AsFd) -> Option<u64> {
+    /// `PIDFS_MAGIC` (include/uapi/linux/magic.h): the file system of pidfds since 6.9.
+    const PIDFS_MAGIC: u64 = 0x5049_4446;
+    /// Whether pidfds live in pidfs: asked once, of the first pidfd seen (a kernel does not
+    /// change its mind).
+    static PIDFS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let pidfd = pidfd.as_fd();
+    let pidfs = *PIDFS.get_or_init(|| {
+        rustix::fs::fstatfs(pidfd)
+            .is_ok_and(|fs| u64::try_from(fs.f_type).ok() == Some(PIDFS_MAGIC))
+    });
+    if !pidfs || usize::BITS < 64 {
+        return None;
+    }
+    rustix::fs::fstat(pidfd).ok().map(|st| st.st_ino)
+}
+
 impl AsFd for PidFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
@@ -259,6 +280,27 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap()
+    }
+
+    /// Where pidfds are pidfs (this kernel and any since 6.9), two pidfds of one process share
+    /// a key and another process has another; elsewhere there is none.
+    #[test]
+    fn a_process_key_names_one_process() {
+        let mine = PidFd::open(std::process::id()).unwrap().unwrap();
+        let again = PidFd::open(std::process::id()).unwrap().unwrap();
+        let mut child = sleeper();
+        let theirs = PidFd::open(child.id()).unwrap().unwrap();
+        let pidfs = rustix::fs::fstatfs(&mine).unwrap().f_type == 0x5049_4446;
+        if pidfs {
+            let key = process_key(&mine).expect("a key on pidfs");
+            assert_eq!(process_key(&again), Some(key));
+            assert_ne!(process_key(&theirs), Some(key));
+            assert!(process_key(&theirs).is_some());
+        } else {
+            assert_eq!(process_key(&mine), None);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[tokio::test]

@@ -16,14 +16,14 @@
 //! peer's from `SO_PEERPIDFD`, the named one's from `pidfd_open` — so that a pid that passed to
 //! another process meanwhile does not lend that process's start time.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use berth_core::Owner;
 use berth_os::peer::PeerCredentials;
 
 use berth_os::proc::{pid_namespace, real_ids as ids};
 
-use crate::session::peer::{confirmed, process_owner};
+use crate::session::peer::Described;
 
 /// Why a portserver request names no owner the daemon will reserve for (logged; portpicker's
 /// client is told nothing but a closed connection).
@@ -69,11 +69,12 @@ pub(crate) enum NotOwner {
 
 /// The owner of the reservation `named` asks for on behalf of `peer` (whose pidfd, from
 /// `SO_PEERPIDFD`, is `peer_pidfd`), or why it is refused. `is_admin` decides whether the peer
-/// administers the daemon.
+/// administers the daemon; processes are described through `described`.
 pub(crate) fn owner_for(
     named: u32,
     peer: PeerCredentials,
     peer_pidfd: Option<BorrowedFd<'_>>,
+    described: &Described,
     is_admin: impl FnOnce(&Owner) -> bool,
 ) -> Result<Owner, NotOwner> {
     if peer.pid == 0 {
@@ -84,11 +85,8 @@ pub(crate) fn owner_for(
     if named == peer.pid && named <= 1 {
         return Err(NotOwner::Unfit { named });
     }
-    let asker = live(confirmed(
-        process_owner(peer.pid, peer.uid, peer.gid),
-        peer_pidfd,
-    ))
-    .ok_or(NotOwner::PeerExited { pid: peer.pid })?;
+    let asker = live(described.owner(peer.pid, peer.uid, peer.gid, peer_pidfd))
+        .ok_or(NotOwner::PeerExited { pid: peer.pid })?;
     // The asker names itself (what portpicker does): it is the owner in any pid namespace —
     // in another one, a pid it names is served as itself anyway — with nothing more to read.
     if named == peer.pid {
@@ -139,7 +137,7 @@ pub(crate) fn owner_for(
             asker_uid: peer.uid,
         });
     }
-    live(confirmed(process_owner(named, uid, gid), Some(pidfd))).ok_or(NotOwner::Exited { named })
+    live(described.owner(named, uid, gid, Some(pidfd.as_fd()))).ok_or(NotOwner::Exited { named })
 }
 
 /// The daemon's own pid namespace, read once: a process cannot change it.
@@ -167,14 +165,14 @@ mod tests {
 
     #[test]
     fn the_peer_itself_and_its_own_processes_are_served() {
-        let got = owner_for(me().pid, me(), None, |_| false).unwrap();
+        let got = owner_for(me().pid, me(), None, &Described::default(), |_| false).unwrap();
         assert_eq!(got.pid, me().pid);
         assert!(got.start_time > 0);
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let got = owner_for(child.id(), me(), None, |_| false).unwrap();
+        let got = owner_for(child.id(), me(), None, &Described::default(), |_| false).unwrap();
         assert_eq!(got.pid, child.id());
         child.kill().unwrap();
         child.wait().unwrap();
@@ -199,7 +197,7 @@ mod tests {
             "/proc knows the thread"
         );
         assert!(matches!(
-            owner_for(tid, me(), None, |_| true),
+            owner_for(tid, me(), None, &Described::default(), |_| true),
             Err(NotOwner::Thread { named }) if named == tid
         ));
         done.send(()).unwrap();
@@ -209,20 +207,20 @@ mod tests {
     #[test]
     fn init_nonexistent_and_invisible_pids_are_refused() {
         assert!(matches!(
-            owner_for(0, me(), None, |_| true),
+            owner_for(0, me(), None, &Described::default(), |_| true),
             Err(NotOwner::Unfit { named: 0 })
         ));
         assert!(matches!(
-            owner_for(1, me(), None, |_| true),
+            owner_for(1, me(), None, &Described::default(), |_| true),
             Err(NotOwner::Unfit { named: 1 })
         ));
         // Beyond pid_max (at most 2^22): never a process.
         assert!(matches!(
-            owner_for(99_999_999, me(), None, |_| true),
+            owner_for(99_999_999, me(), None, &Described::default(), |_| true),
             Err(NotOwner::NoSuchProcess { named: 99_999_999 })
         ));
         assert!(matches!(
-            owner_for(u32::MAX, me(), None, |_| true),
+            owner_for(u32::MAX, me(), None, &Described::default(), |_| true),
             Err(NotOwner::NoSuchProcess { .. })
         ));
         // The init of the daemon's own namespace, naming itself.
@@ -232,12 +230,12 @@ mod tests {
             gid: 0,
         };
         assert!(matches!(
-            owner_for(1, init, None, |_| true),
+            owner_for(1, init, None, &Described::default(), |_| true),
             Err(NotOwner::Unfit { named: 1 })
         ));
         let hidden = PeerCredentials { pid: 0, ..me() };
         assert!(matches!(
-            owner_for(me().pid, hidden, None, |_| true),
+            owner_for(me().pid, hidden, None, &Described::default(), |_| true),
             Err(NotOwner::PeerInvisible)
         ));
     }
@@ -255,14 +253,16 @@ mod tests {
             .spawn()
             .unwrap();
         assert!(matches!(
-            owner_for(child.id(), stranger, None, |_| false),
+            owner_for(child.id(), stranger, None, &Described::default(), |_| false),
             Err(NotOwner::OtherUser {
                 asker_uid: 4_000_000_000,
                 ..
             })
         ));
         assert_eq!(
-            owner_for(child.id(), stranger, None, |_| true).unwrap().pid,
+            owner_for(child.id(), stranger, None, &Described::default(), |_| true)
+                .unwrap()
+                .pid,
             child.id()
         );
         child.kill().unwrap();

@@ -2,8 +2,11 @@
 //! The kernel is asked through `berth_os` (`SO_PEERCRED`, `/proc`); what makes an [`Owner`]
 //! and what a missing answer means are decided here.
 
+use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use berth_core::Owner;
 use berth_os::proc;
@@ -70,6 +73,94 @@ pub(crate) fn pinned_start_time(pid: u32, pidfd: impl AsFd) -> u64 {
     }
 }
 
+/// How long a process's description is taken from [`Described`] rather than `/proc`: its
+/// start time never changes, but its command name may (`exec`, `prctl`), and a reservation
+/// should name it as it was at most this long before.
+const DESCRIBED_FOR: Duration = Duration::from_secs(1);
+
+/// The most processes [`Described`] remembers; full, it forgets those described longest ago.
+const MAX_DESCRIBED: usize = 256;
+
+/// Processes described lately, by [`berth_os::pidfd::process_key`]: a test process that asks
+/// the portserver endpoint for port after port is described from `/proc` once a second, not
+/// on every request (three system calls, and the kernel's longest part of an answer). The key
+/// names one process for as long as the system runs, so no pid reused meanwhile can pass for
+/// it; without keys (kernels before 6.9) every request reads `/proc`, as before.
+#[derive(Debug, Default)]
+pub(crate) struct Described {
+    by_key: Mutex<HashMap<u64, Description>>,
+}
+
+#[derive(Debug, Clone)]
+struct Description {
+    pid: u32,
+    start_time: u64,
+    command: Arc<str>,
+    at: Instant,
+}
+
+impl Described {
+    /// Process `pid` (running as `uid`/`gid`, which are never remembered), pinned by `pidfd`
+    /// taken before: remembered if described less than [`DESCRIBED_FOR`] ago, else described
+    /// from `/proc` and [`confirmed`], as [`process_owner`] does. A process that has gone is
+    /// described with start time 0 and never remembered.
+    pub(crate) fn owner(
+        &self,
+        pid: u32,
+        uid: u32,
+        gid: u32,
+        pidfd: Option<BorrowedFd<'_>>,
+    ) -> Owner {
+        self.owner_at(pid, uid, gid, pidfd, Instant::now())
+    }
+
+    /// [`Described::owner`] at `now`.
+    fn owner_at(
+        &self,
+        pid: u32,
+        uid: u32,
+        gid: u32,
+        pidfd: Option<BorrowedFd<'_>>,
+        now: Instant,
+    ) -> Owner {
+        let key = pidfd.and_then(berth_os::pidfd::process_key);
+        if let Some(key) = key {
+            let by_key = self.by_key.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(d) = by_key.get(&key) {
+                if d.pid == pid && now.saturating_duration_since(d.at) < DESCRIBED_FOR {
+                    return Owner {
+                        pid,
+                        uid,
+                        gid,
+                        start_time: d.start_time,
+                        command: d.command.clone(),
+                    };
+                }
+            }
+        }
+        let owner = confirmed(process_owner(pid, uid, gid), pidfd);
+        if let Some(key) = key.filter(|_| owner.start_time != 0) {
+            let mut by_key = self.by_key.lock().unwrap_or_else(PoisonError::into_inner);
+            if by_key.len() >= MAX_DESCRIBED {
+                by_key.retain(|_, d| now.saturating_duration_since(d.at) < DESCRIBED_FOR);
+                if by_key.len() >= MAX_DESCRIBED {
+                    by_key.clear();
+                }
+            }
+            by_key.insert(
+                key,
+                Description {
+                    pid,
+                    start_time: owner.start_time,
+                    command: owner.command.clone(),
+                    at: now,
+                },
+            );
+        }
+        owner
+    }
+}
+
 /// Describes process `pid`. A process that has already gone keeps start time 0 and an empty
 /// command; its session ends as soon as its connection is seen closed.
 pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
@@ -116,6 +207,108 @@ pub(crate) fn groups_of(who: &Owner) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process described through [`Described`] within [`DESCRIBED_FOR`] keeps its first
+    /// description, even across an `exec`; after it, or for another process, or without a
+    /// pidfd, `/proc` is read again.
+    #[test]
+    fn a_process_is_described_from_memory_for_a_second() {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let pidfd = berth_os::pidfd::PidFd::open(pid).unwrap().unwrap();
+        if berth_os::pidfd::process_key(&pidfd).is_none() {
+            eprintln!("skipped: pidfds here have no process key (a kernel before 6.9)");
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
+        let described = Described::default();
+        let t0 = Instant::now();
+        let first = described.owner_at(pid, 1, 2, Some(pidfd.as_fd()), t0);
+        assert_eq!(&*first.command, "sh");
+        assert!(first.start_time > 0);
+        // The child becomes `sleep`.
+        writeln!(child.stdin.as_mut().unwrap()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proc::stat(pid)
+            .ok()
+            .as_deref()
+            .and_then(proc::comm_from_stat)
+            != Some("sleep")
+        {
+            assert!(Instant::now() < deadline, "the child never became sleep");
+            std::thread::yield_now();
+        }
+        let soon = described.owner_at(pid, 3, 4, Some(pidfd.as_fd()), t0 + DESCRIBED_FOR / 2);
+        assert_eq!(&*soon.command, "sh", "remembered");
+        assert_eq!(
+            (soon.uid, soon.gid, soon.start_time),
+            (3, 4, first.start_time)
+        );
+        // Without a pidfd, nothing is remembered.
+        assert_eq!(&*described.owner_at(pid, 1, 2, None, t0).command, "sleep");
+        let later = described.owner_at(pid, 1, 2, Some(pidfd.as_fd()), t0 + DESCRIBED_FOR * 2);
+        assert_eq!(&*later.command, "sleep", "described again");
+        assert_eq!(later.start_time, first.start_time);
+        // Another process is never taken for it.
+        let me = berth_os::pidfd::PidFd::open(std::process::id())
+            .unwrap()
+            .unwrap();
+        let mine = described.owner_at(std::process::id(), 1, 2, Some(me.as_fd()), t0);
+        assert_ne!(mine.start_time, 0);
+        assert_ne!(&*mine.command, "sleep");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Reaped: described as gone, and not remembered as running.
+        let gone = described.owner_at(pid, 1, 2, Some(pidfd.as_fd()), t0 + DESCRIBED_FOR * 4);
+        assert_eq!(gone.start_time, 0);
+        let by_key = described.by_key.lock().unwrap();
+        let key = berth_os::pidfd::process_key(&pidfd).unwrap();
+        assert!(by_key
+            .get(&key)
+            .is_none_or(|d| d.at < t0 + DESCRIBED_FOR * 4));
+    }
+
+    /// Full, it forgets the oldest descriptions rather than grow.
+    #[test]
+    fn described_processes_are_bounded() {
+        let described = Described::default();
+        let t0 = Instant::now();
+        {
+            let mut by_key = described.by_key.lock().unwrap();
+            for key in 0..MAX_DESCRIBED as u64 {
+                by_key.insert(
+                    key,
+                    Description {
+                        pid: 1,
+                        start_time: 1,
+                        command: "x".into(),
+                        at: t0,
+                    },
+                );
+            }
+        }
+        let me = berth_os::pidfd::PidFd::open(std::process::id())
+            .unwrap()
+            .unwrap();
+        if berth_os::pidfd::process_key(&me).is_none() {
+            eprintln!("skipped: pidfds here have no process key (a kernel before 6.9)");
+            return;
+        }
+        described.owner_at(
+            std::process::id(),
+            1,
+            2,
+            Some(me.as_fd()),
+            t0 + DESCRIBED_FOR,
+        );
+        assert_eq!(described.by_key.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn a_pidfd_of_a_reaped_process_unpins_its_pid() {

@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     closers: crate::session::closer::Closers,
     /// Turns at handling requests, shared fairly between users.
     turns: crate::server::fair::Turns,
+    /// Processes the portserver endpoint described lately.
+    described: crate::session::peer::Described,
     /// Turns at looking through every process's descriptors for a port's owner (`berth why`,
     /// a conflict's message): see [`HOST_SCANS`].
     pub(super) scans: crate::server::fair::Turns,
@@ -200,6 +202,7 @@ impl Shared {
             hold_enabled: config.hold,
             closers: crate::session::closer::Closers::new(),
             turns: crate::server::fair::Turns::new(REQUEST_TURNS),
+            described: crate::session::peer::Described::default(),
             scans: crate::server::fair::Turns::new(HOST_SCANS),
             journal_file,
             portserver: Mutex::new(None),

@@ -49,6 +49,7 @@ impl Shared {
             named,
             peer,
             peer_pidfd.as_ref().map(|fd| fd.as_fd()),
+            &self.described,
             |asker| self.is_admin(asker),
         )?;
         self.grant_both(owner).await
