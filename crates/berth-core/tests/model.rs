@@ -165,6 +165,9 @@ enum Op {
     ReleaseUnclaimed,
     /// Undo the last change the previous operation made.
     RevertLast,
+    /// Mark the port at this offset from the start of the reservation picked bound, or free
+    /// again (`true`); offsets outside the block included.
+    NoteBound(usize, i16, bool),
 }
 
 fn constraints() -> impl Strategy<Value = Constraints> {
@@ -213,6 +216,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (exited, any::<bool>()).prop_map(|(pid, other)| Op::OwnerExited(pid, other)),
         1 => Just(Op::ReleaseUnclaimed),
         2 => Just(Op::RevertLast),
+        3 => (any::<usize>(), -3i16..12, any::<bool>()).prop_map(|(i, o, u)| Op::NoteBound(i, o, u)),
     ]
 }
 
@@ -1033,6 +1037,22 @@ impl Model {
         self.commit(&got.unwrap());
     }
 
+    /// Bound state is the table's alone (no change is published): checked for agreement with
+    /// itself in [`Model::check`].
+    fn note_bound(&mut self, pick: usize, offset: i16, unbind: bool) {
+        let Some(r) = self.pick(pick) else {
+            return;
+        };
+        let Ok(port) = u16::try_from(i32::from(r.range.start()) + i32::from(offset)) else {
+            return;
+        };
+        if unbind {
+            self.table.note_unbound(r.token, port);
+        } else {
+            self.table.note_bound(r.token, port);
+        }
+    }
+
     fn toggle(&mut self, protocol: Protocol, ports: Vec<u16>) {
         let set = &mut self.in_use[index(protocol)];
         for p in ports {
@@ -1045,6 +1065,18 @@ impl Model {
     /// The invariants that hold between any two steps.
     fn check(&self) {
         assert_eq!(self.table.len(), self.live.len());
+        // The index of reservations with a port bound agrees with their ports' states.
+        let with_bound: HashSet<Token> = self.table.with_bound().map(|r| r.token).collect();
+        for r in self.table.iter() {
+            let marked = r
+                .range
+                .ports()
+                .filter(|&p| self.table.port_use(r.token, p) == Some(berth_core::PortUse::Bound))
+                .count();
+            assert_eq!(self.table.bound_ports(r.token), marked, "{r:?}");
+            assert_eq!(with_bound.contains(&r.token), marked > 0, "{r:?}");
+        }
+        assert!(with_bound.iter().all(|t| self.table.get(*t).is_some()));
         let tokens: HashSet<Token> = self.table.iter().map(|r| r.token).collect();
         assert_eq!(tokens.len(), self.live.len(), "tokens not unique");
         for protocol in Protocol::ALL {
@@ -1163,6 +1195,7 @@ proptest! {
                 Op::OwnerExited(pid, other) => model.owner_exited(pid, other),
                 Op::ReleaseUnclaimed => model.release_unclaimed(),
                 Op::RevertLast => model.revert_last(),
+                Op::NoteBound(pick, offset, unbind) => model.note_bound(pick, offset, unbind),
             }
             model.check();
         }

@@ -28,6 +28,9 @@ struct Bound {
     cursor: u16,
     /// One flag per port: bound through associate.
     flags: Box<[bool]>,
+    /// How many flags are set, kept with them: a sweep over a block's ports (the re-hold and
+    /// stale-bound passes) asks after each one.
+    set: usize,
 }
 
 impl PortStates {
@@ -66,29 +69,32 @@ impl PortStates {
             Box::new(Bound {
                 cursor: 0,
                 flags: vec![false; usize::from(count)].into_boxed_slice(),
+                set: 0,
             })
         });
         if let Some(flag) = bound.flags.get_mut(usize::from(offset)) {
-            *flag = true;
+            if !*flag {
+                *flag = true;
+                bound.set += 1;
+            }
         }
         bound.cursor = if offset + 1 >= count { 0 } else { offset + 1 };
     }
 
     /// Records that `offset` is known to be free again (its socket closed).
     pub(super) fn unbound(&mut self, offset: u16) {
-        if let Some(flag) = self
-            .bound
-            .as_deref_mut()
-            .and_then(|b| b.flags.get_mut(usize::from(offset)))
-        {
-            *flag = false;
+        if let Some(bound) = self.bound.as_deref_mut() {
+            if let Some(flag) = bound.flags.get_mut(usize::from(offset)) {
+                if *flag {
+                    *flag = false;
+                    bound.set -= 1;
+                }
+            }
         }
     }
 
     /// How many ports are marked bound.
     pub(super) fn bound_count(&self) -> usize {
-        self.bound
-            .as_deref()
-            .map_or(0, |b| b.flags.iter().filter(|&&f| f).count())
+        self.bound.as_deref().map_or(0, |b| b.set)
     }
 }
