@@ -12,9 +12,10 @@
 //!   exist, and be the peer itself, or run as the peer's uid, or the peer must be an
 //!   administrator.
 //!
-//! Each process is described from `/proc` while a pidfd taken first shows it running — the
-//! peer's from `SO_PEERPIDFD`, the named one's from `pidfd_open` — so that a pid that passed to
-//! another process meanwhile does not lend that process's start time.
+//! Each process is described from `/proc` — or from its description of the last second, found
+//! by its pidfd's inode (`session::peer::Described`) — while a pidfd taken first shows it
+//! holding its pid: the peer's from `SO_PEERPIDFD`, the named one's from `pidfd_open`. So a pid
+//! that passed to another process meanwhile does not lend that process's start time.
 
 use std::os::fd::{AsFd, BorrowedFd};
 

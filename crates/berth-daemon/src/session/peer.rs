@@ -78,14 +78,17 @@ pub(crate) fn pinned_start_time(pid: u32, pidfd: impl AsFd) -> u64 {
 /// should name it as it was at most this long before.
 const DESCRIBED_FOR: Duration = Duration::from_secs(1);
 
-/// The most processes [`Described`] remembers; full, it forgets those described longest ago.
+/// The most processes [`Described`] remembers; full, it forgets those described more than
+/// [`DESCRIBED_FOR`] ago, or else the one described longest ago.
 const MAX_DESCRIBED: usize = 256;
 
 /// Processes described lately, by [`berth_os::pidfd::process_key`]: a test process that asks
 /// the portserver endpoint for port after port is described from `/proc` once a second, not
 /// on every request (three system calls, and the kernel's longest part of an answer). The key
 /// names one process for as long as the system runs, so no pid reused meanwhile can pass for
-/// it; without keys (kernels before 6.9) every request reads `/proc`, as before.
+/// it, and a remembered description is still [`confirmed`] by the pidfd, as one just read is:
+/// a process reaped since (its pid free for another) is described as gone. Without keys
+/// (kernels before 6.9) every request reads `/proc`, as before.
 #[derive(Debug, Default)]
 pub(crate) struct Described {
     by_key: Mutex<HashMap<u64, Description>>,
@@ -102,8 +105,9 @@ struct Description {
 impl Described {
     /// Process `pid` (running as `uid`/`gid`, which are never remembered), pinned by `pidfd`
     /// taken before: remembered if described less than [`DESCRIBED_FOR`] ago, else described
-    /// from `/proc` and [`confirmed`], as [`process_owner`] does. A process that has gone is
-    /// described with start time 0 and never remembered.
+    /// from `/proc` as [`process_owner`] does; either way [`confirmed`] by `pidfd` now, so that
+    /// what was read before this call (the uid, say) is known to be this process's too. A
+    /// process that has gone is described with start time 0 and never remembered.
     pub(crate) fn owner(
         &self,
         pid: u32,
@@ -124,27 +128,30 @@ impl Described {
         now: Instant,
     ) -> Owner {
         let key = pidfd.and_then(berth_os::pidfd::process_key);
-        if let Some(key) = key {
+        let remembered = key.and_then(|key| {
             let by_key = self.by_key.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(d) = by_key.get(&key) {
-                if d.pid == pid && now.saturating_duration_since(d.at) < DESCRIBED_FOR {
-                    return Owner {
-                        pid,
-                        uid,
-                        gid,
-                        start_time: d.start_time,
-                        command: d.command.clone(),
-                    };
-                }
-            }
+            let d = by_key.get(&key)?;
+            (d.pid == pid && now.saturating_duration_since(d.at) < DESCRIBED_FOR).then(|| Owner {
+                pid,
+                uid,
+                gid,
+                start_time: d.start_time,
+                command: d.command.clone(),
+            })
+        });
+        if let Some(owner) = remembered {
+            return confirmed(owner, pidfd);
         }
         let owner = confirmed(process_owner(pid, uid, gid), pidfd);
         if let Some(key) = key.filter(|_| owner.start_time != 0) {
             let mut by_key = self.by_key.lock().unwrap_or_else(PoisonError::into_inner);
             if by_key.len() >= MAX_DESCRIBED {
                 by_key.retain(|_, d| now.saturating_duration_since(d.at) < DESCRIBED_FOR);
-                if by_key.len() >= MAX_DESCRIBED {
-                    by_key.clear();
+            }
+            if by_key.len() >= MAX_DESCRIBED {
+                let oldest = by_key.iter().min_by_key(|(_, d)| d.at).map(|(k, _)| *k);
+                if let Some(oldest) = oldest {
+                    by_key.remove(&oldest);
                 }
             }
             by_key.insert(
@@ -264,6 +271,11 @@ mod tests {
         assert_ne!(&*mine.command, "sleep");
         child.kill().unwrap();
         child.wait().unwrap();
+        // Reaped while remembered: the pidfd says it no longer holds its pid (which another
+        // process may have by now), so it is described as gone all the same.
+        let within = t0 + DESCRIBED_FOR * 2 + DESCRIBED_FOR / 2;
+        let reaped = described.owner_at(pid, 1, 2, Some(pidfd.as_fd()), within);
+        assert_eq!(reaped.start_time, 0, "remembered, but reaped");
         // Reaped: described as gone, and not remembered as running.
         let gone = described.owner_at(pid, 1, 2, Some(pidfd.as_fd()), t0 + DESCRIBED_FOR * 4);
         assert_eq!(gone.start_time, 0);
@@ -274,9 +286,17 @@ mod tests {
             .is_none_or(|d| d.at < t0 + DESCRIBED_FOR * 4));
     }
 
-    /// Full, it forgets the oldest descriptions rather than grow.
+    /// Full, it forgets the descriptions older than a second, or else the oldest, rather than
+    /// grow.
     #[test]
     fn described_processes_are_bounded() {
+        let me = berth_os::pidfd::PidFd::open(std::process::id())
+            .unwrap()
+            .unwrap();
+        let Some(my_key) = berth_os::pidfd::process_key(&me) else {
+            eprintln!("skipped: pidfds here have no process key (a kernel before 6.9)");
+            return;
+        };
         let described = Described::default();
         let t0 = Instant::now();
         {
@@ -288,26 +308,36 @@ mod tests {
                         pid: 1,
                         start_time: 1,
                         command: "x".into(),
-                        at: t0,
+                        at: t0 + Duration::from_micros(key),
                     },
                 );
             }
         }
-        let me = berth_os::pidfd::PidFd::open(std::process::id())
-            .unwrap()
-            .unwrap();
-        if berth_os::pidfd::process_key(&me).is_none() {
-            eprintln!("skipped: pidfds here have no process key (a kernel before 6.9)");
-            return;
+        // All fresh: the one described longest ago goes.
+        let ms = Duration::from_millis(1);
+        described.owner_at(std::process::id(), 1, 2, Some(me.as_fd()), t0 + ms);
+        {
+            let by_key = described.by_key.lock().unwrap();
+            assert_eq!(by_key.len(), MAX_DESCRIBED);
+            assert!(!by_key.contains_key(&0));
+            assert!(by_key.contains_key(&1) && by_key.contains_key(&my_key));
         }
+        // A second on, all of them are stale: they go.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let theirs = berth_os::pidfd::PidFd::open(other.id()).unwrap().unwrap();
         described.owner_at(
-            std::process::id(),
+            other.id(),
             1,
             2,
-            Some(me.as_fd()),
-            t0 + DESCRIBED_FOR,
+            Some(theirs.as_fd()),
+            t0 + DESCRIBED_FOR + ms,
         );
         assert_eq!(described.by_key.lock().unwrap().len(), 1);
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     #[test]
