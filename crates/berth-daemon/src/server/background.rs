@@ -13,18 +13,52 @@ use tokio_util::task::TaskTracker;
 
 use crate::state::Shared;
 
-/// Binds and serves the portserver endpoint; an optional one whose address is taken is only
-/// logged.
+/// The portserver endpoint's socket, bound before the daemon changes anything (the kernel's
+/// list, the database), so that a daemon that cannot serve the endpoint it must serve stops
+/// having changed nothing.
+pub(super) enum PortserverSocket {
+    Bound(crate::portserver::Bound),
+    /// An optional endpoint whose address another process holds (named): only logged.
+    Held {
+        holder: String,
+        error: io::Error,
+    },
+}
+
+/// Binds the portserver endpoint; an error when it is not optional and its address is taken
+/// (naming the process that holds it), or it cannot be bound at all.
+pub(super) fn bind_portserver(
+    endpoint: &crate::portserver::Endpoint,
+) -> io::Result<PortserverSocket> {
+    match crate::portserver::bind(&endpoint.address) {
+        Ok(bound) => Ok(PortserverSocket::Bound(bound)),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let holder = crate::portserver::holder(&endpoint.address);
+            if !endpoint.optional {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{e}: it is held by {holder}"),
+                ));
+            }
+            Ok(PortserverSocket::Held { holder, error: e })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Serves the portserver endpoint on `socket` (from [`bind_portserver`]); an optional one
+/// whose address is taken is only logged, and `berth status` says so.
 pub(super) fn start_portserver(
     endpoint: &crate::portserver::Endpoint,
+    socket: PortserverSocket,
     shared: &Arc<Shared>,
     per_uid: &Arc<crate::server::fair::PerUid>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> io::Result<()> {
     let address = endpoint.address.to_string();
-    match crate::portserver::bind(&endpoint.address) {
-        Ok(bound) => {
+    match socket {
+        PortserverSocket::Bound(bound) => {
             crate::portserver::spawn(
                 bound,
                 endpoint,
@@ -37,28 +71,19 @@ pub(super) fn start_portserver(
                 address,
                 not_served_because: String::new(),
             });
-            Ok(())
         }
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            let holder = crate::portserver::holder(&endpoint.address);
-            if !endpoint.optional {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("{e}: it is held by {holder}"),
-                ));
-            }
+        PortserverSocket::Held { holder, error } => {
             tracing::warn!(
-                "{e}: it is held by {holder}; serving without the portserver endpoint, and \
+                "{error}: it is held by {holder}; serving without the portserver endpoint, and \
                  portpicker clients of this address reach that process instead"
             );
             shared.set_portserver(berth_protocol::PortserverInfo {
                 address,
                 not_served_because: format!("the address is held by {holder}"),
             });
-            Ok(())
         }
-        Err(e) => Err(e),
     }
+    Ok(())
 }
 
 /// Tells the sessions and the owner watch of each owner process that exited (one epoll set

@@ -365,6 +365,13 @@ pub async fn run_with_ready(
         Some(name) => Some((name.clone(), crate::server::authority::claim(name).await?)),
         None => None,
     };
+    // Before the database and the kernel's list are touched: a daemon that cannot serve the
+    // portserver endpoint it must serve stops having changed neither.
+    let portserver = config
+        .portserver
+        .as_ref()
+        .map(background::bind_portserver)
+        .transpose()?;
     let _db_lock = db_lock::acquire(&config.db)?;
     let mut store = store_thread::open(&config.db).map_err(io::Error::other)?;
     // Journaled owners cannot have survived a reboot; a pid and start time from an earlier
@@ -422,9 +429,16 @@ pub async fn run_with_ready(
         config.max_connections_per_uid.max(1),
         rustix::process::geteuid().as_raw(),
     );
-    // The portserver endpoint: bound before `ready`, so its clients never find it missing.
-    if let Some(endpoint) = &config.portserver {
-        start_portserver(endpoint, &shared, &per_uid, &tracker, &cancel)?;
+    // The portserver endpoint: served before `ready`, so its clients never find it missing.
+    if let (Some(endpoint), Some(socket)) = (&config.portserver, portserver) {
+        if let Err(e) = start_portserver(endpoint, socket, &shared, &per_uid, &tracker, &cancel) {
+            // Its threads could not start: nothing is served, and the kernel's list loses what
+            // this daemon listed, as at a stop.
+            cancel.cancel();
+            let kernel = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || kernel.stop_kernel_sync()).await;
+            return Err(e);
+        }
     }
     end_grace(&tracker, &shared, &cancel, config.grace);
     rehold(&tracker, &shared, &cancel);

@@ -119,6 +119,49 @@ fn a_grant_in_the_stripe_after_a_rewrite_is_listed_before_its_answer() {
     in_private_netns(rewrite_under_the_stripe);
 }
 
+/// A daemon told to serve a portserver endpoint whose address another process holds refuses
+/// to start — having written nothing to the kernel's list (not even the ports it would list
+/// ahead of grants) and created no database.
+#[test]
+fn a_daemon_refused_for_its_portserver_address_changes_nothing() {
+    in_private_netns(portserver_address_held);
+}
+
+async fn portserver_address_held() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("berth-test-held-{}", std::process::id());
+    // Held first, in this (the daemon's) network namespace: abstract names are per namespace.
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let squatter = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, db) = (dir.path().join("s.sock"), dir.path().join("berth.db"));
+    let (listener, _guard) = berth_daemon::bind_socket(&socket).unwrap();
+    let mut config = berth_daemon::Config::new(
+        socket,
+        db.clone(),
+        berth_core::Pool::new(18800, 18899).unwrap(),
+    );
+    config.authority = None;
+    config.configured_reserved_ports = Vec::new();
+    config.kernel_sync = berth_daemon::KernelSync::On;
+    config.listed_ahead = 8;
+    config.portserver = Some(berth_daemon::portserver::Endpoint::new(
+        berth_daemon::portserver::Address::Abstract(name.clone()),
+    ));
+    let refused = berth_daemon::run(listener, config, std::future::pending())
+        .await
+        .expect_err("the address is held");
+    assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse);
+    let me = std::process::id();
+    assert!(
+        refused.to_string().contains(&format!("pid {me} ")),
+        "{refused}"
+    );
+    assert!(listed().is_empty(), "listed {:?}", listed());
+    assert!(!db.exists(), "a database was created");
+    drop(squatter);
+}
+
 /// Runs `body` on a thread of this process that entered a private network namespace (so does
 /// every thread the daemon starts from it), whose list is its own. Root only: an ordinary
 /// user's namespaces are made by a child process, and the daemon here must be a thread of this
