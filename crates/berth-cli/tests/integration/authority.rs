@@ -155,10 +155,17 @@ gone $R
         "{stdout}"
     );
     assert!(stdout.contains("second user daemon exit 1"), "{stdout}");
-    // Named by its system lock or by its beacon, whichever the refused daemon meets first.
+    // Named by its system lock or by its beacon, whichever the refused daemon meets first —
+    // with the socket it serves on, not the default one.
     assert!(
         stdout.contains("the system berth daemon (pid") || stdout.contains("(uid 0), socket"),
         "the refusal names the system daemon: {stdout}"
+    );
+    let root_socket = d.join("r.sock");
+    assert!(
+        stdout.contains(&root_socket.display().to_string()),
+        "the refusal names the socket {}: {stdout}",
+        root_socket.display()
     );
     assert!(stdout.contains("served beside a squatter"), "{stdout}");
     assert!(stdout.contains("beacon taken back"), "{stdout}");

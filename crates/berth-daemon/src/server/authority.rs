@@ -93,11 +93,30 @@ pub(crate) async fn claim(name: &str) -> io::Result<Claim> {
             .ok()
             .and_then(|path| marker::live_daemon_at(&marker::path_for(&path)))
         {
+            // Where its clients reach it: what it announces on the beacon, when the beacon's
+            // holder is that very daemon (root, the marker's pid); else the default socket.
+            let owned = name.to_owned();
+            let announced = tokio::task::spawn_blocking(move || query(&owned))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .filter(|holder| holder.peer.pid == pid && holder.peer.uid == 0)
+                .and_then(|holder| holder.announced);
+            let reach = match announced {
+                Some(a) => format!(
+                    "on {socket} (BERTH_SOCKET={socket} berth …)",
+                    socket = a.socket
+                ),
+                None => format!(
+                    "on {} (the default socket; unset BERTH_SOCKET where it names another)",
+                    berth_protocol::paths::SYSTEM_SOCKET
+                ),
+            };
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
                 format!(
-                    "the system berth daemon (pid {pid}) serves this network namespace, and two daemons in one namespace could grant the same port; this one does not start. Its clients reach it on {} (the default socket; unset BERTH_SOCKET where it names another)",
-                    berth_protocol::paths::SYSTEM_SOCKET
+                    "the system berth daemon (pid {pid}) serves this network namespace, and two daemons in one namespace could grant the same port; this one does not start. Its clients reach it {reach}"
                 ),
             ));
         }
