@@ -111,6 +111,13 @@ pub fn process_key(pidfd: impl AsFd) -> Option<u64> {
     rustix::fs::fstat(pidfd).ok().map(|st| st.st_ino)
 }
 
+impl From<OwnedFd> for PidFd {
+    /// A pidfd the kernel gave otherwise (`SO_PEERPIDFD`, `SCM_PIDFD`).
+    fn from(fd: OwnedFd) -> Self {
+        PidFd(fd)
+    }
+}
+
 impl AsFd for PidFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()

@@ -4,7 +4,7 @@
 //! reservations belong to the process, not to the descriptor, so each session
 //! also watches its owner through a pidfd, which becomes readable when the process exits.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -19,17 +19,56 @@ use crate::session::peer::read_owner;
 /// or restored for it after a restart) to the task that watches owners, once per owner; that
 /// task ends those reservations when the process exits.
 pub(crate) struct Watcher {
-    tx: mpsc::UnboundedSender<Owner>,
+    tx: mpsc::UnboundedSender<(Owner, Option<PidFd>)>,
     watched: Watched,
+    pins: Pins,
 }
 
-/// What the task that watches owners receives: each owner to watch, and the set it forgets
-/// them from when they exit.
+/// What the task that watches owners receives: each owner to watch (with the pidfd it was
+/// described through, when one was pinned), and the set it forgets them from when they exit.
 pub(crate) struct Owners {
     /// The owners to watch, each once.
-    pub(crate) rx: mpsc::UnboundedReceiver<Owner>,
+    pub(crate) rx: mpsc::UnboundedReceiver<(Owner, Option<PidFd>)>,
     /// The owners watched now.
     pub(crate) watched: Watched,
+}
+
+/// Pidfds of owners just described, by pid and start time, while their grant is published:
+/// the owner watch then watches through the very pidfd the description was confirmed by.
+/// A pidfd opened anew by pid could name another process: by then the owner may have been
+/// reaped and its pid taken by one started in the same clock tick (start times count ticks of
+/// 10 ms), which would pass for it.
+#[derive(Clone, Default)]
+pub(crate) struct Pins(Arc<Mutex<HashMap<(u32, u64), PidFd>>>);
+
+/// An owner pinned (see [`Pins::pin`]); unpinned when dropped.
+pub(crate) struct Pinned<'a> {
+    pins: &'a Pins,
+    key: (u32, u64),
+}
+
+impl Pins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u64), PidFd>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Pins `owner` to `pidfd` — a pidfd of that very process, taken before it was described —
+    /// until the guard returned is dropped: publish the owner's grant meanwhile.
+    pub(crate) fn pin(&self, owner: &Owner, pidfd: PidFd) -> Pinned<'_> {
+        let key = (owner.pid, owner.start_time);
+        self.lock().insert(key, pidfd);
+        Pinned { pins: self, key }
+    }
+
+    fn take(&self, owner: &Owner) -> Option<PidFd> {
+        self.lock().remove(&(owner.pid, owner.start_time))
+    }
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        self.pins.lock().remove(&self.key);
+    }
 }
 
 /// The owners watched now, by pid and start time: one watch each, however many of its
@@ -62,9 +101,17 @@ impl Watcher {
             Watcher {
                 tx,
                 watched: watched.clone(),
+                pins: Pins::default(),
             },
             Owners { rx, watched },
         )
+    }
+}
+
+impl Watcher {
+    /// Where owners are pinned to their pidfds before their grants are published.
+    pub(crate) fn pins(&self) -> Pins {
+        self.pins.clone()
     }
 }
 
@@ -87,7 +134,7 @@ impl Consumer for Watcher {
             if self.watched.insert(owner) {
                 // The receiving task lives as long as the daemon serves; once it is gone
                 // nobody needs to watch.
-                let _ = self.tx.send(owner.clone());
+                let _ = self.tx.send((owner.clone(), self.pins.take(owner)));
             }
         }
         Ack::Done
@@ -99,12 +146,17 @@ impl Consumer for Watcher {
 const SHORTAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Resolves when the owner exits; never resolves when it cannot be watched (a peer in another
-/// pid namespace shows pid 0), leaving the connection's end as the only signal. A daemon out of
-/// descriptors tries again every [`SHORTAGE_RETRY`]: its shortage never passes for the owner's
-/// exit.
-pub(crate) async fn owner_exit(exits: &Arc<Exits>, owner: &Owner) {
+/// pid namespace shows pid 0), leaving the connection's end as the only signal. Watched through
+/// `pinned` when given (a pidfd of that very process: see [`Pins`]), else through a pidfd
+/// opened by pid and checked against the start time. A daemon out of descriptors tries again
+/// every [`SHORTAGE_RETRY`]: its shortage never passes for the owner's exit.
+pub(crate) async fn owner_exit(exits: &Arc<Exits>, owner: &Owner, mut pinned: Option<PidFd>) {
     loop {
-        match watch(exits, owner) {
+        let watched = match pinned.take() {
+            Some(pidfd) => exits.watch(pidfd).map(Some),
+            None => watch(exits, owner),
+        };
+        match watched {
             Ok(Some(mut exit)) => {
                 exit.exited().await;
                 return;
@@ -156,4 +208,56 @@ fn watch(exits: &Arc<Exits>, owner: &Owner) -> io::Result<Option<ExitWatch>> {
         return Ok(None);
     }
     exits.watch(fd).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An owner reaped whose description — pid and start time — a newcomer now has (as one
+    /// started on its pid in the same clock tick would): watched through the pidfd pinned for
+    /// it, its exit is seen at once; opened anew by pid, the newcomer passes for it.
+    #[tokio::test]
+    async fn a_pinned_owner_is_watched_through_its_own_pidfd() {
+        let exits = Exits::new().unwrap();
+        tokio::spawn({
+            let exits = exits.clone();
+            async move { exits.run().await }
+        });
+        let mut reaped = std::process::Command::new("true").spawn().unwrap();
+        let pinned = PidFd::open(reaped.id()).unwrap().unwrap();
+        reaped.wait().unwrap();
+        let mut newcomer = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let owner = read_owner(newcomer.id(), 0, 0).unwrap();
+        assert!(owner.start_time > 0);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            owner_exit(&exits, &owner, Some(pinned)),
+        )
+        .await
+        .expect("the exit of the process pinned is seen");
+        // By pid, the newcomer is watched in its place.
+        assert!(matches!(watch(&exits, &owner), Ok(Some(_))));
+        newcomer.kill().unwrap();
+        newcomer.wait().unwrap();
+    }
+
+    /// A pin lasts while its guard does, and is taken once.
+    #[test]
+    fn a_pin_is_taken_once_and_dropped_with_its_guard() {
+        let pins = Pins::default();
+        let me = read_owner(std::process::id(), 0, 0).unwrap();
+        {
+            let _pinned = pins.pin(&me, PidFd::open(me.pid).unwrap().unwrap());
+            assert!(pins.take(&me).is_some());
+            assert!(pins.take(&me).is_none());
+        }
+        {
+            let _pinned = pins.pin(&me, PidFd::open(me.pid).unwrap().unwrap());
+        }
+        assert!(pins.take(&me).is_none(), "unpinned with its guard");
+    }
 }

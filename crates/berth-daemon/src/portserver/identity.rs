@@ -22,6 +22,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use berth_core::Owner;
 use berth_os::peer::PeerCredentials;
 
+use berth_os::pidfd::PidFd;
 use berth_os::proc::{pid_namespace, real_ids as ids};
 
 use crate::session::peer::Described;
@@ -70,14 +71,15 @@ pub(crate) enum NotOwner {
 
 /// The owner of the reservation `named` asks for on behalf of `peer` (whose pidfd, from
 /// `SO_PEERPIDFD`, is `peer_pidfd`), or why it is refused. `is_admin` decides whether the peer
-/// administers the daemon; processes are described through `described`.
+/// administers the daemon; processes are described through `described`. With the owner, the
+/// pidfd it was described through when it is not the peer (the peer's is `peer_pidfd`).
 pub(crate) fn owner_for(
     named: u32,
     peer: PeerCredentials,
     peer_pidfd: Option<BorrowedFd<'_>>,
     described: &Described,
     is_admin: impl FnOnce(&Owner) -> bool,
-) -> Result<Owner, NotOwner> {
+) -> Result<(Owner, Option<PidFd>), NotOwner> {
     if peer.pid == 0 {
         return Err(NotOwner::PeerInvisible);
     }
@@ -91,7 +93,7 @@ pub(crate) fn owner_for(
     // The asker names itself (what portpicker does): it is the owner in any pid namespace —
     // in another one, a pid it names is served as itself anyway — with nothing more to read.
     if named == peer.pid {
-        return Ok(asker);
+        return Ok((asker, None));
     }
     let here = own_pid_namespace().ok_or(NotOwner::OwnNamespaceUnreadable)?;
     let theirs = pid_namespace(&peer.pid.to_string())
@@ -102,7 +104,7 @@ pub(crate) fn owner_for(
             named,
             "portserver: a peer in another pid namespace is served as itself"
         );
-        return Ok(asker);
+        return Ok((asker, None));
     }
     // Init, or no pid at all — in the daemon's namespace (a peer that is init of its own is
     // served as itself, above).
@@ -138,7 +140,9 @@ pub(crate) fn owner_for(
             asker_uid: peer.uid,
         });
     }
-    live(described.owner(named, uid, gid, Some(pidfd.as_fd()))).ok_or(NotOwner::Exited { named })
+    let owner = live(described.owner(named, uid, gid, Some(pidfd.as_fd())))
+        .ok_or(NotOwner::Exited { named })?;
+    Ok((owner, Some(pidfd)))
 }
 
 /// The daemon's own pid namespace, read once: a process cannot change it.
@@ -166,15 +170,22 @@ mod tests {
 
     #[test]
     fn the_peer_itself_and_its_own_processes_are_served() {
-        let got = owner_for(me().pid, me(), None, &Described::default(), |_| false).unwrap();
+        let (got, pidfd) =
+            owner_for(me().pid, me(), None, &Described::default(), |_| false).unwrap();
         assert_eq!(got.pid, me().pid);
         assert!(got.start_time > 0);
+        assert!(pidfd.is_none(), "the peer's own pidfd is the caller's");
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let got = owner_for(child.id(), me(), None, &Described::default(), |_| false).unwrap();
+        let (got, pidfd) =
+            owner_for(child.id(), me(), None, &Described::default(), |_| false).unwrap();
         assert_eq!(got.pid, child.id());
+        // The named process's pidfd, which it was described through.
+        let key = berth_os::pidfd::process_key(pidfd.expect("a pidfd of the child"));
+        let again = berth_os::pidfd::PidFd::open(child.id()).unwrap().unwrap();
+        assert_eq!(key, berth_os::pidfd::process_key(&again));
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -263,6 +274,7 @@ mod tests {
         assert_eq!(
             owner_for(child.id(), stranger, None, &Described::default(), |_| true)
                 .unwrap()
+                .0
                 .pid,
             child.id()
         );

@@ -122,7 +122,7 @@ pub(super) fn watch_owners(
     tracker.spawn(async move {
         // Each owner arrives once while it is watched (see `owner_watch::Watched`).
         loop {
-            let owner = tokio::select! {
+            let (owner, pinned) = tokio::select! {
                 () = cancel.cancelled() => return,
                 owner = owners.recv() => match owner {
                     Some(owner) => owner,
@@ -133,7 +133,7 @@ pub(super) fn watch_owners(
             tasks.spawn(async move {
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    () = crate::mirror::owner_watch::owner_exit(shared.exits(), &owner) => {
+                    () = crate::mirror::owner_watch::owner_exit(shared.exits(), &owner, pinned) => {
                         // Forgotten first: a reservation granted to it from now on is watched
                         // anew (and ended at once), one granted before is ended here.
                         watched.remove(&owner);

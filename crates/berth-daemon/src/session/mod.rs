@@ -356,7 +356,8 @@ impl Session<'_> {
         shutdown: &CancellationToken,
     ) {
         let (peer, limit) = (&self.peer, self.config.write_timeout);
-        let owner_exit = crate::mirror::owner_watch::owner_exit(self.shared.exits(), &peer.owner);
+        let owner_exit =
+            crate::mirror::owner_watch::owner_exit(self.shared.exits(), &peer.owner, None);
         tokio::pin!(owner_exit);
         let idle = self.config.idle_timeout;
         // Far enough for "never" without overflowing an `Instant`.

@@ -86,6 +86,9 @@ pub(crate) struct Shared {
     turns: crate::server::fair::Turns,
     /// Processes the portserver endpoint described lately.
     described: crate::session::peer::Described,
+    /// Owners pinned to the pidfds they were described through while their grants are
+    /// published, for the owner watch.
+    pins: crate::mirror::owner_watch::Pins,
     /// Turns at looking through every process's descriptors for a port's owner (`berth why`,
     /// a conflict's message): see [`HOST_SCANS`].
     pub(super) scans: crate::server::fair::Turns,
@@ -162,6 +165,7 @@ impl Shared {
         }
         let runtime = crate::mirror::journal::Runtime::new(runtime, config.faults.store());
         let (watcher, owners) = Watcher::new();
+        let pins = watcher.pins();
         let holds = Arc::new(crate::mirror::hold::Holds::new());
         let (enforcer, cgroups_to_watch) =
             crate::mirror::enforce::Enforcer::new(config.enforce.clone());
@@ -203,6 +207,7 @@ impl Shared {
             closers: crate::session::closer::Closers::new(),
             turns: crate::server::fair::Turns::new(REQUEST_TURNS),
             described: crate::session::peer::Described::default(),
+            pins,
             scans: crate::server::fair::Turns::new(HOST_SCANS),
             journal_file,
             portserver: Mutex::new(None),

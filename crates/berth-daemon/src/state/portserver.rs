@@ -45,13 +45,18 @@ impl Shared {
         peer_pidfd: Option<OwnedFd>,
     ) -> Result<u16, PortserverRefusal> {
         let _turn = self.turns.enter(peer.uid).await;
-        let owner = identity::owner_for(
+        let (owner, named_pidfd) = identity::owner_for(
             named,
             peer,
             peer_pidfd.as_ref().map(|fd| fd.as_fd()),
             &self.described,
             |asker| self.is_admin(asker),
         )?;
+        // The owner watch watches through the pidfd the owner was described through, never
+        // one opened anew by its pid (see `owner_watch::Pins`).
+        let _pinned = named_pidfd
+            .or_else(|| peer_pidfd.map(berth_os::pidfd::PidFd::from))
+            .map(|pidfd| self.pins.pin(&owner, pidfd));
         self.grant_both(owner).await
     }
 
