@@ -348,7 +348,10 @@ pub(crate) fn spawn(
             });
         if let Err(e) = spawned {
             stop.stop();
-            return Err(e);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot start a thread of the portserver endpoint: {e}"),
+            ));
         }
     }
     Ok(())

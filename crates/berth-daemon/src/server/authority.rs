@@ -71,7 +71,7 @@ impl Drop for SystemLock {
 }
 
 /// Claims the authority named `name` for this daemon, or says why it must not serve.
-pub(crate) async fn claim(name: &str) -> io::Result<Claim> {
+pub(crate) async fn claim(name: &str, socket: &std::path::Path) -> io::Result<Claim> {
     let system = name == authority::DEFAULT_NAME;
     let root = rustix::process::geteuid().is_root();
     // A per-user daemon defers to the system daemon through the beacon, which root's daemon
@@ -84,30 +84,19 @@ pub(crate) async fn claim(name: &str) -> io::Result<Claim> {
     if let Some(lock) = &lock {
         // Per-user daemons read it before they serve; without it they would go by the beacon
         // alone (a daemon serving beside this one after a squatter let the beacon go).
-        if let Err(e) = marker::write(&lock.marker()) {
+        if let Err(e) = marker::write(&lock.marker(), socket) {
             tracing::warn!("cannot write {}: {e}", lock.marker().display());
         }
     }
     if system && lock.is_none() {
-        if let Some(pid) = system_lock_path()
+        if let Some(marked) = system_lock_path()
             .ok()
             .and_then(|path| marker::live_daemon_at(&marker::path_for(&path)))
         {
-            // Where its clients reach it: what it announces on the beacon, when the beacon's
-            // holder is that very daemon (root, the marker's pid); else the default socket.
-            let owned = name.to_owned();
-            let announced = tokio::task::spawn_blocking(move || query(&owned))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten()
-                .filter(|holder| holder.peer.pid == pid && holder.peer.uid == 0)
-                .and_then(|holder| holder.announced);
-            let reach = match announced {
-                Some(a) => format!(
-                    "on {socket} (BERTH_SOCKET={socket} berth …)",
-                    socket = a.socket
-                ),
+            // Where its clients reach it: what its marker says (only root writes there), else
+            // the default socket (a marker of an earlier release names none).
+            let reach = match marked.socket {
+                Some(socket) => format!("on {socket} (BERTH_SOCKET={socket} berth …)"),
                 None => format!(
                     "on {} (the default socket; unset BERTH_SOCKET where it names another)",
                     berth_protocol::paths::SYSTEM_SOCKET
@@ -116,7 +105,8 @@ pub(crate) async fn claim(name: &str) -> io::Result<Claim> {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
                 format!(
-                    "the system berth daemon (pid {pid}) serves this network namespace, and two daemons in one namespace could grant the same port; this one does not start. Its clients reach it {reach}"
+                    "the system berth daemon (pid {pid}) serves this network namespace, and two daemons in one namespace could grant the same port; this one does not start. Its clients reach it {reach}",
+                    pid = marked.pid
                 ),
             ));
         }

@@ -362,7 +362,10 @@ pub async fn run_with_ready(
     // Before the database: a second daemon of this namespace is told about the first, not
     // that a database is in use.
     let claim = match &config.authority {
-        Some(name) => Some((name.clone(), crate::server::authority::claim(name).await?)),
+        Some(name) => Some((
+            name.clone(),
+            crate::server::authority::claim(name, &config.socket).await?,
+        )),
         None => None,
     };
     // Before the database and the kernel's list are touched: a daemon that cannot serve the
@@ -432,11 +435,18 @@ pub async fn run_with_ready(
     // The portserver endpoint: served before `ready`, so its clients never find it missing.
     if let (Some(endpoint), Some(socket)) = (&config.portserver, portserver) {
         if let Err(e) = start_portserver(endpoint, socket, &shared, &per_uid, &tracker, &cancel) {
-            // Its threads could not start: nothing is served, and the kernel's list loses what
-            // this daemon listed, as at a stop.
+            // Its threads could not start, and nothing is served: the stop's own steps, here
+            // (threads are what is short, so a blocking task might not start either) — the
+            // kernel's list loses what this daemon listed, the store finishes what is queued,
+            // an empty runtime journal goes.
             cancel.cancel();
-            let kernel = shared.clone();
-            let _ = tokio::task::spawn_blocking(move || kernel.stop_kernel_sync()).await;
+            tracker.close();
+            shared.stop_kernel_sync();
+            shared.stop_store();
+            if store_thread.join().is_err() {
+                tracing::error!("the store thread did not finish cleanly");
+            }
+            let _ = shared.remove_journal_if_empty();
             return Err(e);
         }
     }
