@@ -39,35 +39,62 @@ pub(crate) struct Owners {
 /// reaped and its pid taken by one started in the same clock tick (start times count ticks of
 /// 10 ms), which would pass for it.
 #[derive(Clone, Default)]
-pub(crate) struct Pins(Arc<Mutex<HashMap<(u32, u64), PidFd>>>);
+pub(crate) struct Pins(Arc<Mutex<PinSet>>);
 
-/// An owner pinned (see [`Pins::pin`]); unpinned when dropped.
+#[derive(Default)]
+struct PinSet {
+    /// Each owner's latest pin, with its number.
+    by_owner: HashMap<(u32, u64), (u64, PidFd)>,
+    next: u64,
+}
+
+/// An owner pinned (see [`Pins::pin`]); unpinned when dropped, unless pinned again since.
 pub(crate) struct Pinned<'a> {
     pins: &'a Pins,
     key: (u32, u64),
+    number: u64,
 }
 
 impl Pins {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u64), PidFd>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PinSet> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Pins `owner` to `pidfd` — a pidfd of that very process, taken before it was described —
-    /// until the guard returned is dropped: publish the owner's grant meanwhile.
+    /// until the guard returned is dropped: publish the owner's grant meanwhile. Two answers
+    /// for one owner at once (the endpoint's two threads) leave the later pin, whichever guard
+    /// drops first.
     pub(crate) fn pin(&self, owner: &Owner, pidfd: PidFd) -> Pinned<'_> {
         let key = (owner.pid, owner.start_time);
-        self.lock().insert(key, pidfd);
-        Pinned { pins: self, key }
+        let mut set = self.lock();
+        let number = set.next;
+        set.next += 1;
+        set.by_owner.insert(key, (number, pidfd));
+        Pinned {
+            pins: self,
+            key,
+            number,
+        }
     }
 
     fn take(&self, owner: &Owner) -> Option<PidFd> {
-        self.lock().remove(&(owner.pid, owner.start_time))
+        self.lock()
+            .by_owner
+            .remove(&(owner.pid, owner.start_time))
+            .map(|(_, pidfd)| pidfd)
     }
 }
 
 impl Drop for Pinned<'_> {
     fn drop(&mut self) {
-        self.pins.lock().remove(&self.key);
+        let mut set = self.pins.lock();
+        if set
+            .by_owner
+            .get(&self.key)
+            .is_some_and(|(n, _)| *n == self.number)
+        {
+            set.by_owner.remove(&self.key);
+        }
     }
 }
 
@@ -259,5 +286,12 @@ mod tests {
             let _pinned = pins.pin(&me, PidFd::open(me.pid).unwrap().unwrap());
         }
         assert!(pins.take(&me).is_none(), "unpinned with its guard");
+        // Two at once: the earlier guard's drop leaves the later pin.
+        let first = pins.pin(&me, PidFd::open(me.pid).unwrap().unwrap());
+        let second = pins.pin(&me, PidFd::open(me.pid).unwrap().unwrap());
+        drop(first);
+        assert!(pins.take(&me).is_some(), "the later pin stays");
+        drop(second);
+        assert!(pins.take(&me).is_none());
     }
 }
