@@ -45,9 +45,13 @@ impl NotAChild {
     }
 }
 
-/// The process `pid`, if it is a live child of `parent` run by the same user; otherwise why
-/// not, for the client's answer.
-pub(crate) fn child_of(parent: &Owner, pid: u32) -> Result<Owner, NotAChild> {
+/// The process `pid`, if it is a live child of `parent` run by the same user, with the pidfd
+/// it was described through (none on kernels without pidfds); otherwise why not, for the
+/// client's answer.
+pub(crate) fn child_of(
+    parent: &Owner,
+    pid: u32,
+) -> Result<(Owner, Option<berth_os::pidfd::PidFd>), NotAChild> {
     if pid <= 1 {
         return Err(NotAChild::Unfit { pid });
     }
@@ -70,11 +74,11 @@ pub(crate) fn child_of(parent: &Owner, pid: u32) -> Result<Owner, NotAChild> {
             parent_uid: parent.uid,
         });
     }
-    let child = confirmed(process_owner(pid, uid, gid), pidfd);
+    let child = confirmed(process_owner(pid, uid, gid), pidfd.as_ref());
     if child.start_time == 0 {
         return Err(NotAChild::Exited { pid });
     }
-    Ok(child)
+    Ok((child, pidfd))
 }
 
 #[cfg(test)]
@@ -92,7 +96,13 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        let got = child_of(&me, child.id()).unwrap();
+        let (got, pidfd) = child_of(&me, child.id()).unwrap();
+        // The child's pidfd, which it was described through: the owner watch takes it.
+        let again = berth_os::pidfd::PidFd::open(child.id()).unwrap().unwrap();
+        assert_eq!(
+            pidfd.and_then(berth_os::pidfd::process_key),
+            berth_os::pidfd::process_key(&again)
+        );
         assert_eq!(got.pid, child.id());
         assert!(got.start_time > 0);
         assert!(matches!(child_of(&me, 1), Err(NotAChild::Unfit { pid: 1 })));

@@ -425,10 +425,13 @@ impl Shared {
         let Some(token) = Token::new(token) else {
             return zero_token();
         };
-        let to = match lineage::child_of(&requester.process, pid) {
+        let (to, pidfd) = match lineage::child_of(&requester.process, pid) {
             Ok(child) => child,
             Err(why) => return error(why.kind(), why.to_string()),
         };
+        // The owner watch watches the child through the pidfd it was described through (see
+        // `owner_watch::Pins`).
+        let _pinned = pidfd.map(|pidfd| self.pins.pin(&to, pidfd));
         let (after, pending) = {
             let mut table = self.table();
             let change = match table.transfer(token, &requester.process, to) {
