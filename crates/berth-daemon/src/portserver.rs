@@ -350,7 +350,9 @@ pub(crate) fn spawn(
             stop.stop();
             return Err(io::Error::new(
                 e.kind(),
-                format!("cannot start a thread of the portserver endpoint: {e}"),
+                format!(
+                    "cannot start a thread of the portserver endpoint: {e}. The daemon's user may be at its limit of processes and threads: raise it (`ulimit -u`, or TasksMax= under systemd), or start the daemon without --portserver"
+                ),
             ));
         }
     }

@@ -153,15 +153,28 @@ mod tests {
         }
     }
 
-    /// A connection made to a shared socket as the stop comes is never lost: the thread that
-    /// was waiting returns it (to be answered), or it stays queued for the next daemon.
-    #[test]
-    fn a_connection_made_as_a_shared_socket_stops_is_answered_or_left_queued() {
+    /// An acceptor on a socket shared with a service manager (not its own), at `path` in the
+    /// directory returned, and the service manager's copy of the listener.
+    fn shared_socket() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Acceptor,
+        UnixListener,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let listener = UnixListener::bind(&path).unwrap();
         let kept = listener.try_clone().unwrap();
-        let acceptor = Arc::new(Acceptor::new(listener, false).unwrap());
+        let acceptor = Acceptor::new(listener, false).unwrap();
+        (dir, path, acceptor, kept)
+    }
+
+    /// A connection made to a shared socket as the stop comes is never lost: the thread that
+    /// was waiting returns it (to be answered), or it stays queued for the next daemon.
+    #[test]
+    fn a_connection_made_as_a_shared_socket_stops_is_answered_or_left_queued() {
+        let (_dir, path, acceptor, kept) = shared_socket();
+        let acceptor = Arc::new(acceptor);
         let waiting = {
             let acceptor = acceptor.clone();
             std::thread::spawn(move || acceptor.accept().map(Result::unwrap))
@@ -186,11 +199,7 @@ mod tests {
     /// (for the next daemon) after this one stopped.
     #[test]
     fn a_shared_socket_keeps_accepting_after_stop() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s");
-        let listener = UnixListener::bind(&path).unwrap();
-        let kept = listener.try_clone().unwrap();
-        let acceptor = Acceptor::new(listener, false).unwrap();
+        let (_dir, path, acceptor, kept) = shared_socket();
         acceptor.stop();
         drop(acceptor);
         UnixStream::connect(&path).unwrap();

@@ -196,6 +196,31 @@ fn refusals_close_without_a_reply_and_the_next_client_is_served() {
     all_released(&d);
 }
 
+/// `program` started in a new pid namespace (its init, with `/proc` of its own), as a
+/// portpicker client of `address`.
+fn in_new_pid_namespace(
+    ns: berth_testkit::namespaces::Namespaces,
+    program: &[&str],
+    address: &str,
+) -> Py {
+    let unshare = ns.unshare(&["--pid", "--fork", "--mount-proc"]);
+    let mut cmd = Command::new(&unshare[0]);
+    cmd.args(&unshare[1..])
+        .args(program)
+        .env("PORTSERVER_ADDRESS", address);
+    Py::spawn(cmd)
+}
+
+/// The pid, as the daemon sees it, of the owner of the reservation starting at `port` (polled
+/// until listed), and its row.
+fn owner_of(d: &Daemon, port: u16) -> (u32, serde_json::Value) {
+    let row = poll_until("the port listed", || {
+        d.list().into_iter().find(|r| r["start"] == port)
+    });
+    let owner = u32::try_from(row["owner"]["pid"].as_u64().unwrap()).unwrap();
+    (owner, row)
+}
+
 /// A process that is init (pid 1) of its own pid namespace names itself as 1, which in the
 /// daemon's namespace would be init: it is served as itself too, like any peer of another
 /// pid namespace.
@@ -209,18 +234,10 @@ fn the_init_of_a_child_pid_namespace_is_served_as_itself() {
     };
     let address = name("pidns-init");
     let d = daemon("44300-44399", &address);
-    let unshare = ns.unshare(&["--pid", "--fork", "--mount-proc"]);
-    let mut cmd = Command::new(&unshare[0]);
-    cmd.args(&unshare[1..])
-        .args([py, "-c", PICK])
-        .env("PORTSERVER_ADDRESS", &address);
-    let client = Py::spawn(cmd);
+    let client = in_new_pid_namespace(ns, &[py, "-c", PICK], &address);
     let (inner_pid, port) = client.picked();
     assert_eq!(inner_pid, 1, "python is its namespace's init");
-    let row = poll_until("the port listed", || {
-        d.list().into_iter().find(|r| r["start"] == port)
-    });
-    let owner = u32::try_from(row["owner"]["pid"].as_u64().unwrap()).unwrap();
+    let (owner, row) = owner_of(&d, port);
     assert_ne!(owner, 1, "owned by the peer as the daemon sees it: {row}");
     client.finish();
     all_released(&d);
@@ -239,17 +256,9 @@ fn a_process_in_a_child_pid_namespace_is_served_as_itself_and_released_when_it_e
     // `sh` is the namespace's init (pid 1); python is pid 2 there, a number that names some
     // unrelated process (or none) in the daemon's namespace.
     let script = format!("{py} -c '{}'; true", PICK.replace('\'', "\""));
-    let unshare = ns.unshare(&["--pid", "--fork", "--mount-proc"]);
-    let mut cmd = Command::new(&unshare[0]);
-    cmd.args(&unshare[1..])
-        .args(["sh", "-c", &script])
-        .env("PORTSERVER_ADDRESS", &address);
-    let client = Py::spawn(cmd);
+    let client = in_new_pid_namespace(ns, &["sh", "-c", &script], &address);
     let (inner_pid, port) = client.picked();
-    let row = poll_until("the port listed", || {
-        d.list().into_iter().find(|r| r["start"] == port)
-    });
-    let owner = u32::try_from(row["owner"]["pid"].as_u64().unwrap()).unwrap();
+    let (owner, row) = owner_of(&d, port);
     assert_ne!(
         owner, inner_pid,
         "owned by the peer as the daemon sees it: {row}"

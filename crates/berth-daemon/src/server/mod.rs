@@ -441,11 +441,7 @@ pub async fn run_with_ready(
             // an empty runtime journal goes.
             cancel.cancel();
             tracker.close();
-            shared.stop_kernel_sync();
-            shared.stop_store();
-            if store_thread.join().is_err() {
-                tracing::error!("the store thread did not finish cleanly");
-            }
+            stop_kernel_sync_and_store(&shared, store_thread);
             let _ = shared.remove_journal_if_empty();
             return Err(e);
         }
@@ -537,13 +533,10 @@ pub async fn run_with_ready(
     if shared.mirrors_out_of_step() {
         shared.resync_mirrors();
     }
-    let kernel = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || kernel.stop_kernel_sync()).await;
-    shared.stop_store();
-    let joined = tokio::task::spawn_blocking(move || store_thread.join()).await;
-    if !matches!(joined, Ok(Ok(()))) {
-        tracing::error!("the store thread did not finish cleanly");
-    }
+    let stopping = shared.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || stop_kernel_sync_and_store(&stopping, store_thread))
+            .await;
     if let Some((task, done)) = beacon {
         done.cancel();
         let _ = task.await;
@@ -561,6 +554,17 @@ pub async fn run_with_ready(
         ),
     }
     Ok(())
+}
+
+/// The stop's blocking steps, once nothing is served: the kernel's list loses the daemon's
+/// entries (those of running owners stay, for the next daemon), then the store thread finishes
+/// what is queued.
+fn stop_kernel_sync_and_store(shared: &Shared, store_thread: std::thread::JoinHandle<()>) {
+    shared.stop_kernel_sync();
+    shared.stop_store();
+    if store_thread.join().is_err() {
+        tracing::error!("the store thread did not finish cleanly");
+    }
 }
 
 /// Runs a daemon process: serves on the socket systemd passed (socket activation), or else

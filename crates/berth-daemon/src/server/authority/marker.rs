@@ -29,10 +29,7 @@ pub(super) struct Marked {
 /// then renamed). A newline in the path is written as `?`, so that the marker stays one line.
 pub(super) fn write(path: &Path, socket: &Path) -> io::Result<()> {
     let pid = std::process::id();
-    let start = proc::stat(pid)
-        .ok()
-        .and_then(|stat| proc::start_time_from_stat(&stat))
-        .unwrap_or(0);
+    let start = start_time(pid).unwrap_or(0);
     let aside = path.with_extension("owner.new");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -55,10 +52,15 @@ pub(super) fn live_daemon_at(path: &Path) -> Option<Marked> {
     let pid: u32 = fields.next()?.parse().ok()?;
     let start: u64 = fields.next()?.trim().parse().ok()?;
     let socket = fields.next().filter(|s| !s.is_empty()).map(str::to_owned);
-    let now = proc::stat(pid)
-        .ok()
-        .and_then(|stat| proc::start_time_from_stat(&stat))?;
+    let now = start_time(pid)?;
     (now == start && start != 0).then_some(Marked { pid, socket })
+}
+
+/// Process `pid`'s start time, from `/proc`.
+fn start_time(pid: u32) -> Option<u64> {
+    proc::stat(pid)
+        .ok()
+        .and_then(|stat| proc::start_time_from_stat(&stat))
 }
 
 #[cfg(test)]
@@ -80,10 +82,7 @@ mod tests {
             })
         );
         // An earlier release's marker names no socket.
-        let start = proc::stat(std::process::id())
-            .ok()
-            .and_then(|stat| proc::start_time_from_stat(&stat))
-            .unwrap();
+        let start = start_time(std::process::id()).unwrap();
         std::fs::write(&marker, format!("{} {start}\n", std::process::id())).unwrap();
         assert_eq!(
             live_daemon_at(&marker),
