@@ -49,7 +49,7 @@ pub use reserved_list::{
     Extras, Figures as ListFigures, ListBooks, Plan as ListPlan, Write as ListWrite,
 };
 pub use table::{
-    Allowed, BindPlan, Bond, Change, Constraints, Ending, Kind, Lease, NameScope, PortUse, Quota,
-    QuotaKind, Reservation, Table, Usage, UseRequest,
+    Allowed, BindPlan, Bond, Change, Constraints, Ending, FoundInUse, Kind, Lease, NameScope,
+    PortUse, Quota, QuotaKind, Reservation, Table, Usage, UseRequest,
 };
 pub use token::{Token, TokenSource};

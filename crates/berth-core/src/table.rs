@@ -16,6 +16,7 @@ use crate::token::{Token, TokenSource};
 mod both;
 mod change;
 mod cooling;
+mod found_in_use;
 mod names;
 mod pair;
 mod ports;
@@ -32,6 +33,7 @@ mod names_tests;
 mod wildcard_tests;
 
 pub use change::{Change, Ending};
+pub use found_in_use::FoundInUse;
 pub use names::NameScope;
 pub use ports::PortUse;
 pub use reservation::{Allowed, Bond, Kind, Lease, Reservation, UseRequest};

@@ -2146,3 +2146,56 @@ fn a_reservation_given_to_a_cgroup_lives_until_the_cgroup_empties() {
     );
     assert_eq!(f.table.usage(me.uid), Usage::default());
 }
+
+#[test]
+fn a_request_never_chooses_again_a_port_it_found_in_use_though_the_cursor_goes_back() {
+    // Two held requests chose at once: B port 1000, then A port 1001. Both ports turn out to be
+    // in use on the host; A finds out first, then B, whose withdrawal sends the cursor back to
+    // 1001. Then A chooses again, through `found` (`None`: the cursor alone).
+    let choose_again = |found: Option<&FoundInUse>| {
+        let mut f = Fixture::new(1000, 1009);
+        let b = f.wildcard(1).unwrap();
+        let a = f.wildcard(1).unwrap();
+        assert_eq!((b.range.start(), a.range.start()), (1000, 1001));
+        assert!(f.table.withdraw(&a, 1001));
+        assert!(f.table.withdraw(&b, 1000));
+        f.table
+            .acquire(
+                Protocol::Tcp,
+                RangeRequest::Wildcard { count: 1 },
+                holder(1, 1),
+                Constraints::default(),
+                &mut f.tokens,
+                &mut |protocol, range| found.and_then(|found| found.first_in(protocol, range)),
+            )
+            .map(granted)
+            .unwrap()
+            .range
+            .start()
+    };
+    assert_eq!(
+        choose_again(None),
+        1001,
+        "the cursor alone went back over it"
+    );
+    let mut found = FoundInUse::default();
+    found.note(Protocol::Tcp, 1001);
+    assert_eq!(choose_again(Some(&found)), 1002);
+}
+
+#[test]
+fn ports_found_in_use_are_told_by_protocol_and_range() {
+    let mut found = FoundInUse::default();
+    assert!(found.is_empty());
+    assert_eq!(found.first_in(Protocol::Tcp, range(1, 65535)), None);
+    found.note(Protocol::Udp, 2000);
+    found.note(Protocol::Tcp, 2003);
+    found.note(Protocol::Tcp, 2001);
+    found.note(Protocol::Tcp, 2001);
+    assert_eq!(found.len(), 3);
+    assert_eq!(found.first_in(Protocol::Tcp, range(2000, 4)), Some(2001));
+    assert_eq!(found.first_in(Protocol::Tcp, range(2002, 2)), Some(2003));
+    assert_eq!(found.first_in(Protocol::Tcp, range(2004, 10)), None);
+    assert_eq!(found.first_in(Protocol::Udp, range(2000, 1)), Some(2000));
+    assert_eq!(found.first_in(Protocol::Udp, range(2001, 3)), None);
+}

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use berth_core::{
-    AcquireError, ErrorKind, Holder, Kind, Label, Name, Owner, PortRange, Protocol, RangeRequest,
-    Requester, Reservation, Token, UseRequest,
+    AcquireError, ErrorKind, FoundInUse, Holder, Kind, Label, Name, Owner, PortRange, Protocol,
+    RangeRequest, Requester, Reservation, Token, UseRequest,
 };
 use berth_protocol::{
     AcquireOptions, ErrorDetail, Holder as DetailHolder, NameDetail, PoolDetail, PortsDetail,
@@ -210,7 +210,8 @@ impl Shared {
         // ports: they are made outside the table lock (a large block is many binds). The block
         // is chosen under the lock — inserted in the table, so no other request can have it —
         // held outside it, then published under it; a port found in use undoes the choice, and
-        // a wildcard request chooses again past it.
+        // a wildcard request chooses again, passing by every port it found in use (the cursor
+        // alone does not: another request's withdrawal may send it back over them).
         let refuse = |e: &berth_core::AcquireError| {
             Box::new(acquire_refused(
                 e,
@@ -220,10 +221,8 @@ impl Shared {
                 self.ephemeral_share,
             ))
         };
-        let mut first_choice: Option<u16> = None;
-        let mut choices: u32 = 0;
+        let mut found_in_use = FoundInUse::default();
         let pending = loop {
-            choices += 1;
             let (changes, granted) = {
                 let mut table = self.table();
                 // Bounds a request chose are searched as asked.
@@ -237,6 +236,9 @@ impl Shared {
                 // An unheld block's in-use test: one probe bind a port, under the lock, so
                 // that no other request takes the block between the probe and the grant.
                 let mut in_use = |proto, range| {
+                    if let Some(port) = found_in_use.first_in(proto, range) {
+                        return Some(port);
+                    }
                     // A wildcard block leaves alone the ports an administrator listed in the
                     // kernel's reserved-ports list: they are someone else's.
                     if wildcard {
@@ -300,33 +302,18 @@ impl Shared {
                 holds.unstage(g.protocol, g.range);
                 table.withdraw(g, port);
             }
-            let (pool, free_ports) = (table.pool(), table.free_in_pool(protocol));
             drop(table);
-            // Round the pool (or the bounds) once at most: back at the first choice, or as
-            // many choices as blocks fit in it.
-            let area = bounds.unwrap_or(pool.range());
-            let wrapped = first_choice.is_some_and(|first| first == range.start())
-                || choices > u32::from(area.count()) / u32::from(count.max(1)) + 1;
-            first_choice.get_or_insert(range.start());
-            if !wildcard || wrapped {
-                let e = if wildcard {
-                    berth_core::AcquireError::PoolExhausted {
-                        protocol,
-                        count,
-                        pool,
-                        free_ports,
-                        skipped_privileged: false,
-                        bounds,
-                    }
-                } else {
-                    berth_core::AcquireError::InUse {
-                        protocol,
-                        requested: range,
-                        port,
-                    }
-                };
-                return Err(refuse(&e));
+            found_in_use.note(protocol, port);
+            if !wildcard {
+                return Err(refuse(&berth_core::AcquireError::InUse {
+                    protocol,
+                    requested: range,
+                    port,
+                }));
             }
+            // A wildcard request chooses again, until the table's search, passing by every port
+            // found in use, finds nothing: each choice notes a new port, so this ends within
+            // the pool's ports.
         };
         let (pending, granted) = pending;
         // A refused grant is undone with its whole batch (see the stream's "Transactions").
