@@ -619,7 +619,18 @@ impl Table {
                 cool.then(|| cooling.first_in(proto, range, now_ms))
                     .flatten()
                     .or_else(|| keep.then(|| names.first_kept_in(proto, range)).flatten())
-                    .or_else(|| in_use(proto, range))
+                    .or_else(|| {
+                        let port = in_use(proto, range)?;
+                        // Passed by for the cool-down, like a port just freed: a port in use
+                        // on the host (a connection in TIME_WAIT, say) is likely still in use
+                        // a moment later, and once every free port of a churned pool is
+                        // cooling, the ports not cooling would be exactly those in use —
+                        // which a first pass would then test, one by one, on every search.
+                        if let Some(one) = in_pool(pool, port) {
+                            cooling.note(proto, one, now_ms);
+                        }
+                        Some(port)
+                    })
             };
             if let Some(stripe) = stripe {
                 if let Some(range) = space.next_fit_in_stripe(protocol, count, stripe, &mut test) {
@@ -1228,7 +1239,9 @@ impl Table {
     /// Withdraws `granted`, a grant nobody has seen yet, because a port of it was found in
     /// use on the host after it was chosen (`in_use`: a held block's hold binds happen outside
     /// the daemon's table lock), and has the next wildcard search of its protocol start right
-    /// after that port, as a search that had found it in use would. Whether it was withdrawn.
+    /// after that port, as a search that had found it in use would; the port is passed by for
+    /// the cool-down from the grant's time, as that search would have too. Whether it was
+    /// withdrawn.
     pub fn withdraw(&mut self, granted: &Reservation, in_use: u16) -> bool {
         if self.get(granted.token) != Some(granted) {
             return false;
@@ -1236,6 +1249,10 @@ impl Table {
         let withdrawn = self.remove(granted.token).is_some();
         self.space_mut(granted.protocol)
             .restart_at(in_use.wrapping_add(1));
+        if let Some(one) = in_pool(self.pool, in_use) {
+            self.cooling
+                .note(granted.protocol, one, granted.acquired_at_ms);
+        }
         withdrawn
     }
 
@@ -1351,6 +1368,14 @@ impl Table {
 /// The refusal of a request that reaches below `limits.lowest_port`: a specific block that
 /// starts there, or bounds that lie wholly there (bounds that only start there are searched
 /// from the lowest port up, as the pool is).
+/// `port` as a block of one, if it lies in `pool` (only the pool's ports cool down: only
+/// wildcard searches pass cooling ports by).
+fn in_pool(pool: Pool, port: u16) -> Option<PortRange> {
+    PortRange::new(port, 1)
+        .ok()
+        .filter(|_| pool.range().contains(port))
+}
+
 /// The passes of a wildcard search, as (pass cooling ports by, pass remembered blocks by):
 /// both first, then only the cool-down (a remembered block is better than a port whose last
 /// owner's connections linger), then neither — each only when it can matter.

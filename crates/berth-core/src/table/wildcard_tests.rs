@@ -373,6 +373,70 @@ fn a_pool_whose_free_ports_all_cool_is_not_searched_twice() {
 }
 
 #[test]
+fn a_port_found_in_use_is_passed_by_for_the_cool_down_like_a_freed_one() {
+    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
+    t.set_reuse_cool_down(60_000);
+    let mut a = Asker { tokens: 0 };
+    // A churned pool: every port but 1098 and 1099 was freed a moment ago. Port 1098 is in
+    // use on the host (a connection in TIME_WAIT, say).
+    for now in 0..98 {
+        take_and_free(&mut t, &mut a, now);
+    }
+    let mut probes_of_1098 = 0;
+    let mut tokens = 1000u64;
+    for now in 100..103 {
+        let mut next = || {
+            tokens += 1;
+            tokens
+        };
+        let holder = Holder {
+            acquired_at_ms: now,
+            ..holder(false)
+        };
+        let change = t.acquire(
+            Protocol::Tcp,
+            RangeRequest::Wildcard { count: 1 },
+            holder,
+            Constraints::default(),
+            &mut next,
+            &mut |_, range| {
+                range.contains(1098).then(|| {
+                    probes_of_1098 += 1;
+                    1098
+                })
+            },
+        );
+        let Ok(Change::Granted(r)) = change else {
+            panic!("expected a grant, got {change:?}")
+        };
+        assert_ne!(r.range.start(), 1098);
+        t.release(r.token, &admin()).unwrap();
+    }
+    // Found in use once; the searches after it pass it by with the cooling ports.
+    assert_eq!(probes_of_1098, 1);
+}
+
+#[test]
+fn a_port_a_withdrawn_grant_found_in_use_is_passed_by_for_the_cool_down() {
+    let mut t = Table::new(Pool::new(1000, 1003).unwrap());
+    t.set_reuse_cool_down(60_000);
+    let mut a = Asker { tokens: 0 };
+    assert_eq!(a.wildcard(&mut t, 1, true).range.start(), 1000);
+    // A held block of 1001, whose hold found it in use on the host.
+    let chosen = a
+        .acquire(&mut t, RangeRequest::Specific(range(1001, 1)), true)
+        .unwrap();
+    assert!(t.withdraw(&chosen, 1001));
+    assert_eq!(a.wildcard(&mut t, 1, true).range.start(), 1002);
+    let last = a.wildcard(&mut t, 1, true);
+    assert_eq!(last.range.start(), 1003);
+    // 1003 is freed without a cool-down; the cursor is back at the pool's start. A search
+    // passes 1001 by while 1003 fits.
+    t.release(last.token, &admin()).unwrap();
+    assert_eq!(a.wildcard(&mut t, 1, true).range.start(), 1003);
+}
+
+#[test]
 fn another_users_owner_is_seen_only_by_administrators_and_the_same_user() {
     let mut t = table();
     let mut a = Asker { tokens: 0 };
