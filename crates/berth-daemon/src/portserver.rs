@@ -593,10 +593,7 @@ async fn answer(
                 named = request,
                 "portserver: refused: {why}"
             );
-            crate::server::refusals::log(
-                cred.uid,
-                "portserver: refused requests (quota, pool, or the pid named; see the log at debug)",
-            );
+            crate::server::refusals::log(cred.uid, why.summary());
             return;
         }
     };

@@ -82,6 +82,12 @@ pub fn start_time_from_stat(stat: &str) -> Option<u64> {
     field_after_comm(stat, 19)?.parse().ok()
 }
 
+/// Whether `/proc/PID/stat` is of a process that has exited and waits to be reaped (state `Z`,
+/// a zombie) or is being torn down (`X`): only its pid is left, held until its parent reaps it.
+pub fn exited_from_stat(stat: &str) -> bool {
+    matches!(field_after_comm(stat, 0), Some("Z" | "X" | "x"))
+}
+
 /// Field 4 (`ppid`) of `/proc/PID/stat`.
 pub fn parent_from_stat(stat: &str) -> Option<u32> {
     field_after_comm(stat, 1)?.parse().ok()
@@ -190,6 +196,18 @@ mod tests {
         assert_eq!(start_time_from_stat("garbage"), None);
         assert_eq!(start_time_from_stat("1 (x) S 1"), None, "too short");
         assert_eq!(parent_from_stat("1 (x"), None);
+    }
+
+    #[test]
+    fn a_zombie_is_told_by_its_state() {
+        assert!(!exited_from_stat(STAT));
+        assert!(exited_from_stat("7 (a) Z) Z 1 7 7 0 -1 4228108 0 0"));
+        assert!(exited_from_stat("7 (sh) X 1 7 7 0 -1 4228108 0 0"));
+        assert!(
+            !exited_from_stat("7 (Z) R 1"),
+            "the command name is not the state"
+        );
+        assert!(!exited_from_stat("garbage"));
     }
 
     const STATUS: &str = "Name:\tbash\nUid:\t1000\t1001\t1002\t1003\nGid:\t100\t101\t102\t103\n\

@@ -52,6 +52,18 @@ pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus
     child.wait().expect("reap a child that ended")
 }
 
+/// Waits for `child` (ours, not yet reaped) to exit, for at most `limit`, and leaves it
+/// unreaped — a zombie, which only its pid is left of; whether it exited in time.
+pub fn exited_unreaped(child: &Child, limit: Duration) -> bool {
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .expect("a child's pid");
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .expect("pidfd_open a child");
+    readable_within(&pidfd, limit)
+}
+
 /// Runs `cmd` to its end with stdin empty, stdout and stderr collected, for at most `limit`;
 /// at the deadline kills and reaps it, then panics with what it printed so far.
 pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {

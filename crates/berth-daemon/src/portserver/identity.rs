@@ -216,6 +216,27 @@ mod tests {
         thread.join().unwrap();
     }
 
+    /// A zombie has exited: only its pid is left until its parent reaps it. It is refused, as a
+    /// process already reaped is, rather than granted a port released at once.
+    #[test]
+    fn a_zombie_is_refused_as_exited() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped: `std` waits only when asked to.
+        let limit = berth_testkit::deadline::DEADLINE;
+        assert!(
+            berth_testkit::deadline::exited_unreaped(&child, limit),
+            "process {pid} did not exit"
+        );
+        let stat = berth_os::proc::stat(pid).unwrap();
+        assert!(berth_os::proc::exited_from_stat(&stat), "a zombie: {stat}");
+        assert!(matches!(
+            owner_for(pid, me(), None, &Described::default(), |_| false),
+            Err(NotOwner::Exited { named }) if named == pid
+        ));
+        child.wait().unwrap();
+    }
+
     #[test]
     fn init_nonexistent_and_invisible_pids_are_refused() {
         assert!(matches!(

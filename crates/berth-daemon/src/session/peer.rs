@@ -183,8 +183,11 @@ pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
 /// [`process_owner`], or an error when the daemon is out of descriptors and cannot look
 /// (which must not pass for a process that is gone).
 pub(crate) fn read_owner(pid: u32, uid: u32, gid: u32) -> io::Result<Owner> {
-    // One file for both: `stat` holds the command name too.
+    // One file for both: `stat` holds the command name too. A zombie has exited: it is
+    // described as gone, like a process already reaped (nothing is granted to it, to be
+    // released at once).
     let (start_time, command) = match proc::stat(pid) {
+        Ok(stat) if proc::exited_from_stat(&stat) => (0, String::new()),
         Ok(stat) => (
             proc::start_time_from_stat(&stat).unwrap_or(0),
             proc::comm_from_stat(&stat)

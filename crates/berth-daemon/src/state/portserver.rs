@@ -34,6 +34,36 @@ pub(crate) enum PortserverRefusal {
     Exposed(String),
 }
 
+impl PortserverRefusal {
+    /// The refusal's kind, worded for the rate-limited INFO line of the log (a fixed text per
+    /// kind: the line is counted per user and text); the particulars are logged at DEBUG.
+    pub(crate) fn summary(&self) -> &'static str {
+        match self {
+            PortserverRefusal::Owner(_) => {
+                "portserver: refused requests naming a pid the asker may not reserve for (not its own or its user's process, exited, a thread, or invisible to the daemon; see the log at debug)"
+            }
+            PortserverRefusal::Table(e) => match e.kind() {
+                berth_core::ErrorKind::QuotaExceeded => {
+                    "portserver: refused requests over the user's quota (see `berth status` and the log at debug)"
+                }
+                berth_core::ErrorKind::PoolExhausted => {
+                    "portserver: refused requests: no port of the pool is free in both TCP and UDP (see `berth status`)"
+                }
+                _ => "portserver: refused requests the table could not grant (see the log at debug)",
+            },
+            PortserverRefusal::Shortage(_) => {
+                "portserver: refused requests: the daemon is short of descriptors or memory to test ports (see `berth status`)"
+            }
+            PortserverRefusal::NotRecorded(_) | PortserverRefusal::Missing => {
+                "portserver: refused requests the daemon could not record (see the log at debug)"
+            }
+            PortserverRefusal::Exposed(_) => {
+                "portserver: refused requests: the pool lies in the ephemeral range and the daemon cannot hide its ports (see `berth status`)"
+            }
+        }
+    }
+}
+
 impl Shared {
     /// Answers the portpicker request naming `named`, asked by `peer` (pinned by `peer_pidfd`,
     /// its `SO_PEERPIDFD`): the port reserved, or why nothing was (the client is told nothing
@@ -95,5 +125,48 @@ impl Shared {
         let port = port.ok_or(PortserverRefusal::Missing)?;
         tracing::debug!(port, pid, "portserver: reserved in tcp and udp");
         Ok(port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_core::{Pool, Protocol, QuotaKind};
+
+    use super::*;
+
+    /// The INFO line says which kind of refusal it counts: an administrator reading the log
+    /// knows whether to look at the pids named, the quota or the pool.
+    #[test]
+    fn each_kind_of_refusal_has_its_own_line() {
+        let lines = [
+            PortserverRefusal::Owner(NotOwner::Unfit { named: 0 }),
+            PortserverRefusal::Table(AcquireError::QuotaExceeded {
+                uid: 1000,
+                what: QuotaKind::Ports,
+                limit: 10,
+                used: 10,
+                asked: 1,
+            }),
+            PortserverRefusal::Table(AcquireError::PoolExhausted {
+                protocol: Protocol::Tcp,
+                count: 1,
+                pool: Pool::new(20000, 20001).unwrap(),
+                free_ports: 0,
+                skipped_privileged: false,
+                bounds: None,
+            }),
+            PortserverRefusal::Shortage("out of descriptors".into()),
+            PortserverRefusal::Missing,
+            PortserverRefusal::Exposed("exposed".into()),
+        ]
+        .map(|refusal| refusal.summary());
+        let distinct: std::collections::BTreeSet<_> = lines.iter().collect();
+        assert_eq!(distinct.len(), lines.len(), "{lines:#?}");
+        assert!(lines[0].contains("naming a pid"));
+        assert!(lines[1].contains("quota"));
+        assert!(lines[2].contains("no port of the pool is free"));
+        assert!(lines
+            .iter()
+            .all(|line| line.starts_with("portserver: refused")));
     }
 }
