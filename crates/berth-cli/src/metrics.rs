@@ -39,11 +39,11 @@ impl Family {
             let _ = writeln!(out, "# UNIT {name} {unit}");
         }
         let _ = writeln!(out, "# HELP {name} {}", self.help);
-        // An info family's samples carry the `_info` suffix.
-        let sample = if self.kind == "info" {
-            format!("{name}_info")
-        } else {
-            name.to_owned()
+        // An info family's samples carry the `_info` suffix, a counter's `_total`.
+        let sample = match self.kind {
+            "info" => format!("{name}_info"),
+            "counter" => format!("{name}_total"),
+            _ => name.to_owned(),
         };
         for (labels, value) in &self.samples {
             let _ = writeln!(out, "{sample}{labels} {value}");
@@ -197,6 +197,22 @@ pub fn openmetrics(status: &StatusInfo, list: &[ReservationInfo], now_ms: u64) -
                 .map(|s| (String::new(), u64::from(s.used)))
                 .collect(),
         ),
+        Family {
+            name: "berth_portserver_requests",
+            kind: "counter",
+            unit: None,
+            help: "Portpicker requests the daemon's endpoint answered with a port, and those it refused (closed without one), since the daemon started; no sample when it has no endpoint.",
+            samples: status
+                .portserver
+                .iter()
+                .flat_map(|p| {
+                    [
+                        ("{outcome=\"answered\"}".to_owned(), p.answered),
+                        ("{outcome=\"refused\"}".to_owned(), p.refused),
+                    ]
+                })
+                .collect(),
+        },
     ];
     let mut out = String::new();
     for family in &families {
@@ -324,7 +340,12 @@ mod tests {
             mode: "hold".into(),
             enforce_attached_at: None,
             enforce_unavailable_because: String::new(),
-            portserver: None,
+            portserver: Some(berth_protocol::PortserverInfo {
+                address: "@unittest-portserver".into(),
+                not_served_because: String::new(),
+                answered: 1234,
+                refused: 5,
+            }),
         }
     }
 
@@ -359,6 +380,9 @@ mod tests {
             "berth_user_held_ports{uid=\"1000\"} 3",
             "berth_ephemeral_share_ports 14116",
             "berth_ephemeral_share_used_ports 3",
+            "# TYPE berth_portserver_requests counter",
+            "berth_portserver_requests_total{outcome=\"answered\"} 1234",
+            "berth_portserver_requests_total{outcome=\"refused\"} 5",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }
@@ -372,6 +396,17 @@ mod tests {
                 assert!(line.starts_with(&family), "{line} outside {family}");
             }
         }
+    }
+
+    #[test]
+    fn a_daemon_without_a_portserver_endpoint_has_no_portserver_samples() {
+        let status = StatusInfo {
+            portserver: None,
+            ..status()
+        };
+        let text = openmetrics(&status, &[], 61_000);
+        assert!(text.contains("# TYPE berth_portserver_requests counter"));
+        assert!(!text.contains("berth_portserver_requests_total"), "{text}");
     }
 
     #[test]

@@ -147,8 +147,8 @@ pub struct StatusJson {
     pub mode: String,
     /// Enforce mode: `{"available", "unavailable_because", "attached_at"}`.
     pub enforce: EnforceJson,
-    /// The portpicker endpoint, `{"address", "served", "not_served_because"}`, or `null` when
-    /// the daemon has none.
+    /// The portpicker endpoint, `{"address", "served", "not_served_because", "answered",
+    /// "refused"}`, or `null` when the daemon has none.
     pub portserver: Option<PortserverJson>,
 }
 
@@ -161,6 +161,10 @@ pub struct PortserverJson {
     pub served: bool,
     /// Why not, when not (another process holds the address; `null` when served).
     pub not_served_because: Option<String>,
+    /// Requests answered with a port since the daemon started.
+    pub answered: u64,
+    /// Requests and connections refused (closed without a port) since the daemon started.
+    pub refused: u64,
 }
 
 /// Enforce mode in `berth status --json`.
@@ -343,6 +347,8 @@ impl From<&StatusInfo> for StatusJson {
                 served: p.not_served_because.is_empty(),
                 not_served_because: (!p.not_served_because.is_empty())
                     .then(|| shown(&p.not_served_because)),
+                answered: p.answered,
+                refused: p.refused,
             }),
             kernel_list: s.kernel_list.map(|k| KernelListJson {
                 reserved: k.reserved,

@@ -452,6 +452,7 @@ impl Serving {
             let lane = closers.lane(cred.uid);
             // The user's limit first, then a shared place: a user at its limit takes none.
             let Ok(slot) = self.per_uid.enter(cred.uid) else {
+                self.shared.portserver_counts.refused();
                 crate::server::refusals::log(cred.uid, "portserver: refused a connection over the user's limit (max_connections_per_uid)");
                 lane.dispose(stream);
                 continue;
@@ -462,6 +463,7 @@ impl Serving {
                 Some(_) => match self.others.clone().try_acquire_owned() {
                     Ok(place) => Some(place),
                     Err(_) => {
+                        self.shared.portserver_counts.refused();
                         crate::server::refusals::log(
                             cred.uid,
                             "portserver: refused a connection: the endpoint's places for users other than administrators are all in use",
@@ -472,6 +474,7 @@ impl Serving {
                 },
             };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                self.shared.portserver_counts.refused();
                 crate::server::refusals::log(
                     cred.uid,
                     "portserver: refused a connection: the endpoint's connections are all in use",
@@ -561,6 +564,7 @@ async fn answer(
     let request = match read {
         Ok(Ok(Some(pid))) => pid,
         Ok(Ok(None)) => {
+            shared.portserver_counts.refused();
             tracing::debug!(peer = cred.pid, "portserver: refused a malformed request");
             crate::server::refusals::log(
                 cred.uid,
@@ -573,6 +577,7 @@ async fn answer(
             return;
         }
         Err(_) => {
+            shared.portserver_counts.refused();
             tracing::debug!(peer = cred.pid, "portserver: no request within {timeout:?}");
             crate::server::refusals::log(
                 cred.uid,
@@ -585,8 +590,12 @@ async fn answer(
     // that do).
     let pidfd = berth_os::peer::peer_pidfd(stream.fd()).ok().flatten();
     let port = match shared.portserver_request(request, cred, pidfd).await {
-        Ok(port) => port,
+        Ok(port) => {
+            shared.portserver_counts.answered();
+            port
+        }
         Err(why) => {
+            shared.portserver_counts.refused();
             // Each at DEBUG; at INFO at most once per user every few seconds, with a count.
             tracing::debug!(
                 peer = cred.pid,

@@ -680,6 +680,12 @@ pub struct PortserverInfo {
     /// Why the daemon does not answer there (another process holds the address — named when
     /// the daemon can tell — so portpicker clients reach that process); empty while it does.
     pub not_served_because: String,
+    /// Requests answered with a port since the daemon started.
+    pub answered: u64,
+    /// Requests and connections refused since the daemon started (closed without a port: a
+    /// malformed or missing request, a pid the asker may not name, the quota, the pool, the
+    /// endpoint's connection limits).
+    pub refused: u64,
 }
 
 /// A wildcard pool exposed to other programs' automatic port choice (see `berth status`).

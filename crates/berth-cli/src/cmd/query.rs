@@ -129,7 +129,12 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         }
         if let Some(ps) = &status.portserver {
             match &ps.not_served_because {
-                None => outln!("  portpicker endpoint {}", ps.address),
+                None => outln!(
+                    "  portpicker endpoint {}: {} answered, {} refused since start-up",
+                    ps.address,
+                    plural(ps.answered, "request"),
+                    ps.refused
+                ),
                 Some(why) => outln!(
                     "  warning: portpicker endpoint {} not served: {why}; portpicker clients of this address reach that process instead (docs/portserver.md)",
                     ps.address
@@ -306,7 +311,8 @@ fn daemon_exit(pid: u32) -> Option<impl std::future::Future<Output = ()>> {
 }
 
 /// `1 reservation`, `2 reservations`.
-fn plural(n: u32, noun: &str) -> String {
+fn plural(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
     if n == 1 {
         format!("1 {noun}")
     } else {

@@ -70,6 +70,8 @@ pub(super) fn start_portserver(
             shared.set_portserver(berth_protocol::PortserverInfo {
                 address,
                 not_served_because: String::new(),
+                answered: 0,
+                refused: 0,
             });
         }
         PortserverSocket::Held { holder, error } => {
@@ -80,6 +82,8 @@ pub(super) fn start_portserver(
             shared.set_portserver(berth_protocol::PortserverInfo {
                 address,
                 not_served_because: format!("the address is held by {holder}"),
+                answered: 0,
+                refused: 0,
             });
         }
     }

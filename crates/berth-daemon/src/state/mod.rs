@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     journal_file: crate::mirror::journal::Runtime,
     /// The portpicker endpoint as `berth status` shows it: set once it is bound, or found taken.
     portserver: Mutex<Option<berth_protocol::PortserverInfo>>,
+    /// The endpoint's answers and refusals since start-up, for `berth status`.
+    pub(crate) portserver_counts: PortserverCounts,
     /// The block each user's names were last given (locked after the table, never before).
     names: Mutex<NameBook>,
     /// Woken on every change of the table: waits for a name look again.
@@ -126,6 +128,28 @@ const REQUEST_TURNS: usize = 64;
 /// only when a scan turn is free at once.
 const HOST_SCANS: usize = 1;
 
+/// How many portpicker requests the endpoint answered with a port, and how many it refused
+/// (closed without one), since start-up.
+#[derive(Debug, Default)]
+pub(crate) struct PortserverCounts {
+    answered: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl PortserverCounts {
+    /// Counts a request answered with a port.
+    pub(crate) fn answered(&self) {
+        self.answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts a request or connection refused.
+    pub(crate) fn refused(&self) {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One connected client, as the kernel identified it.
 pub(crate) struct Peer {
     pub(crate) owner: Owner,
@@ -144,12 +168,20 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(info);
     }
 
-    /// What `berth status` says of the portpicker endpoint; `None` when there is none.
+    /// What `berth status` says of the portpicker endpoint, with its counts; `None` when
+    /// there is none.
     pub(crate) fn portserver_info(&self) -> Option<berth_protocol::PortserverInfo> {
-        self.portserver
+        let info = self
+            .portserver
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .clone()?;
+        let counts = &self.portserver_counts;
+        Some(berth_protocol::PortserverInfo {
+            answered: counts.answered.load(std::sync::atomic::Ordering::Relaxed),
+            refused: counts.refused.load(std::sync::atomic::Ordering::Relaxed),
+            ..info
+        })
     }
 
     /// The shared state over an empty table; also returns where the owners to watch arrive
@@ -211,6 +243,7 @@ impl Shared {
             scans: crate::server::fair::Turns::new(HOST_SCANS),
             journal_file,
             portserver: Mutex::new(None),
+            portserver_counts: PortserverCounts::default(),
             names: Mutex::new(NameBook::new(
                 config.max_names_per_user,
                 config.forget_names_after,

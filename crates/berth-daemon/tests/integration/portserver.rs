@@ -301,9 +301,9 @@ async fn administrators_keep_places_when_other_users_fill_the_endpoint() {
     d.shutdown().await;
 }
 
-/// `berth status` says where the endpoint answers — or, when another process held its address
-/// first (an optional endpoint then serves nothing), which process portpicker clients reach
-/// instead.
+/// `berth status` says where the endpoint answers and how many requests it answered and
+/// refused — or, when another process held its address first (an optional endpoint then
+/// serves nothing), which process portpicker clients reach instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_names_the_endpoint_and_the_process_holding_its_address() {
     let name = unique("status");
@@ -311,6 +311,14 @@ async fn status_names_the_endpoint_and_the_process_holding_its_address() {
     let served = status(&d).await.portserver.expect("an endpoint");
     assert_eq!(served.address, format!("@{name}"));
     assert_eq!(served.not_served_because, "");
+    assert_eq!((served.answered, served.refused), (0, 0));
+    // Two answers and a refusal (not a pid): counted since start-up.
+    let me = std::process::id();
+    port_for(&name, me).await;
+    port_for(&name, me).await;
+    assert_eq!(ask(&name, b"not a pid\n").await, "");
+    let counted = status(&d).await.portserver.expect("an endpoint");
+    assert_eq!((counted.answered, counted.refused), (2, 1), "{counted:?}");
     d.shutdown().await;
 
     // Another listener holds the address first (here, this process).
@@ -320,7 +328,6 @@ async fn status_names_the_endpoint_and_the_process_holding_its_address() {
     let d = daemon(13740, 13749, &taken, |e| e.optional = true).await;
     let info = status(&d).await.portserver.expect("an endpoint");
     assert_eq!(info.address, format!("@{taken}"));
-    let me = std::process::id();
     assert!(
         info.not_served_because.contains(&format!("pid {me} (uid ")),
         "{info:?}"

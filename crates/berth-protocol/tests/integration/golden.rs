@@ -382,11 +382,13 @@ fn responses() {
             portserver: Some(PortserverInfo {
                 address: "@p".into(),
                 not_served_because: "y".into(),
+                answered: 300,
+                refused: 2,
             }),
         }),
         // … cool-down 60 (3c), mode "hold", not attached, unavailable because "x", the
-        // endpoint "@p" not served because "y"
-        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64 32  02 03 01  01 c0 b8 02 64 32 32 03  01 e8 07 02 03 01  01 03 ac 02 01 02 01  01 c0 b8 02 64 80 08 80 f8 03 01  3c  04 68 6f 6c 64  00  01 78  01 02 40 70 01 79",
+        // endpoint "@p" not served because "y", 300 (ac 02) answered, 2 refused
+        "05  05 30 2e 31 2e 30  01  99 20  02 2f 73  05  c0 b8 02 64  02  02  01  01 62 63  01  80 08  00  01 78  03  01 00  c8 01  01 0a 64 32  02 03 01  01 c0 b8 02 64 32 32 03  01 e8 07 02 03 01  01 03 ac 02 01 02 01  01 c0 b8 02 64 80 08 80 f8 03 01  3c  04 68 6f 6c 64  00  01 78  01 02 40 70 01 79  ac 02  02",
     );
     golden(Response::Associated { port: 8080 }, "06  90 3f");
     golden(
