@@ -387,13 +387,20 @@ impl ListBooks {
     }
 
     /// The last write, at a clean stop: the list becomes exactly others' entries and `keep`
-    /// (the reservations left for the next daemon), without extras — even when that value
-    /// takes more than one chunk (the only write that may: nothing of berth's is left to
-    /// protect but `keep`, and an administrator's list that long was written the same way).
+    /// (the reservations left for the next daemon), without extras. When that value takes
+    /// more than one chunk, it is written so only with nothing to keep (nothing of berth's is
+    /// left to protect, and an administrator's list that long was written the same way);
+    /// with something to keep, a longer replacing write would unlist kept ports while its
+    /// later chunks are written, so the stop writes one chunk with extras instead — free ports
+    /// listed between scattered entries, recorded as berth's (`record_first`) for the next
+    /// daemon to take out.
     pub fn plan_stop(&mut self, current: &PortSet, keep: &PortSet, now_ms: u64) -> Plan {
         let mut plan = self.plan_for(current, keep, keep, Extras::UNBOUNDED, now_ms);
         let exact = self.foreign.union(keep);
-        if plan.list != exact {
+        let without_gap = text_len(&exact) <= ONE_CHUNK
+            || keep.is_empty()
+            || current.difference(&exact).is_empty();
+        if plan.list != exact && without_gap {
             plan.write = if current.difference(&exact).is_empty() {
                 Write::Add(exact.difference(current))
             } else {

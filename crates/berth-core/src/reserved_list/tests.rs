@@ -402,11 +402,55 @@ fn the_stop_leaves_exactly_others_entries_and_what_it_keeps() {
     let mut kernel = theirs.clone();
     sync(&mut books, &mut kernel, &set("35001"), 0);
     assert!(books.figures().extras > 0, "extras made it fit");
-    let plan = books.plan_stop(&kernel, &set("35001"), 1);
-    assert_eq!(plan.list, theirs.union(&set("35001")));
+    // With nothing to keep, the stop writes exactly others' entries, however long.
+    let plan = books.clone().plan_stop(&kernel, &PortSet::new(), 1);
+    assert_eq!(plan.list, theirs);
     assert_eq!(plan.write, Write::Replace(plan.list.clone()));
     assert!(!plan.one_chunk);
-    assert_eq!(plan.mine, set("35001"));
+    assert!(plan.mine.is_empty());
+    // A port kept for a live owner: exactly others' entries and it would take more than one
+    // chunk, whose later chunks could come after the kept port was unlisted by the first. The
+    // stop writes one chunk instead, extras and all, recorded as berth's for the next daemon.
+    let plan = books.plan_stop(&kernel, &set("35001"), 1);
+    // (The list holds that value already: the last write made it.)
+    assert_eq!(plan.write, Write::Nothing);
+    let value = &plan.list;
+    assert!(text_len(value) <= ONE_CHUNK, "one chunk");
+    assert!(value.contains(35_001));
+    assert!(
+        theirs.difference(value).is_empty(),
+        "no entry of others lost"
+    );
+    assert!(plan.one_chunk);
+    let record = plan
+        .record_first
+        .clone()
+        .unwrap_or_else(|| books.recorded.clone());
+    assert!(
+        plan.mine.difference(&record).is_empty(),
+        "every entry of berth's recorded"
+    );
+    // The same from a list another tool rewrote meanwhile (the scattered entries and one
+    // port of berth's): a write that never unlists a port — one that only adds, in any number
+    // of chunks, or a replacing one of one chunk.
+    let kernel = theirs.union(&set("35001,35005"));
+    let plan = books.plan_stop(&kernel, &set("35001"), 2);
+    match &plan.write {
+        Write::Add(ports) => assert_eq!(kernel.union(ports), plan.list),
+        Write::Replace(value) => assert!(text_len(value) <= ONE_CHUNK, "one chunk"),
+        Write::Nothing => panic!("the list needs a write"),
+    }
+    assert!(plan.list.contains(35_001));
+    assert!(
+        theirs.difference(&plan.list).is_empty(),
+        "no entry of others lost"
+    );
+    // Fitting one chunk: the stop writes it exactly.
+    let mut short = ListBooks::new(PortSet::new(), 0);
+    let mut kernel = set("80,443");
+    sync(&mut short, &mut kernel, &set("35001-35002"), 0);
+    let plan = short.plan_stop(&kernel, &set("35001"), 1);
+    assert_eq!(plan.list, set("80,443,35001"));
 }
 
 #[test]
