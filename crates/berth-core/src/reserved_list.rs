@@ -91,6 +91,14 @@ pub struct Fitted {
     pub one_chunk: bool,
 }
 
+/// The ports of `set` where an extra costs (`extras.costly`).
+pub fn costly(set: &PortSet, extras: Extras) -> u32 {
+    set.runs()
+        .iter()
+        .map(|&(lo, hi)| extras.cost(u32::from(lo), u32::from(hi)))
+        .fold(0, u32::saturating_add)
+}
+
 /// The length of `set` as the list's text, newline included.
 pub fn text_len(set: &PortSet) -> usize {
     let runs = set.runs();
@@ -358,11 +366,24 @@ impl ListBooks {
         self.foreign = self.foreign.union(&current.intersection(&self.configured));
         let exact = self.foreign.union(wanted);
         let fitted = fit(&exact, ONE_CHUNK, extras);
-        // Too scattered for one chunk: only add, and let removals wait.
         let list = if fitted.one_chunk {
             fitted.list
         } else {
-            current.union(&exact)
+            // Too scattered for one chunk within the room: only add, and let removals wait —
+            // while the ports left listed that way hide fewer ports where they cost than the
+            // cheapest one-chunk value would; past that, that value. So what berth keeps
+            // listed beyond its reservations never grows without bound.
+            let added = current.union(&exact);
+            let unbounded = Extras {
+                max: u32::MAX,
+                ..extras
+            };
+            let cheapest = fit(&exact, ONE_CHUNK, unbounded);
+            if cheapest.one_chunk && cheapest.cost < costly(&added.difference(&exact), extras) {
+                cheapest.list
+            } else {
+                added
+            }
         };
         let write = if &list == current {
             Write::Nothing

@@ -357,12 +357,63 @@ fn a_list_too_scattered_for_one_chunk_only_grows_until_it_fits() {
     assert_eq!(kernel, set("30000-30001"));
 }
 
+#[test]
+fn released_ports_left_listed_never_cost_more_than_the_cheapest_fit() {
+    // Others' scattered entries where every extra costs, a room of 10 extras: too little to
+    // fit. Each grant of a new port and its release leave that port listed (only adding
+    // leaves no gap) — until they would hide more ports than the cheapest one-chunk value,
+    // which is then written instead.
+    let mut theirs = PortSet::new();
+    for port in (30_000u16..50_000).step_by(20) {
+        theirs.insert(port);
+    }
+    let tight = Extras {
+        costly: (1, 65535),
+        max: 10,
+    };
+    let cheapest = fit(
+        &theirs,
+        ONE_CHUNK,
+        Extras {
+            max: u32::MAX,
+            ..tight
+        },
+    );
+    assert!(cheapest.one_chunk);
+    let mut books = ListBooks::new(PortSet::new(), 0);
+    let mut kernel = theirs.clone();
+    let mut replaced = false;
+    let mut most = 0;
+    // Blocks of 50 ports, granted and released one after another above others' entries.
+    for (i, port) in (50_001u16..64_000).step_by(51).enumerate() {
+        let now = u64::try_from(i).unwrap();
+        let block = set(&format!("{port}-{}", port + 49));
+        sync_within(&mut books, &mut kernel, &block, tight, 2 * now);
+        let plan = sync_within(&mut books, &mut kernel, &PortSet::new(), tight, 2 * now + 1);
+        assert!(!plan.one_chunk);
+        replaced |= matches!(plan.write, Write::Replace(_));
+        let left = costly(&kernel.difference(&theirs), tight);
+        assert!(
+            left <= cheapest.cost,
+            "{left} left listed, cheapest fit {}",
+            cheapest.cost
+        );
+        most = most.max(left);
+    }
+    assert!(
+        replaced,
+        "the cheapest fit was written once the leftovers reached it"
+    );
+    assert!(most > 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// With others' entries too scattered to fit, the list never loses a reservation or an
     /// entry of others, every replacing write fits one chunk, and what berth keeps beyond its
-    /// reservations is only ports it listed itself.
+    /// reservations is only ports it listed itself, never costing more than the room or the
+    /// cheapest one-chunk value, whichever is larger.
     #[test]
     fn scattered_lists_never_leave_a_gap(
         theirs_step in 3u16..40,
@@ -385,8 +436,14 @@ proptest! {
             prop_assert!(kernel.intersection(&theirs) == theirs);
             let beyond = kernel.difference(&theirs).difference(&ours);
             prop_assert!(beyond.difference(&plan.extras).is_empty());
-            if !plan.one_chunk {
-                prop_assert!(beyond.difference(&ever).is_empty(), "deferred removals only");
+            let exact = theirs.union(&ours);
+            let cheapest = fit(&exact, ONE_CHUNK, Extras { max: u32::MAX, ..limit });
+            prop_assert!(costly(&beyond, limit) <= max.max(cheapest.cost),
+                "{} beyond the reservations where they cost; room {max}, cheapest fit {}",
+                costly(&beyond, limit), cheapest.cost);
+            if !plan.one_chunk && beyond.difference(&ever).is_empty() {
+                // Deferred removals: kept only while cheaper than the cheapest fit.
+                prop_assert!(costly(&beyond, limit) <= cheapest.cost);
             }
         }
     }

@@ -190,12 +190,7 @@ fn affordable(
     ours: &PortSet,
     room: berth_core::Extras,
 ) -> (PortSet, berth_core::Extras) {
-    let cost: u32 = ahead
-        .difference(ours)
-        .runs()
-        .iter()
-        .map(|&(lo, hi)| room.cost(u32::from(lo), u32::from(hi)))
-        .sum();
+    let cost = berth_core::reserved_list::costly(&ahead.difference(ours), room);
     if ahead.is_empty() || cost > room.max {
         return (PortSet::new(), room);
     }
