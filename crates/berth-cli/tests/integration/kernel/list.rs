@@ -25,7 +25,8 @@ print("rewrites", n)
 
 /// A stale write-back of ports the daemon released (another tool's read-modify-write racing
 /// it) is taken out again: when the racing stops, the list holds the tool's entry and none of
-/// the daemon's ports.
+/// the daemon's ports. (Whether a write-back races a release in a given run is up to the
+/// scheduler; `a_stale_write_back_of_released_ports_is_taken_out_again` makes one on purpose.)
 #[test]
 fn a_read_modify_write_racing_grants_and_releases_leaks_no_port() {
     if !needs::python3() {
@@ -63,6 +64,42 @@ fn a_read_modify_write_racing_grants_and_releases_leaks_no_port() {
     assert_eq!(status["kernel_list"]["foreign"], 1, "{status}");
     daemon.stop();
     assert_eq!(ns.reserved(), ports("3000"), "after a clean stop");
+}
+
+/// The stale write-back itself, made on purpose rather than raced for: another tool reads the
+/// list while a run holds its ports, the run ends and the daemon takes them out, then the tool
+/// writes back what it read with its own entry added. The daemon knows those ports for an
+/// echo of its own entries and takes them out again, counting the repair; the tool's entries
+/// stay, through a clean stop too.
+#[test]
+fn a_stale_write_back_of_released_ports_is_taken_out_again() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    let dir = workdir();
+    let args = ["--kernel-sync", "on", "--pool", "40000-40199"];
+    let mut daemon = Daemon::start(&ns, dir.path(), &args, None);
+    let sock = daemon.socket.clone();
+    ns.set_reserved("3000");
+    let held = Held::start(&ns, &sock, "--tcp", 3);
+    // The tool's read.
+    let stale = ns.reserved();
+    assert_eq!(stale, union(&[&ports("3000"), &held.ports]));
+    held.finish();
+    ns.wait_reserved(&ports("3000"), "after the run ended");
+    // The tool's write: what it read, and its own entry.
+    let mut written: Vec<String> = stale.iter().map(u16::to_string).collect();
+    written.push("3001".into());
+    ns.set_reserved(&written.join(","));
+    ns.wait_reserved(&ports("3000-3001"), "after the stale write-back");
+    let status = daemon.status(&ns);
+    assert_eq!(status["kernel_list"]["foreign"], 2, "{status}");
+    assert!(
+        status["kernel_list"]["repaired"].as_u64() >= Some(3),
+        "the three echoes counted as repairs: {status}"
+    );
+    daemon.stop();
+    assert_eq!(ns.reserved(), ports("3000-3001"), "after a clean stop");
 }
 
 /// An entry an administrator's sysctl file lists stays the administrator's, even when the
