@@ -85,6 +85,14 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
     }
 
+    // Ports asked for by number may be kept by connections in TIME_WAIT (a server of the
+    // same port that just stopped): granted, but the command's own bind needs SO_REUSEADDR.
+    if args.start.is_some() && !args.listen {
+        if let Some(block) = &tcp {
+            note_lingering(block.info().range);
+        }
+    }
+
     let Some((program, rest)) = args.command.split_first() else {
         return Err(anyhow::anyhow!("no command given after --").into());
     };
@@ -427,6 +435,31 @@ impl Block {
             Block::Own(r) => Some(r),
             Block::Shared(_) => None,
         }
+    }
+}
+
+/// Says which TCP ports of `range` are kept only by connections in TIME_WAIT: a bind without
+/// `SO_REUSEADDR` fails there until they time out (most servers set it). `--listen` is no way
+/// round: a held request by number is refused beside them, since the daemon ends only the
+/// owner's own `TIME_WAIT` connections.
+fn note_lingering(range: berth::PortRange) {
+    let cover = berth_os::hold::Cover::all(berth_os::hold::ipv6_available());
+    let lingering: Vec<String> = range
+        .ports()
+        .filter(|&port| {
+            berth_os::hold::bind(Protocol::Tcp, port, cover)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+                && berth_os::hold::free_but_for_lingering(port, cover)
+        })
+        .map(|port| port.to_string())
+        .collect();
+    if !lingering.is_empty() {
+        eprintln!(
+            "berth: notice: tcp {} {} {} kept by connections in TIME_WAIT (a server that just closed): the command's own bind needs SO_REUSEADDR, as most servers set it; without it, the bind fails until they time out (about a minute)",
+            if lingering.len() == 1 { "port" } else { "ports" },
+            lingering.join(","),
+            if lingering.len() == 1 { "is" } else { "are" }
+        );
     }
 }
 

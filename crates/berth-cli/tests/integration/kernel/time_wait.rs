@@ -114,10 +114,25 @@ fn a_port_kept_only_by_time_wait_is_granted_by_number() {
     ok(ns.command(needs::PYTHON3).arg(&linger).arg("41000"));
     let left = ns.sh("ss -Htan state time-wait sport = :41000 | wc -l");
     assert_eq!(left.trim(), "1", "the connection lingers");
-    ok(&mut ns.berth(
+    let out = run(&mut ns.berth(
         &daemon.socket,
         &["run", "--tcp", "1", "--start", "41000", "--", "true"],
     ));
+    assert!(out.status.success(), "refused over TIME_WAIT: {out:?}");
+    // Granted, with what the command's own bind needs.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tcp port 41000 is kept by connections in TIME_WAIT")
+            && stderr.contains("SO_REUSEADDR"),
+        "{stderr}"
+    );
+    // A port with nothing on it: no notice.
+    let out = run(&mut ns.berth(
+        &daemon.socket,
+        &["run", "--tcp", "1", "--start", "41002", "--", "true"],
+    ));
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("TIME_WAIT"));
     // A listener is still in use, by number too.
     let mut holder = ns
         .command(needs::PYTHON3)
