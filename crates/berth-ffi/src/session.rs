@@ -12,14 +12,16 @@
 //!
 //! # After an outage
 //! The client reconnects by itself across daemon restarts and re-claims what it holds. Only a
-//! daemon unreachable for longer than the reconnection window ends the session; the tokens
-//! it held are remembered (`Slot::orphaned`), and the next call that names one re-claims it
-//! on the new session first (the daemon keeps a restarted journal's reservations for their
+//! daemon unreachable for longer than the reconnection window ends the session — found by the
+//! call that fails meanwhile, or, when the process made none, by the next call, which sees the
+//! client has given up (`Slot::end`). The tokens it held are remembered (`Slot::orphaned`), and
+//! the call that opens the next session re-claims them all before it does anything else,
+//! whether it names one or not (the daemon keeps a restarted journal's reservations for their
 //! owners for a grace period, and refuses their use until they are re-claimed). One that
-//! cannot be re-claimed is reported lost (not-found, `ENOENT`, with a message that says so) —
-//! never "ok" for a reservation this process no longer holds.
+//! cannot be re-claimed is reported lost by the next call that names it (not-found, `ENOENT`,
+//! with a message that says so) — never "ok" for a reservation this process no longer holds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::ptr;
@@ -49,13 +51,22 @@ struct Slot {
     /// The process this slot belongs to; any other pid means we are a forked child.
     pid: Pid,
     /// `None` until the first call that needs the daemon. Locked only for short sections,
-    /// never across a daemon call (except the connect of the first call, so that a process
-    /// opens one session only). A poisoned lock is used as is: every section leaves the state
-    /// whole.
+    /// never across a daemon call (except those that open a session: the connect, so that a
+    /// process opens one session at a time, and the re-claims of the last one's tokens). A
+    /// poisoned lock is used as is: every section leaves the state whole.
     state: Mutex<Option<State>>,
-    /// Tokens of reservations held by a session that ended (see "After an outage"): re-claimed
-    /// on the next session before their first use. Bounded by what the process acquired.
-    orphaned: Mutex<HashSet<u64>>,
+    /// Reservations held by a session that ended (see "After an outage"), by token value, until
+    /// the next session re-claims them or a call names a lost one. Bounded by what the process
+    /// acquired.
+    orphaned: Mutex<HashMap<u64, Orphan>>,
+}
+
+/// A reservation of a session that ended.
+enum Orphan {
+    /// Not re-claimed yet: re-claimed before its next use.
+    Unclaimed,
+    /// The daemon would not give it back: the failure the next call that names it reports.
+    Lost(Failure),
 }
 
 /// The current process's slot: null until the first call, and a leaked `Box<Slot>` after.
@@ -78,7 +89,7 @@ fn slot() -> &'static Slot {
         let fresh = Box::into_raw(Box::new(Slot {
             pid,
             state: Mutex::new(None),
-            orphaned: Mutex::new(HashSet::new()),
+            orphaned: Mutex::new(HashMap::new()),
         }));
         match SLOT.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
             // SAFETY: `fresh` came from Box::into_raw just above and is never freed.
@@ -97,8 +108,30 @@ impl Slot {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn orphaned(&self) -> MutexGuard<'_, HashSet<u64>> {
+    fn orphaned(&self) -> MutexGuard<'_, HashMap<u64, Orphan>> {
         self.orphaned.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends the session `generation`, whose client gave up on its daemon, unless a later one
+    /// replaced it already: its tokens are re-claimed when the next session opens.
+    fn end(&self, generation: u64) {
+        let dead = {
+            let mut guard = self.lock();
+            if guard.as_ref().is_some_and(|s| s.generation == generation) {
+                guard.take()
+            } else {
+                None
+            }
+        };
+        // Outside the lock: each held reservation's release fails at once on the closed
+        // connection.
+        if let Some(dead) = &dead {
+            let mut orphaned = self.orphaned();
+            for &token in dead.held.keys() {
+                orphaned.insert(token, Orphan::Unclaimed);
+            }
+        }
+        drop(dead);
     }
 }
 
@@ -126,24 +159,61 @@ fn options() -> berth::Options {
     }
 }
 
-/// This process's session, opened if there is none yet.
+/// This process's session, opened if there is none yet or its client gave up on its daemon
+/// (see "After an outage").
 fn session() -> Result<Session, Failure> {
     let slot = slot();
-    let mut guard = slot.lock();
-    if let Some(state) = guard.as_ref() {
-        return Ok(Session {
-            slot,
-            client: state.client.clone(),
-            generation: state.generation,
-        });
-    }
+    let mut guard = loop {
+        let guard = slot.lock();
+        match guard.as_ref() {
+            Some(state) if state.client.is_open() => {
+                return Ok(Session {
+                    slot,
+                    client: state.client.clone(),
+                    generation: state.generation,
+                })
+            }
+            // The daemon stayed away while this process made no call: end the session as a
+            // call that failed meanwhile would have, and open the next.
+            Some(state) => {
+                let generation = state.generation;
+                drop(guard);
+                slot.end(generation);
+            }
+            None => break guard,
+        }
+    };
     // No daemon autostart from a library: the CLI's on-demand start is the CLI's business.
     let client = Client::connect_with(options())?;
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+    // Re-claim what the last session held before any call of this one, under the lock like
+    // the connect, so that no other thread uses a token before it is re-claimed and the grace
+    // period does not pass while the process makes calls that name none. A failure that may
+    // pass leaves the token for its next use to try again.
+    let mut held = HashMap::new();
+    let unclaimed: Vec<u64> = slot
+        .orphaned()
+        .iter()
+        .filter(|(_, orphan)| matches!(orphan, Orphan::Unclaimed))
+        .map(|(&token, _)| token)
+        .collect();
+    for token in unclaimed.into_iter().filter_map(Token::new) {
+        match client.reclaim(token) {
+            Ok(reservation) => {
+                slot.orphaned().remove(&token.get());
+                held.insert(token.get(), reservation);
+            }
+            Err(e) => {
+                if let Some(lost) = lost(token, &e) {
+                    slot.orphaned().insert(token.get(), Orphan::Lost(lost));
+                }
+            }
+        }
+    }
     *guard = Some(State {
         generation,
         client: client.clone(),
-        held: HashMap::new(),
+        held,
     });
     Ok(Session {
         slot,
@@ -158,32 +228,20 @@ impl Session {
     /// long) also ends this session, so that the next call connects afresh.
     fn fail(&self, e: berth::Error) -> Failure {
         if matches!(e, berth::Error::Unavailable(_)) && !self.client.is_open() {
-            let dead = {
-                let mut guard = self.slot.lock();
-                if guard
-                    .as_ref()
-                    .is_some_and(|s| s.generation == self.generation)
-                {
-                    guard.take()
-                } else {
-                    None
-                }
-            };
-            // Their tokens are re-claimed on the next session; outside the lock, each held
-            // reservation's release fails at once on the closed connection.
-            if let Some(dead) = &dead {
-                self.slot.orphaned().extend(dead.held.keys().copied());
-            }
-            drop(dead);
+            self.slot.end(self.generation);
         }
         Failure::from(e)
     }
 
-    /// Re-claims `token` on this session first if it belonged to a session that ended (see
-    /// "After an outage"); the failure when it is lost.
+    /// Re-claims `token` on this session first if it belonged to a session that ended and the
+    /// opening of this one did not re-claim it (see "After an outage"); the failure when it is
+    /// lost.
     fn adopt(&self, token: Token) -> Result<(), Failure> {
-        if !self.slot.orphaned().remove(&token.get()) {
-            return Ok(());
+        let orphan = self.slot.orphaned().remove(&token.get());
+        match orphan {
+            None => return Ok(()),
+            Some(Orphan::Lost(failure)) => return Err(failure),
+            Some(Orphan::Unclaimed) => {}
         }
         match self.client.reclaim(token) {
             Ok(reservation) => {
@@ -195,27 +253,40 @@ impl Session {
                     _ => {
                         // This session ended too meanwhile: the token waits for the next.
                         drop(guard);
-                        self.slot.orphaned().insert(token.get());
+                        self.slot.orphaned().insert(token.get(), Orphan::Unclaimed);
                         drop(reservation);
                     }
                 }
                 Ok(())
             }
-            Err(e @ (berth::Error::NotFound(_) | berth::Error::PermissionDenied(_))) => {
-                Err(Failure::new(
-                    berth::ErrorKind::NotFound,
-                    format!(
-                        "reservation {token} was lost while the berth daemon could not be reached (longer than the client's reconnection window): {}; its ports may be handed to others — acquire again",
-                        e.message()
-                    ),
-                ))
-            }
-            Err(e) => {
-                self.slot.orphaned().insert(token.get());
-                Err(self.fail(e))
-            }
+            Err(e) => match lost(token, &e) {
+                Some(lost) => Err(lost),
+                None => {
+                    self.slot.orphaned().insert(token.get(), Orphan::Unclaimed);
+                    Err(self.fail(e))
+                }
+            },
         }
     }
+}
+
+/// The failure that reports `token` lost when `e`, the daemon's answer to its re-claim, says
+/// the reservation is gone (its owner is this process, so a refusal means that too); `None`
+/// for a failure that may pass.
+fn lost(token: Token, e: &berth::Error) -> Option<Failure> {
+    matches!(
+        e,
+        berth::Error::NotFound(_) | berth::Error::PermissionDenied(_)
+    )
+    .then(|| {
+        Failure::new(
+            berth::ErrorKind::NotFound,
+            format!(
+                "reservation {token} was lost while the berth daemon could not be reached (longer than the client's reconnection window): {}; its ports may be handed to others — acquire again",
+                e.message()
+            ),
+        )
+    })
 }
 
 /// What an acquire returns to C: start, count, token.
@@ -377,6 +448,7 @@ pub(crate) fn named(
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::{Duration, Instant};
 
     use berth_core::Pool;
     use berth_daemon::{bind_socket, Config, SocketGuard};
@@ -386,38 +458,37 @@ mod tests {
         berth_acquire_port_reservation, berth_port_range, berth_port_reservation_instance,
     };
 
-    /// A daemon on `socket`, served by `rt` until the returned sender is used.
-    fn daemon(
-        rt: &tokio::runtime::Runtime,
-        socket: &Path,
-        pool: (u16, u16),
-    ) -> (
+    /// The pool of every daemon of these tests.
+    const POOL: (u16, u16) = (26300, 26309);
+
+    /// A daemon the test started: the sender that stops it, its task, its socket.
+    type Daemon = (
         oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
         SocketGuard,
-    ) {
-        daemon_on(rt, socket, &socket.with_extension("db"), pool)
+    );
+
+    /// A daemon on `socket` and the database beside it, served by `rt` until [`stop`]ped.
+    fn daemon(rt: &tokio::runtime::Runtime, socket: &Path) -> Daemon {
+        daemon_on(rt, socket, &socket.with_extension("db"), |_| {})
     }
 
-    /// [`daemon`] on the database `db`.
+    /// [`daemon`] on the database `db`, its configuration changed by `configure`.
     fn daemon_on(
         rt: &tokio::runtime::Runtime,
         socket: &Path,
         db: &Path,
-        pool: (u16, u16),
-    ) -> (
-        oneshot::Sender<()>,
-        tokio::task::JoinHandle<()>,
-        SocketGuard,
-    ) {
+        configure: impl FnOnce(&mut Config),
+    ) -> Daemon {
         let (listener, guard) = rt.block_on(async { bind_socket(socket) }).unwrap();
         let mut config = Config::new(
             socket.to_owned(),
             db.to_owned(),
-            Pool::new(pool.0, pool.1).unwrap(),
+            Pool::new(POOL.0, POOL.1).unwrap(),
         );
         // Several test daemons share this network namespace, each with a pool of its own.
         config.authority = None;
+        configure(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = rt.spawn(async move {
             berth_daemon::run(listener, config, async move {
@@ -427,6 +498,27 @@ mod tests {
             .unwrap();
         });
         (stop, task, guard)
+    }
+
+    /// Stops `daemon` and takes its socket away: no daemon answers until the next starts.
+    fn stop(rt: &tokio::runtime::Runtime, (stop, task, guard): Daemon) {
+        let _ = stop.send(());
+        rt.block_on(task).unwrap();
+        drop(guard);
+    }
+
+    /// Waits until the session's client has given up on its daemon — the reconnection window
+    /// passed with no daemon — while this process makes no call.
+    fn until_the_client_gives_up() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while super::slot()
+            .lock()
+            .as_ref()
+            .is_some_and(|state| state.client.is_open())
+        {
+            assert!(Instant::now() < deadline, "the client never gave up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn acquire() -> (i32, Option<i32>, u64) {
@@ -462,6 +554,14 @@ mod tests {
         (rc, std::io::Error::last_os_error().raw_os_error())
     }
 
+    /// The last error message of this thread.
+    fn last_message() -> String {
+        // SAFETY: the message is a NUL-terminated string valid until the next call.
+        unsafe { std::ffi::CStr::from_ptr(crate::berth_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// The only test in this binary that uses the process-wide session (and BERTH_SOCKET).
     #[test]
     fn a_daemon_restart_keeps_the_session_and_its_reservations() {
@@ -476,16 +576,14 @@ mod tests {
         // Outages longer than this end the session (read when it is opened).
         std::env::set_var("BERTH_RECONNECT_WINDOW_S", "1");
 
-        let (stop, task, guard) = daemon(&rt, &socket, (26300, 26309));
+        let running = daemon(&rt, &socket);
         let (rc, _, token) = acquire();
         assert_eq!(rc, 0);
-        let _ = stop.send(());
-        rt.block_on(task).unwrap();
-        drop(guard);
+        stop(&rt, running);
 
         // A new daemon on the same socket and database: the client reconnects by itself and
         // re-claims the reservation; the next call simply works.
-        let (stop, task, guard) = daemon(&rt, &socket, (26300, 26309));
+        let running = daemon(&rt, &socket);
         assert_eq!(acquire().0, 0);
         // The first reservation is still this process's: releasing it succeeds.
         assert_eq!(crate::berth_release_port_reservation(token), 0);
@@ -495,11 +593,9 @@ mod tests {
         // and the next call re-claims it before using it.
         let (rc, _, token) = acquire();
         assert_eq!(rc, 0);
-        let _ = stop.send(());
-        rt.block_on(task).unwrap();
-        drop(guard);
+        stop(&rt, running);
         assert_eq!(associate(token), (-1, Some(libc::ECONNREFUSED)));
-        let (stop, task, guard) = daemon(&rt, &socket, (26300, 26309));
+        let running = daemon(&rt, &socket);
         assert_eq!(associate(token).0, 0, "re-claimed, then bound");
         assert_eq!(crate::berth_release_port_reservation(token), 0);
 
@@ -507,20 +603,93 @@ mod tests {
         // had passed). The call says so — never 0.
         let (rc, _, token) = acquire();
         assert_eq!(rc, 0);
-        let _ = stop.send(());
-        rt.block_on(task).unwrap();
-        drop(guard);
+        stop(&rt, running);
         assert_eq!(associate(token), (-1, Some(libc::ECONNREFUSED)));
         let other_db = socket.with_extension("other.db");
-        let (stop, task, guard) = daemon_on(&rt, &socket, &other_db, (26300, 26309));
+        let running = daemon_on(&rt, &socket, &other_db, |_| {});
         assert_eq!(associate(token), (-1, Some(libc::ENOENT)));
-        // SAFETY: the message is a NUL-terminated string valid until the next call.
-        let message = unsafe { std::ffi::CStr::from_ptr(crate::berth_last_error_message()) }
-            .to_string_lossy()
-            .into_owned();
+        let message = last_message();
         assert!(message.contains("was lost while"), "{message}");
-        let _ = stop.send(());
-        rt.block_on(task).unwrap();
-        drop(guard);
+
+        let running = the_first_call_after_an_unnoticed_outage_reclaims(&rt, &socket, running);
+        let running = a_plain_first_call_after_an_unnoticed_outage_reclaims(&rt, &socket, running);
+        a_reservation_lost_in_an_unnoticed_outage_is_reported_lost(&rt, &socket, running);
+    }
+
+    /// An outage longer than the reconnection window during which the process makes no call:
+    /// the first call after it, one that names the reservation, re-claims it and uses it.
+    /// Starts with `running` on the database `other.db` and returns the daemon it leaves.
+    fn the_first_call_after_an_unnoticed_outage_reclaims(
+        rt: &tokio::runtime::Runtime,
+        socket: &Path,
+        running: Daemon,
+    ) -> Daemon {
+        let db = socket.with_extension("other.db");
+        let (rc, _, token) = acquire();
+        assert_eq!(rc, 0);
+        stop(rt, running);
+        until_the_client_gives_up();
+        let running = daemon_on(rt, socket, &db, |_| {});
+        let (rc, errno) = associate(token);
+        assert_eq!(
+            rc,
+            0,
+            "re-claimed, then bound: {errno:?} {}",
+            last_message()
+        );
+        assert_eq!(crate::berth_release_port_reservation(token), 0);
+        running
+    }
+
+    /// As above, but the first call after the outage names no reservation: it re-claims the
+    /// session's reservations all the same, so that the daemon's grace period does not end
+    /// them while the process is busy with other calls.
+    fn a_plain_first_call_after_an_unnoticed_outage_reclaims(
+        rt: &tokio::runtime::Runtime,
+        socket: &Path,
+        running: Daemon,
+    ) -> Daemon {
+        const GRACE: Duration = Duration::from_secs(1);
+        let db = socket.with_extension("other.db");
+        let (rc, _, token) = acquire();
+        assert_eq!(rc, 0);
+        stop(rt, running);
+        until_the_client_gives_up();
+        let running = daemon_on(rt, socket, &db, |config| config.grace = GRACE);
+        let (rc, errno, plain) = acquire();
+        assert_eq!(rc, 0, "a plain call: {errno:?} {}", last_message());
+        // Only a re-claimed reservation outlives the grace period.
+        std::thread::sleep(GRACE * 2);
+        let (rc, errno) = associate(token);
+        assert_eq!(
+            rc,
+            0,
+            "re-claimed by the plain call: {errno:?} {}",
+            last_message()
+        );
+        assert_eq!(crate::berth_release_port_reservation(token), 0);
+        assert_eq!(crate::berth_release_port_reservation(plain), 0);
+        running
+    }
+
+    /// As above, but the next daemon does not have the reservation: a plain first call
+    /// succeeds, and the first that names the reservation reports it lost — never 0, never
+    /// unavailable.
+    fn a_reservation_lost_in_an_unnoticed_outage_is_reported_lost(
+        rt: &tokio::runtime::Runtime,
+        socket: &Path,
+        running: Daemon,
+    ) {
+        let (rc, _, token) = acquire();
+        assert_eq!(rc, 0);
+        stop(rt, running);
+        until_the_client_gives_up();
+        let running = daemon_on(rt, socket, &socket.with_extension("third.db"), |_| {});
+        let (rc, errno, _) = acquire();
+        assert_eq!(rc, 0, "a plain call: {errno:?} {}", last_message());
+        assert_eq!(associate(token), (-1, Some(libc::ENOENT)));
+        let message = last_message();
+        assert!(message.contains("was lost while"), "{message}");
+        stop(rt, running);
     }
 }
