@@ -2,6 +2,7 @@
 
 use berth_core::Pool;
 use berth_protocol::authority;
+use berth_testkit::deadline::DEADLINE;
 use tokio::sync::oneshot;
 
 use berth_daemon::{bind_socket, Config, SocketGuard};
@@ -17,6 +18,44 @@ fn query(name: &str) -> std::io::Result<Option<authority::AuthorityInfo>> {
         };
         authority::AuthorityInfo::new(peer, &a.text)
     }))
+}
+
+/// Whether a descriptor of this process is a socket bound to the abstract name `name`.
+fn held_here(name: &str) -> bool {
+    let at = format!("@{name}");
+    // `/proc/net/unix`: `Num RefCount Protocol Flags Type St Inode Path`.
+    let bound: Vec<String> = std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .filter(|line| line.split_whitespace().nth(7) == Some(at.as_str()))
+        .filter_map(|line| line.split_whitespace().nth(6))
+        .map(|inode| format!("socket:[{inode}]"))
+        .collect();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| bound.iter().any(|b| target.as_os_str() == b.as_str()))
+}
+
+/// Waits, within [`DEADLINE`], until nobody holds the beacon `name`. A process another test of
+/// this binary forks holds a copy of every descriptor of this one, close-on-exec or not, until
+/// its exec: a beacon closed here meanwhile stays bound (and silent) until then. Each question
+/// waits in the kernel: its connection, never accepted, is reset once the last copy is closed.
+fn wait_until_free(name: &str) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "the beacon @{name} is still held");
+        match berth_os::beacon::ask(name, left, authority::MAX_ANSWER).unwrap() {
+            None => return,
+            Some(a) => assert!(
+                a.text.is_empty(),
+                "the beacon @{name} still answers: {:?}",
+                String::from_utf8_lossy(&a.text)
+            ),
+        }
+    }
 }
 
 /// A daemon of its own on `authority`, started in the background; `ready` fires once it
@@ -83,6 +122,7 @@ async fn a_second_daemon_of_the_namespace_refuses_to_start_naming_the_first() {
     assert_eq!(announced.pid, std::process::id());
     assert_eq!(announced.socket, first.socket.display().to_string());
     assert_eq!(announced.version, env!("CARGO_PKG_VERSION"));
+    assert!(held_here(&name), "the first daemon holds its beacon here");
 
     let second = start(&name);
     let refused = second.task.await.unwrap().unwrap_err();
@@ -98,9 +138,20 @@ async fn a_second_daemon_of_the_namespace_refuses_to_start_naming_the_first() {
     }
     assert!(second.ready.await.is_err(), "the second never said ready");
 
-    // Once the first has stopped, the name is free again.
+    // Once the first has stopped, the name is free again: this process let go of it as the
+    // first returned; a child that another test forked meanwhile lets go of it at its exec.
     first.stop.send(()).unwrap();
     first.task.await.unwrap().unwrap();
+    assert!(
+        !held_here(&name),
+        "the first daemon returned still holding the beacon @{name}"
+    );
+    {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || wait_until_free(&name))
+            .await
+            .unwrap();
+    }
     let third = start(&name);
     third
         .ready
