@@ -1,10 +1,11 @@
 //! Fault injection: switches that make one of the daemon's writers fail as a failing disk
-//! would, so tests can see what clients are told and that nothing is lost. Every switch is off
-//! unless a caller turns it on; a daemon started by `berth daemon` never does. The cost when
-//! off is one relaxed atomic load per write.
+//! would, so tests can see what clients are told and that nothing is lost — and a log of
+//! kernel sync's writes, so tests can check each one rather than sample the list. Every switch
+//! is off unless a caller turns it on; a daemon started by `berth daemon` never does. The cost
+//! when off is one relaxed atomic load per write.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The daemon's fault switches; clones share them, so a test keeps one and flips it while the
 /// daemon runs.
@@ -12,6 +13,37 @@ use std::sync::Arc;
 pub struct Faults {
     store: Arc<StoreFault>,
     kernel: Arc<AtomicBool>,
+    kernel_log: KernelLog,
+}
+
+/// One write kernel sync made to the reserved-ports list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelWrite {
+    /// Whether it replaced the list; otherwise it only added to it.
+    pub replaced: bool,
+    /// The bytes of its value, newline included (a replacing one must fit one kernel chunk).
+    pub bytes: usize,
+    /// The list after it, as the daemon planned it.
+    pub list: berth_core::PortSet,
+}
+
+/// Where kernel sync's writes are kept while a test asks for them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KernelLog {
+    on: Arc<AtomicBool>,
+    writes: Arc<Mutex<Vec<KernelWrite>>>,
+}
+
+impl KernelLog {
+    /// Keeps `write`, if asked to.
+    pub(crate) fn note(&self, write: impl FnOnce() -> KernelWrite) {
+        if self.on.load(Ordering::Relaxed) {
+            self.writes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(write());
+        }
+    }
 }
 
 /// The store's switch: every write fails while it is on, or from the n-th write on.
@@ -81,5 +113,25 @@ impl Faults {
     /// The kernel list's switch, for kernel sync's writer.
     pub(crate) fn kernel(&self) -> Arc<AtomicBool> {
         self.kernel.clone()
+    }
+
+    /// Keeps every write kernel sync makes to the reserved-ports list from now on (see
+    /// [`Faults::kernel_writes`]).
+    pub fn log_kernel_writes(&self) {
+        self.kernel_log.on.store(true, Ordering::SeqCst);
+    }
+
+    /// The writes kept since [`Faults::log_kernel_writes`], in order.
+    pub fn kernel_writes(&self) -> Vec<KernelWrite> {
+        self.kernel_log
+            .writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The log of kernel sync's writes, for its writer.
+    pub(crate) fn kernel_log(&self) -> KernelLog {
+        self.kernel_log.clone()
     }
 }

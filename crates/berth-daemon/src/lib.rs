@@ -49,7 +49,7 @@ pub use server::listener;
 
 pub use config::Config;
 pub use config_file::{ConfigError, ConfigFile};
-pub use faults::Faults;
+pub use faults::{Faults, KernelWrite};
 pub use kernel::KernelSync;
 pub use listener::{activated, bind_socket, Activated, ListenError, SocketGuard};
 pub use server::{run, run_with_ready, runtime_journal, serve, ServeError};

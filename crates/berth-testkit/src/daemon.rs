@@ -90,6 +90,13 @@ impl TestDaemon {
         self.faults.fail_store_after(writes);
     }
 
+    /// The writes kernel sync made to the reserved-ports list since the daemon started, in
+    /// order (kept only when the configuration's `faults` were told to, before the start:
+    /// `Faults::log_kernel_writes`).
+    pub fn kernel_writes(&self) -> Vec<berth_daemon::KernelWrite> {
+        self.faults.kernel_writes()
+    }
+
     /// Waits until the daemon stops by itself (a client's `Stop`), without stopping it.
     pub async fn stopped(mut self) {
         if let Some(task) = self.task.take() {

@@ -53,6 +53,7 @@ impl KernelState {
                         extras: extras.clone(),
                         trust: config.listed_ahead_trust,
                         faulty: config.faults.kernel(),
+                        log: config.faults.kernel_log(),
                     })?;
                 let foreign = sync.foreign();
                 let listing = sync.listing();

@@ -5,6 +5,8 @@
 //! none lost (a grant answered "ok" is in the journal) and none brought back (a refused grant
 //! left nothing; a release the journal missed is not resurrected). Ports 18500-18599.
 
+mod model;
+
 use std::collections::BTreeSet;
 
 use berth::{Client, Protocol, Token};
@@ -102,6 +104,14 @@ proptest! {
     }
 }
 
+/// Every mirror — the kernel's list, the hold sockets, the journal — equals the table after
+/// random grants, releases, store and kernel faults, another tool's writes of the list and a
+/// restart; and every write made to the list was whole and kept every live entry (see `model`).
+#[test]
+fn every_mirror_equals_the_table_through_faults_and_other_writers() {
+    on_private_netns_thread(model::every_mirror_equals_the_table);
+}
+
 /// Kernel sync failing and healing, as a kernel refusing writes would: a grant whose listing
 /// fails is undone everywhere (also in kernel sync's own count, which took it before the write
 /// failed), and a release whose write failed is repaired once writes work again — the list
@@ -167,6 +177,19 @@ async fn portserver_address_held() {
 /// user's namespaces are made by a child process, and the daemon here must be a thread of this
 /// one (skipped with the reason otherwise).
 fn in_private_netns<F: std::future::Future<Output = ()> + 'static>(body: fn() -> F) {
+    on_private_netns_thread(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(body());
+    });
+}
+
+/// Runs `body` on a thread of this process that entered a private network namespace (see
+/// [`in_private_netns`]); skipped with the reason unless root.
+fn on_private_netns_thread(body: impl FnOnce() + Send + 'static) {
     match berth_testkit::namespaces::Namespaces::here() {
         Some(berth_testkit::namespaces::Namespaces::Root) => {}
         _ => {
@@ -186,12 +209,7 @@ fn in_private_netns<F: std::future::Future<Output = ()> + 'static>(body: fn() ->
             ns("/proc/self/ns/net"),
             "this thread is still in the process's (the host's) network namespace"
         );
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(body());
+        body();
     })
     .join()
     .expect("the test's thread");
@@ -223,9 +241,15 @@ async fn rewrite_under_the_stripe() {
     daemon.shutdown().await;
 }
 
-/// The list, read on this thread (in the private namespace).
+/// The list, read on this thread (in the private namespace) — in one `read(2)`: the kernel
+/// makes the text anew for each read, so a value read in pieces while the daemon writes can be
+/// torn (the first piece of one list, the rest of another).
 fn listed() -> BTreeSet<u16> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap();
+    use std::io::Read;
+    let mut file = std::fs::File::open("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let n = file.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
     let set = berth_core::PortSet::parse(&text).unwrap();
     (1..=65535u16).filter(|p| set.contains(*p)).collect()
 }

@@ -108,6 +108,8 @@ pub(crate) struct Setup {
     pub(crate) trust: Duration,
     /// While set, every write fails (fault injection for tests).
     pub(crate) faulty: Arc<std::sync::atomic::AtomicBool>,
+    /// Where every write is kept while a test asks.
+    pub(crate) log: crate::faults::KernelLog,
 }
 
 /// The ports others listed in `ip_local_reserved_ports` (an administrator's own entries), as
@@ -140,6 +142,11 @@ struct State {
     waiters: Vec<oneshot::Sender<Result<(), MirrorError>>>,
     /// Set at shutdown, with the ports whose entries stay for the next daemon.
     stop: Option<PortSet>,
+    /// Set when the writer's handle is dropped without a stop (the daemon's run was dropped,
+    /// as a crash would end it): the thread ends without a write, leaving the list and the
+    /// record for the next daemon to reconcile — never putting entries back for a daemon that
+    /// is gone.
+    abandoned: bool,
     /// Whether the table holds what the database held: no write is made before.
     started: bool,
     /// The ports to list ahead of grants (see [`Ahead`]).
@@ -194,6 +201,7 @@ impl Sync {
                 writing: false,
                 waiters: Vec::new(),
                 stop: None,
+                abandoned: false,
                 started: false,
                 ahead: PortSet::new(),
                 ahead_listed: false,
@@ -356,7 +364,7 @@ fn count(counts: &mut [u8], ours: &mut PortSet, range: PortRange, add: bool) {
 impl State {
     /// Whether the writer has something to do: a write (once started), or the stop.
     fn has_work(&self) -> bool {
-        self.stop.is_some() || (self.dirty && self.started)
+        self.abandoned || self.stop.is_some() || (self.dirty && self.started)
     }
 }
 

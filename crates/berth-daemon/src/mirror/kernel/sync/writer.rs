@@ -29,6 +29,9 @@ impl Inner {
                         state = self.lock();
                     }
                 }
+                if state.abandoned {
+                    return;
+                }
                 if !state.dirty && state.stop.is_some() {
                     break;
                 }
@@ -172,6 +175,13 @@ impl Inner {
                 );
             }
         }
+        if let ListWrite::Add(value) | ListWrite::Replace(value) = &plan.write {
+            setup.log.note(|| crate::faults::KernelWrite {
+                replaced: matches!(plan.write, ListWrite::Replace(_)),
+                bytes: berth_core::reserved_list::text_len(value),
+                list: plan.list.clone(),
+            });
+        }
         let fitted_before = books.figures().one_chunk;
         books.written(&plan, now_ms);
         // The stop's write may take several chunks, and says nothing of the list's fit.
@@ -267,6 +277,21 @@ impl Writer {
             if thread.join().is_err() {
                 tracing::error!("the kernel-sync thread panicked");
             }
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// A writer dropped without [`Writer::stop`] (its daemon's run was dropped): the thread
+    /// ends at once, writing nothing more, and is waited for.
+    fn drop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.inner.lock().abandoned = true;
+        self.inner.wake.notify_one();
+        if thread.join().is_err() {
+            tracing::error!("the kernel-sync thread panicked");
         }
     }
 }
