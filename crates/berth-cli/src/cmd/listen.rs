@@ -210,9 +210,11 @@ fn keep_only(command: &mut tokio::process::Command, raws: Vec<RawFd>) {
 /// `[::]` where the host has IPv6 (a dual-stack socket then serves IPv4 too), else
 /// `0.0.0.0`.
 fn default_address() -> IpAddr {
-    match rustix::net::socket(AddressFamily::INET6, SocketType::STREAM, None) {
-        Ok(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        Err(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    // (The probe's socket is close-on-exec: a command spawned meanwhile never inherits it.)
+    if berth_os::hold::ipv6_available() {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     }
 }
 
