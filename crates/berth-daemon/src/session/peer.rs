@@ -107,7 +107,8 @@ impl Described {
     /// taken before: remembered if described less than [`DESCRIBED_FOR`] ago, else described
     /// from `/proc` as [`process_owner`] does; either way [`confirmed`] by `pidfd` now, so that
     /// what was read before this call (the uid, say) is known to be this process's too. A
-    /// process that has gone is described with start time 0 and never remembered.
+    /// process that has gone — a zombie too (the portserver endpoint, the only user, grants it
+    /// nothing) — is described with start time 0 and never remembered.
     pub(crate) fn owner(
         &self,
         pid: u32,
@@ -142,7 +143,7 @@ impl Described {
         if let Some(owner) = remembered {
             return confirmed(owner, pidfd);
         }
-        let owner = confirmed(process_owner(pid, uid, gid), pidfd);
+        let owner = confirmed(described(pid, uid, gid, Zombie::Gone), pidfd);
         if let Some(key) = key.filter(|_| owner.start_time != 0) {
             let mut by_key = self.by_key.lock().unwrap_or_else(PoisonError::into_inner);
             if by_key.len() >= MAX_DESCRIBED {
@@ -171,7 +172,23 @@ impl Described {
 /// Describes process `pid`. A process that has already gone keeps start time 0 and an empty
 /// command; its session ends as soon as its connection is seen closed.
 pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
-    read_owner(pid, uid, gid).unwrap_or_else(|_| Owner {
+    described(pid, uid, gid, Zombie::Running)
+}
+
+/// How a process that has exited but is not reaped yet (a zombie) is described.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zombie {
+    /// As the process it was: a reservation handed to it (`berth run`'s command that ended at
+    /// once) is released by the owner watch, as for any owner that exits.
+    Running,
+    /// As gone: the portserver endpoint grants nothing to it (a port for it would be released
+    /// at once), as for a process already reaped.
+    Gone,
+}
+
+/// [`process_owner`] with `zombie` deciding how a zombie is described.
+fn described(pid: u32, uid: u32, gid: u32, zombie: Zombie) -> Owner {
+    read(pid, uid, gid, zombie).unwrap_or_else(|_| Owner {
         pid,
         uid,
         gid,
@@ -183,11 +200,13 @@ pub(crate) fn process_owner(pid: u32, uid: u32, gid: u32) -> Owner {
 /// [`process_owner`], or an error when the daemon is out of descriptors and cannot look
 /// (which must not pass for a process that is gone).
 pub(crate) fn read_owner(pid: u32, uid: u32, gid: u32) -> io::Result<Owner> {
-    // One file for both: `stat` holds the command name too. A zombie has exited: it is
-    // described as gone, like a process already reaped (nothing is granted to it, to be
-    // released at once).
+    read(pid, uid, gid, Zombie::Running)
+}
+
+fn read(pid: u32, uid: u32, gid: u32, zombie: Zombie) -> io::Result<Owner> {
+    // One file for both: `stat` holds the command name too.
     let (start_time, command) = match proc::stat(pid) {
-        Ok(stat) if proc::exited_from_stat(&stat) => (0, String::new()),
+        Ok(stat) if zombie == Zombie::Gone && proc::exited_from_stat(&stat) => (0, String::new()),
         Ok(stat) => (
             proc::start_time_from_stat(&stat).unwrap_or(0),
             proc::comm_from_stat(&stat)
