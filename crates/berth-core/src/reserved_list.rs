@@ -414,9 +414,20 @@ impl ListBooks {
     /// with something to keep, a longer replacing write would unlist kept ports while its
     /// later chunks are written, so the stop writes one chunk with extras instead — free ports
     /// listed between scattered entries, recorded as berth's (`record_first`) for the next
-    /// daemon to take out.
-    pub fn plan_stop(&mut self, current: &PortSet, keep: &PortSet, now_ms: u64) -> Plan {
-        let mut plan = self.plan_for(current, keep, keep, Extras::UNBOUNDED, now_ms);
+    /// daemon to take out — as many as it takes, the cheapest where `extras.costly` says
+    /// ports cost (`extras.max` is not a bound here).
+    pub fn plan_stop(
+        &mut self,
+        current: &PortSet,
+        keep: &PortSet,
+        extras: Extras,
+        now_ms: u64,
+    ) -> Plan {
+        let extras = Extras {
+            max: u32::MAX,
+            ..extras
+        };
+        let mut plan = self.plan_for(current, keep, keep, extras, now_ms);
         let exact = self.foreign.union(keep);
         let without_gap = text_len(&exact) <= ONE_CHUNK
             || keep.is_empty()

@@ -614,6 +614,7 @@ impl Table {
             Protocol::Tcp => tcp,
             Protocol::Udp => udp,
         };
+        let mut marked = 0;
         for &(cool, keep) in passes {
             let mut test = |proto, range| {
                 cool.then(|| cooling.first_in(proto, range, now_ms))
@@ -621,14 +622,7 @@ impl Table {
                     .or_else(|| keep.then(|| names.first_kept_in(proto, range)).flatten())
                     .or_else(|| {
                         let port = in_use(proto, range)?;
-                        // Passed by for the cool-down, like a port just freed: a port in use
-                        // on the host (a connection in TIME_WAIT, say) is likely still in use
-                        // a moment later, and once every free port of a churned pool is
-                        // cooling, the ports not cooling would be exactly those in use —
-                        // which a first pass would then test, one by one, on every search.
-                        if let Some(one) = in_pool(pool, port) {
-                            cooling.note(proto, one, now_ms);
-                        }
+                        mark_in_use(cooling, (pool, &mut marked), proto, port, now_ms);
                         Some(port)
                     })
             };
@@ -1365,9 +1359,34 @@ impl Table {
     }
 }
 
-/// The refusal of a request that reaches below `limits.lowest_port`: a specific block that
-/// starts there, or bounds that lie wholly there (bounds that only start there are searched
-/// from the lowest port up, as the pool is).
+/// The most ports one search marks as cooling for being in use (see [`mark_in_use`]): enough
+/// that a churned pool's ports in use are all marked within a few searches, few enough that a
+/// search whose tests all fail for another reason — a daemon short of descriptors cannot test,
+/// and says "in use" — does not mark the whole pool.
+const MARKED_PER_SEARCH: u32 = 64;
+
+/// Notes `port` of `protocol`, found in use on the host by a search, as cooling from `now_ms`
+/// — passed by for the cool-down like a port just freed — unless the search has marked
+/// [`MARKED_PER_SEARCH`] already (`marked` counts them) or it lies outside `pool`. A port in
+/// use (a connection in TIME_WAIT, say) is likely still in use a moment later, and once every
+/// free port of a churned pool is cooling, the ports not cooling would be exactly those in use,
+/// which a first pass would then test one by one on every search.
+fn mark_in_use(
+    cooling: &mut cooling::Cooling,
+    (pool, marked): (Pool, &mut u32),
+    protocol: Protocol,
+    port: u16,
+    now_ms: u64,
+) {
+    if *marked >= MARKED_PER_SEARCH {
+        return;
+    }
+    if let Some(one) = in_pool(pool, port) {
+        cooling.note(protocol, one, now_ms);
+        *marked += 1;
+    }
+}
+
 /// `port` as a block of one, if it lies in `pool` (only the pool's ports cool down: only
 /// wildcard searches pass cooling ports by).
 fn in_pool(pool: Pool, port: u16) -> Option<PortRange> {
@@ -1388,6 +1407,9 @@ pub(super) fn passes(cooling: bool, kept: bool) -> &'static [(bool, bool)] {
     }
 }
 
+/// The refusal of a request that reaches below `limits.lowest_port`: a specific block that
+/// starts there, or bounds that lie wholly there (bounds that only start there are searched
+/// from the lowest port up, as the pool is).
 pub(super) fn below_lowest(
     protocol: Protocol,
     request: RangeRequest,

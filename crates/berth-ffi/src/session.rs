@@ -253,7 +253,7 @@ impl Session {
                     _ => {
                         // This session ended too meanwhile: the token waits for the next.
                         drop(guard);
-                        self.slot.orphaned().insert(token.get(), Orphan::Unclaimed);
+                        self.orphan_again(token);
                         drop(reservation);
                     }
                 }
@@ -262,10 +262,24 @@ impl Session {
             Err(e) => match lost(token, &e) {
                 Some(lost) => Err(lost),
                 None => {
-                    self.slot.orphaned().insert(token.get(), Orphan::Unclaimed);
+                    self.orphan_again(token);
                     Err(self.fail(e))
                 }
             },
+        }
+    }
+
+    /// Puts `token` back among those to re-claim, unless the session open now holds it: a
+    /// session opened by another thread meanwhile may have re-claimed it (this thread had
+    /// taken it out of the orphans only for a moment), and a token marked unclaimed there
+    /// would be re-claimed again — refused as not this session's to take, and reported lost.
+    fn orphan_again(&self, token: Token) {
+        let guard = self.slot.lock();
+        let held_now = guard
+            .as_ref()
+            .is_some_and(|state| state.held.contains_key(&token.get()));
+        if !held_now {
+            self.slot.orphaned().insert(token.get(), Orphan::Unclaimed);
         }
     }
 }

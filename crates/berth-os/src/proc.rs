@@ -84,8 +84,11 @@ pub fn start_time_from_stat(stat: &str) -> Option<u64> {
 
 /// Whether `/proc/PID/stat` is of a process that has exited and waits to be reaped (state `Z`,
 /// a zombie) or is being torn down (`X`): only its pid is left, held until its parent reaps it.
+/// A process whose main thread alone exited (`pthread_exit`) shows `Z` too while its other
+/// threads run: it has not exited, and field 20 (`num_threads`) tells it apart.
 pub fn exited_from_stat(stat: &str) -> bool {
-    matches!(field_after_comm(stat, 0), Some("Z" | "X" | "x"))
+    let threads = field_after_comm(stat, 17).and_then(|n| n.parse::<u32>().ok());
+    matches!(field_after_comm(stat, 0), Some("Z" | "X" | "x")) && threads.is_none_or(|n| n <= 1)
 }
 
 /// Field 4 (`ppid`) of `/proc/PID/stat`.
@@ -201,8 +204,12 @@ mod tests {
     #[test]
     fn a_zombie_is_told_by_its_state() {
         assert!(!exited_from_stat(STAT));
-        assert!(exited_from_stat("7 (a) Z) Z 1 7 7 0 -1 4228108 0 0"));
+        let zombie = "7 (a) Z) Z 1 7 7 0 -1 4228108 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        assert!(exited_from_stat(zombie));
         assert!(exited_from_stat("7 (sh) X 1 7 7 0 -1 4228108 0 0"));
+        // Its main thread exited (`pthread_exit`), two threads still run: not exited.
+        let leader_gone = "7 (a) Z 1 7 7 0 -1 4228108 0 0 0 0 0 0 0 0 20 0 2 0 987654 0 0";
+        assert!(!exited_from_stat(leader_gone));
         assert!(
             !exited_from_stat("7 (Z) R 1"),
             "the command name is not the state"

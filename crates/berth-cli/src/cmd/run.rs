@@ -87,9 +87,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     // Ports asked for by number may be kept by connections in TIME_WAIT (a server of the
     // same port that just stopped): granted, but the command's own bind needs SO_REUSEADDR.
+    // (Not a persistent block shared with this user: others may be binding its ports now.)
     if args.start.is_some() && !args.listen {
-        if let Some(block) = &tcp {
-            note_lingering(block.info().range);
+        if let Some(own) = tcp.as_ref().and_then(Block::own) {
+            note_lingering(own.range());
         }
     }
 

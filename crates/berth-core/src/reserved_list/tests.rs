@@ -460,7 +460,9 @@ fn the_stop_leaves_exactly_others_entries_and_what_it_keeps() {
     sync(&mut books, &mut kernel, &set("35001"), 0);
     assert!(books.figures().extras > 0, "extras made it fit");
     // With nothing to keep, the stop writes exactly others' entries, however long.
-    let plan = books.clone().plan_stop(&kernel, &PortSet::new(), 1);
+    let plan = books
+        .clone()
+        .plan_stop(&kernel, &PortSet::new(), Extras::UNBOUNDED, 1);
     assert_eq!(plan.list, theirs);
     assert_eq!(plan.write, Write::Replace(plan.list.clone()));
     assert!(!plan.one_chunk);
@@ -468,7 +470,7 @@ fn the_stop_leaves_exactly_others_entries_and_what_it_keeps() {
     // A port kept for a live owner: exactly others' entries and it would take more than one
     // chunk, whose later chunks could come after the kept port was unlisted by the first. The
     // stop writes one chunk instead, extras and all, recorded as berth's for the next daemon.
-    let plan = books.plan_stop(&kernel, &set("35001"), 1);
+    let plan = books.plan_stop(&kernel, &set("35001"), Extras::UNBOUNDED, 1);
     // (The list holds that value already: the last write made it.)
     assert_eq!(plan.write, Write::Nothing);
     let value = &plan.list;
@@ -491,7 +493,7 @@ fn the_stop_leaves_exactly_others_entries_and_what_it_keeps() {
     // port of berth's): a write that never unlists a port — one that only adds, in any number
     // of chunks, or a replacing one of one chunk.
     let kernel = theirs.union(&set("35001,35005"));
-    let plan = books.plan_stop(&kernel, &set("35001"), 2);
+    let plan = books.plan_stop(&kernel, &set("35001"), Extras::UNBOUNDED, 2);
     match &plan.write {
         Write::Add(ports) => assert_eq!(kernel.union(ports), plan.list),
         Write::Replace(value) => assert!(text_len(value) <= ONE_CHUNK, "one chunk"),
@@ -506,7 +508,7 @@ fn the_stop_leaves_exactly_others_entries_and_what_it_keeps() {
     let mut short = ListBooks::new(PortSet::new(), 0);
     let mut kernel = set("80,443");
     sync(&mut short, &mut kernel, &set("35001-35002"), 0);
-    let plan = short.plan_stop(&kernel, &set("35001"), 1);
+    let plan = short.plan_stop(&kernel, &set("35001"), Extras::UNBOUNDED, 1);
     assert_eq!(plan.list, set("80,443,35001"));
 }
 
@@ -536,7 +538,7 @@ fn ports_listed_ahead_need_no_write_to_grant_or_release_and_leave_at_the_stop() 
     assert_eq!(plan.restored, set("5000-5003"));
     assert_eq!(kernel, set("80,5000-5003"));
     // The stop keeps others' entries and what it is told to keep, never the stripe.
-    let plan = books.plan_stop(&kernel, &set("5002"), 4);
+    let plan = books.plan_stop(&kernel, &set("5002"), Extras::UNBOUNDED, 4);
     assert_eq!(plan.list, set("80,5002"));
     // No stripe any more: its free ports go at the next write.
     books.set_ahead(PortSet::new());

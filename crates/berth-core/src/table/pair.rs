@@ -157,6 +157,7 @@ impl Table {
             ..
         } = self;
         let mut found = None;
+        let mut marked = 0;
         for &(cool, keep) in passes {
             let mut both = |_: Protocol, candidate: PortRange| {
                 if let Some(slot) = udp.first_overlap(candidate) {
@@ -176,10 +177,14 @@ impl Table {
                             .or_else(|| names.first_kept_in(Protocol::Udp, candidate))
                     })
                     .flatten();
-                cooling_port
-                    .or(kept_port)
-                    .or_else(|| in_use(Protocol::Tcp, candidate))
-                    .or_else(|| in_use(Protocol::Udp, candidate))
+                if cooling_port.is_some() || kept_port.is_some() {
+                    return cooling_port.or(kept_port);
+                }
+                let (protocol, port) = Protocol::ALL.into_iter().find_map(|protocol| {
+                    in_use(protocol, candidate).map(|port| (protocol, port))
+                })?;
+                super::mark_in_use(cooling, (pool, &mut marked), protocol, port, now_ms);
+                Some(port)
             };
             let in_stripe = stripe
                 .and_then(|stripe| tcp.next_fit_in_stripe(Protocol::Tcp, count, stripe, &mut both));

@@ -416,6 +416,80 @@ fn a_port_found_in_use_is_passed_by_for_the_cool_down_like_a_freed_one() {
     assert_eq!(probes_of_1098, 1);
 }
 
+/// The same for pairs (the portserver endpoint's grants): the port found in use in UDP is
+/// probed once across searches of a churned pool.
+#[test]
+fn a_pair_search_passes_a_port_found_in_use_by_for_the_cool_down() {
+    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
+    t.set_reuse_cool_down(60_000);
+    let mut a = Asker { tokens: 0 };
+    for now in 0..98 {
+        take_and_free(&mut t, &mut a, now);
+    }
+    let mut probes_of_1098 = 0;
+    let mut tokens = 1000u64;
+    for now in 100..103 {
+        let mut next = || {
+            tokens += 1;
+            tokens
+        };
+        let holder = Holder {
+            acquired_at_ms: now,
+            ..holder(false)
+        };
+        let [Change::Granted(tcp), Change::Granted(udp)] = t
+            .acquire_both(
+                RangeRequest::Wildcard { count: 1 },
+                holder,
+                Constraints::default(),
+                &mut next,
+                &mut |protocol, range| {
+                    (protocol == Protocol::Udp && range.contains(1098)).then(|| {
+                        probes_of_1098 += 1;
+                        1098
+                    })
+                },
+            )
+            .unwrap()
+        else {
+            panic!("expected a pair of grants")
+        };
+        assert_ne!(tcp.range.start(), 1098);
+        t.release(tcp.token, &admin()).unwrap();
+        t.release(udp.token, &admin()).unwrap();
+    }
+    assert_eq!(probes_of_1098, 1);
+}
+
+/// A search whose every test says "in use" — a daemon short of descriptors cannot test, and
+/// says so — marks a bounded number of ports as cooling, not the whole pool.
+#[test]
+fn a_search_that_finds_every_port_in_use_marks_a_bounded_number_cooling() {
+    let mut t = Table::new(Pool::new(1000, 1999).unwrap());
+    t.set_reuse_cool_down(60_000);
+    let mut a = Asker { tokens: 0 };
+    let refused = t.acquire(
+        Protocol::Tcp,
+        RangeRequest::Wildcard { count: 1 },
+        holder(false),
+        Constraints::default(),
+        &mut || 1,
+        &mut |_, range| Some(range.start()),
+    );
+    assert!(refused.is_err());
+    // Ports cooling are passed by while others fit: a first pass still finds one that is not.
+    let got = a.wildcard(&mut t, 1, false).range.start();
+    assert!(
+        got >= 1000 + 64,
+        "port {got}: the first {} ports of the pool were marked",
+        64
+    );
+    let marked = (1000..2000)
+        .filter(|&p| t.cooling.first_in(Protocol::Tcp, range(p, 1), 0).is_some())
+        .count();
+    assert_eq!(marked, 64);
+}
+
 #[test]
 fn a_port_a_withdrawn_grant_found_in_use_is_passed_by_for_the_cool_down() {
     let mut t = Table::new(Pool::new(1000, 1003).unwrap());

@@ -223,6 +223,10 @@ async fn step(
             daemon.fail_kernel(false);
             model.kernel_failing = false;
         }
+        // While something fails the mirrors are not known to be settled, and a write of the
+        // daemon's still to come could race the tool's read and write (and drop its entry, as
+        // any two read-modify-writers may): the tool writes only after a settled step.
+        Op::TheirsAdd(_) | Op::TheirsStale(_) if model.store_failing || model.kernel_failing => {}
         Op::TheirsAdd(port) => {
             let mut list = listed();
             list.insert(port);

@@ -38,7 +38,7 @@ impl Inner {
                 // Nobody waits: gather what else comes for a moment, unless someone starts
                 // waiting or the daemon stops.
                 let until = Instant::now() + DEFER;
-                while state.waiters.is_empty() && state.stop.is_none() {
+                while state.waiters.is_empty() && state.stop.is_none() && !state.abandoned {
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         break;
@@ -48,6 +48,9 @@ impl Inner {
                         .wait_timeout(state, left)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
+                }
+                if state.abandoned {
+                    return;
                 }
                 state.dirty = false;
                 state.writing = true;
@@ -139,7 +142,7 @@ impl Inner {
     ) -> Result<(), MirrorError> {
         let current =
             reserved_ports::read_with(&setup.path, buf).map_err(MirrorError::kernel_read)?;
-        let plan = books.plan_stop(&current, keep, now_ms);
+        let plan = books.plan_stop(&current, keep, setup.extras.get(), now_ms);
         self.carry_out(setup, books, plan, now_ms, true)
     }
 
