@@ -37,17 +37,11 @@ fn readable_within(fd: impl AsFd, limit: Duration) -> bool {
 /// Waits for `child` (ours, not yet reaped) to end, for at most `limit`; at the deadline kills
 /// and reaps it, then panics naming `what`.
 pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    let pid = i32::try_from(child.id())
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .expect("a child's pid");
-    // The child is not reaped before `wait` below, so its pid names it until then.
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-        .expect("pidfd_open a child");
-    if !readable_within(&pidfd, limit) {
+    if !exited_unreaped(child, limit) {
+        let pid = child.id();
         let _ = child.kill();
         let _ = child.wait();
-        panic!("{what} (pid {pid:?}) did not end within {limit:?}; killed");
+        panic!("{what} (pid {pid}) did not end within {limit:?}; killed");
     }
     child.wait().expect("reap a child that ended")
 }
@@ -59,6 +53,7 @@ pub fn exited_unreaped(child: &Child, limit: Duration) -> bool {
         .ok()
         .and_then(rustix::process::Pid::from_raw)
         .expect("a child's pid");
+    // The child is not reaped before its parent waits, so its pid names it until then.
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
         .expect("pidfd_open a child");
     readable_within(&pidfd, limit)

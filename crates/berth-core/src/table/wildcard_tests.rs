@@ -372,26 +372,51 @@ fn a_pool_whose_free_ports_all_cool_is_not_searched_twice() {
     assert_eq!(probes, 1);
 }
 
-#[test]
-fn a_port_found_in_use_is_passed_by_for_the_cool_down_like_a_freed_one() {
+/// A churned pool, 1000-1099 — every port but 1098 and 1099 freed a moment ago — in which port
+/// 1098 is in use on the host in `busy` (a connection in TIME_WAIT, say): `grant` runs three
+/// times at later moments, with an in-use test that counts its probes of 1098, and what it
+/// grants is released. How many times 1098 was probed.
+fn probes_of_a_port_in_use(
+    busy: Protocol,
+    mut grant: impl FnMut(
+        &mut Table,
+        Holder,
+        &mut dyn FnMut(Protocol, PortRange) -> Option<u16>,
+    ) -> Vec<Reservation>,
+) -> u32 {
     let mut t = Table::new(Pool::new(1000, 1099).unwrap());
     t.set_reuse_cool_down(60_000);
     let mut a = Asker { tokens: 0 };
-    // A churned pool: every port but 1098 and 1099 was freed a moment ago. Port 1098 is in
-    // use on the host (a connection in TIME_WAIT, say).
     for now in 0..98 {
         take_and_free(&mut t, &mut a, now);
     }
-    let mut probes_of_1098 = 0;
-    let mut tokens = 1000u64;
+    let mut probes = 0;
     for now in 100..103 {
-        let mut next = || {
-            tokens += 1;
-            tokens
-        };
         let holder = Holder {
             acquired_at_ms: now,
             ..holder(false)
+        };
+        let granted = grant(&mut t, holder, &mut |protocol, range| {
+            (protocol == busy && range.contains(1098)).then(|| {
+                probes += 1;
+                1098
+            })
+        });
+        for r in granted {
+            assert_ne!(r.range.start(), 1098);
+            t.release(r.token, &admin()).unwrap();
+        }
+    }
+    probes
+}
+
+#[test]
+fn a_port_found_in_use_is_passed_by_for_the_cool_down_like_a_freed_one() {
+    let mut tokens = 1000u64;
+    let probes = probes_of_a_port_in_use(Protocol::Tcp, |t, holder, in_use| {
+        let mut next = || {
+            tokens += 1;
+            tokens
         };
         let change = t.acquire(
             Protocol::Tcp,
@@ -399,66 +424,39 @@ fn a_port_found_in_use_is_passed_by_for_the_cool_down_like_a_freed_one() {
             holder,
             Constraints::default(),
             &mut next,
-            &mut |_, range| {
-                range.contains(1098).then(|| {
-                    probes_of_1098 += 1;
-                    1098
-                })
-            },
+            in_use,
         );
         let Ok(Change::Granted(r)) = change else {
             panic!("expected a grant, got {change:?}")
         };
-        assert_ne!(r.range.start(), 1098);
-        t.release(r.token, &admin()).unwrap();
-    }
+        vec![r]
+    });
     // Found in use once; the searches after it pass it by with the cooling ports.
-    assert_eq!(probes_of_1098, 1);
+    assert_eq!(probes, 1);
 }
 
-/// The same for pairs (the portserver endpoint's grants): the port found in use in UDP is
-/// probed once across searches of a churned pool.
+/// The same for pairs (the portserver endpoint's grants), the port in use in UDP.
 #[test]
 fn a_pair_search_passes_a_port_found_in_use_by_for_the_cool_down() {
-    let mut t = Table::new(Pool::new(1000, 1099).unwrap());
-    t.set_reuse_cool_down(60_000);
-    let mut a = Asker { tokens: 0 };
-    for now in 0..98 {
-        take_and_free(&mut t, &mut a, now);
-    }
-    let mut probes_of_1098 = 0;
     let mut tokens = 1000u64;
-    for now in 100..103 {
+    let probes = probes_of_a_port_in_use(Protocol::Udp, |t, holder, in_use| {
         let mut next = || {
             tokens += 1;
             tokens
         };
-        let holder = Holder {
-            acquired_at_ms: now,
-            ..holder(false)
+        let changes = t.acquire_both(
+            RangeRequest::Wildcard { count: 1 },
+            holder,
+            Constraints::default(),
+            &mut next,
+            in_use,
+        );
+        let Ok([Change::Granted(tcp), Change::Granted(udp)]) = changes else {
+            panic!("expected a pair of grants, got {changes:?}")
         };
-        let [Change::Granted(tcp), Change::Granted(udp)] = t
-            .acquire_both(
-                RangeRequest::Wildcard { count: 1 },
-                holder,
-                Constraints::default(),
-                &mut next,
-                &mut |protocol, range| {
-                    (protocol == Protocol::Udp && range.contains(1098)).then(|| {
-                        probes_of_1098 += 1;
-                        1098
-                    })
-                },
-            )
-            .unwrap()
-        else {
-            panic!("expected a pair of grants")
-        };
-        assert_ne!(tcp.range.start(), 1098);
-        t.release(tcp.token, &admin()).unwrap();
-        t.release(udp.token, &admin()).unwrap();
-    }
-    assert_eq!(probes_of_1098, 1);
+        vec![tcp, udp]
+    });
+    assert_eq!(probes, 1);
 }
 
 /// A search whose every test says "in use" — a daemon short of descriptors cannot test, and
