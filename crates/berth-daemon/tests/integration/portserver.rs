@@ -414,3 +414,28 @@ async fn a_path_address_is_a_world_connectable_socket_file_removed_at_shutdown()
     d.shutdown().await;
     assert!(!path.exists(), "the socket file is removed at shutdown");
 }
+
+/// A grant the daemon cannot record (its database and runtime journal failing) is refused —
+/// closed without a reply — and undone in both protocols: nothing stays reserved for the asker,
+/// and the refusal is counted. Once the store works again, the same request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_that_cannot_be_recorded_is_undone_in_both_protocols() {
+    let name = unique("unrecorded");
+    let d = daemon(13780, 13789, &name, |_| {}).await;
+    let me = std::process::id();
+    d.fail_store(true);
+    assert_eq!(ask(&name, format!("{me}\n").as_bytes()).await, "");
+    assert!(list(&d).await.is_empty(), "{:?}", list(&d).await);
+    let counted = status(&d).await.portserver.expect("an endpoint");
+    assert_eq!((counted.answered, counted.refused), (0, 1), "{counted:?}");
+    d.fail_store(false);
+    let port = port_for(&name, me).await;
+    let mut seen: Vec<_> = list(&d)
+        .await
+        .iter()
+        .map(|r| (r.protocol, r.range.start()))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec![(Protocol::Tcp, port), (Protocol::Udp, port)]);
+    d.shutdown().await;
+}
